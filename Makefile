@@ -1,0 +1,112 @@
+# dago developer tasks. Run `make` for the list.
+# Every tool comes from .venv (see `make setup`); nothing global except python3.11,
+# git and redis-server (tests).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+BIN         := $(VENV)/bin
+PY          := $(BIN)/python
+SETUP_STAMP := $(VENV)/.dago-setup.sha256
+REQUIREMENTS := requirements.txt requirements-dev.txt
+
+export PYTHONPATH := service:gen/python:clients/python
+
+PROTOS      := $(sort $(wildcard proto/dago/v1/*.proto))
+# Files given to protoc for the Envoy descriptor set (relative to the -I roots).
+DESCRIPTOR_ROOTS := dago/v1/orchestrator.proto google/rpc/status.proto google/rpc/error_details.proto
+PY_DIRS     := $(wildcard service tests clients)
+MYPY_DIRS   := $(wildcard service clients/python)
+
+# Base of `buf breaking`: local main, else origin/main (e.g. a clone on another branch).
+BREAKING_REF ?= $(shell \
+	if git rev-parse -q --verify refs/heads/main >/dev/null 2>&1; then echo refs/heads/main; \
+	elif git rev-parse -q --verify refs/remotes/origin/main >/dev/null 2>&1; then echo refs/remotes/origin/main; fi)
+
+PYTEST_ARGS ?=
+
+say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
+
+.PHONY: help setup gen gen-check lint lint-proto lint-py typecheck test run clean
+
+help: ## Show this help
+	@echo "Usage: make <target> [PYTEST_ARGS=...]"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+setup: ## Create .venv (python3.11) and install requirements-dev.txt (no-op when up to date)
+	@want="$$(cat $(REQUIREMENTS) | sha256sum | cut -d' ' -f1)"; \
+	if [[ -x $(PY) && -f $(SETUP_STAMP) && "$$(cat $(SETUP_STAMP))" == "$$want" ]]; then \
+		echo "==> setup: .venv is up to date"; exit 0; \
+	fi; \
+	if [[ ! -x $(PY) ]]; then \
+		echo "==> setup: creating $(VENV) with $(PYTHON_BOOT)"; \
+		$(PYTHON_BOOT) -m venv $(VENV); \
+	fi; \
+	echo "==> setup: pip install -r requirements-dev.txt"; \
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt; \
+	echo "$$want" > $(SETUP_STAMP); \
+	echo "==> setup: done"
+
+gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) from proto/
+	$(call say,gen: python stubs from $(PROTOS))
+	rm -rf gen
+	mkdir -p gen/python
+	$(PY) -m grpc_tools.protoc -Iproto -Ithird_party \
+		--python_out=gen/python --grpc_python_out=gen/python \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--mypy_out=quiet:gen/python --mypy_grpc_out=quiet:gen/python \
+		$(PROTOS)
+	$(call say,gen: descriptor set gen/dago.binpb)
+	$(PY) -m grpc_tools.protoc -Iproto -Ithird_party --include_imports --include_source_info \
+		--descriptor_set_out=gen/dago.binpb $(DESCRIPTOR_ROOTS)
+
+gen-check: gen ## Fail if gen/ differs from what is committed
+	$(call say,gen-check: comparing gen/ with git)
+	@if ! git diff --quiet --exit-code -- gen/ \
+		|| [[ -n "$$(git ls-files --others --exclude-standard -- gen/)" ]]; then \
+		git status --short -- gen/; git diff --stat -- gen/; \
+		echo "ERROR: gen/ is out of date with proto/. Run 'make gen' and commit gen/." >&2; \
+		exit 1; \
+	fi; echo "gen/ is up to date"
+
+lint: lint-proto lint-py typecheck ## All linters (use `make -k lint` to see every failure)
+
+lint-proto: setup ## buf lint, buf format, buf breaking against main
+	$(call say,buf lint)
+	$(BIN)/buf lint
+	$(call say,buf format)
+	$(BIN)/buf format --exit-code -d proto
+	$(call say,buf breaking against $(or $(BREAKING_REF),<no main branch>))
+	@if [[ -z "$(BREAKING_REF)" ]]; then \
+		echo "skipped: no 'main' or 'origin/main' ref in this git repository"; \
+	else \
+		$(BIN)/buf breaking proto --against '.git#ref=$(BREAKING_REF),subdir=proto'; \
+	fi
+
+lint-py: setup ## ruff check + ruff format --check
+	$(call say,ruff check $(PY_DIRS))
+	$(if $(PY_DIRS),$(BIN)/ruff check $(PY_DIRS))
+	$(call say,ruff format --check $(PY_DIRS))
+	$(if $(PY_DIRS),$(BIN)/ruff format --check $(PY_DIRS))
+
+typecheck: setup ## mypy --strict on service/ (and clients/python)
+	$(call say,mypy $(or $(MYPY_DIRS),<nothing to check>))
+	$(if $(MYPY_DIRS),$(BIN)/mypy $(MYPY_DIRS))
+
+test: setup ## Run pytest (extra arguments: PYTEST_ARGS="-k foo -x")
+	$(call say,pytest $(PYTEST_ARGS))
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+run: setup ## Run dago in dev mode (python -m dago dev)
+	$(PY) -m dago dev
+
+clean: ## Remove caches (keeps .venv and gen/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	find service tests clients -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
