@@ -419,7 +419,6 @@ class Event(_message.Message):
     GRAPH_COMPLETED_FIELD_NUMBER: _builtins.int
     GRAPH_FAILED_FIELD_NUMBER: _builtins.int
     GRAPH_CANCELLED_FIELD_NUMBER: _builtins.int
-    NODE_QUEUED_FIELD_NUMBER: _builtins.int
     NODE_STARTED_FIELD_NUMBER: _builtins.int
     NODE_COMPLETED_FIELD_NUMBER: _builtins.int
     NODE_FAILED_FIELD_NUMBER: _builtins.int
@@ -468,10 +467,6 @@ class Event(_message.Message):
     @_builtins.property
     def graph_cancelled(self) -> Global___GraphCancelled:
         """The graph was cancelled."""
-
-    @_builtins.property
-    def node_queued(self) -> Global___NodeQueued:
-        """A node became ready and was queued."""
 
     @_builtins.property
     def node_started(self) -> Global___NodeStarted:
@@ -523,7 +518,7 @@ class Event(_message.Message):
 
     @_builtins.property
     def loop_iteration(self) -> Global___LoopIteration:
-        """A loop head started a new iteration."""
+        """A loop head started a new iteration (or reached its bound)."""
 
     def __init__(
         self,
@@ -539,7 +534,6 @@ class Event(_message.Message):
         graph_completed: Global___GraphCompleted | None = ...,
         graph_failed: Global___GraphFailed | None = ...,
         graph_cancelled: Global___GraphCancelled | None = ...,
-        node_queued: Global___NodeQueued | None = ...,
         node_started: Global___NodeStarted | None = ...,
         node_completed: Global___NodeCompleted | None = ...,
         node_failed: Global___NodeFailed | None = ...,
@@ -554,11 +548,11 @@ class Event(_message.Message):
         node_cancelled: Global___NodeCancelled | None = ...,
         loop_iteration: Global___LoopIteration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_failed", b"node_failed", "node_queued", b"node_queued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_failed", b"node_failed", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_failed", b"node_failed", "node_id", b"node_id", "node_queued", b"node_queued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_failed", b"node_failed", "node_id", b"node_id", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_queued", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -682,23 +676,6 @@ class GraphCancelled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GraphCancelled: _TypeAlias = GraphCancelled  # noqa: Y015
-
-@_typing.final
-class NodeQueued(_message.Message):
-    """Payload of node_queued."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___NodeQueued: _TypeAlias = NodeQueued  # noqa: Y015
 
 @_typing.final
 class NodeStarted(_message.Message):
@@ -1043,19 +1020,23 @@ class LoopIteration(_message.Message):
 
     ITERATION_FIELD_NUMBER: _builtins.int
     FROM_NODE_ID_FIELD_NUMBER: _builtins.int
+    EXHAUSTED_FIELD_NUMBER: _builtins.int
     iteration: _builtins.int
     """The iteration that starts (2 for the first repeat)."""
     from_node_id: _builtins.str
     """The node whose edge closed the loop."""
+    exhausted: _builtins.bool
+    """True when max_iterations was reached: the loop exits instead."""
     def __init__(
         self,
         *,
         iteration: _builtins.int = ...,
         from_node_id: _builtins.str = ...,
+        exhausted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_node_id", b"from_node_id", "iteration", b"iteration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "from_node_id", b"from_node_id", "iteration", b"iteration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,282 @@
+"""The ``dago.v1.OrchestratorService`` servicer."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from dago import errors
+from dago.cel import CelCompiler
+from dago.config import Settings
+from dago.errors import guard, guard_stream
+from dago.events import decode
+from dago.graphcache import GraphCache
+from dago.graphdef import CompileOptions, GraphInvalid, compile_graph
+from dago.ids import new_graph_id, parse_shard
+from dago.status import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
+from dago.store import Store, dumps
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago.watch import EventHub
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+_STATE_NAMES = {v: k.removeprefix("GRAPH_STATE_") for k, v in execution_pb2.GraphState.items()}
+
+
+class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """Validates and submits graphs; answers reads from Redis."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        cel: CelCompiler,
+        options: CompileOptions,
+        graphs: GraphCache,
+        hub: EventHub,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._cel = cel
+        self._options = options
+        self._graphs = graphs
+        self._hub = hub
+
+    def _shard(self, graph_id: str, field: str = "graph_id") -> int:
+        if not graph_id:
+            raise errors.invalid_field(field, "is required")
+        shard = parse_shard(graph_id, self._settings.shards)
+        if shard is None:
+            raise errors.not_found("graph", graph_id)
+        return shard
+
+    @guard
+    async def SubmitGraph(
+        self, request: orchestrator_pb2.SubmitGraphRequest, context: Ctx
+    ) -> orchestrator_pb2.SubmitGraphResponse:
+        """Validate, then create the run (or return the one request_id names)."""
+        rid = request.request_id
+        if len(rid) > 128 or not rid.isprintable():
+            raise errors.invalid_field("request_id", "use at most 128 printable characters")
+        if not request.HasField("graph"):
+            raise errors.invalid_field("graph", "is required")
+        inputs = json_format.MessageToDict(request.inputs)
+        try:
+            compiled = compile_graph(request.graph, inputs, self._cel, self._options)
+        except GraphInvalid as e:
+            raise errors.invalid(e.violations) from None
+        if request.validate_only:
+            return orchestrator_pb2.SubmitGraphResponse()
+
+        shards = self._settings.shards
+        # The request record and the graph share a slot so one script checks and creates.
+        shard = _stable_shard(rid, shards) if rid else random.randrange(shards)
+        graph_id = new_graph_id(shard)
+        body = orchestrator_pb2.SubmitGraphRequest()
+        body.CopyFrom(request)
+        body.request_id = ""
+        body.validate_only = False
+        digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+        g = request.graph
+        deadline_s = (
+            g.limits.deadline.ToMilliseconds() / 1000
+            if g.limits.HasField("deadline")
+            else self._settings.default_deadline_s
+        )
+        args: list[Any] = [
+            graph_id,
+            rid,
+            digest,
+            g.name,
+            g.SerializeToString(),
+            dumps(inputs),
+            dumps(list(compiled.nodes)),
+            dumps(compiled.entries),
+            g.limits.max_steps,
+            g.limits.max_tokens,
+            repr(g.limits.max_cost_usd),
+            int(deadline_s * 1000),
+            self._settings.retention_s,
+        ]
+        for name, value in compiled.topology.items():
+            args += [name, value]
+        status, gid, state = await self._store.submit(shard, args)
+        if status == "conflict":
+            raise errors.already_exists(
+                rid,
+                f"request_id {rid!r} was already used for graph {gid} with a different request; "
+                "send the same request to get that graph, or use a new request_id",
+            )
+        if status == "created":
+            self._graphs.put(gid, compiled, inputs)
+        return orchestrator_pb2.SubmitGraphResponse(
+            graph_id=gid,
+            created=status == "created",
+            state=execution_pb2.GraphState.ValueType(state),
+        )
+
+    @guard
+    async def GetGraph(
+        self, request: orchestrator_pb2.GetGraphRequest, context: Ctx
+    ) -> orchestrator_pb2.GetGraphResponse:
+        """The definition and inputs as submitted."""
+        shard = self._shard(request.graph_id)
+        raw_def, raw_inputs = await self._store.graph_fields(
+            shard, request.graph_id, "def", "inputs"
+        )
+        if raw_def is None:
+            raise errors.not_found("graph", request.graph_id)
+        resp = orchestrator_pb2.GetGraphResponse(
+            graph=graph_pb2.Graph.FromString(raw_def), graph_id=request.graph_id
+        )
+        resp.inputs.update(json.loads(raw_inputs or b"{}"))
+        return resp
+
+    @guard
+    async def GetGraphStatus(
+        self, request: orchestrator_pb2.GetGraphStatusRequest, context: Ctx
+    ) -> orchestrator_pb2.GetGraphStatusResponse:
+        """Per-node states, attempts, timings and usage."""
+        shard = self._shard(request.graph_id)
+        meta, nodes, attempts = await self._store.snapshot(shard, request.graph_id)
+        if not meta:
+            raise errors.not_found("graph", request.graph_id)
+        graph = graph_pb2.Graph.FromString(meta[b"def"])
+        status = graph_status(request.graph_id, meta, nodes, attempts, graph)
+        return orchestrator_pb2.GetGraphStatusResponse(status=status)
+
+    @guard
+    async def GetGraphResult(
+        self, request: orchestrator_pb2.GetGraphResultRequest, context: Ctx
+    ) -> orchestrator_pb2.GetGraphResultResponse:
+        """Outputs of a finished run; FAILED_PRECONDITION while it runs."""
+        shard = self._shard(request.graph_id)
+        meta, nodes, _ = await self._store.snapshot(shard, request.graph_id, attempts=False)
+        if not meta:
+            raise errors.not_found("graph", request.graph_id)
+        state = graph_state(meta)
+        if state not in TERMINAL_STATES:
+            raise errors.failed_precondition(
+                "GRAPH_NOT_FINISHED",
+                request.graph_id,
+                f"graph {request.graph_id} is {_STATE_NAMES[state]}; its result exists once it "
+                "finishes (watch it with WatchGraph, or poll GetGraphStatus)",
+            )
+        loaded = await self._graphs.get(shard, request.graph_id)
+        if loaded is None:
+            raise errors.not_found("graph", request.graph_id)
+        return graph_result(request.graph_id, meta, nodes, loaded)
+
+    @guard
+    async def CancelGraph(
+        self, request: orchestrator_pb2.CancelGraphRequest, context: Ctx
+    ) -> orchestrator_pb2.CancelGraphResponse:
+        """Stop running nodes, skip pending ones."""
+        shard = self._shard(request.graph_id)
+        reason = request.reason or "cancelled by a client"
+        if len(reason) > 1024:
+            raise errors.invalid_field("reason", "use at most 1024 characters")
+        outcome, state = await self._store.cancel(shard, request.graph_id, reason)
+        if outcome == "missing":
+            raise errors.not_found("graph", request.graph_id)
+        if outcome == "finished":
+            name = _STATE_NAMES[execution_pb2.GraphState.ValueType(state)]
+            raise errors.failed_precondition(
+                "GRAPH_FINISHED",
+                request.graph_id,
+                f"graph {request.graph_id} already finished ({name}); there is nothing to cancel",
+            )
+        return orchestrator_pb2.CancelGraphResponse(state=execution_pb2.GRAPH_STATE_CANCELLED)
+
+    @guard
+    async def ListGraphs(
+        self, request: orchestrator_pb2.ListGraphsRequest, context: Ctx
+    ) -> orchestrator_pb2.ListGraphsResponse:
+        """Runs newest first, across every shard."""
+        size = request.page_size or 50
+        if not 1 <= size <= 1000:
+            raise errors.invalid_field("page_size", "must be between 1 and 1000")
+        if request.state not in _STATE_NAMES:
+            raise errors.invalid_field("state", f"unknown state {request.state}")
+        before = _decode_token(request.page_token) if request.page_token else None
+        found: list[tuple[int, str]] = []
+        for shard in range(self._settings.shards):
+            for gid, score in await self._store.list_ids(shard, request.state, before, size + 1):
+                found.append((score, gid))
+        found.sort(reverse=True)
+        page = found[:size]
+        resp = orchestrator_pb2.ListGraphsResponse()
+        metas = await self._store.metas([(parse_shard(g, self._settings.shards) or 0, g) for _, g in page])
+        for (_, gid), meta in zip(page, metas, strict=True):
+            if meta:
+                resp.graphs.append(summary(gid, meta))
+        if len(found) > size:
+            resp.next_page_token = _encode_token(page[-1])
+        return resp
+
+    @guard_stream
+    async def WatchGraph(
+        self, request: orchestrator_pb2.WatchGraphRequest, context: Ctx
+    ) -> AsyncIterator[orchestrator_pb2.WatchGraphResponse]:
+        """Replay from the cursor, then follow; ends after the terminal event."""
+        shard = self._shard(request.graph_id)
+        if request.after_seq < 0:
+            raise errors.invalid_field("after_seq", "must not be negative")
+        state, seq = await self._store.graph_fields(shard, request.graph_id, "state", "seq")
+        if state is None:
+            raise errors.not_found("graph", request.graph_id)
+        if int(state) in TERMINAL_STATES and request.after_seq >= int(seq or 0):
+            return
+        async for ev in self._hub.watch(shard, request.graph_id, request.after_seq):
+            yield orchestrator_pb2.WatchGraphResponse(event=ev)
+
+    @guard
+    async def ListGraphEvents(
+        self, request: orchestrator_pb2.ListGraphEventsRequest, context: Ctx
+    ) -> orchestrator_pb2.ListGraphEventsResponse:
+        """A page of the stored event log."""
+        shard = self._shard(request.graph_id)
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            raise errors.invalid_field("page_size", "must be between 1 and 1000")
+        after = request.after_seq
+        if request.page_token:
+            try:
+                after = int(base64.urlsafe_b64decode(request.page_token).decode().removeprefix("e:"))
+            except (ValueError, binascii.Error):
+                raise errors.invalid_field("page_token", "is not a token this API returned") from None
+        if after < 0:
+            raise errors.invalid_field("after_seq", "must not be negative")
+        (state,) = await self._store.graph_fields(shard, request.graph_id, "state")
+        if state is None:
+            raise errors.not_found("graph", request.graph_id)
+        events = await self._store.events(shard, request.graph_id, after, size)
+        resp = orchestrator_pb2.ListGraphEventsResponse(
+            events=[decode(request.graph_id, seq, f) for seq, f in events]
+        )
+        if len(events) == size:
+            resp.next_page_token = base64.urlsafe_b64encode(f"e:{events[-1][0]}".encode()).decode()
+        return resp
+
+
+def _stable_shard(key: str, shards: int) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % shards
+
+
+def _encode_token(entry: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(f"{entry[0]}:{entry[1]}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, str]:
+    try:
+        score, gid = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        return int(score), gid
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise errors.invalid_field("page_token", "is not a token this API returned") from None

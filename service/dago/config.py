@@ -1,0 +1,184 @@
+"""Settings, read from ``DAGO_*`` environment variables and validated at start.
+
+Every setting is declared once in ``SETTINGS`` with its type, default and
+documentation; ``dago config`` prints the effective values (secrets redacted)
+and ``docs/configuration.md`` lists the same table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting has a value dago cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one dago process."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "dago"
+    shards: int = 8
+    grpc_host: str = "[::]"
+    grpc_port: int = 50051
+    metrics_port: int = 9090
+    worker_slots: int = 64
+    worker_batch: int = 64
+    worker_id: str = ""
+    lease_ms: int = 30_000
+    max_deliveries: int = 5
+    retention_s: int = 7 * 24 * 3600
+    sweep_interval_ms: int = 100
+    heartbeat_ms: int = 5_000
+    default_deadline_s: int = 24 * 3600
+    attempt_timeout_s: float = 300.0
+    max_nodes: int = 1000
+    max_edges: int = 5000
+    max_message_bytes: int = 4 * 1024 * 1024
+    tool_modules: str = ""
+    drain_timeout_s: float = 30.0
+    log_level: str = "INFO"
+    workers: int = 1
+
+    @property
+    def cluster(self) -> bool:
+        """True when ``redis_url`` asks for Redis Cluster (``redis+cluster://``)."""
+        return self.redis_url.startswith("redis+cluster://") or self.redis_url.startswith(
+            "rediss+cluster://"
+        )
+
+    def effective_worker_id(self) -> str:
+        """The worker id: the configured one, or ``<host>-<pid>``."""
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    doc: str
+    check: Callable[[Any], str | None] = lambda v: None
+    secret: bool = False
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port (0-65535; 0 disables)"
+
+
+def _redis_url(v: Any) -> str | None:
+    scheme = urlsplit(v).scheme
+    ok = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+    return None if scheme in ok else f"must start with one of {', '.join(s + '://' for s in ok)}"
+
+
+def _level(v: Any) -> str | None:
+    ok = ("DEBUG", "INFO", "WARNING", "ERROR")
+    return None if v.upper() in ok else f"must be one of {', '.join(ok)}"
+
+
+SETTINGS: dict[str, _Spec] = {
+    "redis_url": _Spec(
+        "Redis to use; redis+cluster://host:port for Redis Cluster, rediss:// for TLS, "
+        "credentials in the URL.",
+        _redis_url,
+        secret=True,
+    ),
+    "key_prefix": _Spec("Prefix of every Redis key (several deployments can share a Redis)."),
+    "shards": _Spec(
+        "Number of work shards; graphs are spread over them (one hash slot each). Must stay "
+        "the same for the life of the data.",
+        lambda v: None if 1 <= v <= 1024 else "must be between 1 and 1024",
+    ),
+    "grpc_host": _Spec("Address the gRPC server binds."),
+    "grpc_port": _Spec("Port of the gRPC API.", _port),
+    "metrics_port": _Spec("Port of the Prometheus /metrics endpoint (0: off).", _port),
+    "worker_slots": _Spec("Node attempts one worker process runs at once.", _positive),
+    "worker_batch": _Spec("Work items read per Redis call.", _positive),
+    "worker_id": _Spec("Worker id (default: <host>-<pid>)."),
+    "lease_ms": _Spec(
+        "How long a work item may go without its worker renewing it before another worker "
+        "takes it over.",
+        lambda v: None if v >= 500 else "must be at least 500",
+    ),
+    "max_deliveries": _Spec(
+        "Deliveries of one work item before it is dead-lettered.", _positive
+    ),
+    "retention_s": _Spec("How long finished graphs are kept, in seconds.", _positive),
+    "sweep_interval_ms": _Spec("How often timers (retries, timeouts, deadlines) are swept.", _positive),
+    "heartbeat_ms": _Spec("Heartbeat interval of idle WatchGraph streams.", _positive),
+    "default_deadline_s": _Spec(
+        "Deadline of graphs that set none, in seconds (0: none).",
+        lambda v: None if v >= 0 else "must not be negative",
+    ),
+    "attempt_timeout_s": _Spec("Timeout of a node attempt when the graph sets none.", _positive),
+    "max_nodes": _Spec("Largest number of nodes in one graph.", _positive),
+    "max_edges": _Spec("Largest number of edges in one graph.", _positive),
+    "max_message_bytes": _Spec("Largest gRPC message accepted or sent.", _positive),
+    "tool_modules": _Spec(
+        "Comma-separated Python modules whose dago_tools() function returns operator tools."
+    ),
+    "drain_timeout_s": _Spec(
+        "On SIGTERM, how long a worker waits for running attempts before exiting.",
+        lambda v: None if v >= 0 else "must not be negative",
+    ),
+    "log_level": _Spec("DEBUG, INFO, WARNING or ERROR.", _level),
+    "workers": _Spec("Worker processes started by `dago dev`.", _positive),
+}
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting."""
+    return "DAGO_" + name.upper()
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        var = env_name(f.name)
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        kind = type(getattr(Settings(), f.name))
+        try:
+            values[f.name] = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{var}={raw!r} is not a valid {kind.__name__}: {SETTINGS[f.name].doc}"
+            ) from None
+    settings = Settings(**values)
+    for name, spec in SETTINGS.items():
+        problem = spec.check(getattr(settings, name))
+        if problem:
+            raise ConfigError(f"{env_name(name)} {problem} (got {getattr(settings, name)!r})")
+    return settings
+
+
+def describe(settings: Settings) -> list[tuple[str, str, str]]:
+    """(variable, effective value with secrets redacted, doc) for every setting."""
+    rows = []
+    for name, spec in SETTINGS.items():
+        value = str(getattr(settings, name))
+        if spec.secret:
+            value = redact_url(value)
+        rows.append((env_name(name), value, spec.doc))
+    return rows
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,148 @@
+"""API errors and their mapping to google.rpc.Status, in one place.
+
+Servicer code raises ``ApiError`` (built with the helpers below); ``guard``
+and ``guard_stream`` wrap every RPC and turn it into a status with details.
+Anything else is logged with its traceback and answered with a generic
+INTERNAL (no exception text reaches clients); a lost Redis connection is
+UNAVAILABLE, which clients may retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dago.graphdef import Violation
+
+log = logging.getLogger("dago.api")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class ApiError(Exception):
+    """An error answered to the client as a google.rpc.Status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: Sequence[Message] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = list(details)
+
+    def status(self) -> grpc.Status:
+        """The grpc status carrying google.rpc.Status with packed details."""
+        packed = []
+        for d in self.details:
+            a = any_pb2.Any()
+            a.Pack(d)
+            packed.append(a)
+        proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+        return rpc_status.to_status(proto)
+
+
+def invalid(violations: Sequence[Violation], message: str = "") -> ApiError:
+    """INVALID_ARGUMENT with a BadRequest listing every field violation."""
+    br = error_details_pb2.BadRequest()
+    for v in violations:
+        br.field_violations.add(field=v.field, description=v.description)
+    if not message:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        message = f"{first.field}: {first.description}{more}"
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, [br])
+
+
+def invalid_field(field: str, description: str) -> ApiError:
+    """INVALID_ARGUMENT for one field."""
+    return invalid([Violation(field, description)])
+
+
+def not_found(kind: str, name: str) -> ApiError:
+    """NOT_FOUND with ResourceInfo."""
+    info = error_details_pb2.ResourceInfo(
+        resource_type=kind, resource_name=name, description=f"no {kind} {name!r}"
+    )
+    return ApiError(
+        grpc.StatusCode.NOT_FOUND,
+        f"{kind} {name!r} not found (it never existed or expired after its retention period)",
+        [info],
+    )
+
+
+def failed_precondition(kind: str, subject: str, description: str) -> ApiError:
+    """FAILED_PRECONDITION with a PreconditionFailure naming what is not satisfied."""
+    pf = error_details_pb2.PreconditionFailure()
+    pf.violations.add(type=kind, subject=subject, description=description)
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, description, [pf])
+
+
+def already_exists(subject: str, description: str) -> ApiError:
+    """ALREADY_EXISTS with ErrorInfo."""
+    info = error_details_pb2.ErrorInfo(reason="REQUEST_ID_REUSED", domain="dago.v1")
+    info.metadata["request_id"] = subject
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, description, [info])
+
+
+def _translate(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionError):
+        log.warning("redis unavailable: %s", exc)
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(1000)
+        return ApiError(
+            grpc.StatusCode.UNAVAILABLE, "the state store (Redis) is unreachable; retry shortly", [info]
+        )
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error %s", ref, exc_info=exc)
+    return ApiError(grpc.StatusCode.INTERNAL, f"internal error (reference {ref}); see server logs")
+
+
+def guard(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap a unary RPC so every failure becomes a proper status."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await context.abort_with_status(_translate(exc).status())
+            raise AssertionError("abort_with_status returned") from exc
+
+    return wrapper
+
+
+def guard_stream(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    """Wrap a server-streaming RPC so every failure becomes a proper status."""
+
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await context.abort_with_status(_translate(exc).status())
+
+    return wrapper
+

@@ -1,0 +1,665 @@
+"""Validation and compilation of a submitted graph.
+
+``compile_graph`` is the single place that decides whether a graph is
+acceptable. It returns a ``CompiledGraph``: the graph's shape (forward edges,
+loop back edges, loop bodies), its compiled CEL and templates, and the
+per-node topology the Lua scripts read. The API server runs it at submit
+time; workers run it again (cached per graph) to evaluate templates and
+conditions, so both always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dago.cel import CelCompiler, CelError, Expression, Refs, Scope, Template, TemplateError
+from dago.v1 import graph_pb2
+from google.protobuf import json_format
+
+NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SUPPORTED_KINDS = frozenset({"tool", "router"})
+MAX_ATTEMPTS = 100
+MAX_ITERATIONS = 10_000
+MAX_DURATION_S = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One problem with a request: the field path and what is wrong."""
+
+    field: str
+    description: str
+
+
+class GraphInvalid(ValueError):
+    """A graph that cannot run; carries every violation found."""
+
+    def __init__(self, violations: list[Violation]) -> None:
+        super().__init__(f"{len(violations)} problem(s) in the graph")
+        self.violations = violations
+
+
+@dataclass(frozen=True)
+class OutEdge:
+    """An edge as its source node sees it."""
+
+    index: int
+    to: str
+    condition: Expression | None
+    label: str
+    back: bool
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A node's effective retry policy, durations in seconds."""
+
+    max_attempts: int
+    initial_backoff: float
+    max_backoff: float
+    multiplier: float
+    jitter: float
+    retry_on: frozenset[int]
+
+
+@dataclass
+class CompiledNode:
+    """A node with everything a worker needs to run it."""
+
+    id: str
+    index: int
+    kind: str
+    proto: graph_pb2.Node
+    inputs: Template
+    output: dict[str, Expression]
+    out_edges: list[OutEdge]
+    routes: list[tuple[str, Expression | None]]
+    retry: Retry
+    attempt_timeout: float
+    refs: Refs = Refs.EMPTY
+
+
+@dataclass
+class CompiledGraph:
+    """A validated graph: its nodes, shape and Lua topology."""
+
+    proto: graph_pb2.Graph
+    nodes: dict[str, CompiledNode]
+    entries: list[str]
+    topology: dict[str, str]
+    output: dict[str, Expression] = field(default_factory=dict)
+    sinks: list[str] = field(default_factory=list)
+
+    def node(self, node_id: str) -> CompiledNode:
+        """The compiled node with this id."""
+        return self.nodes[node_id]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Server settings that bound what a graph may ask for."""
+
+    tools: Collection[str]
+    max_nodes: int = 1000
+    max_edges: int = 5000
+    default_attempt_timeout: float = 300.0
+
+
+def _seconds(d: Any) -> float:
+    return float(d.seconds) + d.nanos / 1e9
+
+
+class _Checker:
+    """Collects violations while compiling, so the client sees all at once."""
+
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.violations.append(Violation(path, message))
+
+    def compile(
+        self, cel: CelCompiler, source: str, scope: Scope, path: str
+    ) -> Expression | None:
+        try:
+            return cel.compile(source, scope)
+        except CelError as e:
+            self.add(path, str(e))
+            return None
+
+    def template(self, cel: CelCompiler, value: Any, scope: Scope, path: str) -> Template | None:
+        try:
+            return cel.template(value, scope)
+        except TemplateError as e:
+            self.add(f"{path}.{e.path}" if e.path else path, str(e))
+            return None
+
+
+def compile_graph(
+    graph: graph_pb2.Graph,
+    inputs: Mapping[str, Any],
+    cel: CelCompiler,
+    options: CompileOptions,
+    root: str = "graph",
+) -> CompiledGraph:
+    """Validate ``graph`` and compile it; raises GraphInvalid listing every problem.
+
+    ``inputs`` are the run's inputs (to check that templates name inputs that
+    exist); ``root`` is the field path of the graph in the request.
+    """
+    chk = _Checker()
+    ids = _check_nodes(graph, options, chk, root)
+    edges = _check_edges(graph, ids, options, chk, root)
+    entries = _entries(graph, ids, edges, chk, root)
+    if chk.violations:
+        raise GraphInvalid(chk.violations)
+
+    shape = _Shape.build(list(ids), edges, entries)
+    for nid in ids:
+        if nid not in shape.reached:
+            chk.add(f"{root}.nodes[{ids[nid]}].id", f'node "{nid}" is not reachable from the entry nodes {entries}')
+    _check_loops(graph, ids, edges, shape, chk, root)
+    if chk.violations:
+        raise GraphInvalid(chk.violations)
+
+    compiled = _compile_nodes(graph, ids, edges, shape, cel, options, chk, root)
+    output = {}
+    for name, src in graph.output.items():
+        expr = chk.compile(cel, src, Scope.GRAPH_OUTPUT, f"{root}.output[{name}]")
+        if expr is not None:
+            output[name] = expr
+    _check_refs(graph, ids, compiled, output, shape, inputs, chk, root)
+    if chk.violations:
+        raise GraphInvalid(chk.violations)
+
+    sinks = [nid for nid in ids if not any(e[0] == nid for e in edges)]
+    return CompiledGraph(
+        proto=graph,
+        nodes=compiled,
+        entries=entries,
+        topology=_topology(compiled, edges, shape),
+        output=output,
+        sinks=sinks,
+    )
+
+
+def _check_nodes(
+    graph: graph_pb2.Graph, options: CompileOptions, chk: _Checker, root: str
+) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    if not graph.nodes:
+        chk.add(f"{root}.nodes", "a graph needs at least one node")
+    if len(graph.nodes) > options.max_nodes:
+        chk.add(f"{root}.nodes", f"{len(graph.nodes)} nodes; the limit is {options.max_nodes}")
+    for i, node in enumerate(graph.nodes):
+        path = f"{root}.nodes[{i}]"
+        if not NODE_ID.match(node.id):
+            chk.add(
+                f"{path}.id",
+                f'"{node.id}" is not a valid node id: use 1-64 letters, digits or _, '
+                "starting with a letter or _ (ids are CEL identifiers: nodes.<id>.output)",
+            )
+        elif node.id in ids:
+            chk.add(f"{path}.id", f'duplicate node id "{node.id}" (also nodes[{ids[node.id]}])')
+        else:
+            ids[node.id] = i
+        kind = node.WhichOneof("kind")
+        if kind is None:
+            chk.add(path, "a node needs a kind: one of llm, agent, tool, http, router")
+        elif kind not in SUPPORTED_KINDS:
+            chk.add(f"{path}.{kind}", f"the {kind} node kind is not available on this server yet")
+        if not 0 <= node.max_iterations <= MAX_ITERATIONS:
+            chk.add(f"{path}.max_iterations", f"must be between 0 and {MAX_ITERATIONS}")
+        _check_retry(node.retry, f"{path}.retry", chk)
+        if node.HasField("attempt_timeout"):
+            _check_duration(node.attempt_timeout, f"{path}.attempt_timeout", chk)
+    _check_retry(graph.defaults.retry, f"{root}.defaults.retry", chk)
+    if graph.defaults.HasField("attempt_timeout"):
+        _check_duration(graph.defaults.attempt_timeout, f"{root}.defaults.attempt_timeout", chk)
+    lim = graph.limits
+    if lim.max_steps < 0:
+        chk.add(f"{root}.limits.max_steps", "must not be negative")
+    if lim.max_tokens < 0:
+        chk.add(f"{root}.limits.max_tokens", "must not be negative")
+    if lim.max_cost_usd < 0 or lim.max_cost_usd != lim.max_cost_usd:
+        chk.add(f"{root}.limits.max_cost_usd", "must be a non-negative number")
+    if lim.HasField("deadline"):
+        _check_duration(lim.deadline, f"{root}.limits.deadline", chk)
+    return ids
+
+
+def _check_duration(d: Any, path: str, chk: _Checker) -> None:
+    s = _seconds(d)
+    if s <= 0:
+        chk.add(path, "must be positive")
+    elif s > MAX_DURATION_S:
+        chk.add(path, "must be at most 30 days")
+
+
+def _check_retry(r: graph_pb2.RetryPolicy, path: str, chk: _Checker) -> None:
+    if not 0 <= r.max_attempts <= MAX_ATTEMPTS:
+        chk.add(f"{path}.max_attempts", f"must be between 0 and {MAX_ATTEMPTS}")
+    for name in ("initial_backoff", "max_backoff"):
+        if r.HasField(name):
+            s = _seconds(getattr(r, name))
+            if not 0 <= s <= 24 * 3600:
+                chk.add(f"{path}.{name}", "must be between 0 and 24 hours")
+    if r.HasField("initial_backoff") and r.HasField("max_backoff"):
+        if _seconds(r.max_backoff) < _seconds(r.initial_backoff):
+            chk.add(f"{path}.max_backoff", "must not be less than initial_backoff")
+    if r.backoff_multiplier != 0 and not 1 <= r.backoff_multiplier <= 100:
+        chk.add(f"{path}.backoff_multiplier", "must be between 1 and 100 (0 means 2)")
+    if not 0 <= r.jitter <= 1:
+        chk.add(f"{path}.jitter", "must be between 0 and 1")
+
+
+Edge = tuple[str, str, int]  # (from, to, index in graph.edges)
+
+
+def _check_edges(
+    graph: graph_pb2.Graph,
+    ids: Mapping[str, int],
+    options: CompileOptions,
+    chk: _Checker,
+    root: str,
+) -> list[Edge]:
+    if len(graph.edges) > options.max_edges:
+        chk.add(f"{root}.edges", f"{len(graph.edges)} edges; the limit is {options.max_edges}")
+    seen: dict[tuple[str, str, str], int] = {}
+    out: list[Edge] = []
+    for i, e in enumerate(graph.edges):
+        path = f"{root}.edges[{i}]"
+        ok = True
+        for end in ("from", "to"):
+            ref = getattr(e, end)
+            if ref not in ids:
+                ok = False
+                known = ", ".join(sorted(ids)[:20])
+                chk.add(f"{path}.{end}", f'no node has id "{ref}" (nodes: {known})')
+        key = (e.__getattribute__("from"), e.to, e.label)
+        if ok and key in seen:
+            chk.add(path, f"duplicate of edges[{seen[key]}] (same from, to and label)")
+        elif ok:
+            seen[key] = i
+            out.append((key[0], key[1], i))
+    return out
+
+
+def _entries(
+    graph: graph_pb2.Graph,
+    ids: Mapping[str, int],
+    edges: list[Edge],
+    chk: _Checker,
+    root: str,
+) -> list[str]:
+    if graph.entry_nodes:
+        for i, nid in enumerate(graph.entry_nodes):
+            if nid not in ids:
+                chk.add(f"{root}.entry_nodes[{i}]", f'no node has id "{nid}"')
+        return list(dict.fromkeys(graph.entry_nodes))
+    targets = {to for _, to, _ in edges}
+    entries = [nid for nid in ids if nid not in targets]
+    if ids and not entries:
+        chk.add(
+            f"{root}.entry_nodes",
+            "every node has an incoming edge, so the graph has no start: name the first "
+            "node(s) in entry_nodes",
+        )
+    return entries
+
+
+@dataclass
+class _Shape:
+    """Forward edges (a DAG), back edges closing loops, and loop bodies."""
+
+    reached: set[str]
+    back: set[int]
+    bodies: dict[int, set[str]]
+    forward_out: dict[str, list[Edge]]
+    forward_in: dict[str, list[Edge]]
+    ancestors: dict[str, set[str]]
+
+    @classmethod
+    def build(cls, ids: list[str], edges: list[Edge], entries: list[str]) -> _Shape:
+        out: dict[str, list[Edge]] = {n: [] for n in ids}
+        for e in edges:
+            out[e[0]].append(e)
+        back: set[int] = set()
+        reached: set[str] = set()
+        on_stack: set[str] = set()
+        # Iterative DFS in declaration order, so back edges are deterministic.
+        for start in entries:
+            if start in reached:
+                continue
+            reached.add(start)
+            on_stack.add(start)
+            stack: list[tuple[str, Iterable[Edge]]] = [(start, iter(out[start]))]
+            while stack:
+                node, it = stack[-1]
+                nxt = next(iter(it), None)
+                if nxt is None:
+                    stack.pop()
+                    on_stack.discard(node)
+                    continue
+                to = nxt[1]
+                if to in on_stack:
+                    back.add(nxt[2])
+                elif to not in reached:
+                    reached.add(to)
+                    on_stack.add(to)
+                    stack.append((to, iter(out[to])))
+        f_out: dict[str, list[Edge]] = {n: [] for n in ids}
+        f_in: dict[str, list[Edge]] = {n: [] for n in ids}
+        for e in edges:
+            if e[2] not in back:
+                f_out[e[0]].append(e)
+                f_in[e[1]].append(e)
+        ancestors = _closure(ids, f_in, lambda e: e[0])
+        descendants = _closure(ids, f_out, lambda e: e[1])
+        bodies: dict[int, set[str]] = {}
+        for e in edges:
+            if e[2] in back:
+                src, head = e[0], e[1]
+                bodies[e[2]] = {
+                    v
+                    for v in ids
+                    if (v == head or v in descendants[head]) and (v == src or src in descendants[v])
+                }
+        return cls(reached, back, bodies, f_out, f_in, ancestors)
+
+
+def _closure(ids: list[str], adj: Mapping[str, list[Edge]], pick: Any) -> dict[str, set[str]]:
+    """For each node, every node reachable along ``adj`` (memoised DFS on a DAG)."""
+    memo: dict[str, set[str]] = {}
+    for start in ids:
+        if start in memo:
+            continue
+        stack = [start]
+        while stack:
+            n = stack[-1]
+            pending = [pick(e) for e in adj[n] if pick(e) not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            acc: set[str] = set()
+            for e in adj[n]:
+                m = pick(e)
+                acc.add(m)
+                acc |= memo[m]
+            memo[n] = acc
+    return memo
+
+
+def _check_loops(
+    graph: graph_pb2.Graph,
+    ids: Mapping[str, int],
+    edges: list[Edge],
+    shape: _Shape,
+    chk: _Checker,
+    root: str,
+) -> None:
+    for src, head, idx in edges:
+        if idx not in shape.back:
+            continue
+        if graph.nodes[ids[head]].max_iterations <= 0:
+            chk.add(
+                f"{root}.nodes[{ids[head]}].max_iterations",
+                f"edges[{idx}] ({src} -> {head}) closes a cycle; set max_iterations on "
+                f'node "{head}" to bound the loop',
+            )
+        body = shape.bodies[idx]
+        for v in body - {head}:
+            for a, _, j in shape.forward_in[v]:
+                if a not in body:
+                    chk.add(
+                        f"{root}.edges[{j}]",
+                        f'enters the loop headed by "{head}" at "{v}"; a loop can only be '
+                        "entered at its head",
+                    )
+
+
+def _effective_retry(node: graph_pb2.Node, graph: graph_pb2.Graph) -> Retry:
+    r = node.retry if node.HasField("retry") else graph.defaults.retry
+    d = graph.defaults.retry
+
+    def dur(name: str, default: float) -> float:
+        if r.HasField(name):
+            return _seconds(getattr(r, name))
+        if d.HasField(name):
+            return _seconds(getattr(d, name))
+        return default
+
+    return Retry(
+        max_attempts=r.max_attempts or d.max_attempts or 1,
+        initial_backoff=dur("initial_backoff", 1.0),
+        max_backoff=dur("max_backoff", 60.0),
+        multiplier=r.backoff_multiplier or d.backoff_multiplier or 2.0,
+        jitter=r.jitter or d.jitter,
+        retry_on=frozenset(r.retry_on or d.retry_on),
+    )
+
+
+def _compile_nodes(
+    graph: graph_pb2.Graph,
+    ids: Mapping[str, int],
+    edges: list[Edge],
+    shape: _Shape,
+    cel: CelCompiler,
+    options: CompileOptions,
+    chk: _Checker,
+    root: str,
+) -> dict[str, CompiledNode]:
+    out_edges: dict[str, list[OutEdge]] = {nid: [] for nid in ids}
+    for src, to, idx in edges:
+        e = graph.edges[idx]
+        cond = None
+        if e.condition:
+            cond = chk.compile(cel, e.condition, Scope.CONDITION, f"{root}.edges[{idx}].condition")
+        out_edges[src].append(OutEdge(idx, to, cond, e.label, idx in shape.back))
+
+    compiled: dict[str, CompiledNode] = {}
+    for nid, i in ids.items():
+        node = graph.nodes[i]
+        path = f"{root}.nodes[{i}]"
+        kind = node.WhichOneof("kind") or ""
+        value = json_format.MessageToDict(node.inputs) if node.HasField("inputs") else {}
+        tmpl = chk.template(cel, value, Scope.TEMPLATE, f"{path}.inputs")
+        output = {}
+        for name, src in node.output.items():
+            expr = chk.compile(cel, src, Scope.OUTPUT, f"{path}.output[{name}]")
+            if expr is not None:
+                output[name] = expr
+        routes: list[tuple[str, Expression | None]] = []
+        if kind == "tool":
+            name = node.tool.name
+            if name not in options.tools:
+                chk.add(
+                    f"{path}.tool.name",
+                    f'no tool named "{name}" is registered; available: '
+                    + ", ".join(sorted(options.tools)),
+                )
+        elif kind == "router":
+            routes = _compile_router(node, out_edges[nid], cel, chk, path, root)
+        timeout = options.default_attempt_timeout
+        if node.HasField("attempt_timeout"):
+            timeout = _seconds(node.attempt_timeout)
+        elif graph.defaults.HasField("attempt_timeout"):
+            timeout = _seconds(graph.defaults.attempt_timeout)
+        if tmpl is None:
+            continue
+        compiled[nid] = CompiledNode(
+            id=nid,
+            index=i,
+            kind=kind,
+            proto=node,
+            inputs=tmpl,
+            output=output,
+            out_edges=out_edges[nid],
+            routes=routes,
+            retry=_effective_retry(node, graph),
+            attempt_timeout=timeout,
+        )
+    for cn in compiled.values():
+        refs = cn.inputs.refs
+        for expr in cn.output.values():
+            refs = refs.union(expr.refs)
+        for oe in cn.out_edges:
+            if oe.condition is not None:
+                refs = refs.union(oe.condition.refs)
+        for _, rexpr in cn.routes:
+            if rexpr is not None:
+                refs = refs.union(rexpr.refs)
+        cn.refs = refs
+    return compiled
+
+
+def _compile_router(
+    node: graph_pb2.Node,
+    edges: list[OutEdge],
+    cel: CelCompiler,
+    chk: _Checker,
+    path: str,
+    root: str,
+) -> list[tuple[str, Expression | None]]:
+    r = node.router
+    if r.mode not in (graph_pb2.ROUTER_MODE_UNSPECIFIED, graph_pb2.ROUTER_MODE_DETERMINISTIC):
+        chk.add(f"{path}.router.mode", "only the deterministic router mode is available yet")
+    if not r.routes:
+        chk.add(f"{path}.router.routes", "a router needs at least one route")
+    routes: list[tuple[str, Expression | None]] = []
+    names: set[str] = set()
+    for j, route in enumerate(r.routes):
+        rpath = f"{path}.router.routes[{j}]"
+        if not ROUTE_NAME.match(route.name):
+            chk.add(f"{rpath}.name", "use 1-64 letters, digits, or _ . : -")
+        elif route.name in names:
+            chk.add(f"{rpath}.name", f'duplicate route name "{route.name}"')
+        names.add(route.name)
+        expr = None
+        if route.condition:
+            expr = chk.compile(cel, route.condition, Scope.ROUTE, f"{rpath}.condition")
+        elif r.mode in (graph_pb2.ROUTER_MODE_UNSPECIFIED, graph_pb2.ROUTER_MODE_DETERMINISTIC):
+            chk.add(f"{rpath}.condition", "a deterministic route needs a CEL condition")
+        routes.append((route.name, expr))
+    if r.default_route:
+        names.add(r.default_route)
+    for oe in edges:
+        if oe.label not in names:
+            chk.add(
+                f"{root}.edges[{oe.index}].label",
+                f'edges leaving router "{node.id}" are taken by route name; "{oe.label}" is '
+                f"not one of {sorted(names)}",
+            )
+    return routes
+
+
+def _check_refs(
+    graph: graph_pb2.Graph,
+    ids: Mapping[str, int],
+    compiled: Mapping[str, CompiledNode],
+    output: Mapping[str, Expression],
+    shape: _Shape,
+    inputs: Mapping[str, Any],
+    chk: _Checker,
+    root: str,
+) -> None:
+    def same_loop(a: str, b: str) -> bool:
+        return any(a in body and b in body for body in shape.bodies.values())
+
+    def check(refs: Refs, path: str, before: str | None, self_ok: bool = True) -> None:
+        for key in sorted(refs.inputs):
+            if key not in inputs:
+                chk.add(
+                    path,
+                    f'references inputs.{key}, but the request has no input "{key}" '
+                    f"(inputs: {sorted(inputs) or 'none'})",
+                )
+        for ref in sorted(refs.nodes):
+            if ref not in ids:
+                chk.add(path, f'references nodes.{ref}, but no node has id "{ref}"')
+            elif before is not None and not (
+                (ref == before and self_ok)
+                or ref in shape.ancestors[before]
+                or same_loop(ref, before)
+            ):
+                chk.add(
+                    path,
+                    f'references nodes.{ref}, which does not run before "{before}": add an '
+                    f"edge path from {ref} to {before}",
+                )
+
+    for nid, cn in compiled.items():
+        path = f"{root}.nodes[{cn.index}]"
+        # A node's inputs cannot read its own output (it has none yet), except
+        # inside a loop, where the previous iteration's output exists.
+        check(cn.inputs.refs, f"{path}.inputs", nid, self_ok=False)
+        for name, expr in cn.output.items():
+            check(expr.refs, f"{path}.output[{name}]", nid)
+        for j, (_, rexpr) in enumerate(cn.routes):
+            if rexpr is not None:
+                check(rexpr.refs, f"{path}.router.routes[{j}].condition", nid, self_ok=False)
+        for oe in cn.out_edges:
+            if oe.condition is not None:
+                check(oe.condition.refs, f"{root}.edges[{oe.index}].condition", nid)
+    for name, expr in output.items():
+        check(expr.refs, f"{root}.output[{name}]", None)
+
+
+def _topology(
+    nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: _Shape
+) -> dict[str, str]:
+    """Per-node JSON for the Lua scripts; field names are short because Lua decodes them often.
+
+    Node fields: k kind, j join (0 all, 1 any), mx max_iterations, in forward
+    in-degree, o outgoing edges [index, to, back(0/1), owning loop + 1 for an
+    exit edge else 0], and the retry policy for timeouts the sweeper handles
+    (ma attempts, ib/mb initial/max backoff ms, mu multiplier). Back edge
+    fields ``b:<index>``: h head, s source, body nodes, ie internal forward
+    edges, x exit edges [index, to] owned by this loop.
+    """
+    topo: dict[str, str] = {}
+    # Each exit edge belongs to the outermost loop it leaves: only that loop's
+    # end resolves it, so an inner loop ending does not skip nodes after the outer one.
+    exits: dict[int, list[list[Any]]] = {b: [] for b in shape.bodies}
+    owner: dict[int, int] = {}
+    for src, to, idx in edges:
+        if idx in shape.back:
+            continue
+        owners = [b for b, body in shape.bodies.items() if src in body and to not in body]
+        if owners:
+            outer = max(owners, key=lambda b: (len(shape.bodies[b]), -b))
+            exits[outer].append([idx, to])
+            owner[idx] = outer + 1
+    for nid, cn in nodes.items():
+        r = cn.retry
+        topo[nid] = json.dumps(
+            {
+                "k": cn.kind,
+                "j": 1 if cn.proto.join == graph_pb2.JOIN_MODE_ANY else 0,
+                "mx": cn.proto.max_iterations,
+                "in": len(shape.forward_in[nid]),
+                "o": [
+                    [oe.index, oe.to, 1 if oe.back else 0, owner.get(oe.index, 0)]
+                    for oe in cn.out_edges
+                ],
+                "ma": r.max_attempts,
+                "ib": int(r.initial_backoff * 1000),
+                "mb": int(r.max_backoff * 1000),
+                "mu": r.multiplier,
+            },
+            separators=(",", ":"),
+        )
+    for b, body in shape.bodies.items():
+        src, head, _ = next(e for e in edges if e[2] == b)
+        internal = [e[2] for e in edges if e[2] not in shape.back and e[0] in body and e[1] in body]
+        topo[f"b:{b}"] = json.dumps(
+            {"h": head, "s": src, "body": sorted(body), "ie": internal, "x": exits[b]},
+            separators=(",", ":"),
+        )
+    return topo

@@ -1,0 +1,191 @@
+"""What a worker runs for each node kind, and the contract between them.
+
+A handler gets a ``NodeContext`` (the rendered input, the CEL scope, a way to
+emit events) and returns a ``NodeResult`` or raises ``NodeFailure``. Handlers
+never touch Redis: the worker applies their result in one fenced transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dago.cel import EvalError
+from dago.graphdef import CompiledNode
+from dago.v1 import graph_pb2
+
+Emit = Callable[[list[tuple[str, str]]], Awaitable[bool]]
+
+
+class NodeFailure(Exception):
+    """A node attempt failed; ``retryable`` says whether the retry policy may retry it."""
+
+    def __init__(self, error_class: int, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.retryable = retryable
+
+    def to_json(self) -> str:
+        """The stored form ``{c, m, r}``."""
+        return json.dumps(
+            {"c": self.error_class, "m": self.message, "r": self.retryable},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+
+def invalid(message: str) -> NodeFailure:
+    """A failure retrying cannot fix (bad input or configuration)."""
+    return NodeFailure(graph_pb2.ERROR_CLASS_INVALID, message, False)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token and cost accounting of one attempt."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def to_arg(self) -> str:
+        """The comma-separated form complete.lua takes."""
+        return (
+            f"{self.input_tokens},{self.output_tokens},{self.cache_creation_input_tokens},"
+            f"{self.cache_read_input_tokens},{self.cost_usd!r}"
+        )
+
+
+@dataclass
+class NodeContext:
+    """Everything a handler may use to run one attempt."""
+
+    graph_id: str
+    node: CompiledNode
+    attempt: int
+    iteration: int
+    input: Any
+    scope: dict[str, Any]
+    emit: Emit
+    worker_id: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across redeliveries of this attempt: tools use it to de-duplicate effects."""
+        return f"{self.graph_id}/{self.node.id}/{self.iteration}/{self.attempt}"
+
+
+@dataclass
+class NodeResult:
+    """A successful attempt: its result, usage and, for routers, the decision."""
+
+    value: Any
+    usage: Usage | None = None
+    route: dict[str, Any] | None = None
+
+
+class Handler(Protocol):
+    """Runs one node kind."""
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Run one attempt."""
+        ...
+
+
+ToolFn = Callable[[Any, NodeContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool an operator registered (or a built-in one)."""
+
+    name: str
+    description: str
+    fn: ToolFn
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+async def _echo(args: Any, ctx: NodeContext) -> Any:
+    return args
+
+
+async def _sleep(args: Any, ctx: NodeContext) -> Any:
+    seconds = args.get("seconds", 1) if isinstance(args, dict) else args
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+        raise invalid(f"sleep needs a non-negative number of seconds, got {seconds!r}")
+    await asyncio.sleep(float(seconds))
+    return {"slept": seconds}
+
+
+BUILTIN_TOOLS = (
+    Tool("echo", "Returns its arguments unchanged.", _echo),
+    Tool(
+        "sleep",
+        "Waits `seconds` (honours cancellation), then returns {slept: seconds}.",
+        _sleep,
+        {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}}},
+    ),
+)
+
+
+def load_tools(modules: str) -> dict[str, Tool]:
+    """Built-in tools plus those of each module's ``dago_tools()`` (comma-separated names)."""
+    tools = {t.name: t for t in BUILTIN_TOOLS}
+    for name in filter(None, (m.strip() for m in modules.split(","))):
+        module = importlib.import_module(name)
+        provided: Iterable[Tool] = module.dago_tools()
+        for tool in provided:
+            tools[tool.name] = tool
+    return tools
+
+
+class ToolHandler:
+    """Calls the tool a ``tool`` node names with the node's rendered input."""
+
+    def __init__(self, tools: Mapping[str, Tool]) -> None:
+        self._tools = tools
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Run the tool; its return value is the node's result."""
+        name = ctx.node.proto.tool.name
+        tool = self._tools.get(name)
+        if tool is None:
+            raise invalid(f'no tool named "{name}" is registered on this worker')
+        return NodeResult(await tool.fn(ctx.input, ctx))
+
+
+class RouterHandler:
+    """Chooses a route: the first whose CEL condition holds, else the default route."""
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Evaluate the routes in order over the scope plus ``input``."""
+        data = {**ctx.scope, "input": ctx.input}
+        for name, expr in ctx.node.routes:
+            if expr is None:
+                continue
+            try:
+                if expr.evaluate_bool(data):
+                    reason = f"condition `{expr.source}` holds"
+                    return NodeResult({"route": name, "reason": reason}, route=_route(name, reason))
+            except EvalError as e:
+                raise invalid(f"route {name!r}: {e}") from None
+        default = ctx.node.proto.router.default_route
+        if default:
+            reason = "no route condition holds; default route"
+            return NodeResult({"route": default, "reason": reason}, route=_route(default, reason))
+        raise invalid("no route condition holds and the router has no default_route")
+
+
+def _route(name: str, reason: str) -> dict[str, Any]:
+    return {"route": name, "reason": reason, "confidence": 1.0}
+
+
+def default_handlers(tools: Mapping[str, Tool]) -> dict[str, Handler]:
+    """The handler of every node kind this build runs."""
+    return {"tool": ToolHandler(tools), "router": RouterHandler()}

@@ -1,0 +1,131 @@
+"""Every Redis key dago uses, in one place.
+
+All keys of one graph and the work stream it is dispatched on share one hash
+tag, ``{s<shard>}``, so every state transition is a single Lua script that
+also runs on Redis Cluster. A graph's shard is part of its id
+(``<shard>-<ulid>``), so finding its keys needs no lookup.
+
+The Lua scripts build per-graph key names themselves (they cannot receive
+every key up front without knowing the graph's topology); the layouts here
+and in ``lua/common.lua`` must stay in step, which ``tests/test_keys.py``
+checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORK_GROUP = "workers"
+"""Consumer group of every work stream."""
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    """Keys of one shard: its queues, timers and indexes."""
+
+    prefix: str
+    shard: int
+
+    @property
+    def tag(self) -> str:
+        """``<prefix>:{s<n>}``: the hash-tagged base every shard key starts with."""
+        return f"{self.prefix}:{{s{self.shard}}}"
+
+    @property
+    def work(self) -> str:
+        """Stream of work items (one per node attempt to run)."""
+        return f"{self.tag}:work"
+
+    @property
+    def dead(self) -> str:
+        """Stream of dead-lettered work items."""
+        return f"{self.tag}:dead"
+
+    @property
+    def timers(self) -> str:
+        """Sorted set of due times: retries, attempt timeouts, graph deadlines."""
+        return f"{self.tag}:timers"
+
+    @property
+    def notify(self) -> str:
+        """Capped stream naming graphs whose event log grew (wakes watchers)."""
+        return f"{self.tag}:notify"
+
+    @property
+    def control(self) -> str:
+        """Capped stream of cancellations for workers."""
+        return f"{self.tag}:control"
+
+    def index(self, state: str = "") -> str:
+        """Sorted set of graph ids by creation time, optionally for one state."""
+        return f"{self.tag}:index" + (f":{state}" if state else "")
+
+    def request(self, request_id: str) -> str:
+        """Idempotency record of a SubmitGraph request_id."""
+        return f"{self.tag}:req:{request_id}"
+
+    def graph(self, graph_id: str) -> GraphKeys:
+        """Keys of one graph on this shard."""
+        return GraphKeys(f"{self.tag}:g:{graph_id}")
+
+
+@dataclass(frozen=True)
+class GraphKeys:
+    """Keys of one graph; ``base`` already carries the shard's hash tag."""
+
+    base: str
+
+    @property
+    def meta(self) -> str:
+        """Hash: state, timestamps, counters, usage, the definition."""
+        return self.base
+
+    @property
+    def nodes(self) -> str:
+        """Hash: per-node state, join counters and edge states."""
+        return f"{self.base}:n"
+
+    @property
+    def topo(self) -> str:
+        """Hash: per-node topology (JSON) read by the Lua scripts."""
+        return f"{self.base}:t"
+
+    @property
+    def attempts(self) -> str:
+        """Hash: immutable records of finished attempts, by node:iteration:attempt."""
+        return f"{self.base}:a"
+
+    @property
+    def events(self) -> str:
+        """Stream: the graph's event log, entry ids ``0-<seq>``."""
+        return f"{self.base}:e"
+
+    def all(self) -> tuple[str, ...]:
+        """Every key of the graph (for expiry)."""
+        return (self.meta, self.nodes, self.topo, self.attempts, self.events)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Entry point: the key layout for one prefix and shard count."""
+
+    prefix: str
+    shards: int
+
+    def shard(self, n: int) -> ShardKeys:
+        """Keys of shard ``n``."""
+        return ShardKeys(self.prefix, n)
+
+    def all_shards(self) -> list[ShardKeys]:
+        """Keys of every shard, in order."""
+        return [self.shard(n) for n in range(self.shards)]
+
+    @property
+    def workers(self) -> str:
+        """Hash of live workers (id -> JSON description)."""
+        return f"{self.prefix}:{{workers}}:info"
+
+    @property
+    def workers_seen(self) -> str:
+        """Sorted set of workers by last heartbeat (ms)."""
+        return f"{self.prefix}:{{workers}}:seen"

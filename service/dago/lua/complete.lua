@@ -1,0 +1,101 @@
+-- Applies the results of a batch of node attempts, fenced on (graph, node, iteration, attempt):
+-- records the attempt, moves the node on, resolves its edges, dispatches what became ready,
+-- ends the graph when nothing is left, and acks the work item, all in one step.
+-- ARGV: tag, worker_id, then per item 12 fields: msg_id, gid, node, attempt, iter,
+--       outcome(ok|retry|fail), output(json|''), taken(comma-separated edge indexes),
+--       usage('in,out,cache_write,cache_read,cost'|''), route decision(json|''), error(json|''),
+--       delay_ms.
+-- Returns per item 'applied' or 'stale'.
+local worker = ARGV[2]
+local out = {}
+local touched = {}
+for i = 3, #ARGV, 12 do
+  local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local outcome, output, taken_s, usage_s = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  local route, err, delay = ARGV[i + 9], ARGV[i + 10], tonumber(ARGV[i + 11])
+  redis.call('ZREM', TIMERS, timer_key('t', gid, node, iter, attempt))
+  if fence(gid, node, attempt, iter, {RUNNING}) == nil then
+    out[#out + 1] = 'stale'
+  else
+    touched[gid] = true
+    local gk, nk = gkey(gid), nkey(gid)
+    local started = tonumber(redis.call('HGET', nk, node .. ':st')) or NOW
+    local state = (outcome == 'ok') and COMPLETED or ((outcome == 'retry') and RETRYING or FAILED)
+    local ujson = 'null'
+    local over = nil
+    if usage_s ~= '' then
+      local u = {}
+      for x in string.gmatch(usage_s, '[^,]+') do u[#u + 1] = x end
+      local fields = {'ui', 'uo', 'ucc', 'ucr'}
+      for k = 1, 4 do
+        redis.call('HINCRBY', nk, node .. ':' .. fields[k], u[k])
+        redis.call('HINCRBY', gk, fields[k], u[k])
+      end
+      redis.call('HINCRBYFLOAT', nk, node .. ':uc', u[5])
+      local cost = tonumber(redis.call('HINCRBYFLOAT', gk, 'uc', u[5]))
+      ujson = '{"i":' .. u[1] .. ',"o":' .. u[2] .. ',"cc":' .. u[3] .. ',"cr":' .. u[4] .. ',"c":' .. u[5] .. '}'
+      local lim = redis.call('HMGET', gk, 'max_tokens', 'max_cost', 'ui', 'uo')
+      local tokens = (tonumber(lim[3]) or 0) + (tonumber(lim[4]) or 0)
+      if tonumber(lim[1]) > 0 and tokens > tonumber(lim[1]) then
+        over = 'the graph used ' .. tokens .. ' tokens, over its limit of ' .. lim[1] .. ' (limits.max_tokens)'
+      elseif tonumber(lim[2]) > 0 and cost > tonumber(lim[2]) then
+        over = 'the graph cost $' .. cost .. ', over its limit of $' .. lim[2] .. ' (limits.max_cost_usd)'
+      end
+    end
+    local rec = '{"st":' .. started .. ',"et":' .. NOW .. ',"s":' .. state .. ',"w":' .. jstr(worker)
+      .. ',"u":' .. ujson
+    if output ~= '' then rec = rec .. ',"o":' .. output end
+    if err ~= '' then rec = rec .. ',"e":' .. err end
+    redis.call('HSETNX', gk .. ':a', node .. ':' .. iter .. ':' .. attempt, rec .. '}')
+    if ujson ~= 'null' then
+      emit(gid, 'usage', node, attempt, iter, '{"u":' .. ujson .. '}')
+    end
+    if outcome == 'ok' then
+      redis.call('HSET', nk, node .. ':s', COMPLETED, node .. ':et', NOW, node .. ':o', output)
+      redis.call('HINCRBY', gk, 'open', -1)
+      emit(gid, 'node_completed', node, attempt, iter,
+        '{"o":' .. output .. ',"u":' .. ujson .. ',"ms":' .. (NOW - started) .. '}')
+      local taken = {}
+      for x in string.gmatch(taken_s, '[^,]+') do taken[tonumber(x)] = true end
+      if route ~= '' then
+        -- route is the router's decision as JSON (route, reason, confidence); targets are added here.
+        local rd = cjson.decode(route)
+        redis.call('HSET', nk, node .. ':route', rd.route)
+        local targets = {}
+        for _, e in ipairs(topo(gid, node).o) do
+          if taken[e[1]] then targets[#targets + 1] = e[2] end
+        end
+        rd.targets = targets
+        emit(gid, 'router_decision', node, attempt, iter, jstr(rd))
+      end
+      if over then
+        fail_graph(gid, jstr({c = 7, m = over, r = false}), node)
+      else
+        local ready, loops = {}, {}
+        out_edges(gid, node, taken, ready, loops)
+        settle(gid, ready, loops)
+      end
+    elseif outcome == 'retry' then
+      redis.call('HSET', nk, node .. ':s', RETRYING, node .. ':err', err)
+      emit(gid, 'node_retrying', node, attempt, iter,
+        '{"e":' .. err .. ',"b":' .. delay .. ',"n":' .. (tonumber(attempt) + 1) .. '}')
+      if over then
+        fail_graph(gid, jstr({c = 7, m = over, r = false}), node)
+      elseif delay <= 0 then
+        dispatch(gid, node, tonumber(attempt) + 1, iter)
+      else
+        redis.call('ZADD', TIMERS, NOW + delay, timer_key('r', gid, node, iter, tonumber(attempt) + 1))
+      end
+    else
+      redis.call('HSET', nk, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err)
+      redis.call('HINCRBY', gk, 'open', -1)
+      emit(gid, 'node_failed', node, attempt, iter, '{"e":' .. err .. '}')
+      fail_graph(gid, err, node)
+    end
+    out[#out + 1] = 'applied'
+  end
+  redis.call('XACK', WORK, GROUP, mid)
+end
+for gid in pairs(touched) do maybe_finish(gid) end
+flush()
+return out

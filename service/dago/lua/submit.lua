@@ -1,0 +1,35 @@
+-- Creates a graph run and dispatches its entry nodes, or returns the run an earlier
+-- submission with the same request_id created.
+-- ARGV: tag, gid, request_id, body_hash, name, def, inputs, ids(json), entries(json),
+--       max_steps, max_tokens, max_cost, deadline_ms, retention_s, then topology field/value pairs.
+local gid, rid, hash = ARGV[2], ARGV[3], ARGV[4]
+if rid ~= '' then
+  local rk = TAG .. ':req:' .. rid
+  local v = redis.call('HMGET', rk, 'g', 'h')
+  if v[1] then
+    if v[2] ~= hash then return {'conflict', v[1], 0} end
+    return {'exists', v[1], tonumber(redis.call('HGET', gkey(v[1]), 'state')) or 0}
+  end
+  redis.call('HSET', rk, 'g', gid, 'h', hash)
+end
+local gk = gkey(gid)
+local ids = cjson.decode(ARGV[8])
+local entries = cjson.decode(ARGV[9])
+redis.call('HSET', gk, 'state', G_SUBMITTED, 'name', ARGV[5], 'created', NOW, 'seq', 0,
+  'steps', 0, 'open', #ids, 'def', ARGV[6], 'inputs', ARGV[7], 'ids', ARGV[8],
+  'max_steps', ARGV[10], 'max_tokens', ARGV[11], 'max_cost', ARGV[12], 'retention', ARGV[14],
+  'request_id', rid)
+local tk = gk .. ':t'
+for i = 15, #ARGV, 2 do redis.call('HSET', tk, ARGV[i], ARGV[i + 1]) end
+local nk = nkey(gid)
+for _, node in ipairs(ids) do
+  redis.call('HSET', nk, node .. ':s', PENDING, node .. ':a', 0, node .. ':i', 1)
+end
+redis.call('ZADD', INDEX, NOW, gid)
+redis.call('ZADD', INDEX .. ':' .. G_SUBMITTED, NOW, gid)
+emit(gid, 'graph_submitted', nil, nil, nil, jstr({name = ARGV[5], entries = entries}))
+for _, node in ipairs(entries) do dispatch(gid, node, 1, 1) end
+local deadline = tonumber(ARGV[13])
+if deadline > 0 then redis.call('ZADD', TIMERS, NOW + deadline, 'd|' .. gid) end
+flush()
+return {'created', gid, G_SUBMITTED}

@@ -1,0 +1,119 @@
+"""``dago serve``: the gRPC API with health, reflection, metrics and the timer sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from redis.exceptions import RedisError
+
+from dago.api import Orchestrator
+from dago.config import Settings
+from dago.store import Store
+from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from dago.watch import EventHub
+
+log = logging.getLogger("dago.server")
+
+SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+class ApiServer:
+    """The API process: one gRPC server plus its background loops."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        orchestrator: Orchestrator,
+        hub: EventHub,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._orchestrator = orchestrator
+        self._hub = hub
+        self._registry = registry
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def _build(self) -> grpc.aio.Server:
+        limit = self._settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self._orchestrator, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
+        self.port = server.add_insecure_port(address)
+        return server
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE):
+            await self._health.set(name, status)
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then stop gracefully."""
+        server = await self._build()
+        if self._settings.metrics_port:
+            start_http_server(self._settings.metrics_port, registry=self._registry)
+        await self._set_health(False)
+        await server.start()
+        log.info("dago API listening on %s:%d", self._settings.grpc_host, self.port)
+        async with asyncio.TaskGroup() as tg:
+            loops = [
+                tg.create_task(self._health_loop()),
+                tg.create_task(self._sweep_loop()),
+                tg.create_task(self._hub.run()),
+            ]
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("dago API stopping")
+            await self._set_health(False)
+            await server.stop(grace=5)
+            for t in loops:
+                t.cancel()
+
+    async def _health_loop(self) -> None:
+        ok: bool | None = None
+        while True:
+            try:
+                up = await asyncio.wait_for(self._store.ping(), 2.0)
+                if up and not ok:
+                    await self._store.ensure_groups()
+            except (RedisError, OSError, TimeoutError):
+                up = False
+            if up != ok:
+                log.log(logging.INFO if up else logging.WARNING, "redis %s", "up" if up else "DOWN")
+                await self._set_health(up)
+                ok = up
+            await asyncio.sleep(1.0)
+
+    async def _sweep_loop(self) -> None:
+        interval = self._settings.sweep_interval_ms / 1000
+        limit = 200
+        while True:
+            try:
+                for shard in range(self._settings.shards):
+                    while await self._store.sweep(shard, limit) >= limit:
+                        pass
+            except RedisError as e:
+                log.warning("sweeping timers failed: %s", e)
+            await asyncio.sleep(interval)

@@ -1,0 +1,253 @@
+"""Redis access: the Lua transitions and the reads behind the API.
+
+Every write to a graph goes through one of the scripts in ``lua/``; each runs
+atomically in the graph's shard slot. Python never read-modify-writes graph
+state, so any number of API servers and workers can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from dago.config import Settings
+from dago.keys import WORK_GROUP, Keys, ShardKeys
+
+RedisClient = aioredis.Redis | RedisCluster
+
+SCRIPTS = ("submit", "start", "complete", "sweep", "cancel", "reclaim", "append")
+
+
+def connect(settings: Settings) -> RedisClient:
+    """A Redis or Redis Cluster client for ``settings.redis_url``."""
+    url = settings.redis_url
+    if settings.cluster:
+        url = url.replace("+cluster", "", 1)
+        return RedisCluster.from_url(url, socket_keepalive=True)
+    return aioredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
+
+
+def _load_scripts() -> dict[str, str]:
+    pkg = Path(__file__).parent / "lua"
+    common = (pkg / "common.lua").read_text()
+    return {name: common + "\n" + (pkg / f"{name}.lua").read_text() for name in SCRIPTS}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One delivered work item: run attempt ``attempt`` of ``node`` in ``graph_id``."""
+
+    shard: int
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    deliveries: int
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _item(shard: int, msg_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> WorkItem:
+    return WorkItem(
+        shard,
+        msg_id,
+        fields[b"g"].decode(),
+        fields[b"n"].decode(),
+        int(fields[b"a"]),
+        int(fields[b"i"]),
+        deliveries,
+    )
+
+
+class Store:
+    """Typed access to dago's Redis data; all scripts and reads in one place."""
+
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._scripts = {name: client.register_script(src) for name, src in _load_scripts().items()}
+
+    async def _run(self, name: str, shard: ShardKeys, args: Sequence[Any]) -> Any:
+        return await self._scripts[name](keys=[shard.work], args=[shard.tag, *args])
+
+    async def ensure_groups(self) -> None:
+        """Create the work streams' consumer group on every shard (idempotent)."""
+        for shard in self.keys.all_shards():
+            try:
+                await self.redis.xgroup_create(shard.work, WORK_GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(await self.redis.ping())
+
+    # --- transitions -----------------------------------------------------------------
+
+    async def submit(self, shard: int, args: Sequence[Any]) -> tuple[str, str, int]:
+        """Run submit.lua; returns (created|exists|conflict, graph_id, state)."""
+        res = await self._run("submit", self.keys.shard(shard), args)
+        return _s(res[0]), _s(res[1]), int(res[2])
+
+    async def start(self, shard: int, worker: str, args: Sequence[Any]) -> list[Any]:
+        """Run start.lua for a batch (9 fields per item)."""
+        return list(await self._run("start", self.keys.shard(shard), [worker, *args]))
+
+    async def complete(self, shard: int, worker: str, args: Sequence[Any]) -> list[str]:
+        """Run complete.lua for a batch (12 fields per item)."""
+        res = await self._run("complete", self.keys.shard(shard), [worker, *args])
+        return [_s(x) for x in res]
+
+    async def sweep(self, shard: int, limit: int = 200) -> int:
+        """Apply due timers of one shard; returns how many were due."""
+        return int(await self._run("sweep", self.keys.shard(shard), [limit]))
+
+    async def cancel(self, shard: int, graph_id: str, reason: str) -> tuple[str, int]:
+        """Run cancel.lua; returns (cancelled|finished|missing, state)."""
+        res = await self._run("cancel", self.keys.shard(shard), [graph_id, reason])
+        return _s(res[0]), int(res[1])
+
+    async def append(
+        self, shard: int, item: WorkItem, events: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Append events of a running attempt; False when the attempt is no longer current."""
+        flat = [x for ev in events for x in ev]
+        args = [item.graph_id, item.node, item.attempt, item.iteration, *flat]
+        return bool(await self._run("append", self.keys.shard(shard), args))
+
+    # --- work streams ----------------------------------------------------------------
+
+    async def read_work(
+        self, shards: Sequence[int], consumer: str, count: int, block_ms: int
+    ) -> list[WorkItem]:
+        """New work items of ``shards`` for ``consumer`` (one XREADGROUP, blocking).
+
+        Several shards share one call only on a single Redis; on a cluster each
+        shard's stream lives in its own slot, so callers pass one shard at a time.
+        """
+        by_key = {self.keys.shard(n).work: n for n in shards}
+        res = await self.redis.xreadgroup(
+            WORK_GROUP, consumer, dict.fromkeys(by_key, ">"), count=count, block=block_ms
+        )
+        items = []
+        for stream, entries in res or []:
+            shard = by_key[_s(stream)]
+            for msg_id, fields in entries:
+                items.append(_item(shard, msg_id, fields, 1))
+        return items
+
+    async def reclaim(
+        self, shard: int, consumer: str, min_idle_ms: int, count: int, max_deliveries: int
+    ) -> list[WorkItem]:
+        """Take over items idle longer than the lease; poison items are dead-lettered."""
+        res = await self._run(
+            "reclaim", self.keys.shard(shard), [consumer, min_idle_ms, count, max_deliveries]
+        )
+        items = []
+        for entry in res[1:]:
+            fields = dict(zip(entry[2::2], entry[3::2], strict=True))
+            items.append(_item(shard, entry[0], fields, int(entry[1])))
+        return items
+
+    async def renew(self, shard: int, consumer: str, msg_ids: Sequence[bytes]) -> None:
+        """Reset the idle time of items this consumer still works on (its lease)."""
+        if msg_ids:
+            sk = self.keys.shard(shard)
+            await self.redis.xclaim(
+                sk.work, WORK_GROUP, consumer, 0, list(msg_ids), justid=True
+            )
+
+    async def ack(self, shard: int, msg_ids: Sequence[bytes]) -> None:
+        """Acknowledge items that need no transition (malformed ones)."""
+        if msg_ids:
+            await self.redis.xack(self.keys.shard(shard).work, WORK_GROUP, *msg_ids)
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def graph(self, shard: int, graph_id: str) -> dict[bytes, bytes]:
+        """The graph's meta hash (empty when unknown or expired)."""
+        gk = self.keys.shard(shard).graph(graph_id)
+        return dict(await self.redis.hgetall(gk.meta))
+
+    async def graph_fields(self, shard: int, graph_id: str, *names: str) -> list[bytes | None]:
+        """Some fields of the graph's meta hash."""
+        gk = self.keys.shard(shard).graph(graph_id)
+        return list(await self.redis.hmget(gk.meta, list(names)))
+
+    async def snapshot(
+        self, shard: int, graph_id: str, attempts: bool = True
+    ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
+        """Meta, node-state and attempt hashes of one graph in one round trip."""
+        gk = self.keys.shard(shard).graph(graph_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(gk.meta)
+        pipe.hgetall(gk.nodes)
+        if attempts:
+            pipe.hgetall(gk.attempts)
+        res = await pipe.execute()
+        return dict(res[0]), dict(res[1]), dict(res[2]) if attempts else {}
+
+    async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:
+        """Summary fields of several graphs (any shards) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        names = ["name", "state", "created", "ended", "request_id"]
+        for shard, gid in graphs:
+            pipe.hmget(self.keys.shard(shard).graph(gid).meta, names)
+        res = await pipe.execute()
+        return [
+            {k.encode(): v for k, v in zip(names, row, strict=True) if v is not None}
+            for row in res
+        ]
+
+    async def events(
+        self, shard: int, graph_id: str, after_seq: int, count: int
+    ) -> list[tuple[int, dict[bytes, bytes]]]:
+        """Up to ``count`` stored events after ``after_seq``, as (seq, fields)."""
+        gk = self.keys.shard(shard).graph(graph_id)
+        res = await self.redis.xrange(gk.events, min=f"0-{after_seq + 1}", max="+", count=count)
+        return [(int(mid.split(b"-")[1]), fields) for mid, fields in res]
+
+    async def list_ids(
+        self, shard: int, state: int, before: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Graph ids of one shard, newest first, strictly before ``before`` (score, id)."""
+        key = self.keys.shard(shard).index(str(state) if state else "")
+        hi: str | int = "+inf" if before is None else before[0]
+        out: list[tuple[str, int]] = []
+        offset = 0
+        while len(out) < count:
+            res = await self.redis.zrevrangebyscore(
+                key, hi, "-inf", start=offset, num=count, withscores=True
+            )
+            if not res:
+                break
+            offset += len(res)
+            for member, score in res:
+                entry = (_s(member), int(score))
+                # Same-millisecond ties are ordered by id, so (score, id) is a strict cursor.
+                if before is None or (entry[1], entry[0]) < before:
+                    out.append(entry)
+        return out[:count]
+
+    async def tail_streams(
+        self, streams: dict[str, str], block_ms: int, count: int = 1000
+    ) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
+        """XREAD (no group) on ``streams`` {key: last id}, blocking up to block_ms."""
+        res = await self.redis.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        return [(_s(k), v) for k, v in res or []]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as stored in Redis."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

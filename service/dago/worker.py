@@ -1,0 +1,421 @@
+"""``dago worker``: runs node attempts from the work streams.
+
+Flow per batch: read work (XREADGROUP COUNT>1 BLOCK), mark the batch running
+in one Lua call per shard (which also returns the outputs the nodes read),
+run each attempt in its own task, and apply finished attempts in batches with
+one Lua call per shard that records the result, resolves edges, dispatches
+successors and acks the work item. A work item is acked only by that call,
+so a worker killed at any point loses nothing: its items are reclaimed after
+the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from dago.cel import EvalError
+from dago.config import Settings
+from dago.graphcache import GraphCache, LoadedGraph
+from dago.graphdef import CompiledNode
+from dago.handlers import Handler, NodeContext, NodeFailure, NodeResult, invalid
+from dago.store import Store, WorkItem, dumps
+from dago.v1 import graph_pb2
+
+log = logging.getLogger("dago.worker")
+
+
+@dataclass
+class _Running:
+    item: WorkItem
+    task: asyncio.Task[None]
+    stopped_by_control: bool = False
+
+
+class Worker:
+    """One worker process: N slots fed from every shard's work stream."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        graphs: GraphCache,
+        handlers: Mapping[str, Handler],
+        worker_id: str,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._graphs = graphs
+        self._handlers = handlers
+        self.id = worker_id
+        self._running: dict[bytes, _Running] = {}
+        self._free = settings.worker_slots
+        self._slots = asyncio.Condition()
+        self._done: asyncio.Queue[tuple[int, bytes, list[Any]]] = asyncio.Queue()
+        self._draining = False
+        shards = list(range(settings.shards))
+        # One blocking read can cover every shard on a single Redis, not on a cluster.
+        self._groups = [[s] for s in shards] if settings.cluster else [shards]
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts running or waiting to be applied."""
+        return self._settings.worker_slots - self._free
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then drain: finish running attempts, then return."""
+        await self._store.ensure_groups()
+        log.info("worker %s started: %d slots, shards %s", self.id, self._free, self._groups)
+        async with asyncio.TaskGroup() as tg:
+            feeders = [tg.create_task(self._read_loop(g)) for g in self._groups]
+            feeders.append(tg.create_task(self._reclaim_loop()))
+            feeders += [tg.create_task(self._control_loop(g)) for g in self._groups]
+            renew = tg.create_task(self._renew_loop())
+            heartbeat = tg.create_task(self._heartbeat_loop())
+            completer = tg.create_task(self._complete_loop())
+            await stop.wait()
+            log.info("worker %s draining %d attempts", self.id, len(self._running))
+            self._draining = True
+            for t in feeders:
+                t.cancel()
+            await asyncio.gather(*feeders, return_exceptions=True)
+            await self._drain()
+            while self._running:  # finished attempts whose results are being applied
+                await asyncio.sleep(0.01)
+            for t in (renew, heartbeat, completer):
+                t.cancel()
+        await self._deregister()
+        log.info("worker %s stopped", self.id)
+
+    async def _drain(self) -> None:
+        tasks = [r.task for r in self._running.values()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self._settings.drain_timeout_s)
+        for t in pending:
+            # Not applied, so still pending in Redis: another worker reclaims them.
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for msg_id in [m for m, r in self._running.items() if r.task in pending]:
+            del self._running[msg_id]
+
+    # --- slots -----------------------------------------------------------------------
+
+    async def _reserve(self) -> int:
+        async with self._slots:
+            await self._slots.wait_for(lambda: self._free > 0)
+            n = min(self._settings.worker_batch, self._free)
+            self._free -= n
+            return n
+
+    async def _release(self, n: int) -> None:
+        if n:
+            async with self._slots:
+                self._free += n
+                self._slots.notify_all()
+
+    # --- feeding ---------------------------------------------------------------------
+
+    async def _read_loop(self, shards: list[int]) -> None:
+        backoff = 0.1
+        while True:
+            n = await self._reserve()
+            try:
+                items = await self._store.read_work(shards, self.id, n, block_ms=2000)
+                backoff = 0.1
+            except RedisError as e:
+                await self._release(n)
+                log.warning("reading work failed (%s); retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            await self._release(n - len(items))
+            if items:
+                await self._begin(items)
+
+    async def _reclaim_loop(self) -> None:
+        lease = self._settings.lease_ms
+        while True:
+            await asyncio.sleep(max(lease / 4000, 0.25))
+            for shard in range(self._settings.shards):
+                n = await self._reserve()
+                try:
+                    items = await self._store.reclaim(
+                        shard, self.id, lease, n, self._settings.max_deliveries
+                    )
+                except RedisError as e:
+                    log.warning("reclaim failed on shard %d: %s", shard, e)
+                    items = []
+                await self._release(n - len(items))
+                if items:
+                    log.info("reclaimed %d work items on shard %d", len(items), shard)
+                    await self._begin(items)
+
+    async def _begin(self, items: Sequence[WorkItem]) -> None:
+        by_shard: dict[int, list[tuple[WorkItem, LoadedGraph | None]]] = defaultdict(list)
+        try:
+            for item in items:
+                loaded = await self._graphs.get(item.shard, item.graph_id)
+                by_shard[item.shard].append((item, loaded))
+        except RedisError as e:
+            # Left pending in Redis; the reclaim loop picks them up after the lease.
+            log.warning("loading graphs failed: %s", e)
+            await self._release(len(items))
+            return
+        await asyncio.gather(*(self._start(shard, batch) for shard, batch in by_shard.items()))
+
+    async def _start(self, shard: int, batch: list[tuple[WorkItem, LoadedGraph | None]]) -> None:
+        args: list[Any] = []
+        for item, loaded in batch:
+            node = _node(loaded, item)
+            refs = node.refs if node else None
+            timeout_ms = int(
+                (node.attempt_timeout if node else self._settings.attempt_timeout_s) * 1000
+            )
+            args += [
+                item.msg_id,
+                item.graph_id,
+                item.node,
+                item.attempt,
+                item.iteration,
+                item.deliveries,
+                "1" if refs and (refs.inputs or refs.all_inputs) else "0",
+                "*" if refs is None or refs.all_nodes else ",".join(sorted(refs.nodes)),
+                # The Redis-held timer is a backstop for a hung worker; the local one fires first.
+                timeout_ms + self._settings.lease_ms,
+            ]
+        try:
+            results = await self._store.start(shard, self.id, args)
+        except RedisError as e:
+            # Left pending in Redis; the reclaim loop picks them up after the lease.
+            log.warning("starting %d attempts failed: %s", len(batch), e)
+            await self._release(len(batch))
+            return
+        stale = 0
+        for (item, loaded), res in zip(batch, results, strict=True):
+            if res[0] != b"run":
+                stale += 1
+                continue
+            inputs = json.loads(res[1]) if res[1] else {}
+            outs = res[2]
+            nodes = {
+                outs[k].decode(): {"output": json.loads(outs[k + 1])} for k in range(0, len(outs), 2)
+            }
+            name = loaded.compiled.proto.name if loaded and loaded.compiled else ""
+            scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
+            task = asyncio.create_task(self._attempt(item, loaded, scope))
+            self._running[item.msg_id] = _Running(item, task)
+        await self._release(stale)
+
+    # --- running ---------------------------------------------------------------------
+
+    async def _attempt(
+        self, item: WorkItem, loaded: LoadedGraph | None, scope: dict[str, Any]
+    ) -> None:
+        started = time.monotonic()
+        node = _node(loaded, item)
+        try:
+            if node is None:
+                problem = loaded.problem if loaded else "the graph's definition is gone"
+                raise invalid(f"cannot run node {item.node!r}: {problem}")
+            result, output, taken, rendered = await self._execute(item, node, scope)
+            fields = ["ok", dumps(output), ",".join(map(str, taken))]
+            usage = result.usage.to_arg() if result.usage else ""
+            fields += [usage, dumps(result.route) if result.route else "", "", 0]
+        except NodeFailure as f:
+            fields = self._failure(f, node, item)
+        except asyncio.CancelledError:
+            running = self._running.get(item.msg_id)
+            if running is None or not running.stopped_by_control:
+                raise
+            # Cancelled because the graph ended or the attempt timed out in Redis: the
+            # report below is fenced out there and only acks the work item.
+            fields = self._failure(invalid("cancelled"), None, item)
+        except Exception as e:  # a tool's own bug: report it, keep the worker alive
+            log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
+            f = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
+            fields = self._failure(f, node, item)
+        log.debug("attempt %s/%s took %.1fms", item.graph_id, item.node, (time.monotonic() - started) * 1e3)
+        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, *fields]
+        await self._done.put((item.shard, item.msg_id, args))
+
+    async def _execute(
+        self, item: WorkItem, node: CompiledNode, scope: dict[str, Any]
+    ) -> tuple[NodeResult, Any, list[int], Any]:
+        try:
+            rendered = node.inputs.render(scope)
+        except EvalError as e:
+            raise invalid(f"inputs: {e}") from None
+        handler = self._handlers.get(node.kind)
+        if handler is None:
+            raise invalid(f"this worker does not run {node.kind} nodes")
+        ctx = NodeContext(
+            graph_id=item.graph_id,
+            node=node,
+            attempt=item.attempt,
+            iteration=item.iteration,
+            input=rendered,
+            scope=scope,
+            emit=lambda events: self._store.append(item.shard, item, events),
+            worker_id=self.id,
+        )
+        try:
+            async with asyncio.timeout(node.attempt_timeout):
+                result = await handler.run(ctx)
+        except TimeoutError:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TIMEOUT,
+                f"the attempt ran past its timeout of {node.attempt_timeout:g}s",
+                True,
+            ) from None
+        output = result.value
+        if node.output:
+            data = {**scope, "result": result.value, "input": rendered}
+            try:
+                output = {name: expr.evaluate(data) for name, expr in node.output.items()}
+            except EvalError as e:
+                raise invalid(f"output: {e}") from None
+        return result, output, _taken(node, scope, output, result.route), rendered
+
+    def _failure(self, f: NodeFailure, node: CompiledNode | None, item: WorkItem) -> list[Any]:
+        if node is not None:
+            r = node.retry
+            allowed = not r.retry_on or f.error_class in r.retry_on
+            if f.retryable and allowed and item.attempt < r.max_attempts:
+                delay = min(r.max_backoff, r.initial_backoff * r.multiplier ** (item.attempt - 1))
+                delay *= 1 + r.jitter * (2 * random.random() - 1)
+                return ["retry", "", "", "", "", f.to_json(), int(delay * 1000)]
+        return ["fail", "", "", "", "", f.to_json(), 0]
+
+    # --- applying results ------------------------------------------------------------
+
+    async def _complete_loop(self) -> None:
+        while True:
+            batch = [await self._done.get()]
+            while not self._done.empty() and len(batch) < 512:
+                batch.append(self._done.get_nowait())
+            by_shard: dict[int, list[Any]] = defaultdict(list)
+            for shard, _, args in batch:
+                by_shard[shard].extend(args)
+            await asyncio.gather(*(self._apply(s, a) for s, a in by_shard.items()))
+            for _, msg_id, _ in batch:
+                self._running.pop(msg_id, None)
+            await self._release(len(batch))
+
+    async def _apply(self, shard: int, args: list[Any]) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._store.complete(shard, self.id, args)
+                return
+            except RedisError as e:
+                # Keep the result and retry: the item stays pending, so nothing is lost
+                # even if this process dies before Redis comes back.
+                log.warning("applying results failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # --- leases, cancellation, presence ----------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_ms / 3000)
+            by_shard: dict[int, list[bytes]] = defaultdict(list)
+            for r in self._running.values():
+                by_shard[r.item.shard].append(r.item.msg_id)
+            for shard, ids in by_shard.items():
+                try:
+                    await self._store.renew(shard, self.id, ids)
+                except RedisError as e:
+                    log.warning("renewing leases failed: %s", e)
+
+    async def _control_loop(self, shards: list[int]) -> None:
+        streams = {self._store.keys.shard(s).control: "$" for s in shards}
+        while True:
+            try:
+                res = await self._store.tail_streams(streams, block_ms=2000)
+            except RedisError as e:
+                log.warning("reading cancellations failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in res:
+                for msg_id, fields in entries:
+                    streams[key] = msg_id.decode()
+                    self._stop(fields)
+
+    def _stop(self, fields: dict[bytes, bytes]) -> None:
+        gid = fields[b"g"].decode()
+        node = fields.get(b"n", b"").decode()
+        attempt = fields.get(b"a", b"").decode()
+        for r in self._running.values():
+            it = r.item
+            if it.graph_id != gid or (node and (it.node != node or str(it.attempt) != attempt)):
+                continue
+            if not r.task.done():
+                log.info("stopping %s/%s attempt %d", gid, it.node, it.attempt)
+                r.stopped_by_control = True
+                r.task.cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "slots": self._settings.worker_slots,
+            "kinds": sorted(self._handlers),
+            "started_ms": int(time.time() * 1000),
+        }
+        keys = self._store.keys
+        while True:
+            try:
+                now = int(time.time() * 1000)
+                info["in_flight"] = self.in_flight
+                await self._store.redis.hset(keys.workers, self.id, dumps(info))
+                await self._store.redis.zadd(keys.workers_seen, {self.id: now})
+            except RedisError as e:
+                log.warning("worker heartbeat failed: %s", e)
+            await asyncio.sleep(2.0)
+
+    async def _deregister(self) -> None:
+        keys = self._store.keys
+        try:
+            await self._store.redis.hdel(keys.workers, self.id)
+            await self._store.redis.zrem(keys.workers_seen, self.id)
+        except RedisError:
+            pass
+
+
+def _node(loaded: LoadedGraph | None, item: WorkItem) -> CompiledNode | None:
+    if loaded is None or loaded.compiled is None:
+        return None
+    return loaded.compiled.nodes.get(item.node)
+
+
+def _taken(
+    node: CompiledNode, scope: dict[str, Any], output: Any, route: dict[str, Any] | None
+) -> list[int]:
+    """Indexes of the outgoing edges taken, given the node's output."""
+    if not node.out_edges:
+        return []
+    data = {**scope, "nodes": {**scope["nodes"], node.id: {"output": output}}}
+    taken = []
+    for e in node.out_edges:
+        if route is not None and e.label != route["route"]:
+            continue
+        if e.condition is not None:
+            try:
+                if not e.condition.evaluate_bool(data):
+                    continue
+            except EvalError as err:
+                raise invalid(f"edges[{e.index}].condition: {err}") from None
+        taken.append(e.index)
+    return taken
