@@ -1,5 +1,4 @@
-"""The ``dago`` command: serve, worker, dev, config. Also the composition root:
-every component is built here and handed to the next by its constructor."""
+"""The ``dago`` command: serve, worker, dev, config (components come from dago.app)."""
 
 from __future__ import annotations
 
@@ -12,15 +11,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvloop
-from prometheus_client import CollectorRegistry
 
-from dago.cel import CelCompiler
 from dago.config import ConfigError, Settings, describe, load
-from dago.graphcache import GraphCache
-from dago.graphdef import CompileOptions
-from dago.handlers import default_handlers, load_tools
-from dago.keys import Keys
-from dago.store import Store, connect
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -29,58 +21,24 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
-    store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
-    tools = load_tools(settings.tool_modules)
-    options = CompileOptions(
-        tools=frozenset(tools),
-        max_nodes=settings.max_nodes,
-        max_edges=settings.max_edges,
-        default_attempt_timeout=settings.attempt_timeout_s,
-    )
-    return store, CelCompiler(), options
-
-
 async def serve(settings: Settings) -> None:
     """Run the API process until SIGTERM."""
-    from dago.api import Orchestrator
-    from dago.server import ApiServer
-    from dago.watch import EventHub
+    from dago.app import build_api
 
-    store, cel, options = _common(settings)
-    hub = EventHub(store, settings.heartbeat_ms, settings.cluster)
-    api = Orchestrator(store, settings, cel, options, GraphCache(store, cel, options), hub)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    await ApiServer(settings, store, api, hub, CollectorRegistry()).run(stop)
+    await build_api(settings).run(stop)
 
 
 async def work(settings: Settings) -> None:
     """Run a worker process until SIGTERM, then drain."""
-    from dago.worker import Worker
+    from dago.app import build_worker
 
-    store, cel, options = _common(settings)
-    handlers = default_handlers(load_tools(settings.tool_modules))
-    worker = Worker(
-        store, settings, GraphCache(store, cel, options), handlers, settings.effective_worker_id()
-    )
+    worker = build_worker(settings)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    await _wait_for_redis(store)
+    await worker.wait_for_redis()
     await worker.run(stop)
-
-
-async def _wait_for_redis(store: Store) -> None:
-    log = logging.getLogger("dago")
-    delay = 0.2
-    while True:
-        try:
-            await store.ping()
-            return
-        except Exception as e:  # any connection failure: say so and keep trying
-            log.warning("waiting for Redis (%s); retrying in %.1fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _print_config(settings: Settings) -> None:

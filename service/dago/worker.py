@@ -72,6 +72,18 @@ class Worker:
         """Attempts running or waiting to be applied."""
         return self._settings.worker_slots - self._free
 
+    async def wait_for_redis(self) -> None:
+        """Return once Redis answers, saying what it waits for meanwhile."""
+        delay = 0.2
+        while True:
+            try:
+                await self._store.ping()
+                return
+            except (RedisError, OSError) as e:
+                log.warning("waiting for Redis (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain: finish running attempts, then return."""
         await self._store.ensure_groups()
@@ -111,10 +123,12 @@ class Worker:
 
     # --- slots -----------------------------------------------------------------------
 
-    async def _reserve(self) -> int:
+    async def _reserve(self, share: int = 1) -> int:
+        """Take up to a batch of free slots; ``share`` splits them between blocking readers
+        so one reader's long wait on a quiet shard cannot starve the others."""
         async with self._slots:
             await self._slots.wait_for(lambda: self._free > 0)
-            n = min(self._settings.worker_batch, self._free)
+            n = min(self._settings.worker_batch, max(1, self._free // share))
             self._free -= n
             return n
 
@@ -129,7 +143,7 @@ class Worker:
     async def _read_loop(self, shards: list[int]) -> None:
         backoff = 0.1
         while True:
-            n = await self._reserve()
+            n = await self._reserve(len(self._groups))
             try:
                 items = await self._store.read_work(shards, self.id, n, block_ms=2000)
                 backoff = 0.1

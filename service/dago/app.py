@@ -1,0 +1,45 @@
+"""The composition root: every process's components are built here and handed to
+each other by their constructors (tests build the same objects in-process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from dago.api import Orchestrator
+from dago.cel import CelCompiler
+from dago.config import Settings
+from dago.graphcache import GraphCache
+from dago.graphdef import CompileOptions
+from dago.handlers import default_handlers, load_tools
+from dago.keys import Keys
+from dago.server import ApiServer
+from dago.store import Store, connect
+from dago.watch import EventHub
+from dago.worker import Worker
+
+
+def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
+    store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+    options = CompileOptions(
+        tools=frozenset(load_tools(settings.tool_modules)),
+        max_nodes=settings.max_nodes,
+        max_edges=settings.max_edges,
+        default_attempt_timeout=settings.attempt_timeout_s,
+    )
+    return store, CelCompiler(), options
+
+
+def build_api(settings: Settings) -> ApiServer:
+    """The API process: gRPC server, event hub, sweeper."""
+    store, cel, options = _common(settings)
+    hub = EventHub(store, settings.heartbeat_ms, settings.cluster)
+    api = Orchestrator(store, settings, cel, options, GraphCache(store, cel, options), hub)
+    return ApiServer(settings, store, api, hub, CollectorRegistry())
+
+
+def build_worker(settings: Settings) -> Worker:
+    """A worker process."""
+    store, cel, options = _common(settings)
+    handlers = default_handlers(load_tools(settings.tool_modules))
+    graphs = GraphCache(store, cel, options)
+    return Worker(store, settings, graphs, handlers, settings.effective_worker_id())

@@ -1,0 +1,306 @@
+"""Running real dago stacks from tests.
+
+``InProcessStack`` runs the real API server and real workers as tasks of the
+test's event loop (fast, same code paths); ``ProcessStack`` runs them as
+``python -m dago serve|worker`` child processes so tests can SIGKILL and
+restart them. Both talk to a real Redis given by URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from dago.app import build_api, build_worker
+from dago.config import Settings
+from dago.keys import Keys
+from dago.store import Store, connect
+from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {
+    execution_pb2.GRAPH_STATE_COMPLETED,
+    execution_pb2.GRAPH_STATE_FAILED,
+    execution_pb2.GRAPH_STATE_CANCELLED,
+}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stack_settings(url: str, prefix: str, **overrides: Any) -> Settings:
+    """Settings for tests: short leases and intervals, test tools loaded."""
+    base = Settings(
+        redis_url=url,
+        key_prefix=prefix,
+        shards=4,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=0,
+        lease_ms=1500,
+        sweep_interval_ms=50,
+        heartbeat_ms=500,
+        tool_modules="testtools",
+        drain_timeout_s=5,
+        worker_slots=64,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def request(
+    nodes: list[dict[str, Any]],
+    edges: list[dict[str, Any]] | None = None,
+    inputs: dict[str, Any] | None = None,
+    **graph: Any,
+) -> orchestrator_pb2.SubmitGraphRequest:
+    """A SubmitGraphRequest from plain dicts (proto JSON field names)."""
+    rid = graph.pop("request_id", "")
+    body = {"graph": {"nodes": nodes, "edges": edges or [], **graph}, "inputs": inputs or {}}
+    req = json_format.ParseDict(body, orchestrator_pb2.SubmitGraphRequest())
+    req.request_id = rid
+    return req
+
+
+def echo(node_id: str, **inputs: Any) -> dict[str, Any]:
+    """An echo tool node."""
+    return {"id": node_id, "tool": {"name": "echo"}, "inputs": inputs}
+
+
+def tool(node_id: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A tool node; extra fields (inputs, retry, join...) go on the node."""
+    return {"id": node_id, "tool": {"name": name}, **fields}
+
+
+def edge(src: str, dst: str, condition: str = "", label: str = "") -> dict[str, Any]:
+    """An edge."""
+    e: dict[str, Any] = {"from": src, "to": dst}
+    if condition:
+        e["condition"] = condition
+    if label:
+        e["label"] = label
+    return e
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+class Client:
+    """A gRPC client of one API address, with helpers the tests share."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def submit(self, req: orchestrator_pb2.SubmitGraphRequest) -> str:
+        """Submit; returns the graph id."""
+        resp = await self.stub.SubmitGraph(req, timeout=10)
+        return resp.graph_id
+
+    async def status(self, graph_id: str) -> execution_pb2.GraphStatus:
+        """The graph's status."""
+        req = orchestrator_pb2.GetGraphStatusRequest(graph_id=graph_id)
+        return (await self.stub.GetGraphStatus(req, timeout=10)).status
+
+    async def wait(self, graph_id: str, timeout: float = 20.0) -> execution_pb2.GraphStatus:
+        """Poll the status until the graph is finished."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = await self.status(graph_id)
+            if st.state in TERMINAL:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"graph {graph_id} still {st.state} after {timeout}s")
+            await asyncio.sleep(0.02)
+
+    async def result(self, graph_id: str) -> orchestrator_pb2.GetGraphResultResponse:
+        """The result of a finished graph."""
+        req = orchestrator_pb2.GetGraphResultRequest(graph_id=graph_id)
+        return await self.stub.GetGraphResult(req, timeout=10)
+
+    async def run(
+        self, req: orchestrator_pb2.SubmitGraphRequest, timeout: float = 20.0
+    ) -> tuple[str, execution_pb2.GraphStatus]:
+        """Submit and wait until finished."""
+        gid = await self.submit(req)
+        return gid, await self.wait(gid, timeout)
+
+    async def history(self, graph_id: str) -> list[execution_pb2.Event]:
+        """Every stored event, through ListGraphEvents pages."""
+        out: list[execution_pb2.Event] = []
+        token = ""
+        while True:
+            req = orchestrator_pb2.ListGraphEventsRequest(
+                graph_id=graph_id, page_size=100, page_token=token
+            )
+            resp = await self.stub.ListGraphEvents(req, timeout=10)
+            out.extend(resp.events)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def watch(self, graph_id: str, after_seq: int = 0) -> list[execution_pb2.Event]:
+        """Watch to the end; returns the events (heartbeats excluded)."""
+        req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=after_seq)
+        events = []
+        async for msg in self.stub.WatchGraph(req, timeout=60):
+            if msg.event.WhichOneof("payload") != "heartbeat":
+                events.append(msg.event)
+        return events
+
+
+def kinds(events: list[execution_pb2.Event], node: str | None = None) -> list[str]:
+    """The payload kinds of ``events`` (of one node when given)."""
+    return [e.WhichOneof("payload") or "" for e in events if node is None or e.node_id == node]
+
+
+class InProcessStack:
+    """The real API server and ``workers`` real workers, as tasks of this event loop."""
+
+    def __init__(self, settings: Settings, workers: int = 1) -> None:
+        self.settings = settings
+        self._workers = workers
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.client: Client
+        self.store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+
+    async def __aenter__(self) -> InProcessStack:
+        api = build_api(self.settings)
+        ready = asyncio.Event()
+        self._tasks.append(asyncio.create_task(api.run(self._stop, ready)))
+        await asyncio.wait_for(ready.wait(), 10)
+        for n in range(self._workers):
+            w = build_worker(dataclasses.replace(self.settings, worker_id=f"w{n}"))
+            self._tasks.append(asyncio.create_task(w.run(self._stop)))
+        self.client = Client(f"127.0.0.1:{api.port}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        self._stop.set()
+        done, pending = await asyncio.wait(self._tasks, timeout=15)
+        for t in pending:
+            t.cancel()
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+
+
+class ProcessStack:
+    """``python -m dago serve`` and ``worker`` as child processes (to kill and restart)."""
+
+    def __init__(self, url: str, prefix: str, **env: str) -> None:
+        self.port = free_port()
+        self.logs = Path(tempfile.mkdtemp(prefix="dago-test-procs-"))
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                str(ROOT / p) for p in ("service", "gen/python", "clients/python", "tests")
+            ),
+            "DAGO_REDIS_URL": url,
+            "DAGO_KEY_PREFIX": prefix,
+            "DAGO_SHARDS": "4",
+            "DAGO_GRPC_HOST": "127.0.0.1",
+            "DAGO_GRPC_PORT": str(self.port),
+            "DAGO_METRICS_PORT": "0",
+            "DAGO_LEASE_MS": "1500",
+            "DAGO_SWEEP_INTERVAL_MS": "50",
+            "DAGO_HEARTBEAT_MS": "500",
+            "DAGO_TOOL_MODULES": "testtools",
+            "DAGO_DRAIN_TIMEOUT_S": "5",
+            **env,
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.client = Client(f"127.0.0.1:{self.port}")
+
+    def start(self, name: str, command: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start ``python -m dago <command>`` as ``name`` (log in self.logs)."""
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dago", command],
+            env={**self.env, "DAGO_WORKER_ID": name, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    async def start_api(self) -> None:
+        """Start the API and wait until it answers health checks."""
+        self.start("api", "serve")
+        await self.wait_serving()
+
+    async def wait_serving(self, timeout: float = 20.0) -> None:
+        """Wait until the API reports SERVING."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.client.channel)
+
+        async def serving() -> bool:
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await eventually(serving, timeout, 0.1)
+
+    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to a child and wait for it to exit."""
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def log(self, name: str) -> str:
+        """A child's output so far."""
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    async def close(self) -> None:
+        """Stop every child (SIGTERM, then SIGKILL) and close the client."""
+        await self.client.close()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+async def aiter_list(it: AsyncIterator[Any]) -> list[Any]:
+    """Collect an async iterator."""
+    return [x async for x in it]
