@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from dago import errors
 from dago.cel import CelCompiler
@@ -24,6 +23,7 @@ from dago.ids import new_graph_id, parse_shard
 from dago.status import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
 from dago.store import Store, dumps
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago.values import to_plain
 from dago.watch import EventHub
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -67,7 +67,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
         if not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required")
-        inputs = json_format.MessageToDict(request.inputs)
+        inputs = to_plain(request.inputs)
         try:
             compiled = compile_graph(request.graph, inputs, self._cel, self._options)
         except GraphInvalid as e:
@@ -213,7 +213,9 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         found.sort(reverse=True)
         page = found[:size]
         resp = orchestrator_pb2.ListGraphsResponse()
-        metas = await self._store.metas([(parse_shard(g, self._settings.shards) or 0, g) for _, g in page])
+        metas = await self._store.metas(
+            [(parse_shard(g, self._settings.shards) or 0, g) for _, g in page]
+        )
         for (_, gid), meta in zip(page, metas, strict=True):
             if meta:
                 resp.graphs.append(summary(gid, meta))
@@ -249,9 +251,13 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         after = request.after_seq
         if request.page_token:
             try:
-                after = int(base64.urlsafe_b64decode(request.page_token).decode().removeprefix("e:"))
+                after = int(
+                    base64.urlsafe_b64decode(request.page_token).decode().removeprefix("e:")
+                )
             except (ValueError, binascii.Error):
-                raise errors.invalid_field("page_token", "is not a token this API returned") from None
+                raise errors.invalid_field(
+                    "page_token", "is not a token this API returned"
+                ) from None
         if after < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
         (state,) = await self._store.graph_fields(shard, request.graph_id, "state")
@@ -264,6 +270,13 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if len(events) == size:
             resp.next_page_token = base64.urlsafe_b64encode(f"e:{events[-1][0]}".encode()).decode()
         return resp
+
+
+def _decode_seq_token(token: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(token).decode().removeprefix("e:"))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise errors.invalid_field("page_token", "is not a token this API returned") from None
 
 
 def _stable_shard(key: str, shards: int) -> int:

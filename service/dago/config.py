@@ -109,11 +109,11 @@ SETTINGS: dict[str, _Spec] = {
         "takes it over.",
         lambda v: None if v >= 500 else "must be at least 500",
     ),
-    "max_deliveries": _Spec(
-        "Deliveries of one work item before it is dead-lettered.", _positive
-    ),
+    "max_deliveries": _Spec("Deliveries of one work item before it is dead-lettered.", _positive),
     "retention_s": _Spec("How long finished graphs are kept, in seconds.", _positive),
-    "sweep_interval_ms": _Spec("How often timers (retries, timeouts, deadlines) are swept.", _positive),
+    "sweep_interval_ms": _Spec(
+        "How often timers (retries, timeouts, deadlines) are swept.", _positive
+    ),
     "heartbeat_ms": _Spec("Heartbeat interval of idle WatchGraph streams.", _positive),
     "default_deadline_s": _Spec(
         "Deadline of graphs that set none, in seconds (0: none).",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,8 +44,21 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
     data = RUN_DIR / "redis"
     data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ],
         stdout=open(data / "redis.log", "ab"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
     )
@@ -62,7 +76,7 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
 def _wait_serving(port: int, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
+        stub: Any = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             try:
                 r = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -104,7 +118,10 @@ def run_dev(settings: Settings) -> int:
     while not stopping:
         for name, proc in children:
             if proc.poll() is not None:
-                print(f"dago dev: {name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                print(
+                    f"dago dev: {name} exited with code {proc.returncode}; stopping",
+                    file=sys.stderr,
+                )
                 stopping, code = True, 1
         time.sleep(0.2)
     for _, proc in reversed(children):
@@ -130,8 +147,10 @@ dago is running (embedded default: no Docker, no API key)
 
 Try:
   grpcurl -plaintext localhost:{port} list
-  grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph < examples/diamond.json
-  grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} dago.v1.OrchestratorService/WatchGraph
+  grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph \\
+      < examples/diamond.json
+  grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} \\
+      dago.v1.OrchestratorService/WatchGraph
 
 Ctrl-C stops everything.
 """,

@@ -15,10 +15,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import google.rpc.error_details_pb2 as error_details_pb2
+import google.rpc.status_pb2 as status_pb2
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,7 +35,9 @@ Resp = TypeVar("Resp")
 class ApiError(Exception):
     """An error answered to the client as a google.rpc.Status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, details: Sequence[Message] = ()) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, details: Sequence[Message] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -102,7 +105,9 @@ def _translate(exc: BaseException) -> ApiError:
         info = error_details_pb2.RetryInfo()
         info.retry_delay.FromMilliseconds(1000)
         return ApiError(
-            grpc.StatusCode.UNAVAILABLE, "the state store (Redis) is unreachable; retry shortly", [info]
+            grpc.StatusCode.UNAVAILABLE,
+            "the state store (Redis) is unreachable; retry shortly",
+            [info],
         )
     ref = uuid.uuid4().hex[:12]
     log.error("internal error %s", ref, exc_info=exc)
@@ -115,7 +120,9 @@ def guard(
     """Wrap a unary RPC so every failure becomes a proper status."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
@@ -145,4 +152,3 @@ def guard_stream(
             await context.abort_with_status(_translate(exc).status())
 
     return wrapper
-

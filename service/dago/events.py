@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from dago.v1 import execution_pb2, graph_pb2
-from google.protobuf import struct_pb2
+from dago.values import set_value
 
 TERMINAL = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
 
@@ -35,24 +35,6 @@ def error_from(d: Any, msg: execution_pb2.NodeError) -> None:
     msg.error_class = graph_pb2.ErrorClass.ValueType(int(d.get("c", 0)))
     msg.message = str(d.get("m", ""))
     msg.retryable = bool(d.get("r", False))
-
-
-def set_value(msg: struct_pb2.Value, value: Any) -> None:
-    """Store a JSON-like Python value in a ``google.protobuf.Value``."""
-    if value is None:
-        msg.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(value, bool):
-        msg.bool_value = value
-    elif isinstance(value, int | float):
-        msg.number_value = value
-    elif isinstance(value, str):
-        msg.string_value = value
-    elif isinstance(value, dict):
-        msg.struct_value.update(value)
-    elif isinstance(value, list | tuple):
-        msg.list_value.extend(value)
-    else:
-        msg.string_value = str(value)
 
 
 def decode(graph_id: str, seq: int, fields: dict[bytes, bytes]) -> execution_pb2.Event:

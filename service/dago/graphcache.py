@@ -68,7 +68,9 @@ class GraphCache:
         graph = graph_pb2.Graph.FromString(raw_def)
         inputs = json.loads(raw_inputs) if raw_inputs else {}
         try:
-            entry = LoadedGraph(graph_id, compile_graph(graph, inputs, self._cel, self._options), inputs)
+            entry = LoadedGraph(
+                graph_id, compile_graph(graph, inputs, self._cel, self._options), inputs
+            )
         except GraphInvalid as e:
             problem = "; ".join(f"{v.field}: {v.description}" for v in e.violations)
             entry = LoadedGraph(graph_id, None, inputs, problem)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from dago.cel import CelCompiler, CelError, Expression, Refs, Scope, Template, TemplateError
 from dago.v1 import graph_pb2
-from google.protobuf import json_format
+from dago.values import to_plain
 
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -111,7 +111,7 @@ class CompileOptions:
 
 
 def _seconds(d: Any) -> float:
-    return float(d.seconds) + d.nanos / 1e9
+    return float(d.seconds) + float(d.nanos) / 1e9
 
 
 class _Checker:
@@ -123,9 +123,7 @@ class _Checker:
     def add(self, path: str, message: str) -> None:
         self.violations.append(Violation(path, message))
 
-    def compile(
-        self, cel: CelCompiler, source: str, scope: Scope, path: str
-    ) -> Expression | None:
+    def compile(self, cel: CelCompiler, source: str, scope: Scope, path: str) -> Expression | None:
         try:
             return cel.compile(source, scope)
         except CelError as e:
@@ -156,26 +154,30 @@ def compile_graph(
     ids = _check_nodes(graph, options, chk, root)
     edges = _check_edges(graph, ids, options, chk, root)
     entries = _entries(graph, ids, edges, chk, root)
+    # Per-node checks need no graph shape, so they run even when the shape is broken:
+    # the client sees every problem at once.
+    compiled = _compile_nodes(graph, ids, edges, cel, options, chk, root)
+    output = {}
+    for name, src in graph.output.items():
+        expr = chk.compile(cel, src, Scope.GRAPH_OUTPUT, f"{root}.output[{name}]")
+        if expr is not None:
+            output[name] = expr
     if chk.violations:
         raise GraphInvalid(chk.violations)
 
     shape = _Shape.build(list(ids), edges, entries)
     for nid in ids:
         if nid not in shape.reached:
-            chk.add(f"{root}.nodes[{ids[nid]}].id", f'node "{nid}" is not reachable from the entry nodes {entries}')
+            chk.add(
+                f"{root}.nodes[{ids[nid]}].id",
+                f'node "{nid}" is not reachable from the entry nodes {entries}',
+            )
     _check_loops(graph, ids, edges, shape, chk, root)
+    _check_refs(ids, compiled, output, shape, inputs, chk, root)
     if chk.violations:
         raise GraphInvalid(chk.violations)
-
-    compiled = _compile_nodes(graph, ids, edges, shape, cel, options, chk, root)
-    output = {}
-    for name, src in graph.output.items():
-        expr = chk.compile(cel, src, Scope.GRAPH_OUTPUT, f"{root}.output[{name}]")
-        if expr is not None:
-            output[name] = expr
-    _check_refs(graph, ids, compiled, output, shape, inputs, chk, root)
-    if chk.violations:
-        raise GraphInvalid(chk.violations)
+    for cn in compiled.values():
+        cn.out_edges = [replace(oe, back=oe.index in shape.back) for oe in cn.out_edges]
 
     sinks = [nid for nid in ids if not any(e[0] == nid for e in edges)]
     return CompiledGraph(
@@ -249,9 +251,9 @@ def _check_retry(r: graph_pb2.RetryPolicy, path: str, chk: _Checker) -> None:
             s = _seconds(getattr(r, name))
             if not 0 <= s <= 24 * 3600:
                 chk.add(f"{path}.{name}", "must be between 0 and 24 hours")
-    if r.HasField("initial_backoff") and r.HasField("max_backoff"):
-        if _seconds(r.max_backoff) < _seconds(r.initial_backoff):
-            chk.add(f"{path}.max_backoff", "must not be less than initial_backoff")
+    both = r.HasField("initial_backoff") and r.HasField("max_backoff")
+    if both and _seconds(r.max_backoff) < _seconds(r.initial_backoff):
+        chk.add(f"{path}.max_backoff", "must not be less than initial_backoff")
     if r.backoff_multiplier != 0 and not 1 <= r.backoff_multiplier <= 100:
         chk.add(f"{path}.backoff_multiplier", "must be between 1 and 100 (0 means 2)")
     if not 0 <= r.jitter <= 1:
@@ -428,7 +430,7 @@ def _effective_retry(node: graph_pb2.Node, graph: graph_pb2.Graph) -> Retry:
     r = node.retry if node.HasField("retry") else graph.defaults.retry
     d = graph.defaults.retry
 
-    def dur(name: str, default: float) -> float:
+    def dur(name: Literal["initial_backoff", "max_backoff"], default: float) -> float:
         if r.HasField(name):
             return _seconds(getattr(r, name))
         if d.HasField(name):
@@ -449,7 +451,6 @@ def _compile_nodes(
     graph: graph_pb2.Graph,
     ids: Mapping[str, int],
     edges: list[Edge],
-    shape: _Shape,
     cel: CelCompiler,
     options: CompileOptions,
     chk: _Checker,
@@ -461,14 +462,14 @@ def _compile_nodes(
         cond = None
         if e.condition:
             cond = chk.compile(cel, e.condition, Scope.CONDITION, f"{root}.edges[{idx}].condition")
-        out_edges[src].append(OutEdge(idx, to, cond, e.label, idx in shape.back))
+        out_edges[src].append(OutEdge(idx, to, cond, e.label, back=False))
 
     compiled: dict[str, CompiledNode] = {}
     for nid, i in ids.items():
         node = graph.nodes[i]
         path = f"{root}.nodes[{i}]"
         kind = node.WhichOneof("kind") or ""
-        value = json_format.MessageToDict(node.inputs) if node.HasField("inputs") else {}
+        value = to_plain(node.inputs) if node.HasField("inputs") else {}
         tmpl = chk.template(cel, value, Scope.TEMPLATE, f"{path}.inputs")
         output = {}
         for name, src in node.output.items():
@@ -560,7 +561,6 @@ def _compile_router(
 
 
 def _check_refs(
-    graph: graph_pb2.Graph,
     ids: Mapping[str, int],
     compiled: Mapping[str, CompiledNode],
     output: Mapping[str, Expression],

@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 from dago.cel import EvalError
-from dago.events import error_from, set_value, usage_from
+from dago.events import error_from, usage_from
 from dago.graphcache import LoadedGraph
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+from dago.values import set_value
 
 TERMINAL_STATES = frozenset(
     {
@@ -87,8 +88,8 @@ def graph_status(
         st.metadata.CopyFrom(graph.metadata)
     by_node: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
     for key, raw in attempts.items():
-        node, it, at = key.decode().rsplit(":", 2)
-        by_node.setdefault(node, []).append((int(it), int(at), json.loads(raw)))
+        nid, it, at = key.decode().rsplit(":", 2)
+        by_node.setdefault(nid, []).append((int(it), int(at), json.loads(raw)))
     for node in graph.nodes:
         st.nodes.append(_node_status(node.id, nodes, by_node.get(node.id, [])))
     return st

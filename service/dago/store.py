@@ -73,7 +73,9 @@ class Store:
     """Typed access to dago's Redis data; all scripts and reads in one place."""
 
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.redis = client
+        # redis-py's async methods are annotated with sync|async unions; results are
+        # typed where they leave this class instead.
+        self.redis: Any = client
         self.keys = keys
         self._scripts = {name: client.register_script(src) for name, src in _load_scripts().items()}
 
@@ -118,9 +120,7 @@ class Store:
         res = await self._run("cancel", self.keys.shard(shard), [graph_id, reason])
         return _s(res[0]), int(res[1])
 
-    async def append(
-        self, shard: int, item: WorkItem, events: Sequence[tuple[str, str]]
-    ) -> bool:
+    async def append(self, shard: int, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:
         """Append events of a running attempt; False when the attempt is no longer current."""
         flat = [x for ev in events for x in ev]
         args = [item.graph_id, item.node, item.attempt, item.iteration, *flat]
@@ -164,9 +164,7 @@ class Store:
         """Reset the idle time of items this consumer still works on (its lease)."""
         if msg_ids:
             sk = self.keys.shard(shard)
-            await self.redis.xclaim(
-                sk.work, WORK_GROUP, consumer, 0, list(msg_ids), justid=True
-            )
+            await self.redis.xclaim(sk.work, WORK_GROUP, consumer, 0, list(msg_ids), justid=True)
 
     async def ack(self, shard: int, msg_ids: Sequence[bytes]) -> None:
         """Acknowledge items that need no transition (malformed ones)."""
@@ -206,8 +204,7 @@ class Store:
             pipe.hmget(self.keys.shard(shard).graph(gid).meta, names)
         res = await pipe.execute()
         return [
-            {k.encode(): v for k, v in zip(names, row, strict=True) if v is not None}
-            for row in res
+            {k.encode(): v for k, v in zip(names, row, strict=True) if v is not None} for row in res
         ]
 
     async def events(
@@ -234,7 +231,7 @@ class Store:
                 break
             offset += len(res)
             for member, score in res:
-                entry = (_s(member), int(score))
+                entry: tuple[str, int] = (_s(member), int(score))
                 # Same-millisecond ties are ordered by id, so (score, id) is a strict cursor.
                 if before is None or (entry[1], entry[0]) < before:
                     out.append(entry)
@@ -244,7 +241,7 @@ class Store:
         self, streams: dict[str, str], block_ms: int, count: int = 1000
     ) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
         """XREAD (no group) on ``streams`` {key: last id}, blocking up to block_ms."""
-        res = await self.redis.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        res = await self.redis.xread(streams, count=count, block=block_ms)
         return [(_s(k), v) for k, v in res or []]
 
 

@@ -102,8 +102,7 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
             await self._drain()
-            while self._running:  # finished attempts whose results are being applied
-                await asyncio.sleep(0.01)
+            await self._done.join()  # results of finished attempts are applied
             for t in (renew, heartbeat, completer):
                 t.cancel()
         await self._deregister()
@@ -223,7 +222,8 @@ class Worker:
             inputs = json.loads(res[1]) if res[1] else {}
             outs = res[2]
             nodes = {
-                outs[k].decode(): {"output": json.loads(outs[k + 1])} for k in range(0, len(outs), 2)
+                outs[k].decode(): {"output": json.loads(outs[k + 1])}
+                for k in range(0, len(outs), 2)
             }
             name = loaded.compiled.proto.name if loaded and loaded.compiled else ""
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
@@ -242,10 +242,18 @@ class Worker:
             if node is None:
                 problem = loaded.problem if loaded else "the graph's definition is gone"
                 raise invalid(f"cannot run node {item.node!r}: {problem}")
-            result, output, taken, rendered = await self._execute(item, node, scope)
-            fields = ["ok", dumps(output), ",".join(map(str, taken))]
+            result, output, taken = await self._execute(item, node, scope)
             usage = result.usage.to_arg() if result.usage else ""
-            fields += [usage, dumps(result.route) if result.route else "", "", 0]
+            route = dumps(result.route) if result.route else ""
+            fields: list[Any] = [
+                "ok",
+                dumps(output),
+                ",".join(map(str, taken)),
+                usage,
+                route,
+                "",
+                0,
+            ]
         except NodeFailure as f:
             fields = self._failure(f, node, item)
         except asyncio.CancelledError:
@@ -257,15 +265,20 @@ class Worker:
             fields = self._failure(invalid("cancelled"), None, item)
         except Exception as e:  # a tool's own bug: report it, keep the worker alive
             log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
-            f = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
-            fields = self._failure(f, node, item)
-        log.debug("attempt %s/%s took %.1fms", item.graph_id, item.node, (time.monotonic() - started) * 1e3)
+            bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
+            fields = self._failure(bug, node, item)
+        log.debug(
+            "attempt %s/%s took %.1fms",
+            item.graph_id,
+            item.node,
+            (time.monotonic() - started) * 1e3,
+        )
         args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, *fields]
         await self._done.put((item.shard, item.msg_id, args))
 
     async def _execute(
         self, item: WorkItem, node: CompiledNode, scope: dict[str, Any]
-    ) -> tuple[NodeResult, Any, list[int], Any]:
+    ) -> tuple[NodeResult, Any, list[int]]:
         try:
             rendered = node.inputs.render(scope)
         except EvalError as e:
@@ -299,7 +312,7 @@ class Worker:
                 output = {name: expr.evaluate(data) for name, expr in node.output.items()}
             except EvalError as e:
                 raise invalid(f"output: {e}") from None
-        return result, output, _taken(node, scope, output, result.route), rendered
+        return result, output, _taken(node, scope, output, result.route)
 
     def _failure(self, f: NodeFailure, node: CompiledNode | None, item: WorkItem) -> list[Any]:
         if node is not None:
@@ -324,6 +337,7 @@ class Worker:
             await asyncio.gather(*(self._apply(s, a) for s, a in by_shard.items()))
             for _, msg_id, _ in batch:
                 self._running.pop(msg_id, None)
+                self._done.task_done()
             await self._release(len(batch))
 
     async def _apply(self, shard: int, args: list[Any]) -> None:

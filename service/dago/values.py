@@ -1,0 +1,48 @@
+"""JSON-like Python values to and from google.protobuf Struct/Value.
+
+Struct stores every number as a double; graphs mean integers when they write
+``3``, and CEL does not add an int to a double, so integral numbers that fit
+a double exactly come back as ``int``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+_EXACT = 2**53
+
+
+def normalise(value: Any) -> Any:
+    """``value`` with integral floats (|x| <= 2**53) turned into ints, recursively."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= _EXACT else value
+    if isinstance(value, dict):
+        return {k: normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalise(v) for v in value]
+    return value
+
+
+def to_plain(msg: struct_pb2.Struct | struct_pb2.Value) -> Any:
+    """A Struct or Value as plain Python, numbers normalised."""
+    return normalise(json_format.MessageToDict(msg))
+
+
+def set_value(msg: struct_pb2.Value, value: Any) -> None:
+    """Store a JSON-like Python value in a ``google.protobuf.Value``."""
+    if value is None:
+        msg.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        msg.bool_value = value
+    elif isinstance(value, int | float):
+        msg.number_value = value
+    elif isinstance(value, str):
+        msg.string_value = value
+    elif isinstance(value, dict):
+        msg.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        msg.list_value.extend(value)
+    else:
+        msg.string_value = str(value)
