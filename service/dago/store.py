@@ -28,10 +28,15 @@ SCRIPTS = ("submit", "start", "complete", "sweep", "cancel", "reclaim", "append"
 def connect(settings: Settings) -> RedisClient:
     """A Redis or Redis Cluster client for ``settings.redis_url``."""
     url = settings.redis_url
+    # Blocking stream reads wait up to 5 s; the read timeout must be longer than that.
+    opts: dict[str, Any] = {
+        "socket_keepalive": True,
+        "socket_timeout": 15,
+        "socket_connect_timeout": 5,
+    }
     if settings.cluster:
-        url = url.replace("+cluster", "", 1)
-        return RedisCluster.from_url(url, socket_keepalive=True)
-    return aioredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
+    return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
 
 
 def _load_scripts() -> dict[str, str]:
