@@ -304,13 +304,14 @@ def _entries(
             if nid not in ids:
                 chk.add(f"{root}.entry_nodes[{i}]", f'no node has id "{nid}"')
         return list(dict.fromkeys(graph.entry_nodes))
-    targets = {to for _, to, _ in edges}
+    # A self-loop does not make a node a successor of anything else.
+    targets = {to for src, to, _ in edges if src != to}
     entries = [nid for nid in ids if nid not in targets]
     if ids and not entries:
         chk.add(
             f"{root}.entry_nodes",
-            "every node has an incoming edge, so the graph has no start: name the first "
-            "node(s) in entry_nodes",
+            "every node has an incoming edge from another node, so the graph has no start: "
+            "name the first node(s) in entry_nodes",
         )
     return entries
 

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from dago.api import Orchestrator
 from dago.config import Settings
-from dago.store import Store
+from dago.store import Store, raise_if_cancelling
 from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from dago.watch import EventHub
 
@@ -94,6 +94,7 @@ class ApiServer:
     async def _health_loop(self) -> None:
         ok: bool | None = None
         while True:
+            raise_if_cancelling()
             try:
                 up = await asyncio.wait_for(self._store.ping(), 2.0)
                 if up and not ok:
@@ -110,6 +111,7 @@ class ApiServer:
         interval = self._settings.sweep_interval_ms / 1000
         limit = 200
         while True:
+            raise_if_cancelling()
             try:
                 for shard in range(self._settings.shards):
                     while await self._store.sweep(shard, limit) >= limit:

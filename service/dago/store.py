@@ -7,6 +7,7 @@ state, so any number of API servers and workers can run side by side.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,18 @@ def connect(settings: Settings) -> RedisClient:
     if settings.cluster:
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
     return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation redis-py swallowed.
+
+    redis-py's asyncio client can absorb a CancelledError that arrives while a
+    command is in flight and return normally, so a loop around Redis calls would
+    run on after its task was cancelled. Every such loop calls this each round.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _load_scripts() -> dict[str, str]:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from redis.exceptions import RedisError
 
 from dago.events import TERMINAL, decode, heartbeat
-from dago.store import Store
+from dago.store import Store, raise_if_cancelling
 from dago.v1 import execution_pb2
 
 log = logging.getLogger("dago.watch")
@@ -46,6 +46,7 @@ class EventHub:
     async def _tail(self, shards: list[int]) -> None:
         streams = {self._store.keys.shard(s).notify: "$" for s in shards}
         while True:
+            raise_if_cancelling()
             try:
                 res = await self._store.tail_streams(streams, block_ms=5000)
             except RedisError as e:
@@ -74,6 +75,7 @@ class EventHub:
         cursor = after_seq
         try:
             while True:
+                raise_if_cancelling()
                 # Clear before reading: a wake-up during the read makes the next wait return.
                 wake.clear()
                 events = await self._store.events(shard, graph_id, cursor, PAGE)

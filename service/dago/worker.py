@@ -29,7 +29,7 @@ from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
 from dago.graphdef import CompiledNode
 from dago.handlers import Handler, NodeContext, NodeFailure, NodeResult, invalid
-from dago.store import Store, WorkItem, dumps
+from dago.store import Store, WorkItem, dumps, raise_if_cancelling
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.worker")
@@ -76,6 +76,7 @@ class Worker:
         """Return once Redis answers, saying what it waits for meanwhile."""
         delay = 0.2
         while True:
+            raise_if_cancelling()
             try:
                 await self._store.ping()
                 return
@@ -142,6 +143,7 @@ class Worker:
     async def _read_loop(self, shards: list[int]) -> None:
         backoff = 0.1
         while True:
+            raise_if_cancelling()
             n = await self._reserve(len(self._groups))
             try:
                 items = await self._store.read_work(shards, self.id, n, block_ms=2000)
@@ -159,6 +161,7 @@ class Worker:
     async def _reclaim_loop(self) -> None:
         lease = self._settings.lease_ms
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(max(lease / 4000, 0.25))
             for shard in range(self._settings.shards):
                 n = await self._reserve()
@@ -328,6 +331,7 @@ class Worker:
 
     async def _complete_loop(self) -> None:
         while True:
+            raise_if_cancelling()
             batch = [await self._done.get()]
             while not self._done.empty() and len(batch) < 512:
                 batch.append(self._done.get_nowait())
@@ -343,6 +347,7 @@ class Worker:
     async def _apply(self, shard: int, args: list[Any]) -> None:
         backoff = 0.05
         while True:
+            raise_if_cancelling()
             try:
                 await self._store.complete(shard, self.id, args)
                 return
@@ -357,6 +362,7 @@ class Worker:
 
     async def _renew_loop(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self._settings.lease_ms / 3000)
             by_shard: dict[int, list[bytes]] = defaultdict(list)
             for r in self._running.values():
@@ -370,6 +376,7 @@ class Worker:
     async def _control_loop(self, shards: list[int]) -> None:
         streams = {self._store.keys.shard(s).control: "$" for s in shards}
         while True:
+            raise_if_cancelling()
             try:
                 res = await self._store.tail_streams(streams, block_ms=2000)
             except RedisError as e:
@@ -404,6 +411,7 @@ class Worker:
         }
         keys = self._store.keys
         while True:
+            raise_if_cancelling()
             try:
                 now = int(time.time() * 1000)
                 info["in_flight"] = self.in_flight

@@ -181,7 +181,7 @@ class Graph(_message.Message):
     @_builtins.property
     def entry_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the nodes that start the graph. When empty, every node without
-        incoming edges is an entry node.
+        incoming edges from other nodes is an entry node.
         """
 
     @_builtins.property
