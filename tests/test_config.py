@@ -1,0 +1,52 @@
+"""Settings: parsing, validation errors that name the variable, redaction, the documented table."""
+
+from __future__ import annotations
+
+import pytest
+
+from dago.config import ConfigError, Settings, describe, env_name, load, redact_url
+from harness import ROOT
+
+
+def test_defaults_without_environment() -> None:
+    s = load({})
+    assert s == Settings()
+    assert (s.grpc_port, s.metrics_port) == (50051, 9090)
+    assert not s.cluster
+
+
+def test_values_are_parsed_and_cluster_urls_recognised() -> None:
+    s = load(
+        {"DAGO_SHARDS": "16", "DAGO_REDIS_URL": "redis+cluster://h:7000", "DAGO_LOG_LEVEL": "debug"}
+    )
+    assert s.shards == 16 and s.cluster and s.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "words"),
+    [
+        ("DAGO_SHARDS", "0", "between 1 and 1024"),
+        ("DAGO_GRPC_PORT", "abc", "not a valid int"),
+        ("DAGO_GRPC_PORT", "70000", "TCP port"),
+        ("DAGO_REDIS_URL", "http://x", "must start with"),
+        ("DAGO_LEASE_MS", "10", "at least 500"),
+        ("DAGO_LOG_LEVEL", "LOUD", "one of"),
+    ],
+)
+def test_invalid_values_name_the_variable(var: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({var: value})
+    assert var in str(err.value) and words in str(err.value)
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+    rows = describe(load({"DAGO_REDIS_URL": "redis://user:s3cret@h:1/0"}))
+    assert not any("s3cret" in value for _, value, _ in rows)
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (ROOT / "docs/configuration.md").read_text()
+    for name in Settings.__dataclass_fields__:
+        assert f"`{env_name(name)}`" in doc, f"{env_name(name)} missing from docs/configuration.md"
