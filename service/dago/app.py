@@ -3,7 +3,7 @@ each other by their constructors (tests build the same objects in-process)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from dago.api import Orchestrator
 from dago.cel import CelCompiler
@@ -34,7 +34,15 @@ def build_api(settings: Settings) -> ApiServer:
     store, cel, options = _common(settings)
     hub = EventHub(store, settings.heartbeat_ms, settings.cluster)
     api = Orchestrator(store, settings, cel, options, GraphCache(store, cel, options), hub)
-    return ApiServer(settings, store, api, hub, CollectorRegistry())
+    return ApiServer(settings, store, api, hub, _registry())
+
+
+def _registry() -> CollectorRegistry:
+    """A fresh registry per process (never the global one) with process metrics."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
 
 
 def build_worker(settings: Settings) -> Worker:
