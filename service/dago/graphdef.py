@@ -165,21 +165,43 @@ def compile_graph(
     if chk.violations:
         raise GraphInvalid(chk.violations)
 
-    shape = _Shape.build(list(ids), edges, entries)
+    reached = _reachable(entries, edges)
     for nid in ids:
-        if nid not in shape.reached:
+        if nid not in reached:
             chk.add(
                 f"{root}.nodes[{ids[nid]}].id",
                 f'node "{nid}" is not reachable from the entry nodes {entries}',
             )
+    # The shape analysis assumes every cycle is reached from an entry: stop here if not.
+    if chk.violations:
+        raise GraphInvalid(chk.violations)
+    shape = _Shape.build(list(ids), edges, entries)
     _check_loops(graph, ids, edges, shape, chk, root)
+    heads = {idx: to for _, to, idx in edges if idx in shape.back}
+    for i, nid in enumerate(entries):
+        for b, body in shape.bodies.items():
+            head = heads[b]
+            if nid in body and nid != head:
+                chk.add(
+                    f"{root}.entry_nodes[{i}]" if graph.entry_nodes else f"{root}.entry_nodes",
+                    f'"{nid}" is inside the loop headed by "{head}"; a loop can only be '
+                    "entered at its head",
+                )
     _check_refs(ids, compiled, output, shape, inputs, chk, root)
     if chk.violations:
         raise GraphInvalid(chk.violations)
     for cn in compiled.values():
         cn.out_edges = [replace(oe, back=oe.index in shape.back) for oe in cn.out_edges]
 
-    sinks = [nid for nid in ids if not any(e[0] == nid for e in edges)]
+    # A graph may end in a loop: a node whose only way on closes a loop is a sink, unless
+    # that loop has a way out (then the nodes after it are the sinks).
+    leaving = {
+        b
+        for b, body in shape.bodies.items()
+        if any(src in body and to not in body for src, to, idx in edges if idx not in shape.back)
+    }
+    closes_open_loop = {src for src, _, idx in edges if idx in leaving}
+    sinks = [n for n in ids if not shape.forward_out[n] and n not in closes_open_loop]
     return CompiledGraph(
         proto=graph,
         nodes=compiled,
@@ -314,6 +336,20 @@ def _entries(
             "name the first node(s) in entry_nodes",
         )
     return entries
+
+
+def _reachable(entries: list[str], edges: list[Edge]) -> set[str]:
+    out: dict[str, list[str]] = {}
+    for src, to, _ in edges:
+        out.setdefault(src, []).append(to)
+    seen = set(entries)
+    todo = list(entries)
+    while todo:
+        for nxt in out.get(todo.pop(), []):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 @dataclass
@@ -458,16 +494,19 @@ def _compile_nodes(
     root: str,
 ) -> dict[str, CompiledNode]:
     out_edges: dict[str, list[OutEdge]] = {nid: [] for nid in ids}
-    for src, to, idx in edges:
-        e = graph.edges[idx]
+    valid = {idx for _, _, idx in edges}
+    # Conditions of edges with a bad end are still checked: the client sees every problem.
+    for idx, e in enumerate(graph.edges):
         cond = None
         if e.condition:
             cond = chk.compile(cel, e.condition, Scope.CONDITION, f"{root}.edges[{idx}].condition")
-        out_edges[src].append(OutEdge(idx, to, cond, e.label, back=False))
+        if idx in valid:
+            out_edges[e.__getattribute__("from")].append(OutEdge(idx, e.to, cond, e.label, False))
 
     compiled: dict[str, CompiledNode] = {}
-    for nid, i in ids.items():
-        node = graph.nodes[i]
+    for i, node in enumerate(graph.nodes):
+        # Nodes with a bad or duplicate id are checked too, but not kept.
+        nid = node.id if ids.get(node.id) == i else ""
         path = f"{root}.nodes[{i}]"
         kind = node.WhichOneof("kind") or ""
         value = to_plain(node.inputs) if node.HasField("inputs") else {}
@@ -487,13 +526,13 @@ def _compile_nodes(
                     + ", ".join(sorted(options.tools)),
                 )
         elif kind == "router":
-            routes = _compile_router(node, out_edges[nid], cel, chk, path, root)
+            routes = _compile_router(node, out_edges.get(nid, []), cel, chk, path, root)
         timeout = options.default_attempt_timeout
         if node.HasField("attempt_timeout"):
             timeout = _seconds(node.attempt_timeout)
         elif graph.defaults.HasField("attempt_timeout"):
             timeout = _seconds(graph.defaults.attempt_timeout)
-        if tmpl is None:
+        if tmpl is None or not nid:
             continue
         compiled[nid] = CompiledNode(
             id=nid,

@@ -126,6 +126,8 @@ def _node_status(
         )
         a.start_time.FromMilliseconds(int(rec.get("st", 0)))
         a.end_time.FromMilliseconds(int(rec.get("et", 0)))
+        if "in" in rec:
+            set_value(a.input, rec["in"])
         if "o" in rec:
             set_value(a.output, rec["o"])
         error_from(rec.get("e"), a.error)

@@ -125,7 +125,7 @@ class Store:
         return list(await self._run("start", self.keys.shard(shard), [worker, *args]))
 
     async def complete(self, shard: int, worker: str, args: Sequence[Any]) -> list[str]:
-        """Run complete.lua for a batch (12 fields per item)."""
+        """Run complete.lua for a batch (13 fields per item)."""
         res = await self._run("complete", self.keys.shard(shard), [worker, *args])
         return [_s(x) for x in res]
 

@@ -241,22 +241,21 @@ class Worker:
     ) -> None:
         started = time.monotonic()
         node = _node(loaded, item)
+        rendered = ""
         try:
             if node is None:
                 problem = loaded.problem if loaded else "the graph's definition is gone"
                 raise invalid(f"cannot run node {item.node!r}: {problem}")
-            result, output, taken = await self._execute(item, node, scope)
+            try:
+                value = node.inputs.render(scope)
+            except EvalError as e:
+                raise invalid(f"inputs: {e}") from None
+            rendered = dumps(value)
+            result, output, taken = await self._execute(item, node, scope, value)
             usage = result.usage.to_arg() if result.usage else ""
             route = dumps(result.route) if result.route else ""
-            fields: list[Any] = [
-                "ok",
-                dumps(output),
-                ",".join(map(str, taken)),
-                usage,
-                route,
-                "",
-                0,
-            ]
+            edges = ",".join(map(str, taken))
+            fields: list[Any] = ["ok", dumps(output), edges, usage, route, "", 0]
         except NodeFailure as f:
             fields = self._failure(f, node, item)
         except asyncio.CancelledError:
@@ -270,22 +269,14 @@ class Worker:
             log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
             bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
             fields = self._failure(bug, node, item)
-        log.debug(
-            "attempt %s/%s took %.1fms",
-            item.graph_id,
-            item.node,
-            (time.monotonic() - started) * 1e3,
-        )
-        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, *fields]
-        await self._done.put((item.shard, item.msg_id, args))
+        ms = (time.monotonic() - started) * 1e3
+        log.debug("attempt %s/%s took %.1fms", item.graph_id, item.node, ms)
+        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, rendered]
+        await self._done.put((item.shard, item.msg_id, [*args, *fields]))
 
     async def _execute(
-        self, item: WorkItem, node: CompiledNode, scope: dict[str, Any]
+        self, item: WorkItem, node: CompiledNode, scope: dict[str, Any], rendered: Any
     ) -> tuple[NodeResult, Any, list[int]]:
-        try:
-            rendered = node.inputs.render(scope)
-        except EvalError as e:
-            raise invalid(f"inputs: {e}") from None
         handler = self._handlers.get(node.kind)
         if handler is None:
             raise invalid(f"this worker does not run {node.kind} nodes")

@@ -1,18 +1,18 @@
 -- Applies the results of a batch of node attempts, fenced on (graph, node, iteration, attempt):
 -- records the attempt, moves the node on, resolves its edges, dispatches what became ready,
 -- ends the graph when nothing is left, and acks the work item, all in one step.
--- ARGV: tag, worker_id, then per item 12 fields: msg_id, gid, node, attempt, iter,
---       outcome(ok|retry|fail), output(json|''), taken(comma-separated edge indexes),
+-- ARGV: tag, worker_id, then per item 13 fields: msg_id, gid, node, attempt, iter,
+--       input(json|''), outcome(ok|retry|fail), output(json|''), taken(comma-separated edge indexes),
 --       usage('in,out,cache_write,cache_read,cost'|''), route decision(json|''), error(json|''),
 --       delay_ms.
 -- Returns per item 'applied' or 'stale'.
 local worker = ARGV[2]
 local out = {}
 local touched = {}
-for i = 3, #ARGV, 12 do
+for i = 3, #ARGV, 13 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local outcome, output, taken_s, usage_s = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  local route, err, delay = ARGV[i + 9], ARGV[i + 10], tonumber(ARGV[i + 11])
+  local input, outcome, output, taken_s = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  local usage_s, route, err, delay = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], tonumber(ARGV[i + 12])
   redis.call('ZREM', TIMERS, timer_key('t', gid, node, iter, attempt))
   if fence(gid, node, attempt, iter, {RUNNING}) == nil then
     out[#out + 1] = 'stale'
@@ -44,6 +44,7 @@ for i = 3, #ARGV, 12 do
     end
     local rec = '{"st":' .. started .. ',"et":' .. NOW .. ',"s":' .. state .. ',"w":' .. jstr(worker)
       .. ',"u":' .. ujson
+    if input ~= '' then rec = rec .. ',"in":' .. input end
     if output ~= '' then rec = rec .. ',"o":' .. output end
     if err ~= '' then rec = rec .. ',"e":' .. err end
     redis.call('HSETNX', gk .. ':a', node .. ':' .. iter .. ':' .. attempt, rec .. '}')

@@ -3,6 +3,12 @@
 -- ARGV: tag, gid, request_id, body_hash, name, def, inputs, ids(json), entries(json),
 --       max_steps, max_tokens, max_cost, deadline_ms, retention_s, then topology field/value pairs.
 local gid, rid, hash = ARGV[2], ARGV[3], ARGV[4]
+local gk = gkey(gid)
+-- The client may run a script again when a reply is lost; a fresh graph id that already
+-- exists can only be this very submission.
+if redis.call('EXISTS', gk) == 1 then
+  return {'created', gid, tonumber(redis.call('HGET', gk, 'state')) or 0}
+end
 if rid ~= '' then
   local rk = TAG .. ':req:' .. rid
   local v = redis.call('HMGET', rk, 'g', 'h')
@@ -12,7 +18,6 @@ if rid ~= '' then
   end
   redis.call('HSET', rk, 'g', gid, 'h', hash)
 end
-local gk = gkey(gid)
 local ids = cjson.decode(ARGV[8])
 local entries = cjson.decode(ARGV[9])
 redis.call('HSET', gk, 'state', G_SUBMITTED, 'name', ARGV[5], 'created', NOW, 'seq', 0,

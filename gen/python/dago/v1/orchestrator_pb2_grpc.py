@@ -121,7 +121,8 @@ class OrchestratorServiceServicer:
 
     def CancelGraph(self, request, context):
         """Cancels a run: running nodes are stopped, pending ones skipped.
-        FAILED_PRECONDITION when the run already finished.
+        FAILED_PRECONDITION when the run already completed or failed; cancelling a
+        cancelled run succeeds again, so the call can be retried.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,8 @@ class OrchestratorServiceStub:
     """The outputs of a finished run. FAILED_PRECONDITION while it runs."""
     CancelGraph: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CancelGraphRequest, _orchestrator_pb2.CancelGraphResponse]
     """Cancels a run: running nodes are stopped, pending ones skipped.
-    FAILED_PRECONDITION when the run already finished.
+    FAILED_PRECONDITION when the run already completed or failed; cancelling a
+    cancelled run succeeds again, so the call can be retried.
     """
     ListGraphs: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphsRequest, _orchestrator_pb2.ListGraphsResponse]
     """Runs, newest first, with an optional state filter."""
@@ -86,7 +87,8 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """The outputs of a finished run. FAILED_PRECONDITION while it runs."""
     CancelGraph: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CancelGraphRequest, _orchestrator_pb2.CancelGraphResponse]  # type: ignore[assignment]
     """Cancels a run: running nodes are stopped, pending ones skipped.
-    FAILED_PRECONDITION when the run already finished.
+    FAILED_PRECONDITION when the run already completed or failed; cancelling a
+    cancelled run succeeds again, so the call can be retried.
     """
     ListGraphs: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphsRequest, _orchestrator_pb2.ListGraphsResponse]  # type: ignore[assignment]
     """Runs, newest first, with an optional state filter."""
@@ -148,7 +150,8 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.CancelGraphResponse, _abc.Awaitable[_orchestrator_pb2.CancelGraphResponse]]:
         """Cancels a run: running nodes are stopped, pending ones skipped.
-        FAILED_PRECONDITION when the run already finished.
+        FAILED_PRECONDITION when the run already completed or failed; cancelling a
+        cancelled run succeeds again, so the call can be retried.
         """
 
     @_abc_1.abstractmethod
