@@ -16,7 +16,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dago.config import Settings
 from dago.keys import WORK_GROUP, Keys, ShardKeys
@@ -29,11 +33,15 @@ SCRIPTS = ("submit", "start", "complete", "sweep", "cancel", "reclaim", "append"
 def connect(settings: Settings) -> RedisClient:
     """A Redis or Redis Cluster client for ``settings.redis_url``."""
     url = settings.redis_url
-    # Blocking stream reads wait up to 5 s; the read timeout must be longer than that.
     opts: dict[str, Any] = {
         "socket_keepalive": True,
+        # Blocking stream reads wait up to 5 s; the read timeout must be longer than that.
         "socket_timeout": 15,
         "socket_connect_timeout": 5,
+        # A pooled connection to a Redis that restarted fails once; retry on a fresh one.
+        # Every script is safe to run twice, so a retry after a lost reply is harmless.
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
     if settings.cluster:
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)

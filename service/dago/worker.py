@@ -12,6 +12,7 @@ the lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -123,14 +124,21 @@ class Worker:
 
     # --- slots -----------------------------------------------------------------------
 
-    async def _reserve(self, share: int = 1) -> int:
-        """Take up to a batch of free slots; ``share`` splits them between blocking readers
-        so one reader's long wait on a quiet shard cannot starve the others."""
+    async def _reserve(self) -> int:
+        """Take up to a batch of free slots for a blocking read. The free slots are split
+        between the readers and the reclaimer, so a reader waiting on a quiet shard cannot
+        starve the others."""
         async with self._slots:
             await self._slots.wait_for(lambda: self._free > 0)
-            n = min(self._settings.worker_batch, max(1, self._free // share))
+            n = min(self._settings.worker_batch, max(1, self._free // (len(self._groups) + 1)))
             self._free -= n
             return n
+
+    def _reserve_now(self) -> int:
+        """Take whatever free slots there are (up to a batch) without waiting."""
+        n = min(self._settings.worker_batch, self._free)
+        self._free -= n
+        return n
 
     async def _release(self, n: int) -> None:
         if n:
@@ -144,12 +152,13 @@ class Worker:
         backoff = 0.1
         while True:
             raise_if_cancelling()
-            n = await self._reserve(len(self._groups))
+            n = await self._reserve()
             try:
                 items = await self._store.read_work(shards, self.id, n, block_ms=2000)
                 backoff = 0.1
             except RedisError as e:
                 await self._release(n)
+                await self._recreate_groups(e)
                 log.warning("reading work failed (%s); retrying in %.1fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -164,18 +173,27 @@ class Worker:
             raise_if_cancelling()
             await asyncio.sleep(max(lease / 4000, 0.25))
             for shard in range(self._settings.shards):
-                n = await self._reserve()
+                n = self._reserve_now()
+                if n == 0:
+                    break
                 try:
                     items = await self._store.reclaim(
                         shard, self.id, lease, n, self._settings.max_deliveries
                     )
                 except RedisError as e:
                     log.warning("reclaim failed on shard %d: %s", shard, e)
+                    await self._recreate_groups(e)
                     items = []
                 await self._release(n - len(items))
                 if items:
                     log.info("reclaimed %d work items on shard %d", len(items), shard)
                     await self._begin(items)
+
+    async def _recreate_groups(self, error: RedisError) -> None:
+        """A Redis that lost its data (restarted without persistence) has no consumer groups."""
+        if "NOGROUP" in str(error):
+            with contextlib.suppress(RedisError):
+                await self._store.ensure_groups()
 
     async def _begin(self, items: Sequence[WorkItem]) -> None:
         by_shard: dict[int, list[tuple[WorkItem, LoadedGraph | None]]] = defaultdict(list)
