@@ -304,3 +304,64 @@ class ProcessStack:
 async def aiter_list(it: AsyncIterator[Any]) -> list[Any]:
     """Collect an async iterator."""
     return [x async for x in it]
+
+
+# --- helpers for fault tests (processes killed and restarted) -------------------------------
+
+
+def child_logs(stack: ProcessStack, lines: int = 60) -> str:
+    """The last ``lines`` lines of every child's log (killed ones included), for messages."""
+    out = []
+    for path in sorted(stack.logs.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"----- {path.stem} ({path}) -----\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+class RunningStack:
+    """``async with RunningStack(url, prefix, **env) as stack``: a ProcessStack that is always
+    closed, and whose failures carry the children's logs."""
+
+    def __init__(self, url: str, prefix: str, **env: str) -> None:
+        self.stack = ProcessStack(url, prefix, **env)
+
+    async def __aenter__(self) -> ProcessStack:
+        return self.stack
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        try:
+            if exc is not None and isinstance(exc, Exception):
+                raise AssertionError(
+                    f"{typ.__name__ if typ else ''}: {exc}\n{child_logs(self.stack)}"
+                ) from exc
+        finally:
+            await self.stack.close()
+
+
+def redis_store(url: str, prefix: str, shards: int = 4) -> Store:
+    """A Store on the Redis a stack uses, for checks the API does not expose (close its .redis)."""
+    return Store(connect(stack_settings(url, prefix, shards=shards)), Keys(prefix, shards))
+
+
+async def port_open(port: int, timeout: float = 20.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+
+    async def accepting() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    await eventually(accepting, timeout, 0.02)
+
+
+async def start_api_quickly(stack: ProcessStack, timeout: float = 20.0) -> None:
+    """``stack.start_api()`` without gRPC's reconnect backoff: the client's first connection
+    attempt is made only once the port accepts connections (saves seconds per start)."""
+    stack.start("api", "serve")
+    await port_open(stack.port, timeout)
+    await stack.wait_serving(timeout)
