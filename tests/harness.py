@@ -345,6 +345,88 @@ def redis_store(url: str, prefix: str, shards: int = 4) -> Store:
     return Store(connect(stack_settings(url, prefix, shards=shards)), Keys(prefix, shards))
 
 
+# --- helpers for engine tests (tests/test_engine_*.py) ---------------------------------------
+
+
+def node_status(st: execution_pb2.GraphStatus, node_id: str) -> execution_pb2.NodeStatus:
+    """The status of one node of ``st``."""
+    for n in st.nodes:
+        if n.node_id == node_id:
+            return n
+    raise AssertionError(f"no node {node_id!r} in the status of {st.graph_id}")
+
+
+def node_states(st: execution_pb2.GraphStatus) -> dict[str, str]:
+    """Node id -> NodeState name without its prefix, e.g. ``{"a": "COMPLETED"}``."""
+    return {
+        n.node_id: execution_pb2.NodeState.Name(n.state).removeprefix("NODE_STATE_")
+        for n in st.nodes
+    }
+
+
+def plain(msg: Any) -> Any:
+    """A Struct / Value / ListValue (or any message) as plain Python."""
+    return json_format.MessageToDict(msg)
+
+
+def of_kind(
+    events: list[execution_pb2.Event], kind: str, node: str | None = None
+) -> list[execution_pb2.Event]:
+    """The events whose payload is ``kind`` (of one node when given)."""
+    return [
+        e for e in events if e.WhichOneof("payload") == kind and (node is None or e.node_id == node)
+    ]
+
+
+def seq_of(events: list[execution_pb2.Event], kind: str, node: str | None = None) -> int:
+    """The seq of the only event of ``kind`` (of ``node``); fails unless there is exactly one."""
+    found = of_kind(events, kind, node)
+    assert len(found) == 1, f"expected one {kind} of {node!r}, got {len(found)}"
+    return found[0].seq
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """Await ``call`` and return the RPC error it must raise."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as e:
+        return e
+    raise AssertionError("the call succeeded; an RPC error was expected")
+
+
+def error_details(err: grpc.aio.AioRpcError) -> list[Any]:
+    """The google.rpc.Status details of an RPC error, unpacked."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return []
+    kinds_ = (
+        error_details_pb2.BadRequest,
+        error_details_pb2.PreconditionFailure,
+        error_details_pb2.ErrorInfo,
+        error_details_pb2.ResourceInfo,
+        error_details_pb2.RetryInfo,
+    )
+    out: list[Any] = []
+    for packed in status.details:
+        for cls in kinds_:
+            if packed.Is(cls.DESCRIPTOR):
+                msg = cls()
+                packed.Unpack(msg)
+                out.append(msg)
+    return out
+
+
+async def watch_raw(
+    client: Client, graph_id: str, after_seq: int = 0, timeout: float = 30.0
+) -> list[execution_pb2.Event]:
+    """Watch to the end, heartbeats included."""
+    req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=after_seq)
+    return [msg.event async for msg in client.stub.WatchGraph(req, timeout=timeout)]
+
+
 async def port_open(port: int, timeout: float = 20.0) -> None:
     """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
 
