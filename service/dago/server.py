@@ -9,11 +9,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
-from redis.exceptions import RedisError
 
 from dago.api import Orchestrator
 from dago.config import Settings
-from dago.store import Store, raise_if_cancelling
+from dago.store import STORE_ERRORS, Store, raise_if_cancelling
 from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from dago.watch import EventHub
 
@@ -99,7 +98,7 @@ class ApiServer:
                 up = await asyncio.wait_for(self._store.ping(), 2.0)
                 if up and not ok:
                     await self._store.ensure_groups()
-            except (RedisError, OSError, TimeoutError):
+            except (*STORE_ERRORS, TimeoutError):
                 up = False
             if up != ok:
                 log.log(logging.INFO if up else logging.WARNING, "redis %s", "up" if up else "DOWN")
@@ -116,6 +115,6 @@ class ApiServer:
                 for shard in range(self._settings.shards):
                     while await self._store.sweep(shard, limit) >= limit:
                         pass
-            except RedisError as e:
+            except STORE_ERRORS as e:
                 log.warning("sweeping timers failed: %s", e)
             await asyncio.sleep(interval)

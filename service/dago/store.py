@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dago.config import Settings
@@ -46,6 +46,11 @@ def connect(settings: Settings) -> RedisClient:
     if settings.cluster:
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
     return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
+
+
+STORE_ERRORS = (RedisError, OSError, RuntimeError)
+"""What a Redis call raises when the connection breaks: redis-py surfaces some transport
+failures (a closed transport during a cluster retry) as plain RuntimeError or OSError."""
 
 
 def raise_if_cancelling() -> None:

@@ -16,10 +16,8 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
-
 from dago.events import TERMINAL, decode, heartbeat
-from dago.store import Store, raise_if_cancelling
+from dago.store import STORE_ERRORS, Store, raise_if_cancelling
 from dago.v1 import execution_pb2
 
 log = logging.getLogger("dago.watch")
@@ -49,7 +47,7 @@ class EventHub:
             raise_if_cancelling()
             try:
                 res = await self._store.tail_streams(streams, block_ms=5000)
-            except RedisError as e:
+            except STORE_ERRORS as e:
                 log.warning("tailing notifications failed: %s", e)
                 self._wake_all()
                 await asyncio.sleep(0.5)

@@ -23,14 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from dago.cel import EvalError
 from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
 from dago.graphdef import CompiledNode
 from dago.handlers import Handler, NodeContext, NodeFailure, NodeResult, invalid
-from dago.store import Store, WorkItem, dumps, raise_if_cancelling
+from dago.store import STORE_ERRORS, Store, WorkItem, dumps, raise_if_cancelling
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.worker")
@@ -81,7 +79,7 @@ class Worker:
             try:
                 await self._store.ping()
                 return
-            except (RedisError, OSError) as e:
+            except STORE_ERRORS as e:
                 log.warning("waiting for Redis (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -156,7 +154,7 @@ class Worker:
             try:
                 items = await self._store.read_work(shards, self.id, n, block_ms=2000)
                 backoff = 0.1
-            except RedisError as e:
+            except STORE_ERRORS as e:
                 await self._release(n)
                 await self._recreate_groups(e)
                 log.warning("reading work failed (%s); retrying in %.1fs", e, backoff)
@@ -180,7 +178,7 @@ class Worker:
                     items = await self._store.reclaim(
                         shard, self.id, lease, n, self._settings.max_deliveries
                     )
-                except RedisError as e:
+                except STORE_ERRORS as e:
                     log.warning("reclaim failed on shard %d: %s", shard, e)
                     await self._recreate_groups(e)
                     items = []
@@ -189,10 +187,10 @@ class Worker:
                     log.info("reclaimed %d work items on shard %d", len(items), shard)
                     await self._begin(items)
 
-    async def _recreate_groups(self, error: RedisError) -> None:
+    async def _recreate_groups(self, error: Exception) -> None:
         """A Redis that lost its data (restarted without persistence) has no consumer groups."""
         if "NOGROUP" in str(error):
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*STORE_ERRORS):
                 await self._store.ensure_groups()
 
     async def _begin(self, items: Sequence[WorkItem]) -> None:
@@ -201,7 +199,7 @@ class Worker:
             for item in items:
                 loaded = await self._graphs.get(item.shard, item.graph_id)
                 by_shard[item.shard].append((item, loaded))
-        except RedisError as e:
+        except STORE_ERRORS as e:
             # Left pending in Redis; the reclaim loop picks them up after the lease.
             log.warning("loading graphs failed: %s", e)
             await self._release(len(items))
@@ -230,7 +228,7 @@ class Worker:
             ]
         try:
             results = await self._store.start(shard, self.id, args)
-        except RedisError as e:
+        except STORE_ERRORS as e:
             # Left pending in Redis; the reclaim loop picks them up after the lease.
             log.warning("starting %d attempts failed: %s", len(batch), e)
             await self._release(len(batch))
@@ -360,7 +358,7 @@ class Worker:
             try:
                 await self._store.complete(shard, self.id, args)
                 return
-            except RedisError as e:
+            except STORE_ERRORS as e:
                 # Keep the result and retry: the item stays pending, so nothing is lost
                 # even if this process dies before Redis comes back.
                 log.warning("applying results failed (%s); retrying in %.2fs", e, backoff)
@@ -379,7 +377,7 @@ class Worker:
             for shard, ids in by_shard.items():
                 try:
                     await self._store.renew(shard, self.id, ids)
-                except RedisError as e:
+                except STORE_ERRORS as e:
                     log.warning("renewing leases failed: %s", e)
 
     async def _control_loop(self, shards: list[int]) -> None:
@@ -388,7 +386,7 @@ class Worker:
             raise_if_cancelling()
             try:
                 res = await self._store.tail_streams(streams, block_ms=2000)
-            except RedisError as e:
+            except STORE_ERRORS as e:
                 log.warning("reading cancellations failed: %s", e)
                 await asyncio.sleep(0.5)
                 continue
@@ -426,7 +424,7 @@ class Worker:
                 info["in_flight"] = self.in_flight
                 await self._store.redis.hset(keys.workers, self.id, dumps(info))
                 await self._store.redis.zadd(keys.workers_seen, {self.id: now})
-            except RedisError as e:
+            except STORE_ERRORS as e:
                 log.warning("worker heartbeat failed: %s", e)
             await asyncio.sleep(2.0)
 
@@ -435,7 +433,7 @@ class Worker:
         try:
             await self._store.redis.hdel(keys.workers, self.id)
             await self._store.redis.zrem(keys.workers_seen, self.id)
-        except RedisError:
+        except STORE_ERRORS:
             pass
 
 

@@ -20,7 +20,8 @@ for i = 3, #ARGV, 13 do
     touched[gid] = true
     local gk, nk = gkey(gid), nkey(gid)
     local started = tonumber(redis.call('HGET', nk, node .. ':st')) or NOW
-    local state = (outcome == 'ok') and COMPLETED or ((outcome == 'retry') and RETRYING or FAILED)
+    -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
+    local state = (outcome == 'ok') and COMPLETED or FAILED
     local ujson = 'null'
     local over = nil
     if usage_s ~= '' then

@@ -17,17 +17,20 @@ for i = 3, #ARGV, 9 do
     local ok = true
     local redelivered = (st == RUNNING)
     if not redelivered then
-      local steps = redis.call('HINCRBY', gk, 'steps', 1)
-      local max_steps = tonumber(redis.call('HGET', gk, 'max_steps'))
-      if max_steps > 0 and steps > max_steps then
+      local lim = redis.call('HMGET', gk, 'steps', 'max_steps')
+      local max_steps = tonumber(lim[2])
+      if max_steps > 0 and tonumber(lim[1]) >= max_steps then
         ok = false
         redis.call('XACK', WORK, GROUP, mid)
         fail_graph(gid, jstr({c = 7, m = 'the graph exceeded its limit of ' .. max_steps .. ' steps (limits.max_steps)', r = false}), node)
         out[#out + 1] = {'stale', false, {}}
-      elseif gs == G_SUBMITTED then
-        redis.call('HSET', gk, 'state', G_RUNNING, 'started', NOW)
-        index_move(gid, G_SUBMITTED, G_RUNNING)
-        emit(gid, 'graph_started', nil, nil, nil, nil)
+      else
+        redis.call('HINCRBY', gk, 'steps', 1)
+        if gs == G_SUBMITTED then
+          redis.call('HSET', gk, 'state', G_RUNNING, 'started', NOW)
+          index_move(gid, G_SUBMITTED, G_RUNNING)
+          emit(gid, 'graph_started', nil, nil, nil, nil)
+        end
       end
     end
     if ok then
