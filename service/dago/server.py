@@ -98,7 +98,7 @@ class ApiServer:
                 up = await asyncio.wait_for(self._store.ping(), 2.0)
                 if up and not ok:
                     await self._store.ensure_groups()
-            except (*STORE_ERRORS, TimeoutError):
+            except STORE_ERRORS:
                 up = False
             if up != ok:
                 log.log(logging.INFO if up else logging.WARNING, "redis %s", "up" if up else "DOWN")

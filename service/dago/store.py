@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dago.config import Settings
@@ -48,9 +48,11 @@ def connect(settings: Settings) -> RedisClient:
     return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
 
 
-STORE_ERRORS = (RedisError, OSError, RuntimeError)
-"""What a Redis call raises when the connection breaks: redis-py surfaces some transport
-failures (a closed transport during a cluster retry) as plain RuntimeError or OSError."""
+STORE_ERRORS: tuple[type[Exception], ...] = (Exception,)
+"""What background loops catch around Redis calls (then log and back off). redis-py, its
+cluster client above all, surfaces a broken connection as RedisError, OSError,
+RuntimeError or even AttributeError (a transport closed under a concurrent command), so a
+loop that must outlive Redis outages cannot enumerate them."""
 
 
 def raise_if_cancelling() -> None:

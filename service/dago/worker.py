@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from dago.cel import EvalError
 from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
@@ -357,6 +359,11 @@ class Worker:
             raise_if_cancelling()
             try:
                 await self._store.complete(shard, self.id, args)
+                return
+            except ResponseError as e:
+                # Redis refused the script itself: retrying cannot help. The items stay
+                # pending, are redelivered after the lease and end dead-lettered.
+                log.error("applying results was refused by Redis: %s", e)
                 return
             except STORE_ERRORS as e:
                 # Keep the result and retry: the item stays pending, so nothing is lost
