@@ -37,7 +37,6 @@ async def work(settings: Settings) -> None:
     worker = build_worker(settings)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    await worker.wait_for_redis()
     await worker.run(stop)
 
 

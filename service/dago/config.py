@@ -7,10 +7,13 @@ and ``docs/configuration.md`` lists the same table.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -46,6 +49,14 @@ class Settings:
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
     workers: int = 1
+    llm_provider: str = ""
+    llm_model: str = ""
+    llm_max_tokens: int = 1024
+    anthropic_api_key: str = field(default="", repr=False)
+    anthropic_base_url: str = ""
+    prices: str = ""
+    http_allow: str = ""
+    http_max_response_bytes: int = 10 * 1024 * 1024
 
     @property
     def cluster(self) -> bool:
@@ -78,6 +89,40 @@ def _redis_url(v: Any) -> str | None:
     scheme = urlsplit(v).scheme
     ok = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
     return None if scheme in ok else f"must start with one of {', '.join(s + '://' for s in ok)}"
+
+
+def _provider(v: Any) -> str | None:
+    ok = ("", "anthropic", "offline")
+    return None if v in ok else "must be anthropic or offline (empty: automatic)"
+
+
+def _prices(v: Any) -> str | None:
+    if not v:
+        return None
+    try:
+        text = v if v.lstrip().startswith("{") else Path(v).read_text(encoding="utf-8")
+        table = json.loads(text)
+    except (OSError, ValueError) as e:
+        return f"must be a JSON object or the path of a JSON file ({e})"
+    if not isinstance(table, dict):
+        return "must be a JSON object: model -> {input, output, cache_write, cache_read}"
+    for model, row in table.items():
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k, 0), int | float) and row.get(k, 0) >= 0
+            for k in ("input", "output", "cache_write", "cache_read")
+        ):
+            return f"{model!r}: give non-negative USD per million tokens as numbers"
+    return None
+
+
+def _allow(v: Any) -> str | None:
+    for item in filter(None, (x.strip() for x in v.split(","))):
+        if "/" in item:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                return f"{item!r} is not a CIDR (e.g. 10.0.0.0/8)"
+    return None
 
 
 def _level(v: Any) -> str | None:
@@ -132,6 +177,35 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "log_level": _Spec("DEBUG, INFO, WARNING or ERROR.", _level),
     "workers": _Spec("Worker processes started by `dago dev`.", _positive),
+    "llm_provider": _Spec(
+        "LLM provider of nodes that name none: anthropic or offline. Empty: anthropic when an "
+        "Anthropic API key is set, else offline (a deterministic local stand-in, labelled offline).",
+        _provider,
+    ),
+    "llm_model": _Spec("Model of nodes that name none (empty: the provider's default)."),
+    "llm_max_tokens": _Spec(
+        "max_tokens of LLM nodes that set none.",
+        lambda v: None if 1 <= v <= 1_000_000 else "must be between 1 and 1000000",
+    ),
+    "anthropic_api_key": _Spec(
+        "Anthropic API key; when unset, ANTHROPIC_API_KEY is read. Never logged.", secret=True
+    ),
+    "anthropic_base_url": _Spec(
+        "Base URL of the Anthropic API (empty: the SDK's default; tests point it at a fake)."
+    ),
+    "prices": _Spec(
+        "LLM prices overriding the built-in table: JSON (or the path of a JSON file) mapping a "
+        "model (or model prefix) to USD per million input/output/cache_write/cache_read tokens.",
+        _prices,
+    ),
+    "http_allow": _Spec(
+        "Hosts and CIDRs HTTP nodes may reach although private, loopback or link-local "
+        "(comma-separated, e.g. `internal.example,10.1.0.0/16`).",
+        _allow,
+    ),
+    "http_max_response_bytes": _Spec(
+        "Largest HTTP node response body, unless the node sets a smaller one.", _positive
+    ),
 }
 
 
@@ -156,6 +230,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(
                 f"{var}={raw!r} is not a valid {kind.__name__}: {SETTINGS[f.name].doc}"
             ) from None
+    if "anthropic_api_key" not in values and env.get("ANTHROPIC_API_KEY"):
+        values["anthropic_api_key"] = env["ANTHROPIC_API_KEY"].strip()
     settings = Settings(**values)
     for name, spec in SETTINGS.items():
         problem = spec.check(getattr(settings, name))
@@ -170,7 +246,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
     for name, spec in SETTINGS.items():
         value = str(getattr(settings, name))
         if spec.secret:
-            value = redact_url(value)
+            value = redact_url(value) if "://" in value else ("***" if value else "")
         rows.append((env_name(name), value, spec.doc))
     return rows
 

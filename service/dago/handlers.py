@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,13 +23,20 @@ Emit = Callable[[list[tuple[str, str]]], Awaitable[bool]]
 
 
 class NodeFailure(Exception):
-    """A node attempt failed; ``retryable`` says whether the retry policy may retry it."""
+    """A node attempt failed; ``retryable`` says whether the retry policy may retry it.
 
-    def __init__(self, error_class: int, message: str, retryable: bool) -> None:
+    ``retry_after`` is a delay in seconds a downstream service asked for (an HTTP
+    ``retry-after`` header): a retry waits at least that long.
+    """
+
+    def __init__(
+        self, error_class: int, message: str, retryable: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
         self.retryable = retryable
+        self.retry_after = retry_after
 
     def to_json(self) -> str:
         """The stored form ``{c, m, r}``."""
@@ -46,20 +54,26 @@ def invalid(message: str) -> NodeFailure:
 
 @dataclass(frozen=True)
 class Usage:
-    """Token and cost accounting of one attempt."""
+    """Token and cost accounting of one attempt, and which provider and model it used."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     cost_usd: float = 0.0
+    provider: str = ""
+    model: str = ""
 
     def to_arg(self) -> str:
-        """The comma-separated form complete.lua takes."""
-        return (
+        """The comma-separated form complete.lua takes (provider and model last, if known)."""
+        arg = (
             f"{self.input_tokens},{self.output_tokens},{self.cache_creation_input_tokens},"
             f"{self.cache_read_input_tokens},{self.cost_usd!r}"
         )
+        if self.provider:
+            clean = [re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (self.provider, self.model)]
+            arg += "," + ",".join(clean)
+        return arg
 
 
 @dataclass

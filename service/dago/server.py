@@ -70,6 +70,10 @@ class ApiServer:
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set, then stop gracefully."""
         server = await self._build()
+        try:
+            await self._store.ready()
+        except STORE_ERRORS as e:  # the health loop reports it and keeps trying
+            log.warning("redis is not reachable at start: %s", e)
         if self._settings.metrics_port:
             start_http_server(self._settings.metrics_port, registry=self._registry)
         await self._set_health(False)

