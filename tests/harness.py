@@ -196,6 +196,7 @@ class InProcessStack:
         self.store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
 
     async def __aenter__(self) -> InProcessStack:
+        await self.store.ready()
         api = build_api(self.settings)
         ready = asyncio.Event()
         self._tasks.append(asyncio.create_task(api.run(self._stop, ready)))
