@@ -31,7 +31,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: help setup gen gen-check lint lint-proto lint-py typecheck test run clean
+.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean
 
 help: ## Show this help
 	@echo "Usage: make <target> [PYTEST_ARGS=...]"
@@ -76,7 +76,7 @@ gen-check: gen ## Fail if gen/ differs from what is committed
 		exit 1; \
 	fi; echo "gen/ is up to date"
 
-lint: lint-proto lint-py typecheck ## All linters (use `make -k lint` to see every failure)
+lint: lint-proto lint-py typecheck lint-envoy ## All linters (use `make -k lint` to see every failure)
 
 lint-proto: setup ## buf lint, buf format, buf breaking against main
 	$(call say,buf lint)
@@ -95,6 +95,10 @@ lint-py: setup ## ruff check + ruff format --check
 	$(if $(PY_DIRS),$(BIN)/ruff check $(PY_DIRS))
 	$(call say,ruff format --check $(PY_DIRS))
 	$(if $(PY_DIRS),$(BIN)/ruff format --check $(PY_DIRS))
+
+lint-envoy: setup ## envoy/envoy.yaml is envoy/envoy.yaml.in rendered, and `envoy --mode validate` accepts it
+	$(call say,envoy --mode validate envoy/envoy.yaml)
+	$(PY) -m dago.edge check
 
 typecheck: setup ## mypy --strict on service/ (and clients/python)
 	$(call say,mypy $(or $(MYPY_DIRS),<nothing to check>))
