@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dago import edge
 from dago.config import Settings, env_name
 
 RUN_DIR = Path(".run")
@@ -88,6 +89,64 @@ def _wait_serving(port: int, timeout: float = 20.0) -> bool:
     return False
 
 
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _start_envoy(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, edge.EdgeConfig]:
+    """Envoy in front of the API (REST, SSE, gRPC-Web on DAGO_EDGE_PORT), or None with the
+    reason printed: dago dev goes on without it."""
+    try:
+        cfg = edge.from_env(settings)
+    except ValueError as e:
+        print(f"dago dev: {e}; Envoy not started", file=sys.stderr)
+        return None, edge.EdgeConfig()
+    if cfg.listen_port == 0:
+        return None, cfg
+    if _port_busy(cfg.listen_host, cfg.listen_port):
+        print(
+            f"dago dev: port {cfg.listen_port} is busy, so Envoy (REST, SSE, gRPC-Web) is NOT "
+            f"started; the gRPC API still runs. Free the port or choose another one, e.g. "
+            f"DAGO_EDGE_PORT=8081 make run",
+            file=sys.stderr,
+        )
+        return None, cfg
+    try:
+        exe = edge.command(RUN_DIR / "envoy.yaml")
+    except FileNotFoundError as e:
+        print(f"dago dev: {e}; Envoy not started", file=sys.stderr)
+        return None, cfg
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / "envoy.yaml").write_text(edge.render(cfg))
+    log_path = RUN_DIR / "envoy.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            print(
+                f"dago dev: Envoy exited with code {proc.returncode}; REST is not available.\n"
+                + "\n".join(tail),
+                file=sys.stderr,
+            )
+            return None, cfg
+        try:
+            with socket.create_connection(("127.0.0.1", cfg.listen_port), timeout=0.2):
+                return proc, cfg
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    print(f"dago dev: Envoy did not start listening; see {log_path}", file=sys.stderr)
+    return None, cfg
+
+
 def run_dev(settings: Settings) -> int:
     """Run everything until Ctrl-C; returns the exit code."""
     env = dict(os.environ)
@@ -113,7 +172,10 @@ def run_dev(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if _wait_serving(settings.grpc_port):
-        _banner(settings, url)
+        envoy, cfg = _start_envoy(settings)
+        if envoy is not None:
+            children.append(("envoy", envoy))
+        _banner(settings, url, cfg if envoy is not None else None)
     code = 0
     while not stopping:
         for name, proc in children:
@@ -135,8 +197,23 @@ def run_dev(settings: Settings) -> int:
     return code
 
 
-def _banner(settings: Settings, redis_url: str) -> None:
+def _banner(settings: Settings, redis_url: str, cfg: edge.EdgeConfig | None) -> None:
     port = settings.grpc_port
+    if cfg is not None:
+        base = f"http://localhost:{cfg.listen_port}"
+        rest = f"""
+  REST + SSE {base}/api/v1/graphs   (Envoy: also gRPC-Web and gRPC on :{cfg.listen_port})
+  health     {base}/health    metrics {base}/metrics
+
+REST (see README, "REST and SSE through Envoy"):
+  curl -s -XPOST {base}/api/v1/graphs -H 'content-type: application/json' \\
+      -d @examples/diamond.json
+  curl -s {base}/api/v1/graphs/<id>/status
+  curl -sN -H 'accept: text/event-stream' {base}/api/v1/graphs/<id>/events
+  curl -s {base}/api/v1/graphs/<id>/result
+"""
+    else:
+        rest = "\n  REST       off (Envoy not started; see above)\n"
     print(
         f"""
 dago is running (embedded default: no Docker, no API key)
@@ -151,8 +228,7 @@ Try:
       < examples/diamond.json
   grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} \\
       dago.v1.OrchestratorService/WatchGraph
-
-Ctrl-C stops everything.
 """,
         flush=True,
     )
+    print(rest + "\nCtrl-C stops everything.\n", flush=True)
