@@ -379,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not RENDERED.exists() or RENDERED.read_text() != want:
         print(
             f"{RENDERED.relative_to(ROOT)} is out of date with {TEMPLATE.relative_to(ROOT)}: "
-            "run `PYTHONPATH=service .venv/bin/python -m dago.edge render --defaults --out envoy/envoy.yaml`",
+            "run `PYTHONPATH=service .venv/bin/python -m dago.edge render --defaults "
+            "--out envoy/envoy.yaml`",
             file=sys.stderr,
         )
         return 1
