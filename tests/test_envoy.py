@@ -76,7 +76,7 @@ async def edge_stack(redis_single: RedisServer) -> AsyncIterator[Edge]:
         metrics_port=metrics_port,
         descriptor=str(ROOT / "gen" / "dago.binpb"),
         cors_origins=("http://localhost:*", "https://app.example"),
-        stream_idle_timeout_s=30,
+        stream_idle_timeout_s=1,  # only heartbeats (every 300 ms) keep quiet watches open
     )
     config = stack.logs / "envoy.yaml"
     config.write_text(edge.render(cfg))
@@ -168,9 +168,15 @@ class Sse:
 
 
 async def read_sse(
-    e: Edge, gid: str, *, headers: dict[str, str] | None = None, query: str = "", stop: int = 0
+    e: Edge,
+    gid: str,
+    *,
+    headers: dict[str, str] | None = None,
+    query: str = "",
+    stop: int = 0,
+    heartbeats: bool = False,
 ) -> list[Sse]:
-    """Read ``GET /events`` as SSE: the events (heartbeats excluded) up to the end of the
+    """Read ``GET /events`` as SSE: the events (heartbeats only if asked) up to the end of the
     stream, or only the first ``stop`` events (the connection is then dropped)."""
     out: list[Sse] = []
     hdrs = {"accept": "text/event-stream", **(headers or {})}
@@ -187,7 +193,7 @@ async def read_sse(
                 data.append(line[5:].strip())
             elif line == "" and data:
                 doc = json.loads("\n".join(data))
-                if "heartbeat" not in doc["event"]:
+                if heartbeats or "heartbeat" not in doc["event"]:
                     out.append(Sse(ev_id, doc["event"], time.monotonic()))
                 ev_id, data = None, []
                 if stop and len(out) == stop:
@@ -406,6 +412,20 @@ async def test_sse_watch_streams_every_event_live_with_ids(edge_stack: Edge) -> 
     # The same events as the stored log.
     r = await e.http.get(f"/api/v1/graphs/{gid}/events/history", params={"page_size": 1000})
     assert [int(ev["seq"]) for ev in r.json()["events"]] == seqs
+
+
+async def test_quiet_watch_is_kept_open_by_heartbeats(edge_stack: Edge) -> None:
+    """Envoy's stream idle timeout is 1 s here; a node sleeping 2.5 s sends no event, yet the
+    stream lives on through dago's heartbeats and ends with the graph."""
+    e = edge_stack
+    gid = await submit(e, graph(sleep("s", 2.5)))
+    events = await read_sse(e, gid, heartbeats=True)
+    kinds = [kind(s.data) for s in events]
+    assert kinds[-1] == "graph_completed", kinds
+    assert kinds.count("heartbeat") >= 3, kinds
+    # A heartbeat's id is the seq of the last event sent, so resuming from it loses nothing.
+    for s in events:
+        assert s.id == s.data["seq"], s
 
 
 async def test_sse_reconnect_with_last_event_id_or_after_seq_gets_the_rest_once(
