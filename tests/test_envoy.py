@@ -6,7 +6,9 @@ Envoy port, ``/metrics``, and ``/health`` following the API down and up."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import secrets
 import shutil
 import struct
@@ -561,6 +563,37 @@ async def test_metrics_are_prometheus_text(edge_stack: Edge) -> None:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain"), r.headers
     assert "process_cpu_seconds_total" in r.text
+
+
+async def test_grpc_web_text_and_grpcurl_describe_and_watch_through_envoy(edge_stack: Edge) -> None:
+    e = edge_stack
+    target = f"127.0.0.1:{e.port}"
+    p = grpcurl(target, "describe", SERVICE)
+    assert p.returncode == 0 and "rpc WatchGraph " in p.stdout, (p.stdout, p.stderr)
+
+    gid = await submit(e, graph(echo("a", x=1)))
+    p = grpcurl("-d", json.dumps({"graph_id": gid}), target, f"{SERVICE}/WatchGraph")
+    assert p.returncode == 0, (p.stderr, e.logs())
+    assert '"graph_completed"' in p.stdout or '"graphCompleted"' in p.stdout, p.stdout
+
+    # gRPC-Web text (base64 frames), as browsers without binary support send it.
+    req = orchestrator_pb2.GetGraphStatusRequest(graph_id=gid).SerializeToString()
+    r = await e.http.post(
+        f"/{SERVICE}/GetGraphStatus",
+        content=base64.b64encode(struct.pack(">BI", 0, len(req)) + req),
+        headers={
+            "content-type": "application/grpc-web-text",
+            "accept": "application/grpc-web-text",
+            "x-grpc-web": "1",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/grpc-web-text"), r.headers
+    # Each frame may be base64-encoded on its own: decode the padded pieces one by one.
+    raw = b"".join(base64.b64decode(p) for p in re.findall(rb"[A-Za-z0-9+/]+=*", r.content))
+    messages, trailers = grpc_web_frames(raw)
+    assert trailers.get("grpc-status") == "0", trailers
+    assert orchestrator_pb2.GetGraphStatusResponse.FromString(messages[0]).status.graph_id == gid
 
 
 async def test_health_follows_the_api_down_and_up(edge_stack: Edge) -> None:
