@@ -16,6 +16,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "router": {"route": "urgent", "message": "ticket 'checkout returns 500' routed to urgent"},
     "loop": {"done": {"polls": 3}},
     "fanout": {"merge": {"parts": ["a", "b", "c"], "slept": 3}},
+    # The offline provider's rule (dago.llm.offline): "[offline] <words in> words: <first 12>…".
+    "research": {
+        "summary": "[offline] 43 words: Summarise for a small platform team. Strengths: "
+        "[offline] 23 words: List the…",
+        "provider": "offline",
+    },
 }
 
 

@@ -279,10 +279,61 @@ def test_node_without_a_kind(cel: CelCompiler) -> None:
     only(rejected(cel, graph([{"id": "a"}])), "graph.nodes[0]", "kind", "tool", "router")
 
 
-@pytest.mark.parametrize("kind", ["llm", "agent", "http"])
+@pytest.mark.parametrize("kind", ["agent"])
 def test_node_kinds_not_available_yet(cel: CelCompiler, kind: str) -> None:
     v = rejected(cel, graph([tool("a"), {"id": "b", kind: {}}], [edge("a", "b")]))
     only(v, f"graph.nodes[1].{kind}", kind, "not available")
+
+
+def test_llm_and_http_fields_are_checked_with_their_paths(cel: CelCompiler) -> None:
+    bad_llm = {
+        "id": "b",
+        "llm": {
+            "provider": "openai",
+            "prompt": "hi {{ nodes.a.output. }}",
+            "temperature": 3,
+            "maxTokens": -1,
+            "outputSchema": {"type": "object", "properties": {"p": {"type": "nope"}}},
+            "messages": [{"role": "system", "content": "x {{ nodes.zz.output }}"}],
+        },
+    }
+    bad_http = {
+        "id": "c",
+        "http": {"method": "FETCH", "url": "ftp://x", "maxResponseBytes": -5},
+    }
+    no_prompt = {"id": "d", "llm": {}}
+    v = rejected(cel, graph([tool("a"), bad_llm, bad_http, no_prompt]))
+    assert_says(v, "graph.nodes[1].llm.provider", "openai", "anthropic", "offline")
+    assert_says(v, "graph.nodes[1].llm.prompt", "placeholder")
+    assert_says(v, "graph.nodes[1].llm.temperature", "between 0 and 2")
+    assert_says(v, "graph.nodes[1].llm.max_tokens", "between 0")
+    assert_says(v, "graph.nodes[1].llm.output_schema", "not a valid JSON Schema", "properties/p")
+    assert_says(v, "graph.nodes[1].llm.messages[0].role", "user", "assistant")
+    assert_says(v, "graph.nodes[2].http.method", "GET", "POST")
+    assert_says(v, "graph.nodes[2].http.url", "http://")
+    assert_says(v, "graph.nodes[2].http.max_response_bytes", "negative")
+    assert_says(v, "graph.nodes[3].llm.prompt", "prompt or messages")
+
+
+def test_llm_templates_are_checked_against_the_graph(cel: CelCompiler) -> None:
+    g = graph(
+        [
+            tool("a"),
+            {"id": "b", "llm": {"prompt": "{{ inputs.q }} {{ nodes.c.output }}"}},
+            {"id": "c", "http": {"url": "https://example.com/{{ inputs.nope }}"}},
+        ],
+        [edge("a", "b"), edge("a", "c")],
+    )
+    v = rejected(cel, g, {"q": 1})
+    assert_says(v, "graph.nodes[1].llm.prompt", "nodes.c", "does not run before")
+    assert_says(v, "graph.nodes[2].http.url", "inputs.nope")
+    ok = graph(
+        [tool("a"), {"id": "b", "llm": {"prompt": "{{ inputs.q }} {{ nodes.a.output }}"}}],
+        [edge("a", "b")],
+    )
+    compiled = compile_ok(cel, ok, {"q": 1})
+    assert compiled.nodes["b"].refs.nodes == {"a"}
+    assert set(compiled.nodes["b"].templates) == {"llm.prompt"}
 
 
 def test_empty_graph(cel: CelCompiler) -> None:

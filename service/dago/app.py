@@ -10,8 +10,12 @@ from dago.cel import CelCompiler
 from dago.config import Settings
 from dago.graphcache import GraphCache
 from dago.graphdef import CompileOptions
-from dago.handlers import default_handlers, load_tools
+from dago.handlers import Handler, default_handlers, load_tools
+from dago.httpnode import HttpHandler
 from dago.keys import Keys
+from dago.llm.node import LlmHandler
+from dago.llm.prices import PriceTable
+from dago.llm.providers import Providers
 from dago.server import ApiServer
 from dago.store import Store, connect
 from dago.watch import EventHub
@@ -48,6 +52,15 @@ def _registry() -> CollectorRegistry:
 def build_worker(settings: Settings) -> Worker:
     """A worker process."""
     store, cel, options = _common(settings)
-    handlers = default_handlers(load_tools(settings.tool_modules))
+    handlers = build_handlers(settings)
     graphs = GraphCache(store, cel, options)
     return Worker(store, settings, graphs, handlers, settings.effective_worker_id())
+
+
+def build_handlers(settings: Settings) -> dict[str, Handler]:
+    """The handler of every node kind a worker runs."""
+    handlers = default_handlers(load_tools(settings.tool_modules))
+    prices = PriceTable(settings.prices)
+    handlers["llm"] = LlmHandler(Providers(settings), prices, settings.llm_max_tokens)
+    handlers["http"] = HttpHandler(settings.http_allow, settings.http_max_response_bytes)
+    return handlers

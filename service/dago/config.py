@@ -179,7 +179,8 @@ SETTINGS: dict[str, _Spec] = {
     "workers": _Spec("Worker processes started by `dago dev`.", _positive),
     "llm_provider": _Spec(
         "LLM provider of nodes that name none: anthropic or offline. Empty: anthropic when an "
-        "Anthropic API key is set, else offline (a deterministic local stand-in, labelled offline).",
+        "Anthropic API key is set, else offline (a deterministic local stand-in, labelled "
+        "offline).",
         _provider,
     ),
     "llm_model": _Spec("Model of nodes that name none (empty: the provider's default)."),

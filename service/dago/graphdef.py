@@ -17,12 +17,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from dago.cel import CelCompiler, CelError, Expression, Refs, Scope, Template, TemplateError
+from dago.llm.schema import schema_problem
 from dago.v1 import graph_pb2
 from dago.values import to_plain
 
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-SUPPORTED_KINDS = frozenset({"tool", "router"})
+SUPPORTED_KINDS = frozenset({"tool", "router", "llm", "http"})
+LLM_PROVIDERS = ("anthropic", "offline")
+MAX_LLM_TOKENS = 1_000_000
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 MAX_ATTEMPTS = 100
 MAX_ITERATIONS = 10_000
 MAX_DURATION_S = 30 * 24 * 3600
@@ -82,6 +87,8 @@ class CompiledNode:
     retry: Retry
     attempt_timeout: float
     refs: Refs = Refs.EMPTY
+    templates: dict[str, Template] = field(default_factory=dict)
+    """Templates of the kind's own fields (``llm.prompt``, ``http.url``...), scope ROUTE."""
 
 
 @dataclass
@@ -136,6 +143,21 @@ class _Checker:
         except TemplateError as e:
             self.add(f"{path}.{e.path}" if e.path else path, str(e))
             return None
+
+    def field_templates(
+        self, cel: CelCompiler, fields: Mapping[str, str], node_path: str
+    ) -> dict[str, Template]:
+        """Compile kind fields (key: field path inside the node) as string templates."""
+        out: dict[str, Template] = {}
+        for key, text in fields.items():
+            try:
+                t = cel.template_string(text, Scope.ROUTE, path=key)
+            except TemplateError as e:
+                self.add(f"{node_path}.{key}", str(e))
+                continue
+            if not t.is_static:
+                out[key] = t
+        return out
 
 
 def compile_graph(
@@ -527,6 +549,11 @@ def _compile_nodes(
                 )
         elif kind == "router":
             routes = _compile_router(node, out_edges.get(nid, []), cel, chk, path, root)
+        templates: dict[str, Template] = {}
+        if kind == "llm":
+            templates = _compile_llm(node.llm, cel, chk, path)
+        elif kind == "http":
+            templates = _compile_http(node.http, cel, chk, path)
         timeout = options.default_attempt_timeout
         if node.HasField("attempt_timeout"):
             timeout = _seconds(node.attempt_timeout)
@@ -545,6 +572,7 @@ def _compile_nodes(
             routes=routes,
             retry=_effective_retry(node, graph),
             attempt_timeout=timeout,
+            templates=templates,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs
@@ -556,6 +584,8 @@ def _compile_nodes(
         for _, rexpr in cn.routes:
             if rexpr is not None:
                 refs = refs.union(rexpr.refs)
+        for t in cn.templates.values():
+            refs = refs.union(t.refs)
         cn.refs = refs
     return compiled
 
@@ -600,6 +630,57 @@ def _compile_router(
     return routes
 
 
+def _compile_llm(
+    spec: graph_pb2.LlmNode, cel: CelCompiler, chk: _Checker, path: str
+) -> dict[str, Template]:
+    p = f"{path}.llm"
+    if spec.provider and spec.provider not in LLM_PROVIDERS:
+        chk.add(
+            f"{p}.provider",
+            f'unknown provider "{spec.provider}": use one of {", ".join(LLM_PROVIDERS)} '
+            "(empty: the server default)",
+        )
+    if not spec.prompt and not spec.messages:
+        chk.add(f"{p}.prompt", "an llm node needs a prompt or messages")
+    if not 0 <= spec.max_tokens <= MAX_LLM_TOKENS:
+        chk.add(f"{p}.max_tokens", f"must be between 0 and {MAX_LLM_TOKENS} (0: server default)")
+    if spec.HasField("temperature") and not 0 <= spec.temperature <= 2:
+        chk.add(f"{p}.temperature", "must be between 0 and 2")
+    for i, stop in enumerate(spec.stop_sequences):
+        if not stop.strip():
+            chk.add(f"{p}.stop_sequences[{i}]", "must not be empty or blank")
+    if spec.HasField("output_schema"):
+        problem = schema_problem(to_plain(spec.output_schema))
+        if problem:
+            chk.add(f"{p}.output_schema", problem)
+    fields = {"llm.system": spec.system, "llm.prompt": spec.prompt}
+    for i, m in enumerate(spec.messages):
+        if m.role not in ("user", "assistant"):
+            chk.add(f"{p}.messages[{i}].role", 'must be "user" or "assistant"')
+        fields[f"llm.messages[{i}].content"] = m.content
+    return chk.field_templates(cel, fields, path)
+
+
+def _compile_http(
+    spec: graph_pb2.HttpNode, cel: CelCompiler, chk: _Checker, path: str
+) -> dict[str, Template]:
+    p = f"{path}.http"
+    if spec.method and spec.method.upper() not in HTTP_METHODS:
+        chk.add(f"{p}.method", f"must be one of {', '.join(HTTP_METHODS)} (empty: GET)")
+    if not spec.url:
+        chk.add(f"{p}.url", "an http node needs a url")
+    elif "{{" not in spec.url and not re.match(r"^https?://[^/\s]+", spec.url):
+        chk.add(f"{p}.url", "must be an absolute http:// or https:// URL")
+    if spec.max_response_bytes < 0:
+        chk.add(f"{p}.max_response_bytes", "must not be negative (0: the server default)")
+    fields = {"http.url": spec.url, "http.body": spec.body}
+    for name, value in spec.headers.items():
+        if not HEADER_NAME.match(name):
+            chk.add(f"{p}.headers[{name}]", "is not a valid HTTP header name")
+        fields[f"http.headers[{name}]"] = value
+    return chk.field_templates(cel, fields, path)
+
+
 def _check_refs(
     ids: Mapping[str, int],
     compiled: Mapping[str, CompiledNode],
@@ -641,6 +722,8 @@ def _check_refs(
         check(cn.inputs.refs, f"{path}.inputs", nid, self_ok=False)
         for name, expr in cn.output.items():
             check(expr.refs, f"{path}.output[{name}]", nid)
+        for key, t in cn.templates.items():
+            check(t.refs, f"{path}.{key}", nid, self_ok=False)
         for j, (_, rexpr) in enumerate(cn.routes):
             if rexpr is not None:
                 check(rexpr.refs, f"{path}.router.routes[{j}].condition", nid, self_ok=False)

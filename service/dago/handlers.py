@@ -71,7 +71,9 @@ class Usage:
             f"{self.cache_read_input_tokens},{self.cost_usd!r}"
         )
         if self.provider:
-            clean = [re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (self.provider, self.model)]
+            clean = [
+                re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (self.provider, self.model)
+            ]
             arg += "," + ",".join(clean)
         return arg
 

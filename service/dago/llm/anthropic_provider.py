@@ -28,7 +28,7 @@ from dago.llm.base import LlmRequest, LlmResponse, OnText, TokenUsage
 from dago.llm.schema import validation_error
 from dago.v1 import graph_pb2
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"
 TOOL_NAME = "structured_output"
 
 _FIX = {

@@ -59,7 +59,7 @@ class TokenUsage:
 
 @dataclass(frozen=True)
 class LlmResponse:
-    """What a call returned: ``object`` is set (and schema-valid) when an output schema was asked."""
+    """What a call returned; ``object`` is set (schema-valid) when an output schema was given."""
 
     text: str
     usage: TokenUsage

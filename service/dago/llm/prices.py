@@ -35,7 +35,11 @@ def _claude(inp: float, out: float) -> Price:
     return Price(inp, out, inp * 1.25, inp * 0.1)
 
 
+# List prices as published for these models; newer models match by prefix (claude-sonnet-4-6
+# is priced as claude-sonnet-4). Check them against Anthropic's price list and override with
+# DAGO_PRICES where they differ.
 DEFAULT_PRICES: dict[str, Price] = {
+    "claude-opus-4-6": _claude(5.0, 25.0),
     "claude-opus-4-5": _claude(5.0, 25.0),
     "claude-opus-4-1": _claude(15.0, 75.0),
     "claude-opus-4": _claude(15.0, 75.0),
@@ -83,7 +87,9 @@ class PriceTable:
         if p is None:
             if model not in self._warned:
                 self._warned.add(model)
-                log.warning("no price for model %r: its cost is counted as 0 (set DAGO_PRICES)", model)
+                log.warning(
+                    "no price for model %r: its cost is counted as 0 (set DAGO_PRICES)", model
+                )
             return 0.0
         total = (
             usage.input * p.input

@@ -47,7 +47,9 @@ class Providers:
                 )
             default = self._settings.llm_model or self._anthropic.default_model
             return self._anthropic, model or default
-        raise invalid(f"the LLM provider {chosen!r} is not available (available: {', '.join(KNOWN)})")
+        raise invalid(
+            f"the LLM provider {chosen!r} is not available (available: {', '.join(KNOWN)})"
+        )
 
     async def close(self) -> None:
         """Release HTTP clients."""

@@ -25,9 +25,10 @@ def schema_problem(schema: Any) -> str | None:
 def validation_error(schema: dict[str, Any], value: Any) -> str | None:
     """The first way ``value`` breaks ``schema`` (with its location), or None when it is valid."""
     validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is None:
+    errors = sorted(validator.iter_errors(value), key=lambda e: (len(e.absolute_path), e.message))
+    if not errors:
         return None
+    error = errors[0]
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
     return f"at {where}: {error.message}"
 

@@ -23,6 +23,7 @@ for i = 3, #ARGV, 13 do
     -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
     local state = (outcome == 'ok') and COMPLETED or FAILED
     local ujson = 'null'
+    local who = ''
     local over = nil
     if usage_s ~= '' then
       local u = {}
@@ -34,6 +35,7 @@ for i = 3, #ARGV, 13 do
       end
       redis.call('HINCRBYFLOAT', nk, node .. ':uc', u[5])
       local cost = tonumber(redis.call('HINCRBYFLOAT', gk, 'uc', u[5]))
+      if u[6] then who = ',"provider":' .. jstr(u[6]) .. ',"model":' .. jstr(u[7] or '') end
       ujson = '{"i":' .. u[1] .. ',"o":' .. u[2] .. ',"cc":' .. u[3] .. ',"cr":' .. u[4] .. ',"c":' .. u[5] .. '}'
       local lim = redis.call('HMGET', gk, 'max_tokens', 'max_cost', 'ui', 'uo')
       local tokens = (tonumber(lim[3]) or 0) + (tonumber(lim[4]) or 0)
@@ -50,8 +52,6 @@ for i = 3, #ARGV, 13 do
     if err ~= '' then rec = rec .. ',"e":' .. err end
     redis.call('HSETNX', gk .. ':a', node .. ':' .. iter .. ':' .. attempt, rec .. '}')
     if ujson ~= 'null' then
-      local who = ''
-      if u[6] then who = ',"provider":' .. jstr(u[6]) .. ',"model":' .. jstr(u[7] or '') end
       emit(gid, 'usage', node, attempt, iter, '{"u":' .. ujson .. who .. '}')
     end
     if outcome == 'ok' then

@@ -1,0 +1,197 @@
+"""The ``http`` node kind: one HTTP request, with private addresses refused.
+
+The URL, headers and body are templates (rendered over the scope and
+``input``). The host is resolved first and every address it resolves to is
+checked; the request then goes to that checked address (the ``Host`` header
+and TLS server name keep the original name), so a DNS answer that changes
+between the check and the connection cannot reach anything else. Addresses
+that are not globally routable (loopback, private, link-local — which includes
+the 169.254.169.254 metadata service —, CGNAT, multicast, reserved, unspecified)
+are refused unless the operator allows the host name or a network containing
+the address in ``DAGO_HTTP_ALLOW``. Redirects are not followed: a 3xx is the
+node's result (``headers.location`` says where).
+
+Result: ``{status, headers, body}``; ``body`` is parsed when the response is
+JSON, else text. 5xx, 429 (with ``retry-after`` honoured), timeouts and
+connection errors are retryable; other 4xx are not. A body over the size cap
+(``max_response_bytes``, default ``DAGO_HTTP_MAX_RESPONSE_BYTES``) fails the
+node without reading further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+from typing import Any
+
+import httpx
+
+from dago.cel import EvalError
+from dago.handlers import NodeContext, NodeFailure, NodeResult, invalid
+from dago.llm.anthropic_provider import retry_after
+from dago.v1 import graph_pb2
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class HttpHandler:
+    """Runs ``http`` nodes."""
+
+    def __init__(self, allow: str, max_response_bytes: int) -> None:
+        self._hosts: set[str] = set()
+        self._nets: list[Net] = []
+        for item in filter(None, (x.strip() for x in allow.split(","))):
+            try:
+                self._nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self._hosts.add(item.lower().rstrip("."))
+        self._max_bytes = max_response_bytes
+
+    def allowed(self, host: str, ip: IP) -> bool:
+        """Whether a request to ``host`` may connect to ``ip``."""
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if host.lower().rstrip(".") in self._hosts or any(ip in n for n in self._nets):
+            return True
+        return ip.is_global and not ip.is_multicast
+
+    async def resolve(self, host: str, port: int) -> IP:
+        """The address to connect to; raises NodeFailure when it is refused or unknown."""
+        try:
+            literal: IP | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            ips = [literal]
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as e:
+                transient = e.errno == socket.EAI_AGAIN
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_TRANSIENT if transient else graph_pb2.ERROR_CLASS_INVALID,
+                    f"cannot resolve host {host!r}: {e.strerror}",
+                    transient,
+                ) from None
+            found = (ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos)
+            ips = list(dict.fromkeys(found))
+        for ip in ips:
+            if not self.allowed(host, ip):
+                raise invalid(
+                    f"refused: {host} resolves to {ip}, which is not a public address "
+                    "(HTTP nodes may not reach loopback, private, link-local or metadata "
+                    "addresses unless the operator allows them in DAGO_HTTP_ALLOW)"
+                )
+        return ips[0]
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Make the request; see the module doc for the result and the error classes."""
+        spec = ctx.node.proto.http
+        data = {**ctx.scope, "input": ctx.input}
+
+        def render(key: str, raw: str) -> Any:
+            t = ctx.node.templates.get(key)
+            if t is None:
+                return raw
+            try:
+                return t.render(data)
+            except EvalError as e:
+                raise invalid(str(e)) from None
+
+        url_text = render("http.url", spec.url)
+        try:
+            url = httpx.URL(str(url_text))
+        except httpx.InvalidURL as e:
+            raise invalid(f"http.url: {url_text!r} is not a URL ({e})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise invalid(f"http.url: {url_text!r} is not an absolute http(s) URL")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        ip = await self.resolve(url.host, port)
+        headers = {
+            name: str(render(f"http.headers[{name}]", v)) for name, v in spec.headers.items()
+        }
+        headers["Host"] = url.netloc.decode("ascii")
+        body = render("http.body", spec.body)
+        content: bytes | None = None
+        if isinstance(body, dict | list | int | float | bool):
+            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif body:
+            content = str(body).encode()
+        target = url.copy_with(host=str(ip))
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        cap = min(spec.max_response_bytes or self._max_bytes, self._max_bytes)
+        method = (spec.method or "GET").upper()
+        try:
+            async with (
+                httpx.AsyncClient(
+                    follow_redirects=False, timeout=ctx.node.attempt_timeout, trust_env=False
+                ) as client,
+                client.stream(
+                    method, target, headers=headers, content=content, extensions=extensions
+                ) as resp,
+            ):
+                raw = await _read_capped(resp, cap)
+        except httpx.TimeoutException:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TIMEOUT, f"{method} {url_text}: timed out", True
+            ) from None
+        except httpx.TransportError as e:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TRANSIENT,
+                f"{method} {url_text}: {type(e).__name__}: {e}",
+                True,
+            ) from None
+        return NodeResult(_result(method, str(url_text), resp, raw))
+
+
+async def _read_capped(resp: httpx.Response, cap: int) -> bytes:
+    declared = resp.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise _too_large(cap)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(cap)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(cap: int) -> NodeFailure:
+    return NodeFailure(
+        graph_pb2.ERROR_CLASS_PERMANENT,
+        f"the response is larger than {cap} bytes (http.max_response_bytes)",
+        False,
+    )
+
+
+def _result(method: str, url: str, resp: httpx.Response, raw: bytes) -> dict[str, Any]:
+    text = raw.decode(resp.encoding or "utf-8", errors="replace")
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    body: Any = text
+    if ctype == "application/json" or ctype.endswith("+json"):
+        try:
+            body = json.loads(text) if text else None
+        except ValueError:
+            body = text
+    status = resp.status_code
+    where = f"{method} {url}: HTTP {status}"
+    snippet = text[:200]
+    if status == 429:
+        after = retry_after(resp.headers)
+        raise NodeFailure(graph_pb2.ERROR_CLASS_RATE_LIMITED, f"{where}: {snippet}", True, after)
+    if status >= 500:
+        raise NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{where}: {snippet}", True)
+    if status >= 400:
+        raise NodeFailure(graph_pb2.ERROR_CLASS_PERMANENT, f"{where}: {snippet}", False)
+    headers: dict[str, str] = {}
+    for k, v in resp.headers.multi_items():
+        k = k.lower()
+        headers[k] = f"{headers[k]}, {v}" if k in headers else v
+    return {"status": status, "headers": headers, "body": body}

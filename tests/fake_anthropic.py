@@ -1,0 +1,273 @@
+"""A fake Anthropic Messages API on 127.0.0.1, for the real ``anthropic`` SDK to talk to.
+
+It is a real HTTP/1.1 server (an asyncio server on the test's event loop): the SDK
+is pointed at it with ``DAGO_ANTHROPIC_BASE_URL``. ``POST /v1/messages`` answers
+from a script of replies, in order (``default`` when the script is empty):
+
+- ``Text``: a text answer, as SSE (message_start, content_block_start, text
+  deltas, content_block_stop, message_delta with usage, message_stop) when the
+  request streams, else one JSON message; ``delay`` seconds between deltas
+  makes it slow (and a cancelled client shows up as ``closed``);
+- ``ToolUse``: a tool_use block (structured output), input sent as
+  input_json_delta pieces;
+- ``Error``: an HTTP error with Anthropic's error body and any headers
+  (``retry-after``).
+
+Every request is recorded (headers and JSON body) with its arrival time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Usage:
+    """Token counts a reply reports."""
+
+    input: int = 10
+    output: int = 5
+    cache_write: int = 0
+    cache_read: int = 0
+
+
+@dataclass
+class Text:
+    """A text answer, streamed in ``chunks`` pieces."""
+
+    text: str
+    chunks: int = 4
+    usage: Usage = field(default_factory=Usage)
+    delay: float = 0.0
+    model: str = ""
+
+
+@dataclass
+class ToolUse:
+    """A tool_use answer whose input is ``input``."""
+
+    input: Any
+    name: str = "structured_output"
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Error:
+    """An HTTP error reply."""
+
+    status: int
+    type: str = "api_error"
+    message: str = "scripted error"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Reply = Text | ToolUse | Error
+
+
+@dataclass
+class Recorded:
+    """One request the fake received."""
+
+    at: float
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class FakeAnthropic:
+    """``async with FakeAnthropic() as fake``: a running fake; ``fake.url`` is its base URL."""
+
+    def __init__(self) -> None:
+        self.script: list[Reply] = []
+        self.default: Reply = Text("Hello from the fake.")
+        self.requests: list[Recorded] = []
+        self.closed = asyncio.Event()
+        self.streaming = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.url = ""
+
+    async def __aenter__(self) -> FakeAnthropic:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self._one(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.closed.set()
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        body = json.loads(raw) if raw else {}
+        self.requests.append(Recorded(time.monotonic(), headers, body))
+        if method != "POST" or not path.startswith("/v1/messages"):
+            await self._send_json(writer, 404, _error_body("not_found_error", f"no {path}"))
+            return
+        reply = self.script.pop(0) if self.script else self.default
+        if isinstance(reply, Error):
+            await self._send_json(
+                writer, reply.status, _error_body(reply.type, reply.message), reply.headers
+            )
+            return
+        model = body.get("model", "claude-test")
+        if not body.get("stream"):
+            await self._send_json(writer, 200, _message(reply, model))
+            return
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        await writer.drain()
+        self.streaming.set()
+        # A client that goes away shows up as EOF on the reader.
+        eof = asyncio.ensure_future(reader.read(1))
+        try:
+            for name, data in _events(reply, model):
+                if isinstance(reply, Text) and reply.delay and name == "content_block_delta":
+                    done, _ = await asyncio.wait({eof}, timeout=reply.delay)
+                    if done:
+                        self.closed.set()
+                        return
+                if eof.done():
+                    self.closed.set()
+                    return
+                writer.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+                await writer.drain()
+        finally:
+            eof.cancel()
+
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: Any,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(payload).encode()
+        head = [f"HTTP/1.1 {status} X", "content-type: application/json"]
+        head += [f"content-length: {len(data)}", "connection: close"]
+        head += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        await writer.drain()
+
+
+def _error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _usage(u: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": u.input,
+        "output_tokens": u.output,
+        "cache_creation_input_tokens": u.cache_write,
+        "cache_read_input_tokens": u.cache_read,
+    }
+
+
+def _message(reply: Text | ToolUse, model: str) -> dict[str, Any]:
+    if isinstance(reply, Text):
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
+        stop = "end_turn"
+        model = reply.model or model
+    else:
+        content = [{"type": "tool_use", "id": "toolu_1", "name": reply.name, "input": reply.input}]
+        stop = "tool_use"
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": _usage(reply.usage),
+    }
+
+
+def split(text: str, n: int) -> list[str]:
+    """``text`` in ``n`` pieces (the last takes the remainder)."""
+    size = max(1, len(text) // max(1, n))
+    parts = [text[i : i + size] for i in range(0, len(text), size)]
+    return parts or [""]
+
+
+def _events(reply: Text | ToolUse, model: str) -> list[tuple[str, dict[str, Any]]]:
+    msg = _message(reply, model)
+    start = {**msg, "content": [], "stop_reason": None}
+    start["usage"] = {**msg["usage"], "output_tokens": 1}
+    out: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    if isinstance(reply, Text):
+        out.append(
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        )
+        for piece in split(reply.text, reply.chunks):
+            delta = {"type": "text_delta", "text": piece}
+            out.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            )
+    else:
+        block = {"type": "tool_use", "id": "toolu_1", "name": reply.name, "input": {}}
+        out.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
+            )
+        )
+        for piece in split(json.dumps(reply.input), 3):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            out.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            )
+    out.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": msg["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": msg["usage"]["output_tokens"]},
+            },
+        )
+    )
+    out.append(("message_stop", {"type": "message_stop"}))
+    return out
