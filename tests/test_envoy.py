@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from dago import edge
 from dago.v1 import orchestrator_pb2
 from harness import ROOT, ProcessStack, child_logs, eventually, free_port, start_api_quickly
 from redisfixture import RedisServer
+from test_cli import alive, children, dago_env
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 if not Path(GRPCURL).exists():
@@ -620,3 +625,108 @@ async def test_health_follows_the_api_down_and_up(edge_stack: Edge) -> None:
     await eventually(lambda: status_is(200), 10, 0.05)
     assert time.monotonic() - t0 < 5
     assert (await e.http.get("/api/v1/graphs", params={"page_size": 1})).status_code == 200
+
+
+# --- make run (dago dev) with the edge --------------------------------------------------------
+
+
+def start_dev(log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m dago dev`` in its own session, on free ports."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dago", "dev"],
+            env=dago_env(
+                DAGO_GRPC_PORT=str(free_port()), DAGO_METRICS_PORT=str(free_port()), **env
+            ),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def stop_dev(dev: subprocess.Popen[bytes], output: Callable[[], str]) -> None:
+    """SIGINT (Ctrl-C) and wait for a clean exit."""
+    dev.send_signal(signal.SIGINT)
+
+    async def exited() -> bool:
+        return dev.poll() is not None
+
+    await eventually(exited, 30, 0.05)
+    assert dev.returncode == 0, output()
+
+
+async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="dago-test-dev-edge-")) / "dev.log"
+    dev = start_dev(log, DAGO_EDGE_PORT=str(port))
+
+    def output() -> str:
+        return log.read_text(errors="replace")
+
+    try:
+
+        async def banner() -> bool:
+            return "Ctrl-C stops everything" in output() or dev.poll() is not None
+
+        await eventually(banner, 30, 0.05)
+        assert dev.poll() is None, output()
+        assert f"http://localhost:{port}/api/v1/graphs" in output()
+        assert "curl -sN -H 'accept: text/event-stream'" in output()
+        envoys = [pid for pid, cmd in children(dev.pid).items() if "envoy" in cmd]
+        assert len(envoys) == 1, (children(dev.pid), output())
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+
+            async def healthy() -> bool:
+                return (await http.get("/health")).status_code == 200
+
+            await eventually(healthy, 10, 0.05)
+            r = await http.post(
+                "/api/v1/graphs", content=(ROOT / "examples/diamond.json").read_bytes()
+            )
+            assert r.status_code == 200, (r.text, output())
+            gid = r.json()["graph_id"]
+            url = f"/api/v1/graphs/{gid}/events"
+            r = await http.get(url, headers={"accept": "text/event-stream"})
+            assert r.status_code == 200, r.text
+            assert "graph_completed" in r.text.strip().split("\n\n")[-1], r.text
+
+        await stop_dev(dev, output)
+        assert not alive(envoys[0]), output()
+        assert "Traceback" not in output(), output()
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+
+
+async def test_make_run_with_the_edge_port_busy_says_so_and_serves_grpc() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        log = Path(tempfile.mkdtemp(prefix="dago-test-dev-busy-")) / "dev.log"
+        dev = start_dev(log, DAGO_EDGE_PORT=str(port))
+
+        def output() -> str:
+            return log.read_text(errors="replace")
+
+        try:
+
+            async def banner() -> bool:
+                return "Ctrl-C stops everything" in output() or dev.poll() is not None
+
+            await eventually(banner, 30, 0.05)
+            assert dev.poll() is None, output()
+            assert f"port {port} is busy" in output(), output()
+            assert "REST       off" in output(), output()
+            assert not [c for c in children(dev.pid).values() if "envoy" in c]
+            grpc_port = int(output().split("gRPC API   127.0.0.1:")[1].split()[0])
+            p = grpcurl(f"127.0.0.1:{grpc_port}", "grpc.health.v1.Health/Check")
+            assert json.loads(p.stdout) == {"status": "SERVING"}, (p.stderr, output())
+            await stop_dev(dev, output)
+        finally:
+            if dev.poll() is None:
+                os.killpg(dev.pid, signal.SIGKILL)
+                dev.wait()
