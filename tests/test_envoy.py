@@ -394,8 +394,11 @@ async def test_oversized_body_is_413_json(edge_stack: Edge) -> None:
 
 # --- watch: SSE, NDJSON, JSON array -----------------------------------------------------------
 
+# Node "a" outputs text that looks like an SSE event line: `id:` lines must come only from
+# real event lines, never from text inside an event.
+TRICKY = 'line\ndata: {"event":{"seq":"99"}}\n\nid: 98\ndata: {"seq":"97"}'
 CHAIN = graph(
-    echo("a", x=1),
+    echo("a", x=TRICKY),
     sleep("b", 0.3),
     sleep("c", 0.3),
     echo("d", x=2),
@@ -414,6 +417,10 @@ async def test_sse_watch_streams_every_event_live_with_ids(edge_stack: Edge) -> 
     assert seqs == list(range(1, len(seqs) + 1)), seqs
     # `id:` is the event's seq (added by the Lua filter), so EventSource can resume.
     assert [s.id for s in events] == [str(n) for n in seqs]
+    outputs = [
+        s.data["node_completed"]["output"] for s in events if kind(s.data) == "node_completed"
+    ]
+    assert {"x": TRICKY} in outputs, outputs
     # Streamed as they happen, not buffered until the end (two 0.3 s sleeps in between).
     assert events[-1].received - events[0].received > 0.4
     # The same events as the stored log.

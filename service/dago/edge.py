@@ -82,13 +82,24 @@ function envoy_on_request(request_handle)
   end
 end
 
--- `id: <seq>` before each `data: {...}` line, from the event's seq (its first field).
-local function add_id(line)
-  local seq = string.match(line, '"seq":"(%d+)"')
-  if seq == nil then
-    return nil
+-- `id: <seq>` before each `data: {"event":{"seq":"<seq>",...` line (seq is printed first).
+-- Only whole lines that start with `data: ` count: JSON escapes newlines, so text inside
+-- an event can never start a line.
+local function add_ids(text)
+  local out = {}
+  local pos = 1
+  local size = string.len(text)
+  while pos <= size do
+    local nl = string.find(text, "\\n", pos, true)
+    local stop = nl or size
+    local seq = string.match(string.sub(text, pos, stop), '^data: {"event":{"seq":"(%d+)"')
+    if seq ~= nil then
+      out[#out + 1] = "id: " .. seq .. "\\n"
+    end
+    out[#out + 1] = string.sub(text, pos, stop)
+    pos = stop + 1
   end
-  return "id: " .. seq .. "\\ndata: " .. line
+  return table.concat(out)
 end
 
 function envoy_on_response(response_handle)
@@ -99,9 +110,7 @@ function envoy_on_response(response_handle)
   for chunk in response_handle:bodyChunks() do
     local n = chunk:length()
     if n > 0 then
-      local text = chunk:getBytes(0, n)
-      local out = string.gsub(text, "data: ([^\\n]*)", add_id)
-      chunk:setBytes(out)
+      chunk:setBytes(add_ids(chunk:getBytes(0, n)))
     end
   end
 end
