@@ -199,6 +199,9 @@ async def test_structured_output_still_invalid_after_the_repair_fails_the_node(
     assert err.error_class == graph_pb2.ERROR_CLASS_PERMANENT
     assert "after one repair" in err.message
     assert len(fake.requests) == 2
+    # The failed attempt's two calls are still counted (status and usage event).
+    assert node_status(st, "extract").usage.input_tokens == 20
+    assert st.usage.output_tokens == 10
 
 
 # --- usage and cost ------------------------------------------------------------------------

@@ -26,7 +26,9 @@ class NodeFailure(Exception):
     """A node attempt failed; ``retryable`` says whether the retry policy may retry it.
 
     ``retry_after`` is a delay in seconds a downstream service asked for (an HTTP
-    ``retry-after`` header): a retry waits at least that long.
+    ``retry-after`` header): a retry waits at least that long. ``usage`` is what the
+    failed attempt spent (an LLM call that answered, but not usably); it is recorded
+    with the attempt and counts against the graph's limits.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class NodeFailure(Exception):
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.usage: Usage | None = None
 
     def to_json(self) -> str:
         """The stored form ``{c, m, r}``."""

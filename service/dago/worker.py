@@ -328,6 +328,7 @@ class Worker:
         return result, output, _taken(node, scope, output, result.route)
 
     def _failure(self, f: NodeFailure, node: CompiledNode | None, item: WorkItem) -> list[Any]:
+        usage = f.usage.to_arg() if f.usage else ""
         if node is not None:
             r = node.retry
             allowed = not r.retry_on or f.error_class in r.retry_on
@@ -336,8 +337,8 @@ class Worker:
                 delay *= 1 + r.jitter * (2 * random.random() - 1)
                 # A downstream service that said when to come back (retry-after) is honoured.
                 delay = max(delay, f.retry_after or 0.0)
-                return ["retry", "", "", "", "", f.to_json(), int(delay * 1000)]
-        return ["fail", "", "", "", "", f.to_json(), 0]
+                return ["retry", "", "", usage, "", f.to_json(), int(delay * 1000)]
+        return ["fail", "", "", usage, "", f.to_json(), 0]
 
     # --- applying results ------------------------------------------------------------
 

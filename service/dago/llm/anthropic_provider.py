@@ -24,7 +24,7 @@ from typing import Any
 import anthropic
 
 from dago.handlers import NodeFailure
-from dago.llm.base import LlmRequest, LlmResponse, OnText, TokenUsage
+from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage
 from dago.llm.schema import validation_error
 from dago.v1 import graph_pb2
 
@@ -79,10 +79,12 @@ class AnthropicProvider:
                 usage = usage + _usage(msg)
                 obj, problem, _ = _structured(msg, request.output_schema)
             if problem is not None or obj is None:
-                raise NodeFailure(
+                raise CallFailed(
                     graph_pb2.ERROR_CLASS_PERMANENT,
                     f"the model's output does not match output_schema after one repair: {problem}",
                     False,
+                    usage,
+                    msg.model,
                 )
             text = _json(obj)
             return LlmResponse(text, usage, msg.model, object=obj, stop_reason="tool_use")

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dago.handlers import NodeFailure
+
 OnText = Callable[[str], None]
 """Receives each text delta as the model produces it (synchronous, must not block)."""
 
@@ -66,6 +68,17 @@ class LlmResponse:
     model: str
     object: dict[str, Any] | None = None
     stop_reason: str = ""
+
+
+class CallFailed(NodeFailure):
+    """A provider failure after the model answered: the tokens spent are still billed."""
+
+    def __init__(
+        self, error_class: int, message: str, retryable: bool, tokens: TokenUsage, model: str
+    ) -> None:
+        super().__init__(error_class, message, retryable)
+        self.tokens = tokens
+        self.model = model
 
 
 class Provider(Protocol):

@@ -21,7 +21,7 @@ from typing import Any
 
 from dago.cel import EvalError
 from dago.handlers import Emit, NodeContext, NodeResult, Usage, invalid
-from dago.llm.base import ChatMessage, LlmRequest
+from dago.llm.base import CallFailed, ChatMessage, LlmRequest, TokenUsage
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.values import to_plain
@@ -143,6 +143,17 @@ class LlmHandler:
             output_schema=schema,
         )
 
+    def _usage(self, provider: str, model: str, u: TokenUsage) -> Usage:
+        return Usage(
+            input_tokens=u.input,
+            output_tokens=u.output,
+            cache_creation_input_tokens=u.cache_write,
+            cache_read_input_tokens=u.cache_read,
+            cost_usd=self._prices.cost(model, u),
+            provider=provider,
+            model=model,
+        )
+
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Call the model; the result is ``{text, model, provider}`` or the structured object."""
         spec = ctx.node.proto.llm
@@ -151,20 +162,15 @@ class LlmHandler:
         deltas = DeltaCoalescer(ctx.emit)
         try:
             resp = await provider.complete(req, deltas.add)
+        except CallFailed as f:
+            deltas.abort()
+            f.usage = self._usage(provider.name, f.model, f.tokens)
+            raise
         except BaseException:
             deltas.abort()
             raise
         await deltas.close()
-        u = resp.usage
-        usage = Usage(
-            input_tokens=u.input,
-            output_tokens=u.output,
-            cache_creation_input_tokens=u.cache_write,
-            cache_read_input_tokens=u.cache_read,
-            cost_usd=self._prices.cost(resp.model, u),
-            provider=provider.name,
-            model=resp.model,
-        )
+        usage = self._usage(provider.name, resp.model, resp.usage)
         if resp.object is not None:
             return NodeResult(resp.object, usage=usage)
         return NodeResult(
