@@ -50,3 +50,28 @@ def test_every_setting_is_documented() -> None:
     doc = (ROOT / "docs/configuration.md").read_text()
     for name in Settings.__dataclass_fields__:
         assert f"`{env_name(name)}`" in doc, f"{env_name(name)} missing from docs/configuration.md"
+
+
+def test_the_anthropic_key_is_read_from_its_usual_variable_and_never_shown() -> None:
+    s = load({"ANTHROPIC_API_KEY": "sk-ant-secret-1"})
+    assert s.anthropic_api_key == "sk-ant-secret-1"
+    assert "sk-ant-secret-1" not in repr(s)
+    rows = dict((var, value) for var, value, _ in describe(s))
+    assert rows["DAGO_ANTHROPIC_API_KEY"] == "***"
+    assert load({"DAGO_ANTHROPIC_API_KEY": "a", "ANTHROPIC_API_KEY": "b"}).anthropic_api_key == "a"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "words"),
+    [
+        ("DAGO_PRICES", "{not json", "JSON"),
+        ("DAGO_PRICES", '{"m": {"input": -1}}', "non-negative"),
+        ("DAGO_PRICES", "/nonexistent/prices.json", "path of a JSON file"),
+        ("DAGO_HTTP_ALLOW", "10.0.0.0/33", "CIDR"),
+        ("DAGO_LLM_PROVIDER", "openai", "anthropic or offline"),
+    ],
+)
+def test_llm_and_http_settings_are_checked(var: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({var: value})
+    assert var in str(err.value) and words in str(err.value)
