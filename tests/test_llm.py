@@ -413,3 +413,86 @@ async def test_offline_structured_output_is_schema_valid(offline_stack: InProces
     out = plain(node_status(st, "x").output)
     assert validation_error(SCHEMA, out) is None
     assert out == {"priority": "high", "score": 1, "tags": ["[offline] tags"]}
+
+
+# --- model-driven routers ------------------------------------------------------------------
+
+
+def triage(mode: str, **router: Any) -> list[dict[str, Any]]:
+    """A router choosing billing / outage (default: other), each leading to an echo node."""
+    routes = [
+        {"name": "billing", "description": "payments, invoices, refunds"},
+        {"name": "outage", "description": "the service is down or erroring"},
+    ]
+    if mode == "ROUTER_MODE_HYBRID":
+        routes[1]["condition"] = 'input.text.contains("500")'
+    spec = {"mode": mode, "routes": routes, "defaultRoute": "other", **router}
+    return [
+        {"id": "r", "router": spec, "inputs": {"text": "{{ inputs.ticket }}"}},
+        echo("billing_team", t="{{ inputs.ticket }}"),
+        echo("oncall", t="{{ inputs.ticket }}"),
+        echo("other", t="{{ inputs.ticket }}"),
+    ]
+
+
+ROUTE_EDGES = [
+    edge("r", "billing_team", label="billing"),
+    edge("r", "oncall", label="outage"),
+    edge("r", "other", label="other"),
+]
+
+
+async def test_llm_router_takes_the_route_the_model_chooses(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    fake.script = [ToolUse({"route": "billing", "confidence": 0.92, "reason": "a refund"})]
+    nodes = triage("ROUTER_MODE_LLM", llm={"prompt": "Ticket: {{ input.text }}"})
+    gid, st = await stack.client.run(
+        request(nodes, ROUTE_EDGES, inputs={"ticket": "please refund me"})
+    )
+    assert st.state == COMPLETED, st
+    assert node_states(st) == {
+        "r": "COMPLETED",
+        "billing_team": "COMPLETED",
+        "oncall": "SKIPPED",
+        "other": "SKIPPED",
+    }
+    assert node_status(st, "r").route == "billing"
+    events = await stack.client.history(gid)
+    (decision,) = of_kind(events, "router_decision", "r")
+    d = decision.router_decision
+    assert d.route == "billing" and list(d.targets) == ["billing_team"]
+    assert d.confidence == pytest.approx(0.92) and "a refund" in d.reason
+    (sent,) = fake.requests
+    prompt = sent.body["messages"][-1]["content"]
+    assert prompt.startswith("Ticket: please refund me")
+    assert "- billing: payments, invoices, refunds" in prompt and "- other:" in prompt
+    schema = sent.body["tools"][0]["input_schema"]
+    assert schema["properties"]["route"]["enum"] == ["billing", "outage", "other"]
+    assert node_status(st, "r").usage.input_tokens == 10
+
+
+async def test_hybrid_router_asks_the_model_only_when_no_condition_holds(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    nodes = triage("ROUTER_MODE_HYBRID")
+    _, st = await stack.client.run(
+        request(nodes, ROUTE_EDGES, inputs={"ticket": "checkout returns 500"})
+    )
+    assert node_status(st, "r").route == "outage" and fake.requests == []
+    fake.script = [ToolUse({"route": "other", "confidence": 0.4, "reason": "unclear"})]
+    _, st = await stack.client.run(request(nodes, ROUTE_EDGES, inputs={"ticket": "hello"}))
+    assert st.state == COMPLETED, st
+    assert node_status(st, "r").route == "other" and len(fake.requests) == 1
+    # No prompt: the model sees the router's rendered inputs.
+    assert fake.requests[0].body["messages"][-1]["content"].startswith('{"text": "hello"}')
+
+
+async def test_offline_llm_router_picks_the_first_route(offline_stack: InProcessStack) -> None:
+    gid, st = await offline_stack.client.run(
+        request(triage("ROUTER_MODE_LLM"), ROUTE_EDGES, inputs={"ticket": "x"})
+    )
+    assert st.state == COMPLETED, st
+    assert node_status(st, "r").route == "billing"
+    (decision,) = of_kind(await offline_stack.client.history(gid), "router_decision", "r")
+    assert decision.router_decision.reason.startswith("offline (offline)")

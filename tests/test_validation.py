@@ -717,11 +717,29 @@ def test_edges_leaving_a_router_carry_a_route_name(cel: CelCompiler) -> None:
     assert [(e.to, e.label) for e in c.nodes["r"].out_edges] == [("b", "x"), ("d", "fallback")]
 
 
-@pytest.mark.parametrize("mode", ["ROUTER_MODE_LLM", "ROUTER_MODE_HYBRID"])
-def test_model_driven_router_modes_are_not_available_yet(cel: CelCompiler, mode: str) -> None:
-    routes = [{"name": "x", "condition": "true", "description": "the x way"}]
-    g = graph([router("r", routes, mode=mode), tool("b")], [edge("r", "b", label="x")])
-    only(rejected(cel, g), "graph.nodes[0].router.mode", "deterministic", "available")
+def test_model_driven_router_modes_are_checked(cel: CelCompiler) -> None:
+    routes = [{"name": "x", "condition": "true", "description": "the x team"}]
+    g = graph([router("r", routes, mode="ROUTER_MODE_LLM")])
+    g.nodes[0].router.llm.prompt = "{{ inputs.q }}"
+    g.nodes[0].router.llm.output_schema.update({"type": "object"})
+    g.nodes[0].router.llm.temperature = 5
+    v = rejected(cel, g)
+    assert_says(v, "graph.nodes[0].router.routes[0].condition", "ROUTER_MODE_HYBRID")
+    assert_says(v, "graph.nodes[0].router.llm.output_schema", "leave it unset")
+    assert_says(v, "graph.nodes[0].router.llm.temperature", "between 0 and 2")
+    ok = graph(
+        [
+            router(
+                "r",
+                [{"name": "x"}, {"name": "y", "condition": "input.n > 1"}],
+                mode="ROUTER_MODE_HYBRID",
+            ),
+            tool("b"),
+            tool("c"),
+        ],
+        [edge("r", "b", label="x"), edge("r", "c", label="y")],
+    )
+    compile_ok(cel, ok)
 
 
 # --- retry policies, timeouts and limits ------------------------------------------------------

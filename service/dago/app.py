@@ -10,12 +10,13 @@ from dago.cel import CelCompiler
 from dago.config import Settings
 from dago.graphcache import GraphCache
 from dago.graphdef import CompileOptions
-from dago.handlers import Handler, default_handlers, load_tools
+from dago.handlers import Handler, RouterHandler, default_handlers, load_tools
 from dago.httpnode import HttpHandler
 from dago.keys import Keys
 from dago.llm.node import LlmHandler
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
+from dago.llm.router import LlmRouteChooser
 from dago.server import ApiServer
 from dago.store import Store, connect
 from dago.watch import EventHub
@@ -61,6 +62,8 @@ def build_handlers(settings: Settings) -> dict[str, Handler]:
     """The handler of every node kind a worker runs."""
     handlers = default_handlers(load_tools(settings.tool_modules))
     prices = PriceTable(settings.prices)
-    handlers["llm"] = LlmHandler(Providers(settings), prices, settings.llm_max_tokens)
+    llm = LlmHandler(Providers(settings), prices, settings.llm_max_tokens)
+    handlers["llm"] = llm
+    handlers["router"] = RouterHandler(LlmRouteChooser(llm))
     handlers["http"] = HttpHandler(settings.http_allow, settings.http_max_response_bytes)
     return handlers

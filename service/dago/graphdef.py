@@ -547,10 +547,12 @@ def _compile_nodes(
                     f'no tool named "{name}" is registered; available: '
                     + ", ".join(sorted(options.tools)),
                 )
-        elif kind == "router":
-            routes = _compile_router(node, out_edges.get(nid, []), cel, chk, path, root)
         templates: dict[str, Template] = {}
-        if kind == "llm":
+        if kind == "router":
+            routes = _compile_router(node, out_edges.get(nid, []), cel, chk, path, root)
+            if node.router.mode in (graph_pb2.ROUTER_MODE_LLM, graph_pb2.ROUTER_MODE_HYBRID):
+                templates = _compile_llm(node.router.llm, cel, chk, path, "router.llm", True)
+        elif kind == "llm":
             templates = _compile_llm(node.llm, cel, chk, path)
         elif kind == "http":
             templates = _compile_http(node.http, cel, chk, path)
@@ -599,8 +601,6 @@ def _compile_router(
     root: str,
 ) -> list[tuple[str, Expression | None]]:
     r = node.router
-    if r.mode not in (graph_pb2.ROUTER_MODE_UNSPECIFIED, graph_pb2.ROUTER_MODE_DETERMINISTIC):
-        chk.add(f"{path}.router.mode", "only the deterministic router mode is available yet")
     if not r.routes:
         chk.add(f"{path}.router.routes", "a router needs at least one route")
     routes: list[tuple[str, Expression | None]] = []
@@ -617,6 +617,12 @@ def _compile_router(
             expr = chk.compile(cel, route.condition, Scope.ROUTE, f"{rpath}.condition")
         elif r.mode in (graph_pb2.ROUTER_MODE_UNSPECIFIED, graph_pb2.ROUTER_MODE_DETERMINISTIC):
             chk.add(f"{rpath}.condition", "a deterministic route needs a CEL condition")
+        if route.condition and r.mode == graph_pb2.ROUTER_MODE_LLM:
+            chk.add(
+                f"{rpath}.condition",
+                "the llm mode does not evaluate conditions: use ROUTER_MODE_HYBRID to try "
+                "them before the model",
+            )
         routes.append((route.name, expr))
     if r.default_route:
         names.add(r.default_route)
@@ -631,16 +637,22 @@ def _compile_router(
 
 
 def _compile_llm(
-    spec: graph_pb2.LlmNode, cel: CelCompiler, chk: _Checker, path: str
+    spec: graph_pb2.LlmNode,
+    cel: CelCompiler,
+    chk: _Checker,
+    path: str,
+    prefix: str = "llm",
+    router: bool = False,
 ) -> dict[str, Template]:
-    p = f"{path}.llm"
+    """Checks of an LlmNode (the node's own, or a router's model at ``router.llm``)."""
+    p = f"{path}.{prefix}"
     if spec.provider and spec.provider not in LLM_PROVIDERS:
         chk.add(
             f"{p}.provider",
             f'unknown provider "{spec.provider}": use one of {", ".join(LLM_PROVIDERS)} '
             "(empty: the server default)",
         )
-    if not spec.prompt and not spec.messages:
+    if not spec.prompt and not spec.messages and not router:
         chk.add(f"{p}.prompt", "an llm node needs a prompt or messages")
     if not 0 <= spec.max_tokens <= MAX_LLM_TOKENS:
         chk.add(f"{p}.max_tokens", f"must be between 0 and {MAX_LLM_TOKENS} (0: server default)")
@@ -649,15 +661,17 @@ def _compile_llm(
     for i, stop in enumerate(spec.stop_sequences):
         if not stop.strip():
             chk.add(f"{p}.stop_sequences[{i}]", "must not be empty or blank")
-    if spec.HasField("output_schema"):
+    if spec.HasField("output_schema") and router:
+        chk.add(f"{p}.output_schema", "a router's model answers with the route: leave it unset")
+    elif spec.HasField("output_schema"):
         problem = schema_problem(to_plain(spec.output_schema))
         if problem:
             chk.add(f"{p}.output_schema", problem)
-    fields = {"llm.system": spec.system, "llm.prompt": spec.prompt}
+    fields = {f"{prefix}.system": spec.system, f"{prefix}.prompt": spec.prompt}
     for i, m in enumerate(spec.messages):
         if m.role not in ("user", "assistant"):
             chk.add(f"{p}.messages[{i}].role", 'must be "user" or "assistant"')
-        fields[f"llm.messages[{i}].content"] = m.content
+        fields[f"{prefix}.messages[{i}].content"] = m.content
     return chk.field_templates(cel, fields, path)
 
 

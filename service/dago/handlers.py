@@ -179,11 +179,28 @@ class ToolHandler:
         return NodeResult(await tool.fn(ctx.input, ctx))
 
 
+ChooseRoute = Callable[[NodeContext], Awaitable[NodeResult]]
+"""Asks a model to choose a route (``dago.llm.router``); returns a result with ``route`` set."""
+
+
 class RouterHandler:
-    """Chooses a route: the first whose CEL condition holds, else the default route."""
+    """Chooses a route.
+
+    ``deterministic``: the first route whose CEL condition holds, else the default route.
+    ``hybrid``: the same conditions first; when none holds, the model chooses.
+    ``llm``: the model chooses among the routes (and the default route) from their names
+    and descriptions.
+    """
+
+    def __init__(self, choose: ChooseRoute | None = None) -> None:
+        self._choose = choose
 
     async def run(self, ctx: NodeContext) -> NodeResult:
-        """Evaluate the routes in order over the scope plus ``input``."""
+        """Evaluate the routes in order over the scope plus ``input``, or ask the model."""
+        mode = ctx.node.proto.router.mode
+        model_driven = (graph_pb2.ROUTER_MODE_LLM, graph_pb2.ROUTER_MODE_HYBRID)
+        if mode == graph_pb2.ROUTER_MODE_LLM:
+            return await self._ask(ctx)
         data = {**ctx.scope, "input": ctx.input}
         for name, expr in ctx.node.routes:
             if expr is None:
@@ -194,11 +211,18 @@ class RouterHandler:
                     return NodeResult({"route": name, "reason": reason}, route=_route(name, reason))
             except EvalError as e:
                 raise invalid(f"route {name!r}: {e}") from None
+        if mode in model_driven:
+            return await self._ask(ctx)
         default = ctx.node.proto.router.default_route
         if default:
             reason = "no route condition holds; default route"
             return NodeResult({"route": default, "reason": reason}, route=_route(default, reason))
         raise invalid("no route condition holds and the router has no default_route")
+
+    async def _ask(self, ctx: NodeContext) -> NodeResult:
+        if self._choose is None:
+            raise invalid("this worker cannot run model-driven routers")
+        return await self._choose(ctx)
 
 
 def _route(name: str, reason: str) -> dict[str, Any]:

@@ -21,9 +21,10 @@ from typing import Any
 
 from dago.cel import EvalError
 from dago.handlers import Emit, NodeContext, NodeResult, Usage, invalid
-from dago.llm.base import CallFailed, ChatMessage, LlmRequest, TokenUsage
+from dago.llm.base import CallFailed, ChatMessage, LlmRequest, LlmResponse, Provider, TokenUsage
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
+from dago.v1 import graph_pb2
 from dago.values import to_plain
 
 log = logging.getLogger("dago.llm")
@@ -109,9 +110,16 @@ class LlmHandler:
         self._prices = prices
         self._max_tokens = default_max_tokens
 
-    def request(self, ctx: NodeContext, model: str) -> LlmRequest:
-        """The node's request with its templates rendered over the scope and ``input``."""
-        spec = ctx.node.proto.llm
+    def request(
+        self,
+        ctx: NodeContext,
+        model: str,
+        spec: graph_pb2.LlmNode | None = None,
+        prefix: str = "llm",
+    ) -> LlmRequest:
+        """The request of ``spec`` (default: the node's ``llm``) with its templates rendered
+        over the scope and ``input``; ``prefix`` is where ``spec`` sits in the node."""
+        spec = ctx.node.proto.llm if spec is None else spec
         data = {**ctx.scope, "input": ctx.input}
         templates = ctx.node.templates
 
@@ -126,24 +134,46 @@ class LlmHandler:
 
         if spec.messages:
             messages = [
-                ChatMessage(m.role, render(f"llm.messages[{i}].content", m.content))
+                ChatMessage(m.role, render(f"{prefix}.messages[{i}].content", m.content))
                 for i, m in enumerate(spec.messages)
             ]
         else:
-            messages = [ChatMessage("user", render("llm.prompt", spec.prompt))]
+            messages = [ChatMessage("user", render(f"{prefix}.prompt", spec.prompt))]
         schema = to_plain(spec.output_schema) if spec.HasField("output_schema") else None
         return LlmRequest(
             model=model,
             messages=messages,
             max_tokens=spec.max_tokens or self._max_tokens,
-            system=render("llm.system", spec.system),
+            system=render(f"{prefix}.system", spec.system),
             temperature=spec.temperature if spec.HasField("temperature") else None,
             stop=list(spec.stop_sequences),
             metadata=dict(spec.metadata),
             output_schema=schema,
         )
 
-    def _usage(self, provider: str, model: str, u: TokenUsage) -> Usage:
+    async def call(
+        self, ctx: NodeContext, spec: graph_pb2.LlmNode, request: LlmRequest, provider: Provider
+    ) -> tuple[LlmResponse, Usage]:
+        """Run ``request`` on ``provider``, streaming text deltas as coalesced events."""
+        deltas = DeltaCoalescer(ctx.emit)
+        try:
+            resp = await provider.complete(request, deltas.add)
+        except CallFailed as f:
+            deltas.abort()
+            f.usage = self.usage(provider.name, f.model, f.tokens)
+            raise
+        except BaseException:
+            deltas.abort()
+            raise
+        await deltas.close()
+        return resp, self.usage(provider.name, resp.model, resp.usage)
+
+    def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
+        """The provider and model ``spec`` uses."""
+        return self._providers.resolve(spec.provider, spec.model)
+
+    def usage(self, provider: str, model: str, u: TokenUsage) -> Usage:
+        """Tokens with their cost, labelled with provider and model."""
         return Usage(
             input_tokens=u.input,
             output_tokens=u.output,
@@ -157,20 +187,8 @@ class LlmHandler:
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Call the model; the result is ``{text, model, provider}`` or the structured object."""
         spec = ctx.node.proto.llm
-        provider, model = self._providers.resolve(spec.provider, spec.model)
-        req = self.request(ctx, model)
-        deltas = DeltaCoalescer(ctx.emit)
-        try:
-            resp = await provider.complete(req, deltas.add)
-        except CallFailed as f:
-            deltas.abort()
-            f.usage = self._usage(provider.name, f.model, f.tokens)
-            raise
-        except BaseException:
-            deltas.abort()
-            raise
-        await deltas.close()
-        usage = self._usage(provider.name, resp.model, resp.usage)
+        provider, model = self.resolve(spec)
+        resp, usage = await self.call(ctx, spec, self.request(ctx, model), provider)
         if resp.object is not None:
             return NodeResult(resp.object, usage=usage)
         return NodeResult(
