@@ -22,6 +22,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "[offline] 23 words: List the…",
         "provider": "offline",
     },
+    # No condition holds, so the (offline) model picks: offline picks the first route.
+    "triage": {
+        "route": "billing",
+        "reply": "[offline] 25 words: Draft a reply to: I was charged twice for my March invoice,…",
+    },
 }
 
 
