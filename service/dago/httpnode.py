@@ -30,7 +30,7 @@ import httpx
 
 from dago.cel import EvalError
 from dago.handlers import NodeContext, NodeFailure, NodeResult, invalid
-from dago.llm.anthropic_provider import retry_after
+from dago.llm.base import retry_after
 from dago.v1 import graph_pb2
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address

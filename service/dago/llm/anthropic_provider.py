@@ -16,15 +16,13 @@ and never part of an error message, event or result.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from typing import Any
 
 import anthropic
 
 from dago.handlers import NodeFailure
-from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage
+from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage, retry_after
 from dago.llm.schema import validation_error
 from dago.v1 import graph_pb2
 
@@ -174,26 +172,6 @@ def _repair(block: Any, problem: str) -> dict[str, Any]:
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds the server asked to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
 def _status_failure(e: anthropic.APIStatusError) -> NodeFailure:

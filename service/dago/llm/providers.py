@@ -8,11 +8,16 @@ offline is never substituted silently for a real provider.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dago.config import Settings
 from dago.handlers import invalid
-from dago.llm.anthropic_provider import AnthropicProvider
 from dago.llm.base import Provider
 from dago.llm.offline import OfflineProvider
+
+if TYPE_CHECKING:
+    # Imported on first use: the SDK takes seconds to import, and most processes never need it.
+    from dago.llm.anthropic_provider import AnthropicProvider
 
 KNOWN = ("anthropic", "offline")
 
@@ -42,6 +47,8 @@ class Providers:
                     "ANTHROPIC_API_KEY (or DAGO_ANTHROPIC_API_KEY), or use provider offline"
                 )
             if self._anthropic is None:
+                from dago.llm.anthropic_provider import AnthropicProvider
+
                 self._anthropic = AnthropicProvider(
                     self._settings.anthropic_api_key, self._settings.anthropic_base_url
                 )
