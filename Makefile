@@ -13,6 +13,10 @@ BIN         := $(VENV)/bin
 PY          := $(BIN)/python
 SETUP_STAMP := $(VENV)/.dago-setup.sha256
 REQUIREMENTS := requirements.txt requirements-dev.txt
+# The TypeScript client (gRPC-Web): npm packages from its package-lock.json, code in $(TS_DIR)/gen.
+TS_DIR      := clients/typescript
+TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
+GEN_DIRS    := gen/ $(TS_DIR)/gen/
 
 export PYTHONPATH := service:gen/python:clients/python
 
@@ -39,7 +43,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
-setup: ## Create .venv (python3.11) and install requirements-dev.txt (no-op when up to date)
+setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci clients/typescript (no-op when up to date)
 	@want="$$(cat $(REQUIREMENTS) | sha256sum | cut -d' ' -f1)"; \
 	if [[ -x $(PY) && -f $(SETUP_STAMP) && "$$(cat $(SETUP_STAMP))" == "$$want" ]]; then \
 		echo "==> setup: .venv is up to date"; exit 0; \
@@ -52,8 +56,15 @@ setup: ## Create .venv (python3.11) and install requirements-dev.txt (no-op when
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt; \
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "==> setup: done"
+	@want="$$(sha256sum $(TS_DIR)/package-lock.json | cut -d' ' -f1)"; \
+	if [[ -f $(TS_STAMP) && "$$(cat $(TS_STAMP))" == "$$want" ]]; then \
+		echo "==> setup: $(TS_DIR)/node_modules is up to date"; exit 0; \
+	fi; \
+	echo "==> setup: npm ci --prefix $(TS_DIR)"; \
+	npm ci --prefix $(TS_DIR) --no-audit --no-fund --loglevel=error; \
+	echo "$$want" > $(TS_STAMP)
 
-gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) from proto/
+gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/typescript/gen/ from proto/
 	$(call say,gen: python stubs from $(PROTOS))
 	rm -rf gen
 	mkdir -p gen/python
@@ -66,15 +77,17 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) from proto/
 	$(call say,gen: descriptor set gen/dago.binpb)
 	$(PY) -m grpc_tools.protoc -Iproto -Ithird_party --include_imports --include_source_info \
 		--descriptor_set_out=gen/dago.binpb $(DESCRIPTOR_ROOTS)
+	$(call say,gen: TypeScript/JS in $(TS_DIR)/gen with protoc-gen-es)
+	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
 
-gen-check: gen ## Fail if gen/ differs from what is committed
-	$(call say,gen-check: comparing gen/ with git)
-	@if ! git diff --quiet --exit-code -- gen/ \
-		|| [[ -n "$$(git ls-files --others --exclude-standard -- gen/)" ]]; then \
-		git status --short -- gen/; git diff --stat -- gen/; \
-		echo "ERROR: gen/ is out of date with proto/. Run 'make gen' and commit gen/." >&2; \
+gen-check: gen ## Fail if gen/ or clients/typescript/gen/ differs from what is committed
+	$(call say,gen-check: comparing $(GEN_DIRS) with git)
+	@if ! git diff --quiet --exit-code -- $(GEN_DIRS) \
+		|| [[ -n "$$(git ls-files --others --exclude-standard -- $(GEN_DIRS))" ]]; then \
+		git status --short -- $(GEN_DIRS); git diff --stat -- $(GEN_DIRS); \
+		echo "ERROR: $(GEN_DIRS) out of date with proto/. Run 'make gen' and commit them." >&2; \
 		exit 1; \
-	fi; echo "gen/ is up to date"
+	fi; echo "$(GEN_DIRS) up to date"
 
 lint: lint-proto lint-py typecheck lint-envoy ## All linters (use `make -k lint` to see every failure)
 

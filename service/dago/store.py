@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from dago.config import Settings
 from dago.keys import WORK_GROUP, Keys, ShardKeys
 
 RedisClient = aioredis.Redis | RedisCluster
+
+log = logging.getLogger("dago.store")
 
 SCRIPTS = ("submit", "start", "complete", "sweep", "cancel", "reclaim", "append")
 
@@ -278,12 +281,28 @@ class Store:
                     out.append(entry)
         return out[:count]
 
-    async def tail_streams(
-        self, streams: dict[str, str], block_ms: int, count: int = 1000
-    ) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
-        """XREAD (no group) on ``streams`` {key: last id}, blocking up to block_ms."""
-        res = await self.redis.xread(streams, count=count, block=block_ms)
-        return [(_s(k), v) for k, v in res or []]
+    async def follow(
+        self, keys: Sequence[str], block_ms: int
+    ) -> AsyncIterator[dict[bytes, bytes] | None]:
+        """Entries appended to the capped streams ``keys`` from now on, for ever.
+
+        Read failures are logged and retried; after one the iterator yields None, since
+        entries may have been missed (callers re-check what they were waiting for).
+        """
+        streams = dict.fromkeys(keys, "$")
+        while True:
+            raise_if_cancelling()
+            try:
+                res = await self.redis.xread(streams, count=1000, block=block_ms)
+            except STORE_ERRORS as e:
+                log.warning("reading %s failed: %s", ", ".join(keys), e)
+                yield None
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in res or []:
+                for msg_id, fields in entries:
+                    streams[_s(key)] = _s(msg_id)
+                    yield fields
 
 
 def dumps(value: Any) -> str:

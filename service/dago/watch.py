@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from dago.events import TERMINAL, decode, heartbeat
-from dago.store import STORE_ERRORS, Store, raise_if_cancelling
+from dago.store import Store, raise_if_cancelling
 from dago.v1 import execution_pb2
 
 log = logging.getLogger("dago.watch")
@@ -42,21 +42,13 @@ class EventHub:
                 tg.create_task(self._tail(group))
 
     async def _tail(self, shards: list[int]) -> None:
-        streams = {self._store.keys.shard(s).notify: "$" for s in shards}
-        while True:
-            raise_if_cancelling()
-            try:
-                res = await self._store.tail_streams(streams, block_ms=5000)
-            except STORE_ERRORS as e:
-                log.warning("tailing notifications failed: %s", e)
-                self._wake_all()
-                await asyncio.sleep(0.5)
+        keys = [self._store.keys.shard(s).notify for s in shards]
+        async for fields in self._store.follow(keys, block_ms=5000):
+            if fields is None:
+                self._wake_all()  # wake-ups may have been missed: every watcher re-reads
                 continue
-            for key, entries in res:
-                for msg_id, fields in entries:
-                    streams[key] = msg_id.decode()
-                    for ev in self._waiters.get(fields[b"g"].decode(), ()):
-                        ev.set()
+            for ev in self._waiters.get(fields[b"g"].decode(), ()):
+                ev.set()
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():

@@ -392,19 +392,10 @@ class Worker:
                     log.warning("renewing leases failed: %s", e)
 
     async def _control_loop(self, shards: list[int]) -> None:
-        streams = {self._store.keys.shard(s).control: "$" for s in shards}
-        while True:
-            raise_if_cancelling()
-            try:
-                res = await self._store.tail_streams(streams, block_ms=2000)
-            except STORE_ERRORS as e:
-                log.warning("reading cancellations failed: %s", e)
-                await asyncio.sleep(0.5)
-                continue
-            for key, entries in res:
-                for msg_id, fields in entries:
-                    streams[key] = msg_id.decode()
-                    self._stop(fields)
+        keys = [self._store.keys.shard(s).control for s in shards]
+        async for fields in self._store.follow(keys, block_ms=2000):
+            if fields is not None:
+                self._stop(fields)
 
     def _stop(self, fields: dict[bytes, bytes]) -> None:
         gid = fields[b"g"].decode()

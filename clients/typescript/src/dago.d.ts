@@ -1,0 +1,50 @@
+import type { CallOptions, ConnectError } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { Event } from "../gen/dago/v1/execution_pb.js";
+import type {
+  CancelGraphResponse,
+  GetGraphResultResponse,
+  GetGraphStatusResponse,
+  SubmitGraphRequestSchema,
+  SubmitGraphResponse,
+} from "../gen/dago/v1/orchestrator_pb.js";
+
+export declare const TERMINAL_EVENTS: readonly ["graphCompleted", "graphFailed", "graphCancelled"];
+export declare const RESUMABLE_CODES: readonly number[];
+
+export interface DagoClientOptions {
+  /** "grpc-web" (default; through Envoy, browsers and Node) or "grpc" (Node, HTTP/2). */
+  transport?: "grpc-web" | "grpc";
+  /** The fetch used by the grpc-web transport (default: globalThis.fetch). */
+  fetch?: typeof globalThis.fetch;
+  /** How many times in a row a dropped watch is resumed (default 5). */
+  maxRetries?: number;
+  /** First delay before a resume, doubled each time up to 2 s (default 100 ms). */
+  retryDelayMs?: number;
+}
+
+export interface WatchOptions {
+  /** Start after this seq (default 0: from the first event). */
+  afterSeq?: bigint | number;
+  /** Stops the watch; the iterator then throws. */
+  signal?: AbortSignal;
+  /** Called before each resume. */
+  onResume?: (info: { afterSeq: bigint; attempt: number; error: ConnectError }) => void;
+}
+
+export interface DagoClient {
+  submit(
+    request: MessageInitShape<typeof SubmitGraphRequestSchema>,
+    options?: CallOptions,
+  ): Promise<SubmitGraphResponse>;
+  status(graphId: string, options?: CallOptions): Promise<GetGraphStatusResponse>;
+  result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
+  cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
+  /**
+   * A run's events in seq order (heartbeats skipped), ending after the terminal event.
+   * A dropped stream is resumed from the last seq received, so no event is lost or repeated.
+   */
+  watch(graphId: string, options?: WatchOptions): AsyncGenerator<Event, void, undefined>;
+}
+
+export declare function createDagoClient(baseUrl: string, options?: DagoClientOptions): DagoClient;

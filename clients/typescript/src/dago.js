@@ -1,0 +1,112 @@
+// A thin typed client for dago's OrchestratorService: gRPC-Web (through Envoy; browsers and
+// Node) or native gRPC (Node, HTTP/2). Types are in dago.d.ts; the messages are the
+// protoc-gen-es code in ../gen (`make gen`).
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { OrchestratorService } from "../gen/dago/v1/orchestrator_pb.js";
+
+/** The payload kinds that end a run's event stream. */
+export const TERMINAL_EVENTS = Object.freeze(["graphCompleted", "graphFailed", "graphCancelled"]);
+
+/** Codes after which a watch is resumed (a dropped connection, a proxy timeout, a restart). */
+export const RESUMABLE_CODES = Object.freeze([
+  Code.Unavailable,
+  Code.Unknown,
+  Code.Internal,
+  Code.DeadlineExceeded,
+  Code.Aborted,
+]);
+
+async function makeTransport(baseUrl, kind, options) {
+  if (kind === "grpc-web") {
+    // Binary protobuf: Envoy forwards grpc-web+json as grpc+json, which the server cannot read.
+    return createGrpcWebTransport({ baseUrl, useBinaryFormat: true, fetch: options.fetch });
+  }
+  if (kind === "grpc") {
+    // Node only (HTTP/2); loaded on first use so that browser bundles do not need it.
+    const { createGrpcTransport } = await import("@connectrpc/connect-node");
+    return createGrpcTransport({ baseUrl, httpVersion: "2" });
+  }
+  throw new TypeError(`transport must be "grpc-web" or "grpc", not ${JSON.stringify(kind)}`);
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}
+
+/**
+ * @param {string} baseUrl e.g. "http://127.0.0.1:8080" (Envoy) or the API's address for "grpc"
+ * @param {import("./dago.d.ts").DagoClientOptions} [options]
+ * @returns {import("./dago.d.ts").DagoClient}
+ */
+export function createDagoClient(baseUrl, options = {}) {
+  const kind = options.transport ?? "grpc-web";
+  const maxRetries = options.maxRetries ?? 5;
+  const retryDelayMs = options.retryDelayMs ?? 100;
+  let clientPromise;
+  const client = () => {
+    clientPromise ??= makeTransport(baseUrl, kind, options).then((t) =>
+      createClient(OrchestratorService, t),
+    );
+    return clientPromise;
+  };
+
+  return {
+    async submit(request, callOptions) {
+      return (await client()).submitGraph(request, callOptions);
+    },
+
+    async status(graphId, callOptions) {
+      return (await client()).getGraphStatus({ graphId }, callOptions);
+    },
+
+    async result(graphId, callOptions) {
+      return (await client()).getGraphResult({ graphId }, callOptions);
+    },
+
+    async cancel(graphId, reason = "", callOptions) {
+      return (await client()).cancelGraph({ graphId, reason }, callOptions);
+    },
+
+    async *watch(graphId, watchOptions = {}) {
+      const { signal, onResume } = watchOptions;
+      let lastSeq = BigInt(watchOptions.afterSeq ?? 0);
+      let failures = 0;
+      const c = await client();
+      for (;;) {
+        try {
+          for await (const res of c.watchGraph({ graphId, afterSeq: lastSeq }, { signal })) {
+            const ev = res.event;
+            if (!ev || ev.payload.case === "heartbeat") continue;
+            if (ev.seq <= lastSeq) continue; // already delivered before a resume
+            lastSeq = ev.seq;
+            failures = 0;
+            yield ev;
+            if (TERMINAL_EVENTS.includes(ev.payload.case)) return;
+          }
+          // The stream ended before the terminal event (e.g. a server shutting down): resume.
+          throw new ConnectError("watch stream ended before the run finished", Code.Unavailable);
+        } catch (err) {
+          const e = ConnectError.from(err);
+          if (signal?.aborted || !RESUMABLE_CODES.includes(e.code) || failures >= maxRetries) {
+            throw e;
+          }
+          failures += 1;
+          onResume?.({ afterSeq: lastSeq, attempt: failures, error: e });
+          await sleep(Math.min(retryDelayMs * 2 ** (failures - 1), 2000), signal);
+        }
+      }
+    },
+  };
+}

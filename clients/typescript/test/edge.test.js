@@ -1,0 +1,177 @@
+// gRPC-Web through a real Envoy in front of a real dago (started by tests/test_typescript.py):
+//   DAGO_EDGE_URL=http://127.0.0.1:8080 [DAGO_GRPC_URL=http://127.0.0.1:50051] node --test test/
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { test } from "node:test";
+import { fromJson } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createDagoClient } from "../src/dago.js";
+import { GraphState } from "../gen/dago/v1/execution_pb.js";
+import { SubmitGraphRequestSchema } from "../gen/dago/v1/orchestrator_pb.js";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
+
+const EDGE_URL = process.env.DAGO_EDGE_URL;
+const GRPC_URL = process.env.DAGO_GRPC_URL;
+assert.ok(EDGE_URL, "set DAGO_EDGE_URL to Envoy's address, e.g. http://127.0.0.1:8080");
+const TIMEOUT = { timeout: 20_000 };
+
+/** A SubmitGraphRequest from its JSON form (as in examples/ and the REST API). */
+const request = (json) => fromJson(SubmitGraphRequestSchema, json);
+
+const diamond = JSON.parse(
+  await readFile(new URL("../../../examples/diamond.json", import.meta.url), "utf8"),
+);
+
+async function collect(iterable) {
+  const out = [];
+  for await (const ev of iterable) out.push(ev);
+  return out;
+}
+
+function assertContiguous(events) {
+  const seqs = events.map((ev) => Number(ev.seq));
+  assert.deepEqual(
+    seqs,
+    seqs.map((_, i) => i + 1),
+    `events in seq order from 1 without gaps: ${seqs}`,
+  );
+}
+
+/** A fetch whose first WatchGraph response body fails after `limit` bytes: a dropped stream. */
+function droppingFetch(limit) {
+  let dropped = 0;
+  const f = async (input, init) => {
+    const res = await fetch(input, init);
+    const url = typeof input === "string" ? input : input.url;
+    if (!url.endsWith("/WatchGraph") || dropped > 0 || !res.body) return res;
+    dropped += 1;
+    let passed = 0;
+    const cut = new TransformStream({
+      transform(chunk, controller) {
+        const room = limit - passed;
+        if (chunk.byteLength <= room) {
+          passed += chunk.byteLength;
+          controller.enqueue(chunk);
+          return;
+        }
+        if (room > 0) controller.enqueue(chunk.subarray(0, room));
+        passed = limit;
+        controller.error(new TypeError("connection reset by the test"));
+      },
+    });
+    return new Response(res.body.pipeThrough(cut), {
+      status: res.status,
+      statusText: res.statusText,
+      headers: res.headers,
+    });
+  };
+  f.dropped = () => dropped;
+  return f;
+}
+
+test("submit examples/diamond.json and watch it to graph_completed", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL, { transport: "grpc-web" });
+  const sub = await dago.submit(request(diamond));
+  assert.ok(sub.graphId);
+  assert.equal(sub.created, true);
+
+  const events = await collect(dago.watch(sub.graphId));
+  assertContiguous(events);
+  assert.equal(events[0].payload.case, "graphSubmitted");
+  assert.equal(events.at(-1).payload.case, "graphCompleted");
+  assert.ok(events.every((ev) => ev.graphId === sub.graphId));
+  const completed = events.filter((ev) => ev.payload.case === "nodeCompleted");
+  assert.deepEqual(new Set(completed.map((ev) => ev.nodeId)), new Set(["start", "left", "right", "join"]));
+
+  const result = await dago.result(sub.graphId);
+  assert.equal(result.state, GraphState.COMPLETED);
+  assert.deepEqual(result.output, { join: { sides: ["left", "right"], summary: "graphs: joined" } });
+
+  // Resuming after a seq replays only what follows it.
+  const tail = await collect(dago.watch(sub.graphId, { afterSeq: events.at(-3).seq }));
+  assert.deepEqual(tail.map((ev) => ev.seq), events.slice(-2).map((ev) => ev.seq));
+});
+
+test("a dropped watch resumes from the last seq: every event once, in order", TIMEOUT, async () => {
+  const plain = createDagoClient(EDGE_URL);
+  const sub = await plain.submit(request(diamond));
+  const expected = await collect(plain.watch(sub.graphId));
+
+  // Cut the first stream in the middle of the replay (a few events in), then resume.
+  const fetch = droppingFetch(300);
+  const resumes = [];
+  const dago = createDagoClient(EDGE_URL, { fetch, retryDelayMs: 10 });
+  const events = await collect(dago.watch(sub.graphId, { onResume: (r) => resumes.push(r) }));
+  assert.equal(fetch.dropped(), 1);
+  assert.equal(resumes.length, 1, "resumed once");
+  assert.ok(resumes[0].afterSeq > 0n, `resumed after a seq: ${resumes[0].afterSeq}`);
+  assertContiguous(events);
+  assert.deepEqual(events.map((ev) => ev.seq), expected.map((ev) => ev.seq));
+  assert.equal(events.at(-1).payload.case, "graphCompleted");
+});
+
+test("cancel a running graph: CANCELLED, the watch ends with graph_cancelled", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const sub = await dago.submit(
+    request({
+      graph: {
+        name: "ts-cancel",
+        nodes: [{ id: "nap", tool: { name: "sleep" }, inputs: { seconds: 30 } }],
+      },
+    }),
+  );
+  const events = [];
+  let started;
+  const running = new Promise((resolve) => (started = resolve));
+  const watching = (async () => {
+    for await (const ev of dago.watch(sub.graphId)) {
+      events.push(ev);
+      if (ev.payload.case === "nodeStarted") started();
+    }
+  })();
+  await Promise.race([running, watching]); // the sleep node runs (or the watch failed)
+
+  const res = await dago.cancel(sub.graphId, "typescript edge test");
+  assert.equal(res.state, GraphState.CANCELLED);
+  await watching;
+  assertContiguous(events);
+  assert.equal(events.at(-1).payload.case, "graphCancelled");
+  const status = await dago.status(sub.graphId);
+  assert.equal(status.status.state, GraphState.CANCELLED);
+});
+
+test("an invalid graph is InvalidArgument with google.rpc.BadRequest details", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const bad = request({
+    graph: {
+      name: "ts-invalid",
+      nodes: [{ id: "a", tool: { name: "echo" } }],
+      edges: [{ from: "a", to: "ghost" }],
+    },
+  });
+  const err = await dago.submit(bad).then(
+    () => assert.fail("an invalid graph was accepted"),
+    (e) => e,
+  );
+  assert.ok(err instanceof ConnectError, String(err));
+  assert.equal(err.code, Code.InvalidArgument, err.message);
+  const [details] = err.findDetails(BadRequestSchema);
+  assert.ok(details, `a BadRequest detail in ${err.details.length} details`);
+  const violation = details.fieldViolations[0];
+  assert.equal(violation.field, "graph.edges[0].to");
+  assert.match(violation.description, /ghost/);
+});
+
+test("native gRPC (connect-node) to the API port", { ...TIMEOUT, skip: !GRPC_URL && "DAGO_GRPC_URL not set" }, async () => {
+  const dago = createDagoClient(GRPC_URL, { transport: "grpc" });
+  const sub = await dago.submit(request(diamond));
+  const events = await collect(dago.watch(sub.graphId));
+  assertContiguous(events);
+  assert.equal(events.at(-1).payload.case, "graphCompleted");
+  const err = await dago.submit({ graph: { name: "x", nodes: [] } }).then(
+    () => assert.fail("an empty graph was accepted"),
+    (e) => e,
+  );
+  assert.equal(ConnectError.from(err).code, Code.InvalidArgument);
+  assert.ok(ConnectError.from(err).findDetails(BadRequestSchema).length > 0);
+});
