@@ -96,6 +96,7 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.extra_args = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     @property
     def url(self) -> str:
@@ -129,7 +130,25 @@ class RedisServer:
         return argv + self.extra_args
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start (or restart) the server on the same port and dir; wait for PING."""
+        """Start (or restart) the server on the same port and dir; wait for PING.
+
+        The first start moves to another free port if the chosen one was taken in the
+        meantime (another process can bind it between free_port() and redis-server).
+        """
+        for _ in range(5):
+            try:
+                self._start(timeout)
+                self._started_once = True
+                return
+            except RuntimeError:
+                log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+                if self._started_once or "Address already in use" not in log:
+                    raise
+                self.log_path.unlink()
+                self.port = free_port(cluster_bus=self.cluster)
+        raise RuntimeError(f"redis-server found no free port: {self.describe()}")
+
+    def _start(self, timeout: float) -> None:
         if self.running:
             return
         self._proc = subprocess.Popen(
