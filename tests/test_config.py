@@ -68,7 +68,8 @@ def test_the_anthropic_key_is_read_from_its_usual_variable_and_never_shown() -> 
         ("DAGO_PRICES", '{"m": {"input": -1}}', "non-negative"),
         ("DAGO_PRICES", "/nonexistent/prices.json", "path of a JSON file"),
         ("DAGO_HTTP_ALLOW", "10.0.0.0/33", "CIDR"),
-        ("DAGO_LLM_PROVIDER", "openai", "anthropic or offline"),
+        ("DAGO_LLM_PROVIDER", "gemini", "anthropic, openai or offline"),
+        ("DAGO_OPENAI_BASE_URL", "localhost:11434", "http:// or https:// URL"),
     ],
 )
 def test_llm_and_http_settings_are_checked(var: str, value: str, words: str) -> None:

@@ -289,7 +289,7 @@ def test_llm_and_http_fields_are_checked_with_their_paths(cel: CelCompiler) -> N
     bad_llm = {
         "id": "b",
         "llm": {
-            "provider": "openai",
+            "provider": "gemini",
             "prompt": "hi {{ nodes.a.output. }}",
             "temperature": 3,
             "maxTokens": -1,
@@ -303,7 +303,7 @@ def test_llm_and_http_fields_are_checked_with_their_paths(cel: CelCompiler) -> N
     }
     no_prompt = {"id": "d", "llm": {}}
     v = rejected(cel, graph([tool("a"), bad_llm, bad_http, no_prompt]))
-    assert_says(v, "graph.nodes[1].llm.provider", "openai", "anthropic", "offline")
+    assert_says(v, "graph.nodes[1].llm.provider", "gemini", "anthropic", "openai", "offline")
     assert_says(v, "graph.nodes[1].llm.prompt", "placeholder")
     assert_says(v, "graph.nodes[1].llm.temperature", "between 0 and 2")
     assert_says(v, "graph.nodes[1].llm.max_tokens", "between 0")

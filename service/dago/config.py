@@ -54,6 +54,8 @@ class Settings:
     llm_max_tokens: int = 1024
     anthropic_api_key: str = field(default="", repr=False)
     anthropic_base_url: str = ""
+    openai_api_key: str = field(default="", repr=False)
+    openai_base_url: str = "https://api.openai.com/v1"
     prices: str = ""
     http_allow: str = ""
     http_max_response_bytes: int = 10 * 1024 * 1024
@@ -92,8 +94,8 @@ def _redis_url(v: Any) -> str | None:
 
 
 def _provider(v: Any) -> str | None:
-    ok = ("", "anthropic", "offline")
-    return None if v in ok else "must be anthropic or offline (empty: automatic)"
+    ok = ("", "anthropic", "openai", "offline")
+    return None if v in ok else "must be anthropic, openai or offline (empty: automatic)"
 
 
 def _prices(v: Any) -> str | None:
@@ -178,9 +180,9 @@ SETTINGS: dict[str, _Spec] = {
     "log_level": _Spec("DEBUG, INFO, WARNING or ERROR.", _level),
     "workers": _Spec("Worker processes started by `dago dev`.", _positive),
     "llm_provider": _Spec(
-        "LLM provider of nodes that name none: anthropic or offline. Empty: anthropic when an "
-        "Anthropic API key is set, else offline (a deterministic local stand-in, labelled "
-        "offline).",
+        "LLM provider of nodes that name none: anthropic, openai or offline. Empty: anthropic "
+        "when an Anthropic API key is set, else openai when an OpenAI API key is set, else "
+        "offline (a deterministic local stand-in, labelled offline).",
         _provider,
     ),
     "llm_model": _Spec("Model of nodes that name none (empty: the provider's default)."),
@@ -193,6 +195,20 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "anthropic_base_url": _Spec(
         "Base URL of the Anthropic API (empty: the SDK's default; tests point it at a fake)."
+    ),
+    "openai_api_key": _Spec(
+        "API key of the openai provider; when unset, OPENAI_API_KEY is read. Local servers "
+        "(Ollama, vLLM, LM Studio) accept any value. Never logged.",
+        secret=True,
+    ),
+    "openai_base_url": _Spec(
+        "Base URL of the OpenAI-compatible chat completions API of the openai provider, e.g. "
+        "http://localhost:11434/v1 for Ollama or http://localhost:8000/v1 for vLLM.",
+        lambda v: (
+            None
+            if urlsplit(v).scheme in ("http", "https") and urlsplit(v).netloc
+            else "must be an http:// or https:// URL"
+        ),
     ),
     "prices": _Spec(
         "LLM prices overriding the built-in table: JSON (or the path of a JSON file) mapping a "
@@ -233,6 +249,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             ) from None
     if "anthropic_api_key" not in values and env.get("ANTHROPIC_API_KEY"):
         values["anthropic_api_key"] = env["ANTHROPIC_API_KEY"].strip()
+    if "openai_api_key" not in values and env.get("OPENAI_API_KEY"):
+        values["openai_api_key"] = env["OPENAI_API_KEY"].strip()
     settings = Settings(**values)
     for name, spec in SETTINGS.items():
         problem = spec.check(getattr(settings, name))

@@ -24,7 +24,7 @@ from dago.values import to_plain
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SUPPORTED_KINDS = frozenset({"tool", "router", "llm", "http"})
-LLM_PROVIDERS = ("anthropic", "offline")
+LLM_PROVIDERS = ("anthropic", "openai", "offline")
 MAX_LLM_TOKENS = 1_000_000
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")

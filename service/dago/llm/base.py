@@ -87,7 +87,7 @@ class Provider(Protocol):
     """An LLM backend."""
 
     name: str
-    """The provider name graphs use (``anthropic``, ``offline``)."""
+    """The provider name graphs use (``anthropic``, ``openai``, ``offline``)."""
     default_model: str
     """The model used when neither the node nor the settings name one."""
 

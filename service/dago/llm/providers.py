@@ -1,9 +1,13 @@
 """Picks the provider and model of a node: the node's ``provider`` + ``model``, else settings.
 
 Resolution: the node's provider, else ``DAGO_LLM_PROVIDER``, else ``anthropic``
-when an API key is configured and ``offline`` when not. A node (or setting) that
-names ``anthropic`` on a worker without a key fails with a message saying so:
-offline is never substituted silently for a real provider.
+when an Anthropic API key is configured, ``openai`` when an OpenAI API key is,
+and ``offline`` when neither is. A node (or setting) that names ``anthropic`` or
+``openai`` on a worker without its key fails with a message saying so: offline
+is never substituted silently for a real provider.
+
+The SDKs are imported when their provider is first used; the ``openai`` package
+is optional, and a node asking for it on a worker without it fails saying so.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from dago.llm.offline import OfflineProvider
 if TYPE_CHECKING:
     # Imported on first use: the SDK takes seconds to import, and most processes never need it.
     from dago.llm.anthropic_provider import AnthropicProvider
+    from dago.llm.openai_provider import OpenAIProvider
 
-KNOWN = ("anthropic", "offline")
+KNOWN = ("anthropic", "openai", "offline")
 
 
 class Providers:
@@ -29,11 +34,16 @@ class Providers:
         self._settings = settings
         self._offline = OfflineProvider()
         self._anthropic: AnthropicProvider | None = None
+        self._openai: OpenAIProvider | None = None
 
     def default_name(self) -> str:
         """The provider of nodes that name none."""
         s = self._settings
-        return s.llm_provider or ("anthropic" if s.anthropic_api_key else "offline")
+        if s.llm_provider:
+            return s.llm_provider
+        if s.anthropic_api_key:
+            return "anthropic"
+        return "openai" if s.openai_api_key else "offline"
 
     def resolve(self, name: str, model: str) -> tuple[Provider, str]:
         """The provider and model a node with these fields uses; raises NodeFailure if unusable."""
@@ -54,11 +64,36 @@ class Providers:
                 )
             default = self._settings.llm_model or self._anthropic.default_model
             return self._anthropic, model or default
+        if chosen == "openai":
+            return self._resolve_openai(model)
         raise invalid(
             f"the LLM provider {chosen!r} is not available (available: {', '.join(KNOWN)})"
         )
+
+    def _resolve_openai(self, model: str) -> tuple[Provider, str]:
+        if not self._settings.openai_api_key:
+            raise invalid(
+                "the openai provider is asked for but this worker has no API key: set "
+                "OPENAI_API_KEY (or DAGO_OPENAI_API_KEY; any value for a local server such as "
+                "Ollama), or use provider offline"
+            )
+        if self._openai is None:
+            try:
+                from dago.llm.openai_provider import OpenAIProvider
+            except ImportError as e:
+                raise invalid(
+                    f"the openai provider needs the openai package, which this worker cannot "
+                    f"import ({e}): install it (pip install -r requirements.txt) or use "
+                    "another provider"
+                ) from None
+            self._openai = OpenAIProvider(
+                self._settings.openai_api_key, self._settings.openai_base_url
+            )
+        return self._openai, model or self._settings.llm_model or self._openai.default_model
 
     async def close(self) -> None:
         """Release HTTP clients."""
         if self._anthropic is not None:
             await self._anthropic.close()
+        if self._openai is not None:
+            await self._openai.close()

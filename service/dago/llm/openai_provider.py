@@ -1,0 +1,218 @@
+"""The ``openai`` provider: OpenAI-compatible chat completions through the official SDK.
+
+``AsyncOpenAI(base_url=DAGO_OPENAI_BASE_URL, api_key=...)`` covers OpenAI and the
+servers that speak its API (Ollama, vLLM, LM Studio). Calls stream
+(``chat.completions.create(stream=True, stream_options={"include_usage": True})``);
+text deltas go to the caller as they arrive, and the final chunk carries the usage.
+
+Usage: ``prompt_tokens`` includes the cached prompt tokens
+(``prompt_tokens_details.cached_tokens``); they are recorded as cache reads and
+the rest as input, so the price table bills each at its own rate. There are no
+cache writes.
+
+Structured output is ``response_format={"type": "json_schema", ...}`` with the
+node's output schema; the answer is parsed and checked with ``jsonschema`` and,
+when it does not match, the model is asked once more with the validation error.
+(Structured answers are not streamed as text deltas, as with the anthropic
+provider's forced tool use.)
+
+The SDK's own retries are off (``max_retries=0``): dago's retry policy decides,
+and a ``retry-after`` the server sends is passed on as ``NodeFailure.retry_after``.
+Errors: 429 → RATE_LIMITED, 5xx/connection errors → TRANSIENT, timeouts → TIMEOUT
+(all retryable); 400/401/403/404/413/422 fail at once with a message saying what
+to fix. The API key is given to the SDK only; it is never logged and never part
+of an error message, event or result.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+
+from dago.handlers import NodeFailure
+from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage, retry_after
+from dago.llm.schema import validation_error
+from dago.v1 import graph_pb2
+
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+SCHEMA_NAME = "structured_output"
+
+_FIX = {
+    400: "check the node's model, max_tokens, temperature, messages and output_schema "
+    "(and that the server supports json_schema response formats)",
+    401: "check OPENAI_API_KEY (or DAGO_OPENAI_API_KEY)",
+    403: "check that the API key may use this model and project",
+    404: "check the model name and DAGO_OPENAI_BASE_URL (it usually ends in /v1)",
+    413: "the request is too large: shorten the prompt",
+    422: "check the node's parameters",
+}
+
+
+class OpenAIProvider:
+    """Chat completions of an OpenAI-compatible server."""
+
+    name = "openai"
+    default_model = DEFAULT_MODEL
+
+    def __init__(self, api_key: str, base_url: str = "", timeout_s: float = 600.0) -> None:
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url or DEFAULT_BASE_URL,
+            max_retries=0,
+            timeout=timeout_s,
+        )
+
+    async def close(self) -> None:
+        """Release the HTTP connection pool."""
+        await self._client.close()
+
+    async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
+        """One call (two with a schema repair); raises NodeFailure classified as above."""
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            if request.output_schema is None:
+                text, usage, model, stop = await self._stream(request, messages, on_text)
+                return LlmResponse(text, usage, model or request.model, stop_reason=stop)
+            text, usage, model, stop = await self._stream(request, messages, None)
+            obj, problem = _structured(text, request.output_schema)
+            if problem is not None:
+                # One repair: show the model its output and what is wrong with it.
+                messages.append({"role": "assistant", "content": text})
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": f"That answer does not match the required JSON Schema "
+                        f"({problem}). Answer again with JSON that matches it.",
+                    }
+                )
+                text, more, model, stop = await self._stream(request, messages, None)
+                usage = usage + more
+                obj, problem = _structured(text, request.output_schema)
+            if problem is not None or obj is None:
+                raise CallFailed(
+                    graph_pb2.ERROR_CLASS_PERMANENT,
+                    f"the model's output does not match output_schema after one repair: {problem}",
+                    False,
+                    usage,
+                    model or request.model,
+                )
+            return LlmResponse(
+                _json(obj), usage, model or request.model, object=obj, stop_reason=stop
+            )
+        except openai.APIStatusError as e:
+            raise _status_failure(e) from None
+        except openai.APITimeoutError:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TIMEOUT, "the OpenAI-compatible API timed out", True
+            ) from None
+        except openai.APIConnectionError as e:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TRANSIENT,
+                f"cannot reach the OpenAI-compatible API ({type(e.__cause__ or e).__name__}); "
+                "check the network or DAGO_OPENAI_BASE_URL",
+                True,
+            ) from None
+        except openai.APIError as e:
+            # An error event inside a 200 stream: the server failed mid-answer.
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TRANSIENT,
+                f"the OpenAI-compatible API failed while answering: {_detail(e.body) or e.message}",
+                True,
+            ) from None
+
+    async def _stream(
+        self, request: LlmRequest, messages: list[dict[str, Any]], on_text: OnText | None
+    ) -> tuple[str, TokenUsage, str, str]:
+        """(text, usage, model, finish reason) of one streamed call."""
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if "user_id" in request.metadata:
+            kwargs["user"] = request.metadata["user_id"]
+        if request.output_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": SCHEMA_NAME, "schema": request.output_schema},
+            }
+        parts: list[str] = []
+        usage = TokenUsage()
+        model = ""
+        stop = ""
+        # Awaited in the attempt's task: cancelling the task closes the HTTP stream at once.
+        stream = await self._client.chat.completions.create(**kwargs)
+        try:
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = _usage(chunk.usage)
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        stop = choice.finish_reason
+                    piece = choice.delta.content if choice.delta else None
+                    if piece:
+                        parts.append(piece)
+                        if on_text is not None:
+                            on_text(piece)
+        finally:
+            await stream.close()
+        return "".join(parts), usage, model, stop
+
+
+def _usage(u: Any) -> TokenUsage:
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = (getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
+    prompt = u.prompt_tokens or 0
+    return TokenUsage(
+        input=max(0, prompt - cached), output=u.completion_tokens or 0, cache_read=cached
+    )
+
+
+def _structured(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        return None, f"the answer is not JSON ({e})"
+    if not isinstance(obj, dict):
+        return None, "the answer is not a JSON object"
+    return obj, validation_error(schema, obj)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _detail(body: object) -> str:
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str):
+            return message
+    return ""
+
+
+def _status_failure(e: openai.APIStatusError) -> NodeFailure:
+    status = e.status_code
+    detail = _detail(e.body) or "no detail"
+    after = retry_after(e.response.headers)
+    where = f"{status} from the OpenAI-compatible API"
+    if status == 429:
+        return NodeFailure(graph_pb2.ERROR_CLASS_RATE_LIMITED, f"{where}: {detail}", True, after)
+    if status == 408:
+        return NodeFailure(graph_pb2.ERROR_CLASS_TIMEOUT, f"{where}: {detail}", True, after)
+    if status >= 500 or status < 400:
+        return NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{where}: {detail}", True, after)
+    fix = _FIX.get(status, "the request was refused; retrying will not help")
+    return NodeFailure(graph_pb2.ERROR_CLASS_INVALID, f"{where}: {detail}; {fix}", False)
