@@ -49,6 +49,9 @@ class Settings:
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
     workers: int = 1
+    edge_host: str = "127.0.0.1"
+    edge_port: int = 8080
+    edge_cors_origins: str = ""
     llm_provider: str = ""
     llm_model: str = ""
     llm_max_tokens: int = 1024
@@ -179,6 +182,12 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "log_level": _Spec("DEBUG, INFO, WARNING or ERROR.", _level),
     "workers": _Spec("Worker processes started by `dago dev`.", _positive),
+    "edge_host": _Spec("Address Envoy (REST, SSE, gRPC-Web, gRPC) listens on in `dago dev`."),
+    "edge_port": _Spec("Port of Envoy in `dago dev` (0: do not start Envoy).", _port),
+    "edge_cors_origins": _Spec(
+        "Comma-separated browser origins allowed by CORS; * inside an origin matches any "
+        "characters but / (empty: http://localhost:* and http://127.0.0.1:*)."
+    ),
     "llm_provider": _Spec(
         "LLM provider of nodes that name none: anthropic, openai or offline. Empty: anthropic "
         "when an Anthropic API key is set, else openai when an OpenAI API key is set, else "

@@ -102,11 +102,7 @@ def _port_busy(host: str, port: int) -> bool:
 def _start_envoy(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, edge.EdgeConfig]:
     """Envoy in front of the API (REST, SSE, gRPC-Web on DAGO_EDGE_PORT), or None with the
     reason printed: dago dev goes on without it."""
-    try:
-        cfg = edge.from_env(settings)
-    except ValueError as e:
-        print(f"dago dev: {e}; Envoy not started", file=sys.stderr)
-        return None, edge.EdgeConfig()
+    cfg = edge.from_env(settings)
     if cfg.listen_port == 0:
         return None, cfg
     if _port_busy(cfg.listen_host, cfg.listen_port):

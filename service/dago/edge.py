@@ -6,25 +6,20 @@ port. The configuration is a template whose ``${NAME}`` placeholders are filled 
 ports and addresses are configurable; ``envoy/envoy.yaml`` is the template rendered with the
 defaults (``python -m dago.edge render --defaults``), checked by ``make lint``.
 
-Environment of the edge (read by :func:`from_env`, used by ``dago dev``):
-
-- ``DAGO_EDGE_PORT`` (8080; 0 turns the edge off in ``dago dev``), ``DAGO_EDGE_HOST``
-  (127.0.0.1 in ``dago dev``);
-- ``DAGO_EDGE_CORS_ORIGINS``: comma-separated browser origins allowed by CORS; ``*`` inside an
-  origin matches any characters but ``/`` (default ``http://localhost:*,http://127.0.0.1:*``);
-- the API and metrics ports come from ``DAGO_GRPC_PORT`` and ``DAGO_METRICS_PORT``.
+Settings of the edge (``DAGO_EDGE_PORT``, ``DAGO_EDGE_HOST``, ``DAGO_EDGE_CORS_ORIGINS``; see
+docs/configuration.md) come from :class:`dago.config.Settings` like every other setting; the
+API and metrics ports are ``DAGO_GRPC_PORT`` and ``DAGO_METRICS_PORT``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,18 +129,12 @@ class EdgeConfig:
     max_connections: int = 10_000
 
 
-def from_env(settings: Settings, environ: Mapping[str, str] | None = None) -> EdgeConfig:
-    """The edge of ``dago dev``: listens on 127.0.0.1, in front of this machine's API."""
-    env = os.environ if environ is None else environ
-    origins = env.get("DAGO_EDGE_CORS_ORIGINS", "")
-    port = env.get("DAGO_EDGE_PORT", "") or "8080"
-    try:
-        listen_port = int(port)
-    except ValueError:
-        raise ValueError(f"DAGO_EDGE_PORT={port!r} is not a port number") from None
+def from_env(settings: Settings) -> EdgeConfig:
+    """The edge of ``dago dev``, in front of this machine's API, from the settings."""
+    origins = settings.edge_cors_origins
     return EdgeConfig(
-        listen_host=env.get("DAGO_EDGE_HOST", "") or "127.0.0.1",
-        listen_port=listen_port,
+        listen_host=settings.edge_host,
+        listen_port=settings.edge_port,
         dago_host="127.0.0.1",
         dago_port=settings.grpc_port,
         metrics_port=settings.metrics_port or 9090,
