@@ -168,8 +168,9 @@ class LlmHandler:
         await deltas.close()
         return resp, self.usage(provider.name, resp.model, resp.usage)
 
-    def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
-        """The provider and model ``spec`` uses."""
+    async def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
+        """The provider and model ``spec`` uses (its SDK imported off the event loop)."""
+        await self._providers.load(spec.provider)
         return self._providers.resolve(spec.provider, spec.model)
 
     def usage(self, provider: str, model: str, u: TokenUsage) -> Usage:
@@ -187,7 +188,7 @@ class LlmHandler:
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Call the model; the result is ``{text, model, provider}`` or the structured object."""
         spec = ctx.node.proto.llm
-        provider, model = self.resolve(spec)
+        provider, model = await self.resolve(spec)
         resp, usage = await self.call(ctx, spec, self.request(ctx, model), provider)
         if resp.object is not None:
             return NodeResult(resp.object, usage=usage)

@@ -12,6 +12,10 @@ is optional, and a node asking for it on a worker without it fails saying so.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib
+import sys
 from typing import TYPE_CHECKING
 
 from dago.config import Settings
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     from dago.llm.openai_provider import OpenAIProvider
 
 KNOWN = ("anthropic", "openai", "offline")
+_MODULES = {"anthropic": "dago.llm.anthropic_provider", "openai": "dago.llm.openai_provider"}
 
 
 class Providers:
@@ -44,6 +49,18 @@ class Providers:
         if s.anthropic_api_key:
             return "anthropic"
         return "openai" if s.openai_api_key else "offline"
+
+    async def load(self, name: str) -> None:
+        """Import the SDK of the provider ``name`` would resolve to, off the event loop.
+
+        An SDK import takes seconds of CPU; done inline it would stall the worker's loop
+        (lease renewals included) long enough for its own work to be reclaimed.
+        """
+        module = _MODULES.get(name or self.default_name())
+        if module is not None and module not in sys.modules:
+            # A missing optional package is reported by resolve() with what to do.
+            with contextlib.suppress(ImportError):
+                await asyncio.to_thread(importlib.import_module, module)
 
     def resolve(self, name: str, model: str) -> tuple[Provider, str]:
         """The provider and model a node with these fields uses; raises NodeFailure if unusable."""

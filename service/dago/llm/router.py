@@ -41,7 +41,7 @@ class LlmRouteChooser:
         if router.default_route and router.default_route not in names:
             names.append(router.default_route)
             lines.append(f"- {router.default_route}: none of the routes above fits")
-        provider, model = self._llm.resolve(spec)
+        provider, model = await self._llm.resolve(spec)
         req = self._llm.request(ctx, model, spec, "router.llm")
         question = req.messages[-1].content if req.messages else ""
         if not question.strip():
