@@ -19,11 +19,11 @@ Every request is recorded (headers and JSON body) with its arrival time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from fakehttp import FakeHttpServer
 
 
 @dataclass
@@ -69,86 +69,38 @@ class Error:
 Reply = Text | ToolUse | Error
 
 
-@dataclass
-class Recorded:
-    """One request the fake received."""
-
-    at: float
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class FakeAnthropic:
+class FakeAnthropic(FakeHttpServer):
     """``async with FakeAnthropic() as fake``: a running fake; ``fake.url`` is its base URL."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.script: list[Reply] = []
         self.default: Reply = Text("Hello from the fake.")
-        self.requests: list[Recorded] = []
-        self.closed = asyncio.Event()
         self.streaming = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
-        self.url = ""
 
-    async def __aenter__(self) -> FakeAnthropic:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for t in list(self._conns):
-            t.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        try:
-            await self._one(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            self.closed.set()
-        finally:
-            self._conns.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-        raw = await reader.readexactly(int(headers.get("content-length", "0")))
-        body = json.loads(raw) if raw else {}
-        self.requests.append(Recorded(time.monotonic(), headers, body))
+    async def handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+    ) -> None:
+        """Answer ``POST /v1/messages`` from the script."""
         if method != "POST" or not path.startswith("/v1/messages"):
-            await self._send_json(writer, 404, _error_body("not_found_error", f"no {path}"))
+            await self.send_json(writer, 404, _error_body("not_found_error", f"no {path}"))
             return
         reply = self.script.pop(0) if self.script else self.default
         if isinstance(reply, Error):
-            await self._send_json(
+            await self.send_json(
                 writer, reply.status, _error_body(reply.type, reply.message), reply.headers
             )
             return
         model = body.get("model", "claude-test")
         if not body.get("stream"):
-            await self._send_json(writer, 200, _message(reply, model))
+            await self.send_json(writer, 200, _message(reply, model))
             return
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-            b"connection: close\r\n\r\n"
-        )
-        await writer.drain()
+        await self.start_sse(writer)
         self.streaming.set()
         # A client that goes away shows up as EOF on the reader.
         eof = asyncio.ensure_future(reader.read(1))
@@ -166,20 +118,6 @@ class FakeAnthropic:
                 await writer.drain()
         finally:
             eof.cancel()
-
-    async def _send_json(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        payload: Any,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        data = json.dumps(payload).encode()
-        head = [f"HTTP/1.1 {status} X", "content-type: application/json"]
-        head += [f"content-length: {len(data)}", "connection: close"]
-        head += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-        await writer.drain()
 
 
 def _error_body(kind: str, message: str) -> dict[str, Any]:

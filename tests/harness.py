@@ -448,3 +448,21 @@ async def start_api_quickly(stack: ProcessStack, timeout: float = 20.0) -> None:
     stack.start("api", "serve")
     await port_open(stack.port, timeout)
     await stack.wait_serving(timeout)
+
+
+# --- helpers for LLM provider tests ---------------------------------------------------------
+
+
+def fast_retry(attempts: int = 3) -> dict[str, Any]:
+    """A retry policy with tiny backoffs, for tests that retry."""
+    return {"maxAttempts": attempts, "initialBackoff": "0.02s", "maxBackoff": "0.05s"}
+
+
+async def everything(stack: InProcessStack, gid: str) -> str:
+    """Every event, the status and the result of a graph, as text (to look for secrets)."""
+    events = await stack.client.history(gid)
+    status = await stack.client.status(gid)
+    text = "".join(json_format.MessageToJson(e) for e in events) + json_format.MessageToJson(status)
+    if status.state == execution_pb2.GRAPH_STATE_COMPLETED:
+        text += json_format.MessageToJson(await stack.client.result(gid))
+    return text

@@ -19,7 +19,6 @@ from typing import Any
 
 import openai
 import pytest
-from google.protobuf import json_format
 
 from dago.config import describe, load
 from dago.v1 import execution_pb2, graph_pb2
@@ -29,6 +28,8 @@ from harness import (
     InProcessStack,
     echo,
     edge,
+    everything,
+    fast_retry,
     node_states,
     node_status,
     of_kind,
@@ -60,10 +61,6 @@ def llm(node_id: str, prompt: str, **fields: Any) -> dict[str, Any]:
     return {"id": node_id, "llm": {"prompt": prompt, "provider": "openai", **fields}, **node_fields}
 
 
-def fast_retry(attempts: int = 3) -> dict[str, Any]:
-    return {"maxAttempts": attempts, "initialBackoff": "0.02s", "maxBackoff": "0.05s"}
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as f:
@@ -92,16 +89,6 @@ async def stack(
     for r in fake.requests:
         assert r.headers["authorization"] == f"Bearer {KEY}"
     assert KEY not in caplog.text
-
-
-async def everything(stack: InProcessStack, gid: str) -> str:
-    """Every event, the status and the result of a graph, as text (to look for the key)."""
-    events = await stack.client.history(gid)
-    status = await stack.client.status(gid)
-    text = "".join(json_format.MessageToJson(e) for e in events) + json_format.MessageToJson(status)
-    if status.state == COMPLETED:
-        text += json_format.MessageToJson(await stack.client.result(gid))
-    return text
 
 
 async def test_deltas_reach_a_watcher_in_order_with_usage_and_cost(
