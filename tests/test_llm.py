@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
 
 from dago.llm.base import ChatMessage, LlmRequest
 from dago.llm.offline import offline_answer
@@ -29,6 +28,8 @@ from harness import (
     echo,
     edge,
     eventually,
+    everything,
+    fast_retry,
     node_states,
     node_status,
     of_kind,
@@ -59,10 +60,6 @@ def llm(node_id: str, prompt: str = "", **fields: Any) -> dict[str, Any]:
     node_fields = {k: fields.pop(k) for k in ("retry", "inputs", "attemptTimeout") if k in fields}
     spec = {"prompt": prompt, **fields} if prompt else fields
     return {"id": node_id, "llm": spec, **node_fields}
-
-
-def fast_retry(attempts: int = 3) -> dict[str, Any]:
-    return {"maxAttempts": attempts, "initialBackoff": "0.02s", "maxBackoff": "0.05s"}
 
 
 @pytest.fixture
@@ -101,16 +98,6 @@ async def offline_stack(
 ) -> AsyncIterator[InProcessStack]:
     async with InProcessStack(stack_settings(redis_single.url, key_prefix)) as s:
         yield s
-
-
-async def everything(stack: InProcessStack, gid: str) -> str:
-    """Every event, the status and the result of a graph, as text (to look for the key)."""
-    events = await stack.client.history(gid)
-    status = await stack.client.status(gid)
-    text = "".join(json_format.MessageToJson(e) for e in events) + json_format.MessageToJson(status)
-    if status.state == COMPLETED:
-        text += json_format.MessageToJson(await stack.client.result(gid))
-    return text
 
 
 # --- streaming -----------------------------------------------------------------------------
