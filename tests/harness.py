@@ -60,6 +60,8 @@ def stack_settings(url: str, prefix: str, **overrides: Any) -> Settings:
         tool_modules="testtools",
         drain_timeout_s=5,
         worker_slots=64,
+        # Tests that are not about authentication run without it (tests/test_auth.py opts in).
+        auth="off",
     )
     return dataclasses.replace(base, **overrides)
 
@@ -111,11 +113,34 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+class BearerKey(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Sends ``authorization: Bearer <key>`` with every call (what dago clients do)."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._key}")]
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        """Add the key to a unary call."""
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        """Add the key to a server-streaming call."""
+        return await continuation(self._details(details), request)
+
+
 class Client:
     """A gRPC client of one API address, with helpers the tests share."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
+    def __init__(self, target: str, api_key: str = "") -> None:
+        interceptors = [BearerKey(api_key)] if api_key else None
+        self.channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
         self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
 
     async def close(self) -> None:
@@ -240,6 +265,7 @@ class ProcessStack:
             "DAGO_HEARTBEAT_MS": "500",
             "DAGO_TOOL_MODULES": "testtools",
             "DAGO_DRAIN_TIMEOUT_S": "5",
+            "DAGO_AUTH": "off",
             **env,
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

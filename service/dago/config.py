@@ -62,6 +62,15 @@ class Settings:
     prices: str = ""
     http_allow: str = ""
     http_max_response_bytes: int = 10 * 1024 * 1024
+    auth: str = "keys"
+    api_keys: str = field(default="", repr=False)
+    api_keys_file: str = ""
+    max_active_graphs: int = 0
+    max_inputs_bytes: int = 1024 * 1024
+    max_events_per_graph: int = 100_000
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     @property
     def cluster(self) -> bool:
@@ -231,6 +240,39 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "http_max_response_bytes": _Spec(
         "Largest HTTP node response body, unless the node sets a smaller one.", _positive
+    ),
+    "auth": _Spec(
+        "`keys`: every API call but health and reflection needs `authorization: Bearer <key>` "
+        "(see docs/security.md); `off`: no authentication, every call acts in namespace "
+        "`default` (`dago dev` turns it off unless DAGO_AUTH is set).",
+        lambda v: None if v in ("keys", "off") else "must be keys or off",
+    ),
+    "api_keys": _Spec(
+        "API keys as `<sha256 hex of the key>:<namespace>` pairs, comma-separated "
+        "(`dago keys new` prints one).",
+        secret=True,
+    ),
+    "api_keys_file": _Spec(
+        "File of API keys, one `<sha256 hex of the key> <namespace>` per line (`#` comments); "
+        "re-read when it changes (a mounted Kubernetes Secret)."
+    ),
+    "max_active_graphs": _Spec(
+        "Graphs one namespace may have submitted or running at once (0: no limit); more "
+        "submissions get RESOURCE_EXHAUSTED.",
+        lambda v: None if v >= 0 else "must not be negative",
+    ),
+    "max_inputs_bytes": _Spec(
+        "Largest `inputs` of one submission, as compact JSON bytes.", _positive
+    ),
+    "max_events_per_graph": _Spec(
+        "Events one graph may record; a graph that would record more fails.", _positive
+    ),
+    "tls_cert_file": _Spec(
+        "PEM certificate chain of the gRPC server; with DAGO_TLS_KEY_FILE the API serves TLS only."
+    ),
+    "tls_key_file": _Spec("PEM private key of DAGO_TLS_CERT_FILE."),
+    "tls_client_ca_file": _Spec(
+        "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."
     ),
 }
 
