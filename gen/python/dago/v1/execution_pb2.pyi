@@ -84,6 +84,11 @@ class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.V
     """Not run: none of its incoming edges was taken."""
     NODE_STATE_CANCELLED: _NodeState.ValueType  # 9
     """Stopped or never run because the graph was cancelled or failed."""
+    NODE_STATE_DEAD_LETTERED: _NodeState.ValueType  # 10
+    """Its work item was delivered more than the maximum number of times
+    without finishing and waits in the dead-letter list for an operator to
+    requeue it (the node runs again) or drop it (the node fails).
+    """
 
 class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper):
     """The state of one node in the current iteration."""
@@ -108,6 +113,11 @@ NODE_STATE_SKIPPED: NodeState.ValueType  # 8
 """Not run: none of its incoming edges was taken."""
 NODE_STATE_CANCELLED: NodeState.ValueType  # 9
 """Stopped or never run because the graph was cancelled or failed."""
+NODE_STATE_DEAD_LETTERED: NodeState.ValueType  # 10
+"""Its work item was delivered more than the maximum number of times
+without finishing and waits in the dead-letter list for an operator to
+requeue it (the node runs again) or drop it (the node fails).
+"""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
@@ -432,6 +442,8 @@ class Event(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     NODE_CANCELLED_FIELD_NUMBER: _builtins.int
     LOOP_ITERATION_FIELD_NUMBER: _builtins.int
+    NODE_DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    NODE_REQUEUED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -520,6 +532,14 @@ class Event(_message.Message):
     def loop_iteration(self) -> Global___LoopIteration:
         """A loop head started a new iteration (or reached its bound)."""
 
+    @_builtins.property
+    def node_dead_lettered(self) -> Global___NodeDeadLettered:
+        """A node's work item was moved to the dead-letter list."""
+
+    @_builtins.property
+    def node_requeued(self) -> Global___NodeRequeued:
+        """An operator requeued a node's dead-lettered work item."""
+
     def __init__(
         self,
         *,
@@ -547,12 +567,14 @@ class Event(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         node_cancelled: Global___NodeCancelled | None = ...,
         loop_iteration: Global___LoopIteration | None = ...,
+        node_dead_lettered: Global___NodeDeadLettered | None = ...,
+        node_requeued: Global___NodeRequeued | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_failed", b"node_failed", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_failed", b"node_failed", "node_id", b"node_id", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -792,6 +814,60 @@ class NodeRetrying(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeRetrying: _TypeAlias = NodeRetrying  # noqa: Y015
+
+@_typing.final
+class NodeDeadLettered(_message.Message):
+    """Payload of node_dead_lettered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    deliveries: _builtins.int
+    """How many times the work item was delivered."""
+    dead_letter_id: _builtins.str
+    """The dead letter's id (for RequeueDeadLetter and DropDeadLetter)."""
+    @_builtins.property
+    def error(self) -> Global___NodeError:
+        """Why."""
+
+    def __init__(
+        self,
+        *,
+        error: Global___NodeError | None = ...,
+        deliveries: _builtins.int = ...,
+        dead_letter_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_id", b"dead_letter_id", "deliveries", b"deliveries", "error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeDeadLettered: _TypeAlias = NodeDeadLettered  # noqa: Y015
+
+@_typing.final
+class NodeRequeued(_message.Message):
+    """Payload of node_requeued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    dead_letter_id: _builtins.str
+    """The dead letter that was requeued."""
+    def __init__(
+        self,
+        *,
+        dead_letter_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_id", b"dead_letter_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeRequeued: _TypeAlias = NodeRequeued  # noqa: Y015
 
 @_typing.final
 class NodeSkipped(_message.Message):

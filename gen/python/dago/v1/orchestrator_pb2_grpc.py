@@ -79,6 +79,26 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/dago.v1.OrchestratorService/ListWorkers',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/dago.v1.OrchestratorService/ListDeadLetters',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RequeueDeadLetter = channel.unary_unary(
+                '/dago.v1.OrchestratorService/RequeueDeadLetter',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.RequeueDeadLetterRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.RequeueDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.DropDeadLetter = channel.unary_unary(
+                '/dago.v1.OrchestratorService/DropDeadLetter',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -151,6 +171,39 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
+        id, host, slots, attempts in flight, node kinds, last heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Dead-lettered work items (delivered more than DAGO_MAX_DELIVERIES times
+        without finishing), newest first. Their nodes wait in
+        NODE_STATE_DEAD_LETTERED until requeued or dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequeueDeadLetter(self, request, context):
+        """Runs a dead-lettered node attempt again (a fresh work item; its delivery
+        count starts over). FAILED_PRECONDITION when its graph finished or moved on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropDeadLetter(self, request, context):
+        """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
+        does its graph, as for any node that fails for good.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +246,26 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListGraphEvents,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListWorkersRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RequeueDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequeueDeadLetter,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.RequeueDeadLetterRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.RequeueDeadLetterResponse.SerializeToString,
+            ),
+            'DropDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropDeadLetter,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +489,114 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/ListGraphEvents',
             dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/ListWorkers',
+            dago_dot_v1_dot_orchestrator__pb2.ListWorkersRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/ListDeadLetters',
+            dago_dot_v1_dot_orchestrator__pb2.ListDeadLettersRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequeueDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/RequeueDeadLetter',
+            dago_dot_v1_dot_orchestrator__pb2.RequeueDeadLetterRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.RequeueDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/DropDeadLetter',
+            dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

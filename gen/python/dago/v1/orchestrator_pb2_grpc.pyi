@@ -63,6 +63,23 @@ class OrchestratorServiceStub:
     """
     ListGraphEvents: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphEventsRequest, _orchestrator_pb2.ListGraphEventsResponse]
     """A page of a run's stored event log."""
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkersRequest, _orchestrator_pb2.ListWorkersResponse]
+    """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
+    id, host, slots, attempts in flight, node kinds, last heartbeat.
+    """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListDeadLettersRequest, _orchestrator_pb2.ListDeadLettersResponse]
+    """Dead-lettered work items (delivered more than DAGO_MAX_DELIVERIES times
+    without finishing), newest first. Their nodes wait in
+    NODE_STATE_DEAD_LETTERED until requeued or dropped.
+    """
+    RequeueDeadLetter: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.RequeueDeadLetterRequest, _orchestrator_pb2.RequeueDeadLetterResponse]
+    """Runs a dead-lettered node attempt again (a fresh work item; its delivery
+    count starts over). FAILED_PRECONDITION when its graph finished or moved on.
+    """
+    DropDeadLetter: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.DropDeadLetterRequest, _orchestrator_pb2.DropDeadLetterResponse]
+    """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
+    does its graph, as for any node that fails for good.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -99,6 +116,23 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     ListGraphEvents: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphEventsRequest, _orchestrator_pb2.ListGraphEventsResponse]  # type: ignore[assignment]
     """A page of a run's stored event log."""
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkersRequest, _orchestrator_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
+    id, host, slots, attempts in flight, node kinds, last heartbeat.
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListDeadLettersRequest, _orchestrator_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Dead-lettered work items (delivered more than DAGO_MAX_DELIVERIES times
+    without finishing), newest first. Their nodes wait in
+    NODE_STATE_DEAD_LETTERED until requeued or dropped.
+    """
+    RequeueDeadLetter: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.RequeueDeadLetterRequest, _orchestrator_pb2.RequeueDeadLetterResponse]  # type: ignore[assignment]
+    """Runs a dead-lettered node attempt again (a fresh work item; its delivery
+    count starts over). FAILED_PRECONDITION when its graph finished or moved on.
+    """
+    DropDeadLetter: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.DropDeadLetterRequest, _orchestrator_pb2.DropDeadLetterResponse]  # type: ignore[assignment]
+    """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
+    does its graph, as for any node that fails for good.
+    """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs graphs of agent steps. Every error carries a google.rpc.Status with
@@ -180,5 +214,46 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.ListGraphEventsResponse, _abc.Awaitable[_orchestrator_pb2.ListGraphEventsResponse]]:
         """A page of a run's stored event log."""
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _orchestrator_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListWorkersResponse, _abc.Awaitable[_orchestrator_pb2.ListWorkersResponse]]:
+        """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
+        id, host, slots, attempts in flight, node kinds, last heartbeat.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _orchestrator_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListDeadLettersResponse, _abc.Awaitable[_orchestrator_pb2.ListDeadLettersResponse]]:
+        """Dead-lettered work items (delivered more than DAGO_MAX_DELIVERIES times
+        without finishing), newest first. Their nodes wait in
+        NODE_STATE_DEAD_LETTERED until requeued or dropped.
+        """
+
+    @_abc_1.abstractmethod
+    def RequeueDeadLetter(
+        self,
+        request: _orchestrator_pb2.RequeueDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.RequeueDeadLetterResponse, _abc.Awaitable[_orchestrator_pb2.RequeueDeadLetterResponse]]:
+        """Runs a dead-lettered node attempt again (a fresh work item; its delivery
+        count starts over). FAILED_PRECONDITION when its graph finished or moved on.
+        """
+
+    @_abc_1.abstractmethod
+    def DropDeadLetter(
+        self,
+        request: _orchestrator_pb2.DropDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.DropDeadLetterResponse, _abc.Awaitable[_orchestrator_pb2.DropDeadLetterResponse]]:
+        """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
+        does its graph, as for any node that fails for good.
+        """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

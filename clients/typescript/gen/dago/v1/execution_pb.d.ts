@@ -562,6 +562,22 @@ export declare type Event = Message<"dago.v1.Event"> & {
      */
     value: LoopIteration;
     case: "loopIteration";
+  } | {
+    /**
+     * A node's work item was moved to the dead-letter list.
+     *
+     * @generated from field: dago.v1.NodeDeadLettered node_dead_lettered = 40;
+     */
+    value: NodeDeadLettered;
+    case: "nodeDeadLettered";
+  } | {
+    /**
+     * An operator requeued a node's dead-lettered work item.
+     *
+     * @generated from field: dago.v1.NodeRequeued node_requeued = 41;
+     */
+    value: NodeRequeued;
+    case: "nodeRequeued";
   } | { case: undefined; value?: undefined };
 };
 
@@ -793,6 +809,60 @@ export declare type NodeRetrying = Message<"dago.v1.NodeRetrying"> & {
  * Use `create(NodeRetryingSchema)` to create a new message.
  */
 export declare const NodeRetryingSchema: GenMessage<NodeRetrying>;
+
+/**
+ * Payload of node_dead_lettered.
+ *
+ * @generated from message dago.v1.NodeDeadLettered
+ */
+export declare type NodeDeadLettered = Message<"dago.v1.NodeDeadLettered"> & {
+  /**
+   * Why.
+   *
+   * @generated from field: dago.v1.NodeError error = 1;
+   */
+  error?: NodeError | undefined;
+
+  /**
+   * How many times the work item was delivered.
+   *
+   * @generated from field: int32 deliveries = 2;
+   */
+  deliveries: number;
+
+  /**
+   * The dead letter's id (for RequeueDeadLetter and DropDeadLetter).
+   *
+   * @generated from field: string dead_letter_id = 3;
+   */
+  deadLetterId: string;
+};
+
+/**
+ * Describes the message dago.v1.NodeDeadLettered.
+ * Use `create(NodeDeadLetteredSchema)` to create a new message.
+ */
+export declare const NodeDeadLetteredSchema: GenMessage<NodeDeadLettered>;
+
+/**
+ * Payload of node_requeued.
+ *
+ * @generated from message dago.v1.NodeRequeued
+ */
+export declare type NodeRequeued = Message<"dago.v1.NodeRequeued"> & {
+  /**
+   * The dead letter that was requeued.
+   *
+   * @generated from field: string dead_letter_id = 1;
+   */
+  deadLetterId: string;
+};
+
+/**
+ * Describes the message dago.v1.NodeRequeued.
+ * Use `create(NodeRequeuedSchema)` to create a new message.
+ */
+export declare const NodeRequeuedSchema: GenMessage<NodeRequeued>;
 
 /**
  * Payload of node_skipped.
@@ -1181,6 +1251,15 @@ export enum NodeState {
    * @generated from enum value: NODE_STATE_CANCELLED = 9;
    */
   CANCELLED = 9,
+
+  /**
+   * Its work item was delivered more than the maximum number of times
+   * without finishing and waits in the dead-letter list for an operator to
+   * requeue it (the node runs again) or drop it (the node fails).
+   *
+   * @generated from enum value: NODE_STATE_DEAD_LETTERED = 10;
+   */
+  DEAD_LETTERED = 10,
 }
 
 /**

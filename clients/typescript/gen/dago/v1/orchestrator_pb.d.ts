@@ -537,6 +537,333 @@ export declare type ListGraphEventsResponse = Message<"dago.v1.ListGraphEventsRe
 export declare const ListGraphEventsResponseSchema: GenMessage<ListGraphEventsResponse>;
 
 /**
+ * Request of ListWorkers.
+ *
+ * @generated from message dago.v1.ListWorkersRequest
+ */
+export declare type ListWorkersRequest = Message<"dago.v1.ListWorkersRequest"> & {
+};
+
+/**
+ * Describes the message dago.v1.ListWorkersRequest.
+ * Use `create(ListWorkersRequestSchema)` to create a new message.
+ */
+export declare const ListWorkersRequestSchema: GenMessage<ListWorkersRequest>;
+
+/**
+ * Response of ListWorkers.
+ *
+ * @generated from message dago.v1.ListWorkersResponse
+ */
+export declare type ListWorkersResponse = Message<"dago.v1.ListWorkersResponse"> & {
+  /**
+   * Live workers, by id.
+   *
+   * @generated from field: repeated dago.v1.WorkerInfo workers = 1;
+   */
+  workers: WorkerInfo[];
+};
+
+/**
+ * Describes the message dago.v1.ListWorkersResponse.
+ * Use `create(ListWorkersResponseSchema)` to create a new message.
+ */
+export declare const ListWorkersResponseSchema: GenMessage<ListWorkersResponse>;
+
+/**
+ * One live worker process.
+ *
+ * @generated from message dago.v1.WorkerInfo
+ */
+export declare type WorkerInfo = Message<"dago.v1.WorkerInfo"> & {
+  /**
+   * Its id (DAGO_WORKER_ID, default <host>-<pid>).
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * Host name.
+   *
+   * @generated from field: string host = 2;
+   */
+  host: string;
+
+  /**
+   * Process id.
+   *
+   * @generated from field: int32 pid = 3;
+   */
+  pid: number;
+
+  /**
+   * Node attempts it runs at once.
+   *
+   * @generated from field: int32 slots = 4;
+   */
+  slots: number;
+
+  /**
+   * Attempts running or being applied at its last heartbeat.
+   *
+   * @generated from field: int32 in_flight = 5;
+   */
+  inFlight: number;
+
+  /**
+   * Node kinds it runs.
+   *
+   * @generated from field: repeated string node_kinds = 6;
+   */
+  nodeKinds: string[];
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 7;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Its last heartbeat.
+   *
+   * @generated from field: google.protobuf.Timestamp last_heartbeat_time = 8;
+   */
+  lastHeartbeatTime?: Timestamp | undefined;
+
+  /**
+   * Port of its Prometheus /metrics endpoint (0: none).
+   *
+   * @generated from field: int32 metrics_port = 9;
+   */
+  metricsPort: number;
+};
+
+/**
+ * Describes the message dago.v1.WorkerInfo.
+ * Use `create(WorkerInfoSchema)` to create a new message.
+ */
+export declare const WorkerInfoSchema: GenMessage<WorkerInfo>;
+
+/**
+ * Request of ListDeadLetters.
+ *
+ * @generated from message dago.v1.ListDeadLettersRequest
+ */
+export declare type ListDeadLettersRequest = Message<"dago.v1.ListDeadLettersRequest"> & {
+  /**
+   * Maximum entries per page (1..1000; 0 means 50).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only dead letters of this graph.
+   *
+   * @generated from field: string graph_id = 3;
+   */
+  graphId: string;
+};
+
+/**
+ * Describes the message dago.v1.ListDeadLettersRequest.
+ * Use `create(ListDeadLettersRequestSchema)` to create a new message.
+ */
+export declare const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest>;
+
+/**
+ * Response of ListDeadLetters.
+ *
+ * @generated from message dago.v1.ListDeadLettersResponse
+ */
+export declare type ListDeadLettersResponse = Message<"dago.v1.ListDeadLettersResponse"> & {
+  /**
+   * Dead letters, newest first.
+   *
+   * @generated from field: repeated dago.v1.DeadLetter dead_letters = 1;
+   */
+  deadLetters: DeadLetter[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message dago.v1.ListDeadLettersResponse.
+ * Use `create(ListDeadLettersResponseSchema)` to create a new message.
+ */
+export declare const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse>;
+
+/**
+ * A dead-lettered work item.
+ *
+ * @generated from message dago.v1.DeadLetter
+ */
+export declare type DeadLetter = Message<"dago.v1.DeadLetter"> & {
+  /**
+   * Its id: <shard>-<stream entry id>.
+   *
+   * @generated from field: string dead_letter_id = 1;
+   */
+  deadLetterId: string;
+
+  /**
+   * The graph of the node attempt.
+   *
+   * @generated from field: string graph_id = 2;
+   */
+  graphId: string;
+
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 3;
+   */
+  nodeId: string;
+
+  /**
+   * The attempt.
+   *
+   * @generated from field: int32 attempt = 4;
+   */
+  attempt: number;
+
+  /**
+   * The iteration.
+   *
+   * @generated from field: int32 iteration = 5;
+   */
+  iteration: number;
+
+  /**
+   * How many times the work item was delivered.
+   *
+   * @generated from field: int32 deliveries = 6;
+   */
+  deliveries: number;
+
+  /**
+   * Why it was dead-lettered, and the node's last error, if any.
+   *
+   * @generated from field: dago.v1.NodeError error = 7;
+   */
+  error?: NodeError | undefined;
+
+  /**
+   * When it was dead-lettered.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * True while its node still waits for it (requeue can run it).
+   *
+   * @generated from field: bool current = 9;
+   */
+  current: boolean;
+};
+
+/**
+ * Describes the message dago.v1.DeadLetter.
+ * Use `create(DeadLetterSchema)` to create a new message.
+ */
+export declare const DeadLetterSchema: GenMessage<DeadLetter>;
+
+/**
+ * Request of RequeueDeadLetter.
+ *
+ * @generated from message dago.v1.RequeueDeadLetterRequest
+ */
+export declare type RequeueDeadLetterRequest = Message<"dago.v1.RequeueDeadLetterRequest"> & {
+  /**
+   * The dead letter's id.
+   *
+   * @generated from field: string dead_letter_id = 1;
+   */
+  deadLetterId: string;
+};
+
+/**
+ * Describes the message dago.v1.RequeueDeadLetterRequest.
+ * Use `create(RequeueDeadLetterRequestSchema)` to create a new message.
+ */
+export declare const RequeueDeadLetterRequestSchema: GenMessage<RequeueDeadLetterRequest>;
+
+/**
+ * Response of RequeueDeadLetter.
+ *
+ * @generated from message dago.v1.RequeueDeadLetterResponse
+ */
+export declare type RequeueDeadLetterResponse = Message<"dago.v1.RequeueDeadLetterResponse"> & {
+  /**
+   * The graph whose node runs again.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+};
+
+/**
+ * Describes the message dago.v1.RequeueDeadLetterResponse.
+ * Use `create(RequeueDeadLetterResponseSchema)` to create a new message.
+ */
+export declare const RequeueDeadLetterResponseSchema: GenMessage<RequeueDeadLetterResponse>;
+
+/**
+ * Request of DropDeadLetter.
+ *
+ * @generated from message dago.v1.DropDeadLetterRequest
+ */
+export declare type DropDeadLetterRequest = Message<"dago.v1.DropDeadLetterRequest"> & {
+  /**
+   * The dead letter's id.
+   *
+   * @generated from field: string dead_letter_id = 1;
+   */
+  deadLetterId: string;
+};
+
+/**
+ * Describes the message dago.v1.DropDeadLetterRequest.
+ * Use `create(DropDeadLetterRequestSchema)` to create a new message.
+ */
+export declare const DropDeadLetterRequestSchema: GenMessage<DropDeadLetterRequest>;
+
+/**
+ * Response of DropDeadLetter.
+ *
+ * @generated from message dago.v1.DropDeadLetterResponse
+ */
+export declare type DropDeadLetterResponse = Message<"dago.v1.DropDeadLetterResponse"> & {
+  /**
+   * True when its node was still waiting and was failed now.
+   *
+   * @generated from field: bool failed_node = 1;
+   */
+  failedNode: boolean;
+};
+
+/**
+ * Describes the message dago.v1.DropDeadLetterResponse.
+ * Use `create(DropDeadLetterResponseSchema)` to create a new message.
+ */
+export declare const DropDeadLetterResponseSchema: GenMessage<DropDeadLetterResponse>;
+
+/**
  * Runs graphs of agent steps. Every error carries a google.rpc.Status with
  * details: INVALID_ARGUMENT with a google.rpc.BadRequest listing each field
  * violation, NOT_FOUND for unknown graphs, FAILED_PRECONDITION (with a
@@ -631,6 +958,51 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof ListGraphEventsRequestSchema;
     output: typeof ListGraphEventsResponseSchema;
+  },
+  /**
+   * The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
+   * id, host, slots, attempts in flight, node kinds, last heartbeat.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.ListWorkers
+   */
+  listWorkers: {
+    methodKind: "unary";
+    input: typeof ListWorkersRequestSchema;
+    output: typeof ListWorkersResponseSchema;
+  },
+  /**
+   * Dead-lettered work items (delivered more than DAGO_MAX_DELIVERIES times
+   * without finishing), newest first. Their nodes wait in
+   * NODE_STATE_DEAD_LETTERED until requeued or dropped.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.ListDeadLetters
+   */
+  listDeadLetters: {
+    methodKind: "unary";
+    input: typeof ListDeadLettersRequestSchema;
+    output: typeof ListDeadLettersResponseSchema;
+  },
+  /**
+   * Runs a dead-lettered node attempt again (a fresh work item; its delivery
+   * count starts over). FAILED_PRECONDITION when its graph finished or moved on.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.RequeueDeadLetter
+   */
+  requeueDeadLetter: {
+    methodKind: "unary";
+    input: typeof RequeueDeadLetterRequestSchema;
+    output: typeof RequeueDeadLetterResponseSchema;
+  },
+  /**
+   * Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
+   * does its graph, as for any node that fails for good.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.DropDeadLetter
+   */
+  dropDeadLetter: {
+    methodKind: "unary";
+    input: typeof DropDeadLetterRequestSchema;
+    output: typeof DropDeadLetterResponseSchema;
   },
 }>;
 
