@@ -11,7 +11,10 @@ from a script of replies, in order (``default`` when the script is empty):
 - ``ToolUse``: a tool_use block (structured output), input sent as
   input_json_delta pieces;
 - ``Error``: an HTTP error with Anthropic's error body and any headers
-  (``retry-after``).
+  (``retry-after``);
+- ``Stall``: no answer at all (not even headers) until the client gives up;
+- ``Broken``: a streamed answer broken after a few events, by a malformed SSE
+  frame (``how="malformed"``) or a TCP reset (``how="reset"``).
 
 Every request is recorded (headers and JSON body) with its arrival time.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +71,21 @@ class Error:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply = Text | ToolUse | Error
+@dataclass
+class Stall:
+    """No answer at all, not even the headers, until the client goes away."""
+
+
+@dataclass
+class Broken:
+    """A streamed text answer broken after ``after`` SSE events: ``how`` is ``malformed`` (a
+    frame whose data is not JSON) or ``reset`` (the connection is reset with a TCP RST)."""
+
+    how: str
+    after: int = 3
+
+
+Reply = Text | ToolUse | Error | Stall | Broken
 
 
 class FakeAnthropic(FakeHttpServer):
@@ -97,6 +116,9 @@ class FakeAnthropic(FakeHttpServer):
             )
             return
         model = body.get("model", "claude-test")
+        if isinstance(reply, Stall | Broken):
+            await _fault(reply, reader, writer, self, model)
+            return
         if not body.get("stream"):
             await self.send_json(writer, 200, _message(reply, model))
             return
@@ -118,6 +140,31 @@ class FakeAnthropic(FakeHttpServer):
                 await writer.drain()
         finally:
             eof.cancel()
+
+
+async def _fault(
+    reply: Stall | Broken,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    fake: FakeAnthropic,
+    model: str,
+) -> None:
+    if isinstance(reply, Broken):
+        await fake.start_sse(writer)
+        for name, data in _events(Text("a partial answer", chunks=8), model)[: reply.after]:
+            writer.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        await writer.drain()
+        if reply.how == "reset":
+            # SO_LINGER 0: close() sends a RST instead of a FIN.
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            fake.closed.set()
+            return
+        writer.write(b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n')
+        await writer.drain()
+    await reader.read(1)  # until the client goes away
+    fake.closed.set()
 
 
 def _error_body(kind: str, message: str) -> dict[str, Any]:

@@ -3,6 +3,10 @@ DAGO_TOOL_MODULES=testtools and its ``dago_tools()`` function."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from dago.handlers import NodeContext, NodeFailure, Tool
@@ -45,6 +49,34 @@ async def _count(args: Any, ctx: NodeContext) -> Any:
     return {"n": int(args.get("n") or 0) + 1}
 
 
+async def _chatter(args: Any, ctx: NodeContext) -> Any:
+    """Emits ``count`` llm_delta events of ``size`` characters (in batches of 100): a node
+    that produces many events quickly, for watcher back-pressure tests."""
+    count, size = int(args.get("count", 100)), int(args.get("size", 100))
+    text = json.dumps({"text": "x" * size})
+    for start in range(0, count, 100):
+        await ctx.emit([("llm_delta", text)] * min(100, count - start))
+    return {"events": count}
+
+
+async def _effect(args: Any, ctx: NodeContext) -> Any:
+    """A side effect de-duplicated by the attempt's idempotency key: every call appends to
+    ``<dir>/log``; only the first call with a key applies the effect (creates ``<dir>/<key>``
+    with O_EXCL), a redelivered attempt finds it applied. Then waits ``seconds``, so tests can
+    kill the worker after the effect and before the attempt's result is recorded."""
+    where = Path(str(args["dir"]))
+    key = ctx.idempotency_key
+    with (where / "log").open("a") as log:
+        log.write(f"{key} {ctx.worker_id}\n")
+    try:
+        os.close(os.open(where / key.replace("/", "_"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        applied = True
+    except FileExistsError:
+        applied = False
+    await asyncio.sleep(float(args.get("seconds", 0)))
+    return {"key": key, "applied": applied}
+
+
 def dago_tools() -> list[Tool]:
     """The tools this module provides."""
     return [
@@ -53,4 +85,6 @@ def dago_tools() -> list[Tool]:
         Tool("crash", "Raises an unexpected exception.", _crash),
         Tool("context", "Returns its attempt context.", _context),
         Tool("count", "Adds one.", _count),
+        Tool("chatter", "Emits many events.", _chatter),
+        Tool("effect", "A side effect de-duplicated by the idempotency key.", _effect),
     ]
