@@ -12,6 +12,7 @@ from typing import Any
 
 import uvloop
 
+from dago import probe
 from dago.config import ConfigError, Settings, describe, load
 
 
@@ -48,15 +49,26 @@ def _print_config(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m dago``."""
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["keys"]:
+        from dago.auth import keys_command
+
+        return keys_command(given[1:])
     parser = argparse.ArgumentParser(prog="dago", description="Run graphs of AI-agent steps.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC API (health, reflection, metrics, sweeper)")
     sub.add_parser("worker", help="run a worker process")
     sub.add_parser("dev", help="all in one: Redis (if DAGO_REDIS_URL is unset), API and workers")
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    sub.add_parser("keys", help="make API keys: `dago keys new --namespace NS`, `dago keys hash`")
+    probe.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         settings = load()
+        if args.command == "serve":
+            from dago.auth import check
+
+            check(settings)  # keys and TLS files, before anything listens
     except ConfigError as e:
         print(f"dago: configuration error: {e}", file=sys.stderr)
         return 2
@@ -64,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "health":
+        return probe.run(args, settings)
     if args.command == "config":
         _print_config(settings)
         return 0
