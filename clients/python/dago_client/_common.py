@@ -1,0 +1,109 @@
+"""What the async and the sync client share: request building, states, backoff."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+
+# Payload kinds that end a run's event stream.
+TERMINAL_EVENTS = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
+TERMINAL_STATES = frozenset(
+    {
+        execution_pb2.GRAPH_STATE_COMPLETED,
+        execution_pb2.GRAPH_STATE_FAILED,
+        execution_pb2.GRAPH_STATE_CANCELLED,
+    }
+)
+# A watch that fails with one of these is resumed from its last seq: a dropped connection, a
+# restarted API or proxy, a stream cut by a timeout. The others (NOT_FOUND...) are final.
+RESUMABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+# Tighter reconnects than gRPC's default (1 s growing to 120 s): a watch resumes soon after
+# its server is back.
+RECONNECT_OPTIONS: list[tuple[str, str | int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def parse_state(state: str | int | None) -> execution_pb2.GraphState.ValueType:
+    """A GraphState from its number or name, any case, prefix optional ("completed")."""
+    if state is None or state == "":
+        return execution_pb2.GRAPH_STATE_UNSPECIFIED
+    if isinstance(state, int):
+        return execution_pb2.GraphState.ValueType(state)
+    name = state.strip().upper()
+    if not name.startswith("GRAPH_STATE_"):
+        name = "GRAPH_STATE_" + name
+    try:
+        return execution_pb2.GraphState.Value(name)
+    except ValueError:
+        names = [n.removeprefix("GRAPH_STATE_").lower() for n in execution_pb2.GraphState.keys()]  # noqa: SIM118
+        raise ValueError(f"unknown state {state!r}; one of {', '.join(names[1:])}") from None
+
+
+def state_name(state: int) -> str:
+    """``GRAPH_STATE_COMPLETED`` -> ``completed``."""
+    return (
+        execution_pb2.GraphState.Name(execution_pb2.GraphState.ValueType(state))
+        .removeprefix("GRAPH_STATE_")
+        .lower()
+    )
+
+
+def node_state_name(state: int) -> str:
+    """``NODE_STATE_RUNNING`` -> ``running``."""
+    return (
+        execution_pb2.NodeState.Name(execution_pb2.NodeState.ValueType(state))
+        .removeprefix("NODE_STATE_")
+        .lower()
+    )
+
+
+def submit_request(
+    graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+    inputs: Mapping[str, Any] | None,
+    request_id: str | None,
+    validate_only: bool,
+) -> orchestrator_pb2.SubmitGraphRequest:
+    """The SubmitGraphRequest to send. Without a request_id one is generated, so that the
+    call is idempotent and can be retried safely when the server was unreachable."""
+    req = orchestrator_pb2.SubmitGraphRequest()
+    if isinstance(graph, orchestrator_pb2.SubmitGraphRequest):
+        req.CopyFrom(graph)
+    else:
+        req.graph.CopyFrom(graph)
+    if inputs:
+        merged = struct_pb2.Struct()
+        merged.update(dict(req.inputs.items()) if req.HasField("inputs") else {})
+        merged.update(dict(inputs))
+        req.inputs.CopyFrom(merged)
+    if request_id is not None:
+        req.request_id = request_id
+    if validate_only:
+        req.validate_only = True
+    elif not req.request_id:
+        req.request_id = f"py-{uuid.uuid4().hex}"
+    return req
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> float:
+    """Delay before retry ``attempt`` (1-based): exponential with full jitter on top half."""
+    base = min(initial * (2.0 ** (attempt - 1)), maximum)
+    return float(base / 2 + random.random() * base / 2)

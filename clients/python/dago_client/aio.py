@@ -1,0 +1,280 @@
+"""The asyncio client of dago's OrchestratorService, on the generated stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago_client._common import (
+    RECONNECT_OPTIONS,
+    RESUMABLE_CODES,
+    TERMINAL_EVENTS,
+    backoff,
+    parse_state,
+    submit_request,
+)
+from dago_client.config import ClientConfig
+from dago_client.errors import DagoError, UnavailableError, from_rpc_error
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+OnResume = Callable[[int, int, DagoError], None]
+"""Called before a watch resumes: (after_seq, consecutive failures, the error)."""
+
+
+class AsyncDagoClient:
+    """dago's API for asyncio code.
+
+    ``AsyncDagoClient()`` reads ``DAGO_TARGET``, ``DAGO_API_KEY`` and ``DAGO_TLS*`` (see
+    :mod:`dago_client.config`); keyword arguments override them. Use it as an async context
+    manager, or call :meth:`close`. Failed calls raise :class:`dago_client.DagoError`
+    subclasses. Idempotent calls (reads, cancel, submit with a request_id, which submit
+    generates when none is given) are retried on UNAVAILABLE within their deadline.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        timeout_s: float | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.config = config or ClientConfig.from_env(
+            target=target, api_key=api_key, tls=tls, tls_ca=tls_ca, timeout_s=timeout_s
+        )
+        options = self.config.channel_options() + RECONNECT_OPTIONS
+        creds = self.config.credentials()
+        if creds is None:
+            self.channel = grpc.aio.insecure_channel(self.config.address, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(self.config.address, creds, options=options)
+        self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
+        self._metadata = self.config.metadata()
+
+    async def __aenter__(self) -> AsyncDagoClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[Resp]],
+        request: Any,
+        *,
+        idempotent: bool,
+        deadline_s: float | None,
+    ) -> Resp:
+        total = self.config.timeout_s if deadline_s is None else deadline_s
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                return await method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+                if (
+                    not idempotent
+                    or err.code != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.config.max_attempts
+                ):
+                    raise err from None
+                delay = err.retry_delay_s or backoff(
+                    attempt, self.config.initial_backoff_s, self.config.max_backoff_s
+                )
+                if time.monotonic() + delay >= deadline:
+                    raise err from None
+                await asyncio.sleep(delay)
+
+    async def submit(
+        self,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        validate_only: bool = False,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.SubmitGraphResponse:
+        """Submit a graph (or a whole SubmitGraphRequest); ``inputs`` are merged into its
+        inputs. Without a request_id one is generated, which makes retries safe."""
+        req = submit_request(graph, inputs, request_id, validate_only)
+        return await self._call(self.stub.SubmitGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    async def validate(
+        self,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.SubmitGraphResponse:
+        """Validate only (``validate_only``); raises InvalidArgumentError when invalid."""
+        return await self.submit(graph, inputs, validate_only=True, deadline_s=deadline_s)
+
+    async def get_graph(
+        self, graph_id: str, *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.GetGraphResponse:
+        """The graph and inputs of a run, as submitted."""
+        req = orchestrator_pb2.GetGraphRequest(graph_id=graph_id)
+        return await self._call(self.stub.GetGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    async def status(
+        self, graph_id: str, *, deadline_s: float | None = None
+    ) -> execution_pb2.GraphStatus:
+        """The state of a run: per-node states, attempts, timings, usage."""
+        req = orchestrator_pb2.GetGraphStatusRequest(graph_id=graph_id)
+        resp = await self._call(
+            self.stub.GetGraphStatus, req, idempotent=True, deadline_s=deadline_s
+        )
+        return resp.status
+
+    async def result(
+        self, graph_id: str, *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.GetGraphResultResponse:
+        """The outputs of a finished run (FailedPreconditionError while it runs)."""
+        req = orchestrator_pb2.GetGraphResultRequest(graph_id=graph_id)
+        return await self._call(
+            self.stub.GetGraphResult, req, idempotent=True, deadline_s=deadline_s
+        )
+
+    async def cancel(
+        self, graph_id: str, reason: str = "", *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.CancelGraphResponse:
+        """Cancel a run (cancelling a cancelled run succeeds again, so it is retried)."""
+        req = orchestrator_pb2.CancelGraphRequest(graph_id=graph_id, reason=reason)
+        return await self._call(self.stub.CancelGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    async def list_graphs_page(
+        self,
+        state: str | int | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.ListGraphsResponse:
+        """One page of runs, newest first."""
+        req = orchestrator_pb2.ListGraphsRequest(
+            page_size=page_size, page_token=page_token, state=parse_state(state)
+        )
+        return await self._call(self.stub.ListGraphs, req, idempotent=True, deadline_s=deadline_s)
+
+    async def list_graphs(
+        self, state: str | int | None = None, page_size: int = 100, limit: int | None = None
+    ) -> AsyncIterator[orchestrator_pb2.GraphSummary]:
+        """Every run (or the first ``limit``), newest first, fetching pages as needed."""
+        token, seen = "", 0
+        while True:
+            page = await self.list_graphs_page(state, page_size, token)
+            for g in page.graphs:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield g
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def list_events(
+        self, graph_id: str, after_seq: int = 0, page_size: int = 100
+    ) -> AsyncIterator[execution_pb2.Event]:
+        """The stored events of a run after ``after_seq``, in order, page by page."""
+        token = ""
+        while True:
+            req = orchestrator_pb2.ListGraphEventsRequest(
+                graph_id=graph_id, page_size=page_size, page_token=token, after_seq=after_seq
+            )
+            page = await self._call(
+                self.stub.ListGraphEvents, req, idempotent=True, deadline_s=None
+            )
+            for ev in page.events:
+                yield ev
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def watch(
+        self,
+        graph_id: str,
+        after_seq: int = 0,
+        *,
+        heartbeats: bool = False,
+        idle_timeout_s: float | None = 60.0,
+        max_resumes: int = 20,
+        on_resume: OnResume | None = None,
+    ) -> AsyncIterator[execution_pb2.Event]:
+        """A run's events after ``after_seq`` in order, ending after the terminal event.
+
+        A stream that drops (server restart, proxy cut, no message for ``idle_timeout_s``)
+        is reopened after the last seq delivered, so every event is seen exactly once.
+        Gives up after ``max_resumes`` failures in a row. Heartbeats are skipped unless
+        ``heartbeats`` is set.
+        """
+        last = after_seq
+        failures = 0
+        while True:
+            req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=last)
+            call = self.stub.WatchGraph(req, metadata=self._metadata)
+            err: DagoError
+            try:
+                while True:
+                    if idle_timeout_s:
+                        msg = await asyncio.wait_for(call.read(), idle_timeout_s)
+                    else:
+                        msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    assert isinstance(msg, orchestrator_pb2.WatchGraphResponse)
+                    failures = 0
+                    ev = msg.event
+                    kind = ev.WhichOneof("payload")
+                    if kind == "heartbeat":
+                        if heartbeats:
+                            yield ev
+                        continue
+                    if ev.seq <= last:
+                        continue  # delivered before a resume
+                    last = ev.seq
+                    yield ev
+                    if kind in TERMINAL_EVENTS:
+                        return
+                err = UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE, "the watch stream ended before the run finished"
+                )
+            except TimeoutError:
+                err = UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE, f"no message for {idle_timeout_s}s"
+                )
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+                if err.code not in RESUMABLE_CODES:
+                    raise err from None
+            finally:
+                call.cancel()
+            failures += 1
+            if failures > max_resumes:
+                raise err
+            if on_resume is not None:
+                on_resume(last, failures, err)
+            await asyncio.sleep(
+                backoff(failures, self.config.initial_backoff_s, self.config.max_backoff_s)
+            )
+
+    async def wait(self, graph_id: str) -> execution_pb2.GraphStatus:
+        """Watch a run to its end; returns its final status."""
+        async for _ in self.watch(graph_id):
+            pass
+        return await self.status(graph_id)

@@ -1,0 +1,350 @@
+"""``dagoctl``: dago from the command line (``python -m dago_client`` is the same).
+
+Exit codes (for scripts):
+
+==  =====================================================================
+0   success (for submit --watch, watch and result: the run completed)
+1   any other error
+2   bad command line
+3   the run FAILED
+4   the run was CANCELLED
+5   invalid input: the graph file or the request was rejected (field violations on stderr)
+6   not found: no such run
+7   unavailable: the server cannot be reached (or the deadline passed)
+8   precondition: not finished yet (result), already finished (cancel), request_id reused
+9   unauthenticated or permission denied (set DAGO_API_KEY)
+==  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from dago.v1 import execution_pb2, graph_pb2
+from dago_client._common import node_state_name, state_name
+from dago_client.config import ClientConfig
+from dago_client.errors import DagoError
+from dago_client.graphfile import GraphFileError, load_request, parse_inputs
+from dago_client.render import dot, mermaid
+from dago_client.sync import DagoClient
+from dago_client.view import RunView, Screen
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_CANCELLED = 4
+EXIT_INVALID = 5
+EXIT_NOT_FOUND = 6
+EXIT_UNAVAILABLE = 7
+EXIT_PRECONDITION = 8
+EXIT_AUTH = 9
+
+_EXIT_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+    grpc.StatusCode.OUT_OF_RANGE: EXIT_INVALID,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.FAILED_PRECONDITION: EXIT_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS: EXIT_PRECONDITION,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
+}
+_EXIT_BY_STATE = {
+    execution_pb2.GRAPH_STATE_COMPLETED: EXIT_OK,
+    execution_pb2.GRAPH_STATE_FAILED: EXIT_FAILED,
+    execution_pb2.GRAPH_STATE_CANCELLED: EXIT_CANCELLED,
+}
+
+
+def _json(msg: Message) -> str:
+    return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2)
+
+
+def _when(msg: Any, name: str) -> str:
+    if not msg.HasField(name):
+        return "-"
+    return str(getattr(msg, name).ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+
+
+class Cli:
+    """The commands, writing to ``out`` (results) and ``err`` (progress and errors)."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.config = ClientConfig.from_env(
+            target=args.target,
+            api_key=args.api_key,
+            tls=True if args.tls else None,
+            tls_ca=args.tls_ca,
+            timeout_s=args.timeout,
+        )
+        self._client: DagoClient | None = None
+
+    @property
+    def client(self) -> DagoClient:
+        """The client, connected on first use."""
+        if self._client is None:
+            self._client = DagoClient(config=self.config)
+        return self._client
+
+    def close(self) -> None:
+        """Close the client if one was made."""
+        if self._client is not None:
+            self._client.close()
+
+    def print(self, *lines: str) -> None:
+        """Lines to stdout."""
+        for line in lines:
+            print(line, file=self.out)
+        self.out.flush()
+
+    @property
+    def as_json(self) -> bool:
+        """Whether -o json was asked."""
+        return bool(self.args.output == "json")
+
+    # --- commands -------------------------------------------------------------------------
+
+    def submit(self) -> int:
+        """``submit FILE``: prints the run's id (then watches it with --watch)."""
+        req = load_request(self.args.file, parse_inputs(self.args.input or []))
+        resp = self.client.submit(req, request_id=self.args.request_id)
+        if self.as_json:
+            self.print(_json(resp))
+        else:
+            self.print(resp.graph_id)
+        if not resp.created:
+            print(f"(request_id matched an earlier run: {resp.graph_id})", file=self.err)
+        if self.args.watch:
+            return self._watch(resp.graph_id, 0, req.graph)
+        if self.args.wait:
+            return _EXIT_BY_STATE.get(self.client.wait(resp.graph_id).state, EXIT_ERROR)
+        return EXIT_OK
+
+    def validate(self) -> int:
+        """``validate FILE``: checks the graph on the server without running it."""
+        req = load_request(self.args.file, parse_inputs(self.args.input or []))
+        self.client.validate(req)
+        g = req.graph
+        self.print(
+            f"valid: {g.name or self.args.file} ({len(g.nodes)} nodes, {len(g.edges)} edges)"
+        )
+        return EXIT_OK
+
+    def status(self) -> int:
+        """``status ID``: the run's state and a table of its nodes."""
+        st = self.client.status(self.args.graph_id)
+        if self.as_json:
+            self.print(_json(st))
+            return EXIT_OK
+        u = st.usage
+        self.print(
+            f"run      {st.graph_id}" + (f" ({st.name})" if st.name else ""),
+            f"state    {state_name(st.state).upper()}",
+            f"created  {_when(st, 'create_time')}   ended {_when(st, 'end_time')}",
+            f"steps    {st.steps}   tokens {u.input_tokens} in / {u.output_tokens} out   "
+            f"cost ${u.cost_usd:.4f}",
+        )
+        if st.HasField("error") and st.error.message:
+            self.print(f"error    {st.error.message}")
+        self.print("")
+        wid = max([4, *(len(n.node_id) for n in st.nodes)])
+        self.print(f"{'NODE':<{wid}}  {'STATE':<9}  ATT  {'DURATION':>8}  ROUTE/ERROR")
+        for n in st.nodes:
+            dur = "-"
+            if n.HasField("start_time") and n.HasField("end_time"):
+                ms = (n.end_time.ToDatetime() - n.start_time.ToDatetime()).total_seconds() * 1000
+                dur = f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
+            note = n.route or (n.error.message if n.HasField("error") else "")
+            self.print(
+                f"{n.node_id:<{wid}}  {node_state_name(n.state):<9}  {n.attempt or '-':>3}  "
+                f"{dur:>8}  {note}"
+            )
+        return EXIT_OK
+
+    def result(self) -> int:
+        """``result ID``: the output of a finished run (exit code by its state)."""
+        res = self.client.result(self.args.graph_id)
+        if self.as_json:
+            self.print(_json(res))
+        else:
+            self.print(json.dumps(json_format.MessageToDict(res.output), indent=2))
+            if res.HasField("error") and res.error.message:
+                print(f"{state_name(res.state)}: {res.error.message}", file=self.err)
+        return _EXIT_BY_STATE.get(res.state, EXIT_ERROR)
+
+    def cancel(self) -> int:
+        """``cancel ID``."""
+        resp = self.client.cancel(self.args.graph_id, self.args.reason)
+        self.print(f"{self.args.graph_id} {state_name(resp.state)}")
+        return EXIT_OK
+
+    def list(self) -> int:
+        """``list``: runs, newest first, every page fetched up to --limit."""
+        limit = self.args.limit or None
+        runs = list(
+            self.client.list_graphs(self.args.status, page_size=self.args.page_size, limit=limit)
+        )
+        if self.as_json:
+            self.print(json.dumps([json_format.MessageToDict(g, True) for g in runs], indent=2))
+            return EXIT_OK
+        wid = max([8, *(len(g.graph_id) for g in runs)])
+        self.print(f"{'GRAPH ID':<{wid}}  {'STATE':<9}  {'CREATED':<19}  {'ENDED':<19}  NAME")
+        for g in runs:
+            self.print(
+                f"{g.graph_id:<{wid}}  {state_name(g.state):<9}  {_when(g, 'create_time'):<19}  "
+                f"{_when(g, 'end_time'):<19}  {g.name}"
+            )
+        return EXIT_OK
+
+    def watch(self) -> int:
+        """``watch ID``: the live view until the run ends (exit code by its state)."""
+        graph = self.client.get_graph(self.args.graph_id).graph
+        return self._watch(self.args.graph_id, self.args.after_seq, graph)
+
+    def _watch(self, graph_id: str, after_seq: int, graph: graph_pb2.Graph) -> int:
+        view = RunView(graph_id, graph)
+        live = self.out.isatty() and not self.args.plain and not self.as_json
+        screen = Screen(self.out, colour=live and not os.environ.get("NO_COLOR"))
+
+        def resumed(seq: int, attempt: int, err: DagoError) -> None:
+            note = f"stream dropped ({err.code.name}); resuming after event {seq}"
+            view.activity.append(note)
+            if not live:
+                print(note, file=self.err)
+
+        for ev in self.client.watch(graph_id, after_seq, heartbeats=live, on_resume=resumed):
+            if self.as_json:
+                self.print(
+                    json_format.MessageToJson(ev, preserving_proto_field_name=True, indent=None)
+                )
+                continue
+            lines = view.apply(ev)
+            if live:
+                screen.draw(view)
+            else:
+                self.print(*lines)
+        status = self.client.status(graph_id)
+        if live:
+            screen.draw(view, force=True)
+        if not self.as_json:
+            self.print("", *view.summary(status))
+        return _EXIT_BY_STATE.get(status.state, EXIT_ERROR)
+
+    def render(self) -> int:
+        """``render FILE|ID``: Mermaid or DOT; a run's node states as colours."""
+        target = self.args.source
+        states: dict[str, str] | None = None
+        if Path(target).is_file() or target == "-":
+            graph = load_request(target).graph
+        else:
+            graph = self.client.get_graph(target).graph
+            st = self.client.status(target)
+            states = {n.node_id: node_state_name(n.state) for n in st.nodes}
+        text = dot(graph, states) if self.args.format == "dot" else mermaid(graph, states)
+        self.out.write(text)
+        return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of dagoctl."""
+    p = argparse.ArgumentParser(
+        prog="dagoctl",
+        description="Submit, watch and inspect dago runs.",
+        epilog=__doc__.split("Exit codes", 1)[1].join(["Exit codes", ""]) if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--target", help="host:port of dago (env DAGO_TARGET; localhost:50051)")
+    p.add_argument("--api-key", help="API key (env DAGO_API_KEY; prefer the environment)")
+    p.add_argument("--tls", action="store_true", help="use TLS (env DAGO_TLS)")
+    p.add_argument("--tls-ca", help="PEM roots to trust (env DAGO_TLS_CA)")
+    p.add_argument("--timeout", type=float, help="seconds per call, retries included (30)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def inputs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-i",
+            "--input",
+            action="append",
+            metavar="K=V",
+            help="an input (JSON value or string; K=@file reads a file); repeatable",
+        )
+
+    s = sub.add_parser("submit", help="submit a graph file (YAML or JSON); prints the run id")
+    s.add_argument("file", help="graph file (YAML or JSON; - for stdin)")
+    inputs(s)
+    s.add_argument("--request-id", help="idempotency key (default: a new one)")
+    s.add_argument("-w", "--watch", action="store_true", help="then watch it live")
+    s.add_argument("--wait", action="store_true", help="then wait for the end (exit by state)")
+    s.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    v = sub.add_parser("validate", help="check a graph file on the server without running it")
+    v.add_argument("file")
+    inputs(v)
+    for name, text in (("status", "a run's state and nodes"), ("result", "a run's output")):
+        sub.add_parser(name, help=text).add_argument("graph_id")
+    c = sub.add_parser("cancel", help="cancel a run")
+    c.add_argument("graph_id")
+    c.add_argument("--reason", default="cancelled with dagoctl")
+    ls = sub.add_parser("list", help="list runs, newest first")
+    ls.add_argument("--status", "--state", dest="status", help="completed, failed, running...")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
+    ls.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
+    w = sub.add_parser("watch", help="watch a run live until it ends")
+    w.add_argument("graph_id")
+    w.add_argument("--after-seq", type=int, default=0, help="resume after this event")
+    w.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    r = sub.add_parser("render", help="a graph file or a run as Mermaid or Graphviz DOT")
+    r.add_argument("source", help="graph file, or a run id (node states coloured)")
+    r.add_argument("-f", "--format", choices=("mermaid", "dot"), default="mermaid")
+    return p
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Run dagoctl; returns the exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = parser().parse_args(argv)
+    cli = Cli(args, out, err)
+    try:
+        code: int = getattr(cli, args.command)()
+        return code
+    except DagoError as e:
+        print(f"dagoctl: {e.code.name}: {e.message}", file=err)
+        for fv in e.field_violations:
+            print(f"  {fv.field}: {fv.description}", file=err)
+        for pv in e.precondition_violations:
+            print(f"  {pv.subject}: {pv.description}", file=err)
+        if e.code == grpc.StatusCode.UNAVAILABLE:
+            print(f"  (is dago running at {cli.config.target}? try `make run`)", file=err)
+        return _EXIT_BY_CODE.get(e.code, EXIT_ERROR)
+    except GraphFileError as e:
+        print(f"dagoctl: invalid input: {e}", file=err)
+        return EXIT_INVALID
+    except ValueError as e:  # e.g. an unknown --status
+        print(f"dagoctl: {e}", file=err)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        cli.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The blocking client of dago's OrchestratorService, on the generated stubs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago_client._common import (
+    RECONNECT_OPTIONS,
+    RESUMABLE_CODES,
+    TERMINAL_EVENTS,
+    backoff,
+    parse_state,
+    submit_request,
+)
+from dago_client.aio import OnResume
+from dago_client.config import ClientConfig
+from dago_client.errors import DagoError, UnavailableError, from_rpc_error
+
+Resp = TypeVar("Resp")
+
+
+class DagoClient:
+    """dago's API for blocking code; the same methods as :class:`AsyncDagoClient`.
+
+    ``DagoClient()`` reads ``DAGO_TARGET``, ``DAGO_API_KEY`` and ``DAGO_TLS*``; keyword
+    arguments override them. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        timeout_s: float | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.config = config or ClientConfig.from_env(
+            target=target, api_key=api_key, tls=tls, tls_ca=tls_ca, timeout_s=timeout_s
+        )
+        options = self.config.channel_options() + RECONNECT_OPTIONS
+        creds = self.config.credentials()
+        if creds is None:
+            self.channel = grpc.insecure_channel(self.config.address, options=options)
+        else:
+            self.channel = grpc.secure_channel(self.config.address, creds, options=options)
+        self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
+        self._metadata = self.config.metadata()
+
+    def __enter__(self) -> DagoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def _call(
+        self,
+        method: Callable[..., Resp],
+        request: Any,
+        *,
+        idempotent: bool,
+        deadline_s: float | None,
+    ) -> Resp:
+        total = self.config.timeout_s if deadline_s is None else deadline_s
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                return method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                if (
+                    not idempotent
+                    or err.code != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.config.max_attempts
+                ):
+                    raise err from None
+                delay = err.retry_delay_s or backoff(
+                    attempt, self.config.initial_backoff_s, self.config.max_backoff_s
+                )
+                if time.monotonic() + delay >= deadline:
+                    raise err from None
+                time.sleep(delay)
+
+    def submit(
+        self,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        validate_only: bool = False,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.SubmitGraphResponse:
+        """Submit a graph (or a whole SubmitGraphRequest); ``inputs`` are merged into its
+        inputs. Without a request_id one is generated, which makes retries safe."""
+        req = submit_request(graph, inputs, request_id, validate_only)
+        return self._call(self.stub.SubmitGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    def validate(
+        self,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.SubmitGraphResponse:
+        """Validate only (``validate_only``); raises InvalidArgumentError when invalid."""
+        return self.submit(graph, inputs, validate_only=True, deadline_s=deadline_s)
+
+    def get_graph(
+        self, graph_id: str, *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.GetGraphResponse:
+        """The graph and inputs of a run, as submitted."""
+        req = orchestrator_pb2.GetGraphRequest(graph_id=graph_id)
+        return self._call(self.stub.GetGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    def status(
+        self, graph_id: str, *, deadline_s: float | None = None
+    ) -> execution_pb2.GraphStatus:
+        """The state of a run: per-node states, attempts, timings, usage."""
+        req = orchestrator_pb2.GetGraphStatusRequest(graph_id=graph_id)
+        return self._call(
+            self.stub.GetGraphStatus, req, idempotent=True, deadline_s=deadline_s
+        ).status
+
+    def result(
+        self, graph_id: str, *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.GetGraphResultResponse:
+        """The outputs of a finished run (FailedPreconditionError while it runs)."""
+        req = orchestrator_pb2.GetGraphResultRequest(graph_id=graph_id)
+        return self._call(self.stub.GetGraphResult, req, idempotent=True, deadline_s=deadline_s)
+
+    def cancel(
+        self, graph_id: str, reason: str = "", *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.CancelGraphResponse:
+        """Cancel a run (cancelling a cancelled run succeeds again, so it is retried)."""
+        req = orchestrator_pb2.CancelGraphRequest(graph_id=graph_id, reason=reason)
+        return self._call(self.stub.CancelGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    def list_graphs_page(
+        self,
+        state: str | int | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.ListGraphsResponse:
+        """One page of runs, newest first."""
+        req = orchestrator_pb2.ListGraphsRequest(
+            page_size=page_size, page_token=page_token, state=parse_state(state)
+        )
+        return self._call(self.stub.ListGraphs, req, idempotent=True, deadline_s=deadline_s)
+
+    def list_graphs(
+        self, state: str | int | None = None, page_size: int = 100, limit: int | None = None
+    ) -> Iterator[orchestrator_pb2.GraphSummary]:
+        """Every run (or the first ``limit``), newest first, fetching pages as needed."""
+        token, seen = "", 0
+        while True:
+            page = self.list_graphs_page(state, page_size, token)
+            for g in page.graphs:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield g
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_events(
+        self, graph_id: str, after_seq: int = 0, page_size: int = 100
+    ) -> Iterator[execution_pb2.Event]:
+        """The stored events of a run after ``after_seq``, in order, page by page."""
+        token = ""
+        while True:
+            req = orchestrator_pb2.ListGraphEventsRequest(
+                graph_id=graph_id, page_size=page_size, page_token=token, after_seq=after_seq
+            )
+            page = self._call(self.stub.ListGraphEvents, req, idempotent=True, deadline_s=None)
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch(
+        self,
+        graph_id: str,
+        after_seq: int = 0,
+        *,
+        heartbeats: bool = False,
+        idle_timeout_s: float | None = 60.0,
+        max_resumes: int = 20,
+        on_resume: OnResume | None = None,
+    ) -> Iterator[execution_pb2.Event]:
+        """A run's events after ``after_seq`` in order, ending after the terminal event;
+        resumed after a dropped stream like :meth:`AsyncDagoClient.watch`."""
+        last = after_seq
+        failures = 0
+        while True:
+            req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=last)
+            call: Any = self.stub.WatchGraph(req, metadata=self._metadata)
+            # A quiet stream (no heartbeat either) is cancelled by this timer and resumed.
+            idle = threading.Event()
+
+            def expire(c: Any = call, flag: threading.Event = idle) -> None:
+                flag.set()
+                c.cancel()
+
+            timer: threading.Timer | None = None
+
+            def arm() -> None:
+                nonlocal timer
+                if timer is not None:
+                    timer.cancel()
+                if idle_timeout_s:
+                    timer = threading.Timer(idle_timeout_s, expire)
+                    timer.daemon = True
+                    timer.start()
+
+            err: DagoError
+            try:
+                arm()
+                for msg in call:
+                    arm()
+                    failures = 0
+                    ev = msg.event
+                    kind = ev.WhichOneof("payload")
+                    if kind == "heartbeat":
+                        if heartbeats:
+                            yield ev
+                        continue
+                    if ev.seq <= last:
+                        continue
+                    last = ev.seq
+                    yield ev
+                    if kind in TERMINAL_EVENTS:
+                        return
+                err = UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE, "the watch stream ended before the run finished"
+                )
+            except grpc.RpcError as e:
+                if idle.is_set():
+                    err = UnavailableError(
+                        grpc.StatusCode.UNAVAILABLE, f"no message for {idle_timeout_s}s"
+                    )
+                else:
+                    err = from_rpc_error(e)
+                    if err.code not in RESUMABLE_CODES:
+                        raise err from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                call.cancel()
+            failures += 1
+            if failures > max_resumes:
+                raise err
+            if on_resume is not None:
+                on_resume(last, failures, err)
+            time.sleep(backoff(failures, self.config.initial_backoff_s, self.config.max_backoff_s))
+
+    def wait(self, graph_id: str) -> execution_pb2.GraphStatus:
+        """Watch a run to its end; returns its final status."""
+        for _ in self.watch(graph_id):
+            pass
+        return self.status(graph_id)
