@@ -35,7 +35,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean
+.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean bench
 
 help: ## Show this help
 	@echo "Usage: make <target> [PYTEST_ARGS=...]"
@@ -120,6 +120,9 @@ typecheck: setup ## mypy --strict on service/ (and clients/python)
 test: setup ## Run pytest (extra arguments: PYTEST_ARGS="-k foo -x")
 	$(call say,pytest $(PYTEST_ARGS))
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup ## Benchmark dago vs Celery on a private Redis; writes bench/REPORT.md + chart.png (BENCH_SCALE=...)
+	$(PY) bench/run.py
 
 run: setup ## Run dago in dev mode (python -m dago dev)
 	$(PY) -m dago dev
