@@ -113,33 +113,39 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-class BearerKey(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Sends ``authorization: Bearer <key>`` with every call (what dago clients do)."""
+def _with_key(details: Any, key: str) -> Any:
+    metadata = [*(details.metadata or ()), ("authorization", f"Bearer {key}")]
+    return details._replace(metadata=metadata)
 
+
+class _BearerUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def __init__(self, key: str) -> None:
         self._key = key
 
-    def _details(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._key}")]
-        return details._replace(metadata=metadata)
-
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        """Add the key to a unary call."""
-        return await continuation(self._details(details), request)
+        return await continuation(_with_key(details, self._key), request)
+
+
+class _BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, key: str) -> None:
+        self._key = key
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        """Add the key to a server-streaming call."""
-        return await continuation(self._details(details), request)
+        return await continuation(_with_key(details, self._key), request)
+
+
+def bearer_key(key: str) -> list[Any]:
+    """Client interceptors sending ``authorization: Bearer <key>`` with every unary and
+    server-streaming call (what dago clients do). gRPC files an interceptor under one call
+    kind only, hence one object per kind."""
+    return [_BearerUnary(key), _BearerStream(key)]
 
 
 class Client:
     """A gRPC client of one API address, with helpers the tests share."""
 
     def __init__(self, target: str, api_key: str = "") -> None:
-        interceptors = [BearerKey(api_key)] if api_key else None
+        interceptors = bearer_key(api_key) if api_key else None
         self.channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
         self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
 
@@ -229,6 +235,7 @@ class InProcessStack:
         for n in range(self._workers):
             w = build_worker(dataclasses.replace(self.settings, worker_id=f"w{n}"))
             self._tasks.append(asyncio.create_task(w.run(self._stop)))
+        self.port = api.port
         self.client = Client(f"127.0.0.1:{api.port}")
         return self
 
@@ -435,6 +442,7 @@ def error_details(err: grpc.aio.AioRpcError) -> list[Any]:
         error_details_pb2.ErrorInfo,
         error_details_pb2.ResourceInfo,
         error_details_pb2.RetryInfo,
+        error_details_pb2.QuotaFailure,
     )
     out: list[Any] = []
     for packed in status.details:

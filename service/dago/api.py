@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from dago import errors
+from dago.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.cel import CelCompiler
 from dago.config import Settings
 from dago.errors import guard, guard_stream
@@ -41,13 +42,22 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         options: CompileOptions,
         graphs: GraphCache,
         hub: EventHub,
+        auth: Authenticator,
     ) -> None:
+        self._auth = auth
         self._store = store
         self._settings = settings
         self._cel = cel
         self._options = options
         self._graphs = graphs
         self._hub = hub
+
+    def _owned(self, graph_id: str, ns: bytes | None) -> None:
+        """NOT_FOUND unless the caller's namespace owns the graph: another namespace's
+        graphs are indistinguishable from graphs that do not exist."""
+        owner = ns.decode() if ns else DEFAULT_NAMESPACE
+        if owner != self._auth.current():
+            raise errors.not_found("graph", graph_id)
 
     def _shard(self, graph_id: str, field: str = "graph_id") -> int:
         if not graph_id:
@@ -68,6 +78,15 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required")
         inputs = to_plain(request.inputs)
+        inputs_json = dumps(inputs)
+        size = len(inputs_json.encode())
+        if size > self._settings.max_inputs_bytes:
+            raise errors.invalid_field(
+                "inputs",
+                f"is {size} bytes as JSON; the limit is {self._settings.max_inputs_bytes} "
+                "(DAGO_MAX_INPUTS_BYTES): pass large data by reference (a URL or an id)",
+            )
+        namespace = self._auth.current()
         try:
             compiled = compile_graph(request.graph, inputs, self._cel, self._options)
         except GraphInvalid as e:
@@ -75,9 +94,23 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
 
+        limit = self._settings.max_active_graphs
+        if limit and (
+            await self._store.active_graphs(
+                namespace, (execution_pb2.GRAPH_STATE_SUBMITTED, execution_pb2.GRAPH_STATE_RUNNING)
+            )
+            >= limit
+        ):
+            raise errors.resource_exhausted(
+                f"namespace:{namespace}",
+                f"namespace {namespace!r} already has {limit} graphs submitted or running (the "
+                "limit is DAGO_MAX_ACTIVE_GRAPHS); retry when some have finished",
+                limit,
+            )
         shards = self._settings.shards
         # The request record and the graph share a slot so one script checks and creates.
-        shard = _stable_shard(rid, shards) if rid else random.randrange(shards)
+        scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
+        shard = _stable_shard(scoped, shards) if rid else random.randrange(shards)
         graph_id = new_graph_id(shard)
         body = orchestrator_pb2.SubmitGraphRequest()
         body.CopyFrom(request)
@@ -96,7 +129,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             digest,
             g.name,
             g.SerializeToString(),
-            dumps(inputs),
+            inputs_json,
             dumps(list(compiled.nodes)),
             dumps(compiled.entries),
             g.limits.max_steps,
@@ -104,6 +137,8 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             repr(g.limits.max_cost_usd),
             int(deadline_s * 1000),
             self._settings.retention_s,
+            namespace,
+            self._settings.max_events_per_graph,
         ]
         for name, value in compiled.topology.items():
             args += [name, value]
@@ -120,6 +155,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             graph_id=gid,
             created=status == "created",
             state=execution_pb2.GraphState.ValueType(state),
+            namespace=namespace,
         )
 
     @guard
@@ -128,13 +164,16 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.GetGraphResponse:
         """The definition and inputs as submitted."""
         shard = self._shard(request.graph_id)
-        raw_def, raw_inputs = await self._store.graph_fields(
-            shard, request.graph_id, "def", "inputs"
+        raw_def, raw_inputs, ns = await self._store.graph_fields(
+            shard, request.graph_id, "def", "inputs", "ns"
         )
         if raw_def is None:
             raise errors.not_found("graph", request.graph_id)
+        self._owned(request.graph_id, ns)
         resp = orchestrator_pb2.GetGraphResponse(
-            graph=graph_pb2.Graph.FromString(raw_def), graph_id=request.graph_id
+            graph=graph_pb2.Graph.FromString(raw_def),
+            graph_id=request.graph_id,
+            namespace=self._auth.current(),
         )
         resp.inputs.update(json.loads(raw_inputs or b"{}"))
         return resp
@@ -148,8 +187,10 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         meta, nodes, attempts = await self._store.snapshot(shard, request.graph_id)
         if not meta:
             raise errors.not_found("graph", request.graph_id)
+        self._owned(request.graph_id, meta.get(b"ns"))
         graph = graph_pb2.Graph.FromString(meta[b"def"])
         status = graph_status(request.graph_id, meta, nodes, attempts, graph)
+        status.namespace = self._auth.current()
         return orchestrator_pb2.GetGraphStatusResponse(status=status)
 
     @guard
@@ -161,6 +202,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         meta, nodes, _ = await self._store.snapshot(shard, request.graph_id, attempts=False)
         if not meta:
             raise errors.not_found("graph", request.graph_id)
+        self._owned(request.graph_id, meta.get(b"ns"))
         state = graph_state(meta)
         if state not in TERMINAL_STATES:
             raise errors.failed_precondition(
@@ -183,6 +225,9 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         reason = request.reason or "cancelled by a client"
         if len(reason) > 1024:
             raise errors.invalid_field("reason", "use at most 1024 characters")
+        # A graph's namespace never changes, so checking before the script is safe.
+        (ns,) = await self._store.graph_fields(shard, request.graph_id, "ns")
+        self._owned(request.graph_id, ns)
         outcome, state = await self._store.cancel(shard, request.graph_id, reason)
         if outcome == "missing":
             raise errors.not_found("graph", request.graph_id)
@@ -208,7 +253,9 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         before = _decode_token(request.page_token) if request.page_token else None
         found: list[tuple[int, str]] = []
         for shard in range(self._settings.shards):
-            for gid, score in await self._store.list_ids(shard, request.state, before, size + 1):
+            for gid, score in await self._store.list_ids(
+                shard, request.state, before, size + 1, self._auth.current()
+            ):
                 found.append((score, gid))
         found.sort(reverse=True)
         page = found[:size]
@@ -219,6 +266,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         for (_, gid), meta in zip(page, metas, strict=True):
             if meta:
                 resp.graphs.append(summary(gid, meta))
+                resp.graphs[-1].namespace = self._auth.current()
         if len(found) > size:
             resp.next_page_token = _encode_token(page[-1])
         return resp
@@ -231,9 +279,12 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         shard = self._shard(request.graph_id)
         if request.after_seq < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
-        state, seq = await self._store.graph_fields(shard, request.graph_id, "state", "seq")
+        state, seq, ns = await self._store.graph_fields(
+            shard, request.graph_id, "state", "seq", "ns"
+        )
         if state is None:
             raise errors.not_found("graph", request.graph_id)
+        self._owned(request.graph_id, ns)
         if int(state) in TERMINAL_STATES and request.after_seq >= int(seq or 0):
             return
         async for ev in self._hub.watch(shard, request.graph_id, request.after_seq):
@@ -260,9 +311,10 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 ) from None
         if after < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
-        (state,) = await self._store.graph_fields(shard, request.graph_id, "state")
+        state, ns = await self._store.graph_fields(shard, request.graph_id, "state", "ns")
         if state is None:
             raise errors.not_found("graph", request.graph_id)
+        self._owned(request.graph_id, ns)
         events = await self._store.events(shard, request.graph_id, after, size)
         resp = orchestrator_pb2.ListGraphEventsResponse(
             events=[decode(request.graph_id, seq, f) for seq, f in events]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from dago.api import Orchestrator
+from dago.auth import Authenticator, ServerGuard
 from dago.cel import CelCompiler
 from dago.config import Settings
 from dago.graphcache import GraphCache
@@ -38,8 +39,10 @@ def build_api(settings: Settings) -> ApiServer:
     """The API process: gRPC server, event hub, sweeper."""
     store, cel, options = _common(settings)
     hub = EventHub(store, settings.heartbeat_ms, settings.cluster)
-    api = Orchestrator(store, settings, cel, options, GraphCache(store, cel, options), hub)
-    return ApiServer(settings, store, api, hub, _registry())
+    auth = Authenticator(settings)
+    graphs = GraphCache(store, cel, options)
+    api = Orchestrator(store, settings, cel, options, graphs, hub, auth)
+    return ApiServer(settings, store, api, hub, _registry(), ServerGuard(auth))
 
 
 def _registry() -> CollectorRegistry:

@@ -97,6 +97,21 @@ def already_exists(subject: str, description: str) -> ApiError:
     return ApiError(grpc.StatusCode.ALREADY_EXISTS, description, [info])
 
 
+def unauthenticated(reason: str, message: str) -> ApiError:
+    """UNAUTHENTICATED (HTTP 401 through Envoy) with ErrorInfo saying what was wrong."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain="dago.v1")
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, message, [info])
+
+
+def resource_exhausted(subject: str, description: str, limit: int) -> ApiError:
+    """RESOURCE_EXHAUSTED (HTTP 429 through Envoy) with a QuotaFailure naming the quota."""
+    qf = error_details_pb2.QuotaFailure()
+    qf.violations.add(subject=subject, description=description)
+    info = error_details_pb2.ErrorInfo(reason="QUOTA_EXCEEDED", domain="dago.v1")
+    info.metadata["limit"] = str(limit)
+    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, description, [qf, info])
+
+
 def _translate(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc

@@ -56,13 +56,18 @@ class ShardKeys:
         """Capped stream of cancellations for workers."""
         return f"{self.tag}:control"
 
-    def index(self, state: str = "") -> str:
-        """Sorted set of graph ids by creation time, optionally for one state."""
-        return f"{self.tag}:index" + (f":{state}" if state else "")
+    def _ns(self, namespace: str) -> str:
+        # The default namespace (every graph when authentication is off) keeps the plain
+        # names; any other namespace has its own family, so a listing never mixes them.
+        return self.tag if namespace in ("", "default") else f"{self.tag}:ns:{namespace}"
 
-    def request(self, request_id: str) -> str:
-        """Idempotency record of a SubmitGraph request_id."""
-        return f"{self.tag}:req:{request_id}"
+    def index(self, state: str = "", namespace: str = "default") -> str:
+        """Sorted set of a namespace's graph ids by creation time, optionally for one state."""
+        return f"{self._ns(namespace)}:index" + (f":{state}" if state else "")
+
+    def request(self, request_id: str, namespace: str = "default") -> str:
+        """Idempotency record of a SubmitGraph request_id (request ids are per namespace)."""
+        return f"{self._ns(namespace)}:req:{request_id}"
 
     def graph(self, graph_id: str) -> GraphKeys:
         """Keys of one graph on this shard."""

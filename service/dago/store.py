@@ -243,7 +243,7 @@ class Store:
     async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:
         """Summary fields of several graphs (any shards) in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        names = ["name", "state", "created", "ended", "request_id"]
+        names = ["name", "state", "created", "ended", "request_id", "ns"]
         for shard, gid in graphs:
             pipe.hmget(self.keys.shard(shard).graph(gid).meta, names)
         res = await pipe.execute()
@@ -260,10 +260,16 @@ class Store:
         return [(int(mid.split(b"-")[1]), fields) for mid, fields in res]
 
     async def list_ids(
-        self, shard: int, state: int, before: tuple[int, str] | None, count: int
+        self,
+        shard: int,
+        state: int,
+        before: tuple[int, str] | None,
+        count: int,
+        namespace: str = "default",
     ) -> list[tuple[str, int]]:
-        """Graph ids of one shard, newest first, strictly before ``before`` (score, id)."""
-        key = self.keys.shard(shard).index(str(state) if state else "")
+        """Graph ids of one shard and namespace, newest first, strictly before ``before``
+        (score, id)."""
+        key = self.keys.shard(shard).index(str(state) if state else "", namespace)
         hi: str | int = "+inf" if before is None else before[0]
         out: list[tuple[str, int]] = []
         offset = 0
@@ -280,6 +286,15 @@ class Store:
                 if before is None or (entry[1], entry[0]) < before:
                     out.append(entry)
         return out[:count]
+
+    async def active_graphs(self, namespace: str, states: Sequence[int]) -> int:
+        """How many graphs of ``namespace`` are in ``states``, over every shard (one round
+        trip; on a cluster the shards' slots are read in parallel, not atomically)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sk in self.keys.all_shards():
+            for state in states:
+                pipe.zcard(sk.index(str(state), namespace))
+        return sum(int(n) for n in await pipe.execute())
 
     async def follow(
         self, keys: Sequence[str], block_ms: int

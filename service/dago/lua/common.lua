@@ -67,10 +67,23 @@ local function stop_work(gid, node, attempt)
   controls[gid .. '\0' .. (node or '')] = {gid, node or '', attempt or ''}
 end
 
+-- Each namespace lists its own graphs: the default one uses the shard's plain index, any
+-- other its own family (mirrors ShardKeys.index / ShardKeys.request in dago/keys.py).
+local function nsindex(ns)
+  if not ns or ns == '' or ns == 'default' then return INDEX end
+  return TAG .. ':ns:' .. ns .. ':index'
+end
+
+local function reqkey(ns, rid)
+  if not ns or ns == '' or ns == 'default' then return TAG .. ':req:' .. rid end
+  return TAG .. ':ns:' .. ns .. ':req:' .. rid
+end
+
 local function index_move(gid, from_state, to_state)
-  local created = redis.call('HGET', gkey(gid), 'created')
-  redis.call('ZREM', INDEX .. ':' .. from_state, gid)
-  redis.call('ZADD', INDEX .. ':' .. to_state, created, gid)
+  local v = redis.call('HMGET', gkey(gid), 'created', 'ns')
+  local idx = nsindex(v[2])
+  redis.call('ZREM', idx .. ':' .. from_state, gid)
+  redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
 end
 
 local function dispatch(gid, node, attempt, iter)
@@ -114,9 +127,11 @@ local function end_graph(gid, state, etype, detail, err)
   for _, suffix in ipairs({'', ':n', ':t', ':a', ':e'}) do
     redis.call('EXPIRE', gk .. suffix, ttl)
   end
-  local rid = redis.call('HGET', gk, 'request_id')
-  if rid and rid ~= '' then redis.call('EXPIRE', TAG .. ':req:' .. rid, ttl) end
-  redis.call('ZADD', TIMERS, NOW + ttl * 1000, 'x|' .. gid)
+  local r = redis.call('HMGET', gk, 'request_id', 'ns')
+  if r[1] and r[1] ~= '' then redis.call('EXPIRE', reqkey(r[2], r[1]), ttl) end
+  local xs = 'x|' .. gid
+  if r[2] and r[2] ~= '' and r[2] ~= 'default' then xs = xs .. '|' .. r[2] end
+  redis.call('ZADD', TIMERS, NOW + ttl * 1000, xs)
   redis.call('ZREM', TIMERS, 'd|' .. gid)
 end
 

@@ -1,8 +1,9 @@
 -- Creates a graph run and dispatches its entry nodes, or returns the run an earlier
 -- submission with the same request_id created.
 -- ARGV: tag, gid, request_id, body_hash, name, def, inputs, ids(json), entries(json),
---       max_steps, max_tokens, max_cost, deadline_ms, retention_s, then topology field/value pairs.
-local gid, rid, hash = ARGV[2], ARGV[3], ARGV[4]
+--       max_steps, max_tokens, max_cost, deadline_ms, retention_s, namespace, max_events,
+--       then topology field/value pairs.
+local gid, rid, hash, ns = ARGV[2], ARGV[3], ARGV[4], ARGV[15]
 local gk = gkey(gid)
 -- The client may run a script again when a reply is lost; a fresh graph id that already
 -- exists can only be this very submission.
@@ -10,7 +11,7 @@ if redis.call('EXISTS', gk) == 1 then
   return {'created', gid, tonumber(redis.call('HGET', gk, 'state')) or 0}
 end
 if rid ~= '' then
-  local rk = TAG .. ':req:' .. rid
+  local rk = reqkey(ns, rid)
   local v = redis.call('HMGET', rk, 'g', 'h')
   if v[1] then
     if v[2] ~= hash then return {'conflict', v[1], 0} end
@@ -23,15 +24,16 @@ local entries = cjson.decode(ARGV[9])
 redis.call('HSET', gk, 'state', G_SUBMITTED, 'name', ARGV[5], 'created', NOW, 'seq', 0,
   'steps', 0, 'open', #ids, 'def', ARGV[6], 'inputs', ARGV[7], 'ids', ARGV[8],
   'max_steps', ARGV[10], 'max_tokens', ARGV[11], 'max_cost', ARGV[12], 'retention', ARGV[14],
-  'request_id', rid)
+  'request_id', rid, 'ns', ns, 'max_events', ARGV[16])
 local tk = gk .. ':t'
-for i = 15, #ARGV, 2 do redis.call('HSET', tk, ARGV[i], ARGV[i + 1]) end
+for i = 17, #ARGV, 2 do redis.call('HSET', tk, ARGV[i], ARGV[i + 1]) end
 local nk = nkey(gid)
 for _, node in ipairs(ids) do
   redis.call('HSET', nk, node .. ':s', PENDING, node .. ':a', 0, node .. ':i', 1)
 end
-redis.call('ZADD', INDEX, NOW, gid)
-redis.call('ZADD', INDEX .. ':' .. G_SUBMITTED, NOW, gid)
+local idx = nsindex(ns)
+redis.call('ZADD', idx, NOW, gid)
+redis.call('ZADD', idx .. ':' .. G_SUBMITTED, NOW, gid)
 emit(gid, 'graph_submitted', nil, nil, nil, jstr({name = ARGV[5], entries = entries}))
 for _, node in ipairs(entries) do dispatch(gid, node, 1, 1) end
 local deadline = tonumber(ARGV[13])

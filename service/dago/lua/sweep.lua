@@ -39,8 +39,9 @@ for _, member in ipairs(due) do
       fail_graph(gid, jstr({c = 7, m = 'the graph ran past its deadline (limits.deadline)', r = false}), nil)
     end
   elseif kind == 'x' then
-    redis.call('ZREM', INDEX, gid)
-    for s = G_SUBMITTED, G_CANCELLED do redis.call('ZREM', INDEX .. ':' .. s, gid) end
+    local idx = nsindex(p[3])
+    redis.call('ZREM', idx, gid)
+    for s = G_SUBMITTED, G_CANCELLED do redis.call('ZREM', idx .. ':' .. s, gid) end
   end
 end
 flush()

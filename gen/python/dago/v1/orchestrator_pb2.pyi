@@ -71,22 +71,26 @@ class SubmitGraphResponse(_message.Message):
     GRAPH_ID_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id (empty for validate_only)."""
     created: _builtins.bool
     """False when request_id matched an earlier submission."""
     state: _execution_pb2.GraphState.ValueType
     """The run's state now."""
+    namespace: _builtins.str
+    """Output only. The namespace the run belongs to (the API key's)."""
     def __init__(
         self,
         *,
         graph_id: _builtins.str = ...,
         created: _builtins.bool = ...,
         state: _execution_pb2.GraphState.ValueType = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "graph_id", b"graph_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "graph_id", b"graph_id", "namespace", b"namespace", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,8 +127,11 @@ class GetGraphResponse(_message.Message):
     GRAPH_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     GRAPH_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
+    namespace: _builtins.str
+    """Output only. The namespace the run belongs to."""
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph as submitted."""
@@ -139,10 +146,11 @@ class GetGraphResponse(_message.Message):
         graph: _graph_pb2.Graph | None = ...,
         inputs: _struct_pb2.Struct | None = ...,
         graph_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "graph_id", b"graph_id", "inputs", b"inputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "graph_id", b"graph_id", "inputs", b"inputs", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,6 +413,7 @@ class GraphSummary(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -413,6 +422,8 @@ class GraphSummary(_message.Message):
     """Its state."""
     request_id: _builtins.str
     """Its request_id."""
+    namespace: _builtins.str
+    """Output only. The namespace the run belongs to."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -430,10 +441,11 @@ class GraphSummary(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "graph_id", b"graph_id", "name", b"name", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

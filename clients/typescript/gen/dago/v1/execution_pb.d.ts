@@ -356,6 +356,14 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: string request_id = 12;
    */
   requestId: string;
+
+  /**
+   * Output only. The namespace the graph belongs to (the API key's; "default"
+   * when authentication is off).
+   *
+   * @generated from field: string namespace = 13;
+   */
+  namespace: string;
 };
 
 /**

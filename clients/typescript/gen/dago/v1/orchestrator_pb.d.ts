@@ -81,6 +81,13 @@ export declare type SubmitGraphResponse = Message<"dago.v1.SubmitGraphResponse">
    * @generated from field: dago.v1.GraphState state = 3;
    */
   state: GraphState;
+
+  /**
+   * Output only. The namespace the run belongs to (the API key's).
+   *
+   * @generated from field: string namespace = 4;
+   */
+  namespace: string;
 };
 
 /**
@@ -135,6 +142,13 @@ export declare type GetGraphResponse = Message<"dago.v1.GetGraphResponse"> & {
    * @generated from field: string graph_id = 3;
    */
   graphId: string;
+
+  /**
+   * Output only. The namespace the run belongs to.
+   *
+   * @generated from field: string namespace = 4;
+   */
+  namespace: string;
 };
 
 /**
@@ -413,6 +427,13 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: string request_id = 6;
    */
   requestId: string;
+
+  /**
+   * Output only. The namespace the run belongs to.
+   *
+   * @generated from field: string namespace = 7;
+   */
+  namespace: string;
 };
 
 /**

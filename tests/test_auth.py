@@ -1,0 +1,314 @@
+"""Authentication by API key and authorization by namespace, against a real server.
+
+Two keys in two namespaces act on their own graphs only; everything about another
+namespace's graph answers NOT_FOUND (never PERMISSION_DENIED, which would confirm it exists).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from dago.auth import hash_key, new_key
+from dago.v1 import execution_pb2, orchestrator_pb2
+from harness import (
+    ROOT,
+    Client,
+    InProcessStack,
+    echo,
+    error_details,
+    eventually,
+    request,
+    rpc_error,
+    stack_settings,
+    tool,
+)
+from redisfixture import RedisServer
+
+KEY_A = new_key()
+KEY_B = new_key()
+KEYS = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b"
+
+
+@pytest.fixture
+async def stack(redis_single: RedisServer, key_prefix: str) -> AsyncIterator[InProcessStack]:
+    settings = stack_settings(redis_single.url, key_prefix, auth="keys", api_keys=KEYS)
+    async with InProcessStack(settings) as s:
+        yield s
+
+
+async def clients(stack: InProcessStack) -> tuple[Client, Client]:
+    return Client(f"127.0.0.1:{stack.port}", KEY_A), Client(f"127.0.0.1:{stack.port}", KEY_B)
+
+
+def reason(err: grpc.aio.AioRpcError) -> str:
+    infos = [d for d in error_details(err) if isinstance(d, error_details_pb2.ErrorInfo)]
+    return infos[0].reason if infos else ""
+
+
+async def test_calls_without_a_valid_key_are_unauthenticated_and_say_what_to_send(
+    stack: InProcessStack,
+) -> None:
+    req = request([echo("a", x=1)])
+    anonymous = stack.client  # the harness client sends no key
+    err = await rpc_error(anonymous.submit(req))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "authorization: Bearer" in (err.details() or "")
+    assert reason(err) == "API_KEY_MISSING"
+
+    wrong = Client(f"127.0.0.1:{stack.port}", new_key())
+    bad_scheme = grpc.aio.insecure_channel(f"127.0.0.1:{stack.port}")
+    try:
+        err = await rpc_error(wrong.submit(req))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and reason(err) == "API_KEY_INVALID"
+        err = await rpc_error(wrong.status("0-x"))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The hash of a valid key is not a key.
+        hashed = Client(f"127.0.0.1:{stack.port}", hash_key(KEY_A))
+        err = await rpc_error(hashed.submit(req))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        await hashed.close()
+        # A streaming call is refused the same way.
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await wrong.watch("0-x")
+        assert streamed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+        call = bad_scheme.unary_unary(
+            f"/{stub.full_name}/ListGraphs",
+            request_serializer=orchestrator_pb2.ListGraphsRequest.SerializeToString,
+            response_deserializer=orchestrator_pb2.ListGraphsResponse.FromString,
+        )
+        err = await rpc_error(
+            call(orchestrator_pb2.ListGraphsRequest(), metadata=[("authorization", KEY_A)])
+        )
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason(err) == "API_KEY_MALFORMED"
+        # The right key works with any capitalisation of the scheme.
+        ok = await call(
+            orchestrator_pb2.ListGraphsRequest(), metadata=[("authorization", f"bearer {KEY_A}")]
+        )
+        assert list(ok.graphs) == []
+    finally:
+        await wrong.close()
+        await bad_scheme.close()
+
+
+async def test_health_and_reflection_stay_open(stack: InProcessStack) -> None:
+    channel = stack.client.channel
+    stub_h = health_pb2_grpc.HealthStub(channel)
+
+    async def serving() -> bool:
+        r = await stub_h.Check(health_pb2.HealthCheckRequest())  # no key, no error
+        return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
+
+    await eventually(serving)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = [
+        r
+        async for r in stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+    ]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert "dago.v1.OrchestratorService" in names
+
+
+async def test_a_key_acts_only_on_its_own_namespace(stack: InProcessStack) -> None:
+    a, b = await clients(stack)
+    try:
+        ga, st = await a.run(request([echo("a", x=1)]))
+        assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+        assert st.namespace == "team-a"
+        slow = await a.submit(request([tool("s", "sleep", inputs={"seconds": 30})]))
+        gb, _ = await b.run(request([echo("b", y=2)]))
+
+        for gid in (ga, slow):
+            for call in (
+                b.status(gid),
+                b.result(gid),
+                b.history(gid),
+                b.watch(gid),
+                b.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid)),
+                b.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid)),
+            ):
+                err = await rpc_error(call)
+                assert err.code() == grpc.StatusCode.NOT_FOUND, (gid, call, err)
+                # Exactly what an id that never existed gets: nothing tells them apart.
+                assert gid in (err.details() or "")
+        missing = ga[:-4] + ("AAAA" if not ga.endswith("AAAA") else "BBBB")
+        assert (await rpc_error(b.status(missing))).details() == (
+            await rpc_error(b.status(ga))
+        ).details().replace(ga, missing)
+
+        # The other namespace's cancel did nothing; the owner's works.
+        assert (await a.status(slow)).state in (
+            execution_pb2.GRAPH_STATE_SUBMITTED,
+            execution_pb2.GRAPH_STATE_RUNNING,
+        )
+        await a.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=slow))
+        assert (await a.wait(slow)).state == execution_pb2.GRAPH_STATE_CANCELLED
+
+        got = await a.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=ga))
+        assert got.namespace == "team-a"
+        assert [e.seq for e in await a.history(ga)] == [e.seq for e in await a.watch(ga)]
+        assert (await b.result(gb)).state == execution_pb2.GRAPH_STATE_COMPLETED
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_listing_shows_one_namespace_and_pages_through_all_of_it(
+    stack: InProcessStack,
+) -> None:
+    a, b = await clients(stack)
+    try:
+        mine = [await a.submit(request([echo("a", i=i)])) for i in range(7)]
+        theirs = [await b.submit(request([echo("b", i=i)])) for i in range(5)]
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await a.stub.ListGraphs(
+                orchestrator_pb2.ListGraphsRequest(page_size=3, page_token=token)
+            )
+            assert len(page.graphs) <= 3
+            assert {g.namespace for g in page.graphs} <= {"team-a"}
+            seen += [g.graph_id for g in page.graphs]
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == sorted(mine) and len(seen) == len(set(seen))
+        listed_b = await b.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(page_size=100))
+        assert sorted(g.graph_id for g in listed_b.graphs) == sorted(theirs)
+        for gid in mine:
+            await a.wait(gid)
+        done = await a.stub.ListGraphs(
+            orchestrator_pb2.ListGraphsRequest(state=execution_pb2.GRAPH_STATE_COMPLETED)
+        )
+        assert sorted(g.graph_id for g in done.graphs) == sorted(mine)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_request_ids_are_per_namespace(stack: InProcessStack) -> None:
+    a, b = await clients(stack)
+    try:
+        ra = await a.stub.SubmitGraph(request([echo("a", x=1)], request_id="same"))
+        rb = await b.stub.SubmitGraph(request([echo("b", x=2)], request_id="same"))
+        assert ra.created and rb.created and ra.graph_id != rb.graph_id
+        assert (ra.namespace, rb.namespace) == ("team-a", "team-b")
+        again = await a.stub.SubmitGraph(request([echo("a", x=1)], request_id="same"))
+        assert again.graph_id == ra.graph_id and not again.created
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_active_graphs_per_namespace_are_limited(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    settings = stack_settings(
+        redis_single.url, key_prefix, auth="keys", api_keys=KEYS, max_active_graphs=2
+    )
+    async with InProcessStack(settings) as stack:
+        a, b = await clients(stack)
+        try:
+            sleepy = request([tool("s", "sleep", inputs={"seconds": 30})])
+            first = [await a.submit(sleepy) for _ in range(2)]
+            err = await rpc_error(a.submit(sleepy))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "DAGO_MAX_ACTIVE_GRAPHS" in (err.details() or "")
+            assert any(isinstance(d, error_details_pb2.QuotaFailure) for d in error_details(err))
+            # Another namespace has its own allowance.
+            await b.submit(sleepy)
+            await a.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=first[0]))
+            await a.wait(first[0])
+            await a.submit(sleepy)
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_a_rotated_keys_file_takes_effect_without_a_restart(
+    redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# issued for team-a\n{hash_key(KEY_A)} team-a\n")
+    settings = stack_settings(
+        redis_single.url, key_prefix, auth="keys", api_keys_file=str(keys_file)
+    )
+    async with InProcessStack(settings) as stack:
+        a, b = await clients(stack)
+        try:
+            await a.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest())
+            err = await rpc_error(b.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest()))
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            keys_file.write_text(f"{hash_key(KEY_B)}   team-b\n")
+            deadline = time.monotonic() + 10
+            while True:  # re-read at most once a second
+                try:
+                    await b.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest())
+                    break
+                except grpc.aio.AioRpcError:
+                    assert time.monotonic() < deadline, "the new key was never accepted"
+            err = await rpc_error(a.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest()))
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await a.close()
+            await b.close()
+
+
+def dago(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    full = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("service", "gen/python")),
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dago", *args],
+        env=full,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_keys_new_prints_a_key_and_its_configuration() -> None:
+    p = dago("keys", "new", "--namespace", "team-x")
+    assert p.returncode == 0, p.stderr
+    key = next(w for w in p.stdout.split() if w.startswith("dago_") and len(w) > 40)
+    assert f"DAGO_API_KEYS={hash_key(key)}:team-x" in p.stdout
+    assert f"{hash_key(key)} team-x" in p.stdout
+    hashed = dago("keys", "hash", stdin=key + "\n")
+    assert hashed.stdout.strip() == hash_key(key)
+    assert dago("keys", "new", "--namespace", "a:b").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"DAGO_AUTH": "keys"}, "no API keys are configured"),
+        ({"DAGO_AUTH": "keys", "DAGO_API_KEYS": f"{KEY_A}:team-a"}, "not the key itself"),
+        ({"DAGO_AUTH": "keys", "DAGO_API_KEYS": f"{hash_key(KEY_A)}:a|b"}, "namespace"),
+        ({"DAGO_AUTH": "keys", "DAGO_API_KEYS_FILE": "/nonexistent/keys"}, "cannot read"),
+        ({"DAGO_AUTH": "maybe"}, "must be keys or off"),
+    ],
+)
+def test_serve_refuses_to_start_with_unusable_key_settings(env: dict[str, str], words: str) -> None:
+    clean = {k: "" for k in ("DAGO_API_KEYS", "DAGO_API_KEYS_FILE")}
+    p = dago("serve", **{**clean, **env})
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert words in p.stderr, p.stderr
+    assert KEY_A not in p.stderr  # a pasted key is never echoed
+    assert "Traceback" not in p.stderr
