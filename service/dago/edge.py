@@ -127,6 +127,9 @@ class EdgeConfig:
     max_response_bytes: int = 4 * 1024 * 1024
     stream_idle_timeout_s: int = 300
     max_connections: int = 10_000
+    # The live graph view (web/: index.html and the esbuild bundle dist/app.js) served by
+    # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes.
+    web_root: str = "web"
 
 
 def from_env(settings: Settings) -> EdgeConfig:
@@ -143,7 +146,41 @@ def from_env(settings: Settings) -> EdgeConfig:
         or DEFAULT_CORS_ORIGINS,
         max_request_bytes=1024 * 1024,
         stream_idle_timeout_s=max(300, 3 * settings.heartbeat_ms // 1000),
+        # Envoy refuses to start on a missing file: without the bundle (`make web`), no /ui/.
+        web_root=str(ROOT / "web") if (ROOT / "web" / "dist" / "app.js").exists() else "",
     )
+
+
+def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
+    """Routes of the live graph view: files answered by Envoy (direct_response), read when
+    Envoy starts."""
+    if not cfg.web_root:
+        return []
+    off = {
+        name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+        for name in ("envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.buffer")
+    }
+
+    def page(path: str, file: str, ctype: str) -> dict[str, Any]:
+        return {
+            "match": {"path": path},
+            "direct_response": {"status": 200, "body": {"filename": f"{cfg.web_root}/{file}"}},
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": ctype}},
+                {"header": {"key": "cache-control", "value": "no-cache"}},
+            ],
+            "typed_per_filter_config": off,
+        }
+
+    return [
+        {
+            "match": {"path": "/ui"},
+            "redirect": {"path_redirect": "/ui/"},
+            "typed_per_filter_config": off,
+        },
+        page("/ui/", "index.html", "text/html; charset=utf-8"),
+        page("/ui/app.js", "dist/app.js", "text/javascript; charset=utf-8"),
+    ]
 
 
 def origin_regex(origins: Sequence[str]) -> str:
@@ -285,6 +322,7 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "TRANSCODER_SSE": _transcoder(cfg, "sse"),
         "TRANSCODER_NDJSON": _transcoder(cfg, "ndjson"),
         "LUA_SOURCE": LUA_SOURCE,
+        "UI_ROUTES": _ui_routes(cfg) or "",
     }
     scalars = {
         "LISTEN_HOST": cfg.listen_host,
@@ -295,6 +333,8 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "MAX_REQUEST_BYTES": str(cfg.max_request_bytes),
         "MAX_CONNECTIONS": str(cfg.max_connections),
         "STREAM_IDLE_TIMEOUT": f"{cfg.stream_idle_timeout_s}s",
+        # The live view's bundle is answered by Envoy itself (default limit: 4 KiB).
+        "MAX_DIRECT_RESPONSE_BYTES": str(2 * 1024 * 1024),
         # inside a single-quoted YAML scalar
         "CORS_ORIGIN_REGEX": origin_regex(cfg.cors_origins).replace("'", "''"),
     }

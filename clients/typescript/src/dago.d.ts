@@ -3,6 +3,9 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Event } from "../gen/dago/v1/execution_pb.js";
 import type {
   CancelGraphResponse,
+  GetGraphResponse,
+  ListGraphsRequestSchema,
+  ListGraphsResponse,
   GetGraphResultResponse,
   GetGraphStatusResponse,
   SubmitGraphRequestSchema,
@@ -37,6 +40,13 @@ export interface DagoClient {
     request: MessageInitShape<typeof SubmitGraphRequestSchema>,
     options?: CallOptions,
   ): Promise<SubmitGraphResponse>;
+  /** The graph and inputs of a run, as submitted. */
+  graph(graphId: string, options?: CallOptions): Promise<GetGraphResponse>;
+  /** One page of runs, newest first (pageSize, pageToken, state). */
+  list(
+    request?: MessageInitShape<typeof ListGraphsRequestSchema>,
+    options?: CallOptions,
+  ): Promise<ListGraphsResponse>;
   status(graphId: string, options?: CallOptions): Promise<GetGraphStatusResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;

@@ -67,6 +67,14 @@ export function createDagoClient(baseUrl, options = {}) {
       return (await client()).submitGraph(request, callOptions);
     },
 
+    async graph(graphId, callOptions) {
+      return (await client()).getGraph({ graphId }, callOptions);
+    },
+
+    async list(request = {}, callOptions) {
+      return (await client()).listGraphs(request, callOptions);
+    },
+
     async status(graphId, callOptions) {
       return (await client()).getGraphStatus({ graphId }, callOptions);
     },
