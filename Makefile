@@ -16,7 +16,13 @@ REQUIREMENTS := requirements.txt requirements-dev.txt
 # The TypeScript client (gRPC-Web): npm packages from its package-lock.json, code in $(TS_DIR)/gen.
 TS_DIR      := clients/typescript
 TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
-GEN_DIRS    := gen/ $(TS_DIR)/gen/
+# (docs/api.md is generated from the proto comments too: `make gen` writes it.)
+GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md
+# The live graph view (web/): web/src/app.js + the TypeScript client bundled by esbuild
+# (from $(TS_DIR)/node_modules) into web/dist/app.js, which Envoy serves on /ui/.
+WEB_BUNDLE  := web/dist/app.js
+WEB_SOURCES := $(wildcard web/src/*.js $(TS_DIR)/src/*.js examples/*.json) $(TS_DIR)/package-lock.json \
+	$(shell find $(TS_DIR)/gen -name '*.js' 2>/dev/null)
 
 export PYTHONPATH := service:gen/python:clients/python
 
@@ -35,6 +41,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
+.PHONY: web dagoctl docs docs-check
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean bench
 
 help: ## Show this help
@@ -63,6 +70,7 @@ setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci cli
 	echo "==> setup: npm ci --prefix $(TS_DIR)"; \
 	npm ci --prefix $(TS_DIR) --no-audit --no-fund --loglevel=error; \
 	echo "$$want" > $(TS_STAMP)
+	@$(MAKE) web dagoctl
 
 gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/typescript/gen/ from proto/
 	$(call say,gen: python stubs from $(PROTOS))
@@ -79,8 +87,10 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/
 		--descriptor_set_out=gen/dago.binpb $(DESCRIPTOR_ROOTS)
 	$(call say,gen: TypeScript/JS in $(TS_DIR)/gen with protoc-gen-es)
 	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
+	$(call say,gen: docs/api.md from the proto comments)
+	$(PY) -m dago.docsgen --out docs/api.md
 
-gen-check: gen ## Fail if gen/ or clients/typescript/gen/ differs from what is committed
+gen-check: gen ## Fail if gen/, clients/typescript/gen/ or docs/api.md differs from what is committed
 	$(call say,gen-check: comparing $(GEN_DIRS) with git)
 	@if ! git diff --quiet --exit-code -- $(GEN_DIRS) \
 		|| [[ -n "$$(git ls-files --others --exclude-standard -- $(GEN_DIRS))" ]]; then \
@@ -123,6 +133,28 @@ test: setup ## Run pytest (extra arguments: PYTEST_ARGS="-k foo -x")
 
 bench: setup ## Benchmark dago vs Celery on a private Redis; writes bench/REPORT.md + chart.png (BENCH_SCALE=...)
 	$(PY) bench/run.py
+
+web: $(WEB_BUNDLE) ## Build the live graph view's bundle (web/dist/app.js; make setup does)
+
+$(WEB_BUNDLE): $(WEB_SOURCES)
+	$(call say,web: esbuild web/src/app.js -> $@)
+	NODE_PATH=$(TS_DIR)/node_modules $(TS_DIR)/node_modules/.bin/esbuild web/src/app.js \
+		--bundle --format=esm --target=es2020 --minify --log-level=warning \
+		--external:@connectrpc/connect-node --outfile=$@
+
+dagoctl: ## Install the dagoctl command as .venv/bin/dagoctl (make setup does)
+	@printf '%s\n' '#!/usr/bin/env bash' \
+		'# dagoctl (dago_client.cli), written by `make dagoctl` / `make setup`.' \
+		'root=$(CURDIR)' \
+		'export PYTHONPATH="$$root/gen/python:$$root/clients/python$${PYTHONPATH:+:$$PYTHONPATH}"' \
+		'exec "$$root/$(PY)" -m dago_client "$$@"' > $(BIN)/dagoctl
+	@chmod +x $(BIN)/dagoctl
+
+docs: setup ## Write docs/api.md from the proto comments (gen/dago.binpb)
+	$(PY) -m dago.docsgen --out docs/api.md
+
+docs-check: setup ## Fail if docs/api.md differs from what `make docs` writes
+	$(PY) -m dago.docsgen --check docs/api.md
 
 run: setup ## Run dago in dev mode (python -m dago dev)
 	$(PY) -m dago dev
