@@ -105,6 +105,7 @@ class Envoy:
             metrics_port=metrics_port,
             descriptor=str(ROOT / "gen" / "dago.binpb"),
             stream_idle_timeout_s=idle_timeout_s,
+            web_root="",  # no /ui/ (it needs the built bundle)
         )
         self.config = stack.logs / "envoy.yaml"
         self.config.write_text(edge.render(cfg))
@@ -196,11 +197,16 @@ CHANNEL_OPTIONS = [
 
 
 async def watch_grpc(
-    target: str, graph_id: str, how: str = "grpc", deadline: float = 120.0
+    target: str,
+    graph_id: str,
+    how: str = "grpc",
+    deadline: float = 120.0,
+    w: Watched | None = None,
 ) -> Watched:
     """Watch over native gRPC to the end, reconnecting (a new channel each time) and resuming
-    from the last seq received after any transport failure."""
-    w = Watched(graph_id, how)
+    from the last seq received after any transport failure. Events go to ``w`` (new if None),
+    so callers can look at them while the watch runs."""
+    w = w or Watched(graph_id, how)
     stop_at = time.monotonic() + deadline
     while not w.done:
         if time.monotonic() > stop_at:
@@ -222,10 +228,12 @@ async def watch_grpc(
     return w
 
 
-async def watch_sse(base: str, graph_id: str, deadline: float = 120.0) -> Watched:
+async def watch_sse(
+    base: str, graph_id: str, deadline: float = 120.0, w: Watched | None = None
+) -> Watched:
     """Watch ``GET /api/v1/graphs/{id}/events`` as SSE to the end, reconnecting with
     ``Last-Event-ID`` (the id of the last event received) after any failure."""
-    w = Watched(graph_id, "sse")
+    w = w or Watched(graph_id, "sse")
     stop_at = time.monotonic() + deadline
     timeout = httpx.Timeout(10.0, read=30.0)
     async with httpx.AsyncClient(base_url=base, timeout=timeout) as http:
@@ -272,10 +280,12 @@ def _grpc_web_frames(buf: bytearray) -> list[tuple[int, bytes]]:
     return out
 
 
-async def watch_grpc_web(base: str, graph_id: str, deadline: float = 120.0) -> Watched:
+async def watch_grpc_web(
+    base: str, graph_id: str, deadline: float = 120.0, w: Watched | None = None
+) -> Watched:
     """Watch through Envoy's gRPC-Web filter (binary ``application/grpc-web+proto``, as the
     TypeScript client sends it) to the end, resuming with ``after_seq`` after any failure."""
-    w = Watched(graph_id, "grpc-web")
+    w = w or Watched(graph_id, "grpc-web")
     stop_at = time.monotonic() + deadline
     headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
     timeout = httpx.Timeout(10.0, read=30.0)
