@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import anthropic
+import httpx
 
 from dago.handlers import NodeFailure
 from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage, retry_after
@@ -97,6 +98,19 @@ class AnthropicProvider:
                 graph_pb2.ERROR_CLASS_TRANSIENT,
                 f"cannot reach the Anthropic API ({type(e.__cause__ or e).__name__}); check "
                 "the network or DAGO_ANTHROPIC_BASE_URL",
+                True,
+            ) from None
+        except httpx.TransportError as e:
+            # The SDK does not wrap errors raised while the stream is read.
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TRANSIENT,
+                f"the connection to the Anthropic API broke off mid-answer ({type(e).__name__})",
+                True,
+            ) from None
+        except json.JSONDecodeError as e:
+            raise NodeFailure(
+                graph_pb2.ERROR_CLASS_TRANSIENT,
+                f"the Anthropic API sent a malformed stream event ({e.msg})",
                 True,
             ) from None
 
