@@ -312,3 +312,99 @@ def test_serve_refuses_to_start_with_unusable_key_settings(env: dict[str, str], 
     assert words in p.stderr, p.stderr
     assert KEY_A not in p.stderr  # a pasted key is never echoed
     assert "Traceback" not in p.stderr
+
+
+# --- through Envoy: the HTTP Authorization header of REST, SSE and gRPC-Web ------------------
+
+
+async def test_keys_through_envoy_rest_sse_and_grpc_web(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    import struct
+
+    import httpx
+
+    from dago import edge
+    from harness import RunningStack, free_port, start_api_quickly
+    from test_envoy import grpc_web_frames, start_envoy
+
+    async with RunningStack(
+        redis_single.url, key_prefix, DAGO_AUTH="keys", DAGO_API_KEYS=KEYS
+    ) as stack:
+        port = free_port()
+        cfg = edge.EdgeConfig(
+            listen_host="127.0.0.1",
+            listen_port=port,
+            dago_port=stack.port,
+            metrics_port=free_port(),
+            descriptor=str(ROOT / "gen" / "dago.binpb"),
+        )
+        config = stack.logs / "envoy.yaml"
+        config.write_text(edge.render(cfg))
+        envoy = start_envoy(config, stack.logs / "envoy.log")
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
+        try:
+            stack.start("w1", "worker")
+            await start_api_quickly(stack)
+
+            async def up() -> bool:
+                try:
+                    return (await http.get("/health")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, 20, 0.05)
+            body = {"graph": {"nodes": [{"id": "a", "tool": {"name": "echo"}, "inputs": {}}]}}
+            r = await http.post("/api/v1/graphs", json=body)
+            assert r.status_code == 401, (r.status_code, r.text)
+            assert r.json()["code"] == 16 and "authorization: Bearer" in r.json()["message"]
+            r = await http.post(
+                "/api/v1/graphs", json=body, headers={"authorization": f"Bearer {new_key()}"}
+            )
+            assert r.status_code == 401, r.text
+
+            a_hdr = {"authorization": f"Bearer {KEY_A}"}
+            r = await http.post("/api/v1/graphs", json=body, headers=a_hdr)
+            assert r.status_code == 200, r.text
+            gid = r.json()["graph_id"]
+            assert r.json()["namespace"] == "team-a"
+            b_hdr = {"authorization": f"Bearer {KEY_B}"}
+            r = await http.get(f"/api/v1/graphs/{gid}/status", headers=b_hdr)
+            assert r.status_code == 404, r.text
+            sse = {**a_hdr, "accept": "text/event-stream"}
+            async with http.stream("GET", f"/api/v1/graphs/{gid}/events", headers=sse) as resp:
+                assert resp.status_code == 200
+                text = "".join([chunk async for chunk in resp.aiter_text()])
+            assert "graph_completed" in text or "graphCompleted" in text, text
+            r = await http.get(
+                f"/api/v1/graphs/{gid}/events", headers={"accept": "text/event-stream"}
+            )
+            assert r.status_code == 401
+
+            # Browsers may send Authorization: the CORS preflight allows it.
+            r = await http.options(
+                "/api/v1/graphs",
+                headers={
+                    "origin": "http://localhost:5173",
+                    "access-control-request-method": "POST",
+                    "access-control-request-headers": "authorization,content-type",
+                },
+            )
+            assert "authorization" in r.headers.get("access-control-allow-headers", "").lower()
+
+            req = orchestrator_pb2.ListGraphsRequest().SerializeToString()
+            frame = struct.pack(">BI", 0, len(req)) + req
+            web = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+            service = "dago.v1.OrchestratorService"
+            r = await http.post(f"/{service}/ListGraphs", content=frame, headers=web)
+            _, trailers = grpc_web_frames(r.content)
+            assert (r.headers.get("grpc-status") or trailers.get("grpc-status")) == "16"
+            r = await http.post(f"/{service}/ListGraphs", content=frame, headers={**web, **a_hdr})
+            messages, trailers = grpc_web_frames(r.content)
+            assert trailers.get("grpc-status") == "0", (r.headers, trailers)
+            listed = orchestrator_pb2.ListGraphsResponse.FromString(messages[0])
+            assert [g.graph_id for g in listed.graphs] == [gid]
+        finally:
+            await http.aclose()
+            envoy.terminate()
+            envoy.wait(10)

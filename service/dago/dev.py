@@ -7,6 +7,7 @@ on Ctrl-C. No Docker, no API key.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -153,10 +154,17 @@ def run_dev(settings: Settings) -> int:
         env[env_name("redis_url")] = url
     else:
         url = env[env_name("redis_url")]
+    # A laptop default needs no key; DAGO_AUTH=keys in the environment keeps authentication on.
+    auth_off = env.get(env_name("auth"), "") in ("", "off")
+    env[env_name("auth")] = "off" if auth_off else env[env_name("auth")]
+    if auth_off:
+        _warn_auth_off(settings)
     cmd = [sys.executable, "-m", "dago"]
     children.append(("api", subprocess.Popen([*cmd, "serve"], env=env)))
     for n in range(settings.workers):
         wenv = {**env, env_name("worker_id"): f"dev-worker-{n + 1}"}
+        if settings.worker_metrics_port:  # one metrics port per worker on this machine
+            wenv[env_name("worker_metrics_port")] = str(settings.worker_metrics_port + n)
         children.append((f"worker-{n + 1}", subprocess.Popen([*cmd, "worker"], env=wenv)))
 
     stopping = False
@@ -171,7 +179,11 @@ def run_dev(settings: Settings) -> int:
         envoy, cfg = _start_envoy(settings)
         if envoy is not None:
             children.append(("envoy", envoy))
-        _banner(settings, url, cfg if envoy is not None else None)
+        _banner(
+            dataclasses.replace(settings, auth=env[env_name("auth")]),
+            url,
+            cfg if envoy is not None else None,
+        )
     code = 0
     while not stopping:
         for name, proc in children:
@@ -193,6 +205,25 @@ def run_dev(settings: Settings) -> int:
     return code
 
 
+def _warn_auth_off(settings: Settings) -> None:
+    loopback = ("127.0.0.1", "localhost", "::1", "[::1]")
+    open_binds = [
+        f"{what} on {host}"
+        for what, host in (("the gRPC API", settings.grpc_host), ("Envoy", settings.edge_host))
+        if host not in loopback
+    ]
+    print(
+        "\n"
+        "!!! dago dev: AUTHENTICATION IS OFF (DAGO_AUTH=off) !!!\n"
+        "!!! Anyone who can reach the API or the edge port can submit, read and cancel\n"
+        "!!! graphs. Fine on a laptop; never expose it. For keys: DAGO_AUTH=keys with\n"
+        "!!! DAGO_API_KEYS from `python -m dago keys new` (docs/security.md).\n"
+        + (f"!!! Listening beyond this machine: {', '.join(open_binds)}.\n" if open_binds else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _banner(settings: Settings, redis_url: str, cfg: edge.EdgeConfig | None) -> None:
     port = settings.grpc_port
     if cfg is not None:
@@ -210,9 +241,14 @@ REST (see README, "REST and SSE through Envoy"):
 """
     else:
         rest = "\n  REST       off (Envoy not started; see above)\n"
+    auth = (
+        "\n  AUTHENTICATION IS OFF: anyone who reaches these ports can use the API"
+        if settings.auth == "off"
+        else "\n  authentication: API keys (send authorization: Bearer <key>)"
+    )
     print(
         f"""
-dago is running (embedded default: no Docker, no API key)
+dago is running (embedded default: no Docker, no API key){auth}
   gRPC API   127.0.0.1:{port}   (health + reflection: grpcurl needs no proto files)
   metrics    http://127.0.0.1:{settings.metrics_port}/metrics
   redis      {redis_url}
