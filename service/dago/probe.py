@@ -57,6 +57,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="api: speak TLS, trusting this CA (PEM) file (e.g. when DAGO_TLS_CERT_FILE is set)",
     )
     p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="api: client certificate (PEM) for mutual TLS, with --tls-key",
+    )
+    p.add_argument("--tls-key", type=Path, default=None, help="api: key of --tls-cert (PEM)")
+    p.add_argument(
         "--tls-server-name",
         default="",
         help="api: the name to expect in the server certificate (default: from --target)",
@@ -70,6 +77,8 @@ def check_api(
     timeout: float = 3.0,
     tls_ca: Path | None = None,
     tls_server_name: str = "",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> tuple[bool, str]:
     """Health Check ``target``: (serving, what it answered)."""
     import grpc
@@ -78,7 +87,11 @@ def check_api(
     if tls_ca is None:
         channel = grpc.insecure_channel(target)
     else:
-        creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls_ca.read_bytes(),
+            private_key=tls_key.read_bytes() if tls_key else None,
+            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+        )
         options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
         channel = grpc.secure_channel(target, creds, options=options)
     with channel:
@@ -118,6 +131,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             timeout=args.timeout,
             tls_ca=args.tls_ca,
             tls_server_name=args.tls_server_name,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     print(f"dago health {args.role}: {what}", file=sys.stdout if ok else sys.stderr)
     return OK if ok else UNHEALTHY
