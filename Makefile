@@ -131,6 +131,12 @@ test: setup ## Run pytest (extra arguments: PYTEST_ARGS="-k foo -x")
 	$(call say,pytest $(PYTEST_ARGS))
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: reliability
+reliability: setup ## Fault-injection and load tests only (tests/reliability, also part of `make test`); RELIABILITY_FULL=1: 1,000 graphs / 200 watchers, 60 s slow watchers
+	$(call say,pytest tests/reliability $(if $(RELIABILITY_FULL),RELIABILITY_FULL=$(RELIABILITY_FULL)) $(PYTEST_ARGS))
+	RELIABILITY_FULL=$(RELIABILITY_FULL) $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
+	@echo "figures: build/reliability/ (load-N.json)"
+
 bench: setup ## Benchmark dago vs Celery on a private Redis; writes bench/REPORT.md + chart.png (BENCH_SCALE=...)
 	$(PY) bench/run.py
 

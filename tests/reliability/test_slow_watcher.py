@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import grpc
+import pytest
 from relkit import FULL, RssSampler, check_watched, kind, knob, rss_mb, watch_grpc
 
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -17,6 +18,8 @@ from harness import RunningStack, request, start_api_quickly, tool
 from redisfixture import RedisServer
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
+# The full variants (RELIABILITY_FULL=1) run for minutes.
+pytestmark = pytest.mark.timeout(900 if FULL else 300)
 SLOW = 4
 EVENTS = 4000
 SIZE = 4000  # characters per event: 16 MB of events per watcher
