@@ -1,0 +1,118 @@
+"""Structured logs: one JSON object per line (or readable console lines), with the
+correlation fields of the node attempt being worked on.
+
+The worker sets :data:`NODE` (a context variable) at the start of every attempt; since
+each attempt runs in its own task, every line logged by it, by its handler and by the
+provider it calls carries ``graph_id``, ``node_id``, ``attempt`` and ``trace_id`` without
+any of them passing those around. Fields given with ``extra=`` are printed too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from dago.config import Settings
+
+
+@dataclass(frozen=True)
+class NodeFields:
+    """What identifies one node attempt in logs."""
+
+    graph_id: str
+    node_id: str
+    attempt: int
+    iteration: int
+    trace_id: str
+
+
+NODE: ContextVar[NodeFields | None] = ContextVar("dago_node", default=None)
+"""The node attempt the current task works on (None outside attempts)."""
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+# Redacted wherever they appear in a message: API keys and bearer tokens.
+_SECRETS = re.compile(
+    r"(sk-ant-[A-Za-z0-9_\-]{4,}|sk-[A-Za-z0-9_\-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]+)"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like an API key or bearer token replaced."""
+    return _SECRETS.sub("***", text)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current node attempt's fields onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add graph_id, node_id, attempt, iteration and trace_id when inside an attempt."""
+        node = NODE.get()
+        if node is not None:
+            for name in ("graph_id", "node_id", "attempt", "iteration", "trace_id"):
+                if not hasattr(record, name):
+                    setattr(record, name, getattr(node, name))
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the correlation fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        for k, v in _fields(record).items():
+            out[k] = v if isinstance(v, int | float | bool) or v is None else redact(str(v))
+        if record.exc_info:
+            out["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Readable lines for a terminal, correlation fields appended as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a readable line."""
+        line = redact(super().format(record))
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        return f"{line}  [{redact(extra)}]" if extra else line
+
+
+def setup(settings: Settings, stream: TextIO | None = None) -> None:
+    """Configure the root logger of this process from the settings (replaces handlers)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    # Libraries' chatter at DEBUG would drown dago's own lines (and the SDKs' can hold
+    # request bodies); they log at WARNING and above.
+    for name in ("httpx", "httpcore", "anthropic", "openai", "grpc", "asyncio", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
