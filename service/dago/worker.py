@@ -25,6 +25,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from dago.auth import Redactor
 from dago.cel import EvalError
 from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
@@ -58,6 +59,8 @@ class Worker:
         self._settings = settings
         self._graphs = graphs
         self._handlers = handlers
+        # Errors, outputs and events never carry the operator's secrets (docs/security.md).
+        self._redact = Redactor.from_settings(settings)
         self.id = worker_id
         self._running: dict[bytes, _Running] = {}
         self._free = settings.worker_slots
@@ -290,7 +293,8 @@ class Worker:
             fields = self._failure(bug, node, item)
         ms = (time.monotonic() - started) * 1e3
         log.debug("attempt %s/%s took %.1fms", item.graph_id, item.node, ms)
-        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, rendered]
+        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration]
+        fields = self._redact.fields([rendered, *fields])
         await self._done.put((item.shard, item.msg_id, [*args, *fields]))
 
     async def _execute(
@@ -306,7 +310,7 @@ class Worker:
             iteration=item.iteration,
             input=rendered,
             scope=scope,
-            emit=lambda events: self._store.append(item.shard, item, events),
+            emit=lambda events: self._store.append(item.shard, item, self._redact.events(events)),
             worker_id=self.id,
         )
         try:
