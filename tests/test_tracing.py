@@ -1,0 +1,207 @@
+"""Traces: a real OTLP/gRPC receiver (the official opentelemetry-proto service) gets the
+spans of the API process and of a separate worker process: one trace per graph, joined
+to the caller's traceparent, with the node attempts, the LLM call (GenAI conventions) and
+the HTTP call as children."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import (
+    trace_service_pb2,
+    trace_service_pb2_grpc,
+)
+
+from dago.v1 import execution_pb2
+from fake_anthropic import FakeAnthropic, Text, Usage
+from fakehttp import FakeHttpServer
+from harness import (
+    RunningStack,
+    echo,
+    edge,
+    eventually,
+    fast_retry,
+    request,
+    start_api_quickly,
+    tool,
+)
+from obshelpers import TOOLS
+from redisfixture import RedisServer
+
+MODEL = "claude-test-1"
+
+
+@dataclass
+class Span:
+    """What the tests look at in a received span."""
+
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent: str
+    kind: int
+    error: bool
+    attrs: dict[str, Any]
+
+
+def _value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    return getattr(v, which) if which else None
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver keeping every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for rs in request.resource_spans:
+            res = {a.key: _value(a.value) for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    self.spans.append(
+                        Span(
+                            service=str(res.get("service.name", "")),
+                            name=s.name,
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent=s.parent_span_id.hex(),
+                            kind=s.kind,
+                            error=s.status.code == 2,
+                            attrs={a.key: _value(a.value) for a in s.attributes},
+                        )
+                    )
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class Target(FakeHttpServer):
+    """An HTTP node's target: answers JSON, records the headers it got."""
+
+    async def handle(self, reader: Any, writer: Any, method: str, path: str, body: Any) -> None:
+        await self.send_json(writer, 200, {"path": path})
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    server = grpc.aio.server()
+    rec = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield rec, port
+    finally:
+        await server.stop(0)
+
+
+async def test_one_trace_per_graph_across_api_and_worker_processes(
+    redis_single: RedisServer, key_prefix: str, receiver: tuple[Receiver, int]
+) -> None:
+    rec, port = receiver
+    async with FakeAnthropic() as fake, Target() as target:
+        fake.script = [Text("four words of text", model=MODEL, usage=Usage(input=12, output=7))]
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "DAGO_TOOL_MODULES": TOOLS,
+            "DAGO_AUTH": "off",
+            "DAGO_ANTHROPIC_API_KEY": "sk-ant-trace-test-key",
+            "DAGO_ANTHROPIC_BASE_URL": fake.url,
+            "DAGO_HTTP_ALLOW": "127.0.0.1",
+        }
+        async with RunningStack(redis_single.url, key_prefix, **env) as stack:
+            stack.start("w1", "worker")
+            await start_api_quickly(stack)
+            nodes = [
+                echo("a", x=1),
+                tool("f", "flaky", inputs={"fail_attempts": 1}, retry=fast_retry(2)),
+                {"id": "ask", "llm": {"prompt": "Four words.", "model": MODEL}},
+                {"id": "h", "http": {"url": f"{target.url}/ping?token=secret-query"}},
+            ]
+            edges = [edge("a", "f"), edge("f", "ask"), edge("ask", "h")]
+            caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+            resp = await stack.client.stub.SubmitGraph(
+                request(nodes, edges),
+                metadata=(("traceparent", f"00-{caller_trace}-{caller_span}-01"),),
+                timeout=10,
+            )
+            gid = resp.graph_id
+            st = await stack.client.wait(gid, timeout=20)
+            assert st.state == execution_pb2.GRAPH_STATE_COMPLETED, st
+
+            def ours() -> list[Span]:
+                return [s for s in rec.spans if s.trace_id == caller_trace]
+
+            async def all_arrived() -> bool:
+                names = [s.name for s in ours()]
+                return names.count("node tool") == 3 and "HTTP GET" in names
+
+            await eventually(all_arrived, 15, 0.05)
+            await asyncio.sleep(0.3)  # nothing more should arrive for this trace
+            spans = ours()
+            by_name: dict[str, list[Span]] = {}
+            for s in spans:
+                by_name.setdefault(s.name, []).append(s)
+            assert sorted(by_name) == sorted(
+                [
+                    "dago.v1.OrchestratorService/SubmitGraph",
+                    "node tool",
+                    "node llm",
+                    "node http",
+                    f"chat {MODEL}",
+                    "HTTP GET",
+                ]
+            ), sorted(by_name)
+
+            (submit,) = by_name["dago.v1.OrchestratorService/SubmitGraph"]
+            assert submit.service == "dago-api" and submit.parent == caller_span
+            assert submit.kind == 2  # SERVER
+            assert submit.attrs["rpc.system"] == "grpc"
+            assert submit.attrs["rpc.grpc.status_code"] == "OK"
+
+            attempts = by_name["node tool"] + by_name["node llm"] + by_name["node http"]
+            assert len(attempts) == 5
+            for s in attempts:
+                assert s.service == "dago-worker" and s.parent == submit.span_id
+                assert s.attrs["dago.graph.id"] == gid
+                assert s.attrs["dago.worker.id"] == "w1"
+            f_attempts = sorted(
+                (s for s in attempts if s.attrs["dago.node.id"] == "f"),
+                key=lambda s: s.attrs["dago.node.attempt"],
+            )
+            assert [s.attrs["dago.node.attempt"] for s in f_attempts] == [1, 2]
+            assert [s.error for s in f_attempts] == [True, False]
+            assert f_attempts[0].attrs["dago.node.outcome"] == "retrying"
+            assert f_attempts[0].attrs["dago.tool.name"] == "flaky"
+
+            (node_llm,) = by_name["node llm"]
+            (chat,) = by_name[f"chat {MODEL}"]
+            assert chat.service == "dago-worker" and chat.parent == node_llm.span_id
+            assert chat.kind == 3  # CLIENT
+            assert chat.attrs["gen_ai.system"] == "anthropic"
+            assert chat.attrs["gen_ai.operation.name"] == "chat"
+            assert chat.attrs["gen_ai.request.model"] == MODEL
+            assert chat.attrs["gen_ai.response.model"] == MODEL
+            assert chat.attrs["gen_ai.usage.input_tokens"] == 12
+            assert chat.attrs["gen_ai.usage.output_tokens"] == 7
+
+            (node_http,) = by_name["node http"]
+            (http_span,) = by_name["HTTP GET"]
+            assert http_span.parent == node_http.span_id
+            assert http_span.attrs["http.response.status_code"] == 200
+            assert http_span.attrs["url.path"] == "/ping"
+            assert "secret-query" not in str(http_span.attrs)
+            # The trace continues downstream: the target got the HTTP span's context.
+            sent = target.requests[-1].headers["traceparent"]
+            assert sent.split("-")[1:3] == [caller_trace, http_span.span_id]
