@@ -20,7 +20,8 @@ const GAP_X = 40;
 const GAP_Y = 70;
 
 const $ = (id) => document.getElementById(id);
-const dago = createDagoClient(window.location.origin, { transport: "grpc-web" });
+// A page left open keeps following its run across restarts (each retry waits up to 2 s).
+const dago = createDagoClient(window.location.origin, { transport: "grpc-web", maxRetries: 100 });
 let current = null; // { id, abort }
 
 function el(name, attrs = {}, parent = null, ns = SVGNS) {
