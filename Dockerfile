@@ -42,8 +42,8 @@ ENV PATH=/opt/dago/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/dago
 USER 10001:10001
-# 50051: gRPC API (serve); 9090: Prometheus /metrics (serve and worker).
-EXPOSE 50051 9090
+# 50051: gRPC API (serve); Prometheus /metrics: 9090 (serve), 9091 (worker).
+EXPOSE 50051 9090 9091
 # The API's grpc.health.v1 status (SERVING while Redis answers). Worker containers
 # override it with `dago health worker` (compose) or use HTTP probes (Helm).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

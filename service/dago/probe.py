@@ -4,7 +4,7 @@
 of a ``dago serve`` (default: this container's, ``127.0.0.1:$DAGO_GRPC_PORT``) and exits 0
 only when it answers SERVING; the API reports SERVING only while Redis answers.
 ``dago health worker`` checks a worker process through its metrics HTTP port
-(``$DAGO_METRICS_PORT``): a worker has no gRPC server, and the port answering shows that
+(``$DAGO_WORKER_METRICS_PORT``): a worker has no gRPC server, and the port answering shows that
 the process is up. The slim image has no curl, hence a probe of dago's own.
 """
 
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--target",
         default="",
         help="api: host:port to check (default 127.0.0.1:$DAGO_GRPC_PORT); "
-        "worker: base URL (default http://127.0.0.1:$DAGO_METRICS_PORT)",
+        "worker: base URL (default http://127.0.0.1:$DAGO_WORKER_METRICS_PORT)",
     )
     p.add_argument(
         "--service",
@@ -115,13 +115,21 @@ def check_worker(base_url: str, *, timeout: float = 3.0) -> tuple[bool, str]:
         return False, f"{url}: {e}"
 
 
+def _worker_metrics_port(settings: Settings) -> int:
+    # Workers serve metrics on DAGO_WORKER_METRICS_PORT where that setting exists, else
+    # (older settings) on DAGO_METRICS_PORT.
+    port = getattr(settings, "worker_metrics_port", settings.metrics_port)
+    return int(port)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``dago health`` with parsed ``args``; returns the exit status."""
     if args.role == "worker":
-        if not args.target and not settings.metrics_port:
-            print("dago health worker: DAGO_METRICS_PORT is 0; give --target", file=sys.stderr)
+        port = _worker_metrics_port(settings)
+        if not args.target and not port:
+            print("dago health worker: the metrics port is 0; give --target", file=sys.stderr)
             return UNHEALTHY
-        base = args.target or f"http://127.0.0.1:{settings.metrics_port}"
+        base = args.target or f"http://127.0.0.1:{port}"
         ok, what = check_worker(base, timeout=args.timeout)
     else:
         target = args.target or f"127.0.0.1:{settings.grpc_port}"

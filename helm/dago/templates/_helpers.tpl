@@ -81,8 +81,8 @@ balances gRPC streams over them. */}}
 {{- end -}}
 
 {{/* The Envoy configuration: files/envoy.yaml with the placeholders of
-scripts/deploy_assets.py filled in (API host, CORS origin alternatives, the same
-escaping as dago.edge.origin_regex). */}}
+scripts/deploy_assets.py filled in (API host, CORS origin alternatives with the same
+escaping as dago.edge.origin_regex, the API's metrics port). */}}
 {{- define "dago.envoyConfig" -}}
 {{- $origins := list -}}
 {{- range .Values.envoy.corsOrigins -}}
@@ -93,7 +93,7 @@ escaping as dago.edge.origin_regex). */}}
 {{- end -}}
 {{- end -}}
 {{- $host := printf "%s.%s.svc" (include "dago.apiHeadless" .) .Release.Namespace -}}
-{{- .Files.Get "files/envoy.yaml" | replace "__DAGO_API_HOST__" $host | replace "__DAGO_CORS_ORIGINS__" (join "|" $origins | replace "'" "''") -}}
+{{- .Files.Get "files/envoy.yaml" | replace "__DAGO_API_HOST__" $host | replace "__DAGO_CORS_ORIGINS__" (join "|" $origins | replace "'" "''") | replace "__DAGO_METRICS_PORT__" (toString .Values.metrics.port) -}}
 {{- end -}}
 
 {{/* The Redis URL when it is not secret (the bundled Redis). */}}
@@ -141,6 +141,8 @@ seccompProfile:
   value: {{ .Values.logLevel | quote }}
 - name: DAGO_METRICS_PORT
   value: {{ .Values.metrics.port | quote }}
+- name: DAGO_WORKER_METRICS_PORT
+  value: {{ .Values.metrics.workerPort | quote }}
 - name: DAGO_AUTH
   value: {{ .Values.auth.mode | quote }}
 {{- if eq .Values.auth.mode "keys" }}
