@@ -228,6 +228,7 @@ def _banner(settings: Settings, redis_url: str, cfg: edge.EdgeConfig | None) -> 
         base = f"http://localhost:{cfg.listen_port}"
         rest = f"""
   REST + SSE {base}/api/v1/graphs   (Envoy: also gRPC-Web and gRPC on :{cfg.listen_port})
+  live view  {base}/ui/   (submit an example or open a run: {base}/ui/#<id>)
   health     {base}/health    metrics {base}/metrics
 
 REST (see README, "REST and SSE through Envoy"):
@@ -253,6 +254,7 @@ dago is running (embedded default: no Docker, no API key){auth}
   workers    {settings.workers} process(es) x {settings.worker_slots} slots
 
 Try:
+  .venv/bin/dagoctl submit examples/research.json --watch   (docs/clients.md)
   grpcurl -plaintext localhost:{port} list
   grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph \\
       < examples/diamond.json
