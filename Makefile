@@ -90,6 +90,8 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/
 	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
 	$(call say,gen: docs/api.md from the proto comments)
 	$(PY) -m dago.docsgen --out docs/api.md
+	$(call say,gen: the deployments' Envoy configs and descriptor (helm/dago/files, deploy/envoy))
+	$(PY) scripts/deploy_assets.py
 
 gen-check: gen ## Fail if gen/, clients/typescript/gen/ or docs/api.md differs from what is committed
 	$(call say,gen-check: comparing $(GEN_DIRS) with git)
