@@ -8,8 +8,9 @@ from a script of replies, in order (``default`` when the script is empty):
   deltas, content_block_stop, message_delta with usage, message_stop) when the
   request streams, else one JSON message; ``delay`` seconds between deltas
   makes it slow (and a cancelled client shows up as ``closed``);
-- ``ToolUse``: a tool_use block (structured output), input sent as
-  input_json_delta pieces;
+- ``ToolUse``: a tool_use block (structured output, or an agent's tool call
+  named ``name`` with id ``id``), input sent as input_json_delta pieces, after an
+  optional text block ``text`` (streamed as text deltas);
 - ``Error``: an HTTP error with Anthropic's error body and any headers
   (``retry-after``);
 - ``Stall``: no answer at all (not even headers) until the client gives up;
@@ -59,6 +60,9 @@ class ToolUse:
     input: Any
     name: str = "structured_output"
     usage: Usage = field(default_factory=Usage)
+    id: str = "toolu_1"
+    text: str = ""
+    delay: float = 0.0
 
 
 @dataclass
@@ -128,7 +132,7 @@ class FakeAnthropic(FakeHttpServer):
         eof = asyncio.ensure_future(reader.read(1))
         try:
             for name, data in _events(reply, model):
-                if isinstance(reply, Text) and reply.delay and name == "content_block_delta":
+                if reply.delay and name == "content_block_delta":
                     done, _ = await asyncio.wait({eof}, timeout=reply.delay)
                     if done:
                         self.closed.set()
@@ -186,7 +190,10 @@ def _message(reply: Text | ToolUse, model: str) -> dict[str, Any]:
         stop = "end_turn"
         model = reply.model or model
     else:
-        content = [{"type": "tool_use", "id": "toolu_1", "name": reply.name, "input": reply.input}]
+        content = [{"type": "text", "text": reply.text}] if reply.text else []
+        content.append(
+            {"type": "tool_use", "id": reply.id, "name": reply.name, "input": reply.input}
+        )
         stop = "tool_use"
     return {
         "id": "msg_fake",
@@ -214,7 +221,9 @@ def _events(reply: Text | ToolUse, model: str) -> list[tuple[str, dict[str, Any]
     out: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start})
     ]
-    if isinstance(reply, Text):
+    text = reply.text
+    index = 0
+    if text or isinstance(reply, Text):
         out.append(
             (
                 "content_block_start",
@@ -225,25 +234,30 @@ def _events(reply: Text | ToolUse, model: str) -> list[tuple[str, dict[str, Any]
                 },
             )
         )
-        for piece in split(reply.text, reply.chunks):
+        for piece in split(text, reply.chunks if isinstance(reply, Text) else 2):
             delta = {"type": "text_delta", "text": piece}
             out.append(
                 ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
             )
-    else:
-        block = {"type": "tool_use", "id": "toolu_1", "name": reply.name, "input": {}}
+        out.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        index = 1
+    if isinstance(reply, ToolUse):
+        block = {"type": "tool_use", "id": reply.id, "name": reply.name, "input": {}}
         out.append(
             (
                 "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": block},
+                {"type": "content_block_start", "index": index, "content_block": block},
             )
         )
         for piece in split(json.dumps(reply.input), 3):
             delta = {"type": "input_json_delta", "partial_json": piece}
             out.append(
-                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
             )
-    out.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        out.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
     out.append(
         (
             "message_delta",

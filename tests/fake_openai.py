@@ -9,6 +9,8 @@ pointed at it with ``DAGO_OPENAI_BASE_URL`` (``fake.url``, ending in ``/v1``).
   content deltas, a finish chunk, a usage chunk with no choices when
   ``stream_options.include_usage`` is set, then ``data: [DONE]``) when the
   request streams, else one ``chat.completion`` JSON object;
+- ``ToolCall``: (streamed) a ``tool_calls`` answer: id and function name first, then
+  the arguments JSON in pieces, finish reason ``tool_calls``;
 - ``Error``: an HTTP error with OpenAI's error body and any headers (``retry-after``).
 
 Every request is recorded (headers and JSON body) with its arrival time.
@@ -56,7 +58,18 @@ class Error:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply = Text | Error
+@dataclass
+class ToolCall:
+    """A streamed tool call of function ``name`` with ``arguments``."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = "call_1"
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+
+
+Reply = Text | Error | ToolCall
 
 
 class FakeOpenAI(FakeHttpServer):
@@ -88,6 +101,7 @@ class FakeOpenAI(FakeHttpServer):
             return
         model = reply.model or body.get("model", "gpt-test")
         if not body.get("stream"):
+            assert isinstance(reply, Text), "the fake streams tool calls only"
             await self.send_json(writer, 200, _completion(reply, model))
             return
         await self.start_sse(writer)
@@ -140,11 +154,21 @@ def _chunk(model: str, choices: list[dict[str, Any]], usage: Any = None) -> dict
     }
 
 
-def _chunks(reply: Text, model: str, include_usage: bool) -> list[dict[str, Any]]:
+def _chunks(reply: Text | ToolCall, model: str, include_usage: bool) -> list[dict[str, Any]]:
     out = [_chunk(model, [{"index": 0, "delta": {"role": "assistant", "content": ""}}])]
-    for piece in split(reply.text, reply.chunks):
-        out.append(_chunk(model, [{"index": 0, "delta": {"content": piece}}]))
-    out.append(_chunk(model, [{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    if isinstance(reply, ToolCall):
+        first = {"index": 0, "id": reply.id, "type": "function"}
+        first["function"] = {"name": reply.name, "arguments": ""}
+        out.append(_chunk(model, [{"index": 0, "delta": {"tool_calls": [first]}}]))
+        for piece in split(json.dumps(reply.arguments), 3):
+            call = {"index": 0, "function": {"arguments": piece}}
+            out.append(_chunk(model, [{"index": 0, "delta": {"tool_calls": [call]}}]))
+        finish = "tool_calls"
+    else:
+        for piece in split(reply.text, reply.chunks):
+            out.append(_chunk(model, [{"index": 0, "delta": {"content": piece}}]))
+        finish = "stop"
+    out.append(_chunk(model, [{"index": 0, "delta": {}, "finish_reason": finish}]))
     if include_usage:
         out.append(_chunk(model, [], _usage(reply.usage)))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from google.protobuf import json_format
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import ROOT, InProcessStack, stack_settings
 
-EXPECTED: dict[str, dict[str, Any]] = {
+EXPECTED: dict[str, dict[str, Any] | Callable[[dict[str, Any]], None]] = {
     "diamond": {"join": {"sides": ["left", "right"], "summary": "graphs: joined"}},
     "router": {"route": "urgent", "message": "ticket 'checkout returns 500' routed to urgent"},
     "loop": {"done": {"polls": 3}},
@@ -27,7 +28,17 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "route": "billing",
         "reply": "[offline] 25 words: Draft a reply to: I was charged twice for my March invoice,…",
     },
+    "agent": lambda out: check_agent(out),
 }
+
+
+def check_agent(out: dict[str, Any]) -> None:
+    """The offline agent calls the http tool once with the URL of its prompt, then answers
+    from the result: the repository's JSON where there is network, else the error (which
+    varies by machine), so only the shape of the answer is fixed."""
+    assert out["provider"] == "offline" and out["tool_calls"] == 1
+    assert out["report"].startswith("[offline] from 1 tool result(s): http: ")
+    assert out["verdict"].startswith("[offline] ")
 
 
 def load(name: str) -> orchestrator_pb2.SubmitGraphRequest:
@@ -45,4 +56,9 @@ async def test_example_runs(redis_single, key_prefix, name: str) -> None:
         gid, st = await stack.client.run(load(name))
         assert st.state == execution_pb2.GRAPH_STATE_COMPLETED, st
         result = await stack.client.result(gid)
-        assert json_format.MessageToDict(result.output) == EXPECTED[name]
+        output = json_format.MessageToDict(result.output)
+        expected = EXPECTED[name]
+        if callable(expected):
+            expected(output)
+        else:
+            assert output == expected

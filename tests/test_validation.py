@@ -279,10 +279,34 @@ def test_node_without_a_kind(cel: CelCompiler) -> None:
     only(rejected(cel, graph([{"id": "a"}])), "graph.nodes[0]", "kind", "tool", "router")
 
 
-@pytest.mark.parametrize("kind", ["agent"])
-def test_node_kinds_not_available_yet(cel: CelCompiler, kind: str) -> None:
-    v = rejected(cel, graph([tool("a"), {"id": "b", kind: {}}], [edge("a", "b")]))
-    only(v, f"graph.nodes[1].{kind}", kind, "not available")
+def test_agent_fields_and_tool_names_are_checked_with_their_paths(cel: CelCompiler) -> None:
+    bad = {
+        "id": "b",
+        "agent": {
+            "llm": {"prompt": "", "outputSchema": {"type": "object"}},
+            "tools": ["echo", "shell", "kb/search", "echo"],
+            "maxTurns": 5000,
+            "toolTimeout": "0s",
+        },
+    }
+    v = rejected(cel, graph([tool("a"), bad], [edge("a", "b")]))
+    p = "graph.nodes[1].agent"
+    assert fields(v) == {
+        f"{p}.llm.prompt",
+        f"{p}.llm.output_schema",
+        f"{p}.tools[1]",
+        f"{p}.tools[2]",
+        f"{p}.tools[3]",
+        f"{p}.max_turns",
+        f"{p}.tool_timeout",
+    }, v
+    assert_says(v, f"{p}.tools[1]", '"shell"', "echo, sleep")
+    assert_says(v, f"{p}.tools[2]", "MCP server", '"kb"', "not configured")
+    assert_says(v, f"{p}.tools[3]", "twice")
+    # Tools of a configured MCP server are accepted by name (checked when the node runs).
+    options = CompileOptions(tools={"echo", "sleep"}, mcp_servers={"kb"})
+    ok = {"id": "b", "agent": {"llm": {"prompt": "hi"}, "tools": ["kb/search", "kb/*", "echo"]}}
+    compile_graph(graph([ok]), {}, cel, options)
 
 
 def test_llm_and_http_fields_are_checked_with_their_paths(cel: CelCompiler) -> None:

@@ -77,6 +77,32 @@ async def _effect(args: Any, ctx: NodeContext) -> Any:
     return {"key": key, "applied": applied}
 
 
+HOLD_CANCELLED: list[str] = []
+"""Idempotency keys of ``hold`` calls that were cancelled (the tests run workers in-process)."""
+
+
+async def _hold(args: Any, ctx: NodeContext) -> Any:
+    """Waits ``seconds``; a cancelled call records its idempotency key in HOLD_CANCELLED."""
+    try:
+        await asyncio.sleep(float(args.get("seconds", 60)))
+    except asyncio.CancelledError:
+        HOLD_CANCELLED.append(ctx.idempotency_key)
+        raise
+    return {"held": True}
+
+
+ORDERS = {"A-100": "shipped", "A-200": "delayed"}
+
+
+async def _order_status(args: Any, ctx: NodeContext) -> Any:
+    """The status of an order (an operator tool with a JSON Schema, for agents); the
+    idempotency key it was given is part of the answer."""
+    order = str(args["order_id"])
+    if order not in ORDERS:
+        raise NodeFailure(graph_pb2.ERROR_CLASS_PERMANENT, f"no order {order}", False)
+    return {"order_id": order, "status": ORDERS[order], "key": ctx.idempotency_key}
+
+
 def dago_tools() -> list[Tool]:
     """The tools this module provides."""
     return [
@@ -87,4 +113,16 @@ def dago_tools() -> list[Tool]:
         Tool("count", "Adds one.", _count),
         Tool("chatter", "Emits many events.", _chatter),
         Tool("effect", "A side effect de-duplicated by the idempotency key.", _effect),
+        Tool("hold", "Waits, recording a cancellation.", _hold),
+        Tool(
+            "order_status",
+            "Looks up the shipping status of an order by its id.",
+            _order_status,
+            {
+                "type": "object",
+                "properties": {"order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"}},
+                "required": ["order_id"],
+                "additionalProperties": False,
+            },
+        ),
     ]

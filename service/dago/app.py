@@ -11,23 +11,27 @@ from dago.cel import CelCompiler
 from dago.config import Settings
 from dago.graphcache import GraphCache
 from dago.graphdef import CompileOptions
-from dago.handlers import Handler, RouterHandler, default_handlers, load_tools
+from dago.handlers import Handler, RouterHandler, ToolHandler
 from dago.httpnode import HttpHandler
 from dago.keys import Keys
+from dago.llm.agent import AgentHandler
 from dago.llm.node import LlmHandler
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.llm.router import LlmRouteChooser
 from dago.server import ApiServer
 from dago.store import Store, connect
+from dago.tools import Toolbox, known_names
 from dago.watch import EventHub
 from dago.worker import Worker
 
 
 def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
     store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+    known = known_names(settings)
     options = CompileOptions(
-        tools=frozenset(load_tools(settings.tool_modules)),
+        tools=known.tools,
+        mcp_servers=known.mcp_servers,
         max_nodes=settings.max_nodes,
         max_edges=settings.max_edges,
         default_attempt_timeout=settings.attempt_timeout_s,
@@ -63,10 +67,15 @@ def build_worker(settings: Settings) -> Worker:
 
 def build_handlers(settings: Settings) -> dict[str, Handler]:
     """The handler of every node kind a worker runs."""
-    handlers = default_handlers(load_tools(settings.tool_modules))
+    http = HttpHandler(settings.http_allow, settings.http_max_response_bytes)
+    toolbox = Toolbox.from_settings(settings, http)
+    handlers: dict[str, Handler] = {"tool": ToolHandler(toolbox)}
     prices = PriceTable(settings.prices)
     llm = LlmHandler(Providers(settings), prices, settings.llm_max_tokens)
     handlers["llm"] = llm
     handlers["router"] = RouterHandler(LlmRouteChooser(llm))
-    handlers["http"] = HttpHandler(settings.http_allow, settings.http_max_response_bytes)
+    handlers["http"] = http
+    handlers["agent"] = AgentHandler(
+        llm, toolbox, settings.agent_max_turns, settings.tool_timeout_s
+    )
     return handlers

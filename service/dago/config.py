@@ -62,6 +62,9 @@ class Settings:
     prices: str = ""
     http_allow: str = ""
     http_max_response_bytes: int = 10 * 1024 * 1024
+    mcp_servers: str = field(default="", repr=False)
+    agent_max_turns: int = 10
+    tool_timeout_s: float = 60.0
     auth: str = "keys"
     api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
@@ -108,6 +111,18 @@ def _redis_url(v: Any) -> str | None:
 def _provider(v: Any) -> str | None:
     ok = ("", "anthropic", "openai", "offline")
     return None if v in ok else "must be anthropic, openai or offline (empty: automatic)"
+
+
+def _mcp_servers(v: Any) -> str | None:
+    from dago.mcptools import parse_servers  # only when set: it imports the handler types
+
+    if not v:
+        return None
+    try:
+        parse_servers(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _prices(v: Any) -> str | None:
@@ -240,6 +255,23 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "http_max_response_bytes": _Spec(
         "Largest HTTP node response body, unless the node sets a smaller one.", _positive
+    ),
+    "mcp_servers": _Spec(
+        "MCP servers whose tools agents and tool nodes may use, as `<server>/<tool>`: JSON "
+        '`{"<server>": {"command": ["prog", "arg"], "env": {...}, "cwd": "..."}}` (stdio) or '
+        '`{"<server>": {"url": "https://.../mcp", "headers": {...}}}` (streamable HTTP). '
+        "Never logged (env and headers may hold credentials).",
+        _mcp_servers,
+        secret=True,
+    ),
+    "agent_max_turns": _Spec(
+        "Model turns of an agent node that sets no max_turns.",
+        lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000",
+    ),
+    "tool_timeout_s": _Spec(
+        "Timeout of one tool call of an agent that sets no tool_timeout (an expired call "
+        "goes back to the model as an error), and of the http tool's request.",
+        _positive,
     ),
     "auth": _Spec(
         "`keys`: every API call but health and reflection needs `authorization: Bearer <key>` "

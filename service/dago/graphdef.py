@@ -23,7 +23,8 @@ from dago.values import to_plain
 
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-SUPPORTED_KINDS = frozenset({"tool", "router", "llm", "http"})
+SUPPORTED_KINDS = frozenset({"tool", "router", "llm", "http", "agent"})
+MAX_AGENT_TURNS = 1000
 LLM_PROVIDERS = ("anthropic", "openai", "offline")
 MAX_LLM_TOKENS = 1_000_000
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
@@ -113,6 +114,9 @@ class CompileOptions:
 
     tools: Collection[str]
     max_nodes: int = 1000
+    mcp_servers: Collection[str] = ()
+    """Configured MCP servers: ``<server>/<tool>`` names are accepted for them (the tool
+    itself is checked when the node runs, so the API never starts an MCP server)."""
     max_edges: int = 5000
     default_attempt_timeout: float = 300.0
 
@@ -540,13 +544,9 @@ def _compile_nodes(
                 output[name] = expr
         routes: list[tuple[str, Expression | None]] = []
         if kind == "tool":
-            name = node.tool.name
-            if name not in options.tools:
-                chk.add(
-                    f"{path}.tool.name",
-                    f'no tool named "{name}" is registered; available: '
-                    + ", ".join(sorted(options.tools)),
-                )
+            problem = _tool_problem(node.tool.name, options)
+            if problem:
+                chk.add(f"{path}.tool.name", problem)
         templates: dict[str, Template] = {}
         if kind == "router":
             routes = _compile_router(node, out_edges.get(nid, []), cel, chk, path, root)
@@ -556,6 +556,8 @@ def _compile_nodes(
             templates = _compile_llm(node.llm, cel, chk, path)
         elif kind == "http":
             templates = _compile_http(node.http, cel, chk, path)
+        elif kind == "agent":
+            templates = _compile_agent(node.agent, options, cel, chk, path)
         timeout = options.default_attempt_timeout
         if node.HasField("attempt_timeout"):
             timeout = _seconds(node.attempt_timeout)
@@ -673,6 +675,53 @@ def _compile_llm(
             chk.add(f"{p}.messages[{i}].role", 'must be "user" or "assistant"')
         fields[f"{prefix}.messages[{i}].content"] = m.content
     return chk.field_templates(cel, fields, path)
+
+
+def _tool_problem(name: str, options: CompileOptions) -> str | None:
+    """Why a graph may not name the tool ``name``, or None."""
+    if name in options.tools:
+        return None
+    server, sep, tool = name.partition("/")
+    if sep and server and tool:
+        if server in options.mcp_servers:
+            return None
+        return f'"{name}" names MCP server "{server}", which is not configured; configured: ' + (
+            ", ".join(sorted(options.mcp_servers)) or "none (DAGO_MCP_SERVERS)"
+        )
+    return f'no tool named "{name}" is registered; available: ' + ", ".join(sorted(options.tools))
+
+
+def _compile_agent(
+    spec: graph_pb2.AgentNode,
+    options: CompileOptions,
+    cel: CelCompiler,
+    chk: _Checker,
+    path: str,
+) -> dict[str, Template]:
+    p = f"{path}.agent"
+    if spec.llm.HasField("output_schema"):
+        chk.add(
+            f"{p}.llm.output_schema",
+            "an agent answers in text: add an llm node with an output_schema after it",
+        )
+    seen: set[str] = set()
+    for j, name in enumerate(spec.tools):
+        problem = _tool_problem(name, options) if not name.endswith("/*") else None
+        if name.endswith("/*") and name[:-2] not in options.mcp_servers:
+            problem = f'"{name}" names MCP server "{name[:-2]}", which is not configured'
+        if problem:
+            chk.add(f"{p}.tools[{j}]", problem)
+        elif name in seen:
+            chk.add(f"{p}.tools[{j}]", f'"{name}" is listed twice')
+        seen.add(name)
+    if not 0 <= spec.max_turns <= MAX_AGENT_TURNS:
+        chk.add(f"{p}.max_turns", f"must be between 0 and {MAX_AGENT_TURNS} (0: server default)")
+    if spec.HasField("tool_timeout"):
+        _check_duration(spec.tool_timeout, f"{p}.tool_timeout", chk)
+    spec_llm = graph_pb2.LlmNode()
+    spec_llm.CopyFrom(spec.llm)
+    spec_llm.ClearField("output_schema")
+    return _compile_llm(spec_llm, cel, chk, path, "agent.llm")
 
 
 def _compile_http(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.metadata
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -93,11 +94,18 @@ class NodeContext:
     scope: dict[str, Any]
     emit: Emit
     worker_id: str
+    tool_call: str = ""
+    """Inside an agent: the tool call's position in the attempt (``t<turn>.<n>``)."""
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across redeliveries of this attempt: tools use it to de-duplicate effects."""
-        return f"{self.graph_id}/{self.node.id}/{self.iteration}/{self.attempt}"
+        """Stable across redeliveries of this attempt: tools use it to de-duplicate effects.
+
+        A tool an agent calls gets the attempt's key plus ``/<tool_call>``, the call's
+        position (turn and index), so two calls of one attempt do not share a key.
+        """
+        key = f"{self.graph_id}/{self.node.id}/{self.iteration}/{self.attempt}"
+        return f"{key}/{self.tool_call}" if self.tool_call else key
 
 
 @dataclass
@@ -153,27 +161,58 @@ BUILTIN_TOOLS = (
 )
 
 
-def load_tools(modules: str) -> dict[str, Tool]:
-    """Built-in tools plus those of each module's ``dago_tools()`` (comma-separated names)."""
+ENTRY_POINT_GROUP = "dago.tools"
+"""Installed packages may offer operator tools under this entry point group: each entry
+point is a ``Tool`` or a function returning ``Tool`` objects (like ``dago_tools()``)."""
+
+
+def load_tools(modules: str, entry_points: bool = True) -> dict[str, Tool]:
+    """Built-in tools, those of the ``dago.tools`` entry points, and those of each module's
+    ``dago_tools()`` (comma-separated names); a later one replaces an earlier one's name."""
     tools = {t.name: t for t in BUILTIN_TOOLS}
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            loaded = ep.load()
+            provided: Iterable[Tool] = [loaded] if isinstance(loaded, Tool) else loaded()
+            for tool in provided:
+                tools[tool.name] = tool
     for name in filter(None, (m.strip() for m in modules.split(","))):
         module = importlib.import_module(name)
-        provided: Iterable[Tool] = module.dago_tools()
-        for tool in provided:
+        for tool in module.dago_tools():
             tools[tool.name] = tool
     return tools
+
+
+class ToolSource(Protocol):
+    """Where a worker finds a tool by the name a graph uses."""
+
+    async def get(self, name: str) -> Tool | None:
+        """The tool, or None when no such tool exists; raises NodeFailure when the tool
+        exists but cannot be reached (an MCP server that does not start)."""
+        ...
+
+
+class StaticTools:
+    """A fixed set of tools."""
+
+    def __init__(self, tools: Mapping[str, Tool]) -> None:
+        self._tools = tools
+
+    async def get(self, name: str) -> Tool | None:
+        """The tool of that name, if any."""
+        return self._tools.get(name)
 
 
 class ToolHandler:
     """Calls the tool a ``tool`` node names with the node's rendered input."""
 
-    def __init__(self, tools: Mapping[str, Tool]) -> None:
-        self._tools = tools
+    def __init__(self, tools: ToolSource | Mapping[str, Tool]) -> None:
+        self._tools = StaticTools(tools) if isinstance(tools, Mapping) else tools
 
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Run the tool; its return value is the node's result."""
         name = ctx.node.proto.tool.name
-        tool = self._tools.get(name)
+        tool = await self._tools.get(name)
         if tool is None:
             raise invalid(f'no tool named "{name}" is registered on this worker')
         return NodeResult(await tool.fn(ctx.input, ctx))

@@ -102,20 +102,39 @@ class HttpHandler:
             except EvalError as e:
                 raise invalid(str(e)) from None
 
-        url_text = render("http.url", spec.url)
+        url_text = str(render("http.url", spec.url))
+        headers = {
+            name: str(render(f"http.headers[{name}]", v)) for name, v in spec.headers.items()
+        }
+        body = render("http.body", spec.body)
+        cap = min(spec.max_response_bytes or self._max_bytes, self._max_bytes)
+        return NodeResult(
+            await self.fetch(
+                spec.method or "GET", url_text, headers, body, ctx.node.attempt_timeout, cap
+            )
+        )
+
+    async def fetch(
+        self,
+        method: str,
+        url_text: str,
+        headers: dict[str, str],
+        body: Any,
+        timeout_s: float,
+        cap: int | None = None,
+    ) -> dict[str, Any]:
+        """One request with the checks of the module doc: ``{status, headers, body}``, or
+        NodeFailure (refused address, bad URL, error status, timeout, too large)."""
         try:
-            url = httpx.URL(str(url_text))
+            url = httpx.URL(url_text)
         except httpx.InvalidURL as e:
             raise invalid(f"http.url: {url_text!r} is not a URL ({e})") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise invalid(f"http.url: {url_text!r} is not an absolute http(s) URL")
         port = url.port or (443 if url.scheme == "https" else 80)
         ip = await self.resolve(url.host, port)
-        headers = {
-            name: str(render(f"http.headers[{name}]", v)) for name, v in spec.headers.items()
-        }
+        headers = dict(headers)
         headers["Host"] = url.netloc.decode("ascii")
-        body = render("http.body", spec.body)
         content: bytes | None = None
         if isinstance(body, dict | list | int | float | bool):
             content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -124,12 +143,12 @@ class HttpHandler:
             content = str(body).encode()
         target = url.copy_with(host=str(ip))
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        cap = min(spec.max_response_bytes or self._max_bytes, self._max_bytes)
-        method = (spec.method or "GET").upper()
+        cap = min(cap or self._max_bytes, self._max_bytes)
+        method = method.upper()
         try:
             async with (
                 httpx.AsyncClient(
-                    follow_redirects=False, timeout=ctx.node.attempt_timeout, trust_env=False
+                    follow_redirects=False, timeout=timeout_s, trust_env=False
                 ) as client,
                 client.stream(
                     method, target, headers=headers, content=content, extensions=extensions
@@ -146,7 +165,7 @@ class HttpHandler:
                 f"{method} {url_text}: {type(e).__name__}: {e}",
                 True,
             ) from None
-        return NodeResult(_result(method, str(url_text), resp, raw))
+        return _result(method, url_text, resp, raw)
 
 
 async def _read_capped(resp: httpx.Response, cap: int) -> bytes:

@@ -41,8 +41,10 @@ def set_value(msg: struct_pb2.Value, value: Any) -> None:
     elif isinstance(value, str):
         msg.string_value = value
     elif isinstance(value, dict):
+        msg.struct_value.SetInParent()  # so that {} is an empty object, not an unset value
         msg.struct_value.update(value)
     elif isinstance(value, list | tuple):
+        msg.list_value.SetInParent()
         msg.list_value.extend(value)
     else:
         msg.string_value = str(value)

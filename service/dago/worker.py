@@ -112,7 +112,19 @@ class Worker:
             for t in (renew, heartbeat, completer):
                 t.cancel()
         await self._deregister()
+        await self._close_handlers()
         log.info("worker %s stopped", self.id)
+
+    async def _close_handlers(self) -> None:
+        """Release what handlers hold open (MCP server sessions and their processes)."""
+        for handler in {id(h): h for h in self._handlers.values()}.values():
+            close = getattr(handler, "close", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception as e:  # shutting down: report and go on
+                log.warning("closing the %s handler failed: %s", type(handler).__name__, e)
 
     async def _drain(self) -> None:
         tasks = [r.task for r in self._running.values()]

@@ -6,6 +6,12 @@ node's output schema and ``tool_choice`` naming it; the tool input is checked
 with ``jsonschema`` and, when it does not match, the model is asked once more
 with the validation error as the tool result.
 
+Agents: the request's tools go as ``tools`` (name, description, input_schema); the
+model's ``tool_use`` blocks come back as ``LlmResponse.tool_calls`` and an assistant
+turn that made calls is sent back as its text and ``tool_use`` blocks, followed by a
+user turn of ``tool_result`` blocks (``is_error`` for failed calls). Text deltas of
+every turn still stream to the caller.
+
 The SDK's own retries are off (``max_retries=0``): dago's retry policy decides,
 and a ``retry-after`` the API sends is passed on as ``NodeFailure.retry_after``.
 Errors: 429 → RATE_LIMITED, 529/5xx/connection errors → TRANSIENT, timeouts →
@@ -23,7 +29,16 @@ import anthropic
 import httpx
 
 from dago.handlers import NodeFailure
-from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage, retry_after
+from dago.llm.base import (
+    CallFailed,
+    ChatMessage,
+    LlmRequest,
+    LlmResponse,
+    OnText,
+    TokenUsage,
+    ToolCallRequest,
+    retry_after,
+)
 from dago.llm.schema import validation_error
 from dago.v1 import graph_pb2
 
@@ -60,15 +75,20 @@ class AnthropicProvider:
 
     async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
         """One call (two with a schema repair); raises NodeFailure classified as above."""
-        messages: list[dict[str, Any]] = [
-            {"role": m.role, "content": m.content} for m in request.messages
-        ]
+        messages = [_message(m) for m in request.messages]
         try:
             msg = await self._stream(request, messages, on_text)
             usage = _usage(msg)
             if request.output_schema is None:
                 text = "".join(b.text for b in msg.content if b.type == "text")
-                return LlmResponse(text, usage, msg.model, stop_reason=msg.stop_reason or "")
+                calls = tuple(
+                    ToolCallRequest(b.id, b.name, b.input if isinstance(b.input, dict) else {})
+                    for b in msg.content
+                    if b.type == "tool_use"
+                )
+                return LlmResponse(
+                    text, usage, msg.model, stop_reason=msg.stop_reason or "", tool_calls=calls
+                )
             obj, problem, block = _structured(msg, request.output_schema)
             if problem is not None:
                 # One repair: show the model its output and what is wrong with it.
@@ -140,12 +160,40 @@ class AnthropicProvider:
                 }
             ]
             kwargs["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+        elif request.tools:
+            kwargs["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in request.tools
+            ]
         # Awaited in the attempt's task: cancelling the task closes the HTTP stream at once.
         async with self._client.messages.stream(**kwargs) as stream:
             async for event in stream:
                 if event.type == "content_block_delta" and event.delta.type == "text_delta":
                     on_text(event.delta.text)
             return await stream.get_final_message()
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """The Messages API form of one turn (content blocks when it carries tool use)."""
+    if m.tool_results:
+        results: list[dict[str, Any]] = [
+            {
+                "type": "tool_result",
+                "tool_use_id": r.call_id,
+                "content": r.content,
+                **({"is_error": True} if r.is_error else {}),
+            }
+            for r in m.tool_results
+        ]
+        return {"role": m.role, "content": results}
+    if m.tool_calls:
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+            for c in m.tool_calls
+        ]
+        return {"role": m.role, "content": blocks}
+    return {"role": m.role, "content": m.content}
 
 
 def _usage(msg: Any) -> TokenUsage:

@@ -22,11 +22,47 @@ OnText = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A tool the model may call: its name (as the model sees it), description and the JSON
+    Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """A tool call the model asked for: ``arguments`` are the model's JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    """What a tool call gave back to the model: ``content`` is text (JSON for structured
+    results); ``is_error`` marks a failed call (the model sees the error and may recover)."""
+
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    """One turn of a conversation: ``user`` or ``assistant``."""
+    """One turn of a conversation: ``user`` or ``assistant``.
+
+    An assistant turn of an agent may carry the ``tool_calls`` the model made; the user
+    turn after it carries their ``tool_results`` (and usually no text).
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_results: tuple[ToolOutcome, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +77,8 @@ class LlmRequest:
     stop: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    """Tools the model may call (agents); a response then may hold ``tool_calls``."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +108,8 @@ class LlmResponse:
     model: str
     object: dict[str, Any] | None = None
     stop_reason: str = ""
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    """The tool calls the model made (it ended its turn to get their results)."""
 
 
 class CallFailed(NodeFailure):

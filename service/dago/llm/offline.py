@@ -11,20 +11,109 @@ streams in deltas of three words. With an output schema the answer is
 valid for the schemas dago accepts in practice and is validated like any
 provider's output. Usage: input tokens = words in, output tokens = words out;
 the model is always ``offline`` and costs nothing.
+
+``stop_sequences``: the answer ends before the first stop sequence it contains
+(stop reason ``stop_sequence``); ``max_tokens``: it has at most that many words
+(stop reason ``max_tokens``).
+
+Tools (agents), so an offline agent really uses its tools:
+
+1. while no tool has answered in the conversation yet, the model calls every tool
+   it is given, once each, in order, with arguments built from the tool's schema:
+   ``schema.instance`` of it, where each top-level string property (without enum
+   or const) is the first ``http(s)://`` URL of the last user message when the
+   property is named ``url``/``uri``/``href`` (or has ``format: uri``), else that
+   message's text (both cut to ``maxLength``); its text is
+   ``[offline] calling <tools>``;
+2. once tool results are in, it answers ``[offline] from <K> tool result(s): <tool>:
+   <first 80 characters of the result>; ...`` (``<tool>: error: ...`` for failed
+   calls) and ends its turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+from typing import Any
 
 from dago.handlers import NodeFailure
-from dago.llm.base import LlmRequest, LlmResponse, OnText, TokenUsage
+from dago.llm.base import (
+    LlmRequest,
+    LlmResponse,
+    OnText,
+    TokenUsage,
+    ToolCallRequest,
+    ToolOutcome,
+    ToolSpec,
+)
 from dago.llm.schema import instance, validation_error
 from dago.v1 import graph_pb2
 
 PREFIX_WORDS = 12
 CHUNK_WORDS = 3
+RESULT_CHARS = 80
+URL = re.compile(r"https?://[^\s\"'<>)]+")
+URL_NAMES = ("url", "uri", "href")
+
+
+def _last_user(request: LlmRequest) -> str:
+    return next(
+        (m.content for m in reversed(request.messages) if m.role == "user" and m.content), ""
+    )
+
+
+def tool_arguments(spec: ToolSpec, prompt: str) -> dict[str, Any]:
+    """The arguments the offline model passes to ``spec`` (rule 1 of the module doc)."""
+    args = instance(spec.parameters)
+    if not isinstance(args, dict):
+        return {}
+    props = spec.parameters.get("properties") or {}
+    urls = URL.findall(prompt)
+    for key in list(args):
+        prop = props.get(key)
+        if not isinstance(prop, dict) or prop.get("type") != "string":
+            continue
+        if "enum" in prop or "const" in prop:
+            continue
+        wants_url = key.lower() in URL_NAMES or prop.get("format") in ("uri", "url")
+        value = (urls[0] if urls else args[key]) if wants_url else prompt
+        limit = prop.get("maxLength")
+        args[key] = value[: int(limit)] if isinstance(limit, int) else value
+    return args
+
+
+def _results(request: LlmRequest) -> list[ToolOutcome]:
+    return [r for m in request.messages for r in m.tool_results]
+
+
+def tool_turn(request: LlmRequest) -> tuple[str, tuple[ToolCallRequest, ...]]:
+    """The offline model's turn when it has tools: (text, tool calls) by the module's rule."""
+    results = _results(request)
+    if not results:
+        prompt = _last_user(request)
+        calls = tuple(
+            ToolCallRequest(f"offline_{i + 1}", t.name, tool_arguments(t, prompt))
+            for i, t in enumerate(request.tools)
+        )
+        return "[offline] calling " + ", ".join(t.name for t in request.tools), calls
+    parts = []
+    for r in results:
+        head = r.content[:RESULT_CHARS] + ("…" if len(r.content) > RESULT_CHARS else "")
+        parts.append(f"{r.name}: {'error: ' if r.is_error else ''}{head}")
+    return f"[offline] from {len(results)} tool result(s): " + "; ".join(parts), ()
+
+
+def _limit(request: LlmRequest, answer: str) -> tuple[str, str]:
+    """``answer`` cut at the first stop sequence and to max_tokens words, with the reason."""
+    reason = "end_turn"
+    cut = min((i for i in (answer.find(s) for s in request.stop if s) if i >= 0), default=-1)
+    if cut >= 0:
+        answer, reason = answer[:cut].rstrip(), "stop_sequence"
+    words = answer.split(" ")
+    if len(words) > request.max_tokens > 0:
+        answer, reason = " ".join(words[: request.max_tokens]), "max_tokens"
+    return answer, reason
 
 
 def offline_answer(request: LlmRequest) -> str:
@@ -45,7 +134,8 @@ class OfflineProvider:
     async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
         """Stream the offline answer (or return a schema instance)."""
         words_in = len(request.system.split()) + sum(
-            len(m.content.split()) for m in request.messages
+            len(m.content.split()) + sum(len(r.content.split()) for r in m.tool_results)
+            for m in request.messages
         )
         if request.output_schema is not None:
             obj = instance(request.output_schema)
@@ -60,11 +150,18 @@ class OfflineProvider:
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
             usage = TokenUsage(input=words_in, output=len(text.split()))
             return LlmResponse(text, usage, "offline", object=obj, stop_reason="tool_use")
-        answer = offline_answer(request)
+        calls: tuple[ToolCallRequest, ...] = ()
+        if request.tools:
+            answer, calls = tool_turn(request)
+            reason = "tool_use" if calls else "end_turn"
+            if not calls:
+                answer, reason = _limit(request, answer)
+        else:
+            answer, reason = _limit(request, offline_answer(request))
         words = answer.split(" ")
         for i in range(0, len(words), CHUNK_WORDS):
             chunk = " ".join(words[i : i + CHUNK_WORDS])
             on_text(chunk if i == 0 else " " + chunk)
             await asyncio.sleep(0)  # a real stream yields between deltas
         usage = TokenUsage(input=words_in, output=len(words))
-        return LlmResponse(answer, usage, "offline", stop_reason="end_turn")
+        return LlmResponse(answer, usage, "offline", stop_reason=reason, tool_calls=calls)

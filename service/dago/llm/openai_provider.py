@@ -16,6 +16,12 @@ when it does not match, the model is asked once more with the validation error.
 (Structured answers are not streamed as text deltas, as with the anthropic
 provider's forced tool use.)
 
+Agents: the request's tools go as ``tools`` of type ``function``; the streamed
+``tool_calls`` deltas (id and name first, then the arguments JSON in pieces) are put
+together into ``LlmResponse.tool_calls``. An assistant turn that made calls is sent
+back with its ``tool_calls``, and each result as a ``tool`` message (failed calls
+say so in their content: the chat API has no error flag).
+
 The SDK's own retries are off (``max_retries=0``): dago's retry policy decides,
 and a ``retry-after`` the server sends is passed on as ``NodeFailure.retry_after``.
 Errors: 429 → RATE_LIMITED, 5xx/connection errors → TRANSIENT, timeouts → TIMEOUT
@@ -32,7 +38,16 @@ from typing import Any
 import openai
 
 from dago.handlers import NodeFailure
-from dago.llm.base import CallFailed, LlmRequest, LlmResponse, OnText, TokenUsage, retry_after
+from dago.llm.base import (
+    CallFailed,
+    ChatMessage,
+    LlmRequest,
+    LlmResponse,
+    OnText,
+    TokenUsage,
+    ToolCallRequest,
+    retry_after,
+)
 from dago.llm.schema import validation_error
 from dago.v1 import graph_pb2
 
@@ -74,11 +89,15 @@ class OpenAIProvider:
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        for m in request.messages:
+            messages += _messages(m)
+        calls: list[ToolCallRequest] = []
         try:
             if request.output_schema is None:
-                text, usage, model, stop = await self._stream(request, messages, on_text)
-                return LlmResponse(text, usage, model or request.model, stop_reason=stop)
+                text, usage, model, stop = await self._stream(request, messages, on_text, calls)
+                return LlmResponse(
+                    text, usage, model or request.model, stop_reason=stop, tool_calls=tuple(calls)
+                )
             text, usage, model, stop = await self._stream(request, messages, None)
             obj, problem = _structured(text, request.output_schema)
             if problem is not None:
@@ -127,9 +146,14 @@ class OpenAIProvider:
             ) from None
 
     async def _stream(
-        self, request: LlmRequest, messages: list[dict[str, Any]], on_text: OnText | None
+        self,
+        request: LlmRequest,
+        messages: list[dict[str, Any]],
+        on_text: OnText | None,
+        calls: list[ToolCallRequest] | None = None,
     ) -> tuple[str, TokenUsage, str, str]:
-        """(text, usage, model, finish reason) of one streamed call."""
+        """(text, usage, model, finish reason) of one streamed call; the tool calls the
+        model made are appended to ``calls``."""
         kwargs: dict[str, Any] = {
             "model": request.model,
             "messages": messages,
@@ -148,6 +172,19 @@ class OpenAIProvider:
                 "type": "json_schema",
                 "json_schema": {"name": SCHEMA_NAME, "schema": request.output_schema},
             }
+        elif request.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
+        pending: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
         parts: list[str] = []
         usage = TokenUsage()
         model = ""
@@ -162,6 +199,12 @@ class OpenAIProvider:
                 for choice in chunk.choices:
                     if choice.finish_reason:
                         stop = choice.finish_reason
+                    for tc in (choice.delta.tool_calls if choice.delta else None) or []:
+                        slot = pending.setdefault(tc.index, ["", "", ""])
+                        slot[0] = tc.id or slot[0]
+                        if tc.function is not None:
+                            slot[1] = tc.function.name or slot[1]
+                            slot[2] += tc.function.arguments or ""
                     piece = choice.delta.content if choice.delta else None
                     if piece:
                         parts.append(piece)
@@ -169,7 +212,49 @@ class OpenAIProvider:
                             on_text(piece)
         finally:
             await stream.close()
+        for index in sorted(pending):
+            call_id, name, raw = pending[index]
+            try:
+                args = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                # Given back to the model as is: the agent reports the bad arguments to it.
+                args = {"_unparsed_arguments": raw}
+            if calls is not None:
+                calls.append(ToolCallRequest(call_id or f"call_{index}", name, _object(args)))
         return "".join(parts), usage, model, stop
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _messages(m: ChatMessage) -> list[dict[str, Any]]:
+    """The chat completions form of one turn (tool results are one message each)."""
+    if m.tool_results:
+        return [
+            {
+                "role": "tool",
+                "tool_call_id": r.call_id,
+                "content": f"ERROR: {r.content}" if r.is_error else r.content,
+            }
+            for r in m.tool_results
+        ]
+    if m.tool_calls:
+        return [
+            {
+                "role": "assistant",
+                "content": m.content or None,
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": _json(c.arguments)},
+                    }
+                    for c in m.tool_calls
+                ],
+            }
+        ]
+    return [{"role": m.role, "content": m.content}]
 
 
 def _usage(u: Any) -> TokenUsage:

@@ -1,0 +1,239 @@
+"""The ``agent`` node kind: a model and tools in a loop.
+
+Each turn is one model call (through the provider interface, text deltas streamed
+as coalesced ``llm_delta`` events, like the ``llm`` node) with the agent's tools.
+When the model ends its turn without calling a tool, its text is the node's result
+``{text, model, provider, turns, tool_calls}``. When it calls tools, every call is
+a ``tool_call`` event (id, tool, arguments), the calls of one turn run concurrently,
+each result is a ``tool_result`` event (result, or error), and the results go back
+to the model for the next turn. After ``max_turns`` turns (``DAGO_AGENT_MAX_TURNS``
+when the node sets 0) that still end in tool calls, the node fails, not retryable.
+
+Tool failures do not fail the node: an unknown tool name, arguments that do not
+match the tool's schema, a tool error (an MCP error result, a refused HTTP address,
+an exception) or a call running past ``tool_timeout`` (``DAGO_TOOL_TIMEOUT_S`` when
+unset) go back to the model as an error tool result (``is_error``), so it can
+recover. Cancelling the attempt cancels the model call and the tool calls at once.
+
+Tools get the attempt's ``NodeContext`` with ``tool_call`` set to the call's
+position (``t<turn>.<n>``): their ``idempotency_key`` is the attempt's key plus
+that position. Tool names the model sees are the graph's names with characters
+other than letters, digits, ``_`` and ``-`` replaced by ``_`` (``files/read`` →
+``files_read``); events use the graph's names.
+
+Usage and cost are summed over all turns and recorded like the ``llm`` node's (in
+the attempt, the node, the graph, the result and a ``usage`` event); a failed
+attempt records what its turns spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import re
+from typing import Any
+
+from dago.handlers import NodeContext, NodeFailure, NodeResult, Tool
+from dago.llm.base import (
+    CallFailed,
+    ChatMessage,
+    LlmResponse,
+    TokenUsage,
+    ToolCallRequest,
+    ToolOutcome,
+    ToolSpec,
+)
+from dago.llm.node import LlmHandler
+from dago.llm.schema import validation_error
+from dago.tools import Toolbox
+from dago.v1 import graph_pb2
+
+log = logging.getLogger("dago.agent")
+
+RESULT_CHARS = 20_000
+"""Longest tool result (as text) given back to the model; longer ones are cut."""
+EVENT_CHARS = 8_000
+"""Longest arguments or result recorded in an event (as JSON); longer ones are cut."""
+
+
+def model_name(name: str) -> str:
+    """A tool name as providers accept it (``^[A-Za-z0-9_-]{1,64}$``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "tool"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more chars)"
+
+
+def _for_event(value: Any) -> Any:
+    """``value`` as recorded in an event: as is when small, else its text, cut."""
+    text = _text(value)
+    return value if len(text) <= EVENT_CHARS else _cut(text, EVENT_CHARS)
+
+
+class AgentHandler:
+    """Runs ``agent`` nodes."""
+
+    def __init__(
+        self, llm: LlmHandler, tools: Toolbox, default_max_turns: int, default_tool_timeout: float
+    ) -> None:
+        self._llm = llm
+        self._tools = tools
+        self._max_turns = default_max_turns
+        self._tool_timeout = default_tool_timeout
+
+    async def close(self) -> None:
+        """Stop the MCP sessions the tools started."""
+        await self._tools.close()
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Run the loop described in the module doc."""
+        spec = ctx.node.proto.agent
+        provider, model = await self._llm.resolve(spec.llm)
+        request = self._llm.request(ctx, model, spec.llm, "agent.llm")
+        tools = await self._tools.resolve(list(spec.tools), f"nodes[{ctx.node.index}].agent.tools")
+        by_model: dict[str, Tool] = {}
+        specs = []
+        for t in tools:
+            name = model_name(t.name)
+            while name in by_model:
+                name = name[:60] + f"_{len(by_model)}"
+            by_model[name] = t
+            specs.append(ToolSpec(name, t.description or t.name, dict(t.parameters)))
+        request = dataclasses.replace(request, tools=tuple(specs))
+        max_turns = spec.max_turns or self._max_turns
+        timeout = self._tool_timeout
+        if spec.HasField("tool_timeout"):
+            timeout = spec.tool_timeout.seconds + spec.tool_timeout.nanos / 1e9
+        messages = list(request.messages)
+        spent = TokenUsage()
+        last_model = model
+        calls_made = 0
+        resp: LlmResponse | None = None
+        for turn in range(1, max_turns + 1):
+            try:
+                resp, _ = await self._llm.call(
+                    ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
+                )
+            except CallFailed as f:
+                f.usage = self._llm.usage(provider.name, f.model, spent + f.tokens)
+                raise
+            except NodeFailure as f:
+                if spent != TokenUsage():
+                    f.usage = self._llm.usage(provider.name, last_model, spent)
+                raise
+            spent = spent + resp.usage
+            last_model = resp.model or last_model
+            if not resp.tool_calls:
+                usage = self._llm.usage(provider.name, last_model, spent)
+                value = {
+                    "text": resp.text,
+                    "model": last_model,
+                    "provider": provider.name,
+                    "turns": turn,
+                    "tool_calls": calls_made,
+                }
+                return NodeResult(value, usage=usage)
+            calls_made += len(resp.tool_calls)
+            messages.append(ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls))
+            outcomes = await self._run_tools(ctx, turn, resp.tool_calls, by_model, timeout)
+            messages.append(ChatMessage("user", "", tool_results=tuple(outcomes)))
+        asked = ", ".join(sorted({c.name for c in resp.tool_calls})) if resp else ""
+        failure = NodeFailure(
+            graph_pb2.ERROR_CLASS_PERMANENT,
+            f"the agent used all {max_turns} turns (agent.max_turns) and the model still asked "
+            f"for tools ({asked}); raise max_turns or narrow the task",
+            False,
+        )
+        failure.usage = self._llm.usage(provider.name, last_model, spent)
+        raise failure
+
+    async def _emit(self, ctx: NodeContext, events: list[tuple[str, str]]) -> None:
+        try:
+            await ctx.emit(events)
+        except Exception as e:  # events are a record of progress: the loop goes on
+            log.warning("could not record tool events: %s", e)
+
+    async def _run_tools(
+        self,
+        ctx: NodeContext,
+        turn: int,
+        calls: tuple[ToolCallRequest, ...],
+        by_model: dict[str, Tool],
+        limit_s: float,
+    ) -> list[ToolOutcome]:
+        events = []
+        for call in calls:
+            tool = by_model.get(call.name)
+            detail = {
+                "id": call.id,
+                "tool": tool.name if tool else call.name,
+                "args": _for_event(call.arguments),
+            }
+            events.append(("tool_call", json.dumps(detail, ensure_ascii=False)))
+        await self._emit(ctx, events)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._run_tool(ctx, f"t{turn}.{i}", call, by_model, limit_s)
+                    for i, call in enumerate(calls, 1)
+                )
+            )
+        )
+
+    async def _run_tool(
+        self,
+        ctx: NodeContext,
+        position: str,
+        call: ToolCallRequest,
+        by_model: dict[str, Tool],
+        limit_s: float,
+    ) -> ToolOutcome:
+        tool = by_model.get(call.name)
+        name = tool.name if tool else call.name
+        result: Any = None
+        error = ""
+        if tool is None:
+            error = f"no tool named {call.name!r}; available: {', '.join(sorted(by_model))}"
+        else:
+            error = _arguments_problem(tool, call.arguments)
+        if not error and tool is not None:
+            try:
+                async with asyncio.timeout(limit_s):
+                    result = await tool.fn(
+                        call.arguments, dataclasses.replace(ctx, tool_call=position)
+                    )
+            except TimeoutError:
+                error = f"the tool call timed out after {limit_s:g}s (agent.tool_timeout)"
+            except NodeFailure as f:
+                error = f.message
+            except Exception as e:  # a tool's bug: the model is told, the worker goes on
+                log.warning("tool %s failed: %s: %s", name, type(e).__name__, e)
+                error = f"{type(e).__name__}: {e}"
+        detail: dict[str, Any] = {"id": call.id, "tool": name}
+        if error:
+            detail["error"] = _cut(error, EVENT_CHARS)
+        else:
+            detail["result"] = _for_event(result)
+        await self._emit(
+            ctx, [("tool_result", json.dumps(detail, ensure_ascii=False, default=str))]
+        )
+        content = _cut(error if error else _text(result), RESULT_CHARS)
+        return ToolOutcome(call.id, call.name, content, is_error=bool(error))
+
+
+def _arguments_problem(tool: Tool, args: dict[str, Any]) -> str:
+    schema = dict(tool.parameters)
+    try:
+        problem = validation_error(schema, args)
+    except Exception:  # a tool schema jsonschema cannot use: the tool checks its arguments
+        return ""
+    return f"the arguments do not match the tool's schema: {problem}" if problem else ""
