@@ -41,7 +41,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: web dagoctl docs docs-check
+.PHONY: web dagoctl docs docs-check gen-go gen-java
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean bench
 .PHONY: helm helm-assets helm-docs lint-deploy
 
@@ -186,6 +186,12 @@ dagoctl: ## Install the dagoctl command as .venv/bin/dagoctl (make setup does)
 		'export PYTHONPATH="$$root/gen/python:$$root/clients/python$${PYTHONPATH:+:$$PYTHONPATH}"' \
 		'exec "$$root/$(PY)" -m dago_client "$$@"' > $(BIN)/dagoctl
 	@chmod +x $(BIN)/dagoctl
+
+gen-go: setup ## Go client code in build/gen/go (needs protoc-gen-go, protoc-gen-go-grpc on PATH; docs/clients.md)
+	$(BIN)/buf generate --template buf.gen.go.yaml --path proto/dago
+
+gen-java: setup ## Java client code in build/gen/java (needs protoc, protoc-gen-grpc-java on PATH; docs/clients.md)
+	$(BIN)/buf generate --template buf.gen.java.yaml --path proto/dago
 
 docs: setup ## Write docs/api.md from the proto comments (gen/dago.binpb)
 	$(PY) -m dago.docsgen --out docs/api.md
