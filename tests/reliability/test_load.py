@@ -236,6 +236,8 @@ async def test_load_graphs_and_watchers_complete_exactly_once_with_bounded_memor
                 "peak_rss_mb": {n: round(sampler.peak(n), 1) for n in sampler.samples},
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                 f"Python {platform.python_version()}",
+                # Other processes share the machine: the load average says how much.
+                "load_average_1m": round(os.getloadavg()[0], 1),
                 "when": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
             }
             REPORT_DIR.mkdir(parents=True, exist_ok=True)
