@@ -542,6 +542,29 @@ async def test_poison_work_is_dead_lettered(redis_target: RedisTarget, key_prefi
                 stack.signal(ev.node_started.worker_id, signal.SIGKILL)
                 await start_worker(stack, next(spares))  # always one spare left
 
+            # The node waits in the dead-letter list (the graph keeps running) until an
+            # operator requeues or drops it (tests/test_deadletters.py); dropping fails it.
+            async def dead_lettered() -> bool:
+                st = await stack.client.status(gid)
+                return node_status(st, "s").state == execution_pb2.NODE_STATE_DEAD_LETTERED
+
+            await eventually(dead_lettered, 10, 0.05)
+            dead_key = store.keys.shard(shard_of(gid)).dead
+            assert dead_key == f"{key_prefix}:{{s{shard_of(gid)}}}:dead"
+            dead = await store.redis.xrange(dead_key)
+            assert len(dead) == 1, dead
+            fields = {k.decode(): v.decode() for k, v in dead[0][1].items()}
+            assert (fields["g"], fields["n"], fields["a"]) == (gid, "s", "1")
+            assert int(fields["deliveries"]) == max_deliveries + 1
+            assert await pending(store, gid) == 0, "the dead-lettered item is still pending"
+            listed = await stack.client.stub.ListDeadLetters(
+                orchestrator_pb2.ListDeadLettersRequest(graph_id=gid)
+            )
+            (letter,) = listed.dead_letters
+            await stack.client.stub.DropDeadLetter(
+                orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=letter.dead_letter_id)
+            )
+
             st = await stack.client.wait(gid, timeout=10)
             assert st.state == execution_pb2.GRAPH_STATE_FAILED
             s = node_status(st, "s")
@@ -551,20 +574,15 @@ async def test_poison_work_is_dead_lettered(redis_target: RedisTarget, key_prefi
             assert node_status(st, "after").state == execution_pb2.NODE_STATE_SKIPPED
 
             events = await stack.client.history(gid)
-            assert kinds(events, "s") == ["node_started"] * max_deliveries + ["node_failed"]
+            assert kinds(events, "s") == ["node_started"] * max_deliveries + [
+                "node_dead_lettered",
+                "node_failed",
+            ]
             failed = of(events, "node_failed", "s")[0].node_failed.error
             assert failed.error_class == graph_pb2.ERROR_CLASS_DEAD_LETTER
             assert kinds(events)[-1] == "graph_failed"
             assert events[-1].graph_failed.failed_node_id == "s"
-
-            dead_key = store.keys.shard(shard_of(gid)).dead
-            assert dead_key == f"{key_prefix}:{{s{shard_of(gid)}}}:dead"
-            dead = await store.redis.xrange(dead_key)
-            assert len(dead) == 1, dead
-            fields = {k.decode(): v.decode() for k, v in dead[0][1].items()}
-            assert (fields["g"], fields["n"], fields["a"]) == (gid, "s", "1")
-            assert int(fields["deliveries"]) == max_deliveries + 1
-            assert await pending(store, gid) == 0, "the dead-lettered item is still pending"
+            assert await store.redis.xrange(dead_key) == [], "a dropped dead letter remains"
         finally:
             await store.redis.aclose()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -12,7 +11,7 @@ from typing import Any
 
 import uvloop
 
-from dago import probe
+from dago import logs, probe
 from dago.config import ConfigError, Settings, describe, load
 
 
@@ -72,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"dago: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(settings)
     if args.command == "health":
         return probe.run(args, settings)
     if args.command == "config":

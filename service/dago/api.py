@@ -6,7 +6,10 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import random
+import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,17 +20,19 @@ from dago.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.cel import CelCompiler
 from dago.config import Settings
 from dago.errors import guard, guard_stream
-from dago.events import decode
+from dago.events import decode, error_from
 from dago.graphcache import GraphCache
-from dago.graphdef import CompileOptions, GraphInvalid, compile_graph
+from dago.graphdef import CompileOptions, GraphInvalid
 from dago.ids import new_graph_id, parse_shard
 from dago.status import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
 from dago.store import Store, dumps
+from dago.tracing import Tracing, trace_id_of
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from dago.values import to_plain
 from dago.watch import EventHub
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("dago.api")
 _STATE_NAMES = {v: k.removeprefix("GRAPH_STATE_") for k, v in execution_pb2.GraphState.items()}
 
 
@@ -43,8 +48,10 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         graphs: GraphCache,
         hub: EventHub,
         auth: Authenticator,
+        tracing: Tracing | None = None,
     ) -> None:
         self._auth = auth
+        self._tracing = tracing or Tracing("dago-api", {})
         self._store = store
         self._settings = settings
         self._cel = cel
@@ -87,8 +94,10 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "(DAGO_MAX_INPUTS_BYTES): pass large data by reference (a URL or an id)",
             )
         namespace = self._auth.current()
+        # The deterministic encoding is what is stored, and the key of the compile cache.
+        raw_def = request.graph.SerializeToString(deterministic=True)
         try:
-            compiled = compile_graph(request.graph, inputs, self._cel, self._options)
+            compiled = self._graphs.compile(raw_def, inputs_json.encode(), request.graph, inputs)
         except GraphInvalid as e:
             raise errors.invalid(e.violations) from None
         if request.validate_only:
@@ -112,11 +121,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
         shard = _stable_shard(scoped, shards) if rid else random.randrange(shards)
         graph_id = new_graph_id(shard)
-        body = orchestrator_pb2.SubmitGraphRequest()
-        body.CopyFrom(request)
-        body.request_id = ""
-        body.validate_only = False
-        digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+        digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
         g = request.graph
         deadline_s = (
             g.limits.deadline.ToMilliseconds() / 1000
@@ -128,7 +133,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             rid,
             digest,
             g.name,
-            g.SerializeToString(),
+            raw_def,
             inputs_json,
             dumps(list(compiled.nodes)),
             dumps(compiled.entries),
@@ -142,6 +147,9 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         ]
         for name, value in compiled.topology.items():
             args += [name, value]
+        # The trace context every attempt of the graph joins (submit.lua keeps it as 'tp').
+        traceparent = self._tracing.traceparent()
+        args += ["~tp", traceparent]
         status, gid, state = await self._store.submit(shard, args)
         if status == "conflict":
             raise errors.already_exists(
@@ -150,7 +158,11 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "send the same request to get that graph, or use a new request_id",
             )
         if status == "created":
-            self._graphs.put(gid, compiled, inputs)
+            self._graphs.put(gid, compiled, inputs, traceparent)
+            log.info(
+                "graph submitted",
+                extra={"graph_id": gid, "trace_id": trace_id_of(traceparent), "graph_name": g.name},
+            )
         return orchestrator_pb2.SubmitGraphResponse(
             graph_id=gid,
             created=status == "created",
@@ -323,12 +335,152 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             resp.next_page_token = base64.urlsafe_b64encode(f"e:{events[-1][0]}".encode()).decode()
         return resp
 
+    # --- operations: workers and dead letters ------------------------------------------
+
+    @guard
+    async def ListWorkers(
+        self, request: orchestrator_pb2.ListWorkersRequest, context: Ctx
+    ) -> orchestrator_pb2.ListWorkersResponse:
+        """Workers with a heartbeat within DAGO_WORKER_TTL_MS."""
+        since = int(time.time() * 1000) - self._settings.worker_ttl_ms
+        resp = orchestrator_pb2.ListWorkersResponse()
+        for wid, seen_ms, raw in await self._store.workers(since):
+            info = json.loads(raw)
+            w = resp.workers.add(
+                worker_id=wid,
+                host=str(info.get("host", "")),
+                pid=int(info.get("pid", 0)),
+                slots=int(info.get("slots", 0)),
+                in_flight=int(info.get("in_flight", 0)),
+                node_kinds=[str(k) for k in info.get("kinds", [])],
+                metrics_port=int(info.get("metrics_port", 0)),
+            )
+            w.start_time.FromMilliseconds(int(info.get("started_ms", 0)))
+            w.last_heartbeat_time.FromMilliseconds(seen_ms)
+        return resp
+
+    def _dead_letter_id(self, dead_letter_id: str) -> tuple[int, str]:
+        m = _DEAD_ID.fullmatch(dead_letter_id)
+        if not m or int(m[1]) >= self._settings.shards:
+            if not dead_letter_id:
+                raise errors.invalid_field("dead_letter_id", "is required")
+            raise errors.not_found("dead letter", dead_letter_id)
+        return int(m[1]), m[2]
+
+    @guard
+    async def ListDeadLetters(
+        self, request: orchestrator_pb2.ListDeadLettersRequest, context: Ctx
+    ) -> orchestrator_pb2.ListDeadLettersResponse:
+        """Dead letters of every shard (or of one graph), newest first."""
+        size = request.page_size or 50
+        if not 1 <= size <= 1000:
+            raise errors.invalid_field("page_size", "must be between 1 and 1000")
+        shards = list(range(self._settings.shards))
+        if request.graph_id:
+            shards = [self._shard(request.graph_id)]
+        cursor: tuple[int, int, int] | None = None  # (ms, seq, shard) of the last entry sent
+        if request.page_token:
+            try:
+                parts = base64.urlsafe_b64decode(request.page_token).decode().split(":")
+                cursor = (int(parts[0]), int(parts[1]), int(parts[2]))
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                raise errors.invalid_field(
+                    "page_token", "is not a token this API returned"
+                ) from None
+        found: list[tuple[tuple[int, int, int], dict[bytes, bytes]]] = []
+        for shard in shards:
+            before = f"{cursor[0]}-{cursor[1]}" if cursor else None
+            # Entries with the cursor's id on other shards may remain: read one page past it.
+            for entry_id, fields in await self._store.dead_letters(shard, before, size + 1):
+                ms, seq = (int(x) for x in entry_id.split("-"))
+                key = (ms, seq, shard)
+                if cursor is not None and key >= cursor:
+                    continue
+                if request.graph_id and fields.get(b"g", b"").decode() != request.graph_id:
+                    continue
+                found.append((key, fields))
+        found.sort(key=lambda kv: kv[0], reverse=True)
+        page = found[:size]
+        resp = orchestrator_pb2.ListDeadLettersResponse()
+        for (ms, seq, shard), f in page:
+            gid, node = f.get(b"g", b"").decode(), f.get(b"n", b"").decode()
+            entry_id = f"{ms}-{seq}"
+            state, dl = await self._store.node_fields(shard, gid, node, "s", "dl")
+            d = resp.dead_letters.add(
+                dead_letter_id=f"{shard}-{entry_id}",
+                graph_id=gid,
+                node_id=node,
+                attempt=int(f.get(b"a", 0)),
+                iteration=int(f.get(b"i", 0)),
+                deliveries=int(f.get(b"deliveries", 0)),
+                current=state is not None
+                and int(state) == execution_pb2.NODE_STATE_DEAD_LETTERED
+                and dl is not None
+                and dl.decode() == entry_id,
+            )
+            error_from(json.loads(f.get(b"e", b"null")), d.error)
+            d.create_time.FromMilliseconds(int(f.get(b"ts", ms)))
+        if len(found) > size:
+            last = page[-1][0]
+            token = f"{last[0]}:{last[1]}:{last[2]}"
+            resp.next_page_token = base64.urlsafe_b64encode(token.encode()).decode()
+        return resp
+
+    @guard
+    async def RequeueDeadLetter(
+        self, request: orchestrator_pb2.RequeueDeadLetterRequest, context: Ctx
+    ) -> orchestrator_pb2.RequeueDeadLetterResponse:
+        """Run the dead-lettered attempt again, if its node still waits for it."""
+        shard, entry_id = self._dead_letter_id(request.dead_letter_id)
+        outcome, gid = await self._store.dead_letter(shard, "requeue", entry_id)
+        if outcome == "missing":
+            raise errors.not_found("dead letter", request.dead_letter_id)
+        if outcome == "stale":
+            raise errors.failed_precondition(
+                "DEAD_LETTER_STALE",
+                request.dead_letter_id,
+                f"graph {gid} finished or its node moved on since this work item was "
+                "dead-lettered; there is nothing to run (drop the dead letter)",
+            )
+        log.info(
+            "dead letter requeued",
+            extra={"graph_id": gid, "dead_letter_id": request.dead_letter_id},
+        )
+        return orchestrator_pb2.RequeueDeadLetterResponse(graph_id=gid)
+
+    @guard
+    async def DropDeadLetter(
+        self, request: orchestrator_pb2.DropDeadLetterRequest, context: Ctx
+    ) -> orchestrator_pb2.DropDeadLetterResponse:
+        """Remove a dead letter; a node still waiting for it fails, and so its graph."""
+        shard, entry_id = self._dead_letter_id(request.dead_letter_id)
+        outcome, gid = await self._store.dead_letter(shard, "drop", entry_id)
+        if outcome == "missing":
+            raise errors.not_found("dead letter", request.dead_letter_id)
+        log.info(
+            "dead letter dropped",
+            extra={"graph_id": gid, "dead_letter_id": request.dead_letter_id},
+        )
+        return orchestrator_pb2.DropDeadLetterResponse(failed_node=outcome == "failed")
+
+
+_DEAD_ID = re.compile(r"(\d{1,4})-(\d{1,20}-\d{1,20})")
+
 
 def _decode_seq_token(token: str) -> int:
     try:
         return int(base64.urlsafe_b64decode(token).decode().removeprefix("e:"))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise errors.invalid_field("page_token", "is not a token this API returned") from None
+
+
+def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:
+    """What makes two submissions with one request_id the same request."""
+    body = orchestrator_pb2.SubmitGraphRequest()
+    body.CopyFrom(request)
+    body.request_id = ""
+    body.validate_only = False
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _stable_shard(key: str, shards: int) -> int:

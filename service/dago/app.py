@@ -3,7 +3,7 @@ each other by their constructors (tests build the same objects in-process)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry
 
 from dago.api import Orchestrator
 from dago.auth import Authenticator, ServerGuard
@@ -19,9 +19,11 @@ from dago.llm.node import LlmHandler
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.llm.router import LlmRouteChooser
+from dago.metrics import Metrics, RedisCollector, new_registry
 from dago.server import ApiServer
 from dago.store import Store, connect
 from dago.tools import Toolbox, known_names
+from dago.tracing import Tracing
 from dago.watch import EventHub
 from dago.worker import Worker
 
@@ -45,33 +47,57 @@ def build_api(settings: Settings) -> ApiServer:
     hub = EventHub(store, settings.heartbeat_ms, settings.cluster)
     auth = Authenticator(settings)
     graphs = GraphCache(store, cel, options)
-    api = Orchestrator(store, settings, cel, options, graphs, hub, auth)
-    return ApiServer(settings, store, api, hub, _registry(), ServerGuard(auth))
+    tracing = Tracing("dago-api")
+    api = Orchestrator(store, settings, cel, options, graphs, hub, auth, tracing=tracing)
+    registry = _registry()
+    registry.register(RedisCollector(settings, store.keys))
+    metrics = Metrics(registry)
+    return ApiServer(
+        settings, store, api, hub, registry, ServerGuard(auth), metrics=metrics, tracing=tracing
+    )
 
 
 def _registry() -> CollectorRegistry:
     """A fresh registry per process (never the global one) with process metrics."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    return registry
+    return new_registry()
 
 
 def build_worker(settings: Settings) -> Worker:
     """A worker process."""
     store, cel, options = _common(settings)
-    handlers = build_handlers(settings)
+    metrics = Metrics(_registry())
+    tracing = Tracing("dago-worker")
+    handlers = build_handlers(settings, metrics, tracing)
     graphs = GraphCache(store, cel, options)
-    return Worker(store, settings, graphs, handlers, settings.effective_worker_id())
+    return Worker(
+        store,
+        settings,
+        graphs,
+        handlers,
+        settings.effective_worker_id(),
+        metrics=metrics,
+        tracing=tracing,
+    )
 
 
-def build_handlers(settings: Settings) -> dict[str, Handler]:
+def build_handlers(
+    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+) -> dict[str, Handler]:
     """The handler of every node kind a worker runs."""
-    http = HttpHandler(settings.http_allow, settings.http_max_response_bytes)
+    http = HttpHandler(
+        settings.http_allow, settings.http_max_response_bytes, metrics=metrics, tracing=tracing
+    )
     toolbox = Toolbox.from_settings(settings, http)
     handlers: dict[str, Handler] = {"tool": ToolHandler(toolbox)}
     prices = PriceTable(settings.prices)
-    llm = LlmHandler(Providers(settings), prices, settings.llm_max_tokens)
+    llm = LlmHandler(
+        Providers(settings),
+        prices,
+        settings.llm_max_tokens,
+        metrics=metrics,
+        tracing=tracing,
+        log_prompts=settings.log_prompts,
+    )
     handlers["llm"] = llm
     handlers["router"] = RouterHandler(LlmRouteChooser(llm))
     handlers["http"] = http

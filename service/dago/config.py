@@ -11,11 +11,14 @@ import ipaddress
 import json
 import os
 import socket
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -65,6 +68,12 @@ class Settings:
     mcp_servers: str = field(default="", repr=False)
     agent_max_turns: int = 10
     tool_timeout_s: float = 60.0
+    config_file: str = ""
+    log_format: str = "json"
+    log_prompts: bool = False
+    worker_metrics_port: int = 9091
+    worker_heartbeat_ms: int = 2000
+    worker_ttl_ms: int = 10_000
     auth: str = "keys"
     api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
@@ -152,6 +161,10 @@ def _allow(v: Any) -> str | None:
             except ValueError:
                 return f"{item!r} is not a CIDR (e.g. 10.0.0.0/8)"
     return None
+
+
+def _log_format(v: Any) -> str | None:
+    return None if v in ("json", "console") else "must be json or console"
 
 
 def _level(v: Any) -> str | None:
@@ -256,6 +269,32 @@ SETTINGS: dict[str, _Spec] = {
     "http_max_response_bytes": _Spec(
         "Largest HTTP node response body, unless the node sets a smaller one.", _positive
     ),
+    "config_file": _Spec(
+        "A YAML (.yaml, .yml) or TOML (.toml) file of settings by name (e.g. `shards: 16` or "
+        "`DAGO_SHARDS: 16`); DAGO_* environment variables override it. Read from the "
+        "environment only."
+    ),
+    "log_format": _Spec(
+        "json (one JSON object per line, the default) or console (readable; `make run`).",
+        _log_format,
+    ),
+    "log_prompts": _Spec(
+        "Log LLM prompts and replies at DEBUG (true/false). Off by default: they may hold "
+        "personal data."
+    ),
+    "worker_metrics_port": _Spec(
+        "Port of a worker process's Prometheus /metrics endpoint (0: off); `dago dev` gives "
+        "worker n this port + n - 1. A busy port is logged and skipped.",
+        _port,
+    ),
+    "worker_heartbeat_ms": _Spec(
+        "How often a worker records its heartbeat (id, host, slots, in flight) in Redis.",
+        lambda v: None if v >= 100 else "must be at least 100",
+    ),
+    "worker_ttl_ms": _Spec(
+        "A worker without a heartbeat for this long counts as gone (ListWorkers, health).",
+        lambda v: None if v >= 200 else "must be at least 200",
+    ),
     "mcp_servers": _Spec(
         "MCP servers whose tools agents and tool nodes may use, as `<server>/<tool>`: JSON "
         '`{"<server>": {"command": ["prog", "arg"], "env": {...}, "cwd": "..."}}` (stdio) or '
@@ -314,18 +353,70 @@ def env_name(name: str) -> str:
     return "DAGO_" + name.upper()
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _convert(kind: type, raw: Any) -> Any:
+    """``raw`` (text from the environment, or a value from a file) as ``kind``."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(raw)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError(raw)
+    if kind is int and isinstance(raw, float):
+        raise ValueError(raw)
+    return kind(raw.strip() if isinstance(raw, str) else raw)
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Settings from a YAML or TOML file, by setting name; errors name the file and key."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        if p.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"DAGO_CONFIG_FILE={path!r} must end in .yaml, .yml or .toml")
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"DAGO_CONFIG_FILE={path!r} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"DAGO_CONFIG_FILE={path!r} must hold a mapping of settings")
+    names = {f.name for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).lower().removeprefix("dago_")
+        if name not in names or name == "config_file":
+            raise ConfigError(f"{path}: {key!r} is not a dago setting (see `dago config`)")
+        out[name] = value
+    return out
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read settings from ``environ`` (default: the process environment)."""
+    """Read settings from ``environ`` (default: the process environment), over the values
+    of the file ``DAGO_CONFIG_FILE`` names, if any."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    path = env.get(env_name("config_file"), "").strip()
+    from_file = read_file(path) if path else {}
     for f in fields(Settings):
         var = env_name(f.name)
+        kind = type(getattr(Settings(), f.name))
         raw = env.get(var)
         if raw is None or raw == "":
-            continue
-        kind = type(getattr(Settings(), f.name))
+            if f.name not in from_file:
+                continue
+            raw, var = from_file[f.name], f"{path}: {f.name}"
         try:
-            values[f.name] = kind(raw.strip())
+            values[f.name] = _convert(kind, raw)
         except ValueError:
             raise ConfigError(
                 f"{var}={raw!r} is not a valid {kind.__name__}: {SETTINGS[f.name].doc}"

@@ -163,6 +163,8 @@ def run_dev(settings: Settings) -> int:
     children.append(("api", subprocess.Popen([*cmd, "serve"], env=env)))
     for n in range(settings.workers):
         wenv = {**env, env_name("worker_id"): f"dev-worker-{n + 1}"}
+        if settings.worker_metrics_port:  # one metrics port per worker on this machine
+            wenv[env_name("worker_metrics_port")] = str(settings.worker_metrics_port + n)
         children.append((f"worker-{n + 1}", subprocess.Popen([*cmd, "worker"], env=wenv)))
 
     stopping = False

@@ -145,6 +145,21 @@ def _failed_node(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     error_from(d.get("e"), ev.node_failed.error)
 
 
+def _dead_lettered(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    # The stored id is the shard's stream entry id; the API's id adds the shard (the graph
+    # id's prefix).
+    shard = ev.graph_id.split("-", 1)[0]
+    p = ev.node_dead_lettered
+    p.SetInParent()
+    error_from(d.get("e"), p.error)
+    p.deliveries = int(d.get("n", 0))
+    p.dead_letter_id = f"{shard}-{d.get('id', '')}"
+
+
+def _requeued(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    ev.node_requeued.dead_letter_id = f"{ev.graph_id.split('-', 1)[0]}-{d.get('id', '')}"
+
+
 def _text(field: str, key: str) -> Any:
     """A payload with one string field; SetInParent marks the oneof even when it is empty."""
 
@@ -157,6 +172,8 @@ def _text(field: str, key: str) -> Any:
 
 
 _PAYLOADS = {
+    "node_dead_lettered": _dead_lettered,
+    "node_requeued": _requeued,
     "graph_submitted": _submitted,
     "graph_started": lambda ev, d: ev.graph_started.SetInParent(),
     "graph_completed": _completed,

@@ -7,8 +7,10 @@ here).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,8 @@ class LoadedGraph:
     compiled: CompiledGraph | None
     inputs: dict[str, Any]
     problem: str = ""
+    traceparent: str = ""
+    """The W3C trace context of the graph's submission (its attempts' spans join it)."""
 
 
 class GraphCache:
@@ -39,10 +43,44 @@ class GraphCache:
         self._options = options
         self._size = size
         self._entries: OrderedDict[str, LoadedGraph] = OrderedDict()
+        # Compiled graphs by content: runs of the same workflow share one compilation
+        # (compiling is the most expensive step of a submit and of a worker's first item).
+        self._compiled: OrderedDict[bytes, CompiledGraph] = OrderedDict()
 
-    def put(self, graph_id: str, compiled: CompiledGraph, inputs: dict[str, Any]) -> None:
+    def put(
+        self,
+        graph_id: str,
+        compiled: CompiledGraph,
+        inputs: dict[str, Any],
+        traceparent: str = "",
+    ) -> None:
         """Remember a graph compiled elsewhere (the submitter already has it)."""
-        self._remember(LoadedGraph(graph_id, compiled, inputs))
+        self._remember(LoadedGraph(graph_id, compiled, inputs, traceparent=traceparent))
+
+    def compile(
+        self,
+        raw_def: bytes,
+        raw_inputs: bytes,
+        graph: graph_pb2.Graph | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> CompiledGraph:
+        """``compile_graph`` of a definition and inputs (as stored), cached by their content;
+        raises GraphInvalid like it. ``graph``/``inputs`` save parsing when the caller has
+        them. A compiled graph is never changed after compiling, so runs can share it."""
+        key = hashlib.blake2b(raw_def + b"\0" + raw_inputs, digest_size=20).digest()
+        hit = self._compiled.get(key)
+        if hit is not None:
+            self._compiled.move_to_end(key)
+            return hit
+        if graph is None:
+            graph = graph_pb2.Graph.FromString(raw_def)
+        if inputs is None:
+            inputs = json.loads(raw_inputs) if raw_inputs else {}
+        compiled = compile_graph(graph, inputs, self._cel, self._options)
+        self._compiled[key] = compiled
+        while len(self._compiled) > self._size:
+            self._compiled.popitem(last=False)
+        return compiled
 
     def _remember(self, entry: LoadedGraph) -> None:
         self._entries[entry.graph_id] = entry
@@ -62,17 +100,44 @@ class GraphCache:
         entry = self.cached(graph_id)
         if entry is not None:
             return entry
-        raw_def, raw_inputs = await self._store.graph_fields(shard, graph_id, "def", "inputs")
+        raw_def, raw_inputs, raw_tp = await self._store.graph_fields(
+            shard, graph_id, "def", "inputs", "tp"
+        )
+        return self._load(graph_id, raw_def, raw_inputs, raw_tp)
+
+    async def get_many(self, graphs: Sequence[tuple[int, str]]) -> dict[str, LoadedGraph | None]:
+        """``get`` of several graphs; the ones not cached are read in one round trip."""
+        out: dict[str, LoadedGraph | None] = {}
+        missing: dict[str, int] = {}
+        for shard, gid in graphs:
+            entry = self.cached(gid)
+            if entry is not None:
+                out[gid] = entry
+            else:
+                missing[gid] = shard
+        if missing:
+            pairs = [(shard, gid) for gid, shard in missing.items()]
+            rows = await self._store.graph_fields_many(pairs, "def", "inputs", "tp")
+            for (_, gid), (raw_def, raw_inputs, raw_tp) in zip(pairs, rows, strict=True):
+                out[gid] = self._load(gid, raw_def, raw_inputs, raw_tp)
+        return out
+
+    def _load(
+        self,
+        graph_id: str,
+        raw_def: bytes | None,
+        raw_inputs: bytes | None,
+        raw_tp: bytes | None,
+    ) -> LoadedGraph | None:
         if raw_def is None:
             return None
-        graph = graph_pb2.Graph.FromString(raw_def)
         inputs = json.loads(raw_inputs) if raw_inputs else {}
+        tp = raw_tp.decode() if raw_tp else ""
         try:
-            entry = LoadedGraph(
-                graph_id, compile_graph(graph, inputs, self._cel, self._options), inputs
-            )
+            compiled = self.compile(raw_def, raw_inputs or b"", None, inputs)
+            entry = LoadedGraph(graph_id, compiled, inputs, traceparent=tp)
         except GraphInvalid as e:
             problem = "; ".join(f"{v.field}: {v.description}" for v in e.violations)
-            entry = LoadedGraph(graph_id, None, inputs, problem)
+            entry = LoadedGraph(graph_id, None, inputs, problem, traceparent=tp)
         self._remember(entry)
         return entry

@@ -27,10 +27,14 @@ import socket
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
 
 from dago.cel import EvalError
 from dago.handlers import NodeContext, NodeFailure, NodeResult, invalid
 from dago.llm.base import retry_after
+from dago.metrics import Metrics
+from dago.tracing import Tracing
 from dago.v1 import graph_pb2
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,7 +44,15 @@ Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 class HttpHandler:
     """Runs ``http`` nodes."""
 
-    def __init__(self, allow: str, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        allow: str,
+        max_response_bytes: int,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self._metrics = metrics or Metrics(CollectorRegistry())
+        self._tracing = tracing or Tracing("dago-worker", {})
         self._hosts: set[str] = set()
         self._nets: list[Net] = []
         for item in filter(None, (x.strip() for x in allow.split(","))):
@@ -145,27 +157,43 @@ class HttpHandler:
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         cap = min(cap or self._max_bytes, self._max_bytes)
         method = method.upper()
-        try:
-            async with (
-                httpx.AsyncClient(
-                    follow_redirects=False, timeout=timeout_s, trust_env=False
-                ) as client,
-                client.stream(
-                    method, target, headers=headers, content=content, extensions=extensions
-                ) as resp,
-            ):
-                raw = await _read_capped(resp, cap)
-        except httpx.TimeoutException:
-            raise NodeFailure(
-                graph_pb2.ERROR_CLASS_TIMEOUT, f"{method} {url_text}: timed out", True
-            ) from None
-        except httpx.TransportError as e:
-            raise NodeFailure(
-                graph_pb2.ERROR_CLASS_TRANSIENT,
-                f"{method} {url_text}: {type(e).__name__}: {e}",
-                True,
-            ) from None
-        return _result(method, url_text, resp, raw)
+        # The span names the host and path only: a query string may hold credentials.
+        attrs = {
+            "http.request.method": method,
+            "server.address": url.host,
+            "server.port": port,
+            "url.scheme": url.scheme,
+            "url.path": url.path,
+        }
+        with self._tracing.span(f"HTTP {method}", attrs, SpanKind.CLIENT) as span:
+            if span is not None:
+                headers["traceparent"] = self._tracing.traceparent()
+            try:
+                async with (
+                    httpx.AsyncClient(
+                        follow_redirects=False, timeout=timeout_s, trust_env=False
+                    ) as client,
+                    client.stream(
+                        method, target, headers=headers, content=content, extensions=extensions
+                    ) as resp,
+                ):
+                    raw = await _read_capped(resp, cap)
+            except httpx.TimeoutException:
+                self._metrics.http_request(None)
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_TIMEOUT, f"{method} {url_text}: timed out", True
+                ) from None
+            except httpx.TransportError as e:
+                self._metrics.http_request(None)
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_TRANSIENT,
+                    f"{method} {url_text}: {type(e).__name__}: {e}",
+                    True,
+                ) from None
+            self._metrics.http_request(resp.status_code)
+            if span is not None:
+                span.set_attribute("http.response.status_code", resp.status_code)
+            return _result(method, url_text, resp, raw)
 
 
 async def _read_capped(resp: httpx.Response, cap: int) -> bytes:

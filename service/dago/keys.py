@@ -42,6 +42,12 @@ class ShardKeys:
         return f"{self.tag}:dead"
 
     @property
+    def stats(self) -> str:
+        """Hash of the shard's counters read by the metrics (graphs submitted, finished by
+        status, graph duration buckets, reclaimed and dead-lettered work)."""
+        return f"{self.tag}:stats"
+
+    @property
     def timers(self) -> str:
         """Sorted set of due times: retries, attempt timeouts, graph deadlines."""
         return f"{self.tag}:timers"
@@ -127,7 +133,8 @@ class Keys:
 
     @property
     def workers(self) -> str:
-        """Hash of live workers (id -> JSON description)."""
+        """Hash of registered workers (id -> JSON description); entries whose heartbeat in
+        ``workers_seen`` is older than DAGO_WORKER_TTL_MS are gone (the API prunes them)."""
         return f"{self.prefix}:{{workers}}:info"
 
     @property

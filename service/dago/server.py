@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from dago.api import Orchestrator
 from dago.auth import ServerGuard, server_credentials
 from dago.config import Settings
+from dago.metrics import Metrics, serve
 from dago.store import STORE_ERRORS, Store, raise_if_cancelling
+from dago.telemetry import RpcObserver
+from dago.tracing import Tracing
 from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from dago.watch import EventHub
 
 log = logging.getLogger("dago.server")
 
 SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+LIVENESS = "liveness"
+"""Health service name that is SERVING from start to stop whatever Redis and the workers do:
+for liveness probes (Kubernetes' `grpc: {service: liveness}`), which must not restart an API
+whose dependencies are down; "" and the API's own name report readiness."""
 
 
 class ApiServer:
@@ -33,9 +41,13 @@ class ApiServer:
         hub: EventHub,
         registry: CollectorRegistry,
         guard: ServerGuard | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
         self._guard = guard
+        self._metrics = metrics or Metrics(registry)
+        self._tracing = tracing or Tracing("dago-api", {})
         self._store = store
         self._orchestrator = orchestrator
         self._hub = hub
@@ -46,13 +58,15 @@ class ApiServer:
     async def _build(self) -> grpc.aio.Server:
         limit = self._settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[self._guard] if self._guard is not None else None,
+            # The observer first, so rejected calls are counted too.
+            interceptors=[RpcObserver(self._metrics, self._tracing)]
+            + ([self._guard] if self._guard is not None else []),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+            ],
         )
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self._orchestrator, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -82,10 +96,10 @@ class ApiServer:
             await self._store.ready()
         except STORE_ERRORS as e:  # the health loop reports it and keeps trying
             log.warning("redis is not reachable at start: %s", e)
-        if self._settings.metrics_port:
-            start_http_server(self._settings.metrics_port, registry=self._registry)
+        stop_metrics = serve(self._registry, self._settings.metrics_port, "API")
         await self._set_health(False)
         await server.start()
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("dago API listening on %s:%d", self._settings.grpc_host, self.port)
         st = self._settings
         log.info(
@@ -108,25 +122,45 @@ class ApiServer:
             await stop.wait()
             log.info("dago API stopping")
             await self._set_health(False)
+            await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=5)
             for t in loops:
                 t.cancel()
+        stop_metrics()
+        self._tracing.shutdown()
 
     async def _health_loop(self) -> None:
+        """SERVING while Redis answers and at least one worker sent a heartbeat within
+        DAGO_WORKER_TTL_MS; workers silent for longer (killed ones) are forgotten here."""
         ok: bool | None = None
+        serving: bool | None = None
+        ttl = self._settings.worker_ttl_ms
+        interval = min(1.0, max(0.1, ttl / 4000))
         while True:
             raise_if_cancelling()
+            alive = 0
             try:
                 up = await asyncio.wait_for(self._store.ping(), 2.0)
                 if up and not ok:
                     await self._store.ensure_groups()
+                if up:
+                    since = int(time.time() * 1000) - ttl
+                    await asyncio.wait_for(self._store.prune_workers(since), 2.0)
+                    alive = await asyncio.wait_for(self._store.alive_workers(since), 2.0)
             except STORE_ERRORS:
                 up = False
             if up != ok:
                 log.log(logging.INFO if up else logging.WARNING, "redis %s", "up" if up else "DOWN")
-                await self._set_health(up)
                 ok = up
-            await asyncio.sleep(1.0)
+            now_serving = up and alive > 0
+            if now_serving != serving:
+                if up and not alive:
+                    log.warning("no worker alive (none sent a heartbeat within %d ms)", ttl)
+                elif now_serving:
+                    log.info("serving: redis up, %d worker(s) alive", alive)
+                await self._set_health(now_serving)
+                serving = now_serving
+            await asyncio.sleep(interval)
 
     async def _sweep_loop(self) -> None:
         interval = self._settings.sweep_interval_ms / 1000

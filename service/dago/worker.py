@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import socket
 import time
@@ -23,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
 from dago.auth import Redactor
@@ -31,7 +34,10 @@ from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
 from dago.graphdef import CompiledNode
 from dago.handlers import Handler, NodeContext, NodeFailure, NodeResult, invalid
+from dago.logs import NODE, NodeFields
+from dago.metrics import Metrics, serve
 from dago.store import STORE_ERRORS, Store, WorkItem, dumps, raise_if_cancelling
+from dago.tracing import Tracing, fail, trace_id_of
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.worker")
@@ -54,6 +60,8 @@ class Worker:
         graphs: GraphCache,
         handlers: Mapping[str, Handler],
         worker_id: str,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -62,6 +70,10 @@ class Worker:
         # Errors, outputs and events never carry the operator's secrets (docs/security.md).
         self._redact = Redactor.from_settings(settings)
         self.id = worker_id
+        self._metrics = metrics or Metrics(CollectorRegistry())
+        self._tracing = tracing or Tracing("dago-worker", {})
+        # Attempts started and not yet applied (free slots a blocked read holds are not busy).
+        self._metrics.worker_slots(settings.worker_slots, lambda: len(self._running))
         self._running: dict[bytes, _Running] = {}
         self._free = settings.worker_slots
         self._slots = asyncio.Condition()
@@ -91,6 +103,9 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain: finish running attempts, then return."""
+        stop_metrics = serve(
+            self._metrics.registry, self._settings.worker_metrics_port, f"worker {self.id}"
+        )
         await self.wait_for_redis()
         await self._store.ensure_groups()
         log.info("worker %s started: %d slots, shards %s", self.id, self._free, self._groups)
@@ -113,6 +128,8 @@ class Worker:
                 t.cancel()
         await self._deregister()
         await self._close_handlers()
+        stop_metrics()
+        self._tracing.shutdown()
         log.info("worker %s stopped", self.id)
 
     async def _close_handlers(self) -> None:
@@ -214,9 +231,10 @@ class Worker:
     async def _begin(self, items: Sequence[WorkItem]) -> None:
         by_shard: dict[int, list[tuple[WorkItem, LoadedGraph | None]]] = defaultdict(list)
         try:
+            # One round trip for every graph of the batch this worker has not seen yet.
+            loaded = await self._graphs.get_many([(it.shard, it.graph_id) for it in items])
             for item in items:
-                loaded = await self._graphs.get(item.shard, item.graph_id)
-                by_shard[item.shard].append((item, loaded))
+                by_shard[item.shard].append((item, loaded[item.graph_id]))
         except STORE_ERRORS as e:
             # Left pending in Redis; the reclaim loop picks them up after the lease.
             log.warning("loading graphs failed: %s", e)
@@ -264,11 +282,59 @@ class Worker:
             }
             name = loaded.compiled.proto.name if loaded and loaded.compiled else ""
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
-            task = asyncio.create_task(self._attempt(item, loaded, scope))
+            task = asyncio.create_task(self._observed(item, loaded, scope))
             self._running[item.msg_id] = _Running(item, task)
         await self._release(stale)
 
     # --- running ---------------------------------------------------------------------
+
+    async def _observed(
+        self, item: WorkItem, loaded: LoadedGraph | None, scope: dict[str, Any]
+    ) -> None:
+        """Run an attempt with its log fields set (this task's context only) and, when
+        tracing is on, inside a span joining the graph's trace."""
+        tp = loaded.traceparent if loaded else ""
+        NODE.set(
+            NodeFields(item.graph_id, item.node, item.attempt, item.iteration, trace_id_of(tp))
+        )
+        if not self._tracing.enabled:
+            await self._attempt(item, loaded, scope)
+            return
+        node = _node(loaded, item)
+        attrs = {
+            "dago.graph.id": item.graph_id,
+            "dago.node.id": item.node,
+            "dago.node.kind": node.kind if node else "unknown",
+            "dago.node.attempt": item.attempt,
+            "dago.node.iteration": item.iteration,
+            "dago.work.deliveries": item.deliveries,
+            "dago.worker.id": self.id,
+        }
+        if node is not None and node.kind == "tool":
+            attrs["dago.tool.name"] = node.proto.tool.name
+        name = f"node {node.kind if node else 'unknown'}"
+        with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
+            await self._attempt(item, loaded, scope)
+
+    def _observe(
+        self, item: WorkItem, node: CompiledNode | None, fields: list[Any], started: float
+    ) -> None:
+        """Count and log one finished attempt; mark its span (cheap: two metric updates)."""
+        seconds = time.monotonic() - started
+        outcome = _OUTCOMES.get(fields[0], "failed")
+        running = self._running.get(item.msg_id)
+        if running is not None and running.stopped_by_control:
+            outcome = "cancelled"
+        kind = node.kind if node else "unknown"
+        self._metrics.node_done(kind, outcome, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("node attempt %s in %.1f ms", outcome, seconds * 1e3)
+        if self._tracing.enabled:
+            span = trace.get_current_span()
+            span.set_attribute("dago.node.outcome", outcome)
+            if outcome != "completed":
+                err = json.loads(fields[5]) if fields[5] else {}
+                fail(span, outcome, str(err.get("m", "")))
 
     async def _attempt(
         self, item: WorkItem, loaded: LoadedGraph | None, scope: dict[str, Any]
@@ -303,8 +369,7 @@ class Worker:
             log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
             bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
             fields = self._failure(bug, node, item)
-        ms = (time.monotonic() - started) * 1e3
-        log.debug("attempt %s/%s took %.1fms", item.graph_id, item.node, ms)
+        self._observe(item, node, fields, started)
         args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration]
         fields = self._redact.fields([rendered, *fields])
         await self._done.put((item.shard, item.msg_id, [*args, *fields]))
@@ -422,37 +487,50 @@ class Worker:
             if it.graph_id != gid or (node and (it.node != node or str(it.attempt) != attempt)):
                 continue
             if not r.task.done():
-                log.info("stopping %s/%s attempt %d", gid, it.node, it.attempt)
+                loaded = self._graphs.cached(gid)
+                log.info(
+                    "stopping %s/%s attempt %d",
+                    gid,
+                    it.node,
+                    it.attempt,
+                    extra={
+                        "graph_id": gid,
+                        "node_id": it.node,
+                        "attempt": it.attempt,
+                        "trace_id": trace_id_of(loaded.traceparent if loaded else ""),
+                    },
+                )
                 r.stopped_by_control = True
                 r.task.cancel()
 
     async def _heartbeat_loop(self) -> None:
-        info = {
+        """Register and keep the registration fresh (ListWorkers, health); a worker that
+        stops heartbeating ages out after DAGO_WORKER_TTL_MS."""
+        info: dict[str, Any] = {
             "id": self.id,
             "host": socket.gethostname(),
+            "pid": os.getpid(),
             "slots": self._settings.worker_slots,
             "kinds": sorted(self._handlers),
             "started_ms": int(time.time() * 1000),
+            "metrics_port": self._settings.worker_metrics_port,
         }
-        keys = self._store.keys
         while True:
             raise_if_cancelling()
             try:
                 now = int(time.time() * 1000)
-                info["in_flight"] = self.in_flight
-                await self._store.redis.hset(keys.workers, self.id, dumps(info))
-                await self._store.redis.zadd(keys.workers_seen, {self.id: now})
+                info["in_flight"] = len(self._running)
+                await self._store.heartbeat(self.id, dumps(info), now)
             except STORE_ERRORS as e:
                 log.warning("worker heartbeat failed: %s", e)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(self._settings.worker_heartbeat_ms / 1000)
 
     async def _deregister(self) -> None:
-        keys = self._store.keys
-        try:
-            await self._store.redis.hdel(keys.workers, self.id)
-            await self._store.redis.zrem(keys.workers_seen, self.id)
-        except STORE_ERRORS:
-            pass
+        with contextlib.suppress(*STORE_ERRORS):
+            await self._store.deregister(self.id)
+
+
+_OUTCOMES = {"ok": "completed", "retry": "retrying", "fail": "failed"}
 
 
 def _node(loaded: LoadedGraph | None, item: WorkItem) -> CompiledNode | None:

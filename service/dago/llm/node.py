@@ -19,11 +19,16 @@ import logging
 import time
 from typing import Any
 
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
+
 from dago.cel import EvalError
-from dago.handlers import Emit, NodeContext, NodeResult, Usage, invalid
+from dago.handlers import Emit, NodeContext, NodeFailure, NodeResult, Usage, invalid
 from dago.llm.base import CallFailed, ChatMessage, LlmRequest, LlmResponse, Provider, TokenUsage
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
+from dago.metrics import Metrics
+from dago.tracing import Tracing, fail
 from dago.v1 import graph_pb2
 from dago.values import to_plain
 
@@ -102,13 +107,32 @@ def _text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
+def _class_name(error_class: int) -> str:
+    """``rate_limited`` for ERROR_CLASS_RATE_LIMITED (a bounded label value)."""
+    try:
+        return graph_pb2.ErrorClass.Name(error_class).removeprefix("ERROR_CLASS_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return "unknown"
+
+
 class LlmHandler:
     """Runs ``llm`` nodes."""
 
-    def __init__(self, providers: Providers, prices: PriceTable, default_max_tokens: int) -> None:
+    def __init__(
+        self,
+        providers: Providers,
+        prices: PriceTable,
+        default_max_tokens: int,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+        log_prompts: bool = False,
+    ) -> None:
         self._providers = providers
         self._prices = prices
         self._max_tokens = default_max_tokens
+        self._metrics = metrics or Metrics(CollectorRegistry())
+        self._tracing = tracing or Tracing("dago-worker", {})
+        self._log_prompts = log_prompts
 
     def request(
         self,
@@ -154,19 +178,89 @@ class LlmHandler:
     async def call(
         self, ctx: NodeContext, spec: graph_pb2.LlmNode, request: LlmRequest, provider: Provider
     ) -> tuple[LlmResponse, Usage]:
-        """Run ``request`` on ``provider``, streaming text deltas as coalesced events."""
+        """Run ``request`` on ``provider``, streaming text deltas as coalesced events.
+
+        The call is a span following the OpenTelemetry GenAI conventions and is measured
+        (duration, time to first token, tokens, cost, errors by class)."""
         deltas = DeltaCoalescer(ctx.emit)
-        try:
-            resp = await provider.complete(request, deltas.add)
-        except CallFailed as f:
-            deltas.abort()
-            f.usage = self.usage(provider.name, f.model, f.tokens)
-            raise
-        except BaseException:
-            deltas.abort()
-            raise
-        await deltas.close()
-        return resp, self.usage(provider.name, resp.model, resp.usage)
+        started = time.perf_counter()
+        first: list[float] = []
+
+        def on_text(text: str) -> None:
+            if not first:
+                first.append(time.perf_counter() - started)
+            deltas.add(text)
+
+        if self._log_prompts and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "llm request",
+                extra={"system": request.system, "messages": [m.content for m in request.messages]},
+            )
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": provider.name,
+            "gen_ai.provider.name": provider.name,
+            "gen_ai.request.model": request.model,
+            "gen_ai.request.max_tokens": request.max_tokens,
+        }
+        if request.temperature is not None:
+            attrs["gen_ai.request.temperature"] = request.temperature
+        with self._tracing.span(f"chat {request.model}", attrs, SpanKind.CLIENT) as span:
+            try:
+                resp = await provider.complete(request, on_text)
+            except NodeFailure as f:
+                deltas.abort()
+                usage = None
+                if isinstance(f, CallFailed):
+                    f.usage = usage = self.usage(provider.name, f.model, f.tokens)
+                self._measure(provider.name, request.model, started, first, usage, f.error_class)
+                fail(span, _class_name(f.error_class), f.message)
+                raise
+            except BaseException:
+                deltas.abort()
+                raise
+            await deltas.close()
+            usage = self.usage(provider.name, resp.model, resp.usage)
+            self._measure(provider.name, resp.model, started, first, usage, 0)
+            if span is not None:
+                span.set_attribute("gen_ai.response.model", resp.model)
+                span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+                span.set_attribute(
+                    "gen_ai.usage.cache_read.input_tokens", usage.cache_read_input_tokens
+                )
+                span.set_attribute(
+                    "gen_ai.usage.cache_creation.input_tokens", usage.cache_creation_input_tokens
+                )
+                span.set_attribute("dago.llm.cost_usd", usage.cost_usd)
+        if self._log_prompts and log.isEnabledFor(logging.DEBUG):
+            log.debug("llm reply", extra={"reply": resp.text})
+        return resp, usage
+
+    def _measure(
+        self,
+        provider: str,
+        model: str,
+        started: float,
+        first: list[float],
+        usage: Usage | None,
+        error_class: int,
+    ) -> None:
+        u = usage or Usage()
+        self._metrics.llm_call(
+            provider,
+            model,
+            time.perf_counter() - started,
+            first[0] if first else None,
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_creation_input_tokens,
+                u.cache_read_input_tokens,
+            ),
+            u.cost_usd,
+            _class_name(error_class) if error_class else "",
+        )
 
     async def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
         """The provider and model ``spec`` uses (its SDK imported off the event loop)."""

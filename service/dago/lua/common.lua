@@ -10,10 +10,12 @@ local TIMERS = TAG .. ':timers'
 local NOTIFY = TAG .. ':notify'
 local CONTROL = TAG .. ':control'
 local INDEX = TAG .. ':index'
+local STATS = TAG .. ':stats'
 local GROUP = 'workers'
 
 -- dago.v1.NodeState and dago.v1.GraphState numbers.
 local PENDING, QUEUED, RUNNING, RETRYING, COMPLETED, FAILED, SKIPPED, CANCELLED = 1, 2, 3, 4, 6, 7, 8, 9
+local DEAD_LETTERED = 10
 local G_SUBMITTED, G_RUNNING, G_COMPLETED, G_FAILED, G_CANCELLED = 1, 2, 3, 4, 5
 
 local T = redis.call('TIME')
@@ -95,6 +97,22 @@ local function timer_key(kind, gid, node, iter, attempt)
   return kind .. '|' .. gid .. '|' .. node .. '|' .. iter .. '|' .. attempt
 end
 
+-- Counters read by the metrics (dago.metrics.RedisCollector): graphs finished by status and
+-- a histogram of their durations (bucket bounds as GRAPH_DURATION_BUCKETS there).
+local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600}
+local END_NAMES = {[G_COMPLETED] = 'completed', [G_FAILED] = 'failed', [G_CANCELLED] = 'cancelled'}
+
+local function record_end(gk, state)
+  local secs = (NOW - (tonumber(redis.call('HGET', gk, 'created')) or NOW)) / 1000
+  local b = #DURATION_BOUNDS
+  for k, le in ipairs(DURATION_BOUNDS) do
+    if secs <= le then b = k - 1; break end
+  end
+  redis.call('HINCRBY', STATS, 'fin:' .. END_NAMES[state], 1)
+  redis.call('HINCRBY', STATS, 'dur:' .. b, 1)
+  redis.call('HINCRBYFLOAT', STATS, 'dur_sum', secs)
+end
+
 -- Ends a graph: every node still open is cancelled (running) or skipped (pending),
 -- workers are told to stop, and the keys expire after the retention period.
 local function end_graph(gid, state, etype, detail, err)
@@ -102,6 +120,7 @@ local function end_graph(gid, state, etype, detail, err)
   local old = tonumber(redis.call('HGET', gk, 'state'))
   if old >= G_COMPLETED then return end
   redis.call('HSET', gk, 'state', state, 'ended', NOW)
+  record_end(gk, state)
   if err then redis.call('HSET', gk, 'err', err) end
   index_move(gid, old, state)
   local nk = nkey(gid)
@@ -114,7 +133,7 @@ local function end_graph(gid, state, etype, detail, err)
     if st == PENDING then
       redis.call('HSET', nk, node .. ':s', SKIPPED, node .. ':et', NOW)
       emit(gid, 'node_skipped', node, v[2], v[3], jstr({reason = why}))
-    elseif st and st < COMPLETED then
+    elseif st and (st < COMPLETED or st == DEAD_LETTERED) then
       redis.call('HSET', nk, node .. ':s', CANCELLED, node .. ':et', NOW)
       emit(gid, 'node_cancelled', node, v[2], v[3], jstr({reason = why}))
       if st == RUNNING then stopped = true end

@@ -31,6 +31,14 @@ local nk = nkey(gid)
 for _, node in ipairs(ids) do
   redis.call('HSET', nk, node .. ':s', PENDING, node .. ':a', 0, node .. ':i', 1)
 end
+-- The submitter's W3C trace context arrives as the pseudo-topology field '~tp' (no node id
+-- starts with '~'); it is kept with the graph so every attempt joins the submitter's trace.
+local tp = redis.call('HGET', tk, '~tp')
+if tp then
+  redis.call('HSET', gk, 'tp', tp)
+  redis.call('HDEL', tk, '~tp')
+end
+redis.call('HINCRBY', STATS, 'submitted', 1)
 local idx = nsindex(ns)
 redis.call('ZADD', idx, NOW, gid)
 redis.call('ZADD', idx .. ':' .. G_SUBMITTED, NOW, gid)
