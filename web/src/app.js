@@ -230,7 +230,7 @@ class Run {
         }
         break;
       case "toolCall":
-        if (info) info.note = `tool ${p.value.tool}(${JSON.stringify(p.value.arguments?.toJson?.() ?? "")})`;
+        if (info) info.note = `tool ${p.value.tool}(${JSON.stringify(p.value.arguments ?? null)})`;
         break;
       case "usage": {
         const u = p.value.usage;
