@@ -128,8 +128,13 @@ class EdgeConfig:
     stream_idle_timeout_s: int = 300
     max_connections: int = 10_000
     # The live graph view (web/: index.html and the esbuild bundle dist/app.js) served by
-    # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes.
-    web_root: str = "web"
+    # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes
+    # (Envoy refuses a configuration naming a file that does not exist).
+    web_root: str = ""
+
+
+# The committed envoy/envoy.yaml: run from the repo root, with the live view (`make web`).
+DEFAULTS = EdgeConfig(web_root="web")
 
 
 def from_env(settings: Settings) -> EdgeConfig:
@@ -403,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "render":
         if args.defaults:
-            text = render(EdgeConfig())
+            text = render(DEFAULTS)
         else:
             from dago.config import load
 
@@ -413,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(text)
         return 0
-    want = render(EdgeConfig())
+    want = render(DEFAULTS)
     if not RENDERED.exists() or RENDERED.read_text() != want:
         print(
             f"{RENDERED.relative_to(ROOT)} is out of date with {TEMPLATE.relative_to(ROOT)}: "
