@@ -408,3 +408,56 @@ async def test_keys_through_envoy_rest_sse_and_grpc_web(
             await http.aclose()
             envoy.terminate()
             envoy.wait(10)
+
+
+async def test_dead_letters_are_scoped_to_the_namespace(
+    redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    from harness import RunningStack, start_api_quickly
+    from obshelpers import TOOLS, marker
+    from test_deadletters import poison
+
+    env = {
+        "DAGO_AUTH": "keys",
+        "DAGO_API_KEYS": KEYS,
+        "DAGO_MAX_DELIVERIES": "1",
+        "DAGO_TOOL_MODULES": TOOLS,
+    }
+    async with RunningStack(redis_single.url, key_prefix, **env) as stack:
+        for name in ("w1", "w2", "w3"):  # the poison kills the worker of its first delivery
+            stack.start(name, "worker")
+        await start_api_quickly(stack)
+        a, b = Client(f"127.0.0.1:{stack.port}", KEY_A), Client(f"127.0.0.1:{stack.port}", KEY_B)
+        try:
+            gid = await a.submit(poison(marker(tmp_path, "a")))
+            listed: list[orchestrator_pb2.DeadLetter] = []
+
+            async def dead() -> bool:
+                resp = await a.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
+                listed[:] = resp.dead_letters
+                return bool(listed)
+
+            await eventually(dead, 30, 0.1)
+            assert [d.graph_id for d in listed] == [gid]
+            theirs = await b.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
+            assert list(theirs.dead_letters) == []
+            by_graph = await b.stub.ListDeadLetters(
+                orchestrator_pb2.ListDeadLettersRequest(graph_id=gid)
+            )
+            assert list(by_graph.dead_letters) == []
+            dl = listed[0].dead_letter_id
+            for call in (
+                b.stub.RequeueDeadLetter(
+                    orchestrator_pb2.RequeueDeadLetterRequest(dead_letter_id=dl)
+                ),
+                b.stub.DropDeadLetter(orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=dl)),
+            ):
+                assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+            dropped = await a.stub.DropDeadLetter(
+                orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=dl)
+            )
+            assert dropped.failed_node
+            assert (await a.wait(gid)).state == execution_pb2.GRAPH_STATE_FAILED
+        finally:
+            await a.close()
+            await b.close()

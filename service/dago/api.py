@@ -62,9 +62,38 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def _owned(self, graph_id: str, ns: bytes | None) -> None:
         """NOT_FOUND unless the caller's namespace owns the graph: another namespace's
         graphs are indistinguishable from graphs that do not exist."""
-        owner = ns.decode() if ns else DEFAULT_NAMESPACE
-        if owner != self._auth.current():
+        if not self._mine(ns):
             raise errors.not_found("graph", graph_id)
+
+    def _mine(self, ns: bytes | None) -> bool:
+        """Whether a graph whose meta ``ns`` field is ``ns`` is the caller's namespace's."""
+        return (ns.decode() if ns else DEFAULT_NAMESPACE) == self._auth.current()
+
+    async def _visible_dead_letters(
+        self, shard: int, before: str | None, count: int
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Up to ``count`` dead letters of one shard from ``before`` down whose graph is the
+        caller's namespace's; other namespaces' entries are skipped, not counted."""
+        out: list[tuple[str, dict[bytes, bytes]]] = []
+        while len(out) < count:
+            batch = await self._store.dead_letters(shard, before, count)
+            if not batch:
+                break
+            metas = await self._store.metas([(shard, f.get(b"g", b"").decode()) for _, f in batch])
+            out += [e for e, meta in zip(batch, metas, strict=True) if self._mine(meta.get(b"ns"))]
+            if len(batch) < count:
+                break
+            before = "(" + batch[-1][0]  # exclusive: continue below the last entry read
+        return out[:count]
+
+    async def _check_dead_letter(self, shard: int, entry_id: str, name: str) -> None:
+        """NOT_FOUND unless the dead letter's graph is the caller's namespace's."""
+        found = await self._store.dead_letters(shard, entry_id, 1)
+        if found and found[0][0] == entry_id:
+            gid = found[0][1].get(b"g", b"").decode()
+            (ns,) = await self._store.graph_fields(shard, gid, "ns")
+            if not self._mine(ns):
+                raise errors.not_found("dead letter", name)
 
     def _shard(self, graph_id: str, field: str = "graph_id") -> int:
         if not graph_id:
@@ -391,7 +420,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         for shard in shards:
             before = f"{cursor[0]}-{cursor[1]}" if cursor else None
             # Entries with the cursor's id on other shards may remain: read one page past it.
-            for entry_id, fields in await self._store.dead_letters(shard, before, size + 1):
+            for entry_id, fields in await self._visible_dead_letters(shard, before, size + 1):
                 ms, seq = (int(x) for x in entry_id.split("-"))
                 key = (ms, seq, shard)
                 if cursor is not None and key >= cursor:
@@ -432,6 +461,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.RequeueDeadLetterResponse:
         """Run the dead-lettered attempt again, if its node still waits for it."""
         shard, entry_id = self._dead_letter_id(request.dead_letter_id)
+        await self._check_dead_letter(shard, entry_id, request.dead_letter_id)
         outcome, gid = await self._store.dead_letter(shard, "requeue", entry_id)
         if outcome == "missing":
             raise errors.not_found("dead letter", request.dead_letter_id)
@@ -454,6 +484,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.DropDeadLetterResponse:
         """Remove a dead letter; a node still waiting for it fails, and so its graph."""
         shard, entry_id = self._dead_letter_id(request.dead_letter_id)
+        await self._check_dead_letter(shard, entry_id, request.dead_letter_id)
         outcome, gid = await self._store.dead_letter(shard, "drop", entry_id)
         if outcome == "missing":
             raise errors.not_found("dead letter", request.dead_letter_id)
