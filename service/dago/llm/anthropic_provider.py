@@ -27,6 +27,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import httpx2
 
 from dago.handlers import NodeFailure
 from dago.llm.base import (
@@ -120,8 +121,9 @@ class AnthropicProvider:
                 "the network or DAGO_ANTHROPIC_BASE_URL",
                 True,
             ) from None
-        except httpx.TransportError as e:
-            # The SDK does not wrap errors raised while the stream is read.
+        except (httpx2.TransportError, httpx.TransportError) as e:
+            # The SDK does not wrap errors raised while the stream is read (its transport is
+            # httpx2 in this release, httpx in others).
             raise NodeFailure(
                 graph_pb2.ERROR_CLASS_TRANSIENT,
                 f"the connection to the Anthropic API broke off mid-answer ({type(e).__name__})",
