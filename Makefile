@@ -17,7 +17,7 @@ REQUIREMENTS := requirements.txt requirements-dev.txt
 TS_DIR      := clients/typescript
 TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
 # (docs/api.md is generated from the proto comments too: `make gen` writes it.)
-GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md
+GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md helm/dago/files/ deploy/envoy/
 # The live graph view (web/): web/src/app.js + the TypeScript client bundled by esbuild
 # (from $(TS_DIR)/node_modules) into web/dist/app.js, which Envoy serves on /ui/.
 WEB_BUNDLE  := web/dist/app.js

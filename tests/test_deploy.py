@@ -36,7 +36,8 @@ import pytest
 import yaml
 
 from dago import edge
-from harness import Client, echo, eventually, free_port, request
+from dago.server import LIVENESS
+from harness import Client, RunningStack, echo, eventually, free_port, request
 from harness import edge as graph_edge
 from redisfixture import RedisServer
 
@@ -169,8 +170,11 @@ def test_api_and_worker_deployments_are_hardened(
         assert pod["automountServiceAccountToken"] is False
     api_c = api["spec"]["template"]["spec"]["containers"][0]
     grpc_port = next(p["containerPort"] for p in api_c["ports"] if p["name"] == "grpc")
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert api_c[probe]["grpc"] == {"port": grpc_port}, "native gRPC probes for the API"
+    # Native gRPC probes: readiness on the server's status, liveness and startup on the
+    # health service that stays SERVING while Redis or the workers are down.
+    assert api_c["readinessProbe"]["grpc"] == {"port": grpc_port}
+    for probe in ("livenessProbe", "startupProbe"):
+        assert api_c[probe]["grpc"] == {"port": grpc_port, "service": LIVENESS}
     worker_c = worker["spec"]["template"]["spec"]["containers"][0]
     assert worker_c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     worker_env = {e["name"]: e for e in worker_c["env"]}
@@ -825,3 +829,116 @@ async def test_image_commands_start_serve_and_worker_from_the_wheel(
     # SIGTERM (what `docker stop` sends) ends both cleanly.
     assert procs["serve"].returncode == 0, (tmp_path / "serve.log").read_text()[-2000:]
     assert procs["worker"].returncode == 0, (tmp_path / "worker.log").read_text()[-2000:]
+
+
+# --------------------------------------------------------------------------- TLS probes
+
+
+def _certificates(where: Path, server_name: str) -> None:
+    """A CA and a server certificate for ``server_name`` it signed (usable as a client
+    certificate too, as the chart's mutual-TLS probe presents it), in PEM files."""
+
+    def openssl(*args: str) -> None:
+        done = run(["openssl", *args], cwd=where)
+        assert done.returncode == 0, done.stderr
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dago-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    openssl("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={server_name}")
+    (where / "ext.cnf").write_text(
+        f"subjectAltName=DNS:{server_name}\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
+
+
+async def test_chart_tls_probe_command_checks_a_mutual_tls_api(
+    helm: str, redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    done = run(
+        [
+            helm,
+            "template",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "--set",
+            "api.tls.enabled=true",
+            "--set",
+            "api.tls.secretName=api-tls",
+            "--set",
+            "api.tls.clientAuth=true",
+            "--set",
+            "envoy.enabled=false",
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    c = one(docs, "Deployment", f"{RELEASE}-dago-api")["spec"]["template"]["spec"]["containers"][0]
+    probe = c["readinessProbe"]["exec"]["command"]
+    liveness = c["livenessProbe"]["exec"]["command"]
+    assert liveness == [*probe, "--service", LIVENESS]
+    tls_env = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("DAGO_TLS_")}
+    tls_dir = Path(tls_env["DAGO_TLS_CERT_FILE"]).parent
+    server_name = probe[probe.index("--tls-server-name") + 1]
+    _certificates(tmp_path, server_name)
+
+    def local(words: list[str]) -> list[str]:
+        return [w.replace(str(tls_dir), str(tmp_path)) for w in words]
+
+    env = {k: local([v])[0] for k, v in tls_env.items()}
+    async with RunningStack(redis_single.url, key_prefix, DAGO_AUTH="off", **env) as stack:
+        stack.start("api", "serve")
+
+        def probe_rc(words: list[str]) -> int:
+            assert stack.procs["api"].poll() is None, stack.log("api")
+            assert words[:3] == ["python", "-m", "dago"]
+            return run([sys.executable, *words[1:]], env=stack.env).returncode
+
+        async def passes(words: list[str]) -> bool:
+            return probe_rc(local(words)) == 0
+
+        # The chart's probes, as rendered: TLS with the CA, the Service name, a client cert.
+        # Alive without any worker, but not ready until one is.
+        await eventually(lambda: passes(liveness), timeout=30, interval=0.2)
+        assert probe_rc(local(probe)) == 1, "ready with no worker alive"
+        stack.start("worker", "worker")
+        await eventually(lambda: passes(probe), timeout=30, interval=0.2)
+        no_client_cert = local(probe[: probe.index("--tls-cert")])
+        assert probe_rc(no_client_cert) == 1, "mutual TLS refuses a client without a cert"
+        assert probe_rc(["python", "-m", "dago", "health"]) == 1, "plaintext is refused"
+        wrong_name = local(probe)
+        wrong_name[wrong_name.index("--tls-server-name") + 1] = "someone-else.example"
+        assert probe_rc(wrong_name) == 1, "the server name is verified"
