@@ -44,7 +44,8 @@ WORKDIR /opt/dago
 USER 10001:10001
 # 50051: gRPC API (serve); Prometheus /metrics: 9090 (serve), 9091 (worker).
 EXPOSE 50051 9090 9091
-# The API's grpc.health.v1 status (SERVING while Redis answers). Worker containers
+# The API's grpc.health.v1 status (SERVING while Redis answers and a worker is alive:
+# `dago health --service liveness` checks only that the process serves). Worker containers
 # override it with `dago health worker` (compose) or use HTTP probes (Helm).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "dago", "health"]

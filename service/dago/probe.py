@@ -2,7 +2,8 @@
 
 ``dago health`` (or ``dago health api``) calls the standard ``grpc.health.v1.Health/Check``
 of a ``dago serve`` (default: this container's, ``127.0.0.1:$DAGO_GRPC_PORT``) and exits 0
-only when it answers SERVING; the API reports SERVING only while Redis answers.
+only when it answers SERVING: the API reports SERVING while Redis answers and a worker is
+alive; ``--service liveness`` asks only whether the process serves.
 ``dago health worker`` checks a worker process through its metrics HTTP port
 (``$DAGO_WORKER_METRICS_PORT``): a worker has no gRPC server, and the port answering shows that
 the process is up. The slim image has no curl, hence a probe of dago's own.
