@@ -1,10 +1,13 @@
-"""A tiny stdio MCP server for the agent tests, built with the ``mcp`` SDK's MCPServer
-(FastMCP in mcp 1.x). Run as ``python tests/mcp_server.py``; the tests configure it in
-DAGO_MCP_SERVERS as ``{"kb": {"command": [python, this file]}}``."""
+"""A tiny MCP server for the agent tests, built with the ``mcp`` SDK's MCPServer (FastMCP
+in mcp 1.x). ``python tests/mcp_server.py`` serves stdio (the tests configure it in
+DAGO_MCP_SERVERS as ``{"kb": {"command": [python, this file]}}``);
+``python tests/mcp_server.py --http PORT`` serves streamable HTTP on
+``http://127.0.0.1:PORT/mcp``."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 from mcp.server.mcpserver import MCPServer
 
@@ -35,4 +38,7 @@ def pid() -> int:
 
 
 if __name__ == "__main__":
-    app.run()
+    if sys.argv[1:2] == ["--http"]:
+        app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        app.run()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -25,8 +26,11 @@ import grpc
 import pytest
 
 import testtools
+from dago.config import Settings
+from dago.handlers import load_tools
 from dago.llm.base import ChatMessage, LlmRequest, ToolCallRequest, ToolSpec
 from dago.llm.offline import OfflineProvider
+from dago.tools import known_names
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, ToolUse, Usage
 from fake_openai import FakeOpenAI
@@ -37,9 +41,11 @@ from harness import (
     InProcessStack,
     error_details,
     eventually,
+    free_port,
     node_status,
     of_kind,
     plain,
+    port_open,
     request,
     rpc_error,
     stack_settings,
@@ -287,6 +293,31 @@ async def test_cancel_stops_a_running_tool_call_at_once(
     assert (await stack.client.wait(gid)).state == CANCELLED
 
 
+async def test_cancel_aborts_the_model_call_of_a_later_turn_within_a_second(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    fake.script = [
+        ToolUse({"value": 1}, "echo", id="toolu_1"),
+        Text("tok " * 400, chunks=400, delay=0.05),
+    ]
+    gid = await stack.client.submit(request([agent("helper", "Go.", ["echo"])]))
+
+    async def second_turn_streaming() -> bool:
+        events = await stack.client.history(gid)
+        return bool(of_kind(events, "tool_result")) and len(fake.requests) == 2
+
+    await eventually(second_turn_streaming, 20.0)
+    await fake.streaming.wait()
+    fake.closed.clear()
+    started = time.monotonic()
+    await stack.client.stub.CancelGraph(
+        orchestrator_pb2.CancelGraphRequest(graph_id=gid, reason="stop"), timeout=5
+    )
+    await asyncio.wait_for(fake.closed.wait(), 1.0)
+    assert time.monotonic() - started < 1.0
+    assert (await stack.client.wait(gid)).state == CANCELLED
+
+
 async def test_mcp_tools_in_tool_nodes_share_one_session_per_worker(
     stack: InProcessStack,
 ) -> None:
@@ -383,3 +414,70 @@ async def test_offline_tool_arguments_stop_sequences_and_max_tokens() -> None:
         LlmRequest("offline", [ChatMessage("user", words)], 100, stop=["w3"]), lambda _: None
     )
     assert resp.stop_reason == "stop_sequence" and "w3" not in resp.text
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_streamable_http_mcp_servers_and_sessions_closed_at_shutdown(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("mcp_server.py")),
+        "--http",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await port_open(port)
+        servers = {**json.loads(MCP), "web": {"url": f"http://127.0.0.1:{port}/mcp"}}
+        settings = stack_settings(redis_single.url, key_prefix, mcp_servers=json.dumps(servers))
+        async with InProcessStack(settings) as s:
+            nodes = [
+                tool("remote", "web/multiply", inputs={"a": 3, "b": 5}),
+                tool("local", "kb/pid"),
+            ]
+            _, st = await s.client.run(request(nodes), 60)
+            assert st.state == COMPLETED, st
+            assert plain(node_status(st, "remote").output) == 15
+            pid = int(plain(node_status(st, "local").output))
+            assert alive(pid)
+        # The worker stopped: its stdio MCP server was stopped with it.
+        assert not alive(pid)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
+
+
+def test_operator_tools_come_from_the_dago_tools_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installed distribution, as pip lays it out: a module and its dist-info.
+    (tmp_path / "dago_ep_tools.py").write_text(
+        "from dago.handlers import Tool\n"
+        "async def _shout(args, ctx):\n"
+        "    return str(args['text']).upper()\n"
+        "SHOUT = Tool('shout', 'Upper-cases text.', _shout,\n"
+        "             {'type': 'object', 'properties': {'text': {'type': 'string'}}})\n"
+        "def more():\n"
+        "    return [Tool('whisper', 'Lower-cases text.', _shout)]\n"
+    )
+    info = tmp_path / "dago_ep_tools-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dago-ep-tools\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[dago.tools]\nshout = dago_ep_tools:SHOUT\nmore = dago_ep_tools:more\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tools = load_tools("testtools")
+    assert {"shout", "whisper", "order_status", "echo", "sleep"} <= set(tools)
+    assert tools["shout"].parameters["properties"]["text"] == {"type": "string"}
+    assert "shout" in known_names(Settings(tool_modules="testtools")).tools

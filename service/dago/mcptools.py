@@ -158,6 +158,7 @@ class _Session:
             self.client = None
 
     async def close(self) -> None:
+        stopping = self._task is not None and not self._task.done()
         self._stop.set()
         if self._task is not None:
             try:
@@ -166,6 +167,8 @@ class _Session:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        if stopping:
+            log.info("MCP server %s stopped", self.config.name)
 
 
 class McpServers:
