@@ -942,3 +942,24 @@ async def test_chart_tls_probe_command_checks_a_mutual_tls_api(
         wrong_name = local(probe)
         wrong_name[wrong_name.index("--tls-server-name") + 1] = "someone-else.example"
         assert probe_rc(wrong_name) == 1, "the server name is verified"
+
+
+def test_readme_deployment_instructions_match_the_files() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deployment", 1)[1].split("\n## ", 1)[0]
+    assert "docker compose -f deploy/docker-compose.yml up" in section
+    assert "helm install dago helm/dago" in section
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in re.findall(r"--scale (\w+)=", section):
+        assert name in services
+    paths = set(re.findall(r"(?<![\w/.-])((?:deploy|helm|\.github)/[\w./-]*[\w/])", section))
+    assert "deploy/docker-compose.yml" in paths
+    assert "deploy/.env" in paths  # the user's copy of .env.example: never committed
+    assert run(["git", "check-ignore", "-q", "deploy/.env"], cwd=ROOT).returncode == 0
+    for path in paths - {"deploy/.env"}:
+        assert (ROOT / path).exists(), path
+    for target in re.findall(r"`make ([a-z][\w-]*)`", section):
+        assert target in _make_targets(), target
+    chart_readme = (CHART / "README.md").read_text()
+    for path in re.findall(r"-f (helm/dago/ci/[\w.-]+)", readme + chart_readme):
+        assert (ROOT / path).exists(), path
