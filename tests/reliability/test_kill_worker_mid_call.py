@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from relkit import kind, until
 
 from dago.v1 import execution_pb2
-from fake_anthropic import FakeAnthropic, Text
+from fake_anthropic import FakeAnthropic, Text, ToolUse
 from harness import (
     RunningStack,
     echo,
@@ -142,3 +142,53 @@ async def test_worker_killed_mid_tool_call_effect_happens_once(
 def names(where: Path) -> list[str]:
     """The files in a directory, sorted."""
     return sorted(p.name for p in where.iterdir())
+
+
+async def test_worker_killed_mid_agent_tool_call_effect_happens_once(
+    redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
+) -> None:
+    where = Path(tempfile.mkdtemp(prefix="dago-agent-effects-"))
+    call = ToolUse({"dir": str(where), "seconds": 2.5}, "effect", id="toolu_1")
+    # The killed worker's first turn takes the first reply; the rescuer re-runs the attempt.
+    fake.script = [call, call, Text("paid once")]
+    env = {
+        "DAGO_LLM_PROVIDER": "anthropic",
+        "DAGO_ANTHROPIC_API_KEY": "sk-ant-reliability",
+        "DAGO_ANTHROPIC_BASE_URL": fake.url,
+    }
+    node = {"id": "helper", "agent": {"llm": {"prompt": "pay the bill"}, "tools": ["effect"]}}
+    async with RunningStack(redis_single.url, key_prefix, **env) as stack:
+        stack.start("w1", "worker")
+        stack.start("w2", "worker")
+        await start_api_quickly(stack)
+        gid = await stack.client.submit(request([node]))
+
+        async def applied() -> bool:
+            log = where / "log"
+            if not log.exists():
+                return False
+            key = log.read_text().split()[0]
+            return (where / key.replace("/", "_")).exists()
+
+        await until(applied, 30, "the agent's first tool call applied the effect")
+        ((key, victim),) = [ln.split() for ln in (where / "log").read_text().splitlines()]
+        assert key.startswith(f"{gid}/helper/") and key.endswith("/t1.1"), key
+        stack.signal(victim, signal.SIGKILL)
+
+        st = await stack.client.wait(gid, timeout=40)
+        assert st.state == COMPLETED, st
+        calls = [ln.split() for ln in (where / "log").read_text().splitlines()]
+        assert [c[0] for c in calls] == [key, key], calls  # the same key on redelivery
+        assert calls[1][1] not in (victim, "")
+        assert names(where) == sorted(["log", key.replace("/", "_")])  # one effect
+        helper = node_status(st, "helper")
+        assert json_format.MessageToDict(helper.output)["text"] == "paid once"
+        assert len(helper.attempts) == 1
+        events = await stack.client.history(gid)
+        results = of_kind(events, "tool_result", "helper")
+        assert json_format.MessageToDict(results[-1].tool_result.result) == {
+            "key": key,
+            "applied": False,
+        }
+        assert len(of_kind(events, "node_completed", "helper")) == 1
+        assert len(fake.requests) == 3
