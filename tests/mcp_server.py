@@ -37,6 +37,12 @@ def pid() -> int:
     return os.getpid()
 
 
+@app.tool()
+def crash() -> str:
+    """Ends the server process at once (tests check that the session is started again)."""
+    os._exit(3)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--http"]:
         app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

@@ -330,12 +330,22 @@ async def test_mcp_tools_in_tool_nodes_share_one_session_per_worker(
     _, st = await stack.client.run(request(nodes, edges), 60)
     assert st.state == COMPLETED, st
     assert plain(node_status(st, "product").output) == 42
-    assert plain(node_status(st, "p1").output) == plain(node_status(st, "p2").output)
+    first_pid = plain(node_status(st, "p1").output)
+    assert plain(node_status(st, "p2").output) == first_pid
 
     _, st = await stack.client.run(request([tool("x", "kb/nope")]), 30)
     assert st.state == FAILED
     err = node_status(st, "x").error
     assert 'has no tool "nope"' in err.message and "capital" in err.message
+
+    # A server that dies is started again on the next call.
+    _, st = await stack.client.run(request([tool("x", "kb/crash")]), 30)
+    assert st.state == FAILED
+    err = node_status(st, "x").error
+    assert "went away" in err.message and err.retryable
+    _, st = await stack.client.run(request([tool("again", "kb/pid")]), 60)
+    assert st.state == COMPLETED, st
+    assert plain(node_status(st, "again").output) != first_pid
 
 
 async def test_the_openai_provider_runs_the_same_loop(

@@ -40,6 +40,8 @@ log = logging.getLogger("dago.mcp")
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 START_TIMEOUT_S = 30.0
 IDEMPOTENCY_META = "dago.dev/idempotency-key"
+CONNECTION_CLOSED = -32000
+"""The SDK's MCPError code when the server went away (its process died, the HTTP session ended)."""
 
 
 @dataclass(frozen=True)
@@ -239,9 +241,26 @@ class McpServers:
         server marks as an error raises a (not retryable) NodeFailure with its text."""
         session = await self._session(server)
         arguments = args if isinstance(args, dict) else {"value": args}
-        result = await session.client.call_tool(
-            tool, arguments, meta={IDEMPOTENCY_META: ctx.idempotency_key}
-        )
+        try:
+            result = await session.client.call_tool(
+                tool, arguments, meta={IDEMPOTENCY_META: ctx.idempotency_key}
+            )
+        except Exception as e:
+            code = getattr(e, "code", None)
+            if code == CONNECTION_CLOSED or session.client is None:
+                # The next use starts the server again.
+                await self._drop(server, session)
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_TRANSIENT,
+                    f"MCP server {server!r} went away during {tool} ({e}); it is started again "
+                    "on the next call",
+                    True,
+                ) from None
+            if isinstance(code, int):  # the server refused the request (bad arguments...)
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_PERMANENT, f"{server}/{tool}: {e}", False
+                ) from None
+            raise
         texts = [getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text"]
         text = "\n".join(texts)
         if result.is_error:
@@ -255,6 +274,12 @@ class McpServers:
             # The SDK wraps a bare return value as {"result": value}.
             return sc["result"] if set(sc) == {"result"} else sc
         return text
+
+    async def _drop(self, server: str, session: _Session) -> None:
+        async with self._locks.setdefault(server, asyncio.Lock()):
+            if self._sessions.get(server) is session:
+                del self._sessions[server]
+        await session.close()
 
     async def close(self) -> None:
         """Stop every session (and the stdio servers' processes)."""
