@@ -963,3 +963,44 @@ def test_readme_deployment_instructions_match_the_files() -> None:
     chart_readme = (CHART / "README.md").read_text()
     for path in re.findall(r"-f (helm/dago/ci/[\w.-]+)", readme + chart_readme):
         assert (ROOT / path).exists(), path
+
+
+def test_network_policies_let_the_chart_talk_to_itself(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["ha-values.yaml"]
+    pods = {
+        w["metadata"]["name"].removeprefix(f"{RELEASE}-dago-"): w["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        for w in workloads(docs)
+    }
+
+    def allowed(target: str, port: str) -> set[str]:
+        """Components whose pods may reach ``target``'s named ``port``."""
+        (policy,) = [
+            p
+            for p in kinds(docs, "NetworkPolicy")
+            if matches(p["spec"]["podSelector"]["matchLabels"], pods[target])
+        ]
+        out = set()
+        for rule in policy["spec"]["ingress"]:
+            if port not in {p["port"] for p in rule["ports"]}:
+                continue
+            for peer in rule.get("from", []):
+                sel = peer.get("podSelector", {}).get("matchLabels")
+                if sel is not None:
+                    out |= {name for name, labels in pods.items() if matches(sel, labels)}
+                else:
+                    out.add("namespace:" + str(peer["namespaceSelector"]["matchLabels"]))
+        return out
+
+    assert allowed("api", "grpc") == {"envoy"}
+    monitoring = "namespace:{'kubernetes.io/metadata.name': 'monitoring'}"
+    assert allowed("api", "metrics") == {"envoy", monitoring}
+    assert allowed("worker", "metrics") == {monitoring}
+    assert allowed("redis", "redis") == {"api", "worker"}
+    (envoy_rule,) = next(
+        p for p in kinds(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-envoy")
+    )["spec"]["ingress"]
+    assert "from" not in envoy_rule, "anyone may reach Envoy unless envoyFrom says otherwise"
