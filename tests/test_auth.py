@@ -461,3 +461,43 @@ async def test_dead_letters_are_scoped_to_the_namespace(
         finally:
             await a.close()
             await b.close()
+
+
+async def test_namespace_keys_follow_the_layout_and_expire_with_the_graph(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    """The per-namespace index and request records are where dago/keys.py says, and the
+    sweeper removes an expired graph from its namespace's index (timer ``x|<gid>|<ns>``)."""
+    from dago.api import _stable_shard
+
+    settings = stack_settings(
+        redis_single.url, key_prefix, auth="keys", api_keys=KEYS, retention_s=1
+    )
+    async with InProcessStack(settings) as stack:
+        a, _ = await clients(stack)
+        try:
+            gid, st = await a.run(request([echo("a", x=1)], request_id="rid-1"))
+            assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+            redis = stack.store.redis
+            shard = int(gid.split("-", 1)[0])
+            sk = stack.store.keys.shard(shard)
+            assert shard == _stable_shard("team-a/rid-1", settings.shards)
+            assert await redis.exists(sk.request("rid-1", "team-a"))
+            assert not await redis.exists(sk.request("rid-1"))
+            done = str(execution_pb2.GRAPH_STATE_COMPLETED)
+            assert await redis.zscore(sk.index("", "team-a"), gid) is not None
+            assert await redis.zscore(sk.index(done, "team-a"), gid) is not None
+            assert await redis.zscore(sk.index(), gid) is None  # not in the default namespace
+
+            async def expired() -> bool:
+                return (
+                    await redis.zscore(sk.index("", "team-a"), gid) is None
+                    and await redis.zscore(sk.index(done, "team-a"), gid) is None
+                    and not await redis.exists(sk.request("rid-1", "team-a"))
+                )
+
+            await eventually(expired, 15, 0.1)
+            listed = await a.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest())
+            assert gid not in [g.graph_id for g in listed.graphs]
+        finally:
+            await a.close()
