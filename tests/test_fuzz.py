@@ -10,6 +10,7 @@ synchronous gRPC / HTTP clients.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import subprocess
@@ -456,3 +457,65 @@ def test_random_rest_bytes_are_never_a_5xx(target: Target, raw: bytes) -> None:
 def test_the_service_still_serves_after_everything(target: Target) -> None:
     still_serving(target)
     assert target.http.get("/health").status_code == 200
+
+
+GRAPH_IDS = st.one_of(
+    st.text(max_size=80),
+    st.from_regex(r"\A[0-9]{1,3}-[0-9A-Z]{26}\Z"),
+    st.sampled_from(["0-", "-1-x", "99999999999999999999-x", "3-../../etc", "0-*", "0-{s0}"]),
+)
+
+
+@PROFILE
+@given(
+    gid=GRAPH_IDS,
+    token=st.one_of(
+        st.just(""),
+        st.text(max_size=40),
+        st.binary(max_size=30).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+    ),
+    size=st.integers(-(2**31), 2**31 - 1),
+    seq=st.integers(-(2**63), 2**63 - 1),
+    state=st.integers(-3, 20),
+)
+def test_random_reads_get_a_clear_answer(
+    target: Target, gid: str, token: str, size: int, seq: int, state: int
+) -> None:
+    s = target.stub
+    ok = CLIENT_CODES | {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+    calls = [
+        lambda: s.GetGraphStatus(orchestrator_pb2.GetGraphStatusRequest(graph_id=gid), timeout=10),
+        lambda: s.GetGraphResult(orchestrator_pb2.GetGraphResultRequest(graph_id=gid), timeout=10),
+        lambda: s.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid), timeout=10),
+        lambda: s.ListGraphs(
+            orchestrator_pb2.ListGraphsRequest(page_size=size, page_token=token, state=state),  # type: ignore[arg-type]
+            timeout=10,
+        ),
+        lambda: s.ListGraphEvents(
+            orchestrator_pb2.ListGraphEventsRequest(
+                graph_id=gid, page_size=size, page_token=token, after_seq=seq
+            ),
+            timeout=10,
+        ),
+        lambda: list(
+            s.WatchGraph(
+                orchestrator_pb2.WatchGraphRequest(graph_id=gid, after_seq=seq), timeout=10
+            )
+        ),
+        lambda: s.CancelGraph(
+            orchestrator_pb2.CancelGraphRequest(graph_id=gid, reason=token), timeout=10
+        ),
+        lambda: s.ListDeadLetters(
+            orchestrator_pb2.ListDeadLettersRequest(graph_id=gid, page_size=size, page_token=token),
+            timeout=10,
+        ),
+        lambda: s.DropDeadLetter(
+            orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=gid), timeout=10
+        ),
+    ]
+    for call in calls:
+        try:
+            call()
+        except grpc.RpcError as err:
+            assert err.code() in ok, (err.code(), err.details())  # type: ignore[attr-defined]
+            assert err.details()  # type: ignore[attr-defined]
