@@ -22,7 +22,7 @@ WORKDIR /src
 COPY requirements.txt ./
 RUN python -m venv /opt/dago \
     && /opt/dago/bin/pip install --only-binary=:all: -r requirements.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY service/ service/
 COPY gen/python/ gen/python/
 RUN /opt/dago/bin/pip install --no-deps . \
