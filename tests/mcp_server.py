@@ -37,10 +37,13 @@ def pid() -> int:
     return os.getpid()
 
 
-@app.tool()
 def crash() -> str:
     """Ends the server process at once (tests check that the session is started again)."""
     os._exit(3)
+
+
+if os.environ.get("MCP_TEST_CRASH") == "1":  # the env the operator configured reaches us
+    app.tool()(crash)
 
 
 if __name__ == "__main__":

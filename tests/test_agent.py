@@ -57,9 +57,9 @@ KEY = "sk-ant-test-agent-SECRET"
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED
 CANCELLED = execution_pb2.GRAPH_STATE_CANCELLED
-MCP = json.dumps(
-    {"kb": {"command": [sys.executable, str(Path(__file__).with_name("mcp_server.py"))]}}
-)
+MCP_COMMAND = [sys.executable, str(Path(__file__).with_name("mcp_server.py"))]
+# MCP_TEST_CRASH adds the tool `crash` (ends the server process).
+MCP = json.dumps({"kb": {"command": MCP_COMMAND, "env": {"MCP_TEST_CRASH": "1"}}})
 
 
 def agent(node_id: str, prompt: str, tools: list[str], **fields: Any) -> dict[str, Any]:
@@ -398,6 +398,28 @@ async def test_an_offline_agent_calls_its_tools_then_answers_from_them(
     results = [e.tool_result for e in of_kind(events, "tool_result", "a")]
     assert not results[0].error and "do not match" in results[1].error
     assert "order_status: error:" in out["text"]
+
+
+async def test_an_offline_agent_may_use_every_tool_of_an_mcp_server(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    servers = json.dumps({"kb": {"command": MCP_COMMAND}})
+    settings = stack_settings(redis_single.url, key_prefix, mcp_servers=servers)
+    async with InProcessStack(settings) as s:
+        node = agent("a", "japan", ["kb/*"])
+        gid, st = await s.client.run(request([node]), 60)
+        assert st.state == COMPLETED, st
+        events = await s.client.history(gid)
+    calls = {e.tool_call.tool: plain(e.tool_call.arguments) for e in of_kind(events, "tool_call")}
+    assert calls == {
+        "kb/capital": {"country": "japan"},
+        "kb/multiply": {"a": 0, "b": 0},
+        "kb/pid": {},
+    }
+    results = {e.tool_result.tool: e.tool_result for e in of_kind(events, "tool_result")}
+    assert plain(results["kb/capital"].result) == "Tokyo"
+    assert plain(results["kb/multiply"].result) == 0
+    assert not any(r.error for r in results.values())
 
 
 async def test_offline_tool_arguments_stop_sequences_and_max_tokens() -> None:

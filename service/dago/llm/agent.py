@@ -226,7 +226,8 @@ class AgentHandler:
         await self._emit(
             ctx, [("tool_result", json.dumps(detail, ensure_ascii=False, default=str))]
         )
-        content = _cut(error if error else _text(result), RESULT_CHARS)
+        # Some APIs refuse an empty tool result: say that there was none.
+        content = _cut(error if error else _text(result), RESULT_CHARS) or "(no output)"
         return ToolOutcome(call.id, call.name, content, is_error=bool(error))
 
 
