@@ -157,6 +157,10 @@ def run_dev(settings: Settings) -> int:
     # A laptop default needs no key; DAGO_AUTH=keys in the environment keeps authentication on.
     auth_off = env.get(env_name("auth"), "") in ("", "off")
     env[env_name("auth")] = "off" if auth_off else env[env_name("auth")]
+    if auth_off and not env.get(env_name("grpc_host")):
+        # Without authentication the API listens on this machine only, unless told otherwise.
+        env[env_name("grpc_host")] = "127.0.0.1"
+        settings = dataclasses.replace(settings, grpc_host="127.0.0.1")
     if auth_off:
         _warn_auth_off(settings)
     cmd = [sys.executable, "-m", "dago"]
