@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from google.rpc import error_details_pb2
@@ -187,6 +189,46 @@ async def test_the_api_key_is_sent_as_a_bearer_token(
         async with AsyncDagoClient(where, api_key="") as anonymous:
             with pytest.raises(UnauthenticatedError):
                 await anonymous.status(gid)
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
+    """A certificate for dago.test and localhost, and its key (openssl)."""
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=dago.test"),
+            *("-addext", "subjectAltName=DNS:dago.test,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_with_a_private_ca(
+    redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    settings = stack_settings(
+        redis_single.url, key_prefix, tls_cert_file=str(cert), tls_key_file=str(key)
+    )
+    async with InProcessStack(settings) as s:
+        env = {"DAGO_TARGET": f"localhost:{s.port}", "DAGO_TLS_CA": str(cert)}
+        async with AsyncDagoClient(config=ClientConfig.from_env(env)) as dago:
+            gid = (await dago.submit(request([echo("a")]))).graph_id
+            assert (await dago.wait(gid)).state == execution_pb2.GRAPH_STATE_COMPLETED
+        # By address, checking the certificate against the name it was issued to.
+        named = ClientConfig.from_env(
+            {**env, "DAGO_TARGET": f"127.0.0.1:{s.port}", "DAGO_TLS_SERVER_NAME": "dago.test"}
+        )
+        async with AsyncDagoClient(config=named) as dago:
+            assert (await dago.status(gid)).graph_id == gid
+        # Without the CA the server is not trusted: the call fails, it does not hang.
+        untrusted = ClientConfig(target=f"localhost:{s.port}", tls=True, timeout_s=2)
+        async with AsyncDagoClient(config=untrusted) as dago:
+            with pytest.raises(UnavailableError):
+                await dago.status(gid)
 
 
 def test_config_from_the_environment() -> None:
