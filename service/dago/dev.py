@@ -243,6 +243,7 @@ REST (see README, "REST and SSE through Envoy"):
   curl -s {base}/api/v1/graphs/<id>/status
   curl -sN -H 'accept: text/event-stream' {base}/api/v1/graphs/<id>/events
   curl -s {base}/api/v1/graphs/<id>/result
+  curl -s {base}/api/v1/workers        curl -s {base}/api/v1/dead-letters
 """
     else:
         rest = "\n  REST       off (Envoy not started; see above)\n"
@@ -251,13 +252,15 @@ REST (see README, "REST and SSE through Envoy"):
         if settings.auth == "off"
         else "\n  authentication: API keys (send authorization: Bearer <key>)"
     )
+    wp = settings.worker_metrics_port
+    wm = f", metrics on :{wp}..{wp + settings.workers - 1}" if wp else ""
     print(
         f"""
 dago is running (embedded default: no Docker, no API key){auth}
   gRPC API   127.0.0.1:{port}   (health + reflection: grpcurl needs no proto files)
   metrics    http://127.0.0.1:{settings.metrics_port}/metrics
   redis      {redis_url}
-  workers    {settings.workers} process(es) x {settings.worker_slots} slots
+  workers    {settings.workers} process(es) x {settings.worker_slots} slots{wm}
 
 Try:
   .venv/bin/dagoctl submit examples/research.json --watch   (docs/clients.md)
