@@ -169,6 +169,8 @@ async def test_an_agent_uses_an_operator_tool_the_http_tool_and_an_mcp_tool(
     assert first["key"] == f"{gid}/helper/1/1/t1.1"
     weather = plain(results[1].tool_result.result)
     assert weather["status"] == 200 and weather["body"] == {"city": "Paris", "temp_c": 21}
+    # The http tool passes the call's idempotency key on to the server.
+    assert web.requests[0].headers["idempotency-key"] == f"{gid}/helper/1/1/t2.1"
     assert plain(results[2].tool_result.result) == "Paris"
     assert all(not r.tool_result.error for r in results)
     deltas = "".join(e.llm_delta.text for e in of_kind(events, "llm_delta", "helper"))
