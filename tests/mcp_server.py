@@ -6,6 +6,7 @@ DAGO_MCP_SERVERS as ``{"kb": {"command": [python, this file]}}``);
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -29,6 +30,13 @@ def capital(country: str) -> str:
 def multiply(a: int, b: int) -> int:
     """Multiplies two integers."""
     return a * b
+
+
+@app.tool()
+async def wait(seconds: float) -> float:
+    """Waits, then returns the seconds waited."""
+    await asyncio.sleep(seconds)
+    return seconds
 
 
 @app.tool()

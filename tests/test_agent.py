@@ -39,6 +39,7 @@ from fake_openai import ToolCall as OToolCall
 from fakehttp import FakeHttpServer
 from harness import (
     InProcessStack,
+    edge,
     error_details,
     eventually,
     free_port,
@@ -339,6 +340,16 @@ async def test_mcp_tools_in_tool_nodes_share_one_session_per_worker(
     assert st.state == FAILED
     err = node_status(st, "x").error
     assert 'has no tool "nope"' in err.message and "capital" in err.message
+
+    # A call cut short (the attempt timed out) leaves the session usable.
+    slow = tool("slow", "kb/wait", inputs={"seconds": 30}, attemptTimeout="0.5s")
+    _, st = await stack.client.run(
+        request([slow, tool("after", "kb/pid")], [edge("slow", "after")])
+    )
+    assert st.state == FAILED
+    assert node_status(st, "slow").error.error_class == graph_pb2.ERROR_CLASS_TIMEOUT
+    _, st = await stack.client.run(request([tool("after", "kb/pid")]), 30)
+    assert st.state == COMPLETED and plain(node_status(st, "after").output) == first_pid
 
     # A server that dies is started again on the next call.
     _, st = await stack.client.run(request([tool("x", "kb/crash")]), 30)
