@@ -116,17 +116,10 @@ def check_worker(base_url: str, *, timeout: float = 3.0) -> tuple[bool, str]:
         return False, f"{url}: {e}"
 
 
-def _worker_metrics_port(settings: Settings) -> int:
-    # Workers serve metrics on DAGO_WORKER_METRICS_PORT where that setting exists, else
-    # (older settings) on DAGO_METRICS_PORT.
-    port = getattr(settings, "worker_metrics_port", settings.metrics_port)
-    return int(port)
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``dago health`` with parsed ``args``; returns the exit status."""
     if args.role == "worker":
-        port = _worker_metrics_port(settings)
+        port = settings.worker_metrics_port
         if not args.target and not port:
             print("dago health worker: the metrics port is 0; give --target", file=sys.stderr)
             return UNHEALTHY
