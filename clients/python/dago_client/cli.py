@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -227,17 +228,37 @@ class Cli:
             if not live:
                 print(note, file=self.err)
 
-        for ev in self.client.watch(graph_id, after_seq, heartbeats=live, on_resume=resumed):
-            if self.as_json:
-                self.print(
-                    json_format.MessageToJson(ev, preserving_proto_field_name=True, indent=None)
-                )
-                continue
-            lines = view.apply(ev)
-            if live:
-                screen.draw(view)
-            else:
-                self.print(*lines)
+        # On a terminal a ticker also redraws twice a second, so running durations move while
+        # no event comes; the lock keeps it and the event loop from drawing at the same time.
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(0.5):
+                with lock:
+                    screen.draw(view, force=True)
+
+        ticker = threading.Thread(target=tick, daemon=True) if live else None
+        if ticker is not None:
+            ticker.start()
+        try:
+            for ev in self.client.watch(graph_id, after_seq, heartbeats=live, on_resume=resumed):
+                if self.as_json:
+                    one_line = json_format.MessageToJson(
+                        ev, preserving_proto_field_name=True, indent=None
+                    )
+                    self.print(one_line)
+                    continue
+                with lock:
+                    lines = view.apply(ev)
+                    if live:
+                        screen.draw(view)
+                    else:
+                        self.print(*lines)
+        finally:
+            done.set()
+            if ticker is not None:
+                ticker.join()
         status = self.client.status(graph_id)
         if live:
             screen.draw(view, force=True)
@@ -342,6 +363,9 @@ def main(
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `dagoctl -o json watch ID | head`: quiet, like SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 141
     finally:
         cli.close()
 
