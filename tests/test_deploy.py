@@ -1004,3 +1004,15 @@ def test_network_policies_let_the_chart_talk_to_itself(
         p for p in kinds(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-envoy")
     )["spec"]["ingress"]
     assert "from" not in envoy_rule, "anyone may reach Envoy unless envoyFrom says otherwise"
+
+
+def test_auth_off_mounts_no_keys(helm: str) -> None:
+    done = run([helm, "template", RELEASE, str(CHART), "--set", "auth.mode=off"])
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert set(one(docs, "Secret", f"{RELEASE}-dago").get("data") or {}) == set()
+    for name in ("api", "worker"):
+        pod = one(docs, "Deployment", f"{RELEASE}-dago-{name}")["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["DAGO_AUTH"] == "off" and "DAGO_API_KEYS_FILE" not in env
+        assert [v["name"] for v in pod["volumes"]] == ["tmp"]
