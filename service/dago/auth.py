@@ -235,8 +235,6 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         method = str(handler_call_details.method)
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
-        if handler.request_streaming:
-            return handler  # dago has no client-streaming RPCs; nothing to guard
         metadata = handler_call_details.invocation_metadata
         try:
             namespace: str | None = self._auth.authenticate(metadata)
@@ -244,6 +242,22 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         except errors.ApiError as e:
             namespace, failure = None, e
             log.info("refused %s: %s", method, e.message)
+        if handler.request_streaming:
+            # dago has no client-streaming RPCs; should one appear, it is refused without a
+            # key, and with one it fails closed (Authenticator.current() has no namespace).
+            if failure is None:
+                return handler
+            refusal = failure
+
+            async def refuse(_: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await context.abort_with_status(refusal.status())
+
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.response_streaming
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(refuse, response_serializer=handler.response_serializer)
         decode = handler.request_deserializer
         auth = self._auth
         name = method.rsplit("/", 1)[-1]
