@@ -5,6 +5,7 @@ import { fromJson } from "@bufbuild/protobuf";
 import { createDagoClient } from "../../clients/typescript/src/dago.js";
 import { SubmitGraphRequestSchema } from "../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { GraphState, NodeState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
+import { RouterMode } from "../../clients/typescript/gen/dago/v1/graph_pb.js";
 import diamond from "../../examples/diamond.json";
 import fanout from "../../examples/fanout.json";
 import loop from "../../examples/loop.json";
@@ -36,6 +37,9 @@ function kindOf(node) {
   if (c === "tool") return `tool:${node.kind.value.name}`;
   if (c === "llm" && node.kind.value.model) return `llm:${node.kind.value.model}`;
   if (c === "http") return `http:${node.kind.value.method || "GET"}`;
+  if (c === "router" && node.kind.value.mode >= 2) {
+    return `router:${RouterMode[node.kind.value.mode].toLowerCase()}`;
+  }
   return c;
 }
 
@@ -80,11 +84,13 @@ export function layout(graph) {
   const rows = [];
   for (const id of ids) (rows[layer.get(id)] ??= []).push(id);
   const widest = Math.max(...rows.map((r) => r.length), 1);
-  const width = widest * (NODE_W + GAP_X) + GAP_X;
+  // Room on the right for loop arcs and edge labels.
+  const width = widest * (NODE_W + GAP_X) + GAP_X + (back.size ? 140 : 60);
   const pos = new Map();
   rows.forEach((row, y) =>
     row.forEach((id, i) => {
-      const x = (width - row.length * (NODE_W + GAP_X)) / 2 + GAP_X / 2 + i * (NODE_W + GAP_X);
+      const used = widest * (NODE_W + GAP_X);
+      const x = (used - row.length * (NODE_W + GAP_X)) / 2 + GAP_X / 2 + i * (NODE_W + GAP_X);
       pos.set(id, { x, y: 30 + y * (NODE_H + GAP_Y) });
     }),
   );
@@ -112,7 +118,13 @@ function draw(graph) {
     let d;
     let lx;
     let ly;
-    if (back.has(`${e.from}->${e.to}`)) {
+    if (e.from === e.to) {
+      // A node looping on itself: an arc on its right side.
+      const x = a.x + NODE_W;
+      d = `M ${x} ${a.y + 12} C ${x + 70} ${a.y - 14}, ${x + 70} ${a.y + NODE_H + 14}, ${x} ${a.y + NODE_H - 12}`;
+      lx = x + 56;
+      ly = a.y + NODE_H / 2 + 4;
+    } else if (back.has(`${e.from}->${e.to}`)) {
       const x1 = a.x + NODE_W;
       const y1 = a.y + NODE_H / 2;
       const x2 = b.x + NODE_W;
@@ -200,11 +212,19 @@ class Run {
         this.state = "running";
         break;
       case "nodeStarted":
-        this.setNode(id, "running", `running · attempt ${ev.attempt}`);
+        this.setNode(
+          id,
+          "running",
+          `running · attempt ${ev.attempt}${ev.iteration > 1 ? ` · iteration ${ev.iteration}` : ""}`,
+        );
         break;
       case "nodeCompleted":
         if (info) info.ms = Number(p.value.durationMs);
-        this.setNode(id, "completed", `completed · ${p.value.durationMs} ms`);
+        this.setNode(
+          id,
+          "completed",
+          `completed · ${p.value.durationMs} ms${ev.iteration > 1 ? ` · iteration ${ev.iteration}` : ""}`,
+        );
         break;
       case "nodeFailed":
         if (info) info.note = p.value.error?.message ?? "";
