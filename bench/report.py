@@ -194,6 +194,9 @@ def markdown(res: dict[str, Any], baseline: dict[str, Any] | None) -> str:
             cells.insert(1, f"{_f(b, 2)} {unit}" if b is not None else "—")
         cells += [f"{_f(c, 2)} {unit}" if c is not None else "n/a", ratio, target, met]
         lines.append("| " + " | ".join(cells) + " |")
+    if res.get("errors"):
+        lines += ["", "**Workloads that failed in this run:**", ""]
+        lines += [f"- {e}" for e in res["errors"]]
     lines += ["", *_latency(res), *_memory(res), *_scaling(res), *_redis(res), *_profiles(res)]
     analysis = HERE / "ANALYSIS.md"
     if analysis.exists():
@@ -355,7 +358,8 @@ def chart(path: Path, res: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_title("8. scaling: 1→8→1 graphs at once\nnode executions/s")
     ax.set_xlabel("concurrent graphs")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax = axes.flat[5]
     names = ["5. watch, 1 watcher", "5. watch, many (replay)", "6. LLM overhead, µs"]
     vals = [

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -137,7 +138,6 @@ class Bench:
         argv = [sys.executable, "-m", "dago", "serve"]
         proc = self.procs.start("dago-api", argv, self.dago_env())
         wait_port(self.api_port, proc, self.procs.log("dago-api"))
-        self.wait_until(lambda: self.health_ok(), 30, "the dago API to report SERVING")
 
     def health_ok(self) -> bool:
         import grpc
@@ -205,12 +205,15 @@ class Bench:
         from dago import edge
 
         port = free_port()
+        fields = {f.name for f in dataclasses.fields(edge.EdgeConfig)}
+        extra = {"web_root": ""} if "web_root" in fields else {}  # no UI bundle needed
         cfg = edge.EdgeConfig(
             listen_host="127.0.0.1",
             listen_port=port,
             dago_port=self.api_port,
             metrics_port=free_port(),
             descriptor=str(ROOT / "gen" / "dago.binpb"),
+            **extra,  # type: ignore[arg-type]
         )
         config = self.procs.dir / "envoy.yaml"
         config.write_text(edge.render(cfg))
@@ -320,14 +323,15 @@ class Bench:
         self.results["w3_dago"] = {"width": s.fan, "runs_ms": [x * 1000 for x in runs]}
         self.results["w3_dago"]["ms"] = sorted(runs)[len(runs) // 2] * 1000
 
-    def dago_latency(self, envoy_port: int | None) -> None:
+    def dago_latency(self) -> None:
         s = self.sizes
         req = wl.request(wl.one())
         self.results["w4_dago_grpc"] = self.dago(
             lambda c: wl.sequential(lambda: c.submit_and_watch(req), s.seq, 20)
         )
-        if envoy_port is None:
-            return
+
+    def dago_rest_latency(self, envoy_port: int) -> None:
+        s = self.sizes
 
         async def rest() -> dict[str, float]:
             async with httpx.AsyncClient(
@@ -508,6 +512,19 @@ class Bench:
 
     # --- the run ----------------------------------------------------------------------------
 
+    def phase(self, key: str, what: str, fn: Callable[[], Any]) -> None:
+        """Run one workload; a failure is recorded in the report and the run goes on.
+        BENCH_ONLY (comma-separated keys: w1 ... w8, rest, celery, celery8) picks some."""
+        only = os.environ.get("BENCH_ONLY", "")
+        if only and not set(key.split(",")) & set(only.split(",")):
+            return
+        step(what)
+        try:
+            fn()
+        except Exception as e:  # the other workloads still say something
+            step(f"FAILED: {what}: {type(e).__name__}: {e}")
+            self.results.setdefault("errors", []).append(f"{what}: {type(e).__name__}: {e}")
+
     def run(self) -> None:
         t_start = time.monotonic()
         n_workers = int(os.environ.get("BENCH_WORKERS", "2"))
@@ -519,32 +536,38 @@ class Bench:
         self.start_fake_llm()
         self.start_dago_api()
         self.start_dago_workers(n_workers)
-        step("dago: workload 1 (sustained node executions)")
-        self.dago_throughput(profile)
-        step("dago: workloads 2 and 3 (chain, fan-out/fan-in)")
-        self.dago_chain()
-        self.dago_fan()
-        envoy_port = self.start_envoy() if os.environ.get("BENCH_ENVOY", "1") == "1" else None
-        step("dago: workload 4 (one node, submit -> terminal event, gRPC and REST)")
-        self.dago_latency(envoy_port)
-        if envoy_port is not None:
-            self.procs.stop("envoy")
-        step("dago: workload 5 (WatchGraph throughput)")
-        self.dago_watch()
-        step("dago: workload 6 (LLM nodes against the fake model)")
-        self.dago_llm()
-        step("dago: workload 7 (memory with graphs in flight)")
-        self.dago_memory()
-        step("dago: workload 8 (scaling)")
-        self.dago_scaling()
+        # SERVING needs Redis and a live worker
+        self.wait_until(self.health_ok, 30, "the dago API to report SERVING")
+        self.phase(
+            "w1",
+            "dago: workload 1 (sustained node executions)",
+            lambda: self.dago_throughput(profile),
+        )
+        self.phase("w2", "dago: workload 2 (chain)", self.dago_chain)
+        self.phase("w3", "dago: workload 3 (fan-out/fan-in)", self.dago_fan)
+
+        def rest() -> None:
+            envoy = self.start_envoy()
+            try:
+                self.dago_rest_latency(envoy)
+            finally:
+                self.procs.stop("envoy")
+
+        self.phase(
+            "w4", "dago: workload 4 (one node, submit -> terminal event, gRPC)", self.dago_latency
+        )
+        if os.environ.get("BENCH_ENVOY", "1") == "1":
+            self.phase("rest", "dago: workload 4 (the same, REST through Envoy)", rest)
+        self.phase("w5", "dago: workload 5 (WatchGraph throughput)", self.dago_watch)
+        self.phase("w6", "dago: workload 6 (LLM nodes against the fake model)", self.dago_llm)
+        self.phase("w7", "dago: workload 7 (memory with graphs in flight)", self.dago_memory)
+        self.phase("w8", "dago: workload 8 (scaling)", self.dago_scaling)
         self.stop_dago_workers()
         self.procs.stop("dago-api")
         if os.environ.get("BENCH_CELERY", "1") == "1":
-            step("Celery: workloads 1-4, 7")
-            self.start_celery(n_workers)
-            self.celery_main()
-            step("Celery: workload 8 (scaling)")
-            self.celery_scaling()
+            self.phase("celery,celery8", "Celery: start", lambda: self.start_celery(n_workers))
+            self.phase("celery", "Celery: workloads 1-4, 7", self.celery_main)
+            self.phase("celery8", "Celery: workload 8 (scaling)", self.celery_scaling)
             self.stop_celery()
             # Celery's result objects unsubscribe when collected at exit, after Redis is
             # gone; that noise says nothing about the run.

@@ -40,23 +40,39 @@ end
 
 local function jstr(s) return cjson.encode(s) end
 
--- Appends one event to the graph's log; seq is the stream id's sequence part.
+-- Events of this script run, per graph in order; flush() writes them.
+local pending = {}
+
+-- Appends one event to the graph's log (seq is the stream id's sequence part). The event is
+-- written by flush(), which every script calls before returning after a change, with the
+-- seqs of all of a graph's events taken by one HINCRBY (one command per graph, not per event).
 local function emit(gid, etype, node, attempt, iter, detail)
-  local seq = redis.call('HINCRBY', gkey(gid), 'seq', 1)
-  local args = {gkey(gid) .. ':e', '0-' .. seq, 't', etype, 'ts', NOW}
+  local ev = {'t', etype, 'ts', NOW}
   if node then
-    args[#args + 1] = 'n'; args[#args + 1] = node
-    args[#args + 1] = 'a'; args[#args + 1] = attempt
-    args[#args + 1] = 'i'; args[#args + 1] = iter
+    ev[5] = 'n'; ev[6] = node; ev[7] = 'a'; ev[8] = attempt; ev[9] = 'i'; ev[10] = iter
   end
   if detail then
-    args[#args + 1] = 'd'; args[#args + 1] = detail
+    ev[#ev + 1] = 'd'; ev[#ev + 1] = detail
   end
-  redis.call('XADD', unpack(args))
+  local list = pending[gid]
+  if list == nil then
+    list = {}
+    pending[gid] = list
+  end
+  list[#list + 1] = ev
   notified[gid] = true
 end
 
 local function flush()
+  for gid, list in pairs(pending) do
+    local ek = gkey(gid) .. ':e'
+    local seq = redis.call('HINCRBY', gkey(gid), 'seq', #list) - #list
+    for _, ev in ipairs(list) do
+      seq = seq + 1
+      redis.call('XADD', ek, '0-' .. seq, unpack(ev))
+    end
+  end
+  pending = {}
   for gid in pairs(notified) do
     redis.call('XADD', NOTIFY, 'MAXLEN', '~', 10000, '*', 'g', gid)
   end

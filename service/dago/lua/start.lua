@@ -3,23 +3,33 @@
 --       deliveries, need_inputs(0/1), refs('*' | comma-separated node ids | ''), timeout_ms.
 -- Returns per item {status, inputs|false, {node, output, ...}} with status run|stale.
 local worker = ARGV[2]
+local started_detail = '{"w":' .. jstr(worker) .. ',"r":'
 local out = {}
 for i = 3, #ARGV, 9 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local deliveries = tonumber(ARGV[i + 5])
-  local st, gs = fence(gid, node, attempt, iter, {QUEUED, RUNNING})
+  -- The fence (as fence() in common.lua) and the step limit in one read of the graph.
+  local gk = gkey(gid)
+  local m = redis.call('HMGET', gk, 'state', 'steps', 'max_steps')
+  local gs = tonumber(m[1])
+  local st = nil
+  if gs ~= nil and gs < G_COMPLETED then
+    local v = redis.call('HMGET', nkey(gid), node .. ':s', node .. ':a', node .. ':i')
+    if tonumber(v[2]) == tonumber(attempt) and tonumber(v[3]) == tonumber(iter) then
+      st = tonumber(v[1])
+      if st ~= QUEUED and st ~= RUNNING then st = nil end
+    end
+  end
   if st == nil then
     redis.call('XACK', WORK, GROUP, mid)
     out[#out + 1] = {'stale', false, {}}
   else
-    local gk = gkey(gid)
     local nk = nkey(gid)
     local ok = true
     local redelivered = (st == RUNNING)
     if not redelivered then
-      local lim = redis.call('HMGET', gk, 'steps', 'max_steps')
-      local max_steps = tonumber(lim[2])
-      if max_steps > 0 and tonumber(lim[1]) >= max_steps then
+      local max_steps = tonumber(m[3])
+      if max_steps > 0 and tonumber(m[2]) >= max_steps then
         ok = false
         redis.call('XACK', WORK, GROUP, mid)
         fail_graph(gid, jstr({c = 7, m = 'the graph exceeded its limit of ' .. max_steps .. ' steps (limits.max_steps)', r = false}), node)
@@ -35,7 +45,7 @@ for i = 3, #ARGV, 9 do
     end
     if ok then
       redis.call('HSET', nk, node .. ':s', RUNNING, node .. ':st', NOW, node .. ':w', worker, node .. ':d', deliveries)
-      emit(gid, 'node_started', node, attempt, iter, jstr({w = worker, r = redelivered}))
+      emit(gid, 'node_started', node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
       redis.call('ZADD', TIMERS, NOW + tonumber(ARGV[i + 8]), timer_key('t', gid, node, iter, attempt))
       local inputs = false
       if ARGV[i + 6] == '1' then inputs = redis.call('HGET', gk, 'inputs') end

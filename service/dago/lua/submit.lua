@@ -31,6 +31,16 @@ local nk = nkey(gid)
 for _, node in ipairs(ids) do
   redis.call('HSET', nk, node .. ':s', PENDING, node .. ':a', 0, node .. ':i', 1)
 end
+-- The node hash gets ~10 fields per node and every transition reads and writes it several
+-- times. Redis keeps hashes of up to hash-max-listpack-entries (512 by default) fields as a
+-- listpack, where each access scans the fields one by one: for a graph of more than a few
+-- nodes that made each command cost several times its price. A value longer than
+-- hash-max-listpack-value (64) turns the hash into a hash table for good (deleting it does
+-- not turn it back), so every access is O(1).
+if #ids > 4 then
+  redis.call('HSET', nk, '~', string.rep('.', 65))
+  redis.call('HDEL', nk, '~')
+end
 -- The submitter's W3C trace context arrives as the pseudo-topology field '~tp' (no node id
 -- starts with '~'); it is kept with the graph so every attempt joins the submitter's trace.
 local tp = redis.call('HGET', tk, '~tp')

@@ -1,0 +1,116 @@
+"""``python bench/luacost.py``: Redis CPU per node execution of dago's Lua transitions alone.
+
+A private Redis; graphs submitted through the real servicer (in process, no gRPC); then a
+loop that does exactly what a worker does to Redis (XREADGROUP, start.lua, complete.lua in
+batches) without running anything. Redis's own CPU time (INFO cpu) per node is the cost
+of the scripts and the stream commands, free of the Python processes' noise.
+
+    BENCH_LUA_GRAPHS (default 200), BENCH_LUA_WIDTH (default 48: graphs of 1 -> 48 -> 1),
+    BENCH_LUA_BATCH (default 64)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE)]
+
+import workloads as wl  # noqa: E402
+from procs import Procs, start_redis  # noqa: E402
+
+from dago.app import build_api  # noqa: E402
+from dago.config import Settings  # noqa: E402
+
+
+async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, Any]:
+    """Submit ``graphs`` fan graphs, then drive them to the end like a worker would."""
+    settings = Settings(redis_url=url, key_prefix="lua", shards=1, auth="off")
+    api = build_api(settings)
+    orch: Any = api._orchestrator  # the real servicer, in process
+    store = orch._store
+    graphs_cache = orch._graphs
+    await store.ensure_groups()
+    r = redis.Redis.from_url(url)
+    req = wl.request(wl.fan(width))
+    gids = [(await orch.SubmitGraph(req, None)).graph_id for _ in range(graphs)]
+    nodes = graphs * (width + 2)
+
+    def cpu() -> float:
+        info = r.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    r.config_resetstat()
+    spent = {"start": 0.0, "complete": 0.0, "read": 0.0}
+    done = 0
+    t0 = time.perf_counter()
+    while done < nodes:
+        c0 = cpu()
+        items = await store.read_work([0], "w", batch, block_ms=1000)
+        c1 = cpu()
+        spent["read"] += c1 - c0
+        if not items:
+            break
+        args: list[Any] = []
+        for it in items:
+            args += [it.msg_id, it.graph_id, it.node, it.attempt, it.iteration, 1, "0", "", 60000]
+        res = await store.start(0, "w", args)
+        c2 = cpu()
+        spent["start"] += c2 - c1
+        args = []
+        for it, rr in zip(items, res, strict=True):
+            if rr[0] != b"run":
+                continue
+            loaded = await graphs_cache.get(0, it.graph_id)
+            node = loaded.compiled.nodes[it.node]
+            taken = ",".join(str(e.index) for e in node.out_edges)
+            args += [it.msg_id, it.graph_id, it.node, it.attempt, it.iteration, '{"x":1}']
+            args += ["ok", '{"x":1}', taken, "", "", "", 0]
+        c3 = cpu()
+        await store.complete(0, "w", args)
+        spent["complete"] += cpu() - c3
+        done += len(items)
+    secs = time.perf_counter() - t0
+    stats = r.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] / nodes for k, v in stats.items()}
+    finished = sum(r.zcard(f"lua:{{s0}}:index:{s}") for s in (3, 4, 5))
+    await store.redis.aclose()
+    return {
+        "graphs": graphs,
+        "finished": finished,
+        "nodes": nodes,
+        "batch": batch,
+        "seconds": secs,
+        "us_per_node": {k: v / nodes * 1e6 for k, v in spent.items()},
+        "total_us_per_node": sum(spent.values()) / nodes * 1e6,
+        "calls_per_node": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+        "gids": len(gids),
+    }
+
+
+def main() -> int:
+    """Entry point: prints the figures as JSON."""
+    procs = Procs(Path(tempfile.mkdtemp(prefix="dago-luacost-")))
+    try:
+        url, _ = start_redis(procs)
+        graphs = int(os.environ.get("BENCH_LUA_GRAPHS", "200"))
+        width = int(os.environ.get("BENCH_LUA_WIDTH", "48"))
+        batch = int(os.environ.get("BENCH_LUA_BATCH", "64"))
+        out = uvloop.run(measure(url, graphs, width, batch))
+    finally:
+        procs.stop_all()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
