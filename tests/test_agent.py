@@ -427,6 +427,7 @@ async def test_an_offline_agent_may_use_every_tool_of_an_mcp_server(
     assert calls == {
         "kb/capital": {"country": "japan"},
         "kb/multiply": {"a": 0, "b": 0},
+        "kb/wait": {"seconds": 0},
         "kb/pid": {},
     }
     results = {e.tool_result.tool: e.tool_result for e in of_kind(events, "tool_result")}
