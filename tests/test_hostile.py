@@ -249,6 +249,11 @@ async def test_http_nodes_refuse_obfuscated_private_addresses(
         "http://169.254.169.254/latest/meta-data/",
         "http://[fd00:ec2::254]/",  # the IPv6 metadata address
         "http://100.64.0.1/",  # carrier-grade NAT
+        # IPv6 spellings that carry an IPv4 address: judged by that address.
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b:1::7f00:1]/",  # local-use NAT64 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/",  # 6to4 of 169.254.169.254
+        "http://[::127.0.0.1]/",  # IPv4-compatible
     ]
     async with InProcessStack(stack_settings(redis_single.url, key_prefix)) as stack:
         results = await asyncio.gather(
@@ -258,6 +263,8 @@ async def test_http_nodes_refuse_obfuscated_private_addresses(
         assert st.state == FAILED, url
         msg = node_status(st, "h").error.message
         assert any(w in msg for w in ("refused", "cannot resolve", "is not a URL")), (url, msg)
+        if url.startswith("http://["):
+            assert msg.startswith("refused"), (url, msg)
 
 
 async def test_http_redirects_to_private_addresses_are_not_followed(

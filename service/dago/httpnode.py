@@ -68,7 +68,9 @@ class HttpHandler:
             ip = ip.ipv4_mapped
         if host.lower().rstrip(".") in self._hosts or any(ip in n for n in self._nets):
             return True
-        return ip.is_global and not ip.is_multicast
+        # IPv6 forms that carry an IPv4 address (NAT64, 6to4, IPv4-compatible) are judged by
+        # it too: 64:ff9b::a9fe:a9fe reaches 169.254.169.254 through a NAT64 gateway.
+        return all(a.is_global and not a.is_multicast for a in (ip, *_embedded_ipv4(ip)))
 
     async def resolve(self, host: str, port: int) -> IP:
         """The address to connect to; raises NodeFailure when it is refused or unknown."""
@@ -194,6 +196,22 @@ class HttpHandler:
             if span is not None:
                 span.set_attribute("http.response.status_code", resp.status_code)
             return _result(method, url_text, resp, raw)
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: IP) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address stands for (NAT64, 6to4, IPv4-compatible)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    out = []
+    if any(ip in n for n in _NAT64) or ip in _IPV4_COMPATIBLE:
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    return out
 
 
 async def _read_capped(resp: httpx.Response, cap: int) -> bytes:
