@@ -128,8 +128,15 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
                 tool("f", "flaky", inputs={"fail_attempts": 1}, retry=fast_retry(2)),
                 {"id": "ask", "llm": {"prompt": "Four words.", "model": MODEL}},
                 {"id": "h", "http": {"url": f"{target.url}/ping?token=secret-query"}},
+                {
+                    "id": "ag",
+                    "agent": {
+                        "llm": {"provider": "offline", "prompt": f"Fetch {target.url}/agent"},
+                        "tools": ["http"],
+                    },
+                },
             ]
-            edges = [edge("a", "f"), edge("f", "ask"), edge("ask", "h")]
+            edges = [edge("a", "f"), edge("f", "ask"), edge("ask", "h"), edge("h", "ag")]
             caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
             resp = await stack.client.stub.SubmitGraph(
                 request(nodes, edges),
@@ -145,7 +152,7 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
 
             async def all_arrived() -> bool:
                 names = [s.name for s in ours()]
-                return names.count("node tool") == 3 and "HTTP GET" in names
+                return names.count("node tool") == 3 and names.count("HTTP GET") == 2
 
             await eventually(all_arrived, 15, 0.05)
             await asyncio.sleep(0.3)  # nothing more should arrive for this trace
@@ -161,6 +168,9 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
                     "node http",
                     f"chat {MODEL}",
                     "HTTP GET",
+                    "node agent",
+                    "chat offline",
+                    "execute_tool http",
                 ]
             ), sorted(by_name)
 
@@ -170,8 +180,8 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
             assert submit.attrs["rpc.system"] == "grpc"
             assert submit.attrs["rpc.grpc.status_code"] == "OK"
 
-            attempts = by_name["node tool"] + by_name["node llm"] + by_name["node http"]
-            assert len(attempts) == 5
+            attempts = [s for s in spans if s.name.startswith("node ")]
+            assert len(attempts) == 6
             for s in attempts:
                 assert s.service == "dago-worker" and s.parent == submit.span_id
                 assert s.attrs["dago.graph.id"] == gid
@@ -197,11 +207,21 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
             assert chat.attrs["gen_ai.usage.output_tokens"] == 7
 
             (node_http,) = by_name["node http"]
-            (http_span,) = by_name["HTTP GET"]
-            assert http_span.parent == node_http.span_id
+            (http_span,) = [s for s in by_name["HTTP GET"] if s.parent == node_http.span_id]
             assert http_span.attrs["http.response.status_code"] == 200
             assert http_span.attrs["url.path"] == "/ping"
             assert "secret-query" not in str(http_span.attrs)
             # The trace continues downstream: the target got the HTTP span's context.
-            sent = target.requests[-1].headers["traceparent"]
+            sent = target.requests[0].headers["traceparent"]
             assert sent.split("-")[1:3] == [caller_trace, http_span.span_id]
+
+            # The agent: model turns and its tool call, the tool's HTTP request under it.
+            (node_agent,) = by_name["node agent"]
+            turns = by_name["chat offline"]
+            assert len(turns) == 2 and all(t.parent == node_agent.span_id for t in turns)
+            assert turns[0].attrs["gen_ai.system"] == "offline"
+            (call,) = by_name["execute_tool http"]
+            assert call.parent == node_agent.span_id
+            assert call.attrs["gen_ai.tool.name"] == "http" and call.attrs["gen_ai.tool.call.id"]
+            (tool_http,) = [s for s in by_name["HTTP GET"] if s.parent == call.span_id]
+            assert tool_http.attrs["url.path"] == "/agent"

@@ -48,6 +48,7 @@ from dago.llm.base import (
 from dago.llm.node import LlmHandler
 from dago.llm.schema import validation_error
 from dago.tools import Toolbox
+from dago.tracing import fail
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.agent")
@@ -206,18 +207,27 @@ class AgentHandler:
         else:
             error = _arguments_problem(tool, call.arguments)
         if not error and tool is not None:
-            try:
-                async with asyncio.timeout(limit_s):
-                    result = await tool.fn(
-                        call.arguments, dataclasses.replace(ctx, tool_call=position)
-                    )
-            except TimeoutError:
-                error = f"the tool call timed out after {limit_s:g}s (agent.tool_timeout)"
-            except NodeFailure as f:
-                error = f.message
-            except Exception as e:  # a tool's bug: the model is told, the worker goes on
-                log.warning("tool %s failed: %s: %s", name, type(e).__name__, e)
-                error = f"{type(e).__name__}: {e}"
+            # A span per tool call (GenAI conventions), parent of what the tool does.
+            attrs = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name,
+                "gen_ai.tool.call.id": call.id,
+            }
+            with self._llm.tracing.span(f"execute_tool {name}", attrs) as span:
+                try:
+                    async with asyncio.timeout(limit_s):
+                        result = await tool.fn(
+                            call.arguments, dataclasses.replace(ctx, tool_call=position)
+                        )
+                except TimeoutError:
+                    error = f"the tool call timed out after {limit_s:g}s (agent.tool_timeout)"
+                except NodeFailure as f:
+                    error = f.message
+                except Exception as e:  # a tool's bug: the model is told, the worker goes on
+                    log.warning("tool %s failed: %s: %s", name, type(e).__name__, e)
+                    error = f"{type(e).__name__}: {e}"
+                if error:
+                    fail(span, "tool_error", error)
         detail: dict[str, Any] = {"id": call.id, "tool": name}
         if error:
             detail["error"] = _cut(error, EVENT_CHARS)

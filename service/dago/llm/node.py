@@ -262,6 +262,11 @@ class LlmHandler:
             _class_name(error_class) if error_class else "",
         )
 
+    @property
+    def tracing(self) -> Tracing:
+        """The tracer of this worker (the agent node's tool-call spans use it too)."""
+        return self._tracing
+
     async def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
         """The provider and model ``spec`` uses (its SDK imported off the event loop)."""
         await self._providers.load(spec.provider)
