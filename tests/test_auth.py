@@ -501,3 +501,31 @@ async def test_namespace_keys_follow_the_layout_and_expire_with_the_graph(
             assert gid not in [g.graph_id for g in listed.graphs]
         finally:
             await a.close()
+
+
+def test_a_malformed_keys_file_keeps_the_previous_keys(tmp_path: Path) -> None:
+    from dago.auth import KeyRing
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{hash_key(KEY_A)} team-a  # trailing comment\n\n# only a comment\n")
+    ring = KeyRing("", str(keys_file))
+    assert ring.lookup(KEY_A) == "team-a" and ring.lookup(KEY_B) is None
+    keys_file.write_text("this is not a key line at all\n")  # half-written, say
+    ring._checked = 0.0  # re-check now rather than within a second
+    assert ring.lookup(KEY_A) == "team-a"
+
+
+def test_the_redactor_knows_every_configured_secret() -> None:
+    from dago.auth import Redactor
+    from dago.config import Settings
+
+    settings = Settings(
+        redis_url="rediss://user:redis-pass-123456@h:6380/0?password=query-pass-654321",
+        anthropic_api_key="sk-ant-0123456789",
+        openai_api_key="sk-openai-0123456789",
+    )
+    redact = Redactor.from_settings(settings)
+    text = "a sk-ant-0123456789 b sk-openai-0123456789 c redis-pass-123456 d query-pass-654321"
+    assert redact(text) == "a [redacted] b [redacted] c [redacted] d [redacted]"
+    assert redact.fields(["x sk-ant-0123456789", 3, b"raw"]) == ["x [redacted]", 3, b"raw"]
+    assert Redactor(["short"])("short stays") == "short stays"  # too short to be a secret
