@@ -19,8 +19,8 @@ GRAPHS = knob("RELIABILITY_API_KILL_GRAPHS", 50, 50)
 
 
 def steps(i: int) -> orchestrator_pb2.SubmitGraphRequest:
-    """A graph that runs ~2 s: a chain of sleeps with a fan-out and a join."""
-    s = {"seconds": 0.4}
+    """A graph that runs ~3 s: a chain of sleeps with a fan-out and a join."""
+    s = {"seconds": 0.6}
     return request(
         [
             echo("start", i=i),

@@ -29,9 +29,9 @@ PER_KIND = 4
 
 
 def chain(i: int) -> orchestrator_pb2.SubmitGraphRequest:
-    """About 2.5 s of sleeps in a chain, then an echo."""
+    """About 3.5 s of sleeps in a chain, then an echo."""
     names = [f"s{n}" for n in range(5)]
-    nodes = [tool(n, "sleep", inputs={"seconds": 0.5}) for n in names] + [echo("z", i=i)]
+    nodes = [tool(n, "sleep", inputs={"seconds": 0.7}) for n in names] + [echo("z", i=i)]
     return request(nodes, [edge(a, b) for a, b in zip(names, [*names[1:], "z"], strict=True)])
 
 

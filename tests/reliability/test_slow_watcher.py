@@ -21,8 +21,9 @@ COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 # The full variants (RELIABILITY_FULL=1) run for minutes.
 pytestmark = pytest.mark.timeout(900 if FULL else 300)
 SLOW = 4
-EVENTS = 4000
-SIZE = 4000  # characters per event: 16 MB of events per watcher
+# 16 MB of events; a watch holds at most one page (500 events, 1 MB) per stream.
+EVENTS = 8000
+SIZE = 2000
 HOLD_S = knob("RELIABILITY_SLOW_HOLD_S", 5, 60)  # how long the slow watchers read nothing
 # Flow control as small as gRPC allows, so a client that does not read stops the server.
 SLOW_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 64 << 20)]
