@@ -21,6 +21,7 @@ from dago.ids import parse_shard
 from dago.v1 import execution_pb2, orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic, Text, Usage
 from harness import (
+    InProcessStack,
     RunningStack,
     echo,
     edge,
@@ -29,11 +30,12 @@ from harness import (
     free_port,
     request,
     rpc_error,
+    stack_settings,
     start_api_quickly,
     tool,
 )
 from obshelpers import TOOLS, marker
-from redisfixture import RedisServer
+from redisfixture import RedisCluster, RedisServer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MODEL = "claude-test-1"
@@ -204,3 +206,25 @@ async def test_metrics_after_real_traffic(
             )
 
         await eventually(backlog, 10, 0.05)
+
+
+async def test_cluster_metrics_on_redis_cluster(
+    redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    # The scrape-time reads work on a Redis Cluster too (one pipeline per shard's slot).
+    port = free_port()
+    settings = stack_settings(redis_cluster.url, key_prefix, metrics_port=port)
+    async with InProcessStack(settings) as stack:
+        _, st = await stack.client.run(request([echo("a", x=1), echo("b", y=2)], [edge("a", "b")]))
+        assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+        a = await scrape(port)
+        assert value(a, "dago_redis_up") == 1
+        assert value(a, "dago_graphs_submitted_total") == 1
+        assert value(a, "dago_graphs_finished_total", status="completed") == 1
+        assert value(a, "dago_graph_duration_seconds_count") == 1
+        assert value(a, "dago_workers_alive") == 1
+        for shard in map(str, range(4)):
+            assert value(a, "dago_queue_depth", shard=shard) == 0
+            assert value(a, "dago_queue_pending", shard=shard) == 0
+        # Node metrics belong to the worker's own port, not the API's.
+        assert not any(name.startswith("dago_node_") for name, _ in a)
