@@ -617,7 +617,10 @@ Global___Message: _TypeAlias = Message  # noqa: Y015
 
 @_typing.final
 class AgentNode(_message.Message):
-    """A language model in a loop with tools."""
+    """A language model in a loop with tools: each turn is one model call; the
+    tool calls it makes run and their results (errors included) go back to the
+    model, until it ends a turn without calling a tool. Its text is the result.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -626,20 +629,25 @@ class AgentNode(_message.Message):
     MAX_TURNS_FIELD_NUMBER: _builtins.int
     TOOL_TIMEOUT_FIELD_NUMBER: _builtins.int
     max_turns: _builtins.int
-    """Maximum model turns. 0: the server default."""
+    """Maximum model turns. 0: the server default (DAGO_AGENT_MAX_TURNS)."""
     @_builtins.property
     def llm(self) -> Global___LlmNode:
-        """The model call of each turn."""
+        """The model call of each turn (output_schema is not allowed: an agent
+        answers in text).
+        """
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tools the model may call: names registered by the operator, "http",
-        or "<mcp server>/<tool>".
+        """Tools the model may call: names registered by the operator, the built-in
+        "echo", "sleep" and "http", "<mcp server>/<tool>", or "<mcp server>/*"
+        for every tool of a configured MCP server.
         """
 
     @_builtins.property
     def tool_timeout(self) -> _duration_pb2.Duration:
-        """Timeout of one tool call."""
+        """Timeout of one tool call; an expired call goes back to the model as an
+        error. Unset: the server default (DAGO_TOOL_TIMEOUT_S).
+        """
 
     def __init__(
         self,

@@ -502,35 +502,40 @@ export declare type Message = Message$1<"dago.v1.Message"> & {
 export declare const MessageSchema: GenMessage<Message>;
 
 /**
- * A language model in a loop with tools.
+ * A language model in a loop with tools: each turn is one model call; the
+ * tool calls it makes run and their results (errors included) go back to the
+ * model, until it ends a turn without calling a tool. Its text is the result.
  *
  * @generated from message dago.v1.AgentNode
  */
 export declare type AgentNode = Message$1<"dago.v1.AgentNode"> & {
   /**
-   * The model call of each turn.
+   * The model call of each turn (output_schema is not allowed: an agent
+   * answers in text).
    *
    * @generated from field: dago.v1.LlmNode llm = 1;
    */
   llm?: LlmNode | undefined;
 
   /**
-   * Tools the model may call: names registered by the operator, "http",
-   * or "<mcp server>/<tool>".
+   * Tools the model may call: names registered by the operator, the built-in
+   * "echo", "sleep" and "http", "<mcp server>/<tool>", or "<mcp server>/*"
+   * for every tool of a configured MCP server.
    *
    * @generated from field: repeated string tools = 2;
    */
   tools: string[];
 
   /**
-   * Maximum model turns. 0: the server default.
+   * Maximum model turns. 0: the server default (DAGO_AGENT_MAX_TURNS).
    *
    * @generated from field: int32 max_turns = 3;
    */
   maxTurns: number;
 
   /**
-   * Timeout of one tool call.
+   * Timeout of one tool call; an expired call goes back to the model as an
+   * error. Unset: the server default (DAGO_TOOL_TIMEOUT_S).
    *
    * @generated from field: google.protobuf.Duration tool_timeout = 4;
    */
