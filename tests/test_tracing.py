@@ -6,7 +6,10 @@ the HTTP call as children."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +21,12 @@ from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2_grpc,
 )
 
+from dago.tracing import enabled_by
 from dago.v1 import execution_pb2
 from fake_anthropic import FakeAnthropic, Text, Usage
 from fakehttp import FakeHttpServer
 from harness import (
+    ROOT,
     RunningStack,
     echo,
     edge,
@@ -225,3 +230,32 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
             assert call.attrs["gen_ai.tool.name"] == "http" and call.attrs["gen_ai.tool.call.id"]
             (tool_http,) = [s for s in by_name["HTTP GET"] if s.parent == call.span_id]
             assert tool_http.attrs["url.path"] == "/agent"
+
+
+def test_tracing_is_off_without_an_endpoint() -> None:
+    # Off: no SDK, no exporter, no spans; graphs still get a trace id for their logs.
+    script = (
+        "import sys, dago.app\n"
+        "from dago.tracing import Tracing\n"
+        "t = Tracing('dago-worker')\n"
+        "with t.span('x') as s:\n"
+        "    assert s is None\n"
+        "tp = t.traceparent()\n"
+        "assert tp.startswith('00-') and tp.endswith('-00') and len(tp) == 55, tp\n"
+        "loaded = [m for m in sys.modules if m.startswith(('opentelemetry.sdk.trace',"
+        " 'opentelemetry.exporter'))]\n"
+        "print(t.enabled, loaded)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("service", "gen/python"))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False []"
+    for off in (
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317", "OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_SERVICE_NAME": "dago"},
+    ):
+        assert not enabled_by(off)
+    assert enabled_by({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4317"})
