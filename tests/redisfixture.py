@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
+SETPRIV = shutil.which("setpriv")
 
 CLUSTER_BUS_OFFSET = 10000
 """Redis Cluster listens for its node-to-node bus on ``port + 10000``."""
@@ -151,12 +152,17 @@ class RedisServer:
     def _start(self, timeout: float) -> None:
         if self.running:
             return
+        # `setpriv --pdeathsig` (util-linux) rather than a preexec_fn where it exists: a
+        # preexec_fn runs Python, and the at-fork handlers of imported libraries, in the
+        # forked copy of this multi-threaded process (gRPC threads), which can crash it
+        # (seen: a segfault in anthropic's at-fork handler while Redis restarted).
+        argv = self._argv()
         self._proc = subprocess.Popen(
-            self._argv(),
+            [SETPRIV, "--pdeathsig", "KILL", *argv] if SETPRIV else argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=None if SETPRIV else _die_with_parent,
         )
         _LIVE.add(self)
         deadline = time.monotonic() + timeout
