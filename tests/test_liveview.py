@@ -6,6 +6,7 @@ a watch cut by an Envoy restart resumes. Screenshots are kept in .artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from dago import edge as envoy_edge
+from dago.auth import hash_key, new_key
 from dago.v1 import execution_pb2
 from dago_client import AsyncDagoClient
 from harness import (
@@ -65,9 +67,22 @@ def check_prerequisites() -> None:
 
 
 @pytest.fixture(scope="module")
-async def view(redis_single: RedisServer) -> AsyncIterator[View]:
+async def browser() -> AsyncIterator[Browser]:
     check_prerequisites()
-    stack = ProcessStack(redis_single.url, f"tui{secrets.token_hex(3)}", DAGO_HEARTBEAT_MS="300")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(redis_url: str, browser: Browser, **env: str) -> AsyncIterator[View]:
+    """API + worker + Envoy serving the page (``env``: settings of the API and worker)."""
+    stack = ProcessStack(redis_url, f"tui{secrets.token_hex(3)}", DAGO_HEARTBEAT_MS="300", **env)
     port = free_port()
     cfg = envoy_edge.EdgeConfig(
         listen_host="127.0.0.1",
@@ -78,25 +93,25 @@ async def view(redis_single: RedisServer) -> AsyncIterator[View]:
     )
     config = stack.logs / "envoy.yaml"
     config.write_text(envoy_edge.render(cfg))
-    envoy = start_envoy(config, stack.logs / "envoy.log")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
-        )
-        v = View(stack, config, port, browser, envoy)
+    v = View(stack, config, port, browser, start_envoy(config, stack.logs / "envoy.log"))
+    try:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        await port_open(port)
+        yield v
+    finally:
+        v.envoy.terminate()
         try:
-            stack.start("w1", "worker")
-            await start_api_quickly(stack)
-            await port_open(port)
-            yield v
-        finally:
-            await browser.close()
-            v.envoy.terminate()
-            try:
-                v.envoy.wait(10)
-            except subprocess.TimeoutExpired:
-                v.envoy.kill()
-            await stack.close()
+            v.envoy.wait(10)
+        except subprocess.TimeoutExpired:
+            v.envoy.kill()
+        await stack.close()
+
+
+@pytest.fixture(scope="module")
+async def view(redis_single: RedisServer, browser: Browser) -> AsyncIterator[View]:
+    async with serving(redis_single.url, browser) as v:
+        yield v
 
 
 async def open_page(view: View, suffix: str = "") -> Page:
@@ -185,6 +200,29 @@ async def test_the_page_resumes_after_the_proxy_drops_the_stream(view: View) -> 
             await shot(page, "liveview-resumed.png")
         except Exception as e:
             raise AssertionError(f"{e}\n{child_logs(view.stack)}") from e
+        finally:
+            await page.close()
+
+
+async def test_with_authentication_the_page_sends_the_key_typed_in(
+    redis_single: RedisServer, browser: Browser
+) -> None:
+    key = new_key()
+    keys = f"{hash_key(key)}:team-ui"
+    async with serving(redis_single.url, browser, DAGO_AUTH="keys", DAGO_API_KEYS=keys) as v:
+        page = await open_page(v)
+        try:
+            await page.select_option("#example", "diamond")
+            await page.click("#submit")
+            await page.wait_for_function(
+                "document.getElementById('error').textContent.length > 0", timeout=20_000
+            )
+            assert "authorization" in (await page.inner_text("#error")).lower()
+            await page.fill("#api-key", key)
+            await page.click("#submit")
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+            assert set((await node_states(page)).values()) == {"completed"}
+            assert await page.evaluate("sessionStorage.getItem('dago.apiKey')") == key
         finally:
             await page.close()
 

@@ -22,7 +22,24 @@ const GAP_Y = 70;
 
 const $ = (id) => document.getElementById(id);
 // A page left open keeps following its run across restarts (each retry waits up to 2 s).
-const dago = createDagoClient(window.location.origin, { transport: "grpc-web", maxRetries: 100 });
+// With authentication on, the key typed in the page is sent as a bearer token; it stays in
+// this tab's sessionStorage only.
+let clientFor = { key: null, client: null };
+function dago() {
+  const key = $("api-key").value.trim();
+  if (clientFor.key !== key) {
+    sessionStorage.setItem("dago.apiKey", key);
+    clientFor = {
+      key,
+      client: createDagoClient(window.location.origin, {
+        transport: "grpc-web",
+        maxRetries: 100,
+        apiKey: key || undefined,
+      }),
+    };
+  }
+  return clientFor.client;
+}
 let current = null; // { id, abort }
 
 function el(name, attrs = {}, parent = null, ns = SVGNS) {
@@ -312,14 +329,14 @@ async function watch(id) {
   $("graph-id").value = id;
   if (window.location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
   try {
-    const { graph } = await dago.graph(id);
+    const { graph } = await dago().graph(id);
     draw(graph);
     const run = new Run(id, graph);
-    const st = await dago.status(id);
+    const st = await dago().status(id);
     run.started = tsMillis(st.status.createTime) || Date.now();
     const ticker = setInterval(() => run.render(), 500);
     try {
-      for await (const ev of dago.watch(id, {
+      for await (const ev of dago().watch(id, {
         signal: abort.signal,
         onResume: ({ afterSeq, error }) => {
           $("conn").textContent = `stream dropped (${error.message}); resuming after ${afterSeq}`;
@@ -342,13 +359,14 @@ async function submit() {
   const name = $("example").value;
   $("error").textContent = "";
   try {
-    const res = await dago.submit(fromJson(SubmitGraphRequestSchema, EXAMPLES[name]));
+    const res = await dago().submit(fromJson(SubmitGraphRequestSchema, EXAMPLES[name]));
     await watch(res.graphId);
   } catch (err) {
     $("error").textContent = String(err?.message ?? err);
   }
 }
 
+$("api-key").value = sessionStorage.getItem("dago.apiKey") ?? "";
 for (const name of Object.keys(EXAMPLES)) {
   el("option", { value: name }, $("example"), null).textContent = name;
 }

@@ -1,4 +1,4 @@
-import type { CallOptions, ConnectError } from "@connectrpc/connect";
+import type { CallOptions, ConnectError, Interceptor } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Event } from "../gen/dago/v1/execution_pb.js";
 import type {
@@ -18,6 +18,10 @@ export declare const RESUMABLE_CODES: readonly number[];
 export interface DagoClientOptions {
   /** "grpc-web" (default; through Envoy, browsers and Node) or "grpc" (Node, HTTP/2). */
   transport?: "grpc-web" | "grpc";
+  /** Sent as `authorization: Bearer <apiKey>` with every call (servers with DAGO_AUTH=keys). */
+  apiKey?: string;
+  /** More Connect interceptors, run before the API key one. */
+  interceptors?: Interceptor[];
   /** The fetch used by the grpc-web transport (default: globalThis.fetch). */
   fetch?: typeof globalThis.fetch;
   /** How many times in a row a dropped watch is resumed (default 5). */

@@ -17,15 +17,30 @@ export const RESUMABLE_CODES = Object.freeze([
   Code.Aborted,
 ]);
 
+// Sends the API key as `authorization: Bearer <key>` (what dago's auth expects) on every call.
+function bearer(apiKey) {
+  return (next) => async (req) => {
+    req.header.set("authorization", `Bearer ${apiKey}`);
+    return await next(req);
+  };
+}
+
 async function makeTransport(baseUrl, kind, options) {
+  const interceptors = [...(options.interceptors ?? [])];
+  if (options.apiKey) interceptors.push(bearer(options.apiKey));
   if (kind === "grpc-web") {
     // Binary protobuf: Envoy forwards grpc-web+json as grpc+json, which the server cannot read.
-    return createGrpcWebTransport({ baseUrl, useBinaryFormat: true, fetch: options.fetch });
+    return createGrpcWebTransport({
+      baseUrl,
+      useBinaryFormat: true,
+      fetch: options.fetch,
+      interceptors,
+    });
   }
   if (kind === "grpc") {
     // Node only (HTTP/2); loaded on first use so that browser bundles do not need it.
     const { createGrpcTransport } = await import("@connectrpc/connect-node");
-    return createGrpcTransport({ baseUrl, httpVersion: "2" });
+    return createGrpcTransport({ baseUrl, httpVersion: "2", interceptors });
   }
   throw new TypeError(`transport must be "grpc-web" or "grpc", not ${JSON.stringify(kind)}`);
 }
