@@ -151,6 +151,8 @@ class Bench:
             return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
 
     def start_dago_workers(self, n: int) -> None:
+        if len(self.workers) == n and all(self.procs.live[w].poll() is None for w in self.workers):
+            return  # already running: a restart would only cost time
         self.stop_dago_workers()
         self.r.delete(f"{PREFIX}:{{workers}}:info", f"{PREFIX}:{{workers}}:seen")
         for i in range(n):
@@ -170,6 +172,9 @@ class Bench:
             self.workers = []
 
     def start_celery(self, n: int) -> None:
+        running = [self.procs.live[w].poll() is None for w in self.celery_workers]
+        if len(running) == n and all(running):
+            return  # already running
         self.stop_celery()
         env = {"PYTHONPATH": pythonpath(), "BENCH_REDIS_URL": self.redis_url}
         for i in range(n):
@@ -451,6 +456,7 @@ class Bench:
             "tasks": s.w1_celery,
             "nodes_per_s": s.w1_celery / m["seconds"],
             "redis_us_per_node": m["redis_cpu_s"] / s.w1_celery * 1e6,
+            "proc_cpu_us_per_node": m["proc_cpu_s"] / s.w1_celery * 1e6,
             "commandstats": profiles.top_commands(self.commandstats(), s.w1_celery),
         }
         runs = [wl.celery_chain(s.chain) for _ in range(s.chain_runs)]
@@ -519,11 +525,15 @@ class Bench:
         if only and not set(key.split(",")) & set(only.split(",")):
             return
         step(what)
+        load = self.results.setdefault("load_average", {})
+        before = os.getloadavg()[0]
         try:
             fn()
         except Exception as e:  # the other workloads still say something
             step(f"FAILED: {what}: {type(e).__name__}: {e}")
             self.results.setdefault("errors", []).append(f"{what}: {type(e).__name__}: {e}")
+        # The 1-minute load average around the phase: anything else on the box shows here.
+        load[what] = [round(before, 1), round(os.getloadavg()[0], 1)]
 
     def run(self) -> None:
         t_start = time.monotonic()

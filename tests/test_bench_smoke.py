@@ -18,7 +18,7 @@ def test_bench_runs_at_tiny_sizes_and_writes_the_report(tmp_path: Path) -> None:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("service", "gen/python")),
         "BENCH_SCALE": "0.02",
-        "BENCH_SCALING_WORKERS": "1",
+        "BENCH_SCALING_WORKERS": "2",  # the running workers: no restart
         "BENCH_CONCURRENCY": "10",
     }
     proc = subprocess.run(

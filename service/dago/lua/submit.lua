@@ -37,9 +37,13 @@ end
 -- nodes that made each command cost several times its price. A value longer than
 -- hash-max-listpack-value (64) turns the hash into a hash table for good (deleting it does
 -- not turn it back), so every access is O(1).
+-- The topology hash (read once per transition of each node) likewise.
 if #ids > 4 then
-  redis.call('HSET', nk, '~', string.rep('.', 65))
-  redis.call('HDEL', nk, '~')
+  local long = string.rep('.', 65)
+  for _, k in ipairs({nk, tk}) do
+    redis.call('HSET', k, '~', long)
+    redis.call('HDEL', k, '~')
+  end
 end
 -- The submitter's W3C trace context arrives as the pseudo-topology field '~tp' (no node id
 -- starts with '~'); it is kept with the graph so every attempt joins the submitter's trace.
