@@ -8,9 +8,11 @@ The language is core CEL plus two extensions: ``optional`` (``nodes.?a.output.?x
 handy in templates) and ``math`` (``math.greatest``, ``math.ceil``...). The ``strings`` extension
 is deliberately absent: chained ``replace()`` calls multiply a string sixteenfold per call, so a
 200-character expression can exhaust memory without any input at all. cel-expr-python caps nesting
-(32 levels) and loops (fewer than 10,000 iterations per evaluation) but not memory or time, so an
-expression over very large inputs can still be expensive; callers that need a hard stop must run
-evaluation in a killable process.
+(32 levels) and loops (fewer than 10,000 iterations per evaluation) but not memory or time; an
+expression with a comprehension is refused data holding lists or maps longer than
+``MAX_LOOP_ELEMENTS`` (its cost grows with the square of the length). Per-iteration work on large
+values is not bounded separately; callers that need a hard stop must run evaluation in a killable
+process.
 
 Values crossing the boundary are plain JSON-like Python (what ``json.loads`` gives). Results are
 normalised to the same shape:
