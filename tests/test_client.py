@@ -299,3 +299,38 @@ async def test_an_unreachable_server_is_unavailable_within_the_deadline() -> Non
     async with AsyncDagoClient(config=cfg) as dago:
         with pytest.raises(UnavailableError):
             await dago.status("x")
+
+
+async def test_a_silent_stream_is_reopened_by_both_clients(stack: InProcessStack) -> None:
+    """A stream with no message (event or heartbeat, every 500 ms here) for longer than
+    idle_timeout_s is treated as dead and reopened after the last seq: still each event
+    once, in order."""
+    chain = [tool(f"s{i}", "sleep", inputs={"seconds": 0.6}) for i in range(2)]
+    req = request(chain, [edge("s0", "s1")])
+    async with AsyncDagoClient(target(stack)) as dago:
+        gid = (await dago.submit(req)).graph_id
+        resumed: list[str] = []
+        seqs = [
+            ev.seq
+            async for ev in dago.watch(
+                gid, idle_timeout_s=0.2, on_resume=lambda s, n, e: resumed.append(e.message)
+            )
+        ]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 7, seqs
+    assert resumed and all("no message for 0.2s" in m for m in resumed), resumed
+
+    def sync_watch() -> tuple[list[int], list[str]]:
+        with DagoClient(target(stack)) as client:
+            sid = client.submit(req).graph_id
+            notes: list[str] = []
+            got = [
+                ev.seq
+                for ev in client.watch(
+                    sid, idle_timeout_s=0.2, on_resume=lambda s, n, e: notes.append(e.message)
+                )
+            ]
+            return got, notes
+
+    seqs, resumed = await asyncio.to_thread(sync_watch)
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 7, seqs
+    assert resumed and all("no message for 0.2s" in m for m in resumed), resumed
