@@ -294,7 +294,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true", help="use TLS (env DAGO_TLS)")
     p.add_argument("--tls-ca", help="PEM roots to trust (env DAGO_TLS_CA)")
     p.add_argument("--timeout", type=float, help="seconds per call, retries included (30)")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="json: for programs"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def inputs(sp: argparse.ArgumentParser) -> None:
