@@ -390,12 +390,40 @@ class Bench:
         runs = [self.dago(lambda c: c.run_many(req, 1, 120)) for _ in range(s.llm_runs)]
         best = sorted(runs)[len(runs) // 2]
         per_node = best / s.llm_chain * 1000
+        sdk_ms = uvloop.run(self.bare_sdk_call(max(5, s.llm_chain * s.llm_runs)))
         self.results["w6_dago"] = {
             "nodes": s.llm_chain,
             "model_latency_ms": LLM_LATENCY_MS,
             "ms_per_node": per_node,
             "overhead_ms_per_node": per_node - LLM_LATENCY_MS,
+            "bare_sdk_call_ms": sdk_ms,
+            "dago_overhead_ms_per_node": per_node - sdk_ms,
         }
+
+    async def bare_sdk_call(self, n: int) -> float:
+        """Median time of the same streamed request made with the Anthropic SDK directly (the
+        way the llm node makes it), from this process: what the SDK and the fake cost
+        without dago."""
+        import anthropic
+
+        client = anthropic.AsyncAnthropic(
+            api_key="sk-ant-bench", base_url=f"http://127.0.0.1:{self.llm_port}", max_retries=0
+        )
+        msgs = [{"role": "user", "content": "Say something short."}]
+        samples = []
+        try:
+            for i in range(n + 2):
+                t0 = time.perf_counter()
+                kw: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 64}
+                async with client.messages.stream(messages=msgs, **kw) as stream:  # type: ignore[arg-type]
+                    async for _ in stream:
+                        pass
+                    await stream.get_final_message()
+                if i >= 2:  # the first calls warm the SDK up
+                    samples.append((time.perf_counter() - t0) * 1000)
+        finally:
+            await client.close()
+        return sorted(samples)[len(samples) // 2]
 
     def dago_memory(self) -> None:
         s = self.sizes
