@@ -108,6 +108,15 @@ class Load:
 
         await until(enough, timeout, f"{n} graphs accepted")
 
+    async def accepting_for(self, seconds: float, timeout: float = 60) -> None:
+        """Wait until graphs have been accepted for ``seconds`` (a faster submit path can
+        reach the count sooner than the AOF window a power loss cuts back)."""
+
+        async def long_enough() -> bool:
+            return bool(self.accepted) and time.monotonic() - self.accepted[0][1] >= seconds
+
+        await until(long_enough, timeout, f"graphs accepted for {seconds} s")
+
 
 class AofSizes:
     """Samples the size of the AOF's incremental file every 20 ms (Redis 7 layout)."""
@@ -178,6 +187,7 @@ async def run_through_crash(
             load = Load(stack.client)
             load.start()
             await load.count(BEFORE)
+            await load.accepting_for(getattr(crash, "window", 0.0) + 1.0)
 
             redis.kill()
             t_kill = time.monotonic()
