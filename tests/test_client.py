@@ -37,6 +37,7 @@ from harness import (
     RunningStack,
     echo,
     edge,
+    eventually,
     free_port,
     request,
     stack_settings,
@@ -334,3 +335,43 @@ async def test_a_silent_stream_is_reopened_by_both_clients(stack: InProcessStack
     seqs, resumed = await asyncio.to_thread(sync_watch)
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 7, seqs
     assert resumed and all("no message for 0.2s" in m for m in resumed), resumed
+
+
+async def test_workers_and_dead_letter_calls_of_both_clients(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    settings = stack_settings(redis_single.url, key_prefix, worker_heartbeat_ms=100)
+    async with InProcessStack(settings, workers=2) as s, AsyncDagoClient(target(s)) as dago:
+        gid = (await dago.submit(sleeper(30))).graph_id
+
+        workers: list[orchestrator_pb2.WorkerInfo] = []
+
+        async def one_in_flight() -> bool:
+            workers[:] = await dago.list_workers()
+            return sum(w.in_flight for w in workers) == 1
+
+        await eventually(one_in_flight, 10, 0.05)
+        assert sorted(w.worker_id for w in workers) == ["w0", "w1"]
+        assert all(w.slots == 64 and "tool" in w.node_kinds for w in workers)
+        assert all(w.HasField("last_heartbeat_time") for w in workers)
+
+        # No dead letter here: an empty iterator, and typed errors for unknown ids.
+        assert [d async for d in dago.dead_letters()] == []
+        assert [d async for d in dago.dead_letters(graph_id=gid, page_size=1)] == []
+        with pytest.raises(NotFoundError):
+            await dago.requeue_dead_letter("0-1-1")
+        with pytest.raises(NotFoundError):
+            await dago.drop_dead_letter("no-such-letter")
+
+        def sync_calls() -> tuple[list[str], int]:
+            with DagoClient(target(s)) as sync:
+                ids = sorted(w.worker_id for w in sync.list_workers())
+                letters = len(list(sync.dead_letters(limit=5)))
+                with pytest.raises(NotFoundError):
+                    sync.requeue_dead_letter("0-1-1")
+                with pytest.raises(NotFoundError):
+                    sync.drop_dead_letter("0-1-1")
+                return ids, letters
+
+        assert await asyncio.to_thread(sync_calls) == (["w0", "w1"], 0)
+        await dago.cancel(gid)

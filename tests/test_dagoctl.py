@@ -10,14 +10,17 @@ import json
 import os
 import pty
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pydot
 import pytest
 
+from dago_client import AsyncDagoClient
 from dago_client.cli import (
     EXIT_CANCELLED,
     EXIT_FAILED,
@@ -27,7 +30,16 @@ from dago_client.cli import (
     EXIT_UNAVAILABLE,
 )
 from dago_client.render import STATE_COLOURS
-from harness import ROOT, InProcessStack, eventually, free_port, stack_settings
+from harness import (
+    ROOT,
+    InProcessStack,
+    RunningStack,
+    eventually,
+    free_port,
+    stack_settings,
+    start_api_quickly,
+)
+from obshelpers import TOOLS, marker
 from redisfixture import RedisServer
 
 # pydot 4 still calls pyparsing's old camelCase names.
@@ -322,6 +334,137 @@ async def test_the_installed_dagoctl_command(stack: InProcessStack) -> None:
         return code == 0 and gid in text
 
     await eventually(listed, 10)
+
+
+async def test_workers_table_while_a_worker_runs(
+    redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    settings = stack_settings(redis_single.url, key_prefix, worker_heartbeat_ms=100)
+    async with InProcessStack(settings) as s:
+        ctl = ctl_for(s)
+        slow = tmp_path / "slow.yaml"
+        slow.write_text("nodes: {nap: {tool: sleep, inputs: {seconds: 30}}}\n")
+        code, out, _ = await ctl("submit", str(slow))
+        assert code == 0
+        gid = out.strip()
+        rows: list[list[str]] = []
+
+        async def in_flight() -> bool:
+            code, out, err = await ctl("workers")
+            assert code == 0, err
+            rows[:] = [line.split() for line in out.splitlines()]
+            return len(rows) == 2 and rows[1][3] == "1"
+
+        await eventually(in_flight, 20, 0.1)
+        assert rows[0] == ["WORKER", "ID", "HOST", "SLOTS", "IN", "FLIGHT", "HEARTBEAT", "KINDS"]
+        wid, host, slots, _, age, ago, kinds = rows[1]
+        assert (wid, host, slots, ago) == ("w0", socket.gethostname(), "64", "ago")
+        assert re.fullmatch(r"\d+\.\ds", age) and float(age[:-1]) < 5, age
+        assert {"tool", "llm", "http", "router"} <= set(kinds.split(",")), kinds
+        code, out, _ = await ctl("-o", "json", "workers")
+        (w,) = json.loads(out)
+        assert (w["worker_id"], w["slots"], w["pid"]) == ("w0", 64, os.getpid())
+        assert w["last_heartbeat_time"].endswith("Z")
+        code, _, _ = await ctl("cancel", gid)
+        assert code == 0
+
+
+POISON_YAML = """\
+name: poison
+nodes:
+  p: {{tool: die, inputs: {{marker: "{marker}"}}}}
+  after: {{tool: echo, inputs: {{x: "{{{{ nodes.p.output }}}}"}}}}
+edges: [p -> after]
+"""
+
+
+async def test_dead_letters_listed_requeued_and_dropped(
+    redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    env = {"DAGO_MAX_DELIVERIES": "1", "DAGO_TOOL_MODULES": TOOLS, "DAGO_AUTH": "off"}
+    async with RunningStack(redis_single.url, key_prefix, **env) as stack:
+        for name in ("w1", "w2", "w3"):  # at most two die (first deliveries only)
+            stack.start(name, "worker")
+        await start_api_quickly(stack)
+        ctl = Ctl(f"127.0.0.1:{stack.port}")
+        gids: dict[str, str] = {}
+        marks: dict[str, Path] = {}
+        for name in ("a", "b"):
+            marks[name] = marker(tmp_path, name)
+            graph = tmp_path / f"{name}.yaml"
+            graph.write_text(POISON_YAML.format(marker=marks[name]))
+            code, out, err = await ctl("submit", str(graph))
+            assert code == 0, err
+            gids[name] = out.strip()
+        letters: dict[str, dict[str, Any]] = {}
+        newest_first: list[str] = []  # dead letter ids in the order listed
+
+        async def both_dead() -> bool:
+            code, out, err = await ctl("-o", "json", "dead-letters")
+            assert code == 0, err
+            listed = json.loads(out)
+            letters.clear()
+            letters.update({d["graph_id"]: d for d in listed})
+            newest_first[:] = [d["dead_letter_id"] for d in listed]
+            return set(letters) == set(gids.values())
+
+        await eventually(both_dead, 30, 0.2)
+        a, b = letters[gids["a"]], letters[gids["b"]]
+        assert (a["node_id"], a["attempt"], a["deliveries"], a["current"]) == ("p", 1, 2, True)
+        assert a["error"]["error_class"] == "ERROR_CLASS_DEAD_LETTER"
+
+        # The table, newest first, and the --graph filter (before or after `list`).
+        code, out, _ = await ctl("dead-letters")
+        rows = out.splitlines()
+        assert rows[0].split()[:5] == ["DEAD", "LETTER", "ID", "GRAPH", "ID"]
+        assert [r.split()[0] for r in rows[1:]] == newest_first
+        assert {tuple(r.split()[:2]) for r in rows[1:]} == {
+            (b["dead_letter_id"], gids["b"]),
+            (a["dead_letter_id"], gids["a"]),
+        }
+        for row in rows[1:]:
+            _, _, node, att, deliv, _, _, waiting, *error = row.split()
+            assert (node, att, deliv, waiting) == ("p", "1", "2", "yes"), row
+            assert "2 times" in " ".join(error), row
+        for args in (("--graph", gids["a"]), ("--graph", gids["a"], "list")):
+            code, out, _ = await ctl("dead-letters", *args)
+            assert [r.split()[0] for r in out.splitlines()[1:]] == [a["dead_letter_id"]]
+        code, out, _ = await ctl("-o", "json", "dead-letters", "list", "--limit", "1")
+        assert [d["dead_letter_id"] for d in json.loads(out)] == newest_first[:1]
+        # The run waits (its node DEAD_LETTERED), and the async client pages over both.
+        code, out, _ = await ctl("status", gids["a"])
+        assert "state    RUNNING" in out and re.search(r"(?m)^p\s+dead_lettered\s", out), out
+        async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as dago:
+            paged = [d.dead_letter_id async for d in dago.dead_letters(page_size=1)]
+        assert paged == newest_first
+
+        # Requeue A once its poison is cured: the run completes; a second requeue is 404.
+        marks["a"].unlink()
+        code, out, err = await ctl("dead-letters", "requeue", a["dead_letter_id"])
+        assert code == 0, err
+        assert out.strip() == f"requeued {a['dead_letter_id']}: run {gids['a']} goes on"
+        code, out, err = await ctl("watch", gids["a"], "--plain")
+        assert code == 0, err
+        for want in (
+            "p: DEAD-LETTERED after 2 deliveries",
+            f"p: requeued from dead letter {a['dead_letter_id']}",
+            "after: completed in",
+            f"run {gids['a']} COMPLETED",
+        ):
+            assert want in out, f"{want!r} not in:\n{out}"
+        code, _, err = await ctl("dead-letters", "requeue", a["dead_letter_id"])
+        assert code == EXIT_NOT_FOUND and "NOT_FOUND" in err
+
+        # Drop B: its node and its run fail.
+        code, out, err = await ctl("-o", "json", "dead-letters", "drop", b["dead_letter_id"])
+        assert code == 0, err
+        assert json.loads(out) == {"failed_node": True}
+        code, out, err = await ctl("result", gids["b"])
+        assert code == EXIT_FAILED and "dropped" in err, err
+        code, out, _ = await ctl("dead-letters")
+        assert code == 0 and len(out.splitlines()) == 1, out
+        code, _, err = await ctl("dead-letters", "drop", b["dead_letter_id"])
+        assert code == EXIT_NOT_FOUND
 
 
 # --- structure checks -------------------------------------------------------------------------

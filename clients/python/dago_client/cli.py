@@ -9,9 +9,10 @@ Exit codes (for scripts):
 3   the run FAILED
 4   the run was CANCELLED
 5   invalid input: the graph file or the request was rejected (field violations on stderr)
-6   not found: no such run
+6   not found: no such run (or dead letter)
 7   unavailable: the server cannot be reached (or the deadline passed)
-8   precondition: not finished yet (result), already finished (cancel), request_id reused
+8   precondition: not finished yet (result), already finished (cancel), request_id reused,
+    the dead letter's run finished or moved on (dead-letters requeue)
 9   unauthenticated or permission denied (set DAGO_API_KEY)
 ==  =====================================================================
 """
@@ -23,7 +24,8 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -71,6 +73,25 @@ _EXIT_BY_STATE = {
 
 def _json(msg: Message) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2)
+
+
+def _dicts(msgs: Iterable[Message]) -> str:
+    """Messages as a JSON list, field names as in the proto (like the REST API)."""
+    return json.dumps(
+        [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in msgs], indent=2
+    )
+
+
+def _age(msg: Any, name: str, now: float) -> str:
+    """How long ago a Timestamp field was: ``0.4s``, ``12s``, ``3m05s``."""
+    if not msg.HasField(name):
+        return "-"
+    secs = max(now - getattr(msg, name).ToMilliseconds() / 1000, 0.0)
+    if secs < 10:
+        return f"{secs:.1f}s"
+    if secs < 60:
+        return f"{secs:.0f}s"
+    return f"{int(secs // 60)}m{int(secs % 60):02d}s"
 
 
 def _when(msg: Any, name: str) -> str:
@@ -266,6 +287,67 @@ class Cli:
             self.print("", *view.summary(status))
         return _EXIT_BY_STATE.get(status.state, EXIT_ERROR)
 
+    def workers(self) -> int:
+        """``workers``: the live worker processes and what they run now."""
+        workers = self.client.list_workers()
+        if self.as_json:
+            self.print(_dicts(workers))
+            return EXIT_OK
+        now = time.time()
+        wid = max([9, *(len(w.worker_id) for w in workers)])
+        hwid = max([4, *(len(w.host) for w in workers)])
+        self.print(
+            f"{'WORKER ID':<{wid}}  {'HOST':<{hwid}}  SLOTS  IN FLIGHT  {'HEARTBEAT':>9}  KINDS"
+        )
+        for w in workers:
+            self.print(
+                f"{w.worker_id:<{wid}}  {w.host:<{hwid}}  {w.slots:>5}  {w.in_flight:>9}  "
+                f"{_age(w, 'last_heartbeat_time', now) + ' ago':>9}  {','.join(w.node_kinds)}"
+            )
+        if not workers:
+            print("(no live worker: graphs will not run)", file=self.err)
+        return EXIT_OK
+
+    def dead_letters(self) -> int:
+        """``dead-letters [list|requeue ID|drop ID]``."""
+        action = self.args.dl_action or "list"
+        if action == "requeue":
+            resp = self.client.requeue_dead_letter(self.args.dead_letter_id)
+            if self.as_json:
+                self.print(_json(resp))
+            else:
+                self.print(f"requeued {self.args.dead_letter_id}: run {resp.graph_id} goes on")
+            return EXIT_OK
+        if action == "drop":
+            dropped = self.client.drop_dead_letter(self.args.dead_letter_id)
+            if self.as_json:
+                self.print(
+                    json.dumps({"failed_node": dropped.failed_node}, indent=2)
+                )  # an explicit false, which MessageToJson would omit
+            elif dropped.failed_node:
+                self.print(f"dropped {self.args.dead_letter_id}: its node and its run failed")
+            else:
+                self.print(f"dropped {self.args.dead_letter_id} (its node no longer waited)")
+            return EXIT_OK
+        letters = list(self.client.dead_letters(self.args.graph, limit=self.args.limit or None))
+        if self.as_json:
+            self.print(_dicts(letters))
+            return EXIT_OK
+        did = max([14, *(len(d.dead_letter_id) for d in letters)])
+        gid = max([8, *(len(d.graph_id) for d in letters)])
+        nid = max([4, *(len(d.node_id) for d in letters)])
+        self.print(
+            f"{'DEAD LETTER ID':<{did}}  {'GRAPH ID':<{gid}}  {'NODE':<{nid}}  ATT  DELIV  "
+            f"{'CREATED':<19}  WAITING  ERROR"
+        )
+        for d in letters:
+            self.print(
+                f"{d.dead_letter_id:<{did}}  {d.graph_id:<{gid}}  {d.node_id:<{nid}}  "
+                f"{d.attempt:>3}  {d.deliveries:>5}  {_when(d, 'create_time'):<19}  "
+                f"{'yes' if d.current else 'no':<7}  {d.error.message}"
+            )
+        return EXIT_OK
+
     def render(self) -> int:
         """``render FILE|ID``: Mermaid or DOT; a run's node states as colours."""
         target = self.args.source
@@ -331,6 +413,37 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("graph_id")
     w.add_argument("--after-seq", type=int, default=0, help="resume after this event")
     w.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    sub.add_parser("workers", help="list live workers: slots, work in flight, heartbeat age")
+    dl = sub.add_parser(
+        "dead-letters",
+        help="list, requeue or drop dead-lettered work items",
+        description="Work items delivered more than DAGO_MAX_DELIVERIES times (their "
+        "worker died each time); their nodes wait until requeued or dropped.",
+    )
+
+    def dl_filters(sp: argparse.ArgumentParser, suppress: bool) -> None:
+        # On `dead-letters` itself and on `dead-letters list`; SUPPRESS on the latter keeps
+        # its defaults from overwriting a value given before `list`.
+        sp.add_argument(
+            "--graph",
+            metavar="ID",
+            default=argparse.SUPPRESS if suppress else "",
+            help="only this run's",
+        )
+        sp.add_argument(
+            "--limit",
+            type=int,
+            default=argparse.SUPPRESS if suppress else 0,
+            help="at most this many (0: all)",
+        )
+
+    dl_filters(dl, suppress=False)
+    dl_sub = dl.add_subparsers(dest="dl_action", metavar="ACTION")
+    dl_filters(dl_sub.add_parser("list", help="newest first (the default)"), suppress=True)
+    dl_sub.add_parser("requeue", help="run its node attempt again").add_argument("dead_letter_id")
+    dl_sub.add_parser("drop", help="remove it: its node and its run fail").add_argument(
+        "dead_letter_id"
+    )
     r = sub.add_parser("render", help="a graph file or a run as Mermaid or Graphviz DOT")
     r.add_argument("source", help="graph file, or a run id (node states coloured)")
     r.add_argument("-f", "--format", choices=("mermaid", "dot"), default="mermaid")
@@ -346,7 +459,7 @@ def main(
     args = parser().parse_args(argv)
     cli = Cli(args, out, err)
     try:
-        code: int = getattr(cli, args.command)()
+        code: int = getattr(cli, args.command.replace("-", "_"))()
         return code
     except DagoError as e:
         print(f"dagoctl: {e.code.name}: {e.message}", file=err)

@@ -17,6 +17,7 @@ STATE_COLOURS: dict[str, tuple[str, str]] = {
     "failed": ("#ffcdd2", "#c62828"),
     "skipped": ("#f5f5f5", "#bdbdbd"),
     "cancelled": ("#cfd8dc", "#455a64"),
+    "dead_lettered": ("#f8bbd0", "#ad1457"),
 }
 
 

@@ -194,6 +194,59 @@ class DagoClient:
             if not token:
                 return
 
+    def list_workers(self, *, deadline_s: float | None = None) -> list[orchestrator_pb2.WorkerInfo]:
+        """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS), by id."""
+        req = orchestrator_pb2.ListWorkersRequest()
+        resp = self._call(self.stub.ListWorkers, req, idempotent=True, deadline_s=deadline_s)
+        return list(resp.workers)
+
+    def dead_letters_page(
+        self,
+        graph_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.ListDeadLettersResponse:
+        """One page of dead letters (of one run when ``graph_id`` is given), newest first."""
+        req = orchestrator_pb2.ListDeadLettersRequest(
+            graph_id=graph_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self.stub.ListDeadLetters, req, idempotent=True, deadline_s=deadline_s)
+
+    def dead_letters(
+        self, graph_id: str = "", page_size: int = 100, limit: int | None = None
+    ) -> Iterator[orchestrator_pb2.DeadLetter]:
+        """Every dead letter (or the first ``limit``), newest first, fetching pages as needed."""
+        token, seen = "", 0
+        while True:
+            page = self.dead_letters_page(graph_id, page_size, token)
+            for d in page.dead_letters:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield d
+            token = page.next_page_token
+            if not token:
+                return
+
+    def requeue_dead_letter(
+        self, dead_letter_id: str, *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.RequeueDeadLetterResponse:
+        """Run a dead-lettered node attempt again; NotFoundError when the letter is gone,
+        FailedPreconditionError when its run finished or moved on. Not retried: a second
+        requeue after a lost answer would find the letter gone."""
+        req = orchestrator_pb2.RequeueDeadLetterRequest(dead_letter_id=dead_letter_id)
+        return self._call(self.stub.RequeueDeadLetter, req, idempotent=False, deadline_s=deadline_s)
+
+    def drop_dead_letter(
+        self, dead_letter_id: str, *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.DropDeadLetterResponse:
+        """Remove a dead letter; a node still waiting for it fails, and so does its run
+        (``failed_node``). Not retried, like :meth:`requeue_dead_letter`."""
+        req = orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=dead_letter_id)
+        return self._call(self.stub.DropDeadLetter, req, idempotent=False, deadline_s=deadline_s)
+
     def watch(
         self,
         graph_id: str,

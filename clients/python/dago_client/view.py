@@ -27,6 +27,7 @@ _ANSI = {
     "failed": "1;31",
     "skipped": "2",
     "cancelled": "2;37",
+    "dead_lettered": "1;35",
     "submitted": "2",
 }
 
@@ -139,6 +140,17 @@ class RunView:
             out.extend(self._flush_text(row))
             row.state, row.note = "cancelled", ev.node_cancelled.reason
             out.append(f"{nid}: cancelled ({ev.node_cancelled.reason})")
+        elif kind == "node_dead_lettered" and row is not None:
+            out.extend(self._flush_text(row))
+            dl = ev.node_dead_lettered
+            row.state, row.note = "dead_lettered", f"dead letter {dl.dead_letter_id}"
+            out.append(
+                f"{nid}: DEAD-LETTERED after {dl.deliveries} deliveries "
+                f"(dagoctl dead-letters requeue|drop {dl.dead_letter_id})"
+            )
+        elif kind == "node_requeued" and row is not None:
+            row.state, row.note = "queued", ""
+            out.append(f"{nid}: requeued from dead letter {ev.node_requeued.dead_letter_id}")
         elif kind == "router_decision" and row is not None:
             d = ev.router_decision
             conf = f", confidence {d.confidence:.2f}" if d.confidence else ""
