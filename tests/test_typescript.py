@@ -1,26 +1,79 @@
 """The TypeScript client (clients/typescript: protoc-gen-es code + Connect) run by Node against a
 real Envoy in front of a real API and worker: gRPC-Web through Envoy (submit, watch with resume,
-cancel, google.rpc.BadRequest details) and native gRPC to the API port.
-``node --test clients/typescript/test/`` does the calls; this module starts the stack for it."""
+cancel, google.rpc.BadRequest details, graph() and list() with the apiKey option against a
+second stack that requires API keys) and native gRPC to the API port.
+``node --test clients/typescript/test/`` does the calls; this module starts the stacks for it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import time
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
-from harness import ROOT
-from test_envoy import Edge
+from dago import edge
+from dago.auth import hash_key, new_key
+from harness import ROOT, ProcessStack, child_logs, eventually, free_port, start_api_quickly
+from redisfixture import RedisServer
+from test_envoy import Edge, start_envoy
 
 # The module-scoped fixture (API + worker + Envoy on free ports), imported to be used here.
 from test_envoy import edge_stack as edge_stack
 
 CLIENT = ROOT / "clients" / "typescript"
 NODE_TIMEOUT_S = 60
+# The Node tests in clients/typescript/test/ (each must run: none skipped).
+NODE_TESTS = 6
+KEYED_NAMESPACE = "team-ts"
+
+
+@pytest.fixture(scope="module")
+async def keyed_edge(redis_single: RedisServer) -> AsyncIterator[tuple[str, str]]:
+    """API (DAGO_AUTH=keys, one key of namespace team-ts) + worker + Envoy: (Envoy's URL,
+    the key)."""
+    key = new_key()
+    stack = ProcessStack(
+        redis_single.url,
+        f"ttskeys{secrets.token_hex(3)}",
+        DAGO_AUTH="keys",
+        DAGO_API_KEYS=f"{hash_key(key)}:{KEYED_NAMESPACE}",
+    )
+    port = free_port()
+    cfg = edge.EdgeConfig(
+        listen_host="127.0.0.1",
+        listen_port=port,
+        dago_port=stack.port,
+        metrics_port=free_port(),
+        descriptor=str(ROOT / "gen" / "dago.binpb"),
+    )
+    config = stack.logs / "envoy.yaml"
+    config.write_text(edge.render(cfg))
+    envoy = start_envoy(config, stack.logs / "envoy.log")
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
+    try:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+
+        async def up() -> bool:
+            assert envoy.poll() is None, child_logs(stack)
+            try:
+                return (await http.get("/health")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(up, 20, 0.05)
+        yield f"http://127.0.0.1:{port}", key
+    finally:
+        await http.aclose()
+        envoy.terminate()
+        envoy.wait(10)
+        await stack.close()
 
 
 def node_binary() -> str:
@@ -35,12 +88,18 @@ def node_binary() -> str:
     return node
 
 
-async def test_typescript_client_through_envoy(edge_stack: Edge) -> None:
+async def test_typescript_client_through_envoy(
+    edge_stack: Edge, keyed_edge: tuple[str, str]
+) -> None:
     node = node_binary()
+    keyed_url, key = keyed_edge
     env = {
         **os.environ,
         "DAGO_EDGE_URL": edge_stack.base,
         "DAGO_GRPC_URL": f"http://127.0.0.1:{edge_stack.stack.port}",
+        "DAGO_KEYED_EDGE_URL": keyed_url,
+        "DAGO_KEYED_API_KEY": key,
+        "DAGO_KEYED_NAMESPACE": KEYED_NAMESPACE,
         "NO_COLOR": "1",
     }
     started = time.monotonic()
@@ -63,6 +122,6 @@ async def test_typescript_client_through_envoy(edge_stack: Edge) -> None:
     text = out.decode(errors="replace")
     assert proc.returncode == 0, f"node --test exit {proc.returncode}:\n{text}\n{edge_stack.logs()}"
     # Every test ran (none skipped), so native gRPC was exercised too.
-    for line in ("pass 5", "fail 0", "skipped 0", "cancelled 0"):
+    for line in (f"tests {NODE_TESTS}", f"pass {NODE_TESTS}", "fail 0", "skipped 0", "cancelled 0"):
         assert re.search(rf"(?m)^\S+ {line}$", text), f"no '{line}' in Node's summary:\n{text}"
     print(f"node --test: {time.monotonic() - started:.1f}s\n{text}")
