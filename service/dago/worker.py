@@ -116,6 +116,7 @@ class Worker:
             renew = tg.create_task(self._renew_loop())
             heartbeat = tg.create_task(self._heartbeat_loop())
             completer = tg.create_task(self._complete_loop())
+            warm = tg.create_task(self._warm_handlers())
             await stop.wait()
             log.info("worker %s draining %d attempts", self.id, len(self._running))
             self._draining = True
@@ -124,13 +125,24 @@ class Worker:
             await asyncio.gather(*feeders, return_exceptions=True)
             await self._drain()
             await self._done.join()  # results of finished attempts are applied
-            for t in (renew, heartbeat, completer):
+            for t in (renew, heartbeat, completer, warm):
                 t.cancel()
         await self._deregister()
         await self._close_handlers()
         stop_metrics()
         self._tracing.shutdown()
         log.info("worker %s stopped", self.id)
+
+    async def _warm_handlers(self) -> None:
+        """Let handlers load what their first attempt would otherwise wait for (SDK imports)."""
+        for handler in {id(h): h for h in self._handlers.values()}.values():
+            warm = getattr(handler, "warm", None)
+            if warm is None:
+                continue
+            try:
+                await warm()
+            except Exception as e:  # the first attempt will load it, and report any error
+                log.warning("warming the %s handler failed: %s", type(handler).__name__, e)
 
     async def _close_handlers(self) -> None:
         """Release what handlers hold open (MCP server sessions and their processes)."""

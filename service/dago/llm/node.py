@@ -270,6 +270,11 @@ class LlmHandler:
         """The tracer of this worker (the agent node's tool-call spans use it too)."""
         return self._tracing
 
+    async def warm(self) -> None:
+        """Import the default provider's SDK now, so a worker's first LLM attempt does not
+        spend its attempt timeout on a seconds-long import."""
+        await self._providers.load("")
+
     async def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
         """The provider and model ``spec`` uses (its SDK imported off the event loop)."""
         await self._providers.load(spec.provider)

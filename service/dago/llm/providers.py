@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import sys
 from typing import TYPE_CHECKING
 
 from dago.config import Settings
@@ -40,6 +39,7 @@ class Providers:
         self._offline = OfflineProvider()
         self._anthropic: AnthropicProvider | None = None
         self._openai: OpenAIProvider | None = None
+        self._imports: dict[str, asyncio.Future[None]] = {}
 
     def default_name(self) -> str:
         """The provider of nodes that name none."""
@@ -57,10 +57,15 @@ class Providers:
         (lease renewals included) long enough for its own work to be reclaimed.
         """
         module = _MODULES.get(name or self.default_name())
-        if module is not None and module not in sys.modules:
-            # A missing optional package is reported by resolve() with what to do.
-            with contextlib.suppress(ImportError):
-                await asyncio.to_thread(importlib.import_module, module)
+        if module is None:
+            return
+        # One import per module, awaited by every caller: a second caller that found the
+        # module half-imported in sys.modules would block the loop on its import lock.
+        pending = self._imports.get(module)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(_import, module))
+            self._imports[module] = pending
+        await asyncio.shield(pending)
 
     def resolve(self, name: str, model: str) -> tuple[Provider, str]:
         """The provider and model a node with these fields uses; raises NodeFailure if unusable."""
@@ -114,3 +119,9 @@ class Providers:
             await self._anthropic.close()
         if self._openai is not None:
             await self._openai.close()
+
+
+def _import(module: str) -> None:
+    # A missing optional package is reported by Providers.resolve() with what to do.
+    with contextlib.suppress(ImportError):
+        importlib.import_module(module)
