@@ -226,7 +226,7 @@ async def test_list_pages_and_filters(stack: InProcessStack) -> None:
     assert [r.split()[0] for r in rows[1:]] == list(reversed(ids))
     assert all(" completed " in r and r.endswith("diamond") for r in rows[1:])
     code, out, _ = await ctl("-o", "json", "list", "--limit", "3", "--page-size", "2")
-    assert [g["graphId"] for g in json.loads(out)] == list(reversed(ids))[:3]
+    assert [g["graph_id"] for g in json.loads(out)] == list(reversed(ids))[:3]
     code, out, _ = await ctl("list", "--status", "failed")
     assert code == 0 and len(out.splitlines()) == 1
     code, _, err = await ctl("list", "--status", "sleepy")

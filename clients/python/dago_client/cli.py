@@ -222,7 +222,7 @@ class Cli:
             self.client.list_graphs(self.args.status, page_size=self.args.page_size, limit=limit)
         )
         if self.as_json:
-            self.print(json.dumps([json_format.MessageToDict(g, True) for g in runs], indent=2))
+            self.print(_dicts(runs))
             return EXIT_OK
         wid = max([8, *(len(g.graph_id) for g in runs)])
         self.print(f"{'GRAPH ID':<{wid}}  {'STATE':<9}  {'CREATED':<19}  {'ENDED':<19}  NAME")
