@@ -59,7 +59,7 @@ from procs import (  # noqa: E402
 )
 
 PREFIX = "bench"
-SHARDS = 8
+SHARDS = int(os.environ.get("BENCH_SHARDS", "8"))  # DAGO_SHARDS of the dago processes
 LLM_LATENCY_MS = 50.0
 
 
@@ -165,6 +165,18 @@ class Bench:
             60,
             f"{n} dago workers to register",
         )
+        self.wait_idle(self.pids(self.workers))
+
+    def wait_idle(self, pids: list[int], timeout: float = 60) -> None:
+        """Wait until the processes are done starting (a worker imports its LLM SDK in the
+        background after it registers): below 5 % of a core each over 0.3 s, twice."""
+        quiet = 0
+        deadline = time.monotonic() + timeout
+        while quiet < 2 and time.monotonic() < deadline:
+            before = [cpu_seconds(p) for p in pids]
+            time.sleep(0.3)
+            busy = max(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
+            quiet = quiet + 1 if busy < 0.015 else 0
 
     def stop_dago_workers(self) -> None:
         if self.workers:
