@@ -1,5 +1,7 @@
 -- Applies due timers of the shard: retries to dispatch, attempts that ran past their
 -- timeout, graph deadlines, and index entries of expired graphs. Any replica may run it.
+-- Also trims the work stream of what every consumer is done with, so acknowledged work
+-- items do not accumulate for ever.
 -- ARGV: tag, limit. Returns the number of timers handled.
 local due = redis.call('ZRANGEBYSCORE', TIMERS, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
@@ -45,4 +47,23 @@ for _, member in ipairs(due) do
   end
 end
 flush()
+
+-- Work items below both the oldest unacknowledged one and the group's last delivered id
+-- were delivered and acknowledged: nothing reads them again (reclaim reads pending items
+-- only, dead letters keep copies). Checked only once the stream has grown a little.
+if redis.call('XLEN', WORK) > 1000 then
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', WORK)
+  if ok then
+    for _, g in ipairs(groups) do
+      local f = {}
+      for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+      if f.name == GROUP then
+        local p = redis.call('XPENDING', WORK, GROUP)
+        local keep = f['last-delivered-id']
+        if tonumber(p[1]) > 0 then keep = p[2] end
+        redis.call('XTRIM', WORK, 'MINID', '~', keep)
+      end
+    end
+  end
+end
 return #due
