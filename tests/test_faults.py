@@ -112,7 +112,9 @@ async def start_worker(stack: ProcessStack, name: str) -> None:
         async def registered() -> bool:
             return bool(await store.redis.hexists(store.keys.workers, name))
 
-        await eventually(registered, 15, 0.05)
+        # Generous: on a loaded 2-core machine four Python processes starting at once
+        # have taken over 15 s; the wait only costs time when something is wrong.
+        await eventually(registered, 45, 0.05)
     finally:
         await store.redis.aclose()
 
