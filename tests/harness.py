@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from google.protobuf import json_format
 
+from dago import edge as envoy_edge
 from dago.app import build_api, build_worker
 from dago.config import Settings
 from dago.keys import Keys
@@ -352,6 +354,47 @@ def child_logs(stack: ProcessStack, lines: int = 60) -> str:
         tail = path.read_text(errors="replace").splitlines()[-lines:]
         out.append(f"----- {path.stem} ({path}) -----\n" + "\n".join(tail))
     return "\n".join(out)
+
+
+def envoy_config(stack: ProcessStack, **options: Any) -> tuple[Path, int]:
+    """An Envoy config in front of ``stack``'s API, rendered by dago.edge into the stack's log
+    folder; returns its path and listen port. ``options`` are further EdgeConfig fields
+    (the metrics port defaults to a free one)."""
+    port = free_port()
+    options.setdefault("metrics_port", free_port())
+    cfg = envoy_edge.EdgeConfig(
+        listen_host="127.0.0.1",
+        listen_port=port,
+        dago_port=stack.port,
+        descriptor=str(ROOT / "gen" / "dago.binpb"),
+        **options,
+    )
+    config = stack.logs / "envoy.yaml"
+    config.write_text(envoy_edge.render(cfg))
+    return config, port
+
+
+def start_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Envoy on ``config``, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            envoy_edge.command(config, concurrency=1), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+async def edge_healthy(
+    envoy: subprocess.Popen[bytes], http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Wait until Envoy answers ``/health`` with 200 (``http``: an httpx.AsyncClient on it)."""
+
+    async def up() -> bool:
+        assert envoy.poll() is None, child_logs(stack)
+        try:
+            return (await http.get("/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await eventually(up, 20, 0.05)
 
 
 class RunningStack:

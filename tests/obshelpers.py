@@ -9,44 +9,19 @@ from pathlib import Path
 
 import httpx
 
-from dago import edge
-from harness import ROOT, ProcessStack, eventually, free_port
+from harness import ProcessStack, edge_healthy, envoy_config, start_envoy
 
 TOOLS = "testtools,obstools"
-
-
-def _start_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            edge.command(config, concurrency=1), stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 @asynccontextmanager
 async def envoy(stack: ProcessStack, metrics_port: int = 0) -> AsyncIterator[httpx.AsyncClient]:
     """Envoy in front of ``stack``'s API (started already); yields an HTTP client on it."""
-    port = free_port()
-    cfg = edge.EdgeConfig(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        dago_port=stack.port,
-        metrics_port=metrics_port or free_port(),
-        descriptor=str(ROOT / "gen" / "dago.binpb"),
-    )
-    config = stack.logs / "envoy.yaml"
-    config.write_text(edge.render(cfg))
-    proc = _start_envoy(config, stack.logs / "envoy.log")
+    config, port = envoy_config(stack, **({"metrics_port": metrics_port} if metrics_port else {}))
+    proc = start_envoy(config, stack.logs / "envoy.log")
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
     try:
-
-        async def up() -> bool:
-            assert proc.poll() is None, (stack.logs / "envoy.log").read_text()
-            try:
-                return (await http.get("/health")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, 20, 0.05)
+        await edge_healthy(proc, http, stack)
         yield http
     finally:
         await http.aclose()

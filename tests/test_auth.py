@@ -26,11 +26,13 @@ from harness import (
     Client,
     InProcessStack,
     echo,
+    envoy_config,
     error_details,
     eventually,
     request,
     rpc_error,
     stack_settings,
+    start_envoy,
     tool,
 )
 from redisfixture import RedisServer
@@ -324,23 +326,13 @@ async def test_keys_through_envoy_rest_sse_and_grpc_web(
 
     import httpx
 
-    from dago import edge
-    from harness import RunningStack, free_port, start_api_quickly
-    from test_envoy import grpc_web_frames, start_envoy
+    from harness import RunningStack, start_api_quickly
+    from test_envoy import grpc_web_frames
 
     async with RunningStack(
         redis_single.url, key_prefix, DAGO_AUTH="keys", DAGO_API_KEYS=KEYS
     ) as stack:
-        port = free_port()
-        cfg = edge.EdgeConfig(
-            listen_host="127.0.0.1",
-            listen_port=port,
-            dago_port=stack.port,
-            metrics_port=free_port(),
-            descriptor=str(ROOT / "gen" / "dago.binpb"),
-        )
-        config = stack.logs / "envoy.yaml"
-        config.write_text(edge.render(cfg))
+        config, port = envoy_config(stack)
         envoy = start_envoy(config, stack.logs / "envoy.log")
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
         try:

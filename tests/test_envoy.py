@@ -27,9 +27,18 @@ from typing import Any
 import httpx
 import pytest
 
-from dago import edge
 from dago.v1 import orchestrator_pb2
-from harness import ROOT, ProcessStack, child_logs, eventually, free_port, start_api_quickly
+from harness import (
+    ROOT,
+    ProcessStack,
+    child_logs,
+    edge_healthy,
+    envoy_config,
+    eventually,
+    free_port,
+    start_api_quickly,
+    start_envoy,
+)
 from redisfixture import RedisServer
 from test_cli import alive, children, dago_env
 
@@ -57,14 +66,6 @@ class Edge:
         return child_logs(self.stack)
 
 
-def start_envoy(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Envoy on ``config``, its output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            edge.command(config, concurrency=1), stdout=out, stderr=subprocess.STDOUT
-        )
-
-
 @pytest.fixture(scope="module")
 async def edge_stack(redis_single: RedisServer) -> AsyncIterator[Edge]:
     """API + worker + Envoy (its log next to theirs), shared by this module's tests."""
@@ -75,32 +76,18 @@ async def edge_stack(redis_single: RedisServer) -> AsyncIterator[Edge]:
         DAGO_METRICS_PORT=str(metrics_port),
         DAGO_HEARTBEAT_MS="300",
     )
-    port = free_port()
-    cfg = edge.EdgeConfig(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        dago_port=stack.port,
+    config, port = envoy_config(
+        stack,
         metrics_port=metrics_port,
-        descriptor=str(ROOT / "gen" / "dago.binpb"),
         cors_origins=("http://localhost:*", "https://app.example"),
         stream_idle_timeout_s=1,  # only heartbeats (every 300 ms) keep quiet watches open
     )
-    config = stack.logs / "envoy.yaml"
-    config.write_text(edge.render(cfg))
     envoy = start_envoy(config, stack.logs / "envoy.log")
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
     try:
         stack.start("w1", "worker")
         await start_api_quickly(stack)
-
-        async def healthy() -> bool:
-            assert envoy.poll() is None, child_logs(stack)
-            try:
-                return (await http.get("/health")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(healthy, 20, 0.05)
+        await edge_healthy(envoy, http, stack)
         yield Edge(stack, envoy, port, http)
     finally:
         await http.aclose()

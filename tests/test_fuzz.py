@@ -26,11 +26,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dago import edge
 from dago.v1 import graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from harness import ROOT, ProcessStack, free_port, port_open
+from harness import ProcessStack, envoy_config, port_open, start_envoy
 from redisfixture import RedisServer
-from test_envoy import start_envoy
 
 SERVICE = "dago.v1.OrchestratorService"
 # Codes a bad request may get. Anything else (UNKNOWN, INTERNAL, UNAVAILABLE...) is a bug.
@@ -60,16 +58,7 @@ class Target:
 @pytest.fixture(scope="module")
 async def target(redis_single: RedisServer) -> Any:
     stack = ProcessStack(redis_single.url, f"tfuzz{secrets.token_hex(3)}")
-    port = free_port()
-    cfg = edge.EdgeConfig(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        dago_port=stack.port,
-        metrics_port=free_port(),
-        descriptor=str(ROOT / "gen" / "dago.binpb"),
-    )
-    config = stack.logs / "envoy.yaml"
-    config.write_text(edge.render(cfg))
+    config, port = envoy_config(stack)
     envoy = start_envoy(config, stack.logs / "envoy.log")
     channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)

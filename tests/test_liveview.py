@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from dago import edge as envoy_edge
 from dago.auth import hash_key, new_key
 from dago.v1 import execution_pb2
 from dago_client import AsyncDagoClient
@@ -26,14 +25,14 @@ from harness import (
     ProcessStack,
     child_logs,
     edge,
-    free_port,
+    envoy_config,
     port_open,
     request,
     start_api_quickly,
+    start_envoy,
     tool,
 )
 from redisfixture import RedisServer
-from test_envoy import start_envoy
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / ".artifacts"
@@ -83,16 +82,7 @@ async def browser() -> AsyncIterator[Browser]:
 async def serving(redis_url: str, browser: Browser, **env: str) -> AsyncIterator[View]:
     """API + worker + Envoy serving the page (``env``: settings of the API and worker)."""
     stack = ProcessStack(redis_url, f"tui{secrets.token_hex(3)}", DAGO_HEARTBEAT_MS="300", **env)
-    port = free_port()
-    cfg = envoy_edge.EdgeConfig(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        dago_port=stack.port,
-        descriptor=str(ROOT / "gen" / "dago.binpb"),
-        web_root=str(ROOT / "web"),
-    )
-    config = stack.logs / "envoy.yaml"
-    config.write_text(envoy_edge.render(cfg))
+    config, port = envoy_config(stack, web_root=str(ROOT / "web"))
     v = View(stack, config, port, browser, start_envoy(config, stack.logs / "envoy.log"))
     try:
         stack.start("w1", "worker")

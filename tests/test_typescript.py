@@ -17,11 +17,17 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from dago import edge
 from dago.auth import hash_key, new_key
-from harness import ROOT, ProcessStack, child_logs, eventually, free_port, start_api_quickly
+from harness import (
+    ROOT,
+    ProcessStack,
+    edge_healthy,
+    envoy_config,
+    start_api_quickly,
+    start_envoy,
+)
 from redisfixture import RedisServer
-from test_envoy import Edge, start_envoy
+from test_envoy import Edge
 
 # The module-scoped fixture (API + worker + Envoy on free ports), imported to be used here.
 from test_envoy import edge_stack as edge_stack
@@ -44,30 +50,13 @@ async def keyed_edge(redis_single: RedisServer) -> AsyncIterator[tuple[str, str]
         DAGO_AUTH="keys",
         DAGO_API_KEYS=f"{hash_key(key)}:{KEYED_NAMESPACE}",
     )
-    port = free_port()
-    cfg = edge.EdgeConfig(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        dago_port=stack.port,
-        metrics_port=free_port(),
-        descriptor=str(ROOT / "gen" / "dago.binpb"),
-    )
-    config = stack.logs / "envoy.yaml"
-    config.write_text(edge.render(cfg))
+    config, port = envoy_config(stack)
     envoy = start_envoy(config, stack.logs / "envoy.log")
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
     try:
         stack.start("w1", "worker")
         await start_api_quickly(stack)
-
-        async def up() -> bool:
-            assert envoy.poll() is None, child_logs(stack)
-            try:
-                return (await http.get("/health")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, 20, 0.05)
+        await edge_healthy(envoy, http, stack)
         yield f"http://127.0.0.1:{port}", key
     finally:
         await http.aclose()

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 
 from dago import edge
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from harness import ROOT, Client, ProcessStack, eventually, free_port
+from harness import ROOT, Client, ProcessStack, envoy_config, eventually
 
 Event = execution_pb2.Event
 SERVICE = "dago.v1.OrchestratorService"
@@ -97,18 +97,9 @@ class Envoy:
 
     def __init__(self, stack: ProcessStack, metrics_port: int, idle_timeout_s: int = 300) -> None:
         self.stack = stack
-        self.port = free_port()
-        cfg = edge.EdgeConfig(
-            listen_host="127.0.0.1",
-            listen_port=self.port,
-            dago_port=stack.port,
-            metrics_port=metrics_port,
-            descriptor=str(ROOT / "gen" / "dago.binpb"),
-            stream_idle_timeout_s=idle_timeout_s,
-            web_root="",  # no /ui/ (it needs the built bundle)
+        self.config, self.port = envoy_config(
+            stack, metrics_port=metrics_port, stream_idle_timeout_s=idle_timeout_s
         )
-        self.config = stack.logs / "envoy.yaml"
-        self.config.write_text(edge.render(cfg))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
