@@ -135,25 +135,23 @@ class Worker:
 
     async def _warm_handlers(self) -> None:
         """Let handlers load what their first attempt would otherwise wait for (SDK imports)."""
-        for handler in {id(h): h for h in self._handlers.values()}.values():
-            warm = getattr(handler, "warm", None)
-            if warm is None:
-                continue
-            try:
-                await warm()
-            except Exception as e:  # the first attempt will load it, and report any error
-                log.warning("warming the %s handler failed: %s", type(handler).__name__, e)
+        await self._each_handler("warm")
 
     async def _close_handlers(self) -> None:
         """Release what handlers hold open (MCP server sessions and their processes)."""
+        await self._each_handler("close")
+
+    async def _each_handler(self, method: str) -> None:
+        """Await ``method()`` of every handler that has one; a failure is logged, not raised
+        (the first attempt reports a failed warm-up; shutting down goes on past a failed close)."""
         for handler in {id(h): h for h in self._handlers.values()}.values():
-            close = getattr(handler, "close", None)
-            if close is None:
+            call = getattr(handler, method, None)
+            if call is None:
                 continue
             try:
-                await close()
-            except Exception as e:  # shutting down: report and go on
-                log.warning("closing the %s handler failed: %s", type(handler).__name__, e)
+                await call()
+            except Exception as e:
+                log.warning("%s of the %s handler failed: %s", method, type(handler).__name__, e)
 
     async def _drain(self) -> None:
         tasks = [r.task for r in self._running.values()]
