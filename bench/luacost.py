@@ -82,6 +82,7 @@ async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, An
     secs = time.perf_counter() - t0
     stats = r.info("commandstats")
     calls = {k.removeprefix("cmdstat_"): v["calls"] / nodes for k, v in stats.items()}
+    cmd_us = {k.removeprefix("cmdstat_"): v["usec"] / nodes for k, v in stats.items()}
     finished = sum(r.zcard(f"lua:{{s0}}:index:{s}") for s in (3, 4, 5))
     await store.redis.aclose()
     return {
@@ -93,6 +94,8 @@ async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, An
         "us_per_node": {k: v / nodes * 1e6 for k, v in spent.items()},
         "total_us_per_node": sum(spent.values()) / nodes * 1e6,
         "calls_per_node": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+        # Redis's own timing of each command per node (evalsha includes the commands it ran).
+        "command_us_per_node": dict(sorted(cmd_us.items(), key=lambda kv: -kv[1])[:8]),
         "gids": len(gids),
     }
 

@@ -224,6 +224,41 @@ async def test_attempt_timeout_fails_the_attempt_and_retries(stack: InProcessSta
     assert retrying.node_retrying.error.error_class == graph_pb2.ERROR_CLASS_TIMEOUT
 
 
+async def test_hung_attempt_is_failed_by_the_redis_held_deadline(stack: InProcessStack) -> None:
+    """A tool that ignores its worker's timeout: the worker keeps renewing the lease, so
+    only the attempt's deadline, put on the shard's timers by the lease renewal, ends it."""
+    sk = stack.store.keys
+    node = tool("s", "stubborn", inputs={"seconds": 8}, attempt_timeout="0.3s")
+    gid = await stack.client.submit(request([node]))
+    shard = parse_shard(gid, stack.settings.shards)
+    assert shard is not None
+    timers = sk.shard(shard).timers
+
+    async def timer_set() -> bool:
+        members = await stack.store.redis.zrange(timers, 0, -1)
+        return any(m.decode().startswith(f"t|{gid}|s|") for m in members)
+
+    await eventually(timer_set, timeout=5)
+    st = await stack.client.wait(gid, timeout=10)
+    assert st.state == FAILED
+    (attempt,) = node_status(st, "s").attempts
+    assert attempt.error.error_class == graph_pb2.ERROR_CLASS_TIMEOUT
+    assert "did not report" in attempt.error.message
+    assert not await timer_set()
+
+
+async def test_fast_attempts_leave_no_timers(stack: InProcessStack) -> None:
+    """Attempts that finish before their lease is renewed never touch the timers."""
+    gid, st = await stack.client.run(request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")]))
+    assert st.state == COMPLETED
+    for s in range(stack.settings.shards):
+        members = await stack.store.redis.zrange(stack.store.keys.shard(s).timers, 0, -1)
+        # Only the finished graph's expiry ('x|...') may be there, no attempt timer ('t|...').
+        assert not [m for m in members if m.startswith(b"t|")]
+        if s == parse_shard(gid, stack.settings.shards):
+            assert [m for m in members if m.startswith(b"x|")]
+
+
 async def test_graph_deadline_fails_the_graph(stack: InProcessStack) -> None:
     req = request(
         [sleep("slow", 30), echo("after")], [edge("slow", "after")], limits={"deadline": "0.5s"}

@@ -4,6 +4,7 @@ DAGO_TOOL_MODULES=testtools and its ``dago_tools()`` function."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -91,6 +92,16 @@ async def _hold(args: Any, ctx: NodeContext) -> Any:
     return {"held": True}
 
 
+async def _stubborn(args: Any, ctx: NodeContext) -> Any:
+    """Runs for ``seconds`` and ignores being cancelled: a hung tool its worker cannot stop
+    (the worker's own timeout cannot end it; the Redis-held deadline must)."""
+    end = asyncio.get_running_loop().time() + float(args.get("seconds", 5))
+    while (left := end - asyncio.get_running_loop().time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(min(left, 0.05))
+    return {"finished": True}
+
+
 ORDERS = {"A-100": "shipped", "A-200": "delayed"}
 
 
@@ -114,6 +125,7 @@ def dago_tools() -> list[Tool]:
         Tool("chatter", "Emits many events.", _chatter),
         Tool("effect", "A side effect de-duplicated by the idempotency key.", _effect),
         Tool("hold", "Waits, recording a cancellation.", _hold),
+        Tool("stubborn", "Runs on through cancellation.", _stubborn),
         Tool(
             "order_status",
             "Looks up the shipping status of an order by its id.",

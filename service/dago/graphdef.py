@@ -797,6 +797,11 @@ def _check_refs(
         check(expr.refs, f"{root}.output[{name}]", None)
 
 
+def _single(oe: OutEdge, owner: Mapping[int, int], shape: _Shape) -> bool:
+    """True for a forward edge that is its target's only one and no loop's exit."""
+    return not oe.back and owner.get(oe.index, 0) == 0 and len(shape.forward_in[oe.to]) == 1
+
+
 def _topology(
     nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: _Shape
 ) -> dict[str, str]:
@@ -804,7 +809,9 @@ def _topology(
 
     Node fields: k kind, j join (0 all, 1 any), mx max_iterations, in forward
     in-degree, o outgoing edges [index, to, back(0/1), owning loop + 1 for an
-    exit edge else 0], and the retry policy for timeouts the sweeper handles
+    exit edge else 0, single(0/1): the only forward edge into ``to`` and not a loop
+    exit, so it fires or skips ``to`` with no join bookkeeping], and the retry
+    policy for timeouts the sweeper handles
     (ma attempts, ib/mb initial/max backoff ms, mu multiplier). Back edge
     fields ``b:<index>``: h head, s source, body nodes, ie internal forward
     edges, x exit edges [index, to] owned by this loop.
@@ -831,7 +838,13 @@ def _topology(
                 "mx": cn.proto.max_iterations,
                 "in": len(shape.forward_in[nid]),
                 "o": [
-                    [oe.index, oe.to, 1 if oe.back else 0, owner.get(oe.index, 0)]
+                    [
+                        oe.index,
+                        oe.to,
+                        1 if oe.back else 0,
+                        owner.get(oe.index, 0),
+                        1 if _single(oe, owner, shape) else 0,
+                    ]
                     for oe in cn.out_edges
                 ],
                 "ma": r.max_attempts,

@@ -31,7 +31,17 @@ RedisClient = aioredis.Redis | RedisCluster
 
 log = logging.getLogger("dago.store")
 
-SCRIPTS = ("submit", "start", "complete", "sweep", "cancel", "reclaim", "append", "deadletter")
+SCRIPTS = (
+    "submit",
+    "start",
+    "complete",
+    "sweep",
+    "cancel",
+    "reclaim",
+    "renew",
+    "append",
+    "deadletter",
+)
 
 
 def connect(settings: Settings) -> RedisClient:
@@ -220,11 +230,15 @@ class Store:
             items.append(_item(shard, entry[0], fields, int(entry[1])))
         return items
 
-    async def renew(self, shard: int, consumer: str, msg_ids: Sequence[bytes]) -> None:
-        """Reset the idle time of items this consumer still works on (its lease)."""
-        if msg_ids:
-            sk = self.keys.shard(shard)
-            await self.redis.xclaim(sk.work, WORK_GROUP, consumer, 0, list(msg_ids), justid=True)
+    async def renew(self, shard: int, consumer: str, items: Sequence[WorkItem]) -> int:
+        """Reset the idle time of items this consumer still works on (its lease) and put
+        their attempts' deadlines on the shard's timers (renew.lua); returns timers set."""
+        if not items:
+            return 0
+        args: list[Any] = []
+        for it in items:
+            args += [it.msg_id, it.graph_id, it.node, it.iteration, it.attempt]
+        return int(await self._run("renew", self.keys.shard(shard), [consumer, *args]))
 
     async def ack(self, shard: int, msg_ids: Sequence[bytes]) -> None:
         """Acknowledge items that need no transition (malformed ones)."""

@@ -473,12 +473,12 @@ class Worker:
         while True:
             raise_if_cancelling()
             await asyncio.sleep(self._settings.lease_ms / 3000)
-            by_shard: dict[int, list[bytes]] = defaultdict(list)
+            by_shard: dict[int, list[WorkItem]] = defaultdict(list)
             for r in self._running.values():
-                by_shard[r.item.shard].append(r.item.msg_id)
-            for shard, ids in by_shard.items():
+                by_shard[r.item.shard].append(r.item)
+            for shard, items in by_shard.items():
                 try:
-                    await self._store.renew(shard, self.id, ids)
+                    await self._store.renew(shard, self.id, items)
                 except STORE_ERRORS as e:
                     log.warning("renewing leases failed: %s", e)
 

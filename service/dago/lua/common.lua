@@ -24,6 +24,10 @@ local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 local notified = {}
 local controls = {}
 local topo_cache = {}
+-- Per script run: each graph's state is read once (writes go through set_state/end_graph),
+-- and changes to its count of open nodes are summed and applied in one HINCRBY.
+local gstate = {}
+local open_delta = {}
 
 local function gkey(gid) return TAG .. ':g:' .. gid end
 local function nkey(gid) return TAG .. ':g:' .. gid .. ':n' end
@@ -39,6 +43,27 @@ local function topo(gid, name)
 end
 
 local function jstr(s) return cjson.encode(s) end
+
+-- The graph's state (a GraphState number), or nil when the graph is unknown or expired.
+local function graph_state(gid)
+  local s = gstate[gid]
+  if s == nil then
+    s = tonumber(redis.call('HGET', gkey(gid), 'state')) or false
+    gstate[gid] = s
+  end
+  return s or nil
+end
+
+local function open_add(gid, d)
+  open_delta[gid] = (open_delta[gid] or 0) + d
+end
+
+-- Applies the graph's pending change of its open count; returns the count.
+local function open_apply(gid)
+  local d = open_delta[gid] or 0
+  open_delta[gid] = nil
+  return tonumber(redis.call('HINCRBY', gkey(gid), 'open', d))
+end
 
 -- Events of this script run, per graph in order; flush() writes them.
 local pending = {}
@@ -64,6 +89,10 @@ local function emit(gid, etype, node, attempt, iter, detail)
 end
 
 local function flush()
+  for gid, d in pairs(open_delta) do
+    if d ~= 0 then redis.call('HINCRBY', gkey(gid), 'open', d) end
+  end
+  open_delta = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
     local seq = redis.call('HINCRBY', gkey(gid), 'seq', #list) - #list
@@ -133,8 +162,10 @@ end
 -- workers are told to stop, and the keys expire after the retention period.
 local function end_graph(gid, state, etype, detail, err)
   local gk = gkey(gid)
-  local old = tonumber(redis.call('HGET', gk, 'state'))
+  local old = graph_state(gid)
   if old >= G_COMPLETED then return end
+  gstate[gid] = state
+  open_delta[gid] = nil
   redis.call('HSET', gk, 'state', state, 'ended', NOW)
   record_end(gk, state)
   if err then redis.call('HSET', gk, 'err', err) end
@@ -181,21 +212,33 @@ local function fail_graph(gid, err, node)
 end
 
 local function maybe_finish(gid)
-  local gk = gkey(gid)
-  local v = redis.call('HMGET', gk, 'state', 'open')
-  local st = tonumber(v[1])
-  if st and st < G_COMPLETED and tonumber(v[2]) <= 0 then
-    end_graph(gid, G_COMPLETED, 'graph_completed', '{"u":' .. usage_json(gk) .. '}', nil)
+  local st = graph_state(gid)
+  if st and st < G_COMPLETED and open_apply(gid) <= 0 then
+    end_graph(gid, G_COMPLETED, 'graph_completed', '{"u":' .. usage_json(gkey(gid)) .. '}', nil)
   end
 end
 
--- Edge resolution and join bookkeeping. `ready` collects nodes whose join may now fire.
-local function resolve(gid, idx, to, taken, ready)
-  local nk = nkey(gid)
-  if redis.call('HSETNX', nk, 'e:' .. idx, taken and 1 or 0) == 0 then return end
-  redis.call('HINCRBY', nk, to .. ':r', 1)
-  if taken then redis.call('HINCRBY', nk, to .. ':t', 1) end
-  ready[#ready + 1] = to
+-- Edge resolution and join bookkeeping. `ready` collects nodes whose join may now fire:
+-- a node id (its join counters changed; each id is queued once until settle looks at it),
+-- or {id, taken} for the only edge into a node outside any loop's exits (topology flag 1),
+-- which fires or skips the node at once: such an edge resolves once per iteration (its
+-- source's transition is fenced), so it needs neither a resolved-mark nor counters.
+-- Join counter increments are summed per node and applied when settle looks at it.
+local join_r, join_t, queued = {}, {}, {}
+
+local function resolve(gid, idx, to, taken, ready, single)
+  if single == 1 then
+    ready[#ready + 1] = {to, taken}
+    return
+  end
+  if redis.call('HSETNX', nkey(gid), 'e:' .. idx, taken and 1 or 0) == 0 then return end
+  local k = gid .. '\0' .. to
+  join_r[k] = (join_r[k] or 0) + 1
+  if taken then join_t[k] = (join_t[k] or 0) + 1 end
+  if not queued[k] then
+    queued[k] = true
+    ready[#ready + 1] = to
+  end
 end
 
 -- A loop that will not run again resolves the exits it deferred: untaken so far, untaken now.
@@ -210,10 +253,10 @@ local function out_edges(gid, node, taken, ready, loops)
     if back == 1 then
       loops[#loops + 1] = {idx, taken[idx] == true}
     elseif taken[idx] then
-      resolve(gid, idx, to, true, ready)
+      resolve(gid, idx, to, true, ready, e[5])
     elseif owner == 0 then
       -- An exit edge untaken inside a loop waits for the loop's end (finish_loop).
-      resolve(gid, idx, to, false, ready)
+      resolve(gid, idx, to, false, ready, e[5])
     end
   end
 end
@@ -222,7 +265,7 @@ local function skip(gid, node, reason, ready, loops)
   local nk = nkey(gid)
   local v = redis.call('HMGET', nk, node .. ':a', node .. ':i')
   redis.call('HSET', nk, node .. ':s', SKIPPED, node .. ':et', NOW)
-  redis.call('HINCRBY', gkey(gid), 'open', -1)
+  open_add(gid, -1)
   emit(gid, 'node_skipped', node, v[1], v[2], jstr({reason = reason}))
   out_edges(gid, node, {}, ready, loops)
 end
@@ -246,7 +289,7 @@ local function continue_loop(gid, b, from, ready)
     redis.call('HSET', nk, v .. ':s', PENDING, v .. ':i', iter, v .. ':a', 0)
     if v ~= head then redis.call('HSET', nk, v .. ':r', 0, v .. ':t', 0) end
   end
-  redis.call('HINCRBY', gkey(gid), 'open', reopened)
+  open_add(gid, reopened)
   emit(gid, 'loop_iteration', head, 0, hi + 1, jstr({iteration = hi + 1, from = from}))
   dispatch(gid, head, 1, hi + 1)
 end
@@ -257,14 +300,32 @@ local function settle(gid, ready, loops)
     while #ready > 0 do
       local node = table.remove(ready)
       local nk = nkey(gid)
-      local v = redis.call('HMGET', nk, node .. ':s', node .. ':r', node .. ':t', node .. ':i')
-      if tonumber(v[1]) == PENDING then
-        local t = topo(gid, node)
-        local r, tk = tonumber(v[2]) or 0, tonumber(v[3]) or 0
-        if tk > 0 and (t.j == 1 or r >= t['in']) then
-          dispatch(gid, node, 1, v[4])
-        elseif r >= t['in'] then
-          skip(gid, node, 'no incoming edge was taken', ready, loops)
+      if type(node) == 'table' then
+        local to = node[1]
+        local v = redis.call('HMGET', nk, to .. ':s', to .. ':i')
+        if tonumber(v[1]) == PENDING then
+          if node[2] then
+            dispatch(gid, to, 1, v[2])
+          else
+            skip(gid, to, 'no incoming edge was taken', ready, loops)
+          end
+        end
+      else
+        local k = gid .. '\0' .. node
+        queued[k] = nil
+        local dr, dt = join_r[k], join_t[k]
+        join_r[k], join_t[k] = nil, nil
+        if dr then redis.call('HINCRBY', nk, node .. ':r', dr) end
+        if dt then redis.call('HINCRBY', nk, node .. ':t', dt) end
+        local v = redis.call('HMGET', nk, node .. ':s', node .. ':r', node .. ':t', node .. ':i')
+        if tonumber(v[1]) == PENDING then
+          local t = topo(gid, node)
+          local r, tk = tonumber(v[2]) or 0, tonumber(v[3]) or 0
+          if tk > 0 and (t.j == 1 or r >= t['in']) then
+            dispatch(gid, node, 1, v[4])
+          elseif r >= t['in'] then
+            skip(gid, node, 'no incoming edge was taken', ready, loops)
+          end
         end
       end
     end
@@ -280,7 +341,7 @@ local function settle(gid, ready, loops)
 end
 
 local function fence(gid, node, attempt, iter, states)
-  local gs = tonumber(redis.call('HGET', gkey(gid), 'state'))
+  local gs = graph_state(gid)
   if gs == nil or gs >= G_COMPLETED then return nil end
   local v = redis.call('HMGET', nkey(gid), node .. ':s', node .. ':a', node .. ':i')
   local st = tonumber(v[1])

@@ -9,20 +9,25 @@
 local worker = ARGV[2]
 local out = {}
 local touched = {}
+local acks = {}
 for i = 3, #ARGV, 13 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local input, outcome, output, taken_s = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local usage_s, route, err, delay = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], tonumber(ARGV[i + 12])
-  redis.call('ZREM', TIMERS, timer_key('t', gid, node, iter, attempt))
-  -- The fence (as fence() in common.lua) and the start time in one read of the node.
+  -- The fence (as fence() in common.lua), the start time and the attempt's timer (set only
+  -- if the attempt outlived a lease renewal, see renew.lua) in one read of the node.
   local gk, nk = gkey(gid), nkey(gid)
   local fenced = false
-  local gs = tonumber(redis.call('HGET', gk, 'state'))
+  local gs = graph_state(gid)
   local v = nil
   if gs ~= nil and gs < G_COMPLETED then
-    v = redis.call('HMGET', nk, node .. ':s', node .. ':a', node .. ':i', node .. ':st')
+    v = redis.call('HMGET', nk, node .. ':s', node .. ':a', node .. ':i', node .. ':st', node .. ':tm')
     fenced = tonumber(v[1]) == RUNNING and tonumber(v[2]) == tonumber(attempt)
       and tonumber(v[3]) == tonumber(iter)
+  end
+  if v and v[5] then
+    local tm = timer_key('t', gid, node, iter, attempt)
+    if v[5] == tm then redis.call('ZREM', TIMERS, tm) end
   end
   if not fenced then
     out[#out + 1] = 'stale'
@@ -65,7 +70,7 @@ for i = 3, #ARGV, 13 do
     end
     if outcome == 'ok' then
       redis.call('HSET', nk, node .. ':s', COMPLETED, node .. ':et', NOW, node .. ':o', output)
-      redis.call('HINCRBY', gk, 'open', -1)
+      open_add(gid, -1)
       emit(gid, 'node_completed', node, attempt, iter,
         '{"o":' .. output .. ',"u":' .. ujson .. ',"ms":' .. (NOW - started) .. '}')
       local taken = {}
@@ -101,13 +106,16 @@ for i = 3, #ARGV, 13 do
       end
     else
       redis.call('HSET', nk, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err)
-      redis.call('HINCRBY', gk, 'open', -1)
+      open_add(gid, -1)
       emit(gid, 'node_failed', node, attempt, iter, '{"e":' .. err .. '}')
       fail_graph(gid, err, node)
     end
     out[#out + 1] = 'applied'
   end
-  redis.call('XACK', WORK, GROUP, mid)
+  acks[#acks + 1] = mid
+end
+for k = 1, #acks, 1000 do
+  redis.call('XACK', WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
 end
 for gid in pairs(touched) do maybe_finish(gid) end
 flush()

@@ -2,41 +2,54 @@
 -- ARGV: tag, worker_id, then per item 9 fields: msg_id, gid, node, attempt, iter,
 --       deliveries, need_inputs(0/1), refs('*' | comma-separated node ids | ''), timeout_ms.
 -- Returns per item {status, inputs|false, {node, output, ...}} with status run|stale.
+-- The attempt's deadline (now + timeout_ms) is kept in the node's ':dl' field; renew.lua puts
+-- it on the shard's timers once the attempt outlives a lease renewal (a fast attempt never
+-- touches the timers).
 local worker = ARGV[2]
 local started_detail = '{"w":' .. jstr(worker) .. ',"r":'
 local out = {}
+local acks = {}
+-- Per graph of the batch: {steps, max_steps, steps taken by this batch}.
+local steps = {}
 for i = 3, #ARGV, 9 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local deliveries = tonumber(ARGV[i + 5])
-  -- The fence (as fence() in common.lua) and the step limit in one read of the graph.
   local gk = gkey(gid)
-  local m = redis.call('HMGET', gk, 'state', 'steps', 'max_steps')
-  local gs = tonumber(m[1])
+  local g = steps[gid]
+  if g == nil then
+    -- The fence's graph state and the step limit in one read of the graph.
+    local m = redis.call('HMGET', gk, 'state', 'steps', 'max_steps')
+    gstate[gid] = tonumber(m[1]) or false
+    g = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+    steps[gid] = g
+  end
+  local gs = graph_state(gid)
   local st = nil
+  local v = nil
   if gs ~= nil and gs < G_COMPLETED then
-    local v = redis.call('HMGET', nkey(gid), node .. ':s', node .. ':a', node .. ':i')
+    v = redis.call('HMGET', nkey(gid), node .. ':s', node .. ':a', node .. ':i', node .. ':tm')
     if tonumber(v[2]) == tonumber(attempt) and tonumber(v[3]) == tonumber(iter) then
       st = tonumber(v[1])
       if st ~= QUEUED and st ~= RUNNING then st = nil end
     end
   end
   if st == nil then
-    redis.call('XACK', WORK, GROUP, mid)
+    acks[#acks + 1] = mid
     out[#out + 1] = {'stale', false, {}}
   else
     local nk = nkey(gid)
     local ok = true
     local redelivered = (st == RUNNING)
     if not redelivered then
-      local max_steps = tonumber(m[3])
-      if max_steps > 0 and tonumber(m[2]) >= max_steps then
+      if g[2] > 0 and g[1] + g[3] >= g[2] then
         ok = false
-        redis.call('XACK', WORK, GROUP, mid)
-        fail_graph(gid, jstr({c = 7, m = 'the graph exceeded its limit of ' .. max_steps .. ' steps (limits.max_steps)', r = false}), node)
+        acks[#acks + 1] = mid
+        fail_graph(gid, jstr({c = 7, m = 'the graph exceeded its limit of ' .. g[2] .. ' steps (limits.max_steps)', r = false}), node)
         out[#out + 1] = {'stale', false, {}}
       else
-        redis.call('HINCRBY', gk, 'steps', 1)
+        g[3] = g[3] + 1
         if gs == G_SUBMITTED then
+          gstate[gid] = G_RUNNING
           redis.call('HSET', gk, 'state', G_RUNNING, 'started', NOW)
           index_move(gid, G_SUBMITTED, G_RUNNING)
           emit(gid, 'graph_started', nil, nil, nil, nil)
@@ -44,9 +57,13 @@ for i = 3, #ARGV, 9 do
       end
     end
     if ok then
-      redis.call('HSET', nk, node .. ':s', RUNNING, node .. ':st', NOW, node .. ':w', worker, node .. ':d', deliveries)
+      local deadline = NOW + tonumber(ARGV[i + 8])
+      redis.call('HSET', nk, node .. ':s', RUNNING, node .. ':st', NOW, node .. ':w', worker,
+        node .. ':d', deliveries, node .. ':dl', deadline)
       emit(gid, 'node_started', node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
-      redis.call('ZADD', TIMERS, NOW + tonumber(ARGV[i + 8]), timer_key('t', gid, node, iter, attempt))
+      -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
+      local tm = timer_key('t', gid, node, iter, attempt)
+      if v[4] == tm then redis.call('ZADD', TIMERS, deadline, tm) end
       local inputs = false
       if ARGV[i + 6] == '1' then inputs = redis.call('HGET', gk, 'inputs') end
       local outs = {}
@@ -62,6 +79,12 @@ for i = 3, #ARGV, 9 do
       out[#out + 1] = {'run', inputs, outs}
     end
   end
+end
+for gid, g in pairs(steps) do
+  if g[3] > 0 then redis.call('HINCRBY', gkey(gid), 'steps', g[3]) end
+end
+for k = 1, #acks, 1000 do
+  redis.call('XACK', WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
 end
 flush()
 return out

@@ -25,12 +25,25 @@ redis.call('HSET', gk, 'state', G_SUBMITTED, 'name', ARGV[5], 'created', NOW, 's
   'steps', 0, 'open', #ids, 'def', ARGV[6], 'inputs', ARGV[7], 'ids', ARGV[8],
   'max_steps', ARGV[10], 'max_tokens', ARGV[11], 'max_cost', ARGV[12], 'retention', ARGV[14],
   'request_id', rid, 'ns', ns, 'max_events', ARGV[16])
-local tk = gk .. ':t'
-for i = 17, #ARGV, 2 do redis.call('HSET', tk, ARGV[i], ARGV[i + 1]) end
-local nk = nkey(gid)
-for _, node in ipairs(ids) do
-  redis.call('HSET', nk, node .. ':s', PENDING, node .. ':a', 0, node .. ':i', 1)
+-- Node and topology fields are written a few hundred per HSET, not one command per node.
+local function hset_all(key, fv)
+  for k = 1, #fv, 600 do
+    redis.call('HSET', key, unpack(fv, k, math.min(k + 599, #fv)))
+  end
 end
+local tk = gk .. ':t'
+local fv = {}
+for i = 17, #ARGV do fv[#fv + 1] = ARGV[i] end
+hset_all(tk, fv)
+local nk = nkey(gid)
+fv = {}
+for _, node in ipairs(ids) do
+  local n = #fv
+  fv[n + 1] = node .. ':s'; fv[n + 2] = PENDING
+  fv[n + 3] = node .. ':a'; fv[n + 4] = 0
+  fv[n + 5] = node .. ':i'; fv[n + 6] = 1
+end
+hset_all(nk, fv)
 -- The node hash gets ~10 fields per node and every transition reads and writes it several
 -- times. Redis keeps hashes of up to hash-max-listpack-entries (512 by default) fields as a
 -- listpack, where each access scans the fields one by one: for a graph of more than a few
