@@ -7,12 +7,20 @@ of the scripts and the stream commands, free of the Python processes' noise.
 
     BENCH_LUA_GRAPHS (default 200), BENCH_LUA_WIDTH (default 48: graphs of 1 -> 48 -> 1),
     BENCH_LUA_BATCH (default 64)
+
+CPU time moves with whatever else the box runs; ``BENCH_LUA_CALLGRIND=1`` runs Redis under
+valgrind's callgrind instead and counts the instructions Redis executes per node while
+the workers' calls run (instrumentation is switched on for that loop only): the same
+count for the same code, however loaded the machine is (~50x slower; use fewer graphs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,13 +34,48 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE)]
 
 import workloads as wl  # noqa: E402
-from procs import Procs, start_redis  # noqa: E402
+from procs import Procs, free_port, start_redis, wait_port  # noqa: E402
 
 from dago.app import build_api  # noqa: E402
 from dago.config import Settings  # noqa: E402
 
 
-async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, Any]:
+class Callgrind:
+    """redis-server under callgrind, instrumented only between on() and off()."""
+
+    def __init__(self, procs: Procs) -> None:
+        self.out = procs.dir / "callgrind.out"
+        port = free_port()
+        exe = shutil.which("redis-server") or "redis-server"
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        argv += [f"--callgrind-out-file={self.out}", exe, "--port", str(port)]
+        argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = procs.start("redis", argv)
+        wait_port(port, self.proc, procs.log("redis"), timeout=60)
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def _ctl(self, *args: str) -> str:
+        cmd = ["callgrind_control", *args, str(self.proc.pid)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    def on(self) -> None:
+        self._ctl("--instr=on")
+
+    def off(self) -> int:
+        """Switch instrumentation off and return the instructions counted so far."""
+        self._ctl("--instr=off")
+        self._ctl("--dump")
+        total = 0
+        for f in self.out.parent.glob(self.out.name + "*"):
+            m = re.search(r"^totals: (\d+)", f.read_text(errors="replace"), re.M)
+            if m:
+                total += int(m.group(1))
+        return total
+
+
+async def measure(
+    url: str, graphs: int, width: int, batch: int, grind: Callgrind | None = None
+) -> dict[str, Any]:
     """Submit ``graphs`` fan graphs, then drive them to the end like a worker would."""
     settings = Settings(redis_url=url, key_prefix="lua", shards=1, auth="off")
     api = build_api(settings)
@@ -50,6 +93,8 @@ async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, An
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
     r.config_resetstat()
+    if grind is not None:
+        grind.on()
     spent = {"start": 0.0, "complete": 0.0, "read": 0.0}
     done = 0
     t0 = time.perf_counter()
@@ -80,6 +125,7 @@ async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, An
         spent["complete"] += cpu() - c3
         done += len(items)
     secs = time.perf_counter() - t0
+    instructions = grind.off() if grind is not None else 0
     stats = r.info("commandstats")
     calls = {k.removeprefix("cmdstat_"): v["calls"] / nodes for k, v in stats.items()}
     cmd_us = {k.removeprefix("cmdstat_"): v["usec"] / nodes for k, v in stats.items()}
@@ -97,6 +143,7 @@ async def measure(url: str, graphs: int, width: int, batch: int) -> dict[str, An
         # Redis's own timing of each command per node (evalsha includes the commands it ran).
         "command_us_per_node": dict(sorted(cmd_us.items(), key=lambda kv: -kv[1])[:8]),
         "gids": len(gids),
+        **({"redis_instructions_per_node": instructions // nodes} if grind else {}),
     }
 
 
@@ -104,11 +151,12 @@ def main() -> int:
     """Entry point: prints the figures as JSON."""
     procs = Procs(Path(tempfile.mkdtemp(prefix="dago-luacost-")))
     try:
-        url, _ = start_redis(procs)
+        grind = Callgrind(procs) if os.environ.get("BENCH_LUA_CALLGRIND") == "1" else None
+        url = grind.url if grind else start_redis(procs)[0]
         graphs = int(os.environ.get("BENCH_LUA_GRAPHS", "200"))
         width = int(os.environ.get("BENCH_LUA_WIDTH", "48"))
         batch = int(os.environ.get("BENCH_LUA_BATCH", "64"))
-        out = uvloop.run(measure(url, graphs, width, batch))
+        out = uvloop.run(measure(url, graphs, width, batch, grind))
     finally:
         procs.stop_all()
     print(json.dumps(out, indent=2))

@@ -7,9 +7,14 @@
 --       delay_ms.
 -- Returns per item 'applied' or 'stale'.
 local worker = ARGV[2]
+local wjson = jstr(worker)
 local out = {}
 local touched = {}
 local acks = {}
+for gid, nodes in pairs(by_graph(3, 13)) do
+  local gs = graph_state(gid)
+  if gs ~= nil and gs < G_COMPLETED then read_ahead(gid, nodes, true) end
+end
 for i = 3, #ARGV, 13 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local input, outcome, output, taken_s = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
@@ -21,7 +26,7 @@ for i = 3, #ARGV, 13 do
   local gs = graph_state(gid)
   local v = nil
   if gs ~= nil and gs < G_COMPLETED then
-    v = redis.call('HMGET', nk, node .. ':s', node .. ':a', node .. ':i', node .. ':st', node .. ':tm')
+    v = node_read(gid, node)
     fenced = tonumber(v[1]) == RUNNING and tonumber(v[2]) == tonumber(attempt)
       and tonumber(v[3]) == tonumber(iter)
   end
@@ -59,7 +64,8 @@ for i = 3, #ARGV, 13 do
         over = 'the graph cost $' .. cost .. ', over its limit of $' .. lim[2] .. ' (limits.max_cost_usd)'
       end
     end
-    local rec = '{"st":' .. started .. ',"et":' .. NOW .. ',"s":' .. state .. ',"w":' .. jstr(worker)
+    local rec = '{"st":' .. (v[4] or NOW_S) .. ',"et":' .. NOW_S .. ',"s":' .. (state == COMPLETED and S_COMPLETED or int(state))
+      .. ',"w":' .. wjson
       .. ',"u":' .. ujson
     if input ~= '' then rec = rec .. ',"in":' .. input end
     if output ~= '' then rec = rec .. ',"o":' .. output end
@@ -69,10 +75,10 @@ for i = 3, #ARGV, 13 do
       emit(gid, 'usage', node, attempt, iter, '{"u":' .. ujson .. who .. '}')
     end
     if outcome == 'ok' then
-      redis.call('HSET', nk, node .. ':s', COMPLETED, node .. ':et', NOW, node .. ':o', output)
+      node_set(gid, node, node .. ':s', S_COMPLETED, node .. ':et', NOW_S, node .. ':o', output)
       open_add(gid, -1)
       emit(gid, 'node_completed', node, attempt, iter,
-        '{"o":' .. output .. ',"u":' .. ujson .. ',"ms":' .. (NOW - started) .. '}')
+        '{"o":' .. output .. ',"u":' .. ujson .. ',"ms":' .. int(NOW - started) .. '}')
       local taken = {}
       for x in string.gmatch(taken_s, '[^,]+') do taken[tonumber(x)] = true end
       if route ~= '' then
@@ -94,7 +100,7 @@ for i = 3, #ARGV, 13 do
         settle(gid, ready, loops)
       end
     elseif outcome == 'retry' then
-      redis.call('HSET', nk, node .. ':s', RETRYING, node .. ':err', err)
+      node_set(gid, node, node .. ':s', RETRYING, node .. ':err', err)
       emit(gid, 'node_retrying', node, attempt, iter,
         '{"e":' .. err .. ',"b":' .. delay .. ',"n":' .. (tonumber(attempt) + 1) .. '}')
       if over then
@@ -105,7 +111,7 @@ for i = 3, #ARGV, 13 do
         redis.call('ZADD', TIMERS, NOW + delay, timer_key('r', gid, node, iter, tonumber(attempt) + 1))
       end
     else
-      redis.call('HSET', nk, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err)
+      node_set(gid, node, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err)
       open_add(gid, -1)
       emit(gid, 'node_failed', node, attempt, iter, '{"e":' .. err .. '}')
       fail_graph(gid, err, node)

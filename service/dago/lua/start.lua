@@ -11,23 +11,23 @@ local out = {}
 local acks = {}
 -- Per graph of the batch: {steps, max_steps, steps taken by this batch}.
 local steps = {}
+for gid, nodes in pairs(by_graph(3, 9)) do
+  local m = redis.call('HMGET', gkey(gid), 'state', 'steps', 'max_steps')
+  gstate[gid] = tonumber(m[1]) or false
+  steps[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+  local gs = gstate[gid]
+  if gs and gs < G_COMPLETED then read_ahead(gid, nodes, false) end
+end
 for i = 3, #ARGV, 9 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local deliveries = tonumber(ARGV[i + 5])
   local gk = gkey(gid)
   local g = steps[gid]
-  if g == nil then
-    -- The fence's graph state and the step limit in one read of the graph.
-    local m = redis.call('HMGET', gk, 'state', 'steps', 'max_steps')
-    gstate[gid] = tonumber(m[1]) or false
-    g = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
-    steps[gid] = g
-  end
   local gs = graph_state(gid)
   local st = nil
   local v = nil
   if gs ~= nil and gs < G_COMPLETED then
-    v = redis.call('HMGET', nkey(gid), node .. ':s', node .. ':a', node .. ':i', node .. ':tm')
+    v = node_read(gid, node)
     if tonumber(v[2]) == tonumber(attempt) and tonumber(v[3]) == tonumber(iter) then
       st = tonumber(v[1])
       if st ~= QUEUED and st ~= RUNNING then st = nil end
@@ -57,13 +57,13 @@ for i = 3, #ARGV, 9 do
       end
     end
     if ok then
-      local deadline = NOW + tonumber(ARGV[i + 8])
-      redis.call('HSET', nk, node .. ':s', RUNNING, node .. ':st', NOW, node .. ':w', worker,
-        node .. ':d', deliveries, node .. ':dl', deadline)
+      local deadline = int(NOW + tonumber(ARGV[i + 8]))
+      node_set(gid, node, node .. ':s', S_RUNNING, node .. ':st', NOW_S, node .. ':w', worker,
+        node .. ':d', ARGV[i + 5], node .. ':dl', deadline)
       emit(gid, 'node_started', node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
       -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
       local tm = timer_key('t', gid, node, iter, attempt)
-      if v[4] == tm then redis.call('ZADD', TIMERS, deadline, tm) end
+      if v[5] == tm then redis.call('ZADD', TIMERS, deadline, tm) end
       local inputs = false
       if ARGV[i + 6] == '1' then inputs = redis.call('HGET', gk, 'inputs') end
       local outs = {}
