@@ -12,11 +12,13 @@ import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from dago.cel import CelCompiler
 from dago.graphdef import CompiledGraph, CompileOptions, GraphInvalid, compile_graph
 from dago.store import Store
+from dago.tracing import trace_id_of
 from dago.v1 import graph_pb2
 
 
@@ -30,6 +32,11 @@ class LoadedGraph:
     problem: str = ""
     traceparent: str = ""
     """The W3C trace context of the graph's submission (its attempts' spans join it)."""
+
+    @cached_property
+    def trace_id(self) -> str:
+        """The trace id of ``traceparent`` ("" when none), for the logs of every attempt."""
+        return trace_id_of(self.traceparent)
 
 
 class GraphCache:

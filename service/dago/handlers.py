@@ -126,6 +126,10 @@ class Handler(Protocol):
 
 
 ToolFn = Callable[[Any, NodeContext], Awaitable[Any]]
+InlineToolFn = Callable[[Any, NodeContext], Any]
+
+Inline = Callable[[NodeContext], NodeResult]
+"""A whole attempt run synchronously (see ``ToolHandler.inline``)."""
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,18 @@ class Tool:
     description: str
     fn: ToolFn
     parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+    inline: InlineToolFn | None = None
+    """The same tool as a plain function, for tools that never wait (no I/O, no sleep, quick):
+    a worker calls it in place of awaiting ``fn``, without a task of its own. Nothing can
+    interrupt it (no timeout or cancellation takes effect while it runs), exactly as nothing
+    interrupts an ``fn`` that never awaits."""
 
 
 async def _echo(args: Any, ctx: NodeContext) -> Any:
+    return args
+
+
+def _echo_now(args: Any, ctx: NodeContext) -> Any:
     return args
 
 
@@ -151,7 +164,7 @@ async def _sleep(args: Any, ctx: NodeContext) -> Any:
 
 
 BUILTIN_TOOLS = (
-    Tool("echo", "Returns its arguments unchanged.", _echo),
+    Tool("echo", "Returns its arguments unchanged.", _echo, inline=_echo_now),
     Tool(
         "sleep",
         "Waits `seconds` (honours cancellation), then returns {slept: seconds}.",
@@ -202,6 +215,10 @@ class StaticTools:
         """The tool of that name, if any."""
         return self._tools.get(name)
 
+    def local(self, name: str) -> Tool | None:
+        """``get`` without waiting."""
+        return self._tools.get(name)
+
 
 class ToolHandler:
     """Calls the tool a ``tool`` node names with the node's rendered input."""
@@ -216,6 +233,16 @@ class ToolHandler:
         if tool is None:
             raise invalid(f'no tool named "{name}" is registered on this worker')
         return NodeResult(await tool.fn(ctx.input, ctx))
+
+    def inline(self, node: CompiledNode) -> Inline | None:
+        """How to run ``node`` without awaiting, when its tool has an ``inline`` form and is
+        known without waiting (not an MCP tool); None otherwise (then ``run`` runs it)."""
+        local = getattr(self._tools, "local", None)
+        tool = local(node.proto.tool.name) if local is not None else None
+        fn = tool.inline if tool is not None else None
+        if fn is None:
+            return None
+        return lambda ctx: NodeResult(fn(ctx.input, ctx))
 
 
 ChooseRoute = Callable[[NodeContext], Awaitable[NodeResult]]

@@ -128,6 +128,10 @@ class Toolbox:
             return tool
         return await self.mcp.tool(name)
 
+    def local(self, name: str) -> Tool | None:
+        """An operator, built-in or http tool (never an MCP tool), without waiting."""
+        return self._tools.get(name)
+
     async def resolve(self, names: Sequence[str], field: str) -> list[Tool]:
         """The tools of an agent, ``<server>/*`` expanded; NodeFailure for an unknown one
         (``field`` is where the names are, for the message)."""

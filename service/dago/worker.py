@@ -2,11 +2,17 @@
 
 Flow per batch: read work (XREADGROUP COUNT>1 BLOCK), mark the batch running
 in one Lua call per shard (which also returns the outputs the nodes read),
-run each attempt in its own task, and apply finished attempts in batches with
-one Lua call per shard that records the result, resolves edges, dispatches
-successors and acks the work item. A work item is acked only by that call,
-so a worker killed at any point loses nothing: its items are reclaimed after
-the lease.
+run each attempt, and apply finished attempts in batches with one Lua call
+per shard that records the result, resolves edges, dispatches successors and
+acks the work item. A work item is acked only by that call, so a worker
+killed at any point loses nothing: its items are reclaimed after the lease.
+
+An attempt runs in its own task, except when its handler can run it without
+waiting (the built-in ``echo`` tool: ``Tool.inline``): then it runs right
+where its batch was started, and the batch's results go to the completer
+together. Attempt timeouts are enforced by one timer per worker, set for the
+earliest deadline of the attempts running in tasks, which cancels the ones
+past their deadline (instead of an ``asyncio.timeout`` per attempt).
 """
 
 from __future__ import annotations
@@ -33,21 +39,46 @@ from dago.cel import EvalError
 from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
 from dago.graphdef import CompiledNode
-from dago.handlers import Handler, NodeContext, NodeFailure, NodeResult, invalid
+from dago.handlers import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.logs import NODE, NodeFields
 from dago.metrics import Metrics, serve
-from dago.store import STORE_ERRORS, Store, WorkItem, dumps, raise_if_cancelling
+from dago.store import STORE_ERRORS, Store, WorkItem, raise_if_cancelling
 from dago.tracing import Tracing, fail, trace_id_of
 from dago.v1 import graph_pb2
+from dago.values import dumps
 
 log = logging.getLogger("dago.worker")
 
+_NO_DEADLINE = float("inf")
 
-@dataclass
+
+@dataclass(slots=True, eq=False)
 class _Running:
+    """An attempt started and not yet applied."""
+
     item: WorkItem
-    task: asyncio.Task[None]
+    task: asyncio.Task[None] | None = None
+    """None for an attempt run inline (it finished as it started)."""
     stopped_by_control: bool = False
+    deadline: float = _NO_DEADLINE
+    """Loop time past which the attempt times out, while its handler runs in ``task``."""
+    timed_out: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Plan:
+    """What every attempt of one compiled node needs, worked out once per worker."""
+
+    node: CompiledNode
+    need_inputs: str
+    refs: str
+    backstop_ms: int
+    inline: Inline | None
+    """The handler's synchronous form for this node, if it has one."""
+    static_input: str | None
+    """The JSON of the node's input when its template has no placeholder."""
+    edges: str | None
+    """The outgoing edges taken when no edge has a condition (and no route is chosen)."""
 
 
 class Worker:
@@ -76,8 +107,15 @@ class Worker:
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._running))
         self._running: dict[bytes, _Running] = {}
         self._free = settings.worker_slots
-        self._slots = asyncio.Condition()
-        self._done: asyncio.Queue[tuple[int, bytes, list[Any]]] = asyncio.Queue()
+        self._freed = asyncio.Event()
+        # Finished attempts waiting for the completer: (shard, msg_id, complete.lua fields).
+        self._finished: list[tuple[int, bytes, list[Any]]] = []
+        self._have_finished = asyncio.Event()
+        self._unapplied = 0  # finished and not yet applied (or given up on)
+        self._all_applied = asyncio.Event()
+        self._plans: dict[int, _Plan] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NO_DEADLINE
         self._draining = False
         shards = list(range(settings.shards))
         # One blocking read can cover every shard on a single Redis, not on a cluster.
@@ -124,9 +162,14 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
             await self._drain()
-            await self._done.join()  # results of finished attempts are applied
+            # Results of finished attempts are applied.
+            while self._unapplied:
+                self._all_applied.clear()
+                await self._all_applied.wait()
             for t in (renew, heartbeat, completer, warm):
                 t.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         await self._deregister()
         await self._close_handlers()
         stop_metrics()
@@ -154,7 +197,7 @@ class Worker:
                 log.warning("%s of the %s handler failed: %s", method, type(handler).__name__, e)
 
     async def _drain(self) -> None:
-        tasks = [r.task for r in self._running.values()]
+        tasks = [r.task for r in self._running.values() if r.task is not None]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=self._settings.drain_timeout_s)
@@ -171,11 +214,12 @@ class Worker:
         """Take up to a batch of free slots for a blocking read. The free slots are split
         between the readers and the reclaimer, so a reader waiting on a quiet shard cannot
         starve the others."""
-        async with self._slots:
-            await self._slots.wait_for(lambda: self._free > 0)
-            n = min(self._settings.worker_batch, max(1, self._free // (len(self._groups) + 1)))
-            self._free -= n
-            return n
+        while self._free <= 0:
+            self._freed.clear()
+            await self._freed.wait()
+        n = min(self._settings.worker_batch, max(1, self._free // (len(self._groups) + 1)))
+        self._free -= n
+        return n
 
     def _reserve_now(self) -> int:
         """Take whatever free slots there are (up to a batch) without waiting."""
@@ -183,11 +227,10 @@ class Worker:
         self._free -= n
         return n
 
-    async def _release(self, n: int) -> None:
+    def _release(self, n: int) -> None:
         if n:
-            async with self._slots:
-                self._free += n
-                self._slots.notify_all()
+            self._free += n
+            self._freed.set()
 
     # --- feeding ---------------------------------------------------------------------
 
@@ -200,13 +243,13 @@ class Worker:
                 items = await self._store.read_work(shards, self.id, n, block_ms=2000)
                 backoff = 0.1
             except STORE_ERRORS as e:
-                await self._release(n)
+                self._release(n)
                 await self._recreate_groups(e)
                 log.warning("reading work failed (%s); retrying in %.1fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            await self._release(n - len(items))
+            self._release(n - len(items))
             if items:
                 await self._begin(items)
 
@@ -227,7 +270,7 @@ class Worker:
                     log.warning("reclaim failed on shard %d: %s", shard, e)
                     await self._recreate_groups(e)
                     items = []
-                await self._release(n - len(items))
+                self._release(n - len(items))
                 if items:
                     log.info("reclaimed %d work items on shard %d", len(items), shard)
                     await self._begin(items)
@@ -248,18 +291,47 @@ class Worker:
         except STORE_ERRORS as e:
             # Left pending in Redis; the reclaim loop picks them up after the lease.
             log.warning("loading graphs failed: %s", e)
-            await self._release(len(items))
+            self._release(len(items))
             return
-        await asyncio.gather(*(self._start(shard, batch) for shard, batch in by_shard.items()))
+        if len(by_shard) == 1:
+            for shard, batch in by_shard.items():
+                await self._start(shard, batch)
+        else:
+            await asyncio.gather(*(self._start(shard, batch) for shard, batch in by_shard.items()))
+
+    def _plan(self, node: CompiledNode) -> _Plan:
+        """The plan of ``node`` (compiled nodes are shared and never change)."""
+        plan = self._plans.get(id(node))
+        if plan is not None and plan.node is node:
+            return plan
+        refs = node.refs
+        handler = self._handlers.get(node.kind)
+        inline = getattr(handler, "inline", None)
+        edges = None
+        if all(e.condition is None for e in node.out_edges):
+            edges = ",".join(str(e.index) for e in node.out_edges)
+        plan = _Plan(
+            node=node,
+            need_inputs="1" if refs.inputs or refs.all_inputs else "0",
+            refs="*" if refs.all_nodes else ",".join(sorted(refs.nodes)),
+            # The Redis-held timer is a backstop for a hung worker; the local one fires first.
+            backstop_ms=int(node.attempt_timeout * 1000) + self._settings.lease_ms,
+            inline=inline(node) if inline is not None else None,
+            static_input=dumps(node.inputs.value) if node.inputs.is_static else None,
+            edges=edges,
+        )
+        if len(self._plans) >= 65536:  # graphs come and go; the plans of old ones with them
+            self._plans.clear()
+        self._plans[id(node)] = plan
+        return plan
 
     async def _start(self, shard: int, batch: list[tuple[WorkItem, LoadedGraph | None]]) -> None:
         args: list[Any] = []
+        plans: list[_Plan | None] = []
         for item, loaded in batch:
             node = _node(loaded, item)
-            refs = node.refs if node else None
-            timeout_ms = int(
-                (node.attempt_timeout if node else self._settings.attempt_timeout_s) * 1000
-            )
+            plan = self._plan(node) if node is not None else None
+            plans.append(plan)
             args += [
                 item.msg_id,
                 item.graph_id,
@@ -267,20 +339,24 @@ class Worker:
                 item.attempt,
                 item.iteration,
                 item.deliveries,
-                "1" if refs and (refs.inputs or refs.all_inputs) else "0",
-                "*" if refs is None or refs.all_nodes else ",".join(sorted(refs.nodes)),
-                # The Redis-held timer is a backstop for a hung worker; the local one fires first.
-                timeout_ms + self._settings.lease_ms,
             ]
+            if plan is not None:
+                args += [plan.need_inputs, plan.refs, plan.backstop_ms]
+            else:
+                args += [
+                    "0",
+                    "*",
+                    int(self._settings.attempt_timeout_s * 1000) + self._settings.lease_ms,
+                ]
         try:
             results = await self._store.start(shard, self.id, args)
         except STORE_ERRORS as e:
             # Left pending in Redis; the reclaim loop picks them up after the lease.
             log.warning("starting %d attempts failed: %s", len(batch), e)
-            await self._release(len(batch))
+            self._release(len(batch))
             return
         stale = 0
-        for (item, loaded), res in zip(batch, results, strict=True):
+        for (item, loaded), plan, res in zip(batch, plans, results, strict=True):
             if res[0] != b"run":
                 stale += 1
                 continue
@@ -292,26 +368,20 @@ class Worker:
             }
             name = loaded.compiled.proto.name if loaded and loaded.compiled else ""
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
-            task = asyncio.create_task(self._observed(item, loaded, scope))
-            self._running[item.msg_id] = _Running(item, task)
-        await self._release(stale)
+            running = _Running(item)
+            self._running[item.msg_id] = running
+            if plan is not None and plan.inline is not None and loaded is not None:
+                self._run_inline(running, loaded, plan, scope)
+            else:
+                running.task = asyncio.create_task(self._observed(running, loaded, plan, scope))
+        self._release(stale)
 
     # --- running ---------------------------------------------------------------------
 
-    async def _observed(
-        self, item: WorkItem, loaded: LoadedGraph | None, scope: dict[str, Any]
-    ) -> None:
-        """Run an attempt with its log fields set (this task's context only) and, when
-        tracing is on, inside a span joining the graph's trace."""
-        tp = loaded.traceparent if loaded else ""
-        NODE.set(
-            NodeFields(item.graph_id, item.node, item.attempt, item.iteration, trace_id_of(tp))
-        )
-        if not self._tracing.enabled:
-            await self._attempt(item, loaded, scope)
-            return
+    def _span_args(self, item: WorkItem, loaded: LoadedGraph | None) -> tuple[str, dict[str, Any]]:
+        """The name and attributes of an attempt's span."""
         node = _node(loaded, item)
-        attrs = {
+        attrs: dict[str, Any] = {
             "dago.graph.id": item.graph_id,
             "dago.node.id": item.node,
             "dago.node.kind": node.kind if node else "unknown",
@@ -322,18 +392,75 @@ class Worker:
         }
         if node is not None and node.kind == "tool":
             attrs["dago.tool.name"] = node.proto.tool.name
-        name = f"node {node.kind if node else 'unknown'}"
+        return f"node {node.kind if node else 'unknown'}", attrs
+
+    async def _observed(
+        self,
+        running: _Running,
+        loaded: LoadedGraph | None,
+        plan: _Plan | None,
+        scope: dict[str, Any],
+    ) -> None:
+        """Run an attempt with its log fields set (this task's context only) and, when
+        tracing is on, inside a span joining the graph's trace."""
+        item = running.item
+        tid = loaded.trace_id if loaded else ""
+        NODE.set(NodeFields(item.graph_id, item.node, item.attempt, item.iteration, tid))
+        if not self._tracing.enabled:
+            await self._attempt(running, loaded, plan, scope)
+            return
+        name, attrs = self._span_args(item, loaded)
+        tp = loaded.traceparent if loaded else ""
         with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
-            await self._attempt(item, loaded, scope)
+            await self._attempt(running, loaded, plan, scope)
+
+    def _run_inline(
+        self, running: _Running, loaded: LoadedGraph, plan: _Plan, scope: dict[str, Any]
+    ) -> None:
+        """``_observed`` for an attempt whose handler runs it without waiting: here and now,
+        its log fields set for the call only."""
+        item = running.item
+        token = NODE.set(
+            NodeFields(item.graph_id, item.node, item.attempt, item.iteration, loaded.trace_id)
+        )
+        try:
+            if not self._tracing.enabled:
+                self._inline_attempt(running, plan, scope)
+                return
+            name, attrs = self._span_args(item, loaded)
+            tp = loaded.traceparent
+            with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
+                self._inline_attempt(running, plan, scope)
+        finally:
+            NODE.reset(token)
+
+    def _inline_attempt(self, running: _Running, plan: _Plan, scope: dict[str, Any]) -> None:
+        """``_attempt`` of an attempt run inline (``plan.inline`` is set)."""
+        started = time.monotonic()
+        item = running.item
+        node = plan.node
+        rendered = ""
+        run = plan.inline
+        assert run is not None
+        try:
+            value, rendered = _render(plan, scope)
+            result = run(self._context(item, node, scope, value))
+            fields = _succeeded(plan, scope, value, result)
+        except NodeFailure as f:
+            fields = self._failure(f, node, item)
+        except Exception as e:  # a tool's own bug: report it, keep the worker alive
+            log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
+            bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
+            fields = self._failure(bug, node, item)
+        self._finish(running, node, rendered, fields, started)
 
     def _observe(
-        self, item: WorkItem, node: CompiledNode | None, fields: list[Any], started: float
+        self, running: _Running, node: CompiledNode | None, fields: list[Any], started: float
     ) -> None:
         """Count and log one finished attempt; mark its span (cheap: two metric updates)."""
         seconds = time.monotonic() - started
         outcome = _OUTCOMES.get(fields[0], "failed")
-        running = self._running.get(item.msg_id)
-        if running is not None and running.stopped_by_control:
+        if running.stopped_by_control:
             outcome = "cancelled"
         kind = node.kind if node else "unknown"
         self._metrics.node_done(kind, outcome, seconds)
@@ -347,30 +474,27 @@ class Worker:
                 fail(span, outcome, str(err.get("m", "")))
 
     async def _attempt(
-        self, item: WorkItem, loaded: LoadedGraph | None, scope: dict[str, Any]
+        self,
+        running: _Running,
+        loaded: LoadedGraph | None,
+        plan: _Plan | None,
+        scope: dict[str, Any],
     ) -> None:
         started = time.monotonic()
-        node = _node(loaded, item)
+        item = running.item
+        node = plan.node if plan is not None else None
         rendered = ""
         try:
-            if node is None:
+            if plan is None or node is None:
                 problem = loaded.problem if loaded else "the graph's definition is gone"
                 raise invalid(f"cannot run node {item.node!r}: {problem}")
-            try:
-                value = node.inputs.render(scope)
-            except EvalError as e:
-                raise invalid(f"inputs: {e}") from None
-            rendered = dumps(value)
-            result, output, taken = await self._execute(item, node, scope, value)
-            usage = result.usage.to_arg() if result.usage else ""
-            route = dumps(result.route) if result.route else ""
-            edges = ",".join(map(str, taken))
-            fields: list[Any] = ["ok", dumps(output), edges, usage, route, "", 0]
+            value, rendered = _render(plan, scope)
+            result = await self._execute(running, node, scope, value)
+            fields = _succeeded(plan, scope, value, result)
         except NodeFailure as f:
             fields = self._failure(f, node, item)
         except asyncio.CancelledError:
-            running = self._running.get(item.msg_id)
-            if running is None or not running.stopped_by_control:
+            if not running.stopped_by_control:
                 raise
             # Cancelled because the graph ended or the attempt timed out in Redis: the
             # report below is fenced out there and only acks the work item.
@@ -379,18 +503,12 @@ class Worker:
             log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
             bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
             fields = self._failure(bug, node, item)
-        self._observe(item, node, fields, started)
-        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration]
-        fields = self._redact.fields([rendered, *fields])
-        await self._done.put((item.shard, item.msg_id, [*args, *fields]))
+        self._finish(running, node, rendered, fields, started)
 
-    async def _execute(
+    def _context(
         self, item: WorkItem, node: CompiledNode, scope: dict[str, Any], rendered: Any
-    ) -> tuple[NodeResult, Any, list[int]]:
-        handler = self._handlers.get(node.kind)
-        if handler is None:
-            raise invalid(f"this worker does not run {node.kind} nodes")
-        ctx = NodeContext(
+    ) -> NodeContext:
+        return NodeContext(
             graph_id=item.graph_id,
             node=node,
             attempt=item.attempt,
@@ -400,23 +518,56 @@ class Worker:
             emit=lambda events: self._store.append(item.shard, item, self._redact.events(events)),
             worker_id=self.id,
         )
+
+    async def _execute(
+        self, running: _Running, node: CompiledNode, scope: dict[str, Any], rendered: Any
+    ) -> NodeResult:
+        """Run the handler in this task until the attempt's timeout (see ``_expire``)."""
+        handler = self._handlers.get(node.kind)
+        if handler is None:
+            raise invalid(f"this worker does not run {node.kind} nodes")
+        ctx = self._context(running.item, node, scope, rendered)
+        running.deadline = asyncio.get_running_loop().time() + node.attempt_timeout
+        self._arm(running.deadline)
         try:
-            async with asyncio.timeout(node.attempt_timeout):
-                result = await handler.run(ctx)
-        except TimeoutError:
-            raise NodeFailure(
-                graph_pb2.ERROR_CLASS_TIMEOUT,
-                f"the attempt ran past its timeout of {node.attempt_timeout:g}s",
-                True,
-            ) from None
-        output = result.value
-        if node.output:
-            data = {**scope, "result": result.value, "input": rendered}
-            try:
-                output = {name: expr.evaluate(data) for name, expr in node.output.items()}
-            except EvalError as e:
-                raise invalid(f"output: {e}") from None
-        return result, output, _taken(node, scope, output, result.route)
+            result = await handler.run(ctx)
+        except asyncio.CancelledError:
+            running.deadline = _NO_DEADLINE
+            # Like asyncio.timeout: our own cancellation becomes the timeout, one from
+            # elsewhere (the control stream, a drain) goes on.
+            if running.timed_out and _uncancel() == 0 and not running.stopped_by_control:
+                raise _timeout(node) from None
+            raise
+        running.deadline = _NO_DEADLINE
+        if running.timed_out:  # the handler swallowed the cancellation and returned
+            _uncancel()
+        return result
+
+    # --- timeouts --------------------------------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires by ``deadline``."""
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Cancel the attempts past their deadline; set the timer for the next deadline."""
+        self._timer = None
+        self._timer_at = _NO_DEADLINE
+        now = asyncio.get_running_loop().time()
+        soonest = _NO_DEADLINE
+        for r in self._running.values():
+            if r.deadline <= now:
+                if r.task is not None and not r.timed_out and not r.task.done():
+                    r.timed_out = True
+                    r.task.cancel()
+            elif r.deadline < soonest:
+                soonest = r.deadline
+        if soonest != _NO_DEADLINE:
+            self._arm(soonest)
 
     def _failure(self, f: NodeFailure, node: CompiledNode | None, item: WorkItem) -> list[Any]:
         usage = f.usage.to_arg() if f.usage else ""
@@ -433,20 +584,47 @@ class Worker:
 
     # --- applying results ------------------------------------------------------------
 
+    def _finish(
+        self,
+        running: _Running,
+        node: CompiledNode | None,
+        rendered: str,
+        fields: list[Any],
+        started: float,
+    ) -> None:
+        """Count a finished attempt and hand its result to the completer."""
+        self._observe(running, node, fields, started)
+        item = running.item
+        args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration]
+        self._finished.append(
+            (item.shard, item.msg_id, [*args, *self._redact.fields([rendered, *fields])])
+        )
+        self._unapplied += 1
+        self._have_finished.set()
+
     async def _complete_loop(self) -> None:
         while True:
             raise_if_cancelling()
-            batch = [await self._done.get()]
-            while not self._done.empty() and len(batch) < 512:
-                batch.append(self._done.get_nowait())
+            if not self._finished:
+                self._have_finished.clear()
+                await self._have_finished.wait()
+                continue
+            batch = self._finished[:512]
+            del self._finished[:512]
             by_shard: dict[int, list[Any]] = defaultdict(list)
             for shard, _, args in batch:
                 by_shard[shard].extend(args)
-            await asyncio.gather(*(self._apply(s, a) for s, a in by_shard.items()))
+            if len(by_shard) == 1:
+                for s, a in by_shard.items():
+                    await self._apply(s, a)
+            else:
+                await asyncio.gather(*(self._apply(s, a) for s, a in by_shard.items()))
             for _, msg_id, _ in batch:
                 self._running.pop(msg_id, None)
-                self._done.task_done()
-            await self._release(len(batch))
+            self._release(len(batch))
+            self._unapplied -= len(batch)
+            if not self._unapplied:
+                self._all_applied.set()
 
     async def _apply(self, shard: int, args: list[Any]) -> None:
         backoff = 0.05
@@ -496,7 +674,7 @@ class Worker:
             it = r.item
             if it.graph_id != gid or (node and (it.node != node or str(it.attempt) != attempt)):
                 continue
-            if not r.task.done():
+            if r.task is not None and not r.task.done():
                 loaded = self._graphs.cached(gid)
                 log.info(
                     "stopping %s/%s attempt %d",
@@ -547,6 +725,47 @@ def _node(loaded: LoadedGraph | None, item: WorkItem) -> CompiledNode | None:
     if loaded is None or loaded.compiled is None:
         return None
     return loaded.compiled.nodes.get(item.node)
+
+
+def _uncancel() -> int:
+    task = asyncio.current_task()
+    return task.uncancel() if task is not None else 0
+
+
+def _timeout(node: CompiledNode) -> NodeFailure:
+    return NodeFailure(
+        graph_pb2.ERROR_CLASS_TIMEOUT,
+        f"the attempt ran past its timeout of {node.attempt_timeout:g}s",
+        True,
+    )
+
+
+def _render(plan: _Plan, scope: dict[str, Any]) -> tuple[Any, str]:
+    """The node's input, and its JSON."""
+    try:
+        value = plan.node.inputs.render(scope)
+    except EvalError as e:
+        raise invalid(f"inputs: {e}") from None
+    return value, plan.static_input if plan.static_input is not None else dumps(value)
+
+
+def _succeeded(plan: _Plan, scope: dict[str, Any], rendered: Any, result: NodeResult) -> list[Any]:
+    """The complete.lua fields of an attempt whose handler returned ``result``."""
+    node = plan.node
+    output = result.value
+    if node.output:
+        data = {**scope, "result": result.value, "input": rendered}
+        try:
+            output = {name: expr.evaluate(data) for name, expr in node.output.items()}
+        except EvalError as e:
+            raise invalid(f"output: {e}") from None
+    if result.route is None and plan.edges is not None:
+        edges = plan.edges
+    else:
+        edges = ",".join(map(str, _taken(node, scope, output, result.route)))
+    usage = result.usage.to_arg() if result.usage else ""
+    route = dumps(result.route) if result.route else ""
+    return ["ok", dumps(output), edges, usage, route, "", 0]
 
 
 def _taken(
