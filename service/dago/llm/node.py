@@ -48,8 +48,10 @@ class DeltaCoalescer:
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
+        self._flushing = False
         self.events = 0
-        self._task = asyncio.create_task(self._run())
+        # Started by the first delta: a call without text (structured output) needs none.
+        self._task: asyncio.Task[None] | None = None
 
     def add(self, text: str) -> None:
         """Buffer one delta (called synchronously by the provider)."""
@@ -60,6 +62,8 @@ class DeltaCoalescer:
         self._pending.set()
         if self._size >= self.max_chars:
             self._full.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -83,23 +87,36 @@ class DeltaCoalescer:
         self._size = 0
         self._last = time.monotonic()
         self.events += 1
+        self._flushing = True
         try:
             await self._emit([("llm_delta", json.dumps({"text": text}, ensure_ascii=False))])
         except Exception as e:  # deltas are progress, not state: a lost one must not fail the node
             log.warning("could not record an llm_delta event: %s", e)
+        finally:
+            self._flushing = False
 
     async def close(self) -> None:
-        """Flush what is buffered and stop."""
+        """Flush what is buffered, at once, and stop."""
         self._closing = True
-        self._pending.set()
-        # Wake a flusher waiting out the interval: the end is flushed at once (without this,
-        # every LLM node waited up to 50 ms after its model had answered).
-        self._full.set()
-        await self._task
+        task = self._task
+        if task is not None and not task.done():
+            if self._flushing:
+                # An event is being written: the flusher writes the rest right after it (in
+                # order), without waiting out the interval.
+                self._pending.set()
+                self._full.set()
+                await task
+                return
+            # The flusher is waiting (for deltas or out the interval), not writing: stop it
+            # and write the rest from here, without a hop through its task. (Waiting out the
+            # interval here cost every LLM node up to 50 ms after its model had answered.)
+            task.cancel()
+        await self._flush()
 
     def abort(self) -> None:
         """Stop without flushing (the attempt failed or was cancelled)."""
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 def _text(value: Any) -> str:

@@ -72,14 +72,20 @@ class PriceTable:
                     float(row.get("cache_read", 0)),
                 )
         self._warned: set[str] = set()
+        self._found: dict[str, Price | None] = {}
 
     def price(self, model: str) -> Price | None:
         """The price of ``model`` (longest matching key), or None."""
+        if model in self._found:
+            return self._found[model]
         best = ""
         for key in self._prices:
             if model.startswith(key) and len(key) > len(best):
                 best = key
-        return self._prices[best] if best else None
+        found = self._prices[best] if best else None
+        if len(self._found) < 1024:  # model names come from answers: keep the memo bounded
+            self._found[model] = found
+        return found
 
     def cost(self, model: str, usage: TokenUsage) -> float:
         """The cost of ``usage`` on ``model`` in USD (0 for an unknown model)."""
