@@ -312,24 +312,38 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             resp.next_page_token = _encode_token(page[-1])
         return resp
 
-    @guard_stream
     async def WatchGraph(
         self, request: orchestrator_pb2.WatchGraphRequest, context: Ctx
     ) -> AsyncIterator[orchestrator_pb2.WatchGraphResponse]:
-        """Replay from the cursor, then follow; ends after the terminal event."""
+        """``watch_graph`` as messages (the server sends ``watch_graph``'s bytes as they are;
+        see ``server.register``)."""
+        async for raw in self.watch_graph(request, context):
+            yield orchestrator_pb2.WatchGraphResponse.FromString(raw)
+
+    @guard_stream
+    async def watch_graph(
+        self, request: orchestrator_pb2.WatchGraphRequest, context: Ctx
+    ) -> AsyncIterator[bytes]:
+        """WatchGraph: replay from the cursor, then follow; ends after the terminal event.
+        Yields each ``WatchGraphResponse`` serialized (the watchers of a graph share them)."""
         shard = self._shard(request.graph_id)
-        if request.after_seq < 0:
+        after = request.after_seq
+        if after < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
-        state, seq, ns = await self._store.graph_fields(
-            shard, request.graph_id, "state", "seq", "ns"
-        )
-        if state is None:
-            raise errors.not_found("graph", request.graph_id)
-        self._owned(request.graph_id, ns)
-        if int(state) in TERMINAL_STATES and request.after_seq >= int(seq or 0):
-            return
-        async for ev in self._hub.watch(shard, request.graph_id, request.after_seq):
-            yield orchestrator_pb2.WatchGraphResponse(event=ev)
+        graph_id = request.graph_id
+
+        async def check(count: int) -> list[tuple[int, dict[bytes, bytes]]] | None:
+            state, seq, ns, entries = await _watch_start(self._store, shard, graph_id, after, count)
+            if state is None:
+                raise errors.not_found("graph", graph_id)
+            self._owned(graph_id, ns)
+            if int(state) in TERMINAL_STATES and after >= int(seq or 0):
+                return None
+            return entries
+
+        async for batch in self._hub.watch(shard, graph_id, after, check):
+            for raw in batch:
+                yield raw
 
     @guard
     async def ListGraphEvents(
@@ -503,6 +517,22 @@ def _decode_seq_token(token: str) -> int:
         return int(base64.urlsafe_b64decode(token).decode().removeprefix("e:"))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise errors.invalid_field("page_token", "is not a token this API returned") from None
+
+
+async def _watch_start(
+    store: Store, shard: int, graph_id: str, after: int, count: int
+) -> tuple[bytes | None, bytes | None, bytes | None, list[tuple[int, dict[bytes, bytes]]]]:
+    """A graph's state, seq and namespace, and with ``count`` its first ``count`` events
+    after ``after``: one round trip (the keys share the graph's slot)."""
+    gk = store.keys.shard(shard).graph(graph_id)
+    if not count:
+        state, seq, ns = await store.redis.hmget(gk.meta, "state", "seq", "ns")
+        return state, seq, ns, []
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hmget(gk.meta, "state", "seq", "ns")
+    pipe.xrange(gk.events, min=f"0-{after + 1}", max="+", count=count)
+    (state, seq, ns), found = await pipe.execute()
+    return state, seq, ns, [(int(mid.split(b"-")[1]), fields) for mid, fields in found]
 
 
 def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +29,40 @@ LIVENESS = "liveness"
 """Health service name that is SERVING from start to stop whatever Redis and the workers do:
 for liveness probes (Kubernetes' `grpc: {service: liveness}`), which must not restart an API
 whose dependencies are down; "" and the API's own name report readiness."""
+
+
+def register(orchestrator: Orchestrator, server: grpc.aio.Server) -> None:
+    """Add the OrchestratorService to ``server`` as the generated code does, except that
+    WatchGraph runs ``Orchestrator.watch_graph``, whose messages are already serialized
+    (a graph's events are encoded once for all its watchers): no response serializer."""
+    capture = _Capture()
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+        orchestrator, cast(grpc.aio.Server, capture)
+    )
+    handlers = dict(capture.handlers)
+    handlers["WatchGraph"] = grpc.unary_stream_rpc_method_handler(
+        orchestrator.watch_graph,
+        request_deserializer=handlers["WatchGraph"].request_deserializer,
+        response_serializer=None,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class _Capture:
+    """Stands in for a server to collect the generated method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, _: Any) -> None:
+        """Ignored: ``register`` adds its own."""
+
+    def add_registered_method_handlers(
+        self, _: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        """Keep the handlers."""
+        self.handlers = handlers
 
 
 class ApiServer:
@@ -68,7 +103,7 @@ class ApiServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self._orchestrator, server)
+        register(self._orchestrator, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)

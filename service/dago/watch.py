@@ -1,11 +1,18 @@
 """Live event streams for WatchGraph.
 
-The event log in Redis is the only source of truth: a watcher always reads
-it with XRANGE from its cursor. What this module adds is the wake-up: the
-Lua scripts append the graph id to a per-shard ``notify`` stream whenever a
-graph's log grows, and one reader per shard (per process) tails it and wakes
-the local watchers of that graph. A missed wake-up costs at most one
-heartbeat interval, never an event.
+The event log in Redis is the only source of truth: every event a watcher sends was read
+with XRANGE from the graph's log, in seq order, from the watcher's cursor. What this module
+adds is the wake-up and the sharing:
+
+- The Lua scripts append the graph id to a per-shard ``notify`` stream whenever a graph's
+  log grows; one reader per shard (per process) tails it and wakes the local watchers of
+  that graph. A missed wake-up costs at most one heartbeat interval, never an event: a
+  watcher re-reads the log after every heartbeat.
+- The watchers of one graph in this process share a :class:`_Feed`: a window of the
+  graph's log already read and encoded (serialized ``WatchGraphResponse`` bytes). One
+  XRANGE and one encoding per event serve every watcher of the graph; a watcher behind
+  the window (it started from an older cursor, or lagged) reads on its own until it
+  reaches the window.
 """
 
 from __future__ import annotations
@@ -13,27 +20,115 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from dago.events import TERMINAL, decode, heartbeat
+from dago.events import TERMINAL_KINDS, encode, encode_heartbeat, graph_prefix
 from dago.store import Store, raise_if_cancelling
-from dago.v1 import execution_pb2
 
 log = logging.getLogger("dago.watch")
 
-PAGE = 500
+PAGE = 1000
+"""Events per XRANGE of a feed (one read serves every watcher of the graph)."""
+BATCH = 256
+"""Events a watcher takes at a time (what a watcher whose client reads nothing holds), and
+the page of a watcher reading on its own."""
+WINDOW = 8192
+WINDOW_BYTES = 4 << 20
+"""A feed keeps at most this many encoded events and bytes; past either the oldest half is
+dropped (watchers still behind it read on their own)."""
+DONE_GRAPHS = 256
+DONE_BYTES = 8 << 20
+"""Complete logs of finished graphs kept after their last watcher left (an immutable log,
+replayed again by the next watcher without reading or encoding it again): at most this many
+graphs and bytes."""
+
+Entries = list[tuple[int, dict[bytes, bytes]]]
+
+
+class _Feed:
+    """The part of one graph's log read so far for the local watchers, encoded."""
+
+    __slots__ = (
+        "base",
+        "events",
+        "fetching",
+        "gen",
+        "graph_id",
+        "prefix",
+        "read_gen",
+        "shard",
+        "size",
+        "terminal",
+        "waiters",
+        "watchers",
+    )
+
+    def __init__(self, shard: int, graph_id: str, cursor: int) -> None:
+        self.shard = shard
+        self.graph_id = graph_id
+        self.prefix = graph_prefix(graph_id)
+        self.base = cursor  # seq of the event before events[0]
+        self.events: list[bytes] = []
+        self.size = 0  # bytes in events
+        self.terminal = False  # events ends with the graph's terminal event
+        # Wake-ups seen (gen) and the value of gen when the log was last read to its end
+        # (read_gen): the log may have grown since when they differ.
+        self.gen = 1
+        self.read_gen = 0
+        self.fetching: asyncio.Future[None] | None = None
+        self.waiters: set[asyncio.Future[bool]] = set()
+        self.watchers = 0
+
+    @property
+    def end(self) -> int:
+        """Seq of the last event read."""
+        return self.base + len(self.events)
+
+    def wake(self) -> None:
+        """The log grew (or may have): wake the watchers waiting at its end."""
+        self.gen += 1
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_result(True)
+        self.waiters.clear()
+
+    def add(self, graph_id: str, entries: Entries) -> None:
+        """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
+        out = self.events
+        size = self.size
+        for seq, fields in entries:
+            if seq <= self.end:
+                continue
+            if seq != self.end + 1:  # cannot happen with a gap-free log; stay correct anyway
+                out = self.events = []
+                size = 0
+                self.base = seq - 1
+            raw = encode(graph_id, seq, fields, self.prefix)
+            out.append(raw)
+            size += len(raw)
+            if fields[b"t"] in TERMINAL_KINDS:
+                self.terminal = True
+                break
+        if len(out) > WINDOW or size > WINDOW_BYTES:
+            drop = len(out) // 2
+            size -= sum(len(x) for x in out[:drop])
+            del out[:drop]
+            self.base += drop
+        self.size = size
 
 
 class EventHub:
-    """Wakes local watchers when their graph's event log grows."""
+    """Wakes local watchers when their graph's event log grows, and shares what they read."""
 
     def __init__(self, store: Store, heartbeat_ms: int, cluster: bool) -> None:
         self._store = store
         self._heartbeat = heartbeat_ms / 1000
         shards = list(range(store.keys.shards))
         self._groups = [[s] for s in shards] if cluster else [shards]
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._feeds: dict[str, _Feed] = {}
+        self._done: OrderedDict[str, _Feed] = OrderedDict()
+        self._done_bytes = 0
 
     async def run(self) -> None:
         """Tail the notify streams until cancelled."""
@@ -43,47 +138,166 @@ class EventHub:
 
     async def _tail(self, shards: list[int]) -> None:
         keys = [self._store.keys.shard(s).notify for s in shards]
+        feeds = self._feeds
         async for fields in self._store.follow(keys, block_ms=5000):
             if fields is None:
                 self._wake_all()  # wake-ups may have been missed: every watcher re-reads
                 continue
-            for ev in self._waiters.get(fields[b"g"].decode(), ()):
-                ev.set()
+            feed = feeds.get(fields[b"g"].decode())
+            if feed is not None:
+                feed.wake()
 
     def _wake_all(self) -> None:
-        for waiters in self._waiters.values():
-            for ev in waiters:
-                ev.set()
+        for feed in self._feeds.values():
+            feed.wake()
+
+    async def _read(self, shard: int, graph_id: str, after: int, count: int) -> Entries:
+        return await self._store.events(shard, graph_id, after, count)
+
+    async def _extend(self, feed: _Feed, first: Callable[[], Awaitable[Entries]] | None) -> None:
+        """Read the log after the feed's end (one page); concurrent callers share one read."""
+        if feed.fetching is not None:
+            await asyncio.shield(feed.fetching)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        feed.fetching = done
+        gen = feed.gen
+        try:
+            if first is not None:
+                entries = await first()
+            else:
+                entries = await self._read(feed.shard, feed.graph_id, feed.end, PAGE)
+            feed.add(feed.graph_id, entries)
+            # A full page may have more behind it; a wake-up during the read may too.
+            feed.read_gen = gen if len(entries) < PAGE else 0
+        finally:
+            feed.fetching = None
+            done.set_result(None)
+
+    async def _wait(self, feed: _Feed) -> bool:
+        """Wait for a wake-up of the feed; False after a heartbeat interval without one."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        feed.waiters.add(fut)
+        timer = loop.call_later(self._heartbeat, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            feed.waiters.discard(fut)
 
     async def watch(
-        self, shard: int, graph_id: str, after_seq: int
-    ) -> AsyncIterator[execution_pb2.Event]:
-        """Events after ``after_seq``: the stored ones, then new ones as they come,
-        heartbeats while idle; ends after the terminal event."""
-        wake = asyncio.Event()
-        self._waiters[graph_id].add(wake)
+        self,
+        shard: int,
+        graph_id: str,
+        after_seq: int,
+        check: Callable[[int], Awaitable[Entries | None]],
+    ) -> AsyncIterator[list[bytes]]:
+        """Events after ``after_seq`` in batches of serialized ``WatchGraphResponse``: the
+        stored ones, then new ones as they come, heartbeats while idle; ends after the
+        terminal event.
+
+        ``check(count)`` is awaited once, before anything is sent: it raises when the
+        graph may not be watched, returns None when there is nothing to send, else the
+        first ``count`` stored events after ``after_seq`` (``count`` is 0 when this
+        process already reads the graph's log: the caller can then skip the read)."""
+        feed = self._feeds.get(graph_id)
+        if feed is None:
+            feed = self._done.pop(graph_id, None)
+            if feed is not None:
+                self._done_bytes -= feed.size
+            else:
+                feed = _Feed(shard, graph_id, after_seq)
+            self._feeds[graph_id] = feed
+        feed.watchers += 1
         cursor = after_seq
         try:
+            if feed.end == after_seq and feed.fetching is None and feed.read_gen != feed.gen:
+                # Nothing read yet at this cursor: check and read the first page at once.
+                checked = False
+
+                async def first() -> Entries:
+                    nonlocal checked
+                    entries = await check(PAGE)
+                    checked = True
+                    if entries is None:
+                        raise _NothingToSend
+                    return entries
+
+                try:
+                    await self._extend(feed, first)
+                except _NothingToSend:
+                    return
+                if not checked and await check(0) is None:  # another watcher's read ran
+                    return
+            elif await check(0) is None:
+                return
             while True:
                 raise_if_cancelling()
-                # Clear before reading: a wake-up during the read makes the next wait return.
-                wake.clear()
-                events = await self._store.events(shard, graph_id, cursor, PAGE)
-                for seq, fields in events:
-                    cursor = seq
-                    ev = decode(graph_id, seq, fields)
-                    yield ev
-                    if ev.WhichOneof("payload") in TERMINAL:
-                        return
-                if len(events) == PAGE:
+                if cursor < feed.base:
+                    # Behind the shared window: read on our own up to it.
+                    entries = await self._read(shard, graph_id, cursor, BATCH)
+                    batch, last, ended = _encode_until(graph_id, entries, feed.base, feed.prefix)
+                    if batch:
+                        cursor = last
+                        yield batch
+                        if ended:
+                            return
+                    else:
+                        cursor = feed.base  # nothing stored below the window
                     continue
-                try:
-                    await asyncio.wait_for(wake.wait(), self._heartbeat)
-                except TimeoutError:
-                    yield heartbeat(graph_id, cursor, int(time.time() * 1000))
+                if cursor < feed.end:
+                    start = cursor - feed.base
+                    batch = feed.events[start : start + BATCH]
+                    cursor += len(batch)
+                    yield batch
+                    continue
+                if feed.terminal:
+                    return
+                if feed.read_gen != feed.gen or feed.fetching is not None:
+                    await self._extend(feed, None)
+                    continue
+                if not await self._wait(feed):
+                    yield [encode_heartbeat(graph_id, cursor, int(time.time() * 1000))]
+                    feed.read_gen = 0  # re-read after every heartbeat: wake-ups can be lost
         finally:
-            waiters = self._waiters.get(graph_id)
-            if waiters is not None:
-                waiters.discard(wake)
-                if not waiters:
-                    del self._waiters[graph_id]
+            feed.watchers -= 1
+            if not feed.watchers and self._feeds.get(graph_id) is feed:
+                del self._feeds[graph_id]
+                self._keep(feed)
+
+    def _keep(self, feed: _Feed) -> None:
+        """Keep a finished graph's complete log for the next watcher (see DONE_GRAPHS)."""
+        if not (feed.terminal and feed.base == 0 and feed.size <= DONE_BYTES // 4):
+            return
+        feed.waiters.clear()
+        self._done[feed.graph_id] = feed
+        self._done_bytes += feed.size
+        while len(self._done) > DONE_GRAPHS or self._done_bytes > DONE_BYTES:
+            _, old = self._done.popitem(last=False)
+            self._done_bytes -= old.size
+
+
+class _NothingToSend(Exception):
+    """The watch check found nothing to send (the graph ended before the cursor)."""
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+def _encode_until(
+    graph_id: str, entries: Entries, limit: int, prefix: bytes
+) -> tuple[list[bytes], int, bool]:
+    """Encode entries up to seq ``limit``; (batch, last seq, whether it ended the log)."""
+    out: list[bytes] = []
+    last = 0
+    for seq, fields in entries:
+        if seq > limit:
+            break
+        out.append(encode(graph_id, seq, fields, prefix))
+        last = seq
+        if fields[b"t"] in TERMINAL_KINDS:
+            return out, last, True
+    return out, last, False
