@@ -1,0 +1,145 @@
+"""WatchGraph's read path: encoded events equal decoded ones, the watchers of one graph share
+one read of its log, and every watcher still gets the whole log in order, whatever its
+cursor, also when it falls behind the shared window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from dago import watch
+from dago.events import decode, encode, graph_prefix
+from dago.v1 import execution_pb2, orchestrator_pb2
+from harness import InProcessStack, echo, edge, kinds, request, stack_settings, watch_raw
+from redisfixture import RedisServer
+
+GID = "3-01JDXXXXXXXXXXXXXXXXXXXXXX"
+
+
+def _j(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+STORED: list[dict[bytes, bytes]] = [
+    {b"t": b"graph_submitted", b"ts": b"1732666666000", b"d": _j({"name": "g", "entries": ["a"]})},
+    {b"t": b"graph_started", b"ts": b"1732666666001"},
+    {b"t": b"node_started", b"ts": b"1732666666002", b"n": b"a", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"w": "worker-1"})},
+    {b"t": b"node_started", b"ts": b"1732666666002", b"n": b"a", b"a": b"2", b"i": b"3"}
+    | {b"d": _j({"w": "w", "r": True})},
+    {b"t": b"node_completed", b"ts": b"1732666666003", b"n": b"a", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"o": {"x": 1, "y": [1.5, "s", None, {}]}, "ms": 5, "u": {"i": 3, "c": 0.5}})},
+    {b"t": b"node_completed", b"ts": b"0", b"n": b"", b"a": b"0", b"i": b"0", b"d": _j({})},
+    {b"t": b"llm_delta", b"ts": b"1732666666004", b"n": b"l", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"text": "h\u00e9llo \u2603"})},
+    {b"t": b"llm_delta", b"ts": b"1732666666004", b"n": b"l", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"text": ""})},
+    {b"t": b"node_skipped", b"ts": b"1732666666999", b"n": b"x", b"a": b"0", b"i": b"0"},
+    {b"t": b"node_cancelled", b"ts": b"1732666666999", b"n": b"x", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"reason": "cancelled by a client"})},
+    {b"t": b"router_decision", b"ts": b"1732666666009", b"n": b"r", b"a": b"1", b"i": b"2"}
+    | {b"d": _j({"route": "a", "targets": ["x"], "confidence": 0.5, "reason": "r"})},
+    {b"t": b"tool_call", b"ts": b"1732666666009", b"n": b"t", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"id": "c1", "tool": "t", "args": {"q": [1, 2]}})},
+    {b"t": b"tool_result", b"ts": b"1732666666009", b"n": b"t", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"id": "c1", "tool": "t", "result": "ok"})},
+    {b"t": b"usage", b"ts": b"1732666666009", b"n": b"l", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"u": {"i": 10, "o": 20}, "provider": "anthropic", "model": "m"})},
+    {b"t": b"loop_iteration", b"ts": b"1732666666009", b"n": b"h", b"a": b"1", b"i": b"300"}
+    | {b"d": _j({"iteration": 300, "from": "z", "exhausted": True})},
+    {b"t": b"node_retrying", b"ts": b"1732666666009", b"n": b"a", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"e": {"c": 2, "m": "429", "r": True}, "b": 250, "n": 2})},
+    {b"t": b"node_failed", b"ts": b"1732666666009", b"n": b"a", b"a": b"3", b"i": b"0"}
+    | {b"d": _j({"e": {"c": 3, "m": "bad"}})},
+    {b"t": b"node_dead_lettered", b"ts": b"1732666666009", b"n": b"a", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"e": {"c": 2, "m": "x"}, "n": 5, "id": "1732666666009-0"})},
+    {b"t": b"node_requeued", b"ts": b"1732666666010", b"n": b"a", b"a": b"1", b"i": b"0"}
+    | {b"d": _j({"id": "1732666666009-0"})},
+    {b"t": b"graph_cancelled", b"ts": b"1732666666999", b"d": _j({"reason": "by a client"})},
+    {b"t": b"graph_failed", b"ts": b"1732666666009", b"d": _j({"e": {"c": 2, "m": "x"}, "n": "a"})},
+    {b"t": b"graph_completed", b"ts": b"1732666666009", b"d": _j({"u": {"i": 1, "o": 2}})},
+]
+
+
+@pytest.mark.parametrize("fields", STORED, ids=[f[b"t"].decode() for f in STORED])
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 100_000, 2**40])
+def test_encoded_event_is_the_decoded_event(fields: dict[bytes, bytes], seq: int) -> None:
+    want = orchestrator_pb2.WatchGraphResponse(event=decode(GID, seq, fields))
+    got = orchestrator_pb2.WatchGraphResponse.FromString(encode(GID, seq, fields))
+    assert got == want
+    shared = encode(GID, seq, fields, graph_prefix(GID))
+    assert orchestrator_pb2.WatchGraphResponse.FromString(shared) == want
+    assert got.event.WhichOneof("payload") == fields[b"t"].decode()
+
+
+def _fan(width: int) -> orchestrator_pb2.SubmitGraphRequest:
+    mids = [echo(f"m{i}") for i in range(width)]
+    edges = [edge("src", f"m{i}") for i in range(width)]
+    edges += [edge(f"m{i}", "sink") for i in range(width)]
+    return request([echo("src"), *mids, echo("sink")], edges)
+
+
+async def _xranges(url: str) -> int:
+    r = aioredis.Redis.from_url(url)
+    try:
+        stats = await r.info("commandstats")
+        return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+    finally:
+        await r.aclose()
+
+
+async def test_watchers_of_a_graph_share_one_read(private_redis: RedisServer) -> None:
+    settings = stack_settings(private_redis.url, "wshare")
+    async with InProcessStack(settings) as stack:
+        gid, st = await stack.client.run(_fan(60))
+        assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+        stored = await stack.client.history(gid)
+        assert len(stored) > 120
+
+        before = await _xranges(private_redis.url)
+        seen = await asyncio.gather(*(stack.client.watch(gid) for _ in range(40)))
+        reads = await _xranges(private_redis.url) - before
+        for events in seen:
+            assert events == stored
+        # Each watcher alone would read the log at least once; together they share reads
+        # (at most a few: watchers that started while the first read was in flight).
+        assert reads <= 5, reads
+
+        # From any cursor: exactly the events after it.
+        cursors = [0, 1, len(stored) // 2, len(stored) - 1]
+        tails = await asyncio.gather(*(stack.client.watch(gid, after_seq=c) for c in cursors))
+        for c, events in zip(cursors, tails, strict=True):
+            assert events == stored[c:]
+        assert await watch_raw(stack.client, gid, after_seq=len(stored)) == []
+
+
+async def test_live_watchers_behind_a_small_window_get_everything(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window and pages far smaller than the log: watchers fall behind the shared window,
+    # read on their own up to it, and join it again.
+    monkeypatch.setattr(watch, "PAGE", 7)
+    monkeypatch.setattr(watch, "BATCH", 3)
+    monkeypatch.setattr(watch, "WINDOW", 10)
+    settings = stack_settings(private_redis.url, "wsmall")
+    async with InProcessStack(settings, workers=2) as stack:
+        gid = await stack.client.submit(_fan(40))
+        early = [asyncio.create_task(stack.client.watch(gid)) for _ in range(5)]
+        late = []
+        for c in (0, 5, 30):
+            await asyncio.sleep(0.01)
+            late.append(asyncio.create_task(stack.client.watch(gid, after_seq=c)))
+        await stack.client.wait(gid)
+        stored = await stack.client.history(gid)
+        assert kinds(stored)[-1] == "graph_completed"
+        for t in early:
+            assert await t == stored
+        for c, t in zip((0, 5, 30), late, strict=True):
+            assert await t == stored[c:]
+        # A finished graph's log is replayed by new watchers too.
+        again = await asyncio.gather(*(stack.client.watch(gid, after_seq=c) for c in (0, 9)))
+        assert again == [stored, stored[9:]]
