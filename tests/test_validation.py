@@ -127,6 +127,13 @@ def topo(compiled: CompiledGraph, name: str) -> dict[str, Any]:
     return value
 
 
+def out_edges(compiled: CompiledGraph, node: str) -> list[list[Any]]:
+    """The node's outgoing edges from the topology's text: [index, to, back, owner, single]."""
+    text = compiled.topology[">" + node]
+    rows = [e.split(",") for e in text.split(";")] if text else []
+    return [[int(i), to, int(b), int(o), int(one)] for i, to, b, o, one in rows]
+
+
 # --- a valid graph ----------------------------------------------------------------------------
 
 
@@ -175,9 +182,13 @@ def test_diamond_compiles_with_entries_sinks_refs_and_topology(cel: CelCompiler)
     ta, tb, td = topo(c, "a"), topo(c, "b"), topo(c, "d")
     assert ta["k"] == "tool"
     assert (ta["in"], ta["j"]) == (0, 0)
-    assert ta["o"] == [[0, "b", 0, 0], [1, "c", 0, 0]]
-    assert (tb["in"], tb["o"]) == (1, [[2, "d", 0, 0]])
-    assert (td["in"], td["j"], td["o"]) == (2, 1, [])
+    assert ta["in"] == 0
+    assert tb["in"] == 1
+    assert (td["in"], td["j"]) == (2, 1)
+    # Outgoing edges as text: index,to,back,owner,single (b and c have one way in, d two).
+    assert c.topology[">a"] == "0,b,0,0,1;1,c,0,0,1"
+    assert c.topology[">b"] == "2,d,0,0,0"
+    assert c.topology[">d"] == ""
     assert (ta["ma"], ta["ib"], ta["mb"], ta["mu"]) == (1, 1000, 60000, 2.0)
     assert not [k for k in c.topology if k.startswith("b:")], "no loop, no back edge entry"
 
@@ -427,7 +438,7 @@ def test_a_self_loop_does_not_hide_an_entry_node(cel: CelCompiler) -> None:
     assert c.entries == ["a"]
     assert [(e.to, e.back) for e in c.nodes["a"].out_edges] == [("a", True), ("b", False)]
     assert topo(c, "a")["in"] == 0
-    assert topo(c, "a")["o"] == [[0, "a", 1, 0], [1, "b", 0, 1]]
+    assert out_edges(c, "a") == [[0, "a", 1, 0, 0], [1, "b", 0, 1, 0]]
     assert topo(c, "b:0") == {"h": "a", "s": "a", "body": ["a"], "ie": [], "x": [[1, "b"]]}
     # ...but another node pointing at it does.
     g2 = graph([tool("s"), tool("a", maxIterations=3)], [edge("s", "a"), edge("a", "a")])
@@ -472,7 +483,7 @@ def test_a_bounded_cycle_compiles_with_its_back_edge(cel: CelCompiler) -> None:
     }
     assert topo(c, "b")["in"] == 1  # the back edge is not a forward in-edge
     assert topo(c, "b")["mx"] == 3
-    assert topo(c, "c")["o"] == [[2, "b", 1, 0], [3, "d", 0, 3]]
+    assert out_edges(c, "c") == [[2, "b", 1, 0, 0], [3, "d", 0, 3, 0]]
     assert topo(c, "d")["in"] == 1
     assert topo(c, "b:2") == {"h": "b", "s": "c", "body": ["b", "c"], "ie": [1], "x": [[3, "d"]]}
     assert sorted(k for k in c.topology if k.startswith("b:")) == ["b:2"]
@@ -533,9 +544,9 @@ def test_nested_loops_exit_edges_belong_to_the_outermost_loop_they_leave(
         "x": [[6, "out"]],
     }
     # The 4th element of an out edge: the owning loop's back-edge index + 1 (0: not an exit).
-    assert topo(c, "w")["o"] == [[3, "h2", 1, 0], [4, "t", 0, 4], [6, "out", 0, 6]]
-    assert topo(c, "s")["o"] == [[0, "h1", 0, 0]]
-    assert topo(c, "t")["o"] == [[5, "h1", 1, 0]]
+    assert out_edges(c, "w") == [[3, "h2", 1, 0, 0], [4, "t", 0, 4, 0], [6, "out", 0, 6, 0]]
+    assert out_edges(c, "s") == [[0, "h1", 0, 0, 1]]
+    assert out_edges(c, "t") == [[5, "h1", 1, 0, 0]]
     assert {n: topo(c, n)["in"] for n in c.nodes} == {
         "s": 0,
         "h1": 1,

@@ -805,16 +805,18 @@ def _single(oe: OutEdge, owner: Mapping[int, int], shape: _Shape) -> bool:
 def _topology(
     nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: _Shape
 ) -> dict[str, str]:
-    """Per-node JSON for the Lua scripts; field names are short because Lua decodes them often.
+    """Per-node topology for the Lua scripts; field names are short because Lua decodes them.
 
-    Node fields: k kind, j join (0 all, 1 any), mx max_iterations, in forward
-    in-degree, o outgoing edges [index, to, back(0/1), owning loop + 1 for an
-    exit edge else 0, single(0/1): the only forward edge into ``to`` and not a loop
-    exit, so it fires or skips ``to`` with no join bookkeeping], and the retry
-    policy for timeouts the sweeper handles
-    (ma attempts, ib/mb initial/max backoff ms, mu multiplier). Back edge
-    fields ``b:<index>``: h head, s source, body nodes, ie internal forward
-    edges, x exit edges [index, to] owned by this loop.
+    ``<node>`` (JSON): k kind, j join (0 all, 1 any), mx max_iterations, in forward
+    in-degree, and the retry policy for timeouts the sweeper handles (ma attempts,
+    ib/mb initial/max backoff ms, mu multiplier). ``><node>`` (plain text, read for
+    every node a script completes, where decoding JSON numbers cost Redis more than
+    the rest of the transition): the outgoing edges as ``index,to,back,owner,single``
+    joined by ``;`` — back 0/1; owner the owning loop + 1 for an exit edge, else 0;
+    single 1 for the only forward edge into ``to`` that is no loop's exit, which fires
+    or skips ``to`` with no join bookkeeping. Back edge fields ``b:<index>``: h head,
+    s source, body nodes, ie internal forward edges, x exit edges [index, to] owned
+    by this loop.
     """
     topo: dict[str, str] = {}
     # Each exit edge belongs to the outermost loop it leaves: only that loop's
@@ -837,22 +839,17 @@ def _topology(
                 "j": 1 if cn.proto.join == graph_pb2.JOIN_MODE_ANY else 0,
                 "mx": cn.proto.max_iterations,
                 "in": len(shape.forward_in[nid]),
-                "o": [
-                    [
-                        oe.index,
-                        oe.to,
-                        1 if oe.back else 0,
-                        owner.get(oe.index, 0),
-                        1 if _single(oe, owner, shape) else 0,
-                    ]
-                    for oe in cn.out_edges
-                ],
                 "ma": r.max_attempts,
                 "ib": int(r.initial_backoff * 1000),
                 "mb": int(r.max_backoff * 1000),
                 "mu": r.multiplier,
             },
             separators=(",", ":"),
+        )
+        topo[f">{nid}"] = ";".join(
+            f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"
+            f"{1 if _single(oe, owner, shape) else 0}"
+            for oe in cn.out_edges
         )
     for b, body in shape.bodies.items():
         src, head, _ = next(e for e in edges if e[2] == b)

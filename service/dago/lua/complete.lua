@@ -27,8 +27,7 @@ for i = 3, #ARGV, 13 do
   local v = nil
   if gs ~= nil and gs < G_COMPLETED then
     v = node_read(gid, node)
-    fenced = tonumber(v[1]) == RUNNING and tonumber(v[2]) == tonumber(attempt)
-      and tonumber(v[3]) == tonumber(iter)
+    fenced = v[1] == S_RUNNING and v[2] == attempt and v[3] == iter
   end
   if v and v[5] then
     local tm = timer_key('t', gid, node, iter, attempt)
@@ -80,13 +79,13 @@ for i = 3, #ARGV, 13 do
       emit(gid, 'node_completed', node, attempt, iter,
         '{"o":' .. output .. ',"u":' .. ujson .. ',"ms":' .. int(NOW - started) .. '}')
       local taken = {}
-      for x in string.gmatch(taken_s, '[^,]+') do taken[tonumber(x)] = true end
+      for x in string.gmatch(taken_s, '[^,]+') do taken[x] = true end
       if route ~= '' then
         -- route is the router's decision as JSON (route, reason, confidence); targets are added here.
         local rd = cjson.decode(route)
         redis.call('HSET', nk, node .. ':route', rd.route)
         local targets = {}
-        for _, e in ipairs(topo(gid, node).o) do
+        for _, e in ipairs(out_list(gid, node)) do
           if taken[e[1]] then targets[#targets + 1] = e[2] end
         end
         rd.targets = targets

@@ -20,7 +20,6 @@ for gid, nodes in pairs(by_graph(3, 9)) do
 end
 for i = 3, #ARGV, 9 do
   local mid, gid, node, attempt, iter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local deliveries = tonumber(ARGV[i + 5])
   local gk = gkey(gid)
   local g = steps[gid]
   local gs = graph_state(gid)
@@ -28,9 +27,9 @@ for i = 3, #ARGV, 9 do
   local v = nil
   if gs ~= nil and gs < G_COMPLETED then
     v = node_read(gid, node)
-    if tonumber(v[2]) == tonumber(attempt) and tonumber(v[3]) == tonumber(iter) then
-      st = tonumber(v[1])
-      if st ~= QUEUED and st ~= RUNNING then st = nil end
+    if v[2] == attempt and v[3] == iter then
+      st = v[1]
+      if st ~= S_QUEUED and st ~= S_RUNNING then st = nil end
     end
   end
   if st == nil then
@@ -39,7 +38,7 @@ for i = 3, #ARGV, 9 do
   else
     local nk = nkey(gid)
     local ok = true
-    local redelivered = (st == RUNNING)
+    local redelivered = (st == S_RUNNING)
     if not redelivered then
       if g[2] > 0 and g[1] + g[3] >= g[2] then
         ok = false
