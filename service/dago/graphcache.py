@@ -34,6 +34,11 @@ class LoadedGraph:
     """The W3C trace context of the graph's submission (its attempts' spans join it)."""
 
     @cached_property
+    def name(self) -> str:
+        """The graph's name ("" when it cannot be compiled here)."""
+        return self.compiled.proto.name if self.compiled is not None else ""
+
+    @cached_property
     def trace_id(self) -> str:
         """The trace id of ``traceparent`` ("" when none), for the logs of every attempt."""
         return trace_id_of(self.traceparent)

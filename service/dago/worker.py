@@ -210,14 +210,20 @@ class Worker:
 
     # --- slots -----------------------------------------------------------------------
 
-    async def _reserve(self) -> int:
+    async def _reserve(self, busy: bool) -> int:
         """Take up to a batch of free slots for a blocking read. The free slots are split
         between the readers and the reclaimer, so a reader waiting on a quiet shard cannot
-        starve the others."""
+        starve the others. A worker's only reader whose last read found work (``busy``)
+        takes all but an eighth: its read likely returns at once, and larger batches cost
+        fewer Redis calls per node (and fewer rounds for a wide fan-out)."""
         while self._free <= 0:
             self._freed.clear()
             await self._freed.wait()
-        n = min(self._settings.worker_batch, max(1, self._free // (len(self._groups) + 1)))
+        if busy and len(self._groups) == 1:
+            share = self._free - self._free // 8
+        else:
+            share = max(1, self._free // (len(self._groups) + 1))
+        n = min(self._settings.worker_batch, share)
         self._free -= n
         return n
 
@@ -236,12 +242,15 @@ class Worker:
 
     async def _read_loop(self, shards: list[int]) -> None:
         backoff = 0.1
+        busy = False
         while True:
             raise_if_cancelling()
-            n = await self._reserve()
+            n = await self._reserve(busy)
+            busy = False
             try:
                 items = await self._store.read_work(shards, self.id, n, block_ms=2000)
                 backoff = 0.1
+                busy = bool(items)
             except STORE_ERRORS as e:
                 self._release(n)
                 await self._recreate_groups(e)
@@ -362,11 +371,15 @@ class Worker:
                 continue
             inputs = json.loads(res[1]) if res[1] else {}
             outs = res[2]
-            nodes = {
-                outs[k].decode(): {"output": json.loads(outs[k + 1])}
-                for k in range(0, len(outs), 2)
-            }
-            name = loaded.compiled.proto.name if loaded and loaded.compiled else ""
+            nodes = (
+                {
+                    outs[k].decode(): {"output": json.loads(outs[k + 1])}
+                    for k in range(0, len(outs), 2)
+                }
+                if outs
+                else {}
+            )
+            name = loaded.name if loaded else ""
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
             running = _Running(item)
             self._running[item.msg_id] = running
@@ -596,9 +609,8 @@ class Worker:
         self._observe(running, node, fields, started)
         item = running.item
         args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration]
-        self._finished.append(
-            (item.shard, item.msg_id, [*args, *self._redact.fields([rendered, *fields])])
-        )
+        args += self._redact.fields([rendered, *fields])
+        self._finished.append((item.shard, item.msg_id, args))
         self._unapplied += 1
         self._have_finished.set()
 
