@@ -63,6 +63,8 @@ class _Running:
     deadline: float = _NO_DEADLINE
     """Loop time past which the attempt times out, while its handler runs in ``task``."""
     timed_out: bool = False
+    reported: bool = False
+    """Its result went to the completer."""
 
 
 @dataclass(slots=True, eq=False)
@@ -233,6 +235,12 @@ class Worker:
         self._free -= n
         return n
 
+    def _forget(self, msg_id: bytes) -> None:
+        """Drop an attempt that will not be applied and free its slot (still pending in
+        Redis, it is reclaimed after the lease)."""
+        if self._running.pop(msg_id, None) is not None:
+            self._release(1)
+
     def _release(self, n: int) -> None:
         if n:
             self._free += n
@@ -384,7 +392,12 @@ class Worker:
             running = _Running(item)
             self._running[item.msg_id] = running
             if plan is not None and plan.inline is not None and loaded is not None:
-                self._run_inline(running, loaded, plan, scope)
+                try:
+                    self._run_inline(running, loaded, plan, scope)
+                except Exception:  # a bug of ours: leave the item pending for reclaim
+                    log.exception("running %s/%s inline failed", item.graph_id, item.node)
+                    if not running.reported:
+                        self._forget(item.msg_id)
             else:
                 running.task = asyncio.create_task(self._observed(running, loaded, plan, scope))
         self._release(stale)
@@ -611,6 +624,7 @@ class Worker:
         args = [item.msg_id, item.graph_id, item.node, item.attempt, item.iteration]
         args += self._redact.fields([rendered, *fields])
         self._finished.append((item.shard, item.msg_id, args))
+        running.reported = True
         self._unapplied += 1
         self._have_finished.set()
 
