@@ -189,6 +189,10 @@ def test_diamond_compiles_with_entries_sinks_refs_and_topology(cel: CelCompiler)
     assert c.topology[">a"] == "0,b,0,0,1;1,c,0,0,1"
     assert c.topology[">b"] == "2,d,0,0,0"
     assert c.topology[">d"] == ""
+    # What starting each node reads (inputs? which outputs?) and its attempt timeout in ms.
+    assert c.topology["<a"] == "1|a|300000"
+    assert c.topology["<b"] == "0|a|300000"
+    assert c.topology["<d"] == "0|b,c|300000"
     assert (ta["ma"], ta["ib"], ta["mb"], ta["mu"]) == (1, 1000, 60000, 2.0)
     assert not [k for k in c.topology if k.startswith("b:")], "no loop, no back edge entry"
 

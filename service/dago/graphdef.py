@@ -814,9 +814,11 @@ def _topology(
     the rest of the transition): the outgoing edges as ``index,to,back,owner,single``
     joined by ``;`` — back 0/1; owner the owning loop + 1 for an exit edge, else 0;
     single 1 for the only forward edge into ``to`` that is no loop's exit, which fires
-    or skips ``to`` with no join bookkeeping. Back edge fields ``b:<index>``: h head,
-    s source, body nodes, ie internal forward edges, x exit edges [index, to] owned
-    by this loop.
+    or skips ``to`` with no join bookkeeping. ``<node>``: what starting the node reads,
+    ``need_inputs(0/1)|refs('*' or comma-separated node ids)|attempt timeout ms``, so a
+    script can start work items it reads itself (advance.lua). Back edge fields
+    ``b:<index>``: h head, s source, body nodes, ie internal forward edges, x exit edges
+    [index, to] owned by this loop.
     """
     topo: dict[str, str] = {}
     # Each exit edge belongs to the outermost loop it leaves: only that loop's
@@ -846,6 +848,10 @@ def _topology(
             },
             separators=(",", ":"),
         )
+        refs = cn.refs
+        need = "1" if refs.inputs or refs.all_inputs else "0"
+        names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
+        topo[f"<{nid}"] = f"{need}|{names}|{int(cn.attempt_timeout * 1000)}"
         topo[f">{nid}"] = ";".join(
             f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"
             f"{1 if _single(oe, owner, shape) else 0}"

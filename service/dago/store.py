@@ -35,6 +35,7 @@ SCRIPTS = (
     "submit",
     "start",
     "complete",
+    "advance",
     "sweep",
     "cancel",
     "reclaim",
@@ -99,7 +100,14 @@ def raise_if_cancelling() -> None:
 def _load_scripts() -> dict[str, str]:
     pkg = Path(__file__).parent / "lua"
     common = (pkg / "common.lua").read_text()
-    return {name: common + "\n" + (pkg / f"{name}.lua").read_text() for name in SCRIPTS}
+    # The node transitions are functions only the scripts that run them include (each
+    # function a script defines costs Redis a little on every call of that script).
+    transitions = (pkg / "transitions.lua").read_text()
+    out = {}
+    for name in SCRIPTS:
+        parts = [common, transitions] if name in ("start", "complete", "advance") else [common]
+        out[name] = "\n".join([*parts, (pkg / f"{name}.lua").read_text()])
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,21 @@ class Store:
         """Run complete.lua for a batch (13 fields per item)."""
         res = await self._run("complete", self.keys.shard(shard), [worker, *args])
         return [_s(x) for x in res]
+
+    async def advance(
+        self, shard: int, worker: str, want: int, lease_ms: int, args: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[WorkItem, list[Any]]]]:
+        """Run advance.lua: apply a batch of results (13 fields per item, as complete())
+        and take up to ``want`` new work items of the shard for ``worker``, started in the
+        same step. Each new item comes with what start() returns for it
+        (``[b"run" | b"stale", inputs, outputs]``), or ``[b"read", None, []]`` when the
+        worker must start it itself (its graph predates the start plans in the topology)."""
+        res = await self._run("advance", self.keys.shard(shard), [worker, want, lease_ms, *args])
+        items = [
+            (WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), 1), list(m[5:8]))
+            for m in res[1]
+        ]
+        return [_s(x) for x in res[0]], items
 
     async def sweep(self, shard: int, limit: int = 200) -> int:
         """Apply due timers of one shard; returns how many were due."""

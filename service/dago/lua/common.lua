@@ -130,10 +130,10 @@ local function node_set(gid, node, ...)
 end
 
 -- Groups a batch's items by graph: {gid = {node, ...}} for read_ahead.
-local function by_graph(first, stride)
+local function by_graph(A, first, stride)
   local g = {}
-  for i = first, #ARGV, stride do
-    local gid, node = ARGV[i + 1], ARGV[i + 2]
+  for i = first, #A, stride do
+    local gid, node = A[i + 1], A[i + 2]
     local l = g[gid]
     if l == nil then l = {}; g[gid] = l end
     l[#l + 1] = node
