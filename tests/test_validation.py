@@ -549,7 +549,7 @@ def test_nested_loops_exit_edges_belong_to_the_outermost_loop_they_leave(
     }
     # The 4th element of an out edge: the owning loop's back-edge index + 1 (0: not an exit).
     assert out_edges(c, "w") == [[3, "h2", 1, 0, 0], [4, "t", 0, 4, 0], [6, "out", 0, 6, 0]]
-    assert out_edges(c, "s") == [[0, "h1", 0, 0, 1]]
+    assert out_edges(c, "s") == [[0, "h1", 0, 0, 2]]  # into a loop: its iteration is read
     assert out_edges(c, "t") == [[5, "h1", 1, 0, 0]]
     assert {n: topo(c, n)["in"] for n in c.nodes} == {
         "s": 0,

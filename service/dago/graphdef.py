@@ -797,9 +797,13 @@ def _check_refs(
         check(expr.refs, f"{root}.output[{name}]", None)
 
 
-def _single(oe: OutEdge, owner: Mapping[int, int], shape: _Shape) -> bool:
-    """True for a forward edge that is its target's only one and no loop's exit."""
-    return not oe.back and owner.get(oe.index, 0) == 0 and len(shape.forward_in[oe.to]) == 1
+def _single(oe: OutEdge, owner: Mapping[int, int], shape: _Shape) -> int:
+    """1 for a forward edge that is its target's only one, no loop's exit, into a node in
+    no loop (the target is pending at iteration 1 until this edge fires it); 2 for such an
+    edge into a loop's body (the target's iteration must be read); else 0 (a join)."""
+    if oe.back or owner.get(oe.index, 0) != 0 or len(shape.forward_in[oe.to]) != 1:
+        return 0
+    return 2 if any(oe.to in body for body in shape.bodies.values()) else 1
 
 
 def _topology(
@@ -813,10 +817,11 @@ def _topology(
     every node a script completes, where decoding JSON numbers cost Redis more than
     the rest of the transition): the outgoing edges as ``index,to,back,owner,single``
     joined by ``;`` — back 0/1; owner the owning loop + 1 for an exit edge, else 0;
-    single 1 for the only forward edge into ``to`` that is no loop's exit, which fires
-    or skips ``to`` with no join bookkeeping. ``<node>``: what starting the node reads,
-    ``need_inputs(0/1)|refs('*' or comma-separated node ids)|attempt timeout ms``, so a
-    script can start work items it reads itself (advance.lua). Back edge fields
+    single 1 or 2 for the only forward edge into ``to`` that is no loop's exit, which
+    fires or skips ``to`` with no join bookkeeping (see _single). ``<node>``: what
+    starting the node reads, ``need_inputs(0/1)|refs('*' or comma-separated node
+    ids)|attempt timeout ms``, so a script can start work items it reads itself
+    (advance.lua). Back edge fields
     ``b:<index>``: h head, s source, body nodes, ie internal forward edges, x exit edges
     [index, to] owned by this loop.
     """
@@ -854,7 +859,7 @@ def _topology(
         topo[f"<{nid}"] = f"{need}|{names}|{int(cn.attempt_timeout * 1000)}"
         topo[f">{nid}"] = ";".join(
             f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"
-            f"{1 if _single(oe, owner, shape) else 0}"
+            f"{_single(oe, owner, shape)}"
             for oe in cn.out_edges
         )
     for b, body in shape.bodies.items():

@@ -281,7 +281,9 @@ local function end_graph(gid, state, etype, detail, err)
   if err then redis.call('HSET', gk, 'err', err) end
   index_move(gid, old, state)
   local nk = nkey(gid)
-  local ids = cjson.decode(redis.call('HGET', gk, 'ids'))
+  -- A graph completes when no node is open any more: nothing to cancel or skip.
+  local ids = {}
+  if state ~= G_COMPLETED then ids = cjson.decode(redis.call('HGET', gk, 'ids')) end
   local why = (state == G_CANCELLED) and 'graph cancelled' or 'graph failed'
   local stopped = false
   for _, node in ipairs(ids) do
@@ -330,15 +332,16 @@ end
 
 -- Edge resolution and join bookkeeping. `ready` collects nodes whose join may now fire:
 -- a node id (its join counters changed; each id is queued once until settle looks at it),
--- or {id, taken} for the only edge into a node outside any loop's exits (topology flag 1),
--- which fires or skips the node at once: such an edge resolves once per iteration (its
--- source's transition is fenced), so it needs neither a resolved-mark nor counters.
+-- or {id, taken, flag} for the only edge into a node that is no loop's exit (topology
+-- flag 1: the node is in no loop, 2: in a loop's body), which fires or skips the node at
+-- once: such an edge resolves once per iteration (its source's transition is fenced), so
+-- it needs neither a resolved-mark nor counters, and with flag 1 not even a read.
 -- Join counter increments are summed per node and applied when settle looks at it.
 local join_r, join_t, queued = {}, {}, {}
 
 local function resolve(gid, idx, to, taken, ready, single)
-  if single == '1' then
-    ready[#ready + 1] = {to, taken}
+  if single == '1' or single == '2' then
+    ready[#ready + 1] = {to, taken, single}
     return
   end
   if redis.call('HSETNX', nkey(gid), 'e:' .. idx, taken and 1 or 0) == 0 then return end
@@ -417,12 +420,21 @@ local function settle(gid, ready, loops)
       local nk = nkey(gid)
       if type(node) == 'table' then
         local to = node[1]
-        local v = redis.call('HMGET', nk, to .. ':s', to .. ':i')
-        if v[1] == S_PENDING then
+        if node[3] == '1' then
+          -- Outside every loop, the edge's target waits at iteration 1 for this edge alone.
           if node[2] then
-            dispatch(gid, to, 1, v[2])
+            dispatch(gid, to, '1', '1')
           else
             skip(gid, to, 'no incoming edge was taken', ready, loops)
+          end
+        else
+          local v = redis.call('HMGET', nk, to .. ':s', to .. ':i')
+          if v[1] == S_PENDING then
+            if node[2] then
+              dispatch(gid, to, '1', v[2])
+            else
+              skip(gid, to, 'no incoming edge was taken', ready, loops)
+            end
           end
         end
       else
