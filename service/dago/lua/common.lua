@@ -336,15 +336,17 @@ end
 -- flag 1: the node is in no loop, 2: in a loop's body), which fires or skips the node at
 -- once: such an edge resolves once per iteration (its source's transition is fenced), so
 -- it needs neither a resolved-mark nor counters, and with flag 1 not even a read.
--- Join counter increments are summed per node and applied when settle looks at it.
+-- Join counter increments are summed per node and applied when settle looks at it. Only a
+-- loop's exit edge can be resolved twice (taken inside the loop, then untaken by the loop's
+-- end, finish_loop): `exit` marks it resolved ('e:<index>') so the second time counts nothing.
 local join_r, join_t, queued = {}, {}, {}
 
-local function resolve(gid, idx, to, taken, ready, single)
+local function resolve(gid, idx, to, taken, ready, single, exit)
   if single == '1' or single == '2' then
     ready[#ready + 1] = {to, taken, single}
     return
   end
-  if redis.call('HSETNX', nkey(gid), 'e:' .. idx, taken and 1 or 0) == 0 then return end
+  if exit and redis.call('HSETNX', nkey(gid), 'e:' .. idx, taken and 1 or 0) == 0 then return end
   local k = gid .. '\0' .. to
   join_r[k] = (join_r[k] or 0) + 1
   if taken then join_t[k] = (join_t[k] or 0) + 1 end
@@ -357,7 +359,7 @@ end
 -- A loop that will not run again resolves the exits it deferred: untaken so far, untaken now.
 local function finish_loop(gid, b, ready)
   local L = topo(gid, 'b:' .. b)
-  for _, x in ipairs(L.x) do resolve(gid, x[1], x[2], false, ready) end
+  for _, x in ipairs(L.x) do resolve(gid, x[1], x[2], false, ready, nil, true) end
 end
 
 local function out_edges(gid, node, taken, ready, loops)
@@ -366,7 +368,7 @@ local function out_edges(gid, node, taken, ready, loops)
     if back == '1' then
       loops[#loops + 1] = {idx, taken[idx] == true}
     elseif taken[idx] then
-      resolve(gid, idx, to, true, ready, e[5])
+      resolve(gid, idx, to, true, ready, e[5], owner ~= '0')
     elseif owner == '0' then
       -- An exit edge untaken inside a loop waits for the loop's end (finish_loop).
       resolve(gid, idx, to, false, ready, e[5])

@@ -75,9 +75,14 @@ local start_batch = function(worker, A, first)
         if refs == '*' then names = cjson.decode(redis.call('HGET', gk, 'ids'))
         elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
         else names = {} end
-        for _, n in ipairs(names) do
-          local o = redis.call('HGET', nk, n .. ':o')
-          if o then outs[#outs + 1] = n; outs[#outs + 1] = o end
+        -- The outputs it reads in one HMGET (a join of many reads them all at once).
+        for k = 1, #names, 1000 do
+          local fields = {}
+          for j = k, math.min(k + 999, #names) do fields[#fields + 1] = names[j] .. ':o' end
+          local v = redis.call('HMGET', nk, unpack(fields))
+          for j = 1, #fields do
+            if v[j] then outs[#outs + 1] = names[k + j - 1]; outs[#outs + 1] = v[j] end
+          end
         end
         out[#out + 1] = {'run', inputs, outs}
       end
