@@ -41,8 +41,18 @@ local open_delta = {}
 -- graph and node, written back once per script by flush().
 local jc = {}
 
-local function gkey(gid) return TAG .. ':g:' .. gid end
-local function nkey(gid) return TAG .. ':g:' .. gid .. ':n' end
+-- Key names are built once per graph and script run (each concatenation makes a new string).
+local gkeys, nkeys = {}, {}
+local function gkey(gid)
+  local k = gkeys[gid]
+  if k == nil then k = TAG .. ':g:' .. gid; gkeys[gid] = k end
+  return k
+end
+local function nkey(gid)
+  local k = nkeys[gid]
+  if k == nil then k = TAG .. ':g:' .. gid .. ':n'; nkeys[gid] = k end
+  return k
+end
 
 local topo_raw = {}
 
