@@ -125,7 +125,7 @@ ROWS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, str, bool, Any, s
         "≤ 2 ms",
     ),
     (
-        "6. … of which the Anthropic SDK itself (same call, no dago)",
+        "6. … the same model call alone (provider + official SDK, no graph)",
         ("w6_dago", "bare_sdk_call_ms"),
         None,
         "ms",
@@ -134,7 +134,7 @@ ROWS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, str, bool, Any, s
         "",
     ),
     (
-        "6. … dago's own share (node time - bare SDK call)",
+        "6. … dago's graph around it (node time - call alone)",
         ("w6_dago", "dago_overhead_ms_per_node"),
         None,
         "ms",
