@@ -9,16 +9,27 @@ deadline, none early, with the usual timeout failure.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from dago.app import build_worker
 from dago.handlers import NodeContext, NodeFailure, Tool
 from dago.logs import NODE
 from dago.v1 import execution_pb2, graph_pb2
-from harness import InProcessStack, edge, node_status, plain, request, stack_settings, tool
+from harness import (
+    InProcessStack,
+    edge,
+    eventually,
+    node_status,
+    plain,
+    request,
+    stack_settings,
+    tool,
+)
 from redisfixture import RedisTarget
 
 G = execution_pb2
@@ -138,3 +149,43 @@ async def test_a_graph_with_several_edges_and_a_chain_of_inline_nodes(
     _, st = await stack.client.run(request(nodes, edges))
     assert st.state == COMPLETED, st
     assert plain(node_status(st, "sink").output) == {"n": 40}
+
+
+async def test_a_draining_worker_finishes_its_attempts_and_takes_no_new_work(
+    redis_target: RedisTarget, key_prefix: str
+) -> None:
+    """On SIGTERM (its stop event) a worker lets its running attempt finish and applies the
+    result, but takes none of the work that result dispatches: the next worker runs it."""
+    settings = stack_settings(redis_target.url, key_prefix)
+    async with InProcessStack(settings, workers=0) as stack:
+        req = request(
+            [tool("s", "sleep", inputs={"seconds": 0.8}), tool("after", "echo", inputs={"v": 1})],
+            [edge("s", "after")],
+        )
+        stop = asyncio.Event()
+        first = build_worker(dataclasses.replace(settings, worker_id="first"))
+        run = asyncio.create_task(first.run(stop))
+        gid = await stack.client.submit(req)
+
+        async def running() -> bool:
+            st = await stack.client.status(gid)
+            return node_status(st, "s").state == G.NODE_STATE_RUNNING
+
+        await eventually(running)
+        stop.set()
+        await asyncio.wait_for(run, 10)
+        st = await stack.client.status(gid)
+        assert node_status(st, "s").state == G.NODE_STATE_COMPLETED
+        assert node_status(st, "after").state == G.NODE_STATE_QUEUED
+
+        second_stop = asyncio.Event()
+        second = build_worker(dataclasses.replace(settings, worker_id="second"))
+        second_run = asyncio.create_task(second.run(second_stop))
+        try:
+            st = await asyncio.wait_for(stack.client.wait(gid), 20)
+            assert st.state == COMPLETED
+            (attempt,) = node_status(st, "after").attempts
+            assert attempt.worker_id == "second"
+        finally:
+            second_stop.set()
+            await asyncio.wait_for(second_run, 10)

@@ -163,11 +163,15 @@ class Worker:
             for t in feeders:
                 t.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
-            await self._drain()
-            # Results of finished attempts are applied.
-            while self._unapplied:
-                self._all_applied.clear()
-                await self._all_applied.wait()
+            while True:
+                await self._drain()
+                # Results of finished attempts are applied.
+                while self._unapplied:
+                    self._all_applied.clear()
+                    await self._all_applied.wait()
+                # An apply under way when draining began may have taken new items.
+                if not any(r.task and not r.task.done() for r in self._running.values()):
+                    break
             for t in (renew, heartbeat, completer, warm):
                 t.cancel()
         if self._timer is not None:
@@ -372,6 +376,16 @@ class Worker:
             log.warning("starting %d attempts failed: %s", len(batch), e)
             self._release(len(batch))
             return
+        self._launch(batch, plans, results)
+
+    def _launch(
+        self,
+        batch: Sequence[tuple[WorkItem, LoadedGraph | None]],
+        plans: Sequence[_Plan | None],
+        results: Sequence[Any],
+    ) -> None:
+        """Run the attempts Redis marked running (``results`` as start.lua returns them);
+        the slots of stale items are freed."""
         stale = 0
         for (item, loaded), plan, res in zip(batch, plans, results, strict=True):
             if res[0] != b"run":
@@ -641,35 +655,76 @@ class Worker:
             for shard, _, args in batch:
                 by_shard[shard].extend(args)
             if len(by_shard) == 1:
-                for s, a in by_shard.items():
-                    await self._apply(s, a)
+                taken = [await self._apply(s, a) for s, a in by_shard.items()]
             else:
-                await asyncio.gather(*(self._apply(s, a) for s, a in by_shard.items()))
-            for _, msg_id, _ in batch:
+                taken = await asyncio.gather(*(self._apply(s, a) for s, a in by_shard.items()))
+            for _, msg_id, _ in batch:  # kept until now: their leases are renewed meanwhile
                 self._running.pop(msg_id, None)
-            self._release(len(batch))
+            # The slots of the applied attempts went to the new items taken with them.
+            self._release(len(batch) - sum(taken))
             self._unapplied -= len(batch)
             if not self._unapplied:
                 self._all_applied.set()
 
-    async def _apply(self, shard: int, args: list[Any]) -> None:
+    async def _apply(self, shard: int, args: list[Any]) -> int:
+        """Apply results of one shard (13 fields each) and, unless draining, take as many new
+        work items of the shard in the same step (advance.lua), each given the slot of an
+        applied attempt; returns how many were taken (their slots are accounted for)."""
         backoff = 0.05
         while True:
             raise_if_cancelling()
+            want = 0 if self._draining else min(len(args) // 13, self._settings.worker_batch)
             try:
-                await self._store.complete(shard, self.id, args)
-                return
+                if want:
+                    _, items = await self._store.advance(
+                        shard, self.id, want, self._settings.lease_ms, args
+                    )
+                else:
+                    await self._store.complete(shard, self.id, args)
+                    items = []
             except ResponseError as e:
                 # Redis refused the script itself: retrying cannot help. The items stay
                 # pending, are redelivered after the lease and end dead-lettered.
                 log.error("applying results was refused by Redis: %s", e)
-                return
+                return 0
             except STORE_ERRORS as e:
                 # Keep the result and retry: the item stays pending, so nothing is lost
                 # even if this process dies before Redis comes back.
                 log.warning("applying results failed (%s); retrying in %.2fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                continue
+            if items:
+                await self._continue(shard, items)
+            return len(items)
+
+    async def _continue(self, shard: int, taken: list[tuple[WorkItem, list[Any]]]) -> None:
+        """Run the work items advance.lua took (each holds a slot): the ones it started at
+        once, the others (``read``: their graph has no start plans) through start.lua."""
+        try:
+            loaded = await self._graphs.get_many([(it.shard, it.graph_id) for it, _ in taken])
+        except STORE_ERRORS as e:
+            # Left pending in Redis; the reclaim loop picks them up after the lease.
+            log.warning("loading graphs failed: %s", e)
+            self._release(len(taken))
+            return
+        started: list[tuple[WorkItem, LoadedGraph | None]] = []
+        plans: list[_Plan | None] = []
+        results: list[Any] = []
+        unstarted: list[tuple[WorkItem, LoadedGraph | None]] = []
+        for item, res in taken:
+            graph = loaded[item.graph_id]
+            if res[0] == b"read":
+                unstarted.append((item, graph))
+                continue
+            node = _node(graph, item)
+            started.append((item, graph))
+            plans.append(self._plan(node) if node is not None else None)
+            results.append(res)
+        if started:
+            self._launch(started, plans, results)
+        if unstarted:
+            await self._start(shard, unstarted)
 
     # --- leases, cancellation, presence ----------------------------------------------
 
