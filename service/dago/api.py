@@ -333,7 +333,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         graph_id = request.graph_id
 
         async def check(count: int) -> list[tuple[int, dict[bytes, bytes]]] | None:
-            state, seq, ns, entries = await _watch_start(self._store, shard, graph_id, after, count)
+            state, seq, ns, entries = await self._hub.head(shard, graph_id, after, count)
             if state is None:
                 raise errors.not_found("graph", graph_id)
             self._owned(graph_id, ns)
@@ -517,22 +517,6 @@ def _decode_seq_token(token: str) -> int:
         return int(base64.urlsafe_b64decode(token).decode().removeprefix("e:"))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise errors.invalid_field("page_token", "is not a token this API returned") from None
-
-
-async def _watch_start(
-    store: Store, shard: int, graph_id: str, after: int, count: int
-) -> tuple[bytes | None, bytes | None, bytes | None, list[tuple[int, dict[bytes, bytes]]]]:
-    """A graph's state, seq and namespace, and with ``count`` its first ``count`` events
-    after ``after``: one round trip (the keys share the graph's slot)."""
-    gk = store.keys.shard(shard).graph(graph_id)
-    if not count:
-        state, seq, ns = await store.redis.hmget(gk.meta, "state", "seq", "ns")
-        return state, seq, ns, []
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.hmget(gk.meta, "state", "seq", "ns")
-    pipe.xrange(gk.events, min=f"0-{after + 1}", max="+", count=count)
-    (state, seq, ns), found = await pipe.execute()
-    return state, seq, ns, [(int(mid.split(b"-")[1]), fields) for mid, fields in found]
 
 
 def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:
