@@ -110,6 +110,7 @@ class Worker:
         self._running: dict[bytes, _Running] = {}
         self._free = settings.worker_slots
         self._freed = asyncio.Event()
+        self._readers_waiting = 0  # readers waiting for a free slot
         # Finished attempts waiting for the completer: (shard, msg_id, complete.lua fields).
         self._finished: list[tuple[int, bytes, list[Any]]] = []
         self._have_finished = asyncio.Event()
@@ -224,7 +225,11 @@ class Worker:
         fewer Redis calls per node (and fewer rounds for a wide fan-out)."""
         while self._free <= 0:
             self._freed.clear()
-            await self._freed.wait()
+            self._readers_waiting += 1
+            try:
+                await self._freed.wait()
+            finally:
+                self._readers_waiting -= 1
         if busy and len(self._groups) == 1:
             share = self._free - self._free // 8
         else:
@@ -669,11 +674,16 @@ class Worker:
     async def _apply(self, shard: int, args: list[Any]) -> int:
         """Apply results of one shard (13 fields each) and, unless draining, take as many new
         work items of the shard in the same step (advance.lua), each given the slot of an
-        applied attempt; returns how many were taken (their slots are accounted for)."""
+        applied attempt (half as many while a reader waits for slots); returns how many
+        were taken (their slots are accounted for)."""
         backoff = 0.05
         while True:
             raise_if_cancelling()
             want = 0 if self._draining else min(len(args) // 13, self._settings.worker_batch)
+            if self._readers_waiting:
+                # Half the slots go back to the readers, which take work of every shard:
+                # a shard with a backlog cannot keep all of them.
+                want //= 2
             try:
                 if want:
                     _, items = await self._store.advance(
