@@ -213,10 +213,11 @@ local function flush()
   open_delta = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
-    local seq = redis.call('HINCRBY', gkey(gid), 'seq', #list) - #list
+    -- Entry ids are 0-<seq>: '0-*' lets Redis number them on from the last one, the same
+    -- count the graph's 'seq' field keeps (both are only ever written here).
+    redis.call('HINCRBY', gkey(gid), 'seq', #list)
     for _, ev in ipairs(list) do
-      seq = seq + 1
-      redis.call('XADD', ek, string.format('0-%d', seq), unpack(ev))
+      redis.call('XADD', ek, '0-*', unpack(ev))
     end
   end
   pending = {}
