@@ -143,3 +143,19 @@ async def test_live_watchers_behind_a_small_window_get_everything(
         # A finished graph's log is replayed by new watchers too.
         again = await asyncio.gather(*(stack.client.watch(gid, after_seq=c) for c in (0, 9)))
         assert again == [stored, stored[9:]]
+
+
+async def test_many_graphs_watched_at_once_share_a_few_connections(
+    private_redis: RedisServer,
+) -> None:
+    # More concurrent reads than the hub's connections (16): reads wait for one in turn.
+    settings = stack_settings(private_redis.url, "wmany")
+    chain = request([echo("a"), echo("b"), echo("c")], [edge("a", "b"), edge("b", "c")])
+    async with InProcessStack(settings, workers=2) as stack:
+        gids = await asyncio.gather(*(stack.client.submit(chain) for _ in range(60)))
+        watched = await asyncio.gather(*(stack.client.watch(g) for g in gids for _ in range(2)))
+        for i, gid in enumerate(gids):
+            stored = await stack.client.history(gid)
+            assert kinds(stored)[-1] == "graph_completed"
+            assert watched[2 * i] == stored
+            assert watched[2 * i + 1] == stored

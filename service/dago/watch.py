@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -381,18 +381,36 @@ class _Direct:
     """Connections of a single Redis for the watch read path, outside the client's pool:
     commands are packed and sent together and their replies read straight from the
     connection, at a third of the CPU of a client command (the client's per-command layers
-    were most of a watch's Redis cost). A connection whose exchange did not complete (an
-    error, a cancellation) is closed, never reused."""
+    were most of a watch's Redis cost). At most SIZE connections: more concurrent reads
+    wait for one. A connection whose exchange did not complete (an error, a cancellation)
+    is closed, never reused."""
 
-    KEEP = 8
+    SIZE = 16
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._pool: Any = client.connection_pool
         self._free: list[Any] = []
+        self._open = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
     async def call(self, *commands: tuple[Any, ...]) -> list[Any]:
         """The replies of ``commands`` (one round trip)."""
-        conn: Any = self._free.pop() if self._free else self._pool.make_connection()
+        while not self._free and self._open >= self.SIZE:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(fut)
+            try:
+                await fut
+            except BaseException:
+                if fut in self._waiting:
+                    self._waiting.remove(fut)
+                else:
+                    self._wake()  # woken, but leaving: the next waiter takes the turn
+                raise
+        if self._free:
+            conn: Any = self._free.pop()
+        else:
+            conn = self._pool.make_connection()
+            self._open += 1
         done = False
         try:
             if not conn.is_connected:
@@ -402,10 +420,20 @@ class _Direct:
             done = True
             return replies
         finally:
-            if done and len(self._free) < self.KEEP:
+            if done:
                 self._free.append(conn)
             else:
+                self._open -= 1
+            self._wake()
+            if not done:
                 await conn.disconnect(nowait=True)
+
+    def _wake(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 def _xrange(key: str, after: int, count: int) -> tuple[Any, ...]:
