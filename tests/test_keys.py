@@ -155,12 +155,13 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     required = {keys.workers, keys.workers_seen}
     required |= {sk.work for sk in keys.all_shards()}  # consumer groups on every shard
     done = keys.shard(graph_shard(ran.completed))
-    required |= set(done.graph(ran.completed).all())
+    # The attempts hash is only read (graphs of earlier versions); records are in the node hash.
+    required |= set(done.graph(ran.completed).all()) - {done.graph(ran.completed).attempts}
     required |= {done.request(ran.graphs[ran.completed]), done.timers, done.notify, done.index()}
     required.add(done.index(str(execution_pb2.GRAPH_STATE_COMPLETED)))
     failed = keys.shard(graph_shard(ran.failed))
     fg = failed.graph(ran.failed)
-    required |= {fg.meta, fg.nodes, fg.topo, fg.attempts, fg.events}
+    required |= {fg.meta, fg.nodes, fg.topo, fg.events}
     required.add(failed.index(str(execution_pb2.GRAPH_STATE_FAILED)))
     cancelled = keys.shard(graph_shard(ran.cancelled))
     cg = cancelled.graph(ran.cancelled)

@@ -103,7 +103,8 @@ class GraphKeys:
 
     @property
     def attempts(self) -> str:
-        """Hash: immutable records of finished attempts, by node:iteration:attempt."""
+        """Hash: immutable records of finished attempts, by node:iteration:attempt, of graphs
+        stored by earlier versions (records now live in the node hash, ``node:@iter:attempt``)."""
         return f"{self.base}:a"
 
     @property

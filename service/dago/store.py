@@ -294,7 +294,10 @@ class Store:
     async def snapshot(
         self, shard: int, graph_id: str, attempts: bool = True
     ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
-        """Meta, node-state and attempt hashes of one graph in one round trip."""
+        """Meta, node-state and attempt records (``node:iteration:attempt`` -> JSON) of one
+        graph in one round trip. Records live in the node hash as ``node:@iteration:attempt``
+        (written with the node's state); graphs stored before that keep them in their own
+        hash, which is read too."""
         gk = self.keys.shard(shard).graph(graph_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(gk.meta)
@@ -302,7 +305,15 @@ class Store:
         if attempts:
             pipe.hgetall(gk.attempts)
         res = await pipe.execute()
-        return dict(res[0]), dict(res[1]), dict(res[2]) if attempts else {}
+        nodes: dict[bytes, bytes] = {}
+        records: dict[bytes, bytes] = dict(res[2]) if attempts else {}
+        for field, value in res[1].items():
+            if b":@" in field:
+                if attempts:
+                    records[field.replace(b":@", b":", 1)] = value
+            else:
+                nodes[field] = value
+        return dict(res[0]), nodes, records
 
     async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:
         """Summary fields of several graphs (any shards) in one round trip."""

@@ -21,7 +21,7 @@ for _, member in ipairs(due) do
       local err = jstr({c = 1, m = 'the attempt ran past its timeout and its worker did not report', r = true})
       local nk = nkey(gid)
       stop_work(gid, node, attempt)
-      redis.call('HSETNX', gkey(gid) .. ':a', node .. ':' .. iter .. ':' .. attempt,
+      redis.call('HSETNX', nk, node .. ':@' .. iter .. ':' .. attempt,
         '{"st":' .. (redis.call('HGET', nk, node .. ':st') or NOW) .. ',"et":' .. NOW .. ',"s":' .. FAILED .. ',"e":' .. err .. '}')
       if tonumber(attempt) < (t.ma or 1) then
         redis.call('HSET', nk, node .. ':s', RETRYING, node .. ':err', err)

@@ -169,12 +169,14 @@ local complete_batch = function(worker, A, first)
       if input ~= '' then rec = rec .. ',"in":' .. input end
       if output ~= '' then rec = rec .. ',"o":' .. output end
       if err ~= '' then rec = rec .. ',"e":' .. err end
-      redis.call('HSETNX', gk .. ':a', node .. ':' .. iter .. ':' .. attempt, rec .. '}')
+      -- The attempt's immutable record goes into the node hash ('<node>:@<iter>:<attempt>')
+      -- with the node's new state, in the same HSET (the fence makes this the only write).
+      local rk, rec = node .. ':@' .. iter .. ':' .. attempt, rec .. '}'
       if ujson ~= 'null' then
         emit(gid, 'usage', node, attempt, iter, '{"u":' .. ujson .. who .. '}')
       end
       if outcome == 'ok' then
-        node_set(gid, node, node .. ':s', S_COMPLETED, node .. ':et', NOW_S, node .. ':o', output)
+        node_set(gid, node, node .. ':s', S_COMPLETED, node .. ':et', NOW_S, node .. ':o', output, rk, rec)
         open_add(gid, -1)
         emit(gid, 'node_completed', node, attempt, iter,
           '{"o":' .. output .. ',"u":' .. ujson .. ',"ms":' .. int(NOW - started) .. '}')
@@ -199,7 +201,7 @@ local complete_batch = function(worker, A, first)
           settle(gid, ready, loops)
         end
       elseif outcome == 'retry' then
-        node_set(gid, node, node .. ':s', RETRYING, node .. ':err', err)
+        node_set(gid, node, node .. ':s', RETRYING, node .. ':err', err, rk, rec)
         emit(gid, 'node_retrying', node, attempt, iter,
           '{"e":' .. err .. ',"b":' .. delay .. ',"n":' .. (tonumber(attempt) + 1) .. '}')
         if over then
@@ -210,7 +212,7 @@ local complete_batch = function(worker, A, first)
           redis.call('ZADD', TIMERS, NOW + delay, timer_key('r', gid, node, iter, tonumber(attempt) + 1))
         end
       else
-        node_set(gid, node, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err)
+        node_set(gid, node, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err, rk, rec)
         open_add(gid, -1)
         emit(gid, 'node_failed', node, attempt, iter, '{"e":' .. err .. '}')
         fail_graph(gid, err, node)
