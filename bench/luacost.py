@@ -140,7 +140,7 @@ async def measure(
         "us_per_node": {k: v / nodes * 1e6 for k, v in spent.items()},
         "total_us_per_node": sum(spent.values()) / nodes * 1e6,
         "calls_per_node": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
-        # Redis's own timing of each command per node (evalsha includes the commands it ran).
+        # Redis's own timing of each command per node (fcall includes the commands it ran).
         "command_us_per_node": dict(sorted(cmd_us.items(), key=lambda kv: -kv[1])[:8]),
         "gids": len(gids),
         **({"redis_instructions_per_node": instructions // nodes} if grind else {}),

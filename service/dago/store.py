@@ -8,6 +8,7 @@ state, so any number of API servers and workers can run side by side.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -97,17 +98,30 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-def _load_scripts() -> dict[str, str]:
+def _library() -> tuple[str, dict[str, str]]:
+    """The Redis function library (its source) and each script's function name.
+
+    common.lua and transitions.lua are the library's shared code, run once when Redis
+    loads it; each script in ``lua/`` becomes the body of a registered function that
+    starts with ``begin(args)``. As EVAL scripts every call ran the shared code again,
+    ~180k instructions before the first item of a batch. The library's name carries a
+    digest of its code, so processes of different versions sharing a Redis each call
+    their own."""
     pkg = Path(__file__).parent / "lua"
-    common = (pkg / "common.lua").read_text()
-    # The node transitions are functions only the scripts that run them include (each
-    # function a script defines costs Redis a little on every call of that script).
-    transitions = (pkg / "transitions.lua").read_text()
-    out = {}
-    for name in SCRIPTS:
-        parts = [common, transitions] if name in ("start", "complete", "advance") else [common]
-        out[name] = "\n".join([*parts, (pkg / f"{name}.lua").read_text()])
-    return out
+    shared = [(pkg / "common.lua").read_text(), (pkg / "transitions.lua").read_text()]
+    bodies = {name: (pkg / f"{name}.lua").read_text() for name in SCRIPTS}
+    digest = hashlib.blake2b(
+        "\0".join([*shared, *bodies.values()]).encode(), digest_size=6
+    ).hexdigest()
+    lib = f"dago_{digest}"
+    names = {name: f"{lib}_{name}" for name in SCRIPTS}
+    parts = [f"#!lua name={lib}", *shared]
+    for name, body in bodies.items():
+        parts.append(
+            f"redis.register_function('{names[name]}', function(keys, args)\n"
+            f"begin(args)\n{body}\nend)"
+        )
+    return "\n".join(parts), names
 
 
 @dataclass(frozen=True)
@@ -147,10 +161,22 @@ class Store:
         # typed where they leave this class instead.
         self.redis: Any = client
         self.keys = keys
-        self._scripts = {name: client.register_script(src) for name, src in _load_scripts().items()}
+        self._library, self._functions = _library()
 
     async def _run(self, name: str, shard: ShardKeys, args: Sequence[Any]) -> Any:
-        return await self._scripts[name](keys=[shard.work], args=[shard.tag, *args])
+        fn = self._functions[name]
+        try:
+            return await self.redis.fcall(fn, 1, shard.work, shard.tag, *args)
+        except ResponseError as e:
+            # A new Redis, or one restarted without persistence: load, then call again.
+            if "Function not found" not in str(e):
+                raise
+        await self.load_library()
+        return await self.redis.fcall(fn, 1, shard.work, shard.tag, *args)
+
+    async def load_library(self) -> None:
+        """Load dago's function library into Redis (every primary of a cluster)."""
+        await self.redis.function_load(self._library, replace=True)
 
     async def ensure_groups(self) -> None:
         """Create the work streams' consumer group on every shard (idempotent)."""

@@ -1,16 +1,13 @@
--- Shared by every dago script; each entry script is this file followed by its own body.
--- ARGV[1] is the shard's hash-tagged base "<prefix>:{s<n>}"; KEYS[1] is the shard's work
--- stream, declared so the script is routed to the right node on Redis Cluster. Every other
--- key shares the hash tag, so it lives in the same slot. Key layouts mirror dago/keys.py.
+-- Shared by every dago function: the library (see dago.store) is this file, transitions.lua,
+-- then each entry script as the body of a registered function, which first calls begin().
+-- Loaded once, so the helpers below are made once, not on every call.
+-- ARGV[1] is the shard's hash-tagged base "<prefix>:{s<n>}"; the call's one key is the
+-- shard's work stream, declared so the call is routed to the right node on Redis Cluster.
+-- Every other key shares the hash tag, so it lives in the same slot. Key layouts mirror
+-- dago/keys.py.
 
-local TAG = ARGV[1]
-local WORK = TAG .. ':work'
-local DEAD = TAG .. ':dead'
-local TIMERS = TAG .. ':timers'
-local NOTIFY = TAG .. ':notify'
-local CONTROL = TAG .. ':control'
-local INDEX = TAG .. ':index'
-local STATS = TAG .. ':stats'
+-- Set by begin() for each call.
+local ARGV, TAG, WORK, DEAD, TIMERS, NOTIFY, CONTROL, INDEX, STATS
 local GROUP = 'workers'
 
 -- dago.v1.NodeState and dago.v1.GraphState numbers.
@@ -18,8 +15,7 @@ local PENDING, QUEUED, RUNNING, RETRYING, COMPLETED, FAILED, SKIPPED, CANCELLED 
 local DEAD_LETTERED = 10
 local G_SUBMITTED, G_RUNNING, G_COMPLETED, G_FAILED, G_CANCELLED = 1, 2, 3, 4, 5
 
-local T = redis.call('TIME')
-local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
+local NOW, NOW_S
 
 -- Lua turns a number it hands to Redis or joins to a string into text with "%.14g", a
 -- floating-point conversion that was ~10% of Redis's instructions per node: integers on the
@@ -27,22 +23,22 @@ local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 -- instructions): the hot paths compare the stored text instead (node states, attempts and
 -- iterations are always written as plain integers).
 local function int(n) return string.format('%d', n) end
-local NOW_S = int(NOW)
-local S_PENDING, S_QUEUED, S_RUNNING, S_COMPLETED = int(PENDING), int(QUEUED), int(RUNNING), int(COMPLETED)
+-- The same states as stored text (a library's load-time code may not call string.format).
+local S_PENDING, S_QUEUED, S_RUNNING, S_COMPLETED = '1', '2', '3', '6'
 
-local notified = {}
-local controls = {}
-local topo_cache = {}
+local notified
+local controls
+local topo_cache
 -- Per script run: each graph's state is read once (writes go through set_state/end_graph),
 -- and changes to its count of open nodes are summed and applied in one HINCRBY.
-local gstate = {}
-local open_delta = {}
+local gstate
+local open_delta
 -- Join counters (see settle): {state, received, taken, iteration, dirty, gid, node} per
 -- graph and node, written back once per script by flush().
-local jc = {}
+local jc
 
 -- Key names are built once per graph and script run (each concatenation makes a new string).
-local gkeys, nkeys = {}, {}
+local gkeys, nkeys
 local function gkey(gid)
   local k = gkeys[gid]
   if k == nil then k = TAG .. ':g:' .. gid; gkeys[gid] = k end
@@ -54,7 +50,7 @@ local function nkey(gid)
   return k
 end
 
-local topo_raw = {}
+local topo_raw
 
 local function topo(gid, name)
   local ck = gid .. '\0' .. name
@@ -70,7 +66,7 @@ end
 
 -- A node's outgoing edges as {index, to, back, owner, single}, all text (the topology's
 -- '>node' field; graphs stored before it existed fall back to the JSON's numbers).
-local out_cache = {}
+local out_cache
 
 local function out_list(gid, node)
   local ck = gid .. '\0' .. node
@@ -96,7 +92,7 @@ end
 -- with one HMGET per graph (read_ahead) instead of one per item. Every write of a node's
 -- fields goes through node_set, which forgets what was read ahead for that node, so a later
 -- read (node_read) goes to Redis and sees the write. Topology entries come in the same way.
-local ahead = {}
+local ahead
 local AHEAD = {':s', ':a', ':i', ':st', ':tm'}
 
 local function read_ahead(gid, nodes, with_topo)
@@ -175,7 +171,7 @@ local function open_apply(gid)
 end
 
 -- Events of this script run, per graph in order; flush() writes them.
-local pending = {}
+local pending
 
 -- Appends one event to the graph's log (seq is the stream id's sequence part). The event is
 -- written by flush(), which every script calls before returning after a change, with the
@@ -350,7 +346,7 @@ end
 -- Join counter increments are summed per node and applied when settle looks at it. Only a
 -- loop's exit edge can be resolved twice (taken inside the loop, then untaken by the loop's
 -- end, finish_loop): `exit` marks it resolved ('e:<index>') so the second time counts nothing.
-local join_r, join_t, queued = {}, {}, {}
+local join_r, join_t, queued
 
 local function resolve(gid, idx, to, taken, ready, single, exit)
   if single == '1' or single == '2' then
@@ -502,4 +498,18 @@ local function fence(gid, node, attempt, iter, states)
     if st == s then return st, gs end
   end
   return nil
+end
+
+-- Starts a call: its arguments, the shard's keys, the time, and empty per-call state.
+local function begin(args)
+  ARGV = args
+  TAG = args[1]
+  WORK, DEAD, TIMERS = TAG .. ':work', TAG .. ':dead', TAG .. ':timers'
+  NOTIFY, CONTROL, INDEX, STATS = TAG .. ':notify', TAG .. ':control', TAG .. ':index', TAG .. ':stats'
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  NOW_S = int(NOW)
+  notified, controls, topo_cache, gstate, open_delta, jc = {}, {}, {}, {}, {}, {}
+  gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
+  join_r, join_t, queued = {}, {}, {}
 end
