@@ -408,3 +408,19 @@ def chart(path: Path, res: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def main() -> None:
+    """``python bench/report.py [DIR]``: write REPORT.md and chart.png again from DIR's
+    results.json (default: bench/), e.g. after editing ANALYSIS.md, without a new run."""
+    import json
+    import sys
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    res = json.loads((out / "results.json").read_text())
+    base = HERE / "baseline.json"
+    write(out, res, json.loads(base.read_text()) if base.exists() else None)
+
+
+if __name__ == "__main__":
+    main()
