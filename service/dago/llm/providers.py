@@ -61,10 +61,8 @@ class Providers:
             return
         # One import per module, awaited by every caller: a second caller that found the
         # module half-imported in sys.modules would block the loop on its import lock.
+        # Once it is done, awaiting it returns (or raises) at once, without a hop through the loop.
         pending = self._imports.get(module)
-        done = pending is not None and pending.done() and not pending.cancelled()
-        if done and pending is not None and pending.exception() is None:
-            return  # imported: every call after the first
         if pending is None:
             pending = asyncio.ensure_future(asyncio.to_thread(_import, module))
             self._imports[module] = pending
