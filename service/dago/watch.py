@@ -100,7 +100,7 @@ class _Feed:
                 fut.set_result(True)
         self.waiters.clear()
 
-    def add(self, graph_id: str, entries: Entries) -> None:
+    def add(self, entries: Entries) -> None:
         """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
         out = self.events
         size = self.size
@@ -111,7 +111,7 @@ class _Feed:
                 out = self.events = []
                 size = 0
                 self.base = seq - 1
-            raw = encode(graph_id, seq, fields, self.prefix)
+            raw = encode(self.graph_id, seq, fields, self.prefix)
             out.append(raw)
             size += len(raw)
             if fields[b"t"] in TERMINAL_KINDS:
@@ -148,11 +148,11 @@ class EventHub:
 
     async def _tail(self, shards: list[int]) -> None:
         keys = [self._store.keys.shard(s).notify for s in shards]
-        if isinstance(self._store.redis, aioredis.Redis):
+        if self._direct is not None:
             await self._tail_direct(keys)
             return
         feeds = self._feeds
-        async for fields in self._store.follow(keys, block_ms=5000):
+        async for fields in self._store.follow(keys, block_ms=TAIL_BLOCK_MS):
             if fields is None:
                 self._wake_all()  # wake-ups may have been missed: every watcher re-reads
                 continue
@@ -240,7 +240,7 @@ class EventHub:
             )
             return state, seq, ns, _entries(found)
         if not count:
-            state, seq, ns = await self._store.redis.hmget(gk.meta, "state", "seq", "ns")
+            state, seq, ns = await self._store.graph_fields(shard, graph_id, "state", "seq", "ns")
             return state, seq, ns, []
         pipe = self._store.redis.pipeline(transaction=False)
         pipe.hmget(gk.meta, "state", "seq", "ns")
@@ -261,7 +261,7 @@ class EventHub:
                 entries = await first()
             else:
                 entries = await self._read(feed.shard, feed.graph_id, feed.end, PAGE)
-            feed.add(feed.graph_id, entries)
+            feed.add(entries)
             # A full page may have more behind it; a wake-up during the read may too.
             feed.read_gen = gen if len(entries) < PAGE else 0
         finally:
