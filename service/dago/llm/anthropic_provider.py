@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anthropic
@@ -226,14 +226,7 @@ def _merge_usage(usage: TokenUsage, raw: Any) -> TokenUsage:
         for theirs, ours in _USAGE_FIELDS.items()
         if isinstance(raw.get(theirs), int)
     }
-    if not counts:
-        return usage
-    return TokenUsage(
-        input=counts.get("input", usage.input),
-        output=counts.get("output", usage.output),
-        cache_write=counts.get("cache_write", usage.cache_write),
-        cache_read=counts.get("cache_read", usage.cache_read),
-    )
+    return replace(usage, **counts) if counts else usage
 
 
 async def _read(response: httpx2.Response, on_text: OnText) -> _Reply:
