@@ -21,6 +21,7 @@ from typing import Any
 import uvloop
 
 from fake_anthropic import Text, Usage, _events, _message
+from fakehttp import read_request
 
 ANSWER = Text("A short fixed answer from the benchmark model.", 3, Usage(12, 9))
 
@@ -54,17 +55,9 @@ class FixedLatency:
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    method, path, headers, raw = await read_request(reader)
                 except asyncio.IncompleteReadError:
                     return  # the client closed its idle connection
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                raw = await reader.readexactly(int(headers.get("content-length", "0")))
                 close = headers.get("connection", "").lower() == "close"
                 keep = b"connection: close\r\n" if close else b"connection: keep-alive\r\n"
                 if method != "POST" or not path.startswith("/v1/messages"):

@@ -12,6 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    """One HTTP/1.1 request: method, path, headers (names lowercased) and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    raw = await reader.readexactly(int(headers.get("content-length", "0")))
+    return method, path, headers, raw
+
+
 @dataclass
 class Recorded:
     """One request the fake received."""
@@ -52,15 +66,7 @@ class FakeHttpServer:
         assert task is not None
         self._conns.add(task)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, path, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    headers[k.strip().lower()] = v.strip()
-            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            method, path, headers, raw = await read_request(reader)
             body = json.loads(raw) if raw else {}
             self.requests.append(Recorded(time.monotonic(), headers, body))
             await self.handle(reader, writer, method, path, body)

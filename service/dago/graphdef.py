@@ -797,6 +797,14 @@ def _check_refs(
         check(expr.refs, f"{root}.output[{name}]", None)
 
 
+def start_reads(node: CompiledNode) -> tuple[str, str]:
+    """What starting ``node`` reads, as the start scripts take it: need_inputs ("1"/"0")
+    and the outputs ("*" for every node's, else the node ids, comma-separated)."""
+    refs = node.refs
+    need = "1" if refs.inputs or refs.all_inputs else "0"
+    return need, "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
+
+
 def _single(oe: OutEdge, owner: Mapping[int, int], shape: _Shape) -> int:
     """1 for a forward edge that is its target's only one, no loop's exit, into a node in
     no loop (the target is pending at iteration 1 until this edge fires it); 2 for such an
@@ -853,9 +861,7 @@ def _topology(
             },
             separators=(",", ":"),
         )
-        refs = cn.refs
-        need = "1" if refs.inputs or refs.all_inputs else "0"
-        names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
+        need, names = start_reads(cn)
         topo[f"<{nid}"] = f"{need}|{names}|{int(cn.attempt_timeout * 1000)}"
         topo[f">{nid}"] = ";".join(
             f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"

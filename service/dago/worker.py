@@ -26,7 +26,7 @@ import random
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from dago.auth import Redactor
 from dago.cel import EvalError
 from dago.config import Settings
 from dago.graphcache import GraphCache, LoadedGraph
-from dago.graphdef import CompiledNode
+from dago.graphdef import CompiledNode, start_reads
 from dago.handlers import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.logs import NODE, NodeFields
 from dago.metrics import Metrics, serve
@@ -330,7 +330,7 @@ class Worker:
         plan = self._plans.get(id(node))
         if plan is not None and plan.node is node:
             return plan
-        refs = node.refs
+        need_inputs, refs = start_reads(node)
         handler = self._handlers.get(node.kind)
         inline = getattr(handler, "inline", None)
         edges = None
@@ -338,8 +338,8 @@ class Worker:
             edges = ",".join(str(e.index) for e in node.out_edges)
         plan = _Plan(
             node=node,
-            need_inputs="1" if refs.inputs or refs.all_inputs else "0",
-            refs="*" if refs.all_nodes else ",".join(sorted(refs.nodes)),
+            need_inputs=need_inputs,
+            refs=refs,
             # The Redis-held timer is a backstop for a hung worker; the local one fires first.
             backstop_ms=int(node.attempt_timeout * 1000) + self._settings.lease_ms,
             inline=inline(node) if inline is not None else None,
@@ -439,6 +439,23 @@ class Worker:
             attrs["dago.tool.name"] = node.proto.tool.name
         return f"node {node.kind if node else 'unknown'}", attrs
 
+    @contextlib.contextmanager
+    def _observing(self, item: WorkItem, loaded: LoadedGraph | None) -> Iterator[None]:
+        """The attempt's log fields (set for the block only) and, when tracing is on, a span
+        joining the graph's trace around it."""
+        tid = loaded.trace_id if loaded else ""
+        token = NODE.set(NodeFields(item.graph_id, item.node, item.attempt, item.iteration, tid))
+        try:
+            if not self._tracing.enabled:
+                yield
+            else:
+                name, attrs = self._span_args(item, loaded)
+                tp = loaded.traceparent if loaded else ""
+                with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
+                    yield
+        finally:
+            NODE.reset(token)
+
     async def _observed(
         self,
         running: _Running,
@@ -446,38 +463,16 @@ class Worker:
         plan: _Plan | None,
         scope: dict[str, Any],
     ) -> None:
-        """Run an attempt with its log fields set (this task's context only) and, when
-        tracing is on, inside a span joining the graph's trace."""
-        item = running.item
-        tid = loaded.trace_id if loaded else ""
-        NODE.set(NodeFields(item.graph_id, item.node, item.attempt, item.iteration, tid))
-        if not self._tracing.enabled:
-            await self._attempt(running, loaded, plan, scope)
-            return
-        name, attrs = self._span_args(item, loaded)
-        tp = loaded.traceparent if loaded else ""
-        with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
+        """Run an attempt in its task, observed (``_observing``)."""
+        with self._observing(running.item, loaded):
             await self._attempt(running, loaded, plan, scope)
 
     def _run_inline(
         self, running: _Running, loaded: LoadedGraph, plan: _Plan, scope: dict[str, Any]
     ) -> None:
-        """``_observed`` for an attempt whose handler runs it without waiting: here and now,
-        its log fields set for the call only."""
-        item = running.item
-        token = NODE.set(
-            NodeFields(item.graph_id, item.node, item.attempt, item.iteration, loaded.trace_id)
-        )
-        try:
-            if not self._tracing.enabled:
-                self._inline_attempt(running, plan, scope)
-                return
-            name, attrs = self._span_args(item, loaded)
-            tp = loaded.traceparent
-            with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
-                self._inline_attempt(running, plan, scope)
-        finally:
-            NODE.reset(token)
+        """``_observed`` for an attempt whose handler runs it without waiting: here and now."""
+        with self._observing(running.item, loaded):
+            self._inline_attempt(running, plan, scope)
 
     def _inline_attempt(self, running: _Running, plan: _Plan, scope: dict[str, Any]) -> None:
         """``_attempt`` of an attempt run inline (``plan.inline`` is set)."""
@@ -493,11 +488,15 @@ class Worker:
             fields = _succeeded(plan, scope, value, result)
         except NodeFailure as f:
             fields = self._failure(f, node, item)
-        except Exception as e:  # a tool's own bug: report it, keep the worker alive
-            log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
-            bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
-            fields = self._failure(bug, node, item)
+        except Exception as e:
+            fields = self._bug(e, node, item)
         self._finish(running, node, rendered, fields, started)
+
+    def _bug(self, e: Exception, node: CompiledNode | None, item: WorkItem) -> list[Any]:
+        """A tool's own bug: logged and reported as a transient failure; the worker lives on."""
+        log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
+        bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
+        return self._failure(bug, node, item)
 
     def _observe(
         self, running: _Running, node: CompiledNode | None, fields: list[Any], started: float
@@ -544,10 +543,8 @@ class Worker:
             # Cancelled because the graph ended or the attempt timed out in Redis: the
             # report below is fenced out there and only acks the work item.
             fields = self._failure(invalid("cancelled"), None, item)
-        except Exception as e:  # a tool's own bug: report it, keep the worker alive
-            log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
-            bug = NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True)
-            fields = self._failure(bug, node, item)
+        except Exception as e:
+            fields = self._bug(e, node, item)
         self._finish(running, node, rendered, fields, started)
 
     def _context(
