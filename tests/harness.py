@@ -25,11 +25,11 @@ import grpc
 import httpx
 from google.protobuf import json_format
 
-from dago import edge as envoy_edge
 from dago.app import build_api, build_worker
 from dago.config import Settings
-from dago.keys import Keys
-from dago.store import Store, connect
+from dago.devtools import edge as envoy_edge
+from dago.store.keys import Keys
+from dago.store.store import Store, connect
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,8 +357,8 @@ def child_logs(stack: ProcessStack, lines: int = 60) -> str:
 
 
 def envoy_config(stack: ProcessStack, **options: Any) -> tuple[Path, int]:
-    """An Envoy config in front of ``stack``'s API, rendered by dago.edge into the stack's log
-    folder; returns its path and listen port. ``options`` are further EdgeConfig fields
+    """An Envoy config in front of ``stack``'s API, rendered by dago.devtools.edge into the
+    stack's log folder; returns its path and listen port. ``options`` are further EdgeConfig fields
     (the metrics port defaults to a free one)."""
     port = free_port()
     options.setdefault("metrics_port", free_port())

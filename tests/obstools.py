@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dago.handlers import NodeContext, Tool
+from dago.nodes.base import NodeContext, Tool
 
 
 async def _die(args: Any, ctx: NodeContext) -> Any:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from dago.ids import parse_shard
-from dago.store import WorkItem
+from dago.engine.ids import parse_shard
+from dago.store.store import WorkItem
 from dago.v1 import execution_pb2
 from harness import InProcessStack, echo, edge, kinds, request, stack_settings
 from redisfixture import RedisTarget

@@ -27,10 +27,10 @@ import pytest
 
 import testtools
 from dago.config import Settings
-from dago.handlers import load_tools
 from dago.llm.base import ChatMessage, LlmRequest, ToolCallRequest, ToolSpec
 from dago.llm.offline import OfflineProvider
-from dago.tools import known_names
+from dago.nodes.base import load_tools
+from dago.nodes.toolbox import known_names
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, ToolUse, Usage
 from fake_openai import FakeOpenAI
@@ -508,7 +508,7 @@ def test_operator_tools_come_from_the_dago_tools_entry_points(
 ) -> None:
     # An installed distribution, as pip lays it out: a module and its dist-info.
     (tmp_path / "dago_ep_tools.py").write_text(
-        "from dago.handlers import Tool\n"
+        "from dago.nodes.base import Tool\n"
         "async def _shout(args, ctx):\n"
         "    return str(args['text']).upper()\n"
         "SHOUT = Tool('shout', 'Upper-cases text.', _shout,\n"

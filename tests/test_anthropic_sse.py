@@ -16,8 +16,8 @@ import anthropic
 import httpx2
 import pytest
 
-from dago.handlers import NodeFailure
 from dago.llm.anthropic_provider import _read, _SseDecoder, _status_failure
+from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 

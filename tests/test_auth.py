@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dago.auth import hash_key, new_key
+from dago.api.auth import hash_key, new_key
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
     ROOT,
@@ -460,7 +460,7 @@ async def test_namespace_keys_follow_the_layout_and_expire_with_the_graph(
 ) -> None:
     """The per-namespace index and request records are where dago/keys.py says, and the
     sweeper removes an expired graph from its namespace's index (timer ``x|<gid>|<ns>``)."""
-    from dago.api import _stable_shard
+    from dago.api.servicer import _stable_shard
 
     settings = stack_settings(
         redis_single.url, key_prefix, auth="keys", api_keys=KEYS, retention_s=1
@@ -496,7 +496,7 @@ async def test_namespace_keys_follow_the_layout_and_expire_with_the_graph(
 
 
 def test_a_malformed_keys_file_keeps_the_previous_keys(tmp_path: Path) -> None:
-    from dago.auth import KeyRing
+    from dago.api.auth import KeyRing
 
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"{hash_key(KEY_A)} team-a  # trailing comment\n\n# only a comment\n")
@@ -508,7 +508,7 @@ def test_a_malformed_keys_file_keeps_the_previous_keys(tmp_path: Path) -> None:
 
 
 def test_the_redactor_knows_every_configured_secret() -> None:
-    from dago.auth import Redactor
+    from dago.api.auth import Redactor
     from dago.config import Settings
 
     settings = Settings(

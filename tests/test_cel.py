@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dago.cel import CelCompiler, CelError, EvalError, Refs, Scope, TemplateError
+from dago.engine.cel import CelCompiler, CelError, EvalError, Refs, Scope, TemplateError
 
 
 @pytest.fixture(scope="module")

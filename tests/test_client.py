@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from google.rpc import error_details_pb2
 
-from dago.auth import hash_key, new_key
+from dago.api.auth import hash_key, new_key
 from dago.v1 import execution_pb2, orchestrator_pb2
 from dago_client import (
     AlreadyExistsError,

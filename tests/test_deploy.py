@@ -35,8 +35,8 @@ import grpc
 import pytest
 import yaml
 
-from dago import edge
-from dago.server import LIVENESS
+from dago.api.server import LIVENESS
+from dago.devtools import edge
 from harness import Client, RunningStack, echo, eventually, free_port, request
 from harness import edge as graph_edge
 from redisfixture import RedisServer
@@ -53,7 +53,7 @@ RELEASE = "rel"
 
 class EnvoyLoader(yaml.SafeLoader):
     """PyYAML loader that accepts a redefined anchor (YAML 1.2 allows it, and Envoy's parser
-    reads it): dago.edge dumps each block of the template on its own, so anchor names
+    reads it): dago.devtools.edge dumps each block of the template on its own, so anchor names
     repeat in the rendered configuration."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
@@ -289,7 +289,7 @@ def test_envoy_configmap_validates_and_points_at_the_api(
     listener = parsed["static_resources"]["listeners"][0]["address"]["socket_address"]
     assert pod["containers"][0]["ports"][0]["containerPort"] == listener["port_value"]
 
-    # The CORS regex the chart builds accepts exactly what dago.edge's would.
+    # The CORS regex the chart builds accepts exactly what dago.devtools.edge's would.
     origins = yaml.safe_load((CHART / "values.yaml").read_text())["envoy"]["corsOrigins"]
     if values == "ingress-tls-values.yaml":
         origins = yaml.safe_load((CHART / "ci" / values).read_text())["envoy"]["corsOrigins"]
@@ -769,7 +769,7 @@ async def test_image_commands_start_serve_and_worker_from_the_wheel(
         return [python, *words[1:]]
 
     where = run(
-        argv(["python", "-c", "import dago.server; print(dago.server.__file__)"]),
+        argv(["python", "-c", "import dago.api.server; print(dago.api.server.__file__)"]),
         cwd=tmp_path,
         env=_image_env(),
     )

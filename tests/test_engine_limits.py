@@ -16,7 +16,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from dago.ids import new_graph_id, parse_shard
+from dago.engine.ids import new_graph_id, parse_shard
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from harness import (
     InProcessStack,

@@ -20,9 +20,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from dago.ids import parse_shard
-from dago.keys import WORK_GROUP
-from dago.store import Store
+from dago.engine.ids import parse_shard
+from dago.store.keys import WORK_GROUP
+from dago.store.store import Store
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from harness import (
     Client,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dago.httpnode import HttpHandler
+from dago.nodes.http import HttpHandler
 from dago.v1 import execution_pb2, graph_pb2
 from harness import InProcessStack, node_status, plain, request, stack_settings
 from redisfixture import RedisServer

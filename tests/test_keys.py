@@ -1,10 +1,10 @@
-"""The Lua scripts and ``dago.keys`` agree on the Redis key layout.
+"""The Lua scripts and ``dago.store.keys`` agree on the Redis key layout.
 
 The scripts build per-graph key names themselves (``lua/common.lua``), so a drift between
 the two would put state under names the Python side never reads, or outside the shard's
 hash slot. These tests run real graphs (completed with a retry, failed, cancelled while
 running, with a request_id and a deadline) through the real API and workers, then list
-every key in Redis and check that each is a name ``dago.keys`` produces and carries the
+every key in Redis and check that each is a name ``dago.store.keys`` produces and carries the
 hash tag of its shard.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dago.ids import parse_shard
-from dago.keys import Keys
+from dago.engine.ids import parse_shard
+from dago.store.keys import Keys
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
     InProcessStack,
@@ -47,7 +47,7 @@ def graph_shard(graph_id: str) -> int:
 
 
 def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
-    """Every key name ``dago.keys`` gives for these graphs (id -> request_id) on every shard,
+    """Every key name ``dago.store.keys`` gives for these graphs (id -> request_id) on every shard,
     with the Redis type its docstring gives it."""
     names = {keys.workers: "hash", keys.workers_seen: "zset"}
     for sk in keys.all_shards():
@@ -134,7 +134,7 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     found = set(found)
     allowed = layout(keys, ran.graphs)
     stray = sorted(found - set(allowed))
-    assert not stray, f"keys outside the layout of dago.keys: {stray}"
+    assert not stray, f"keys outside the layout of dago.store.keys: {stray}"
     for key in sorted(found):
         kind = (await redis.type(key)).decode()
         assert kind == allowed[key], f"{key} is a {kind}, not a {allowed[key]}"
@@ -168,7 +168,7 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     required |= {cg.meta, cg.nodes, cg.topo, cg.events, cancelled.control}
     required.add(cancelled.index(str(execution_pb2.GRAPH_STATE_CANCELLED)))
     missing = sorted(required - found)
-    assert not missing, f"keys dago.keys names but the run did not write: {missing}"
+    assert not missing, f"keys dago.store.keys names but the run did not write: {missing}"
 
 
 async def test_every_key_written_is_in_the_documented_layout(

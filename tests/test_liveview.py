@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from dago.auth import hash_key, new_key
+from dago.api.auth import hash_key, new_key
 from dago.v1 import execution_pb2
 from dago_client import AsyncDagoClient
 from harness import (

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from dago.engine.schema import validation_error
 from dago.llm.base import ChatMessage, LlmRequest
 from dago.llm.offline import offline_answer
-from dago.llm.schema import validation_error
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic, Text, ToolUse, Usage
 from harness import (

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dago.logs import ContextFilter, JsonFormatter, redact
+from dago.observe.logs import ContextFilter, JsonFormatter, redact
 from dago.v1 import execution_pb2
 from fake_anthropic import FakeAnthropic, Text
 from harness import (

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dago.ids import parse_shard
+from dago.engine.ids import parse_shard
 from dago.v1 import execution_pb2, orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic, Text, Usage
 from harness import (

@@ -255,11 +255,11 @@ async def test_the_fake_also_answers_without_streaming(fake: FakeOpenAI) -> None
 def test_the_sdk_is_imported_on_first_use_and_its_absence_is_explained() -> None:
     code = """
 import sys
-import dago.worker, dago.llm.providers
+import dago.worker.process, dago.llm.providers
 assert "openai" not in sys.modules, "imported at start"
 sys.modules["openai"] = None  # as if the package were not installed
 from dago.config import Settings
-from dago.handlers import NodeFailure
+from dago.nodes.base import NodeFailure
 from dago.llm.providers import Providers
 try:
     Providers(Settings(openai_api_key="k")).resolve("openai", "")

@@ -20,7 +20,7 @@ import pytest
 import redis as redis_sync
 from google.protobuf import json_format
 
-from dago.auth import hash_key, new_key
+from dago.api.auth import hash_key, new_key
 from dago.v1 import orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic, Text
 from harness import (

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2_grpc,
 )
 
-from dago.tracing import enabled_by
+from dago.observe.tracing import enabled_by
 from dago.v1 import execution_pb2
 from fake_anthropic import FakeAnthropic, Text, Usage
 from fakehttp import FakeHttpServer
@@ -236,7 +236,7 @@ def test_tracing_is_off_without_an_endpoint() -> None:
     # Off: no SDK, no exporter, no spans; graphs still get a trace id for their logs.
     script = (
         "import sys, dago.app\n"
-        "from dago.tracing import Tracing\n"
+        "from dago.observe.tracing import Tracing\n"
         "t = Tracing('dago-worker')\n"
         "with t.span('x') as s:\n"
         "    assert s is None\n"

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from dago.auth import hash_key, new_key
+from dago.api.auth import hash_key, new_key
 from harness import (
     ROOT,
     ProcessStack,

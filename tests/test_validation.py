@@ -1,4 +1,4 @@
-"""Validation and compilation of submitted graphs (``dago.graphdef.compile_graph``).
+"""Validation and compilation of submitted graphs (``dago.engine.compile.compile_graph``).
 
 Graphs are built from plain dicts in proto JSON form and compiled with the real CEL
 compiler; every rejection is checked by its exact field path and by key words of its
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from google.protobuf.json_format import ParseDict
 
-from dago.cel import CelCompiler
-from dago.graphdef import (
+from dago.engine.cel import CelCompiler
+from dago.engine.compile import (
     CompiledGraph,
     CompileOptions,
     GraphInvalid,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from dago import watch
-from dago.events import decode, encode, graph_prefix
+from dago.api import watch
+from dago.store.events import decode, encode, graph_prefix
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import InProcessStack, echo, edge, kinds, request, stack_settings, watch_raw
 from redisfixture import RedisServer

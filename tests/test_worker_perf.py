@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from dago.app import build_worker
-from dago.handlers import NodeContext, NodeFailure, Tool
-from dago.logs import NODE
+from dago.nodes.base import NodeContext, NodeFailure, Tool
+from dago.observe.logs import NODE
 from dago.v1 import execution_pb2, graph_pb2
 from harness import (
     InProcessStack,

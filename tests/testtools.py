@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dago.handlers import NodeContext, NodeFailure, Tool
+from dago.nodes.base import NodeContext, NodeFailure, Tool
 from dago.v1 import graph_pb2
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import uvloop
 
-from dago import logs, probe
 from dago.config import ConfigError, Settings, describe, load
+from dago.devtools import probe
+from dago.observe import logs
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m dago``."""
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["keys"]:
-        from dago.auth import keys_command
+        from dago.api.auth import keys_command
 
         return keys_command(given[1:])
     parser = argparse.ArgumentParser(prog="dago", description="Run graphs of AI-agent steps.")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load()
         if args.command == "serve":
-            from dago.auth import check
+            from dago.api.auth import check
 
             check(settings)  # keys and TLS files, before anything listens
     except ConfigError as e:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_config(settings)
         return 0
     if args.command == "dev":
-        from dago.dev import run_dev
+        from dago.devtools.dev import run_dev
 
         return run_dev(settings)
     runners: dict[str, Callable[[Settings], Coroutine[Any, Any, None]]] = {

@@ -5,27 +5,27 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from dago.api import Orchestrator
-from dago.auth import Authenticator, ServerGuard
-from dago.cel import CelCompiler
+from dago.api.auth import Authenticator, ServerGuard
+from dago.api.server import ApiServer
+from dago.api.servicer import Orchestrator
+from dago.api.watch import EventHub
 from dago.config import Settings
-from dago.graphcache import GraphCache
-from dago.graphdef import CompileOptions
-from dago.handlers import Handler, RouterHandler, ToolHandler
-from dago.httpnode import HttpHandler
-from dago.keys import Keys
-from dago.llm.agent import AgentHandler
-from dago.llm.node import LlmHandler
+from dago.engine.cel import CelCompiler
+from dago.engine.compile import CompileOptions
+from dago.engine.graphcache import GraphCache
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
-from dago.llm.router import LlmRouteChooser
-from dago.metrics import Metrics, RedisCollector, new_registry
-from dago.server import ApiServer
-from dago.store import Store, connect
-from dago.tools import Toolbox, known_names
-from dago.tracing import Tracing
-from dago.watch import EventHub
-from dago.worker import Worker
+from dago.nodes.agent import AgentHandler
+from dago.nodes.base import Handler, RouterHandler, ToolHandler
+from dago.nodes.http import HttpHandler
+from dago.nodes.llm import LlmHandler
+from dago.nodes.router import LlmRouteChooser
+from dago.nodes.toolbox import Toolbox, known_names
+from dago.observe.metrics import Metrics, RedisCollector, new_registry
+from dago.observe.tracing import Tracing
+from dago.store.keys import Keys
+from dago.store.store import Store, connect
+from dago.worker.process import Worker
 
 
 def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:

@@ -123,7 +123,7 @@ def _provider(v: Any) -> str | None:
 
 
 def _mcp_servers(v: Any) -> str | None:
-    from dago.mcptools import parse_servers  # only when set: it imports the handler types
+    from dago.nodes.mcp import parse_servers  # only when set: it imports the handler types
 
     if not v:
         return None

@@ -21,7 +21,7 @@ import grpc
 import httpx
 from google.protobuf import json_format
 
-from dago import edge
+from dago.devtools import edge
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from harness import ROOT, Client, ProcessStack, envoy_config, eventually
 

@@ -37,7 +37,7 @@ import anthropic
 import httpx
 import httpx2
 
-from dago.handlers import NodeFailure
+from dago.engine.schema import validation_error
 from dago.llm.base import (
     CallFailed,
     ChatMessage,
@@ -48,7 +48,7 @@ from dago.llm.base import (
     ToolCallRequest,
     retry_after,
 )
-from dago.llm.schema import validation_error
+from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 DEFAULT_MODEL = "claude-sonnet-4-6"

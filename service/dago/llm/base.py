@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dago.handlers import NodeFailure
+from dago.nodes.base import NodeFailure
 
 OnText = Callable[[str], None]
 """Receives each text delta as the model produces it (synchronous, must not block)."""

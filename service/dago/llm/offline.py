@@ -37,7 +37,7 @@ import json
 import re
 from typing import Any
 
-from dago.handlers import NodeFailure
+from dago.engine.schema import instance, validation_error
 from dago.llm.base import (
     LlmRequest,
     LlmResponse,
@@ -47,7 +47,7 @@ from dago.llm.base import (
     ToolOutcome,
     ToolSpec,
 )
-from dago.llm.schema import instance, validation_error
+from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 PREFIX_WORDS = 12

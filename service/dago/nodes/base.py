@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dago.cel import EvalError
-from dago.graphdef import CompiledNode
+from dago.engine.cel import EvalError
+from dago.engine.compile import CompiledNode
 from dago.v1 import graph_pb2
 
 Emit = Callable[[list[tuple[str, str]]], Awaitable[bool]]

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dago import edge
 from dago.config import Settings, env_name
+from dago.devtools import edge
 
 RUN_DIR = Path(".run")
 

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dago.handlers import NodeContext, NodeFailure, Tool, invalid
+from dago.nodes.base import NodeContext, NodeFailure, Tool, invalid
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.mcp")

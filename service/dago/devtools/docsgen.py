@@ -1,4 +1,4 @@
-"""``python -m dago.docsgen``: docs/api.md, the API reference, from the proto comments.
+"""``python -m dago.devtools.docsgen``: docs/api.md, the API reference, from the proto comments.
 
 Reads the descriptor set ``make gen`` writes (gen/dago.binpb, with source info) and prints
 every service, RPC (with its REST route), message, field and enum of ``dago.v1`` with its
@@ -16,7 +16,7 @@ from pathlib import Path
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DESCRIPTOR = ROOT / "gen" / "dago.binpb"
 PACKAGE = "dago.v1"
 
@@ -206,7 +206,7 @@ def render(descriptor: Path = DESCRIPTOR) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``--out FILE`` writes the reference; ``--check FILE`` fails when FILE differs."""
-    p = argparse.ArgumentParser(prog="python -m dago.docsgen", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m dago.devtools.docsgen", description=__doc__)
     p.add_argument("--descriptor", type=Path, default=DESCRIPTOR)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--out", type=Path, help="write here (default: stdout)")

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from dago import errors
+from dago.api import errors
 from dago.config import ConfigError, Settings
 
 log = logging.getLogger("dago.auth")

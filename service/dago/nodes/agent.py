@@ -35,7 +35,7 @@ import logging
 import re
 from typing import Any
 
-from dago.handlers import NodeContext, NodeFailure, NodeResult, Tool
+from dago.engine.schema import validation_error
 from dago.llm.base import (
     CallFailed,
     ChatMessage,
@@ -45,10 +45,10 @@ from dago.llm.base import (
     ToolOutcome,
     ToolSpec,
 )
-from dago.llm.node import LlmHandler
-from dago.llm.schema import validation_error
-from dago.tools import Toolbox
-from dago.tracing import fail
+from dago.nodes.base import NodeContext, NodeFailure, NodeResult, Tool
+from dago.nodes.llm import LlmHandler
+from dago.nodes.toolbox import Toolbox
+from dago.observe.tracing import fail
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.agent")

@@ -30,11 +30,11 @@ import httpx
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from dago.cel import EvalError
-from dago.handlers import NodeContext, NodeFailure, NodeResult, invalid
+from dago.engine.cel import EvalError
 from dago.llm.base import retry_after
-from dago.metrics import Metrics
-from dago.tracing import Tracing
+from dago.nodes.base import NodeContext, NodeFailure, NodeResult, invalid
+from dago.observe.metrics import Metrics
+from dago.observe.tracing import Tracing
 from dago.v1 import graph_pb2
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dago.graphdef import Violation
+from dago.engine.compile import Violation
 
 log = logging.getLogger("dago.api")
 

@@ -16,10 +16,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from dago.cel import CelCompiler, CelError, Expression, Refs, Scope, Template, TemplateError
-from dago.llm.schema import schema_problem
+from dago.engine.cel import CelCompiler, CelError, Expression, Refs, Scope, Template, TemplateError
+from dago.engine.schema import schema_problem
+from dago.store.values import to_plain
 from dago.v1 import graph_pb2
-from dago.values import to_plain
 
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -22,15 +22,15 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from dago.cel import EvalError
-from dago.handlers import Emit, NodeContext, NodeFailure, NodeResult, Usage, invalid
+from dago.engine.cel import EvalError
 from dago.llm.base import CallFailed, ChatMessage, LlmRequest, LlmResponse, Provider, TokenUsage
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
-from dago.metrics import Metrics
-from dago.tracing import Tracing, fail
+from dago.nodes.base import Emit, NodeContext, NodeFailure, NodeResult, Usage, invalid
+from dago.observe.metrics import Metrics
+from dago.observe.tracing import Tracing, fail
+from dago.store.values import to_plain
 from dago.v1 import graph_pb2
-from dago.values import to_plain
 
 log = logging.getLogger("dago.llm")
 

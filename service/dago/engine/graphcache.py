@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from dago.cel import CelCompiler
-from dago.graphdef import CompiledGraph, CompileOptions, GraphInvalid, compile_graph
-from dago.store import Store
-from dago.tracing import trace_id_of
+from dago.engine.cel import CelCompiler
+from dago.engine.compile import CompiledGraph, CompileOptions, GraphInvalid, compile_graph
+from dago.observe.tracing import trace_id_of
+from dago.store.store import Store
 from dago.v1 import graph_pb2
 
 

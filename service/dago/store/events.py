@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
-from dago.values import set_value
 
 TERMINAL = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
 

@@ -16,9 +16,9 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from dago.handlers import NodeContext, NodeResult
 from dago.llm.base import ChatMessage
-from dago.llm.node import LlmHandler
+from dago.nodes.base import NodeContext, NodeResult
+from dago.nodes.llm import LlmHandler
 
 SYSTEM = (
     "You route requests in a workflow. Choose the single best route for the request, "

@@ -34,18 +34,18 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
-from dago.auth import Redactor
-from dago.cel import EvalError
+from dago.api.auth import Redactor
 from dago.config import Settings
-from dago.graphcache import GraphCache, LoadedGraph
-from dago.graphdef import CompiledNode, start_reads
-from dago.handlers import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
-from dago.logs import NODE, NodeFields
-from dago.metrics import Metrics, serve
-from dago.store import STORE_ERRORS, Store, WorkItem, raise_if_cancelling
-from dago.tracing import Tracing, fail, trace_id_of
+from dago.engine.cel import EvalError
+from dago.engine.compile import CompiledNode, start_reads
+from dago.engine.graphcache import GraphCache, LoadedGraph
+from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
+from dago.observe.logs import NODE, NodeFields
+from dago.observe.metrics import Metrics, serve
+from dago.observe.tracing import Tracing, fail, trace_id_of
+from dago.store.store import STORE_ERRORS, Store, WorkItem, raise_if_cancelling
+from dago.store.values import dumps
 from dago.v1 import graph_pb2
-from dago.values import dumps
 
 log = logging.getLogger("dago.worker")
 

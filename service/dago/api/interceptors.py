@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 from opentelemetry.trace import SpanKind
 
-from dago.metrics import Metrics
-from dago.tracing import Tracing, fail
+from dago.observe.metrics import Metrics
+from dago.observe.tracing import Tracing, fail
 
 
 def _code(context: Any, default: str) -> str:

@@ -27,8 +27,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from dago.events import TERMINAL_KINDS, encode, encode_heartbeat, graph_prefix
-from dago.store import STORE_ERRORS, Store, raise_if_cancelling
+from dago.store.events import TERMINAL_KINDS, encode, encode_heartbeat, graph_prefix
+from dago.store.store import STORE_ERRORS, Store, raise_if_cancelling
 
 log = logging.getLogger("dago.watch")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dago.cel import EvalError
-from dago.events import error_from, usage_from
-from dago.graphcache import LoadedGraph
+from dago.engine.cel import EvalError
+from dago.engine.graphcache import LoadedGraph
+from dago.store.events import error_from, usage_from
+from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
-from dago.values import set_value
 
 TERMINAL_STATES = frozenset(
     {

@@ -41,7 +41,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from dago.config import Settings
-from dago.keys import WORK_GROUP, Keys
+from dago.store.keys import WORK_GROUP, Keys
 
 log = logging.getLogger("dago.metrics")
 

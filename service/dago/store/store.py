@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dago.config import Settings
-from dago.keys import WORK_GROUP, Keys, ShardKeys
+from dago.store.keys import WORK_GROUP, Keys, ShardKeys
 
 RedisClient = aioredis.Redis | RedisCluster
 

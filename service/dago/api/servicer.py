@@ -15,21 +15,21 @@ from typing import Any
 
 import grpc
 
-from dago import errors
-from dago.auth import DEFAULT_NAMESPACE, Authenticator
-from dago.cel import CelCompiler
+from dago.api import errors
+from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
+from dago.api.errors import guard, guard_stream
+from dago.api.views import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
+from dago.api.watch import EventHub
 from dago.config import Settings
-from dago.errors import guard, guard_stream
-from dago.events import decode, error_from
-from dago.graphcache import GraphCache
-from dago.graphdef import CompileOptions, GraphInvalid
-from dago.ids import new_graph_id, parse_shard
-from dago.status import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
-from dago.store import Store, dumps
-from dago.tracing import Tracing, trace_id_of
+from dago.engine.cel import CelCompiler
+from dago.engine.compile import CompileOptions, GraphInvalid
+from dago.engine.graphcache import GraphCache
+from dago.engine.ids import new_graph_id, parse_shard
+from dago.observe.tracing import Tracing, trace_id_of
+from dago.store.events import decode, error_from
+from dago.store.store import Store, dumps
+from dago.store.values import to_plain
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from dago.values import to_plain
-from dago.watch import EventHub
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("dago.api")

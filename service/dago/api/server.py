@@ -12,15 +12,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from dago.api import Orchestrator
-from dago.auth import ServerGuard, server_credentials
+from dago.api.auth import ServerGuard, server_credentials
+from dago.api.interceptors import RpcObserver
+from dago.api.servicer import Orchestrator
+from dago.api.watch import EventHub
 from dago.config import Settings
-from dago.metrics import Metrics, serve
-from dago.store import STORE_ERRORS, Store, raise_if_cancelling
-from dago.telemetry import RpcObserver
-from dago.tracing import Tracing
+from dago.observe.metrics import Metrics, serve
+from dago.observe.tracing import Tracing
+from dago.store.store import STORE_ERRORS, Store, raise_if_cancelling
 from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from dago.watch import EventHub
 
 log = logging.getLogger("dago.server")
 
