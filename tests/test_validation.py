@@ -15,14 +15,10 @@ import pytest
 from google.protobuf.json_format import ParseDict
 
 from dago.engine.cel import CelCompiler
-from dago.engine.compile import (
-    CompiledGraph,
-    CompileOptions,
-    GraphInvalid,
-    Retry,
-    Violation,
-    compile_graph,
-)
+from dago.engine.checker import GraphInvalid, Violation
+from dago.engine.compile import compile_graph
+from dago.engine.model import CompiledGraph, CompileOptions
+from dago.engine.retry import Retry
 from dago.v1 import graph_pb2
 
 OPTIONS = CompileOptions(tools={"echo", "sleep"})

@@ -11,8 +11,8 @@ from dago.api.servicer import Orchestrator
 from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
-from dago.engine.compile import CompileOptions
 from dago.engine.graphcache import GraphCache
+from dago.engine.model import CompileOptions
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.nodes.agent import AgentHandler

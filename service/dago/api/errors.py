@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dago.engine.compile import Violation
+from dago.engine.checker import Violation
 
 log = logging.getLogger("dago.api")
 

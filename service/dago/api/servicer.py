@@ -22,9 +22,10 @@ from dago.api.views import TERMINAL_STATES, graph_result, graph_state, graph_sta
 from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
-from dago.engine.compile import CompileOptions, GraphInvalid
+from dago.engine.checker import GraphInvalid
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
+from dago.engine.model import CompileOptions
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import decode, error_from
 from dago.store.store import Store, dumps

@@ -10,14 +10,18 @@ conditions, so both always agree.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
-from dago.engine.cel import CelCompiler, CelError, Expression, Refs, Scope, Template, TemplateError
+from dago.engine.cel import CelCompiler, Expression, Refs, Scope, Template
+from dago.engine.checker import Checker, GraphInvalid
+from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEdge
+from dago.engine.retry import check_retry, effective_retry, seconds
 from dago.engine.schema import schema_problem
+from dago.engine.shape import Edge, Shape, check_loops, reachable
+from dago.engine.topology import topology
 from dago.store.values import to_plain
 from dago.v1 import graph_pb2
 
@@ -29,139 +33,8 @@ LLM_PROVIDERS = ("anthropic", "openai", "offline")
 MAX_LLM_TOKENS = 1_000_000
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-MAX_ATTEMPTS = 100
 MAX_ITERATIONS = 10_000
 MAX_DURATION_S = 30 * 24 * 3600
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One problem with a request: the field path and what is wrong."""
-
-    field: str
-    description: str
-
-
-class GraphInvalid(ValueError):
-    """A graph that cannot run; carries every violation found."""
-
-    def __init__(self, violations: list[Violation]) -> None:
-        super().__init__(f"{len(violations)} problem(s) in the graph")
-        self.violations = violations
-
-
-@dataclass(frozen=True)
-class OutEdge:
-    """An edge as its source node sees it."""
-
-    index: int
-    to: str
-    condition: Expression | None
-    label: str
-    back: bool
-
-
-@dataclass(frozen=True)
-class Retry:
-    """A node's effective retry policy, durations in seconds."""
-
-    max_attempts: int
-    initial_backoff: float
-    max_backoff: float
-    multiplier: float
-    jitter: float
-    retry_on: frozenset[int]
-
-
-@dataclass
-class CompiledNode:
-    """A node with everything a worker needs to run it."""
-
-    id: str
-    index: int
-    kind: str
-    proto: graph_pb2.Node
-    inputs: Template
-    output: dict[str, Expression]
-    out_edges: list[OutEdge]
-    routes: list[tuple[str, Expression | None]]
-    retry: Retry
-    attempt_timeout: float
-    refs: Refs = Refs.EMPTY
-    templates: dict[str, Template] = field(default_factory=dict)
-    """Templates of the kind's own fields (``llm.prompt``, ``http.url``...), scope ROUTE."""
-
-
-@dataclass
-class CompiledGraph:
-    """A validated graph: its nodes, shape and Lua topology."""
-
-    proto: graph_pb2.Graph
-    nodes: dict[str, CompiledNode]
-    entries: list[str]
-    topology: dict[str, str]
-    output: dict[str, Expression] = field(default_factory=dict)
-    sinks: list[str] = field(default_factory=list)
-
-    def node(self, node_id: str) -> CompiledNode:
-        """The compiled node with this id."""
-        return self.nodes[node_id]
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """Server settings that bound what a graph may ask for."""
-
-    tools: Collection[str]
-    max_nodes: int = 1000
-    mcp_servers: Collection[str] = ()
-    """Configured MCP servers: ``<server>/<tool>`` names are accepted for them (the tool
-    itself is checked when the node runs, so the API never starts an MCP server)."""
-    max_edges: int = 5000
-    default_attempt_timeout: float = 300.0
-
-
-def _seconds(d: Any) -> float:
-    return float(d.seconds) + float(d.nanos) / 1e9
-
-
-class _Checker:
-    """Collects violations while compiling, so the client sees all at once."""
-
-    def __init__(self) -> None:
-        self.violations: list[Violation] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.violations.append(Violation(path, message))
-
-    def compile(self, cel: CelCompiler, source: str, scope: Scope, path: str) -> Expression | None:
-        try:
-            return cel.compile(source, scope)
-        except CelError as e:
-            self.add(path, str(e))
-            return None
-
-    def template(self, cel: CelCompiler, value: Any, scope: Scope, path: str) -> Template | None:
-        try:
-            return cel.template(value, scope)
-        except TemplateError as e:
-            self.add(f"{path}.{e.path}" if e.path else path, str(e))
-            return None
-
-    def field_templates(
-        self, cel: CelCompiler, fields: Mapping[str, str], node_path: str
-    ) -> dict[str, Template]:
-        """Compile kind fields (key: field path inside the node) as string templates."""
-        out: dict[str, Template] = {}
-        for key, text in fields.items():
-            try:
-                t = cel.template_string(text, Scope.ROUTE, path=key)
-            except TemplateError as e:
-                self.add(f"{node_path}.{key}", str(e))
-                continue
-            if not t.is_static:
-                out[key] = t
-        return out
 
 
 def compile_graph(
@@ -176,7 +49,7 @@ def compile_graph(
     ``inputs`` are the run's inputs (to check that templates name inputs that
     exist); ``root`` is the field path of the graph in the request.
     """
-    chk = _Checker()
+    chk = Checker()
     ids = _check_nodes(graph, options, chk, root)
     edges = _check_edges(graph, ids, options, chk, root)
     entries = _entries(graph, ids, edges, chk, root)
@@ -191,7 +64,7 @@ def compile_graph(
     if chk.violations:
         raise GraphInvalid(chk.violations)
 
-    reached = _reachable(entries, edges)
+    reached = reachable(entries, edges)
     for nid in ids:
         if nid not in reached:
             chk.add(
@@ -201,8 +74,8 @@ def compile_graph(
     # The shape analysis assumes every cycle is reached from an entry: stop here if not.
     if chk.violations:
         raise GraphInvalid(chk.violations)
-    shape = _Shape.build(list(ids), edges, entries)
-    _check_loops(graph, ids, edges, shape, chk, root)
+    shape = Shape.build(list(ids), edges, entries)
+    check_loops(graph, ids, edges, shape, chk, root)
     heads = {idx: to for _, to, idx in edges if idx in shape.back}
     for i, nid in enumerate(entries):
         for b, body in shape.bodies.items():
@@ -232,14 +105,14 @@ def compile_graph(
         proto=graph,
         nodes=compiled,
         entries=entries,
-        topology=_topology(compiled, edges, shape),
+        topology=topology(compiled, edges, shape),
         output=output,
         sinks=sinks,
     )
 
 
 def _check_nodes(
-    graph: graph_pb2.Graph, options: CompileOptions, chk: _Checker, root: str
+    graph: graph_pb2.Graph, options: CompileOptions, chk: Checker, root: str
 ) -> dict[str, int]:
     ids: dict[str, int] = {}
     if not graph.nodes:
@@ -265,10 +138,10 @@ def _check_nodes(
             chk.add(f"{path}.{kind}", f"the {kind} node kind is not available on this server yet")
         if not 0 <= node.max_iterations <= MAX_ITERATIONS:
             chk.add(f"{path}.max_iterations", f"must be between 0 and {MAX_ITERATIONS}")
-        _check_retry(node.retry, f"{path}.retry", chk)
+        check_retry(node.retry, f"{path}.retry", chk)
         if node.HasField("attempt_timeout"):
             _check_duration(node.attempt_timeout, f"{path}.attempt_timeout", chk)
-    _check_retry(graph.defaults.retry, f"{root}.defaults.retry", chk)
+    check_retry(graph.defaults.retry, f"{root}.defaults.retry", chk)
     if graph.defaults.HasField("attempt_timeout"):
         _check_duration(graph.defaults.attempt_timeout, f"{root}.defaults.attempt_timeout", chk)
     lim = graph.limits
@@ -283,39 +156,19 @@ def _check_nodes(
     return ids
 
 
-def _check_duration(d: Any, path: str, chk: _Checker) -> None:
-    s = _seconds(d)
+def _check_duration(d: Any, path: str, chk: Checker) -> None:
+    s = seconds(d)
     if s <= 0:
         chk.add(path, "must be positive")
     elif s > MAX_DURATION_S:
         chk.add(path, "must be at most 30 days")
 
 
-def _check_retry(r: graph_pb2.RetryPolicy, path: str, chk: _Checker) -> None:
-    if not 0 <= r.max_attempts <= MAX_ATTEMPTS:
-        chk.add(f"{path}.max_attempts", f"must be between 0 and {MAX_ATTEMPTS}")
-    for name in ("initial_backoff", "max_backoff"):
-        if r.HasField(name):
-            s = _seconds(getattr(r, name))
-            if not 0 <= s <= 24 * 3600:
-                chk.add(f"{path}.{name}", "must be between 0 and 24 hours")
-    both = r.HasField("initial_backoff") and r.HasField("max_backoff")
-    if both and _seconds(r.max_backoff) < _seconds(r.initial_backoff):
-        chk.add(f"{path}.max_backoff", "must not be less than initial_backoff")
-    if r.backoff_multiplier != 0 and not 1 <= r.backoff_multiplier <= 100:
-        chk.add(f"{path}.backoff_multiplier", "must be between 1 and 100 (0 means 2)")
-    if not 0 <= r.jitter <= 1:
-        chk.add(f"{path}.jitter", "must be between 0 and 1")
-
-
-Edge = tuple[str, str, int]  # (from, to, index in graph.edges)
-
-
 def _check_edges(
     graph: graph_pb2.Graph,
     ids: Mapping[str, int],
     options: CompileOptions,
-    chk: _Checker,
+    chk: Checker,
     root: str,
 ) -> list[Edge]:
     if len(graph.edges) > options.max_edges:
@@ -344,7 +197,7 @@ def _entries(
     graph: graph_pb2.Graph,
     ids: Mapping[str, int],
     edges: list[Edge],
-    chk: _Checker,
+    chk: Checker,
     root: str,
 ) -> list[str]:
     if graph.entry_nodes:
@@ -364,159 +217,13 @@ def _entries(
     return entries
 
 
-def _reachable(entries: list[str], edges: list[Edge]) -> set[str]:
-    out: dict[str, list[str]] = {}
-    for src, to, _ in edges:
-        out.setdefault(src, []).append(to)
-    seen = set(entries)
-    todo = list(entries)
-    while todo:
-        for nxt in out.get(todo.pop(), []):
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return seen
-
-
-@dataclass
-class _Shape:
-    """Forward edges (a DAG), back edges closing loops, and loop bodies."""
-
-    reached: set[str]
-    back: set[int]
-    bodies: dict[int, set[str]]
-    forward_out: dict[str, list[Edge]]
-    forward_in: dict[str, list[Edge]]
-    ancestors: dict[str, set[str]]
-
-    @classmethod
-    def build(cls, ids: list[str], edges: list[Edge], entries: list[str]) -> _Shape:
-        out: dict[str, list[Edge]] = {n: [] for n in ids}
-        for e in edges:
-            out[e[0]].append(e)
-        back: set[int] = set()
-        reached: set[str] = set()
-        on_stack: set[str] = set()
-        # Iterative DFS in declaration order, so back edges are deterministic.
-        for start in entries:
-            if start in reached:
-                continue
-            reached.add(start)
-            on_stack.add(start)
-            stack: list[tuple[str, Iterable[Edge]]] = [(start, iter(out[start]))]
-            while stack:
-                node, it = stack[-1]
-                nxt = next(iter(it), None)
-                if nxt is None:
-                    stack.pop()
-                    on_stack.discard(node)
-                    continue
-                to = nxt[1]
-                if to in on_stack:
-                    back.add(nxt[2])
-                elif to not in reached:
-                    reached.add(to)
-                    on_stack.add(to)
-                    stack.append((to, iter(out[to])))
-        f_out: dict[str, list[Edge]] = {n: [] for n in ids}
-        f_in: dict[str, list[Edge]] = {n: [] for n in ids}
-        for e in edges:
-            if e[2] not in back:
-                f_out[e[0]].append(e)
-                f_in[e[1]].append(e)
-        ancestors = _closure(ids, f_in, lambda e: e[0])
-        descendants = _closure(ids, f_out, lambda e: e[1])
-        bodies: dict[int, set[str]] = {}
-        for e in edges:
-            if e[2] in back:
-                src, head = e[0], e[1]
-                bodies[e[2]] = {
-                    v
-                    for v in ids
-                    if (v == head or v in descendants[head]) and (v == src or src in descendants[v])
-                }
-        return cls(reached, back, bodies, f_out, f_in, ancestors)
-
-
-def _closure(ids: list[str], adj: Mapping[str, list[Edge]], pick: Any) -> dict[str, set[str]]:
-    """For each node, every node reachable along ``adj`` (memoised DFS on a DAG)."""
-    memo: dict[str, set[str]] = {}
-    for start in ids:
-        if start in memo:
-            continue
-        stack = [start]
-        while stack:
-            n = stack[-1]
-            pending = [pick(e) for e in adj[n] if pick(e) not in memo]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            acc: set[str] = set()
-            for e in adj[n]:
-                m = pick(e)
-                acc.add(m)
-                acc |= memo[m]
-            memo[n] = acc
-    return memo
-
-
-def _check_loops(
-    graph: graph_pb2.Graph,
-    ids: Mapping[str, int],
-    edges: list[Edge],
-    shape: _Shape,
-    chk: _Checker,
-    root: str,
-) -> None:
-    for src, head, idx in edges:
-        if idx not in shape.back:
-            continue
-        if graph.nodes[ids[head]].max_iterations <= 0:
-            chk.add(
-                f"{root}.nodes[{ids[head]}].max_iterations",
-                f"edges[{idx}] ({src} -> {head}) closes a cycle; set max_iterations on "
-                f'node "{head}" to bound the loop',
-            )
-        body = shape.bodies[idx]
-        for v in body - {head}:
-            for a, _, j in shape.forward_in[v]:
-                if a not in body:
-                    chk.add(
-                        f"{root}.edges[{j}]",
-                        f'enters the loop headed by "{head}" at "{v}"; a loop can only be '
-                        "entered at its head",
-                    )
-
-
-def _effective_retry(node: graph_pb2.Node, graph: graph_pb2.Graph) -> Retry:
-    r = node.retry if node.HasField("retry") else graph.defaults.retry
-    d = graph.defaults.retry
-
-    def dur(name: Literal["initial_backoff", "max_backoff"], default: float) -> float:
-        if r.HasField(name):
-            return _seconds(getattr(r, name))
-        if d.HasField(name):
-            return _seconds(getattr(d, name))
-        return default
-
-    return Retry(
-        max_attempts=r.max_attempts or d.max_attempts or 1,
-        initial_backoff=dur("initial_backoff", 1.0),
-        max_backoff=dur("max_backoff", 60.0),
-        multiplier=r.backoff_multiplier or d.backoff_multiplier or 2.0,
-        jitter=r.jitter or d.jitter,
-        retry_on=frozenset(r.retry_on or d.retry_on),
-    )
-
-
 def _compile_nodes(
     graph: graph_pb2.Graph,
     ids: Mapping[str, int],
     edges: list[Edge],
     cel: CelCompiler,
     options: CompileOptions,
-    chk: _Checker,
+    chk: Checker,
     root: str,
 ) -> dict[str, CompiledNode]:
     out_edges: dict[str, list[OutEdge]] = {nid: [] for nid in ids}
@@ -560,9 +267,9 @@ def _compile_nodes(
             templates = _compile_agent(node.agent, options, cel, chk, path)
         timeout = options.default_attempt_timeout
         if node.HasField("attempt_timeout"):
-            timeout = _seconds(node.attempt_timeout)
+            timeout = seconds(node.attempt_timeout)
         elif graph.defaults.HasField("attempt_timeout"):
-            timeout = _seconds(graph.defaults.attempt_timeout)
+            timeout = seconds(graph.defaults.attempt_timeout)
         if tmpl is None or not nid:
             continue
         compiled[nid] = CompiledNode(
@@ -574,7 +281,7 @@ def _compile_nodes(
             output=output,
             out_edges=out_edges[nid],
             routes=routes,
-            retry=_effective_retry(node, graph),
+            retry=effective_retry(node, graph),
             attempt_timeout=timeout,
             templates=templates,
         )
@@ -598,7 +305,7 @@ def _compile_router(
     node: graph_pb2.Node,
     edges: list[OutEdge],
     cel: CelCompiler,
-    chk: _Checker,
+    chk: Checker,
     path: str,
     root: str,
 ) -> list[tuple[str, Expression | None]]:
@@ -641,7 +348,7 @@ def _compile_router(
 def _compile_llm(
     spec: graph_pb2.LlmNode,
     cel: CelCompiler,
-    chk: _Checker,
+    chk: Checker,
     path: str,
     prefix: str = "llm",
     router: bool = False,
@@ -695,7 +402,7 @@ def _compile_agent(
     spec: graph_pb2.AgentNode,
     options: CompileOptions,
     cel: CelCompiler,
-    chk: _Checker,
+    chk: Checker,
     path: str,
 ) -> dict[str, Template]:
     p = f"{path}.agent"
@@ -725,7 +432,7 @@ def _compile_agent(
 
 
 def _compile_http(
-    spec: graph_pb2.HttpNode, cel: CelCompiler, chk: _Checker, path: str
+    spec: graph_pb2.HttpNode, cel: CelCompiler, chk: Checker, path: str
 ) -> dict[str, Template]:
     p = f"{path}.http"
     if spec.method and spec.method.upper() not in HTTP_METHODS:
@@ -748,9 +455,9 @@ def _check_refs(
     ids: Mapping[str, int],
     compiled: Mapping[str, CompiledNode],
     output: Mapping[str, Expression],
-    shape: _Shape,
+    shape: Shape,
     inputs: Mapping[str, Any],
-    chk: _Checker,
+    chk: Checker,
     root: str,
 ) -> None:
     def same_loop(a: str, b: str) -> bool:
@@ -795,84 +502,3 @@ def _check_refs(
                 check(oe.condition.refs, f"{root}.edges[{oe.index}].condition", nid)
     for name, expr in output.items():
         check(expr.refs, f"{root}.output[{name}]", None)
-
-
-def start_reads(node: CompiledNode) -> tuple[str, str]:
-    """What starting ``node`` reads, as the start scripts take it: need_inputs ("1"/"0")
-    and the outputs ("*" for every node's, else the node ids, comma-separated)."""
-    refs = node.refs
-    need = "1" if refs.inputs or refs.all_inputs else "0"
-    return need, "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
-
-
-def _single(oe: OutEdge, owner: Mapping[int, int], shape: _Shape) -> int:
-    """1 for a forward edge that is its target's only one, no loop's exit, into a node in
-    no loop (the target is pending at iteration 1 until this edge fires it); 2 for such an
-    edge into a loop's body (the target's iteration must be read); else 0 (a join)."""
-    if oe.back or owner.get(oe.index, 0) != 0 or len(shape.forward_in[oe.to]) != 1:
-        return 0
-    return 2 if any(oe.to in body for body in shape.bodies.values()) else 1
-
-
-def _topology(
-    nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: _Shape
-) -> dict[str, str]:
-    """Per-node topology for the Lua scripts; field names are short because Lua decodes them.
-
-    ``<node>`` (JSON): k kind, j join (0 all, 1 any), mx max_iterations, in forward
-    in-degree, and the retry policy for timeouts the sweeper handles (ma attempts,
-    ib/mb initial/max backoff ms, mu multiplier). ``><node>`` (plain text, read for
-    every node a script completes, where decoding JSON numbers cost Redis more than
-    the rest of the transition): the outgoing edges as ``index,to,back,owner,single``
-    joined by ``;`` — back 0/1; owner the owning loop + 1 for an exit edge, else 0;
-    single 1 or 2 for the only forward edge into ``to`` that is no loop's exit, which
-    fires or skips ``to`` with no join bookkeeping (see _single). ``<node>``: what
-    starting the node reads, ``need_inputs(0/1)|refs('*' or comma-separated node
-    ids)|attempt timeout ms``, so a script can start work items it reads itself
-    (advance.lua). Back edge fields
-    ``b:<index>``: h head, s source, body nodes, ie internal forward edges, x exit edges
-    [index, to] owned by this loop.
-    """
-    topo: dict[str, str] = {}
-    # Each exit edge belongs to the outermost loop it leaves: only that loop's
-    # end resolves it, so an inner loop ending does not skip nodes after the outer one.
-    exits: dict[int, list[list[Any]]] = {b: [] for b in shape.bodies}
-    owner: dict[int, int] = {}
-    for src, to, idx in edges:
-        if idx in shape.back:
-            continue
-        owners = [b for b, body in shape.bodies.items() if src in body and to not in body]
-        if owners:
-            outer = max(owners, key=lambda b: (len(shape.bodies[b]), -b))
-            exits[outer].append([idx, to])
-            owner[idx] = outer + 1
-    for nid, cn in nodes.items():
-        r = cn.retry
-        topo[nid] = json.dumps(
-            {
-                "k": cn.kind,
-                "j": 1 if cn.proto.join == graph_pb2.JOIN_MODE_ANY else 0,
-                "mx": cn.proto.max_iterations,
-                "in": len(shape.forward_in[nid]),
-                "ma": r.max_attempts,
-                "ib": int(r.initial_backoff * 1000),
-                "mb": int(r.max_backoff * 1000),
-                "mu": r.multiplier,
-            },
-            separators=(",", ":"),
-        )
-        need, names = start_reads(cn)
-        topo[f"<{nid}"] = f"{need}|{names}|{int(cn.attempt_timeout * 1000)}"
-        topo[f">{nid}"] = ";".join(
-            f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"
-            f"{_single(oe, owner, shape)}"
-            for oe in cn.out_edges
-        )
-    for b, body in shape.bodies.items():
-        src, head, _ = next(e for e in edges if e[2] == b)
-        internal = [e[2] for e in edges if e[2] not in shape.back and e[0] in body and e[1] in body]
-        topo[f"b:{b}"] = json.dumps(
-            {"h": head, "s": src, "body": sorted(body), "ie": internal, "x": exits[b]},
-            separators=(",", ":"),
-        )
-    return topo

@@ -16,7 +16,9 @@ from functools import cached_property
 from typing import Any
 
 from dago.engine.cel import CelCompiler
-from dago.engine.compile import CompiledGraph, CompileOptions, GraphInvalid, compile_graph
+from dago.engine.checker import GraphInvalid
+from dago.engine.compile import compile_graph
+from dago.engine.model import CompiledGraph, CompileOptions
 from dago.observe.tracing import trace_id_of
 from dago.store.store import Store
 from dago.v1 import graph_pb2

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dago.engine.cel import EvalError
-from dago.engine.compile import CompiledNode
+from dago.engine.model import CompiledNode
 from dago.v1 import graph_pb2
 
 Emit = Callable[[list[tuple[str, str]]], Awaitable[bool]]

@@ -37,8 +37,9 @@ from redis.exceptions import ResponseError
 from dago.api.auth import Redactor
 from dago.config import Settings
 from dago.engine.cel import EvalError
-from dago.engine.compile import CompiledNode, start_reads
 from dago.engine.graphcache import GraphCache, LoadedGraph
+from dago.engine.model import CompiledNode
+from dago.engine.topology import start_reads
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.observe.logs import NODE, NodeFields
 from dago.observe.metrics import Metrics, serve

@@ -1,0 +1,70 @@
+"""What compiling a graph produces: the compiled nodes and graph a worker runs, and the
+server settings that bound what a graph may ask for."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from dago.engine.cel import Expression, Refs, Template
+from dago.engine.retry import Retry
+from dago.v1 import graph_pb2
+
+
+@dataclass(frozen=True)
+class OutEdge:
+    """An edge as its source node sees it."""
+
+    index: int
+    to: str
+    condition: Expression | None
+    label: str
+    back: bool
+
+
+@dataclass
+class CompiledNode:
+    """A node with everything a worker needs to run it."""
+
+    id: str
+    index: int
+    kind: str
+    proto: graph_pb2.Node
+    inputs: Template
+    output: dict[str, Expression]
+    out_edges: list[OutEdge]
+    routes: list[tuple[str, Expression | None]]
+    retry: Retry
+    attempt_timeout: float
+    refs: Refs = Refs.EMPTY
+    templates: dict[str, Template] = field(default_factory=dict)
+    """Templates of the kind's own fields (``llm.prompt``, ``http.url``...), scope ROUTE."""
+
+
+@dataclass
+class CompiledGraph:
+    """A validated graph: its nodes, shape and Lua topology."""
+
+    proto: graph_pb2.Graph
+    nodes: dict[str, CompiledNode]
+    entries: list[str]
+    topology: dict[str, str]
+    output: dict[str, Expression] = field(default_factory=dict)
+    sinks: list[str] = field(default_factory=list)
+
+    def node(self, node_id: str) -> CompiledNode:
+        """The compiled node with this id."""
+        return self.nodes[node_id]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Server settings that bound what a graph may ask for."""
+
+    tools: Collection[str]
+    max_nodes: int = 1000
+    mcp_servers: Collection[str] = ()
+    """Configured MCP servers: ``<server>/<tool>`` names are accepted for them (the tool
+    itself is checked when the node runs, so the API never starts an MCP server)."""
+    max_edges: int = 5000
+    default_attempt_timeout: float = 300.0
