@@ -17,7 +17,8 @@ REQUIREMENTS := requirements.txt requirements-dev.txt
 TS_DIR      := clients/typescript
 TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
 # (docs/api.md is generated from the proto comments too: `make gen` writes it.)
-GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md helm/dago/files/ deploy/envoy/
+GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md helm/dago/files/ deploy/envoy/ \
+	service/dago/store/lua/prelude.lua
 # The live graph view (web/): web/src/app.js + the TypeScript client bundled by esbuild
 # (from $(TS_DIR)/node_modules) into web/dist/app.js, which Envoy serves on /ui/.
 WEB_BUNDLE  := web/dist/app.js
@@ -88,6 +89,8 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/
 		--descriptor_set_out=gen/dago.binpb $(DESCRIPTOR_ROOTS)
 	$(call say,gen: TypeScript/JS in $(TS_DIR)/gen with protoc-gen-es)
 	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
+	$(call say,gen: the Lua prelude of the Redis functions (service/dago/store/lua/prelude.lua))
+	$(PY) -m dago.devtools.luagen
 	$(call say,gen: docs/api.md from the proto comments)
 	$(PY) -m dago.devtools.docsgen --out docs/api.md
 	$(call say,gen: the deployments' Envoy configs and descriptor (helm/dago/files, deploy/envoy))
@@ -116,11 +119,13 @@ lint-proto: setup ## buf lint, buf format, buf breaking against main
 		$(BIN)/buf breaking proto --against '.git#ref=$(BREAKING_REF),subdir=proto'; \
 	fi
 
-lint-py: setup ## ruff check + ruff format --check
+lint-py: setup ## ruff check + ruff format --check + the layer contracts (lint-imports)
 	$(call say,ruff check $(PY_DIRS))
 	$(if $(PY_DIRS),$(BIN)/ruff check $(PY_DIRS))
 	$(call say,ruff format --check $(PY_DIRS))
 	$(if $(PY_DIRS),$(BIN)/ruff format --check $(PY_DIRS))
+	$(call say,lint-imports: the layers of service/dago (pyproject.toml [tool.importlinter]))
+	$(BIN)/lint-imports
 
 lint-envoy: setup ## envoy/envoy.yaml is envoy/envoy.yaml.in rendered, and `envoy --mode validate` accepts it
 	$(call say,envoy --mode validate envoy/envoy.yaml)

@@ -1,12 +1,13 @@
 """``python bench/luacost.py``: Redis CPU per node execution of dago's Lua transitions alone.
 
 A private Redis; graphs submitted through the real servicer (in process, no gRPC); then a
-loop that does exactly what a worker does to Redis (XREADGROUP, start.lua, complete.lua in
-batches) without running anything. Redis's own CPU time (INFO cpu) per node is the cost
+loop that does exactly what a worker does to Redis (take, then apply, which starts the next
+items, in batches) without running anything. Redis's own CPU time (INFO cpu) per node is the cost
 of the scripts and the stream commands, free of the Python processes' noise.
 
     BENCH_LUA_GRAPHS (default 200), BENCH_LUA_WIDTH (default 48: graphs of 1 -> 48 -> 1),
-    BENCH_LUA_BATCH (default 64)
+    BENCH_LUA_BATCH (default 64), BENCH_LUA_SEPARATE=1 (every batch taken by a take of its
+    own and applied without taking: the calls of a worker with no backlog)
 
 CPU time moves with whatever else the box runs; ``BENCH_LUA_CALLGRIND=1`` runs Redis under
 valgrind's callgrind instead and counts the instructions Redis executes per node while
@@ -37,6 +38,7 @@ import workloads as wl  # noqa: E402
 from procs import Procs, free_port, start_redis, wait_port  # noqa: E402
 
 from dago.app import build_api  # noqa: E402
+from dago.store.functions import Outcome, Result, Started  # noqa: E402
 from dago.config import Settings  # noqa: E402
 
 
@@ -74,7 +76,12 @@ class Callgrind:
 
 
 async def measure(
-    url: str, graphs: int, width: int, batch: int, grind: Callgrind | None = None
+    url: str,
+    graphs: int,
+    width: int,
+    batch: int,
+    grind: Callgrind | None = None,
+    separate: bool = False,
 ) -> dict[str, Any]:
     """Submit ``graphs`` fan graphs, then drive them to the end like a worker would."""
     settings = Settings(redis_url=url, key_prefix="lua", shards=1, auth="off")
@@ -95,35 +102,36 @@ async def measure(
     r.config_resetstat()
     if grind is not None:
         grind.on()
-    spent = {"start": 0.0, "complete": 0.0, "read": 0.0}
+    spent = {"take": 0.0, "apply": 0.0}
     done = 0
     t0 = time.perf_counter()
+    started: list[Started] = []
     while done < nodes:
-        c0 = cpu()
-        items = await store.read_work([0], "w", batch, block_ms=1000)
-        c1 = cpu()
-        spent["read"] += c1 - c0
-        if not items:
-            break
-        args: list[Any] = []
-        for it in items:
-            args += [it.msg_id, it.graph_id, it.node, it.attempt, it.iteration, 1, "0", "", 60000]
-        res = await store.start(0, "w", args)
-        c2 = cpu()
-        spent["start"] += c2 - c1
-        args = []
-        for it, rr in zip(items, res, strict=True):
-            if rr[0] != b"run":
-                continue
+        if not started:
+            c0 = cpu()
+            started = (await store.take([0], "w", batch, 60000)).started
+            spent["take"] += cpu() - c0
+            if not started:
+                break
+        results = []
+        for s in started:
+            it = s.item
             loaded = await graphs_cache.get(0, it.graph_id)
             node = loaded.compiled.nodes[it.node]
             taken = ",".join(str(e.index) for e in node.out_edges)
-            args += [it.msg_id, it.graph_id, it.node, it.attempt, it.iteration, '{"x":1}']
-            args += ["ok", '{"x":1}', taken, "", "", "", 0]
-        c3 = cpu()
-        await store.complete(0, "w", args)
-        spent["complete"] += cpu() - c3
-        done += len(items)
+            results.append(
+                Result(
+                    it.msg_id, it.graph_id, it.node, it.attempt, it.iteration, '{"x":1}',
+                    Outcome.OK, '{"x":1}', taken, "", "", "", 0,
+                )  # fmt: skip
+            )
+        c1 = cpu()
+        # As a worker under load: each apply starts as many new items as it applied
+        # (BENCH_LUA_SEPARATE=1: none, every batch is taken by its own call).
+        want = 0 if separate else len(results)
+        started = (await store.apply(0, "w", want, 60000, results)).started
+        spent["apply"] += cpu() - c1
+        done += len(results)
     secs = time.perf_counter() - t0
     instructions = grind.off() if grind is not None else 0
     stats = r.info("commandstats")
@@ -136,6 +144,7 @@ async def measure(
         "finished": finished,
         "nodes": nodes,
         "batch": batch,
+        "apply_takes": not separate,
         "seconds": secs,
         "us_per_node": {k: v / nodes * 1e6 for k, v in spent.items()},
         "total_us_per_node": sum(spent.values()) / nodes * 1e6,
@@ -156,7 +165,8 @@ def main() -> int:
         graphs = int(os.environ.get("BENCH_LUA_GRAPHS", "200"))
         width = int(os.environ.get("BENCH_LUA_WIDTH", "48"))
         batch = int(os.environ.get("BENCH_LUA_BATCH", "64"))
-        out = uvloop.run(measure(url, graphs, width, batch, grind))
+        separate = os.environ.get("BENCH_LUA_SEPARATE") == "1"
+        out = uvloop.run(measure(url, graphs, width, batch, grind, separate))
     finally:
         procs.stop_all()
     print(json.dumps(out, indent=2))

@@ -29,7 +29,8 @@ from dago.app import build_api, build_worker
 from dago.config import Settings
 from dago.devtools import edge as envoy_edge
 from dago.store.keys import Keys
-from dago.store.store import Store, connect
+from dago.store.client import connect
+from dago.store.store import Store
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -57,7 +57,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
     for gid, rid in graphs.items():
         sk = keys.shard(graph_shard(gid))
         gk = sk.graph(gid)
-        names |= {gk.meta: "hash", gk.nodes: "hash", gk.topo: "hash", gk.attempts: "hash"}
+        names |= {gk.meta: "hash", gk.nodes: "hash", gk.topo: "hash"}
         names[gk.events] = "stream"
         assert set(gk.all()) <= set(names), gk.all()
         if rid:
@@ -155,8 +155,7 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     required = {keys.workers, keys.workers_seen}
     required |= {sk.work for sk in keys.all_shards()}  # consumer groups on every shard
     done = keys.shard(graph_shard(ran.completed))
-    # The attempts hash is only read (graphs of earlier versions); records are in the node hash.
-    required |= set(done.graph(ran.completed).all()) - {done.graph(ran.completed).attempts}
+    required |= set(done.graph(ran.completed).all())
     required |= {done.request(ran.graphs[ran.completed]), done.timers, done.notify, done.index()}
     required.add(done.index(str(execution_pb2.GRAPH_STATE_COMPLETED)))
     failed = keys.shard(graph_shard(ran.failed))

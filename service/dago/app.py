@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from dago.api.auth import Authenticator, ServerGuard
 from dago.api.server import ApiServer
-from dago.api.servicer import Orchestrator
+from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
@@ -21,10 +21,12 @@ from dago.nodes.http import HttpHandler
 from dago.nodes.llm import LlmHandler
 from dago.nodes.router import LlmRouteChooser
 from dago.nodes.toolbox import Toolbox, known_names
-from dago.observe.metrics import Metrics, RedisCollector, new_registry
+from dago.observe.metrics import Metrics, new_registry
 from dago.observe.tracing import Tracing
+from dago.store.client import connect
 from dago.store.keys import Keys
-from dago.store.store import Store, connect
+from dago.store.stats import RedisCollector
+from dago.store.store import Store
 from dago.worker.process import Worker
 
 
@@ -48,7 +50,7 @@ def build_api(settings: Settings) -> ApiServer:
     auth = Authenticator(settings)
     graphs = GraphCache(store, cel, options)
     tracing = Tracing("dago-api")
-    api = Orchestrator(store, settings, cel, options, graphs, hub, auth, tracing=tracing)
+    api = OrchestratorServicer(store, settings, cel, options, graphs, hub, auth, tracing=tracing)
     registry = _registry()
     registry.register(RedisCollector(settings, store.keys))
     metrics = Metrics(registry)

@@ -14,12 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from dago.api.auth import ServerGuard, server_credentials
 from dago.api.interceptors import RpcObserver
-from dago.api.servicer import Orchestrator
+from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.observe.metrics import Metrics, serve
 from dago.observe.tracing import Tracing
-from dago.store.store import STORE_ERRORS, Store, raise_if_cancelling
+from dago.store.client import STORE_ERRORS, raise_if_cancelling
+from dago.store.store import Store
 from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = logging.getLogger("dago.server")
@@ -31,17 +32,17 @@ for liveness probes (Kubernetes' `grpc: {service: liveness}`), which must not re
 whose dependencies are down; "" and the API's own name report readiness."""
 
 
-def register(orchestrator: Orchestrator, server: grpc.aio.Server) -> None:
+def register(orchestrator: OrchestratorServicer, server: grpc.aio.Server) -> None:
     """Add the OrchestratorService to ``server`` as the generated code does, except that
-    WatchGraph runs ``Orchestrator.watch_graph``, whose messages are already serialized
-    (a graph's events are encoded once for all its watchers): no response serializer."""
+    WatchGraph has no response serializer: its messages are already serialized (a graph's
+    events are encoded once for all its watchers)."""
     capture = _Capture()
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
         orchestrator, cast(grpc.aio.Server, capture)
     )
     handlers = dict(capture.handlers)
     handlers["WatchGraph"] = grpc.unary_stream_rpc_method_handler(
-        orchestrator.watch_graph,
+        orchestrator.WatchGraph,
         request_deserializer=handlers["WatchGraph"].request_deserializer,
         response_serializer=None,
     )
@@ -72,7 +73,7 @@ class ApiServer:
         self,
         settings: Settings,
         store: Store,
-        orchestrator: Orchestrator,
+        orchestrator: OrchestratorServicer,
         hub: EventHub,
         registry: CollectorRegistry,
         guard: ServerGuard | None = None,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -15,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from dago.api import errors
+from dago.api import errors, tokens
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.api.errors import guard, guard_stream
 from dago.api.views import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
@@ -28,8 +26,10 @@ from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import decode, error_from
-from dago.store.store import Store, dumps
-from dago.store.values import to_plain
+from dago.store.functions import SubmitArgs
+from dago.store.schema import Meta, Node
+from dago.store.store import DeadLetterEntry, Store
+from dago.store.values import dumps, to_plain
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -37,7 +37,7 @@ log = logging.getLogger("dago.api")
 _STATE_NAMES = {v: k.removeprefix("GRAPH_STATE_") for k, v in execution_pb2.GraphState.items()}
 
 
-class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Validates and submits graphs; answers reads from Redis."""
 
     def __init__(
@@ -72,27 +72,27 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def _visible_dead_letters(
         self, shard: int, before: str | None, count: int
-    ) -> list[tuple[str, dict[bytes, bytes]]]:
+    ) -> list[DeadLetterEntry]:
         """Up to ``count`` dead letters of one shard from ``before`` down whose graph is the
         caller's namespace's; other namespaces' entries are skipped, not counted."""
-        out: list[tuple[str, dict[bytes, bytes]]] = []
+        out: list[DeadLetterEntry] = []
         while len(out) < count:
             batch = await self._store.dead_letters(shard, before, count)
             if not batch:
                 break
-            metas = await self._store.metas([(shard, f.get(b"g", b"").decode()) for _, f in batch])
-            out += [e for e, meta in zip(batch, metas, strict=True) if self._mine(meta.get(b"ns"))]
+            metas = await self._store.metas([(shard, e.graph_id) for e in batch])
+            ns = Meta.NAMESPACE.encode()
+            out += [e for e, meta in zip(batch, metas, strict=True) if self._mine(meta.get(ns))]
             if len(batch) < count:
                 break
-            before = "(" + batch[-1][0]  # exclusive: continue below the last entry read
+            before = "(" + batch[-1].entry_id  # exclusive: continue below the last entry read
         return out[:count]
 
     async def _check_dead_letter(self, shard: int, entry_id: str, name: str) -> None:
         """NOT_FOUND unless the dead letter's graph is the caller's namespace's."""
         found = await self._store.dead_letters(shard, entry_id, 1)
-        if found and found[0][0] == entry_id:
-            gid = found[0][1].get(b"g", b"").decode()
-            (ns,) = await self._store.graph_fields(shard, gid, "ns")
+        if found and found[0].entry_id == entry_id:
+            (ns,) = await self._store.graph_fields(shard, found[0].graph_id, Meta.NAMESPACE)
             if not self._mine(ns):
                 raise errors.not_found("dead letter", name)
 
@@ -158,29 +158,29 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if g.limits.HasField("deadline")
             else self._settings.default_deadline_s
         )
-        args: list[Any] = [
-            graph_id,
-            rid,
-            digest,
-            g.name,
-            raw_def,
-            inputs_json,
-            dumps(list(compiled.nodes)),
-            dumps(compiled.entries),
-            g.limits.max_steps,
-            g.limits.max_tokens,
-            repr(g.limits.max_cost_usd),
-            int(deadline_s * 1000),
-            self._settings.retention_s,
-            namespace,
-            self._settings.max_events_per_graph,
-        ]
-        for name, value in compiled.topology.items():
-            args += [name, value]
-        # The trace context every attempt of the graph joins (submit.lua keeps it as 'tp').
+        # The trace context every attempt of the graph joins (kept with the graph).
         traceparent = self._tracing.traceparent()
-        args += ["~tp", traceparent]
-        status, gid, state = await self._store.submit(shard, args)
+        args = SubmitArgs(
+            graph_id=graph_id,
+            request_id=rid,
+            body_hash=digest,
+            name=g.name,
+            definition=raw_def,
+            inputs=inputs_json,
+            node_ids=dumps(list(compiled.nodes)),
+            start_plans=dumps(list(compiled.start_plans.values())),
+            entries=dumps(compiled.entries),
+            max_steps=g.limits.max_steps,
+            max_tokens=g.limits.max_tokens,
+            max_cost=repr(g.limits.max_cost_usd),
+            deadline_ms=int(deadline_s * 1000),
+            retention_s=self._settings.retention_s,
+            namespace=namespace,
+            max_events=self._settings.max_events_per_graph,
+            traceparent=traceparent,
+        )
+        submitted = await self._store.submit(shard, args, compiled.topology)
+        status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
         if status == "conflict":
             raise errors.already_exists(
                 rid,
@@ -207,7 +207,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         """The definition and inputs as submitted."""
         shard = self._shard(request.graph_id)
         raw_def, raw_inputs, ns = await self._store.graph_fields(
-            shard, request.graph_id, "def", "inputs", "ns"
+            shard, request.graph_id, Meta.DEFINITION, Meta.INPUTS, Meta.NAMESPACE
         )
         if raw_def is None:
             raise errors.not_found("graph", request.graph_id)
@@ -226,12 +226,11 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.GetGraphStatusResponse:
         """Per-node states, attempts, timings and usage."""
         shard = self._shard(request.graph_id)
-        meta, nodes, attempts = await self._store.snapshot(shard, request.graph_id)
-        if not meta:
+        snap = await self._store.snapshot(shard, request.graph_id)
+        if not snap.meta:
             raise errors.not_found("graph", request.graph_id)
-        self._owned(request.graph_id, meta.get(b"ns"))
-        graph = graph_pb2.Graph.FromString(meta[b"def"])
-        status = graph_status(request.graph_id, meta, nodes, attempts, graph)
+        self._owned(request.graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
+        status = graph_status(request.graph_id, snap)
         status.namespace = self._auth.current()
         return orchestrator_pb2.GetGraphStatusResponse(status=status)
 
@@ -241,11 +240,11 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.GetGraphResultResponse:
         """Outputs of a finished run; FAILED_PRECONDITION while it runs."""
         shard = self._shard(request.graph_id)
-        meta, nodes, _ = await self._store.snapshot(shard, request.graph_id, attempts=False)
-        if not meta:
+        snap = await self._store.snapshot(shard, request.graph_id, records=False)
+        if not snap.meta:
             raise errors.not_found("graph", request.graph_id)
-        self._owned(request.graph_id, meta.get(b"ns"))
-        state = graph_state(meta)
+        self._owned(request.graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
+        state = graph_state(snap.meta)
         if state not in TERMINAL_STATES:
             raise errors.failed_precondition(
                 "GRAPH_NOT_FINISHED",
@@ -256,7 +255,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         loaded = await self._graphs.get(shard, request.graph_id)
         if loaded is None:
             raise errors.not_found("graph", request.graph_id)
-        return graph_result(request.graph_id, meta, nodes, loaded)
+        return graph_result(request.graph_id, snap, loaded)
 
     @guard
     async def CancelGraph(
@@ -268,7 +267,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if len(reason) > 1024:
             raise errors.invalid_field("reason", "use at most 1024 characters")
         # A graph's namespace never changes, so checking before the script is safe.
-        (ns,) = await self._store.graph_fields(shard, request.graph_id, "ns")
+        (ns,) = await self._store.graph_fields(shard, request.graph_id, Meta.NAMESPACE)
         self._owned(request.graph_id, ns)
         outcome, state = await self._store.cancel(shard, request.graph_id, reason)
         if outcome == "missing":
@@ -292,7 +291,10 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("page_size", "must be between 1 and 1000")
         if request.state not in _STATE_NAMES:
             raise errors.invalid_field("state", f"unknown state {request.state}")
-        before = _decode_token(request.page_token) if request.page_token else None
+        before: tuple[int, str] | None = None
+        if request.page_token:
+            ms, last = tokens.decode(request.page_token, "g", 2)
+            before = (tokens.decode_int(ms), last)
         found: list[tuple[int, str]] = []
         for shard in range(self._settings.shards):
             for gid, score in await self._store.list_ids(
@@ -310,23 +312,17 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 resp.graphs.append(summary(gid, meta))
                 resp.graphs[-1].namespace = self._auth.current()
         if len(found) > size:
-            resp.next_page_token = _encode_token(page[-1])
+            resp.next_page_token = tokens.encode("g", *page[-1])
         return resp
 
+    # Yields bytes, not messages: registered without a response serializer (see
+    # dago.api.server.register), since a graph's events are encoded once for all watchers.
+    @guard_stream
     async def WatchGraph(
         self, request: orchestrator_pb2.WatchGraphRequest, context: Ctx
-    ) -> AsyncIterator[orchestrator_pb2.WatchGraphResponse]:
-        """``watch_graph`` as messages (the server sends ``watch_graph``'s bytes as they are;
-        see ``server.register``)."""
-        async for raw in self.watch_graph(request, context):
-            yield orchestrator_pb2.WatchGraphResponse.FromString(raw)
-
-    @guard_stream
-    async def watch_graph(
-        self, request: orchestrator_pb2.WatchGraphRequest, context: Ctx
     ) -> AsyncIterator[bytes]:
-        """WatchGraph: replay from the cursor, then follow; ends after the terminal event.
-        Yields each ``WatchGraphResponse`` serialized (the watchers of a graph share them)."""
+        """Replay from the cursor, then follow; ends after the terminal event. Yields each
+        ``WatchGraphResponse`` serialized (the watchers of a graph share them)."""
         shard = self._shard(request.graph_id)
         after = request.after_seq
         if after < 0:
@@ -357,17 +353,12 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("page_size", "must be between 1 and 1000")
         after = request.after_seq
         if request.page_token:
-            try:
-                after = int(
-                    base64.urlsafe_b64decode(request.page_token).decode().removeprefix("e:")
-                )
-            except (ValueError, binascii.Error):
-                raise errors.invalid_field(
-                    "page_token", "is not a token this API returned"
-                ) from None
+            after = tokens.decode_int(tokens.decode(request.page_token, "e", 1)[0])
         if after < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
-        state, ns = await self._store.graph_fields(shard, request.graph_id, "state", "ns")
+        state, ns = await self._store.graph_fields(
+            shard, request.graph_id, Meta.STATE, Meta.NAMESPACE
+        )
         if state is None:
             raise errors.not_found("graph", request.graph_id)
         self._owned(request.graph_id, ns)
@@ -376,7 +367,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             events=[decode(request.graph_id, seq, f) for seq, f in events]
         )
         if len(events) == size:
-            resp.next_page_token = base64.urlsafe_b64encode(f"e:{events[-1][0]}".encode()).decode()
+            resp.next_page_token = tokens.encode("e", events[-1][0])
         return resp
 
     # --- operations: workers and dead letters ------------------------------------------
@@ -424,50 +415,43 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             shards = [self._shard(request.graph_id)]
         cursor: tuple[int, int, int] | None = None  # (ms, seq, shard) of the last entry sent
         if request.page_token:
-            try:
-                parts = base64.urlsafe_b64decode(request.page_token).decode().split(":")
-                cursor = (int(parts[0]), int(parts[1]), int(parts[2]))
-            except (ValueError, binascii.Error, UnicodeDecodeError):
-                raise errors.invalid_field(
-                    "page_token", "is not a token this API returned"
-                ) from None
-        found: list[tuple[tuple[int, int, int], dict[bytes, bytes]]] = []
+            ms, seq, last = tokens.decode(request.page_token, "d", 3)
+            cursor = (tokens.decode_int(ms), tokens.decode_int(seq), tokens.decode_int(last))
+        found: list[tuple[tuple[int, int, int], DeadLetterEntry]] = []
         for shard in shards:
             before = f"{cursor[0]}-{cursor[1]}" if cursor else None
             # Entries with the cursor's id on other shards may remain: read one page past it.
-            for entry_id, fields in await self._visible_dead_letters(shard, before, size + 1):
-                ms, seq = (int(x) for x in entry_id.split("-"))
-                key = (ms, seq, shard)
+            for entry in await self._visible_dead_letters(shard, before, size + 1):
+                ms_, seq_ = (int(x) for x in entry.entry_id.split("-"))
+                key = (ms_, seq_, shard)
                 if cursor is not None and key >= cursor:
                     continue
-                if request.graph_id and fields.get(b"g", b"").decode() != request.graph_id:
+                if request.graph_id and entry.graph_id != request.graph_id:
                     continue
-                found.append((key, fields))
+                found.append((key, entry))
         found.sort(key=lambda kv: kv[0], reverse=True)
         page = found[:size]
         resp = orchestrator_pb2.ListDeadLettersResponse()
-        for (ms, seq, shard), f in page:
-            gid, node = f.get(b"g", b"").decode(), f.get(b"n", b"").decode()
-            entry_id = f"{ms}-{seq}"
-            state, dl = await self._store.node_fields(shard, gid, node, "s", "dl")
+        for (_, _, shard), e in page:
+            state, waited = await self._store.node_fields(
+                shard, e.graph_id, e.node, Node.STATE, Node.DEAD_LETTER
+            )
             d = resp.dead_letters.add(
-                dead_letter_id=f"{shard}-{entry_id}",
-                graph_id=gid,
-                node_id=node,
-                attempt=int(f.get(b"a", 0)),
-                iteration=int(f.get(b"i", 0)),
-                deliveries=int(f.get(b"deliveries", 0)),
+                dead_letter_id=f"{shard}-{e.entry_id}",
+                graph_id=e.graph_id,
+                node_id=e.node,
+                attempt=e.attempt,
+                iteration=e.iteration,
+                deliveries=e.deliveries,
                 current=state is not None
                 and int(state) == execution_pb2.NODE_STATE_DEAD_LETTERED
-                and dl is not None
-                and dl.decode() == entry_id,
+                and waited is not None
+                and waited.decode() == e.entry_id,
             )
-            error_from(json.loads(f.get(b"e", b"null")), d.error)
-            d.create_time.FromMilliseconds(int(f.get(b"ts", ms)))
+            error_from(json.loads(e.error or b"null"), d.error)
+            d.create_time.FromMilliseconds(e.time_ms)
         if len(found) > size:
-            last = page[-1][0]
-            token = f"{last[0]}:{last[1]}:{last[2]}"
-            resp.next_page_token = base64.urlsafe_b64encode(token.encode()).decode()
+            resp.next_page_token = tokens.encode("d", *page[-1][0])
         return resp
 
     @guard
@@ -513,13 +497,6 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 _DEAD_ID = re.compile(r"(\d{1,4})-(\d{1,20}-\d{1,20})")
 
 
-def _decode_seq_token(token: str) -> int:
-    try:
-        return int(base64.urlsafe_b64decode(token).decode().removeprefix("e:"))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise errors.invalid_field("page_token", "is not a token this API returned") from None
-
-
 def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:
     """What makes two submissions with one request_id the same request."""
     body = orchestrator_pb2.SubmitGraphRequest()
@@ -531,15 +508,3 @@ def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:
 
 def _stable_shard(key: str, shards: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % shards
-
-
-def _encode_token(entry: tuple[int, str]) -> str:
-    return base64.urlsafe_b64encode(f"{entry[0]}:{entry[1]}".encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[int, str]:
-    try:
-        score, gid = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        return int(score), gid
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise errors.invalid_field("page_token", "is not a token this API returned") from None

@@ -8,6 +8,8 @@ from typing import Any
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
 from dago.store.events import error_from, usage_from
+from dago.store.schema import Meta, Node, Record, Usage
+from dago.store.store import Snapshot
 from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
@@ -28,15 +30,15 @@ def _int(v: bytes | None) -> int:
     return int(v) if v else 0
 
 
-def _graph_usage(h: dict[bytes, bytes], prefix: str, msg: execution_pb2.Usage) -> None:
+def _usage(h: dict[bytes, bytes], prefix: str, msg: execution_pb2.Usage) -> None:
     def get(name: str) -> bytes | None:
         return h.get(f"{prefix}{name}".encode())
 
-    msg.input_tokens = _int(get("ui"))
-    msg.output_tokens = _int(get("uo"))
-    msg.cache_creation_input_tokens = _int(get("ucc"))
-    msg.cache_read_input_tokens = _int(get("ucr"))
-    cost = get("uc")
+    msg.input_tokens = _int(get(Usage.INPUT))
+    msg.output_tokens = _int(get(Usage.OUTPUT))
+    msg.cache_creation_input_tokens = _int(get(Usage.CACHE_WRITE))
+    msg.cache_read_input_tokens = _int(get(Usage.CACHE_READ))
+    cost = get(Usage.COST)
     msg.cost_usd = float(cost) if cost else 0.0
 
 
@@ -45,112 +47,115 @@ def _ts(msg: Any, ms: bytes | None) -> None:
         msg.FromMilliseconds(int(ms))
 
 
+def _meta(meta: dict[bytes, bytes], name: str) -> bytes | None:
+    return meta.get(name.encode())
+
+
 def graph_state(meta: dict[bytes, bytes]) -> execution_pb2.GraphState.ValueType:
     """The graph's state from its meta hash."""
-    return execution_pb2.GraphState.ValueType(_int(meta.get(b"state")))
+    return execution_pb2.GraphState.ValueType(_int(_meta(meta, Meta.STATE)))
 
 
 def summary(graph_id: str, meta: dict[bytes, bytes]) -> orchestrator_pb2.GraphSummary:
     """A listing entry."""
     s = orchestrator_pb2.GraphSummary(
         graph_id=graph_id,
-        name=_str(meta.get(b"name")),
+        name=_str(_meta(meta, Meta.NAME)),
         state=graph_state(meta),
-        request_id=_str(meta.get(b"request_id")),
+        request_id=_str(_meta(meta, Meta.REQUEST_ID)),
     )
-    _ts(s.create_time, meta.get(b"created"))
-    _ts(s.end_time, meta.get(b"ended"))
+    _ts(s.create_time, _meta(meta, Meta.CREATED))
+    _ts(s.end_time, _meta(meta, Meta.ENDED))
     return s
 
 
-def graph_status(
-    graph_id: str,
-    meta: dict[bytes, bytes],
-    nodes: dict[bytes, bytes],
-    attempts: dict[bytes, bytes],
-    graph: graph_pb2.Graph,
-) -> execution_pb2.GraphStatus:
+def graph_status(graph_id: str, snap: Snapshot) -> execution_pb2.GraphStatus:
     """The full status of a run."""
+    meta = snap.meta
+    graph = graph_pb2.Graph.FromString(meta[Meta.DEFINITION.encode()])
     st = execution_pb2.GraphStatus(
         graph_id=graph_id,
-        name=_str(meta.get(b"name")),
+        name=_str(_meta(meta, Meta.NAME)),
         state=graph_state(meta),
-        steps=_int(meta.get(b"steps")),
-        request_id=_str(meta.get(b"request_id")),
+        steps=_int(_meta(meta, Meta.STEPS)),
+        request_id=_str(_meta(meta, Meta.REQUEST_ID)),
     )
-    _ts(st.create_time, meta.get(b"created"))
-    _ts(st.start_time, meta.get(b"started"))
-    _ts(st.end_time, meta.get(b"ended"))
-    if meta.get(b"err"):
-        error_from(json.loads(meta[b"err"]), st.error)
-    _graph_usage(meta, "", st.usage)
+    _ts(st.create_time, _meta(meta, Meta.CREATED))
+    _ts(st.start_time, _meta(meta, Meta.STARTED))
+    _ts(st.end_time, _meta(meta, Meta.ENDED))
+    err = _meta(meta, Meta.ERROR)
+    if err:
+        error_from(json.loads(err), st.error)
+    _usage(meta, "", st.usage)
     if graph.HasField("metadata"):
         st.metadata.CopyFrom(graph.metadata)
     by_node: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-    for key, raw in attempts.items():
+    for key, raw in snap.records.items():
         nid, it, at = key.decode().rsplit(":", 2)
         by_node.setdefault(nid, []).append((int(it), int(at), json.loads(raw)))
     for node in graph.nodes:
-        st.nodes.append(_node_status(node.id, nodes, by_node.get(node.id, [])))
+        st.nodes.append(_node_status(node.id, snap.nodes, by_node.get(node.id, [])))
     return st
 
 
 def _node_status(
     nid: str, h: dict[bytes, bytes], attempts: list[tuple[int, int, dict[str, Any]]]
 ) -> execution_pb2.NodeStatus:
-    def get(name: str) -> bytes | None:
-        return h.get(f"{nid}:{name}".encode())
+    def get(field: str) -> bytes | None:
+        return h.get(f"{nid}{field}".encode())
 
     ns = execution_pb2.NodeStatus(
         node_id=nid,
-        state=execution_pb2.NodeState.ValueType(_int(get("s"))),
-        attempt=_int(get("a")),
-        iteration=_int(get("i")),
-        route=_str(get("route")),
+        state=execution_pb2.NodeState.ValueType(_int(get(Node.STATE))),
+        attempt=_int(get(Node.ATTEMPT)),
+        iteration=_int(get(Node.ITERATION)),
+        route=_str(get(Node.ROUTE)),
     )
-    _ts(ns.start_time, get("st"))
-    _ts(ns.end_time, get("et"))
-    out = get("o")
+    _ts(ns.start_time, get(Node.STARTED))
+    _ts(ns.end_time, get(Node.ENDED))
+    out = get(Node.OUTPUT)
     if out is not None:
         set_value(ns.output, json.loads(out))
-    err = get("err")
+    err = get(Node.ERROR)
     if err:
         error_from(json.loads(err), ns.error)
-    _graph_usage(h, f"{nid}:", ns.usage)
+    _usage(h, f"{nid}:", ns.usage)
     for it, at, rec in sorted(attempts, key=lambda x: (x[0], x[1])):
         a = ns.attempts.add(
             attempt=at,
             iteration=it,
-            state=execution_pb2.NodeState.ValueType(int(rec.get("s", 0))),
-            worker_id=str(rec.get("w", "")),
+            state=execution_pb2.NodeState.ValueType(int(rec.get(Record.STATE, 0))),
+            worker_id=str(rec.get(Record.WORKER, "")),
         )
-        a.start_time.FromMilliseconds(int(rec.get("st", 0)))
-        a.end_time.FromMilliseconds(int(rec.get("et", 0)))
-        if "in" in rec:
-            set_value(a.input, rec["in"])
-        if "o" in rec:
-            set_value(a.output, rec["o"])
-        error_from(rec.get("e"), a.error)
-        usage_from(rec.get("u"), a.usage)
+        a.start_time.FromMilliseconds(int(rec.get(Record.STARTED, 0)))
+        a.end_time.FromMilliseconds(int(rec.get(Record.ENDED, 0)))
+        if Record.INPUT in rec:
+            set_value(a.input, rec[Record.INPUT])
+        if Record.OUTPUT in rec:
+            set_value(a.output, rec[Record.OUTPUT])
+        error_from(rec.get(Record.ERROR), a.error)
+        usage_from(rec.get(Record.USAGE), a.usage)
     return ns
 
 
 def graph_result(
-    graph_id: str,
-    meta: dict[bytes, bytes],
-    nodes: dict[bytes, bytes],
-    loaded: LoadedGraph,
+    graph_id: str, snap: Snapshot, loaded: LoadedGraph
 ) -> orchestrator_pb2.GetGraphResultResponse:
     """The result of a finished run: node outputs and the graph's output mapping."""
+    meta = snap.meta
     res = orchestrator_pb2.GetGraphResultResponse(graph_id=graph_id, state=graph_state(meta))
-    _graph_usage(meta, "", res.usage)
-    if meta.get(b"err"):
-        error_from(json.loads(meta[b"err"]), res.error)
+    _usage(meta, "", res.usage)
+    err = _meta(meta, Meta.ERROR)
+    if err:
+        error_from(json.loads(err), res.error)
     outputs: dict[str, Any] = {}
-    for key, raw in nodes.items():
-        name = key.decode()
-        if name.endswith(":o") and int(nodes.get(f"{name[:-2]}:s".encode(), b"0")) == 6:
-            outputs[name[:-2]] = json.loads(raw)
+    completed = str(execution_pb2.NODE_STATE_COMPLETED).encode()
+    suffix = Node.OUTPUT.encode()
+    for key, raw in snap.nodes.items():
+        if key.endswith(suffix):
+            node = key[: -len(suffix)]
+            if snap.nodes.get(node + Node.STATE.encode()) == completed:
+                outputs[node.decode()] = json.loads(raw)
     for nid, value in outputs.items():
         set_value(res.node_outputs[nid], value)
     compiled = loaded.compiled

@@ -27,8 +27,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.events import TERMINAL_KINDS, encode, encode_heartbeat, graph_prefix
-from dago.store.store import STORE_ERRORS, Store, raise_if_cancelling
+from dago.store.schema import Event, Meta, Work
+from dago.store.store import Store
 
 log = logging.getLogger("dago.watch")
 
@@ -51,6 +53,8 @@ replayed again by the next watcher without reading or encoding it again): at mos
 graphs and bytes."""
 
 Entries = list[tuple[int, dict[bytes, bytes]]]
+_KIND, _GRAPH = Event.KIND.encode(), Work.GRAPH.encode()
+_HEAD = (Meta.STATE, Meta.SEQ, Meta.NAMESPACE)
 
 
 class _Feed:
@@ -114,7 +118,7 @@ class _Feed:
             raw = encode(self.graph_id, seq, fields, self.prefix)
             out.append(raw)
             size += len(raw)
-            if fields[b"t"] in TERMINAL_KINDS:
+            if fields[_KIND] in TERMINAL_KINDS:
                 self.terminal = True
                 break
         if len(out) > WINDOW or size > WINDOW_BYTES:
@@ -156,7 +160,7 @@ class EventHub:
             if fields is None:
                 self._wake_all()  # wake-ups may have been missed: every watcher re-reads
                 continue
-            feed = feeds.get(fields[b"g"].decode())
+            feed = feeds.get(fields[_GRAPH].decode())
             if feed is not None:
                 feed.wake()
 
@@ -193,7 +197,7 @@ class EventHub:
                     i = keys.index(key.decode())
                     for entry_id, fields in entries:
                         ids[i] = entry_id
-                        feed = feeds.get(_field(fields, b"g") or "")
+                        feed = feeds.get(_field(fields, _GRAPH) or "")
                         if feed is not None:
                             feed.wake()
         finally:
@@ -231,7 +235,7 @@ class EventHub:
         events after ``after``: one round trip (the keys share the graph's slot)."""
         gk = self._store.keys.shard(shard).graph(graph_id)
         if self._direct is not None:
-            meta: tuple[Any, ...] = ("HMGET", gk.meta, "state", "seq", "ns")
+            meta: tuple[Any, ...] = ("HMGET", gk.meta, *_HEAD)
             if not count:
                 ((state, seq, ns),) = await self._direct.call(meta)
                 return state, seq, ns, []
@@ -240,10 +244,10 @@ class EventHub:
             )
             return state, seq, ns, _entries(found)
         if not count:
-            state, seq, ns = await self._store.graph_fields(shard, graph_id, "state", "seq", "ns")
+            state, seq, ns = await self._store.graph_fields(shard, graph_id, *_HEAD)
             return state, seq, ns, []
         pipe = self._store.redis.pipeline(transaction=False)
-        pipe.hmget(gk.meta, "state", "seq", "ns")
+        pipe.hmget(gk.meta, *_HEAD)
         pipe.xrange(gk.events, min=f"0-{after + 1}", max="+", count=count)
         (state, seq, ns), found = await pipe.execute()
         return state, seq, ns, [(int(mid.split(b"-")[1]), fields) for mid, fields in found]
@@ -473,6 +477,6 @@ def _encode_until(
             break
         out.append(encode(graph_id, seq, fields, prefix))
         last = seq
-        if fields[b"t"] in TERMINAL_KINDS:
+        if fields[_KIND] in TERMINAL_KINDS:
             return out, last, True
     return out, last, False

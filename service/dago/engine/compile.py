@@ -21,7 +21,7 @@ from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEd
 from dago.engine.retry import check_retry, effective_retry, seconds
 from dago.engine.schema import schema_problem
 from dago.engine.shape import Edge, Shape, check_loops, reachable
-from dago.engine.topology import topology
+from dago.engine.topology import start_plan, topology
 from dago.store.values import to_plain
 from dago.v1 import graph_pb2
 
@@ -106,6 +106,7 @@ def compile_graph(
         nodes=compiled,
         entries=entries,
         topology=topology(compiled, edges, shape),
+        start_plans={nid: start_plan(cn) for nid, cn in compiled.items()},
         output=output,
         sinks=sinks,
     )

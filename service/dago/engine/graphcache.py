@@ -20,8 +20,11 @@ from dago.engine.checker import GraphInvalid
 from dago.engine.compile import compile_graph
 from dago.engine.model import CompiledGraph, CompileOptions
 from dago.observe.tracing import trace_id_of
+from dago.store.schema import Meta
 from dago.store.store import Store
 from dago.v1 import graph_pb2
+
+_FIELDS = (Meta.DEFINITION, Meta.INPUTS, Meta.TRACEPARENT)
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,7 @@ class GraphCache:
         entry = self.cached(graph_id)
         if entry is not None:
             return entry
-        raw_def, raw_inputs, raw_tp = await self._store.graph_fields(
-            shard, graph_id, "def", "inputs", "tp"
-        )
+        raw_def, raw_inputs, raw_tp = await self._store.graph_fields(shard, graph_id, *_FIELDS)
         return self._load(graph_id, raw_def, raw_inputs, raw_tp)
 
     async def get_many(self, graphs: Sequence[tuple[int, str]]) -> dict[str, LoadedGraph | None]:
@@ -131,7 +132,7 @@ class GraphCache:
                 missing[gid] = shard
         if missing:
             pairs = [(shard, gid) for gid, shard in missing.items()]
-            rows = await self._store.graph_fields_many(pairs, "def", "inputs", "tp")
+            rows = await self._store.graph_fields_many(pairs, *_FIELDS)
             for (_, gid), (raw_def, raw_inputs, raw_tp) in zip(pairs, rows, strict=True):
                 out[gid] = self._load(gid, raw_def, raw_inputs, raw_tp)
         return out

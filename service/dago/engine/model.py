@@ -49,6 +49,8 @@ class CompiledGraph:
     nodes: dict[str, CompiledNode]
     entries: list[str]
     topology: dict[str, str]
+    start_plans: dict[str, str]
+    """Per node, what starting it reads (``dago.engine.topology.start_plan``)."""
     output: dict[str, Expression] = field(default_factory=dict)
     sinks: list[str] = field(default_factory=list)
 

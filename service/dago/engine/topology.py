@@ -7,16 +7,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from dago.engine.model import CompiledNode, OutEdge
+from dago.engine.retry import Retry
 from dago.engine.shape import Edge, Shape
-from dago.v1 import graph_pb2
+from dago.store.schema import LoopTopology, NodeTopology, Topology
 
 
-def start_reads(node: CompiledNode) -> tuple[str, str]:
-    """What starting ``node`` reads, as the start scripts take it: need_inputs ("1"/"0")
-    and the outputs ("*" for every node's, else the node ids, comma-separated)."""
+def start_plan(node: CompiledNode) -> str:
+    """What starting ``node`` reads and how long it may run, as the functions read it
+    (``schema.Node.PLAN``): ``need_inputs(0/1)|refs|attempt timeout ms``, refs ``*`` for
+    every node's output, else the node ids read, comma-separated."""
     refs = node.refs
     need = "1" if refs.inputs or refs.all_inputs else "0"
-    return need, "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
+    names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
+    return f"{need}|{names}|{int(node.attempt_timeout * 1000)}"
 
 
 def _single(oe: OutEdge, owner: Mapping[int, int], shape: Shape) -> int:
@@ -28,22 +31,31 @@ def _single(oe: OutEdge, owner: Mapping[int, int], shape: Shape) -> int:
     return 2 if any(oe.to in body for body in shape.bodies.values()) else 1
 
 
-def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape) -> dict[str, str]:
-    """Per-node topology for the Lua scripts; field names are short because Lua decodes them.
+def retry_policy(r: Retry) -> list[Any]:
+    """A retry policy as the Redis functions' retry rule reads it (``NodeTopology.RETRY``)."""
+    return [
+        r.max_attempts,
+        int(r.initial_backoff * 1000),
+        int(r.max_backoff * 1000),
+        r.multiplier,
+        r.jitter,
+        sorted(r.retry_on),
+    ]
 
-    ``<node>`` (JSON): k kind, j join (0 all, 1 any), mx max_iterations, in forward
-    in-degree, and the retry policy for timeouts the sweeper handles (ma attempts,
-    ib/mb initial/max backoff ms, mu multiplier). ``><node>`` (plain text, read for
-    every node a script completes, where decoding JSON numbers cost Redis more than
-    the rest of the transition): the outgoing edges as ``index,to,back,owner,single``
-    joined by ``;`` — back 0/1; owner the owning loop + 1 for an exit edge, else 0;
-    single 1 or 2 for the only forward edge into ``to`` that is no loop's exit, which
-    fires or skips ``to`` with no join bookkeeping (see _single). ``<node>``: what
-    starting the node reads, ``need_inputs(0/1)|refs('*' or comma-separated node
-    ids)|attempt timeout ms``, so a script can start work items it reads itself
-    (advance.lua). Back edge fields
-    ``b:<index>``: h head, s source, body nodes, ie internal forward edges, x exit edges
-    [index, to] owned by this loop.
+
+def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape) -> dict[str, str]:
+    """The graph's topology hash, which the Redis functions read (names in
+    :mod:`dago.store.schema`: ``Topology``, ``NodeTopology``, ``LoopTopology``).
+
+    ``<node>`` (JSON, ``NodeTopology``): kind, join mode, max_iterations, forward in-degree
+    and the retry policy (``retry_policy``). ``><node>`` (plain text, read for every node a
+    function completes, where decoding JSON numbers cost Redis more than the rest of the
+    transition): the outgoing edges as ``index,to,back,owner,single`` joined by ``;`` —
+    back 0/1; owner the owning loop + 1 for an exit edge, else 0; single 1 or 2 for the
+    only forward edge into ``to`` that is no loop's exit, which fires or skips ``to`` with
+    no join bookkeeping (see _single). ``b:<back edge index>`` (JSON,
+    ``LoopTopology``): the loop's head, source, body nodes, internal forward edges, and
+    the exit edges ``[index, to]`` it owns.
     """
     topo: dict[str, str] = {}
     # Each exit edge belongs to the outermost loop it leaves: only that loop's
@@ -59,23 +71,16 @@ def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape)
             exits[outer].append([idx, to])
             owner[idx] = outer + 1
     for nid, cn in nodes.items():
-        r = cn.retry
-        topo[nid] = json.dumps(
+        topo[nid] = _json(
             {
-                "k": cn.kind,
-                "j": 1 if cn.proto.join == graph_pb2.JOIN_MODE_ANY else 0,
-                "mx": cn.proto.max_iterations,
-                "in": len(shape.forward_in[nid]),
-                "ma": r.max_attempts,
-                "ib": int(r.initial_backoff * 1000),
-                "mb": int(r.max_backoff * 1000),
-                "mu": r.multiplier,
-            },
-            separators=(",", ":"),
+                NodeTopology.KIND: cn.kind,
+                NodeTopology.JOIN: int(cn.proto.join),
+                NodeTopology.MAX_ITERATIONS: cn.proto.max_iterations,
+                NodeTopology.IN_DEGREE: len(shape.forward_in[nid]),
+                NodeTopology.RETRY: retry_policy(cn.retry),
+            }
         )
-        need, names = start_reads(cn)
-        topo[f"<{nid}"] = f"{need}|{names}|{int(cn.attempt_timeout * 1000)}"
-        topo[f">{nid}"] = ";".join(
+        topo[Topology.EDGES + nid] = ";".join(
             f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"
             f"{_single(oe, owner, shape)}"
             for oe in cn.out_edges
@@ -83,8 +88,17 @@ def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape)
     for b, body in shape.bodies.items():
         src, head, _ = next(e for e in edges if e[2] == b)
         internal = [e[2] for e in edges if e[2] not in shape.back and e[0] in body and e[1] in body]
-        topo[f"b:{b}"] = json.dumps(
-            {"h": head, "s": src, "body": sorted(body), "ie": internal, "x": exits[b]},
-            separators=(",", ":"),
+        topo[f"{Topology.LOOP}{b}"] = _json(
+            {
+                LoopTopology.HEAD: head,
+                LoopTopology.SOURCE: src,
+                LoopTopology.BODY: sorted(body),
+                LoopTopology.INTERNAL: internal,
+                LoopTopology.EXITS: exits[b],
+            }
         )
     return topo
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

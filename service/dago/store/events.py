@@ -1,9 +1,11 @@
-"""Stored events (flat Redis stream fields written by the Lua scripts) to ``dago.v1.Event``.
+"""The stored event codec: entries of a graph's event log (written by the Redis functions
+and by workers through ``append``) to ``dago.v1.Event``, and to the wire form of
+WatchGraph.
 
-A stored event has ``t`` (the Event payload field name), ``ts`` (ms), and
-optionally ``n``/``a``/``i`` (node, attempt, iteration) and ``d`` (JSON
-detail). Short JSON keys keep the Lua side cheap: usage ``{i,o,cc,cr,c}``,
-errors ``{c: ErrorClass, m: message, r: retryable}``.
+A stored event has the fields of ``dago.store.schema.Event``: its kind (the Event payload
+field name), its time (ms), optionally node, attempt and iteration, and a JSON detail
+whose keys are ``schema.Detail`` (usage objects ``schema.UsageJson``, errors
+``schema.Error``).
 """
 
 from __future__ import annotations
@@ -11,44 +13,48 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dago.store.schema import Detail, Error, Event, UsageJson
 from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
 TERMINAL = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
+
+_KIND, _TIME, _DETAIL = Event.KIND.encode(), Event.TIME.encode(), Event.DETAIL.encode()
+_NODE, _ATTEMPT, _ITERATION = Event.NODE.encode(), Event.ATTEMPT.encode(), Event.ITERATION.encode()
 
 
 def usage_from(d: Any, msg: execution_pb2.Usage) -> None:
     """Fill ``msg`` from a stored usage object (absent or null leaves it empty)."""
     if not d:
         return
-    msg.input_tokens = int(d.get("i", 0))
-    msg.output_tokens = int(d.get("o", 0))
-    msg.cache_creation_input_tokens = int(d.get("cc", 0))
-    msg.cache_read_input_tokens = int(d.get("cr", 0))
-    msg.cost_usd = float(d.get("c", 0))
+    msg.input_tokens = int(d.get(UsageJson.INPUT, 0))
+    msg.output_tokens = int(d.get(UsageJson.OUTPUT, 0))
+    msg.cache_creation_input_tokens = int(d.get(UsageJson.CACHE_WRITE, 0))
+    msg.cache_read_input_tokens = int(d.get(UsageJson.CACHE_READ, 0))
+    msg.cost_usd = float(d.get(UsageJson.COST, 0))
 
 
 def error_from(d: Any, msg: execution_pb2.NodeError) -> None:
     """Fill ``msg`` from a stored error object."""
     if not d:
         return
-    msg.error_class = graph_pb2.ErrorClass.ValueType(int(d.get("c", 0)))
-    msg.message = str(d.get("m", ""))
-    msg.retryable = bool(d.get("r", False))
+    msg.error_class = graph_pb2.ErrorClass.ValueType(int(d.get(Error.CLASS, 0)))
+    msg.message = str(d.get(Error.MESSAGE, ""))
+    msg.retryable = bool(d.get(Error.RETRYABLE, False))
 
 
 def decode(graph_id: str, seq: int, fields: dict[bytes, bytes]) -> execution_pb2.Event:
     """The ``dago.v1.Event`` for one stored stream entry."""
     ev = execution_pb2.Event(seq=seq, graph_id=graph_id)
-    ms = int(fields[b"ts"])
+    ms = int(fields[_TIME])
     ev.time.FromMilliseconds(ms)
-    node = fields.get(b"n")
+    node = fields.get(_NODE)
     if node is not None:
         ev.node_id = node.decode()
-        ev.attempt = int(fields[b"a"])
-        ev.iteration = int(fields[b"i"])
-    kind = fields[b"t"].decode()
-    raw = fields.get(b"d")
+        ev.attempt = int(fields[_ATTEMPT])
+        ev.iteration = int(fields[_ITERATION])
+    kind = fields[_KIND].decode()
+    raw = fields.get(_DETAIL)
     d: dict[str, Any] = json.loads(raw) if raw else {}
     _PAYLOADS[kind](ev, d)
     return ev
@@ -63,45 +69,45 @@ def heartbeat(graph_id: str, seq: int, now_ms: int) -> execution_pb2.Event:
 
 def _submitted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_submitted.SetInParent()
-    ev.graph_submitted.name = d.get("name", "")
-    entries = d.get("entries") or []
+    ev.graph_submitted.name = d.get(Detail.NAME, "")
+    entries = d.get(Detail.ENTRIES) or []
     ev.graph_submitted.entry_nodes.extend(entries if isinstance(entries, list) else [])
 
 
 def _completed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_completed.SetInParent()
-    usage_from(d.get("u"), ev.graph_completed.usage)
+    usage_from(d.get(Detail.USAGE), ev.graph_completed.usage)
 
 
 def _failed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_failed.SetInParent()
-    error_from(d.get("e"), ev.graph_failed.error)
-    ev.graph_failed.failed_node_id = d.get("n", "")
+    error_from(d.get(Detail.ERROR), ev.graph_failed.error)
+    ev.graph_failed.failed_node_id = d.get(Detail.NEXT, "")
 
 
 def _node_completed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.node_completed
     p.SetInParent()
-    set_value(p.output, d.get("o"))
-    usage_from(d.get("u"), p.usage)
-    p.duration_ms = int(d.get("ms", 0))
+    set_value(p.output, d.get(Detail.OUTPUT))
+    usage_from(d.get(Detail.USAGE), p.usage)
+    p.duration_ms = int(d.get(Detail.DURATION_MS, 0))
 
 
 def _retrying(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.node_retrying
     p.SetInParent()
-    error_from(d.get("e"), p.error)
-    p.backoff_ms = int(d.get("b", 0))
-    p.next_attempt = int(d.get("n", 0))
+    error_from(d.get(Detail.ERROR), p.error)
+    p.backoff_ms = int(d.get(Detail.BACKOFF_MS, 0))
+    p.next_attempt = int(d.get(Detail.NEXT, 0))
 
 
 def _router(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.router_decision
     p.SetInParent()
-    p.route = d.get("route", "")
-    p.reason = d.get("reason", "")
+    p.route = d.get(Detail.ROUTE, "")
+    p.reason = d.get(Detail.REASON, "")
     p.confidence = float(d.get("confidence", 0))
-    targets = d.get("targets")
+    targets = d.get(Detail.TARGETS)
     p.targets.extend(targets if isinstance(targets, list) else [])
 
 
@@ -122,27 +128,27 @@ def _tool_result(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
 def _usage(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.usage
     p.SetInParent()
-    usage_from(d.get("u"), p.usage)
-    p.provider, p.model = d.get("provider", ""), d.get("model", "")
+    usage_from(d.get(Detail.USAGE), p.usage)
+    p.provider, p.model = d.get(Detail.PROVIDER, ""), d.get(Detail.MODEL, "")
 
 
 def _loop(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.loop_iteration
     p.SetInParent()
-    p.iteration = int(d.get("iteration", 0))
-    p.from_node_id = d.get("from", "")
-    p.exhausted = bool(d.get("exhausted", False))
+    p.iteration = int(d.get(Detail.ITERATION, 0))
+    p.from_node_id = d.get(Detail.FROM, "")
+    p.exhausted = bool(d.get(Detail.EXHAUSTED, False))
 
 
 def _started(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.node_started.SetInParent()
-    ev.node_started.worker_id = d.get("w", "")
-    ev.node_started.redelivered = bool(d.get("r", False))
+    ev.node_started.worker_id = d.get(Detail.WORKER, "")
+    ev.node_started.redelivered = bool(d.get(Detail.REDELIVERED, False))
 
 
 def _failed_node(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.node_failed.SetInParent()
-    error_from(d.get("e"), ev.node_failed.error)
+    error_from(d.get(Detail.ERROR), ev.node_failed.error)
 
 
 def _dead_lettered(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
@@ -151,13 +157,14 @@ def _dead_lettered(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     shard = ev.graph_id.split("-", 1)[0]
     p = ev.node_dead_lettered
     p.SetInParent()
-    error_from(d.get("e"), p.error)
-    p.deliveries = int(d.get("n", 0))
-    p.dead_letter_id = f"{shard}-{d.get('id', '')}"
+    error_from(d.get(Detail.ERROR), p.error)
+    p.deliveries = int(d.get(Detail.NEXT, 0))
+    p.dead_letter_id = f"{shard}-{d.get(Detail.DEAD_LETTER, '')}"
 
 
 def _requeued(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.node_requeued.dead_letter_id = f"{ev.graph_id.split('-', 1)[0]}-{d.get('id', '')}"
+    shard = ev.graph_id.split("-", 1)[0]
+    ev.node_requeued.dead_letter_id = f"{shard}-{d.get(Detail.DEAD_LETTER, '')}"
 
 
 def _text(field: str, key: str) -> Any:
@@ -178,13 +185,13 @@ _PAYLOADS = {
     "graph_started": lambda ev, d: ev.graph_started.SetInParent(),
     "graph_completed": _completed,
     "graph_failed": _failed,
-    "graph_cancelled": _text("graph_cancelled", "reason"),
+    "graph_cancelled": _text("graph_cancelled", Detail.REASON),
     "node_started": _started,
     "node_completed": _node_completed,
     "node_failed": _failed_node,
     "node_retrying": _retrying,
-    "node_skipped": _text("node_skipped", "reason"),
-    "node_cancelled": _text("node_cancelled", "reason"),
+    "node_skipped": _text("node_skipped", Detail.REASON),
+    "node_cancelled": _text("node_cancelled", Detail.REASON),
     "router_decision": _router,
     "llm_delta": _text("llm_delta", "text"),
     "tool_call": _tool_call,
@@ -272,30 +279,30 @@ def encode(graph_id: str, seq: int, fields: dict[bytes, bytes], prefix: bytes = 
     """The serialized ``WatchGraphResponse`` of one stored stream entry: the same message as
     ``WatchGraphResponse(event=decode(graph_id, seq, fields))``. ``prefix`` is
     ``graph_prefix(graph_id)`` when the caller has it."""
-    kind = fields[b"t"].decode()
+    kind = fields[_KIND].decode()
     head = (_T_SEQ + _varint(seq) if seq else b"") + (prefix or graph_prefix(graph_id))
-    head += _time(int(fields[b"ts"]))
-    node = fields.get(b"n")
+    head += _time(int(fields[_TIME]))
+    node = fields.get(_NODE)
     if node is not None:
         if node:
             head += _T_NODE + _varint(len(node)) + node
-        attempt, iteration = int(fields[b"a"]), int(fields[b"i"])
+        attempt, iteration = int(fields[_ATTEMPT]), int(fields[_ITERATION])
         if attempt:
             head += _T_ATTEMPT + _varint(attempt)
         if iteration:
             head += _T_ITERATION + _varint(iteration)
-    raw = fields.get(b"d")
+    raw = fields.get(_DETAIL)
     d: dict[str, Any] = json.loads(raw) if raw else {}
     text = _T_TEXT.get(kind)
-    value = d.get("text" if kind == "llm_delta" else "reason", "") if text else None
+    value = d.get("text" if kind == "llm_delta" else Detail.REASON, "") if text else None
     if text is not None and isinstance(value, str):
         # One string field (the payload is set even when the string is empty).
         body = _len_field(text[1], value.encode()) if value else b""
         payload = _len_field(text[0], body)
-    elif kind == "node_started" and isinstance(d.get("w", ""), str):
-        worker = d.get("w", "").encode()
+    elif kind == "node_started" and isinstance(d.get(Detail.WORKER, ""), str):
+        worker = d.get(Detail.WORKER, "").encode()
         body = (_len_field(_T_WORKER, worker) if worker else b"") + (
-            _REDELIVERED if d.get("r") else b""
+            _REDELIVERED if d.get(Detail.REDELIVERED) else b""
         )
         payload = _len_field(_T_STARTED, body)
     elif kind == "graph_started":

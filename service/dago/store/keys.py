@@ -5,9 +5,9 @@ tag, ``{s<shard>}``, so every state transition is a single Lua script that
 also runs on Redis Cluster. A graph's shard is part of its id
 (``<shard>-<ulid>``), so finding its keys needs no lookup.
 
-The Lua scripts build per-graph key names themselves (they cannot receive
+The Redis functions build per-graph key names themselves (they cannot receive
 every key up front without knowing the graph's topology); the layouts here
-and in ``lua/common.lua`` must stay in step, which ``tests/test_keys.py``
+and in ``lua/core.lua`` must stay in step, which ``tests/store/test_keys.py``
 checks.
 """
 
@@ -93,7 +93,8 @@ class GraphKeys:
 
     @property
     def nodes(self) -> str:
-        """Hash: per-node state, join counters and edge states."""
+        """Hash: per-node state, join counters, edge states and attempt records
+        (``dago.store.schema.Node``)."""
         return f"{self.base}:n"
 
     @property
@@ -102,19 +103,13 @@ class GraphKeys:
         return f"{self.base}:t"
 
     @property
-    def attempts(self) -> str:
-        """Hash: immutable records of finished attempts, by node:iteration:attempt, of graphs
-        stored by earlier versions (records now live in the node hash, ``node:@iter:attempt``)."""
-        return f"{self.base}:a"
-
-    @property
     def events(self) -> str:
         """Stream: the graph's event log, entry ids ``0-<seq>``."""
         return f"{self.base}:e"
 
     def all(self) -> tuple[str, ...]:
         """Every key of the graph (for expiry)."""
-        return (self.meta, self.nodes, self.topo, self.attempts, self.events)
+        return (self.meta, self.nodes, self.topo, self.events)
 
 
 @dataclass(frozen=True)

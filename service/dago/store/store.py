@@ -1,182 +1,109 @@
-"""Redis access: the Lua transitions and the reads behind the API.
+"""Redis access: the transitions (dago's function library, :mod:`dago.store.functions`) and
+the reads behind the API and the workers.
 
-Every write to a graph goes through one of the scripts in ``lua/``; each runs
-atomically in the graph's shard slot. Python never read-modify-writes graph
-state, so any number of API servers and workers can run side by side.
+Every write to a graph goes through one function of the library; each runs atomically in
+the graph's shard slot. Python never read-modify-writes graph state, so any number of API
+servers and workers can run side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import hiredis
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dago.config import Settings
-from dago.store.keys import WORK_GROUP, Keys, ShardKeys
-
-RedisClient = aioredis.Redis | RedisCluster
+from dago.store.client import STORE_ERRORS, RedisClient, raise_if_cancelling
+from dago.store.functions import (
+    AppendArgs,
+    Applied,
+    ApplyArgs,
+    CancelArgs,
+    DeadLetterArgs,
+    EventArg,
+    Library,
+    ReclaimArgs,
+    Renewal,
+    RenewArgs,
+    Result,
+    Started,
+    SubmitArgs,
+    Submitted,
+    SweepArgs,
+    TakeArgs,
+    Taken,
+    WorkItem,
+    parse_applied,
+    parse_pair,
+    parse_started,
+    parse_submitted,
+    parse_taken,
+)
+from dago.store.keys import WORK_GROUP, Keys
+from dago.store.schema import DeadLetter, Meta, Node, Work
 
 log = logging.getLogger("dago.store")
 
-SCRIPTS = (
-    "submit",
-    "start",
-    "complete",
-    "advance",
-    "sweep",
-    "cancel",
-    "reclaim",
-    "renew",
-    "append",
-    "deadletter",
-)
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One graph as stored: its meta hash, its nodes' fields (``<node><Node field>``) and its
+    attempt records (``<node>:<iteration>:<attempt>`` -> JSON); empty when unknown."""
+
+    meta: dict[bytes, bytes]
+    nodes: dict[bytes, bytes]
+    records: dict[bytes, bytes]
 
 
-def connect(settings: Settings) -> RedisClient:
-    """A Redis or Redis Cluster client for ``settings.redis_url``."""
-    url = settings.redis_url
-    opts: dict[str, Any] = {
-        "socket_keepalive": True,
-        # Blocking stream reads wait up to 5 s; the read timeout must be longer than that.
-        "socket_timeout": 15,
-        "socket_connect_timeout": 5,
-        # A pooled connection to a Redis that restarted fails once; retry on a fresh one.
-        # Every script is safe to run twice, so a retry after a lost reply is harmless.
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-    if settings.cluster:
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
-    if url.startswith("redis://"):  # plain TCP (TLS and unix sockets keep their classes)
-        opts["connection_class"] = _Connection
-    return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
+@dataclass(frozen=True, slots=True)
+class DeadLetterEntry:
+    """One entry of a shard's dead-letter stream: the work item's attempt, how often it was
+    delivered, when it was dead-lettered (ms) and its error (JSON)."""
 
-
-class _Connection(aioredis.Connection):
-    """redis-py's asyncio connection, encoding commands with hiredis (C) instead of its
-    pure-Python encoder: a batch script call carries hundreds of arguments, and packing
-    them was a tenth of a worker's CPU. Same bytes on the wire."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        """The command in the Redis protocol (a name with a space is split, as redis-py does)."""
-        first = args[0]
-        if isinstance(first, str | bytes) and len(first.split()) > 1:
-            args = (*first.split(), *args[1:])
-        return [hiredis.pack_command(args)]
-
-
-STORE_ERRORS: tuple[type[Exception], ...] = (Exception,)
-"""What background loops catch around Redis calls (then log and back off). redis-py, its
-cluster client above all, surfaces a broken connection as RedisError, OSError,
-RuntimeError or even AttributeError (a transport closed under a concurrent command), so a
-loop that must outlive Redis outages cannot enumerate them."""
-
-
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation redis-py swallowed.
-
-    redis-py's asyncio client can absorb a CancelledError that arrives while a
-    command is in flight and return normally, so a loop around Redis calls would
-    run on after its task was cancelled. Every such loop calls this each round.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def _library() -> tuple[str, dict[str, str]]:
-    """The Redis function library (its source) and each script's function name.
-
-    common.lua and transitions.lua are the library's shared code, run once when Redis
-    loads it; each script in ``lua/`` becomes the body of a registered function that
-    starts with ``begin(args)``. As EVAL scripts every call ran the shared code again,
-    ~180k instructions before the first item of a batch. The library's name carries a
-    digest of its code, so processes of different versions sharing a Redis each call
-    their own."""
-    pkg = Path(__file__).parent / "lua"
-    shared = [(pkg / "common.lua").read_text(), (pkg / "transitions.lua").read_text()]
-    bodies = {name: (pkg / f"{name}.lua").read_text() for name in SCRIPTS}
-    digest = hashlib.blake2b(
-        "\0".join([*shared, *bodies.values()]).encode(), digest_size=6
-    ).hexdigest()
-    lib = f"dago_{digest}"
-    names = {name: f"{lib}_{name}" for name in SCRIPTS}
-    parts = [f"#!lua name={lib}", *shared]
-    for name, body in bodies.items():
-        parts.append(
-            f"redis.register_function('{names[name]}', function(keys, args)\n"
-            f"begin(args)\n{body}\nend)"
-        )
-    return "\n".join(parts), names
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One delivered work item: run attempt ``attempt`` of ``node`` in ``graph_id``."""
-
-    shard: int
-    msg_id: bytes
+    entry_id: str
     graph_id: str
     node: str
     attempt: int
     iteration: int
     deliveries: int
+    time_ms: int
+    error: bytes | None
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+def _dead_letter(entry_id: Any, f: dict[bytes, bytes]) -> DeadLetterEntry:
+    def get(name: str) -> bytes:
+        return f.get(name.encode(), b"")
 
-
-def _item(shard: int, msg_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> WorkItem:
-    return WorkItem(
-        shard,
-        msg_id,
-        fields[b"g"].decode(),
-        fields[b"n"].decode(),
-        int(fields[b"a"]),
-        int(fields[b"i"]),
-        deliveries,
+    eid = _s(entry_id)
+    return DeadLetterEntry(
+        eid,
+        get(Work.GRAPH).decode(),
+        get(Work.NODE).decode(),
+        int(get(Work.ATTEMPT) or 0),
+        int(get(Work.ITERATION) or 0),
+        int(get(DeadLetter.DELIVERIES) or 0),
+        int(get(DeadLetter.TIME) or eid.split("-")[0]),
+        f.get(DeadLetter.ERROR.encode()),
     )
 
 
 class Store:
-    """Typed access to dago's Redis data; all scripts and reads in one place."""
+    """Typed access to dago's Redis data; every function call and read in one place."""
 
     def __init__(self, client: RedisClient, keys: Keys) -> None:
         # redis-py's async methods are annotated with sync|async unions; results are
         # typed where they leave this class instead.
         self.redis: Any = client
         self.keys = keys
-        self._library, self._functions = _library()
-
-    async def _run(self, name: str, shard: ShardKeys, args: Sequence[Any]) -> Any:
-        fn = self._functions[name]
-        try:
-            return await self.redis.fcall(fn, 1, shard.work, shard.tag, *args)
-        except ResponseError as e:
-            # A new Redis, or one restarted without persistence: load, then call again.
-            if "Function not found" not in str(e):
-                raise
-        await self.load_library()
-        return await self.redis.fcall(fn, 1, shard.work, shard.tag, *args)
+        self.library = Library(client)
 
     async def load_library(self) -> None:
         """Load dago's function library into Redis (every primary of a cluster)."""
-        await self.redis.function_load(self._library, replace=True)
+        await self.library.load()
 
     async def ensure_groups(self) -> None:
         """Create the work streams' consumer group on every shard (idempotent)."""
@@ -201,105 +128,92 @@ class Store:
 
     # --- transitions -----------------------------------------------------------------
 
-    async def submit(self, shard: int, args: Sequence[Any]) -> tuple[str, str, int]:
-        """Run submit.lua; returns (created|exists|conflict, graph_id, state)."""
-        res = await self._run("submit", self.keys.shard(shard), args)
-        return _s(res[0]), _s(res[1]), int(res[2])
+    async def submit(self, shard: int, args: SubmitArgs, topology: dict[str, str]) -> Submitted:
+        """Create a run (or find the one its request_id made)."""
+        pairs = [x for kv in topology.items() for x in kv]
+        raw = await self.library.call("submit", [self.keys.shard(shard)], args, extra=pairs)
+        return parse_submitted(raw)
 
-    async def start(self, shard: int, worker: str, args: Sequence[Any]) -> list[Any]:
-        """Run start.lua for a batch (9 fields per item)."""
-        return list(await self._run("start", self.keys.shard(shard), [worker, *args]))
+    async def take(self, shards: Sequence[int], worker: str, want: int, lease_ms: int) -> Taken:
+        """Start up to ``want`` new work items of ``shards`` (read in that order) for
+        ``worker``. Several shards share one call only on a single Redis; on a cluster each
+        shard's keys live in their own slot, so callers pass one shard at a time."""
+        raw = await self.library.call(
+            "take", [self.keys.shard(s) for s in shards], TakeArgs(worker, want, lease_ms)
+        )
+        return parse_taken(shards, raw)
 
-    async def complete(self, shard: int, worker: str, args: Sequence[Any]) -> list[str]:
-        """Run complete.lua for a batch (13 fields per item)."""
-        res = await self._run("complete", self.keys.shard(shard), [worker, *args])
-        return [_s(x) for x in res]
+    async def wait_for_work(
+        self, shards: Sequence[int], cursors: Sequence[bytes], block_ms: int
+    ) -> bool:
+        """Block until a work item is added to one of ``shards`` after its cursor (as
+        ``take`` returned them), or ``block_ms`` passed; True when one was. Delivers
+        nothing: the caller takes the work with ``take``."""
+        streams = {self.keys.shard(s).work: c for s, c in zip(shards, cursors, strict=True)}
+        return bool(await self.redis.xread(streams, count=1, block=block_ms))
 
-    async def advance(
-        self, shard: int, worker: str, want: int, lease_ms: int, args: Sequence[Any]
-    ) -> tuple[list[str], list[tuple[WorkItem, list[Any]]]]:
-        """Run advance.lua: apply a batch of results (13 fields per item, as complete())
-        and take up to ``want`` new work items of the shard for ``worker``, started in the
-        same step. Each new item comes with what start() returns for it
-        (``[b"run" | b"stale", inputs, outputs]``), or ``[b"read", None, []]`` when the
-        worker must start it itself (its graph predates the start plans in the topology)."""
-        res = await self._run("advance", self.keys.shard(shard), [worker, want, lease_ms, *args])
-        items = [
-            (WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), 1), list(m[5:8]))
-            for m in res[1]
-        ]
-        return [_s(x) for x in res[0]], items
+    async def apply(
+        self, shard: int, worker: str, want: int, lease_ms: int, results: Sequence[Result]
+    ) -> Applied:
+        """Apply finished attempts of one shard and start up to ``want`` new work items of
+        the shard for ``worker`` in the same step."""
+        raw = await self.library.call(
+            "apply", [self.keys.shard(shard)], ApplyArgs(worker, want, lease_ms), results
+        )
+        return parse_applied(shard, raw)
+
+    async def reclaim(
+        self,
+        shard: int,
+        worker: str,
+        min_idle_ms: int,
+        count: int,
+        max_deliveries: int,
+        lease_ms: int,
+    ) -> list[Started]:
+        """Take over work items idle longer than the lease and start them; poison items
+        are dead-lettered."""
+        args = ReclaimArgs(worker, min_idle_ms, count, max_deliveries, lease_ms)
+        raw = await self.library.call("reclaim", [self.keys.shard(shard)], args)
+        return parse_started(shard, raw)
+
+    async def renew(self, shard: int, worker: str, items: Sequence[WorkItem]) -> int:
+        """Reset the idle time of items ``worker`` still works on (its lease) and put their
+        attempts' deadlines on the shard's timers; returns timers set."""
+        if not items:
+            return 0
+        renewals = [Renewal(i.msg_id, i.graph_id, i.node, i.iteration, i.attempt) for i in items]
+        raw = await self.library.call(
+            "renew", [self.keys.shard(shard)], RenewArgs(worker), renewals
+        )
+        return int(raw)
+
+    async def append(self, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:
+        """Append events of a running attempt; False when the attempt is no longer current."""
+        args = AppendArgs(item.graph_id, item.node, item.attempt, item.iteration)
+        evs = [EventArg(kind, detail) for kind, detail in events]
+        return bool(await self.library.call("append", [self.keys.shard(item.shard)], args, evs))
+
+    async def cancel(self, shard: int, graph_id: str, reason: str) -> tuple[str, int]:
+        """Cancel a graph; returns (cancelled | finished | missing, state)."""
+        raw = await self.library.call(
+            "cancel", [self.keys.shard(shard)], CancelArgs(graph_id, reason)
+        )
+        outcome, state = parse_pair(raw)
+        return outcome, int(state)
 
     async def sweep(self, shard: int, limit: int = 200) -> int:
         """Apply due timers of one shard; returns how many were due."""
-        return int(await self._run("sweep", self.keys.shard(shard), [limit]))
+        return int(await self.library.call("sweep", [self.keys.shard(shard)], SweepArgs(limit)))
 
-    async def cancel(self, shard: int, graph_id: str, reason: str) -> tuple[str, int]:
-        """Run cancel.lua; returns (cancelled|finished|missing, state)."""
-        res = await self._run("cancel", self.keys.shard(shard), [graph_id, reason])
-        return _s(res[0]), int(res[1])
-
-    async def append(self, shard: int, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:
-        """Append events of a running attempt; False when the attempt is no longer current."""
-        flat = [x for ev in events for x in ev]
-        args = [item.graph_id, item.node, item.attempt, item.iteration, *flat]
-        return bool(await self._run("append", self.keys.shard(shard), args))
-
-    # --- work streams ----------------------------------------------------------------
-
-    async def read_work(
-        self, shards: Sequence[int], consumer: str, count: int, block_ms: int
-    ) -> list[WorkItem]:
-        """New work items of ``shards`` for ``consumer`` (one XREADGROUP, blocking).
-
-        Several shards share one call only on a single Redis; on a cluster each
-        shard's stream lives in its own slot, so callers pass one shard at a time.
-        """
-        by_key = {self.keys.shard(n).work: n for n in shards}
-        res = await self.redis.xreadgroup(
-            WORK_GROUP, consumer, dict.fromkeys(by_key, ">"), count=count, block=block_ms
+    async def dead_letter(self, shard: int, op: str, entry_id: str) -> tuple[str, str]:
+        """Requeue or drop (``op``) one dead letter; returns (outcome, graph_id)."""
+        raw = await self.library.call(
+            "deadletter", [self.keys.shard(shard)], DeadLetterArgs(op, entry_id)
         )
-        items = []
-        for stream, entries in res or []:
-            shard = by_key[_s(stream)]
-            for msg_id, fields in entries:
-                items.append(_item(shard, msg_id, fields, 1))
-        return items
-
-    async def reclaim(
-        self, shard: int, consumer: str, min_idle_ms: int, count: int, max_deliveries: int
-    ) -> list[WorkItem]:
-        """Take over items idle longer than the lease; poison items are dead-lettered."""
-        res = await self._run(
-            "reclaim", self.keys.shard(shard), [consumer, min_idle_ms, count, max_deliveries]
-        )
-        items = []
-        for entry in res[1:]:
-            fields = dict(zip(entry[2::2], entry[3::2], strict=True))
-            items.append(_item(shard, entry[0], fields, int(entry[1])))
-        return items
-
-    async def renew(self, shard: int, consumer: str, items: Sequence[WorkItem]) -> int:
-        """Reset the idle time of items this consumer still works on (its lease) and put
-        their attempts' deadlines on the shard's timers (renew.lua); returns timers set."""
-        if not items:
-            return 0
-        args: list[Any] = []
-        for it in items:
-            args += [it.msg_id, it.graph_id, it.node, it.iteration, it.attempt]
-        return int(await self._run("renew", self.keys.shard(shard), [consumer, *args]))
-
-    async def ack(self, shard: int, msg_ids: Sequence[bytes]) -> None:
-        """Acknowledge items that need no transition (malformed ones)."""
-        if msg_ids:
-            await self.redis.xack(self.keys.shard(shard).work, WORK_GROUP, *msg_ids)
+        return parse_pair(raw)
 
     # --- reads -----------------------------------------------------------------------
-
-    async def graph(self, shard: int, graph_id: str) -> dict[bytes, bytes]:
-        """The graph's meta hash (empty when unknown or expired)."""
-        gk = self.keys.shard(shard).graph(graph_id)
-        return dict(await self.redis.hgetall(gk.meta))
 
     async def graph_fields(self, shard: int, graph_id: str, *names: str) -> list[bytes | None]:
         """Some fields of the graph's meta hash."""
@@ -317,34 +231,32 @@ class Store:
             pipe.hmget(self.keys.shard(shard).graph(gid).meta, list(names))
         return [list(row) for row in await pipe.execute()]
 
-    async def snapshot(
-        self, shard: int, graph_id: str, attempts: bool = True
-    ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
-        """Meta, node-state and attempt records (``node:iteration:attempt`` -> JSON) of one
-        graph in one round trip. Records live in the node hash as ``node:@iteration:attempt``
-        (written with the node's state); graphs stored before that keep them in their own
-        hash, which is read too."""
+    async def snapshot(self, shard: int, graph_id: str, records: bool = True) -> Snapshot:
+        """A graph's meta, node fields and (when ``records``) attempt records, in one round
+        trip. Records live in the node hash as ``<node>:@<iteration>:<attempt>``, written
+        with the node's state."""
         gk = self.keys.shard(shard).graph(graph_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(gk.meta)
         pipe.hgetall(gk.nodes)
-        if attempts:
-            pipe.hgetall(gk.attempts)
-        res = await pipe.execute()
+        meta, fields = await pipe.execute()
         nodes: dict[bytes, bytes] = {}
-        records: dict[bytes, bytes] = dict(res[2]) if attempts else {}
-        for field, value in res[1].items():
-            if b":@" in field:
-                if attempts:
-                    records[field.replace(b":@", b":", 1)] = value
+        found: dict[bytes, bytes] = {}
+        marker = Node.RECORD.encode()
+        for field, value in fields.items():
+            if marker in field:
+                if records:
+                    found[field.replace(marker, b":", 1)] = value
             else:
                 nodes[field] = value
-        return dict(res[0]), nodes, records
+        return Snapshot(dict(meta), nodes, found)
 
     async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:
         """Summary fields of several graphs (any shards) in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        names = ["name", "state", "created", "ended", "request_id", "ns"]
+        names = [
+            Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE
+        ]  # fmt: skip
         for shard, gid in graphs:
             pipe.hmget(self.keys.shard(shard).graph(gid).meta, names)
         res = await pipe.execute()
@@ -466,26 +378,20 @@ class Store:
 
     async def dead_letters(
         self, shard: int, before: str | None, count: int
-    ) -> list[tuple[str, dict[bytes, bytes]]]:
+    ) -> list[DeadLetterEntry]:
         """Dead letters of one shard, newest first, from ``before`` (an entry id) down."""
         res = await self.redis.xrevrange(
             self.keys.shard(shard).dead, max=before or "+", min="-", count=count
         )
-        return [(_s(mid), fields) for mid, fields in res]
+        return [_dead_letter(mid, fields) for mid, fields in res]
 
     async def node_fields(
-        self, shard: int, graph_id: str, node: str, *names: str
+        self, shard: int, graph_id: str, node: str, *fields: str
     ) -> list[bytes | None]:
-        """Some per-node fields (``<node>:<name>``) of one graph."""
+        """Some fields of one node (``Node`` field names) of one graph."""
         gk = self.keys.shard(shard).graph(graph_id)
-        return list(await self.redis.hmget(gk.nodes, [f"{node}:{n}" for n in names]))
-
-    async def dead_letter(self, shard: int, op: str, entry_id: str) -> tuple[str, str]:
-        """Run deadletter.lua (``op`` requeue or drop); returns (outcome, graph_id)."""
-        res = await self._run("deadletter", self.keys.shard(shard), [op, entry_id])
-        return _s(res[0]), _s(res[1])
+        return list(await self.redis.hmget(gk.nodes, [node + f for f in fields]))
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON as stored in Redis."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,12 +1,12 @@
--- Cancels a graph. ARGV: tag, gid, reason.
--- Returns {'cancelled', state} (also when it already was) | {'finished', state} | {'missing', 0}.
-local gid = ARGV[2]
-local st = tonumber(redis.call('HGET', gkey(gid), 'state'))
+-- Cancels a graph. Returns {'cancelled', state} (also when it already was: a client retry
+-- must not fail once the first call won) | {'finished', state} | {'missing', 0}.
+local A = ARG.CANCEL
+local gid = ARGV[A.GRAPH_ID]
+local st = tonumber(redis.call('HGET', gkey(gid), META.STATE))
 if st == nil then return {'missing', 0} end
--- Cancelling twice is not an error (a client retry must not fail once the first call won).
-if st == G_CANCELLED then return {'cancelled', st} end
-if st >= G_COMPLETED then return {'finished', st} end
-end_graph(gid, G_CANCELLED, 'graph_cancelled', jstr({reason = ARGV[3]}),
-  jstr({c = 0, m = 'cancelled: ' .. ARGV[3], r = false}))
+if st == GraphState.CANCELLED then return {'cancelled', st} end
+if st >= GraphState.COMPLETED then return {'finished', st} end
+end_graph(gid, GraphState.CANCELLED, EventKind.GRAPH_CANCELLED, reason_json(ARGV[A.REASON]),
+  err_json(ErrorClass.UNSPECIFIED, 'cancelled: ' .. ARGV[A.REASON], false))
 flush()
-return {'cancelled', G_CANCELLED}
+return {'cancelled', GraphState.CANCELLED}

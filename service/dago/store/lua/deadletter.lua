@@ -1,38 +1,39 @@
 -- Requeues or drops one dead letter, fenced on its node still waiting for exactly it
 -- (graph not finished, node DEAD_LETTERED at the dead letter's attempt and iteration, and
--- the node's ':dl' naming this entry).
--- ARGV: tag, op (requeue|drop), dead-letter stream entry id.
+-- the node's NODE.DEAD_LETTER naming this entry).
 -- Returns {outcome, graph_id}: requeue -> requeued | stale | missing;
 -- drop -> failed (the node and so the graph failed) | dropped (it was stale) | missing.
-local op, did = ARGV[2], ARGV[3]
-local entry = redis.call('XRANGE', DEAD, did, did)
+local A = ARG.DEADLETTER
+local op, did = ARGV[A.OP], ARGV[A.ENTRY_ID]
+local entry = redis.call('XRANGE', K_DEAD, did, did)
 if #entry == 0 then return {'missing', ''} end
 local f = {}
 local fields = entry[1][2]
 for k = 1, #fields, 2 do f[fields[k]] = fields[k + 1] end
-local gid, node = f.g, f.n
+local gid, node, attempt, iter = f[WORK.GRAPH], f[WORK.NODE], f[WORK.ATTEMPT], f[WORK.ITERATION]
 local nk = nkey(gid)
 local current = false
-if fence(gid, node, f.a, f.i, {DEAD_LETTERED}) then
-  current = redis.call('HGET', nk, node .. ':dl') == did
+if fence(gid, node, attempt, iter, {NodeState.DEAD_LETTERED}) then
+  current = redis.call('HGET', nk, node .. NODE.DEAD_LETTER) == did
 end
 if op == 'requeue' then
   if not current then return {'stale', gid} end
-  redis.call('XDEL', DEAD, did)
-  redis.call('HDEL', nk, node .. ':dl')
-  emit(gid, 'node_requeued', node, f.a, f.i, jstr({id = did}))
+  redis.call('XDEL', K_DEAD, did)
+  redis.call('HDEL', nk, node .. NODE.DEAD_LETTER)
+  emit(gid, EventKind.NODE_REQUEUED, node, attempt, iter, jstr({[DETAIL.DEAD_LETTER] = did}))
   -- The same attempt runs again on a fresh work item: its delivery count starts over.
-  dispatch(gid, node, tonumber(f.a), tonumber(f.i))
+  dispatch(gid, node, attempt, iter)
   flush()
   return {'requeued', gid}
 end
-redis.call('XDEL', DEAD, did)
+redis.call('XDEL', K_DEAD, did)
 if not current then return {'dropped', gid} end
-local err = jstr({c = 6, m = 'the work item was delivered ' .. f.deliveries .. ' times without finishing; an operator dropped its dead letter', r = false})
-redis.call('HSET', nk, node .. ':s', FAILED, node .. ':et', NOW, node .. ':err', err)
-redis.call('HDEL', nk, node .. ':dl')
-redis.call('HINCRBY', gkey(gid), 'open', -1)
-emit(gid, 'node_failed', node, f.a, f.i, '{"e":' .. err .. '}')
+local err = err_json(ErrorClass.DEAD_LETTER, 'the work item was delivered ' .. f[DEAD_LETTER.DELIVERIES]
+  .. ' times without finishing; an operator dropped its dead letter', false)
+node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, node .. NODE.ERROR, err)
+redis.call('HDEL', nk, node .. NODE.DEAD_LETTER)
+open_add(gid, -1)
+emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
 fail_graph(gid, err, node)
 flush()
 return {'failed', gid}

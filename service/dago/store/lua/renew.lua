@@ -1,26 +1,24 @@
 -- Renews the leases of work items a worker still runs (resets their idle time), and puts
--- the deadline of each of those attempts (start.lua keeps it in the node's ':dl') on the
--- shard's timers: an attempt that outlives a renewal gets the Redis-held backstop against a
--- hung worker (sweep.lua fails it when due), while the many attempts that finish before
--- their first renewal never touch the timers. complete.lua removes a timer set here.
--- ARGV: tag, consumer, then per item 5 fields: msg_id, gid, node, iter, attempt.
--- Returns the number of timers set.
-local consumer = ARGV[2]
+-- the deadline of each of those attempts (start_batch keeps it in the node's
+-- NODE.DEADLINE) on the shard's timers: an attempt that outlives a renewal gets the
+-- Redis-held backstop against a hung worker (sweep.lua fails it when due), while the many
+-- attempts that finish before their first renewal never touch the timers. apply_batch
+-- removes a timer set here. Returns the number of timers set.
+local A, R = ARG.RENEW, ITEM.RENEWAL
 local ids = {}
-for i = 3, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+for i = A.FIRST, #ARGV, R.SIZE do ids[#ids + 1] = ARGV[i + R.MSG_ID] end
 for k = 1, #ids, 1000 do
-  redis.call('XCLAIM', WORK, GROUP, consumer, 0, unpack(ids, k, math.min(k + 999, #ids)), 'JUSTID')
+  redis.call('XCLAIM', K_WORK, GROUP, ARGV[A.WORKER], 0, unpack(ids, k, math.min(k + 999, #ids)), 'JUSTID')
 end
 local set = 0
-for i = 3, #ARGV, 5 do
-  local gid, node, iter, attempt = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local tm = timer_key('t', gid, node, iter, attempt)
+for i = A.FIRST, #ARGV, R.SIZE do
+  local gid, node, iter, attempt = ARGV[i + R.GRAPH_ID], ARGV[i + R.NODE], ARGV[i + R.ITERATION], ARGV[i + R.ATTEMPT]
+  local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
   local nk = nkey(gid)
-  local v = redis.call('HMGET', nk, node .. ':s', node .. ':a', node .. ':i', node .. ':dl', node .. ':tm')
-  if tonumber(v[1]) == RUNNING and tonumber(v[2]) == tonumber(attempt)
-      and tonumber(v[3]) == tonumber(iter) and v[4] and v[5] ~= tm then
-    redis.call('ZADD', TIMERS, v[4], tm)
-    redis.call('HSET', nk, node .. ':tm', tm)
+  local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. NODE.DEADLINE, node .. F_TIMER)
+  if v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[4] and v[5] ~= tm then
+    redis.call('ZADD', K_TIMERS, v[4], tm)
+    redis.call('HSET', nk, node .. F_TIMER, tm)
     set = set + 1
   end
 end

@@ -1,30 +1,33 @@
 -- Creates a graph run and dispatches its entry nodes, or returns the run an earlier
--- submission with the same request_id created.
--- ARGV: tag, gid, request_id, body_hash, name, def, inputs, ids(json), entries(json),
---       max_steps, max_tokens, max_cost, deadline_ms, retention_s, namespace, max_events,
---       then topology field/value pairs.
-local gid, rid, hash, ns = ARGV[2], ARGV[3], ARGV[4], ARGV[15]
+-- submission with the same request_id created. The topology's field/value pairs follow
+-- the fixed arguments. Returns {created | exists | conflict, graph_id, state}.
+local A = ARG.SUBMIT
+local gid, rid, hash, ns = ARGV[A.GRAPH_ID], ARGV[A.REQUEST_ID], ARGV[A.BODY_HASH], ARGV[A.NAMESPACE]
 local gk = gkey(gid)
--- The client may run a script again when a reply is lost; a fresh graph id that already
+-- The client may run a function again when a reply is lost; a fresh graph id that already
 -- exists can only be this very submission.
 if redis.call('EXISTS', gk) == 1 then
-  return {'created', gid, tonumber(redis.call('HGET', gk, 'state')) or 0}
+  return {'created', gid, tonumber(redis.call('HGET', gk, META.STATE)) or GraphState.UNSPECIFIED}
 end
 if rid ~= '' then
   local rk = reqkey(ns, rid)
-  local v = redis.call('HMGET', rk, 'g', 'h')
+  local v = redis.call('HMGET', rk, REQUEST.GRAPH, REQUEST.BODY_HASH)
   if v[1] then
-    if v[2] ~= hash then return {'conflict', v[1], 0} end
-    return {'exists', v[1], tonumber(redis.call('HGET', gkey(v[1]), 'state')) or 0}
+    if v[2] ~= hash then return {'conflict', v[1], GraphState.UNSPECIFIED} end
+    return {'exists', v[1], tonumber(redis.call('HGET', gkey(v[1]), META.STATE)) or GraphState.UNSPECIFIED}
   end
-  redis.call('HSET', rk, 'g', gid, 'h', hash)
+  redis.call('HSET', rk, REQUEST.GRAPH, gid, REQUEST.BODY_HASH, hash)
 end
-local ids = cjson.decode(ARGV[8])
-local entries = cjson.decode(ARGV[9])
-redis.call('HSET', gk, 'state', G_SUBMITTED, 'name', ARGV[5], 'created', NOW, 'seq', 0,
-  'steps', 0, 'open', #ids, 'def', ARGV[6], 'inputs', ARGV[7], 'ids', ARGV[8],
-  'max_steps', ARGV[10], 'max_tokens', ARGV[11], 'max_cost', ARGV[12], 'retention', ARGV[14],
-  'request_id', rid, 'ns', ns, 'max_events', ARGV[16])
+local ids = cjson.decode(ARGV[A.NODE_IDS])
+local plans = cjson.decode(ARGV[A.START_PLANS])
+local entries = cjson.decode(ARGV[A.ENTRIES])
+redis.call('HSET', gk, META.STATE, GraphState.SUBMITTED, META.NAME, ARGV[A.NAME], META.CREATED, NOW,
+  META.SEQ, 0, META.STEPS, 0, META.OPEN, #ids, META.DEFINITION, ARGV[A.DEFINITION],
+  META.INPUTS, ARGV[A.INPUTS], META.NODE_IDS, ARGV[A.NODE_IDS], META.MAX_STEPS, ARGV[A.MAX_STEPS],
+  META.MAX_TOKENS, ARGV[A.MAX_TOKENS], META.MAX_COST, ARGV[A.MAX_COST],
+  META.RETENTION, ARGV[A.RETENTION_S], META.REQUEST_ID, rid, META.NAMESPACE, ns,
+  META.MAX_EVENTS, ARGV[A.MAX_EVENTS])
+if ARGV[A.TRACEPARENT] ~= '' then redis.call('HSET', gk, META.TRACEPARENT, ARGV[A.TRACEPARENT]) end
 -- Node and topology fields are written a few hundred per HSET, not one command per node.
 local function hset_all(key, fv)
   for k = 1, #fv, 600 do
@@ -33,15 +36,16 @@ local function hset_all(key, fv)
 end
 local tk = gk .. ':t'
 local fv = {}
-for i = 17, #ARGV do fv[#fv + 1] = ARGV[i] end
+for i = A.FIRST, #ARGV do fv[#fv + 1] = ARGV[i] end
 hset_all(tk, fv)
 local nk = nkey(gid)
 fv = {}
-for _, node in ipairs(ids) do
+for k, node in ipairs(ids) do
   local n = #fv
-  fv[n + 1] = node .. ':s'; fv[n + 2] = PENDING
-  fv[n + 3] = node .. ':a'; fv[n + 4] = 0
-  fv[n + 5] = node .. ':i'; fv[n + 6] = 1
+  fv[n + 1] = node .. F_STATE; fv[n + 2] = S_PENDING
+  fv[n + 3] = node .. F_ATTEMPT; fv[n + 4] = '0'
+  fv[n + 5] = node .. F_ITER; fv[n + 6] = '1'
+  fv[n + 7] = node .. NODE.PLAN; fv[n + 8] = plans[k]
 end
 hset_all(nk, fv)
 -- The node hash gets ~10 fields per node and every transition reads and writes it several
@@ -49,8 +53,7 @@ hset_all(nk, fv)
 -- listpack, where each access scans the fields one by one: for a graph of more than a few
 -- nodes that made each command cost several times its price. A value longer than
 -- hash-max-listpack-value (64) turns the hash into a hash table for good (deleting it does
--- not turn it back), so every access is O(1).
--- The topology hash (read once per transition of each node) likewise.
+-- not turn it back), so every access is O(1). The topology hash likewise.
 if #ids > 4 then
   local long = string.rep('.', 65)
   for _, k in ipairs({nk, tk}) do
@@ -58,20 +61,13 @@ if #ids > 4 then
     redis.call('HDEL', k, '~')
   end
 end
--- The submitter's W3C trace context arrives as the pseudo-topology field '~tp' (no node id
--- starts with '~'); it is kept with the graph so every attempt joins the submitter's trace.
-local tp = redis.call('HGET', tk, '~tp')
-if tp then
-  redis.call('HSET', gk, 'tp', tp)
-  redis.call('HDEL', tk, '~tp')
-end
-redis.call('HINCRBY', STATS, 'submitted', 1)
+redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
 local idx = nsindex(ns)
 redis.call('ZADD', idx, NOW, gid)
-redis.call('ZADD', idx .. ':' .. G_SUBMITTED, NOW, gid)
-emit(gid, 'graph_submitted', nil, nil, nil, jstr({name = ARGV[5], entries = entries}))
-for _, node in ipairs(entries) do dispatch(gid, node, 1, 1) end
-local deadline = tonumber(ARGV[13])
-if deadline > 0 then redis.call('ZADD', TIMERS, NOW + deadline, 'd|' .. gid) end
+redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, gid)
+emit(gid, EventKind.GRAPH_SUBMITTED, nil, nil, nil, jstr({[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}))
+for _, node in ipairs(entries) do dispatch(gid, node, '1', '1') end
+local deadline = tonumber(ARGV[A.DEADLINE_MS])
+if deadline > 0 then redis.call('ZADD', K_TIMERS, NOW + deadline, TIMER.DEADLINE .. '|' .. gid) end
 flush()
-return {'created', gid, G_SUBMITTED}
+return {'created', gid, GraphState.SUBMITTED}

@@ -1,0 +1,371 @@
+"""The contract with dago's Redis functions: the library, and one typed form of every
+function's arguments and reply.
+
+Every state transition of a graph is one call of a function of the library in ``lua/``
+(loaded with FUNCTION LOAD, called with FCALL), atomic in Redis. A call names its shards
+as KEYS (their work streams, which route it on a cluster); ARGV are the function's own
+arguments, built here from the types below in the order of their fields. The Lua reads
+them by the same positions: ``make gen`` renders the layouts of these types into
+``lua/prelude.lua`` (``ARG`` and ``ITEM``), with the states, error classes and event
+kinds of the proto and the stored names of :mod:`dago.store.schema`. Replies are parsed
+here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from redis.exceptions import ResponseError
+
+from dago.store.keys import ShardKeys
+
+Arg = str | bytes | int | float
+"""One argument of a function call."""
+
+LUA = Path(__file__).parent / "lua"
+SHARED = ("prelude", "core", "graph", "attempts")
+"""The library's shared code, in load order (each entry script is a function's body)."""
+
+
+class Outcome(StrEnum):
+    """How an attempt ended, as its worker reports it (the retry rule is the function's)."""
+
+    OK = "ok"
+    ERROR = "error"
+
+
+# --- arguments --------------------------------------------------------------------------
+
+
+class SubmitArgs(NamedTuple):
+    """``submit``: create a run and dispatch its entry nodes; then the topology's
+    field/value pairs."""
+
+    graph_id: str
+    request_id: str
+    body_hash: str
+    name: str
+    definition: bytes
+    inputs: str
+    node_ids: str
+    """JSON list."""
+    start_plans: str
+    """JSON list: each node's start plan, in the order of ``node_ids``."""
+    entries: str
+    """JSON list."""
+    max_steps: int
+    max_tokens: int
+    max_cost: str
+    """``repr`` of the float (no precision lost)."""
+    deadline_ms: int
+    retention_s: int
+    namespace: str
+    max_events: int
+    traceparent: str
+
+
+class TakeArgs(NamedTuple):
+    """``take``: start up to ``want`` new work items of the call's shards, in their order."""
+
+    worker: str
+    want: int
+    lease_ms: int
+
+
+class ApplyArgs(NamedTuple):
+    """``apply``: apply finished attempts (``Result`` items follow) of the call's shard and,
+    unless ``want`` is 0, start that many new work items of the shard in the same step."""
+
+    worker: str
+    want: int
+    lease_ms: int
+
+
+class Result(NamedTuple):
+    """One finished attempt, for ``apply``. A failed one carries the facts (its error and
+    any retry-after); whether it is retried is decided by the function, from the node's
+    retry policy in the topology: the same rule as for timeouts found by ``sweep``."""
+
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    input: str
+    """The rendered input (JSON), or ""."""
+    outcome: str
+    """An ``Outcome``."""
+    output: str
+    """JSON, or "" when it failed."""
+    taken: str
+    """Indexes of the outgoing edges taken, comma-separated."""
+    usage: str
+    """``usage_arg()``, or ""."""
+    route: str
+    """A router's decision (JSON), or ""."""
+    error: str
+    """``{c, m, r}`` (JSON), or ""."""
+    retry_after_ms: int
+    """What a downstream service asked to wait before a retry (0: nothing)."""
+
+
+class ReclaimArgs(NamedTuple):
+    """``reclaim``: take over work items idle past the lease and start them; items delivered
+    more than ``max_deliveries`` times are dead-lettered instead."""
+
+    worker: str
+    min_idle_ms: int
+    max_items: int
+    max_deliveries: int
+    lease_ms: int
+
+
+class RenewArgs(NamedTuple):
+    """``renew``: reset the idle time of the items (``Renewal`` items follow) a worker still
+    runs, and put their attempts' deadlines on the timers."""
+
+    worker: str
+
+
+class Renewal(NamedTuple):
+    """One running attempt whose lease is renewed."""
+
+    msg_id: bytes
+    graph_id: str
+    node: str
+    iteration: int
+    attempt: int
+
+
+class AppendArgs(NamedTuple):
+    """``append``: events of a running attempt (``EventArg`` items follow), fenced on it."""
+
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+
+
+class EventArg(NamedTuple):
+    """One event to append: its kind (an Event payload field name) and detail (JSON)."""
+
+    kind: str
+    detail: str
+
+
+class CancelArgs(NamedTuple):
+    """``cancel``: end a graph as cancelled."""
+
+    graph_id: str
+    reason: str
+
+
+class SweepArgs(NamedTuple):
+    """``sweep``: apply up to ``limit`` due timers of the shard."""
+
+    limit: int
+
+
+class DeadLetterArgs(NamedTuple):
+    """``deadletter``: ``requeue`` or ``drop`` one dead letter."""
+
+    op: str
+    entry_id: str
+
+
+FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]] = {
+    "submit": (SubmitArgs, None),
+    "take": (TakeArgs, None),
+    "apply": (ApplyArgs, Result),
+    "reclaim": (ReclaimArgs, None),
+    "renew": (RenewArgs, Renewal),
+    "append": (AppendArgs, EventArg),
+    "cancel": (CancelArgs, None),
+    "sweep": (SweepArgs, None),
+    "deadletter": (DeadLetterArgs, None),
+}
+"""Every function: the type of its fixed arguments and of the items that follow them."""
+
+
+def usage_arg(
+    input_tokens: int,
+    output_tokens: int,
+    cache_write: int,
+    cache_read: int,
+    cost_usd: float,
+    provider: str = "",
+    model: str = "",
+) -> str:
+    """An attempt's usage as ``Result.usage``: ``in,out,cache_write,cache_read,cost`` then,
+    when known, ``provider,model`` (characters that could break the list replaced)."""
+    arg = f"{input_tokens},{output_tokens},{cache_write},{cache_read},{cost_usd!r}"
+    if provider:
+        clean = [re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (provider, model)]
+        arg += "," + ",".join(clean)
+    return arg
+
+
+# --- replies ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One delivered work item: run attempt ``attempt`` of ``node`` in ``graph_id``."""
+
+    shard: int
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A work item a function marked running, with what its node reads: the graph's
+    inputs (JSON) when it reads them, and the outputs (JSON) of the nodes it reads."""
+
+    item: WorkItem
+    inputs: bytes | None
+    outputs: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What ``take`` returns: the items started, and each shard's last work item id (the
+    cursor to wait for new work from, when fewer items than wanted were found)."""
+
+    started: list[Started]
+    cursors: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``apply`` returns: per result whether it was applied (False: stale, fenced out),
+    and the new items started in the same step."""
+
+    applied: list[bool]
+    started: list[Started]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What ``submit`` returns: ``created``, ``exists`` (the request_id's earlier run) or
+    ``conflict`` (the request_id was used for another request), the run and its state."""
+
+    outcome: str
+    graph_id: str
+    state: int
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def parse_started(shard: int, raw: Sequence[Any]) -> list[Started]:
+    """Started items as the functions return them: per item ``{msg_id, gid, node, attempt,
+    iteration, deliveries, inputs|false, {node, output, ...}}``."""
+    out = []
+    for m in raw:
+        outs = m[7]
+        out.append(
+            Started(
+                WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5])),
+                m[6] or None,
+                [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)],
+            )
+        )
+    return out
+
+
+def parse_taken(shards: Sequence[int], raw: Sequence[Any]) -> Taken:
+    """``take``'s reply: ``{{shard position, items}..., cursors}``."""
+    started: list[Started] = []
+    for pos, items in raw[0]:
+        started += parse_started(shards[int(pos) - 1], items)
+    return Taken(started, list(raw[1]))
+
+
+def parse_applied(shard: int, raw: Sequence[Any]) -> Applied:
+    """``apply``'s reply: ``{applied flags, items}``."""
+    return Applied([bool(int(x)) for x in raw[0]], parse_started(shard, raw[1]))
+
+
+def parse_submitted(raw: Sequence[Any]) -> Submitted:
+    """``submit``'s reply: ``{outcome, graph_id, state}``."""
+    return Submitted(_s(raw[0]), _s(raw[1]), int(raw[2]))
+
+
+def parse_pair(raw: Sequence[Any]) -> tuple[str, str]:
+    """A reply of two strings (``cancel``: outcome and state; ``deadletter``: outcome and
+    graph id)."""
+    return _s(raw[0]), _s(raw[1])
+
+
+# --- the library ------------------------------------------------------------------------
+
+
+def library_source() -> tuple[str, dict[str, str]]:
+    """The library's source and each function's registered name.
+
+    The shared files (``SHARED``) run once when Redis loads the library; each entry script
+    becomes the body of a registered function that starts with ``begin(keys, args)``. The
+    library's name carries a digest of its code, so processes of different versions
+    sharing a Redis each call their own."""
+    shared = [(LUA / f"{name}.lua").read_text() for name in SHARED]
+    bodies = {name: (LUA / f"{name}.lua").read_text() for name in FUNCTIONS}
+    digest = hashlib.blake2b("\0".join([*shared, *bodies.values()]).encode(), digest_size=6)
+    lib = f"dago_{digest.hexdigest()}"
+    names = {name: f"{lib}_{name}" for name in FUNCTIONS}
+    parts = [f"#!lua name={lib}", *shared]
+    for name, body in bodies.items():
+        parts.append(
+            f"redis.register_function('{names[name]}', function(keys, args)\n"
+            f"begin(keys, args)\n{body}\nend)"
+        )
+    return "\n".join(parts), names
+
+
+class Library:
+    """dago's function library on one Redis (or cluster): loads it, and calls its functions,
+    loading it again when Redis lost it (a new or restarted server)."""
+
+    def __init__(self, client: Any) -> None:
+        self._redis = client
+        self.source, self._names = library_source()
+
+    async def load(self) -> None:
+        """Load the library (on every primary of a cluster)."""
+        await self._redis.function_load(self.source, replace=True)
+
+    async def call(
+        self,
+        name: str,
+        shards: Sequence[ShardKeys],
+        fixed: tuple[Any, ...],
+        items: Sequence[tuple[Any, ...]] = (),
+        extra: Sequence[Arg] = (),
+    ) -> Any:
+        """Call function ``name`` on ``shards`` with its fixed arguments, then its items (each
+        flattened in field order), then ``extra`` arguments; returns the raw reply for the
+        parsers above."""
+        args: list[Arg] = [*fixed]
+        for item in items:
+            args.extend(item)
+        args.extend(extra)
+        fn = self._names[name]
+        keys = [s.work for s in shards]
+        try:
+            return await self._redis.fcall(fn, len(keys), *keys, *args)
+        except ResponseError as e:
+            if "Function not found" not in str(e):
+                raise
+        await self.load()
+        return await self._redis.fcall(fn, len(keys), *keys, *args)

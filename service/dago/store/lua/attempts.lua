@@ -1,0 +1,300 @@
+-- The transitions of a node attempt: starting delivered work items (take, apply and
+-- reclaim start them, so a worker never starts anything itself), applying finished
+-- attempts (apply), and the retry rule shared with the timeouts sweep finds.
+
+-- A work item of a stream reply (XREADGROUP, XAUTOCLAIM) as
+-- {msg_id, gid, node, attempt, iteration, deliveries}.
+local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
+
+local function work_item(m, deliveries)
+  local it = {m[1], false, false, false, false, deliveries}
+  local fields = m[2]
+  for k = 1, #fields, 2 do
+    local name = fields[k]
+    if name == W_GRAPH then it[2] = fields[k + 1]
+    elseif name == W_NODE then it[3] = fields[k + 1]
+    elseif name == W_ATTEMPT then it[4] = fields[k + 1]
+    elseif name == W_ITER then it[5] = fields[k + 1] end
+  end
+  return it
+end
+
+-- New work items of the current shard for `worker`, at most `count` (never blocking).
+local function read_new(worker, count)
+  local res = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', count, 'STREAMS', K_WORK, '>')
+  local items = {}
+  for _, m in ipairs(res and res[1][2] or {}) do items[#items + 1] = work_item(m, '1') end
+  return items
+end
+
+local function ack_all(acks)
+  for k = 1, #acks, 1000 do
+    redis.call('XACK', K_WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
+  end
+end
+
+-- Marks delivered work items running (fenced: the node is queued, or running when the item
+-- is delivered again) and returns, per item that may run, what it needs:
+-- {msg_id, gid, node, attempt, iteration, deliveries, inputs|false, {node, output, ...}}.
+-- What a node reads and its timeout come from its start plan (NODE.PLAN). The attempt's deadline (timeout + lease) is kept in the node's
+-- NODE.DEADLINE; renew.lua puts it on the shard's timers once the attempt outlives a
+-- lease renewal (a fast attempt never touches the timers). Stale items (their node moved
+-- on, or the graph ended) are acked and left out; so is an item whose graph ran out of
+-- steps (the graph fails).
+local function start_batch(worker, items, lease)
+  local started_detail = J.D_WORKER .. jstr(worker) .. J.D_REDELIVERED
+  local out, acks = {}, {}
+  -- Per graph of the batch: {steps, max_steps, steps taken by this batch}.
+  local steps = {}
+  local groups = {}
+  for _, it in ipairs(items) do
+    local l = groups[it[2]]
+    if l == nil then l = {}; groups[it[2]] = l end
+    l[#l + 1] = it[3]
+  end
+  for gid, nodes in pairs(groups) do
+    local m = redis.call('HMGET', gkey(gid), META.STATE, META.STEPS, META.MAX_STEPS)
+    gstate[gid] = tonumber(m[1]) or false
+    steps[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+    local gs = gstate[gid]
+    if gs and gs < GraphState.COMPLETED then read_ahead(gid, nodes, false, true) end
+  end
+  for _, it in ipairs(items) do
+    local mid, gid, node, attempt, iter = it[1], it[2], it[3], it[4], it[5]
+    local gk = gkey(gid)
+    local g = steps[gid]
+    local gs = graph_state(gid)
+    local st = nil
+    local v = nil
+    if gs ~= nil and gs < GraphState.COMPLETED then
+      v = node_read(gid, node)
+      if v[2] == attempt and v[3] == iter then
+        st = v[1]
+        if st ~= S_QUEUED and st ~= S_RUNNING then st = nil end
+      end
+    end
+    if st == nil then
+      acks[#acks + 1] = mid
+    else
+      local ok = true
+      local redelivered = (st == S_RUNNING)
+      if not redelivered then
+        if g[2] > 0 and g[1] + g[3] >= g[2] then
+          ok = false
+          acks[#acks + 1] = mid
+          fail_graph(gid, err_json(ErrorClass.LIMIT, 'the graph exceeded its limit of ' .. g[2] .. ' steps (limits.max_steps)', false), node)
+        else
+          g[3] = g[3] + 1
+          if gs == GraphState.SUBMITTED then
+            gstate[gid] = GraphState.RUNNING
+            redis.call('HSET', gk, META.STATE, GraphState.RUNNING, META.STARTED, NOW)
+            index_move(gid, GraphState.SUBMITTED, GraphState.RUNNING)
+            emit(gid, EventKind.GRAPH_STARTED, nil, nil, nil, nil)
+          end
+        end
+      end
+      if ok then
+        local need, refs, timeout = string.match(v[6], '^(%d)|([^|]*)|(%d+)$')
+        local deadline = int(NOW + tonumber(timeout) + lease)
+        node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. NODE.WORKER, worker,
+          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline)
+        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
+        -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
+        local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
+        if v[5] == tm then redis.call('ZADD', K_TIMERS, deadline, tm) end
+        local inputs = false
+        if need == '1' then inputs = redis.call('HGET', gk, META.INPUTS) end
+        local names
+        if refs == '*' then names = cjson.decode(redis.call('HGET', gk, META.NODE_IDS))
+        elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
+        else names = {} end
+        -- The outputs it reads in one HMGET (a join of many reads them all at once).
+        local outs = {}
+        for k = 1, #names, 1000 do
+          local fields = {}
+          for j = k, math.min(k + 999, #names) do fields[#fields + 1] = names[j] .. NODE.OUTPUT end
+          local o = redis.call('HMGET', nkey(gid), unpack(fields))
+          for j = 1, #fields do
+            if o[j] then outs[#outs + 1] = names[k + j - 1]; outs[#outs + 1] = o[j] end
+          end
+        end
+        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], inputs, outs}
+      end
+    end
+  end
+  for gid, g in pairs(steps) do
+    if g[3] > 0 then redis.call('HINCRBY', gkey(gid), META.STEPS, g[3]) end
+  end
+  ack_all(acks)
+  return out
+end
+
+-- The retry rule, decided here and nowhere else (a worker reports what failed; a timeout
+-- found by sweep is a failure like any other): a failed attempt runs again when its error
+-- is retryable, the node has attempts left, and the class of the error is in its policy's
+-- retry_on (empty: any class). It waits the policy's backoff, initial * multiplier^(n - 1)
+-- capped at max, varied by +-jitter, and at least what a downstream service asked for.
+-- Returns that delay in ms, or nil when the node fails for good.
+local function retry_delay(gid, node, attempt, class, retryable, retry_after_ms)
+  if not retryable then return nil end
+  -- {max_attempts, initial_ms, max_ms, multiplier, jitter, {classes}}
+  local p = topo(gid, node)[NODE_TOPOLOGY.RETRY]
+  local n = tonumber(attempt)
+  if n >= p[1] then return nil end
+  if #p[6] > 0 then
+    local listed = false
+    for _, c in ipairs(p[6]) do
+      if c == class then listed = true; break end
+    end
+    if not listed then return nil end
+  end
+  local delay = math.min(p[2] * p[4] ^ (n - 1), p[3])
+  if p[5] > 0 then delay = delay * (1 + p[5] * (2 * math.random() - 1)) end
+  return math.floor(math.max(delay, retry_after_ms))
+end
+
+-- A failed attempt moves its node on: RETRYING (dispatched again after `delay` ms) or, with
+-- no delay, FAILED, which fails the graph. The attempt's record (field rk, JSON rec) is
+-- written in the same HSET as the node's new state. `over` names a graph limit the
+-- attempt's usage broke: the graph fails instead of retrying.
+local function attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, over)
+  if delay ~= nil then
+    local nxt = tonumber(attempt) + 1
+    node_set(gid, node, node .. F_STATE, NodeState.RETRYING, node .. NODE.ERROR, err, rk, rec)
+    emit(gid, EventKind.NODE_RETRYING, node, attempt, iter,
+      J.D_ERROR_FIRST .. err .. J.D_BACKOFF .. int(delay) .. J.D_NEXT .. int(nxt) .. '}')
+    if over then
+      fail_graph(gid, err_json(ErrorClass.LIMIT, over, false), node)
+    elseif delay <= 0 then
+      dispatch(gid, node, nxt, iter)
+    else
+      redis.call('ZADD', K_TIMERS, NOW + delay, timer_key(TIMER.RETRY, gid, node, iter, nxt))
+    end
+  else
+    node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, node .. NODE.ERROR, err, rk, rec)
+    open_add(gid, -1)
+    emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
+    fail_graph(gid, err, node)
+  end
+end
+
+-- Adds an attempt's usage ('in,out,cache_write,cache_read,cost[,provider,model]') to its
+-- node's and graph's counters; returns the usage JSON, its provider/model detail, and the
+-- limit of the graph it broke (or nil).
+local function add_usage(gid, node, usage_s)
+  local gk, nk = gkey(gid), nkey(gid)
+  local u = {}
+  for x in string.gmatch(usage_s, '[^,]+') do u[#u + 1] = x end
+  local fields = {USAGE.INPUT, USAGE.OUTPUT, USAGE.CACHE_WRITE, USAGE.CACHE_READ}
+  for k = 1, 4 do
+    redis.call('HINCRBY', nk, node .. ':' .. fields[k], u[k])
+    redis.call('HINCRBY', gk, fields[k], u[k])
+  end
+  redis.call('HINCRBYFLOAT', nk, node .. ':' .. USAGE.COST, u[5])
+  local cost = tonumber(redis.call('HINCRBYFLOAT', gk, USAGE.COST, u[5]))
+  local who = ''
+  if u[6] then who = J.D_PROVIDER .. jstr(u[6]) .. J.D_MODEL .. jstr(u[7] or '') end
+  local ujson = J.U_IN .. u[1] .. J.U_OUT .. u[2] .. J.U_CW .. u[3] .. J.U_CR .. u[4] .. J.U_COST .. u[5] .. '}'
+  local lim = redis.call('HMGET', gk, META.MAX_TOKENS, META.MAX_COST, USAGE.INPUT, USAGE.OUTPUT)
+  local tokens = (tonumber(lim[3]) or 0) + (tonumber(lim[4]) or 0)
+  local over = nil
+  if tonumber(lim[1]) > 0 and tokens > tonumber(lim[1]) then
+    over = 'the graph used ' .. tokens .. ' tokens, over its limit of ' .. lim[1] .. ' (limits.max_tokens)'
+  elseif tonumber(lim[2]) > 0 and cost > tonumber(lim[2]) then
+    over = 'the graph cost $' .. cost .. ', over its limit of $' .. lim[2] .. ' (limits.max_cost_usd)'
+  end
+  return ujson, who, over
+end
+
+-- Applies the results of a batch of node attempts (ITEM.RESULT items of A from `first`),
+-- fenced on (graph, node, iteration, attempt): records the attempt, moves the node on,
+-- resolves its edges, dispatches what became ready, ends the graph when nothing is left,
+-- and acks the work item, all in one step. Returns per item 1 (applied) or 0 (stale).
+local function apply_batch(worker, A, first)
+  local R = ITEM.RESULT
+  local wjson = jstr(worker)
+  local out = {}
+  local touched = {}
+  local acks = {}
+  for gid, nodes in pairs(by_graph(A, first, R)) do
+    local gs = graph_state(gid)
+    if gs ~= nil and gs < GraphState.COMPLETED then read_ahead(gid, nodes, true, false) end
+  end
+  for i = first, #A, R.SIZE do
+    local mid, gid, node, attempt, iter = A[i + R.MSG_ID], A[i + R.GRAPH_ID], A[i + R.NODE], A[i + R.ATTEMPT], A[i + R.ITERATION]
+    local input, outcome, output, taken_s = A[i + R.INPUT], A[i + R.OUTCOME], A[i + R.OUTPUT], A[i + R.TAKEN]
+    local usage_s, route, err = A[i + R.USAGE], A[i + R.ROUTE], A[i + R.ERROR]
+    -- The fence (as fence() in core.lua), the start time and the attempt's timer (set only
+    -- if the attempt outlived a lease renewal, see renew.lua) in one read of the node.
+    local fenced = false
+    local gs = graph_state(gid)
+    local v = nil
+    if gs ~= nil and gs < GraphState.COMPLETED then
+      v = node_read(gid, node)
+      fenced = v[1] == S_RUNNING and v[2] == attempt and v[3] == iter
+    end
+    if v and v[5] then
+      local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
+      if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
+    end
+    if not fenced then
+      out[#out + 1] = 0
+    else
+      touched[gid] = true
+      local started = tonumber(v[4]) or NOW
+      local ok = (outcome == Outcome.OK)
+      local ujson, who, over = 'null', '', nil
+      if usage_s ~= '' then ujson, who, over = add_usage(gid, node, usage_s) end
+      -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
+      local rec = J.REC_STARTED .. (v[4] or NOW_S) .. J.REC_ENDED .. NOW_S
+        .. J.REC_STATE .. (ok and S_COMPLETED or NodeStateText.FAILED)
+        .. J.REC_WORKER .. wjson .. J.REC_USAGE .. ujson
+      if input ~= '' then rec = rec .. J.REC_INPUT .. input end
+      if output ~= '' then rec = rec .. J.REC_OUTPUT .. output end
+      if err ~= '' then rec = rec .. J.REC_ERROR .. err end
+      -- The attempt's immutable record goes into the node hash with the node's new state,
+      -- in the same HSET (the fence makes this the only write of it).
+      local rk = node .. NODE.RECORD .. iter .. ':' .. attempt
+      rec = rec .. '}'
+      if ujson ~= 'null' then
+        emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')
+      end
+      if ok then
+        node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec)
+        open_add(gid, -1)
+        emit(gid, EventKind.NODE_COMPLETED, node, attempt, iter,
+          J.D_OUTPUT .. output .. J.D_USAGE .. ujson .. J.D_MS .. int(NOW - started) .. '}')
+        local taken = {}
+        for x in string.gmatch(taken_s, '[^,]+') do taken[x] = true end
+        if route ~= '' then
+          -- The router's decision (route, reason, confidence); the targets are added here.
+          local rd = cjson.decode(route)
+          redis.call('HSET', nkey(gid), node .. NODE.ROUTE, rd[DETAIL.ROUTE])
+          local targets = {}
+          for _, e in ipairs(out_list(gid, node)) do
+            if taken[e[1]] then targets[#targets + 1] = e[2] end
+          end
+          rd[DETAIL.TARGETS] = targets
+          emit(gid, EventKind.ROUTER_DECISION, node, attempt, iter, jstr(rd))
+        end
+        if over then
+          fail_graph(gid, err_json(ErrorClass.LIMIT, over, false), node)
+        else
+          local ready, loops = {}, {}
+          out_edges(gid, node, taken, ready, loops)
+          settle(gid, ready, loops)
+        end
+      else
+        local e = cjson.decode(err)
+        local delay = retry_delay(gid, node, attempt, e[ERROR.CLASS], e[ERROR.RETRYABLE] == true,
+          tonumber(A[i + R.RETRY_AFTER_MS]))
+        attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, over)
+      end
+      out[#out + 1] = 1
+    end
+    acks[#acks + 1] = mid
+  end
+  ack_all(acks)
+  for gid in pairs(touched) do maybe_finish(gid) end
+  return out
+end

@@ -1,0 +1,409 @@
+-- The core of every dago function: per-call state, key names, reading and writing nodes,
+-- the event log, dispatching work, and ending a graph. The library (dago.store.functions)
+-- is prelude.lua (generated names), this file, graph.lua, attempts.lua, then each entry
+-- script as the body of a registered function, which first calls begin(keys, args). It is
+-- loaded once, so the helpers below are made once, not on every call.
+--
+-- A call's KEYS are the work streams of the shards it works on ('<prefix>:{s<n>}:work');
+-- every other key of a shard shares its hash tag, so it lives in the same slot on a Redis
+-- Cluster. Key layouts mirror dago/store/keys.py (tests/store/test_keys.py checks them).
+
+-- Set by begin() for each call, and by use_shard() for the shard being worked on.
+local KEYS, ARGV
+local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_CONTROL, K_INDEX, K_STATS
+local GROUP = 'workers'
+local NOW, NOW_S
+
+-- Lua turns a number it hands to Redis or joins to a string into text with "%.14g", a
+-- floating-point conversion that was ~10% of Redis's instructions per node: integers on the
+-- hot path are formatted once, with "%d". The other way, tonumber() runs strtod (~1,400
+-- instructions): the hot paths compare the stored text instead (node states, attempts and
+-- iterations are always written as plain integers).
+local function int(n) return string.format('%d', n) end
+
+local S_PENDING, S_QUEUED, S_RUNNING = NodeStateText.PENDING, NodeStateText.QUEUED, NodeStateText.RUNNING
+local S_COMPLETED = NodeStateText.COMPLETED
+
+-- Node field names, as locals: they are joined to a node id several times per transition.
+local F_STATE, F_ATTEMPT, F_ITER = NODE.STATE, NODE.ATTEMPT, NODE.ITERATION
+local F_STARTED, F_ENDED, F_TIMER = NODE.STARTED, NODE.ENDED, NODE.TIMER
+
+-- JSON fragments of stored records, built once from the schema's key names.
+local function jkey(first, key) return (first and '{"' or ',"') .. key .. '":' end
+local J = {
+  REC_STARTED = jkey(true, RECORD.STARTED), REC_ENDED = jkey(false, RECORD.ENDED),
+  REC_STATE = jkey(false, RECORD.STATE), REC_WORKER = jkey(false, RECORD.WORKER),
+  REC_USAGE = jkey(false, RECORD.USAGE), REC_INPUT = jkey(false, RECORD.INPUT),
+  REC_OUTPUT = jkey(false, RECORD.OUTPUT), REC_ERROR = jkey(false, RECORD.ERROR),
+  U_IN = jkey(true, USAGE_JSON.INPUT), U_OUT = jkey(false, USAGE_JSON.OUTPUT),
+  U_CW = jkey(false, USAGE_JSON.CACHE_WRITE), U_CR = jkey(false, USAGE_JSON.CACHE_READ),
+  U_COST = jkey(false, USAGE_JSON.COST),
+  D_OUTPUT = jkey(true, DETAIL.OUTPUT), D_USAGE = jkey(false, DETAIL.USAGE),
+  D_MS = jkey(false, DETAIL.DURATION_MS), D_ERROR_FIRST = jkey(true, DETAIL.ERROR),
+  D_BACKOFF = jkey(false, DETAIL.BACKOFF_MS), D_NEXT = jkey(false, DETAIL.NEXT),
+  D_WORKER = jkey(true, DETAIL.WORKER), D_REDELIVERED = jkey(false, DETAIL.REDELIVERED),
+  D_USAGE_FIRST = jkey(true, DETAIL.USAGE), D_DEAD = jkey(false, DETAIL.DEAD_LETTER),
+  D_PROVIDER = jkey(false, DETAIL.PROVIDER), D_MODEL = jkey(false, DETAIL.MODEL),
+}
+
+local function jstr(s) return cjson.encode(s) end
+
+-- A stored error {class, message, retryable} (dago.store.schema.Error).
+local function err_json(class, message, retryable)
+  return jstr({[ERROR.CLASS] = class, [ERROR.MESSAGE] = message, [ERROR.RETRYABLE] = retryable})
+end
+
+-- {reason = text} details (node_skipped, node_cancelled, graph_cancelled).
+local function reason_json(text) return jstr({[DETAIL.REASON] = text}) end
+
+-- Per call: the events to write, the graphs to notify, the stops to send, caches.
+local notified, controls, topo_cache, topo_raw, out_cache, ahead, pending
+-- Each graph's state is read once (writes go through end_graph and start_graph), and
+-- changes to its count of open nodes are summed and applied in one HINCRBY.
+local gstate, open_delta
+-- Join counters (see settle in graph.lua): {state, received, taken, iteration, dirty, gid,
+-- node} per graph and node, written back once per call by flush().
+local jc
+-- Key names are built once per graph and call (each concatenation makes a new string).
+local gkeys, nkeys
+-- Edge resolution of this call (see graph.lua): join increments per node, and the nodes
+-- queued for settle.
+local join_r, join_t, queued
+
+local function gkey(gid)
+  local k = gkeys[gid]
+  if k == nil then k = TAG .. ':g:' .. gid; gkeys[gid] = k end
+  return k
+end
+
+local function nkey(gid)
+  local k = nkeys[gid]
+  if k == nil then k = TAG .. ':g:' .. gid .. ':n'; nkeys[gid] = k end
+  return k
+end
+
+-- A node's topology (JSON, schema.NodeTopology) or a loop's (schema.LoopTopology, name
+-- TOPOLOGY.LOOP .. index), decoded once per call.
+local function topo(gid, name)
+  local ck = gid .. '\0' .. name
+  local t = topo_cache[ck]
+  if t == nil then
+    local raw = topo_raw[ck]
+    if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', name) end
+    t = cjson.decode(raw)
+    topo_cache[ck] = t
+  end
+  return t
+end
+
+-- A node's outgoing edges as {index, to, back, owner, single}, all text (the topology's
+-- '>node' field; see dago.engine.topology).
+local function out_list(gid, node)
+  local ck = gid .. '\0' .. node
+  local l = out_cache[ck]
+  if l ~= nil then return l end
+  l = {}
+  local raw = topo_raw[gid .. '\0' .. TOPOLOGY.EDGES .. node]
+  if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', TOPOLOGY.EDGES .. node) end
+  for idx, to, back, owner, single in string.gmatch(raw, '([^,;]+),([^,;]+),([^,;]+),([^,;]+),([^,;]+)') do
+    l[#l + 1] = {idx, to, back, owner, single}
+  end
+  out_cache[ck] = l
+  return l
+end
+
+-- Node fields a batch reads (state, attempt, iteration, start time, timer and, to start it,
+-- its start plan) are read ahead with one HMGET per graph (read_ahead) instead of one per
+-- item. Every write of a node's fields goes through node_set, which forgets what was read
+-- ahead for that node, so a later read (node_read) goes to Redis and sees the write. The
+-- edge lists of the nodes a batch completes come in the same way.
+local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, NODE.PLAN}
+
+local function read_ahead(gid, nodes, with_edges, with_plan)
+  local per = with_plan and 6 or 5
+  local args = {}
+  for _, n in ipairs(nodes) do
+    for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
+  end
+  local t = ahead[gid] or {}
+  ahead[gid] = t
+  local step = per * 200
+  for k = 1, #args, step do
+    local v = redis.call('HMGET', nkey(gid), unpack(args, k, math.min(k + step - 1, #args)))
+    for j = 0, #v / per - 1 do
+      local b = j * per
+      t[nodes[(k - 1) / per + j + 1]] = {v[b + 1], v[b + 2], v[b + 3], v[b + 4], v[b + 5], v[b + 6]}
+    end
+  end
+  if with_edges then
+    for k = 1, #nodes, 1000 do
+      local part = {}
+      for j = k, math.min(k + 999, #nodes) do part[#part + 1] = TOPOLOGY.EDGES .. nodes[j] end
+      local v = redis.call('HMGET', gkey(gid) .. ':t', unpack(part))
+      for j, n in ipairs(part) do
+        if v[j] then topo_raw[gid .. '\0' .. n] = v[j] end
+      end
+    end
+  end
+end
+
+-- {state, attempt, iteration, start time, timer member, start plan} of a node (strings or
+-- false; the plan only when it was read ahead for a start, or read here).
+local function node_read(gid, node)
+  local t = ahead[gid]
+  local r = t and t[node]
+  if r then return r end
+  return redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
+    node .. F_STARTED, node .. F_TIMER, node .. NODE.PLAN)
+end
+
+local function node_set(gid, node, ...)
+  local t = ahead[gid]
+  if t then t[node] = nil end
+  redis.call('HSET', nkey(gid), ...)
+end
+
+-- Groups a batch's items by graph: {gid = {node, ...}} for read_ahead. A is the argument
+-- array, `first` the index of the first item and L the item's layout (prelude's ITEM).
+local function by_graph(A, first, L)
+  local g = {}
+  for i = first, #A, L.SIZE do
+    local gid, node = A[i + L.GRAPH_ID], A[i + L.NODE]
+    local l = g[gid]
+    if l == nil then l = {}; g[gid] = l end
+    l[#l + 1] = node
+  end
+  return g
+end
+
+-- The graph's state (a GraphState number), or nil when the graph is unknown or expired.
+local function graph_state(gid)
+  local s = gstate[gid]
+  if s == nil then
+    s = tonumber(redis.call('HGET', gkey(gid), META.STATE)) or false
+    gstate[gid] = s
+  end
+  return s or nil
+end
+
+local function open_add(gid, d)
+  open_delta[gid] = (open_delta[gid] or 0) + d
+end
+
+-- Applies the graph's pending change of its open count; returns the count.
+local function open_apply(gid)
+  local d = open_delta[gid] or 0
+  open_delta[gid] = nil
+  return tonumber(redis.call('HINCRBY', gkey(gid), META.OPEN, d))
+end
+
+-- Appends one event to the graph's log. Events are written by flush(), which every entry
+-- script calls before returning after a change (and before switching shards), with the
+-- seqs of all of a graph's events taken by one HINCRBY (one command per graph, not per
+-- event).
+local E_KIND, E_TIME, E_NODE = EVENT.KIND, EVENT.TIME, EVENT.NODE
+local E_ATTEMPT, E_ITER, E_DETAIL = EVENT.ATTEMPT, EVENT.ITERATION, EVENT.DETAIL
+
+local function emit(gid, kind, node, attempt, iter, detail)
+  local ev
+  if node then
+    ev = {E_KIND, kind, E_TIME, NOW_S, E_NODE, node, E_ATTEMPT, attempt, E_ITER, iter}
+  else
+    ev = {E_KIND, kind, E_TIME, NOW_S}
+  end
+  if detail then
+    ev[#ev + 1] = E_DETAIL; ev[#ev + 1] = detail
+  end
+  local list = pending[gid]
+  if list == nil then
+    list = {}
+    pending[gid] = list
+  end
+  list[#list + 1] = ev
+  notified[gid] = true
+end
+
+local function jc_write(c)
+  if c[5] then
+    redis.call('HSET', nkey(c[6]), c[7] .. NODE.RECEIVED, c[2], c[7] .. NODE.TAKEN, c[3])
+    c[5] = false
+  end
+end
+
+-- Writes what the call has pending on the current shard: join counters, open counts, the
+-- events (and the notifications that wake watchers), the stops for workers.
+local function flush()
+  for _, c in pairs(jc) do jc_write(c) end
+  jc = {}
+  for gid, d in pairs(open_delta) do
+    if d ~= 0 then redis.call('HINCRBY', gkey(gid), META.OPEN, d) end
+  end
+  open_delta = {}
+  for gid, list in pairs(pending) do
+    local ek = gkey(gid) .. ':e'
+    -- Entry ids are 0-<seq>: '0-*' lets Redis number them on from the last one, the same
+    -- count the graph's seq field keeps (both are only ever written here).
+    redis.call('HINCRBY', gkey(gid), META.SEQ, #list)
+    for _, ev in ipairs(list) do
+      redis.call('XADD', ek, '0-*', unpack(ev))
+    end
+  end
+  pending = {}
+  for gid in pairs(notified) do
+    redis.call('XADD', K_NOTIFY, 'MAXLEN', '~', 10000, '*', WORK.GRAPH, gid)
+  end
+  notified = {}
+  for _, v in pairs(controls) do
+    redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2], WORK.ATTEMPT, v[3])
+  end
+  controls = {}
+end
+
+-- Tells the workers to stop a graph's running attempts (node nil: all of them).
+local function stop_work(gid, node, attempt)
+  controls[gid .. '\0' .. (node or '')] = {gid, node or '', attempt or ''}
+end
+
+-- Works on shard i of the call's KEYS from now on (after flush() of the previous one).
+local function use_shard(i)
+  K_WORK = KEYS[i]
+  TAG = string.sub(K_WORK, 1, -6)
+  K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
+  K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
+end
+
+-- Each namespace lists its own graphs: the default one uses the shard's plain index, any
+-- other its own family (mirrors ShardKeys.index / ShardKeys.request in dago/store/keys.py).
+local function nsindex(ns)
+  if not ns or ns == '' or ns == 'default' then return K_INDEX end
+  return TAG .. ':ns:' .. ns .. ':index'
+end
+
+local function reqkey(ns, rid)
+  if not ns or ns == '' or ns == 'default' then return TAG .. ':req:' .. rid end
+  return TAG .. ':ns:' .. ns .. ':req:' .. rid
+end
+
+local function index_move(gid, from_state, to_state)
+  local v = redis.call('HMGET', gkey(gid), META.CREATED, META.NAMESPACE)
+  local idx = nsindex(v[2])
+  redis.call('ZREM', idx .. ':' .. from_state, gid)
+  redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
+end
+
+local function dispatch(gid, node, attempt, iter)
+  if type(attempt) == 'number' then attempt = int(attempt) end
+  if type(iter) == 'number' then iter = int(iter) end
+  node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
+  redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
+end
+
+local function timer_key(kind, gid, node, iter, attempt)
+  return kind .. '|' .. gid .. '|' .. node .. '|' .. iter .. '|' .. attempt
+end
+
+-- Counts a finished graph for the metrics (dago.store.stats): by end state, and in the
+-- duration histogram (bounds: schema.GRAPH_DURATION_BUCKETS).
+local function record_end(gk, state)
+  local secs = (NOW - (tonumber(redis.call('HGET', gk, META.CREATED)) or NOW)) / 1000
+  local b = #DURATION_BOUNDS
+  for k, le in ipairs(DURATION_BOUNDS) do
+    if secs <= le then b = k - 1; break end
+  end
+  redis.call('HINCRBY', K_STATS, STATS.FINISHED .. GraphStateName[state], 1)
+  redis.call('HINCRBY', K_STATS, STATS.DURATION .. b, 1)
+  redis.call('HINCRBYFLOAT', K_STATS, STATS.DURATION_SUM, secs)
+end
+
+-- Ends a graph: every node still open is cancelled (running) or skipped (pending),
+-- workers are told to stop, and the keys expire after the retention period.
+local function end_graph(gid, state, kind, detail, err)
+  local gk = gkey(gid)
+  local old = graph_state(gid)
+  if old >= GraphState.COMPLETED then return end
+  gstate[gid] = state
+  open_delta[gid] = nil
+  redis.call('HSET', gk, META.STATE, state, META.ENDED, NOW)
+  record_end(gk, state)
+  if err then redis.call('HSET', gk, META.ERROR, err) end
+  index_move(gid, old, state)
+  local nk = nkey(gid)
+  -- A graph completes when no node is open any more: nothing to cancel or skip.
+  local ids = {}
+  if state ~= GraphState.COMPLETED then ids = cjson.decode(redis.call('HGET', gk, META.NODE_IDS)) end
+  local why = reason_json((state == GraphState.CANCELLED) and 'graph cancelled' or 'graph failed')
+  local stopped = false
+  for _, node in ipairs(ids) do
+    local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+    local st = tonumber(v[1])
+    if st == NodeState.PENDING then
+      node_set(gid, node, node .. F_STATE, NodeState.SKIPPED, node .. F_ENDED, NOW)
+      emit(gid, EventKind.NODE_SKIPPED, node, v[2], v[3], why)
+    elseif st and (st < NodeState.COMPLETED or st == NodeState.DEAD_LETTERED) then
+      node_set(gid, node, node .. F_STATE, NodeState.CANCELLED, node .. F_ENDED, NOW)
+      emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
+      if st == NodeState.RUNNING then stopped = true end
+    end
+  end
+  redis.call('HSET', gk, META.OPEN, 0)
+  emit(gid, kind, nil, nil, nil, detail)
+  if stopped then stop_work(gid, nil, nil) end
+  local ttl = tonumber(redis.call('HGET', gk, META.RETENTION))
+  for _, suffix in ipairs({'', ':n', ':t', ':e'}) do
+    redis.call('EXPIRE', gk .. suffix, ttl)
+  end
+  local r = redis.call('HMGET', gk, META.REQUEST_ID, META.NAMESPACE)
+  if r[1] and r[1] ~= '' then redis.call('EXPIRE', reqkey(r[2], r[1]), ttl) end
+  local xs = TIMER.EXPIRE .. '|' .. gid
+  if r[2] and r[2] ~= '' and r[2] ~= 'default' then xs = xs .. '|' .. r[2] end
+  redis.call('ZADD', K_TIMERS, NOW + ttl * 1000, xs)
+  redis.call('ZREM', K_TIMERS, TIMER.DEADLINE .. '|' .. gid)
+end
+
+-- A usage object (schema.UsageJson) from the graph's counters.
+local function usage_json(gk)
+  local u = redis.call('HMGET', gk, USAGE.INPUT, USAGE.OUTPUT, USAGE.CACHE_WRITE, USAGE.CACHE_READ, USAGE.COST)
+  return J.U_IN .. (u[1] or 0) .. J.U_OUT .. (u[2] or 0) .. J.U_CW .. (u[3] or 0)
+    .. J.U_CR .. (u[4] or 0) .. J.U_COST .. (u[5] or 0) .. '}'
+end
+
+local function fail_graph(gid, err, node)
+  end_graph(gid, GraphState.FAILED, EventKind.GRAPH_FAILED,
+    J.D_ERROR_FIRST .. err .. J.D_NEXT .. jstr(node or '') .. '}', err)
+end
+
+local function maybe_finish(gid)
+  local st = graph_state(gid)
+  if st and st < GraphState.COMPLETED and open_apply(gid) <= 0 then
+    end_graph(gid, GraphState.COMPLETED, EventKind.GRAPH_COMPLETED, J.D_USAGE_FIRST .. usage_json(gkey(gid)) .. '}', nil)
+  end
+end
+
+-- The fence of every transition of a node attempt: the graph still runs and the node is
+-- at this attempt and iteration, in one of `states`. A late or duplicate report of an
+-- attempt that is no longer current (a redelivery, a worker that was presumed dead)
+-- changes nothing. Returns the node's and the graph's state, or nil.
+local function fence(gid, node, attempt, iter, states)
+  local gs = graph_state(gid)
+  if gs == nil or gs >= GraphState.COMPLETED then return nil end
+  local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+  local st = tonumber(v[1])
+  if tonumber(v[2]) ~= tonumber(attempt) or tonumber(v[3]) ~= tonumber(iter) then return nil end
+  for _, s in ipairs(states) do
+    if st == s then return st, gs end
+  end
+  return nil
+end
+
+-- Starts a call: its keys and arguments, the time, and empty per-call state; the first
+-- shard is the current one.
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  NOW_S = int(NOW)
+  notified, controls, topo_cache, gstate, open_delta, jc = {}, {}, {}, {}, {}, {}
+  gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
+  join_r, join_t, queued = {}, {}, {}
+  use_shard(1)
+end

@@ -1,0 +1,277 @@
+"""The names both sides of the Redis contract use, in one table.
+
+Every hash field, stream entry field and JSON key that dago stores in Redis is named
+here once. Python reads and writes them through these classes; the Redis functions
+read them from ``lua/prelude.lua``, which ``make gen`` renders from this module, the
+``dago.v1`` enums and the argument layouts of :mod:`dago.store.functions`
+(``python -m dago.devtools.luagen``; ``make gen-check`` fails when it drifts). Values
+are short because Redis stores them millions of times and Lua builds them on every
+transition.
+
+Each class is one record kind; the generator renders every upper-case attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Meta:
+    """Fields of a graph's meta hash (``GraphKeys.meta``)."""
+
+    STATE: Final = "state"
+    NAME: Final = "name"
+    CREATED: Final = "created"
+    STARTED: Final = "started"
+    ENDED: Final = "ended"
+    SEQ: Final = "seq"
+    """Events appended so far (the seq of the last one)."""
+    STEPS: Final = "steps"
+    OPEN: Final = "open"
+    """Nodes not finished yet; the graph completes when it reaches 0."""
+    DEFINITION: Final = "def"
+    INPUTS: Final = "inputs"
+    NODE_IDS: Final = "ids"
+    MAX_STEPS: Final = "max_steps"
+    MAX_TOKENS: Final = "max_tokens"
+    MAX_COST: Final = "max_cost"
+    MAX_EVENTS: Final = "max_events"
+    RETENTION: Final = "retention"
+    REQUEST_ID: Final = "request_id"
+    NAMESPACE: Final = "ns"
+    TRACEPARENT: Final = "tp"
+    ERROR: Final = "err"
+
+
+class Usage:
+    """Usage counters: fields of the meta hash (a graph's totals) and, after ``<node>``, of
+    the node hash (a node's totals)."""
+
+    INPUT: Final = "ui"
+    OUTPUT: Final = "uo"
+    CACHE_WRITE: Final = "ucc"
+    CACHE_READ: Final = "ucr"
+    COST: Final = "uc"
+
+
+class Node:
+    """Fields of the node hash (``GraphKeys.nodes``), each after the node's id."""
+
+    STATE: Final = ":s"
+    ATTEMPT: Final = ":a"
+    ITERATION: Final = ":i"
+    STARTED: Final = ":st"
+    ENDED: Final = ":et"
+    WORKER: Final = ":w"
+    DELIVERIES: Final = ":d"
+    DEADLINE: Final = ":dl"
+    """When the running attempt times out (ms), for the timers once it outlives a renewal."""
+    TIMER: Final = ":tm"
+    """The timer member set for the running attempt, if any."""
+    PLAN: Final = ":p"
+    """What starting the node reads and its timeout (``need_inputs|refs|timeout_ms``),
+    written at submit: read with the node's state when a function starts it."""
+    DEAD_LETTER: Final = ":dx"
+    """The entry id of the dead letter the node waits for."""
+    OUTPUT: Final = ":o"
+    ERROR: Final = ":err"
+    ROUTE: Final = ":route"
+    RECEIVED: Final = ":r"
+    """Incoming edges resolved (a join's counter)."""
+    TAKEN: Final = ":t"
+    """Incoming edges taken (a join's counter)."""
+    RECORD: Final = ":@"
+    """Prefix of an attempt's immutable record: ``<node>:@<iteration>:<attempt>`` (JSON)."""
+    EDGE_RESOLVED: Final = "e:"
+    """``e:<edge index>``: a loop's exit edge resolved in this iteration (not per node)."""
+
+
+class Record:
+    """Keys of an attempt's record (JSON)."""
+
+    STARTED: Final = "st"
+    ENDED: Final = "et"
+    STATE: Final = "s"
+    WORKER: Final = "w"
+    USAGE: Final = "u"
+    INPUT: Final = "in"
+    OUTPUT: Final = "o"
+    ERROR: Final = "e"
+
+
+class Error:
+    """Keys of a stored error (JSON): its ErrorClass, message and whether it was retryable."""
+
+    CLASS: Final = "c"
+    MESSAGE: Final = "m"
+    RETRYABLE: Final = "r"
+
+
+class UsageJson:
+    """Keys of a stored usage object (JSON)."""
+
+    INPUT: Final = "i"
+    OUTPUT: Final = "o"
+    CACHE_WRITE: Final = "cc"
+    CACHE_READ: Final = "cr"
+    COST: Final = "c"
+
+
+class Event:
+    """Fields of an entry of a graph's event log (``GraphKeys.events``; entry id ``0-<seq>``)."""
+
+    KIND: Final = "t"
+    """The Event payload field name (``node_started``...)."""
+    TIME: Final = "ts"
+    NODE: Final = "n"
+    ATTEMPT: Final = "a"
+    ITERATION: Final = "i"
+    DETAIL: Final = "d"
+    """The payload as JSON (keys in ``Detail``)."""
+
+
+class Detail:
+    """Keys of event details (JSON), by the events that use them."""
+
+    OUTPUT: Final = "o"
+    """node_completed: the output."""
+    USAGE: Final = "u"
+    """node_completed, usage, graph_completed: a usage object (``UsageJson``)."""
+    DURATION_MS: Final = "ms"
+    """node_completed."""
+    ERROR: Final = "e"
+    """node_failed, node_retrying, graph_failed, node_dead_lettered: an error (``Error``)."""
+    BACKOFF_MS: Final = "b"
+    """node_retrying: the delay before the next attempt."""
+    NEXT: Final = "n"
+    """node_retrying: the next attempt; graph_failed: the failed node; node_dead_lettered:
+    deliveries."""
+    WORKER: Final = "w"
+    """node_started."""
+    REDELIVERED: Final = "r"
+    """node_started: the attempt ran before on another delivery."""
+    DEAD_LETTER: Final = "id"
+    """node_dead_lettered, node_requeued: the dead letter's entry id."""
+    REASON: Final = "reason"
+    """node_skipped, node_cancelled, graph_cancelled; router_decision: why the route."""
+    NAME: Final = "name"
+    """graph_submitted: the graph's name."""
+    ENTRIES: Final = "entries"
+    """graph_submitted: the entry nodes."""
+    ITERATION: Final = "iteration"
+    """loop_iteration: the loop head's iteration."""
+    FROM: Final = "from"
+    """loop_iteration: the node whose back edge closed the loop."""
+    EXHAUSTED: Final = "exhausted"
+    """loop_iteration: the loop reached its max_iterations."""
+    ROUTE: Final = "route"
+    """router_decision: the route taken (the worker writes route, reason, confidence)."""
+    TARGETS: Final = "targets"
+    """router_decision: the nodes its edges lead to."""
+    PROVIDER: Final = "provider"
+    """usage: the LLM provider."""
+    MODEL: Final = "model"
+    """usage: the model."""
+
+
+class Work:
+    """Fields of a work item (shard ``work`` stream) and of a control entry."""
+
+    GRAPH: Final = "g"
+    NODE: Final = "n"
+    ATTEMPT: Final = "a"
+    ITERATION: Final = "i"
+
+
+class DeadLetter:
+    """Fields of a dead-letter entry besides the work item's (``Work``)."""
+
+    ENTRY: Final = "id"
+    """The work item's entry id."""
+    DELIVERIES: Final = "deliveries"
+    TIME: Final = "ts"
+    ERROR: Final = "e"
+
+
+class Request:
+    """Fields of a request_id's idempotency record (``ShardKeys.request``)."""
+
+    GRAPH: Final = "g"
+    """The graph the first request with this id created."""
+    BODY_HASH: Final = "h"
+    """The digest of that request (another body with the same id is a conflict)."""
+
+
+class Timer:
+    """Kinds of a shard's timers: a member is ``<kind>|<graph id>|...``."""
+
+    RETRY: Final = "r"
+    """``r|gid|node|iteration|attempt``: dispatch that attempt."""
+    TIMEOUT: Final = "t"
+    """``t|gid|node|iteration|attempt``: the attempt's deadline (a hung worker)."""
+    DEADLINE: Final = "d"
+    """``d|gid``: the graph's deadline."""
+    EXPIRE: Final = "x"
+    """``x|gid[|namespace]``: drop the expired graph from its indexes."""
+
+
+class Stats:
+    """Fields of a shard's counters (``ShardKeys.stats``), read by the metrics."""
+
+    SUBMITTED: Final = "submitted"
+    FINISHED: Final = "fin:"
+    """``fin:<completed|failed|cancelled>``."""
+    DURATION: Final = "dur:"
+    """``dur:<bucket index>`` of ``GRAPH_DURATION_BUCKETS``."""
+    DURATION_SUM: Final = "dur_sum"
+    RECLAIMED: Final = "reclaimed"
+    DEAD: Final = "dead"
+
+
+class Topology:
+    """Fields of a graph's topology hash (``GraphKeys.topo``; written by
+    ``dago.engine.topology``)."""
+
+    EDGES: Final = ">"
+    """``><node>``: the node's outgoing edges (``index,to,back,owner,single;...``)."""
+    LOOP: Final = "b:"
+    """``b:<back edge index>``: a loop (JSON)."""
+
+
+GRAPH_DURATION_BUCKETS: Final = (
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the graph duration histogram the functions count in ``Stats``."""
+
+
+class NodeTopology:
+    """Keys of a node's topology (JSON, the ``<node>`` field of the topology hash)."""
+
+    KIND: Final = "k"
+    JOIN: Final = "j"
+    """The node's dago.v1.JoinMode (0, unspecified, is ALL)."""
+    MAX_ITERATIONS: Final = "mx"
+    IN_DEGREE: Final = "in"
+    """Forward incoming edges."""
+    RETRY: Final = "r"
+    """``[max_attempts, initial_backoff_ms, max_backoff_ms, multiplier, jitter, [classes]]``:
+    the retry policy, read when an attempt fails (by its worker or by a timeout)."""
+
+
+class LoopTopology:
+    """Keys of a loop's topology (JSON, the ``b:<back edge index>`` field)."""
+
+    HEAD: Final = "h"
+    SOURCE: Final = "s"
+    BODY: Final = "body"
+    INTERNAL: Final = "ie"
+    """Forward edges inside the body (their resolved-marks are cleared each iteration)."""
+    EXITS: Final = "x"
+    """``[edge index, to]`` of the exit edges this loop owns."""
+
+
+RECORD_KINDS: Final = (
+    Meta, Usage, Node, Record, Error, UsageJson, Event, Detail, Work, DeadLetter, Request, Timer,
+    Stats, Topology, NodeTopology, LoopTopology,
+)  # fmt: skip
+"""Every record kind above, in the order the prelude lists them."""

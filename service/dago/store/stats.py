@@ -1,0 +1,185 @@
+"""The cluster metrics: what the Redis functions count (``schema.Stats``) and the state of
+the work streams, read from Redis when Prometheus scrapes the API process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from dago.config import Settings
+from dago.store.keys import WORK_GROUP, Keys
+from dago.store.schema import GRAPH_DURATION_BUCKETS, Stats
+
+log = logging.getLogger("dago.metrics")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _ms(entry_id: Any) -> int:
+    return int(_s(entry_id).split("-")[0])
+
+
+class RedisCollector(Collector):
+    """Reads the cluster's state from Redis when Prometheus scrapes (in the scrape thread,
+    on its own synchronous connection): per shard one pipeline of XINFO GROUPS, XLEN,
+    HGETALL of the shard's counters, plus one read per shard with a backlog."""
+
+    def __init__(self, settings: Settings, keys: Keys) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis
+            from redis.cluster import RedisCluster
+
+            url = self._settings.redis_url
+            opts: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+            if self._settings.cluster:
+                self._client = RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
+            else:
+                self._client = redis.Redis.from_url(url, **opts)
+        return self._client
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: collecting needs Redis."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Query Redis now; when it does not answer only ``dago_redis_up 0`` is reported."""
+        up = GaugeMetricFamily("dago_redis_up", "1 when Redis answered this scrape.")
+        with self._lock:
+            try:
+                families = self._read()
+            except Exception as e:  # any Redis trouble: report it, never fail the scrape
+                log.debug("reading metrics from Redis failed: %s", e)
+                up.add_metric([], 0)
+                return [up]
+        up.add_metric([], 1)
+        return [up, *families]
+
+    def _read(self) -> list[Metric]:
+        r = self._redis()
+        now_ms = int(time.time() * 1000)
+        depth = GaugeMetricFamily(
+            "dago_queue_depth", "Work items not yet delivered to any worker.", labels=["shard"]
+        )
+        pending = GaugeMetricFamily(
+            "dago_queue_pending",
+            "Work items delivered and not yet acknowledged (running, or held by a dead worker "
+            "until reclaimed).",
+            labels=["shard"],
+        )
+        lag = GaugeMetricFamily(
+            "dago_queue_lag_seconds",
+            "Age of the oldest work item not yet delivered (0 when none waits).",
+            labels=["shard"],
+        )
+        dead = GaugeMetricFamily(
+            "dago_dead_letters", "Entries in the dead-letter list.", labels=["shard"]
+        )
+        active = GaugeMetricFamily(
+            "dago_graphs_active", "Graphs submitted and not finished yet (submitted - finished)."
+        )
+        submitted = CounterMetricFamily(
+            "dago_graphs_submitted", "Graphs created (all API replicas together)."
+        )
+        finished = CounterMetricFamily(
+            "dago_graphs_finished", "Graphs finished, by status.", labels=["status"]
+        )
+        dead_total = CounterMetricFamily(
+            "dago_work_dead_lettered", "Work items moved to the dead-letter list."
+        )
+        reclaimed = CounterMetricFamily(
+            "dago_work_reclaimed",
+            "Work items taken over (XAUTOCLAIM) from a worker that stopped renewing them.",
+        )
+        totals = {
+            Stats.SUBMITTED: 0.0,
+            Stats.DEAD: 0.0,
+            Stats.RECLAIMED: 0.0,
+            Stats.DURATION_SUM: 0.0,
+        }
+        fin = {"completed": 0.0, "failed": 0.0, "cancelled": 0.0}
+        buckets = [0.0] * (len(GRAPH_DURATION_BUCKETS) + 1)
+        for sk in self._keys.all_shards():
+            pipe = r.pipeline(transaction=False)
+            pipe.xinfo_groups(sk.work)
+            pipe.xlen(sk.dead)
+            pipe.hgetall(sk.stats)
+            groups, ndead, stats = pipe.execute(raise_on_error=False)
+            label = [str(sk.shard)]
+            if isinstance(groups, Exception):  # the stream or group is not there yet
+                groups = []
+            group = next((g for g in groups if _s(g.get("name", "")) == WORK_GROUP), None)
+            waiting, oldest = 0, 0.0
+            if group is not None:
+                last = _s(group.get("last-delivered-id") or "0-0")
+                waiting = group.get("lag")
+                if waiting is None:  # unknown after deletions: count what follows
+                    waiting = len(r.xrange(sk.work, f"({last}", "+", count=100_000))
+                if waiting:
+                    nxt = r.xrange(sk.work, f"({last}", "+", count=1)
+                    if nxt:
+                        oldest = max(0.0, (now_ms - _ms(nxt[0][0])) / 1000)
+                pending.add_metric(label, int(group.get("pending") or 0))
+            else:
+                pending.add_metric(label, 0)
+            depth.add_metric(label, int(waiting or 0))
+            lag.add_metric(label, oldest)
+            dead.add_metric(label, 0 if isinstance(ndead, Exception) else int(ndead))
+            if isinstance(stats, Exception):
+                continue
+            for k, v in stats.items():
+                key, val = _s(k), float(v)
+                if key in totals:
+                    totals[key] += val
+                elif key.startswith(Stats.FINISHED) and key[len(Stats.FINISHED) :] in fin:
+                    fin[key[len(Stats.FINISHED) :]] += val
+                elif key.startswith(Stats.DURATION):
+                    i = int(key[len(Stats.DURATION) :])
+                    if 0 <= i < len(buckets):
+                        buckets[i] += val
+        active.add_metric([], max(0.0, totals[Stats.SUBMITTED] - sum(fin.values())))
+        submitted.add_metric([], totals[Stats.SUBMITTED])
+        for status, count in fin.items():
+            finished.add_metric([status], count)
+        dead_total.add_metric([], totals[Stats.DEAD])
+        reclaimed.add_metric([], totals[Stats.RECLAIMED])
+        cumulative: list[tuple[str, float]] = []
+        running = 0.0
+        for bound, count in zip((*GRAPH_DURATION_BUCKETS, float("inf")), buckets, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+        duration = HistogramMetricFamily(
+            "dago_graph_duration_seconds",
+            "Time from submission to the end of finished graphs.",
+            buckets=cumulative,
+            sum_value=totals[Stats.DURATION_SUM],
+        )
+        alive = GaugeMetricFamily(
+            "dago_workers_alive", "Worker processes with a heartbeat within DAGO_WORKER_TTL_MS."
+        )
+        alive.add_metric(
+            [],
+            int(r.zcount(self._keys.workers_seen, now_ms - self._settings.worker_ttl_ms, "+inf")),
+        )
+        return [
+            depth, pending, lag, dead, active, submitted, finished, dead_total, reclaimed, duration,
+            alive,
+        ]  # fmt: skip

@@ -1,0 +1,497 @@
+"""Running node attempts: from a started work item to the ``Result`` the worker applies.
+
+An attempt runs in its own task, except when its handler can run it without waiting
+(the built-in ``echo`` tool: ``Tool.inline``): then it runs right where it was started,
+and its result goes to the worker's completer with the rest of its batch. Attempt
+timeouts are enforced by one timer per worker, set for the earliest deadline of the
+attempts running in tasks, which cancels the ones past their deadline (instead of an
+``asyncio.timeout`` per attempt).
+
+A failed attempt is reported as what failed (its error class, whether it is retryable,
+any retry-after); whether it runs again is decided where the graph's state is, by the
+retry rule of the Redis functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from dago.api.auth import Redactor
+from dago.engine.cel import EvalError
+from dago.engine.graphcache import LoadedGraph
+from dago.engine.model import CompiledNode
+from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
+from dago.observe.logs import NODE, NodeFields
+from dago.observe.metrics import Metrics
+from dago.observe.tracing import Tracing, fail, trace_id_of
+from dago.store.functions import Outcome, Result, Started, WorkItem, usage_arg
+from dago.store.schema import Error
+from dago.store.store import Store
+from dago.store.values import dumps
+from dago.v1 import graph_pb2
+
+log = logging.getLogger("dago.worker")
+
+NO_DEADLINE = float("inf")
+
+
+@dataclass(slots=True, eq=False)
+class Running:
+    """An attempt started and not yet applied."""
+
+    item: WorkItem
+    task: asyncio.Task[None] | None = None
+    """None for an attempt run inline (it finished as it started)."""
+    stopped_by_control: bool = False
+    deadline: float = NO_DEADLINE
+    """Loop time past which the attempt times out, while its handler runs in ``task``."""
+    timed_out: bool = False
+    reported: bool = False
+    """Its result went to the completer."""
+
+
+@dataclass(slots=True)
+class Plan:
+    """What every attempt of one compiled node needs, worked out once per worker."""
+
+    node: CompiledNode
+    inline: Inline | None
+    """The handler's synchronous form for this node, if it has one."""
+    static_input: str | None
+    """The JSON of the node's input when its template has no placeholder."""
+    edges: str | None
+    """The outgoing edges taken when no edge has a condition (and no route is chosen)."""
+
+
+Report = Callable[[Running, Result], None]
+"""Takes a finished attempt's result (to the completer)."""
+
+
+class Attempts:
+    """The attempts one worker runs: ``running`` maps each held work item's id to its
+    attempt until the worker applies its result (or drops it)."""
+
+    def __init__(
+        self,
+        store: Store,
+        handlers: Mapping[str, Handler],
+        worker_id: str,
+        redact: Redactor,
+        metrics: Metrics,
+        tracing: Tracing,
+        report: Report,
+    ) -> None:
+        self._store = store
+        self._handlers = handlers
+        self._id = worker_id
+        self._redact = redact
+        self._metrics = metrics
+        self._tracing = tracing
+        self._report = report
+        self.running: dict[bytes, Running] = {}
+        self._plans: dict[int, Plan] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = NO_DEADLINE
+
+    # --- starting ----------------------------------------------------------------------
+
+    def launch(self, started: Sequence[Started], loaded: Mapping[str, LoadedGraph | None]) -> int:
+        """Run the attempts a function marked running, each inline or in a task of its own;
+        returns how many were dropped (an inline run that broke before reporting: a bug of
+        ours; the item stays pending in Redis and is reclaimed after the lease)."""
+        dropped = 0
+        for s in started:
+            item = s.item
+            graph = loaded.get(item.graph_id)
+            node = _node(graph, item)
+            plan = self._plan(node) if node is not None else None
+            inputs = json.loads(s.inputs) if s.inputs else {}
+            nodes = {n: {"output": json.loads(raw)} for n, raw in s.outputs} if s.outputs else {}
+            name = graph.name if graph else ""
+            scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
+            running = Running(item)
+            self.running[item.msg_id] = running
+            if plan is not None and plan.inline is not None and graph is not None:
+                try:
+                    with self._observing(item, graph):
+                        self._inline_attempt(running, plan, scope)
+                except Exception:
+                    log.exception("running %s/%s inline failed", item.graph_id, item.node)
+                    if not running.reported and self.forget(item.msg_id):
+                        dropped += 1
+            else:
+                running.task = asyncio.create_task(self._observed(running, graph, plan, scope))
+        return dropped
+
+    def forget(self, msg_id: bytes) -> bool:
+        """Drop an attempt that will not be applied (still pending in Redis, it is reclaimed
+        after the lease); True when it was held."""
+        return self.running.pop(msg_id, None) is not None
+
+    def _plan(self, node: CompiledNode) -> Plan:
+        """The plan of ``node`` (compiled nodes are shared and never change)."""
+        plan = self._plans.get(id(node))
+        if plan is not None and plan.node is node:
+            return plan
+        handler = self._handlers.get(node.kind)
+        inline = getattr(handler, "inline", None)
+        edges = None
+        if all(e.condition is None for e in node.out_edges):
+            edges = ",".join(str(e.index) for e in node.out_edges)
+        plan = Plan(
+            node=node,
+            inline=inline(node) if inline is not None else None,
+            static_input=dumps(node.inputs.value) if node.inputs.is_static else None,
+            edges=edges,
+        )
+        if len(self._plans) >= 65536:  # graphs come and go; the plans of old ones with them
+            self._plans.clear()
+        self._plans[id(node)] = plan
+        return plan
+
+    # --- running -----------------------------------------------------------------------
+
+    def _span_args(self, item: WorkItem, loaded: LoadedGraph | None) -> tuple[str, dict[str, Any]]:
+        """The name and attributes of an attempt's span."""
+        node = _node(loaded, item)
+        attrs: dict[str, Any] = {
+            "dago.graph.id": item.graph_id,
+            "dago.node.id": item.node,
+            "dago.node.kind": node.kind if node else "unknown",
+            "dago.node.attempt": item.attempt,
+            "dago.node.iteration": item.iteration,
+            "dago.work.deliveries": item.deliveries,
+            "dago.worker.id": self._id,
+        }
+        if node is not None and node.kind == "tool":
+            attrs["dago.tool.name"] = node.proto.tool.name
+        return f"node {node.kind if node else 'unknown'}", attrs
+
+    @contextlib.contextmanager
+    def _observing(self, item: WorkItem, loaded: LoadedGraph | None) -> Iterator[None]:
+        """The attempt's log fields (set for the block only) and, when tracing is on, a span
+        joining the graph's trace around it."""
+        tid = loaded.trace_id if loaded else ""
+        token = NODE.set(NodeFields(item.graph_id, item.node, item.attempt, item.iteration, tid))
+        try:
+            if not self._tracing.enabled:
+                yield
+            else:
+                name, attrs = self._span_args(item, loaded)
+                tp = loaded.traceparent if loaded else ""
+                with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
+                    yield
+        finally:
+            NODE.reset(token)
+
+    async def _observed(
+        self,
+        running: Running,
+        loaded: LoadedGraph | None,
+        plan: Plan | None,
+        scope: dict[str, Any],
+    ) -> None:
+        """Run an attempt in its task, observed (``_observing``)."""
+        with self._observing(running.item, loaded):
+            await self._attempt(running, loaded, plan, scope)
+
+    def _inline_attempt(self, running: Running, plan: Plan, scope: dict[str, Any]) -> None:
+        """``_attempt`` of an attempt run inline (``plan.inline`` is set)."""
+        started = time.monotonic()
+        item = running.item
+        node = plan.node
+        rendered = ""
+        run = plan.inline
+        assert run is not None
+        try:
+            value, rendered = _render(plan, scope)
+            result = run(self._context(item, node, scope, value))
+            fields = _succeeded(plan, scope, value, result)
+        except NodeFailure as f:
+            fields = _failed(f)
+        except Exception as e:
+            fields = _bug(e, item)
+        self._finish(running, node, rendered, fields, started)
+
+    async def _attempt(
+        self,
+        running: Running,
+        loaded: LoadedGraph | None,
+        plan: Plan | None,
+        scope: dict[str, Any],
+    ) -> None:
+        started = time.monotonic()
+        item = running.item
+        node = plan.node if plan is not None else None
+        rendered = ""
+        try:
+            if plan is None or node is None:
+                problem = loaded.problem if loaded else "the graph's definition is gone"
+                raise invalid(f"cannot run node {item.node!r}: {problem}")
+            value, rendered = _render(plan, scope)
+            result = await self._execute(running, node, scope, value)
+            fields = _succeeded(plan, scope, value, result)
+        except NodeFailure as f:
+            fields = _failed(f)
+        except asyncio.CancelledError:
+            if not running.stopped_by_control:
+                raise
+            # Cancelled because the graph ended or the attempt timed out in Redis: the
+            # report below is fenced out there and only acks the work item.
+            fields = _failed(invalid("cancelled"))
+        except Exception as e:
+            fields = _bug(e, item)
+        self._finish(running, node, rendered, fields, started)
+
+    def _context(
+        self, item: WorkItem, node: CompiledNode, scope: dict[str, Any], rendered: Any
+    ) -> NodeContext:
+        return NodeContext(
+            graph_id=item.graph_id,
+            node=node,
+            attempt=item.attempt,
+            iteration=item.iteration,
+            input=rendered,
+            scope=scope,
+            emit=lambda events: self._store.append(item, self._redact.events(events)),
+            worker_id=self._id,
+        )
+
+    async def _execute(
+        self, running: Running, node: CompiledNode, scope: dict[str, Any], rendered: Any
+    ) -> NodeResult:
+        """Run the handler in this task until the attempt's timeout (see ``_expire``)."""
+        handler = self._handlers.get(node.kind)
+        if handler is None:
+            raise invalid(f"this worker does not run {node.kind} nodes")
+        ctx = self._context(running.item, node, scope, rendered)
+        running.deadline = asyncio.get_running_loop().time() + node.attempt_timeout
+        self._arm(running.deadline)
+        try:
+            result = await handler.run(ctx)
+        except asyncio.CancelledError:
+            running.deadline = NO_DEADLINE
+            # Like asyncio.timeout: our own cancellation becomes the timeout, one from
+            # elsewhere (the control stream, a drain) goes on.
+            if running.timed_out and _uncancel() == 0 and not running.stopped_by_control:
+                raise _timeout(node) from None
+            raise
+        running.deadline = NO_DEADLINE
+        if running.timed_out:  # the handler swallowed the cancellation and returned
+            _uncancel()
+        return result
+
+    def _finish(
+        self,
+        running: Running,
+        node: CompiledNode | None,
+        rendered: str,
+        fields: _Fields,
+        started: float,
+    ) -> None:
+        """Count a finished attempt and hand its result to the completer."""
+        self._observe(running, node, fields, started)
+        item = running.item
+        outcome, output, taken, usage, route, error, retry_after_ms = fields
+        result = Result(
+            item.msg_id,
+            item.graph_id,
+            item.node,
+            item.attempt,
+            item.iteration,
+            self._redact(rendered),
+            outcome,
+            self._redact(output),
+            taken,
+            usage,
+            self._redact(route),
+            self._redact(error),
+            retry_after_ms,
+        )
+        running.reported = True
+        self._report(running, result)
+
+    def _observe(
+        self, running: Running, node: CompiledNode | None, fields: _Fields, started: float
+    ) -> None:
+        """Count and log one finished attempt; mark its span (cheap: two metric updates)."""
+        seconds = time.monotonic() - started
+        outcome = "completed" if fields[0] == Outcome.OK else "failed"
+        if running.stopped_by_control:
+            outcome = "cancelled"
+        kind = node.kind if node else "unknown"
+        self._metrics.node_done(kind, outcome, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("node attempt %s in %.1f ms", outcome, seconds * 1e3)
+        if self._tracing.enabled:
+            span = trace.get_current_span()
+            span.set_attribute("dago.node.outcome", outcome)
+            if outcome != "completed":
+                err = json.loads(fields[5]) if fields[5] else {}
+                fail(span, outcome, str(err.get(Error.MESSAGE, "")))
+
+    # --- timeouts and stops ------------------------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires by ``deadline``."""
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Cancel the attempts past their deadline; set the timer for the next deadline."""
+        self._timer = None
+        self._timer_at = NO_DEADLINE
+        now = asyncio.get_running_loop().time()
+        soonest = NO_DEADLINE
+        for r in self.running.values():
+            if r.deadline <= now:
+                if r.task is not None and not r.timed_out and not r.task.done():
+                    r.timed_out = True
+                    r.task.cancel()
+            elif r.deadline < soonest:
+                soonest = r.deadline
+        if soonest != NO_DEADLINE:
+            self._arm(soonest)
+
+    def stop(self, graph_id: str, node: str, attempt: str, cached: LoadedGraph | None) -> None:
+        """Cancel the running attempts of ``graph_id`` (only ``node``'s attempt ``attempt``
+        when ``node`` is given): the graph ended, or Redis timed the attempt out."""
+        for r in self.running.values():
+            it = r.item
+            if it.graph_id != graph_id or (
+                node and (it.node != node or str(it.attempt) != attempt)
+            ):
+                continue
+            if r.task is not None and not r.task.done():
+                log.info(
+                    "stopping %s/%s attempt %d",
+                    graph_id,
+                    it.node,
+                    it.attempt,
+                    extra={
+                        "graph_id": graph_id,
+                        "node_id": it.node,
+                        "attempt": it.attempt,
+                        "trace_id": trace_id_of(cached.traceparent if cached else ""),
+                    },
+                )
+                r.stopped_by_control = True
+                r.task.cancel()
+
+    def cancel_timer(self) -> None:
+        """Stop the timeout timer (the worker stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+_Fields = tuple[str, str, str, str, str, str, int]
+"""outcome, output, taken, usage, route, error, retry_after_ms of a ``Result``."""
+
+
+def _node(loaded: LoadedGraph | None, item: WorkItem) -> CompiledNode | None:
+    if loaded is None or loaded.compiled is None:
+        return None
+    return loaded.compiled.nodes.get(item.node)
+
+
+def _uncancel() -> int:
+    task = asyncio.current_task()
+    return task.uncancel() if task is not None else 0
+
+
+def _timeout(node: CompiledNode) -> NodeFailure:
+    return NodeFailure(
+        graph_pb2.ERROR_CLASS_TIMEOUT,
+        f"the attempt ran past its timeout of {node.attempt_timeout:g}s",
+        True,
+    )
+
+
+def _render(plan: Plan, scope: dict[str, Any]) -> tuple[Any, str]:
+    """The node's input, and its JSON."""
+    try:
+        value = plan.node.inputs.render(scope)
+    except EvalError as e:
+        raise invalid(f"inputs: {e}") from None
+    return value, plan.static_input if plan.static_input is not None else dumps(value)
+
+
+def _usage(result: NodeResult | NodeFailure) -> str:
+    u = result.usage
+    if u is None:
+        return ""
+    return usage_arg(
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_creation_input_tokens,
+        u.cache_read_input_tokens,
+        u.cost_usd,
+        u.provider,
+        u.model,
+    )
+
+
+def _succeeded(plan: Plan, scope: dict[str, Any], rendered: Any, result: NodeResult) -> _Fields:
+    """The result fields of an attempt whose handler returned ``result``."""
+    node = plan.node
+    output = result.value
+    if node.output:
+        data = {**scope, "result": result.value, "input": rendered}
+        try:
+            output = {name: expr.evaluate(data) for name, expr in node.output.items()}
+        except EvalError as e:
+            raise invalid(f"output: {e}") from None
+    if result.route is None and plan.edges is not None:
+        edges = plan.edges
+    else:
+        edges = ",".join(map(str, _taken(node, scope, output, result.route)))
+    route = dumps(result.route) if result.route else ""
+    return Outcome.OK, dumps(output), edges, _usage(result), route, "", 0
+
+
+def _failed(f: NodeFailure) -> _Fields:
+    """The result fields of a failed attempt: what failed, never whether to retry."""
+    error = dumps(
+        {Error.CLASS: f.error_class, Error.MESSAGE: f.message, Error.RETRYABLE: f.retryable}
+    )
+    retry_after_ms = int((f.retry_after or 0.0) * 1000)
+    return Outcome.ERROR, "", "", _usage(f), "", error, retry_after_ms
+
+
+def _bug(e: Exception, item: WorkItem) -> _Fields:
+    """A tool's own bug: logged and reported as a transient failure; the worker lives on."""
+    log.exception("attempt %s/%s failed unexpectedly", item.graph_id, item.node)
+    return _failed(NodeFailure(graph_pb2.ERROR_CLASS_TRANSIENT, f"{type(e).__name__}: {e}", True))
+
+
+def _taken(
+    node: CompiledNode, scope: dict[str, Any], output: Any, route: dict[str, Any] | None
+) -> list[int]:
+    """Indexes of the outgoing edges taken, given the node's output."""
+    if not node.out_edges:
+        return []
+    data = {**scope, "nodes": {**scope["nodes"], node.id: {"output": output}}}
+    taken = []
+    for e in node.out_edges:
+        if route is not None and e.label != route["route"]:
+            continue
+        if e.condition is not None:
+            try:
+                if not e.condition.evaluate_bool(data):
+                    continue
+            except EvalError as err:
+                raise invalid(f"edges[{e.index}].condition: {err}") from None
+        taken.append(e.index)
+    return taken
