@@ -18,9 +18,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 from dago.config import Settings
+from dago.engine.outcome import invalid
 from dago.llm.base import Provider
 from dago.llm.offline import OfflineProvider
-from dago.nodes.base import invalid
 
 if TYPE_CHECKING:
     # Imported on first use: the SDK takes seconds to import, and most processes never need it.

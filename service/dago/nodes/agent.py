@@ -35,17 +35,16 @@ import logging
 import re
 from typing import Any
 
+from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.schema import validation_error
 from dago.llm.base import (
-    CallFailed,
     ChatMessage,
     LlmResponse,
-    TokenUsage,
     ToolCallRequest,
     ToolOutcome,
     ToolSpec,
 )
-from dago.nodes.base import NodeContext, NodeFailure, NodeResult, Tool
+from dago.nodes.base import NodeContext, NodeResult, Tool
 from dago.nodes.llm import LlmHandler
 from dago.nodes.toolbox import Toolbox
 from dago.observe.tracing import fail
@@ -115,8 +114,8 @@ class AgentHandler:
         if spec.HasField("tool_timeout"):
             timeout = spec.tool_timeout.seconds + spec.tool_timeout.nanos / 1e9
         messages = list(request.messages)
-        spent = TokenUsage()
-        last_model = model
+        # The turns' tokens, labelled with the last model that answered; priced once.
+        spent = Usage(provider=provider.name, model=model)
         calls_made = 0
         resp: LlmResponse | None = None
         for turn in range(1, max_turns + 1):
@@ -124,25 +123,22 @@ class AgentHandler:
                 resp, _ = await self._llm.call(
                     ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
                 )
-            except CallFailed as f:
-                f.usage = self._llm.usage(provider.name, f.model, spent + f.tokens)
-                raise
             except NodeFailure as f:
-                if spent != TokenUsage():
-                    f.usage = self._llm.usage(provider.name, last_model, spent)
+                if f.usage is not None:
+                    f.usage = self._llm.price(spent + f.usage)
+                elif spent.tokens:
+                    f.usage = self._llm.price(spent)
                 raise
             spent = spent + resp.usage
-            last_model = resp.model or last_model
             if not resp.tool_calls:
-                usage = self._llm.usage(provider.name, last_model, spent)
                 value = {
                     "text": resp.text,
-                    "model": last_model,
+                    "model": spent.model,
                     "provider": provider.name,
                     "turns": turn,
                     "tool_calls": calls_made,
                 }
-                return NodeResult(value, usage=usage)
+                return NodeResult(value, usage=self._llm.price(spent))
             calls_made += len(resp.tool_calls)
             messages.append(ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls))
             outcomes = await self._run_tools(ctx, turn, resp.tool_calls, by_model, timeout)
@@ -154,7 +150,7 @@ class AgentHandler:
             f"for tools ({asked}); raise max_turns or narrow the task",
             False,
         )
-        failure.usage = self._llm.usage(provider.name, last_model, spent)
+        failure.usage = self._llm.price(spent)
         raise failure
 
     async def _emit(self, ctx: NodeContext, events: list[tuple[str, str]]) -> None:

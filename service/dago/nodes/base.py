@@ -3,6 +3,9 @@
 A handler gets a ``NodeContext`` (the rendered input, the CEL scope, a way to
 emit events) and returns a ``NodeResult`` or raises ``NodeFailure``. Handlers
 never touch Redis: the worker applies their result in one fenced transition.
+
+``NodeFailure`` and ``invalid`` (``dago.engine.outcome``) are importable from here too:
+operator tools raise them next to the ``Tool`` and ``NodeContext`` they use.
 """
 
 from __future__ import annotations
@@ -10,76 +13,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.metadata
-import json
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dago.engine.cel import EvalError
 from dago.engine.model import CompiledNode
+from dago.engine.outcome import NodeFailure as NodeFailure
+from dago.engine.outcome import Usage
+from dago.engine.outcome import invalid as invalid
 from dago.v1 import graph_pb2
 
 Emit = Callable[[list[tuple[str, str]]], Awaitable[bool]]
-
-
-class NodeFailure(Exception):
-    """A node attempt failed; ``retryable`` says whether the retry policy may retry it.
-
-    ``retry_after`` is a delay in seconds a downstream service asked for (an HTTP
-    ``retry-after`` header): a retry waits at least that long. ``usage`` is what the
-    failed attempt spent (an LLM call that answered, but not usably); it is recorded
-    with the attempt and counts against the graph's limits.
-    """
-
-    def __init__(
-        self, error_class: int, message: str, retryable: bool, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.usage: Usage | None = None
-
-    def to_json(self) -> str:
-        """The stored form ``{c, m, r}``."""
-        return json.dumps(
-            {"c": self.error_class, "m": self.message, "r": self.retryable},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-
-
-def invalid(message: str) -> NodeFailure:
-    """A failure retrying cannot fix (bad input or configuration)."""
-    return NodeFailure(graph_pb2.ERROR_CLASS_INVALID, message, False)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token and cost accounting of one attempt, and which provider and model it used."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
-    provider: str = ""
-    model: str = ""
-
-    def to_arg(self) -> str:
-        """The comma-separated form complete.lua takes (provider and model last, if known)."""
-        arg = (
-            f"{self.input_tokens},{self.output_tokens},{self.cache_creation_input_tokens},"
-            f"{self.cache_read_input_tokens},{self.cost_usd!r}"
-        )
-        if self.provider:
-            clean = [
-                re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (self.provider, self.model)
-            ]
-            arg += "," + ",".join(clean)
-        return arg
 
 
 @dataclass

@@ -31,8 +31,9 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from dago.engine.cel import EvalError
+from dago.engine.outcome import NodeFailure, invalid
 from dago.llm.base import retry_after
-from dago.nodes.base import NodeContext, NodeFailure, NodeResult, invalid
+from dago.nodes.base import NodeContext, NodeResult
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing
 from dago.v1 import graph_pb2

@@ -17,16 +17,18 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from dago.engine.cel import EvalError
-from dago.llm.base import CallFailed, ChatMessage, LlmRequest, LlmResponse, Provider, TokenUsage
+from dago.engine.outcome import NodeFailure, Usage, invalid
+from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
-from dago.nodes.base import Emit, NodeContext, NodeFailure, NodeResult, Usage, invalid
+from dago.nodes.base import Emit, NodeContext, NodeResult
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, fail
 from dago.store.values import to_plain
@@ -230,9 +232,8 @@ class LlmHandler:
                 resp = await provider.complete(request, on_text)
             except NodeFailure as f:
                 deltas.abort()
-                usage = None
-                if isinstance(f, CallFailed):
-                    f.usage = usage = self.usage(provider.name, f.model, f.tokens)
+                # The tokens of a model that answered, but not usably, are paid for.
+                usage = f.usage = self.price(f.usage) if f.usage is not None else None
                 self._measure(provider.name, request.model, started, first, usage, f.error_class)
                 fail(span, _class_name(f.error_class), f.message)
                 raise
@@ -240,7 +241,7 @@ class LlmHandler:
                 deltas.abort()
                 raise
             await deltas.close()
-            usage = self.usage(provider.name, resp.model, resp.usage)
+            usage = self.price(resp.usage)
             self._measure(provider.name, resp.model, started, first, usage, 0)
             if span is not None:
                 span.set_attribute("gen_ai.response.model", resp.model)
@@ -297,17 +298,9 @@ class LlmHandler:
         await self._providers.load(spec.provider)
         return self._providers.resolve(spec.provider, spec.model)
 
-    def usage(self, provider: str, model: str, u: TokenUsage) -> Usage:
-        """Tokens with their cost, labelled with provider and model."""
-        return Usage(
-            input_tokens=u.input,
-            output_tokens=u.output,
-            cache_creation_input_tokens=u.cache_write,
-            cache_read_input_tokens=u.cache_read,
-            cost_usd=self._prices.cost(model, u),
-            provider=provider,
-            model=model,
-        )
+    def price(self, usage: Usage) -> Usage:
+        """``usage`` with its cost by the price table (any cost it had is replaced)."""
+        return replace(usage, cost_usd=self._prices.cost(usage))
 
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Call the model; the result is ``{text, model, provider}`` or the structured object."""

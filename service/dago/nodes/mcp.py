@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dago.nodes.base import NodeContext, NodeFailure, Tool, invalid
+from dago.engine.outcome import NodeFailure, invalid
+from dago.nodes.base import NodeContext, Tool
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.mcp")

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dago.config import Settings
-from dago.nodes.base import NodeContext, Tool, invalid, load_tools
+from dago.engine.outcome import invalid
+from dago.nodes.base import NodeContext, Tool, load_tools
 from dago.nodes.http import HttpHandler
 from dago.nodes.mcp import McpServers, parse_servers, split_name
 
