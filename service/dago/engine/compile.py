@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from dago.config import LLM_PROVIDERS
 from dago.engine.cel import CelCompiler, Expression, Refs, Scope, Template
 from dago.engine.checker import Checker, GraphInvalid
 from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEdge
@@ -29,7 +30,6 @@ NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SUPPORTED_KINDS = frozenset({"tool", "router", "llm", "http", "agent"})
 MAX_AGENT_TURNS = 1000
-LLM_PROVIDERS = ("anthropic", "openai", "offline")
 MAX_LLM_TOKENS = 1_000_000
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")

@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dago.config import Settings
+from dago.config import Settings, parse_mcp_servers
 from dago.engine.outcome import invalid
 from dago.nodes.base import NodeContext, Tool, load_tools
 from dago.nodes.http import HttpHandler
-from dago.nodes.mcp import McpServers, parse_servers, split_name
+from dago.nodes.mcp import McpServers, split_name
 
 HTTP_TOOL = "http"
 _DROPPED_HEADERS = frozenset({"set-cookie", "set-cookie2", "authorization", "proxy-authenticate"})
@@ -105,7 +105,7 @@ class KnownTools:
 def known_names(settings: Settings) -> KnownTools:
     """The tool names graphs may use on this deployment."""
     names = set(load_tools(settings.tool_modules)) | {HTTP_TOOL}
-    return KnownTools(frozenset(names), frozenset(parse_servers(settings.mcp_servers)))
+    return KnownTools(frozenset(names), frozenset(parse_mcp_servers(settings.mcp_servers)))
 
 
 class Toolbox:
@@ -120,7 +120,7 @@ class Toolbox:
         """Operator and built-in tools, the http tool and the configured MCP servers."""
         tools = load_tools(settings.tool_modules)
         tools[HTTP_TOOL] = http_tool(http, settings.tool_timeout_s)
-        return cls(tools, McpServers(parse_servers(settings.mcp_servers)))
+        return cls(tools, McpServers(parse_mcp_servers(settings.mcp_servers)))
 
     async def get(self, name: str) -> Tool | None:
         """The tool a graph names (an MCP server is started on its first use)."""
