@@ -34,7 +34,6 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
-from dago.api.auth import Redactor
 from dago.config import Settings
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import GraphCache, LoadedGraph
@@ -43,6 +42,7 @@ from dago.engine.topology import start_reads
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.observe.logs import NODE, NodeFields
 from dago.observe.metrics import Metrics, serve
+from dago.observe.redact import Redactor
 from dago.observe.tracing import Tracing, fail, trace_id_of
 from dago.store.store import STORE_ERRORS, Store, WorkItem, raise_if_cancelling
 from dago.store.values import dumps
