@@ -36,13 +36,13 @@ class CheckContext:
     options: CompileOptions
     """The server's settings (known tools, MCP servers, limits)."""
 
-    def add(self, field_: str, message: str) -> None:
-        """Record a problem at ``field_`` inside the node (``llm.prompt``)."""
-        self.checker.add(f"{self.path}.{field_}", message)
+    def add(self, at: str, message: str) -> None:
+        """Record a problem at the field ``at`` inside the node (``llm.prompt``)."""
+        self.checker.add(f"{self.path}.{at}", message)
 
-    def compile(self, source: str, scope: Scope, field_: str) -> Expression | None:
-        """A CEL expression of the node's ``field_``, or None after recording why not."""
-        return self.checker.compile(self.cel, source, scope, f"{self.path}.{field_}")
+    def compile(self, source: str, scope: Scope, at: str) -> Expression | None:
+        """The CEL expression of the node's field ``at``, or None after recording why not."""
+        return self.checker.compile(self.cel, source, scope, f"{self.path}.{at}")
 
     def templates(self, fields: Mapping[str, str]) -> dict[str, Template]:
         """The string templates of the kind's fields (key: field path inside the node), the
