@@ -38,8 +38,8 @@ import workloads as wl  # noqa: E402
 from procs import Procs, free_port, start_redis, wait_port  # noqa: E402
 
 from dago.app import build_api  # noqa: E402
-from dago.store.functions import Outcome, Result, Started  # noqa: E402
 from dago.config import Settings  # noqa: E402
+from dago.store.functions import Outcome, Result, Started  # noqa: E402
 
 
 class Callgrind:
@@ -121,9 +121,20 @@ async def measure(
             taken = ",".join(str(e.index) for e in node.out_edges)
             results.append(
                 Result(
-                    it.msg_id, it.graph_id, it.node, it.attempt, it.iteration, '{"x":1}',
-                    Outcome.OK, '{"x":1}', taken, "", "", "", 0,
-                )  # fmt: skip
+                    it.msg_id,
+                    it.graph_id,
+                    it.node,
+                    it.attempt,
+                    it.iteration,
+                    '{"x":1}',
+                    Outcome.OK,
+                    '{"x":1}',
+                    taken,
+                    "",
+                    "",
+                    "",
+                    0,
+                )
             )
         c1 = cpu()
         # As a worker under load: each apply starts as many new items as it applied

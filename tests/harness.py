@@ -28,8 +28,8 @@ from google.protobuf import json_format
 from dago.app import build_api, build_worker
 from dago.config import Settings
 from dago.devtools import edge as envoy_edge
-from dago.store.keys import Keys
 from dago.store.client import connect
+from dago.store.keys import Keys
 from dago.store.store import Store
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 

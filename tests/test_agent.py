@@ -29,8 +29,7 @@ import testtools
 from dago.config import Settings
 from dago.llm.base import ChatMessage, LlmRequest, ToolCallRequest, ToolSpec
 from dago.llm.offline import OfflineProvider
-from dago.nodes.base import load_tools
-from dago.nodes.toolbox import known_names
+from dago.nodes.toolbox import known_names, load_tools
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, ToolUse, Usage
 from fake_openai import FakeOpenAI

@@ -16,8 +16,8 @@ import anthropic
 import httpx2
 import pytest
 
+from dago.engine.outcome import NodeFailure
 from dago.llm.anthropic_provider import _read, _SseDecoder, _status_failure
-from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 
@@ -81,7 +81,8 @@ async def test_an_answer_read_from_chunks_of_any_size(nl: str, size: int) -> Non
     reply = await _read(_response(_answer(nl).encode(), size), texts.append)
     assert texts == ["Hel", "lo"]
     assert reply.model == "claude-x" and reply.stop_reason == "tool_use"
-    assert (reply.usage.input, reply.usage.output, reply.usage.cache_read) == (12, 9, 4)
+    u = reply.usage
+    assert (u.input_tokens, u.output_tokens, u.cache_read_input_tokens) == (12, 9, 4)
     text, tool = reply.content
     assert (text.type, text.text) == ("text", "Hello")
     assert (tool.type, tool.id, tool.name) == ("tool_use", "toolu_9", "f")

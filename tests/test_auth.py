@@ -508,8 +508,8 @@ def test_a_malformed_keys_file_keeps_the_previous_keys(tmp_path: Path) -> None:
 
 
 def test_the_redactor_knows_every_configured_secret() -> None:
-    from dago.api.auth import Redactor
     from dago.config import Settings
+    from dago.observe.redact import Redactor
 
     settings = Settings(
         redis_url="rediss://user:redis-pass-123456@h:6380/0?password=query-pass-654321",
@@ -521,3 +521,7 @@ def test_the_redactor_knows_every_configured_secret() -> None:
     assert redact(text) == "a [redacted] b [redacted] c [redacted] d [redacted]"
     assert redact.fields(["x sk-ant-0123456789", 3, b"raw"]) == ["x [redacted]", 3, b"raw"]
     assert Redactor(["short"])("short stays") == "short stays"  # too short to be a secret
+    # The logs' rule (key-shaped text) and the operator's secrets in one redactor.
+    both = Redactor(["op-secret-123456"], key_shaped=True)
+    assert both.fields(["op-secret-123456, Bearer abc.DEF", 1]) == ["[redacted], [redacted]", 1]
+    assert Redactor(key_shaped=True).events([("e", "sk-ant-api03-xyz")]) == [("e", "[redacted]")]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dago.config import ConfigError, Settings, describe, env_name, load, redact_url
+from dago.config import (
+    ConfigError,
+    Settings,
+    describe,
+    env_name,
+    load,
+    parse_mcp_servers,
+    redact_url,
+)
 from harness import ROOT
 
 
@@ -39,6 +47,18 @@ def test_invalid_values_name_the_variable(var: str, value: str, words: str) -> N
     assert var in str(err.value) and words in str(err.value)
 
 
+def test_mcp_servers_parse_without_anything_above_config() -> None:
+    servers = parse_mcp_servers(
+        '{"files": {"command": ["python", "-m", "srv"], "env": {"ROOT": "/d"}},'
+        ' "web": {"url": "https://mcp.example/mcp", "headers": {"authorization": "Bearer t"}}}'
+    )
+    assert servers["files"].command == ("python", "-m", "srv") and servers["files"].env == {
+        "ROOT": "/d"
+    }
+    assert servers["web"].url == "https://mcp.example/mcp" and not servers["web"].command
+    assert parse_mcp_servers(" ") == {}
+
+
 def test_passwords_are_redacted() -> None:
     assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
@@ -70,6 +90,9 @@ def test_the_anthropic_key_is_read_from_its_usual_variable_and_never_shown() -> 
         ("DAGO_HTTP_ALLOW", "10.0.0.0/33", "CIDR"),
         ("DAGO_LLM_PROVIDER", "gemini", "anthropic, openai or offline"),
         ("DAGO_OPENAI_BASE_URL", "localhost:11434", "http:// or https:// URL"),
+        ("DAGO_MCP_SERVERS", "[1]", "JSON object"),
+        ("DAGO_MCP_SERVERS", '{"kb": {"command": ["x"], "url": "http://h"}}', "exactly one"),
+        ("DAGO_MCP_SERVERS", '{"k b": {"url": "http://h"}}', "server name"),
     ],
 )
 def test_llm_and_http_settings_are_checked(var: str, value: str, words: str) -> None:

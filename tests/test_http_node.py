@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dago.nodes.http import HttpHandler
+from dago.nodes.http import SafeHttp
 from dago.v1 import execution_pb2, graph_pb2
 from harness import InProcessStack, node_status, plain, request, stack_settings
 from redisfixture import RedisServer
@@ -162,7 +162,7 @@ async def test_allowlisted_server_json_text_caps_redirects_and_errors(
 
 
 def test_allow_rules_match_names_networks_and_mapped_addresses() -> None:
-    h = HttpHandler("10.0.0.0/8, internal.example", 1000)
+    h = SafeHttp("10.0.0.0/8, internal.example", 1000)
     ip = ipaddress.ip_address
     assert h.allowed("x", ip("10.9.8.7"))
     assert not h.allowed("x", ip("172.16.0.1"))

@@ -259,7 +259,7 @@ import dago.worker.process, dago.llm.providers
 assert "openai" not in sys.modules, "imported at start"
 sys.modules["openai"] = None  # as if the package were not installed
 from dago.config import Settings
-from dago.nodes.base import NodeFailure
+from dago.engine.outcome import NodeFailure
 from dago.llm.providers import Providers
 try:
     Providers(Settings(openai_api_key="k")).resolve("openai", "")

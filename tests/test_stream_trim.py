@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dago.store.keys import WORK_GROUP, Keys
 from dago.store.client import connect
+from dago.store.keys import WORK_GROUP, Keys
 from dago.store.store import Store
 from dago.v1 import execution_pb2
 from harness import InProcessStack, echo, eventually, request, stack_settings

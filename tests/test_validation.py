@@ -19,9 +19,11 @@ from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.compile import compile_graph
 from dago.engine.model import CompiledGraph, CompileOptions
 from dago.engine.retry import Retry
+from dago.nodes import kind_checks
 from dago.v1 import graph_pb2
 
-OPTIONS = CompileOptions(tools={"echo", "sleep"})
+KINDS = kind_checks()
+OPTIONS = CompileOptions(kinds=KINDS, tools={"echo", "sleep"})
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +317,7 @@ def test_agent_fields_and_tool_names_are_checked_with_their_paths(cel: CelCompil
     assert_says(v, f"{p}.tools[2]", "MCP server", '"kb"', "not configured")
     assert_says(v, f"{p}.tools[3]", "twice")
     # Tools of a configured MCP server are accepted by name (checked when the node runs).
-    options = CompileOptions(tools={"echo", "sleep"}, mcp_servers={"kb"})
+    options = CompileOptions(kinds=KINDS, tools={"echo", "sleep"}, mcp_servers={"kb"})
     ok = {"id": "b", "agent": {"llm": {"prompt": "hi"}, "tools": ["kb/search", "kb/*", "echo"]}}
     compile_graph(graph([ok]), {}, cel, options)
 
@@ -376,7 +378,7 @@ def test_empty_graph(cel: CelCompiler) -> None:
 
 
 def test_too_many_nodes_and_edges(cel: CelCompiler) -> None:
-    options = CompileOptions(tools={"echo", "sleep"}, max_nodes=3, max_edges=2)
+    options = CompileOptions(kinds=KINDS, tools={"echo", "sleep"}, max_nodes=3, max_edges=2)
     nodes = [tool(n) for n in "abcd"]
     v = rejected(cel, graph(nodes, [edge("a", "b"), edge("b", "c"), edge("c", "d")]), None, options)
     assert fields(v) == {"graph.nodes", "graph.edges"}, v
@@ -981,7 +983,7 @@ def test_a_node_retry_policy_overrides_the_graph_defaults(cel: CelCompiler) -> N
 
 
 def test_attempt_timeout_precedence(cel: CelCompiler) -> None:
-    options = CompileOptions(tools={"echo"}, default_attempt_timeout=42.0)
+    options = CompileOptions(kinds=KINDS, tools={"echo"}, default_attempt_timeout=42.0)
     nodes = [tool("own", attemptTimeout="7.5s"), tool("none")]
     c = compile_ok(cel, graph(nodes, defaults={"attemptTimeout": "20s"}), None, options)
     assert c.nodes["own"].attempt_timeout == 7.5  # the node's own

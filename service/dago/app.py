@@ -13,14 +13,8 @@ from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
-from dago.llm.prices import PriceTable
-from dago.llm.providers import Providers
-from dago.nodes.agent import AgentHandler
-from dago.nodes.base import Handler, RouterHandler, ToolHandler
-from dago.nodes.http import HttpHandler
-from dago.nodes.llm import LlmHandler
-from dago.nodes.router import LlmRouteChooser
-from dago.nodes.toolbox import Toolbox, known_names
+from dago.nodes import build_deps, build_handlers, kind_checks
+from dago.nodes.toolbox import known_names
 from dago.observe.metrics import Metrics, new_registry
 from dago.observe.tracing import Tracing
 from dago.store.client import connect
@@ -34,6 +28,7 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
     store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
     known = known_names(settings)
     options = CompileOptions(
+        kinds=kind_checks(),
         tools=known.tools,
         mcp_servers=known.mcp_servers,
         max_nodes=settings.max_nodes,
@@ -69,7 +64,7 @@ def build_worker(settings: Settings) -> Worker:
     store, cel, options = _common(settings)
     metrics = Metrics(_registry())
     tracing = Tracing("dago-worker")
-    handlers = build_handlers(settings, metrics, tracing)
+    handlers = build_handlers(build_deps(settings, metrics, tracing))
     graphs = GraphCache(store, cel, options)
     return Worker(
         store,
@@ -80,30 +75,3 @@ def build_worker(settings: Settings) -> Worker:
         metrics=metrics,
         tracing=tracing,
     )
-
-
-def build_handlers(
-    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
-) -> dict[str, Handler]:
-    """The handler of every node kind a worker runs."""
-    http = HttpHandler(
-        settings.http_allow, settings.http_max_response_bytes, metrics=metrics, tracing=tracing
-    )
-    toolbox = Toolbox.from_settings(settings, http)
-    handlers: dict[str, Handler] = {"tool": ToolHandler(toolbox)}
-    prices = PriceTable(settings.prices)
-    llm = LlmHandler(
-        Providers(settings),
-        prices,
-        settings.llm_max_tokens,
-        metrics=metrics,
-        tracing=tracing,
-        log_prompts=settings.log_prompts,
-    )
-    handlers["llm"] = llm
-    handlers["router"] = RouterHandler(LlmRouteChooser(llm))
-    handlers["http"] = http
-    handlers["agent"] = AgentHandler(
-        llm, toolbox, settings.agent_max_turns, settings.tool_timeout_s
-    )
-    return handlers

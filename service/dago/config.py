@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -23,6 +24,10 @@ import yaml
 
 class ConfigError(ValueError):
     """A setting has a value dago cannot use; the message names the variable."""
+
+
+LLM_PROVIDERS = ("anthropic", "openai", "offline")
+"""The LLM providers dago has: what ``DAGO_LLM_PROVIDER`` and a node's ``provider`` may name."""
 
 
 @dataclass(frozen=True)
@@ -118,17 +123,15 @@ def _redis_url(v: Any) -> str | None:
 
 
 def _provider(v: Any) -> str | None:
-    ok = ("", "anthropic", "openai", "offline")
-    return None if v in ok else "must be anthropic, openai or offline (empty: automatic)"
+    if v == "" or v in LLM_PROVIDERS:
+        return None
+    names = ", ".join(LLM_PROVIDERS[:-1]) + f" or {LLM_PROVIDERS[-1]}"
+    return f"must be {names} (empty: automatic)"
 
 
 def _mcp_servers(v: Any) -> str | None:
-    from dago.nodes.mcp import parse_servers  # only when set: it imports the handler types
-
-    if not v:
-        return None
     try:
-        parse_servers(v)
+        parse_mcp_servers(v)
     except ValueError as e:
         return str(e)
     return None
@@ -170,6 +173,65 @@ def _log_format(v: Any) -> str | None:
 def _level(v: Any) -> str | None:
     ok = ("DEBUG", "INFO", "WARNING", "ERROR")
     return None if v.upper() in ok else f"must be one of {', '.join(ok)}"
+
+
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    """How to reach one MCP server of ``DAGO_MCP_SERVERS`` (``dago.nodes.mcp`` connects)."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    """A stdio server: the program and its arguments."""
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    url: str = ""
+    """A streamable HTTP server."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def parse_mcp_servers(text: str) -> dict[str, McpServerConfig]:
+    """The servers of a ``DAGO_MCP_SERVERS`` value; raises ValueError saying what is wrong."""
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"must be a JSON object ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError("must be a JSON object of server name to {command} or {url}")
+    out: dict[str, McpServerConfig] = {}
+    for name, spec in raw.items():
+        if not MCP_SERVER_NAME.match(name):
+            raise ValueError(f"server name {name!r}: use 1-32 letters, digits, _ or -")
+        if not isinstance(spec, dict):
+            raise ValueError(f"server {name!r}: must be an object with command or url")
+        command, url = spec.get("command"), spec.get("url")
+        if (command is None) == (url is None):
+            raise ValueError(f"server {name!r}: give exactly one of command (stdio) or url")
+        env, headers = spec.get("env", {}), spec.get("headers", {})
+        for what, mapping in (("env", env), ("headers", headers)):
+            if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+            ):
+                raise ValueError(f"server {name!r}: {what} must map strings to strings")
+        if command is not None:
+            if (
+                not isinstance(command, list)
+                or not command
+                or not all(isinstance(c, str) and c for c in command)
+            ):
+                raise ValueError(f"server {name!r}: command must be a non-empty list of strings")
+            out[name] = McpServerConfig(
+                name, tuple(command), dict(env), str(spec.get("cwd", "")), "", {}
+            )
+        else:
+            if not isinstance(url, str) or not re.match(r"^https?://", url):
+                raise ValueError(f"server {name!r}: url must be an http:// or https:// URL")
+            out[name] = McpServerConfig(name, (), {}, "", url, dict(headers))
+    return out
 
 
 SETTINGS: dict[str, _Spec] = {

@@ -312,48 +312,6 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 120 else text[:119] + "…"
 
 
-class Redactor:
-    """Cuts the operator's secrets (LLM provider keys, the Redis password) out of text a
-    worker records: error messages (an upstream may echo a key back), outputs and streamed
-    events. Checking a few secrets with ``in`` costs well under a microsecond per field."""
-
-    MASK = "[redacted]"
-
-    def __init__(self, secrets_: Sequence[str]) -> None:
-        # Short values would match by accident and protect nothing.
-        self._secrets = tuple(s for s in dict.fromkeys(secrets_) if len(s) >= 8)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Redactor:
-        """The secrets of ``settings``."""
-        from urllib.parse import parse_qsl, urlsplit
-
-        found = [settings.anthropic_api_key, settings.openai_api_key]
-        url = urlsplit(settings.redis_url)
-        found.append(url.password or "")
-        found += [v for k, v in parse_qsl(url.query) if k.lower() == "password"]
-        return cls(found)
-
-    def __call__(self, text: str) -> str:
-        """``text`` with every secret replaced by ``[redacted]``."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, self.MASK)
-        return text
-
-    def fields(self, values: Sequence[Any]) -> list[Any]:
-        """``values`` with every string redacted (other values as they are)."""
-        if not self._secrets:
-            return list(values)
-        return [self(v) if isinstance(v, str) else v for v in values]
-
-    def events(self, events: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
-        """(type, detail JSON) pairs with the details redacted."""
-        if not self._secrets:
-            return events
-        return [(kind, self(detail)) for kind, detail in events]
-
-
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials of the gRPC server from DAGO_TLS_*, or None for plaintext.
 

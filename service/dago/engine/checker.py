@@ -8,7 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+
 from dago.engine.cel import CelCompiler, CelError, Expression, Scope, Template, TemplateError
+
+MAX_DURATION_S = 30 * 24 * 3600
+"""Longest duration a graph may ask for (timeouts, deadlines)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,14 @@ class Checker:
     def add(self, path: str, message: str) -> None:
         """Record one problem at ``path``."""
         self.violations.append(Violation(path, message))
+
+    def duration(self, d: Duration, path: str) -> None:
+        """Record a problem at ``path`` unless ``d`` is positive and at most 30 days."""
+        s = d.seconds + d.nanos / 1e9
+        if s <= 0:
+            self.add(path, "must be positive")
+        elif s > MAX_DURATION_S:
+            self.add(path, "must be at most 30 days")
 
     def compile(self, cel: CelCompiler, source: str, scope: Scope, path: str) -> Expression | None:
         """The compiled expression, or None after recording why it does not compile."""

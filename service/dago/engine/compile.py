@@ -6,6 +6,10 @@ loop back edges, loop bodies), its compiled CEL and templates, and the
 per-node topology the Lua scripts read. The API server runs it at submit
 time; workers run it again (cached per graph) to evaluate templates and
 conditions, so both always agree.
+
+What a node's kind adds (its own fields' checks and templates, a router's routes)
+comes from the kind's check in ``CompileOptions.kinds`` (``dago.engine.kinds``):
+this module names no kind.
 """
 
 from __future__ import annotations
@@ -15,26 +19,18 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from dago.engine.cel import CelCompiler, Expression, Refs, Scope, Template
+from dago.engine.cel import CelCompiler, Expression, Refs, Scope
 from dago.engine.checker import Checker, GraphInvalid
+from dago.engine.kinds import CheckContext, KindParts, kind_names
 from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEdge
 from dago.engine.retry import check_retry, effective_retry, seconds
-from dago.engine.schema import schema_problem
 from dago.engine.shape import Edge, Shape, check_loops, reachable
 from dago.engine.topology import start_plan, topology
 from dago.store.values import to_plain
 from dago.v1 import graph_pb2
 
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-SUPPORTED_KINDS = frozenset({"tool", "router", "llm", "http", "agent"})
-MAX_AGENT_TURNS = 1000
-LLM_PROVIDERS = ("anthropic", "openai", "offline")
-MAX_LLM_TOKENS = 1_000_000
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 MAX_ITERATIONS = 10_000
-MAX_DURATION_S = 30 * 24 * 3600
 
 
 def compile_graph(
@@ -134,17 +130,21 @@ def _check_nodes(
             ids[node.id] = i
         kind = node.WhichOneof("kind")
         if kind is None:
-            chk.add(path, "a node needs a kind: one of llm, agent, tool, http, router")
-        elif kind not in SUPPORTED_KINDS:
-            chk.add(f"{path}.{kind}", f"the {kind} node kind is not available on this server yet")
+            chk.add(path, f"a node needs a kind: one of {kind_names(options.kinds)}")
+        elif kind not in options.kinds:
+            chk.add(
+                f"{path}.{kind}",
+                f"the {kind} node kind is not available on this server "
+                f"(available: {kind_names(options.kinds)})",
+            )
         if not 0 <= node.max_iterations <= MAX_ITERATIONS:
             chk.add(f"{path}.max_iterations", f"must be between 0 and {MAX_ITERATIONS}")
         check_retry(node.retry, f"{path}.retry", chk)
         if node.HasField("attempt_timeout"):
-            _check_duration(node.attempt_timeout, f"{path}.attempt_timeout", chk)
+            chk.duration(node.attempt_timeout, f"{path}.attempt_timeout")
     check_retry(graph.defaults.retry, f"{root}.defaults.retry", chk)
     if graph.defaults.HasField("attempt_timeout"):
-        _check_duration(graph.defaults.attempt_timeout, f"{root}.defaults.attempt_timeout", chk)
+        chk.duration(graph.defaults.attempt_timeout, f"{root}.defaults.attempt_timeout")
     lim = graph.limits
     if lim.max_steps < 0:
         chk.add(f"{root}.limits.max_steps", "must not be negative")
@@ -153,16 +153,8 @@ def _check_nodes(
     if lim.max_cost_usd < 0 or lim.max_cost_usd != lim.max_cost_usd:
         chk.add(f"{root}.limits.max_cost_usd", "must be a non-negative number")
     if lim.HasField("deadline"):
-        _check_duration(lim.deadline, f"{root}.limits.deadline", chk)
+        chk.duration(lim.deadline, f"{root}.limits.deadline")
     return ids
-
-
-def _check_duration(d: Any, path: str, chk: Checker) -> None:
-    s = seconds(d)
-    if s <= 0:
-        chk.add(path, "must be positive")
-    elif s > MAX_DURATION_S:
-        chk.add(path, "must be at most 30 days")
 
 
 def _check_edges(
@@ -250,22 +242,11 @@ def _compile_nodes(
             expr = chk.compile(cel, src, Scope.OUTPUT, f"{path}.output[{name}]")
             if expr is not None:
                 output[name] = expr
-        routes: list[tuple[str, Expression | None]] = []
-        if kind == "tool":
-            problem = _tool_problem(node.tool.name, options)
-            if problem:
-                chk.add(f"{path}.tool.name", problem)
-        templates: dict[str, Template] = {}
-        if kind == "router":
-            routes = _compile_router(node, out_edges.get(nid, []), cel, chk, path, root)
-            if node.router.mode in (graph_pb2.ROUTER_MODE_LLM, graph_pb2.ROUTER_MODE_HYBRID):
-                templates = _compile_llm(node.router.llm, cel, chk, path, "router.llm", True)
-        elif kind == "llm":
-            templates = _compile_llm(node.llm, cel, chk, path)
-        elif kind == "http":
-            templates = _compile_http(node.http, cel, chk, path)
-        elif kind == "agent":
-            templates = _compile_agent(node.agent, options, cel, chk, path)
+        # An unknown kind was reported by _check_nodes; the kind checks its own fields.
+        check = options.kinds.get(kind)
+        parts = KindParts()
+        if check is not None:
+            parts = check(node, CheckContext(cel, chk, path, root, out_edges.get(nid, []), options))
         timeout = options.default_attempt_timeout
         if node.HasField("attempt_timeout"):
             timeout = seconds(node.attempt_timeout)
@@ -281,10 +262,10 @@ def _compile_nodes(
             inputs=tmpl,
             output=output,
             out_edges=out_edges[nid],
-            routes=routes,
+            routes=parts.routes,
             retry=effective_retry(node, graph),
             attempt_timeout=timeout,
-            templates=templates,
+            templates=parts.templates,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs
@@ -300,156 +281,6 @@ def _compile_nodes(
             refs = refs.union(t.refs)
         cn.refs = refs
     return compiled
-
-
-def _compile_router(
-    node: graph_pb2.Node,
-    edges: list[OutEdge],
-    cel: CelCompiler,
-    chk: Checker,
-    path: str,
-    root: str,
-) -> list[tuple[str, Expression | None]]:
-    r = node.router
-    if not r.routes:
-        chk.add(f"{path}.router.routes", "a router needs at least one route")
-    routes: list[tuple[str, Expression | None]] = []
-    names: set[str] = set()
-    for j, route in enumerate(r.routes):
-        rpath = f"{path}.router.routes[{j}]"
-        if not ROUTE_NAME.match(route.name):
-            chk.add(f"{rpath}.name", "use 1-64 letters, digits, or _ . : -")
-        elif route.name in names:
-            chk.add(f"{rpath}.name", f'duplicate route name "{route.name}"')
-        names.add(route.name)
-        expr = None
-        if route.condition:
-            expr = chk.compile(cel, route.condition, Scope.ROUTE, f"{rpath}.condition")
-        elif r.mode in (graph_pb2.ROUTER_MODE_UNSPECIFIED, graph_pb2.ROUTER_MODE_DETERMINISTIC):
-            chk.add(f"{rpath}.condition", "a deterministic route needs a CEL condition")
-        if route.condition and r.mode == graph_pb2.ROUTER_MODE_LLM:
-            chk.add(
-                f"{rpath}.condition",
-                "the llm mode does not evaluate conditions: use ROUTER_MODE_HYBRID to try "
-                "them before the model",
-            )
-        routes.append((route.name, expr))
-    if r.default_route:
-        names.add(r.default_route)
-    for oe in edges:
-        if oe.label not in names:
-            chk.add(
-                f"{root}.edges[{oe.index}].label",
-                f'edges leaving router "{node.id}" are taken by route name; "{oe.label}" is '
-                f"not one of {sorted(names)}",
-            )
-    return routes
-
-
-def _compile_llm(
-    spec: graph_pb2.LlmNode,
-    cel: CelCompiler,
-    chk: Checker,
-    path: str,
-    prefix: str = "llm",
-    router: bool = False,
-) -> dict[str, Template]:
-    """Checks of an LlmNode (the node's own, or a router's model at ``router.llm``)."""
-    p = f"{path}.{prefix}"
-    if spec.provider and spec.provider not in LLM_PROVIDERS:
-        chk.add(
-            f"{p}.provider",
-            f'unknown provider "{spec.provider}": use one of {", ".join(LLM_PROVIDERS)} '
-            "(empty: the server default)",
-        )
-    if not spec.prompt and not spec.messages and not router:
-        chk.add(f"{p}.prompt", "an llm node needs a prompt or messages")
-    if not 0 <= spec.max_tokens <= MAX_LLM_TOKENS:
-        chk.add(f"{p}.max_tokens", f"must be between 0 and {MAX_LLM_TOKENS} (0: server default)")
-    if spec.HasField("temperature") and not 0 <= spec.temperature <= 2:
-        chk.add(f"{p}.temperature", "must be between 0 and 2")
-    for i, stop in enumerate(spec.stop_sequences):
-        if not stop.strip():
-            chk.add(f"{p}.stop_sequences[{i}]", "must not be empty or blank")
-    if spec.HasField("output_schema") and router:
-        chk.add(f"{p}.output_schema", "a router's model answers with the route: leave it unset")
-    elif spec.HasField("output_schema"):
-        problem = schema_problem(to_plain(spec.output_schema))
-        if problem:
-            chk.add(f"{p}.output_schema", problem)
-    fields = {f"{prefix}.system": spec.system, f"{prefix}.prompt": spec.prompt}
-    for i, m in enumerate(spec.messages):
-        if m.role not in ("user", "assistant"):
-            chk.add(f"{p}.messages[{i}].role", 'must be "user" or "assistant"')
-        fields[f"{prefix}.messages[{i}].content"] = m.content
-    return chk.field_templates(cel, fields, path)
-
-
-def _tool_problem(name: str, options: CompileOptions) -> str | None:
-    """Why a graph may not name the tool ``name``, or None."""
-    if name in options.tools:
-        return None
-    server, sep, tool = name.partition("/")
-    if sep and server and tool:
-        if server in options.mcp_servers:
-            return None
-        return f'"{name}" names MCP server "{server}", which is not configured; configured: ' + (
-            ", ".join(sorted(options.mcp_servers)) or "none (DAGO_MCP_SERVERS)"
-        )
-    return f'no tool named "{name}" is registered; available: ' + ", ".join(sorted(options.tools))
-
-
-def _compile_agent(
-    spec: graph_pb2.AgentNode,
-    options: CompileOptions,
-    cel: CelCompiler,
-    chk: Checker,
-    path: str,
-) -> dict[str, Template]:
-    p = f"{path}.agent"
-    if spec.llm.HasField("output_schema"):
-        chk.add(
-            f"{p}.llm.output_schema",
-            "an agent answers in text: add an llm node with an output_schema after it",
-        )
-    seen: set[str] = set()
-    for j, name in enumerate(spec.tools):
-        problem = _tool_problem(name, options) if not name.endswith("/*") else None
-        if name.endswith("/*") and name[:-2] not in options.mcp_servers:
-            problem = f'"{name}" names MCP server "{name[:-2]}", which is not configured'
-        if problem:
-            chk.add(f"{p}.tools[{j}]", problem)
-        elif name in seen:
-            chk.add(f"{p}.tools[{j}]", f'"{name}" is listed twice')
-        seen.add(name)
-    if not 0 <= spec.max_turns <= MAX_AGENT_TURNS:
-        chk.add(f"{p}.max_turns", f"must be between 0 and {MAX_AGENT_TURNS} (0: server default)")
-    if spec.HasField("tool_timeout"):
-        _check_duration(spec.tool_timeout, f"{p}.tool_timeout", chk)
-    spec_llm = graph_pb2.LlmNode()
-    spec_llm.CopyFrom(spec.llm)
-    spec_llm.ClearField("output_schema")
-    return _compile_llm(spec_llm, cel, chk, path, "agent.llm")
-
-
-def _compile_http(
-    spec: graph_pb2.HttpNode, cel: CelCompiler, chk: Checker, path: str
-) -> dict[str, Template]:
-    p = f"{path}.http"
-    if spec.method and spec.method.upper() not in HTTP_METHODS:
-        chk.add(f"{p}.method", f"must be one of {', '.join(HTTP_METHODS)} (empty: GET)")
-    if not spec.url:
-        chk.add(f"{p}.url", "an http node needs a url")
-    elif "{{" not in spec.url and not re.match(r"^https?://[^/\s]+", spec.url):
-        chk.add(f"{p}.url", "must be an absolute http:// or https:// URL")
-    if spec.max_response_bytes < 0:
-        chk.add(f"{p}.max_response_bytes", "must not be negative (0: the server default)")
-    fields = {"http.url": spec.url, "http.body": spec.body}
-    for name, value in spec.headers.items():
-        if not HEADER_NAME.match(name):
-            chk.add(f"{p}.headers[{name}]", "is not a valid HTTP header name")
-        fields[f"http.headers[{name}]"] = value
-    return chk.field_templates(cel, fields, path)
 
 
 def _check_refs(
@@ -497,7 +328,7 @@ def _check_refs(
             check(t.refs, f"{path}.{key}", nid, self_ok=False)
         for j, (_, rexpr) in enumerate(cn.routes):
             if rexpr is not None:
-                check(rexpr.refs, f"{path}.router.routes[{j}].condition", nid, self_ok=False)
+                check(rexpr.refs, f"{path}.{cn.kind}.routes[{j}].condition", nid, self_ok=False)
         for oe in cn.out_edges:
             if oe.condition is not None:
                 check(oe.condition.refs, f"{root}.edges[{oe.index}].condition", nid)

@@ -3,12 +3,17 @@ server settings that bound what a graph may ask for."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dago.engine.cel import Expression, Refs, Template
 from dago.engine.retry import Retry
 from dago.v1 import graph_pb2
+
+if TYPE_CHECKING:
+    # kinds.py describes a kind's check in terms of these options.
+    from dago.engine.kinds import KindCheck
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,15 @@ class CompiledGraph:
         return self.nodes[node_id]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompileOptions:
     """Server settings that bound what a graph may ask for."""
 
+    kinds: Mapping[str, KindCheck]
+    """The node kinds this server runs, by the name of their ``Node.kind`` field, each with
+    its submit-time check (``dago.nodes`` registers them); a graph may use only these."""
     tools: Collection[str]
+    """Tool names a graph may use (operator, built-in and the http tool)."""
     max_nodes: int = 1000
     mcp_servers: Collection[str] = ()
     """Configured MCP servers: ``<server>/<tool>`` names are accepted for them (the tool

@@ -37,18 +37,16 @@ import anthropic
 import httpx
 import httpx2
 
+from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.schema import validation_error
 from dago.llm.base import (
-    CallFailed,
     ChatMessage,
     LlmRequest,
     LlmResponse,
     OnText,
-    TokenUsage,
     ToolCallRequest,
     retry_after,
 )
-from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -107,12 +105,11 @@ class AnthropicProvider:
                 usage = usage + msg.usage
                 obj, problem, _ = _structured(msg, request.output_schema)
             if problem is not None or obj is None:
-                raise CallFailed(
+                raise NodeFailure(
                     graph_pb2.ERROR_CLASS_PERMANENT,
                     f"the model's output does not match output_schema after one repair: {problem}",
                     False,
-                    usage,
-                    msg.model,
+                    usage=usage,
                 )
             text = _json(obj)
             return LlmResponse(text, usage, msg.model, object=obj, stop_reason="tool_use")
@@ -205,26 +202,26 @@ class _Reply:
 
     model: str = ""
     stop_reason: str = ""
-    usage: TokenUsage = field(default_factory=TokenUsage)
+    usage: Usage = field(default_factory=lambda: Usage(provider=AnthropicProvider.name))
+    """The counts, labelled with ``model`` once the answer is read."""
     content: list[_Block] = field(default_factory=list)
 
 
-_USAGE_FIELDS = {
-    "input_tokens": "input",
-    "output_tokens": "output",
-    "cache_creation_input_tokens": "cache_write",
-    "cache_read_input_tokens": "cache_read",
-}
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+"""The counts of the API's usage objects (``Usage`` has the same names)."""
 
 
-def _merge_usage(usage: TokenUsage, raw: Any) -> TokenUsage:
+def _merge_usage(usage: Usage, raw: Any) -> Usage:
     """``usage`` with the counts ``raw`` (an event's usage object) gives; the others kept."""
     if not isinstance(raw, dict):
         return usage
-    counts = {
-        ours: int(raw[theirs])
-        for theirs, ours in _USAGE_FIELDS.items()
-        if isinstance(raw.get(theirs), int)
+    counts: dict[str, Any] = {
+        name: int(raw[name]) for name in _USAGE_FIELDS if isinstance(raw.get(name), int)
     }
     return replace(usage, **counts) if counts else usage
 
@@ -300,6 +297,7 @@ async def _read(response: httpx2.Response, on_text: OnText) -> _Reply:
         elif block.type == "tool_use" and block.input is None:
             block.input = {}
     reply.content = [blocks[i] for i in sorted(blocks)]
+    reply.usage = replace(reply.usage, model=reply.model)
     return reply
 
 

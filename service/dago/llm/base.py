@@ -3,8 +3,9 @@
 A provider makes one model call: it streams the text it generates to a
 callback as it arrives, and returns the whole answer (text, or a JSON object
 when the request carries an output schema), the token usage and the model
-that answered. Failures are raised as ``dago.handlers.NodeFailure`` with an
-error class the node's retry policy understands.
+that answered. Failures are raised as ``dago.engine.outcome.NodeFailure`` with an
+error class the node's retry policy understands; a failure after the model answered
+carries the tokens it spent as its ``usage``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dago.nodes.base import NodeFailure
+from dago.engine.outcome import Usage
 
 OnText = Callable[[str], None]
 """Receives each text delta as the model produces it (synchronous, must not block)."""
@@ -82,45 +83,17 @@ class LlmRequest:
 
 
 @dataclass(frozen=True)
-class TokenUsage:
-    """Tokens one call used: input, output, cache writes and cache reads."""
-
-    input: int = 0
-    output: int = 0
-    cache_write: int = 0
-    cache_read: int = 0
-
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(
-            self.input + other.input,
-            self.output + other.output,
-            self.cache_write + other.cache_write,
-            self.cache_read + other.cache_read,
-        )
-
-
-@dataclass(frozen=True)
 class LlmResponse:
     """What a call returned; ``object`` is set (schema-valid) when an output schema was given."""
 
     text: str
-    usage: TokenUsage
+    usage: Usage
+    """The tokens, labelled with the provider and ``model`` (cost 0: the caller prices them)."""
     model: str
     object: dict[str, Any] | None = None
     stop_reason: str = ""
     tool_calls: tuple[ToolCallRequest, ...] = ()
     """The tool calls the model made (it ended its turn to get their results)."""
-
-
-class CallFailed(NodeFailure):
-    """A provider failure after the model answered: the tokens spent are still billed."""
-
-    def __init__(
-        self, error_class: int, message: str, retryable: bool, tokens: TokenUsage, model: str
-    ) -> None:
-        super().__init__(error_class, message, retryable)
-        self.tokens = tokens
-        self.model = model
 
 
 class Provider(Protocol):

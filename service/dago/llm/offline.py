@@ -37,17 +37,16 @@ import json
 import re
 from typing import Any
 
+from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.schema import instance, validation_error
 from dago.llm.base import (
     LlmRequest,
     LlmResponse,
     OnText,
-    TokenUsage,
     ToolCallRequest,
     ToolOutcome,
     ToolSpec,
 )
-from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 PREFIX_WORDS = 12
@@ -148,7 +147,7 @@ class OfflineProvider:
                     False,
                 )
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-            usage = TokenUsage(input=words_in, output=len(text.split()))
+            usage = _usage(words_in, len(text.split()))
             return LlmResponse(text, usage, "offline", object=obj, stop_reason="tool_use")
         calls: tuple[ToolCallRequest, ...] = ()
         if request.tools:
@@ -163,5 +162,11 @@ class OfflineProvider:
             chunk = " ".join(words[i : i + CHUNK_WORDS])
             on_text(chunk if i == 0 else " " + chunk)
             await asyncio.sleep(0)  # a real stream yields between deltas
-        usage = TokenUsage(input=words_in, output=len(words))
+        usage = _usage(words_in, len(words))
         return LlmResponse(answer, usage, "offline", stop_reason=reason, tool_calls=calls)
+
+
+def _usage(words_in: int, words_out: int) -> Usage:
+    return Usage(
+        input_tokens=words_in, output_tokens=words_out, provider="offline", model="offline"
+    )

@@ -37,18 +37,16 @@ from typing import Any
 
 import openai
 
+from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.schema import validation_error
 from dago.llm.base import (
-    CallFailed,
     ChatMessage,
     LlmRequest,
     LlmResponse,
     OnText,
-    TokenUsage,
     ToolCallRequest,
     retry_after,
 )
-from dago.nodes.base import NodeFailure
 from dago.v1 import graph_pb2
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -95,9 +93,7 @@ class OpenAIProvider:
         try:
             if request.output_schema is None:
                 text, usage, model, stop = await self._stream(request, messages, on_text, calls)
-                return LlmResponse(
-                    text, usage, model or request.model, stop_reason=stop, tool_calls=tuple(calls)
-                )
+                return LlmResponse(text, usage, model, stop_reason=stop, tool_calls=tuple(calls))
             text, usage, model, stop = await self._stream(request, messages, None)
             obj, problem = _structured(text, request.output_schema)
             if problem is not None:
@@ -114,16 +110,13 @@ class OpenAIProvider:
                 usage = usage + more
                 obj, problem = _structured(text, request.output_schema)
             if problem is not None or obj is None:
-                raise CallFailed(
+                raise NodeFailure(
                     graph_pb2.ERROR_CLASS_PERMANENT,
                     f"the model's output does not match output_schema after one repair: {problem}",
                     False,
-                    usage,
-                    model or request.model,
+                    usage=usage,
                 )
-            return LlmResponse(
-                _json(obj), usage, model or request.model, object=obj, stop_reason=stop
-            )
+            return LlmResponse(_json(obj), usage, model, object=obj, stop_reason=stop)
         except openai.APIStatusError as e:
             raise _status_failure(e) from None
         except openai.APITimeoutError:
@@ -151,9 +144,10 @@ class OpenAIProvider:
         messages: list[dict[str, Any]],
         on_text: OnText | None,
         calls: list[ToolCallRequest] | None = None,
-    ) -> tuple[str, TokenUsage, str, str]:
-        """(text, usage, model, finish reason) of one streamed call; the tool calls the
-        model made are appended to ``calls``."""
+    ) -> tuple[str, Usage, str, str]:
+        """(text, usage, model, finish reason) of one streamed call (the model: the one that
+        answered, else the one asked for); the tool calls the model made are appended to
+        ``calls``."""
         kwargs: dict[str, Any] = {
             "model": request.model,
             "messages": messages,
@@ -186,7 +180,7 @@ class OpenAIProvider:
             ]
         pending: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
         parts: list[str] = []
-        usage = TokenUsage()
+        counts: Any = None
         model = ""
         stop = ""
         # Awaited in the attempt's task: cancelling the task closes the HTTP stream at once.
@@ -195,7 +189,7 @@ class OpenAIProvider:
             async for chunk in stream:
                 model = chunk.model or model
                 if chunk.usage is not None:
-                    usage = _usage(chunk.usage)
+                    counts = chunk.usage
                 for choice in chunk.choices:
                     if choice.finish_reason:
                         stop = choice.finish_reason
@@ -221,7 +215,8 @@ class OpenAIProvider:
                 args = {"_unparsed_arguments": raw}
             if calls is not None:
                 calls.append(ToolCallRequest(call_id or f"call_{index}", name, _object(args)))
-        return "".join(parts), usage, model, stop
+        model = model or request.model
+        return "".join(parts), _usage(counts, model), model, stop
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -257,12 +252,19 @@ def _messages(m: ChatMessage) -> list[dict[str, Any]]:
     return [{"role": m.role, "content": m.content}]
 
 
-def _usage(u: Any) -> TokenUsage:
+def _usage(u: Any, model: str) -> Usage:
+    """The counts of a final chunk's ``usage`` (None: none came) as spent on ``model``."""
+    if u is None:
+        return Usage(provider=OpenAIProvider.name, model=model)
     details = getattr(u, "prompt_tokens_details", None)
     cached = (getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
     prompt = u.prompt_tokens or 0
-    return TokenUsage(
-        input=max(0, prompt - cached), output=u.completion_tokens or 0, cache_read=cached
+    return Usage(
+        input_tokens=max(0, prompt - cached),
+        output_tokens=u.completion_tokens or 0,
+        cache_read_input_tokens=cached,
+        provider=OpenAIProvider.name,
+        model=model,
     )
 
 

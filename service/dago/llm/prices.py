@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dago.llm.base import TokenUsage
+from dago.engine.outcome import Usage
 
 log = logging.getLogger("dago.llm")
 
@@ -87,8 +87,9 @@ class PriceTable:
             self._found[model] = found
         return found
 
-    def cost(self, model: str, usage: TokenUsage) -> float:
-        """The cost of ``usage`` on ``model`` in USD (0 for an unknown model)."""
+    def cost(self, usage: Usage) -> float:
+        """The cost of ``usage`` on its model in USD (0 for an unknown model)."""
+        model = usage.model
         p = self.price(model)
         if p is None:
             if model not in self._warned:
@@ -98,9 +99,9 @@ class PriceTable:
                 )
             return 0.0
         total = (
-            usage.input * p.input
-            + usage.output * p.output
-            + usage.cache_write * p.cache_write
-            + usage.cache_read * p.cache_read
+            usage.input_tokens * p.input
+            + usage.output_tokens * p.output
+            + usage.cache_creation_input_tokens * p.cache_write
+            + usage.cache_read_input_tokens * p.cache_read
         )
         return round(total / 1_000_000, 10)

@@ -17,17 +17,16 @@ import contextlib
 import importlib
 from typing import TYPE_CHECKING
 
-from dago.config import Settings
+from dago.config import LLM_PROVIDERS, Settings
+from dago.engine.outcome import invalid
 from dago.llm.base import Provider
 from dago.llm.offline import OfflineProvider
-from dago.nodes.base import invalid
 
 if TYPE_CHECKING:
     # Imported on first use: the SDK takes seconds to import, and most processes never need it.
     from dago.llm.anthropic_provider import AnthropicProvider
     from dago.llm.openai_provider import OpenAIProvider
 
-KNOWN = ("anthropic", "openai", "offline")
 _MODULES = {"anthropic": "dago.llm.anthropic_provider", "openai": "dago.llm.openai_provider"}
 
 
@@ -90,7 +89,7 @@ class Providers:
         if chosen == "openai":
             return self._resolve_openai(model)
         raise invalid(
-            f"the LLM provider {chosen!r} is not available (available: {', '.join(KNOWN)})"
+            f"the LLM provider {chosen!r} is not available (available: {', '.join(LLM_PROVIDERS)})"
         )
 
     def _resolve_openai(self, model: str) -> tuple[Provider, str]:

@@ -24,6 +24,11 @@ other than letters, digits, ``_`` and ``-`` replaced by ``_`` (``files/read`` â†
 Usage and cost are summed over all turns and recorded like the ``llm`` node's (in
 the attempt, the node, the graph, the result and a ``usage`` event); a failed
 attempt records what its turns spent.
+
+Checked at submit: every tool name exists (``tool_problem``; ``<server>/*`` needs a
+configured MCP server) and is listed once; ``max_turns`` is 0..1000; ``tool_timeout``
+is positive and at most 30 days; ``agent.llm`` is a model (``check_model``) without an
+``output_schema`` (an agent answers in text).
 """
 
 from __future__ import annotations
@@ -35,23 +40,26 @@ import logging
 import re
 from typing import Any
 
+from dago.engine.kinds import CheckContext, KindParts
+from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.schema import validation_error
 from dago.llm.base import (
-    CallFailed,
     ChatMessage,
     LlmResponse,
-    TokenUsage,
     ToolCallRequest,
     ToolOutcome,
     ToolSpec,
 )
-from dago.nodes.base import NodeContext, NodeFailure, NodeResult, Tool
-from dago.nodes.llm import LlmHandler
+from dago.nodes.base import NodeContext, NodeDeps, NodeHandler, NodeKind, NodeResult, Tool
+from dago.nodes.llm import ModelCaller, check_model
+from dago.nodes.tool import tool_problem
 from dago.nodes.toolbox import Toolbox
 from dago.observe.tracing import fail
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.agent")
+
+MAX_TURNS = 1000
 
 RESULT_CHARS = 20_000
 """Longest tool result (as text) given back to the model; longer ones are cut."""
@@ -80,26 +88,74 @@ def _for_event(value: Any) -> Any:
     return value if len(text) <= EVENT_CHARS else _cut(text, EVENT_CHARS)
 
 
-class AgentHandler:
+def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
+    """The checks at submit of the module doc; the model's templates."""
+    spec = node.agent
+    if spec.llm.HasField("output_schema"):
+        ctx.add(
+            "agent.llm.output_schema",
+            "an agent answers in text: add an llm node with an output_schema after it",
+        )
+    servers = ctx.options.mcp_servers
+    seen: set[str] = set()
+    for j, name in enumerate(spec.tools):
+        if name.endswith("/*"):
+            problem = None
+            if name[:-2] not in servers:
+                problem = f'"{name}" names MCP server "{name[:-2]}", which is not configured'
+        else:
+            problem = tool_problem(name, ctx.options)
+        if problem:
+            ctx.add(f"agent.tools[{j}]", problem)
+        elif name in seen:
+            ctx.add(f"agent.tools[{j}]", f'"{name}" is listed twice')
+        seen.add(name)
+    if not 0 <= spec.max_turns <= MAX_TURNS:
+        ctx.add("agent.max_turns", f"must be between 0 and {MAX_TURNS} (0: server default)")
+    if spec.HasField("tool_timeout"):
+        ctx.checker.duration(spec.tool_timeout, f"{ctx.path}.agent.tool_timeout")
+    # The schema is reported above, once.
+    model = graph_pb2.LlmNode()
+    model.CopyFrom(spec.llm)
+    model.ClearField("output_schema")
+    return KindParts(templates=check_model(model, ctx, "agent.llm"))
+
+
+class AgentHandler(NodeHandler):
     """Runs ``agent`` nodes."""
 
     def __init__(
-        self, llm: LlmHandler, tools: Toolbox, default_max_turns: int, default_tool_timeout: float
+        self,
+        model: ModelCaller,
+        tools: Toolbox,
+        default_max_turns: int,
+        default_tool_timeout: float,
     ) -> None:
-        self._llm = llm
+        self._model = model
         self._tools = tools
         self._max_turns = default_max_turns
         self._tool_timeout = default_tool_timeout
 
+    @classmethod
+    def build(cls, deps: NodeDeps) -> AgentHandler:
+        """The handler of a worker: turns and tool timeout defaults from its settings."""
+        s = deps.settings
+        return cls(deps.model, deps.toolbox, s.agent_max_turns, s.tool_timeout_s)
+
+    async def warm(self) -> None:
+        """Import the default provider's SDK (shared with the other kinds: imported once)."""
+        await self._model.warm()
+
     async def close(self) -> None:
-        """Stop the MCP sessions the tools started."""
+        """Stop the MCP sessions the tools started (the toolbox is shared with tool nodes;
+        closing it twice is harmless)."""
         await self._tools.close()
 
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Run the loop described in the module doc."""
         spec = ctx.node.proto.agent
-        provider, model = await self._llm.resolve(spec.llm)
-        request = self._llm.request(ctx, model, spec.llm, "agent.llm")
+        provider, model = await self._model.resolve(spec.llm)
+        request = self._model.request(ctx, model, spec.llm, "agent.llm")
         tools = await self._tools.resolve(list(spec.tools), f"nodes[{ctx.node.index}].agent.tools")
         by_model: dict[str, Tool] = {}
         specs = []
@@ -115,34 +171,31 @@ class AgentHandler:
         if spec.HasField("tool_timeout"):
             timeout = spec.tool_timeout.seconds + spec.tool_timeout.nanos / 1e9
         messages = list(request.messages)
-        spent = TokenUsage()
-        last_model = model
+        # The turns' tokens, labelled with the last model that answered; priced once.
+        spent = Usage(provider=provider.name, model=model)
         calls_made = 0
         resp: LlmResponse | None = None
         for turn in range(1, max_turns + 1):
             try:
-                resp, _ = await self._llm.call(
+                resp, _ = await self._model.call(
                     ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
                 )
-            except CallFailed as f:
-                f.usage = self._llm.usage(provider.name, f.model, spent + f.tokens)
-                raise
             except NodeFailure as f:
-                if spent != TokenUsage():
-                    f.usage = self._llm.usage(provider.name, last_model, spent)
+                if f.usage is not None:
+                    f.usage = self._model.price(spent + f.usage)
+                elif spent.tokens:
+                    f.usage = self._model.price(spent)
                 raise
             spent = spent + resp.usage
-            last_model = resp.model or last_model
             if not resp.tool_calls:
-                usage = self._llm.usage(provider.name, last_model, spent)
                 value = {
                     "text": resp.text,
-                    "model": last_model,
+                    "model": spent.model,
                     "provider": provider.name,
                     "turns": turn,
                     "tool_calls": calls_made,
                 }
-                return NodeResult(value, usage=usage)
+                return NodeResult(value, usage=self._model.price(spent))
             calls_made += len(resp.tool_calls)
             messages.append(ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls))
             outcomes = await self._run_tools(ctx, turn, resp.tool_calls, by_model, timeout)
@@ -154,7 +207,7 @@ class AgentHandler:
             f"for tools ({asked}); raise max_turns or narrow the task",
             False,
         )
-        failure.usage = self._llm.usage(provider.name, last_model, spent)
+        failure.usage = self._model.price(spent)
         raise failure
 
     async def _emit(self, ctx: NodeContext, events: list[tuple[str, str]]) -> None:
@@ -213,7 +266,7 @@ class AgentHandler:
                 "gen_ai.tool.name": name,
                 "gen_ai.tool.call.id": call.id,
             }
-            with self._llm.tracing.span(f"execute_tool {name}", attrs) as span:
+            with self._model.tracing.span(f"execute_tool {name}", attrs) as span:
                 try:
                     async with asyncio.timeout(limit_s):
                         result = await tool.fn(
@@ -248,3 +301,6 @@ def _arguments_problem(tool: Tool, args: dict[str, Any]) -> str:
     except Exception:  # a tool schema jsonschema cannot use: the tool checks its arguments
         return ""
     return f"the arguments do not match the tool's schema: {problem}" if problem else ""
+
+
+KIND = NodeKind("agent", check, AgentHandler.build)

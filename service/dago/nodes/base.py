@@ -1,85 +1,41 @@
-"""What a worker runs for each node kind, and the contract between them.
+"""The contract between the worker and the node kinds, and what declares a kind.
 
 A handler gets a ``NodeContext`` (the rendered input, the CEL scope, a way to
 emit events) and returns a ``NodeResult`` or raises ``NodeFailure``. Handlers
 never touch Redis: the worker applies their result in one fenced transition.
+
+A ``NodeKind`` declares one kind in its own module (``dago.nodes.<kind>``): its name,
+its submit-time check (``dago.engine.kinds``) and how its ``NodeHandler`` is built from
+the worker's shared ``NodeDeps``; ``dago.nodes`` registers the kinds this build runs.
+See docs/architecture.md, "Node kinds".
+
+``NodeFailure`` and ``invalid`` (``dago.engine.outcome``) are importable from here too:
+operator tools raise them next to the ``Tool`` and ``NodeContext`` they use.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import importlib.metadata
-import json
-import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from dago.engine.cel import EvalError
+from dago.config import Settings
+from dago.engine.kinds import KindCheck
 from dago.engine.model import CompiledNode
-from dago.v1 import graph_pb2
+from dago.engine.outcome import NodeFailure as NodeFailure
+from dago.engine.outcome import Usage
+from dago.engine.outcome import invalid as invalid
+from dago.observe.metrics import Metrics
+from dago.observe.tracing import Tracing
+
+if TYPE_CHECKING:
+    # The shared dependencies are defined by the kinds that use them (which import this).
+    from dago.nodes.http import SafeHttp
+    from dago.nodes.llm import ModelCaller
+    from dago.nodes.toolbox import Toolbox
 
 Emit = Callable[[list[tuple[str, str]]], Awaitable[bool]]
-
-
-class NodeFailure(Exception):
-    """A node attempt failed; ``retryable`` says whether the retry policy may retry it.
-
-    ``retry_after`` is a delay in seconds a downstream service asked for (an HTTP
-    ``retry-after`` header): a retry waits at least that long. ``usage`` is what the
-    failed attempt spent (an LLM call that answered, but not usably); it is recorded
-    with the attempt and counts against the graph's limits.
-    """
-
-    def __init__(
-        self, error_class: int, message: str, retryable: bool, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.usage: Usage | None = None
-
-    def to_json(self) -> str:
-        """The stored form ``{c, m, r}``."""
-        return json.dumps(
-            {"c": self.error_class, "m": self.message, "r": self.retryable},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-
-
-def invalid(message: str) -> NodeFailure:
-    """A failure retrying cannot fix (bad input or configuration)."""
-    return NodeFailure(graph_pb2.ERROR_CLASS_INVALID, message, False)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token and cost accounting of one attempt, and which provider and model it used."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
-    provider: str = ""
-    model: str = ""
-
-    def to_arg(self) -> str:
-        """The comma-separated form complete.lua takes (provider and model last, if known)."""
-        arg = (
-            f"{self.input_tokens},{self.output_tokens},{self.cache_creation_input_tokens},"
-            f"{self.cache_read_input_tokens},{self.cost_usd!r}"
-        )
-        if self.provider:
-            clean = [
-                re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (self.provider, self.model)
-            ]
-            arg += "," + ",".join(clean)
-        return arg
 
 
 @dataclass
@@ -117,24 +73,84 @@ class NodeResult:
     route: dict[str, Any] | None = None
 
 
-class Handler(Protocol):
-    """Runs one node kind."""
+Inline = Callable[[NodeContext], NodeResult]
+"""A whole attempt run synchronously (see ``NodeHandler.inline``)."""
 
+
+class NodeHandler(ABC):
+    """Runs the nodes of one kind: one instance per worker process, shared by its attempts.
+
+    ``run`` is the kind's work; the other abilities are methods whose defaults do nothing,
+    overridden by the kinds that have them.
+    """
+
+    @abstractmethod
     async def run(self, ctx: NodeContext) -> NodeResult:
-        """Run one attempt."""
-        ...
+        """Run one attempt; raise ``NodeFailure`` when it fails."""
+
+    def inline(self, node: CompiledNode) -> Inline | None:
+        """How to run ``node``'s attempts without awaiting, or None (the default): ``run``
+        runs them in a task of their own.
+
+        An inline attempt runs where the worker started its batch: nothing can interrupt it
+        (no timeout or cancellation), so only work that never waits may run inline.
+        """
+        return None
+
+    async def warm(self) -> None:
+        """Load what a first attempt would otherwise wait for (an SDK import); the worker
+        calls it once as it starts, alongside its first attempts (a failure is logged)."""
+        return None
+
+    async def close(self) -> None:
+        """Release what the handler holds open (sessions, processes) once the worker has
+        drained; it may be called for a handler that never ran (a failure is logged)."""
+        return None
+
+
+Handler = NodeHandler
+"""The name the worker knows handlers by."""
+
+
+@dataclass(frozen=True)
+class NodeDeps:
+    """What handlers are built from: one of each per worker process, shared by every kind."""
+
+    settings: Settings
+    metrics: Metrics
+    tracing: Tracing
+    http: SafeHttp
+    """HTTP requests with private addresses refused (the http kind, the http tool)."""
+    toolbox: Toolbox
+    """Every tool a graph may name (the tool and agent kinds)."""
+    model: ModelCaller
+    """Model calls: request, provider, streaming, usage and cost (llm, router, agent)."""
+
+
+@dataclass(frozen=True)
+class NodeKind:
+    """One node kind, declared in its module and registered in ``dago.nodes``."""
+
+    name: str
+    """The name of the kind's field in the proto's ``Node.kind`` oneof (``llm``)."""
+    check: KindCheck
+    """Checks the kind's fields at submit, and returns the templates and routes the
+    compiled node takes from them."""
+    build: Callable[[NodeDeps], NodeHandler]
+    """Makes the kind's handler for a worker from the shared dependencies."""
 
 
 ToolFn = Callable[[Any, NodeContext], Awaitable[Any]]
 InlineToolFn = Callable[[Any, NodeContext], Any]
 
-Inline = Callable[[NodeContext], NodeResult]
-"""A whole attempt run synchronously (see ``ToolHandler.inline``)."""
-
 
 @dataclass(frozen=True)
 class Tool:
-    """A tool an operator registered (or a built-in one)."""
+    """A tool an operator registered (or a built-in one).
+
+    Operators provide tools as ``def dago_tools() -> list[Tool]`` in a module named in
+    ``DAGO_TOOL_MODULES``, or under the ``dago.tools`` entry point group.
+    """
 
     name: str
     description: str
@@ -145,156 +161,3 @@ class Tool:
     a worker calls it in place of awaiting ``fn``, without a task of its own. Nothing can
     interrupt it (no timeout or cancellation takes effect while it runs), exactly as nothing
     interrupts an ``fn`` that never awaits."""
-
-
-async def _echo(args: Any, ctx: NodeContext) -> Any:
-    return args
-
-
-def _echo_now(args: Any, ctx: NodeContext) -> Any:
-    return args
-
-
-async def _sleep(args: Any, ctx: NodeContext) -> Any:
-    seconds = args.get("seconds", 1) if isinstance(args, dict) else args
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-        raise invalid(f"sleep needs a non-negative number of seconds, got {seconds!r}")
-    await asyncio.sleep(float(seconds))
-    return {"slept": seconds}
-
-
-BUILTIN_TOOLS = (
-    Tool("echo", "Returns its arguments unchanged.", _echo, inline=_echo_now),
-    Tool(
-        "sleep",
-        "Waits `seconds` (honours cancellation), then returns {slept: seconds}.",
-        _sleep,
-        {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}}},
-    ),
-)
-
-
-ENTRY_POINT_GROUP = "dago.tools"
-"""Installed packages may offer operator tools under this entry point group: each entry
-point is a ``Tool`` or a function returning ``Tool`` objects (like ``dago_tools()``)."""
-
-
-def load_tools(modules: str, entry_points: bool = True) -> dict[str, Tool]:
-    """Built-in tools, those of the ``dago.tools`` entry points, and those of each module's
-    ``dago_tools()`` (comma-separated names); a later one replaces an earlier one's name."""
-    tools = {t.name: t for t in BUILTIN_TOOLS}
-    if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            loaded = ep.load()
-            provided: Iterable[Tool] = [loaded] if isinstance(loaded, Tool) else loaded()
-            for tool in provided:
-                tools[tool.name] = tool
-    for name in filter(None, (m.strip() for m in modules.split(","))):
-        module = importlib.import_module(name)
-        for tool in module.dago_tools():
-            tools[tool.name] = tool
-    return tools
-
-
-class ToolSource(Protocol):
-    """Where a worker finds a tool by the name a graph uses."""
-
-    async def get(self, name: str) -> Tool | None:
-        """The tool, or None when no such tool exists; raises NodeFailure when the tool
-        exists but cannot be reached (an MCP server that does not start)."""
-        ...
-
-
-class StaticTools:
-    """A fixed set of tools."""
-
-    def __init__(self, tools: Mapping[str, Tool]) -> None:
-        self._tools = tools
-
-    async def get(self, name: str) -> Tool | None:
-        """The tool of that name, if any."""
-        return self._tools.get(name)
-
-    def local(self, name: str) -> Tool | None:
-        """``get`` without waiting."""
-        return self._tools.get(name)
-
-
-class ToolHandler:
-    """Calls the tool a ``tool`` node names with the node's rendered input."""
-
-    def __init__(self, tools: ToolSource | Mapping[str, Tool]) -> None:
-        self._tools = StaticTools(tools) if isinstance(tools, Mapping) else tools
-
-    async def run(self, ctx: NodeContext) -> NodeResult:
-        """Run the tool; its return value is the node's result."""
-        name = ctx.node.proto.tool.name
-        tool = await self._tools.get(name)
-        if tool is None:
-            raise invalid(f'no tool named "{name}" is registered on this worker')
-        return NodeResult(await tool.fn(ctx.input, ctx))
-
-    def inline(self, node: CompiledNode) -> Inline | None:
-        """How to run ``node`` without awaiting, when its tool has an ``inline`` form and is
-        known without waiting (not an MCP tool); None otherwise (then ``run`` runs it)."""
-        local = getattr(self._tools, "local", None)
-        tool = local(node.proto.tool.name) if local is not None else None
-        fn = tool.inline if tool is not None else None
-        if fn is None:
-            return None
-        return lambda ctx: NodeResult(fn(ctx.input, ctx))
-
-
-ChooseRoute = Callable[[NodeContext], Awaitable[NodeResult]]
-"""Asks a model to choose a route (``dago.llm.router``); returns a result with ``route`` set."""
-
-
-class RouterHandler:
-    """Chooses a route.
-
-    ``deterministic``: the first route whose CEL condition holds, else the default route.
-    ``hybrid``: the same conditions first; when none holds, the model chooses.
-    ``llm``: the model chooses among the routes (and the default route) from their names
-    and descriptions.
-    """
-
-    def __init__(self, choose: ChooseRoute | None = None) -> None:
-        self._choose = choose
-
-    async def run(self, ctx: NodeContext) -> NodeResult:
-        """Evaluate the routes in order over the scope plus ``input``, or ask the model."""
-        mode = ctx.node.proto.router.mode
-        model_driven = (graph_pb2.ROUTER_MODE_LLM, graph_pb2.ROUTER_MODE_HYBRID)
-        if mode == graph_pb2.ROUTER_MODE_LLM:
-            return await self._ask(ctx)
-        data = {**ctx.scope, "input": ctx.input}
-        for name, expr in ctx.node.routes:
-            if expr is None:
-                continue
-            try:
-                if expr.evaluate_bool(data):
-                    reason = f"condition `{expr.source}` holds"
-                    return NodeResult({"route": name, "reason": reason}, route=_route(name, reason))
-            except EvalError as e:
-                raise invalid(f"route {name!r}: {e}") from None
-        if mode in model_driven:
-            return await self._ask(ctx)
-        default = ctx.node.proto.router.default_route
-        if default:
-            reason = "no route condition holds; default route"
-            return NodeResult({"route": default, "reason": reason}, route=_route(default, reason))
-        raise invalid("no route condition holds and the router has no default_route")
-
-    async def _ask(self, ctx: NodeContext) -> NodeResult:
-        if self._choose is None:
-            raise invalid("this worker cannot run model-driven routers")
-        return await self._choose(ctx)
-
-
-def _route(name: str, reason: str) -> dict[str, Any]:
-    return {"route": name, "reason": reason, "confidence": 1.0}
-
-
-def default_handlers(tools: Mapping[str, Tool]) -> dict[str, Handler]:
-    """The handler of every node kind this build runs."""
-    return {"tool": ToolHandler(tools), "router": RouterHandler()}

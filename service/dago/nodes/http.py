@@ -16,6 +16,12 @@ JSON, else text. 5xx, 429 (with ``retry-after`` honoured), timeouts and
 connection errors are retryable; other 4xx are not. A body over the size cap
 (``max_response_bytes``, default ``DAGO_HTTP_MAX_RESPONSE_BYTES``) fails the
 node without reading further.
+
+``SafeHttp`` makes the requests with these checks; the built-in ``http`` tool
+(``dago.nodes.toolbox``) uses the same one. Checked at submit: ``method`` is one of
+GET, POST, PUT, PATCH, DELETE, HEAD (empty: GET); ``url`` is given and, unless it is
+a template, an absolute http(s) URL; header names are valid; ``max_response_bytes``
+is not negative; the templates compile.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import socket
 from typing import Any
 
@@ -31,8 +38,10 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from dago.engine.cel import EvalError
+from dago.engine.kinds import CheckContext, KindParts
+from dago.engine.outcome import NodeFailure, invalid
 from dago.llm.base import retry_after
-from dago.nodes.base import NodeContext, NodeFailure, NodeResult, invalid
+from dago.nodes.base import NodeContext, NodeHandler, NodeKind, NodeResult
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing
 from dago.v1 import graph_pb2
@@ -40,9 +49,31 @@ from dago.v1 import graph_pb2
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
-class HttpHandler:
-    """Runs ``http`` nodes."""
+
+def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
+    """The checks at submit of the module doc; the url, headers and body templates."""
+    spec = node.http
+    if spec.method and spec.method.upper() not in METHODS:
+        ctx.add("http.method", f"must be one of {', '.join(METHODS)} (empty: GET)")
+    if not spec.url:
+        ctx.add("http.url", "an http node needs a url")
+    elif "{{" not in spec.url and not re.match(r"^https?://[^/\s]+", spec.url):
+        ctx.add("http.url", "must be an absolute http:// or https:// URL")
+    if spec.max_response_bytes < 0:
+        ctx.add("http.max_response_bytes", "must not be negative (0: the server default)")
+    fields = {"http.url": spec.url, "http.body": spec.body}
+    for name, value in spec.headers.items():
+        if not HEADER_NAME.match(name):
+            ctx.add(f"http.headers[{name}]", "is not a valid HTTP header name")
+        fields[f"http.headers[{name}]"] = value
+    return KindParts(templates=ctx.templates(fields))
+
+
+class SafeHttp:
+    """HTTP requests with the checks of the module doc (one per worker process)."""
 
     def __init__(
         self,
@@ -60,7 +91,8 @@ class HttpHandler:
                 self._nets.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 self._hosts.add(item.lower().rstrip("."))
-        self._max_bytes = max_response_bytes
+        self.max_bytes = max_response_bytes
+        """The largest response body (``DAGO_HTTP_MAX_RESPONSE_BYTES``)."""
 
     def allowed(self, host: str, ip: IP) -> bool:
         """Whether a request to ``host`` may connect to ``ip``."""
@@ -102,32 +134,6 @@ class HttpHandler:
                 )
         return ips[0]
 
-    async def run(self, ctx: NodeContext) -> NodeResult:
-        """Make the request; see the module doc for the result and the error classes."""
-        spec = ctx.node.proto.http
-        data = {**ctx.scope, "input": ctx.input}
-
-        def render(key: str, raw: str) -> Any:
-            t = ctx.node.templates.get(key)
-            if t is None:
-                return raw
-            try:
-                return t.render(data)
-            except EvalError as e:
-                raise invalid(str(e)) from None
-
-        url_text = str(render("http.url", spec.url))
-        headers = {
-            name: str(render(f"http.headers[{name}]", v)) for name, v in spec.headers.items()
-        }
-        body = render("http.body", spec.body)
-        cap = min(spec.max_response_bytes or self._max_bytes, self._max_bytes)
-        return NodeResult(
-            await self.fetch(
-                spec.method or "GET", url_text, headers, body, ctx.node.attempt_timeout, cap
-            )
-        )
-
     async def fetch(
         self,
         method: str,
@@ -157,7 +163,7 @@ class HttpHandler:
             content = str(body).encode()
         target = url.copy_with(host=str(ip))
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        cap = min(cap or self._max_bytes, self._max_bytes)
+        cap = min(cap or self.max_bytes, self.max_bytes)
         method = method.upper()
         # The span names the host and path only: a query string may hold credentials.
         attrs = {
@@ -196,6 +202,42 @@ class HttpHandler:
             if span is not None:
                 span.set_attribute("http.response.status_code", resp.status_code)
             return _result(method, url_text, resp, raw)
+
+
+class HttpHandler(NodeHandler):
+    """Runs ``http`` nodes."""
+
+    def __init__(self, http: SafeHttp) -> None:
+        self._http = http
+
+    async def run(self, ctx: NodeContext) -> NodeResult:
+        """Make the request; see the module doc for the result and the error classes."""
+        spec = ctx.node.proto.http
+        data = {**ctx.scope, "input": ctx.input}
+
+        def render(key: str, raw: str) -> Any:
+            t = ctx.node.templates.get(key)
+            if t is None:
+                return raw
+            try:
+                return t.render(data)
+            except EvalError as e:
+                raise invalid(str(e)) from None
+
+        url_text = str(render("http.url", spec.url))
+        headers = {
+            name: str(render(f"http.headers[{name}]", v)) for name, v in spec.headers.items()
+        }
+        body = render("http.body", spec.body)
+        cap = min(spec.max_response_bytes or self._http.max_bytes, self._http.max_bytes)
+        return NodeResult(
+            await self._http.fetch(
+                spec.method or "GET", url_text, headers, body, ctx.node.attempt_timeout, cap
+            )
+        )
+
+
+KIND = NodeKind("http", check, lambda deps: HttpHandler(deps.http))
 
 
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))

@@ -1,4 +1,13 @@
-"""The ``llm`` node kind: render the prompt templates, call the provider, stream deltas.
+"""Model calls shared by the kinds that make them, and the ``llm`` node kind.
+
+``ModelCaller`` (one per worker, in ``NodeDeps.model``) is how the ``llm``, ``router``
+and ``agent`` kinds call a model: it renders an ``LlmNode``'s templates into a
+request, resolves the provider and model, streams text deltas as coalesced events,
+prices the usage and measures and traces the call. ``check_model`` is the submit-time
+check of an ``LlmNode`` wherever it sits (``llm``, ``router.llm``, ``agent.llm``).
+
+The ``llm`` node: render the prompt templates, call the provider, stream deltas; the
+result is ``{text, model, provider}`` or, with an ``output_schema``, the object.
 
 Streaming: text deltas are coalesced before they become ``llm_delta`` events, so
 a watcher sees a smooth stream without one Redis write per token. A
@@ -17,22 +26,65 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from dago.engine.cel import EvalError
-from dago.llm.base import CallFailed, ChatMessage, LlmRequest, LlmResponse, Provider, TokenUsage
+from dago.config import LLM_PROVIDERS, Settings
+from dago.engine.cel import EvalError, Template
+from dago.engine.kinds import CheckContext, KindParts
+from dago.engine.outcome import NodeFailure, Usage, invalid
+from dago.engine.schema import schema_problem
+from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
-from dago.nodes.base import Emit, NodeContext, NodeFailure, NodeResult, Usage, invalid
+from dago.nodes.base import Emit, NodeContext, NodeHandler, NodeKind, NodeResult
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, fail
 from dago.store.values import to_plain
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.llm")
+
+MAX_TOKENS = 1_000_000
+
+
+def check_model(
+    spec: graph_pb2.LlmNode, ctx: CheckContext, prefix: str = "llm", router: bool = False
+) -> dict[str, Template]:
+    """Checks of an ``LlmNode`` at ``prefix`` in the node (``llm``, ``router.llm``,
+    ``agent.llm``); its templates. A router's model needs no prompt and has no schema."""
+    if spec.provider and spec.provider not in LLM_PROVIDERS:
+        ctx.add(
+            f"{prefix}.provider",
+            f'unknown provider "{spec.provider}": use one of {", ".join(LLM_PROVIDERS)} '
+            "(empty: the server default)",
+        )
+    if not spec.prompt and not spec.messages and not router:
+        ctx.add(f"{prefix}.prompt", "an llm node needs a prompt or messages")
+    if not 0 <= spec.max_tokens <= MAX_TOKENS:
+        ctx.add(f"{prefix}.max_tokens", f"must be between 0 and {MAX_TOKENS} (0: server default)")
+    if spec.HasField("temperature") and not 0 <= spec.temperature <= 2:
+        ctx.add(f"{prefix}.temperature", "must be between 0 and 2")
+    for i, stop in enumerate(spec.stop_sequences):
+        if not stop.strip():
+            ctx.add(f"{prefix}.stop_sequences[{i}]", "must not be empty or blank")
+    if spec.HasField("output_schema") and router:
+        ctx.add(
+            f"{prefix}.output_schema", "a router's model answers with the route: leave it unset"
+        )
+    elif spec.HasField("output_schema"):
+        problem = schema_problem(to_plain(spec.output_schema))
+        if problem:
+            ctx.add(f"{prefix}.output_schema", problem)
+    fields = {f"{prefix}.system": spec.system, f"{prefix}.prompt": spec.prompt}
+    for i, m in enumerate(spec.messages):
+        if m.role not in ("user", "assistant"):
+            ctx.add(f"{prefix}.messages[{i}].role", 'must be "user" or "assistant"')
+        fields[f"{prefix}.messages[{i}].content"] = m.content
+    return ctx.templates(fields)
 
 
 class DeltaCoalescer:
@@ -135,8 +187,8 @@ def _class_name(error_class: int) -> str:
         return "unknown"
 
 
-class LlmHandler:
-    """Runs ``llm`` nodes."""
+class ModelCaller:
+    """Calls models for the nodes of a worker (see the module doc)."""
 
     def __init__(
         self,
@@ -153,6 +205,18 @@ class LlmHandler:
         self._metrics = metrics or Metrics(CollectorRegistry())
         self._tracing = tracing or Tracing("dago-worker", {})
         self._log_prompts = log_prompts
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics, tracing: Tracing) -> ModelCaller:
+        """The providers, prices and defaults of ``settings``."""
+        return cls(
+            Providers(settings),
+            PriceTable(settings.prices),
+            settings.llm_max_tokens,
+            metrics=metrics,
+            tracing=tracing,
+            log_prompts=settings.log_prompts,
+        )
 
     def request(
         self,
@@ -230,9 +294,8 @@ class LlmHandler:
                 resp = await provider.complete(request, on_text)
             except NodeFailure as f:
                 deltas.abort()
-                usage = None
-                if isinstance(f, CallFailed):
-                    f.usage = usage = self.usage(provider.name, f.model, f.tokens)
+                # The tokens of a model that answered, but not usably, are paid for.
+                usage = f.usage = self.price(f.usage) if f.usage is not None else None
                 self._measure(provider.name, request.model, started, first, usage, f.error_class)
                 fail(span, _class_name(f.error_class), f.message)
                 raise
@@ -240,7 +303,7 @@ class LlmHandler:
                 deltas.abort()
                 raise
             await deltas.close()
-            usage = self.usage(provider.name, resp.model, resp.usage)
+            usage = self.price(resp.usage)
             self._measure(provider.name, resp.model, started, first, usage, 0)
             if span is not None:
                 span.set_attribute("gen_ai.response.model", resp.model)
@@ -288,8 +351,8 @@ class LlmHandler:
         return self._tracing
 
     async def warm(self) -> None:
-        """Import the default provider's SDK now, so a worker's first LLM attempt does not
-        spend its attempt timeout on a seconds-long import."""
+        """Import the default provider's SDK now, so a worker's first model call does not
+        spend its attempt timeout on a seconds-long import (once: later calls return)."""
         await self._providers.load("")
 
     async def resolve(self, spec: graph_pb2.LlmNode) -> tuple[Provider, str]:
@@ -297,25 +360,37 @@ class LlmHandler:
         await self._providers.load(spec.provider)
         return self._providers.resolve(spec.provider, spec.model)
 
-    def usage(self, provider: str, model: str, u: TokenUsage) -> Usage:
-        """Tokens with their cost, labelled with provider and model."""
-        return Usage(
-            input_tokens=u.input,
-            output_tokens=u.output,
-            cache_creation_input_tokens=u.cache_write,
-            cache_read_input_tokens=u.cache_read,
-            cost_usd=self._prices.cost(model, u),
-            provider=provider,
-            model=model,
-        )
+    def price(self, usage: Usage) -> Usage:
+        """``usage`` with its cost by the price table (any cost it had is replaced)."""
+        return replace(usage, cost_usd=self._prices.cost(usage))
+
+
+def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
+    """The node's ``llm`` model, prompt and templates (``check_model``)."""
+    return KindParts(templates=check_model(node.llm, ctx))
+
+
+class LlmHandler(NodeHandler):
+    """Runs ``llm`` nodes."""
+
+    def __init__(self, model: ModelCaller) -> None:
+        self._model = model
 
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Call the model; the result is ``{text, model, provider}`` or the structured object."""
         spec = ctx.node.proto.llm
-        provider, model = await self.resolve(spec)
-        resp, usage = await self.call(ctx, spec, self.request(ctx, model), provider)
+        provider, model = await self._model.resolve(spec)
+        request = self._model.request(ctx, model)
+        resp, usage = await self._model.call(ctx, spec, request, provider)
         if resp.object is not None:
             return NodeResult(resp.object, usage=usage)
         return NodeResult(
             {"text": resp.text, "model": resp.model, "provider": provider.name}, usage=usage
         )
+
+    async def warm(self) -> None:
+        """Import the default provider's SDK (``ModelCaller.warm``)."""
+        await self._model.warm()
+
+
+KIND = NodeKind("llm", check, lambda deps: LlmHandler(deps.model))

@@ -10,6 +10,7 @@ minimal default environment, optional ``cwd``) starts a stdio server;
 ``url`` (optional ``headers``) connects to a streamable HTTP server. Graphs name a
 server's tools ``<server>/<tool>``, or ``<server>/*`` for all of them.
 
+The setting is parsed by ``dago.config.parse_mcp_servers`` (checked at start).
 Validation: the API only checks that ``<server>`` is configured (it never starts a
 server); whether ``<tool>`` exists is checked when a worker runs the node, which
 then fails (not retryable) saying which tools the server has.
@@ -26,76 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from dago.nodes.base import NodeContext, NodeFailure, Tool, invalid
+from dago.config import McpServerConfig
+from dago.engine.outcome import NodeFailure, invalid
+from dago.nodes.base import NodeContext, Tool
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.mcp")
 
-SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 START_TIMEOUT_S = 30.0
 IDEMPOTENCY_META = "dago.dev/idempotency-key"
 CONNECTION_CLOSED = -32000
 """The SDK's MCPError code when the server went away (its process died, the HTTP session ended)."""
-
-
-@dataclass(frozen=True)
-class McpServerConfig:
-    """How to reach one MCP server."""
-
-    name: str
-    command: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = ""
-    url: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def parse_servers(text: str) -> dict[str, McpServerConfig]:
-    """The servers of a ``DAGO_MCP_SERVERS`` value; raises ValueError saying what is wrong."""
-    if not text.strip():
-        return {}
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"must be a JSON object ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError("must be a JSON object of server name to {command} or {url}")
-    out: dict[str, McpServerConfig] = {}
-    for name, spec in raw.items():
-        if not SERVER_NAME.match(name):
-            raise ValueError(f"server name {name!r}: use 1-32 letters, digits, _ or -")
-        if not isinstance(spec, dict):
-            raise ValueError(f"server {name!r}: must be an object with command or url")
-        command, url = spec.get("command"), spec.get("url")
-        if (command is None) == (url is None):
-            raise ValueError(f"server {name!r}: give exactly one of command (stdio) or url")
-        env, headers = spec.get("env", {}), spec.get("headers", {})
-        for what, mapping in (("env", env), ("headers", headers)):
-            if not isinstance(mapping, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
-            ):
-                raise ValueError(f"server {name!r}: {what} must map strings to strings")
-        if command is not None:
-            if (
-                not isinstance(command, list)
-                or not command
-                or not all(isinstance(c, str) and c for c in command)
-            ):
-                raise ValueError(f"server {name!r}: command must be a non-empty list of strings")
-            out[name] = McpServerConfig(
-                name, tuple(command), dict(env), str(spec.get("cwd", "")), "", {}
-            )
-        else:
-            if not isinstance(url, str) or not re.match(r"^https?://", url):
-                raise ValueError(f"server {name!r}: url must be an http:// or https:// URL")
-            out[name] = McpServerConfig(name, (), {}, "", url, dict(headers))
-    return out
 
 
 def split_name(name: str) -> tuple[str, str] | None:

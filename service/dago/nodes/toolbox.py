@@ -9,23 +9,78 @@ A worker's ``Toolbox`` holds:
   link-local and metadata addresses refused on the resolved IP unless allowed in
   ``DAGO_HTTP_ALLOW``; response size cap; no redirects followed);
 - ``<server>/<tool>``: tools of the MCP servers in ``DAGO_MCP_SERVERS``
-  (``dago.mcptools``); ``<server>/*`` in an agent's tools means all of them.
+  (``dago.nodes.mcp``); ``<server>/*`` in an agent's tools means all of them.
 
-``known_names`` is what the API checks at SubmitGraph: the operator and built-in tool
-names, and the configured MCP server names (an MCP tool's own name is checked when
-the node runs, so the API never starts an MCP server).
+``known_names`` is what graphs' tool names are checked against at SubmitGraph (the
+tool kind's ``tool_problem``, through ``CompileOptions``): the operator and built-in
+tool names, and the configured MCP server names (an MCP tool's own name is checked
+when the node runs, so the API never starts an MCP server).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import importlib
+import importlib.metadata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dago.config import Settings
-from dago.nodes.base import NodeContext, Tool, invalid, load_tools
-from dago.nodes.http import HttpHandler
-from dago.nodes.mcp import McpServers, parse_servers, split_name
+from dago.config import Settings, parse_mcp_servers
+from dago.engine.outcome import invalid
+from dago.nodes.base import NodeContext, Tool
+from dago.nodes.http import SafeHttp
+from dago.nodes.mcp import McpServers, split_name
+
+
+async def _echo(args: Any, ctx: NodeContext) -> Any:
+    return args
+
+
+def _echo_now(args: Any, ctx: NodeContext) -> Any:
+    return args
+
+
+async def _sleep(args: Any, ctx: NodeContext) -> Any:
+    seconds = args.get("seconds", 1) if isinstance(args, dict) else args
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+        raise invalid(f"sleep needs a non-negative number of seconds, got {seconds!r}")
+    await asyncio.sleep(float(seconds))
+    return {"slept": seconds}
+
+
+BUILTIN_TOOLS = (
+    Tool("echo", "Returns its arguments unchanged.", _echo, inline=_echo_now),
+    Tool(
+        "sleep",
+        "Waits `seconds` (honours cancellation), then returns {slept: seconds}.",
+        _sleep,
+        {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}}},
+    ),
+)
+
+
+ENTRY_POINT_GROUP = "dago.tools"
+"""Installed packages may offer operator tools under this entry point group: each entry
+point is a ``Tool`` or a function returning ``Tool`` objects (like ``dago_tools()``)."""
+
+
+def load_tools(modules: str, entry_points: bool = True) -> dict[str, Tool]:
+    """Built-in tools, those of the ``dago.tools`` entry points, and those of each module's
+    ``dago_tools()`` (comma-separated names); a later one replaces an earlier one's name."""
+    tools = {t.name: t for t in BUILTIN_TOOLS}
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            loaded = ep.load()
+            provided: Iterable[Tool] = [loaded] if isinstance(loaded, Tool) else loaded()
+            for tool in provided:
+                tools[tool.name] = tool
+    for name in filter(None, (m.strip() for m in modules.split(","))):
+        module = importlib.import_module(name)
+        for tool in module.dago_tools():
+            tools[tool.name] = tool
+    return tools
+
 
 HTTP_TOOL = "http"
 _DROPPED_HEADERS = frozenset({"set-cookie", "set-cookie2", "authorization", "proxy-authenticate"})
@@ -50,7 +105,7 @@ HTTP_PARAMETERS: dict[str, Any] = {
 }
 
 
-def http_tool(http: HttpHandler, timeout_s: float) -> Tool:
+def http_tool(http: SafeHttp, timeout_s: float) -> Tool:
     """The built-in ``http`` tool: ``{url, method?, headers?, body?}`` →
     ``{status, headers, body}`` (cookies and auth headers of the response left out)."""
 
@@ -86,25 +141,11 @@ class KnownTools:
     tools: frozenset[str]
     mcp_servers: frozenset[str]
 
-    def problem(self, name: str) -> str | None:
-        """Why a graph may not name ``name``, or None."""
-        if name in self.tools:
-            return None
-        parts = split_name(name)
-        if parts is not None:
-            if parts[0] in self.mcp_servers:
-                return None
-            return (
-                f'"{name}" names MCP server "{parts[0]}", which is not configured; configured: '
-                + (", ".join(sorted(self.mcp_servers)) or "none (DAGO_MCP_SERVERS)")
-            )
-        return f'no tool named "{name}" is registered; available: ' + ", ".join(sorted(self.tools))
-
 
 def known_names(settings: Settings) -> KnownTools:
     """The tool names graphs may use on this deployment."""
     names = set(load_tools(settings.tool_modules)) | {HTTP_TOOL}
-    return KnownTools(frozenset(names), frozenset(parse_servers(settings.mcp_servers)))
+    return KnownTools(frozenset(names), frozenset(parse_mcp_servers(settings.mcp_servers)))
 
 
 class Toolbox:
@@ -115,11 +156,11 @@ class Toolbox:
         self.mcp = mcp
 
     @classmethod
-    def from_settings(cls, settings: Settings, http: HttpHandler) -> Toolbox:
+    def from_settings(cls, settings: Settings, http: SafeHttp) -> Toolbox:
         """Operator and built-in tools, the http tool and the configured MCP servers."""
         tools = load_tools(settings.tool_modules)
         tools[HTTP_TOOL] = http_tool(http, settings.tool_timeout_s)
-        return cls(tools, McpServers(parse_servers(settings.mcp_servers)))
+        return cls(tools, McpServers(parse_mcp_servers(settings.mcp_servers)))
 
     async def get(self, name: str) -> Tool | None:
         """The tool a graph names (an MCP server is started on its first use)."""

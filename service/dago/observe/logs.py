@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from contextvars import ContextVar
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from dago.config import Settings
+from dago.observe.redact import Redactor
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,8 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "taskName",
 }
 
-# Redacted wherever they appear in a message: API keys and bearer tokens.
-_SECRETS = re.compile(
-    r"(sk-ant-[A-Za-z0-9_\-]{4,}|sk-[A-Za-z0-9_\-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]+)"
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with anything that looks like an API key or bearer token replaced."""
-    return _SECRETS.sub("***", text)
+redact = Redactor(key_shaped=True, mask="***")
+"""What every line goes through: anything that looks like an API key or a bearer token."""
 
 
 class ContextFilter(logging.Filter):

@@ -14,6 +14,7 @@ here, and nowhere else.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 from redis.exceptions import ResponseError
 
 from dago.store.keys import ShardKeys
+from dago.store.schema import Error
 
 Arg = str | bytes | int | float
 """One argument of a function call."""
@@ -209,6 +211,13 @@ def usage_arg(
         clean = [re.sub(r"[^A-Za-z0-9_.:@/-]", "_", v) or "_" for v in (provider, model)]
         arg += "," + ",".join(clean)
     return arg
+
+
+def error_json(error_class: int, message: str, retryable: bool) -> str:
+    """An attempt's error as ``Result.error`` (``schema.Error``): what failed, for the retry
+    rule of the functions to decide on."""
+    error = {Error.CLASS: error_class, Error.MESSAGE: message, Error.RETRYABLE: retryable}
+    return json.dumps(error, separators=(",", ":"), ensure_ascii=False)
 
 
 # --- replies ----------------------------------------------------------------------------

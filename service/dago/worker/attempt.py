@@ -25,15 +25,15 @@ from typing import Any
 
 from opentelemetry import trace
 
-from dago.api.auth import Redactor
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
 from dago.engine.model import CompiledNode
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.observe.logs import NODE, NodeFields
 from dago.observe.metrics import Metrics
+from dago.observe.redact import Redactor
 from dago.observe.tracing import Tracing, fail, trace_id_of
-from dago.store.functions import Outcome, Result, Started, WorkItem, usage_arg
+from dago.store.functions import Outcome, Result, Started, WorkItem, error_json, usage_arg
 from dago.store.schema import Error
 from dago.store.store import Store
 from dago.store.values import dumps
@@ -463,9 +463,7 @@ def _succeeded(plan: Plan, scope: dict[str, Any], rendered: Any, result: NodeRes
 
 def _failed(f: NodeFailure) -> _Fields:
     """The result fields of a failed attempt: what failed, never whether to retry."""
-    error = dumps(
-        {Error.CLASS: f.error_class, Error.MESSAGE: f.message, Error.RETRYABLE: f.retryable}
-    )
+    error = error_json(f.error_class, f.message, f.retryable)
     retry_after_ms = int((f.retry_after or 0.0) * 1000)
     return Outcome.ERROR, "", "", _usage(f), "", error, retry_after_ms
 

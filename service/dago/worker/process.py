@@ -28,11 +28,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
-from dago.api.auth import Redactor
 from dago.config import Settings
 from dago.engine.graphcache import GraphCache
 from dago.nodes.base import Handler
 from dago.observe.metrics import Metrics, serve
+from dago.observe.redact import Redactor
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.functions import Result, Started, WorkItem
