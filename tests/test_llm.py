@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dago.engine.schema import validation_error
+from dago.engine.output_schema import validation_error
 from dago.llm.base import ChatMessage, LlmRequest
 from dago.llm.offline import offline_answer
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2

@@ -20,6 +20,7 @@ from dago.engine.compile import compile_graph
 from dago.engine.model import CompiledGraph, CompileOptions
 from dago.engine.retry import Retry
 from dago.nodes import kind_checks
+from dago.store.schema import NodeTopology
 from dago.v1 import graph_pb2
 
 KINDS = kind_checks()
@@ -178,20 +179,26 @@ def test_diamond_compiles_with_entries_sinks_refs_and_topology(cel: CelCompiler)
     assert a_out[1].condition.source == "nodes.a.output.x > 0"
 
     ta, tb, td = topo(c, "a"), topo(c, "b"), topo(c, "d")
-    assert ta["k"] == "tool"
-    assert (ta["in"], ta["j"]) == (0, 0)
-    assert ta["in"] == 0
-    assert tb["in"] == 1
-    assert (td["in"], td["j"]) == (2, 1)
+    assert ta[NodeTopology.KIND] == "tool"
+    assert (ta[NodeTopology.IN_DEGREE], ta[NodeTopology.JOIN]) == (
+        0,
+        graph_pb2.JOIN_MODE_UNSPECIFIED,
+    )
+    assert tb[NodeTopology.IN_DEGREE] == 1
+    assert (td[NodeTopology.IN_DEGREE], td[NodeTopology.JOIN]) == (2, graph_pb2.JOIN_MODE_ANY)
     # Outgoing edges as text: index,to,back,owner,single (b and c have one way in, d two).
     assert c.topology[">a"] == "0,b,0,0,1;1,c,0,0,1"
     assert c.topology[">b"] == "2,d,0,0,0"
     assert c.topology[">d"] == ""
     # What starting each node reads (inputs? which outputs?) and its attempt timeout in ms.
-    assert c.topology["<a"] == "1|a|300000"
-    assert c.topology["<b"] == "0|a|300000"
-    assert c.topology["<d"] == "0|b,c|300000"
-    assert (ta["ma"], ta["ib"], ta["mb"], ta["mu"]) == (1, 1000, 60000, 2.0)
+    assert c.start_plans == {
+        "a": "1|a|300000",
+        "b": "0|a|300000",
+        "c": "1||300000",
+        "d": "0|b,c|300000",
+    }
+    # The retry policy: attempts, initial and max backoff (ms), multiplier, jitter, retry_on.
+    assert ta[NodeTopology.RETRY] == [1, 1000, 60000, 2.0, 0.0, []]
     assert not [k for k in c.topology if k.startswith("b:")], "no loop, no back edge entry"
 
 
@@ -931,8 +938,8 @@ def test_graph_defaults_apply_to_nodes_without_a_retry_policy(cel: CelCompiler) 
         jitter=0.2,
         retry_on=frozenset({graph_pb2.ERROR_CLASS_TIMEOUT, graph_pb2.ERROR_CLASS_RATE_LIMITED}),
     )
-    t = topo(c, "a")
-    assert (t["ma"], t["ib"], t["mb"], t["mu"]) == (4, 250, 8000, 3.0)
+    timeout, rate_limited = graph_pb2.ERROR_CLASS_TIMEOUT, graph_pb2.ERROR_CLASS_RATE_LIMITED
+    assert topo(c, "a")[NodeTopology.RETRY] == [4, 250, 8000, 3.0, 0.2, [timeout, rate_limited]]
 
 
 def test_a_node_retry_policy_overrides_the_graph_defaults(cel: CelCompiler) -> None:
@@ -977,9 +984,9 @@ def test_a_node_retry_policy_overrides_the_graph_defaults(cel: CelCompiler) -> N
         retry_on=frozenset({graph_pb2.ERROR_CLASS_TIMEOUT}),
     )
     assert c.nodes["c"].retry.max_attempts == 4
-    ta, tb = topo(c, "a"), topo(c, "b")
-    assert (ta["ma"], ta["ib"], ta["mb"], ta["mu"]) == (7, 2000, 30000, 1.5)
-    assert (tb["ma"], tb["ib"], tb["mb"], tb["mu"]) == (2, 250, 8000, 3.0)
+    transient, timeout = graph_pb2.ERROR_CLASS_TRANSIENT, graph_pb2.ERROR_CLASS_TIMEOUT
+    assert topo(c, "a")[NodeTopology.RETRY] == [7, 2000, 30000, 1.5, 0.5, [transient]]
+    assert topo(c, "b")[NodeTopology.RETRY] == [2, 250, 8000, 3.0, 0.2, [timeout]]
 
 
 def test_attempt_timeout_precedence(cel: CelCompiler) -> None:

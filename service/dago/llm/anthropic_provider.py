@@ -38,7 +38,7 @@ import httpx
 import httpx2
 
 from dago.engine.outcome import NodeFailure, Usage
-from dago.engine.schema import validation_error
+from dago.engine.output_schema import validation_error
 from dago.llm.base import (
     ChatMessage,
     LlmRequest,

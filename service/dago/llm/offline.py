@@ -38,7 +38,7 @@ import re
 from typing import Any
 
 from dago.engine.outcome import NodeFailure, Usage
-from dago.engine.schema import instance, validation_error
+from dago.engine.output_schema import instance, validation_error
 from dago.llm.base import (
     LlmRequest,
     LlmResponse,

@@ -38,7 +38,7 @@ from typing import Any
 import openai
 
 from dago.engine.outcome import NodeFailure, Usage
-from dago.engine.schema import validation_error
+from dago.engine.output_schema import validation_error
 from dago.llm.base import (
     ChatMessage,
     LlmRequest,

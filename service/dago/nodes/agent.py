@@ -42,7 +42,7 @@ from typing import Any
 
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import NodeFailure, Usage
-from dago.engine.schema import validation_error
+from dago.engine.output_schema import validation_error
 from dago.llm.base import (
     ChatMessage,
     LlmResponse,

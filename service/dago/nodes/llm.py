@@ -36,7 +36,7 @@ from dago.config import LLM_PROVIDERS, Settings
 from dago.engine.cel import EvalError, Template
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import NodeFailure, Usage, invalid
-from dago.engine.schema import schema_problem
+from dago.engine.output_schema import schema_problem
 from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers

@@ -134,6 +134,22 @@ class Tracing:
                 span.set_attribute("error.type", type(e).__name__)
                 raise
 
+    @contextlib.contextmanager
+    def open_span(
+        self, name: str, attributes: Mapping[str, Any], parent: Context | None = None
+    ) -> Iterator[Span | None]:
+        """A span current for the block but left open when it exits (None when tracing is
+        off): its owner ends it later (a node attempt's span ends once its result is
+        applied, so it can say what became of the node)."""
+        if not self.enabled:
+            yield None
+            return
+        span = self.tracer.start_span(name, context=parent, attributes=dict(attributes))
+        with trace.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            yield span
+
 
 def fail(span: Span | None, error_type: str, message: str = "") -> None:
     """Mark ``span`` as failed (no-op when tracing is off)."""

@@ -257,11 +257,18 @@ class Taken:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What ``apply`` returns: per result whether it was applied (False: stale, fenced out),
-    and the new items started in the same step."""
+    """What ``apply`` returns: per result the state it left its node in (a
+    ``dago.v1.NodeState``: COMPLETED, RETRYING or FAILED, the retry rule's decision;
+    UNSPECIFIED when the result was stale and changed nothing), and the new items started
+    in the same step."""
 
-    applied: list[bool]
+    states: list[int]
     started: list[Started]
+
+    @property
+    def applied(self) -> list[bool]:
+        """Per result whether it was applied (not stale)."""
+        return [bool(s) for s in self.states]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +310,8 @@ def parse_taken(shards: Sequence[int], raw: Sequence[Any]) -> Taken:
 
 
 def parse_applied(shard: int, raw: Sequence[Any]) -> Applied:
-    """``apply``'s reply: ``{applied flags, items}``."""
-    return Applied([bool(int(x)) for x in raw[0]], parse_started(shard, raw[1]))
+    """``apply``'s reply: ``{node states, items}``."""
+    return Applied([int(x) for x in raw[0]], parse_started(shard, raw[1]))
 
 
 def parse_submitted(raw: Sequence[Any]) -> Submitted:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
@@ -37,7 +37,7 @@ from dago.store.functions import Outcome, Result, Started, WorkItem, error_json,
 from dago.store.schema import Error
 from dago.store.store import Store
 from dago.store.values import dumps
-from dago.v1 import graph_pb2
+from dago.v1 import execution_pb2, graph_pb2
 
 log = logging.getLogger("dago.worker")
 
@@ -57,6 +57,13 @@ class Running:
     timed_out: bool = False
     reported: bool = False
     """Its result went to the completer."""
+    kind: str = "unknown"
+    seconds: float = 0.0
+    """How long the attempt ran (set when it finishes)."""
+    error: str = ""
+    """The message of its failure, if it failed."""
+    span: Span | None = None
+    """Its span, open until its result is applied (or it is dropped)."""
 
 
 @dataclass(slots=True)
@@ -122,7 +129,7 @@ class Attempts:
             self.running[item.msg_id] = running
             if plan is not None and plan.inline is not None and graph is not None:
                 try:
-                    with self._observing(item, graph):
+                    with self._observing(running, graph):
                         self._inline_attempt(running, plan, scope)
                 except Exception:
                     log.exception("running %s/%s inline failed", item.graph_id, item.node)
@@ -135,7 +142,30 @@ class Attempts:
     def forget(self, msg_id: bytes) -> bool:
         """Drop an attempt that will not be applied (still pending in Redis, it is reclaimed
         after the lease); True when it was held."""
-        return self.running.pop(msg_id, None) is not None
+        running = self.running.pop(msg_id, None)
+        if running is None:
+            return False
+        if running.span is not None and running.span.is_recording():
+            running.span.end()
+        return True
+
+    def applied(self, running: Running, state: int) -> None:
+        """Count an attempt whose result was applied and end its span, with what became of
+        its node: ``state`` is the node's state the result left (the retry rule's decision)
+        or UNSPECIFIED when the result was stale."""
+        if running.stopped_by_control:
+            outcome = "cancelled"
+        elif state in _OUTCOMES:
+            outcome = _OUTCOMES[state]
+        else:  # stale: the attempt's own result
+            outcome = "failed" if running.error else "completed"
+        self._metrics.node_done(running.kind, outcome, running.seconds)
+        span = running.span
+        if span is not None:
+            span.set_attribute("dago.node.outcome", outcome)
+            if outcome != "completed":
+                fail(span, outcome, running.error)
+            span.end()
 
     def _plan(self, node: CompiledNode) -> Plan:
         """The plan of ``node`` (compiled nodes are shared and never change)."""
@@ -177,9 +207,11 @@ class Attempts:
         return f"node {node.kind if node else 'unknown'}", attrs
 
     @contextlib.contextmanager
-    def _observing(self, item: WorkItem, loaded: LoadedGraph | None) -> Iterator[None]:
+    def _observing(self, running: Running, loaded: LoadedGraph | None) -> Iterator[None]:
         """The attempt's log fields (set for the block only) and, when tracing is on, a span
-        joining the graph's trace around it."""
+        joining the graph's trace, current for the block and ended once the attempt's
+        result is applied (``applied``), or here when it ends without one."""
+        item = running.item
         tid = loaded.trace_id if loaded else ""
         token = NODE.set(NodeFields(item.graph_id, item.node, item.attempt, item.iteration, tid))
         try:
@@ -188,8 +220,14 @@ class Attempts:
             else:
                 name, attrs = self._span_args(item, loaded)
                 tp = loaded.traceparent if loaded else ""
-                with self._tracing.span(name, attrs, parent=self._tracing.extract(tp)):
+                with self._tracing.open_span(name, attrs, self._tracing.extract(tp)) as span:
+                    running.span = span
                     yield
+        except BaseException as e:
+            if running.span is not None and not running.reported:
+                fail(running.span, type(e).__name__)
+                running.span.end()
+            raise
         finally:
             NODE.reset(token)
 
@@ -201,7 +239,7 @@ class Attempts:
         scope: dict[str, Any],
     ) -> None:
         """Run an attempt in its task, observed (``_observing``)."""
-        with self._observing(running.item, loaded):
+        with self._observing(running, loaded):
             await self._attempt(running, loaded, plan, scope)
 
     def _inline_attempt(self, running: Running, plan: Plan, scope: dict[str, Any]) -> None:
@@ -323,21 +361,17 @@ class Attempts:
     def _observe(
         self, running: Running, node: CompiledNode | None, fields: _Fields, started: float
     ) -> None:
-        """Count and log one finished attempt; mark its span (cheap: two metric updates)."""
-        seconds = time.monotonic() - started
-        outcome = "completed" if fields[0] == Outcome.OK else "failed"
-        if running.stopped_by_control:
-            outcome = "cancelled"
-        kind = node.kind if node else "unknown"
-        self._metrics.node_done(kind, outcome, seconds)
+        """Note how one finished attempt went (counted once applied: ``applied``)."""
+        running.seconds = time.monotonic() - started
+        running.kind = node.kind if node else "unknown"
+        if fields[0] != Outcome.OK:
+            running.error = str(json.loads(fields[5]).get(Error.MESSAGE, "")) or "failed"
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("node attempt %s in %.1f ms", outcome, seconds * 1e3)
-        if self._tracing.enabled:
-            span = trace.get_current_span()
-            span.set_attribute("dago.node.outcome", outcome)
-            if outcome != "completed":
-                err = json.loads(fields[5]) if fields[5] else {}
-                fail(span, outcome, str(err.get(Error.MESSAGE, "")))
+            log.debug(
+                "node attempt %s in %.1f ms",
+                "failed" if running.error else "completed",
+                running.seconds * 1e3,
+            )
 
     # --- timeouts and stops ------------------------------------------------------------
 
@@ -395,6 +429,13 @@ class Attempts:
         if self._timer is not None:
             self._timer.cancel()
 
+
+_OUTCOMES: dict[int, str] = {
+    execution_pb2.NODE_STATE_COMPLETED: "completed",
+    execution_pb2.NODE_STATE_RETRYING: "retrying",
+    execution_pb2.NODE_STATE_FAILED: "failed",
+}
+"""The outcome label of an applied attempt, by the state it left its node in."""
 
 _Fields = tuple[str, str, str, str, str, str, int]
 """outcome, output, taken, usage, route, error, retry_after_ms of a ``Result``."""

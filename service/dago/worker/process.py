@@ -92,6 +92,8 @@ class Worker:
         self._all_applied = asyncio.Event()
         self._stopping = asyncio.Event()
         """Set when draining starts: the feeders take nothing more."""
+        self._states: dict[bytes, int] = {}
+        """The node state each applied result left, until the completer counts it."""
 
     @property
     def in_flight(self) -> int:
@@ -297,7 +299,9 @@ class Worker:
                 taken = await asyncio.gather(*(self._apply(s, r) for s, r in by_shard.items()))
             running = self._attempts.running
             for _, result in batch:  # kept until now: their leases are renewed meanwhile
-                running.pop(result.msg_id, None)
+                done = running.pop(result.msg_id, None)
+                if done is not None:
+                    self._attempts.applied(done, self._states.pop(result.msg_id, 0))
             # The slots of the applied attempts went to the new items taken with them.
             self._slots.release(len(batch) - sum(taken))
             self._unapplied -= len(batch)
@@ -333,6 +337,8 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            for result, state in zip(results, applied.states, strict=True):
+                self._states[result.msg_id] = state
             if applied.started:
                 await self._launch(applied.started)
             return len(applied.started)

@@ -2,7 +2,8 @@
 -- 0, starts up to `want` new work items of the shard for the same worker in the same step
 -- (start_batch): a worker finishing attempts gets its next ones without a read of its own,
 -- one round trip per step of a chain.
--- Returns {applied flags (1 | 0 per result), items (as start_batch returns them)}.
+-- Returns {per result the node's state it left (UNSPECIFIED: stale), items (as start_batch
+-- returns them)}.
 local A = ARG.APPLY
 local worker, want = ARGV[A.WORKER], tonumber(ARGV[A.WANT])
 local applied = apply_batch(worker, ARGV, A.FIRST)

@@ -156,7 +156,7 @@ end
 -- A failed attempt moves its node on: RETRYING (dispatched again after `delay` ms) or, with
 -- no delay, FAILED, which fails the graph. The attempt's record (field rk, JSON rec) is
 -- written in the same HSET as the node's new state. `over` names a graph limit the
--- attempt's usage broke: the graph fails instead of retrying.
+-- attempt's usage broke: the graph fails instead of retrying. Returns the node's state.
 local function attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, over)
   if delay ~= nil then
     local nxt = tonumber(attempt) + 1
@@ -170,11 +170,13 @@ local function attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, ove
     else
       redis.call('ZADD', K_TIMERS, NOW + delay, timer_key(TIMER.RETRY, gid, node, iter, nxt))
     end
+    return NodeState.RETRYING
   else
     node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, node .. NODE.ERROR, err, rk, rec)
     open_add(gid, -1)
     emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
     fail_graph(gid, err, node)
+    return NodeState.FAILED
   end
 end
 
@@ -209,7 +211,9 @@ end
 -- Applies the results of a batch of node attempts (ITEM.RESULT items of A from `first`),
 -- fenced on (graph, node, iteration, attempt): records the attempt, moves the node on,
 -- resolves its edges, dispatches what became ready, ends the graph when nothing is left,
--- and acks the work item, all in one step. Returns per item 1 (applied) or 0 (stale).
+-- and acks the work item, all in one step. Returns per item the node's state the result
+-- left it in (COMPLETED, RETRYING or FAILED: the worker reads the retry rule's decision
+-- here), or UNSPECIFIED when the result was stale (fenced out).
 local function apply_batch(worker, A, first)
   local R = ITEM.RESULT
   local wjson = jstr(worker)
@@ -238,7 +242,7 @@ local function apply_batch(worker, A, first)
       if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
     end
     if not fenced then
-      out[#out + 1] = 0
+      out[#out + 1] = NodeState.UNSPECIFIED
     else
       touched[gid] = true
       local started = tonumber(v[4]) or NOW
@@ -284,13 +288,13 @@ local function apply_batch(worker, A, first)
           out_edges(gid, node, taken, ready, loops)
           settle(gid, ready, loops)
         end
+        out[#out + 1] = NodeState.COMPLETED
       else
         local e = cjson.decode(err)
         local delay = retry_delay(gid, node, attempt, e[ERROR.CLASS], e[ERROR.RETRYABLE] == true,
           tonumber(A[i + R.RETRY_AFTER_MS]))
-        attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, over)
+        out[#out + 1] = attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, over)
       end
-      out[#out + 1] = 1
     end
     acks[#acks + 1] = mid
   end
