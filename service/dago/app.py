@@ -3,8 +3,6 @@ each other by their constructors (tests build the same objects in-process)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-
 from dago.api.auth import Authenticator, ServerGuard
 from dago.api.server import ApiServer
 from dago.api.servicer import OrchestratorServicer
@@ -46,7 +44,7 @@ def build_api(settings: Settings) -> ApiServer:
     graphs = GraphCache(store, cel, options)
     tracing = Tracing("dago-api")
     api = OrchestratorServicer(store, settings, cel, options, graphs, hub, auth, tracing=tracing)
-    registry = _registry()
+    registry = new_registry()
     registry.register(RedisCollector(settings, store.keys))
     metrics = Metrics(registry)
     return ApiServer(
@@ -54,15 +52,10 @@ def build_api(settings: Settings) -> ApiServer:
     )
 
 
-def _registry() -> CollectorRegistry:
-    """A fresh registry per process (never the global one) with process metrics."""
-    return new_registry()
-
-
 def build_worker(settings: Settings) -> Worker:
     """A worker process."""
     store, cel, options = _common(settings)
-    metrics = Metrics(_registry())
+    metrics = Metrics(new_registry())
     tracing = Tracing("dago-worker")
     handlers = build_handlers(build_deps(settings, metrics, tracing))
     graphs = GraphCache(store, cel, options)

@@ -59,10 +59,6 @@ class CompiledGraph:
     output: dict[str, Expression] = field(default_factory=dict)
     sinks: list[str] = field(default_factory=list)
 
-    def node(self, node_id: str) -> CompiledNode:
-        """The compiled node with this id."""
-        return self.nodes[node_id]
-
 
 @dataclass(frozen=True, kw_only=True)
 class CompileOptions:
