@@ -93,7 +93,7 @@ def test_a_registered_kind_s_check_is_called_and_its_parts_kept(cel: CelCompiler
 
     seen.clear()
     c = compiled(cel, graph({"id": "a", "http": {"url": "test:{{ input.x }}"}}), options)
-    node = c.node("a")
+    node = c.nodes["a"]
     assert list(node.templates) == ["http.url"]
     assert [name for name, _ in node.routes] == ["go"]
     found = violations(cel, graph({"id": "a", "http": {"url": "https://x"}}), options)
@@ -107,7 +107,7 @@ class RunOnly(NodeHandler):
 
 async def test_handler_abilities_default_to_nothing(cel: CelCompiler) -> None:
     options = CompileOptions(kinds=kind_checks(KINDS), tools={"echo"})
-    node = compiled(cel, graph({"id": "a", "tool": {"name": "echo"}}), options).node("a")
+    node = compiled(cel, graph({"id": "a", "tool": {"name": "echo"}}), options).nodes["a"]
     handler = RunOnly()
     assert handler.inline(node) is None
     assert await handler.warm() is None
@@ -142,7 +142,7 @@ async def test_handlers_are_built_from_the_registry(cel: CelCompiler) -> None:
         options,
     )
     # The tool kind runs echo inline (it has an inline form), sleep in a task.
-    assert handlers["tool"].inline(g.node("e")) is not None
-    assert handlers["tool"].inline(g.node("s")) is None
+    assert handlers["tool"].inline(g.nodes["e"]) is not None
+    assert handlers["tool"].inline(g.nodes["s"]) is None
     for handler in handlers.values():
         await handler.close()
