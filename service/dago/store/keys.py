@@ -7,7 +7,7 @@ also runs on Redis Cluster. A graph's shard is part of its id
 
 The Lua scripts build per-graph key names themselves (they cannot receive
 every key up front without knowing the graph's topology); the layouts here
-and in ``lua/common.lua`` must stay in step, which ``tests/test_keys.py``
+and in ``lua/common.lua`` must stay in step, which ``tests/store/test_keys.py``
 checks.
 """
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,74 +30,24 @@ import pytest
 from dago.v1 import orchestrator_pb2
 from harness import (
     ROOT,
-    ProcessStack,
-    child_logs,
-    edge_healthy,
-    envoy_config,
+    Edge,
+    alive,
+    children,
+    dago_env,
     eventually,
     free_port,
+    grpc_web_frames,
     start_api_quickly,
-    start_envoy,
 )
-from redisfixture import RedisServer
-from test_cli import alive, children, dago_env
+
+# Envoy in front of dago processes (edge_stack, or `python -m dago dev`).
+pytestmark = [pytest.mark.edge, pytest.mark.process]
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 if not Path(GRPCURL).exists():
     GRPCURL = shutil.which("grpcurl") or GRPCURL
 SERVICE = "dago.v1.OrchestratorService"
 TERMINAL = {"GRAPH_STATE_COMPLETED", "GRAPH_STATE_FAILED", "GRAPH_STATE_CANCELLED"}
-
-
-@dataclass
-class Edge:
-    """A running stack with Envoy in front of it."""
-
-    stack: ProcessStack
-    envoy: subprocess.Popen[bytes]
-    port: int
-    http: httpx.AsyncClient
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        return child_logs(self.stack)
-
-
-@pytest.fixture(scope="module")
-async def edge_stack(redis_single: RedisServer) -> AsyncIterator[Edge]:
-    """API + worker + Envoy (its log next to theirs), shared by this module's tests."""
-    metrics_port = free_port()
-    stack = ProcessStack(
-        redis_single.url,
-        f"tenvoy{secrets.token_hex(3)}",
-        DAGO_METRICS_PORT=str(metrics_port),
-        DAGO_HEARTBEAT_MS="300",
-    )
-    config, port = envoy_config(
-        stack,
-        metrics_port=metrics_port,
-        cors_origins=("http://localhost:*", "https://app.example"),
-        stream_idle_timeout_s=1,  # only heartbeats (every 300 ms) keep quiet watches open
-    )
-    envoy = start_envoy(config, stack.logs / "envoy.log")
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
-    try:
-        stack.start("w1", "worker")
-        await start_api_quickly(stack)
-        await edge_healthy(envoy, http, stack)
-        yield Edge(stack, envoy, port, http)
-    finally:
-        await http.aclose()
-        envoy.terminate()
-        try:
-            envoy.wait(10)
-        except subprocess.TimeoutExpired:
-            envoy.kill()
-            envoy.wait()
-        await stack.close()
 
 
 def graph(*nodes: dict[str, Any], edges: list[dict[str, str]] | None = None, **extra: Any) -> Any:
@@ -489,25 +439,6 @@ async def test_grpcurl_through_envoy(edge_stack: Edge) -> None:
     assert (await wait_state(e, gid))["state"] == "GRAPH_STATE_COMPLETED"
 
 
-def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    """The data frames and the trailers of a binary gRPC-Web response body."""
-    messages: list[bytes] = []
-    trailers: dict[str, str] = {}
-    pos = 0
-    while pos < len(body):
-        flags, length = struct.unpack(">BI", body[pos : pos + 5])
-        payload = body[pos + 5 : pos + 5 + length]
-        pos += 5 + length
-        if flags & 0x80:
-            for line in payload.decode().split("\r\n"):
-                if line:
-                    k, _, v = line.partition(":")
-                    trailers[k.strip().lower()] = v.strip()
-        else:
-            messages.append(payload)
-    return messages, trailers
-
-
 async def test_grpc_web_unary_call(edge_stack: Edge) -> None:
     e = edge_stack
     gid = await submit(e, graph(echo("a", x=1)))
@@ -650,6 +581,7 @@ async def stop_dev(dev: subprocess.Popen[bytes], output: Callable[[], str]) -> N
     assert dev.returncode == 0, output()
 
 
+@pytest.mark.redis
 async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="dago-test-dev-edge-")) / "dev.log"
@@ -695,6 +627,7 @@ async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
             dev.wait()
 
 
+@pytest.mark.redis
 async def test_make_run_with_the_edge_port_busy_says_so_and_serves_grpc() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

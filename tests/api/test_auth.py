@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,6 +24,7 @@ from harness import (
     ROOT,
     Client,
     InProcessStack,
+    MakeStack,
     echo,
     envoy_config,
     error_details,
@@ -43,10 +43,8 @@ KEYS = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b"
 
 
 @pytest.fixture
-async def stack(redis_single: RedisServer, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    settings = stack_settings(redis_single.url, key_prefix, auth="keys", api_keys=KEYS)
-    async with InProcessStack(settings) as s:
-        yield s
+async def stack(make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(auth="keys", api_keys=KEYS)
 
 
 async def clients(stack: InProcessStack) -> tuple[Client, Client]:
@@ -286,6 +284,7 @@ def dago(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.process
 def test_keys_new_prints_a_key_and_its_configuration() -> None:
     p = dago("keys", "new", "--namespace", "team-x")
     assert p.returncode == 0, p.stderr
@@ -307,6 +306,7 @@ def test_keys_new_prints_a_key_and_its_configuration() -> None:
         ({"DAGO_AUTH": "maybe"}, "must be keys or off"),
     ],
 )
+@pytest.mark.process
 def test_serve_refuses_to_start_with_unusable_key_settings(env: dict[str, str], words: str) -> None:
     clean = {k: "" for k in ("DAGO_API_KEYS", "DAGO_API_KEYS_FILE")}
     p = dago("serve", **{**clean, **env})
@@ -326,8 +326,7 @@ async def test_keys_through_envoy_rest_sse_and_grpc_web(
 
     import httpx
 
-    from harness import RunningStack, start_api_quickly
-    from test_envoy import grpc_web_frames
+    from harness import RunningStack, grpc_web_frames, start_api_quickly
 
     async with RunningStack(
         redis_single.url, key_prefix, DAGO_AUTH="keys", DAGO_API_KEYS=KEYS
@@ -406,8 +405,7 @@ async def test_dead_letters_are_scoped_to_the_namespace(
     redis_single: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:
     from harness import RunningStack, start_api_quickly
-    from obshelpers import TOOLS, marker
-    from test_deadletters import poison
+    from obshelpers import TOOLS, marker, poison
 
     env = {
         "DAGO_AUTH": "keys",

@@ -232,6 +232,7 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
             assert tool_http.attrs["url.path"] == "/agent"
 
 
+@pytest.mark.process
 def test_tracing_is_off_without_an_endpoint() -> None:
     # Off: no SDK, no exporter, no spans; graphs still get a trace id for their logs.
     script = (

@@ -59,6 +59,7 @@ def test_a_missing_file_and_bad_booleans_in_the_environment() -> None:
         load({"DAGO_LOG_FORMAT": "xml"})
 
 
+@pytest.mark.process
 def test_dago_config_prints_the_effective_values_with_secrets_redacted(tmp_path: Path) -> None:
     path = tmp_path / "dago.yaml"
     path.write_text(

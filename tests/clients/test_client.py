@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from dago_client.graphfile import parse_document
 from harness import (
     ROOT,
     InProcessStack,
+    MakeStack,
     RunningStack,
     echo,
     edge,
@@ -48,9 +48,8 @@ from redisfixture import RedisServer
 
 
 @pytest.fixture
-async def stack(redis_single: RedisServer, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    async with InProcessStack(stack_settings(redis_single.url, key_prefix)) as s:
-        yield s
+async def stack(make_stack: MakeStack) -> InProcessStack:
+    return await make_stack()
 
 
 def target(stack: InProcessStack) -> str:

@@ -69,6 +69,8 @@ def leaks(text: str) -> list[str]:
     return found
 
 
+@pytest.mark.redis
+@pytest.mark.process
 async def test_no_secret_reaches_logs_events_results_errors_or_metrics(
     locked_redis: RedisServer, key_prefix: str
 ) -> None:
@@ -158,6 +160,7 @@ async def test_no_secret_reaches_logs_events_results_errors_or_metrics(
     ]
 
 
+@pytest.mark.process
 def test_dago_config_redacts_every_secret() -> None:
     env = {
         **os.environ,

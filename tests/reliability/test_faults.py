@@ -545,7 +545,7 @@ async def test_poison_work_is_dead_lettered(redis_target: RedisTarget, key_prefi
                 await start_worker(stack, next(spares))  # always one spare left
 
             # The node waits in the dead-letter list (the graph keeps running) until an
-            # operator requeues or drops it (tests/test_deadletters.py); dropping fails it.
+            # operator requeues or drops it (tests/api/test_deadletters.py); dropping fails it.
             async def dead_lettered() -> bool:
                 st = await stack.client.status(gid)
                 return node_status(st, "s").state == execution_pb2.NODE_STATE_DEAD_LETTERED

@@ -7,7 +7,6 @@ workers, Lua state machine) on a single Redis and on a 3-node cluster.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from dago.v1 import execution_pb2, graph_pb2
 from harness import (
     InProcessStack,
+    MakeStack,
     echo,
     edge,
     kinds,
@@ -24,7 +24,6 @@ from harness import (
     plain,
     request,
     seq_of,
-    stack_settings,
     tool,
 )
 from redisfixture import RedisTarget
@@ -38,9 +37,8 @@ NO_EDGE = "no incoming edge was taken"
 
 
 @pytest.fixture
-async def stack(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    async with InProcessStack(stack_settings(redis_target.url, key_prefix)) as s:
-        yield s
+async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(redis_target)
 
 
 def sleep(node_id: str, seconds: float, **fields: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic, Text, ToolUse, Usage
 from harness import (
     InProcessStack,
+    MakeStack,
     echo,
     edge,
     eventually,
@@ -35,9 +36,7 @@ from harness import (
     of_kind,
     plain,
     request,
-    stack_settings,
 )
-from redisfixture import RedisServer
 
 KEY = "sk-ant-test-0123456789-SECRET"
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
@@ -70,21 +69,14 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 
 @pytest.fixture
 async def stack(
-    redis_single: RedisServer,
-    key_prefix: str,
-    fake: FakeAnthropic,
-    caplog: pytest.LogCaptureFixture,
+    fake: FakeAnthropic, caplog: pytest.LogCaptureFixture, make_stack: MakeStack
 ) -> AsyncIterator[InProcessStack]:
     caplog.set_level(logging.DEBUG)
-    settings = stack_settings(
-        redis_single.url,
-        key_prefix,
-        anthropic_api_key=KEY,
-        anthropic_base_url=fake.url,
-        llm_provider="anthropic",
+    s = await make_stack(
+        anthropic_api_key=KEY, anthropic_base_url=fake.url, llm_provider="anthropic"
     )
-    async with InProcessStack(settings) as s:
-        yield s
+    yield s
+    await s.stop()
     # The key went to the fake (that is how it authenticates) and nowhere else.
     # (this SDK release sends it as a bearer token; older ones as x-api-key)
     for r in fake.requests:
@@ -93,11 +85,8 @@ async def stack(
 
 
 @pytest.fixture
-async def offline_stack(
-    redis_single: RedisServer, key_prefix: str
-) -> AsyncIterator[InProcessStack]:
-    async with InProcessStack(stack_settings(redis_single.url, key_prefix)) as s:
-        yield s
+async def offline_stack(make_stack: MakeStack) -> InProcessStack:
+    return await make_stack()
 
 
 # --- streaming -----------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from dago.observe.logs import NODE
 from dago.v1 import execution_pb2, graph_pb2
 from harness import (
     InProcessStack,
+    MakeStack,
     edge,
     eventually,
     node_status,
@@ -70,12 +70,8 @@ def dago_tools() -> list[Tool]:
 
 
 @pytest.fixture
-async def stack(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    settings = stack_settings(
-        redis_target.url, key_prefix, tool_modules="testtools,test_worker_perf"
-    )
-    async with InProcessStack(settings) as s:
-        yield s
+async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(redis_target, tool_modules="testtools,test_worker_perf")
 
 
 async def test_inline_tools_report_results_retries_and_bugs(stack: InProcessStack) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,6 +19,7 @@ from dago.engine.ids import new_graph_id, parse_shard
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from harness import (
     InProcessStack,
+    MakeStack,
     echo,
     edge,
     error_details,
@@ -49,9 +49,8 @@ RATE_LIMITED = graph_pb2.ERROR_CLASS_RATE_LIMITED
 
 
 @pytest.fixture
-async def stack(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    async with InProcessStack(stack_settings(redis_target.url, key_prefix)) as s:
-        yield s
+async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(redis_target)
 
 
 def retry(max_attempts: int, backoff: str = "0.05s", **more: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """A tiny MCP server for the agent tests, built with the ``mcp`` SDK's MCPServer (FastMCP
-in mcp 1.x). ``python tests/mcp_server.py`` serves stdio (the tests configure it in
+in mcp 1.x). ``python tests/support/mcp_server.py`` serves stdio (the tests configure it in
 DAGO_MCP_SERVERS as ``{"kb": {"command": [python, this file]}}``);
-``python tests/mcp_server.py --http PORT`` serves streamable HTTP on
+``python tests/support/mcp_server.py --http PORT`` serves streamable HTTP on
 ``http://127.0.0.1:PORT/mcp``."""
 
 from __future__ import annotations

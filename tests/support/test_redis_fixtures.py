@@ -1,4 +1,4 @@
-"""Checks of the Redis test fixtures themselves (tests/conftest.py, tests/redisfixture.py)."""
+"""Checks of the Redis test fixtures themselves (tests/conftest.py, redisfixture.py)."""
 
 from __future__ import annotations
 

@@ -12,26 +12,14 @@ import grpc
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from harness import (
     RunningStack,
-    echo,
-    edge,
     eventually,
     node_states,
     of_kind,
-    request,
     rpc_error,
     start_api_quickly,
-    tool,
 )
-from obshelpers import TOOLS, envoy, marker
+from obshelpers import TOOLS, envoy, marker, poison
 from redisfixture import RedisServer
-
-
-def poison(mark: Path) -> orchestrator_pb2.SubmitGraphRequest:
-    """p (dies while ``mark`` exists) -> after."""
-    return request(
-        [tool("p", "die", inputs={"marker": str(mark)}), echo("after", x="{{ nodes.p.output }}")],
-        [edge("p", "after")],
-    )
 
 
 async def test_poison_message_is_dead_lettered_then_requeued_or_dropped(

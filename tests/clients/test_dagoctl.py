@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from dago_client.render import STATE_COLOURS
 from harness import (
     ROOT,
     InProcessStack,
+    MakeStack,
     RunningStack,
     eventually,
     free_port,
@@ -66,9 +66,8 @@ inputs: {who: nobody, times: 1}
 
 
 @pytest.fixture
-async def stack(redis_single: RedisServer, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    async with InProcessStack(stack_settings(redis_single.url, key_prefix)) as s:
-        yield s
+async def stack(make_stack: MakeStack) -> InProcessStack:
+    return await make_stack()
 
 
 class Ctl:
@@ -304,6 +303,7 @@ async def test_live_view_on_a_terminal(stack: InProcessStack) -> None:
     assert re.search(r"run \S+ COMPLETED in [\d.]+s: 2 completed, 3 skipped", plain), plain
 
 
+@pytest.mark.process
 async def test_unreachable_server_exits_7() -> None:
     ctl = Ctl(f"127.0.0.1:{free_port()}")
     code, _, err = await ctl("--timeout", "1", "status", "x")

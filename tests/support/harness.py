@@ -9,17 +9,19 @@ restart them. Both talk to a real Redis given by URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -32,7 +34,10 @@ from dago.store.keys import Keys
 from dago.store.store import Store, connect
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository (this file is tests/support/harness.py) and the tests' helper modules, which
+# pytest puts on sys.path (pyproject.toml: pythonpath) and child processes get on PYTHONPATH.
+ROOT = Path(__file__).resolve().parents[2]
+SUPPORT = ROOT / "tests" / "support"
 TERMINAL = {
     execution_pb2.GRAPH_STATE_COMPLETED,
     execution_pb2.GRAPH_STATE_FAILED,
@@ -63,7 +68,7 @@ def stack_settings(url: str, prefix: str, **overrides: Any) -> Settings:
         tool_modules="testtools",
         drain_timeout_s=5,
         worker_slots=64,
-        # Tests that are not about authentication run without it (tests/test_auth.py opts in).
+        # Tests that are not about authentication run without it (tests/api/test_auth.py opts in).
         auth="off",
     )
     return dataclasses.replace(base, **overrides)
@@ -219,17 +224,22 @@ def kinds(events: list[execution_pb2.Event], node: str | None = None) -> list[st
 
 
 class InProcessStack:
-    """The real API server and ``workers`` real workers, as tasks of this event loop."""
+    """The real API server and ``workers`` real workers, as tasks of this event loop.
+
+    ``async with InProcessStack(settings) as stack``, or ``await start()`` and ``await stop()``
+    (what the ``make_stack`` fixture of tests/conftest.py does; ``stop`` is idempotent)."""
 
     def __init__(self, settings: Settings, workers: int = 1) -> None:
         self.settings = settings
         self._workers = workers
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self.client: Client
         self.store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
 
-    async def __aenter__(self) -> InProcessStack:
+    async def start(self) -> InProcessStack:
+        """Start the API (wait until it listens) and the workers."""
         await self.store.ready()
         api = build_api(self.settings)
         ready = asyncio.Event()
@@ -242,7 +252,11 @@ class InProcessStack:
         self.client = Client(f"127.0.0.1:{api.port}")
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
+        """Stop the API and the workers (once); re-raise what one of them raised."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.client.close()
         self._stop.set()
         done, pending = await asyncio.wait(self._tasks, timeout=15)
@@ -251,6 +265,27 @@ class InProcessStack:
         for t in done:
             if not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
+
+    async def __aenter__(self) -> InProcessStack:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class HasUrl(Protocol):
+    """A Redis to run on: a ``RedisTarget`` or a ``RedisServer`` (anything with a ``url``)."""
+
+    @property
+    def url(self) -> str: ...
+
+
+class MakeStack(Protocol):
+    """The ``make_stack`` fixture (tests/conftest.py): ``await make_stack(**overrides)``."""
+
+    async def __call__(
+        self, redis: HasUrl | None = None, *, workers: int = 1, **overrides: Any
+    ) -> InProcessStack: ...
 
 
 class ProcessStack:
@@ -262,7 +297,7 @@ class ProcessStack:
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(
-                str(ROOT / p) for p in ("service", "gen/python", "clients/python", "tests")
+                str(ROOT / p) for p in ("service", "gen/python", "clients/python", "tests/support")
             ),
             "DAGO_REDIS_URL": url,
             "DAGO_KEY_PREFIX": prefix,
@@ -344,6 +379,48 @@ async def aiter_list(it: AsyncIterator[Any]) -> list[Any]:
     return [x async for x in it]
 
 
+# --- helpers for tests of the dago command (python -m dago ...) -----------------------------
+
+
+# What ``python -m dago`` needs on its path (not the tests' helpers).
+DAGO_PYTHONPATH = os.pathsep.join(
+    str(ROOT / p) for p in ("service", "gen/python", "clients/python")
+)
+
+
+def dago_env(**env: str) -> dict[str, str]:
+    """The test's environment without any DAGO_ setting, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
+    return {**base, "PYTHONPATH": DAGO_PYTHONPATH, **env}
+
+
+def children(pid: int) -> dict[int, str]:
+    """Live child processes of ``pid``: pid -> command line."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces): state, ppid, ...
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(entry.name)] = cmdline
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 # --- helpers for fault tests (processes killed and restarted) -------------------------------
 
 
@@ -397,6 +474,78 @@ async def edge_healthy(
     await eventually(up, 20, 0.05)
 
 
+@dataclasses.dataclass
+class Edge:
+    """A running stack with Envoy in front of it."""
+
+    stack: ProcessStack
+    envoy: subprocess.Popen[bytes]
+    port: int
+    http: httpx.AsyncClient
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return child_logs(self.stack)
+
+
+@contextlib.asynccontextmanager
+async def running_edge(redis_url: str, prefix: str) -> AsyncIterator[Edge]:
+    """API + worker + Envoy (its log next to theirs) on free ports: the ``edge_stack`` fixture
+    of tests/conftest.py. Envoy allows CORS from ``http://localhost:*`` and
+    ``https://app.example``, and closes a stream quiet for 1 s (heartbeats every 300 ms)."""
+    metrics_port = free_port()
+    stack = ProcessStack(
+        redis_url,
+        prefix,
+        DAGO_METRICS_PORT=str(metrics_port),
+        DAGO_HEARTBEAT_MS="300",
+    )
+    config, port = envoy_config(
+        stack,
+        metrics_port=metrics_port,
+        cors_origins=("http://localhost:*", "https://app.example"),
+        stream_idle_timeout_s=1,  # only heartbeats (every 300 ms) keep quiet watches open
+    )
+    envoy = start_envoy(config, stack.logs / "envoy.log")
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)
+    try:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        await edge_healthy(envoy, http, stack)
+        yield Edge(stack, envoy, port, http)
+    finally:
+        await http.aclose()
+        envoy.terminate()
+        try:
+            envoy.wait(10)
+        except subprocess.TimeoutExpired:
+            envoy.kill()
+            envoy.wait()
+        await stack.close()
+
+
+def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    """The data frames and the trailers of a binary gRPC-Web response body."""
+    messages: list[bytes] = []
+    trailers: dict[str, str] = {}
+    pos = 0
+    while pos < len(body):
+        flags, length = struct.unpack(">BI", body[pos : pos + 5])
+        payload = body[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+        if flags & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    k, _, v = line.partition(":")
+                    trailers[k.strip().lower()] = v.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
 class RunningStack:
     """``async with RunningStack(url, prefix, **env) as stack``: a ProcessStack that is always
     closed, and whose failures carry the children's logs."""
@@ -424,7 +573,7 @@ def redis_store(url: str, prefix: str, shards: int = 4) -> Store:
     return Store(connect(stack_settings(url, prefix, shards=shards)), Keys(prefix, shards))
 
 
-# --- helpers for engine tests (tests/test_engine_*.py) ---------------------------------------
+# --- helpers for engine tests (tests/engine/test_engine_*.py) --------------------------------
 
 
 def node_status(st: execution_pb2.GraphStatus, node_id: str) -> execution_pb2.NodeStatus:

@@ -19,16 +19,12 @@ import pytest
 
 from dago.config import Settings, env_name
 from dago.v1 import execution_pb2
-from harness import ROOT, Client, eventually, free_port, port_open
+from harness import ROOT, Client, alive, children, dago_env, eventually, free_port, port_open
+
+# Every test runs the dago command.
+pytestmark = pytest.mark.process
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
-PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in ("service", "gen/python", "clients/python"))
-
-
-def dago_env(**env: str) -> dict[str, str]:
-    """The test's environment without any DAGO_ setting, plus ``env``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
-    return {**base, "PYTHONPATH": PYTHONPATH, **env}
 
 
 def dago(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -102,33 +98,6 @@ def test_every_command_checks_settings_before_starting(command: str) -> None:
 # --- dago dev -------------------------------------------------------------------------------
 
 
-def children(pid: int) -> dict[int, str]:
-    """Live child processes of ``pid``: pid -> command line."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        # Fields after the command name (which may hold spaces): state, ppid, ...
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            out[int(entry.name)] = cmdline
-    return out
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def start_dev(log: Path, grpc_port: int, metrics_port: int) -> subprocess.Popen[bytes]:
     """Start ``python -m dago dev`` in its own session (so its group can be signalled)."""
     with log.open("wb") as out:
@@ -155,6 +124,8 @@ def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 @pytest.mark.parametrize("to", ["process", "group"])
+@pytest.mark.redis
+@pytest.mark.edge
 async def test_dev_runs_everything_and_stops_cleanly_on_sigint(to: str) -> None:
     """``to``: SIGINT to the dev process alone, or to its whole group (a terminal's Ctrl-C)."""
     grpc_port, metrics_port = free_port(), free_port()

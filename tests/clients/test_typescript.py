@@ -20,6 +20,7 @@ import pytest
 from dago.api.auth import hash_key, new_key
 from harness import (
     ROOT,
+    Edge,
     ProcessStack,
     edge_healthy,
     envoy_config,
@@ -27,10 +28,6 @@ from harness import (
     start_envoy,
 )
 from redisfixture import RedisServer
-from test_envoy import Edge
-
-# The module-scoped fixture (API + worker + Envoy on free ports), imported to be used here.
-from test_envoy import edge_stack as edge_stack
 
 CLIENT = ROOT / "clients" / "typescript"
 NODE_TIMEOUT_S = 60

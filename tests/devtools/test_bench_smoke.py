@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+# The benchmark starts its own Redis, dago and Celery processes.
+pytestmark = [pytest.mark.redis, pytest.mark.process]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_runs_at_tiny_sizes_and_writes_the_report(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from fake_openai import Error, FakeOpenAI, Text, Usage
 from harness import (
     ROOT,
     InProcessStack,
+    MakeStack,
     echo,
     edge,
     everything,
@@ -69,21 +70,12 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def stack(
-    redis_single: RedisServer,
-    key_prefix: str,
-    fake: FakeOpenAI,
-    caplog: pytest.LogCaptureFixture,
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture, make_stack: MakeStack
 ) -> AsyncIterator[InProcessStack]:
     caplog.set_level(logging.DEBUG)
-    settings = stack_settings(
-        redis_single.url,
-        key_prefix,
-        openai_api_key=KEY,
-        openai_base_url=fake.url,
-        prices=json.dumps(PRICES),
-    )
-    async with InProcessStack(settings) as s:
-        yield s
+    s = await make_stack(openai_api_key=KEY, openai_base_url=fake.url, prices=json.dumps(PRICES))
+    yield s
+    await s.stop()
     # The key went to the fake as a bearer token (that is how it authenticates) and nowhere else.
     assert fake.requests
     for r in fake.requests:
@@ -252,6 +244,7 @@ async def test_the_fake_also_answers_without_streaming(fake: FakeOpenAI) -> None
     assert done.usage.prompt_tokens_details.cached_tokens == 2
 
 
+@pytest.mark.process
 def test_the_sdk_is_imported_on_first_use_and_its_absence_is_explained() -> None:
     code = """
 import sys

@@ -10,7 +10,6 @@ not follow redirects.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fakehttp import FakeHttpServer
 from harness import (
     InProcessStack,
+    MakeStack,
     echo,
     edge,
     error_details,
@@ -39,10 +39,8 @@ FAILED = execution_pb2.GRAPH_STATE_FAILED
 
 
 @pytest.fixture
-async def stack(redis_single: RedisServer, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    settings = stack_settings(
-        redis_single.url,
-        key_prefix,
+async def stack(make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(
         max_nodes=20,
         max_edges=30,
         max_inputs_bytes=20_000,
@@ -50,8 +48,6 @@ async def stack(redis_single: RedisServer, key_prefix: str) -> AsyncIterator[InP
         max_message_bytes=256 * 1024,
         http_allow="127.0.0.0/8",
     )
-    async with InProcessStack(settings) as s:
-        yield s
 
 
 async def refused(

@@ -6,7 +6,6 @@ advance with results), so each step's effect can be checked.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,17 +13,17 @@ import pytest
 from dago.engine.ids import parse_shard
 from dago.store.store import WorkItem
 from dago.v1 import execution_pb2
-from harness import InProcessStack, echo, edge, kinds, request, stack_settings
+from harness import InProcessStack, MakeStack, echo, edge, kinds, request
 from redisfixture import RedisTarget
 
 W = "w-test"
 
 
 @pytest.fixture
-async def stack(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[InProcessStack]:
-    async with InProcessStack(stack_settings(redis_target.url, key_prefix), workers=0) as s:
-        await s.store.ensure_groups()  # a worker would create them
-        yield s
+async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessStack:
+    s = await make_stack(redis_target, workers=0)
+    await s.store.ensure_groups()  # a worker would create them
+    return s
 
 
 def result(item: WorkItem, output: str, taken: str) -> list[Any]:

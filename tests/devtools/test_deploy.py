@@ -41,7 +41,10 @@ from harness import Client, RunningStack, echo, eventually, free_port, request
 from harness import edge as graph_edge
 from redisfixture import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
+# All but two tests run helm, hadolint, envoy, pip or the dago command.
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "dago"
 VALUES_FILES = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +20,20 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from harness import ROOT, InProcessStack, echo, free_port, port_open, request, stack_settings
+from harness import (
+    ROOT,
+    InProcessStack,
+    MakeStack,
+    echo,
+    free_port,
+    port_open,
+    request,
+    stack_settings,
+)
 from redisfixture import RedisServer
+
+# Every test uses certificates made by openssl (the pki fixture).
+pytestmark = pytest.mark.process
 
 
 @dataclass(frozen=True)
@@ -113,17 +125,8 @@ async def refused(channel: grpc.aio.Channel) -> grpc.StatusCode:
 
 
 @pytest.fixture
-async def tls_stack(
-    redis_single: RedisServer, key_prefix: str, pki: Pki
-) -> AsyncIterator[InProcessStack]:
-    settings = stack_settings(
-        redis_single.url,
-        key_prefix,
-        tls_cert_file=str(pki.server_cert),
-        tls_key_file=str(pki.server_key),
-    )
-    async with InProcessStack(settings) as s:
-        yield s
+async def tls_stack(pki: Pki, make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key))
 
 
 async def test_the_api_serves_tls_only(tls_stack: InProcessStack, pki: Pki) -> None:
@@ -229,6 +232,7 @@ def tls_redis(pki: Pki, tmp_path: Path) -> Iterator[int]:
         proc.wait(10)
 
 
+@pytest.mark.redis
 async def test_redis_over_tls_with_a_password_through_the_url(
     pki: Pki, key_prefix: str, tls_redis: int
 ) -> None:

@@ -1,7 +1,7 @@
 """Agent nodes through the real stack: the real ``anthropic`` (and ``openai``) SDK against
-the fake model servers, real tools: an operator tool (tests/testtools.py), the built-in
+the fake model servers, real tools: an operator tool (tests/support/testtools.py), the built-in
 ``http`` tool against a local server the operator allowed, and the tools of a real stdio
-MCP server (tests/mcp_server.py, started by the worker through the ``mcp`` SDK).
+MCP server (tests/support/mcp_server.py, started by the worker through the ``mcp`` SDK).
 
 Covered: a loop over the three kinds of tools ending with the right answer; events
 tool_call → tool_result in order with arguments and results; usage summed over turns;
@@ -38,7 +38,9 @@ from fake_openai import Text as OText
 from fake_openai import ToolCall as OToolCall
 from fakehttp import FakeHttpServer
 from harness import (
+    SUPPORT,
     InProcessStack,
+    MakeStack,
     edge,
     error_details,
     eventually,
@@ -58,7 +60,7 @@ KEY = "sk-ant-test-agent-SECRET"
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED
 CANCELLED = execution_pb2.GRAPH_STATE_CANCELLED
-MCP_COMMAND = [sys.executable, str(Path(__file__).with_name("mcp_server.py"))]
+MCP_COMMAND = [sys.executable, str(SUPPORT / "mcp_server.py")]
 # MCP_TEST_CRASH adds the tool `crash` (ends the server process).
 MCP = json.dumps({"kb": {"command": MCP_COMMAND, "env": {"MCP_TEST_CRASH": "1"}}})
 
@@ -100,20 +102,14 @@ async def web() -> AsyncIterator[Weather]:
 
 
 @pytest.fixture
-async def stack(
-    redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
-) -> AsyncIterator[InProcessStack]:
-    settings = stack_settings(
-        redis_single.url,
-        key_prefix,
+async def stack(fake: FakeAnthropic, make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(
         anthropic_api_key=KEY,
         anthropic_base_url=fake.url,
         llm_provider="anthropic",
         http_allow="127.0.0.1/32",
         mcp_servers=MCP,
     )
-    async with InProcessStack(settings) as s:
-        yield s
 
 
 def tool_events(events: list[execution_pb2.Event]) -> list[tuple[str, str, str]]:
@@ -476,7 +472,7 @@ async def test_streamable_http_mcp_servers_and_sessions_closed_at_shutdown(
     port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(Path(__file__).with_name("mcp_server.py")),
+        str(SUPPORT / "mcp_server.py"),
         "--http",
         str(port),
         stdout=asyncio.subprocess.DEVNULL,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from harness import ProcessStack, edge_healthy, envoy_config, start_envoy
+from dago.v1 import orchestrator_pb2
+from harness import ProcessStack, echo, edge, edge_healthy, envoy_config, request, start_envoy, tool
 
 TOOLS = "testtools,obstools"
 
@@ -38,3 +39,11 @@ def marker(tmp: Path, name: str = "poison") -> Path:
     path = tmp / name
     path.write_text("x")
     return path
+
+
+def poison(mark: Path) -> orchestrator_pb2.SubmitGraphRequest:
+    """p (dies while ``mark`` exists) -> after."""
+    return request(
+        [tool("p", "die", inputs={"marker": str(mark)}), echo("after", x="{{ nodes.p.output }}")],
+        [edge("p", "after")],
+    )
