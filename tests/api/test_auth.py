@@ -319,6 +319,8 @@ def test_serve_refuses_to_start_with_unusable_key_settings(env: dict[str, str], 
 # --- through Envoy: the HTTP Authorization header of REST, SSE and gRPC-Web ------------------
 
 
+@pytest.mark.edge
+@pytest.mark.process
 async def test_keys_through_envoy_rest_sse_and_grpc_web(
     redis_single: RedisServer, key_prefix: str
 ) -> None:
@@ -401,6 +403,7 @@ async def test_keys_through_envoy_rest_sse_and_grpc_web(
             envoy.wait(10)
 
 
+@pytest.mark.process
 async def test_dead_letters_are_scoped_to_the_namespace(
     redis_single: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from harness import (
@@ -21,7 +22,11 @@ from harness import (
 from obshelpers import TOOLS, envoy, marker, poison
 from redisfixture import RedisServer
 
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
+
+@pytest.mark.edge
 async def test_poison_message_is_dead_lettered_then_requeued_or_dropped(
     redis_single: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:

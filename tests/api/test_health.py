@@ -7,6 +7,7 @@ import socket
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dago.v1 import orchestrator_pb2
@@ -21,6 +22,9 @@ from harness import (
 )
 from obshelpers import envoy
 from redisfixture import RedisServer
+
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -51,6 +55,7 @@ async def workers(stack: ProcessStack) -> dict[str, orchestrator_pb2.WorkerInfo]
     return {w.worker_id: w for w in resp.workers}
 
 
+@pytest.mark.edge
 async def test_workers_register_heartbeat_and_age_out_and_health_needs_one(
     redis_single: RedisServer, key_prefix: str
 ) -> None:

@@ -206,6 +206,7 @@ def self_signed(where: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.process
 async def test_tls_with_a_private_ca(
     redis_single: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:
@@ -248,6 +249,7 @@ def test_config_from_the_environment() -> None:
     }
 
 
+@pytest.mark.process
 async def test_a_dropped_watch_resumes_and_idempotent_calls_retry(
     redis_single: RedisServer,
 ) -> None:

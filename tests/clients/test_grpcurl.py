@@ -18,6 +18,9 @@ from dago.v1 import execution_pb2
 from harness import ROOT, ProcessStack, child_logs, start_api_quickly
 from redisfixture import RedisServer
 
+# grpcurl against an API process.
+pytestmark = pytest.mark.process
+
 SERVICE = "dago.v1.OrchestratorService"
 PAYLOADS = {f.name for f in execution_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields}
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

@@ -34,6 +34,9 @@ from harness import (
 )
 from redisfixture import RedisServer
 
+# Chromium on the page Envoy serves, in front of API and worker processes.
+pytestmark = [pytest.mark.edge, pytest.mark.process]
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / ".artifacts"
 FINAL = {"completed", "failed", "skipped", "cancelled"}

@@ -29,6 +29,9 @@ from harness import (
 )
 from redisfixture import RedisServer
 
+# node runs the client against Envoy in front of API and worker processes.
+pytestmark = [pytest.mark.edge, pytest.mark.process]
+
 CLIENT = ROOT / "clients" / "typescript"
 NODE_TIMEOUT_S = 60
 # The Node tests in clients/typescript/test/ (each must run: none skipped).

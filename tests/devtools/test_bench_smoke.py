@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-# The benchmark starts its own Redis, dago and Celery processes.
-pytestmark = [pytest.mark.redis, pytest.mark.process]
+# The benchmark starts its own Redis, dago and Celery processes (~17 s).
+pytestmark = [pytest.mark.redis, pytest.mark.process, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 

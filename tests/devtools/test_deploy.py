@@ -257,6 +257,7 @@ def _validate_envoy(config: str, descriptor: bytes, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("values", ["default-values.yaml", "ingress-tls-values.yaml"])
+@pytest.mark.edge
 def test_envoy_configmap_validates_and_points_at_the_api(
     rendered: dict[str, list[dict[str, Any]]], values: str, tmp_path: Path
 ) -> None:
@@ -509,6 +510,7 @@ def test_deploy_assets_are_rendered_from_the_envoy_template() -> None:
 # --------------------------------------------------------------------------- compose
 
 
+@pytest.mark.edge
 def test_compose_stack(tmp_path: Path) -> None:
     done = run(
         [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)]

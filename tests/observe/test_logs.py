@@ -52,6 +52,8 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
         yield f
 
 
+@pytest.mark.process
+@pytest.mark.slow
 async def test_node_lines_carry_correlation_fields_and_no_secrets(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
 ) -> None:

@@ -68,6 +68,8 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
         yield f
 
 
+@pytest.mark.process
+@pytest.mark.slow
 async def test_metrics_after_real_traffic(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic, tmp_path: Path
 ) -> None:

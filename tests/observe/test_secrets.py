@@ -35,6 +35,9 @@ from harness import (
 )
 from redisfixture import RedisServer
 
+# API and worker processes, and the dago command.
+pytestmark = pytest.mark.process
+
 API_KEY = new_key()
 ANTHROPIC_KEY = "sk-ant-api03-SECRETanthropic0123456789abcdef"
 OPENAI_KEY = "sk-proj-SECREToPeNaI0123456789abcdef"
@@ -70,7 +73,7 @@ def leaks(text: str) -> list[str]:
 
 
 @pytest.mark.redis
-@pytest.mark.process
+@pytest.mark.slow
 async def test_no_secret_reaches_logs_events_results_errors_or_metrics(
     locked_redis: RedisServer, key_prefix: str
 ) -> None:
@@ -160,7 +163,6 @@ async def test_no_secret_reaches_logs_events_results_errors_or_metrics(
     ]
 
 
-@pytest.mark.process
 def test_dago_config_redacts_every_secret() -> None:
     env = {
         **os.environ,

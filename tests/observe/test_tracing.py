@@ -39,6 +39,9 @@ from harness import (
 from obshelpers import TOOLS
 from redisfixture import RedisServer
 
+# The worker (or the dago command) runs as a process.
+pytestmark = pytest.mark.process
+
 MODEL = "claude-test-1"
 
 
@@ -232,7 +235,6 @@ async def test_one_trace_per_graph_across_api_and_worker_processes(
             assert tool_http.attrs["url.path"] == "/agent"
 
 
-@pytest.mark.process
 def test_tracing_is_off_without_an_endpoint() -> None:
     # Off: no SDK, no exporter, no spans; graphs still get a trace id for their logs.
     script = (

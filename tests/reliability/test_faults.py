@@ -39,6 +39,9 @@ from harness import (
 )
 from redisfixture import RedisServer, RedisTarget
 
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
+
 Event = execution_pb2.Event
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 SHARDS = 4

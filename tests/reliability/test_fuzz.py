@@ -30,6 +30,9 @@ from dago.v1 import graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from harness import ProcessStack, envoy_config, port_open, start_envoy
 from redisfixture import RedisServer
 
+# Envoy in front of API and worker processes (the target fixture).
+pytestmark = [pytest.mark.edge, pytest.mark.process]
+
 SERVICE = "dago.v1.OrchestratorService"
 # Codes a bad request may get. Anything else (UNKNOWN, INTERNAL, UNAVAILABLE...) is a bug.
 CLIENT_CODES = {

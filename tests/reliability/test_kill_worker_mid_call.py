@@ -9,6 +9,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
 from google.protobuf import json_format
 from relkit import kind, until
 
@@ -25,6 +26,9 @@ from harness import (
     tool,
 )
 from redisfixture import RedisServer
+
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 ANSWER = "streamed " * 30
@@ -144,6 +148,7 @@ def names(where: Path) -> list[str]:
     return sorted(p.name for p in where.iterdir())
 
 
+@pytest.mark.slow
 async def test_worker_killed_mid_agent_tool_call_effect_happens_once(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
 ) -> None:
