@@ -42,8 +42,11 @@ from harness import (
 from obshelpers import TOOLS, marker
 from redisfixture import RedisServer
 
-# pydot 4 still calls pyparsing's old camelCase names.
-pytestmark = pytest.mark.filterwarnings("ignore:'\\w+' deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.process,  # every test runs dagoctl (python -m dago_client) as a process
+    # pydot 4 still calls pyparsing's old camelCase names.
+    pytest.mark.filterwarnings("ignore:'\\w+' deprecated:DeprecationWarning:pydot.dot_parser"),
+]
 
 PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in ("gen/python", "clients/python"))
 EXAMPLES = ROOT / "examples"
@@ -303,7 +306,6 @@ async def test_live_view_on_a_terminal(stack: InProcessStack) -> None:
     assert re.search(r"run \S+ COMPLETED in [\d.]+s: 2 completed, 3 skipped", plain), plain
 
 
-@pytest.mark.process
 async def test_unreachable_server_exits_7() -> None:
     ctl = Ctl(f"127.0.0.1:{free_port()}")
     code, _, err = await ctl("--timeout", "1", "status", "x")

@@ -262,6 +262,7 @@ class InProcessStack:
         done, pending = await asyncio.wait(self._tasks, timeout=15)
         for t in pending:
             t.cancel()
+        await self.store.redis.aclose()
         for t in done:
             if not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
@@ -319,13 +320,13 @@ class ProcessStack:
 
     def start(self, name: str, command: str, **env: str) -> subprocess.Popen[bytes]:
         """Start ``python -m dago <command>`` as ``name`` (log in self.logs)."""
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dago", command],
-            env={**self.env, "DAGO_WORKER_ID": name, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.logs / f"{name}.log").open("ab") as log:  # the child has its own copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dago", command],
+                env={**self.env, "DAGO_WORKER_ID": name, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.procs[name] = proc
         return proc
 

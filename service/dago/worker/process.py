@@ -182,6 +182,7 @@ class Worker:
         await self._close_handlers()
         stop_metrics()
         self._tracing.shutdown()
+        await self._store.redis.aclose()  # not left to the process's exit: see ApiServer.run
         log.info("worker %s stopped", self.id)
 
     async def _warm_handlers(self) -> None:
