@@ -4,7 +4,7 @@ Layout: one folder per layer of service/dago (api, engine, store, worker, nodes,
 observe, devtools), plus clients/ and reliability/; the helper modules are in support/,
 which pytest puts on sys.path (pyproject.toml), so they are imported by name (``harness``,
 ``redisfixture``, ``fake_anthropic``...). Test modules are imported by their base name too
-(rootdir-relative folders have no ``__init__.py``): two test files may not share a name.
+(the folders have no ``__init__.py``): two test files may not share a name.
 
 Fixtures:
 
@@ -32,7 +32,8 @@ Markers (registered in pyproject.toml; ``make test-fast`` runs ``-m unit``):
   fixtures a test uses (:data:`MARKS_BY_FIXTURE`, through fixtures that use them too), or
   by hand where a test starts them itself.
 - ``process``: the test runs another program (``python -m dago``, node, helm, openssl,
-  grpcurl...); by hand (a module's ``pytestmark`` or the test's decorator).
+  grpcurl...); from ``edge_stack``, else by hand (a module's ``pytestmark`` or the test's
+  decorator).
 - ``unit``: set on every test that has none of the four above. A unit test that starts a
   process anyway fails, naming the command (:func:`_no_processes`): mark it.
 - ``slow``: more than ~10 s; by hand, measured with ``--durations``.
@@ -57,15 +58,15 @@ import pytest
 from harness import Edge, HasUrl, InProcessStack, MakeStack, running_edge, stack_settings
 from redisfixture import LOG_ROOT, RedisCluster, RedisServer, RedisTarget
 
-# A test whose fixture closure (its fixtures and theirs) holds one of these gets the marker.
+# A test whose fixture closure (its fixtures and theirs) holds one of these gets the markers.
 MARKS_BY_FIXTURE = {
-    "redis_single": "redis",
-    "redis_cluster": "redis",
-    "redis_target": "redis",
-    "private_redis": "redis",
-    "make_stack": "redis",
-    "edge_stack": "edge",
-    "browser": "browser",
+    "redis_single": ("redis",),
+    "redis_cluster": ("redis",),
+    "redis_target": ("redis",),
+    "private_redis": ("redis",),
+    "make_stack": ("redis",),
+    "edge_stack": ("edge", "process"),
+    "browser": ("browser",),
 }
 # Markers that keep a test out of the unit tier.
 EXTERNAL = ("redis", "edge", "browser", "process")
@@ -160,7 +161,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by the fixtures they use; ``unit`` where nothing external is involved."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        for mark in sorted({m for f, m in MARKS_BY_FIXTURE.items() if f in names}):
+        for mark in sorted({m for f, ms in MARKS_BY_FIXTURE.items() if f in names for m in ms}):
             item.add_marker(mark)
         if not any(item.get_closest_marker(m) for m in EXTERNAL):
             item.add_marker("unit")
@@ -197,12 +198,14 @@ def _no_processes(item: pytest.Item) -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """A unit test's fixtures start no process."""
     with _no_processes(item):
         return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A unit test starts no process."""
     with _no_processes(item):
         return (yield)
 
