@@ -53,7 +53,6 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 
 
 @pytest.mark.process
-@pytest.mark.slow
 async def test_node_lines_carry_correlation_fields_and_no_secrets(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
 ) -> None:

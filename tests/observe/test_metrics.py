@@ -69,7 +69,6 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 
 
 @pytest.mark.process
-@pytest.mark.slow
 async def test_metrics_after_real_traffic(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic, tmp_path: Path
 ) -> None:

@@ -73,7 +73,6 @@ def leaks(text: str) -> list[str]:
 
 
 @pytest.mark.redis
-@pytest.mark.slow
 async def test_no_secret_reaches_logs_events_results_errors_or_metrics(
     locked_redis: RedisServer, key_prefix: str
 ) -> None:

@@ -148,7 +148,6 @@ def names(where: Path) -> list[str]:
     return sorted(p.name for p in where.iterdir())
 
 
-@pytest.mark.slow
 async def test_worker_killed_mid_agent_tool_call_effect_happens_once(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
 ) -> None:
