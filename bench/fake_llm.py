@@ -2,7 +2,7 @@
 its own, answering every request after a fixed latency, so the benchmark can subtract the
 model's own time from an LLM node's.
 
-The answer is the tests' fake's (tests/fake_anthropic.py: the same SSE events, usage and
+The answer is the tests' fake's (tests/support/fake_anthropic.py: the same SSE events, usage and
 text), but the connection handling is the real API's: HTTP/1.1 keep-alive, the streamed
 answer in chunked transfer encoding, so a client's connection pool reuses its connections
 instead of connecting for every call (the tests' fake closes each connection after one

@@ -118,8 +118,8 @@ def start_redis(procs: Procs) -> tuple[str, int]:
 
 
 def pythonpath() -> str:
-    """service, gen/python, clients/python, tests and bench: what the children import."""
-    parts = ("service", "gen/python", "clients/python", "tests", "bench")
+    """service, gen/python, clients/python, tests/support and bench: what the children import."""
+    parts = ("service", "gen/python", "clients/python", "tests/support", "bench")
     return os.pathsep.join(str(ROOT / p) for p in parts)
 
 

@@ -41,7 +41,7 @@ import redis
 import uvloop
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "support")]
 
 import profiles  # noqa: E402
 import report  # noqa: E402

@@ -13,7 +13,7 @@ so they never drift from it by hand:
   API pod; ``__DAGO_CORS_ORIGINS__``: the origin alternatives of the CORS regex;
   ``__DAGO_METRICS_PORT__``: the API's metrics port, behind Envoy's ``/metrics``).
 
-``make helm-assets`` writes them; ``--check`` (tests/test_deploy.py) fails when the
+``make helm-assets`` writes them; ``--check`` (tests/devtools/test_deploy.py) fails when the
 committed files differ from what the renderer makes now.
 """
 

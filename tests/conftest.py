@@ -1,4 +1,10 @@
-"""Shared fixtures: real Redis (single and cluster) started by the tests.
+"""Shared fixtures, and the markers every test gets.
+
+Layout: one folder per layer of service/dago (api, engine, store, worker, nodes, llm,
+observe, devtools), plus clients/ and reliability/; the helper modules are in support/,
+which pytest puts on sys.path (pyproject.toml), so they are imported by name (``harness``,
+``redisfixture``, ``fake_anthropic``...). Test modules are imported by their base name too
+(the folders have no ``__init__.py``): two test files may not share a name.
 
 Fixtures:
 
@@ -11,6 +17,26 @@ Fixtures:
   stopped at teardown. Options through indirect parametrization, e.g.
   ``@pytest.mark.parametrize("private_redis", [{"appendonly": True,
   "appendfsync": "always"}], indirect=True)``.
+- ``make_stack``: ``await make_stack(redis=None, *, workers=1, **settings_overrides)``
+  starts an :class:`InProcessStack` (the real API and workers in this event loop) with
+  ``harness.stack_settings`` on the test's Redis and ``key_prefix``, and stops it at
+  teardown. ``redis`` defaults to ``redis_target`` when the test uses it (so it runs on
+  both kinds), else ``redis_single``. ``await stack.stop()`` stops one earlier, to check
+  what it left behind. A module's ``stack`` fixture is one call:
+  ``return await make_stack(redis_target, auth="keys")``.
+- ``edge_stack`` (module): API + worker processes with Envoy in front (``harness.Edge``).
+
+Markers (registered in pyproject.toml; ``make test-fast`` runs ``-m unit``):
+
+- ``redis``, ``edge``, ``browser``: set by :func:`pytest_collection_modifyitems` from the
+  fixtures a test uses (:data:`MARKS_BY_FIXTURE`, through fixtures that use them too), or
+  by hand where a test starts them itself.
+- ``process``: the test runs another program (``python -m dago``, node, helm, openssl,
+  grpcurl...); from ``edge_stack``, else by hand (a module's ``pytestmark`` or the test's
+  decorator).
+- ``unit``: set on every test that has none of the four above. A unit test that starts a
+  process anyway fails, naming the command (:func:`_no_processes`): mark it.
+- ``slow``: more than ~10 s; by hand, measured with ``--durations``.
 
 Redis logs live under ``redisfixture.LOG_ROOT``; it is removed after a green run
 and kept (its path printed) otherwise.
@@ -18,14 +44,32 @@ and kept (its path printed) otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import subprocess
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from harness import Edge, HasUrl, InProcessStack, MakeStack, running_edge, stack_settings
 from redisfixture import LOG_ROOT, RedisCluster, RedisServer, RedisTarget
+
+# A test whose fixture closure (its fixtures and theirs) holds one of these gets the markers.
+MARKS_BY_FIXTURE = {
+    "redis_single": ("redis",),
+    "redis_cluster": ("redis",),
+    "redis_target": ("redis",),
+    "private_redis": ("redis",),
+    "make_stack": ("redis",),
+    "edge_stack": ("edge", "process"),
+    "browser": ("browser",),
+}
+# Markers that keep a test out of the unit tier.
+EXTERNAL = ("redis", "edge", "browser", "process")
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +120,94 @@ def private_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def make_stack(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[MakeStack]:
+    """Starts in-process stacks for this test; stops them (last started first) at teardown."""
+    started: list[InProcessStack] = []
+
+    async def make(
+        redis: HasUrl | None = None, *, workers: int = 1, **overrides: Any
+    ) -> InProcessStack:
+        if redis is None:
+            name = "redis_target" if "redis_target" in request.fixturenames else "redis_single"
+            redis = request.getfixturevalue(name)
+        stack = InProcessStack(stack_settings(redis.url, key_prefix, **overrides), workers)
+        await stack.start()
+        started.append(stack)
+        return stack
+
+    yield make
+    errors: list[BaseException] = []
+    for stack in reversed(started):
+        try:
+            await stack.stop()
+        except Exception as e:  # stop every stack, then report the first failure
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(scope="module")
+async def edge_stack(redis_single: RedisServer) -> AsyncIterator[Edge]:
+    """API + worker + Envoy on free ports (``harness.running_edge``), shared by a module."""
+    async with running_edge(redis_single.url, f"tenvoy{secrets.token_hex(3)}") as edge:
+        yield edge
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by them
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the fixtures they use; ``unit`` where nothing external is involved."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for mark in sorted({m for f, ms in MARKS_BY_FIXTURE.items() if f in names for m in ms}):
+            item.add_marker(mark)
+        if not any(item.get_closest_marker(m) for m in EXTERNAL):
+            item.add_marker("unit")
+
+
+@contextlib.contextmanager
+def _no_processes(item: pytest.Item) -> Iterator[None]:
+    """While a unit test is set up and runs, starting a process fails it. (Not at teardown: the
+    last test of a module or session also tears down the fixtures of the tests before it.)"""
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refuse(what: str, command: Any = lambda *args: args[0]) -> Any:
+        def start(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(
+                f"{item.nodeid} is marked unit (it has no redis/edge/browser/process marker) "
+                f"but starts a process: {what}({command(*args)!r}). Mark it with what it runs "
+                "(see tests/conftest.py)."
+            )
+
+        return start
+
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(
+            mock.patch.object(
+                subprocess.Popen, "_execute_child", refuse("subprocess.Popen", lambda _, a, *r: a)
+            )
+        )
+        for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
+            patches.enter_context(mock.patch.object(os, name, refuse(f"os.{name}")))
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """A unit test's fixtures start no process."""
+    with _no_processes(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A unit test starts no process."""
+    with _no_processes(item):
+        return (yield)
 
 
 def pytest_report_header() -> str:

@@ -1,5 +1,5 @@
-"""Fixtures of the reliability tests: the fixtures of tests/conftest.py (real Redis) apply
-here too; this folder adds a marker so ``make reliability`` can select it by path."""
+"""Fixtures of the reliability tests (``make reliability`` runs this folder): the fixtures and
+markers of tests/conftest.py apply here too; their helpers are in relkit.py."""
 
 from __future__ import annotations
 

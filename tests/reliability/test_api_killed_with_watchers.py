@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
 from relkit import Watched, check_watched, histories, kind, knob, until, watch_grpc
 
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import RunningStack, echo, edge, request, start_api_quickly, tool
 from redisfixture import RedisServer
+
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 GRAPHS = knob("RELIABILITY_API_KILL_GRAPHS", 50, 50)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from relkit import (
     Envoy,
     Watched,
@@ -23,6 +24,9 @@ from relkit import (
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import RunningStack, echo, edge, free_port, request, start_api_quickly, tool
 from redisfixture import RedisServer
+
+# Envoy in front of API and worker processes.
+pytestmark = [pytest.mark.edge, pytest.mark.process]
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 PER_KIND = 4

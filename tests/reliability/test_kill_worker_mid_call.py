@@ -9,6 +9,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
 from google.protobuf import json_format
 from relkit import kind, until
 
@@ -25,6 +26,9 @@ from harness import (
     tool,
 )
 from redisfixture import RedisServer
+
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 ANSWER = "streamed " * 30

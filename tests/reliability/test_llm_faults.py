@@ -5,12 +5,11 @@ node's policy (exactly max_attempts calls), then fails the graph with a clear, c
 error; afterwards the worker still runs as many nodes at once as it has slots (no slot is
 leaked by a failed, timed-out or aborted attempt).
 
-(tests/test_llm.py covers one 429 then success, 529/500 then success, a stalled stream then
+(tests/llm/test_llm.py covers one 429 then success, 529/500 then success, a stalled stream then
 success, and 4xx failing fast.)"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,13 +18,12 @@ from dago.v1 import execution_pb2, graph_pb2
 from fake_anthropic import Broken, Error, FakeAnthropic, Reply, Stall, Text
 from harness import (
     InProcessStack,
+    MakeStack,
     fast_retry,
     node_status,
     of_kind,
     request,
-    stack_settings,
 )
-from redisfixture import RedisServer
 
 SLOTS = 4
 ATTEMPTS = 3
@@ -45,24 +43,19 @@ def llm(node_id: str, timeout: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def stack(
-    redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
-) -> AsyncIterator[InProcessStack]:
-    settings = stack_settings(
-        redis_single.url,
-        key_prefix,
+async def stack(fake: FakeAnthropic, make_stack: MakeStack) -> InProcessStack:
+    s = await make_stack(
         anthropic_api_key="sk-ant-faults",
         anthropic_base_url=fake.url,
         llm_provider="anthropic",
         worker_slots=SLOTS,
     )
-    async with InProcessStack(settings) as s:
-        # Warm up: the worker creates its provider (importing the SDK) on first use, which
-        # must not count against the short attempt timeouts below.
-        _, st = await s.client.run(request([{"id": "w", "llm": {"prompt": "hi"}}]), timeout=30)
-        assert st.state == COMPLETED, st
-        fake.requests.clear()
-        yield s
+    # Warm up: the worker creates its provider (importing the SDK) on first use, which
+    # must not count against the short attempt timeouts below.
+    _, st = await s.client.run(request([{"id": "w", "llm": {"prompt": "hi"}}]), timeout=30)
+    assert st.state == COMPLETED, st
+    fake.requests.clear()
+    return s
 
 
 FAULTS: list[tuple[str, Reply, int, str]] = [

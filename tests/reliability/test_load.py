@@ -46,8 +46,9 @@ from harness import Client, RunningStack, echo, edge, free_port, request, start_
 from redisfixture import RedisServer
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
-# The full variants (RELIABILITY_FULL=1) run for minutes.
-pytestmark = pytest.mark.timeout(900 if FULL else 300)
+# Envoy in front of API and worker processes; the full variants (RELIABILITY_FULL=1) run
+# for minutes.
+pytestmark = [pytest.mark.edge, pytest.mark.process, pytest.mark.timeout(900 if FULL else 300)]
 GRAPHS = knob("RELIABILITY_LOAD_GRAPHS", 200, 1000)
 WATCHERS = knob("RELIABILITY_LOAD_WATCHERS", 40, 200)
 RSS_LIMIT_MB = 600  # per process; a leak per graph or per event would cross it at N=1000

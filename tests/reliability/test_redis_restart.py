@@ -42,6 +42,9 @@ from harness import (
 )
 from redisfixture import RedisServer
 
+# Envoy in front of API and worker processes.
+pytestmark = [pytest.mark.edge, pytest.mark.process]
+
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 NODES = ("start", "left", "right", "join")
 BEFORE = knob("RELIABILITY_REDIS_GRAPHS", 30, 150)  # accepted before the crash

@@ -18,8 +18,9 @@ from harness import RunningStack, request, start_api_quickly, tool
 from redisfixture import RedisServer
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
-# The full variants (RELIABILITY_FULL=1) run for minutes.
-pytestmark = pytest.mark.timeout(900 if FULL else 300)
+# API and workers run as processes (python -m dago serve|worker); the full variants
+# (RELIABILITY_FULL=1) run for minutes.
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.timeout(900 if FULL else 300)]
 SLOW = 4
 # 16 MB of events; a watch holds at most one page (500 events, 1 MB) per stream.
 EVENTS = 8000

@@ -9,6 +9,7 @@ import asyncio
 import signal
 import time
 
+import pytest
 from relkit import kind, until
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
@@ -26,6 +27,9 @@ from harness import (
     tool,
 )
 from redisfixture import RedisServer
+
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED

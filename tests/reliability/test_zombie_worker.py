@@ -9,12 +9,16 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 from google.protobuf import json_format
 from relkit import kind, until
 
 from dago.v1 import execution_pb2
 from harness import RunningStack, echo, edge, of_kind, redis_store, request, start_api_quickly, tool
 from redisfixture import RedisServer
+
+# API and workers run as processes (python -m dago serve|worker).
+pytestmark = pytest.mark.process
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 

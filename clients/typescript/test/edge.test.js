@@ -1,4 +1,4 @@
-// gRPC-Web through a real Envoy in front of a real dago (started by tests/test_typescript.py):
+// gRPC-Web through a real Envoy in front of a real dago (started by tests/clients/test_typescript.py):
 //   DAGO_EDGE_URL=http://127.0.0.1:8080 [DAGO_GRPC_URL=http://127.0.0.1:50051] node --test test/
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";

@@ -1,5 +1,5 @@
 // graph(), list() and the apiKey option through a real Envoy in front of a dago that requires
-// API keys (DAGO_AUTH=keys; started by tests/test_typescript.py):
+// API keys (DAGO_AUTH=keys; started by tests/clients/test_typescript.py):
 //   DAGO_KEYED_EDGE_URL=http://127.0.0.1:8081 DAGO_KEYED_API_KEY=dago_... \
 //   DAGO_KEYED_NAMESPACE=team-ts node --test test/
 import assert from "node:assert/strict";

@@ -164,6 +164,10 @@ class ApiServer:
                 t.cancel()
         stop_metrics()
         self._tracing.shutdown()
+        # Close the Redis connections here rather than leave them to the process's exit:
+        # an API embedded in another process (dago dev, the tests) must not leak them.
+        await self._hub.close()
+        await self._store.redis.aclose()
 
     async def _health_loop(self) -> None:
         """SERVING while Redis answers and at least one worker sent a heartbeat within

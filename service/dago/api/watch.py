@@ -150,6 +150,11 @@ class EventHub:
             for group in self._groups:
                 tg.create_task(self._tail(group))
 
+    async def close(self) -> None:
+        """Close the read path's own connections (once ``run`` has ended)."""
+        if self._direct is not None:
+            await self._direct.close()
+
     async def _tail(self, shards: list[int]) -> None:
         keys = [self._store.keys.shard(s).notify for s in shards]
         if self._direct is not None:
@@ -431,6 +436,13 @@ class _Direct:
             self._wake()
             if not done:
                 await conn.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        """Close the idle connections (a connection in use is closed by its reader)."""
+        free, self._free = self._free, []
+        self._open -= len(free)
+        for conn in free:
+            await conn.disconnect(nowait=True)
 
     def _wake(self) -> None:
         while self._waiting:

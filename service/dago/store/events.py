@@ -208,7 +208,7 @@ _PAYLOADS = {
 # the stream is made of bytes: the header fields (seq, graph id, time, node, attempt,
 # iteration) are written straight in the protobuf wire format, and only the payload goes
 # through a message (built once per event, and shared by every watcher of the graph). The
-# bytes parse to exactly the message ``decode`` builds (tests/test_watch_perf.py checks it).
+# bytes parse to exactly the message ``decode`` builds (tests/api/test_watch_perf.py checks it).
 
 _EVENT_FIELDS = execution_pb2.Event.DESCRIPTOR.fields_by_name
 

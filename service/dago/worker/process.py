@@ -149,6 +149,7 @@ class Worker:
         await self._each_handler("close")
         stop_metrics()
         self._tracing.shutdown()
+        await self._store.redis.aclose()  # not left to the process's exit: see ApiServer.run
         log.info("worker %s stopped", self.id)
 
     async def _each_handler(self, method: str) -> None:

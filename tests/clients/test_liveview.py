@@ -1,0 +1,237 @@
+"""The live graph view (web/, served by Envoy on /ui/) in a real headless browser: Debian's
+Chromium (/usr/bin/chromium) driven by Playwright. The page submits an example over gRPC-Web,
+draws the graph, and every node reaches its final state with the streamed model text shown;
+a watch cut by an Envoy restart resumes. Screenshots are kept in .artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from dago.api.auth import hash_key, new_key
+from dago.v1 import execution_pb2
+from dago_client import AsyncDagoClient
+from harness import (
+    ROOT,
+    ProcessStack,
+    child_logs,
+    edge,
+    envoy_config,
+    port_open,
+    request,
+    start_api_quickly,
+    start_envoy,
+    tool,
+)
+from redisfixture import RedisServer
+
+# Chromium on the page Envoy serves, in front of API and worker processes.
+pytestmark = [pytest.mark.edge, pytest.mark.process]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / ".artifacts"
+FINAL = {"completed", "failed", "skipped", "cancelled"}
+
+
+@dataclass
+class View:
+    """A stack with Envoy serving the page, and a browser."""
+
+    stack: ProcessStack
+    config: Path
+    port: int
+    browser: Browser
+    envoy: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ui/"
+
+    def restart_envoy(self) -> None:
+        self.envoy.kill()
+        self.envoy.wait(10)
+        self.envoy = start_envoy(self.config, self.stack.logs / "envoy.log")
+
+
+def check_prerequisites() -> None:
+    bundle = ROOT / "web" / "dist" / "app.js"
+    assert bundle.exists(), f"{bundle} is missing: `make setup` (or `make web`) builds it"
+    assert CHROMIUM.exists(), "Debian chromium is needed: apt-get install -y chromium"
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    check_prerequisites()
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(redis_url: str, browser: Browser, **env: str) -> AsyncIterator[View]:
+    """API + worker + Envoy serving the page (``env``: settings of the API and worker)."""
+    stack = ProcessStack(redis_url, f"tui{secrets.token_hex(3)}", DAGO_HEARTBEAT_MS="300", **env)
+    config, port = envoy_config(stack, web_root=str(ROOT / "web"))
+    v = View(stack, config, port, browser, start_envoy(config, stack.logs / "envoy.log"))
+    try:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        await port_open(port)
+        yield v
+    finally:
+        v.envoy.terminate()
+        try:
+            v.envoy.wait(10)
+        except subprocess.TimeoutExpired:
+            v.envoy.kill()
+        await stack.close()
+
+
+@pytest.fixture(scope="module")
+async def view(redis_single: RedisServer, browser: Browser) -> AsyncIterator[View]:
+    async with serving(redis_single.url, browser) as v:
+        yield v
+
+
+async def open_page(view: View, suffix: str = "") -> Page:
+    page = await view.browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(view.url + suffix)
+    await page.wait_for_selector("#example option", state="attached")
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+async def node_states(page: Page) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n in await page.query_selector_all("svg [data-node]"):
+        out[await n.get_attribute("data-node") or ""] = await n.get_attribute("data-state") or ""
+    return out
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+async def test_submit_an_example_and_watch_it_to_the_end(view: View) -> None:
+    page = await open_page(view)
+    try:
+        await page.select_option("#example", "research")
+        await page.click("#submit")
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+        states = await node_states(page)
+        assert states == {"strengths": "completed", "risks": "completed", "summary": "completed"}
+        # The graph is drawn: a box per node, an arrow per edge.
+        assert len(await page.query_selector_all("svg g.edge path")) == 2
+        for node in states:
+            text = await page.inner_text(f'[data-text="{node}"]')
+            assert text.startswith("[offline]"), (node, text)  # the streamed model text
+        summary = await page.inner_text("#summary")
+        m = re.search(r"tokens (\d+) in / (\d+) out", summary)
+        assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, summary
+        gid = (await page.input_value("#graph-id")).strip()
+        assert page.url.endswith(f"#{gid}") and gid in summary
+        log = await page.inner_text("#log")
+        assert "graphCompleted" in log and "nodeStarted summary" in log
+        assert page.errors == []  # type: ignore[attr-defined]
+        await shot(page, "liveview-research.png")
+    finally:
+        await page.close()
+
+
+async def test_a_router_example_ends_with_every_node_final(view: View) -> None:
+    page = await open_page(view)
+    try:
+        await page.select_option("#example", "triage")
+        await page.click("#submit")
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+        states = await node_states(page)
+        assert set(states.values()) <= FINAL and states["triage"] == "completed", states
+        assert sorted(states.values()).count("completed") == 2, states  # router + one reply
+        note = await page.inner_text('[data-note="triage"]')
+        assert "route billing" in note, note
+        await shot(page, "liveview-triage.png")
+    finally:
+        await page.close()
+
+
+async def test_the_page_resumes_after_the_proxy_drops_the_stream(view: View) -> None:
+    # s1 runs for a while: Envoy is restarted while the page is following it.
+    nodes = [tool(f"s{i}", "sleep", inputs={"seconds": 4 if i == 1 else 0.2}) for i in range(3)]
+    edges = [edge("s0", "s1"), edge("s1", "s2")]
+    async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+        gid = (await dago.submit(request(nodes, edges))).graph_id
+        page = await open_page(view, f"#{gid}")
+        try:
+            await page.wait_for_selector('[data-node="s1"][data-state="running"]', timeout=20_000)
+            view.restart_envoy()  # every stream through Envoy breaks
+            running = await dago.status(gid)
+            assert running.state == execution_pb2.GRAPH_STATE_RUNNING, "the run ended too soon"
+            await port_open(view.port)
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+            assert set((await node_states(page)).values()) == {"completed"}
+            log = await page.inner_text("#log")
+            assert "-- resumed after seq" in log, log
+            seqs = [int(line.split()[0]) for line in log.splitlines() if line[:1].isdigit()]
+            assert seqs == list(range(1, len(seqs) + 1)), log  # once each, in order
+            await shot(page, "liveview-resumed.png")
+        except Exception as e:
+            raise AssertionError(f"{e}\n{child_logs(view.stack)}") from e
+        finally:
+            await page.close()
+
+
+async def test_with_authentication_the_page_sends_the_key_typed_in(
+    redis_single: RedisServer, browser: Browser
+) -> None:
+    key = new_key()
+    keys = f"{hash_key(key)}:team-ui"
+    async with serving(redis_single.url, browser, DAGO_AUTH="keys", DAGO_API_KEYS=keys) as v:
+        page = await open_page(v)
+        try:
+            await page.select_option("#example", "diamond")
+            await page.click("#submit")
+            await page.wait_for_function(
+                "document.getElementById('error').textContent.length > 0", timeout=20_000
+            )
+            assert "authorization" in (await page.inner_text("#error")).lower()
+            await page.fill("#api-key", key)
+            await page.click("#submit")
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+            assert set((await node_states(page)).values()) == {"completed"}
+            assert await page.evaluate("sessionStorage.getItem('dago.apiKey')") == key
+        finally:
+            await page.close()
+
+
+async def test_ui_routes(view: View) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{view.port}") as http:
+        r = await http.get("/ui")
+        assert r.status_code in (301, 302) and r.headers["location"].endswith("/ui/")
+        r = await http.get("/ui/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="app.js">' in r.text
+        r = await http.get("/ui/app.js")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+        assert len(r.content) > 10_000
+        # The API routes are untouched.
+        assert (await http.get("/api/v1/graphs")).status_code == 200
+    await asyncio.sleep(0)
