@@ -53,6 +53,12 @@ class ShardKeys:
         return f"{self.tag}:timers"
 
     @property
+    def wake(self) -> str:
+        """Capped stream with an entry whenever a call left work items no worker took (wakes
+        the workers' readers that found nothing to take)."""
+        return f"{self.tag}:wake"
+
+    @property
     def notify(self) -> str:
         """Capped stream naming graphs whose event log grew (wakes watchers)."""
         return f"{self.tag}:notify"

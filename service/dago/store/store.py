@@ -146,10 +146,10 @@ class Store:
     async def wait_for_work(
         self, shards: Sequence[int], cursors: Sequence[bytes], block_ms: int
     ) -> bool:
-        """Block until a work item is added to one of ``shards`` after its cursor (as
-        ``take`` returned them), or ``block_ms`` passed; True when one was. Delivers
-        nothing: the caller takes the work with ``take``."""
-        streams = {self.keys.shard(s).work: c for s, c in zip(shards, cursors, strict=True)}
+        """Block until a call leaves work on one of ``shards`` after its cursor (as ``take``
+        returned them: the shards' wake streams), or ``block_ms`` passed; True when one did.
+        Delivers nothing: the caller takes the work with ``take``."""
+        streams = {self.keys.shard(s).wake: c for s, c in zip(shards, cursors, strict=True)}
         return bool(await self.redis.xread(streams, count=1, block=block_ms))
 
     async def apply(

@@ -24,6 +24,7 @@ local function read_new(worker, count)
   local res = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', count, 'STREAMS', K_WORK, '>')
   local items = {}
   for _, m in ipairs(res and res[1][2] or {}) do items[#items + 1] = work_item(m, '1') end
+  took = took + #items
   return items
 end
 

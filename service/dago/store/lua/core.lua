@@ -10,7 +10,7 @@
 
 -- Set by begin() for each call, and by use_shard() for the shard being worked on.
 local KEYS, ARGV
-local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_CONTROL, K_INDEX, K_STATS
+local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_CONTROL, K_INDEX, K_STATS, K_WAKE
 local GROUP = 'workers'
 local NOW, NOW_S
 
@@ -58,6 +58,9 @@ local function reason_json(text) return jstr({[DETAIL.REASON] = text}) end
 
 -- Per call: the events to write, the graphs to notify, the stops to send, caches.
 local notified, controls, topo_cache, topo_raw, out_cache, ahead, pending
+-- Work items this call dispatched and took on the current shard: when it leaves some it
+-- did not take, flush() wakes the readers waiting for work (K_WAKE).
+local dispatched, took
 -- Each graph's state is read once (writes go through end_graph and start_graph), and
 -- changes to its count of open nodes are summed and applied in one HINCRBY.
 local gstate, open_delta
@@ -257,6 +260,10 @@ local function flush()
     redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2], WORK.ATTEMPT, v[3])
   end
   controls = {}
+  -- Readers blocked for work wake only for work left behind: a step that takes the items it
+  -- dispatched (a chain) wakes nobody.
+  if dispatched > took then redis.call('XADD', K_WAKE, 'MAXLEN', '~', 100, '*', WORK.GRAPH, '') end
+  dispatched, took = 0, 0
 end
 
 -- Tells the workers to stop a graph's running attempts (node nil: all of them).
@@ -270,6 +277,7 @@ local function use_shard(i)
   TAG = string.sub(K_WORK, 1, -6)
   K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
   K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
+  K_WAKE = TAG .. ':wake'
 end
 
 -- Each namespace lists its own graphs: the default one uses the shard's plain index, any
@@ -296,6 +304,7 @@ local function dispatch(gid, node, attempt, iter)
   if type(iter) == 'number' then iter = int(iter) end
   node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
   redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
+  dispatched = dispatched + 1
 end
 
 local function timer_key(kind, gid, node, iter, attempt)
@@ -405,5 +414,6 @@ local function begin(keys, args)
   notified, controls, topo_cache, gstate, open_delta, jc = {}, {}, {}, {}, {}, {}
   gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
   join_r, join_t, queued = {}, {}, {}
+  dispatched, took = 0, 0
   use_shard(1)
 end

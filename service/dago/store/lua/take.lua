@@ -3,7 +3,8 @@
 -- (XREADGROUP, never blocking) and marks them running (start_batch). A worker so never
 -- holds more items than it asked for, whatever the number of shards. When fewer than
 -- wanted were found, every shard was read to its end: the caller waits for new work with
--- XREAD from the cursors returned (each shard's last work item id).
+-- XREAD on the shards' wake streams from the cursors returned (their last entry ids), which
+-- any call that leaves work behind appends to (see flush in core.lua).
 -- Returns {{shard position, items}..., cursors}; items as start_batch returns them.
 local A = ARG.TAKE
 local worker, want, lease = ARGV[A.WORKER], tonumber(ARGV[A.WANT]), tonumber(ARGV[A.LEASE_MS])
@@ -19,7 +20,7 @@ for i = 1, #KEYS do
     flush()
   end
   if want > 0 then
-    local last = redis.call('XREVRANGE', K_WORK, '+', '-', 'COUNT', 1)
+    local last = redis.call('XREVRANGE', K_WAKE, '+', '-', 'COUNT', 1)
     cursors[i] = last[1] and last[1][1] or '0-0'
   end
 end
