@@ -32,8 +32,10 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
         max_nodes=settings.max_nodes,
         max_edges=settings.max_edges,
         default_attempt_timeout=settings.attempt_timeout_s,
+        max_graph_bytes=settings.max_graph_bytes,
+        budget_s=settings.compile_budget_s,
     )
-    return store, CelCompiler(), options
+    return store, CelCompiler(max_expression_tokens=settings.max_expression_tokens), options
 
 
 def build_api(settings: Settings) -> ApiServer:

@@ -52,6 +52,9 @@ class Settings:
     attempt_timeout_s: float = 300.0
     max_nodes: int = 1000
     max_edges: int = 5000
+    max_graph_bytes: int = 1024 * 1024
+    max_expression_tokens: int = 512
+    compile_budget_s: float = 2.0
     max_message_bytes: int = 4 * 1024 * 1024
     tool_modules: str = ""
     drain_timeout_s: float = 30.0
@@ -271,6 +274,20 @@ SETTINGS: dict[str, _Spec] = {
     "attempt_timeout_s": _Spec("Timeout of a node attempt when the graph sets none.", _positive),
     "max_nodes": _Spec("Largest number of nodes in one graph.", _positive),
     "max_edges": _Spec("Largest number of edges in one graph.", _positive),
+    "max_graph_bytes": _Spec(
+        "Largest graph definition (serialized protobuf bytes), refused before it is checked.",
+        _positive,
+    ),
+    "max_expression_tokens": _Spec(
+        "Largest CEL expression (one condition, route or {{ placeholder }}), in tokens: what "
+        "bounds the time one compile holds a thread.",
+        _positive,
+    ),
+    "compile_budget_s": _Spec(
+        "CPU seconds checking one graph may take (API and workers); a graph that needs more is "
+        "refused.",
+        _positive,
+    ),
     "max_message_bytes": _Spec("Largest gRPC message accepted or sent.", _positive),
     "tool_modules": _Spec(
         "Comma-separated Python modules whose dago_tools() function returns operator tools."

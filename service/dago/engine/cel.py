@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import datetime
 import enum
+import itertools
 import json
 import re
 from collections import OrderedDict
@@ -275,8 +276,8 @@ def _static_member(toks: Sequence[_Tok], i: int) -> str | None:
     return None
 
 
-def _scan_refs(source: str) -> Refs:
-    toks = list(_lex(source))
+def _scan_refs(toks: Sequence[_Tok]) -> Refs:
+    """What the tokens of an expression read (see ``Refs``)."""
     found: dict[str, set[str]] = {"nodes": set(), "inputs": set()}
     dynamic = {"nodes": False, "inputs": False}
     for i, tok in enumerate(toks):
@@ -592,9 +593,8 @@ MAX_LOOP_ELEMENTS: Final = 2000
 _MACROS: Final = frozenset({"map", "filter", "all", "exists", "exists_one"})
 
 
-def _has_loops(source: str) -> bool:
-    """Whether ``source`` calls a comprehension macro (``x.map(...)``, ``x.all(...)``...)."""
-    toks = [t for t in _lex(source) if t.kind != "unterminated"]
+def _has_loops(toks: Sequence[_Tok]) -> bool:
+    """Whether the tokens call a comprehension macro (``x.map(...)``, ``x.all(...)``...)."""
     return any(
         t.kind == "ident"
         and t.text in _MACROS
@@ -640,7 +640,9 @@ class Expression:
     refs: Refs
     """What it reads."""
 
-    def __init__(self, source: str, scope: Scope, refs: Refs, env: Any, program: Any) -> None:
+    def __init__(
+        self, source: str, scope: Scope, refs: Refs, env: Any, program: Any, loops: bool
+    ) -> None:
         self.source = source
         self.scope = scope
         self.refs = refs
@@ -648,7 +650,7 @@ class Expression:
         self._program = program
         self._narrowing = _Narrowing(refs)
         # With a comprehension, the data it sees is checked first (MAX_LOOP_ELEMENTS).
-        self.loops = _has_loops(source)
+        self.loops = loops
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r}, {self.scope})"
@@ -837,23 +839,26 @@ def _join_path(root: str, segments: Sequence[str]) -> str:
     return path[1:] if path.startswith(".") else path
 
 
-def _placeholder_end(text: str, pos: int) -> int:
-    """Index of the ``}}`` closing the placeholder whose body starts at ``pos``, or -1."""
+def _placeholder_end(text: str, pos: int, limit: int) -> tuple[int, list[_Tok]]:
+    """Index of the ``}}`` closing the placeholder whose body starts at ``pos`` (-1 when
+    there is none), and the body's tokens; stops after ``limit`` tokens (the body is then
+    too long to compile anyway)."""
     depth = 0
+    toks: list[_Tok] = []
     for tok in _lex(text, pos):
-        if tok.kind == "unterminated":
-            return -1
-        if tok.kind != "punct":
-            continue
-        if tok.text == "{":
-            depth += 1
-        elif tok.text == "}":
-            if depth == 0:
-                if text.startswith("}}", tok.start):
-                    return tok.start
-            else:
-                depth -= 1
-    return -1
+        if tok.kind == "unterminated" or len(toks) > limit:
+            return -1, toks
+        if tok.kind == "punct":
+            if tok.text == "{":
+                depth += 1
+            elif tok.text == "}":
+                if depth == 0:
+                    if text.startswith("}}", tok.start):
+                        return tok.start, toks
+                else:
+                    depth -= 1
+        toks.append(tok)
+    return -1, toks
 
 
 class Template:
@@ -951,12 +956,20 @@ class CelCompiler:
     thread); compiled expressions are reused across evaluations.
     """
 
-    def __init__(self, max_expression_length: int = 4096, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        max_expression_length: int = 4096,
+        cache_size: int = 4096,
+        max_expression_tokens: int = 512,
+    ) -> None:
         if max_expression_length < 1:
             raise ValueError("max_expression_length must be at least 1")
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
+        if max_expression_tokens < 1:
+            raise ValueError("max_expression_tokens must be at least 1")
         self.max_expression_length = max_expression_length
+        self.max_expression_tokens = max_expression_tokens
         self.cache_size = cache_size
         envs: dict[tuple[str, ...], Any] = {}
         self._envs: dict[Scope, Any] = {}
@@ -971,11 +984,15 @@ class CelCompiler:
         self._expressions: OrderedDict[tuple[str, Scope], Expression] = OrderedDict()
         self._strings: OrderedDict[tuple[str, Scope], tuple[_Plan | None, Refs]] = OrderedDict()
 
-    def compile(self, source: str, scope: Scope) -> Expression:
-        """Compile ``source`` for ``scope``, or return the cached result of an earlier compile.
+    def compile(
+        self, source: str, scope: Scope, tokens: Sequence[_Tok] | None = None
+    ) -> Expression:
+        """Compile ``source`` for ``scope``, or return the cached result of an earlier compile
+        (``tokens``: the source's, when the caller lexed it already).
 
         Raises :class:`CelError` for a syntax or type error, an unknown variable or function,
-        nesting deeper than 32 levels, or a source longer than ``max_expression_length``.
+        nesting deeper than 32 levels, or a source longer than ``max_expression_length`` or
+        ``max_expression_tokens`` (what bounds the time one compile holds its thread).
         """
         key = (source, scope)
         cache = self._expressions
@@ -983,7 +1000,7 @@ class CelCompiler:
         if expression is not None:
             cache.move_to_end(key)
             return expression
-        expression = self._compile(source, scope)
+        expression = self._compile(source, scope, tokens)
         cache[key] = expression
         if len(cache) > self.cache_size:
             cache.popitem(last=False)
@@ -1005,7 +1022,7 @@ class CelCompiler:
         plan, refs = self._string_plan(text, scope, path)
         return Template(text, scope, refs, self._envs[scope], plan, path)
 
-    def _compile(self, source: str, scope: Scope) -> Expression:
+    def _compile(self, source: str, scope: Scope, tokens: Sequence[_Tok] | None) -> Expression:
         if type(source) is not str:
             raise CelError(f"expression must be a string, not {type(source).__name__}")
         length = len(source)
@@ -1016,12 +1033,22 @@ class CelCompiler:
             )
         if not source.strip():
             raise CelError("expression is empty", source=source)
+        limit = self.max_expression_tokens
+        if tokens is None:
+            tokens = list(itertools.islice(_lex(source), limit + 1))
+        if len(tokens) > limit:
+            raise CelError(
+                f"expression has more than {limit} tokens (the limit is "
+                "DAGO_MAX_EXPRESSION_TOKENS): pass large literal data as inputs, not as code",
+                source=source,
+            )
+        toks = [t for t in tokens if t.kind != "unterminated"]
         env = self._envs[scope]
         try:
             program = env.compile(source)
         except Exception as exc:
             raise CelError(_compile_message(str(exc), source, scope), source=source) from None
-        return Expression(source, scope, _scan_refs(source), env, program)
+        return Expression(source, scope, _scan_refs(toks), env, program, _has_loops(toks))
 
     def _build(self, value: Any, scope: Scope, path: str) -> tuple[_Plan | None, Refs]:
         """The render plan for ``value`` (None when static) and what it reads."""
@@ -1083,7 +1110,15 @@ class CelCompiler:
                 break
             if start > pos:
                 parts.append(text[pos:start])
-            end = _placeholder_end(text, start + 2)
+            end, tokens = _placeholder_end(text, start + 2, self.max_expression_tokens)
+            if len(tokens) > self.max_expression_tokens:
+                raise TemplateError(
+                    f"{where}placeholder at character {start} has more than "
+                    f"{self.max_expression_tokens} tokens (the limit is "
+                    "DAGO_MAX_EXPRESSION_TOKENS): pass large literal data as inputs, not as code",
+                    path=path,
+                    source=text[start : start + 200],
+                )
             if end < 0:
                 raise TemplateError(
                     f"{where}unterminated placeholder: '{{{{' at character {start} has no "
@@ -1099,7 +1134,7 @@ class CelCompiler:
                     source=text,
                 )
             try:
-                expression = self.compile(source, scope)
+                expression = self.compile(source, scope, tokens)
             except CelError as exc:
                 raise TemplateError(
                     f"{where}placeholder {{{{ {_shorten(source)} }}}}: {exc.message}",

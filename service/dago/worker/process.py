@@ -145,6 +145,7 @@ class Worker:
             for t in (*controls, renew, heartbeat, completer, warm):
                 t.cancel()
         self._attempts.cancel_timer()
+        self._graphs.close()
         await self._deregister()
         await self._each_handler("close")
         stop_metrics()
