@@ -35,7 +35,11 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
         max_graph_bytes=settings.max_graph_bytes,
         budget_s=settings.compile_budget_s,
     )
-    return store, CelCompiler(max_expression_tokens=settings.max_expression_tokens), options
+    cel = CelCompiler(
+        max_expression_tokens=settings.max_expression_tokens,
+        max_value_bytes=settings.max_value_bytes,
+    )
+    return store, cel, options
 
 
 def build_api(settings: Settings) -> ApiServer:

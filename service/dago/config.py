@@ -88,6 +88,10 @@ class Settings:
     max_active_graphs: int = 0
     max_inputs_bytes: int = 1024 * 1024
     max_events_per_graph: int = 100_000
+    max_run_bytes: int = 64 * 1024 * 1024
+    max_node_bytes: int = 1024 * 1024
+    max_value_bytes: int = 1024 * 1024
+    max_event_bytes: int = 256 * 1024
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
@@ -416,6 +420,26 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "max_events_per_graph": _Spec(
         "Events one graph may record; a graph that would record more fails.", _positive
+    ),
+    "max_run_bytes": _Spec(
+        "Bytes one run may store in Redis (definition, inputs, outputs, attempt records, "
+        "events); a node whose output would pass it fails (ERROR_CLASS_LIMIT), and so its run.",
+        _positive,
+    ),
+    "max_node_bytes": _Spec(
+        "Largest rendered input or output of one node attempt, as JSON bytes; past it the "
+        "attempt fails (ERROR_CLASS_LIMIT).",
+        _positive,
+    ),
+    "max_value_bytes": _Spec(
+        "Largest value one CEL expression or {{ placeholder }} may produce; past it the "
+        "evaluation fails.",
+        _positive,
+    ),
+    "max_event_bytes": _Spec(
+        "Largest event a node attempt may record (a tool call's result, say); past it the "
+        "attempt fails (ERROR_CLASS_LIMIT).",
+        _positive,
     ),
     "tls_cert_file": _Spec(
         "PEM certificate chain of the gRPC server; with DAGO_TLS_KEY_FILE the API serves TLS only."

@@ -179,6 +179,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             retention_s=self._settings.retention_s,
             namespace=namespace,
             max_events=self._settings.max_events_per_graph,
+            max_bytes=self._settings.max_run_bytes,
             traceparent=traceparent,
         )
         submitted = await self._store.submit(shard, args, compiled.topology)

@@ -497,15 +497,26 @@ def _plain_key(key: Any) -> str:
     return str(key)
 
 
-def _to_plain(value: Any) -> Any:
+def _to_plain(value: Any, budget: list[int]) -> Any:
+    """``value`` as JSON-like Python, counting its size (a string's length, 8 per other
+    scalar, a few per container and key) off ``budget[0]``: _TooLarge once it is spent."""
     t = type(value)
-    if t is str or t is int or t is float or t is bool or value is None:
+    if t is str:
+        budget[0] -= len(value) + 2
+        if budget[0] < 0:
+            raise _TooLarge
+        return value
+    if t is int or t is float or t is bool or value is None:
+        budget[0] -= 8
         return value
     if t is list:
-        return [_to_plain(v) for v in value]
+        budget[0] -= 2
+        return [_to_plain(v, budget) for v in value]
     if t is dict:
-        return {_plain_key(k): _to_plain(v) for k, v in value.items()}
+        budget[0] -= 2 + 4 * len(value)
+        return {_plain_key(k): _to_plain(v, budget) for k, v in value.items()}
     if t is bytearray or t is bytes:
+        budget[0] -= len(value) * 4 // 3
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:
@@ -520,6 +531,15 @@ def _to_plain(value: Any) -> Any:
 
 class _Unconvertible(Exception):
     pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _too_large(size: int | None, limit: int) -> str:
+    what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return f"the value is {what}; the limit is {limit} (DAGO_MAX_VALUE_BYTES)"
 
 
 def _cel_type_name(value: Any) -> str:
@@ -604,9 +624,17 @@ def _has_loops(toks: Sequence[_Tok]) -> bool:
     )
 
 
+MAX_LOOP_WORK: Final = 64 << 20
+"""A comprehension may repeat (longest list) x (bytes of the data it sees) up to this much:
+each of its iterations may copy any of that data, which CEL would build before any limit on
+the result could see it."""
+
+
 def _loop_problem(data: Any) -> str | None:
     """Why ``data`` is too large for an expression with a comprehension, or None."""
     todo = [data]
+    longest = 0
+    size = 0
     while todo:
         value = todo.pop()
         if isinstance(value, dict | list):
@@ -616,7 +644,19 @@ def _loop_problem(data: Any) -> str | None:
                     f"with map/filter/all/exists may only see up to {MAX_LOOP_ELEMENTS} "
                     "(comprehension cost grows with the square of the length)"
                 )
+            longest = max(longest, len(value))
+            size += 2 * len(value)
             todo.extend(value.values() if isinstance(value, dict) else value)
+        elif isinstance(value, str):
+            size += len(value)
+        else:
+            size += 8
+    if longest * size > MAX_LOOP_WORK:
+        return (
+            f"the data it sees is {size} bytes with a list or map of {longest} elements; an "
+            "expression with map/filter/all/exists may repeat at most "
+            f"{MAX_LOOP_WORK >> 20} MiB of it (elements x bytes): narrow what it reads"
+        )
     return None
 
 
@@ -631,7 +671,16 @@ class Expression:
     and must be treated as immutable.
     """
 
-    __slots__ = ("_env", "_narrowing", "_program", "loops", "refs", "scope", "source")
+    __slots__ = (
+        "_env",
+        "_narrowing",
+        "_program",
+        "loops",
+        "max_bytes",
+        "refs",
+        "scope",
+        "source",
+    )
 
     source: str
     """The CEL source text."""
@@ -641,7 +690,14 @@ class Expression:
     """What it reads."""
 
     def __init__(
-        self, source: str, scope: Scope, refs: Refs, env: Any, program: Any, loops: bool
+        self,
+        source: str,
+        scope: Scope,
+        refs: Refs,
+        env: Any,
+        program: Any,
+        loops: bool,
+        max_bytes: int,
     ) -> None:
         self.source = source
         self.scope = scope
@@ -651,6 +707,8 @@ class Expression:
         self._narrowing = _Narrowing(refs)
         # With a comprehension, the data it sees is checked first (MAX_LOOP_ELEMENTS).
         self.loops = loops
+        # Its results are refused past this size (DAGO_MAX_VALUE_BYTES).
+        self.max_bytes = max_bytes
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r}, {self.scope})"
@@ -696,20 +754,28 @@ class Expression:
 
     def _finish(self, result: Any) -> Any:
         try:
-            plain = result.plain_value()
+            value = result.plain_value()
         except Exception:
             # Optionals (and any other type the binding does not map) cannot be converted.
             raise _eval_error(self.source, _UNCONVERTIBLE) from None
-        # An error value's plain_value() is its status text, so only strings need the (costlier)
+        # An error value's plain value is its status text, so only strings need the (costlier)
         # type check.
-        if type(plain) is str:
+        if type(value) is str:
             if result.type() == _ERROR:
-                raise _eval_error(self.source, _runtime_reason(plain))
-            return plain
+                raise _eval_error(self.source, _runtime_reason(value))
+            if len(value) > self.max_bytes:
+                raise _eval_error(self.source, _too_large(len(value), self.max_bytes))
+            return value
+        budget = [self.max_bytes]
         try:
-            return _to_plain(plain)
+            plain = _to_plain(value, budget)
         except _Unconvertible:
             raise _eval_error(self.source, _UNCONVERTIBLE) from None
+        except _TooLarge:
+            raise _eval_error(self.source, _too_large(None, self.max_bytes)) from None
+        if budget[0] < 0:
+            raise _eval_error(self.source, _too_large(None, self.max_bytes))
+        return plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -961,6 +1027,7 @@ class CelCompiler:
         max_expression_length: int = 4096,
         cache_size: int = 4096,
         max_expression_tokens: int = 512,
+        max_value_bytes: int = 1 << 20,
     ) -> None:
         if max_expression_length < 1:
             raise ValueError("max_expression_length must be at least 1")
@@ -970,6 +1037,7 @@ class CelCompiler:
             raise ValueError("max_expression_tokens must be at least 1")
         self.max_expression_length = max_expression_length
         self.max_expression_tokens = max_expression_tokens
+        self.max_value_bytes = max_value_bytes
         self.cache_size = cache_size
         envs: dict[tuple[str, ...], Any] = {}
         self._envs: dict[Scope, Any] = {}
@@ -1048,7 +1116,8 @@ class CelCompiler:
             program = env.compile(source)
         except Exception as exc:
             raise CelError(_compile_message(str(exc), source, scope), source=source) from None
-        return Expression(source, scope, _scan_refs(toks), env, program, _has_loops(toks))
+        refs, loops = _scan_refs(toks), _has_loops(toks)
+        return Expression(source, scope, refs, env, program, loops, self.max_value_bytes)
 
     def _build(self, value: Any, scope: Scope, path: str) -> tuple[_Plan | None, Refs]:
         """The render plan for ``value`` (None when static) and what it reads."""

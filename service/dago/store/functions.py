@@ -70,6 +70,7 @@ class SubmitArgs(NamedTuple):
     retention_s: int
     namespace: str
     max_events: int
+    max_bytes: int
     traceparent: str
 
 
