@@ -32,8 +32,14 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
         max_nodes=settings.max_nodes,
         max_edges=settings.max_edges,
         default_attempt_timeout=settings.attempt_timeout_s,
+        max_graph_bytes=settings.max_graph_bytes,
+        budget_s=settings.compile_budget_s,
     )
-    return store, CelCompiler(), options
+    cel = CelCompiler(
+        max_expression_tokens=settings.max_expression_tokens,
+        max_value_bytes=settings.max_value_bytes,
+    )
+    return store, cel, options
 
 
 def build_api(settings: Settings) -> ApiServer:

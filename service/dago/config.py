@@ -52,6 +52,9 @@ class Settings:
     attempt_timeout_s: float = 300.0
     max_nodes: int = 1000
     max_edges: int = 5000
+    max_graph_bytes: int = 1024 * 1024
+    max_expression_tokens: int = 512
+    compile_budget_s: float = 2.0
     max_message_bytes: int = 4 * 1024 * 1024
     tool_modules: str = ""
     drain_timeout_s: float = 30.0
@@ -85,6 +88,10 @@ class Settings:
     max_active_graphs: int = 0
     max_inputs_bytes: int = 1024 * 1024
     max_events_per_graph: int = 100_000
+    max_run_bytes: int = 64 * 1024 * 1024
+    max_node_bytes: int = 1024 * 1024
+    max_value_bytes: int = 1024 * 1024
+    max_event_bytes: int = 256 * 1024
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
@@ -271,6 +278,20 @@ SETTINGS: dict[str, _Spec] = {
     "attempt_timeout_s": _Spec("Timeout of a node attempt when the graph sets none.", _positive),
     "max_nodes": _Spec("Largest number of nodes in one graph.", _positive),
     "max_edges": _Spec("Largest number of edges in one graph.", _positive),
+    "max_graph_bytes": _Spec(
+        "Largest graph definition (serialized protobuf bytes), refused before it is checked.",
+        _positive,
+    ),
+    "max_expression_tokens": _Spec(
+        "Largest CEL expression (one condition, route or {{ placeholder }}), in tokens: what "
+        "bounds the time one compile holds a thread.",
+        _positive,
+    ),
+    "compile_budget_s": _Spec(
+        "CPU seconds checking one graph may take (API and workers); a graph that needs more is "
+        "refused.",
+        _positive,
+    ),
     "max_message_bytes": _Spec("Largest gRPC message accepted or sent.", _positive),
     "tool_modules": _Spec(
         "Comma-separated Python modules whose dago_tools() function returns operator tools."
@@ -399,6 +420,26 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "max_events_per_graph": _Spec(
         "Events one graph may record; a graph that would record more fails.", _positive
+    ),
+    "max_run_bytes": _Spec(
+        "Bytes one run may store in Redis (definition, inputs, outputs, attempt records, "
+        "events); a node whose output would pass it fails (ERROR_CLASS_LIMIT), and so its run.",
+        _positive,
+    ),
+    "max_node_bytes": _Spec(
+        "Largest rendered input or output of one node attempt, as JSON bytes; past it the "
+        "attempt fails (ERROR_CLASS_LIMIT).",
+        _positive,
+    ),
+    "max_value_bytes": _Spec(
+        "Largest value one CEL expression or {{ placeholder }} may produce; past it the "
+        "evaluation fails.",
+        _positive,
+    ),
+    "max_event_bytes": _Spec(
+        "Largest event a node attempt may record (a tool call's result, say); past it the "
+        "attempt fails (ERROR_CLASS_LIMIT).",
+        _positive,
     ),
     "tls_cert_file": _Spec(
         "PEM certificate chain of the gRPC server; with DAGO_TLS_KEY_FILE the API serves TLS only."

@@ -160,6 +160,7 @@ class ApiServer:
             await self._set_health(False)
             await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=5)
+            self._orchestrator.close()
             for t in loops:
                 t.cancel()
         stop_metrics()

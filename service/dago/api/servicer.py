@@ -20,7 +20,7 @@ from dago.api.views import TERMINAL_STATES, graph_result, graph_state, graph_sta
 from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
-from dago.engine.checker import GraphInvalid
+from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
@@ -59,6 +59,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._options = options
         self._graphs = graphs
         self._hub = hub
+
+    def close(self) -> None:
+        """Stop the compile thread (the server stopped)."""
+        self._graphs.close()
 
     def _owned(self, graph_id: str, ns: bytes | None) -> None:
         """NOT_FOUND unless the caller's namespace owns the graph: another namespace's
@@ -114,20 +118,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
         if not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required")
-        inputs = to_plain(request.inputs)
-        inputs_json = dumps(inputs)
-        size = len(inputs_json.encode())
-        if size > self._settings.max_inputs_bytes:
-            raise errors.invalid_field(
-                "inputs",
-                f"is {size} bytes as JSON; the limit is {self._settings.max_inputs_bytes} "
-                "(DAGO_MAX_INPUTS_BYTES): pass large data by reference (a URL or an id)",
+        if self._graphs.compiling >= MAX_COMPILING:
+            raise errors.resource_exhausted(
+                "compilations",
+                f"this API server is checking {MAX_COMPILING} graphs already; retry shortly",
+                MAX_COMPILING,
             )
         namespace = self._auth.current()
-        # The deterministic encoding is what is stored, and the key of the compile cache.
-        raw_def = request.graph.SerializeToString(deterministic=True)
+        limit = self._settings.max_inputs_bytes
         try:
-            compiled = self._graphs.compile(raw_def, inputs_json.encode(), request.graph, inputs)
+            # Off the event loop: a large request takes milliseconds to seconds of CPU.
+            inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
+            compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
         except GraphInvalid as e:
             raise errors.invalid(e.violations) from None
         if request.validate_only:
@@ -166,7 +168,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             body_hash=digest,
             name=g.name,
             definition=raw_def,
-            inputs=inputs_json,
+            inputs=raw_inputs,
             node_ids=dumps(list(compiled.nodes)),
             start_plans=dumps(list(compiled.start_plans.values())),
             entries=dumps(compiled.entries),
@@ -177,6 +179,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             retention_s=self._settings.retention_s,
             namespace=namespace,
             max_events=self._settings.max_events_per_graph,
+            max_bytes=self._settings.max_run_bytes,
             traceparent=traceparent,
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
@@ -495,6 +498,32 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
 
 _DEAD_ID = re.compile(r"(\d{1,4})-(\d{1,20}-\d{1,20})")
+
+
+MAX_COMPILING = 16
+"""Graphs one API server checks at once (on its compile thread) before it answers
+RESOURCE_EXHAUSTED: a flood of large graphs waits in no unbounded queue."""
+
+
+def _prepare(
+    request: orchestrator_pb2.SubmitGraphRequest, max_inputs_bytes: int
+) -> tuple[dict[str, Any], bytes, bytes]:
+    """The request's inputs as plain values and as stored JSON, and the definition as stored
+    (its deterministic encoding: also the key of the compile cache). Runs on the compile
+    thread; GraphInvalid for inputs over ``max_inputs_bytes``."""
+    inputs = to_plain(request.inputs)
+    raw_inputs = dumps(inputs).encode()
+    if len(raw_inputs) > max_inputs_bytes:
+        raise GraphInvalid(
+            [
+                Violation(
+                    "inputs",
+                    f"is {len(raw_inputs)} bytes as JSON; the limit is {max_inputs_bytes} "
+                    "(DAGO_MAX_INPUTS_BYTES): pass large data by reference (a URL or an id)",
+                )
+            ]
+        )
+    return inputs, raw_inputs, request.graph.SerializeToString(deterministic=True)
 
 
 def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:

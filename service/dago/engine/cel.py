@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import datetime
 import enum
+import itertools
 import json
 import re
 from collections import OrderedDict
@@ -275,8 +276,8 @@ def _static_member(toks: Sequence[_Tok], i: int) -> str | None:
     return None
 
 
-def _scan_refs(source: str) -> Refs:
-    toks = list(_lex(source))
+def _scan_refs(toks: Sequence[_Tok]) -> Refs:
+    """What the tokens of an expression read (see ``Refs``)."""
     found: dict[str, set[str]] = {"nodes": set(), "inputs": set()}
     dynamic = {"nodes": False, "inputs": False}
     for i, tok in enumerate(toks):
@@ -496,15 +497,26 @@ def _plain_key(key: Any) -> str:
     return str(key)
 
 
-def _to_plain(value: Any) -> Any:
+def _to_plain(value: Any, budget: list[int]) -> Any:
+    """``value`` as JSON-like Python, counting its size (a string's length, 8 per other
+    scalar, a few per container and key) off ``budget[0]``: _TooLarge once it is spent."""
     t = type(value)
-    if t is str or t is int or t is float or t is bool or value is None:
+    if t is str:
+        budget[0] -= len(value) + 2
+        if budget[0] < 0:
+            raise _TooLarge
+        return value
+    if t is int or t is float or t is bool or value is None:
+        budget[0] -= 8
         return value
     if t is list:
-        return [_to_plain(v) for v in value]
+        budget[0] -= 2
+        return [_to_plain(v, budget) for v in value]
     if t is dict:
-        return {_plain_key(k): _to_plain(v) for k, v in value.items()}
+        budget[0] -= 2 + 4 * len(value)
+        return {_plain_key(k): _to_plain(v, budget) for k, v in value.items()}
     if t is bytearray or t is bytes:
+        budget[0] -= len(value) * 4 // 3
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:
@@ -519,6 +531,15 @@ def _to_plain(value: Any) -> Any:
 
 class _Unconvertible(Exception):
     pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _too_large(size: int | None, limit: int) -> str:
+    what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return f"the value is {what}; the limit is {limit} (DAGO_MAX_VALUE_BYTES)"
 
 
 def _cel_type_name(value: Any) -> str:
@@ -592,9 +613,8 @@ MAX_LOOP_ELEMENTS: Final = 2000
 _MACROS: Final = frozenset({"map", "filter", "all", "exists", "exists_one"})
 
 
-def _has_loops(source: str) -> bool:
-    """Whether ``source`` calls a comprehension macro (``x.map(...)``, ``x.all(...)``...)."""
-    toks = [t for t in _lex(source) if t.kind != "unterminated"]
+def _has_loops(toks: Sequence[_Tok]) -> bool:
+    """Whether the tokens call a comprehension macro (``x.map(...)``, ``x.all(...)``...)."""
     return any(
         t.kind == "ident"
         and t.text in _MACROS
@@ -604,9 +624,17 @@ def _has_loops(source: str) -> bool:
     )
 
 
+MAX_LOOP_WORK: Final = 64 << 20
+"""A comprehension may repeat (longest list) x (bytes of the data it sees) up to this much:
+each of its iterations may copy any of that data, which CEL would build before any limit on
+the result could see it."""
+
+
 def _loop_problem(data: Any) -> str | None:
     """Why ``data`` is too large for an expression with a comprehension, or None."""
     todo = [data]
+    longest = 0
+    size = 0
     while todo:
         value = todo.pop()
         if isinstance(value, dict | list):
@@ -616,7 +644,19 @@ def _loop_problem(data: Any) -> str | None:
                     f"with map/filter/all/exists may only see up to {MAX_LOOP_ELEMENTS} "
                     "(comprehension cost grows with the square of the length)"
                 )
+            longest = max(longest, len(value))
+            size += 2 * len(value)
             todo.extend(value.values() if isinstance(value, dict) else value)
+        elif isinstance(value, str):
+            size += len(value)
+        else:
+            size += 8
+    if longest * size > MAX_LOOP_WORK:
+        return (
+            f"the data it sees is {size} bytes with a list or map of {longest} elements; an "
+            "expression with map/filter/all/exists may repeat at most "
+            f"{MAX_LOOP_WORK >> 20} MiB of it (elements x bytes): narrow what it reads"
+        )
     return None
 
 
@@ -631,7 +671,16 @@ class Expression:
     and must be treated as immutable.
     """
 
-    __slots__ = ("_env", "_narrowing", "_program", "loops", "refs", "scope", "source")
+    __slots__ = (
+        "_env",
+        "_narrowing",
+        "_program",
+        "loops",
+        "max_bytes",
+        "refs",
+        "scope",
+        "source",
+    )
 
     source: str
     """The CEL source text."""
@@ -640,7 +689,16 @@ class Expression:
     refs: Refs
     """What it reads."""
 
-    def __init__(self, source: str, scope: Scope, refs: Refs, env: Any, program: Any) -> None:
+    def __init__(
+        self,
+        source: str,
+        scope: Scope,
+        refs: Refs,
+        env: Any,
+        program: Any,
+        loops: bool,
+        max_bytes: int,
+    ) -> None:
         self.source = source
         self.scope = scope
         self.refs = refs
@@ -648,7 +706,9 @@ class Expression:
         self._program = program
         self._narrowing = _Narrowing(refs)
         # With a comprehension, the data it sees is checked first (MAX_LOOP_ELEMENTS).
-        self.loops = _has_loops(source)
+        self.loops = loops
+        # Its results are refused past this size (DAGO_MAX_VALUE_BYTES).
+        self.max_bytes = max_bytes
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r}, {self.scope})"
@@ -694,20 +754,28 @@ class Expression:
 
     def _finish(self, result: Any) -> Any:
         try:
-            plain = result.plain_value()
+            value = result.plain_value()
         except Exception:
             # Optionals (and any other type the binding does not map) cannot be converted.
             raise _eval_error(self.source, _UNCONVERTIBLE) from None
-        # An error value's plain_value() is its status text, so only strings need the (costlier)
+        # An error value's plain value is its status text, so only strings need the (costlier)
         # type check.
-        if type(plain) is str:
+        if type(value) is str:
             if result.type() == _ERROR:
-                raise _eval_error(self.source, _runtime_reason(plain))
-            return plain
+                raise _eval_error(self.source, _runtime_reason(value))
+            if len(value) > self.max_bytes:
+                raise _eval_error(self.source, _too_large(len(value), self.max_bytes))
+            return value
+        budget = [self.max_bytes]
         try:
-            return _to_plain(plain)
+            plain = _to_plain(value, budget)
         except _Unconvertible:
             raise _eval_error(self.source, _UNCONVERTIBLE) from None
+        except _TooLarge:
+            raise _eval_error(self.source, _too_large(None, self.max_bytes)) from None
+        if budget[0] < 0:
+            raise _eval_error(self.source, _too_large(None, self.max_bytes))
+        return plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,23 +905,26 @@ def _join_path(root: str, segments: Sequence[str]) -> str:
     return path[1:] if path.startswith(".") else path
 
 
-def _placeholder_end(text: str, pos: int) -> int:
-    """Index of the ``}}`` closing the placeholder whose body starts at ``pos``, or -1."""
+def _placeholder_end(text: str, pos: int, limit: int) -> tuple[int, list[_Tok]]:
+    """Index of the ``}}`` closing the placeholder whose body starts at ``pos`` (-1 when
+    there is none), and the body's tokens; stops after ``limit`` tokens (the body is then
+    too long to compile anyway)."""
     depth = 0
+    toks: list[_Tok] = []
     for tok in _lex(text, pos):
-        if tok.kind == "unterminated":
-            return -1
-        if tok.kind != "punct":
-            continue
-        if tok.text == "{":
-            depth += 1
-        elif tok.text == "}":
-            if depth == 0:
-                if text.startswith("}}", tok.start):
-                    return tok.start
-            else:
-                depth -= 1
-    return -1
+        if tok.kind == "unterminated" or len(toks) > limit:
+            return -1, toks
+        if tok.kind == "punct":
+            if tok.text == "{":
+                depth += 1
+            elif tok.text == "}":
+                if depth == 0:
+                    if text.startswith("}}", tok.start):
+                        return tok.start, toks
+                else:
+                    depth -= 1
+        toks.append(tok)
+    return -1, toks
 
 
 class Template:
@@ -951,12 +1022,22 @@ class CelCompiler:
     thread); compiled expressions are reused across evaluations.
     """
 
-    def __init__(self, max_expression_length: int = 4096, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        max_expression_length: int = 4096,
+        cache_size: int = 4096,
+        max_expression_tokens: int = 512,
+        max_value_bytes: int = 1 << 20,
+    ) -> None:
         if max_expression_length < 1:
             raise ValueError("max_expression_length must be at least 1")
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
+        if max_expression_tokens < 1:
+            raise ValueError("max_expression_tokens must be at least 1")
         self.max_expression_length = max_expression_length
+        self.max_expression_tokens = max_expression_tokens
+        self.max_value_bytes = max_value_bytes
         self.cache_size = cache_size
         envs: dict[tuple[str, ...], Any] = {}
         self._envs: dict[Scope, Any] = {}
@@ -971,11 +1052,15 @@ class CelCompiler:
         self._expressions: OrderedDict[tuple[str, Scope], Expression] = OrderedDict()
         self._strings: OrderedDict[tuple[str, Scope], tuple[_Plan | None, Refs]] = OrderedDict()
 
-    def compile(self, source: str, scope: Scope) -> Expression:
-        """Compile ``source`` for ``scope``, or return the cached result of an earlier compile.
+    def compile(
+        self, source: str, scope: Scope, tokens: Sequence[_Tok] | None = None
+    ) -> Expression:
+        """Compile ``source`` for ``scope``, or return the cached result of an earlier compile
+        (``tokens``: the source's, when the caller lexed it already).
 
         Raises :class:`CelError` for a syntax or type error, an unknown variable or function,
-        nesting deeper than 32 levels, or a source longer than ``max_expression_length``.
+        nesting deeper than 32 levels, or a source longer than ``max_expression_length`` or
+        ``max_expression_tokens`` (what bounds the time one compile holds its thread).
         """
         key = (source, scope)
         cache = self._expressions
@@ -983,7 +1068,7 @@ class CelCompiler:
         if expression is not None:
             cache.move_to_end(key)
             return expression
-        expression = self._compile(source, scope)
+        expression = self._compile(source, scope, tokens)
         cache[key] = expression
         if len(cache) > self.cache_size:
             cache.popitem(last=False)
@@ -1005,7 +1090,7 @@ class CelCompiler:
         plan, refs = self._string_plan(text, scope, path)
         return Template(text, scope, refs, self._envs[scope], plan, path)
 
-    def _compile(self, source: str, scope: Scope) -> Expression:
+    def _compile(self, source: str, scope: Scope, tokens: Sequence[_Tok] | None) -> Expression:
         if type(source) is not str:
             raise CelError(f"expression must be a string, not {type(source).__name__}")
         length = len(source)
@@ -1016,12 +1101,23 @@ class CelCompiler:
             )
         if not source.strip():
             raise CelError("expression is empty", source=source)
+        limit = self.max_expression_tokens
+        if tokens is None:
+            tokens = list(itertools.islice(_lex(source), limit + 1))
+        if len(tokens) > limit:
+            raise CelError(
+                f"expression has more than {limit} tokens (the limit is "
+                "DAGO_MAX_EXPRESSION_TOKENS): pass large literal data as inputs, not as code",
+                source=source,
+            )
+        toks = [t for t in tokens if t.kind != "unterminated"]
         env = self._envs[scope]
         try:
             program = env.compile(source)
         except Exception as exc:
             raise CelError(_compile_message(str(exc), source, scope), source=source) from None
-        return Expression(source, scope, _scan_refs(source), env, program)
+        refs, loops = _scan_refs(toks), _has_loops(toks)
+        return Expression(source, scope, refs, env, program, loops, self.max_value_bytes)
 
     def _build(self, value: Any, scope: Scope, path: str) -> tuple[_Plan | None, Refs]:
         """The render plan for ``value`` (None when static) and what it reads."""
@@ -1083,7 +1179,15 @@ class CelCompiler:
                 break
             if start > pos:
                 parts.append(text[pos:start])
-            end = _placeholder_end(text, start + 2)
+            end, tokens = _placeholder_end(text, start + 2, self.max_expression_tokens)
+            if len(tokens) > self.max_expression_tokens:
+                raise TemplateError(
+                    f"{where}placeholder at character {start} has more than "
+                    f"{self.max_expression_tokens} tokens (the limit is "
+                    "DAGO_MAX_EXPRESSION_TOKENS): pass large literal data as inputs, not as code",
+                    path=path,
+                    source=text[start : start + 200],
+                )
             if end < 0:
                 raise TemplateError(
                     f"{where}unterminated placeholder: '{{{{' at character {start} has no "
@@ -1099,7 +1203,7 @@ class CelCompiler:
                     source=text,
                 )
             try:
-                expression = self.compile(source, scope)
+                expression = self.compile(source, scope, tokens)
             except CelError as exc:
                 raise TemplateError(
                     f"{where}placeholder {{{{ {_shorten(source)} }}}}: {exc.message}",

@@ -15,12 +15,13 @@ this module names no kind.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from dago.engine.cel import CelCompiler, Expression, Refs, Scope
-from dago.engine.checker import Checker, GraphInvalid
+from dago.engine.checker import Checker, GraphInvalid, Violation
 from dago.engine.kinds import CheckContext, KindParts, kind_names
 from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEdge
 from dago.engine.retry import check_retry, effective_retry, seconds
@@ -44,14 +45,21 @@ def compile_graph(
 
     ``inputs`` are the run's inputs (to check that templates name inputs that
     exist); ``root`` is the field path of the graph in the request.
+
+    What bounds the cost of a graph is checked before any work: its size, and its numbers
+    of nodes and edges. Compiling then stops with GraphInvalid when it has used
+    ``options.budget_s`` of CPU (of the calling thread), and every expression is bounded
+    by the CEL compiler's own limits, so no graph can hold a thread for long.
     """
+    _check_size(graph, options, root)
+    budget = _Budget(options.budget_s, root)
     chk = Checker()
     ids = _check_nodes(graph, options, chk, root)
     edges = _check_edges(graph, ids, options, chk, root)
     entries = _entries(graph, ids, edges, chk, root)
     # Per-node checks need no graph shape, so they run even when the shape is broken:
     # the client sees every problem at once.
-    compiled = _compile_nodes(graph, ids, edges, cel, options, chk, root)
+    compiled = _compile_nodes(graph, ids, edges, cel, options, chk, root, budget)
     output = {}
     for name, src in graph.output.items():
         expr = chk.compile(cel, src, Scope.GRAPH_OUTPUT, f"{root}.output[{name}]")
@@ -108,14 +116,62 @@ def compile_graph(
     )
 
 
+def _check_size(graph: graph_pb2.Graph, options: CompileOptions, root: str) -> None:
+    """Refuse at once a graph too large to check (before any per-node work)."""
+    problems: list[Violation] = []
+    size = graph.ByteSize()
+    if size > options.max_graph_bytes:
+        problems.append(
+            Violation(
+                root,
+                f"is {size} bytes; the limit is {options.max_graph_bytes} "
+                "(DAGO_MAX_GRAPH_BYTES): pass large data as inputs or by reference",
+            )
+        )
+    if len(graph.nodes) > options.max_nodes:
+        problems.append(
+            Violation(
+                f"{root}.nodes", f"{len(graph.nodes)} nodes; the limit is {options.max_nodes}"
+            )
+        )
+    if len(graph.edges) > options.max_edges:
+        problems.append(
+            Violation(
+                f"{root}.edges", f"{len(graph.edges)} edges; the limit is {options.max_edges}"
+            )
+        )
+    if problems:
+        raise GraphInvalid(problems)
+
+
+class _Budget:
+    """The CPU time compiling one graph may still take (``CompileOptions.budget_s``)."""
+
+    def __init__(self, seconds: float, root: str) -> None:
+        self._seconds = seconds
+        self._root = root
+        self._until = time.thread_time() + seconds
+
+    def check(self) -> None:
+        """GraphInvalid once the budget is spent."""
+        if time.thread_time() > self._until:
+            raise GraphInvalid(
+                [
+                    Violation(
+                        self._root,
+                        f"checking it took more than {self._seconds:g} s of CPU (the limit is "
+                        "DAGO_COMPILE_BUDGET_S): make it smaller or its expressions simpler",
+                    )
+                ]
+            )
+
+
 def _check_nodes(
     graph: graph_pb2.Graph, options: CompileOptions, chk: Checker, root: str
 ) -> dict[str, int]:
     ids: dict[str, int] = {}
     if not graph.nodes:
         chk.add(f"{root}.nodes", "a graph needs at least one node")
-    if len(graph.nodes) > options.max_nodes:
-        chk.add(f"{root}.nodes", f"{len(graph.nodes)} nodes; the limit is {options.max_nodes}")
     for i, node in enumerate(graph.nodes):
         path = f"{root}.nodes[{i}]"
         if not NODE_ID.match(node.id):
@@ -164,8 +220,6 @@ def _check_edges(
     chk: Checker,
     root: str,
 ) -> list[Edge]:
-    if len(graph.edges) > options.max_edges:
-        chk.add(f"{root}.edges", f"{len(graph.edges)} edges; the limit is {options.max_edges}")
     seen: dict[tuple[str, str, str], int] = {}
     out: list[Edge] = []
     for i, e in enumerate(graph.edges):
@@ -218,11 +272,13 @@ def _compile_nodes(
     options: CompileOptions,
     chk: Checker,
     root: str,
+    budget: _Budget,
 ) -> dict[str, CompiledNode]:
     out_edges: dict[str, list[OutEdge]] = {nid: [] for nid in ids}
     valid = {idx for _, _, idx in edges}
     # Conditions of edges with a bad end are still checked: the client sees every problem.
     for idx, e in enumerate(graph.edges):
+        budget.check()
         cond = None
         if e.condition:
             cond = chk.compile(cel, e.condition, Scope.CONDITION, f"{root}.edges[{idx}].condition")
@@ -231,6 +287,7 @@ def _compile_nodes(
 
     compiled: dict[str, CompiledNode] = {}
     for i, node in enumerate(graph.nodes):
+        budget.check()
         # Nodes with a bad or duplicate id are checked too, but not kept.
         nid = node.id if ids.get(node.id) == i else ""
         path = f"{root}.nodes[{i}]"

@@ -7,13 +7,16 @@ here).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from dago.engine.cel import CelCompiler
 from dago.engine.checker import GraphInvalid
@@ -23,6 +26,8 @@ from dago.observe.tracing import trace_id_of
 from dago.store.schema import Meta
 from dago.store.store import Store
 from dago.v1 import graph_pb2
+
+T = TypeVar("T")
 
 _FIELDS = (Meta.DEFINITION, Meta.INPUTS, Meta.TRACEPARENT)
 
@@ -63,6 +68,9 @@ class GraphCache:
         # Compiled graphs by content: runs of the same workflow share one compilation
         # (compiling is the most expensive step of a submit and of a worker's first item).
         self._compiled: OrderedDict[bytes, CompiledGraph] = OrderedDict()
+        # One thread compiles for this process: the CEL compiler is used from it alone.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dago-compile")
+        self._running: dict[bytes, asyncio.Future[CompiledGraph]] = {}
 
     def put(
         self,
@@ -74,7 +82,7 @@ class GraphCache:
         """Remember a graph compiled elsewhere (the submitter already has it)."""
         self._remember(LoadedGraph(graph_id, compiled, inputs, traceparent=traceparent))
 
-    def compile(
+    async def compile(
         self,
         raw_def: bytes,
         raw_inputs: bytes,
@@ -83,21 +91,57 @@ class GraphCache:
     ) -> CompiledGraph:
         """``compile_graph`` of a definition and inputs (as stored), cached by their content;
         raises GraphInvalid like it. ``graph``/``inputs`` save parsing when the caller has
-        them. A compiled graph is never changed after compiling, so runs can share it."""
+        them. A compiled graph is never changed after compiling, so runs can share it.
+
+        Compiling runs on the cache's own thread, never on the event loop: a large graph
+        costs that thread up to ``CompileOptions.budget_s`` of CPU while the loop goes on
+        serving (each CEL compile is bounded, so the loop waits at most a few ms for the
+        GIL). Concurrent calls for the same content share one compilation."""
         key = hashlib.blake2b(raw_def + b"\0" + raw_inputs, digest_size=20).digest()
         hit = self._compiled.get(key)
         if hit is not None:
             self._compiled.move_to_end(key)
             return hit
-        if graph is None:
-            graph = graph_pb2.Graph.FromString(raw_def)
-        if inputs is None:
-            inputs = json.loads(raw_inputs) if raw_inputs else {}
-        compiled = compile_graph(graph, inputs, self._cel, self._options)
+        running = self._running.get(key)
+        if running is None:
+            loop = asyncio.get_running_loop()
+            work = functools.partial(self._compile, raw_def, raw_inputs, graph, inputs)
+            running = asyncio.ensure_future(loop.run_in_executor(self._thread, work))
+            self._running[key] = running
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        compiled = await asyncio.shield(running)
         self._compiled[key] = compiled
         while len(self._compiled) > self._size:
             self._compiled.popitem(last=False)
         return compiled
+
+    @property
+    def compiling(self) -> int:
+        """Compilations under way or waiting for the compile thread."""
+        return len(self._running)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the compile thread: other CPU-heavy work of a request (turning a
+        large Struct into plain values) stays off the event loop too."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _compile(
+        self,
+        raw_def: bytes,
+        raw_inputs: bytes,
+        graph: graph_pb2.Graph | None,
+        inputs: dict[str, Any] | None,
+    ) -> CompiledGraph:
+        """On the compile thread: parse what the caller did not, and compile."""
+        if graph is None:
+            graph = graph_pb2.Graph.FromString(raw_def)
+        if inputs is None:
+            inputs = json.loads(raw_inputs) if raw_inputs else {}
+        return compile_graph(graph, inputs, self._cel, self._options)
+
+    def close(self) -> None:
+        """Stop the compile thread (compilations under way finish first)."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     def _remember(self, entry: LoadedGraph) -> None:
         self._entries[entry.graph_id] = entry
@@ -118,7 +162,7 @@ class GraphCache:
         if entry is not None:
             return entry
         raw_def, raw_inputs, raw_tp = await self._store.graph_fields(shard, graph_id, *_FIELDS)
-        return self._load(graph_id, raw_def, raw_inputs, raw_tp)
+        return await self._load(graph_id, raw_def, raw_inputs, raw_tp)
 
     async def get_many(self, graphs: Sequence[tuple[int, str]]) -> dict[str, LoadedGraph | None]:
         """``get`` of several graphs; the ones not cached are read in one round trip."""
@@ -134,10 +178,10 @@ class GraphCache:
             pairs = [(shard, gid) for gid, shard in missing.items()]
             rows = await self._store.graph_fields_many(pairs, *_FIELDS)
             for (_, gid), (raw_def, raw_inputs, raw_tp) in zip(pairs, rows, strict=True):
-                out[gid] = self._load(gid, raw_def, raw_inputs, raw_tp)
+                out[gid] = await self._load(gid, raw_def, raw_inputs, raw_tp)
         return out
 
-    def _load(
+    async def _load(
         self,
         graph_id: str,
         raw_def: bytes | None,
@@ -149,7 +193,7 @@ class GraphCache:
         inputs = json.loads(raw_inputs) if raw_inputs else {}
         tp = raw_tp.decode() if raw_tp else ""
         try:
-            compiled = self.compile(raw_def, raw_inputs or b"", None, inputs)
+            compiled = await self.compile(raw_def, raw_inputs or b"", None, inputs)
             entry = LoadedGraph(graph_id, compiled, inputs, traceparent=tp)
         except GraphInvalid as e:
             problem = "; ".join(f"{v.field}: {v.description}" for v in e.violations)

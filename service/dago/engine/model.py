@@ -75,3 +75,7 @@ class CompileOptions:
     itself is checked when the node runs, so the API never starts an MCP server)."""
     max_edges: int = 5000
     default_attempt_timeout: float = 300.0
+    max_graph_bytes: int = 1 << 20
+    """Largest graph definition (serialized), checked before anything else."""
+    budget_s: float = 2.0
+    """CPU seconds compiling one graph may take; past it the graph is refused."""

@@ -54,7 +54,8 @@ class SubmitArgs(NamedTuple):
     body_hash: str
     name: str
     definition: bytes
-    inputs: str
+    inputs: bytes
+    """JSON."""
     node_ids: str
     """JSON list."""
     start_plans: str
@@ -69,6 +70,7 @@ class SubmitArgs(NamedTuple):
     retention_s: int
     namespace: str
     max_events: int
+    max_bytes: int
     traceparent: str
 
 

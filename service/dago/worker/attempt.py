@@ -79,6 +79,16 @@ class Plan:
     """The outgoing edges taken when no edge has a condition (and no route is chosen)."""
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one attempt may produce (bytes of JSON): its input and output
+    (DAGO_MAX_NODE_BYTES), and each event it records (DAGO_MAX_EVENT_BYTES). Past them the
+    attempt fails with ERROR_CLASS_LIMIT before anything is written."""
+
+    node_bytes: int = 1 << 20
+    event_bytes: int = 256 << 10
+
+
 Report = Callable[[Running, Result], None]
 """Takes a finished attempt's result (to the completer)."""
 
@@ -96,6 +106,7 @@ class Attempts:
         metrics: Metrics,
         tracing: Tracing,
         report: Report,
+        limits: Limits | None = None,
     ) -> None:
         self._store = store
         self._handlers = handlers
@@ -104,6 +115,7 @@ class Attempts:
         self._metrics = metrics
         self._tracing = tracing
         self._report = report
+        self._limits = limits or Limits()
         self.running: dict[bytes, Running] = {}
         self._plans: dict[int, Plan] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -251,9 +263,9 @@ class Attempts:
         run = plan.inline
         assert run is not None
         try:
-            value, rendered = _render(plan, scope)
+            value, rendered = _render(plan, scope, self._limits.node_bytes)
             result = run(self._context(item, node, scope, value))
-            fields = _succeeded(plan, scope, value, result)
+            fields = _succeeded(plan, scope, value, result, self._limits.node_bytes)
         except NodeFailure as f:
             fields = _failed(f)
         except Exception as e:
@@ -275,9 +287,9 @@ class Attempts:
             if plan is None or node is None:
                 problem = loaded.problem if loaded else "the graph's definition is gone"
                 raise invalid(f"cannot run node {item.node!r}: {problem}")
-            value, rendered = _render(plan, scope)
+            value, rendered = _render(plan, scope, self._limits.node_bytes)
             result = await self._execute(running, node, scope, value)
-            fields = _succeeded(plan, scope, value, result)
+            fields = _succeeded(plan, scope, value, result, self._limits.node_bytes)
         except NodeFailure as f:
             fields = _failed(f)
         except asyncio.CancelledError:
@@ -300,9 +312,18 @@ class Attempts:
             iteration=item.iteration,
             input=rendered,
             scope=scope,
-            emit=lambda events: self._store.append(item, self._redact.events(events)),
+            emit=lambda events: self._emit(item, events),
             worker_id=self._id,
         )
+
+    async def _emit(self, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:
+        """Record events of a running attempt (False: it is no longer current); an event
+        over the limit fails the attempt instead."""
+        limit = self._limits.event_bytes
+        for kind, detail in events:
+            if len(detail) > limit:
+                raise _too_large(f"a {kind} event", len(detail), limit, "DAGO_MAX_EVENT_BYTES")
+        return await self._store.append(item, self._redact.events(events))
 
     async def _execute(
         self, running: Running, node: CompiledNode, scope: dict[str, Any], rendered: Any
@@ -460,13 +481,32 @@ def _timeout(node: CompiledNode) -> NodeFailure:
     )
 
 
-def _render(plan: Plan, scope: dict[str, Any]) -> tuple[Any, str]:
+def _too_large(what: str, size: int, limit: int, setting: str) -> NodeFailure:
+    return NodeFailure(
+        graph_pb2.ERROR_CLASS_LIMIT,
+        f"{what} is {size} bytes; the limit is {limit} ({setting})",
+        False,
+    )
+
+
+def _bounded(text: str, what: str, limit: int) -> str:
+    """``text`` (JSON), or a LIMIT failure when it is longer than ``limit`` bytes."""
+    if len(text) * 4 > limit:  # else it fits whatever its characters take in UTF-8
+        size = len(text.encode())
+        if size > limit:
+            raise _too_large(what, size, limit, "DAGO_MAX_NODE_BYTES")
+    return text
+
+
+def _render(plan: Plan, scope: dict[str, Any], limit: int) -> tuple[Any, str]:
     """The node's input, and its JSON."""
+    if plan.static_input is not None:
+        return plan.node.inputs.value, plan.static_input
     try:
         value = plan.node.inputs.render(scope)
     except EvalError as e:
         raise invalid(f"inputs: {e}") from None
-    return value, plan.static_input if plan.static_input is not None else dumps(value)
+    return value, _bounded(dumps(value), "the node's input", limit)
 
 
 def _usage(result: NodeResult | NodeFailure) -> str:
@@ -484,7 +524,9 @@ def _usage(result: NodeResult | NodeFailure) -> str:
     )
 
 
-def _succeeded(plan: Plan, scope: dict[str, Any], rendered: Any, result: NodeResult) -> _Fields:
+def _succeeded(
+    plan: Plan, scope: dict[str, Any], rendered: Any, result: NodeResult, limit: int
+) -> _Fields:
     """The result fields of an attempt whose handler returned ``result``."""
     node = plan.node
     output = result.value
@@ -499,7 +541,8 @@ def _succeeded(plan: Plan, scope: dict[str, Any], rendered: Any, result: NodeRes
     else:
         edges = ",".join(map(str, _taken(node, scope, output, result.route)))
     route = dumps(result.route) if result.route else ""
-    return Outcome.OK, dumps(output), edges, _usage(result), route, "", 0
+    output_json = _bounded(dumps(output), "the node's output", limit)
+    return Outcome.OK, output_json, edges, _usage(result), route, "", 0
 
 
 def _failed(f: NodeFailure) -> _Fields:

@@ -39,7 +39,7 @@ from dago.store.functions import Result, Started, WorkItem
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
-from dago.worker.attempt import Attempts, Running
+from dago.worker.attempt import Attempts, Limits, Running
 from dago.worker.slots import Slots
 
 log = logging.getLogger("dago.worker")
@@ -82,6 +82,7 @@ class Worker:
             self._metrics,
             self._tracing,
             self._report,
+            Limits(settings.max_node_bytes, settings.max_event_bytes),
         )
         # Attempts started and not yet applied (free slots a waiting reader holds are not busy).
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._attempts.running))
@@ -145,6 +146,7 @@ class Worker:
             for t in (*controls, renew, heartbeat, completer, warm):
                 t.cancel()
         self._attempts.cancel_timer()
+        self._graphs.close()
         await self._deregister()
         await self._each_handler("close")
         stop_metrics()

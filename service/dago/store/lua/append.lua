@@ -8,9 +8,17 @@ if fence(gid, node, attempt, iter, {NodeState.RUNNING}) == nil then return 0 end
 -- graph's event cap (DAGO_MAX_EVENTS_PER_GRAPH, fixed at submit) the graph fails.
 local v = redis.call('HMGET', gkey(gid), META.SEQ, META.MAX_EVENTS)
 local cap = tonumber(v[2])
+local size = 0
+for i = A.FIRST, #ARGV, E.SIZE do size = size + #ARGV[i + E.DETAIL] end
+local over = nil
 if cap and cap > 0 and tonumber(v[1]) + (#ARGV - A.FIRST + 1) / E.SIZE > cap then
-  fail_graph(gid, err_json(ErrorClass.LIMIT, 'the graph would record more than ' .. cap
-    .. ' events (the limit is DAGO_MAX_EVENTS_PER_GRAPH)', false), node)
+  over = 'the graph would record more than ' .. cap .. ' events (the limit is DAGO_MAX_EVENTS_PER_GRAPH)'
+elseif not bytes_fit(gid, size) then
+  over = 'its events would take the run past its limit of ' .. gbytes[gid][2]
+    .. ' stored bytes (DAGO_MAX_RUN_BYTES)'
+end
+if over then
+  fail_graph(gid, err_json(ErrorClass.LIMIT, over, false), node)
   flush()
   return 0
 end

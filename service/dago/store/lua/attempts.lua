@@ -222,8 +222,12 @@ local function apply_batch(worker, A, first)
   local touched = {}
   local acks = {}
   for gid, nodes in pairs(by_graph(A, first, R)) do
-    local gs = graph_state(gid)
-    if gs ~= nil and gs < GraphState.COMPLETED then read_ahead(gid, nodes, true, false) end
+    -- The graph's state and what it stored, in one read.
+    local m = redis.call('HMGET', gkey(gid), META.STATE, META.BYTES, META.MAX_BYTES)
+    local gs = tonumber(m[1]) or false
+    gstate[gid] = gs
+    gbytes[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+    if gs and gs < GraphState.COMPLETED then read_ahead(gid, nodes, true, false) end
   end
   for i = first, #A, R.SIZE do
     local mid, gid, node, attempt, iter = A[i + R.MSG_ID], A[i + R.GRAPH_ID], A[i + R.NODE], A[i + R.ATTEMPT], A[i + R.ITERATION]
@@ -248,6 +252,14 @@ local function apply_batch(worker, A, first)
       touched[gid] = true
       local started = tonumber(v[4]) or NOW
       local ok = (outcome == Outcome.OK)
+      -- Stored three times (the node's output, its attempt's record, node_completed).
+      if ok and not bytes_fit(gid, #input + 3 * #output) then
+        err = err_json(ErrorClass.LIMIT, 'the output of ' .. #output .. ' bytes would take the run past its limit of '
+          .. gbytes[gid][2] .. ' stored bytes (DAGO_MAX_RUN_BYTES)', false)
+        ok, output = false, ''
+      elseif not ok then
+        bytes_fit(gid, #input + #err)
+      end
       local ujson, who, over = 'null', '', nil
       if usage_s ~= '' then ujson, who, over = add_usage(gid, node, usage_s) end
       -- The attempt's own state: a failed attempt is FAILED even when the node will retry.

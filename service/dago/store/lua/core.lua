@@ -64,6 +64,9 @@ local dispatched, took
 -- Each graph's state is read once (writes go through end_graph and start_graph), and
 -- changes to its count of open nodes are summed and applied in one HINCRBY.
 local gstate, open_delta
+-- What each graph of the call has stored (META.BYTES) against its limit (META.MAX_BYTES,
+-- 0: none), as {stored, limit, added by this call}; flush() writes what was added.
+local gbytes
 -- Join counters (see settle in graph.lua): {state, received, taken, iteration, dirty, gid,
 -- node} per graph and node, written back once per call by flush().
 local jc
@@ -189,6 +192,19 @@ local function graph_state(gid)
   return s or nil
 end
 
+-- Whether `n` more bytes fit in the graph's limit; if they do, they are counted.
+local function bytes_fit(gid, n)
+  local b = gbytes[gid]
+  if b == nil then
+    local v = redis.call('HMGET', gkey(gid), META.BYTES, META.MAX_BYTES)
+    b = {tonumber(v[1]) or 0, tonumber(v[2]) or 0, 0}
+    gbytes[gid] = b
+  end
+  if b[2] > 0 and b[1] + b[3] + n > b[2] then return false end
+  b[3] = b[3] + n
+  return true
+end
+
 local function open_add(gid, d)
   open_delta[gid] = (open_delta[gid] or 0) + d
 end
@@ -242,6 +258,10 @@ local function flush()
     if d ~= 0 then redis.call('HINCRBY', gkey(gid), META.OPEN, d) end
   end
   open_delta = {}
+  for gid, b in pairs(gbytes) do
+    if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
+  end
+  gbytes = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
     -- Entry ids are 0-<seq>: '0-*' lets Redis number them on from the last one, the same
@@ -412,6 +432,7 @@ local function begin(keys, args)
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   NOW_S = int(NOW)
   notified, controls, topo_cache, gstate, open_delta, jc = {}, {}, {}, {}, {}, {}
+  gbytes = {}
   gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
   join_r, join_t, queued = {}, {}, {}
   dispatched, took = 0, 0
