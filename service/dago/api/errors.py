@@ -54,15 +54,33 @@ class ApiError(Exception):
         return rpc_status.to_status(proto)
 
 
+MAX_DETAIL_BYTES = 4 * 1024
+"""What the field violations of one error may take: the details travel base64-encoded in a
+trailer with the message, and gRPC clients start refusing trailers past 8 KiB (their
+default soft limit), so a request with thousands of problems still gets its error."""
+
+
+def _short(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def invalid(violations: Sequence[Violation], message: str = "") -> ApiError:
-    """INVALID_ARGUMENT with a BadRequest listing every field violation."""
+    """INVALID_ARGUMENT with a BadRequest listing the field violations (as many as fit in
+    MAX_DETAIL_BYTES; a last entry counts the others)."""
     br = error_details_pb2.BadRequest()
-    for v in violations:
-        br.field_violations.add(field=v.field, description=v.description)
+    room = MAX_DETAIL_BYTES
+    for i, v in enumerate(violations):
+        field, description = _short(v.field, 300), _short(v.description)
+        room -= len(field.encode()) + len(description.encode()) + 8
+        if room < 0:
+            rest = len(violations) - i
+            br.field_violations.add(field="", description=f"and {rest} more problem(s)")
+            break
+        br.field_violations.add(field=field, description=description)
     if not message:
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-        message = f"{first.field}: {first.description}{more}"
+        message = f"{_short(first.field, 300)}: {_short(first.description)}{more}"
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, [br])
 
 
