@@ -16,7 +16,14 @@ import grpc
 from dago.api import errors, tokens
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.api.errors import guard, guard_stream
-from dago.api.views import TERMINAL_STATES, graph_result, graph_state, graph_status, summary
+from dago.api.views import (
+    TERMINAL_STATES,
+    attempt,
+    graph_result,
+    graph_state,
+    graph_status,
+    summary,
+)
 from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
@@ -99,6 +106,24 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             (ns,) = await self._store.graph_fields(shard, found[0].graph_id, Meta.NAMESPACE)
             if not self._mine(ns):
                 raise errors.not_found("dead letter", name)
+
+    async def _check_size(self, shard: int, graph_id: str, share: int, what: str) -> None:
+        """FAILED_PRECONDITION when a response holding 1/``share`` of what the run stored
+        would not fit a response (half of DAGO_MAX_MESSAGE_BYTES), before anything of it is
+        read; NOT_FOUND for a graph the caller may not see."""
+        stored, ns = await self._store.graph_fields(shard, graph_id, Meta.BYTES, Meta.NAMESPACE)
+        if stored is None:
+            return  # no such graph: the read that follows says so
+        self._owned(graph_id, ns)
+        budget = self._settings.max_message_bytes // 2
+        if int(stored) // share > budget:
+            raise errors.failed_precondition(
+                "GRAPH_TOO_LARGE",
+                graph_id,
+                f"graph {graph_id} stored {int(stored)} bytes, more than {what} can carry in "
+                f"one response ({budget} bytes): read it with GetGraphStatus "
+                "view=GRAPH_STATUS_VIEW_BASIC and each node's attempts with ListNodeAttempts",
+            )
 
     def _shard(self, graph_id: str, field: str = "graph_id") -> int:
         if not graph_id:
@@ -227,13 +252,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetGraphStatus(
         self, request: orchestrator_pb2.GetGraphStatusRequest, context: Ctx
     ) -> orchestrator_pb2.GetGraphStatusResponse:
-        """Per-node states, attempts, timings and usage."""
+        """Per-node states, attempts, timings and usage (with outputs and attempt inputs and
+        outputs unless the view is BASIC)."""
         shard = self._shard(request.graph_id)
-        snap = await self._store.snapshot(shard, request.graph_id)
+        if request.view not in orchestrator_pb2.GraphStatusView.values():
+            raise errors.invalid_field("view", f"unknown view {request.view}")
+        full = request.view != orchestrator_pb2.GRAPH_STATUS_VIEW_BASIC
+        if full:
+            await self._check_size(shard, request.graph_id, 1, "GRAPH_STATUS_VIEW_FULL")
+        snap = await self._store.snapshot(shard, request.graph_id, records=True)
         if not snap.meta:
             raise errors.not_found("graph", request.graph_id)
         self._owned(request.graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
-        status = graph_status(request.graph_id, snap)
+        status = graph_status(request.graph_id, snap, full)
         status.namespace = self._auth.current()
         return orchestrator_pb2.GetGraphStatusResponse(status=status)
 
@@ -243,6 +274,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.GetGraphResultResponse:
         """Outputs of a finished run; FAILED_PRECONDITION while it runs."""
         shard = self._shard(request.graph_id)
+        # Each output is stored three times (node, attempt record, event): a third of what
+        # the run stored bounds the result.
+        await self._check_size(shard, request.graph_id, 3, "GetGraphResult")
         snap = await self._store.snapshot(shard, request.graph_id, records=False)
         if not snap.meta:
             raise errors.not_found("graph", request.graph_id)
@@ -366,11 +400,57 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.not_found("graph", request.graph_id)
         self._owned(request.graph_id, ns)
         events = await self._store.events(shard, request.graph_id, after, size)
-        resp = orchestrator_pb2.ListGraphEventsResponse(
-            events=[decode(request.graph_id, seq, f) for seq, f in events]
+        resp = orchestrator_pb2.ListGraphEventsResponse()
+        room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
+        for seq, fields in events:
+            event = decode(request.graph_id, seq, fields)
+            room -= event.ByteSize()
+            if room < 0 and resp.events:
+                break  # a page ends before it would pass PAGE_BYTES (one event at least)
+            resp.events.append(event)
+        if resp.events and (len(resp.events) < len(events) or len(events) == size):
+            resp.next_page_token = tokens.encode("e", resp.events[-1].seq)
+        return resp
+
+    @guard
+    async def ListNodeAttempts(
+        self, request: orchestrator_pb2.ListNodeAttemptsRequest, context: Ctx
+    ) -> orchestrator_pb2.ListNodeAttemptsResponse:
+        """A page of one node's attempts with their inputs and outputs."""
+        shard = self._shard(request.graph_id)
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            raise errors.invalid_field("page_size", "must be between 1 and 1000")
+        after = (0, 0)
+        if request.page_token:
+            last_it, last_at = tokens.decode(request.page_token, "a", 2)
+            after = (tokens.decode_int(last_it), tokens.decode_int(last_at))
+        raw_def, ns = await self._store.graph_fields(
+            shard, request.graph_id, Meta.DEFINITION, Meta.NAMESPACE
         )
-        if len(events) == size:
-            resp.next_page_token = tokens.encode("e", events[-1][0])
+        if raw_def is None:
+            raise errors.not_found("graph", request.graph_id)
+        self._owned(request.graph_id, ns)
+        if request.node_id not in {n.id for n in graph_pb2.Graph.FromString(raw_def).nodes}:
+            raise errors.not_found("node", f"{request.graph_id}/{request.node_id}")
+        records = await self._store.node_records(shard, request.graph_id, request.node_id)
+        numbered: list[tuple[tuple[int, int], bytes]] = []
+        for key, raw in records.items():
+            it, _, at = key.decode().partition(":")
+            numbered.append(((int(it), int(at)), raw))
+        numbered.sort()
+        resp = orchestrator_pb2.ListNodeAttemptsResponse()
+        room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
+        later = [(key, raw) for key, raw in numbered if key > after]
+        for (iteration, number), raw in later[:size]:
+            a = attempt(iteration, number, json.loads(raw), True)
+            room -= a.ByteSize()
+            if room < 0 and resp.attempts:
+                break
+            resp.attempts.append(a)
+        if len(resp.attempts) < len(later):
+            last = resp.attempts[-1]
+            resp.next_page_token = tokens.encode("a", last.iteration, last.attempt)
         return resp
 
     # --- operations: workers and dead letters ------------------------------------------
@@ -499,6 +579,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
 _DEAD_ID = re.compile(r"(\d{1,4})-(\d{1,20}-\d{1,20})")
 
+
+PAGE_BYTES = 1 << 20
+"""A page of events or attempts ends before it would pass this many bytes (or half of
+DAGO_MAX_MESSAGE_BYTES when that is less)."""
 
 MAX_COMPILING = 16
 """Graphs one API server checks at once (on its compile thread) before it answers

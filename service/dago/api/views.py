@@ -69,8 +69,9 @@ def summary(graph_id: str, meta: dict[bytes, bytes]) -> orchestrator_pb2.GraphSu
     return s
 
 
-def graph_status(graph_id: str, snap: Snapshot) -> execution_pb2.GraphStatus:
-    """The full status of a run."""
+def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_pb2.GraphStatus:
+    """The status of a run; without ``full``, no node outputs and no attempt inputs or
+    outputs (GRAPH_STATUS_VIEW_BASIC)."""
     meta = snap.meta
     graph = graph_pb2.Graph.FromString(meta[Meta.DEFINITION.encode()])
     st = execution_pb2.GraphStatus(
@@ -94,12 +95,12 @@ def graph_status(graph_id: str, snap: Snapshot) -> execution_pb2.GraphStatus:
         nid, it, at = key.decode().rsplit(":", 2)
         by_node.setdefault(nid, []).append((int(it), int(at), json.loads(raw)))
     for node in graph.nodes:
-        st.nodes.append(_node_status(node.id, snap.nodes, by_node.get(node.id, [])))
+        st.nodes.append(_node_status(node.id, snap.nodes, by_node.get(node.id, []), full))
     return st
 
 
 def _node_status(
-    nid: str, h: dict[bytes, bytes], attempts: list[tuple[int, int, dict[str, Any]]]
+    nid: str, h: dict[bytes, bytes], attempts: list[tuple[int, int, dict[str, Any]]], full: bool
 ) -> execution_pb2.NodeStatus:
     def get(field: str) -> bytes | None:
         return h.get(f"{nid}{field}".encode())
@@ -113,7 +114,7 @@ def _node_status(
     )
     _ts(ns.start_time, get(Node.STARTED))
     _ts(ns.end_time, get(Node.ENDED))
-    out = get(Node.OUTPUT)
+    out = get(Node.OUTPUT) if full else None
     if out is not None:
         set_value(ns.output, json.loads(out))
     err = get(Node.ERROR)
@@ -121,21 +122,27 @@ def _node_status(
         error_from(json.loads(err), ns.error)
     _usage(h, f"{nid}:", ns.usage)
     for it, at, rec in sorted(attempts, key=lambda x: (x[0], x[1])):
-        a = ns.attempts.add(
-            attempt=at,
-            iteration=it,
-            state=execution_pb2.NodeState.ValueType(int(rec.get(Record.STATE, 0))),
-            worker_id=str(rec.get(Record.WORKER, "")),
-        )
-        a.start_time.FromMilliseconds(int(rec.get(Record.STARTED, 0)))
-        a.end_time.FromMilliseconds(int(rec.get(Record.ENDED, 0)))
-        if Record.INPUT in rec:
-            set_value(a.input, rec[Record.INPUT])
-        if Record.OUTPUT in rec:
-            set_value(a.output, rec[Record.OUTPUT])
-        error_from(rec.get(Record.ERROR), a.error)
-        usage_from(rec.get(Record.USAGE), a.usage)
+        ns.attempts.append(attempt(it, at, rec, full))
     return ns
+
+
+def attempt(iteration: int, number: int, rec: dict[str, Any], full: bool) -> execution_pb2.Attempt:
+    """One attempt from its stored record (with its input and output when ``full``)."""
+    a = execution_pb2.Attempt(
+        attempt=number,
+        iteration=iteration,
+        state=execution_pb2.NodeState.ValueType(int(rec.get(Record.STATE, 0))),
+        worker_id=str(rec.get(Record.WORKER, "")),
+    )
+    a.start_time.FromMilliseconds(int(rec.get(Record.STARTED, 0)))
+    a.end_time.FromMilliseconds(int(rec.get(Record.ENDED, 0)))
+    if full and Record.INPUT in rec:
+        set_value(a.input, rec[Record.INPUT])
+    if full and Record.OUTPUT in rec:
+        set_value(a.output, rec[Record.OUTPUT])
+    error_from(rec.get(Record.ERROR), a.error)
+    usage_from(rec.get(Record.USAGE), a.usage)
+    return a
 
 
 def graph_result(

@@ -251,6 +251,18 @@ class Store:
                 nodes[field] = value
         return Snapshot(dict(meta), nodes, found)
 
+    async def node_records(self, shard: int, graph_id: str, node: str) -> dict[bytes, bytes]:
+        """One node's attempt records (``<iteration>:<attempt>`` -> JSON), found with HSCAN
+        (only that node's fields come back)."""
+        nk = self.keys.shard(shard).graph(graph_id).nodes
+        prefix = f"{node}{Node.RECORD}".encode()
+        out: dict[bytes, bytes] = {}
+        # Node ids are letters, digits and _: no glob character to escape.
+        async for field, value in self.redis.hscan_iter(nk, match=f"{node}{Node.RECORD}*"):
+            if field.startswith(prefix):
+                out[field[len(prefix) :]] = value
+        return out
+
     async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:
         """Summary fields of several graphs (any shards) in one round trip."""
         pipe = self.redis.pipeline(transaction=False)

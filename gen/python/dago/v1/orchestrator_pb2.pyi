@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _GraphStatusView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GraphStatusViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GraphStatusView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRAPH_STATUS_VIEW_UNSPECIFIED: _GraphStatusView.ValueType  # 0
+    """The same as GRAPH_STATUS_VIEW_FULL."""
+    GRAPH_STATUS_VIEW_BASIC: _GraphStatusView.ValueType  # 1
+    """States, timings, errors, routes and usage of the run and of every node
+    and attempt; no node outputs and no attempt inputs or outputs. Its size
+    does not grow with what the nodes produce.
+    """
+    GRAPH_STATUS_VIEW_FULL: _GraphStatusView.ValueType  # 2
+    """BASIC plus every node's output and every attempt's input and output.
+    FAILED_PRECONDITION when the run has stored more than one response may
+    carry: read it with BASIC and ListNodeAttempts.
+    """
+
+class GraphStatusView(_GraphStatusView, metaclass=_GraphStatusViewEnumTypeWrapper):
+    """How much of a run GetGraphStatus includes."""
+
+GRAPH_STATUS_VIEW_UNSPECIFIED: GraphStatusView.ValueType  # 0
+"""The same as GRAPH_STATUS_VIEW_FULL."""
+GRAPH_STATUS_VIEW_BASIC: GraphStatusView.ValueType  # 1
+"""States, timings, errors, routes and usage of the run and of every node
+and attempt; no node outputs and no attempt inputs or outputs. Its size
+does not grow with what the nodes produce.
+"""
+GRAPH_STATUS_VIEW_FULL: GraphStatusView.ValueType  # 2
+"""BASIC plus every node's output and every attempt's input and output.
+FAILED_PRECONDITION when the run has stored more than one response may
+carry: read it with BASIC and ListNodeAttempts.
+"""
+Global___GraphStatusView: _TypeAlias = GraphStatusView  # noqa: Y015
 
 @_typing.final
 class SubmitGraphRequest(_message.Message):
@@ -163,16 +200,20 @@ class GetGraphStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GRAPH_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
+    view: Global___GraphStatusView.ValueType
+    """How much of each node to include (default: FULL)."""
     def __init__(
         self,
         *,
         graph_id: _builtins.str = ...,
+        view: Global___GraphStatusView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,7 +555,9 @@ class ListGraphEventsRequest(_message.Message):
     graph_id: _builtins.str
     """The run's id."""
     page_size: _builtins.int
-    """Maximum events per page (1..1000; 0 means 100)."""
+    """Maximum events per page (1..1000; 0 means 100). A page also ends before
+    it would pass about 1 MiB.
+    """
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     after_seq: _builtins.int
@@ -562,6 +605,70 @@ class ListGraphEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListGraphEventsResponse: _TypeAlias = ListGraphEventsResponse  # noqa: Y015
+
+@_typing.final
+class ListNodeAttemptsRequest(_message.Message):
+    """Request of ListNodeAttempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run's id."""
+    node_id: _builtins.str
+    """The node's id."""
+    page_size: _builtins.int
+    """Maximum attempts per page (1..1000; 0 means 100). A page also ends
+    before it would pass about 1 MiB.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id", "node_id", b"node_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodeAttemptsRequest: _TypeAlias = ListNodeAttemptsRequest  # noqa: Y015
+
+@_typing.final
+class ListNodeAttemptsResponse(_message.Message):
+    """Response of ListNodeAttempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Attempt]:
+        """The node's attempts, by iteration then attempt."""
+
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[_execution_pb2.Attempt] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodeAttemptsResponse: _TypeAlias = ListNodeAttemptsResponse  # noqa: Y015
 
 @_typing.final
 class ListWorkersRequest(_message.Message):

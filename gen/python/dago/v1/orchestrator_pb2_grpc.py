@@ -79,6 +79,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsResponse.FromString,
                 _registered_method=True)
+        self.ListNodeAttempts = channel.unary_unary(
+                '/dago.v1.OrchestratorService/ListNodeAttempts',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/dago.v1.OrchestratorService/ListWorkers',
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWorkersRequest.SerializeToString,
@@ -171,6 +176,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodeAttempts(self, request, context):
+        """A page of one node's attempts, oldest first, each with its input and
+        output: how a run too large to read whole (GetGraphStatus's
+        GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
         id, host, slots, attempts in flight, node kinds, last heartbeat.
@@ -246,6 +260,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListGraphEvents,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsResponse.SerializeToString,
+            ),
+            'ListNodeAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodeAttempts,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -489,6 +508,33 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/ListGraphEvents',
             dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodeAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/ListNodeAttempts',
+            dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,11 @@ class OrchestratorServiceStub:
     """
     ListGraphEvents: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphEventsRequest, _orchestrator_pb2.ListGraphEventsResponse]
     """A page of a run's stored event log."""
+    ListNodeAttempts: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListNodeAttemptsRequest, _orchestrator_pb2.ListNodeAttemptsResponse]
+    """A page of one node's attempts, oldest first, each with its input and
+    output: how a run too large to read whole (GetGraphStatus's
+    GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+    """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkersRequest, _orchestrator_pb2.ListWorkersResponse]
     """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
     id, host, slots, attempts in flight, node kinds, last heartbeat.
@@ -116,6 +121,11 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     ListGraphEvents: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphEventsRequest, _orchestrator_pb2.ListGraphEventsResponse]  # type: ignore[assignment]
     """A page of a run's stored event log."""
+    ListNodeAttempts: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListNodeAttemptsRequest, _orchestrator_pb2.ListNodeAttemptsResponse]  # type: ignore[assignment]
+    """A page of one node's attempts, oldest first, each with its input and
+    output: how a run too large to read whole (GetGraphStatus's
+    GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+    """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkersRequest, _orchestrator_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
     id, host, slots, attempts in flight, node kinds, last heartbeat.
@@ -214,6 +224,17 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.ListGraphEventsResponse, _abc.Awaitable[_orchestrator_pb2.ListGraphEventsResponse]]:
         """A page of a run's stored event log."""
+
+    @_abc_1.abstractmethod
+    def ListNodeAttempts(
+        self,
+        request: _orchestrator_pb2.ListNodeAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListNodeAttemptsResponse, _abc.Awaitable[_orchestrator_pb2.ListNodeAttemptsResponse]]:
+        """A page of one node's attempts, oldest first, each with its input and
+        output: how a run too large to read whole (GetGraphStatus's
+        GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkers(

@@ -2,10 +2,10 @@
 // @generated from file dago/v1/orchestrator.proto (package dago.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Graph } from "./graph_pb.js";
-import type { Event, GraphState, GraphStatus, NodeError, Usage } from "./execution_pb.js";
+import type { Attempt, Event, GraphState, GraphStatus, NodeError, Usage } from "./execution_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -169,6 +169,13 @@ export declare type GetGraphStatusRequest = Message<"dago.v1.GetGraphStatusReque
    * @generated from field: string graph_id = 1;
    */
   graphId: string;
+
+  /**
+   * How much of each node to include (default: FULL).
+   *
+   * @generated from field: dago.v1.GraphStatusView view = 2;
+   */
+  view: GraphStatusView;
 };
 
 /**
@@ -503,7 +510,8 @@ export declare type ListGraphEventsRequest = Message<"dago.v1.ListGraphEventsReq
   graphId: string;
 
   /**
-   * Maximum events per page (1..1000; 0 means 100).
+   * Maximum events per page (1..1000; 0 means 100). A page also ends before
+   * it would pass about 1 MiB.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -556,6 +564,75 @@ export declare type ListGraphEventsResponse = Message<"dago.v1.ListGraphEventsRe
  * Use `create(ListGraphEventsResponseSchema)` to create a new message.
  */
 export declare const ListGraphEventsResponseSchema: GenMessage<ListGraphEventsResponse>;
+
+/**
+ * Request of ListNodeAttempts.
+ *
+ * @generated from message dago.v1.ListNodeAttemptsRequest
+ */
+export declare type ListNodeAttemptsRequest = Message<"dago.v1.ListNodeAttemptsRequest"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The node's id.
+   *
+   * @generated from field: string node_id = 2;
+   */
+  nodeId: string;
+
+  /**
+   * Maximum attempts per page (1..1000; 0 means 100). A page also ends
+   * before it would pass about 1 MiB.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message dago.v1.ListNodeAttemptsRequest.
+ * Use `create(ListNodeAttemptsRequestSchema)` to create a new message.
+ */
+export declare const ListNodeAttemptsRequestSchema: GenMessage<ListNodeAttemptsRequest>;
+
+/**
+ * Response of ListNodeAttempts.
+ *
+ * @generated from message dago.v1.ListNodeAttemptsResponse
+ */
+export declare type ListNodeAttemptsResponse = Message<"dago.v1.ListNodeAttemptsResponse"> & {
+  /**
+   * The node's attempts, by iteration then attempt.
+   *
+   * @generated from field: repeated dago.v1.Attempt attempts = 1;
+   */
+  attempts: Attempt[];
+
+  /**
+   * Token of the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message dago.v1.ListNodeAttemptsResponse.
+ * Use `create(ListNodeAttemptsResponseSchema)` to create a new message.
+ */
+export declare const ListNodeAttemptsResponseSchema: GenMessage<ListNodeAttemptsResponse>;
 
 /**
  * Request of ListWorkers.
@@ -885,6 +962,43 @@ export declare type DropDeadLetterResponse = Message<"dago.v1.DropDeadLetterResp
 export declare const DropDeadLetterResponseSchema: GenMessage<DropDeadLetterResponse>;
 
 /**
+ * How much of a run GetGraphStatus includes.
+ *
+ * @generated from enum dago.v1.GraphStatusView
+ */
+export enum GraphStatusView {
+  /**
+   * The same as GRAPH_STATUS_VIEW_FULL.
+   *
+   * @generated from enum value: GRAPH_STATUS_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * States, timings, errors, routes and usage of the run and of every node
+   * and attempt; no node outputs and no attempt inputs or outputs. Its size
+   * does not grow with what the nodes produce.
+   *
+   * @generated from enum value: GRAPH_STATUS_VIEW_BASIC = 1;
+   */
+  BASIC = 1,
+
+  /**
+   * BASIC plus every node's output and every attempt's input and output.
+   * FAILED_PRECONDITION when the run has stored more than one response may
+   * carry: read it with BASIC and ListNodeAttempts.
+   *
+   * @generated from enum value: GRAPH_STATUS_VIEW_FULL = 2;
+   */
+  FULL = 2,
+}
+
+/**
+ * Describes the enum dago.v1.GraphStatusView.
+ */
+export declare const GraphStatusViewSchema: GenEnum<GraphStatusView>;
+
+/**
  * Runs graphs of agent steps. Every error carries a google.rpc.Status with
  * details: INVALID_ARGUMENT with a google.rpc.BadRequest listing each field
  * violation, NOT_FOUND for unknown graphs, FAILED_PRECONDITION (with a
@@ -979,6 +1093,18 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof ListGraphEventsRequestSchema;
     output: typeof ListGraphEventsResponseSchema;
+  },
+  /**
+   * A page of one node's attempts, oldest first, each with its input and
+   * output: how a run too large to read whole (GetGraphStatus's
+   * GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.ListNodeAttempts
+   */
+  listNodeAttempts: {
+    methodKind: "unary";
+    input: typeof ListNodeAttemptsRequestSchema;
+    output: typeof ListNodeAttemptsResponseSchema;
   },
   /**
    * The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
