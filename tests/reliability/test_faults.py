@@ -163,9 +163,12 @@ async def test_killed_worker_node_is_reclaimed_once(
         s = node_status(st, "s")
         assert s.state == execution_pb2.NODE_STATE_COMPLETED
         assert s.attempt == 1
-        assert [(a.attempt, a.state, a.worker_id) for a in s.attempts] == [
-            (1, execution_pb2.NODE_STATE_COMPLETED, rescuer)
+        # One attempt, run twice: each execution has its own record and times.
+        assert [(a.attempt, a.execution, a.state, a.worker_id) for a in s.attempts] == [
+            (1, 1, execution_pb2.NODE_STATE_RECLAIMED, victim),
+            (1, 2, execution_pb2.NODE_STATE_COMPLETED, rescuer),
         ]
+        assert [a.start_time for a in s.attempts] == [first.time, second.time]
         assert json_format.MessageToDict(node_status(st, "after").output) == {"slept": 2}
 
 

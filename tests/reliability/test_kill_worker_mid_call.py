@@ -86,8 +86,9 @@ async def test_worker_killed_mid_llm_stream(
         assert "".join(rescued) == ANSWER
 
         a = node_status(st, "a")
-        assert [(x.attempt, x.state) for x in a.attempts] == [
-            (1, execution_pb2.NODE_STATE_COMPLETED)
+        assert [(x.attempt, x.execution, x.state) for x in a.attempts] == [
+            (1, 1, execution_pb2.NODE_STATE_RECLAIMED),
+            (1, 2, execution_pb2.NODE_STATE_COMPLETED),
         ]
         assert json_format.MessageToDict(a.output)["text"] == ANSWER
         result = json_format.MessageToDict((await stack.client.result(gid)).output)
@@ -137,7 +138,7 @@ async def test_worker_killed_mid_tool_call_effect_happens_once(
         assert names(where) == sorted(["log", key.replace("/", "_")])
         pay = node_status(st, "pay")
         assert json_format.MessageToDict(pay.output) == {"key": key, "applied": False}
-        assert len(pay.attempts) == 1
+        assert [(a.attempt, a.execution) for a in pay.attempts] == [(1, 1), (1, 2)]
         events = await stack.client.history(gid)
         assert len(of_kind(events, "node_completed", "pay")) == 1
         assert len(of_kind(events, "node_started", "pay")) == 2
@@ -187,7 +188,7 @@ async def test_worker_killed_mid_agent_tool_call_effect_happens_once(
         assert names(where) == sorted(["log", key.replace("/", "_")])  # one effect
         helper = node_status(st, "helper")
         assert json_format.MessageToDict(helper.output)["text"] == "paid once"
-        assert len(helper.attempts) == 1
+        assert [(a.attempt, a.execution) for a in helper.attempts] == [(1, 1), (1, 2)]
         events = await stack.client.history(gid)
         results = of_kind(events, "tool_result", "helper")
         assert json_format.MessageToDict(results[-1].tool_result.result) == {

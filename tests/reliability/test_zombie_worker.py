@@ -85,7 +85,17 @@ async def test_frozen_worker_late_result_is_fenced_out(
                 "node_completed",
             ]
             s = next(n for n in (await stack.client.status(gid)).nodes if n.node_id == "s")
-            assert [(a.attempt, a.worker_id) for a in s.attempts] == [(1, rescuer)]
+            # Each execution has its own record: the zombie's ended when the rescuer's
+            # started, and the rescuer's times are its own.
+            assert [(a.attempt, a.execution, a.state, a.worker_id) for a in s.attempts] == [
+                (1, 1, execution_pb2.NODE_STATE_RECLAIMED, zombie),
+                (1, 2, execution_pb2.NODE_STATE_COMPLETED, rescuer),
+            ]
+            first, second = s.attempts
+            assert first.start_time == starts[0].time
+            assert second.start_time == starts[1].time
+            assert first.end_time.ToMilliseconds() <= second.start_time.ToMilliseconds()
+            assert second.end_time.ToMilliseconds() - second.start_time.ToMilliseconds() >= 2000
             assert await stack.client.result(gid) == result
             assert json_format.MessageToDict(result.output) == {"after": {"slept": 2}}
         finally:

@@ -28,7 +28,7 @@ async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessSt
 def result(item: WorkItem, output: str, taken: str) -> Result:
     """The result of a successful attempt."""
     return Result(
-        item.msg_id, item.graph_id, item.node, item.attempt, item.iteration,
+        item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, item.execution,
         "{}", Outcome.OK, output, taken, "", "", "", 0,
     )  # fmt: skip
 

@@ -26,6 +26,7 @@ from harness import (
     edge,
     eventually,
     node_status,
+    of_kind,
     plain,
     request,
     stack_settings,
@@ -146,6 +147,34 @@ async def test_a_graph_with_several_edges_and_a_chain_of_inline_nodes(
     _, st = await stack.client.run(request(nodes, edges))
     assert st.state == COMPLETED, st
     assert plain(node_status(st, "sink").output) == {"n": 40}
+
+
+async def test_items_of_different_shards_with_the_same_stream_id_both_run(
+    stack: InProcessStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stream ids are unique within one shard only: items dispatched in the same
+    millisecond to two shards carry the same id, and a worker runs and tracks both (each
+    runs past the lease, so one it stopped renewing would be reclaimed and run twice)."""
+    caplog.set_level(logging.ERROR, "dago.worker")
+    store = stack.store
+    shards = stack.settings.shards
+    assert shards > 1
+    for _ in range(5):
+        lease_s = stack.settings.lease_ms / 1000
+        reqs = [request([tool("s", "sleep", inputs={"seconds": lease_s + 0.3})])] * 200
+        gids = await asyncio.gather(*(stack.client.submit(r) for r in reqs))
+        for gid in gids:
+            assert (await stack.client.wait(gid, timeout=30)).state == COMPLETED
+            assert len(of_kind(await stack.client.history(gid), "node_started")) == 1
+        seen: dict[bytes, int] = {}
+        for shard in range(shards):
+            for mid, _ in await store.redis.xrange(store.keys.shard(shard).work):
+                seen[mid] = seen.get(mid, 0) + 1
+        if any(n > 1 for n in seen.values()):
+            break
+    else:
+        pytest.fail("no two shards' work items shared an id in 1000 submissions")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_draining_worker_finishes_its_attempts_and_takes_no_new_work(

@@ -204,14 +204,26 @@ class ApiServer:
             await asyncio.sleep(interval)
 
     async def _sweep_loop(self) -> None:
+        """Apply due timers; and once per worker TTL, remove the work groups' consumers left
+        by workers gone for longer than that (each restart under a new name adds one per
+        shard)."""
         interval = self._settings.sweep_interval_ms / 1000
+        ttl = self._settings.worker_ttl_ms
         limit = 200
+        pruned_at = 0.0
         while True:
             raise_if_cancelling()
             try:
                 for shard in range(self._settings.shards):
                     while await self._store.sweep(shard, limit) >= limit:
                         pass
+                if time.monotonic() - pruned_at >= ttl / 1000:
+                    pruned_at = time.monotonic()
+                    since = int(time.time() * 1000) - ttl
+                    alive = [w for w, _, _ in await self._store.workers(since)]
+                    for shard in range(self._settings.shards):
+                        if n := await self._store.prune_consumers(shard, ttl, alive):
+                            log.info("removed %d idle consumers on shard %d", n, shard)
             except STORE_ERRORS as e:
                 log.warning("sweeping timers failed: %s", e)
             await asyncio.sleep(interval)

@@ -35,7 +35,7 @@ from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import decode, error_from
 from dago.store.functions import SubmitArgs
 from dago.store.schema import Meta, Node
-from dago.store.store import DeadLetterEntry, Store
+from dago.store.store import DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -421,10 +421,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         size = request.page_size or 100
         if not 1 <= size <= 1000:
             raise errors.invalid_field("page_size", "must be between 1 and 1000")
-        after = (0, 0)
+        after = RecordId(0, 0, 0)
         if request.page_token:
-            last_it, last_at = tokens.decode(request.page_token, "a", 2)
-            after = (tokens.decode_int(last_it), tokens.decode_int(last_at))
+            parts = tokens.decode(request.page_token, "a", 3)
+            after = RecordId(*(tokens.decode_int(x) for x in parts))
         raw_def, ns = await self._store.graph_fields(
             shard, request.graph_id, Meta.DEFINITION, Meta.NAMESPACE
         )
@@ -434,23 +434,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if request.node_id not in {n.id for n in graph_pb2.Graph.FromString(raw_def).nodes}:
             raise errors.not_found("node", f"{request.graph_id}/{request.node_id}")
         records = await self._store.node_records(shard, request.graph_id, request.node_id)
-        numbered: list[tuple[tuple[int, int], bytes]] = []
-        for key, raw in records.items():
-            it, _, at = key.decode().partition(":")
-            numbered.append(((int(it), int(at)), raw))
-        numbered.sort()
         resp = orchestrator_pb2.ListNodeAttemptsResponse()
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
-        later = [(key, raw) for key, raw in numbered if key > after]
-        for (iteration, number), raw in later[:size]:
-            a = attempt(iteration, number, json.loads(raw), True)
+        later = [(rid, raw) for rid, raw in records if rid > after]
+        for rid, raw in later[:size]:
+            a = attempt(rid, json.loads(raw), True)
             room -= a.ByteSize()
             if room < 0 and resp.attempts:
                 break
             resp.attempts.append(a)
         if len(resp.attempts) < len(later):
             last = resp.attempts[-1]
-            resp.next_page_token = tokens.encode("a", last.iteration, last.attempt)
+            resp.next_page_token = tokens.encode("a", last.iteration, last.attempt, last.execution)
         return resp
 
     # --- operations: workers and dead letters ------------------------------------------

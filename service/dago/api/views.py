@@ -9,7 +9,7 @@ from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
 from dago.store.events import error_from, usage_from
 from dago.store.schema import Meta, Node, Record, Usage
-from dago.store.store import Snapshot
+from dago.store.store import RecordId, Snapshot
 from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
@@ -90,17 +90,13 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
     _usage(meta, "", st.usage)
     if graph.HasField("metadata"):
         st.metadata.CopyFrom(graph.metadata)
-    by_node: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-    for key, raw in snap.records.items():
-        nid, it, at = key.decode().rsplit(":", 2)
-        by_node.setdefault(nid, []).append((int(it), int(at), json.loads(raw)))
     for node in graph.nodes:
-        st.nodes.append(_node_status(node.id, snap.nodes, by_node.get(node.id, []), full))
+        st.nodes.append(_node_status(node.id, snap.nodes, snap.records.get(node.id, []), full))
     return st
 
 
 def _node_status(
-    nid: str, h: dict[bytes, bytes], attempts: list[tuple[int, int, dict[str, Any]]], full: bool
+    nid: str, h: dict[bytes, bytes], records: list[tuple[RecordId, bytes]], full: bool
 ) -> execution_pb2.NodeStatus:
     def get(field: str) -> bytes | None:
         return h.get(f"{nid}{field}".encode())
@@ -121,21 +117,24 @@ def _node_status(
     if err:
         error_from(json.loads(err), ns.error)
     _usage(h, f"{nid}:", ns.usage)
-    for it, at, rec in sorted(attempts, key=lambda x: (x[0], x[1])):
-        ns.attempts.append(attempt(it, at, rec, full))
+    for rid, raw in records:
+        ns.attempts.append(attempt(rid, json.loads(raw), full))
     return ns
 
 
-def attempt(iteration: int, number: int, rec: dict[str, Any], full: bool) -> execution_pb2.Attempt:
-    """One attempt from its stored record (with its input and output when ``full``)."""
+def attempt(rid: RecordId, rec: dict[str, Any], full: bool) -> execution_pb2.Attempt:
+    """One execution of an attempt from its stored record (with its input and output when
+    ``full``); one still running has no end time."""
     a = execution_pb2.Attempt(
-        attempt=number,
-        iteration=iteration,
+        attempt=rid.attempt,
+        iteration=rid.iteration,
+        execution=rid.execution,
         state=execution_pb2.NodeState.ValueType(int(rec.get(Record.STATE, 0))),
         worker_id=str(rec.get(Record.WORKER, "")),
     )
     a.start_time.FromMilliseconds(int(rec.get(Record.STARTED, 0)))
-    a.end_time.FromMilliseconds(int(rec.get(Record.ENDED, 0)))
+    if Record.ENDED in rec:
+        a.end_time.FromMilliseconds(int(rec[Record.ENDED]))
     if full and Record.INPUT in rec:
         set_value(a.input, rec[Record.INPUT])
     if full and Record.OUTPUT in rec:

@@ -101,6 +101,7 @@ class Result(NamedTuple):
     node: str
     attempt: int
     iteration: int
+    execution: int
     input: str
     """The rendered input (JSON), or ""."""
     outcome: str
@@ -120,14 +121,20 @@ class Result(NamedTuple):
 
 
 class ReclaimArgs(NamedTuple):
-    """``reclaim``: take over work items idle past the lease and start them; items delivered
-    more than ``max_deliveries`` times are dead-lettered instead."""
+    """``reclaim``: take over the pending work items named (``Claim`` items follow) that are
+    still idle past ``min_idle_ms``, and start them for ``worker``; items delivered more
+    than ``max_deliveries`` times are dead-lettered instead."""
 
     worker: str
     min_idle_ms: int
-    max_items: int
     max_deliveries: int
     lease_ms: int
+
+
+class Claim(NamedTuple):
+    """One pending work item to take over."""
+
+    msg_id: bytes
 
 
 class RenewArgs(NamedTuple):
@@ -138,13 +145,14 @@ class RenewArgs(NamedTuple):
 
 
 class Renewal(NamedTuple):
-    """One running attempt whose lease is renewed."""
+    """One running execution whose lease is renewed (only while it is the current one)."""
 
     msg_id: bytes
     graph_id: str
     node: str
     iteration: int
     attempt: int
+    execution: int
 
 
 class AppendArgs(NamedTuple):
@@ -154,6 +162,7 @@ class AppendArgs(NamedTuple):
     node: str
     attempt: int
     iteration: int
+    execution: int
 
 
 class EventArg(NamedTuple):
@@ -183,16 +192,30 @@ class DeadLetterArgs(NamedTuple):
     entry_id: str
 
 
+class PruneArgs(NamedTuple):
+    """``prune``: remove the work group's consumers that hold no pending item, were idle
+    past ``min_idle_ms`` and are not named (``Consumer`` items follow: live workers)."""
+
+    min_idle_ms: int
+
+
+class Consumer(NamedTuple):
+    """A consumer to keep."""
+
+    name: str
+
+
 FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]] = {
     "submit": (SubmitArgs, None),
     "take": (TakeArgs, None),
     "apply": (ApplyArgs, Result),
-    "reclaim": (ReclaimArgs, None),
+    "reclaim": (ReclaimArgs, Claim),
     "renew": (RenewArgs, Renewal),
     "append": (AppendArgs, EventArg),
     "cancel": (CancelArgs, None),
     "sweep": (SweepArgs, None),
     "deadletter": (DeadLetterArgs, None),
+    "prune": (PruneArgs, Consumer),
 }
 """Every function: the type of its fixed arguments and of the items that follow them."""
 
@@ -227,7 +250,8 @@ def error_json(error_class: int, message: str, retryable: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """One delivered work item: run attempt ``attempt`` of ``node`` in ``graph_id``."""
+    """One delivered work item: run execution ``execution`` of attempt ``attempt`` of
+    ``node`` in ``graph_id``."""
 
     shard: int
     msg_id: bytes
@@ -236,6 +260,12 @@ class WorkItem:
     attempt: int
     iteration: int
     deliveries: int
+    execution: int
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        """What names the item in a worker: stream ids are unique within a shard only."""
+        return (self.shard, self.msg_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,17 +319,13 @@ def _s(v: Any) -> str:
 
 def parse_started(shard: int, raw: Sequence[Any]) -> list[Started]:
     """Started items as the functions return them: per item ``{msg_id, gid, node, attempt,
-    iteration, deliveries, inputs|false, {node, output, ...}}``."""
+    iteration, deliveries, execution, inputs|false, {node, output, ...}}``."""
     out = []
     for m in raw:
-        outs = m[7]
-        out.append(
-            Started(
-                WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5])),
-                m[6] or None,
-                [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)],
-            )
-        )
+        outs = m[8]
+        item = WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]))
+        pairs = [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)]
+        out.append(Started(item, m[7] or None, pairs))
     return out
 
 

@@ -68,6 +68,9 @@ class Node:
     ENDED: Final = ":et"
     WORKER: Final = ":w"
     DELIVERIES: Final = ":d"
+    EXECUTION: Final = ":x"
+    """The running attempt's execution (1 at its first start, one more each time its work
+    item is taken over); 0 until it starts."""
     DEADLINE: Final = ":dl"
     """When the running attempt times out (ms), for the timers once it outlives a renewal."""
     TIMER: Final = ":tm"
@@ -85,7 +88,8 @@ class Node:
     TAKEN: Final = ":t"
     """Incoming edges taken (a join's counter)."""
     RECORD: Final = ":@"
-    """Prefix of an attempt's immutable record: ``<node>:@<iteration>:<attempt>`` (JSON)."""
+    """Prefix of an execution's record: ``<node>:@<iteration>:<attempt>:<execution>``
+    (JSON), written when it starts and when it ends."""
     EDGE_RESOLVED: Final = "e:"
     """``e:<edge index>``: a loop's exit edge resolved in this iteration (not per node)."""
 
@@ -185,6 +189,8 @@ class Work:
     NODE: Final = "n"
     ATTEMPT: Final = "a"
     ITERATION: Final = "i"
+    EXECUTION: Final = "x"
+    """Control entries only: the execution to stop (empty: any)."""
 
 
 class DeadLetter:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -23,9 +23,12 @@ from dago.store.functions import (
     Applied,
     ApplyArgs,
     CancelArgs,
+    Claim,
+    Consumer,
     DeadLetterArgs,
     EventArg,
     Library,
+    PruneArgs,
     ReclaimArgs,
     Renewal,
     RenewArgs,
@@ -49,14 +52,29 @@ from dago.store.schema import DeadLetter, Meta, Node, Work
 log = logging.getLogger("dago.store")
 
 
+class RecordId(NamedTuple):
+    """Which execution of which attempt a stored record is; orders as they ran."""
+
+    iteration: int
+    attempt: int
+    execution: int
+
+
+def _record_id(tail: bytes) -> RecordId:
+    """``<iteration>:<attempt>:<execution>`` (records written before executions were
+    counted have no execution: their only one)."""
+    parts = tail.split(b":")
+    return RecordId(int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One graph as stored: its meta hash, its nodes' fields (``<node><Node field>``) and its
-    attempt records (``<node>:<iteration>:<attempt>`` -> JSON); empty when unknown."""
+    execution records by node (JSON, oldest first); empty when unknown."""
 
     meta: dict[bytes, bytes]
     nodes: dict[bytes, bytes]
-    records: dict[bytes, bytes]
+    records: dict[str, list[tuple[RecordId, bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,19 +180,38 @@ class Store:
         )
         return parse_applied(shard, raw)
 
+    async def idle_items(
+        self, shard: int, min_idle_ms: int, count: int, consumer: str | None = None
+    ) -> list[tuple[bytes, str]]:
+        """Pending work items of one shard idle for at least ``min_idle_ms`` (only
+        ``consumer``'s when given), oldest first, as (msg_id, consumer)."""
+        rows = await self.redis.xpending_range(
+            self.keys.shard(shard).work,
+            WORK_GROUP,
+            min="-",
+            max="+",
+            count=count,
+            consumername=consumer,
+            idle=min_idle_ms,
+        )
+        return [(r["message_id"], _s(r["consumer"])) for r in rows]
+
     async def reclaim(
         self,
         shard: int,
         worker: str,
+        msg_ids: Sequence[bytes],
         min_idle_ms: int,
-        count: int,
         max_deliveries: int,
         lease_ms: int,
     ) -> list[Started]:
-        """Take over work items idle longer than the lease and start them; poison items
-        are dead-lettered."""
-        args = ReclaimArgs(worker, min_idle_ms, count, max_deliveries, lease_ms)
-        raw = await self.library.call("reclaim", [self.keys.shard(shard)], args)
+        """Take over the pending work items ``msg_ids`` if still idle past ``min_idle_ms``
+        and start them for ``worker``; poison items are dead-lettered."""
+        if not msg_ids:
+            return []
+        args = ReclaimArgs(worker, min_idle_ms, max_deliveries, lease_ms)
+        claims = [Claim(m) for m in msg_ids]
+        raw = await self.library.call("reclaim", [self.keys.shard(shard)], args, claims)
         return parse_started(shard, raw)
 
     async def renew(self, shard: int, worker: str, items: Sequence[WorkItem]) -> int:
@@ -182,7 +219,10 @@ class Store:
         attempts' deadlines on the shard's timers; returns timers set."""
         if not items:
             return 0
-        renewals = [Renewal(i.msg_id, i.graph_id, i.node, i.iteration, i.attempt) for i in items]
+        renewals = [
+            Renewal(i.msg_id, i.graph_id, i.node, i.iteration, i.attempt, i.execution)
+            for i in items
+        ]
         raw = await self.library.call(
             "renew", [self.keys.shard(shard)], RenewArgs(worker), renewals
         )
@@ -190,7 +230,7 @@ class Store:
 
     async def append(self, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:
         """Append events of a running attempt; False when the attempt is no longer current."""
-        args = AppendArgs(item.graph_id, item.node, item.attempt, item.iteration)
+        args = AppendArgs(item.graph_id, item.node, item.attempt, item.iteration, item.execution)
         evs = [EventArg(kind, detail) for kind, detail in events]
         return bool(await self.library.call("append", [self.keys.shard(item.shard)], args, evs))
 
@@ -205,6 +245,12 @@ class Store:
     async def sweep(self, shard: int, limit: int = 200) -> int:
         """Apply due timers of one shard; returns how many were due."""
         return int(await self.library.call("sweep", [self.keys.shard(shard)], SweepArgs(limit)))
+
+    async def prune_consumers(self, shard: int, min_idle_ms: int, keep: Sequence[str]) -> int:
+        """Remove one shard's consumers that hold nothing, were idle past ``min_idle_ms`` and
+        are not in ``keep``; returns how many."""
+        args, names = PruneArgs(min_idle_ms), [Consumer(n) for n in keep]
+        return int(await self.library.call("prune", [self.keys.shard(shard)], args, names))
 
     async def dead_letter(self, shard: int, op: str, entry_id: str) -> tuple[str, str]:
         """Requeue or drop (``op``) one dead letter; returns (outcome, graph_id)."""
@@ -241,26 +287,32 @@ class Store:
         pipe.hgetall(gk.nodes)
         meta, fields = await pipe.execute()
         nodes: dict[bytes, bytes] = {}
-        found: dict[bytes, bytes] = {}
+        found: dict[str, list[tuple[RecordId, bytes]]] = {}
         marker = Node.RECORD.encode()
         for field, value in fields.items():
             if marker in field:
                 if records:
-                    found[field.replace(marker, b":", 1)] = value
+                    node, _, tail = field.partition(marker)
+                    found.setdefault(node.decode(), []).append((_record_id(tail), value))
             else:
                 nodes[field] = value
+        for recs in found.values():
+            recs.sort()
         return Snapshot(dict(meta), nodes, found)
 
-    async def node_records(self, shard: int, graph_id: str, node: str) -> dict[bytes, bytes]:
-        """One node's attempt records (``<iteration>:<attempt>`` -> JSON), found with HSCAN
-        (only that node's fields come back)."""
+    async def node_records(
+        self, shard: int, graph_id: str, node: str
+    ) -> list[tuple[RecordId, bytes]]:
+        """One node's execution records (JSON), oldest first, found with HSCAN (only that
+        node's fields come back)."""
         nk = self.keys.shard(shard).graph(graph_id).nodes
         prefix = f"{node}{Node.RECORD}".encode()
-        out: dict[bytes, bytes] = {}
+        out: list[tuple[RecordId, bytes]] = []
         # Node ids are letters, digits and _: no glob character to escape.
         async for field, value in self.redis.hscan_iter(nk, match=f"{node}{Node.RECORD}*"):
             if field.startswith(prefix):
-                out[field[len(prefix) :]] = value
+                out.append((_record_id(field[len(prefix) :]), value))
+        out.sort()
         return out
 
     async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:

@@ -116,7 +116,8 @@ class Attempts:
         self._tracing = tracing
         self._report = report
         self._limits = limits or Limits()
-        self.running: dict[bytes, Running] = {}
+        self.running: dict[tuple[int, bytes], Running] = {}
+        """By ``WorkItem.key``."""
         self._plans: dict[int, Plan] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = NO_DEADLINE
@@ -130,6 +131,12 @@ class Attempts:
         dropped = 0
         for s in started:
             item = s.item
+            if item.key in self.running:
+                # Reclaim never hands a worker its own items, so this is a second process
+                # under this worker's name: the item runs in the first one.
+                log.error("work item %r already runs here; not starting it twice", item.msg_id)
+                dropped += 1
+                continue
             graph = loaded.get(item.graph_id)
             node = _node(graph, item)
             plan = self._plan(node) if node is not None else None
@@ -138,23 +145,23 @@ class Attempts:
             name = graph.name if graph else ""
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
             running = Running(item)
-            self.running[item.msg_id] = running
+            self.running[item.key] = running
             if plan is not None and plan.inline is not None and graph is not None:
                 try:
                     with self._observing(running, graph):
                         self._inline_attempt(running, plan, scope)
                 except Exception:
                     log.exception("running %s/%s inline failed", item.graph_id, item.node)
-                    if not running.reported and self.forget(item.msg_id):
+                    if not running.reported and self.forget(item.key):
                         dropped += 1
             else:
                 running.task = asyncio.create_task(self._observed(running, graph, plan, scope))
         return dropped
 
-    def forget(self, msg_id: bytes) -> bool:
+    def forget(self, key: tuple[int, bytes]) -> bool:
         """Drop an attempt that will not be applied (still pending in Redis, it is reclaimed
         after the lease); True when it was held."""
-        running = self.running.pop(msg_id, None)
+        running = self.running.pop(key, None)
         if running is None:
             return False
         if running.span is not None and running.span.is_recording():
@@ -367,6 +374,7 @@ class Attempts:
             item.node,
             item.attempt,
             item.iteration,
+            item.execution,
             self._redact(rendered),
             outcome,
             self._redact(output),
@@ -420,13 +428,21 @@ class Attempts:
         if soonest != NO_DEADLINE:
             self._arm(soonest)
 
-    def stop(self, graph_id: str, node: str, attempt: str, cached: LoadedGraph | None) -> None:
-        """Cancel the running attempts of ``graph_id`` (only ``node``'s attempt ``attempt``
-        when ``node`` is given): the graph ended, or Redis timed the attempt out."""
+    def stop(
+        self, graph_id: str, node: str, attempt: str, execution: str, cached: LoadedGraph | None
+    ) -> None:
+        """Cancel the running attempts of ``graph_id`` (only ``node``'s attempt ``attempt``,
+        and of it only execution ``execution`` when given, when ``node`` is given): the graph
+        ended, Redis timed the attempt out, or another worker took the item over."""
         for r in self.running.values():
             it = r.item
             if it.graph_id != graph_id or (
-                node and (it.node != node or str(it.attempt) != attempt)
+                node
+                and (
+                    it.node != node
+                    or str(it.attempt) != attempt
+                    or (execution and str(it.execution) != execution)
+                )
             ):
                 continue
             if r.task is not None and not r.task.done():

@@ -93,7 +93,7 @@ class Worker:
         self._all_applied = asyncio.Event()
         self._stopping = asyncio.Event()
         """Set when draining starts: the feeders take nothing more."""
-        self._states: dict[bytes, int] = {}
+        self._states: dict[tuple[int, bytes], int] = {}
         """The node state each applied result left, until the completer counts it."""
 
     @property
@@ -121,6 +121,7 @@ class Worker:
         )
         await self.wait_for_redis()
         await self._store.ensure_groups()
+        await self._take_back()
         log.info("worker %s started: %d slots, shards %s", self.id, self._slots.total, self._groups)
         async with asyncio.TaskGroup() as tg:
             feeders = [tg.create_task(self._read_loop(g)) for g in self._groups]
@@ -178,8 +179,8 @@ class Worker:
             # Not applied, so still pending in Redis: another worker reclaims them.
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for msg_id in [m for m, r in running.items() if r.task in pending and not r.reported]:
-            del running[msg_id]
+        for key in [k for k, r in running.items() if r.task in pending and not r.reported]:
+            del running[key]
 
     # --- feeding ---------------------------------------------------------------------
 
@@ -234,6 +235,9 @@ class Worker:
                 await self._stopping.wait()
 
     async def _reclaim_loop(self) -> None:
+        """Take over work that stopped being renewed: items idle past the lease that this
+        process does not run (another worker's, or this worker name's from before a
+        restart)."""
         lease = self._settings.lease_ms
         while not self._stopping.is_set():
             raise_if_cancelling()
@@ -241,21 +245,43 @@ class Worker:
             for shard in range(self._settings.shards):
                 if self._stopping.is_set():
                     return
-                n = self._slots.reserve_now()
-                if n == 0:
-                    break
-                try:
-                    started = await self._store.reclaim(
-                        shard, self.id, lease, n, self._settings.max_deliveries, lease
-                    )
-                except STORE_ERRORS as e:
-                    log.warning("reclaim failed on shard %d: %s", shard, e)
-                    await self._recreate_groups(e)
-                    started = []
-                self._slots.release(n - len(started))
-                if started:
-                    log.info("reclaimed %d work items on shard %d", len(started), shard)
-                    await self._launch(started)
+                await self._reclaim(shard, lease)
+
+    async def _take_back(self) -> None:
+        """Before taking new work: what this worker's name held when an earlier process of
+        it stopped (a crash, a restart), at once instead of after the lease."""
+        for shard in range(self._settings.shards):
+            while await self._reclaim(shard, 0, own=True):
+                pass
+
+    async def _reclaim(self, shard: int, min_idle_ms: int, own: bool = False) -> int:
+        """Reclaim up to the free slots' worth of one shard's idle items that this process
+        does not run; returns how many it tried (0: none left, or no slot free)."""
+        n = self._slots.reserve_now()
+        if n == 0:
+            return 0
+        ids: list[bytes] = []
+        try:
+            idle = await self._store.idle_items(shard, min_idle_ms, 2 * n, self.id if own else None)
+            ids = [m for m, _ in idle if (shard, m) not in self._attempts.running][:n]
+            started = await self._store.reclaim(
+                shard,
+                self.id,
+                ids,
+                min_idle_ms,
+                self._settings.max_deliveries,
+                self._settings.lease_ms,
+            )
+        except STORE_ERRORS as e:
+            log.warning("reclaim failed on shard %d: %s", shard, e)
+            await self._recreate_groups(e)
+            started = []
+        self._slots.release(n - len(started))
+        if started:
+            whose = "this worker held before it restarted" if own else "left idle"
+            log.info("reclaimed %d work items %s on shard %d", len(started), whose, shard)
+            await self._launch(started)
+        return len(ids)
 
     async def _recreate_groups(self, error: Exception) -> None:
         """A Redis that lost its data (restarted without persistence) has no consumer groups."""
@@ -301,10 +327,10 @@ class Worker:
             else:
                 taken = await asyncio.gather(*(self._apply(s, r) for s, r in by_shard.items()))
             running = self._attempts.running
-            for _, result in batch:  # kept until now: their leases are renewed meanwhile
-                done = running.pop(result.msg_id, None)
+            for shard, result in batch:  # kept until now: their leases are renewed meanwhile
+                done = running.pop((shard, result.msg_id), None)
                 if done is not None:
-                    self._attempts.applied(done, self._states.pop(result.msg_id, 0))
+                    self._attempts.applied(done, self._states.pop((shard, result.msg_id), 0))
             # The slots of the applied attempts went to the new items taken with them.
             self._slots.release(len(batch) - sum(taken))
             self._unapplied -= len(batch)
@@ -341,7 +367,7 @@ class Worker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             for result, state in zip(results, applied.states, strict=True):
-                self._states[result.msg_id] = state
+                self._states[(shard, result.msg_id)] = state
             if applied.started:
                 await self._launch(applied.started)
             return len(applied.started)
@@ -369,7 +395,8 @@ class Worker:
             gid = fields[Work.GRAPH.encode()].decode()
             node = fields.get(Work.NODE.encode(), b"").decode()
             attempt = fields.get(Work.ATTEMPT.encode(), b"").decode()
-            self._attempts.stop(gid, node, attempt, self._graphs.cached(gid))
+            execution = fields.get(Work.EXECUTION.encode(), b"").decode()
+            self._attempts.stop(gid, node, attempt, execution, self._graphs.cached(gid))
 
     async def _heartbeat_loop(self) -> None:
         """Register and keep the registration fresh (ListWorkers, health); a worker that

@@ -89,6 +89,11 @@ class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.V
     without finishing and waits in the dead-letter list for an operator to
     requeue it (the node runs again) or drop it (the node fails).
     """
+    NODE_STATE_RECLAIMED: _NodeState.ValueType  # 11
+    """Only on an attempt's execution, never on a node: its worker stopped
+    renewing its lease (it died or hung), and the work item was taken over
+    and runs again as a later execution of the same attempt.
+    """
 
 class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper):
     """The state of one node in the current iteration."""
@@ -117,6 +122,11 @@ NODE_STATE_DEAD_LETTERED: NodeState.ValueType  # 10
 """Its work item was delivered more than the maximum number of times
 without finishing and waits in the dead-letter list for an operator to
 requeue it (the node runs again) or drop it (the node fails).
+"""
+NODE_STATE_RECLAIMED: NodeState.ValueType  # 11
+"""Only on an attempt's execution, never on a node: its worker stopped
+renewing its lease (it died or hung), and the work item was taken over
+and runs again as a later execution of the same attempt.
 """
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
@@ -190,7 +200,9 @@ Global___NodeError: _TypeAlias = NodeError  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):
-    """One attempt of one node. Attempts are immutable once finished."""
+    """One execution of one attempt of one node: recorded from its start (RUNNING), and
+    immutable once it ended.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -204,14 +216,22 @@ class Attempt(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """1-based attempt number within the iteration."""
     iteration: _builtins.int
     """1-based iteration of the node (loops run a node several times)."""
     state: Global___NodeState.ValueType
-    """COMPLETED, FAILED or CANCELLED once finished; RUNNING before."""
+    """RUNNING from its start; then COMPLETED, FAILED (a timeout is FAILED with
+    ERROR_CLASS_TIMEOUT), CANCELLED or RECLAIMED.
+    """
     worker_id: _builtins.str
     """The worker that ran it."""
+    execution: _builtins.int
+    """1-based execution of the attempt: a work item taken over from a worker
+    that stopped renewing its lease runs the same attempt again, as the next
+    execution, with its own record (the earlier one ends RECLAIMED).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When a worker started it."""
@@ -249,10 +269,11 @@ class Attempt(_message.Message):
         error: Global___NodeError | None = ...,
         usage: Global___Usage | None = ...,
         worker_id: _builtins.str = ...,
+        execution: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "output", b"output", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "input", b"input", "iteration", b"iteration", "output", b"output", "start_time", b"start_time", "state", b"state", "usage", b"usage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "execution", b"execution", "input", b"input", "iteration", b"iteration", "output", b"output", "start_time", b"start_time", "state", b"state", "usage", b"usage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

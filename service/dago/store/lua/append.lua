@@ -1,9 +1,12 @@
 -- Appends events a running attempt produced (LLM deltas, tool calls; ITEM.EVENT_ARG
--- items), fenced on the attempt. Returns 1, or 0 when the attempt is no longer current
--- (the caller should stop).
+-- items), fenced on the attempt's execution. Returns 1, or 0 when the execution is no
+-- longer current (the caller should stop).
 local A, E = ARG.APPEND, ITEM.EVENT_ARG
 local gid, node, attempt, iter = ARGV[A.GRAPH_ID], ARGV[A.NODE], ARGV[A.ATTEMPT], ARGV[A.ITERATION]
-if fence(gid, node, attempt, iter, {NodeState.RUNNING}) == nil then return 0 end
+if fence(gid, node, attempt, iter, {NodeState.RUNNING}) == nil
+  or redis.call('HGET', nkey(gid), node .. F_EXEC) ~= ARGV[A.EXECUTION] then
+  return 0
+end
 -- Streamed events (LLM deltas, tool calls) are what can grow without bound: past the
 -- graph's event cap (DAGO_MAX_EVENTS_PER_GRAPH, fixed at submit) the graph fails.
 local v = redis.call('HMGET', gkey(gid), META.SEQ, META.MAX_EVENTS)

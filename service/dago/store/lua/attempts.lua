@@ -36,7 +36,10 @@ end
 
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
 -- is delivered again) and returns, per item that may run, what it needs:
--- {msg_id, gid, node, attempt, iteration, deliveries, inputs|false, {node, output, ...}}.
+-- {msg_id, gid, node, attempt, iteration, deliveries, execution, inputs|false,
+-- {node, output, ...}}. Each start is a new execution of the attempt with its own record,
+-- RUNNING from now: a redelivered item's earlier execution ends RECLAIMED (its worker, if
+-- it still runs it, is told to stop), so no record mixes two executions.
 -- What a node reads and its timeout come from its start plan (NODE.PLAN). The attempt's deadline (timeout + lease) is kept in the node's
 -- NODE.DEADLINE; renew.lua puts it on the shard's timers once the attempt outlives a
 -- lease renewal (a fast attempt never touches the timers). Stale items (their node moved
@@ -95,10 +98,18 @@ local function start_batch(worker, items, lease)
         end
       end
       if ok then
-        local need, refs, timeout = string.match(v[6], '^(%d)|([^|]*)|(%d+)$')
+        local need, refs, timeout = string.match(v[8], '^(%d)|([^|]*)|(%d+)$')
         local deadline = int(NOW + tonumber(timeout) + lease)
-        node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. NODE.WORKER, worker,
-          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline)
+        local prev = tonumber(v[6]) or 0
+        local exec = int(prev + 1)
+        if redelivered and prev > 0 then
+          node_set(gid, node, record_key(node, iter, attempt, prev),
+            short_record(v[4], NOW_S, NodeStateText.RECLAIMED, v[7]))
+          stop_work(gid, node, attempt, prev)
+        end
+        node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
+          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec,
+          record_key(node, iter, attempt, exec), short_record(NOW_S, nil, S_RUNNING, worker))
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
@@ -119,7 +130,7 @@ local function start_batch(worker, items, lease)
             if o[j] then outs[#outs + 1] = names[k + j - 1]; outs[#outs + 1] = o[j] end
           end
         end
-        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], inputs, outs}
+        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, inputs, outs}
       end
     end
   end
@@ -210,7 +221,7 @@ local function add_usage(gid, node, usage_s)
 end
 
 -- Applies the results of a batch of node attempts (ITEM.RESULT items of A from `first`),
--- fenced on (graph, node, iteration, attempt): records the attempt, moves the node on,
+-- fenced on (graph, node, iteration, attempt, execution): ends the execution's record, moves the node on,
 -- resolves its edges, dispatches what became ready, ends the graph when nothing is left,
 -- and acks the work item, all in one step. Returns per item the node's state the result
 -- left it in (COMPLETED, RETRYING or FAILED: the worker reads the retry rule's decision
@@ -231,6 +242,7 @@ local function apply_batch(worker, A, first)
   end
   for i = first, #A, R.SIZE do
     local mid, gid, node, attempt, iter = A[i + R.MSG_ID], A[i + R.GRAPH_ID], A[i + R.NODE], A[i + R.ATTEMPT], A[i + R.ITERATION]
+    local exec = A[i + R.EXECUTION]
     local input, outcome, output, taken_s = A[i + R.INPUT], A[i + R.OUTCOME], A[i + R.OUTPUT], A[i + R.TAKEN]
     local usage_s, route, err = A[i + R.USAGE], A[i + R.ROUTE], A[i + R.ERROR]
     -- The fence (as fence() in core.lua), the start time and the attempt's timer (set only
@@ -240,9 +252,9 @@ local function apply_batch(worker, A, first)
     local v = nil
     if gs ~= nil and gs < GraphState.COMPLETED then
       v = node_read(gid, node)
-      fenced = v[1] == S_RUNNING and v[2] == attempt and v[3] == iter
+      fenced = v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec
     end
-    if v and v[5] then
+    if fenced and v[5] then
       local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
       if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
     end
@@ -269,9 +281,9 @@ local function apply_batch(worker, A, first)
       if input ~= '' then rec = rec .. J.REC_INPUT .. input end
       if output ~= '' then rec = rec .. J.REC_OUTPUT .. output end
       if err ~= '' then rec = rec .. J.REC_ERROR .. err end
-      -- The attempt's immutable record goes into the node hash with the node's new state,
-      -- in the same HSET (the fence makes this the only write of it).
-      local rk = node .. NODE.RECORD .. iter .. ':' .. attempt
+      -- The execution's record, ended, goes into the node hash with the node's new state,
+      -- in the same HSET (the fence makes this its last write).
+      local rk = record_key(node, iter, attempt, exec)
       rec = rec .. '}'
       if ujson ~= 'null' then
         emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')

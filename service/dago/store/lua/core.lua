@@ -27,6 +27,7 @@ local S_COMPLETED = NodeStateText.COMPLETED
 -- Node field names, as locals: they are joined to a node id several times per transition.
 local F_STATE, F_ATTEMPT, F_ITER = NODE.STATE, NODE.ATTEMPT, NODE.ITERATION
 local F_STARTED, F_ENDED, F_TIMER = NODE.STARTED, NODE.ENDED, NODE.TIMER
+local F_EXEC, F_WORKER = NODE.EXECUTION, NODE.WORKER
 
 -- JSON fragments of stored records, built once from the schema's key names.
 local function jkey(first, key) return (first and '{"' or ',"') .. key .. '":' end
@@ -118,15 +119,16 @@ local function out_list(gid, node)
   return l
 end
 
--- Node fields a batch reads (state, attempt, iteration, start time, timer and, to start it,
--- its start plan) are read ahead with one HMGET per graph (read_ahead) instead of one per
--- item. Every write of a node's fields goes through node_set, which forgets what was read
--- ahead for that node, so a later read (node_read) goes to Redis and sees the write. The
--- edge lists of the nodes a batch completes come in the same way.
-local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, NODE.PLAN}
+-- Node fields a batch reads (state, attempt, iteration, start time, timer, execution and,
+-- to start it, its worker and start plan) are read ahead with one HMGET per graph
+-- (read_ahead) instead of one per item. Every write of a node's fields goes through
+-- node_set, which forgets what was read ahead for that node, so a later read (node_read)
+-- goes to Redis and sees the write. The edge lists of the nodes a batch completes come in
+-- the same way.
+local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, F_WORKER, NODE.PLAN}
 
 local function read_ahead(gid, nodes, with_edges, with_plan)
-  local per = with_plan and 6 or 5
+  local per = with_plan and 8 or 6
   local args = {}
   for _, n in ipairs(nodes) do
     for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
@@ -138,7 +140,9 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
     local v = redis.call('HMGET', nkey(gid), unpack(args, k, math.min(k + step - 1, #args)))
     for j = 0, #v / per - 1 do
       local b = j * per
-      t[nodes[(k - 1) / per + j + 1]] = {v[b + 1], v[b + 2], v[b + 3], v[b + 4], v[b + 5], v[b + 6]}
+      local r = {}
+      for f = 1, per do r[f] = v[b + f] end
+      t[nodes[(k - 1) / per + j + 1]] = r
     end
   end
   if with_edges then
@@ -153,14 +157,25 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   end
 end
 
--- {state, attempt, iteration, start time, timer member, start plan} of a node (strings or
--- false; the plan only when it was read ahead for a start, or read here).
+-- {state, attempt, iteration, start time, timer member, execution, worker, start plan} of
+-- a node (strings or false; worker and plan only when read ahead for a start, or read here).
 local function node_read(gid, node)
   local t = ahead[gid]
   local r = t and t[node]
   if r then return r end
   return redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
-    node .. F_STARTED, node .. F_TIMER, node .. NODE.PLAN)
+    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. F_WORKER, node .. NODE.PLAN)
+end
+
+-- The field of an execution's record, and a record without data (start, cancel, reclaim).
+local function record_key(node, iter, attempt, exec)
+  return node .. NODE.RECORD .. iter .. ':' .. attempt .. ':' .. exec
+end
+
+local function short_record(started, ended, state, worker)
+  local r = J.REC_STARTED .. started
+  if ended then r = r .. J.REC_ENDED .. ended end
+  return r .. J.REC_STATE .. state .. J.REC_WORKER .. jstr(worker or '') .. '}'
 end
 
 local function node_set(gid, node, ...)
@@ -277,7 +292,8 @@ local function flush()
   end
   notified = {}
   for _, v in pairs(controls) do
-    redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2], WORK.ATTEMPT, v[3])
+    redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2],
+      WORK.ATTEMPT, v[3], WORK.EXECUTION, v[4])
   end
   controls = {}
   -- Readers blocked for work wake only for work left behind: a step that takes the items it
@@ -287,8 +303,8 @@ local function flush()
 end
 
 -- Tells the workers to stop a graph's running attempts (node nil: all of them).
-local function stop_work(gid, node, attempt)
-  controls[gid .. '\0' .. (node or '')] = {gid, node or '', attempt or ''}
+local function stop_work(gid, node, attempt, exec)
+  controls[gid .. '\0' .. (node or '') .. '\0' .. (exec or '')] = {gid, node or '', attempt or '', exec or ''}
 end
 
 -- Works on shard i of the call's KEYS from now on (after flush() of the previous one).
@@ -319,10 +335,18 @@ local function index_move(gid, from_state, to_state)
   redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
 end
 
-local function dispatch(gid, node, attempt, iter)
+-- Queues an attempt of a node as a new work item. A new attempt (or iteration) starts its
+-- executions over; `again` queues the same attempt once more (a requeued dead letter): its
+-- next start is its next execution.
+local function dispatch(gid, node, attempt, iter, again)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
-  node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
+  if again then
+    node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
+  else
+    node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter,
+      node .. F_EXEC, '0')
+  end
   redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
   dispatched = dispatched + 1
 end
@@ -363,15 +387,21 @@ local function end_graph(gid, state, kind, detail, err)
   local why = reason_json((state == GraphState.CANCELLED) and 'graph cancelled' or 'graph failed')
   local stopped = false
   for _, node in ipairs(ids) do
-    local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+    local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
+      node .. F_STARTED, node .. F_EXEC, node .. F_WORKER)
     local st = tonumber(v[1])
     if st == NodeState.PENDING then
       node_set(gid, node, node .. F_STATE, NodeState.SKIPPED, node .. F_ENDED, NOW)
       emit(gid, EventKind.NODE_SKIPPED, node, v[2], v[3], why)
+    elseif st == NodeState.RUNNING then
+      -- The running execution's record ends with it.
+      node_set(gid, node, node .. F_STATE, NodeState.CANCELLED, node .. F_ENDED, NOW,
+        record_key(node, v[3], v[2], v[5]), short_record(v[4], NOW_S, NodeStateText.CANCELLED, v[6]))
+      emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
+      stopped = true
     elseif st and (st < NodeState.COMPLETED or st == NodeState.DEAD_LETTERED) then
       node_set(gid, node, node .. F_STATE, NodeState.CANCELLED, node .. F_ENDED, NOW)
       emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
-      if st == NodeState.RUNNING then stopped = true end
     end
   end
   redis.call('HSET', gk, META.OPEN, 0)

@@ -21,8 +21,9 @@ if op == 'requeue' then
   redis.call('XDEL', K_DEAD, did)
   redis.call('HDEL', nk, node .. NODE.DEAD_LETTER)
   emit(gid, EventKind.NODE_REQUEUED, node, attempt, iter, jstr({[DETAIL.DEAD_LETTER] = did}))
-  -- The same attempt runs again on a fresh work item: its delivery count starts over.
-  dispatch(gid, node, attempt, iter)
+  -- The same attempt runs again on a fresh work item (its delivery count starts over), as
+  -- its next execution.
+  dispatch(gid, node, attempt, iter, true)
   flush()
   return {'requeued', gid}
 end

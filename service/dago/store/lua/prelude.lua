@@ -15,6 +15,7 @@ local NodeState = {
   SKIPPED = 8,
   CANCELLED = 9,
   DEAD_LETTERED = 10,
+  RECLAIMED = 11,
 }
 
 -- dago.v1.NodeState as Redis stores it (hot paths compare the text: tonumber() costs Redis ~1,400 instructions)
@@ -30,6 +31,7 @@ local NodeStateText = {
   SKIPPED = '8',
   CANCELLED = '9',
   DEAD_LETTERED = '10',
+  RECLAIMED = '11',
 }
 
 -- dago.v1.GraphState
@@ -145,6 +147,7 @@ local NODE = {
   ENDED = ':et',
   WORKER = ':w',
   DELIVERIES = ':d',
+  EXECUTION = ':x',
   DEADLINE = ':dl',
   TIMER = ':tm',
   PLAN = ':p',
@@ -225,6 +228,7 @@ local WORK = {
   NODE = 'n',
   ATTEMPT = 'a',
   ITERATION = 'i',
+  EXECUTION = 'x',
 }
 
 -- schema.DeadLetter
@@ -292,17 +296,20 @@ local ARG = {
   SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, FIRST = 19},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
-  RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_ITEMS = 3, MAX_DELIVERIES = 4, LEASE_MS = 5, FIRST = 6},
+  RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},
   RENEW = {WORKER = 1, FIRST = 2},
-  APPEND = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, FIRST = 5},
+  APPEND = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, FIRST = 6},
   CANCEL = {GRAPH_ID = 1, REASON = 2, FIRST = 3},
   SWEEP = {LIMIT = 1, FIRST = 2},
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
+  PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
 local ITEM = {
-  RESULT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, INPUT = 5, OUTCOME = 6, OUTPUT = 7, TAKEN = 8, USAGE = 9, ROUTE = 10, ERROR = 11, RETRY_AFTER_MS = 12, SIZE = 13},
-  RENEWAL = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ITERATION = 3, ATTEMPT = 4, SIZE = 5},
+  RESULT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, OUTCOME = 7, OUTPUT = 8, TAKEN = 9, USAGE = 10, ROUTE = 11, ERROR = 12, RETRY_AFTER_MS = 13, SIZE = 14},
+  CLAIM = {MSG_ID = 0, SIZE = 1},
+  RENEWAL = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ITERATION = 3, ATTEMPT = 4, EXECUTION = 5, SIZE = 6},
   EVENT_ARG = {KIND = 0, DETAIL = 1, SIZE = 2},
+  CONSUMER = {NAME = 0, SIZE = 1},
 }

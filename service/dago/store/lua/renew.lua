@@ -5,21 +5,26 @@
 -- attempts that finish before their first renewal never touch the timers. apply_batch
 -- removes a timer set here. Returns the number of timers set.
 local A, R = ARG.RENEW, ITEM.RENEWAL
+-- Only the current execution of an attempt is renewed: a worker that was presumed dead
+-- (its item taken over by another) must not take the item back by renewing it.
 local ids = {}
-for i = A.FIRST, #ARGV, R.SIZE do ids[#ids + 1] = ARGV[i + R.MSG_ID] end
-for k = 1, #ids, 1000 do
-  redis.call('XCLAIM', K_WORK, GROUP, ARGV[A.WORKER], 0, unpack(ids, k, math.min(k + 999, #ids)), 'JUSTID')
-end
 local set = 0
 for i = A.FIRST, #ARGV, R.SIZE do
   local gid, node, iter, attempt = ARGV[i + R.GRAPH_ID], ARGV[i + R.NODE], ARGV[i + R.ITERATION], ARGV[i + R.ATTEMPT]
   local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
   local nk = nkey(gid)
-  local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. NODE.DEADLINE, node .. F_TIMER)
-  if v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[4] and v[5] ~= tm then
-    redis.call('ZADD', K_TIMERS, v[4], tm)
-    redis.call('HSET', nk, node .. F_TIMER, tm)
-    set = set + 1
+  local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. F_EXEC,
+    node .. NODE.DEADLINE, node .. F_TIMER)
+  if v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[4] == ARGV[i + R.EXECUTION] then
+    ids[#ids + 1] = ARGV[i + R.MSG_ID]
+    if v[5] and v[6] ~= tm then
+      redis.call('ZADD', K_TIMERS, v[5], tm)
+      redis.call('HSET', nk, node .. F_TIMER, tm)
+      set = set + 1
+    end
   end
+end
+for k = 1, #ids, 1000 do
+  redis.call('XCLAIM', K_WORK, GROUP, ARGV[A.WORKER], 0, unpack(ids, k, math.min(k + 999, #ids)), 'JUSTID')
 end
 return set

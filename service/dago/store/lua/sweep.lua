@@ -18,12 +18,13 @@ for _, member in ipairs(due) do
       -- under the node's retry rule like any failure, and the worker is told to stop it;
       -- a late result is fenced out.
       local err = err_json(ErrorClass.TIMEOUT, 'the attempt ran past its timeout and its worker did not report', true)
-      stop_work(gid, node, attempt)
-      local started = redis.call('HGET', nkey(gid), node .. F_STARTED) or NOW_S
-      local rec = J.REC_STARTED .. started .. J.REC_ENDED .. NOW_S .. J.REC_STATE .. NodeStateText.FAILED
-        .. J.REC_ERROR .. err .. '}'
+      local v = redis.call('HMGET', nkey(gid), node .. F_STARTED, node .. F_EXEC, node .. F_WORKER)
+      local exec = v[2] or '1'
+      stop_work(gid, node, attempt, exec)
+      local rec = J.REC_STARTED .. (v[1] or NOW_S) .. J.REC_ENDED .. NOW_S .. J.REC_STATE .. NodeStateText.FAILED
+        .. J.REC_WORKER .. jstr(v[3] or '') .. J.REC_ERROR .. err .. '}'
       local delay = retry_delay(gid, node, attempt, ErrorClass.TIMEOUT, true, 0)
-      attempt_failed(gid, node, attempt, iter, err, delay, node .. NODE.RECORD .. iter .. ':' .. attempt, rec, nil)
+      attempt_failed(gid, node, attempt, iter, err, delay, record_key(node, iter, attempt, exec), rec, nil)
     end
   elseif kind == TIMER.DEADLINE then
     local st = graph_state(gid)

@@ -95,7 +95,8 @@ export declare type NodeError = Message<"dago.v1.NodeError"> & {
 export declare const NodeErrorSchema: GenMessage<NodeError>;
 
 /**
- * One attempt of one node. Attempts are immutable once finished.
+ * One execution of one attempt of one node: recorded from its start (RUNNING), and
+ * immutable once it ended.
  *
  * @generated from message dago.v1.Attempt
  */
@@ -129,7 +130,8 @@ export declare type Attempt = Message<"dago.v1.Attempt"> & {
   endTime?: Timestamp | undefined;
 
   /**
-   * COMPLETED, FAILED or CANCELLED once finished; RUNNING before.
+   * RUNNING from its start; then COMPLETED, FAILED (a timeout is FAILED with
+   * ERROR_CLASS_TIMEOUT), CANCELLED or RECLAIMED.
    *
    * @generated from field: dago.v1.NodeState state = 5;
    */
@@ -169,6 +171,15 @@ export declare type Attempt = Message<"dago.v1.Attempt"> & {
    * @generated from field: string worker_id = 10;
    */
   workerId: string;
+
+  /**
+   * 1-based execution of the attempt: a work item taken over from a worker
+   * that stopped renewing its lease runs the same attempt again, as the next
+   * execution, with its own record (the earlier one ends RECLAIMED).
+   *
+   * @generated from field: int32 execution = 11;
+   */
+  execution: number;
 };
 
 /**
@@ -1268,6 +1279,15 @@ export enum NodeState {
    * @generated from enum value: NODE_STATE_DEAD_LETTERED = 10;
    */
   DEAD_LETTERED = 10,
+
+  /**
+   * Only on an attempt's execution, never on a node: its worker stopped
+   * renewing its lease (it died or hung), and the work item was taken over
+   * and runs again as a later execution of the same attempt.
+   *
+   * @generated from enum value: NODE_STATE_RECLAIMED = 11;
+   */
+  RECLAIMED = 11,
 }
 
 /**
