@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dago.engine.checker import Violation
+from dago.engine.fields import clip
 
 log = logging.getLogger("dago.api")
 
@@ -54,13 +55,23 @@ class ApiError(Exception):
         return rpc_status.to_status(proto)
 
 
+MAX_VIOLATIONS = 100
+"""Field violations listed in one BadRequest; the message counts the rest."""
+MAX_DESCRIPTION = 1000
+"""Characters of one violation's field path or description (they may quote the request)."""
+
+
 def invalid(violations: Sequence[Violation], message: str = "") -> ApiError:
-    """INVALID_ARGUMENT with a BadRequest listing every field violation."""
+    """INVALID_ARGUMENT with a BadRequest listing the field violations (the first
+    ``MAX_VIOLATIONS``, each cut to ``MAX_DESCRIPTION`` characters: an answer is never much
+    larger than a few hundred kilobytes, whatever the request)."""
     br = error_details_pb2.BadRequest()
-    for v in violations:
-        br.field_violations.add(field=v.field, description=v.description)
+    for v in violations[:MAX_VIOLATIONS]:
+        br.field_violations.add(
+            field=clip(v.field, MAX_DESCRIPTION), description=clip(v.description, MAX_DESCRIPTION)
+        )
     if not message:
-        first = violations[0]
+        first = br.field_violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         message = f"{first.field}: {first.description}{more}"
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, [br])
@@ -73,6 +84,7 @@ def invalid_field(field: str, description: str) -> ApiError:
 
 def not_found(kind: str, name: str) -> ApiError:
     """NOT_FOUND with ResourceInfo."""
+    name = clip(name)  # ids are short; a client's megabytes are not echoed
     info = error_details_pb2.ResourceInfo(
         resource_type=kind, resource_name=name, description=f"no {kind} {name!r}"
     )
