@@ -36,7 +36,7 @@ from dago.observe.tracing import Tracing, fail, trace_id_of
 from dago.store.functions import Outcome, Result, Started, WorkItem, error_json, usage_arg
 from dago.store.schema import Error
 from dago.store.store import Store
-from dago.store.values import dumps
+from dago.store.values import NotJson, dumps
 from dago.v1 import execution_pb2, graph_pb2
 
 log = logging.getLogger("dago.worker")
@@ -300,7 +300,7 @@ class Attempts:
             iteration=item.iteration,
             input=rendered,
             scope=scope,
-            emit=lambda events: self._store.append(item, self._redact.events(events)),
+            emit=lambda events: self._store.append(item, events),
             worker_id=self._id,
         )
 
@@ -346,13 +346,16 @@ class Attempts:
             item.node,
             item.attempt,
             item.iteration,
-            self._redact(rendered),
+            rendered,
             outcome,
-            self._redact(output),
+            output,
             taken,
             usage,
-            self._redact(route),
-            self._redact(error),
+            route,
+            # Only the error is redacted (by shape): outputs, inputs, routes and events hold
+            # the tenant's own data, what it computed from it, the model's text and what the
+            # servers it chose returned; none of those ever held the operator's secrets.
+            self._redact(error) if error else error,
             retry_after_ms,
         )
         running.reported = True
@@ -464,9 +467,11 @@ def _render(plan: Plan, scope: dict[str, Any]) -> tuple[Any, str]:
     """The node's input, and its JSON."""
     try:
         value = plan.node.inputs.render(scope)
+        return value, plan.static_input if plan.static_input is not None else dumps(value)
     except EvalError as e:
         raise invalid(f"inputs: {e}") from None
-    return value, plan.static_input if plan.static_input is not None else dumps(value)
+    except NotJson as e:  # 1.0/0.0 in CEL is Infinity
+        raise invalid(f"inputs: {e}") from None
 
 
 def _usage(result: NodeResult | NodeFailure) -> str:
@@ -498,8 +503,11 @@ def _succeeded(plan: Plan, scope: dict[str, Any], rendered: Any, result: NodeRes
         edges = plan.edges
     else:
         edges = ",".join(map(str, _taken(node, scope, output, result.route)))
-    route = dumps(result.route) if result.route else ""
-    return Outcome.OK, dumps(output), edges, _usage(result), route, "", 0
+    try:
+        route = dumps(result.route) if result.route else ""
+        return Outcome.OK, dumps(output), edges, _usage(result), route, "", 0
+    except NotJson as e:  # never stored: no reader of the run could read it back
+        raise invalid(f"output: {e}") from None
 
 
 def _failed(f: NodeFailure) -> _Fields:
