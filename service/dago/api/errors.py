@@ -55,21 +55,31 @@ class ApiError(Exception):
         return rpc_status.to_status(proto)
 
 
-MAX_VIOLATIONS = 100
-"""Field violations listed in one BadRequest; the message counts the rest."""
-MAX_DESCRIPTION = 1000
-"""Characters of one violation's field path or description (they may quote the request)."""
+MAX_DETAILS_BYTES = 4096
+"""Largest BadRequest sent (serialized): the status travels in the response's trailing
+metadata, base64-encoded, and gRPC clients refuse metadata over 16 KiB (8 KiB by default for
+some): a graph with thousands of violations once made every client fail with
+RESOURCE_EXHAUSTED instead of reading them. The message counts the violations left out."""
+MAX_FIELD_CHARS = 200
+"""Characters of one violation's field path."""
+MAX_DESCRIPTION_CHARS = 400
+"""Characters of one violation's description (it may quote the request)."""
 
 
 def invalid(violations: Sequence[Violation], message: str = "") -> ApiError:
-    """INVALID_ARGUMENT with a BadRequest listing the field violations (the first
-    ``MAX_VIOLATIONS``, each cut to ``MAX_DESCRIPTION`` characters: an answer is never much
-    larger than a few hundred kilobytes, whatever the request)."""
+    """INVALID_ARGUMENT with a BadRequest listing the field violations: as many as fit in
+    ``MAX_DETAILS_BYTES``, each cut to a few hundred characters, whatever the request."""
     br = error_details_pb2.BadRequest()
-    for v in violations[:MAX_VIOLATIONS]:
-        br.field_violations.add(
-            field=clip(v.field, MAX_DESCRIPTION), description=clip(v.description, MAX_DESCRIPTION)
+    size = 0
+    for v in violations:
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=clip(v.field, MAX_FIELD_CHARS),
+            description=clip(v.description, MAX_DESCRIPTION_CHARS),
         )
+        size += item.ByteSize() + 3  # the field's tag and length
+        if br.field_violations and size > MAX_DETAILS_BYTES:
+            break
+        br.field_violations.append(item)
     if not message:
         first = br.field_violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""

@@ -33,12 +33,16 @@ _KEY_SHAPED = re.compile(
 
 _LABELLED = re.compile(
     r"(?i)\b((?:x-)?api[-_]?key|access[-_]?token|auth[-_]?token|secret|password|passwd"
-    r"|authorization)(\"?'?\s*[:=]\s*[\"']?)(?!\[redacted\]|\*\*\*)([^\s\"',;&}]{4,})"
+    r"|authorization)((?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?)(?!\[redacted\]|\*\*\*)"
+    r"([^\s\"',;&}\\]{4,})"
 )
-"""A value labelled as a credential (``x-api-key: v``, ``"password": "v"``, ``token=v``)."""
+"""A value labelled as a credential (``x-api-key: v``, ``"password": "v"``, ``token=v``),
+also inside JSON text, where the quotes are escaped (an error message is stored as JSON)."""
 
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)([^@\s/]+)@")
-"""The password of ``scheme://user:password@host``."""
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]{0,128}:)([^@\s/]{1,128})@")
+"""The password of ``scheme://user:password@host``. It starts at ``://`` and its parts are
+bounded: a pattern starting with the scheme (``[A-Za-z][A-Za-z0-9+.-]*://``) takes time
+quadratic in the length of a text without ``://`` (a 3 MB error message: minutes)."""
 
 _SHORTEST_SECRET = 8
 """Shorter values would match by accident and protect nothing."""
