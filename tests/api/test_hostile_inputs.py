@@ -363,6 +363,32 @@ async def test_nan_computed_at_run_time_fails_the_node_and_reads_stay_json(
     await well_behaved(b)
 
 
+async def test_an_http_body_with_nan_is_kept_as_text(make_stack: MakeStack) -> None:
+    body = b'{"x": NaN, "y": 1e999}'  # Python's json reads these as NaN and Infinity
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+        writer.write(head.encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        s = await make_stack(http_allow="127.0.0.0/8")
+        gid, st = await s.client.run(
+            request([{"id": "h", "http": {"url": f"http://127.0.0.1:{port}/"}}])
+        )
+        assert st.state == COMPLETED, st
+        res = await s.client.result(gid)
+        assert json_format.MessageToDict(res.node_outputs["h"])["body"] == body.decode()
+        json_format.MessageToJson(res)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 # --- 7. redaction as an oracle -------------------------------------------------------------
 
 KEY_SHAPED = "sk-ant-api03-REALoperatorKEY0123456789abcdef"  # the operator's Anthropic key

@@ -30,6 +30,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import re
 import socket
 from typing import Any
@@ -287,13 +288,27 @@ def _too_large(cap: int) -> NodeFailure:
     )
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _result(method: str, url: str, resp: httpx.Response, raw: bytes) -> dict[str, Any]:
     text = raw.decode(resp.encoding or "utf-8", errors="replace")
     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
     body: Any = text
     if ctype == "application/json" or ctype.endswith("+json"):
         try:
-            body = json.loads(text) if text else None
+            # NaN and Infinity are not JSON (Python's parser takes them, and reads 1e999 as
+            # Infinity): such a body is text, as any other body that is not JSON, so what the
+            # node records stays JSON.
+            body = json.loads(text, parse_constant=_not_json, parse_float=_finite) if text else None
         except ValueError:
             body = text
     status = resp.status_code
