@@ -58,6 +58,7 @@ TEXT_LIMITS = {
 }
 """Every bound checked by :func:`check_text`, by field (documented in docs/security.md)."""
 
+
 def clip(text: str, limit: int = CLIP) -> str:
     """``text`` cut to ``limit`` characters (``…`` and the length added when cut)."""
     if len(text) <= limit:
