@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A setting has a value dago cannot use; the message names the variable."""
 
 
+NAMESPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+"""Namespace names (always ``fullmatch``: ``match`` with ``$`` lets a trailing newline
+through): they become part of Redis keys and timer entries, so no ``:``, ``|`` or braces."""
+
 LLM_PROVIDERS = ("anthropic", "openai", "offline")
 """The LLM providers dago has: what ``DAGO_LLM_PROVIDER`` and a node's ``provider`` may name."""
 
@@ -85,6 +89,7 @@ class Settings:
     auth: str = "keys"
     api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
+    operator_namespaces: str = ""
     max_active_graphs: int = 0
     max_inputs_bytes: int = 1024 * 1024
     max_events_per_graph: int = 100_000
@@ -182,7 +187,8 @@ def _level(v: Any) -> str | None:
     return None if v.upper() in ok else f"must be one of {', '.join(ok)}"
 
 
-MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+"""MCP server names, always ``fullmatch``ed (``match`` with ``$`` takes a trailing newline)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,7 @@ def parse_mcp_servers(text: str) -> dict[str, McpServerConfig]:
         raise ValueError("must be a JSON object of server name to {command} or {url}")
     out: dict[str, McpServerConfig] = {}
     for name, spec in raw.items():
-        if not MCP_SERVER_NAME.match(name):
+        if not MCP_SERVER_NAME.fullmatch(name):
             raise ValueError(f"server name {name!r}: use 1-32 letters, digits, _ or -")
         if not isinstance(spec, dict):
             raise ValueError(f"server {name!r}: must be an object with command or url")
@@ -409,6 +415,20 @@ SETTINGS: dict[str, _Spec] = {
     "api_keys_file": _Spec(
         "File of API keys, one `<sha256 hex of the key> <namespace>` per line (`#` comments); "
         "re-read when it changes (a mounted Kubernetes Secret)."
+    ),
+    "operator_namespaces": _Spec(
+        "Namespaces whose keys see the operators' details of ListWorkers (host, pid, worker "
+        "id, metrics port, attempts in flight), comma-separated; other namespaces see each "
+        "live worker's slots, node kinds and times only. With DAGO_AUTH=off every call sees "
+        "everything.",
+        lambda v: next(
+            (
+                f"{n.strip()!r} is not a namespace name"
+                for n in v.split(",")
+                if n.strip() and not NAMESPACE_NAME.fullmatch(n.strip())
+            ),
+            None,
+        ),
     ),
     "max_active_graphs": _Spec(
         "Graphs one namespace may have submitted or running at once (0: no limit); more "

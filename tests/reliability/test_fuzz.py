@@ -446,6 +446,205 @@ def test_random_rest_bytes_are_never_a_5xx(target: Target, raw: bytes) -> None:
     check_http(r)
 
 
+# --- byte-size and CPU-shape strategies ------------------------------------------------------
+#
+# Requests a hostile client sends to take bytes or CPU: megabyte strings in every free-text
+# field, hundreds of nodes and thousands of edges, deep nesting in inputs and templates, NaN
+# and Infinity wherever a number goes. The answer is OK or a client error naming the field
+# (RESOURCE_EXHAUSTED past the message size), never INTERNAL, and the service keeps serving.
+
+SIZES = st.sampled_from([0, 1, 64, 65, 128, 129, 256, 257, 4096, 4097, 20_000, 300_000])
+LONG_TEXT = st.builds(
+    lambda n, c: c * n, SIZES, st.sampled_from(["x", "\u00e9", "\n", "{{", "a\u200b", "\x00"])
+)
+NON_FINITE = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+FREE_TEXT = (
+    "graph.name",
+    "graph.description",
+    "node.name",
+    "node.description",
+    "node.id",
+    "node.output key",
+    "graph.output key",
+    "edge.label",
+    "edge.from",
+    "entry_nodes",
+    "llm.model",
+    "llm.prompt",
+    "tool.name",
+    "route.name",
+    "route.description",
+    "http.header name",
+    "metadata",
+    "inputs",
+    "request_id",
+)
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    """``leaf`` inside ``depth`` alternating lists and objects."""
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def set_text(req: orchestrator_pb2.SubmitGraphRequest, where: str, text: str) -> None:
+    """Put ``text`` in the free-text field ``where`` of ``req`` (adding a node if needed)."""
+    g = req.graph
+    if not g.nodes:
+        g.nodes.add(id="a", tool=graph_pb2.ToolNode(name="echo"))
+    n = g.nodes[0]
+    if where == "graph.name":
+        g.name = text
+    elif where == "graph.description":
+        g.description = text
+    elif where == "node.name":
+        n.name = text
+    elif where == "node.description":
+        n.description = text
+    elif where == "node.id":
+        n.id = text
+    elif where == "node.output key":
+        n.output[text] = "result"
+    elif where == "graph.output key":
+        g.output[text] = "1"
+    elif where in ("edge.label", "edge.from"):
+        e = g.edges.add(to=n.id)
+        setattr(e, "from", text if where == "edge.from" else n.id)
+        if where == "edge.label":
+            e.label = text
+    elif where == "entry_nodes":
+        g.entry_nodes.append(text)
+    elif where in ("llm.model", "llm.prompt"):
+        n.llm.prompt = text if where == "llm.prompt" else "hi"
+        if where == "llm.model":
+            n.llm.model = text
+    elif where == "tool.name":
+        n.tool.name = text
+    elif where in ("route.name", "route.description"):
+        r = n.router.routes.add(name="go", condition="true")
+        if where == "route.name":
+            r.name = text
+        else:
+            r.description = text
+    elif where == "http.header name":
+        n.http.url = "https://example.com/"
+        n.http.headers[text] = "v"
+    elif where == "metadata":
+        g.metadata.update({"m": text})
+    elif where == "inputs":
+        req.inputs.update({"m": text})
+    elif where == "request_id":
+        req.request_id = text
+
+
+@st.composite
+def hostile_request(draw: st.DrawFn, struct_numbers: bool = True) -> Any:
+    """A request of one of four shapes: long text, many nodes and edges, deep nesting, or
+    non-finite numbers (in Struct values only when ``struct_numbers``)."""
+    shape = draw(st.sampled_from(["long", "many", "deep", "numbers"]))
+    req = orchestrator_pb2.SubmitGraphRequest(validate_only=True)
+    req.graph.nodes.add(id="a", tool=graph_pb2.ToolNode(name="echo"))
+    if shape == "long":
+        for where in draw(st.lists(st.sampled_from(FREE_TEXT), min_size=1, max_size=4)):
+            set_text(req, where, draw(LONG_TEXT))
+    elif shape == "many":
+        count = draw(st.sampled_from([2, 50, 300, 999, 1000, 1001, 1500]))
+        del req.graph.nodes[:]
+        for i in range(count):
+            req.graph.nodes.add(id=f"n{i}", tool=graph_pb2.ToolNode(name="echo"))
+        for i in range(count - 1):
+            setattr(req.graph.edges.add(to=f"n{i + 1}"), "from", f"n{i}")
+        extra = draw(st.sampled_from([0, 100, 4000, 5200]))
+        for j in range(extra):  # parallel edges, told apart by their labels
+            e = req.graph.edges.add(to=f"n{count - 1}", label=f"l{j}")
+            setattr(e, "from", "n0")
+    elif shape == "deep":
+        depth = draw(st.sampled_from([5, 20, 40, 49, 60, 120]))
+        where = draw(st.sampled_from(["inputs", "node inputs", "template", "condition"]))
+        if where == "inputs":
+            req.inputs.update({"d": nested(depth, 1)})
+        elif where == "node inputs":
+            req.graph.nodes[0].inputs.update({"d": nested(depth, 1)})
+        else:
+            brackets = draw(st.sampled_from([10, 31, 33, 200, 3000]))
+            opener = draw(st.sampled_from(["[", "(", "{'a': "]))
+            closer = {"[": "]", "(": ")", "{'a': ": "}"}[opener]
+            expr = opener * brackets + "1" + closer * brackets
+            if where == "template":
+                req.graph.nodes[0].inputs.update({"v": "{{ " + expr + " }}"})
+            else:
+                req.graph.nodes.add(id="b", tool=graph_pb2.ToolNode(name="echo"))
+                e = req.graph.edges.add(to="b", condition=expr + " == 1")
+                setattr(e, "from", "a")
+    else:
+        x = draw(NON_FINITE)
+        spots = ["max_cost_usd", "temperature", "jitter", "backoff_multiplier"]
+        if struct_numbers:
+            spots += ["inputs", "node inputs", "metadata", "output_schema", "deep inputs"]
+        where = draw(st.sampled_from(spots))
+        n = req.graph.nodes[0]
+        if where == "max_cost_usd":
+            req.graph.limits.max_cost_usd = x
+        elif where == "temperature":
+            n.llm.prompt = "hi"
+            n.llm.temperature = x
+        elif where == "jitter":
+            n.retry.jitter = x
+        elif where == "backoff_multiplier":
+            n.retry.backoff_multiplier = x
+        elif where == "inputs":
+            req.inputs.update({"x": x})
+        elif where == "node inputs":
+            n.inputs.update({"x": x})
+        elif where == "metadata":
+            req.graph.metadata.update({"x": x})
+        elif where == "output_schema":
+            n.llm.prompt = "hi"
+            n.llm.output_schema.update({"type": "object", "maximum": x})
+        else:
+            req.inputs.update({"d": nested(draw(st.integers(1, 30)), x)})
+    return req
+
+
+HOSTILE = settings(PROFILE, max_examples=40)
+
+
+@HOSTILE
+@given(req=hostile_request())
+def test_hostile_sizes_and_shapes_get_a_clear_answer(target: Target, req: Any) -> None:
+    check_answer(lambda: target.stub.SubmitGraph(req, timeout=60))
+
+
+@settings(PROFILE, max_examples=15)
+@given(req=hostile_request())
+def test_hostile_sizes_and_shapes_submitted_for_real_keep_the_service_up(
+    target: Target, req: Any
+) -> None:
+    req.validate_only = len(req.graph.nodes) > 50  # big graphs are validated only
+    check_answer(lambda: target.stub.SubmitGraph(req, timeout=60))
+
+
+@settings(PROFILE, max_examples=25)
+@given(req=hostile_request(struct_numbers=False))
+def test_hostile_sizes_and_shapes_as_rest_json_are_never_a_5xx(target: Target, req: Any) -> None:
+    body = json_format.MessageToDict(req)  # NaN and Infinity in double fields: "NaN" strings
+    r = target.http.post("/api/v1/graphs", json=body)
+    check_http(r)
+    if r.status_code == 400:
+        assert r.json().get("code") == 3, r.text[:300]
+
+
+def test_the_service_serves_reads_after_the_hostile_shapes(target: Target) -> None:
+    still_serving(target)
+    r = target.http.get("/api/v1/graphs", params={"page_size": 1000})
+    assert r.status_code == 200, r.text[:300]
+    log = target.stack.log("api")
+    assert "internal error" not in log, log[log.find("internal error") - 200 :][:3000]
+    assert max(map(len, log.splitlines()), default=0) < 80_000  # no client string logged whole
+
+
 def test_the_service_still_serves_after_everything(target: Target) -> None:
     still_serving(target)
     assert target.http.get("/health").status_code == 200
@@ -455,6 +654,20 @@ GRAPH_IDS = st.one_of(
     st.text(max_size=80),
     st.from_regex(r"\A[0-9]{1,3}-[0-9A-Z]{26}\Z"),
     st.sampled_from(["0-", "-1-x", "99999999999999999999-x", "3-../../etc", "0-*", "0-{s0}"]),
+    # Dead letter ids Redis cannot hold, full-match bait, other scripts' digits, megabytes.
+    st.sampled_from(
+        [
+            "0-99999999999999999999-1",
+            "0-1-18446744073709551616",
+            "0-1-1\n",
+            "\u0663-01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "1-01ARZ3NDEKTSV4RRFFQ69G5FAV\n",
+            "1-" + "A" * 1_000_000,
+        ]
+    ),
+)
+TOKEN_NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str), st.sampled_from(["\u00b2", "\u0661", "", "1e3"])
 )
 
 
@@ -465,6 +678,10 @@ GRAPH_IDS = st.one_of(
         st.just(""),
         st.text(max_size=40),
         st.binary(max_size=30).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+        # Tokens of the right kinds with numbers that are huge, negative or not ASCII.
+        st.tuples(st.sampled_from(["g:{}:0-X", "e:{}", "d:{}:1:0", "d:1:{}:0"]), TOKEN_NUMBERS)
+        .map(lambda kn: kn[0].format(kn[1]))
+        .map(lambda t: base64.urlsafe_b64encode(t.encode()).decode()),
     ),
     size=st.integers(-(2**31), 2**31 - 1),
     seq=st.integers(-(2**63), 2**63 - 1),

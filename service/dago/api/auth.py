@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 import re
@@ -33,18 +34,17 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dago.api import errors
-from dago.config import ConfigError, Settings
+from dago.config import NAMESPACE_NAME, ConfigError, Settings
 
 log = logging.getLogger("dago.auth")
 
 DEFAULT_NAMESPACE = "default"
 """The namespace of every call when authentication is off."""
 
-NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-"""Namespace names: they become part of Redis keys and timer entries, so no ``:``, ``|``
-or braces."""
+NAMESPACE = NAMESPACE_NAME
+"""Namespace names (``dago.config.NAMESPACE_NAME``; always ``fullmatch``)."""
 
-_HASH = re.compile(r"^[0-9a-f]{64}$")
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Method prefixes callable without a key."""
@@ -91,13 +91,13 @@ def parse_keys(text: str, separator: str, source: str) -> list[_Entry]:
                 "(`dago keys new` prints one)"
             )
         digest, namespace = parts[0].strip().lower(), parts[1].strip()
-        if not _HASH.match(digest):
+        if not _HASH.fullmatch(digest):
             # Never echo the value: an operator may have pasted a key instead of its hash.
             raise ConfigError(
                 f"{where}: the first part must be the 64-character SHA-256 hex of a key, not "
                 "the key itself (`dago keys hash` computes it)"
             )
-        if not NAMESPACE.match(namespace):
+        if not NAMESPACE.fullmatch(namespace):
             raise ConfigError(
                 f"{where}: namespace {namespace!r} must be 1-63 letters, digits, _ . or -, "
                 "starting with a letter or digit"
@@ -277,6 +277,18 @@ class ServerGuard(grpc.aio.ServerInterceptor):
 
         if handler.response_streaming:
             inner_stream = handler.unary_stream
+            if not inspect.isasyncgenfunction(inner_stream):
+                # A handler that writes with ``context.write`` (as grpc's health Watch does)
+                # returns a coroutine, not an async iterator: await it.
+                async def writes(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                    request = await parse(raw, context)
+                    assert namespace is not None
+                    auth._enter(namespace)  # the RPC's own task: no reset needed
+                    await inner_stream(request, context)
+
+                return grpc.unary_stream_rpc_method_handler(
+                    writes, response_serializer=handler.response_serializer
+                )
 
             async def stream(
                 raw: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -370,7 +382,7 @@ def keys_command(argv: Sequence[str]) -> int:
             return 2
         print(hash_key(key))
         return 0
-    if not NAMESPACE.match(args.namespace):
+    if not NAMESPACE.fullmatch(args.namespace):
         print(
             "dago keys new: the namespace must be 1-63 letters, digits, _ . or -", file=sys.stderr
         )

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dago.engine.checker import Violation
+from dago.engine.fields import clip
 
 log = logging.getLogger("dago.api")
 
@@ -54,33 +55,35 @@ class ApiError(Exception):
         return rpc_status.to_status(proto)
 
 
-MAX_DETAIL_BYTES = 4 * 1024
-"""What the field violations of one error may take: the details travel base64-encoded in a
-trailer with the message, and gRPC clients start refusing trailers past 8 KiB (their
-default soft limit), so a request with thousands of problems still gets its error."""
-
-
-def _short(text: str, limit: int = 500) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+MAX_DETAILS_BYTES = 4096
+"""Largest BadRequest sent (serialized): the status travels in the response's trailing
+metadata, base64-encoded, and gRPC clients refuse metadata over 16 KiB (8 KiB by default for
+some): a graph with thousands of violations once made every client fail with
+RESOURCE_EXHAUSTED instead of reading them. The message counts the violations left out."""
+MAX_FIELD_CHARS = 200
+"""Characters of one violation's field path."""
+MAX_DESCRIPTION_CHARS = 400
+"""Characters of one violation's description (it may quote the request)."""
 
 
 def invalid(violations: Sequence[Violation], message: str = "") -> ApiError:
-    """INVALID_ARGUMENT with a BadRequest listing the field violations (as many as fit in
-    MAX_DETAIL_BYTES; a last entry counts the others)."""
+    """INVALID_ARGUMENT with a BadRequest listing the field violations: as many as fit in
+    ``MAX_DETAILS_BYTES``, each cut to a few hundred characters, whatever the request."""
     br = error_details_pb2.BadRequest()
-    room = MAX_DETAIL_BYTES
-    for i, v in enumerate(violations):
-        field, description = _short(v.field, 300), _short(v.description)
-        room -= len(field.encode()) + len(description.encode()) + 8
-        if room < 0:
-            rest = len(violations) - i
-            br.field_violations.add(field="", description=f"and {rest} more problem(s)")
+    size = 0
+    for v in violations:
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=clip(v.field, MAX_FIELD_CHARS),
+            description=clip(v.description, MAX_DESCRIPTION_CHARS),
+        )
+        size += item.ByteSize() + 3  # the field's tag and length
+        if br.field_violations and size > MAX_DETAILS_BYTES:
             break
-        br.field_violations.add(field=field, description=description)
+        br.field_violations.append(item)
     if not message:
-        first = violations[0]
+        first = br.field_violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-        message = f"{_short(first.field, 300)}: {_short(first.description)}{more}"
+        message = f"{first.field}: {first.description}{more}"
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, [br])
 
 
@@ -91,6 +94,7 @@ def invalid_field(field: str, description: str) -> ApiError:
 
 def not_found(kind: str, name: str) -> ApiError:
     """NOT_FOUND with ResourceInfo."""
+    name = clip(name)  # ids are short; a client's megabytes are not echoed
     info = error_details_pb2.ResourceInfo(
         resource_type=kind, resource_name=name, description=f"no {kind} {name!r}"
     )

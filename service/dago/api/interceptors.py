@@ -9,6 +9,7 @@ span is the root of the graph's trace.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -99,6 +100,24 @@ class RpcObserver(grpc.aio.ServerInterceptor):
 
     def _stream(self, method: str, inner: Any) -> Any:
         requests = self._metrics.rpc_requests
+
+        if not inspect.isasyncgenfunction(inner):
+            # A handler that writes with ``context.write`` and returns nothing (the standard
+            # health service's Watch): wrapped as one too. Iterating what it returns (a
+            # coroutine) failed every such call with UNKNOWN and a traceback.
+            async def writes(request: Any, context: Any) -> None:
+                code = "OK"
+                try:
+                    await inner(request, context)
+                except BaseException:
+                    code = _code(context, "CANCELLED")
+                    raise
+                finally:
+                    if code == "OK":
+                        code = _code(context, "OK")
+                    requests.labels(method, code).inc()
+
+            return writes
 
         async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
             code = "OK"

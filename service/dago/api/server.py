@@ -66,6 +66,70 @@ class _Capture:
         self.handlers = handlers
 
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class HealthService(health_pb2_grpc.HealthServicer):
+    """The standard health service (``grpc.health.v1.Health``), open without a key.
+
+    ``Check`` answers a service's status now (NOT_FOUND for a name never set). ``Watch`` sends
+    the status (SERVICE_UNKNOWN for a name never set), then every change, until the client
+    cancels or the server stops; at a stop every watcher gets NOT_SERVING and its stream ends
+    with OK. A watcher holds no lock while it writes, so a client that does not read cannot
+    hold up the API's health loop. Statuses are kept per name set by the server only:
+    watching any number of other names costs nothing but the stream itself.
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, int] = {"": SERVING}
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        """The status of ``request.service`` now."""
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service name")
+        return health_pb2.HealthCheckResponse(status=cast(Any, status))
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Send the status, then each change, until cancelled or the server stops."""
+        last: int | None = None
+        while True:
+            async with self._changed:
+                while True:
+                    status = self._status.get(request.service, SERVICE_UNKNOWN)
+                    if status != last or self._closed:
+                        break
+                    await self._changed.wait()
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=cast(Any, status)))
+                last = status
+            if self._closed:
+                return
+
+    async def set(self, service: str, status: int) -> None:
+        """Set a service's status and wake its watchers (ignored once closed)."""
+        async with self._changed:
+            if not self._closed:
+                self._status[service] = status
+                self._changed.notify_all()
+
+    async def close(self) -> None:
+        """Every service NOT_SERVING from now on; every Watch sends it and ends."""
+        async with self._changed:
+            for name in self._status:
+                self._status[name] = NOT_SERVING
+            self._closed = True
+            self._changed.notify_all()
+
+
 class ApiServer:
     """The API process: one gRPC server plus its background loops."""
 
@@ -88,7 +152,7 @@ class ApiServer:
         self._orchestrator = orchestrator
         self._hub = hub
         self._registry = registry
-        self._health = health.aio.HealthServicer()
+        self._health = HealthService()
         self.port = 0
 
     async def _build(self) -> grpc.aio.Server:
@@ -157,8 +221,9 @@ class ApiServer:
                 ready.set()
             await stop.wait()
             log.info("dago API stopping")
-            await self._set_health(False)
-            await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Every health status NOT_SERVING; health watchers get it and their streams end
+            # (they would otherwise hold the grace period below).
+            await self._health.close()
             await server.stop(grace=5)
             self._orchestrator.close()
             for t in loops:

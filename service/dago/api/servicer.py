@@ -28,6 +28,7 @@ from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.checker import GraphInvalid, Violation
+from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
@@ -66,6 +67,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._options = options
         self._graphs = graphs
         self._hub = hub
+        self._operators = frozenset(
+            n.strip() for n in settings.operator_namespaces.split(",") if n.strip()
+        )
 
     def close(self) -> None:
         """Stop the compile thread (the server stopped)."""
@@ -128,6 +132,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def _shard(self, graph_id: str, field: str = "graph_id") -> int:
         if not graph_id:
             raise errors.invalid_field(field, "is required")
+        if len(graph_id) > MAX_ID_CHARS:
+            raise errors.invalid_field(field, f"is not a graph id (over {MAX_ID_CHARS} characters)")
         shard = parse_shard(graph_id, self._settings.shards)
         if shard is None:
             raise errors.not_found("graph", graph_id)
@@ -219,7 +225,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             self._graphs.put(gid, compiled, inputs, traceparent)
             log.info(
                 "graph submitted",
-                extra={"graph_id": gid, "trace_id": trace_id_of(traceparent), "graph_name": g.name},
+                extra={
+                    "graph_id": gid,
+                    "trace_id": trace_id_of(traceparent),
+                    "graph_name": clip(g.name),
+                },
             )
         return orchestrator_pb2.SubmitGraphResponse(
             graph_id=gid,
@@ -454,31 +464,49 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListWorkers(
         self, request: orchestrator_pb2.ListWorkersRequest, context: Ctx
     ) -> orchestrator_pb2.ListWorkersResponse:
-        """Workers with a heartbeat within DAGO_WORKER_TTL_MS."""
+        """Workers with a heartbeat within DAGO_WORKER_TTL_MS. A tenant (a namespace not in
+        DAGO_OPERATOR_NAMESPACES, with authentication on) sees each worker's slots, node kinds
+        and times, under a name that is its place in the list: not its host, pid, id or
+        metrics port (what an attacker maps a network with), nor its attempts in flight
+        (other tenants' activity)."""
         since = int(time.time() * 1000) - self._settings.worker_ttl_ms
         resp = orchestrator_pb2.ListWorkersResponse()
-        for wid, seen_ms, raw in await self._store.workers(since):
+        operator = not self._auth.enabled or self._auth.current() in self._operators
+        for n, (wid, seen_ms, raw) in enumerate(await self._store.workers(since), 1):
             info = json.loads(raw)
             w = resp.workers.add(
-                worker_id=wid,
-                host=str(info.get("host", "")),
-                pid=int(info.get("pid", 0)),
+                worker_id=wid if operator else f"worker-{n}",
                 slots=int(info.get("slots", 0)),
-                in_flight=int(info.get("in_flight", 0)),
                 node_kinds=[str(k) for k in info.get("kinds", [])],
-                metrics_port=int(info.get("metrics_port", 0)),
             )
+            if operator:
+                w.host = str(info.get("host", ""))
+                w.pid = int(info.get("pid", 0))
+                w.in_flight = int(info.get("in_flight", 0))
+                w.metrics_port = int(info.get("metrics_port", 0))
             w.start_time.FromMilliseconds(int(info.get("started_ms", 0)))
             w.last_heartbeat_time.FromMilliseconds(seen_ms)
         return resp
 
     def _dead_letter_id(self, dead_letter_id: str) -> tuple[int, str]:
+        """(shard, stream entry id) of a dead letter id: INVALID_ARGUMENT when it is empty,
+        too long or names a stream entry Redis cannot hold (a part over 2**64-1), NOT_FOUND
+        when it is not one of this deployment's ids (as for an id that never existed)."""
+        if not dead_letter_id:
+            raise errors.invalid_field("dead_letter_id", "is required")
+        if len(dead_letter_id) > MAX_ID_CHARS:
+            raise errors.invalid_field(
+                "dead_letter_id", f"is not a dead letter id (over {MAX_ID_CHARS} characters)"
+            )
         m = _DEAD_ID.fullmatch(dead_letter_id)
+        if m and not all(int(part) < 2**64 for part in (m[2], m[3])):
+            raise errors.invalid_field(
+                "dead_letter_id",
+                "is not a dead letter id: <shard>-<ms>-<seq>, each number below 2**64",
+            )
         if not m or int(m[1]) >= self._settings.shards:
-            if not dead_letter_id:
-                raise errors.invalid_field("dead_letter_id", "is required")
             raise errors.not_found("dead letter", dead_letter_id)
-        return int(m[1]), m[2]
+        return int(m[1]), f"{m[2]}-{m[3]}"
 
     @guard
     async def ListDeadLetters(
@@ -494,7 +522,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         cursor: tuple[int, int, int] | None = None  # (ms, seq, shard) of the last entry sent
         if request.page_token:
             ms, seq, last = tokens.decode(request.page_token, "d", 3)
-            cursor = (tokens.decode_int(ms), tokens.decode_int(seq), tokens.decode_int(last))
+            cursor = (
+                tokens.decode_int(ms),
+                tokens.decode_int(seq),
+                tokens.decode_int(last, high=self._settings.shards - 1),
+            )
         found: list[tuple[tuple[int, int, int], DeadLetterEntry]] = []
         for shard in shards:
             before = f"{cursor[0]}-{cursor[1]}" if cursor else None
@@ -572,7 +604,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return orchestrator_pb2.DropDeadLetterResponse(failed_node=outcome == "failed")
 
 
-_DEAD_ID = re.compile(r"(\d{1,4})-(\d{1,20}-\d{1,20})")
+_DEAD_ID = re.compile(r"([0-9]{1,4})-([0-9]{1,20})-([0-9]{1,20})")
+"""``<shard>-<stream entry id>`` (fullmatch; ASCII digits: ``\\d`` takes any script's)."""
+
+MAX_ID_CHARS = 64
+"""Longest graph or dead letter id looked up; a longer one is INVALID_ARGUMENT (ours are at
+most 31 and 46 characters), so no error message echoes a client's megabytes."""
 
 
 PAGE_BYTES = 1 << 20
@@ -589,7 +626,10 @@ def _prepare(
 ) -> tuple[dict[str, Any], bytes, bytes]:
     """The request's inputs as plain values and as stored JSON, and the definition as stored
     (its deterministic encoding: also the key of the compile cache). Runs on the compile
-    thread; GraphInvalid for inputs over ``max_inputs_bytes``."""
+    thread; GraphInvalid for inputs over ``max_inputs_bytes`` or holding NaN or Infinity."""
+    bad = first_non_finite(request.inputs, "inputs")
+    if bad is not None:
+        raise GraphInvalid([Violation(bad, NOT_FINITE)])
     inputs = to_plain(request.inputs)
     raw_inputs = dumps(inputs).encode()
     if len(raw_inputs) > max_inputs_bytes:

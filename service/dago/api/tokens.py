@@ -38,10 +38,16 @@ def decode(token: str, kind: str, count: int) -> list[str]:
 
 
 def decode_int(part: str, low: int = 0, high: int = 2**63 - 1) -> int:
-    """A numeric part of a token, within [low, high]."""
-    if not part.isdigit() or len(part) > 19 or not low <= int(part) <= high:
+    """A numeric part of a token, within [low, high]: ASCII digits only (``str.isdigit``
+    also takes superscripts and other scripts' digits, which ``int`` refuses or reads as
+    another number), at most 19 of them, so every value fits the int64 fields and Redis
+    scores and ids it becomes."""
+    if not (0 < len(part) <= 19 and part.isascii() and part.isdigit()):
         raise _bad()
-    return int(part)
+    value = int(part)
+    if not low <= value <= high:
+        raise _bad()
+    return value
 
 
 def _bad() -> errors.ApiError:

@@ -10,7 +10,7 @@ from dago.engine.graphcache import LoadedGraph
 from dago.store.events import error_from, usage_from
 from dago.store.schema import Meta, Node, Record, Usage
 from dago.store.store import RecordId, Snapshot
-from dago.store.values import set_value
+from dago.store.values import NotJson, dumps, set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
 TERMINAL_STATES = frozenset(
@@ -177,8 +177,10 @@ def graph_result(
         for name, expr in compiled.output.items():
             try:
                 mapped[name] = expr.evaluate(data)
-            except EvalError:
-                # A node the mapping reads was skipped or failed: the entry is null.
+                dumps(mapped[name])  # NaN or Infinity (1.0/0.0) would break every JSON reader
+            except (EvalError, NotJson):
+                # A node the mapping reads was skipped or failed, or the value is not a
+                # number JSON can hold: the entry is null.
                 mapped[name] = None
         res.output.update(mapped)
     else:

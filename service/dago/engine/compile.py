@@ -14,14 +14,18 @@ this module names no kind.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from google.protobuf.message import Message
+
 from dago.engine.cel import CelCompiler, Expression, Refs, Scope
 from dago.engine.checker import Checker, GraphInvalid, Violation
+from dago.engine.fields import NOT_FINITE, check_text, first_non_finite, quote
 from dago.engine.kinds import CheckContext, KindParts, kind_names
 from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEdge
 from dago.engine.retry import check_retry, effective_retry, seconds
@@ -30,7 +34,9 @@ from dago.engine.topology import start_plan, topology
 from dago.store.values import to_plain
 from dago.v1 import graph_pb2
 
-NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NODE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""Node ids (always ``fullmatch``: ``match`` with ``$`` lets ``"a\\n"`` through, a second
+node beside ``"a"``)."""
 MAX_ITERATIONS = 10_000
 
 
@@ -53,7 +59,11 @@ def compile_graph(
     """
     _check_size(graph, options, root)
     budget = _Budget(options.budget_s, root)
+    bad = first_non_finite(graph, root)
+    if bad is not None:  # nothing below could read the graph's values
+        raise GraphInvalid([Violation(bad, NOT_FINITE)])
     chk = Checker()
+    check_text(graph, chk, root, options.max_nodes, options.max_edges)
     ids = _check_nodes(graph, options, chk, root)
     edges = _check_edges(graph, ids, options, chk, root)
     entries = _entries(graph, ids, edges, chk, root)
@@ -116,15 +126,37 @@ def compile_graph(
     )
 
 
+def _largest_part(msg: Message, path: str, size: int) -> tuple[str, int]:
+    """The field path and size of what makes ``msg`` (``size`` bytes) large: the field or
+    list element holding more than half of its bytes, followed down as far as one does."""
+    for field, value in msg.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            continue  # a map (a Struct's values, headers) is named by its holder
+        name = f"{path}.{field.name}"
+        repeated = field.is_repeated
+        for where, v in (
+            [(f"{name}[{i}]", v) for i, v in enumerate(value)] if repeated else [(name, value)]
+        ):
+            if isinstance(v, Message):
+                n = v.ByteSize()
+            else:
+                n = len(v.encode()) if isinstance(v, str) else len(v) if isinstance(v, bytes) else 0
+            if n * 2 > size:
+                return _largest_part(v, where, n) if isinstance(v, Message) else (where, n)
+    return path, size
+
+
 def _check_size(graph: graph_pb2.Graph, options: CompileOptions, root: str) -> None:
     """Refuse at once a graph too large to check (before any per-node work)."""
     problems: list[Violation] = []
     size = graph.ByteSize()
     if size > options.max_graph_bytes:
+        where, part = _largest_part(graph, root, size)
+        of = f" of a graph of {size} bytes" if where != root else ""
         problems.append(
             Violation(
-                root,
-                f"is {size} bytes; the limit is {options.max_graph_bytes} "
+                where,
+                f"is {part} bytes{of}; a graph may take {options.max_graph_bytes} bytes "
                 "(DAGO_MAX_GRAPH_BYTES): pass large data as inputs or by reference",
             )
         )
@@ -174,10 +206,10 @@ def _check_nodes(
         chk.add(f"{root}.nodes", "a graph needs at least one node")
     for i, node in enumerate(graph.nodes):
         path = f"{root}.nodes[{i}]"
-        if not NODE_ID.match(node.id):
+        if not NODE_ID.fullmatch(node.id):
             chk.add(
                 f"{path}.id",
-                f'"{node.id}" is not a valid node id: use 1-64 letters, digits or _, '
+                f"{quote(node.id)} is not a valid node id: use 1-64 ASCII letters, digits or _, "
                 "starting with a letter or _ (ids are CEL identifiers: nodes.<id>.output)",
             )
         elif node.id in ids:
@@ -206,7 +238,7 @@ def _check_nodes(
         chk.add(f"{root}.limits.max_steps", "must not be negative")
     if lim.max_tokens < 0:
         chk.add(f"{root}.limits.max_tokens", "must not be negative")
-    if lim.max_cost_usd < 0 or lim.max_cost_usd != lim.max_cost_usd:
+    if not 0 <= lim.max_cost_usd < math.inf:  # NaN and Infinity fail too
         chk.add(f"{root}.limits.max_cost_usd", "must be a non-negative number")
     if lim.HasField("deadline"):
         chk.duration(lim.deadline, f"{root}.limits.deadline")
@@ -230,7 +262,7 @@ def _check_edges(
             if ref not in ids:
                 ok = False
                 known = ", ".join(sorted(ids)[:20])
-                chk.add(f"{path}.{end}", f'no node has id "{ref}" (nodes: {known})')
+                chk.add(f"{path}.{end}", f"no node has id {quote(ref)} (nodes: {known})")
         key = (e.__getattribute__("from"), e.to, e.label)
         if ok and key in seen:
             chk.add(path, f"duplicate of edges[{seen[key]}] (same from, to and label)")
@@ -250,7 +282,7 @@ def _entries(
     if graph.entry_nodes:
         for i, nid in enumerate(graph.entry_nodes):
             if nid not in ids:
-                chk.add(f"{root}.entry_nodes[{i}]", f'no node has id "{nid}"')
+                chk.add(f"{root}.entry_nodes[{i}]", f"no node has id {quote(nid)}")
         return list(dict.fromkeys(graph.entry_nodes))
     # A self-loop does not make a node a successor of anything else.
     targets = {to for src, to, _ in edges if src != to}

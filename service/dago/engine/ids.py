@@ -11,7 +11,9 @@ import re
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_GRAPH_ID = re.compile(r"^(\d{1,4})-([0-9A-HJKMNP-TV-Z]{26})$")
+_GRAPH_ID = re.compile(r"([0-9]{1,4})-([0-9A-HJKMNP-TV-Z]{26})")
+"""Always ``fullmatch``ed, with ASCII digits: ``match`` with ``$`` takes a trailing newline
+and ``\\d`` takes any script's digits (an Arabic-Indic one would name shard 1)."""
 
 
 def ulid(now_ms: int | None = None) -> str:
@@ -32,7 +34,7 @@ def new_graph_id(shard: int) -> str:
 
 def parse_shard(graph_id: str, shards: int) -> int | None:
     """The shard of ``graph_id``, or None when it is not a graph id of this deployment."""
-    m = _GRAPH_ID.match(graph_id)
+    m = _GRAPH_ID.fullmatch(graph_id)
     if m is None:
         return None
     shard = int(m.group(1))

@@ -40,6 +40,7 @@ import logging
 import re
 from typing import Any
 
+from dago.engine.fields import clip
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.output_schema import validation_error
@@ -102,13 +103,15 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
         if name.endswith("/*"):
             problem = None
             if name[:-2] not in servers:
-                problem = f'"{name}" names MCP server "{name[:-2]}", which is not configured'
+                problem = (
+                    f'"{clip(name)}" names MCP server "{clip(name[:-2])}", which is not configured'
+                )
         else:
             problem = tool_problem(name, ctx.options)
         if problem:
             ctx.add(f"agent.tools[{j}]", problem)
         elif name in seen:
-            ctx.add(f"agent.tools[{j}]", f'"{name}" is listed twice')
+            ctx.add(f"agent.tools[{j}]", f'"{clip(name)}" is listed twice')
         seen.add(name)
     if not 0 <= spec.max_turns <= MAX_TURNS:
         ctx.add("agent.max_turns", f"must be between 0 and {MAX_TURNS} (0: server default)")

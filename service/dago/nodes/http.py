@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
+import math
 import re
 import socket
 from typing import Any
@@ -38,6 +40,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from dago.engine.cel import EvalError
+from dago.engine.fields import clip
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import NodeFailure, invalid
 from dago.llm.base import retry_after
@@ -46,11 +49,15 @@ from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing
 from dago.v1 import graph_pb2
 
+log = logging.getLogger("dago.http")
+
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+"""An HTTP header name (RFC 9110 token), always ``fullmatch``ed: ``match`` with ``$`` took
+``"x-a\\n"``."""
 
 
 def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
@@ -66,8 +73,8 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
         ctx.add("http.max_response_bytes", "must not be negative (0: the server default)")
     fields = {"http.url": spec.url, "http.body": spec.body}
     for name, value in spec.headers.items():
-        if not HEADER_NAME.match(name):
-            ctx.add(f"http.headers[{name}]", "is not a valid HTTP header name")
+        if not HEADER_NAME.fullmatch(name):
+            ctx.add(f"http.headers[{clip(name, 64)}]", "is not a valid HTTP header name")
         fields[f"http.headers[{name}]"] = value
     return KindParts(templates=ctx.templates(fields))
 
@@ -127,10 +134,13 @@ class SafeHttp:
             ips = list(dict.fromkeys(found))
         for ip in ips:
             if not self.allowed(host, ip):
+                # The address is not told (a tenant would map the private network's names to
+                # addresses with it); the operator's log has it.
+                log.info("http request to %s refused: it resolves to %s", clip(host), ip)
                 raise invalid(
-                    f"refused: {host} resolves to {ip}, which is not a public address "
-                    "(HTTP nodes may not reach loopback, private, link-local or metadata "
-                    "addresses unless the operator allows them in DAGO_HTTP_ALLOW)"
+                    f"refused: {clip(host)} is not a public address or resolves to one that "
+                    "is not (HTTP nodes may not reach loopback, private, link-local or "
+                    "metadata addresses unless the operator allows them in DAGO_HTTP_ALLOW)"
                 )
         return ips[0]
 
@@ -278,13 +288,27 @@ def _too_large(cap: int) -> NodeFailure:
     )
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _result(method: str, url: str, resp: httpx.Response, raw: bytes) -> dict[str, Any]:
     text = raw.decode(resp.encoding or "utf-8", errors="replace")
     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
     body: Any = text
     if ctype == "application/json" or ctype.endswith("+json"):
         try:
-            body = json.loads(text) if text else None
+            # NaN and Infinity are not JSON (Python's parser takes them, and reads 1e999 as
+            # Infinity): such a body is text, as any other body that is not JSON, so what the
+            # node records stays JSON.
+            body = json.loads(text, parse_constant=_not_json, parse_float=_finite) if text else None
         except ValueError:
             body = text
     status = resp.status_code

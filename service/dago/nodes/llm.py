@@ -330,9 +330,11 @@ class ModelCaller:
         error_class: int,
     ) -> None:
         u = usage or Usage()
+        # A model is a label only when the operator's price table knows it: a graph names any
+        # model it likes, and /metrics must not show one tenant's model names to others.
         self._metrics.llm_call(
             provider,
-            model,
+            model if self._prices.price(model) is not None else "other",
             time.perf_counter() - started,
             first[0] if first else None,
             (

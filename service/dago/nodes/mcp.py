@@ -28,9 +28,10 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import re
 from typing import Any
 
-from dago.config import McpServerConfig
+from dago.config import MCP_SERVER_NAME, McpServerConfig
 from dago.engine.outcome import NodeFailure, invalid
 from dago.nodes.base import NodeContext, Tool
 from dago.v1 import graph_pb2
@@ -44,9 +45,16 @@ CONNECTION_CLOSED = -32000
 
 
 def split_name(name: str) -> tuple[str, str] | None:
-    """``(server, tool)`` of an MCP tool name ``<server>/<tool>``, else None."""
+    """``(server, tool)`` of an MCP tool name ``<server>/<tool>``, else None: the server a
+    valid server name (``MCP_SERVER_NAME``), the tool 1-128 printable ASCII characters
+    without spaces (or ``*``); full matches, so ``"srv/t\\n"`` is no tool name."""
     server, sep, tool = name.partition("/")
-    return (server, tool) if sep and server and tool else None
+    if sep and MCP_SERVER_NAME.fullmatch(server) and _TOOL_NAME.fullmatch(tool):
+        return server, tool
+    return None
+
+
+_TOOL_NAME = re.compile(r"[!-~]{1,128}")
 
 
 class _Session:

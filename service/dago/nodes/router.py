@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 from dago.engine.cel import EvalError, Expression, Scope
+from dago.engine.fields import quote
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import invalid
 from dago.llm.base import ChatMessage
@@ -35,7 +36,9 @@ from dago.nodes.base import NodeContext, NodeHandler, NodeKind, NodeResult
 from dago.nodes.llm import ModelCaller, check_model
 from dago.v1 import graph_pb2
 
-ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+ROUTE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""Route names (and ``default_route``), always ``fullmatch``ed: ``match`` with ``$`` took a
+trailing newline."""
 MODEL_DRIVEN = (graph_pb2.ROUTER_MODE_LLM, graph_pb2.ROUTER_MODE_HYBRID)
 
 SYSTEM = (
@@ -53,7 +56,7 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
     names: set[str] = set()
     for j, route in enumerate(r.routes):
         at = f"router.routes[{j}]"
-        if not ROUTE_NAME.match(route.name):
+        if not ROUTE_NAME.fullmatch(route.name):
             ctx.add(f"{at}.name", "use 1-64 letters, digits, or _ . : -")
         elif route.name in names:
             ctx.add(f"{at}.name", f'duplicate route name "{route.name}"')
@@ -71,13 +74,17 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
             )
         routes.append((route.name, expr))
     if r.default_route:
+        if not ROUTE_NAME.fullmatch(r.default_route):
+            ctx.add("router.default_route", "use 1-64 letters, digits, or _ . : -")
         names.add(r.default_route)
+    known = sorted(names)
+    shown = f"{known[:20]}" + (f" (and {len(known) - 20} more)" if len(known) > 20 else "")
     for oe in ctx.out_edges:
         if oe.label not in names:
             ctx.checker.add(
                 f"{ctx.root}.edges[{oe.index}].label",
-                f'edges leaving router "{node.id}" are taken by route name; "{oe.label}" is '
-                f"not one of {sorted(names)}",
+                f'edges leaving router "{node.id}" are taken by route name; {quote(oe.label)} '
+                f"is not one of {shown}",
             )
     templates = {}
     if r.mode in MODEL_DRIVEN:

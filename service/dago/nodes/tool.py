@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from dago.engine.fields import clip
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.model import CompiledNode, CompileOptions
 from dago.engine.outcome import invalid
@@ -28,10 +29,10 @@ def tool_problem(name: str, options: CompileOptions) -> str | None:
         if parts[0] in options.mcp_servers:
             return None
         return (
-            f'"{name}" names MCP server "{parts[0]}", which is not configured; configured: '
+            f'"{clip(name)}" names MCP server "{parts[0]}", which is not configured; configured: '
             + _names(options.mcp_servers, "none (DAGO_MCP_SERVERS)")
         )
-    return f'no tool named "{name}" is registered; available: ' + _names(options.tools, "")
+    return f'no tool named "{clip(name)}" is registered; available: ' + _names(options.tools, "")
 
 
 def _names(names: Collection[str], none: str) -> str:

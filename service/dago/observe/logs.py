@@ -43,7 +43,31 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 redact = Redactor(key_shaped=True, mask="***")
-"""What every line goes through: anything that looks like an API key or a bearer token."""
+"""What every line goes through: anything that looks like an API key, a bearer token or a
+password, and (once :func:`setup` has run) the operator's own secrets, whatever their shape.
+Logs are the operators', so matching the secrets themselves tells no tenant anything."""
+
+MAX_FIELD = 512
+"""Characters of one ``extra`` field printed; longer values are cut (a client's string is
+never printed whole: a 3 MB graph name once made a 3 MB line)."""
+MAX_MESSAGE = 4096
+"""Characters of a line's message printed; the rest is cut."""
+MAX_TRACE_LINE = 1024
+"""Characters of each line of a traceback (its last line quotes the exception's message)."""
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit} more characters]"
+
+
+MAX_TRACE = 64 * 1024
+"""Characters of a traceback (or a multi-line console line) in all."""
+
+
+def _trace(text: str) -> str:
+    return _cut("\n".join(_cut(line, MAX_TRACE_LINE) for line in text.split("\n")), MAX_TRACE)
 
 
 class ContextFilter(logging.Filter):
@@ -73,12 +97,14 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            # Redacted, then cut: a cut first could leave the start of a secret unmatched.
+            "msg": _cut(redact(record.getMessage()), MAX_MESSAGE),
         }
         for k, v in _fields(record).items():
-            out[k] = v if isinstance(v, int | float | bool) or v is None else redact(str(v))
+            plain = isinstance(v, int | float | bool) or v is None
+            out[k] = v if plain else _cut(redact(str(v)), MAX_FIELD)
         if record.exc_info:
-            out["exc"] = redact(self.formatException(record.exc_info))
+            out["exc"] = _trace(redact(self.formatException(record.exc_info)))
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
@@ -90,13 +116,16 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as a readable line."""
-        line = redact(super().format(record))
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        return f"{line}  [{redact(extra)}]" if extra else line
+        line = _trace(redact(super().format(record)))
+        fields = _fields(record).items()
+        extra = " ".join(f"{k}={_cut(redact(str(v)), MAX_FIELD)}" for k, v in fields)
+        return f"{line}  [{extra}]" if extra else line
 
 
 def setup(settings: Settings, stream: TextIO | None = None) -> None:
     """Configure the root logger of this process from the settings (replaces handlers)."""
+    global redact
+    redact = Redactor.from_settings(settings, key_shaped=True, mask="***")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else ConsoleFormatter())

@@ -10,7 +10,8 @@ Two kinds:
   the same values: aggregate them with ``max`` (not ``sum``) across replicas.
 
 Labels are bounded: node kinds, outcomes, gRPC methods and codes, providers, shards, and
-models (capped: past :data:`MAX_MODELS` distinct values a model is reported as ``other``).
+models (only those the price table knows, ``other`` for the rest; and capped: past
+:data:`MAX_MODELS` distinct values a model is reported as ``other``).
 Nothing graph-specific is ever a label. docs/metrics.md lists every metric.
 """
 

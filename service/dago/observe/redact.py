@@ -1,18 +1,22 @@
 """Secrets cut out of what dago writes, by two rules one ``Redactor`` can apply:
 
+- **credential-shaped text** (``key_shaped=True``): anything that looks like an API key, a
+  bearer token or a password — ``sk-ant-…``, ``sk-…``, ``Bearer …``, ``Basic …``, the value
+  of ``x-api-key: …``, ``api_key=…``, ``"password": "…"``, the password of a URL's
+  ``user:password@`` — whoever's it is. Whether text is cut depends on its shape only, never
+  on the server's secrets, so a tenant learns nothing by sending guesses through it: a right
+  guess and a wrong one come back cut alike. This is the rule for what tenants see (the
+  error messages of failed node attempts: :data:`TENANT`) and one of the two of the logs.
 - **the operator's secrets** (``Redactor.from_settings``: the LLM provider keys, the Redis
-  password), exactly, wherever they appear. A worker applies this to what it records:
-  error messages (an upstream may echo a key back), outputs and streamed events.
-- **key-shaped text** (``key_shaped=True``): anything that looks like an API key or a
-  bearer token (``sk-ant-…``, ``sk-…``, ``Bearer …``), whoever's it is. Every log line
-  goes through this (``dago.observe.logs``).
+  password), exactly, wherever they appear, whatever their shape. Only for the logs, which
+  only operators read (``dago.observe.logs``): applied to text a tenant sees, it would tell
+  the tenant which of its guesses is a secret (docs/security.md, "Secrets stay secret").
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from dago.config import Settings
@@ -20,8 +24,24 @@ from dago.config import Settings
 MASK = "[redacted]"
 
 _KEY_SHAPED = re.compile(
-    r"(sk-ant-[A-Za-z0-9_\-]{4,}|sk-[A-Za-z0-9_\-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]+)"
+    r"sk-ant-[A-Za-z0-9_\-]{4,}"
+    r"|sk-[A-Za-z0-9_\-]{16,}"
+    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}"
 )
+"""Keys and tokens by their look (Anthropic, OpenAI, HTTP authorization values)."""
+
+_LABELLED = re.compile(
+    r"(?i)\b((?:x-)?api[-_]?key|access[-_]?token|auth[-_]?token|secret|password|passwd"
+    r"|authorization)((?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?)(?!\[redacted\]|\*\*\*)"
+    r"([^\s\"',;&}\\]{4,})"
+)
+"""A value labelled as a credential (``x-api-key: v``, ``"password": "v"``, ``token=v``),
+also inside JSON text, where the quotes are escaped (an error message is stored as JSON)."""
+
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]{0,128}:)([^@\s/]{1,128})@")
+"""The password of ``scheme://user:password@host``. It starts at ``://`` and its parts are
+bounded: a pattern starting with the scheme (``[A-Za-z][A-Za-z0-9+.-]*://``) takes time
+quadratic in the length of a text without ``://`` (a 3 MB error message: minutes)."""
 
 _SHORTEST_SECRET = 8
 """Shorter values would match by accident and protect nothing."""
@@ -43,13 +63,15 @@ class Redactor:
         self.mask = mask
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Redactor:
-        """The operator's secrets in ``settings``."""
+    def from_settings(
+        cls, settings: Settings, *, key_shaped: bool = False, mask: str = MASK
+    ) -> Redactor:
+        """The operator's secrets in ``settings`` (for the logs: see the module doc)."""
         found = [settings.anthropic_api_key, settings.openai_api_key]
         url = urlsplit(settings.redis_url)
         found.append(url.password or "")
         found += [v for k, v in parse_qsl(url.query) if k.lower() == "password"]
-        return cls(found)
+        return cls(found, key_shaped=key_shaped, mask=mask)
 
     def __call__(self, text: str) -> str:
         """``text`` with every secret replaced by the mask."""
@@ -58,16 +80,11 @@ class Redactor:
                 text = text.replace(secret, self.mask)
         if self._key_shaped:
             text = _KEY_SHAPED.sub(self.mask, text)
+            text = _LABELLED.sub(lambda m: m[1] + m[2] + self.mask, text)
+            text = _URL_PASSWORD.sub(lambda m: m[1] + self.mask + "@", text)
         return text
 
-    def fields(self, values: Sequence[Any]) -> list[Any]:
-        """``values`` with every string redacted (other values as they are)."""
-        if not self._active:
-            return list(values)
-        return [self(v) if isinstance(v, str) else v for v in values]
 
-    def events(self, events: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
-        """(type, detail JSON) pairs with the details redacted."""
-        if not self._active:
-            return events
-        return [(kind, self(detail)) for kind, detail in events]
+TENANT = Redactor(key_shaped=True)
+"""What the error message of a failed node attempt goes through before it is stored (the
+shape rule only: see the module doc)."""

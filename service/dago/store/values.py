@@ -52,24 +52,39 @@ def set_value(msg: struct_pb2.Value, value: Any) -> None:
         msg.string_value = str(value)
 
 
-# The C encoder json.dumps(separators=(",", ":"), ensure_ascii=False) builds on every call,
-# built once: the same text at a third of the cost (a worker encodes every node's input and
-# output). Its circular-reference markers are emptied after a failed call, as a fresh
-# encoder's would be.
+# The C encoder json.dumps(separators=(",", ":"), ensure_ascii=False, allow_nan=False) builds
+# on every call, built once: the same text at a third of the cost (a worker encodes every
+# node's input and output). Its circular-reference markers are emptied after a failed call,
+# as a fresh encoder's would be.
 _markers: dict[int, Any] = {}
 _encode = (
     c_make_encoder(
-        _markers, json.JSONEncoder().default, encode_basestring, None, ":", ",", False, False, True
+        _markers, json.JSONEncoder().default, encode_basestring, None, ":", ",", False, False, False
     )
     if c_make_encoder is not None
     else None
 )
 
 
+class NotJson(ValueError):
+    """A value JSON cannot hold: NaN or Infinity (JSON has neither)."""
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON: ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``."""
+    """Compact JSON: ``json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False)``. NaN and ±Infinity raise :class:`NotJson`: written as ``NaN`` they are
+    not JSON, and every reader of the value (REST, other languages' clients) would fail."""
+    try:
+        return _dumps(value)
+    except ValueError as e:
+        if "Out of range float" in str(e):
+            raise NotJson("NaN and Infinity are not numbers JSON can hold") from None
+        raise
+
+
+def _dumps(value: Any) -> str:
     if _encode is None:  # an interpreter without the C accelerator
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         return "".join(_encode(value, 0))
     except BaseException:

@@ -36,7 +36,7 @@ from dago.observe.tracing import Tracing, fail, trace_id_of
 from dago.store.functions import Outcome, Result, Started, WorkItem, error_json, usage_arg
 from dago.store.schema import Error
 from dago.store.store import Store
-from dago.store.values import dumps
+from dago.store.values import NotJson, dumps
 from dago.v1 import execution_pb2, graph_pb2
 
 log = logging.getLogger("dago.worker")
@@ -330,7 +330,7 @@ class Attempts:
         for kind, detail in events:
             if len(detail) > limit:
                 raise _too_large(f"a {kind} event", len(detail), limit, "DAGO_MAX_EVENT_BYTES")
-        return await self._store.append(item, self._redact.events(events))
+        return await self._store.append(item, events)
 
     async def _execute(
         self, running: Running, node: CompiledNode, scope: dict[str, Any], rendered: Any
@@ -375,13 +375,16 @@ class Attempts:
             item.attempt,
             item.iteration,
             item.execution,
-            self._redact(rendered),
+            rendered,
             outcome,
-            self._redact(output),
+            output,
             taken,
             usage,
-            self._redact(route),
-            self._redact(error),
+            route,
+            # Only the error is redacted (by shape): outputs, inputs, routes and events hold
+            # the tenant's own data, what it computed from it, the model's text and what the
+            # servers it chose returned; none of those ever held the operator's secrets.
+            self._redact(error) if error else error,
             retry_after_ms,
         )
         running.reported = True
@@ -520,9 +523,12 @@ def _render(plan: Plan, scope: dict[str, Any], limit: int) -> tuple[Any, str]:
         return plan.node.inputs.value, plan.static_input
     try:
         value = plan.node.inputs.render(scope)
+        text = dumps(value)
     except EvalError as e:
         raise invalid(f"inputs: {e}") from None
-    return value, _bounded(dumps(value), "the node's input", limit)
+    except NotJson as e:  # 1.0/0.0 in CEL is Infinity
+        raise invalid(f"inputs: {e}") from None
+    return value, _bounded(text, "the node's input", limit)
 
 
 def _usage(result: NodeResult | NodeFailure) -> str:
@@ -556,8 +562,12 @@ def _succeeded(
         edges = plan.edges
     else:
         edges = ",".join(map(str, _taken(node, scope, output, result.route)))
-    route = dumps(result.route) if result.route else ""
-    output_json = _bounded(dumps(output), "the node's output", limit)
+    try:
+        route = dumps(result.route) if result.route else ""
+        output_json = dumps(output)
+    except NotJson as e:  # never stored: no reader of the run could read it back
+        raise invalid(f"output: {e}") from None
+    output_json = _bounded(output_json, "the node's output", limit)
     return Outcome.OK, output_json, edges, _usage(result), route, "", 0
 
 

@@ -32,7 +32,7 @@ from dago.config import Settings
 from dago.engine.graphcache import GraphCache
 from dago.nodes.base import Handler
 from dago.observe.metrics import Metrics, serve
-from dago.observe.redact import Redactor
+from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.functions import Result, Started, WorkItem
@@ -73,12 +73,14 @@ class Worker:
         # live in a slot of their own, so each shard has its own reader.
         self._groups = [[s] for s in shards] if settings.cluster else [shards]
         self._slots = Slots(settings.worker_slots, settings.worker_batch, len(self._groups))
-        # Errors, outputs and events never carry the operator's secrets (docs/security.md).
+        # Credential-shaped text is cut from error messages, by its shape only: comparing
+        # what a tenant sees with the secrets would tell it which guess is one
+        # (docs/security.md, "Secrets stay secret").
         self._attempts = Attempts(
             store,
             handlers,
             worker_id,
-            Redactor.from_settings(settings),
+            TENANT,
             self._metrics,
             self._tracing,
             self._report,
