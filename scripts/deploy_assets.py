@@ -63,7 +63,9 @@ def _chart_limits(text: str) -> str:
         for sentinel, placeholder, count in swaps:
             found = len(re.findall(rf"(?<![0-9]){sentinel}(?![0-9])", text))
             if found != count:
-                raise SystemExit(f"expected {count} x {sentinel} in the chart's render, not {found}")
+                raise SystemExit(
+                    f"expected {count} x {sentinel} in the chart's render, not {found}"
+                )
             text = re.sub(rf"(?<![0-9]){sentinel}(?![0-9])", placeholder, text)
     return text
 

@@ -358,7 +358,9 @@ def test_edge_limits_come_from_the_values(helm: str, tmp_path: Path) -> None:
     assert "__DAGO_" not in config
     _validate_envoy(config, (ROOT / "gen" / "dago.binpb").read_bytes(), tmp_path)
     parsed = load_envoy(config)
-    monitors = {m["name"]: m["typed_config"] for m in parsed["overload_manager"]["resource_monitors"]}
+    monitors = {
+        m["name"]: m["typed_config"] for m in parsed["overload_manager"]["resource_monitors"]
+    }
     conns = monitors["envoy.resource_monitors.global_downstream_max_connections"]
     assert conns["max_active_downstream_connections"] == 1234
     assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 3 << 30
@@ -372,12 +374,16 @@ def test_edge_limits_come_from_the_values(helm: str, tmp_path: Path) -> None:
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     idle = [r["route"].get("idle_timeout") for r in routes if "route" in r]
     assert idle.count("20s") == 4, idle
-    limit = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit")
+    limit = next(
+        f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"
+    )
     bucket = limit["typed_config"]["descriptors"][0]["token_bucket"]
     assert (bucket["tokens_per_fill"], bucket["max_tokens"]) == (50, 100)
     unlimited = load_envoy(configs[0])["static_resources"]["listeners"][0]
     hcm = unlimited["filter_chains"][0]["filters"][0]["typed_config"]
-    limit = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit")
+    limit = next(
+        f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"
+    )
     assert limit["typed_config"]["descriptors"][0]["token_bucket"]["tokens_per_fill"] >= 10**9
 
 

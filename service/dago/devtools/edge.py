@@ -169,7 +169,9 @@ def from_env(settings: Settings) -> EdgeConfig:
         headers_timeout_s=settings.edge_headers_timeout_s,
         idle_timeout_s=settings.edge_idle_timeout_s,
         # At least three heartbeats: only a stream whose client reads nothing misses them all.
-        watch_idle_timeout_s=max(settings.edge_watch_idle_timeout_s, 3 * settings.heartbeat_ms / 1000),
+        watch_idle_timeout_s=max(
+            settings.edge_watch_idle_timeout_s, 3 * settings.heartbeat_ms / 1000
+        ),
         buffer_bytes=settings.edge_buffer_bytes,
         # A Linux socket option (its number means something else elsewhere).
         unsent_bytes=16 * 1024 if sys.platform == "linux" else 0,
