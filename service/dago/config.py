@@ -48,6 +48,7 @@ class Settings:
     retention_s: int = 7 * 24 * 3600
     sweep_interval_ms: int = 100
     heartbeat_ms: int = 5_000
+    watch_max_lag_s: float = 60.0
     default_deadline_s: int = 24 * 3600
     attempt_timeout_s: float = 300.0
     max_nodes: int = 1000
@@ -272,6 +273,12 @@ SETTINGS: dict[str, _Spec] = {
         "How often timers (retries, timeouts, deadlines) are swept.", _positive
     ),
     "heartbeat_ms": _Spec("Heartbeat interval of idle WatchGraph streams.", _positive),
+    "watch_max_lag_s": _Spec(
+        "Seconds a live WatchGraph stream may fall behind its graph's events (its client reads "
+        "too slowly) before it is ended with RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, "
+        "naming the last event sent); the client watches again from there.",
+        _positive,
+    ),
     "default_deadline_s": _Spec(
         "Deadline of graphs that set none, in seconds (0: none).",
         lambda v: None if v >= 0 else "must not be negative",
