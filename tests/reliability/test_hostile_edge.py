@@ -6,6 +6,8 @@ real Envoy rendered from envoy/envoy.yaml.in with small limits so the test stays
   sends its headers a byte at a time: the excess is refused at once, the rest are closed
   after the first-byte and header timeouts, and new clients get in again. A client of the
   other namespace with an open connection makes REST and gRPC calls throughout: none fails.
+  With a per-client request rate set, one address flooding requests is refused past its
+  own bucket (429 / RESOURCE_EXHAUSTED) while a client at another address is not.
 - Hundreds of SSE and NDJSON watchers of one live graph whose clients never read: each
   costs only its own bounded buffers, is reset once it has made no progress for the watch
   idle timeout, and can watch again from its cursor and get every event exactly once. The
@@ -328,6 +330,40 @@ async def test_idle_and_slow_connections_are_closed_and_lock_nobody_out(
         # Headers that never end are cut at the header timeout, with a 408.
         assert e.headers_s - 0.1 <= slow_s < e.headers_s + 5, slow_s
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+async def test_one_client_address_cannot_take_the_request_rate_of_others(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    # DAGO_EDGE_CLIENT_RPS=5: a token bucket per client address (bursts of 10). The hostile
+    # client (127.0.0.1, any key or none) is refused past it, over REST and gRPC; a client
+    # at another address (127.0.0.2, team-b) is not slowed.
+    async with hostile_edge(redis_single.url, key_prefix, client_rps=5) as e:
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with (
+            httpx.AsyncClient(base_url=e.base, timeout=10) as noisy,
+            httpx.AsyncClient(base_url=e.base, timeout=10, transport=other) as calm,
+        ):
+            codes = [
+                (await noisy.get("/api/v1/graphs", headers=AUTH_A)).status_code for _ in range(30)
+            ]
+            assert codes[:5] == [200] * 5 and codes.count(429) >= 15, codes
+            r = await noisy.get("/api/v1/graphs", headers=AUTH_A)
+            assert r.status_code == 429 and r.json()["code"] == 8, r.text
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{e.port}") as ch:
+                stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    for _ in range(20):
+                        req = orchestrator_pb2.ListGraphsRequest()
+                        await stub.ListGraphs(req, metadata=tuple(AUTH_A.items()), timeout=10)
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # The other address has a bucket of its own.
+            calm_codes = []
+            for _ in range(8):
+                calm_codes.append((await calm.get("/api/v1/graphs", headers=AUTH_B)).status_code)
+            assert calm_codes == [200] * 8, calm_codes
+            # /health (load balancers, probes) is answered before the limit.
+            assert (await noisy.get("/health")).status_code == 200
 
 
 # --- item 4: watchers that never read -----------------------------------------------------------
