@@ -16,8 +16,7 @@ import redis.asyncio as aioredis
 
 from dago.api import watch
 from dago.store.events import decode, encode, graph_prefix
-from dago.v1 import execution_pb2, orchestrator_pb2
-from dago.v1 import orchestrator_pb2_grpc
+from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from harness import (
     InProcessStack,
     echo,

@@ -276,7 +276,10 @@ def _client_rate_limit(cfg: EdgeConfig) -> list[dict[str, Any]] | str:
     ``client_rps`` a second with bursts of twice that), or nothing when ``client_rps`` is 0."""
     if not cfg.client_rps:
         return ""
-    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
+
+    def always() -> dict[str, Any]:  # a new dict each time: no YAML anchor in the render
+        return {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
+
     bucket = {
         "max_tokens": 2 * cfg.client_rps,
         "tokens_per_fill": cfg.client_rps,
@@ -295,8 +298,8 @@ def _client_rate_limit(cfg: EdgeConfig) -> list[dict[str, Any]] | str:
                     "tokens_per_fill": 1_000_000_000,
                     "fill_interval": "1s",
                 },
-                "filter_enabled": always,
-                "filter_enforced": always,
+                "filter_enabled": always(),
+                "filter_enforced": always(),
                 "rate_limits": [{"actions": [{"remote_address": {}}]}],
                 "descriptors": [
                     {"entries": [{"key": "remote_address", "value": ""}], "token_bucket": bucket}
