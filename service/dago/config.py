@@ -274,9 +274,10 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "heartbeat_ms": _Spec("Heartbeat interval of idle WatchGraph streams.", _positive),
     "watch_max_lag_s": _Spec(
-        "Seconds a live WatchGraph stream may fall behind its graph's events (its client reads "
-        "too slowly) before it is ended with RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, "
-        "naming the last event sent); the client watches again from there.",
+        "Seconds a WatchGraph stream may fall further behind its graph's events than it was "
+        "when it started (its client reads too slowly) before it is ended with "
+        "RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, naming the last event sent); the client "
+        "watches again from there.",
         _positive,
     ),
     "default_deadline_s": _Spec(
