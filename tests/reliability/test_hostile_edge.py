@@ -8,10 +8,11 @@ real Envoy rendered from envoy/envoy.yaml.in with small limits so the test stays
   other namespace with an open connection makes REST and gRPC calls throughout: none fails.
   With a per-client request rate set, one address flooding requests is refused past its
   own bucket (429 / RESOURCE_EXHAUSTED) while a client at another address is not.
-- Hundreds of SSE and NDJSON watchers of one live graph whose clients never read: each
-  costs only its own bounded buffers, is reset once it has made no progress for the watch
-  idle timeout, and can watch again from its cursor and get every event exactly once. The
-  other namespace's REST calls and its own NDJSON stream of a live graph complete normally.
+- Hundreds of SSE and NDJSON watchers (and a few native gRPC ones) of one live graph whose
+  clients never read: each costs only its own bounded buffers, is reset once it has made no
+  progress for the watch idle timeout, and can watch again from its cursor and get every
+  event exactly once. The other namespace's REST calls and its own NDJSON stream of a live
+  graph complete normally.
 
 The other client's latencies are printed (``-s``), not asserted: timing goals belong in
 benchmarks. Figures measured while fixing this: docs/security.md, "The edge's limits".
@@ -370,6 +371,7 @@ async def test_one_client_address_cannot_take_the_request_rate_of_others(
 
 HOSTILE = 200  # raw sockets watching one graph, half SSE, half NDJSON; they never read
 RESUMED = 6  # of them, drained and resumed from their cursor at the end
+NATIVE = 4  # native gRPC watchers through Envoy that stop reading after their first event
 
 
 def open_watch(port: int, gid: str, accept: str, auth: dict[str, str]) -> socket.socket:
@@ -472,15 +474,29 @@ async def test_watchers_that_never_read_cost_their_own_buffers_and_are_dropped(
     raise_fd_limit(4 * HOSTILE + 512)
     async with hostile_edge(redis_single.url, key_prefix, watch_idle_timeout_s=3) as e:
         http = httpx.AsyncClient(base_url=e.base, timeout=60)
+        channels: list[grpc.aio.Channel] = []
         try:
             # team-a's graph emits steadily for ~15 s (200 events/s of 500 bytes); HOSTILE
             # of team-a's clients watch it and never read.
             hostile = await submit(http, chatter(3000, 500, 20, 0.1), AUTH_A)
+            before = await watch_cancellations(e)
             socks = []
             for i in range(HOSTILE):
                 accept = "text/event-stream" if i % 2 else "application/x-ndjson"
                 socks.append(open_watch(e.port, hostile, accept, AUTH_A))
-            before = await watch_cancellations(e)
+            # gRPC clients (one HTTP/2 connection each, no window growth) that stop reading.
+            channels += [
+                grpc.aio.insecure_channel(
+                    f"127.0.0.1:{e.port}", options=[("grpc.http2.bdp_probe", 0)]
+                )
+                for _ in range(NATIVE)
+            ]
+            native = []
+            for ch in channels:
+                stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+                req = orchestrator_pb2.WatchGraphRequest(graph_id=hostile)
+                call = stub.WatchGraph(req, metadata=tuple(AUTH_A.items()), timeout=120)
+                native.append((call, [(await call.read()).event]))
 
             # Meanwhile team-b: REST calls, and its own NDJSON stream of a live graph.
             good = Caller(e)
@@ -495,7 +511,7 @@ async def test_watchers_that_never_read_cost_their_own_buffers_and_are_dropped(
             # The non-reading streams made no progress: Envoy resets each after the watch
             # idle timeout, and the API lets go of them (cancelled, not held).
             async def dropped() -> bool:
-                return await watch_cancellations(e) - before >= HOSTILE
+                return await watch_cancellations(e) - before >= HOSTILE + NATIVE
 
             await eventually(dropped, e.watch_idle_s + 20, 0.25)
             await asyncio.sleep(0.5)
@@ -538,10 +554,32 @@ async def test_watchers_that_never_read_cost_their_own_buffers_and_are_dropped(
                     )
                 stored = stored or await history(http, hostile, AUTH_A)
                 assert seqs + real(rest) == stored, "lost or repeated events"
+
+            # The gRPC ones get what reached them, then the reset (an error, not the end);
+            # they watch again after the last event they got.
+            for call, got in native:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    while (msg := await call.read()) is not grpc.aio.EOF:
+                        got.append(msg.event)
+                seen = [ev.seq for ev in got if ev.WhichOneof("payload") != "heartbeat"]
+                assert seen == list(range(1, len(seen) + 1))
+                stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channels[0])
+                req = orchestrator_pb2.WatchGraphRequest(graph_id=hostile, after_seq=seen[-1])
+                rest_seqs = [
+                    msg.event.seq
+                    async for msg in stub.WatchGraph(
+                        req, metadata=tuple(AUTH_A.items()), timeout=60
+                    )
+                    if msg.event.WhichOneof("payload") != "heartbeat"
+                ]
+                assert seen + rest_seqs == stored, "lost or repeated events (gRPC)"
         finally:
             await http.aclose()
+            for ch in channels:
+                await ch.close()
         print(
-            f"\n{HOSTILE} non-reading watchers (SSE and NDJSON) of a live graph: dropped after "
+            f"\n{HOSTILE} non-reading watchers (SSE and NDJSON) and {NATIVE} gRPC ones of a live "
+            "graph: dropped after "
             f"the watch idle timeout ({e.watch_idle_s:g} s), each having been sent "
             f"{min(sizes)}-{max(sizes)} events before; team-b's NDJSON of its live graph "
             f"({len(streamed)} lines) took {stream_s:.2f} s; team-b during the attack: "
