@@ -383,18 +383,33 @@ def open_watch(port: int, gid: str, accept: str, auth: dict[str, str]) -> socket
     return s
 
 
-def drain(s: socket.socket, timeout: float) -> tuple[bytes, bool]:
-    """Read what is queued for a socket: (bytes, whether the server had closed it)."""
-    s.settimeout(timeout)
-    out = bytearray()
-    try:
-        while chunk := s.recv(1 << 16):
-            out += chunk
-    except TimeoutError:
-        return bytes(out), False
-    except OSError:
-        pass
-    return bytes(out), True
+def drain(socks: list[socket.socket], timeout: float) -> list[tuple[bytes, bool]]:
+    """Read what is queued for each socket until the server closes it, all at once, for at
+    most ``timeout`` s: (bytes, whether it was closed). (The tail of a closed connection can
+    take seconds: the kernel probes a zero window with a growing interval, and on loopback
+    (MSS 64 KB) reading 128 KB may not send a window update.)"""
+    out = [bytearray() for _ in socks]
+    closed = [False] * len(socks)
+    with selectors.DefaultSelector() as sel:
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, i)
+        deadline = time.monotonic() + timeout
+        while not all(closed) and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.2):
+                i = key.data
+                try:
+                    chunk = socks[i].recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    out[i] += chunk
+                else:
+                    closed[i] = True
+                    sel.unregister(socks[i])
+    return [(bytes(b), c) for b, c in zip(out, closed, strict=True)]
 
 
 def dechunk(raw: bytes) -> tuple[int, bytes, bool]:
@@ -522,9 +537,10 @@ async def test_watchers_that_never_read_cost_their_own_buffers_and_are_dropped(
             # What each had been sent is all they get: the stream ends (the server closed
             # it) before the graph's end, cut mid-stream (no last chunk).
             cut: list[tuple[bool, list[dict[str, Any]]]] = []
-            for i, s in enumerate(socks):
-                raw, closed = drain(s, 5)
+            drained = await asyncio.to_thread(drain, socks, 60)
+            for s in socks:
                 s.close()
+            for i, (raw, closed) in enumerate(drained):
                 assert closed, f"watcher {i} was not dropped"
                 status, body, complete = dechunk(raw)
                 assert status == 200 and not complete, (status, raw[-200:])
