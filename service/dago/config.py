@@ -276,7 +276,7 @@ SETTINGS: dict[str, _Spec] = {
     "watch_max_lag_s": _Spec(
         "Seconds a WatchGraph stream may fall further behind its graph's events than it was "
         "when it started (its client reads too slowly) before it is ended with "
-        "RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, naming the last event sent); the client "
+        "ABORTED (reason WATCH_TOO_SLOW, naming the last event sent); the client "
         "watches again from there.",
         _positive,
     ),

@@ -19,7 +19,7 @@ and the one message gRPC is writing, whose flow control stops the watcher while 
 does not read. A watcher that falls more than ``max_lag_s`` further behind its graph's
 events than it was when it started (how long ago the next event it would send was recorded,
 less that same delay at its first event: a replay from an old cursor starts behind, and
-clock skew between workers and the API cancels out) is ended with RESOURCE_EXHAUSTED
+clock skew between workers and the API cancels out) is ended with ABORTED
 (:func:`too_slow`) naming the last event it was sent: its client reads too slowly, and
 watches again from there without missing anything. A client that reads nothing at all
 cannot even be sent that status (it would queue behind the unread events): the edge resets
@@ -428,16 +428,18 @@ class _Lag:
 
 
 def too_slow(graph_id: str, sent_seq: int, behind_s: float, limit_s: float) -> ApiError:
-    """RESOURCE_EXHAUSTED for a watcher that fell too far behind its graph's log, with an
-    ErrorInfo (reason ``WATCH_TOO_SLOW``) whose ``last_seq`` is the last event it was sent:
-    the client watches again after it (``after_seq``, or Last-Event-ID) and misses nothing."""
+    """ABORTED for a watcher that fell too far behind its graph's log, with an ErrorInfo
+    (reason ``WATCH_TOO_SLOW``) whose ``last_seq`` is the last event it was sent: the client
+    watches again after it (``after_seq``, or Last-Event-ID) and misses nothing. ABORTED, not
+    RESOURCE_EXHAUSTED: "retry at a higher level" is what the client should do, and what
+    dago's clients already do on it (they resume a watch after ABORTED or UNAVAILABLE)."""
     info = error_details_pb2.ErrorInfo(reason="WATCH_TOO_SLOW", domain="dago.v1")
     info.metadata["graph_id"] = graph_id
     info.metadata["last_seq"] = str(sent_seq)
     info.metadata["behind_s"] = f"{behind_s:.0f}"
     info.metadata["limit_s"] = f"{limit_s:g}"
     return ApiError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
         f"this watch fell {behind_s:.0f} s behind the graph's events (more than "
         f"DAGO_WATCH_MAX_LAG_S, {limit_s:g} s, further behind than when it started): its "
         "client reads too slowly. The last event "
