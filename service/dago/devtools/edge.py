@@ -133,7 +133,10 @@ class EdgeConfig:
     request_timeout_s: float = 60  # the whole request, body included
     idle_timeout_s: float = 60  # a connection with no request in flight
     watch_idle_timeout_s: float = 30  # a watch stream that makes no progress
-    max_streams_per_connection: int = 100  # HTTP/2
+    # Streams at once on one client HTTP/2 connection. Envoy's edge advice is 100, but a
+    # gRPC client queues calls past it until a stream ends: one channel holding 100 watches
+    # would stall its next call.
+    max_streams_per_connection: int = 1000
     buffer_bytes: int = 32 * 1024  # Envoy's buffer per connection and per stream
     stream_window_bytes: int = 64 * 1024  # HTTP/2 window per stream (clients and the API)
     unsent_bytes: int = 16 * 1024  # TCP_NOTSENT_LOWAT on client sockets (Linux; 0: not set)
