@@ -74,6 +74,7 @@ def test_settings_reach_the_edge_of_dago_dev(monkeypatch: pytest.MonkeyPatch) ->
     h = hcm(config)
     assert h["request_headers_timeout"] == "4s"
     assert h["common_http_protocol_options"]["idle_timeout"] == "45s"
+    assert h["common_http_protocol_options"]["max_connection_duration"] == "3600s"
     assert h["http2_protocol_options"]["max_concurrent_streams"] == 1000
     assert h["use_remote_address"] is True and h["xff_num_trusted_hops"] == 1
     watch_routes = [

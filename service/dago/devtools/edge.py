@@ -132,6 +132,7 @@ class EdgeConfig:
     headers_timeout_s: float = 10  # first byte -> end of the headers
     request_timeout_s: float = 60  # the whole request, body included
     idle_timeout_s: float = 60  # a connection with no request in flight
+    max_connection_duration_s: float = 3600  # then drained: no new requests on it
     watch_idle_timeout_s: float = 30  # a watch stream that makes no progress
     # Streams at once on one client HTTP/2 connection. Envoy's edge advice is 100, but a
     # gRPC client queues calls past it until a stream ends: one channel holding 100 watches
@@ -439,6 +440,7 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "HEADERS_TIMEOUT": _duration(cfg.headers_timeout_s),
         "REQUEST_TIMEOUT": _duration(cfg.request_timeout_s),
         "IDLE_TIMEOUT": _duration(cfg.idle_timeout_s),
+        "MAX_CONNECTION_DURATION": _duration(cfg.max_connection_duration_s),
         "WATCH_IDLE_TIMEOUT": _duration(cfg.watch_idle_timeout_s),
         "MAX_STREAMS_PER_CONNECTION": str(cfg.max_streams_per_connection),
         "BUFFER_BYTES": str(cfg.buffer_bytes),
