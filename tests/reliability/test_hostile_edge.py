@@ -50,7 +50,7 @@ from harness import (
 )
 from redisfixture import RedisServer
 
-pytestmark = [pytest.mark.edge, pytest.mark.process, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.edge, pytest.mark.process, pytest.mark.timeout(240)]
 
 KEY_A = new_key()  # the hostile tenant's (item 4; item 3's flood sends no key at all)
 KEY_B = new_key()  # the well-behaved client's, another namespace
@@ -252,6 +252,7 @@ async def slow_headers(port: int, every: float) -> tuple[float, bytes]:
     return time.monotonic() - t0, answer
 
 
+@pytest.mark.slow
 async def test_idle_and_slow_connections_are_closed_and_lock_nobody_out(
     redis_single: RedisServer, key_prefix: str
 ) -> None:
@@ -483,6 +484,7 @@ async def watch_cancellations(e: Edge) -> int:
     return int(total)
 
 
+@pytest.mark.slow
 async def test_watchers_that_never_read_cost_their_own_buffers_and_are_dropped(
     redis_single: RedisServer, key_prefix: str
 ) -> None:
