@@ -45,7 +45,7 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
 def build_api(settings: Settings) -> ApiServer:
     """The API process: gRPC server, event hub, sweeper."""
     store, cel, options = _common(settings)
-    hub = EventHub(store, settings.heartbeat_ms, settings.cluster)
+    hub = EventHub(store, settings.heartbeat_ms, settings.cluster, settings.watch_max_lag_s)
     auth = Authenticator(settings)
     graphs = GraphCache(store, cel, options)
     tracing = Tracing("dago-api")

@@ -52,6 +52,7 @@ class Settings:
     retention_s: int = 7 * 24 * 3600
     sweep_interval_ms: int = 100
     heartbeat_ms: int = 5_000
+    watch_max_lag_s: float = 60.0
     default_deadline_s: int = 24 * 3600
     attempt_timeout_s: float = 300.0
     max_nodes: int = 1000
@@ -67,6 +68,14 @@ class Settings:
     edge_host: str = "127.0.0.1"
     edge_port: int = 8080
     edge_cors_origins: str = ""
+    edge_max_connections: int = 10_000
+    edge_headers_timeout_s: float = 10.0
+    edge_idle_timeout_s: float = 60.0
+    edge_watch_idle_timeout_s: float = 30.0
+    edge_buffer_bytes: int = 32 * 1024
+    edge_max_heap_bytes: int = 1 << 30
+    edge_client_rps: int = 0
+    edge_trusted_hops: int = 0
     llm_provider: str = ""
     llm_model: str = ""
     llm_max_tokens: int = 1024
@@ -277,6 +286,13 @@ SETTINGS: dict[str, _Spec] = {
         "How often timers (retries, timeouts, deadlines) are swept.", _positive
     ),
     "heartbeat_ms": _Spec("Heartbeat interval of idle WatchGraph streams.", _positive),
+    "watch_max_lag_s": _Spec(
+        "Seconds a WatchGraph stream may fall further behind its graph's events than it was "
+        "when it started (its client reads too slowly) before it is ended with "
+        "ABORTED (reason WATCH_TOO_SLOW, naming the last event sent); the client "
+        "watches again from there.",
+        _positive,
+    ),
     "default_deadline_s": _Spec(
         "Deadline of graphs that set none, in seconds (0: none).",
         lambda v: None if v >= 0 else "must not be negative",
@@ -313,6 +329,44 @@ SETTINGS: dict[str, _Spec] = {
     "edge_cors_origins": _Spec(
         "Comma-separated browser origins allowed by CORS; * inside an origin matches any "
         "characters but / (empty: http://localhost:* and http://127.0.0.1:*)."
+    ),
+    "edge_max_connections": _Spec(
+        "Client connections Envoy holds at once, all clients together; more are closed as "
+        "they arrive (`dago dev`; the chart: envoy.limits).",
+        _positive,
+    ),
+    "edge_headers_timeout_s": _Spec(
+        "Seconds a new connection may take to send its first bytes, and a request to "
+        "complete its headers, before Envoy closes it.",
+        _positive,
+    ),
+    "edge_idle_timeout_s": _Spec(
+        "Seconds a client connection with no request in flight stays open.", _positive
+    ),
+    "edge_watch_idle_timeout_s": _Spec(
+        "Seconds a watch stream (SSE, NDJSON, gRPC, gRPC-Web) may make no progress (its "
+        "client reads nothing) before Envoy resets it; at least three heartbeats.",
+        _positive,
+    ),
+    "edge_buffer_bytes": _Spec(
+        "Bytes Envoy buffers per client connection and stream before it stops reading from "
+        "the other side.",
+        lambda v: None if v >= 16 * 1024 else "must be at least 16384",
+    ),
+    "edge_max_heap_bytes": _Spec(
+        "Envoy heap size its overload actions measure against (shorter idle timeouts from "
+        "80%, refusing new connections from 95%, 503 from 98%).",
+        lambda v: None if v >= 64 << 20 else "must be at least 67108864",
+    ),
+    "edge_client_rps": _Spec(
+        "Requests per second one client address may make through Envoy, with bursts of "
+        "twice that (0: no limit); over it: 429 / RESOURCE_EXHAUSTED.",
+        lambda v: None if v >= 0 else "must not be negative",
+    ),
+    "edge_trusted_hops": _Spec(
+        "Proxies in front of Envoy whose x-forwarded-for entries are trusted to name the "
+        "client (0: the client is the connection's peer).",
+        lambda v: None if v >= 0 else "must not be negative",
     ),
     "llm_provider": _Spec(
         "LLM provider of nodes that name none: anthropic, openai or offline. Empty: anthropic "

@@ -1,6 +1,8 @@
 """WatchGraph's read path: encoded events equal decoded ones, the watchers of one graph share
 one read of its log, and every watcher still gets the whole log in order, whatever its
-cursor, also when it falls behind the shared window."""
+cursor, also when it falls behind the shared window; a live watcher whose client reads too
+slowly is ended with ABORTED naming the last event it was sent, and resumes from
+there without a gap."""
 
 from __future__ import annotations
 
@@ -8,13 +10,24 @@ import asyncio
 import json
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as aioredis
 
 from dago.api import watch
 from dago.store.events import decode, encode, graph_prefix
-from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import InProcessStack, echo, edge, kinds, request, stack_settings, watch_raw
+from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from harness import (
+    InProcessStack,
+    echo,
+    edge,
+    error_details,
+    kinds,
+    request,
+    stack_settings,
+    tool,
+    watch_raw,
+)
 from redisfixture import RedisServer
 
 GID = "3-01JDXXXXXXXXXXXXXXXXXXXXXX"
@@ -159,3 +172,53 @@ async def test_many_graphs_watched_at_once_share_a_few_connections(
             assert kinds(stored)[-1] == "graph_completed"
             assert watched[2 * i] == stored
             assert watched[2 * i + 1] == stored
+
+
+async def test_a_watcher_that_falls_too_far_behind_is_dropped_and_resumes_without_a_gap(
+    private_redis: RedisServer,
+) -> None:
+    # DAGO_WATCH_MAX_LAG_S=1: a client that stops reading for 3 s while its graph emits
+    # (its HTTP/2 window fills: no BDP probing, the 64 KiB default) is behind by more than
+    # that when it reads again.
+    settings = stack_settings(private_redis.url, "wlag", watch_max_lag_s=1)
+    talk = request(
+        [
+            tool(
+                "talk",
+                "chatter",
+                inputs={"count": 600, "size": 1000, "batch": 20, "interval": 0.05},
+            )
+        ]
+    )
+    async with InProcessStack(settings) as stack:
+        gid = await stack.client.submit(talk)
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{stack.port}", options=[("grpc.http2.bdp_probe", 0)]
+        )
+        try:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+            call = stub.WatchGraph(orchestrator_pb2.WatchGraphRequest(graph_id=gid), timeout=60)
+            got = [(await call.read()).event for _ in range(5)]
+            await asyncio.sleep(3)
+            try:
+                while (msg := await call.read()) is not grpc.aio.EOF:
+                    got.append(msg.event)
+                raise AssertionError("the slow watcher was not dropped")
+            except grpc.aio.AioRpcError as e:
+                err = e
+        finally:
+            await channel.close()
+        assert err.code() == grpc.StatusCode.ABORTED, err
+        assert "reads too slowly" in (err.details() or ""), err.details()
+        (info,) = [d for d in error_details(err) if d.DESCRIPTOR.name == "ErrorInfo"]
+        assert info.reason == "WATCH_TOO_SLOW"
+        events = [e for e in got if e.WhichOneof("payload") != "heartbeat"]
+        last = int(info.metadata["last_seq"])
+        assert last == events[-1].seq  # every event it was sent reached the client
+        assert f"after_seq={last}" in (err.details() or "")
+
+        # Watching again from there misses nothing and repeats nothing.
+        rest = await stack.client.watch(gid, after_seq=last)
+        stored = await stack.client.history(gid)
+        assert events + rest == stored
+        assert kinds(stored)[-1] == "graph_completed" and len(stored) > 600

@@ -296,6 +296,36 @@ async def test_a_dropped_watch_resumes_and_idempotent_calls_retry(
             assert any(ev.seq > resumes[0][0] for ev in events)
 
 
+async def test_a_watch_dropped_for_reading_too_slowly_resumes_by_itself(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DAGO_WATCH_MAX_LAG_S=1 and a consumer that stops for 3 s while the run emits (no BDP
+    # probing: the client takes no more than its 64 KiB window meanwhile): the server ends
+    # the stream with ABORTED (WATCH_TOO_SLOW) and the client resumes from its last seq.
+    stack = await make_stack(watch_max_lag_s=1)
+    plain = ClientConfig.channel_options
+    monkeypatch.setattr(
+        ClientConfig,
+        "channel_options",
+        lambda self: [*plain(self), ("grpc.http2.bdp_probe", 0)],
+    )
+    talk = {"count": 1500, "size": 1000, "batch": 50, "interval": 0.05}
+    async with AsyncDagoClient(config=ClientConfig(target=target(stack))) as dago:
+        gid = (await dago.submit(request([tool("talk", "chatter", inputs=talk)]))).graph_id
+        resumes: list[str] = []
+        seqs: list[int] = []
+
+        def resumed(seq: int, attempt: int, err: DagoError) -> None:
+            resumes.append(err.code.name)
+
+        async for ev in dago.watch(gid, on_resume=resumed):
+            seqs.append(ev.seq)
+            if len(seqs) == 5:
+                await asyncio.sleep(3)
+        assert resumes and set(resumes) == {"ABORTED"}, resumes
+        assert seqs == [ev.seq async for ev in dago.list_events(gid)]  # once each, in order
+
+
 async def test_an_unreachable_server_is_unavailable_within_the_deadline() -> None:
     cfg = ClientConfig(target=f"127.0.0.1:{free_port()}", timeout_s=1.0, max_attempts=3)
     async with AsyncDagoClient(config=cfg) as dago:

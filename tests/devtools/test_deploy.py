@@ -329,6 +329,64 @@ def _secret_values(docs: list[dict[str, Any]], values_file: Path) -> set[str]:
     return {v.strip() for v in found if v.strip()}
 
 
+@pytest.mark.edge
+def test_edge_limits_come_from_the_values(helm: str, tmp_path: Path) -> None:
+    """envoy.limits reaches every place of the Envoy configuration that holds a limit, and
+    the result still validates; clientRps 0 leaves a rate no client reaches."""
+    limits = {
+        "maxConnections": 1234,
+        "maxHeapBytes": 3 << 30,
+        "headersTimeoutSeconds": 7,
+        "idleTimeoutSeconds": 45,
+        "watchIdleTimeoutSeconds": 20,
+        "bufferBytes": 65536,
+        "clientRps": 50,
+        "trustedHops": 1,
+    }
+    configs = {}
+    for rps in (50, 0):
+        sets = [f"envoy.limits.{k}={v if k != 'clientRps' else rps}" for k, v in limits.items()]
+        done = run(
+            [helm, "template", RELEASE, str(CHART), "-n", NAMESPACE]
+            + [arg for s in sets for arg in ("--set", s)]
+        )
+        assert done.returncode == 0, done.stderr
+        docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+        cm = one(docs, "ConfigMap", f"{RELEASE}-dago-envoy")
+        configs[rps] = cm["data"]["envoy.yaml"]
+    config = configs[50]
+    assert "__DAGO_" not in config
+    _validate_envoy(config, (ROOT / "gen" / "dago.binpb").read_bytes(), tmp_path)
+    parsed = load_envoy(config)
+    monitors = {
+        m["name"]: m["typed_config"] for m in parsed["overload_manager"]["resource_monitors"]
+    }
+    conns = monitors["envoy.resource_monitors.global_downstream_max_connections"]
+    assert conns["max_active_downstream_connections"] == 1234
+    assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 3 << 30
+    listener = parsed["static_resources"]["listeners"][0]
+    assert listener["per_connection_buffer_limit_bytes"] == 65536
+    assert listener["listener_filters_timeout"] == "7s"
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["request_headers_timeout"] == "7s"
+    assert hcm["common_http_protocol_options"]["idle_timeout"] == "45s"
+    assert hcm["xff_num_trusted_hops"] == 1
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    idle = [r["route"].get("idle_timeout") for r in routes if "route" in r]
+    assert idle.count("20s") == 4, idle
+    limit = next(
+        f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"
+    )
+    bucket = limit["typed_config"]["descriptors"][0]["token_bucket"]
+    assert (bucket["tokens_per_fill"], bucket["max_tokens"]) == (50, 100)
+    unlimited = load_envoy(configs[0])["static_resources"]["listeners"][0]
+    hcm = unlimited["filter_chains"][0]["filters"][0]["typed_config"]
+    limit = next(
+        f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"
+    )
+    assert limit["typed_config"]["descriptors"][0]["token_bucket"]["tokens_per_fill"] >= 10**9
+
+
 @pytest.mark.parametrize("values", VALUES_FILES)
 def test_no_secret_value_is_rendered_in_plain_text(
     rendered: dict[str, list[dict[str, Any]]], values: str

@@ -497,7 +497,8 @@ class Edge:
 async def running_edge(redis_url: str, prefix: str) -> AsyncIterator[Edge]:
     """API + worker + Envoy (its log next to theirs) on free ports: the ``edge_stack`` fixture
     of tests/conftest.py. Envoy allows CORS from ``http://localhost:*`` and
-    ``https://app.example``, and closes a stream quiet for 1 s (heartbeats every 300 ms)."""
+    ``https://app.example``, and closes a stream quiet for 1 s, watch streams included
+    (heartbeats every 300 ms)."""
     metrics_port = free_port()
     stack = ProcessStack(
         redis_url,
@@ -510,6 +511,7 @@ async def running_edge(redis_url: str, prefix: str) -> AsyncIterator[Edge]:
         metrics_port=metrics_port,
         cors_origins=("http://localhost:*", "https://app.example"),
         stream_idle_timeout_s=1,  # only heartbeats (every 300 ms) keep quiet watches open
+        watch_idle_timeout_s=1,
     )
     envoy = start_envoy(config, stack.logs / "envoy.log")
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20)

@@ -51,12 +51,16 @@ async def _count(args: Any, ctx: NodeContext) -> Any:
 
 
 async def _chatter(args: Any, ctx: NodeContext) -> Any:
-    """Emits ``count`` llm_delta events of ``size`` characters (in batches of 100): a node
-    that produces many events quickly, for watcher back-pressure tests."""
+    """Emits ``count`` llm_delta events of ``size`` characters (in batches of ``batch``,
+    default 100, ``interval`` seconds apart, default none): a node that produces many events
+    quickly (or steadily, for a while), for watcher back-pressure tests."""
     count, size = int(args.get("count", 100)), int(args.get("size", 100))
+    batch, interval = int(args.get("batch", 100)), float(args.get("interval", 0))
     text = json.dumps({"text": "x" * size})
-    for start in range(0, count, 100):
-        await ctx.emit([("llm_delta", text)] * min(100, count - start))
+    for start in range(0, count, batch):
+        if start and interval:
+            await asyncio.sleep(interval)
+        await ctx.emit([("llm_delta", text)] * min(batch, count - start))
     return {"events": count}
 
 

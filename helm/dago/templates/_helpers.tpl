@@ -93,7 +93,19 @@ escaping as dago.edge.origin_regex, the API's metrics port). */}}
 {{- end -}}
 {{- end -}}
 {{- $host := printf "%s.%s.svc" (include "dago.apiHeadless" .) .Release.Namespace -}}
-{{- .Files.Get "files/envoy.yaml" | replace "__DAGO_API_HOST__" $host | replace "__DAGO_CORS_ORIGINS__" (join "|" $origins | replace "'" "''") | replace "__DAGO_METRICS_PORT__" (toString .Values.metrics.port) -}}
+{{- $l := .Values.envoy.limits -}}
+{{- $rps := int $l.clientRps -}}
+{{- if eq $rps 0 -}}{{- $rps = 1000000000 -}}{{- end -}}
+{{- .Files.Get "files/envoy.yaml" | replace "__DAGO_API_HOST__" $host | replace "__DAGO_CORS_ORIGINS__" (join "|" $origins | replace "'" "''") | replace "__DAGO_METRICS_PORT__" (toString .Values.metrics.port)
+  | replace "__DAGO_EDGE_MAX_CONNECTIONS__" (toString (int $l.maxConnections))
+  | replace "__DAGO_EDGE_MAX_HEAP_BYTES__" (toString (int64 $l.maxHeapBytes))
+  | replace "__DAGO_EDGE_HEADERS_TIMEOUT__" (printf "%ds" (int $l.headersTimeoutSeconds))
+  | replace "__DAGO_EDGE_IDLE_TIMEOUT__" (printf "%ds" (int $l.idleTimeoutSeconds))
+  | replace "__DAGO_EDGE_WATCH_IDLE_TIMEOUT__" (printf "%ds" (int $l.watchIdleTimeoutSeconds))
+  | replace "__DAGO_EDGE_BUFFER_BYTES__" (toString (int $l.bufferBytes))
+  | replace "__DAGO_EDGE_CLIENT_RPS__" (toString $rps)
+  | replace "__DAGO_EDGE_CLIENT_BURST__" (toString (mul 2 $rps))
+  | replace "__DAGO_EDGE_TRUSTED_HOPS__" (toString (int $l.trustedHops)) -}}
 {{- end -}}
 
 {{/* The Redis URL when it is not secret (the bundled Redis). */}}

@@ -13,6 +13,17 @@ adds is the wake-up and the sharing:
   XRANGE and one encoding per event serve every watcher of the graph; a watcher behind
   the window (it started from an older cursor, or lagged) reads on its own until it
   reaches the window.
+
+What one watcher holds is bounded: a batch of the shared window (references, not copies)
+and the one message gRPC is writing, whose flow control stops the watcher while its client
+does not read. A watcher that falls more than ``max_lag_s`` further behind its graph's
+events than it was when it started (how long ago the next event it would send was recorded,
+less that same delay at its first event: a replay from an old cursor starts behind, and
+clock skew between workers and the API cancels out) is ended with ABORTED
+(:func:`too_slow`) naming the last event it was sent: its client reads too slowly, and
+watches again from there without missing anything. A client that reads nothing at all
+cannot even be sent that status (it would queue behind the unread events): the edge resets
+its stream (Envoy's watch idle timeout, docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,8 +36,11 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import google.rpc.error_details_pb2 as error_details_pb2
+import grpc
 import redis.asyncio as aioredis
 
+from dago.api.errors import ApiError
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.events import TERMINAL_KINDS, encode, encode_heartbeat, graph_prefix
 from dago.store.schema import Event, Meta, Work
@@ -53,7 +67,7 @@ replayed again by the next watcher without reading or encoding it again): at mos
 graphs and bytes."""
 
 Entries = list[tuple[int, dict[bytes, bytes]]]
-_KIND, _GRAPH = Event.KIND.encode(), Work.GRAPH.encode()
+_KIND, _TIME, _GRAPH = Event.KIND.encode(), Event.TIME.encode(), Work.GRAPH.encode()
 _HEAD = (Meta.STATE, Meta.SEQ, Meta.NAMESPACE)
 
 
@@ -71,6 +85,7 @@ class _Feed:
         "shard",
         "size",
         "terminal",
+        "times",
         "waiters",
         "watchers",
     )
@@ -81,6 +96,7 @@ class _Feed:
         self.prefix = graph_prefix(graph_id)
         self.base = cursor  # seq of the event before events[0]
         self.events: list[bytes] = []
+        self.times: list[int] = []  # when each event was recorded (ms since the epoch)
         self.size = 0  # bytes in events
         self.terminal = False  # events ends with the graph's terminal event
         # Wake-ups seen (gen) and the value of gen when the log was last read to its end
@@ -106,17 +122,18 @@ class _Feed:
 
     def add(self, entries: Entries) -> None:
         """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
-        out = self.events
+        out, times = self.events, self.times
         size = self.size
         for seq, fields in entries:
             if seq <= self.end:
                 continue
             if seq != self.end + 1:  # cannot happen with a gap-free log; stay correct anyway
-                out = self.events = []
+                out, times = self.events, self.times = [], []
                 size = 0
                 self.base = seq - 1
             raw = encode(self.graph_id, seq, fields, self.prefix)
             out.append(raw)
+            times.append(_recorded(fields))
             size += len(raw)
             if fields[_KIND] in TERMINAL_KINDS:
                 self.terminal = True
@@ -125,6 +142,7 @@ class _Feed:
             drop = len(out) // 2
             size -= sum(len(x) for x in out[:drop])
             del out[:drop]
+            del times[:drop]
             self.base += drop
         self.size = size
 
@@ -132,9 +150,12 @@ class _Feed:
 class EventHub:
     """Wakes local watchers when their graph's event log grows, and shares what they read."""
 
-    def __init__(self, store: Store, heartbeat_ms: int, cluster: bool) -> None:
+    def __init__(
+        self, store: Store, heartbeat_ms: int, cluster: bool, max_lag_s: float = 60.0
+    ) -> None:
         self._store = store
         self._heartbeat = heartbeat_ms / 1000
+        self._max_lag_ms = int(max_lag_s * 1000)
         shards = list(range(store.keys.shards))
         self._groups = [[s] for s in shards] if cluster else [shards]
         self._feeds: dict[str, _Feed] = {}
@@ -336,11 +357,14 @@ class EventHub:
                     return
             elif await check(0) is None:
                 return
+            lag = _Lag(self._max_lag_ms)
             while True:
                 raise_if_cancelling()
                 if cursor < feed.base:
                     # Behind the shared window: read on our own up to it.
                     entries = await self._read(shard, graph_id, cursor, BATCH)
+                    if entries:
+                        lag.check(graph_id, cursor, _recorded(entries[0][1]))
                     batch, last, ended = _encode_until(graph_id, entries, feed.base, feed.prefix)
                     if batch:
                         cursor = last
@@ -352,6 +376,7 @@ class EventHub:
                     continue
                 if cursor < feed.end:
                     start = cursor - feed.base
+                    lag.check(graph_id, cursor, feed.times[start])
                     batch = feed.events[start : start + BATCH]
                     cursor += len(batch)
                     yield batch
@@ -380,6 +405,48 @@ class EventHub:
         while len(self._done) > DONE_GRAPHS or self._done_bytes > DONE_BYTES:
             _, old = self._done.popitem(last=False)
             self._done_bytes -= old.size
+
+
+class _Lag:
+    """How far one watcher is behind its graph's events: how long ago the next event it
+    would send was recorded, compared with the same at its first event."""
+
+    __slots__ = ("baseline", "limit")
+
+    def __init__(self, limit_ms: int) -> None:
+        self.limit = limit_ms
+        self.baseline: int | None = None
+
+    def check(self, graph_id: str, cursor: int, recorded_ms: int) -> None:
+        """Before sending the event after ``cursor``, recorded at ``recorded_ms``: raise
+        :func:`too_slow` when the watcher fell more than the limit further behind."""
+        behind = int(time.time() * 1000) - recorded_ms
+        if self.baseline is None:
+            self.baseline = behind
+        elif behind - self.baseline > self.limit:
+            raise too_slow(graph_id, cursor, (behind - self.baseline) / 1000, self.limit / 1000)
+
+
+def too_slow(graph_id: str, sent_seq: int, behind_s: float, limit_s: float) -> ApiError:
+    """ABORTED for a watcher that fell too far behind its graph's log, with an ErrorInfo
+    (reason ``WATCH_TOO_SLOW``) whose ``last_seq`` is the last event it was sent: the client
+    watches again after it (``after_seq``, or Last-Event-ID) and misses nothing. ABORTED, not
+    RESOURCE_EXHAUSTED: "retry at a higher level" is what the client should do, and what
+    dago's clients already do on it (they resume a watch after ABORTED or UNAVAILABLE)."""
+    info = error_details_pb2.ErrorInfo(reason="WATCH_TOO_SLOW", domain="dago.v1")
+    info.metadata["graph_id"] = graph_id
+    info.metadata["last_seq"] = str(sent_seq)
+    info.metadata["behind_s"] = f"{behind_s:.0f}"
+    info.metadata["limit_s"] = f"{limit_s:g}"
+    return ApiError(
+        grpc.StatusCode.ABORTED,
+        f"this watch fell {behind_s:.0f} s behind the graph's events (more than "
+        f"DAGO_WATCH_MAX_LAG_S, {limit_s:g} s, further behind than when it started): its "
+        "client reads too slowly. The last event "
+        f"sent was seq {sent_seq}; watch again with after_seq={sent_seq} (or Last-Event-ID) "
+        "to continue without a gap",
+        [info],
+    )
 
 
 class _NothingToSend(Exception):
@@ -471,6 +538,14 @@ def _field(flat: list[bytes], name: bytes) -> str | None:
         if flat[i] == name:
             return flat[i + 1].decode()
     return None
+
+
+def _recorded(fields: dict[bytes, bytes]) -> int:
+    """When a stored event was recorded (ms since the epoch; 0 when it says nothing)."""
+    try:
+        return int(fields.get(_TIME) or 0)
+    except ValueError:
+        return 0
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:

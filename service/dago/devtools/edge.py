@@ -126,7 +126,24 @@ class EdgeConfig:
     max_request_bytes: int = 1024 * 1024
     max_response_bytes: int = 4 * 1024 * 1024
     stream_idle_timeout_s: int = 300
-    max_connections: int = 10_000
+    # The limits of docs/security.md ("The edge's limits"); DAGO_EDGE_* settings in `dago dev`.
+    max_connections: int = 10_000  # all client connections together
+    first_byte_timeout_s: float = 10  # connect -> first bytes of the request
+    headers_timeout_s: float = 10  # first byte -> end of the headers
+    request_timeout_s: float = 60  # the whole request, body included
+    idle_timeout_s: float = 60  # a connection with no request in flight
+    max_connection_duration_s: float = 3600  # then drained: no new requests on it
+    watch_idle_timeout_s: float = 30  # a watch stream that makes no progress
+    # Streams at once on one client HTTP/2 connection. Envoy's edge advice is 100, but a
+    # gRPC client queues calls past it until a stream ends: one channel holding 100 watches
+    # would stall its next call.
+    max_streams_per_connection: int = 1000
+    buffer_bytes: int = 32 * 1024  # Envoy's buffer per connection and per stream
+    stream_window_bytes: int = 64 * 1024  # HTTP/2 window per stream (clients and the API)
+    unsent_bytes: int = 16 * 1024  # TCP_NOTSENT_LOWAT on client sockets (Linux; 0: not set)
+    max_heap_bytes: int = 1 << 30  # Envoy's heap: the overload actions' reference
+    client_rps: int = 0  # requests per second per client address (0: no limit)
+    trusted_hops: int = 0  # x-forwarded-for hops of trusted proxies in front of Envoy
     # The live graph view (web/: index.html and the esbuild bundle dist/app.js) served by
     # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes
     # (Envoy refuses a configuration naming a file that does not exist).
@@ -151,6 +168,20 @@ def from_env(settings: Settings) -> EdgeConfig:
         or DEFAULT_CORS_ORIGINS,
         max_request_bytes=1024 * 1024,
         stream_idle_timeout_s=max(300, 3 * settings.heartbeat_ms // 1000),
+        max_connections=settings.edge_max_connections,
+        first_byte_timeout_s=settings.edge_headers_timeout_s,
+        headers_timeout_s=settings.edge_headers_timeout_s,
+        idle_timeout_s=settings.edge_idle_timeout_s,
+        # At least three heartbeats: only a stream whose client reads nothing misses them all.
+        watch_idle_timeout_s=max(
+            settings.edge_watch_idle_timeout_s, 3 * settings.heartbeat_ms / 1000
+        ),
+        buffer_bytes=settings.edge_buffer_bytes,
+        # A Linux socket option (its number means something else elsewhere).
+        unsent_bytes=16 * 1024 if sys.platform == "linux" else 0,
+        max_heap_bytes=settings.edge_max_heap_bytes,
+        client_rps=settings.edge_client_rps,
+        trusted_hops=settings.edge_trusted_hops,
         # Envoy refuses to start on a missing file: without the bundle (`make web`), no /ui/.
         web_root=str(ROOT / "web") if (ROOT / "web" / "dist" / "app.js").exists() else "",
     )
@@ -224,6 +255,65 @@ def _transcoder(cfg: EdgeConfig, stream: str = "") -> dict[str, Any]:
         "max_response_body_size": cfg.max_response_bytes,
         "print_options": print_options,
     }
+
+
+# setsockopt(IPPROTO_TCP, TCP_NOTSENT_LOWAT) on Linux.
+_IPPROTO_TCP, _TCP_NOTSENT_LOWAT = 6, 25
+
+
+def _socket_options(cfg: EdgeConfig) -> dict[str, Any] | str:
+    """The listener's socket options (inherited by the connections it accepts)."""
+    if not cfg.unsent_bytes:
+        return ""
+    option = {
+        "description": "TCP_NOTSENT_LOWAT",
+        "level": _IPPROTO_TCP,
+        "name": _TCP_NOTSENT_LOWAT,
+        "int_value": cfg.unsent_bytes,
+        "state": "STATE_PREBIND",
+    }
+    return {"socket_options": [option]}
+
+
+def _client_rate_limit(cfg: EdgeConfig) -> list[dict[str, Any]] | str:
+    """The local rate limit filter keyed on the client's address (a token bucket per address,
+    ``client_rps`` a second with bursts of twice that), or nothing when ``client_rps`` is 0."""
+    if not cfg.client_rps:
+        return ""
+
+    def always() -> dict[str, Any]:  # a new dict each time: no YAML anchor in the render
+        return {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
+
+    bucket = {
+        "max_tokens": 2 * cfg.client_rps,
+        "tokens_per_fill": cfg.client_rps,
+        "fill_interval": "1s",
+    }
+    return [
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "per_client",
+                # The shared bucket never limits: only the per-address ones do.
+                "token_bucket": {
+                    "max_tokens": 1_000_000_000,
+                    "tokens_per_fill": 1_000_000_000,
+                    "fill_interval": "1s",
+                },
+                "filter_enabled": always(),
+                "filter_enforced": always(),
+                "rate_limits": [{"actions": [{"remote_address": {}}]}],
+                "descriptors": [
+                    {"entries": [{"key": "remote_address", "value": ""}], "token_bucket": bucket}
+                ],
+                "max_dynamic_descriptors": 100_000,
+                "always_consume_default_token_bucket": False,
+                "rate_limited_as_resource_exhausted": True,
+            },
+        }
+    ]
 
 
 def _local_reply_mappers() -> list[dict[str, Any]]:
@@ -311,6 +401,11 @@ def _local_reply_mappers() -> list[dict[str, Any]]:
     return [*health, *mappers]
 
 
+def _duration(seconds: float) -> str:
+    """A protobuf Duration in YAML: ``10s``, ``0.5s``."""
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds}s"
+
+
 def _block(value: Any) -> str:
     if isinstance(value, str):
         return value.rstrip("\n")
@@ -328,6 +423,8 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "TRANSCODER_NDJSON": _transcoder(cfg, "ndjson"),
         "LUA_SOURCE": LUA_SOURCE,
         "UI_ROUTES": _ui_routes(cfg) or "",
+        "SOCKET_OPTIONS": _socket_options(cfg),
+        "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),
     }
     scalars = {
         "LISTEN_HOST": cfg.listen_host,
@@ -337,7 +434,18 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "METRICS_PORT": str(cfg.metrics_port),
         "MAX_REQUEST_BYTES": str(cfg.max_request_bytes),
         "MAX_CONNECTIONS": str(cfg.max_connections),
-        "STREAM_IDLE_TIMEOUT": f"{cfg.stream_idle_timeout_s}s",
+        "MAX_HEAP_BYTES": str(cfg.max_heap_bytes),
+        "STREAM_IDLE_TIMEOUT": _duration(cfg.stream_idle_timeout_s),
+        "FIRST_BYTE_TIMEOUT": _duration(cfg.first_byte_timeout_s),
+        "HEADERS_TIMEOUT": _duration(cfg.headers_timeout_s),
+        "REQUEST_TIMEOUT": _duration(cfg.request_timeout_s),
+        "IDLE_TIMEOUT": _duration(cfg.idle_timeout_s),
+        "MAX_CONNECTION_DURATION": _duration(cfg.max_connection_duration_s),
+        "WATCH_IDLE_TIMEOUT": _duration(cfg.watch_idle_timeout_s),
+        "MAX_STREAMS_PER_CONNECTION": str(cfg.max_streams_per_connection),
+        "BUFFER_BYTES": str(cfg.buffer_bytes),
+        "STREAM_WINDOW_BYTES": str(cfg.stream_window_bytes),
+        "TRUSTED_HOPS": str(cfg.trusted_hops),
         # The live view's bundle is answered by Envoy itself (default limit: 4 KiB).
         "MAX_DIRECT_RESPONSE_BYTES": str(2 * 1024 * 1024),
         # inside a single-quoted YAML scalar
