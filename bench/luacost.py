@@ -126,6 +126,7 @@ async def measure(
                     it.node,
                     it.attempt,
                     it.iteration,
+                    it.execution,
                     '{"x":1}',
                     Outcome.OK,
                     '{"x":1}',

@@ -3,6 +3,7 @@ each other by their constructors (tests build the same objects in-process)."""
 
 from __future__ import annotations
 
+from dago.api.admission import FairGate
 from dago.api.auth import Authenticator, ServerGuard
 from dago.api.server import ApiServer
 from dago.api.servicer import OrchestratorServicer
@@ -49,7 +50,12 @@ def build_api(settings: Settings) -> ApiServer:
     auth = Authenticator(settings)
     graphs = GraphCache(store, cel, options)
     tracing = Tracing("dago-api")
-    api = OrchestratorServicer(store, settings, cel, options, graphs, hub, auth, tracing=tracing)
+    # Two slots keep the compile thread busy (one request on it, one ready); a namespace may
+    # have 1,000 more waiting, in its turn, before it is told to retry.
+    gate = FairGate(slots=2, max_waiting=1000)
+    api = OrchestratorServicer(
+        store, settings, cel, options, graphs, hub, auth, gate, tracing=tracing
+    )
     registry = new_registry()
     registry.register(RedisCollector(settings, store.keys))
     metrics = Metrics(registry)

@@ -14,11 +14,14 @@ from typing import Any
 import grpc
 
 from dago.api import errors, tokens
+from dago.api.admission import FairGate, QueueFull
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.api.errors import guard, guard_stream
 from dago.api.views import (
+    RUNNING_FIELDS,
     TERMINAL_STATES,
     attempt,
+    executions,
     graph_result,
     graph_state,
     graph_status,
@@ -57,9 +60,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         graphs: GraphCache,
         hub: EventHub,
         auth: Authenticator,
+        gate: FairGate,
         tracing: Tracing | None = None,
     ) -> None:
         self._auth = auth
+        self._gate = gate
         self._tracing = tracing or Tracing("dago-api", {})
         self._store = store
         self._settings = settings
@@ -149,20 +154,23 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
         if not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required")
-        if self._graphs.compiling >= MAX_COMPILING:
-            raise errors.resource_exhausted(
-                "compilations",
-                f"this API server is checking {MAX_COMPILING} graphs already; retry shortly",
-                MAX_COMPILING,
-            )
         namespace = self._auth.current()
         limit = self._settings.max_inputs_bytes
         try:
-            # Off the event loop: a large request takes milliseconds to seconds of CPU.
-            inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
-            compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
+            # Off the event loop (a large request takes milliseconds to seconds of CPU), in
+            # this namespace's turn: one tenant's flood of graphs cannot starve another's.
+            async with self._gate.hold(namespace):
+                inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
+                compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
         except GraphInvalid as e:
             raise errors.invalid(e.violations) from None
+        except QueueFull:
+            raise errors.resource_exhausted(
+                f"namespace:{namespace}",
+                f"namespace {namespace!r} already has {self._gate.waiting(namespace)} graphs "
+                "waiting to be checked by this API server; retry when some were answered",
+                self._gate.waiting(namespace),
+            ) from None
         if request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
 
@@ -443,12 +451,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._owned(request.graph_id, ns)
         if request.node_id not in {n.id for n in graph_pb2.Graph.FromString(raw_def).nodes}:
             raise errors.not_found("node", f"{request.graph_id}/{request.node_id}")
+        # The running execution first: if it ends meanwhile, its record is read next.
+        running = await self._store.node_fields(
+            shard, request.graph_id, request.node_id, *RUNNING_FIELDS
+        )
         records = await self._store.node_records(shard, request.graph_id, request.node_id)
         resp = orchestrator_pb2.ListNodeAttemptsResponse()
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
-        later = [(rid, raw) for rid, raw in records if rid > after]
-        for rid, raw in later[:size]:
-            a = attempt(rid, json.loads(raw), True)
+        later = [(rid, rec) for rid, rec in executions(records, running) if rid > after]
+        for rid, rec in later[:size]:
+            a = attempt(rid, rec, True)
             room -= a.ByteSize()
             if room < 0 and resp.attempts:
                 break
@@ -615,10 +627,6 @@ most 31 and 46 characters), so no error message echoes a client's megabytes."""
 PAGE_BYTES = 1 << 20
 """A page of events or attempts ends before it would pass this many bytes (or half of
 DAGO_MAX_MESSAGE_BYTES when that is less)."""
-
-MAX_COMPILING = 16
-"""Graphs one API server checks at once (on its compile thread) before it answers
-RESOURCE_EXHAUSTED: a flood of large graphs waits in no unbounded queue."""
 
 
 def _prepare(

@@ -117,9 +117,37 @@ def _node_status(
     if err:
         error_from(json.loads(err), ns.error)
     _usage(h, f"{nid}:", ns.usage)
-    for rid, raw in records:
-        ns.attempts.append(attempt(rid, json.loads(raw), full))
+    for rid, rec in executions(records, [get(f) for f in RUNNING_FIELDS]):
+        ns.attempts.append(attempt(rid, rec, full))
     return ns
+
+
+RUNNING_FIELDS = (
+    Node.STATE,
+    Node.ITERATION,
+    Node.ATTEMPT,
+    Node.EXECUTION,
+    Node.STARTED,
+    Node.WORKER,
+)
+"""The node fields that are the record of its running execution (nothing else is written
+when an execution starts: see ``Node.RECORD``)."""
+
+
+def executions(
+    records: list[tuple[RecordId, bytes]], running: list[bytes | None]
+) -> list[tuple[RecordId, dict[str, Any]]]:
+    """A node's execution records in order, the running one (from its ``RUNNING_FIELDS``
+    values, ``running``) included."""
+    out = [(rid, json.loads(raw)) for rid, raw in records]
+    state, iteration, number, execution, started, worker = running
+    if _int(state) == execution_pb2.NODE_STATE_RUNNING and _int(execution) > 0:
+        rid = RecordId(_int(iteration), _int(number), _int(execution))
+        if all(r != rid for r, _ in out):
+            rec = {Record.STARTED: _int(started), Record.STATE: execution_pb2.NODE_STATE_RUNNING}
+            out.append((rid, {**rec, Record.WORKER: _str(worker)}))
+            out.sort(key=lambda x: x[0])
+    return out
 
 
 def attempt(rid: RecordId, rec: dict[str, Any], full: bool) -> execution_pb2.Attempt:

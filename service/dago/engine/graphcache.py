@@ -115,11 +115,6 @@ class GraphCache:
             self._compiled.popitem(last=False)
         return compiled
 
-    @property
-    def compiling(self) -> int:
-        """Compilations under way or waiting for the compile thread."""
-        return len(self._running)
-
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the compile thread: other CPU-heavy work of a request (turning a
         large Struct into plain values) stays off the event loop too."""

@@ -89,7 +89,8 @@ class Node:
     """Incoming edges taken (a join's counter)."""
     RECORD: Final = ":@"
     """Prefix of an execution's record: ``<node>:@<iteration>:<attempt>:<execution>``
-    (JSON), written when it starts and when it ends."""
+    (JSON), written when it ends; the running execution's record is the node's own fields
+    (state RUNNING, start time, worker, execution)."""
     EDGE_RESOLVED: Final = "e:"
     """``e:<edge index>``: a loop's exit edge resolved in this iteration (not per node)."""
 

@@ -37,9 +37,11 @@ end
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
 -- is delivered again) and returns, per item that may run, what it needs:
 -- {msg_id, gid, node, attempt, iteration, deliveries, execution, inputs|false,
--- {node, output, ...}}. Each start is a new execution of the attempt with its own record,
--- RUNNING from now: a redelivered item's earlier execution ends RECLAIMED (its worker, if
--- it still runs it, is told to stop), so no record mixes two executions.
+-- {node, output, ...}}. Each start is a new execution of the attempt: while it runs, the
+-- node's fields (state, start time, worker, execution) are its record (readers show it
+-- RUNNING; nothing more is written per start); a redelivered item's earlier execution gets
+-- its record, ended RECLAIMED (its worker, if it still runs it, is told to stop), so no
+-- record mixes two executions.
 -- What a node reads and its timeout come from its start plan (NODE.PLAN). The attempt's deadline (timeout + lease) is kept in the node's
 -- NODE.DEADLINE; renew.lua puts it on the shard's timers once the attempt outlives a
 -- lease renewal (a fast attempt never touches the timers). Stale items (their node moved
@@ -108,8 +110,7 @@ local function start_batch(worker, items, lease)
           stop_work(gid, node, attempt, prev)
         end
         node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
-          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec,
-          record_key(node, iter, attempt, exec), short_record(NOW_S, nil, S_RUNNING, worker))
+          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
