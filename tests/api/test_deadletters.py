@@ -103,6 +103,12 @@ async def test_poison_message_is_dead_lettered_then_requeued_or_dropped(
             kinds = [e.WhichOneof("payload") for e in await stack.client.history(gid_a)]
             i = kinds.index("node_requeued")
             assert kinds[i + 1 : i + 3] == ["node_started", "node_completed"], kinds
+            # The dead-lettered run and the requeued one are two executions of attempt 1.
+            p = next(n for n in st.nodes if n.node_id == "p")
+            assert [(x.attempt, x.execution, x.state) for x in p.attempts] == [
+                (1, 1, execution_pb2.NODE_STATE_DEAD_LETTERED),
+                (1, 2, execution_pb2.NODE_STATE_COMPLETED),
+            ]
 
             # Requeued letters are gone; requeueing again is NOT_FOUND (404 over REST).
             r = await http.post(f"/api/v1/dead-letters/{a['dead_letter_id']}:requeue", json={})

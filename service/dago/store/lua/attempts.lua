@@ -100,15 +100,22 @@ local function start_batch(worker, items, lease)
         end
       end
       if ok then
-        local need, refs, timeout = string.match(v[8], '^(%d)|([^|]*)|(%d+)$')
+        local need, refs, timeout = string.match(v[7], '^(%d)|([^|]*)|(%d+)$')
         local deadline = int(NOW + tonumber(timeout) + lease)
+        -- The execution: 1 for a queued attempt, one more for a redelivered one, and for a
+        -- requeued dead letter one more than its last (deadletter.lua keeps it negated).
         local prev = tonumber(v[6]) or 0
-        local exec = int(prev + 1)
-        if redelivered and prev > 0 then
+        local exec = 1
+        if redelivered then
+          exec = prev + 1
+          local was = redis.call('HGET', nkey(gid), node .. F_WORKER)
           node_set(gid, node, record_key(node, iter, attempt, prev),
-            short_record(v[4], NOW_S, NodeStateText.RECLAIMED, v[7]))
+            short_record(v[4], NOW_S, NodeStateText.RECLAIMED, was))
           stop_work(gid, node, attempt, prev)
+        elseif prev < 0 then
+          exec = 1 - prev
         end
+        exec = int(exec)
         node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
           node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))

@@ -120,15 +120,15 @@ local function out_list(gid, node)
 end
 
 -- Node fields a batch reads (state, attempt, iteration, start time, timer, execution and,
--- to start it, its worker and start plan) are read ahead with one HMGET per graph
+-- to start it, its start plan) are read ahead with one HMGET per graph
 -- (read_ahead) instead of one per item. Every write of a node's fields goes through
 -- node_set, which forgets what was read ahead for that node, so a later read (node_read)
 -- goes to Redis and sees the write. The edge lists of the nodes a batch completes come in
 -- the same way.
-local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, F_WORKER, NODE.PLAN}
+local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, NODE.PLAN}
 
 local function read_ahead(gid, nodes, with_edges, with_plan)
-  local per = with_plan and 8 or 6
+  local per = with_plan and 7 or 6
   local args = {}
   for _, n in ipairs(nodes) do
     for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
@@ -157,14 +157,14 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   end
 end
 
--- {state, attempt, iteration, start time, timer member, execution, worker, start plan} of
--- a node (strings or false; worker and plan only when read ahead for a start, or read here).
+-- {state, attempt, iteration, start time, timer member, execution, start plan} of a node
+-- (strings or false; the plan only when read ahead for a start, or read here).
 local function node_read(gid, node)
   local t = ahead[gid]
   local r = t and t[node]
   if r then return r end
   return redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
-    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. F_WORKER, node .. NODE.PLAN)
+    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. NODE.PLAN)
 end
 
 -- The field of an execution's record, and a record without data (start, cancel, reclaim).
@@ -335,18 +335,12 @@ local function index_move(gid, from_state, to_state)
   redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
 end
 
--- Queues an attempt of a node as a new work item. A new attempt (or iteration) starts its
--- executions over; `again` queues the same attempt once more (a requeued dead letter): its
--- next start is its next execution.
-local function dispatch(gid, node, attempt, iter, again)
+-- Queues an attempt of a node as a new work item (its executions count from 1 when it
+-- starts: see start_batch).
+local function dispatch(gid, node, attempt, iter)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
-  if again then
-    node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
-  else
-    node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter,
-      node .. F_EXEC, '0')
-  end
+  node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
   redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
   dispatched = dispatched + 1
 end

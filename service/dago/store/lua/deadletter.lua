@@ -22,8 +22,10 @@ if op == 'requeue' then
   redis.call('HDEL', nk, node .. NODE.DEAD_LETTER)
   emit(gid, EventKind.NODE_REQUEUED, node, attempt, iter, jstr({[DETAIL.DEAD_LETTER] = did}))
   -- The same attempt runs again on a fresh work item (its delivery count starts over), as
-  -- its next execution.
-  dispatch(gid, node, attempt, iter, true)
+  -- its next execution: the last one is kept negated for start_batch.
+  dispatch(gid, node, attempt, iter)
+  local last = tonumber(redis.call('HGET', nk, node .. F_EXEC)) or 0
+  node_set(gid, node, node .. F_EXEC, -math.abs(last))
   flush()
   return {'requeued', gid}
 end
