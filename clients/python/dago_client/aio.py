@@ -284,11 +284,68 @@ class AsyncDagoClient:
         Gives up after ``max_resumes`` failures in a row. Heartbeats are skipped unless
         ``heartbeats`` is set.
         """
-        last = after_seq
+
+        def open_call(last: int) -> Any:
+            req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=last, batch=True)
+            return self.stub.WatchGraph(req, metadata=self._metadata)
+
+        async for ev in self._follow(
+            open_call, after_seq, heartbeats, idle_timeout_s, max_resumes, on_resume
+        ):
+            yield ev
+
+    async def run(
+        self,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        heartbeats: bool = False,
+        idle_timeout_s: float | None = 60.0,
+        max_resumes: int = 20,
+        on_resume: OnResume | None = None,
+    ) -> AsyncIterator[execution_pb2.Event]:
+        """Submit a graph and stream its events in one call (RunGraph), ending after the
+        terminal event; the first event (``graph_submitted``) carries the run's graph_id.
+
+        Submission errors raise before any event. A stream that drops is resumed as
+        :meth:`watch` resumes (by WatchGraph once the graph_id is known, else by the same
+        RunGraph again: its request_id, generated when none is given, names the same run).
+        """
+        sub = submit_request(graph, inputs, request_id, False)
+        req = orchestrator_pb2.RunGraphRequest(
+            graph=sub.graph, inputs=sub.inputs, request_id=sub.request_id, batch=True
+        )
+        graph_id = ""
+
+        def open_call(last: int) -> Any:
+            if graph_id:
+                watch = orchestrator_pb2.WatchGraphRequest(
+                    graph_id=graph_id, after_seq=last, batch=True
+                )
+                return self.stub.WatchGraph(watch, metadata=self._metadata)
+            return self.stub.RunGraph(req, metadata=self._metadata)
+
+        async for ev in self._follow(
+            open_call, 0, heartbeats, idle_timeout_s, max_resumes, on_resume
+        ):
+            graph_id = graph_id or ev.graph_id
+            yield ev
+
+    async def _follow(
+        self,
+        open_call: Callable[[int], Any],
+        last: int,
+        heartbeats: bool,
+        idle_timeout_s: float | None,
+        max_resumes: int,
+        on_resume: OnResume | None,
+    ) -> AsyncIterator[execution_pb2.Event]:
+        """The events of the streams ``open_call(after_seq)`` opens, in order and each once,
+        reopening a dropped stream after the last seq delivered (see :meth:`watch`)."""
         failures = 0
         while True:
-            req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=last)
-            call = self.stub.WatchGraph(req, metadata=self._metadata)
+            call = open_call(last)
             err: DagoError
             try:
                 while True:
@@ -300,18 +357,18 @@ class AsyncDagoClient:
                         break
                     assert isinstance(msg, orchestrator_pb2.WatchGraphResponse)
                     failures = 0
-                    ev = msg.event
-                    kind = ev.WhichOneof("payload")
-                    if kind == "heartbeat":
-                        if heartbeats:
-                            yield ev
-                        continue
-                    if ev.seq <= last:
-                        continue  # delivered before a resume
-                    last = ev.seq
-                    yield ev
-                    if kind in TERMINAL_EVENTS:
-                        return
+                    for ev in msg.events if len(msg.events) else (msg.event,):
+                        kind = ev.WhichOneof("payload")
+                        if kind == "heartbeat":
+                            if heartbeats:
+                                yield ev
+                            continue
+                        if ev.seq <= last:
+                            continue  # delivered before a resume
+                        last = ev.seq
+                        yield ev
+                        if kind in TERMINAL_EVENTS:
+                            return
                 err = UnavailableError(
                     grpc.StatusCode.UNAVAILABLE, "the watch stream ended before the run finished"
                 )

@@ -34,18 +34,22 @@ whose dependencies are down; "" and the API's own name report readiness."""
 
 def register(orchestrator: OrchestratorServicer, server: grpc.aio.Server) -> None:
     """Add the OrchestratorService to ``server`` as the generated code does, except that
-    WatchGraph has no response serializer: its messages are already serialized (a graph's
-    events are encoded once for all its watchers)."""
+    WatchGraph and RunGraph have no response serializer: their messages are already
+    serialized (a graph's events are encoded once for all its watchers)."""
     capture = _Capture()
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
         orchestrator, cast(grpc.aio.Server, capture)
     )
     handlers = dict(capture.handlers)
-    handlers["WatchGraph"] = grpc.unary_stream_rpc_method_handler(
-        orchestrator.WatchGraph,
-        request_deserializer=handlers["WatchGraph"].request_deserializer,
-        response_serializer=None,
-    )
+    for name, stream in (
+        ("WatchGraph", orchestrator.WatchGraph),
+        ("RunGraph", orchestrator.RunGraph),
+    ):
+        handlers[name] = grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handlers[name].request_deserializer,
+            response_serializer=None,
+        )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
 

@@ -36,7 +36,7 @@ from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
 from dago.observe.tracing import Tracing, trace_id_of
-from dago.store.events import decode, error_from
+from dago.store.events import batched, decode, error_from
 from dago.store.functions import SubmitArgs
 from dago.store.schema import Meta, Node
 from dago.store.store import DeadLetterEntry, RecordId, Store
@@ -149,6 +149,22 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.SubmitGraphRequest, context: Ctx
     ) -> orchestrator_pb2.SubmitGraphResponse:
         """Validate, then create the run (or return the one request_id names)."""
+        return await self._submit(request)
+
+    # Yields bytes, as WatchGraph does (registered without a response serializer).
+    @guard_stream
+    async def RunGraph(
+        self, request: orchestrator_pb2.RunGraphRequest, context: Ctx
+    ) -> AsyncIterator[bytes]:
+        """Submit (as SubmitGraph), then stream the run's events from its start (as
+        WatchGraph): a run in one call. A request_id already used streams that run again."""
+        submitted = await self._submit(request)
+        async for raw in self._events(submitted.graph_id, 0, request.batch):
+            yield raw
+
+    async def _submit(
+        self, request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest
+    ) -> orchestrator_pb2.SubmitGraphResponse:
         rid = request.request_id
         if len(rid) > 128 or not rid.isprintable():
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
@@ -171,7 +187,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "waiting to be checked by this API server; retry when some were answered",
                 self._gate.waiting(namespace),
             ) from None
-        if request.validate_only:
+        if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
 
         limit = self._settings.max_active_graphs
@@ -378,11 +394,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Replay from the cursor, then follow; ends after the terminal event. Yields each
         ``WatchGraphResponse`` serialized (the watchers of a graph share them)."""
-        shard = self._shard(request.graph_id)
-        after = request.after_seq
-        if after < 0:
+        if request.after_seq < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
-        graph_id = request.graph_id
+        async for raw in self._events(request.graph_id, request.after_seq, request.batch):
+            yield raw
+
+    async def _events(self, graph_id: str, after: int, batch: bool) -> AsyncIterator[bytes]:
+        """A graph's serialized ``WatchGraphResponse`` messages after ``after`` (see
+        WatchGraph); in batch mode each message carries one hub batch (or a part of it)."""
+        shard = self._shard(graph_id)
 
         async def check(count: int) -> list[tuple[int, dict[bytes, bytes]]] | None:
             state, seq, ns, entries = await self._hub.head(shard, graph_id, after, count)
@@ -393,9 +413,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 return None
             return entries
 
-        async for batch in self._hub.watch(shard, graph_id, after, check):
-            for raw in batch:
-                yield raw
+        async for events in self._hub.watch(shard, graph_id, after, check):
+            if batch:
+                for message in batched(events):
+                    yield message
+            else:
+                for raw in events:
+                    yield raw
 
     @guard
     async def ListGraphEvents(
@@ -630,7 +654,8 @@ DAGO_MAX_MESSAGE_BYTES when that is less)."""
 
 
 def _prepare(
-    request: orchestrator_pb2.SubmitGraphRequest, max_inputs_bytes: int
+    request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest,
+    max_inputs_bytes: int,
 ) -> tuple[dict[str, Any], bytes, bytes]:
     """The request's inputs as plain values and as stored JSON, and the definition as stored
     (its deterministic encoding: also the key of the compile cache). Runs on the compile
@@ -653,12 +678,14 @@ def _prepare(
     return inputs, raw_inputs, request.graph.SerializeToString(deterministic=True)
 
 
-def _body_digest(request: orchestrator_pb2.SubmitGraphRequest) -> str:
-    """What makes two submissions with one request_id the same request."""
+def _body_digest(
+    request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest,
+) -> str:
+    """What makes two submissions with one request_id the same request (the graph and the
+    inputs: a RunGraph and a SubmitGraph of them name the same run)."""
     body = orchestrator_pb2.SubmitGraphRequest()
-    body.CopyFrom(request)
-    body.request_id = ""
-    body.validate_only = False
+    body.graph.CopyFrom(request.graph)
+    body.inputs.CopyFrom(request.inputs)
     return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 

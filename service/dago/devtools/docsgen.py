@@ -50,8 +50,11 @@ class _Doc:
             for loc in f.source_code_info.location:
                 text = (loc.leading_comments or loc.trailing_comments).strip()
                 if text:
+                    # buf's lint directives are for buf, not for readers.
                     self.comments[(f.name, tuple(loc.path))] = " ".join(
-                        line.strip() for line in text.splitlines()
+                        line.strip()
+                        for line in text.splitlines()
+                        if not line.strip().startswith("buf:lint:")
                     )
             if f.package == PACKAGE:
                 for m in f.message_type:

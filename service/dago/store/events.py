@@ -11,6 +11,7 @@ whose keys are ``schema.Detail`` (usage objects ``schema.UsageJson``, errors
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from dago.store.schema import Detail, Error, Event, UsageJson
@@ -247,6 +248,7 @@ _T_ITERATION = _tag(_EVENT_FIELDS["iteration"].number, 0)
 _T_SECONDS = _tag(1, 0)  # google.protobuf.Timestamp.seconds
 _T_NANOS = _tag(2, 0)  # google.protobuf.Timestamp.nanos
 _T_EVENT = _tag(orchestrator_pb2.WatchGraphResponse.DESCRIPTOR.fields_by_name["event"].number, 2)
+_T_EVENTS = _tag(orchestrator_pb2.WatchGraphResponse.DESCRIPTOR.fields_by_name["events"].number, 2)
 _T_TEXT = {
     name: (_tag(_EVENT_FIELDS[name].number, 2), _tag(1, 2))
     for name in ("llm_delta", "node_skipped", "node_cancelled", "graph_cancelled")
@@ -318,6 +320,27 @@ def encode(graph_id: str, seq: int, fields: dict[bytes, bytes], prefix: bytes = 
         payload = msg.SerializeToString()
     event = head + payload
     return _T_EVENT + _varint(len(event)) + event
+
+
+BATCH_BYTES = 1 << 20
+"""Largest batch-mode ``WatchGraphResponse`` built from several events (one event over it
+goes alone): well under gRPC's 4 MiB default message limit."""
+
+
+def batched(messages: list[bytes], limit: int = BATCH_BYTES) -> Iterator[bytes]:
+    """Batch-mode ``WatchGraphResponse`` messages holding, in order, the events of
+    one-event messages (``encode``, ``encode_heartbeat``). An event is the same length
+    and bytes in ``event`` and in ``events``: only its tag changes."""
+    out = bytearray()
+    skip = len(_T_EVENT)
+    for m in messages:
+        if out and len(out) + len(m) > limit:
+            yield bytes(out)
+            out = bytearray()
+        out += _T_EVENTS
+        out += memoryview(m)[skip:]
+    if out:
+        yield bytes(out)
 
 
 def encode_heartbeat(graph_id: str, seq: int, now_ms: int) -> bytes:

@@ -500,19 +500,26 @@ class WatchGraphRequest(_message.Message):
 
     GRAPH_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     after_seq: _builtins.int
     """Resume after this event's seq (0: from the start)."""
+    batch: _builtins.bool
+    """Several events per message, in `events` (fewer messages for a fast run):
+    every message then carries one or more events in order and `event` is
+    unset. Off: one event per message, in `event`.
+    """
     def __init__(
         self,
         *,
         graph_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        batch: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "graph_id", b"graph_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "batch", b"batch", "graph_id", b"graph_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,27 +527,77 @@ Global___WatchGraphRequest: _TypeAlias = WatchGraphRequest  # noqa: Y015
 
 @_typing.final
 class WatchGraphResponse(_message.Message):
-    """One message of WatchGraph."""
+    """One message of WatchGraph (and RunGraph)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _execution_pb2.Event:
-        """The event (a heartbeat carries the seq of the last event sent)."""
+        """The event (a heartbeat carries the seq of the last event sent). Unset in
+        batch mode.
+        """
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Event]:
+        """Batch mode only: the next events, in order (a heartbeat alone)."""
 
     def __init__(
         self,
         *,
         event: _execution_pb2.Event | None = ...,
+        events: _abc.Iterable[_execution_pb2.Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchGraphResponse: _TypeAlias = WatchGraphResponse  # noqa: Y015
+
+@_typing.final
+class RunGraphRequest(_message.Message):
+    """Request of RunGraph: SubmitGraph's request (the same JSON body over REST)
+    with the stream's mode.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Makes the run idempotent: the same request with the same id streams the
+    first run again, from its start. Up to 128 printable characters. Optional.
+    """
+    batch: _builtins.bool
+    """Several events per message, as WatchGraphRequest.batch."""
+    @_builtins.property
+    def graph(self) -> _graph_pb2.Graph:
+        """The graph to run."""
+
+    @_builtins.property
+    def inputs(self) -> _struct_pb2.Struct:
+        """The run's inputs, visible to CEL and templates as `inputs`."""
+
+    def __init__(
+        self,
+        *,
+        graph: _graph_pb2.Graph | None = ...,
+        inputs: _struct_pb2.Struct | None = ...,
+        request_id: _builtins.str = ...,
+        batch: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunGraphRequest: _TypeAlias = RunGraphRequest  # noqa: Y015
 
 @_typing.final
 class ListGraphEventsRequest(_message.Message):

@@ -74,6 +74,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphResponse.FromString,
                 _registered_method=True)
+        self.RunGraph = channel.unary_stream(
+                '/dago.v1.OrchestratorService/RunGraph',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.RunGraphRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphResponse.FromString,
+                _registered_method=True)
         self.ListGraphEvents = channel.unary_unary(
                 '/dago.v1.OrchestratorService/ListGraphEvents',
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphEventsRequest.SerializeToString,
@@ -163,7 +168,23 @@ class OrchestratorServiceServicer:
     def WatchGraph(self, request, context):
         """The live event stream of a run: replays the events after the cursor,
         then follows new ones, sends heartbeats while idle and ends after the
-        terminal event.
+        terminal event. RunGraph streams the same messages, so clients decode
+        both with one code path.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunGraph(self, request, context):
+        """Submits a graph and streams its events in one call: SubmitGraph, then
+        WatchGraph from the start, without a second round trip. The first event
+        (graph_submitted) carries the new run's graph_id. Idempotent by
+        request_id: the same request again streams the same run from its start;
+        a dropped stream is resumed with WatchGraph (graph_id, after_seq). Errors
+        of the submission come before any message, as SubmitGraph's.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,6 +275,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
             'WatchGraph': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchGraph,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphResponse.SerializeToString,
+            ),
+            'RunGraph': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunGraph,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.RunGraphRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphResponse.SerializeToString,
             ),
             'ListGraphEvents': grpc.unary_unary_rpc_method_handler(
@@ -480,6 +506,33 @@ class OrchestratorService:
             target,
             '/dago.v1.OrchestratorService/WatchGraph',
             dago_dot_v1_dot_orchestrator__pb2.WatchGraphRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.WatchGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/RunGraph',
+            dago_dot_v1_dot_orchestrator__pb2.RunGraphRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.WatchGraphResponse.FromString,
             options,
             channel_credentials,

@@ -59,7 +59,19 @@ class OrchestratorServiceStub:
     WatchGraph: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.WatchGraphRequest, _orchestrator_pb2.WatchGraphResponse]
     """The live event stream of a run: replays the events after the cursor,
     then follows new ones, sends heartbeats while idle and ends after the
-    terminal event.
+    terminal event. RunGraph streams the same messages, so clients decode
+    both with one code path.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    RunGraph: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.RunGraphRequest, _orchestrator_pb2.WatchGraphResponse]
+    """Submits a graph and streams its events in one call: SubmitGraph, then
+    WatchGraph from the start, without a second round trip. The first event
+    (graph_submitted) carries the new run's graph_id. Idempotent by
+    request_id: the same request again streams the same run from its start;
+    a dropped stream is resumed with WatchGraph (graph_id, after_seq). Errors
+    of the submission come before any message, as SubmitGraph's.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListGraphEvents: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphEventsRequest, _orchestrator_pb2.ListGraphEventsResponse]
     """A page of a run's stored event log."""
@@ -117,7 +129,19 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     WatchGraph: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.WatchGraphRequest, _orchestrator_pb2.WatchGraphResponse]  # type: ignore[assignment]
     """The live event stream of a run: replays the events after the cursor,
     then follows new ones, sends heartbeats while idle and ends after the
-    terminal event.
+    terminal event. RunGraph streams the same messages, so clients decode
+    both with one code path.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    RunGraph: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.RunGraphRequest, _orchestrator_pb2.WatchGraphResponse]  # type: ignore[assignment]
+    """Submits a graph and streams its events in one call: SubmitGraph, then
+    WatchGraph from the start, without a second round trip. The first event
+    (graph_submitted) carries the new run's graph_id. Idempotent by
+    request_id: the same request again streams the same run from its start;
+    a dropped stream is resumed with WatchGraph (graph_id, after_seq). Errors
+    of the submission come before any message, as SubmitGraph's.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListGraphEvents: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphEventsRequest, _orchestrator_pb2.ListGraphEventsResponse]  # type: ignore[assignment]
     """A page of a run's stored event log."""
@@ -214,7 +238,25 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.WatchGraphResponse], _abc.AsyncIterator[_orchestrator_pb2.WatchGraphResponse]]:
         """The live event stream of a run: replays the events after the cursor,
         then follows new ones, sends heartbeats while idle and ends after the
-        terminal event.
+        terminal event. RunGraph streams the same messages, so clients decode
+        both with one code path.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def RunGraph(
+        self,
+        request: _orchestrator_pb2.RunGraphRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.WatchGraphResponse], _abc.AsyncIterator[_orchestrator_pb2.WatchGraphResponse]]:
+        """Submits a graph and streams its events in one call: SubmitGraph, then
+        WatchGraph from the start, without a second round trip. The first event
+        (graph_submitted) carries the new run's graph_id. Idempotent by
+        request_id: the same request again streams the same run from its start;
+        a dropped stream is resumed with WatchGraph (graph_id, after_seq). Errors
+        of the submission come before any message, as SubmitGraph's.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod

@@ -468,6 +468,15 @@ export declare type WatchGraphRequest = Message<"dago.v1.WatchGraphRequest"> & {
    * @generated from field: int64 after_seq = 2;
    */
   afterSeq: bigint;
+
+  /**
+   * Several events per message, in `events` (fewer messages for a fast run):
+   * every message then carries one or more events in order and `event` is
+   * unset. Off: one event per message, in `event`.
+   *
+   * @generated from field: bool batch = 3;
+   */
+  batch: boolean;
 };
 
 /**
@@ -477,17 +486,25 @@ export declare type WatchGraphRequest = Message<"dago.v1.WatchGraphRequest"> & {
 export declare const WatchGraphRequestSchema: GenMessage<WatchGraphRequest>;
 
 /**
- * One message of WatchGraph.
+ * One message of WatchGraph (and RunGraph).
  *
  * @generated from message dago.v1.WatchGraphResponse
  */
 export declare type WatchGraphResponse = Message<"dago.v1.WatchGraphResponse"> & {
   /**
-   * The event (a heartbeat carries the seq of the last event sent).
+   * The event (a heartbeat carries the seq of the last event sent). Unset in
+   * batch mode.
    *
    * @generated from field: dago.v1.Event event = 1;
    */
   event?: Event | undefined;
+
+  /**
+   * Batch mode only: the next events, in order (a heartbeat alone).
+   *
+   * @generated from field: repeated dago.v1.Event events = 2;
+   */
+  events: Event[];
 };
 
 /**
@@ -495,6 +512,49 @@ export declare type WatchGraphResponse = Message<"dago.v1.WatchGraphResponse"> &
  * Use `create(WatchGraphResponseSchema)` to create a new message.
  */
 export declare const WatchGraphResponseSchema: GenMessage<WatchGraphResponse>;
+
+/**
+ * Request of RunGraph: SubmitGraph's request (the same JSON body over REST)
+ * with the stream's mode.
+ *
+ * @generated from message dago.v1.RunGraphRequest
+ */
+export declare type RunGraphRequest = Message<"dago.v1.RunGraphRequest"> & {
+  /**
+   * The graph to run.
+   *
+   * @generated from field: dago.v1.Graph graph = 1;
+   */
+  graph?: Graph | undefined;
+
+  /**
+   * The run's inputs, visible to CEL and templates as `inputs`.
+   *
+   * @generated from field: google.protobuf.Struct inputs = 2;
+   */
+  inputs?: JsonObject | undefined;
+
+  /**
+   * Makes the run idempotent: the same request with the same id streams the
+   * first run again, from its start. Up to 128 printable characters. Optional.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+
+  /**
+   * Several events per message, as WatchGraphRequest.batch.
+   *
+   * @generated from field: bool batch = 4;
+   */
+  batch: boolean;
+};
+
+/**
+ * Describes the message dago.v1.RunGraphRequest.
+ * Use `create(RunGraphRequestSchema)` to create a new message.
+ */
+export declare const RunGraphRequestSchema: GenMessage<RunGraphRequest>;
 
 /**
  * Request of ListGraphEvents.
@@ -1075,13 +1135,32 @@ export declare const OrchestratorService: GenService<{
   /**
    * The live event stream of a run: replays the events after the cursor,
    * then follows new ones, sends heartbeats while idle and ends after the
-   * terminal event.
+   * terminal event. RunGraph streams the same messages, so clients decode
+   * both with one code path.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    *
    * @generated from rpc dago.v1.OrchestratorService.WatchGraph
    */
   watchGraph: {
     methodKind: "server_streaming";
     input: typeof WatchGraphRequestSchema;
+    output: typeof WatchGraphResponseSchema;
+  },
+  /**
+   * Submits a graph and streams its events in one call: SubmitGraph, then
+   * WatchGraph from the start, without a second round trip. The first event
+   * (graph_submitted) carries the new run's graph_id. Idempotent by
+   * request_id: the same request again streams the same run from its start;
+   * a dropped stream is resumed with WatchGraph (graph_id, after_seq). Errors
+   * of the submission come before any message, as SubmitGraph's.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   *
+   * @generated from rpc dago.v1.OrchestratorService.RunGraph
+   */
+  runGraph: {
+    methodKind: "server_streaming";
+    input: typeof RunGraphRequestSchema;
     output: typeof WatchGraphResponseSchema;
   },
   /**
