@@ -407,12 +407,25 @@ async def test_ndjson_and_json_array_watch(edge_stack: Edge) -> None:
 
     r = await e.http.get(url, headers={"accept": "application/x-ndjson"})
     assert r.status_code == 200, r.text
+    # The type asked for (Envoy's transcoder alone says application/json).
+    assert r.headers["content-type"] == "application/x-ndjson", r.headers
     lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
     ndjson = [d["event"] for d in lines if "heartbeat" not in d["event"]]
     assert kind(ndjson[-1]) == "graph_completed"
 
+    # An error before the stream starts is a JSON Status, whatever was asked for.
+    body = error(
+        await e.http.get(
+            "/api/v1/graphs/no-such-graph/events", headers={"accept": "application/x-ndjson"}
+        ),
+        404,
+        5,
+    )
+    assert "no-such-graph" in body["message"], body
+
     r = await e.http.get(url, params={"after_seq": 1})
     assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json"), r.headers
     array = [d["event"] for d in r.json() if "heartbeat" not in d["event"]]
     assert array == ndjson[1:]
 

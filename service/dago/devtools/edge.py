@@ -112,6 +112,19 @@ end
 """
 
 
+# The NDJSON watch route: the transcoder's newline-delimited stream says application/json
+# (the option only changes the framing); a client that asked for application/x-ndjson gets
+# that type. Errors answered before the stream (404, 400...) keep their JSON Status type.
+LUA_NDJSON = """\
+function envoy_on_response(response_handle)
+  local headers = response_handle:headers()
+  if headers:get(":status") == "200" then
+    headers:replace("content-type", "application/x-ndjson")
+  end
+end
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
     """What the rendered Envoy configuration depends on."""
@@ -422,6 +435,7 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "TRANSCODER_SSE": _transcoder(cfg, "sse"),
         "TRANSCODER_NDJSON": _transcoder(cfg, "ndjson"),
         "LUA_SOURCE": LUA_SOURCE,
+        "LUA_NDJSON": LUA_NDJSON,
         "UI_ROUTES": _ui_routes(cfg) or "",
         "SOCKET_OPTIONS": _socket_options(cfg),
         "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),
