@@ -180,6 +180,38 @@ async def test_invalid_input_exits_5_with_the_field_violations(
     assert code == EXIT_INVALID and "colour" in err
 
 
+async def test_schema_typos_name_the_path_the_node_and_the_nearest_name(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    # Not protobuf's raw ParseError (camelCase names, an index, no suggestion, the first
+    # problem only): every problem, each with its path, the node's id and the nearest name.
+    ctl = ctl_for(stack)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "nodes:\n"
+        "  a: {tool: echo}\n"
+        "  b: {tol: {name: echo}, join: ANY, retry: {maxAtempts: 2}}\n"
+        "edges: ['a -> b']\n"
+    )
+    code, out, err = await ctl("validate", str(typo))
+    assert code == EXIT_INVALID and out == "", err
+    assert 'graph.nodes[1].tol: unknown field "tol" in node "b"; did you mean "tool"?' in err
+    assert "(valid: id, name, description, inputs, output, retry, attempt_timeout, join," in err
+    assert (
+        'graph.nodes[1].join: unknown value "ANY" for join in node "b"; did you mean '
+        '"JOIN_MODE_ANY"? (valid: JOIN_MODE_ALL, JOIN_MODE_ANY)' in err
+    ), err
+    assert 'graph.nodes[1].retry.maxAtempts: unknown field "maxAtempts" in node "b"' in err
+    assert 'did you mean "max_attempts"?' in err
+    assert "Available Fields" not in err and "maxIterations" not in err, err
+
+    # What only protobuf's parser checks (a duration's format) still names the field.
+    late = tmp_path / "late.yaml"
+    late.write_text("nodes:\n  a: {tool: echo, attempt_timeout: soon}\n")
+    code, _, err = await ctl("validate", str(late))
+    assert code == EXIT_INVALID and "graph.nodes[0].attempt_timeout: " in err, err
+
+
 async def test_cancel_result_and_exit_codes_by_state(stack: InProcessStack, tmp_path: Path) -> None:
     ctl = ctl_for(stack)
     slow = tmp_path / "slow.yaml"

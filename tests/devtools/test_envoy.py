@@ -320,6 +320,69 @@ async def test_bad_requests_are_400_json(edge_stack: Edge) -> None:
     assert "conflicting" in body["message"], body
 
 
+async def test_unknown_body_fields_are_400_naming_each_with_the_nearest_name(
+    edge_stack: Edge,
+) -> None:
+    # Envoy's transcoder drops fields the message does not have: the node used to run
+    # without retries. Now refused like a gRPC JSON client refuses it, at any depth.
+    e = edge_stack
+    typo = graph(echo("a") | {"retyr": {"max_attempts": 3}})
+    body = error(await e.http.post("/api/v1/graphs", json=typo), 400, 3)
+    [v] = detail(body, "google.rpc.BadRequest")["field_violations"]
+    assert v["field"] == "graph.nodes[0].retyr", body
+    assert v["description"].startswith(
+        'unknown field "retyr" in node "a"; did you mean "retry"? (valid: id, name,'
+    ), body
+    assert body["message"].startswith("graph.nodes[0].retyr: unknown field"), body
+
+    deeper = graph(
+        echo("a"),
+        {"id": "b", "tol": {"name": "echo"}, "retry": {"max_atempts": 2}},
+        edges=[{"from": "a", "to": "b"}],
+        inputz={"x": 1},
+    )
+    body = error(await e.http.post("/api/v1/graphs", json=deeper), 400, 3)
+    found = {
+        v["field"]: v["description"]
+        for v in detail(body, "google.rpc.BadRequest")["field_violations"]
+    }
+    assert set(found) == {
+        "graph.nodes[1].tol",
+        "graph.nodes[1].retry.max_atempts",
+        "inputz",
+    }, body
+    assert 'did you mean "max_attempts"?' in found["graph.nodes[1].retry.max_atempts"]
+    assert 'did you mean "inputs"?' in found["inputz"]
+    # An unknown enum value is refused by the transcoder itself (it parses enums), by path.
+    bad_enum = graph(echo("a") | {"join": "ANY"})
+    body = error(await e.http.post("/api/v1/graphs", json=bad_enum), 400, 3)
+    assert body["message"].startswith('graph.nodes[0].join: invalid value "ANY"'), body
+
+    # Every REST route with a body: cancel too.
+    gid = await submit(e, graph(sleep("s", 30)))
+    body = error(await e.http.post(f"/api/v1/graphs/{gid}/cancel", json={"reasn": "x"}), 400, 3)
+    [v] = detail(body, "google.rpc.BadRequest")["field_violations"]
+    assert v["field"] == "reasn" and 'did you mean "reason"?' in v["description"], body
+    r = await e.http.post(f"/api/v1/graphs/{gid}/cancel", json={"reason": "done"})
+    assert r.status_code == 200, r.text
+
+    # What the transcoder accepts still passes: camelCase names, enums in any case, a large
+    # body (it travels to the API twice), a client's own copy of the body header replaced.
+    fine = graph(
+        echo("a", blob="x" * 600_000) | {"maxIterations": 0, "join": "join_mode_any"},
+        requestId=secrets.token_hex(8),
+    )
+    r = await e.http.post(
+        "/api/v1/graphs",
+        json=fine,
+        headers={"x-dago-rest-body-bin": "e30="},  # {}
+    )
+    assert r.status_code == 200, r.text
+    sneaky = base64.b64encode(b"{}").decode()
+    r = await e.http.post("/api/v1/graphs", json=typo, headers={"x-dago-rest-body-bin": sneaky})
+    assert r.status_code == 400 and "retyr" in r.text, r.text
+
+
 async def test_oversized_body_is_413_json(edge_stack: Edge) -> None:
     e = edge_stack
     huge = graph(echo("a", blob="x" * (2 * 1024 * 1024)))
@@ -407,12 +470,25 @@ async def test_ndjson_and_json_array_watch(edge_stack: Edge) -> None:
 
     r = await e.http.get(url, headers={"accept": "application/x-ndjson"})
     assert r.status_code == 200, r.text
+    # The type asked for (Envoy's transcoder alone says application/json).
+    assert r.headers["content-type"] == "application/x-ndjson", r.headers
     lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
     ndjson = [d["event"] for d in lines if "heartbeat" not in d["event"]]
     assert kind(ndjson[-1]) == "graph_completed"
 
+    # An error before the stream starts is a JSON Status, whatever was asked for.
+    body = error(
+        await e.http.get(
+            "/api/v1/graphs/no-such-graph/events", headers={"accept": "application/x-ndjson"}
+        ),
+        404,
+        5,
+    )
+    assert "no-such-graph" in body["message"], body
+
     r = await e.http.get(url, params={"after_seq": 1})
     assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json"), r.headers
     array = [d["event"] for d in r.json() if "heartbeat" not in d["event"]]
     assert array == ndjson[1:]
 

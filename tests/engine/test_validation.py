@@ -583,13 +583,51 @@ def test_sinks_of_graphs_that_end_in_a_loop(cel: CelCompiler) -> None:
 
 def test_template_reference_to_a_missing_input(cel: CelCompiler) -> None:
     g = graph([tool("a", inputs={"text": "{{ inputs.nope }}", "ok": "{{ inputs.a }}"})])
-    only(rejected(cel, g, {"a": 1}), "graph.nodes[0].inputs", "inputs.nope", '"nope"', "'a'")
+    only(
+        rejected(cel, g, {"a": 1}),
+        "graph.nodes[0].inputs.text",  # the key's path, not just the inputs'
+        'node "a" references inputs.nope',
+        '"nope"',
+        "'a'",
+    )
     assert compile_ok(cel, g, {"a": 1, "nope": 2}).nodes["a"].refs.inputs == {"a", "nope"}
+
+
+def test_template_references_are_reported_at_each_keys_path_with_the_nearest_name(
+    cel: CelCompiler,
+) -> None:
+    # Each key that reads what does not exist, at its own path (nested keys, list items,
+    # odd keys), naming the node by id and the nearest valid name.
+    g = graph(
+        [
+            tool("a"),
+            tool(
+                "b",
+                inputs={
+                    "title": "{{ inputs.titel }}",
+                    "fine": "{{ inputs.title }}",
+                    "deep": {"items": ["x", "n: {{ nodes.aa.output }}"]},
+                    "odd key": "{{ inputs.nope }}",
+                },
+            ),
+        ],
+        [edge("a", "b")],
+    )
+    violations = rejected(cel, g, {"title": "t"})
+    assert fields(violations) == {
+        "graph.nodes[1].inputs.title",
+        "graph.nodes[1].inputs.deep.items[1]",
+        'graph.nodes[1].inputs["odd key"]',
+    }, violations
+    assert_says(
+        violations, "graph.nodes[1].inputs.title", 'node "b"', "inputs.titel", 'mean "title"'
+    )
+    assert_says(violations, "graph.nodes[1].inputs.deep.items[1]", "nodes.aa", 'mean "a"')
 
 
 def test_template_reference_to_a_node_that_is_not_upstream(cel: CelCompiler) -> None:
     g = graph([tool("a"), tool("b", inputs={"x": "{{ nodes.a.output.x }}"})])
-    only(rejected(cel, g), "graph.nodes[1].inputs", "nodes.a", '"b"', "edge", "from a to b")
+    only(rejected(cel, g), "graph.nodes[1].inputs.x", "nodes.a", 'node "b"', "from a to b")
     add_edge(g, "a", "b")
     assert compile_ok(cel, g).nodes["b"].refs.nodes == {"a"}
 
@@ -604,12 +642,12 @@ def test_template_reference_to_an_ancestor_further_up(cel: CelCompiler) -> None:
 
 def test_template_reference_to_an_unknown_node(cel: CelCompiler) -> None:
     g = graph([tool("a", inputs={"x": "{{ nodes.zz.output }}"})])
-    only(rejected(cel, g), "graph.nodes[0].inputs", "nodes.zz", '"zz"')
+    only(rejected(cel, g), "graph.nodes[0].inputs.x", "nodes.zz", '"zz"', 'node "a"')
 
 
 def test_template_reference_to_itself_outside_a_loop(cel: CelCompiler) -> None:
     g = graph([tool("a", inputs={"x": "{{ nodes.a.output }}"})])
-    only(rejected(cel, g), "graph.nodes[0].inputs", "nodes.a", '"a"')
+    only(rejected(cel, g), "graph.nodes[0].inputs.x", "nodes.a", '"a"')
 
 
 def test_template_reference_to_itself_inside_a_loop(cel: CelCompiler) -> None:
@@ -648,7 +686,7 @@ def test_a_node_before_a_loop_cannot_read_the_loop(cel: CelCompiler) -> None:
         [tool("a", inputs={"x": "{{ nodes.t.output }}"}), tool("h", maxIterations=3), tool("t")],
         [edge("a", "h"), edge("h", "t"), edge("t", "h")],
     )
-    only(rejected(cel, g), "graph.nodes[0].inputs", "nodes.t", '"a"')
+    only(rejected(cel, g), "graph.nodes[0].inputs.x", "nodes.t", '"a"')
 
 
 def test_unterminated_placeholder_is_located_inside_the_inputs(cel: CelCompiler) -> None:

@@ -430,13 +430,13 @@ BAD_GRAPHS: list[tuple[str, orchestrator_pb2.SubmitGraphRequest, str, str]] = [
     (
         "template naming a missing input",
         request([echo("a", x="{{ inputs.nope }}")], inputs={"topic": "t"}),
-        "graph.nodes[0].inputs",
+        "graph.nodes[0].inputs.x",
         "nope",
     ),
     (
         "template naming a node that is not upstream",
         request([echo("a"), echo("b", x="{{ nodes.a.output }}")]),
-        "graph.nodes[1].inputs",
+        "graph.nodes[1].inputs.x",
         "does not run before",
     ),
     (

@@ -22,6 +22,7 @@ import yaml
 from google.protobuf import json_format
 
 from dago.v1 import orchestrator_pb2
+from dago_client import jsondoc
 
 _DURATIONS = {
     "attempt_timeout",
@@ -102,9 +103,17 @@ def parse_document(doc: Any) -> orchestrator_pb2.SubmitGraphRequest:
     else:
         raise GraphFileError("no 'graph' and no 'nodes': this is not a dago graph")
     try:
-        return json_format.ParseDict(_durations(body), orchestrator_pb2.SubmitGraphRequest())
-    except json_format.ParseError as e:
-        raise GraphFileError(str(e)) from None
+        return jsondoc.parse(_durations(body), orchestrator_pb2.SubmitGraphRequest())
+    except jsondoc.DocumentError as e:
+        raise GraphFileError(_listed(e.problems)) from None
+
+
+def _listed(problems: list[jsondoc.Problem]) -> str:
+    """Every problem on its own line, each ``field path: what is wrong``."""
+    lines = [f"{p.field}: {p.description}" for p in problems]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def load_request(

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from dago.api.auth import ServerGuard, server_credentials
 from dago.api.interceptors import RpcObserver
+from dago.api.restbody import RestBodyCheck
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
 from dago.config import Settings
@@ -163,11 +164,18 @@ class ApiServer:
         limit = self._settings.max_message_bytes
         server = grpc.aio.server(
             # The observer first, so rejected calls are counted too.
+            # Then authentication, then the REST body check (dago.api.restbody).
             interceptors=[RpcObserver(self._metrics, self._tracing)]
-            + ([self._guard] if self._guard is not None else []),
+            + ([self._guard] if self._guard is not None else [])
+            + [RestBodyCheck()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # A REST call carries its JSON body again in metadata (base64: 4/3 of it;
+                # Envoy takes bodies up to 1 MiB), see dago.api.restbody: metadata may be as
+                # large as a message (the default, 8 KiB, would refuse most REST submits).
+                ("grpc.max_metadata_size", limit),
+                ("grpc.absolute_max_metadata_size", limit),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],

@@ -112,6 +112,41 @@ end
 """
 
 
+# The NDJSON watch route: the transcoder's newline-delimited stream says application/json
+# (the option only changes the framing); a client that asked for application/x-ndjson gets
+# that type. Errors answered before the stream (404, 400...) keep their JSON Status type.
+LUA_NDJSON = """\
+function envoy_on_response(response_handle)
+  local headers = response_handle:headers()
+  if headers:get(":status") == "200" then
+    headers:replace("content-type", "application/x-ndjson")
+  end
+end
+"""
+
+
+# The REST routes with a body: the transcoder drops JSON fields the request message does
+# not have, so the body goes to the API as received too, in binary metadata (base64), and
+# the API refuses unknown fields (dago.api.restbody). A client's own header of that name is
+# replaced. The buffer filter before this one holds the whole body (1 MiB at most).
+LUA_REST_BODY = """\
+function envoy_on_request(request_handle)
+  -- body() waits for the whole body: the headers are taken after it (a handle taken
+  -- before is out of scope once it has waited).
+  local body = request_handle:body()
+  local headers = request_handle:headers()
+  headers:remove("x-dago-rest-body-bin")
+  if body == nil then
+    return
+  end
+  local n = body:length()
+  if n > 0 then
+    headers:add("x-dago-rest-body-bin", request_handle:base64Escape(body:getBytes(0, n)))
+  end
+end
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
     """What the rendered Envoy configuration depends on."""
@@ -422,6 +457,8 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "TRANSCODER_SSE": _transcoder(cfg, "sse"),
         "TRANSCODER_NDJSON": _transcoder(cfg, "ndjson"),
         "LUA_SOURCE": LUA_SOURCE,
+        "LUA_NDJSON": LUA_NDJSON,
+        "LUA_REST_BODY": LUA_REST_BODY,
         "UI_ROUTES": _ui_routes(cfg) or "",
         "SOCKET_OPTIONS": _socket_options(cfg),
         "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),

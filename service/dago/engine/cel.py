@@ -877,6 +877,25 @@ class _List(_Plan):
         return out
 
 
+def _plan_refs(plan: _Plan | None, segments: list[str], out: list[tuple[str, Refs]]) -> None:
+    """What each string with placeholders in ``plan`` reads, by its path (see
+    :meth:`Template.refs_by_path`)."""
+    if isinstance(plan, _Whole):
+        out.append((_join_path("", segments), plan.expression.refs))
+    elif isinstance(plan, _Interpolated):
+        refs = Refs.EMPTY
+        for part in plan.parts:
+            if isinstance(part, Expression):
+                refs = refs.union(part.refs)
+        out.append((_join_path("", segments), refs))
+    elif isinstance(plan, _Dict):
+        for _, segment, sub in plan.items:
+            _plan_refs(sub, [*segments, segment], out)
+    elif isinstance(plan, _List):
+        for index, sub in enumerate(plan.items):
+            _plan_refs(sub, [*segments, f"[{index}]"], out)
+
+
 def _plan_loops(plan: _Plan | None) -> bool:
     """Whether any placeholder of a template has a comprehension."""
     if isinstance(plan, _Whole):
@@ -972,6 +991,14 @@ class Template:
 
     def __repr__(self) -> str:
         return f"Template({self.value!r}, {self.scope})"
+
+    def refs_by_path(self) -> list[tuple[str, Refs]]:
+        """What each string with placeholders reads, by its path inside the value (``""``
+        for the value itself, else like ``title``, ``items[2]`` or ``a["odd key"]``), in
+        the value's order: so a problem with what a template reads names the key."""
+        out: list[tuple[str, Refs]] = []
+        _plan_refs(self._plan, [], out)
+        return out
 
     def render(self, data: Mapping[str, Any]) -> Any:
         """Fill the placeholders from ``data`` and return the resulting plain value.

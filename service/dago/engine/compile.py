@@ -14,10 +14,11 @@ this module names no kind.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -372,6 +373,12 @@ def _compile_nodes(
     return compiled
 
 
+def did_you_mean(word: str, names: Iterable[str]) -> str:
+    """``; did you mean "x"?`` naming the name nearest ``word``, or nothing."""
+    near = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return f"; did you mean {quote(near[0])}?" if near else ""
+
+
 def _check_refs(
     ids: Mapping[str, int],
     compiled: Mapping[str, CompiledNode],
@@ -385,16 +392,22 @@ def _check_refs(
         return any(a in body and b in body for body in shape.bodies.values())
 
     def check(refs: Refs, path: str, before: str | None, self_ok: bool = True) -> None:
+        # Inside a node, the node is named by its id (the path holds its index).
+        who = f"node {quote(before)} " if before is not None else ""
         for key in sorted(refs.inputs):
             if key not in inputs:
                 chk.add(
                     path,
-                    f'references inputs.{key}, but the request has no input "{key}" '
-                    f"(inputs: {sorted(inputs) or 'none'})",
+                    f'{who}references inputs.{key}, but the request has no input "{key}"'
+                    f"{did_you_mean(key, inputs)} (inputs: {sorted(inputs) or 'none'})",
                 )
         for ref in sorted(refs.nodes):
             if ref not in ids:
-                chk.add(path, f'references nodes.{ref}, but no node has id "{ref}"')
+                chk.add(
+                    path,
+                    f'{who}references nodes.{ref}, but no node has id "{ref}"'
+                    f"{did_you_mean(ref, ids)} (nodes: {', '.join(sorted(ids)[:20])})",
+                )
             elif before is not None and not (
                 (ref == before and self_ok)
                 or ref in shape.ancestors[before]
@@ -402,15 +415,18 @@ def _check_refs(
             ):
                 chk.add(
                     path,
-                    f'references nodes.{ref}, which does not run before "{before}": add an '
-                    f"edge path from {ref} to {before}",
+                    f'{who}references nodes.{ref}, which does not run before "{before}": add '
+                    f"an edge path from {ref} to {before}",
                 )
 
     for nid, cn in compiled.items():
         path = f"{root}.nodes[{cn.index}]"
         # A node's inputs cannot read its own output (it has none yet), except
         # inside a loop, where the previous iteration's output exists.
-        check(cn.inputs.refs, f"{path}.inputs", nid, self_ok=False)
+        # Each key of the inputs that reads what does not exist, by its own path.
+        for key, refs in cn.inputs.refs_by_path():
+            at = f"{path}.inputs" + (key if not key or key.startswith("[") else f".{key}")
+            check(refs, at, nid, self_ok=False)
         for name, expr in cn.output.items():
             check(expr.refs, f"{path}.output[{name}]", nid)
         for key, t in cn.templates.items():
