@@ -46,7 +46,7 @@ _LIMITS: tuple[tuple[str, int, tuple[tuple[str, str, int], ...]], ...] = (
     ("headers_timeout_s", 987603, (("987603s", "__DAGO_EDGE_HEADERS_TIMEOUT__", 2),)),
     ("first_byte_timeout_s", 987603, ()),
     ("idle_timeout_s", 987604, (("987604s", "__DAGO_EDGE_IDLE_TIMEOUT__", 1),)),
-    ("watch_idle_timeout_s", 987605, (("987605s", "__DAGO_EDGE_WATCH_IDLE_TIMEOUT__", 4),)),
+    ("watch_idle_timeout_s", 987605, (("987605s", "__DAGO_EDGE_WATCH_IDLE_TIMEOUT__", 8),)),
     ("buffer_bytes", 987606, (("987606", "__DAGO_EDGE_BUFFER_BYTES__", 2),)),
     (
         "client_rps",

@@ -373,7 +373,7 @@ def test_edge_limits_come_from_the_values(helm: str, tmp_path: Path) -> None:
     assert hcm["xff_num_trusted_hops"] == 1
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     idle = [r["route"].get("idle_timeout") for r in routes if "route" in r]
-    assert idle.count("20s") == 4, idle
+    assert idle.count("20s") == 8, idle  # the watch and RunGraph streams (REST and gRPC)
     limit = next(
         f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"
     )

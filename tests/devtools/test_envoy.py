@@ -493,6 +493,56 @@ async def test_ndjson_and_json_array_watch(edge_stack: Edge) -> None:
     assert array == ndjson[1:]
 
 
+async def test_run_graph_over_rest_streams_the_new_run_as_sse_ndjson_or_json(
+    edge_stack: Edge,
+) -> None:
+    """POST /api/v1/graphs:run: the submission and its events in one request, in the three
+    forms of the watch route; the same request_id streams the same run again."""
+    e = edge_stack
+    body = graph(echo("a", x=1), echo("b", y="{{ nodes.a.output.x }}"), request_id="rest-run")
+    body["graph"]["edges"] = [{"from": "a", "to": "b"}]
+    hdrs = {"accept": "text/event-stream"}
+    sse: list[tuple[str | None, dict[str, Any]]] = []
+    async with e.http.stream("POST", "/api/v1/graphs:run", json=body, headers=hdrs) as r:
+        assert r.status_code == 200, (r.status_code, await r.aread(), e.logs())
+        assert r.headers["content-type"] == "text/event-stream", r.headers
+        ev_id: str | None = None
+        async for line in r.aiter_lines():
+            if line.startswith("id:"):
+                ev_id = line[3:].strip()
+            elif line.startswith("data:"):
+                event = json.loads(line[5:])["event"]
+                if "heartbeat" not in event:
+                    sse.append((ev_id, event))
+    events = [ev for _, ev in sse]
+    assert kind(events[0]) == "graph_submitted" and kind(events[-1]) == "graph_completed"
+    gid = events[0]["graph_id"]
+    assert [i for i, _ in sse] == [ev["seq"] for ev in events]  # resumable by seq
+    assert (await wait_state(e, gid))["state"] == "GRAPH_STATE_COMPLETED"
+
+    r = await e.http.post(
+        "/api/v1/graphs:run", json=body, headers={"accept": "application/x-ndjson"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-ndjson", r.headers
+    lines = [json.loads(line)["event"] for line in r.text.splitlines() if line.strip()]
+    assert [ev for ev in lines if "heartbeat" not in ev] == events
+
+    r = await e.http.post("/api/v1/graphs:run", json=body)
+    assert r.status_code == 200, r.text
+    assert [d["event"] for d in r.json() if "heartbeat" not in d["event"]] == events
+
+    # Refused before anything runs: a typo in the body, an invalid graph.
+    typo = graph({"id": "a", "tool": {"name": "echo"}, "retyr": {"max_attempts": 2}})
+    v = detail(
+        error(await e.http.post("/api/v1/graphs:run", json=typo, headers=hdrs), 400, 3),
+        "google.rpc.BadRequest",
+    )
+    assert v["field_violations"][0]["field"] == "graph.nodes[0].retyr", v
+    bad = graph(echo("a"), edges=[{"from": "a", "to": "nowhere"}])
+    error(await e.http.post("/api/v1/graphs:run", json=bad, headers=hdrs), 400, 3)
+
+
 # --- gRPC, gRPC-Web, CORS, metrics, health ---------------------------------------------------
 
 
@@ -513,6 +563,17 @@ async def test_grpcurl_through_envoy(edge_stack: Edge) -> None:
     assert p.returncode == 0, (p.stderr, e.logs())
     gid = json.loads(p.stdout)["graph_id"]
     assert (await wait_state(e, gid))["state"] == "GRAPH_STATE_COMPLETED"
+
+    # RunGraph: the run's events, streamed through Envoy.
+    p = grpcurl("-d", "@", target, f"{SERVICE}/RunGraph", stdin=body)
+    assert p.returncode == 0, (p.stderr, e.logs())
+    decoder = json.JSONDecoder()
+    text, pos, events = p.stdout, 0, []
+    while text[pos:].strip():
+        msg, end = decoder.raw_decode(text, len(text) - len(text[pos:].lstrip()))
+        events.append(msg["event"])
+        pos = end
+    assert kind(events[0]) == "graph_submitted" and kind(events[-1]) == "graph_completed"
 
 
 async def test_grpc_web_unary_call(edge_stack: Edge) -> None:

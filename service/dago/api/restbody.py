@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -62,25 +62,45 @@ class RestBodyCheck(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        """Wrap the unary handler of a call that carries a REST body."""
+        """Wrap the handler (unary, or server-streaming as RunGraph) of a call that carries
+        a REST body."""
         handler = await continuation(handler_call_details)
         metadata = handler_call_details.invocation_metadata or ()
         raw = next((v for k, v in metadata if k == HEADER), None)
-        if handler is None or handler.unary_unary is None or not isinstance(raw, bytes):
+        if handler is None or not isinstance(raw, bytes):
             return handler
-        inner = handler.unary_unary
 
-        async def behavior(request: Any, context: Any) -> Any:
+        async def check(request: Any, context: Any) -> None:
             if len(raw) > INLINE_BYTES:
                 violations = await asyncio.to_thread(body_violations, raw, request)
             else:
                 violations = body_violations(raw, request)
             if violations:
                 await context.abort_with_status(invalid(violations).status())
-            return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def behavior(request: Any, context: Any) -> Any:
+                await check(request, context)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def streams(request: Any, context: Any) -> AsyncIterator[Any]:
+                await check(request, context)
+                async for item in stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                streams,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -59,7 +59,7 @@ _LOCAL_REPLY_CODES = (
 )
 
 # SSE resumption, run by Envoy's Lua filter on the SSE watch route only.
-LUA_SOURCE = """\
+_LUA_LAST_EVENT_ID = """\
 -- Last-Event-ID (sent by a reconnecting EventSource) -> ?after_seq=, unless given.
 function envoy_on_request(request_handle)
   local headers = request_handle:headers()
@@ -76,7 +76,10 @@ function envoy_on_request(request_handle)
     headers:replace(":path", path .. sep .. "after_seq=" .. last)
   end
 end
+"""
 
+# `id:` lines on the SSE streams (the watch and RunGraph routes).
+_LUA_SSE_IDS = """\
 -- `id: <seq>` before each `data: {"event":{"seq":"<seq>",...` line (seq is printed first).
 -- Only whole lines that start with `data: ` count: JSON escapes newlines, so text inside
 -- an event can never start a line.
@@ -110,12 +113,13 @@ function envoy_on_response(response_handle)
   end
 end
 """
+LUA_SOURCE = _LUA_LAST_EVENT_ID + _LUA_SSE_IDS
 
 
 # The NDJSON watch route: the transcoder's newline-delimited stream says application/json
 # (the option only changes the framing); a client that asked for application/x-ndjson gets
 # that type. Errors answered before the stream (404, 400...) keep their JSON Status type.
-LUA_NDJSON = """\
+_LUA_NDJSON_TYPE = """\
 function envoy_on_response(response_handle)
   local headers = response_handle:headers()
   if headers:get(":status") == "200" then
@@ -129,7 +133,7 @@ end
 # not have, so the body goes to the API as received too, in binary metadata (base64), and
 # the API refuses unknown fields (dago.api.restbody). A client's own header of that name is
 # replaced. The buffer filter before this one holds the whole body (1 MiB at most).
-LUA_REST_BODY = """\
+_LUA_REST_BODY = """\
 function envoy_on_request(request_handle)
   -- body() waits for the whole body: the headers are taken after it (a handle taken
   -- before is out of scope once it has waited).
@@ -145,6 +149,14 @@ function envoy_on_request(request_handle)
   end
 end
 """
+
+
+LUA_NDJSON = _LUA_NDJSON_TYPE
+LUA_REST_BODY = _LUA_REST_BODY
+# RunGraph over REST: a POST with a body (checked as every REST body is) answered by a
+# stream (with the watch routes' SSE ids or NDJSON type).
+LUA_RUN_SSE = _LUA_REST_BODY + _LUA_SSE_IDS
+LUA_RUN_NDJSON = _LUA_REST_BODY + _LUA_NDJSON_TYPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,6 +471,8 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "LUA_SOURCE": LUA_SOURCE,
         "LUA_NDJSON": LUA_NDJSON,
         "LUA_REST_BODY": LUA_REST_BODY,
+        "LUA_RUN_SSE": LUA_RUN_SSE,
+        "LUA_RUN_NDJSON": LUA_RUN_NDJSON,
         "UI_ROUTES": _ui_routes(cfg) or "",
         "SOCKET_OPTIONS": _socket_options(cfg),
         "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),
