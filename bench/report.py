@@ -88,6 +88,10 @@ ROWS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, str, bool, Any, s
         "",
     ),
     ("4. … REST through Envoy p99", ("w4_dago_rest", "p99_ms"), None, "ms", False, None, ""),
+    ("4. … RunGraph, gRPC p50", ("w4_dago_run", "p50_ms"), None, "ms", False, None, ""),
+    ("4. … RunGraph, gRPC p99", ("w4_dago_run", "p99_ms"), None, "ms", False, None, ""),
+    ("4. … RunGraph, REST (SSE) p50", ("w4_dago_rest_run", "p50_ms"), None, "ms", False, None, ""),
+    ("4. … RunGraph, REST (SSE) p99", ("w4_dago_rest_run", "p99_ms"), None, "ms", False, None, ""),
     (
         "5. WatchGraph events to 1 watcher",
         ("w5_dago", "one_watcher_events_per_s"),
@@ -239,6 +243,8 @@ def _latency(res: dict[str, Any]) -> list[str]:
     for label, key in (
         ("dago, gRPC submit + WatchGraph", "w4_dago_grpc"),
         ("dago, REST through Envoy (POST + SSE)", "w4_dago_rest"),
+        ("dago, gRPC RunGraph (one call, batch mode)", "w4_dago_run"),
+        ("dago, REST RunGraph through Envoy (one POST, SSE)", "w4_dago_rest_run"),
         ("Celery, delay() + get()", "w4_celery"),
     ):
         s = res.get(key)

@@ -348,19 +348,24 @@ class Bench:
         self.results["w4_dago_grpc"] = self.dago(
             lambda c: wl.sequential(lambda: c.submit_and_watch(req), s.seq, 20)
         )
+        self.results["w4_dago_run"] = self.dago(
+            lambda c: wl.sequential(lambda: c.run_graph(req), s.seq, 20)
+        )
 
     def dago_rest_latency(self, envoy_port: int) -> None:
         s = self.sizes
 
-        async def rest() -> dict[str, float]:
+        async def rest() -> tuple[dict[str, float], dict[str, float]]:
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{envoy_port}", timeout=30
             ) as http:
-                return await wl.sequential(
+                two = await wl.sequential(
                     lambda: wl.rest_submit_and_watch(http, wl.one()), s.seq, 20
                 )
+                one = await wl.sequential(lambda: wl.rest_run_graph(http, wl.one()), s.seq, 20)
+                return two, one
 
-        self.results["w4_dago_rest"] = uvloop.run(rest())
+        self.results["w4_dago_rest"], self.results["w4_dago_rest_run"] = uvloop.run(rest())
 
     def dago_watch(self) -> None:
         s = self.sizes

@@ -160,6 +160,18 @@ class Dago:
                 break
         return time.perf_counter() - t0
 
+    async def run_graph(self, req: orchestrator_pb2.SubmitGraphRequest) -> float:
+        """RunGraph (submit and watch in one call) until the terminal event; seconds."""
+        t0 = time.perf_counter()
+        run = orchestrator_pb2.RunGraphRequest(graph=req.graph, inputs=req.inputs, batch=True)
+        async for msg in self.stub.RunGraph(run, timeout=60):
+            kinds = [ev.WhichOneof("payload") for ev in msg.events]
+            if "graph_completed" in kinds:
+                break
+            if "graph_failed" in kinds or "graph_cancelled" in kinds:
+                raise RuntimeError(f"a RunGraph ended with {kinds[-1]}")
+        return time.perf_counter() - t0
+
     async def replay(self, gid: str) -> int:
         """Watch ``gid`` (finished) from the start; returns the events received."""
         n = 0
@@ -186,6 +198,22 @@ async def rest_submit_and_watch(http: httpx.AsyncClient, graph: dict[str, Any]) 
                     break
                 if any(k in ev for k in ("graphFailed", "graph_failed", "graphCancelled")):
                     raise RuntimeError(f"graph {gid} did not complete: {ev}")
+    return time.perf_counter() - t0
+
+
+async def rest_run_graph(http: httpx.AsyncClient, graph: dict[str, Any]) -> float:
+    """POST /api/v1/graphs:run read as SSE until graph_completed."""
+    t0 = time.perf_counter()
+    hdrs = {"accept": "text/event-stream"}
+    async with http.stream("POST", "/api/v1/graphs:run", json={"graph": graph}, headers=hdrs) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data:") and "graph_" in line:
+                ev = json.loads(line[5:])["event"]
+                if "graph_completed" in ev:
+                    break
+                if "graph_failed" in ev or "graph_cancelled" in ev:
+                    raise RuntimeError(f"a run did not complete: {ev}")
     return time.perf_counter() - t0
 
 

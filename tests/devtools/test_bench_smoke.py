@@ -51,6 +51,7 @@ def test_bench_runs_at_tiny_sizes_and_writes_the_report(tmp_path: Path) -> None:
     assert res["w1_celery"]["nodes_per_s"] > 0
     assert res["w4_dago_grpc"]["n"] == 20
     assert res["w4_dago_rest"]["n"] == 20
+    assert res["w4_dago_run"]["n"] == res["w4_dago_rest_run"]["n"] == 20
     assert res["w6_dago"]["ms_per_node"] > 50  # the model's own 50 ms is in there
 
     # Every process it started is gone (Redis and Envoy name the run directory).
