@@ -174,22 +174,24 @@ class AgentHandler(NodeHandler):
         if spec.HasField("tool_timeout"):
             timeout = spec.tool_timeout.seconds + spec.tool_timeout.nanos / 1e9
         messages = list(request.messages)
-        # The turns' tokens, labelled with the last model that answered; priced once.
+        # The turns' tokens and cost, labelled with the last model that answered. Each call is
+        # priced on its own: a price tier by prompt length applies per request.
         spent = Usage(provider=provider.name, model=model)
         calls_made = 0
         resp: LlmResponse | None = None
         for turn in range(1, max_turns + 1):
             try:
-                resp, _ = await self._model.call(
+                resp, priced = await self._model.call(
                     ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
                 )
             except NodeFailure as f:
+                # The failed call's usage comes priced (ModelCaller.call).
                 if f.usage is not None:
-                    f.usage = self._model.price(spent + f.usage)
+                    f.usage = spent + f.usage
                 elif spent.tokens:
-                    f.usage = self._model.price(spent)
+                    f.usage = spent
                 raise
-            spent = spent + resp.usage
+            spent = spent + priced
             if not resp.tool_calls:
                 value = {
                     "text": resp.text,
@@ -198,9 +200,13 @@ class AgentHandler(NodeHandler):
                     "turns": turn,
                     "tool_calls": calls_made,
                 }
-                return NodeResult(value, usage=self._model.price(spent))
+                return NodeResult(value, usage=spent)
             calls_made += len(resp.tool_calls)
-            messages.append(ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls))
+            # The turn goes back as the model wrote it: thinking blocks unchanged, with their
+            # signatures (a model may refuse a conversation whose thinking was altered).
+            messages.append(
+                ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls, raw=resp.raw)
+            )
             outcomes = await self._run_tools(ctx, turn, resp.tool_calls, by_model, timeout)
             messages.append(ChatMessage("user", "", tool_results=tuple(outcomes)))
         asked = ", ".join(sorted({c.name for c in resp.tool_calls})) if resp else ""
@@ -210,7 +216,7 @@ class AgentHandler(NodeHandler):
             f"for tools ({asked}); raise max_turns or narrow the task",
             False,
         )
-        failure.usage = self._model.price(spent)
+        failure.usage = spent
         raise failure
 
     async def _emit(self, ctx: NodeContext, events: list[tuple[str, str]]) -> None:
