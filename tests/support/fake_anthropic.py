@@ -238,6 +238,11 @@ class FakeAnthropic(FakeHttpServer):
         """Cached prefixes: digest -> expiry (monotonic seconds)."""
         self._thought: set[str] = set()
         """Ids of tool calls that came with a thinking block."""
+        self.count_tokens = False
+        """Count input tokens from the prompt (1 per 4 characters of each block) instead of
+        reporting the scripted count, cached or not."""
+        self.usages: list[dict[str, Any]] = []
+        """The usage of every answered request, in order."""
 
     async def handle(
         self,
@@ -268,6 +273,7 @@ class FakeAnthropic(FakeHttpServer):
             await _fault(reply, reader, writer, self, name)
             return
         usage = self._usage(body, model, reply.usage)
+        self.usages.append(usage)
         msg = _message(reply, name, body, model, usage)
         for block in msg["content"]:
             if block["type"] == "tool_use" and any(b["type"] == "thinking" for b in msg["content"]):
@@ -300,6 +306,12 @@ class FakeAnthropic(FakeHttpServer):
         blocks = _prompt_blocks(body)
         marks = [i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("cache_control")]
         if not isinstance(top, dict) and not marks:
+            if self.count_tokens:
+                counted = _usage(scripted)
+                counted["input_tokens"] = sum(
+                    max(1, len(_canonical(_strip(b))) // 4) for b in blocks
+                )
+                return counted
             return _usage(scripted)
         # Automatic caching puts the breakpoint on the last block; explicit ones mark theirs.
         point = len(blocks) - 1 if isinstance(top, dict) else marks[-1]
@@ -320,7 +332,7 @@ class FakeAnthropic(FakeHttpServer):
         read = cumulative[read_to] if read_to >= 0 else 0
         written = 0
         minimum = model.min_cache if model else 1024
-        if read_to < 0 and cumulative[point] < minimum:
+        if read_to < 0 and cumulative[point] < minimum and not self.count_tokens:
             return _usage(scripted)  # too short to cache: nothing read, nothing written
         if cumulative[point] >= minimum and read_to < point:
             written = cumulative[point] - read

@@ -87,7 +87,8 @@ class ModelInfo:
     long_prompt: LongPrompt | None = None
     aliases: tuple[str, ...] = ()
     status: str = "active"
-    """``latest``, ``active``, ``legacy`` or ``retired`` (as its model page says)."""
+    """``latest``, ``active``, ``legacy``, ``deprecated`` or ``retired`` (as its model page and
+    the SDK's deprecation list say). Retired models are kept: some clouds still serve them."""
     source: str = MODELS_PAGE
     checked: str = CHECKED
 
@@ -219,7 +220,7 @@ CATALOGUE: tuple[ModelInfo, ...] = (
         ("low", "medium", "high"),
         "high",
         aliases=("claude-opus-4-5-20251101",),
-        status="legacy",
+        status="deprecated",  # retires 2027-01-22
     ),
     ModelInfo(
         "claude-opus-4-1",
@@ -282,7 +283,7 @@ CATALOGUE: tuple[ModelInfo, ...] = (
         ("disabled", "enabled"),
         (),
         aliases=("claude-sonnet-4-5-20250929",),
-        status="legacy",
+        status="retired",  # 2026-11-30
     ),
     ModelInfo(
         "claude-sonnet-4-0",
