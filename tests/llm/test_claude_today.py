@@ -126,6 +126,14 @@ async def test_the_fake_refuses_what_todays_api_refuses_per_model(fake: FakeAnth
             "output_config.format",
         ),
         ({"model": "claude-nonexistent-9"}, 404, "model: claude-nonexistent-9"),
+        (
+            {
+                "model": "claude-sonnet-5-5",
+                "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+            },  # noqa: E501
+            400,
+            "'additionalProperties' must be explicitly set to false",
+        ),
     ]
     for params, status, words in cases:
         with pytest.raises(anthropic.APIStatusError) as caught:
@@ -175,16 +183,37 @@ async def test_the_fake_refuses_what_todays_api_refuses_per_model(fake: FakeAnth
 async def test_structured_output_on_sonnet_5_5_goes_through_output_config_format(
     stack: InProcessStack, fake: FakeAnthropic
 ) -> None:
-    fake.script = [Text(json.dumps({"priority": "high"}))]
-    _, st = await stack.client.run(
-        request([llm("triage", "Triage: {{ inputs.t }}", outputSchema=SCHEMA)], inputs={"t": "x"})
-    )
+    # An open object with a bound constrained decoding cannot enforce.
+    schema = {
+        "type": "object",
+        "properties": {
+            "priority": {"type": "string", "enum": ["high", "low"]},
+            "score": {"type": "integer", "minimum": 1},
+        },
+        "required": ["priority", "score"],
+    }
+    fake.script = [
+        Text(json.dumps({"priority": "high", "score": 3})),
+        Text(json.dumps({"priority": "low", "score": 0})),
+    ]
+    node = llm("triage", "Triage: {{ inputs.t }}", outputSchema=schema)
+    _, st = await stack.client.run(request([node], inputs={"t": "x"}))
     assert st.state == COMPLETED, st
-    assert plain(node_status(st, "triage").output) == {"priority": "high"}
+    assert plain(node_status(st, "triage").output) == {"priority": "high", "score": 3}
     (sent,) = fake.requests
     assert sent.body["model"] == "claude-sonnet-5-5"  # the default model is today's Sonnet
-    assert sent.body["output_config"]["format"] == {"type": "json_schema", "schema": SCHEMA}
+    fmt = sent.body["output_config"]["format"]
+    assert fmt["type"] == "json_schema"
+    # Sent as the SDK shapes it (the fake refuses open objects and bounds, like the API)...
+    assert fmt["schema"]["additionalProperties"] is False
+    assert "minimum" not in fmt["schema"]["properties"]["score"]
     assert "tools" not in sent.body and "tool_choice" not in sent.body
+    # ... and the answer is still checked against the node's own schema, bounds included.
+    _, st = await stack.client.run(
+        request([{**node, "retry": {"maxAttempts": 1}}], inputs={"t": "y"})
+    )
+    assert st.state == FAILED
+    assert "score" in node_status(st, "triage").error.message
 
 
 async def test_a_constrained_answer_that_does_not_match_fails_without_a_repair(

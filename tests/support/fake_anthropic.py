@@ -396,6 +396,8 @@ def check_request(body: dict[str, Any], thought: set[str]) -> Model | None:
             "invalid_request_error",
             "output_config.format: structured outputs are not supported on this model.",
         )
+    if config.get("format"):
+        _check_constrained(config["format"].get("schema") or {}, "output_config.format.schema")
     for i, tool in enumerate(body.get("tools") or []):
         if tool.get("strict") and not model.structured:
             raise Refused(
@@ -403,6 +405,8 @@ def check_request(body: dict[str, Any], thought: set[str]) -> Model | None:
                 "invalid_request_error",
                 f"tools.{i}.strict: strict tool use is not supported on this model.",
             )
+        if tool.get("strict"):
+            _check_constrained(tool.get("input_schema") or {}, f"tools.{i}.input_schema")
     choice = body.get("tool_choice") or {}
     if choice.get("type") in ("tool", "any") and not model.forced_tool:
         raise Refused(
@@ -413,6 +417,52 @@ def check_request(body: dict[str, Any], thought: set[str]) -> Model | None:
         )
     _check_thinking_blocks(body, thought)
     return model
+
+
+UNCONSTRAINED = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+)
+"""JSON Schema keywords constrained decoding refuses (the SDK moves them to descriptions)."""
+
+
+def _check_constrained(schema: Any, where: str) -> None:
+    """Refuse a schema constrained decoding cannot take, as the API does."""
+    if isinstance(schema, list):
+        for item in schema:
+            _check_constrained(item, where)
+        return
+    if not isinstance(schema, dict):
+        return
+    kind = schema.get("type")
+    for key in UNCONSTRAINED:
+        if key in schema:
+            raise Refused(
+                400,
+                "invalid_request_error",
+                f"{where}: For '{kind}' type, property '{key}' is not supported",
+            )
+    if kind == "object" and schema.get("additionalProperties") is not False:
+        raise Refused(
+            400,
+            "invalid_request_error",
+            f"{where}: For 'object' type, 'additionalProperties' must be explicitly set to false",
+        )
+    for key in ("properties", "$defs"):
+        for sub in (schema.get(key) or {}).values():
+            _check_constrained(sub, where)
+    for key in ("items", "anyOf", "allOf"):
+        if key in schema:
+            _check_constrained(schema[key], where)
 
 
 def _check_thinking_blocks(body: dict[str, Any], thought: set[str]) -> None:

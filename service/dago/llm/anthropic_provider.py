@@ -237,7 +237,7 @@ def _body(
             kwargs["cache_control"] = cache
     strict = info is None or info.structured
     if request.output_schema is not None and _native(info):
-        config["format"] = {"type": "json_schema", "schema": request.output_schema}
+        config["format"] = {"type": "json_schema", "schema": _constrained(request.output_schema)}
     elif request.output_schema is not None:
         kwargs["tools"] = [
             {
@@ -254,14 +254,26 @@ def _body(
     return kwargs
 
 
+def _constrained(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` in the subset constrained decoding takes, as the SDK makes it: objects
+    closed, bounds it cannot enforce (minimum, maxLength...) moved into descriptions. The
+    answer is still checked against the node's own schema, bounds included."""
+    try:
+        return anthropic.transform_schema(schema)
+    except ValueError:
+        return schema  # the API says what it cannot take; the node fails with its message
+
+
 def _tool(t: ToolSpec, strict: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": t.name,
         "description": t.description,
         "input_schema": t.parameters,
     }
-    # Strict tool use needs a closed object schema; an open one would be refused by the API.
+    # Strict tool use closes every object: only for tools whose schema is closed already (an
+    # open one, like echo's, would lose the arguments it was meant to take).
     if strict and t.parameters.get("additionalProperties") is False:
+        out["input_schema"] = _constrained(t.parameters)
         out["strict"] = True
     return out
 
