@@ -130,7 +130,7 @@ async def test_the_fake_refuses_what_todays_api_refuses_per_model(fake: FakeAnth
             {
                 "model": "claude-sonnet-5-5",
                 "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
-            },  # noqa: E501
+            },
             400,
             "'additionalProperties' must be explicitly set to false",
         ),
