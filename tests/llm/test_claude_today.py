@@ -463,6 +463,12 @@ async def test_a_five_turn_agent_reads_its_cached_prefix_from_the_second_turn(
             before["cache_read_input_tokens"] + before["cache_creation_input_tokens"]
         )
     usage = node_status(cached, "helper").usage
+    # Each call's reads and writes are in the result, priced on their own.
+    per_turn = plain(node_status(cached, "helper").output)["turn_usage"]
+    keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    assert [[t[k] for k in keys] for t in per_turn] == [[t[k] for k in keys] for t in turns]
+    assert sum(t["cost_usd"] for t in per_turn) == pytest.approx(usage.cost_usd)
+    assert per_turn[1]["cost_usd"] < per_turn[0]["cost_usd"]  # a read is cheaper than a write
     assert usage.cache_read_input_tokens == sum(t["cache_read_input_tokens"] for t in turns)
     assert usage.cache_creation_input_tokens == sum(t["cache_creation_input_tokens"] for t in turns)
 

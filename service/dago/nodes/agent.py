@@ -3,7 +3,8 @@
 Each turn is one model call (through the provider interface, text deltas streamed
 as coalesced ``llm_delta`` events, like the ``llm`` node) with the agent's tools.
 When the model ends its turn without calling a tool, its text is the node's result
-``{text, model, provider, turns, tool_calls}``. When it calls tools, every call is
+``{text, model, provider, turns, tool_calls, turn_usage}`` (``turn_usage``: each turn's
+tokens, cache reads and writes, and cost). When it calls tools, every call is
 a ``tool_call`` event (id, tool, arguments), the calls of one turn run concurrently,
 each result is a ``tool_result`` event (result, or error), and the results go back
 to the model for the next turn. After ``max_turns`` turns (``DAGO_AGENT_MAX_TURNS``
@@ -178,6 +179,7 @@ class AgentHandler(NodeHandler):
         # priced on its own: a price tier by prompt length applies per request.
         spent = Usage(provider=provider.name, model=model)
         calls_made = 0
+        per_turn: list[dict[str, Any]] = []
         resp: LlmResponse | None = None
         for turn in range(1, max_turns + 1):
             try:
@@ -192,6 +194,7 @@ class AgentHandler(NodeHandler):
                     f.usage = spent
                 raise
             spent = spent + priced
+            per_turn.append(_turn_usage(priced))
             if not resp.tool_calls:
                 value = {
                     "text": resp.text,
@@ -199,6 +202,7 @@ class AgentHandler(NodeHandler):
                     "provider": provider.name,
                     "turns": turn,
                     "tool_calls": calls_made,
+                    "turn_usage": per_turn,
                 }
                 return NodeResult(value, usage=spent)
             calls_made += len(resp.tool_calls)
@@ -301,6 +305,18 @@ class AgentHandler(NodeHandler):
         # Some APIs refuse an empty tool result: say that there was none.
         content = _cut(error if error else _text(result), RESULT_CHARS) or "(no output)"
         return ToolOutcome(call.id, call.name, content, is_error=bool(error))
+
+
+def _turn_usage(u: Usage) -> dict[str, Any]:
+    """One turn's tokens and cost, as the result lists them (cache reads and writes show
+    whether the turn read the conversation's cached prefix)."""
+    return {
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_creation_input_tokens": u.cache_creation_input_tokens,
+        "cache_read_input_tokens": u.cache_read_input_tokens,
+        "cost_usd": u.cost_usd,
+    }
 
 
 def _arguments_problem(tool: Tool, args: dict[str, Any]) -> str:
