@@ -219,13 +219,13 @@ async def test_structured_output_on_sonnet_5_5_goes_through_output_config_format
 async def test_a_constrained_answer_that_does_not_match_fails_without_a_repair(
     stack: InProcessStack, fake: FakeAnthropic
 ) -> None:
-    fake.script = [Text('{"priority": "hig')]  # cut short by max_tokens
+    fake.script = [Text('{"priority": "hig', stop="max_tokens")]
     node = llm("triage", "t", outputSchema=SCHEMA)
     _, st = await stack.client.run(request([{**node, "retry": {"maxAttempts": 1}}]))
     assert st.state == FAILED
     err = node_status(st, "triage").error
     assert err.error_class == graph_pb2.ERROR_CLASS_PERMANENT
-    assert "does not match output_schema" in err.message
+    assert "does not match output_schema" in err.message and "max_tokens" in err.message
     assert len(fake.requests) == 1
 
 
@@ -298,6 +298,14 @@ async def test_settings_a_model_refuses_are_refused_at_submit_naming_the_field(
         llm("c", "hi", model="claude-sonnet-5-5", thinking="THINKING_DISABLED"),
         agent("d", "hi", ["echo"], model="claude-opus-4-6", effort="EFFORT_XHIGH"),
         llm("e", "hi", model="claude-haiku-4-5", temperature=0.3, maxTokens=100_000),
+        {
+            "id": "f",
+            "router": {
+                "mode": "ROUTER_MODE_LLM",
+                "routes": [{"name": "yes"}, {"name": "no"}],
+                "llm": {"model": "claude-haiku-4-5", "thinking": "THINKING_ADAPTIVE"},
+            },
+        },
     ]
     found = violations(await rpc_error(stack.client.submit(request(nodes))))
     assert set(found) == {
@@ -306,6 +314,7 @@ async def test_settings_a_model_refuses_are_refused_at_submit_naming_the_field(
         "graph.nodes[2].llm.thinking",
         "graph.nodes[3].agent.llm.effort",
         "graph.nodes[4].llm.max_tokens",
+        "graph.nodes[5].router.llm.thinking",
     }
     assert "claude-sonnet-5-5" in found["graph.nodes[0].llm.temperature"]
     assert "between_tools" in found["graph.nodes[2].llm.thinking"]

@@ -162,6 +162,9 @@ class Text:
     delay: float = 0.0
     model: str = ""
     thinking: str = ""
+    stop: str = "end_turn"
+    """The stop reason: ``end_turn``, ``max_tokens``, ``stop_sequence``,
+    ``model_context_window_exceeded``..."""
 
 
 @dataclass
@@ -363,7 +366,10 @@ def check_request(body: dict[str, Any], thought: set[str]) -> Model | None:
     if model is None:
         raise Refused(404, "not_found_error", f"model: {name}")
     for param in ("temperature", "top_p", "top_k"):
-        if param in body and not model.sampling:
+        # Only non-default values are refused; 1.0 is temperature's default (top_p and top_k
+        # have none the pages state, so any value is refused: a guess).
+        default = param == "temperature" and body.get(param) == 1
+        if param in body and not model.sampling and not default:
             raise Refused(400, "invalid_request_error", f"{param} is deprecated for this model.")
     thinking = body.get("thinking")
     if isinstance(thinking, dict):
@@ -625,7 +631,7 @@ def _message(
         think(thinking)
     if isinstance(reply, Text):
         content.append({"type": "text", "text": reply.text})
-        stop = "end_turn"
+        stop = reply.stop
         name = reply.model or name
     elif isinstance(reply, Refusal):
         if reply.text:
