@@ -645,7 +645,10 @@ class LlmNode(_message.Message):
     provider: _builtins.str
     """Provider name (anthropic, openai, offline). Empty: the server default."""
     model: _builtins.str
-    """Model name, e.g. claude-sonnet-4-5. Empty: the provider's default."""
+    """Model name, e.g. claude-sonnet-5-5. Empty: the server's default. A
+    Claude model the server's catalogue does not know (`dago models`) is
+    refused unless the operator allows unknown models.
+    """
     system: _builtins.str
     """System prompt (a template)."""
     prompt: _builtins.str

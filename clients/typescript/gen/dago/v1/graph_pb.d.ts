@@ -412,7 +412,9 @@ export declare type LlmNode = Message$1<"dago.v1.LlmNode"> & {
   provider: string;
 
   /**
-   * Model name, e.g. claude-sonnet-4-5. Empty: the provider's default.
+   * Model name, e.g. claude-sonnet-5-5. Empty: the server's default. A
+   * Claude model the server's catalogue does not know (`dago models`) is
+   * refused unless the operator allows unknown models.
    *
    * @generated from field: string model = 2;
    */
