@@ -515,3 +515,20 @@ async def test_an_llm_node_caches_its_static_system_prompt_only(
     # A templated system prompt differs between runs: nothing is cached by default.
     assert c["system"] == "For late parcel." and "cache_control" not in c
     assert node_status(st, "b").usage.cache_read_input_tokens > 0
+
+
+async def test_the_cache_lifetime_is_a_node_and_a_graph_setting(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    nodes = [
+        agent("graph_default", "one", ["echo"]),
+        agent("own", "two", ["echo"], cacheTtl="CACHE_TTL_5M"),
+        agent("off", "three", ["echo"], cacheTtl="CACHE_TTL_OFF"),
+    ]
+    defaults = {"llmCacheTtl": "CACHE_TTL_1H"}
+    _, st = await stack.client.run(request(nodes, defaults=defaults))
+    assert st.state == COMPLETED, st
+    sent = {r.body["messages"][0]["content"]: r.body for r in fake.requests}
+    assert sent["one"]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert sent["two"]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in sent["three"]
