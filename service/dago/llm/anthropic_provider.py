@@ -2,11 +2,12 @@
 
 Calls stream: the SDK makes the request (``messages.with_streaming_response.create`` with
 ``stream=True``: auth, headers, timeouts, status errors) and dago reads the Server-Sent
-Events of the answer itself, keeping only what it uses (text, tool_use blocks, usage, model,
-stop reason); text deltas go to the caller as they arrive. The SDK's own accumulating
+Events of the answer itself, keeping only what it uses (text, thinking and tool_use blocks,
+usage, model, stop reason); text deltas go to the caller as they arrive. The SDK's own accumulating
 stream builds a typed event and a full message snapshot per event, which cost more CPU
 than the rest of an LLM node (~2.5 ms per call on a 2-core machine). One client, and so
 one HTTP connection pool, serves every call of the worker.
+
 Each request is shaped by the model's row in the catalogue (``dago.llm.models``):
 
 - Structured output: on models with constrained decoding, ``output_config.format`` with the
@@ -19,7 +20,9 @@ Each request is shaped by the model's row in the catalogue (``dago.llm.models``)
   ``temperature`` only when the node sets it (models that refuse it are refused at submit).
 - Prompt caching: a request with a ``cache_ttl`` carries a top-level ``cache_control``
   (automatic caching: the breakpoint is the last block and moves forward as an agent's
-  conversation grows, so every turn reads what the previous one wrote).
+  conversation grows, so every turn reads what the previous one wrote), or, with
+  ``cache_system``, a breakpoint on the system prompt (the part that repeats). Usage
+  reports cache writes split by lifetime; the 1-hour part is kept for pricing.
 - A ``refusal`` stop reason fails the call (PERMANENT: the same prompt is refused again).
 
 Agents: the request's tools go as ``tools`` (name, description, input_schema; ``strict``
