@@ -660,6 +660,16 @@ def _message(
     }
 
 
+def reply_message(reply: Answer, model: str) -> dict[str, Any]:
+    """The JSON message ``reply`` is for a plain request to ``model`` (bench/fake_llm.py)."""
+    return _message(reply, model, {}, model_of(model), _usage(reply.usage))
+
+
+def reply_events(reply: Answer, model: str) -> list[tuple[str, dict[str, Any]]]:
+    """The SSE events ``reply`` streams for a plain request to ``model``."""
+    return _events(reply_message(reply, model), getattr(reply, "chunks", 2))
+
+
 def split(text: str, n: int) -> list[str]:
     """``text`` in ``n`` pieces (the last takes the remainder)."""
     size = max(1, len(text) // max(1, n))
