@@ -44,6 +44,7 @@ say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
 .PHONY: web dagoctl docs docs-check gen-go gen-java
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
+.PHONY: check-anthropic
 .PHONY: helm helm-assets helm-docs lint-deploy
 
 help: ## Show this help
@@ -177,6 +178,9 @@ reliability: setup ## Fault-injection, hostile-input and load tests only (tests/
 	$(call say,pytest tests/reliability $(if $(RELIABILITY_FULL),RELIABILITY_FULL=$(RELIABILITY_FULL)) $(PYTEST_ARGS))
 	RELIABILITY_FULL=$(RELIABILITY_FULL) $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
 	@echo "figures: build/reliability/ (load-N.json)"
+
+check-anthropic: ## One small call per feature against the real Claude API (ANTHROPIC_API_KEY); prints what differs from the tests' fake
+	$(PY) scripts/check_anthropic.py
 
 bench: setup ## Benchmark dago vs Celery on a private Redis; writes bench/REPORT.md + chart.png (BENCH_SCALE=...)
 	$(PY) bench/run.py

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from fake_anthropic import Text, Usage, _events, _message
+from fake_anthropic import Text, Usage, reply_events, reply_message
 from fakehttp import read_request
 
 ANSWER = Text("A short fixed answer from the benchmark model.", 3, Usage(12, 9))
@@ -38,7 +38,7 @@ class FixedLatency:
         body = self._sse.get(model)
         if body is None:
             chunks = []
-            for name, data in _events(ANSWER, model):
+            for name, data in reply_events(ANSWER, model):
                 frame = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
                 chunks.append(b"%x\r\n%s\r\n" % (len(frame), frame))
             body = self._sse[model] = b"".join(chunks) + b"0\r\n\r\n"
@@ -47,7 +47,7 @@ class FixedLatency:
     def _json_body(self, model: str) -> bytes:
         body = self._json.get(model)
         if body is None:
-            body = self._json[model] = json.dumps(_message(ANSWER, model)).encode()
+            body = self._json[model] = json.dumps(reply_message(ANSWER, model)).encode()
         return body
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -47,6 +47,47 @@ def _print_config(settings: Settings) -> None:
         print(f"{var:<{width}}  {value}\n{'':<{width}}  # {doc}")
 
 
+def _print_models(settings: Settings) -> None:
+    """The model catalogue, with the prices this server charges (DAGO_PRICES applied)."""
+    from dago.llm import models
+    from dago.llm.prices import PriceTable
+
+    table = PriceTable(settings.prices, settings.unknown_model_price, settings.price_multiplier)
+    default = settings.llm_model or models.DEFAULT_MODEL
+    print(f"Claude models (checked {models.CHECKED}; {models.PRICING_PAGE}); default: {default}")
+    print("USD per million tokens: input / output / cache write 5m / cache write 1h / cache read")
+    mult = settings.price_multiplier
+
+    def fmt(p: models.Price) -> str:
+        figures = (p.input, p.output, p.cache_write_5m, p.cache_write_1h, p.cache_read)
+        return " / ".join(f"{x * mult:g}" for x in figures)
+
+    for m in models.CATALOGUE:
+        row = table.row(m.id)
+        price, long_prompt = row if row is not None else (m.price, m.long_prompt)
+
+        print(f"\n{m.id}  {m.name} ({m.status}){'  [default]' if m.id == default else ''}")
+        if m.aliases:
+            print(f"  aliases: {', '.join(m.aliases)}")
+        print(f"  context {m.context:,} tokens, output up to {m.max_output:,}")
+        print(f"  price: {fmt(price)}; batch: {models.BATCH_DISCOUNT:g}x input and output")
+        if long_prompt is not None:
+            print(f"  prompt over {long_prompt.threshold:,} tokens: {fmt(long_prompt.price)}")
+        thinking = ", ".join(m.thinking) or "none"
+        efforts = ", ".join(m.efforts) or "none"
+        print(
+            f"  thinking: {thinking}; effort: {efforts}"
+            + (f" (default {m.default_effort})" if m.default_effort else "")
+        )
+        print(
+            f"  temperature: {'yes' if m.sampling else 'refused'}; structured outputs: "
+            f"{'native' if m.structured else 'forced tool'}; forced tool use: "
+            f"{'yes' if m.forced_tool else 'refused'}"
+        )
+    if settings.allow_unknown_models:
+        print(f"\nother models allowed, priced {settings.unknown_model_price}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m dago``."""
     given = sys.argv[1:] if argv is None else argv
@@ -60,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run a worker process")
     sub.add_parser("dev", help="all in one: Redis (if DAGO_REDIS_URL is unset), API and workers")
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    sub.add_parser("models", help="print the model catalogue: limits, settings and prices")
     sub.add_parser("keys", help="make API keys: `dago keys new --namespace NS`, `dago keys hash`")
     probe.add_parser(sub)
     args = parser.parse_args(argv)
@@ -77,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return probe.run(args, settings)
     if args.command == "config":
         _print_config(settings)
+        return 0
+    if args.command == "models":
+        _print_models(settings)
         return 0
     if args.command == "dev":
         from dago.devtools.dev import run_dev

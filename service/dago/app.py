@@ -12,6 +12,7 @@ from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
+from dago.llm.providers import default_provider
 from dago.nodes import build_deps, build_handlers, kind_checks
 from dago.nodes.toolbox import known_names
 from dago.observe.metrics import Metrics, new_registry
@@ -35,6 +36,9 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
         default_attempt_timeout=settings.attempt_timeout_s,
         max_graph_bytes=settings.max_graph_bytes,
         budget_s=settings.compile_budget_s,
+        llm_provider=default_provider(settings),
+        llm_model=settings.llm_model,
+        allow_unknown_models=settings.allow_unknown_models,
     )
     cel = CelCompiler(
         max_expression_tokens=settings.max_expression_tokens,

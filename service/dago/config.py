@@ -84,6 +84,10 @@ class Settings:
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str = "https://api.openai.com/v1"
     prices: str = ""
+    price_multiplier: float = 1.0
+    allow_unknown_models: bool = False
+    unknown_model_price: str = ""
+    llm_cache_ttl: str = "5m"
     http_allow: str = ""
     http_max_response_bytes: int = 10 * 1024 * 1024
     mcp_servers: str = field(default="", repr=False)
@@ -169,9 +173,14 @@ def _prices(v: Any) -> str | None:
     if not isinstance(table, dict):
         return "must be a JSON object: model -> {input, output, cache_write, cache_read}"
     for model, row in table.items():
-        if not isinstance(row, dict) or not all(
-            isinstance(row.get(k, 0), int | float) and row.get(k, 0) >= 0
-            for k in ("input", "output", "cache_write", "cache_read")
+        rows = [row, row.get("long_prompt") or {}] if isinstance(row, dict) else [row]
+        if not all(
+            isinstance(r, dict)
+            and all(
+                isinstance(r.get(k, 0), int | float) and r.get(k, 0) >= 0
+                for k in ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+            )
+            for r in rows
         ):
             return f"{model!r}: give non-negative USD per million tokens as numbers"
     return None
@@ -401,8 +410,29 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "prices": _Spec(
         "LLM prices overriding the built-in table: JSON (or the path of a JSON file) mapping a "
-        "model (or model prefix) to USD per million input/output/cache_write/cache_read tokens.",
+        "model (or model prefix) to USD per million input/output/cache_write (5-minute)/"
+        "cache_write_1h/cache_read tokens, with an optional long_prompt row {threshold, ...} for "
+        "prompts over threshold tokens.",
         _prices,
+    ),
+    "price_multiplier": _Spec(
+        "Multiplier applied to every LLM price (deployment options that carry one, such as a "
+        "regional or data-residency endpoint; 1: list prices).",
+        lambda v: None if v > 0 else "must be positive",
+    ),
+    "allow_unknown_models": _Spec(
+        "Accept Claude models the built-in catalogue does not know (`dago models` lists it); "
+        "they are priced by DAGO_UNKNOWN_MODEL_PRICE and their settings are not checked at submit."
+    ),
+    "unknown_model_price": _Spec(
+        "The price of models allowed by DAGO_ALLOW_UNKNOWN_MODELS that DAGO_PRICES does not "
+        'name: one row of DAGO_PRICES, e.g. `{"input": 3, "output": 15}`.',
+        lambda v: _prices(f'{{"unknown": {v}}}') if v else None,
+    ),
+    "llm_cache_ttl": _Spec(
+        "Prompt cache lifetime of Claude calls whose node and graph set none: 5m, 1h, or off "
+        "(no cache_control is sent).",
+        lambda v: None if v in ("5m", "1h", "off") else "must be 5m, 1h or off",
     ),
     "http_allow": _Spec(
         "Hosts and CIDRs HTTP nodes may reach although private, loopback or link-local "
@@ -607,6 +637,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         problem = spec.check(getattr(settings, name))
         if problem:
             raise ConfigError(f"{env_name(name)} {problem} (got {getattr(settings, name)!r})")
+    if settings.allow_unknown_models and not settings.unknown_model_price:
+        # An allowed model without a price would cost $0 on every report: say what it costs.
+        raise ConfigError(
+            f"{env_name('allow_unknown_models')} needs {env_name('unknown_model_price')}: "
+            "the price of the models it lets in (USD per million tokens, e.g. "
+            '{"input": 3, "output": 15})'
+        )
     return settings
 
 

@@ -863,6 +863,9 @@ async def test_metrics_show_no_namespace_graph_or_tenant_model(make_stack: MakeS
             anthropic_api_key=KEY_SHAPED,
             anthropic_base_url=fake.url,
             llm_provider="anthropic",
+            # A tenant's own model gets past submit only where the operator allows it.
+            allow_unknown_models=True,
+            unknown_model_price='{"input": 1, "output": 1}',
         )
         a = Client(f"127.0.0.1:{s.port}", KEY_A)
         try:

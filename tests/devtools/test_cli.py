@@ -64,6 +64,22 @@ def test_config_prints_every_setting_with_the_password_redacted(url: str) -> Non
     assert any(line.split() == ["DAGO_SHARDS", "7"] for line in p.stdout.splitlines()), out
 
 
+# --- dago models ----------------------------------------------------------------------------
+
+
+def test_models_prints_the_catalogue_with_the_prices_this_server_charges() -> None:
+    p = dago("models", DAGO_PRICES='{"claude-opus-5-5": {"input": 3, "output": 11}}')
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "checked 2026-12-07" in out and "default: claude-sonnet-5-5" in out
+    assert "claude-sonnet-5-5  Claude Sonnet 5.5 (latest)  [default]" in out
+    assert "prompt over 100,000 tokens: 0.5 / 2.5 / 0.625 / 1 / 0.05" in out
+    assert "forced tool use: refused" in out
+    # DAGO_PRICES overrides the catalogue's row (its 5m write, unset, is 0; 1h 1.6x that).
+    opus = out.split("claude-opus-5-5 ")[1].split("\n\n")[0]
+    assert "price: 3 / 11 / 0 / 0 / 0" in opus
+
+
 def test_config_without_secrets_prints_the_url_unchanged() -> None:
     p = dago("config", DAGO_REDIS_URL="redis://127.0.0.1:7777/3")
     assert p.returncode == 0, p.stderr

@@ -11,6 +11,7 @@ events, results or logs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,8 @@ from harness import (
 )
 
 KEY = "sk-ant-test-0123456789-SECRET"
+OLD = "claude-sonnet-4-0"
+"""An earlier-generation model without native structured outputs (forced tool use)."""
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED
 CANCELLED = execution_pb2.GRAPH_STATE_CANCELLED
@@ -101,6 +104,7 @@ async def test_deltas_reach_a_watcher_in_order_and_add_up_to_the_output(
         "ask",
         "Summarise {{ inputs.topic }} in {{ inputs.n }} words.",
         system="You are {{ inputs.role }}.",
+        model="claude-sonnet-4-6",  # a model that still takes a temperature
         temperature=0.2,
         maxTokens=300,
         stopSequences=["END"],
@@ -134,12 +138,13 @@ async def test_deltas_reach_a_watcher_in_order_and_add_up_to_the_output(
 async def test_structured_output_is_repaired_once_and_drives_conditions(
     stack: InProcessStack, fake: FakeAnthropic
 ) -> None:
+    # A model without native structured outputs: forced tool use, and one repair.
     fake.script = [
         ToolUse({"priority": "urgent", "score": 2, "tags": []}),
         ToolUse({"priority": "high", "score": 3, "tags": ["billing"]}),
     ]
     nodes = [
-        llm("extract", "Triage: {{ inputs.ticket }}", outputSchema=SCHEMA),
+        llm("extract", "Triage: {{ inputs.ticket }}", outputSchema=SCHEMA, model=OLD),
         echo("page", who="{{ nodes.extract.output.tags[0] }}"),
         echo("later"),
     ]
@@ -168,7 +173,7 @@ async def test_structured_output_still_invalid_after_the_repair_fails_the_node(
 ) -> None:
     fake.script = [ToolUse({"priority": "x"}), ToolUse({"priority": "y"})]
     _, st = await stack.client.run(
-        request([llm("extract", "t", outputSchema=SCHEMA, retry=fast_retry())])
+        request([llm("extract", "t", outputSchema=SCHEMA, model=OLD, retry=fast_retry())])
     )
     assert st.state == FAILED
     err = node_status(st, "extract").error
@@ -191,13 +196,18 @@ async def test_usage_and_cost_add_up_per_node_and_graph(
     nodes = [
         llm("a", "one", model="claude-sonnet-4-6"),
         llm("b", "two", model="claude-haiku-4-5"),
-        llm("c", "three {{ nodes.a.output.text }} {{ nodes.b.output.text }}", model="claude-x"),
+        llm(
+            "c",
+            "three {{ nodes.a.output.text }} {{ nodes.b.output.text }}",
+            model="claude-sonnet-5",
+        ),
     ]
     gid, st = await stack.client.run(request(nodes, [edge("a", "c"), edge("b", "c")]))
     assert st.state == COMPLETED, st
     sonnet = (100 * 3 + 50 * 15 + 20 * 3.75 + 10 * 0.3) / 1e6
     haiku = (100 * 1 + 50 * 5 + 20 * 1.25 + 10 * 0.1) / 1e6
-    costs = {"a": sonnet, "b": haiku, "c": 0.0}  # claude-x has no price: 0
+    sonnet5 = (100 * 2 + 50 * 10 + 20 * 2.5 + 10 * 0.2) / 1e6
+    costs = {"a": sonnet, "b": haiku, "c": sonnet5}
     for n, cost in costs.items():
         nu = node_status(st, n).usage
         assert (nu.input_tokens, nu.output_tokens) == (100, 50)
@@ -205,7 +215,7 @@ async def test_usage_and_cost_add_up_per_node_and_graph(
         assert nu.cost_usd == pytest.approx(cost)
     assert (st.usage.input_tokens, st.usage.output_tokens) == (300, 150)
     assert (st.usage.cache_creation_input_tokens, st.usage.cache_read_input_tokens) == (60, 30)
-    assert st.usage.cost_usd == pytest.approx(sonnet + haiku)
+    assert st.usage.cost_usd == pytest.approx(sonnet + haiku + sonnet5)
     events = await stack.client.history(gid)
     usage_events = {e.node_id: e.usage for e in of_kind(events, "usage")}
     assert set(usage_events) == {"a", "b", "c"}
@@ -214,7 +224,7 @@ async def test_usage_and_cost_add_up_per_node_and_graph(
     )
     assert usage_events["b"].usage.cost_usd == pytest.approx(haiku)
     done = of_kind(events, "graph_completed")[0].graph_completed
-    assert done.usage.cost_usd == pytest.approx(sonnet + haiku)
+    assert done.usage.cost_usd == pytest.approx(sonnet + haiku + sonnet5)
     result = await stack.client.result(gid)
     assert result.usage.input_tokens == 300
 
@@ -421,7 +431,7 @@ ROUTE_EDGES = [
 async def test_llm_router_takes_the_route_the_model_chooses(
     stack: InProcessStack, fake: FakeAnthropic
 ) -> None:
-    fake.script = [ToolUse({"route": "billing", "confidence": 0.92, "reason": "a refund"})]
+    fake.script = [Text(json.dumps({"route": "billing", "confidence": 0.92, "reason": "a refund"}))]
     nodes = triage("ROUTER_MODE_LLM", llm={"prompt": "Ticket: {{ input.text }}"})
     gid, st = await stack.client.run(
         request(nodes, ROUTE_EDGES, inputs={"ticket": "please refund me"})
@@ -443,7 +453,7 @@ async def test_llm_router_takes_the_route_the_model_chooses(
     prompt = sent.body["messages"][-1]["content"]
     assert prompt.startswith("Ticket: please refund me")
     assert "- billing: payments, invoices, refunds" in prompt and "- other:" in prompt
-    schema = sent.body["tools"][0]["input_schema"]
+    schema = sent.body["output_config"]["format"]["schema"]
     assert schema["properties"]["route"]["enum"] == ["billing", "outage", "other"]
     assert node_status(st, "r").usage.input_tokens == 10
 
@@ -456,7 +466,7 @@ async def test_hybrid_router_asks_the_model_only_when_no_condition_holds(
         request(nodes, ROUTE_EDGES, inputs={"ticket": "checkout returns 500"})
     )
     assert node_status(st, "r").route == "outage" and fake.requests == []
-    fake.script = [ToolUse({"route": "other", "confidence": 0.4, "reason": "unclear"})]
+    fake.script = [Text(json.dumps({"route": "other", "confidence": 0.4, "reason": "unclear"}))]
     _, st = await stack.client.run(request(nodes, ROUTE_EDGES, inputs={"ticket": "hello"}))
     assert st.state == COMPLETED, st
     assert node_status(st, "r").route == "other" and len(fake.requests) == 1

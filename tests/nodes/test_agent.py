@@ -138,7 +138,15 @@ async def test_an_agent_uses_an_operator_tool_the_http_tool_and_an_mcp_tool(
         Text("Order A-100 has shipped to Paris, where it is 21 C.", usage=Usage(250, 40)),
     ]
     prompt = "Where is order {{ inputs.order }} going, and what is the weather there?"
-    node = agent("helper", prompt, ["order_status", "http", "kb/capital"], maxTurns=6)
+    # The scripted usage is summed as is: no prompt caching here (tests/llm/test_claude_today.py
+    # has the cache's own counts).
+    node = agent(
+        "helper",
+        prompt,
+        ["order_status", "http", "kb/capital"],
+        maxTurns=6,
+        llm={"cacheTtl": "CACHE_TTL_OFF"},
+    )
     gid = await stack.client.submit(request([node], inputs={"order": "A-100"}))
     st = await stack.client.wait(gid, 60)
     assert st.state == COMPLETED, st

@@ -38,8 +38,8 @@ from obshelpers import TOOLS, marker
 from redisfixture import RedisCluster, RedisServer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-MODEL = "claude-test-1"
-PRICES = {"claude-test": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}
+MODEL = "claude-sonnet-4-6-20260101"
+PRICES = {"claude-sonnet-4-6": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}
 
 
 async def scrape(port: int) -> Samples:

@@ -42,7 +42,7 @@ from redisfixture import RedisServer
 # The worker (or the dago command) runs as a process.
 pytestmark = pytest.mark.process
 
-MODEL = "claude-test-1"
+MODEL = "claude-sonnet-4-6-20260101"
 
 
 @dataclass

@@ -356,6 +356,7 @@ def _compile_nodes(
             retry=effective_retry(node, graph),
             attempt_timeout=timeout,
             templates=parts.templates,
+            llm_cache_ttl=graph.defaults.llm_cache_ttl,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs

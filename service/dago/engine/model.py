@@ -44,6 +44,9 @@ class CompiledNode:
     refs: Refs = Refs.EMPTY
     templates: dict[str, Template] = field(default_factory=dict)
     """Templates of the kind's own fields (``llm.prompt``, ``http.url``...), scope ROUTE."""
+    llm_cache_ttl: int = 0
+    """The graph's ``defaults.llm_cache_ttl`` (a ``CacheTtl``): model calls of the node that
+    set none use it."""
 
 
 @dataclass
@@ -79,3 +82,9 @@ class CompileOptions:
     """Largest graph definition (serialized), checked before anything else."""
     budget_s: float = 2.0
     """CPU seconds compiling one graph may take; past it the graph is refused."""
+    llm_provider: str = ""
+    """The provider of model nodes that name none (``anthropic``, ``openai``, ``offline``)."""
+    llm_model: str = ""
+    """The model of model nodes that name none (empty: the provider's default)."""
+    allow_unknown_models: bool = False
+    """Accept Claude models the catalogue does not know (else refused at submit)."""

@@ -29,6 +29,9 @@ class Usage:
     cost_usd: float = 0.0
     provider: str = ""
     model: str = ""
+    cache_write_1h_input_tokens: int = 0
+    """Of ``cache_creation_input_tokens``, those written with the 1-hour lifetime (they cost
+    more than 5-minute writes); priced by the worker, not recorded on their own."""
 
     @property
     def tokens(self) -> int:
@@ -50,6 +53,7 @@ class Usage:
             self.cost_usd + other.cost_usd,
             other.provider or self.provider,
             other.model or self.model,
+            self.cache_write_1h_input_tokens + other.cache_write_1h_input_tokens,
         )
 
 

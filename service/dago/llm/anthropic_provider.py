@@ -2,21 +2,38 @@
 
 Calls stream: the SDK makes the request (``messages.with_streaming_response.create`` with
 ``stream=True``: auth, headers, timeouts, status errors) and dago reads the Server-Sent
-Events of the answer itself, keeping only what it uses (text, tool_use blocks, usage, model,
-stop reason); text deltas go to the caller as they arrive. The SDK's own accumulating
+Events of the answer itself, keeping only what it uses (text, thinking and tool_use blocks,
+usage, model, stop reason); text deltas go to the caller as they arrive. The SDK's own accumulating
 stream builds a typed event and a full message snapshot per event, which cost more CPU
 than the rest of an LLM node (~2.5 ms per call on a 2-core machine). One client, and so
 one HTTP connection pool, serves every call of the worker.
-Structured output is forced tool use: one tool whose ``input_schema`` is the
-node's output schema and ``tool_choice`` naming it; the tool input is checked
-with ``jsonschema`` and, when it does not match, the model is asked once more
-with the validation error as the tool result.
 
-Agents: the request's tools go as ``tools`` (name, description, input_schema); the
-model's ``tool_use`` blocks come back as ``LlmResponse.tool_calls`` and an assistant
-turn that made calls is sent back as its text and ``tool_use`` blocks, followed by a
-user turn of ``tool_result`` blocks (``is_error`` for failed calls). Text deltas of
-every turn still stream to the caller.
+Each request is shaped by the model's row in the catalogue (``dago.llm.models``):
+
+- Structured output: on models with constrained decoding, ``output_config.format`` with the
+  node's JSON Schema; the answer is JSON text, checked with ``jsonschema`` (a mismatch, e.g.
+  an answer cut by max_tokens, fails the call: decoding was constrained, asking again would
+  not help). On models without it, forced tool use: one tool whose ``input_schema`` is the
+  schema and ``tool_choice`` naming it, and when the input does not match, the model is
+  asked once more with the validation error as the tool result.
+- ``effort`` goes as ``output_config.effort``, ``thinking`` as ``thinking.type``;
+  ``temperature`` only when the node sets it (models that refuse it are refused at submit).
+- Prompt caching: a request with a ``cache_ttl`` carries a top-level ``cache_control``
+  (automatic caching: the breakpoint is the last block and moves forward as an agent's
+  conversation grows, so every turn reads what the previous one wrote), or, with
+  ``cache_system``, a breakpoint on the system prompt (the part that repeats). Usage
+  reports cache writes split by lifetime; the 1-hour part is kept for pricing.
+- A ``refusal`` stop reason fails the call (PERMANENT: the same prompt is refused again).
+
+Agents: the request's tools go as ``tools`` (name, description, input_schema; ``strict``
+on models with structured outputs when the schema closes its object with
+``additionalProperties: false``, as strict tool use requires); the model's ``tool_use``
+blocks come back as ``LlmResponse.tool_calls``, and the whole assistant turn (thinking
+blocks with their signatures, text, tool_use) comes back as ``LlmResponse.raw``, which the
+agent sends back unchanged, followed by a user turn of ``tool_result`` blocks
+(``is_error`` for failed calls). Text deltas of every turn stream to the caller; on models
+that write the text between tool calls into thinking blocks (Sonnet 5.5) the request asks
+for that thinking to be returned (``display: summarized``) and its text streams too.
 
 The SDK's own retries are off (``max_retries=0``): dago's retry policy decides,
 and a ``retry-after`` the API sends is passed on as ``NodeFailure.retry_after``.
@@ -39,17 +56,19 @@ import httpx2
 
 from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.output_schema import validation_error
+from dago.llm import models
 from dago.llm.base import (
     ChatMessage,
     LlmRequest,
     LlmResponse,
     OnText,
     ToolCallRequest,
+    ToolSpec,
     retry_after,
 )
 from dago.v1 import graph_pb2
 
-DEFAULT_MODEL = "claude-sonnet-4-6"
+DEFAULT_MODEL = models.DEFAULT_MODEL
 TOOL_NAME = "structured_output"
 
 _FIX = {
@@ -83,9 +102,17 @@ class AnthropicProvider:
     async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
         """One call (two with a schema repair); raises NodeFailure classified as above."""
         messages = [_message(m) for m in request.messages]
+        info = models.find(request.model)
         try:
-            msg = await self._stream(request, messages, on_text)
+            msg = await self._stream(request, messages, on_text, info)
             usage = msg.usage
+            if msg.stop_reason == "refusal":
+                raise NodeFailure(
+                    graph_pb2.ERROR_CLASS_PERMANENT,
+                    "the model declined to answer (stop_reason refusal); rephrase the prompt",
+                    False,
+                    usage=usage,
+                )
             if request.output_schema is None:
                 text = "".join(b.text for b in msg.content if b.type == "text")
                 calls = tuple(
@@ -94,14 +121,21 @@ class AnthropicProvider:
                     if b.type == "tool_use"
                 )
                 return LlmResponse(
-                    text, usage, msg.model, stop_reason=msg.stop_reason, tool_calls=calls
+                    text,
+                    usage,
+                    msg.model,
+                    stop_reason=msg.stop_reason,
+                    tool_calls=calls,
+                    raw=tuple(b.param() for b in msg.content),
                 )
+            if _native(info):
+                return _native_answer(msg, request.output_schema)
             obj, problem, block = _structured(msg, request.output_schema)
             if problem is not None:
                 # One repair: show the model its output and what is wrong with it.
                 messages.append({"role": "assistant", "content": [_tool_use(block)]})
                 messages.append({"role": "user", "content": [_repair(block, problem)]})
-                msg = await self._stream(request, messages, on_text)
+                msg = await self._stream(request, messages, on_text, info)
                 usage = usage + msg.usage
                 obj, problem, _ = _structured(msg, request.output_schema)
             if problem is not None or obj is None:
@@ -142,42 +176,129 @@ class AnthropicProvider:
             ) from None
 
     async def _stream(
-        self, request: LlmRequest, messages: list[dict[str, Any]], on_text: OnText
+        self,
+        request: LlmRequest,
+        messages: list[dict[str, Any]],
+        on_text: OnText,
+        info: models.ModelInfo | None,
     ) -> _Reply:
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "messages": messages,
-        }
-        if request.system:
-            kwargs["system"] = request.system
-        if request.stop:
-            kwargs["stop_sequences"] = list(request.stop)
-        if "user_id" in request.metadata:
-            kwargs["metadata"] = {"user_id": request.metadata["user_id"]}
-        if request.temperature is not None:
-            # Not a named parameter of every SDK release; the API accepts it in the body.
-            kwargs["extra_body"] = {"temperature": request.temperature}
-        if request.output_schema is not None:
-            kwargs["tools"] = [
-                {
-                    "name": TOOL_NAME,
-                    "description": "Give your answer as this tool's input.",
-                    "input_schema": request.output_schema,
-                }
-            ]
-            kwargs["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
-        elif request.tools:
-            kwargs["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": t.parameters}
-                for t in request.tools
-            ]
+        kwargs = _body(request, messages, info)
+        # Text between tool calls that comes back inside thinking blocks is the model talking
+        # to the user: stream it like text (other thinking stays out of the deltas).
+        narrate = bool(request.tools) and info is not None and info.text_in_thinking
         # Awaited in the attempt's task: cancelling the task closes the HTTP stream at once
         # (leaving the block closes the response, and a connection whose answer was not read
         # to the end is not reused).
         streaming = self._client.messages.with_streaming_response
         async with streaming.create(stream=True, **kwargs) as raw:
-            return await _read(raw.http_response, on_text)
+            return await _read(raw.http_response, on_text, narrate)
+
+
+def _native(info: models.ModelInfo | None) -> bool:
+    """Structured output through ``output_config.format`` (unknown models: assumed current)."""
+    return info is None or info.structured
+
+
+def _body(
+    request: LlmRequest, messages: list[dict[str, Any]], info: models.ModelInfo | None
+) -> dict[str, Any]:
+    """The Messages API parameters of ``request`` on the model ``info`` describes."""
+    kwargs: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": messages,
+    }
+    if request.system:
+        kwargs["system"] = request.system
+    if request.stop:
+        kwargs["stop_sequences"] = list(request.stop)
+    if "user_id" in request.metadata:
+        kwargs["metadata"] = {"user_id": request.metadata["user_id"]}
+    if request.temperature is not None:
+        # Not a named parameter of this SDK release (models of the 5.x generation refuse
+        # it); the API still accepts it in the body where the model does.
+        kwargs["extra_body"] = {"temperature": request.temperature}
+    config: dict[str, Any] = {}
+    if request.effort:
+        config["effort"] = request.effort
+    thinking = request.thinking
+    if request.tools and info is not None and info.text_in_thinking:
+        # Without a display that returns it, the text between tool calls is withheld.
+        thinking = thinking or "adaptive"
+    if thinking == "adaptive" and request.tools and info is not None and info.text_in_thinking:
+        kwargs["thinking"] = {"type": "adaptive", "display": "summarized"}
+    elif thinking:
+        kwargs["thinking"] = {"type": thinking}
+    if request.cache_ttl in models.CACHE_TTLS:
+        cache: dict[str, Any] = {"type": "ephemeral"}
+        if request.cache_ttl == "1h":
+            cache["ttl"] = "1h"
+        if request.cache_system and request.system:
+            # A breakpoint after the system prompt: what follows it varies from call to call.
+            kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": cache}]
+        else:
+            kwargs["cache_control"] = cache
+    strict = info is None or info.structured
+    if request.output_schema is not None and _native(info):
+        config["format"] = {"type": "json_schema", "schema": _constrained(request.output_schema)}
+    elif request.output_schema is not None:
+        kwargs["tools"] = [
+            {
+                "name": TOOL_NAME,
+                "description": "Give your answer as this tool's input.",
+                "input_schema": request.output_schema,
+            }
+        ]
+        kwargs["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+    elif request.tools:
+        kwargs["tools"] = [_tool(t, strict) for t in request.tools]
+    if config:
+        kwargs["output_config"] = config
+    return kwargs
+
+
+def _constrained(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` in the subset constrained decoding takes, as the SDK makes it: objects
+    closed, bounds it cannot enforce (minimum, maxLength...) moved into descriptions. The
+    answer is still checked against the node's own schema, bounds included."""
+    try:
+        return anthropic.transform_schema(schema)
+    except ValueError:
+        return schema  # the API says what it cannot take; the node fails with its message
+
+
+def _tool(t: ToolSpec, strict: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": t.name,
+        "description": t.description,
+        "input_schema": t.parameters,
+    }
+    # Strict tool use closes every object: only for tools whose schema is closed already (an
+    # open one, like echo's, would lose the arguments it was meant to take).
+    if strict and t.parameters.get("additionalProperties") is False:
+        out["input_schema"] = _constrained(t.parameters)
+        out["strict"] = True
+    return out
+
+
+def _native_answer(msg: _Reply, schema: dict[str, Any]) -> LlmResponse:
+    """The object of an ``output_config.format`` answer: its text, parsed and checked."""
+    text = "".join(b.text for b in msg.content if b.type == "text")
+    try:
+        obj = json.loads(text)
+        problem = None if isinstance(obj, dict) else "the answer is not a JSON object"
+    except json.JSONDecodeError as e:
+        obj, problem = None, f"the answer is not JSON ({e.msg}; stop_reason {msg.stop_reason})"
+    if problem is None:
+        problem = validation_error(schema, obj)
+    if problem is not None or not isinstance(obj, dict):
+        raise NodeFailure(
+            graph_pb2.ERROR_CLASS_PERMANENT,
+            f"the model's output does not match output_schema: {problem}",
+            False,
+            usage=msg.usage,
+        )
+    return LlmResponse(_json(obj), msg.usage, msg.model, object=obj, stop_reason=msg.stop_reason)
 
 
 @dataclass
@@ -190,10 +311,23 @@ class _Block:
     input: Any = None
     texts: list[str] = field(default_factory=list)
     json_parts: list[str] = field(default_factory=list)
+    signature: str = ""
+    data: str = ""
+    """A ``redacted_thinking`` block's opaque data."""
 
     @property
     def text(self) -> str:
         return "".join(self.texts)
+
+    def param(self) -> dict[str, Any]:
+        """The block as it is sent back in a later request (thinking unchanged)."""
+        if self.type == "thinking":
+            return {"type": "thinking", "thinking": self.text, "signature": self.signature}
+        if self.type == "redacted_thinking":
+            return {"type": "redacted_thinking", "data": self.data}
+        if self.type == "tool_use":
+            return _tool_use(self)
+        return {"type": "text", "text": self.text}
 
 
 @dataclass
@@ -223,16 +357,19 @@ def _merge_usage(usage: Usage, raw: Any) -> Usage:
     counts: dict[str, Any] = {
         name: int(raw[name]) for name in _USAGE_FIELDS if isinstance(raw.get(name), int)
     }
+    split = raw.get("cache_creation")
+    if isinstance(split, dict) and isinstance(split.get("ephemeral_1h_input_tokens"), int):
+        counts["cache_write_1h_input_tokens"] = split["ephemeral_1h_input_tokens"]
     return replace(usage, **counts) if counts else usage
 
 
-async def _read(response: httpx2.Response, on_text: OnText) -> _Reply:
+async def _read(response: httpx2.Response, on_text: OnText, narrate: bool = False) -> _Reply:
     """The answer a Messages API event stream carries; text deltas go to ``on_text``.
 
     As the SDK's stream does: ``ping`` events and events without a name are skipped, an
     ``error`` event raises ``APIStatusError`` (its ``type`` from the event's body), data that
     is not JSON raises ``JSONDecodeError``. A stream that ends before ``message_stop`` is a
-    broken answer, not a short one.
+    broken answer, not a short one. Thinking text goes to ``on_text`` when ``narrate``.
     """
     reply = _Reply()
     blocks: dict[int, _Block] = {}
@@ -263,6 +400,13 @@ async def _read(response: httpx2.Response, on_text: OnText) -> _Reply:
                     on_text(text)
                 elif delta.get("type") == "input_json_delta":
                     block.json_parts.append(delta.get("partial_json") or "")
+                elif delta.get("type") == "thinking_delta":
+                    text = delta.get("thinking") or ""
+                    block.texts.append(text)
+                    if narrate:
+                        on_text(text)
+                elif delta.get("type") == "signature_delta":
+                    block.signature += delta.get("signature") or ""
             elif kind == "content_block_start":
                 cb = event.get("content_block") or {}
                 block = _Block(
@@ -271,8 +415,10 @@ async def _read(response: httpx2.Response, on_text: OnText) -> _Reply:
                     name=str(cb.get("name", "")),
                     input=cb.get("input"),
                 )
-                if cb.get("text"):
-                    block.texts.append(cb["text"])
+                if cb.get("text") or cb.get("thinking"):
+                    block.texts.append(cb.get("text") or cb["thinking"])
+                block.signature = str(cb.get("signature") or "")
+                block.data = str(cb.get("data") or "")
                 blocks[event.get("index", len(blocks))] = block
             elif kind == "message_start":
                 started = True
@@ -358,6 +504,8 @@ class _SseDecoder:
 
 def _message(m: ChatMessage) -> dict[str, Any]:
     """The Messages API form of one turn (content blocks when it carries tool use)."""
+    if m.raw:
+        return {"role": m.role, "content": list(m.raw)}
     if m.tool_results:
         results: list[dict[str, Any]] = [
             {

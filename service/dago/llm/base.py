@@ -64,6 +64,10 @@ class ChatMessage:
     content: str
     tool_calls: tuple[ToolCallRequest, ...] = ()
     tool_results: tuple[ToolOutcome, ...] = ()
+    raw: tuple[Any, ...] = ()
+    """An assistant turn's content blocks as the provider returned them (thinking blocks with
+    their signatures included), sent back unchanged: some models refuse a conversation
+    whose thinking was changed or dropped. Empty: built from ``content`` and ``tool_calls``."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ class LlmRequest:
     output_schema: dict[str, Any] | None = None
     tools: tuple[ToolSpec, ...] = ()
     """Tools the model may call (agents); a response then may hold ``tool_calls``."""
+    effort: str = ""
+    """``low`` .. ``max``; empty: the model's default (checked against the model at submit)."""
+    thinking: str = ""
+    """``adaptive``, ``between_tools`` or ``disabled``; empty: the model's default."""
+    cache_ttl: str = ""
+    """Prompt cache lifetime, ``5m`` or ``1h``; empty: no caching asked for."""
+    cache_system: bool = False
+    """Cache up to the end of the system prompt (it repeats, the rest varies) instead of the
+    whole prompt (a conversation whose every turn repeats the previous one)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,8 @@ class LlmResponse:
     stop_reason: str = ""
     tool_calls: tuple[ToolCallRequest, ...] = ()
     """The tool calls the model made (it ended its turn to get their results)."""
+    raw: tuple[Any, ...] = ()
+    """The answer's content blocks as the provider sent them (``ChatMessage.raw``)."""
 
 
 class Provider(Protocol):

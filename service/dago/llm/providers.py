@@ -42,12 +42,7 @@ class Providers:
 
     def default_name(self) -> str:
         """The provider of nodes that name none."""
-        s = self._settings
-        if s.llm_provider:
-            return s.llm_provider
-        if s.anthropic_api_key:
-            return "anthropic"
-        return "openai" if s.openai_api_key else "offline"
+        return default_provider(self._settings)
 
     async def load(self, name: str) -> None:
         """Import the SDK of the provider ``name`` would resolve to, off the event loop.
@@ -119,6 +114,15 @@ class Providers:
             await self._anthropic.close()
         if self._openai is not None:
             await self._openai.close()
+
+
+def default_provider(s: Settings) -> str:
+    """The provider of nodes that name none, by the resolution of the module doc."""
+    if s.llm_provider:
+        return s.llm_provider
+    if s.anthropic_api_key:
+        return "anthropic"
+    return "openai" if s.openai_api_key else "offline"
 
 
 def _import(module: str) -> None:

@@ -3,7 +3,8 @@
 Each turn is one model call (through the provider interface, text deltas streamed
 as coalesced ``llm_delta`` events, like the ``llm`` node) with the agent's tools.
 When the model ends its turn without calling a tool, its text is the node's result
-``{text, model, provider, turns, tool_calls}``. When it calls tools, every call is
+``{text, model, provider, turns, tool_calls, turn_usage}`` (``turn_usage``: each turn's
+tokens, cache reads and writes, and cost). When it calls tools, every call is
 a ``tool_call`` event (id, tool, arguments), the calls of one turn run concurrently,
 each result is a ``tool_result`` event (result, or error), and the results go back
 to the model for the next turn. After ``max_turns`` turns (``DAGO_AGENT_MAX_TURNS``
@@ -174,22 +175,26 @@ class AgentHandler(NodeHandler):
         if spec.HasField("tool_timeout"):
             timeout = spec.tool_timeout.seconds + spec.tool_timeout.nanos / 1e9
         messages = list(request.messages)
-        # The turns' tokens, labelled with the last model that answered; priced once.
+        # The turns' tokens and cost, labelled with the last model that answered. Each call is
+        # priced on its own: a price tier by prompt length applies per request.
         spent = Usage(provider=provider.name, model=model)
         calls_made = 0
+        per_turn: list[dict[str, Any]] = []
         resp: LlmResponse | None = None
         for turn in range(1, max_turns + 1):
             try:
-                resp, _ = await self._model.call(
+                resp, priced = await self._model.call(
                     ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
                 )
             except NodeFailure as f:
+                # The failed call's usage comes priced (ModelCaller.call).
                 if f.usage is not None:
-                    f.usage = self._model.price(spent + f.usage)
+                    f.usage = spent + f.usage
                 elif spent.tokens:
-                    f.usage = self._model.price(spent)
+                    f.usage = spent
                 raise
-            spent = spent + resp.usage
+            spent = spent + priced
+            per_turn.append(_turn_usage(priced))
             if not resp.tool_calls:
                 value = {
                     "text": resp.text,
@@ -197,10 +202,15 @@ class AgentHandler(NodeHandler):
                     "provider": provider.name,
                     "turns": turn,
                     "tool_calls": calls_made,
+                    "turn_usage": per_turn,
                 }
-                return NodeResult(value, usage=self._model.price(spent))
+                return NodeResult(value, usage=spent)
             calls_made += len(resp.tool_calls)
-            messages.append(ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls))
+            # The turn goes back as the model wrote it: thinking blocks unchanged, with their
+            # signatures (a model may refuse a conversation whose thinking was altered).
+            messages.append(
+                ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls, raw=resp.raw)
+            )
             outcomes = await self._run_tools(ctx, turn, resp.tool_calls, by_model, timeout)
             messages.append(ChatMessage("user", "", tool_results=tuple(outcomes)))
         asked = ", ".join(sorted({c.name for c in resp.tool_calls})) if resp else ""
@@ -210,7 +220,7 @@ class AgentHandler(NodeHandler):
             f"for tools ({asked}); raise max_turns or narrow the task",
             False,
         )
-        failure.usage = self._model.price(spent)
+        failure.usage = spent
         raise failure
 
     async def _emit(self, ctx: NodeContext, events: list[tuple[str, str]]) -> None:
@@ -295,6 +305,18 @@ class AgentHandler(NodeHandler):
         # Some APIs refuse an empty tool result: say that there was none.
         content = _cut(error if error else _text(result), RESULT_CHARS) or "(no output)"
         return ToolOutcome(call.id, call.name, content, is_error=bool(error))
+
+
+def _turn_usage(u: Usage) -> dict[str, Any]:
+    """One turn's tokens and cost, as the result lists them (cache reads and writes show
+    whether the turn read the conversation's cached prefix)."""
+    return {
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_creation_input_tokens": u.cache_creation_input_tokens,
+        "cache_read_input_tokens": u.cache_read_input_tokens,
+        "cost_usd": u.cost_usd,
+    }
 
 
 def _arguments_problem(tool: Tool, args: dict[str, Any]) -> str:

@@ -34,9 +34,11 @@ from prometheus_client import CollectorRegistry
 
 from dago.config import LLM_PROVIDERS, Settings
 from dago.engine.cel import EvalError, Template
+from dago.engine.fields import clip
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import NodeFailure, Usage, invalid
 from dago.engine.output_schema import schema_problem
+from dago.llm import models
 from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
@@ -79,12 +81,59 @@ def check_model(
         problem = schema_problem(to_plain(spec.output_schema))
         if problem:
             ctx.add(f"{prefix}.output_schema", problem)
+    check_settings(spec, ctx, prefix)
     fields = {f"{prefix}.system": spec.system, f"{prefix}.prompt": spec.prompt}
     for i, m in enumerate(spec.messages):
         if m.role not in ("user", "assistant"):
             ctx.add(f"{prefix}.messages[{i}].role", 'must be "user" or "assistant"')
         fields[f"{prefix}.messages[{i}].content"] = m.content
     return ctx.templates(fields)
+
+
+def enum_value(enum: Any, value: int, prefix: str) -> str:
+    """``low`` for EFFORT_LOW (``prefix`` ``EFFORT_``); empty for the UNSPECIFIED zero."""
+    return "" if not value else str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def check_settings(spec: graph_pb2.LlmNode, ctx: CheckContext, prefix: str) -> None:
+    """The model's settings against what the model accepts (``dago.llm.models``): a request
+    the API would refuse is refused here, naming the field, instead of failing at run time.
+
+    Checked when the node's provider (or the server's default) is anthropic, or names none
+    and the model is a Claude model. The model is the node's, else the server's default."""
+    provider = spec.provider or ctx.options.llm_provider
+    if provider not in ("anthropic", "") or (not provider and not models.is_claude(spec.model)):
+        return
+    name = spec.model or ctx.options.llm_model or models.DEFAULT_MODEL
+    info = models.find(name)
+    if info is None:
+        if not ctx.options.allow_unknown_models:
+            where = "" if spec.model else " (the server's default model, DAGO_LLM_MODEL)"
+            ctx.add(
+                f"{prefix}.model",
+                f'unknown model "{clip(name)}"{where}: `dago models` lists the known ones; an '
+                "operator may allow others (DAGO_ALLOW_UNKNOWN_MODELS with "
+                "DAGO_UNKNOWN_MODEL_PRICE)",
+            )
+        return
+    if spec.HasField("temperature") and not info.sampling:
+        ctx.add(
+            f"{prefix}.temperature",
+            f"{info.id} does not accept sampling parameters (the API refuses temperature on "
+            "it): leave temperature unset",
+        )
+    effort = enum_value(graph_pb2.Effort, spec.effort, "EFFORT_")
+    if effort and effort not in info.efforts:
+        accepted = ", ".join(info.efforts) if info.efforts else "none: it has no effort setting"
+        ctx.add(f"{prefix}.effort", f'{info.id} does not accept effort "{effort}" ({accepted})')
+    thinking = enum_value(graph_pb2.Thinking, spec.thinking, "THINKING_")
+    if thinking and thinking not in info.thinking:
+        accepted = ", ".join(t for t in info.thinking if t != "enabled") or "none"
+        ctx.add(
+            f"{prefix}.thinking", f'{info.id} does not accept thinking "{thinking}" ({accepted})'
+        )
+    if spec.max_tokens > info.max_output:
+        ctx.add(f"{prefix}.max_tokens", f"{info.id} writes at most {info.max_output} tokens")
 
 
 class DeltaCoalescer:
@@ -198,7 +247,9 @@ class ModelCaller:
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
         log_prompts: bool = False,
+        cache_ttl: str = "5m",
     ) -> None:
+        self._cache_ttl = cache_ttl
         self._providers = providers
         self._prices = prices
         self._max_tokens = default_max_tokens
@@ -211,11 +262,12 @@ class ModelCaller:
         """The providers, prices and defaults of ``settings``."""
         return cls(
             Providers(settings),
-            PriceTable(settings.prices),
+            PriceTable(settings.prices, settings.unknown_model_price, settings.price_multiplier),
             settings.llm_max_tokens,
             metrics=metrics,
             tracing=tracing,
             log_prompts=settings.log_prompts,
+            cache_ttl=settings.llm_cache_ttl,
         )
 
     def request(
@@ -248,6 +300,14 @@ class ModelCaller:
         else:
             messages = [ChatMessage("user", render(f"{prefix}.prompt", spec.prompt))]
         schema = to_plain(spec.output_schema) if spec.HasField("output_schema") else None
+        ttl = spec.cache_ttl or ctx.node.llm_cache_ttl
+        cache_ttl = enum_value(graph_pb2.CacheTtl, ttl, "CACHE_TTL_") if ttl else self._cache_ttl
+        # Cached by default only where a prefix repeats: an agent's conversation (each turn
+        # repeats the last), or a system prompt that is no template (the same in every run).
+        # A node that sets a lifetime asks for caching whatever its prompt.
+        static_system = bool(spec.system) and f"{prefix}.system" not in templates
+        if not spec.cache_ttl and prefix != "agent.llm" and not static_system:
+            cache_ttl = ""
         return LlmRequest(
             model=model,
             messages=messages,
@@ -257,6 +317,10 @@ class ModelCaller:
             stop=list(spec.stop_sequences),
             metadata=dict(spec.metadata),
             output_schema=schema,
+            effort=enum_value(graph_pb2.Effort, spec.effort, "EFFORT_"),
+            thinking=enum_value(graph_pb2.Thinking, spec.thinking, "THINKING_"),
+            cache_ttl="" if cache_ttl == "off" else cache_ttl,
+            cache_system=prefix != "agent.llm" and static_system,
         )
 
     async def call(

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x61go/v1/graph.proto\x12\x07\x64\x61go.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x02\n\x05Graph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1c\n\x05nodes\x18\x03 \x03(\x0b\x32\r.dago.v1.Node\x12\x1c\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\r.dago.v1.Edge\x12\x13\n\x0b\x65ntry_nodes\x18\x05 \x03(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x15.dago.v1.NodeDefaults\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.dago.v1.GraphLimits\x12*\n\x06output\x18\t \x03(\x0b\x32\x1a.dago.v1.Graph.OutputEntry\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x0cNodeDefaults\x12#\n\x05retry\x18\x01 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"w\n\x0bGraphLimits\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x04 \x01(\x01\"\x85\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x06output\x18\x05 \x03(\x0b\x32\x19.dago.v1.Node.OutputEntry\x12#\n\x05retry\x18\x06 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x04join\x18\x08 \x01(\x0e\x32\x11.dago.v1.JoinMode\x12\x16\n\x0emax_iterations\x18\t \x01(\x05\x12\x1f\n\x03llm\x18\x14 \x01(\x0b\x32\x10.dago.v1.LlmNodeH\x00\x12#\n\x05\x61gent\x18\x15 \x01(\x0b\x32\x12.dago.v1.AgentNodeH\x00\x12!\n\x04tool\x18\x16 \x01(\x0b\x32\x11.dago.v1.ToolNodeH\x00\x12!\n\x04http\x18\x17 \x01(\x0b\x32\x11.dago.v1.HttpNodeH\x00\x12%\n\x06router\x18\x18 \x01(\x0b\x32\x13.dago.v1.RouterNodeH\x00\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"B\n\x04\x45\x64ge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x11\n\tcondition\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"\xda\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12%\n\x08retry_on\x18\x06 \x03(\x0e\x32\x13.dago.v1.ErrorClass\"\xd7\x02\n\x07LlmNode\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\"\n\x08messages\x18\x05 \x03(\x0b\x32\x10.dago.v1.Message\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x16\n\x0estop_sequences\x18\x08 \x03(\t\x12.\n\routput_schema\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x08metadata\x18\n \x03(\x0b\x32\x1e.dago.v1.LlmNode.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperature\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"}\n\tAgentNode\x12\x1d\n\x03llm\x18\x01 \x01(\x0b\x32\x10.dago.v1.LlmNode\x12\r\n\x05tools\x18\x02 \x03(\t\x12\x11\n\tmax_turns\x18\x03 \x01(\x05\x12/\n\x0ctool_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x18\n\x08ToolNode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb2\x01\n\x08HttpNode\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12/\n\x07headers\x18\x03 \x03(\x0b\x32\x1e.dago.v1.HttpNode.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x1a\n\x12max_response_bytes\x18\x05 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\nRouterNode\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.dago.v1.RouterMode\x12\x1e\n\x06routes\x18\x02 \x03(\x0b\x32\x0e.dago.v1.Route\x12\x15\n\rdefault_route\x18\x03 \x01(\t\x12\x1d\n\x03llm\x18\x04 \x01(\x0b\x32\x10.dago.v1.LlmNode\"=\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcondition\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*K\n\x08JoinMode\x12\x19\n\x15JOIN_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rJOIN_MODE_ALL\x10\x01\x12\x11\n\rJOIN_MODE_ANY\x10\x02*\xe3\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CLASS_TIMEOUT\x10\x01\x12\x19\n\x15\x45RROR_CLASS_TRANSIENT\x10\x02\x12\x1c\n\x18\x45RROR_CLASS_RATE_LIMITED\x10\x03\x12\x17\n\x13\x45RROR_CLASS_INVALID\x10\x04\x12\x19\n\x15\x45RROR_CLASS_PERMANENT\x10\x05\x12\x1b\n\x17\x45RROR_CLASS_DEAD_LETTER\x10\x06\x12\x15\n\x11\x45RROR_CLASS_LIMIT\x10\x07*u\n\nRouterMode\x12\x1b\n\x17ROUTER_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROUTER_MODE_DETERMINISTIC\x10\x01\x12\x13\n\x0fROUTER_MODE_LLM\x10\x02\x12\x16\n\x12ROUTER_MODE_HYBRID\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x61go/v1/graph.proto\x12\x07\x64\x61go.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x02\n\x05Graph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1c\n\x05nodes\x18\x03 \x03(\x0b\x32\r.dago.v1.Node\x12\x1c\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\r.dago.v1.Edge\x12\x13\n\x0b\x65ntry_nodes\x18\x05 \x03(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x15.dago.v1.NodeDefaults\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.dago.v1.GraphLimits\x12*\n\x06output\x18\t \x03(\x0b\x32\x1a.dago.v1.Graph.OutputEntry\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x0cNodeDefaults\x12#\n\x05retry\x18\x01 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\rllm_cache_ttl\x18\x03 \x01(\x0e\x32\x11.dago.v1.CacheTtl\"w\n\x0bGraphLimits\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x04 \x01(\x01\"\x85\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x06output\x18\x05 \x03(\x0b\x32\x19.dago.v1.Node.OutputEntry\x12#\n\x05retry\x18\x06 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x04join\x18\x08 \x01(\x0e\x32\x11.dago.v1.JoinMode\x12\x16\n\x0emax_iterations\x18\t \x01(\x05\x12\x1f\n\x03llm\x18\x14 \x01(\x0b\x32\x10.dago.v1.LlmNodeH\x00\x12#\n\x05\x61gent\x18\x15 \x01(\x0b\x32\x12.dago.v1.AgentNodeH\x00\x12!\n\x04tool\x18\x16 \x01(\x0b\x32\x11.dago.v1.ToolNodeH\x00\x12!\n\x04http\x18\x17 \x01(\x0b\x32\x11.dago.v1.HttpNodeH\x00\x12%\n\x06router\x18\x18 \x01(\x0b\x32\x13.dago.v1.RouterNodeH\x00\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"B\n\x04\x45\x64ge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x11\n\tcondition\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"\xda\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12%\n\x08retry_on\x18\x06 \x03(\x0e\x32\x13.dago.v1.ErrorClass\"\xc3\x03\n\x07LlmNode\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\"\n\x08messages\x18\x05 \x03(\x0b\x32\x10.dago.v1.Message\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x16\n\x0estop_sequences\x18\x08 \x03(\t\x12.\n\routput_schema\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x08metadata\x18\n \x03(\x0b\x32\x1e.dago.v1.LlmNode.MetadataEntry\x12\x1f\n\x06\x65\x66\x66ort\x18\x0b \x01(\x0e\x32\x0f.dago.v1.Effort\x12#\n\x08thinking\x18\x0c \x01(\x0e\x32\x11.dago.v1.Thinking\x12$\n\tcache_ttl\x18\r \x01(\x0e\x32\x11.dago.v1.CacheTtl\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperature\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"}\n\tAgentNode\x12\x1d\n\x03llm\x18\x01 \x01(\x0b\x32\x10.dago.v1.LlmNode\x12\r\n\x05tools\x18\x02 \x03(\t\x12\x11\n\tmax_turns\x18\x03 \x01(\x05\x12/\n\x0ctool_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x18\n\x08ToolNode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb2\x01\n\x08HttpNode\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12/\n\x07headers\x18\x03 \x03(\x0b\x32\x1e.dago.v1.HttpNode.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x1a\n\x12max_response_bytes\x18\x05 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\nRouterNode\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.dago.v1.RouterMode\x12\x1e\n\x06routes\x18\x02 \x03(\x0b\x32\x0e.dago.v1.Route\x12\x15\n\rdefault_route\x18\x03 \x01(\t\x12\x1d\n\x03llm\x18\x04 \x01(\x0b\x32\x10.dago.v1.LlmNode\"=\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcondition\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*K\n\x08JoinMode\x12\x19\n\x15JOIN_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rJOIN_MODE_ALL\x10\x01\x12\x11\n\rJOIN_MODE_ANY\x10\x02*\xe3\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CLASS_TIMEOUT\x10\x01\x12\x19\n\x15\x45RROR_CLASS_TRANSIENT\x10\x02\x12\x1c\n\x18\x45RROR_CLASS_RATE_LIMITED\x10\x03\x12\x17\n\x13\x45RROR_CLASS_INVALID\x10\x04\x12\x19\n\x15\x45RROR_CLASS_PERMANENT\x10\x05\x12\x1b\n\x17\x45RROR_CLASS_DEAD_LETTER\x10\x06\x12\x15\n\x11\x45RROR_CLASS_LIMIT\x10\x07*v\n\x06\x45\x66\x66ort\x12\x16\n\x12\x45\x46\x46ORT_UNSPECIFIED\x10\x00\x12\x0e\n\nEFFORT_LOW\x10\x01\x12\x11\n\rEFFORT_MEDIUM\x10\x02\x12\x0f\n\x0b\x45\x46\x46ORT_HIGH\x10\x03\x12\x10\n\x0c\x45\x46\x46ORT_XHIGH\x10\x04\x12\x0e\n\nEFFORT_MAX\x10\x05*n\n\x08Thinking\x12\x18\n\x14THINKING_UNSPECIFIED\x10\x00\x12\x15\n\x11THINKING_ADAPTIVE\x10\x01\x12\x1a\n\x16THINKING_BETWEEN_TOOLS\x10\x02\x12\x15\n\x11THINKING_DISABLED\x10\x03*\\\n\x08\x43\x61\x63heTtl\x12\x19\n\x15\x43\x41\x43HE_TTL_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43\x41\x43HE_TTL_5M\x10\x01\x12\x10\n\x0c\x43\x41\x43HE_TTL_1H\x10\x02\x12\x11\n\rCACHE_TTL_OFF\x10\x03*u\n\nRouterMode\x12\x1b\n\x17ROUTER_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROUTER_MODE_DETERMINISTIC\x10\x01\x12\x13\n\x0fROUTER_MODE_LLM\x10\x02\x12\x16\n\x12ROUTER_MODE_HYBRID\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,44 +41,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LLMNODE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_HTTPNODE_HEADERSENTRY']._loaded_options = None
   _globals['_HTTPNODE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_JOINMODE']._serialized_start=2389
-  _globals['_JOINMODE']._serialized_end=2464
-  _globals['_ERRORCLASS']._serialized_start=2467
-  _globals['_ERRORCLASS']._serialized_end=2694
-  _globals['_ROUTERMODE']._serialized_start=2696
-  _globals['_ROUTERMODE']._serialized_end=2813
+  _globals['_JOINMODE']._serialized_start=2540
+  _globals['_JOINMODE']._serialized_end=2615
+  _globals['_ERRORCLASS']._serialized_start=2618
+  _globals['_ERRORCLASS']._serialized_end=2845
+  _globals['_EFFORT']._serialized_start=2847
+  _globals['_EFFORT']._serialized_end=2965
+  _globals['_THINKING']._serialized_start=2967
+  _globals['_THINKING']._serialized_end=3077
+  _globals['_CACHETTL']._serialized_start=3079
+  _globals['_CACHETTL']._serialized_end=3171
+  _globals['_ROUTERMODE']._serialized_start=3173
+  _globals['_ROUTERMODE']._serialized_end=3290
   _globals['_GRAPH']._serialized_start=95
   _globals['_GRAPH']._serialized_end=431
   _globals['_GRAPH_OUTPUTENTRY']._serialized_start=386
   _globals['_GRAPH_OUTPUTENTRY']._serialized_end=431
-  _globals['_NODEDEFAULTS']._serialized_start=433
-  _globals['_NODEDEFAULTS']._serialized_end=536
-  _globals['_GRAPHLIMITS']._serialized_start=538
-  _globals['_GRAPHLIMITS']._serialized_end=657
-  _globals['_NODE']._serialized_start=660
-  _globals['_NODE']._serialized_end=1177
+  _globals['_NODEDEFAULTS']._serialized_start=434
+  _globals['_NODEDEFAULTS']._serialized_end=579
+  _globals['_GRAPHLIMITS']._serialized_start=581
+  _globals['_GRAPHLIMITS']._serialized_end=700
+  _globals['_NODE']._serialized_start=703
+  _globals['_NODE']._serialized_end=1220
   _globals['_NODE_OUTPUTENTRY']._serialized_start=386
   _globals['_NODE_OUTPUTENTRY']._serialized_end=431
-  _globals['_EDGE']._serialized_start=1179
-  _globals['_EDGE']._serialized_end=1245
-  _globals['_RETRYPOLICY']._serialized_start=1248
-  _globals['_RETRYPOLICY']._serialized_end=1466
-  _globals['_LLMNODE']._serialized_start=1469
-  _globals['_LLMNODE']._serialized_end=1812
-  _globals['_LLMNODE_METADATAENTRY']._serialized_start=1749
-  _globals['_LLMNODE_METADATAENTRY']._serialized_end=1796
-  _globals['_MESSAGE']._serialized_start=1814
-  _globals['_MESSAGE']._serialized_end=1854
-  _globals['_AGENTNODE']._serialized_start=1856
-  _globals['_AGENTNODE']._serialized_end=1981
-  _globals['_TOOLNODE']._serialized_start=1983
-  _globals['_TOOLNODE']._serialized_end=2007
-  _globals['_HTTPNODE']._serialized_start=2010
-  _globals['_HTTPNODE']._serialized_end=2188
-  _globals['_HTTPNODE_HEADERSENTRY']._serialized_start=2142
-  _globals['_HTTPNODE_HEADERSENTRY']._serialized_end=2188
-  _globals['_ROUTERNODE']._serialized_start=2191
-  _globals['_ROUTERNODE']._serialized_end=2324
-  _globals['_ROUTE']._serialized_start=2326
-  _globals['_ROUTE']._serialized_end=2387
+  _globals['_EDGE']._serialized_start=1222
+  _globals['_EDGE']._serialized_end=1288
+  _globals['_RETRYPOLICY']._serialized_start=1291
+  _globals['_RETRYPOLICY']._serialized_end=1509
+  _globals['_LLMNODE']._serialized_start=1512
+  _globals['_LLMNODE']._serialized_end=1963
+  _globals['_LLMNODE_METADATAENTRY']._serialized_start=1900
+  _globals['_LLMNODE_METADATAENTRY']._serialized_end=1947
+  _globals['_MESSAGE']._serialized_start=1965
+  _globals['_MESSAGE']._serialized_end=2005
+  _globals['_AGENTNODE']._serialized_start=2007
+  _globals['_AGENTNODE']._serialized_end=2132
+  _globals['_TOOLNODE']._serialized_start=2134
+  _globals['_TOOLNODE']._serialized_end=2158
+  _globals['_HTTPNODE']._serialized_start=2161
+  _globals['_HTTPNODE']._serialized_end=2339
+  _globals['_HTTPNODE_HEADERSENTRY']._serialized_start=2293
+  _globals['_HTTPNODE_HEADERSENTRY']._serialized_end=2339
+  _globals['_ROUTERNODE']._serialized_start=2342
+  _globals['_ROUTERNODE']._serialized_end=2475
+  _globals['_ROUTE']._serialized_start=2477
+  _globals['_ROUTE']._serialized_end=2538
 # @@protoc_insertion_point(module_scope)

@@ -97,6 +97,104 @@ ERROR_CLASS_LIMIT: ErrorClass.ValueType  # 7
 """A graph limit (steps, tokens, cost, deadline) was exceeded."""
 Global___ErrorClass: _TypeAlias = ErrorClass  # noqa: Y015
 
+class _Effort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Effort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EFFORT_UNSPECIFIED: _Effort.ValueType  # 0
+    """The model's default."""
+    EFFORT_LOW: _Effort.ValueType  # 1
+    """Fastest and cheapest; thinks little or not at all."""
+    EFFORT_MEDIUM: _Effort.ValueType  # 2
+    """Balanced."""
+    EFFORT_HIGH: _Effort.ValueType  # 3
+    """Thorough."""
+    EFFORT_XHIGH: _Effort.ValueType  # 4
+    """More than high (newer models only)."""
+    EFFORT_MAX: _Effort.ValueType  # 5
+    """The most the model can spend."""
+
+class Effort(_Effort, metaclass=_EffortEnumTypeWrapper):
+    """How much effort a model spends (see docs/llm.md for which models accept
+    which level).
+    """
+
+EFFORT_UNSPECIFIED: Effort.ValueType  # 0
+"""The model's default."""
+EFFORT_LOW: Effort.ValueType  # 1
+"""Fastest and cheapest; thinks little or not at all."""
+EFFORT_MEDIUM: Effort.ValueType  # 2
+"""Balanced."""
+EFFORT_HIGH: Effort.ValueType  # 3
+"""Thorough."""
+EFFORT_XHIGH: Effort.ValueType  # 4
+"""More than high (newer models only)."""
+EFFORT_MAX: Effort.ValueType  # 5
+"""The most the model can spend."""
+Global___Effort: _TypeAlias = Effort  # noqa: Y015
+
+class _Thinking:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThinkingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Thinking.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THINKING_UNSPECIFIED: _Thinking.ValueType  # 0
+    """The model's default."""
+    THINKING_ADAPTIVE: _Thinking.ValueType  # 1
+    """The model decides when and how much to think."""
+    THINKING_BETWEEN_TOOLS: _Thinking.ValueType  # 2
+    """No up-front thinking; short notes between tool calls only (the lowest
+    setting of models that cannot turn thinking off).
+    """
+    THINKING_DISABLED: _Thinking.ValueType  # 3
+    """No thinking (models that allow it)."""
+
+class Thinking(_Thinking, metaclass=_ThinkingEnumTypeWrapper):
+    """How a model thinks before and between its answers."""
+
+THINKING_UNSPECIFIED: Thinking.ValueType  # 0
+"""The model's default."""
+THINKING_ADAPTIVE: Thinking.ValueType  # 1
+"""The model decides when and how much to think."""
+THINKING_BETWEEN_TOOLS: Thinking.ValueType  # 2
+"""No up-front thinking; short notes between tool calls only (the lowest
+setting of models that cannot turn thinking off).
+"""
+THINKING_DISABLED: Thinking.ValueType  # 3
+"""No thinking (models that allow it)."""
+Global___Thinking: _TypeAlias = Thinking  # noqa: Y015
+
+class _CacheTtl:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheTtlEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheTtl.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_TTL_UNSPECIFIED: _CacheTtl.ValueType  # 0
+    """The next default (node, graph, server)."""
+    CACHE_TTL_5M: _CacheTtl.ValueType  # 1
+    """Five minutes, refreshed by every hit (writes cost 1.25x input)."""
+    CACHE_TTL_1H: _CacheTtl.ValueType  # 2
+    """One hour (writes cost 2x input): prompts reused less often than every 5 minutes."""
+    CACHE_TTL_OFF: _CacheTtl.ValueType  # 3
+    """No caching requested."""
+
+class CacheTtl(_CacheTtl, metaclass=_CacheTtlEnumTypeWrapper):
+    """How long a prompt prefix stays in the provider's cache."""
+
+CACHE_TTL_UNSPECIFIED: CacheTtl.ValueType  # 0
+"""The next default (node, graph, server)."""
+CACHE_TTL_5M: CacheTtl.ValueType  # 1
+"""Five minutes, refreshed by every hit (writes cost 1.25x input)."""
+CACHE_TTL_1H: CacheTtl.ValueType  # 2
+"""One hour (writes cost 2x input): prompts reused less often than every 5 minutes."""
+CACHE_TTL_OFF: CacheTtl.ValueType  # 3
+"""No caching requested."""
+Global___CacheTtl: _TypeAlias = CacheTtl  # noqa: Y015
+
 class _RouterMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -231,6 +329,9 @@ class NodeDefaults(_message.Message):
 
     RETRY_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    LLM_CACHE_TTL_FIELD_NUMBER: _builtins.int
+    llm_cache_ttl: Global___CacheTtl.ValueType
+    """Prompt cache lifetime of the model calls of nodes that set none."""
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
         """Retry policy of nodes that set none."""
@@ -244,10 +345,11 @@ class NodeDefaults(_message.Message):
         *,
         retry: Global___RetryPolicy | None = ...,
         attempt_timeout: _duration_pb2.Duration | None = ...,
+        llm_cache_ttl: Global___CacheTtl.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "retry", b"retry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "llm_cache_ttl", b"llm_cache_ttl", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,10 +639,16 @@ class LlmNode(_message.Message):
     STOP_SEQUENCES_FIELD_NUMBER: _builtins.int
     OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    EFFORT_FIELD_NUMBER: _builtins.int
+    THINKING_FIELD_NUMBER: _builtins.int
+    CACHE_TTL_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name (anthropic, openai, offline). Empty: the server default."""
     model: _builtins.str
-    """Model name, e.g. claude-sonnet-4-5. Empty: the provider's default."""
+    """Model name, e.g. claude-sonnet-5-5. Empty: the server's default. A
+    Claude model the server's catalogue does not know (`dago models`) is
+    refused unless the operator allows unknown models.
+    """
     system: _builtins.str
     """System prompt (a template)."""
     prompt: _builtins.str
@@ -549,6 +657,19 @@ class LlmNode(_message.Message):
     """Sampling temperature; unset means the provider default."""
     max_tokens: _builtins.int
     """Maximum tokens to generate. 0: the server default."""
+    effort: Global___Effort.ValueType
+    """How much effort the model spends on its answer (Claude's
+    output_config.effort). Unspecified: the model's default. A level the
+    model does not accept is refused at submit.
+    """
+    thinking: Global___Thinking.ValueType
+    """The model's thinking (Claude's thinking.type). Unspecified: the model's
+    default. A type the model does not accept is refused at submit.
+    """
+    cache_ttl: Global___CacheTtl.ValueType
+    """Prompt cache lifetime of this node's calls. Unspecified: the graph's
+    defaults.llm_cache_ttl, else the server's DAGO_LLM_CACHE_TTL.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """A conversation (contents are templates)."""
@@ -578,10 +699,13 @@ class LlmNode(_message.Message):
         stop_sequences: _abc.Iterable[_builtins.str] | None = ...,
         output_schema: _struct_pb2.Struct | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        effort: Global___Effort.ValueType = ...,
+        thinking: Global___Thinking.ValueType = ...,
+        cache_ttl: Global___CacheTtl.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "output_schema", b"output_schema", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "model", b"model", "output_schema", b"output_schema", "prompt", b"prompt", "provider", b"provider", "stop_sequences", b"stop_sequences", "system", b"system", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "cache_ttl", b"cache_ttl", "effort", b"effort", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "model", b"model", "output_schema", b"output_schema", "prompt", b"prompt", "provider", b"provider", "stop_sequences", b"stop_sequences", "system", b"system", "temperature", b"temperature", "thinking", b"thinking"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015

@@ -112,6 +112,13 @@ export declare type NodeDefaults = Message$1<"dago.v1.NodeDefaults"> & {
    * @generated from field: google.protobuf.Duration attempt_timeout = 2;
    */
   attemptTimeout?: Duration | undefined;
+
+  /**
+   * Prompt cache lifetime of the model calls of nodes that set none.
+   *
+   * @generated from field: dago.v1.CacheTtl llm_cache_ttl = 3;
+   */
+  llmCacheTtl: CacheTtl;
 };
 
 /**
@@ -405,7 +412,9 @@ export declare type LlmNode = Message$1<"dago.v1.LlmNode"> & {
   provider: string;
 
   /**
-   * Model name, e.g. claude-sonnet-4-5. Empty: the provider's default.
+   * Model name, e.g. claude-sonnet-5-5. Empty: the server's default. A
+   * Claude model the server's catalogue does not know (`dago models`) is
+   * refused unless the operator allows unknown models.
    *
    * @generated from field: string model = 2;
    */
@@ -466,6 +475,31 @@ export declare type LlmNode = Message$1<"dago.v1.LlmNode"> & {
    * @generated from field: map<string, string> metadata = 10;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * How much effort the model spends on its answer (Claude's
+   * output_config.effort). Unspecified: the model's default. A level the
+   * model does not accept is refused at submit.
+   *
+   * @generated from field: dago.v1.Effort effort = 11;
+   */
+  effort: Effort;
+
+  /**
+   * The model's thinking (Claude's thinking.type). Unspecified: the model's
+   * default. A type the model does not accept is refused at submit.
+   *
+   * @generated from field: dago.v1.Thinking thinking = 12;
+   */
+  thinking: Thinking;
+
+  /**
+   * Prompt cache lifetime of this node's calls. Unspecified: the graph's
+   * defaults.llm_cache_ttl, else the server's DAGO_LLM_CACHE_TTL.
+   *
+   * @generated from field: dago.v1.CacheTtl cache_ttl = 13;
+   */
+  cacheTtl: CacheTtl;
 };
 
 /**
@@ -795,6 +829,142 @@ export enum ErrorClass {
  * Describes the enum dago.v1.ErrorClass.
  */
 export declare const ErrorClassSchema: GenEnum<ErrorClass>;
+
+/**
+ * How much effort a model spends (see docs/llm.md for which models accept
+ * which level).
+ *
+ * @generated from enum dago.v1.Effort
+ */
+export enum Effort {
+  /**
+   * The model's default.
+   *
+   * @generated from enum value: EFFORT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Fastest and cheapest; thinks little or not at all.
+   *
+   * @generated from enum value: EFFORT_LOW = 1;
+   */
+  LOW = 1,
+
+  /**
+   * Balanced.
+   *
+   * @generated from enum value: EFFORT_MEDIUM = 2;
+   */
+  MEDIUM = 2,
+
+  /**
+   * Thorough.
+   *
+   * @generated from enum value: EFFORT_HIGH = 3;
+   */
+  HIGH = 3,
+
+  /**
+   * More than high (newer models only).
+   *
+   * @generated from enum value: EFFORT_XHIGH = 4;
+   */
+  XHIGH = 4,
+
+  /**
+   * The most the model can spend.
+   *
+   * @generated from enum value: EFFORT_MAX = 5;
+   */
+  MAX = 5,
+}
+
+/**
+ * Describes the enum dago.v1.Effort.
+ */
+export declare const EffortSchema: GenEnum<Effort>;
+
+/**
+ * How a model thinks before and between its answers.
+ *
+ * @generated from enum dago.v1.Thinking
+ */
+export enum Thinking {
+  /**
+   * The model's default.
+   *
+   * @generated from enum value: THINKING_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model decides when and how much to think.
+   *
+   * @generated from enum value: THINKING_ADAPTIVE = 1;
+   */
+  ADAPTIVE = 1,
+
+  /**
+   * No up-front thinking; short notes between tool calls only (the lowest
+   * setting of models that cannot turn thinking off).
+   *
+   * @generated from enum value: THINKING_BETWEEN_TOOLS = 2;
+   */
+  BETWEEN_TOOLS = 2,
+
+  /**
+   * No thinking (models that allow it).
+   *
+   * @generated from enum value: THINKING_DISABLED = 3;
+   */
+  DISABLED = 3,
+}
+
+/**
+ * Describes the enum dago.v1.Thinking.
+ */
+export declare const ThinkingSchema: GenEnum<Thinking>;
+
+/**
+ * How long a prompt prefix stays in the provider's cache.
+ *
+ * @generated from enum dago.v1.CacheTtl
+ */
+export enum CacheTtl {
+  /**
+   * The next default (node, graph, server).
+   *
+   * @generated from enum value: CACHE_TTL_UNSPECIFIED = 0;
+   */
+  CACHE_TTL_UNSPECIFIED = 0,
+
+  /**
+   * Five minutes, refreshed by every hit (writes cost 1.25x input).
+   *
+   * @generated from enum value: CACHE_TTL_5M = 1;
+   */
+  CACHE_TTL_5M = 1,
+
+  /**
+   * One hour (writes cost 2x input): prompts reused less often than every 5 minutes.
+   *
+   * @generated from enum value: CACHE_TTL_1H = 2;
+   */
+  CACHE_TTL_1H = 2,
+
+  /**
+   * No caching requested.
+   *
+   * @generated from enum value: CACHE_TTL_OFF = 3;
+   */
+  CACHE_TTL_OFF = 3,
+}
+
+/**
+ * Describes the enum dago.v1.CacheTtl.
+ */
+export declare const CacheTtlSchema: GenEnum<CacheTtl>;
 
 /**
  * How a router chooses.
