@@ -21,10 +21,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dago.config import Settings, env_name
+from dago.config import Settings, env_name, read_file
 from dago.devtools import edge
 
 RUN_DIR = Path(".run")
+OFFLINE_TOKENS_PER_S = 40
+"""The offline provider's pace under ``dago dev`` (unless DAGO_OFFLINE_TOKENS_PER_S is set):
+about a real model's, so the streamed text and the running nodes can be seen."""
 
 
 def _free_port() -> int:
@@ -163,6 +166,7 @@ def run_dev(settings: Settings) -> int:
         settings = dataclasses.replace(settings, grpc_host="127.0.0.1")
     if auth_off:
         _warn_auth_off(settings)
+    _pace_offline_answers(env)
     cmd = [sys.executable, "-m", "dago"]
     children.append(("api", subprocess.Popen([*cmd, "serve"], env=env)))
     for n in range(settings.workers):
@@ -207,6 +211,15 @@ def run_dev(settings: Settings) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     return code
+
+
+def _pace_offline_answers(env: dict[str, str]) -> None:
+    """Give offline answers a model's pace unless the environment or the config file sets one
+    (load() has read the file already, so it is valid)."""
+    var = env_name("offline_tokens_per_s")
+    path = env.get(env_name("config_file"), "").strip()
+    if not env.get(var) and "offline_tokens_per_s" not in (read_file(path) if path else {}):
+        env[var] = str(OFFLINE_TOKENS_PER_S)
 
 
 def _warn_auth_off(settings: Settings) -> None:
