@@ -1,5 +1,9 @@
-"""``dago dev`` stops its children in order.
+"""``dago dev`` supervises its children and stops them in order.
 
+- A child that exits is restarted after a backoff (1, 2, 4, 8 s), saying so; the fifth exit
+  within 60 s stops everything (:class:`Restarts`).
+- A worker killed while it runs a node is restarted under its own name and takes that node
+  back at once: the graph completes seconds after the kill, with a lease of 60 s.
 - Ctrl-C (SIGINT to the dev process group, as a terminal sends it) with a node running:
   the supervisor alone gets it (its children have sessions of their own) and stops Envoy,
   then the API and the workers, which finish and record the node, then Redis; in seconds.
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from dago.devtools.dev import Restarts
 from dago.llm.base import ChatMessage, LlmRequest
 from dago.llm.offline import offline_answer
 from dago.v1 import execution_pb2
@@ -48,6 +53,16 @@ from redisfixture import RedisServer
 PROMPT = "Compare Redis Streams and Kafka for a small team that ships weekly."
 """Answered offline in 15 words: 3 s at 5 words/s."""
 ANSWER = offline_answer(LlmRequest("offline", [ChatMessage("user", PROMPT)], max_tokens=1024))
+
+
+def test_restarts_back_off_and_give_up_on_the_fifth_exit_within_a_minute() -> None:
+    r = Restarts()
+    assert [r.exited(t) for t in (0.0, 1.0, 3.0, 7.0)] == [1, 2, 4, 8]
+    assert r.exited(15.0) is None  # the fifth within 60 s
+    r = Restarts()
+    assert [r.exited(t) for t in (0.0, 61.0, 122.0, 183.0, 244.0, 305.0)] == [1] * 6
+    r = Restarts(limit=10)
+    assert [r.exited(float(t)) for t in range(7)] == [1, 2, 4, 8, 16, 30, 30]
 
 
 @dataclass
@@ -157,6 +172,38 @@ async def start_dev(devs: list[Dev], **env: str) -> Dev:
     await port_open(grpc_port)
     dev.children()
     return dev
+
+
+@pytest.mark.process
+@pytest.mark.redis
+async def test_a_killed_worker_is_restarted_and_takes_its_node_back_at_once(
+    dev_factory: list[Dev],
+) -> None:
+    dev = await start_dev(dev_factory, DAGO_LEASE_MS="60000")
+    gid = await dev.client.submit(request([{"id": "x", "llm": {"prompt": PROMPT}}]))
+    await dev.running(gid)
+    (worker,) = dev.workers()
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+
+    st = await dev.client.wait(gid, timeout=30)
+    took = time.monotonic() - killed
+    out = dev.output()
+    assert st.state == execution_pb2.GRAPH_STATE_COMPLETED, out
+    assert plain(node_status(st, "x").output)["text"] == ANSWER
+    # Restart after 1 s, start, take back, 3 s of answer: far sooner than the 60 s lease.
+    assert took < 20, (took, out)
+    assert "worker-1 exited with code -9 (SIGKILL); restarting in 1 s (crash 1 of 5 in 60 s)" in out
+    assert "worker-1 restarted" in out, out
+    assert "held before it restarted" in out, out  # taken back, not reclaimed after the lease
+    started = kinds(await dev.client.history(gid), "x").count("node_started")
+    assert started == 2, started  # the killed run and the one that finished
+    assert dev.proc.poll() is None, out
+    assert list(dev.workers()) != [worker]
+
+    os.killpg(dev.proc.pid, signal.SIGINT)
+    await dev.exited(30)
+    assert dev.proc.returncode == 0, dev.output()
 
 
 @pytest.mark.process

@@ -1,8 +1,13 @@
 """``dago dev``: the embedded default for a laptop.
 
 Starts a private redis-server (unless DAGO_REDIS_URL is set), the API and the
-workers as child processes, then Envoy, prints where everything is, and stops them
-all on Ctrl-C, or when one of them exits. No Docker, no API key.
+workers as child processes, then Envoy, prints where everything is, and supervises
+them until Ctrl-C. No Docker, no API key.
+
+Supervision: a child that exits (a crash, a kill) is restarted after a backoff of 1, 2,
+4, 8 s, saying so; its fifth exit within 60 s stops everything. A restarted worker keeps
+its name (``dev-worker-<n>``), so it takes back the work it held at once instead of
+after the lease (``Worker._take_back``).
 
 Stopping: every child runs in a session of its own, so a terminal's Ctrl-C (SIGINT to
 the foreground process group) reaches this supervisor alone, which stops them in order:
@@ -43,8 +48,32 @@ about a real model's, so the streamed text and the running nodes can be seen."""
 
 
 @dataclasses.dataclass
+class Restarts:
+    """When a child that exited is started again: after 1, 2, 4... s (at most ``max_delay_s``),
+    unless this is its ``limit``-th exit within ``window_s``, which stops everything."""
+
+    limit: int = 5
+    window_s: float = 60.0
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    exits: list[float] = dataclasses.field(default_factory=list)
+
+    def exited(self, now: float) -> float | None:
+        """Record an exit at ``now``; returns the delay before the restart, or None to stop."""
+        self.exits = [t for t in self.exits if now - t < self.window_s] + [now]
+        if len(self.exits) >= self.limit:
+            return None
+        return min(self.first_delay_s * 2.0 ** (len(self.exits) - 1), self.max_delay_s)
+
+    @property
+    def recent(self) -> int:
+        """Exits within the window, as of the last one."""
+        return len(self.exits)
+
+
+@dataclasses.dataclass
 class Child:
-    """A child process and how to start it."""
+    """A supervised child process and how to start it again."""
 
     name: str
     argv: list[str]
@@ -52,9 +81,11 @@ class Child:
     log: Path | None = None
     """Its output goes to this file (Redis, Envoy), else to dago dev's own output."""
     proc: subprocess.Popen[bytes] | None = None
+    restart_at: float | None = None
+    restarts: Restarts = dataclasses.field(default_factory=Restarts)
 
     def start(self) -> subprocess.Popen[bytes]:
-        """Start in a session of its own: see the module doc, "Stopping"."""
+        """Start (again) in a session of its own: see the module doc, "Stopping"."""
         out: IO[bytes] | None = self.log.open("ab") if self.log else None
         try:
             self.proc = subprocess.Popen(
@@ -67,6 +98,7 @@ class Child:
         finally:
             if out is not None:
                 out.close()  # the child has its own copy
+        self.restart_at = None
         return self.proc
 
     @property
@@ -200,7 +232,7 @@ def _start_envoy(settings: Settings) -> tuple[Child | None, edge.EdgeConfig]:
 
 
 class Supervisor:
-    """Watches the children and stops them all in order (see the module doc)."""
+    """Restarts children that exit and stops them all in order (see the module doc)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -221,28 +253,52 @@ class Supervisor:
         self.stopping = True
 
     def add(self, child: Child) -> None:
-        """Watch ``child`` (started already, or started here)."""
+        """Supervise ``child`` (started already, or started here)."""
         if child.proc is None:
             child.start()
         self.children.append(child)
 
     def supervise(self) -> int:
-        """Wait for a signal or a child's exit; then stop them all. Returns the exit code:
-        0 after a signal, 1 after a child's exit."""
+        """Restart children that exit until a signal or too many exits; then stop them all.
+        Returns the exit code: 0 after a signal, 1 after too many exits."""
         code = 0
         while not self.stopping:
+            now = time.monotonic()
             for child in self.children:
-                if not child.running:
-                    assert child.proc is not None
-                    rc = child.proc.returncode
-                    how = f"exited with code {rc}" + (f" ({_signal_name(-rc)})" if rc < 0 else "")
-                    _say(f"{child.name} {how}; stopping")
+                if child.restart_at is not None:
+                    if now >= child.restart_at:
+                        child.start()
+                        assert child.proc is not None
+                        _say(f"{child.name} restarted (pid {child.proc.pid})")
+                elif not child.running and not self._exited(child, now):
                     code = 1
                     self.stopping = True
                     break
             time.sleep(0.1)
         self.stop()
         return code
+
+    def _exited(self, child: Child, now: float) -> bool:
+        """Schedule the restart of a child that exited, saying so; False when it exited
+        too often (everything stops)."""
+        assert child.proc is not None
+        rc = child.proc.returncode
+        how = f"exited with code {rc}" + (f" ({_signal_name(-rc)})" if rc < 0 else "")
+        delay = child.restarts.exited(now)
+        r = child.restarts
+        if delay is None:
+            where = f"; its output: {child.log}" if child.log else " (its output is above)"
+            _say(
+                f"{child.name} {how}: {r.limit} exits in {r.window_s:g} s, so it is not "
+                f"restarted again; stopping everything{where}. Fix the cause and start again."
+            )
+            return False
+        _say(
+            f"{child.name} {how}; restarting in {delay:g} s "
+            f"(crash {r.recent} of {r.limit} in {r.window_s:g} s)"
+        )
+        child.restart_at = now + delay
+        return True
 
     def stop(self) -> None:
         """Stop in order: Envoy, then the API and the workers (drained), then Redis."""
@@ -303,6 +359,7 @@ def run_dev(settings: Settings) -> int:
     cmd = [sys.executable, "-m", "dago"]
     sup.add(Child("api", [*cmd, "serve"], env))
     for n in range(settings.workers):
+        # The same name across restarts: a restarted worker takes back its work at once.
         wenv = {**env, env_name("worker_id"): f"dev-worker-{n + 1}"}
         if settings.worker_metrics_port:  # one metrics port per worker on this machine
             wenv[env_name("worker_metrics_port")] = str(settings.worker_metrics_port + n)
