@@ -1,7 +1,7 @@
 """``dago dev`` supervises its children and stops them in order.
 
 - A child that exits is restarted after a backoff (1, 2, 4, 8 s), saying so; the fifth exit
-  within 60 s stops everything (:class:`Restarts`).
+  within 60 s stops everything (:class:`Restarts`, and end to end).
 - A worker killed while it runs a node is restarted under its own name and takes that node
   back at once: the graph completes seconds after the kill, with a lease of 60 s.
 - Ctrl-C (SIGINT to the dev process group, as a terminal sends it) with a node running:
@@ -204,6 +204,40 @@ async def test_a_killed_worker_is_restarted_and_takes_its_node_back_at_once(
     os.killpg(dev.proc.pid, signal.SIGINT)
     await dev.exited(30)
     assert dev.proc.returncode == 0, dev.output()
+
+
+@pytest.mark.process
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_child_that_keeps_crashing_stops_everything(dev_factory: list[Dev]) -> None:
+    """Five kills of the worker within a minute: four restarts (1, 2, 4, 8 s), then a stop."""
+    dev = await start_dev(dev_factory)
+    kids = dev.children()
+    killed: set[int] = set()
+    for n in range(1, 6):
+
+        async def new_worker() -> bool:
+            return bool(set(dev.workers()) - killed)
+
+        await eventually(new_worker, 30, 0.05)
+        (worker,) = dev.workers()
+        os.kill(worker, signal.SIGKILL)
+        killed.add(worker)
+        if n < 5:
+            said = f"restarting in {2 ** (n - 1)} s (crash {n} of 5 in 60 s)"
+
+            async def restarting(said: str = said) -> bool:
+                return said in dev.output()
+
+            await eventually(restarting, 10, 0.05)
+    await dev.exited(30)
+    out = dev.output()
+    assert dev.proc.returncode == 1, out
+    assert (
+        "worker-1 exited with code -9 (SIGKILL): 5 exits in 60 s, so it is not restarted "
+        "again; stopping everything (its output is above)" in out
+    ), out
+    assert not [p for p in {**kids, **dev.seen} if alive(p)], out
 
 
 @pytest.mark.process

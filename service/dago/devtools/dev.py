@@ -303,13 +303,15 @@ class Supervisor:
     def stop(self) -> None:
         """Stop in order: Envoy, then the API and the workers (drained), then Redis."""
         drain = self._settings.drain_timeout_s
-        _say(
-            f"stopping: Envoy, then the API and the workers (they finish the nodes they run, "
-            f"for up to {drain:g} s), then Redis. Ctrl-C again to stop at once."
-        )
         edge_ = [c for c in self.children if c.name == "envoy"]
         redis = [c for c in self.children if c.name == "redis"]
         rest = [c for c in self.children if c not in edge_ and c not in redis]
+        steps = [
+            *(["Envoy"] if edge_ else []),
+            f"the API and the workers (they finish the nodes they run, for up to {drain:g} s)",
+            *(["Redis"] if redis else []),
+        ]
+        _say(f"stopping: {', then '.join(steps)}. Ctrl-C again to stop at once.")
         self._stop(edge_, 10)
         self._stop(rest, drain + 5)
         self._hurry = False  # Redis is quick to stop, and stopping it unclean loses writes
