@@ -79,6 +79,7 @@ class Settings:
     llm_provider: str = ""
     llm_model: str = ""
     llm_max_tokens: int = 1024
+    offline_tokens_per_s: float = 0.0
     anthropic_api_key: str = field(default="", repr=False)
     anthropic_base_url: str = ""
     openai_api_key: str = field(default="", repr=False)
@@ -387,6 +388,12 @@ SETTINGS: dict[str, _Spec] = {
     "llm_max_tokens": _Spec(
         "max_tokens of LLM nodes that set none.",
         lambda v: None if 1 <= v <= 1_000_000 else "must be between 1 and 1000000",
+    ),
+    "offline_tokens_per_s": _Spec(
+        "Pace of the offline provider's answers, in words (its tokens) per second, so "
+        "watchers see the text stream in and the node running as with a real model (0: "
+        "answer at once; `dago dev` uses 40 unless this is set).",
+        lambda v: None if v >= 0 else "must not be negative",
     ),
     "anthropic_api_key": _Spec(
         "Anthropic API key; when unset, ANTHROPIC_API_KEY is read. Never logged.", secret=True

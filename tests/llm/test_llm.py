@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from dago.config import Settings
 from dago.engine.output_schema import validation_error
 from dago.llm.base import ChatMessage, LlmRequest
-from dago.llm.offline import offline_answer
+from dago.llm.offline import OfflineProvider, offline_answer
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic, Text, ToolUse, Usage
 from harness import (
@@ -399,6 +400,48 @@ async def test_offline_structured_output_is_schema_valid(offline_stack: InProces
     out = plain(node_status(st, "x").output)
     assert validation_error(SCHEMA, out) is None
     assert out == {"priority": "high", "score": 1, "tags": ["[offline] tags"]}
+
+
+async def test_offline_answers_stream_at_the_configured_pace_with_the_node_running(
+    make_stack: MakeStack,
+) -> None:
+    """DAGO_OFFLINE_TOKENS_PER_S=20: the 15-word answer comes in 5 deltas 0.15 s apart, each
+    seen by a watcher while the node is RUNNING; the text is the unpaced one."""
+    paced = await make_stack(offline_tokens_per_s=20)
+    prompt = "Compare Redis Streams and Kafka for a small team that ships weekly."
+    gid = await paced.client.submit(request([llm("x", prompt)]))
+    arrivals: list[float] = []
+    states: list[str] = []
+    texts: list[str] = []
+    watch = orchestrator_pb2.WatchGraphRequest(graph_id=gid)
+    async for msg in paced.client.stub.WatchGraph(watch, timeout=30):
+        if msg.event.WhichOneof("payload") == "llm_delta":
+            arrivals.append(time.monotonic())
+            texts.append(msg.event.llm_delta.text)
+            states.append(node_states(await paced.client.status(gid))["x"])
+    want = offline_answer(LlmRequest("offline", [ChatMessage("user", prompt)], max_tokens=10))
+    assert "".join(texts) == want
+    assert len(texts) >= 4, texts  # a stream, not one event (the coalescer flushes each 50 ms)
+    assert arrivals[-1] - arrivals[0] >= 0.4, arrivals  # 4 pauses of 0.15 s between 5 deltas
+    assert set(states) == {"RUNNING"}, states
+    st = await paced.client.wait(gid)
+    assert plain(node_status(st, "x").output)["text"] == want
+
+
+async def test_offline_pacing_changes_nothing_but_the_time() -> None:
+    """The same deltas and response at any pace; unpaced (the default) is the old stream."""
+    request_ = LlmRequest("offline", [ChatMessage("user", "one two three four five six")], 100)
+    runs = []
+    for pace in (0.0, 100.0):
+        deltas: list[str] = []
+        started = time.monotonic()
+        response = await OfflineProvider(pace).complete(request_, deltas.append)
+        runs.append((deltas, response, time.monotonic() - started))
+    (plain_deltas, plain_response, _), (paced_deltas, paced_response, paced_took) = runs
+    assert paced_deltas == plain_deltas and len(plain_deltas) == 3, plain_deltas
+    assert paced_response == plain_response
+    assert paced_took >= 9 / 100  # 9 words at 100 words/s
+    assert Settings().offline_tokens_per_s == 0
 
 
 # --- model-driven routers ------------------------------------------------------------------

@@ -12,6 +12,12 @@ valid for the schemas dago accepts in practice and is validated like any
 provider's output. Usage: input tokens = words in, output tokens = words out;
 the model is always ``offline`` and costs nothing.
 
+Pace: by default the answer comes at once. With ``tokens_per_s`` (the setting
+``DAGO_OFFLINE_TOKENS_PER_S``, which ``dago dev`` sets to 40) each delta is followed by
+the time a model writing that many words per second takes to write it, and a structured
+answer waits as long as its words take, so a watcher sees the text stream in and the
+node running. The text, the deltas and the usage are the same at any pace.
+
 ``stop_sequences``: the answer ends before the first stop sequence it contains
 (stop reason ``stop_sequence``); ``max_tokens``: it has at most that many words
 (stop reason ``max_tokens``).
@@ -130,6 +136,14 @@ class OfflineProvider:
     name = "offline"
     default_model = "offline"
 
+    def __init__(self, tokens_per_s: float = 0.0) -> None:
+        self._tokens_per_s = tokens_per_s
+
+    async def _write(self, words: int) -> None:
+        """Take as long as writing ``words`` takes at the configured pace (0: no time, but
+        still yield: a real stream yields between deltas)."""
+        await asyncio.sleep(words / self._tokens_per_s if self._tokens_per_s > 0 else 0)
+
     async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
         """Stream the offline answer (or return a schema instance)."""
         words_in = len(request.system.split()) + sum(
@@ -147,6 +161,7 @@ class OfflineProvider:
                     False,
                 )
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+            await self._write(len(text.split()))
             usage = _usage(words_in, len(text.split()))
             return LlmResponse(text, usage, "offline", object=obj, stop_reason="tool_use")
         calls: tuple[ToolCallRequest, ...] = ()
@@ -159,9 +174,9 @@ class OfflineProvider:
             answer, reason = _limit(request, offline_answer(request))
         words = answer.split(" ")
         for i in range(0, len(words), CHUNK_WORDS):
-            chunk = " ".join(words[i : i + CHUNK_WORDS])
-            on_text(chunk if i == 0 else " " + chunk)
-            await asyncio.sleep(0)  # a real stream yields between deltas
+            chunk = words[i : i + CHUNK_WORDS]
+            on_text(" ".join(chunk) if i == 0 else " " + " ".join(chunk))
+            await self._write(len(chunk))  # before the next delta, as a model would take
         usage = _usage(words_in, len(words))
         return LlmResponse(answer, usage, "offline", stop_reason=reason, tool_calls=calls)
 

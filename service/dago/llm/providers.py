@@ -35,7 +35,7 @@ class Providers:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._offline = OfflineProvider()
+        self._offline = OfflineProvider(settings.offline_tokens_per_s)
         self._anthropic: AnthropicProvider | None = None
         self._openai: OpenAIProvider | None = None
         self._imports: dict[str, asyncio.Future[None]] = {}
