@@ -10,6 +10,7 @@ import pytest
 
 from dago.engine.ids import parse_shard
 from dago.store.functions import Outcome, Result, Started, WorkItem
+from dago.store.schema import Meta
 from dago.v1 import execution_pb2
 from harness import InProcessStack, MakeStack, echo, edge, kinds, request
 from redisfixture import RedisTarget
@@ -51,6 +52,12 @@ async def test_a_chain_runs_one_round_trip_per_step(stack: InProcessStack) -> No
     )
     gid = await stack.client.submit(req)
     shard, started = await first_item(stack, gid)
+    # The graph's first start carries what the worker loads the graph from (no read of its
+    # own); later starts do not (a worker that runs them has it, or reads it).
+    (stored,) = await stack.store.graph_fields_many(
+        [(shard, gid)], Meta.DEFINITION, Meta.INPUTS, Meta.TRACEPARENT
+    )
+    assert started.graph == tuple(stored) and stored[0]
     outputs = {"a": '{"v":1}', "b": '{"v":"1"}', "c": '{"v":3}'}
     seen = []
     while True:
@@ -64,6 +71,7 @@ async def test_a_chain_runs_one_round_trip_per_step(stack: InProcessStack) -> No
         if not applied.started:
             break
         (started,) = applied.started
+        assert started.graph is None
         if started.item.node == "b":
             # b reads a's output: it comes with the start.
             assert started.outputs == [("a", b'{"v":1}')]

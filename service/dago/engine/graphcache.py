@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -159,14 +159,21 @@ class GraphCache:
         raw_def, raw_inputs, raw_tp = await self._store.graph_fields(shard, graph_id, *_FIELDS)
         return await self._load(graph_id, raw_def, raw_inputs, raw_tp)
 
-    async def get_many(self, graphs: Sequence[tuple[int, str]]) -> dict[str, LoadedGraph | None]:
-        """``get`` of several graphs; the ones not cached are read in one round trip."""
+    async def get_many(
+        self,
+        graphs: Sequence[tuple[int, str]],
+        stored: Mapping[str, tuple[bytes | None, bytes | None, bytes | None]] | None = None,
+    ) -> dict[str, LoadedGraph | None]:
+        """``get`` of several graphs; the ones not cached are read in one round trip, except
+        those whose stored (definition, inputs, trace context) the caller has."""
         out: dict[str, LoadedGraph | None] = {}
         missing: dict[str, int] = {}
         for shard, gid in graphs:
             entry = self.cached(gid)
             if entry is not None:
                 out[gid] = entry
+            elif stored and gid in stored:
+                out[gid] = await self._load(gid, *stored[gid])
             else:
                 missing[gid] = shard
         if missing:

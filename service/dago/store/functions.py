@@ -271,11 +271,14 @@ class WorkItem:
 @dataclass(frozen=True, slots=True)
 class Started:
     """A work item a function marked running, with what its node reads: the graph's
-    inputs (JSON) when it reads them, and the outputs (JSON) of the nodes it reads."""
+    inputs (JSON) when it reads them, and the outputs (JSON) of the nodes it reads. The
+    graph's first start also carries the graph's stored definition, inputs and trace
+    context (``graph``), which no worker has loaded yet."""
 
     item: WorkItem
     inputs: bytes | None
     outputs: list[tuple[str, bytes]]
+    graph: tuple[bytes | None, bytes | None, bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,13 +322,15 @@ def _s(v: Any) -> str:
 
 def parse_started(shard: int, raw: Sequence[Any]) -> list[Started]:
     """Started items as the functions return them: per item ``{msg_id, gid, node, attempt,
-    iteration, deliveries, execution, inputs|false, {node, output, ...}}``."""
+    iteration, deliveries, execution, inputs|false, {node, output, ...},
+    {definition, inputs, traceparent}|false}``."""
     out = []
     for m in raw:
         outs = m[8]
         item = WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]))
         pairs = [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)]
-        out.append(Started(item, m[7] or None, pairs))
+        graph = (m[9][0], m[9][1], m[9][2]) if len(m) > 9 and m[9] else None
+        out.append(Started(item, m[7] or None, pairs, graph))
     return out
 
 

@@ -295,7 +295,10 @@ class Worker:
         """Run work items a function started (each holds a slot)."""
         try:
             # One round trip for every graph of the batch this worker has not seen yet.
-            loaded = await self._graphs.get_many([(s.item.shard, s.item.graph_id) for s in started])
+            stored = {s.item.graph_id: s.graph for s in started if s.graph is not None}
+            loaded = await self._graphs.get_many(
+                [(s.item.shard, s.item.graph_id) for s in started], stored
+            )
         except STORE_ERRORS as e:
             # Left pending in Redis; the reclaim loop picks them up after the lease.
             log.warning("loading graphs failed: %s", e)

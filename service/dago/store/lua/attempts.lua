@@ -37,7 +37,7 @@ end
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
 -- is delivered again) and returns, per item that may run, what it needs:
 -- {msg_id, gid, node, attempt, iteration, deliveries, execution, inputs|false,
--- {node, output, ...}}. Each start is a new execution of the attempt: while it runs, the
+-- {node, output, ...}, {definition, inputs, traceparent}|false}. Each start is a new execution of the attempt: while it runs, the
 -- node's fields (state, start time, worker, execution) are its record (readers show it
 -- RUNNING; nothing more is written per start); a redelivered item's earlier execution gets
 -- its record, ended RECLAIMED (its worker, if it still runs it, is told to stop), so no
@@ -84,6 +84,7 @@ local function start_batch(worker, items, lease)
     else
       local ok = true
       local redelivered = (st == S_RUNNING)
+      local first = false
       if not redelivered then
         if g[2] > 0 and g[1] + g[3] >= g[2] then
           ok = false
@@ -92,6 +93,7 @@ local function start_batch(worker, items, lease)
         else
           g[3] = g[3] + 1
           if gs == GraphState.SUBMITTED then
+            first = true
             gstate[gid] = GraphState.RUNNING
             redis.call('HSET', gk, META.STATE, GraphState.RUNNING, META.STARTED, NOW)
             index_move(gid, GraphState.SUBMITTED, GraphState.RUNNING)
@@ -138,7 +140,12 @@ local function start_batch(worker, items, lease)
             if o[j] then outs[#outs + 1] = names[k + j - 1]; outs[#outs + 1] = o[j] end
           end
         end
-        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, inputs, outs}
+        -- The graph's first start: the worker has not loaded the graph yet (no worker
+        -- has started any of its nodes), so its stored fields come with the item instead of
+        -- in a read of their own.
+        local stored = false
+        if first then stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT) end
+        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, inputs, outs, stored}
       end
     end
   end
