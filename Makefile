@@ -12,7 +12,10 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 PY          := $(BIN)/python
 SETUP_STAMP := $(VENV)/.dago-setup.sha256
-REQUIREMENTS := requirements.txt requirements-dev.txt
+# What setup installed (its hash is the stamp): the pins, and pyproject.toml, whose packages
+# `pip install -e .` installs in development mode (dago, dago.v1, dago_client with dagoctl), so
+# a script of yours runs with `.venv/bin/python` and no PYTHONPATH.
+REQUIREMENTS := requirements.txt requirements-dev.txt pyproject.toml
 # The TypeScript client (gRPC-Web): npm packages from its package-lock.json, code in $(TS_DIR)/gen.
 TS_DIR      := clients/typescript
 TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
@@ -42,7 +45,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: web dagoctl docs docs-check gen-go gen-java
+.PHONY: web docs docs-check gen-go gen-java
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
 .PHONY: helm helm-assets helm-docs lint-deploy
 
@@ -52,7 +55,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
-setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci clients/typescript (no-op when up to date)
+setup: ## Create .venv (python3.11), install requirements-dev.txt, pip install -e . and npm ci clients/typescript (no-op when up to date)
 	@want="$$(cat $(REQUIREMENTS) | sha256sum | cut -d' ' -f1)"; \
 	if [[ -x $(PY) && -f $(SETUP_STAMP) && "$$(cat $(SETUP_STAMP))" == "$$want" ]]; then \
 		echo "==> setup: .venv is up to date"; exit 0; \
@@ -63,6 +66,8 @@ setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci cli
 	fi; \
 	echo "==> setup: pip install -r requirements-dev.txt"; \
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt; \
+	echo "==> setup: pip install -e . (dago, dago.v1, dago_client and dagoctl, from this tree)"; \
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .; \
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "==> setup: done"
 	@want="$$(sha256sum $(TS_DIR)/package-lock.json | cut -d' ' -f1)"; \
@@ -72,7 +77,7 @@ setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci cli
 	echo "==> setup: npm ci --prefix $(TS_DIR)"; \
 	npm ci --prefix $(TS_DIR) --no-audit --no-fund --loglevel=error; \
 	echo "$$want" > $(TS_STAMP)
-	@$(MAKE) web dagoctl
+	@$(MAKE) web
 
 gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/typescript/gen/ from proto/
 	$(call say,gen: python stubs from $(PROTOS))
@@ -188,14 +193,6 @@ $(WEB_BUNDLE): $(WEB_SOURCES)
 	NODE_PATH=$(TS_DIR)/node_modules $(TS_DIR)/node_modules/.bin/esbuild web/src/app.js \
 		--bundle --format=esm --target=es2020 --minify --log-level=warning \
 		--external:@connectrpc/connect-node --outfile=$@
-
-dagoctl: ## Install the dagoctl command as .venv/bin/dagoctl (make setup does)
-	@printf '%s\n' '#!/usr/bin/env bash' \
-		'# dagoctl (dago_client.cli), written by `make dagoctl` / `make setup`.' \
-		'root=$(CURDIR)' \
-		'export PYTHONPATH="$$root/gen/python:$$root/clients/python$${PYTHONPATH:+:$$PYTHONPATH}"' \
-		'exec "$$root/$(PY)" -m dago_client "$$@"' > $(BIN)/dagoctl
-	@chmod +x $(BIN)/dagoctl
 
 gen-go: setup ## Go client code in build/gen/go (needs protoc-gen-go, protoc-gen-go-grpc on PATH; docs/clients.md)
 	$(BIN)/buf generate --template buf.gen.go.yaml --path proto/dago
