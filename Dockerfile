@@ -6,7 +6,7 @@
 #   docker run --rm -e DAGO_REDIS_URL=redis://redis:6379/0 dago worker
 #
 # The builder stage installs the pinned dependencies (requirements.txt) and the dago wheel
-# (service/ + gen/python/, see pyproject.toml) into a virtualenv; the runtime stage is the
+# (service/ + gen/python/ + clients/python/, see pyproject.toml) into a virtualenv; the runtime stage is the
 # same slim base with only that virtualenv, running as an unprivileged user.
 # tests/devtools/test_deploy.py runs this file's commands (wheel, ENTRYPOINT, HEALTHCHECK) without
 # Docker, and hadolint lints it.
@@ -25,6 +25,7 @@ RUN python -m venv /opt/dago \
 COPY pyproject.toml ./
 COPY service/ service/
 COPY gen/python/ gen/python/
+COPY clients/python/ clients/python/
 RUN /opt/dago/bin/pip install --no-deps . \
     && /opt/dago/bin/python -m compileall -q /opt/dago/lib
 

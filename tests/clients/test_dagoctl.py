@@ -267,6 +267,38 @@ async def test_list_pages_and_filters(stack: InProcessStack) -> None:
     assert code == 2 and "unknown state" in err
 
 
+async def test_json_output_before_or_after_the_command(stack: InProcessStack) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "diamond.json"), "--wait", "-o", "json")
+    assert code == 0, err
+    gid = json.loads(out)["graph_id"]
+    for command in (["status", gid], ["result", gid], ["list", "--limit", "1"], ["workers"]):
+        code, before, err = await ctl("-o", "json", *command)
+        assert code == 0, err
+        code, after, err = await ctl(*command, "-o", "json")
+        assert code == 0, err
+        code, long_form, err = await ctl(*command, "--output=json")
+        assert code == 0, err
+        if command[0] == "workers":  # heartbeat times move between calls: compare the ids
+            before, after, long_form = (
+                json.dumps([w["worker_id"] for w in json.loads(x)])
+                for x in (before, after, long_form)
+            )
+        assert json.loads(after) == json.loads(before) == json.loads(long_form), command
+    code, out, _ = await ctl("status", gid, "-o", "json")
+    assert json.loads(out)["state"] == "GRAPH_STATE_COMPLETED"
+    code, out, _ = await ctl("list", "-o", "json", "--limit", "1")
+    assert [g["graph_id"] for g in json.loads(out)] == [gid]
+    for command in (["dead-letters", "-o", "json"], ["dead-letters", "list", "-o", "json"]):
+        code, out, err = await ctl(*command)
+        assert code == 0 and json.loads(out) == [], err
+    # Text stays the default when -o is given nowhere, and a bad value is a usage error.
+    code, out, _ = await ctl("status", gid)
+    assert code == 0 and not out.lstrip().startswith("{")
+    code, _, err = await ctl("status", gid, "-o", "yaml")
+    assert code == 2 and "invalid choice" in err
+
+
 async def test_render_mermaid_and_dot_of_files_and_runs(stack: InProcessStack) -> None:
     ctl = ctl_for(stack)
     for example in sorted(EXAMPLES.glob("*.json")):
@@ -347,7 +379,7 @@ async def test_unreachable_server_exits_7() -> None:
 
 async def test_the_installed_dagoctl_command(stack: InProcessStack) -> None:
     exe = ROOT / ".venv" / "bin" / "dagoctl"
-    assert exe.exists(), "make setup writes .venv/bin/dagoctl (make dagoctl)"
+    assert exe.exists(), "make setup installs .venv/bin/dagoctl (pip install -e .)"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["DAGO_TARGET"] = f"127.0.0.1:{stack.port}"
     proc = await asyncio.create_subprocess_exec(

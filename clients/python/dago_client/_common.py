@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
@@ -107,3 +108,31 @@ def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Delay before retry ``attempt`` (1-based): exponential with full jitter on top half."""
     base = min(initial * (2.0 ** (attempt - 1)), maximum)
     return float(base / 2 + random.random() * base / 2)
+
+
+@overload
+def to_dict(message: struct_pb2.Value | struct_pb2.ListValue) -> Any: ...
+@overload
+def to_dict(message: Message) -> dict[str, Any]: ...
+def to_dict(message: Message) -> Any:
+    """A message as plain Python values: ``to_dict(result.output)`` -> ``{"summary": "..."}``.
+
+    Made for the ``google.protobuf.Struct`` outputs and inputs of runs, and the
+    ``google.protobuf.Value`` outputs of nodes (``dict(struct)`` keeps nested ``Struct`` and
+    ``ListValue`` messages, and ``json_format.MessageToDict`` turns every number into a float):
+    nested values become dicts, lists, str, bool and None, and whole numbers come back as
+    ``int`` (a Struct stores every number as a double, so ``3`` would read ``3.0``). A ``Value``
+    gives whatever it holds (a dict, a list, a string...). Any other message gives a dict with
+    the proto's field names, as the REST API prints them.
+    """
+    return _whole_numbers(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value

@@ -34,7 +34,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from dago.v1 import execution_pb2, graph_pb2
-from dago_client._common import node_state_name, state_name
+from dago_client._common import node_state_name, state_name, to_dict
 from dago_client.config import ClientConfig
 from dago_client.errors import DagoError
 from dago_client.graphfile import GraphFileError, load_request, parse_inputs
@@ -204,7 +204,7 @@ class Cli:
         if self.as_json:
             self.print(_json(res))
         else:
-            self.print(json.dumps(json_format.MessageToDict(res.output), indent=2))
+            self.print(json.dumps(to_dict(res.output), indent=2))
             if res.HasField("error") and res.error.message:
                 print(f"{state_name(res.state)}: {res.error.message}", file=self.err)
         return _EXIT_BY_STATE.get(res.state, EXIT_ERROR)
@@ -447,6 +447,16 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="a graph file or a run as Mermaid or Graphviz DOT")
     r.add_argument("source", help="graph file, or a run id (node states coloured)")
     r.add_argument("-f", "--format", choices=("mermaid", "dot"), default="mermaid")
+    # `-o json` after the command too (`dagoctl status ID -o json`): SUPPRESS keeps a command's
+    # default from overwriting a value given before the command.
+    for command in [*sub.choices.values(), *dl_sub.choices.values()]:
+        command.add_argument(
+            "-o",
+            "--output",
+            choices=("text", "json"),
+            default=argparse.SUPPRESS,
+            help="json: for programs",
+        )
     return p
 
 
