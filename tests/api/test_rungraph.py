@@ -4,6 +4,8 @@ message; batch messages carry the events in order, split by size."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import json_format
@@ -12,7 +14,7 @@ from google.rpc import error_details_pb2
 from dago.store.events import batched, encode, graph_prefix
 from dago.store.schema import Event
 from dago.v1 import execution_pb2, orchestrator_pb2
-from dago_client import AsyncDagoClient
+from dago_client import AsyncDagoClient, DagoClient
 from harness import InProcessStack, MakeStack, echo, edge, error_details, kinds, request
 
 
@@ -139,3 +141,13 @@ def test_batched_messages_parse_to_the_events_in_order_and_respect_the_size_limi
         len(m.events)
         for m in map(orchestrator_pb2.WatchGraphResponse.FromString, batched(one, limit=10))
     ] == [1] * 10
+
+
+async def test_the_blocking_client_runs_a_graph_in_one_call(stack: InProcessStack) -> None:
+    def run() -> list[execution_pb2.Event]:
+        with DagoClient(target=f"127.0.0.1:{stack.port}") as dago:
+            return list(dago.run(diamond(), request_id="sync-run"))
+
+    events = await asyncio.to_thread(run)
+    assert kinds(events)[0] == "graph_submitted" and kinds(events)[-1] == "graph_completed"
+    assert events == await stack.client.watch(events[0].graph_id)

@@ -33,7 +33,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from dago.v1 import execution_pb2, graph_pb2
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from dago_client._common import node_state_name, state_name, to_dict
 from dago_client.config import ClientConfig
 from dago_client.errors import DagoError
@@ -144,6 +144,9 @@ class Cli:
     def submit(self) -> int:
         """``submit FILE``: prints the run's id (then watches it with --watch)."""
         req = load_request(self.args.file, parse_inputs(self.args.input or []))
+        if self.args.watch:
+            # One call (RunGraph): the run's id comes with its first event.
+            return self._watch("", 0, req.graph, run=req)
         resp = self.client.submit(req, request_id=self.args.request_id)
         if self.as_json:
             self.print(_json(resp))
@@ -151,8 +154,6 @@ class Cli:
             self.print(resp.graph_id)
         if not resp.created:
             print(f"(request_id matched an earlier run: {resp.graph_id})", file=self.err)
-        if self.args.watch:
-            return self._watch(resp.graph_id, 0, req.graph)
         if self.args.wait:
             return _EXIT_BY_STATE.get(self.client.wait(resp.graph_id).state, EXIT_ERROR)
         return EXIT_OK
@@ -238,7 +239,15 @@ class Cli:
         graph = self.client.get_graph(self.args.graph_id).graph
         return self._watch(self.args.graph_id, self.args.after_seq, graph)
 
-    def _watch(self, graph_id: str, after_seq: int, graph: graph_pb2.Graph) -> int:
+    def _watch(
+        self,
+        graph_id: str,
+        after_seq: int,
+        graph: graph_pb2.Graph,
+        run: orchestrator_pb2.SubmitGraphRequest | None = None,
+    ) -> int:
+        """Follow a run (or, with ``run``, start it with RunGraph and follow it: its id is
+        printed when its first event brings it) until it ends; the exit code by its state."""
         view = RunView(graph_id, graph)
         live = self.out.isatty() and not self.args.plain and not self.as_json
         screen = Screen(self.out, colour=live and not os.environ.get("NO_COLOR"))
@@ -263,7 +272,17 @@ class Cli:
         if ticker is not None:
             ticker.start()
         try:
-            for ev in self.client.watch(graph_id, after_seq, heartbeats=live, on_resume=resumed):
+            if run is not None:
+                events = self.client.run(
+                    run, request_id=self.args.request_id, heartbeats=live, on_resume=resumed
+                )
+            else:
+                events = self.client.watch(graph_id, after_seq, heartbeats=live, on_resume=resumed)
+            for ev in events:
+                if not graph_id:
+                    graph_id = view.graph_id = ev.graph_id
+                    with lock:
+                        self.print(json.dumps({"graph_id": graph_id}) if self.as_json else graph_id)
                 if self.as_json:
                     one_line = json_format.MessageToJson(
                         ev, preserving_proto_field_name=True, indent=None

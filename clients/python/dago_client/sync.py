@@ -259,11 +259,60 @@ class DagoClient:
     ) -> Iterator[execution_pb2.Event]:
         """A run's events after ``after_seq`` in order, ending after the terminal event;
         resumed after a dropped stream like :meth:`AsyncDagoClient.watch`."""
-        last = after_seq
+
+        def open_call(last: int) -> Any:
+            req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=last, batch=True)
+            return self.stub.WatchGraph(req, metadata=self._metadata)
+
+        yield from self._follow(
+            open_call, after_seq, heartbeats, idle_timeout_s, max_resumes, on_resume
+        )
+
+    def run(
+        self,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        heartbeats: bool = False,
+        idle_timeout_s: float | None = 60.0,
+        max_resumes: int = 20,
+        on_resume: OnResume | None = None,
+    ) -> Iterator[execution_pb2.Event]:
+        """Submit a graph and stream its events in one call (RunGraph), as
+        :meth:`AsyncDagoClient.run`: the first event carries the run's graph_id."""
+        sub = submit_request(graph, inputs, request_id, False)
+        req = orchestrator_pb2.RunGraphRequest(
+            graph=sub.graph, inputs=sub.inputs, request_id=sub.request_id, batch=True
+        )
+        graph_id = ""
+
+        def open_call(last: int) -> Any:
+            if graph_id:
+                watch = orchestrator_pb2.WatchGraphRequest(
+                    graph_id=graph_id, after_seq=last, batch=True
+                )
+                return self.stub.WatchGraph(watch, metadata=self._metadata)
+            return self.stub.RunGraph(req, metadata=self._metadata)
+
+        for ev in self._follow(open_call, 0, heartbeats, idle_timeout_s, max_resumes, on_resume):
+            graph_id = graph_id or ev.graph_id
+            yield ev
+
+    def _follow(
+        self,
+        open_call: Callable[[int], Any],
+        last: int,
+        heartbeats: bool,
+        idle_timeout_s: float | None,
+        max_resumes: int,
+        on_resume: OnResume | None,
+    ) -> Iterator[execution_pb2.Event]:
+        """The events of the streams ``open_call(after_seq)`` opens, in order and each once,
+        reopening a dropped stream after the last seq delivered."""
         failures = 0
         while True:
-            req = orchestrator_pb2.WatchGraphRequest(graph_id=graph_id, after_seq=last)
-            call: Any = self.stub.WatchGraph(req, metadata=self._metadata)
+            call: Any = open_call(last)
             # A quiet stream (no heartbeat either) is cancelled by this timer and resumed.
             idle = threading.Event()
 
@@ -288,18 +337,18 @@ class DagoClient:
                 for msg in call:
                     arm()
                     failures = 0
-                    ev = msg.event
-                    kind = ev.WhichOneof("payload")
-                    if kind == "heartbeat":
-                        if heartbeats:
-                            yield ev
-                        continue
-                    if ev.seq <= last:
-                        continue
-                    last = ev.seq
-                    yield ev
-                    if kind in TERMINAL_EVENTS:
-                        return
+                    for ev in msg.events if len(msg.events) else (msg.event,):
+                        kind = ev.WhichOneof("payload")
+                        if kind == "heartbeat":
+                            if heartbeats:
+                                yield ev
+                            continue
+                        if ev.seq <= last:
+                            continue
+                        last = ev.seq
+                        yield ev
+                        if kind in TERMINAL_EVENTS:
+                            return
                 err = UnavailableError(
                     grpc.StatusCode.UNAVAILABLE, "the watch stream ended before the run finished"
                 )

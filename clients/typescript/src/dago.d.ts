@@ -59,6 +59,16 @@ export interface DagoClient {
    * A dropped stream is resumed from the last seq received, so no event is lost or repeated.
    */
   watch(graphId: string, options?: WatchOptions): AsyncGenerator<Event, void, undefined>;
+  /**
+   * Submits and streams in one call (RunGraph): the new run's events from its first
+   * (graph_submitted, which carries the graph_id), ending after the terminal event. A
+   * request_id is generated when none is given, so a resume never starts a second run; a
+   * dropped stream is resumed with WatchGraph once the graph_id is known.
+   */
+  run(
+    request: MessageInitShape<typeof SubmitGraphRequestSchema>,
+    options?: Omit<WatchOptions, "afterSeq">,
+  ): AsyncGenerator<Event, void, undefined>;
 }
 
 export declare function createDagoClient(baseUrl: string, options?: DagoClientOptions): DagoClient;

@@ -61,6 +61,38 @@ function sleep(ms, signal) {
 }
 
 /**
+ * The events of the streams `open(afterSeq, signal)` opens, in seq order and each once,
+ * ending after the terminal event; a dropped stream is reopened after the last seq received.
+ */
+async function* follow(open, afterSeq, { signal, onResume, maxRetries, retryDelayMs }) {
+  let lastSeq = afterSeq;
+  let failures = 0;
+  for (;;) {
+    try {
+      for await (const res of open(lastSeq, signal)) {
+        const ev = res.event;
+        if (!ev || ev.payload.case === "heartbeat") continue;
+        if (ev.seq <= lastSeq) continue; // already delivered before a resume
+        lastSeq = ev.seq;
+        failures = 0;
+        yield ev;
+        if (TERMINAL_EVENTS.includes(ev.payload.case)) return;
+      }
+      // The stream ended before the terminal event (e.g. a server shutting down): resume.
+      throw new ConnectError("watch stream ended before the run finished", Code.Unavailable);
+    } catch (err) {
+      const e = ConnectError.from(err);
+      if (signal?.aborted || !RESUMABLE_CODES.includes(e.code) || failures >= maxRetries) {
+        throw e;
+      }
+      failures += 1;
+      onResume?.({ afterSeq: lastSeq, attempt: failures, error: e });
+      await sleep(Math.min(retryDelayMs * 2 ** (failures - 1), 2000), signal);
+    }
+  }
+}
+
+/**
  * @param {string} baseUrl e.g. "http://127.0.0.1:8080" (Envoy) or the API's address for "grpc"
  * @param {import("./dago.d.ts").DagoClientOptions} [options]
  * @returns {import("./dago.d.ts").DagoClient}
@@ -103,32 +135,28 @@ export function createDagoClient(baseUrl, options = {}) {
     },
 
     async *watch(graphId, watchOptions = {}) {
-      const { signal, onResume } = watchOptions;
-      let lastSeq = BigInt(watchOptions.afterSeq ?? 0);
-      let failures = 0;
       const c = await client();
-      for (;;) {
-        try {
-          for await (const res of c.watchGraph({ graphId, afterSeq: lastSeq }, { signal })) {
-            const ev = res.event;
-            if (!ev || ev.payload.case === "heartbeat") continue;
-            if (ev.seq <= lastSeq) continue; // already delivered before a resume
-            lastSeq = ev.seq;
-            failures = 0;
-            yield ev;
-            if (TERMINAL_EVENTS.includes(ev.payload.case)) return;
-          }
-          // The stream ended before the terminal event (e.g. a server shutting down): resume.
-          throw new ConnectError("watch stream ended before the run finished", Code.Unavailable);
-        } catch (err) {
-          const e = ConnectError.from(err);
-          if (signal?.aborted || !RESUMABLE_CODES.includes(e.code) || failures >= maxRetries) {
-            throw e;
-          }
-          failures += 1;
-          onResume?.({ afterSeq: lastSeq, attempt: failures, error: e });
-          await sleep(Math.min(retryDelayMs * 2 ** (failures - 1), 2000), signal);
-        }
+      const open = (afterSeq, signal) => c.watchGraph({ graphId, afterSeq }, { signal });
+      yield* follow(open, BigInt(watchOptions.afterSeq ?? 0), {
+        ...watchOptions,
+        maxRetries,
+        retryDelayMs,
+      });
+    },
+
+    async *run(request, runOptions = {}) {
+      const c = await client();
+      // A request_id makes the call safe to repeat: a resume before the first event (no
+      // graph_id yet) sends the same RunGraph again and gets the same run.
+      const req = { ...request, requestId: request.requestId || `ts-${crypto.randomUUID()}` };
+      let graphId = "";
+      const open = (afterSeq, signal) =>
+        graphId
+          ? c.watchGraph({ graphId, afterSeq }, { signal })
+          : c.runGraph(req, { signal });
+      for await (const ev of follow(open, 0n, { ...runOptions, maxRetries, retryDelayMs })) {
+        graphId ||= ev.graphId;
+        yield ev;
       }
     },
   };

@@ -92,6 +92,25 @@ test("submit examples/diamond.json and watch it to graph_completed", TIMEOUT, as
   assert.deepEqual(tail.map((ev) => ev.seq), events.slice(-2).map((ev) => ev.seq));
 });
 
+test("run: submit and watch in one call; the same request_id streams the same run", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const req = request({ ...diamond, requestId: `ts-run-${Date.now()}` });
+  const events = await collect(dago.run(req));
+  assertContiguous(events);
+  assert.equal(events[0].payload.case, "graphSubmitted");
+  assert.equal(events.at(-1).payload.case, "graphCompleted");
+  const graphId = events[0].graphId;
+  assert.ok(events.every((ev) => ev.graphId === graphId));
+  assert.deepEqual(await collect(dago.watch(graphId)), events);
+  const again = await collect(dago.run(req));
+  assert.deepEqual(again, events);
+  const err = await collect(dago.run(request({ graph: { name: "x", nodes: [] } }))).then(
+    () => assert.fail("an empty graph was accepted"),
+    (e) => e,
+  );
+  assert.equal(ConnectError.from(err).code, Code.InvalidArgument);
+});
+
 test("a dropped watch resumes from the last seq: every event once, in order", TIMEOUT, async () => {
   const plain = createDagoClient(EDGE_URL);
   const sub = await plain.submit(request(diamond));
