@@ -321,48 +321,80 @@ class Run {
   }
 }
 
-async function watch(id) {
+// Starts following a run (the one before stops): the abort signal of this one.
+function follow(id) {
   current?.abort.abort();
   const abort = new AbortController();
   current = { id, abort };
   $("error").textContent = "";
+  if (id) show(id);
+  return abort;
+}
+
+function show(id) {
+  current.id = id;
   $("graph-id").value = id;
   if (window.location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
+}
+
+// Applies a run's events as they come (and redraws it twice a second) until the stream
+// ends. With no run yet (a RunGraph), the first event makes it: `runOf(event)`.
+async function play(events, run, runOf = null) {
+  const ticker = setInterval(() => run?.render(), 500);
+  try {
+    for await (const ev of events) {
+      run ??= runOf(ev);
+      $("conn").textContent = "";
+      run.apply(ev);
+    }
+  } finally {
+    clearInterval(ticker);
+    run?.render();
+  }
+}
+
+function streamOptions(abort, log) {
+  return {
+    signal: abort.signal,
+    onResume: ({ afterSeq, error }) => {
+      $("conn").textContent = `stream dropped (${error.message}); resuming after ${afterSeq}`;
+      log(`-- resumed after seq ${afterSeq}`);
+    },
+  };
+}
+
+async function watch(id) {
+  const abort = follow(id);
   try {
     const { graph } = await dago().graph(id);
     draw(graph);
     const run = new Run(id, graph);
     const st = await dago().status(id);
     run.started = tsMillis(st.status.createTime) || Date.now();
-    const ticker = setInterval(() => run.render(), 500);
-    try {
-      for await (const ev of dago().watch(id, {
-        signal: abort.signal,
-        onResume: ({ afterSeq, error }) => {
-          $("conn").textContent = `stream dropped (${error.message}); resuming after ${afterSeq}`;
-          run.log(`-- resumed after seq ${afterSeq}`);
-        },
-      })) {
-        $("conn").textContent = "";
-        run.apply(ev);
-      }
-    } finally {
-      clearInterval(ticker);
-      run.render();
-    }
+    await play(dago().watch(id, streamOptions(abort, (line) => run.log(line))), run);
   } catch (err) {
     if (!abort.signal.aborted) $("error").textContent = String(err?.message ?? err);
   }
 }
 
+// Submits the chosen example and follows it in one call (RunGraph): the graph is drawn
+// from the request, and the run's id comes with its first event.
 async function submit() {
   const name = $("example").value;
-  $("error").textContent = "";
+  const abort = follow("");
   try {
-    const res = await dago().submit(fromJson(SubmitGraphRequestSchema, EXAMPLES[name]));
-    await watch(res.graphId);
+    const req = fromJson(SubmitGraphRequestSchema, EXAMPLES[name]);
+    draw(req.graph);
+    let run = null;
+    const events = dago().run(req, streamOptions(abort, (line) => run?.log(line)));
+    await play(events, null, (ev) => {
+      show(ev.graphId);
+      run = new Run(ev.graphId, req.graph);
+      run.started = tsMillis(ev.time) || Date.now();
+      return run;
+    });
   } catch (err) {
-    $("error").textContent = String(err?.message ?? err);
+    if (!abort.signal.aborted) $("error").textContent = String(err?.message ?? err);
   }
 }
 
