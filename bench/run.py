@@ -383,6 +383,10 @@ class Bench:
                 await c.replay(gid)
             one = 3 * n / (time.perf_counter() - t0)
             t0 = time.perf_counter()
+            for _ in range(3):
+                await c.replay(gid, batch=True)
+            one_batch = 3 * n / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
             counts = await asyncio.gather(*(c.replay(gid) for _ in range(s.watchers)))
             many = sum(counts) / (time.perf_counter() - t0)
             # live: watchers attached before the graph runs
@@ -394,6 +398,7 @@ class Bench:
             return {
                 "events": n,
                 "one_watcher_events_per_s": one,
+                "one_watcher_batch_events_per_s": one_batch,
                 "watchers": s.watchers,
                 "many_watchers_events_per_s": many,
                 "live_watchers_events_per_s": live_rate,

@@ -172,12 +172,13 @@ class Dago:
                 raise RuntimeError(f"a RunGraph ended with {kinds[-1]}")
         return time.perf_counter() - t0
 
-    async def replay(self, gid: str) -> int:
-        """Watch ``gid`` (finished) from the start; returns the events received."""
+    async def replay(self, gid: str, batch: bool = False) -> int:
+        """Watch ``gid`` (finished) from the start (``batch``: several events per message);
+        returns the events received."""
         n = 0
-        watch = orchestrator_pb2.WatchGraphRequest(graph_id=gid)
-        async for _ in self.stub.WatchGraph(watch, timeout=120):
-            n += 1
+        watch = orchestrator_pb2.WatchGraphRequest(graph_id=gid, batch=batch)
+        async for msg in self.stub.WatchGraph(watch, timeout=120):
+            n += len(msg.events) if batch else 1
         return n
 
 
