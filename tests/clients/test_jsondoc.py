@@ -1,6 +1,7 @@
-"""Proto JSON documents checked against their message type (``jsondoc``): the service's
-module and the client's copy are the same file, and every problem of a document is a field
-violation with its path, the node's id, the nearest valid name and the valid ones."""
+"""Proto JSON documents checked against their message type (``dago.engine.jsondoc``, the one
+rule of the service's REST check and the client's graph files): every problem of a
+document is a field violation with its path, the node's id, the nearest valid name and the
+valid ones."""
 
 from __future__ import annotations
 
@@ -8,21 +9,10 @@ from typing import Any
 
 import pytest
 
+from dago.engine import jsondoc
 from dago.v1 import orchestrator_pb2
-from dago_client import jsondoc, load_request
+from dago_client import load_request
 from dago_client.graphfile import GraphFileError
-from harness import ROOT
-
-
-def test_the_client_holds_the_services_module_unchanged() -> None:
-    # One rule for the service's REST check and the client's files: the client ships
-    # without the service, so it holds a copy, which must not drift.
-    service = ROOT / "service" / "dago" / "engine" / "jsondoc.py"
-    client = ROOT / "clients" / "python" / "dago_client" / "jsondoc.py"
-    assert client.read_bytes() == service.read_bytes(), (
-        "clients/python/dago_client/jsondoc.py differs from service/dago/engine/jsondoc.py: "
-        "copy the service's module over it"
-    )
 
 
 def problems(doc: Any, **kw: Any) -> dict[str, str]:

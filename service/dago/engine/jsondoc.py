@@ -21,9 +21,8 @@ value, oneof given twice and object-where-a-list-belongs with:
 ``ParseDict`` for what only it checks (a number where a string belongs, a bad duration),
 its ``ParseError`` turned into a field violation too (:func:`from_parse_error`).
 
-This module depends on protobuf alone: the Python client (``dago_client.jsondoc``) holds a
-byte-identical copy, which tests/clients/test_jsondoc.py keeps identical (the client ships
-without the service, and the service without the client).
+This module depends on protobuf alone, so the Python client (``dago_client.graphfile``, in
+the same distribution) uses it as it is: one rule for REST bodies and graph files.
 """
 
 from __future__ import annotations
