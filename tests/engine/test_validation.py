@@ -190,12 +190,12 @@ def test_diamond_compiles_with_entries_sinks_refs_and_topology(cel: CelCompiler)
     assert c.topology[">a"] == "0,b,0,0,1;1,c,0,0,1"
     assert c.topology[">b"] == "2,d,0,0,0"
     assert c.topology[">d"] == ""
-    # What starting each node reads (inputs? which outputs?) and its attempt timeout in ms.
+    # What starting each node reads (which outputs) and its attempt timeout in ms.
     assert c.start_plans == {
-        "a": "1|a|300000",
-        "b": "0|a|300000",
-        "c": "1||300000",
-        "d": "0|b,c|300000",
+        "a": "a|300000",
+        "b": "a|300000",
+        "c": "|300000",
+        "d": "b,c|300000",
     }
     # The retry policy: attempts, initial and max backoff (ms), multiplier, jitter, retry_on.
     assert ta[NodeTopology.RETRY] == [1, 1000, 60000, 2.0, 0.0, []]

@@ -272,7 +272,7 @@ async def test_watch_resumes_after_disconnect_without_loss_or_duplicates(
 # --- 4. cancel stops a running node quickly ------------------------------------------------
 
 
-async def test_cancel_stops_running_sleep_within_a_second(
+async def test_cancel_stops_a_running_30s_sleep_at_once(
     redis_single: RedisServer, key_prefix: str
 ) -> None:
     req = request([sleep("s", 30), echo("after", x=1)], [edge("s", "after")])
@@ -298,8 +298,10 @@ async def test_cancel_stops_running_sleep_within_a_second(
                 return logged and await pending(store, gid) == 0
 
             await eventually(stopped, 5, 0.01)
+            # Typically ~0.1 s; the bound only tells "stopped by the cancel" from "ran on"
+            # (its 30 s sleep) with room for a loaded 2-core machine (1 s failed once there).
             elapsed = time.monotonic() - t0
-            assert elapsed < 1.0, f"the running node stopped {elapsed:.2f}s after CancelGraph"
+            assert elapsed < 3.0, f"the running node stopped {elapsed:.2f}s after CancelGraph"
 
             st = await stack.client.status(gid)
             assert st.state == execution_pb2.GRAPH_STATE_CANCELLED

@@ -148,12 +148,12 @@ async def test_take_never_returns_more_than_wanted_across_shards(
 
 
 async def test_take_starts_what_it_takes(stack: InProcessStack) -> None:
-    """A taken item is running in Redis, with its attempt's node_started event, and carries
-    the inputs its node reads."""
+    """A taken item is running in Redis, with its attempt's node_started event; as the
+    graph's first start it carries the run's stored inputs with its definition."""
     req = request([echo("a", v="{{ inputs.x }}")], inputs={"x": 7})
     gid = await stack.client.submit(req)
     _, started = await first_item(stack, gid)
-    assert started.inputs == b'{"x":7}'
+    assert started.graph is not None and started.graph[1] == b'{"x":7}'
     assert (started.item.node, started.item.attempt, started.item.deliveries) == ("a", 1, 1)
     st = await stack.client.status(gid)
     assert st.nodes[0].state == execution_pb2.NODE_STATE_RUNNING

@@ -14,12 +14,12 @@ from dago.store.schema import LoopTopology, NodeTopology, Topology
 
 def start_plan(node: CompiledNode) -> str:
     """What starting ``node`` reads and how long it may run, as the functions read it
-    (``schema.Node.PLAN``): ``need_inputs(0/1)|refs|attempt timeout ms``, refs ``*`` for
-    every node's output, else the node ids read, comma-separated."""
+    (``schema.Node.PLAN``): ``refs|attempt timeout ms``, refs ``*`` for every node's output,
+    else the node ids read, comma-separated. (The run's inputs are not read at a start: the
+    worker holds them with the graph it loaded.)"""
     refs = node.refs
-    need = "1" if refs.inputs or refs.all_inputs else "0"
     names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
-    return f"{need}|{names}|{int(node.attempt_timeout * 1000)}"
+    return f"{names}|{int(node.attempt_timeout * 1000)}"
 
 
 def _single(oe: OutEdge, owner: Mapping[int, int], shape: Shape) -> int:

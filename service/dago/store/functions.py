@@ -270,13 +270,12 @@ class WorkItem:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A work item a function marked running, with what its node reads: the graph's
-    inputs (JSON) when it reads them, and the outputs (JSON) of the nodes it reads. The
-    graph's first start also carries the graph's stored definition, inputs and trace
-    context (``graph``), which no worker has loaded yet."""
+    """A work item a function marked running, with the outputs (JSON) of the nodes it
+    reads (the run's inputs come with the loaded graph). The graph's first start also
+    carries the graph's stored definition, inputs and trace context (``graph``), which no
+    worker has loaded yet."""
 
     item: WorkItem
-    inputs: bytes | None
     outputs: list[tuple[str, bytes]]
     graph: tuple[bytes | None, bytes | None, bytes | None] | None = None
 
@@ -322,15 +321,15 @@ def _s(v: Any) -> str:
 
 def parse_started(shard: int, raw: Sequence[Any]) -> list[Started]:
     """Started items as the functions return them: per item ``{msg_id, gid, node, attempt,
-    iteration, deliveries, execution, inputs|false, {node, output, ...},
+    iteration, deliveries, execution, {node, output, ...},
     {definition, inputs, traceparent}|false}``."""
     out = []
     for m in raw:
-        outs = m[8]
+        outs = m[7]
         item = WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]))
         pairs = [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)]
-        graph = (m[9][0], m[9][1], m[9][2]) if len(m) > 9 and m[9] else None
-        out.append(Started(item, m[7] or None, pairs, graph))
+        graph = (m[8][0], m[8][1], m[8][2]) if len(m) > 8 and m[8] else None
+        out.append(Started(item, pairs, graph))
     return out
 
 

@@ -76,7 +76,7 @@ class Node:
     TIMER: Final = ":tm"
     """The timer member set for the running attempt, if any."""
     PLAN: Final = ":p"
-    """What starting the node reads and its timeout (``need_inputs|refs|timeout_ms``),
+    """What starting the node reads and its timeout (``refs|timeout_ms``),
     written at submit: read with the node's state when a function starts it."""
     DEAD_LETTER: Final = ":dx"
     """The entry id of the dead letter the node waits for."""

@@ -140,7 +140,7 @@ class Attempts:
             graph = loaded.get(item.graph_id)
             node = _node(graph, item)
             plan = self._plan(node) if node is not None else None
-            inputs = json.loads(s.inputs) if s.inputs else {}
+            inputs = graph.inputs if graph is not None else {}
             nodes = {n: {"output": json.loads(raw)} for n, raw in s.outputs} if s.outputs else {}
             name = graph.name if graph else ""
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}

@@ -36,8 +36,9 @@ end
 
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
 -- is delivered again) and returns, per item that may run, what it needs:
--- {msg_id, gid, node, attempt, iteration, deliveries, execution, inputs|false,
--- {node, output, ...}, {definition, inputs, traceparent}|false}. Each start is a new execution of the attempt: while it runs, the
+-- {msg_id, gid, node, attempt, iteration, deliveries, execution, {node, output, ...},
+-- {definition, inputs, traceparent}|false} (the run's inputs come with the graph a worker
+-- loads, never per start). Each start is a new execution of the attempt: while it runs, the
 -- node's fields (state, start time, worker, execution) are its record (readers show it
 -- RUNNING; nothing more is written per start); a redelivered item's earlier execution gets
 -- its record, ended RECLAIMED (its worker, if it still runs it, is told to stop), so no
@@ -102,7 +103,7 @@ local function start_batch(worker, items, lease)
         end
       end
       if ok then
-        local need, refs, timeout = string.match(v[7], '^(%d)|([^|]*)|(%d+)$')
+        local refs, timeout = string.match(v[7], '^([^|]*)|(%d+)$')
         local deadline = int(NOW + tonumber(timeout) + lease)
         -- The execution: 1 for a queued attempt, one more for a redelivered one, and for a
         -- requeued dead letter one more than its last (deadletter.lua keeps it negated).
@@ -124,8 +125,6 @@ local function start_batch(worker, items, lease)
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
         if v[5] == tm then redis.call('ZADD', K_TIMERS, deadline, tm) end
-        local inputs = false
-        if need == '1' then inputs = redis.call('HGET', gk, META.INPUTS) end
         local names
         if refs == '*' then names = cjson.decode(redis.call('HGET', gk, META.NODE_IDS))
         elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
@@ -145,7 +144,7 @@ local function start_batch(worker, items, lease)
         -- in a read of their own.
         local stored = false
         if first then stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT) end
-        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, inputs, outs, stored}
+        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, outs, stored}
       end
     end
   end
