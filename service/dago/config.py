@@ -84,6 +84,7 @@ class Settings:
     anthropic_base_url: str = ""
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str = "https://api.openai.com/v1"
+    openai_structured_output: str = "json_schema"
     prices: str = ""
     price_multiplier: float = 1.0
     allow_unknown_models: bool = False
@@ -413,6 +414,18 @@ SETTINGS: dict[str, _Spec] = {
             None
             if urlsplit(v).scheme in ("http", "https") and urlsplit(v).netloc
             else "must be an http:// or https:// URL"
+        ),
+    ),
+    "openai_structured_output": _Spec(
+        "How the openai provider asks for structured output (nodes with output_schema): "
+        "json_schema (response_format json_schema: OpenAI, Gemini, vLLM, Ollama), "
+        "json_object (JSON mode, the schema in the system prompt: servers without json_schema) "
+        "or prompt (the schema in the system prompt only: servers without response_format). "
+        "The answer is checked against the schema and repaired once either way.",
+        lambda v: (
+            None
+            if v in ("json_schema", "json_object", "prompt")
+            else "must be json_schema, json_object or prompt"
         ),
     ),
     "prices": _Spec(

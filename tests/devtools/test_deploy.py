@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jsonschema
 import pytest
 import yaml
 
 from dago.api.server import LIVENESS
 from dago.devtools import edge
+from dago.store.keys import WORK_GROUP, ShardKeys
 from harness import Client, RunningStack, echo, eventually, free_port, request
 from harness import edge as graph_edge
 from redisfixture import RedisServer
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "dago"
 VALUES_FILES = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+KEDA_CRDS = Path(__file__).resolve().parent / "data" / "keda"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 BIN = Path(sys.executable).parent
 NAMESPACE = "dago-test"
@@ -132,6 +135,7 @@ def test_values_files_cover_the_required_setups() -> None:
         "external-redis-values.yaml",
         "ha-values.yaml",
         "ingress-tls-values.yaml",
+        "keda-values.yaml",
     ]
 
 
@@ -467,6 +471,135 @@ def test_hpa_and_pdb_only_with_the_ha_values(rendered: dict[str, list[dict[str, 
     assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
 
 
+def crd_validator(name: str) -> jsonschema.protocols.Validator:
+    """A validator of the served version of a vendored KEDA CRD (tests/devtools/data/keda),
+    strict like the API server's field validation: unknown fields are errors (the CRD's
+    schema lists every field; JSON Schema alone would let a misspelt one through)."""
+    crd = yaml.safe_load((KEDA_CRDS / name).read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
+    assert version["name"] == "v1alpha1"
+
+    def strict(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: strict(v) for k, v in node.items()}
+            if "properties" in out and "additionalProperties" not in out:
+                out["additionalProperties"] = False
+            return out
+        if isinstance(node, list):
+            return [strict(v) for v in node]
+        return node
+
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def assert_valid(validator: jsonschema.protocols.Validator, doc: dict[str, Any]) -> None:
+    """``doc`` satisfies the schema (every error listed otherwise)."""
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+    assert not errors, errors
+
+
+# Trigger metadata the redis-streams scalers read (KEDA pkg/scalers/redis_streams_scaler.go
+# and redis_scaler.go: redisStreamsMetadata, redisConnectionInfo).
+REDIS_STREAMS_METADATA = {
+    "address",
+    "addresses",
+    "stream",
+    "consumerGroup",
+    "lagCount",
+    "activationLagCount",
+    "databaseIndex",
+    "enableTLS",
+    "username",
+}
+
+
+def test_keda_scales_the_workers_on_every_shard_stream(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["keda-values.yaml"]
+    worker = f"{RELEASE}-dago-worker"
+    so = one(docs, "ScaledObject", worker)
+    assert_valid(crd_validator("keda.sh_scaledobjects.yaml"), so)
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": worker}
+    assert "replicas" not in one(docs, "Deployment", worker)["spec"], "KEDA's HPA owns it"
+    assert not kinds(docs, "HorizontalPodAutoscaler"), "KEDA makes the only HPA"
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 30)
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+    # One trigger per shard of config.DAGO_SHARDS, on the streams and the consumer group
+    # the workers read (dago.store.keys), in the bundled Redis.
+    streams = [ShardKeys("prod", s).work for s in range(4)]
+    assert [t["metadata"]["stream"] for t in spec["triggers"]] == streams
+    for t in spec["triggers"]:
+        assert t["type"] == "redis-streams" and "authenticationRef" not in t
+        meta = t["metadata"]
+        assert set(meta) <= REDIS_STREAMS_METADATA, set(meta) - REDIS_STREAMS_METADATA
+        assert meta["consumerGroup"] == WORK_GROUP
+        assert meta["lagCount"] == "280"
+        assert meta["address"] == f"{RELEASE}-dago-redis.{NAMESPACE}.svc:6379"
+        assert meta["databaseIndex"] == "0"
+    worker_env = one(docs, "Deployment", worker)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in worker_env["env"]}
+    assert env["DAGO_SHARDS"] == "4" and env["DAGO_KEY_PREFIX"] == "prod"
+    # The bundled Redis lets the KEDA operator's namespace in.
+    policy = one(docs, "NetworkPolicy", f"{RELEASE}-dago-redis")
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}} in peers
+    # Without keda, nothing of it.
+    for values in ("default-values.yaml", "ha-values.yaml"):
+        assert not kinds(rendered[values], "ScaledObject")
+        assert not kinds(rendered[values], "TriggerAuthentication")
+
+
+def test_keda_reads_an_external_redis_cluster_with_a_password(helm: str) -> None:
+    done = run(
+        [
+            helm,
+            "template",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "-f",
+            str(CHART / "ci" / "external-redis-values.yaml"),
+            "--set",
+            "keda.enabled=true",
+            "--set",
+            "keda.redis.address=r1:6379\\,r2:6379",
+            "--set",
+            "keda.redis.cluster=true",
+            "--set",
+            "keda.redis.enableTLS=true",
+            "--set",
+            "keda.redis.passwordSecret.name=redis-auth",
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    worker = f"{RELEASE}-dago-worker"
+    so = one(docs, "ScaledObject", worker)
+    auth = one(docs, "TriggerAuthentication", worker)
+    assert_valid(crd_validator("keda.sh_scaledobjects.yaml"), so)
+    assert_valid(crd_validator("keda.sh_triggerauthentications.yaml"), auth)
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "redis-auth", "key": "redis-password"}
+    ]
+    triggers = so["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == [
+        ShardKeys("dago", s).work for s in range(16)
+    ]
+    for t in triggers:
+        assert t["type"] == "redis-cluster-streams"
+        assert t["authenticationRef"] == {"name": worker}
+        meta = t["metadata"]
+        assert set(meta) <= REDIS_STREAMS_METADATA
+        assert meta["addresses"] == "r1:6379,r2:6379" and "databaseIndex" not in meta
+        assert meta["enableTLS"] == "true" and meta["consumerGroup"] == WORK_GROUP
+
+
 def test_ingress_with_tls_routes_to_envoy(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["ingress-tls-values.yaml"]
     (ing,) = kinds(docs, "Ingress")
@@ -520,6 +653,15 @@ def test_chart_rejects_contradictory_values(helm: str) -> None:
     cases = [
         (["--set", "redis.external.enabled=true"], "redis.external.url"),
         (["--set", "api.tls.enabled=true", "--set", "api.tls.secretName=t"], "envoy.enabled"),
+        (
+            ["--set", "keda.enabled=true", "--set", "worker.autoscaling.enabled=true"],
+            "keda.enabled and worker.autoscaling.enabled are exclusive",
+        ),
+        (["--set", "keda.enabled=true", "--set", "keda.minReplicaCount=0"], "at least 1"),
+        (
+            ["--set", "keda.enabled=true", "-f", str(CHART / "ci" / "external-redis-values.yaml")],
+            "keda.redis.address",
+        ),
     ]
     for args, message in cases:
         done = run([helm, "template", RELEASE, str(CHART), *args])

@@ -10,11 +10,21 @@ Usage: ``prompt_tokens`` includes the cached prompt tokens
 the rest as input, so the price table bills each at its own rate. There are no
 cache writes.
 
-Structured output is ``response_format={"type": "json_schema", ...}`` with the
-node's output schema; the answer is parsed and checked with ``jsonschema`` and,
-when it does not match, the model is asked once more with the validation error.
-(Structured answers are not streamed as text deltas, as with the anthropic
-provider's forced tool use.)
+Structured output follows ``DAGO_OPENAI_STRUCTURED_OUTPUT``, what the endpoint supports:
+``json_schema`` (default: ``response_format={"type": "json_schema", ...}`` with the node's
+output schema; OpenAI, Gemini, vLLM, Ollama), ``json_object`` (JSON mode, the schema in
+the system prompt) or ``prompt`` (the schema in the system prompt only, for servers
+without ``response_format``). Either way the answer (a Markdown code fence around it
+removed) is parsed and checked with ``jsonschema`` and, when it does not match, the model
+is asked once more with the validation error. (Structured answers are not streamed as
+text deltas, as with the anthropic provider's forced tool use.)
+
+Compatible servers differ in what they report: ``prompt_tokens_details`` (cached tokens)
+is OpenAI's (vLLM sends it only with ``--enable-prompt-tokens-details``; Ollama and
+Gemini's endpoint leave it out: no cache reads then); Gemini's endpoint repeats the
+running usage on every chunk, so the last usage seen is the call's (never a sum). A
+stream without any usage (a server ignoring ``stream_options.include_usage``) counts
+zero tokens, logged once per model.
 
 Agents: the request's tools go as ``tools`` of type ``function``; the streamed
 ``tool_calls`` deltas (id and name first, then the arguments JSON in pieces) are put
@@ -33,6 +43,7 @@ of an error message, event or result.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import openai
@@ -49,13 +60,16 @@ from dago.llm.base import (
 )
 from dago.v1 import graph_pb2
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SCHEMA_NAME = "structured_output"
 
 _FIX = {
     400: "check the node's model, max_tokens, temperature, messages and output_schema "
-    "(and that the server supports json_schema response formats)",
+    "(a server without json_schema response formats needs DAGO_OPENAI_STRUCTURED_OUTPUT="
+    "json_object or prompt)",
     401: "check OPENAI_API_KEY (or DAGO_OPENAI_API_KEY)",
     403: "check that the API key may use this model and project",
     404: "check the model name and DAGO_OPENAI_BASE_URL (it usually ends in /v1)",
@@ -70,13 +84,22 @@ class OpenAIProvider:
     name = "openai"
     default_model = DEFAULT_MODEL
 
-    def __init__(self, api_key: str, base_url: str = "", timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = "",
+        timeout_s: float = 600.0,
+        *,
+        structured_output: str = "json_schema",
+    ) -> None:
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url or DEFAULT_BASE_URL,
             max_retries=0,
             timeout=timeout_s,
         )
+        self._structured_output = structured_output
+        self._no_usage_warned: set[str] = set()
 
     async def close(self) -> None:
         """Release the HTTP connection pool."""
@@ -85,8 +108,11 @@ class OpenAIProvider:
     async def complete(self, request: LlmRequest, on_text: OnText) -> LlmResponse:
         """One call (two with a schema repair); raises NodeFailure classified as above."""
         messages: list[dict[str, Any]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
+        system = request.system
+        if request.output_schema is not None and self._structured_output != "json_schema":
+            system = "\n\n".join(s for s in (system, _schema_instruction(request)) if s)
+        if system:
+            messages.append({"role": "system", "content": system})
         for m in request.messages:
             messages += _messages(m)
         calls: list[ToolCallRequest] = []
@@ -162,10 +188,13 @@ class OpenAIProvider:
         if "user_id" in request.metadata:
             kwargs["user"] = request.metadata["user_id"]
         if request.output_schema is not None:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": SCHEMA_NAME, "schema": request.output_schema},
-            }
+            if self._structured_output == "json_schema":
+                kwargs["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": SCHEMA_NAME, "schema": request.output_schema},
+                }
+            elif self._structured_output == "json_object":
+                kwargs["response_format"] = {"type": "json_object"}
         elif request.tools:
             kwargs["tools"] = [
                 {
@@ -216,6 +245,15 @@ class OpenAIProvider:
             if calls is not None:
                 calls.append(ToolCallRequest(call_id or f"call_{index}", name, _object(args)))
         model = model or request.model
+        # Model names come from answers: the set of those warned about stays bounded.
+        if counts is None and model not in self._no_usage_warned:
+            if len(self._no_usage_warned) < 1024:
+                self._no_usage_warned.add(model)
+            log.warning(
+                "the OpenAI-compatible API reported no usage for model %r (does it honour "
+                "stream_options.include_usage?): its tokens and cost are counted as 0",
+                model,
+            )
         return "".join(parts), _usage(counts, model), model, stop
 
 
@@ -268,9 +306,29 @@ def _usage(u: Any, model: str) -> Usage:
     )
 
 
+def _schema_instruction(request: LlmRequest) -> str:
+    """The system prompt's part asking for JSON matching the node's schema (JSON mode and
+    prompt mode: the server does not constrain the answer to the schema itself)."""
+    return (
+        "Answer with one JSON object only, no other text, that matches this JSON Schema:\n"
+        + _json(request.output_schema)
+    )
+
+
+def _unfenced(text: str) -> str:
+    """``text`` without a Markdown code fence around it (models asked for JSON in the prompt
+    often wrap it in one)."""
+    s = text.strip()
+    if s.startswith("```") and s.endswith("```") and len(s) >= 6:
+        s = s[3:-3]
+        first, _, rest = s.partition("\n")
+        return rest if first.strip().isalpha() or not first.strip() else s
+    return text
+
+
 def _structured(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        obj = json.loads(text)
+        obj = json.loads(_unfenced(text))
     except ValueError as e:
         return None, f"the answer is not JSON ({e})"
     if not isinstance(obj, dict):

@@ -83,7 +83,10 @@ class PriceTable:
             return self._found[model]
         best = ""
         for key in self._override:
-            if (model == key or model.startswith(key + "-")) and len(key) > len(best):
+            # A key prices the model, its dated snapshots (-2026...) and its tags (Ollama's
+            # llama3.2:1b under llama3.2).
+            matches = model == key or model.startswith((key + "-", key + ":"))
+            if matches and len(key) > len(best):
                 best = key
         found: PriceRow | None = self._override[best] if best else None
         if found is None:

@@ -104,7 +104,9 @@ class Providers:
                     "another provider"
                 ) from None
             self._openai = OpenAIProvider(
-                self._settings.openai_api_key, self._settings.openai_base_url
+                self._settings.openai_api_key,
+                self._settings.openai_base_url,
+                structured_output=self._settings.openai_structured_output,
             )
         return self._openai, model or self._settings.llm_model or self._openai.default_model
 
