@@ -10,7 +10,8 @@
   configuration of its ConfigMap validated by ``envoy --mode validate``.
 - The compose file (schema and content, its Envoy configuration validated), the
   workflows (GitHub's schema; the make targets and files they use exist), and the
-  generated assets (Envoy configs, chart README table) being up to date.
+  generated assets (Envoy configs, the copies of the alerting rules and the dashboard, chart
+  README table) being up to date; the optional PrometheusRule and dashboard ConfigMap.
 
 Helm comes from scripts/install_helm.py (the pinned npm package, cached in .tools/).
 """
@@ -551,6 +552,32 @@ def test_chart_rejects_contradictory_values(helm: str) -> None:
     assert {"--tls-ca", "--tls-cert", "--tls-key"} <= set(cmd)
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["DAGO_TLS_CLIENT_CA_FILE"] == "/etc/dago/tls/ca.crt"
+
+
+def test_monitoring_resources_ship_deploy_s_rules_and_dashboard(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """prometheusRule and grafanaDashboard are off by default; on (ha-values.yaml), the
+    PrometheusRule holds deploy/prometheus/dago-rules.yml and the ConfigMap the dashboard of
+    deploy/grafana/dashboards, as they are (one source, copied by deploy_assets.py)."""
+    for values, docs in rendered.items():
+        has = {(d["kind"], d["metadata"]["name"]) for d in docs}
+        on = values == "ha-values.yaml"
+        assert (("PrometheusRule", f"{RELEASE}-dago") in has) == on, values
+        assert (("ConfigMap", f"{RELEASE}-dago-dashboard") in has) == on, values
+    docs = rendered["ha-values.yaml"]
+    rule = one(docs, "PrometheusRule", f"{RELEASE}-dago")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "dago-rules.yml").read_text())
+    assert rule["spec"] == shipped
+    dashboard = one(docs, "ConfigMap", f"{RELEASE}-dago-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "dago"}
+    (text,) = dashboard["data"].values()
+    assert json.loads(text) == json.loads(
+        (ROOT / "deploy" / "grafana" / "dashboards" / "dago.json").read_text()
+    )
 
 
 def test_chart_values_are_all_documented() -> None:
