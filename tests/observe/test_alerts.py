@@ -125,7 +125,7 @@ def test_dashboard_shows_what_the_operator_needs() -> None:
         "histogram_quantile(0.99", "by (shard) (dago_queue_depth)",
         "by (shard) (dago_queue_lag_seconds)", "dago_dead_letters",
         "by (model, type) (rate(dago_llm_tokens_total", "by (model) (rate(dago_llm_cost_usd_total",
-        "WatchGraph", "dago_worker_slots_busy", "dago_workers_alive",
+        "dago_rpc_streams_open", "dago_worker_slots_busy", "dago_workers_alive",
     ):  # fmt: skip
         assert needed in queries, needed
     # Every query uses the dashboard's datasource variable, so it works in any Grafana.
