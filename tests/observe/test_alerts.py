@@ -17,7 +17,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,8 +277,6 @@ async def test_real_prometheus_fires_no_workers_when_the_workers_stop(
                 body = (await http.get(f"{base}/alerts")).json()
                 return {a["labels"]["alertname"]: a["state"] for a in body["data"]["alerts"]}
 
-            assert "DagoNoWorkers" not in await alert_states()
-
             # Prometheus loaded every rule and evaluates each without error.
             async def rules_healthy() -> bool:
                 groups = (await http.get(f"{base}/rules")).json()["data"]["groups"]
@@ -289,17 +286,17 @@ async def test_real_prometheus_fires_no_workers_when_the_workers_stop(
                 return set(health.values()) == {"ok"}
 
             await eventually(rules_healthy, 10, 0.2)
+            # Evaluated with a worker alive: not pending, not firing.
+            assert "DagoNoWorkers" not in await alert_states()
             # Every dashboard query is valid PromQL for this Prometheus.
             for expr in dashboard_queries():
                 await query(expr.replace("$__rate_interval", "1m"))
 
-            started = time.monotonic()
             stack.signal("w1", signal.SIGTERM)
 
             async def firing() -> bool:
                 return (await alert_states()).get("DagoNoWorkers") == "firing"
 
-            await eventually(firing, 30, 0.2)
-            assert time.monotonic() - started < 30
+            await eventually(firing, 30, 0.2)  # it deregisters on SIGTERM; scrapes 1 s, `for` 2 s
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nprometheus log:\n{log.read_text()[-3000:]}") from exc
