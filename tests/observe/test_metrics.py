@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -229,3 +230,35 @@ async def test_cluster_metrics_on_redis_cluster(
             assert value(a, "dago_queue_pending", shard=shard) == 0
         # Node metrics belong to the worker's own port, not the API's.
         assert not any(name.startswith("dago_node_") for name, _ in a)
+
+
+@pytest.mark.redis
+async def test_open_watch_streams_are_counted_until_they_end(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    # dago_rpc_streams_open: the watchers (the dashboard's "Watchers" panel).
+    port = free_port()
+    watch = "dago.v1.OrchestratorService/WatchGraph"
+    settings = stack_settings(redis_single.url, key_prefix, metrics_port=port)
+    async with InProcessStack(settings) as stack:
+        gid = await stack.client.submit(request([tool("h", "hold", inputs={"seconds": 60})]))
+        calls = [
+            stack.client.stub.WatchGraph(orchestrator_pb2.WatchGraphRequest(graph_id=gid))
+            for _ in range(2)
+        ]
+        for call in calls:
+            await call.read()  # the stream is open: its first event arrived
+
+        async def streams(n: int) -> bool:
+            return value(await scrape(port), "dago_rpc_streams_open", method=watch) == n
+
+        await eventually(lambda: streams(2), 10, 0.05)
+        calls[0].cancel()
+        await eventually(lambda: streams(1), 10, 0.05)
+        await stack.client.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid))
+        while await calls[1].read() is not grpc.aio.EOF:  # it ends after the terminal event
+            pass
+        await eventually(lambda: streams(0), 10, 0.05)
+        a = await scrape(port)
+        assert value(a, "dago_rpc_requests_total", method=watch, code="OK") == 1
+        assert value(a, "dago_rpc_requests_total", method=watch, code="CANCELLED") == 1

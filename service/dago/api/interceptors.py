@@ -2,7 +2,8 @@
 
 Metrics: ``dago_rpc_requests_total{method, code}`` for every call,
 ``dago_rpc_duration_seconds{method}`` for unary calls (streams such as WatchGraph live as
-long as their client, so their duration says nothing). Traces: a SERVER span per unary
+long as their client, so their duration says nothing), ``dago_rpc_streams_open{method}``
+for the server streams open now (the watchers). Traces: a SERVER span per unary
 call, joining the caller's ``traceparent`` metadata when it sends one; the SubmitGraph
 span is the root of the graph's trace.
 """
@@ -99,7 +100,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):
         return behavior
 
     def _stream(self, method: str, inner: Any) -> Any:
-        requests = self._metrics.rpc_requests
+        requests, open_now = self._metrics.rpc_requests, self._metrics.rpc_streams.labels(method)
 
         if not inspect.isasyncgenfunction(inner):
             # A handler that writes with ``context.write`` and returns nothing (the standard
@@ -107,12 +108,14 @@ class RpcObserver(grpc.aio.ServerInterceptor):
             # coroutine) failed every such call with UNKNOWN and a traceback.
             async def writes(request: Any, context: Any) -> None:
                 code = "OK"
+                open_now.inc()
                 try:
                     await inner(request, context)
                 except BaseException:
                     code = _code(context, "CANCELLED")
                     raise
                 finally:
+                    open_now.dec()
                     if code == "OK":
                         code = _code(context, "OK")
                     requests.labels(method, code).inc()
@@ -121,6 +124,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):
 
         async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
             code = "OK"
+            open_now.inc()
             try:
                 async for item in inner(request, context):
                     yield item
@@ -128,6 +132,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):
                 code = _code(context, "CANCELLED")
                 raise
             finally:
+                open_now.dec()
                 if code == "OK":
                     code = _code(context, "OK")
                 requests.labels(method, code).inc()

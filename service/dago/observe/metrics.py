@@ -85,6 +85,11 @@ class Metrics:
             "dago_rpc_duration_seconds", "Latency of unary gRPC calls, by method.",
             ["method"], buckets=RPC_BUCKETS, registry=r,
         )  # fmt: skip
+        self.rpc_streams = Gauge(
+            "dago_rpc_streams_open",
+            "Server-streaming calls open now, by method (WatchGraph, RunGraph: the watchers).",
+            ["method"], registry=r,
+        )  # fmt: skip
         self.nodes = NodeStats()
         r.register(self.nodes)
         self.slots = Gauge("dago_worker_slots", "Node attempts this worker runs at once.",
