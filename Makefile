@@ -53,7 +53,7 @@ say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 .PHONY: web setup-run setup-node docs docs-check gen-go gen-java
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
 .PHONY: check-anthropic
-.PHONY: helm helm-assets helm-docs lint-deploy
+.PHONY: helm helm-assets helm-docs lint-deploy dist
 
 help: ## Show this help
 	@echo "Usage: make <target> [PYTEST_ARGS=...]"
@@ -222,6 +222,10 @@ $(WEB_BUNDLE): $(WEB_SOURCES)
 	NODE_PATH=$(TS_DIR)/node_modules $(TS_DIR)/node_modules/.bin/esbuild web/src/app.js \
 		--bundle --format=esm --target=es2020 --minify --log-level=warning \
 		--external:@connectrpc/connect-node --outfile=$@
+
+dist: setup ## Release artifacts in dist/: dago-client and dago (sdists, wheels), the @dago/client npm tarball, SHA256SUMS
+	$(call say,dist: dago-client + dago (python -m build) and @dago/client (npm pack))
+	$(PY) scripts/dist.py --out dist --stage build/dist
 
 gen-go: setup ## Go client code in build/gen/go (needs protoc-gen-go, protoc-gen-go-grpc on PATH; docs/clients.md)
 	$(BIN)/buf generate --template buf.gen.go.yaml --path proto/dago

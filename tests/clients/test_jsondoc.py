@@ -1,5 +1,5 @@
-"""Proto JSON documents checked against their message type (``dago.engine.jsondoc``, the one
-rule of the service's REST check and the client's graph files): every problem of a
+"""Proto JSON documents checked against their message type (``dago_client.jsondoc``, the one
+rule of the client's graph files and the service's REST check): every problem of a
 document is a field violation with its path, the node's id, the nearest valid name and the
 valid ones."""
 
@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from dago.engine import jsondoc
 from dago.v1 import orchestrator_pb2
-from dago_client import load_request
+from dago_client import jsondoc, load_request
 from dago_client.graphfile import GraphFileError
 
 

@@ -880,8 +880,19 @@ def test_workflows_are_valid_and_use_what_exists() -> None:
     assert login["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"
     release = yaml.safe_load((ROOT / ".github/workflows/release.yml").read_text())
     assert release[True]["push"]["tags"] == ["v*"]  # YAML 1.1 reads `on` as True
-    steps = " ".join(s.get("run", "") for s in release["jobs"]["release"]["steps"])
-    assert "python -m build" in steps and "sha256sum" in steps and "gh release create" in steps
+    jobs = release["jobs"]
+    steps = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert "make dist" in steps["build"] and "sha256sum" in steps["build"]
+    assert "gh release create" in steps["release"]
+    # PyPI by trusted publishing (an OIDC token, no secret), npm with NPM_TOKEN.
+    assert jobs["pypi"]["permissions"] == {"id-token": "write"}
+    assert any(
+        str(s.get("uses", "")).startswith("pypa/gh-action-pypi-publish")
+        for s in jobs["pypi"]["steps"]
+    )
+    assert "npm publish" in steps["npm"]
+    assert "secrets.NPM_TOKEN" in json.dumps(jobs["npm"])
+    assert set(jobs["release"]["needs"]) == {"build", "pypi", "npm"}
     ci = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
     assert "redis" in ci["jobs"]["ci"]["services"]
 

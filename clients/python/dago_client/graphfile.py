@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
-from dago.engine import jsondoc
 from dago.v1 import orchestrator_pb2
+from dago_client import jsondoc
 
 _DURATIONS = {
     "attempt_timeout",

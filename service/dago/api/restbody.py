@@ -10,7 +10,7 @@ So on the REST routes with a body, Envoy (the ``rest_body`` Lua code of
 ``dago.devtools.edge``) forwards the body it received, as it was, in the binary metadata
 :data:`HEADER` beside the transcoded message. :class:`RestBodyCheck` reads it back and
 checks it against the RPC's request type with the rule every JSON document of dago goes
-through (:mod:`dago.engine.jsondoc`): any unknown field or enum value, at any depth, is
+through (:mod:`dago_client.jsondoc`): any unknown field or enum value, at any depth, is
 INVALID_ARGUMENT with a BadRequest naming each one (path, node id, nearest valid name),
 before the RPC runs. The transcoded message stays what the RPC reads; the copy only decides
 whether the request is refused, so a client sending the metadata itself can only have its
@@ -28,7 +28,7 @@ import grpc
 
 from dago.api.errors import invalid
 from dago.engine.checker import Violation
-from dago.engine.jsondoc import problems
+from dago_client.jsondoc import problems
 
 HEADER = "x-dago-rest-body-bin"
 """The REST request's body as Envoy received it (binary metadata: base64 on the wire)."""

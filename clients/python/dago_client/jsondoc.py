@@ -21,8 +21,10 @@ value, oneof given twice and object-where-a-list-belongs with:
 ``ParseDict`` for what only it checks (a number where a string belongs, a bad duration),
 its ``ParseError`` turned into a field violation too (:func:`from_parse_error`).
 
-This module depends on protobuf alone, so the Python client (``dago_client.graphfile``, in
-the same distribution) uses it as it is: one rule for REST bodies and graph files.
+This module depends on protobuf alone. It belongs to the client distribution
+(``dago-client``: its graph files, :mod:`dago_client.graphfile`), which the service's
+distribution depends on for the ``dago.v1`` stubs anyway; the service's REST check
+(``dago.api.restbody``) imports it from here: one rule, one copy, one owner.
 """
 
 from __future__ import annotations
