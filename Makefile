@@ -105,7 +105,7 @@ setup-node: ## npm ci clients/typescript and bundle the live view (both setups d
 	echo "$$want" > $(TS_STAMP)
 	@$(MAKE) web
 
-gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/typescript/gen/ from proto/
+gen: setup ## Regenerate gen/ (Python stubs, Envoy descriptor set, openapi.json) and clients/typescript/gen/ from proto/
 	$(call say,gen: python stubs from $(PROTOS))
 	rm -rf gen
 	mkdir -p gen/python
@@ -124,6 +124,8 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/
 	$(PY) -m dago.devtools.luagen
 	$(call say,gen: docs/api.md from the proto comments)
 	$(PY) -m dago.devtools.docsgen --out docs/api.md
+	$(call say,gen: gen/openapi.json (the REST API as OpenAPI 3) from the proto)
+	$(PY) -m dago.devtools.openapi --out gen/openapi.json
 	$(call say,gen: the deployments' Envoy configs and descriptor (helm/dago/files, deploy/envoy))
 	$(PY) scripts/deploy_assets.py
 

@@ -29,6 +29,9 @@ from dago.config import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.in"
+# The OpenAPI document (`make gen`: dago.devtools.openapi) and where Envoy serves it.
+OPENAPI = ROOT / "gen" / "openapi.json"
+OPENAPI_PATH = "/api/v1/openapi.json"
 RENDERED = ROOT / "envoy" / "envoy.yaml"
 SERVICE = "dago.v1.OrchestratorService"
 TRANSCODER_TYPE = (
@@ -195,10 +198,13 @@ class EdgeConfig:
     # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes
     # (Envoy refuses a configuration naming a file that does not exist).
     web_root: str = ""
+    # The OpenAPI document of the REST API (gen/openapi.json, `make gen`), served by Envoy on
+    # /api/v1/openapi.json. Empty: no such route.
+    openapi: str = ""
 
 
 # The committed envoy/envoy.yaml: run from the repo root, with the live view (`make web`).
-DEFAULTS = EdgeConfig(web_root="web")
+DEFAULTS = EdgeConfig(web_root="web", openapi="gen/openapi.json")
 
 
 def from_env(settings: Settings) -> EdgeConfig:
@@ -231,14 +237,13 @@ def from_env(settings: Settings) -> EdgeConfig:
         trusted_hops=settings.edge_trusted_hops,
         # Envoy refuses to start on a missing file: without the bundle (`make web`), no /ui/.
         web_root=str(ROOT / "web") if (ROOT / "web" / "dist" / "app.js").exists() else "",
+        openapi=str(OPENAPI) if OPENAPI.exists() else "",
     )
 
 
-def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
-    """Routes of the live graph view: files answered by Envoy (direct_response), read when
-    Envoy starts."""
-    if not cfg.web_root:
-        return []
+def _file_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
+    """Routes answered by Envoy from files (direct_response, read when Envoy starts): the
+    live graph view and the OpenAPI document."""
     off = {
         name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
         for name in ("envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.buffer")
@@ -247,7 +252,7 @@ def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     def page(path: str, file: str, ctype: str) -> dict[str, Any]:
         return {
             "match": {"path": path},
-            "direct_response": {"status": 200, "body": {"filename": f"{cfg.web_root}/{file}"}},
+            "direct_response": {"status": 200, "body": {"filename": file}},
             "response_headers_to_add": [
                 {"header": {"key": "content-type", "value": ctype}},
                 {"header": {"key": "cache-control", "value": "no-cache"}},
@@ -255,15 +260,20 @@ def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
             "typed_per_filter_config": off,
         }
 
-    return [
-        {
-            "match": {"path": "/ui"},
-            "redirect": {"path_redirect": "/ui/"},
-            "typed_per_filter_config": off,
-        },
-        page("/ui/", "index.html", "text/html; charset=utf-8"),
-        page("/ui/app.js", "dist/app.js", "text/javascript; charset=utf-8"),
-    ]
+    routes: list[dict[str, Any]] = []
+    if cfg.openapi:
+        routes.append(page(OPENAPI_PATH, cfg.openapi, "application/json"))
+    if cfg.web_root:
+        routes += [
+            {
+                "match": {"path": "/ui"},
+                "redirect": {"path_redirect": "/ui/"},
+                "typed_per_filter_config": off,
+            },
+            page("/ui/", f"{cfg.web_root}/index.html", "text/html; charset=utf-8"),
+            page("/ui/app.js", f"{cfg.web_root}/dist/app.js", "text/javascript; charset=utf-8"),
+        ]
+    return routes
 
 
 def origin_regex(origins: Sequence[str]) -> str:
@@ -473,7 +483,7 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "LUA_REST_BODY": LUA_REST_BODY,
         "LUA_RUN_SSE": LUA_RUN_SSE,
         "LUA_RUN_NDJSON": LUA_RUN_NDJSON,
-        "UI_ROUTES": _ui_routes(cfg) or "",
+        "FILE_ROUTES": _file_routes(cfg) or "",
         "SOCKET_OPTIONS": _socket_options(cfg),
         "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),
     }

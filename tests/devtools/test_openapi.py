@@ -1,0 +1,133 @@
+"""The OpenAPI document of the REST API (gen/openapi.json, dago.devtools.openapi): up to date
+with the proto, a valid OpenAPI 3 document (openapi-spec-validator), one path per
+``google.api.http`` route of the service, served by Envoy on /api/v1/openapi.json, and true
+of the live edge: schemathesis sends requests made from it to a real Envoy in front of a
+real API and worker and checks that none gets a 5xx and every response conforms to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from google.api import annotations_pb2
+from openapi_spec_validator import validate
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from dago.devtools import edge as envoy_edge
+from dago.devtools import openapi
+from dago.v1 import orchestrator_pb2
+from harness import Edge
+
+
+def _document() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(envoy_edge.OPENAPI.read_text())
+    return loaded
+
+
+def test_committed_document_is_up_to_date() -> None:
+    assert envoy_edge.OPENAPI.read_text() == openapi.render()
+
+
+def test_document_is_valid_openapi() -> None:
+    validate(_document())  # raises on the first error
+
+
+def test_every_http_route_of_the_service_is_a_path() -> None:
+    paths = _document()["paths"]
+    service = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+    routes = []
+    for method in service.methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        for r in [rule, *rule.additional_bindings]:
+            verb = r.WhichOneof("pattern")
+            routes.append((verb, getattr(r, verb), method))
+    assert len(routes) == len(service.methods) >= 13
+    for verb, template, method in routes:
+        op = paths[template][verb]
+        assert op["operationId"] == method.name
+        assert ("requestBody" in op) == bool(
+            method.GetOptions().Extensions[annotations_pb2.http].body
+        )
+        ok = op["responses"]["200"]["content"]
+        if method.server_streaming:
+            assert set(ok) == {"text/event-stream", "application/x-ndjson", "application/json"}
+        else:
+            assert set(ok) == {"application/json"}
+        assert op["responses"]["404"] == {"$ref": "#/components/responses/Error404"}
+    assert sum(len(ops) for ops in paths.values()) == len(routes)
+
+
+def test_proto_json_mapping() -> None:
+    doc = _document()
+    schemas = doc["components"]["schemas"]
+    # int64 as a string, Timestamp as a string, Struct as any object, enums by name.
+    state = schemas["GraphStatus"]["properties"]["state"]
+    assert state["allOf"] == [{"$ref": "#/components/schemas/GraphState"}]
+    assert schemas["GraphState"]["type"] == "string"
+    assert "GRAPH_STATE_COMPLETED" in schemas["GraphState"]["enum"]
+    assert schemas["GraphStatus"]["properties"]["create_time"]["format"] == "date-time"
+    assert schemas["Usage"]["properties"]["input_tokens"]["type"] == "string"
+    assert schemas["google.rpc.Status"]["properties"]["details"]["items"]["required"] == ["@type"]
+    bad = schemas["google.rpc.BadRequest"]["properties"]
+    assert "field_violations" in bad  # snake_case, as the edge prints it
+    run = doc["paths"]["/api/v1/graphs:run"]["post"]
+    body = run["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False  # the API refuses unknown fields
+    events = doc["paths"]["/api/v1/graphs/{graph_id}/events"]["get"]
+    names = {p["name"]: p["in"] for p in events["parameters"]}
+    assert names["graph_id"] == "path" and names["after_seq"] == "query"
+
+
+async def test_envoy_serves_the_document(edge_stack: Edge) -> None:
+    r = await edge_stack.http.get("/api/v1/openapi.json")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == envoy_edge.OPENAPI.read_bytes()
+
+
+def _fuzz(base: str) -> None:
+    schema = schemathesis.openapi.from_dict(_document())
+    checks = [
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+        content_type_conformance,
+    ]
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @hypothesis.settings(
+            max_examples=12,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        )
+        @hypothesis.given(case=operation.as_strategy())
+        def check(case: schemathesis.Case) -> None:
+            case.call_and_validate(base_url=base, checks=checks, timeout=15)
+
+        check()
+
+
+async def test_schemathesis_against_the_live_edge(edge_stack: Edge) -> None:
+    await asyncio.to_thread(_fuzz, edge_stack.base)
+    # The stack is still healthy after the fuzzing.
+    r = await edge_stack.http.get("/health")
+    assert r.status_code == 200, edge_stack.logs()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/openapi.json"])
+def test_the_edge_config_names_the_document(path: str) -> None:
+    text = envoy_edge.render(envoy_edge.DEFAULTS)
+    assert f"path: {path}" in text and "filename: gen/openapi.json" in text
