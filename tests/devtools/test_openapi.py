@@ -16,6 +16,7 @@ import schemathesis
 from google.api import annotations_pb2
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -25,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from dago.devtools import edge as envoy_edge
 from dago.devtools import openapi
 from dago.v1 import orchestrator_pb2
-from harness import Edge
+from harness import Edge, echo, eventually
 
 
 def _document() -> dict[str, Any]:
@@ -94,7 +95,9 @@ async def test_envoy_serves_the_document(edge_stack: Edge) -> None:
     assert r.content == envoy_edge.OPENAPI.read_bytes()
 
 
-def _fuzz(base: str) -> None:
+def _fuzz(base: str, ids: dict[str, str]) -> None:
+    """Requests made from the document, valid ones and invalid ones, to the edge at ``base``:
+    with random path parameters, then with ``ids`` (a real, finished run and its node)."""
     schema = schemathesis.openapi.from_dict(_document())
     checks = [
         not_a_server_error,
@@ -104,24 +107,48 @@ def _fuzz(base: str) -> None:
     ]
     for result in schema.get_all_operations():
         operation = result.ok()
+        known = {
+            p.name: ids[p.name]
+            for p in operation.path_parameters
+            if p.name in ids  # graph_id, node_id
+        }
+        for mode in GenerationMode:
+            for path_parameters in ({}, known) if known else ({},):
 
-        @hypothesis.settings(
-            max_examples=12,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(hypothesis.HealthCheck),
-            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
-        )
-        @hypothesis.given(case=operation.as_strategy())
-        def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(base_url=base, checks=checks, timeout=15)
+                @hypothesis.settings(
+                    max_examples=8,
+                    deadline=None,
+                    derandomize=True,
+                    database=None,
+                    suppress_health_check=list(hypothesis.HealthCheck),
+                    phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+                )
+                @hypothesis.given(
+                    case=operation.as_strategy(mode, path_parameters=path_parameters or None)
+                )
+                def check(case: schemathesis.Case) -> None:
+                    case.call_and_validate(base_url=base, checks=checks, timeout=15)
 
-        check()
+                try:
+                    check()
+                except hypothesis.errors.Unsatisfiable:
+                    # Nothing of it can be made invalid (only a path segment, which any
+                    # string is): there is no negative case to send.
+                    assert mode is GenerationMode.NEGATIVE, operation.label
 
 
 async def test_schemathesis_against_the_live_edge(edge_stack: Edge) -> None:
-    await asyncio.to_thread(_fuzz, edge_stack.base)
+    body = {"graph": {"name": "openapi", "nodes": [echo("a", x=1)]}}
+    r = await edge_stack.http.post("/api/v1/graphs", json=body)
+    assert r.status_code == 200, r.text
+    graph_id = r.json()["graph_id"]
+
+    async def finished() -> bool:
+        r = await edge_stack.http.get(f"/api/v1/graphs/{graph_id}/status")
+        return bool(r.json()["status"]["state"] == "GRAPH_STATE_COMPLETED")
+
+    await eventually(finished)
+    await asyncio.to_thread(_fuzz, edge_stack.base, {"graph_id": graph_id, "node_id": "a"})
     # The stack is still healthy after the fuzzing.
     r = await edge_stack.http.get("/health")
     assert r.status_code == 200, edge_stack.logs()
