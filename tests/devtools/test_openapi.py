@@ -2,12 +2,16 @@
 with the proto, a valid OpenAPI 3 document (openapi-spec-validator), one path per
 ``google.api.http`` route of the service, served by Envoy on /api/v1/openapi.json, and true
 of the live edge: schemathesis sends requests made from it to a real Envoy in front of a
-real API and worker and checks that none gets a 5xx and every response conforms to it."""
+real API and worker and checks that none gets a 5xx and every response conforms to it. The
+API page /docs/ (Swagger UI from npm, served by Envoy) renders every route in a real
+headless Chromium, loading nothing from another host."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -15,6 +19,7 @@ import pytest
 import schemathesis
 from google.api import annotations_pb2
 from openapi_spec_validator import validate
+from playwright.async_api import Browser, async_playwright
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -26,7 +31,9 @@ from schemathesis.specs.openapi.checks import (
 from dago.devtools import edge as envoy_edge
 from dago.devtools import openapi
 from dago.v1 import orchestrator_pb2
-from harness import Edge, echo, eventually
+from harness import ROOT, Edge, echo, eventually
+
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _document() -> dict[str, Any]:
@@ -152,6 +159,53 @@ async def test_schemathesis_against_the_live_edge(edge_stack: Edge) -> None:
     # The stack is still healthy after the fuzzing.
     r = await edge_stack.http.get("/health")
     assert r.status_code == 200, edge_stack.logs()
+
+
+async def test_envoy_serves_the_api_page(edge_stack: Edge) -> None:
+    r = await edge_stack.http.get("/docs")
+    assert r.status_code in (301, 302) and r.headers["location"].endswith("/docs/")
+    page = await edge_stack.http.get("/docs/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "://" not in page.text.replace("<!--", "").split("-->")[-1]  # no CDN
+    bundle = await edge_stack.http.get("/docs/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
+    dist = ROOT / "web" / "node_modules" / "swagger-ui-dist" / "swagger-ui-bundle.js"
+    assert bundle.content == dist.read_bytes()
+    init = await edge_stack.http.get("/docs/init.js")
+    assert '"/api/v1/openapi.json"' in init.text
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright."""
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def test_the_api_page_renders_every_route(edge_stack: Edge, browser: Browser) -> None:
+    page = await browser.new_page()
+    hosts: set[str] = set()
+    errors: list[str] = []
+    page.on("request", lambda req: hosts.add(req.url.split("/")[2]))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(f"{edge_stack.base}/docs/")
+        operations = sum(len(ops) for ops in _document()["paths"].values())
+        blocks = page.locator(".opblock")
+        await blocks.nth(operations - 1).wait_for(timeout=20_000)
+        assert await blocks.count() == operations
+        shown = await page.locator(".opblock-summary-path").all_inner_texts()
+        assert any("/api/v1/graphs:run" in p.replace("\u200b", "") for p in shown), shown
+    finally:
+        await page.close()
+    assert hosts == {f"127.0.0.1:{edge_stack.port}"}, hosts
+    assert not errors, errors
 
 
 @pytest.mark.parametrize("path", ["/api/v1/openapi.json"])
