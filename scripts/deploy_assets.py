@@ -35,6 +35,8 @@ API_HOST_PLACEHOLDER = "__DAGO_API_HOST__"
 CORS_PLACEHOLDER = "__DAGO_CORS_ORIGINS__"
 METRICS_PORT_PLACEHOLDER = "__DAGO_METRICS_PORT__"
 CONTAINER_DESCRIPTOR = "/etc/envoy/dago.binpb"
+# The OpenAPI document Envoy serves on /api/v1/openapi.json (gen/openapi.json).
+CONTAINER_OPENAPI = "/etc/envoy/openapi.json"
 
 
 # The edge's limits in the chart: (EdgeConfig field, sentinel, rendered text -> placeholder,
@@ -79,6 +81,7 @@ def assets() -> dict[Path, bytes]:
         dago_port=50051,
         metrics_port=9090,
         descriptor=CONTAINER_DESCRIPTOR,
+        openapi=CONTAINER_OPENAPI,
         cors_origins=(CORS_PLACEHOLDER,),
         **{field: sentinel for field, sentinel, _ in _LIMITS},
     )
@@ -89,6 +92,7 @@ def assets() -> dict[Path, bytes]:
         dago_port=50051,
         metrics_port=9090,
         descriptor=CONTAINER_DESCRIPTOR,
+        openapi=CONTAINER_OPENAPI,
     )
     chart_text = edge.render(chart)
     metrics_at = f"port_value: {chart.metrics_port} }}"
@@ -102,6 +106,7 @@ def assets() -> dict[Path, bytes]:
             header.format("envoy/envoy.yaml.in") + chart_text
         ).encode(),
         Path("helm/dago/files/dago.binpb"): (ROOT / "gen" / "dago.binpb").read_bytes(),
+        Path("helm/dago/files/openapi.json"): (ROOT / "gen" / "openapi.json").read_bytes(),
         Path("deploy/envoy/envoy.yaml"): (
             header.format("envoy/envoy.yaml.in") + edge.render(compose)
         ).encode(),
