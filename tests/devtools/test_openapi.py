@@ -84,7 +84,13 @@ def test_proto_json_mapping() -> None:
     assert "GRAPH_STATE_COMPLETED" in schemas["GraphState"]["enum"]
     assert schemas["GraphStatus"]["properties"]["create_time"]["format"] == "date-time"
     assert schemas["Usage"]["properties"]["input_tokens"]["type"] == "string"
-    assert schemas["google.rpc.Status"]["properties"]["details"]["items"]["required"] == ["@type"]
+    details = schemas["google.rpc.Status"]["properties"]["details"]["items"]["anyOf"]
+    assert details[-1]["required"] == ["@type"]  # any detail, and these by name:
+    assert {d["allOf"][1]["properties"]["@type"]["enum"][0] for d in details[:-1]} >= {
+        "type.googleapis.com/google.rpc.BadRequest",
+        "type.googleapis.com/google.rpc.PreconditionFailure",
+        "type.googleapis.com/google.rpc.ErrorInfo",
+    }
     bad = schemas["google.rpc.BadRequest"]["properties"]
     assert "field_violations" in bad  # snake_case, as the edge prints it
     run = doc["paths"]["/api/v1/graphs:run"]["post"]

@@ -70,7 +70,16 @@ ERROR_STATUSES = {
     "503": "UNAVAILABLE",
     "504": "DEADLINE_EXCEEDED",
 }
-_STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+# The google.rpc details the API sends (dago.api.errors), as the Status schema lists them.
+ERROR_DETAILS = (
+    "ErrorInfo",
+    "BadRequest",
+    "PreconditionFailure",
+    "ResourceInfo",
+    "QuotaFailure",
+    "RetryInfo",
+)
+_TYPE_URL = "type.googleapis.com/google.rpc."
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -270,8 +279,32 @@ class _OpenApi:
                             f, si, mi, method, r, template
                         )
         self.type_schema("google.rpc.Status")
-        for detail in ("BadRequest", "PreconditionFailure", "ErrorInfo"):
-            self.type_schema(f"google.rpc.{detail}")
+        details = self.schemas["google.rpc.Status"]["properties"]["details"]
+        details["items"] = {
+            "anyOf": [
+                *(
+                    {
+                        "allOf": [
+                            self.type_schema(f"google.rpc.{d}"),
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "@type": {"type": "string", "enum": [_TYPE_URL + d]}
+                                },
+                                "required": ["@type"],
+                            },
+                        ]
+                    }
+                    for d in ERROR_DETAILS
+                ),
+                _WELL_KNOWN["google.protobuf.Any"],
+            ]
+        }
+        details["description"] = (
+            "The error's details, each with its `@type`: dago sends "
+            + ", ".join(f"`google.rpc.{d}`" for d in ERROR_DETAILS)
+            + " (docs/rest.md, Errors)."
+        )
         responses: dict[str, Any] = {
             "Error": {
                 "description": "Any other error: a google.rpc.Status with its details.",
