@@ -23,7 +23,20 @@ from typing import Any
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-from dago.devtools.docsgen import _METHOD, _SERVICE, DESCRIPTOR, PACKAGE, ROOT, _Doc
+from dago.devtools.docsgen import (
+    DESCRIPTOR,
+    ENUM,
+    FIELD,
+    MESSAGE,
+    METHOD,
+    NESTED,
+    NESTED_ENUM,
+    PACKAGE,
+    ROOT,
+    SERVICE,
+    VALUE,
+    ProtoDoc,
+)
 
 OUT = ROOT / "gen" / "openapi.json"
 
@@ -90,14 +103,14 @@ class _OpenApi:
     """The document of the descriptor set, its schemas collected as the routes reach them."""
 
     def __init__(self, fds: descriptor_pb2.FileDescriptorSet) -> None:
-        self.doc = _Doc(fds)
+        self.doc = ProtoDoc(fds)
         self.messages: dict[str, tuple[str, list[int], descriptor_pb2.DescriptorProto]] = {}
         self.enums: dict[str, tuple[str, list[int], descriptor_pb2.EnumDescriptorProto]] = {}
         for f in fds.file:
             for mi, m in enumerate(f.message_type):
-                self._index(f.name, [4, mi], f"{f.package}.{m.name}", m)
+                self._index(f.name, [MESSAGE, mi], f"{f.package}.{m.name}", m)
             for ei, e in enumerate(f.enum_type):
-                self.enums[f"{f.package}.{e.name}"] = (f.name, [5, ei], e)
+                self.enums[f"{f.package}.{e.name}"] = (f.name, [ENUM, ei], e)
         self.schemas: dict[str, dict[str, Any]] = {}
 
     def _index(
@@ -105,9 +118,9 @@ class _OpenApi:
     ) -> None:
         self.messages[name] = (file, path, m)
         for ni, n in enumerate(m.nested_type):
-            self._index(file, [*path, 3, ni], f"{name}.{n.name}", n)
+            self._index(file, [*path, NESTED, ni], f"{name}.{n.name}", n)
         for ei, e in enumerate(m.enum_type):
-            self.enums[f"{name}.{e.name}"] = (file, [*path, 4, ei], e)
+            self.enums[f"{name}.{e.name}"] = (file, [*path, NESTED_ENUM, ei], e)
 
     def text(self, file: str, path: Sequence[int]) -> str:
         return self.doc.comments.get((file, tuple(path)), "")
@@ -132,7 +145,7 @@ class _OpenApi:
         file, path, e = self.enums[full]
         lines = [self.text(file, path), ""]
         for vi, v in enumerate(e.value):
-            lines.append(f"- `{v.name}`: {self.text(file, [*path, 2, vi])}".rstrip())
+            lines.append(f"- `{v.name}`: {self.text(file, [*path, VALUE, vi])}".rstrip())
         return {
             "type": "string",
             "enum": [v.name for v in e.value],
@@ -158,7 +171,7 @@ class _OpenApi:
         props: dict[str, Any] = {}
         for fi, f in enumerate(m.field):
             s = self.field_schema(f)
-            text = self.text(file, [*path, 2, fi])
+            text = self.text(file, [*path, FIELD, fi])
             if f.HasField("oneof_index") and not f.proto3_optional:
                 text = f"(oneof `{m.oneof_decl[f.oneof_index].name}`) {text}".strip()
             if text:
@@ -201,7 +214,7 @@ class _OpenApi:
                 p["schema"] = {"type": "string", "pattern": "^[^/]+$", "minLength": 1}
             if f.label == _F.LABEL_REPEATED:
                 p["explode"] = True
-            text = self.text(file, [*path, 2, fi])
+            text = self.text(file, [*path, FIELD, fi])
             if text:
                 p["description"] = text
             out.append(p)
@@ -224,7 +237,7 @@ class _OpenApi:
             "operationId": method.name,
             "tags": [service.name],
             "summary": f"{service.name}.{method.name}",
-            "description": self.text(file.name, [_SERVICE, si, _METHOD, mi]),
+            "description": self.text(file.name, [SERVICE, si, METHOD, mi]),
         }
         if params:
             op["parameters"] = params
@@ -330,7 +343,7 @@ class _OpenApi:
             },
             "servers": [{"url": "/"}],
             "tags": [
-                {"name": s.name, "description": self.text(f.name, [_SERVICE, si])}
+                {"name": s.name, "description": self.text(f.name, [SERVICE, si])}
                 for f in self.doc.fds.file
                 if f.package == PACKAGE
                 for si, s in enumerate(f.service)
