@@ -30,6 +30,10 @@ GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md helm/dago/files/ deploy/envoy/ \
 # The live graph view (web/): web/src/app.js + the TypeScript client bundled by esbuild
 # (from $(TS_DIR)/node_modules) into web/dist/app.js, which Envoy serves on /ui/.
 WEB_BUNDLE  := web/dist/app.js
+# The API page (/docs/): web/docs/ + Swagger UI from npm (web/package.json, web/node_modules),
+# copied into web/dist/docs, which Envoy serves with the page (no CDN).
+WEB_STAMP   := web/node_modules/.dago-setup.sha256
+API_PAGE    := web/dist/docs/swagger-ui-bundle.js web/dist/docs/swagger-ui.css
 WEB_SOURCES := $(wildcard web/src/*.js $(TS_DIR)/src/*.js examples/*.json) $(TS_DIR)/package-lock.json \
 	$(shell find $(TS_DIR)/gen -name '*.js' 2>/dev/null)
 
@@ -95,7 +99,7 @@ venv_install = \
 	echo "==> setup: pip install -e . (dago, dago.v1, dago_client and dagoctl, from this tree)"; \
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 
-setup-node: ## npm ci clients/typescript and bundle the live view (both setups do; no-op when up to date)
+setup-node: ## npm ci clients/typescript and web (Swagger UI), bundle the live view (both setups do; no-op when up to date)
 	@want="$$(sha256sum $(TS_DIR)/package-lock.json | cut -d' ' -f1)"; \
 	if [[ -f $(TS_STAMP) && "$$(cat $(TS_STAMP))" == "$$want" ]]; then \
 		echo "==> setup: $(TS_DIR)/node_modules is up to date"; exit 0; \
@@ -103,9 +107,16 @@ setup-node: ## npm ci clients/typescript and bundle the live view (both setups d
 	echo "==> setup: npm ci --prefix $(TS_DIR)"; \
 	npm ci --prefix $(TS_DIR) --no-audit --no-fund --loglevel=error; \
 	echo "$$want" > $(TS_STAMP)
+	@want="$$(sha256sum web/package-lock.json | cut -d' ' -f1)"; \
+	if [[ -f $(WEB_STAMP) && "$$(cat $(WEB_STAMP))" == "$$want" ]]; then \
+		echo "==> setup: web/node_modules is up to date"; exit 0; \
+	fi; \
+	echo "==> setup: npm ci --prefix web (Swagger UI for /docs/; no install scripts)"; \
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	echo "$$want" > $(WEB_STAMP)
 	@$(MAKE) web
 
-gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/typescript/gen/ from proto/
+gen: setup ## Regenerate gen/ (Python stubs, Envoy descriptor set, openapi.json) and clients/typescript/gen/ from proto/
 	$(call say,gen: python stubs from $(PROTOS))
 	rm -rf gen
 	mkdir -p gen/python
@@ -124,6 +135,8 @@ gen: setup ## Regenerate gen/ (Python stubs + Envoy descriptor set) and clients/
 	$(PY) -m dago.devtools.luagen
 	$(call say,gen: docs/api.md from the proto comments)
 	$(PY) -m dago.devtools.docsgen --out docs/api.md
+	$(call say,gen: gen/openapi.json (the REST API as OpenAPI 3) from the proto)
+	$(PY) -m dago.devtools.openapi --out gen/openapi.json
 	$(call say,gen: the deployments' Envoy configs and descriptor (helm/dago/files, deploy/envoy))
 	$(PY) scripts/deploy_assets.py
 
@@ -215,7 +228,12 @@ check-anthropic: ## One small call per feature against the real Claude API (ANTH
 bench: setup ## Benchmark dago vs Celery on a private Redis; writes bench/REPORT.md + chart.png (BENCH_SCALE=...)
 	$(PY) bench/run.py
 
-web: $(WEB_BUNDLE) ## Build the live graph view's bundle (web/dist/app.js; make setup does)
+web: $(WEB_BUNDLE) $(API_PAGE) ## Build the live view's bundle (web/dist/app.js) and copy Swagger UI to web/dist/docs (make setup does)
+
+web/dist/docs/%: web/node_modules/swagger-ui-dist/% web/package-lock.json
+	$(call say,web: $< -> $@)
+	@mkdir -p web/dist/docs
+	cp $< $@
 
 $(WEB_BUNDLE): $(WEB_SOURCES)
 	$(call say,web: esbuild web/src/app.js -> $@)

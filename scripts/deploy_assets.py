@@ -44,6 +44,8 @@ CONTAINER_DESCRIPTOR = "/etc/envoy/dago.binpb"
 # The monitoring assets of deploy/ the chart ships a copy of.
 RULES = "deploy/prometheus/dago-rules.yml"
 DASHBOARD = "deploy/grafana/dashboards/dago.json"
+# The OpenAPI document Envoy serves on /api/v1/openapi.json (gen/openapi.json).
+CONTAINER_OPENAPI = "/etc/envoy/openapi.json"
 
 
 # The edge's limits in the chart: (EdgeConfig field, sentinel, rendered text -> placeholder,
@@ -88,6 +90,7 @@ def assets() -> dict[Path, bytes]:
         dago_port=50051,
         metrics_port=9090,
         descriptor=CONTAINER_DESCRIPTOR,
+        openapi=CONTAINER_OPENAPI,
         cors_origins=(CORS_PLACEHOLDER,),
         **{field: sentinel for field, sentinel, _ in _LIMITS},
     )
@@ -98,6 +101,7 @@ def assets() -> dict[Path, bytes]:
         dago_port=50051,
         metrics_port=9090,
         descriptor=CONTAINER_DESCRIPTOR,
+        openapi=CONTAINER_OPENAPI,
     )
     chart_text = edge.render(chart)
     metrics_at = f"port_value: {chart.metrics_port} }}"
@@ -117,6 +121,7 @@ def assets() -> dict[Path, bytes]:
         ).encode()
         + (ROOT / RULES).read_bytes(),
         Path("helm/dago/files/dago-dashboard.json"): (ROOT / DASHBOARD).read_bytes(),
+        Path("helm/dago/files/openapi.json"): (ROOT / "gen" / "openapi.json").read_bytes(),
         Path("deploy/envoy/envoy.yaml"): (
             header.format("envoy/envoy.yaml.in") + edge.render(compose)
         ).encode(),

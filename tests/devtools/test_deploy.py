@@ -252,9 +252,12 @@ def test_selectors_match_pod_labels_and_services_target_ports(
 
 
 def _validate_envoy(config: str, descriptor: bytes, tmp_path: Path) -> None:
-    """``envoy --mode validate`` on ``config`` with its descriptor (/etc/envoy -> tmp)."""
+    """``envoy --mode validate`` on ``config`` with its descriptor and OpenAPI document
+    (/etc/envoy -> tmp)."""
     assert "/etc/envoy/dago.binpb" in config
+    assert "filename: /etc/envoy/openapi.json" in config
     (tmp_path / "dago.binpb").write_bytes(descriptor)
+    (tmp_path / "openapi.json").write_bytes((ROOT / "gen" / "openapi.json").read_bytes())
     path = tmp_path / "envoy.yaml"
     path.write_text(config.replace("/etc/envoy/", f"{tmp_path}/"))
     done = edge.validate(path)
@@ -272,6 +275,8 @@ def test_envoy_configmap_validates_and_points_at_the_api(
     config = cm["data"]["envoy.yaml"]
     descriptor = base64.b64decode(cm["binaryData"]["dago.binpb"])
     assert descriptor == (ROOT / "gen" / "dago.binpb").read_bytes()
+    document = base64.b64decode(cm["binaryData"]["openapi.json"])
+    assert document == (ROOT / "gen" / "openapi.json").read_bytes()
     assert "__DAGO_" not in config, "a placeholder was left unfilled"
     _validate_envoy(config, descriptor, tmp_path)
 
@@ -774,6 +779,7 @@ def test_compose_stack(tmp_path: Path) -> None:
     config = (COMPOSE.parent / "envoy" / "envoy.yaml").read_text()
     assert mounts["./envoy/envoy.yaml"] == "/etc/envoy/envoy.yaml"
     assert mounts["../gen/dago.binpb"] == "/etc/envoy/dago.binpb"
+    assert mounts["../gen/openapi.json"] == "/etc/envoy/openapi.json"
     parsed = load_envoy(config)
     hosts = {
         c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][

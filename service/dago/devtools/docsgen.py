@@ -31,17 +31,23 @@ _SCALARS = {
     descriptor_pb2.FieldDescriptorProto.TYPE_STRING: "string",
     descriptor_pb2.FieldDescriptorProto.TYPE_BYTES: "bytes",
 }
-# Source-info paths (descriptor.proto field numbers).
-_MESSAGE, _ENUM, _SERVICE = 4, 5, 6
-_FIELD, _NESTED, _NESTED_ENUM, _ONEOF = 2, 3, 4, 8
-_VALUE, _METHOD = 2, 2
+# Source-info paths (descriptor.proto field numbers), also used by dago.devtools.openapi.
+MESSAGE, ENUM, SERVICE = 4, 5, 6
+FIELD, NESTED, NESTED_ENUM, ONEOF = 2, 3, 4, 8
+VALUE, METHOD = 2, 2
 
 
 def _anchor(full_name: str) -> str:
     return full_name.lower().replace(".", "")
 
 
-class _Doc:
+class ProtoDoc:
+    """The descriptor set's comments by (file, source path), and the Markdown reference.
+
+    The one walker of the proto comments: docs/api.md (here) and gen/openapi.json
+    (:mod:`dago.devtools.openapi`) both read them from it.
+    """
+
     def __init__(self, fds: descriptor_pb2.FileDescriptorSet) -> None:
         self.fds = fds
         self.comments: dict[tuple[str, tuple[int, ...]], str] = {}
@@ -114,11 +120,11 @@ class _Doc:
         out += ["## Messages", ""]
         for f in files:
             for mi, m in enumerate(f.message_type):
-                out += self.message(f, [_MESSAGE, mi], f"{PACKAGE}.{m.name}", m)
+                out += self.message(f, [MESSAGE, mi], f"{PACKAGE}.{m.name}", m)
         out += ["## Enums", ""]
         for f in files:
             for ei, e in enumerate(f.enum_type):
-                out += self.enum(f, [_ENUM, ei], f"{PACKAGE}.{e.name}", e)
+                out += self.enum(f, [ENUM, ei], f"{PACKAGE}.{e.name}", e)
         return "\n".join(out).rstrip("\n") + "\n"
 
     def service(
@@ -127,7 +133,7 @@ class _Doc:
         si: int,
         svc: descriptor_pb2.ServiceDescriptorProto,
     ) -> list[str]:
-        out = [f"## {svc.name}", "", self.comment(f.name, [_SERVICE, si]), ""]
+        out = [f"## {svc.name}", "", self.comment(f.name, [SERVICE, si]), ""]
         out += ["| RPC | REST route | request → response |", "|---|---|---|"]
         for m in svc.method:
             rule: http_pb2.HttpRule = m.options.Extensions[annotations_pb2.http]  # type: ignore[index]
@@ -144,7 +150,7 @@ class _Doc:
                 f'<a id="{_anchor(svc.name + m.name)}"></a>',
                 f"### {svc.name}.{m.name}",
                 "",
-                self.comment(f.name, [_SERVICE, si, _METHOD, mi]),
+                self.comment(f.name, [SERVICE, si, METHOD, mi]),
                 "",
             ]
         return out
@@ -169,15 +175,15 @@ class _Doc:
         if m.field:
             out += ["| field | type | description |", "|---|---|---|"]
             for fi, fld in enumerate(m.field):
-                text = self.comment(f.name, [*path, _FIELD, fi])
+                text = self.comment(f.name, [*path, FIELD, fi])
                 if fld.HasField("oneof_index") and not fld.proto3_optional:
                     text = f"(oneof `{m.oneof_decl[fld.oneof_index].name}`) {text}"
                 out.append(f"| `{fld.name}` | {self.field_type(fld, maps)} | {text} |")
             out.append("")
         for ni, n in enumerate(m.nested_type):
-            out += self.message(f, [*path, _NESTED, ni], f"{name}.{n.name}", n)
+            out += self.message(f, [*path, NESTED, ni], f"{name}.{n.name}", n)
         for ei, e in enumerate(m.enum_type):
-            out += self.enum(f, [*path, _NESTED_ENUM, ei], f"{name}.{e.name}", e)
+            out += self.enum(f, [*path, NESTED_ENUM, ei], f"{name}.{e.name}", e)
         return out
 
     def enum(
@@ -197,14 +203,14 @@ class _Doc:
             "|---|---|---|",
         ]
         for vi, v in enumerate(e.value):
-            out.append(f"| `{v.name}` | {v.number} | {self.comment(f.name, [*path, _VALUE, vi])} |")
+            out.append(f"| `{v.name}` | {v.number} | {self.comment(f.name, [*path, VALUE, vi])} |")
         return [*out, ""]
 
 
 def render(descriptor: Path = DESCRIPTOR) -> str:
     """The Markdown reference of the descriptor set at ``descriptor``."""
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
-    return _Doc(fds).render()
+    return ProtoDoc(fds).render()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

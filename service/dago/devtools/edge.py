@@ -29,6 +29,9 @@ from dago.config import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.in"
+# The OpenAPI document (`make gen`: dago.devtools.openapi) and where Envoy serves it.
+OPENAPI = ROOT / "gen" / "openapi.json"
+OPENAPI_PATH = "/api/v1/openapi.json"
 RENDERED = ROOT / "envoy" / "envoy.yaml"
 SERVICE = "dago.v1.OrchestratorService"
 TRANSCODER_TYPE = (
@@ -195,10 +198,29 @@ class EdgeConfig:
     # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes
     # (Envoy refuses a configuration naming a file that does not exist).
     web_root: str = ""
+    # The OpenAPI document of the REST API (gen/openapi.json, `make gen`), served by Envoy on
+    # /api/v1/openapi.json. Empty: no such route.
+    openapi: str = ""
+    # The API page on /docs/ (web/docs/ and the Swagger UI files `make web` copies into
+    # web/dist/docs), on the document above; needs web_root and openapi.
+    api_page: bool = False
 
 
-# The committed envoy/envoy.yaml: run from the repo root, with the live view (`make web`).
-DEFAULTS = EdgeConfig(web_root="web")
+# The committed envoy/envoy.yaml: run from the repo root, with the live view and the API page
+# (`make web`).
+DEFAULTS = EdgeConfig(web_root="web", openapi="gen/openapi.json", api_page=True)
+# The files of the API page under the web root: (path under /docs/, file, content type).
+API_PAGE_FILES = (
+    ("", "docs/index.html", "text/html; charset=utf-8"),
+    ("init.js", "docs/init.js", "text/javascript; charset=utf-8"),
+    ("swagger-ui-bundle.js", "dist/docs/swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+    ("swagger-ui.css", "dist/docs/swagger-ui.css", "text/css; charset=utf-8"),
+)
+
+
+def api_page_built(web_root: Path) -> bool:
+    """Whether every file of the API page is under ``web_root`` (`make web` copies them)."""
+    return all((web_root / file).exists() for _, file, _ in API_PAGE_FILES)
 
 
 def from_env(settings: Settings) -> EdgeConfig:
@@ -231,14 +253,14 @@ def from_env(settings: Settings) -> EdgeConfig:
         trusted_hops=settings.edge_trusted_hops,
         # Envoy refuses to start on a missing file: without the bundle (`make web`), no /ui/.
         web_root=str(ROOT / "web") if (ROOT / "web" / "dist" / "app.js").exists() else "",
+        openapi=str(OPENAPI) if OPENAPI.exists() else "",
+        api_page=OPENAPI.exists() and api_page_built(ROOT / "web"),
     )
 
 
-def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
-    """Routes of the live graph view: files answered by Envoy (direct_response), read when
-    Envoy starts."""
-    if not cfg.web_root:
-        return []
+def _file_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
+    """Routes answered by Envoy from files (direct_response, read when Envoy starts): the
+    live graph view, the OpenAPI document and the API page."""
     off = {
         name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
         for name in ("envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.buffer")
@@ -247,7 +269,7 @@ def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     def page(path: str, file: str, ctype: str) -> dict[str, Any]:
         return {
             "match": {"path": path},
-            "direct_response": {"status": 200, "body": {"filename": f"{cfg.web_root}/{file}"}},
+            "direct_response": {"status": 200, "body": {"filename": file}},
             "response_headers_to_add": [
                 {"header": {"key": "content-type", "value": ctype}},
                 {"header": {"key": "cache-control", "value": "no-cache"}},
@@ -255,15 +277,32 @@ def _ui_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
             "typed_per_filter_config": off,
         }
 
-    return [
-        {
-            "match": {"path": "/ui"},
-            "redirect": {"path_redirect": "/ui/"},
-            "typed_per_filter_config": off,
-        },
-        page("/ui/", "index.html", "text/html; charset=utf-8"),
-        page("/ui/app.js", "dist/app.js", "text/javascript; charset=utf-8"),
-    ]
+    routes: list[dict[str, Any]] = []
+    if cfg.openapi:
+        routes.append(page(OPENAPI_PATH, cfg.openapi, "application/json"))
+    if cfg.web_root:
+        routes += [
+            {
+                "match": {"path": "/ui"},
+                "redirect": {"path_redirect": "/ui/"},
+                "typed_per_filter_config": off,
+            },
+            page("/ui/", f"{cfg.web_root}/index.html", "text/html; charset=utf-8"),
+            page("/ui/app.js", f"{cfg.web_root}/dist/app.js", "text/javascript; charset=utf-8"),
+        ]
+    if cfg.api_page and cfg.web_root and cfg.openapi:
+        routes.append(
+            {
+                "match": {"path": "/docs"},
+                "redirect": {"path_redirect": "/docs/"},
+                "typed_per_filter_config": off,
+            }
+        )
+        routes += [
+            page(f"/docs/{sub}", f"{cfg.web_root}/{file}", ctype)
+            for sub, file, ctype in API_PAGE_FILES
+        ]
+    return routes
 
 
 def origin_regex(origins: Sequence[str]) -> str:
@@ -473,7 +512,7 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "LUA_REST_BODY": LUA_REST_BODY,
         "LUA_RUN_SSE": LUA_RUN_SSE,
         "LUA_RUN_NDJSON": LUA_RUN_NDJSON,
-        "UI_ROUTES": _ui_routes(cfg) or "",
+        "FILE_ROUTES": _file_routes(cfg) or "",
         "SOCKET_OPTIONS": _socket_options(cfg),
         "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),
     }
@@ -497,7 +536,8 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "BUFFER_BYTES": str(cfg.buffer_bytes),
         "STREAM_WINDOW_BYTES": str(cfg.stream_window_bytes),
         "TRUSTED_HOPS": str(cfg.trusted_hops),
-        # The live view's bundle is answered by Envoy itself (default limit: 4 KiB).
+        # The live view's bundle and Swagger UI's (1.7 MB) are answered by Envoy itself
+        # (default limit: 4 KiB).
         "MAX_DIRECT_RESPONSE_BYTES": str(2 * 1024 * 1024),
         # inside a single-quoted YAML scalar
         "CORS_ORIGIN_REGEX": origin_regex(cfg.cors_origins).replace("'", "''"),
