@@ -261,6 +261,14 @@ async def test_real_prometheus_fires_no_workers_when_the_workers_stop(
         try:
             await port_open(prom_port, 30)
 
+            # The port opens before the server is ready: it answers 503 in plain text
+            # until it has loaded its storage and rules.
+            async def ready() -> bool:
+                r = await http.get(f"http://127.0.0.1:{prom_port}/-/ready")
+                return r.status_code == 200
+
+            await eventually(ready, 30, 0.1)
+
             async def query(expr: str) -> list[dict[str, Any]]:
                 r = await http.get(f"{base}/query", params={"query": expr})
                 body = r.json()
