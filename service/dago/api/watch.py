@@ -39,6 +39,8 @@ from typing import Any
 import google.rpc.error_details_pb2 as error_details_pb2
 import grpc
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
 
 from dago.api.errors import ApiError
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
@@ -263,12 +265,10 @@ class EventHub:
         if self._direct is not None:
             meta: tuple[Any, ...] = ("HMGET", gk.meta, *_HEAD)
             if not count:
-                ((state, seq, ns),) = await self._direct.call(meta)
-                return state, seq, ns, []
-            (state, seq, ns), found = await self._direct.call(
-                meta, _xrange(gk.events, after, count)
-            )
-            return state, seq, ns, _entries(found)
+                (fields,) = await self._direct.call(meta)
+                return (*_head(fields), [])
+            fields, found = await self._direct.call(meta, _xrange(gk.events, after, count))
+            return (*_head(fields), _entries(found))
         if not count:
             state, seq, ns = await self._store.graph_fields(shard, graph_id, *_HEAD)
             return state, seq, ns, []
@@ -464,13 +464,14 @@ class _Direct:
     SIZE = 16
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self._pool: Any = client.connection_pool
-        self._free: list[Any] = []
+        self._pool: Any = client.connection_pool  # redis-py leaves it untyped
+        self._free: list[AbstractConnection] = []
         self._open = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
 
-    async def call(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """The replies of ``commands`` (one round trip)."""
+    async def call(self, *commands: tuple[Any, ...]) -> list[object]:
+        """The replies of ``commands`` (one round trip), as Redis sent them: parse them
+        with ``_head`` and ``_entries``."""
         while not self._free and self._open >= self.SIZE:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiting.append(fut)
@@ -523,10 +524,22 @@ def _xrange(key: str, after: int, count: int) -> tuple[Any, ...]:
     return ("XRANGE", key, f"0-{after + 1}", "+", "COUNT", count)
 
 
-def _entries(found: list[Any] | None) -> Entries:
+def _head(reply: object) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The HMGET reply of ``_HEAD`` (state, seq, namespace)."""
+    if not isinstance(reply, list) or len(reply) != len(_HEAD):
+        raise ResponseError(f"unexpected reply to HMGET of {_HEAD}: {reply!r:.80}")
+    state, seq, ns = reply
+    return state, seq, ns
+
+
+def _entries(found: object) -> Entries:
     """XRANGE's reply as (seq, fields) of entries with ids ``0-<seq>``."""
+    if not found:
+        return []
+    if not isinstance(found, list):
+        raise ResponseError(f"unexpected reply to XRANGE: {found!r:.80}")
     out: Entries = []
-    for entry_id, flat in found or ():
+    for entry_id, flat in found:
         it = iter(flat)
         out.append((int(entry_id.split(b"-")[1]), dict(zip(it, it, strict=True))))
     return out

@@ -867,7 +867,7 @@ class _List(_Plan):
         self.items = items
 
     def render(self, activation: Any) -> Any:
-        out: list[Any] = []
+        out: list[object] = []
         for index, plan in enumerate(self.items):
             try:
                 out.append(plan.render(activation))

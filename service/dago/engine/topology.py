@@ -31,16 +31,24 @@ def _single(oe: OutEdge, owner: Mapping[int, int], shape: Shape) -> int:
     return 2 if any(oe.to in body for body in shape.bodies.values()) else 1
 
 
-def retry_policy(r: Retry) -> list[Any]:
+RetryPolicy = tuple[int, int, int, float, float, list[int]]
+"""``NodeTopology.RETRY``: max attempts, initial and max backoff (ms), multiplier, jitter,
+the retryable error classes."""
+
+ExitEdge = tuple[int, str]
+"""``LoopTopology.EXITS`` item: an exit edge's index and its target node."""
+
+
+def retry_policy(r: Retry) -> RetryPolicy:
     """A retry policy as the Redis functions' retry rule reads it (``NodeTopology.RETRY``)."""
-    return [
+    return (
         r.max_attempts,
         int(r.initial_backoff * 1000),
         int(r.max_backoff * 1000),
         r.multiplier,
         r.jitter,
         sorted(r.retry_on),
-    ]
+    )
 
 
 def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape) -> dict[str, str]:
@@ -60,7 +68,7 @@ def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape)
     topo: dict[str, str] = {}
     # Each exit edge belongs to the outermost loop it leaves: only that loop's
     # end resolves it, so an inner loop ending does not skip nodes after the outer one.
-    exits: dict[int, list[list[Any]]] = {b: [] for b in shape.bodies}
+    exits: dict[int, list[ExitEdge]] = {b: [] for b in shape.bodies}
     owner: dict[int, int] = {}
     for src, to, idx in edges:
         if idx in shape.back:
@@ -68,7 +76,7 @@ def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape)
         owners = [b for b, body in shape.bodies.items() if src in body and to not in body]
         if owners:
             outer = max(owners, key=lambda b: (len(shape.bodies[b]), -b))
-            exits[outer].append([idx, to])
+            exits[outer].append((idx, to))
             owner[idx] = outer + 1
     for nid, cn in nodes.items():
         topo[nid] = _json(
