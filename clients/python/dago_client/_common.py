@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 import grpc
@@ -102,6 +102,24 @@ def submit_request(
     elif not req.request_id:
         req.request_id = f"py-{uuid.uuid4().hex}"
     return req
+
+
+def run_request(
+    graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+    inputs: Mapping[str, Any] | None,
+    request_id: str | None,
+) -> orchestrator_pb2.RunGraphRequest:
+    """The RunGraphRequest to send (batch mode): the SubmitGraphRequest ``submit_request``
+    builds, with its generated request_id, so that resending it names the same run."""
+    sub = submit_request(graph, inputs, request_id, False)
+    return orchestrator_pb2.RunGraphRequest(
+        graph=sub.graph, inputs=sub.inputs, request_id=sub.request_id, batch=True
+    )
+
+
+def events_of(msg: orchestrator_pb2.WatchGraphResponse) -> Sequence[execution_pb2.Event]:
+    """The events of a WatchGraph or RunGraph message: several in batch mode, else one."""
+    return msg.events if len(msg.events) else (msg.event,)
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:

@@ -15,7 +15,9 @@ from dago_client._common import (
     RESUMABLE_CODES,
     TERMINAL_EVENTS,
     backoff,
+    events_of,
     parse_state,
+    run_request,
     submit_request,
 )
 from dago_client.config import ClientConfig
@@ -312,10 +314,7 @@ class AsyncDagoClient:
         :meth:`watch` resumes (by WatchGraph once the graph_id is known, else by the same
         RunGraph again: its request_id, generated when none is given, names the same run).
         """
-        sub = submit_request(graph, inputs, request_id, False)
-        req = orchestrator_pb2.RunGraphRequest(
-            graph=sub.graph, inputs=sub.inputs, request_id=sub.request_id, batch=True
-        )
+        req = run_request(graph, inputs, request_id)
         graph_id = ""
 
         def open_call(last: int) -> Any:
@@ -357,7 +356,7 @@ class AsyncDagoClient:
                         break
                     assert isinstance(msg, orchestrator_pb2.WatchGraphResponse)
                     failures = 0
-                    for ev in msg.events if len(msg.events) else (msg.event,):
+                    for ev in events_of(msg):
                         kind = ev.WhichOneof("payload")
                         if kind == "heartbeat":
                             if heartbeats:

@@ -15,7 +15,9 @@ from dago_client._common import (
     RESUMABLE_CODES,
     TERMINAL_EVENTS,
     backoff,
+    events_of,
     parse_state,
+    run_request,
     submit_request,
 )
 from dago_client.aio import OnResume
@@ -281,10 +283,7 @@ class DagoClient:
     ) -> Iterator[execution_pb2.Event]:
         """Submit a graph and stream its events in one call (RunGraph), as
         :meth:`AsyncDagoClient.run`: the first event carries the run's graph_id."""
-        sub = submit_request(graph, inputs, request_id, False)
-        req = orchestrator_pb2.RunGraphRequest(
-            graph=sub.graph, inputs=sub.inputs, request_id=sub.request_id, batch=True
-        )
+        req = run_request(graph, inputs, request_id)
         graph_id = ""
 
         def open_call(last: int) -> Any:
@@ -337,7 +336,7 @@ class DagoClient:
                 for msg in call:
                     arm()
                     failures = 0
-                    for ev in msg.events if len(msg.events) else (msg.event,):
+                    for ev in events_of(msg):
                         kind = ev.WhichOneof("payload")
                         if kind == "heartbeat":
                             if heartbeats:
