@@ -115,6 +115,10 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    postgres_url: str = field(default="", repr=False)
+    postgres_pool_size: int = 4
+    archive_batch: int = 50
+    migrate_at_start: bool = False
 
     @property
     def cluster(self) -> bool:
@@ -292,7 +296,26 @@ SETTINGS: dict[str, _Spec] = {
         lambda v: None if v >= 500 else "must be at least 500",
     ),
     "max_deliveries": _Spec("Deliveries of one work item before it is dead-lettered.", _positive),
-    "retention_s": _Spec("How long finished graphs are kept, in seconds.", _positive),
+    "retention_s": _Spec(
+        "How long finished graphs are kept in Redis, in seconds (with DAGO_POSTGRES_URL: "
+        "counted from when the run was archived; PostgreSQL keeps it after that).",
+        _positive,
+    ),
+    "postgres_url": _Spec(
+        "PostgreSQL for long-term run history (postgresql://user:pass@host:5432/db); empty: "
+        "no history, finished runs live only in Redis for retention_s. See docs/history.md.",
+        lambda v: (
+            None
+            if v == "" or urlsplit(v).scheme in ("postgres", "postgresql")
+            else "must start with postgresql:// (or be empty)"
+        ),
+        secret=True,
+    ),
+    "postgres_pool_size": _Spec("Connections each process keeps to PostgreSQL.", _positive),
+    "archive_batch": _Spec("Finished runs archived to PostgreSQL per round.", _positive),
+    "migrate_at_start": _Spec(
+        "Apply PostgreSQL schema migrations when a process starts (else: `dago migrate`)."
+    ),
     "sweep_interval_ms": _Spec(
         "How often timers (retries, timeouts, deadlines) are swept.", _positive
     ),
