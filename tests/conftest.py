@@ -56,6 +56,7 @@ from unittest import mock
 import pytest
 
 from harness import Edge, HasUrl, InProcessStack, MakeStack, running_edge, stack_settings
+from pgfixture import fresh_database
 from redisfixture import LOG_ROOT, RedisCluster, RedisServer, RedisTarget
 
 # A test whose fixture closure (its fixtures and theirs) holds one of these gets the markers.
@@ -67,9 +68,10 @@ MARKS_BY_FIXTURE = {
     "make_stack": ("redis",),
     "edge_stack": ("edge", "process"),
     "browser": ("browser",),
+    "postgres_url": ("postgres",),
 }
 # Markers that keep a test out of the unit tier.
-EXTERNAL = ("redis", "edge", "browser", "process")
+EXTERNAL = ("redis", "edge", "browser", "process", "postgres")
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +110,13 @@ def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
 def key_prefix() -> str:
     """A prefix unique to this test, e.g. ``t3fa91c0d``."""
     return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of an empty PostgreSQL database for this test only, dropped after it."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture
