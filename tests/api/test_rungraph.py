@@ -12,7 +12,6 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 
 from dago.store.events import batched, encode, graph_prefix
-from dago.store.schema import Event
 from dago.v1 import execution_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient, DagoClient
 from harness import InProcessStack, MakeStack, echo, edge, error_details, kinds, request
@@ -121,15 +120,7 @@ async def test_the_async_client_runs_a_graph_in_one_call(stack: InProcessStack) 
 def test_batched_messages_parse_to_the_events_in_order_and_respect_the_size_limit() -> None:
     gid = "2-01JDXXXXXXXXXXXXXXXXXXXXXX"
     prefix = graph_prefix(gid)
-    fields = {
-        Event.KIND: "llm_delta",
-        Event.TIME: "1700000000000",
-        Event.NODE: "a",
-        Event.ATTEMPT: "1",
-        Event.ITERATION: "1",
-        Event.DETAIL: '{"text": "' + "x" * 300 + '"}',
-    }
-    stored = {k.encode(): v.encode() for k, v in fields.items()}
+    stored = [b"llm_delta", b"1700000000000", b"a", b"1", b"1", b'{"text": "' + b"x" * 300 + b'"}']
     one = [encode(gid, seq, stored, prefix) for seq in range(1, 11)]
     singles = [orchestrator_pb2.WatchGraphResponse.FromString(m).event for m in one]
     parsed = [orchestrator_pb2.WatchGraphResponse.FromString(m) for m in batched(one, limit=1000)]

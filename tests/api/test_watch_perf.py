@@ -37,56 +37,158 @@ def _j(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-STORED: list[dict[bytes, bytes]] = [
-    {b"t": b"graph_submitted", b"ts": b"1732666666000", b"d": _j({"name": "g", "entries": ["a"]})},
-    {b"t": b"graph_started", b"ts": b"1732666666001"},
-    {b"t": b"node_started", b"ts": b"1732666666002", b"n": b"a", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"w": "worker-1"})},
-    {b"t": b"node_started", b"ts": b"1732666666002", b"n": b"a", b"a": b"2", b"i": b"3"}
-    | {b"d": _j({"w": "w", "r": True})},
-    {b"t": b"node_completed", b"ts": b"1732666666003", b"n": b"a", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"o": {"x": 1, "y": [1.5, "s", None, {}]}, "ms": 5, "u": {"i": 3, "c": 0.5}})},
-    {b"t": b"node_completed", b"ts": b"0", b"n": b"", b"a": b"0", b"i": b"0", b"d": _j({})},
-    {b"t": b"llm_delta", b"ts": b"1732666666004", b"n": b"l", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"text": "h\u00e9llo \u2603"})},
-    {b"t": b"llm_delta", b"ts": b"1732666666004", b"n": b"l", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"text": ""})},
-    {b"t": b"node_skipped", b"ts": b"1732666666999", b"n": b"x", b"a": b"0", b"i": b"0"},
-    {b"t": b"node_cancelled", b"ts": b"1732666666999", b"n": b"x", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"reason": "cancelled by a client"})},
-    {b"t": b"router_decision", b"ts": b"1732666666009", b"n": b"r", b"a": b"1", b"i": b"2"}
-    | {b"d": _j({"route": "a", "targets": ["x"], "confidence": 0.5, "reason": "r"})},
-    {b"t": b"tool_call", b"ts": b"1732666666009", b"n": b"t", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"id": "c1", "tool": "t", "args": {"q": [1, 2]}})},
-    {b"t": b"tool_result", b"ts": b"1732666666009", b"n": b"t", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"id": "c1", "tool": "t", "result": "ok"})},
-    {b"t": b"usage", b"ts": b"1732666666009", b"n": b"l", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"u": {"i": 10, "o": 20}, "provider": "anthropic", "model": "m"})},
-    {b"t": b"loop_iteration", b"ts": b"1732666666009", b"n": b"h", b"a": b"1", b"i": b"300"}
-    | {b"d": _j({"iteration": 300, "from": "z", "exhausted": True})},
-    {b"t": b"node_retrying", b"ts": b"1732666666009", b"n": b"a", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"e": {"c": 2, "m": "429", "r": True}, "b": 250, "n": 2})},
-    {b"t": b"node_failed", b"ts": b"1732666666009", b"n": b"a", b"a": b"3", b"i": b"0"}
-    | {b"d": _j({"e": {"c": 3, "m": "bad"}})},
-    {b"t": b"node_dead_lettered", b"ts": b"1732666666009", b"n": b"a", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"e": {"c": 2, "m": "x"}, "n": 5, "id": "1732666666009-0"})},
-    {b"t": b"node_requeued", b"ts": b"1732666666010", b"n": b"a", b"a": b"1", b"i": b"0"}
-    | {b"d": _j({"id": "1732666666009-0"})},
-    {b"t": b"graph_cancelled", b"ts": b"1732666666999", b"d": _j({"reason": "by a client"})},
-    {b"t": b"graph_failed", b"ts": b"1732666666009", b"d": _j({"e": {"c": 2, "m": "x"}, "n": "a"})},
-    {b"t": b"graph_completed", b"ts": b"1732666666009", b"d": _j({"u": {"i": 1, "o": 2}})},
+def _ev(
+    kind: str,
+    ts: str,
+    node: bytes = b"",
+    attempt: bytes = b"",
+    iteration: bytes = b"",
+    detail: bytes = b"",
+) -> list[bytes]:
+    """A stored event, packed as schema.Event says (a graph's own events have no node)."""
+    return [kind.encode(), ts.encode(), node, attempt, iteration, detail]
+
+
+STORED: list[list[bytes]] = [
+    _ev("graph_submitted", "1732666666000", detail=_j({"name": "g", "entries": ["a"]})),
+    _ev("graph_started", "1732666666001"),
+    _ev(
+        "node_started",
+        "1732666666002",
+        node=b"a",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"w": "worker-1"}),
+    ),
+    _ev(
+        "node_started",
+        "1732666666002",
+        node=b"a",
+        attempt=b"2",
+        iteration=b"3",
+        detail=_j({"w": "w", "r": True}),
+    ),
+    _ev(
+        "node_completed",
+        "1732666666003",
+        node=b"a",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"o": {"x": 1, "y": [1.5, "s", None, {}]}, "ms": 5, "u": {"i": 3, "c": 0.5}}),
+    ),
+    _ev("node_completed", "0", node=b"", attempt=b"0", iteration=b"0", detail=_j({})),
+    _ev(
+        "llm_delta",
+        "1732666666004",
+        node=b"l",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"text": "héllo ☃"}),
+    ),
+    _ev(
+        "llm_delta",
+        "1732666666004",
+        node=b"l",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"text": ""}),
+    ),
+    _ev("node_skipped", "1732666666999", node=b"x", attempt=b"0", iteration=b"0"),
+    _ev(
+        "node_cancelled",
+        "1732666666999",
+        node=b"x",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"reason": "cancelled by a client"}),
+    ),
+    _ev(
+        "router_decision",
+        "1732666666009",
+        node=b"r",
+        attempt=b"1",
+        iteration=b"2",
+        detail=_j({"route": "a", "targets": ["x"], "confidence": 0.5, "reason": "r"}),
+    ),
+    _ev(
+        "tool_call",
+        "1732666666009",
+        node=b"t",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"id": "c1", "tool": "t", "args": {"q": [1, 2]}}),
+    ),
+    _ev(
+        "tool_result",
+        "1732666666009",
+        node=b"t",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"id": "c1", "tool": "t", "result": "ok"}),
+    ),
+    _ev(
+        "usage",
+        "1732666666009",
+        node=b"l",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"u": {"i": 10, "o": 20}, "provider": "anthropic", "model": "m"}),
+    ),
+    _ev(
+        "loop_iteration",
+        "1732666666009",
+        node=b"h",
+        attempt=b"1",
+        iteration=b"300",
+        detail=_j({"iteration": 300, "from": "z", "exhausted": True}),
+    ),
+    _ev(
+        "node_retrying",
+        "1732666666009",
+        node=b"a",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"e": {"c": 2, "m": "429", "r": True}, "b": 250, "n": 2}),
+    ),
+    _ev(
+        "node_failed",
+        "1732666666009",
+        node=b"a",
+        attempt=b"3",
+        iteration=b"0",
+        detail=_j({"e": {"c": 3, "m": "bad"}}),
+    ),
+    _ev(
+        "node_dead_lettered",
+        "1732666666009",
+        node=b"a",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"e": {"c": 2, "m": "x"}, "n": 5, "id": "1732666666009-0"}),
+    ),
+    _ev(
+        "node_requeued",
+        "1732666666010",
+        node=b"a",
+        attempt=b"1",
+        iteration=b"0",
+        detail=_j({"id": "1732666666009-0"}),
+    ),
+    _ev("graph_cancelled", "1732666666999", detail=_j({"reason": "by a client"})),
+    _ev("graph_failed", "1732666666009", detail=_j({"e": {"c": 2, "m": "x"}, "n": "a"})),
+    _ev("graph_completed", "1732666666009", detail=_j({"u": {"i": 1, "o": 2}})),
 ]
 
 
-@pytest.mark.parametrize("fields", STORED, ids=[f[b"t"].decode() for f in STORED])
+@pytest.mark.parametrize("fields", STORED, ids=[f[0].decode() for f in STORED])
 @pytest.mark.parametrize("seq", [0, 1, 127, 128, 100_000, 2**40])
-def test_encoded_event_is_the_decoded_event(fields: dict[bytes, bytes], seq: int) -> None:
+def test_encoded_event_is_the_decoded_event(fields: list[bytes], seq: int) -> None:
     want = orchestrator_pb2.WatchGraphResponse(event=decode(GID, seq, fields))
     got = orchestrator_pb2.WatchGraphResponse.FromString(encode(GID, seq, fields))
     assert got == want
     shared = encode(GID, seq, fields, graph_prefix(GID))
     assert orchestrator_pb2.WatchGraphResponse.FromString(shared) == want
-    assert got.event.WhichOneof("payload") == fields[b"t"].decode()
+    assert got.event.WhichOneof("payload") == fields[0].decode()
 
 
 def _fan(width: int) -> orchestrator_pb2.SubmitGraphRequest:

@@ -36,7 +36,7 @@ from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
 from dago.observe.tracing import Tracing, trace_id_of
-from dago.store.events import batched, decode, error_from
+from dago.store.events import Entries, batched, decode, error_from
 from dago.store.functions import SubmitArgs
 from dago.store.schema import Meta, Node
 from dago.store.store import DeadLetterEntry, RecordId, Store
@@ -404,7 +404,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         WatchGraph); in batch mode each message carries one hub batch (or a part of it)."""
         shard = self._shard(graph_id)
 
-        async def check(count: int) -> list[tuple[int, dict[bytes, bytes]]] | None:
+        async def check(count: int) -> Entries | None:
             state, seq, ns, entries = await self._hub.head(shard, graph_id, after, count)
             if state is None:
                 raise errors.not_found("graph", graph_id)
@@ -444,8 +444,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         events = await self._store.events(shard, request.graph_id, after, size)
         resp = orchestrator_pb2.ListGraphEventsResponse()
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
-        for seq, fields in events:
-            event = decode(request.graph_id, seq, fields)
+        for seq, stored in events:
+            event = decode(request.graph_id, seq, stored)
             room -= event.ByteSize()
             if room < 0 and resp.events:
                 break  # a page ends before it would pass PAGE_BYTES (one event at least)

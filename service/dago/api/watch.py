@@ -44,8 +44,19 @@ from redis.exceptions import ResponseError
 
 from dago.api.errors import ApiError
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.events import TERMINAL_KINDS, encode, encode_heartbeat, graph_prefix
-from dago.store.schema import Event, Meta, Work
+from dago.store.events import (
+    KIND,
+    TERMINAL_KINDS,
+    TIME,
+    Entries,
+    Stored,
+    encode,
+    encode_heartbeat,
+    entry_range,
+    expand,
+    graph_prefix,
+)
+from dago.store.schema import Meta, Work
 from dago.store.store import Store
 
 log = logging.getLogger("dago.watch")
@@ -68,8 +79,7 @@ DONE_BYTES = 8 << 20
 replayed again by the next watcher without reading or encoding it again): at most this many
 graphs and bytes."""
 
-Entries = list[tuple[int, dict[bytes, bytes]]]
-_KIND, _TIME, _GRAPH = Event.KIND.encode(), Event.TIME.encode(), Work.GRAPH.encode()
+_GRAPH = Work.GRAPH.encode()
 _HEAD = (Meta.STATE, Meta.SEQ, Meta.NAMESPACE)
 
 
@@ -126,18 +136,18 @@ class _Feed:
         """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
         out, times = self.events, self.times
         size = self.size
-        for seq, fields in entries:
+        for seq, stored in entries:
             if seq <= self.end:
                 continue
             if seq != self.end + 1:  # cannot happen with a gap-free log; stay correct anyway
                 out, times = self.events, self.times = [], []
                 size = 0
                 self.base = seq - 1
-            raw = encode(self.graph_id, seq, fields, self.prefix)
+            raw = encode(self.graph_id, seq, stored, self.prefix)
             out.append(raw)
-            times.append(_recorded(fields))
+            times.append(_recorded(stored))
             size += len(raw)
-            if fields[_KIND] in TERMINAL_KINDS:
+            if stored[KIND] in TERMINAL_KINDS:
                 self.terminal = True
                 break
         if len(out) > WINDOW or size > WINDOW_BYTES:
@@ -254,7 +264,7 @@ class EventHub:
             return await self._store.events(shard, graph_id, after, count)
         events = self._store.keys.shard(shard).graph(graph_id).events
         (found,) = await self._direct.call(_xrange(events, after, count))
-        return _entries(found)
+        return _entries(found, after)[:count]
 
     async def head(
         self, shard: int, graph_id: str, after: int, count: int
@@ -268,15 +278,16 @@ class EventHub:
                 (fields,) = await self._direct.call(meta)
                 return (*_head(fields), [])
             fields, found = await self._direct.call(meta, _xrange(gk.events, after, count))
-            return (*_head(fields), _entries(found))
+            return (*_head(fields), _entries(found, after)[:count])
         if not count:
             state, seq, ns = await self._store.graph_fields(shard, graph_id, *_HEAD)
             return state, seq, ns, []
         pipe = self._store.redis.pipeline(transaction=False)
         pipe.hmget(gk.meta, *_HEAD)
-        pipe.xrange(gk.events, min=f"0-{after + 1}", max="+", count=count)
+        lo, hi = entry_range(after, count)
+        pipe.xrange(gk.events, min=lo, max=hi, count=count)
         (state, seq, ns), found = await pipe.execute()
-        return state, seq, ns, [(int(mid.split(b"-")[1]), fields) for mid, fields in found]
+        return state, seq, ns, expand(found, after)[:count]
 
     async def _extend(self, feed: _Feed, first: Callable[[], Awaitable[Entries]] | None) -> None:
         """Read the log after the feed's end (one page); concurrent callers share one read."""
@@ -521,7 +532,7 @@ class _Direct:
 
 
 def _xrange(key: str, after: int, count: int) -> tuple[Any, ...]:
-    return ("XRANGE", key, f"0-{after + 1}", "+", "COUNT", count)
+    return ("XRANGE", key, *entry_range(after, count), "COUNT", count)
 
 
 def _head(reply: object) -> tuple[bytes | None, bytes | None, bytes | None]:
@@ -532,17 +543,14 @@ def _head(reply: object) -> tuple[bytes | None, bytes | None, bytes | None]:
     return state, seq, ns
 
 
-def _entries(found: object) -> Entries:
-    """XRANGE's reply as (seq, fields) of entries with ids ``0-<seq>``."""
+def _entries(found: object, after: int) -> Entries:
+    """XRANGE's reply (entries with ids ``0-<seq of their last event>``) as the events after
+    seq ``after``."""
     if not found:
         return []
     if not isinstance(found, list):
         raise ResponseError(f"unexpected reply to XRANGE: {found!r:.80}")
-    out: Entries = []
-    for entry_id, flat in found:
-        it = iter(flat)
-        out.append((int(entry_id.split(b"-")[1]), dict(zip(it, it, strict=True))))
-    return out
+    return expand(found, after)
 
 
 def _field(flat: list[bytes], name: bytes) -> str | None:
@@ -553,10 +561,10 @@ def _field(flat: list[bytes], name: bytes) -> str | None:
     return None
 
 
-def _recorded(fields: dict[bytes, bytes]) -> int:
+def _recorded(stored: Stored) -> int:
     """When a stored event was recorded (ms since the epoch; 0 when it says nothing)."""
     try:
-        return int(fields.get(_TIME) or 0)
+        return int(stored[TIME] or 0)
     except ValueError:
         return 0
 
@@ -572,11 +580,11 @@ def _encode_until(
     """Encode entries up to seq ``limit``; (batch, last seq, whether it ended the log)."""
     out: list[bytes] = []
     last = 0
-    for seq, fields in entries:
+    for seq, stored in entries:
         if seq > limit:
             break
-        out.append(encode(graph_id, seq, fields, prefix))
+        out.append(encode(graph_id, seq, stored, prefix))
         last = seq
-        if fields[_KIND] in TERMINAL_KINDS:
+        if stored[KIND] in TERMINAL_KINDS:
             return out, last, True
     return out, last, False

@@ -2,16 +2,17 @@
 and by workers through ``append``) to ``dago.v1.Event``, and to the wire form of
 WatchGraph.
 
-A stored event has the fields of ``dago.store.schema.Event``: its kind (the Event payload
-field name), its time (ms), optionally node, attempt and iteration, and a JSON detail
-whose keys are ``schema.Detail`` (usage objects ``schema.UsageJson``, errors
-``schema.Error``).
+An entry holds one or more events (``dago.store.schema.Event``), each packed as its kind
+(the Event payload field name), its time (ms), node, attempt and iteration (empty for a
+graph's own events), and a JSON detail whose keys are ``schema.Detail`` (usage objects
+``schema.UsageJson``, errors ``schema.Error``). ``expand`` unpacks entries into
+``Stored`` events, which ``decode`` and ``encode`` read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from dago.store.schema import Detail, Error, Event, UsageJson
@@ -20,8 +21,36 @@ from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
 TERMINAL = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
 
-_KIND, _TIME, _DETAIL = Event.KIND.encode(), Event.TIME.encode(), Event.DETAIL.encode()
-_NODE, _ATTEMPT, _ITERATION = Event.NODE.encode(), Event.ATTEMPT.encode(), Event.ITERATION.encode()
+_SEP = Event.SEP.encode()
+
+Stored = Sequence[bytes]
+"""One stored event: [kind, time ms, node, attempt, iteration, detail] (``KIND``...)."""
+KIND, TIME, NODE, ATTEMPT, ITERATION, DETAIL = range(6)
+
+Entries = list[tuple[int, Stored]]
+"""Stored events with their seqs, in order."""
+
+
+def entry_range(after: int, count: int) -> tuple[str, str]:
+    """XRANGE bounds of the entries holding the ``count`` events after seq ``after``: an
+    entry's id is its last event's seq, so the one holding seq ``after + count`` has an id
+    below ``after + count + PER_ENTRY``. A read so returns at most ``PER_ENTRY - 1`` events
+    more than asked, however the events are spread over entries."""
+    return f"0-{after + 1}", f"0-{after + count + Event.PER_ENTRY - 1}"
+
+
+def expand(found: Iterable[tuple[bytes, Any]], after: int = 0) -> Entries:
+    """The events after seq ``after`` of XRANGE entries, as (seq, event). An entry's fields
+    come as a mapping (redis-py's reply) or flat (field, value, ...: Redis's own)."""
+    out: Entries = []
+    for entry_id, fields in found:
+        values = list(fields.values()) if isinstance(fields, dict) else fields[1::2]
+        seq = int(entry_id.split(b"-")[1]) - len(values)
+        for v in values:
+            seq += 1
+            if seq > after:
+                out.append((seq, v.split(_SEP, 5)))
+    return out
 
 
 def usage_from(d: Any, msg: execution_pb2.Usage) -> None:
@@ -44,18 +73,17 @@ def error_from(d: Any, msg: execution_pb2.NodeError) -> None:
     msg.retryable = bool(d.get(Error.RETRYABLE, False))
 
 
-def decode(graph_id: str, seq: int, fields: dict[bytes, bytes]) -> execution_pb2.Event:
-    """The ``dago.v1.Event`` for one stored stream entry."""
+def decode(graph_id: str, seq: int, stored: Stored) -> execution_pb2.Event:
+    """The ``dago.v1.Event`` of one stored event."""
     ev = execution_pb2.Event(seq=seq, graph_id=graph_id)
-    ms = int(fields[_TIME])
-    ev.time.FromMilliseconds(ms)
-    node = fields.get(_NODE)
-    if node is not None:
+    ev.time.FromMilliseconds(int(stored[TIME]))
+    node = stored[NODE]
+    if node:
         ev.node_id = node.decode()
-        ev.attempt = int(fields[_ATTEMPT])
-        ev.iteration = int(fields[_ITERATION])
-    kind = fields[_KIND].decode()
-    raw = fields.get(_DETAIL)
+        ev.attempt = int(stored[ATTEMPT] or 0)
+        ev.iteration = int(stored[ITERATION] or 0)
+    kind = stored[KIND].decode()
+    raw = stored[DETAIL]
     d: dict[str, Any] = json.loads(raw) if raw else {}
     _PAYLOADS[kind](ev, d)
     return ev
@@ -261,7 +289,7 @@ _GRAPH_STARTED = _tag(_EVENT_FIELDS["graph_started"].number, 2) + b"\x00"
 # Payloads that read the event's graph id while being built.
 _NEEDS_GRAPH = frozenset({"node_dead_lettered", "node_requeued"})
 TERMINAL_KINDS = frozenset(k.encode() for k in TERMINAL)
-"""``TERMINAL`` as the stored ``t`` field's bytes."""
+"""``TERMINAL`` as a stored event's kind bytes."""
 
 
 def _time(ms: int) -> bytes:
@@ -277,23 +305,22 @@ def graph_prefix(graph_id: str) -> bytes:
     return _len_field(_T_GRAPH, graph_id.encode()) if graph_id else b""
 
 
-def encode(graph_id: str, seq: int, fields: dict[bytes, bytes], prefix: bytes = b"") -> bytes:
-    """The serialized ``WatchGraphResponse`` of one stored stream entry: the same message as
-    ``WatchGraphResponse(event=decode(graph_id, seq, fields))``. ``prefix`` is
+def encode(graph_id: str, seq: int, stored: Stored, prefix: bytes = b"") -> bytes:
+    """The serialized ``WatchGraphResponse`` of one stored event: the same message as
+    ``WatchGraphResponse(event=decode(graph_id, seq, stored))``. ``prefix`` is
     ``graph_prefix(graph_id)`` when the caller has it."""
-    kind = fields[_KIND].decode()
+    kind = stored[KIND].decode()
     head = (_T_SEQ + _varint(seq) if seq else b"") + (prefix or graph_prefix(graph_id))
-    head += _time(int(fields[_TIME]))
-    node = fields.get(_NODE)
-    if node is not None:
-        if node:
-            head += _T_NODE + _varint(len(node)) + node
-        attempt, iteration = int(fields[_ATTEMPT]), int(fields[_ITERATION])
+    head += _time(int(stored[TIME]))
+    node = stored[NODE]
+    if node:
+        head += _T_NODE + _varint(len(node)) + node
+        attempt, iteration = int(stored[ATTEMPT] or 0), int(stored[ITERATION] or 0)
         if attempt:
             head += _T_ATTEMPT + _varint(attempt)
         if iteration:
             head += _T_ITERATION + _varint(iteration)
-    raw = fields.get(_DETAIL)
+    raw = stored[DETAIL]
     d: dict[str, Any] = json.loads(raw) if raw else {}
     text = _T_TEXT.get(kind)
     value = d.get("text" if kind == "llm_delta" else Detail.REASON, "") if text else None

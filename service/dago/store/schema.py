@@ -127,16 +127,19 @@ class UsageJson:
 
 
 class Event:
-    """Fields of an entry of a graph's event log (``GraphKeys.events``; entry id ``0-<seq>``)."""
+    """A graph's event log (``GraphKeys.events``): a stream whose entries each hold the
+    events one function call appended to the graph, in seq order, as fields ``1``, ``2``...
+    (names only keep them apart) with the value ``kind|time|node|attempt|iteration|detail``:
+    kind the Event payload field name (``node_started``...), time in ms, node, attempt and
+    iteration empty for a graph's own events, detail JSON (keys in ``Detail``) or empty.
+    The entry's id is ``0-<seq of its last event>``, so XRANGE from ``0-<after + 1>`` starts
+    at the entry holding the event after ``after``. One entry per graph and call, not per
+    event: an XADD with a dozen arguments per event was a tenth of Redis's work per node."""
 
-    KIND: Final = "t"
-    """The Event payload field name (``node_started``...)."""
-    TIME: Final = "ts"
-    NODE: Final = "n"
-    ATTEMPT: Final = "a"
-    ITERATION: Final = "i"
-    DETAIL: Final = "d"
-    """The payload as JSON (keys in ``Detail``)."""
+    SEP: Final = "|"
+    PER_ENTRY: Final = 64
+    """Most events in one entry (a call that appends more writes several). Also what a
+    read of N events may read beyond them (``events.entry_range``)."""
 
 
 class Detail:

@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from dago.store.client import STORE_ERRORS, RedisClient, raise_if_cancelling
+from dago.store.events import Entries, entry_range, expand
 from dago.store.functions import (
     AppendArgs,
     Applied,
@@ -328,13 +329,12 @@ class Store:
             {k.encode(): v for k, v in zip(names, row, strict=True) if v is not None} for row in res
         ]
 
-    async def events(
-        self, shard: int, graph_id: str, after_seq: int, count: int
-    ) -> list[tuple[int, dict[bytes, bytes]]]:
-        """Up to ``count`` stored events after ``after_seq``, as (seq, fields)."""
+    async def events(self, shard: int, graph_id: str, after_seq: int, count: int) -> Entries:
+        """Up to ``count`` stored events after ``after_seq``, as (seq, event)."""
         gk = self.keys.shard(shard).graph(graph_id)
-        res = await self.redis.xrange(gk.events, min=f"0-{after_seq + 1}", max="+", count=count)
-        return [(int(mid.split(b"-")[1]), fields) for mid, fields in res]
+        lo, hi = entry_range(after_seq, count)
+        res = await self.redis.xrange(gk.events, min=lo, max=hi, count=count)
+        return expand(res, after_seq)[:count]
 
     async def list_ids(
         self,

@@ -123,8 +123,10 @@ local function start_batch(worker, items, lease)
           node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
-        local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
-        if v[5] == tm then redis.call('ZADD', K_TIMERS, deadline, tm) end
+        if v[5] then
+          local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
+          if v[5] == tm then redis.call('ZADD', K_TIMERS, deadline, tm) end
+        end
         local names
         if refs == '*' then names = cjson.decode(redis.call('HGET', gk, META.NODE_IDS))
         elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end

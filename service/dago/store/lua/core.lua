@@ -231,22 +231,22 @@ local function open_apply(gid)
   return tonumber(redis.call('HINCRBY', gkey(gid), META.OPEN, d))
 end
 
--- Appends one event to the graph's log. Events are written by flush(), which every entry
--- script calls before returning after a change (and before switching shards), with the
--- seqs of all of a graph's events taken by one HINCRBY (one command per graph, not per
--- event).
-local E_KIND, E_TIME, E_NODE = EVENT.KIND, EVENT.TIME, EVENT.NODE
-local E_ATTEMPT, E_ITER, E_DETAIL = EVENT.ATTEMPT, EVENT.ITERATION, EVENT.DETAIL
+-- Appends one event to the graph's log, packed as schema.Event says. Events are written
+-- by flush(), which every entry script calls before returning after a change (and before
+-- switching shards): one HINCRBY of the graph's seq and one XADD per graph and call.
+local E_SEP = EVENT.SEP
+local E_GRAPH = E_SEP .. E_SEP .. E_SEP .. E_SEP
+-- Field names of an entry's events (1, 2, ...), each made once (by the first call that
+-- needs it: a library's loading may not call string functions).
+local E_NAMES = {}
 
 local function emit(gid, kind, node, attempt, iter, detail)
   local ev
   if node then
-    ev = {E_KIND, kind, E_TIME, NOW_S, E_NODE, node, E_ATTEMPT, attempt, E_ITER, iter}
+    ev = kind .. E_SEP .. NOW_S .. E_SEP .. node .. E_SEP .. (attempt or '') .. E_SEP .. (iter or '')
+      .. E_SEP .. (detail or '')
   else
-    ev = {E_KIND, kind, E_TIME, NOW_S}
-  end
-  if detail then
-    ev[#ev + 1] = E_DETAIL; ev[#ev + 1] = detail
+    ev = kind .. E_SEP .. NOW_S .. E_GRAPH .. (detail or '')
   end
   local list = pending[gid]
   if list == nil then
@@ -279,11 +279,20 @@ local function flush()
   gbytes = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
-    -- Entry ids are 0-<seq>: '0-*' lets Redis number them on from the last one, the same
-    -- count the graph's seq field keeps (both are only ever written here).
-    redis.call('HINCRBY', gkey(gid), META.SEQ, #list)
-    for _, ev in ipairs(list) do
-      redis.call('XADD', ek, '0-*', unpack(ev))
+    -- An entry's id is the seq of its last event; the graph's seq field is only ever
+    -- written here, so ids always grow.
+    local seq = redis.call('HINCRBY', gkey(gid), META.SEQ, #list) - #list
+    for k = 1, #list, EVENT.PER_ENTRY do
+      local n = math.min(EVENT.PER_ENTRY, #list - k + 1)
+      local args = {}
+      for j = 1, n do
+        local name = E_NAMES[j]
+        if name == nil then name = int(j); E_NAMES[j] = name end
+        args[2 * j - 1] = name
+        args[2 * j] = list[k + j - 1]
+      end
+      seq = seq + n
+      redis.call('XADD', ek, '0-' .. int(seq), unpack(args))
     end
   end
   pending = {}

@@ -191,12 +191,8 @@ local USAGE_JSON = {
 
 -- schema.Event
 local EVENT = {
-  KIND = 't',
-  TIME = 'ts',
-  NODE = 'n',
-  ATTEMPT = 'a',
-  ITERATION = 'i',
-  DETAIL = 'd',
+  SEP = '|',
+  PER_ENTRY = 64,
 }
 
 -- schema.Detail
