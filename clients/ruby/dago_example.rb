@@ -69,6 +69,7 @@ def watch(stub, graph_id, options)
     raise "WatchGraph: gave up after #{MAX_RESUMES} resumes: #{reason}" if failures > MAX_RESUMES
 
     warn "watch dropped (#{reason}): resuming after seq #{last}"
+    sleep([0.1 * (2**(failures - 1)), 2.0].min) # 100 ms, doubling, at most 2 s
   end
 end
 

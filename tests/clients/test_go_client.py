@@ -23,12 +23,14 @@ import pytest
 from genclients import (
     BAD_REQUEST,
     REQUEST,
+    SLOW_REQUEST,
     check_rejected,
     check_run,
     check_unauthenticated,
     keyed_stack,
+    run_across_api_restart,
 )
-from harness import ROOT, Edge, ProcessStack, child_logs
+from harness import ROOT, Edge, ProcessStack, RunningStack, child_logs, start_api_quickly
 from redisfixture import RedisServer
 
 # go (vet, build) and the client it builds run as processes.
@@ -70,11 +72,12 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def requests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """REQUEST and BAD_REQUEST as files: {"good": ..., "bad": ...}."""
+    """REQUEST, BAD_REQUEST and SLOW_REQUEST as files: {"good": ..., "bad": ..., "slow": ...}."""
     folder = tmp_path_factory.mktemp("go-requests")
-    out = {"good": folder / "good.json", "bad": folder / "bad.json"}
+    out = {n: folder / f"{n}.json" for n in ("good", "bad", "slow")}
     out["good"].write_text(json.dumps(REQUEST))
     out["bad"].write_text(json.dumps(BAD_REQUEST))
+    out["slow"].write_text(json.dumps(SLOW_REQUEST))
     return out
 
 
@@ -84,19 +87,23 @@ async def keyed(redis_single: RedisServer) -> AsyncIterator[tuple[ProcessStack, 
         yield stack_and_key
 
 
-def run_client(
+def argv_env(
     binary: Path, target: str, request: Path, api_key: str | None = None
-) -> subprocess.CompletedProcess[str]:
+) -> tuple[list[str], dict[str, str]]:
+    """The example's command line and environment (no DAGO_ setting but the key)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
     if api_key is not None:
         env["DAGO_API_KEY"] = api_key
+    argv = [str(binary), "-target", target, "-timeout", f"{RUN_TIMEOUT_S - 5}s", str(request)]
+    return argv, env
+
+
+def run_client(
+    binary: Path, target: str, request: Path, api_key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv, env = argv_env(binary, target, request, api_key)
     return subprocess.run(
-        [str(binary), "-target", target, "-timeout", f"{RUN_TIMEOUT_S - 5}s", str(request)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+        argv, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
     )
 
 
@@ -129,3 +136,13 @@ def test_go_client_prints_the_field_violations(
     go_client: Path, requests: dict[str, Path], edge_stack: Edge
 ) -> None:
     check_rejected(run_client(go_client, f"127.0.0.1:{edge_stack.stack.port}", requests["bad"]))
+
+
+async def test_go_client_resumes_the_watch_when_the_api_restarts(
+    go_client: Path, requests: dict[str, Path], redis_single: RedisServer, key_prefix: str
+) -> None:
+    async with RunningStack(redis_single.url, key_prefix) as stack:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        argv, env = argv_env(go_client, f"127.0.0.1:{stack.port}", requests["slow"])
+        await run_across_api_restart(argv, env, stack)

@@ -21,12 +21,14 @@ import pytest
 from genclients import (
     BAD_REQUEST,
     REQUEST,
+    SLOW_REQUEST,
     check_rejected,
     check_run,
     check_unauthenticated,
     keyed_stack,
+    run_across_api_restart,
 )
-from harness import ROOT, Edge, ProcessStack, child_logs
+from harness import ROOT, Edge, ProcessStack, RunningStack, child_logs, start_api_quickly
 from redisfixture import RedisServer
 
 # ruby (and buf, through clients/ruby/run.sh) run as processes.
@@ -48,11 +50,12 @@ def ruby_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def requests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """REQUEST and BAD_REQUEST as files: {"good": ..., "bad": ...}."""
+    """REQUEST, BAD_REQUEST and SLOW_REQUEST as files: {"good": ..., "bad": ..., "slow": ...}."""
     folder = tmp_path_factory.mktemp("ruby-requests")
-    out = {"good": folder / "good.json", "bad": folder / "bad.json"}
+    out = {n: folder / f"{n}.json" for n in ("good", "bad", "slow")}
     out["good"].write_text(json.dumps(REQUEST))
     out["bad"].write_text(json.dumps(BAD_REQUEST))
+    out["slow"].write_text(json.dumps(SLOW_REQUEST))
     return out
 
 
@@ -62,21 +65,24 @@ async def keyed(redis_single: RedisServer) -> AsyncIterator[tuple[ProcessStack, 
         yield stack_and_key
 
 
-def run_client(
+def argv_env(
     out: Path, target: str, request: Path, api_key: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """clients/ruby/run.sh: generate into ``out``, then run the example on ``request``."""
+) -> tuple[list[str], dict[str, str]]:
+    """clients/ruby/run.sh's command line (generate into ``out``, run the example on
+    ``request``) and environment (no DAGO_ setting but the key)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
     if api_key is not None:
         env["DAGO_API_KEY"] = api_key
-    argv = [str(out), "--target", target, "--timeout", str(RUN_TIMEOUT_S - 5), str(request)]
+    args = [str(out), "--target", target, "--timeout", str(RUN_TIMEOUT_S - 5), str(request)]
+    return ["bash", str(RUN), *args], env
+
+
+def run_client(
+    out: Path, target: str, request: Path, api_key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv, env = argv_env(out, target, request, api_key)
     return subprocess.run(
-        ["bash", str(RUN), *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+        argv, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
     )
 
 
@@ -108,3 +114,13 @@ def test_ruby_client_prints_the_field_violations(
     ruby_out: Path, requests: dict[str, Path], edge_stack: Edge
 ) -> None:
     check_rejected(run_client(ruby_out, f"127.0.0.1:{edge_stack.stack.port}", requests["bad"]))
+
+
+async def test_ruby_client_resumes_the_watch_when_the_api_restarts(
+    ruby_out: Path, requests: dict[str, Path], redis_single: RedisServer, key_prefix: str
+) -> None:
+    async with RunningStack(redis_single.url, key_prefix) as stack:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        argv, env = argv_env(ruby_out, f"127.0.0.1:{stack.port}", requests["slow"])
+        await run_across_api_restart(argv, env, stack)

@@ -7,15 +7,18 @@ indented by two spaces."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
+import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from dago.api.auth import hash_key, new_key
-from harness import ProcessStack, start_api_quickly
+from dago_client import AsyncDagoClient
+from harness import ProcessStack, child_logs, start_api_quickly
 
 TOPIC = "gophers"
 # An echo node, then an LLM node on the offline provider (its text streams as llm_delta).
@@ -47,6 +50,18 @@ BAD_REQUEST: dict[str, Any] = {
     "graph": {
         "nodes": [{"id": "a", "tool": {"name": "echo"}}],
         "edges": [{"from": "a", "to": "ghost"}],
+    }
+}
+# A run of ~3 s (a sleep between two echoes): long enough to kill the API in the middle.
+SLOW_REQUEST: dict[str, Any] = {
+    "graph": {
+        "name": "generated-client-slow",
+        "nodes": [
+            {"id": "start", "tool": {"name": "echo"}, "inputs": {"topic": TOPIC}},
+            {"id": "nap", "tool": {"name": "sleep"}, "inputs": {"seconds": 3}},
+            {"id": "end", "tool": {"name": "echo"}, "inputs": {"done": True}},
+        ],
+        "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "end"}],
     }
 }
 TERMINAL = ("graph_completed", "graph_failed", "graph_cancelled")
@@ -126,3 +141,60 @@ def check_rejected(p: subprocess.CompletedProcess[str]) -> None:
     assert any(
         v["field"] == "graph.edges[0].to" and "ghost" in v["description"] for v in violations
     ), p.stderr
+
+
+async def run_across_api_restart(
+    argv: Sequence[str], env: dict[str, str], stack: ProcessStack, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run an example on SLOW_REQUEST against ``stack``'s API; once it printed the start of
+    node ``nap``, SIGKILL the API and start it again on the same port. Then assert that the
+    example resumed the watch and printed the stored events exactly once each, in order."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+
+    async def until_nap_started() -> None:
+        assert proc.stdout is not None
+        while line := (await proc.stdout.readline()).decode():
+            lines.append(line)
+            ev = json.loads(line).get("event", {})
+            if ev.get("node_id") == "nap" and "node_started" in ev:
+                return
+        raise AssertionError("the example ended before node nap started")
+
+    try:
+        await asyncio.wait_for(until_nap_started(), timeout)
+        stack.signal("api", signal.SIGKILL)
+        await start_api_quickly(stack)
+        rest, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(
+            f"{''.join(lines)}{out.decode()}\n{err.decode()}\n{child_logs(stack)}"
+        ) from None
+    assert proc.returncode is not None
+    p = subprocess.CompletedProcess(
+        list(argv), proc.returncode, "".join(lines) + rest.decode(), err.decode()
+    )
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}\n{child_logs(stack)}"
+    assert "resuming after seq" in p.stderr, p.stderr
+    out = [json.loads(line) for line in p.stdout.splitlines()]
+    gid = out[0]["submitted"]["graph_id"]
+    printed = [(int(o["event"]["seq"]), payload(o["event"])) for o in out[1:-1]]
+    assert out[-1]["result"]["state"] == "GRAPH_STATE_COMPLETED", p.stdout
+    async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as dago:
+        stored = [
+            (e.seq, str(e.WhichOneof("payload")))
+            async for e in dago.list_events(gid)
+            if e.WhichOneof("payload") != "heartbeat"
+        ]
+    assert printed == stored, (printed, stored)
+    assert stored[-1][1] == "graph_completed", stored
+    return p

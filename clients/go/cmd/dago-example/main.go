@@ -124,7 +124,9 @@ func watch(ctx context.Context, client dagov1.OrchestratorServiceClient, graphID
 	var last int64
 	failures := 0
 	for {
-		stream, err := client.WatchGraph(ctx, &dagov1.WatchGraphRequest{GraphId: graphID, AfterSeq: last})
+		// WaitForReady: a reopened watch waits for the connection to come back (within ctx).
+		req := &dagov1.WatchGraphRequest{GraphId: graphID, AfterSeq: last}
+		stream, err := client.WatchGraph(ctx, req, grpc.WaitForReady(true))
 		if err != nil {
 			return describe("WatchGraph", err)
 		}
@@ -139,6 +141,7 @@ func watch(ctx context.Context, client dagov1.OrchestratorServiceClient, graphID
 					return fmt.Errorf("WatchGraph: gave up after %d resumes: %w", maxResumes, err)
 				}
 				fmt.Fprintf(os.Stderr, "watch dropped (%v): resuming after seq %d\n", err, last)
+				time.Sleep(backoff(failures))
 				break
 			}
 			ev := resp.Event
@@ -156,6 +159,15 @@ func watch(ctx context.Context, client dagov1.OrchestratorServiceClient, graphID
 			}
 		}
 	}
+}
+
+// backoff before the n-th resume in a row: 100 ms, doubling, at most 2 s.
+func backoff(n int) time.Duration {
+	d := 100 * time.Millisecond << (n - 1)
+	if n > 5 || d > 2*time.Second {
+		return 2 * time.Second
+	}
+	return d
 }
 
 // transient: worth reopening the watch (an early end of the stream counts).
