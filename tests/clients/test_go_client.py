@@ -41,7 +41,7 @@ PACKAGES = (
     "golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev "
     "golang-github-golang-protobuf-1-5-dev"
 )
-# Go's build cache, kept between sessions: a warm build takes ~2 s, a cold one ~11 s.
+# Go's build cache, kept between sessions: a warm build takes 1-2 s, a cold one 10-25 s.
 GOCACHE = Path(os.environ.get("DAGO_TEST_GOCACHE", "/tmp/dago-test-gocache"))
 BUILD_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 60
