@@ -54,7 +54,7 @@ PYTEST_ARGS ?=
 
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: web setup-run setup-node docs docs-check gen-go gen-java
+.PHONY: web setup-run setup-node docs docs-check gen-go go-client gen-ruby gen-java
 .PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
 .PHONY: check-anthropic
 .PHONY: helm helm-assets helm-docs lint-deploy dist
@@ -245,8 +245,14 @@ dist: setup ## Release artifacts in dist/: dago-client and dago (sdists, wheels)
 	$(call say,dist: dago-client + dago (python -m build) and @dago/client (npm pack))
 	$(PY) scripts/dist.py --out dist --stage build/dist
 
-gen-go: setup ## Go client code in build/gen/go (needs protoc-gen-go, protoc-gen-go-grpc on PATH; docs/clients.md)
+gen-go: setup ## Go client code in clients/go/gen (git-ignored; needs protoc-gen-go, protoc-gen-go-grpc: docs/clients.md#go)
 	$(BIN)/buf generate --template buf.gen.go.yaml --path proto/dago
+
+go-client: setup ## Build the Go example client offline with Debian's Go packages -> build/go/bin/dago-example (docs/clients.md#go)
+	clients/go/build.sh build/go
+
+gen-ruby: setup ## Ruby client code in clients/ruby/gen (git-ignored; needs protoc, grpc_ruby_plugin: docs/clients.md#ruby)
+	$(BIN)/buf generate --template buf.gen.ruby.yaml --path proto/dago
 
 gen-java: setup ## Java client code in build/gen/java (needs protoc, protoc-gen-grpc-java on PATH; docs/clients.md)
 	$(BIN)/buf generate --template buf.gen.java.yaml --path proto/dago
