@@ -1009,7 +1009,7 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (ROOT / "gen" / "python" / "dago" / "v1", "dago/v1"),
     ):
         for f in root.rglob("*"):
-            if f.suffix in (".py", ".lua") and "__pycache__" not in f.parts:
+            if f.suffix in (".py", ".lua", ".sql") and "__pycache__" not in f.parts:
                 rel = f"{pkg}/{f.relative_to(root).as_posix()}"
                 if (ROOT / "service" / "dago" / "v1") not in f.parents:
                     assert rel in names, f"the wheel lacks {rel} (pyproject.toml packages)"
