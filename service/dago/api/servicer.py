@@ -236,6 +236,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             max_events=self._settings.max_events_per_graph,
             max_bytes=self._settings.max_run_bytes,
             traceparent=traceparent,
+            archive=int(bool(self._settings.postgres_url)),
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
