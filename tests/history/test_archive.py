@@ -9,10 +9,12 @@ from typing import Any
 import grpc
 import psycopg
 
+from dago.api.auth import hash_key, new_key
 from dago.engine.ids import parse_shard
 from dago.history.migrate import migrate_url
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
+    Client,
     InProcessStack,
     MakeStack,
     echo,
@@ -24,6 +26,7 @@ from harness import (
     watch_raw,
 )
 from pgfixture import PrivatePostgres
+from redisfixture import RedisTarget
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED
@@ -130,9 +133,10 @@ async def test_a_run_reads_the_same_from_postgres_after_redis_expired_it(
 
 
 async def test_every_finished_run_is_archived_once_with_its_events_and_usage(
-    postgres_url: str, make_stack: MakeStack
+    postgres_url: str, make_stack: MakeStack, redis_target: RedisTarget
 ) -> None:
-    stack = await make_stack(postgres_url=postgres_url, migrate_at_start=True)
+    # On a single Redis and on a cluster: the archive queue lives in the shard's slot.
+    stack = await make_stack(redis_target, postgres_url=postgres_url, migrate_at_start=True)
     ok, _ = await stack.client.run(run_request())
     failed, st = await stack.client.run(request([tool("x", "fail")], name="broken"))
     assert st.state == FAILED
@@ -176,6 +180,37 @@ async def test_every_finished_run_is_archived_once_with_its_events_and_usage(
         sk = stack.store.keys.shard(shard_of(stack, gid))
         assert await stack.store.redis.zscore(sk.archive, gid) is None
         assert 0 < await stack.store.redis.ttl(sk.graph(gid).meta) <= stack.settings.retention_s
+
+
+async def test_an_archived_run_is_its_namespace_s_alone(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    key_a, key_b = new_key(), new_key()
+    keys = f"{hash_key(key_a)}:team-a,{hash_key(key_b)}:team-b"
+    stack = await make_stack(
+        postgres_url=postgres_url, migrate_at_start=True, retention_s=1, auth="keys", api_keys=keys
+    )
+    a, b = Client(f"127.0.0.1:{stack.port}", key_a), Client(f"127.0.0.1:{stack.port}", key_b)
+    try:
+        gid, _ = await a.run(request([echo("x", v=1)]))
+        await eventually(lambda: archived(postgres_url, gid))
+        await eventually(lambda: expired(stack, gid), timeout=15, interval=0.1)
+        assert (await a.status(gid)).namespace == "team-a"
+        assert len(await a.history(gid)) > 0
+        for call in (
+            b.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid)),
+            b.stub.GetGraphStatus(orchestrator_pb2.GetGraphStatusRequest(graph_id=gid)),
+            b.stub.GetGraphResult(orchestrator_pb2.GetGraphResultRequest(graph_id=gid)),
+            b.stub.ListGraphEvents(orchestrator_pb2.ListGraphEventsRequest(graph_id=gid)),
+            b.stub.ListNodeAttempts(
+                orchestrator_pb2.ListNodeAttemptsRequest(graph_id=gid, node_id="x")
+            ),
+            watch_raw(b, gid),
+        ):
+            assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_replicas_racing_archive_each_run_once(
