@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 from dago.config import Settings
 from dago.history.db import HistoryDb
+from dago.history.migrate import migrate
 from dago.llm import models
 from dago.observe.metrics import Metrics
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
@@ -168,13 +169,22 @@ class Archiver:
 
     async def run(self) -> None:
         """Archive rounds until cancelled: right after a round that found work, else after
-        the sweep interval; after a failure, after a doubling backoff."""
+        the sweep interval; after a failure, after a doubling backoff. With
+        DAGO_MIGRATE_AT_START the schema is brought up to date first (retried the same way).
+
+        Cancelled (SIGTERM) at any point, nothing is lost or doubled: a transaction not
+        committed rolls back and its run stays queued; a run committed but not yet let go
+        is written again by the next round, which changes nothing."""
         idle = self._settings.sweep_interval_ms / 1000
         delay = BACKOFF_S[0]
         failing = False
+        migrated = not self._settings.migrate_at_start
         while True:
             raise_if_cancelling()
             try:
+                if not migrated:
+                    await self._migrate()
+                    migrated = True
                 done = await self.round()
             except STORE_ERRORS as e:  # PostgreSQL's errors too: any failure waits and retries
                 self._metrics.archive_errors.inc()
@@ -191,6 +201,11 @@ class Archiver:
             failing, delay = False, BACKOFF_S[0]
             if not done:
                 await asyncio.sleep(idle)
+
+    async def _migrate(self) -> None:
+        async with self._db.pool.connection() as conn:
+            for mig in await migrate(conn):
+                log.info("applied migration %04d_%s", mig.version, mig.name)
 
     async def round(self) -> int:
         """Archive up to ``archive_batch`` queued runs of each shard; returns how many."""
