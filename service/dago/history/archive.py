@@ -29,6 +29,7 @@ from dago.config import Settings
 from dago.history.db import HistoryDb
 from dago.history.migrate import migrate
 from dago.llm import models
+from dago.llm.providers import default_provider
 from dago.observe.metrics import Metrics
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.store import Store
@@ -71,22 +72,33 @@ def _json(msg: Any) -> Jsonb:
 
 
 def node_models(run: FinishedRun, settings: Settings) -> dict[str, str]:
-    """The model each node called: the last one its usage events name; for an LLM node
-    without one (it failed first), the model it asked for, else the server's default (as
-    the LLM node resolves it); '' for nodes that call no model."""
+    """The model each node called: the last one its usage events name. An LLM or agent node
+    without one (it failed or was skipped first) gets the model it would have called, by
+    the resolution of dago.llm.providers (its own, else the server's default for its
+    provider); nodes that call no model get ''."""
     found: dict[str, str] = {}
     for ev in run.events:
         if ev.WhichOneof("payload") == "usage" and ev.usage.model:
             found[ev.node_id] = ev.usage.model
     out: dict[str, str] = {}
     for node in run.graph.nodes:
+        kind = node.WhichOneof("kind")
         if node.id in found:
             out[node.id] = found[node.id]
-        elif node.WhichOneof("kind") == "llm":
-            out[node.id] = node.llm.model or settings.llm_model or models.DEFAULT_MODEL
+        elif kind in ("llm", "agent"):
+            spec = node.llm if kind == "llm" else node.agent.llm
+            out[node.id] = _model(spec, settings)
         else:
             out[node.id] = ""
     return out
+
+
+def _model(spec: graph_pb2.LlmNode, settings: Settings) -> str:
+    provider = spec.provider or default_provider(settings)
+    if provider == "offline":
+        return "offline"
+    default = models.DEFAULT_MODEL if provider == "anthropic" else ""
+    return spec.model or settings.llm_model or default
 
 
 _RUN = """
