@@ -41,6 +41,30 @@ async def work(settings: Settings) -> None:
     await worker.run(stop)
 
 
+def _migrate(settings: Settings) -> int:
+    """``dago migrate``: bring DAGO_POSTGRES_URL's schema up to date."""
+    if not settings.postgres_url:
+        print(
+            "dago migrate: DAGO_POSTGRES_URL is empty: set it to the history database "
+            "(postgresql://user:pass@host:5432/db); see docs/history.md",
+            file=sys.stderr,
+        )
+        return 2
+    import psycopg
+
+    from dago.history.migrate import MigrationError, migrate_url, migrations
+
+    try:
+        applied = uvloop.run(migrate_url(settings.postgres_url))
+    except (psycopg.Error, MigrationError) as e:
+        print(f"dago migrate: {e}", file=sys.stderr)
+        return 1
+    for mig in applied:
+        print(f"applied {mig.version:04d}_{mig.name}")
+    print(f"schema at version {len(migrations())} ({len(applied)} applied now)")
+    return 0
+
+
 def _print_config(settings: Settings) -> None:
     width = max(len(v) for v, _, _ in describe(settings))
     for var, value, doc in describe(settings):
@@ -102,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("dev", help="all in one: Redis (if DAGO_REDIS_URL is unset), API and workers")
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     sub.add_parser("models", help="print the model catalogue: limits, settings and prices")
+    sub.add_parser("migrate", help="apply the run history's schema migrations to PostgreSQL")
     sub.add_parser("keys", help="make API keys: `dago keys new --namespace NS`, `dago keys hash`")
     probe.add_parser(sub)
     args = parser.parse_args(argv)
@@ -123,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         _print_models(settings)
         return 0
+    if args.command == "migrate":
+        return _migrate(settings)
     if args.command == "dev":
         from dago.devtools.dev import run_dev
 

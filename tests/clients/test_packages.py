@@ -170,7 +170,7 @@ def test_each_module_has_one_distribution(dist: Dist) -> None:
     modules = {
         f"dago/{p.relative_to(service).as_posix()}"
         for p in service.rglob("*")
-        if p.suffix in (".py", ".lua") and "__pycache__" not in p.parts
+        if p.suffix in (".py", ".lua", ".sql") and "__pycache__" not in p.parts
     }
     assert {n for n in names if not n.startswith("dago-")} == modules
     meta = server.read(f"dago-{VERSION}.dist-info/METADATA").decode()

@@ -136,6 +136,7 @@ def test_values_files_cover_the_required_setups() -> None:
         "default-values.yaml",
         "external-redis-values.yaml",
         "ha-values.yaml",
+        "history-values.yaml",
         "ingress-tls-values.yaml",
         "keda-values.yaml",
     ]
@@ -751,9 +752,15 @@ def test_compose_stack(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "envoy", "prometheus", "grafana"}
-    # Prometheus and Grafana only with `--profile monitoring`.
-    assert {n for n, svc in services.items() if "profiles" in svc} == {"prometheus", "grafana"}
+    assert set(services) == {
+        "redis", "api", "worker", "envoy", "prometheus", "grafana", "postgres"
+    }  # fmt: skip
+    # Prometheus and Grafana only with `--profile monitoring`, PostgreSQL with `history`.
+    profiled = {n: svc["profiles"] for n, svc in services.items() if "profiles" in svc}
+    assert profiled == {
+        "prometheus": ["monitoring"], "grafana": ["monitoring"], "postgres": ["history"]
+    }  # fmt: skip
+    assert services["api"]["depends_on"]["postgres"]["required"] is False
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "${REDIS_APPENDFSYNC:-everysec}"
@@ -770,6 +777,7 @@ def test_compose_stack(tmp_path: Path) -> None:
         env = services[name]["environment"]
         assert env["ANTHROPIC_API_KEY"] == "${ANTHROPIC_API_KEY:-}"
         assert env["DAGO_REDIS_URL"].endswith("redis://redis:6379/0}")
+        assert env["DAGO_POSTGRES_URL"] == "${DAGO_POSTGRES_URL:-}"
         assert services[name]["build"]["context"] == ".."
         assert (COMPOSE.parent / services[name]["build"]["context"] / "Dockerfile").exists()
     assert services["envoy"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:${EDGE_PORT:-8080}:8080"]
@@ -1009,7 +1017,7 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (ROOT / "gen" / "python" / "dago" / "v1", "dago/v1"),
     ):
         for f in root.rglob("*"):
-            if f.suffix in (".py", ".lua") and "__pycache__" not in f.parts:
+            if f.suffix in (".py", ".lua", ".sql") and "__pycache__" not in f.parts:
                 rel = f"{pkg}/{f.relative_to(root).as_posix()}"
                 if (ROOT / "service" / "dago" / "v1") not in f.parents:
                     assert rel in names, f"the wheel lacks {rel} (pyproject.toml packages)"
@@ -1052,7 +1060,11 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subpro
 
 
 async def test_image_commands_start_serve_and_worker_from_the_wheel(
-    wheel_venv: Path, redis_single: RedisServer, key_prefix: str, tmp_path: Path
+    wheel_venv: Path,
+    redis_single: RedisServer,
+    key_prefix: str,
+    tmp_path: Path,
+    postgres_url: str,
 ) -> None:
     steps = _dockerfile()
     final = steps[max(n for n, (i, _) in enumerate(steps) if i == "FROM") :]
@@ -1071,6 +1083,11 @@ async def test_image_commands_start_serve_and_worker_from_the_wheel(
         env=_image_env(),
     )
     assert where.returncode == 0 and str(wheel_venv) in where.stdout, where
+    # The history schema's files ship in the wheel: `dago migrate` applies them.
+    migrated = run(
+        argv([*entry, "migrate"]), cwd=tmp_path, env=_image_env(DAGO_POSTGRES_URL=postgres_url)
+    )
+    assert migrated.returncode == 0 and "applied 0001_runs" in migrated.stdout, migrated
 
     port, metrics, worker_metrics = free_port(), free_port(), free_port()
     env = _image_env(
@@ -1313,3 +1330,26 @@ def test_auth_off_mounts_no_keys(helm: str) -> None:
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["DAGO_AUTH"] == "off" and "DAGO_API_KEYS_FILE" not in env
         assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_run_history_reaches_the_api_alone_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for values, secret, key in (
+        ("ha-values.yaml", f"{RELEASE}-dago", "postgres-url"),
+        ("history-values.yaml", "dago-history", "url"),
+    ):
+        docs = rendered[values]
+        api = one(docs, "Deployment", f"{RELEASE}-dago-api")["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in api["containers"][0]["env"]}
+        ref = env["DAGO_POSTGRES_URL"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (secret, key), values
+        assert env["DAGO_MIGRATE_AT_START"]["value"] == "true"
+        worker = one(docs, "Deployment", f"{RELEASE}-dago-worker")["spec"]["template"]["spec"]
+        assert "DAGO_POSTGRES_URL" not in {e["name"] for e in worker["containers"][0]["env"]}
+    chart_secret = one(rendered["ha-values.yaml"], "Secret", f"{RELEASE}-dago")
+    url = base64.b64decode(chart_secret["data"]["postgres-url"]).decode()
+    assert url.startswith("postgresql://dago:pg-password-not-real@")
+    api = one(rendered["default-values.yaml"], "Deployment", f"{RELEASE}-dago-api")
+    names = {e["name"] for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "DAGO_POSTGRES_URL" not in names

@@ -1,4 +1,5 @@
-"""``dago serve``: the gRPC API with health, reflection, metrics and the timer sweeper."""
+"""``dago serve``: the gRPC API with health, reflection, metrics, the timer sweeper and, with
+DAGO_POSTGRES_URL, the archiver (dago.history.archive)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dago.api.restbody import RestBodyCheck
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
 from dago.config import Settings
+from dago.history.archive import Archiver
+from dago.history.db import HistoryDb
 from dago.observe.metrics import Metrics, serve
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
@@ -148,8 +151,10 @@ class ApiServer:
         guard: ServerGuard | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        history: tuple[HistoryDb, Archiver] | None = None,
     ) -> None:
         self._settings = settings
+        self._history = history
         self._guard = guard
         self._metrics = metrics or Metrics(registry)
         self._tracing = tracing or Tracing("dago-api", {})
@@ -159,6 +164,11 @@ class ApiServer:
         self._registry = registry
         self._health = HealthService()
         self.port = 0
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The process's metrics (what ``/metrics`` serves)."""
+        return self._registry
 
     async def _build(self) -> grpc.aio.Server:
         limit = self._settings.max_message_bytes
@@ -208,6 +218,10 @@ class ApiServer:
             await self._store.ready()
         except STORE_ERRORS as e:  # the health loop reports it and keeps trying
             log.warning("redis is not reachable at start: %s", e)
+        if self._history is not None:
+            # Connections are made in the background: PostgreSQL down at start delays
+            # archiving (the runs wait in Redis), it never keeps the API from serving.
+            await self._history[0].open()
         stop_metrics = serve(self._registry, self._settings.metrics_port, "API")
         await self._set_health(False)
         await server.start()
@@ -229,6 +243,8 @@ class ApiServer:
                 tg.create_task(self._sweep_loop()),
                 tg.create_task(self._hub.run()),
             ]
+            if self._history is not None:
+                loops.append(tg.create_task(self._history[1].run()))
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -246,6 +262,8 @@ class ApiServer:
         # an API embedded in another process (dago dev, the tests) must not leak them.
         await self._hub.close()
         await self._store.redis.aclose()
+        if self._history is not None:
+            await self._history[0].close()
 
     async def _health_loop(self) -> None:
         """SERVING while Redis answers and at least one worker sent a heartbeat within
