@@ -302,6 +302,29 @@ async def test_retries_a_failure_and_edges_around_boxes(console: Console) -> Non
         await page.close()
 
 
+async def test_an_agent_node_shows_its_streamed_text_and_tool_calls(console: Console) -> None:
+    # The offline model calls every tool it is given once, then answers from the results.
+    scout = {"id": "scout", "agent": {"llm": {"prompt": "find the order"}, "tools": ["echo"]}}
+    gid = (await console.dago.submit(request([scout]))).graph_id
+    page = await open_page(console, f"#/runs/{gid}/nodes/scout")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        await page.wait_for_selector('[data-panel="scout"] .attempt[data-attempt="1"]')
+        await page.wait_for_function(
+            "document.querySelector('[data-stream=\"scout\"]').textContent.includes('tool result')"
+        )
+        text = await page.inner_text('[data-stream="scout"]')
+        assert text.startswith("[offline] calling echo") and "from 1 tool result" in text, text
+        calls = await page.inner_text('[data-tools="scout"]')
+        assert calls.startswith("echo(") and "→" in calls, calls
+        facts = await page.inner_text('[data-panel="scout"] .attempt[data-attempt="1"] .facts')
+        assert re.search(r"tokens [1-9]\d* in / [1-9]\d* out", facts), facts
+        await shot(page, "console-agent.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
 async def test_cancel_a_running_run(console: Console) -> None:
     nodes = [echo("first"), tool("wait", "hold", inputs={"seconds": 60}), echo("after")]
     gid = (

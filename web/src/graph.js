@@ -169,7 +169,7 @@ export function route(graph, lay) {
     else pts.push([r.qx, r.t1.y]);
     pts.push([r.qx, r.y2]);
     r.d = `M ${pts.map((p) => p.join(" ")).join(" L ")}`;
-    r.label = { x: r.qx + 4, y: r.y2 - 6 };
+    r.label = { x: r.qx + 6, y: r.y2 - 8 };
   }
   return { routes, width: lay.right + LANE * backLanes + (backLanes ? 30 : 20) };
 }
@@ -186,8 +186,8 @@ export function draw(svg, graph, onSelect = null) {
   const defs = el("defs", {}, svg);
   for (const [id, fill] of [["arrow", "#78909c"], ["arrow-taken", "#2e7d32"], ["arrow-untaken", "#cfd8dc"]]) {
     const m = el("marker", {
-      id, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7,
-      orient: "auto-start-reverse",
+      id, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 9, markerHeight: 9,
+      markerUnits: "userSpaceOnUse", orient: "auto-start-reverse",
     }, defs);
     el("path", { d: "M 0 0 L 10 5 L 0 10 z", fill }, m);
   }

@@ -33,7 +33,9 @@ export function drawGantt(svg, graph, status, width, onSelect) {
   const step = tickStep(t1 - t0);
   for (let d = 0; d <= t1 - t0; d += step) {
     el("line", { x1: x(t0 + d), x2: x(t0 + d), y1: AXIS_H - 4, y2: height, class: "tick" }, svg);
-    el("text", { x: x(t0 + d) + 2, y: 12, class: "tick-label" }, svg).textContent = `+${fmt(d)}`;
+    if (x(t0 + d) < width - 50) {
+      el("text", { x: x(t0 + d) + 2, y: 12, class: "tick-label" }, svg).textContent = `+${fmt(d)}`;
+    }
   }
   graph.nodes.forEach((n, row) => {
     const y = AXIS_H + row * ROW_H;
@@ -42,6 +44,10 @@ export function drawGantt(svg, graph, status, width, onSelect) {
     const attempts = [...(byId.get(n.id)?.attempts ?? [])].sort(
       (a, b) => a.iteration - b.iteration || a.attempt - b.attempt,
     );
+    if (!attempts.length) {
+      const state = stateName(byId.get(n.id)?.state ?? 0);
+      el("text", { x: LABEL_W + 4, y: y + 16, class: "row-note" }, g).textContent = state;
+    }
     let prevEnd = 0;
     for (const a of attempts) {
       const s = ms(a.startTime);

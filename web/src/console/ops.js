@@ -32,7 +32,8 @@ export function opsPage(root) {
     if (!alive) return;
     wbody.replaceChildren();
     for (const w of list) {
-      const tr = h("tr", { "data-worker": w.workerId }, wbody);
+      const ago = Math.round((Date.now() - ms(w.lastHeartbeatTime)) / 1000);
+      const tr = h("tr", { "data-worker": w.workerId, ...(ago > 5 ? { class: "stale" } : {}) }, wbody);
       h("td", {}, tr, w.workerId);
       h("td", {}, tr, w.host);
       h("td", {}, tr, w.pid);
@@ -42,7 +43,7 @@ export function opsPage(root) {
       h("span", { "data-in-flight": "" }, cell, ` ${w.inFlight}`);
       h("td", {}, tr, w.nodeKinds.join(", "));
       h("td", {}, tr, when(w.startTime));
-      h("td", {}, tr, `${Math.round((Date.now() - ms(w.lastHeartbeatTime)) / 1000)} s ago`);
+      h("td", {}, tr, `${ago} s ago${ago > 5 ? " (no heartbeat lately)" : ""}`);
     }
     if (!list.length) h("td", { colspan: wcols.length, class: "empty" }, h("tr", {}, wbody), "no live worker");
   }

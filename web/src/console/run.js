@@ -14,7 +14,7 @@ export function runPage(root, graphId, firstNode) {
   const abort = new AbortController();
   const alive = () => !abort.signal.aborted;
   const run = { graph: null, lay: null, status: null, decisions: new Map(), loops: new Set(),
-    texts: new Map(), tools: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
+    texts: new Map(), turnEnded: new Set(), tools: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
 
   h("a", { href: "#/runs", class: "back" }, root, "← runs");
   const head = h("section", { class: "run-head", "aria-label": "run" }, root);
@@ -228,7 +228,10 @@ export function runPage(root, graphId, firstNode) {
         run.cancelReason = p.value.reason;
         break;
       case "llmDelta": {
-        run.texts.set(id, (run.texts.get(id) ?? "") + p.value.text);
+        // A model turn after tool calls starts on a new line.
+        const before = run.texts.get(id) ?? "";
+        const sep = run.turnEnded.delete(id) && before && !before.endsWith("\n") ? "\n" : "";
+        run.texts.set(id, before + sep + p.value.text);
         const pre = panel.querySelector(`[data-stream="${CSS.escape(id)}"]`);
         if (pre) {
           pre.textContent = run.texts.get(id);
@@ -238,6 +241,7 @@ export function runPage(root, graphId, firstNode) {
       }
       case "toolCall":
       case "toolResult": {
+        run.turnEnded.add(id);
         const list = run.tools.get(id) ?? run.tools.set(id, []).get(id);
         if (p.case === "toolCall") list.push({ callId: p.value.callId, tool: p.value.tool, args: valueJson(p.value.arguments) });
         else {
