@@ -256,6 +256,50 @@ async def test_a_router_run_shows_taken_and_untaken_edges_and_its_nodes(console:
         await page.close()
 
 
+async def test_a_loop_run_shows_its_loop_edge_taken_and_a_bar_per_iteration(
+    console: Console,
+) -> None:
+    loop = json.loads((ROOT / "examples" / "loop.json").read_text())
+    gid = (
+        await console.dago.submit(
+            json_format.ParseDict(loop, orchestrator_pb2.SubmitGraphRequest())
+        )
+    ).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        await page.wait_for_selector('#graph [data-edge="poll->poll"][data-taken="taken"]')
+        assert await attrs(page, "#graph [data-edge]", "data-edge", "data-taken") == {
+            "poll->poll": "taken",
+            "poll->done": "taken",
+        }
+        assert await edges_crossing_boxes(page) == []
+        iterations = await page.eval_on_selector_all(
+            '#gantt .bar[data-node="poll"]', "b => b.map(e => e.dataset.iteration)"
+        )
+        assert iterations == ["1", "2", "3"], iterations  # until: 3
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+@pytest.mark.parametrize("example", sorted(p.stem for p in (ROOT / "examples").glob("*.json")))
+async def test_no_edge_of_an_example_crosses_a_box(console: Console, example: str) -> None:
+    body = json.loads((ROOT / "examples" / f"{example}.json").read_text())
+    req = json_format.ParseDict(body, orchestrator_pb2.SubmitGraphRequest())
+    gid = (await console.dago.submit(req)).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector("#run-state")
+        drawn = await page.eval_on_selector_all("#graph [data-edge]", "e => e.length")
+        assert drawn == len(body["graph"]["edges"])
+        assert await edges_crossing_boxes(page) == []
+        await shot(page, f"console-example-{example}.png")
+    finally:
+        await page.close()
+        await console.dago.wait(gid)  # no run left running for the next tests
+
+
 async def test_retries_a_failure_and_edges_around_boxes(console: Console) -> None:
     # start -> (flaky, retried twice) -> mid -> bad (fails); start -> bad skips a layer.
     nodes = [
@@ -354,7 +398,7 @@ async def test_cancel_a_running_run(console: Console) -> None:
         await page.close()
 
 
-async def test_ops_lists_workers_and_requeues_a_dead_letter(
+async def test_ops_lists_workers_requeues_a_dead_letter_and_drops_another(
     redis_single: RedisServer, browser: Browser, tmp_path: Path
 ) -> None:
     env = {
@@ -362,28 +406,44 @@ async def test_ops_lists_workers_and_requeues_a_dead_letter(
         "DAGO_TOOL_MODULES": TOOLS,
         "DAGO_WORKER_HEARTBEAT_MS": "200",
     }
-    async with serving(redis_single.url, browser, workers=2, **env) as c:
-        mark = marker(tmp_path)
-        gid = (await c.dago.submit(poison(mark))).graph_id
+    async with serving(redis_single.url, browser, workers=3, **env) as c:
+        mark_a, mark_b = marker(tmp_path, "a"), marker(tmp_path, "b")
+        gid_a = (await c.dago.submit(poison(mark_a))).graph_id
+        gid_b = (await c.dago.submit(poison(mark_b))).graph_id
         page = await open_page(c, "#/ops")
         try:
-            row = f'#dead-letters tr:has(a[href*="{gid}"])'
-            await page.wait_for_selector(row, timeout=20_000)
-            assert "p" in await page.inner_text(f"{row} td:nth-child(3)")
+            row_a = f'#dead-letters tr:has(a[href*="{gid_a}"])'
+            row_b = f'#dead-letters tr:has(a[href*="{gid_b}"])'
+            await page.wait_for_selector(row_a, timeout=20_000)
+            await page.wait_for_selector(row_b, timeout=20_000)
+            assert await page.inner_text(f"{row_a} td:nth-child(3)") == "p"
+            assert await page.inner_text(f"{row_a} td:nth-child(8)") == "yes"  # its node waits
             live = [n for n, p in c.stack.procs.items() if n.startswith("w") and p.poll() is None]
-            assert len(live) == 1, live  # the poison killed one worker
-            await page.wait_for_selector(f'#workers tr[data-worker="{live[0]}"]')
-            slots = await page.inner_text(f'#workers tr[data-worker="{live[0]}"] [data-slots]')
-            assert int(slots) >= 1
+            assert 1 <= len(live) <= 2, live  # the poison killed one or two workers
+            for name in live:
+                await page.wait_for_selector(f'#workers tr[data-worker="{name}"]')
+                cell = f'#workers tr[data-worker="{name}"] [data-slots]'
+                assert int(await page.inner_text(cell)) >= 1
             await shot(page, "console-ops.png")
-            mark.unlink()  # the work item no longer kills its worker
-            await page.click(f'{row} button[data-action="requeue"]')
+            mark_a.unlink()  # a's work item no longer kills its worker
+            await page.click(f'{row_a} button[data-action="requeue"]')
             await page.wait_for_function(
                 "document.getElementById('ops-status').textContent.startsWith('requeued')"
             )
-            await page.wait_for_selector(row, state="detached")
-            st = await c.dago.wait(gid)
-            assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+            await page.wait_for_selector(row_a, state="detached")
+            assert (await c.dago.wait(gid_a)).state == execution_pb2.GRAPH_STATE_COMPLETED
+            # Dropping takes a second click; the node, then the run, fail.
+            drop = f'{row_b} button[data-action="drop"]'
+            await page.click(drop)
+            assert await page.inner_text(drop) == "Confirm drop"
+            assert (await c.dago.status(gid_b)).state == execution_pb2.GRAPH_STATE_RUNNING
+            await page.click(drop)
+            await page.wait_for_function(
+                "document.getElementById('ops-status').textContent.startsWith('dropped')"
+            )
+            assert "node p failed" in await page.inner_text("#ops-status")
+            await page.wait_for_selector(row_b, state="detached")
+            assert (await c.dago.wait(gid_b)).state == execution_pb2.GRAPH_STATE_FAILED
             assert page.errors == []  # type: ignore[attr-defined]
         except Exception as e:
             raise AssertionError(f"{e}\n{child_logs(c.stack)}") from e

@@ -141,23 +141,28 @@ export function route(graph, lay) {
     }
     const px = ports.get(`out:${key}`);
     const qx = ports.get(`in:${key}`);
-    const r = { key, edge: e, px, qx, y1: a.y + NODE_H, y2: b.y, t1: { x: px }, t2: null };
+    const r = { key, edge: e, px, qx, y1: a.y + NODE_H, y2: b.y, t1: { x: px, to: qx }, t2: null };
     const la = layer.get(e.from);
     const lb = layer.get(e.to);
     want(la, r.t1);
     if (isBack(e)) {
       r.lane = lay.right + LANE * ++backLanes;
-      r.t2 = { x: qx };
+      r.t1.to = r.lane;
+      r.t2 = { x: r.lane, to: qx };
       want(lb - 1, r.t2);
     } else if (lb > la + 1) {
       r.lane = laneX(lay, la, lb, px, qx, lanes);
-      r.t2 = { x: qx };
+      r.t1.to = r.lane;
+      r.t2 = { x: r.lane, to: qx };
       want(lb - 1, r.t2);
     }
     routes.push(r);
   }
+  // Every horizontal run comes down at x and leaves down at `to`: leftward runs first, the
+  // leftmost highest, then rightward ones, the rightmost highest (no crossing unless nested).
+  const rank = (r) => (r.to < r.x ? [0, r.x] : [1, -r.x]);
   for (const [channel, refs] of tracks) {
-    refs.sort((u, v) => u.x - v.x);
+    refs.sort((u, v) => rank(u)[0] - rank(v)[0] || rank(u)[1] - rank(v)[1]);
     const top = channel < 0 ? 0 : TOP + channel * (NODE_H + GAP_Y) + NODE_H;
     const span = channel < 0 ? TOP : GAP_Y;
     refs.forEach((ref, i) => (ref.y = top + (span * (i + 1)) / (refs.length + 1)));
@@ -171,7 +176,9 @@ export function route(graph, lay) {
     r.d = `M ${pts.map((p) => p.join(" ")).join(" L ")}`;
     r.label = { x: r.qx + 6, y: r.y2 - 8 };
   }
-  return { routes, width: lay.right + LANE * backLanes + (backLanes ? 30 : 20) };
+  // Room on the right for the labels next to the rightmost boxes.
+  const labels = edges.some((e) => e.label || e.condition) ? 160 : 20;
+  return { routes, width: lay.right + LANE * backLanes + Math.max(backLanes ? 30 : 0, labels) };
 }
 
 /** Draws `graph` into `svg`; onSelect(nodeId) is called when a node is clicked or keyed. */
@@ -196,7 +203,10 @@ export function draw(svg, graph, onSelect = null) {
     el("path", { d: r.d, "marker-end": "url(#arrow)" }, g);
     const e = r.edge;
     const text = e.label || (e.condition ? `if ${e.condition}` : "");
-    if (text) el("text", { x: r.label.x, y: r.label.y }, g).textContent = text.length > 28 ? `${text.slice(0, 27)}…` : text;
+    if (text) {
+      el("text", { x: r.label.x, y: r.label.y }, g).textContent = text.length > 28 ? `${text.slice(0, 27)}…` : text;
+      el("title", {}, g).textContent = `${r.key}: ${text}`;
+    }
   }
   for (const n of graph.nodes) {
     const p = lay.pos.get(n.id);

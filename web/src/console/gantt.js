@@ -48,16 +48,18 @@ export function drawGantt(svg, graph, status, width, onSelect) {
       const state = stateName(byId.get(n.id)?.state ?? 0);
       el("text", { x: LABEL_W + 4, y: y + 16, class: "row-note" }, g).textContent = state;
     }
-    let prevEnd = 0;
+    let prev = null;
     for (const a of attempts) {
       const s = ms(a.startTime);
       if (!s) continue;
       const e = ms(a.endTime) || (status.endTime ? ms(status.endTime) : now);
+      const prevEnd = prev ? ms(prev.endTime) : 0;
       if (prevEnd && s > prevEnd) {
+        const what = a.iteration !== prev.iteration ? `iteration ${a.iteration}` : `attempt ${a.attempt}`;
         const w = el("line", { x1: x(prevEnd), x2: x(s), y1: y + 12, y2: y + 12, class: "wait" }, g);
-        el("title", {}, w).textContent = `waited ${fmt(s - prevEnd)} before attempt ${a.attempt}`;
+        el("title", {}, w).textContent = `waited ${fmt(s - prevEnd)} before ${what}`;
       }
-      prevEnd = ms(a.endTime);
+      prev = a;
       const state = stateName(a.state);
       const bar = el("g", {
         class: `bar state-${state}`, "data-node": n.id, "data-attempt": String(a.attempt),
