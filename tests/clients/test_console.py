@@ -369,6 +369,32 @@ async def test_an_agent_node_shows_its_streamed_text_and_tool_calls(console: Con
         await page.close()
 
 
+async def test_the_text_of_a_running_model_streams_into_its_panel(
+    redis_single: RedisServer, browser: Browser
+) -> None:
+    # The offline model writes 8 words per second: its answer takes about two seconds.
+    async with serving(redis_single.url, browser, DAGO_OFFLINE_TOKENS_PER_S="8") as c:
+        writer = {"id": "writer", "llm": {"prompt": "write a short note about queues and workers"}}
+        gid = (await c.dago.submit(request([writer]))).graph_id
+        page = await open_page(c, f"#/runs/{gid}/nodes/writer")
+        try:
+            await page.wait_for_function(
+                """() => document.querySelector('[data-stream="writer"]')?.textContent.length > 0
+                  && document.getElementById('run-state')?.dataset.state === 'running'""",
+                timeout=20_000,
+            )
+            partial = await page.inner_text('[data-stream="writer"]')
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+            await page.wait_for_selector('#graph [data-node="writer"][data-state="completed"]')
+            full = await page.inner_text('[data-stream="writer"]')
+            assert full.startswith(partial) and len(full) > len(partial), (partial, full)
+            result = await c.dago.result(gid)
+            assert full == result.node_outputs["writer"].struct_value["text"]
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
 async def test_cancel_a_running_run(console: Console) -> None:
     nodes = [echo("first"), tool("wait", "hold", inputs={"seconds": 60}), echo("after")]
     gid = (
