@@ -233,6 +233,12 @@ async def test_a_router_run_shows_taken_and_untaken_edges_and_its_nodes(console:
             "backlog->notify": "untaken",
         }
         assert await edges_crossing_boxes(page) == []
+        # The run's inputs and result.
+        await page.click(".io summary")
+        await page.wait_for_selector("#run-result .json")
+        result = await page.inner_text("#run-result")
+        assert '"route": "urgent"' in result and "routed to urgent" in result, result
+        assert '"priority": 9' in await page.inner_text('.io [aria-label="inputs"]')
         # The timeline: one bar per attempt, none for the skipped nodes.
         bars = await attrs(page, "#gantt .bar", "data-node", "data-state")
         assert bars == {n: "completed" for n in ("intake", "triage", "page_oncall", "notify")}

@@ -21,6 +21,14 @@ export function runPage(root, graphId, firstNode) {
   const title = h("h2", {}, head);
   const facts = h("p", { id: "run-facts", class: "facts" }, head);
   const errorBox = h("p", { id: "run-error", role: "alert", hidden: "" }, head);
+  const io = h("details", { class: "io" }, head);
+  h("summary", {}, io, "inputs and result");
+  const ioGrid = h("div", { class: "io-grid" }, io);
+  const inputsBox = h("section", { "aria-label": "inputs" }, ioGrid);
+  h("h4", {}, inputsBox, "inputs");
+  const resultBox = h("section", { id: "run-result", "aria-label": "result" }, ioGrid);
+  h("h4", {}, resultBox, "result");
+  h("p", { class: "hint" }, resultBox, "when the run has finished");
   const actions = h("div", { class: "actions" }, head);
   const cancel = h("button", { id: "cancel", type: "button", disabled: "" }, actions, "Cancel run…");
   const confirmBox = h("span", { class: "confirm", hidden: "" }, actions);
@@ -90,6 +98,14 @@ export function runPage(root, graphId, firstNode) {
     }
   }
 
+  async function showResult() {
+    run.result = true;
+    const res = await dago().result(graphId, { signal: abort.signal });
+    resultBox.replaceChildren();
+    h("h4", {}, resultBox, "result");
+    jsonView(res.output, resultBox, "result");
+  }
+
   function renderGraphStates() {
     const states = new Map();
     for (const n of run.status.nodes) {
@@ -122,6 +138,7 @@ export function runPage(root, graphId, firstNode) {
         const before = run.status?.nodes.find((n) => n.nodeId === run.selected);
         run.status = status;
         renderHead();
+        if (TERMINAL.has(graphStateName(status.state)) && !run.result) showResult();
         renderGraphStates();
         renderGantt();
         const after = status.nodes.find((n) => n.nodeId === run.selected);
@@ -263,8 +280,9 @@ export function runPage(root, graphId, firstNode) {
 
   (async () => {
     try {
-      const { graph } = await dago().graph(graphId, { signal: abort.signal });
+      const { graph, inputs } = await dago().graph(graphId, { signal: abort.signal });
       run.graph = graph;
+      jsonView(inputs, inputsBox, "inputs");
       run.lay = draw(svg, graph, select);
       await refresh();
       if (firstNode) select(firstNode);
