@@ -506,6 +506,17 @@ async def test_with_authentication_the_console_sends_the_key_typed_in(
             await page.close()
 
 
+async def test_an_unknown_run_shows_the_error_as_text(console: Console) -> None:
+    page = await open_page(console, "#/runs/0-%3Cb%3Enope%3C%2Fb%3E")  # 0-<b>nope</b>
+    try:
+        await page.wait_for_selector("#error:not([hidden])")
+        error = await page.inner_text("#error")
+        assert "not found" in error.lower() and "<b>nope</b>" in error, error
+        assert await page.query_selector("#error b") is None  # text, not markup
+    finally:
+        await page.close()
+
+
 async def test_console_routes(console: Console) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{console.port}") as http:
         r = await http.get("/console")

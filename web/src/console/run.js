@@ -3,9 +3,10 @@
 // WatchGraph); the timeline of attempts; a node's panel (ListNodeAttempts: inputs, outputs,
 // errors, usage; streamed text and tool calls from the events); cancel.
 import { GraphStatusView } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
-import { draw, edgeStates, kindOf, setEdgeStates, setNodeState, stateName } from "../graph.js";
+import { draw, edgeStates, setEdgeStates, setNodeState, stateName } from "../graph.js";
 import { drawGantt } from "./gantt.js";
 import { jsonView, valueJson } from "./json.js";
+import { nodePanel, renderTools } from "./panel.js";
 import { TERMINAL, badge, dago, duration, errorClassName, graphStateName, h, ms, showError, when } from "./util.js";
 
 const LIFECYCLE = /^(graph|node)/;
@@ -165,67 +166,20 @@ export function runPage(root, graphId, firstNode) {
     renderPanel();
   }
 
-  async function renderPanel() {
+  function renderPanel() {
     const nodeId = run.selected;
     const node = run.graph.nodes.find((n) => n.id === nodeId);
     if (!node) return;
-    const status = run.status?.nodes.find((n) => n.nodeId === nodeId);
-    const box = h("div", { "data-panel": nodeId });
-    const hd = h("h3", {}, box, `${nodeId} · ${kindOf(node)} `);
-    badge(stateName(status?.state ?? 0), hd, { id: "node-state" });
-    if (node.description) h("p", { class: "hint" }, box, node.description);
-    const decision = run.decisions.get(nodeId);
-    if (status?.route) h("p", { class: "route" }, box, `route ${status.route}${decision ? ` → ${decision.join(", ")}` : ""}`);
-    const stream = h("section", { class: "stream" }, box);
-    h("h4", {}, stream, "Streamed text");
-    h("pre", { "data-stream": nodeId }, stream, run.texts.get(nodeId) ?? "");
-    stream.hidden = !run.texts.get(nodeId);
-    const tools = h("section", { class: "tools" }, box);
-    h("h4", {}, tools, "Tool calls");
-    renderTools(nodeId, h("ol", { "data-tools": nodeId }, tools));
-    tools.hidden = !(run.tools.get(nodeId)?.length);
-    h("h4", {}, box, "Attempts");
-    const list = h("div", { class: "attempts", "data-attempts": nodeId }, box, "loading…");
-    panel.replaceChildren(box);
-    try {
-      const { attempts, nextPageToken } = await dago().attempts(graphId, nodeId, { pageSize: 50 }, { signal: abort.signal });
-      if (run.selected !== nodeId || !alive()) return;
-      list.replaceChildren();
-      if (!attempts.length) h("p", { class: "hint" }, list, "no attempt yet");
-      attempts.forEach((a, i) => renderAttempt(a, list, i === attempts.length - 1));
-      if (nextPageToken) h("p", { class: "hint" }, list, "more attempts: the first 50 are shown");
-    } catch (err) {
-      if (alive()) list.textContent = String(err?.message ?? err);
-    }
-  }
-
-  function renderAttempt(a, parent, last) {
-    const state = stateName(a.state);
-    const open = last || Boolean(a.error?.message);
-    const d = h("details", { class: "attempt", "data-attempt": String(a.attempt), ...(open ? { open: "" } : {}) }, parent);
-    const s = h("summary", {}, d, `attempt ${a.attempt}${a.iteration > 1 ? ` · iteration ${a.iteration}` : ""} `);
-    badge(state, s);
-    const facts = [duration(ms(a.startTime), ms(a.endTime)), a.workerId ? `worker ${a.workerId}` : ""];
-    if (a.usage && (a.usage.inputTokens || a.usage.outputTokens || a.usage.costUsd)) {
-      facts.push(`tokens ${a.usage.inputTokens} in / ${a.usage.outputTokens} out`, `$${a.usage.costUsd.toFixed(4)}`);
-    }
-    h("p", { class: "facts" }, d, facts.filter(Boolean).join(" · "));
-    if (a.error?.message) {
-      h("p", { class: "attempt-error" }, d, `${errorClassName(a.error.errorClass)}: ${a.error.message}${a.error.retryable ? " (retryable)" : ""}`);
-    }
-    h("h5", {}, d, "input");
-    jsonView(valueJson(a.input), d, "input");
-    h("h5", {}, d, "output");
-    jsonView(valueJson(a.output), d, "output").setAttribute("data-output", String(a.attempt));
-  }
-
-  function renderTools(nodeId, ol) {
-    ol.replaceChildren();
-    for (const t of run.tools.get(nodeId) ?? []) {
-      const li = h("li", {}, ol, `${t.tool}(${JSON.stringify(t.args ?? null)})`);
-      if (t.error) h("span", { class: "attempt-error" }, li, ` → error: ${t.error}`);
-      else if (t.done) h("span", {}, li, ` → ${JSON.stringify(t.result ?? null)}`);
-    }
+    nodePanel(panel, {
+      graphId,
+      node,
+      status: run.status?.nodes.find((n) => n.nodeId === nodeId),
+      decision: run.decisions.get(nodeId),
+      text: run.texts.get(nodeId) ?? "",
+      tools: run.tools.get(nodeId) ?? [],
+      signal: abort.signal,
+      current: () => run.selected === nodeId && alive(),
+    });
   }
 
   function onEvent(ev) {
@@ -267,7 +221,7 @@ export function runPage(root, graphId, firstNode) {
         }
         const ol = panel.querySelector(`[data-tools="${CSS.escape(id)}"]`);
         if (ol) {
-          renderTools(id, ol);
+          renderTools(ol, list);
           ol.parentElement.hidden = false;
         }
         return;
