@@ -424,6 +424,11 @@ async def test_cancel_a_running_run(console: Console) -> None:
             ".includes('stopped by the console test')"
         )
         assert await page.is_disabled("#cancel")
+        await page.click(".events summary")
+        log = await page.inner_text("#event-log")
+        assert "graphCancelled" in log and "nodeStarted wait" in log, log
+        seqs = [int(line.split()[0]) for line in log.splitlines()]
+        assert seqs == list(range(1, len(seqs) + 1)), log  # each event once, in order
         await shot(page, "console-cancelled.png")
         assert page.errors == []  # type: ignore[attr-defined]
     finally:

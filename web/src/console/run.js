@@ -41,6 +41,7 @@ export function runPage(root, graphId, firstNode) {
   const graphPane = h("div", { class: "graph-pane", role: "group", "aria-label": "graph" }, body);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.id = "graph";
+  svg.setAttribute("aria-label", "the run's graph: nodes coloured by state, taken edges green, untaken dashed");
   graphPane.appendChild(svg);
   const panel = h("aside", { id: "node-panel", "aria-label": "node", "aria-live": "polite" }, body);
   h("p", { class: "hint" }, panel, "Select a node (click or Enter) to see its attempts, inputs and output.");
@@ -48,7 +49,13 @@ export function runPage(root, graphId, firstNode) {
   h("h3", {}, timeline, "Timeline");
   const gantt = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   gantt.id = "gantt";
+  gantt.setAttribute("role", "img");
+  gantt.setAttribute("aria-label", "one bar per node attempt, from its start to its end");
   timeline.appendChild(gantt);
+  const events = h("details", { class: "events" }, root);
+  const eventsTitle = h("summary", {}, events, "events");
+  const eventLog = h("pre", { id: "event-log" }, events);
+  let logged = 0;
 
   cancel.addEventListener("click", () => {
     confirmBox.hidden = false;
@@ -182,7 +189,19 @@ export function runPage(root, graphId, firstNode) {
     });
   }
 
+  // The event log (model text deltas left out), the last 1000 lines.
+  function logEvent(ev) {
+    if (ev.payload.case === "llmDelta") return;
+    logged += 1;
+    eventsTitle.textContent = `events (${logged})`;
+    const t = new Date(ms(ev.time)).toISOString().slice(11, 23);
+    const at = ev.attempt > 1 ? ` attempt ${ev.attempt}` : "";
+    eventLog.appendChild(document.createTextNode(`${ev.seq} ${t} ${ev.payload.case}${ev.nodeId ? ` ${ev.nodeId}` : ""}${at}\n`));
+    if (eventLog.childNodes.length > 1000) eventLog.firstChild.remove();
+  }
+
   function onEvent(ev) {
+    logEvent(ev);
     const p = ev.payload;
     const id = ev.nodeId;
     switch (p.case) {
