@@ -306,6 +306,24 @@ async def test_no_edge_of_an_example_crosses_a_box(console: Console, example: st
         await console.dago.wait(gid)  # no run left running for the next tests
 
 
+async def test_no_edge_of_a_dense_graph_crosses_a_box(console: Console) -> None:
+    # Two chains of five, every node linked to every later one of its chain and across.
+    ids = [f"{c}{i}" for c in "ab" for i in range(5)]
+    edges = [edge(f"{c}{i}", f"{c}{j}") for c in "ab" for i in range(5) for j in range(i + 1, 5)]
+    edges += [edge(f"a{i}", f"b{i + 2}") for i in range(3)] + [edge("b0", "a4")]
+    gid = (await console.dago.submit(request([echo(n) for n in ids], edges))).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        assert await page.eval_on_selector_all("#graph [data-edge]", "e => e.length") == len(edges)
+        assert await edges_crossing_boxes(page) == []
+        taken = await attrs(page, "#graph [data-edge]", "data-edge", "data-taken")
+        assert set(taken.values()) == {"taken"}, taken
+        await shot(page, "console-dense.png")
+    finally:
+        await page.close()
+
+
 async def test_retries_a_failure_and_edges_around_boxes(console: Console) -> None:
     # start -> (flaky, retried twice) -> mid -> bad (fails); start -> bad skips a layer.
     nodes = [

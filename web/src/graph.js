@@ -87,23 +87,25 @@ export function layout(graph) {
   return { pos, back, rows, layer, right, height: TOP + rows.length * (NODE_H + GAP_Y) };
 }
 
-// A free x for a vertical segment through rows lo..hi (exclusive), nearest to a and b.
-function laneX(lay, lo, hi, a, b, taken) {
+// A free x for a vertical segment through rows lo..hi (exclusive), nearest to a and b: the
+// middle of a gap between boxes (three lanes at most, 10 px apart), the left margin, or else
+// a new lane on the right (`right()`).
+function laneX(lay, lo, hi, a, b, taken, right) {
   const boxes = [];
   for (let r = lo + 1; r < hi; r++) for (const id of lay.rows[r]) boxes.push(lay.pos.get(id).x);
   const free = (x) => boxes.every((bx) => x < bx - 6 || x > bx + NODE_W + 6);
-  const cands = [LEFT, lay.right];
+  const cands = [LEFT];
   for (const bx of boxes) cands.push(bx - GAP_X / 2, bx + NODE_W + GAP_X / 2);
   let best = null;
   for (const c of cands) {
-    if (!free(c)) continue;
+    if (!free(c) || (taken.get(c) ?? 0) >= 3 || c >= lay.right) continue;
     const cost = Math.abs(c - a) + Math.abs(c - b);
     if (best === null || cost < best.cost) best = { x: c, cost };
   }
-  const x = best ? best.x : lay.right;
-  const n = taken.get(x) ?? 0;
-  taken.set(x, n + 1);
-  return x + (n % 2 ? -1 : 1) * Math.ceil(n / 2) * LANE;
+  if (!best || best.cost > Math.abs(lay.right - a) + Math.abs(lay.right - b)) return right();
+  const n = taken.get(best.x) ?? 0;
+  taken.set(best.x, n + 1);
+  return best.x + [0, -LANE, LANE][n];
 }
 
 /** The routes of every edge: { key, edge, points | d, label: {x, y} }, and the width. */
@@ -127,7 +129,8 @@ export function route(graph, lay) {
   const tracks = new Map();
   const want = (channel, ref) => (tracks.get(channel) ?? tracks.set(channel, []).get(channel)).push(ref);
   const lanes = new Map();
-  let backLanes = 0;
+  let rightLanes = 0; // lanes right of every box: loops back up, and long edges with no gap
+  const right = () => lay.right + LANE * rightLanes++;
   const routes = [];
   for (const e of edges) {
     const key = `${e.from}->${e.to}`;
@@ -146,12 +149,12 @@ export function route(graph, lay) {
     const lb = layer.get(e.to);
     want(la, r.t1);
     if (isBack(e)) {
-      r.lane = lay.right + LANE * ++backLanes;
+      r.lane = right();
       r.t1.to = r.lane;
       r.t2 = { x: r.lane, to: qx };
       want(lb - 1, r.t2);
     } else if (lb > la + 1) {
-      r.lane = laneX(lay, la, lb, px, qx, lanes);
+      r.lane = laneX(lay, la, lb, px, qx, lanes, right);
       r.t1.to = r.lane;
       r.t2 = { x: r.lane, to: qx };
       want(lb - 1, r.t2);
@@ -178,7 +181,7 @@ export function route(graph, lay) {
   }
   // Room on the right for the labels next to the rightmost boxes.
   const labels = edges.some((e) => e.label || e.condition) ? 160 : 20;
-  return { routes, width: lay.right + LANE * backLanes + Math.max(backLanes ? 30 : 0, labels) };
+  return { routes, width: lay.right + LANE * rightLanes + Math.max(rightLanes ? 30 : 0, labels) };
 }
 
 /** Draws `graph` into `svg`; onSelect(nodeId) is called when a node is clicked or keyed. */
