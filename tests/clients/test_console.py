@@ -365,6 +365,10 @@ async def test_retries_a_failure_and_edges_around_boxes(console: Console) -> Non
         await page.wait_for_selector('[data-panel="bad"] .attempt-error')
         assert await page.is_disabled("#cancel")
         await shot(page, "console-failed.png")
+        # The live view opens the same run.
+        await page.click(".live-link")
+        await page.wait_for_selector('#run-state[data-state="failed"]')
+        assert page.url.endswith(f"/ui/#{gid}")
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         await page.close()

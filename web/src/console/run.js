@@ -37,6 +37,7 @@ export function runPage(root, graphId, firstNode) {
   const reason = h("input", { id: "cancel-reason", value: "cancelled from the console" }, reasonLabel);
   const confirm = h("button", { id: "cancel-confirm", type: "button", class: "danger" }, confirmBox, "Confirm cancel");
   const keep = h("button", { type: "button" }, confirmBox, "Keep running");
+  h("a", { href: `../ui/#${encodeURIComponent(graphId)}`, class: "live-link" }, actions, "open in the live view");
   const body = h("div", { class: "run-body" }, root);
   const graphPane = h("div", { class: "graph-pane", role: "group", "aria-label": "graph" }, body);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
