@@ -66,9 +66,11 @@ export function opsPage(root) {
     }
   }
 
+  let issued = 0; // a response older than the last request is dropped
   async function loadDead() {
+    const mine = ++issued;
     const resp = await dago().deadLetters({ pageSize: 50, pageToken: tokens.at(-1) });
-    if (!alive) return;
+    if (!alive || mine !== issued) return;
     next = resp.nextPageToken;
     dbody.replaceChildren();
     for (const d of resp.deadLetters) {

@@ -45,15 +45,27 @@ export function runsPage(root, params) {
     if (window.location.hash !== hash) history.replaceState(null, "", hash);
   }
 
+  let issued = 0; // a response older than the last request (filters changed since) is dropped
   async function load() {
+    const mine = ++issued;
     const resp = await dago().list({
       pageSize: Math.max(1, Math.min(1000, Number(size.value) || 25)),
       pageToken: tokens[tokens.length - 1],
       state: Number(state.value),
     });
-    if (!alive) return;
+    if (!alive || mine !== issued) return;
     showError("");
+    last = resp;
     next = resp.nextPageToken;
+    render();
+    live.textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+
+  // The page last fetched, narrowed by the name filter (no new call while typing).
+  let last = null;
+  function render() {
+    if (!last) return;
+    const resp = last;
     const want = name.value.trim().toLowerCase();
     const rows = resp.graphs.filter((g) => !want || g.name.toLowerCase().includes(want));
     table.classList.toggle("no-ns", !resp.graphs.some((g) => g.namespace));
@@ -71,7 +83,6 @@ export function runsPage(root, params) {
     newer.disabled = tokens.length < 2;
     older.disabled = !next;
     where.textContent = `page ${tokens.length}`;
-    live.textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
 
   const reload = () => load().catch((err) => alive && showError(err));
@@ -84,7 +95,7 @@ export function runsPage(root, params) {
   size.addEventListener("change", restart);
   name.addEventListener("input", () => {
     remember();
-    reload();
+    render();
   });
   older.addEventListener("click", () => {
     if (!next) return;
