@@ -29,12 +29,15 @@ GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md helm/dago/files/ deploy/envoy/ \
 	service/dago/store/lua/prelude.lua
 # The live graph view (web/): web/src/app.js + the TypeScript client bundled by esbuild
 # (from $(TS_DIR)/node_modules) into web/dist/app.js, which Envoy serves on /ui/.
+# The console (web/console.html): web/src/console/*.js + the same client into web/dist/console.js
+# (Envoy serves it on /console/); the graph drawing (web/src/graph.js) is shared.
 WEB_BUNDLE  := web/dist/app.js
+CONSOLE_BUNDLE := web/dist/console.js
 # The API page (/docs/): web/docs/ + Swagger UI from npm (web/package.json, web/node_modules),
 # copied into web/dist/docs, which Envoy serves with the page (no CDN).
 WEB_STAMP   := web/node_modules/.dago-setup.sha256
 API_PAGE    := web/dist/docs/swagger-ui-bundle.js web/dist/docs/swagger-ui.css
-WEB_SOURCES := $(wildcard web/src/*.js $(TS_DIR)/src/*.js examples/*.json) $(TS_DIR)/package-lock.json \
+WEB_SOURCES := $(wildcard web/src/*.js web/src/console/*.js $(TS_DIR)/src/*.js examples/*.json) $(TS_DIR)/package-lock.json \
 	$(shell find $(TS_DIR)/gen -name '*.js' 2>/dev/null)
 
 export PYTHONPATH := service:gen/python:clients/python
@@ -228,7 +231,7 @@ check-anthropic: ## One small call per feature against the real Claude API (ANTH
 bench: setup ## Benchmark dago vs Celery on a private Redis; writes bench/REPORT.md + chart.png (BENCH_SCALE=...)
 	$(PY) bench/run.py
 
-web: $(WEB_BUNDLE) $(API_PAGE) ## Build the live view's bundle (web/dist/app.js) and copy Swagger UI to web/dist/docs (make setup does)
+web: $(WEB_BUNDLE) $(CONSOLE_BUNDLE) $(API_PAGE) ## Build the live view's and the console's bundles (web/dist/app.js, console.js) and copy Swagger UI to web/dist/docs (make setup does)
 
 web/dist/docs/%: web/node_modules/swagger-ui-dist/% web/package-lock.json
 	$(call say,web: $< -> $@)
@@ -238,6 +241,12 @@ web/dist/docs/%: web/node_modules/swagger-ui-dist/% web/package-lock.json
 $(WEB_BUNDLE): $(WEB_SOURCES)
 	$(call say,web: esbuild web/src/app.js -> $@)
 	NODE_PATH=$(TS_DIR)/node_modules $(TS_DIR)/node_modules/.bin/esbuild web/src/app.js \
+		--bundle --format=esm --target=es2020 --minify --log-level=warning \
+		--external:@connectrpc/connect-node --outfile=$@
+
+$(CONSOLE_BUNDLE): $(WEB_SOURCES)
+	$(call say,web: esbuild web/src/console/main.js -> $@)
+	NODE_PATH=$(TS_DIR)/node_modules $(TS_DIR)/node_modules/.bin/esbuild web/src/console/main.js \
 		--bundle --format=esm --target=es2020 --minify --log-level=warning \
 		--external:@connectrpc/connect-node --outfile=$@
 

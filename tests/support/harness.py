@@ -442,11 +442,11 @@ def envoy_config(stack: ProcessStack, **options: Any) -> tuple[Path, int]:
     """An Envoy config in front of ``stack``'s API, rendered by dago.devtools.edge into the
     stack's log folder; returns its path and listen port. ``options`` are further EdgeConfig fields
     (the metrics port defaults to a free one; gen/openapi.json is served, and so are the
-    live view and the API page when `make web` built them)."""
+    live view, the console and the API page when `make web` built them)."""
     port = free_port()
     options.setdefault("metrics_port", free_port())
     options.setdefault("openapi", str(envoy_edge.OPENAPI))
-    if envoy_edge.api_page_built(ROOT / "web") and (ROOT / "web" / "dist" / "app.js").exists():
+    if envoy_edge.api_page_built(ROOT / "web") and envoy_edge.web_built(ROOT / "web"):
         options.setdefault("web_root", str(ROOT / "web"))
         options.setdefault("api_page", True)
     cfg = envoy_edge.EdgeConfig(

@@ -4,8 +4,8 @@
 import { fromJson } from "@bufbuild/protobuf";
 import { createDagoClient } from "../../clients/typescript/src/dago.js";
 import { SubmitGraphRequestSchema } from "../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
-import { GraphState, NodeState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
-import { RouterMode } from "../../clients/typescript/gen/dago/v1/graph_pb.js";
+import { GraphState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
+import { draw as drawGraph, edgeStates, el, kindOf, layout, setEdgeStates, setNodeState } from "./graph.js";
 import diamond from "../../examples/diamond.json";
 import fanout from "../../examples/fanout.json";
 import loop from "../../examples/loop.json";
@@ -14,12 +14,6 @@ import router from "../../examples/router.json";
 import triage from "../../examples/triage.json";
 
 const EXAMPLES = { research, triage, diamond, router, loop, fanout };
-const SVGNS = "http://www.w3.org/2000/svg";
-const NODE_W = 160;
-const NODE_H = 50;
-const GAP_X = 40;
-const GAP_Y = 70;
-
 const $ = (id) => document.getElementById(id);
 // A page left open keeps following its run across restarts (each retry waits up to 2 s).
 // With authentication on, the key typed in the page is sent as a bearer token; it stays in
@@ -41,140 +35,13 @@ function dago() {
   return clientFor.client;
 }
 let current = null; // { id, abort }
+let drawn = null; // the layout of the graph drawn
 
-function el(name, attrs = {}, parent = null, ns = SVGNS) {
-  const e = ns ? document.createElementNS(ns, name) : document.createElement(name);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  if (parent) parent.appendChild(e);
-  return e;
-}
-
-function kindOf(node) {
-  const c = node.kind.case ?? "?";
-  if (c === "tool") return `tool:${node.kind.value.name}`;
-  if (c === "llm" && node.kind.value.model) return `llm:${node.kind.value.model}`;
-  if (c === "http") return `http:${node.kind.value.method || "GET"}`;
-  if (c === "router" && node.kind.value.mode >= 2) {
-    return `router:${RouterMode[node.kind.value.mode].toLowerCase()}`;
-  }
-  return c;
-}
-
-const stateName = (s) => (NodeState[s] ?? "PENDING").toLowerCase();
 const graphStateName = (s) => (GraphState[s] ?? "UNSPECIFIED").toLowerCase();
 const tsMillis = (t) => (t ? Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6) : 0);
 
-// Layers: longest path from the entry nodes over forward edges (DFS back edges are loops).
-export function layout(graph) {
-  const ids = graph.nodes.map((n) => n.id);
-  const out = new Map(ids.map((id) => [id, []]));
-  const indeg = new Map(ids.map((id) => [id, 0]));
-  for (const e of graph.edges) out.get(e.from)?.push(e.to);
-  const entries = graph.entryNodes.length
-    ? graph.entryNodes
-    : ids.filter((id) => !graph.edges.some((e) => e.to === id && e.from !== id));
-  const back = new Set();
-  const seen = new Set();
-  const onStack = new Set();
-  const dfs = (id) => {
-    seen.add(id);
-    onStack.add(id);
-    for (const to of out.get(id) ?? []) {
-      if (onStack.has(to)) back.add(`${id}->${to}`);
-      else if (!seen.has(to)) dfs(to);
-    }
-    onStack.delete(id);
-  };
-  for (const id of [...entries, ...ids]) if (!seen.has(id)) dfs(id);
-  const fwd = graph.edges.filter((e) => !back.has(`${e.from}->${e.to}`));
-  for (const e of fwd) indeg.set(e.to, indeg.get(e.to) + 1);
-  const layer = new Map(ids.map((id) => [id, 0]));
-  const queue = ids.filter((id) => indeg.get(id) === 0);
-  while (queue.length) {
-    const id = queue.shift();
-    for (const e of fwd.filter((f) => f.from === id)) {
-      layer.set(e.to, Math.max(layer.get(e.to), layer.get(id) + 1));
-      indeg.set(e.to, indeg.get(e.to) - 1);
-      if (indeg.get(e.to) === 0) queue.push(e.to);
-    }
-  }
-  const rows = [];
-  for (const id of ids) (rows[layer.get(id)] ??= []).push(id);
-  const widest = Math.max(...rows.map((r) => r.length), 1);
-  // Room on the right for loop arcs and edge labels.
-  const width = widest * (NODE_W + GAP_X) + GAP_X + (back.size ? 140 : 60);
-  const pos = new Map();
-  rows.forEach((row, y) =>
-    row.forEach((id, i) => {
-      const used = widest * (NODE_W + GAP_X);
-      const x = (used - row.length * (NODE_W + GAP_X)) / 2 + GAP_X / 2 + i * (NODE_W + GAP_X);
-      pos.set(id, { x, y: 30 + y * (NODE_H + GAP_Y) });
-    }),
-  );
-  return { pos, back, width, height: 60 + rows.length * (NODE_H + GAP_Y) };
-}
-
 function draw(graph) {
-  const svg = $("svg");
-  svg.replaceChildren();
-  const { pos, back, width, height } = layout(graph);
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", height);
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  const defs = el("defs", {}, svg);
-  const marker = el("marker", {
-    id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7,
-    orient: "auto-start-reverse",
-  }, defs);
-  el("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#78909c" }, marker);
-  for (const e of graph.edges) {
-    const a = pos.get(e.from);
-    const b = pos.get(e.to);
-    if (!a || !b) continue;
-    const g = el("g", { class: "edge", "data-edge": `${e.from}->${e.to}` }, svg);
-    let d;
-    let lx;
-    let ly;
-    if (e.from === e.to) {
-      // A node looping on itself: an arc on its right side.
-      const x = a.x + NODE_W;
-      d = `M ${x} ${a.y + 12} C ${x + 70} ${a.y - 14}, ${x + 70} ${a.y + NODE_H + 14}, ${x} ${a.y + NODE_H - 12}`;
-      lx = x + 56;
-      ly = a.y + NODE_H / 2 + 4;
-    } else if (back.has(`${e.from}->${e.to}`)) {
-      const x1 = a.x + NODE_W;
-      const y1 = a.y + NODE_H / 2;
-      const x2 = b.x + NODE_W;
-      const y2 = b.y + NODE_H / 2;
-      const bulge = 60 + Math.abs(y1 - y2) / 4;
-      d = `M ${x1} ${y1} C ${x1 + bulge} ${y1}, ${x2 + bulge} ${y2}, ${x2} ${y2}`;
-      lx = Math.max(x1, x2) + bulge * 0.6;
-      ly = (y1 + y2) / 2;
-    } else {
-      const x1 = a.x + NODE_W / 2;
-      const y1 = a.y + NODE_H;
-      const x2 = b.x + NODE_W / 2;
-      const y2 = b.y;
-      d = `M ${x1} ${y1} C ${x1} ${y1 + GAP_Y / 2}, ${x2} ${y2 - GAP_Y / 2}, ${x2} ${y2}`;
-      lx = (x1 + x2) / 2 + 4;
-      ly = (y1 + y2) / 2;
-    }
-    el("path", { d, "marker-end": "url(#arrow)" }, g);
-    const text = e.label || (e.condition ? `if ${e.condition}` : "");
-    if (text) el("text", { x: lx, y: ly }, g).textContent = text.length > 32 ? `${text.slice(0, 31)}…` : text;
-  }
-  for (const n of graph.nodes) {
-    const p = pos.get(n.id);
-    const g = el("g", {
-      class: "node state-pending", "data-node": n.id, "data-state": "pending",
-      transform: `translate(${p.x},${p.y})`,
-    }, svg);
-    el("rect", { width: NODE_W, height: NODE_H }, g);
-    el("text", { x: 10, y: 18 }, g).textContent = n.id;
-    el("text", { x: 10, y: 32, class: "kind" }, g).textContent = kindOf(n);
-    el("text", { x: 10, y: 44, class: "meta" }, g).textContent = "pending";
-    el("title", {}, g).textContent = n.description || n.id;
-  }
+  drawn = drawGraph($("svg"), graph);
 }
 
 class Run {
@@ -189,6 +56,9 @@ class Run {
     this.started = Date.now();
     this.ended = null;
     this.error = "";
+    this.decisions = new Map(); // router id -> targets
+    this.loops = new Set(); // "from->to" edges a loop iteration came over
+    this.marksDirty = false;
     $("nodes").replaceChildren();
     $("log").replaceChildren();
     for (const n of graph.nodes) {
@@ -204,12 +74,8 @@ class Run {
     const info = this.nodes.get(id);
     if (!info) return;
     info.state = state;
-    const g = document.querySelector(`[data-node="${CSS.escape(id)}"]`);
-    if (g) {
-      g.setAttribute("class", `node state-${state}`);
-      g.setAttribute("data-state", state);
-      g.querySelector(".meta").textContent = meta ?? state;
-    }
+    setNodeState($("svg"), id, state, meta);
+    this.marksDirty = true;
     const box = document.querySelector(`[data-info="${CSS.escape(id)}"]`);
     if (box) box.className = `nodeinfo state-${state}`;
   }
@@ -256,7 +122,13 @@ class Run {
       case "nodeCancelled":
         this.setNode(id, "cancelled", "cancelled");
         break;
+      case "loopIteration":
+        if (!p.value.exhausted) this.loops.add(`${p.value.fromNodeId}->${id}`);
+        this.marksDirty = true;
+        break;
       case "routerDecision":
+        this.decisions.set(id, p.value.targets);
+        this.marksDirty = true;
         if (info) info.note = `route ${p.value.route} → ${p.value.targets.join(", ")} (${p.value.reason})`;
         break;
       case "llmDelta":
@@ -307,7 +179,16 @@ class Run {
     this.render();
   }
 
+  // The taken and untaken edges, from the node states, router decisions and loops so far.
+  markEdges() {
+    if (!this.marksDirty || !drawn) return;
+    this.marksDirty = false;
+    const states = new Map([...this.nodes].map(([nid, n]) => [nid, n.state]));
+    setEdgeStates($("svg"), edgeStates(this.graph, drawn, states, this.decisions, this.loops));
+  }
+
   render() {
+    this.markEdges();
     const secs = (((this.ended ?? Date.now()) - this.started) / 1000).toFixed(1);
     const s = $("summary");
     s.replaceChildren();

@@ -8,6 +8,14 @@ import type {
   ListGraphsResponse,
   GetGraphResultResponse,
   GetGraphStatusResponse,
+  GraphStatusView,
+  ListDeadLettersRequestSchema,
+  ListDeadLettersResponse,
+  ListNodeAttemptsRequestSchema,
+  ListNodeAttemptsResponse,
+  ListWorkersResponse,
+  DropDeadLetterResponse,
+  RequeueDeadLetterResponse,
   SubmitGraphRequestSchema,
   SubmitGraphResponse,
 } from "../gen/dago/v1/orchestrator_pb.js";
@@ -51,7 +59,30 @@ export interface DagoClient {
     request?: MessageInitShape<typeof ListGraphsRequestSchema>,
     options?: CallOptions,
   ): Promise<ListGraphsResponse>;
-  status(graphId: string, options?: CallOptions): Promise<GetGraphStatusResponse>;
+  /** A run's state (view: GraphStatusView, default FULL; BASIC leaves out inputs and outputs). */
+  status(
+    graphId: string,
+    options?: CallOptions,
+    view?: GraphStatusView,
+  ): Promise<GetGraphStatusResponse>;
+  /** One page of a node's attempts, with their inputs and outputs (pageSize, pageToken). */
+  attempts(
+    graphId: string,
+    nodeId: string,
+    request?: Omit<MessageInitShape<typeof ListNodeAttemptsRequestSchema>, "graphId" | "nodeId">,
+    options?: CallOptions,
+  ): Promise<ListNodeAttemptsResponse>;
+  /** The worker processes alive now. */
+  workers(options?: CallOptions): Promise<ListWorkersResponse>;
+  /** One page of dead letters, newest first (pageSize, pageToken, graphId). */
+  deadLetters(
+    request?: MessageInitShape<typeof ListDeadLettersRequestSchema>,
+    options?: CallOptions,
+  ): Promise<ListDeadLettersResponse>;
+  /** Runs a dead-lettered node attempt again (not retried: a second call finds it gone). */
+  requeueDeadLetter(deadLetterId: string, options?: CallOptions): Promise<RequeueDeadLetterResponse>;
+  /** Removes a dead letter; a node still waiting for it fails (not retried). */
+  dropDeadLetter(deadLetterId: string, options?: CallOptions): Promise<DropDeadLetterResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
   /**

@@ -122,8 +122,28 @@ export function createDagoClient(baseUrl, options = {}) {
       return (await client()).listGraphs(request, callOptions);
     },
 
-    async status(graphId, callOptions) {
-      return (await client()).getGraphStatus({ graphId }, callOptions);
+    async status(graphId, callOptions, view = 0) {
+      return (await client()).getGraphStatus({ graphId, view }, callOptions);
+    },
+
+    async attempts(graphId, nodeId, request = {}, callOptions) {
+      return (await client()).listNodeAttempts({ ...request, graphId, nodeId }, callOptions);
+    },
+
+    async workers(callOptions) {
+      return (await client()).listWorkers({}, callOptions);
+    },
+
+    async deadLetters(request = {}, callOptions) {
+      return (await client()).listDeadLetters(request, callOptions);
+    },
+
+    async requeueDeadLetter(deadLetterId, callOptions) {
+      return (await client()).requeueDeadLetter({ deadLetterId }, callOptions);
+    },
+
+    async dropDeadLetter(deadLetterId, callOptions) {
+      return (await client()).dropDeadLetter({ deadLetterId }, callOptions);
     },
 
     async result(graphId, callOptions) {

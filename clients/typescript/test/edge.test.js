@@ -6,8 +6,8 @@ import { test } from "node:test";
 import { fromJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createDagoClient } from "../src/dago.js";
-import { GraphState } from "../gen/dago/v1/execution_pb.js";
-import { SubmitGraphRequestSchema } from "../gen/dago/v1/orchestrator_pb.js";
+import { GraphState, NodeState } from "../gen/dago/v1/execution_pb.js";
+import { GraphStatusView, SubmitGraphRequestSchema } from "../gen/dago/v1/orchestrator_pb.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 
 const EDGE_URL = process.env.DAGO_EDGE_URL;
@@ -157,6 +157,30 @@ test("cancel a running graph: CANCELLED, the watch ends with graph_cancelled", T
   assert.equal(events.at(-1).payload.case, "graphCancelled");
   const status = await dago.status(sub.graphId);
   assert.equal(status.status.state, GraphState.CANCELLED);
+});
+
+test("status views, a node's attempts, the workers and the dead letters", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const sub = await dago.submit(request(diamond));
+  await collect(dago.watch(sub.graphId));
+  const basic = await dago.status(sub.graphId, undefined, GraphStatusView.BASIC);
+  const full = await dago.status(sub.graphId);
+  const join = (st) => st.status.nodes.find((n) => n.nodeId === "join");
+  assert.equal(join(basic).output, undefined); // BASIC leaves outputs out
+  assert.ok(join(full).output);
+  const { attempts, nextPageToken } = await dago.attempts(sub.graphId, "join", { pageSize: 10 });
+  assert.equal(nextPageToken, "");
+  assert.equal(attempts.length, 1);
+  assert.equal(attempts[0].state, NodeState.COMPLETED);
+  assert.ok(attempts[0].input && attempts[0].output);
+  const { workers } = await dago.workers();
+  assert.ok(workers.length >= 1 && workers.every((w) => w.slots >= 1), `${workers.length} workers`);
+  const { deadLetters } = await dago.deadLetters({ pageSize: 5, graphId: sub.graphId });
+  assert.deepEqual(deadLetters, []);
+  for (const call of [dago.requeueDeadLetter("0-1-0"), dago.dropDeadLetter("0-1-0")]) {
+    const err = await call.then(() => assert.fail("an unknown dead letter was found"), (e) => e);
+    assert.equal(ConnectError.from(err).code, Code.NotFound);
+  }
 });
 
 test("an invalid graph is InvalidArgument with google.rpc.BadRequest details", TIMEOUT, async () => {

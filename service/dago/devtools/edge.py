@@ -195,8 +195,9 @@ class EdgeConfig:
     client_rps: int = 0  # requests per second per client address (0: no limit)
     trusted_hops: int = 0  # x-forwarded-for hops of trusted proxies in front of Envoy
     # The live graph view (web/: index.html and the esbuild bundle dist/app.js) served by
-    # Envoy itself on /ui/, so its gRPC-Web calls are same-origin. Empty: no /ui/ routes
-    # (Envoy refuses a configuration naming a file that does not exist).
+    # Envoy itself on /ui/, and the console (console.html, dist/console.js) on /console/, so
+    # their gRPC-Web calls are same-origin. Empty: no /ui/ or /console/ routes (Envoy refuses
+    # a configuration naming a file that does not exist).
     web_root: str = ""
     # The OpenAPI document of the REST API (gen/openapi.json, `make gen`), served by Envoy on
     # /api/v1/openapi.json. Empty: no such route.
@@ -216,6 +217,20 @@ API_PAGE_FILES = (
     ("swagger-ui-bundle.js", "dist/docs/swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
     ("swagger-ui.css", "dist/docs/swagger-ui.css", "text/css; charset=utf-8"),
 )
+
+
+# The pages of the web root: (route, file under the web root, content type).
+WEB_FILES = (
+    ("/ui/", "index.html", "text/html; charset=utf-8"),
+    ("/ui/app.js", "dist/app.js", "text/javascript; charset=utf-8"),
+    ("/console/", "console.html", "text/html; charset=utf-8"),
+    ("/console/console.js", "dist/console.js", "text/javascript; charset=utf-8"),
+)
+
+
+def web_built(web_root: Path) -> bool:
+    """Whether the live view's and the console's files are under ``web_root`` (`make web`)."""
+    return all((web_root / file).exists() for _, file, _ in WEB_FILES)
 
 
 def api_page_built(web_root: Path) -> bool:
@@ -252,7 +267,7 @@ def from_env(settings: Settings) -> EdgeConfig:
         client_rps=settings.edge_client_rps,
         trusted_hops=settings.edge_trusted_hops,
         # Envoy refuses to start on a missing file: without the bundle (`make web`), no /ui/.
-        web_root=str(ROOT / "web") if (ROOT / "web" / "dist" / "app.js").exists() else "",
+        web_root=str(ROOT / "web") if web_built(ROOT / "web") else "",
         openapi=str(OPENAPI) if OPENAPI.exists() else "",
         api_page=OPENAPI.exists() and api_page_built(ROOT / "web"),
     )
@@ -260,7 +275,7 @@ def from_env(settings: Settings) -> EdgeConfig:
 
 def _file_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     """Routes answered by Envoy from files (direct_response, read when Envoy starts): the
-    live graph view, the OpenAPI document and the API page."""
+    live graph view, the console, the OpenAPI document and the API page."""
     off = {
         name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
         for name in ("envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.buffer")
@@ -283,13 +298,13 @@ def _file_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     if cfg.web_root:
         routes += [
             {
-                "match": {"path": "/ui"},
-                "redirect": {"path_redirect": "/ui/"},
+                "match": {"path": path},
+                "redirect": {"path_redirect": f"{path}/"},
                 "typed_per_filter_config": off,
-            },
-            page("/ui/", f"{cfg.web_root}/index.html", "text/html; charset=utf-8"),
-            page("/ui/app.js", f"{cfg.web_root}/dist/app.js", "text/javascript; charset=utf-8"),
+            }
+            for path in ("/ui", "/console")
         ]
+        routes += [page(path, f"{cfg.web_root}/{file}", ctype) for path, file, ctype in WEB_FILES]
     if cfg.api_page and cfg.web_root and cfg.openapi:
         routes.append(
             {

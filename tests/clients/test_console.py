@@ -1,0 +1,557 @@
+"""The operators' console (web/console.html, served by Envoy on /console/) in a real headless
+Chromium driven by Playwright, in front of real API and worker processes: the runs list
+(paged, filtered, live), a run's story (graph with node states and taken / untaken edges
+routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel),
+the operations page (workers, a dead letter requeued) and the API key. Screenshots are kept
+in .artifacts/console-*.png."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from google.protobuf import json_format
+from playwright.async_api import Browser, Page, async_playwright
+
+from dago.api.auth import hash_key, new_key
+from dago.v1 import execution_pb2, orchestrator_pb2
+from dago_client import AsyncDagoClient
+from harness import (
+    ROOT,
+    ProcessStack,
+    child_logs,
+    echo,
+    edge,
+    envoy_config,
+    fast_retry,
+    port_open,
+    request,
+    start_api_quickly,
+    start_envoy,
+    tool,
+)
+from obshelpers import TOOLS, marker, poison
+from redisfixture import RedisServer
+
+# Chromium on the page Envoy serves, in front of API and worker processes.
+pytestmark = [pytest.mark.edge, pytest.mark.process]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / ".artifacts"
+ROUTER = json.loads((ROOT / "examples" / "router.json").read_text())
+
+
+@dataclass
+class Console:
+    """A stack with Envoy serving the console, a browser and a client of the API."""
+
+    stack: ProcessStack
+    port: int
+    browser: Browser
+    dago: AsyncDagoClient
+
+    def url(self, route: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/console/{route}"
+
+
+def check_prerequisites() -> None:
+    for built in ("console.html", "dist/console.js"):
+        assert (ROOT / "web" / built).exists(), f"web/{built} is missing: `make web` builds it"
+    assert CHROMIUM.exists(), "Debian chromium is needed: apt-get install -y chromium"
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    check_prerequisites()
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    redis_url: str, browser: Browser, workers: int = 1, key: str = "", **env: str
+) -> AsyncIterator[Console]:
+    """API + ``workers`` workers + Envoy serving the console (``env``: their settings)."""
+    stack = ProcessStack(redis_url, f"tcon{secrets.token_hex(3)}", **env)
+    config, port = envoy_config(stack, web_root=str(ROOT / "web"))
+    envoy = start_envoy(config, stack.logs / "envoy.log")
+    try:
+        for n in range(workers):
+            stack.start(f"w{n + 1}", "worker")
+        await start_api_quickly(stack)
+        await port_open(port)
+        async with AsyncDagoClient(f"127.0.0.1:{stack.port}", api_key=key or None) as dago:
+            yield Console(stack, port, browser, dago)
+    finally:
+        envoy.terminate()
+        try:
+            envoy.wait(10)
+        except subprocess.TimeoutExpired:
+            envoy.kill()
+        await stack.close()
+
+
+@pytest.fixture(scope="module")
+async def console(redis_single: RedisServer, browser: Browser) -> AsyncIterator[Console]:
+    async with serving(redis_single.url, browser) as c:
+        yield c
+
+
+async def open_page(c: Console, route: str) -> Page:
+    page = await c.browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors  # type: ignore[attr-defined]
+    await page.goto(c.url(route))
+    return page
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+async def attrs(page: Page, selector: str, key: str, value: str) -> dict[str, str]:
+    """{element's `key` attribute: its `value` attribute} of every element matching."""
+    return await page.eval_on_selector_all(
+        selector,
+        f"els => Object.fromEntries(els.map(e => [e.getAttribute('{key}'), "
+        f"e.getAttribute('{value}')]))",
+    )
+
+
+async def edges_crossing_boxes(page: Page) -> list[str]:
+    """The drawn edges with a segment through a node box other than their own ends."""
+    return await page.evaluate(
+        """() => {
+          const boxes = [...document.querySelectorAll('#graph [data-node]')].map(g => {
+            const m = /translate\\(([-\\d.]+),([-\\d.]+)\\)/.exec(g.getAttribute('transform'));
+            const r = g.querySelector('rect');
+            return { id: g.dataset.node, x: +m[1], y: +m[2], w: +r.getAttribute('width'),
+                     h: +r.getAttribute('height') };
+          });
+          const bad = [];
+          for (const e of document.querySelectorAll('#graph [data-edge]')) {
+            const [from, to] = e.dataset.edge.split('->');
+            const n = e.querySelector('path').getAttribute('d').match(/-?[\\d.]+/g).map(Number);
+            for (let i = 0; i + 3 < n.length; i += 2) {
+              const [x1, y1, x2, y2] = n.slice(i, i + 4);
+              for (const b of boxes) {
+                if (b.id === from || b.id === to) continue;
+                const inX = Math.max(x1, x2) > b.x + 1 && Math.min(x1, x2) < b.x + b.w - 1;
+                const inY = Math.max(y1, y2) > b.y + 1 && Math.min(y1, y2) < b.y + b.h - 1;
+                if (inX && inY) bad.push(`${e.dataset.edge} crosses ${b.id}`);
+              }
+            }
+          }
+          return bad;
+        }"""
+    )
+
+
+async def test_the_runs_list_pages_filters_and_updates_live(console: Console) -> None:
+    name = f"listed-{secrets.token_hex(2)}"
+    gids = []
+    for i in range(3):
+        req = request([echo("a", i=i)], name=name)
+        gids.append((await console.dago.submit(req)).graph_id)
+    page = await open_page(console, "#/runs?size=2")
+    try:
+        await page.wait_for_selector(f'tr[data-run="{gids[2]}"]')
+        rows = await page.eval_on_selector_all(
+            "#runs-body tr[data-run]", "r => r.map(e => e.dataset.run)"
+        )
+        assert rows == [gids[2], gids[1]]  # newest first, two per page
+        assert await page.is_disabled("#newer") and not await page.is_disabled("#older")
+        await page.click("#older")
+        await page.wait_for_selector(f'tr[data-run="{gids[0]}"]')
+        assert await page.inner_text("#page-no") == "page 2"
+        assert await page.is_disabled("#older")
+        await page.click("#newer")
+        await page.wait_for_selector(f'tr[data-run="{gids[2]}"]')
+        # A run submitted now shows up without a reload (the list refreshes itself).
+        fresh = (await console.dago.submit(request([echo("a")], name="fresh-one"))).graph_id
+        await page.wait_for_selector(f'tr[data-run="{fresh}"]', timeout=10_000)
+        await page.wait_for_selector(
+            f'tr[data-run="{fresh}"] [data-state="completed"]', timeout=10_000
+        )
+        # The state filter asks the server; the name filter narrows the page.
+        await page.select_option("#f-state", label="failed")
+        await page.wait_for_selector("#runs-body td.empty")
+        assert "state=failed" in page.url
+        await page.select_option("#f-state", label="completed")
+        await page.fill("#f-name", "fresh")
+        await page.wait_for_function(
+            "document.querySelectorAll('#runs-body tr[data-run]').length === 1"
+        )
+        assert await page.get_attribute("#runs-body tr[data-run]", "data-run") == fresh
+        await page.fill("#f-name", "")
+        await page.wait_for_selector(f'tr[data-run="{gids[2]}"]')
+        await shot(page, "console-runs.png")
+        # A run opens from the list.
+        await page.click(f'tr[data-run="{gids[2]}"] a')
+        await page.wait_for_selector('#run-state[data-state="completed"]')
+        assert page.url.endswith(f"#/runs/{gids[2]}")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_a_router_run_shows_taken_and_untaken_edges_and_its_nodes(console: Console) -> None:
+    req = json_format.ParseDict(ROUTER, orchestrator_pb2.SubmitGraphRequest())
+    gid = (await console.dago.submit(req)).graph_id
+    await console.dago.wait(gid)
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]')
+        await page.wait_for_selector('#graph [data-edge="triage->page_oncall"][data-taken="taken"]')
+        assert await attrs(page, "#graph [data-node]", "data-node", "data-state") == {
+            "intake": "completed", "triage": "completed", "page_oncall": "completed",
+            "queue_today": "skipped", "backlog": "skipped", "notify": "completed",
+        }  # fmt: skip
+        assert await attrs(page, "#graph [data-edge]", "data-edge", "data-taken") == {
+            "intake->triage": "taken",
+            "triage->page_oncall": "taken",
+            "triage->queue_today": "untaken",
+            "triage->backlog": "untaken",
+            "page_oncall->notify": "taken",
+            "queue_today->notify": "untaken",
+            "backlog->notify": "untaken",
+        }
+        assert await edges_crossing_boxes(page) == []
+        # The run's inputs and result.
+        await page.click(".io summary")
+        await page.wait_for_selector("#run-result .json")
+        result = await page.inner_text("#run-result")
+        assert '"route": "urgent"' in result and "routed to urgent" in result, result
+        assert '"priority": 9' in await page.inner_text('.io [aria-label="inputs"]')
+        # The timeline: one bar per attempt, none for the skipped nodes.
+        bars = await attrs(page, "#gantt .bar", "data-node", "data-state")
+        assert bars == {n: "completed" for n in ("intake", "triage", "page_oncall", "notify")}
+        # A node's panel: its attempt with input and output.
+        await page.click('#graph [data-node="page_oncall"]')
+        await page.wait_for_selector('[data-panel="page_oncall"] .attempt[data-attempt="1"]')
+        assert page.url.endswith(f"#/runs/{gid}/nodes/page_oncall")
+        panel = await page.inner_text("#node-panel")
+        assert "completed" in panel and "worker w1" in panel, panel
+        output = await page.inner_text('[data-panel="page_oncall"] [data-output="1"]')
+        assert '"page"' in output and '"checkout returns 500"' in output, output
+        # The router's panel names its route.
+        await page.focus('#graph [data-node="triage"]')
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector('[data-panel="triage"] .route')
+        route = await page.inner_text('[data-panel="triage"] .route')
+        assert route == "route urgent → page_oncall", route
+        await shot(page, "console-router.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_a_loop_run_shows_its_loop_edge_taken_and_a_bar_per_iteration(
+    console: Console,
+) -> None:
+    loop = json.loads((ROOT / "examples" / "loop.json").read_text())
+    gid = (
+        await console.dago.submit(
+            json_format.ParseDict(loop, orchestrator_pb2.SubmitGraphRequest())
+        )
+    ).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        await page.wait_for_selector('#graph [data-edge="poll->poll"][data-taken="taken"]')
+        assert await attrs(page, "#graph [data-edge]", "data-edge", "data-taken") == {
+            "poll->poll": "taken",
+            "poll->done": "taken",
+        }
+        assert await edges_crossing_boxes(page) == []
+        iterations = await page.eval_on_selector_all(
+            '#gantt .bar[data-node="poll"]', "b => b.map(e => e.dataset.iteration)"
+        )
+        assert iterations == ["1", "2", "3"], iterations  # until: 3
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+@pytest.mark.parametrize("example", sorted(p.stem for p in (ROOT / "examples").glob("*.json")))
+async def test_no_edge_of_an_example_crosses_a_box(console: Console, example: str) -> None:
+    body = json.loads((ROOT / "examples" / f"{example}.json").read_text())
+    req = json_format.ParseDict(body, orchestrator_pb2.SubmitGraphRequest())
+    gid = (await console.dago.submit(req)).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector("#run-state")
+        drawn = await page.eval_on_selector_all("#graph [data-edge]", "e => e.length")
+        assert drawn == len(body["graph"]["edges"])
+        assert await edges_crossing_boxes(page) == []
+        await shot(page, f"console-example-{example}.png")
+    finally:
+        await page.close()
+        await console.dago.wait(gid)  # no run left running for the next tests
+
+
+async def test_no_edge_of_a_dense_graph_crosses_a_box(console: Console) -> None:
+    # Two chains of five, every node linked to every later one of its chain and across.
+    ids = [f"{c}{i}" for c in "ab" for i in range(5)]
+    edges = [edge(f"{c}{i}", f"{c}{j}") for c in "ab" for i in range(5) for j in range(i + 1, 5)]
+    edges += [edge(f"a{i}", f"b{i + 2}") for i in range(3)] + [edge("b0", "a4")]
+    gid = (await console.dago.submit(request([echo(n) for n in ids], edges))).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        assert await page.eval_on_selector_all("#graph [data-edge]", "e => e.length") == len(edges)
+        assert await edges_crossing_boxes(page) == []
+        taken = await attrs(page, "#graph [data-edge]", "data-edge", "data-taken")
+        assert set(taken.values()) == {"taken"}, taken
+        await shot(page, "console-dense.png")
+    finally:
+        await page.close()
+
+
+async def test_retries_a_failure_and_edges_around_boxes(console: Console) -> None:
+    # start -> (flaky, retried twice) -> mid -> bad (fails); start -> bad skips a layer.
+    nodes = [
+        echo("start", x=1),
+        tool("flaky", "flaky", inputs={"fail_attempts": 2, "value": "v"}, retry=fast_retry(3)),
+        echo("side", y=2),
+        echo("mid", z=3),
+        tool("bad", "fail", inputs={"message": "the ledger is closed"}),
+    ]
+    edges = [
+        edge("start", "flaky"), edge("start", "side"), edge("flaky", "mid"),
+        edge("side", "mid"), edge("mid", "bad"), edge("start", "bad", label="shortcut"),
+    ]  # fmt: skip
+    gid = (await console.dago.submit(request(nodes, edges))).graph_id
+    page = await open_page(console, f"#/runs/{gid}/nodes/flaky")
+    try:
+        await page.wait_for_selector('#run-state[data-state="failed"]', timeout=20_000)
+        await page.wait_for_selector('#gantt .bar[data-node="bad"]')
+        error = await page.inner_text("#run-error")
+        assert "at node bad" in error and "the ledger is closed" in error, error
+        assert (
+            await page.get_attribute("#run-error [data-failed-node]", "data-failed-node") == "bad"
+        )
+        color = await page.eval_on_selector("#run-error", "e => getComputedStyle(e).color")
+        assert color == "rgb(198, 40, 40)", color  # red
+        assert await edges_crossing_boxes(page) == []
+        flaky = await page.eval_on_selector_all(
+            '#gantt .bar[data-node="flaky"]',
+            "b => b.map(e => [e.dataset.attempt, e.dataset.state])",
+        )
+        assert [a for a, _ in flaky] == ["1", "2", "3"] and flaky[-1][1] == "completed", flaky
+        assert all(s != "completed" for _, s in flaky[:2]), flaky
+        assert len(await page.query_selector_all('#gantt .gantt-row[data-row="flaky"] .wait')) == 2
+        # The node panel opened from the URL lists the three attempts, the failed ones' errors.
+        await page.wait_for_selector('[data-panel="flaky"] .attempt[data-attempt="3"]')
+        first = await page.inner_text('[data-panel="flaky"] .attempt[data-attempt="1"]')
+        assert "transient: flaky: attempt 1 fails on purpose" in first, first
+        await page.click("#run-error [data-failed-node]")
+        await page.wait_for_selector('[data-panel="bad"] .attempt-error')
+        assert await page.is_disabled("#cancel")
+        await shot(page, "console-failed.png")
+        # The live view opens the same run.
+        await page.click(".live-link")
+        await page.wait_for_selector('#run-state[data-state="failed"]')
+        assert page.url.endswith(f"/ui/#{gid}")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_an_agent_node_shows_its_streamed_text_and_tool_calls(console: Console) -> None:
+    # The offline model calls every tool it is given once, then answers from the results.
+    scout = {"id": "scout", "agent": {"llm": {"prompt": "find the order"}, "tools": ["echo"]}}
+    gid = (await console.dago.submit(request([scout]))).graph_id
+    page = await open_page(console, f"#/runs/{gid}/nodes/scout")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        await page.wait_for_selector('[data-panel="scout"] .attempt[data-attempt="1"]')
+        await page.wait_for_function(
+            "document.querySelector('[data-stream=\"scout\"]').textContent.includes('tool result')"
+        )
+        text = await page.inner_text('[data-stream="scout"]')
+        assert text.startswith("[offline] calling echo") and "from 1 tool result" in text, text
+        calls = await page.inner_text('[data-tools="scout"]')
+        assert calls.startswith("echo(") and "→" in calls, calls
+        facts = await page.inner_text('[data-panel="scout"] .attempt[data-attempt="1"] .facts')
+        assert re.search(r"tokens [1-9]\d* in / [1-9]\d* out", facts), facts
+        await shot(page, "console-agent.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_the_text_of_a_running_model_streams_into_its_panel(
+    redis_single: RedisServer, browser: Browser
+) -> None:
+    # The offline model writes 8 words per second: its answer takes about two seconds.
+    async with serving(redis_single.url, browser, DAGO_OFFLINE_TOKENS_PER_S="8") as c:
+        writer = {"id": "writer", "llm": {"prompt": "write a short note about queues and workers"}}
+        gid = (await c.dago.submit(request([writer]))).graph_id
+        page = await open_page(c, f"#/runs/{gid}/nodes/writer")
+        try:
+            await page.wait_for_function(
+                """() => document.querySelector('[data-stream="writer"]')?.textContent.length > 0
+                  && document.getElementById('run-state')?.dataset.state === 'running'""",
+                timeout=20_000,
+            )
+            partial = await page.inner_text('[data-stream="writer"]')
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+            await page.wait_for_selector('#graph [data-node="writer"][data-state="completed"]')
+            full = await page.inner_text('[data-stream="writer"]')
+            assert full.startswith(partial) and len(full) > len(partial), (partial, full)
+            result = await c.dago.result(gid)
+            assert full == result.node_outputs["writer"].struct_value["text"]
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
+async def test_cancel_a_running_run(console: Console) -> None:
+    nodes = [echo("first"), tool("wait", "hold", inputs={"seconds": 60}), echo("after")]
+    gid = (
+        await console.dago.submit(request(nodes, [edge("first", "wait"), edge("wait", "after")]))
+    ).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector(
+            '#graph [data-node="wait"][data-state="running"]', timeout=20_000
+        )
+        await page.wait_for_selector('#gantt .bar[data-node="wait"][data-state="running"]')
+        await page.click("#cancel")
+        await page.fill("#cancel-reason", "stopped by the console test")
+        await page.click("#cancel-confirm")
+        await page.wait_for_selector('#run-state[data-state="cancelled"]', timeout=20_000)
+        await page.wait_for_selector('#graph [data-node="wait"][data-state="cancelled"]')
+        st = await console.dago.status(gid)
+        assert st.state == execution_pb2.GRAPH_STATE_CANCELLED
+        await page.wait_for_function(
+            "document.getElementById('run-error').textContent"
+            ".includes('stopped by the console test')"
+        )
+        assert await page.is_disabled("#cancel")
+        await page.click(".events summary")
+        log = await page.inner_text("#event-log")
+        assert "graphCancelled" in log and "nodeStarted wait" in log, log
+        seqs = [int(line.split()[0]) for line in log.splitlines()]
+        assert seqs == list(range(1, len(seqs) + 1)), log  # each event once, in order
+        await shot(page, "console-cancelled.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_ops_lists_workers_requeues_a_dead_letter_and_drops_another(
+    redis_single: RedisServer, browser: Browser, tmp_path: Path
+) -> None:
+    env = {
+        "DAGO_MAX_DELIVERIES": "1",
+        "DAGO_TOOL_MODULES": TOOLS,
+        "DAGO_WORKER_HEARTBEAT_MS": "200",
+    }
+    async with serving(redis_single.url, browser, workers=3, **env) as c:
+        mark_a, mark_b = marker(tmp_path, "a"), marker(tmp_path, "b")
+        gid_a = (await c.dago.submit(poison(mark_a))).graph_id
+        gid_b = (await c.dago.submit(poison(mark_b))).graph_id
+        page = await open_page(c, "#/ops")
+        try:
+            row_a = f'#dead-letters tr:has(a[href*="{gid_a}"])'
+            row_b = f'#dead-letters tr:has(a[href*="{gid_b}"])'
+            await page.wait_for_selector(row_a, timeout=20_000)
+            await page.wait_for_selector(row_b, timeout=20_000)
+            assert await page.inner_text(f"{row_a} td:nth-child(3)") == "p"
+            assert await page.inner_text(f"{row_a} td:nth-child(8)") == "yes"  # its node waits
+            live = [n for n, p in c.stack.procs.items() if n.startswith("w") and p.poll() is None]
+            assert 1 <= len(live) <= 2, live  # the poison killed one or two workers
+            for name in live:
+                await page.wait_for_selector(f'#workers tr[data-worker="{name}"]')
+                cell = f'#workers tr[data-worker="{name}"] [data-slots]'
+                assert int(await page.inner_text(cell)) >= 1
+            await shot(page, "console-ops.png")
+            mark_a.unlink()  # a's work item no longer kills its worker
+            await page.click(f'{row_a} button[data-action="requeue"]')
+            await page.wait_for_function(
+                "document.getElementById('ops-status').textContent.startsWith('requeued')"
+            )
+            await page.wait_for_selector(row_a, state="detached")
+            assert (await c.dago.wait(gid_a)).state == execution_pb2.GRAPH_STATE_COMPLETED
+            # Dropping takes a second click; the node, then the run, fail.
+            drop = f'{row_b} button[data-action="drop"]'
+            await page.click(drop)
+            assert await page.inner_text(drop) == "Confirm drop"
+            assert (await c.dago.status(gid_b)).state == execution_pb2.GRAPH_STATE_RUNNING
+            await page.click(drop)
+            await page.wait_for_function(
+                "document.getElementById('ops-status').textContent.startsWith('dropped')"
+            )
+            assert "node p failed" in await page.inner_text("#ops-status")
+            await page.wait_for_selector(row_b, state="detached")
+            assert (await c.dago.wait(gid_b)).state == execution_pb2.GRAPH_STATE_FAILED
+            assert page.errors == []  # type: ignore[attr-defined]
+        except Exception as e:
+            raise AssertionError(f"{e}\n{child_logs(c.stack)}") from e
+        finally:
+            await page.close()
+
+
+async def test_with_authentication_the_console_sends_the_key_typed_in(
+    redis_single: RedisServer, browser: Browser
+) -> None:
+    key = new_key()
+    keys = f"{hash_key(key)}:team-ops"
+    async with serving(
+        redis_single.url, browser, key=key, DAGO_AUTH="keys", DAGO_API_KEYS=keys
+    ) as c:
+        gid = (await c.dago.submit(request([echo("a")], name="keyed"))).graph_id
+        page = await open_page(c, "#/runs")
+        try:
+            await page.wait_for_selector("#error:not([hidden])")
+            assert "authorization" in (await page.inner_text("#error")).lower()
+            await page.fill("#api-key", key)
+            await page.press("#api-key", "Tab")  # a change re-opens the page with the key
+            await page.wait_for_selector(f'tr[data-run="{gid}"]')
+            assert await page.inner_text(f'tr[data-run="{gid}"] .c-namespace') == "team-ops"
+            assert await page.evaluate("sessionStorage.getItem('dago.apiKey')") == key
+            assert await page.is_hidden("#error")
+        finally:
+            await page.close()
+
+
+async def test_an_unknown_run_shows_the_error_as_text(console: Console) -> None:
+    page = await open_page(console, "#/runs/0-%3Cb%3Enope%3C%2Fb%3E")  # 0-<b>nope</b>
+    try:
+        await page.wait_for_selector("#error:not([hidden])")
+        error = await page.inner_text("#error")
+        assert "not found" in error.lower() and "<b>nope</b>" in error, error
+        assert await page.query_selector("#error b") is None  # text, not markup
+    finally:
+        await page.close()
+
+
+async def test_console_routes(console: Console) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{console.port}") as http:
+        r = await http.get("/console")
+        assert r.status_code in (301, 302) and r.headers["location"].endswith("/console/")
+        r = await http.get("/console/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="console.js">' in r.text
+        r = await http.get("/console/console.js")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+        assert re.search(rb"sessionStorage\.getItem\(.dago\.apiKey.\)", r.content)
+        assert (await http.get("/ui/")).status_code == 200  # the live view stays

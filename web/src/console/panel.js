@@ -1,0 +1,80 @@
+// A node's panel on a run's page: its state, route, streamed model text and tool calls (from
+// the run's events), then its attempts (ListNodeAttempts, 50 a page): state, duration,
+// worker, tokens and cost, error class and message, input and output in a JSON viewer.
+import { kindOf, stateName } from "../graph.js";
+import { jsonView, valueJson } from "./json.js";
+import { badge, dago, duration, errorClassName, h, ms } from "./util.js";
+
+const PAGE = 50;
+
+/** Tool calls as list items: name(arguments) → result (or error). */
+export function renderTools(ol, calls) {
+  ol.replaceChildren();
+  for (const t of calls) {
+    const li = h("li", {}, ol, `${t.tool}(${JSON.stringify(t.args ?? null)})`);
+    if (t.error) h("span", { class: "attempt-error" }, li, ` → error: ${t.error}`);
+    else if (t.done) h("span", {}, li, ` → ${JSON.stringify(t.result ?? null)}`);
+  }
+}
+
+function renderAttempt(a, parent, open) {
+  const state = stateName(a.state);
+  const d = h("details", { class: "attempt", "data-attempt": String(a.attempt), ...(open ? { open: "" } : {}) }, parent);
+  const s = h("summary", {}, d, `attempt ${a.attempt}${a.iteration > 1 ? ` · iteration ${a.iteration}` : ""} `);
+  badge(state, s);
+  const facts = [duration(ms(a.startTime), ms(a.endTime)), a.workerId ? `worker ${a.workerId}` : ""];
+  if (a.usage && (a.usage.inputTokens || a.usage.outputTokens || a.usage.costUsd)) {
+    facts.push(`tokens ${a.usage.inputTokens} in / ${a.usage.outputTokens} out`, `$${a.usage.costUsd.toFixed(4)}`);
+  }
+  h("p", { class: "facts" }, d, facts.filter(Boolean).join(" · "));
+  if (a.error?.message) {
+    const retry = a.error.retryable ? " (retryable)" : "";
+    h("p", { class: "attempt-error" }, d, `${errorClassName(a.error.errorClass)}: ${a.error.message}${retry}`);
+  }
+  h("h5", {}, d, "input");
+  jsonView(valueJson(a.input), d, "input");
+  h("h5", {}, d, "output");
+  jsonView(valueJson(a.output), d, "output").setAttribute("data-output", String(a.attempt));
+}
+
+/** Draws the panel of `node` into `panel`; `current()` is false once another node is shown. */
+export async function nodePanel(panel, { graphId, node, status, decision, text, tools, signal, current }) {
+  const box = h("div", { "data-panel": node.id });
+  const hd = h("h3", {}, box, `${node.id} · ${kindOf(node)} `);
+  badge(stateName(status?.state ?? 0), hd, { id: "node-state" });
+  if (node.description) h("p", { class: "hint" }, box, node.description);
+  if (status?.route) h("p", { class: "route" }, box, `route ${status.route}${decision ? ` → ${decision.join(", ")}` : ""}`);
+  const stream = h("section", { class: "stream" }, box);
+  h("h4", {}, stream, "Streamed text");
+  h("pre", { "data-stream": node.id }, stream, text);
+  stream.hidden = !text;
+  const calls = h("section", { class: "tools" }, box);
+  h("h4", {}, calls, "Tool calls");
+  renderTools(h("ol", { "data-tools": node.id }, calls), tools);
+  calls.hidden = !tools.length;
+  h("h4", {}, box, "Attempts");
+  const list = h("div", { class: "attempts", "data-attempts": node.id }, box, "loading…");
+  panel.replaceChildren(box);
+  let token = "";
+  let first = true;
+  const more = h("button", { type: "button", class: "more", hidden: "" }, box, "More attempts");
+  const page = async () => {
+    const resp = await dago().attempts(graphId, node.id, { pageSize: PAGE, pageToken: token }, { signal });
+    if (!current()) return;
+    if (first) list.replaceChildren();
+    if (first && !resp.attempts.length) h("p", { class: "hint" }, list, "no attempt yet");
+    first = false;
+    token = resp.nextPageToken;
+    resp.attempts.forEach((a, i) => {
+      const last = !token && i === resp.attempts.length - 1;
+      renderAttempt(a, list, last || Boolean(a.error?.message));
+    });
+    more.hidden = !token;
+  };
+  more.addEventListener("click", () => page().catch((err) => (list.textContent = String(err?.message ?? err))));
+  try {
+    await page();
+  } catch (err) {
+    if (current()) list.textContent = String(err?.message ?? err);
+  }
+}

@@ -1,0 +1,279 @@
+// #/runs/<id>[/nodes/<node>]: a run's story. The graph (GetGraph) with its nodes' states
+// (GetGraphStatus BASIC) and the taken / untaken edges (router decisions, loops, skips from
+// WatchGraph); the timeline of attempts; a node's panel (ListNodeAttempts: inputs, outputs,
+// errors, usage; streamed text and tool calls from the events); cancel.
+import { GraphStatusView } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
+import { draw, edgeStates, setEdgeStates, setNodeState, stateName } from "../graph.js";
+import { drawGantt } from "./gantt.js";
+import { jsonView, valueJson } from "./json.js";
+import { nodePanel, renderTools } from "./panel.js";
+import { TERMINAL, badge, dago, duration, errorClassName, graphStateName, h, ms, showError, when } from "./util.js";
+
+const LIFECYCLE = /^(graph|node)/;
+
+export function runPage(root, graphId, firstNode) {
+  const abort = new AbortController();
+  const alive = () => !abort.signal.aborted;
+  const run = { graph: null, lay: null, status: null, decisions: new Map(), loops: new Set(),
+    texts: new Map(), turnEnded: new Set(), tools: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
+
+  h("a", { href: "#/runs", class: "back" }, root, "← runs");
+  const head = h("section", { class: "run-head", "aria-label": "run" }, root);
+  const title = h("h2", {}, head);
+  const facts = h("p", { id: "run-facts", class: "facts" }, head);
+  const errorBox = h("p", { id: "run-error", role: "alert", hidden: "" }, head);
+  const io = h("details", { class: "io" }, head);
+  h("summary", {}, io, "inputs and result");
+  const ioGrid = h("div", { class: "io-grid" }, io);
+  const inputsBox = h("section", { "aria-label": "inputs" }, ioGrid);
+  h("h4", {}, inputsBox, "inputs");
+  const resultBox = h("section", { id: "run-result", "aria-label": "result" }, ioGrid);
+  h("h4", {}, resultBox, "result");
+  h("p", { class: "hint" }, resultBox, "when the run has finished");
+  const actions = h("div", { class: "actions" }, head);
+  const cancel = h("button", { id: "cancel", type: "button", disabled: "" }, actions, "Cancel run…");
+  const confirmBox = h("span", { class: "confirm", hidden: "" }, actions);
+  const reasonLabel = h("label", {}, confirmBox, "reason ");
+  const reason = h("input", { id: "cancel-reason", value: "cancelled from the console" }, reasonLabel);
+  const confirm = h("button", { id: "cancel-confirm", type: "button", class: "danger" }, confirmBox, "Confirm cancel");
+  const keep = h("button", { type: "button" }, confirmBox, "Keep running");
+  h("a", { href: `../ui/#${encodeURIComponent(graphId)}`, class: "live-link" }, actions, "open in the live view");
+  const body = h("div", { class: "run-body" }, root);
+  const graphPane = h("div", { class: "graph-pane", role: "group", "aria-label": "graph" }, body);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.id = "graph";
+  svg.setAttribute("aria-label", "the run's graph: nodes coloured by state, taken edges green, untaken dashed");
+  graphPane.appendChild(svg);
+  const panel = h("aside", { id: "node-panel", "aria-label": "node", "aria-live": "polite" }, body);
+  h("p", { class: "hint" }, panel, "Select a node (click or Enter) to see its attempts, inputs and output.");
+  const timeline = h("section", { class: "timeline", "aria-label": "timeline" }, root);
+  h("h3", {}, timeline, "Timeline");
+  const gantt = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  gantt.id = "gantt";
+  gantt.setAttribute("role", "img");
+  gantt.setAttribute("aria-label", "one bar per node attempt, from its start to its end");
+  timeline.appendChild(gantt);
+  const events = h("details", { class: "events" }, root);
+  const eventsTitle = h("summary", {}, events, "events");
+  const eventLog = h("pre", { id: "event-log" }, events);
+  let logged = 0;
+
+  cancel.addEventListener("click", () => {
+    confirmBox.hidden = false;
+    reason.focus();
+  });
+  keep.addEventListener("click", () => (confirmBox.hidden = true));
+  confirm.addEventListener("click", async () => {
+    confirm.disabled = true;
+    try {
+      await dago().cancel(graphId, reason.value);
+      confirmBox.hidden = true;
+      await refresh();
+    } catch (err) {
+      showError(err);
+    } finally {
+      confirm.disabled = false;
+    }
+  });
+
+  function renderHead() {
+    const st = run.status;
+    const state = graphStateName(st.state);
+    title.replaceChildren();
+    h("span", {}, title, `run ${graphId}${st.name ? ` · ${st.name}` : ""} `);
+    badge(state, title, { id: "run-state" });
+    const u = st.usage;
+    facts.textContent = [
+      `created ${when(st.createTime)}`,
+      `duration ${duration(ms(st.startTime) || ms(st.createTime), ms(st.endTime))}`,
+      `${st.steps} steps`,
+      u ? `tokens ${u.inputTokens} in / ${u.outputTokens} out · $${u.costUsd.toFixed(4)}` : "",
+      st.namespace ? `namespace ${st.namespace}` : "",
+    ].filter(Boolean).join(" · ");
+    cancel.disabled = TERMINAL.has(state);
+    if (TERMINAL.has(state)) confirmBox.hidden = true;
+    errorBox.replaceChildren();
+    errorBox.hidden = !(st.error?.message || state === "cancelled");
+    if (state === "cancelled") {
+      errorBox.textContent = `Cancelled${run.cancelReason ? `: ${run.cancelReason}` : ""}`;
+    } else if (st.error?.message) {
+      const node = run.failedNode || st.nodes.find((n) => stateName(n.state) === "failed")?.nodeId;
+      errorBox.appendChild(document.createTextNode("Failed"));
+      if (node) {
+        errorBox.appendChild(document.createTextNode(" at node "));
+        h("a", { href: `#/runs/${encodeURIComponent(graphId)}/nodes/${encodeURIComponent(node)}`, "data-failed-node": node }, errorBox, node);
+      }
+      errorBox.appendChild(document.createTextNode(`: ${errorClassName(st.error.errorClass)}: ${st.error.message}`));
+    }
+  }
+
+  async function showResult() {
+    run.result = true;
+    const res = await dago().result(graphId, { signal: abort.signal });
+    resultBox.replaceChildren();
+    h("h4", {}, resultBox, "result");
+    jsonView(res.output, resultBox, "result");
+  }
+
+  function renderGraphStates() {
+    const states = new Map();
+    for (const n of run.status.nodes) {
+      const s = stateName(n.state);
+      states.set(n.nodeId, s);
+      const last = n.attempts.at(-1);
+      let meta = s;
+      if (n.attempt > 1) meta += ` · attempt ${n.attempt}`;
+      if (last && ms(last.startTime) && ms(last.endTime)) meta += ` · ${duration(ms(last.startTime), ms(last.endTime))}`;
+      if (n.route) meta += ` · ${n.route}`;
+      setNodeState(svg, n.nodeId, s, meta);
+    }
+    setEdgeStates(svg, edgeStates(run.graph, run.lay, states, run.decisions, run.loops));
+  }
+
+  const renderGantt = () => drawGantt(gantt, run.graph, run.status, Math.max(600, timeline.clientWidth - 8), select);
+
+  let fetching = null;
+  let again = false;
+  async function refresh() {
+    if (fetching) {
+      again = true;
+      return fetching;
+    }
+    fetching = (async () => {
+      do {
+        again = false;
+        const { status } = await dago().status(graphId, { signal: abort.signal }, GraphStatusView.BASIC);
+        if (!alive()) return;
+        const before = run.status?.nodes.find((n) => n.nodeId === run.selected);
+        run.status = status;
+        renderHead();
+        if (TERMINAL.has(graphStateName(status.state)) && !run.result) showResult();
+        renderGraphStates();
+        renderGantt();
+        const after = status.nodes.find((n) => n.nodeId === run.selected);
+        if (run.selected && (!before || before.state !== after?.state || before.attempts.length !== after?.attempts.length)) {
+          renderPanel();
+        }
+      } while (again && alive());
+    })().finally(() => (fetching = null));
+    return fetching;
+  }
+
+  let timer = null;
+  const soon = () => (timer ??= setTimeout(() => {
+    timer = null;
+    refresh().catch((err) => alive() && showError(err));
+  }, 400));
+
+  function select(nodeId) {
+    run.selected = nodeId;
+    const hash = `#/runs/${encodeURIComponent(graphId)}/nodes/${encodeURIComponent(nodeId)}`;
+    if (window.location.hash !== hash) history.replaceState(null, "", hash);
+    for (const g of svg.querySelectorAll(".node.selected")) g.classList.remove("selected");
+    svg.querySelector(`[data-node="${CSS.escape(nodeId)}"]`)?.classList.add("selected");
+    renderPanel();
+  }
+
+  function renderPanel() {
+    const nodeId = run.selected;
+    const node = run.graph.nodes.find((n) => n.id === nodeId);
+    if (!node) return;
+    nodePanel(panel, {
+      graphId,
+      node,
+      status: run.status?.nodes.find((n) => n.nodeId === nodeId),
+      decision: run.decisions.get(nodeId),
+      text: run.texts.get(nodeId) ?? "",
+      tools: run.tools.get(nodeId) ?? [],
+      signal: abort.signal,
+      current: () => run.selected === nodeId && alive(),
+    });
+  }
+
+  // The event log (model text deltas left out), the last 1000 lines.
+  function logEvent(ev) {
+    if (ev.payload.case === "llmDelta") return;
+    logged += 1;
+    eventsTitle.textContent = `events (${logged})`;
+    const t = new Date(ms(ev.time)).toISOString().slice(11, 23);
+    const at = ev.attempt > 1 ? ` attempt ${ev.attempt}` : "";
+    eventLog.appendChild(document.createTextNode(`${ev.seq} ${t} ${ev.payload.case}${ev.nodeId ? ` ${ev.nodeId}` : ""}${at}\n`));
+    if (eventLog.childNodes.length > 1000) eventLog.firstChild.remove();
+  }
+
+  function onEvent(ev) {
+    logEvent(ev);
+    const p = ev.payload;
+    const id = ev.nodeId;
+    switch (p.case) {
+      case "routerDecision":
+        run.decisions.set(id, p.value.targets);
+        break;
+      case "loopIteration":
+        if (!p.value.exhausted) run.loops.add(`${p.value.fromNodeId}->${id}`);
+        break;
+      case "graphFailed":
+        run.failedNode = p.value.failedNodeId;
+        break;
+      case "graphCancelled":
+        run.cancelReason = p.value.reason;
+        break;
+      case "llmDelta": {
+        // A model turn after tool calls starts on a new line.
+        const before = run.texts.get(id) ?? "";
+        const sep = run.turnEnded.delete(id) && before && !before.endsWith("\n") ? "\n" : "";
+        run.texts.set(id, before + sep + p.value.text);
+        const pre = panel.querySelector(`[data-stream="${CSS.escape(id)}"]`);
+        if (pre) {
+          pre.textContent = run.texts.get(id);
+          pre.parentElement.hidden = false;
+        }
+        return;
+      }
+      case "toolCall":
+      case "toolResult": {
+        run.turnEnded.add(id);
+        const list = run.tools.get(id) ?? run.tools.set(id, []).get(id);
+        if (p.case === "toolCall") list.push({ callId: p.value.callId, tool: p.value.tool, args: valueJson(p.value.arguments) });
+        else {
+          const call = list.find((c) => c.callId === p.value.callId) ?? list[list.push({ tool: p.value.tool }) - 1];
+          Object.assign(call, { done: true, result: valueJson(p.value.result), error: p.value.error });
+        }
+        const ol = panel.querySelector(`[data-tools="${CSS.escape(id)}"]`);
+        if (ol) {
+          renderTools(ol, list);
+          ol.parentElement.hidden = false;
+        }
+        return;
+      }
+      default:
+        break;
+    }
+    if (LIFECYCLE.test(p.case ?? "") || p.case === "routerDecision" || p.case === "loopIteration") soon();
+  }
+
+  (async () => {
+    try {
+      const { graph, inputs } = await dago().graph(graphId, { signal: abort.signal });
+      run.graph = graph;
+      jsonView(inputs, inputsBox, "inputs");
+      run.lay = draw(svg, graph, select);
+      await refresh();
+      if (firstNode) select(firstNode);
+      const ticker = setInterval(() => run.status && !TERMINAL.has(graphStateName(run.status.state)) && renderGantt(), 1000);
+      try {
+        for await (const ev of dago().watch(graphId, { signal: abort.signal })) onEvent(ev);
+      } finally {
+        clearInterval(ticker);
+      }
+      if (alive()) await refresh();
+    } catch (err) {
+      if (alive()) showError(err);
+    }
+  })();
+
+  return () => {
+    abort.abort();
+    clearTimeout(timer);
+  };
+}

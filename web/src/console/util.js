@@ -1,0 +1,82 @@
+// Shared bits of the console: the client (with the API key typed in the header), elements,
+// times and state names. Server text is only ever set with textContent.
+import { createDagoClient } from "../../../clients/typescript/src/dago.js";
+import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
+import { ErrorClass } from "../../../clients/typescript/gen/dago/v1/graph_pb.js";
+import { el } from "../graph.js";
+
+export const $ = (id) => document.getElementById(id);
+
+// With authentication on, the key typed in the header is sent as a bearer token; it stays
+// in this tab's sessionStorage only (as on /ui/).
+let clientFor = { key: null, client: null };
+export function dago() {
+  const key = $("api-key").value.trim();
+  if (clientFor.key !== key) {
+    sessionStorage.setItem("dago.apiKey", key);
+    clientFor = {
+      key,
+      client: createDagoClient(window.location.origin, {
+        transport: "grpc-web",
+        maxRetries: 100,
+        apiKey: key || undefined,
+      }),
+    };
+  }
+  return clientFor.client;
+}
+
+/** An HTML element with attributes and text, appended to parent. */
+export function h(name, attrs = {}, parent = null, text = null) {
+  const e = el(name, attrs, parent, null);
+  if (text !== null) e.textContent = String(text);
+  return e;
+}
+
+export const graphStateName = (s) => (GraphState[s] ?? "UNSPECIFIED").toLowerCase();
+export const errorClassName = (c) => (ErrorClass[c] ?? "UNSPECIFIED").toLowerCase();
+export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+export const ms = (t) => (t ? Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6) : 0);
+
+export function when(t) {
+  const v = ms(t);
+  return v ? new Date(v).toISOString().replace("T", " ").slice(0, 19) : "";
+}
+
+export function duration(a, b) {
+  if (!a) return "";
+  const d = (b || Date.now()) - a;
+  if (d < 1000) return `${d} ms`;
+  if (d < 120_000) return `${(d / 1000).toFixed(1)} s`;
+  return `${Math.floor(d / 60_000)} min ${Math.round((d % 60_000) / 1000)} s`;
+}
+
+/** A state badge: <span class="badge state-x" data-state="x">x</span>. */
+export function badge(state, parent, attrs = {}) {
+  return h("span", { class: `badge state-${state}`, "data-state": state, ...attrs }, parent, state);
+}
+
+/** Shows an error (or clears it with ""): the message of a Connect error, as text. */
+export function showError(err) {
+  const msg = err ? String(err?.message ?? err) : "";
+  $("error").textContent = msg;
+  $("error").hidden = !msg;
+}
+
+/** Runs fn every `period` ms while the tab is visible and `alive()` holds. */
+export function poll(fn, period, alive) {
+  let timer = null;
+  const tick = async () => {
+    if (!alive()) return;
+    if (document.visibilityState === "visible") {
+      try {
+        await fn();
+      } catch (err) {
+        if (alive()) showError(err);
+      }
+    }
+    if (alive()) timer = setTimeout(tick, period);
+  };
+  timer = setTimeout(tick, period);
+  return () => clearTimeout(timer);
+}
