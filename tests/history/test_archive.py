@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import psycopg
+import pytest
 
 from dago.api.auth import hash_key, new_key
 from dago.engine.ids import parse_shard
@@ -367,3 +368,15 @@ async def test_a_run_postgres_refuses_is_held_back_and_the_others_go_on(
         await conn.execute("DROP TRIGGER refuse_poison ON dago_runs")
     await eventually(lambda: archived(postgres_url, poison), timeout=30, interval=0.1)
     await eventually(lambda: _left_queue(stack, poison))
+
+
+async def test_reads_of_a_history_without_its_schema_say_to_migrate(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    # A new database nobody migrated: a run Redis does not hold is looked up there.
+    stack = await make_stack(postgres_url=postgres_url)
+    req = orchestrator_pb2.GetGraphStatusRequest(graph_id="0-01JDXXXXXXXXXXXXXXXXXXXXXX")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stack.client.stub.GetGraphStatus(req, timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "dago migrate" in (e.value.details() or "")

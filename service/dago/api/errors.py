@@ -22,6 +22,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 from psycopg import OperationalError as PostgresUnavailable
+from psycopg.errors import UndefinedTable as PostgresNoSchema
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -146,6 +147,13 @@ def _translate(exc: BaseException) -> ApiError:
             grpc.StatusCode.UNAVAILABLE,
             "the state store (Redis) is unreachable; retry shortly",
             [info],
+        )
+    if isinstance(exc, PostgresNoSchema):
+        log.error("the run history has no schema: %s", exc)
+        return ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "the run history (PostgreSQL) has no schema yet: run `python -m dago migrate` "
+            "(or set DAGO_MIGRATE_AT_START=true) against DAGO_POSTGRES_URL",
         )
     if isinstance(exc, PostgresUnavailable):
         log.warning("postgresql unavailable: %s", exc)

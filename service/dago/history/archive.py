@@ -38,11 +38,16 @@ BACKOFF_S = (0.5, 30.0)
 """First and longest wait after a failed round (doubling in between)."""
 HELD_BACK_S = (1.0, 300.0)
 """First and longest wait before a run PostgreSQL refused is tried again."""
-RUN_ERRORS = (
-    psycopg.DataError, psycopg.IntegrityError, psycopg.InternalError, json_format.Error,
-    ValueError, TypeError,
+NOT_THE_RUN = (
+    psycopg.OperationalError, psycopg.InterfaceError,
+    psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
+    psycopg.errors.InsufficientPrivilege,
 )  # fmt: skip
-"""Failures of one run's write (its data), not of PostgreSQL or Redis."""
+"""PostgreSQL errors that would refuse any run (unreachable, no schema yet, no rights): the
+round fails and is retried, nothing is held back."""
+RUN_ERRORS = (psycopg.DatabaseError, json_format.Error, ValueError, TypeError)
+"""Failures of one run's write (its data; a trigger or constraint refusing it), once
+``NOT_THE_RUN`` is ruled out: the run is held back and the others go on."""
 
 
 class Archiver:
@@ -115,6 +120,8 @@ class Archiver:
             for gid in due[:batch]:
                 try:
                     await self.archive(shard, gid)
+                except NOT_THE_RUN:
+                    raise
                 except RUN_ERRORS as e:
                     self._hold(gid, e)
                     continue
