@@ -12,6 +12,7 @@ from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
+from dago.history.db import HistoryDb
 from dago.llm.providers import default_provider
 from dago.nodes import build_deps, build_handlers, kind_checks
 from dago.nodes.toolbox import known_names
@@ -57,14 +58,23 @@ def build_api(settings: Settings) -> ApiServer:
     # Two slots keep the compile thread busy (one request on it, one ready); a namespace may
     # have 1,000 more waiting, in its turn, before it is told to retry.
     gate = FairGate(slots=2, max_waiting=1000)
+    history = HistoryDb(settings) if settings.postgres_url else None
     api = OrchestratorServicer(
-        store, settings, cel, options, graphs, hub, auth, gate, tracing=tracing
+        store, settings, cel, options, graphs, hub, auth, gate, tracing=tracing, history=history
     )
     registry = new_registry()
     registry.register(RedisCollector(settings, store.keys))
     metrics = Metrics(registry)
     return ApiServer(
-        settings, store, api, hub, registry, ServerGuard(auth), metrics=metrics, tracing=tracing
+        settings,
+        store,
+        api,
+        hub,
+        registry,
+        ServerGuard(auth),
+        metrics=metrics,
+        tracing=tracing,
+        history=history,
     )
 
 

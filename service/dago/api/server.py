@@ -18,6 +18,7 @@ from dago.api.restbody import RestBodyCheck
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
 from dago.config import Settings
+from dago.history.db import HistoryDb
 from dago.observe.metrics import Metrics, serve
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
@@ -148,8 +149,10 @@ class ApiServer:
         guard: ServerGuard | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        history: HistoryDb | None = None,
     ) -> None:
         self._settings = settings
+        self._history = history
         self._guard = guard
         self._metrics = metrics or Metrics(registry)
         self._tracing = tracing or Tracing("dago-api", {})
@@ -204,6 +207,10 @@ class ApiServer:
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set, then stop gracefully."""
         server = await self._build()
+        if self._history is not None:
+            # Before serving: a wrong DAGO_POSTGRES_URL fails the start with PostgreSQL's
+            # own message rather than every history read.
+            await self._history.open()
         try:
             await self._store.ready()
         except STORE_ERRORS as e:  # the health loop reports it and keeps trying
@@ -246,6 +253,8 @@ class ApiServer:
         # an API embedded in another process (dago dev, the tests) must not leak them.
         await self._hub.close()
         await self._store.redis.aclose()
+        if self._history is not None:
+            await self._history.close()
 
     async def _health_loop(self) -> None:
         """SERVING while Redis answers and at least one worker sent a heartbeat within
