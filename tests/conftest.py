@@ -49,14 +49,16 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 
 from harness import Edge, HasUrl, InProcessStack, MakeStack, running_edge, stack_settings
-from pgfixture import fresh_database
+from pgfixture import PrivatePostgres, fresh_database
 from redisfixture import LOG_ROOT, RedisCluster, RedisServer, RedisTarget
 
 # A test whose fixture closure (its fixtures and theirs) holds one of these gets the markers.
@@ -69,6 +71,7 @@ MARKS_BY_FIXTURE = {
     "edge_stack": ("edge", "process"),
     "browser": ("browser",),
     "postgres_url": ("postgres",),
+    "private_postgres": ("postgres", "process"),
 }
 # Markers that keep a test out of the unit tier.
 EXTERNAL = ("redis", "edge", "browser", "process", "postgres")
@@ -117,6 +120,21 @@ def postgres_url() -> Iterator[str]:
     """The URL of an empty PostgreSQL database for this test only, dropped after it."""
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server for this test only (it may stop and start it), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="dago-pg-"))
+    server = PrivatePostgres(folder)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        if server.running():
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ each other by their constructors (tests build the same objects in-process)."""
 from __future__ import annotations
 
 from dago.api.admission import FairGate
+from dago.api.archived import ArchivedReads
 from dago.api.auth import Authenticator, ServerGuard
+from dago.api.export import RedisRuns
 from dago.api.server import ApiServer
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
@@ -12,7 +14,9 @@ from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
+from dago.history.archive import Archiver
 from dago.history.db import HistoryDb
+from dago.history.runs import RunHistory
 from dago.llm.providers import default_provider
 from dago.nodes import build_deps, build_handlers, kind_checks
 from dago.nodes.toolbox import known_names
@@ -49,7 +53,8 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
 
 
 def build_api(settings: Settings) -> ApiServer:
-    """The API process: gRPC server, event hub, sweeper."""
+    """The API process: gRPC server, event hub, sweeper; with DAGO_POSTGRES_URL the run
+    history (the archiver, and reads of runs Redis no longer holds)."""
     store, cel, options = _common(settings)
     hub = EventHub(store, settings.heartbeat_ms, settings.cluster, settings.watch_max_lag_s)
     auth = Authenticator(settings)
@@ -58,13 +63,29 @@ def build_api(settings: Settings) -> ApiServer:
     # Two slots keep the compile thread busy (one request on it, one ready); a namespace may
     # have 1,000 more waiting, in its turn, before it is told to retry.
     gate = FairGate(slots=2, max_waiting=1000)
-    history = HistoryDb(settings) if settings.postgres_url else None
-    api = OrchestratorServicer(
-        store, settings, cel, options, graphs, hub, auth, gate, tracing=tracing, history=history
-    )
     registry = new_registry()
     registry.register(RedisCollector(settings, store.keys))
     metrics = Metrics(registry)
+    history: tuple[HistoryDb, Archiver] | None = None
+    db: HistoryDb | None = None
+    archive = ArchivedReads(None, auth, settings)
+    if settings.postgres_url:
+        db = HistoryDb(settings)
+        history = (db, Archiver(store, db, RedisRuns(store, graphs), settings, metrics))
+        archive = ArchivedReads(RunHistory(db), auth, settings)
+    api = OrchestratorServicer(
+        store,
+        settings,
+        cel,
+        options,
+        graphs,
+        hub,
+        auth,
+        gate,
+        tracing=tracing,
+        archive=archive,
+        history=db,
+    )
     return ApiServer(
         settings,
         store,

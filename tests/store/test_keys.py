@@ -53,6 +53,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
     for sk in keys.all_shards():
         names |= {sk.work: "stream", sk.dead: "stream", sk.timers: "zset", sk.stats: "hash"}
         names |= {sk.notify: "stream", sk.control: "stream", sk.wake: "stream", sk.index(): "zset"}
+        names[sk.archive] = "zset"
         names |= {sk.index(str(state)): "zset" for state in GRAPH_STATES}
     for gid, rid in graphs.items():
         sk = keys.shard(graph_shard(gid))

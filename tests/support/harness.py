@@ -27,6 +27,7 @@ import grpc
 import httpx
 from google.protobuf import json_format
 
+from dago.api.server import ApiServer
 from dago.app import build_api, build_worker
 from dago.config import Settings
 from dago.devtools import edge as envoy_edge
@@ -237,6 +238,7 @@ class InProcessStack:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self.client: Client
+        self.api: ApiServer
         self.store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
 
     async def start(self) -> InProcessStack:
@@ -250,6 +252,7 @@ class InProcessStack:
             w = build_worker(dataclasses.replace(self.settings, worker_id=f"w{n}"))
             self._tasks.append(asyncio.create_task(w.run(self._stop)))
         self.port = api.port
+        self.api = api
         self.client = Client(f"127.0.0.1:{api.port}")
         return self
 

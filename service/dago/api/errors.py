@@ -3,8 +3,8 @@
 Servicer code raises ``ApiError`` (built with the helpers below); ``guard``
 and ``guard_stream`` wrap every RPC and turn it into a status with details.
 Anything else is logged with its traceback and answered with a generic
-INTERNAL (no exception text reaches clients); a lost Redis connection is
-UNAVAILABLE, which clients may retry.
+INTERNAL (no exception text reaches clients); a lost Redis connection, or a history
+database (PostgreSQL) that does not answer, is UNAVAILABLE, which clients may retry.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from grpc_status import rpc_status
+from psycopg import OperationalError as PostgresUnavailable
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -144,6 +145,15 @@ def _translate(exc: BaseException) -> ApiError:
         return ApiError(
             grpc.StatusCode.UNAVAILABLE,
             "the state store (Redis) is unreachable; retry shortly",
+            [info],
+        )
+    if isinstance(exc, PostgresUnavailable):
+        log.warning("postgresql unavailable: %s", exc)
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(1000)
+        return ApiError(
+            grpc.StatusCode.UNAVAILABLE,
+            "the run history (PostgreSQL) is unreachable; retry shortly",
             [info],
         )
     ref = uuid.uuid4().hex[:12]

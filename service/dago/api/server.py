@@ -1,4 +1,5 @@
-"""``dago serve``: the gRPC API with health, reflection, metrics and the timer sweeper."""
+"""``dago serve``: the gRPC API with health, reflection, metrics, the timer sweeper and, with
+DAGO_POSTGRES_URL, the archiver (dago.history.archive)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from dago.api.restbody import RestBodyCheck
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
 from dago.config import Settings
+from dago.history.archive import Archiver
 from dago.history.db import HistoryDb
+from dago.history.migrate import migrate
 from dago.observe.metrics import Metrics, serve
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
@@ -149,7 +152,7 @@ class ApiServer:
         guard: ServerGuard | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
-        history: HistoryDb | None = None,
+        history: tuple[HistoryDb, Archiver] | None = None,
     ) -> None:
         self._settings = settings
         self._history = history
@@ -162,6 +165,11 @@ class ApiServer:
         self._registry = registry
         self._health = HealthService()
         self.port = 0
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The process's metrics (what ``/metrics`` serves)."""
+        return self._registry
 
     async def _build(self) -> grpc.aio.Server:
         limit = self._settings.max_message_bytes
@@ -207,14 +215,12 @@ class ApiServer:
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set, then stop gracefully."""
         server = await self._build()
-        if self._history is not None:
-            # Before serving: a wrong DAGO_POSTGRES_URL fails the start with PostgreSQL's
-            # own message rather than every history read.
-            await self._history.open()
         try:
             await self._store.ready()
         except STORE_ERRORS as e:  # the health loop reports it and keeps trying
             log.warning("redis is not reachable at start: %s", e)
+        if self._history is not None:
+            await self._open_history(self._history[0])
         stop_metrics = serve(self._registry, self._settings.metrics_port, "API")
         await self._set_health(False)
         await server.start()
@@ -236,6 +242,8 @@ class ApiServer:
                 tg.create_task(self._sweep_loop()),
                 tg.create_task(self._hub.run()),
             ]
+            if self._history is not None:
+                loops.append(tg.create_task(self._history[1].run()))
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -254,7 +262,17 @@ class ApiServer:
         await self._hub.close()
         await self._store.redis.aclose()
         if self._history is not None:
-            await self._history.close()
+            await self._history[0].close()
+
+    async def _open_history(self, db: HistoryDb) -> None:
+        """Connect to PostgreSQL (a wrong URL fails the start) and, with
+        DAGO_MIGRATE_AT_START, bring its schema up to date."""
+        await db.open()
+        if self._settings.migrate_at_start:
+            async with db.pool.connection() as conn:
+                for mig in await migrate(conn):
+                    log.info("applied migration %04d_%s", mig.version, mig.name)
+        log.info("run history: archiving finished runs to PostgreSQL")
 
     async def _health_loop(self) -> None:
         """SERVING while Redis answers and at least one worker sent a heartbeat within

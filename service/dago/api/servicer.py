@@ -8,13 +8,14 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 
 from dago.api import errors, queries, tokens
 from dago.api.admission import FairGate, QueueFull
+from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.api.errors import guard, guard_stream
 from dago.api.views import (
@@ -51,7 +52,8 @@ _STATE_NAMES = {v: k.removeprefix("GRAPH_STATE_") for k, v in execution_pb2.Grap
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    """Validates and submits graphs; answers reads from Redis."""
+    """Validates and submits graphs; answers reads from Redis, and for runs Redis no longer
+    holds from the archive (``ArchivedReads``)."""
 
     def __init__(
         self,
@@ -64,9 +66,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         auth: Authenticator,
         gate: FairGate,
         tracing: Tracing | None = None,
+        archive: ArchivedReads | None = None,
         history: HistoryDb | None = None,
     ) -> None:
         self._auth = auth
+        # Runs Redis no longer holds: answered from PostgreSQL when DAGO_POSTGRES_URL is set.
+        self._archive = archive or ArchivedReads(None, auth, settings)
         self._gate = gate
         self._tracing = tracing or Tracing("dago-api", {})
         self._store = store
@@ -241,6 +246,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             max_events=self._settings.max_events_per_graph,
             max_bytes=self._settings.max_run_bytes,
             traceparent=traceparent,
+            archive=int(bool(self._settings.postgres_url)),
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
@@ -277,7 +283,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             shard, request.graph_id, Meta.DEFINITION, Meta.INPUTS, Meta.NAMESPACE
         )
         if raw_def is None:
-            raise errors.not_found("graph", request.graph_id)
+            return await self._archive.graph(request.graph_id)
         self._owned(request.graph_id, ns)
         resp = orchestrator_pb2.GetGraphResponse(
             graph=graph_pb2.Graph.FromString(raw_def),
@@ -301,7 +307,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             await self._check_size(shard, request.graph_id, 1, "GRAPH_STATUS_VIEW_FULL")
         snap = await self._store.snapshot(shard, request.graph_id, records=True)
         if not snap.meta:
-            raise errors.not_found("graph", request.graph_id)
+            status = await self._archive.status(request.graph_id, full)
+            return orchestrator_pb2.GetGraphStatusResponse(status=status)
         self._owned(request.graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
         status = graph_status(request.graph_id, snap, full)
         status.namespace = self._auth.current()
@@ -318,7 +325,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         await self._check_size(shard, request.graph_id, 3, "GetGraphResult")
         snap = await self._store.snapshot(shard, request.graph_id, records=False)
         if not snap.meta:
-            raise errors.not_found("graph", request.graph_id)
+            return await self._archive.result(request.graph_id)
         self._owned(request.graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
         state = graph_state(snap.meta)
         if state not in TERMINAL_STATES:
@@ -329,8 +336,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "finishes (watch it with WatchGraph, or poll GetGraphStatus)",
             )
         loaded = await self._graphs.get(shard, request.graph_id)
-        if loaded is None:
-            raise errors.not_found("graph", request.graph_id)
+        if loaded is None:  # expired since the snapshot
+            return await self._archive.result(request.graph_id)
         return graph_result(request.graph_id, snap, loaded)
 
     @guard
@@ -415,19 +422,24 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         async def check(count: int) -> list[tuple[int, dict[bytes, bytes]]] | None:
             state, seq, ns, entries = await self._hub.head(shard, graph_id, after, count)
             if state is None:
-                raise errors.not_found("graph", graph_id)
+                raise _NotInRedis
             self._owned(graph_id, ns)
             if int(state) in TERMINAL_STATES and after >= int(seq or 0):
                 return None
             return entries
 
-        async for events in self._hub.watch(shard, graph_id, after, check):
-            if batch:
-                for message in batched(events):
-                    yield message
-            else:
-                for raw in events:
-                    yield raw
+        try:
+            async for events in self._hub.watch(shard, graph_id, after, check):
+                if batch:
+                    for message in batched(events):
+                        yield message
+                else:
+                    for raw in events:
+                        yield raw
+        except _NotInRedis:
+            # Raised by check, which runs before anything is sent: the archive replays all.
+            async for message in self._archive.watch(graph_id, after, batch):
+                yield message
 
     @guard
     async def ListGraphEvents(
@@ -446,19 +458,24 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         state, ns = await self._store.graph_fields(
             shard, request.graph_id, Meta.STATE, Meta.NAMESPACE
         )
+        # Decoded one by one as the page fills: it ends before it passes its bytes.
+        events: Iterable[execution_pb2.Event]
         if state is None:
-            raise errors.not_found("graph", request.graph_id)
-        self._owned(request.graph_id, ns)
-        events = await self._store.events(shard, request.graph_id, after, size)
+            archived = await self._archive.events(request.graph_id, after, size)
+            events, found = archived, len(archived)
+        else:
+            self._owned(request.graph_id, ns)
+            stored = await self._store.events(shard, request.graph_id, after, size)
+            events = (decode(request.graph_id, seq, fields) for seq, fields in stored)
+            found = len(stored)
         resp = orchestrator_pb2.ListGraphEventsResponse()
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
-        for seq, fields in events:
-            event = decode(request.graph_id, seq, fields)
+        for event in events:
             room -= event.ByteSize()
             if room < 0 and resp.events:
                 break  # a page ends before it would pass PAGE_BYTES (one event at least)
             resp.events.append(event)
-        if resp.events and (len(resp.events) < len(events) or len(events) == size):
+        if resp.events and (len(resp.events) < found or found == size):
             resp.next_page_token = tokens.encode("e", resp.events[-1].seq)
         return resp
 
@@ -478,26 +495,30 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         raw_def, ns = await self._store.graph_fields(
             shard, request.graph_id, Meta.DEFINITION, Meta.NAMESPACE
         )
+        later: Iterable[execution_pb2.Attempt]
         if raw_def is None:
-            raise errors.not_found("graph", request.graph_id)
-        self._owned(request.graph_id, ns)
-        if request.node_id not in {n.id for n in graph_pb2.Graph.FromString(raw_def).nodes}:
-            raise errors.not_found("node", f"{request.graph_id}/{request.node_id}")
-        # The running execution first: if it ends meanwhile, its record is read next.
-        running = await self._store.node_fields(
-            shard, request.graph_id, request.node_id, *RUNNING_FIELDS
-        )
-        records = await self._store.node_records(shard, request.graph_id, request.node_id)
+            archived = await self._archive.attempts(request.graph_id, request.node_id)
+            kept = [a for a in archived if RecordId(a.iteration, a.attempt, a.execution) > after]
+            later, found = kept[:size], len(kept)
+        else:
+            self._owned(request.graph_id, ns)
+            if request.node_id not in {n.id for n in graph_pb2.Graph.FromString(raw_def).nodes}:
+                raise errors.not_found("node", f"{request.graph_id}/{request.node_id}")
+            # The running execution first: if it ends meanwhile, its record is read next.
+            running = await self._store.node_fields(
+                shard, request.graph_id, request.node_id, *RUNNING_FIELDS
+            )
+            records = await self._store.node_records(shard, request.graph_id, request.node_id)
+            recs = [(r, rec) for r, rec in executions(records, running) if r > after]
+            later, found = (attempt(r, rec, True) for r, rec in recs[:size]), len(recs)
         resp = orchestrator_pb2.ListNodeAttemptsResponse()
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
-        later = [(rid, rec) for rid, rec in executions(records, running) if rid > after]
-        for rid, rec in later[:size]:
-            a = attempt(rid, rec, True)
+        for a in later:
             room -= a.ByteSize()
             if room < 0 and resp.attempts:
                 break
             resp.attempts.append(a)
-        if len(resp.attempts) < len(later):
+        if len(resp.attempts) < found:
             last = resp.attempts[-1]
             resp.next_page_token = tokens.encode("a", last.iteration, last.attempt, last.execution)
         return resp
@@ -646,6 +667,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             extra={"graph_id": gid, "dead_letter_id": request.dead_letter_id},
         )
         return orchestrator_pb2.DropDeadLetterResponse(failed_node=outcome == "failed")
+
+
+class _NotInRedis(Exception):
+    """Redis holds no run by the id watched (the archive may)."""
 
 
 _DEAD_ID = re.compile(r"([0-9]{1,4})-([0-9]{1,20})-([0-9]{1,20})")

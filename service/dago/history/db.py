@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dago.config import Settings
+
+POOL_WAIT_S = 5.0
+"""How long a caller waits for a free (or any) connection before PoolTimeout."""
 
 
 class HistoryDb:
@@ -15,13 +19,17 @@ class HistoryDb:
     connection works, so a wrong URL fails the start with PostgreSQL's own message."""
 
     def __init__(self, settings: Settings) -> None:
-        self.pool: AsyncConnectionPool = AsyncConnectionPool(
+        self.pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
             settings.postgres_url,
+            connection_class=AsyncConnection[DictRow],
             min_size=1,
             max_size=settings.postgres_pool_size,
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=False,
             name="dago-history",
+            # A read or an archive round waits this long for a connection while PostgreSQL
+            # is down, then fails (UNAVAILABLE; the archiver retries), instead of 30 s.
+            timeout=POOL_WAIT_S,
         )
 
     async def open(self, timeout_s: float = 10.0) -> None:

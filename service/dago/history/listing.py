@@ -152,7 +152,7 @@ class RunListing:
         ).format(where)
         async with db.pool.connection() as conn:
             cur = await conn.execute(query, [*params, want])
-            rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]
+            rows: list[dict[str, Any]] = await cur.fetchall()
         runs = [
             Listed((datetime_ms(r["created_at"]), r["graph_id"]), summary_from_row(r)) for r in rows
         ]

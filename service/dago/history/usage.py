@@ -93,7 +93,7 @@ class UsageReport:
                 params,
             )
             for row in await cur.fetchall():
-                _fill(resp.rows.add(key=row["key"]), row)  # type: ignore[call-overload]
+                _fill(resp.rows.add(key=row["key"]), row)
         return resp
 
 

@@ -129,6 +129,16 @@ class Metrics:
             "Requests sent by http nodes, by status class (2xx..5xx, error: no response).",
             ["status_class"], registry=r,
         )  # fmt: skip
+        self.archived_runs = Counter(
+            "dago_archived_runs",
+            "Finished runs this API process wrote to PostgreSQL (DAGO_POSTGRES_URL).",
+            registry=r,
+        )  # fmt: skip
+        self.archive_errors = Counter(
+            "dago_archive_errors",
+            "Archive rounds that failed (PostgreSQL or Redis unreachable); the runs wait.",
+            registry=r,
+        )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
 
     # --- workers ---------------------------------------------------------------------

@@ -72,6 +72,8 @@ class SubmitArgs(NamedTuple):
     max_events: int
     max_bytes: int
     traceparent: str
+    archive: int
+    """1: queue the run for the archiver when it ends, and keep it until ``archived``."""
 
 
 class TakeArgs(NamedTuple):
@@ -185,6 +187,13 @@ class SweepArgs(NamedTuple):
     limit: int
 
 
+class ArchivedArgs(NamedTuple):
+    """``archived``: the run is in PostgreSQL; leave the archive queue and expire as a run
+    not archived does (from now, after its retention)."""
+
+    graph_id: str
+
+
 class DeadLetterArgs(NamedTuple):
     """``deadletter``: ``requeue`` or ``drop`` one dead letter."""
 
@@ -214,6 +223,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "append": (AppendArgs, EventArg),
     "cancel": (CancelArgs, None),
     "sweep": (SweepArgs, None),
+    "archived": (ArchivedArgs, None),
     "deadletter": (DeadLetterArgs, None),
     "prune": (PruneArgs, Consumer),
 }

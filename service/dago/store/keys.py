@@ -53,6 +53,12 @@ class ShardKeys:
         return f"{self.tag}:timers"
 
     @property
+    def archive(self) -> str:
+        """Sorted set of finished runs waiting to be archived to PostgreSQL, by end time
+        (ms); their keys do not expire until the archiver took them out."""
+        return f"{self.tag}:archive"
+
+    @property
     def wake(self) -> str:
         """Capped stream with an entry whenever a call left work items no worker took (wakes
         the workers' readers that found nothing to take)."""

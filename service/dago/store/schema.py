@@ -45,6 +45,9 @@ class Meta:
     NAMESPACE: Final = "ns"
     TRACEPARENT: Final = "tp"
     ERROR: Final = "err"
+    ARCHIVE: Final = "arch"
+    """``1``: the run is archived to PostgreSQL when it ends, and expires only after that
+    (``ShardKeys.archive``); else ``0`` (or absent, for runs submitted before archiving)."""
 
 
 class Usage:

@@ -93,6 +93,11 @@ class RedisCollector(Collector):
         dead = GaugeMetricFamily(
             "dago_dead_letters", "Entries in the dead-letter list.", labels=["shard"]
         )
+        archive = GaugeMetricFamily(
+            "dago_archive_pending",
+            "Finished runs waiting to be archived to PostgreSQL (kept in Redis meanwhile).",
+            labels=["shard"],
+        )
         active = GaugeMetricFamily(
             "dago_graphs_active", "Graphs submitted and not finished yet (submitted - finished)."
         )
@@ -122,7 +127,8 @@ class RedisCollector(Collector):
             pipe.xinfo_groups(sk.work)
             pipe.xlen(sk.dead)
             pipe.hgetall(sk.stats)
-            groups, ndead, stats = pipe.execute(raise_on_error=False)
+            pipe.zcard(sk.archive)
+            groups, ndead, stats, queued = pipe.execute(raise_on_error=False)
             label = [str(sk.shard)]
             if isinstance(groups, Exception):  # the stream or group is not there yet
                 groups = []
@@ -143,6 +149,7 @@ class RedisCollector(Collector):
             depth.add_metric(label, int(waiting or 0))
             lag.add_metric(label, oldest)
             dead.add_metric(label, 0 if isinstance(ndead, Exception) else int(ndead))
+            archive.add_metric(label, 0 if isinstance(queued, Exception) else int(queued))
             if isinstance(stats, Exception):
                 continue
             for k, v in stats.items():
@@ -181,5 +188,5 @@ class RedisCollector(Collector):
         )
         return [
             depth, pending, lag, dead, active, submitted, finished, dead_total, reclaimed, duration,
-            alive,
+            alive, archive,
         ]  # fmt: skip

@@ -22,6 +22,7 @@ from dago.store.functions import (
     AppendArgs,
     Applied,
     ApplyArgs,
+    ArchivedArgs,
     CancelArgs,
     Claim,
     Consumer,
@@ -251,6 +252,23 @@ class Store:
     async def sweep(self, shard: int, limit: int = 200) -> int:
         """Apply due timers of one shard; returns how many were due."""
         return int(await self.library.call("sweep", [self.keys.shard(shard)], SweepArgs(limit)))
+
+    async def archived(self, shard: int, graph_id: str) -> bool:
+        """The run is in PostgreSQL: let it expire; False when it was not queued (any more)."""
+        args = ArchivedArgs(graph_id)
+        return bool(await self.library.call("archived", [self.keys.shard(shard)], args))
+
+    async def to_archive(self, shard: int, count: int) -> list[str]:
+        """Up to ``count`` finished runs of one shard waiting to be archived, oldest first."""
+        ids = await self.redis.zrange(self.keys.shard(shard).archive, 0, count - 1)
+        return [_s(g) for g in ids]
+
+    async def archive_backlog(self) -> int:
+        """Finished runs waiting to be archived, over every shard."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sk in self.keys.all_shards():
+            pipe.zcard(sk.archive)
+        return sum(int(n) for n in await pipe.execute())
 
     async def prune_consumers(self, shard: int, min_idle_ms: int, keep: Sequence[str]) -> int:
         """Remove one shard's consumers that hold nothing, were idle past ``min_idle_ms`` and

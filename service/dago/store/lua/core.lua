@@ -11,6 +11,7 @@
 -- Set by begin() for each call, and by use_shard() for the shard being worked on.
 local KEYS, ARGV
 local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_CONTROL, K_INDEX, K_STATS, K_WAKE
+local K_ARCHIVE
 local GROUP = 'workers'
 local NOW, NOW_S
 
@@ -313,7 +314,7 @@ local function use_shard(i)
   TAG = string.sub(K_WORK, 1, -6)
   K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
   K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
-  K_WAKE = TAG .. ':wake'
+  K_WAKE, K_ARCHIVE = TAG .. ':wake', TAG .. ':archive'
 end
 
 -- Each namespace lists its own graphs: the default one uses the shard's plain index, any
@@ -362,8 +363,26 @@ local function record_end(gk, state)
   redis.call('HINCRBYFLOAT', K_STATS, STATS.DURATION_SUM, secs)
 end
 
+-- Lets a finished graph go: its keys (and its request_id's record) expire after the
+-- retention period from now, and the sweep drops it from its indexes then.
+local function expire_graph(gid)
+  local gk = gkey(gid)
+  local ttl = tonumber(redis.call('HGET', gk, META.RETENTION))
+  if ttl == nil then return end  -- its keys are gone already
+  for _, suffix in ipairs({'', ':n', ':t', ':e'}) do
+    redis.call('EXPIRE', gk .. suffix, ttl)
+  end
+  local r = redis.call('HMGET', gk, META.REQUEST_ID, META.NAMESPACE)
+  if r[1] and r[1] ~= '' then redis.call('EXPIRE', reqkey(r[2], r[1]), ttl) end
+  local xs = TIMER.EXPIRE .. '|' .. gid
+  if r[2] and r[2] ~= '' and r[2] ~= 'default' then xs = xs .. '|' .. r[2] end
+  redis.call('ZADD', K_TIMERS, NOW + ttl * 1000, xs)
+end
+
 -- Ends a graph: every node still open is cancelled (running) or skipped (pending),
--- workers are told to stop, and the keys expire after the retention period.
+-- workers are told to stop, and the keys expire after the retention period; a graph
+-- submitted with archiving on waits, without expiry, in the shard's archive queue until
+-- the archiver has written it to PostgreSQL (see archived.lua).
 local function end_graph(gid, state, kind, detail, err)
   local gk = gkey(gid)
   local old = graph_state(gid)
@@ -401,15 +420,13 @@ local function end_graph(gid, state, kind, detail, err)
   redis.call('HSET', gk, META.OPEN, 0)
   emit(gid, kind, nil, nil, nil, detail)
   if stopped then stop_work(gid, nil, nil) end
-  local ttl = tonumber(redis.call('HGET', gk, META.RETENTION))
-  for _, suffix in ipairs({'', ':n', ':t', ':e'}) do
-    redis.call('EXPIRE', gk .. suffix, ttl)
+  -- A run to archive keeps every key until it is in PostgreSQL: an archive outage delays
+  -- its expiry, it never loses it. Queued by end time, so the oldest go first.
+  if redis.call('HGET', gk, META.ARCHIVE) == '1' then
+    redis.call('ZADD', K_ARCHIVE, NOW, gid)
+  else
+    expire_graph(gid)
   end
-  local r = redis.call('HMGET', gk, META.REQUEST_ID, META.NAMESPACE)
-  if r[1] and r[1] ~= '' then redis.call('EXPIRE', reqkey(r[2], r[1]), ttl) end
-  local xs = TIMER.EXPIRE .. '|' .. gid
-  if r[2] and r[2] ~= '' and r[2] ~= 'default' then xs = xs .. '|' .. r[2] end
-  redis.call('ZADD', K_TIMERS, NOW + ttl * 1000, xs)
   redis.call('ZREM', K_TIMERS, TIMER.DEADLINE .. '|' .. gid)
 end
 

@@ -127,6 +127,7 @@ local META = {
   NAMESPACE = 'ns',
   TRACEPARENT = 'tp',
   ERROR = 'err',
+  ARCHIVE = 'arch',
 }
 
 -- schema.Usage
@@ -293,7 +294,7 @@ local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, FIRST = 19},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FIRST = 20},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},
@@ -301,6 +302,7 @@ local ARG = {
   APPEND = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, FIRST = 6},
   CANCEL = {GRAPH_ID = 1, REASON = 2, FIRST = 3},
   SWEEP = {LIMIT = 1, FIRST = 2},
+  ARCHIVED = {GRAPH_ID = 1, FIRST = 2},
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
 }
