@@ -18,12 +18,23 @@ import psycopg
 import pytest
 from google.protobuf import json_format, timestamp_pb2
 
+from dago.api.auth import hash_key, new_key
 from dago.engine.ids import parse_shard
 from dago.history.migrate import migrate_url
 from dago.store.schema import Meta
 from dago.v1 import execution_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, Usage
-from harness import InProcessStack, MakeStack, edge, eventually, request, running_edge, tool
+from harness import (
+    Client,
+    InProcessStack,
+    MakeStack,
+    echo,
+    edge,
+    eventually,
+    request,
+    running_edge,
+    tool,
+)
 from redisfixture import RedisServer
 
 KEY = "sk-ant-test-history-listing"
@@ -398,3 +409,56 @@ async def test_rest_usage_and_filtered_listing_through_envoy(
             r = await http.get(path, params=params)
             assert r.status_code == 400, (path, params, r.text)
             assert r.json()["message"].startswith(f"{field}:"), r.text
+
+
+async def test_each_namespace_sees_its_own_runs_and_usage_operators_all(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    keys = {ns: new_key() for ns in ("team-a", "team-b", "ops")}
+    stack = await make_stack(
+        postgres_url=postgres_url,
+        migrate_at_start=True,
+        retention_s=1,  # archived runs leave Redis: the PostgreSQL side is what is read
+        auth="keys",
+        api_keys=",".join(f"{hash_key(k)}:{ns}" for ns, k in keys.items()),
+        operator_namespaces="ops",
+    )
+    client = {ns: Client(f"127.0.0.1:{stack.port}", k) for ns, k in keys.items()}
+    mine = {"team-a": [], "team-b": []}
+    for ns in ("team-a", "team-b", "team-a"):
+        gid, _ = await client[ns].run(request([echo("a", v=1)], name="shared-name"))
+        mine[ns].append(gid)
+
+    async def gone_from_redis() -> bool:
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM dago_runs")
+            row = await cur.fetchone()
+        if row is None or row[0] != 3:
+            return False
+        for gid in mine["team-a"] + mine["team-b"]:
+            shard = parse_shard(gid, stack.settings.shards)
+            assert shard is not None
+            if (await stack.store.graph_fields(shard, gid, Meta.STATE))[0] is not None:
+                return False
+        return True
+
+    await eventually(gone_from_redis, timeout=30)
+    by_ns = orchestrator_pb2.GetUsageSummaryRequest(
+        group_by=orchestrator_pb2.USAGE_GROUP_BY_NAMESPACE
+    )
+    for ns, expected in (
+        ("team-a", [("team-a", 2)]),
+        ("team-b", [("team-b", 1)]),
+        ("ops", [("team-a", 2), ("team-b", 1)]),
+    ):
+        resp = await client[ns].stub.GetUsageSummary(by_ns, timeout=10)
+        assert [(r.key, r.runs) for r in resp.rows] == expected, ns
+        assert resp.total.runs == sum(n for _, n in expected)
+    for ns in ("team-a", "team-b"):
+        listed = await client[ns].stub.ListGraphs(
+            orchestrator_pb2.ListGraphsRequest(name="shared-name"), timeout=10
+        )
+        assert [g.graph_id for g in listed.graphs] == list(reversed(mine[ns]))
+        assert {g.namespace for g in listed.graphs} == {ns}
+    for c in client.values():
+        await c.close()
