@@ -136,6 +136,7 @@ def test_values_files_cover_the_required_setups() -> None:
         "default-values.yaml",
         "external-redis-values.yaml",
         "ha-values.yaml",
+        "history-values.yaml",
         "ingress-tls-values.yaml",
         "keda-values.yaml",
     ]
@@ -751,9 +752,15 @@ def test_compose_stack(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "envoy", "prometheus", "grafana"}
-    # Prometheus and Grafana only with `--profile monitoring`.
-    assert {n for n, svc in services.items() if "profiles" in svc} == {"prometheus", "grafana"}
+    assert set(services) == {
+        "redis", "api", "worker", "envoy", "prometheus", "grafana", "postgres"
+    }  # fmt: skip
+    # Prometheus and Grafana only with `--profile monitoring`, PostgreSQL with `history`.
+    profiled = {n: svc["profiles"] for n, svc in services.items() if "profiles" in svc}
+    assert profiled == {
+        "prometheus": ["monitoring"], "grafana": ["monitoring"], "postgres": ["history"]
+    }  # fmt: skip
+    assert services["api"]["depends_on"]["postgres"]["required"] is False
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "${REDIS_APPENDFSYNC:-everysec}"
@@ -770,6 +777,7 @@ def test_compose_stack(tmp_path: Path) -> None:
         env = services[name]["environment"]
         assert env["ANTHROPIC_API_KEY"] == "${ANTHROPIC_API_KEY:-}"
         assert env["DAGO_REDIS_URL"].endswith("redis://redis:6379/0}")
+        assert env["DAGO_POSTGRES_URL"] == "${DAGO_POSTGRES_URL:-}"
         assert services[name]["build"]["context"] == ".."
         assert (COMPOSE.parent / services[name]["build"]["context"] / "Dockerfile").exists()
     assert services["envoy"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:${EDGE_PORT:-8080}:8080"]
@@ -1313,3 +1321,26 @@ def test_auth_off_mounts_no_keys(helm: str) -> None:
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["DAGO_AUTH"] == "off" and "DAGO_API_KEYS_FILE" not in env
         assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_run_history_reaches_the_api_alone_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for values, secret, key in (
+        ("ha-values.yaml", f"{RELEASE}-dago", "postgres-url"),
+        ("history-values.yaml", "dago-history", "url"),
+    ):
+        docs = rendered[values]
+        api = one(docs, "Deployment", f"{RELEASE}-dago-api")["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in api["containers"][0]["env"]}
+        ref = env["DAGO_POSTGRES_URL"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (secret, key), values
+        assert env["DAGO_MIGRATE_AT_START"]["value"] == "true"
+        worker = one(docs, "Deployment", f"{RELEASE}-dago-worker")["spec"]["template"]["spec"]
+        assert "DAGO_POSTGRES_URL" not in {e["name"] for e in worker["containers"][0]["env"]}
+    chart_secret = one(rendered["ha-values.yaml"], "Secret", f"{RELEASE}-dago")
+    url = base64.b64decode(chart_secret["data"]["postgres-url"]).decode()
+    assert url.startswith("postgresql://dago:pg-password-not-real@")
+    api = one(rendered["default-values.yaml"], "Deployment", f"{RELEASE}-dago-api")
+    names = {e["name"] for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "DAGO_POSTGRES_URL" not in names

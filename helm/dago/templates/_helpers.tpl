@@ -192,6 +192,27 @@ seccompProfile:
 {{- end }}
 {{- end -}}
 
+{{/* The API's run history (DAGO_POSTGRES_URL from a Secret), when configured. */}}
+{{- define "dago.historyEnv" -}}
+{{- if and .Values.history.postgresUrl .Values.secrets.existingSecret (not .Values.history.existingSecret) }}
+{{- fail "history.postgresUrl is stored in the chart's Secret, which secrets.existingSecret replaces: put the URL in a Secret and set history.existingSecret" }}
+{{- end }}
+{{- if or .Values.history.existingSecret .Values.history.postgresUrl }}
+- name: DAGO_POSTGRES_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if .Values.history.existingSecret }}
+      name: {{ .Values.history.existingSecret }}
+      key: {{ .Values.history.existingSecretKey }}
+      {{- else }}
+      name: {{ include "dago.secretName" . }}
+      key: postgres-url
+      {{- end }}
+- name: DAGO_MIGRATE_AT_START
+  value: {{ .Values.history.migrateAtStart | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* Volumes shared by the API and the workers: /tmp and the API keys file. */}}
 {{- define "dago.volumes" -}}
 - name: tmp

@@ -358,6 +358,9 @@ def run_dev(settings: Settings) -> int:
     if auth_off:
         _warn_auth_off(settings)
     _pace_offline_answers(env)
+    if settings.postgres_url and not env.get(env_name("migrate_at_start")):
+        # A laptop's history database gets its schema without a `dago migrate` first.
+        env[env_name("migrate_at_start")] = "true"
     cmd = [sys.executable, "-m", "dago"]
     sup.add(Child("api", [*cmd, "serve"], env))
     for n in range(settings.workers):
