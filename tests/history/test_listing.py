@@ -20,6 +20,8 @@ from google.protobuf import json_format, timestamp_pb2
 
 from dago.api.auth import hash_key, new_key
 from dago.engine.ids import parse_shard
+from dago.history.filters import RunFilter
+from dago.history.listing import RunListing
 from dago.history.migrate import migrate_url
 from dago.store.schema import Meta
 from dago.v1 import execution_pb2, orchestrator_pb2
@@ -462,3 +464,30 @@ async def test_each_namespace_sees_its_own_runs_and_usage_operators_all(
         assert {g.namespace for g in listed.graphs} == {ns}
     for c in client.values():
         await c.close()
+
+
+async def test_a_bounded_redis_scan_ends_pages_early_and_misses_nothing(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack(shards=2)
+    ids = []
+    for i in range(20):
+        # Only the 4 oldest runs match: the newest 16 fill every scan of the first pages.
+        gid, _ = await stack.client.run(request([echo("a", v=i)], name="x" if i < 4 else "y"))
+        ids.append(gid)
+    expected = newest_first({g: await stack.client.status(g) for g in ids[:4]})
+    # A scan budget of 4 index entries per shard and page: most pages stop before they fill.
+    listing = RunListing(stack.store, 2, None, scan_budget=4)
+    f = RunFilter("default", name="x")
+    seen: list[str] = []
+    partial = 0
+    after = None
+    for _ in range(40):
+        page = await listing.page(f, after, 2)
+        seen += [s.graph_id for s in page.runs]
+        if page.next is None:
+            break
+        partial += len(page.runs) < 2
+        after = page.next
+    assert seen == expected
+    assert partial > 0  # the budget did cut pages short

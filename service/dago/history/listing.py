@@ -40,9 +40,8 @@ Cursor = tuple[int, str]
 """(create time in ms, graph id): a position in the listing order."""
 
 SCAN_BUDGET = 1000
-"""Index entries one page reads per shard at most when filters leave most of them out."""
-SCAN_BUDGET_METADATA = 200
-"""The same when a metadata filter is set: each candidate's definition is read then."""
+"""Index entries one page reads per shard at most when filters leave most of them out (a
+fifth of that when a metadata filter is set: each candidate's definition is read then)."""
 _BATCH = 100
 
 _STATE_NAMES = {v: k.removeprefix("GRAPH_STATE_") for k, v in execution_pb2.GraphState.items()}
@@ -90,10 +89,13 @@ def merge(parts: Sequence[Part], size: int) -> Page:
 class RunListing:
     """ListGraphs' pages (see the module); without ``db``, Redis alone."""
 
-    def __init__(self, store: Store, shards: int, db: HistoryDb | None) -> None:
+    def __init__(
+        self, store: Store, shards: int, db: HistoryDb | None, scan_budget: int = SCAN_BUDGET
+    ) -> None:
         self._store = store
         self._shards = shards
         self._db = db
+        self._budget = scan_budget
 
     async def page(self, f: RunFilter, after: Cursor | None, size: int) -> Page:
         """The runs matching ``f`` after ``after``, ``size`` at most."""
@@ -108,8 +110,9 @@ class RunListing:
             top = f.created_before_ms - 1
             high = top if high is None else min(high, top)
         extra = (Meta.DEFINITION,) if f.needs_metadata else ()
-        budget = SCAN_BUDGET_METADATA if f.needs_metadata else SCAN_BUDGET
-        batch = want if not (f.state or f.name or f.metadata or f.min_cost_usd) else _BATCH
+        budget = max(1, self._budget // 5) if f.needs_metadata else self._budget
+        filtered = f.name or f.metadata or f.min_cost_usd
+        batch = min(_BATCH, budget) if filtered else want
         state = execution_pb2.GraphState.Value(f"GRAPH_STATE_{f.state}") if f.state else 0
         runs: list[Listed] = []
         offset = scanned = 0
