@@ -70,7 +70,10 @@ class UsageReport:
         """The totals of the range and, with a grouping, its rows ordered by key."""
         where, params = _where(q)
         resp = orchestrator_pb2.GetUsageSummaryResponse()
-        async with self._db.pool.connection() as conn:
+        async with self._db.pool.connection() as conn, conn.transaction():
+            # One snapshot for the totals and the rows: runs archived meanwhile are in
+            # neither or both, so the rows add up to the totals.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur = await conn.execute(
                 sql.SQL("SELECT {} FROM dago_runs r WHERE {}").format(_RUN_SUMS, where), params
             )
