@@ -67,7 +67,10 @@ async def rows(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 async def archived(url: str, gid: str) -> bool:
-    return bool(await rows(url, "SELECT 1 FROM dago_runs WHERE graph_id = %s", gid))
+    try:
+        return bool(await rows(url, "SELECT 1 FROM dago_runs WHERE graph_id = %s", gid))
+    except psycopg.errors.UndefinedTable:  # the archiver has not migrated the schema yet
+        return False
 
 
 async def expired(stack: InProcessStack, gid: str) -> bool:
@@ -279,7 +282,8 @@ async def test_an_outage_of_postgres_delays_expiry_and_loses_no_run(
         assert await redis.zscore(sk.archive, gid) is not None
         assert (await stack.client.status(gid)).state == COMPLETED
     assert await stack.store.archive_backlog() == len(ids)
-    assert await expired(stack, first)  # archived before the outage: gone from Redis
+    # Archived before the outage, it expires from Redis; its reads then need PostgreSQL.
+    await eventually(lambda: expired(stack, first), timeout=15, interval=0.1)
     unavailable = await rpc_error(
         stack.client.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=first))
     )
@@ -302,3 +306,24 @@ async def test_an_outage_of_postgres_delays_expiry_and_loses_no_run(
 
 def _sample(stack: InProcessStack, name: str) -> float:
     return float(stack.api.registry.get_sample_value(name) or 0.0)
+
+
+async def test_postgres_down_at_start_keeps_the_api_serving_and_runs_waiting(
+    private_postgres: PrivatePostgres, make_stack: MakeStack
+) -> None:
+    url = private_postgres.url
+    private_postgres.stop()
+    # The schema is applied by the archiver once PostgreSQL answers (DAGO_MIGRATE_AT_START).
+    stack = await make_stack(postgres_url=url, migrate_at_start=True)
+    gid, st = await stack.client.run(request([echo("a", n=1)]))
+    assert st.state == COMPLETED
+    await eventually(lambda: _errors_counted(stack), timeout=30, interval=0.1)
+    assert await stack.store.archive_backlog() == 1
+    private_postgres.start()
+    await eventually(lambda: archived(url, gid), timeout=60, interval=0.1)
+    await eventually(lambda: _left_queue(stack, gid))
+    assert await stack.store.archive_backlog() == 0
+
+
+async def _errors_counted(stack: InProcessStack) -> bool:
+    return _sample(stack, "dago_archive_errors_total") >= 1

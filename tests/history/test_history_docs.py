@@ -32,7 +32,10 @@ async def test_the_sql_examples_of_the_history_doc_run(
 
     async def both_archived() -> bool:
         async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
-            cur = await conn.execute("SELECT count(*) FROM dago_runs")
+            try:
+                cur = await conn.execute("SELECT count(*) FROM dago_runs")
+            except psycopg.errors.UndefinedTable:  # not migrated yet (the archiver does it)
+                return False
             row = await cur.fetchone()
         return row is not None and row[0] == 2
 

@@ -30,6 +30,11 @@ class ArchivedReads:
         self._auth = auth
         self._settings = settings
 
+    def _db(self, graph_id: str) -> RunHistory:
+        if self._history is None:
+            raise errors.not_found("graph", graph_id)
+        return self._history
+
     def _mine(self, graph_id: str, found: Archived | None) -> Any:
         if found is None or found.namespace != self._auth.current():
             raise errors.not_found("graph", graph_id)
@@ -48,13 +53,13 @@ class ArchivedReads:
 
     async def graph(self, graph_id: str) -> orchestrator_pb2.GetGraphResponse:
         """GetGraph of an archived run."""
-        found = await self._history.graph(graph_id) if self._history else None
+        found = await self._db(graph_id).graph(graph_id)
         msg: orchestrator_pb2.GetGraphResponse = self._mine(graph_id, found)
         return msg
 
     async def status(self, graph_id: str, full: bool) -> execution_pb2.GraphStatus:
         """GetGraphStatus of an archived run, in the FULL or BASIC view."""
-        found = await self._history.status(graph_id, full) if self._history else None
+        found = await self._db(graph_id).status(graph_id, full)
         status: execution_pb2.GraphStatus = self._mine(graph_id, found)
         if full:
             self._fits(graph_id, status, "GRAPH_STATUS_VIEW_FULL")
@@ -62,7 +67,7 @@ class ArchivedReads:
 
     async def result(self, graph_id: str) -> orchestrator_pb2.GetGraphResultResponse:
         """GetGraphResult of an archived run (always finished)."""
-        found = await self._history.result(graph_id) if self._history else None
+        found = await self._db(graph_id).result(graph_id)
         result: orchestrator_pb2.GetGraphResultResponse = self._mine(graph_id, found)
         self._fits(graph_id, result, "GetGraphResult")
         return result
@@ -70,7 +75,7 @@ class ArchivedReads:
     async def attempts(self, graph_id: str, node_id: str) -> list[execution_pb2.Attempt]:
         """Every attempt of one node of an archived run, in order (inputs and outputs
         included); NOT_FOUND for a node the graph does not have."""
-        found = await self._history.status(graph_id, True) if self._history else None
+        found = await self._db(graph_id).status(graph_id, True)
         status: execution_pb2.GraphStatus = self._mine(graph_id, found)
         for node in status.nodes:
             if node.node_id == node_id:
@@ -79,10 +84,9 @@ class ArchivedReads:
 
     async def events(self, graph_id: str, after_seq: int, count: int) -> list[execution_pb2.Event]:
         """Up to ``count`` events of an archived run after ``after_seq``."""
-        history = self._history
-        ns = await history.namespace(graph_id) if history else None
+        history = self._db(graph_id)
+        ns = await history.namespace(graph_id)
         self._mine(graph_id, None if ns is None else Archived(ns, None))
-        assert history is not None  # _mine raised otherwise
         return await history.events(graph_id, after_seq, count)
 
     async def watch(self, graph_id: str, after_seq: int, batch: bool) -> AsyncIterator[bytes]:

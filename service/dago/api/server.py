@@ -21,7 +21,6 @@ from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.history.archive import Archiver
 from dago.history.db import HistoryDb
-from dago.history.migrate import migrate
 from dago.observe.metrics import Metrics, serve
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
@@ -220,7 +219,9 @@ class ApiServer:
         except STORE_ERRORS as e:  # the health loop reports it and keeps trying
             log.warning("redis is not reachable at start: %s", e)
         if self._history is not None:
-            await self._open_history(self._history[0])
+            # Connections are made in the background: PostgreSQL down at start delays
+            # archiving (the runs wait in Redis), it never keeps the API from serving.
+            await self._history[0].open()
         stop_metrics = serve(self._registry, self._settings.metrics_port, "API")
         await self._set_health(False)
         await server.start()
@@ -263,16 +264,6 @@ class ApiServer:
         await self._store.redis.aclose()
         if self._history is not None:
             await self._history[0].close()
-
-    async def _open_history(self, db: HistoryDb) -> None:
-        """Connect to PostgreSQL (a wrong URL fails the start) and, with
-        DAGO_MIGRATE_AT_START, bring its schema up to date."""
-        await db.open()
-        if self._settings.migrate_at_start:
-            async with db.pool.connection() as conn:
-                for mig in await migrate(conn):
-                    log.info("applied migration %04d_%s", mig.version, mig.name)
-        log.info("run history: archiving finished runs to PostgreSQL")
 
     async def _health_loop(self) -> None:
         """SERVING while Redis answers and at least one worker sent a heartbeat within

@@ -27,7 +27,9 @@ from psycopg.types.json import Jsonb
 
 from dago.config import Settings
 from dago.history.db import HistoryDb
+from dago.history.migrate import migrate
 from dago.llm import models
+from dago.llm.providers import default_provider
 from dago.observe.metrics import Metrics
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.store import Store
@@ -70,22 +72,33 @@ def _json(msg: Any) -> Jsonb:
 
 
 def node_models(run: FinishedRun, settings: Settings) -> dict[str, str]:
-    """The model each node called: the last one its usage events name; for an LLM node
-    without one (it failed first), the model it asked for, else the server's default (as
-    the LLM node resolves it); '' for nodes that call no model."""
+    """The model each node called: the last one its usage events name. An LLM or agent node
+    without one (it failed or was skipped first) gets the model it would have called, by
+    the resolution of dago.llm.providers (its own, else the server's default for its
+    provider); nodes that call no model get ''."""
     found: dict[str, str] = {}
     for ev in run.events:
         if ev.WhichOneof("payload") == "usage" and ev.usage.model:
             found[ev.node_id] = ev.usage.model
     out: dict[str, str] = {}
     for node in run.graph.nodes:
+        kind = node.WhichOneof("kind")
         if node.id in found:
             out[node.id] = found[node.id]
-        elif node.WhichOneof("kind") == "llm":
-            out[node.id] = node.llm.model or settings.llm_model or models.DEFAULT_MODEL
+        elif kind in ("llm", "agent"):
+            spec = node.llm if kind == "llm" else node.agent.llm
+            out[node.id] = _model(spec, settings)
         else:
             out[node.id] = ""
     return out
+
+
+def _model(spec: graph_pb2.LlmNode, settings: Settings) -> str:
+    provider = spec.provider or default_provider(settings)
+    if provider == "offline":
+        return "offline"
+    default = models.DEFAULT_MODEL if provider == "anthropic" else ""
+    return spec.model or settings.llm_model or default
 
 
 _RUN = """
@@ -168,13 +181,22 @@ class Archiver:
 
     async def run(self) -> None:
         """Archive rounds until cancelled: right after a round that found work, else after
-        the sweep interval; after a failure, after a doubling backoff."""
+        the sweep interval; after a failure, after a doubling backoff. With
+        DAGO_MIGRATE_AT_START the schema is brought up to date first (retried the same way).
+
+        Cancelled (SIGTERM) at any point, nothing is lost or doubled: a transaction not
+        committed rolls back and its run stays queued; a run committed but not yet let go
+        is written again by the next round, which changes nothing."""
         idle = self._settings.sweep_interval_ms / 1000
         delay = BACKOFF_S[0]
         failing = False
+        migrated = not self._settings.migrate_at_start
         while True:
             raise_if_cancelling()
             try:
+                if not migrated:
+                    await self._migrate()
+                    migrated = True
                 done = await self.round()
             except STORE_ERRORS as e:  # PostgreSQL's errors too: any failure waits and retries
                 self._metrics.archive_errors.inc()
@@ -191,6 +213,11 @@ class Archiver:
             failing, delay = False, BACKOFF_S[0]
             if not done:
                 await asyncio.sleep(idle)
+
+    async def _migrate(self) -> None:
+        async with self._db.pool.connection() as conn:
+            for mig in await migrate(conn):
+                log.info("applied migration %04d_%s", mig.version, mig.name)
 
     async def round(self) -> int:
         """Archive up to ``archive_batch`` queued runs of each shard; returns how many."""

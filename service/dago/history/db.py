@@ -15,8 +15,9 @@ POOL_WAIT_S = 5.0
 class HistoryDb:
     """A pool of async connections to ``DAGO_POSTGRES_URL`` (rows as dicts).
 
-    Built by the composition root only when the URL is set; ``open`` waits until one
-    connection works, so a wrong URL fails the start with PostgreSQL's own message."""
+    Built by the composition root only when the URL is set. ``open`` does not wait for
+    PostgreSQL: connections are made in the background, and a caller waits up to
+    ``POOL_WAIT_S`` for one, then gets PoolTimeout (an OperationalError) with the reason."""
 
     def __init__(self, settings: Settings) -> None:
         self.pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
@@ -32,9 +33,9 @@ class HistoryDb:
             timeout=POOL_WAIT_S,
         )
 
-    async def open(self, timeout_s: float = 10.0) -> None:
-        """Open the pool and wait for a first connection."""
-        await self.pool.open(wait=True, timeout=timeout_s)
+    async def open(self) -> None:
+        """Open the pool (connecting starts in the background)."""
+        await self.pool.open(wait=False)
 
     async def close(self) -> None:
         """Close every connection."""
