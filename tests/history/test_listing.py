@@ -416,10 +416,10 @@ async def test_rest_usage_and_filtered_listing_through_envoy(
 async def test_each_namespace_sees_its_own_runs_and_usage_operators_all(
     postgres_url: str, make_stack: MakeStack
 ) -> None:
+    await migrate_url(postgres_url)
     keys = {ns: new_key() for ns in ("team-a", "team-b", "ops")}
     stack = await make_stack(
         postgres_url=postgres_url,
-        migrate_at_start=True,
         retention_s=1,  # archived runs leave Redis: the PostgreSQL side is what is read
         auth="keys",
         api_keys=",".join(f"{hash_key(k)}:{ns}" for ns, k in keys.items()),
