@@ -37,6 +37,7 @@ from harness import (
     running_edge,
     tool,
 )
+from pgfixture import PrivatePostgres
 from redisfixture import RedisServer
 
 KEY = "sk-ant-test-history-listing"
@@ -491,3 +492,36 @@ async def test_a_bounded_redis_scan_ends_pages_early_and_misses_nothing(
         after = page.next
     assert seen == expected
     assert partial > 0  # the budget did cut pages short
+
+
+async def test_postgres_down_makes_listing_and_usage_unavailable_not_partial(
+    private_postgres: PrivatePostgres, make_stack: MakeStack
+) -> None:
+    await migrate_url(private_postgres.url)
+    stack = await make_stack(postgres_url=private_postgres.url)
+    gid, _ = await stack.client.run(request([echo("a", v=1)]))
+    listed = await stack.client.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(), timeout=10)
+    assert [g.graph_id for g in listed.graphs] == [gid]
+    private_postgres.stop()
+    # A listing without the archive would leave runs out without saying so: it is refused
+    # as retryable instead, as the summary is.
+    for call, req in (
+        (stack.client.stub.ListGraphs, orchestrator_pb2.ListGraphsRequest()),
+        (stack.client.stub.GetUsageSummary, orchestrator_pb2.GetUsageSummaryRequest()),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call(req, timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+        assert "PostgreSQL" in (e.value.details() or "")
+    private_postgres.start()
+
+    async def listed_again() -> bool:
+        try:
+            page = await stack.client.stub.ListGraphs(
+                orchestrator_pb2.ListGraphsRequest(), timeout=10
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return [g.graph_id for g in page.graphs] == [gid]
+
+    await eventually(listed_again, timeout=30, interval=0.2)
