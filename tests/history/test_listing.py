@@ -474,24 +474,29 @@ async def test_a_bounded_redis_scan_ends_pages_early_and_misses_nothing(
     ids = []
     for i in range(20):
         # Only the 4 oldest runs match: the newest 16 fill every scan of the first pages.
-        gid, _ = await stack.client.run(request([echo("a", v=i)], name="x" if i < 4 else "y"))
+        tag = "x" if i < 4 else "y"
+        gid, _ = await stack.client.run(request([echo("a", v=i)], name=tag, metadata={"k": tag}))
         ids.append(gid)
     expected = newest_first({g: await stack.client.status(g) for g in ids[:4]})
-    # A scan budget of 4 index entries per shard and page: most pages stop before they fill.
-    listing = RunListing(stack.store, 2, None, scan_budget=4)
-    f = RunFilter("default", name="x")
-    seen: list[str] = []
-    partial = 0
-    after = None
-    for _ in range(40):
-        page = await listing.page(f, after, 2)
-        seen += [s.graph_id for s in page.runs]
-        if page.next is None:
-            break
-        partial += len(page.runs) < 2
-        after = page.next
-    assert seen == expected
-    assert partial > 0  # the budget did cut pages short
+    # Scan budgets of 4 index entries per shard and page (20 // 5 with a metadata filter,
+    # which reads definitions): most pages stop before they fill.
+    for budget, f in (
+        (4, RunFilter("default", name="x")),
+        (20, RunFilter("default", metadata=(("k", "x"),))),
+    ):
+        listing = RunListing(stack.store, 2, None, scan_budget=budget)
+        seen: list[str] = []
+        partial = 0
+        after = None
+        for _ in range(40):
+            page = await listing.page(f, after, 2)
+            seen += [s.graph_id for s in page.runs]
+            if page.next is None:
+                break
+            partial += len(page.runs) < 2
+            after = page.next
+        assert seen == expected, f
+        assert partial > 0, f  # the budget did cut pages short
 
 
 async def test_postgres_down_makes_listing_and_usage_unavailable_not_partial(

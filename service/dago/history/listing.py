@@ -15,7 +15,8 @@ stores (archived, not yet expired from Redis), and cuts at ``page_size``.
 
 Redis has no index on names, metadata or cost: a shard's index is read in batches, the
 candidates' meta hashes in one pipelined round trip per batch, and the scan stops after
-:data:`SCAN_BUDGET` entries per shard and page. A page can then hold fewer runs than asked
+:data:`SCAN_BUDGET` entries per shard and page (and :data:`SCAN_BYTES` of definitions for
+a metadata filter, which reads them). A page can then hold fewer runs than asked
 (or none) and still carry a next_page_token: the next page goes on from where the scan
 stopped. PostgreSQL applies every filter in SQL (:mod:`dago.history.filters`).
 """
@@ -42,7 +43,11 @@ Cursor = tuple[int, str]
 SCAN_BUDGET = 1000
 """Index entries one page reads per shard at most when filters leave most of them out (a
 fifth of that when a metadata filter is set: each candidate's definition is read then)."""
+SCAN_BYTES = 8 << 20
+"""Definition bytes one page reads per shard at most for a metadata filter (definitions
+may be up to DAGO_MAX_GRAPH_BYTES each)."""
 _BATCH = 100
+_METADATA_BATCH = 20
 
 _STATE_NAMES = {v: k.removeprefix("GRAPH_STATE_") for k, v in execution_pb2.GraphState.items()}
 
@@ -112,10 +117,10 @@ class RunListing:
         extra = (Meta.DEFINITION,) if f.needs_metadata else ()
         budget = max(1, self._budget // 5) if f.needs_metadata else self._budget
         filtered = f.name or f.metadata or f.min_cost_usd
-        batch = min(_BATCH, budget) if filtered else want
+        batch = min(_METADATA_BATCH if f.needs_metadata else _BATCH, budget) if filtered else want
         state = execution_pb2.GraphState.Value(f"GRAPH_STATE_{f.state}") if f.state else 0
         runs: list[Listed] = []
-        offset = scanned = 0
+        offset = scanned = read = 0
         while True:
             entries = await self._store.index_range(
                 shard, f.namespace, state, high, f.created_after_ms, offset, batch
@@ -126,6 +131,7 @@ class RunListing:
             metas = await self._store.metas([(shard, gid) for gid, _ in later], extra)
             for (gid, ms), meta in zip(later, metas, strict=True):
                 scanned += 1
+                read += len(meta.get(Meta.DEFINITION.encode(), b""))
                 # An empty meta: the run expired, its index entry not swept yet.
                 if meta and f.matches(_facts(meta, ms, f.needs_metadata)):
                     runs.append(Listed((ms, gid), summary_from_meta(gid, meta, f.namespace)))
@@ -133,7 +139,7 @@ class RunListing:
                         return Part(runs, (ms, gid))
             if len(entries) < batch:
                 return Part(runs, None)
-            if scanned >= budget:
+            if scanned >= budget or read >= SCAN_BYTES:
                 gid, ms = entries[-1]
                 return Part(runs, (ms, gid))
 
