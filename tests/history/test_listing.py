@@ -6,8 +6,12 @@ GetGraphStatus usage."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +31,7 @@ from dago.store.schema import Meta
 from dago.v1 import execution_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, Usage
 from harness import (
+    ROOT,
     Client,
     InProcessStack,
     MakeStack,
@@ -530,3 +535,37 @@ async def test_postgres_down_makes_listing_and_usage_unavailable_not_partial(
         return [g.graph_id for g in page.graphs] == [gid]
 
     await eventually(listed_again, timeout=30, interval=0.2)
+
+
+async def test_dagoctl_usage_and_filtered_list(spread: Spread) -> None:
+    async def ctl(*args: str) -> tuple[int, str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
+        env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("gen/python", "clients/python"))
+        env["DAGO_TARGET"] = f"127.0.0.1:{spread.lister.port}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dago_client", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    req = orchestrator_pb2.GetUsageSummaryRequest(group_by=orchestrator_pb2.USAGE_GROUP_BY_MODEL)
+    by_model = await spread.lister.client.stub.GetUsageSummary(req, timeout=10)
+    code, out, _ = await ctl("usage", "--group-by", "model", "-o", "json")
+    assert code == 0
+    assert json_format.Parse(out, orchestrator_pb2.GetUsageSummaryResponse()) == by_model
+    code, out, _ = await ctl("usage", "--group-by", "model", "--from", "2000-01-01")
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["KEY", "RUNS", "FAILED"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["-", *MODELS[::-1], "TOTAL"]
+    assert lines[-1].split()[1] == str(by_model.total.runs)
+    code, out, _ = await ctl("-o", "json", "list", "--limit", "0", "--meta", "team=ads")
+    expected = newest_first(
+        {
+            g: st
+            for g, st in spread.status.items()
+            if json_format.MessageToDict(st.metadata)["team"] == "ads"
+        }
+    )
+    assert code == 0 and [g["graph_id"] for g in json.loads(out)] == expected
