@@ -1060,7 +1060,11 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subpro
 
 
 async def test_image_commands_start_serve_and_worker_from_the_wheel(
-    wheel_venv: Path, redis_single: RedisServer, key_prefix: str, tmp_path: Path
+    wheel_venv: Path,
+    redis_single: RedisServer,
+    key_prefix: str,
+    tmp_path: Path,
+    postgres_url: str,
 ) -> None:
     steps = _dockerfile()
     final = steps[max(n for n, (i, _) in enumerate(steps) if i == "FROM") :]
@@ -1079,6 +1083,11 @@ async def test_image_commands_start_serve_and_worker_from_the_wheel(
         env=_image_env(),
     )
     assert where.returncode == 0 and str(wheel_venv) in where.stdout, where
+    # The history schema's files ship in the wheel: `dago migrate` applies them.
+    migrated = run(
+        argv([*entry, "migrate"]), cwd=tmp_path, env=_image_env(DAGO_POSTGRES_URL=postgres_url)
+    )
+    assert migrated.returncode == 0 and "applied 0001_runs" in migrated.stdout, migrated
 
     port, metrics, worker_metrics = free_port(), free_port(), free_port()
     env = _image_env(

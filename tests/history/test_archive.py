@@ -327,3 +327,43 @@ async def test_postgres_down_at_start_keeps_the_api_serving_and_runs_waiting(
 
 async def _errors_counted(stack: InProcessStack) -> bool:
     return _sample(stack, "dago_archive_errors_total") >= 1
+
+
+POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.name = 'poison' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON dago_runs
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def test_a_run_postgres_refuses_is_held_back_and_the_others_go_on(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    await migrate_url(postgres_url)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(POISON.encode())
+    stack = await make_stack(postgres_url=postgres_url)
+    poison, _ = await stack.client.run(request([echo("a", v=1)], name="poison"))
+    # A NUL character (which PostgreSQL's text and jsonb refuse) is stored as U+FFFD.
+    nul, _ = await stack.client.run(request([echo("a", v="x\x00y")], name="with\x00nul"))
+    await eventually(lambda: archived(postgres_url, nul))
+    (name, output), *_ = await rows(
+        postgres_url,
+        "SELECT name, status_json #>> '{nodes,0,output,v}' FROM dago_runs WHERE graph_id = %s",
+        nul,
+    )
+    assert (name, output) == ("with\ufffdnul", "x\ufffdy")
+    sk = stack.store.keys.shard(shard_of(stack, poison))
+    assert await stack.store.redis.zscore(sk.archive, poison) is not None
+    assert await stack.store.redis.ttl(sk.graph(poison).meta) == -1
+    assert _sample(stack, "dago_archive_errors_total") >= 1
+    assert not await archived(postgres_url, poison)
+
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("DROP TRIGGER refuse_poison ON dago_runs")
+    await eventually(lambda: archived(postgres_url, poison), timeout=30, interval=0.1)
+    await eventually(lambda: _left_queue(stack, poison))

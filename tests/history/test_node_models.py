@@ -7,7 +7,7 @@ import dataclasses
 from google.protobuf import json_format, struct_pb2
 
 from dago.config import Settings
-from dago.history.archive import FinishedRun, node_models
+from dago.history.write import FinishedRun, node_models
 from dago.llm import models
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 

@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2
 from dago.api.auth import DEFAULT_NAMESPACE
 from dago.api.views import graph_result, graph_status
 from dago.engine.graphcache import GraphCache
-from dago.history.archive import FinishedRun
+from dago.history.write import FinishedRun
 from dago.store.events import decode
 from dago.store.schema import Meta
 from dago.store.store import Store
