@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,7 +61,7 @@ class RunFilter:
     created_before_ms: int | None = None
     """Exclusive upper bound of the creation time."""
     name: str = ""
-    metadata: tuple[tuple[str, str], ...] = field(default=())
+    metadata: tuple[tuple[str, str], ...] = ()
     min_cost_usd: float = 0.0
 
     @property
