@@ -314,7 +314,8 @@ SETTINGS: dict[str, _Spec] = {
     "postgres_pool_size": _Spec("Connections each process keeps to PostgreSQL.", _positive),
     "archive_batch": _Spec("Finished runs archived to PostgreSQL per round.", _positive),
     "migrate_at_start": _Spec(
-        "Apply PostgreSQL schema migrations when a process starts (else: `dago migrate`)."
+        "Apply PostgreSQL schema migrations when an API process starts, before it archives "
+        "(else: `dago migrate`)."
     ),
     "sweep_interval_ms": _Spec(
         "How often timers (retries, timeouts, deadlines) are swept.", _positive

@@ -142,7 +142,7 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> No
     alerts = {r["alert"] for r in rules()}
     assert alerts == {
         "DagoNoWorkers", "DagoWorkWaiting", "DagoDeadLetters", "DagoGraphFailureRate",
-        "DagoRPCErrorRate", "DagoRedisUnreachable", "DagoLLMCostRate",
+        "DagoRPCErrorRate", "DagoRedisUnreachable", "DagoLLMCostRate", "DagoArchiveFailing",
     }  # fmt: skip
     fired: set[str] = set()
     silent: set[str] = set()
