@@ -67,13 +67,24 @@ def build_api(settings: Settings) -> ApiServer:
     registry.register(RedisCollector(settings, store.keys))
     metrics = Metrics(registry)
     history: tuple[HistoryDb, Archiver] | None = None
+    db: HistoryDb | None = None
     archive = ArchivedReads(None, auth, settings)
     if settings.postgres_url:
         db = HistoryDb(settings)
         history = (db, Archiver(store, db, RedisRuns(store, graphs), settings, metrics))
         archive = ArchivedReads(RunHistory(db), auth, settings)
     api = OrchestratorServicer(
-        store, settings, cel, options, graphs, hub, auth, gate, tracing=tracing, archive=archive
+        store,
+        settings,
+        cel,
+        options,
+        graphs,
+        hub,
+        auth,
+        gate,
+        tracing=tracing,
+        archive=archive,
+        history=db,
     )
     return ApiServer(
         settings,

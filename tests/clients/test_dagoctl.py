@@ -577,3 +577,33 @@ def parse_dot(text: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str
     edges = [(e.get_source().strip('"'), e.get_destination().strip('"')) for e in g.get_edges()]
     assert all(a in nodes and b in nodes for a, b in edges), text
     return nodes, edges
+
+
+async def test_list_by_name_metadata_and_time(stack: InProcessStack, tmp_path: Path) -> None:
+    ctl = ctl_for(stack)
+    ids = {}
+    for team in ("search", "ads"):
+        doc = json.loads((EXAMPLES / "diamond.json").read_text())
+        doc["graph"]["name"] = f"team-{team}"
+        doc["graph"]["metadata"] = {"team": team, "tier": 1}
+        (tmp_path / f"{team}.json").write_text(json.dumps(doc))
+        code, out, _ = await ctl("submit", str(tmp_path / f"{team}.json"), "--wait")
+        assert code == 0
+        ids[team] = out.strip()
+    code, out, _ = await ctl("-o", "json", "list", "--name", "team-ads")
+    assert [g["graph_id"] for g in json.loads(out)] == [ids["ads"]]
+    code, out, _ = await ctl("-o", "json", "list", "--meta", "team=search", "--meta", "tier=1")
+    assert [g["graph_id"] for g in json.loads(out)] == [ids["search"]]
+    code, out, _ = await ctl("list", "--until", "2000-01-01", "--since", "1999-01-01")
+    assert code == 0 and len(out.splitlines()) == 1  # the header alone
+    code, out, _ = await ctl("list", "--since", "2000-01-01T00:00:00Z", "--name", "team-search")
+    rows = out.splitlines()
+    assert rows[0].split()[-3:] == ["COST", "USD", "NAME"] and len(rows) == 2
+    assert rows[1].split()[-2:] == ["0.0000", "team-search"]
+    code, _, err = await ctl("list", "--meta", "team")
+    assert code == 2 and "KEY=VALUE" in err
+    # Usage summaries are computed over the history database, which this stack has not.
+    code, _, err = await ctl("usage", "--group-by", "day")
+    assert code == 8 and "DAGO_POSTGRES_URL" in err
+    code, _, err = await ctl("usage", "--group-by", "week")
+    assert code == 2 and "unknown grouping" in err

@@ -101,6 +101,21 @@ def test_proto_json_mapping() -> None:
     assert names["graph_id"] == "path" and names["after_seq"] == "query"
 
 
+def test_timestamps_are_query_parameters_under_their_json_names() -> None:
+    paths = _document()["paths"]
+
+    def params(path: str) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in paths[path]["get"]["parameters"]}
+
+    usage = params("/api/v1/usage")
+    # GetUsageSummaryRequest.start_time/end_time have json_name from/to: the REST names.
+    assert set(usage) == {"from", "to", "group_by"}
+    assert usage["from"]["schema"] == {"type": "string", "format": "date-time"}
+    listing = params("/api/v1/graphs")
+    assert {"created_after", "created_before", "name", "metadata", "min_cost_usd"} <= set(listing)
+    assert listing["metadata"]["explode"] is True  # ?metadata=a=1&metadata=b=2
+
+
 async def test_envoy_serves_the_document(edge_stack: Edge) -> None:
     r = await edge_stack.http.get("/api/v1/openapi.json")
     assert r.status_code == 200, r.text

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dago.history.filters import RunFilter
 from dago.v1 import graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from harness import ProcessStack, envoy_config, port_open, start_envoy
 from redisfixture import RedisServer
@@ -666,6 +667,7 @@ GRAPH_IDS = st.one_of(
         ]
     ),
 )
+LIST_TOKEN = "g2:" + RunFilter("default").digest() + ":{}:0-X"
 TOKEN_NUMBERS = st.one_of(
     st.integers(-(2**70), 2**70).map(str), st.sampled_from(["\u00b2", "\u0661", "", "1e3"])
 )
@@ -679,7 +681,8 @@ TOKEN_NUMBERS = st.one_of(
         st.text(max_size=40),
         st.binary(max_size=30).map(lambda b: base64.urlsafe_b64encode(b).decode()),
         # Tokens of the right kinds with numbers that are huge, negative or not ASCII.
-        st.tuples(st.sampled_from(["g:{}:0-X", "e:{}", "d:{}:1:0", "d:1:{}:0"]), TOKEN_NUMBERS)
+        # (ListGraphs' tokens carry the digest of their filters: an unfiltered listing's.)
+        st.tuples(st.sampled_from([LIST_TOKEN, "e:{}", "d:{}:1:0", "d:1:{}:0"]), TOKEN_NUMBERS)
         .map(lambda kn: kn[0].format(kn[1]))
         .map(lambda t: base64.urlsafe_b64encode(t.encode()).decode()),
     ),
@@ -698,6 +701,10 @@ def test_random_reads_get_a_clear_answer(
         lambda: s.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid), timeout=10),
         lambda: s.ListGraphs(
             orchestrator_pb2.ListGraphsRequest(page_size=size, page_token=token, state=state),  # type: ignore[arg-type]
+            timeout=10,
+        ),
+        lambda: s.GetUsageSummary(
+            orchestrator_pb2.GetUsageSummaryRequest(group_by=state),  # type: ignore[arg-type]
             timeout=10,
         ),
         lambda: s.ListGraphEvents(

@@ -502,17 +502,18 @@ class Edge:
 
 
 @contextlib.asynccontextmanager
-async def running_edge(redis_url: str, prefix: str) -> AsyncIterator[Edge]:
+async def running_edge(redis_url: str, prefix: str, **env: str) -> AsyncIterator[Edge]:
     """API + worker + Envoy (its log next to theirs) on free ports: the ``edge_stack`` fixture
     of tests/conftest.py. Envoy allows CORS from ``http://localhost:*`` and
     ``https://app.example``, and closes a stream quiet for 1 s, watch streams included
-    (heartbeats every 300 ms)."""
+    (heartbeats every 300 ms). ``env``: more settings of the processes (``DAGO_...``)."""
     metrics_port = free_port()
     stack = ProcessStack(
         redis_url,
         prefix,
         DAGO_METRICS_PORT=str(metrics_port),
         DAGO_HEARTBEAT_MS="300",
+        **env,
     )
     config, port = envoy_config(
         stack,

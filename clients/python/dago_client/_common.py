@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, overload
 
 import grpc
@@ -57,6 +59,72 @@ def parse_state(state: str | int | None) -> execution_pb2.GraphState.ValueType:
     except ValueError:
         names = [n.removeprefix("GRAPH_STATE_").lower() for n in execution_pb2.GraphState.keys()]  # noqa: SIM118
         raise ValueError(f"unknown state {state!r}; one of {', '.join(names[1:])}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFilters:
+    """ListGraphs' filters besides the state (docs/history.md): creation time range
+    ``[created_after, created_before)``, exact graph name, metadata fields equal to values,
+    a minimum cost. Naive datetimes are taken as UTC."""
+
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    name: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    min_cost_usd: float = 0.0
+
+    def request(
+        self, state: str | int | None, page_size: int, page_token: str
+    ) -> orchestrator_pb2.ListGraphsRequest:
+        """The ListGraphs request of one page with these filters."""
+        req = orchestrator_pb2.ListGraphsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            state=parse_state(state),
+            name=self.name,
+            metadata=[f"{k}={v}" for k, v in self.metadata.items()],
+            min_cost_usd=self.min_cost_usd,
+        )
+        if self.created_after is not None:
+            req.created_after.FromDatetime(_utc(self.created_after))
+        if self.created_before is not None:
+            req.created_before.FromDatetime(_utc(self.created_before))
+        return req
+
+
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+_GROUP_NAMES = list(orchestrator_pb2.UsageGroupBy.DESCRIPTOR.values_by_name)
+
+
+def parse_group_by(group_by: str | int | None) -> orchestrator_pb2.UsageGroupBy.ValueType:
+    """A UsageGroupBy from its number or name, any case, prefix optional ("day")."""
+    if group_by is None or group_by == "":
+        return orchestrator_pb2.USAGE_GROUP_BY_UNSPECIFIED
+    if isinstance(group_by, int):
+        return orchestrator_pb2.UsageGroupBy.ValueType(group_by)
+    name = group_by.strip().upper().replace("-", "_")
+    if not name.startswith("USAGE_GROUP_BY_"):
+        name = "USAGE_GROUP_BY_" + name
+    try:
+        return orchestrator_pb2.UsageGroupBy.Value(name)
+    except ValueError:
+        names = [n.removeprefix("USAGE_GROUP_BY_").lower() for n in _GROUP_NAMES]
+        raise ValueError(f"unknown grouping {group_by!r}; one of {', '.join(names[1:])}") from None
+
+
+def usage_request(
+    start: datetime | None, end: datetime | None, group_by: str | int | None
+) -> orchestrator_pb2.GetUsageSummaryRequest:
+    """GetUsageSummary's request: the runs created in ``[start, end)``, grouped."""
+    req = orchestrator_pb2.GetUsageSummaryRequest(group_by=parse_group_by(group_by))
+    if start is not None:
+        req.start_time.FromDatetime(_utc(start))
+    if end is not None:
+        req.end_time.FromDatetime(_utc(end))
+    return req
 
 
 def state_name(state: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -14,11 +15,12 @@ from dago_client._common import (
     RECONNECT_OPTIONS,
     RESUMABLE_CODES,
     TERMINAL_EVENTS,
+    RunFilters,
     backoff,
     events_of,
-    parse_state,
     run_request,
     submit_request,
+    usage_request,
 )
 from dago_client.config import ClientConfig
 from dago_client.errors import DagoError, UnavailableError, from_rpc_error
@@ -166,21 +168,25 @@ class AsyncDagoClient:
         page_size: int = 0,
         page_token: str = "",
         *,
+        filters: RunFilters | None = None,
         deadline_s: float | None = None,
     ) -> orchestrator_pb2.ListGraphsResponse:
-        """One page of runs, newest first."""
-        req = orchestrator_pb2.ListGraphsRequest(
-            page_size=page_size, page_token=page_token, state=parse_state(state)
-        )
+        """One page of runs, newest first (``filters``: see :class:`RunFilters`)."""
+        req = (filters or RunFilters()).request(state, page_size, page_token)
         return await self._call(self.stub.ListGraphs, req, idempotent=True, deadline_s=deadline_s)
 
     async def list_graphs(
-        self, state: str | int | None = None, page_size: int = 100, limit: int | None = None
+        self,
+        state: str | int | None = None,
+        page_size: int = 100,
+        limit: int | None = None,
+        *,
+        filters: RunFilters | None = None,
     ) -> AsyncIterator[orchestrator_pb2.GraphSummary]:
         """Every run (or the first ``limit``), newest first, fetching pages as needed."""
         token, seen = "", 0
         while True:
-            page = await self.list_graphs_page(state, page_size, token)
+            page = await self.list_graphs_page(state, page_size, token, filters=filters)
             for g in page.graphs:
                 if limit is not None and seen >= limit:
                     return
@@ -189,6 +195,22 @@ class AsyncDagoClient:
             token = page.next_page_token
             if not token:
                 return
+
+    async def usage_summary(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        group_by: str | int | None = None,
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.GetUsageSummaryResponse:
+        """Tokens, cost, runs and failed runs of the archived runs created in
+        ``[start, end)``, in total and grouped by ``group_by`` (day, model, namespace,
+        graph_name); FailedPreconditionError when the server keeps no history."""
+        req = usage_request(start, end, group_by)
+        return await self._call(
+            self.stub.GetUsageSummary, req, idempotent=True, deadline_s=deadline_s
+        )
 
     async def list_events(
         self, graph_id: str, after_seq: int = 0, page_size: int = 100

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,7 +35,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
-from dago_client._common import node_state_name, state_name, to_dict
+from dago_client._common import RunFilters, node_state_name, state_name, to_dict
 from dago_client.config import ClientConfig
 from dago_client.errors import DagoError
 from dago_client.graphfile import GraphFileError, load_request, parse_inputs
@@ -92,6 +93,19 @@ def _age(msg: Any, name: str, now: float) -> str:
     if secs < 60:
         return f"{secs:.0f}s"
     return f"{int(secs // 60)}m{int(secs % 60):02d}s"
+
+
+def _time(text: str) -> datetime:
+    """A command-line time: ISO 8601 (``2026-12-01``, ``2026-12-01T08:00:00Z``)."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--meta {text!r}: use KEY=VALUE")
+    return key, value
 
 
 def _when(msg: Any, name: str) -> str:
@@ -217,20 +231,56 @@ class Cli:
         return EXIT_OK
 
     def list(self) -> int:
-        """``list``: runs, newest first, every page fetched up to --limit."""
+        """``list``: runs, newest first, every page fetched up to --limit (filters: --state,
+        --since, --until, --name, --meta K=V, --min-cost)."""
         limit = self.args.limit or None
+        filters = RunFilters(
+            created_after=self.args.since,
+            created_before=self.args.until,
+            name=self.args.name or "",
+            metadata=dict(_pair(kv) for kv in self.args.meta or ()),
+            min_cost_usd=self.args.min_cost,
+        )
         runs = list(
-            self.client.list_graphs(self.args.status, page_size=self.args.page_size, limit=limit)
+            self.client.list_graphs(
+                self.args.status, page_size=self.args.page_size, limit=limit, filters=filters
+            )
         )
         if self.as_json:
             self.print(_dicts(runs))
             return EXIT_OK
         wid = max([8, *(len(g.graph_id) for g in runs)])
-        self.print(f"{'GRAPH ID':<{wid}}  {'STATE':<9}  {'CREATED':<19}  {'ENDED':<19}  NAME")
+        self.print(
+            f"{'GRAPH ID':<{wid}}  {'STATE':<9}  {'CREATED':<19}  {'ENDED':<19}  "
+            f"{'COST USD':>10}  NAME"
+        )
         for g in runs:
             self.print(
                 f"{g.graph_id:<{wid}}  {state_name(g.state):<9}  {_when(g, 'create_time'):<19}  "
-                f"{_when(g, 'end_time'):<19}  {g.name}"
+                f"{_when(g, 'end_time'):<19}  {g.usage.cost_usd:>10.4f}  {g.name}"
+            )
+        return EXIT_OK
+
+    def usage(self) -> int:
+        """``usage``: tokens, cost, runs and failures of the archived runs created in
+        [--from, --to), grouped by --group-by (day, model, namespace, graph_name)."""
+        resp = self.client.usage_summary(self.args.start, self.args.end, self.args.group_by or None)
+        if self.as_json:
+            self.print(_json(resp))
+            return EXIT_OK
+        rows = [*resp.rows, resp.total]
+        wid = max([5, *(len(r.key) for r in resp.rows)])
+        self.print(
+            f"{'KEY':<{wid}}  {'RUNS':>7}  {'FAILED':>7}  {'INPUT':>12}  {'OUTPUT':>12}  "
+            f"{'CACHE W':>12}  {'CACHE R':>12}  {'COST USD':>12}"
+        )
+        for r in rows:
+            u = r.usage
+            key = r.key if r is not resp.total else "TOTAL"
+            self.print(
+                f"{key or '-':<{wid}}  {r.runs:>7}  {r.failed_runs:>7}  {u.input_tokens:>12}  "
+                f"{u.output_tokens:>12}  {u.cache_creation_input_tokens:>12}  "
+                f"{u.cache_read_input_tokens:>12}  {u.cost_usd:>12.4f}"
             )
         return EXIT_OK
 
@@ -428,6 +478,22 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--status", "--state", dest="status", help="completed, failed, running...")
     ls.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
     ls.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
+    ls.add_argument("--since", type=_time, help="created at or after (ISO 8601; UTC if no zone)")
+    ls.add_argument("--until", type=_time, help="created before (ISO 8601; UTC if no zone)")
+    ls.add_argument("--name", help="only runs of graphs with exactly this name")
+    ls.add_argument(
+        "--meta", action="append", metavar="K=V", help="metadata field K equals V; repeatable"
+    )
+    ls.add_argument("--min-cost", type=float, default=0.0, help="cost at least this (USD)")
+    us = sub.add_parser(
+        "usage",
+        help="tokens, cost, runs and failures of archived runs (needs DAGO_POSTGRES_URL)",
+    )
+    us.add_argument("--from", dest="start", type=_time, help="created at or after (ISO 8601)")
+    us.add_argument("--to", dest="end", type=_time, help="created before (ISO 8601)")
+    us.add_argument(
+        "--group-by", help="day, model, namespace or graph_name (default: the totals only)"
+    )
     w = sub.add_parser("watch", help="watch a run live until it ends")
     w.add_argument("graph_id")
     w.add_argument("--after-seq", type=int, default=0, help="resume after this event")

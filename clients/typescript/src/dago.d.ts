@@ -16,6 +16,8 @@ import type {
   ListWorkersResponse,
   DropDeadLetterResponse,
   RequeueDeadLetterResponse,
+  GetUsageSummaryRequestSchema,
+  GetUsageSummaryResponse,
   SubmitGraphRequestSchema,
   SubmitGraphResponse,
 } from "../gen/dago/v1/orchestrator_pb.js";
@@ -54,7 +56,11 @@ export interface DagoClient {
   ): Promise<SubmitGraphResponse>;
   /** The graph and inputs of a run, as submitted. */
   graph(graphId: string, options?: CallOptions): Promise<GetGraphResponse>;
-  /** One page of runs, newest first (pageSize, pageToken, state). */
+  /**
+   * One page of runs, newest first (pageSize, pageToken, state; filters createdAfter,
+   * createdBefore, name, metadata ["key=value"], minCostUsd). With the run history on,
+   * archived runs are in the same pages.
+   */
   list(
     request?: MessageInitShape<typeof ListGraphsRequestSchema>,
     options?: CallOptions,
@@ -83,6 +89,15 @@ export interface DagoClient {
   requeueDeadLetter(deadLetterId: string, options?: CallOptions): Promise<RequeueDeadLetterResponse>;
   /** Removes a dead letter; a node still waiting for it fails (not retried). */
   dropDeadLetter(deadLetterId: string, options?: CallOptions): Promise<DropDeadLetterResponse>;
+  /**
+   * Tokens, cost, runs and failed runs of archived runs created in [startTime, endTime),
+   * grouped by groupBy (UsageGroupBy); FailedPrecondition without the run history.
+   */
+  usage(
+    request?: MessageInitShape<typeof GetUsageSummaryRequestSchema>,
+    options?: CallOptions,
+  ): Promise<GetUsageSummaryResponse>;
+  status(graphId: string, options?: CallOptions): Promise<GetGraphStatusResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
   /**

@@ -122,6 +122,10 @@ export function createDagoClient(baseUrl, options = {}) {
       return (await client()).listGraphs(request, callOptions);
     },
 
+    async usage(request = {}, callOptions) {
+      return (await client()).getUsageSummary(request, callOptions);
+    },
+
     async status(graphId, callOptions, view = 0) {
       return (await client()).getGraphStatus({ graphId, view }, callOptions);
     },

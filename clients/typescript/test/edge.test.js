@@ -183,6 +183,20 @@ test("status views, a node's attempts, the workers and the dead letters", TIMEOU
   }
 });
 
+test("list filters by name; usage needs the run history (FailedPrecondition here)", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const name = `ts-filter-${crypto.randomUUID()}`;
+  const sub = await dago.submit(request({ ...diamond, graph: { ...diamond.graph, name } }));
+  const page = await dago.list({ name, pageSize: 10 });
+  assert.deepEqual(page.graphs.map((g) => g.graphId), [sub.graphId]);
+  const err = await dago.usage({ groupBy: 1 }).then(
+    () => assert.fail("usage answered without a history database"),
+    (e) => ConnectError.from(e),
+  );
+  assert.equal(err.code, Code.FailedPrecondition);
+  assert.match(err.rawMessage, /DAGO_POSTGRES_URL/);
+});
+
 test("an invalid graph is InvalidArgument with google.rpc.BadRequest details", TIMEOUT, async () => {
   const dago = createDagoClient(EDGE_URL);
   const bad = request({

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from dago.api import errors, tokens
+from dago.api import errors, queries, tokens
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
@@ -26,7 +26,6 @@ from dago.api.views import (
     graph_result,
     graph_state,
     graph_status,
-    summary,
 )
 from dago.api.watch import EventHub
 from dago.config import Settings
@@ -36,6 +35,9 @@ from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
+from dago.history.db import HistoryDb
+from dago.history.listing import RunListing
+from dago.history.usage import UsageReport
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import Entries, batched, decode, error_from
 from dago.store.functions import SubmitArgs
@@ -65,6 +67,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         gate: FairGate,
         tracing: Tracing | None = None,
         archive: ArchivedReads | None = None,
+        history: HistoryDb | None = None,
     ) -> None:
         self._auth = auth
         # Runs Redis no longer holds: answered from PostgreSQL when DAGO_POSTGRES_URL is set.
@@ -80,6 +83,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._operators = frozenset(
             n.strip() for n in settings.operator_namespaces.split(",") if n.strip()
         )
+        self._listing = RunListing(store, settings.shards, history)
+        self._usage = UsageReport(history) if history is not None else None
 
     def close(self) -> None:
         """Stop the compile thread (the server stopped)."""
@@ -363,35 +368,38 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListGraphs(
         self, request: orchestrator_pb2.ListGraphsRequest, context: Ctx
     ) -> orchestrator_pb2.ListGraphsResponse:
-        """Runs newest first, across every shard."""
+        """Runs newest first, across every shard and, with a history database, the archive
+        (dago.history.listing)."""
         size = request.page_size or 50
         if not 1 <= size <= 1000:
             raise errors.invalid_field("page_size", "must be between 1 and 1000")
-        if request.state not in _STATE_NAMES:
-            raise errors.invalid_field("state", f"unknown state {request.state}")
-        before: tuple[int, str] | None = None
-        if request.page_token:
-            ms, last = tokens.decode(request.page_token, "g", 2)
-            before = (tokens.decode_int(ms), last)
-        found: list[tuple[int, str]] = []
-        for shard in range(self._settings.shards):
-            for gid, score in await self._store.list_ids(
-                shard, request.state, before, size + 1, self._auth.current()
-            ):
-                found.append((score, gid))
-        found.sort(reverse=True)
-        page = found[:size]
-        resp = orchestrator_pb2.ListGraphsResponse()
-        metas = await self._store.metas(
-            [(parse_shard(g, self._settings.shards) or 0, g) for _, g in page]
+        f = queries.run_filter(request, self._auth.current())
+        page = await self._listing.page(f, queries.page_cursor(request.page_token, f), size)
+        return orchestrator_pb2.ListGraphsResponse(
+            graphs=page.runs, next_page_token=queries.page_token(page.next, f)
         )
-        for (_, gid), meta in zip(page, metas, strict=True):
-            if meta:
-                resp.graphs.append(summary(gid, meta))
-                resp.graphs[-1].namespace = self._auth.current()
-        if len(found) > size:
-            resp.next_page_token = tokens.encode("g", *page[-1])
-        return resp
+
+    @guard
+    async def GetUsageSummary(
+        self, request: orchestrator_pb2.GetUsageSummaryRequest, context: Ctx
+    ) -> orchestrator_pb2.GetUsageSummaryResponse:
+        """Usage of the archived runs of a range (dago.history.usage): the caller's
+        namespace, or every namespace for an operator."""
+        scope = None if self._operator() else self._auth.current()
+        query = queries.usage_query(request, scope)
+        if self._usage is None:
+            raise errors.failed_precondition(
+                "HISTORY_DISABLED",
+                "postgres_url",
+                "usage summaries are computed over the run history in PostgreSQL, which this "
+                "deployment does not keep: set DAGO_POSTGRES_URL (docs/history.md)",
+            )
+        return await self._usage.summary(query)
+
+    def _operator(self) -> bool:
+        """Whether the caller sees every namespace's operations data (authentication off,
+        or a namespace of DAGO_OPERATOR_NAMESPACES)."""
+        return not self._auth.enabled or self._auth.current() in self._operators
 
     # Yields bytes, not messages: registered without a response serializer (see
     # dago.api.server.register), since a graph's events are encoded once for all watchers.
@@ -528,7 +536,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         (other tenants' activity)."""
         since = int(time.time() * 1000) - self._settings.worker_ttl_ms
         resp = orchestrator_pb2.ListWorkersResponse()
-        operator = not self._auth.enabled or self._auth.current() in self._operators
+        operator = self._operator()
         for n, (wid, seen_ms, raw) in enumerate(await self._store.workers(since), 1):
             info = json.loads(raw)
             w = resp.workers.add(

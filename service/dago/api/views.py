@@ -56,19 +56,6 @@ def graph_state(meta: dict[bytes, bytes]) -> execution_pb2.GraphState.ValueType:
     return execution_pb2.GraphState.ValueType(_int(_meta(meta, Meta.STATE)))
 
 
-def summary(graph_id: str, meta: dict[bytes, bytes]) -> orchestrator_pb2.GraphSummary:
-    """A listing entry."""
-    s = orchestrator_pb2.GraphSummary(
-        graph_id=graph_id,
-        name=_str(_meta(meta, Meta.NAME)),
-        state=graph_state(meta),
-        request_id=_str(_meta(meta, Meta.REQUEST_ID)),
-    )
-    _ts(s.create_time, _meta(meta, Meta.CREATED))
-    _ts(s.end_time, _meta(meta, Meta.ENDED))
-    return s
-
-
 def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_pb2.GraphStatus:
     """The status of a run; without ``full``, no node outputs and no attempt inputs or
     outputs (GRAPH_STATUS_VIEW_BASIC)."""

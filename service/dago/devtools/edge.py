@@ -154,7 +154,30 @@ end
 """
 
 
+# GET /api/v1/usage: `group_by=day` as the REST query is documented (docs/history.md); the
+# transcoder reads enum values by their full name only (`usage_group_by_day`, any case with
+# case_insensitive_enum_parsing), so a short name gets the prefix. Anything else is left for
+# the transcoder to accept or refuse (400 naming group_by).
+_LUA_USAGE_QUERY = """\
+local function full_name(key, value)
+  if string.find(string.lower(value), "^usage_group_by_") ~= nil then
+    return nil
+  end
+  return key .. "USAGE_GROUP_BY_" .. string.upper(value)
+end
+
+function envoy_on_request(request_handle)
+  local headers = request_handle:headers()
+  local path = headers:get(":path")
+  local fixed = string.gsub(path, "([?&]group_?[Bb]y=)([%a_]+)", full_name)
+  if fixed ~= path then
+    headers:replace(":path", fixed)
+  end
+end
+"""
+
 LUA_NDJSON = _LUA_NDJSON_TYPE
+LUA_USAGE_QUERY = _LUA_USAGE_QUERY
 LUA_REST_BODY = _LUA_REST_BODY
 # RunGraph over REST: a POST with a body (checked as every REST body is) answered by a
 # stream (with the watch routes' SSE ids or NDJSON type).
@@ -527,6 +550,7 @@ def render(cfg: EdgeConfig, template: str | None = None) -> str:
         "LUA_REST_BODY": LUA_REST_BODY,
         "LUA_RUN_SSE": LUA_RUN_SSE,
         "LUA_RUN_NDJSON": LUA_RUN_NDJSON,
+        "LUA_USAGE_QUERY": LUA_USAGE_QUERY,
         "FILE_ROUTES": _file_routes(cfg) or "",
         "SOCKET_OPTIONS": _socket_options(cfg),
         "CLIENT_RATE_LIMIT": _client_rate_limit(cfg),

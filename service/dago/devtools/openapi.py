@@ -72,6 +72,23 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
         "additionalProperties": True,
     },
 }
+# Message fields a query parameter can set (the transcoder reads their JSON string form).
+_QUERY_MESSAGES = {".google.protobuf.Timestamp", ".google.protobuf.Duration"}
+
+
+def _query_type(f: descriptor_pb2.FieldDescriptorProto) -> bool:
+    """Whether field ``f`` can be a query parameter: scalars, enums, and timestamps."""
+    return f.type != _F.TYPE_MESSAGE or f.type_name in _QUERY_MESSAGES
+
+
+def _query_name(f: descriptor_pb2.FieldDescriptorProto) -> str:
+    """The query parameter of field ``f``: its name, or the json_name the proto gave it
+    (GetUsageSummaryRequest's ``from``/``to``; the transcoder takes both, the docs one)."""
+    head, *rest = f.name.split("_")
+    default = head + "".join(w.capitalize() for w in rest)
+    return f.json_name if f.json_name and f.json_name != default else f.name
+
+
 # The HTTP statuses Envoy gives the gRPC codes (convert_grpc_status; docs/rest.md).
 ERROR_STATUSES = {
     "400": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE",
@@ -201,10 +218,10 @@ class _OpenApi:
         out: list[dict[str, Any]] = []
         for fi, f in enumerate(m.field):
             where = "path" if f.name in in_path else "query"
-            if where == "query" and (not with_query or f.type == _F.TYPE_MESSAGE):
+            if where == "query" and (not with_query or not _query_type(f)):
                 continue
             p: dict[str, Any] = {
-                "name": f.name,
+                "name": _query_name(f) if where == "query" else f.name,
                 "in": where,
                 "required": where == "path",
                 "schema": self.field_schema(f),

@@ -49,9 +49,15 @@ from dago.store.functions import (
     parse_taken,
 )
 from dago.store.keys import WORK_GROUP, Keys
-from dago.store.schema import DeadLetter, Meta, Node, Work
+from dago.store.schema import DeadLetter, Meta, Node, Usage, Work
 
 log = logging.getLogger("dago.store")
+
+SUMMARY_FIELDS: tuple[str, ...] = (
+    Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE,
+    Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
+)  # fmt: skip
+"""The meta fields a listing entry (GraphSummary) is built from."""
 
 
 class RecordId(NamedTuple):
@@ -334,12 +340,13 @@ class Store:
         out.sort()
         return out
 
-    async def metas(self, graphs: Sequence[tuple[int, str]]) -> list[dict[bytes, bytes]]:
-        """Summary fields of several graphs (any shards) in one round trip."""
+    async def metas(
+        self, graphs: Sequence[tuple[int, str]], extra: Sequence[str] = ()
+    ) -> list[dict[bytes, bytes]]:
+        """Summary fields (and ``extra`` ones) of several graphs (any shards) in one round
+        trip; a graph that no longer exists gives an empty dict."""
         pipe = self.redis.pipeline(transaction=False)
-        names = [
-            Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE
-        ]  # fmt: skip
+        names = [*SUMMARY_FIELDS, *extra]
         for shard, gid in graphs:
             pipe.hmget(self.keys.shard(shard).graph(gid).meta, names)
         res = await pipe.execute()
@@ -354,33 +361,30 @@ class Store:
         res = await self.redis.xrange(gk.events, min=lo, max=hi, count=count)
         return expand(res, after_seq)[:count]
 
-    async def list_ids(
+    async def index_range(
         self,
         shard: int,
+        namespace: str,
         state: int,
-        before: tuple[int, str] | None,
+        high_ms: int | None,
+        low_ms: int | None,
+        offset: int,
         count: int,
-        namespace: str = "default",
     ) -> list[tuple[str, int]]:
-        """Graph ids of one shard and namespace, newest first, strictly before ``before``
-        (score, id)."""
+        """Up to ``count`` (graph id, create time ms) of one shard's namespace index (of
+        one state when ``state``), newest first (ids descending within a millisecond),
+        create times from ``high_ms`` down to ``low_ms`` (both inclusive; None: no bound),
+        after skipping ``offset`` entries."""
         key = self.keys.shard(shard).index(str(state) if state else "", namespace)
-        hi: str | int = "+inf" if before is None else before[0]
-        out: list[tuple[str, int]] = []
-        offset = 0
-        while len(out) < count:
-            res = await self.redis.zrevrangebyscore(
-                key, hi, "-inf", start=offset, num=count, withscores=True
-            )
-            if not res:
-                break
-            offset += len(res)
-            for member, score in res:
-                entry: tuple[str, int] = (_s(member), int(score))
-                # Same-millisecond ties are ordered by id, so (score, id) is a strict cursor.
-                if before is None or (entry[1], entry[0]) < before:
-                    out.append(entry)
-        return out[:count]
+        res = await self.redis.zrevrangebyscore(
+            key,
+            "+inf" if high_ms is None else high_ms,
+            "-inf" if low_ms is None else low_ms,
+            start=offset,
+            num=count,
+            withscores=True,
+        )
+        return [(_s(member), int(score)) for member, score in res]
 
     async def active_graphs(self, namespace: str, states: Sequence[int]) -> int:
         """How many graphs of ``namespace`` are in ``states``, over every shard (one round

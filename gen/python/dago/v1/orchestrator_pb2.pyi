@@ -59,6 +59,48 @@ carry: read it with BASIC and ListNodeAttempts.
 """
 Global___GraphStatusView: _TypeAlias = GraphStatusView  # noqa: Y015
 
+class _UsageGroupBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGroupBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUP_BY_UNSPECIFIED: _UsageGroupBy.ValueType  # 0
+    """No grouping: the totals only."""
+    USAGE_GROUP_BY_DAY: _UsageGroupBy.ValueType  # 1
+    """The UTC day the run was created; key `2026-12-01`."""
+    USAGE_GROUP_BY_MODEL: _UsageGroupBy.ValueType  # 2
+    """The model a node called (the provider's model name; `` for nodes that
+    call none). Tokens and cost are the nodes'; a run that called two models
+    counts in both rows, so the rows' runs add up to more than the total.
+    """
+    USAGE_GROUP_BY_NAMESPACE: _UsageGroupBy.ValueType  # 3
+    """The run's namespace. A tenant's summary has its own namespace only; an
+    operator namespace (DAGO_OPERATOR_NAMESPACES) sees every namespace.
+    """
+    USAGE_GROUP_BY_GRAPH_NAME: _UsageGroupBy.ValueType  # 4
+    """The graph's name (Graph.name)."""
+
+class UsageGroupBy(_UsageGroupBy, metaclass=_UsageGroupByEnumTypeWrapper):
+    """What GetUsageSummary groups rows by."""
+
+USAGE_GROUP_BY_UNSPECIFIED: UsageGroupBy.ValueType  # 0
+"""No grouping: the totals only."""
+USAGE_GROUP_BY_DAY: UsageGroupBy.ValueType  # 1
+"""The UTC day the run was created; key `2026-12-01`."""
+USAGE_GROUP_BY_MODEL: UsageGroupBy.ValueType  # 2
+"""The model a node called (the provider's model name; `` for nodes that
+call none). Tokens and cost are the nodes'; a run that called two models
+counts in both rows, so the rows' runs add up to more than the total.
+"""
+USAGE_GROUP_BY_NAMESPACE: UsageGroupBy.ValueType  # 3
+"""The run's namespace. A tenant's summary has its own namespace only; an
+operator namespace (DAGO_OPERATOR_NAMESPACES) sees every namespace.
+"""
+USAGE_GROUP_BY_GRAPH_NAME: UsageGroupBy.ValueType  # 4
+"""The graph's name (Graph.name)."""
+Global___UsageGroupBy: _TypeAlias = UsageGroupBy  # noqa: Y015
+
 @_typing.final
 class SubmitGraphRequest(_message.Message):
     """Request of SubmitGraph."""
@@ -393,22 +435,61 @@ class ListGraphsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    MIN_COST_USD_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     state: _execution_pb2.GraphState.ValueType
     """Only runs in this state."""
+    name: _builtins.str
+    """Only runs whose graph name (Graph.name) is exactly this."""
+    min_cost_usd: _builtins.float
+    """Only runs whose usage cost (usage.cost_usd) is at least this many US
+    dollars. 0: any cost.
+    """
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only runs created at or after this time (milliseconds count: a run's
+        create_time has millisecond precision and a finer bound is rounded up).
+        """
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only runs created before this time (exclusive: with created_after, the
+        half-open range [created_after, created_before)).
+        """
+
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only runs whose Graph.metadata has each of these top-level fields, one
+        `key=value` entry per field (split at the first `=`; REST repeats the
+        parameter: `?metadata=team=search&metadata=tier=1`). A string field
+        matches when it equals the value exactly; a number field when it equals
+        the value read as a JSON number (`1` matches 1 and 1.0); a boolean field
+        when the value is `true` or `false`. Null, list and object fields never
+        match. At most 16 entries.
+        """
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         state: _execution_pb2.GraphState.ValueType = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        name: _builtins.str = ...,
+        metadata: _abc.Iterable[_builtins.str] | None = ...,
+        min_cost_usd: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,6 +536,8 @@ class GraphSummary(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -465,6 +548,8 @@ class GraphSummary(_message.Message):
     """Its request_id."""
     namespace: _builtins.str
     """Output only. The namespace the run belongs to."""
+    steps: _builtins.int
+    """Node attempts started so far."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -472,6 +557,10 @@ class GraphSummary(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When it finished."""
+
+    @_builtins.property
+    def usage(self) -> _execution_pb2.Usage:
+        """Usage summed over the run's nodes (so far, while it runs)."""
 
     def __init__(
         self,
@@ -483,10 +572,12 @@ class GraphSummary(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         namespace: _builtins.str = ...,
+        usage: _execution_pb2.Usage | None = ...,
+        steps: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1031,3 +1122,109 @@ class DropDeadLetterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DropDeadLetterResponse: _TypeAlias = DropDeadLetterResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageSummaryRequest(_message.Message):
+    """Request of GetUsageSummary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    group_by: Global___UsageGroupBy.ValueType
+    """How rows are grouped. Unspecified: no rows, the totals only."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only runs created at or after this time. Unset: from the first archived
+        run. The JSON and REST name is `from`.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only runs created before this time (exclusive). Unset: up to now. Must
+        not be before start_time. The JSON and REST name is `to`.
+        """
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGroupBy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSummaryRequest: _TypeAlias = GetUsageSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageSummaryResponse(_message.Message):
+    """Response of GetUsageSummary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageSummaryRow]:
+        """One row per group, ordered by key; empty without group_by."""
+
+    @_builtins.property
+    def total(self) -> Global___UsageSummaryRow:
+        """Every run of the range (key empty)."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___UsageSummaryRow] | None = ...,
+        total: Global___UsageSummaryRow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSummaryResponse: _TypeAlias = GetUsageSummaryResponse  # noqa: Y015
+
+@_typing.final
+class UsageSummaryRow(_message.Message):
+    """Usage of one group of archived runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    FAILED_RUNS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The group (see UsageGroupBy); empty for the totals."""
+    runs: _builtins.int
+    """Runs in the group."""
+    failed_runs: _builtins.int
+    """Of those, the runs that ended GRAPH_STATE_FAILED (cancelled runs are not
+    failures).
+    """
+    @_builtins.property
+    def usage(self) -> _execution_pb2.Usage:
+        """Tokens and cost summed over the group."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        runs: _builtins.int = ...,
+        failed_runs: _builtins.int = ...,
+        usage: _execution_pb2.Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_runs", b"failed_runs", "key", b"key", "runs", b"runs", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageSummaryRow: _TypeAlias = UsageSummaryRow  # noqa: Y015

@@ -69,6 +69,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphsRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphsResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSummary = channel.unary_unary(
+                '/dago.v1.OrchestratorService/GetUsageSummary',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.GetUsageSummaryRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.GetUsageSummaryResponse.FromString,
+                _registered_method=True)
         self.WatchGraph = channel.unary_stream(
                 '/dago.v1.OrchestratorService/WatchGraph',
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.WatchGraphRequest.SerializeToString,
@@ -159,7 +164,21 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListGraphs(self, request, context):
-        """Runs, newest first, with an optional state filter.
+        """Runs, newest first, with optional filters (state, creation time range,
+        name, metadata, minimum cost). With DAGO_POSTGRES_URL set, the pages run
+        over the live runs in Redis and the archived ones in PostgreSQL as one
+        list, under one page_token: a run in both stores is listed once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsageSummary(self, request, context):
+        """Tokens, cost, runs and failed runs of the archived runs created in a time
+        range, in total and grouped by day, model, namespace or graph name,
+        computed in PostgreSQL. FAILED_PRECONDITION without DAGO_POSTGRES_URL.
+        Over REST the range is `?from=...&to=...` (RFC 3339) and the grouping
+        `group_by=day` (or model, namespace, graph_name; any case).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +290,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListGraphs,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphsRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListGraphsResponse.SerializeToString,
+            ),
+            'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSummary,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.GetUsageSummaryRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.GetUsageSummaryResponse.SerializeToString,
             ),
             'WatchGraph': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchGraph,
@@ -480,6 +504,33 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/ListGraphs',
             dago_dot_v1_dot_orchestrator__pb2.ListGraphsRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.ListGraphsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/GetUsageSummary',
+            dago_dot_v1_dot_orchestrator__pb2.GetUsageSummaryRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.GetUsageSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,7 +55,18 @@ class OrchestratorServiceStub:
     cancelled run succeeds again, so the call can be retried.
     """
     ListGraphs: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphsRequest, _orchestrator_pb2.ListGraphsResponse]
-    """Runs, newest first, with an optional state filter."""
+    """Runs, newest first, with optional filters (state, creation time range,
+    name, metadata, minimum cost). With DAGO_POSTGRES_URL set, the pages run
+    over the live runs in Redis and the archived ones in PostgreSQL as one
+    list, under one page_token: a run in both stores is listed once.
+    """
+    GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUsageSummaryRequest, _orchestrator_pb2.GetUsageSummaryResponse]
+    """Tokens, cost, runs and failed runs of the archived runs created in a time
+    range, in total and grouped by day, model, namespace or graph name,
+    computed in PostgreSQL. FAILED_PRECONDITION without DAGO_POSTGRES_URL.
+    Over REST the range is `?from=...&to=...` (RFC 3339) and the grouping
+    `group_by=day` (or model, namespace, graph_name; any case).
+    """
     WatchGraph: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.WatchGraphRequest, _orchestrator_pb2.WatchGraphResponse]
     """The live event stream of a run: replays the events after the cursor,
     then follows new ones, sends heartbeats while idle and ends after the
@@ -125,7 +136,18 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     cancelled run succeeds again, so the call can be retried.
     """
     ListGraphs: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListGraphsRequest, _orchestrator_pb2.ListGraphsResponse]  # type: ignore[assignment]
-    """Runs, newest first, with an optional state filter."""
+    """Runs, newest first, with optional filters (state, creation time range,
+    name, metadata, minimum cost). With DAGO_POSTGRES_URL set, the pages run
+    over the live runs in Redis and the archived ones in PostgreSQL as one
+    list, under one page_token: a run in both stores is listed once.
+    """
+    GetUsageSummary: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUsageSummaryRequest, _orchestrator_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
+    """Tokens, cost, runs and failed runs of the archived runs created in a time
+    range, in total and grouped by day, model, namespace or graph name,
+    computed in PostgreSQL. FAILED_PRECONDITION without DAGO_POSTGRES_URL.
+    Over REST the range is `?from=...&to=...` (RFC 3339) and the grouping
+    `group_by=day` (or model, namespace, graph_name; any case).
+    """
     WatchGraph: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.WatchGraphRequest, _orchestrator_pb2.WatchGraphResponse]  # type: ignore[assignment]
     """The live event stream of a run: replays the events after the cursor,
     then follows new ones, sends heartbeats while idle and ends after the
@@ -228,7 +250,24 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_pb2.ListGraphsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.ListGraphsResponse, _abc.Awaitable[_orchestrator_pb2.ListGraphsResponse]]:
-        """Runs, newest first, with an optional state filter."""
+        """Runs, newest first, with optional filters (state, creation time range,
+        name, metadata, minimum cost). With DAGO_POSTGRES_URL set, the pages run
+        over the live runs in Redis and the archived ones in PostgreSQL as one
+        list, under one page_token: a run in both stores is listed once.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageSummary(
+        self,
+        request: _orchestrator_pb2.GetUsageSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.GetUsageSummaryResponse, _abc.Awaitable[_orchestrator_pb2.GetUsageSummaryResponse]]:
+        """Tokens, cost, runs and failed runs of the archived runs created in a time
+        range, in total and grouped by day, model, namespace or graph name,
+        computed in PostgreSQL. FAILED_PRECONDITION without DAGO_POSTGRES_URL.
+        Over REST the range is `?from=...&to=...` (RFC 3339) and the grouping
+        `group_by=day` (or model, namespace, graph_name; any case).
+        """
 
     @_abc_1.abstractmethod
     def WatchGraph(

@@ -352,6 +352,50 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
    * @generated from field: dago.v1.GraphState state = 3;
    */
   state: GraphState;
+
+  /**
+   * Only runs created at or after this time (milliseconds count: a run's
+   * create_time has millisecond precision and a finer bound is rounded up).
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 4;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * Only runs created before this time (exclusive: with created_after, the
+   * half-open range [created_after, created_before)).
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Only runs whose graph name (Graph.name) is exactly this.
+   *
+   * @generated from field: string name = 6;
+   */
+  name: string;
+
+  /**
+   * Only runs whose Graph.metadata has each of these top-level fields, one
+   * `key=value` entry per field (split at the first `=`; REST repeats the
+   * parameter: `?metadata=team=search&metadata=tier=1`). A string field
+   * matches when it equals the value exactly; a number field when it equals
+   * the value read as a JSON number (`1` matches 1 and 1.0); a boolean field
+   * when the value is `true` or `false`. Null, list and object fields never
+   * match. At most 16 entries.
+   *
+   * @generated from field: repeated string metadata = 7;
+   */
+  metadata: string[];
+
+  /**
+   * Only runs whose usage cost (usage.cost_usd) is at least this many US
+   * dollars. 0: any cost.
+   *
+   * @generated from field: double min_cost_usd = 8;
+   */
+  minCostUsd: number;
 };
 
 /**
@@ -441,6 +485,20 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: string namespace = 7;
    */
   namespace: string;
+
+  /**
+   * Usage summed over the run's nodes (so far, while it runs).
+   *
+   * @generated from field: dago.v1.Usage usage = 8;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * Node attempts started so far.
+   *
+   * @generated from field: int32 steps = 9;
+   */
+  steps: number;
 };
 
 /**
@@ -1022,6 +1080,111 @@ export declare type DropDeadLetterResponse = Message<"dago.v1.DropDeadLetterResp
 export declare const DropDeadLetterResponseSchema: GenMessage<DropDeadLetterResponse>;
 
 /**
+ * Request of GetUsageSummary.
+ *
+ * @generated from message dago.v1.GetUsageSummaryRequest
+ */
+export declare type GetUsageSummaryRequest = Message<"dago.v1.GetUsageSummaryRequest"> & {
+  /**
+   * Only runs created at or after this time. Unset: from the first archived
+   * run. The JSON and REST name is `from`.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1 [json_name = "from"];
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Only runs created before this time (exclusive). Unset: up to now. Must
+   * not be before start_time. The JSON and REST name is `to`.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2 [json_name = "to"];
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * How rows are grouped. Unspecified: no rows, the totals only.
+   *
+   * @generated from field: dago.v1.UsageGroupBy group_by = 3;
+   */
+  groupBy: UsageGroupBy;
+};
+
+/**
+ * Describes the message dago.v1.GetUsageSummaryRequest.
+ * Use `create(GetUsageSummaryRequestSchema)` to create a new message.
+ */
+export declare const GetUsageSummaryRequestSchema: GenMessage<GetUsageSummaryRequest>;
+
+/**
+ * Response of GetUsageSummary.
+ *
+ * @generated from message dago.v1.GetUsageSummaryResponse
+ */
+export declare type GetUsageSummaryResponse = Message<"dago.v1.GetUsageSummaryResponse"> & {
+  /**
+   * One row per group, ordered by key; empty without group_by.
+   *
+   * @generated from field: repeated dago.v1.UsageSummaryRow rows = 1;
+   */
+  rows: UsageSummaryRow[];
+
+  /**
+   * Every run of the range (key empty).
+   *
+   * @generated from field: dago.v1.UsageSummaryRow total = 2;
+   */
+  total?: UsageSummaryRow | undefined;
+};
+
+/**
+ * Describes the message dago.v1.GetUsageSummaryResponse.
+ * Use `create(GetUsageSummaryResponseSchema)` to create a new message.
+ */
+export declare const GetUsageSummaryResponseSchema: GenMessage<GetUsageSummaryResponse>;
+
+/**
+ * Usage of one group of archived runs.
+ *
+ * @generated from message dago.v1.UsageSummaryRow
+ */
+export declare type UsageSummaryRow = Message<"dago.v1.UsageSummaryRow"> & {
+  /**
+   * The group (see UsageGroupBy); empty for the totals.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * Runs in the group.
+   *
+   * @generated from field: int64 runs = 2;
+   */
+  runs: bigint;
+
+  /**
+   * Of those, the runs that ended GRAPH_STATE_FAILED (cancelled runs are not
+   * failures).
+   *
+   * @generated from field: int64 failed_runs = 3;
+   */
+  failedRuns: bigint;
+
+  /**
+   * Tokens and cost summed over the group.
+   *
+   * @generated from field: dago.v1.Usage usage = 4;
+   */
+  usage?: Usage | undefined;
+};
+
+/**
+ * Describes the message dago.v1.UsageSummaryRow.
+ * Use `create(UsageSummaryRowSchema)` to create a new message.
+ */
+export declare const UsageSummaryRowSchema: GenMessage<UsageSummaryRow>;
+
+/**
  * How much of a run GetGraphStatus includes.
  *
  * @generated from enum dago.v1.GraphStatusView
@@ -1057,6 +1220,56 @@ export enum GraphStatusView {
  * Describes the enum dago.v1.GraphStatusView.
  */
 export declare const GraphStatusViewSchema: GenEnum<GraphStatusView>;
+
+/**
+ * What GetUsageSummary groups rows by.
+ *
+ * @generated from enum dago.v1.UsageGroupBy
+ */
+export enum UsageGroupBy {
+  /**
+   * No grouping: the totals only.
+   *
+   * @generated from enum value: USAGE_GROUP_BY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The UTC day the run was created; key `2026-12-01`.
+   *
+   * @generated from enum value: USAGE_GROUP_BY_DAY = 1;
+   */
+  DAY = 1,
+
+  /**
+   * The model a node called (the provider's model name; `` for nodes that
+   * call none). Tokens and cost are the nodes'; a run that called two models
+   * counts in both rows, so the rows' runs add up to more than the total.
+   *
+   * @generated from enum value: USAGE_GROUP_BY_MODEL = 2;
+   */
+  MODEL = 2,
+
+  /**
+   * The run's namespace. A tenant's summary has its own namespace only; an
+   * operator namespace (DAGO_OPERATOR_NAMESPACES) sees every namespace.
+   *
+   * @generated from enum value: USAGE_GROUP_BY_NAMESPACE = 3;
+   */
+  NAMESPACE = 3,
+
+  /**
+   * The graph's name (Graph.name).
+   *
+   * @generated from enum value: USAGE_GROUP_BY_GRAPH_NAME = 4;
+   */
+  GRAPH_NAME = 4,
+}
+
+/**
+ * Describes the enum dago.v1.UsageGroupBy.
+ */
+export declare const UsageGroupBySchema: GenEnum<UsageGroupBy>;
 
 /**
  * Runs graphs of agent steps. Every error carries a google.rpc.Status with
@@ -1123,7 +1336,10 @@ export declare const OrchestratorService: GenService<{
     output: typeof CancelGraphResponseSchema;
   },
   /**
-   * Runs, newest first, with an optional state filter.
+   * Runs, newest first, with optional filters (state, creation time range,
+   * name, metadata, minimum cost). With DAGO_POSTGRES_URL set, the pages run
+   * over the live runs in Redis and the archived ones in PostgreSQL as one
+   * list, under one page_token: a run in both stores is listed once.
    *
    * @generated from rpc dago.v1.OrchestratorService.ListGraphs
    */
@@ -1131,6 +1347,20 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof ListGraphsRequestSchema;
     output: typeof ListGraphsResponseSchema;
+  },
+  /**
+   * Tokens, cost, runs and failed runs of the archived runs created in a time
+   * range, in total and grouped by day, model, namespace or graph name,
+   * computed in PostgreSQL. FAILED_PRECONDITION without DAGO_POSTGRES_URL.
+   * Over REST the range is `?from=...&to=...` (RFC 3339) and the grouping
+   * `group_by=day` (or model, namespace, graph_name; any case).
+   *
+   * @generated from rpc dago.v1.OrchestratorService.GetUsageSummary
+   */
+  getUsageSummary: {
+    methodKind: "unary";
+    input: typeof GetUsageSummaryRequestSchema;
+    output: typeof GetUsageSummaryResponseSchema;
   },
   /**
    * The live event stream of a run: replays the events after the cursor,
