@@ -10,7 +10,7 @@
 
 -- Set by begin() for each call, and by use_shard() for the shard being worked on.
 local KEYS, ARGV
-local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_CONTROL, K_INDEX, K_STATS, K_WAKE
+local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_WATCHED, K_CONTROL, K_INDEX, K_STATS, K_WAKE
 local K_ARCHIVE
 local GROUP = 'workers'
 local NOW, NOW_S
@@ -297,8 +297,13 @@ local function flush()
     end
   end
   pending = {}
+  -- Only graphs an API process watches are named (api/watch.py registers them before it
+  -- reads their log, so no growth after that read goes unnamed).
   for gid in pairs(notified) do
-    redis.call('XADD', K_NOTIFY, 'MAXLEN', '~', 10000, '*', WORK.GRAPH, gid)
+    local until_ms = redis.call('ZSCORE', K_WATCHED, gid)
+    if until_ms and tonumber(until_ms) >= NOW then
+      redis.call('XADD', K_NOTIFY, 'MAXLEN', '~', 10000, '*', WORK.GRAPH, gid)
+    end
   end
   notified = {}
   for _, v in pairs(controls) do
@@ -322,6 +327,7 @@ local function use_shard(i)
   K_WORK = KEYS[i]
   TAG = string.sub(K_WORK, 1, -6)
   K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
+  K_WATCHED = TAG .. ':watched'
   K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
   K_WAKE, K_ARCHIVE = TAG .. ':wake', TAG .. ':archive'
 end
