@@ -5,12 +5,27 @@ registrations."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
+import redis.asyncio as aioredis
 
 from dago.engine.ids import parse_shard
-from harness import InProcessStack, MakeStack, echo, eventually, kinds, request, tool
+from dago.store.schema import Notify
+from dago.v1 import orchestrator_pb2
+from harness import (
+    InProcessStack,
+    MakeStack,
+    echo,
+    edge,
+    eventually,
+    kinds,
+    request,
+    stack_settings,
+    tool,
+)
+from redisfixture import RedisServer
 
 
 @pytest.fixture
@@ -59,3 +74,33 @@ async def test_the_sweeper_drops_lapsed_registrations(stack: InProcessStack) -> 
 
     await eventually(dropped)
     assert await stack.store.redis.zscore(watched, "0-live") is not None
+
+
+async def _xranges(url: str) -> int:
+    r = aioredis.Redis.from_url(url)
+    try:
+        stats = await r.info("commandstats")
+        return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+    finally:
+        await r.aclose()
+
+
+def _chain(n: int, big: int = 0) -> orchestrator_pb2.SubmitGraphRequest:
+    nodes = [tool(f"s{i}", "sleep", inputs={"seconds": 0.02}) for i in range(n)]
+    if big:  # an output larger than a notification carries
+        nodes.append(echo("big", text="x" * big))
+    ids = [n["id"] for n in nodes]
+    return request(nodes, [edge(a, b) for a, b in itertools.pairwise(ids)])
+
+
+async def test_a_watcher_takes_the_events_notifications_carry(private_redis: RedisServer) -> None:
+    async with InProcessStack(stack_settings(private_redis.url, "wcarry")) as stack:
+        gid = await stack.client.submit(_chain(20, big=Notify.CARRY_BYTES * 2))
+        before = await _xranges(private_redis.url)
+        events = await stack.client.watch(gid)
+        reads = await _xranges(private_redis.url) - before
+        assert events == await stack.client.history(gid)
+        assert kinds(events)[-1] == "graph_completed"
+        # Each of the 21 steps grew the log after the first read; the small ones came with
+        # their notification (the big output's did not: it was read from the log).
+        assert reads <= 5, reads

@@ -57,8 +57,9 @@ from dago.store.events import (
     entry_range,
     expand,
     graph_prefix,
+    unpack,
 )
-from dago.store.schema import Meta, Work
+from dago.store.schema import Meta, Notify, Work
 from dago.store.store import Store
 
 log = logging.getLogger("dago.watch")
@@ -86,7 +87,7 @@ DONE_BYTES = 8 << 20
 replayed again by the next watcher without reading or encoding it again): at most this many
 graphs and bytes."""
 
-_GRAPH = Work.GRAPH.encode()
+_GRAPH, _FIRST = Work.GRAPH.encode(), Notify.FIRST.encode()
 _HEAD = (Meta.STATE, Meta.SEQ, Meta.NAMESPACE)
 
 
@@ -138,6 +139,19 @@ class _Feed:
             if not fut.done():
                 fut.set_result(True)
         self.waiters.clear()
+
+    def notice(self, first: int, events: list[bytes]) -> None:
+        """The log grew: take the new events a notification carries when they follow what
+        was read and nothing else can be missing (no read under way, none owed), then wake
+        the watchers (who read the log themselves when the events were not taken)."""
+        taken = (
+            events and self.fetching is None and self.read_gen == self.gen and first == self.end + 1
+        )
+        if taken:
+            self.add([(first + k, unpack(ev)) for k, ev in enumerate(events)])
+        self.wake()
+        if taken:
+            self.read_gen = self.gen
 
     def add(self, entries: Entries) -> None:
         """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
@@ -208,9 +222,10 @@ class EventHub:
             if fields is None:
                 self._wake_all()  # wake-ups may have been missed: every watcher re-reads
                 continue
-            feed = feeds.get(fields[_GRAPH].decode())
+            graph_id, first, events = _notice(list(fields.items()))
+            feed = feeds.get(graph_id)
             if feed is not None:
-                feed.wake()
+                feed.notice(first, events)
 
     async def _tail_direct(self, keys: list[str]) -> None:
         """The notify tail of a single Redis, on a connection of its own (not the client's
@@ -245,9 +260,11 @@ class EventHub:
                     i = keys.index(key.decode())
                     for entry_id, fields in entries:
                         ids[i] = entry_id
-                        feed = feeds.get(_field(fields, _GRAPH) or "")
+                        pairs = list(zip(fields[::2], fields[1::2], strict=True))
+                        graph_id, first, events = _notice(pairs)
+                        feed = feeds.get(graph_id)
                         if feed is not None:
-                            feed.wake()
+                            feed.notice(first, events)
         finally:
             await conn.disconnect(nowait=True)
 
@@ -597,12 +614,18 @@ def _entries(found: object, after: int) -> Entries:
     return expand(found, after)
 
 
-def _field(flat: list[bytes], name: bytes) -> str | None:
-    """A field of a stream entry as Redis sends it (field, value, field, value...)."""
-    for i in range(0, len(flat) - 1, 2):
-        if flat[i] == name:
-            return flat[i + 1].decode()
-    return None
+def _notice(fields: list[tuple[bytes, bytes]]) -> tuple[str, int, list[bytes]]:
+    """A notify entry's (field, value) pairs as (graph id, seq of the first event carried,
+    the events carried; schema.Notify)."""
+    graph_id, first, events = "", 0, []
+    for name, value in fields:
+        if name == _GRAPH:
+            graph_id = value.decode()
+        elif name == _FIRST:
+            first = int(value)
+        else:
+            events.append(value)
+    return graph_id, first, events
 
 
 def _recorded(stored: Stored) -> int:
