@@ -54,6 +54,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
         names |= {sk.work: "stream", sk.dead: "stream", sk.timers: "zset", sk.stats: "hash"}
         names |= {sk.notify: "stream", sk.control: "stream", sk.wake: "stream", sk.index(): "zset"}
         names[sk.archive] = "zset"
+        names[sk.watched] = "zset"
         names |= {sk.index(str(state)): "zset" for state in GRAPH_STATES}
     for gid, rid in graphs.items():
         sk = keys.shard(graph_shard(gid))
@@ -102,7 +103,10 @@ async def run_graphs(stack: InProcessStack, prefix: str) -> Ran:
         limits={"deadline": "60s"},
         request_id=rid,
     )
-    gid, st = await stack.client.run(req)
+    # Watched to its end: its log's growth is named in the notify stream.
+    gid = await stack.client.submit(req)
+    await stack.client.watch(gid)
+    st = await stack.client.status(gid)
     assert st.state == execution_pb2.GRAPH_STATE_COMPLETED, st
     assert node_states(st) == {"a": "COMPLETED", "b": "COMPLETED"}
     ran.graphs[gid] = rid
@@ -157,7 +161,8 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     required |= {sk.work for sk in keys.all_shards()}  # consumer groups on every shard
     done = keys.shard(graph_shard(ran.completed))
     required |= set(done.graph(ran.completed).all())
-    required |= {done.request(ran.graphs[ran.completed]), done.timers, done.notify, done.index()}
+    required |= {done.request(ran.graphs[ran.completed]), done.timers, done.index()}
+    required |= {done.notify, done.watched}
     required.add(done.index(str(execution_pb2.GRAPH_STATE_COMPLETED)))
     failed = keys.shard(graph_shard(ran.failed))
     fg = failed.graph(ran.failed)

@@ -4,10 +4,12 @@ The event log in Redis is the only source of truth: every event a watcher sends 
 with XRANGE from the graph's log, in seq order, from the watcher's cursor. What this module
 adds is the wake-up and the sharing:
 
-- The Lua scripts append the graph id to a per-shard ``notify`` stream whenever a graph's
-  log grows; one reader per shard (per process) tails it and wakes the local watchers of
-  that graph. A missed wake-up costs at most one heartbeat interval, never an event: a
-  watcher re-reads the log after every heartbeat.
+- The Lua scripts append the graph id to a per-shard ``notify`` stream whenever the log of
+  a watched graph grows (a process registers the graphs it streams, ``ShardKeys.watched``,
+  in the round trip of its first read, and renews them while it does: nobody pays for the
+  notifications of graphs nobody watches); one reader per shard (per process) tails it
+  and wakes the local watchers of that graph. A missed wake-up costs at most one
+  heartbeat interval, never an event: a watcher re-reads the log after every heartbeat.
 - The watchers of one graph in this process share a :class:`_Feed`: a window of the
   graph's log already read and encoded (serialized ``WatchGraphResponse`` bytes). One
   XRANGE and one encoding per event serve every watcher of the graph; a watcher behind
@@ -55,8 +57,9 @@ from dago.store.events import (
     entry_range,
     expand,
     graph_prefix,
+    unpack,
 )
-from dago.store.schema import Meta, Work
+from dago.store.schema import Meta, Notify, Work
 from dago.store.store import Store
 
 log = logging.getLogger("dago.watch")
@@ -73,13 +76,18 @@ WINDOW = 8192
 WINDOW_BYTES = 4 << 20
 """A feed keeps at most this many encoded events and bytes; past either the oldest half is
 dropped (watchers still behind it read on their own)."""
+REGISTRATION_S = 60.0
+RENEW_S = 15.0
+"""A watched graph's registration lapses REGISTRATION_S after it was made or renewed; the
+hub renews those it streams every RENEW_S. The lapse is this host's clock against Redis's
+(the functions compare it with their NOW): clocks may differ by up to the gap."""
 DONE_GRAPHS = 256
 DONE_BYTES = 8 << 20
 """Complete logs of finished graphs kept after their last watcher left (an immutable log,
 replayed again by the next watcher without reading or encoding it again): at most this many
 graphs and bytes."""
 
-_GRAPH = Work.GRAPH.encode()
+_GRAPH, _FIRST = Work.GRAPH.encode(), Notify.FIRST.encode()
 _HEAD = (Meta.STATE, Meta.SEQ, Meta.NAMESPACE)
 
 
@@ -132,6 +140,19 @@ class _Feed:
                 fut.set_result(True)
         self.waiters.clear()
 
+    def notice(self, first: int, events: list[bytes]) -> None:
+        """The log grew: take the new events a notification carries when they follow what
+        was read and nothing else can be missing (no read under way, none owed), then wake
+        the watchers (who read the log themselves when the events were not taken)."""
+        taken = (
+            events and self.fetching is None and self.read_gen == self.gen and first == self.end + 1
+        )
+        if taken:
+            self.add([(first + k, unpack(ev)) for k, ev in enumerate(events)])
+        self.wake()
+        if taken:
+            self.read_gen = self.gen
+
     def add(self, entries: Entries) -> None:
         """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
         out, times = self.events, self.times
@@ -174,6 +195,8 @@ class EventHub:
         self._done: OrderedDict[str, _Feed] = OrderedDict()
         self._done_bytes = 0
         self._active = asyncio.Event()  # set when a watch starts
+        # Graphs whose first head() (the watch's check) registers them as watched.
+        self._unregistered: set[str] = set()
         # A single Redis (not a cluster): the read path uses connections of its own.
         self._direct = _Direct(store.redis) if isinstance(store.redis, aioredis.Redis) else None
 
@@ -182,6 +205,7 @@ class EventHub:
         async with asyncio.TaskGroup() as tg:
             for group in self._groups:
                 tg.create_task(self._tail(group))
+            tg.create_task(self._renew())
 
     async def close(self) -> None:
         """Close the read path's own connections (once ``run`` has ended)."""
@@ -198,9 +222,10 @@ class EventHub:
             if fields is None:
                 self._wake_all()  # wake-ups may have been missed: every watcher re-reads
                 continue
-            feed = feeds.get(fields[_GRAPH].decode())
+            graph_id, first, events = _notice(list(fields.items()))
+            feed = feeds.get(graph_id)
             if feed is not None:
-                feed.wake()
+                feed.notice(first, events)
 
     async def _tail_direct(self, keys: list[str]) -> None:
         """The notify tail of a single Redis, on a connection of its own (not the client's
@@ -235,9 +260,11 @@ class EventHub:
                     i = keys.index(key.decode())
                     for entry_id, fields in entries:
                         ids[i] = entry_id
-                        feed = feeds.get(_field(fields, _GRAPH) or "")
+                        pairs = list(zip(fields[::2], fields[1::2], strict=True))
+                        graph_id, first, events = _notice(pairs)
+                        feed = feeds.get(graph_id)
                         if feed is not None:
-                            feed.wake()
+                            feed.notice(first, events)
         finally:
             await conn.disconnect(nowait=True)
 
@@ -270,24 +297,51 @@ class EventHub:
         self, shard: int, graph_id: str, after: int, count: int
     ) -> tuple[bytes | None, bytes | None, bytes | None, Entries]:
         """A graph's state, seq and namespace and, when ``count``, its first ``count``
-        events after ``after``: one round trip (the keys share the graph's slot)."""
-        gk = self._store.keys.shard(shard).graph(graph_id)
+        events after ``after``: one round trip (the keys share the graph's slot). A graph
+        this process starts watching is registered (``ShardKeys.watched``) first, in the
+        same round trip: its log's growth after this read is named in ``notify``."""
+        sk = self._store.keys.shard(shard)
+        gk = sk.graph(graph_id)
+        register = graph_id in self._unregistered
+        self._unregistered.discard(graph_id)
         if self._direct is not None:
-            meta: tuple[Any, ...] = ("HMGET", gk.meta, *_HEAD)
-            if not count:
-                (fields,) = await self._direct.call(meta)
-                return (*_head(fields), [])
-            fields, found = await self._direct.call(meta, _xrange(gk.events, after, count))
-            return (*_head(fields), _entries(found, after)[:count])
-        if not count:
-            state, seq, ns = await self._store.graph_fields(shard, graph_id, *_HEAD)
-            return state, seq, ns, []
+            commands: list[tuple[Any, ...]] = []
+            if register:
+                commands.append(("ZADD", sk.watched, "GT", _lapse(), graph_id))
+            commands.append(("HMGET", gk.meta, *_HEAD))
+            if count:
+                commands.append(_xrange(gk.events, after, count))
+            replies = (await self._direct.call(*commands))[1 if register else 0 :]
+            found = _entries(replies[1], after)[:count] if count else []
+            return (*_head(replies[0]), found)
         pipe = self._store.redis.pipeline(transaction=False)
+        if register:
+            pipe.zadd(sk.watched, {graph_id: _lapse()}, gt=True)
         pipe.hmget(gk.meta, *_HEAD)
-        lo, hi = entry_range(after, count)
-        pipe.xrange(gk.events, min=lo, max=hi, count=count)
-        (state, seq, ns), found = await pipe.execute()
-        return state, seq, ns, expand(found, after)[:count]
+        if count:
+            lo, hi = entry_range(after, count)
+            pipe.xrange(gk.events, min=lo, max=hi, count=count)
+        replies = (await pipe.execute())[1 if register else 0 :]
+        state, seq, ns = replies[0]
+        return state, seq, ns, expand(replies[1], after)[:count] if count else []
+
+    async def _renew(self) -> None:
+        """Keep the graphs watched here registered (``head`` registered each one)."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            live = [f for f in self._feeds.values() if not f.terminal]
+            if not live:
+                continue
+            until = _lapse()
+            try:
+                pipe = self._store.redis.pipeline(transaction=False)
+                for feed in live:
+                    watched = self._store.keys.shard(feed.shard).watched
+                    pipe.zadd(watched, {feed.graph_id: until}, gt=True)
+                await pipe.execute()
+            except STORE_ERRORS as e:
+                # Their watchers still re-read the log at every heartbeat.
+                log.warning("renewing the watched graphs failed: %s", e)
 
     async def _extend(self, feed: _Feed, first: Callable[[], Awaitable[Entries]] | None) -> None:
         """Read the log after the feed's end (one page); concurrent callers share one read."""
@@ -343,6 +397,7 @@ class EventHub:
                 self._done_bytes -= feed.size
             else:
                 feed = _Feed(shard, graph_id, after_seq)
+                self._unregistered.add(graph_id)  # by the first head() (check)
             self._feeds[graph_id] = feed
             self._active.set()
         feed.watchers += 1
@@ -402,6 +457,7 @@ class EventHub:
                     feed.read_gen = 0  # re-read after every heartbeat: wake-ups can be lost
         finally:
             feed.watchers -= 1
+            self._unregistered.discard(graph_id)
             if not feed.watchers and self._feeds.get(graph_id) is feed:
                 del self._feeds[graph_id]
                 self._keep(feed)
@@ -531,6 +587,11 @@ class _Direct:
                 return
 
 
+def _lapse() -> int:
+    """When a registration made now lapses (ms since the epoch)."""
+    return int((time.time() + REGISTRATION_S) * 1000)
+
+
 def _xrange(key: str, after: int, count: int) -> tuple[Any, ...]:
     return ("XRANGE", key, *entry_range(after, count), "COUNT", count)
 
@@ -553,12 +614,18 @@ def _entries(found: object, after: int) -> Entries:
     return expand(found, after)
 
 
-def _field(flat: list[bytes], name: bytes) -> str | None:
-    """A field of a stream entry as Redis sends it (field, value, field, value...)."""
-    for i in range(0, len(flat) - 1, 2):
-        if flat[i] == name:
-            return flat[i + 1].decode()
-    return None
+def _notice(fields: list[tuple[bytes, bytes]]) -> tuple[str, int, list[bytes]]:
+    """A notify entry's (field, value) pairs as (graph id, seq of the first event carried,
+    the events carried; schema.Notify)."""
+    graph_id, first, events = "", 0, []
+    for name, value in fields:
+        if name == _GRAPH:
+            graph_id = value.decode()
+        elif name == _FIRST:
+            first = int(value)
+        else:
+            events.append(value)
+    return graph_id, first, events
 
 
 def _recorded(stored: Stored) -> int:

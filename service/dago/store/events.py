@@ -39,6 +39,11 @@ def entry_range(after: int, count: int) -> tuple[str, str]:
     return f"0-{after + 1}", f"0-{after + count + Event.PER_ENTRY - 1}"
 
 
+def unpack(value: bytes) -> Stored:
+    """One event as its log (or a notify entry) holds it."""
+    return value.split(_SEP, 5)
+
+
 def expand(found: Iterable[tuple[bytes, Any]], after: int = 0) -> Entries:
     """The events after seq ``after`` of XRANGE entries, as (seq, event). An entry's fields
     come as a mapping (redis-py's reply) or flat (field, value, ...: Redis's own)."""
@@ -49,7 +54,7 @@ def expand(found: Iterable[tuple[bytes, Any]], after: int = 0) -> Entries:
         for v in values:
             seq += 1
             if seq > after:
-                out.append((seq, v.split(_SEP, 5)))
+                out.append((seq, unpack(v)))
     return out
 
 

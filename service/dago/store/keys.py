@@ -66,8 +66,16 @@ class ShardKeys:
 
     @property
     def notify(self) -> str:
-        """Capped stream naming graphs whose event log grew (wakes watchers)."""
+        """Capped stream naming watched graphs (``watched``) whose event log grew (wakes
+        their watchers)."""
         return f"{self.tag}:notify"
+
+    @property
+    def watched(self) -> str:
+        """Sorted set of the graphs an API process streams to a watcher, by when that
+        registration lapses (ms since the epoch; the API renews it while it watches): only
+        these graphs are named in ``notify``."""
+        return f"{self.tag}:watched"
 
     @property
     def control(self) -> str:

@@ -200,6 +200,18 @@ class Work:
     """Control entries only: the execution to stop (empty: any)."""
 
 
+class Notify:
+    """Fields of a notify entry (``ShardKeys.notify``): the graph (``Work.GRAPH``) and, when
+    the call's new events of it are small, the events themselves: the seq of the first
+    (``FIRST``), then each event packed as in its log (``Event``) under the names ``1``,
+    ``2``...: a watcher at the log's end takes them without reading the log."""
+
+    FIRST: Final = "s"
+    CARRY_BYTES: Final = 2048
+    """Most bytes of events an entry carries (more: the graph alone). The stream keeps
+    ~10,000 entries per shard, so this bounds what it holds."""
+
+
 class DeadLetter:
     """Fields of a dead-letter entry besides the work item's (``Work``)."""
 
@@ -288,7 +300,7 @@ class LoopTopology:
 
 
 RECORD_KINDS: Final = (
-    Meta, Usage, Node, Record, Error, UsageJson, Event, Detail, Work, DeadLetter, Request, Timer,
-    Stats, Topology, NodeTopology, LoopTopology,
+    Meta, Usage, Node, Record, Error, UsageJson, Event, Detail, Work, Notify, DeadLetter,
+    Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

@@ -10,7 +10,7 @@
 
 -- Set by begin() for each call, and by use_shard() for the shard being worked on.
 local KEYS, ARGV
-local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_CONTROL, K_INDEX, K_STATS, K_WAKE
+local TAG, K_WORK, K_DEAD, K_TIMERS, K_NOTIFY, K_WATCHED, K_CONTROL, K_INDEX, K_STATS, K_WAKE
 local K_ARCHIVE
 local GROUP = 'workers'
 local NOW, NOW_S
@@ -278,11 +278,13 @@ local function flush()
     if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
   end
   gbytes = {}
+  local firsts = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
     -- An entry's id is the seq of its last event; the graph's seq field is only ever
     -- written here, so ids always grow.
     local seq = redis.call('HINCRBY', gkey(gid), META.SEQ, #list) - #list
+    firsts[gid] = seq + 1
     for k = 1, #list, EVENT.PER_ENTRY do
       local n = math.min(EVENT.PER_ENTRY, #list - k + 1)
       local args = {}
@@ -296,10 +298,28 @@ local function flush()
       redis.call('XADD', ek, '0-' .. int(seq), unpack(args))
     end
   end
-  pending = {}
+  -- Only graphs an API process watches are named (api/watch.py registers them before it
+  -- reads their log, so no growth after that read goes unnamed), with their new events
+  -- when those are small (schema.Notify).
   for gid in pairs(notified) do
-    redis.call('XADD', K_NOTIFY, 'MAXLEN', '~', 10000, '*', WORK.GRAPH, gid)
+    local until_ms = redis.call('ZSCORE', K_WATCHED, gid)
+    if until_ms and tonumber(until_ms) >= NOW then
+      local list = pending[gid]
+      local args = {'MAXLEN', '~', 10000, '*', WORK.GRAPH, gid}
+      local size = 0
+      for _, ev in ipairs(list or {}) do size = size + #ev end
+      if list and #list <= EVENT.PER_ENTRY and size <= NOTIFY.CARRY_BYTES then
+        args[#args + 1] = NOTIFY.FIRST
+        args[#args + 1] = int(firsts[gid])
+        for j, ev in ipairs(list) do
+          args[#args + 1] = E_NAMES[j]
+          args[#args + 1] = ev
+        end
+      end
+      redis.call('XADD', K_NOTIFY, unpack(args))
+    end
   end
+  pending = {}
   notified = {}
   for _, v in pairs(controls) do
     redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2],
@@ -322,6 +342,7 @@ local function use_shard(i)
   K_WORK = KEYS[i]
   TAG = string.sub(K_WORK, 1, -6)
   K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
+  K_WATCHED = TAG .. ':watched'
   K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
   K_WAKE, K_ARCHIVE = TAG .. ':wake', TAG .. ':archive'
 end

@@ -228,6 +228,12 @@ local WORK = {
   EXECUTION = 'x',
 }
 
+-- schema.Notify
+local NOTIFY = {
+  FIRST = 's',
+  CARRY_BYTES = 2048,
+}
+
 -- schema.DeadLetter
 local DEAD_LETTER = {
   ENTRY = 'id',

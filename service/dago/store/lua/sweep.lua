@@ -40,6 +40,8 @@ for _, member in ipairs(due) do
   end
 end
 flush()
+-- Registrations of watched graphs that lapsed (the API that watched them stopped renewing).
+redis.call('ZREMRANGEBYSCORE', K_WATCHED, '-inf', NOW)
 
 -- Work items below both the oldest unacknowledged one and the group's last delivered id
 -- were delivered and acknowledged: nothing reads them again (reclaim reads pending items
