@@ -181,6 +181,15 @@ ROWS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, str, bool, Any, s
         "≤ 25 µs",
     ),
     (
+        "Redis instructions per node (`bench/luacost.py` under callgrind, 1→48→1)",
+        ("lua", "instructions_per_node"),
+        None,
+        "instructions",
+        False,
+        lambda v, r: v <= 80_000,
+        "≤ 80,000",
+    ),
+    (
         "CPU of the processes per node execution (dago: API + workers; Celery: workers)",
         ("w1_dago", "proc_cpu_us_per_node"),
         ("w1_celery", "proc_cpu_us_per_node"),

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -567,11 +568,27 @@ class Bench:
                     out.append(row)
         self.results["w8_celery"] = out
 
+    def lua(self) -> None:
+        """``bench/luacost.py`` under callgrind: the Redis instructions per node of the
+        functions alone, the same count however loaded the machine is."""
+        graphs = max(2, round(20 * self.sizes.scale))
+        env = {**os.environ, "BENCH_LUA_CALLGRIND": "1", "BENCH_LUA_GRAPHS": str(graphs)}
+        argv = [sys.executable, str(HERE / "luacost.py")]
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"luacost.py exited {out.returncode}: {out.stderr[-500:]}")
+        res = json.loads(out.stdout)
+        self.results["lua"] = {
+            "graphs": graphs,
+            "nodes": res["nodes"],
+            "instructions_per_node": res["redis_instructions_per_node"],
+        }
+
     # --- the run ----------------------------------------------------------------------------
 
     def phase(self, key: str, what: str, fn: Callable[[], Any]) -> None:
         """Run one workload; a failure is recorded in the report and the run goes on.
-        BENCH_ONLY (comma-separated keys: w1 ... w8, rest, celery, celery8) picks some."""
+        BENCH_ONLY (comma-separated keys: w1 ... w8, rest, lua, celery, celery8) picks some."""
         only = os.environ.get("BENCH_ONLY", "")
         if only and not set(key.split(",")) & set(only.split(",")):
             return
@@ -623,6 +640,7 @@ class Bench:
         self.phase("w6", "dago: workload 6 (LLM nodes against the fake model)", self.dago_llm)
         self.phase("w7", "dago: workload 7 (memory with graphs in flight)", self.dago_memory)
         self.phase("w8", "dago: workload 8 (scaling)", self.dago_scaling)
+        self.phase("lua", "dago: Redis instructions per node (luacost.py, callgrind)", self.lua)
         self.stop_dago_workers()
         self.procs.stop("dago-api")
         if os.environ.get("BENCH_CELERY", "1") == "1":

@@ -53,6 +53,8 @@ def test_bench_runs_at_tiny_sizes_and_writes_the_report(tmp_path: Path) -> None:
     assert res["w4_dago_rest"]["n"] == 20
     assert res["w4_dago_run"]["n"] == res["w4_dago_rest_run"]["n"] == 20
     assert res["w6_dago"]["ms_per_node"] > 50  # the model's own 50 ms is in there
+    assert res["lua"]["instructions_per_node"] > 10_000  # counted under callgrind
+    assert "Redis instructions per node" in report
 
     # Every process it started is gone (Redis and Envoy name the run directory).
     pids = [int(line.split()[0]) for line in _ps() if str(tmp_path) in line]
