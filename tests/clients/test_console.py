@@ -2,7 +2,8 @@
 Chromium driven by Playwright, in front of real API and worker processes: the runs list
 (paged, filtered, live), a run's story (graph with node states and taken / untaken edges
 routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel),
-the operations page (workers, a dead letter requeued) and the API key. Screenshots are kept
+the operations page (workers, a dead letter requeued), the usage page (with and without
+run history in PostgreSQL) and the API key. Screenshots are kept
 in .artifacts/console-*.png."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from google.protobuf import json_format
 from playwright.async_api import Browser, Page, async_playwright
@@ -31,6 +34,7 @@ from harness import (
     echo,
     edge,
     envoy_config,
+    eventually,
     fast_retry,
     port_open,
     request,
@@ -189,17 +193,20 @@ async def test_the_runs_list_pages_filters_and_updates_live(console: Console) ->
         await page.wait_for_selector(
             f'tr[data-run="{fresh}"] [data-state="completed"]', timeout=10_000
         )
-        # The state filter asks the server; the name filter narrows the page.
+        # The filters ask the server: state, then the exact name.
         await page.select_option("#f-state", label="failed")
         await page.wait_for_selector("#runs-body td.empty")
         assert "state=failed" in page.url
         await page.select_option("#f-state", label="completed")
-        await page.fill("#f-name", "fresh")
+        await page.fill("#f-name", "fresh-one")
+        await page.press("#f-name", "Enter")
         await page.wait_for_function(
             "document.querySelectorAll('#runs-body tr[data-run]').length === 1"
         )
         assert await page.get_attribute("#runs-body tr[data-run]", "data-run") == fresh
+        assert "name=fresh-one" in page.url
         await page.fill("#f-name", "")
+        await page.press("#f-name", "Enter")
         await page.wait_for_selector(f'tr[data-run="{gids[2]}"]')
         await shot(page, "console-runs.png")
         # A run opens from the list.
@@ -555,3 +562,148 @@ async def test_console_routes(console: Console) -> None:
         assert r.status_code == 200 and "javascript" in r.headers["content-type"]
         assert re.search(rb"sessionStorage\.getItem\(.dago\.apiKey.\)", r.content)
         assert (await http.get("/ui/")).status_code == 200  # the live view stays
+
+
+def listed(page: Page) -> object:
+    return page.eval_on_selector_all("#runs-body tr[data-run]", "r => r.map(e => e.dataset.run)")
+
+
+async def test_the_runs_list_filters_by_name_metadata_and_cost_on_the_server(
+    console: Console,
+) -> None:
+    name = f"meta-{secrets.token_hex(2)}"
+    teams = ["search", "ads", "search"]
+    gids = []
+    for i, team in enumerate(teams):
+        req = request([echo("a", i=i)], name=name, metadata={"team": team, "tier": i})
+        gids.append((await console.dago.submit(req)).graph_id)
+    await request_done(console, gids)
+    other = (await console.dago.submit(request([echo("a")], name=f"{name}-x"))).graph_id
+    page = await open_page(console, f"#/runs?name={name}&size=2")
+    try:
+        await page.wait_for_selector(f'tr[data-run="{gids[2]}"]')
+        await page.click("#older")
+        await page.wait_for_selector(f'tr[data-run="{gids[0]}"]')
+        assert await page.inner_text("#page-no") == "page 2"
+        await page.fill("#f-size", "25")
+        await page.press("#f-size", "Enter")  # a filter changes: back to the first page
+        await page.wait_for_function(
+            "document.querySelectorAll('#runs-body tr[data-run]').length === 3"
+        )
+        assert await page.inner_text("#page-no") == "page 1"
+        assert await listed(page) == gids[::-1]  # the exact name: not {name}-x's run
+        assert other not in await listed(page)
+        # Created before 2000: none; created after 2000 (and the name): the three.
+        await page.fill("#f-before", "2000-01-01T00:00")
+        await page.wait_for_selector("#runs-body td.empty")
+        assert "before=2000-01-01T00%3A00" in page.url
+        await page.fill("#f-before", "")
+        await page.fill("#f-after", "2000-01-01T00:00")
+        await page.wait_for_selector(f'tr[data-run="{gids[2]}"]')
+        assert await listed(page) == gids[::-1]
+        # Each run shows its steps, tokens and cost (echo nodes: one step, no model).
+        row = f'tr[data-run="{gids[0]}"]'
+        assert await page.inner_text(f"{row} .c-steps") == "1"
+        assert await page.inner_text(f"{row} .c-tokens") == "0 in / 0 out"
+        assert await page.inner_text(f"{row} .c-cost") == "$0.0000"
+        await page.fill("#f-meta", "team=search")
+        await page.press("#f-meta", "Enter")
+        await page.wait_for_function(
+            "document.querySelectorAll('#runs-body tr[data-run]').length === 2"
+        )
+        assert await listed(page) == [gids[2], gids[0]]
+        assert "meta=team%3Dsearch" in page.url
+        await page.fill("#f-meta", "team=search, tier=2")  # several pairs: all must match
+        await page.press("#f-meta", "Enter")
+        await page.wait_for_function(
+            "document.querySelectorAll('#runs-body tr[data-run]').length === 1"
+        )
+        assert await listed(page) == [gids[2]]
+        await shot(page, "console-runs-filtered.png")
+        # No echo run costs anything.
+        await page.fill("#f-cost", "0.01")
+        await page.press("#f-cost", "Enter")
+        await page.wait_for_selector("#runs-body td.empty")
+        # A filter the server refuses: its message, naming the field, as text.
+        await page.fill("#f-cost", "")
+        await page.fill("#f-meta", "=search")
+        await page.press("#f-meta", "Enter")
+        await page.wait_for_selector("#filter-error:not([hidden])")
+        assert "metadata[0]" in await page.inner_text("#filter-error")
+        assert await listed(page) == []
+        await page.fill("#f-meta", "")
+        await page.press("#f-meta", "Enter")
+        await page.wait_for_selector("#filter-error[hidden]", state="attached")
+        await page.wait_for_selector(f'tr[data-run="{gids[0]}"]')
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def request_done(c: Console, gids: list[str]) -> None:
+    for gid in gids:
+        await c.dago.wait(gid)
+
+
+async def test_the_usage_page_without_history_says_to_set_postgres(console: Console) -> None:
+    page = await open_page(console, "#/usage")
+    try:
+        await page.wait_for_selector("#usage-status:not([hidden])")
+        assert "DAGO_POSTGRES_URL" in await page.inner_text("#usage-status")
+        assert await page.is_hidden("#usage")
+        assert await page.get_attribute('header a[data-page="usage"]', "aria-current") == ""
+        await shot(page, "console-usage-no-history.png")
+    finally:
+        await page.close()
+
+
+async def test_the_usage_page_sums_archived_runs_by_graph_name_and_day(
+    redis_single: RedisServer, browser: Browser, postgres_url: str
+) -> None:
+    env = {"DAGO_POSTGRES_URL": postgres_url, "DAGO_MIGRATE_AT_START": "true"}
+    async with serving(redis_single.url, browser, **env) as c:
+        tag = secrets.token_hex(2)
+        counts = {f"a-{tag}": 2, f"b-{tag}": 1}
+        gids = []
+        for name, n in counts.items():
+            for i in range(n):
+                gids.append((await c.dago.submit(request([echo("a", i=i)], name=name))).graph_id)
+        failing = request([tool("boom", "fail")], name=f"b-{tag}")
+        gids.append((await c.dago.submit(failing)).graph_id)
+        counts[f"b-{tag}"] += 1
+        await request_done(c, gids)
+        await archived(postgres_url, gids)
+        page = await open_page(c, "#/usage?group=graph_name")
+        try:
+            await page.wait_for_selector(f'#usage-body tr[data-key="a-{tag}"]')
+            rows = await page.eval_on_selector_all(
+                "#usage-body tr[data-key]",
+                "r => r.map(e => [e.dataset.key, e.cells[1].textContent, e.cells[2].textContent])",
+            )
+            assert rows == [[f"a-{tag}", "2", "0"], [f"b-{tag}", "2", "1"]]
+            total = await page.inner_text("#usage-total")
+            assert total.split("\t")[:3] == ["total", "4", "1"], total
+            await shot(page, "console-usage.png")
+            await page.select_option("#u-group", label="day")
+            today = datetime.now(UTC).strftime("%Y-%m-%d")
+            await page.wait_for_selector(f'#usage-body tr[data-key="{today}"]')
+            days = await page.eval_on_selector_all(
+                "#usage-body tr[data-key]",
+                "r => r.map(e => [e.dataset.key, e.cells[1].textContent])",
+            )
+            assert days == [[today, "4"]]
+            assert "group=day" in page.url
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
+async def archived(url: str, gids: list[str]) -> None:
+    """Waits until every run of ``gids`` is in PostgreSQL's dago_runs."""
+
+    async def done() -> bool:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cur = await conn.execute("SELECT graph_id FROM dago_runs")
+            return set(gids) <= {r[0] for r in await cur.fetchall()}
+
+    await eventually(done, timeout=30)

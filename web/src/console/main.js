@@ -1,10 +1,11 @@
-// The operators' console (/console/): hash routes #/runs, #/runs/<id>[/nodes/<node>] and
-// #/ops, each a page module that draws into <main> and returns its stop function. Bundled
-// by esbuild (`make web`) with the TypeScript client into web/dist/console.js; every call is
-// gRPC-Web through Envoy, same origin.
+// The operators' console (/console/): hash routes #/runs, #/runs/<id>[/nodes/<node>],
+// #/usage and #/ops, each a page module that draws into <main> and returns its stop
+// function. Bundled by esbuild (`make web`) with the TypeScript client into
+// web/dist/console.js; every call is gRPC-Web through Envoy, same origin.
 import { opsPage } from "./ops.js";
 import { runPage } from "./run.js";
 import { runsPage } from "./runs.js";
+import { usagePage } from "./usage.js";
 import { $, showError } from "./util.js";
 
 let stop = null;
@@ -22,6 +23,9 @@ function route() {
   if (parts[0] === "ops") {
     document.title = "dago console · operations";
     stop = opsPage(main);
+  } else if (parts[0] === "usage") {
+    document.title = "dago console · usage";
+    stop = usagePage(main, new URLSearchParams(query));
   } else if (parts[0] === "runs" && parts[1]) {
     document.title = `dago console · run ${parts[1]}`;
     stop = runPage(main, parts[1], parts[2] === "nodes" ? parts[3] : "");

@@ -1,7 +1,10 @@
-// #/runs: one page of runs (ListGraphs, newest first), filtered by state on the server and by
-// name on the page, paged with next_page_token, refreshed every 2 s while the tab is visible.
+// #/runs: one page of runs (ListGraphs, newest first) with their cost, tokens and steps,
+// filtered on the server (state, exact name, created after / before, metadata key=value
+// pairs, min cost; kept in the hash query), paged with next_page_token, refreshed every 2 s
+// while the tab is visible. A filter the server refuses is shown as its message (the field).
 import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
-import { badge, dago, duration, graphStateName, h, ms, poll, showError, when } from "./util.js";
+import { badge, dago, dollars, duration, graphStateName, h, ms, poll, showError, when } from "./util.js";
+import { INVALID_ARGUMENT, timestampOf, tokens as tokenText } from "./util.js";
 
 const STATES = Object.entries(GraphState).filter(([k, v]) => typeof v === "number" && v > 0 && k);
 
@@ -20,16 +23,29 @@ export function runsPage(root, params) {
   h("option", { value: "0" }, state, "any");
   for (const [name, v] of STATES) h("option", { value: String(v) }, state, graphStateName(v));
   state.value = String(GraphState[`GRAPH_STATE_${(params.get("state") ?? "").toUpperCase()}`] ?? 0);
-  const name = lab("name contains", h("input", { id: "f-name", type: "search", spellcheck: "false" }));
-  name.value = params.get("name") ?? "";
+  const text = (id, label, type, key, extra = {}) => {
+    const input = lab(label, h("input", { id, type, spellcheck: "false", ...extra }));
+    input.value = params.get(key) ?? "";
+    return [key, input];
+  };
+  const fields = [
+    text("f-name", "name", "search", "name"),
+    text("f-after", "created after", "datetime-local", "after"),
+    text("f-before", "created before", "datetime-local", "before"),
+    text("f-meta", "metadata key=value", "search", "meta", { placeholder: "team=search tier=1" }),
+    text("f-cost", "min cost $", "number", "cost", { min: "0", step: "any" }),
+  ];
+  const value = Object.fromEntries(fields.map(([k, input]) => [k, input]));
   const size = lab("per page", h("input", { id: "f-size", type: "number", min: "1", max: "1000" }));
   size.value = params.get("size") ?? "25";
   const live = h("span", { class: "live", "aria-live": "polite" }, form);
+  const bad = h("p", { id: "filter-error", class: "err", role: "status", hidden: "" }, root);
 
   const table = h("table", { class: "runs", "aria-label": "runs" }, root);
   const head = h("tr", {}, h("thead", {}, table));
-  const cols = ["run", "name", "state", "created", "duration", "namespace"];
-  for (const c of cols) h("th", { scope: "col", class: `c-${c}` }, head, c);
+  const cols = ["run", "name", "state", "created", "duration", "steps", "tokens", "cost", "namespace"];
+  const numeric = new Set(["steps", "tokens", "cost"]);
+  for (const c of cols) h("th", { scope: "col", class: `c-${c}${numeric.has(c) ? " num" : ""}` }, head, c);
   const body = h("tbody", { id: "runs-body" }, table);
   const nav = h("nav", { class: "pager", "aria-label": "pages" }, root);
   const newer = h("button", { id: "newer", type: "button" }, nav, "← Newer");
@@ -39,7 +55,7 @@ export function runsPage(root, params) {
   function remember() {
     const q = new URLSearchParams();
     if (state.value !== "0") q.set("state", graphStateName(Number(state.value)));
-    if (name.value) q.set("name", name.value);
+    for (const [key, input] of fields) if (input.value) q.set(key, input.value);
     if (size.value !== "25") q.set("size", size.value);
     const hash = `#/runs${q.size ? `?${q}` : ""}`;
     if (window.location.hash !== hash) history.replaceState(null, "", hash);
@@ -52,22 +68,25 @@ export function runsPage(root, params) {
       pageSize: Math.max(1, Math.min(1000, Number(size.value) || 25)),
       pageToken: tokens[tokens.length - 1],
       state: Number(state.value),
+      name: value.name.value.trim(),
+      createdAfter: timestampOf(value.after.value),
+      createdBefore: timestampOf(value.before.value),
+      metadata: value.meta.value.split(/[\s,]+/).filter(Boolean),
+      minCostUsd: Number(value.cost.value) || 0,
     });
     if (!alive || mine !== issued) return;
     showError("");
+    bad.hidden = true;
     last = resp;
     next = resp.nextPageToken;
     render();
     live.textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
 
-  // The page last fetched, narrowed by the name filter (no new call while typing).
   let last = null;
   function render() {
-    if (!last) return;
     const resp = last;
-    const want = name.value.trim().toLowerCase();
-    const rows = resp.graphs.filter((g) => !want || g.name.toLowerCase().includes(want));
+    const rows = resp.graphs;
     table.classList.toggle("no-ns", !resp.graphs.some((g) => g.namespace));
     body.replaceChildren();
     for (const g of rows) {
@@ -77,6 +96,9 @@ export function runsPage(root, params) {
       badge(graphStateName(g.state), h("td", { class: "c-state" }, tr));
       h("td", { class: "c-created" }, tr, when(g.createTime));
       h("td", { class: "c-duration" }, tr, duration(ms(g.createTime), ms(g.endTime)));
+      h("td", { class: "c-steps num" }, tr, g.steps);
+      h("td", { class: "c-tokens num" }, tr, tokenText(g.usage));
+      h("td", { class: "c-cost num" }, tr, dollars(g.usage));
       h("td", { class: "c-namespace" }, tr, g.namespace);
     }
     if (!rows.length) h("td", { colspan: cols.length, class: "empty" }, h("tr", {}, body), "no runs");
@@ -85,7 +107,15 @@ export function runsPage(root, params) {
     where.textContent = `page ${tokens.length}`;
   }
 
-  const reload = () => load().catch((err) => alive && showError(err));
+  // A filter the server refuses: its message (naming the field) by the filters, no rows.
+  const failed = (err) => {
+    if (!alive) return;
+    if (err?.code !== INVALID_ARGUMENT) return showError(err);
+    bad.textContent = `bad filter: ${err.rawMessage ?? err.message}`;
+    bad.hidden = false;
+    body.replaceChildren();
+  };
+  const reload = () => load().catch(failed);
   const restart = () => {
     tokens.length = 1;
     remember();
@@ -93,10 +123,7 @@ export function runsPage(root, params) {
   };
   state.addEventListener("change", restart);
   size.addEventListener("change", restart);
-  name.addEventListener("input", () => {
-    remember();
-    render();
-  });
+  for (const [, input] of fields) input.addEventListener("change", restart);
   older.addEventListener("click", () => {
     if (!next) return;
     tokens.push(next);
@@ -107,7 +134,7 @@ export function runsPage(root, params) {
     reload();
   });
   reload();
-  const stop = poll(load, 2000, () => alive);
+  const stop = poll(() => load().catch(failed), 2000, () => alive);
   return () => {
     alive = false;
     stop();

@@ -80,3 +80,23 @@ export function poll(fn, period, alive) {
   timer = setTimeout(tick, period);
   return () => clearTimeout(timer);
 }
+
+/** A Timestamp of a datetime-local input's value (the browser's time zone); undefined if "". */
+export function timestampOf(local) {
+  const v = local ? new Date(local).getTime() : NaN;
+  if (Number.isNaN(v)) return undefined;
+  return { seconds: BigInt(Math.floor(v / 1000)), nanos: (((v % 1000) + 1000) % 1000) * 1e6 };
+}
+
+/** A datetime-local input's value for a time in ms (the browser's time zone). */
+export function localInput(v) {
+  const d = new Date(v - new Date(v).getTimezoneOffset() * 60_000);
+  return d.toISOString().slice(0, 16);
+}
+
+export const tokens = (u) => `${Number(u?.inputTokens ?? 0)} in / ${Number(u?.outputTokens ?? 0)} out`;
+export const dollars = (u) => `$${(u?.costUsd ?? 0).toFixed(4)}`;
+
+// Connect error codes the pages treat apart.
+export const INVALID_ARGUMENT = 3;
+export const FAILED_PRECONDITION = 9;
