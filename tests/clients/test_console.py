@@ -657,45 +657,63 @@ async def test_the_usage_page_without_history_says_to_set_postgres(console: Cons
         await page.close()
 
 
-async def test_the_usage_page_sums_archived_runs_by_graph_name_and_day(
+async def test_the_usage_page_sums_archived_runs_by_graph_name_model_and_day(
     redis_single: RedisServer, browser: Browser, postgres_url: str
 ) -> None:
     env = {"DAGO_POSTGRES_URL": postgres_url, "DAGO_MIGRATE_AT_START": "true"}
     async with serving(redis_single.url, browser, **env) as c:
         tag = secrets.token_hex(2)
-        counts = {f"a-{tag}": 2, f"b-{tag}": 1}
-        gids = []
-        for name, n in counts.items():
-            for i in range(n):
-                gids.append((await c.dago.submit(request([echo("a", i=i)], name=name))).graph_id)
-        failing = request([tool("boom", "fail")], name=f"b-{tag}")
-        gids.append((await c.dago.submit(failing)).graph_id)
-        counts[f"b-{tag}"] += 1
-        await request_done(c, gids)
+        ask = {"id": "ask", "llm": {"prompt": "summarise the order in a few words"}}
+        reqs = [  # graph a: two offline model runs; graph b: an echo run and a failed run
+            request([ask], name=f"a-{tag}"),
+            request([ask, echo("b")], [edge("ask", "b")], name=f"a-{tag}"),
+            request([echo("a")], name=f"b-{tag}"),
+            request([tool("boom", "fail")], name=f"b-{tag}"),
+        ]
+        gids = [(await c.dago.submit(r)).graph_id for r in reqs]
+        status = [await c.dago.wait(g) for g in gids]
+        tokens_in = sum(st.usage.input_tokens for st in status)
+        tokens_out = sum(st.usage.output_tokens for st in status)
+        assert tokens_in > 0 and tokens_out > 0
         await archived(postgres_url, gids)
         page = await open_page(c, "#/usage?group=graph_name")
         try:
             await page.wait_for_selector(f'#usage-body tr[data-key="a-{tag}"]')
-            rows = await page.eval_on_selector_all(
-                "#usage-body tr[data-key]",
-                "r => r.map(e => [e.dataset.key, e.cells[1].textContent, e.cells[2].textContent])",
-            )
-            assert rows == [[f"a-{tag}", "2", "0"], [f"b-{tag}", "2", "1"]]
+            assert await usage_rows(page) == [
+                [f"a-{tag}", "2", "0", str(tokens_in), str(tokens_out), "$0.0000"],
+                [f"b-{tag}", "2", "1", "0", "0", "$0.0000"],
+            ]
             total = await page.inner_text("#usage-total")
-            assert total.split("\t")[:3] == ["total", "4", "1"], total
+            want = ["total", "4", "1", str(tokens_in), str(tokens_out), "$0.0000"]
+            assert total.split("\t") == want, total
             await shot(page, "console-usage.png")
+            # By model: the offline model's two runs (nodes calling no model: key "").
+            await page.select_option("#u-group", label="model")
+            await page.wait_for_selector('#usage-body tr[data-key="offline"]')
+            rows = {r[0]: r[1:4] for r in await usage_rows(page)}
+            assert rows["offline"] == ["2", "0", str(tokens_in)], rows
+            assert await page.inner_text("#usage thead th") == "model"
             await page.select_option("#u-group", label="day")
             today = datetime.now(UTC).strftime("%Y-%m-%d")
             await page.wait_for_selector(f'#usage-body tr[data-key="{today}"]')
-            days = await page.eval_on_selector_all(
-                "#usage-body tr[data-key]",
-                "r => r.map(e => [e.dataset.key, e.cells[1].textContent])",
-            )
-            assert days == [[today, "4"]]
+            assert [r[:3] for r in await usage_rows(page)] == [[today, "4", "1"]]
             assert "group=day" in page.url
+            # A range ending before the runs: none of them.
+            await page.fill("#u-from", "2000-01-01T00:00")
+            await page.fill("#u-to", "2000-01-02T00:00")
+            await page.wait_for_selector("#usage-body td.empty")
+            assert (await page.inner_text("#usage-total")).split("\t")[:2] == ["total", "0"]
             assert page.errors == []  # type: ignore[attr-defined]
         finally:
             await page.close()
+
+
+async def usage_rows(page: Page) -> list[list[str]]:
+    """The usage table's rows: [data-key, the cells' text after the first...]."""
+    return await page.eval_on_selector_all(
+        "#usage-body tr[data-key]",
+        "r => r.map(e => [e.dataset.key, ...[...e.cells].slice(1).map(c => c.textContent)])",
+    )
 
 
 async def archived(url: str, gids: list[str]) -> None:
