@@ -574,9 +574,13 @@ async def test_the_runs_list_filters_by_name_metadata_and_cost_on_the_server(
     name = f"meta-{secrets.token_hex(2)}"
     teams = ["search", "ads", "search"]
     gids = []
+    ask = {"id": "ask", "llm": {"prompt": "a few words about this run"}}  # the offline model
     for i, team in enumerate(teams):
-        req = request([echo("a", i=i)], name=name, metadata={"team": team, "tier": i})
+        node = ask if i == 1 else echo("a", i=i)
+        req = request([node], name=name, metadata={"team": team, "tier": i})
         gids.append((await console.dago.submit(req)).graph_id)
+    usage = (await console.dago.wait(gids[1])).usage
+    assert usage.input_tokens > 0
     await request_done(console, gids)
     other = (await console.dago.submit(request([echo("a")], name=f"{name}-x"))).graph_id
     page = await open_page(console, f"#/runs?name={name}&size=2")
@@ -606,6 +610,8 @@ async def test_the_runs_list_filters_by_name_metadata_and_cost_on_the_server(
         assert await page.inner_text(f"{row} .c-steps") == "1"
         assert await page.inner_text(f"{row} .c-tokens") == "0 in / 0 out"
         assert await page.inner_text(f"{row} .c-cost") == "$0.0000"
+        tokens = f"{usage.input_tokens} in / {usage.output_tokens} out"
+        assert await page.inner_text(f'tr[data-run="{gids[1]}"] .c-tokens') == tokens
         await page.fill("#f-meta", "team=search")
         await page.press("#f-meta", "Enter")
         await page.wait_for_function(

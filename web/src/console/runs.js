@@ -35,7 +35,7 @@ export function runsPage(root, params) {
     text("f-meta", "metadata key=value", "search", "meta", { placeholder: "team=search tier=1" }),
     text("f-cost", "min cost $", "number", "cost", { min: "0", step: "any" }),
   ];
-  const value = Object.fromEntries(fields.map(([k, input]) => [k, input]));
+  const f = Object.fromEntries(fields); // key -> its input
   const size = lab("per page", h("input", { id: "f-size", type: "number", min: "1", max: "1000" }));
   size.value = params.get("size") ?? "25";
   const live = h("span", { class: "live", "aria-live": "polite" }, form);
@@ -68,11 +68,11 @@ export function runsPage(root, params) {
       pageSize: Math.max(1, Math.min(1000, Number(size.value) || 25)),
       pageToken: tokens[tokens.length - 1],
       state: Number(state.value),
-      name: value.name.value.trim(),
-      createdAfter: timestampOf(value.after.value),
-      createdBefore: timestampOf(value.before.value),
-      metadata: value.meta.value.split(/[\s,]+/).filter(Boolean),
-      minCostUsd: Number(value.cost.value) || 0,
+      name: f.name.value.trim(),
+      createdAfter: timestampOf(f.after.value),
+      createdBefore: timestampOf(f.before.value),
+      metadata: f.meta.value.split(/[\s,]+/).filter(Boolean),
+      minCostUsd: Number(f.cost.value) || 0,
     });
     if (!alive || mine !== issued) return;
     showError("");
