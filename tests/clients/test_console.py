@@ -709,6 +709,14 @@ async def test_the_usage_page_sums_archived_runs_by_graph_name_model_and_day(
             await page.fill("#u-to", "2000-01-02T00:00")
             await page.wait_for_selector("#usage-body td.empty")
             assert (await page.inner_text("#usage-total")).split("\t")[:2] == ["total", "0"]
+            # A range ending before it starts: the server's message, naming the field.
+            await page.fill("#u-from", "2000-01-03T00:00")
+            await page.wait_for_selector("#usage-status:not([hidden])")
+            assert "end_time" in await page.inner_text("#usage-status")
+            assert await page.is_hidden("#usage")
+            await page.fill("#u-from", "2000-01-01T00:00")
+            await page.wait_for_selector("#usage-status[hidden]", state="attached")
+            assert await page.is_visible("#usage-body td.empty")
             assert page.errors == []  # type: ignore[attr-defined]
         finally:
             await page.close()

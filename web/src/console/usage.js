@@ -1,9 +1,9 @@
 // #/usage: tokens and cost of the archived runs of a range (GetUsageSummary), grouped by day,
 // model, namespace or graph name, with a totals line; range and grouping kept in the hash
-// query. A server without run history (no DAGO_POSTGRES_URL) answers FAILED_PRECONDITION:
-// its message is shown instead of the table.
+// query. A server without run history (no DAGO_POSTGRES_URL) answers FAILED_PRECONDITION,
+// a range ending before it starts INVALID_ARGUMENT: the message is shown instead of the table.
 import { UsageGroupBy } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
-import { FAILED_PRECONDITION, dago, dollars, h, localInput, showError, timestampOf } from "./util.js";
+import { FAILED_PRECONDITION, INVALID_ARGUMENT, dago, dollars, h, localInput, showError, timestampOf } from "./util.js";
 
 const GROUPS = { day: "day", model: "model", namespace: "namespace", graph_name: "graph name" };
 const WEEK = 7 * 86_400_000;
@@ -70,8 +70,9 @@ export function usagePage(root, params) {
   const reload = () =>
     load().catch((err) => {
       if (!alive) return;
-      if (err?.code !== FAILED_PRECONDITION) return showError(err);
-      status.textContent = err.rawMessage ?? err.message;
+      if (err?.code !== FAILED_PRECONDITION && err?.code !== INVALID_ARGUMENT) return showError(err);
+      const bad = err.code === INVALID_ARGUMENT ? "bad range: " : "";
+      status.textContent = `${bad}${err.rawMessage ?? err.message}`;
       status.hidden = false;
       table.hidden = true;
     });
