@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import grpc
 import pytest
 import redis.asyncio as aioredis
 
@@ -104,3 +105,14 @@ async def test_a_watcher_takes_the_events_notifications_carry(private_redis: Red
         # Each of the 21 steps grew the log after the first read; the small ones came with
         # their notification (the big output's did not: it was read from the log).
         assert reads <= 5, reads
+
+
+async def test_a_watch_of_an_unknown_graph_leaves_no_registration(stack: InProcessStack) -> None:
+    gid = "3-01JDXXXXXXXXXXXXXXXXXXXXXX"
+    req = orchestrator_pb2.WatchGraphRequest(graph_id=gid)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in stack.client.stub.WatchGraph(req, timeout=10):
+            pass
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    watched = stack.store.keys.shard(3).watched
+    assert await stack.store.redis.zscore(watched, gid) is None

@@ -422,6 +422,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         async def check(count: int) -> Entries | None:
             state, seq, ns, entries = await self._hub.head(shard, graph_id, after, count)
             if state is None:
+                await self._hub.forget(shard, graph_id)
                 raise _NotInRedis
             self._owned(graph_id, ns)
             if int(state) in TERMINAL_STATES and after >= int(seq or 0):

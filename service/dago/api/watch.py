@@ -325,6 +325,13 @@ class EventHub:
         state, seq, ns = replies[0]
         return state, seq, ns, expand(replies[1], after)[:count] if count else []
 
+    async def forget(self, shard: int, graph_id: str) -> None:
+        """Take back the registration of a graph Redis does not hold (``head`` registers
+        before it can know; an unknown or archived id has no log that grows), so calls
+        with made-up ids leave nothing behind. Best effort: a registration left lapses."""
+        with contextlib.suppress(*STORE_ERRORS):
+            await self._store.redis.zrem(self._store.keys.shard(shard).watched, graph_id)
+
     async def _renew(self) -> None:
         """Keep the graphs watched here registered (``head`` registered each one)."""
         while True:
