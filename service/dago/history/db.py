@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from dago.config import Settings
 
 POOL_WAIT_S = 5.0
 """How long a caller waits for a free (or any) connection before PoolTimeout."""
+
+
+SqlParam = str | int | float | bool | datetime | Jsonb | None
+"""A value passed to PostgreSQL as a query parameter (never formatted into SQL text)."""
 
 
 class HistoryDb:

@@ -19,6 +19,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from dago.history.db import SqlParam
+
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 """A JSON number, the only numbers a metadata filter value is read as (``float`` alone
 also takes ``inf``, ``nan``, `` 1`` and ``1_0``)."""
@@ -101,11 +103,11 @@ class RunFilter:
             return all(k in meta and _equal(meta[k], v) for k, v in self.metadata)
         return True
 
-    def where(self) -> tuple[sql.Composed, list[Any]]:
+    def where(self) -> tuple[sql.Composed, list[SqlParam]]:
         """The same filters as a condition over ``dago_runs`` and its parameters (values are
         always parameters, never SQL text)."""
         parts: list[sql.Composable] = [sql.SQL("namespace = %s")]
-        params: list[Any] = [self.namespace]
+        params: list[SqlParam] = [self.namespace]
         if self.state:
             parts.append(sql.SQL("state = %s"))
             params.append(self.state)
@@ -134,10 +136,10 @@ class RunFilter:
         return sql.SQL(" AND ").join(parts), params
 
 
-def _candidates(value: str) -> list[Any]:
+def _candidates(value: str) -> list[str | bool | float]:
     """The JSON values a metadata filter's text matches: itself as a string, and the boolean
     or number it spells, if any."""
-    out: list[Any] = [value]
+    out: list[str | bool | float] = [value]
     if value in ("true", "false"):
         out.append(value == "true")
     elif _JSON_NUMBER.fullmatch(value):

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
-from dago.history.db import HistoryDb
+from dago.history.db import HistoryDb, SqlParam
 from dago.history.filters import ms_datetime
 from dago.v1 import execution_pb2, orchestrator_pb2
 
@@ -100,9 +100,9 @@ class UsageReport:
         return resp
 
 
-def _where(q: UsageQuery) -> tuple[sql.Composed, list[Any]]:
+def _where(q: UsageQuery) -> tuple[sql.Composed, list[SqlParam]]:
     parts: list[sql.Composable] = [sql.SQL("true")]
-    params: list[Any] = []
+    params: list[SqlParam] = []
     if q.namespace is not None:
         parts.append(sql.SQL("r.namespace = %s"))
         params.append(q.namespace)
