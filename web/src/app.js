@@ -2,7 +2,7 @@
 // gRPC-Web (WatchGraph through Envoy, same origin), resuming after drops. Bundled by esbuild
 // (`make web`) with the TypeScript client into web/dist/app.js.
 import { fromJson } from "@bufbuild/protobuf";
-import { createDagoClient } from "../../clients/typescript/src/dago.js";
+import { $, dago } from "./client.js";
 import { SubmitGraphRequestSchema } from "../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { GraphState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { draw as drawGraph, edgeStates, el, kindOf, layout, setEdgeStates, setNodeState } from "./graph.js";
@@ -14,26 +14,6 @@ import router from "../../examples/router.json";
 import triage from "../../examples/triage.json";
 
 const EXAMPLES = { research, triage, diamond, router, loop, fanout };
-const $ = (id) => document.getElementById(id);
-// A page left open keeps following its run across restarts (each retry waits up to 2 s).
-// With authentication on, the key typed in the page is sent as a bearer token; it stays in
-// this tab's sessionStorage only.
-let clientFor = { key: null, client: null };
-function dago() {
-  const key = $("api-key").value.trim();
-  if (clientFor.key !== key) {
-    sessionStorage.setItem("dago.apiKey", key);
-    clientFor = {
-      key,
-      client: createDagoClient(window.location.origin, {
-        transport: "grpc-web",
-        maxRetries: 100,
-        apiKey: key || undefined,
-      }),
-    };
-  }
-  return clientFor.client;
-}
 let current = null; // { id, abort }
 let drawn = null; // the layout of the graph drawn
 

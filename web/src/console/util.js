@@ -1,30 +1,12 @@
 // Shared bits of the console: the client (with the API key typed in the header), elements,
 // times and state names. Server text is only ever set with textContent.
-import { createDagoClient } from "../../../clients/typescript/src/dago.js";
 import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { ErrorClass } from "../../../clients/typescript/gen/dago/v1/graph_pb.js";
 import { el } from "../graph.js";
 
-export const $ = (id) => document.getElementById(id);
+import { $, dago } from "../client.js";
 
-// With authentication on, the key typed in the header is sent as a bearer token; it stays
-// in this tab's sessionStorage only (as on /ui/).
-let clientFor = { key: null, client: null };
-export function dago() {
-  const key = $("api-key").value.trim();
-  if (clientFor.key !== key) {
-    sessionStorage.setItem("dago.apiKey", key);
-    clientFor = {
-      key,
-      client: createDagoClient(window.location.origin, {
-        transport: "grpc-web",
-        maxRetries: 100,
-        apiKey: key || undefined,
-      }),
-    };
-  }
-  return clientFor.client;
-}
+export { $, dago };
 
 /** An HTML element with attributes and text, appended to parent. */
 export function h(name, attrs = {}, parent = null, text = null) {
