@@ -471,6 +471,8 @@ class Event(_message.Message):
     LOOP_ITERATION_FIELD_NUMBER: _builtins.int
     NODE_DEAD_LETTERED_FIELD_NUMBER: _builtins.int
     NODE_REQUEUED_FIELD_NUMBER: _builtins.int
+    NODE_WAITING_FIELD_NUMBER: _builtins.int
+    SIGNAL_RECEIVED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -567,6 +569,14 @@ class Event(_message.Message):
     def node_requeued(self) -> Global___NodeRequeued:
         """An operator requeued a node's dead-lettered work item."""
 
+    @_builtins.property
+    def node_waiting(self) -> Global___NodeWaiting:
+        """A wait node started waiting for a signal."""
+
+    @_builtins.property
+    def signal_received(self) -> Global___SignalReceived:
+        """A wait node's decision was recorded (a signal, or its timeout)."""
+
     def __init__(
         self,
         *,
@@ -596,12 +606,14 @@ class Event(_message.Message):
         loop_iteration: Global___LoopIteration | None = ...,
         node_dead_lettered: Global___NodeDeadLettered | None = ...,
         node_requeued: Global___NodeRequeued | None = ...,
+        node_waiting: Global___NodeWaiting | None = ...,
+        signal_received: Global___SignalReceived | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -895,6 +907,94 @@ class NodeRequeued(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeRequeued: _TypeAlias = NodeRequeued  # noqa: Y015
+
+@_typing.final
+class NodeWaiting(_message.Message):
+    """Payload of node_waiting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    DISPLAY_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SCHEMA_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """The rendered prompt."""
+    payload_schema: _builtins.str
+    """The JSON Schema (JSON text) of a signal's payload; empty: any payload."""
+    @_builtins.property
+    def display(self) -> _struct_pb2.Struct:
+        """The rendered display."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The decisions a signal may carry."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the timeout decides (unset: no timeout)."""
+
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        display: _struct_pb2.Struct | None = ...,
+        decisions: _abc.Iterable[_builtins.str] | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        payload_schema: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "display", b"display"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "decisions", b"decisions", "display", b"display", "payload_schema", b"payload_schema", "prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeWaiting: _TypeAlias = NodeWaiting  # noqa: Y015
+
+@_typing.final
+class SignalReceived(_message.Message):
+    """Payload of signal_received."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    decision: _builtins.str
+    """The decision."""
+    actor: _builtins.str
+    """Who decided: the API key's name (`timeout` for a timeout)."""
+    signal_id: _builtins.str
+    """The signal's id (generated by the server when the client sent none)."""
+    comment: _builtins.str
+    """The signal's comment."""
+    timed_out: _builtins.bool
+    """True when the wait's timeout decided."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value:
+        """The data sent with it."""
+
+    def __init__(
+        self,
+        *,
+        decision: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        actor: _builtins.str = ...,
+        signal_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        timed_out: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "comment", b"comment", "decision", b"decision", "payload", b"payload", "signal_id", b"signal_id", "timed_out", b"timed_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalReceived: _TypeAlias = SignalReceived  # noqa: Y015
 
 @_typing.final
 class NodeSkipped(_message.Message):

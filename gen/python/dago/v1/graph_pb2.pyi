@@ -433,6 +433,7 @@ class Node(_message.Message):
     TOOL_FIELD_NUMBER: _builtins.int
     HTTP_FIELD_NUMBER: _builtins.int
     ROUTER_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within the graph; a CEL identifier ([A-Za-z_][A-Za-z0-9_]*), so
     that later expressions can say `nodes.<id>.output`.
@@ -490,6 +491,12 @@ class Node(_message.Message):
     def router(self) -> Global___RouterNode:
         """Chooses which outgoing edges are taken."""
 
+    @_builtins.property
+    def wait(self) -> Global___WaitNode:
+        """Waits for a decision from a person (or any client) sent with
+        SignalGraph, holding no worker slot while it waits.
+        """
+
     def __init__(
         self,
         *,
@@ -507,12 +514,13 @@ class Node(_message.Message):
         tool: Global___ToolNode | None = ...,
         http: Global___HttpNode | None = ...,
         router: Global___RouterNode | None = ...,
+        wait: Global___WaitNode | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "http", b"http", "inputs", b"inputs", "kind", b"kind", "llm", b"llm", "retry", b"retry", "router", b"router", "tool", b"tool"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "http", b"http", "inputs", b"inputs", "kind", b"kind", "llm", b"llm", "retry", b"retry", "router", b"router", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "description", b"description", "http", b"http", "id", b"id", "inputs", b"inputs", "join", b"join", "kind", b"kind", "llm", b"llm", "max_iterations", b"max_iterations", "name", b"name", "output", b"output", "retry", b"retry", "router", b"router", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "description", b"description", "http", b"http", "id", b"id", "inputs", b"inputs", "join", b"join", "kind", b"kind", "llm", b"llm", "max_iterations", b"max_iterations", "name", b"name", "output", b"output", "retry", b"retry", "router", b"router", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["llm", "agent", "tool", "http", "router"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["llm", "agent", "tool", "http", "router", "wait"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -942,3 +950,65 @@ class Route(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class WaitNode(_message.Message):
+    """A node that waits for a decision sent with SignalGraph (a person approving
+    a draft, picking a branch). When it starts it enters NODE_STATE_WAITING and
+    emits node_waiting; while it waits it holds no worker slot and no work
+    item. Its output is `{decision, payload, actor, at, timed_out}`: edges route
+    on it with CEL, e.g. `nodes.review.output.decision == "approve"`. Inside a
+    loop it waits again in every iteration.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    DISPLAY_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SCHEMA_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_DECISION_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """Text for the person (a template, rendered when the node starts)."""
+    payload_schema: _builtins.str
+    """A JSON Schema (as JSON text) the payload of a signal must satisfy.
+    Empty: any payload.
+    """
+    timeout_decision: _builtins.str
+    """The decision recorded when the timeout passes (actor `timeout`,
+    timed_out true). Required with a timeout; one of the decisions.
+    """
+    @_builtins.property
+    def display(self) -> _struct_pb2.Struct:
+        """What to show the person, e.g. the draft (strings are templates)."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The decisions a signal may carry: unique CEL-friendly names
+        ([A-Za-z_][A-Za-z0-9_-]*). Empty: `approve`, `reject`.
+        """
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the node waits. Unset: until a signal, the graph's deadline or
+        a cancel.
+        """
+
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        display: _struct_pb2.Struct | None = ...,
+        decisions: _abc.Iterable[_builtins.str] | None = ...,
+        payload_schema: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        timeout_decision: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["display", b"display", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "display", b"display", "payload_schema", b"payload_schema", "prompt", b"prompt", "timeout", b"timeout", "timeout_decision", b"timeout_decision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitNode: _TypeAlias = WaitNode  # noqa: Y015

@@ -1228,3 +1228,222 @@ class UsageSummaryRow(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageSummaryRow: _TypeAlias = UsageSummaryRow  # noqa: Y015
+
+@_typing.final
+class SignalGraphRequest(_message.Message):
+    """Request of SignalGraph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run's id."""
+    node_id: _builtins.str
+    """The wait node's id."""
+    decision: _builtins.str
+    """One of the node's decisions."""
+    signal_id: _builtins.str
+    """Makes the signal idempotent: a retry with the same id returns the first
+    response. Up to 128 printable characters. Optional (the server then
+    generates one).
+    """
+    comment: _builtins.str
+    """Free text for people; recorded in signal_received."""
+    iteration: _builtins.int
+    """The iteration the signal is meant for. 0: the node's current one."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value:
+        """Data sent with the decision, checked against the node's payload_schema."""
+
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        decision: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        signal_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        iteration: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "graph_id", b"graph_id", "iteration", b"iteration", "node_id", b"node_id", "payload", b"payload", "signal_id", b"signal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalGraphRequest: _TypeAlias = SignalGraphRequest  # noqa: Y015
+
+@_typing.final
+class SignalGraphResponse(_message.Message):
+    """Response of SignalGraph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_TIME_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run's id."""
+    node_id: _builtins.str
+    """The wait node's id."""
+    iteration: _builtins.int
+    """The iteration decided."""
+    decision: _builtins.str
+    """The recorded decision."""
+    actor: _builtins.str
+    """Who decided (the API key's name)."""
+    signal_id: _builtins.str
+    """The signal's id (the request's, or generated)."""
+    @_builtins.property
+    def signal_time(self) -> _timestamp_pb2.Timestamp:
+        """When the decision was recorded."""
+
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        iteration: _builtins.int = ...,
+        decision: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        signal_id: _builtins.str = ...,
+        signal_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signal_time", b"signal_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "decision", b"decision", "graph_id", b"graph_id", "iteration", b"iteration", "node_id", b"node_id", "signal_id", b"signal_id", "signal_time", b"signal_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalGraphResponse: _TypeAlias = SignalGraphResponse  # noqa: Y015
+
+@_typing.final
+class ListWaitsRequest(_message.Message):
+    """Request of ListWaits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum waits per page (1..1000; 0 means 50)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWaitsRequest: _TypeAlias = ListWaitsRequest  # noqa: Y015
+
+@_typing.final
+class ListWaitsResponse(_message.Message):
+    """Response of ListWaits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def waits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Wait]:
+        """Waiting nodes, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        waits: _abc.Iterable[Global___Wait] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "waits", b"waits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWaitsResponse: _TypeAlias = ListWaitsResponse  # noqa: Y015
+
+@_typing.final
+class Wait(_message.Message):
+    """A wait node waiting for a signal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    GRAPH_NAME_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    DISPLAY_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SCHEMA_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run's id."""
+    graph_name: _builtins.str
+    """The graph's name."""
+    node_id: _builtins.str
+    """The wait node's id."""
+    iteration: _builtins.int
+    """The iteration that waits (pass it to SignalGraph to be exact)."""
+    prompt: _builtins.str
+    """The rendered prompt."""
+    payload_schema: _builtins.str
+    """The JSON Schema (JSON text) of a signal's payload; empty: any payload."""
+    @_builtins.property
+    def display(self) -> _struct_pb2.Struct:
+        """The rendered display."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The decisions a signal may carry."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the node started waiting."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When its timeout decides (unset: no timeout)."""
+
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        graph_name: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        iteration: _builtins.int = ...,
+        prompt: _builtins.str = ...,
+        display: _struct_pb2.Struct | None = ...,
+        decisions: _abc.Iterable[_builtins.str] | None = ...,
+        payload_schema: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "display", b"display", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "decisions", b"decisions", "display", b"display", "graph_id", b"graph_id", "graph_name", b"graph_name", "iteration", b"iteration", "node_id", b"node_id", "payload_schema", b"payload_schema", "prompt", b"prompt", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Wait: _TypeAlias = Wait  # noqa: Y015

@@ -114,6 +114,16 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.SignalGraph = channel.unary_unary(
+                '/dago.v1.OrchestratorService/SignalGraph',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.SignalGraphRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.SignalGraphResponse.FromString,
+                _registered_method=True)
+        self.ListWaits = channel.unary_unary(
+                '/dago.v1.OrchestratorService/ListWaits',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -258,6 +268,27 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalGraph(self, request, context):
+        """Sends a decision to a waiting wait node. INVALID_ARGUMENT (field
+        violations) for a decision the node does not allow or a payload its
+        payload_schema refuses; FAILED_PRECONDITION naming the state when the
+        run has ended or the node is not waiting. The first valid decision of an
+        iteration wins, atomically: a retry with the same signal_id returns the
+        same response; any other signal for that iteration is ABORTED, with the
+        winning decision in the details (ErrorInfo reason SIGNAL_CONFLICT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWaits(self, request, context):
+        """The wait nodes waiting now in the caller's namespace, across runs,
+        oldest first: the inbox an approval UI is built on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +366,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.DropDeadLetter,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterResponse.SerializeToString,
+            ),
+            'SignalGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalGraph,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.SignalGraphRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.SignalGraphResponse.SerializeToString,
+            ),
+            'ListWaits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWaits,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -747,6 +788,60 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/DropDeadLetter',
             dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.DropDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/SignalGraph',
+            dago_dot_v1_dot_orchestrator__pb2.SignalGraphRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.SignalGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWaits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/ListWaits',
+            dago_dot_v1_dot_orchestrator__pb2.ListWaitsRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.ListWaitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

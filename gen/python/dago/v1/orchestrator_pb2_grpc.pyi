@@ -108,6 +108,19 @@ class OrchestratorServiceStub:
     """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
     does its graph, as for any node that fails for good.
     """
+    SignalGraph: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.SignalGraphRequest, _orchestrator_pb2.SignalGraphResponse]
+    """Sends a decision to a waiting wait node. INVALID_ARGUMENT (field
+    violations) for a decision the node does not allow or a payload its
+    payload_schema refuses; FAILED_PRECONDITION naming the state when the
+    run has ended or the node is not waiting. The first valid decision of an
+    iteration wins, atomically: a retry with the same signal_id returns the
+    same response; any other signal for that iteration is ABORTED, with the
+    winning decision in the details (ErrorInfo reason SIGNAL_CONFLICT).
+    """
+    ListWaits: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWaitsRequest, _orchestrator_pb2.ListWaitsResponse]
+    """The wait nodes waiting now in the caller's namespace, across runs,
+    oldest first: the inbox an approval UI is built on.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -188,6 +201,19 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     DropDeadLetter: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.DropDeadLetterRequest, _orchestrator_pb2.DropDeadLetterResponse]  # type: ignore[assignment]
     """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
     does its graph, as for any node that fails for good.
+    """
+    SignalGraph: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.SignalGraphRequest, _orchestrator_pb2.SignalGraphResponse]  # type: ignore[assignment]
+    """Sends a decision to a waiting wait node. INVALID_ARGUMENT (field
+    violations) for a decision the node does not allow or a payload its
+    payload_schema refuses; FAILED_PRECONDITION naming the state when the
+    run has ended or the node is not waiting. The first valid decision of an
+    iteration wins, atomically: a retry with the same signal_id returns the
+    same response; any other signal for that iteration is ABORTED, with the
+    winning decision in the details (ErrorInfo reason SIGNAL_CONFLICT).
+    """
+    ListWaits: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWaitsRequest, _orchestrator_pb2.ListWaitsResponse]  # type: ignore[assignment]
+    """The wait nodes waiting now in the caller's namespace, across runs,
+    oldest first: the inbox an approval UI is built on.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +382,31 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.DropDeadLetterResponse, _abc.Awaitable[_orchestrator_pb2.DropDeadLetterResponse]]:
         """Removes a dead letter; its node fails (ERROR_CLASS_DEAD_LETTER) and so
         does its graph, as for any node that fails for good.
+        """
+
+    @_abc_1.abstractmethod
+    def SignalGraph(
+        self,
+        request: _orchestrator_pb2.SignalGraphRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.SignalGraphResponse, _abc.Awaitable[_orchestrator_pb2.SignalGraphResponse]]:
+        """Sends a decision to a waiting wait node. INVALID_ARGUMENT (field
+        violations) for a decision the node does not allow or a payload its
+        payload_schema refuses; FAILED_PRECONDITION naming the state when the
+        run has ended or the node is not waiting. The first valid decision of an
+        iteration wins, atomically: a retry with the same signal_id returns the
+        same response; any other signal for that iteration is ABORTED, with the
+        winning decision in the details (ErrorInfo reason SIGNAL_CONFLICT).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWaits(
+        self,
+        request: _orchestrator_pb2.ListWaitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListWaitsResponse, _abc.Awaitable[_orchestrator_pb2.ListWaitsResponse]]:
+        """The wait nodes waiting now in the caller's namespace, across runs,
+        oldest first: the inbox an approval UI is built on.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

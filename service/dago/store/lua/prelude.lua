@@ -95,6 +95,8 @@ local EventKind = {
   LOOP_ITERATION = 'loop_iteration',
   NODE_DEAD_LETTERED = 'node_dead_lettered',
   NODE_REQUEUED = 'node_requeued',
+  NODE_WAITING = 'node_waiting',
+  SIGNAL_RECEIVED = 'signal_received',
 }
 
 -- functions.Outcome

@@ -290,6 +290,15 @@ export declare type Node = Message$1<"dago.v1.Node"> & {
      */
     value: RouterNode;
     case: "router";
+  } | {
+    /**
+     * Waits for a decision from a person (or any client) sent with
+     * SignalGraph, holding no worker slot while it waits.
+     *
+     * @generated from field: dago.v1.WaitNode wait = 25;
+     */
+    value: WaitNode;
+    case: "wait";
   } | { case: undefined; value?: undefined };
 };
 
@@ -726,6 +735,70 @@ export declare type Route = Message$1<"dago.v1.Route"> & {
  * Use `create(RouteSchema)` to create a new message.
  */
 export declare const RouteSchema: GenMessage<Route>;
+
+/**
+ * A node that waits for a decision sent with SignalGraph (a person approving
+ * a draft, picking a branch). When it starts it enters NODE_STATE_WAITING and
+ * emits node_waiting; while it waits it holds no worker slot and no work
+ * item. Its output is `{decision, payload, actor, at, timed_out}`: edges route
+ * on it with CEL, e.g. `nodes.review.output.decision == "approve"`. Inside a
+ * loop it waits again in every iteration.
+ *
+ * @generated from message dago.v1.WaitNode
+ */
+export declare type WaitNode = Message$1<"dago.v1.WaitNode"> & {
+  /**
+   * Text for the person (a template, rendered when the node starts).
+   *
+   * @generated from field: string prompt = 1;
+   */
+  prompt: string;
+
+  /**
+   * What to show the person, e.g. the draft (strings are templates).
+   *
+   * @generated from field: google.protobuf.Struct display = 2;
+   */
+  display?: JsonObject | undefined;
+
+  /**
+   * The decisions a signal may carry: unique CEL-friendly names
+   * ([A-Za-z_][A-Za-z0-9_-]*). Empty: `approve`, `reject`.
+   *
+   * @generated from field: repeated string decisions = 3;
+   */
+  decisions: string[];
+
+  /**
+   * A JSON Schema (as JSON text) the payload of a signal must satisfy.
+   * Empty: any payload.
+   *
+   * @generated from field: string payload_schema = 4;
+   */
+  payloadSchema: string;
+
+  /**
+   * How long the node waits. Unset: until a signal, the graph's deadline or
+   * a cancel.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 5;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * The decision recorded when the timeout passes (actor `timeout`,
+   * timed_out true). Required with a timeout; one of the decisions.
+   *
+   * @generated from field: string timeout_decision = 6;
+   */
+  timeoutDecision: string;
+};
+
+/**
+ * Describes the message dago.v1.WaitNode.
+ * Use `create(WaitNodeSchema)` to create a new message.
+ */
+export declare const WaitNodeSchema: GenMessage<WaitNode>;
 
 /**
  * How a node with several incoming edges decides to run.

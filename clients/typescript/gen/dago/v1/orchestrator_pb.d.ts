@@ -1185,6 +1185,269 @@ export declare type UsageSummaryRow = Message<"dago.v1.UsageSummaryRow"> & {
 export declare const UsageSummaryRowSchema: GenMessage<UsageSummaryRow>;
 
 /**
+ * Request of SignalGraph.
+ *
+ * @generated from message dago.v1.SignalGraphRequest
+ */
+export declare type SignalGraphRequest = Message<"dago.v1.SignalGraphRequest"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The wait node's id.
+   *
+   * @generated from field: string node_id = 2;
+   */
+  nodeId: string;
+
+  /**
+   * One of the node's decisions.
+   *
+   * @generated from field: string decision = 3;
+   */
+  decision: string;
+
+  /**
+   * Data sent with the decision, checked against the node's payload_schema.
+   *
+   * @generated from field: google.protobuf.Value payload = 4;
+   */
+  payload?: Value | undefined;
+
+  /**
+   * Makes the signal idempotent: a retry with the same id returns the first
+   * response. Up to 128 printable characters. Optional (the server then
+   * generates one).
+   *
+   * @generated from field: string signal_id = 5;
+   */
+  signalId: string;
+
+  /**
+   * Free text for people; recorded in signal_received.
+   *
+   * @generated from field: string comment = 6;
+   */
+  comment: string;
+
+  /**
+   * The iteration the signal is meant for. 0: the node's current one.
+   *
+   * @generated from field: int32 iteration = 7;
+   */
+  iteration: number;
+};
+
+/**
+ * Describes the message dago.v1.SignalGraphRequest.
+ * Use `create(SignalGraphRequestSchema)` to create a new message.
+ */
+export declare const SignalGraphRequestSchema: GenMessage<SignalGraphRequest>;
+
+/**
+ * Response of SignalGraph.
+ *
+ * @generated from message dago.v1.SignalGraphResponse
+ */
+export declare type SignalGraphResponse = Message<"dago.v1.SignalGraphResponse"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The wait node's id.
+   *
+   * @generated from field: string node_id = 2;
+   */
+  nodeId: string;
+
+  /**
+   * The iteration decided.
+   *
+   * @generated from field: int32 iteration = 3;
+   */
+  iteration: number;
+
+  /**
+   * The recorded decision.
+   *
+   * @generated from field: string decision = 4;
+   */
+  decision: string;
+
+  /**
+   * Who decided (the API key's name).
+   *
+   * @generated from field: string actor = 5;
+   */
+  actor: string;
+
+  /**
+   * The signal's id (the request's, or generated).
+   *
+   * @generated from field: string signal_id = 6;
+   */
+  signalId: string;
+
+  /**
+   * When the decision was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp signal_time = 7;
+   */
+  signalTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dago.v1.SignalGraphResponse.
+ * Use `create(SignalGraphResponseSchema)` to create a new message.
+ */
+export declare const SignalGraphResponseSchema: GenMessage<SignalGraphResponse>;
+
+/**
+ * Request of ListWaits.
+ *
+ * @generated from message dago.v1.ListWaitsRequest
+ */
+export declare type ListWaitsRequest = Message<"dago.v1.ListWaitsRequest"> & {
+  /**
+   * Maximum waits per page (1..1000; 0 means 50).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message dago.v1.ListWaitsRequest.
+ * Use `create(ListWaitsRequestSchema)` to create a new message.
+ */
+export declare const ListWaitsRequestSchema: GenMessage<ListWaitsRequest>;
+
+/**
+ * Response of ListWaits.
+ *
+ * @generated from message dago.v1.ListWaitsResponse
+ */
+export declare type ListWaitsResponse = Message<"dago.v1.ListWaitsResponse"> & {
+  /**
+   * Waiting nodes, oldest first.
+   *
+   * @generated from field: repeated dago.v1.Wait waits = 1;
+   */
+  waits: Wait[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message dago.v1.ListWaitsResponse.
+ * Use `create(ListWaitsResponseSchema)` to create a new message.
+ */
+export declare const ListWaitsResponseSchema: GenMessage<ListWaitsResponse>;
+
+/**
+ * A wait node waiting for a signal.
+ *
+ * @generated from message dago.v1.Wait
+ */
+export declare type Wait = Message<"dago.v1.Wait"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The graph's name.
+   *
+   * @generated from field: string graph_name = 2;
+   */
+  graphName: string;
+
+  /**
+   * The wait node's id.
+   *
+   * @generated from field: string node_id = 3;
+   */
+  nodeId: string;
+
+  /**
+   * The iteration that waits (pass it to SignalGraph to be exact).
+   *
+   * @generated from field: int32 iteration = 4;
+   */
+  iteration: number;
+
+  /**
+   * The rendered prompt.
+   *
+   * @generated from field: string prompt = 5;
+   */
+  prompt: string;
+
+  /**
+   * The rendered display.
+   *
+   * @generated from field: google.protobuf.Struct display = 6;
+   */
+  display?: JsonObject | undefined;
+
+  /**
+   * The decisions a signal may carry.
+   *
+   * @generated from field: repeated string decisions = 7;
+   */
+  decisions: string[];
+
+  /**
+   * The JSON Schema (JSON text) of a signal's payload; empty: any payload.
+   *
+   * @generated from field: string payload_schema = 8;
+   */
+  payloadSchema: string;
+
+  /**
+   * When the node started waiting.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 9;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * When its timeout decides (unset: no timeout).
+   *
+   * @generated from field: google.protobuf.Timestamp deadline = 10;
+   */
+  deadline?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dago.v1.Wait.
+ * Use `create(WaitSchema)` to create a new message.
+ */
+export declare const WaitSchema: GenMessage<Wait>;
+
+/**
  * How much of a run GetGraphStatus includes.
  *
  * @generated from enum dago.v1.GraphStatusView
@@ -1459,6 +1722,33 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof DropDeadLetterRequestSchema;
     output: typeof DropDeadLetterResponseSchema;
+  },
+  /**
+   * Sends a decision to a waiting wait node. INVALID_ARGUMENT (field
+   * violations) for a decision the node does not allow or a payload its
+   * payload_schema refuses; FAILED_PRECONDITION naming the state when the
+   * run has ended or the node is not waiting. The first valid decision of an
+   * iteration wins, atomically: a retry with the same signal_id returns the
+   * same response; any other signal for that iteration is ABORTED, with the
+   * winning decision in the details (ErrorInfo reason SIGNAL_CONFLICT).
+   *
+   * @generated from rpc dago.v1.OrchestratorService.SignalGraph
+   */
+  signalGraph: {
+    methodKind: "unary";
+    input: typeof SignalGraphRequestSchema;
+    output: typeof SignalGraphResponseSchema;
+  },
+  /**
+   * The wait nodes waiting now in the caller's namespace, across runs,
+   * oldest first: the inbox an approval UI is built on.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.ListWaits
+   */
+  listWaits: {
+    methodKind: "unary";
+    input: typeof ListWaitsRequestSchema;
+    output: typeof ListWaitsResponseSchema;
   },
 }>;
 
