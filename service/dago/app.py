@@ -85,6 +85,7 @@ def build_api(settings: Settings) -> ApiServer:
         tracing=tracing,
         archive=archive,
         history=db,
+        metrics=metrics,
     )
     return ApiServer(
         settings,

@@ -55,6 +55,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
         names |= {sk.notify: "stream", sk.control: "stream", sk.wake: "stream", sk.index(): "zset"}
         names[sk.archive] = "zset"
         names[sk.watched] = "zset"
+        names[sk.waits()] = "zset"
         names |= {sk.index(str(state)): "zset" for state in GRAPH_STATES}
     for gid, rid in graphs.items():
         sk = keys.shard(graph_shard(gid))
@@ -82,6 +83,7 @@ class Ran:
         self.completed = ""
         self.failed = ""
         self.cancelled = ""
+        self.waiting = ""
 
 
 async def run_graphs(stack: InProcessStack, prefix: str) -> Ran:
@@ -130,6 +132,17 @@ async def run_graphs(stack: InProcessStack, prefix: str) -> Ran:
     )
     st = await stack.client.wait(gid)
     assert st.state == execution_pb2.GRAPH_STATE_CANCELLED, st
+
+    # A wait node left waiting: the shard's inbox and the wait's timeout on the timers.
+    wait = {"id": "w", "wait": {"timeout": "600s", "timeoutDecision": "reject"}}
+    gid = await stack.client.submit(request([wait]))
+    ran.graphs[gid] = ""
+    ran.waiting = gid
+
+    async def waiting() -> bool:
+        return node_states(await stack.client.status(gid)) == {"w": "WAITING"}
+
+    await eventually(waiting)
     return ran
 
 
@@ -172,6 +185,8 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     cg = cancelled.graph(ran.cancelled)
     required |= {cg.meta, cg.nodes, cg.topo, cg.events, cancelled.control}
     required.add(cancelled.index(str(execution_pb2.GRAPH_STATE_CANCELLED)))
+    waiting = keys.shard(graph_shard(ran.waiting))
+    required |= {waiting.waits(), waiting.timers}
     missing = sorted(required - found)
     assert not missing, f"keys dago.store.keys names but the run did not write: {missing}"
 

@@ -45,6 +45,8 @@ NAMESPACE = NAMESPACE_NAME
 """Namespace names (``dago.config.NAMESPACE_NAME``; always ``fullmatch``)."""
 
 _HASH = re.compile(r"[0-9a-f]{64}")
+KEY_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+"""Names of API keys (always ``fullmatch``)."""
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Method prefixes callable without a key."""
@@ -68,10 +70,17 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+DEFAULT_ACTOR = "anonymous"
+"""Who calls when authentication is off (recorded as the actor of signals)."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     digest: bytes
     namespace: str
+    name: str = ""
+    """The key's name (the actor recorded for its signals): the optional third part of the
+    entry, else ``key-<first 8 hex digits of its hash>``."""
 
 
 def parse_keys(text: str, separator: str, source: str) -> list[_Entry]:
@@ -91,6 +100,13 @@ def parse_keys(text: str, separator: str, source: str) -> list[_Entry]:
                 "(`dago keys new` prints one)"
             )
         digest, namespace = parts[0].strip().lower(), parts[1].strip()
+        # An optional name after the namespace: `<hash>:<namespace>:<name>` or
+        # `<hash> <namespace> <name>`.
+        rest = namespace.split(":", 1) if separator == ":" else namespace.split(None, 1)
+        namespace = rest[0].strip()
+        name = rest[1].strip() if len(rest) > 1 else ""
+        if name and not KEY_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: the key's name must be 1-64 letters, digits, _ . @ or -")
         if not _HASH.fullmatch(digest):
             # Never echo the value: an operator may have pasted a key instead of its hash.
             raise ConfigError(
@@ -102,7 +118,7 @@ def parse_keys(text: str, separator: str, source: str) -> list[_Entry]:
                 f"{where}: namespace {namespace!r} must be 1-63 letters, digits, _ . or -, "
                 "starting with a letter or digit"
             )
-        out.append(_Entry(bytes.fromhex(digest), namespace))
+        out.append(_Entry(bytes.fromhex(digest), namespace, name or f"key-{digest[:8]}"))
     return out
 
 
@@ -144,7 +160,12 @@ class KeyRing:
         return len(self._inline) + len(self._file)
 
     def lookup(self, key: str) -> str | None:
-        """The namespace of ``key``, or None. Every configured hash is compared in constant
+        """The namespace of ``key``, or None (see ``entry``)."""
+        entry = self.entry(key)
+        return entry.namespace if entry is not None else None
+
+    def entry(self, key: str) -> _Entry | None:
+        """The entry of ``key``, or None. Every configured hash is compared in constant
         time, so the answer's timing says nothing about which hashes exist."""
         if self._path is not None:
             now = time.monotonic()
@@ -152,10 +173,10 @@ class KeyRing:
                 self._checked = now
                 self._reload(strict=False)
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-        found: str | None = None
+        found: _Entry | None = None
         for entry in (*self._inline, *self._file):
             if hmac.compare_digest(digest, entry.digest) and found is None:
-                found = entry.namespace
+                found = entry
         return found
 
 
@@ -175,11 +196,18 @@ class Authenticator:
         self._current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
             "dago_namespace", default=None
         )
+        self._actor: contextvars.ContextVar[str] = contextvars.ContextVar(
+            "dago_actor", default=DEFAULT_ACTOR
+        )
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> str:
         """The caller's namespace; raises ApiError(UNAUTHENTICATED)."""
+        return self.identify(metadata)[0]
+
+    def identify(self, metadata: Sequence[tuple[str, Any]] | None) -> tuple[str, str]:
+        """The caller's namespace and name (its key's); raises ApiError(UNAUTHENTICATED)."""
         if self._keys is None:
-            return DEFAULT_NAMESPACE
+            return DEFAULT_NAMESPACE, DEFAULT_ACTOR
         values = [v for k, v in metadata or () if k.lower() == "authorization"]
         if not values:
             raise errors.unauthenticated("API_KEY_MISSING", f"no API key: {_HOW}")
@@ -191,12 +219,12 @@ class Authenticator:
             raise errors.unauthenticated(
                 "API_KEY_MALFORMED", f"the authorization value is not `Bearer <key>`: {_HOW}"
             )
-        namespace = self._keys.lookup(key.strip())
-        if namespace is None:
+        entry = self._keys.entry(key.strip())
+        if entry is None:
             raise errors.unauthenticated(
                 "API_KEY_INVALID", "the API key is not valid (unknown, revoked or mistyped)"
             )
-        return namespace
+        return entry.namespace, entry.name
 
     def current(self) -> str:
         """The namespace of the RPC being served (set by :class:`ServerGuard`)."""
@@ -208,7 +236,13 @@ class Authenticator:
             return DEFAULT_NAMESPACE
         return ns
 
-    def _enter(self, namespace: str) -> contextvars.Token[str | None]:
+    def actor(self) -> str:
+        """Who makes the RPC being served: its API key's name (``DEFAULT_ACTOR`` without
+        authentication)."""
+        return self._actor.get()
+
+    def _enter(self, namespace: str, actor: str = DEFAULT_ACTOR) -> contextvars.Token[str | None]:
+        self._actor.set(actor)
         return self._current.set(namespace)
 
     def _leave(self, token: contextvars.Token[str | None]) -> None:
@@ -237,10 +271,10 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             return handler
         metadata = handler_call_details.invocation_metadata
         try:
-            namespace: str | None = self._auth.authenticate(metadata)
+            namespace, actor = self._auth.identify(metadata)
             failure: errors.ApiError | None = None
         except errors.ApiError as e:
-            namespace, failure = None, e
+            namespace, actor, failure = None, DEFAULT_ACTOR, e
             log.info("refused %s: %s", method, e.message)
         if handler.request_streaming:
             # dago has no client-streaming RPCs; should one appear, it is refused without a
@@ -283,7 +317,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
                 async def writes(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
                     request = await parse(raw, context)
                     assert namespace is not None
-                    auth._enter(namespace)  # the RPC's own task: no reset needed
+                    auth._enter(namespace, actor)  # the RPC's own task: no reset needed
                     await inner_stream(request, context)
 
                 return grpc.unary_stream_rpc_method_handler(
@@ -295,7 +329,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 request = await parse(raw, context)
                 assert namespace is not None
-                auth._enter(namespace)  # the RPC's own task: no reset needed
+                auth._enter(namespace, actor)  # the RPC's own task: no reset needed
                 async for item in inner_stream(request, context):
                     yield item
 
@@ -308,7 +342,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request = await parse(raw, context)
             assert namespace is not None
-            token = auth._enter(namespace)
+            token = auth._enter(namespace, actor)
             try:
                 return await inner(request, context)
             finally:

@@ -121,6 +121,16 @@ def already_exists(subject: str, description: str) -> ApiError:
     return ApiError(grpc.StatusCode.ALREADY_EXISTS, description, [info])
 
 
+def signal_conflict(subject: str, description: str, winner: dict[str, str]) -> ApiError:
+    """ABORTED (HTTP 409 through Envoy) with ErrorInfo ``SIGNAL_CONFLICT`` whose metadata is
+    the winning decision (decision, actor, signal_id, iteration, at)."""
+    info = error_details_pb2.ErrorInfo(reason="SIGNAL_CONFLICT", domain="dago.v1")
+    for key, value in winner.items():
+        info.metadata[key] = clip(value)
+    info.metadata["subject"] = clip(subject)
+    return ApiError(grpc.StatusCode.ABORTED, description, [info])
+
+
 def unauthenticated(reason: str, message: str) -> ApiError:
     """UNAUTHENTICATED (HTTP 401 through Envoy) with ErrorInfo saying what was wrong."""
     info = error_details_pb2.ErrorInfo(reason=reason, domain="dago.v1")

@@ -8,6 +8,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -35,13 +36,16 @@ from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
+from dago.engine.waits import decisions_of, payload_problem
 from dago.history.db import HistoryDb
 from dago.history.listing import RunListing
 from dago.history.usage import UsageReport
+from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import Entries, batched, decode, error_from
-from dago.store.functions import SubmitArgs
-from dago.store.schema import Meta, Node
+from dago.store.functions import SignalArgs, Signalled, SubmitArgs
+from dago.store.schema import Decision, Meta, Node
+from dago.store.schema import Wait as StoredWait
 from dago.store.store import DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -68,8 +72,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         tracing: Tracing | None = None,
         archive: ArchivedReads | None = None,
         history: HistoryDb | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._auth = auth
+        self._metrics = metrics
         # Runs Redis no longer holds: answered from PostgreSQL when DAGO_POSTGRES_URL is set.
         self._archive = archive or ArchivedReads(None, auth, settings)
         self._gate = gate
@@ -668,6 +674,215 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             extra={"graph_id": gid, "dead_letter_id": request.dead_letter_id},
         )
         return orchestrator_pb2.DropDeadLetterResponse(failed_node=outcome == "failed")
+
+    # --- waits and signals ------------------------------------------------------------
+
+    @guard
+    async def SignalGraph(
+        self, request: orchestrator_pb2.SignalGraphRequest, context: Ctx
+    ) -> orchestrator_pb2.SignalGraphResponse:
+        """Record a decision for a waiting wait node (docs/semantics.md, "Waits and
+        signals"): checked here against the node's definition, decided atomically in Redis
+        (``signal.lua``)."""
+        try:
+            resp = await self._signal(request)
+        except errors.ApiError as e:
+            self._count_signal(_SIGNAL_OUTCOMES.get(e.code, "refused"))
+            raise
+        return resp
+
+    def _count_signal(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.signals.labels(outcome).inc()
+
+    async def _signal(
+        self, request: orchestrator_pb2.SignalGraphRequest
+    ) -> orchestrator_pb2.SignalGraphResponse:
+        shard = self._shard(request.graph_id)
+        gid, nid = request.graph_id, request.node_id
+        if not nid:
+            raise errors.invalid_field("node_id", "is required")
+        if len(nid) > MAX_ID_CHARS:
+            raise errors.not_found("node", f"{gid}/{nid}")
+        if len(request.signal_id) > 128 or not request.signal_id.isprintable():
+            raise errors.invalid_field("signal_id", "use at most 128 printable characters")
+        if len(request.comment) > MAX_COMMENT_CHARS:
+            raise errors.invalid_field("comment", f"use at most {MAX_COMMENT_CHARS} characters")
+        if request.iteration < 0:
+            raise errors.invalid_field("iteration", "must be 0 (the current one) or more")
+        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
+        loaded = await self._graphs.get(shard, gid)
+        if loaded is None:
+            raise errors.not_found("graph", gid)
+        self._owned(gid, ns)
+        node = loaded.compiled.nodes.get(nid) if loaded.compiled is not None else None
+        if node is None:
+            raise errors.not_found("node", f"{gid}/{nid}")
+        if node.kind != "wait":
+            raise errors.invalid_field(
+                "node_id", f"node {nid!r} is a {node.kind} node; only wait nodes take signals"
+            )
+        spec = node.proto.wait
+        allowed = decisions_of(spec)
+        if request.decision not in allowed:
+            raise errors.invalid_field(
+                "decision",
+                f"{clip(request.decision)!r} is not a decision of node {nid!r} (its decisions: "
+                + ", ".join(allowed)
+                + ")",
+            )
+        payload = to_plain(request.payload) if request.HasField("payload") else None
+        problem = payload_problem(spec, payload)
+        if problem:
+            raise errors.invalid_field("payload", problem)
+        payload_json = dumps(payload) if request.HasField("payload") else ""
+        if len(payload_json) > self._settings.max_event_bytes // 2:
+            raise errors.invalid_field(
+                "payload",
+                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
+                "(half of DAGO_MAX_EVENT_BYTES)",
+            )
+        sid = request.signal_id or f"s-{uuid.uuid4().hex}"
+        args = SignalArgs(
+            gid,
+            nid,
+            request.iteration,
+            request.decision,
+            payload_json,
+            self._auth.actor(),
+            sid,
+            request.comment,
+        )
+        res = await self._store.signal(shard, args)
+        return self._signalled(gid, nid, request, res)
+
+    def _signalled(
+        self,
+        gid: str,
+        nid: str,
+        request: orchestrator_pb2.SignalGraphRequest,
+        res: Signalled,
+    ) -> orchestrator_pb2.SignalGraphResponse:
+        """The answer to a signal from what ``signal`` decided."""
+        subject = f"{gid}/{nid}"
+        if res.outcome == "missing":
+            raise errors.not_found("graph", gid)
+        if res.outcome == "ended":
+            name = _STATE_NAMES[execution_pb2.GraphState.ValueType(res.state)]
+            raise errors.failed_precondition(
+                "GRAPH_FINISHED",
+                subject,
+                f"graph {gid} already finished ({name}); node {nid} takes no more signals",
+            )
+        if res.outcome == "not_waiting":
+            state = execution_pb2.NodeState.Name(execution_pb2.NodeState.ValueType(res.state))
+            asked = f" in iteration {request.iteration}" if request.iteration else ""
+            raise errors.failed_precondition(
+                "NODE_NOT_WAITING",
+                subject,
+                f"node {nid} of graph {gid} is not waiting for a signal{asked}: it is "
+                f"{state.removeprefix('NODE_STATE_')} (iteration {res.iteration})",
+            )
+        rec = res.record or {}
+        if res.outcome == "conflict":
+            winner = {
+                "decision": str(rec.get(Decision.DECISION, "")),
+                "actor": str(rec.get(Decision.ACTOR, "")),
+                "signal_id": str(rec.get(Decision.SIGNAL_ID, "")),
+                "iteration": str(rec.get(Decision.ITERATION, "")),
+                "timed_out": "true" if rec.get(Decision.TIMED_OUT) else "false",
+            }
+            raise errors.signal_conflict(
+                subject,
+                f"node {nid} of graph {gid} was already decided in iteration "
+                f"{winner['iteration']}: {winner['decision']!r} by {winner['actor']!r}",
+                winner,
+            )
+        self._count_signal("recorded" if res.outcome == "recorded" else "replayed")
+        resp = orchestrator_pb2.SignalGraphResponse(
+            graph_id=gid,
+            node_id=nid,
+            iteration=int(rec.get(Decision.ITERATION, 0)),
+            decision=str(rec.get(Decision.DECISION, "")),
+            actor=str(rec.get(Decision.ACTOR, "")),
+            signal_id=str(rec.get(Decision.SIGNAL_ID, "")),
+        )
+        resp.signal_time.FromMilliseconds(int(rec.get(Decision.AT, 0)))
+        if res.outcome == "recorded":
+            log.info(
+                "signal recorded",
+                extra={"graph_id": gid, "node_id": nid, "decision": resp.decision},
+            )
+        return resp
+
+    @guard
+    async def ListWaits(
+        self, request: orchestrator_pb2.ListWaitsRequest, context: Ctx
+    ) -> orchestrator_pb2.ListWaitsResponse:
+        """The caller's namespace's waiting nodes over every shard, oldest first: each shard's
+        inbox is read from the cursor and the pages merged by (since, graph id, node)."""
+        size = request.page_size or 50
+        if not 1 <= size <= 1000:
+            raise errors.invalid_field("page_size", "must be between 1 and 1000")
+        since, after = 0, ""
+        if request.page_token:
+            ms, after = tokens.decode(request.page_token, "w", 2)
+            since = tokens.decode_int(ms) if ms != "0" else 0
+        ns = self._auth.current()
+        found: list[tuple[int, str, int]] = []
+        for shard in range(self._settings.shards):
+            rows = await self._store.waits_after(shard, ns, since, after, size + 1)
+            found += [(ms, member, shard) for ms, member in rows]
+        found.sort()
+        page = found[:size]
+        resp = orchestrator_pb2.ListWaitsResponse()
+        keys: list[tuple[int, str, str]] = []
+        for _, member, shard in page:
+            gid, _, nid = member.partition("|")
+            keys.append((shard, gid, nid))
+        details = await self._store.wait_details(keys) if keys else []
+        for (_, gid, nid), (raw, name) in zip(keys, details, strict=True):
+            if raw is None:  # decided since the index was read
+                continue
+            resp.waits.append(wait_view(gid, nid, raw, name))
+        if len(found) > size:
+            last_ms, last_member, _ = page[-1]
+            resp.next_page_token = tokens.encode("w", last_ms, last_member)
+        return resp
+
+
+_SIGNAL_OUTCOMES = {
+    grpc.StatusCode.ABORTED: "conflict",
+    grpc.StatusCode.FAILED_PRECONDITION: "not_waiting",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+    grpc.StatusCode.NOT_FOUND: "not_found",
+}
+"""The ``dago_signals_total`` outcome of a refused signal, by its status code."""
+
+MAX_COMMENT_CHARS = 4096
+"""Longest comment a signal may carry."""
+
+
+def wait_view(gid: str, nid: str, raw: bytes, name: bytes | None) -> orchestrator_pb2.Wait:
+    """A ``Wait`` from a node's stored wait (``schema.Wait``)."""
+    w = json.loads(raw)
+    out = orchestrator_pb2.Wait(
+        graph_id=gid,
+        graph_name=name.decode() if name else "",
+        node_id=nid,
+        iteration=int(w.get(StoredWait.ITERATION, 0)),
+        prompt=str(w.get(StoredWait.PROMPT, "")),
+        decisions=[str(x) for x in w.get(StoredWait.DECISIONS) or []],
+        payload_schema=str(w.get(StoredWait.SCHEMA, "")),
+    )
+    display = w.get(StoredWait.DISPLAY)
+    if isinstance(display, dict):
+        out.display.update(display)
+    out.since.FromMilliseconds(int(w.get(StoredWait.SINCE, 0)))
+    deadline = int(w.get(StoredWait.DEADLINE) or 0)
+    if deadline:
+        out.deadline.FromMilliseconds(deadline)
+    return out
 
 
 class _NotInRedis(Exception):

@@ -121,7 +121,7 @@ def compile_graph(
         nodes=compiled,
         entries=entries,
         topology=topology(compiled, edges, shape),
-        start_plans={nid: start_plan(cn) for nid, cn in compiled.items()},
+        start_plans={nid: start_plan(cn, ids) for nid, cn in compiled.items()},
         output=output,
         sinks=sinks,
     )
@@ -357,6 +357,7 @@ def _compile_nodes(
             attempt_timeout=timeout,
             templates=parts.templates,
             llm_cache_ttl=graph.defaults.llm_cache_ttl,
+            waits=parts.waits,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs

@@ -60,6 +60,9 @@ class KindParts:
     routes: list[tuple[str, Expression | None]] = field(default_factory=list)
     """A router's routes in order: name and condition (None: the model decides). Their
     conditions sit at ``<kind>.routes[i].condition`` in the node."""
+    waits: bool = False
+    """The node may wait for a signal (a ``wait`` node): starting it also reads the decision
+    recorded for it (``dago.engine.topology.start_plan``)."""
 
 
 class KindCheck(Protocol):

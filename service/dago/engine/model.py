@@ -47,6 +47,8 @@ class CompiledNode:
     llm_cache_ttl: int = 0
     """The graph's ``defaults.llm_cache_ttl`` (a ``CacheTtl``): model calls of the node that
     set none use it."""
+    waits: bool = False
+    """The node may wait for a signal (``KindParts.waits``)."""
 
 
 @dataclass

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dago.engine.model import CompiledNode, OutEdge
 from dago.engine.retry import Retry
 from dago.engine.shape import Edge, Shape
-from dago.store.schema import LoopTopology, NodeTopology, Topology
+from dago.store.schema import LoopTopology, Node, NodeTopology, Topology
 
 
-def start_plan(node: CompiledNode) -> str:
+def decision_ref(node_id: str) -> str:
+    """The name a waiting node's start plan reads its recorded decision under, as if it
+    were a node's output (``schema.Node.DECISION_REF``)."""
+    return node_id + Node.DECISION_REF
+
+
+def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:
     """What starting ``node`` reads and how long it may run, as the functions read it
     (``schema.Node.PLAN``): ``refs|attempt timeout ms``, refs ``*`` for every node's output,
     else the node ids read, comma-separated. (The run's inputs are not read at a start: the
-    worker holds them with the graph it loaded.)"""
+    worker holds them with the graph it loaded.) A node that may wait also reads the
+    decision recorded for it (``decision_ref``), so its refs are always a list."""
     refs = node.refs
-    names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
+    if node.waits:
+        read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
+        names = ",".join([*read, decision_ref(node.id)])
+    else:
+        names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
     return f"{names}|{int(node.attempt_timeout * 1000)}"
 
 

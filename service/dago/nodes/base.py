@@ -71,6 +71,9 @@ class NodeResult:
     value: Any
     usage: Usage | None = None
     route: dict[str, Any] | None = None
+    wait: Any = None
+    """A wait node that found no decision: what it waits for (``dago.nodes.wait.WaitRequest``);
+    the worker puts the node in WAITING instead of completing it (``value`` is unused)."""
 
 
 Inline = Callable[[NodeContext], NodeResult]

@@ -44,6 +44,7 @@ MAX_MODELS = 50
 
 NODE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+WAIT_BUCKETS = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -138,6 +139,18 @@ class Metrics:
             "dago_archive_errors",
             "Archive rounds that failed (PostgreSQL or Redis unreachable); the runs wait.",
             registry=r,
+        )  # fmt: skip
+        self.wait_duration = Histogram(
+            "dago_wait_duration_seconds",
+            "How long wait nodes waited for their decision (observed by the worker that "
+            "completes the node), by how it was decided (signal, timeout).",
+            ["decided_by"], buckets=WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.signals = Counter(
+            "dago_signals",
+            "SignalGraph calls, by outcome (recorded, replayed, conflict, not_waiting, invalid, "
+            "not_found).",
+            ["outcome"], registry=r,
         )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
 

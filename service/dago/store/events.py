@@ -201,6 +201,31 @@ def _requeued(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.node_requeued.dead_letter_id = f"{shard}-{d.get(Detail.DEAD_LETTER, '')}"
 
 
+def _waiting(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.node_waiting
+    p.SetInParent()
+    p.prompt = str(d.get(Detail.PROMPT, ""))
+    display = d.get(Detail.DISPLAY)
+    if isinstance(display, dict):
+        p.display.update(display)
+    p.decisions.extend(str(x) for x in d.get(Detail.DECISIONS) or [])
+    deadline = int(d.get(Detail.DEADLINE) or 0)
+    if deadline:
+        p.deadline.FromMilliseconds(deadline)
+    p.payload_schema = str(d.get(Detail.SCHEMA, ""))
+
+
+def _signal(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.signal_received
+    p.SetInParent()
+    p.decision = str(d.get(Detail.DECISION, ""))
+    set_value(p.payload, d.get(Detail.PAYLOAD))
+    p.actor = str(d.get(Detail.ACTOR, ""))
+    p.signal_id = str(d.get(Detail.SIGNAL_ID, ""))
+    p.comment = str(d.get(Detail.COMMENT, ""))
+    p.timed_out = bool(d.get(Detail.TIMED_OUT, False))
+
+
 def _text(field: str, key: str) -> Any:
     """A payload with one string field; SetInParent marks the oneof even when it is empty."""
 
@@ -232,6 +257,8 @@ _PAYLOADS = {
     "tool_result": _tool_result,
     "usage": _usage,
     "loop_iteration": _loop,
+    "node_waiting": _waiting,
+    "signal_received": _signal,
 }
 
 

@@ -25,13 +25,13 @@ from typing import Any, NamedTuple
 from redis.exceptions import ResponseError
 
 from dago.store.keys import ShardKeys
-from dago.store.schema import Error
+from dago.store.schema import Error, Wait
 
 Arg = str | bytes | int | float
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
-SHARED = ("prelude", "core", "graph", "attempts")
+SHARED = ("prelude", "core", "graph", "attempts", "waits")
 """The library's shared code, in load order (each entry script is a function's body)."""
 
 
@@ -40,6 +40,9 @@ class Outcome(StrEnum):
 
     OK = "ok"
     ERROR = "error"
+    WAIT = "wait"
+    """A wait node found no decision for its iteration: its ``Result.output`` is the wait
+    (``wait_arg``), reported with ``wait`` instead of ``apply``."""
 
 
 # --- arguments --------------------------------------------------------------------------
@@ -201,6 +204,47 @@ class DeadLetterArgs(NamedTuple):
     entry_id: str
 
 
+class WaitArgs(NamedTuple):
+    """``wait``: put wait nodes into WAITING (``Waiting`` items follow), fenced on their
+    attempts' executions; their work items are acked."""
+
+    worker: str
+
+
+class Waiting(NamedTuple):
+    """One wait node's attempt that found no decision recorded for its iteration."""
+
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    execution: int
+    input: str
+    """The rendered input (JSON), or ""."""
+    wait: str
+    """``wait_arg()``: the rendered prompt and display, the decisions, the payload schema and
+    the timeout decision (JSON object)."""
+    timeout_ms: int
+    """0: no timeout."""
+
+
+class SignalArgs(NamedTuple):
+    """``signal``: record a decision for a waiting wait node (checked by the API against the
+    node's definition)."""
+
+    graph_id: str
+    node: str
+    iteration: int
+    """0: the node's current iteration."""
+    decision: str
+    payload: str
+    """JSON, or ""."""
+    actor: str
+    signal_id: str
+    comment: str
+
+
 class PruneArgs(NamedTuple):
     """``prune``: remove the work group's consumers that hold no pending item, were idle
     past ``min_idle_ms`` and are not named (``Consumer`` items follow: live workers)."""
@@ -226,6 +270,8 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "archived": (ArchivedArgs, None),
     "deadletter": (DeadLetterArgs, None),
     "prune": (PruneArgs, Consumer),
+    "wait": (WaitArgs, Waiting),
+    "signal": (SignalArgs, None),
 }
 """Every function: the type of its fixed arguments and of the items that follow them."""
 
@@ -253,6 +299,28 @@ def error_json(error_class: int, message: str, retryable: bool) -> str:
     rule of the functions to decide on."""
     error = {Error.CLASS: error_class, Error.MESSAGE: message, Error.RETRYABLE: retryable}
     return json.dumps(error, separators=(",", ":"), ensure_ascii=False)
+
+
+def wait_arg(
+    prompt: str,
+    display: Any,
+    decisions: Sequence[str],
+    payload_schema: str,
+    timeout_decision: str,
+) -> str:
+    """A wait as ``Waiting.wait`` (``schema.Wait``'s keys; the function adds the iteration and
+    the times)."""
+    return json.dumps(
+        {
+            Wait.PROMPT: prompt,
+            Wait.DISPLAY: display,
+            Wait.DECISIONS: list(decisions),
+            Wait.SCHEMA: payload_schema,
+            Wait.TIMEOUT_DECISION: timeout_decision,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 # --- replies ----------------------------------------------------------------------------
@@ -359,6 +427,27 @@ def parse_applied(shard: int, raw: Sequence[Any]) -> Applied:
 def parse_submitted(raw: Sequence[Any]) -> Submitted:
     """``submit``'s reply: ``{outcome, graph_id, state}``."""
     return Submitted(_s(raw[0]), _s(raw[1]), int(raw[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Signalled:
+    """What ``signal`` returns: its outcome (``recorded``, ``replay``, ``conflict``, ``ended``,
+    ``not_waiting`` or ``missing``), a state (the node's; the graph's for ``ended``) and the
+    decision record (``schema.Decision``, decoded) for recorded, replay and conflict; for
+    not_waiting ``iteration`` is the node's current one."""
+
+    outcome: str
+    state: int
+    record: dict[str, Any] | None
+    iteration: int = 0
+
+
+def parse_signalled(raw: Sequence[Any]) -> Signalled:
+    """``signal``'s reply: ``{outcome, state, record JSON | iteration | ''}``."""
+    outcome, state, third = _s(raw[0]), int(raw[1]), _s(raw[2])
+    if outcome in ("recorded", "replay", "conflict"):
+        return Signalled(outcome, state, json.loads(third))
+    return Signalled(outcome, state, None, int(third) if third.isdigit() else 0)
 
 
 def parse_pair(raw: Sequence[Any]) -> tuple[str, str]:

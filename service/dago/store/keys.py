@@ -91,6 +91,11 @@ class ShardKeys:
         """Sorted set of a namespace's graph ids by creation time, optionally for one state."""
         return f"{self._ns(namespace)}:index" + (f":{state}" if state else "")
 
+    def waits(self, namespace: str = "default") -> str:
+        """Sorted set of a namespace's waiting wait nodes, ``<graph id>|<node>`` by when they
+        started waiting (ms): the inbox ListWaits reads."""
+        return f"{self._ns(namespace)}:waits"
+
     def request(self, request_id: str, namespace: str = "default") -> str:
         """Idempotency record of a SubmitGraph request_id (request ids are per namespace)."""
         return f"{self._ns(namespace)}:req:{request_id}"

@@ -96,6 +96,12 @@ class Node:
     (state RUNNING, start time, worker, execution)."""
     EDGE_RESOLVED: Final = "e:"
     """``e:<edge index>``: a loop's exit edge resolved in this iteration (not per node)."""
+    WAIT: Final = ":wt"
+    """A wait node's wait while it waits (JSON, ``Wait``), written when it enters WAITING."""
+    DECISION_REF: Final = ":w"
+    """A wait node's start plan names ``<node>:w`` besides the nodes it reads, so starting it
+    reads the field ``<node>:w:o`` (this, then ``OUTPUT``) with their outputs: the decision
+    recorded for it (JSON, ``Decision``). No real node has a ``:`` in its id."""
 
 
 class Record:
@@ -117,6 +123,40 @@ class Error:
     CLASS: Final = "c"
     MESSAGE: Final = "m"
     RETRYABLE: Final = "r"
+
+
+class Wait:
+    """Keys of a waiting node's wait (JSON, ``Node.WAIT``): what ListWaits and a signal read."""
+
+    ITERATION: Final = "i"
+    PROMPT: Final = "prompt"
+    DISPLAY: Final = "display"
+    DECISIONS: Final = "decisions"
+    SCHEMA: Final = "schema"
+    """The payload's JSON Schema (JSON text), or ""."""
+    SINCE: Final = "since"
+    """When the node started waiting (ms)."""
+    DEADLINE: Final = "deadline"
+    """When its timeout decides (ms), or 0."""
+    TIMEOUT_DECISION: Final = "td"
+    """The decision its timeout records."""
+
+
+class Decision:
+    """Keys of the decision recorded for a wait node (JSON, ``<node>:w:o``; see
+    ``Node.DECISION_REF``), kept until a later iteration's decision replaces it."""
+
+    ITERATION: Final = "i"
+    DECISION: Final = "decision"
+    PAYLOAD: Final = "payload"
+    ACTOR: Final = "actor"
+    AT: Final = "at"
+    """When it was recorded (ms)."""
+    SIGNAL_ID: Final = "signal_id"
+    COMMENT: Final = "comment"
+    TIMED_OUT: Final = "timed_out"
+    SINCE: Final = "since"
+    """When the node had started waiting (ms): the wait's duration is ``AT - SINCE``."""
 
 
 class UsageJson:
@@ -187,6 +227,20 @@ class Detail:
     """usage: the LLM provider."""
     MODEL: Final = "model"
     """usage: the model."""
+    PROMPT: Final = "prompt"
+    """node_waiting: the rendered prompt (also DISPLAY, DECISIONS, DEADLINE, SCHEMA)."""
+    DISPLAY: Final = "display"
+    DECISIONS: Final = "decisions"
+    DEADLINE: Final = "deadline"
+    """node_waiting: when the timeout decides (ms; 0: none)."""
+    SCHEMA: Final = "schema"
+    DECISION: Final = "decision"
+    """signal_received: the decision (also PAYLOAD, ACTOR, SIGNAL_ID, COMMENT, TIMED_OUT)."""
+    PAYLOAD: Final = "payload"
+    ACTOR: Final = "actor"
+    SIGNAL_ID: Final = "signal_id"
+    COMMENT: Final = "comment"
+    TIMED_OUT: Final = "timed_out"
 
 
 class Work:
@@ -242,6 +296,8 @@ class Timer:
     """``d|gid``: the graph's deadline."""
     EXPIRE: Final = "x"
     """``x|gid[|namespace]``: drop the expired graph from its indexes."""
+    WAIT: Final = "w"
+    """``w|gid|node|iteration``: a wait node's timeout (records its timeout_decision)."""
 
 
 class Stats:
@@ -255,6 +311,8 @@ class Stats:
     DURATION_SUM: Final = "dur_sum"
     RECLAIMED: Final = "reclaimed"
     DEAD: Final = "dead"
+    WAITING: Final = "waiting"
+    """Wait nodes waiting now (one more as one enters WAITING, one less as it leaves)."""
 
 
 class Topology:
@@ -300,7 +358,7 @@ class LoopTopology:
 
 
 RECORD_KINDS: Final = (
-    Meta, Usage, Node, Record, Error, UsageJson, Event, Detail, Work, Notify, DeadLetter,
-    Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
+    Meta, Usage, Node, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work, Notify,
+    DeadLetter, Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

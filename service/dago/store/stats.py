@@ -114,6 +114,11 @@ class RedisCollector(Collector):
             "dago_work_reclaimed",
             "Work items taken over (XAUTOCLAIM) from a worker that stopped renewing them.",
         )
+        waits = GaugeMetricFamily(
+            "dago_waits_open",
+            "Wait nodes waiting for a signal now (every namespace), by shard.",
+            labels=["shard"],
+        )
         totals = {
             Stats.SUBMITTED: 0.0,
             Stats.DEAD: 0.0,
@@ -152,6 +157,7 @@ class RedisCollector(Collector):
             archive.add_metric(label, 0 if isinstance(queued, Exception) else int(queued))
             if isinstance(stats, Exception):
                 continue
+            waits.add_metric(label, max(0.0, float(stats.get(Stats.WAITING.encode(), 0))))
             for k, v in stats.items():
                 key, val = _s(k), float(v)
                 if key in totals:
@@ -188,5 +194,5 @@ class RedisCollector(Collector):
         )
         return [
             depth, pending, lag, dead, active, submitted, finished, dead_total, reclaimed, duration,
-            alive, archive,
+            alive, archive, waits,
         ]  # fmt: skip

@@ -35,15 +35,20 @@ from dago.store.functions import (
     Renewal,
     RenewArgs,
     Result,
+    SignalArgs,
+    Signalled,
     Started,
     SubmitArgs,
     Submitted,
     SweepArgs,
     TakeArgs,
     Taken,
+    WaitArgs,
+    Waiting,
     WorkItem,
     parse_applied,
     parse_pair,
+    parse_signalled,
     parse_started,
     parse_submitted,
     parse_taken,
@@ -284,7 +289,54 @@ class Store:
         )
         return parse_pair(raw)
 
+    async def wait(self, shard: int, worker: str, items: Sequence[Waiting]) -> list[int]:
+        """Put wait nodes of one shard into WAITING (their work items are acked); per item
+        the node's state after (WAITING, or UNSPECIFIED when the item was stale)."""
+        raw = await self.library.call("wait", [self.keys.shard(shard)], WaitArgs(worker), items)
+        return [int(x) for x in raw]
+
+    async def signal(self, shard: int, args: SignalArgs) -> Signalled:
+        """Record a decision for a waiting node (see ``signal.lua`` for the outcomes)."""
+        raw = await self.library.call("signal", [self.keys.shard(shard)], args)
+        return parse_signalled(raw)
+
     # --- reads -----------------------------------------------------------------------
+
+    async def waits_after(
+        self, shard: int, namespace: str, since_ms: int, after: str, count: int
+    ) -> list[tuple[int, str]]:
+        """Up to ``count`` (since ms, ``<graph id>|<node>``) of one shard's inbox of
+        ``namespace``, oldest first (members ascending within a millisecond), after
+        (``since_ms``, ``after``) (exclusive; ``after`` "" takes every entry at
+        ``since_ms``)."""
+        key = self.keys.shard(shard).waits(namespace)
+        out: list[tuple[int, str]] = []
+        offset = 0
+        while len(out) < count:
+            res = await self.redis.zrangebyscore(
+                key, since_ms, "+inf", start=offset, num=count, withscores=True
+            )
+            for member, score in res:
+                m, ms = _s(member), int(score)
+                if ms > since_ms or m > after:
+                    out.append((ms, m))
+            if len(res) < count:
+                break
+            offset += len(res)
+        return out[:count]
+
+    async def wait_details(
+        self, waits: Sequence[tuple[int, str, str]]
+    ) -> list[tuple[bytes | None, bytes | None]]:
+        """Per (shard, graph id, node) the node's stored wait (JSON, ``schema.Wait``; None once
+        it stopped waiting) and the graph's name, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, gid, node in waits:
+            gk = self.keys.shard(shard).graph(gid)
+            pipe.hget(gk.nodes, node + Node.WAIT)
+            pipe.hget(gk.meta, Meta.NAME)
+        res = await pipe.execute()
+        return [(res[k], res[k + 1]) for k in range(0, len(res), 2)]
 
     async def graph_fields(self, shard: int, graph_id: str, *names: str) -> list[bytes | None]:
         """Some fields of the graph's meta hash."""

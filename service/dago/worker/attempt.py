@@ -33,7 +33,16 @@ from dago.observe.logs import NODE, NodeFields
 from dago.observe.metrics import Metrics
 from dago.observe.redact import Redactor
 from dago.observe.tracing import Tracing, fail, trace_id_of
-from dago.store.functions import Outcome, Result, Started, WorkItem, error_json, usage_arg
+from dago.store.functions import (
+    Outcome,
+    Result,
+    Started,
+    Waiting,
+    WorkItem,
+    error_json,
+    usage_arg,
+    wait_arg,
+)
 from dago.store.schema import Error
 from dago.store.store import Store
 from dago.store.values import NotJson, dumps
@@ -89,8 +98,9 @@ class Limits:
     event_bytes: int = 256 << 10
 
 
-Report = Callable[[Running, Result], None]
-"""Takes a finished attempt's result (to the completer)."""
+Report = Callable[[Running, Result | Waiting], None]
+"""Takes a finished attempt's result (to the completer): a ``Result`` to apply, or a wait
+node's ``Waiting`` (it found no decision) to put in WAITING."""
 
 
 class Attempts:
@@ -368,6 +378,22 @@ class Attempts:
         self._observe(running, node, fields, started)
         item = running.item
         outcome, output, taken, usage, route, error, retry_after_ms = fields
+        result: Result | Waiting
+        if outcome == Outcome.WAIT:  # _waits: output is the wait, retry_after_ms its timeout
+            result = Waiting(
+                item.msg_id,
+                item.graph_id,
+                item.node,
+                item.attempt,
+                item.iteration,
+                item.execution,
+                rendered,
+                output,
+                retry_after_ms,
+            )
+            running.reported = True
+            self._report(running, result)
+            return
         result = Result(
             item.msg_id,
             item.graph_id,
@@ -396,7 +422,7 @@ class Attempts:
         """Note how one finished attempt went (counted once applied: ``applied``)."""
         running.seconds = time.monotonic() - started
         running.kind = node.kind if node else "unknown"
-        if fields[0] != Outcome.OK:
+        if fields[0] == Outcome.ERROR:
             running.error = str(json.loads(fields[5]).get(Error.MESSAGE, "")) or "failed"
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -471,6 +497,7 @@ class Attempts:
 
 
 _OUTCOMES: dict[int, str] = {
+    execution_pb2.NODE_STATE_WAITING: "waiting",
     execution_pb2.NODE_STATE_COMPLETED: "completed",
     execution_pb2.NODE_STATE_RETRYING: "retrying",
     execution_pb2.NODE_STATE_FAILED: "failed",
@@ -551,6 +578,8 @@ def _succeeded(
 ) -> _Fields:
     """The result fields of an attempt whose handler returned ``result``."""
     node = plan.node
+    if result.wait is not None:
+        return _waits(result.wait, limit)
     output = result.value
     if node.output:
         data = {**scope, "result": result.value, "input": rendered}
@@ -569,6 +598,20 @@ def _succeeded(
         raise invalid(f"output: {e}") from None
     output_json = _bounded(output_json, "the node's output", limit)
     return Outcome.OK, output_json, edges, _usage(result), route, "", 0
+
+
+def _waits(wait: Any, limit: int) -> _Fields:
+    """The fields of a wait node's attempt that found no decision (a ``WaitRequest``): the
+    wait as the output and its timeout (ms) in place of a retry-after (``_finish`` makes them
+    a ``Waiting``)."""
+    try:
+        text = wait_arg(
+            wait.prompt, wait.display, wait.decisions, wait.payload_schema, wait.timeout_decision
+        )
+    except (TypeError, ValueError) as e:
+        raise invalid(f"wait: {e}") from None
+    text = _bounded(text, "the wait's prompt and display", limit)
+    return Outcome.WAIT, text, "", "", "", "", wait.timeout_ms
 
 
 def _failed(f: NodeFailure) -> _Fields:

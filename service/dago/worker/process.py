@@ -35,7 +35,7 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.functions import Result, Started, WorkItem
+from dago.store.functions import Result, Started, Waiting, WorkItem
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
@@ -89,7 +89,7 @@ class Worker:
         # Attempts started and not yet applied (free slots a waiting reader holds are not busy).
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._attempts.running))
         # Finished attempts waiting for the completer: (shard, result).
-        self._finished: list[tuple[int, Result]] = []
+        self._finished: list[tuple[int, Result | Waiting]] = []
         self._have_finished = asyncio.Event()
         self._unapplied = 0  # finished and not yet applied (or given up on)
         self._all_applied = asyncio.Event()
@@ -309,7 +309,7 @@ class Worker:
 
     # --- applying results ------------------------------------------------------------
 
-    def _report(self, running: Running, result: Result) -> None:
+    def _report(self, running: Running, result: Result | Waiting) -> None:
         """Hand a finished attempt's result to the completer."""
         self._finished.append((running.item.shard, result))
         self._unapplied += 1
@@ -324,7 +324,7 @@ class Worker:
                 continue
             batch = self._finished[:512]
             del self._finished[:512]
-            by_shard: dict[int, list[Result]] = defaultdict(list)
+            by_shard: dict[int, list[Result | Waiting]] = defaultdict(list)
             for shard, result in batch:
                 by_shard[shard].append(result)
             if len(by_shard) == 1:
@@ -342,11 +342,17 @@ class Worker:
             if not self._unapplied:
                 self._all_applied.set()
 
-    async def _apply(self, shard: int, results: list[Result]) -> int:
+    async def _apply(self, shard: int, finished: list[Result | Waiting]) -> int:
         """Apply results of one shard and, unless draining, take as many new work items of
         the shard in the same step, each given the slot of an applied attempt (half as many
         while a reader waits for slots); returns how many were taken (their slots are
-        accounted for)."""
+        accounted for). Wait nodes that found no decision go to WAITING first (``_waiting``)."""
+        waits = [r for r in finished if isinstance(r, Waiting)]
+        if waits:
+            await self._waiting(shard, waits)
+        results = [r for r in finished if isinstance(r, Result)]
+        if not results:
+            return 0
         backoff = 0.05
         while True:
             raise_if_cancelling()
@@ -376,6 +382,26 @@ class Worker:
             if applied.started:
                 await self._launch(applied.started)
             return len(applied.started)
+
+    async def _waiting(self, shard: int, waits: list[Waiting]) -> None:
+        """Put wait nodes of one shard into WAITING (the function acks their work items, so
+        their slots are free once this returns); retried like ``_apply``."""
+        backoff = 0.05
+        while True:
+            raise_if_cancelling()
+            try:
+                states = await self._store.wait(shard, self.id, waits)
+            except ResponseError as e:
+                log.error("putting wait nodes in WAITING was refused by Redis: %s", e)
+                return
+            except STORE_ERRORS as e:
+                log.warning("putting nodes in WAITING failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for w, state in zip(waits, states, strict=True):
+                self._states[(shard, w.msg_id)] = state
+            return
 
     # --- leases, cancellation, presence ----------------------------------------------
 

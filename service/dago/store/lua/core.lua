@@ -409,6 +409,32 @@ local function expire_graph(gid)
   redis.call('ZADD', K_TIMERS, NOW + ttl * 1000, xs)
 end
 
+-- Wait nodes (waits.lua has the rest): their index and timeout, taken away here too when a
+-- graph ends with a node waiting. One table, not more locals: the library is one chunk and
+-- Lua allows a chunk 200 of them.
+local Waits = {}
+
+-- The shard's inbox of a namespace's waiting nodes (mirrors ShardKeys.waits in keys.py).
+function Waits.index(ns)
+  if not ns or ns == '' or ns == 'default' then return TAG .. ':waits' end
+  return TAG .. ':ns:' .. ns .. ':waits'
+end
+
+function Waits.timer(gid, node, iter)
+  return TIMER.WAIT .. '|' .. gid .. '|' .. node .. '|' .. iter
+end
+
+-- A waiting node stops waiting (decided, cancelled, its graph ended): out of the inbox, its
+-- timeout off the timers, its wait forgotten, one less open wait in the stats.
+function Waits.clear(gid, node, iter)
+  local ns = redis.call('HGET', gkey(gid), META.NAMESPACE)
+  if redis.call('ZREM', Waits.index(ns), gid .. '|' .. node) == 1 then
+    redis.call('HINCRBY', K_STATS, STATS.WAITING, -1)
+  end
+  redis.call('ZREM', K_TIMERS, Waits.timer(gid, node, iter))
+  redis.call('HDEL', nkey(gid), node .. NODE.WAIT)
+end
+
 -- Ends a graph: every node still open is cancelled (running) or skipped (pending),
 -- workers are told to stop, and the keys expire after the retention period; a graph
 -- submitted with archiving on waits, without expiry, in the shard's archive queue until
@@ -443,6 +469,7 @@ local function end_graph(gid, state, kind, detail, err)
       emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
       stopped = true
     elseif st and (st < NodeState.COMPLETED or st == NodeState.DEAD_LETTERED) then
+      if st == NodeState.WAITING then Waits.clear(gid, node, v[3]) end
       node_set(gid, node, node .. F_STATE, NodeState.CANCELLED, node .. F_ENDED, NOW)
       emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
     end

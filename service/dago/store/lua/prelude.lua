@@ -103,6 +103,7 @@ local EventKind = {
 local Outcome = {
   OK = 'ok',
   ERROR = 'error',
+  WAIT = 'wait',
 }
 
 -- schema.Meta
@@ -162,6 +163,8 @@ local NODE = {
   TAKEN = ':t',
   RECORD = ':@',
   EDGE_RESOLVED = 'e:',
+  WAIT = ':wt',
+  DECISION_REF = ':w',
 }
 
 -- schema.Record
@@ -181,6 +184,31 @@ local ERROR = {
   CLASS = 'c',
   MESSAGE = 'm',
   RETRYABLE = 'r',
+}
+
+-- schema.Wait
+local WAIT = {
+  ITERATION = 'i',
+  PROMPT = 'prompt',
+  DISPLAY = 'display',
+  DECISIONS = 'decisions',
+  SCHEMA = 'schema',
+  SINCE = 'since',
+  DEADLINE = 'deadline',
+  TIMEOUT_DECISION = 'td',
+}
+
+-- schema.Decision
+local DECISION = {
+  ITERATION = 'i',
+  DECISION = 'decision',
+  PAYLOAD = 'payload',
+  ACTOR = 'actor',
+  AT = 'at',
+  SIGNAL_ID = 'signal_id',
+  COMMENT = 'comment',
+  TIMED_OUT = 'timed_out',
+  SINCE = 'since',
 }
 
 -- schema.UsageJson
@@ -219,6 +247,17 @@ local DETAIL = {
   TARGETS = 'targets',
   PROVIDER = 'provider',
   MODEL = 'model',
+  PROMPT = 'prompt',
+  DISPLAY = 'display',
+  DECISIONS = 'decisions',
+  DEADLINE = 'deadline',
+  SCHEMA = 'schema',
+  DECISION = 'decision',
+  PAYLOAD = 'payload',
+  ACTOR = 'actor',
+  SIGNAL_ID = 'signal_id',
+  COMMENT = 'comment',
+  TIMED_OUT = 'timed_out',
 }
 
 -- schema.Work
@@ -256,6 +295,7 @@ local TIMER = {
   TIMEOUT = 't',
   DEADLINE = 'd',
   EXPIRE = 'x',
+  WAIT = 'w',
 }
 
 -- schema.Stats
@@ -266,6 +306,7 @@ local STATS = {
   DURATION_SUM = 'dur_sum',
   RECLAIMED = 'reclaimed',
   DEAD = 'dead',
+  WAITING = 'waiting',
 }
 
 -- schema.Topology
@@ -309,6 +350,8 @@ local ARG = {
   ARCHIVED = {GRAPH_ID = 1, FIRST = 2},
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
+  WAIT = {WORKER = 1, FIRST = 2},
+  SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, FIRST = 9},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
@@ -318,4 +361,5 @@ local ITEM = {
   RENEWAL = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ITERATION = 3, ATTEMPT = 4, EXECUTION = 5, SIZE = 6},
   EVENT_ARG = {KIND = 0, DETAIL = 1, SIZE = 2},
   CONSUMER = {NAME = 0, SIZE = 1},
+  WAITING = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT = 7, TIMEOUT_MS = 8, SIZE = 9},
 }

@@ -1,5 +1,6 @@
 -- Applies due timers of the shard: retries to dispatch, attempts that ran past their
--- timeout, graph deadlines, and index entries of expired graphs. Any replica may run it.
+-- timeout, graph deadlines, wait nodes' timeouts (waits.lua), and index entries of expired
+-- graphs. Any replica may run it.
 -- Also trims the work stream of what every consumer is done with, so acknowledged work
 -- items do not accumulate for ever. Returns the number of timers handled.
 local due = redis.call('ZRANGEBYSCORE', K_TIMERS, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[ARG.SWEEP.LIMIT]))
@@ -31,6 +32,8 @@ for _, member in ipairs(due) do
     if st and st < GraphState.COMPLETED then
       fail_graph(gid, err_json(ErrorClass.LIMIT, 'the graph ran past its deadline (limits.deadline)', false), nil)
     end
+  elseif kind == TIMER.WAIT then
+    Waits.timed_out(gid, p[3], p[4])
   elseif kind == TIMER.EXPIRE then
     local idx = nsindex(p[3])
     redis.call('ZREM', idx, gid)
