@@ -636,3 +636,5 @@ async def test_waits_and_signal(stack: InProcessStack) -> None:
     assert code == EXIT_PRECONDITION and "'approve' by" in err, err
     code, out, err = await ctl("watch", gid)
     assert code == 0, err
+    assert "review: waiting for a decision (approve, reject, edit)" in out, out
+    assert "review: decision 'approve' by anonymous: \"ship it\"" in out, out

@@ -151,6 +151,19 @@ class RunView:
         elif kind == "node_requeued" and row is not None:
             row.state, row.note = "queued", ""
             out.append(f"{nid}: requeued from dead letter {ev.node_requeued.dead_letter_id}")
+        elif kind == "node_waiting" and row is not None:
+            w = ev.node_waiting
+            row.state, row.note = "waiting", "|".join(w.decisions)
+            out.append(
+                f"{nid}: waiting for a decision ({', '.join(w.decisions)}): {_short(w.prompt)} "
+                f"(dagoctl signal {self.graph_id} {nid} <decision>)"
+            )
+        elif kind == "signal_received" and row is not None:
+            sr = ev.signal_received
+            row.state, row.note = "queued", f"{sr.decision} by {sr.actor}"
+            how = " (timed out)" if sr.timed_out else ""
+            said = f": {_short(sr.comment)}" if sr.comment else ""
+            out.append(f"{nid}: decision {sr.decision!r} by {sr.actor}{how}{said}")
         elif kind == "router_decision" and row is not None:
             d = ev.router_decision
             conf = f", confidence {d.confidence:.2f}" if d.confidence else ""
