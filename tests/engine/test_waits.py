@@ -303,6 +303,12 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     assert field == "payload"
     err = await rpc_error(c.stub.SignalGraph(signal(gid, "approve", node="nope"), timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+    nan = struct_pb2.Value()
+    nan.struct_value.update({"title": "t", "n": float("nan")})
+    field, why = await violation(signal(gid, "edit", payload=nan))
+    assert field == "payload.n" and "finite" in why, why
+    long = await rpc_error(c.stub.SignalGraph(signal(gid, "edit", comment="x" * 5000), timeout=10))
+    assert long.code() == grpc.StatusCode.INVALID_ARGUMENT and "comment" in (long.details() or "")
     ok = await c.stub.SignalGraph(signal(gid, "edit", payload=payload({"title": "t"})), timeout=10)
     assert ok.decision == "edit"
 

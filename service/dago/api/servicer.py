@@ -732,11 +732,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 + ", ".join(allowed)
                 + ")",
             )
+        bad = first_non_finite(request.payload, "payload")
+        if bad is not None:
+            raise errors.invalid_field(bad, NOT_FINITE)
         payload = to_plain(request.payload) if request.HasField("payload") else None
+        payload_json = dumps(payload) if request.HasField("payload") else ""
         problem = payload_problem(spec, payload)
         if problem:
             raise errors.invalid_field("payload", problem)
-        payload_json = dumps(payload) if request.HasField("payload") else ""
         if len(payload_json) > self._settings.max_event_bytes // 2:
             raise errors.invalid_field(
                 "payload",
