@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from dago.store.keys import ShardKeys
 from dago.store.schema import Error, Wait
+from dago.store.values import dumps
 
 Arg = str | bytes | int | float
 """One argument of a function call."""
@@ -309,17 +310,15 @@ def wait_arg(
     timeout_decision: str,
 ) -> str:
     """A wait as ``Waiting.wait`` (``schema.Wait``'s keys; the function adds the iteration and
-    the times)."""
-    return json.dumps(
+    the times); ``NotJson`` (a ValueError) for a display holding NaN or an infinity."""
+    return dumps(
         {
             Wait.PROMPT: prompt,
             Wait.DISPLAY: display,
             Wait.DECISIONS: list(decisions),
             Wait.SCHEMA: payload_schema,
             Wait.TIMEOUT_DECISION: timeout_decision,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+        }
     )
 
 
