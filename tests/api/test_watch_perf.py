@@ -174,6 +174,42 @@ STORED: list[list[bytes]] = [
         iteration=b"0",
         detail=_j({"id": "1732666666009-0"}),
     ),
+    _ev(
+        "node_waiting",
+        "1732666666011",
+        node=b"review",
+        attempt=b"1",
+        iteration=b"2",
+        detail=_j(
+            {
+                "prompt": "ok?",
+                "display": {"draft": {"t": "x", "n": [1, 2]}, "empty": []},
+                "decisions": ["approve", "reject"],
+                "schema": '{"type": "object"}',
+                "td": "",
+                "i": 2,
+                "since": 1732666666011,
+                "deadline": 1732666667011,
+            }
+        ),
+    ),
+    _ev(
+        "signal_received",
+        "1732666666012",
+        node=b"review",
+        attempt=b"1",
+        iteration=b"2",
+        detail=_j(
+            {
+                "decision": "approve",
+                "payload": None,
+                "actor": "alice",
+                "signal_id": "s-1",
+                "comment": "",
+                "timed_out": False,
+            }
+        ),
+    ),
     _ev("graph_cancelled", "1732666666999", detail=_j({"reason": "by a client"})),
     _ev("graph_failed", "1732666666009", detail=_j({"e": {"c": 2, "m": "x"}, "n": "a"})),
     _ev("graph_completed", "1732666666009", detail=_j({"u": {"i": 1, "o": 2}})),
