@@ -461,3 +461,26 @@ async def test_list_waits_pages_oldest_first_within_the_callers_namespace(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_many_waiting_runs_leave_the_workers_free(
+    redis_single: RedisServer, make_stack: MakeStack
+) -> None:
+    s = await make_stack(redis_single, worker_slots=4)
+    c = s.client
+    n = 300
+    gids = await asyncio.gather(*(c.submit(request([wait()])) for _ in range(n)))
+
+    async def all_wait() -> bool:
+        return len(await inbox(c, page_size=1000)) == n
+
+    await eventually(all_wait, 30, 0.1)
+    chains = [request([echo("a"), echo("b"), echo("c")], [edge("a", "b"), edge("b", "c")])]
+    done = await asyncio.gather(*(c.run(chains[0], timeout=20) for _ in range(50)))
+    assert all(st.state == COMPLETED for _, st in done)
+    for shard in s.store.keys.all_shards():  # nothing pending: no item held for a waiting node
+        assert (await s.store.redis.xpending(shard.work, "workers"))["pending"] == 0
+    listed = await inbox(c, page_size=97)
+    assert sorted(w.graph_id for w in listed) == sorted(gids)
+    since = [w.since.ToMilliseconds() for w in listed]
+    assert since == sorted(since)
