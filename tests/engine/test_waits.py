@@ -198,6 +198,7 @@ async def test_a_timeout_records_the_timeout_decision(single: InProcessStack) ->
     assert ev.node_waiting.deadline.ToMilliseconds() > ev.time.ToMilliseconds()
     (sig,) = of_kind(events, "signal_received", "review")
     assert sig.signal_received.timed_out and sig.signal_received.actor == "timeout"
+    assert sig.signal_received.signal_id == ""  # no signal can pass for it
 
 
 # --- the first decision wins ------------------------------------------------------------------

@@ -22,7 +22,7 @@ local st, iter = tonumber(v[1]) or NodeState.PENDING, v[3] or '1'
 local target = ARGV[A.ITERATION]
 if target == '0' then target = iter end
 local rec = v[4] and cjson.decode(v[4])
-if rec and rec[DECISION.SIGNAL_ID] == sid then return {'replay', st, v[4]} end
+if rec and sid ~= '' and rec[DECISION.SIGNAL_ID] == sid then return {'replay', st, v[4]} end
 if gs >= GraphState.COMPLETED then return {'ended', gs, v[4] or ''} end
 if rec and tostring(rec[DECISION.ITERATION]) == target then return {'conflict', st, v[4]} end
 if st ~= NodeState.WAITING or target ~= iter or not v[5] then return {'not_waiting', st, iter} end

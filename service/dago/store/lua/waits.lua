@@ -49,5 +49,6 @@ function Waits.timed_out(gid, node, iter)
   local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. NODE.WAIT)
   if v[1] ~= NodeStateText.WAITING or v[3] ~= iter or not v[4] then return end
   local w = cjson.decode(v[4])
-  Waits.decide(gid, node, v[2], iter, w, w[WAIT.TIMEOUT_DECISION], '', 'timeout', 'timeout', '', true)
+  -- No signal_id: no signal can replay it (the API always sends one).
+  Waits.decide(gid, node, v[2], iter, w, w[WAIT.TIMEOUT_DECISION], '', 'timeout', '', '', true)
 end
