@@ -737,7 +737,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field(bad, NOT_FINITE)
         payload = to_plain(request.payload) if request.HasField("payload") else None
         payload_json = dumps(payload) if request.HasField("payload") else ""
-        problem = payload_problem(spec, payload)
+        # On the compile thread: a schema's patterns may be slow, and the event loop serves
+        # every other call.
+        problem = (
+            await self._graphs.offload(payload_problem, spec, payload)
+            if spec.payload_schema
+            else None
+        )
         if problem:
             raise errors.invalid_field("payload", problem)
         if len(payload_json) > self._settings.max_event_bytes // 2:
