@@ -24,6 +24,7 @@ from harness import (
     ROOT,
     ProcessStack,
     child_logs,
+    echo,
     edge,
     envoy_config,
     port_open,
@@ -191,6 +192,72 @@ async def test_the_page_resumes_after_the_proxy_drops_the_stream(view: View) -> 
             seqs = [int(line.split()[0]) for line in log.splitlines() if line[:1].isdigit()]
             assert seqs == list(range(1, len(seqs) + 1)), log  # once each, in order
             await shot(page, "liveview-resumed.png")
+        except Exception as e:
+            raise AssertionError(f"{e}\n{child_logs(view.stack)}") from e
+        finally:
+            await page.close()
+
+
+def review_graph(name: str = "review") -> object:
+    """draft (echo) -> review (a wait: approve / reject) -> publish on approve, drop on reject."""
+    nodes = [
+        echo("draft", text="hello {{ inputs.who }}"),
+        {
+            "id": "review",
+            "wait": {
+                "prompt": "Publish {{ nodes.draft.output.text }}?",
+                "display": {"draft": "{{ nodes.draft.output.text }}"},
+            },
+        },
+        echo("publish", by="{{ nodes.review.output.actor }}"),
+        echo("drop", why="{{ nodes.review.output.decision }}"),
+    ]
+    edges = [
+        edge("draft", "review"),
+        edge("review", "publish", 'nodes.review.output.decision == "approve"'),
+        edge("review", "drop", 'nodes.review.output.decision == "reject"'),
+    ]
+    return request(nodes, edges, inputs={"who": "world"}, name=name)
+
+
+async def test_a_waiting_node_shows_its_prompt_and_approve_completes_the_run(view: View) -> None:
+    async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+        gid = (await dago.submit(review_graph())).graph_id
+        page = await open_page(view, f"#{gid}")
+        try:
+            approve = '[data-decide="review"] button[data-decision="approve"]'
+            await page.wait_for_selector(approve, timeout=20_000)
+            await page.wait_for_selector('svg [data-node="review"][data-state="waiting"]')
+            prompt = await page.inner_text('[data-decide="review"] .decide-prompt')
+            assert prompt == "Publish hello world?", prompt
+            assert '"draft": "hello world"' in await page.inner_text(
+                '[data-decide="review"] .decide-display'
+            )
+            labels = await page.eval_on_selector_all(
+                '[data-decide="review"] button', "bs => bs.map(b => b.textContent)"
+            )
+            assert labels == ["approve", "reject"], labels
+            assert await page.get_attribute(
+                '[data-decide="review"] .decide-status', "aria-live"
+            ) == "polite"
+            await shot(page, "liveview-waiting.png")
+            # Keyboard: the button is reachable and pressing Enter on it sends the decision.
+            await page.focus(approve)
+            await page.keyboard.press("Enter")
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+            status = '[data-decide="review"] .decide-status'
+            await page.wait_for_function(
+                f"document.querySelector('{status}').textContent.startsWith('decided: approve')"
+            )
+            assert await page.is_disabled(approve)
+            assert await page.get_attribute(approve, "aria-pressed") == "true"
+            st = await dago.status(gid)
+            states = {n.node_id: n.state for n in st.nodes}
+            assert states["publish"] == execution_pb2.NODE_STATE_COMPLETED, states
+            assert states["drop"] == execution_pb2.NODE_STATE_SKIPPED, states
+            assert "signalReceived review" in await page.inner_text("#log")
+            assert page.errors == []  # type: ignore[attr-defined]
+            await shot(page, "liveview-approved.png")
         except Exception as e:
             raise AssertionError(f"{e}\n{child_logs(view.stack)}") from e
         finally:
