@@ -237,9 +237,10 @@ async def test_a_waiting_node_shows_its_prompt_and_approve_completes_the_run(vie
                 '[data-decide="review"] button', "bs => bs.map(b => b.textContent)"
             )
             assert labels == ["approve", "reject"], labels
-            assert await page.get_attribute(
-                '[data-decide="review"] .decide-status', "aria-live"
-            ) == "polite"
+            assert (
+                await page.get_attribute('[data-decide="review"] .decide-status', "aria-live")
+                == "polite"
+            )
             await shot(page, "liveview-waiting.png")
             # Keyboard: the button is reachable and pressing Enter on it sends the decision.
             await page.focus(approve)
