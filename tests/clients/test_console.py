@@ -859,10 +859,12 @@ async def test_the_approvals_inbox_lists_waits_and_decides_them(console: Console
         assert await page.inner_text('[data-panel="review"] .decide-prompt') == (
             f"Publish the draft of inbox-{tag}-0?"
         )
+        await page.wait_for_selector('#gantt [data-waiting="review"]', state="attached")
         await page.click('[data-panel="review"] button[data-decision="reject"]')
         await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
         await page.wait_for_selector('#graph [data-node="drop"][data-state="completed"]')
         assert await node_state(console, gids[0], "publish") == execution_pb2.NODE_STATE_SKIPPED
+        await page.wait_for_selector('#gantt [data-row="review"] .wait.decision', state="attached")
         await page.click('#graph [data-node="review"]')
         await page.wait_for_function(
             "document.querySelector('[data-panel=\"review\"] .decide-status')"

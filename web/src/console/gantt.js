@@ -60,9 +60,12 @@ export function drawGantt(svg, graph, status, width, onSelect) {
       const e = ms(a.endTime) || (status.endTime ? ms(status.endTime) : now);
       const prevEnd = prev ? ms(prev.endTime) : 0;
       if (prevEnd && s > prevEnd) {
+        const decision = stateName(prev.state) === "waiting";
         const what = a.iteration !== prev.iteration ? `iteration ${a.iteration}` : `attempt ${a.attempt}`;
-        const w = el("line", { x1: x(prevEnd), x2: x(s), y1: y + 12, y2: y + 12, class: "wait" }, g);
-        el("title", {}, w).textContent = `waited ${fmt(s - prevEnd)} before ${what}`;
+        const w = el("line", { x1: x(prevEnd), x2: x(s), y1: y + 12, y2: y + 12, class: decision ? "wait decision" : "wait" }, g);
+        el("title", {}, w).textContent = decision
+          ? `waited ${fmt(s - prevEnd)} for a decision`
+          : `waited ${fmt(s - prevEnd)} before ${what}`;
       }
       prev = a;
       const state = stateName(a.state);
@@ -87,6 +90,12 @@ export function drawGantt(svg, graph, status, width, onSelect) {
           }
         });
       }
+    }
+    // A wait node waiting now: a dotted line from its last attempt to now.
+    const last = prev ? ms(prev.endTime) : 0;
+    if (last && stateName(byId.get(n.id)?.state ?? 0) === "waiting" && !status.endTime) {
+      const w = el("line", { x1: x(last), x2: x(Math.max(now, last)), y1: y + 12, y2: y + 12, class: "wait decision", "data-waiting": n.id }, g);
+      el("title", {}, w).textContent = `waiting for a decision for ${fmt(Math.max(0, now - last))}`;
     }
   });
   if (refocus) svg.querySelector(refocus)?.focus();
