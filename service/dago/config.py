@@ -536,13 +536,13 @@ SETTINGS: dict[str, _Spec] = {
         lambda v: None if v in ("keys", "off") else "must be keys or off",
     ),
     "api_keys": _Spec(
-        "API keys as `<sha256 hex of the key>:<namespace>` pairs, comma-separated "
-        "(`dago keys new` prints one).",
+        "API keys as `<sha256 hex of the key>:<namespace>[:<name>]`, comma-separated "
+        "(`dago keys new` prints one); the name is the actor of its signals.",
         secret=True,
     ),
     "api_keys_file": _Spec(
-        "File of API keys, one `<sha256 hex of the key> <namespace>` per line (`#` comments); "
-        "re-read when it changes (a mounted Kubernetes Secret)."
+        "File of API keys, one `<sha256 hex of the key> <namespace> [<name>]` per line (`#` "
+        "comments); re-read when it changes (a mounted Kubernetes Secret)."
     ),
     "operator_namespaces": _Spec(
         "Namespaces whose keys see the operators' details of ListWorkers (host, pid, worker "

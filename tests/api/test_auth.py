@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dago.api.auth import hash_key, new_key
+from dago.api.auth import hash_key, new_key, parse_keys
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
     ROOT,
@@ -525,3 +525,17 @@ def test_the_redactor_knows_every_configured_secret() -> None:
     both = Redactor(["op-secret-123456"], key_shaped=True)
     assert both("op-secret-123456, Bearer abc.DEF") == "[redacted], [redacted]"
     assert Redactor(key_shaped=True)("sk-ant-api03-xyz") == "[redacted]"
+
+
+def test_a_key_entry_may_name_the_key() -> None:
+    from dago.config import ConfigError
+
+    digest = hash_key(KEY_A)
+    (named,) = parse_keys(f"{digest}:team-a:alice", ":", "DAGO_API_KEYS")
+    assert (named.namespace, named.name) == ("team-a", "alice")
+    (unnamed,) = parse_keys(f"{digest} team-a", " ", "DAGO_API_KEYS_FILE")
+    assert (unnamed.namespace, unnamed.name) == ("team-a", f"key-{digest[:8]}")
+    (filed,) = parse_keys(f"{digest} team-a ci-bot  # the CI", " ", "DAGO_API_KEYS_FILE")
+    assert filed.name == "ci-bot"
+    with pytest.raises(ConfigError, match="name"):
+        parse_keys(f"{digest}:team-a:no way", ":", "DAGO_API_KEYS")

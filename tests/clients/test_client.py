@@ -429,3 +429,58 @@ async def test_workers_and_dead_letter_calls_of_both_clients(
 
         assert await asyncio.to_thread(sync_calls) == (["w0", "w1"], 0)
         await dago.cancel(gid)
+
+
+async def test_waits_and_signals_with_both_clients(stack: InProcessStack) -> None:
+    from dago_client import AbortedError
+
+    doc = {
+        "nodes": {
+            "review": {"wait": {"prompt": "ok?", "payload_schema": '{"type": "object"}'}},
+            "done": {"tool": "echo", "inputs": {"d": "{{ nodes.review.output.payload }}"}},
+            "hold": {"wait": {}},  # keeps the run going: a loser finds it running
+        },
+        "edges": ["review -> done", "done -> hold"],
+    }
+    async with AsyncDagoClient(target(stack)) as dago:
+        gids = [(await dago.submit(parse_document(doc))).graph_id for _ in range(3)]
+
+        async def all_wait() -> bool:
+            return len([w async for w in dago.waits(page_size=2)]) == 3
+
+        await eventually(all_wait)
+        listed = [w async for w in dago.waits(page_size=2)]
+        assert {w.graph_id for w in listed} == set(gids)
+        since = [w.since.ToMilliseconds() for w in listed]
+        assert since == sorted(since)  # oldest first
+        assert len([w async for w in dago.waits(limit=2)]) == 2
+        resp = await dago.signal(gids[0], "review", "approve", {"k": [1, 2]}, comment="yes")
+        assert (resp.decision, resp.actor) == ("approve", "anonymous")
+        # A retry of the same call (same signal_id) gets the same answer.
+        again = await dago.signal(
+            gids[0], "review", "approve", {"k": [1, 2]}, signal_id=resp.signal_id
+        )
+        assert again == resp
+        with pytest.raises(AbortedError) as conflict:
+            await dago.signal(gids[0], "review", "reject", {})
+        info = conflict.value.detail(error_details_pb2.ErrorInfo)
+        assert info is not None and info.metadata["decision"] == "approve"
+        with pytest.raises(InvalidArgumentError) as bad:
+            await dago.signal(gids[1], "review", "approve", [1])
+        assert bad.value.field_violations[0].field == "payload"
+
+        async def done() -> bool:
+            return (await dago.status(gids[0])).nodes[2].state == 5  # hold: WAITING
+
+        await eventually(done)
+        st = await dago.status(gids[0])
+        assert to_dict(st.nodes[1].output) == {"d": {"k": [1, 2]}}
+
+    def work() -> list[tuple[str, str]]:
+        with DagoClient(target(stack)) as dago:
+            listed = [(w.graph_id, w.node_id) for w in dago.waits()]
+            dago.signal(gids[1], "review", "reject", {})
+            return listed
+
+    still = await asyncio.to_thread(work)
+    assert set(still) == {(gids[0], "hold"), (gids[1], "review"), (gids[2], "review")}

@@ -310,6 +310,8 @@ async def test_no_edge_of_an_example_crosses_a_box(console: Console, example: st
         await shot(page, f"console-example-{example}.png")
     finally:
         await page.close()
+        if any("wait" in n for n in body["graph"]["nodes"]):  # it waits for a person
+            await console.dago.cancel(gid, "the test is done")
         await console.dago.wait(gid)  # no run left running for the next tests
 
 

@@ -607,3 +607,32 @@ async def test_list_by_name_metadata_and_time(stack: InProcessStack, tmp_path: P
     assert code == 8 and "DAGO_POSTGRES_URL" in err
     code, _, err = await ctl("usage", "--group-by", "week")
     assert code == 2 and "unknown grouping" in err
+
+
+async def test_waits_and_signal(stack: InProcessStack) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "approval.json"))
+    assert code == 0, err
+    gid = out.splitlines()[0].strip()
+
+    async def listed() -> bool:
+        code, out, _ = await ctl("-o", "json", "waits")
+        return code == 0 and [w["graph_id"] for w in json.loads(out)] == [gid]
+
+    await eventually(listed, 20, 0.2)
+    code, out, _ = await ctl("waits")
+    assert code == 0 and gid in out and "approve|reject|edit" in out, out
+    code, _, err = await ctl("signal", gid, "review", "maybe")
+    assert code == EXIT_INVALID and "decision" in err, err
+    code, _, err = await ctl("signal", gid, "review", "edit", "--payload", "{not json")
+    assert code == 2 and "--payload" in err, err
+    code, out, err = await ctl(
+        "signal", gid, "review", "approve", "--comment", "ship it", "--signal-id", "c1"
+    )
+    assert code == 0 and f"approve recorded for review (iteration 1) of {gid}" in out, err
+    code, _, err = await ctl("signal", gid, "review", "reject")
+    # Refused, naming the winner: ABORTED while the run goes on, FAILED_PRECONDITION once it
+    # ended (publishing is quick); both exit 8.
+    assert code == EXIT_PRECONDITION and "'approve' by" in err, err
+    code, out, err = await ctl("watch", gid)
+    assert code == 0, err

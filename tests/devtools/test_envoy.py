@@ -794,3 +794,70 @@ async def test_make_run_with_the_edge_port_busy_says_so_and_serves_grpc() -> Non
             if dev.poll() is None:
                 os.killpg(dev.pid, signal.SIGKILL)
                 dev.wait()
+
+
+async def test_waits_and_signals_over_rest_and_grpc_web(edge_stack: Edge) -> None:
+    e = edge_stack
+    review = {
+        "id": "review",
+        "wait": {"prompt": "ok {{ nodes.a.output.x }}?", "decisions": ["yes", "no"]},
+    }
+    body = graph(
+        echo("a", x=1), review, {"id": "hold", "wait": {}},
+        edges=[{"from": "a", "to": "review"}, {"from": "review", "to": "hold"}],
+    )  # fmt: skip
+    gid = await submit(e, body)
+    listed: list[dict[str, Any]] = []
+
+    async def waiting() -> bool:
+        r = await e.http.get("/api/v1/waits", params={"page_size": 1000})
+        assert r.status_code == 200, r.text
+        listed[:] = [w for w in r.json().get("waits", []) if w["graph_id"] == gid]
+        return bool(listed)
+
+    await eventually(waiting, 20, 0.05)
+    (w,) = listed
+    assert (w["node_id"], w["prompt"], w["decisions"], w["iteration"]) == (
+        "review",
+        "ok 1?",
+        ["yes", "no"],
+        1,
+    )
+    assert w["graph_name"] == "edge" and w["since"].endswith("Z")
+
+    url = f"/api/v1/graphs/{gid}/nodes/review:signal"
+    bad = error(await e.http.post(url, json={"decision": "maybe"}), 400, 3)  # INVALID_ARGUMENT
+    assert detail(bad, "google.rpc.BadRequest")["field_violations"][0]["field"] == "decision", bad
+    r = await e.http.post(
+        url, json={"decision": "yes", "payload": {"n": [1]}, "signal_id": "rest-1"}
+    )
+    assert r.status_code == 200, r.text
+    won = r.json()
+    assert (won["decision"], won["signal_id"], won["iteration"]) == ("yes", "rest-1", 1), won
+    again = await e.http.post(
+        url, json={"decision": "yes", "payload": {"n": [1]}, "signal_id": "rest-1"}
+    )
+    assert again.status_code == 200 and again.json() == won, again.text
+    lost = error(await e.http.post(url, json={"decision": "no"}), 409, 10)  # ABORTED
+    info = detail(lost, "google.rpc.ErrorInfo")
+    assert info["reason"] == "SIGNAL_CONFLICT" and info["metadata"]["decision"] == "yes", lost
+
+    # gRPC-Web: the same call a browser makes, for the wait after it.
+    async def hold_waits() -> bool:
+        st = await wait_state(e, gid, {"GRAPH_STATE_RUNNING"})
+        return any(
+            n["node_id"] == "hold" and n["state"] == "NODE_STATE_WAITING" for n in st["nodes"]
+        )
+
+    await eventually(hold_waits, 20, 0.05)
+    req = orchestrator_pb2.SignalGraphRequest(graph_id=gid, node_id="hold", decision="approve")
+    raw = req.SerializeToString()
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    r = await e.http.post(
+        f"/{SERVICE}/SignalGraph", content=struct.pack(">BI", 0, len(raw)) + raw, headers=headers
+    )
+    messages, trailers = grpc_web_frames(r.content)
+    assert trailers.get("grpc-status") == "0", (r.headers, trailers)
+    assert orchestrator_pb2.SignalGraphResponse.FromString(messages[0]).decision == "approve"
+    st = await wait_state(e, gid)
+    assert st["state"] == "GRAPH_STATE_COMPLETED", st

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import json_format
 
 from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import ROOT, InProcessStack, stack_settings
+from harness import ROOT, InProcessStack, eventually, stack_settings
 
 EXPECTED: dict[str, dict[str, Any] | Callable[[dict[str, Any]], None]] = {
     "diamond": {"join": {"sides": ["left", "right"], "summary": "graphs: joined"}},
@@ -29,7 +29,18 @@ EXPECTED: dict[str, dict[str, Any] | Callable[[dict[str, Any]], None]] = {
         "reply": "[offline] 25 words: Draft a reply to: I was charged twice for my March invoice,…",
     },
     "agent": lambda out: check_agent(out),
+    # Rejected once (a revision), then edited: the edited text is published.
+    "approval": {"published": "Wait nodes are here.", "approved_by": "anonymous", "edited": True},
 }
+
+SIGNALS: dict[str, list[tuple[str, str, Any, str]]] = {
+    "approval": [
+        ("review", "reject", None, "shorter, please"),
+        ("review", "edit", {"text": "Wait nodes are here."}, ""),
+    ],
+}
+"""The signals an example with wait nodes gets, in order (node, decision, payload, comment),
+each sent once its node waits in the next iteration."""
 
 
 def check_agent(out: dict[str, Any]) -> None:
@@ -53,7 +64,10 @@ def test_every_example_has_an_expectation() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_example_runs(redis_single, key_prefix, name: str) -> None:
     async with InProcessStack(stack_settings(redis_single.url, key_prefix)) as stack:
-        gid, st = await stack.client.run(load(name))
+        gid = await stack.client.submit(load(name))
+        for n, (node, decision, payload, comment) in enumerate(SIGNALS.get(name, []), 1):
+            await signal_when_waiting(stack, gid, node, n, decision, payload, comment)
+        st = await stack.client.wait(gid)
         assert st.state == execution_pb2.GRAPH_STATE_COMPLETED, st
         result = await stack.client.result(gid)
         output = json_format.MessageToDict(result.output)
@@ -62,3 +76,26 @@ async def test_example_runs(redis_single, key_prefix, name: str) -> None:
             expected(output)
         else:
             assert output == expected
+
+
+async def signal_when_waiting(
+    stack: InProcessStack,
+    gid: str,
+    node: str,
+    iteration: int,
+    decision: str,
+    payload: Any,
+    comment: str,
+) -> None:
+    async def waits() -> bool:
+        st = await stack.client.status(gid)
+        n = next(n for n in st.nodes if n.node_id == node)
+        return n.state == execution_pb2.NODE_STATE_WAITING and n.iteration == iteration
+
+    await eventually(waits)
+    req = orchestrator_pb2.SignalGraphRequest(
+        graph_id=gid, node_id=node, decision=decision, comment=comment
+    )
+    if payload is not None:
+        json_format.ParseDict(payload, req.payload)
+    await stack.client.stub.SignalGraph(req, timeout=10)

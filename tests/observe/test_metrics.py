@@ -262,3 +262,46 @@ async def test_open_watch_streams_are_counted_until_they_end(
         a = await scrape(port)
         assert value(a, "dago_rpc_requests_total", method=watch, code="OK") == 1
         assert value(a, "dago_rpc_requests_total", method=watch, code="CANCELLED") == 1
+
+
+@pytest.mark.process
+async def test_wait_metrics(redis_single: RedisServer, key_prefix: str) -> None:
+    # dago_waits_open (cluster), dago_signals_total (API), dago_wait_duration_seconds and the
+    # `waiting` outcome of node executions (worker).
+    api_port, worker_port = free_port(), free_port()
+    settings = stack_settings(
+        redis_single.url, key_prefix, metrics_port=api_port, worker_metrics_port=worker_port
+    )
+    wait = {"id": "w", "wait": {}}
+    timed = {"id": "w", "wait": {"timeout": "0.2s", "timeoutDecision": "reject"}}
+    async with InProcessStack(settings) as stack:
+        c = stack.client
+        gids = [await c.submit(request([wait])) for _ in range(3)]
+
+        async def open_waits(n: int) -> bool:
+            a = await scrape(api_port)
+            return sum(v for (name, _), v in a.items() if name == "dago_waits_open") == n
+
+        await eventually(lambda: open_waits(3), 10, 0.05)
+        signal = orchestrator_pb2.SignalGraphRequest(graph_id=gids[0], node_id="w")
+        signal.decision = "approve"
+        await c.stub.SignalGraph(signal, timeout=10)
+        signal.decision = "reject"
+        await rpc_error(c.stub.SignalGraph(signal, timeout=10))  # conflict, or ended
+        await c.wait(gids[0])
+        _, st = await c.run(request([timed]))
+        assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+        await eventually(lambda: open_waits(2), 10, 0.05)
+        a = await scrape(api_port)
+        assert value(a, "dago_signals_total", outcome="recorded") == 1
+        refused = sum(
+            value(a, "dago_signals_total", outcome=o)
+            for o in ("conflict", "not_waiting")
+            if ("dago_signals_total", frozenset({("outcome", o)})) in a
+        )
+        assert refused == 1
+        w = await scrape(worker_port)
+        assert value(w, "dago_wait_duration_seconds_count", decided_by="signal") == 1
+        assert value(w, "dago_wait_duration_seconds_count", decided_by="timeout") == 1
+        assert value(w, "dago_node_executions_total", kind="wait", outcome="waiting") == 4
+        assert value(w, "dago_node_executions_total", kind="wait", outcome="completed") == 2

@@ -294,3 +294,51 @@ async def test_redis_power_loss_with_everysec_loses_at_most_the_last_second_dete
         f"appendfsync everysec + power loss: {len(load.accepted)} accepted, "
         f"{len(crash.lost)} lost (NOT_FOUND), {crash.cut_bytes} AOF bytes cut, {figures}"
     )
+
+
+@pytest.mark.parametrize(
+    "private_redis", [{"appendonly": True, "appendfsync": "always"}], indirect=True
+)
+async def test_waits_survive_a_redis_restart_with_aof(
+    private_redis: RedisServer, key_prefix: str
+) -> None:
+    """Runs waiting for a signal (one with a timeout) while Redis and every dago process are
+    killed and restarted: each is still listed, resumes on its signal, and the timeout fires
+    from the restarted API (its timer was in Redis)."""
+    waiting = {"id": "review", "wait": {"decisions": ["yes", "no"]}}
+    timed = {"id": "review", "wait": {"timeout": "3s", "timeoutDecision": "no"}}
+    nodes_after = [echo("after", d="{{ nodes.review.output.decision }}")]
+    reqs = [request([waiting, *nodes_after], [edge("review", "after")]) for _ in range(3)]
+    reqs.append(request([{**timed, "wait": {**timed["wait"], "decisions": ["yes", "no"]}},
+                         *nodes_after], [edge("review", "after")]))  # fmt: skip
+
+    async def all_wait(client: Client, gids: list[str]) -> bool:
+        resp = await client.stub.ListWaits(orchestrator_pb2.ListWaitsRequest(), timeout=5)
+        return {w.graph_id for w in resp.waits} >= set(gids)
+
+    async with RunningStack(private_redis.url, key_prefix) as stack:
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        gids = [await stack.client.submit(r) for r in reqs]
+        await until(lambda: all_wait(stack.client, gids), 20, "every run waits")
+        stack.signal("api")
+        stack.signal("w1")
+        private_redis.kill()
+        private_redis.start()
+        stack.start("w1", "worker")
+        await start_api_quickly(stack)
+        # (The one with a timeout may have timed out by now.)
+        await until(lambda: all_wait(stack.client, gids[:3]), 20, "every run still waits")
+        for i, gid in enumerate(gids[:3]):
+            await stack.client.stub.SignalGraph(
+                orchestrator_pb2.SignalGraphRequest(
+                    graph_id=gid, node_id="review", decision="yes" if i % 2 else "no"
+                ),
+                timeout=10,
+            )
+        for i, gid in enumerate(gids):
+            st = await stack.client.wait(gid, timeout=30)
+            assert st.state == COMPLETED, st
+            after = next(n for n in st.nodes if n.node_id == "after")
+            want = "yes" if i % 2 and i < 3 else "no"
+            assert after.output.struct_value.fields["d"].string_value == want, (i, st)

@@ -24,6 +24,7 @@ from dago_client._common import (
 from dago_client.aio import AsyncDagoClient
 from dago_client.config import ClientConfig
 from dago_client.errors import (
+    AbortedError,
     AlreadyExistsError,
     DagoError,
     DeadlineExceededError,
@@ -42,6 +43,7 @@ from dago_client.sync import DagoClient
 __all__ = [
     "TERMINAL_EVENTS",
     "TERMINAL_STATES",
+    "AbortedError",
     "AlreadyExistsError",
     "AsyncDagoClient",
     "ClientConfig",

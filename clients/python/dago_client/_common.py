@@ -172,6 +172,30 @@ def submit_request(
     return req
 
 
+def signal_request(
+    graph_id: str,
+    node_id: str,
+    decision: str,
+    payload: Any,
+    comment: str,
+    signal_id: str | None,
+    iteration: int,
+) -> orchestrator_pb2.SignalGraphRequest:
+    """The SignalGraphRequest to send. Without a signal_id one is generated, so that a retry
+    after a lost answer is the same signal (it gets the first answer, not ABORTED)."""
+    req = orchestrator_pb2.SignalGraphRequest(
+        graph_id=graph_id,
+        node_id=node_id,
+        decision=decision,
+        comment=comment,
+        iteration=iteration,
+        signal_id=signal_id if signal_id is not None else f"py-{uuid.uuid4().hex}",
+    )
+    if payload is not None:
+        json_format.ParseDict(payload, req.payload)
+    return req
+
+
 def run_request(
     graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
     inputs: Mapping[str, Any] | None,

@@ -19,6 +19,7 @@ from dago_client._common import (
     backoff,
     events_of,
     run_request,
+    signal_request,
     submit_request,
     usage_request,
 )
@@ -290,6 +291,50 @@ class AsyncDagoClient:
         return await self._call(
             self.stub.DropDeadLetter, req, idempotent=False, deadline_s=deadline_s
         )
+
+    async def signal(
+        self,
+        graph_id: str,
+        node_id: str,
+        decision: str,
+        payload: Any = None,
+        *,
+        comment: str = "",
+        signal_id: str | None = None,
+        iteration: int = 0,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.SignalGraphResponse:
+        """Send ``decision`` (with an optional JSON ``payload``) to a waiting wait node.
+        InvalidArgumentError for a decision or payload the node refuses,
+        FailedPreconditionError when it is not waiting, AbortedError when another signal
+        decided it first (the winner is in the error's ErrorInfo). Without a signal_id one is
+        generated, so a retry after a lost answer gets the first answer."""
+        req = signal_request(graph_id, node_id, decision, payload, comment, signal_id, iteration)
+        return await self._call(self.stub.SignalGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    async def waits_page(
+        self, page_size: int = 0, page_token: str = "", *, deadline_s: float | None = None
+    ) -> orchestrator_pb2.ListWaitsResponse:
+        """One page of the wait nodes waiting now in the caller's namespace, oldest first."""
+        req = orchestrator_pb2.ListWaitsRequest(page_size=page_size, page_token=page_token)
+        return await self._call(self.stub.ListWaits, req, idempotent=True, deadline_s=deadline_s)
+
+    async def waits(
+        self, page_size: int = 100, limit: int | None = None
+    ) -> AsyncIterator[orchestrator_pb2.Wait]:
+        """Every wait node waiting now (or the first ``limit``), oldest first, fetching pages
+        as needed."""
+        token, seen = "", 0
+        while True:
+            page = await self.waits_page(page_size, token)
+            for w in page.waits:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield w
+            token = page.next_page_token
+            if not token:
+                return
 
     async def watch(
         self,

@@ -12,7 +12,8 @@ Exit codes (for scripts):
 6   not found: no such run (or dead letter)
 7   unavailable: the server cannot be reached (or the deadline passed)
 8   precondition: not finished yet (result), already finished (cancel), request_id reused,
-    the dead letter's run finished or moved on (dead-letters requeue)
+    the dead letter's run finished or moved on (dead-letters requeue), the node is not
+    waiting or another signal decided it first (signal)
 9   unauthenticated or permission denied (set DAGO_API_KEY)
 ==  =====================================================================
 """
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import google.rpc.error_details_pb2 as error_details_pb2
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -62,6 +64,7 @@ _EXIT_BY_CODE = {
     grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
     grpc.StatusCode.FAILED_PRECONDITION: EXIT_PRECONDITION,
     grpc.StatusCode.ALREADY_EXISTS: EXIT_PRECONDITION,
+    grpc.StatusCode.ABORTED: EXIT_PRECONDITION,
     grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
     grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
 }
@@ -417,6 +420,68 @@ class Cli:
             )
         return EXIT_OK
 
+    def waits(self) -> int:
+        """``waits``: the wait nodes waiting for a signal now, oldest first."""
+        waits = list(self.client.waits(limit=self.args.limit or None))
+        if self.as_json:
+            self.print(_dicts(waits))
+            return EXIT_OK
+        now = time.time()
+        gid = max([8, *(len(w.graph_id) for w in waits)])
+        nid = max([4, *(len(w.node_id) for w in waits)])
+        self.print(
+            f"{'GRAPH ID':<{gid}}  {'NODE':<{nid}}  ITER  {'WAITING':>7}  {'DEADLINE':<19}  "
+            "DECISIONS  PROMPT"
+        )
+        for w in waits:
+            deadline = _when(w, "deadline") if w.HasField("deadline") else "-"
+            prompt = w.prompt.replace("\n", " ")
+            self.print(
+                f"{w.graph_id:<{gid}}  {w.node_id:<{nid}}  {w.iteration:>4}  "
+                f"{_age(w, 'since', now):>7}  {deadline:<19}  {'|'.join(w.decisions)}  "
+                f"{prompt[:60] + ('…' if len(prompt) > 60 else '')}"
+            )
+        if not waits:
+            print("(nothing waits for a signal)", file=self.err)
+        return EXIT_OK
+
+    def signal(self) -> int:
+        """``signal GRAPH NODE DECISION [--payload JSON] [--comment TEXT]``."""
+        payload = None
+        if self.args.payload is not None:
+            try:
+                payload = json.loads(self.args.payload)
+            except ValueError as e:
+                raise ValueError(f"--payload is not JSON: {e}") from None
+        try:
+            resp = self.client.signal(
+                self.args.graph_id,
+                self.args.node_id,
+                self.args.decision,
+                payload,
+                comment=self.args.comment or "",
+                signal_id=self.args.signal_id,
+                iteration=self.args.iteration,
+            )
+        except DagoError as e:
+            info = e.detail(error_details_pb2.ErrorInfo)
+            if info is not None and info.reason == "SIGNAL_CONFLICT":
+                m = info.metadata
+                print(
+                    f"dagoctl: another signal decided first: {m.get('decision', '')!r} by "
+                    f"{m.get('actor', '')} (iteration {m.get('iteration', '')})",
+                    file=self.err,
+                )
+            raise
+        if self.as_json:
+            self.print(_json(resp))
+        else:
+            self.print(
+                f"{resp.decision} recorded for {resp.node_id} (iteration {resp.iteration}) of "
+                f"{resp.graph_id} by {resp.actor}"
+            )
+        return EXIT_OK
+
     def render(self) -> int:
         """``render FILE|ID``: Mermaid or DOT; a run's node states as colours."""
         target = self.args.source
@@ -528,6 +593,18 @@ def parser() -> argparse.ArgumentParser:
     dl_sub.add_parser("requeue", help="run its node attempt again").add_argument("dead_letter_id")
     dl_sub.add_parser("drop", help="remove it: its node and its run fail").add_argument(
         "dead_letter_id"
+    )
+    wt = sub.add_parser("waits", help="list the wait nodes waiting for a signal, oldest first")
+    wt.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    sg = sub.add_parser("signal", help="send a decision to a waiting wait node")
+    sg.add_argument("graph_id")
+    sg.add_argument("node_id")
+    sg.add_argument("decision")
+    sg.add_argument("--payload", help="data sent with the decision (JSON)")
+    sg.add_argument("--comment", help="free text recorded with the decision")
+    sg.add_argument("--signal-id", help="makes the signal idempotent (default: generated)")
+    sg.add_argument(
+        "--iteration", type=int, default=0, help="the iteration meant (0: the current one)"
     )
     r = sub.add_parser("render", help="a graph file or a run as Mermaid or Graphviz DOT")
     r.add_argument("source", help="graph file, or a run id (node states coloured)")

@@ -94,6 +94,11 @@ class FailedPreconditionError(DagoError):
     """FAILED_PRECONDITION: e.g. the result of a running graph, cancelling a finished one."""
 
 
+class AbortedError(DagoError):
+    """ABORTED (HTTP 409): the call lost a race, e.g. a signal to a wait node another signal
+    already decided (its ErrorInfo ``metadata`` holds the winning decision)."""
+
+
 class UnavailableError(DagoError):
     """UNAVAILABLE: the server or its state store cannot be reached; retry later."""
 
@@ -124,6 +129,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DagoError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: AbortedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,

@@ -769,10 +769,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.not_found("graph", gid)
         if res.outcome == "ended":
             name = _STATE_NAMES[execution_pb2.GraphState.ValueType(res.state)]
+            decided = ""
+            if res.record is not None:
+                w = _winner(res.record)
+                decided = f" (its last decision: {w['decision']!r} by {w['actor']!r})"
             raise errors.failed_precondition(
                 "GRAPH_FINISHED",
                 subject,
-                f"graph {gid} already finished ({name}); node {nid} takes no more signals",
+                f"graph {gid} already finished ({name}); node {nid} takes no more signals{decided}",
             )
         if res.outcome == "not_waiting":
             state = execution_pb2.NodeState.Name(execution_pb2.NodeState.ValueType(res.state))
@@ -785,13 +789,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             )
         rec = res.record or {}
         if res.outcome == "conflict":
-            winner = {
-                "decision": str(rec.get(Decision.DECISION, "")),
-                "actor": str(rec.get(Decision.ACTOR, "")),
-                "signal_id": str(rec.get(Decision.SIGNAL_ID, "")),
-                "iteration": str(rec.get(Decision.ITERATION, "")),
-                "timed_out": "true" if rec.get(Decision.TIMED_OUT) else "false",
-            }
+            winner = _winner(rec)
             raise errors.signal_conflict(
                 subject,
                 f"node {nid} of graph {gid} was already decided in iteration "
@@ -849,6 +847,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             last_ms, last_member, _ = page[-1]
             resp.next_page_token = tokens.encode("w", last_ms, last_member)
         return resp
+
+
+def _winner(rec: dict[str, Any]) -> dict[str, str]:
+    """The ErrorInfo metadata naming a recorded decision (``schema.Decision``)."""
+    return {
+        "decision": str(rec.get(Decision.DECISION, "")),
+        "actor": str(rec.get(Decision.ACTOR, "")),
+        "signal_id": str(rec.get(Decision.SIGNAL_ID, "")),
+        "iteration": str(rec.get(Decision.ITERATION, "")),
+        "timed_out": "true" if rec.get(Decision.TIMED_OUT) else "false",
+    }
 
 
 _SIGNAL_OUTCOMES = {

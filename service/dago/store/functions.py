@@ -433,8 +433,9 @@ def parse_submitted(raw: Sequence[Any]) -> Submitted:
 class Signalled:
     """What ``signal`` returns: its outcome (``recorded``, ``replay``, ``conflict``, ``ended``,
     ``not_waiting`` or ``missing``), a state (the node's; the graph's for ``ended``) and the
-    decision record (``schema.Decision``, decoded) for recorded, replay and conflict; for
-    not_waiting ``iteration`` is the node's current one."""
+    decision record (``schema.Decision``, decoded) for recorded, replay and conflict (and for
+    ended when the node was decided); for not_waiting ``iteration`` is the node's current
+    one."""
 
     outcome: str
     state: int
@@ -445,7 +446,7 @@ class Signalled:
 def parse_signalled(raw: Sequence[Any]) -> Signalled:
     """``signal``'s reply: ``{outcome, state, record JSON | iteration | ''}``."""
     outcome, state, third = _s(raw[0]), int(raw[1]), _s(raw[2])
-    if outcome in ("recorded", "replay", "conflict"):
+    if third.startswith("{"):
         return Signalled(outcome, state, json.loads(third))
     return Signalled(outcome, state, None, int(third) if third.isdigit() else 0)
 

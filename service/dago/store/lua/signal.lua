@@ -2,7 +2,8 @@
 -- decision of an iteration wins. In this order:
 --   the same signal_id as the recorded decision: {'replay', state, record} (a client's
 --     retry gets the first answer, whatever happened since);
---   the graph ended: {'ended', graph state, ''};
+--   the graph ended: {'ended', graph state, record or ''} (the record of the node's last
+--     decision, if any: who decided);
 --   the iteration already decided (by another signal or the timeout): {'conflict', state,
 --     record};
 --   the node is not waiting in that iteration (early: it has not started waiting; late: it
@@ -22,7 +23,7 @@ local target = ARGV[A.ITERATION]
 if target == '0' then target = iter end
 local rec = v[4] and cjson.decode(v[4])
 if rec and rec[DECISION.SIGNAL_ID] == sid then return {'replay', st, v[4]} end
-if gs >= GraphState.COMPLETED then return {'ended', gs, ''} end
+if gs >= GraphState.COMPLETED then return {'ended', gs, v[4] or ''} end
 if rec and tostring(rec[DECISION.ITERATION]) == target then return {'conflict', st, v[4]} end
 if st ~= NodeState.WAITING or target ~= iter or not v[5] then return {'not_waiting', st, iter} end
 local r = Waits.decide(gid, node, v[2], iter, cjson.decode(v[5]), ARGV[A.DECISION], ARGV[A.PAYLOAD],
