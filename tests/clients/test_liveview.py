@@ -265,6 +265,39 @@ async def test_a_waiting_node_shows_its_prompt_and_approve_completes_the_run(vie
             await page.close()
 
 
+async def test_the_approval_example_edited_with_a_payload_publishes_the_edit(view: View) -> None:
+    page = await open_page(view)
+    try:
+        await page.select_option("#example", "approval")
+        await page.click("#submit")
+        edit = '[data-decide="review"] button[data-decision="edit"]'
+        await page.wait_for_selector(edit, timeout=20_000)
+        payload = '[data-decide="review"] textarea'
+        # Not JSON: refused here; JSON the schema refuses: the server's field violation.
+        await page.fill(payload, "{text: 1}")
+        await page.click(edit)
+        await page.wait_for_selector(f'{payload}[aria-invalid="true"]')
+        assert "not valid JSON" in await page.inner_text('[data-decide="review"] .decide-error')
+        await page.fill(payload, '{"text": ""}')
+        await page.click(edit)
+        await page.wait_for_function(
+            "document.querySelector('[data-decide=\"review\"] .decide-error')"
+            ".textContent.startsWith('payload: ')"
+        )
+        await shot(page, "liveview-approval-refused.png")
+        await page.fill(payload, '{"text": "Wait nodes are here."}')
+        await page.click(edit)
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        gid = (await page.input_value("#graph-id")).strip()
+        async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+            result = await dago.result(gid)
+        assert result.output["published"] == "Wait nodes are here.", result.output
+        assert result.output["edited"] is True
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
 async def test_with_authentication_the_page_sends_the_key_typed_in(
     redis_single: RedisServer, browser: Browser
 ) -> None:

@@ -7,6 +7,7 @@ import { decisionText, decisionWidget, waitOfEvent } from "./decide.js";
 import { SubmitGraphRequestSchema } from "../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { GraphState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { draw as drawGraph, edgeStates, el, kindOf, layout, setEdgeStates, setNodeState } from "./graph.js";
+import approval from "../../examples/approval.json";
 import diamond from "../../examples/diamond.json";
 import fanout from "../../examples/fanout.json";
 import loop from "../../examples/loop.json";
@@ -14,7 +15,7 @@ import research from "../../examples/research.json";
 import router from "../../examples/router.json";
 import triage from "../../examples/triage.json";
 
-const EXAMPLES = { research, triage, diamond, router, loop, fanout };
+const EXAMPLES = { research, triage, diamond, router, loop, fanout, approval };
 let current = null; // { id, abort }
 let drawn = null; // the layout of the graph drawn
 

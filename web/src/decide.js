@@ -86,12 +86,11 @@ export function decisionWidget(parent, wait, options = {}) {
   let editor = null;
   const fieldError = h("p", { class: "decide-error", id: `${uid}-error`, role: "alert" }, null);
   if (wait.payloadSchema) {
-    h("label", { for: `${uid}-payload` }, root, "payload (JSON)");
+    h("label", { for: `${uid}-payload` }, root, "payload (JSON; left empty, none is sent)");
     editor = h("textarea", {
       id: `${uid}-payload`, class: "decide-payload", spellcheck: "false", rows: "4",
-      "aria-describedby": `${uid}-error ${uid}-schema`,
+      placeholder: "{ ... }", "aria-describedby": `${uid}-error ${uid}-schema`,
     }, root);
-    editor.value = "{}";
     editor.addEventListener("input", () => {
       editor.removeAttribute("aria-invalid");
       fieldError.textContent = "";
