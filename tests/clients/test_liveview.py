@@ -265,6 +265,24 @@ async def test_a_waiting_node_shows_its_prompt_and_approve_completes_the_run(vie
             await page.close()
 
 
+async def test_a_wait_ended_by_a_cancel_turns_its_buttons_off(view: View) -> None:
+    async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+        gid = (await dago.submit(review_graph("review-cancelled"))).graph_id
+        page = await open_page(view, f"#{gid}")
+        try:
+            approve = '[data-decide="review"] button[data-decision="approve"]'
+            await page.wait_for_selector(approve, timeout=20_000)
+            assert not await page.is_disabled(approve)
+            await dago.cancel(gid, "nobody answered")
+            await page.wait_for_selector('#run-state[data-state="cancelled"]', timeout=20_000)
+            status = await page.inner_text('[data-decide="review"] .decide-status')
+            assert status == "not decided: the run cancelled", status
+            assert await page.is_disabled(approve)
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
 async def test_the_approval_example_edited_with_a_payload_publishes_the_edit(view: View) -> None:
     page = await open_page(view)
     try:

@@ -159,6 +159,7 @@ class Run {
         this.ended = tsMillis(ev.time) || Date.now();
         if (p.case === "graphFailed") this.error = p.value.error?.message ?? "";
         if (p.case === "graphCancelled") this.error = p.value.reason;
+        for (const w of this.widgets.values()) w.close(`not decided: the run ${this.state}`);
         for (const [nid, n] of this.nodes) {
           if (n.state === "pending" || n.state === "queued" || n.state === "waiting") this.setNode(nid, this.state === "completed" ? "skipped" : "cancelled");
         }

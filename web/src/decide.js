@@ -63,8 +63,8 @@ export function decisionText(d) {
  *        payloadSchema (JSON text, "" for none), deadline (ms, 0 for none)}
  * options: {showDisplay(value, parent) (default: <pre> JSON), onSent(response),
  *           label (what the buttons' accessible names say the node is)}
- * Returns {root, decided(d)}: decided() shows a decision (a signal_received) and disables
- * the buttons.
+ * Returns {root, decided(d), close(why)}: decided() shows a decision (a signal_received) and
+ * disables the buttons; close() disables them with a reason (the run ended undecided).
  */
 export function decisionWidget(parent, wait, options = {}) {
   styles();
@@ -128,6 +128,17 @@ export function decisionWidget(parent, wait, options = {}) {
     status.dataset.outcome = "decided";
     status.textContent = decisionText(d);
     root.dataset.decided = d.decision;
+  }
+
+  /** The node no longer waits without a decision (its run ended): the buttons go off. */
+  function close(why) {
+    if (done) return;
+    done = true;
+    setBusy(true);
+    if (editor) editor.readOnly = true;
+    comment.readOnly = true;
+    status.dataset.outcome = "closed";
+    status.textContent = why;
   }
 
   async function send(decision) {
@@ -200,7 +211,7 @@ export function decisionWidget(parent, wait, options = {}) {
     }, buttons, d);
     b.addEventListener("click", () => send(d));
   }
-  return { root, decided };
+  return { root, decided, close };
 }
 
 /** The widget's wait from a node_waiting event's payload (NodeWaiting) and the event. */
