@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -827,10 +828,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             ms, after = tokens.decode(request.page_token, "w", 2)
             since = tokens.decode_int(ms) if ms != "0" else 0
         ns = self._auth.current()
-        found: list[tuple[int, str, int]] = []
-        for shard in range(self._settings.shards):
-            rows = await self._store.waits_after(shard, ns, since, after, size + 1)
-            found += [(ms, member, shard) for ms, member in rows]
+        pages = await asyncio.gather(
+            *(
+                self._store.waits_after(shard, ns, since, after, size + 1)
+                for shard in range(self._settings.shards)
+            )
+        )
+        found = [(ms, m, shard) for shard, rows in enumerate(pages) for ms, m in rows]
         found.sort()
         page = found[:size]
         resp = orchestrator_pb2.ListWaitsResponse()

@@ -23,7 +23,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
@@ -347,12 +347,12 @@ class Worker:
         the shard in the same step, each given the slot of an applied attempt (half as many
         while a reader waits for slots); returns how many were taken (their slots are
         accounted for). Wait nodes that found no decision go to WAITING first (``_waiting``)."""
-        waits = [r for r in finished if isinstance(r, Waiting)]
-        if waits:
-            await self._waiting(shard, waits)
-        results = [r for r in finished if isinstance(r, Result)]
-        if not results:
-            return 0
+        results = cast(list[Result], finished)
+        if any(type(r) is Waiting for r in finished):  # one pass over a batch without waits
+            await self._waiting(shard, [r for r in finished if isinstance(r, Waiting)])
+            results = [r for r in finished if isinstance(r, Result)]
+            if not results:
+                return 0
         backoff = 0.05
         while True:
             raise_if_cancelling()
