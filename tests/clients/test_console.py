@@ -912,3 +912,42 @@ async def test_timeline_bars_open_their_node_from_the_keyboard(console: Console)
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         await page.close()
+
+
+async def test_a_decision_sent_after_another_one_won_shows_the_winner(console: Console) -> None:
+    # publish sleeps: the run still runs when the page's late decision arrives.
+    req = review(f"conflict-{secrets.token_hex(2)}")
+    for node in req.graph.nodes:
+        if node.id == "publish":
+            node.tool.name = "sleep"
+            node.inputs.Clear()
+            node.inputs.update({"seconds": 30})
+    gid = (await console.dago.submit(req)).graph_id
+    await eventually(lambda: _all_listed(console, [gid]), timeout=20, interval=0.1)
+    page = await open_page(console, "#/approvals")
+    sel = f'#approvals li[data-wait="{gid}/review"]'
+    try:
+        await page.wait_for_selector(sel)
+        # The inbox stops refreshing (its calls fail), so the card stays while another
+        # client decides.
+        await page.route("**/ListWaits", lambda route: route.abort())
+        signal = orchestrator_pb2.SignalGraphRequest(
+            graph_id=gid, node_id="review", decision="approve", signal_id="by-the-test"
+        )
+        await console.dago.stub.SignalGraph(signal, timeout=10)
+        await page.click(f'{sel} button[data-decision="reject"]')
+        await page.wait_for_function(
+            f"document.querySelector('{sel} .decide-status').textContent.startsWith('already')"
+        )
+        status = await page.inner_text(f"{sel} .decide-status")
+        assert status == "already decided: approve by anonymous", status
+        assert await page.get_attribute(
+            f'{sel} button[data-decision="approve"]', "aria-pressed"
+        ) == ("true")
+        assert await page.is_disabled(f'{sel} button[data-decision="reject"]')
+        await page.unroute("**/ListWaits")
+        await page.wait_for_selector(sel, state="detached", timeout=10_000)
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+        await console.dago.cancel(gid, "the test is done")
