@@ -794,7 +794,14 @@ async def test_the_approvals_inbox_lists_waits_and_decides_them(console: Console
     tag = secrets.token_hex(2)
     gids = [(await console.dago.submit(review(f"inbox-{tag}-{i}"))).graph_id for i in range(3)]
     schema_gid = (
-        await console.dago.submit(review(f"inbox-{tag}-schema", payload_schema=NOTE_SCHEMA))
+        await console.dago.submit(
+            review(
+                f"inbox-{tag}-schema",
+                payload_schema=NOTE_SCHEMA,
+                timeout="3600s",
+                timeout_decision="reject",
+            )
+        )
     ).graph_id
     mine = [*gids, schema_gid]
     await eventually(lambda: _all_listed(console, mine), timeout=20, interval=0.1)
@@ -833,6 +840,8 @@ async def test_the_approvals_inbox_lists_waits_and_decides_them(console: Console
         assert states["drop"] == execution_pb2.NODE_STATE_SKIPPED, states
         # A payload form when the node has a schema: JSON checked here, then by the server.
         sc = card(schema_gid)
+        assert "its timeout decides at " in await page.inner_text(f"{sc} .wait-deadline")
+        assert await page.query_selector(f"{first} .wait-deadline") is None
         approve = f'{sc} button[data-decision="approve"]'
         await page.fill(f"{sc} textarea", '{"note": ')
         await page.click(approve)
