@@ -805,16 +805,32 @@ async def test_the_approvals_inbox_lists_waits_and_decides_them(console: Console
     ).graph_id
     mine = [*gids, schema_gid]
     await eventually(lambda: _all_listed(console, mine), timeout=20, interval=0.1)
-    page = await open_page(console, "#/approvals")
+    page = await open_page(console, "#/approvals?size=3")
     card = lambda gid: f'#approvals li[data-wait="{gid}/review"]'  # noqa: E731
+    shown_ids = "ls => ls.map(l => l.dataset.wait.split('/')[0])"
     try:
+        # Paged: three a page here, in ListWaits' order.
+        everyone = await inbox(console)
+        await page.wait_for_selector(card(everyone[0]))
+        assert (
+            await page.eval_on_selector_all("#approvals li[data-wait]", shown_ids) == (everyone[:3])
+        )
+        assert await page.is_disabled("#ap-prev") and not await page.is_disabled("#ap-next")
+        await page.click("#ap-next")
+        await page.wait_for_selector(card(everyone[3]))
+        assert await page.inner_text("#ap-page-no") == "page 2"
+        assert (
+            await page.eval_on_selector_all("#approvals li[data-wait]", shown_ids)
+            == (everyone[3:6])
+        )
+        await page.click("#ap-prev")
+        await page.wait_for_selector(card(everyone[0]))
+        await page.goto(console.url("#/approvals"))
         for gid in mine:
             await page.wait_for_selector(card(gid))
         assert await page.get_attribute('header a[data-page="approvals"]', "aria-current") == ""
         # Oldest first, as ListWaits answers.
-        shown = await page.eval_on_selector_all(
-            "#approvals li[data-wait]", "ls => ls.map(l => l.dataset.wait.split('/')[0])"
-        )
+        shown = await page.eval_on_selector_all("#approvals li[data-wait]", shown_ids)
         assert [g for g in shown if g in mine] == [g for g in await inbox(console) if g in mine]
         first = card(gids[0])
         prompt = await page.inner_text(f"{first} .decide-prompt")
