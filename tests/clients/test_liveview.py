@@ -290,6 +290,17 @@ async def test_the_approval_example_edited_with_a_payload_publishes_the_edit(vie
         await page.click("#submit")
         edit = '[data-decide="review"] button[data-decision="edit"]'
         await page.wait_for_selector(edit, timeout=20_000)
+        prompt = '[data-decide="review"] .decide-prompt'
+        assert (await page.inner_text(prompt)).endswith("(draft first)")
+        # Reject with a comment: the model revises, and the node waits again (iteration 2).
+        await page.fill('[data-decide="review"] input.decide-comment', "shorter, please")
+        await page.click('[data-decide="review"] button[data-decision="reject"]')
+        await page.wait_for_function(
+            f"document.querySelector('{prompt}')?.textContent.endsWith('(draft revised)')",
+            timeout=20_000,
+        )
+        assert "iteration 2" in await page.inner_text('[data-decide="review"] .decide-meta')
+        assert not await page.is_disabled(edit)
         payload = '[data-decide="review"] textarea'
         # Not JSON: refused here; JSON the schema refuses: the server's field violation.
         await page.fill(payload, "{text: 1}")
