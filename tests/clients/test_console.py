@@ -741,3 +741,238 @@ async def archived(url: str, gids: list[str]) -> None:
             return set(gids) <= {r[0] for r in await cur.fetchall()}
 
     await eventually(done, timeout=30)
+
+
+APPROVED = 'nodes.review.output.decision == "approve"'
+REJECTED = 'nodes.review.output.decision == "reject"'
+NOTE_SCHEMA = json.dumps(
+    {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+)
+
+
+def review(name: str, **spec: object) -> orchestrator_pb2.SubmitGraphRequest:
+    """draft (echo) -> review (a wait) -> publish on approve, drop on reject."""
+    nodes = [
+        echo("draft", text="draft of {{ inputs.who }}"),
+        {
+            "id": "review",
+            "wait": {
+                "prompt": "Publish the {{ nodes.draft.output.text }}?",
+                "display": {"draft": "{{ nodes.draft.output.text }}", "words": 3},
+                **spec,
+            },
+        },
+        echo("publish", note="{{ nodes.review.output.payload }}"),
+        echo("drop", by="{{ nodes.review.output.actor }}"),
+    ]
+    edges = [
+        edge("draft", "review"),
+        edge("review", "publish", APPROVED),
+        edge("review", "drop", REJECTED),
+    ]
+    return request(nodes, edges, inputs={"who": name}, name=name)
+
+
+async def inbox(c: Console) -> list[str]:
+    """The graph ids of ListWaits, in its order (every page)."""
+    out, token = [], ""
+    while True:
+        req = orchestrator_pb2.ListWaitsRequest(page_size=1000, page_token=token)
+        resp = await c.dago.stub.ListWaits(req, timeout=10)
+        out += [w.graph_id for w in resp.waits]
+        token = resp.next_page_token
+        if not token:
+            return out
+
+
+async def node_state(c: Console, gid: str, node: str) -> int:
+    st = await c.dago.status(gid)
+    return next(n.state for n in st.nodes if n.node_id == node)
+
+
+async def test_the_approvals_inbox_lists_waits_and_decides_them(console: Console) -> None:
+    tag = secrets.token_hex(2)
+    gids = [(await console.dago.submit(review(f"inbox-{tag}-{i}"))).graph_id for i in range(3)]
+    schema_gid = (
+        await console.dago.submit(
+            review(
+                f"inbox-{tag}-schema",
+                payload_schema=NOTE_SCHEMA,
+                timeout="3600s",
+                timeout_decision="reject",
+            )
+        )
+    ).graph_id
+    mine = [*gids, schema_gid]
+    await eventually(lambda: _all_listed(console, mine), timeout=20, interval=0.1)
+    page = await open_page(console, "#/approvals?size=3")
+    card = lambda gid: f'#approvals li[data-wait="{gid}/review"]'  # noqa: E731
+    shown_ids = "ls => ls.map(l => l.dataset.wait.split('/')[0])"
+    try:
+        # Paged: three a page here, in ListWaits' order.
+        everyone = await inbox(console)
+        await page.wait_for_selector(card(everyone[0]))
+        assert (
+            await page.eval_on_selector_all("#approvals li[data-wait]", shown_ids) == (everyone[:3])
+        )
+        assert await page.is_disabled("#ap-prev") and not await page.is_disabled("#ap-next")
+        await page.click("#ap-next")
+        await page.wait_for_selector(card(everyone[3]))
+        assert await page.inner_text("#ap-page-no") == "page 2"
+        assert (
+            await page.eval_on_selector_all("#approvals li[data-wait]", shown_ids)
+            == (everyone[3:6])
+        )
+        await page.click("#ap-prev")
+        await page.wait_for_selector(card(everyone[0]))
+        await page.goto(console.url("#/approvals"))
+        for gid in mine:
+            await page.wait_for_selector(card(gid))
+        assert await page.get_attribute('header a[data-page="approvals"]', "aria-current") == ""
+        # Oldest first, as ListWaits answers.
+        shown = await page.eval_on_selector_all("#approvals li[data-wait]", shown_ids)
+        assert [g for g in shown if g in mine] == [g for g in await inbox(console) if g in mine]
+        first = card(gids[0])
+        prompt = await page.inner_text(f"{first} .decide-prompt")
+        assert prompt == f"Publish the draft of inbox-{tag}-0?", prompt
+        display = await page.inner_text(f'{first} .json[aria-label="display"]')
+        assert f'"draft of inbox-{tag}-0"' in display and '"words": 3' in display, display
+        assert await page.inner_text(f"{first} a.wait-run") == f"inbox-{tag}-0"
+        assert await page.get_attribute(f"{first} a.wait-run", "href") == (
+            f"#/runs/{gids[0]}/nodes/review"
+        )
+        assert "waiting since" in await page.inner_text(f"{first} .facts")
+        assert await page.query_selector(f"{first} textarea") is None  # no schema: no payload
+        await shot(page, "console-approvals.png")
+        # Approve the second: its run completes down the approve branch and leaves the inbox.
+        await page.click(f'{card(gids[1])} button[data-decision="approve"]')
+        await page.wait_for_selector(card(gids[1]), state="detached", timeout=10_000)
+        status = await page.inner_text("#approvals-status")
+        assert status.startswith(f"approve sent for node review of run {gids[1]}"), status
+        done = await console.dago.wait(gids[1])
+        assert done.state == execution_pb2.GRAPH_STATE_COMPLETED
+        states = {n.node_id: n.state for n in done.nodes}
+        assert states["publish"] == execution_pb2.NODE_STATE_COMPLETED, states
+        assert states["drop"] == execution_pb2.NODE_STATE_SKIPPED, states
+        # A payload form when the node has a schema: JSON checked here, then by the server.
+        sc = card(schema_gid)
+        assert "its timeout decides at " in await page.inner_text(f"{sc} .wait-deadline")
+        assert await page.query_selector(f"{first} .wait-deadline") is None
+        approve = f'{sc} button[data-decision="approve"]'
+        await page.fill(f"{sc} textarea", '{"note": ')
+        await page.click(approve)
+        await page.wait_for_selector(f'{sc} textarea[aria-invalid="true"]')
+        assert "not valid JSON" in await page.inner_text(f"{sc} .decide-error")
+        await page.fill(f"{sc} textarea", '{"note": 5}')
+        await page.click(approve)
+        await page.wait_for_function(
+            f"document.querySelector('{sc} .decide-error').textContent.startsWith('payload:')"
+        )
+        error = await page.inner_text(f"{sc} .decide-error")
+        assert "is not of type 'string'" in error, error
+        assert await page.get_attribute(f"{sc} textarea", "aria-invalid") == "true"
+        assert await node_state(console, schema_gid, "review") == execution_pb2.NODE_STATE_WAITING
+        await shot(page, "console-approvals-invalid.png")
+        await page.fill(f"{sc} textarea", '{"note": "ship it"}')
+        await page.fill(f"{sc} input.decide-comment", "looks good")
+        await page.click(approve)
+        await page.wait_for_selector(sc, state="detached", timeout=10_000)
+        assert (await console.dago.wait(schema_gid)).state == execution_pb2.GRAPH_STATE_COMPLETED
+        result = await console.dago.result(schema_gid)
+        assert result.node_outputs["publish"].struct_value["note"]["note"] == "ship it"
+        # The run page's node panel offers the decisions too: reject the first there.
+        await page.click(f"{first} a.wait-run")
+        await page.wait_for_selector('[data-panel="review"] [data-decide="review"] button')
+        assert await page.inner_text('[data-panel="review"] .decide-prompt') == (
+            f"Publish the draft of inbox-{tag}-0?"
+        )
+        await page.wait_for_selector('#gantt [data-waiting="review"]', state="attached")
+        await page.click('[data-panel="review"] button[data-decision="reject"]')
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        await page.wait_for_selector('#graph [data-node="drop"][data-state="completed"]')
+        assert await node_state(console, gids[0], "publish") == execution_pb2.NODE_STATE_SKIPPED
+        await page.wait_for_selector('#gantt [data-row="review"] .wait.decision', state="attached")
+        await page.click('#graph [data-node="review"]')
+        await page.wait_for_function(
+            "document.querySelector('[data-panel=\"review\"] .decide-status')"
+            "?.textContent.startsWith('decided: reject')"
+        )
+        await shot(page, "console-run-decided.png")
+        # The last one is still in the inbox; cancelled, it leaves it.
+        await page.click('header a[data-page="approvals"]')
+        await page.wait_for_selector(card(gids[2]))
+        assert await page.query_selector(card(gids[0])) is None
+        await console.dago.cancel(gids[2], "test over")
+        await page.wait_for_selector(card(gids[2]), state="detached", timeout=10_000)
+        assert page.errors == []  # type: ignore[attr-defined]
+    except Exception as e:
+        raise AssertionError(f"{e}\n{child_logs(console.stack)}") from e
+    finally:
+        await page.close()
+
+
+async def _all_listed(c: Console, gids: list[str]) -> bool:
+    return set(gids) <= set(await inbox(c))
+
+
+async def test_timeline_bars_open_their_node_from_the_keyboard(console: Console) -> None:
+    nodes = [echo("one"), echo("two")]
+    gid = (await console.dago.submit(request(nodes, [edge("one", "two")]))).graph_id
+    await console.dago.wait(gid)
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        bar = '#gantt .bar[data-node="two"]'
+        await page.wait_for_selector(f'{bar}[data-state="completed"]')
+        assert await page.get_attribute(bar, "tabindex") == "0"
+        label = await page.get_attribute(bar, "aria-label") or ""
+        assert label.startswith("node two attempt 1: completed, ") and " ms" in label, label
+        # Tab from the first bar reaches the second; Enter opens its panel.
+        await page.focus('#gantt .bar[data-node="one"]')
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.dataset.node") == "two"
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector('[data-panel="two"] .attempt[data-attempt="1"]')
+        assert page.url.endswith(f"#/runs/{gid}/nodes/two")
+        await shot(page, "console-gantt-focus.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_a_decision_sent_after_another_one_won_shows_the_winner(console: Console) -> None:
+    # publish sleeps: the run still runs when the page's late decision arrives.
+    req = review(f"conflict-{secrets.token_hex(2)}")
+    for node in req.graph.nodes:
+        if node.id == "publish":
+            node.tool.name = "sleep"
+            node.inputs.Clear()
+            node.inputs.update({"seconds": 30})
+    gid = (await console.dago.submit(req)).graph_id
+    await eventually(lambda: _all_listed(console, [gid]), timeout=20, interval=0.1)
+    page = await open_page(console, "#/approvals")
+    sel = f'#approvals li[data-wait="{gid}/review"]'
+    try:
+        await page.wait_for_selector(sel)
+        # The inbox stops refreshing (its calls fail), so the card stays while another
+        # client decides.
+        await page.route("**/ListWaits", lambda route: route.abort())
+        signal = orchestrator_pb2.SignalGraphRequest(
+            graph_id=gid, node_id="review", decision="approve", signal_id="by-the-test"
+        )
+        await console.dago.stub.SignalGraph(signal, timeout=10)
+        await page.click(f'{sel} button[data-decision="reject"]')
+        await page.wait_for_function(
+            f"document.querySelector('{sel} .decide-status').textContent.startsWith('already')"
+        )
+        status = await page.inner_text(f"{sel} .decide-status")
+        assert status == "already decided: approve by anonymous", status
+        assert await page.get_attribute(
+            f'{sel} button[data-decision="approve"]', "aria-pressed"
+        ) == ("true")
+        assert await page.is_disabled(f'{sel} button[data-decision="reject"]')
+        await page.unroute("**/ListWaits")
+        await page.wait_for_selector(sel, state="detached", timeout=10_000)
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+        await console.dago.cancel(gid, "the test is done")

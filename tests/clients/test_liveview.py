@@ -24,6 +24,7 @@ from harness import (
     ROOT,
     ProcessStack,
     child_logs,
+    echo,
     edge,
     envoy_config,
     port_open,
@@ -195,6 +196,135 @@ async def test_the_page_resumes_after_the_proxy_drops_the_stream(view: View) -> 
             raise AssertionError(f"{e}\n{child_logs(view.stack)}") from e
         finally:
             await page.close()
+
+
+def review_graph(name: str = "review") -> object:
+    """draft (echo) -> review (a wait: approve / reject) -> publish on approve, drop on reject."""
+    nodes = [
+        echo("draft", text="hello {{ inputs.who }}"),
+        {
+            "id": "review",
+            "wait": {
+                "prompt": "Publish {{ nodes.draft.output.text }}?",
+                "display": {"draft": "{{ nodes.draft.output.text }}"},
+            },
+        },
+        echo("publish", by="{{ nodes.review.output.actor }}"),
+        echo("drop", why="{{ nodes.review.output.decision }}"),
+    ]
+    edges = [
+        edge("draft", "review"),
+        edge("review", "publish", 'nodes.review.output.decision == "approve"'),
+        edge("review", "drop", 'nodes.review.output.decision == "reject"'),
+    ]
+    return request(nodes, edges, inputs={"who": "world"}, name=name)
+
+
+async def test_a_waiting_node_shows_its_prompt_and_approve_completes_the_run(view: View) -> None:
+    async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+        gid = (await dago.submit(review_graph())).graph_id
+        page = await open_page(view, f"#{gid}")
+        try:
+            approve = '[data-decide="review"] button[data-decision="approve"]'
+            await page.wait_for_selector(approve, timeout=20_000)
+            await page.wait_for_selector('svg [data-node="review"][data-state="waiting"]')
+            prompt = await page.inner_text('[data-decide="review"] .decide-prompt')
+            assert prompt == "Publish hello world?", prompt
+            assert '"draft": "hello world"' in await page.inner_text(
+                '[data-decide="review"] .decide-display'
+            )
+            labels = await page.eval_on_selector_all(
+                '[data-decide="review"] button', "bs => bs.map(b => b.textContent)"
+            )
+            assert labels == ["approve", "reject"], labels
+            assert (
+                await page.get_attribute('[data-decide="review"] .decide-status', "aria-live")
+                == "polite"
+            )
+            await shot(page, "liveview-waiting.png")
+            # Keyboard: the button is reachable and pressing Enter on it sends the decision.
+            await page.focus(approve)
+            await page.keyboard.press("Enter")
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+            status = '[data-decide="review"] .decide-status'
+            await page.wait_for_function(
+                f"document.querySelector('{status}').textContent.startsWith('decided: approve')"
+            )
+            assert await page.is_disabled(approve)
+            assert await page.get_attribute(approve, "aria-pressed") == "true"
+            st = await dago.status(gid)
+            states = {n.node_id: n.state for n in st.nodes}
+            assert states["publish"] == execution_pb2.NODE_STATE_COMPLETED, states
+            assert states["drop"] == execution_pb2.NODE_STATE_SKIPPED, states
+            assert "signalReceived review" in await page.inner_text("#log")
+            assert page.errors == []  # type: ignore[attr-defined]
+            await shot(page, "liveview-approved.png")
+        except Exception as e:
+            raise AssertionError(f"{e}\n{child_logs(view.stack)}") from e
+        finally:
+            await page.close()
+
+
+async def test_a_wait_ended_by_a_cancel_turns_its_buttons_off(view: View) -> None:
+    async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+        gid = (await dago.submit(review_graph("review-cancelled"))).graph_id
+        page = await open_page(view, f"#{gid}")
+        try:
+            approve = '[data-decide="review"] button[data-decision="approve"]'
+            await page.wait_for_selector(approve, timeout=20_000)
+            assert not await page.is_disabled(approve)
+            await dago.cancel(gid, "nobody answered")
+            await page.wait_for_selector('#run-state[data-state="cancelled"]', timeout=20_000)
+            status = await page.inner_text('[data-decide="review"] .decide-status')
+            assert status == "not decided: the run cancelled", status
+            assert await page.is_disabled(approve)
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
+async def test_the_approval_example_edited_with_a_payload_publishes_the_edit(view: View) -> None:
+    page = await open_page(view)
+    try:
+        await page.select_option("#example", "approval")
+        await page.click("#submit")
+        edit = '[data-decide="review"] button[data-decision="edit"]'
+        await page.wait_for_selector(edit, timeout=20_000)
+        prompt = '[data-decide="review"] .decide-prompt'
+        assert (await page.inner_text(prompt)).endswith("(draft first)")
+        # Reject with a comment: the model revises, and the node waits again (iteration 2).
+        await page.fill('[data-decide="review"] input.decide-comment', "shorter, please")
+        await page.click('[data-decide="review"] button[data-decision="reject"]')
+        await page.wait_for_function(
+            f"document.querySelector('{prompt}')?.textContent.endsWith('(draft revised)')",
+            timeout=20_000,
+        )
+        assert "iteration 2" in await page.inner_text('[data-decide="review"] .decide-meta')
+        assert not await page.is_disabled(edit)
+        payload = '[data-decide="review"] textarea'
+        # Not JSON: refused here; JSON the schema refuses: the server's field violation.
+        await page.fill(payload, "{text: 1}")
+        await page.click(edit)
+        await page.wait_for_selector(f'{payload}[aria-invalid="true"]')
+        assert "not valid JSON" in await page.inner_text('[data-decide="review"] .decide-error')
+        await page.fill(payload, '{"text": ""}')
+        await page.click(edit)
+        await page.wait_for_function(
+            "document.querySelector('[data-decide=\"review\"] .decide-error')"
+            ".textContent.startsWith('payload: ')"
+        )
+        await shot(page, "liveview-approval-refused.png")
+        await page.fill(payload, '{"text": "Wait nodes are here."}')
+        await page.click(edit)
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        gid = (await page.input_value("#graph-id")).strip()
+        async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+            result = await dago.result(gid)
+        assert result.output["published"] == "Wait nodes are here.", result.output
+        assert result.output["edited"] is True
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
 
 
 async def test_with_authentication_the_page_sends_the_key_typed_in(

@@ -3,9 +3,11 @@
 // (`make web`) with the TypeScript client into web/dist/app.js.
 import { fromJson } from "@bufbuild/protobuf";
 import { $, dago } from "./client.js";
+import { decisionText, decisionWidget, waitOfEvent } from "./decide.js";
 import { SubmitGraphRequestSchema } from "../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { GraphState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { draw as drawGraph, edgeStates, el, kindOf, layout, setEdgeStates, setNodeState } from "./graph.js";
+import approval from "../../examples/approval.json";
 import diamond from "../../examples/diamond.json";
 import fanout from "../../examples/fanout.json";
 import loop from "../../examples/loop.json";
@@ -13,7 +15,7 @@ import research from "../../examples/research.json";
 import router from "../../examples/router.json";
 import triage from "../../examples/triage.json";
 
-const EXAMPLES = { research, triage, diamond, router, loop, fanout };
+const EXAMPLES = { research, triage, diamond, router, loop, fanout, approval };
 let current = null; // { id, abort }
 let drawn = null; // the layout of the graph drawn
 
@@ -45,8 +47,10 @@ class Run {
       const box = el("div", { class: "nodeinfo", "data-info": n.id }, $("nodes"), null);
       el("h3", {}, box, null).textContent = `${n.id} · ${kindOf(n)}`;
       el("div", { class: "note", "data-note": n.id }, box, null);
+      el("div", { class: "wait-slot", "data-wait": n.id }, box, null);
       el("pre", { "data-text": n.id }, box, null);
     }
+    this.widgets = new Map(); // wait node id -> its decision widget
     this.render();
   }
 
@@ -96,6 +100,22 @@ class Run {
       case "nodeRetrying":
         this.setNode(id, "retrying", `retrying → attempt ${p.value.nextAttempt}`);
         break;
+      case "nodeWaiting": {
+        this.setNode(id, "waiting", `waiting for a decision${ev.iteration > 1 ? ` · iteration ${ev.iteration}` : ""}`);
+        const slot = document.querySelector(`[data-wait="${CSS.escape(id)}"]`);
+        if (slot) {
+          slot.replaceChildren();
+          this.widgets.set(id, decisionWidget(slot, waitOfEvent(ev), { label: `node ${id}` }));
+        }
+        if (info) info.note = "";
+        break;
+      }
+      case "signalReceived": {
+        const d = { ...p.value };
+        this.widgets.get(id)?.decided(d);
+        if (info) info.note = decisionText(d);
+        break;
+      }
       case "nodeSkipped":
         this.setNode(id, "skipped", "skipped");
         break;
@@ -139,8 +159,9 @@ class Run {
         this.ended = tsMillis(ev.time) || Date.now();
         if (p.case === "graphFailed") this.error = p.value.error?.message ?? "";
         if (p.case === "graphCancelled") this.error = p.value.reason;
+        for (const w of this.widgets.values()) w.close(`not decided: the run ${this.state}`);
         for (const [nid, n] of this.nodes) {
-          if (n.state === "pending" || n.state === "queued") this.setNode(nid, this.state === "completed" ? "skipped" : "cancelled");
+          if (n.state === "pending" || n.state === "queued" || n.state === "waiting") this.setNode(nid, this.state === "completed" ? "skipped" : "cancelled");
         }
         break;
       default:

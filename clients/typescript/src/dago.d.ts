@@ -1,5 +1,5 @@
 import type { CallOptions, ConnectError, Interceptor } from "@connectrpc/connect";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { JsonValue, MessageInitShape } from "@bufbuild/protobuf";
 import type { Event } from "../gen/dago/v1/execution_pb.js";
 import type {
   CancelGraphResponse,
@@ -18,6 +18,9 @@ import type {
   RequeueDeadLetterResponse,
   GetUsageSummaryRequestSchema,
   GetUsageSummaryResponse,
+  ListWaitsRequestSchema,
+  ListWaitsResponse,
+  SignalGraphResponse,
   SubmitGraphRequestSchema,
   SubmitGraphResponse,
 } from "../gen/dago/v1/orchestrator_pb.js";
@@ -47,6 +50,20 @@ export interface WatchOptions {
   signal?: AbortSignal;
   /** Called before each resume. */
   onResume?: (info: { afterSeq: bigint; attempt: number; error: ConnectError }) => void;
+}
+
+export interface SignalOptions {
+  /** Data sent with the decision (plain JSON), checked against the node's payload_schema. */
+  payload?: JsonValue;
+  /**
+   * Makes the signal idempotent: a retry with the same id returns the first response
+   * (default: the server generates one, so a retry may conflict with its own first try).
+   */
+  signalId?: string;
+  /** Free text for people, recorded in signal_received. */
+  comment?: string;
+  /** The iteration the signal is meant for (default 0: the node's current one). */
+  iteration?: number;
 }
 
 export interface DagoClient {
@@ -98,6 +115,25 @@ export interface DagoClient {
     options?: CallOptions,
   ): Promise<GetUsageSummaryResponse>;
   status(graphId: string, options?: CallOptions): Promise<GetGraphStatusResponse>;
+  /**
+   * Sends `decision` to the waiting wait node `nodeId` (SignalGraph). InvalidArgument with
+   * google.rpc.BadRequest field violations (decision, payload) for a decision the node does
+   * not allow or a payload its schema refuses; FailedPrecondition when the node is not
+   * waiting or the run has ended; Aborted (ErrorInfo SIGNAL_CONFLICT, the winner in its
+   * metadata) when another decision won. Not retried.
+   */
+  signal(
+    graphId: string,
+    nodeId: string,
+    decision: string,
+    signal?: SignalOptions,
+    options?: CallOptions,
+  ): Promise<SignalGraphResponse>;
+  /** One page of the wait nodes waiting now in the caller's namespace, oldest first (ListWaits). */
+  waits(
+    request?: MessageInitShape<typeof ListWaitsRequestSchema>,
+    options?: CallOptions,
+  ): Promise<ListWaitsResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
   /**

@@ -1,6 +1,8 @@
 // A thin typed client for dago's OrchestratorService: gRPC-Web (through Envoy; browsers and
 // Node) or native gRPC (Node, HTTP/2). Types are in dago.d.ts; the messages are the
 // protoc-gen-es code in ../gen (`make gen`).
+import { fromJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { OrchestratorService } from "../gen/dago/v1/orchestrator_pb.js";
@@ -43,6 +45,11 @@ async function makeTransport(baseUrl, kind, options) {
     return createGrpcTransport({ baseUrl, httpVersion: "2", interceptors });
   }
   throw new TypeError(`transport must be "grpc-web" or "grpc", not ${JSON.stringify(kind)}`);
+}
+
+/** A google.protobuf.Value message of a plain JSON value (what a signal's payload is). */
+function toValue(json) {
+  return fromJson(ValueSchema, json);
 }
 
 function sleep(ms, signal) {
@@ -148,6 +155,27 @@ export function createDagoClient(baseUrl, options = {}) {
 
     async dropDeadLetter(deadLetterId, callOptions) {
       return (await client()).dropDeadLetter({ deadLetterId }, callOptions);
+    },
+
+    async signal(graphId, nodeId, decision, signalOptions = {}, callOptions) {
+      const { payload, signalId, comment, iteration } = signalOptions;
+      return (await client()).signalGraph(
+        {
+          graphId,
+          nodeId,
+          decision,
+          // A plain JSON value (the payload's google.protobuf.Value); undefined: none sent.
+          ...(payload === undefined ? {} : { payload: toValue(payload) }),
+          signalId: signalId ?? "",
+          comment: comment ?? "",
+          iteration: iteration ?? 0,
+        },
+        callOptions,
+      );
+    },
+
+    async waits(request = {}, callOptions) {
+      return (await client()).listWaits(request, callOptions);
     },
 
     async result(graphId, callOptions) {

@@ -8,7 +8,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { createDagoClient } from "../src/dago.js";
 import { GraphState, NodeState } from "../gen/dago/v1/execution_pb.js";
 import { GraphStatusView, SubmitGraphRequestSchema } from "../gen/dago/v1/orchestrator_pb.js";
-import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 
 const EDGE_URL = process.env.DAGO_EDGE_URL;
 const GRPC_URL = process.env.DAGO_GRPC_URL;
@@ -217,6 +217,86 @@ test("an invalid graph is InvalidArgument with google.rpc.BadRequest details", T
   const violation = details.fieldViolations[0];
   assert.equal(violation.field, "graph.edges[0].to");
   assert.match(violation.description, /ghost/);
+});
+
+test("signal a waiting node: waits() lists it, a bad payload is refused, approve routes", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const name = `ts-wait-${crypto.randomUUID()}`;
+  const sub = await dago.submit(
+    request({
+      graph: {
+        name,
+        nodes: [
+          { id: "draft", tool: { name: "echo" }, inputs: { text: "hello" } },
+          {
+            id: "review",
+            wait: {
+              prompt: "Publish {{ nodes.draft.output.text }}?",
+              display: { draft: "{{ nodes.draft.output.text }}" },
+              payloadSchema: JSON.stringify({
+                type: "object",
+                properties: { note: { type: "string" } },
+                required: ["note"],
+              }),
+            },
+          },
+          { id: "publish", tool: { name: "echo" }, inputs: { note: "{{ nodes.review.output.payload.note }}" } },
+          { id: "drop", tool: { name: "echo" } },
+        ],
+        edges: [
+          { from: "draft", to: "review" },
+          { from: "review", to: "publish", condition: 'nodes.review.output.decision == "approve"' },
+          { from: "review", to: "drop", condition: 'nodes.review.output.decision == "reject"' },
+        ],
+      },
+    }),
+  );
+  // The inbox lists it once it waits.
+  let wait;
+  for (let i = 0; i < 100 && !wait; i++) {
+    const { waits } = await dago.waits({ pageSize: 1000 });
+    wait = waits.find((w) => w.graphId === sub.graphId);
+    if (!wait) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(wait, "the wait is listed");
+  assert.equal(wait.graphName, name);
+  assert.equal(wait.nodeId, "review");
+  assert.equal(wait.prompt, "Publish hello?");
+  assert.deepEqual(wait.display, { draft: "hello" });
+  assert.deepEqual(wait.decisions, ["approve", "reject"]);
+  assert.match(wait.payloadSchema, /"note"/);
+
+  const refused = await dago
+    .signal(sub.graphId, "review", "approve", { payload: { other: 1 } })
+    .then(() => assert.fail("a payload without note was accepted"), (e) => ConnectError.from(e));
+  assert.equal(refused.code, Code.InvalidArgument);
+  const [bad] = refused.findDetails(BadRequestSchema);
+  assert.equal(bad.fieldViolations[0].field, "payload");
+
+  const signalId = `ts-${crypto.randomUUID()}`;
+  const opts = { payload: { note: "ship it" }, signalId, comment: "from node", iteration: wait.iteration };
+  const res = await dago.signal(sub.graphId, "review", "approve", opts);
+  assert.equal(res.decision, "approve");
+  assert.equal(res.signalId, signalId);
+  assert.equal(res.iteration, wait.iteration);
+  // The same signal_id again: the same answer; another decision: Aborted with the winner.
+  assert.equal((await dago.signal(sub.graphId, "review", "approve", opts)).signalId, signalId);
+  const lost = await dago
+    .signal(sub.graphId, "review", "reject", { payload: { note: "no" }, iteration: wait.iteration })
+    .then(() => assert.fail("a second decision won"), (e) => ConnectError.from(e));
+  assert.ok([Code.Aborted, Code.FailedPrecondition].includes(lost.code), lost.message);
+  if (lost.code === Code.Aborted) {
+    assert.equal(lost.findDetails(ErrorInfoSchema)[0].metadata.decision, "approve");
+  }
+
+  const events = await collect(dago.watch(sub.graphId));
+  const received = events.find((ev) => ev.payload.case === "signalReceived");
+  assert.equal(received.payload.value.decision, "approve");
+  assert.equal(received.payload.value.comment, "from node");
+  assert.ok(events.some((ev) => ev.payload.case === "nodeWaiting"));
+  const result = await dago.result(sub.graphId);
+  assert.equal(result.state, GraphState.COMPLETED);
+  assert.deepEqual(result.output, { publish: { note: "ship it" } });
 });
 
 test("native gRPC (connect-node) to the API port", { ...TIMEOUT, skip: !GRPC_URL && "DAGO_GRPC_URL not set" }, async () => {

@@ -1,5 +1,7 @@
 // The timeline of a run: one row per node, one bar per attempt (start → end, or now while it
-// runs; coloured by state like the graph), a dotted line for the wait between attempts.
+// runs; coloured by state like the graph), a dotted line for the wait between attempts. With
+// onSelect, each bar is a keyboard stop (tabindex, aria-label naming node, attempt, state and
+// duration) that opens its node's panel on click, Enter or Space.
 import { el, graphStyles, stateName } from "../graph.js";
 import { duration, errorClassName, ms } from "./util.js";
 
@@ -17,6 +19,9 @@ const fmt = (d) => (d < 1000 ? `${d} ms` : d < 120_000 ? `${(d / 1000).toFixed(d
 /** Draws the timeline of `status` (GraphStatus) for the nodes of `graph` into svg. */
 export function drawGantt(svg, graph, status, width, onSelect) {
   graphStyles();
+  // The bar with the keyboard focus keeps it across redraws (once a second while a run runs).
+  const focused = svg.contains(document.activeElement) ? document.activeElement.dataset : null;
+  const refocus = focused ? `.bar[data-node="${CSS.escape(focused.node ?? "")}"][data-attempt="${focused.attempt}"][data-iteration="${focused.iteration}"]` : "";
   svg.replaceChildren();
   const byId = new Map(status.nodes.map((n) => [n.nodeId, n]));
   const starts = status.nodes.flatMap((n) => n.attempts.map((a) => ms(a.startTime)).filter(Boolean));
@@ -55,9 +60,12 @@ export function drawGantt(svg, graph, status, width, onSelect) {
       const e = ms(a.endTime) || (status.endTime ? ms(status.endTime) : now);
       const prevEnd = prev ? ms(prev.endTime) : 0;
       if (prevEnd && s > prevEnd) {
+        const decision = stateName(prev.state) === "waiting";
         const what = a.iteration !== prev.iteration ? `iteration ${a.iteration}` : `attempt ${a.attempt}`;
-        const w = el("line", { x1: x(prevEnd), x2: x(s), y1: y + 12, y2: y + 12, class: "wait" }, g);
-        el("title", {}, w).textContent = `waited ${fmt(s - prevEnd)} before ${what}`;
+        const w = el("line", { x1: x(prevEnd), x2: x(s), y1: y + 12, y2: y + 12, class: decision ? "wait decision" : "wait" }, g);
+        el("title", {}, w).textContent = decision
+          ? `waited ${fmt(s - prevEnd)} for a decision`
+          : `waited ${fmt(s - prevEnd)} before ${what}`;
       }
       prev = a;
       const state = stateName(a.state);
@@ -67,9 +75,28 @@ export function drawGantt(svg, graph, status, width, onSelect) {
       }, g);
       el("rect", { x: x(s), y: y + 4, width: Math.max(3, x(e) - x(s)), height: ROW_H - 8 }, bar);
       const err = a.error?.message ? ` · ${errorClassName(a.error.errorClass)}: ${a.error.message}` : "";
-      el("title", {}, bar).textContent =
-        `${n.id} attempt ${a.attempt}${a.iteration > 1 ? ` iteration ${a.iteration}` : ""}: ${state}, ${duration(s, e)}${err}`;
-      if (onSelect) bar.addEventListener("click", () => onSelect(n.id));
+      const what = `${n.id} attempt ${a.attempt}${a.iteration > 1 ? ` iteration ${a.iteration}` : ""}: ${state}, ${duration(s, e)}${err}`;
+      el("title", {}, bar).textContent = what;
+      if (onSelect) {
+        // Keyboard: each bar is a tab stop; Enter (or Space) opens the node's panel.
+        bar.setAttribute("tabindex", "0");
+        bar.setAttribute("role", "button");
+        bar.setAttribute("aria-label", `node ${what}`);
+        bar.addEventListener("click", () => onSelect(n.id));
+        bar.addEventListener("keydown", (ev) => {
+          if (ev.key === "Enter" || ev.key === " ") {
+            ev.preventDefault();
+            onSelect(n.id);
+          }
+        });
+      }
+    }
+    // A wait node waiting now: a dotted line from its last attempt to now.
+    const last = prev ? ms(prev.endTime) : 0;
+    if (last && stateName(byId.get(n.id)?.state ?? 0) === "waiting" && !status.endTime) {
+      const w = el("line", { x1: x(last), x2: x(Math.max(now, last)), y1: y + 12, y2: y + 12, class: "wait decision", "data-waiting": n.id }, g);
+      el("title", {}, w).textContent = `waiting for a decision for ${fmt(Math.max(0, now - last))}`;
     }
   });
+  if (refocus) svg.querySelector(refocus)?.focus();
 }

@@ -1,7 +1,8 @@
 // The operators' console (/console/): hash routes #/runs, #/runs/<id>[/nodes/<node>],
-// #/usage and #/ops, each a page module that draws into <main> and returns its stop
+// #/approvals, #/usage and #/ops, each a page module that draws into <main> and returns its stop
 // function. Bundled by esbuild (`make web`) with the TypeScript client into
 // web/dist/console.js; every call is gRPC-Web through Envoy, same origin.
+import { approvalsPage } from "./approvals.js";
 import { opsPage } from "./ops.js";
 import { runPage } from "./run.js";
 import { runsPage } from "./runs.js";
@@ -20,7 +21,10 @@ function route() {
   for (const a of document.querySelectorAll("header nav a")) {
     a.toggleAttribute("aria-current", a.dataset.page === (parts[0] ?? "runs"));
   }
-  if (parts[0] === "ops") {
+  if (parts[0] === "approvals") {
+    document.title = "dago console · approvals";
+    stop = approvalsPage(main, new URLSearchParams(query));
+  } else if (parts[0] === "ops") {
     document.title = "dago console · operations";
     stop = opsPage(main);
   } else if (parts[0] === "usage") {

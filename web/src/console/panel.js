@@ -1,6 +1,7 @@
 // A node's panel on a run's page: its state, route, streamed model text and tool calls (from
 // the run's events), then its attempts (ListNodeAttempts, 50 a page): state, duration,
 // worker, tokens and cost, error class and message, input and output in a JSON viewer.
+import { decisionText, decisionWidget } from "../decide.js";
 import { kindOf, stateName } from "../graph.js";
 import { jsonView, valueJson } from "./json.js";
 import { badge, dago, duration, errorClassName, h, ms } from "./util.js";
@@ -38,12 +39,30 @@ function renderAttempt(a, parent, open) {
 }
 
 /** Draws the panel of `node` into `panel`; `current()` is false once another node is shown. */
-export async function nodePanel(panel, { graphId, node, status, decision, text, tools, signal, current }) {
+export async function nodePanel(panel, { graphId, node, status, decision, text, tools, signal, current, wait, signalled }) {
   const box = h("div", { "data-panel": node.id });
   const hd = h("h3", {}, box, `${node.id} · ${kindOf(node)} `);
   badge(stateName(status?.state ?? 0), hd, { id: "node-state" });
   if (node.description) h("p", { class: "hint" }, box, node.description);
   if (status?.route) h("p", { class: "route" }, box, `route ${status.route}${decision ? ` → ${decision.join(", ")}` : ""}`);
+  // A wait node: the decision widget while it waits (from its node_waiting event), then
+  // the decision (signal_received).
+  if (node.kind.case === "wait") {
+    const waits = h("section", { class: "waits", "data-waits": node.id }, box);
+    h("h4", {}, waits, "Decision");
+    const waiting = stateName(status?.state ?? 0) === "waiting";
+    if (wait && (waiting || signalled)) {
+      const w = decisionWidget(waits, wait, {
+        label: `node ${node.id}`,
+        showDisplay: (v, parent) => jsonView(v, parent, "display"),
+      });
+      if (signalled) w.decided(signalled);
+    } else if (signalled) {
+      h("p", { class: "decided" }, waits, decisionText(signalled));
+    } else {
+      h("p", { class: "hint" }, waits, waiting ? "waiting (loading its prompt…)" : "not waiting");
+    }
+  }
   const stream = h("section", { class: "stream" }, box);
   h("h4", {}, stream, "Streamed text");
   h("pre", { "data-stream": node.id }, stream, text);

@@ -4,6 +4,7 @@
 // errors, usage; streamed text and tool calls from the events); cancel.
 import { GraphStatusView } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { draw, edgeStates, setEdgeStates, setNodeState, stateName } from "../graph.js";
+import { waitOfEvent } from "../decide.js";
 import { drawGantt } from "./gantt.js";
 import { jsonView, valueJson } from "./json.js";
 import { nodePanel, renderTools } from "./panel.js";
@@ -15,7 +16,7 @@ export function runPage(root, graphId, firstNode) {
   const abort = new AbortController();
   const alive = () => !abort.signal.aborted;
   const run = { graph: null, lay: null, status: null, decisions: new Map(), loops: new Set(),
-    texts: new Map(), turnEnded: new Set(), tools: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
+    texts: new Map(), turnEnded: new Set(), tools: new Map(), waits: new Map(), signalled: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
 
   h("a", { href: "#/runs", class: "back" }, root, "← runs");
   const head = h("section", { class: "run-head", "aria-label": "run" }, root);
@@ -50,8 +51,8 @@ export function runPage(root, graphId, firstNode) {
   h("h3", {}, timeline, "Timeline");
   const gantt = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   gantt.id = "gantt";
-  gantt.setAttribute("role", "img");
-  gantt.setAttribute("aria-label", "one bar per node attempt, from its start to its end");
+  gantt.setAttribute("role", "group");
+  gantt.setAttribute("aria-label", "timeline: one bar per node attempt, from its start to its end (Enter opens its node)");
   timeline.appendChild(gantt);
   const events = h("details", { class: "events" }, root);
   const eventsTitle = h("summary", {}, events, "events");
@@ -185,6 +186,8 @@ export function runPage(root, graphId, firstNode) {
       decision: run.decisions.get(nodeId),
       text: run.texts.get(nodeId) ?? "",
       tools: run.tools.get(nodeId) ?? [],
+      wait: run.waits.get(nodeId),
+      signalled: run.signalled.get(nodeId),
       signal: abort.signal,
       current: () => run.selected === nodeId && alive(),
     });
@@ -211,6 +214,16 @@ export function runPage(root, graphId, firstNode) {
         break;
       case "loopIteration":
         if (!p.value.exhausted) run.loops.add(`${p.value.fromNodeId}->${id}`);
+        break;
+      case "nodeWaiting":
+        // A wait (again, in a loop's next iteration): its widget replaces the decision before.
+        run.waits.set(id, waitOfEvent(ev));
+        run.signalled.delete(id);
+        if (run.selected === id) renderPanel();
+        break;
+      case "signalReceived":
+        run.signalled.set(id, { ...p.value });
+        if (run.selected === id) renderPanel();
         break;
       case "graphFailed":
         run.failedNode = p.value.failedNodeId;
@@ -249,7 +262,7 @@ export function runPage(root, graphId, firstNode) {
       default:
         break;
     }
-    if (LIFECYCLE.test(p.case ?? "") || p.case === "routerDecision" || p.case === "loopIteration") soon();
+    if (LIFECYCLE.test(p.case ?? "") || ["routerDecision", "loopIteration", "signalReceived"].includes(p.case)) soon();
   }
 
   (async () => {
