@@ -26,7 +26,8 @@ Fixtures:
   ``return await make_stack(redis_target, auth="keys")``.
 - ``edge_stack`` (module): API + worker processes with Envoy in front (``harness.Edge``).
 
-Markers (registered in pyproject.toml; ``make test-fast`` runs ``-m unit``):
+Markers (registered in pyproject.toml; ``make test-fast`` runs ``-m unit``, ``make test-quick``
+``-m "not slow and not browser"``, ``make test`` everything):
 
 - ``redis``, ``edge``, ``browser``: set by :func:`pytest_collection_modifyitems` from the
   fixtures a test uses (:data:`MARKS_BY_FIXTURE`, through fixtures that use them too), or

@@ -42,8 +42,8 @@ from harness import (
 )
 from redisfixture import RedisServer
 
-# Envoy in front of API and worker processes.
-pytestmark = [pytest.mark.edge, pytest.mark.process]
+# Envoy in front of API and worker processes; each test ~10 s (load, a crash, a restart).
+pytestmark = [pytest.mark.edge, pytest.mark.process, pytest.mark.slow]
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 NODES = ("start", "left", "right", "join")
