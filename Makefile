@@ -58,7 +58,7 @@ PYTEST_ARGS ?=
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
 .PHONY: web setup-run setup-node docs docs-check gen-go go-client gen-ruby gen-java
-.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast run clean bench
+.PHONY: help setup gen gen-check lint lint-proto lint-py lint-envoy typecheck test test-fast test-quick run clean bench
 .PHONY: check-anthropic
 .PHONY: helm helm-assets helm-docs lint-deploy dist
 
@@ -210,14 +210,21 @@ typecheck: setup ## mypy --strict on service/ (and clients/python)
 	$(call say,mypy $(or $(MYPY_DIRS),<nothing to check>))
 	$(if $(MYPY_DIRS),$(BIN)/mypy $(MYPY_DIRS))
 
-test: setup ## Run the whole test suite (extra arguments: PYTEST_ARGS="-k foo -x")
+test: setup ## Run the whole test suite, what CI runs (extra arguments: PYTEST_ARGS="-k foo -x")
 	$(call say,pytest $(PYTEST_ARGS))
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The markers (unit, redis, edge, browser, process, slow) are set by tests/conftest.py.
+# The markers (unit, redis, edge, browser, process, postgres, slow) are registered in
+# pyproject.toml and set by tests/conftest.py (slow by hand: more than ~10 s, from --durations).
+# Three tiers: test-fast (unit) < test-quick (all but slow and browser) < test (everything).
 test-fast: setup ## Unit tests only (-m unit: pure Python, no Redis, Envoy or other process; seconds)
 	$(call say,pytest -m unit $(PYTEST_ARGS))
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+QUICK_MARKERS := not slow and not browser
+test-quick: setup ## Everything but the slow (>10 s each) and browser (Chromium) tests
+	$(call say,pytest -m '$(QUICK_MARKERS)' $(PYTEST_ARGS))
+	$(BIN)/pytest -m "$(QUICK_MARKERS)" $(PYTEST_ARGS)
 
 .PHONY: reliability
 reliability: setup ## Fault-injection, hostile-input and load tests only (tests/reliability, also part of `make test`); RELIABILITY_FULL=1: 1,000 graphs / 200 watchers, 60 s slow watchers

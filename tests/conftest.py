@@ -25,8 +25,11 @@ Fixtures:
   what it left behind. A module's ``stack`` fixture is one call:
   ``return await make_stack(redis_target, auth="keys")``.
 - ``edge_stack`` (module): API + worker processes with Envoy in front (``harness.Edge``).
+- ``fake``: a :class:`fake_anthropic.FakeAnthropic` server for this test (test_openai.py and
+  test_listing.py override it).
 
-Markers (registered in pyproject.toml; ``make test-fast`` runs ``-m unit``):
+Markers (registered in pyproject.toml; ``make test-fast`` runs ``-m unit``, ``make test-quick``
+``-m "not slow and not browser"``, ``make test`` everything):
 
 - ``redis``, ``edge``, ``browser``: set by :func:`pytest_collection_modifyitems` from the
   fixtures a test uses (:data:`MARKS_BY_FIXTURE`, through fixtures that use them too), or
@@ -57,6 +60,7 @@ from unittest import mock
 
 import pytest
 
+from fake_anthropic import FakeAnthropic
 from harness import Edge, HasUrl, InProcessStack, MakeStack, running_edge, stack_settings
 from pgfixture import PrivatePostgres, fresh_database
 from redisfixture import LOG_ROOT, RedisCluster, RedisServer, RedisTarget
@@ -174,6 +178,14 @@ async def make_stack(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIt
             errors.append(e)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAnthropic]:
+    """A fake Anthropic Messages API on the test's event loop (a module may override it,
+    e.g. with a FakeOpenAI or another default answer)."""
+    async with FakeAnthropic() as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

@@ -217,8 +217,15 @@ async def test_request_ids_are_per_namespace(stack: InProcessStack) -> None:
 async def test_active_graphs_per_namespace_are_limited(
     redis_single: RedisServer, key_prefix: str
 ) -> None:
+    # Three sleeps are still running at the end: the stop cancels them at once rather than
+    # waiting out the usual drain (5 s), which is not what this test is about.
     settings = stack_settings(
-        redis_single.url, key_prefix, auth="keys", api_keys=KEYS, max_active_graphs=2
+        redis_single.url,
+        key_prefix,
+        auth="keys",
+        api_keys=KEYS,
+        max_active_graphs=2,
+        drain_timeout_s=0.1,
     )
     async with InProcessStack(settings) as stack:
         a, b = await clients(stack)

@@ -99,14 +99,24 @@ def helm() -> str:
 @pytest.fixture(scope="module")
 def rendered(helm: str) -> dict[str, list[dict[str, Any]]]:
     """values file -> the manifests ``helm template`` renders with it."""
-    out = {}
-    for name in VALUES_FILES:
-        done = run(
-            [helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(CHART / "ci" / name)]
-        )
-        assert done.returncode == 0, f"helm template -f {name}:\n{done.stderr}"
-        out[name] = [d for d in yaml.safe_load_all(done.stdout) if d]
-    return out
+    return {name: template(helm, values=name) for name in VALUES_FILES}
+
+
+def template(
+    helm: str, *sets: str, values: str | None = None, namespace: str | None = NAMESPACE
+) -> list[dict[str, Any]]:
+    """The manifests ``helm template`` renders with ``--set`` of each of ``sets`` (and
+    ``-f ci/<values>``, ``-n <namespace>`` when given); fails the test if helm fails."""
+    cmd = [helm, "template", RELEASE, str(CHART)]
+    if namespace is not None:
+        cmd += ["-n", namespace]
+    if values is not None:
+        cmd += ["-f", str(CHART / "ci" / values)]
+    for s in sets:
+        cmd += ["--set", s]
+    done = run(cmd)
+    assert done.returncode == 0, f"{' '.join(cmd[1:])}:\n{done.stderr}"
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
 def kinds(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -563,30 +573,15 @@ def test_keda_scales_the_workers_on_every_shard_stream(
 
 
 def test_keda_reads_an_external_redis_cluster_with_a_password(helm: str) -> None:
-    done = run(
-        [
-            helm,
-            "template",
-            RELEASE,
-            str(CHART),
-            "-n",
-            NAMESPACE,
-            "-f",
-            str(CHART / "ci" / "external-redis-values.yaml"),
-            "--set",
-            "keda.enabled=true",
-            "--set",
-            "keda.redis.address=r1:6379\\,r2:6379",
-            "--set",
-            "keda.redis.cluster=true",
-            "--set",
-            "keda.redis.enableTLS=true",
-            "--set",
-            "keda.redis.passwordSecret.name=redis-auth",
-        ]
+    docs = template(
+        helm,
+        "keda.enabled=true",
+        "keda.redis.address=r1:6379\\,r2:6379",
+        "keda.redis.cluster=true",
+        "keda.redis.enableTLS=true",
+        "keda.redis.passwordSecret.name=redis-auth",
+        values="external-redis-values.yaml",
     )
-    assert done.returncode == 0, done.stderr
-    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
     worker = f"{RELEASE}-dago-worker"
     so = one(docs, "ScaledObject", worker)
     auth = one(docs, "TriggerAuthentication", worker)
@@ -676,24 +671,14 @@ def test_chart_rejects_contradictory_values(helm: str) -> None:
         assert done.returncode != 0 and message in done.stderr, done.stderr
     # TLS without Envoy: the probes speak TLS through `dago health` (kubelet's gRPC probes
     # are plaintext), presenting the server's certificate with mutual TLS.
-    done = run(
-        [
-            helm,
-            "template",
-            RELEASE,
-            str(CHART),
-            "--set",
-            "api.tls.enabled=true",
-            "--set",
-            "api.tls.secretName=t",
-            "--set",
-            "api.tls.clientAuth=true",
-            "--set",
-            "envoy.enabled=false",
-        ]
+    docs = template(
+        helm,
+        "api.tls.enabled=true",
+        "api.tls.secretName=t",
+        "api.tls.clientAuth=true",
+        "envoy.enabled=false",
+        namespace=None,
     )
-    assert done.returncode == 0, done.stderr
-    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
     assert not kinds(docs, "ConfigMap")
     c = one(docs, "Deployment", f"{RELEASE}-dago-api")["spec"]["template"]["spec"]["containers"][0]
     cmd = c["livenessProbe"]["exec"]["command"]
@@ -1200,26 +1185,13 @@ def _certificates(where: Path, server_name: str) -> None:
 async def test_chart_tls_probe_command_checks_a_mutual_tls_api(
     helm: str, redis_single: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:
-    done = run(
-        [
-            helm,
-            "template",
-            RELEASE,
-            str(CHART),
-            "-n",
-            NAMESPACE,
-            "--set",
-            "api.tls.enabled=true",
-            "--set",
-            "api.tls.secretName=api-tls",
-            "--set",
-            "api.tls.clientAuth=true",
-            "--set",
-            "envoy.enabled=false",
-        ]
+    docs = template(
+        helm,
+        "api.tls.enabled=true",
+        "api.tls.secretName=api-tls",
+        "api.tls.clientAuth=true",
+        "envoy.enabled=false",
     )
-    assert done.returncode == 0, done.stderr
-    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
     c = one(docs, "Deployment", f"{RELEASE}-dago-api")["spec"]["template"]["spec"]["containers"][0]
     probe = c["readinessProbe"]["exec"]["command"]
     liveness = c["livenessProbe"]["exec"]["command"]

@@ -7,6 +7,7 @@ Envoy port, ``/metrics``, and ``/health`` following the API down and up."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -718,11 +719,15 @@ async def stop_dev(dev: subprocess.Popen[bytes], output: Callable[[], str]) -> N
     assert dev.returncode == 0, output()
 
 
-@pytest.mark.redis
-async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
-    port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="dago-test-dev-edge-")) / "dev.log"
-    dev = start_dev(log, DAGO_EDGE_PORT=str(port))
+@contextlib.asynccontextmanager
+async def running_dev(
+    name: str, **env: str
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], Callable[[], str]]]:
+    """:func:`start_dev` (its log in a new folder ``dago-test-dev-<name>-*``), once it printed
+    its banner and still runs: (the process, a function returning its output so far). It is
+    SIGKILLed after, with its session, unless it exited."""
+    log = Path(tempfile.mkdtemp(prefix=f"dago-test-dev-{name}-")) / "dev.log"
+    dev = start_dev(log, **env)
 
     def output() -> str:
         return log.read_text(errors="replace")
@@ -734,6 +739,17 @@ async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
 
         await eventually(banner, 30, 0.05)
         assert dev.poll() is None, output()
+        yield dev, output
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+
+
+@pytest.mark.redis
+async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
+    port = free_port()
+    async with running_dev("edge", DAGO_EDGE_PORT=str(port)) as (dev, output):
         assert f"http://localhost:{port}/api/v1/graphs" in output()
         assert "curl -sN -H 'accept: text/event-stream'" in output()
         envoys = [pid for pid, cmd in children(dev.pid).items() if "envoy" in cmd]
@@ -758,10 +774,6 @@ async def test_make_run_serves_rest_through_envoy_and_stops_it() -> None:
         await stop_dev(dev, output)
         assert not alive(envoys[0]), output()
         assert "Traceback" not in output(), output()
-    finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
 
 
 @pytest.mark.redis
@@ -770,19 +782,7 @@ async def test_make_run_with_the_edge_port_busy_says_so_and_serves_grpc() -> Non
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        log = Path(tempfile.mkdtemp(prefix="dago-test-dev-busy-")) / "dev.log"
-        dev = start_dev(log, DAGO_EDGE_PORT=str(port))
-
-        def output() -> str:
-            return log.read_text(errors="replace")
-
-        try:
-
-            async def banner() -> bool:
-                return "Ctrl-C stops everything" in output() or dev.poll() is not None
-
-            await eventually(banner, 30, 0.05)
-            assert dev.poll() is None, output()
+        async with running_dev("busy", DAGO_EDGE_PORT=str(port)) as (dev, output):
             assert f"port {port} is busy" in output(), output()
             assert "REST       off" in output(), output()
             assert not [c for c in children(dev.pid).values() if "envoy" in c]
@@ -790,10 +790,6 @@ async def test_make_run_with_the_edge_port_busy_says_so_and_serves_grpc() -> Non
             p = grpcurl(f"127.0.0.1:{grpc_port}", "grpc.health.v1.Health/Check")
             assert json.loads(p.stdout) == {"status": "SERVING"}, (p.stderr, output())
             await stop_dev(dev, output)
-        finally:
-            if dev.poll() is None:
-                os.killpg(dev.pid, signal.SIGKILL)
-                dev.wait()
 
 
 async def test_waits_and_signals_over_rest_and_grpc_web(edge_stack: Edge) -> None:

@@ -165,6 +165,7 @@ def _fuzz(base: str, ids: dict[str, str]) -> None:
                     assert mode is GenerationMode.NEGATIVE, operation.label
 
 
+@pytest.mark.slow  # ~12 s: every operation of the schema, positive and negative cases
 async def test_schemathesis_against_the_live_edge(edge_stack: Edge) -> None:
     body = {"graph": {"name": "openapi", "nodes": [echo("a", x=1)]}}
     r = await edge_stack.http.post("/api/v1/graphs", json=body)

@@ -227,7 +227,9 @@ async def test_hung_attempt_is_failed_by_the_redis_held_deadline(stack: InProces
     """A tool that ignores its worker's timeout: the worker keeps renewing the lease, so
     only the attempt's deadline, put on the shard's timers by the lease renewal, ends it."""
     sk = stack.store.keys
-    node = tool("s", "stubborn", inputs={"seconds": 8}, attempt_timeout="0.3s")
+    # The Redis-held deadline fails it in about 2 s here. The tool runs on for 5 s (well past
+    # that), and stopping the stack waits for it, as it ignores cancellation.
+    node = tool("s", "stubborn", inputs={"seconds": 5}, attempt_timeout="0.3s")
     gid = await stack.client.submit(request([node]))
     shard = parse_shard(gid, stack.settings.shards)
     assert shard is not None

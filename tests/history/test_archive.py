@@ -260,6 +260,7 @@ async def _left_queue(stack: InProcessStack, gid: str) -> bool:
     return await stack.store.redis.zscore(sk.archive, gid) is None
 
 
+@pytest.mark.slow  # ~11 s: a PostgreSQL server stopped and started again
 async def test_an_outage_of_postgres_delays_expiry_and_loses_no_run(
     private_postgres: PrivatePostgres, make_stack: MakeStack
 ) -> None:

@@ -64,12 +64,6 @@ def agent(node_id: str, prompt: str, tools: list[str], **llm_fields: Any) -> dic
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as f:
-        yield f
-
-
-@pytest.fixture
 async def stack(
     fake: FakeAnthropic, caplog: pytest.LogCaptureFixture, make_stack: MakeStack
 ) -> AsyncIterator[InProcessStack]:

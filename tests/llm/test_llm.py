@@ -66,12 +66,6 @@ def llm(node_id: str, prompt: str = "", **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as f:
-        yield f
-
-
-@pytest.fixture
 async def stack(
     fake: FakeAnthropic, caplog: pytest.LogCaptureFixture, make_stack: MakeStack
 ) -> AsyncIterator[InProcessStack]:

@@ -89,12 +89,6 @@ class Weather(FakeHttpServer):
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as f:
-        yield f
-
-
-@pytest.fixture
 async def web() -> AsyncIterator[Weather]:
     async with Weather() as w:
         yield w

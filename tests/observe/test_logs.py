@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -44,12 +43,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
             except ValueError:
                 raise AssertionError(f"not a JSON log line: {line!r}") from None
     return out
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as f:
-        yield f
 
 
 @pytest.mark.process

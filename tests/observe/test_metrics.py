@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -61,12 +60,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
         sorted(f"{n}{dict(lb)}" for n, lb in samples if n == name)
     )
     return samples[key]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as f:
-        yield f
 
 
 @pytest.mark.process

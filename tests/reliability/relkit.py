@@ -12,7 +12,7 @@ import os
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,16 @@ from google.protobuf import json_format
 
 from dago.devtools import edge
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from harness import ROOT, Client, ProcessStack, envoy_config, eventually
+from harness import (
+    ROOT,
+    Client,
+    ProcessStack,
+    RunningStack,
+    envoy_config,
+    eventually,
+    free_port,
+    start_api_quickly,
+)
 
 Event = execution_pb2.Event
 SERVICE = "dago.v1.OrchestratorService"
@@ -146,6 +155,29 @@ class Envoy:
             return await self.health(http) == 200
 
         await eventually(ok, timeout, 0.05)
+
+
+@contextlib.asynccontextmanager
+async def behind_envoy(
+    redis_url: str, prefix: str
+) -> AsyncIterator[tuple[RunningStack, Envoy, httpx.AsyncClient]]:
+    """API and two workers (w1, w2) as processes with an :class:`Envoy` in front, up and
+    healthy: (the stack, Envoy, an HTTP client). Envoy is stopped, the stack closed after."""
+    metrics = free_port()
+    async with (
+        RunningStack(redis_url, prefix, DAGO_METRICS_PORT=str(metrics)) as stack,
+        httpx.AsyncClient() as http,
+    ):
+        envoy = Envoy(stack, metrics)
+        try:
+            stack.start("w1", "worker")
+            stack.start("w2", "worker")
+            await start_api_quickly(stack)
+            envoy.start()
+            await envoy.wait_healthy(http)
+            yield stack, envoy, http
+        finally:
+            envoy.stop()
 
 
 # --- watchers that reconnect -----------------------------------------------------------------

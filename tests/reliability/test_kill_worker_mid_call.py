@@ -34,6 +34,7 @@ COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 ANSWER = "streamed " * 30
 
 
+@pytest.mark.slow  # ~11 s
 async def test_worker_killed_mid_llm_stream(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
 ) -> None:
@@ -149,6 +150,7 @@ def names(where: Path) -> list[str]:
     return sorted(p.name for p in where.iterdir())
 
 
+@pytest.mark.slow  # ~14 s
 async def test_worker_killed_mid_agent_tool_call_effect_happens_once(
     redis_single: RedisServer, key_prefix: str, fake: FakeAnthropic
 ) -> None:

@@ -22,15 +22,14 @@ import statistics
 import time
 from typing import Any
 
-import httpx
 import pytest
 from google.protobuf import json_format
 from relkit import (
     FULL,
     REPORT_DIR,
-    Envoy,
     RssSampler,
     Watched,
+    behind_envoy,
     check_watched,
     histories,
     kind,
@@ -42,7 +41,7 @@ from relkit import (
 )
 
 from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import Client, RunningStack, echo, edge, free_port, request, start_api_quickly
+from harness import Client, echo, edge, request
 from redisfixture import RedisServer
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
@@ -124,129 +123,114 @@ async def count_completed(client: Client) -> int:
 async def test_load_graphs_and_watchers_complete_exactly_once_with_bounded_memory(
     redis_single: RedisServer, key_prefix: str
 ) -> None:
-    metrics = free_port()
-    async with (
-        RunningStack(redis_single.url, key_prefix, DAGO_METRICS_PORT=str(metrics)) as stack,
-        httpx.AsyncClient() as http,
-    ):
-        envoy = Envoy(stack, metrics)
-        try:
-            stack.start("w1", "worker")
-            stack.start("w2", "worker")
-            await start_api_quickly(stack)
-            envoy.start()
-            await envoy.wait_healthy(http)
-            assert envoy.proc is not None
-            pids = {name: p.pid for name, p in stack.procs.items()}
-            sampler = RssSampler({**pids, "envoy": envoy.proc.pid}, interval=0.25).start()
+    async with behind_envoy(redis_single.url, key_prefix) as (stack, envoy, _):
+        assert envoy.proc is not None
+        pids = {name: p.pid for name, p in stack.procs.items()}
+        sampler = RssSampler({**pids, "envoy": envoy.proc.pid}, interval=0.25).start()
 
-            # Submit everything at once (64 calls in flight), attaching watchers to the
-            # first WATCHERS graphs as soon as they are accepted.
-            gids: list[str] = [""] * GRAPHS
-            submit_s: list[float] = []
-            seen: list[Watched] = []
-            tasks: list[asyncio.Task[Watched]] = []
-            sem = asyncio.Semaphore(64)
-            target = f"127.0.0.1:{stack.port}"
-            hows = ["sse", "sse", "grpc-web", "grpc"]
+        # Submit everything at once (64 calls in flight), attaching watchers to the
+        # first WATCHERS graphs as soon as they are accepted.
+        gids: list[str] = [""] * GRAPHS
+        submit_s: list[float] = []
+        seen: list[Watched] = []
+        tasks: list[asyncio.Task[Watched]] = []
+        sem = asyncio.Semaphore(64)
+        target = f"127.0.0.1:{stack.port}"
+        hows = ["sse", "sse", "grpc-web", "grpc"]
 
-            async def submit(i: int) -> None:
-                async with sem:
-                    t = time.monotonic()
-                    gids[i] = await stack.client.submit(graph(i))
-                    submit_s.append(time.monotonic() - t)
-                if i < WATCHERS:
-                    w = Watched(gids[i], hows[i % len(hows)])
-                    seen.append(w)
-                    if w.how == "sse":
-                        coro = watch_sse(envoy.base, w.graph_id, 600, w)
-                    elif w.how == "grpc-web":
-                        coro = watch_grpc_web(envoy.base, w.graph_id, 600, w)
-                    else:
-                        coro = watch_grpc(target, w.graph_id, "grpc", 600, w)
-                    tasks.append(asyncio.create_task(coro))
+        async def submit(i: int) -> None:
+            async with sem:
+                t = time.monotonic()
+                gids[i] = await stack.client.submit(graph(i))
+                submit_s.append(time.monotonic() - t)
+            if i < WATCHERS:
+                w = Watched(gids[i], hows[i % len(hows)])
+                seen.append(w)
+                if w.how == "sse":
+                    coro = watch_sse(envoy.base, w.graph_id, 600, w)
+                elif w.how == "grpc-web":
+                    coro = watch_grpc_web(envoy.base, w.graph_id, 600, w)
+                else:
+                    coro = watch_grpc(target, w.graph_id, "grpc", 600, w)
+                tasks.append(asyncio.create_task(coro))
 
-            t0 = time.monotonic()
-            await asyncio.gather(*(submit(i) for i in range(GRAPHS)))
-            submitted_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        await asyncio.gather(*(submit(i) for i in range(GRAPHS)))
+        submitted_s = time.monotonic() - t0
 
-            async def all_done() -> bool:
-                return await count_completed(stack.client) >= GRAPHS
+        async def all_done() -> bool:
+            return await count_completed(stack.client) >= GRAPHS
 
-            await until(all_done, 60 + GRAPHS * 0.5, f"{GRAPHS} graphs completed")
-            wall_s = time.monotonic() - t0
-            await asyncio.wait_for(asyncio.gather(*tasks), 120)
-            await sampler.stop()
-            assert all(p.poll() is None for p in stack.procs.values()), "a process exited"
+        await until(all_done, 60 + GRAPHS * 0.5, f"{GRAPHS} graphs completed")
+        wall_s = time.monotonic() - t0
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        await sampler.stop()
+        assert all(p.poll() is None for p in stack.procs.values()), "a process exited"
 
-            # Exactly once, every node once, the right route and result.
-            assert len(set(gids)) == GRAPHS
-            assert await count_completed(stack.client) == GRAPHS
-            stored = await histories(stack.client, gids)
-            sem2 = asyncio.Semaphore(20)
+        # Exactly once, every node once, the right route and result.
+        assert len(set(gids)) == GRAPHS
+        assert await count_completed(stack.client) == GRAPHS
+        stored = await histories(stack.client, gids)
+        sem2 = asyncio.Semaphore(20)
 
-            async def status(g: str) -> execution_pb2.GraphStatus:
-                async with sem2:
-                    return await stack.client.status(g)
+        async def status(g: str) -> execution_pb2.GraphStatus:
+            async with sem2:
+                return await stack.client.status(g)
 
-            statuses = await asyncio.gather(*(status(g) for g in gids))
-            for i, (gid, events, st) in enumerate(zip(gids, stored, statuses, strict=True)):
-                k = [kind(e) for e in events]
-                assert st.state == COMPLETED, (gid, st)
-                assert k.count("graph_completed") == 1 and k[-1] == "graph_completed", (gid, k)
-                assert [e.seq for e in events] == list(range(1, len(events) + 1)), gid
-                ran = sorted(e.node_id for e in events if kind(e) == "node_completed")
-                skipped = "lo" if i % 2 == 0 else "hi"
-                assert ran == sorted(n for n in NODES if n != skipped), (gid, k)
-                assert [e.node_id for e in events if kind(e) == "node_skipped"] == [skipped]
-                end = json_format.MessageToDict(
-                    next(n for n in st.nodes if n.node_id == "end").output
-                )
-                assert end == {"sum": 3 * i, "route": "even" if i % 2 == 0 else "odd"}, end
-            by_gid = dict(zip(gids, stored, strict=True))
-            for w in seen:
-                check_watched(w, by_gid[w.graph_id])
+        statuses = await asyncio.gather(*(status(g) for g in gids))
+        for i, (gid, events, st) in enumerate(zip(gids, stored, statuses, strict=True)):
+            k = [kind(e) for e in events]
+            assert st.state == COMPLETED, (gid, st)
+            assert k.count("graph_completed") == 1 and k[-1] == "graph_completed", (gid, k)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1)), gid
+            ran = sorted(e.node_id for e in events if kind(e) == "node_completed")
+            skipped = "lo" if i % 2 == 0 else "hi"
+            assert ran == sorted(n for n in NODES if n != skipped), (gid, k)
+            assert [e.node_id for e in events if kind(e) == "node_skipped"] == [skipped]
+            end = json_format.MessageToDict(next(n for n in st.nodes if n.node_id == "end").output)
+            assert end == {"sum": 3 * i, "route": "even" if i % 2 == 0 else "odd"}, end
+        by_gid = dict(zip(gids, stored, strict=True))
+        for w in seen:
+            check_watched(w, by_gid[w.graph_id])
 
-            # Figures.
-            latency = [
-                (st.end_time.ToMilliseconds() - st.create_time.ToMilliseconds()) / 1000
-                for st in statuses
-            ]
-            first = min(st.create_time.ToMilliseconds() for st in statuses)
-            last = max(st.end_time.ToMilliseconds() for st in statuses)
-            span_s = (last - first) / 1000
-            report: dict[str, Any] = {
-                "graphs": GRAPHS,
-                "nodes_per_graph": len(NODES),
-                "watchers": {h: sum(1 for w in seen if w.how == h) for h in set(hows)},
-                "workers": 2,
-                "graphs_per_s": round(GRAPHS / span_s, 1),
-                "node_runs_per_s": round(GRAPHS * (len(NODES) - 1) / span_s, 1),
-                "events_stored": sum(len(h) for h in stored),
-                "submit_to_complete_s": {
-                    "p50": round(pct(latency, 50), 3),
-                    "p99": round(pct(latency, 99), 3),
-                    "max": round(max(latency), 3),
-                },
-                "submit_call_s": {
-                    "p50": round(pct(submit_s, 50), 4),
-                    "p99": round(pct(submit_s, 99), 4),
-                },
-                "all_submitted_s": round(submitted_s, 2),
-                "all_completed_s": round(wall_s, 2),
-                "peak_rss_mb": {n: round(sampler.peak(n), 1) for n in sampler.samples},
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                f"Python {platform.python_version()}",
-                # Other processes share the machine: the load average says how much.
-                "load_average_1m": round(os.getloadavg()[0], 1),
-                "when": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
-            }
-            REPORT_DIR.mkdir(parents=True, exist_ok=True)
-            path = REPORT_DIR / f"load-{GRAPHS}.json"
-            path.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"\nload report ({path}):\n{json.dumps(report, indent=2)}")
-            for name, peak in report["peak_rss_mb"].items():
-                assert peak < RSS_LIMIT_MB, (name, peak, report)
-            assert statistics.median(latency) > 0
-        finally:
-            envoy.stop()
+        # Figures.
+        latency = [
+            (st.end_time.ToMilliseconds() - st.create_time.ToMilliseconds()) / 1000
+            for st in statuses
+        ]
+        first = min(st.create_time.ToMilliseconds() for st in statuses)
+        last = max(st.end_time.ToMilliseconds() for st in statuses)
+        span_s = (last - first) / 1000
+        report: dict[str, Any] = {
+            "graphs": GRAPHS,
+            "nodes_per_graph": len(NODES),
+            "watchers": {h: sum(1 for w in seen if w.how == h) for h in set(hows)},
+            "workers": 2,
+            "graphs_per_s": round(GRAPHS / span_s, 1),
+            "node_runs_per_s": round(GRAPHS * (len(NODES) - 1) / span_s, 1),
+            "events_stored": sum(len(h) for h in stored),
+            "submit_to_complete_s": {
+                "p50": round(pct(latency, 50), 3),
+                "p99": round(pct(latency, 99), 3),
+                "max": round(max(latency), 3),
+            },
+            "submit_call_s": {
+                "p50": round(pct(submit_s, 50), 4),
+                "p99": round(pct(submit_s, 99), 4),
+            },
+            "all_submitted_s": round(submitted_s, 2),
+            "all_completed_s": round(wall_s, 2),
+            "peak_rss_mb": {n: round(sampler.peak(n), 1) for n in sampler.samples},
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}",
+            # Other processes share the machine: the load average says how much.
+            "load_average_1m": round(os.getloadavg()[0], 1),
+            "when": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        }
+        REPORT_DIR.mkdir(parents=True, exist_ok=True)
+        path = REPORT_DIR / f"load-{GRAPHS}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nload report ({path}):\n{json.dumps(report, indent=2)}")
+        for name, peak in report["peak_rss_mb"].items():
+            assert peak < RSS_LIMIT_MB, (name, peak, report)
+        assert statistics.median(latency) > 0

@@ -24,26 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
-from relkit import Envoy, histories, kind, knob, until
+from relkit import behind_envoy, histories, kind, knob, until
 
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
     Client,
-    RunningStack,
     echo,
     edge,
-    free_port,
     request,
     rpc_error,
-    start_api_quickly,
     tool,
 )
 from redisfixture import RedisServer
 
-# Envoy in front of API and worker processes.
-pytestmark = [pytest.mark.edge, pytest.mark.process]
+# Envoy in front of API and worker processes; each test ~10 s (load, a crash, a restart).
+pytestmark = [pytest.mark.edge, pytest.mark.process, pytest.mark.slow]
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 NODES = ("start", "left", "right", "join")
@@ -174,52 +170,39 @@ async def run_through_crash(
 ) -> tuple[Load, dict[str, float], float]:
     """API + 2 workers + Envoy under load; ``crash(t_kill)`` runs right after Redis is
     SIGKILLed (before its restart). Returns the load, the /health figures and the kill time."""
-    metrics = free_port()
     figures: dict[str, float] = {}
-    async with (
-        RunningStack(redis.url, prefix, DAGO_METRICS_PORT=str(metrics)) as stack,
-        httpx.AsyncClient() as http,
-    ):
-        envoy = Envoy(stack, metrics)
-        try:
-            stack.start("w1", "worker")
-            stack.start("w2", "worker")
-            await start_api_quickly(stack)
-            envoy.start()
-            await envoy.wait_healthy(http)
-            load = Load(stack.client)
-            load.start()
-            await load.count(BEFORE)
-            await load.accepting_for(getattr(crash, "window", 0.0) + 1.0)
+    async with behind_envoy(redis.url, prefix) as (stack, envoy, http):
+        load = Load(stack.client)
+        load.start()
+        await load.count(BEFORE)
+        await load.accepting_for(getattr(crash, "window", 0.0) + 1.0)
 
-            redis.kill()
-            t_kill = time.monotonic()
-            await crash(t_kill)
+        redis.kill()
+        t_kill = time.monotonic()
+        await crash(t_kill)
 
-            async def unhealthy() -> bool:
-                return await envoy.health(http) == 503
+        async def unhealthy() -> bool:
+            return await envoy.health(http) == 503
 
-            await until(unhealthy, 15, "/health through Envoy says 503 while Redis is down")
-            figures["health_503_after_s"] = time.monotonic() - t_kill
-            # Meanwhile the API refuses new graphs with UNAVAILABLE (not an internal error).
-            err = await rpc_error(stack.client.submit(diamond(-1)))
-            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        await until(unhealthy, 15, "/health through Envoy says 503 while Redis is down")
+        figures["health_503_after_s"] = time.monotonic() - t_kill
+        # Meanwhile the API refuses new graphs with UNAVAILABLE (not an internal error).
+        err = await rpc_error(stack.client.submit(diamond(-1)))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
 
-            redis.start()
-            t_up = time.monotonic()
+        redis.start()
+        t_up = time.monotonic()
 
-            async def healthy() -> bool:
-                return await envoy.health(http) == 200
+        async def healthy() -> bool:
+            return await envoy.health(http) == 200
 
-            await until(healthy, 30, "/health through Envoy back to 200 after Redis restarted")
-            figures["health_200_after_restart_s"] = time.monotonic() - t_up
-            n = len(load.accepted)
-            await load.count(n + AFTER)
-            await load.stop()
-            await check_survivors(stack.client, load, t_kill, crash)
-            assert all(p.poll() is None for p in stack.procs.values()), "a process exited"
-        finally:
-            envoy.stop()
+        await until(healthy, 30, "/health through Envoy back to 200 after Redis restarted")
+        figures["health_200_after_restart_s"] = time.monotonic() - t_up
+        n = len(load.accepted)
+        await load.count(n + AFTER)
+        await load.stop()
+        await check_survivors(stack.client, load, t_kill, crash)
+        assert all(p.poll() is None for p in stack.procs.values()), "a process exited"
     return load, figures, t_kill
 
 

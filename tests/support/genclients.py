@@ -3,22 +3,29 @@ they run, a stack that requires an API key, and the checks of their output. Each
 one JSON object a line: ``{"submitted": ...}``, ``{"event": ...}`` per event (no heartbeats),
 ``{"result": ...}``, with the proto's field names; a gRPC error goes to stderr as
 ``<Call>: <Code>: <message>`` and then each google.rpc detail as JSON on a line of its own,
-indented by two spaces."""
+indented by two spaces.
+
+The tests themselves are :class:`ExampleClientTests`, which each test file subclasses, giving
+the fixture ``example`` (its client's build and command line: an :class:`Example`); the
+fixtures they share (the request files, the keyed stack) are in tests/clients/conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from dago.api.auth import hash_key, new_key
 from dago_client import AsyncDagoClient
-from harness import ProcessStack, child_logs, start_api_quickly
+from harness import Edge, ProcessStack, RunningStack, child_logs, start_api_quickly
+from redisfixture import RedisServer
 
 TOPIC = "gophers"
 # An echo node, then an LLM node on the offline provider (its text streams as llm_delta).
@@ -64,6 +71,8 @@ SLOW_REQUEST: dict[str, Any] = {
         "edges": [{"from": "start", "to": "nap"}, {"from": "nap", "to": "end"}],
     }
 }
+# How long one run of an example may take (each example is given 5 s less as its own deadline).
+RUN_TIMEOUT_S = 60
 TERMINAL = ("graph_completed", "graph_failed", "graph_cancelled")
 _EVENT_FIELDS = {"seq", "graph_id", "time", "node_id", "attempt", "iteration", "trace_id"}
 
@@ -84,6 +93,31 @@ async def keyed_stack(redis_url: str, name: str) -> AsyncIterator[tuple[ProcessS
         yield stack, key
     finally:
         await stack.close()
+
+
+def write_requests(folder: Path) -> dict[str, Path]:
+    """REQUEST, BAD_REQUEST and SLOW_REQUEST as files in ``folder``:
+    {"good": ..., "bad": ..., "slow": ...}."""
+    bodies = {"good": REQUEST, "bad": BAD_REQUEST, "slow": SLOW_REQUEST}
+    out = {n: folder / f"{n}.json" for n in bodies}
+    for n, body in bodies.items():
+        out[n].write_text(json.dumps(body))
+    return out
+
+
+def client_env(api_key: str | None = None) -> dict[str, str]:
+    """An example's environment: this one's without any DAGO_ setting, but the key if given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
+    if api_key is not None:
+        env["DAGO_API_KEY"] = api_key
+    return env
+
+
+def run_example(argv: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run an example to its end (at most RUN_TIMEOUT_S), capturing its output."""
+    return subprocess.run(
+        list(argv), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    )
 
 
 def payload(event: dict[str, Any]) -> str:
@@ -198,3 +232,67 @@ async def run_across_api_restart(
     assert printed == stored, (printed, stored)
     assert stored[-1][1] == "graph_completed", stored
     return p
+
+
+class Example(Protocol):
+    """A generated example client, built and ready to run."""
+
+    def argv_env(
+        self, target: str, request: Path, api_key: str | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """Its command line on ``request`` against ``target`` (host:port), with its
+        deadline RUN_TIMEOUT_S - 5 s, and its environment (:func:`client_env`)."""
+        ...
+
+
+def run_client(
+    example: Example, target: str, request: Path, api_key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv, env = example.argv_env(target, request, api_key)
+    return run_example(argv, env)
+
+
+class ExampleClientTests:
+    """The tests of a generated example client, against real stacks. A test module subclasses
+    it (``class TestGoClient(ExampleClientTests)``) and defines the fixture ``example``."""
+
+    def test_on_the_api_port(
+        self, example: Example, requests: dict[str, Path], edge_stack: Edge
+    ) -> None:
+        target = f"127.0.0.1:{edge_stack.stack.port}"
+        check_run(run_client(example, target, requests["good"]), edge_stack.logs())
+
+    def test_through_envoy(
+        self, example: Example, requests: dict[str, Path], edge_stack: Edge
+    ) -> None:
+        # Envoy alone listens there: native gRPC (HTTP/2) shares its port with gRPC-Web and
+        # REST, and heartbeats keep the watch open across its 1 s stream idle timeout.
+        target = f"127.0.0.1:{edge_stack.port}"
+        check_run(run_client(example, target, requests["good"]), edge_stack.logs())
+
+    def test_sends_the_api_key(
+        self, example: Example, requests: dict[str, Path], keyed: tuple[ProcessStack, str]
+    ) -> None:
+        stack, key = keyed
+        target = f"127.0.0.1:{stack.port}"
+        check_run(run_client(example, target, requests["good"], api_key=key), child_logs(stack))
+        check_unauthenticated(run_client(example, target, requests["good"]))
+
+    def test_prints_the_field_violations(
+        self, example: Example, requests: dict[str, Path], edge_stack: Edge
+    ) -> None:
+        target = f"127.0.0.1:{edge_stack.stack.port}"
+        check_rejected(run_client(example, target, requests["bad"]))
+
+    async def test_resumes_the_watch_when_the_api_restarts(
+        self,
+        example: Example,
+        requests: dict[str, Path],
+        redis_single: RedisServer,
+        key_prefix: str,
+    ) -> None:
+        async with RunningStack(redis_single.url, key_prefix) as stack:
+            stack.start("w1", "worker")
+            await start_api_quickly(stack)
+            argv, env = example.argv_env(f"127.0.0.1:{stack.port}", requests["slow"])
+            await run_across_api_restart(argv, env, stack)
