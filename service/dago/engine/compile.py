@@ -357,6 +357,7 @@ def _compile_nodes(
             attempt_timeout=timeout,
             templates=parts.templates,
             llm_cache_ttl=graph.defaults.llm_cache_ttl,
+            inline=parts.inline,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs

@@ -60,6 +60,9 @@ class KindParts:
     routes: list[tuple[str, Expression | None]] = field(default_factory=list)
     """A router's routes in order: name and condition (None: the model decides). Their
     conditions sit at ``<kind>.routes[i].condition`` in the node."""
+    inline: bool = False
+    """The node's attempts never wait, so a worker runs them inline (``CompiledNode.inline``:
+    its work item is delivered without a start of its own)."""
 
 
 class KindCheck(Protocol):

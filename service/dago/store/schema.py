@@ -79,8 +79,9 @@ class Node:
     TIMER: Final = ":tm"
     """The timer member set for the running attempt, if any."""
     PLAN: Final = ":p"
-    """What starting the node reads and its timeout (``refs|timeout_ms``),
-    written at submit: read with the node's state when a function starts it."""
+    """What starting the node reads, its timeout and whether it runs inline
+    (``refs|timeout_ms|flag``, ``StartPlan``), written at submit: read with the node's
+    state when a function starts it."""
     DEAD_LETTER: Final = ":dx"
     """The entry id of the dead letter the node waits for."""
     OUTPUT: Final = ":o"
@@ -96,6 +97,15 @@ class Node:
     (state RUNNING, start time, worker, execution)."""
     EDGE_RESOLVED: Final = "e:"
     """``e:<edge index>``: a loop's exit edge resolved in this iteration (not per node)."""
+
+
+class StartPlan:
+    """Values of a node's start plan (``Node.PLAN``, ``dago.engine.topology.start_plan``)."""
+
+    INLINE: Final = "i"
+    """The plan's flag for a node whose worker runs it inline (``CompiledNode.inline``):
+    its work item is delivered without a start (no RUNNING state, no node_started of its
+    own), and the call that applies its result starts and completes it in one step."""
 
 
 class Record:
@@ -300,7 +310,7 @@ class LoopTopology:
 
 
 RECORD_KINDS: Final = (
-    Meta, Usage, Node, Record, Error, UsageJson, Event, Detail, Work, Notify, DeadLetter,
-    Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
+    Meta, Usage, Node, StartPlan, Record, Error, UsageJson, Event, Detail, Work, Notify,
+    DeadLetter, Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""
