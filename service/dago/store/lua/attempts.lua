@@ -34,6 +34,7 @@ end
 local function plan_parts(plan)
   return string.match(plan, '^([^|]*)|(%d+)|?([^|]*)$')
 end
+local INLINE_LEN = #START_PLAN.INLINE
 
 -- The outputs a start reads ({node, output, ...}), in one HMGET (a join of many reads them
 -- all at once); refs as the plan names them.
@@ -88,7 +89,9 @@ end
 -- on, or the graph ended) are acked and left out; so is an item whose graph ran out of
 -- steps (the graph fails).
 local function start_batch(worker, items, lease)
+  -- node_started's two details, made once per call (not one concatenation per node).
   local started_detail = J.D_WORKER .. jstr(worker) .. J.D_REDELIVERED
+  local first_detail, again_detail = started_detail .. 'false}', started_detail .. 'true}'
   local out, acks = {}, {}
   -- Graphs whose stored fields an item of this batch carries already.
   local sent = {}
@@ -121,11 +124,12 @@ local function start_batch(worker, items, lease)
         if st ~= S_QUEUED and st ~= S_RUNNING then st = nil end
       end
     end
-    local refs, timeout, flag
-    if st ~= nil then refs, timeout, flag = plan_parts(v[7]) end
+    -- The flag ends the plan: checked without parsing it (a 3-capture match is ~5k
+    -- instructions); an inline item needs only the refs.
+    local inline = st == S_QUEUED and string.sub(v[7], -INLINE_LEN) == START_PLAN.INLINE
     if st == nil then
       acks[#acks + 1] = mid
-    elseif st == S_QUEUED and flag == START_PLAN.INLINE then
+    elseif inline then
       -- Delivered unstarted (see above): only reads. The graph's stored fields come with
       -- the first item of a graph no worker has started anything of.
       local stored = false
@@ -133,8 +137,10 @@ local function start_batch(worker, items, lease)
         sent[gid] = true
         stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
       end
+      local refs = string.match(v[7], '^[^|]*')
       out[#out + 1] = {mid, gid, node, attempt, iter, it[6], first_exec(v[6]), plan_outputs(gid, refs), stored, 1}
     else
+      local refs, timeout = plan_parts(v[7])
       local ok = true
       local redelivered = (st == S_RUNNING)
       local first = false
@@ -172,7 +178,7 @@ local function start_batch(worker, items, lease)
         exec = int(exec)
         node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
           node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
-        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
+        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, redelivered and again_detail or first_detail)
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         if v[5] then
           local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
@@ -293,6 +299,7 @@ local function apply_batch(worker, A, first)
   local R = ITEM.RESULT
   local wjson = jstr(worker)
   local started_detail = J.D_WORKER .. wjson .. J.D_REDELIVERED
+  local first_detail, again_detail = started_detail .. 'false}', started_detail .. 'true}'
   local out = {}
   local touched = {}
   local acks = {}
@@ -328,7 +335,7 @@ local function apply_batch(worker, A, first)
       end
     end
     -- The start of an unstarted item, as start_batch's (one more step; the graph's first).
-    local start_fields = nil
+    local inline_start = false
     if fenced and unstarted then
       local g = steps[gid]
       if type(g[1]) ~= 'number' then g[1], g[2] = tonumber(g[1]) or 0, tonumber(g[2]) or 0 end
@@ -343,18 +350,8 @@ local function apply_batch(worker, A, first)
           index_move(gid, GraphState.SUBMITTED, GraphState.RUNNING)
           emit(gid, EventKind.GRAPH_STARTED, nil, nil, nil, nil)
         end
-        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (deliveries ~= '1' and 'true}' or 'false}'))
-        -- Of the fields a start writes, only the start time outlives the run of the
-        -- execution (the worker, deliveries and deadline describe a RUNNING node, which an
-        -- inline one never is; its record holds its worker): each pair is ~3k instructions.
-        -- The execution is kept current where the node has one (a requeued dead letter's
-        -- next execution counts from it).
-        v = {v[1], v[2], v[3], NOW_S, v[5], v[6], v[7]}
-        if v[6] then
-          start_fields = {node .. F_STARTED, NOW_S, node .. F_EXEC, exec}
-        else
-          start_fields = {node .. F_STARTED, NOW_S}
-        end
+        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, deliveries ~= '1' and again_detail or first_detail)
+        inline_start = true
       end
     end
     if fenced and v[5] and not unstarted then
@@ -365,7 +362,13 @@ local function apply_batch(worker, A, first)
       out[#out + 1] = NodeState.UNSPECIFIED
     else
       touched[gid] = true
-      local started = tonumber(v[4]) or NOW
+      -- An inline start is now: its start time is the only field of its start written
+      -- (below, with its new state). The worker, deliveries and deadline describe a RUNNING
+      -- node, which an inline one never is (its record holds its worker); each pair is ~3k
+      -- instructions. The execution is kept current where the node has one (a requeued
+      -- dead letter's next execution counts from it).
+      local started_s = inline_start and NOW_S or v[4]
+      local started = inline_start and NOW or tonumber(v[4]) or NOW
       local ok = (outcome == Outcome.OK)
       -- Stored three times (the node's output, its attempt's record, node_completed).
       if ok and not bytes_fit(gid, #input + 3 * #output) then
@@ -378,7 +381,7 @@ local function apply_batch(worker, A, first)
       local ujson, who, over = 'null', '', nil
       if usage_s ~= '' then ujson, who, over = add_usage(gid, node, usage_s) end
       -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
-      local rec = J.REC_STARTED .. (v[4] or NOW_S) .. J.REC_ENDED .. NOW_S
+      local rec = J.REC_STARTED .. (started_s or NOW_S) .. J.REC_ENDED .. NOW_S
         .. J.REC_STATE .. (ok and S_COMPLETED or NodeStateText.FAILED)
         .. J.REC_WORKER .. wjson .. J.REC_USAGE .. ujson
       if input ~= '' then rec = rec .. J.REC_INPUT .. input end
@@ -392,11 +395,14 @@ local function apply_batch(worker, A, first)
         emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')
       end
       if ok then
-        if start_fields then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
-            unpack(start_fields))
-        else
+        if not inline_start then
           node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec)
+        elseif v[6] then
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
+            node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
+        else
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
+            node .. F_STARTED, NOW_S)
         end
         open_add(gid, -1)
         emit(gid, EventKind.NODE_COMPLETED, node, attempt, iter,
@@ -423,7 +429,10 @@ local function apply_batch(worker, A, first)
         end
         out[#out + 1] = NodeState.COMPLETED
       else
-        if start_fields then node_set(gid, node, unpack(start_fields)) end
+        if inline_start then
+          if v[6] then node_set(gid, node, node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
+          else node_set(gid, node, node .. F_STARTED, NOW_S) end
+        end
         local e = cjson.decode(err)
         local delay = retry_delay(gid, node, attempt, e[ERROR.CLASS], e[ERROR.RETRYABLE] == true,
           tonumber(A[i + R.RETRY_AFTER_MS]))
