@@ -12,7 +12,9 @@ from typing import Any
 import grpc
 import pytest
 
+from dago.api.auth import Authenticator, ServerGuard, hash_key, new_key
 from dago.api.interceptors import RpcObserver
+from dago.config import Settings
 from dago.observe.metrics import Metrics, new_registry
 from dago.observe.tracing import Tracing
 
@@ -149,3 +151,66 @@ async def test_the_wrapped_handler_is_made_once_per_method_and_handler() -> None
 
     replaced = await observer.intercept_service(another, unary)
     assert replaced is not first and replaced.unary_unary is not None
+
+
+KEY_A, KEY_B = new_key(), new_key()
+
+
+async def test_the_guard_wraps_once_and_still_authenticates_every_call() -> None:
+    """Authentication behind the observer: each method is wrapped once by both, yet every
+    call is authenticated from its own metadata and runs in its own namespace (a wrapper
+    that kept the first caller's namespace would answer team-a to team-b)."""
+    keys = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b"
+    auth = Authenticator(Settings(auth="keys", api_keys=keys))
+
+    async def whoami(request: bytes, context: Any) -> bytes:
+        return auth.current().encode()
+
+    handlers = grpc.method_handlers_generic_handler(
+        SERVICE, {"Who": grpc.unary_unary_rpc_method_handler(whoami)}
+    )
+    metrics = Metrics(new_registry())
+    observer, guard = RpcObserver(metrics, Tracing("test", {})), ServerGuard(auth)
+    srv = grpc.aio.server(interceptors=[observer, guard])
+    srv.add_generic_rpc_handlers((handlers,))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            who = channel.unary_unary(f"/{SERVICE}/Who")
+
+            def bearer(key: str) -> tuple[tuple[str, str], ...]:
+                return (("authorization", f"Bearer {key}"),)
+
+            assert await who(b"", metadata=bearer(KEY_A)) == b"team-a"
+            assert await who(b"", metadata=bearer(KEY_B)) == b"team-b"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await who(b"")
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await who(b"", metadata=bearer("dago_not-a-key"))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert await who(b"", metadata=bearer(KEY_A)) == b"team-a"
+    finally:
+        await srv.stop(None)
+    method = f"{SERVICE}/Who"
+    assert _count(metrics, method, "OK") == 3
+    assert _count(metrics, method, "UNAUTHENTICATED") == 2
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+            self.method = f"/{SERVICE}/Who"
+            self.invocation_metadata = metadata
+
+    async def registry(details: grpc.HandlerCallDetails) -> Any:
+        return handlers.service(details)
+
+    async def guarded(details: grpc.HandlerCallDetails) -> Any:
+        return await guard.intercept_service(registry, details)
+
+    # Calls with different keys get the same guarded handler, and so the same observed one.
+    a = await guard.intercept_service(registry, Details((("authorization", f"Bearer {KEY_A}"),)))
+    b = await guard.intercept_service(registry, Details((("authorization", f"Bearer {KEY_B}"),)))
+    assert a is b
+    first = await observer.intercept_service(guarded, Details(()))
+    assert await observer.intercept_service(guarded, Details(())) is first
