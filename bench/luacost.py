@@ -135,6 +135,7 @@ async def measure(
                     "",
                     "",
                     0,
+                    it.start_deliveries,
                 )
             )
         c1 = cpu()

@@ -35,6 +35,7 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
     options = CompileOptions(
         kinds=kind_checks(),
         tools=known.tools,
+        inline_tools=known.inline,
         mcp_servers=known.mcp_servers,
         max_nodes=settings.max_nodes,
         max_edges=settings.max_edges,

@@ -20,7 +20,7 @@ from dago.engine.compile import compile_graph
 from dago.engine.model import CompiledGraph, CompileOptions
 from dago.engine.retry import Retry
 from dago.nodes import kind_checks
-from dago.store.schema import NodeTopology
+from dago.store.schema import NodeTopology, StartPlan
 from dago.v1 import graph_pb2
 
 KINDS = kind_checks()
@@ -190,16 +190,32 @@ def test_diamond_compiles_with_entries_sinks_refs_and_topology(cel: CelCompiler)
     assert c.topology[">a"] == "0,b,0,0,1;1,c,0,0,1"
     assert c.topology[">b"] == "2,d,0,0,0"
     assert c.topology[">d"] == ""
-    # What starting each node reads (which outputs) and its attempt timeout in ms.
+    # What starting each node reads (which outputs), its attempt timeout in ms and its
+    # inline flag (none here: these options name no inline tool).
     assert c.start_plans == {
-        "a": "a|300000",
-        "b": "a|300000",
-        "c": "|300000",
-        "d": "b,c|300000",
+        "a": "a|300000|",
+        "b": "a|300000|",
+        "c": "|300000|",
+        "d": "b,c|300000|",
     }
     # The retry policy: attempts, initial and max backoff (ms), multiplier, jitter, retry_on.
     assert ta[NodeTopology.RETRY] == [1, 1000, 60000, 2.0, 0.0, []]
     assert not [k for k in c.topology if k.startswith("b:")], "no loop, no back edge entry"
+
+
+def test_nodes_naming_an_inline_tool_are_inline_in_their_start_plan(cel: CelCompiler) -> None:
+    """Which nodes are inline is decided once, at compile (``CompiledNode.inline``), from
+    the tools with an inline form; the start plan carries the decision to the functions."""
+    options = CompileOptions(kinds=KINDS, tools={"echo", "sleep"}, inline_tools={"echo"})
+    g = graph([tool("a"), tool("s", "sleep"), tool("b")], [edge("a", "s"), edge("s", "b")])
+    c = compile_ok(cel, g, options=options)
+    assert {n: cn.inline for n, cn in c.nodes.items()} == {"a": True, "s": False, "b": True}
+    assert c.start_plans == {
+        "a": f"|300000|{StartPlan.INLINE}",
+        "s": "|300000|",
+        "b": f"|300000|{StartPlan.INLINE}",
+    }
+    assert not compile_ok(cel, g).nodes["a"].inline  # no tool named inline: none is
 
 
 def test_root_prefixes_every_path(cel: CelCompiler) -> None:

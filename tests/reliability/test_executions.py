@@ -13,8 +13,20 @@ import time
 import pytest
 from relkit import until
 
+from dago.engine.ids import parse_shard
 from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import RunningStack, echo, of_kind, redis_store, request, start_api_quickly, tool
+from harness import (
+    RunningStack,
+    echo,
+    edge,
+    node_status,
+    of_kind,
+    port_open,
+    redis_store,
+    request,
+    start_api_quickly,
+    tool,
+)
 from redisfixture import RedisServer
 
 pytestmark = pytest.mark.process
@@ -130,6 +142,48 @@ async def test_a_worker_frozen_past_its_lease_does_not_reclaim_its_own_item(
         starts = of_kind(await stack.client.history(gid), "node_started", "s")
         assert len(starts) == 1
         assert "reclaimed" not in stack.log("w1")
+
+
+async def test_an_inline_item_of_a_killed_worker_is_reclaimed_and_runs_once(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    """An inline node's item is delivered without a start: a worker killed after taking it
+    (played here by the test, which takes it as "w-killed" and never reports) leaves the
+    node queued and the item pending. After the lease a live worker reclaims it, runs it
+    inline and applies it: one node_started (redelivered), one node_completed, one record,
+    the next node run, the log gapless."""
+    async with RunningStack(redis_single.url, key_prefix, DAGO_LEASE_MS="1000") as stack:
+        # No worker yet (health is NOT_SERVING until one heartbeats): only the port.
+        stack.start("api", "serve")
+        await port_open(stack.port)
+        req = request([echo("a", v=1), echo("b", v="{{ nodes.a.output.v }}")], [edge("a", "b")])
+        gid = await stack.client.submit(req)
+        shard = parse_shard(gid, 4)
+        assert shard is not None
+        store = redis_store(redis_single.url, key_prefix)
+        try:
+            await store.ensure_groups()  # a worker would have created them
+            taken = await store.take([shard], "w-killed", 10, 1000)
+        finally:
+            await store.redis.aclose()
+        (dead,) = taken.started
+        assert (dead.item.node, dead.item.started) == ("a", False)
+        st = await stack.client.status(gid)
+        assert node_status(st, "a").state == execution_pb2.NODE_STATE_QUEUED
+
+        stack.start("w1", "worker")
+        st = await stack.client.wait(gid, timeout=40)
+        assert st.state == execution_pb2.GRAPH_STATE_COMPLETED, st
+        assert executions(st, "a") == [(1, 1, COMPLETED, "w1")]
+        assert executions(st, "b") == [(1, 1, COMPLETED, "w1")]
+        events = await stack.client.history(gid)
+        (started,) = of_kind(events, "node_started", "a")
+        assert started.node_started.redelivered and started.node_started.worker_id == "w1"
+        assert len(of_kind(events, "node_completed", "a")) == 1
+        (b_started,) = of_kind(events, "node_started", "b")
+        assert not b_started.node_started.redelivered
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert "reclaimed 1 work items left idle" in stack.log("w1")
 
 
 async def test_consumers_of_workers_gone_are_removed(

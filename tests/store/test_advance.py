@@ -12,7 +12,7 @@ from dago.engine.ids import parse_shard
 from dago.store.functions import Outcome, Result, Started, WorkItem
 from dago.store.schema import Meta
 from dago.v1 import execution_pb2
-from harness import InProcessStack, MakeStack, echo, edge, kinds, request
+from harness import InProcessStack, MakeStack, echo, edge, eventually, kinds, request, tool
 from redisfixture import RedisTarget
 
 W = "w-test"
@@ -30,7 +30,7 @@ def result(item: WorkItem, output: str, taken: str) -> Result:
     """The result of a successful attempt."""
     return Result(
         item.msg_id, item.graph_id, item.node, item.attempt, item.iteration, item.execution,
-        "{}", Outcome.OK, output, taken, "", "", "", 0,
+        "{}", Outcome.OK, output, taken, "", "", "", 0, item.start_deliveries,
     )  # fmt: skip
 
 
@@ -148,9 +148,10 @@ async def test_take_never_returns_more_than_wanted_across_shards(
 
 
 async def test_take_starts_what_it_takes(stack: InProcessStack) -> None:
-    """A taken item is running in Redis, with its attempt's node_started event; as the
-    graph's first start it carries the run's stored inputs with its definition."""
-    req = request([echo("a", v="{{ inputs.x }}")], inputs={"x": 7})
+    """A taken item (of a node that is not inline) is running in Redis, with its attempt's
+    node_started event; as the graph's first start it carries the run's stored inputs with
+    its definition."""
+    req = request([tool("a", "sleep", inputs={"seconds": "{{ inputs.x }}"})], inputs={"x": 7})
     gid = await stack.client.submit(req)
     _, started = await first_item(stack, gid)
     assert started.graph is not None and started.graph[1] == b'{"x":7}'
@@ -158,3 +159,169 @@ async def test_take_starts_what_it_takes(stack: InProcessStack) -> None:
     st = await stack.client.status(gid)
     assert st.nodes[0].state == execution_pb2.NODE_STATE_RUNNING
     assert "node_started" in kinds(await stack.client.history(gid))
+
+
+async def test_an_inline_node_is_delivered_unstarted_and_applied_in_one_call(
+    stack: InProcessStack,
+) -> None:
+    """An echo node is inline: its take writes nothing (the node stays queued, no event, the
+    graph not yet started); the apply starts and completes it in one call, with the events
+    a separate start would have written, in the same order, in one entry of the log."""
+    gid = await stack.client.submit(request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")]))
+    shard, started = await first_item(stack, gid)
+    item = started.item
+    assert not item.started
+    assert (item.node, item.attempt, item.iteration, item.execution) == ("a", 1, 1, 1)
+    assert started.graph is not None  # the graph's first delivery carries its definition
+    st = await stack.client.status(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_SUBMITTED
+    assert st.nodes[0].state == execution_pb2.NODE_STATE_QUEUED
+    assert list(st.nodes[0].attempts) == []
+    assert kinds(await stack.client.history(gid)) == ["graph_submitted"]
+    events_key = stack.store.keys.shard(shard).graph(gid).events
+    assert await stack.store.redis.xlen(events_key) == 1
+
+    applied = await stack.store.apply(shard, W, 8, LEASE, [result(item, '{"v":1}', "0")])
+    assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
+    history = await stack.client.history(gid)
+    assert kinds(history) == ["graph_submitted", "graph_started", "node_started", "node_completed"]
+    assert [e.seq for e in history] == [1, 2, 3, 4]
+    assert history[2].node_started.worker_id == W
+    assert not history[2].node_started.redelivered
+    assert (history[2].attempt, history[3].attempt) == (1, 1)
+    # One call, one entry: the three events of the apply are packed together.
+    assert await stack.store.redis.xlen(events_key) == 2
+    st = await stack.client.status(gid)
+    a = next(n for n in st.nodes if n.node_id == "a")
+    assert a.state == execution_pb2.NODE_STATE_COMPLETED
+    (rec,) = a.attempts
+    assert (rec.attempt, rec.execution, rec.state, rec.worker_id) == (
+        1, 1, execution_pb2.NODE_STATE_COMPLETED, W,
+    )  # fmt: skip
+    assert 0 < rec.start_time.ToMilliseconds() <= rec.end_time.ToMilliseconds()
+    # The next node came back from the same call, unstarted too, with a's output.
+    (nxt,) = applied.started
+    assert (nxt.item.node, nxt.item.started) == ("b", False)
+    assert nxt.graph is None  # the graph was started: this worker has it
+    applied = await stack.store.apply(shard, W, 8, LEASE, [result(nxt.item, '{"v":2}', "")])
+    assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
+    st = await stack.client.status(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+    history = await stack.client.history(gid)
+    assert kinds(history) == [
+        "graph_submitted", "graph_started", "node_started", "node_completed",
+        "node_started", "node_completed", "graph_completed",
+    ]  # fmt: skip
+    steps = await stack.store.redis.hget(stack.store.keys.shard(shard).graph(gid).meta, Meta.STEPS)
+    assert steps == b"2"
+    info = await stack.store.redis.xpending(stack.store.keys.shard(shard).work, "workers")
+    assert info["pending"] == 0
+
+
+async def test_an_inline_result_of_a_cancelled_graph_is_dropped(stack: InProcessStack) -> None:
+    """Cancel while an inline node runs: the node was never started, so it is cancelled as
+    a queued one; the result that arrives after is fenced out and only acks its item."""
+    gid = await stack.client.submit(request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")]))
+    shard, started = await first_item(stack, gid)
+    assert not started.item.started
+    outcome, _ = await stack.store.cancel(shard, gid, "test")
+    assert outcome == "cancelled"
+    applied = await stack.store.apply(shard, W, 8, LEASE, [result(started.item, '{"v":1}', "0")])
+    assert (applied.states, applied.started) == ([execution_pb2.NODE_STATE_UNSPECIFIED], [])
+    st = await stack.client.status(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_CANCELLED
+    a = next(n for n in st.nodes if n.node_id == "a")
+    assert a.state == execution_pb2.NODE_STATE_CANCELLED
+    assert list(a.attempts) == []
+    history = await stack.client.history(gid)
+    assert "node_started" not in kinds(history) and "node_completed" not in kinds(history)
+    assert kinds(history)[-1] == "graph_cancelled"
+    info = await stack.store.redis.xpending(stack.store.keys.shard(shard).work, "workers")
+    assert info["pending"] == 0
+
+
+async def test_an_inline_item_reclaimed_runs_once_and_the_late_result_is_fenced_out(
+    stack: InProcessStack,
+) -> None:
+    """A worker took an inline node's item and died before applying it: the item is still
+    pending, so after its lease another worker reclaims it, again unstarted (the first
+    delivery wrote nothing), and applies it; the dead worker's late result then changes
+    nothing. One node_started (redelivered), one node_completed, one attempt record."""
+    gid = await stack.client.submit(request([echo("a", v=1)]))
+    shard, first = await first_item(stack, gid)
+    ids: list[bytes] = []
+
+    async def idle() -> bool:
+        ids[:] = [m for m, _ in await stack.store.idle_items(shard, 50, 10)]
+        return bool(ids)
+
+    await eventually(idle, 10)
+    (again,) = await stack.store.reclaim(shard, "rescuer", ids, 50, 5, LEASE)
+    item = again.item
+    assert (item.node, item.started, item.deliveries, item.execution) == ("a", False, 2, 1)
+    applied = await stack.store.apply(shard, "rescuer", 0, LEASE, [result(item, '{"v":1}', "")])
+    assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
+    late = await stack.store.apply(shard, W, 0, LEASE, [result(first.item, '{"v":9}', "")])
+    assert late.states == [execution_pb2.NODE_STATE_UNSPECIFIED]
+    st = await stack.client.status(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+    (rec,) = st.nodes[0].attempts
+    assert (rec.execution, rec.state, rec.worker_id) == (
+        1, execution_pb2.NODE_STATE_COMPLETED, "rescuer",
+    )  # fmt: skip
+    history = await stack.client.history(gid)
+    assert kinds(history) == [
+        "graph_submitted", "graph_started", "node_started", "node_completed", "graph_completed",
+    ]  # fmt: skip
+    assert history[2].node_started.redelivered
+    assert history[2].node_started.worker_id == "rescuer"
+    assert history[3].node_completed.output.struct_value["v"] == 1
+    assert [e.seq for e in history] == [1, 2, 3, 4, 5]
+
+
+async def test_an_inline_node_counts_its_step_when_applied(stack: InProcessStack) -> None:
+    """max_steps holds for inline nodes: their step is counted by the apply that starts
+    them, and the apply past the limit fails the graph instead of completing the node."""
+    req = request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")])
+    req.graph.limits.max_steps = 1
+    gid = await stack.client.submit(req)
+    shard, started = await first_item(stack, gid)
+    applied = await stack.store.apply(shard, W, 8, LEASE, [result(started.item, '{"v":1}', "0")])
+    assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
+    (nxt,) = applied.started
+    applied = await stack.store.apply(shard, W, 8, LEASE, [result(nxt.item, '{"v":2}', "")])
+    assert applied.states == [execution_pb2.NODE_STATE_UNSPECIFIED]
+    st = await stack.client.status(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_FAILED
+    assert "max_steps" in st.error.message
+    assert "node_started" not in kinds(await stack.client.history(gid), "b")
+
+
+async def test_an_unstarted_item_is_renewed_while_its_node_waits_for_it(
+    stack: InProcessStack,
+) -> None:
+    """An inline node's item its worker runs in a task after all (it has no inline form
+    there) keeps its lease by renewal like any item, so it is not reclaimed from under a
+    live worker; once the node moved on, its renewal is refused."""
+    gid = await stack.client.submit(request([echo("a", v=1)]))
+    shard, started = await first_item(stack, gid)
+    assert not started.item.started
+
+    work = stack.store.keys.shard(shard).work
+
+    async def idle_ms() -> int:
+        (row,) = await stack.store.redis.xpending_range(work, "workers", "-", "+", 10)
+        return int(row["time_since_delivered"])
+
+    async def idle() -> bool:
+        return await idle_ms() >= 200
+
+    await eventually(idle, 10)
+    before = await idle_ms()
+    await stack.store.renew(shard, W, [started.item])
+    assert await idle_ms() < before
+    await stack.store.apply(shard, W, 0, LEASE, [result(started.item, '{"v":1}', "")])
+    assert (await stack.client.status(gid)).state == execution_pb2.GRAPH_STATE_COMPLETED
+    # A renewal of a stale delivery changes nothing (the item was acked: nothing pending).
+    await stack.store.renew(shard, W, [started.item])
+    assert await stack.store.idle_items(shard, 0, 10) == []

@@ -15,7 +15,7 @@ import pytest
 
 from dago.engine.ids import parse_shard
 from dago.v1 import execution_pb2, graph_pb2
-from harness import InProcessStack, MakeStack, echo, eventually, request
+from harness import InProcessStack, MakeStack, eventually, request, tool
 from redisfixture import RedisTarget
 
 W = "hung-worker"
@@ -30,7 +30,9 @@ async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessSt
 
 
 def timing_out(retry: dict[str, Any]) -> dict[str, Any]:
-    return {**echo("a", v=1), "attempt_timeout": "0.1s", "retry": retry}
+    # Not an echo: an inline node is delivered unstarted, so it has no deadline to miss.
+    node = tool("a", "sleep", inputs={"seconds": 60})
+    return {**node, "attempt_timeout": "0.1s", "retry": retry}
 
 
 async def hang(stack: InProcessStack, gids: list[str]) -> None:

@@ -254,10 +254,16 @@ Handler = Any
 
 class ServerGuard(grpc.aio.ServerInterceptor):
     """Authenticates every call but health and reflection, records its namespace, and turns
-    undecodable request bytes into INVALID_ARGUMENT."""
+    undecodable request bytes into INVALID_ARGUMENT.
+
+    Each call is authenticated from its own metadata inside the wrapped handler, so the
+    wrapped handler of a method is made once and reused (as the RPC observer before this
+    guard caches it: a handler made per call would defeat that cache)."""
 
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        """By method: the handler the continuation last gave, and its guarded form."""
 
     async def intercept_service(
         self,
@@ -269,45 +275,69 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         method = str(handler_call_details.method)
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
-        metadata = handler_call_details.invocation_metadata
-        try:
-            namespace, actor = self._auth.identify(metadata)
-            failure: errors.ApiError | None = None
-        except errors.ApiError as e:
-            namespace, actor, failure = None, DEFAULT_ACTOR, e
-            log.info("refused %s: %s", method, e.message)
         if handler.request_streaming:
-            # dago has no client-streaming RPCs; should one appear, it is refused without a
-            # key, and with one it fails closed (Authenticator.current() has no namespace).
-            if failure is None:
-                return handler
-            refusal = failure
+            return self._streaming(method, handler, handler_call_details.invocation_metadata)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._guarded(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-            async def refuse(_: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await context.abort_with_status(refusal.status())
+    def _authenticate(
+        self, method: str, metadata: Any
+    ) -> tuple[tuple[str, str] | None, errors.ApiError | None]:
+        """The caller's (namespace, actor), or why it is refused (logged)."""
+        try:
+            return self._auth.identify(metadata), None
+        except errors.ApiError as e:
+            log.info("refused %s: %s", method, e.message)
+            return None, e
 
-            make = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.response_streaming
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return make(refuse, response_serializer=handler.response_serializer)
+    def _streaming(self, method: str, handler: Handler, metadata: Any) -> Handler:
+        # dago has no client-streaming RPCs; should one appear, it is refused without a
+        # key, and with one it fails closed (Authenticator.current() has no namespace).
+        _, failure = self._authenticate(method, metadata)
+        if failure is None:
+            return handler
+        refusal = failure
+
+        async def refuse(_: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort_with_status(refusal.status())
+
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.response_streaming
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return make(refuse, response_serializer=handler.response_serializer)
+
+    def _guarded(self, method: str, handler: Handler) -> Handler:
+        """``handler`` authenticating each call (its namespace current while it runs) and
+        decoding its request bytes itself."""
         decode = handler.request_deserializer
         auth = self._auth
         name = method.rsplit("/", 1)[-1]
+        authenticate = self._authenticate
 
-        async def parse(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def parse(
+            raw: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> tuple[Any, str, str]:
+            identity, failure = authenticate(method, context.invocation_metadata())
             if failure is not None:
                 await context.abort_with_status(failure.status())
+            assert identity is not None
+            namespace, actor = identity
             if decode is None or not isinstance(raw, bytes):
-                return raw
+                return raw, namespace, actor
             try:
-                return decode(raw)
+                return decode(raw), namespace, actor
             except (DecodeError, RecursionError, ValueError, UnicodeDecodeError) as e:
                 err = errors.invalid_field(
                     "request", f"is not a valid {name} request message ({_short(e)})"
                 )
                 await context.abort_with_status(err.status())
+                raise  # not reached: abort_with_status raises
 
         if handler.response_streaming:
             inner_stream = handler.unary_stream
@@ -315,8 +345,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
                 # A handler that writes with ``context.write`` (as grpc's health Watch does)
                 # returns a coroutine, not an async iterator: await it.
                 async def writes(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                    request = await parse(raw, context)
-                    assert namespace is not None
+                    request, namespace, actor = await parse(raw, context)
                     auth._enter(namespace, actor)  # the RPC's own task: no reset needed
                     await inner_stream(request, context)
 
@@ -327,8 +356,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             async def stream(
                 raw: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                request = await parse(raw, context)
-                assert namespace is not None
+                request, namespace, actor = await parse(raw, context)
                 auth._enter(namespace, actor)  # the RPC's own task: no reset needed
                 async for item in inner_stream(request, context):
                     yield item
@@ -340,8 +368,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            request = await parse(raw, context)
-            assert namespace is not None
+            request, namespace, actor = await parse(raw, context)
             token = auth._enter(namespace, actor)
             try:
                 return await inner(request, context)

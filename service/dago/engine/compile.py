@@ -358,6 +358,7 @@ def _compile_nodes(
             templates=parts.templates,
             llm_cache_ttl=graph.defaults.llm_cache_ttl,
             waits=parts.waits,
+            inline=parts.inline,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs

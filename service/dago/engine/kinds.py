@@ -63,6 +63,9 @@ class KindParts:
     waits: bool = False
     """The node may wait for a signal (a ``wait`` node): starting it also reads the decision
     recorded for it (``dago.engine.topology.start_plan``)."""
+    inline: bool = False
+    """The node's attempts never wait, so a worker runs them inline (``CompiledNode.inline``:
+    its work item is delivered without a start of its own)."""
 
 
 class KindCheck(Protocol):

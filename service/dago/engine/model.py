@@ -49,6 +49,11 @@ class CompiledNode:
     set none use it."""
     waits: bool = False
     """The node may wait for a signal (``KindParts.waits``)."""
+    inline: bool = False
+    """Its attempts never wait (its kind said so: ``KindParts.inline``), so a worker runs
+    them inline, and the functions deliver its work items without a start: the call that
+    applies the result starts and completes the attempt at once (``StartPlan.INLINE`` in its
+    start plan). The one place that decides which nodes are inline."""
 
 
 @dataclass
@@ -74,6 +79,9 @@ class CompileOptions:
     its submit-time check (``dago.nodes`` registers them); a graph may use only these."""
     tools: Collection[str]
     """Tool names a graph may use (operator, built-in and the http tool)."""
+    inline_tools: Collection[str] = ()
+    """Those of ``tools`` that have an inline form (``Tool.inline``: they never wait); the
+    tool nodes naming them are inline (``CompiledNode.inline``)."""
     max_nodes: int = 1000
     mcp_servers: Collection[str] = ()
     """Configured MCP servers: ``<server>/<tool>`` names are accepted for them (the tool

@@ -9,7 +9,7 @@ from typing import Any
 from dago.engine.model import CompiledNode, OutEdge
 from dago.engine.retry import Retry
 from dago.engine.shape import Edge, Shape
-from dago.store.schema import LoopTopology, Node, NodeTopology, Topology
+from dago.store.schema import LoopTopology, Node, NodeTopology, StartPlan, Topology
 
 
 def decision_ref(node_id: str) -> str:
@@ -19,18 +19,21 @@ def decision_ref(node_id: str) -> str:
 
 
 def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:
-    """What starting ``node`` reads and how long it may run, as the functions read it
-    (``schema.Node.PLAN``): ``refs|attempt timeout ms``, refs ``*`` for every node's output,
-    else the node ids read, comma-separated. (The run's inputs are not read at a start: the
-    worker holds them with the graph it loaded.) A node that may wait also reads the
-    decision recorded for it (``decision_ref``), so its refs are always a list."""
+    """What starting ``node`` reads, how long it may run and whether it runs inline, as the
+    functions read it (``schema.Node.PLAN``): ``refs|attempt timeout ms|flag``, refs ``*``
+    for every node's output, else the node ids read, comma-separated; flag
+    ``StartPlan.INLINE`` for an inline node (``CompiledNode.inline``), else empty. (The
+    run's inputs are not read at a start: the worker holds them with the graph it loaded.)
+    A node that may wait also reads the decision recorded for it (``decision_ref``), so its
+    refs are always a list."""
     refs = node.refs
     if node.waits:
         read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
         names = ",".join([*read, decision_ref(node.id)])
     else:
         names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
-    return f"{names}|{int(node.attempt_timeout * 1000)}"
+    flag = StartPlan.INLINE if node.inline else ""
+    return f"{names}|{int(node.attempt_timeout * 1000)}|{flag}"
 
 
 def _single(oe: OutEdge, owner: Mapping[int, int], shape: Shape) -> int:

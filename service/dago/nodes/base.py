@@ -163,4 +163,6 @@ class Tool:
     """The same tool as a plain function, for tools that never wait (no I/O, no sleep, quick):
     a worker calls it in place of awaiting ``fn``, without a task of its own. Nothing can
     interrupt it (no timeout or cancellation takes effect while it runs), exactly as nothing
-    interrupts an ``fn`` that never awaits."""
+    interrupts an ``fn`` that never awaits. The nodes naming it are inline
+    (``CompiledNode.inline``): delivered without a start, they are started and completed by
+    the one call that applies their result, so they are never seen RUNNING."""

@@ -40,11 +40,12 @@ def _names(names: Collection[str], none: str) -> str:
 
 
 def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
-    """The tool must exist (see the module doc)."""
+    """The tool must exist (see the module doc). A node naming a tool with an inline form
+    (``CompileOptions.inline_tools``) is inline."""
     problem = tool_problem(node.tool.name, ctx.options)
     if problem:
         ctx.add("tool.name", problem)
-    return KindParts()
+    return KindParts(inline=node.tool.name in ctx.options.inline_tools)
 
 
 class ToolHandler(NodeHandler):

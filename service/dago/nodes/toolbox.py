@@ -140,12 +140,17 @@ class KnownTools:
 
     tools: frozenset[str]
     mcp_servers: frozenset[str]
+    inline: frozenset[str] = frozenset()
+    """The tools with an inline form (``Tool.inline``), which workers run inline."""
 
 
 def known_names(settings: Settings) -> KnownTools:
     """The tool names graphs may use on this deployment."""
-    names = set(load_tools(settings.tool_modules)) | {HTTP_TOOL}
-    return KnownTools(frozenset(names), frozenset(parse_mcp_servers(settings.mcp_servers)))
+    loaded = load_tools(settings.tool_modules)
+    names = set(loaded) | {HTTP_TOOL}
+    inline = frozenset(n for n, t in loaded.items() if t.inline is not None)
+    mcp = frozenset(parse_mcp_servers(settings.mcp_servers))
+    return KnownTools(frozenset(names), mcp, inline)
 
 
 class Toolbox:

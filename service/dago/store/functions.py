@@ -124,6 +124,10 @@ class Result(NamedTuple):
     """``{c, m, r}`` (JSON), or ""."""
     retry_after_ms: int
     """What a downstream service asked to wait before a retry (0: nothing)."""
+    deliveries: int = 0
+    """0 for an item its delivery started (the usual). For an item delivered unstarted
+    (``WorkItem.started`` False: an inline node), its delivery count: ``apply`` then starts
+    the attempt (fenced on its node still queued) and completes it in the same step."""
 
 
 class ReclaimArgs(NamedTuple):
@@ -338,16 +342,27 @@ class WorkItem:
     iteration: int
     deliveries: int
     execution: int
+    started: bool = True
+    """False for an item delivered without a start (an inline node, see
+    ``CompiledNode.inline``): its node is still queued, ``execution`` is the one its start
+    will be, and the result's apply starts it (``Result.deliveries``)."""
 
     @property
     def key(self) -> tuple[int, bytes]:
         """What names the item in a worker: stream ids are unique within a shard only."""
         return (self.shard, self.msg_id)
 
+    @property
+    def start_deliveries(self) -> int:
+        """``Result.deliveries`` for this item's result: 0 when it was started, else its
+        delivery count."""
+        return 0 if self.started else self.deliveries
+
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A work item a function marked running, with the outputs (JSON) of the nodes it
+    """A work item a function marked running (or delivered unstarted, to run inline: see
+    ``WorkItem.started``), with the outputs (JSON) of the nodes it
     reads (the run's inputs come with the loaded graph). The graph's first start also
     carries the graph's stored definition, inputs and trace context (``graph``), which no
     worker has loaded yet."""
@@ -399,11 +414,15 @@ def _s(v: Any) -> str:
 def parse_started(shard: int, raw: Sequence[Any]) -> list[Started]:
     """Started items as the functions return them: per item ``{msg_id, gid, node, attempt,
     iteration, deliveries, execution, {node, output, ...},
-    {definition, inputs, traceparent}|false}``."""
+    {definition, inputs, traceparent}|false, unstarted}`` (unstarted 1: delivered without a
+    start, see ``WorkItem.started``)."""
     out = []
     for m in raw:
         outs = m[7]
-        item = WorkItem(shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]))
+        started = not (len(m) > 9 and int(m[9]) == 1)
+        item = WorkItem(
+            shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]), started
+        )
         pairs = [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)]
         graph = (m[8][0], m[8][1], m[8][2]) if len(m) > 8 and m[8] else None
         out.append(Started(item, pairs, graph))

@@ -79,8 +79,9 @@ class Node:
     TIMER: Final = ":tm"
     """The timer member set for the running attempt, if any."""
     PLAN: Final = ":p"
-    """What starting the node reads and its timeout (``refs|timeout_ms``),
-    written at submit: read with the node's state when a function starts it."""
+    """What starting the node reads, its timeout and whether it runs inline
+    (``refs|timeout_ms|flag``, ``StartPlan``), written at submit: read with the node's
+    state when a function starts it."""
     DEAD_LETTER: Final = ":dx"
     """The entry id of the dead letter the node waits for."""
     OUTPUT: Final = ":o"
@@ -102,6 +103,15 @@ class Node:
     """A wait node's start plan names ``<node>:w`` besides the nodes it reads, so starting it
     reads the field ``<node>:w:o`` (this, then ``OUTPUT``) with their outputs: the decision
     recorded for it (JSON, ``Decision``). No real node has a ``:`` in its id."""
+
+
+class StartPlan:
+    """Values of a node's start plan (``Node.PLAN``, ``dago.engine.topology.start_plan``)."""
+
+    INLINE: Final = "i"
+    """The plan's flag for a node whose worker runs it inline (``CompiledNode.inline``):
+    its work item is delivered without a start (no RUNNING state, no node_started of its
+    own), and the call that applies its result starts and completes it in one step."""
 
 
 class Record:
@@ -358,7 +368,8 @@ class LoopTopology:
 
 
 RECORD_KINDS: Final = (
-    Meta, Usage, Node, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work, Notify,
+    Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
+    Notify,
     DeadLetter, Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

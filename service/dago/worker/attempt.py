@@ -202,7 +202,9 @@ class Attempts:
         if plan is not None and plan.node is node:
             return plan
         handler = self._handlers.get(node.kind)
-        inline = getattr(handler, "inline", None)
+        # Which nodes are inline is the compiled node's decision (the functions deliver
+        # their items unstarted by the same rule); the handler gives the synchronous form.
+        inline = getattr(handler, "inline", None) if node.inline else None
         edges = None
         if all(e.condition is None for e in node.out_edges):
             edges = ",".join(str(e.index) for e in node.out_edges)
@@ -412,6 +414,7 @@ class Attempts:
             # servers it chose returned; none of those ever held the operator's secrets.
             self._redact(error) if error else error,
             retry_after_ms,
+            item.start_deliveries,
         )
         running.reported = True
         self._report(running, result)

@@ -28,6 +28,40 @@ local function read_new(worker, count)
   return items
 end
 
+-- A node's start plan (NODE.PLAN, dago.engine.topology.start_plan): the nodes whose outputs
+-- it reads, its timeout (ms) and its flag (START_PLAN.INLINE or ''; plans stored before the
+-- flag existed have none).
+local function plan_parts(plan)
+  return string.match(plan, '^([^|]*)|(%d+)|?([^|]*)$')
+end
+local INLINE_LEN = #START_PLAN.INLINE
+
+-- The outputs a start reads ({node, output, ...}), in one HMGET (a join of many reads them
+-- all at once); refs as the plan names them.
+local function plan_outputs(gid, refs)
+  local names
+  if refs == '*' then names = cjson.decode(redis.call('HGET', gkey(gid), META.NODE_IDS))
+  elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
+  else names = {} end
+  local outs = {}
+  for k = 1, #names, 1000 do
+    local fields = {}
+    for j = k, math.min(k + 999, #names) do fields[#fields + 1] = names[j] .. NODE.OUTPUT end
+    local o = redis.call('HMGET', nkey(gid), unpack(fields))
+    for j = 1, #fields do
+      if o[j] then outs[#outs + 1] = names[k + j - 1]; outs[#outs + 1] = o[j] end
+    end
+  end
+  return outs
+end
+
+-- The execution a queued attempt's start begins: 1, or for a requeued dead letter one more
+-- than its last (deadletter.lua keeps it negated in NODE.EXECUTION: `prev`).
+local function first_exec(prev)
+  if prev and string.sub(prev, 1, 1) == '-' then return int(1 - tonumber(prev)) end
+  return '1'
+end
+
 local function ack_all(acks)
   for k = 1, #acks, 1000 do
     redis.call('XACK', K_WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
@@ -43,14 +77,24 @@ end
 -- RUNNING; nothing more is written per start); a redelivered item's earlier execution gets
 -- its record, ended RECLAIMED (its worker, if it still runs it, is told to stop), so no
 -- record mixes two executions.
+-- An inline node (START_PLAN.INLINE in its plan) that is queued is delivered without a
+-- start: nothing is written (the node stays QUEUED, no node_started, no step counted), the
+-- item carries its would-be execution and the flag `unstarted` (its last element, 1), and
+-- the call that applies its result starts and completes it in one step (apply_batch). Its
+-- work item stays pending until then, so lease, reclaim and ack-after-apply are as for
+-- any item; a redelivery of it is again delivered unstarted (nothing was written).
 -- What a node reads and its timeout come from its start plan (NODE.PLAN). The attempt's deadline (timeout + lease) is kept in the node's
 -- NODE.DEADLINE; renew.lua puts it on the shard's timers once the attempt outlives a
 -- lease renewal (a fast attempt never touches the timers). Stale items (their node moved
 -- on, or the graph ended) are acked and left out; so is an item whose graph ran out of
 -- steps (the graph fails).
 local function start_batch(worker, items, lease)
+  -- node_started's two details, made once per call (not one concatenation per node).
   local started_detail = J.D_WORKER .. jstr(worker) .. J.D_REDELIVERED
+  local first_detail, again_detail = started_detail .. 'false}', started_detail .. 'true}'
   local out, acks = {}, {}
+  -- Graphs whose stored fields an item of this batch carries already.
+  local sent = {}
   -- Per graph of the batch: {steps, max_steps, steps taken by this batch}.
   local steps = {}
   local groups = {}
@@ -80,9 +124,23 @@ local function start_batch(worker, items, lease)
         if st ~= S_QUEUED and st ~= S_RUNNING then st = nil end
       end
     end
+    -- The flag ends the plan: checked without parsing it (a 3-capture match is ~5k
+    -- instructions); an inline item needs only the refs.
+    local inline = st == S_QUEUED and string.sub(v[7], -INLINE_LEN) == START_PLAN.INLINE
     if st == nil then
       acks[#acks + 1] = mid
+    elseif inline then
+      -- Delivered unstarted (see above): only reads. The graph's stored fields come with
+      -- the first item of a graph no worker has started anything of.
+      local stored = false
+      if gs == GraphState.SUBMITTED and not sent[gid] then
+        sent[gid] = true
+        stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
+      end
+      local refs = string.match(v[7], '^[^|]*')
+      out[#out + 1] = {mid, gid, node, attempt, iter, it[6], first_exec(v[6]), plan_outputs(gid, refs), stored, 1}
     else
+      local refs, timeout = plan_parts(v[7])
       local ok = true
       local redelivered = (st == S_RUNNING)
       local first = false
@@ -103,7 +161,6 @@ local function start_batch(worker, items, lease)
         end
       end
       if ok then
-        local refs, timeout = string.match(v[7], '^([^|]*)|(%d+)$')
         local deadline = int(NOW + tonumber(timeout) + lease)
         -- The execution: 1 for a queued attempt, one more for a redelivered one, and for a
         -- requeued dead letter one more than its last (deadletter.lua keeps it negated).
@@ -121,32 +178,22 @@ local function start_batch(worker, items, lease)
         exec = int(exec)
         node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
           node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
-        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, started_detail .. (redelivered and 'true}' or 'false}'))
+        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, redelivered and again_detail or first_detail)
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         if v[5] then
           local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
           if v[5] == tm then redis.call('ZADD', K_TIMERS, deadline, tm) end
         end
-        local names
-        if refs == '*' then names = cjson.decode(redis.call('HGET', gk, META.NODE_IDS))
-        elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
-        else names = {} end
-        -- The outputs it reads in one HMGET (a join of many reads them all at once).
-        local outs = {}
-        for k = 1, #names, 1000 do
-          local fields = {}
-          for j = k, math.min(k + 999, #names) do fields[#fields + 1] = names[j] .. NODE.OUTPUT end
-          local o = redis.call('HMGET', nkey(gid), unpack(fields))
-          for j = 1, #fields do
-            if o[j] then outs[#outs + 1] = names[k + j - 1]; outs[#outs + 1] = o[j] end
-          end
-        end
+        local outs = plan_outputs(gid, refs)
         -- The graph's first start: the worker has not loaded the graph yet (no worker
         -- has started any of its nodes), so its stored fields come with the item instead of
         -- in a read of their own.
         local stored = false
-        if first then stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT) end
-        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, outs, stored}
+        if first and not sent[gid] then
+          sent[gid] = true
+          stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
+        end
+        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, outs, stored, 0}
       end
     end
   end
@@ -242,18 +289,29 @@ end
 -- and acks the work item, all in one step. Returns per item the node's state the result
 -- left it in (COMPLETED, RETRYING or FAILED: the worker reads the retry rule's decision
 -- here), or UNSPECIFIED when the result was stale (fenced out).
+-- A result of an item delivered unstarted (an inline node: R.DELIVERIES is its delivery
+-- count, not 0) is fenced on the node still QUEUED at its attempt, iteration and would-be
+-- execution, and is started here as start_batch would have: a step counted (or the graph
+-- failed past its max_steps), the graph started if it was only submitted, node_started
+-- appended before what the result appends, and its start time (now) written in the same
+-- HSET as the node's new state.
 local function apply_batch(worker, A, first)
   local R = ITEM.RESULT
   local wjson = jstr(worker)
+  local started_detail = J.D_WORKER .. wjson .. J.D_REDELIVERED
+  local first_detail, again_detail = started_detail .. 'false}', started_detail .. 'true}'
   local out = {}
   local touched = {}
   local acks = {}
+  -- Per graph: {steps, max_steps, steps taken by this call's inline starts}.
+  local steps = {}
   for gid, nodes in pairs(by_graph(A, first, R)) do
-    -- The graph's state and what it stored, in one read.
-    local m = redis.call('HMGET', gkey(gid), META.STATE, META.BYTES, META.MAX_BYTES)
+    -- The graph's state, what it stored and its steps, in one read.
+    local m = redis.call('HMGET', gkey(gid), META.STATE, META.BYTES, META.MAX_BYTES, META.STEPS, META.MAX_STEPS)
     local gs = tonumber(m[1]) or false
     gstate[gid] = gs
     gbytes[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+    steps[gid] = {m[4], m[5], 0}
     if gs and gs < GraphState.COMPLETED then read_ahead(gid, nodes, true, false) end
   end
   for i = first, #A, R.SIZE do
@@ -261,6 +319,8 @@ local function apply_batch(worker, A, first)
     local exec = A[i + R.EXECUTION]
     local input, outcome, output, taken_s = A[i + R.INPUT], A[i + R.OUTCOME], A[i + R.OUTPUT], A[i + R.TAKEN]
     local usage_s, route, err = A[i + R.USAGE], A[i + R.ROUTE], A[i + R.ERROR]
+    local deliveries = A[i + R.DELIVERIES]
+    local unstarted = deliveries ~= '0'
     -- The fence (as fence() in core.lua), the start time and the attempt's timer (set only
     -- if the attempt outlived a lease renewal, see renew.lua) in one read of the node.
     local fenced = false
@@ -268,9 +328,33 @@ local function apply_batch(worker, A, first)
     local v = nil
     if gs ~= nil and gs < GraphState.COMPLETED then
       v = node_read(gid, node)
-      fenced = v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec
+      if unstarted then
+        fenced = v[1] == S_QUEUED and v[2] == attempt and v[3] == iter and first_exec(v[6]) == exec
+      else
+        fenced = v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec
+      end
     end
-    if fenced and v[5] then
+    -- The start of an unstarted item, as start_batch's (one more step; the graph's first).
+    local inline_start = false
+    if fenced and unstarted then
+      local g = steps[gid]
+      if type(g[1]) ~= 'number' then g[1], g[2] = tonumber(g[1]) or 0, tonumber(g[2]) or 0 end
+      if g[2] > 0 and g[1] + g[3] >= g[2] then
+        fenced = false
+        fail_graph(gid, err_json(ErrorClass.LIMIT, 'the graph exceeded its limit of ' .. g[2] .. ' steps (limits.max_steps)', false), node)
+      else
+        g[3] = g[3] + 1
+        if gs == GraphState.SUBMITTED then
+          gstate[gid] = GraphState.RUNNING
+          redis.call('HSET', gkey(gid), META.STATE, GraphState.RUNNING, META.STARTED, NOW)
+          index_move(gid, GraphState.SUBMITTED, GraphState.RUNNING)
+          emit(gid, EventKind.GRAPH_STARTED, nil, nil, nil, nil)
+        end
+        emit(gid, EventKind.NODE_STARTED, node, attempt, iter, deliveries ~= '1' and again_detail or first_detail)
+        inline_start = true
+      end
+    end
+    if fenced and v[5] and not unstarted then
       local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
       if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
     end
@@ -278,7 +362,13 @@ local function apply_batch(worker, A, first)
       out[#out + 1] = NodeState.UNSPECIFIED
     else
       touched[gid] = true
-      local started = tonumber(v[4]) or NOW
+      -- An inline start is now: its start time is the only field of its start written
+      -- (below, with its new state). The worker, deliveries and deadline describe a RUNNING
+      -- node, which an inline one never is (its record holds its worker); each pair is ~3k
+      -- instructions. The execution is kept current where the node has one (a requeued
+      -- dead letter's next execution counts from it).
+      local started_s = inline_start and NOW_S or v[4]
+      local started = inline_start and NOW or tonumber(v[4]) or NOW
       local ok = (outcome == Outcome.OK)
       -- Stored three times (the node's output, its attempt's record, node_completed).
       if ok and not bytes_fit(gid, #input + 3 * #output) then
@@ -291,7 +381,7 @@ local function apply_batch(worker, A, first)
       local ujson, who, over = 'null', '', nil
       if usage_s ~= '' then ujson, who, over = add_usage(gid, node, usage_s) end
       -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
-      local rec = J.REC_STARTED .. (v[4] or NOW_S) .. J.REC_ENDED .. NOW_S
+      local rec = J.REC_STARTED .. (started_s or NOW_S) .. J.REC_ENDED .. NOW_S
         .. J.REC_STATE .. (ok and S_COMPLETED or NodeStateText.FAILED)
         .. J.REC_WORKER .. wjson .. J.REC_USAGE .. ujson
       if input ~= '' then rec = rec .. J.REC_INPUT .. input end
@@ -305,7 +395,15 @@ local function apply_batch(worker, A, first)
         emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')
       end
       if ok then
-        node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec)
+        if not inline_start then
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec)
+        elseif v[6] then
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
+            node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
+        else
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
+            node .. F_STARTED, NOW_S)
+        end
         open_add(gid, -1)
         emit(gid, EventKind.NODE_COMPLETED, node, attempt, iter,
           J.D_OUTPUT .. output .. J.D_USAGE .. ujson .. J.D_MS .. int(NOW - started) .. '}')
@@ -331,6 +429,10 @@ local function apply_batch(worker, A, first)
         end
         out[#out + 1] = NodeState.COMPLETED
       else
+        if inline_start then
+          if v[6] then node_set(gid, node, node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
+          else node_set(gid, node, node .. F_STARTED, NOW_S) end
+        end
         local e = cjson.decode(err)
         local delay = retry_delay(gid, node, attempt, e[ERROR.CLASS], e[ERROR.RETRYABLE] == true,
           tonumber(A[i + R.RETRY_AFTER_MS]))
@@ -338,6 +440,9 @@ local function apply_batch(worker, A, first)
       end
     end
     acks[#acks + 1] = mid
+  end
+  for gid, g in pairs(steps) do
+    if g[3] > 0 then redis.call('HINCRBY', gkey(gid), META.STEPS, g[3]) end
   end
   ack_all(acks)
   for gid in pairs(touched) do maybe_finish(gid) end

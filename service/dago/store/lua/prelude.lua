@@ -167,6 +167,11 @@ local NODE = {
   DECISION_REF = ':w',
 }
 
+-- schema.StartPlan
+local START_PLAN = {
+  INLINE = 'i',
+}
+
 -- schema.Record
 local RECORD = {
   STARTED = 'st',
@@ -356,7 +361,7 @@ local ARG = {
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
 local ITEM = {
-  RESULT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, OUTCOME = 7, OUTPUT = 8, TAKEN = 9, USAGE = 10, ROUTE = 11, ERROR = 12, RETRY_AFTER_MS = 13, SIZE = 14},
+  RESULT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, OUTCOME = 7, OUTPUT = 8, TAKEN = 9, USAGE = 10, ROUTE = 11, ERROR = 12, RETRY_AFTER_MS = 13, DELIVERIES = 14, SIZE = 15},
   CLAIM = {MSG_ID = 0, SIZE = 1},
   RENEWAL = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ITERATION = 3, ATTEMPT = 4, EXECUTION = 5, SIZE = 6},
   EVENT_ARG = {KIND = 0, DETAIL = 1, SIZE = 2},
