@@ -287,7 +287,8 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     schema = (
         '{"type": "object", "required": ["title"], "properties": {"title": {"type": "string"}}}'
     )
-    gid = await c.submit(request([wait(decisions=["approve", "edit"], payloadSchema=schema)]))
+    review = wait(decisions=["approve", "edit"], payloadSchema=schema)
+    gid = await c.submit(request([review, wait("hold")], [edge("review", "hold")]))
     await waiting(c, gid)
 
     async def violation(req: orchestrator_pb2.SignalGraphRequest) -> tuple[str, str]:
@@ -300,8 +301,11 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     assert field == "decision" and "approve, edit" in why
     field, why = await violation(signal(gid, "edit", payload=payload({"title": 3})))
     assert field == "payload" and "title" in why
-    field, _ = await violation(signal(gid, "edit"))  # no payload: null is not an object
-    assert field == "payload"
+    # The values a violation quotes are JSON, as the client sent them (not Python reprs).
+    field, why = await violation(signal(gid, "edit"))  # no payload: null is not an object
+    assert field == "payload" and 'null is not of type "object"' in why, why
+    field, why = await violation(signal(gid, "edit", payload=payload({"text": ""})))
+    assert '"title" is a required property' in why, why
     err = await rpc_error(c.stub.SignalGraph(signal(gid, "approve", node="nope"), timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     nan = struct_pb2.Value()
@@ -312,6 +316,17 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     assert long.code() == grpc.StatusCode.INVALID_ARGUMENT and "comment" in (long.details() or "")
     ok = await c.stub.SignalGraph(signal(gid, "edit", payload=payload({"title": "t"})), timeout=10)
     assert ok.decision == "edit"
+    # Once decided, a late signal hears that it lost, whatever it sent: ABORTED naming the
+    # winner, not INVALID_ARGUMENT for its payload or decision; FAILED_PRECONDITION once the
+    # run ended.
+    for late in (signal(gid, "edit", payload=payload({"text": ""})), signal(gid, "nope")):
+        err = await rpc_error(c.stub.SignalGraph(late, timeout=10))
+        assert err.code() == grpc.StatusCode.ABORTED and "'edit'" in (err.details() or ""), err
+    await c.stub.SignalGraph(signal(gid, "approve", node="hold"), timeout=10)
+    assert (await c.wait(gid)).state == COMPLETED
+    err = await rpc_error(c.stub.SignalGraph(signal(gid, "edit", payload=payload(3)), timeout=10))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+    assert "'edit'" in (err.details() or ""), err
 
 
 BAD_WAITS = [

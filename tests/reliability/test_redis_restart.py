@@ -30,10 +30,12 @@ from relkit import behind_envoy, histories, kind, knob, until
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
     Client,
+    RunningStack,
     echo,
     edge,
     request,
     rpc_error,
+    start_api_quickly,
     tool,
 )
 from redisfixture import RedisServer

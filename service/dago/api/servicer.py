@@ -724,34 +724,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "node_id", f"node {nid!r} is a {node.kind} node; only wait nodes take signals"
             )
         spec = node.proto.wait
-        allowed = decisions_of(spec)
-        if request.decision not in allowed:
-            raise errors.invalid_field(
-                "decision",
-                f"{clip(request.decision)!r} is not a decision of node {nid!r} (its decisions: "
-                + ", ".join(allowed)
-                + ")",
-            )
         bad = first_non_finite(request.payload, "payload")
         if bad is not None:
             raise errors.invalid_field(bad, NOT_FINITE)
         payload = to_plain(request.payload) if request.HasField("payload") else None
         payload_json = dumps(payload) if request.HasField("payload") else ""
-        # On the compile thread: a schema's patterns may be slow, and the event loop serves
-        # every other call.
-        problem = (
-            await self._graphs.offload(payload_problem, spec, payload)
-            if spec.payload_schema
-            else None
-        )
-        if problem:
-            raise errors.invalid_field("payload", problem)
-        if len(payload_json) > self._settings.max_event_bytes // 2:
-            raise errors.invalid_field(
-                "payload",
-                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
-                "(half of DAGO_MAX_EVENT_BYTES)",
-            )
         sid = request.signal_id or f"s-{uuid.uuid4().hex}"
         args = SignalArgs(
             gid,
@@ -763,8 +740,49 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             sid,
             request.comment,
         )
+        problem = await self._signal_problem(spec, request, payload, payload_json)
+        if problem is not None:
+            # A wait already decided (or a run that ended) tells the client it lost, whatever
+            # it sent: the check costs a call only for a signal that is refused anyway.
+            res = await self._store.signal(shard, args._replace(probe=1))
+            if res.outcome in ("replay", "ended", "conflict", "missing"):
+                return self._signalled(gid, nid, request, res)
+            raise errors.invalid_field(*problem)
         res = await self._store.signal(shard, args)
         return self._signalled(gid, nid, request, res)
+
+    async def _signal_problem(
+        self,
+        spec: graph_pb2.WaitNode,
+        request: orchestrator_pb2.SignalGraphRequest,
+        payload: Any,
+        payload_json: str,
+    ) -> tuple[str, str] | None:
+        """The field violation of a signal's decision or payload (checked against the wait's
+        definition), or None."""
+        allowed = decisions_of(spec)
+        if request.decision not in allowed:
+            return (
+                "decision",
+                f"{clip(request.decision)!r} is not a decision of node {request.node_id!r} "
+                "(its decisions: " + ", ".join(allowed) + ")",
+            )
+        # On the compile thread: a schema's patterns may be slow, and the event loop serves
+        # every other call.
+        problem = (
+            await self._graphs.offload(payload_problem, spec, payload)
+            if spec.payload_schema
+            else None
+        )
+        if problem:
+            return "payload", problem
+        if len(payload_json) > self._settings.max_event_bytes // 2:
+            return (
+                "payload",
+                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
+                "(half of DAGO_MAX_EVENT_BYTES)",
+            )
+        return None
 
     def _signalled(
         self,

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema
-
 from dago.engine.fields import clip
+from dago.engine.output_schema import validation_error
 from dago.v1 import graph_pb2
 
 DEFAULT_DECISIONS = ("approve", "reject")
@@ -33,9 +32,7 @@ def payload_problem(spec: graph_pb2.WaitNode, payload: Any) -> str | None:
     schema = payload_schema_of(spec)
     if schema is None:
         return None
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(payload), key=lambda e: (len(e.absolute_path), e.message))
-    if not errors:
+    problem = validation_error(schema, payload)
+    if problem is None:
         return None
-    where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
-    return f"does not match the node's payload_schema at {where}: {clip(errors[0].message)}"
+    return f"does not match the node's payload_schema {clip(problem)}"

@@ -244,6 +244,9 @@ class SignalArgs(NamedTuple):
     actor: str
     signal_id: str
     comment: str
+    probe: int = 0
+    """1: record nothing; answer ``valid`` where the decision would be recorded (or the node
+    is not waiting), so the API can tell a signal it checked as invalid that it lost."""
 
 
 class PruneArgs(NamedTuple):
@@ -431,7 +434,8 @@ def parse_submitted(raw: Sequence[Any]) -> Submitted:
 @dataclass(frozen=True, slots=True)
 class Signalled:
     """What ``signal`` returns: its outcome (``recorded``, ``replay``, ``conflict``, ``ended``,
-    ``not_waiting`` or ``missing``), a state (the node's; the graph's for ``ended``) and the
+    ``not_waiting``, ``missing``, or ``valid`` for a probe), a state (the node's; the graph's
+    for ``ended``) and the
     decision record (``schema.Decision``, decoded) for recorded, replay and conflict (and for
     ended when the node was decided); for not_waiting ``iteration`` is the node's current
     one."""

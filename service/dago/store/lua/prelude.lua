@@ -351,7 +351,7 @@ local ARG = {
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
-  SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, FIRST = 9},
+  SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, PROBE = 9, FIRST = 10},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)

@@ -9,7 +9,9 @@
 --   the node is not waiting in that iteration (early: it has not started waiting; late: it
 --     was skipped or cancelled, or the loop moved on): {'not_waiting', state, iteration};
 --   else the decision is recorded (Waits.decide): {'recorded', state, record}.
--- {'missing', 0, ''} when Redis holds no such graph. The API checked the decision and the
+-- {'missing', 0, ''} when Redis holds no such graph. A probe (SignalArgs.probe) records
+-- nothing: past the conflict check it answers {'valid', state, ''} (the API asks when it
+-- found the decision or payload invalid: a decided wait tells the client it lost first). The API checked the decision and the
 -- payload against the node's definition before calling.
 local A = ARG.SIGNAL
 local gid, node = ARGV[A.GRAPH_ID], ARGV[A.NODE]
@@ -25,6 +27,7 @@ local rec = v[4] and cjson.decode(v[4])
 if rec and sid ~= '' and rec[DECISION.SIGNAL_ID] == sid then return {'replay', st, v[4]} end
 if gs >= GraphState.COMPLETED then return {'ended', gs, v[4] or ''} end
 if rec and tostring(rec[DECISION.ITERATION]) == target then return {'conflict', st, v[4]} end
+if ARGV[A.PROBE] == '1' then return {'valid', st, ''} end
 if st ~= NodeState.WAITING or target ~= iter or not v[5] then return {'not_waiting', st, iter} end
 local r = Waits.decide(gid, node, v[2], iter, cjson.decode(v[5]), ARGV[A.DECISION], ARGV[A.PAYLOAD],
   ARGV[A.ACTOR], sid, ARGV[A.COMMENT], false)
