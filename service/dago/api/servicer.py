@@ -37,7 +37,12 @@ from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
-from dago.engine.waits import decisions_of, payload_problem
+from dago.engine.waits import (
+    AGENT_DECISIONS,
+    decisions_of,
+    edited_arguments_problem,
+    payload_problem,
+)
 from dago.history.db import HistoryDb
 from dago.history.listing import RunListing
 from dago.history.usage import UsageReport
@@ -719,11 +724,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         node = loaded.compiled.nodes.get(nid) if loaded.compiled is not None else None
         if node is None:
             raise errors.not_found("node", f"{gid}/{nid}")
-        if node.kind != "wait":
+        approvals = node.kind == "agent" and bool(node.proto.agent.approval_required_tools)
+        if node.kind != "wait" and not approvals:
             raise errors.invalid_field(
-                "node_id", f"node {nid!r} is a {node.kind} node; only wait nodes take signals"
+                "node_id",
+                f"node {nid!r} is a {node.kind} node; only wait nodes and agent nodes with "
+                "approval_required_tools take signals",
             )
-        spec = node.proto.wait
+        if len(request.tool_call_id) > 256:
+            raise errors.invalid_field("tool_call_id", "use at most 256 characters")
         bad = first_non_finite(request.payload, "payload")
         if bad is not None:
             raise errors.invalid_field(bad, NOT_FINITE)
@@ -739,8 +748,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             self._auth.actor(),
             sid,
             request.comment,
+            request.tool_call_id,
         )
-        problem = await self._signal_problem(spec, request, payload, payload_json)
+        if approvals:
+            problem, step = await self._approval_problem(shard, request, payload)
+            args = args._replace(step=step)
+        else:
+            problem = await self._signal_problem(node.proto.wait, request, payload)
+        if problem is None and len(payload_json) > self._settings.max_event_bytes // 2:
+            problem = (
+                "payload",
+                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
+                "(half of DAGO_MAX_EVENT_BYTES)",
+            )
         if problem is not None:
             # A wait already decided (or a run that ended) tells the client it lost, whatever
             # it sent: the check costs a call only for a signal that is refused anyway.
@@ -756,7 +776,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         spec: graph_pb2.WaitNode,
         request: orchestrator_pb2.SignalGraphRequest,
         payload: Any,
-        payload_json: str,
     ) -> tuple[str, str] | None:
         """The field violation of a signal's decision or payload (checked against the wait's
         definition), or None."""
@@ -776,13 +795,34 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
         if problem:
             return "payload", problem
-        if len(payload_json) > self._settings.max_event_bytes // 2:
-            return (
-                "payload",
-                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
-                "(half of DAGO_MAX_EVENT_BYTES)",
-            )
         return None
+
+    async def _approval_problem(
+        self, shard: int, request: orchestrator_pb2.SignalGraphRequest, payload: Any
+    ) -> tuple[tuple[str, str] | None, str]:
+        """The field violation of a decision on an agent's tool call (docs/semantics.md,
+        "Approval of agent tool calls"), and the call it is for: the one named, else the one
+        the node waits on now (read with its wait for an ``edit``, whose payload is checked
+        against the tool's input schema kept in the wait; the signal function then refuses
+        the decision if the node moved on to another call)."""
+        if request.decision not in AGENT_DECISIONS:
+            return (
+                "decision",
+                f"{clip(request.decision)!r} is not a decision of a tool call's approval (its "
+                "decisions: " + ", ".join(AGENT_DECISIONS) + ")",
+            ), request.tool_call_id
+        if request.decision != "edit":
+            return None, request.tool_call_id
+        ((raw, _),) = await self._store.wait_details([(shard, request.graph_id, request.node_id)])
+        if raw is None:  # not waiting: the signal function says why
+            return None, request.tool_call_id
+        w = json.loads(raw)
+        step = str(w.get(StoredWait.STEP) or "")
+        if request.tool_call_id and request.tool_call_id != step:
+            return None, request.tool_call_id
+        schema = json.loads(w[StoredWait.SCHEMA]) if w.get(StoredWait.SCHEMA) else None
+        problem = await self._graphs.offload(edited_arguments_problem, schema, payload)
+        return (("payload", problem) if problem else None), step
 
     def _signalled(
         self,

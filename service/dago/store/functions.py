@@ -228,6 +228,8 @@ class Waiting(NamedTuple):
     the timeout decision (JSON object)."""
     timeout_ms: int
     """0: no timeout."""
+    saved: str = ""
+    """What the node keeps while it waits (an agent's conversation, JSON), or ""."""
 
 
 class SignalArgs(NamedTuple):
@@ -244,6 +246,9 @@ class SignalArgs(NamedTuple):
     actor: str
     signal_id: str
     comment: str
+    step: str = ""
+    """The wait of the iteration the decision is for (``schema.Wait.STEP``: an agent's tool
+    call id); "": the one the node waits on now."""
     probe: int = 0
     """1: record nothing; answer ``valid`` where the decision would be recorded (or the node
     is not waiting), so the API can tell a signal it checked as invalid that it lost."""
@@ -311,6 +316,7 @@ def wait_arg(
     decisions: Sequence[str],
     payload_schema: str,
     timeout_decision: str,
+    step: str = "",
 ) -> str:
     """A wait as ``Waiting.wait`` (``schema.Wait``'s keys; the function adds the iteration and
     the times); ``NotJson`` (a ValueError) for a display holding NaN or an infinity."""
@@ -321,6 +327,7 @@ def wait_arg(
             Wait.DECISIONS: list(decisions),
             Wait.SCHEMA: payload_schema,
             Wait.TIMEOUT_DECISION: timeout_decision,
+            **({Wait.STEP: step} if step else {}),
         }
     )
 

@@ -1242,6 +1242,7 @@ class SignalGraphRequest(_message.Message):
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     ITERATION_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     node_id: _builtins.str
@@ -1257,6 +1258,11 @@ class SignalGraphRequest(_message.Message):
     """Free text for people; recorded in signal_received."""
     iteration: _builtins.int
     """The iteration the signal is meant for. 0: the node's current one."""
+    tool_call_id: _builtins.str
+    """For an agent node waiting for the approval of a tool call: the call the
+    decision is for (the "id" of the wait's display). Empty: the call the node
+    waits on now.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
         """Data sent with the decision, checked against the node's payload_schema."""
@@ -1271,10 +1277,11 @@ class SignalGraphRequest(_message.Message):
         signal_id: _builtins.str = ...,
         comment: _builtins.str = ...,
         iteration: _builtins.int = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "graph_id", b"graph_id", "iteration", b"iteration", "node_id", b"node_id", "payload", b"payload", "signal_id", b"signal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "graph_id", b"graph_id", "iteration", b"iteration", "node_id", b"node_id", "payload", b"payload", "signal_id", b"signal_id", "tool_call_id", b"tool_call_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1240,6 +1240,15 @@ export declare type SignalGraphRequest = Message<"dago.v1.SignalGraphRequest"> &
    * @generated from field: int32 iteration = 7;
    */
   iteration: number;
+
+  /**
+   * For an agent node waiting for the approval of a tool call: the call the
+   * decision is for (the "id" of the wait's display). Empty: the call the node
+   * waits on now.
+   *
+   * @generated from field: string tool_call_id = 8;
+   */
+  toolCallId: string;
 };
 
 /**
