@@ -250,3 +250,40 @@ async def test_a_pattern_matching_none_of_the_tools_is_refused_at_submit(
     (br,) = [d for d in error_details(err) if d.DESCRIPTOR.name == "BadRequest"]
     fields = [v.field for v in br.field_violations]
     assert fields == ["graph.nodes[0].agent.approval_required_tools[1]"], fields
+
+
+async def test_each_call_is_its_own_wait_and_a_late_signal_for_an_earlier_one_loses(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    c = stack.client
+    fake.script = [
+        ToolUse({"order_id": "A-100"}, "order_status", id="toolu_1"),
+        ToolUse({"order_id": "A-200"}, "order_status", id="toolu_2"),
+        Text("One shipped, one delayed."),
+    ]
+    gid = await c.submit(request([agent(["order_status"], ["order_status"])]))
+    await waiting(c, gid)
+    await c.stub.SignalGraph(decide(gid, "approve", signal_id="first"), timeout=10)
+
+    async def second_wait() -> bool:
+        resp = await c.stub.ListWaits(orchestrator_pb2.ListWaitsRequest(), timeout=10)
+        return any(w.graph_id == gid and plain(w.display)["id"] == "toolu_2" for w in resp.waits)
+
+    await eventually(second_wait, 20.0)
+    # A retry of the first signal is a replay; another decision for the first call lost.
+    again = await c.stub.SignalGraph(decide(gid, "approve", signal_id="first"), timeout=10)
+    assert again.signal_id == "first"
+    late = await rpc_error(
+        c.stub.SignalGraph(decide(gid, "reject", tool_call_id="toolu_1"), timeout=10)
+    )
+    assert late.code() == grpc.StatusCode.ABORTED, late
+    early = await rpc_error(
+        c.stub.SignalGraph(decide(gid, "approve", tool_call_id="toolu_9"), timeout=10)
+    )
+    assert early.code() == grpc.StatusCode.FAILED_PRECONDITION, early
+    await c.stub.SignalGraph(decide(gid, "approve", tool_call_id="toolu_2"), timeout=10)
+    st = await c.wait(gid)
+    assert st.state == COMPLETED, st
+    assert len(fake.requests) == 3
+    waits = [e for e in await c.history(gid) if e.WhichOneof("payload") == "node_waiting"]
+    assert len(waits) == 2
