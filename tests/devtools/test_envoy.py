@@ -820,6 +820,10 @@ async def test_waits_and_signals_over_rest_and_grpc_web(edge_stack: Edge) -> Non
         1,
     )
     assert w["graph_name"] == "edge" and w["since"].endswith("Z")
+    # One run's waits: ?graph_id=
+    r = await e.http.get("/api/v1/waits", params={"graph_id": gid})
+    assert r.status_code == 200, r.text
+    assert [x["node_id"] for x in r.json()["waits"]] == ["review"], r.text
 
     url = f"/api/v1/graphs/{gid}/nodes/review:signal"
     bad = error(await e.http.post(url, json={"decision": "maybe"}), 400, 3)  # INVALID_ARGUMENT

@@ -408,6 +408,43 @@ async def test_a_wait_in_a_loop_waits_again_in_each_iteration(single: InProcessS
 # --- waiting costs nothing; restarts ------------------------------------------------------------
 
 
+async def test_list_waits_of_one_run(single: InProcessStack) -> None:
+    c = single.client
+    # Two waits at once in one run (parallel branches), and another run waiting too.
+    gid = await c.submit(
+        request(
+            [echo("start"), wait(), wait("hold")], [edge("start", "review"), edge("start", "hold")]
+        )
+    )
+    other = await c.submit(review_graph())
+    await waiting(c, gid)
+    await waiting(c, gid, "hold")
+    await waiting(c, other)
+
+    async def listed(page_size: int = 0) -> list[orchestrator_pb2.Wait]:
+        out: list[orchestrator_pb2.Wait] = []
+        token = ""
+        while True:
+            req = orchestrator_pb2.ListWaitsRequest(
+                graph_id=gid, page_size=page_size, page_token=token
+            )
+            resp = await c.stub.ListWaits(req, timeout=10)
+            out.extend(resp.waits)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    one = await listed()
+    assert {w.node_id for w in one} == {"review", "hold"} and {w.graph_id for w in one} == {gid}
+    assert [w.since.ToMilliseconds() for w in one] == sorted(w.since.ToMilliseconds() for w in one)
+    assert [w.node_id for w in await listed(page_size=1)] == [w.node_id for w in one]
+    await c.stub.SignalGraph(signal(gid, "approve", node="hold"), timeout=10)
+    assert [w.node_id for w in await listed()] == ["review"]
+    missing = orchestrator_pb2.ListWaitsRequest(graph_id="0-01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    err = await rpc_error(c.stub.ListWaits(missing, timeout=10))
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err
+
+
 async def test_waiting_nodes_hold_no_slot(redis_single: RedisServer, make_stack: MakeStack) -> None:
     s = await make_stack(redis_single, worker_slots=2)
     c = s.client
@@ -463,9 +500,13 @@ async def test_list_waits_pages_oldest_first_within_the_callers_namespace(
         listed = await inbox(a, page_size=2)
         assert [w.graph_id for w in listed] == mine  # oldest first, every page
         assert [w.graph_id for w in await inbox(b)] == [theirs]
-        # Another namespace's graph is not there to signal.
+        # Another namespace's graph is not there to signal, nor to list the waits of.
         err = await rpc_error(b.stub.SignalGraph(signal(mine[0], "approve"), timeout=10))
         assert err.code() == grpc.StatusCode.NOT_FOUND
+        one = orchestrator_pb2.ListWaitsRequest(graph_id=mine[0])
+        err = await rpc_error(b.stub.ListWaits(one, timeout=10))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert [w.graph_id for w in (await a.stub.ListWaits(one, timeout=10)).waits] == mine[:1]
         # The actor is the key's name (its hash's first digits when it has none).
         assert (await a.stub.SignalGraph(signal(mine[0], "approve"), timeout=10)).actor == "alice"
         resp = await b.stub.SignalGraph(signal(theirs, "approve"), timeout=10)

@@ -894,6 +894,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if request.page_token:
             ms, after = tokens.decode(request.page_token, "w", 2)
             since = tokens.decode_int(ms) if ms != "0" else 0
+        if request.graph_id:
+            return await self._run_waits(request.graph_id, since, after, size)
         ns = self._auth.current()
         pages = await asyncio.gather(
             *(
@@ -918,6 +920,41 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             last_ms, last_member, _ = page[-1]
             resp.next_page_token = tokens.encode("w", last_ms, last_member)
         return resp
+
+    async def _run_waits(
+        self, gid: str, since: int, after: str, size: int
+    ) -> orchestrator_pb2.ListWaitsResponse:
+        """ListWaits of one run: the stored waits of its nodes that may wait, read in one
+        round trip (no scan of the namespace's inbox), in the inbox's order and paging."""
+        if len(gid) > MAX_ID_CHARS:
+            raise errors.not_found("graph", gid)
+        shard = self._shard(gid)
+        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
+        loaded = await self._graphs.get(shard, gid)
+        if loaded is None or loaded.compiled is None:
+            # Finished and archived (no waits), or unknown (NOT_FOUND).
+            await self._archive.status(gid, False)
+            return orchestrator_pb2.ListWaitsResponse()
+        self._owned(gid, ns)
+        nodes = sorted(n.id for n in loaded.compiled.nodes.values() if n.waits)
+        details = await self._store.wait_details([(shard, gid, n) for n in nodes])
+        found = sorted(
+            (_wait_since(raw), f"{gid}|{nid}", nid, raw, name)
+            for nid, (raw, name) in zip(nodes, details, strict=True)
+            if raw is not None
+        )
+        found = [f for f in found if f[0] > since or (f[0] == since and f[1] > after)]
+        resp = orchestrator_pb2.ListWaitsResponse()
+        for _, _, nid, raw, name in found[:size]:
+            resp.waits.append(wait_view(gid, nid, raw, name))
+        if len(found) > size:
+            last_ms, last_member = found[size - 1][:2]
+            resp.next_page_token = tokens.encode("w", last_ms, last_member)
+        return resp
+
+
+def _wait_since(raw: bytes) -> int:
+    return int(json.loads(raw).get(StoredWait.SINCE, 0))
 
 
 def _winner(rec: dict[str, Any]) -> dict[str, str]:

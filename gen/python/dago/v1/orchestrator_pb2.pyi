@@ -1343,19 +1343,26 @@ class ListWaitsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum waits per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
+    graph_id: _builtins.str
+    """Only the waits of this run (REST: ?graph_id=), oldest first: what a view of
+    one run shows. NOT_FOUND for a run the caller cannot see; a finished run
+    has none.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        graph_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

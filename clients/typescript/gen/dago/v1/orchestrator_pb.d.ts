@@ -1338,6 +1338,15 @@ export declare type ListWaitsRequest = Message<"dago.v1.ListWaitsRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Only the waits of this run (REST: ?graph_id=), oldest first: what a view of
+   * one run shows. NOT_FOUND for a run the caller cannot see; a finished run
+   * has none.
+   *
+   * @generated from field: string graph_id = 3;
+   */
+  graphId: string;
 };
 
 /**
