@@ -413,7 +413,15 @@ async def test_list_waits_of_one_run(single: InProcessStack) -> None:
     # Two waits at once in one run (parallel branches), and another run waiting too.
     gid = await c.submit(
         request(
-            [echo("start"), wait(), wait("hold")], [edge("start", "review"), edge("start", "hold")]
+            [
+                echo("start", text="hello world"),
+                wait(
+                    prompt="Publish {{ nodes.start.output.text }}?",
+                    display={"draft": "{{ nodes.start.output }}"},
+                ),
+                wait("hold"),
+            ],
+            [edge("start", "review"), edge("start", "hold")],
         )
     )
     other = await c.submit(review_graph())
@@ -438,8 +446,24 @@ async def test_list_waits_of_one_run(single: InProcessStack) -> None:
     assert {w.node_id for w in one} == {"review", "hold"} and {w.graph_id for w in one} == {gid}
     assert [w.since.ToMilliseconds() for w in one] == sorted(w.since.ToMilliseconds() for w in one)
     assert [w.node_id for w in await listed(page_size=1)] == [w.node_id for w in one]
+
+    # GetGraphStatus shows the wait on the waiting node (the display in the FULL view only).
+    def status_req(view: Any) -> orchestrator_pb2.GetGraphStatusRequest:
+        return orchestrator_pb2.GetGraphStatusRequest(graph_id=gid, view=view)
+
+    full = (await c.stub.GetGraphStatus(status_req(0), timeout=10)).status
+    nw = node_status(full, "review").wait
+    assert nw.prompt == "Publish hello world?" and list(nw.decisions) == ["approve", "reject"]
+    assert "draft" in plain(nw.display), nw
+    (listed_review,) = [w for w in one if w.node_id == "review"]
+    assert nw.since == listed_review.since
+    assert not node_status(full, "start").HasField("wait")
+    basic = orchestrator_pb2.GRAPH_STATUS_VIEW_BASIC
+    bw = node_status((await c.stub.GetGraphStatus(status_req(basic), timeout=10)).status, "review")
+    assert bw.wait.prompt == nw.prompt and not bw.wait.HasField("display")
     await c.stub.SignalGraph(signal(gid, "approve", node="hold"), timeout=10)
     assert [w.node_id for w in await listed()] == ["review"]
+    assert not node_status(await c.status(gid), "hold").HasField("wait")
     missing = orchestrator_pb2.ListWaitsRequest(graph_id="0-01ARZ3NDEKTSV4RRFFQ69G5FAV")
     err = await rpc_error(c.stub.ListWaits(missing, timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND, err

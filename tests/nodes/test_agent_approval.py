@@ -123,6 +123,9 @@ async def test_an_approved_call_runs_and_its_result_goes_to_the_model(
     assert list(w.decisions) == ["approve", "reject", "edit"]
     assert json.loads(w.payload_schema)["required"] == ["order_id"]
     assert len(fake.requests) == 1
+    # GetGraphStatus shows the wait on the node.
+    nw = node_status(await c.status(gid), "helper").wait
+    assert list(nw.decisions) == ["approve", "reject", "edit"] and "order_status" in nw.prompt
     # The node holds no pending work item while it waits.
     pending = await stack.store.redis.xpending(
         stack.store.keys.shard(int(gid.split("-")[0])).work, "workers"

@@ -25,6 +25,7 @@ from dago.api.views import (
     TERMINAL_STATES,
     attempt,
     executions,
+    fill_wait,
     graph_result,
     graph_state,
     graph_status,
@@ -982,23 +983,8 @@ MAX_COMMENT_CHARS = 4096
 
 def wait_view(gid: str, nid: str, raw: bytes, name: bytes | None) -> orchestrator_pb2.Wait:
     """A ``Wait`` from a node's stored wait (``schema.Wait``)."""
-    w = json.loads(raw)
-    out = orchestrator_pb2.Wait(
-        graph_id=gid,
-        graph_name=name.decode() if name else "",
-        node_id=nid,
-        iteration=int(w.get(StoredWait.ITERATION, 0)),
-        prompt=str(w.get(StoredWait.PROMPT, "")),
-        decisions=[str(x) for x in w.get(StoredWait.DECISIONS) or []],
-        payload_schema=str(w.get(StoredWait.SCHEMA, "")),
-    )
-    display = w.get(StoredWait.DISPLAY)
-    if isinstance(display, dict):
-        out.display.update(display)
-    out.since.FromMilliseconds(int(w.get(StoredWait.SINCE, 0)))
-    deadline = int(w.get(StoredWait.DEADLINE) or 0)
-    if deadline:
-        out.deadline.FromMilliseconds(deadline)
+    out = orchestrator_pb2.Wait(graph_id=gid, graph_name=name.decode() if name else "", node_id=nid)
+    fill_wait(out, raw)
     return out
 
 
