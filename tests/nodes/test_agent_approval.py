@@ -290,3 +290,45 @@ async def test_each_call_is_its_own_wait_and_a_late_signal_for_an_earlier_one_lo
     assert len(fake.requests) == 3
     waits = [e for e in await c.history(gid) if e.WhichOneof("payload") == "node_waiting"]
     assert len(waits) == 2
+
+
+async def test_the_calls_of_one_turn_are_decided_one_at_a_time_then_run_together(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    c = stack.client
+    fake.script = [
+        ToolUse(
+            {"order_id": "A-100"},
+            "order_status",
+            id="toolu_1",
+            more=[
+                ("toolu_2", "echo", {"note": "no approval"}),
+                ("toolu_3", "order_status", {"order_id": "A-200"}),
+            ],
+        ),
+        Text("Done."),
+    ]
+    gid = await c.submit(request([agent(["order_status", "echo"], ["order_status"])]))
+
+    async def waits_on(call_id: str) -> bool:
+        resp = await c.stub.ListWaits(orchestrator_pb2.ListWaitsRequest(graph_id=gid), timeout=10)
+        return [plain(w.display)["id"] for w in resp.waits] == [call_id]
+
+    await eventually(lambda: waits_on("toolu_1"), 20.0)
+    # Nothing of the turn ran yet: every call waits for the turn's decisions.
+    events = await c.history(gid)
+    assert kinds(events) == ["tool_call"] * 3 + ["node_waiting"]
+    await c.stub.SignalGraph(decide(gid, "approve"), timeout=10)
+    await eventually(lambda: waits_on("toolu_3"), 20.0)
+    assert "tool_result" not in kinds(await c.history(gid))
+    await c.stub.SignalGraph(decide(gid, "reject", comment="not this one"), timeout=10)
+    st = await c.wait(gid)
+    assert st.state == COMPLETED, st
+    assert len(fake.requests) == 2
+    sent = results_sent(fake, 1)
+    assert [b["tool_use_id"] for b in sent] == ["toolu_1", "toolu_2", "toolu_3"]
+    assert [bool(b.get("is_error")) for b in sent] == [False, False, True]
+    assert "shipped" in text_of(sent[0]) and "not this one" in text_of(sent[2])
+    assert kinds(await c.history(gid)) == (
+        ["tool_call"] * 3 + ["node_waiting", "signal_received"] * 2 + ["tool_result"] * 3
+    )
