@@ -74,6 +74,7 @@ from dago.nodes.llm import ModelCaller, check_model
 from dago.nodes.tool import tool_problem
 from dago.nodes.toolbox import Toolbox
 from dago.nodes.wait import WaitRequest
+from dago.observe.metrics import Metrics
 from dago.observe.tracing import fail
 from dago.store.schema import Decision
 from dago.v1 import graph_pb2
@@ -166,17 +167,19 @@ class AgentHandler(NodeHandler):
         tools: Toolbox,
         default_max_turns: int,
         default_tool_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._model = model
         self._tools = tools
         self._max_turns = default_max_turns
         self._tool_timeout = default_tool_timeout
+        self._metrics = metrics
 
     @classmethod
     def build(cls, deps: NodeDeps) -> AgentHandler:
         """The handler of a worker: turns and tool timeout defaults from its settings."""
         s = deps.settings
-        return cls(deps.model, deps.toolbox, s.agent_max_turns, s.tool_timeout_s)
+        return cls(deps.model, deps.toolbox, s.agent_max_turns, s.tool_timeout_s, deps.metrics)
 
     async def warm(self) -> None:
         """Import the default provider's SDK (shared with the other kinds: imported once)."""
@@ -232,6 +235,9 @@ class AgentHandler(NodeHandler):
             rec = _decision(ctx, saved["waiting"])
             if rec is not None:
                 decided[saved["waiting"]] = rec
+                if self._metrics is not None:
+                    waited = int(rec.get(Decision.AT) or 0) - int(rec.get(Decision.SINCE) or 0)
+                    self._metrics.wait_duration.labels("signal").observe(max(0.0, waited / 1000))
         for turn in range(first_turn, max_turns + 1):
             if saved is None:
                 try:
@@ -424,7 +430,14 @@ def _decision(ctx: NodeContext, call_id: str) -> dict[str, Any] | None:
     ):
         return {
             k: rec.get(k)
-            for k in (Decision.DECISION, Decision.PAYLOAD, Decision.ACTOR, Decision.COMMENT)
+            for k in (
+                Decision.DECISION,
+                Decision.PAYLOAD,
+                Decision.ACTOR,
+                Decision.COMMENT,
+                Decision.AT,
+                Decision.SINCE,
+            )
         }
     return None
 
