@@ -2,7 +2,8 @@
 the real stack: the real ``anthropic`` SDK against the fake Messages API over HTTP, real
 tools (tests/support/testtools.py), the real API, workers and Redis functions.
 
-Covered: a call approved (the tool runs, the model gets its result), rejected (the model
+Covered: a call approved (the tool runs, the model gets its result; on the single Redis and
+the cluster), rejected (the model
 gets an error result carrying the comment and is called for its next turn), edited (the
 tool runs with the edited arguments; edited arguments the tool's schema refuses are
 INVALID_ARGUMENT naming the payload); the wait in ListWaits; a restart of every process
@@ -33,7 +34,7 @@ from harness import (
     request,
     rpc_error,
 )
-from redisfixture import RedisServer
+from redisfixture import RedisServer, RedisTarget
 
 KEY = "sk-ant-test-agent-approval"
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
@@ -57,6 +58,14 @@ def settings(fake: FakeAnthropic) -> dict[str, Any]:
 @pytest.fixture
 async def stack(fake: FakeAnthropic, make_stack: MakeStack) -> InProcessStack:
     return await make_stack(**settings(fake))
+
+
+@pytest.fixture
+async def either(
+    fake: FakeAnthropic, redis_target: RedisTarget, make_stack: MakeStack
+) -> InProcessStack:
+    """On the single Redis and on the cluster."""
+    return await make_stack(redis_target, **settings(fake))
 
 
 async def waiting(c: Client, gid: str) -> None:
@@ -103,8 +112,9 @@ def text_of(block: dict[str, Any]) -> str:
 
 
 async def test_an_approved_call_runs_and_its_result_goes_to_the_model(
-    stack: InProcessStack, fake: FakeAnthropic
+    either: InProcessStack, fake: FakeAnthropic
 ) -> None:
+    stack = either
     c = stack.client
     fake.script = [
         ToolUse({"order_id": "A-100"}, "order_status", id="toolu_1"),
