@@ -30,7 +30,9 @@ Approvals: a call of a tool matching ``approval_required_tools`` (names or glob
 patterns) waits for a person before it runs. The node's attempt returns a wait
 (``WaitRequest``: display ``{tool, arguments, id}``, decisions ``approve``, ``reject``,
 ``edit``, payload schema the tool's input schema, step the call's id) with the
-conversation so far (``Saved``), which the ``wait`` function keeps in Redis with the node
+conversation so far (messages, usage, turn and call counts, the turn's calls and the
+decisions made for them: ``WaitRequest.saved``, read back by ``_saved``), which the ``wait``
+function keeps in Redis with the node
 (``schema.Node.SAVED_REF``); the node holds no slot and no work item. The start after a
 decision reads the conversation and the decision, and goes on from there: the model is
 not called again for the turns already done. The calls of one turn are decided one at a

@@ -105,7 +105,7 @@ class Node:
     SAVED_REF: Final = ":c"
     """An agent node that may wait for approvals also reads ``<node>:c:o`` (this, then
     ``OUTPUT``) when it starts: its conversation kept while it waits (JSON, written by the
-    ``wait`` function with the wait; ``dago.nodes.agent.Saved``), so any worker resumes it.
+    ``wait`` function with the wait; see ``dago.nodes.agent``), so any worker resumes it.
     Replaced by the node's next wait; removed with the graph's keys."""
 
 
