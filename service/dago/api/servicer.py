@@ -749,12 +749,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             self._auth.actor(),
             sid,
             request.comment,
-            request.tool_call_id,
         )
         if approvals:
             problem, step = await self._approval_problem(shard, request, payload)
             args = args._replace(step=step)
-        else:
+        else:  # a wait node waits once per iteration: tool_call_id is not for it (ignored)
             problem = await self._signal_problem(node.proto.wait, request, payload)
         if problem is None and len(payload_json) > self._settings.max_event_bytes // 2:
             problem = (

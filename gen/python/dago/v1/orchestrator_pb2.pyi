@@ -1261,7 +1261,7 @@ class SignalGraphRequest(_message.Message):
     tool_call_id: _builtins.str
     """For an agent node waiting for the approval of a tool call: the call the
     decision is for (the "id" of the wait's display). Empty: the call the node
-    waits on now.
+    waits on now. Ignored for wait nodes.
     """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:

@@ -1244,7 +1244,7 @@ export declare type SignalGraphRequest = Message<"dago.v1.SignalGraphRequest"> &
   /**
    * For an agent node waiting for the approval of a tool call: the call the
    * decision is for (the "id" of the wait's display). Empty: the call the node
-   * waits on now.
+   * waits on now. Ignored for wait nodes.
    *
    * @generated from field: string tool_call_id = 8;
    */
