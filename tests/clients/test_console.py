@@ -869,7 +869,7 @@ async def test_the_approvals_inbox_lists_waits_and_decides_them(console: Console
             f"document.querySelector('{sc} .decide-error').textContent.startsWith('payload:')"
         )
         error = await page.inner_text(f"{sc} .decide-error")
-        assert "is not of type 'string'" in error, error
+        assert '5 is not of type "string"' in error, error
         assert await page.get_attribute(f"{sc} textarea", "aria-invalid") == "true"
         assert await node_state(console, schema_gid, "review") == execution_pb2.NODE_STATE_WAITING
         await shot(page, "console-approvals-invalid.png")

@@ -820,6 +820,10 @@ async def test_waits_and_signals_over_rest_and_grpc_web(edge_stack: Edge) -> Non
         1,
     )
     assert w["graph_name"] == "edge" and w["since"].endswith("Z")
+    # One run's waits: ?graph_id=
+    r = await e.http.get("/api/v1/waits", params={"graph_id": gid})
+    assert r.status_code == 200, r.text
+    assert [x["node_id"] for x in r.json()["waits"]] == ["review"], r.text
 
     url = f"/api/v1/graphs/{gid}/nodes/review:signal"
     bad = error(await e.http.post(url, json={"decision": "maybe"}), 400, 3)  # INVALID_ARGUMENT
@@ -857,3 +861,42 @@ async def test_waits_and_signals_over_rest_and_grpc_web(edge_stack: Edge) -> Non
     assert orchestrator_pb2.SignalGraphResponse.FromString(messages[0]).decision == "approve"
     st = await wait_state(e, gid)
     assert st["state"] == "GRAPH_STATE_COMPLETED", st
+
+
+async def test_an_agent_tool_call_approval_over_rest(edge_stack: Edge) -> None:
+    e = edge_stack
+    # The offline model calls each tool once, then answers from the results.
+    helper = {
+        "id": "helper",
+        "agent": {
+            "llm": {"provider": "offline", "prompt": "say hi"},
+            "tools": ["sleep"],
+            "approval_required_tools": ["sl*"],
+        },
+    }
+    gid = await submit(e, graph(helper))
+    listed: list[dict[str, Any]] = []
+
+    async def waiting() -> bool:
+        r = await e.http.get("/api/v1/waits", params={"graph_id": gid})
+        assert r.status_code == 200, r.text
+        listed[:] = r.json().get("waits", [])
+        return bool(listed)
+
+    await eventually(waiting, 20, 0.05)
+    (w,) = listed
+    assert w["display"]["tool"] == "sleep" and w["decisions"] == ["approve", "reject", "edit"], w
+    url = f"/api/v1/graphs/{gid}/nodes/helper:signal"
+    bad = error(
+        await e.http.post(url, json={"decision": "edit", "payload": {"seconds": -1}}), 400, 3
+    )
+    assert detail(bad, "google.rpc.BadRequest")["field_violations"][0]["field"] == "payload", bad
+    r = await e.http.post(
+        url,
+        json={"decision": "edit", "payload": {"seconds": 0.01}, "tool_call_id": w["display"]["id"]},
+    )
+    assert r.status_code == 200, r.text
+    st = await wait_state(e, gid)
+    assert st["state"] == "GRAPH_STATE_COMPLETED", st
+    (node,) = st["nodes"]
+    assert "0.01" in node["output"]["text"], node  # the tool ran with the edited arguments

@@ -287,7 +287,8 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     schema = (
         '{"type": "object", "required": ["title"], "properties": {"title": {"type": "string"}}}'
     )
-    gid = await c.submit(request([wait(decisions=["approve", "edit"], payloadSchema=schema)]))
+    review = wait(decisions=["approve", "edit"], payloadSchema=schema)
+    gid = await c.submit(request([review, wait("hold")], [edge("review", "hold")]))
     await waiting(c, gid)
 
     async def violation(req: orchestrator_pb2.SignalGraphRequest) -> tuple[str, str]:
@@ -300,8 +301,11 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     assert field == "decision" and "approve, edit" in why
     field, why = await violation(signal(gid, "edit", payload=payload({"title": 3})))
     assert field == "payload" and "title" in why
-    field, _ = await violation(signal(gid, "edit"))  # no payload: null is not an object
-    assert field == "payload"
+    # The values a violation quotes are JSON, as the client sent them (not Python reprs).
+    field, why = await violation(signal(gid, "edit"))  # no payload: null is not an object
+    assert field == "payload" and 'null is not of type "object"' in why, why
+    field, why = await violation(signal(gid, "edit", payload=payload({"text": ""})))
+    assert '"title" is a required property' in why, why
     err = await rpc_error(c.stub.SignalGraph(signal(gid, "approve", node="nope"), timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     nan = struct_pb2.Value()
@@ -312,6 +316,17 @@ async def test_a_decision_or_payload_the_node_refuses_is_invalid_argument(
     assert long.code() == grpc.StatusCode.INVALID_ARGUMENT and "comment" in (long.details() or "")
     ok = await c.stub.SignalGraph(signal(gid, "edit", payload=payload({"title": "t"})), timeout=10)
     assert ok.decision == "edit"
+    # Once decided, a late signal hears that it lost, whatever it sent: ABORTED naming the
+    # winner, not INVALID_ARGUMENT for its payload or decision; FAILED_PRECONDITION once the
+    # run ended.
+    for late in (signal(gid, "edit", payload=payload({"text": ""})), signal(gid, "nope")):
+        err = await rpc_error(c.stub.SignalGraph(late, timeout=10))
+        assert err.code() == grpc.StatusCode.ABORTED and "'edit'" in (err.details() or ""), err
+    await c.stub.SignalGraph(signal(gid, "approve", node="hold"), timeout=10)
+    assert (await c.wait(gid)).state == COMPLETED
+    err = await rpc_error(c.stub.SignalGraph(signal(gid, "edit", payload=payload(3)), timeout=10))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+    assert "'edit'" in (err.details() or ""), err
 
 
 BAD_WAITS = [
@@ -393,6 +408,67 @@ async def test_a_wait_in_a_loop_waits_again_in_each_iteration(single: InProcessS
 # --- waiting costs nothing; restarts ------------------------------------------------------------
 
 
+async def test_list_waits_of_one_run(single: InProcessStack) -> None:
+    c = single.client
+    # Two waits at once in one run (parallel branches), and another run waiting too.
+    gid = await c.submit(
+        request(
+            [
+                echo("start", text="hello world"),
+                wait(
+                    prompt="Publish {{ nodes.start.output.text }}?",
+                    display={"draft": "{{ nodes.start.output }}"},
+                ),
+                wait("hold"),
+            ],
+            [edge("start", "review"), edge("start", "hold")],
+        )
+    )
+    other = await c.submit(review_graph())
+    await waiting(c, gid)
+    await waiting(c, gid, "hold")
+    await waiting(c, other)
+
+    async def listed(page_size: int = 0) -> list[orchestrator_pb2.Wait]:
+        out: list[orchestrator_pb2.Wait] = []
+        token = ""
+        while True:
+            req = orchestrator_pb2.ListWaitsRequest(
+                graph_id=gid, page_size=page_size, page_token=token
+            )
+            resp = await c.stub.ListWaits(req, timeout=10)
+            out.extend(resp.waits)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    one = await listed()
+    assert {w.node_id for w in one} == {"review", "hold"} and {w.graph_id for w in one} == {gid}
+    assert [w.since.ToMilliseconds() for w in one] == sorted(w.since.ToMilliseconds() for w in one)
+    assert [w.node_id for w in await listed(page_size=1)] == [w.node_id for w in one]
+
+    # GetGraphStatus shows the wait on the waiting node (the display in the FULL view only).
+    def status_req(view: Any) -> orchestrator_pb2.GetGraphStatusRequest:
+        return orchestrator_pb2.GetGraphStatusRequest(graph_id=gid, view=view)
+
+    full = (await c.stub.GetGraphStatus(status_req(0), timeout=10)).status
+    nw = node_status(full, "review").wait
+    assert nw.prompt == "Publish hello world?" and list(nw.decisions) == ["approve", "reject"]
+    assert "draft" in plain(nw.display), nw
+    (listed_review,) = [w for w in one if w.node_id == "review"]
+    assert nw.since == listed_review.since
+    assert not node_status(full, "start").HasField("wait")
+    basic = orchestrator_pb2.GRAPH_STATUS_VIEW_BASIC
+    bw = node_status((await c.stub.GetGraphStatus(status_req(basic), timeout=10)).status, "review")
+    assert bw.wait.prompt == nw.prompt and not bw.wait.HasField("display")
+    await c.stub.SignalGraph(signal(gid, "approve", node="hold"), timeout=10)
+    assert [w.node_id for w in await listed()] == ["review"]
+    assert not node_status(await c.status(gid), "hold").HasField("wait")
+    missing = orchestrator_pb2.ListWaitsRequest(graph_id="0-01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    err = await rpc_error(c.stub.ListWaits(missing, timeout=10))
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err
+
+
 async def test_waiting_nodes_hold_no_slot(redis_single: RedisServer, make_stack: MakeStack) -> None:
     s = await make_stack(redis_single, worker_slots=2)
     c = s.client
@@ -448,9 +524,13 @@ async def test_list_waits_pages_oldest_first_within_the_callers_namespace(
         listed = await inbox(a, page_size=2)
         assert [w.graph_id for w in listed] == mine  # oldest first, every page
         assert [w.graph_id for w in await inbox(b)] == [theirs]
-        # Another namespace's graph is not there to signal.
+        # Another namespace's graph is not there to signal, nor to list the waits of.
         err = await rpc_error(b.stub.SignalGraph(signal(mine[0], "approve"), timeout=10))
         assert err.code() == grpc.StatusCode.NOT_FOUND
+        one = orchestrator_pb2.ListWaitsRequest(graph_id=mine[0])
+        err = await rpc_error(b.stub.ListWaits(one, timeout=10))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert [w.graph_id for w in (await a.stub.ListWaits(one, timeout=10)).waits] == mine[:1]
         # The actor is the key's name (its hash's first digits when it has none).
         assert (await a.stub.SignalGraph(signal(mine[0], "approve"), timeout=10)).actor == "alice"
         resp = await b.stub.SignalGraph(signal(theirs, "approve"), timeout=10)

@@ -178,6 +178,8 @@ class ToolUse:
     text: str = ""
     delay: float = 0.0
     thinking: str = ""
+    more: list[tuple[str, str, Any]] = field(default_factory=list)
+    """Further tool calls of the same turn: (id, name, input) each, after the first."""
 
 
 @dataclass
@@ -647,6 +649,10 @@ def _message(
         content.append(
             {"type": "tool_use", "id": reply.id, "name": reply.name, "input": reply.input}
         )
+        for call_id, tool_name, tool_input in reply.more:
+            content.append(
+                {"type": "tool_use", "id": call_id, "name": tool_name, "input": tool_input}
+            )
         stop = "tool_use"
     return {
         "id": "msg_fake",

@@ -167,6 +167,9 @@ export function decisionWidget(parent, wait, options = {}) {
         signalId: `ui-${crypto.randomUUID()}`,
         comment: comment.value.trim(),
         iteration: wait.iteration ?? 0,
+        // An agent's tool call approval (display {tool, arguments, id}): decide that call,
+        // never the next one if it was decided meanwhile (ignored for wait nodes).
+        toolCallId: agentCallId(wait.display),
       });
       decided({ decision: res.decision, actor: res.actor, comment: comment.value.trim() });
       options.onSent?.(res);
@@ -228,4 +231,10 @@ export function waitOfEvent(ev) {
     payloadSchema: p.payloadSchema,
     deadline: dl,
   };
+}
+
+/** The tool call id of an agent's approval wait (its display is {tool, arguments, id}). */
+function agentCallId(display) {
+  const d = display ?? {};
+  return typeof d.id === "string" && typeof d.tool === "string" && "arguments" in d ? d.id : "";
 }

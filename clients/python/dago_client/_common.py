@@ -180,6 +180,7 @@ def signal_request(
     comment: str,
     signal_id: str | None,
     iteration: int,
+    tool_call_id: str = "",
 ) -> orchestrator_pb2.SignalGraphRequest:
     """The SignalGraphRequest to send. Without a signal_id one is generated, so that a retry
     after a lost answer is the same signal (it gets the first answer, not ABORTED)."""
@@ -190,6 +191,7 @@ def signal_request(
         comment=comment,
         iteration=iteration,
         signal_id=signal_id if signal_id is not None else f"py-{uuid.uuid4().hex}",
+        tool_call_id=tool_call_id,
     )
     if payload is not None:
         json_format.ParseDict(payload, req.payload)

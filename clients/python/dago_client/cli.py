@@ -462,6 +462,7 @@ class Cli:
                 comment=self.args.comment or "",
                 signal_id=self.args.signal_id,
                 iteration=self.args.iteration,
+                tool_call_id=self.args.tool_call_id or "",
             )
         except DagoError as e:
             info = e.detail(error_details_pb2.ErrorInfo)
@@ -596,7 +597,9 @@ def parser() -> argparse.ArgumentParser:
     )
     wt = sub.add_parser("waits", help="list the wait nodes waiting for a signal, oldest first")
     wt.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
-    sg = sub.add_parser("signal", help="send a decision to a waiting wait node")
+    sg = sub.add_parser(
+        "signal", help="send a decision to a waiting wait node (or agent tool call approval)"
+    )
     sg.add_argument("graph_id")
     sg.add_argument("node_id")
     sg.add_argument("decision")
@@ -605,6 +608,10 @@ def parser() -> argparse.ArgumentParser:
     sg.add_argument("--signal-id", help="makes the signal idempotent (default: generated)")
     sg.add_argument(
         "--iteration", type=int, default=0, help="the iteration meant (0: the current one)"
+    )
+    sg.add_argument(
+        "--tool-call-id",
+        help="an agent's tool call the decision is for (default: the one it waits on now)",
     )
     r = sub.add_parser("render", help="a graph file or a run as Mermaid or Graphviz DOT")
     r.add_argument("source", help="graph file, or a run id (node states coloured)")

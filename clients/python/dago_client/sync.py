@@ -280,14 +280,19 @@ class DagoClient:
         comment: str = "",
         signal_id: str | None = None,
         iteration: int = 0,
+        tool_call_id: str = "",
         deadline_s: float | None = None,
     ) -> orchestrator_pb2.SignalGraphResponse:
-        """Send ``decision`` (with an optional JSON ``payload``) to a waiting wait node.
+        """Send ``decision`` (with an optional JSON ``payload``) to a waiting wait node, or to
+        an agent waiting for the approval of a tool call (``tool_call_id``: which call;
+        empty: the one it waits on now).
         InvalidArgumentError for a decision or payload the node refuses,
         FailedPreconditionError when it is not waiting, AbortedError when another signal
         decided it first (the winner is in the error's ErrorInfo). Without a signal_id one is
         generated, so a retry after a lost answer gets the first answer."""
-        req = signal_request(graph_id, node_id, decision, payload, comment, signal_id, iteration)
+        req = signal_request(
+            graph_id, node_id, decision, payload, comment, signal_id, iteration, tool_call_id
+        )
         return self._call(self.stub.SignalGraph, req, idempotent=True, deadline_s=deadline_s)
 
     def waits_page(

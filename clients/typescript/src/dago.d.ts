@@ -64,6 +64,11 @@ export interface SignalOptions {
   comment?: string;
   /** The iteration the signal is meant for (default 0: the node's current one). */
   iteration?: number;
+  /**
+   * For an agent waiting for the approval of a tool call: the call the decision is for
+   * (the wait display's `id`; default: the one the node waits on now).
+   */
+  toolCallId?: string;
 }
 
 export interface DagoClient {

@@ -158,7 +158,7 @@ export function createDagoClient(baseUrl, options = {}) {
     },
 
     async signal(graphId, nodeId, decision, signalOptions = {}, callOptions) {
-      const { payload, signalId, comment, iteration } = signalOptions;
+      const { payload, signalId, comment, iteration, toolCallId } = signalOptions;
       return (await client()).signalGraph(
         {
           graphId,
@@ -169,6 +169,7 @@ export function createDagoClient(baseUrl, options = {}) {
           signalId: signalId ?? "",
           comment: comment ?? "",
           iteration: iteration ?? 0,
+          toolCallId: toolCallId ?? "",
         },
         callOptions,
       );

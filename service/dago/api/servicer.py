@@ -25,6 +25,7 @@ from dago.api.views import (
     TERMINAL_STATES,
     attempt,
     executions,
+    fill_wait,
     graph_result,
     graph_state,
     graph_status,
@@ -37,7 +38,12 @@ from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.engine.model import CompileOptions
-from dago.engine.waits import decisions_of, payload_problem
+from dago.engine.waits import (
+    AGENT_DECISIONS,
+    decisions_of,
+    edited_arguments_problem,
+    payload_problem,
+)
 from dago.history.db import HistoryDb
 from dago.history.listing import RunListing
 from dago.history.usage import UsageReport
@@ -719,39 +725,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         node = loaded.compiled.nodes.get(nid) if loaded.compiled is not None else None
         if node is None:
             raise errors.not_found("node", f"{gid}/{nid}")
-        if node.kind != "wait":
+        approvals = node.kind == "agent" and bool(node.proto.agent.approval_required_tools)
+        if node.kind != "wait" and not approvals:
             raise errors.invalid_field(
-                "node_id", f"node {nid!r} is a {node.kind} node; only wait nodes take signals"
+                "node_id",
+                f"node {nid!r} is a {node.kind} node; only wait nodes and agent nodes with "
+                "approval_required_tools take signals",
             )
-        spec = node.proto.wait
-        allowed = decisions_of(spec)
-        if request.decision not in allowed:
-            raise errors.invalid_field(
-                "decision",
-                f"{clip(request.decision)!r} is not a decision of node {nid!r} (its decisions: "
-                + ", ".join(allowed)
-                + ")",
-            )
+        if len(request.tool_call_id) > 256:
+            raise errors.invalid_field("tool_call_id", "use at most 256 characters")
         bad = first_non_finite(request.payload, "payload")
         if bad is not None:
             raise errors.invalid_field(bad, NOT_FINITE)
         payload = to_plain(request.payload) if request.HasField("payload") else None
         payload_json = dumps(payload) if request.HasField("payload") else ""
-        # On the compile thread: a schema's patterns may be slow, and the event loop serves
-        # every other call.
-        problem = (
-            await self._graphs.offload(payload_problem, spec, payload)
-            if spec.payload_schema
-            else None
-        )
-        if problem:
-            raise errors.invalid_field("payload", problem)
-        if len(payload_json) > self._settings.max_event_bytes // 2:
-            raise errors.invalid_field(
-                "payload",
-                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
-                "(half of DAGO_MAX_EVENT_BYTES)",
-            )
         sid = request.signal_id or f"s-{uuid.uuid4().hex}"
         args = SignalArgs(
             gid,
@@ -763,8 +750,79 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             sid,
             request.comment,
         )
+        if approvals:
+            problem, step = await self._approval_problem(shard, request, payload)
+            args = args._replace(step=step)
+        else:  # a wait node waits once per iteration: tool_call_id is not for it (ignored)
+            problem = await self._signal_problem(node.proto.wait, request, payload)
+        if problem is None and len(payload_json) > self._settings.max_event_bytes // 2:
+            problem = (
+                "payload",
+                f"use at most {self._settings.max_event_bytes // 2} bytes of JSON "
+                "(half of DAGO_MAX_EVENT_BYTES)",
+            )
+        if problem is not None:
+            # A wait already decided (or a run that ended) tells the client it lost, whatever
+            # it sent: the check costs a call only for a signal that is refused anyway.
+            res = await self._store.signal(shard, args._replace(probe=1))
+            if res.outcome in ("replay", "ended", "conflict", "missing"):
+                return self._signalled(gid, nid, request, res)
+            raise errors.invalid_field(*problem)
         res = await self._store.signal(shard, args)
         return self._signalled(gid, nid, request, res)
+
+    async def _signal_problem(
+        self,
+        spec: graph_pb2.WaitNode,
+        request: orchestrator_pb2.SignalGraphRequest,
+        payload: Any,
+    ) -> tuple[str, str] | None:
+        """The field violation of a signal's decision or payload (checked against the wait's
+        definition), or None."""
+        allowed = decisions_of(spec)
+        if request.decision not in allowed:
+            return (
+                "decision",
+                f"{clip(request.decision)!r} is not a decision of node {request.node_id!r} "
+                "(its decisions: " + ", ".join(allowed) + ")",
+            )
+        # On the compile thread: a schema's patterns may be slow, and the event loop serves
+        # every other call.
+        problem = (
+            await self._graphs.offload(payload_problem, spec, payload)
+            if spec.payload_schema
+            else None
+        )
+        if problem:
+            return "payload", problem
+        return None
+
+    async def _approval_problem(
+        self, shard: int, request: orchestrator_pb2.SignalGraphRequest, payload: Any
+    ) -> tuple[tuple[str, str] | None, str]:
+        """The field violation of a decision on an agent's tool call (docs/semantics.md,
+        "Approval of agent tool calls"), and the call it is for: the one named, else the one
+        the node waits on now (read with its wait for an ``edit``, whose payload is checked
+        against the tool's input schema kept in the wait; the signal function then refuses
+        the decision if the node moved on to another call)."""
+        if request.decision not in AGENT_DECISIONS:
+            return (
+                "decision",
+                f"{clip(request.decision)!r} is not a decision of a tool call's approval (its "
+                "decisions: " + ", ".join(AGENT_DECISIONS) + ")",
+            ), request.tool_call_id
+        if request.decision != "edit":
+            return None, request.tool_call_id
+        ((raw, _),) = await self._store.wait_details([(shard, request.graph_id, request.node_id)])
+        if raw is None:  # not waiting: the signal function says why
+            return None, request.tool_call_id
+        w = json.loads(raw)
+        step = str(w.get(StoredWait.STEP) or "")
+        if request.tool_call_id and request.tool_call_id != step:
+            return None, request.tool_call_id
+        schema = json.loads(w[StoredWait.SCHEMA]) if w.get(StoredWait.SCHEMA) else None
+        problem = await self._graphs.offload(edited_arguments_problem, schema, payload)
+        return (("payload", problem) if problem else None), step
 
     def _signalled(
         self,
@@ -836,6 +894,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if request.page_token:
             ms, after = tokens.decode(request.page_token, "w", 2)
             since = tokens.decode_int(ms) if ms != "0" else 0
+        if request.graph_id:
+            return await self._run_waits(request.graph_id, since, after, size)
         ns = self._auth.current()
         pages = await asyncio.gather(
             *(
@@ -860,6 +920,41 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             last_ms, last_member, _ = page[-1]
             resp.next_page_token = tokens.encode("w", last_ms, last_member)
         return resp
+
+    async def _run_waits(
+        self, gid: str, since: int, after: str, size: int
+    ) -> orchestrator_pb2.ListWaitsResponse:
+        """ListWaits of one run: the stored waits of its nodes that may wait, read in one
+        round trip (no scan of the namespace's inbox), in the inbox's order and paging."""
+        if len(gid) > MAX_ID_CHARS:
+            raise errors.not_found("graph", gid)
+        shard = self._shard(gid)
+        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
+        loaded = await self._graphs.get(shard, gid)
+        if loaded is None or loaded.compiled is None:
+            # Finished and archived (no waits), or unknown (NOT_FOUND).
+            await self._archive.status(gid, False)
+            return orchestrator_pb2.ListWaitsResponse()
+        self._owned(gid, ns)
+        nodes = sorted(n.id for n in loaded.compiled.nodes.values() if n.waits)
+        details = await self._store.wait_details([(shard, gid, n) for n in nodes])
+        found = sorted(
+            (_wait_since(raw), f"{gid}|{nid}", nid, raw, name)
+            for nid, (raw, name) in zip(nodes, details, strict=True)
+            if raw is not None
+        )
+        found = [f for f in found if f[0] > since or (f[0] == since and f[1] > after)]
+        resp = orchestrator_pb2.ListWaitsResponse()
+        for _, _, nid, raw, name in found[:size]:
+            resp.waits.append(wait_view(gid, nid, raw, name))
+        if len(found) > size:
+            last_ms, last_member = found[size - 1][:2]
+            resp.next_page_token = tokens.encode("w", last_ms, last_member)
+        return resp
+
+
+def _wait_since(raw: bytes) -> int:
+    return int(json.loads(raw).get(StoredWait.SINCE, 0))
 
 
 def _winner(rec: dict[str, Any]) -> dict[str, str]:
@@ -887,23 +982,8 @@ MAX_COMMENT_CHARS = 4096
 
 def wait_view(gid: str, nid: str, raw: bytes, name: bytes | None) -> orchestrator_pb2.Wait:
     """A ``Wait`` from a node's stored wait (``schema.Wait``)."""
-    w = json.loads(raw)
-    out = orchestrator_pb2.Wait(
-        graph_id=gid,
-        graph_name=name.decode() if name else "",
-        node_id=nid,
-        iteration=int(w.get(StoredWait.ITERATION, 0)),
-        prompt=str(w.get(StoredWait.PROMPT, "")),
-        decisions=[str(x) for x in w.get(StoredWait.DECISIONS) or []],
-        payload_schema=str(w.get(StoredWait.SCHEMA, "")),
-    )
-    display = w.get(StoredWait.DISPLAY)
-    if isinstance(display, dict):
-        out.display.update(display)
-    out.since.FromMilliseconds(int(w.get(StoredWait.SINCE, 0)))
-    deadline = int(w.get(StoredWait.DEADLINE) or 0)
-    if deadline:
-        out.deadline.FromMilliseconds(deadline)
+    out = orchestrator_pb2.Wait(graph_id=gid, graph_name=name.decode() if name else "", node_id=nid)
+    fill_wait(out, raw)
     return out
 
 

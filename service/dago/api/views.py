@@ -8,7 +8,7 @@ from typing import Any
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
 from dago.store.events import error_from, usage_from
-from dago.store.schema import Meta, Node, Record, Usage
+from dago.store.schema import Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
 from dago.store.values import NotJson, dumps, set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
@@ -104,9 +104,33 @@ def _node_status(
     if err:
         error_from(json.loads(err), ns.error)
     _usage(h, f"{nid}:", ns.usage)
+    waited = get(Node.WAIT)
+    if waited is not None and ns.state == execution_pb2.NODE_STATE_WAITING:
+        fill_wait(ns.wait, waited, display=full)
     for rid, rec in executions(records, [get(f) for f in RUNNING_FIELDS]):
         ns.attempts.append(attempt(rid, rec, full))
     return ns
+
+
+def fill_wait(
+    msg: execution_pb2.NodeWait | orchestrator_pb2.Wait, raw: bytes, display: bool = True
+) -> None:
+    """Set a ``NodeWait`` or a ``Wait`` (the same field names) from a node's stored wait
+    (JSON, ``schema.Wait``): prompt, decisions, payload schema, since, deadline and, when
+    ``display``, the display. Also sets ``iteration`` on a ``Wait``."""
+    w = json.loads(raw)
+    msg.prompt = str(w.get(Wait.PROMPT, ""))
+    msg.decisions.extend(str(x) for x in w.get(Wait.DECISIONS) or [])
+    msg.payload_schema = str(w.get(Wait.SCHEMA, ""))
+    if isinstance(msg, orchestrator_pb2.Wait):
+        msg.iteration = int(w.get(Wait.ITERATION, 0))
+    shown = w.get(Wait.DISPLAY)
+    if display and isinstance(shown, dict):
+        msg.display.update(shown)
+    msg.since.FromMilliseconds(int(w.get(Wait.SINCE, 0)))
+    deadline = int(w.get(Wait.DEADLINE) or 0)
+    if deadline:
+        msg.deadline.FromMilliseconds(deadline)
 
 
 RUNNING_FIELDS = (

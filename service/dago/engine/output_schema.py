@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 
 
 def schema_problem(schema: Any) -> str | None:
@@ -22,7 +23,7 @@ def schema_problem(schema: Any) -> str | None:
     return None
 
 
-def validation_error(schema: dict[str, Any], value: Any) -> str | None:
+def validation_error(schema: dict[str, Any] | bool, value: Any) -> str | None:
     """The first way ``value`` breaks ``schema`` (with its location), or None when it is valid."""
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(value), key=lambda e: (len(e.absolute_path), e.message))
@@ -30,7 +31,33 @@ def validation_error(schema: dict[str, Any], value: Any) -> str | None:
         return None
     error = errors[0]
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"at {where}: {error.message}"
+    return f"at {where}: {json_message(error)}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def json_message(error: ValidationError) -> str:
+    """``error``'s message with the values it quotes written as JSON (``null``,
+    ``{"text": ""}``, ``"object"``), not as Python reprs (``None``, ``{'text': ''}``): people
+    and clients read these messages next to the JSON they sent."""
+    msg = error.message
+    values: list[Any] = [error.instance, error.validator_value]
+    for v in (error.instance, error.validator_value):
+        if isinstance(v, list | dict):
+            values.extend(v)
+    # Longest first: a value's repr may hold a smaller one's.
+    reprs: dict[str, str] = {}
+    for v in values:
+        try:
+            reprs.setdefault(repr(v), _json(v))
+        except (TypeError, ValueError):
+            continue
+    for r in sorted(reprs, key=len, reverse=True):
+        if r != reprs[r]:
+            msg = msg.replace(r, reprs[r])
+    return msg
 
 
 def instance(schema: Any, label: str = "[offline]", name: str = "value", depth: int = 0) -> Any:

@@ -18,6 +18,12 @@ def decision_ref(node_id: str) -> str:
     return node_id + Node.DECISION_REF
 
 
+def saved_ref(node_id: str) -> str:
+    """The name an agent's start plan reads what it kept while waiting under (its
+    conversation, ``schema.Node.SAVED_REF``)."""
+    return node_id + Node.SAVED_REF
+
+
 def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:
     """What starting ``node`` reads, how long it may run and whether it runs inline, as the
     functions read it (``schema.Node.PLAN``): ``refs|attempt timeout ms|flag``, refs ``*``
@@ -25,11 +31,13 @@ def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:
     ``StartPlan.INLINE`` for an inline node (``CompiledNode.inline``), else empty. (The
     run's inputs are not read at a start: the worker holds them with the graph it loaded.)
     A node that may wait also reads the decision recorded for it (``decision_ref``), so its
-    refs are always a list."""
+    refs are always a list; an agent that may wait also reads its kept conversation
+    (``saved_ref``)."""
     refs = node.refs
     if node.waits:
         read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
-        names = ",".join([*read, decision_ref(node.id)])
+        kept = [saved_ref(node.id)] if node.kind == "agent" else []
+        names = ",".join([*read, decision_ref(node.id), *kept])
     else:
         names = "*" if refs.all_nodes else ",".join(sorted(refs.nodes))
     flag = StartPlan.INLINE if node.inline else ""

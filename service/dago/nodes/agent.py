@@ -26,10 +26,27 @@ Usage and cost are summed over all turns and recorded like the ``llm`` node's (i
 the attempt, the node, the graph, the result and a ``usage`` event); a failed
 attempt records what its turns spent.
 
+Approvals: a call of a tool matching ``approval_required_tools`` (names or glob
+patterns) waits for a person before it runs. The node's attempt returns a wait
+(``WaitRequest``: display ``{tool, arguments, id}``, decisions ``approve``, ``reject``,
+``edit``, payload schema the tool's input schema, step the call's id) with the
+conversation so far (messages, usage, turn and call counts, the turn's calls and the
+decisions made for them: ``WaitRequest.saved``, read back by ``_saved``), which the ``wait``
+function keeps in Redis with the node
+(``schema.Node.SAVED_REF``); the node holds no slot and no work item. The start after a
+decision reads the conversation and the decision, and goes on from there: the model is
+not called again for the turns already done. The calls of one turn are decided one at a
+time, in the order the model made them; once every call of the turn that needs approval
+is decided, the turn's calls run together (``approve``: as proposed; ``edit``: with the
+payload as arguments; ``reject``: not run, an error result carrying the comment goes to
+the model). ``tool_call`` events are emitted when the model makes the calls, before any
+wait.
+
 Checked at submit: every tool name exists (``tool_problem``; ``<server>/*`` needs a
 configured MCP server) and is listed once; ``max_turns`` is 0..1000; ``tool_timeout``
 is positive and at most 30 days; ``agent.llm`` is a model (``check_model``) without an
-``output_schema`` (an agent answers in text).
+``output_schema`` (an agent answers in text); each ``approval_required_tools`` pattern
+matches at least one of the node's tools (``pattern_covers``).
 """
 
 from __future__ import annotations
@@ -45,6 +62,8 @@ from dago.engine.fields import clip
 from dago.engine.kinds import CheckContext, KindParts
 from dago.engine.outcome import NodeFailure, Usage
 from dago.engine.output_schema import validation_error
+from dago.engine.topology import decision_ref, saved_ref
+from dago.engine.waits import AGENT_DECISIONS, needs_approval, pattern_covers
 from dago.llm.base import (
     ChatMessage,
     LlmResponse,
@@ -56,7 +75,10 @@ from dago.nodes.base import NodeContext, NodeDeps, NodeHandler, NodeKind, NodeRe
 from dago.nodes.llm import ModelCaller, check_model
 from dago.nodes.tool import tool_problem
 from dago.nodes.toolbox import Toolbox
+from dago.nodes.wait import WaitRequest
+from dago.observe.metrics import Metrics
 from dago.observe.tracing import fail
+from dago.store.schema import Decision
 from dago.v1 import graph_pb2
 
 log = logging.getLogger("dago.agent")
@@ -114,6 +136,16 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
         elif name in seen:
             ctx.add(f"agent.tools[{j}]", f'"{clip(name)}" is listed twice')
         seen.add(name)
+    for j, pattern in enumerate(spec.approval_required_tools):
+        if not pattern:
+            ctx.add(f"agent.approval_required_tools[{j}]", "is empty")
+        elif not any(pattern_covers(pattern, t) for t in spec.tools):
+            ctx.add(
+                f"agent.approval_required_tools[{j}]",
+                f'"{clip(pattern)}" matches none of the node\'s tools (agent.tools: '
+                + (", ".join(clip(t) for t in spec.tools) or "none")
+                + ")",
+            )
     if not 0 <= spec.max_turns <= MAX_TURNS:
         ctx.add("agent.max_turns", f"must be between 0 and {MAX_TURNS} (0: server default)")
     if spec.HasField("tool_timeout"):
@@ -122,7 +154,10 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
     model = graph_pb2.LlmNode()
     model.CopyFrom(spec.llm)
     model.ClearField("output_schema")
-    return KindParts(templates=check_model(model, ctx, "agent.llm"))
+    return KindParts(
+        templates=check_model(model, ctx, "agent.llm"),
+        waits=bool(spec.approval_required_tools),
+    )
 
 
 class AgentHandler(NodeHandler):
@@ -134,17 +169,19 @@ class AgentHandler(NodeHandler):
         tools: Toolbox,
         default_max_turns: int,
         default_tool_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._model = model
         self._tools = tools
         self._max_turns = default_max_turns
         self._tool_timeout = default_tool_timeout
+        self._metrics = metrics
 
     @classmethod
     def build(cls, deps: NodeDeps) -> AgentHandler:
         """The handler of a worker: turns and tool timeout defaults from its settings."""
         s = deps.settings
-        return cls(deps.model, deps.toolbox, s.agent_max_turns, s.tool_timeout_s)
+        return cls(deps.model, deps.toolbox, s.agent_max_turns, s.tool_timeout_s, deps.metrics)
 
     async def warm(self) -> None:
         """Import the default provider's SDK (shared with the other kinds: imported once)."""
@@ -174,46 +211,95 @@ class AgentHandler(NodeHandler):
         timeout = self._tool_timeout
         if spec.HasField("tool_timeout"):
             timeout = spec.tool_timeout.seconds + spec.tool_timeout.nanos / 1e9
-        messages = list(request.messages)
+        approvals = list(spec.approval_required_tools)
         # The turns' tokens and cost, labelled with the last model that answered. Each call is
         # priced on its own: a price tier by prompt length applies per request.
         spent = Usage(provider=provider.name, model=model)
         calls_made = 0
         per_turn: list[dict[str, Any]] = []
         resp: LlmResponse | None = None
-        for turn in range(1, max_turns + 1):
-            try:
-                resp, priced = await self._model.call(
-                    ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
-                )
-            except NodeFailure as f:
-                # The failed call's usage comes priced (ModelCaller.call).
-                if f.usage is not None:
-                    f.usage = spent + f.usage
-                elif spent.tokens:
-                    f.usage = spent
-                raise
-            spent = spent + priced
-            per_turn.append(_turn_usage(priced))
-            if not resp.tool_calls:
-                value = {
-                    "text": resp.text,
-                    "model": spent.model,
-                    "provider": provider.name,
-                    "turns": turn,
-                    "tool_calls": calls_made,
-                    "turn_usage": per_turn,
-                }
-                return NodeResult(value, usage=spent)
-            calls_made += len(resp.tool_calls)
-            # The turn goes back as the model wrote it: thinking blocks unchanged, with their
-            # signatures (a model may refuse a conversation whose thinking was altered).
-            messages.append(
-                ChatMessage("assistant", resp.text, tool_calls=resp.tool_calls, raw=resp.raw)
+        first_turn = 1
+        messages = list(request.messages)
+        calls: tuple[ToolCallRequest, ...] = ()
+        decided: dict[str, dict[str, Any]] = {}
+        saved = _saved(ctx)
+        if saved is not None:
+            # Resumed after a decision: the conversation as it was kept, the turn's calls.
+            messages = [_message_of(m) for m in saved["messages"]]
+            spent = Usage(**saved["spent"])
+            per_turn = list(saved["per_turn"])
+            calls_made = int(saved["calls_made"])
+            first_turn = int(saved["turn"])
+            calls = tuple(
+                ToolCallRequest(c["id"], c["name"], c["arguments"]) for c in saved["calls"]
             )
-            outcomes = await self._run_tools(ctx, turn, resp.tool_calls, by_model, timeout)
+            decided = dict(saved["decided"])
+            rec = _decision(ctx, saved["waiting"])
+            if rec is not None:
+                decided[saved["waiting"]] = rec
+                if self._metrics is not None:
+                    waited = int(rec.get(Decision.AT) or 0) - int(rec.get(Decision.SINCE) or 0)
+                    self._metrics.wait_duration.labels("signal").observe(max(0.0, waited / 1000))
+        for turn in range(first_turn, max_turns + 1):
+            if saved is None:
+                try:
+                    resp, priced = await self._model.call(
+                        ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
+                    )
+                except NodeFailure as f:
+                    # The failed call's usage comes priced (ModelCaller.call).
+                    if f.usage is not None:
+                        f.usage = spent + f.usage
+                    elif spent.tokens:
+                        f.usage = spent
+                    raise
+                spent = spent + priced
+                per_turn.append(_turn_usage(priced))
+                if not resp.tool_calls:
+                    value = {
+                        "text": resp.text,
+                        "model": spent.model,
+                        "provider": provider.name,
+                        "turns": turn,
+                        "tool_calls": calls_made,
+                        "turn_usage": per_turn,
+                    }
+                    return NodeResult(value, usage=spent)
+                calls = resp.tool_calls
+                calls_made += len(calls)
+                # The turn goes back as the model wrote it: thinking blocks unchanged, with
+                # their signatures (a model may refuse a conversation whose thinking was
+                # altered).
+                messages.append(ChatMessage("assistant", resp.text, tool_calls=calls, raw=resp.raw))
+                decided = {}
+                await self._announce(ctx, calls, by_model)
+            saved = None
+            ask = next(
+                (
+                    c
+                    for c in calls
+                    if c.id not in decided
+                    and c.name in by_model
+                    and needs_approval(approvals, by_model[c.name].name)
+                ),
+                None,
+            )
+            if ask is not None:
+                kept = {
+                    "i": ctx.iteration,
+                    "turn": turn,
+                    "messages": [_message_json(m) for m in messages],
+                    "spent": dataclasses.asdict(spent),
+                    "per_turn": per_turn,
+                    "calls_made": calls_made,
+                    "calls": [dataclasses.asdict(c) for c in calls],
+                    "decided": decided,
+                    "waiting": ask.id,
+                }
+                return NodeResult(None, wait=_approval(by_model[ask.name], ask, kept))
+            outcomes = await self._run_tools(ctx, turn, calls, by_model, timeout, decided)
             messages.append(ChatMessage("user", "", tool_results=tuple(outcomes)))
-        asked = ", ".join(sorted({c.name for c in resp.tool_calls})) if resp else ""
+        asked = ", ".join(sorted({c.name for c in calls}))
         failure = NodeFailure(
             graph_pb2.ERROR_CLASS_PERMANENT,
             f"the agent used all {max_turns} turns (agent.max_turns) and the model still asked "
@@ -229,14 +315,10 @@ class AgentHandler(NodeHandler):
         except Exception as e:  # events are a record of progress: the loop goes on
             log.warning("could not record tool events: %s", e)
 
-    async def _run_tools(
-        self,
-        ctx: NodeContext,
-        turn: int,
-        calls: tuple[ToolCallRequest, ...],
-        by_model: dict[str, Tool],
-        limit_s: float,
-    ) -> list[ToolOutcome]:
+    async def _announce(
+        self, ctx: NodeContext, calls: tuple[ToolCallRequest, ...], by_model: dict[str, Tool]
+    ) -> None:
+        """The ``tool_call`` events of a turn's calls (before any waits for approval)."""
         events = []
         for call in calls:
             tool = by_model.get(call.name)
@@ -247,10 +329,22 @@ class AgentHandler(NodeHandler):
             }
             events.append(("tool_call", json.dumps(detail, ensure_ascii=False)))
         await self._emit(ctx, events)
+
+    async def _run_tools(
+        self,
+        ctx: NodeContext,
+        turn: int,
+        calls: tuple[ToolCallRequest, ...],
+        by_model: dict[str, Tool],
+        limit_s: float,
+        decided: dict[str, dict[str, Any]],
+    ) -> list[ToolOutcome]:
         return list(
             await asyncio.gather(
                 *(
-                    self._run_tool(ctx, f"t{turn}.{i}", call, by_model, limit_s)
+                    self._run_tool(
+                        ctx, f"t{turn}.{i}", call, by_model, limit_s, decided.get(call.id)
+                    )
                     for i, call in enumerate(calls, 1)
                 )
             )
@@ -263,12 +357,22 @@ class AgentHandler(NodeHandler):
         call: ToolCallRequest,
         by_model: dict[str, Tool],
         limit_s: float,
+        decision: dict[str, Any] | None = None,
     ) -> ToolOutcome:
         tool = by_model.get(call.name)
         name = tool.name if tool else call.name
         result: Any = None
         error = ""
-        if tool is None:
+        verdict = decision.get(Decision.DECISION) if decision else None
+        if verdict == "edit":
+            call = dataclasses.replace(call, arguments=decision[Decision.PAYLOAD])  # type: ignore[index]
+        if verdict == "reject":
+            assert decision is not None
+            comment = decision.get(Decision.COMMENT) or "(no comment)"
+            error = (
+                f"the call was rejected by {decision.get(Decision.ACTOR) or 'a person'}: {comment}"
+            )
+        elif tool is None:
             error = f"no tool named {call.name!r}; available: {', '.join(sorted(by_model))}"
         else:
             error = _arguments_problem(tool, call.arguments)
@@ -305,6 +409,76 @@ class AgentHandler(NodeHandler):
         # Some APIs refuse an empty tool result: say that there was none.
         content = _cut(error if error else _text(result), RESULT_CHARS) or "(no output)"
         return ToolOutcome(call.id, call.name, content, is_error=bool(error))
+
+
+def _saved(ctx: NodeContext) -> dict[str, Any] | None:
+    """The conversation this iteration kept when it last waited for an approval, if any
+    (read by the start: ``saved_ref``)."""
+    found = ctx.scope["nodes"].get(saved_ref(ctx.node.id))
+    kept = found.get("output") if isinstance(found, dict) else None
+    if isinstance(kept, dict) and kept.get("i") == ctx.iteration:
+        return kept
+    return None
+
+
+def _decision(ctx: NodeContext, call_id: str) -> dict[str, Any] | None:
+    """The decision recorded for the approval of ``call_id`` in this iteration, if any."""
+    found = ctx.scope["nodes"].get(decision_ref(ctx.node.id))
+    rec = found.get("output") if isinstance(found, dict) else None
+    if (
+        isinstance(rec, dict)
+        and rec.get(Decision.ITERATION) == ctx.iteration
+        and rec.get(Decision.STEP) == call_id
+    ):
+        return {
+            k: rec.get(k)
+            for k in (
+                Decision.DECISION,
+                Decision.PAYLOAD,
+                Decision.ACTOR,
+                Decision.COMMENT,
+                Decision.AT,
+                Decision.SINCE,
+            )
+        }
+    return None
+
+
+def _approval(tool: Tool, call: ToolCallRequest, kept: dict[str, Any]) -> WaitRequest:
+    """The wait for a person's decision on ``call`` (see the module doc)."""
+    return WaitRequest(
+        prompt=f"The agent wants to call the tool {tool.name}: approve, reject, or edit its "
+        "arguments.",
+        display={"tool": tool.name, "arguments": call.arguments, "id": call.id},
+        decisions=list(AGENT_DECISIONS),
+        payload_schema=json.dumps(dict(tool.parameters)) if tool.parameters else "",
+        timeout_ms=0,
+        timeout_decision="",
+        step=call.id,
+        saved=kept,
+    )
+
+
+def _message_json(m: ChatMessage) -> dict[str, Any]:
+    """A conversation's message as kept in Redis while the agent waits."""
+    return {
+        "role": m.role,
+        "content": m.content,
+        "tool_calls": [dataclasses.asdict(c) for c in m.tool_calls],
+        "tool_results": [dataclasses.asdict(r) for r in m.tool_results],
+        "raw": list(m.raw),
+    }
+
+
+def _message_of(d: dict[str, Any]) -> ChatMessage:
+    """A kept message back (``_message_json``)."""
+    return ChatMessage(
+        d["role"],
+        d["content"],
+        tool_calls=tuple(ToolCallRequest(**c) for c in d["tool_calls"]),
+        tool_results=tuple(ToolOutcome(**r) for r in d["tool_results"]),
+        raw=tuple(d["raw"]),
+    )
 
 
 def _turn_usage(u: Usage) -> dict[str, Any]:

@@ -108,8 +108,9 @@ def _check_schema(text: str, ctx: CheckContext) -> None:
 
 @dataclass(frozen=True)
 class WaitRequest:
-    """What a wait node waits for (``NodeResult.wait``): rendered prompt and display, the
-    decisions, the payload schema (JSON text), the timeout (ms, 0: none) and its decision."""
+    """What a node waits for (``NodeResult.wait``): rendered prompt and display, the
+    decisions, the payload schema (JSON text), the timeout (ms, 0: none) and its decision;
+    for an agent's approval, the tool call and the conversation to keep."""
 
     prompt: str
     display: Any
@@ -117,6 +118,11 @@ class WaitRequest:
     payload_schema: str
     timeout_ms: int
     timeout_decision: str
+    step: str = ""
+    """Which wait of the iteration this is (``schema.Wait.STEP``): an agent's tool call id."""
+    saved: Any = None
+    """What the node keeps in Redis while it waits, read by its next start (an agent's
+    conversation; ``schema.Node.SAVED_REF``), or None."""
 
 
 def _iso(ms: int) -> str:

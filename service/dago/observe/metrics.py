@@ -142,8 +142,9 @@ class Metrics:
         )  # fmt: skip
         self.wait_duration = Histogram(
             "dago_wait_duration_seconds",
-            "How long wait nodes waited for their decision (observed by the worker that "
-            "completes the node), by how it was decided (signal, timeout).",
+            "How long wait nodes (and agents' tool call approvals) waited for their decision "
+            "(observed by the worker that resumes the node), by how it was decided (signal, "
+            "timeout).",
             ["decided_by"], buckets=WAIT_BUCKETS, registry=r,
         )  # fmt: skip
         self.signals = Counter(

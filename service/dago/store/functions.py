@@ -232,6 +232,8 @@ class Waiting(NamedTuple):
     the timeout decision (JSON object)."""
     timeout_ms: int
     """0: no timeout."""
+    saved: str = ""
+    """What the node keeps while it waits (an agent's conversation, JSON), or ""."""
 
 
 class SignalArgs(NamedTuple):
@@ -248,6 +250,12 @@ class SignalArgs(NamedTuple):
     actor: str
     signal_id: str
     comment: str
+    step: str = ""
+    """The wait of the iteration the decision is for (``schema.Wait.STEP``: an agent's tool
+    call id); "": the one the node waits on now."""
+    probe: int = 0
+    """1: record nothing; answer ``valid`` where the decision would be recorded (or the node
+    is not waiting), so the API can tell a signal it checked as invalid that it lost."""
 
 
 class PruneArgs(NamedTuple):
@@ -312,6 +320,7 @@ def wait_arg(
     decisions: Sequence[str],
     payload_schema: str,
     timeout_decision: str,
+    step: str = "",
 ) -> str:
     """A wait as ``Waiting.wait`` (``schema.Wait``'s keys; the function adds the iteration and
     the times); ``NotJson`` (a ValueError) for a display holding NaN or an infinity."""
@@ -322,6 +331,7 @@ def wait_arg(
             Wait.DECISIONS: list(decisions),
             Wait.SCHEMA: payload_schema,
             Wait.TIMEOUT_DECISION: timeout_decision,
+            **({Wait.STEP: step} if step else {}),
         }
     )
 
@@ -450,7 +460,8 @@ def parse_submitted(raw: Sequence[Any]) -> Submitted:
 @dataclass(frozen=True, slots=True)
 class Signalled:
     """What ``signal`` returns: its outcome (``recorded``, ``replay``, ``conflict``, ``ended``,
-    ``not_waiting`` or ``missing``), a state (the node's; the graph's for ``ended``) and the
+    ``not_waiting``, ``missing``, or ``valid`` for a probe), a state (the node's; the graph's
+    for ``ended``) and the
     decision record (``schema.Decision``, decoded) for recorded, replay and conflict (and for
     ended when the node was decided); for not_waiting ``iteration`` is the node's current
     one."""

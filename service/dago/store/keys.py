@@ -119,7 +119,8 @@ class GraphKeys:
     @property
     def nodes(self) -> str:
         """Hash: per-node state, join counters, edge states and attempt records
-        (``dago.store.schema.Node``)."""
+        (``dago.store.schema.Node``); a waiting node's wait, the decision recorded for it
+        and, for an agent waiting for an approval, its conversation (``Node.SAVED_REF``)."""
         return f"{self.base}:n"
 
     @property

@@ -103,6 +103,11 @@ class Node:
     """A wait node's start plan names ``<node>:w`` besides the nodes it reads, so starting it
     reads the field ``<node>:w:o`` (this, then ``OUTPUT``) with their outputs: the decision
     recorded for it (JSON, ``Decision``). No real node has a ``:`` in its id."""
+    SAVED_REF: Final = ":c"
+    """An agent node that may wait for approvals also reads ``<node>:c:o`` (this, then
+    ``OUTPUT``) when it starts: its conversation kept while it waits (JSON, written by the
+    ``wait`` function with the wait; see ``dago.nodes.agent``), so any worker resumes it.
+    Replaced by the node's next wait; removed with the graph's keys."""
 
 
 class StartPlan:
@@ -150,6 +155,9 @@ class Wait:
     """When its timeout decides (ms), or 0."""
     TIMEOUT_DECISION: Final = "td"
     """The decision its timeout records."""
+    STEP: Final = "step"
+    """Which of the node's waits in one iteration this is: an agent's tool call id (absent
+    or "" for a wait node, which waits once per iteration)."""
 
 
 class Decision:
@@ -167,6 +175,8 @@ class Decision:
     TIMED_OUT: Final = "timed_out"
     SINCE: Final = "since"
     """When the node had started waiting (ms): the wait's duration is ``AT - SINCE``."""
+    STEP: Final = "step"
+    """The decided wait's ``Wait.STEP``."""
 
 
 class UsageJson:

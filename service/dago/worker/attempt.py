@@ -381,7 +381,8 @@ class Attempts:
         item = running.item
         outcome, output, taken, usage, route, error, retry_after_ms = fields
         result: Result | Waiting
-        if outcome == Outcome.WAIT:  # _waits: output is the wait, retry_after_ms its timeout
+        # _waits: output is the wait, retry_after_ms its timeout, route what the node keeps
+        if outcome == Outcome.WAIT:
             result = Waiting(
                 item.msg_id,
                 item.graph_id,
@@ -392,6 +393,7 @@ class Attempts:
                 rendered,
                 output,
                 retry_after_ms,
+                route,
             )
             running.reported = True
             self._report(running, result)
@@ -604,17 +606,25 @@ def _succeeded(
 
 
 def _waits(wait: Any, limit: int) -> _Fields:
-    """The fields of a wait node's attempt that found no decision (a ``WaitRequest``): the
-    wait as the output and its timeout (ms) in place of a retry-after (``_finish`` makes them
-    a ``Waiting``)."""
+    """The fields of an attempt that found no decision (a ``WaitRequest``): the wait as the
+    output, its timeout (ms) in place of a retry-after and what the node keeps while it
+    waits (an agent's conversation) in place of a route (``_finish`` makes them a
+    ``Waiting``)."""
     try:
         text = wait_arg(
-            wait.prompt, wait.display, wait.decisions, wait.payload_schema, wait.timeout_decision
+            wait.prompt,
+            wait.display,
+            wait.decisions,
+            wait.payload_schema,
+            wait.timeout_decision,
+            wait.step,
         )
+        saved = dumps(wait.saved) if wait.saved is not None else ""
     except (TypeError, ValueError) as e:
         raise invalid(f"wait: {e}") from None
     text = _bounded(text, "the wait's prompt and display", limit)
-    return Outcome.WAIT, text, "", "", "", "", wait.timeout_ms
+    saved = _bounded(saved, "the conversation kept while the node waits", limit)
+    return Outcome.WAIT, text, "", "", saved, "", wait.timeout_ms
 
 
 def _failed(f: NodeFailure) -> _Fields:

@@ -296,6 +296,7 @@ class NodeStatus(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -330,6 +331,12 @@ class NodeStatus(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt, oldest first."""
 
+    @_builtins.property
+    def wait(self) -> Global___NodeWait:
+        """What the node waits for, while it is NODE_STATE_WAITING (a wait node, or
+        an agent waiting for the approval of a tool call); unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -344,14 +351,67 @@ class NodeStatus(_message.Message):
         usage: Global___Usage | None = ...,
         route: _builtins.str = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        wait: Global___NodeWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class NodeWait(_message.Message):
+    """A waiting node's wait, as GetGraphStatus shows it (ListWaits lists the same
+    waits across runs).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    DISPLAY_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SCHEMA_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """Text for the person deciding."""
+    payload_schema: _builtins.str
+    """JSON Schema (JSON text) of the payload, or empty."""
+    @_builtins.property
+    def display(self) -> _struct_pb2.Struct:
+        """What to show (GRAPH_STATUS_VIEW_FULL only: it may be large)."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The decisions a signal may carry."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the node started waiting."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When its timeout decides; unset without a timeout."""
+
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        display: _struct_pb2.Struct | None = ...,
+        decisions: _abc.Iterable[_builtins.str] | None = ...,
+        payload_schema: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "display", b"display", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "decisions", b"decisions", "display", b"display", "payload_schema", b"payload_schema", "prompt", b"prompt", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeWait: _TypeAlias = NodeWait  # noqa: Y015
 
 @_typing.final
 class GraphStatus(_message.Message):

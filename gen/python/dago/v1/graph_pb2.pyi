@@ -760,6 +760,7 @@ class AgentNode(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     MAX_TURNS_FIELD_NUMBER: _builtins.int
     TOOL_TIMEOUT_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUIRED_TOOLS_FIELD_NUMBER: _builtins.int
     max_turns: _builtins.int
     """Maximum model turns. 0: the server default (DAGO_AGENT_MAX_TURNS)."""
     @_builtins.property
@@ -781,6 +782,18 @@ class AgentNode(_message.Message):
         error. Unset: the server default (DAGO_TOOL_TIMEOUT_S).
         """
 
+    @_builtins.property
+    def approval_required_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools whose calls wait for a person's decision before they run: tool
+        names or glob patterns ("http", "mcp_server/*"), each matching at least
+        one of the node's tools. The node waits (NODE_STATE_WAITING, listed by
+        ListWaits) with display {tool, arguments, id} and the decisions
+        "approve", "reject" (the model gets an error result with the comment) and
+        "edit" (payload: the arguments to run the tool with, checked against the
+        tool's input schema). See docs/semantics.md, "Approval of agent tool
+        calls".
+        """
+
     def __init__(
         self,
         *,
@@ -788,10 +801,11 @@ class AgentNode(_message.Message):
         tools: _abc.Iterable[_builtins.str] | None = ...,
         max_turns: _builtins.int = ...,
         tool_timeout: _duration_pb2.Duration | None = ...,
+        approval_required_tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["llm", b"llm", "tool_timeout", b"tool_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["llm", b"llm", "max_turns", b"max_turns", "tool_timeout", b"tool_timeout", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required_tools", b"approval_required_tools", "llm", b"llm", "max_turns", b"max_turns", "tool_timeout", b"tool_timeout", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1242,6 +1242,7 @@ class SignalGraphRequest(_message.Message):
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     ITERATION_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     node_id: _builtins.str
@@ -1257,6 +1258,11 @@ class SignalGraphRequest(_message.Message):
     """Free text for people; recorded in signal_received."""
     iteration: _builtins.int
     """The iteration the signal is meant for. 0: the node's current one."""
+    tool_call_id: _builtins.str
+    """For an agent node waiting for the approval of a tool call: the call the
+    decision is for (the "id" of the wait's display). Empty: the call the node
+    waits on now. Ignored for wait nodes.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
         """Data sent with the decision, checked against the node's payload_schema."""
@@ -1271,10 +1277,11 @@ class SignalGraphRequest(_message.Message):
         signal_id: _builtins.str = ...,
         comment: _builtins.str = ...,
         iteration: _builtins.int = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "graph_id", b"graph_id", "iteration", b"iteration", "node_id", b"node_id", "payload", b"payload", "signal_id", b"signal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "graph_id", b"graph_id", "iteration", b"iteration", "node_id", b"node_id", "payload", b"payload", "signal_id", b"signal_id", "tool_call_id", b"tool_call_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1336,19 +1343,26 @@ class ListWaitsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum waits per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
+    graph_id: _builtins.str
+    """Only the waits of this run (REST: ?graph_id=), oldest first: what a view of
+    one run shows. NOT_FOUND for a run the caller cannot see; a finished run
+    has none.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        graph_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

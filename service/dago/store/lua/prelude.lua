@@ -165,6 +165,7 @@ local NODE = {
   EDGE_RESOLVED = 'e:',
   WAIT = ':wt',
   DECISION_REF = ':w',
+  SAVED_REF = ':c',
 }
 
 -- schema.StartPlan
@@ -201,6 +202,7 @@ local WAIT = {
   SINCE = 'since',
   DEADLINE = 'deadline',
   TIMEOUT_DECISION = 'td',
+  STEP = 'step',
 }
 
 -- schema.Decision
@@ -214,6 +216,7 @@ local DECISION = {
   COMMENT = 'comment',
   TIMED_OUT = 'timed_out',
   SINCE = 'since',
+  STEP = 'step',
 }
 
 -- schema.UsageJson
@@ -356,7 +359,7 @@ local ARG = {
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
-  SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, FIRST = 9},
+  SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
@@ -366,5 +369,5 @@ local ITEM = {
   RENEWAL = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ITERATION = 3, ATTEMPT = 4, EXECUTION = 5, SIZE = 6},
   EVENT_ARG = {KIND = 0, DETAIL = 1, SIZE = 2},
   CONSUMER = {NAME = 0, SIZE = 1},
-  WAITING = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT = 7, TIMEOUT_MS = 8, SIZE = 9},
+  WAITING = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT = 7, TIMEOUT_MS = 8, SAVED = 9, SIZE = 10},
 }

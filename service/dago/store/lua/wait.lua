@@ -4,6 +4,8 @@
 -- node, node_waiting is appended, the node enters its namespace's inbox on the shard
 -- (Waits.index) by when it started waiting, its timeout goes on the timers, and the work
 -- item is acked: a waiting node holds no worker slot and no pending item.
+-- An agent waiting for the approval of a tool call (one wait per call, Wait.STEP the call's
+-- id) also passes its conversation (Waiting.saved), kept in <node>:c:o for its next start.
 -- Returns per item the node's state (WAITING, or UNSPECIFIED when the item was stale).
 local A, W = ARG.WAIT, ITEM.WAITING
 local worker = ARGV[A.WORKER]
@@ -42,10 +44,13 @@ for i = A.FIRST, #ARGV, W.SIZE do
       .. J.REC_WORKER .. jstr(worker)
     if input ~= '' then rec = rec .. J.REC_INPUT .. input end
     rec = rec .. '}'
-    bytes_fit(gid, #input + 2 * #wjson)
+    local saved = ARGV[i + W.SAVED]
+    bytes_fit(gid, #input + 2 * #wjson + #saved)
     -- The execution's number is kept negated: the start after a decision is the next one.
     node_set(gid, node, node .. F_STATE, NodeStateText.WAITING, node .. NODE.WAIT, wjson,
       record_key(node, iter, attempt, exec), rec, node .. F_EXEC, '-' .. exec)
+    -- What an agent keeps while it waits (its conversation): read by its next start.
+    if saved ~= '' then node_set(gid, node, node .. NODE.SAVED_REF .. NODE.OUTPUT, saved) end
     local ns = redis.call('HGET', gkey(gid), META.NAMESPACE)
     if redis.call('ZADD', Waits.index(ns), NOW, gid .. '|' .. node) == 1 then
       redis.call('HINCRBY', K_STATS, STATS.WAITING, 1)

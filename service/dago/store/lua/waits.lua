@@ -21,7 +21,8 @@ function Waits.decide(gid, node, attempt, iter, w, decision, payload, actor, sid
     .. ',"' .. DECISION.SIGNAL_ID .. '":' .. jstr(sid)
     .. ',"' .. DECISION.COMMENT .. '":' .. jstr(comment)
     .. ',"' .. DECISION.TIMED_OUT .. '":' .. (timed_out and 'true' or 'false')
-    .. ',"' .. DECISION.SINCE .. '":' .. int(tonumber(w[WAIT.SINCE]) or NOW) .. '}'
+    .. ',"' .. DECISION.SINCE .. '":' .. int(tonumber(w[WAIT.SINCE]) or NOW)
+    .. ',"' .. DECISION.STEP .. '":' .. jstr(w[WAIT.STEP] or '') .. '}'
   local ev = '{"' .. DETAIL.DECISION .. '":' .. jstr(decision)
     .. ',"' .. DETAIL.PAYLOAD .. '":' .. payload
     .. ',"' .. DETAIL.ACTOR .. '":' .. jstr(actor)

@@ -270,6 +270,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: repeated dago.v1.Attempt attempts = 11;
    */
   attempts: Attempt[];
+
+  /**
+   * What the node waits for, while it is NODE_STATE_WAITING (a wait node, or
+   * an agent waiting for the approval of a tool call); unset otherwise.
+   *
+   * @generated from field: dago.v1.NodeWait wait = 12;
+   */
+  wait?: NodeWait | undefined;
 };
 
 /**
@@ -277,6 +285,62 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
  * Use `create(NodeStatusSchema)` to create a new message.
  */
 export declare const NodeStatusSchema: GenMessage<NodeStatus>;
+
+/**
+ * A waiting node's wait, as GetGraphStatus shows it (ListWaits lists the same
+ * waits across runs).
+ *
+ * @generated from message dago.v1.NodeWait
+ */
+export declare type NodeWait = Message<"dago.v1.NodeWait"> & {
+  /**
+   * Text for the person deciding.
+   *
+   * @generated from field: string prompt = 1;
+   */
+  prompt: string;
+
+  /**
+   * What to show (GRAPH_STATUS_VIEW_FULL only: it may be large).
+   *
+   * @generated from field: google.protobuf.Struct display = 2;
+   */
+  display?: JsonObject | undefined;
+
+  /**
+   * The decisions a signal may carry.
+   *
+   * @generated from field: repeated string decisions = 3;
+   */
+  decisions: string[];
+
+  /**
+   * JSON Schema (JSON text) of the payload, or empty.
+   *
+   * @generated from field: string payload_schema = 4;
+   */
+  payloadSchema: string;
+
+  /**
+   * When the node started waiting.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 5;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * When its timeout decides; unset without a timeout.
+   *
+   * @generated from field: google.protobuf.Timestamp deadline = 6;
+   */
+  deadline?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dago.v1.NodeWait.
+ * Use `create(NodeWaitSchema)` to create a new message.
+ */
+export declare const NodeWaitSchema: GenMessage<NodeWait>;
 
 /**
  * The state of a submitted graph.

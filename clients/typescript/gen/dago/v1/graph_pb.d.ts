@@ -583,6 +583,20 @@ export declare type AgentNode = Message$1<"dago.v1.AgentNode"> & {
    * @generated from field: google.protobuf.Duration tool_timeout = 4;
    */
   toolTimeout?: Duration | undefined;
+
+  /**
+   * Tools whose calls wait for a person's decision before they run: tool
+   * names or glob patterns ("http", "mcp_server/*"), each matching at least
+   * one of the node's tools. The node waits (NODE_STATE_WAITING, listed by
+   * ListWaits) with display {tool, arguments, id} and the decisions
+   * "approve", "reject" (the model gets an error result with the comment) and
+   * "edit" (payload: the arguments to run the tool with, checked against the
+   * tool's input schema). See docs/semantics.md, "Approval of agent tool
+   * calls".
+   *
+   * @generated from field: repeated string approval_required_tools = 5;
+   */
+  approvalRequiredTools: string[];
 };
 
 /**

@@ -1240,6 +1240,15 @@ export declare type SignalGraphRequest = Message<"dago.v1.SignalGraphRequest"> &
    * @generated from field: int32 iteration = 7;
    */
   iteration: number;
+
+  /**
+   * For an agent node waiting for the approval of a tool call: the call the
+   * decision is for (the "id" of the wait's display). Empty: the call the node
+   * waits on now. Ignored for wait nodes.
+   *
+   * @generated from field: string tool_call_id = 8;
+   */
+  toolCallId: string;
 };
 
 /**
@@ -1329,6 +1338,15 @@ export declare type ListWaitsRequest = Message<"dago.v1.ListWaitsRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Only the waits of this run (REST: ?graph_id=), oldest first: what a view of
+   * one run shows. NOT_FOUND for a run the caller cannot see; a finished run
+   * has none.
+   *
+   * @generated from field: string graph_id = 3;
+   */
+  graphId: string;
 };
 
 /**
