@@ -488,17 +488,20 @@ async def test_waits_survive_a_restart_of_every_process(
     redis_single: RedisServer, make_stack: MakeStack
 ) -> None:
     first = await make_stack(redis_single)
-    gids = [await first.client.submit(review_graph()) for _ in range(5)]
-    for gid in gids:
-        await waiting(first.client, gid)
+    gids = await asyncio.gather(*(first.client.submit(review_graph()) for _ in range(100)))
+    await asyncio.gather(*(waiting(first.client, gid) for gid in gids))
     await first.stop()
     second = await make_stack(redis_single)
     c = second.client
     assert {w.graph_id for w in await inbox(c)} == set(gids)
-    for i, gid in enumerate(gids):
-        await c.stub.SignalGraph(signal(gid, "approve" if i % 2 else "reject"), timeout=10)
-    for i, gid in enumerate(gids):
-        st = await c.wait(gid)
+    await asyncio.gather(
+        *(
+            c.stub.SignalGraph(signal(gid, "approve" if i % 2 else "reject"), timeout=10)
+            for i, gid in enumerate(gids)
+        )
+    )
+    done = await asyncio.gather(*(c.wait(gid) for gid in gids))
+    for i, st in enumerate(done):
         assert node_states(st)["publish" if i % 2 else "drop"] == "COMPLETED", st
 
 
@@ -549,15 +552,17 @@ async def test_many_waiting_runs_leave_the_workers_free(
 ) -> None:
     s = await make_stack(redis_single, worker_slots=4)
     c = s.client
-    n = 300
+    n = 1000
     gids = await asyncio.gather(*(c.submit(request([wait()])) for _ in range(n)))
 
     async def all_wait() -> bool:
         return len(await inbox(c, page_size=1000)) == n
 
-    await eventually(all_wait, 30, 0.1)
-    chains = [request([echo("a"), echo("b"), echo("c")], [edge("a", "b"), edge("b", "c")])]
-    done = await asyncio.gather(*(c.run(chains[0], timeout=20) for _ in range(50)))
+    await eventually(all_wait, 60, 0.1)
+    # A batch of 1,000 echo graphs runs on the 4 slots while 1,000 runs wait (their rate,
+    # with 10,000 waiting, is bench/waits.py's).
+    chain = request([echo("a"), echo("b"), echo("c")], [edge("a", "b"), edge("b", "c")])
+    done = await asyncio.gather(*(c.run(chain, timeout=60) for _ in range(1000)))
     assert all(st.state == COMPLETED for _, st in done)
     for shard in s.store.keys.all_shards():  # nothing pending: no item held for a waiting node
         assert (await s.store.redis.xpending(shard.work, "workers"))["pending"] == 0
