@@ -4,8 +4,9 @@ Flow: a reader reserves free slots and takes that many work items with one funct
 (``take``: read and marked running in Redis, with the inputs and outputs the nodes read);
 when it finds fewer than it asked for, it waits for new work (XREAD from the cursors the
 take returned, which delivers nothing). Each attempt runs (``dago.worker.attempt``), and
-finished attempts are applied in batches, one call per shard (``apply``), which records
-each result, resolves edges, dispatches successors, acks the work items, and starts as
+finished attempts are applied in rounds, one call per shard (``apply``), the round's calls
+sent in one pipeline (one round trip on a single Redis); each records each result,
+resolves edges, dispatches successors, acks the work items, and starts as
 many new items of the shard as it applied. A work item is acked only by that call, so a
 worker killed at any point loses nothing: its items are reclaimed after the lease.
 
