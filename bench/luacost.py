@@ -9,7 +9,9 @@ of the scripts and the stream commands, free of the Python processes' noise.
     BENCH_LUA_BATCH (default 64), BENCH_LUA_SEPARATE=1 (every batch taken by a take of its
     own and applied without taking: the calls of a worker with no backlog),
     BENCH_LUA_SHARDS (default 1; ``make bench`` runs 8: graphs spread over that many shards,
-    each round's results applied as a worker applies them)
+    each round's results applied as a worker applies them),
+    BENCH_LUA_FIXED=1 (with BENCH_LUA_CALLGRIND=1: instead, the instructions of one call
+    that carries no item, per kind of call: what a call costs before its items)
 
 CPU time moves with whatever else the box runs; ``BENCH_LUA_CALLGRIND=1`` runs Redis under
 valgrind's callgrind instead and counts the instructions Redis executes per node while
@@ -188,6 +190,40 @@ async def measure(
     }
 
 
+NOOP = "#!lua name=luacost_noop\nredis.register_function('noop', function(keys, args) return 1 end)"
+
+
+async def fixed_costs(grind: Callgrind, calls: int = 1000) -> dict[str, int]:
+    """Instructions Redis executes for one call that carries no item (a call's fixed cost),
+    per kind of call, each the mean of ``calls`` calls."""
+    settings = Settings(redis_url=grind.url, key_prefix="lua", shards=8, auth="off")
+    store = build_api(settings)._orchestrator._store
+    r = store.redis
+    await store.ensure_groups()
+    await store.apply(0, "w", 0, 60000, [])  # the library loaded
+    await r.function_load(NOOP, replace=True)
+    key = store.keys.shard(0).work
+    kinds: dict[str, Any] = {
+        "PING": r.ping,
+        "FCALL of a function that returns 1": lambda: r.fcall("noop", 1, key),
+        "apply, no results, want 0": lambda: store.apply(0, "w", 0, 60000, []),
+        "apply, no results, want 8 (an empty stream)": lambda: store.apply(0, "w", 8, 60000, []),
+        "take, 1 empty shard": lambda: store.take([0], "w", 8, 60000),
+        "take, 8 empty shards": lambda: store.take(list(range(8)), "w", 8, 60000),
+    }
+    out, before = {}, 0
+    for name, call in kinds.items():
+        grind.on()
+        for _ in range(calls):
+            await call()
+        total = grind.off()  # counted since the start: the difference is this kind's
+        out[name] = (total - before) // calls
+        before = total
+    await r.function_delete("luacost_noop")
+    await r.aclose()
+    return out
+
+
 def main() -> int:
     """Entry point: prints the figures as JSON."""
     procs = Procs(Path(tempfile.mkdtemp(prefix="dago-luacost-")))
@@ -199,7 +235,11 @@ def main() -> int:
         batch = int(os.environ.get("BENCH_LUA_BATCH", "64"))
         separate = os.environ.get("BENCH_LUA_SEPARATE") == "1"
         shards = int(os.environ.get("BENCH_LUA_SHARDS", "1"))
-        out = uvloop.run(measure(url, graphs, width, batch, grind, separate, shards))
+        out: Any
+        if grind is not None and os.environ.get("BENCH_LUA_FIXED") == "1":
+            out = uvloop.run(fixed_costs(grind))
+        else:
+            out = uvloop.run(measure(url, graphs, width, batch, grind, separate, shards))
     finally:
         procs.stop_all()
     print(json.dumps(out, indent=2))
