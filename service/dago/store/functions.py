@@ -544,9 +544,10 @@ class Library:
         """Call function ``name`` once per element of ``calls`` (its shards, fixed arguments
         and items, as ``call`` takes them), all sent in one pipeline: one round trip on a
         single Redis; on a cluster, one per node, sent together. Each call stays a call of
-        its own (atomic on its shards). Returns per call its raw reply, or the
-        ``ResponseError`` Redis refused it with (the others ran all the same); a lost
-        connection raises, as ``call`` does."""
+        its own (atomic on its shards). Returns per call its raw reply, or its error: the
+        ``ResponseError`` Redis refused it with (the others ran all the same) or, on a
+        cluster, the error of a node whose connection broke while others answered; when
+        nothing was answered it raises, as ``call`` does."""
         fn = self._names[name]
         todo = list(range(len(calls)))
         out: list[Any] = [None] * len(calls)

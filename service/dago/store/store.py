@@ -195,11 +195,14 @@ class Store:
 
     async def apply_round(
         self, worker: str, lease_ms: int, parts: Sequence[tuple[int, int, Sequence[Result]]]
-    ) -> list[Applied | ResponseError]:
+    ) -> list[Applied | Exception]:
         """A worker's round: per (shard, want, results) of ``parts``, what ``apply`` does on
         that shard, one call per shard, all sent in one pipeline (one round trip on a single
         Redis; on a cluster the shards of each node together). Returns per part what it
-        applied, or the ``ResponseError`` Redis refused that part's call with."""
+        applied, or the error of that part's call: a ``ResponseError`` Redis answered it
+        with, or (on a cluster, a node's connection broken while the others answered) any
+        other error, after which the call may or may not have run. When no part got an
+        answer it raises, as ``apply`` does."""
         if len(parts) == 1:  # no pipeline for one call
             shard, want, results = parts[0]
             try:
@@ -214,7 +217,7 @@ class Store:
             ],
         )
         return [
-            r if isinstance(r, ResponseError) else parse_applied(shard, r)
+            r if isinstance(r, Exception) else parse_applied(shard, r)
             for (shard, _, _), r in zip(parts, raw, strict=True)
         ]
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
 from dago.config import Settings
 from dago.engine.graphcache import GraphCache
@@ -44,6 +44,10 @@ from dago.worker.attempt import Attempts, Limits, Running
 from dago.worker.slots import Slots
 
 log = logging.getLogger("dago.worker")
+
+_MOVING = (AskError, TryAgainError, ClusterDownError)
+"""Answers of a cluster whose slots are moving (MOVED is an AskError): the call did not run,
+and will on the slot's new node; unlike other ``ResponseError``s, worth retrying."""
 
 WAIT_MS = 2000
 """How long a reader that found no work blocks for new work before it looks again."""
@@ -358,6 +362,7 @@ class Worker:
         if not parts:
             return 0
         backoff = 0.05
+        taken = 0
         while True:
             raise_if_cancelling()
             round_: list[tuple[int, int, list[Result]]] = []
@@ -381,18 +386,28 @@ class Worker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             started: list[Started] = []
+            again: dict[int, list[Result]] = {}
             for (shard, _, results), applied in zip(round_, replies, strict=True):
-                if isinstance(applied, ResponseError):
-                    # Redis refused the call itself: retrying cannot help. The items stay
-                    # pending, are redelivered after the lease and end dead-lettered.
-                    log.error("applying results was refused by Redis: %s", applied)
+                if isinstance(applied, Exception):
+                    if isinstance(applied, ResponseError) and not isinstance(applied, _MOVING):
+                        # Redis refused the call itself: retrying cannot help. The items stay
+                        # pending, are redelivered after the lease and end dead-lettered.
+                        log.error("applying results was refused by Redis: %s", applied)
+                    else:  # that shard's node did not answer (a cluster): that part again
+                        again[shard] = results
+                        log.warning("applying results failed on shard %d (%s)", shard, applied)
                     continue
                 for result, state in zip(results, applied.states, strict=True):
                     self._states[(shard, result.msg_id)] = state
                 started += applied.started
             if started:
                 await self._launch(started)
-            return len(started)
+                taken += len(started)
+            if not again:
+                return taken
+            parts = again
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     async def _waiting(self, shard: int, waits: list[Waiting]) -> None:
         """Put wait nodes of one shard into WAITING (the function acks their work items, so
