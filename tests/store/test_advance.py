@@ -325,3 +325,30 @@ async def test_an_unstarted_item_is_renewed_while_its_node_waits_for_it(
     # A renewal of a stale delivery changes nothing (the item was acked: nothing pending).
     await stack.store.renew(shard, W, [started.item])
     assert await stack.store.idle_items(shard, 0, 10) == []
+
+
+async def test_a_round_applies_each_shard_in_one_pipeline(stack: InProcessStack) -> None:
+    """``apply_round`` (a worker's round) is one ``apply`` per shard, sent together: each
+    part applies its shard's results and starts that shard's next items; a library Redis
+    lost (a restart) is loaded again and the calls it refused are made again."""
+    shards = stack.settings.shards
+    gids: dict[int, set[str]] = {}
+    for _ in range(200):
+        gid = await stack.client.submit(request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")]))
+        gids.setdefault(parse_shard(gid, shards) or 0, set()).add(gid)
+        if len(gids) == 3:
+            break
+    firsts = {s: (await stack.store.take([s], W, 200, LEASE)).started for s in gids}
+    await stack.store.redis.function_flush()
+    parts = [(s, 200, [result(f.item, '{"v":1}', "0") for f in fs]) for s, fs in firsts.items()]
+    replies = await stack.store.apply_round(W, LEASE, parts)
+    for (shard, _, results), applied in zip(parts, replies, strict=True):
+        assert not isinstance(applied, Exception)
+        assert applied.applied == [True] * len(results) and len(results) == len(gids[shard])
+        assert {(n.item.shard, n.item.node) for n in applied.started} == {(shard, "b")}
+        assert {n.item.graph_id for n in applied.started} == gids[shard]
+    # The same results again are stale on every shard: nothing applied, nothing started.
+    again = await stack.store.apply_round(W, LEASE, parts)
+    assert [(a.applied, a.started) for a in again if not isinstance(a, Exception)] == [
+        ([False] * len(r), []) for _, _, r in parts
+    ]

@@ -546,3 +546,39 @@ class Library:
                 raise
         await self.load()
         return await self._redis.fcall(fn, len(keys), *keys, *args)
+
+    async def call_each(
+        self,
+        name: str,
+        calls: Sequence[tuple[Sequence[ShardKeys], tuple[Any, ...], Sequence[tuple[Any, ...]]]],
+    ) -> list[Any]:
+        """Call function ``name`` once per element of ``calls`` (its shards, fixed arguments
+        and items, as ``call`` takes them), all sent in one pipeline: one round trip on a
+        single Redis; on a cluster, one per node, sent together. Each call stays a call of
+        its own (atomic on its shards). Returns per call its raw reply, or its error: the
+        ``ResponseError`` Redis refused it with (the others ran all the same) or, on a
+        cluster, the error of a node whose connection broke while others answered; when
+        nothing was answered it raises, as ``call`` does."""
+        fn = self._names[name]
+        todo = list(range(len(calls)))
+        out: list[Any] = [None] * len(calls)
+        for again in (False, True):
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                shards, fixed, items = calls[i]
+                args: list[Arg] = [*fixed]
+                for item in items:
+                    args.extend(item)
+                keys = [s.work for s in shards]
+                pipe.fcall(fn, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            lost = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, ResponseError) and "Function not found" in str(reply):
+                    lost.append(i)
+                out[i] = reply
+            if not lost or again:
+                break
+            await self.load()  # Redis lost the library (a restart): load it, call those again
+            todo = lost
+        return out

@@ -193,6 +193,34 @@ class Store:
         )
         return parse_applied(shard, raw)
 
+    async def apply_round(
+        self, worker: str, lease_ms: int, parts: Sequence[tuple[int, int, Sequence[Result]]]
+    ) -> list[Applied | Exception]:
+        """A worker's round: per (shard, want, results) of ``parts``, what ``apply`` does on
+        that shard, one call per shard, all sent in one pipeline (one round trip on a single
+        Redis; on a cluster the shards of each node together). Returns per part what it
+        applied, or the error of that part's call: a ``ResponseError`` Redis answered it
+        with, or (on a cluster, a node's connection broken while the others answered) any
+        other error, after which the call may or may not have run. When no part got an
+        answer it raises, as ``apply`` does."""
+        if len(parts) == 1:  # no pipeline for one call
+            shard, want, results = parts[0]
+            try:
+                return [await self.apply(shard, worker, want, lease_ms, results)]
+            except ResponseError as e:
+                return [e]
+        raw = await self.library.call_each(
+            "apply",
+            [
+                ([self.keys.shard(shard)], ApplyArgs(worker, want, lease_ms), results)
+                for shard, want, results in parts
+            ],
+        )
+        return [
+            r if isinstance(r, Exception) else parse_applied(shard, r)
+            for (shard, _, _), r in zip(parts, raw, strict=True)
+        ]
+
     async def idle_items(
         self, shard: int, min_idle_ms: int, count: int, consumer: str | None = None
     ) -> list[tuple[bytes, str]]:

@@ -4,8 +4,9 @@ Flow: a reader reserves free slots and takes that many work items with one funct
 (``take``: read and marked running in Redis, with the inputs and outputs the nodes read);
 when it finds fewer than it asked for, it waits for new work (XREAD from the cursors the
 take returned, which delivers nothing). Each attempt runs (``dago.worker.attempt``), and
-finished attempts are applied in batches, one call per shard (``apply``), which records
-each result, resolves edges, dispatches successors, acks the work items, and starts as
+finished attempts are applied in rounds, one call per shard (``apply``), the round's calls
+sent in one pipeline (one round trip on a single Redis); each records each result,
+resolves edges, dispatches successors, acks the work items, and starts as
 many new items of the shard as it applied. A work item is acked only by that call, so a
 worker killed at any point loses nothing: its items are reclaimed after the lease.
 
@@ -26,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
 from dago.config import Settings
 from dago.engine.graphcache import GraphCache
@@ -43,6 +44,10 @@ from dago.worker.attempt import Attempts, Limits, Running
 from dago.worker.slots import Slots
 
 log = logging.getLogger("dago.worker")
+
+_MOVING = (AskError, TryAgainError, ClusterDownError)
+"""Answers of a cluster whose slots are moving (MOVED is an AskError): the call did not run,
+and will on the slot's new node; unlike other ``ResponseError``s, worth retrying."""
 
 WAIT_MS = 2000
 """How long a reader that found no work blocks for new work before it looks again."""
@@ -327,61 +332,82 @@ class Worker:
             by_shard: dict[int, list[Result | Waiting]] = defaultdict(list)
             for shard, result in batch:
                 by_shard[shard].append(result)
-            if len(by_shard) == 1:
-                taken = [await self._apply(s, r) for s, r in by_shard.items()]
-            else:
-                taken = await asyncio.gather(*(self._apply(s, r) for s, r in by_shard.items()))
+            taken = await self._apply(by_shard)
             running = self._attempts.running
             for shard, result in batch:  # kept until now: their leases are renewed meanwhile
                 done = running.pop((shard, result.msg_id), None)
                 if done is not None:
                     self._attempts.applied(done, self._states.pop((shard, result.msg_id), 0))
             # The slots of the applied attempts went to the new items taken with them.
-            self._slots.release(len(batch) - sum(taken))
+            self._slots.release(len(batch) - taken)
             self._unapplied -= len(batch)
             if not self._unapplied:
                 self._all_applied.set()
 
-    async def _apply(self, shard: int, finished: list[Result | Waiting]) -> int:
-        """Apply results of one shard and, unless draining, take as many new work items of
-        the shard in the same step, each given the slot of an applied attempt (half as many
-        while a reader waits for slots); returns how many were taken (their slots are
-        accounted for). Wait nodes that found no decision go to WAITING first (``_waiting``)."""
-        results = cast(list[Result], finished)
-        if any(type(r) is Waiting for r in finished):  # one pass over a batch without waits
-            await self._waiting(shard, [r for r in finished if isinstance(r, Waiting)])
-            results = [r for r in finished if isinstance(r, Result)]
-            if not results:
-                return 0
+    async def _apply(self, by_shard: Mapping[int, list[Result | Waiting]]) -> int:
+        """Apply a round of results, grouped by shard, and, unless draining, take as many new
+        work items of each shard in the same step, each given the slot of an applied
+        attempt (half as many while a reader waits for slots); returns how many were taken
+        (their slots are accounted for). The shards' calls go in one pipeline (one round
+        trip on a single Redis). Wait nodes that found no decision go to WAITING first
+        (``_waiting``)."""
+        parts: dict[int, list[Result]] = {}
+        for shard, finished in by_shard.items():
+            results = cast(list[Result], finished)
+            if any(type(r) is Waiting for r in finished):  # one pass over a batch without waits
+                await self._waiting(shard, [r for r in finished if isinstance(r, Waiting)])
+                results = [r for r in finished if isinstance(r, Result)]
+            if results:
+                parts[shard] = results
+        if not parts:
+            return 0
         backoff = 0.05
+        taken = 0
         while True:
             raise_if_cancelling()
-            want = 0 if self._stopping.is_set() else min(len(results), self._settings.worker_batch)
-            if self._slots.waiting:
-                # Half the slots go back to the readers, which take work of every shard:
-                # a shard with a backlog cannot keep all of them.
-                want //= 2
-            try:
-                applied = await self._store.apply(
-                    shard, self.id, want, self._settings.lease_ms, results
+            round_: list[tuple[int, int, list[Result]]] = []
+            for shard, results in parts.items():
+                want = (
+                    0 if self._stopping.is_set() else min(len(results), self._settings.worker_batch)
                 )
-            except ResponseError as e:
-                # Redis refused the call itself: retrying cannot help. The items stay
-                # pending, are redelivered after the lease and end dead-lettered.
-                log.error("applying results was refused by Redis: %s", e)
-                return 0
+                if self._slots.waiting:
+                    # Half the slots go back to the readers, which take work of every shard:
+                    # a shard with a backlog cannot keep all of them.
+                    want //= 2
+                round_.append((shard, want, results))
+            try:
+                replies = await self._store.apply_round(self.id, self._settings.lease_ms, round_)
             except STORE_ERRORS as e:
-                # Keep the result and retry: the item stays pending, so nothing is lost
-                # even if this process dies before Redis comes back.
+                # Keep the results and retry: the items stay pending, so nothing is lost
+                # even if this process dies before Redis comes back (a result applied
+                # before the connection broke is stale the second time, and changes nothing).
                 log.warning("applying results failed (%s); retrying in %.2fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            for result, state in zip(results, applied.states, strict=True):
-                self._states[(shard, result.msg_id)] = state
-            if applied.started:
-                await self._launch(applied.started)
-            return len(applied.started)
+            started: list[Started] = []
+            again: dict[int, list[Result]] = {}
+            for (shard, _, results), applied in zip(round_, replies, strict=True):
+                if isinstance(applied, Exception):
+                    if isinstance(applied, ResponseError) and not isinstance(applied, _MOVING):
+                        # Redis refused the call itself: retrying cannot help. The items stay
+                        # pending, are redelivered after the lease and end dead-lettered.
+                        log.error("applying results was refused by Redis: %s", applied)
+                    else:  # that shard's node did not answer (a cluster): that part again
+                        again[shard] = results
+                        log.warning("applying results failed on shard %d (%s)", shard, applied)
+                    continue
+                for result, state in zip(results, applied.states, strict=True):
+                    self._states[(shard, result.msg_id)] = state
+                started += applied.started
+            if started:
+                await self._launch(started)
+                taken += len(started)
+            if not again:
+                return taken
+            parts = again
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     async def _waiting(self, shard: int, waits: list[Waiting]) -> None:
         """Put wait nodes of one shard into WAITING (the function acks their work items, so
