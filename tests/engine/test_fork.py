@@ -4,6 +4,10 @@ server at the HTTP boundary, on a single Redis and on a cluster."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,6 +15,7 @@ import pytest
 from google.protobuf import json_format
 
 from dago.v1 import execution_pb2, orchestrator_pb2
+from dago_client import AsyncDagoClient
 from fake_anthropic import FakeAnthropic
 from harness import (
     InProcessStack,
@@ -73,6 +78,7 @@ async def test_fork_after_a_failure_reruns_only_the_failed_node_and_downstream(
     assert st.state == FAILED
     assert len(fake.requests) == 1
     plan_cost = node_status(st, "plan").usage.cost_usd
+    assert plan_cost > 0
     patches = {
         "check": {"tool": {"name": "echo"}},
         "write": {"llm": {"prompt": "Write it better: {{ nodes.plan.output.text }}"}},
@@ -227,3 +233,35 @@ async def test_fork_errors(stack: InProcessStack, fake: FakeAnthropic) -> None:
         await fork(stack, held, fromNodes=["h"])
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     await stack.client.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=held))
+
+
+async def test_fork_with_the_python_client_and_dagoctl(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    nodes = [echo("a", x="{{ inputs.x }}"), echo("b", x="{{ inputs.x }}")]
+    gid, _ = await stack.client.run(request(nodes, [edge("a", "b")], {"x": 1}))
+    async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as client:
+        plan = await client.fork(gid, from_nodes=["b"], dry_run=True)
+        assert list(plan.reused_nodes) == ["a"] and not plan.graph_id
+        resp = await client.fork(
+            gid, from_nodes=["b"], node_patches={"b": {"inputs": {"y": 3}}}, request_id="c-1"
+        )
+        new = await stack.client.wait(resp.graph_id)
+        assert plain(node_status(new, "b").output) == {"x": 1, "y": 3}
+    patch = tmp_path / "patch.yaml"
+    patch.write_text("b:\n  inputs: {y: 4}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
+    args = ["fork", gid, "--from", "b", "--patch", str(patch), "--inputs-patch", '{"x": 5}']
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dago_client",
+        *args,
+        "--dry-run",
+        env={**env, "DAGO_TARGET": f"127.0.0.1:{stack.port}"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert "reuse    a" in out.decode() and "run      b" in out.decode()
