@@ -132,6 +132,9 @@ async def test_fork_from_a_node_of_a_completed_run_with_an_inputs_patch(
     assert plain(node_status(new, "a").output) == {"x": 1}  # reused, not run with x=2
     assert plain(node_status(new, "b").output) == {"x": 2, "y": {}}
     assert [n.reused for n in new.nodes] == [True, False]
+    listed = await stack.client.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(), timeout=10)
+    (summary,) = [g for g in listed.graphs if g.graph_id == resp.graph_id]
+    assert summary.forked_from == gid
 
 
 async def test_fork_keeps_router_decisions_and_untaken_branches_stay_skipped(

@@ -499,6 +499,14 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: int32 steps = 9;
    */
   steps: number;
+
+  /**
+   * The run this run was forked from (ForkGraph), if any (runs in Redis; not
+   * kept in the PostgreSQL history yet).
+   *
+   * @generated from field: string forked_from = 30;
+   */
+  forkedFrom: string;
 };
 
 /**
