@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from dago.engine.ids import parse_shard
 from dago.v1 import execution_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient
 from fake_anthropic import FakeAnthropic
@@ -22,6 +23,7 @@ from harness import (
     MakeStack,
     echo,
     edge,
+    eventually,
     node_states,
     node_status,
     of_kind,
@@ -268,3 +270,23 @@ async def test_fork_with_the_python_client_and_dagoctl(
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert "reuse    a" in out.decode() and "run      b" in out.decode()
+
+
+async def test_fork_of_a_run_expired_from_redis_is_failed_precondition(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    stack = await make_stack(postgres_url=postgres_url, migrate_at_start=True, retention_s=1)
+    gid, st = await stack.client.run(request([echo("a", x=1)]))
+    assert st.state == COMPLETED
+    shard = parse_shard(gid, stack.settings.shards)
+    assert shard is not None
+    keys = stack.store.keys.shard(shard).graph(gid).all()
+
+    async def expired() -> bool:
+        return not await stack.store.redis.exists(*keys)
+
+    await eventually(expired, timeout=15, interval=0.1)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, gid, fromNodes=["a"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no longer in Redis" in str(e.value.details())
