@@ -290,3 +290,21 @@ async def test_fork_of_a_run_expired_from_redis_is_failed_precondition(
         await fork(stack, gid, fromNodes=["a"])
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no longer in Redis" in str(e.value.details())
+
+
+async def test_failed_only_on_a_cancelled_run(stack: InProcessStack) -> None:
+    nodes = [echo("a", x=1), tool("h", "sleep", inputs={"seconds": 5}), echo("b", x=2)]
+    gid = await stack.client.submit(request(nodes, [edge("a", "h"), edge("h", "b")]))
+
+    async def holding() -> bool:
+        return node_states(await stack.client.status(gid))["h"] == "RUNNING"
+
+    await eventually(holding)
+    await stack.client.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid))
+    await stack.client.wait(gid)
+    patch = {"h": {"inputs": {"seconds": 0}}}
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=patch)
+    assert (list(resp.reused_nodes), list(resp.run_nodes)) == (["a"], ["h", "b"])
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED
+    assert plain(node_status(new, "b").output) == {"x": 2}
