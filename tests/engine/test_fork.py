@@ -111,6 +111,7 @@ async def test_fork_after_a_failure_reruns_only_the_failed_node_and_downstream(
     (ev,) = of_kind(events, "node_reused", "plan")
     assert ev.node_reused.source_graph_id == gid and ev.seq == 2
     assert not of_kind(events, "node_started", "plan")
+    assert await stack.client.watch(resp.graph_id) == events
     # The dry run's numbers are what the fork did.
     ran = {n.node_id for n in new.nodes if n.attempts}
     assert ran == set(dry.run_nodes)

@@ -77,8 +77,9 @@ emit(gid, EventKind.GRAPH_SUBMITTED, nil, nil, nil, jstr(sub))
 -- edges into the nodes that run again resolve as recorded: the joins they complete fire.
 local reused = cjson.decode(ARGV[A.REUSED])
 if #reused > 0 then
-  local is_reused, ready, loops = {}, {}, {}
+  local is_reused, ready, loops, stored = {}, {}, {}, 0
   for _, r in ipairs(reused) do
+    stored = stored + #r[3]
     local node = r[1]
     is_reused[node] = true
     if r[2] then
@@ -90,6 +91,8 @@ if #reused > 0 then
     open_add(gid, -1)
     emit(gid, EventKind.NODE_REUSED, node, 0, 1, jstr({[DETAIL.SOURCE] = fork, [DETAIL.SKIPPED] = r[2]}))
   end
+  -- The reused outputs count against the run's stored bytes (META.MAX_BYTES) as its own.
+  redis.call('HINCRBY', gk, META.BYTES, stored)
   for _, r in ipairs(reused) do
     local taken = {}
     for x in string.gmatch(r[4], '[^,]+') do taken[x] = true end
