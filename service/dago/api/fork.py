@@ -76,14 +76,13 @@ def rename_violations(e: GraphInvalid, graph: graph_pb2.Graph, patched: set[str]
     return GraphInvalid(out)
 
 
-def plan(
-    compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[str], failed_only: bool
-) -> Plan:
+def plan(compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[str]) -> Plan:
     """Which nodes a fork of the run (its node fields ``nodes``) reuses: a node that
     completed, or was skipped while every node before it is reused (an untaken branch),
-    and is not downstream of the re-run set; the re-run set is ``from_nodes`` (or, with
-    ``failed_only``, nothing more), plus every node that cannot be reused; a loop with a
-    node that runs again runs again whole, from its head."""
+    and is not downstream of the re-run set; the re-run set is ``from_nodes`` (empty with
+    ``failed_only``) plus every node that cannot be reused (failed, cancelled, never
+    started, skipped because of a failure); a loop with a node that runs again runs again
+    whole, from its head."""
     ids = list(compiled.nodes)
     succ: dict[str, list[str]] = {n: [] for n in ids}
     pred: dict[str, list[str]] = {n: [] for n in ids}
@@ -108,7 +107,6 @@ def plan(
         if st == _COMPLETED or (st == _SKIPPED and pred[n] and all(p in reusable for p in pred[n])):
             reusable.add(n)
     runs |= set(ids) - reusable
-    del failed_only  # the failed nodes are those that cannot be reused
     bodies = [(h, _between(h, x, succ, pred) | {h, x}) for x, h in backs]
     while True:
         closed = _downstream(runs, succ)

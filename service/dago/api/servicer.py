@@ -220,7 +220,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             return orchestrator_pb2.SubmitGraphResponse()
         entries = compiled.entries
         if fork is not None:
-            fork.plan = fork_rules.plan(compiled, fork.nodes, fork.from_nodes, fork.failed_only)
+            fork.plan = fork_rules.plan(compiled, fork.nodes, fork.from_nodes)
             if not fork.plan.run:
                 raise errors.invalid_field(
                     "from_nodes", "nothing would run again: name nodes, or fork a failed run"
@@ -365,7 +365,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             source=source,
             nodes=snap.nodes,
             from_nodes=list(request.from_nodes),
-            failed_only=request.failed_only,
             dry_run=request.dry_run,
             patched=list(request.node_patches),
             digest="fork:" + hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest(),
@@ -1104,7 +1103,6 @@ class _Fork:
     source: str
     nodes: dict[bytes, bytes]
     from_nodes: list[str]
-    failed_only: bool
     dry_run: bool
     patched: list[str]
     digest: str
