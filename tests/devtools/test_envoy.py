@@ -270,6 +270,29 @@ async def test_idempotent_resubmit_with_request_id(edge_stack: Edge) -> None:
     assert detail(body, "google.rpc.ErrorInfo")["reason"] == "REQUEST_ID_REUSED", body
 
 
+async def test_fork_over_rest(edge_stack: Edge) -> None:
+    e = edge_stack
+    body = graph(
+        echo("a", x="{{ inputs.x }}"),
+        echo("b", x="{{ inputs.x }}"),
+        edges=[{"from": "a", "to": "b"}],
+        inputs={"x": 1},
+    )
+    gid = await submit(e, body)
+    await wait_state(e, gid)
+    fork = {"from_nodes": ["b"], "inputs_patch": {"x": 2}}
+    r = await e.http.post(f"/api/v1/graphs/{gid}:fork", json={**fork, "dry_run": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["reused_nodes"] == ["a"] and r.json()["run_nodes"] == ["b"]
+    r = await e.http.post(f"/api/v1/graphs/{gid}:fork", json=fork)
+    assert r.status_code == 200, r.text
+    new = r.json()["graph_id"]
+    status = await wait_state(e, new)
+    assert status["state"] == "GRAPH_STATE_COMPLETED" and status["forked_from"] == gid
+    outputs = {n["node_id"]: (n["output"], n.get("reused", False)) for n in status["nodes"]}
+    assert outputs == {"a": ({"x": 1}, True), "b": ({"x": 2}, False)}
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

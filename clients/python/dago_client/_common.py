@@ -172,6 +172,35 @@ def submit_request(
     return req
 
 
+def fork_request(
+    graph_id: str,
+    from_nodes: Sequence[str] = (),
+    failed_only: bool = False,
+    node_patches: Mapping[str, Any] | None = None,
+    inputs_patch: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    request_id: str | None = None,
+) -> orchestrator_pb2.ForkGraphRequest:
+    """The ForkGraphRequest to send: ``node_patches`` maps node ids to partial nodes (a
+    ``graph_pb2.Node`` or its JSON form). Without a request_id (and not a dry run) one is
+    generated, so a retry after a lost answer returns the same new run."""
+    req = orchestrator_pb2.ForkGraphRequest(
+        graph_id=graph_id, from_nodes=list(from_nodes), failed_only=failed_only, dry_run=dry_run
+    )
+    for nid, patch in (node_patches or {}).items():
+        if isinstance(patch, graph_pb2.Node):
+            req.node_patches[nid].CopyFrom(patch)
+        else:
+            json_format.ParseDict(patch, req.node_patches[nid])
+    if inputs_patch is not None:
+        req.inputs_patch.update(dict(inputs_patch))
+    if request_id is not None:
+        req.request_id = request_id
+    elif not dry_run:
+        req.request_id = f"py-{uuid.uuid4().hex}"
+    return req
+
+
 def signal_request(
     graph_id: str,
     node_id: str,

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 import google.rpc.error_details_pb2 as error_details_pb2
 import grpc
+import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -231,6 +232,37 @@ class Cli:
         """``cancel ID``."""
         resp = self.client.cancel(self.args.graph_id, self.args.reason)
         self.print(f"{self.args.graph_id} {state_name(resp.state)}")
+        return EXIT_OK
+
+    def fork(self) -> int:
+        """``fork ID --from NODE | --failed-only [--patch FILE] [--inputs-patch JSON]
+        [--dry-run]``: prints the new run's id, or the plan with --dry-run."""
+        patches = None
+        if self.args.patch:
+            text = Path(self.args.patch).read_text()
+            patches = yaml.safe_load(text) or {}
+            if not isinstance(patches, dict):
+                raise GraphFileError(f"{self.args.patch}: a mapping of node id -> partial node")
+        inputs_patch = json.loads(self.args.inputs_patch) if self.args.inputs_patch else None
+        resp = self.client.fork(
+            self.args.graph_id,
+            from_nodes=self.args.from_nodes or (),
+            failed_only=self.args.failed_only,
+            node_patches=patches,
+            inputs_patch=inputs_patch,
+            dry_run=self.args.dry_run,
+            request_id=self.args.request_id,
+        )
+        if self.as_json:
+            self.print(_json(resp))
+        elif self.args.dry_run:
+            self.print(
+                f"reuse    {', '.join(resp.reused_nodes) or '-'}",
+                f"run      {', '.join(resp.run_nodes) or '-'}",
+                f"saved    ${resp.cost_saved_usd:.4f}   estimate ${resp.cost_estimate_usd:.4f}",
+            )
+        else:
+            self.print(resp.graph_id)
         return EXIT_OK
 
     def list(self) -> int:
@@ -540,6 +572,22 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a run")
     c.add_argument("graph_id")
     c.add_argument("--reason", default="cancelled with dagoctl")
+    fk = sub.add_parser(
+        "fork", help="a new run of a finished run, reusing the outputs not downstream of --from"
+    )
+    fk.add_argument("graph_id")
+    fk.add_argument(
+        "--from",
+        dest="from_nodes",
+        action="append",
+        metavar="NODE",
+        help="a node to run again (with its downstream); repeatable",
+    )
+    fk.add_argument("--failed-only", action="store_true", help="run again what failed")
+    fk.add_argument("--patch", metavar="FILE", help="YAML/JSON: node id -> partial node")
+    fk.add_argument("--inputs-patch", metavar="JSON", help="a JSON merge patch of the inputs")
+    fk.add_argument("--dry-run", action="store_true", help="print the plan only")
+    fk.add_argument("--request-id", help="idempotency key (default: a new one)")
     ls = sub.add_parser("list", help="list runs, newest first")
     ls.add_argument("--status", "--state", dest="status", help="completed, failed, running...")
     ls.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")

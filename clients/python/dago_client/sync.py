@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from dago_client._common import (
     RunFilters,
     backoff,
     events_of,
+    fork_request,
     run_request,
     signal_request,
     submit_request,
@@ -269,6 +270,28 @@ class DagoClient:
         (``failed_node``). Not retried, like :meth:`requeue_dead_letter`."""
         req = orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=dead_letter_id)
         return self._call(self.stub.DropDeadLetter, req, idempotent=False, deadline_s=deadline_s)
+
+    def fork(
+        self,
+        graph_id: str,
+        *,
+        from_nodes: Sequence[str] = (),
+        failed_only: bool = False,
+        node_patches: Mapping[str, Any] | None = None,
+        inputs_patch: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+        request_id: str | None = None,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.ForkGraphResponse:
+        """A new run of a finished run (ForkGraph): the nodes not downstream of
+        ``from_nodes`` (or of the failed nodes, ``failed_only``) keep their recorded outputs;
+        the others run again with ``node_patches`` (node id -> partial node) and
+        ``inputs_patch`` (a JSON merge patch). ``dry_run``: the plan only (nodes reused and
+        to run, cost saved and estimated). See docs/fork.md."""
+        req = fork_request(
+            graph_id, from_nodes, failed_only, node_patches, inputs_patch, dry_run, request_id
+        )
+        return self._call(self.stub.ForkGraph, req, idempotent=True, deadline_s=deadline_s)
 
     def signal(
         self,

@@ -3,6 +3,7 @@ import type { JsonValue, MessageInitShape } from "@bufbuild/protobuf";
 import type { Event } from "../gen/dago/v1/execution_pb.js";
 import type {
   CancelGraphResponse,
+  ForkGraphResponse,
   GetGraphResponse,
   ListGraphsRequestSchema,
   ListGraphsResponse,
@@ -50,6 +51,21 @@ export interface WatchOptions {
   signal?: AbortSignal;
   /** Called before each resume. */
   onResume?: (info: { afterSeq: bigint; attempt: number; error: ConnectError }) => void;
+}
+
+export interface ForkOptions {
+  /** The nodes to run again, with everything downstream of them. */
+  fromNodes?: string[];
+  /** Instead of fromNodes: run again what failed, was cancelled or skipped by a failure. */
+  failedOnly?: boolean;
+  /** Node id -> a partial node (proto JSON), merged into that node. */
+  nodePatches?: Record<string, JsonValue>;
+  /** A JSON merge patch (RFC 7386) over the run's inputs. */
+  inputsPatch?: Record<string, JsonValue>;
+  /** Return the plan only; create no run. */
+  dryRun?: boolean;
+  /** Idempotency key (default: a new one, except for a dry run). */
+  requestId?: string;
 }
 
 export interface SignalOptions {
@@ -141,6 +157,13 @@ export interface DagoClient {
   ): Promise<ListWaitsResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
+  /**
+   * A new run of a finished run (ForkGraph) reusing the recorded outputs of the nodes not
+   * downstream of fromNodes (or of the failed ones, failedOnly); nodePatches (node id ->
+   * partial node, JSON) and inputsPatch (a JSON merge patch) change what runs again;
+   * dryRun returns the plan only. See docs/fork.md.
+   */
+  fork(graphId: string, fork?: ForkOptions, options?: CallOptions): Promise<ForkGraphResponse>;
   /**
    * A run's events in seq order (heartbeats skipped), ending after the terminal event.
    * A dropped stream is resumed from the last seq received, so no event is lost or repeated.

@@ -5,7 +5,7 @@ import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { OrchestratorService } from "../gen/dago/v1/orchestrator_pb.js";
+import { ForkGraphRequestSchema, OrchestratorService } from "../gen/dago/v1/orchestrator_pb.js";
 
 /** The payload kinds that end a run's event stream. */
 export const TERMINAL_EVENTS = Object.freeze(["graphCompleted", "graphFailed", "graphCancelled"]);
@@ -181,6 +181,22 @@ export function createDagoClient(baseUrl, options = {}) {
 
     async result(graphId, callOptions) {
       return (await client()).getGraphResult({ graphId }, callOptions);
+    },
+
+    async fork(graphId, forkOptions = {}, callOptions) {
+      const { fromNodes, failedOnly, nodePatches, inputsPatch, dryRun, requestId } = forkOptions;
+      // Node patches and the inputs patch are plain JSON (partial nodes, a merge patch). A
+      // request_id is generated unless given (or a dry run), so a retry is the same fork.
+      const req = fromJson(ForkGraphRequestSchema, {
+        graphId,
+        fromNodes: fromNodes ?? [],
+        failedOnly: failedOnly ?? false,
+        nodePatches: nodePatches ?? {},
+        ...(inputsPatch === undefined ? {} : { inputsPatch }),
+        dryRun: dryRun ?? false,
+        requestId: requestId ?? (dryRun ? "" : `ts-${crypto.randomUUID()}`),
+      });
+      return (await client()).forkGraph(req, callOptions);
     },
 
     async cancel(graphId, reason = "", callOptions) {

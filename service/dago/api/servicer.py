@@ -11,11 +11,13 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from dago.api import errors, queries, tokens
+from dago.api import fork as fork_rules
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
@@ -186,7 +188,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             yield raw
 
     async def _submit(
-        self, request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest
+        self,
+        request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest,
+        fork: _Fork | None = None,
     ) -> orchestrator_pb2.SubmitGraphResponse:
         rid = request.request_id
         if len(rid) > 128 or not rid.isprintable():
@@ -202,6 +206,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
                 compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
         except GraphInvalid as e:
+            if fork is not None:
+                e = fork_rules.rename_violations(e, request.graph, set(fork.patched))
             raise errors.invalid(e.violations) from None
         except QueueFull:
             raise errors.resource_exhausted(
@@ -212,6 +218,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             ) from None
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
+        entries = compiled.entries
+        if fork is not None:
+            fork.plan = fork_rules.plan(compiled, fork.nodes, fork.from_nodes)
+            if not fork.plan.run:
+                raise errors.invalid_field(
+                    "from_nodes", "nothing would run again: name nodes, or fork a failed run"
+                )
+            if fork.dry_run:
+                return orchestrator_pb2.SubmitGraphResponse()
+            running = set(fork.plan.run)
+            entries = [n for n in entries if n in running]
 
         limit = self._settings.max_active_graphs
         if limit and (
@@ -232,6 +249,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         shard = _stable_shard(scoped, shards) if rid else random.randrange(shards)
         graph_id = new_graph_id(shard)
         digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
+        if fork is not None and rid:
+            digest = fork.digest
         g = request.graph
         deadline_s = (
             g.limits.deadline.ToMilliseconds() / 1000
@@ -249,7 +268,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             inputs=raw_inputs,
             node_ids=dumps(list(compiled.nodes)),
             start_plans=dumps(list(compiled.start_plans.values())),
-            entries=dumps(compiled.entries),
+            entries=dumps(entries),
             max_steps=g.limits.max_steps,
             max_tokens=g.limits.max_tokens,
             max_cost=repr(g.limits.max_cost_usd),
@@ -260,6 +279,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             max_bytes=self._settings.max_run_bytes,
             traceparent=traceparent,
             archive=int(bool(self._settings.postgres_url)),
+            forked_from=fork.source if fork is not None else "",
+            reused=dumps(fork.plan.reused) if fork is not None and fork.plan else "[]",
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
@@ -284,6 +305,81 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             created=status == "created",
             state=execution_pb2.GraphState.ValueType(state),
             namespace=namespace,
+        )
+
+    @guard
+    async def ForkGraph(
+        self, request: orchestrator_pb2.ForkGraphRequest, context: Ctx
+    ) -> orchestrator_pb2.ForkGraphResponse:
+        """A new run reusing the recorded outputs of the nodes not downstream of the re-run
+        set (docs/semantics.md, "Fork"); the plan only with dry_run."""
+        source = request.graph_id
+        shard = self._shard(source)
+        if request.failed_only and request.from_nodes:
+            raise errors.invalid_field("failed_only", "give from_nodes or failed_only, not both")
+        if not request.failed_only and not request.from_nodes:
+            raise errors.invalid_field(
+                "from_nodes", "name the nodes to run again, or set failed_only"
+            )
+        snap = await self._store.snapshot(shard, source, records=False)
+        if not snap.meta:
+            # In the history (PostgreSQL) it is a run of this namespace whose state expired.
+            await self._archive.status(source, False)
+            raise errors.failed_precondition(
+                "GRAPH_EXPIRED",
+                source,
+                f"graph {source} is no longer in Redis (its state expired after its retention): "
+                "a fork needs the recorded node outputs; forking from the history is not "
+                "supported, submit the graph again instead",
+            )
+        self._owned(source, snap.meta.get(Meta.NAMESPACE.encode()))
+        state = graph_state(snap.meta)
+        if state not in TERMINAL_STATES:
+            raise errors.failed_precondition(
+                "GRAPH_NOT_FINISHED",
+                source,
+                f"graph {source} is {_STATE_NAMES[state]}; a run can be forked once it has "
+                "completed, failed or been cancelled (cancel it first)",
+            )
+        graph = graph_pb2.Graph.FromString(snap.meta[Meta.DEFINITION.encode()])
+        known = {n.id for n in graph.nodes}
+        for i, nid in enumerate(request.from_nodes):
+            if nid not in known:
+                raise errors.invalid_field(
+                    f"from_nodes[{i}]", f"names no node of the graph: {nid!r}"
+                )
+        try:
+            patched = fork_rules.patch_graph(graph, dict(request.node_patches))
+        except GraphInvalid as e:
+            raise errors.invalid(e.violations) from None
+        inputs = json.loads(snap.meta.get(Meta.INPUTS.encode()) or b"{}")
+        if request.HasField("inputs_patch"):
+            inputs = fork_rules.merge_patch(inputs, to_plain(request.inputs_patch))
+        sub = orchestrator_pb2.SubmitGraphRequest(graph=patched, request_id=request.request_id)
+        sub.inputs.update(inputs)
+        body = orchestrator_pb2.ForkGraphRequest()
+        body.CopyFrom(request)
+        body.dry_run = False
+        body.request_id = ""
+        fork = _Fork(
+            source=source,
+            nodes=snap.nodes,
+            from_nodes=list(request.from_nodes),
+            dry_run=request.dry_run,
+            patched=list(request.node_patches),
+            digest="fork:" + hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest(),
+        )
+        submitted = await self._submit(sub, fork)
+        p = fork.plan
+        assert p is not None
+        return orchestrator_pb2.ForkGraphResponse(
+            graph_id=submitted.graph_id,
+            created=submitted.created,
+            reused_nodes=[r[0] for r in p.reused],
+            run_nodes=p.run,
+            cost_saved_usd=p.cost_saved,
+            cost_estimate_usd=p.cost_estimate,
+            forked_from=source,
         )
 
     @guard
@@ -997,6 +1093,20 @@ _DEAD_ID = re.compile(r"([0-9]{1,4})-([0-9]{1,20})-([0-9]{1,20})")
 MAX_ID_CHARS = 64
 """Longest graph or dead letter id looked up; a longer one is INVALID_ARGUMENT (ours are at
 most 31 and 46 characters), so no error message echoes a client's megabytes."""
+
+
+@dataclass
+class _Fork:
+    """What ForkGraph hands to the submit path: the source run and its node fields, the
+    re-run request, and (set by the submit path once the patched graph compiled) the plan."""
+
+    source: str
+    nodes: dict[bytes, bytes]
+    from_nodes: list[str]
+    dry_run: bool
+    patched: list[str]
+    digest: str
+    plan: fork_rules.Plan | None = None
 
 
 PAGE_BYTES = 1 << 20

@@ -67,6 +67,7 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
         state=graph_state(meta),
         steps=_int(_meta(meta, Meta.STEPS)),
         request_id=_str(_meta(meta, Meta.REQUEST_ID)),
+        forked_from=_str(_meta(meta, Meta.FORKED_FROM)),
     )
     _ts(st.create_time, _meta(meta, Meta.CREATED))
     _ts(st.start_time, _meta(meta, Meta.STARTED))
@@ -94,6 +95,7 @@ def _node_status(
         attempt=_int(get(Node.ATTEMPT)),
         iteration=_int(get(Node.ITERATION)),
         route=_str(get(Node.ROUTE)),
+        reused=get(Node.REUSED) == b"1",
     )
     _ts(ns.start_time, get(Node.STARTED))
     _ts(ns.end_time, get(Node.ENDED))

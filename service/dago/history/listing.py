@@ -202,6 +202,7 @@ def summary_from_meta(
         request_id=_text(meta, Meta.REQUEST_ID),
         namespace=namespace,
         steps=_int(meta, Meta.STEPS),
+        forked_from=_text(meta, Meta.FORKED_FROM),
     )
     for field, ts in ((Meta.CREATED, s.create_time), (Meta.ENDED, s.end_time)):
         if _int(meta, field):

@@ -108,6 +108,13 @@ def _submitted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_submitted.entry_nodes.extend(entries if isinstance(entries, list) else [])
 
 
+def _reused(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.node_reused
+    p.SetInParent()
+    p.source_graph_id = str(d.get(Detail.SOURCE, ""))
+    p.skipped = bool(d.get(Detail.SKIPPED, False))
+
+
 def _completed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_completed.SetInParent()
     usage_from(d.get(Detail.USAGE), ev.graph_completed.usage)
@@ -259,6 +266,7 @@ _PAYLOADS = {
     "loop_iteration": _loop,
     "node_waiting": _waiting,
     "signal_received": _signal,
+    "node_reused": _reused,
 }
 
 

@@ -78,6 +78,11 @@ class SubmitArgs(NamedTuple):
     traceparent: str
     archive: int
     """1: queue the run for the archiver when it ends, and keep it until ``archived``."""
+    forked_from: str = ""
+    """The run this one is forked from (ForkGraph), or empty."""
+    reused: str = "[]"
+    """JSON list of ``[node, skipped, output JSON, taken edges]`` (ForkGraph): nodes written
+    finished at submit, their outgoing edges resolved as recorded; in topological order."""
 
 
 class TakeArgs(NamedTuple):

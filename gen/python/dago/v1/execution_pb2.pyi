@@ -297,6 +297,7 @@ class NodeStatus(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    REUSED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -307,6 +308,10 @@ class NodeStatus(_message.Message):
     """The current iteration (1-based)."""
     route: _builtins.str
     """For routers: the chosen route."""
+    reused: _builtins.bool
+    """The node was not executed in this run: its recorded output (or skip) was
+    reused from the run this one was forked from (ForkGraph).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the current attempt."""
@@ -352,10 +357,11 @@ class NodeStatus(_message.Message):
         route: _builtins.str = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         wait: Global___NodeWait | None = ...,
+        reused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -432,6 +438,7 @@ class GraphStatus(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -446,6 +453,8 @@ class GraphStatus(_message.Message):
     """Output only. The namespace the graph belongs to (the API key's; "default"
     when authentication is off).
     """
+    forked_from: _builtins.str
+    """The run this run was forked from (ForkGraph), if any."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -490,10 +499,11 @@ class GraphStatus(_message.Message):
         metadata: _struct_pb2.Struct | None = ...,
         request_id: _builtins.str = ...,
         namespace: _builtins.str = ...,
+        forked_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -533,6 +543,7 @@ class Event(_message.Message):
     NODE_REQUEUED_FIELD_NUMBER: _builtins.int
     NODE_WAITING_FIELD_NUMBER: _builtins.int
     SIGNAL_RECEIVED_FIELD_NUMBER: _builtins.int
+    NODE_REUSED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -637,6 +648,12 @@ class Event(_message.Message):
     def signal_received(self) -> Global___SignalReceived:
         """A wait node's decision was recorded (a signal, or its timeout)."""
 
+    @_builtins.property
+    def node_reused(self) -> Global___NodeReused:
+        """A forked run reused a node's recorded output (or skip) from the run it
+        was forked from; the node is not executed.
+        """
+
     def __init__(
         self,
         *,
@@ -668,16 +685,43 @@ class Event(_message.Message):
         node_requeued: Global___NodeRequeued | None = ...,
         node_waiting: Global___NodeWaiting | None = ...,
         signal_received: Global___SignalReceived | None = ...,
+        node_reused: Global___NodeReused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class NodeReused(_message.Message):
+    """Payload of node_reused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    source_graph_id: _builtins.str
+    """The run whose recorded output is reused."""
+    skipped: _builtins.bool
+    """The node was skipped in that run (an untaken branch), and stays skipped."""
+    def __init__(
+        self,
+        *,
+        source_graph_id: _builtins.str = ...,
+        skipped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["skipped", b"skipped", "source_graph_id", b"source_graph_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeReused: _TypeAlias = NodeReused  # noqa: Y015
 
 @_typing.final
 class GraphSubmitted(_message.Message):

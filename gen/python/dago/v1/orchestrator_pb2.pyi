@@ -538,6 +538,7 @@ class GraphSummary(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -550,6 +551,10 @@ class GraphSummary(_message.Message):
     """Output only. The namespace the run belongs to."""
     steps: _builtins.int
     """Node attempts started so far."""
+    forked_from: _builtins.str
+    """The run this run was forked from (ForkGraph), if any (runs in Redis; not
+    kept in the PostgreSQL history yet).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -574,10 +579,11 @@ class GraphSummary(_message.Message):
         namespace: _builtins.str = ...,
         usage: _execution_pb2.Usage | None = ...,
         steps: _builtins.int = ...,
+        forked_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1461,3 +1467,134 @@ class Wait(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Wait: _TypeAlias = Wait  # noqa: Y015
+
+@_typing.final
+class ForkGraphRequest(_message.Message):
+    """Request of ForkGraph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NodePatchesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _graph_pb2.Node: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _graph_pb2.Node | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODES_FIELD_NUMBER: _builtins.int
+    FAILED_ONLY_FIELD_NUMBER: _builtins.int
+    NODE_PATCHES_FIELD_NUMBER: _builtins.int
+    INPUTS_PATCH_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run to fork (completed, failed or cancelled, in the caller's
+    namespace, still in Redis).
+    """
+    failed_only: _builtins.bool
+    """Instead of from_nodes: run again the nodes that failed, were cancelled or
+    were skipped because of a failure (with everything downstream).
+    """
+    dry_run: _builtins.bool
+    """Return the plan only; create no run."""
+    request_id: _builtins.str
+    """Makes the fork idempotent: the same id returns the same new run."""
+    @_builtins.property
+    def from_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes to run again (with everything downstream of them). A node in a
+        loop's body re-runs the whole loop from its head.
+        """
+
+    @_builtins.property
+    def node_patches(self) -> _containers.MessageMap[_builtins.str, _graph_pb2.Node]:
+        """Per node id, a partial Node merged into that node's config (e.g. a new
+        prompt or model); the patched graph is validated as a submit.
+        """
+
+    @_builtins.property
+    def inputs_patch(self) -> _struct_pb2.Struct:
+        """A JSON merge patch (RFC 7386) over the run's inputs."""
+
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        from_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        failed_only: _builtins.bool = ...,
+        node_patches: _abc.Mapping[_builtins.str, _graph_pb2.Node] | None = ...,
+        inputs_patch: _struct_pb2.Struct | None = ...,
+        dry_run: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inputs_patch", b"inputs_patch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "failed_only", b"failed_only", "from_nodes", b"from_nodes", "graph_id", b"graph_id", "inputs_patch", b"inputs_patch", "node_patches", b"node_patches", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkGraphRequest: _TypeAlias = ForkGraphRequest  # noqa: Y015
+
+@_typing.final
+class ForkGraphResponse(_message.Message):
+    """Response of ForkGraph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    REUSED_NODES_FIELD_NUMBER: _builtins.int
+    RUN_NODES_FIELD_NUMBER: _builtins.int
+    COST_SAVED_USD_FIELD_NUMBER: _builtins.int
+    COST_ESTIMATE_USD_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The new run (empty with dry_run)."""
+    created: _builtins.bool
+    """False when request_id named an existing fork."""
+    cost_saved_usd: _builtins.float
+    """The recorded cost (USD) of the reused nodes: what reuse saves."""
+    cost_estimate_usd: _builtins.float
+    """The recorded cost (USD) of the nodes that run again: an estimate."""
+    forked_from: _builtins.str
+    """The run forked from."""
+    @_builtins.property
+    def reused_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes whose recorded outputs (or skips) are reused."""
+
+    @_builtins.property
+    def run_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes that run again."""
+
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        created: _builtins.bool = ...,
+        reused_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        run_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        cost_saved_usd: _builtins.float = ...,
+        cost_estimate_usd: _builtins.float = ...,
+        forked_from: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_estimate_usd", b"cost_estimate_usd", "cost_saved_usd", b"cost_saved_usd", "created", b"created", "forked_from", b"forked_from", "graph_id", b"graph_id", "reused_nodes", b"reused_nodes", "run_nodes", b"run_nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkGraphResponse: _TypeAlias = ForkGraphResponse  # noqa: Y015

@@ -124,6 +124,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsResponse.FromString,
                 _registered_method=True)
+        self.ForkGraph = channel.unary_unary(
+                '/dago.v1.OrchestratorService/ForkGraph',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -289,6 +294,16 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkGraph(self, request, context):
+        """A new run of a finished run's graph that reuses the recorded outputs of
+        every node not downstream of the re-run set (from_nodes, or failed_only)
+        and runs that set and its downstream again, with node_patches and
+        inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -376,6 +391,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListWaits,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWaitsResponse.SerializeToString,
+            ),
+            'ForkGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkGraph,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -842,6 +862,33 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/ListWaits',
             dago_dot_v1_dot_orchestrator__pb2.ListWaitsRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.ListWaitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/ForkGraph',
+            dago_dot_v1_dot_orchestrator__pb2.ForkGraphRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.ForkGraphResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -121,6 +121,12 @@ class OrchestratorServiceStub:
     """The wait nodes waiting now in the caller's namespace, across runs,
     oldest first: the inbox an approval UI is built on.
     """
+    ForkGraph: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ForkGraphRequest, _orchestrator_pb2.ForkGraphResponse]
+    """A new run of a finished run's graph that reuses the recorded outputs of
+    every node not downstream of the re-run set (from_nodes, or failed_only)
+    and runs that set and its downstream again, with node_patches and
+    inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -214,6 +220,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     ListWaits: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWaitsRequest, _orchestrator_pb2.ListWaitsResponse]  # type: ignore[assignment]
     """The wait nodes waiting now in the caller's namespace, across runs,
     oldest first: the inbox an approval UI is built on.
+    """
+    ForkGraph: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ForkGraphRequest, _orchestrator_pb2.ForkGraphResponse]  # type: ignore[assignment]
+    """A new run of a finished run's graph that reuses the recorded outputs of
+    every node not downstream of the re-run set (from_nodes, or failed_only)
+    and runs that set and its downstream again, with node_patches and
+    inputs_patch applied (docs/fork.md). dry_run returns the plan only.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -407,6 +419,18 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListWaitsResponse, _abc.Awaitable[_orchestrator_pb2.ListWaitsResponse]]:
         """The wait nodes waiting now in the caller's namespace, across runs,
         oldest first: the inbox an approval UI is built on.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkGraph(
+        self,
+        request: _orchestrator_pb2.ForkGraphRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ForkGraphResponse, _abc.Awaitable[_orchestrator_pb2.ForkGraphResponse]]:
+        """A new run of a finished run's graph that reuses the recorded outputs of
+        every node not downstream of the re-run set (from_nodes, or failed_only)
+        and runs that set and its downstream again, with node_patches and
+        inputs_patch applied (docs/fork.md). dry_run returns the plan only.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

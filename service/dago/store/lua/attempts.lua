@@ -396,12 +396,12 @@ local function apply_batch(worker, A, first)
       end
       if ok then
         if not inline_start then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec)
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec)
         elseif v[6] then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec,
             node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
         else
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, rk, rec,
+          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec,
             node .. F_STARTED, NOW_S)
         end
         open_add(gid, -1)

@@ -55,6 +55,19 @@ local function out_edges(gid, node, taken, ready, loops)
   end
 end
 
+-- A node a fork reuses (see submit.lua): its outgoing edges into nodes that run again
+-- resolve as they did in the source run (taken: the set of edge indexes it took); edges
+-- into other reused nodes, and back edges (a loop is reused whole or run again whole), do
+-- not count.
+local function reuse_edges(gid, node, taken, reused, ready)
+  for _, e in ipairs(out_list(gid, node)) do
+    local idx, to, back, owner = e[1], e[2], e[3], e[4]
+    if back ~= '1' and not reused[to] then
+      resolve(gid, idx, to, taken[idx] == true, ready, e[5], owner ~= '0')
+    end
+  end
+end
+
 local function skip(gid, node, reason, ready, loops)
   local v = redis.call('HMGET', nkey(gid), node .. F_ATTEMPT, node .. F_ITER)
   node_set(gid, node, node .. F_STATE, NodeState.SKIPPED, node .. F_ENDED, NOW)

@@ -97,6 +97,7 @@ local EventKind = {
   NODE_REQUEUED = 'node_requeued',
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
+  NODE_REUSED = 'node_reused',
 }
 
 -- functions.Outcome
@@ -130,6 +131,7 @@ local META = {
   NAMESPACE = 'ns',
   TRACEPARENT = 'tp',
   ERROR = 'err',
+  FORKED_FROM = 'fork',
   ARCHIVE = 'arch',
 }
 
@@ -159,6 +161,8 @@ local NODE = {
   OUTPUT = ':o',
   ERROR = ':err',
   ROUTE = ':route',
+  NEXT = ':n',
+  REUSED = ':ru',
   RECEIVED = ':r',
   TAKEN = ':t',
   RECORD = ':@',
@@ -247,6 +251,8 @@ local DETAIL = {
   DEAD_LETTER = 'id',
   REASON = 'reason',
   NAME = 'name',
+  SOURCE = 'source',
+  SKIPPED = 'skipped',
   ENTRIES = 'entries',
   ITERATION = 'iteration',
   FROM = 'from',
@@ -347,7 +353,7 @@ local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FIRST = 20},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, FIRST = 22},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},

@@ -66,7 +66,40 @@ redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
 local idx = nsindex(ns)
 redis.call('ZADD', idx, NOW, gid)
 redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, gid)
-emit(gid, EventKind.GRAPH_SUBMITTED, nil, nil, nil, jstr({[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}))
+local fork = ARGV[A.FORKED_FROM]
+local sub = {[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}
+if fork ~= '' then
+  redis.call('HSET', gk, META.FORKED_FROM, fork)
+  sub[DETAIL.SOURCE] = fork
+end
+emit(gid, EventKind.GRAPH_SUBMITTED, nil, nil, nil, jstr(sub))
+-- A fork's reused nodes ({node, skipped, output, taken edges}) are finished now, then their
+-- edges into the nodes that run again resolve as recorded: the joins they complete fire.
+local reused = cjson.decode(ARGV[A.REUSED])
+if #reused > 0 then
+  local is_reused, ready, loops, stored = {}, {}, {}, 0
+  for _, r in ipairs(reused) do
+    stored = stored + #r[3]
+    local node = r[1]
+    is_reused[node] = true
+    if r[2] then
+      node_set(gid, node, node .. F_STATE, NodeState.SKIPPED, node .. F_ENDED, NOW, node .. NODE.REUSED, 1)
+    else
+      node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW, node .. NODE.OUTPUT, r[3],
+        node .. NODE.NEXT, r[4], node .. NODE.REUSED, 1)
+    end
+    open_add(gid, -1)
+    emit(gid, EventKind.NODE_REUSED, node, 0, 1, jstr({[DETAIL.SOURCE] = fork, [DETAIL.SKIPPED] = r[2]}))
+  end
+  -- The reused outputs count against the run's stored bytes (META.MAX_BYTES) as its own.
+  redis.call('HINCRBY', gk, META.BYTES, stored)
+  for _, r in ipairs(reused) do
+    local taken = {}
+    for x in string.gmatch(r[4], '[^,]+') do taken[x] = true end
+    reuse_edges(gid, r[1], taken, is_reused, ready)
+  end
+  settle(gid, ready, loops)
+end
 for _, node in ipairs(entries) do dispatch(gid, node, '1', '1') end
 local deadline = tonumber(ARGV[A.DEADLINE_MS])
 if deadline > 0 then redis.call('ZADD', K_TIMERS, NOW + deadline, TIMER.DEADLINE .. '|' .. gid) end

@@ -278,6 +278,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: dago.v1.NodeWait wait = 12;
    */
   wait?: NodeWait | undefined;
+
+  /**
+   * The node was not executed in this run: its recorded output (or skip) was
+   * reused from the run this one was forked from (ForkGraph).
+   *
+   * @generated from field: bool reused = 30;
+   */
+  reused: boolean;
 };
 
 /**
@@ -439,6 +447,13 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: string namespace = 13;
    */
   namespace: string;
+
+  /**
+   * The run this run was forked from (ForkGraph), if any.
+   *
+   * @generated from field: string forked_from = 30;
+   */
+  forkedFrom: string;
 };
 
 /**
@@ -677,6 +692,15 @@ export declare type Event = Message<"dago.v1.Event"> & {
      */
     value: SignalReceived;
     case: "signalReceived";
+  } | {
+    /**
+     * A forked run reused a node's recorded output (or skip) from the run it
+     * was forked from; the node is not executed.
+     *
+     * @generated from field: dago.v1.NodeReused node_reused = 50;
+     */
+    value: NodeReused;
+    case: "nodeReused";
   } | { case: undefined; value?: undefined };
 };
 
@@ -685,6 +709,33 @@ export declare type Event = Message<"dago.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export declare const EventSchema: GenMessage<Event>;
+
+/**
+ * Payload of node_reused.
+ *
+ * @generated from message dago.v1.NodeReused
+ */
+export declare type NodeReused = Message<"dago.v1.NodeReused"> & {
+  /**
+   * The run whose recorded output is reused.
+   *
+   * @generated from field: string source_graph_id = 1;
+   */
+  sourceGraphId: string;
+
+  /**
+   * The node was skipped in that run (an untaken branch), and stays skipped.
+   *
+   * @generated from field: bool skipped = 2;
+   */
+  skipped: boolean;
+};
+
+/**
+ * Describes the message dago.v1.NodeReused.
+ * Use `create(NodeReusedSchema)` to create a new message.
+ */
+export declare const NodeReusedSchema: GenMessage<NodeReused>;
 
 /**
  * Payload of graph_submitted.

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
-import type { Graph } from "./graph_pb.js";
+import type { Graph, Node } from "./graph_pb.js";
 import type { Attempt, Event, GraphState, GraphStatus, NodeError, Usage } from "./execution_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 
@@ -499,6 +499,14 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: int32 steps = 9;
    */
   steps: number;
+
+  /**
+   * The run this run was forked from (ForkGraph), if any (runs in Redis; not
+   * kept in the PostgreSQL history yet).
+   *
+   * @generated from field: string forked_from = 30;
+   */
+  forkedFrom: string;
 };
 
 /**
@@ -1466,6 +1474,134 @@ export declare type Wait = Message<"dago.v1.Wait"> & {
 export declare const WaitSchema: GenMessage<Wait>;
 
 /**
+ * Request of ForkGraph.
+ *
+ * @generated from message dago.v1.ForkGraphRequest
+ */
+export declare type ForkGraphRequest = Message<"dago.v1.ForkGraphRequest"> & {
+  /**
+   * The run to fork (completed, failed or cancelled, in the caller's
+   * namespace, still in Redis).
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The nodes to run again (with everything downstream of them). A node in a
+   * loop's body re-runs the whole loop from its head.
+   *
+   * @generated from field: repeated string from_nodes = 2;
+   */
+  fromNodes: string[];
+
+  /**
+   * Instead of from_nodes: run again the nodes that failed, were cancelled or
+   * were skipped because of a failure (with everything downstream).
+   *
+   * @generated from field: bool failed_only = 3;
+   */
+  failedOnly: boolean;
+
+  /**
+   * Per node id, a partial Node merged into that node's config (e.g. a new
+   * prompt or model); the patched graph is validated as a submit.
+   *
+   * @generated from field: map<string, dago.v1.Node> node_patches = 4;
+   */
+  nodePatches: { [key: string]: Node };
+
+  /**
+   * A JSON merge patch (RFC 7386) over the run's inputs.
+   *
+   * @generated from field: google.protobuf.Struct inputs_patch = 5;
+   */
+  inputsPatch?: JsonObject | undefined;
+
+  /**
+   * Return the plan only; create no run.
+   *
+   * @generated from field: bool dry_run = 6;
+   */
+  dryRun: boolean;
+
+  /**
+   * Makes the fork idempotent: the same id returns the same new run.
+   *
+   * @generated from field: string request_id = 7;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message dago.v1.ForkGraphRequest.
+ * Use `create(ForkGraphRequestSchema)` to create a new message.
+ */
+export declare const ForkGraphRequestSchema: GenMessage<ForkGraphRequest>;
+
+/**
+ * Response of ForkGraph.
+ *
+ * @generated from message dago.v1.ForkGraphResponse
+ */
+export declare type ForkGraphResponse = Message<"dago.v1.ForkGraphResponse"> & {
+  /**
+   * The new run (empty with dry_run).
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * False when request_id named an existing fork.
+   *
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+
+  /**
+   * The nodes whose recorded outputs (or skips) are reused.
+   *
+   * @generated from field: repeated string reused_nodes = 3;
+   */
+  reusedNodes: string[];
+
+  /**
+   * The nodes that run again.
+   *
+   * @generated from field: repeated string run_nodes = 4;
+   */
+  runNodes: string[];
+
+  /**
+   * The recorded cost (USD) of the reused nodes: what reuse saves.
+   *
+   * @generated from field: double cost_saved_usd = 5;
+   */
+  costSavedUsd: number;
+
+  /**
+   * The recorded cost (USD) of the nodes that run again: an estimate.
+   *
+   * @generated from field: double cost_estimate_usd = 6;
+   */
+  costEstimateUsd: number;
+
+  /**
+   * The run forked from.
+   *
+   * @generated from field: string forked_from = 7;
+   */
+  forkedFrom: string;
+};
+
+/**
+ * Describes the message dago.v1.ForkGraphResponse.
+ * Use `create(ForkGraphResponseSchema)` to create a new message.
+ */
+export declare const ForkGraphResponseSchema: GenMessage<ForkGraphResponse>;
+
+/**
  * How much of a run GetGraphStatus includes.
  *
  * @generated from enum dago.v1.GraphStatusView
@@ -1767,6 +1903,19 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof ListWaitsRequestSchema;
     output: typeof ListWaitsResponseSchema;
+  },
+  /**
+   * A new run of a finished run's graph that reuses the recorded outputs of
+   * every node not downstream of the re-run set (from_nodes, or failed_only)
+   * and runs that set and its downstream again, with node_patches and
+   * inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.ForkGraph
+   */
+  forkGraph: {
+    methodKind: "unary";
+    input: typeof ForkGraphRequestSchema;
+    output: typeof ForkGraphResponseSchema;
   },
 }>;
 

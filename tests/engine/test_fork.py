@@ -1,0 +1,312 @@
+"""ForkGraph: a new run that reuses the recorded outputs of the nodes not downstream of
+the re-run set, through the real stack (gRPC API, workers, Lua) with the fake Anthropic
+server at the HTTP boundary, on a single Redis and on a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from dago.engine.ids import parse_shard
+from dago.v1 import execution_pb2, orchestrator_pb2
+from dago_client import AsyncDagoClient
+from fake_anthropic import FakeAnthropic
+from harness import (
+    InProcessStack,
+    MakeStack,
+    echo,
+    edge,
+    eventually,
+    node_states,
+    node_status,
+    of_kind,
+    plain,
+    request,
+    tool,
+)
+from redisfixture import RedisTarget
+
+COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
+FAILED = execution_pb2.GRAPH_STATE_FAILED
+
+
+@pytest.fixture
+async def stack(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic
+) -> InProcessStack:
+    return await make_stack(
+        redis_target,
+        anthropic_api_key="sk-fake",
+        anthropic_base_url=fake.url,
+        llm_provider="anthropic",
+    )
+
+
+def llm(node_id: str, prompt: str) -> dict[str, Any]:
+    return {"id": node_id, "llm": {"prompt": prompt, "model": "claude-sonnet-4-6"}}
+
+
+def fork_req(graph_id: str, **body: Any) -> orchestrator_pb2.ForkGraphRequest:
+    req = json_format.ParseDict(body, orchestrator_pb2.ForkGraphRequest())
+    req.graph_id = graph_id
+    return req
+
+
+async def fork(stack: InProcessStack, graph_id: str, **body: Any) -> Any:
+    return await stack.client.stub.ForkGraph(fork_req(graph_id, **body), timeout=10)
+
+
+def pipeline() -> orchestrator_pb2.SubmitGraphRequest:
+    """plan (llm) -> check (a tool that fails) -> write (llm)."""
+    nodes = [
+        llm("plan", "Plan an essay on {{ inputs.topic }}."),
+        tool("check", "fail", inputs={"message": "bad plan"}),
+        llm("write", "Write it: {{ nodes.plan.output.text }}"),
+    ]
+    return request(nodes, [edge("plan", "check"), edge("check", "write")], {"topic": "Redis"})
+
+
+async def test_fork_after_a_failure_reruns_only_the_failed_node_and_downstream(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    gid, st = await stack.client.run(pipeline())
+    assert st.state == FAILED
+    assert len(fake.requests) == 1
+    plan_cost = node_status(st, "plan").usage.cost_usd
+    assert plan_cost > 0
+    patches = {
+        "check": {"tool": {"name": "echo"}},
+        "write": {"llm": {"prompt": "Write it better: {{ nodes.plan.output.text }}"}},
+    }
+    dry = await fork(stack, gid, failedOnly=True, nodePatches=patches, dryRun=True)
+    assert dry.graph_id == ""
+    assert list(dry.reused_nodes) == ["plan"] and list(dry.run_nodes) == ["check", "write"]
+    assert dry.cost_saved_usd == pytest.approx(plan_cost)
+    assert len(fake.requests) == 1
+
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=patches, requestId="f-1")
+    assert resp.created and resp.graph_id != gid and resp.forked_from == gid
+    assert (list(resp.reused_nodes), list(resp.run_nodes)) == (["plan"], ["check", "write"])
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED, new
+    assert new.forked_from == gid
+    # Only `write` called the model again, with the patched prompt.
+    assert len(fake.requests) == 2
+    text = plain(node_status(st, "plan").output)["text"]
+    assert fake.requests[1].body["messages"][0]["content"] == f"Write it better: {text}"
+    reused = node_status(new, "plan")
+    assert reused.reused and reused.state == execution_pb2.NODE_STATE_COMPLETED
+    assert plain(reused.output) == plain(node_status(st, "plan").output)
+    assert reused.usage.cost_usd == 0 and not reused.attempts
+    assert not node_status(new, "write").reused
+    events = await stack.client.history(resp.graph_id)
+    assert events[0].WhichOneof("payload") == "graph_submitted"
+    (ev,) = of_kind(events, "node_reused", "plan")
+    assert ev.node_reused.source_graph_id == gid and ev.seq == 2
+    assert not of_kind(events, "node_started", "plan")
+    assert await stack.client.watch(resp.graph_id) == events
+    # The dry run's numbers are what the fork did.
+    ran = {n.node_id for n in new.nodes if n.attempts}
+    assert ran == set(dry.run_nodes)
+    assert new.usage.cost_usd == pytest.approx(node_status(new, "write").usage.cost_usd)
+
+    # Idempotent by request_id: the same run, not a new one.
+    again = await fork(stack, gid, failedOnly=True, nodePatches=patches, requestId="f-1")
+    assert again.graph_id == resp.graph_id and not again.created
+    assert len(fake.requests) == 2
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, gid, failedOnly=True, requestId="f-1")
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_fork_from_a_node_of_a_completed_run_with_an_inputs_patch(
+    stack: InProcessStack,
+) -> None:
+    nodes = [echo("a", x="{{ inputs.x }}"), echo("b", x="{{ inputs.x }}", y="{{ inputs.y }}")]
+    gid, st = await stack.client.run(request(nodes, [edge("a", "b")], {"x": 1, "y": {"k": 1}}))
+    assert st.state == COMPLETED
+    resp = await fork(stack, gid, fromNodes=["b"], inputsPatch={"x": 2, "y": {"k": None}})
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED
+    assert plain(node_status(new, "a").output) == {"x": 1}  # reused, not run with x=2
+    assert plain(node_status(new, "b").output) == {"x": 2, "y": {}}
+    assert [n.reused for n in new.nodes] == [True, False]
+    listed = await stack.client.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(), timeout=10)
+    (summary,) = [g for g in listed.graphs if g.graph_id == resp.graph_id]
+    assert summary.forked_from == gid
+
+
+async def test_fork_keeps_router_decisions_and_untaken_branches_stay_skipped(
+    stack: InProcessStack,
+) -> None:
+    router = {
+        "id": "r",
+        "router": {
+            "routes": [{"name": "big", "condition": "inputs.n > 10"}],
+            "default_route": "small",
+        },
+    }
+    nodes = [router, echo("big_n", n="{{ inputs.n }}"), echo("small_n"), echo("end")]
+    edges = [
+        edge("r", "big_n", label="big"),
+        edge("r", "small_n", label="small"),
+        edge("big_n", "end"),
+        edge("small_n", "end"),
+    ]
+    nodes[3]["join"] = "JOIN_MODE_ANY"
+    gid, st = await stack.client.run(request(nodes, edges, {"n": 20}))
+    assert node_states(st)["small_n"] == "SKIPPED"
+    # n=1 would make the router pick `small`, but the router's decision is reused.
+    resp = await fork(stack, gid, fromNodes=["big_n"], inputsPatch={"n": 1})
+    assert list(resp.reused_nodes) == ["r", "small_n"]
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED
+    assert node_states(new) == {
+        "r": "COMPLETED",
+        "big_n": "COMPLETED",
+        "small_n": "SKIPPED",
+        "end": "COMPLETED",
+    }
+    assert node_status(new, "small_n").reused and node_status(new, "r").reused
+    assert plain(node_status(new, "big_n").output) == {"n": 1}
+    events = await stack.client.history(resp.graph_id)
+    (ev,) = of_kind(events, "node_reused", "small_n")
+    assert ev.node_reused.skipped
+
+
+def loop_graph() -> orchestrator_pb2.SubmitGraphRequest:
+    nodes = [
+        tool(
+            "a",
+            "count",
+            inputs={"n": "{{ has(nodes.b) ? nodes.b.output.n : 0 }}"},
+            max_iterations=5,
+        ),
+        tool("b", "count", inputs={"n": "{{ nodes.a.output.n }}"}),
+        echo("done", n="{{ nodes.b.output.n }}"),
+    ]
+    edges = [
+        edge("a", "b"),
+        edge("b", "a", "nodes.b.output.n < 6"),
+        edge("b", "done", "nodes.b.output.n >= 6"),
+    ]
+    return request(nodes, edges, entry_nodes=["a"])
+
+
+async def test_fork_of_a_loop(stack: InProcessStack) -> None:
+    gid, st = await stack.client.run(loop_graph())
+    assert st.state == COMPLETED
+    # After the loop: the loop is reused as it ended.
+    after = await fork(stack, gid, fromNodes=["done"])
+    assert list(after.reused_nodes) == ["a", "b"]
+    new = await stack.client.wait(after.graph_id)
+    assert new.state == COMPLETED
+    assert plain(node_status(new, "done").output) == {"n": 6}
+    # Inside the loop's body: the whole loop runs again, from its head.
+    inside = await fork(stack, gid, fromNodes=["b"])
+    assert list(inside.reused_nodes) == [] and list(inside.run_nodes) == ["a", "b", "done"]
+    new = await stack.client.wait(inside.graph_id)
+    assert new.state == COMPLETED
+    assert node_status(new, "a").iteration == 3
+    assert plain(node_status(new, "done").output) == {"n": 6}
+
+
+async def test_fork_errors(stack: InProcessStack, fake: FakeAnthropic) -> None:
+    gid, _ = await stack.client.run(pipeline())
+    unknown = gid[: gid.index("-") + 1] + "0" * (len(gid) - gid.index("-") - 1)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, unknown, failedOnly=True)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    bad = {"write": {"llm": {"prompt": "{{ nodes.nope.output }}"}}}
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, gid, failedOnly=True, nodePatches=bad)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(e.value.details()).startswith("node_patches[write].llm.prompt: "), e.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, gid, fromNodes=["nope"])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, gid)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    held = await stack.client.submit(request([tool("h", "sleep", inputs={"seconds": 5})]))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, held, fromNodes=["h"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await stack.client.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=held))
+
+
+async def test_fork_with_the_python_client_and_dagoctl(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    nodes = [echo("a", x="{{ inputs.x }}"), echo("b", x="{{ inputs.x }}")]
+    gid, _ = await stack.client.run(request(nodes, [edge("a", "b")], {"x": 1}))
+    async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as client:
+        plan = await client.fork(gid, from_nodes=["b"], dry_run=True)
+        assert list(plan.reused_nodes) == ["a"] and not plan.graph_id
+        resp = await client.fork(
+            gid, from_nodes=["b"], node_patches={"b": {"inputs": {"y": 3}}}, request_id="c-1"
+        )
+        new = await stack.client.wait(resp.graph_id)
+        assert plain(node_status(new, "b").output) == {"x": 1, "y": 3}
+    patch = tmp_path / "patch.yaml"
+    patch.write_text("b:\n  inputs: {y: 4}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
+    args = ["fork", gid, "--from", "b", "--patch", str(patch), "--inputs-patch", '{"x": 5}']
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dago_client",
+        *args,
+        "--dry-run",
+        env={**env, "DAGO_TARGET": f"127.0.0.1:{stack.port}"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert "reuse    a" in out.decode() and "run      b" in out.decode()
+
+
+async def test_fork_of_a_run_expired_from_redis_is_failed_precondition(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    stack = await make_stack(postgres_url=postgres_url, migrate_at_start=True, retention_s=1)
+    gid, st = await stack.client.run(request([echo("a", x=1)]))
+    assert st.state == COMPLETED
+    shard = parse_shard(gid, stack.settings.shards)
+    assert shard is not None
+    keys = stack.store.keys.shard(shard).graph(gid).all()
+
+    async def expired() -> bool:
+        return not await stack.store.redis.exists(*keys)
+
+    await eventually(expired, timeout=15, interval=0.1)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await fork(stack, gid, fromNodes=["a"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no longer in Redis" in str(e.value.details())
+
+
+async def test_failed_only_on_a_cancelled_run(stack: InProcessStack) -> None:
+    nodes = [echo("a", x=1), tool("h", "sleep", inputs={"seconds": 5}), echo("b", x=2)]
+    gid = await stack.client.submit(request(nodes, [edge("a", "h"), edge("h", "b")]))
+
+    async def holding() -> bool:
+        return node_states(await stack.client.status(gid))["h"] == "RUNNING"
+
+    await eventually(holding)
+    await stack.client.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid))
+    await stack.client.wait(gid)
+    patch = {"h": {"inputs": {"seconds": 0}}}
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=patch)
+    assert (list(resp.reused_nodes), list(resp.run_nodes)) == (["a"], ["h", "b"])
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED
+    assert plain(node_status(new, "b").output) == {"x": 2}
