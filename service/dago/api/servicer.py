@@ -19,6 +19,7 @@ from dago.api import errors, queries, tokens
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
+from dago.api.definitions import DefinitionServicer
 from dago.api.errors import guard, guard_stream
 from dago.api.views import (
     RUNNING_FIELDS,
@@ -37,7 +38,7 @@ from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
-from dago.engine.model import CompileOptions
+from dago.engine.model import CompiledGraph, CompileOptions
 from dago.engine.waits import (
     AGENT_DECISIONS,
     decisions_of,
@@ -97,6 +98,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             n.strip() for n in settings.operator_namespaces.split(",") if n.strip()
         )
         self._listing = RunListing(store, settings.shards, history)
+        # Same server, auth and namespaces; publishes are validated as submits are.
+        self.definitions = DefinitionServicer(store, auth, self._validate_graph)
         self._usage = UsageReport(history) if history is not None else None
 
     def close(self) -> None:
@@ -194,22 +197,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required")
         namespace = self._auth.current()
-        limit = self._settings.max_inputs_bytes
-        try:
-            # Off the event loop (a large request takes milliseconds to seconds of CPU), in
-            # this namespace's turn: one tenant's flood of graphs cannot starve another's.
-            async with self._gate.hold(namespace):
-                inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
-                compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
-        except GraphInvalid as e:
-            raise errors.invalid(e.violations) from None
-        except QueueFull:
-            raise errors.resource_exhausted(
-                f"namespace:{namespace}",
-                f"namespace {namespace!r} already has {self._gate.waiting(namespace)} graphs "
-                "waiting to be checked by this API server; retry when some were answered",
-                self._gate.waiting(namespace),
-            ) from None
+        inputs, raw_inputs, raw_def, compiled = await self._check(request)
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
 
@@ -285,6 +273,35 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             state=execution_pb2.GraphState.ValueType(state),
             namespace=namespace,
         )
+
+    async def _check(
+        self, request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest
+    ) -> tuple[dict[str, Any], bytes, bytes, CompiledGraph]:
+        """Validate a request's graph and inputs and compile them (the one validation path of
+        submits and of published definitions): the inputs as values and as stored, the
+        definition as stored, the compiled graph. INVALID_ARGUMENT naming the fields."""
+        namespace = self._auth.current()
+        limit = self._settings.max_inputs_bytes
+        try:
+            # Off the event loop (a large request takes milliseconds to seconds of CPU), in
+            # this namespace's turn: one tenant's flood of graphs cannot starve another's.
+            async with self._gate.hold(namespace):
+                inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
+                compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
+        except GraphInvalid as e:
+            raise errors.invalid(e.violations) from None
+        except QueueFull:
+            raise errors.resource_exhausted(
+                f"namespace:{namespace}",
+                f"namespace {namespace!r} already has {self._gate.waiting(namespace)} graphs "
+                "waiting to be checked by this API server; retry when some were answered",
+                self._gate.waiting(namespace),
+            ) from None
+        return inputs, raw_inputs, raw_def, compiled
+
+    async def _validate_graph(self, graph: graph_pb2.Graph) -> None:
+        """Check a graph to publish exactly as a submit of it (without inputs) is checked."""
+        await self._check(orchestrator_pb2.SubmitGraphRequest(graph=graph))
 
     @guard
     async def GetGraph(

@@ -80,6 +80,15 @@ class SubmitArgs(NamedTuple):
     """1: queue the run for the archiver when it ends, and keep it until ``archived``."""
 
 
+class PublishArgs(NamedTuple):
+    """Arguments of ``publish`` (keys: the namespace's ``DefinitionKeys.names`` and the
+    definition's hash)."""
+
+    name: str
+    digest: str
+    record: bytes
+
+
 class TakeArgs(NamedTuple):
     """``take``: start up to ``want`` new work items of the call's shards, in their order."""
 
@@ -285,6 +294,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "prune": (PruneArgs, Consumer),
     "wait": (WaitArgs, Waiting),
     "signal": (SignalArgs, None),
+    "publish": (PublishArgs, None),
 }
 """Every function: the type of its fixed arguments and of the items that follow them."""
 
@@ -537,8 +547,12 @@ class Library:
         for item in items:
             args.extend(item)
         args.extend(extra)
+        return await self.call_keys(name, [s.work for s in shards], args)
+
+    async def call_keys(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Call function ``name`` with these keys and arguments (for functions whose keys
+        are not a shard's); returns the raw reply."""
         fn = self._names[name]
-        keys = [s.work for s in shards]
         try:
             return await self._redis.fcall(fn, len(keys), *keys, *args)
         except ResponseError as e:

@@ -139,6 +139,26 @@ class GraphKeys:
 
 
 @dataclass(frozen=True)
+class DefinitionKeys:
+    """Keys of one namespace's stored definitions (``DefinitionService``). They share one
+    hash tag, ``{d:<namespace>}``, so publishing (the ``publish`` function: the next version
+    and the name index together) runs in one slot on Redis Cluster; a namespace's
+    definitions are small (a graph each) and few."""
+
+    tag: str
+
+    @property
+    def names(self) -> str:
+        """Sorted set of the namespace's definition names (all scored 0: read by name)."""
+        return f"{self.tag}:names"
+
+    def definition(self, name: str) -> str:
+        """Hash of one definition (``dago.store.schema.Definition``): its version count,
+        each version's record, digest and time, its labels and deprecations."""
+        return f"{self.tag}:def:{name}"
+
+
+@dataclass(frozen=True)
 class Keys:
     """Entry point: the key layout for one prefix and shard count."""
 
@@ -152,6 +172,10 @@ class Keys:
     def all_shards(self) -> list[ShardKeys]:
         """Keys of every shard, in order."""
         return [self.shard(n) for n in range(self.shards)]
+
+    def definitions(self, namespace: str = "default") -> DefinitionKeys:
+        """Keys of a namespace's stored definitions."""
+        return DefinitionKeys(f"{self.prefix}:{{d:{namespace or 'default'}}}")
 
     @property
     def workers(self) -> str:

@@ -31,6 +31,7 @@ from dago.store.functions import (
     EventArg,
     Library,
     PruneArgs,
+    PublishArgs,
     ReclaimArgs,
     Renewal,
     RenewArgs,
@@ -156,6 +157,45 @@ class Store:
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()
         await self.redis.ping()
+
+    # --- definitions -----------------------------------------------------------------
+
+    async def publish_definition(
+        self, namespace: str, name: str, digest: str, record: bytes
+    ) -> tuple[bool, int]:
+        """Store the next version of definition ``name`` (unless the latest has ``digest``):
+        whether one was created, and the version."""
+        dk = self.keys.definitions(namespace)
+        raw = await self.library.call_keys(
+            "publish", [dk.names, dk.definition(name)], PublishArgs(name, digest, record)
+        )
+        return _s(raw[0]) == "created", int(raw[1])
+
+    async def definition(self, namespace: str, name: str) -> dict[str, bytes]:
+        """Every field of a definition's hash (``schema.Definition``; empty: none)."""
+        raw = await self.redis.hgetall(self.keys.definitions(namespace).definition(name))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def definition_fields(self, namespace: str, name: str, *fields: str) -> list[Any]:
+        """Some fields of a definition's hash."""
+        key = self.keys.definitions(namespace).definition(name)
+        return list(await self.redis.hmget(key, list(fields)))
+
+    async def set_definition_fields(
+        self, namespace: str, name: str, fields: dict[str, str | int]
+    ) -> None:
+        """Set fields of an existing definition's hash (labels, deprecations: versions are
+        never removed, so a version checked before stays valid)."""
+        key = self.keys.definitions(namespace).definition(name)
+        await self.redis.hset(key, mapping=fields)
+
+    async def definition_names(self, namespace: str, after: str, count: int) -> list[str]:
+        """Up to ``count`` definition names after ``after`` (exclusive; "" from the start)."""
+        start = f"({after}" if after else "-"
+        raw = await self.redis.zrangebylex(
+            self.keys.definitions(namespace).names, start, "+", 0, count
+        )
+        return [_s(n) for n in raw]
 
     # --- transitions -----------------------------------------------------------------
 

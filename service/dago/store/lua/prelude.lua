@@ -130,6 +130,9 @@ local META = {
   NAMESPACE = 'ns',
   TRACEPARENT = 'tp',
   ERROR = 'err',
+  DEF_NAME = 'dn',
+  DEF_VERSION = 'dv',
+  DEF_DIGEST = 'dd',
   ARCHIVE = 'arch',
 }
 
@@ -297,6 +300,16 @@ local REQUEST = {
   BODY_HASH = 'h',
 }
 
+-- schema.Definition
+local DEFINITION = {
+  COUNT = 'n',
+  RECORD = 'v:',
+  DIGEST = 'h:',
+  CREATED = 't:',
+  LABEL = 'l:',
+  DEPRECATED = 'x:',
+}
+
 -- schema.Timer
 local TIMER = {
   RETRY = 'r',
@@ -360,6 +373,7 @@ local ARG = {
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
+  PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)

@@ -1,0 +1,158 @@
+"""Stored, versioned definitions (docs/definitions.md) through the real API and Redis:
+publishing idempotent by content, immutable numbered versions, labels, latest, deprecation,
+validation naming the field, namespaces, and runs submitted by reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+
+from dago.api.auth import hash_key, new_key
+from dago.v1 import definitions_pb2, definitions_pb2_grpc, graph_pb2
+from harness import (
+    Client,
+    InProcessStack,
+    MakeStack,
+    echo,
+    error_details,
+    rpc_error,
+)
+from redisfixture import RedisTarget
+
+
+def graph(text: str = "hi", name: str = "greet") -> graph_pb2.Graph:
+    body = {"name": name, "nodes": [echo("a", text=text)]}
+    return json_format.ParseDict(body, graph_pb2.Graph())
+
+
+def defs(c: Client) -> definitions_pb2_grpc.DefinitionServiceStub:
+    return definitions_pb2_grpc.DefinitionServiceStub(c.channel)
+
+
+async def publish(c: Client, name: str, g: graph_pb2.Graph, description: str = "") -> Any:
+    req = definitions_pb2.PublishDefinitionRequest(name=name, graph=g, description=description)
+    return await defs(c).PublishDefinition(req, timeout=10)
+
+
+async def get(c: Client, name: str, version: str = "") -> definitions_pb2.DefinitionVersion:
+    req = definitions_pb2.GetDefinitionRequest(name=name, version=version)
+    return (await defs(c).GetDefinition(req, timeout=10)).definition
+
+
+@pytest.fixture
+async def stack(redis_target: RedisTarget, make_stack: MakeStack) -> InProcessStack:
+    return await make_stack(redis_target)
+
+
+async def test_versions_labels_and_deprecation(stack: InProcessStack) -> None:
+    c = stack.client
+    first = await publish(c, "greet", graph("hi"), "first")
+    assert first.created and first.definition.version == 1
+    assert first.definition.digest and first.definition.graph == graph("hi")
+    # The same content again: the latest version, nothing new.
+    again = await publish(c, "greet", graph("hi"), "first")
+    assert not again.created and again.definition.version == 1
+    second = await publish(c, "greet", graph("hello"), "second")
+    assert second.created and second.definition.version == 2
+    assert second.definition.digest != first.definition.digest
+    # Version 1 is unchanged (immutable); latest and "" are version 2.
+    assert (await get(c, "greet", "1")).graph == graph("hi")
+    assert (await get(c, "greet", "latest")).version == 2
+    assert (await get(c, "greet")).description == "second"
+    # Going back to version 1's content makes version 3 (only the latest is compared).
+    assert (await publish(c, "greet", graph("hi"))).definition.version == 3
+
+    label = definitions_pb2.SetDefinitionLabelRequest(name="greet", label="prod", version=1)
+    assert list((await defs(c).SetDefinitionLabel(label, timeout=10)).definition.labels) == ["prod"]
+    assert (await get(c, "greet", "prod")).version == 1
+    label.version = 2  # the label moves
+    await defs(c).SetDefinitionLabel(label, timeout=10)
+    assert (await get(c, "greet", "prod")).version == 2
+    assert list((await get(c, "greet", "1")).labels) == []
+
+    dep = definitions_pb2.DeprecateDefinitionVersionRequest(name="greet", version="1")
+    assert (await defs(c).DeprecateDefinitionVersion(dep, timeout=10)).definition.deprecated
+    assert (await defs(c).DeprecateDefinitionVersion(dep, timeout=10)).definition.deprecated
+    assert not (await get(c, "greet", "2")).deprecated
+
+    versions = await defs(c).ListDefinitionVersions(
+        definitions_pb2.ListDefinitionVersionsRequest(name="greet", page_size=2), timeout=10
+    )
+    assert [v.version for v in versions.versions] == [3, 2]
+    assert not versions.versions[0].HasField("graph")
+    rest = await defs(c).ListDefinitionVersions(
+        definitions_pb2.ListDefinitionVersionsRequest(
+            name="greet", page_size=2, page_token=versions.next_page_token
+        ),
+        timeout=10,
+    )
+    assert [(v.version, v.deprecated) for v in rest.versions] == [(1, True)]
+    assert not rest.next_page_token
+
+    await publish(c, "another", graph())
+    listed = await defs(c).ListDefinitions(
+        definitions_pb2.ListDefinitionsRequest(page_size=1), timeout=10
+    )
+    assert [d.name for d in listed.definitions] == ["another"]
+    listed = await defs(c).ListDefinitions(
+        definitions_pb2.ListDefinitionsRequest(page_token=listed.next_page_token), timeout=10
+    )
+    (summary,) = listed.definitions
+    assert (summary.name, summary.latest_version, dict(summary.labels)) == ("greet", 3, {"prod": 2})
+
+
+async def test_errors_name_the_field_or_the_resource(stack: InProcessStack) -> None:
+    c = stack.client
+    err = await rpc_error(publish(c, "Bad Name", graph()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad,) = error_details(err)
+    assert bad.field_violations[0].field == "name"
+    # Validated as a submit: the field inside the graph is named.
+    broken = graph()
+    broken.nodes[0].tool.name = "no_such_tool"
+    err = await rpc_error(publish(c, "broken", broken))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(err)[0].field_violations[0].field.startswith("graph.nodes[0]")
+    err = await rpc_error(get(c, "broken"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    await publish(c, "ok", graph())
+    for version, kind in (("9", "definition version"), ("nolabel", "definition label")):
+        err = await rpc_error(get(c, "ok", version))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        (info,) = error_details(err)
+        assert isinstance(info, error_details_pb2.ResourceInfo) and info.resource_type == kind
+    for label in ("latest", "12", "Prod"):
+        req = definitions_pb2.SetDefinitionLabelRequest(name="ok", label=label, version=1)
+        err = await rpc_error(defs(c).SetDefinitionLabel(req, timeout=10))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details(err)[0].field_violations[0].field == "label"
+    req = definitions_pb2.SetDefinitionLabelRequest(name="ok", label="prod", version=2)
+    assert (await rpc_error(defs(c).SetDefinitionLabel(req, timeout=10))).code() == (
+        grpc.StatusCode.NOT_FOUND
+    )
+
+
+KEY_A, KEY_B = new_key(), new_key()
+
+
+async def test_namespaces_isolate_definitions(make_stack: MakeStack) -> None:
+    keys = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b"
+    s = await make_stack(auth="keys", api_keys=keys)
+    a, b = Client(f"127.0.0.1:{s.port}", KEY_A), Client(f"127.0.0.1:{s.port}", KEY_B)
+    try:
+        mine = await publish(a, "shared", graph("a"))
+        assert mine.definition.namespace == "team-a"
+        err = await rpc_error(get(b, "shared"))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        theirs = await publish(b, "shared", graph("b"))
+        assert theirs.created and theirs.definition.version == 1
+        assert (await get(a, "shared")).graph == graph("a")
+        listed = await defs(b).ListDefinitions(definitions_pb2.ListDefinitionsRequest())
+        assert [d.name for d in listed.definitions] == ["shared"]
+    finally:
+        await a.close()
+        await b.close()
