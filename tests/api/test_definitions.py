@@ -12,7 +12,13 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 
 from dago.api.auth import hash_key, new_key
-from dago.v1 import definitions_pb2, definitions_pb2_grpc, graph_pb2
+from dago.v1 import (
+    definitions_pb2,
+    definitions_pb2_grpc,
+    execution_pb2,
+    graph_pb2,
+    orchestrator_pb2,
+)
 from harness import (
     Client,
     InProcessStack,
@@ -156,3 +162,81 @@ async def test_namespaces_isolate_definitions(make_stack: MakeStack) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_runs_by_reference(stack: InProcessStack) -> None:
+    c = stack.client
+    v1 = (await publish(c, "ref", graph("one"))).definition
+    v2 = (await publish(c, "ref", graph("two"))).definition
+    label = definitions_pb2.SetDefinitionLabelRequest(name="ref", label="prod", version=1)
+    await defs(c).SetDefinitionLabel(label, timeout=10)
+
+    async def run(reference: str, **fields: Any) -> tuple[str, Any]:
+        req = orchestrator_pb2.SubmitGraphRequest(definition=reference, **fields)
+        gid = await c.submit(req)
+        st = await c.wait(gid)
+        assert st.state == execution_pb2.GRAPH_STATE_COMPLETED
+        return gid, st
+
+    for reference, want in (("ref", v2), ("ref@1", v1), ("ref@prod", v1), ("ref@latest", v2)):
+        gid, st = await run(reference)
+        assert (st.definition.name, st.definition.version) == ("ref", want.version)
+        assert st.definition.digest == want.digest
+        ran = await c.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid), timeout=10)
+        assert ran.graph == want.graph
+
+    # Idempotent by request_id: a retry after the label moved returns the first run.
+    first = await c.stub.SubmitGraph(
+        orchestrator_pb2.SubmitGraphRequest(definition="ref@prod", request_id="r1"), timeout=10
+    )
+    label.version = 2
+    await defs(c).SetDefinitionLabel(label, timeout=10)
+    again = await c.stub.SubmitGraph(
+        orchestrator_pb2.SubmitGraphRequest(definition="ref@prod", request_id="r1"), timeout=10
+    )
+    assert (again.graph_id, again.created) == (first.graph_id, False)
+    assert (await c.status(first.graph_id)).definition.version == 1
+    err = await rpc_error(
+        c.stub.SubmitGraph(
+            orchestrator_pb2.SubmitGraphRequest(definition="ref@2", request_id="r1"), timeout=10
+        )
+    )
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    # Deprecated: refused unless allowed.
+    dep = definitions_pb2.DeprecateDefinitionVersionRequest(name="ref", version="1")
+    await defs(c).DeprecateDefinitionVersion(dep, timeout=10)
+    err = await rpc_error(c.submit(orchestrator_pb2.SubmitGraphRequest(definition="ref@1")))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await run("ref@1", allow_deprecated=True)
+
+    # Exactly one of graph and definition; unknown references are NOT_FOUND.
+    both = orchestrator_pb2.SubmitGraphRequest(definition="ref", graph=graph())
+    err = await rpc_error(c.submit(both))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(err)[0].field_violations[0].field == "definition"
+    for reference, code in (
+        ("nope", grpc.StatusCode.NOT_FOUND),
+        ("ref@9", grpc.StatusCode.NOT_FOUND),
+        ("ref@", grpc.StatusCode.INVALID_ARGUMENT),
+        ("Bad!", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        err = await rpc_error(c.submit(orchestrator_pb2.SubmitGraphRequest(definition=reference)))
+        assert err.code() == code, reference
+
+    # ListGraphs shows the definition and filters by it (and by version).
+    plain = await c.submit(orchestrator_pb2.SubmitGraphRequest(graph=graph()))
+    listed = await c.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(), timeout=10)
+    by_id = {g.graph_id: g for g in listed.graphs}
+    assert not by_id[plain].HasField("definition")
+    assert by_id[first.graph_id].definition.version == 1
+    only = await c.stub.ListGraphs(
+        orchestrator_pb2.ListGraphsRequest(definition="ref", definition_version=1), timeout=10
+    )
+    ids = [g.graph_id for g in only.graphs]
+    assert first.graph_id in ids and plain not in ids
+    assert {(g.definition.name, g.definition.version) for g in only.graphs} == {("ref", 1)}
+    everything = await c.stub.ListGraphs(
+        orchestrator_pb2.ListGraphsRequest(definition="ref"), timeout=10
+    )
+    assert len(everything.graphs) == len(listed.graphs) - 1

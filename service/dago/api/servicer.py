@@ -19,7 +19,7 @@ from dago.api import errors, queries, tokens
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
-from dago.api.definitions import DefinitionServicer
+from dago.api.definitions import DefinitionServicer, parse_reference
 from dago.api.errors import guard, guard_stream
 from dago.api.views import (
     RUNNING_FIELDS,
@@ -56,7 +56,13 @@ from dago.store.schema import Decision, Meta, Node
 from dago.store.schema import Wait as StoredWait
 from dago.store.store import DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
-from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago.v1 import (
+    definitions_pb2,
+    execution_pb2,
+    graph_pb2,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("dago.api")
@@ -194,9 +200,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         rid = request.request_id
         if len(rid) > 128 or not rid.isprintable():
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
-        if not request.HasField("graph"):
-            raise errors.invalid_field("graph", "is required")
         namespace = self._auth.current()
+        digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
+        ref: definitions_pb2.DefinitionVersion | None = None
+        if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.definition:
+            if request.HasField("graph"):
+                raise errors.invalid_field("definition", "give either a graph or a definition")
+            ref = await self._resolve(request.definition, request.allow_deprecated)
+            resolved = orchestrator_pb2.SubmitGraphRequest()
+            resolved.CopyFrom(request)
+            resolved.graph.CopyFrom(ref.graph)
+            request = resolved
+        elif not request.HasField("graph"):
+            raise errors.invalid_field("graph", "is required (or give a definition)")
         inputs, raw_inputs, raw_def, compiled = await self._check(request)
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
@@ -219,7 +235,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
         shard = _stable_shard(scoped, shards) if rid else random.randrange(shards)
         graph_id = new_graph_id(shard)
-        digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
         g = request.graph
         deadline_s = (
             g.limits.deadline.ToMilliseconds() / 1000
@@ -248,6 +263,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             max_bytes=self._settings.max_run_bytes,
             traceparent=traceparent,
             archive=int(bool(self._settings.postgres_url)),
+            def_name=ref.name if ref else "",
+            def_version=ref.version if ref else 0,
+            def_digest=ref.digest if ref else "",
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
@@ -298,6 +316,24 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 self._gate.waiting(namespace),
             ) from None
         return inputs, raw_inputs, raw_def, compiled
+
+    async def _resolve(
+        self, reference: str, allow_deprecated: bool
+    ) -> definitions_pb2.DefinitionVersion:
+        """The version a SubmitGraphRequest.definition names, with its graph; NOT_FOUND for
+        an unknown one, FAILED_PRECONDITION for a deprecated one unless allowed."""
+        name, selector = parse_reference(reference)
+        found = await self.definitions.reads.resolve(
+            self._auth.current(), name, selector, "definition"
+        )
+        if found.deprecated and not allow_deprecated:
+            raise errors.failed_precondition(
+                "DEFINITION_DEPRECATED",
+                f"{name}@{found.version}",
+                f"definition {name} version {found.version} is deprecated: run another "
+                "version, or set allow_deprecated",
+            )
+        return found
 
     async def _validate_graph(self, graph: graph_pb2.Graph) -> None:
         """Check a graph to publish exactly as a submit of it (without inputs) is checked."""
@@ -1054,6 +1090,11 @@ def _body_digest(
     body = orchestrator_pb2.SubmitGraphRequest()
     body.graph.CopyFrom(request.graph)
     body.inputs.CopyFrom(request.inputs)
+    if isinstance(request, orchestrator_pb2.SubmitGraphRequest):
+        # A run by reference is the same request when it names the same reference (a label
+        # moved since still returns the first run).
+        body.definition = request.definition
+        body.allow_deprecated = request.allow_deprecated
     return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 

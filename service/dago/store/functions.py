@@ -78,6 +78,10 @@ class SubmitArgs(NamedTuple):
     traceparent: str
     archive: int
     """1: queue the run for the archiver when it ends, and keep it until ``archived``."""
+    def_name: str = ""
+    """The definition the run was submitted from (empty: a graph sent whole)."""
+    def_version: int = 0
+    def_digest: str = ""
 
 
 class PublishArgs(NamedTuple):

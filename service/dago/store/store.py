@@ -62,6 +62,7 @@ log = logging.getLogger("dago.store")
 SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE,
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
+    Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
 
