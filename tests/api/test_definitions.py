@@ -240,3 +240,23 @@ async def test_runs_by_reference(stack: InProcessStack) -> None:
         orchestrator_pb2.ListGraphsRequest(definition="ref"), timeout=10
     )
     assert len(everything.graphs) == len(listed.graphs) - 1
+
+
+async def test_the_python_client_and_inputs_checked_at_submit(stack: InProcessStack) -> None:
+    from dago_client import AsyncDagoClient, InvalidArgumentError
+
+    g = graph("{{ inputs.who }}")  # publishable: the inputs come with each run
+    async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as dago:
+        assert (await dago.publish_definition("py", g, "with inputs")).created
+        await dago.label_definition("py", "prod", 1)
+        assert (await dago.definition("py@prod")).description == "with inputs"
+        assert [d.name for d in await dago.definitions()] == ["py"]
+        assert [v.version for v in await dago.definition_versions("py")] == [1]
+        with pytest.raises(InvalidArgumentError) as bad:
+            await dago.submit(definition="py@prod")
+        assert bad.value.field_violations[0].field.startswith("graph.nodes[0].inputs")
+        resp = await dago.submit(definition="py@prod", inputs={"who": "me"})
+        assert (await dago.wait(resp.graph_id)).definition.version == 1
+        assert (await dago.deprecate_definition("py", "prod")).deprecated
+        resp = await dago.submit(definition="py", inputs={"who": "me"}, allow_deprecated=True)
+        assert resp.created

@@ -35,6 +35,7 @@ from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.checker import GraphInvalid, Violation
+from dago.engine.compile import ANY_INPUTS
 from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
@@ -293,11 +294,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
 
     async def _check(
-        self, request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest
+        self,
+        request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest,
+        any_inputs: bool = False,
     ) -> tuple[dict[str, Any], bytes, bytes, CompiledGraph]:
         """Validate a request's graph and inputs and compile them (the one validation path of
         submits and of published definitions): the inputs as values and as stored, the
-        definition as stored, the compiled graph. INVALID_ARGUMENT naming the fields."""
+        definition as stored, the compiled graph. INVALID_ARGUMENT naming the fields.
+        ``any_inputs``: a graph without its run's inputs yet (a definition at publish), so
+        every input it names counts as given."""
         namespace = self._auth.current()
         limit = self._settings.max_inputs_bytes
         try:
@@ -305,7 +310,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             # this namespace's turn: one tenant's flood of graphs cannot starve another's.
             async with self._gate.hold(namespace):
                 inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
-                compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
+                if any_inputs:  # a cache key of its own: no run is compiled with ANY_INPUTS
+                    compiled = await self._graphs.compile(
+                        raw_def, b"\0any", request.graph, ANY_INPUTS
+                    )
+                else:
+                    compiled = await self._graphs.compile(
+                        raw_def, raw_inputs, request.graph, inputs
+                    )
         except GraphInvalid as e:
             raise errors.invalid(e.violations) from None
         except QueueFull:
@@ -336,8 +348,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return found
 
     async def _validate_graph(self, graph: graph_pb2.Graph) -> None:
-        """Check a graph to publish exactly as a submit of it (without inputs) is checked."""
-        await self._check(orchestrator_pb2.SubmitGraphRequest(graph=graph))
+        """Check a graph to publish as a submit of it is checked, but for the inputs it names
+        (a run of it brings them: its submit checks them)."""
+        await self._check(orchestrator_pb2.SubmitGraphRequest(graph=graph), any_inputs=True)
 
     @guard
     async def GetGraph(
