@@ -203,12 +203,20 @@ async def test_runs_by_reference(stack: InProcessStack) -> None:
     )
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
 
+    before = await c.stub.SubmitGraph(
+        orchestrator_pb2.SubmitGraphRequest(definition="ref@1", request_id="r2"), timeout=10
+    )
     # Deprecated: refused unless allowed.
     dep = definitions_pb2.DeprecateDefinitionVersionRequest(name="ref", version="1")
     await defs(c).DeprecateDefinitionVersion(dep, timeout=10)
     err = await rpc_error(c.submit(orchestrator_pb2.SubmitGraphRequest(definition="ref@1")))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     await run("ref@1", allow_deprecated=True)
+    # A retry of a run created before its version was deprecated is still that run.
+    retry = await c.stub.SubmitGraph(
+        orchestrator_pb2.SubmitGraphRequest(definition="ref@1", request_id="r2"), timeout=10
+    )
+    assert (retry.graph_id, retry.created) == (before.graph_id, False)
 
     # Exactly one of graph and definition; unknown references are NOT_FOUND.
     both = orchestrator_pb2.SubmitGraphRequest(definition="ref", graph=graph())

@@ -53,7 +53,7 @@ from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import Entries, batched, decode, error_from
 from dago.store.functions import SignalArgs, Signalled, SubmitArgs
-from dago.store.schema import Decision, Meta, Node
+from dago.store.schema import Decision, Meta, Node, Request
 from dago.store.schema import Wait as StoredWait
 from dago.store.store import DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
@@ -207,7 +207,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.definition:
             if request.HasField("graph"):
                 raise errors.invalid_field("definition", "give either a graph or a definition")
-            ref = await self._resolve(request.definition, request.allow_deprecated)
+            try:
+                ref = await self._resolve(request.definition, request.allow_deprecated)
+            except errors.ApiError as e:
+                # A retry of a run already created (its version deprecated since) is that run.
+                first = await self._earlier(rid, digest, namespace) if rid else None
+                if first is None or e.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                return first
             resolved = orchestrator_pb2.SubmitGraphRequest()
             resolved.CopyFrom(request)
             resolved.graph.CopyFrom(ref.graph)
@@ -328,6 +335,25 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 self._gate.waiting(namespace),
             ) from None
         return inputs, raw_inputs, raw_def, compiled
+
+    async def _earlier(
+        self, rid: str, digest: str, namespace: str
+    ) -> orchestrator_pb2.SubmitGraphResponse | None:
+        """The run an earlier submission of this very request (request_id and body) created,
+        if any (as the submit function answers a retry)."""
+        scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
+        shard = _stable_shard(scoped, self._settings.shards)
+        key = self._store.keys.shard(shard).request(rid, namespace)
+        gid, body = await self._store.redis.hmget(key, [Request.GRAPH, Request.BODY_HASH])
+        if gid is None or (body or b"").decode() != digest:
+            return None
+        (state,) = await self._store.graph_fields(shard, gid.decode(), Meta.STATE)
+        return orchestrator_pb2.SubmitGraphResponse(
+            graph_id=gid.decode(),
+            created=False,
+            state=execution_pb2.GraphState.ValueType(int(state or 0)),
+            namespace=namespace,
+        )
 
     async def _resolve(
         self, reference: str, allow_deprecated: bool
