@@ -264,7 +264,7 @@ async def test_the_python_client_and_inputs_checked_at_submit(stack: InProcessSt
             await dago.submit(definition="py@prod")
         assert bad.value.field_violations[0].field.startswith("graph.nodes[0].inputs")
         resp = await dago.submit(definition="py@prod", inputs={"who": "me"})
-        assert (await dago.wait(resp.graph_id)).definition.version == 1
+        assert (await stack.client.wait(resp.graph_id)).definition.version == 1
         assert (await dago.deprecate_definition("py", "prod")).deprecated
         resp = await dago.submit(definition="py", inputs={"who": "me"}, allow_deprecated=True)
         assert resp.created
