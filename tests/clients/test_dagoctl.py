@@ -666,6 +666,8 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     gid = out.strip()
     code, out, _ = await ctl("-o", "json", "status", gid)
     assert json.loads(out)["definition"]["version"] == 1
+    code, out, _ = await ctl("status", gid)
+    assert "from     hello@1 (digest " in out, out
     code, out, _ = await ctl("-o", "json", "list", "--definition", "hello@1")
     assert [g["graph_id"] for g in json.loads(out)] == [gid]
     code, out, _ = await ctl("def", "deprecate", "hello", "prod")

@@ -285,6 +285,9 @@ class Cli:
             f"steps    {st.steps}   tokens {u.input_tokens} in / {u.output_tokens} out   "
             f"cost ${u.cost_usd:.4f}",
         )
+        if st.HasField("definition"):
+            d = st.definition
+            self.print(f"from     {d.name}@{d.version} (digest {d.digest[:12]})")
         if st.HasField("error") and st.error.message:
             self.print(f"error    {st.error.message}")
         self.print("")
