@@ -4,6 +4,7 @@ validation naming the field, namespaces, and runs submitted by reference."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -268,3 +269,12 @@ async def test_the_python_client_and_inputs_checked_at_submit(stack: InProcessSt
         assert (await dago.deprecate_definition("py", "prod")).deprecated
         resp = await dago.submit(definition="py", inputs={"who": "me"}, allow_deprecated=True)
         assert resp.created
+
+
+async def test_concurrent_publishes_number_versions_once_each(stack: InProcessStack) -> None:
+    c = stack.client
+    answers = await asyncio.gather(*(publish(c, "race", graph(f"v{i}")) for i in range(20)))
+    assert all(a.created for a in answers)
+    assert sorted(a.definition.version for a in answers) == list(range(1, 21))
+    for a in answers:  # each number holds the graph its publish sent
+        assert (await get(c, "race", str(a.definition.version))).graph == a.definition.graph
