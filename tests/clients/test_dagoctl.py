@@ -670,6 +670,10 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     assert "from     hello@1 (digest " in out, out
     code, out, _ = await ctl("-o", "json", "list", "--definition", "hello@1")
     assert [g["graph_id"] for g in json.loads(out)] == [gid]
+    code, out, err = await ctl(
+        "submit", "hello", "--watch", "--plain", "-i", "who=w", "-i", "times=1"
+    )
+    assert code == 0 and "graph completed" in out, (out, err)
     code, out, _ = await ctl("def", "deprecate", "hello", "prod")
     assert code == 0 and "deprecated hello@1" in out, out
     code, _, err = await ctl("submit", "hello@1")
