@@ -4,7 +4,9 @@
 A definition is a hash in Redis (``DefinitionKeys.definition``, fields
 ``dago.store.schema.Definition``); versions are numbered by the ``publish`` function, which
 also indexes the name, atomically. Versions are never changed or removed, so labels and
-deprecations are plain writes of one field after checking that the version exists.
+deprecations are plain writes of one field of the definition's small marks hash
+(``DefinitionKeys.marks``) after checking that the version exists. A read takes the count
+and the marks, then the records of the versions it shows only.
 """
 
 from __future__ import annotations
@@ -72,10 +74,17 @@ class Definitions:
         self._store = store
 
     async def fields(self, namespace: str, name: str) -> dict[str, bytes]:
-        """The definition's hash; NOT_FOUND when it has no version."""
+        """The definition's count and marks; NOT_FOUND when it has no version."""
         fields = await self._store.definition(namespace, name)
         if not fields.get(Definition.COUNT):
             raise errors.not_found("definition", name)
+        return fields
+
+    async def with_versions(
+        self, namespace: str, name: str, fields: dict[str, bytes], versions: list[int]
+    ) -> dict[str, bytes]:
+        """``fields`` with the records and times of ``versions`` added."""
+        fields.update(await self._store.definition_versions(namespace, name, versions))
         return fields
 
     async def resolve(
@@ -84,7 +93,9 @@ class Definitions:
         """The version ``selector`` names (a number, a label, ``latest`` or ""), with its
         graph; NOT_FOUND for an unknown name, version or label."""
         fields = await self.fields(namespace, name)
-        return view(namespace, name, version_of(fields, name, selector, field), fields)
+        version = version_of(fields, name, selector, field)
+        await self.with_versions(namespace, name, fields, [version])
+        return view(namespace, name, version, fields)
 
 
 def version_of(fields: dict[str, bytes], name: str, selector: str, field: str) -> int:
@@ -164,6 +175,7 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
             namespace, request.name, digest, record.SerializeToString(deterministic=True)
         )
         fields = await self.reads.fields(namespace, request.name)
+        await self.reads.with_versions(namespace, request.name, fields, [version])
         return definitions_pb2.PublishDefinitionResponse(
             definition=view(namespace, request.name, version, fields), created=created
         )
@@ -194,6 +206,7 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
             if not fields.get(Definition.COUNT):
                 continue
             latest = int(fields[Definition.COUNT])
+            await self.reads.with_versions(namespace, name, fields, [latest])
             record = definitions_pb2.DefinitionVersion.FromString(
                 fields[f"{Definition.RECORD}{latest}"]
             )
@@ -223,6 +236,7 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
             top = min(top, tokens.decode_int(part, 1, MAX_VERSION))
         out = definitions_pb2.ListDefinitionVersionsResponse()
         low = max(0, top - size)
+        await self.reads.with_versions(namespace, request.name, fields, list(range(top, low, -1)))
         for version in range(top, low, -1):
             out.versions.append(view(namespace, request.name, version, fields, graph=False))
         if low > 0:
@@ -243,8 +257,9 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
                 raise errors.invalid_field("version", "must be a version number (1, 2, ...)")
             raise errors.not_found("definition version", f"{request.name}@{request.version}")
         key = Definition.LABEL + request.label
-        await self._store.set_definition_fields(namespace, request.name, {key: request.version})
+        await self._store.mark_definition(namespace, request.name, {key: request.version})
         fields[key] = str(request.version).encode()
+        await self.reads.with_versions(namespace, request.name, fields, [request.version])
         return definitions_pb2.SetDefinitionLabelResponse(
             definition=view(namespace, request.name, request.version, fields)
         )
@@ -261,8 +276,9 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
         fields = await self.reads.fields(namespace, request.name)
         version = version_of(fields, request.name, request.version, "version")
         key = f"{Definition.DEPRECATED}{version}"
-        await self._store.set_definition_fields(namespace, request.name, {key: 1})
+        await self._store.mark_definition(namespace, request.name, {key: 1})
         fields[key] = b"1"
+        await self.reads.with_versions(namespace, request.name, fields, [version])
         return definitions_pb2.DeprecateDefinitionVersionResponse(
             definition=view(namespace, request.name, version, fields)
         )

@@ -153,9 +153,15 @@ class DefinitionKeys:
         return f"{self.tag}:names"
 
     def definition(self, name: str) -> str:
-        """Hash of one definition (``dago.store.schema.Definition``): its version count,
-        each version's record, digest and time, its labels and deprecations."""
+        """Hash of one definition (``dago.store.schema.Definition``): its version count and
+        each version's record, digest and time (written by ``publish`` only)."""
         return f"{self.tag}:def:{name}"
+
+    def marks(self, name: str) -> str:
+        """Small hash of one definition's labels and deprecations (``Definition.LABEL``,
+        ``Definition.DEPRECATED``): read whole on every read of the definition, without its
+        versions' graphs."""
+        return f"{self.tag}:def:{name}:m"
 
 
 @dataclass(frozen=True)

@@ -325,9 +325,10 @@ class Definition:
     CREATED: Final = "t:"
     """When a version was published (ms)."""
     LABEL: Final = "l:"
-    """A label, followed by its name: the version it points at."""
+    """A label, followed by its name: the version it points at (in the marks hash,
+    ``DefinitionKeys.marks``)."""
     DEPRECATED: Final = "x:"
-    """Set (``1``) for a deprecated version."""
+    """Set (``1``) for a deprecated version (in the marks hash)."""
 
 
 class Timer:

@@ -55,7 +55,7 @@ from dago.store.functions import (
     parse_taken,
 )
 from dago.store.keys import WORK_GROUP, Keys
-from dago.store.schema import DeadLetter, Meta, Node, Usage, Work
+from dago.store.schema import DeadLetter, Definition, Meta, Node, Usage, Work
 
 log = logging.getLogger("dago.store")
 
@@ -173,21 +173,35 @@ class Store:
         return _s(raw[0]) == "created", int(raw[1])
 
     async def definition(self, namespace: str, name: str) -> dict[str, bytes]:
-        """Every field of a definition's hash (``schema.Definition``; empty: none)."""
-        raw = await self.redis.hgetall(self.keys.definitions(namespace).definition(name))
-        return {k.decode(): v for k, v in raw.items()}
+        """A definition's version count and marks (labels, deprecations), by field name
+        (``schema.Definition``; no COUNT: no such definition). No version's graph."""
+        dk = self.keys.definitions(namespace)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(dk.definition(name), Definition.COUNT)
+        pipe.hgetall(dk.marks(name))
+        count, marks = await pipe.execute()
+        out = {k.decode(): v for k, v in marks.items()}
+        if count is not None:
+            out[Definition.COUNT] = count
+        return out
 
-    async def definition_fields(self, namespace: str, name: str, *fields: str) -> list[Any]:
-        """Some fields of a definition's hash."""
+    async def definition_versions(
+        self, namespace: str, name: str, versions: Sequence[int]
+    ) -> dict[str, bytes]:
+        """The records and times of some versions of a definition, by field name."""
+        if not versions:
+            return {}
         key = self.keys.definitions(namespace).definition(name)
-        return list(await self.redis.hmget(key, list(fields)))
+        fields = [f"{p}{v}" for v in versions for p in (Definition.RECORD, Definition.CREATED)]
+        values = await self.redis.hmget(key, fields)
+        return {f: v for f, v in zip(fields, values, strict=True) if v is not None}
 
-    async def set_definition_fields(
+    async def mark_definition(
         self, namespace: str, name: str, fields: dict[str, str | int]
     ) -> None:
-        """Set fields of an existing definition's hash (labels, deprecations: versions are
-        never removed, so a version checked before stays valid)."""
-        key = self.keys.definitions(namespace).definition(name)
+        """Set marks of an existing definition (labels, deprecations: versions are never
+        removed, so a version checked before stays valid)."""
+        key = self.keys.definitions(namespace).marks(name)
         await self.redis.hset(key, mapping=fields)
 
     async def definition_names(self, namespace: str, after: str, count: int) -> list[str]:
