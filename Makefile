@@ -44,7 +44,7 @@ export PYTHONPATH := service:gen/python:clients/python
 
 PROTOS      := $(sort $(wildcard proto/dago/v1/*.proto))
 # Files given to protoc for the Envoy descriptor set (relative to the -I roots).
-DESCRIPTOR_ROOTS := dago/v1/orchestrator.proto google/rpc/status.proto google/rpc/error_details.proto
+DESCRIPTOR_ROOTS := dago/v1/orchestrator.proto dago/v1/definitions.proto google/rpc/status.proto google/rpc/error_details.proto
 PY_DIRS     := $(wildcard service tests clients)
 MYPY_DIRS   := $(wildcard service clients/python)
 

@@ -638,3 +638,47 @@ async def test_waits_and_signal(stack: InProcessStack) -> None:
     assert code == 0, err
     assert "review: waiting for a decision (approve, reject, edit)" in out, out
     assert "review: decision 'approve' by anonymous: \"ship it\"" in out, out
+
+
+async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    ctl = ctl_for(stack)
+    path = tmp_path / "hello.yaml"
+    path.write_text(HUMAN_YAML)
+    code, out, err = await ctl(
+        "def", "publish", str(path), "--name", "hello", "--description", "v1"
+    )
+    assert code == 0 and out.startswith("published hello@1"), err
+    code, out, _ = await ctl("def", "publish", str(path), "--name", "hello")
+    assert code == 0 and out.startswith("unchanged (same as the latest): hello@1"), out
+    path.write_text(HUMAN_YAML.replace("attempt_timeout: 10", "attempt_timeout: 11"))
+    code, out, _ = await ctl("def", "publish", str(path), "--name", "hello")
+    assert out.startswith("published hello@2"), out
+    code, out, err = await ctl("def", "label", "hello", "prod", "1")
+    assert code == 0 and "prod -> hello@1" in out, err
+    code, out, _ = await ctl("def", "show", "hello@prod")
+    assert "definition  hello@1" in out and "labels      prod" in out, out
+    code, out, _ = await ctl("-o", "json", "def", "list")
+    assert [(d["name"], d["latest_version"]) for d in json.loads(out)] == [("hello", 2)]
+    code, out, err = await ctl("submit", "hello@prod", "--wait", "-i", "who=ctl", "-i", "times=2")
+    assert code == 0, err
+    gid = out.strip()
+    code, out, _ = await ctl("-o", "json", "status", gid)
+    assert json.loads(out)["definition"]["version"] == 1
+    code, out, _ = await ctl("status", gid)
+    assert "from     hello@1 (digest " in out, out
+    code, out, _ = await ctl("-o", "json", "list", "--definition", "hello@1")
+    assert [g["graph_id"] for g in json.loads(out)] == [gid]
+    code, out, err = await ctl(
+        "submit", "hello", "--watch", "--plain", "-i", "who=w", "-i", "times=1"
+    )
+    assert code == 0 and "graph completed" in out, (out, err)
+    code, out, _ = await ctl("def", "deprecate", "hello", "prod")
+    assert code == 0 and "deprecated hello@1" in out, out
+    code, _, err = await ctl("submit", "hello@1")
+    assert code == 8 and "deprecated" in err, err
+    code, _, err = await ctl("def", "show", "hello@9")
+    assert code == 6, err
+    code, out, _ = await ctl("def", "versions", "hello")
+    assert "deprecated" in out.splitlines()[-1] and "prod" in out.splitlines()[-1], out

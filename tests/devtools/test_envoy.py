@@ -923,3 +923,43 @@ async def test_an_agent_tool_call_approval_over_rest(edge_stack: Edge) -> None:
     assert st["state"] == "GRAPH_STATE_COMPLETED", st
     (node,) = st["nodes"]
     assert "0.01" in node["output"]["text"], node  # the tool ran with the edited arguments
+
+
+async def test_definitions_over_rest(edge_stack: Edge) -> None:
+    e = edge_stack
+    name = f"rest-{secrets.token_hex(3)}"
+    base = f"/api/v1/definitions/{name}"
+    body = {"graph": {"name": "g", "nodes": [echo("a", x=1)]}, "description": "one"}
+    first = await e.http.post(f"{base}/versions", json=body)
+    assert first.status_code == 200, (first.text, e.logs())
+    assert first.json()["created"] is True and first.json()["definition"]["version"] == 1
+    again = await e.http.post(f"{base}/versions", json=body)
+    assert again.json()["created"] is False and again.json()["definition"]["version"] == 1
+    body["graph"]["nodes"] = [echo("a", x=2)]
+    assert (await e.http.post(f"{base}/versions", json=body)).json()["definition"]["version"] == 2
+    r = await e.http.put(f"{base}/labels/prod", json={"version": 1})
+    assert r.status_code == 200 and r.json()["definition"]["labels"] == ["prod"], r.text
+    got = await e.http.get(f"{base}/versions/prod")
+    assert got.status_code == 200 and got.json()["definition"]["version"] == 1, got.text
+    assert (await e.http.get(f"{base}/versions/latest")).json()["definition"]["version"] == 2
+    listed = (await e.http.get(f"{base}/versions?page_size=1")).json()
+    assert [v["version"] for v in listed["versions"]] == [2] and listed["next_page_token"]
+    names = [d["name"] for d in (await e.http.get("/api/v1/definitions")).json()["definitions"]]
+    assert name in names
+    # Submit by reference; the run records what it ran.
+    gid = await submit(e, {"definition": f"{name}@prod"})
+    st = await wait_state(e, gid)
+    assert st["state"] == "GRAPH_STATE_COMPLETED"
+    assert (st["definition"]["name"], st["definition"]["version"]) == (name, 1)
+    mine = (await e.http.get(f"/api/v1/graphs?definition={name}")).json()["graphs"]
+    assert [g["graph_id"] for g in mine] == [gid]
+    # Deprecation, errors as google.rpc.Status JSON.
+    r = await e.http.post(f"{base}/versions/1:deprecate", json={})
+    assert r.status_code == 200 and r.json()["definition"]["deprecated"] is True, r.text
+    error(await e.http.post("/api/v1/graphs", json={"definition": f"{name}@1"}), 400, 9)
+    missing = error(await e.http.get(f"{base}/versions/7"), 404, 5)
+    assert detail(missing, "google.rpc.ResourceInfo")["resource_type"] == "definition version"
+    bad = error(await e.http.post("/api/v1/definitions/Bad%20Name/versions", json=body), 400, 3)
+    assert detail(bad, "google.rpc.BadRequest")["field_violations"][0]["field"] == "name"
+    # A PUT body is checked for unknown fields like a POST body.
+    error(await e.http.put(f"{base}/labels/prod", json={"version": 1, "verison": 2}), 400, 3)

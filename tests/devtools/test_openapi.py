@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from dago.devtools import edge as envoy_edge
 from dago.devtools import openapi
-from dago.v1 import orchestrator_pb2
+from dago.v1 import definitions_pb2, orchestrator_pb2
 from harness import ROOT, Edge, echo, eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,14 +51,18 @@ def test_document_is_valid_openapi() -> None:
 
 def test_every_http_route_of_the_service_is_a_path() -> None:
     paths = _document()["paths"]
-    service = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+    services = [
+        orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
+        definitions_pb2.DESCRIPTOR.services_by_name["DefinitionService"],
+    ]
+    methods = [m for service in services for m in service.methods]
     routes = []
-    for method in service.methods:
+    for method in methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         for r in [rule, *rule.additional_bindings]:
             verb = r.WhichOneof("pattern")
             routes.append((verb, getattr(r, verb), method))
-    assert len(routes) == len(service.methods) >= 13
+    assert len(routes) == len(methods) >= 13 + 6
     for verb, template, method in routes:
         op = paths[template][verb]
         assert op["operationId"] == method.name

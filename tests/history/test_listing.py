@@ -28,7 +28,7 @@ from dago.history.filters import RunFilter
 from dago.history.listing import RunListing
 from dago.history.migrate import migrate_url
 from dago.store.schema import Meta
-from dago.v1 import execution_pb2, orchestrator_pb2
+from dago.v1 import definitions_pb2, definitions_pb2_grpc, execution_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, Usage
 from harness import (
     ROOT,
@@ -569,3 +569,42 @@ async def test_dagoctl_usage_and_filtered_list(spread: Spread) -> None:
         }
     )
     assert code == 0 and [g["graph_id"] for g in json.loads(out)] == expected
+
+
+async def test_runs_by_reference_are_listed_and_filtered_from_the_archive(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    await migrate_url(postgres_url)
+    stack = await make_stack(postgres_url=postgres_url, retention_s=1)
+    c = stack.client
+    stub = definitions_pb2_grpc.DefinitionServiceStub(c.channel)
+    versions = []
+    for x in (1, 2):
+        g = request([echo("a", v=x)], name="archived-def").graph
+        publish = definitions_pb2.PublishDefinitionRequest(name="arch", graph=g)
+        versions.append((await stub.PublishDefinition(publish, timeout=10)).definition)
+    runs = {}
+    for ref in ("arch@1", "arch@2"):
+        gid, st = await c.run(orchestrator_pb2.SubmitGraphRequest(definition=ref))
+        runs[ref] = gid
+    plain, _ = await c.run(request([echo("a", v=3)], name="archived-def"))
+
+    async def gone_from_redis() -> bool:
+        for gid in [*runs.values(), plain]:
+            shard = parse_shard(gid, stack.settings.shards)
+            assert shard is not None
+            if (await stack.store.graph_fields(shard, gid, Meta.STATE))[0] is not None:
+                return False
+        return True
+
+    await eventually(gone_from_redis, timeout=30)
+    one = await c.stub.ListGraphs(
+        orchestrator_pb2.ListGraphsRequest(definition="arch", definition_version=1), timeout=10
+    )
+    assert [g.graph_id for g in one.graphs] == [runs["arch@1"]]
+    ref = one.graphs[0].definition
+    assert (ref.name, ref.version, ref.digest) == ("arch", 1, versions[0].digest)
+    both = await c.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(definition="arch"))
+    assert [g.graph_id for g in both.graphs] == [runs["arch@2"], runs["arch@1"]]
+    st = await c.status(runs["arch@2"])  # from the archive
+    assert (st.definition.name, st.definition.version) == ("arch", 2)

@@ -72,6 +72,10 @@ class RunFilters:
     name: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     min_cost_usd: float = 0.0
+    definition: str = ""
+    """Only runs submitted from this stored definition (its name)."""
+    definition_version: int = 0
+    """With ``definition``: only runs of this version (0: any)."""
 
     def request(
         self, state: str | int | None, page_size: int, page_token: str
@@ -84,6 +88,8 @@ class RunFilters:
             name=self.name,
             metadata=[f"{k}={v}" for k, v in self.metadata.items()],
             min_cost_usd=self.min_cost_usd,
+            definition=self.definition,
+            definition_version=self.definition_version,
         )
         if self.created_after is not None:
             req.created_after.FromDatetime(_utc(self.created_after))
@@ -146,18 +152,27 @@ def node_state_name(state: int) -> str:
 
 
 def submit_request(
-    graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+    graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph | None,
     inputs: Mapping[str, Any] | None,
     request_id: str | None,
     validate_only: bool,
+    definition: str | None = None,
+    allow_deprecated: bool = False,
 ) -> orchestrator_pb2.SubmitGraphRequest:
-    """The SubmitGraphRequest to send. Without a request_id one is generated, so that the
-    call is idempotent and can be retried safely when the server was unreachable."""
+    """The SubmitGraphRequest to send (a graph, or a ``definition`` reference such as
+    ``name@prod``). Without a request_id one is generated, so that the call is idempotent
+    and can be retried safely when the server was unreachable."""
     req = orchestrator_pb2.SubmitGraphRequest()
     if isinstance(graph, orchestrator_pb2.SubmitGraphRequest):
         req.CopyFrom(graph)
-    else:
+    elif graph is not None:
         req.graph.CopyFrom(graph)
+    elif not definition:
+        raise ValueError("give a graph or a definition")
+    if definition:
+        req.definition = definition
+    if allow_deprecated:
+        req.allow_deprecated = True
     if inputs:
         merged = struct_pb2.Struct()
         merged.update(dict(req.inputs.items()) if req.HasField("inputs") else {})
@@ -199,6 +214,14 @@ def fork_request(
     elif not dry_run:
         req.request_id = f"py-{uuid.uuid4().hex}"
     return req
+
+
+def split_reference(name: str, version: str | int = "latest") -> tuple[str, str]:
+    """``name@v`` -> (name, v); else (name, version as text)."""
+    if "@" in name:
+        name, _, selector = name.partition("@")
+        return name, selector
+    return name, str(version)
 
 
 def signal_request(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -112,6 +113,15 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(@[A-Za-z0-9._-]+)?")
+
+
+def _is_reference(arg: str) -> bool:
+    """Whether ``submit``'s argument names a stored definition: no such file, and the
+    shape of ``NAME[@VERSION|@LABEL]``."""
+    return arg != "-" and not Path(arg).exists() and bool(_REFERENCE.fullmatch(arg))
+
+
 def _when(msg: Any, name: str) -> str:
     if not msg.HasField(name):
         return "-"
@@ -160,8 +170,21 @@ class Cli:
     # --- commands -------------------------------------------------------------------------
 
     def submit(self) -> int:
-        """``submit FILE``: prints the run's id (then watches it with --watch)."""
-        req = load_request(self.args.file, parse_inputs(self.args.input or []))
+        """``submit FILE`` or ``submit NAME[@VERSION|@LABEL]`` (a stored definition, when
+        no such file exists): prints the run's id (then watches it with --watch)."""
+        inputs = parse_inputs(self.args.input or [])
+        if _is_reference(self.args.file):
+            req = orchestrator_pb2.SubmitGraphRequest(
+                definition=self.args.file, allow_deprecated=self.args.allow_deprecated
+            )
+            if inputs:
+                req.inputs.update(inputs)
+        else:
+            req = load_request(self.args.file, inputs)
+        if self.args.watch and req.definition:
+            resp = self.client.submit(req, request_id=self.args.request_id)
+            print(resp.graph_id, file=self.err)
+            return self._watch(resp.graph_id, 0, self.client.get_graph(resp.graph_id).graph)
         if self.args.watch:
             # One call (RunGraph): the run's id comes with its first event.
             return self._watch("", 0, req.graph, run=req)
@@ -174,6 +197,69 @@ class Cli:
             print(f"(request_id matched an earlier run: {resp.graph_id})", file=self.err)
         if self.args.wait:
             return _EXIT_BY_STATE.get(self.client.wait(resp.graph_id).state, EXIT_ERROR)
+        return EXIT_OK
+
+    def def_(self) -> int:
+        """``def publish|list|show|versions|label|deprecate``: stored definitions."""
+        action = self.args.def_action
+        c = self.client
+        if action == "publish":
+            req = load_request(self.args.file)
+            resp = c.publish_definition(self.args.name, req.graph, self.args.description or "")
+            d = resp.definition
+            if self.as_json:
+                self.print(_json(resp))
+            else:
+                what = "published" if resp.created else "unchanged (same as the latest):"
+                self.print(f"{what} {d.name}@{d.version} {d.digest[:12]}")
+            return EXIT_OK
+        if action == "list":
+            defs = c.definitions()
+            if self.as_json:
+                self.print(_dicts(defs))
+                return EXIT_OK
+            wid = max([4, *(len(x.name) for x in defs)])
+            self.print(f"{'NAME':<{wid}}  LATEST  {'UPDATED':<19}  LABELS")
+            for x in defs:
+                labels = " ".join(f"{k}={v}" for k, v in sorted(x.labels.items()))
+                self.print(
+                    f"{x.name:<{wid}}  {x.latest_version:>6}  "
+                    f"{_when(x, 'update_time'):<19}  {labels}"
+                )
+            return EXIT_OK
+        if action == "versions":
+            versions = c.definition_versions(self.args.name)
+            if self.as_json:
+                self.print(_dicts(versions))
+                return EXIT_OK
+            self.print(f"VERSION  {'PUBLISHED':<19}  {'DIGEST':<12}  FLAGS")
+            for v in versions:
+                flags = " ".join([*v.labels, *(["deprecated"] if v.deprecated else [])])
+                self.print(
+                    f"{v.version:>7}  {_when(v, 'create_time'):<19}  {v.digest[:12]}  {flags}"
+                )
+            return EXIT_OK
+        if action == "show":
+            d = c.definition(self.args.ref)
+            if self.as_json:
+                self.print(_json(d))
+                return EXIT_OK
+            self.print(
+                f"definition  {d.name}@{d.version}" + (" (deprecated)" if d.deprecated else ""),
+                f"published   {_when(d, 'create_time')}",
+                f"digest      {d.digest}",
+                f"labels      {' '.join(d.labels) or '-'}",
+                f"description {d.description or '-'}",
+                f"graph       {d.graph.name or '-'} ({len(d.graph.nodes)} nodes, "
+                f"{len(d.graph.edges)} edges)",
+            )
+            return EXIT_OK
+        if action == "label":
+            d = c.label_definition(self.args.name, self.args.label, self.args.version)
+            self.print(_json(d) if self.as_json else f"{self.args.label} -> {d.name}@{d.version}")
+            return EXIT_OK
+        d = c.deprecate_definition(self.args.name, self.args.version)
+        self.print(_json(d) if self.as_json else f"deprecated {d.name}@{d.version}")
         return EXIT_OK
 
     def validate(self) -> int:
@@ -200,6 +286,9 @@ class Cli:
             f"steps    {st.steps}   tokens {u.input_tokens} in / {u.output_tokens} out   "
             f"cost ${u.cost_usd:.4f}",
         )
+        if st.HasField("definition"):
+            d = st.definition
+            self.print(f"from     {d.name}@{d.version} (digest {d.digest[:12]})")
         if st.HasField("error") and st.error.message:
             self.print(f"error    {st.error.message}")
         self.print("")
@@ -269,12 +358,17 @@ class Cli:
         """``list``: runs, newest first, every page fetched up to --limit (filters: --state,
         --since, --until, --name, --meta K=V, --min-cost)."""
         limit = self.args.limit or None
+        def_name, _, def_version = (self.args.definition or "").partition("@")
+        if def_version and not def_version.isdigit():
+            raise ValueError(f"--definition {self.args.definition!r}: use NAME or NAME@VERSION")
         filters = RunFilters(
             created_after=self.args.since,
             created_before=self.args.until,
             name=self.args.name or "",
             metadata=dict(_pair(kv) for kv in self.args.meta or ()),
             min_cost_usd=self.args.min_cost,
+            definition=def_name,
+            definition_version=int(def_version) if def_version else 0,
         )
         runs = list(
             self.client.list_graphs(
@@ -557,8 +651,18 @@ def parser() -> argparse.ArgumentParser:
             help="an input (JSON value or string; K=@file reads a file); repeatable",
         )
 
-    s = sub.add_parser("submit", help="submit a graph file (YAML or JSON); prints the run id")
-    s.add_argument("file", help="graph file (YAML or JSON; - for stdin)")
+    s = sub.add_parser(
+        "submit",
+        help="submit a graph file (YAML or JSON) or a stored definition; prints the run id",
+    )
+    s.add_argument(
+        "file",
+        help="graph file (YAML or JSON; - for stdin), or a stored definition: NAME, NAME@7, "
+        "NAME@LABEL, NAME@latest (when no such file exists)",
+    )
+    s.add_argument(
+        "--allow-deprecated", action="store_true", help="run a deprecated definition version"
+    )
     inputs(s)
     s.add_argument("--request-id", help="idempotency key (default: a new one)")
     s.add_argument("-w", "--watch", action="store_true", help="then watch it live")
@@ -599,6 +703,23 @@ def parser() -> argparse.ArgumentParser:
         "--meta", action="append", metavar="K=V", help="metadata field K equals V; repeatable"
     )
     ls.add_argument("--min-cost", type=float, default=0.0, help="cost at least this (USD)")
+    ls.add_argument("--definition", help="only runs of this stored definition (NAME or NAME@V)")
+    df = sub.add_parser("def", help="stored, versioned graph definitions")
+    df_sub = df.add_subparsers(dest="def_action", required=True, metavar="ACTION")
+    pub = df_sub.add_parser("publish", help="publish a graph file as the next version of NAME")
+    pub.add_argument("file", help="graph file (YAML or JSON; - for stdin)")
+    pub.add_argument("--name", required=True, help="the definition's name")
+    pub.add_argument("--description", help="what this version changes")
+    df_sub.add_parser("list", help="the namespace's definitions")
+    df_sub.add_parser("versions", help="a definition's versions, newest first").add_argument("name")
+    df_sub.add_parser("show", help="one version: NAME, NAME@7, NAME@LABEL").add_argument("ref")
+    lb = df_sub.add_parser("label", help="point LABEL at VERSION of NAME")
+    lb.add_argument("name")
+    lb.add_argument("label")
+    lb.add_argument("version", type=int)
+    dp = df_sub.add_parser("deprecate", help="refuse new runs of a version unless allowed")
+    dp.add_argument("name")
+    dp.add_argument("version")
     us = sub.add_parser(
         "usage",
         help="tokens, cost, runs and failures of archived runs (needs DAGO_POSTGRES_URL)",
@@ -666,7 +787,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-f", "--format", choices=("mermaid", "dot"), default="mermaid")
     # `-o json` after the command too (`dagoctl status ID -o json`): SUPPRESS keeps a command's
     # default from overwriting a value given before the command.
-    for command in [*sub.choices.values(), *dl_sub.choices.values()]:
+    for command in [*sub.choices.values(), *dl_sub.choices.values(), *df_sub.choices.values()]:
         command.add_argument(
             "-o",
             "--output",
@@ -686,7 +807,8 @@ def main(
     args = parser().parse_args(argv)
     cli = Cli(args, out, err)
     try:
-        code: int = getattr(cli, args.command.replace("-", "_"))()
+        command = args.command.replace("-", "_")
+        code: int = getattr(cli, "def_" if command == "def" else command)()
         return code
     except DagoError as e:
         print(f"dagoctl: {e.code.name}: {e.message}", file=err)

@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago.v1 import (
+    definitions_pb2,
+    definitions_pb2_grpc,
+    execution_pb2,
+    graph_pb2,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
 from dago_client._common import (
     RECONNECT_OPTIONS,
     RESUMABLE_CODES,
@@ -21,6 +28,7 @@ from dago_client._common import (
     fork_request,
     run_request,
     signal_request,
+    split_reference,
     submit_request,
     usage_request,
 )
@@ -58,6 +66,7 @@ class DagoClient:
         else:
             self.channel = grpc.secure_channel(self.config.address, creds, options=options)
         self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
+        self.definitions_stub = definitions_pb2_grpc.DefinitionServiceStub(self.channel)
         self._metadata = self.config.metadata()
 
     def __enter__(self) -> DagoClient:
@@ -103,17 +112,114 @@ class DagoClient:
 
     def submit(
         self,
-        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph | None = None,
         inputs: Mapping[str, Any] | None = None,
         *,
+        definition: str | None = None,
+        allow_deprecated: bool = False,
         request_id: str | None = None,
         validate_only: bool = False,
         deadline_s: float | None = None,
     ) -> orchestrator_pb2.SubmitGraphResponse:
-        """Submit a graph (or a whole SubmitGraphRequest); ``inputs`` are merged into its
-        inputs. Without a request_id one is generated, which makes retries safe."""
-        req = submit_request(graph, inputs, request_id, validate_only)
+        """Submit a graph (or a whole SubmitGraphRequest), or a stored definition by
+        reference (``definition="name@prod"``: a name, ``name@7``, ``name@label`` or
+        ``name@latest``; ``allow_deprecated`` to run a deprecated version); ``inputs`` are
+        merged into its inputs. Without a request_id one is generated, which makes retries
+        safe."""
+        req = submit_request(graph, inputs, request_id, validate_only, definition, allow_deprecated)
         return self._call(self.stub.SubmitGraph, req, idempotent=True, deadline_s=deadline_s)
+
+    # --- stored definitions (DefinitionService, docs/definitions.md) ---------------------
+
+    def publish_definition(
+        self,
+        name: str,
+        graph: graph_pb2.Graph,
+        description: str = "",
+        *,
+        deadline_s: float | None = None,
+    ) -> definitions_pb2.PublishDefinitionResponse:
+        """Publish ``graph`` as the next version of ``name`` (the latest version, with
+        ``created`` False, when its graph is the same): safe to retry."""
+        req = definitions_pb2.PublishDefinitionRequest(
+            name=name, graph=graph, description=description
+        )
+        return self._call(
+            self.definitions_stub.PublishDefinition, req, idempotent=True, deadline_s=deadline_s
+        )
+
+    def definition(
+        self, name: str, version: str | int = "latest", *, deadline_s: float | None = None
+    ) -> definitions_pb2.DefinitionVersion:
+        """One version of a definition: a number, a label or ``latest``; ``name@v`` too."""
+        name, version = split_reference(name, version)
+        req = definitions_pb2.GetDefinitionRequest(name=name, version=version)
+        resp = self._call(
+            self.definitions_stub.GetDefinition, req, idempotent=True, deadline_s=deadline_s
+        )
+        return resp.definition
+
+    def definitions_page(
+        self, page_size: int = 0, page_token: str = "", *, deadline_s: float | None = None
+    ) -> definitions_pb2.ListDefinitionsResponse:
+        """One page of the namespace's definitions, by name."""
+        req = definitions_pb2.ListDefinitionsRequest(page_size=page_size, page_token=page_token)
+        return self._call(
+            self.definitions_stub.ListDefinitions, req, idempotent=True, deadline_s=deadline_s
+        )
+
+    def definitions(self, page_size: int = 100) -> list[definitions_pb2.DefinitionSummary]:
+        """Every definition of the namespace, by name."""
+        out: list[definitions_pb2.DefinitionSummary] = []
+        token = ""
+        while True:
+            page = self.definitions_page(page_size, token)
+            out.extend(page.definitions)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def definition_versions(
+        self, name: str, page_size: int = 100
+    ) -> list[definitions_pb2.DefinitionVersion]:
+        """Every version of a definition, newest first (without their graphs)."""
+        out: list[definitions_pb2.DefinitionVersion] = []
+        token = ""
+        while True:
+            req = definitions_pb2.ListDefinitionVersionsRequest(
+                name=name, page_size=page_size, page_token=token
+            )
+            page = self._call(
+                self.definitions_stub.ListDefinitionVersions, req, idempotent=True, deadline_s=None
+            )
+            out.extend(page.versions)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def label_definition(
+        self, name: str, label: str, version: int, *, deadline_s: float | None = None
+    ) -> definitions_pb2.DefinitionVersion:
+        """Point ``label`` (e.g. ``prod``) at ``version`` of ``name``."""
+        req = definitions_pb2.SetDefinitionLabelRequest(name=name, label=label, version=version)
+        resp = self._call(
+            self.definitions_stub.SetDefinitionLabel, req, idempotent=True, deadline_s=deadline_s
+        )
+        return resp.definition
+
+    def deprecate_definition(
+        self, name: str, version: str | int, *, deadline_s: float | None = None
+    ) -> definitions_pb2.DefinitionVersion:
+        """Deprecate a version (a number, a label or ``latest``): new runs of it are refused
+        unless they set allow_deprecated."""
+        req = definitions_pb2.DeprecateDefinitionVersionRequest(name=name, version=str(version))
+        resp = self._call(
+            self.definitions_stub.DeprecateDefinitionVersion,
+            req,
+            idempotent=True,
+            deadline_s=deadline_s,
+        )
+        return resp.definition
 
     def validate(
         self,

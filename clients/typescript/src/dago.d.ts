@@ -25,6 +25,15 @@ import type {
   SubmitGraphRequestSchema,
   SubmitGraphResponse,
 } from "../gen/dago/v1/orchestrator_pb.js";
+import type {
+  DefinitionVersion,
+  ListDefinitionsRequestSchema,
+  ListDefinitionsResponse,
+  ListDefinitionVersionsRequestSchema,
+  ListDefinitionVersionsResponse,
+  PublishDefinitionResponse,
+} from "../gen/dago/v1/definitions_pb.js";
+import type { GraphSchema } from "../gen/dago/v1/graph_pb.js";
 
 export declare const TERMINAL_EVENTS: readonly ["graphCompleted", "graphFailed", "graphCancelled"];
 export declare const RESUMABLE_CODES: readonly number[];
@@ -150,6 +159,46 @@ export interface DagoClient {
     signal?: SignalOptions,
     options?: CallOptions,
   ): Promise<SignalGraphResponse>;
+  /**
+   * Publishes `graph` as the next version of definition `name` (validated as a submit); the
+   * same graph as the latest answers that version with `created` false (docs/definitions.md).
+   */
+  publishDefinition(
+    name: string,
+    graph: MessageInitShape<typeof GraphSchema>,
+    description?: string,
+    options?: CallOptions,
+  ): Promise<PublishDefinitionResponse>;
+  /** One version: `name@7`, `name@prod`, or `name` with `version` (a number, a label, "latest"). */
+  definition(
+    name: string,
+    version?: string | number,
+    options?: CallOptions,
+  ): Promise<DefinitionVersion>;
+  /** One page of the namespace's definitions, by name (pageSize, pageToken). */
+  definitions(
+    request?: MessageInitShape<typeof ListDefinitionsRequestSchema>,
+    options?: CallOptions,
+  ): Promise<ListDefinitionsResponse>;
+  /** One page of a definition's versions, newest first, without their graphs. */
+  definitionVersions(
+    name: string,
+    request?: Omit<MessageInitShape<typeof ListDefinitionVersionsRequestSchema>, "name">,
+    options?: CallOptions,
+  ): Promise<ListDefinitionVersionsResponse>;
+  /** Points `label` at `version` of `name` (creates or moves it). */
+  labelDefinition(
+    name: string,
+    label: string,
+    version: number,
+    options?: CallOptions,
+  ): Promise<DefinitionVersion>;
+  /** Deprecates a version (a number, a label or "latest"): new runs need allowDeprecated. */
+  deprecateDefinition(
+    name: string,
+    version: string | number,
+    options?: CallOptions,
+  ): Promise<DefinitionVersion>;
   /** One page of the wait nodes waiting now in the caller's namespace, oldest first (ListWaits). */
   waits(
     request?: MessageInitShape<typeof ListWaitsRequestSchema>,

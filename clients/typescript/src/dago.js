@@ -6,6 +6,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { ForkGraphRequestSchema, OrchestratorService } from "../gen/dago/v1/orchestrator_pb.js";
+import { DefinitionService } from "../gen/dago/v1/definitions_pb.js";
 
 /** The payload kinds that end a run's event stream. */
 export const TERMINAL_EVENTS = Object.freeze(["graphCompleted", "graphFailed", "graphCancelled"]);
@@ -108,12 +109,21 @@ export function createDagoClient(baseUrl, options = {}) {
   const kind = options.transport ?? "grpc-web";
   const maxRetries = options.maxRetries ?? 5;
   const retryDelayMs = options.retryDelayMs ?? 100;
+  let transportPromise;
+  const transport = () => {
+    transportPromise ??= makeTransport(baseUrl, kind, options);
+    return transportPromise;
+  };
   let clientPromise;
   const client = () => {
-    clientPromise ??= makeTransport(baseUrl, kind, options).then((t) =>
-      createClient(OrchestratorService, t),
-    );
+    clientPromise ??= transport().then((t) => createClient(OrchestratorService, t));
     return clientPromise;
+  };
+  // Stored definitions (DefinitionService: docs/definitions.md), on the same transport.
+  let definitionsPromise;
+  const definitions = () => {
+    definitionsPromise ??= transport().then((t) => createClient(DefinitionService, t));
+    return definitionsPromise;
   };
 
   return {
@@ -173,6 +183,35 @@ export function createDagoClient(baseUrl, options = {}) {
         },
         callOptions,
       );
+    },
+
+    async publishDefinition(name, graph, description = "", callOptions) {
+      return (await definitions()).publishDefinition({ name, graph, description }, callOptions);
+    },
+
+    async definition(name, version = "latest", callOptions) {
+      const at = name.indexOf("@");
+      const [n, v] = at < 0 ? [name, String(version)] : [name.slice(0, at), name.slice(at + 1)];
+      return (await (await definitions()).getDefinition({ name: n, version: v }, callOptions))
+        .definition;
+    },
+
+    async definitions(request = {}, callOptions) {
+      return (await definitions()).listDefinitions(request, callOptions);
+    },
+
+    async definitionVersions(name, request = {}, callOptions) {
+      return (await definitions()).listDefinitionVersions({ ...request, name }, callOptions);
+    },
+
+    async labelDefinition(name, label, version, callOptions) {
+      return (await (await definitions()).setDefinitionLabel({ name, label, version }, callOptions))
+        .definition;
+    },
+
+    async deprecateDefinition(name, version, callOptions) {
+      const req = { name, version: String(version) };
+      return (await (await definitions()).deprecateDefinitionVersion(req, callOptions)).definition;
     },
 
     async waits(request = {}, callOptions) {

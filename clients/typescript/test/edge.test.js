@@ -331,3 +331,29 @@ test("native gRPC (connect-node) to the API port", { ...TIMEOUT, skip: !GRPC_URL
   assert.equal(ConnectError.from(err).code, Code.InvalidArgument);
   assert.ok(ConnectError.from(err).findDetails(BadRequestSchema).length > 0);
 });
+
+test("stored definitions: publish, label, read, run by reference, deprecate", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const name = `ts-${crypto.randomUUID().slice(0, 8)}`;
+  const { graph } = request(diamond);
+  const first = await dago.publishDefinition(name, graph, "from typescript");
+  assert.equal(first.created, true);
+  assert.equal(first.definition.version, 1);
+  assert.equal((await dago.publishDefinition(name, graph)).created, false);
+  assert.deepEqual((await dago.labelDefinition(name, "prod", 1)).labels, ["prod"]);
+  assert.equal((await dago.definition(`${name}@prod`)).description, "from typescript");
+  const listed = await dago.definitionVersions(name);
+  assert.deepEqual(listed.versions.map((v) => v.version), [1]);
+  const sub = await dago.submit({ definition: `${name}@prod`, inputs: request(diamond).inputs });
+  const events = await collect(dago.watch(sub.graphId));
+  assert.equal(events.at(-1).payload.case, "graphCompleted");
+  const status = (await dago.status(sub.graphId)).status;
+  assert.equal(status.definition.name, name);
+  assert.equal(status.definition.version, 1);
+  assert.equal((await dago.deprecateDefinition(name, "prod")).deprecated, true);
+  const err = await dago.submit({ definition: `${name}@1` }).then(
+    () => assert.fail("a deprecated version ran"),
+    (e) => ConnectError.from(e),
+  );
+  assert.equal(err.code, Code.FailedPrecondition);
+});

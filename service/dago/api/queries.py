@@ -8,6 +8,7 @@ import math
 from google.protobuf import timestamp_pb2
 
 from dago.api import errors, tokens
+from dago.api.definitions import check_name
 from dago.history.filters import RunFilter
 from dago.history.listing import Cursor
 from dago.history.usage import GroupBy, UsageQuery
@@ -66,6 +67,12 @@ def run_filter(request: orchestrator_pb2.ListGraphsRequest, namespace: str) -> R
         pairs.append((key, value))
     if not math.isfinite(request.min_cost_usd) or request.min_cost_usd < 0:
         raise errors.invalid_field("min_cost_usd", "must be a finite number, 0 or more")
+    if request.definition:
+        check_name(request.definition, "definition")
+    if request.definition_version < 0 or (request.definition_version and not request.definition):
+        raise errors.invalid_field(
+            "definition_version", "must be a version number, with a definition name"
+        )
     state = request.state
     return RunFilter(
         namespace=namespace,
@@ -75,6 +82,8 @@ def run_filter(request: orchestrator_pb2.ListGraphsRequest, namespace: str) -> R
         name=request.name,
         metadata=tuple(sorted(pairs)),
         min_cost_usd=request.min_cost_usd,
+        definition=request.definition,
+        definition_version=request.definition_version,
     )
 
 

@@ -25,11 +25,12 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
 from dago.store.store import Store
-from dago.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from dago.v1 import definitions_pb2, definitions_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 
 log = logging.getLogger("dago.server")
 
 SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+DEFINITIONS = definitions_pb2.DESCRIPTOR.services_by_name["DefinitionService"].full_name
 LIVENESS = "liveness"
 """Health service name that is SERVING from start to stop whatever Redis and the workers do:
 for liveness probes (Kubernetes' `grpc: {service: liveness}`), which must not restart an API
@@ -191,8 +192,11 @@ class ApiServer:
             ],
         )
         register(self._orchestrator, server)
+        definitions_pb2_grpc.add_DefinitionServiceServicer_to_server(
+            self._orchestrator.definitions, server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (SERVICE, DEFINITIONS, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
         creds = server_credentials(self._settings)
@@ -208,7 +212,7 @@ class ApiServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE):
+        for name in ("", SERVICE, DEFINITIONS):
             await self._health.set(name, status)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:

@@ -21,6 +21,7 @@ from dago.api import fork as fork_rules
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
+from dago.api.definitions import DefinitionServicer, parse_reference
 from dago.api.errors import guard, guard_stream
 from dago.api.views import (
     RUNNING_FIELDS,
@@ -36,10 +37,11 @@ from dago.api.watch import EventHub
 from dago.config import Settings
 from dago.engine.cel import CelCompiler
 from dago.engine.checker import GraphInvalid, Violation
+from dago.engine.compile import ANY_INPUTS
 from dago.engine.fields import NOT_FINITE, clip, first_non_finite
 from dago.engine.graphcache import GraphCache
 from dago.engine.ids import new_graph_id, parse_shard
-from dago.engine.model import CompileOptions
+from dago.engine.model import CompiledGraph, CompileOptions
 from dago.engine.waits import (
     AGENT_DECISIONS,
     decisions_of,
@@ -53,11 +55,17 @@ from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import Entries, batched, decode, error_from
 from dago.store.functions import SignalArgs, Signalled, SubmitArgs
-from dago.store.schema import Decision, Meta, Node
+from dago.store.schema import Decision, Meta, Node, Request
 from dago.store.schema import Wait as StoredWait
 from dago.store.store import DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
-from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago.v1 import (
+    definitions_pb2,
+    execution_pb2,
+    graph_pb2,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("dago.api")
@@ -99,6 +107,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             n.strip() for n in settings.operator_namespaces.split(",") if n.strip()
         )
         self._listing = RunListing(store, settings.shards, history)
+        # Same server, auth and namespaces; publishes are validated as submits are.
+        self.definitions = DefinitionServicer(store, auth, self._validate_graph)
         self._usage = UsageReport(history) if history is not None else None
 
     def close(self) -> None:
@@ -195,27 +205,29 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         rid = request.request_id
         if len(rid) > 128 or not rid.isprintable():
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
-        if not request.HasField("graph"):
-            raise errors.invalid_field("graph", "is required")
         namespace = self._auth.current()
-        limit = self._settings.max_inputs_bytes
-        try:
-            # Off the event loop (a large request takes milliseconds to seconds of CPU), in
-            # this namespace's turn: one tenant's flood of graphs cannot starve another's.
-            async with self._gate.hold(namespace):
-                inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
-                compiled = await self._graphs.compile(raw_def, raw_inputs, request.graph, inputs)
-        except GraphInvalid as e:
-            if fork is not None:
-                e = fork_rules.rename_violations(e, request.graph, set(fork.patched))
-            raise errors.invalid(e.violations) from None
-        except QueueFull:
-            raise errors.resource_exhausted(
-                f"namespace:{namespace}",
-                f"namespace {namespace!r} already has {self._gate.waiting(namespace)} graphs "
-                "waiting to be checked by this API server; retry when some were answered",
-                self._gate.waiting(namespace),
-            ) from None
+        digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
+        if fork is not None and rid:
+            digest = fork.digest
+        ref: definitions_pb2.DefinitionVersion | None = None
+        if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.definition:
+            if request.HasField("graph"):
+                raise errors.invalid_field("definition", "give either a graph or a definition")
+            try:
+                ref = await self._resolve(request.definition, request.allow_deprecated)
+            except errors.ApiError as e:
+                # A retry of a run already created (its version deprecated since) is that run.
+                first = await self._earlier(rid, digest, namespace) if rid else None
+                if first is None or e.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                return first
+            resolved = orchestrator_pb2.SubmitGraphRequest()
+            resolved.CopyFrom(request)
+            resolved.graph.CopyFrom(ref.graph)
+            request = resolved
+        elif not request.HasField("graph"):
+            raise errors.invalid_field("graph", "is required (or give a definition)")
+        inputs, raw_inputs, raw_def, compiled = await self._check(request, fork=fork)
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
         entries = compiled.entries
@@ -248,9 +260,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
         shard = _stable_shard(scoped, shards) if rid else random.randrange(shards)
         graph_id = new_graph_id(shard)
-        digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
-        if fork is not None and rid:
-            digest = fork.digest
         g = request.graph
         deadline_s = (
             g.limits.deadline.ToMilliseconds() / 1000
@@ -281,6 +290,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             archive=int(bool(self._settings.postgres_url)),
             forked_from=fork.source if fork is not None else "",
             reused=dumps(fork.plan.reused) if fork is not None and fork.plan else "[]",
+            def_name=ref.name if ref else "",
+            def_version=ref.version if ref else 0,
+            def_digest=ref.digest if ref else "",
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
@@ -306,6 +318,88 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             state=execution_pb2.GraphState.ValueType(state),
             namespace=namespace,
         )
+
+    async def _check(
+        self,
+        request: orchestrator_pb2.SubmitGraphRequest | orchestrator_pb2.RunGraphRequest,
+        any_inputs: bool = False,
+        fork: _Fork | None = None,
+    ) -> tuple[dict[str, Any], bytes, bytes, CompiledGraph]:
+        """Validate a request's graph and inputs and compile them (the one validation path of
+        submits and of published definitions): the inputs as values and as stored, the
+        definition as stored, the compiled graph. INVALID_ARGUMENT naming the fields.
+        ``any_inputs``: a graph without its run's inputs yet (a definition at publish), so
+        every input it names counts as given. ``fork``: a fork's patched graph, whose
+        violations are named after its patches (``node_patches[<id>]...``)."""
+        namespace = self._auth.current()
+        limit = self._settings.max_inputs_bytes
+        try:
+            # Off the event loop (a large request takes milliseconds to seconds of CPU), in
+            # this namespace's turn: one tenant's flood of graphs cannot starve another's.
+            async with self._gate.hold(namespace):
+                inputs, raw_inputs, raw_def = await self._graphs.offload(_prepare, request, limit)
+                if any_inputs:  # a cache key of its own: no run is compiled with ANY_INPUTS
+                    compiled = await self._graphs.compile(
+                        raw_def, b"\0any", request.graph, ANY_INPUTS
+                    )
+                else:
+                    compiled = await self._graphs.compile(
+                        raw_def, raw_inputs, request.graph, inputs
+                    )
+        except GraphInvalid as e:
+            if fork is not None:
+                e = fork_rules.rename_violations(e, request.graph, set(fork.patched))
+            raise errors.invalid(e.violations) from None
+        except QueueFull:
+            raise errors.resource_exhausted(
+                f"namespace:{namespace}",
+                f"namespace {namespace!r} already has {self._gate.waiting(namespace)} graphs "
+                "waiting to be checked by this API server; retry when some were answered",
+                self._gate.waiting(namespace),
+            ) from None
+        return inputs, raw_inputs, raw_def, compiled
+
+    async def _earlier(
+        self, rid: str, digest: str, namespace: str
+    ) -> orchestrator_pb2.SubmitGraphResponse | None:
+        """The run an earlier submission of this very request (request_id and body) created,
+        if any (as the submit function answers a retry)."""
+        scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
+        shard = _stable_shard(scoped, self._settings.shards)
+        key = self._store.keys.shard(shard).request(rid, namespace)
+        gid, body = await self._store.redis.hmget(key, [Request.GRAPH, Request.BODY_HASH])
+        if gid is None or (body or b"").decode() != digest:
+            return None
+        (state,) = await self._store.graph_fields(shard, gid.decode(), Meta.STATE)
+        return orchestrator_pb2.SubmitGraphResponse(
+            graph_id=gid.decode(),
+            created=False,
+            state=execution_pb2.GraphState.ValueType(int(state or 0)),
+            namespace=namespace,
+        )
+
+    async def _resolve(
+        self, reference: str, allow_deprecated: bool
+    ) -> definitions_pb2.DefinitionVersion:
+        """The version a SubmitGraphRequest.definition names, with its graph; NOT_FOUND for
+        an unknown one, FAILED_PRECONDITION for a deprecated one unless allowed."""
+        name, selector = parse_reference(reference)
+        found = await self.definitions.reads.resolve(
+            self._auth.current(), name, selector, "definition"
+        )
+        if found.deprecated and not allow_deprecated:
+            raise errors.failed_precondition(
+                "DEFINITION_DEPRECATED",
+                f"{name}@{found.version}",
+                f"definition {name} version {found.version} is deprecated: run another "
+                "version, or set allow_deprecated",
+            )
+        return found
+
+    async def _validate_graph(self, graph: graph_pb2.Graph) -> None:
+        """Check a graph to publish as a submit of it is checked, but for the inputs it names
+        (a run of it brings them: its submit checks them)."""
+        await self._check(orchestrator_pb2.SubmitGraphRequest(graph=graph), any_inputs=True)
 
     @guard
     async def ForkGraph(
@@ -1147,6 +1241,11 @@ def _body_digest(
     body = orchestrator_pb2.SubmitGraphRequest()
     body.graph.CopyFrom(request.graph)
     body.inputs.CopyFrom(request.inputs)
+    if isinstance(request, orchestrator_pb2.SubmitGraphRequest):
+        # A run by reference is the same request when it names the same reference (a label
+        # moved since still returns the first run).
+        body.definition = request.definition
+        body.allow_deprecated = request.allow_deprecated
     return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 

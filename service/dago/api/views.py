@@ -7,6 +7,7 @@ from typing import Any
 
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
+from dago.history.listing import definition_ref
 from dago.store.events import error_from, usage_from
 from dago.store.schema import Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
@@ -76,6 +77,7 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
     if err:
         error_from(json.loads(err), st.error)
     _usage(meta, "", st.usage)
+    definition_ref(meta, st.definition)
     if graph.HasField("metadata"):
         st.metadata.CopyFrom(graph.metadata)
     for node in graph.nodes:

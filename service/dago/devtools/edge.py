@@ -34,6 +34,8 @@ OPENAPI = ROOT / "gen" / "openapi.json"
 OPENAPI_PATH = "/api/v1/openapi.json"
 RENDERED = ROOT / "envoy" / "envoy.yaml"
 SERVICE = "dago.v1.OrchestratorService"
+# Every service the transcoder maps REST routes to (same server, same descriptor).
+SERVICES = (SERVICE, "dago.v1.DefinitionService")
 TRANSCODER_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 )
@@ -366,7 +368,7 @@ def _transcoder(cfg: EdgeConfig, stream: str = "") -> dict[str, Any]:
     return {
         "@type": TRANSCODER_TYPE,
         "proto_descriptor": cfg.descriptor,
-        "services": [SERVICE],
+        "services": list(SERVICES),
         "convert_grpc_status": True,
         "match_incoming_request_route": True,
         "case_insensitive_enum_parsing": True,

@@ -87,7 +87,7 @@ class GraphCache:
         raw_def: bytes,
         raw_inputs: bytes,
         graph: graph_pb2.Graph | None = None,
-        inputs: dict[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> CompiledGraph:
         """``compile_graph`` of a definition and inputs (as stored), cached by their content;
         raises GraphInvalid like it. ``graph``/``inputs`` save parsing when the caller has
@@ -125,7 +125,7 @@ class GraphCache:
         raw_def: bytes,
         raw_inputs: bytes,
         graph: graph_pb2.Graph | None,
-        inputs: dict[str, Any] | None,
+        inputs: Mapping[str, Any] | None,
     ) -> CompiledGraph:
         """On the compile thread: parse what the caller did not, and compile."""
         if graph is None:

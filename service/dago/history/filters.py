@@ -49,6 +49,9 @@ class RunFacts:
     cost_usd: float
     metadata: dict[str, Any] | None
     """Graph.metadata as JSON values; None when it was not read (no metadata filter)."""
+    definition_name: str = ""
+    """The definition the run was submitted from ("" for a graph sent whole)."""
+    definition_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class RunFilter:
     name: str = ""
     metadata: tuple[tuple[str, str], ...] = ()
     min_cost_usd: float = 0.0
+    definition: str = ""
+    """Only runs submitted from this definition name."""
+    definition_version: int = 0
+    """With ``definition``: only runs of this version (0: any)."""
 
     @property
     def needs_metadata(self) -> bool:
@@ -83,6 +90,8 @@ class RunFilter:
                 self.metadata,
                 self.min_cost_usd,
             ]
+            # Only when set: tokens made before definitions existed stay valid.
+            + ([self.definition, self.definition_version] if self.definition else [])
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -97,6 +106,10 @@ class RunFilter:
         if self.name and run.name != self.name:
             return False
         if self.min_cost_usd and not run.cost_usd >= self.min_cost_usd:
+            return False
+        if self.definition and run.definition_name != self.definition:
+            return False
+        if self.definition_version and run.definition_version != self.definition_version:
             return False
         if self.metadata:
             meta = run.metadata or {}
@@ -123,6 +136,12 @@ class RunFilter:
         if self.min_cost_usd:
             parts.append(sql.SQL("cost_usd >= %s"))
             params.append(self.min_cost_usd)
+        if self.definition:
+            parts.append(sql.SQL("definition_name = %s"))
+            params.append(self.definition)
+        if self.definition_version:
+            parts.append(sql.SQL("definition_version = %s"))
+            params.append(self.definition_version)
         for key, value in self.metadata:
             # jsonb containment (the GIN index dago_runs_metadata): one document per JSON
             # value the text can stand for; numbers compare as numbers (1 contains 1.0).

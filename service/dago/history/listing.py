@@ -35,7 +35,7 @@ from dago.history.db import HistoryDb
 from dago.history.filters import RunFacts, RunFilter, datetime_ms, ms_datetime
 from dago.store.schema import Meta, Usage
 from dago.store.store import Store
-from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+from dago.v1 import definitions_pb2, execution_pb2, graph_pb2, orchestrator_pb2
 
 Cursor = tuple[int, str]
 """(create time in ms, graph id): a position in the listing order."""
@@ -155,7 +155,8 @@ class RunListing:
             params += [at, at, after[1]]
         query = sql.SQL(
             "SELECT graph_id, namespace, name, request_id, state, created_at, ended_at, steps,"
-            " input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd"
+            " input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd,"
+            " definition_name, definition_version, definition_digest"
             ' FROM dago_runs WHERE {} ORDER BY created_at DESC, graph_id COLLATE "C" DESC'
             " LIMIT %s"
         ).format(where)
@@ -180,6 +181,8 @@ def _facts(meta: dict[bytes, bytes], created_ms: int, with_metadata: bool) -> Ru
         name=_text(meta, Meta.NAME),
         cost_usd=float(meta.get(Usage.COST.encode(), b"0")),
         metadata=metadata,
+        definition_name=_text(meta, Meta.DEF_NAME),
+        definition_version=_int(meta, Meta.DEF_VERSION),
     )
 
 
@@ -189,6 +192,16 @@ def _text(meta: dict[bytes, bytes], name: str) -> str:
 
 def _int(meta: dict[bytes, bytes], name: str) -> int:
     return int(meta.get(name.encode(), b"0"))
+
+
+def definition_ref(meta: dict[bytes, bytes], out: definitions_pb2.DefinitionRef) -> None:
+    """Fill ``out`` with the definition a run in Redis was submitted from (nothing for a
+    graph sent whole: ``out``'s message stays unset)."""
+    name = _text(meta, Meta.DEF_NAME)
+    if name:
+        out.name = name
+        out.version = _int(meta, Meta.DEF_VERSION)
+        out.digest = _text(meta, Meta.DEF_DIGEST)
 
 
 def summary_from_meta(
@@ -213,6 +226,7 @@ def summary_from_meta(
     u.cache_creation_input_tokens = _int(meta, Usage.CACHE_WRITE)
     u.cache_read_input_tokens = _int(meta, Usage.CACHE_READ)
     u.cost_usd = float(meta.get(Usage.COST.encode(), b"0"))
+    definition_ref(meta, s.definition)
     return s
 
 
@@ -233,4 +247,8 @@ def summary_from_row(row: dict[str, Any]) -> orchestrator_pb2.GraphSummary:
     s.usage.cache_creation_input_tokens = row["cache_write_tokens"]
     s.usage.cache_read_input_tokens = row["cache_read_tokens"]
     s.usage.cost_usd = row["cost_usd"]
+    if row["definition_name"]:
+        s.definition.name = row["definition_name"]
+        s.definition.version = row["definition_version"] or 0
+        s.definition.digest = row["definition_digest"] or ""
     return s

@@ -104,8 +104,10 @@ _RUN = """
 INSERT INTO dago_runs (
     graph_id, namespace, name, request_id, state, created_at, started_at, ended_at, metadata,
     input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd, steps,
-    event_count, graph_json, inputs_json, status_json, result_json
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    event_count, graph_json, inputs_json, status_json, result_json,
+    definition_name, definition_version, definition_digest
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s)
 ON CONFLICT (graph_id) DO NOTHING
 RETURNING graph_id
 """
@@ -135,6 +137,7 @@ async def write_run(
         _json(run.graph.metadata), u.input_tokens, u.output_tokens,
         u.cache_creation_input_tokens, u.cache_read_input_tokens, u.cost_usd, st.steps,
         len(run.events), _json(run.graph), _json(run.inputs), _json(st), _json(run.result),
+        st.definition.name or None, st.definition.version or None, st.definition.digest or None,
     )  # fmt: skip
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute(_RUN, row)

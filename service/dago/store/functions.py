@@ -83,6 +83,19 @@ class SubmitArgs(NamedTuple):
     reused: str = "[]"
     """JSON list of ``[node, skipped, output JSON, taken edges]`` (ForkGraph): nodes written
     finished at submit, their outgoing edges resolved as recorded; in topological order."""
+    def_name: str = ""
+    """The definition the run was submitted from (empty: a graph sent whole)."""
+    def_version: int = 0
+    def_digest: str = ""
+
+
+class PublishArgs(NamedTuple):
+    """Arguments of ``publish`` (keys: the namespace's ``DefinitionKeys.names`` and the
+    definition's hash)."""
+
+    name: str
+    digest: str
+    record: bytes
 
 
 class TakeArgs(NamedTuple):
@@ -290,6 +303,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "prune": (PruneArgs, Consumer),
     "wait": (WaitArgs, Waiting),
     "signal": (SignalArgs, None),
+    "publish": (PublishArgs, None),
 }
 """Every function: the type of its fixed arguments and of the items that follow them."""
 
@@ -542,8 +556,12 @@ class Library:
         for item in items:
             args.extend(item)
         args.extend(extra)
+        return await self.call_keys(name, [s.work for s in shards], args)
+
+    async def call_keys(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Call function ``name`` with these keys and arguments (for functions whose keys
+        are not a shard's); returns the raw reply."""
         fn = self._names[name]
-        keys = [s.work for s in shards]
         try:
             return await self._redis.fcall(fn, len(keys), *keys, *args)
         except ResponseError as e:

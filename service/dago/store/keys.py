@@ -139,6 +139,32 @@ class GraphKeys:
 
 
 @dataclass(frozen=True)
+class DefinitionKeys:
+    """Keys of one namespace's stored definitions (``DefinitionService``). They share one
+    hash tag, ``{d:<namespace>}``, so publishing (the ``publish`` function: the next version
+    and the name index together) runs in one slot on Redis Cluster; a namespace's
+    definitions are small (a graph each) and few."""
+
+    tag: str
+
+    @property
+    def names(self) -> str:
+        """Sorted set of the namespace's definition names (all scored 0: read by name)."""
+        return f"{self.tag}:names"
+
+    def definition(self, name: str) -> str:
+        """Hash of one definition (``dago.store.schema.Definition``): its version count and
+        each version's record, digest and time (written by ``publish`` only)."""
+        return f"{self.tag}:def:{name}"
+
+    def marks(self, name: str) -> str:
+        """Small hash of one definition's labels and deprecations (``Definition.LABEL``,
+        ``Definition.DEPRECATED``): read whole on every read of the definition, without its
+        versions' graphs."""
+        return f"{self.tag}:def:{name}:m"
+
+
+@dataclass(frozen=True)
 class Keys:
     """Entry point: the key layout for one prefix and shard count."""
 
@@ -152,6 +178,10 @@ class Keys:
     def all_shards(self) -> list[ShardKeys]:
         """Keys of every shard, in order."""
         return [self.shard(n) for n in range(self.shards)]
+
+    def definitions(self, namespace: str = "default") -> DefinitionKeys:
+        """Keys of a namespace's stored definitions."""
+        return DefinitionKeys(f"{self.prefix}:{{d:{namespace or 'default'}}}")
 
     @property
     def workers(self) -> str:

@@ -47,6 +47,12 @@ class Meta:
     ERROR: Final = "err"
     FORKED_FROM: Final = "fork"
     """The run this one was forked from (ForkGraph); absent otherwise."""
+    DEF_NAME: Final = "dn"
+    """The definition the run was submitted from (SubmitGraphRequest.definition), if any."""
+    DEF_VERSION: Final = "dv"
+    """The version it resolved to."""
+    DEF_DIGEST: Final = "dd"
+    """That version's digest."""
     ARCHIVE: Final = "arch"
     """``1``: the run is archived to PostgreSQL when it ends, and expires only after that
     (``ShardKeys.archive``); else ``0`` (or absent, for runs submitted before archiving)."""
@@ -316,6 +322,26 @@ class Request:
     """The digest of that request (another body with the same id is a conflict)."""
 
 
+class Definition:
+    """Fields of a stored definition's hash (``DefinitionKeys.definition``); the per-version
+    fields are the prefix followed by the version number."""
+
+    COUNT: Final = "n"
+    """Versions published so far (the latest version's number)."""
+    RECORD: Final = "v:"
+    """A version's ``dago.v1.DefinitionVersion`` as published (name, description, graph,
+    digest; serialized), without what is set later (number, time, labels, deprecation)."""
+    DIGEST: Final = "h:"
+    """A version's digest (the same content as the latest publishes nothing new)."""
+    CREATED: Final = "t:"
+    """When a version was published (ms)."""
+    LABEL: Final = "l:"
+    """A label, followed by its name: the version it points at (in the marks hash,
+    ``DefinitionKeys.marks``)."""
+    DEPRECATED: Final = "x:"
+    """Set (``1``) for a deprecated version (in the marks hash)."""
+
+
 class Timer:
     """Kinds of a shard's timers: a member is ``<kind>|<graph id>|...``."""
 
@@ -391,6 +417,6 @@ class LoopTopology:
 RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
-    DeadLetter, Request, Timer, Stats, Topology, NodeTopology, LoopTopology,
+    DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

@@ -31,6 +31,7 @@ from dago.store.functions import (
     EventArg,
     Library,
     PruneArgs,
+    PublishArgs,
     ReclaimArgs,
     Renewal,
     RenewArgs,
@@ -54,7 +55,7 @@ from dago.store.functions import (
     parse_taken,
 )
 from dago.store.keys import WORK_GROUP, Keys
-from dago.store.schema import DeadLetter, Meta, Node, Usage, Work
+from dago.store.schema import DeadLetter, Definition, Meta, Node, Usage, Work
 
 log = logging.getLogger("dago.store")
 
@@ -62,6 +63,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE,
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
     Meta.FORKED_FROM,
+    Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
 
@@ -157,6 +159,59 @@ class Store:
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()
         await self.redis.ping()
+
+    # --- definitions -----------------------------------------------------------------
+
+    async def publish_definition(
+        self, namespace: str, name: str, digest: str, record: bytes
+    ) -> tuple[bool, int]:
+        """Store the next version of definition ``name`` (unless the latest has ``digest``):
+        whether one was created, and the version."""
+        dk = self.keys.definitions(namespace)
+        raw = await self.library.call_keys(
+            "publish", [dk.names, dk.definition(name)], PublishArgs(name, digest, record)
+        )
+        return _s(raw[0]) == "created", int(raw[1])
+
+    async def definition(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A definition's version count and marks (labels, deprecations), by field name
+        (``schema.Definition``; no COUNT: no such definition). No version's graph."""
+        dk = self.keys.definitions(namespace)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(dk.definition(name), Definition.COUNT)
+        pipe.hgetall(dk.marks(name))
+        count, marks = await pipe.execute()
+        out = {k.decode(): v for k, v in marks.items()}
+        if count is not None:
+            out[Definition.COUNT] = count
+        return out
+
+    async def definition_versions(
+        self, namespace: str, name: str, versions: Sequence[int]
+    ) -> dict[str, bytes]:
+        """The records and times of some versions of a definition, by field name."""
+        if not versions:
+            return {}
+        key = self.keys.definitions(namespace).definition(name)
+        fields = [f"{p}{v}" for v in versions for p in (Definition.RECORD, Definition.CREATED)]
+        values = await self.redis.hmget(key, fields)
+        return {f: v for f, v in zip(fields, values, strict=True) if v is not None}
+
+    async def mark_definition(
+        self, namespace: str, name: str, fields: dict[str, str | int]
+    ) -> None:
+        """Set marks of an existing definition (labels, deprecations: versions are never
+        removed, so a version checked before stays valid)."""
+        key = self.keys.definitions(namespace).marks(name)
+        await self.redis.hset(key, mapping=fields)
+
+    async def definition_names(self, namespace: str, after: str, count: int) -> list[str]:
+        """Up to ``count`` definition names after ``after`` (exclusive; "" from the start)."""
+        start = f"({after}" if after else "-"
+        raw = await self.redis.zrangebylex(
+            self.keys.definitions(namespace).names, start, "+", 0, count
+        )
+        return [_s(n) for n in raw]
 
     # --- transitions -----------------------------------------------------------------
 

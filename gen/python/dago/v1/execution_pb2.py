@@ -22,80 +22,81 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from dago.v1 import definitions_pb2 as dago_dot_v1_dot_definitions__pb2
 from dago.v1 import graph_pb2 as dago_dot_v1_dot_graph__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61go/v1/execution.proto\x12\x07\x64\x61go.v1\x1a\x13\x64\x61go/v1/graph.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x03 \x01(\x03\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\"Y\n\tNodeError\x12(\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x13.dago.v1.ErrorClass\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xe5\x02\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\titeration\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.dago.v1.NodeState\x12%\n\x05input\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x1d\n\x05usage\x18\t \x01(\x0b\x32\x0e.dago.v1.Usage\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x11\n\texecution\x18\x0b \x01(\x05\"\x90\x03\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.dago.v1.NodeState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x11\n\titeration\x18\x04 \x01(\x05\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x1d\n\x05usage\x18\t \x01(\x0b\x32\x0e.dago.v1.Usage\x12\r\n\x05route\x18\n \x01(\t\x12\"\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32\x10.dago.v1.Attempt\x12\x1f\n\x04wait\x18\x0c \x01(\x0b\x32\x11.dago.v1.NodeWait\x12\x0e\n\x06reused\x18\x1e \x01(\x08\"\xc8\x01\n\x08NodeWait\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x07\x64isplay\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdecisions\x18\x03 \x03(\t\x12\x16\n\x0epayload_schema\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbc\x03\n\x0bGraphStatus\x12\x10\n\x08graph_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.dago.v1.GraphState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\"\n\x05nodes\x18\x08 \x03(\x0b\x32\x13.dago.v1.NodeStatus\x12\x1d\n\x05usage\x18\t \x01(\x0b\x32\x0e.dago.v1.Usage\x12\r\n\x05steps\x18\n \x01(\x05\x12)\n\x08metadata\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x11\n\tnamespace\x18\r \x01(\t\x12\x13\n\x0b\x66orked_from\x18\x1e \x01(\t\"\xe4\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08graph_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x32\n\x0fgraph_submitted\x18\n \x01(\x0b\x32\x17.dago.v1.GraphSubmittedH\x00\x12.\n\rgraph_started\x18\x0b \x01(\x0b\x32\x15.dago.v1.GraphStartedH\x00\x12\x32\n\x0fgraph_completed\x18\x0c \x01(\x0b\x32\x17.dago.v1.GraphCompletedH\x00\x12,\n\x0cgraph_failed\x18\r \x01(\x0b\x32\x14.dago.v1.GraphFailedH\x00\x12\x32\n\x0fgraph_cancelled\x18\x0e \x01(\x0b\x32\x17.dago.v1.GraphCancelledH\x00\x12,\n\x0cnode_started\x18\x10 \x01(\x0b\x32\x14.dago.v1.NodeStartedH\x00\x12\x30\n\x0enode_completed\x18\x11 \x01(\x0b\x32\x16.dago.v1.NodeCompletedH\x00\x12*\n\x0bnode_failed\x18\x12 \x01(\x0b\x32\x13.dago.v1.NodeFailedH\x00\x12.\n\rnode_retrying\x18\x13 \x01(\x0b\x32\x15.dago.v1.NodeRetryingH\x00\x12,\n\x0cnode_skipped\x18\x14 \x01(\x0b\x32\x14.dago.v1.NodeSkippedH\x00\x12\x32\n\x0frouter_decision\x18\x15 \x01(\x0b\x32\x17.dago.v1.RouterDecisionH\x00\x12&\n\tllm_delta\x18\x16 \x01(\x0b\x32\x11.dago.v1.LlmDeltaH\x00\x12&\n\ttool_call\x18\x17 \x01(\x0b\x32\x11.dago.v1.ToolCallH\x00\x12*\n\x0btool_result\x18\x18 \x01(\x0b\x32\x13.dago.v1.ToolResultH\x00\x12\'\n\x05usage\x18\x19 \x01(\x0b\x32\x16.dago.v1.UsageRecordedH\x00\x12\'\n\theartbeat\x18\x1a \x01(\x0b\x32\x12.dago.v1.HeartbeatH\x00\x12\x30\n\x0enode_cancelled\x18\x1b \x01(\x0b\x32\x16.dago.v1.NodeCancelledH\x00\x12\x30\n\x0eloop_iteration\x18\x1c \x01(\x0b\x32\x16.dago.v1.LoopIterationH\x00\x12\x37\n\x12node_dead_lettered\x18( \x01(\x0b\x32\x19.dago.v1.NodeDeadLetteredH\x00\x12.\n\rnode_requeued\x18) \x01(\x0b\x32\x15.dago.v1.NodeRequeuedH\x00\x12,\n\x0cnode_waiting\x18* \x01(\x0b\x32\x14.dago.v1.NodeWaitingH\x00\x12\x32\n\x0fsignal_received\x18+ \x01(\x0b\x32\x17.dago.v1.SignalReceivedH\x00\x12*\n\x0bnode_reused\x18\x32 \x01(\x0b\x32\x13.dago.v1.NodeReusedH\x00\x42\t\n\x07payloadJ\x04\x08\x0f\x10\x10R\x0bnode_queued\"6\n\nNodeReused\x12\x17\n\x0fsource_graph_id\x18\x01 \x01(\t\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\"3\n\x0eGraphSubmitted\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_nodes\x18\x02 \x03(\t\"\x0e\n\x0cGraphStarted\"/\n\x0eGraphCompleted\x12\x1d\n\x05usage\x18\x01 \x01(\x0b\x32\x0e.dago.v1.Usage\"H\n\x0bGraphFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x16\n\x0e\x66\x61iled_node_id\x18\x02 \x01(\t\" \n\x0eGraphCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"5\n\x0bNodeStarted\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0bredelivered\x18\x02 \x01(\x08\"k\n\rNodeCompleted\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x1d\n\x05usage\x18\x02 \x01(\x0b\x32\x0e.dago.v1.Usage\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x03\"/\n\nNodeFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\"[\n\x0cNodeRetrying\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x12\n\nbackoff_ms\x18\x02 \x01(\x03\x12\x14\n\x0cnext_attempt\x18\x03 \x01(\x05\"a\n\x10NodeDeadLettered\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x12\n\ndeliveries\x18\x02 \x01(\x05\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x03 \x01(\t\"&\n\x0cNodeRequeued\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\"\xa0\x01\n\x0bNodeWaiting\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x07\x64isplay\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdecisions\x18\x03 \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epayload_schema\x18\x05 \x01(\t\"\x91\x01\n\x0eSignalReceived\x12\x10\n\x08\x64\x65\x63ision\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x11\n\tsignal_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x11\n\ttimed_out\x18\x06 \x01(\x08\"\x1d\n\x0bNodeSkipped\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1f\n\rNodeCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"T\n\x0eRouterDecision\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x0f\n\x07targets\x18\x04 \x03(\t\"\x18\n\x08LlmDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"T\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12)\n\targuments\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"b\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"O\n\rUsageRecorded\x12\x1d\n\x05usage\x18\x01 \x01(\x0b\x32\x0e.dago.v1.Usage\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"\x0b\n\tHeartbeat\"K\n\rLoopIteration\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x14\n\x0c\x66rom_node_id\x18\x02 \x01(\t\x12\x11\n\texhausted\x18\x03 \x01(\x08*\xab\x01\n\nGraphState\x12\x1b\n\x17GRAPH_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15GRAPH_STATE_SUBMITTED\x10\x01\x12\x17\n\x13GRAPH_STATE_RUNNING\x10\x02\x12\x19\n\x15GRAPH_STATE_COMPLETED\x10\x03\x12\x16\n\x12GRAPH_STATE_FAILED\x10\x04\x12\x19\n\x15GRAPH_STATE_CANCELLED\x10\x05*\xba\x02\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATE_PENDING\x10\x01\x12\x15\n\x11NODE_STATE_QUEUED\x10\x02\x12\x16\n\x12NODE_STATE_RUNNING\x10\x03\x12\x17\n\x13NODE_STATE_RETRYING\x10\x04\x12\x16\n\x12NODE_STATE_WAITING\x10\x05\x12\x18\n\x14NODE_STATE_COMPLETED\x10\x06\x12\x15\n\x11NODE_STATE_FAILED\x10\x07\x12\x16\n\x12NODE_STATE_SKIPPED\x10\x08\x12\x18\n\x14NODE_STATE_CANCELLED\x10\t\x12\x1c\n\x18NODE_STATE_DEAD_LETTERED\x10\n\x12\x18\n\x14NODE_STATE_RECLAIMED\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61go/v1/execution.proto\x12\x07\x64\x61go.v1\x1a\x19\x64\x61go/v1/definitions.proto\x1a\x13\x64\x61go/v1/graph.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x03 \x01(\x03\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\"Y\n\tNodeError\x12(\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x13.dago.v1.ErrorClass\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xe5\x02\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\titeration\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.dago.v1.NodeState\x12%\n\x05input\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x1d\n\x05usage\x18\t \x01(\x0b\x32\x0e.dago.v1.Usage\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x11\n\texecution\x18\x0b \x01(\x05\"\x90\x03\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.dago.v1.NodeState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x11\n\titeration\x18\x04 \x01(\x05\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x1d\n\x05usage\x18\t \x01(\x0b\x32\x0e.dago.v1.Usage\x12\r\n\x05route\x18\n \x01(\t\x12\"\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32\x10.dago.v1.Attempt\x12\x1f\n\x04wait\x18\x0c \x01(\x0b\x32\x11.dago.v1.NodeWait\x12\x0e\n\x06reused\x18\x1e \x01(\x08\"\xc8\x01\n\x08NodeWait\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x07\x64isplay\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdecisions\x18\x03 \x03(\t\x12\x16\n\x0epayload_schema\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x03\n\x0bGraphStatus\x12\x10\n\x08graph_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.dago.v1.GraphState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\"\n\x05nodes\x18\x08 \x03(\x0b\x32\x13.dago.v1.NodeStatus\x12\x1d\n\x05usage\x18\t \x01(\x0b\x32\x0e.dago.v1.Usage\x12\r\n\x05steps\x18\n \x01(\x05\x12)\n\x08metadata\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x11\n\tnamespace\x18\r \x01(\t\x12\x13\n\x0b\x66orked_from\x18\x1e \x01(\t\x12*\n\ndefinition\x18\x14 \x01(\x0b\x32\x16.dago.v1.DefinitionRef\"\xe4\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08graph_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x32\n\x0fgraph_submitted\x18\n \x01(\x0b\x32\x17.dago.v1.GraphSubmittedH\x00\x12.\n\rgraph_started\x18\x0b \x01(\x0b\x32\x15.dago.v1.GraphStartedH\x00\x12\x32\n\x0fgraph_completed\x18\x0c \x01(\x0b\x32\x17.dago.v1.GraphCompletedH\x00\x12,\n\x0cgraph_failed\x18\r \x01(\x0b\x32\x14.dago.v1.GraphFailedH\x00\x12\x32\n\x0fgraph_cancelled\x18\x0e \x01(\x0b\x32\x17.dago.v1.GraphCancelledH\x00\x12,\n\x0cnode_started\x18\x10 \x01(\x0b\x32\x14.dago.v1.NodeStartedH\x00\x12\x30\n\x0enode_completed\x18\x11 \x01(\x0b\x32\x16.dago.v1.NodeCompletedH\x00\x12*\n\x0bnode_failed\x18\x12 \x01(\x0b\x32\x13.dago.v1.NodeFailedH\x00\x12.\n\rnode_retrying\x18\x13 \x01(\x0b\x32\x15.dago.v1.NodeRetryingH\x00\x12,\n\x0cnode_skipped\x18\x14 \x01(\x0b\x32\x14.dago.v1.NodeSkippedH\x00\x12\x32\n\x0frouter_decision\x18\x15 \x01(\x0b\x32\x17.dago.v1.RouterDecisionH\x00\x12&\n\tllm_delta\x18\x16 \x01(\x0b\x32\x11.dago.v1.LlmDeltaH\x00\x12&\n\ttool_call\x18\x17 \x01(\x0b\x32\x11.dago.v1.ToolCallH\x00\x12*\n\x0btool_result\x18\x18 \x01(\x0b\x32\x13.dago.v1.ToolResultH\x00\x12\'\n\x05usage\x18\x19 \x01(\x0b\x32\x16.dago.v1.UsageRecordedH\x00\x12\'\n\theartbeat\x18\x1a \x01(\x0b\x32\x12.dago.v1.HeartbeatH\x00\x12\x30\n\x0enode_cancelled\x18\x1b \x01(\x0b\x32\x16.dago.v1.NodeCancelledH\x00\x12\x30\n\x0eloop_iteration\x18\x1c \x01(\x0b\x32\x16.dago.v1.LoopIterationH\x00\x12\x37\n\x12node_dead_lettered\x18( \x01(\x0b\x32\x19.dago.v1.NodeDeadLetteredH\x00\x12.\n\rnode_requeued\x18) \x01(\x0b\x32\x15.dago.v1.NodeRequeuedH\x00\x12,\n\x0cnode_waiting\x18* \x01(\x0b\x32\x14.dago.v1.NodeWaitingH\x00\x12\x32\n\x0fsignal_received\x18+ \x01(\x0b\x32\x17.dago.v1.SignalReceivedH\x00\x12*\n\x0bnode_reused\x18\x32 \x01(\x0b\x32\x13.dago.v1.NodeReusedH\x00\x42\t\n\x07payloadJ\x04\x08\x0f\x10\x10R\x0bnode_queued\"6\n\nNodeReused\x12\x17\n\x0fsource_graph_id\x18\x01 \x01(\t\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\"3\n\x0eGraphSubmitted\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_nodes\x18\x02 \x03(\t\"\x0e\n\x0cGraphStarted\"/\n\x0eGraphCompleted\x12\x1d\n\x05usage\x18\x01 \x01(\x0b\x32\x0e.dago.v1.Usage\"H\n\x0bGraphFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x16\n\x0e\x66\x61iled_node_id\x18\x02 \x01(\t\" \n\x0eGraphCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"5\n\x0bNodeStarted\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0bredelivered\x18\x02 \x01(\x08\"k\n\rNodeCompleted\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x1d\n\x05usage\x18\x02 \x01(\x0b\x32\x0e.dago.v1.Usage\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x03\"/\n\nNodeFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\"[\n\x0cNodeRetrying\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x12\n\nbackoff_ms\x18\x02 \x01(\x03\x12\x14\n\x0cnext_attempt\x18\x03 \x01(\x05\"a\n\x10NodeDeadLettered\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.dago.v1.NodeError\x12\x12\n\ndeliveries\x18\x02 \x01(\x05\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x03 \x01(\t\"&\n\x0cNodeRequeued\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\"\xa0\x01\n\x0bNodeWaiting\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x07\x64isplay\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdecisions\x18\x03 \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epayload_schema\x18\x05 \x01(\t\"\x91\x01\n\x0eSignalReceived\x12\x10\n\x08\x64\x65\x63ision\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x11\n\tsignal_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x11\n\ttimed_out\x18\x06 \x01(\x08\"\x1d\n\x0bNodeSkipped\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1f\n\rNodeCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"T\n\x0eRouterDecision\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x0f\n\x07targets\x18\x04 \x03(\t\"\x18\n\x08LlmDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"T\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12)\n\targuments\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"b\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"O\n\rUsageRecorded\x12\x1d\n\x05usage\x18\x01 \x01(\x0b\x32\x0e.dago.v1.Usage\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"\x0b\n\tHeartbeat\"K\n\rLoopIteration\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x14\n\x0c\x66rom_node_id\x18\x02 \x01(\t\x12\x11\n\texhausted\x18\x03 \x01(\x08*\xab\x01\n\nGraphState\x12\x1b\n\x17GRAPH_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15GRAPH_STATE_SUBMITTED\x10\x01\x12\x17\n\x13GRAPH_STATE_RUNNING\x10\x02\x12\x19\n\x15GRAPH_STATE_COMPLETED\x10\x03\x12\x16\n\x12GRAPH_STATE_FAILED\x10\x04\x12\x19\n\x15GRAPH_STATE_CANCELLED\x10\x05*\xba\x02\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATE_PENDING\x10\x01\x12\x15\n\x11NODE_STATE_QUEUED\x10\x02\x12\x16\n\x12NODE_STATE_RUNNING\x10\x03\x12\x17\n\x13NODE_STATE_RETRYING\x10\x04\x12\x16\n\x12NODE_STATE_WAITING\x10\x05\x12\x18\n\x14NODE_STATE_COMPLETED\x10\x06\x12\x15\n\x11NODE_STATE_FAILED\x10\x07\x12\x16\n\x12NODE_STATE_SKIPPED\x10\x08\x12\x18\n\x14NODE_STATE_CANCELLED\x10\t\x12\x1c\n\x18NODE_STATE_DEAD_LETTERED\x10\n\x12\x18\n\x14NODE_STATE_RECLAIMED\x10\x0b\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dago.v1.execution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GRAPHSTATE']._serialized_start=4594
-  _globals['_GRAPHSTATE']._serialized_end=4765
-  _globals['_NODESTATE']._serialized_start=4768
-  _globals['_NODESTATE']._serialized_end=5082
-  _globals['_USAGE']._serialized_start=121
-  _globals['_USAGE']._serialized_end=261
-  _globals['_NODEERROR']._serialized_start=263
-  _globals['_NODEERROR']._serialized_end=352
-  _globals['_ATTEMPT']._serialized_start=355
-  _globals['_ATTEMPT']._serialized_end=712
-  _globals['_NODESTATUS']._serialized_start=715
-  _globals['_NODESTATUS']._serialized_end=1115
-  _globals['_NODEWAIT']._serialized_start=1118
-  _globals['_NODEWAIT']._serialized_end=1318
-  _globals['_GRAPHSTATUS']._serialized_start=1321
-  _globals['_GRAPHSTATUS']._serialized_end=1765
-  _globals['_EVENT']._serialized_start=1768
-  _globals['_EVENT']._serialized_end=3020
-  _globals['_NODEREUSED']._serialized_start=3022
-  _globals['_NODEREUSED']._serialized_end=3076
-  _globals['_GRAPHSUBMITTED']._serialized_start=3078
-  _globals['_GRAPHSUBMITTED']._serialized_end=3129
-  _globals['_GRAPHSTARTED']._serialized_start=3131
-  _globals['_GRAPHSTARTED']._serialized_end=3145
-  _globals['_GRAPHCOMPLETED']._serialized_start=3147
-  _globals['_GRAPHCOMPLETED']._serialized_end=3194
-  _globals['_GRAPHFAILED']._serialized_start=3196
-  _globals['_GRAPHFAILED']._serialized_end=3268
-  _globals['_GRAPHCANCELLED']._serialized_start=3270
-  _globals['_GRAPHCANCELLED']._serialized_end=3302
-  _globals['_NODESTARTED']._serialized_start=3304
-  _globals['_NODESTARTED']._serialized_end=3357
-  _globals['_NODECOMPLETED']._serialized_start=3359
-  _globals['_NODECOMPLETED']._serialized_end=3466
-  _globals['_NODEFAILED']._serialized_start=3468
-  _globals['_NODEFAILED']._serialized_end=3515
-  _globals['_NODERETRYING']._serialized_start=3517
-  _globals['_NODERETRYING']._serialized_end=3608
-  _globals['_NODEDEADLETTERED']._serialized_start=3610
-  _globals['_NODEDEADLETTERED']._serialized_end=3707
-  _globals['_NODEREQUEUED']._serialized_start=3709
-  _globals['_NODEREQUEUED']._serialized_end=3747
-  _globals['_NODEWAITING']._serialized_start=3750
-  _globals['_NODEWAITING']._serialized_end=3910
-  _globals['_SIGNALRECEIVED']._serialized_start=3913
-  _globals['_SIGNALRECEIVED']._serialized_end=4058
-  _globals['_NODESKIPPED']._serialized_start=4060
-  _globals['_NODESKIPPED']._serialized_end=4089
-  _globals['_NODECANCELLED']._serialized_start=4091
-  _globals['_NODECANCELLED']._serialized_end=4122
-  _globals['_ROUTERDECISION']._serialized_start=4124
-  _globals['_ROUTERDECISION']._serialized_end=4208
-  _globals['_LLMDELTA']._serialized_start=4210
-  _globals['_LLMDELTA']._serialized_end=4234
-  _globals['_TOOLCALL']._serialized_start=4236
-  _globals['_TOOLCALL']._serialized_end=4320
-  _globals['_TOOLRESULT']._serialized_start=4322
-  _globals['_TOOLRESULT']._serialized_end=4420
-  _globals['_USAGERECORDED']._serialized_start=4422
-  _globals['_USAGERECORDED']._serialized_end=4501
-  _globals['_HEARTBEAT']._serialized_start=4503
-  _globals['_HEARTBEAT']._serialized_end=4514
-  _globals['_LOOPITERATION']._serialized_start=4516
-  _globals['_LOOPITERATION']._serialized_end=4591
+  _globals['_GRAPHSTATE']._serialized_start=4665
+  _globals['_GRAPHSTATE']._serialized_end=4836
+  _globals['_NODESTATE']._serialized_start=4839
+  _globals['_NODESTATE']._serialized_end=5153
+  _globals['_USAGE']._serialized_start=148
+  _globals['_USAGE']._serialized_end=288
+  _globals['_NODEERROR']._serialized_start=290
+  _globals['_NODEERROR']._serialized_end=379
+  _globals['_ATTEMPT']._serialized_start=382
+  _globals['_ATTEMPT']._serialized_end=739
+  _globals['_NODESTATUS']._serialized_start=742
+  _globals['_NODESTATUS']._serialized_end=1142
+  _globals['_NODEWAIT']._serialized_start=1145
+  _globals['_NODEWAIT']._serialized_end=1345
+  _globals['_GRAPHSTATUS']._serialized_start=1348
+  _globals['_GRAPHSTATUS']._serialized_end=1836
+  _globals['_EVENT']._serialized_start=1839
+  _globals['_EVENT']._serialized_end=3091
+  _globals['_NODEREUSED']._serialized_start=3093
+  _globals['_NODEREUSED']._serialized_end=3147
+  _globals['_GRAPHSUBMITTED']._serialized_start=3149
+  _globals['_GRAPHSUBMITTED']._serialized_end=3200
+  _globals['_GRAPHSTARTED']._serialized_start=3202
+  _globals['_GRAPHSTARTED']._serialized_end=3216
+  _globals['_GRAPHCOMPLETED']._serialized_start=3218
+  _globals['_GRAPHCOMPLETED']._serialized_end=3265
+  _globals['_GRAPHFAILED']._serialized_start=3267
+  _globals['_GRAPHFAILED']._serialized_end=3339
+  _globals['_GRAPHCANCELLED']._serialized_start=3341
+  _globals['_GRAPHCANCELLED']._serialized_end=3373
+  _globals['_NODESTARTED']._serialized_start=3375
+  _globals['_NODESTARTED']._serialized_end=3428
+  _globals['_NODECOMPLETED']._serialized_start=3430
+  _globals['_NODECOMPLETED']._serialized_end=3537
+  _globals['_NODEFAILED']._serialized_start=3539
+  _globals['_NODEFAILED']._serialized_end=3586
+  _globals['_NODERETRYING']._serialized_start=3588
+  _globals['_NODERETRYING']._serialized_end=3679
+  _globals['_NODEDEADLETTERED']._serialized_start=3681
+  _globals['_NODEDEADLETTERED']._serialized_end=3778
+  _globals['_NODEREQUEUED']._serialized_start=3780
+  _globals['_NODEREQUEUED']._serialized_end=3818
+  _globals['_NODEWAITING']._serialized_start=3821
+  _globals['_NODEWAITING']._serialized_end=3981
+  _globals['_SIGNALRECEIVED']._serialized_start=3984
+  _globals['_SIGNALRECEIVED']._serialized_end=4129
+  _globals['_NODESKIPPED']._serialized_start=4131
+  _globals['_NODESKIPPED']._serialized_end=4160
+  _globals['_NODECANCELLED']._serialized_start=4162
+  _globals['_NODECANCELLED']._serialized_end=4193
+  _globals['_ROUTERDECISION']._serialized_start=4195
+  _globals['_ROUTERDECISION']._serialized_end=4279
+  _globals['_LLMDELTA']._serialized_start=4281
+  _globals['_LLMDELTA']._serialized_end=4305
+  _globals['_TOOLCALL']._serialized_start=4307
+  _globals['_TOOLCALL']._serialized_end=4391
+  _globals['_TOOLRESULT']._serialized_start=4393
+  _globals['_TOOLRESULT']._serialized_end=4491
+  _globals['_USAGERECORDED']._serialized_start=4493
+  _globals['_USAGERECORDED']._serialized_end=4572
+  _globals['_HEARTBEAT']._serialized_start=4574
+  _globals['_HEARTBEAT']._serialized_end=4585
+  _globals['_LOOPITERATION']._serialized_start=4587
+  _globals['_LOOPITERATION']._serialized_end=4662
 # @@protoc_insertion_point(module_scope)

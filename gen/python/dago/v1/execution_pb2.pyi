@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from dago.v1 import definitions_pb2 as _definitions_pb2
 from dago.v1 import graph_pb2 as _graph_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -439,6 +440,7 @@ class GraphStatus(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -483,6 +485,10 @@ class GraphStatus(_message.Message):
     def metadata(self) -> _struct_pb2.Struct:
         """The client metadata of the graph."""
 
+    @_builtins.property
+    def definition(self) -> _definitions_pb2.DefinitionRef:
+        """The definition the run was submitted from (unset for a graph sent whole)."""
+
     def __init__(
         self,
         *,
@@ -500,10 +506,11 @@ class GraphStatus(_message.Message):
         request_id: _builtins.str = ...,
         namespace: _builtins.str = ...,
         forked_from: _builtins.str = ...,
+        definition: _definitions_pb2.DefinitionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

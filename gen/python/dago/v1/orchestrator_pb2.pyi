@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from dago.v1 import definitions_pb2 as _definitions_pb2
 from dago.v1 import execution_pb2 as _execution_pb2
 from dago.v1 import graph_pb2 as _graph_pb2
 from google.protobuf import descriptor as _descriptor
@@ -111,12 +112,22 @@ class SubmitGraphRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the submission idempotent: a retry with the same id returns the
     first run. Up to 128 printable characters. Optional.
     """
     validate_only: _builtins.bool
     """Only validate; create nothing."""
+    definition: _builtins.str
+    """A published definition to run instead of `graph` (exactly one of them):
+    `name` (its latest version), `name@7` (a version), `name@prod` (a label)
+    or `name@latest`. The run records what it resolved to
+    (GraphStatus.definition).
+    """
+    allow_deprecated: _builtins.bool
+    """Run a deprecated version (else FAILED_PRECONDITION)."""
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -132,10 +143,12 @@ class SubmitGraphRequest(_message.Message):
         inputs: _struct_pb2.Struct | None = ...,
         request_id: _builtins.str = ...,
         validate_only: _builtins.bool = ...,
+        definition: _builtins.str = ...,
+        allow_deprecated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,6 +453,8 @@ class ListGraphsRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     MIN_COST_USD_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
@@ -452,6 +467,10 @@ class ListGraphsRequest(_message.Message):
     """Only runs whose usage cost (usage.cost_usd) is at least this many US
     dollars. 0: any cost.
     """
+    definition: _builtins.str
+    """Only runs submitted from this definition (SubmitGraphRequest.definition)."""
+    definition_version: _builtins.int
+    """With `definition`: only runs of this version of it (0: any)."""
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only runs created at or after this time (milliseconds count: a run's
@@ -486,10 +505,12 @@ class ListGraphsRequest(_message.Message):
         name: _builtins.str = ...,
         metadata: _abc.Iterable[_builtins.str] | None = ...,
         min_cost_usd: _builtins.float = ...,
+        definition: _builtins.str = ...,
+        definition_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -539,6 +560,7 @@ class GraphSummary(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -567,6 +589,10 @@ class GraphSummary(_message.Message):
     def usage(self) -> _execution_pb2.Usage:
         """Usage summed over the run's nodes (so far, while it runs)."""
 
+    @_builtins.property
+    def definition(self) -> _definitions_pb2.DefinitionRef:
+        """The definition the run was submitted from (unset for a graph sent whole)."""
+
     def __init__(
         self,
         *,
@@ -580,10 +606,11 @@ class GraphSummary(_message.Message):
         usage: _execution_pb2.Usage | None = ...,
         steps: _builtins.int = ...,
         forked_from: _builtins.str = ...,
+        definition: _definitions_pb2.DefinitionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -132,6 +132,9 @@ local META = {
   TRACEPARENT = 'tp',
   ERROR = 'err',
   FORKED_FROM = 'fork',
+  DEF_NAME = 'dn',
+  DEF_VERSION = 'dv',
+  DEF_DIGEST = 'dd',
   ARCHIVE = 'arch',
 }
 
@@ -303,6 +306,16 @@ local REQUEST = {
   BODY_HASH = 'h',
 }
 
+-- schema.Definition
+local DEFINITION = {
+  COUNT = 'n',
+  RECORD = 'v:',
+  DIGEST = 'h:',
+  CREATED = 't:',
+  LABEL = 'l:',
+  DEPRECATED = 'x:',
+}
+
 -- schema.Timer
 local TIMER = {
   RETRY = 'r',
@@ -353,7 +366,7 @@ local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, FIRST = 22},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, FIRST = 25},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},
@@ -366,6 +379,7 @@ local ARG = {
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
+  PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)

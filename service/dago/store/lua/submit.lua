@@ -29,6 +29,10 @@ redis.call('HSET', gk, META.STATE, GraphState.SUBMITTED, META.NAME, ARGV[A.NAME]
   META.MAX_EVENTS, ARGV[A.MAX_EVENTS], META.MAX_BYTES, ARGV[A.MAX_BYTES],
   META.BYTES, #ARGV[A.DEFINITION] + #ARGV[A.INPUTS], META.ARCHIVE, ARGV[A.ARCHIVE])
 if ARGV[A.TRACEPARENT] ~= '' then redis.call('HSET', gk, META.TRACEPARENT, ARGV[A.TRACEPARENT]) end
+if ARGV[A.DEF_NAME] ~= '' then
+  redis.call('HSET', gk, META.DEF_NAME, ARGV[A.DEF_NAME], META.DEF_VERSION, ARGV[A.DEF_VERSION],
+    META.DEF_DIGEST, ARGV[A.DEF_DIGEST])
+end
 -- Node and topology fields are written a few hundred per HSET, not one command per node.
 local function hset_all(key, fv)
   for k = 1, #fv, 600 do

@@ -6,6 +6,7 @@ import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2"
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { ErrorClass } from "./graph_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
+import type { DefinitionRef } from "./definitions_pb.js";
 
 /**
  * Describes the file dago/v1/execution.proto.
@@ -454,6 +455,13 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: string forked_from = 30;
    */
   forkedFrom: string;
+
+  /**
+   * The definition the run was submitted from (unset for a graph sent whole).
+   *
+   * @generated from field: dago.v1.DefinitionRef definition = 20;
+   */
+  definition?: DefinitionRef | undefined;
 };
 
 /**

@@ -7,6 +7,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Graph, Node } from "./graph_pb.js";
 import type { Attempt, Event, GraphState, GraphStatus, NodeError, Usage } from "./execution_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
+import type { DefinitionRef } from "./definitions_pb.js";
 
 /**
  * Describes the file dago/v1/orchestrator.proto.
@@ -47,6 +48,23 @@ export declare type SubmitGraphRequest = Message<"dago.v1.SubmitGraphRequest"> &
    * @generated from field: bool validate_only = 4;
    */
   validateOnly: boolean;
+
+  /**
+   * A published definition to run instead of `graph` (exactly one of them):
+   * `name` (its latest version), `name@7` (a version), `name@prod` (a label)
+   * or `name@latest`. The run records what it resolved to
+   * (GraphStatus.definition).
+   *
+   * @generated from field: string definition = 10;
+   */
+  definition: string;
+
+  /**
+   * Run a deprecated version (else FAILED_PRECONDITION).
+   *
+   * @generated from field: bool allow_deprecated = 11;
+   */
+  allowDeprecated: boolean;
 };
 
 /**
@@ -396,6 +414,20 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
    * @generated from field: double min_cost_usd = 8;
    */
   minCostUsd: number;
+
+  /**
+   * Only runs submitted from this definition (SubmitGraphRequest.definition).
+   *
+   * @generated from field: string definition = 20;
+   */
+  definition: string;
+
+  /**
+   * With `definition`: only runs of this version of it (0: any).
+   *
+   * @generated from field: int32 definition_version = 21;
+   */
+  definitionVersion: number;
 };
 
 /**
@@ -507,6 +539,13 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: string forked_from = 30;
    */
   forkedFrom: string;
+
+  /**
+   * The definition the run was submitted from (unset for a graph sent whole).
+   *
+   * @generated from field: dago.v1.DefinitionRef definition = 20;
+   */
+  definition?: DefinitionRef | undefined;
 };
 
 /**
