@@ -43,6 +43,10 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
   const box = h("div", { "data-panel": node.id });
   const hd = h("h3", {}, box, `${node.id} · ${kindOf(node)} `);
   badge(stateName(status?.state ?? 0), hd, { id: "node-state" });
+  if (status?.reused) {
+    h("span", { class: "badge reused", "data-reused": "", title: "output reused from the run this one was forked from; not executed" }, hd, "reused");
+    h("p", { class: "hint" }, box, "Reused from the run this one was forked from: not executed here (no attempts, no cost).");
+  }
   if (node.description) h("p", { class: "hint" }, box, node.description);
   if (status?.route) h("p", { class: "route" }, box, `route ${status.route}${decision ? ` → ${decision.join(", ")}` : ""}`);
   // A wait node: the decision widget while it waits (from its node_waiting event), then
