@@ -1036,6 +1036,7 @@ async def test_fork_a_failed_run_from_its_failed_node_with_a_patch(console: Cons
         assert await page.query_selector('#graph [data-node="check"][data-reused]') is None
         await page.click('#graph [data-node="start"]')
         await page.wait_for_selector('[data-panel="start"] .badge.reused')
+        assert await page.query_selector("#gantt .row-note[data-reused]") is not None
         await shot(page, "console-fork-new.png")
         done = await console.dago.status(new)
         assert done.forked_from == gid and done.state == execution_pb2.GRAPH_STATE_COMPLETED
@@ -1043,5 +1044,8 @@ async def test_fork_a_failed_run_from_its_failed_node_with_a_patch(console: Cons
         # The link goes back to the source run.
         await page.click("#forked-from a")
         await page.wait_for_selector('#run-state[data-state="failed"]')
+        # The live view says so too.
+        await page.goto(f"http://127.0.0.1:{console.port}/ui/#{new}")
+        await page.wait_for_selector(f'#forked-from[data-forked-from="{gid}"]')
     finally:
         await page.close()

@@ -85,7 +85,7 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
     const resp = await dago().attempts(graphId, node.id, { pageSize: PAGE, pageToken: token }, { signal });
     if (!current()) return;
     if (first) list.replaceChildren();
-    if (first && !resp.attempts.length) h("p", { class: "hint" }, list, "no attempt yet");
+    if (first && !resp.attempts.length) h("p", { class: "hint" }, list, status?.reused ? "none: reused" : "no attempt yet");
     first = false;
     token = resp.nextPageToken;
     resp.attempts.forEach((a, i) => {
