@@ -1014,9 +1014,19 @@ async def test_fork_a_failed_run_from_its_failed_node_with_a_patch(console: Cons
         await page.fill("#fork-node-patches", json.dumps({"nope": {"inputs": {}}}))
         await page.click("#fork-preview")
         await page.wait_for_selector("#fork-error:not([hidden])")
-        assert "nope" in await page.inner_text("#fork-error")
+        error = await page.inner_text("#fork-error")
+        assert error.startswith("node_patches") and "nope" in error, error
         assert await page.is_disabled("#fork-go")
         await page.fill("#fork-node-patches", json.dumps(patch))
+        # "failed only" plans the same here (check failed, end was skipped because of it).
+        await page.check("#fork-mode-failed")
+        await page.click("#fork-preview")
+        await page.wait_for_selector("#fork-plan:not([hidden])")
+        assert await page.inner_text('#fork-plan [data-plan="run"]') == "check, end"
+        assert not await page.is_disabled("#fork-go")
+        # Any change hides the preview and disables Fork until the next preview.
+        await page.check("#fork-mode-from")
+        assert await page.is_hidden("#fork-plan") and await page.is_disabled("#fork-go")
         await page.click("#fork-preview")
         await page.wait_for_selector("#fork-plan:not([hidden])")
         plan = await attrs(page, "#fork-plan dd", "data-plan", "data-plan")

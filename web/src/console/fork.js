@@ -3,6 +3,7 @@
 // "Preview" asks for the plan (dry_run): nodes reused / to run, cost saved and estimated;
 // "Fork" is enabled only once the preview of the form as it is now has been shown, and
 // sends one request_id per dialog (a retry is the same fork), then opens the new run.
+import { BadRequestSchema } from "../../../clients/typescript/gen/google/rpc/error_details_pb.js";
 import { dago, h } from "./util.js";
 
 const usd = (v) => `$${Number(v ?? 0).toFixed(4)}`;
@@ -20,15 +21,13 @@ function objectOf(text, name) {
   return v;
 }
 
-/** A server error as text, with the field violations of INVALID_ARGUMENT if any. */
+/** A server error as text: the field violations of INVALID_ARGUMENT, else its message. */
 function errorText(err) {
-  const lines = [String(err?.rawMessage ?? err?.message ?? err)];
-  for (const d of err?.details ?? []) {
-    for (const v of d?.value?.fieldViolations ?? d?.debug?.fieldViolations ?? []) {
-      lines.push(`${v.field}: ${v.description}`);
-    }
-  }
-  return lines.join("\n");
+  const violations = typeof err?.findDetails === "function"
+    ? err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations)
+    : [];
+  if (violations.length) return violations.map((v) => `${v.field}: ${v.description}`).join("\n");
+  return String(err?.rawMessage ?? err?.message ?? err);
 }
 
 /**
