@@ -1,7 +1,8 @@
 """The operators' console (web/console.html, served by Envoy on /console/) in a real headless
 Chromium driven by Playwright, in front of real API and worker processes: the runs list
 (paged, filtered, live), a run's story (graph with node states and taken / untaken edges
-routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel),
+routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel,
+fork with a preview of its plan, forked-from and reused nodes),
 the operations page (workers, a dead letter requeued), the usage page (with and without
 run history in PostgreSQL) and the API key. Screenshots are kept
 in .artifacts/console-*.png."""

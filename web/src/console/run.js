@@ -1,7 +1,8 @@
 // #/runs/<id>[/nodes/<node>]: a run's story. The graph (GetGraph) with its nodes' states
 // (GetGraphStatus BASIC) and the taken / untaken edges (router decisions, loops, skips from
 // WatchGraph); the timeline of attempts; a node's panel (ListNodeAttempts: inputs, outputs,
-// errors, usage; streamed text and tool calls from the events); cancel.
+// errors, usage; streamed text and tool calls from the events); cancel; fork (fork.js),
+// "forked from" and reused nodes marked.
 import { GraphStatusView } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { draw, edgeStates, setEdgeStates, setNodeState, stateName } from "../graph.js";
 import { waitOfEvent } from "../decide.js";
