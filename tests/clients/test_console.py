@@ -1,7 +1,8 @@
 """The operators' console (web/console.html, served by Envoy on /console/) in a real headless
 Chromium driven by Playwright, in front of real API and worker processes: the runs list
 (paged, filtered, live), a run's story (graph with node states and taken / untaken edges
-routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel),
+routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel,
+fork with a preview of its plan, forked-from and reused nodes),
 the operations page (workers, a dead letter requeued), the usage page (with and without
 run history in PostgreSQL) and the API key. Screenshots are kept
 in .artifacts/console-*.png."""
@@ -976,3 +977,86 @@ async def test_a_decision_sent_after_another_one_won_shows_the_winner(console: C
     finally:
         await page.close()
         await console.dago.cancel(gid, "the test is done")
+
+
+async def test_fork_a_failed_run_from_its_failed_node_with_a_patch(console: Console) -> None:
+    # start -> check (fails) -> end; the fork patches check into an echo.
+    nodes = [
+        echo("start", x=1),
+        tool("check", "fail", inputs={"message": "bad plan"}),
+        echo("end", y=2),
+    ]
+    gid = (
+        await console.dago.submit(request(nodes, [edge("start", "check"), edge("check", "end")]))
+    ).graph_id
+    st = await console.dago.wait(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_FAILED
+    patch = {"check": {"tool": {"name": "echo"}}}
+    dry = await console.dago.fork(gid, from_nodes=["check"], node_patches=patch, dry_run=True)
+    page = await open_page(console, f"#/runs/{gid}/nodes/check")
+    try:
+        await page.wait_for_selector('#run-state[data-state="failed"]', timeout=20_000)
+        await page.wait_for_selector('[data-panel="check"]')
+        await page.wait_for_selector("#fork:not([disabled])")
+        # Keyboard reachable: focus the button, Enter opens the dialog.
+        await page.focus("#fork")
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector("#fork-dialog[open]")
+        checked = await page.eval_on_selector_all(
+            "#fork-nodes input:checked", "bs => bs.map(b => b.value)"
+        )
+        assert checked == ["check"], checked
+        assert await page.is_disabled("#fork-go")
+        # Bad JSON is refused before sending.
+        await page.fill("#fork-node-patches", "{not json")
+        await page.click("#fork-preview")
+        assert "node patches: not JSON" in await page.inner_text("#fork-error")
+        # A server error (INVALID_ARGUMENT: an unknown node) shows as text near the form.
+        await page.fill("#fork-node-patches", json.dumps({"nope": {"inputs": {}}}))
+        await page.click("#fork-preview")
+        await page.wait_for_selector("#fork-error:not([hidden])")
+        error = await page.inner_text("#fork-error")
+        assert error.startswith("node_patches") and "nope" in error, error
+        assert await page.is_disabled("#fork-go")
+        await page.fill("#fork-node-patches", json.dumps(patch))
+        # "failed only" plans the same here (check failed, end was skipped because of it).
+        await page.check("#fork-mode-failed")
+        await page.click("#fork-preview")
+        await page.wait_for_selector("#fork-plan:not([hidden])")
+        assert await page.inner_text('#fork-plan [data-plan="run"]') == "check, end"
+        assert not await page.is_disabled("#fork-go")
+        # Any change hides the preview and disables Fork until the next preview.
+        await page.check("#fork-mode-from")
+        assert await page.is_hidden("#fork-plan") and await page.is_disabled("#fork-go")
+        await page.click("#fork-preview")
+        await page.wait_for_selector("#fork-plan:not([hidden])")
+        plan = await attrs(page, "#fork-plan dd", "data-plan", "data-plan")
+        assert set(plan) == {"reused", "run", "saved", "estimate"}
+        texts = {k: await page.inner_text(f'#fork-plan [data-plan="{k}"]') for k in plan}
+        assert texts["reused"] == ", ".join(dry.reused_nodes) == "start", texts
+        assert texts["run"] == ", ".join(dry.run_nodes) == "check, end", texts
+        assert texts["saved"] == f"${dry.cost_saved_usd:.4f}", texts
+        assert texts["estimate"] == f"${dry.cost_estimate_usd:.4f}", texts
+        await shot(page, "console-fork-preview.png")
+        await page.click("#fork-go")
+        await page.wait_for_url(re.compile(r"#/runs/(?!" + re.escape(gid) + r")[^/]+$"))
+        new = page.url.rsplit("#/runs/", 1)[1]
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        assert await page.get_attribute("#forked-from a", "data-forked-from") == gid
+        await page.wait_for_selector('#graph [data-node="start"][data-reused]')
+        assert await page.query_selector('#graph [data-node="check"][data-reused]') is None
+        await page.click('#graph [data-node="start"]')
+        await page.wait_for_selector('[data-panel="start"] .badge.reused')
+        assert await page.query_selector("#gantt .row-note[data-reused]") is not None
+        await shot(page, "console-fork-new.png")
+        done = await console.dago.status(new)
+        assert done.forked_from == gid and done.state == execution_pb2.GRAPH_STATE_COMPLETED
+        assert page.errors == []  # type: ignore[attr-defined]
+        # The link goes back to the source run.
+        await page.click("#forked-from a")
+        await page.wait_for_selector('#run-state[data-state="failed"]')
+        # The live view says so too.
+        await page.goto(f"http://127.0.0.1:{console.port}/ui/#{new}")
+        await page.wait_for_selector(f'#forked-from[data-forked-from="{gid}"]')
+    finally:
+        await page.close()

@@ -193,7 +193,14 @@ class Run {
     const secs = (((this.ended ?? Date.now()) - this.started) / 1000).toFixed(1);
     const s = $("summary");
     s.replaceChildren();
-    s.appendChild(document.createTextNode(`run ${this.id}${this.graph.name ? ` (${this.graph.name})` : ""}\nstate `));
+    s.appendChild(document.createTextNode(`run ${this.id}${this.graph.name ? ` (${this.graph.name})` : ""}\n`));
+    if (this.forkedFrom) {
+      s.appendChild(document.createTextNode("forked from "));
+      el("a", { id: "forked-from", href: `#${encodeURIComponent(this.forkedFrom)}`, "data-forked-from": this.forkedFrom }, s, null)
+        .textContent = this.forkedFrom;
+      s.appendChild(document.createTextNode("\n"));
+    }
+    s.appendChild(document.createTextNode("state "));
     const st = el("span", { id: "run-state", "data-state": this.state }, s, null);
     st.textContent = this.state.toUpperCase();
     s.appendChild(document.createTextNode(
@@ -253,6 +260,7 @@ async function watch(id) {
     const run = new Run(id, graph);
     const st = await dago().status(id);
     run.started = tsMillis(st.status.createTime) || Date.now();
+    run.forkedFrom = st.status.forkedFrom;
     await play(dago().watch(id, streamOptions(abort, (line) => run.log(line))), run);
   } catch (err) {
     if (!abort.signal.aborted) $("error").textContent = String(err?.message ?? err);

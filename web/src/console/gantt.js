@@ -50,8 +50,11 @@ export function drawGantt(svg, graph, status, width, onSelect) {
       (a, b) => a.iteration - b.iteration || a.attempt - b.attempt,
     );
     if (!attempts.length) {
-      const state = stateName(byId.get(n.id)?.state ?? 0);
-      el("text", { x: LABEL_W + 4, y: y + 16, class: "row-note" }, g).textContent = state;
+      const st = byId.get(n.id);
+      const state = stateName(st?.state ?? 0);
+      const note = el("text", { x: LABEL_W + 4, y: y + 16, class: `row-note${st?.reused ? " reused" : ""}` }, g);
+      note.textContent = st?.reused ? `${state} · reused (not executed)` : state;
+      if (st?.reused) note.setAttribute("data-reused", "");
     }
     let prev = null;
     for (const a of attempts) {

@@ -43,6 +43,10 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
   const box = h("div", { "data-panel": node.id });
   const hd = h("h3", {}, box, `${node.id} · ${kindOf(node)} `);
   badge(stateName(status?.state ?? 0), hd, { id: "node-state" });
+  if (status?.reused) {
+    h("span", { class: "badge reused", "data-reused": "", title: "output reused from the run this one was forked from; not executed" }, hd, "reused");
+    h("p", { class: "hint" }, box, "Reused from the run this one was forked from: not executed here (no attempts, no cost).");
+  }
   if (node.description) h("p", { class: "hint" }, box, node.description);
   if (status?.route) h("p", { class: "route" }, box, `route ${status.route}${decision ? ` → ${decision.join(", ")}` : ""}`);
   // A wait node: the decision widget while it waits (from its node_waiting event), then
@@ -81,7 +85,7 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
     const resp = await dago().attempts(graphId, node.id, { pageSize: PAGE, pageToken: token }, { signal });
     if (!current()) return;
     if (first) list.replaceChildren();
-    if (first && !resp.attempts.length) h("p", { class: "hint" }, list, "no attempt yet");
+    if (first && !resp.attempts.length) h("p", { class: "hint" }, list, status?.reused ? "none: reused" : "no attempt yet");
     first = false;
     token = resp.nextPageToken;
     resp.attempts.forEach((a, i) => {

@@ -1,12 +1,14 @@
 // #/runs/<id>[/nodes/<node>]: a run's story. The graph (GetGraph) with its nodes' states
 // (GetGraphStatus BASIC) and the taken / untaken edges (router decisions, loops, skips from
 // WatchGraph); the timeline of attempts; a node's panel (ListNodeAttempts: inputs, outputs,
-// errors, usage; streamed text and tool calls from the events); cancel.
+// errors, usage; streamed text and tool calls from the events); cancel; fork (fork.js),
+// "forked from" and reused nodes marked.
 import { GraphStatusView } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { draw, edgeStates, setEdgeStates, setNodeState, stateName } from "../graph.js";
 import { waitOfEvent } from "../decide.js";
 import { drawGantt } from "./gantt.js";
 import { jsonView, valueJson } from "./json.js";
+import { forkDialog } from "./fork.js";
 import { nodePanel, renderTools } from "./panel.js";
 import { TERMINAL, badge, dago, duration, errorClassName, graphStateName, h, ms, showError, when } from "./util.js";
 
@@ -22,6 +24,7 @@ export function runPage(root, graphId, firstNode) {
   const head = h("section", { class: "run-head", "aria-label": "run" }, root);
   const title = h("h2", {}, head);
   const facts = h("p", { id: "run-facts", class: "facts" }, head);
+  const forkedFrom = h("p", { id: "forked-from", class: "facts", hidden: "" }, head);
   const errorBox = h("p", { id: "run-error", role: "alert", hidden: "" }, head);
   const io = h("details", { class: "io" }, head);
   h("summary", {}, io, "inputs and result");
@@ -38,6 +41,10 @@ export function runPage(root, graphId, firstNode) {
   const reason = h("input", { id: "cancel-reason", value: "cancelled from the console" }, reasonLabel);
   const confirm = h("button", { id: "cancel-confirm", type: "button", class: "danger" }, confirmBox, "Confirm cancel");
   const keep = h("button", { type: "button" }, confirmBox, "Keep running");
+  const fork = forkDialog(actions, head, graphId, {
+    nodes: () => run.graph?.nodes.map((n) => n.id) ?? [],
+    selected: () => run.selected,
+  });
   h("a", { href: `../ui/#${encodeURIComponent(graphId)}`, class: "live-link" }, actions, "open in the live view");
   const body = h("div", { class: "run-body" }, root);
   const graphPane = h("div", { class: "graph-pane", role: "group", "aria-label": "graph" }, body);
@@ -92,6 +99,12 @@ export function runPage(root, graphId, firstNode) {
       st.namespace ? `namespace ${st.namespace}` : "",
     ].filter(Boolean).join(" · ");
     cancel.disabled = TERMINAL.has(state);
+    fork.setEnabled(TERMINAL.has(state));
+    forkedFrom.hidden = !st.forkedFrom;
+    if (st.forkedFrom && !forkedFrom.firstChild) {
+      forkedFrom.appendChild(document.createTextNode("forked from "));
+      h("a", { href: `#/runs/${encodeURIComponent(st.forkedFrom)}`, "data-forked-from": st.forkedFrom }, forkedFrom, st.forkedFrom);
+    }
     if (TERMINAL.has(state)) confirmBox.hidden = true;
     errorBox.replaceChildren();
     errorBox.hidden = !(st.error?.message || state === "cancelled");
@@ -126,7 +139,14 @@ export function runPage(root, graphId, firstNode) {
       if (n.attempt > 1) meta += ` · attempt ${n.attempt}`;
       if (last && ms(last.startTime) && ms(last.endTime)) meta += ` · ${duration(ms(last.startTime), ms(last.endTime))}`;
       if (n.route) meta += ` · ${n.route}`;
+      if (n.reused) meta += " · reused";
       setNodeState(svg, n.nodeId, s, meta);
+      const g = svg.querySelector(`[data-node="${CSS.escape(n.nodeId)}"]`);
+      if (g) {
+        g.classList.toggle("reused", Boolean(n.reused));
+        if (n.reused) g.setAttribute("data-reused", "");
+        else g.removeAttribute("data-reused");
+      }
     }
     setEdgeStates(svg, edgeStates(run.graph, run.lay, states, run.decisions, run.loops));
   }
