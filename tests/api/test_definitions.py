@@ -252,7 +252,7 @@ async def test_runs_by_reference(stack: InProcessStack) -> None:
 
 
 async def test_the_python_client_and_inputs_checked_at_submit(stack: InProcessStack) -> None:
-    from dago_client import AsyncDagoClient, InvalidArgumentError
+    from dago_client import AsyncDagoClient, FailedPreconditionError, InvalidArgumentError
 
     g = graph("{{ inputs.who }}")  # publishable: the inputs come with each run
     async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as dago:
@@ -269,6 +269,19 @@ async def test_the_python_client_and_inputs_checked_at_submit(stack: InProcessSt
         assert (await dago.deprecate_definition("py", "prod")).deprecated
         resp = await dago.submit(definition="py", inputs={"who": "me"}, allow_deprecated=True)
         assert resp.created
+        # RunGraph by reference: submitted and streamed to its end in one call.
+        with pytest.raises(FailedPreconditionError):
+            async for _ in dago.run(definition="py@prod", inputs={"who": "run"}):
+                pass
+        events = [
+            e
+            async for e in dago.run(
+                definition="py@prod", inputs={"who": "run"}, allow_deprecated=True
+            )
+        ]
+        assert events[-1].WhichOneof("payload") == "graph_completed", events[-1]
+        st = await stack.client.wait(events[0].graph_id)
+        assert (st.definition.name, st.definition.version) == ("py", 1)
 
 
 async def test_concurrent_publishes_number_versions_once_each(stack: InProcessStack) -> None:

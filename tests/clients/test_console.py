@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from playwright.async_api import Browser, Page, async_playwright
 
 from dago.api.auth import hash_key, new_key
-from dago.v1 import execution_pb2, orchestrator_pb2
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient
 from harness import (
     ROOT,
@@ -1058,5 +1058,23 @@ async def test_fork_a_failed_run_from_its_failed_node_with_a_patch(console: Cons
         # The live view says so too.
         await page.goto(f"http://127.0.0.1:{console.port}/ui/#{new}")
         await page.wait_for_selector(f'#forked-from[data-forked-from="{gid}"]')
+    finally:
+        await page.close()
+
+
+async def test_a_run_of_a_definition_says_which_version_it_ran(console: Console) -> None:
+    g = json_format.ParseDict({"name": "greet", "nodes": [echo("a", x=1)]}, graph_pb2.Graph())
+    await console.dago.publish_definition("console-greet", g)
+    await console.dago.label_definition("console-greet", "prod", 1)
+    gid = (await console.dago.submit(definition="console-greet@prod")).graph_id
+    page = await open_page(console, f"#/runs/{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        await page.wait_for_function(
+            "() => document.body.innerText.includes('definition console-greet@1')"
+        )
+        await page.goto(f"http://127.0.0.1:{console.port}/ui/#{gid}")
+        await page.wait_for_selector('#definition[data-definition="console-greet@1"]')
+        assert page.errors == []  # type: ignore[attr-defined]
     finally:
         await page.close()

@@ -200,6 +200,10 @@ class Run {
         .textContent = this.forkedFrom;
       s.appendChild(document.createTextNode("\n"));
     }
+    if (this.definition) {
+      el("span", { id: "definition", "data-definition": this.definition }, s, null)
+        .textContent = `definition ${this.definition}\n`;
+    }
     s.appendChild(document.createTextNode("state "));
     const st = el("span", { id: "run-state", "data-state": this.state }, s, null);
     st.textContent = this.state.toUpperCase();
@@ -261,6 +265,8 @@ async function watch(id) {
     const st = await dago().status(id);
     run.started = tsMillis(st.status.createTime) || Date.now();
     run.forkedFrom = st.status.forkedFrom;
+    const def = st.status.definition;
+    run.definition = def?.name ? `${def.name}@${def.version}` : "";
     await play(dago().watch(id, streamOptions(abort, (line) => run.log(line))), run);
   } catch (err) {
     if (!abort.signal.aborted) $("error").textContent = String(err?.message ?? err);

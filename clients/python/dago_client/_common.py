@@ -251,16 +251,26 @@ def signal_request(
 
 
 def run_request(
-    graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+    graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph | None,
     inputs: Mapping[str, Any] | None,
     request_id: str | None,
+    definition: str | None = None,
+    allow_deprecated: bool = False,
 ) -> orchestrator_pb2.RunGraphRequest:
     """The RunGraphRequest to send (batch mode): the SubmitGraphRequest ``submit_request``
-    builds, with its generated request_id, so that resending it names the same run."""
-    sub = submit_request(graph, inputs, request_id, False)
-    return orchestrator_pb2.RunGraphRequest(
-        graph=sub.graph, inputs=sub.inputs, request_id=sub.request_id, batch=True
+    builds (a graph or a ``definition`` reference), with its generated request_id, so that
+    resending it names the same run."""
+    sub = submit_request(graph, inputs, request_id, False, definition, allow_deprecated)
+    req = orchestrator_pb2.RunGraphRequest(
+        inputs=sub.inputs,
+        request_id=sub.request_id,
+        batch=True,
+        definition=sub.definition,
+        allow_deprecated=sub.allow_deprecated,
     )
+    if sub.HasField("graph"):
+        req.graph.CopyFrom(sub.graph)
+    return req
 
 
 def events_of(msg: orchestrator_pb2.WatchGraphResponse) -> Sequence[execution_pb2.Event]:

@@ -499,10 +499,12 @@ class AsyncDagoClient:
 
     async def run(
         self,
-        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph | None = None,
         inputs: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
+        definition: str | None = None,
+        allow_deprecated: bool = False,
         heartbeats: bool = False,
         idle_timeout_s: float | None = 60.0,
         max_resumes: int = 20,
@@ -510,12 +512,13 @@ class AsyncDagoClient:
     ) -> AsyncIterator[execution_pb2.Event]:
         """Submit a graph and stream its events in one call (RunGraph), ending after the
         terminal event; the first event (``graph_submitted``) carries the run's graph_id.
+        ``definition`` (``name@label``) runs a published definition instead of ``graph``.
 
         Submission errors raise before any event. A stream that drops is resumed as
         :meth:`watch` resumes (by WatchGraph once the graph_id is known, else by the same
         RunGraph again: its request_id, generated when none is given, names the same run).
         """
-        req = run_request(graph, inputs, request_id)
+        req = run_request(graph, inputs, request_id, definition, allow_deprecated)
         graph_id = ""
 
         def open_call(last: int) -> Any:

@@ -471,10 +471,12 @@ class DagoClient:
 
     def run(
         self,
-        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph,
+        graph: orchestrator_pb2.SubmitGraphRequest | graph_pb2.Graph | None = None,
         inputs: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
+        definition: str | None = None,
+        allow_deprecated: bool = False,
         heartbeats: bool = False,
         idle_timeout_s: float | None = 60.0,
         max_resumes: int = 20,
@@ -482,7 +484,7 @@ class DagoClient:
     ) -> Iterator[execution_pb2.Event]:
         """Submit a graph and stream its events in one call (RunGraph), as
         :meth:`AsyncDagoClient.run`: the first event carries the run's graph_id."""
-        req = run_request(graph, inputs, request_id)
+        req = run_request(graph, inputs, request_id, definition, allow_deprecated)
         graph_id = ""
 
         def open_call(last: int) -> Any:

@@ -210,7 +210,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if fork is not None and rid:
             digest = fork.digest
         ref: definitions_pb2.DefinitionVersion | None = None
-        if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.definition:
+        if request.definition:
             if request.HasField("graph"):
                 raise errors.invalid_field("definition", "give either a graph or a definition")
             try:
@@ -221,8 +221,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 if first is None or e.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 return first
-            resolved = orchestrator_pb2.SubmitGraphRequest()
-            resolved.CopyFrom(request)
+            resolved = type(request).FromString(request.SerializeToString())
             resolved.graph.CopyFrom(ref.graph)
             request = resolved
         elif not request.HasField("graph"):

@@ -97,6 +97,7 @@ export function runPage(root, graphId, firstNode) {
       `${st.steps} steps`,
       u ? `tokens ${u.inputTokens} in / ${u.outputTokens} out · $${u.costUsd.toFixed(4)}` : "",
       st.namespace ? `namespace ${st.namespace}` : "",
+      st.definition?.name ? `definition ${st.definition.name}@${st.definition.version}` : "",
     ].filter(Boolean).join(" · ");
     cancel.disabled = TERMINAL.has(state);
     fork.setEnabled(TERMINAL.has(state));

@@ -693,12 +693,20 @@ class RunGraphRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the run idempotent: the same request with the same id streams the
     first run again, from its start. Up to 128 printable characters. Optional.
     """
     batch: _builtins.bool
     """Several events per message, as WatchGraphRequest.batch."""
+    definition: _builtins.str
+    """A published definition to run instead of `graph`, as
+    SubmitGraphRequest.definition (exactly one of them).
+    """
+    allow_deprecated: _builtins.bool
+    """Run a deprecated version (else FAILED_PRECONDITION)."""
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -714,10 +722,12 @@ class RunGraphRequest(_message.Message):
         inputs: _struct_pb2.Struct | None = ...,
         request_id: _builtins.str = ...,
         batch: _builtins.bool = ...,
+        definition: _builtins.str = ...,
+        allow_deprecated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -653,6 +653,21 @@ export declare type RunGraphRequest = Message<"dago.v1.RunGraphRequest"> & {
    * @generated from field: bool batch = 4;
    */
   batch: boolean;
+
+  /**
+   * A published definition to run instead of `graph`, as
+   * SubmitGraphRequest.definition (exactly one of them).
+   *
+   * @generated from field: string definition = 10;
+   */
+  definition: string;
+
+  /**
+   * Run a deprecated version (else FAILED_PRECONDITION).
+   *
+   * @generated from field: bool allow_deprecated = 11;
+   */
+  allowDeprecated: boolean;
 };
 
 /**
