@@ -200,10 +200,6 @@ class Authenticator:
             "dago_actor", default=DEFAULT_ACTOR
         )
 
-    def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> str:
-        """The caller's namespace; raises ApiError(UNAUTHENTICATED)."""
-        return self.identify(metadata)[0]
-
     def identify(self, metadata: Sequence[tuple[str, Any]] | None) -> tuple[str, str]:
         """The caller's namespace and name (its key's); raises ApiError(UNAUTHENTICATED)."""
         if self._keys is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.model import CompiledGraph
+from dago.store.functions import ReusedNode
 from dago.store.schema import Node, Usage
 from dago.v1 import execution_pb2, graph_pb2
 
@@ -20,10 +21,10 @@ _SKIPPED = execution_pb2.NODE_STATE_SKIPPED
 
 @dataclass
 class Plan:
-    """Reused nodes (``[node, skipped, output JSON, taken edges]``, in topological order)
-    and the nodes that run again, with the recorded cost of each side."""
+    """Reused nodes (in topological order) and the nodes that run again, with the recorded
+    cost of each side."""
 
-    reused: list[list[Any]] = field(default_factory=list)
+    reused: list[ReusedNode] = field(default_factory=list)
     run: list[str] = field(default_factory=list)
     cost_saved: float = 0.0
     cost_estimate: float = 0.0
@@ -124,7 +125,7 @@ def plan(compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[st
             skipped = state(n) == _SKIPPED
             out = nodes.get(f"{n}{Node.OUTPUT}".encode(), b"null").decode()
             taken = nodes.get(f"{n}{Node.NEXT}".encode(), b"").decode()
-            p.reused.append([n, skipped, out, taken])
+            p.reused.append(ReusedNode(n, skipped, out, taken))
             p.cost_saved += cost
     return p
 

@@ -468,7 +468,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return orchestrator_pb2.ForkGraphResponse(
             graph_id=submitted.graph_id,
             created=submitted.created,
-            reused_nodes=[r[0] for r in p.reused],
+            reused_nodes=[r.node for r in p.reused],
             run_nodes=p.run,
             cost_saved_usd=p.cost_saved,
             cost_estimate_usd=p.cost_estimate,

@@ -43,7 +43,7 @@ def json_message(error: ValidationError) -> str:
     ``{"text": ""}``, ``"object"``), not as Python reprs (``None``, ``{'text': ''}``): people
     and clients read these messages next to the JSON they sent."""
     msg = error.message
-    values: list[Any] = [error.instance, error.validator_value]
+    values: list[object] = [error.instance, error.validator_value]
     for v in (error.instance, error.validator_value):
         if isinstance(v, list | dict):
             values.extend(v)

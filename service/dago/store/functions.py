@@ -29,6 +29,23 @@ from dago.store.schema import Error, Wait
 from dago.store.values import dumps
 
 Arg = str | bytes | int | float
+
+Reply = object
+"""A function call's raw reply (what the parsers above take apart), or, from
+``Library.call_each``, the error that call got instead."""
+
+
+def _flat(
+    fixed: tuple[Any, ...], items: Sequence[tuple[Any, ...]], extra: Sequence[Arg] = ()
+) -> list[Arg]:
+    """A call's arguments: its fixed ones, then each item's fields in order, then ``extra``."""
+    args: list[Arg] = [*fixed]
+    for item in items:
+        args.extend(item)
+    args.extend(extra)
+    return args
+
+
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
@@ -47,6 +64,18 @@ class Outcome(StrEnum):
 
 
 # --- arguments --------------------------------------------------------------------------
+
+
+class ReusedNode(NamedTuple):
+    """One node of a fork written finished at submit (``SubmitArgs.reused``: a JSON array
+    ``[node, skipped, output JSON, taken edges]``, as submit.lua reads it)."""
+
+    node: str
+    skipped: bool
+    output: str
+    """The recorded output (JSON text)."""
+    taken: str
+    """The recorded taken edges (``schema.Node.NEXT``)."""
 
 
 class SubmitArgs(NamedTuple):
@@ -81,8 +110,8 @@ class SubmitArgs(NamedTuple):
     forked_from: str = ""
     """The run this one is forked from (ForkGraph), or empty."""
     reused: str = "[]"
-    """JSON list of ``[node, skipped, output JSON, taken edges]`` (ForkGraph): nodes written
-    finished at submit, their outgoing edges resolved as recorded; in topological order."""
+    """JSON list of ``ReusedNode`` (ForkGraph): nodes written finished at submit, their
+    outgoing edges resolved as recorded; in topological order."""
     def_name: str = ""
     """The definition the run was submitted from (empty: a graph sent whole)."""
     def_version: int = 0
@@ -552,11 +581,7 @@ class Library:
         """Call function ``name`` on ``shards`` with its fixed arguments, then its items (each
         flattened in field order), then ``extra`` arguments; returns the raw reply for the
         parsers above."""
-        args: list[Arg] = [*fixed]
-        for item in items:
-            args.extend(item)
-        args.extend(extra)
-        return await self.call_keys(name, [s.work for s in shards], args)
+        return await self.call_keys(name, [s.work for s in shards], _flat(fixed, items, extra))
 
     async def call_keys(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Call function ``name`` with these keys and arguments (for functions whose keys
@@ -574,7 +599,7 @@ class Library:
         self,
         name: str,
         calls: Sequence[tuple[Sequence[ShardKeys], tuple[Any, ...], Sequence[tuple[Any, ...]]]],
-    ) -> list[Any]:
+    ) -> list[Reply]:
         """Call function ``name`` once per element of ``calls`` (its shards, fixed arguments
         and items, as ``call`` takes them), all sent in one pipeline: one round trip on a
         single Redis; on a cluster, one per node, sent together. Each call stays a call of
@@ -584,16 +609,13 @@ class Library:
         nothing was answered it raises, as ``call`` does."""
         fn = self._names[name]
         todo = list(range(len(calls)))
-        out: list[Any] = [None] * len(calls)
+        out: list[Reply] = [None] * len(calls)
         for again in (False, True):
             pipe = self._redis.pipeline(transaction=False)
             for i in todo:
                 shards, fixed, items = calls[i]
-                args: list[Arg] = [*fixed]
-                for item in items:
-                    args.extend(item)
                 keys = [s.work for s in shards]
-                pipe.fcall(fn, len(keys), *keys, *args)
+                pipe.fcall(fn, len(keys), *keys, *_flat(fixed, items))
             replies = await pipe.execute(raise_on_error=False)
             lost = []
             for i, reply in zip(todo, replies, strict=True):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -273,7 +273,7 @@ class Store:
             ],
         )
         return [
-            r if isinstance(r, Exception) else parse_applied(shard, r)
+            r if isinstance(r, Exception) else parse_applied(shard, cast(Sequence[Any], r))
             for (shard, _, _), r in zip(parts, raw, strict=True)
         ]
 
