@@ -183,6 +183,8 @@ async def test_runs_by_reference(stack: InProcessStack) -> None:
         gid, st = await run(reference)
         assert (st.definition.name, st.definition.version) == ("ref", want.version)
         assert st.definition.digest == want.digest
+        submitted = (await c.history(gid))[0].graph_submitted
+        assert submitted.definition == st.definition and not submitted.forked_from
         ran = await c.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid), timeout=10)
         assert ran.graph == want.graph
 

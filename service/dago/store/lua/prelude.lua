@@ -257,6 +257,7 @@ local DETAIL = {
   SOURCE = 'source',
   SKIPPED = 'skipped',
   ENTRIES = 'entries',
+  DEFINITION = 'definition',
   ITERATION = 'iteration',
   FROM = 'from',
   EXHAUSTED = 'exhausted',
