@@ -1078,3 +1078,168 @@ async def test_a_run_of_a_definition_says_which_version_it_ran(console: Console)
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         await page.close()
+
+
+def graph_file(tmp_path: Path, name: str, body: dict[str, object]) -> Path:
+    """A .json graph file to publish from the console."""
+    path = tmp_path / name
+    path.write_text(json.dumps(body))
+    return path
+
+
+async def drop_file(page: Page, selector: str, name: str, body: dict[str, object]) -> None:
+    """Drops a JSON file on ``selector`` as a browser would (a DataTransfer with the file)."""
+    data = await page.evaluate_handle(
+        """([name, text]) => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([text], name, { type: 'application/json' }));
+          return dt;
+        }""",
+        [name, json.dumps(body)],
+    )
+    await page.dispatch_event(selector, "drop", {"dataTransfer": data})
+
+
+async def test_definition_publish_from_a_file_unchanged_and_refused(
+    console: Console, tmp_path: Path
+) -> None:
+    name = f"cdef-{secrets.token_hex(2)}"
+    v1 = graph_file(tmp_path, "v1.json", {"nodes": [echo("a", x=1)]})
+    # A SubmitGraphRequest file (as in examples/) publishes its graph.
+    v2 = {"graph": {"nodes": [echo("a", x=2)]}, "inputs": {}}
+    bad = graph_file(tmp_path, "bad.json", {"nodes": [echo("a")], "edges": [edge("a", "zz")]})
+    page = await open_page(console, "#/definitions")
+    try:
+        await page.wait_for_selector("#definitions-body")
+        await page.fill("#pub-name", name)
+        await page.fill("#pub-desc", "the console's first")
+        await page.set_input_files("#pub-file", str(v1))
+        await page.click("#pub-go")
+        await page.wait_for_selector('#pub-result[data-created="true"][data-version="1"]')
+        await page.wait_for_selector(f'#definitions-body tr[data-definition="{name}"]')
+        row = await page.inner_text(f'tr[data-definition="{name}"]')
+        assert "the console's first" in row and "\t1\t" in row, row
+        # The same graph again: the latest version, created=false.
+        await page.click("#pub-go")
+        await page.wait_for_selector('#pub-result[data-created="false"][data-version="1"]')
+        assert "created=false" in await page.inner_text("#pub-result")
+        # A graph the server refuses: its message names the field.
+        await page.set_input_files("#pub-file", str(bad))
+        await page.click("#pub-go")
+        await page.wait_for_function("document.querySelector('#pub-error').textContent !== ''")
+        error = await page.inner_text("#pub-error")
+        assert "edges[0].to" in error and '"zz"' in error, error
+        assert await page.inner_text("#pub-result") == ""
+        # A file dropped on the form: version 2; the row opens with the keyboard.
+        await drop_file(page, "#pub-drop", "v2.json", v2)
+        assert await page.inner_text("#pub-file-name") == "v2.json"
+        await page.click("#pub-go")
+        await page.wait_for_selector('#pub-result[data-created="true"][data-version="2"]')
+        await shot(page, "console-definitions.png")
+        await page.focus(f'tr[data-definition="{name}"]')
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector('#versions-body tr[data-version="2"]')
+        assert page.url.endswith(f"#/definitions/{name}")
+        versions = await page.eval_on_selector_all(
+            "#versions-body tr", "r => r.map(e => e.dataset.version)"
+        )
+        assert versions == ["2", "1"], versions
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def publish(console: Console, name: str, *graphs: dict[str, object]) -> None:
+    for g in graphs:
+        await console.dago.publish_definition(name, json_format.ParseDict(g, graph_pb2.Graph()))
+
+
+async def test_definition_label_deprecate_and_view_a_version(console: Console) -> None:
+    name = f"cdef-{secrets.token_hex(2)}"
+    await publish(
+        console,
+        name,
+        {"nodes": [echo("a", x=1)]},
+        {"nodes": [echo("a", x=2), echo("b")], "edges": [edge("a", "b")]},
+    )
+    page = await open_page(console, f"#/definitions/{name}")
+    try:
+        await page.wait_for_selector('#versions-body tr[data-version="2"]')
+        await page.fill("#label-name", "prod")
+        await page.select_option("#label-version", "1")
+        await page.click("#label-go")
+        await page.wait_for_function(
+            "document.querySelector('#versions-body tr[data-version=\"1\"] .labels')"
+            ".textContent === 'prod'"
+        )
+        assert (await console.dago.definition(name, "prod")).version == 1
+        # A label that may not be one is refused, naming the field.
+        await page.fill("#label-name", "7")
+        await page.click("#label-go")
+        await page.wait_for_function(
+            "document.querySelector('#label-status').textContent.startsWith('refused')"
+        )
+        assert "label" in await page.inner_text("#label-status")
+        # Deprecate asks first, then marks the version.
+        await page.click('button[data-deprecate="1"]')
+        assert not await page.query_selector('tr[data-version="1"] [data-deprecated]')
+        await page.click('button[data-deprecate="1"]')
+        await page.wait_for_selector('tr[data-version="1"] [data-deprecated]')
+        assert await page.is_disabled('button[data-deprecate="1"]')
+        assert (await console.dago.definition(name, "1")).deprecated
+        # A version opens (Space on its row): its graph drawn and its JSON.
+        await page.focus('#versions-body tr[data-version="2"]')
+        await page.keyboard.press(" ")
+        await page.wait_for_selector('#version-title[data-version="2"]')
+        assert page.url.endswith(f"#/definitions/{name}/versions/2")
+        drawn = await page.eval_on_selector_all(
+            "#def-graph [data-node]", "n => n.map(e => e.dataset.node)"
+        )
+        assert drawn == ["a", "b"], drawn
+        assert await page.eval_on_selector_all("#def-graph [data-edge]", "e => e.length") == 1
+        await page.click("#version-view summary")
+        text = json.loads(await page.inner_text("#def-json"))
+        assert [n["id"] for n in text["nodes"]] == ["a", "b"], text
+        assert await page.get_attribute('#versions-body tr[data-version="2"]', "aria-current")
+        await shot(page, "console-definition.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_run_a_definition_version_with_inputs(console: Console) -> None:
+    name = f"cdef-{secrets.token_hex(2)}"
+    await publish(console, name, {"nodes": [echo("a", x=1)]}, {"nodes": [echo("a", x=2)]})
+    await console.dago.label_definition(name, "canary", 2)
+    await console.dago.deprecate_definition(name, 1)
+    page = await open_page(console, f"#/definitions/{name}/versions/1")
+    try:
+        await page.wait_for_selector('#version-title[data-version="1"]')
+        assert await page.input_value("#run-ref") == f"{name}@1"
+        # Inputs are checked as JSON before anything is sent.
+        await page.fill("#run-inputs", '{"ticket": ')
+        assert "inputs: not JSON" in await page.inner_text("#run-error")
+        assert await page.get_attribute("#run-inputs", "aria-invalid") == "true"
+        await page.fill("#run-inputs", '{"ticket": 42}')
+        assert await page.inner_text("#run-error") == ""
+        # The server refuses a deprecated version unless asked: its message is shown.
+        await page.click("#run-go")
+        await page.wait_for_function(
+            "document.querySelector('#run-error').textContent.startsWith('refused')"
+        )
+        assert "deprecated" in await page.inner_text("#run-error")
+        await page.fill("#run-ref", f"{name}@canary")
+        await page.click("#run-go")
+        await page.wait_for_url(re.compile(r"#/runs/[^/]+$"))
+        gid = page.url.rsplit("/", 1)[1]
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        status = await console.dago.status(gid)
+        assert (status.definition.name, status.definition.version) == (name, 2)
+        submitted = await console.dago.get_graph(gid)
+        assert json_format.MessageToDict(submitted.inputs) == {"ticket": 42}
+        await page.wait_for_function(
+            f"() => document.body.innerText.includes('definition {name}@2')"
+        )
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
