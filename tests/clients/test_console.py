@@ -1243,3 +1243,97 @@ async def test_run_a_definition_version_with_inputs(console: Console) -> None:
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         await page.close()
+
+
+# Frame times (requestAnimationFrame deltas) and long tasks (> 50 ms) from the page's start.
+FRAME_PROBE = """
+window.__frames = [];
+window.__longTasks = [];
+new PerformanceObserver((l) => {
+  for (const e of l.getEntries()) window.__longTasks.push(e.duration);
+}).observe({ type: 'longtask', buffered: true });
+let last = 0;
+const tick = (t) => {
+  if (last) window.__frames.push(t - last);
+  last = t;
+  requestAnimationFrame(tick);
+};
+requestAnimationFrame(tick);
+"""
+
+
+def layered_dag(width: int, total: int) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+    """A gate (a wait node: the run holds until the test signals it) then echo nodes in layers
+    of ``width``, each fed by the node above it and the one above right: ``total`` nodes."""
+    nodes: list[dict[str, object]] = [{"id": "gate", "wait": {"prompt": "start?"}}]
+    edges = []
+    for k in range(total - 1):
+        layer, i = divmod(k, width)
+        nid = f"n{layer}_{i}"
+        nodes.append(echo(nid, k=k))
+        if layer == 0:
+            edges.append(edge("gate", nid))
+            continue
+        edges.append(edge(f"n{layer - 1}_{i}", nid))
+        if i + 1 < width:
+            edges.append(edge(f"n{layer - 1}_{i + 1}", nid))
+    return nodes, edges
+
+
+def spread(values: list[float]) -> str:
+    """n, median, p95 and max of durations in ms."""
+    if not values:
+        return "none"
+    v = sorted(values)
+    p95 = v[min(len(v) - 1, int(len(v) * 0.95))]
+    return f"n={len(v)} median={v[len(v) // 2]:.1f} p95={p95:.1f} max={v[-1]:.1f} ms"
+
+
+@pytest.mark.slow
+async def test_a_500_node_graph_renders_and_updates_within_a_frame_budget(
+    console: Console,
+) -> None:
+    nodes, edges = layered_dag(20, 500)
+    gid = (await console.dago.submit(request(nodes, edges, name="five-hundred"))).graph_id
+    page = await console.browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.add_init_script(FRAME_PROBE)
+    measured = """() => ({
+      frames: window.__frames.splice(0),
+      longTasks: window.__longTasks.splice(0),
+      draw: performance.getEntriesByName('graph-draw').map(e => e.duration),
+      updates: performance.getEntriesByName('graph-update').map(e => e.duration),
+      ticks: performance.getEntriesByName('gantt-tick').map(e => e.duration),
+    })"""
+    try:
+        await page.goto(console.url(f"#/runs/{gid}"))
+        await page.wait_for_selector('#graph [data-node="gate"][data-state="waiting"]')
+        assert await page.eval_on_selector_all("#graph [data-node]", "n => n.length") == 500
+        assert await page.eval_on_selector_all("#graph [data-edge]", "e => e.length") == len(edges)
+        opened = await page.evaluate(measured)
+        # The run goes on with the page open: 499 nodes' states stream into the drawn graph.
+        await console.dago.signal(gid, "gate", "approve")
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#graph [data-node]')]"
+            ".every(g => g.dataset.state === 'completed')"
+        )
+        barred = "b => new Set(b.map(e => e.dataset.node)).size"  # the gate has two: wait, go
+        assert await page.eval_on_selector_all("#gantt .bar", barred) == 500
+        ran = await page.evaluate(measured)
+        ran["updates"] = ran["updates"][len(opened["updates"]) :]
+        ran["ticks"] = ran["ticks"][len(opened["ticks"]) :]
+        print(f"\n500-node graph: draw {spread(opened['draw'])}")
+        for phase, m in (("open", opened), ("run, updates streaming", ran)):
+            slow = sum(1 for f in m["frames"] if f > 50)
+            print(
+                f"{phase}: state updates {spread(m['updates'])}; "
+                f"timeline ticks {spread(m['ticks'])}"
+                f"\n  frames {spread(m['frames'])}, {slow} over 50 ms; "
+                f"long tasks {spread(m['longTasks'])}, total {sum(m['longTasks']):.0f} ms"
+            )
+        await shot(page, "console-500-nodes.png")
+        assert errors == []
+    finally:
+        await page.close()

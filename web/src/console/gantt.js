@@ -16,12 +16,36 @@ function tickStep(span) {
 
 const fmt = (d) => (d < 1000 ? `${d} ms` : d < 120_000 ? `${(d / 1000).toFixed(d % 1000 ? 1 : 0)} s` : `${Math.round(d / 60_000)} min`);
 
+// The onSelect of each timeline svg: one click and one keydown listener per svg (delegated)
+// rather than two per bar, re-added on each redraw of hundreds of bars.
+const selects = new WeakMap();
+
+function delegate(svg, onSelect) {
+  if (!selects.has(svg)) {
+    const barOf = (ev) => ev.target.closest?.(".bar[data-node]");
+    svg.addEventListener("click", (ev) => {
+      const bar = barOf(ev);
+      if (bar) selects.get(svg)?.(bar.dataset.node);
+    });
+    svg.addEventListener("keydown", (ev) => {
+      const bar = barOf(ev);
+      if (!bar || (ev.key !== "Enter" && ev.key !== " ")) return;
+      ev.preventDefault();
+      selects.get(svg)?.(bar.dataset.node);
+    });
+  }
+  selects.set(svg, onSelect);
+}
+
 /** Draws the timeline of `status` (GraphStatus) for the nodes of `graph` into svg. */
 export function drawGantt(svg, graph, status, width, onSelect) {
   graphStyles();
+  if (onSelect) delegate(svg, onSelect);
   // The bar with the keyboard focus keeps it across redraws (once a second while a run runs).
   const focused = svg.contains(document.activeElement) ? document.activeElement.dataset : null;
   const refocus = focused ? `.bar[data-node="${CSS.escape(focused.node ?? "")}"][data-attempt="${focused.attempt}"][data-iteration="${focused.iteration}"]` : "";
+  // Drawn detached, then swapped in at once: one style and layout pass for the whole timeline.
+  const out = document.createDocumentFragment();
   svg.replaceChildren();
   const byId = new Map(status.nodes.map((n) => [n.nodeId, n]));
   const starts = status.nodes.flatMap((n) => n.attempts.map((a) => ms(a.startTime)).filter(Boolean));
@@ -37,14 +61,14 @@ export function drawGantt(svg, graph, status, width, onSelect) {
   const x = (t) => LABEL_W + ((t - t0) / (t1 - t0)) * plot;
   const step = tickStep(t1 - t0);
   for (let d = 0; d <= t1 - t0; d += step) {
-    el("line", { x1: x(t0 + d), x2: x(t0 + d), y1: AXIS_H - 4, y2: height, class: "tick" }, svg);
+    el("line", { x1: x(t0 + d), x2: x(t0 + d), y1: AXIS_H - 4, y2: height, class: "tick" }, out);
     if (x(t0 + d) < width - 50) {
-      el("text", { x: x(t0 + d) + 2, y: 12, class: "tick-label" }, svg).textContent = `+${fmt(d)}`;
+      el("text", { x: x(t0 + d) + 2, y: 12, class: "tick-label" }, out).textContent = `+${fmt(d)}`;
     }
   }
   graph.nodes.forEach((n, row) => {
     const y = AXIS_H + row * ROW_H;
-    const g = el("g", { class: "gantt-row", "data-row": n.id }, svg);
+    const g = el("g", { class: "gantt-row", "data-row": n.id }, out);
     el("text", { x: 4, y: y + 16, class: "row-label" }, g).textContent = n.id;
     const attempts = [...(byId.get(n.id)?.attempts ?? [])].sort(
       (a, b) => a.iteration - b.iteration || a.attempt - b.attempt,
@@ -85,13 +109,6 @@ export function drawGantt(svg, graph, status, width, onSelect) {
         bar.setAttribute("tabindex", "0");
         bar.setAttribute("role", "button");
         bar.setAttribute("aria-label", `node ${what}`);
-        bar.addEventListener("click", () => onSelect(n.id));
-        bar.addEventListener("keydown", (ev) => {
-          if (ev.key === "Enter" || ev.key === " ") {
-            ev.preventDefault();
-            onSelect(n.id);
-          }
-        });
       }
     }
     // A wait node waiting now: a dotted line from its last attempt to now.
@@ -101,5 +118,6 @@ export function drawGantt(svg, graph, status, width, onSelect) {
       el("title", {}, w).textContent = `waiting for a decision for ${fmt(Math.max(0, now - last))}`;
     }
   });
+  svg.appendChild(out);
   if (refocus) svg.querySelector(refocus)?.focus();
 }
