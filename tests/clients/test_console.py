@@ -1237,9 +1237,19 @@ async def test_run_a_definition_version_with_inputs(console: Console) -> None:
         assert (status.definition.name, status.definition.version) == (name, 2)
         submitted = await console.dago.get_graph(gid)
         assert json_format.MessageToDict(submitted.inputs) == {"ticket": 42}
+        # The run links the version it ran; the runs list filters by definition.
+        await page.click(f'#run-definition a[data-definition="{name}@2"]')
+        await page.wait_for_selector('#version-title[data-version="2"]')
+        other = (await console.dago.submit(request([echo("a")], name=name))).graph_id
+        await page.goto(console.url("#/runs"))
+        await page.wait_for_selector(f'tr[data-run="{other}"]')
+        await page.wait_for_selector(f'#f-definition option[value="{name}"]', state="attached")
+        await page.select_option("#f-definition", name)
         await page.wait_for_function(
-            f"() => document.body.innerText.includes('definition {name}@2')"
+            "document.querySelectorAll('#runs-body tr[data-run]').length === 1"
         )
+        assert await listed(page) == [gid]
+        assert f"definition={name}" in page.url
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         await page.close()

@@ -24,6 +24,7 @@ export function runPage(root, graphId, firstNode) {
   const head = h("section", { class: "run-head", "aria-label": "run" }, root);
   const title = h("h2", {}, head);
   const facts = h("p", { id: "run-facts", class: "facts" }, head);
+  const definedBy = h("p", { id: "run-definition", class: "facts", hidden: "" }, head);
   const forkedFrom = h("p", { id: "forked-from", class: "facts", hidden: "" }, head);
   const errorBox = h("p", { id: "run-error", role: "alert", hidden: "" }, head);
   const io = h("details", { class: "io" }, head);
@@ -97,8 +98,15 @@ export function runPage(root, graphId, firstNode) {
       `${st.steps} steps`,
       u ? `tokens ${u.inputTokens} in / ${u.outputTokens} out · $${u.costUsd.toFixed(4)}` : "",
       st.namespace ? `namespace ${st.namespace}` : "",
-      st.definition?.name ? `definition ${st.definition.name}@${st.definition.version}` : "",
     ].filter(Boolean).join(" · ");
+    // The definition version the run ran, linked to it on the Definitions page.
+    const def = st.definition;
+    definedBy.hidden = !def?.name;
+    if (def?.name && !definedBy.firstChild) {
+      const ref = `${def.name}@${def.version}`;
+      definedBy.appendChild(document.createTextNode("definition "));
+      h("a", { href: `#/definitions/${encodeURIComponent(def.name)}/versions/${def.version}`, "data-definition": ref }, definedBy, ref);
+    }
     cancel.disabled = TERMINAL.has(state);
     fork.setEnabled(TERMINAL.has(state));
     forkedFrom.hidden = !st.forkedFrom;
