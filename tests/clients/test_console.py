@@ -4,7 +4,9 @@ Chromium driven by Playwright, in front of real API and worker processes: the ru
 routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel,
 fork with a preview of its plan, forked-from and reused nodes),
 the operations page (workers, a dead letter requeued), the usage page (with and without
-run history in PostgreSQL) and the API key. Screenshots are kept
+run history in PostgreSQL), the Definitions page (publish from a file or a drop, unchanged
+and refused publishes, label, deprecate, a version's graph and JSON, run a version with
+inputs), a 500-node run's frame times (printed) and the API key. Screenshots are kept
 in .artifacts/console-*.png."""
 
 from __future__ import annotations
