@@ -69,8 +69,8 @@ function publishForm(root, name, published) {
   const drop = h("div", { id: "pub-drop", class: "drop" }, form);
   const fileLabel = h("label", { for: "pub-file" }, drop, "graph file (.json; or drop it here) ");
   const file = h("input", { id: "pub-file", type: "file", accept: ".json,application/json" }, fileLabel);
-  // The file's name, shown too for a dropped file (the file input does not show that one).
-  const chosenName = h("span", { id: "pub-file-name", class: "hint" }, drop, "");
+  // The chosen or dropped file's name, announced to screen readers (the input shows it).
+  const chosenName = h("span", { id: "pub-file-name", class: "sr-only", "aria-live": "polite" }, drop, "");
   const go = h("button", { id: "pub-go", type: "submit", disabled: "" }, form, "Publish");
   const result = statusLine(form, { id: "pub-result", role: "status", "aria-live": "polite" });
   const error = statusLine(form, { id: "pub-error", class: "status-line err", role: "alert" });
@@ -95,7 +95,14 @@ function publishForm(root, name, published) {
     ev.preventDefault();
     drop.classList.remove("over");
     const f = [...(ev.dataTransfer?.files ?? [])][0];
-    if (f) choose(f);
+    if (!f) return;
+    // The file input shows the dropped file too (not one chosen before it).
+    try {
+      file.files = ev.dataTransfer.files;
+    } catch {
+      file.value = "";
+    }
+    choose(f);
   });
 
   form.addEventListener("submit", async () => {
