@@ -62,6 +62,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
         gk = sk.graph(gid)
         names |= {gk.meta: "hash", gk.nodes: "hash", gk.topo: "hash"}
         names[gk.events] = "stream"
+        names[gk.children] = "zset"
         assert set(gk.all()) <= set(names), gk.all()
         if rid:
             names[sk.request(rid)] = "hash"

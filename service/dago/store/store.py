@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -38,6 +38,7 @@ from dago.store.functions import (
     Result,
     SignalArgs,
     Signalled,
+    Spawning,
     Started,
     SubmitArgs,
     Submitted,
@@ -378,6 +379,16 @@ class Store:
         the node's state after (WAITING, or UNSPECIFIED when the item was stale)."""
         raw = await self.library.call("wait", [self.keys.shard(shard)], WaitArgs(worker), items)
         return [int(x) for x in raw]
+
+    async def spawn(
+        self, shard: int, args: Spawning, topology: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """Start a subgraph node's child run and park the node (its work item is acked);
+        returns (outcome, child id): ``created``, ``exists`` (the attempt had its child
+        already), ``stale`` (fenced out) or ``too_deep`` (the attempt failed)."""
+        extra = [x for kv in topology.items() for x in kv]
+        raw = await self.library.call("spawn", [self.keys.shard(shard)], args, (), extra)
+        return parse_pair(raw)
 
     async def signal(self, shard: int, args: SignalArgs) -> Signalled:
         """Record a decision for a waiting node (see ``signal.lua`` for the outcomes)."""

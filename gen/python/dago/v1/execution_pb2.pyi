@@ -299,6 +299,7 @@ class NodeStatus(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -312,6 +313,10 @@ class NodeStatus(_message.Message):
     reused: _builtins.bool
     """The node was not executed in this run: its recorded output (or skip) was
     reused from the run this one was forked from (ForkGraph).
+    """
+    child_graph_id: _builtins.str
+    """A subgraph node: the child run of its current attempt (empty before the
+    node started one).
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -359,10 +364,11 @@ class NodeStatus(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         wait: Global___NodeWait | None = ...,
         reused: _builtins.bool = ...,
+        child_graph_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,6 +447,9 @@ class GraphStatus(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
+    PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -457,6 +466,16 @@ class GraphStatus(_message.Message):
     """
     forked_from: _builtins.str
     """The run this run was forked from (ForkGraph), if any."""
+    parent_graph_id: _builtins.str
+    """The run that started this one (a subgraph node's child run); empty for a
+    run submitted by a client.
+    """
+    parent_node_id: _builtins.str
+    """The node of the parent run that started this one."""
+    depth: _builtins.int
+    """How deeply this run is nested: 0 for a run submitted by a client, 1 for
+    its children, and so on (capped by DAGO_MAX_GRAPH_DEPTH).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -507,10 +526,13 @@ class GraphStatus(_message.Message):
         namespace: _builtins.str = ...,
         forked_from: _builtins.str = ...,
         definition: _definitions_pb2.DefinitionRef | None = ...,
+        parent_graph_id: _builtins.str = ...,
+        parent_node_id: _builtins.str = ...,
+        depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -287,6 +287,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: bool reused = 30;
    */
   reused: boolean;
+
+  /**
+   * A subgraph node: the child run of its current attempt (empty before the
+   * node started one).
+   *
+   * @generated from field: string child_graph_id = 40;
+   */
+  childGraphId: string;
 };
 
 /**
@@ -462,6 +470,29 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: dago.v1.DefinitionRef definition = 20;
    */
   definition?: DefinitionRef | undefined;
+
+  /**
+   * The run that started this one (a subgraph node's child run); empty for a
+   * run submitted by a client.
+   *
+   * @generated from field: string parent_graph_id = 40;
+   */
+  parentGraphId: string;
+
+  /**
+   * The node of the parent run that started this one.
+   *
+   * @generated from field: string parent_node_id = 41;
+   */
+  parentNodeId: string;
+
+  /**
+   * How deeply this run is nested: 0 for a run submitted by a client, 1 for
+   * its children, and so on (capped by DAGO_MAX_GRAPH_DEPTH).
+   *
+   * @generated from field: int32 depth = 42;
+   */
+  depth: number;
 };
 
 /**
