@@ -65,6 +65,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
     Meta.FORKED_FROM,
     Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST,
+    Meta.PARENT_GRAPH, Meta.PARENT_NODE,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
 

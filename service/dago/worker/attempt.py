@@ -377,7 +377,7 @@ class Attempts:
             max_tokens=g.limits.max_tokens,
             max_cost=repr(g.limits.max_cost_usd),
             deadline_ms=deadline_ms,
-            def_name=sg.definition,
+            def_name=sg.definition.partition("@")[0] if sg.definition_version else "",
             def_version=sg.definition_version,
             def_digest=sg.definition_digest,
         )
