@@ -31,6 +31,7 @@ from harness import (
     fast_retry,
     node_states,
     node_status,
+    of_kind,
     plain,
     request,
     rpc_error,
@@ -135,6 +136,20 @@ async def test_an_inline_child_runs_and_its_result_is_the_nodes_output(
     assert cst.state == COMPLETED and cst.name == "child"
     assert (cst.parent_graph_id, cst.parent_node_id, cst.depth) == (gid, "run", 1)
     assert node_states(cst) == {"greet": "COMPLETED", "shout": "COMPLETED"}
+    # The parent's log says when the child started and ended; watching it sees the same.
+    events = await c.history(gid)
+    (started,) = of_kind(events, "child_started", "run")
+    (ended,) = of_kind(events, "child_ended", "run")
+    assert started.child_started.child_graph_id == child == ended.child_ended.child_graph_id
+    assert ended.child_ended.state == COMPLETED and started.seq < ended.seq
+    assert [e.seq for e in await c.watch(gid)] == [e.seq for e in events]
+    # The node's first execution ended WAITING (for its child), the next one completed it.
+    req = orchestrator_pb2.ListNodeAttemptsRequest(graph_id=gid, node_id="run")
+    attempts = (await c.stub.ListNodeAttempts(req, timeout=10)).attempts
+    assert [(a.execution, a.state) for a in attempts] == [
+        (1, execution_pb2.NODE_STATE_WAITING),
+        (2, execution_pb2.NODE_STATE_COMPLETED),
+    ]
 
 
 async def test_a_definition_body_is_pinned_at_submit(stack: InProcessStack) -> None:
@@ -166,6 +181,7 @@ async def test_a_definition_body_is_pinned_at_submit(stack: InProcessStack) -> N
     assert err.code() == grpc.StatusCode.NOT_FOUND, err
 
 
+@pytest.mark.slow
 async def test_usage_rolls_up_and_counts_against_the_parents_limits(
     stack: InProcessStack, fake: FakeAnthropic
 ) -> None:
@@ -312,6 +328,7 @@ async def test_a_self_referencing_definition_is_refused_at_the_cap(single: InPro
     assert "nesting depth 3 exceeds 2" in err.details(), err.details()
 
 
+@pytest.mark.slow
 async def test_list_graphs_parent_filter_through_envoy(edge_stack: Edge) -> None:
     e = edge_stack
     body = json_format.MessageToDict(parent_request())

@@ -311,6 +311,10 @@ class Detail:
     SIGNAL_ID: Final = "signal_id"
     COMMENT: Final = "comment"
     TIMED_OUT: Final = "timed_out"
+    CHILD: Final = "child"
+    """child_started, child_ended: the child run's id."""
+    CHILD_STATE: Final = "child_state"
+    """child_ended: the child run's end state (a GraphState number)."""
 
 
 class Work:

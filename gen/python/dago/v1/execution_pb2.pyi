@@ -573,6 +573,8 @@ class Event(_message.Message):
     NODE_WAITING_FIELD_NUMBER: _builtins.int
     SIGNAL_RECEIVED_FIELD_NUMBER: _builtins.int
     NODE_REUSED_FIELD_NUMBER: _builtins.int
+    CHILD_STARTED_FIELD_NUMBER: _builtins.int
+    CHILD_ENDED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -683,6 +685,18 @@ class Event(_message.Message):
         was forked from; the node is not executed.
         """
 
+    @_builtins.property
+    def child_started(self) -> Global___ChildGraphStarted:
+        """A subgraph node started its child run (the event's node and attempt
+        are the node run's).
+        """
+
+    @_builtins.property
+    def child_ended(self) -> Global___ChildGraphEnded:
+        """A subgraph node's child run ended; the node is queued again to complete
+        (or fail) with the child's outcome.
+        """
+
     def __init__(
         self,
         *,
@@ -715,16 +729,66 @@ class Event(_message.Message):
         node_waiting: Global___NodeWaiting | None = ...,
         signal_received: Global___SignalReceived | None = ...,
         node_reused: Global___NodeReused | None = ...,
+        child_started: Global___ChildGraphStarted | None = ...,
+        child_ended: Global___ChildGraphEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class ChildGraphStarted(_message.Message):
+    """Payload of child_started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    child_graph_id: _builtins.str
+    """The child run's id."""
+    def __init__(
+        self,
+        *,
+        child_graph_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_graph_id", b"child_graph_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildGraphStarted: _TypeAlias = ChildGraphStarted  # noqa: Y015
+
+@_typing.final
+class ChildGraphEnded(_message.Message):
+    """Payload of child_ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    child_graph_id: _builtins.str
+    """The child run's id."""
+    state: Global___GraphState.ValueType
+    """How it ended (COMPLETED, FAILED or CANCELLED)."""
+    def __init__(
+        self,
+        *,
+        child_graph_id: _builtins.str = ...,
+        state: Global___GraphState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_graph_id", b"child_graph_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildGraphEnded: _TypeAlias = ChildGraphEnded  # noqa: Y015
 
 @_typing.final
 class NodeReused(_message.Message):

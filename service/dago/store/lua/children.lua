@@ -47,6 +47,8 @@ function Child.ended(gid, state)
   if err then rec = rec .. ',"' .. CHILD_OUTCOME.ERROR .. '":' .. err end
   rec = rec .. '}'
   bytes_fit(pid, #rec)
+  emit(pid, EventKind.CHILD_ENDED, node, attempt, iter,
+    jstr({[DETAIL.CHILD] = gid, [DETAIL.CHILD_STATE] = state}))
   -- The outcome first, then the work item: the start that reads it is this attempt's next
   -- execution (the parked one's number is kept negated, as for a wait node).
   node_set(pid, node, node .. NODE.DECISION_REF .. NODE.OUTPUT, rec)

@@ -98,6 +98,8 @@ local EventKind = {
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
   NODE_REUSED = 'node_reused',
+  CHILD_STARTED = 'child_started',
+  CHILD_ENDED = 'child_ended',
 }
 
 -- functions.Outcome
@@ -281,6 +283,8 @@ local DETAIL = {
   SIGNAL_ID = 'signal_id',
   COMMENT = 'comment',
   TIMED_OUT = 'timed_out',
+  CHILD = 'child',
+  CHILD_STATE = 'child_state',
 }
 
 -- schema.Work

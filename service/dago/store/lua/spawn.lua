@@ -47,6 +47,7 @@ if not child then
   outcome = 'created'
   bytes_fit(pid, #input)
   Child.create(child, pid, node, iter, attempt, exec, depth, A)
+  emit(pid, EventKind.CHILD_STARTED, node, attempt, iter, jstr({[DETAIL.CHILD] = child}))
 end
 local rec = J.REC_STARTED .. (v[4] or NOW_S) .. J.REC_ENDED .. NOW_S .. J.REC_STATE .. NodeStateText.WAITING
   .. J.REC_WORKER .. jstr(worker) .. J.REC_INPUT .. input .. '}'
