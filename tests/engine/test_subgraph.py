@@ -350,3 +350,31 @@ async def test_list_graphs_parent_filter_through_envoy(edge_stack: Edge) -> None
     # Without the filter the parent and the child are both listed.
     every = (await e.http.get("/api/v1/graphs", params={"page_size": 1000})).json()["graphs"]
     assert {gid, run["child_graph_id"]} <= {g["graph_id"] for g in every}
+
+
+async def test_a_fork_reuses_a_subgraph_nodes_output_or_starts_a_new_child(
+    stack: InProcessStack,
+) -> None:
+    c = stack.client
+    gid, st = await c.run(parent_request())
+    assert st.state == COMPLETED, st
+    first_child = node_status(st, "run").child_graph_id
+
+    async def fork(*nodes: str) -> execution_pb2.GraphStatus:
+        req = orchestrator_pb2.ForkGraphRequest(graph_id=gid, from_nodes=list(nodes))
+        resp = await c.stub.ForkGraph(req, timeout=10)
+        return await c.wait(resp.graph_id)
+
+    # Downstream of the child only: the subgraph node's output is reused, no child starts.
+    after = await fork("after")
+    assert after.state == COMPLETED and node_status(after, "run").reused
+    assert not node_status(after, "run").child_graph_id
+    assert await children_of(c, after.graph_id) == []
+    assert plain(node_status(after, "after").output) == {"got": "hello world!"}
+    # From the subgraph node: a new child run of the fork.
+    again = await fork("run")
+    assert again.state == COMPLETED, again
+    kid = node_status(again, "run").child_graph_id
+    assert kid and kid != first_child
+    assert [k.graph_id for k in await children_of(c, again.graph_id)] == [kid]
+    assert plain(node_status(again, "after").output) == {"got": "hello world!"}
