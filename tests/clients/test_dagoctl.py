@@ -682,3 +682,22 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     assert code == 6, err
     code, out, _ = await ctl("def", "versions", "hello")
     assert "deprecated" in out.splitlines()[-1] and "prod" in out.splitlines()[-1], out
+
+
+@pytest.mark.slow
+async def test_status_links_parents_and_children_and_list_filters_by_parent(
+    stack: InProcessStack,
+) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "subgraph.json"), "--wait")
+    assert code == 0, err
+    gid = out.strip()
+    code, out, _ = await ctl("list", "--parent", gid)
+    assert code == 0
+    rows = out.splitlines()[1:]
+    assert len(rows) == 1 and "summarizer" in rows[0], out
+    child = rows[0].split()[0]
+    code, out, _ = await ctl("status", gid)
+    assert code == 0 and f"children summarize -> {child}" in out, out
+    st = await stack.client.status(child)
+    assert (st.parent_graph_id, st.parent_node_id) == (gid, "summarize")
