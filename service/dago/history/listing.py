@@ -31,6 +31,7 @@ from typing import Any
 from google.protobuf import json_format
 from psycopg import sql
 
+from dago.engine.ids import parse_shard
 from dago.history.db import HistoryDb
 from dago.history.filters import RunFacts, RunFilter, datetime_ms, ms_datetime
 from dago.store.schema import Meta, Usage
@@ -117,14 +118,17 @@ class RunListing:
         extra = (Meta.DEFINITION,) if f.needs_metadata else ()
         budget = max(1, self._budget // 5) if f.needs_metadata else self._budget
         filtered = f.name or f.metadata or f.min_cost_usd or f.parent_graph_id
+        if f.parent_graph_id and parse_shard(f.parent_graph_id, self._shards) != shard:
+            return Part([], None)  # children live on their parent's shard
         batch = min(_METADATA_BATCH if f.needs_metadata else _BATCH, budget) if filtered else want
         state = execution_pb2.GraphState.Value(f"GRAPH_STATE_{f.state}") if f.state else 0
         runs: list[Listed] = []
         offset = scanned = read = 0
         while True:
             entries = await self._store.index_range(
-                shard, f.namespace, state, high, f.created_after_ms, offset, batch
-            )
+                shard, f.namespace, state, high, f.created_after_ms, offset, batch,
+                f.parent_graph_id,
+            )  # fmt: skip
             offset += len(entries)
             # Ties with the cursor's millisecond: only the ids after it (index order).
             later = [(gid, ms) for gid, ms in entries if after is None or (ms, gid) < after]

@@ -518,12 +518,19 @@ class Store:
         low_ms: int | None,
         offset: int,
         count: int,
+        parent: str = "",
     ) -> list[tuple[str, int]]:
         """Up to ``count`` (graph id, create time ms) of one shard's namespace index (of
         one state when ``state``), newest first (ids descending within a millisecond),
         create times from ``high_ms`` down to ``low_ms`` (both inclusive; None: no bound),
-        after skipping ``offset`` entries."""
-        key = self.keys.shard(shard).index(str(state) if state else "", namespace)
+        after skipping ``offset`` entries. With ``parent`` (a run on this shard), its
+        children's index instead (``GraphKeys.children``: every state)."""
+        sk = self.keys.shard(shard)
+        key = (
+            sk.graph(parent).children
+            if parent
+            else sk.index(str(state) if state else "", namespace)
+        )
         res = await self.redis.zrevrangebyscore(
             key,
             "+inf" if high_ms is None else high_ms,
