@@ -5,6 +5,7 @@ killed while a child runs, the depth cap, and ListGraphs' parent filter."""
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from harness import (
     Edge,
     InProcessStack,
     MakeStack,
+    ProcessStack,
     echo,
     edge,
     eventually,
@@ -278,22 +280,6 @@ async def test_the_parents_deadline_bounds_the_child(stack: InProcessStack) -> N
     assert cst.state in (FAILED, CANCELLED), cst
 
 
-async def test_a_restart_while_the_child_runs_starts_no_second_child(
-    redis_single: RedisServer, make_stack: MakeStack
-) -> None:
-    # The parent node holds no work item while its child runs: stopping every worker (and
-    # the API) then starting new ones resumes the child, and the node gets the one result.
-    first = await make_stack(redis_single)
-    gid = await first.client.submit(request([sub("run", holding(1.0)), echo("z", v=1)]))
-    kid = await running_child(first.client, gid)
-    await first.stop()
-    second = await make_stack(redis_single)
-    st = await second.client.wait(gid)
-    assert st.state == COMPLETED, st
-    assert node_status(st, "run").child_graph_id == kid
-    assert [k.graph_id for k in await children_of(second.client, gid)] == [kid]
-
-
 async def test_nesting_past_the_depth_cap_is_refused_at_submit(single: InProcessStack) -> None:
     c = single.client
     inner = {"nodes": [echo("leaf", v=1)]}
@@ -378,3 +364,37 @@ async def test_a_fork_reuses_a_subgraph_nodes_output_or_starts_a_new_child(
     assert kid and kid != first_child
     assert [k.graph_id for k in await children_of(c, again.graph_id)] == [kid]
     assert plain(node_status(again, "after").output) == {"got": "hello world!"}
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_child_is_reclaimed_without_a_second_child(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    stack = ProcessStack(redis_single.url, key_prefix)
+    try:
+        stack.start("w1", "worker")
+        await stack.start_api()
+        c = stack.client
+        gid = await c.submit(request([sub("run", holding(1.0)), echo("z", v=1)]))
+        kid = await running_child(c, gid)
+
+        async def holding_now() -> bool:
+            n = node_status(await c.status(kid), "hold")
+            return n.state == execution_pb2.NODE_STATE_RUNNING
+
+        await eventually(holding_now)
+        stack.signal("w1", signal.SIGKILL)  # it held the child's node, nothing of the parent
+        stack.start("w2", "worker")
+        st = await c.wait(gid, timeout=30)
+        assert st.state == COMPLETED, st
+        assert [k.graph_id for k in await children_of(c, gid)] == [kid]
+        run = node_status(st, "run")
+        assert run.child_graph_id == kid and run.attempt == 1
+        req = orchestrator_pb2.ListNodeAttemptsRequest(graph_id=kid, node_id="hold")
+        attempts = (await c.stub.ListNodeAttempts(req, timeout=10)).attempts
+        assert [a.state for a in attempts] == [
+            execution_pb2.NODE_STATE_RECLAIMED,
+            execution_pb2.NODE_STATE_COMPLETED,
+        ]
+    finally:
+        await stack.close()
