@@ -473,9 +473,7 @@ class ListGraphsRequest(_message.Message):
     definition_version: _builtins.int
     """With `definition`: only runs of this version of it (0: any)."""
     parent_graph_id: _builtins.str
-    """Only the child runs this run started (its subgraph nodes' runs), oldest
-    first.
-    """
+    """Only the child runs this run started (its subgraph nodes' runs)."""
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only runs created at or after this time (milliseconds count: a run's

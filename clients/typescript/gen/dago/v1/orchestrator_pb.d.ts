@@ -430,8 +430,7 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
   definitionVersion: number;
 
   /**
-   * Only the child runs this run started (its subgraph nodes' runs), oldest
-   * first.
+   * Only the child runs this run started (its subgraph nodes' runs).
    *
    * @generated from field: string parent_graph_id = 40;
    */
