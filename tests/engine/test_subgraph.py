@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf import json_format
 
@@ -398,3 +399,29 @@ async def test_a_worker_killed_mid_child_is_reclaimed_without_a_second_child(
         ]
     finally:
         await stack.close()
+
+
+@pytest.mark.slow
+async def test_children_are_archived_with_their_parent_link(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    stack = await make_stack(postgres_url=postgres_url, migrate_at_start=True, retention_s=1)
+    c = stack.client
+    gid, st = await c.run(parent_request())
+    assert st.state == COMPLETED, st
+    kid = node_status(st, "run").child_graph_id
+
+    async def gone_to_history() -> bool:
+        keys = [stack.store.keys.shard(int(g.split("-")[0])).graph(g).meta for g in (gid, kid)]
+        return not await stack.store.redis.exists(*keys)
+
+    await eventually(gone_to_history, timeout=20)
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        cur = await conn.execute(
+            "SELECT parent_graph_id, parent_node_id FROM dago_runs WHERE graph_id = %s", (kid,)
+        )
+        assert await cur.fetchall() == [(gid, "run")]
+    # Read back from the history: the link, and the parent filter over archived runs.
+    assert (await c.status(kid)).parent_graph_id == gid
+    (listed,) = await children_of(c, gid)
+    assert (listed.graph_id, listed.parent_graph_id, listed.parent_node_id) == (kid, gid, "run")
