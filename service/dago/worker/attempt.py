@@ -30,6 +30,7 @@ from dago.engine.graphcache import LoadedGraph
 from dago.engine.ids import new_graph_id
 from dago.engine.model import CompiledNode
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
+from dago.nodes.subgraph import ChildRun
 from dago.observe.logs import NODE, NodeFields
 from dago.observe.metrics import Metrics
 from dago.observe.redact import Redactor
@@ -340,10 +341,10 @@ class Attempts:
             return
         self._finish(running, node, rendered, fields, started)
 
-    def _spawn(self, item: WorkItem, node: CompiledNode, child: Any) -> Spawn:
-        """The ``spawn`` call of a subgraph node's attempt starting its child run (a
-        ``dago.nodes.subgraph.ChildRun``): a fresh id on the parent's shard, the child's
-        graph as stored and its topology, the limits its graph sets."""
+    def _spawn(self, item: WorkItem, node: CompiledNode, child: ChildRun) -> Spawn:
+        """The ``spawn`` call of a subgraph node's attempt starting its child run: a fresh id
+        on the parent's shard, the child's graph as stored and its topology, the limits its
+        graph sets."""
         compiled = child.compiled
         g = compiled.proto
         limits = self._limits
