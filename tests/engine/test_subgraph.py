@@ -102,7 +102,7 @@ async def children_of(c: Client, gid: str) -> list[orchestrator_pb2.GraphSummary
     return list((await c.stub.ListGraphs(req, timeout=10)).graphs)
 
 
-async def running_child(c: Client, gid: str, node: str = "run") -> str:
+async def running_child(c: Client, gid: str, node: str = "run", timeout: float = 10) -> str:
     """The child of ``node`` once it runs; the node WAITING for it."""
     found: list[str] = []
 
@@ -114,7 +114,7 @@ async def running_child(c: Client, gid: str, node: str = "run") -> str:
         found[:] = [n.child_graph_id]
         return child.state == execution_pb2.GRAPH_STATE_RUNNING
 
-    await eventually(check)
+    await eventually(check, timeout)
     return found[0]
 
 
@@ -369,23 +369,25 @@ async def test_a_fork_reuses_a_subgraph_nodes_output_or_starts_a_new_child(
 
 @pytest.mark.slow
 async def test_a_worker_killed_mid_child_is_reclaimed_without_a_second_child(
-    redis_single: RedisServer, key_prefix: str
+    redis_single: RedisServer, make_stack: MakeStack, key_prefix: str
 ) -> None:
-    stack = ProcessStack(redis_single.url, key_prefix)
+    api = await make_stack(redis_single, workers=0)  # the API in-process, workers as processes
+    procs = ProcessStack(redis_single.url, key_prefix)
     try:
-        stack.start("w1", "worker")
-        await stack.start_api()
-        c = stack.client
-        gid = await c.submit(request([sub("run", holding(1.0)), echo("z", v=1)]))
-        kid = await running_child(c, gid)
+        procs.start("w1", "worker")
+        procs.start("w2", "worker")
+        c = api.client
+        gid = await c.submit(request([sub("run", holding(2.0)), echo("z", v=1)]))
+        kid = await running_child(c, gid, timeout=30)
+        holder: list[str] = []
 
         async def holding_now() -> bool:
-            n = node_status(await c.status(kid), "hold")
-            return n.state == execution_pb2.NODE_STATE_RUNNING
+            events = await c.history(kid)
+            holder[:] = [e.node_started.worker_id for e in of_kind(events, "node_started", "hold")]
+            return bool(holder)
 
         await eventually(holding_now)
-        stack.signal("w1", signal.SIGKILL)  # it held the child's node, nothing of the parent
-        stack.start("w2", "worker")
+        procs.signal(holder[0], signal.SIGKILL)  # it held the child's node, nothing of the parent
         st = await c.wait(gid, timeout=30)
         assert st.state == COMPLETED, st
         assert [k.graph_id for k in await children_of(c, gid)] == [kid]
@@ -398,7 +400,7 @@ async def test_a_worker_killed_mid_child_is_reclaimed_without_a_second_child(
             execution_pb2.NODE_STATE_COMPLETED,
         ]
     finally:
-        await stack.close()
+        await procs.close()
 
 
 @pytest.mark.slow
