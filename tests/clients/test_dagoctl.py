@@ -689,14 +689,19 @@ async def test_status_links_parents_and_children_and_list_filters_by_parent(
     stack: InProcessStack,
 ) -> None:
     ctl = ctl_for(stack)
-    code, out, err = await ctl("submit", str(EXAMPLES / "subgraph.json"), "--wait")
+    code, out, err = await ctl("submit", str(EXAMPLES / "subgraph.json"), "--watch")
     assert code == 0, err
-    gid = out.strip()
+    gid = out.splitlines()[0].strip()
+    # The live view (plain lines) says which child run the node started, and how it ended.
+    started = re.search(r"(?m)^summarize: started child run (\S+) \(dagoctl watch \1\)$", out)
+    assert started is not None, out
+    assert f"summarize: child run {started.group(1)} completed" in out, out
     code, out, _ = await ctl("list", "--parent", gid)
     assert code == 0
     rows = out.splitlines()[1:]
     assert len(rows) == 1 and "summarizer" in rows[0], out
     child = rows[0].split()[0]
+    assert child == started.group(1)
     code, out, _ = await ctl("status", gid)
     assert code == 0 and f"children summarize -> {child}" in out, out
     st = await stack.client.status(child)
