@@ -300,6 +300,24 @@ async def test_nesting_past_the_depth_cap_is_refused_at_submit(single: InProcess
     ) in err.details(), err.details()
 
 
+async def test_nesting_past_a_workers_depth_cap_fails_the_node_at_run_time(
+    redis_single: RedisServer, make_stack: MakeStack
+) -> None:
+    # An API that accepts depth 2 and a worker (of another deployment) capped at 1: the
+    # worker compiles the run's graph with its own cap, and the node fails, naming the path.
+    api = await make_stack(redis_single, workers=0)
+    await make_stack(redis_single, max_graph_depth=1)
+    two = {"name": "middle", "nodes": [sub("b", {"nodes": [echo("leaf", v=1)]})]}
+    _, st = await api.client.run(request([sub("a", two)]))
+    assert st.state == FAILED, st
+    a = node_status(st, "a")
+    assert a.error.error_class == graph_pb2.ERROR_CLASS_INVALID and not a.child_graph_id
+    assert (
+        "graph.nodes[0].subgraph.graph.nodes[0].subgraph: nesting depth 2 exceeds 1"
+        in a.error.message
+    ), a.error.message
+
+
 async def test_a_self_referencing_definition_is_refused_at_the_cap(single: InProcessStack) -> None:
     c = single.client
     defs = definitions_pb2_grpc.DefinitionServiceStub(c.channel)
