@@ -146,6 +146,7 @@ async def test_an_inline_child_runs_and_its_result_is_the_nodes_output(
     assert started.child_started.child_graph_id == child == ended.child_ended.child_graph_id
     assert ended.child_ended.state == COMPLETED and started.seq < ended.seq
     assert [e.seq for e in await c.watch(gid)] == [e.seq for e in events]
+    assert (await c.watch(child))[-1].WhichOneof("payload") == "graph_completed"
     # The node's first execution ended WAITING (for its child), the next one completed it.
     req = orchestrator_pb2.ListNodeAttemptsRequest(graph_id=gid, node_id="run")
     attempts = (await c.stub.ListNodeAttempts(req, timeout=10)).attempts
@@ -262,6 +263,21 @@ async def test_cancelling_the_parent_cancels_the_running_child(stack: InProcessS
     assert cst.state == CANCELLED and f"parent run {gid}" in cst.error.message
     assert node_status(cst, "hold").state == execution_pb2.NODE_STATE_CANCELLED
     await eventually(lambda: _true(f"{child}/hold/1/1" in HOLD_CANCELLED))
+
+
+async def test_cancelling_a_child_fails_its_node_for_good(stack: InProcessStack) -> None:
+    c = stack.client
+    gid = await c.submit(request([sub("run", holding(), retry=fast_retry(3))]))
+    child = await running_child(c, gid)
+    req = orchestrator_pb2.CancelGraphRequest(graph_id=child, reason="not needed")
+    await c.stub.CancelGraph(req, timeout=10)
+    st = await c.wait(gid)
+    run = node_status(st, "run")
+    assert st.state == FAILED and run.attempt == 1, st  # not retried
+    assert run.error.error_class == graph_pb2.ERROR_CLASS_PERMANENT
+    assert f"child run {child} was cancelled" in run.error.message
+    (ended,) = of_kind(await c.history(gid), "child_ended", "run")
+    assert ended.child_ended.state == CANCELLED
 
 
 async def _true(v: bool) -> bool:
