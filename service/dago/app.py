@@ -45,6 +45,7 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
         llm_provider=default_provider(settings),
         llm_model=settings.llm_model,
         allow_unknown_models=settings.allow_unknown_models,
+        max_depth=settings.max_graph_depth,
     )
     cel = CelCompiler(
         max_expression_tokens=settings.max_expression_tokens,

@@ -111,6 +111,7 @@ class Settings:
     max_inputs_bytes: int = 1024 * 1024
     max_events_per_graph: int = 100_000
     max_run_bytes: int = 64 * 1024 * 1024
+    max_graph_depth: int = 5
     max_node_bytes: int = 1024 * 1024
     max_value_bytes: int = 1024 * 1024
     max_event_bytes: int = 256 * 1024
@@ -583,6 +584,11 @@ SETTINGS: dict[str, _Spec] = {
     "max_run_bytes": _Spec(
         "Bytes one run may store in Redis (definition, inputs, outputs, attempt records, "
         "events); a node whose output would pass it fails (ERROR_CLASS_LIMIT), and so its run.",
+        _positive,
+    ),
+    "max_graph_depth": _Spec(
+        "How deeply runs may nest (a subgraph node's child run is one level deeper than its "
+        "parent): refused at submit when the nesting is static, failed at run time otherwise.",
         _positive,
     ),
     "max_node_bytes": _Spec(

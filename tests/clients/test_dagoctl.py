@@ -686,3 +686,27 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     assert code == 0 and out.strip() == "removed prod (was hello@1)", (out, err)
     code, _, err = await ctl("def", "unlabel", "hello", "prod")
     assert code == 6 and "hello@prod" in err, err
+
+
+@pytest.mark.slow
+async def test_status_links_parents_and_children_and_list_filters_by_parent(
+    stack: InProcessStack,
+) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "subgraph.json"), "--watch")
+    assert code == 0, err
+    gid = out.splitlines()[0].strip()
+    # The live view (plain lines) says which child run the node started, and how it ended.
+    started = re.search(r"(?m)^summarize: started child run (\S+) \(dagoctl watch \1\)$", out)
+    assert started is not None, out
+    assert f"summarize: child run {started.group(1)} completed" in out, out
+    code, out, _ = await ctl("list", "--parent", gid)
+    assert code == 0
+    rows = out.splitlines()[1:]
+    assert len(rows) == 1 and "summarizer" in rows[0], out
+    child = rows[0].split()[0]
+    assert child == started.group(1)
+    code, out, _ = await ctl("status", gid)
+    assert code == 0 and f"children summarize -> {child}" in out, out
+    st = await stack.client.status(child)
+    assert (st.parent_graph_id, st.parent_node_id) == (gid, "summarize")

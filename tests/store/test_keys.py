@@ -62,6 +62,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
         gk = sk.graph(gid)
         names |= {gk.meta: "hash", gk.nodes: "hash", gk.topo: "hash"}
         names[gk.events] = "stream"
+        names[gk.children] = "zset"
         assert set(gk.all()) <= set(names), gk.all()
         if rid:
             names[sk.request(rid)] = "hash"
@@ -173,7 +174,8 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     required = {keys.workers, keys.workers_seen}
     required |= {sk.work for sk in keys.all_shards()}  # consumer groups on every shard
     done = keys.shard(graph_shard(ran.completed))
-    required |= set(done.graph(ran.completed).all())
+    # Every key of a graph but its children's index (it has no subgraph nodes).
+    required |= set(done.graph(ran.completed).all()) - {done.graph(ran.completed).children}
     required |= {done.request(ran.graphs[ran.completed]), done.timers, done.index()}
     required |= {done.notify, done.watched}
     required.add(done.index(str(execution_pb2.GRAPH_STATE_COMPLETED)))

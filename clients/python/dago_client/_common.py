@@ -76,6 +76,8 @@ class RunFilters:
     """Only runs submitted from this stored definition (its name)."""
     definition_version: int = 0
     """With ``definition``: only runs of this version (0: any)."""
+    parent_graph_id: str = ""
+    """Only the child runs this run's subgraph nodes started."""
 
     def request(
         self, state: str | int | None, page_size: int, page_token: str
@@ -90,6 +92,7 @@ class RunFilters:
             min_cost_usd=self.min_cost_usd,
             definition=self.definition,
             definition_version=self.definition_version,
+            parent_graph_id=self.parent_graph_id,
         )
         if self.created_after is not None:
             req.created_after.FromDatetime(_utc(self.created_after))

@@ -297,6 +297,13 @@ class Cli:
         if st.HasField("definition"):
             d = st.definition
             self.print(f"from     {d.name}@{d.version} (digest {d.digest[:12]})")
+        if st.parent_graph_id:
+            self.print(
+                f"parent   {st.parent_graph_id} (node {st.parent_node_id}, depth {st.depth})"
+            )
+        children = [f"{n.node_id} -> {n.child_graph_id}" for n in st.nodes if n.child_graph_id]
+        if children:
+            self.print(f"children {', '.join(children)}")
         if st.HasField("error") and st.error.message:
             self.print(f"error    {st.error.message}")
         self.print("")
@@ -364,7 +371,7 @@ class Cli:
 
     def list(self) -> int:
         """``list``: runs, newest first, every page fetched up to --limit (filters: --state,
-        --since, --until, --name, --meta K=V, --min-cost)."""
+        --since, --until, --name, --meta K=V, --min-cost, --definition, --parent)."""
         limit = self.args.limit or None
         def_name, _, def_version = (self.args.definition or "").partition("@")
         if def_version and not def_version.isdigit():
@@ -377,6 +384,7 @@ class Cli:
             min_cost_usd=self.args.min_cost,
             definition=def_name,
             definition_version=int(def_version) if def_version else 0,
+            parent_graph_id=self.args.parent or "",
         )
         runs = list(
             self.client.list_graphs(
@@ -712,6 +720,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ls.add_argument("--min-cost", type=float, default=0.0, help="cost at least this (USD)")
     ls.add_argument("--definition", help="only runs of this stored definition (NAME or NAME@V)")
+    ls.add_argument("--parent", metavar="ID", help="only the child runs of run ID")
     df = sub.add_parser("def", help="stored, versioned graph definitions")
     df_sub = df.add_subparsers(dest="def_action", required=True, metavar="ACTION")
     pub = df_sub.add_parser("publish", help="publish a graph file as the next version of NAME")

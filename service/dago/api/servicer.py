@@ -21,6 +21,7 @@ from dago.api import fork as fork_rules
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
+from dago.api.children import has_references, pin_references
 from dago.api.definitions import DefinitionServicer, parse_reference
 from dago.api.errors import guard, guard_stream
 from dago.api.views import (
@@ -231,6 +232,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             request = resolved
         elif not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required (or give a definition)")
+        if has_references(request.graph):
+            # Subgraph bodies by reference: resolved and pinned now (api/children.py).
+            pinned = type(request).FromString(request.SerializeToString())
+            allow = request.allow_deprecated
+
+            async def resolve(reference: str, at: str) -> definitions_pb2.DefinitionVersion:
+                return await self._resolve(reference, allow, at)
+
+            await pin_references(pinned.graph, resolve, self._settings.max_graph_depth)
+            request = pinned
         inputs, raw_inputs, raw_def, compiled = await self._check(request, fork=fork)
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
@@ -383,14 +394,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
 
     async def _resolve(
-        self, reference: str, allow_deprecated: bool
+        self, reference: str, allow_deprecated: bool, field: str = "definition"
     ) -> definitions_pb2.DefinitionVersion:
-        """The version a SubmitGraphRequest.definition names, with its graph; NOT_FOUND for
-        an unknown one, FAILED_PRECONDITION for a deprecated one unless allowed."""
-        name, selector = parse_reference(reference)
-        found = await self.definitions.reads.resolve(
-            self._auth.current(), name, selector, "definition"
-        )
+        """The version a SubmitGraphRequest.definition (or a subgraph node's, at ``field``)
+        names, with its graph; NOT_FOUND for an unknown one, FAILED_PRECONDITION for a
+        deprecated one unless allowed."""
+        name, selector = parse_reference(reference, field)
+        found = await self.definitions.reads.resolve(self._auth.current(), name, selector, field)
         if found.deprecated and not allow_deprecated:
             raise errors.failed_precondition(
                 "DEFINITION_DEPRECATED",

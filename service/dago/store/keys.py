@@ -133,9 +133,14 @@ class GraphKeys:
         """Stream: the graph's event log, entry ids ``0-<seq>``."""
         return f"{self.base}:e"
 
+    @property
+    def children(self) -> str:
+        """Sorted set: the child runs the graph's subgraph nodes started, by creation time."""
+        return f"{self.base}:c"
+
     def all(self) -> tuple[str, ...]:
         """Every key of the graph (for expiry)."""
-        return (self.meta, self.nodes, self.topo, self.events)
+        return (self.meta, self.nodes, self.topo, self.events, self.children)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -38,6 +38,7 @@ from dago.store.functions import (
     Result,
     SignalArgs,
     Signalled,
+    Spawning,
     Started,
     SubmitArgs,
     Submitted,
@@ -64,6 +65,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
     Meta.FORKED_FROM,
     Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST,
+    Meta.PARENT_GRAPH, Meta.PARENT_NODE,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
 
@@ -390,6 +392,16 @@ class Store:
         raw = await self.library.call("wait", [self.keys.shard(shard)], WaitArgs(worker), items)
         return [int(x) for x in raw]
 
+    async def spawn(
+        self, shard: int, args: Spawning, topology: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """Start a subgraph node's child run and park the node (its work item is acked);
+        returns (outcome, child id): ``created``, ``exists`` (the attempt had its child
+        already), ``stale`` (fenced out) or ``too_deep`` (the attempt failed)."""
+        extra = [x for kv in topology.items() for x in kv]
+        raw = await self.library.call("spawn", [self.keys.shard(shard)], args, (), extra)
+        return parse_pair(raw)
+
     async def signal(self, shard: int, args: SignalArgs) -> Signalled:
         """Record a decision for a waiting node (see ``signal.lua`` for the outcomes)."""
         raw = await self.library.call("signal", [self.keys.shard(shard)], args)
@@ -517,12 +529,19 @@ class Store:
         low_ms: int | None,
         offset: int,
         count: int,
+        parent: str = "",
     ) -> list[tuple[str, int]]:
         """Up to ``count`` (graph id, create time ms) of one shard's namespace index (of
         one state when ``state``), newest first (ids descending within a millisecond),
         create times from ``high_ms`` down to ``low_ms`` (both inclusive; None: no bound),
-        after skipping ``offset`` entries."""
-        key = self.keys.shard(shard).index(str(state) if state else "", namespace)
+        after skipping ``offset`` entries. With ``parent`` (a run on this shard), its
+        children's index instead (``GraphKeys.children``: every state)."""
+        sk = self.keys.shard(shard)
+        key = (
+            sk.graph(parent).children
+            if parent
+            else sk.index(str(state) if state else "", namespace)
+        )
         res = await self.redis.zrevrangebyscore(
             key,
             "+inf" if high_ms is None else high_ms,

@@ -455,6 +455,7 @@ class ListGraphsRequest(_message.Message):
     MIN_COST_USD_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
@@ -471,6 +472,8 @@ class ListGraphsRequest(_message.Message):
     """Only runs submitted from this definition (SubmitGraphRequest.definition)."""
     definition_version: _builtins.int
     """With `definition`: only runs of this version of it (0: any)."""
+    parent_graph_id: _builtins.str
+    """Only the child runs this run started (its subgraph nodes' runs)."""
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only runs created at or after this time (milliseconds count: a run's
@@ -507,10 +510,11 @@ class ListGraphsRequest(_message.Message):
         min_cost_usd: _builtins.float = ...,
         definition: _builtins.str = ...,
         definition_version: _builtins.int = ...,
+        parent_graph_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "parent_graph_id", b"parent_graph_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,6 +565,8 @@ class GraphSummary(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
+    PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -577,6 +583,10 @@ class GraphSummary(_message.Message):
     """The run this run was forked from (ForkGraph), if any (runs in Redis; not
     kept in the PostgreSQL history yet).
     """
+    parent_graph_id: _builtins.str
+    """The run that started this one (a subgraph node's child run), if any."""
+    parent_node_id: _builtins.str
+    """The node of the parent run that started this one."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -607,10 +617,12 @@ class GraphSummary(_message.Message):
         steps: _builtins.int = ...,
         forked_from: _builtins.str = ...,
         definition: _definitions_pb2.DefinitionRef | None = ...,
+        parent_graph_id: _builtins.str = ...,
+        parent_node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,6 +98,8 @@ local EventKind = {
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
   NODE_REUSED = 'node_reused',
+  CHILD_STARTED = 'child_started',
+  CHILD_ENDED = 'child_ended',
 }
 
 -- functions.Outcome
@@ -105,6 +107,7 @@ local Outcome = {
   OK = 'ok',
   ERROR = 'error',
   WAIT = 'wait',
+  SPAWN = 'spawn',
 }
 
 -- schema.Meta
@@ -136,6 +139,10 @@ local META = {
   DEF_VERSION = 'dv',
   DEF_DIGEST = 'dd',
   ARCHIVE = 'arch',
+  PARENT = 'parent',
+  PARENT_GRAPH = 'pg',
+  PARENT_NODE = 'pn',
+  DEPTH = 'depth',
 }
 
 -- schema.Usage
@@ -173,6 +180,7 @@ local NODE = {
   WAIT = ':wt',
   DECISION_REF = ':w',
   SAVED_REF = ':c',
+  CHILD = ':ch',
 }
 
 -- schema.StartPlan
@@ -276,6 +284,8 @@ local DETAIL = {
   SIGNAL_ID = 'signal_id',
   COMMENT = 'comment',
   TIMED_OUT = 'timed_out',
+  CHILD = 'child',
+  CHILD_STATE = 'child_state',
 }
 
 -- schema.Work
@@ -361,6 +371,17 @@ local LOOP_TOPOLOGY = {
   EXITS = 'x',
 }
 
+-- schema.ChildOutcome
+local CHILD_OUTCOME = {
+  ITERATION = 'i',
+  ATTEMPT = 'a',
+  GRAPH = 'g',
+  STATE = 's',
+  OUTPUTS = 'o',
+  USAGE = 'u',
+  ERROR = 'e',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
@@ -379,6 +400,7 @@ local ARG = {
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
+  SPAWN = {WORKER = 1, MAX_DEPTH = 2, MSG_ID = 3, GRAPH_ID = 4, NODE = 5, ATTEMPT = 6, ITERATION = 7, EXECUTION = 8, INSTANCE = 9, INPUT = 10, CHILD_ID = 11, NAME = 12, DEFINITION = 13, NODE_IDS = 14, START_PLANS = 15, ENTRIES = 16, MAX_STEPS = 17, MAX_TOKENS = 18, MAX_COST = 19, DEADLINE_MS = 20, DEF_NAME = 21, DEF_VERSION = 22, DEF_DIGEST = 23, FIRST = 24},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
 }

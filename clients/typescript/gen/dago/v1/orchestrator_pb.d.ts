@@ -428,6 +428,13 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
    * @generated from field: int32 definition_version = 21;
    */
   definitionVersion: number;
+
+  /**
+   * Only the child runs this run started (its subgraph nodes' runs).
+   *
+   * @generated from field: string parent_graph_id = 40;
+   */
+  parentGraphId: string;
 };
 
 /**
@@ -546,6 +553,20 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: dago.v1.DefinitionRef definition = 20;
    */
   definition?: DefinitionRef | undefined;
+
+  /**
+   * The run that started this one (a subgraph node's child run), if any.
+   *
+   * @generated from field: string parent_graph_id = 40;
+   */
+  parentGraphId: string;
+
+  /**
+   * The node of the parent run that started this one.
+   *
+   * @generated from field: string parent_node_id = 41;
+   */
+  parentNodeId: string;
 };
 
 /**
