@@ -9,7 +9,7 @@ from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
 from dago.history.listing import definition_ref
 from dago.store.events import error_from, usage_from
-from dago.store.schema import Meta, Node, Record, Usage, Wait
+from dago.store.schema import Fair, Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
 from dago.store.values import NotJson, dumps, set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
@@ -69,6 +69,7 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
         steps=_int(_meta(meta, Meta.STEPS)),
         request_id=_str(_meta(meta, Meta.REQUEST_ID)),
         forked_from=_str(_meta(meta, Meta.FORKED_FROM)),
+        priority=_int(_meta(meta, Meta.PRIORITY)) or Fair.PRIORITY_DEFAULT,
     )
     _ts(st.create_time, _meta(meta, Meta.CREATED))
     _ts(st.start_time, _meta(meta, Meta.STARTED))

@@ -33,7 +33,7 @@ from psycopg import sql
 
 from dago.history.db import HistoryDb
 from dago.history.filters import RunFacts, RunFilter, datetime_ms, ms_datetime
-from dago.store.schema import Meta, Usage
+from dago.store.schema import Fair, Meta, Usage
 from dago.store.store import Store
 from dago.v1 import definitions_pb2, execution_pb2, graph_pb2, orchestrator_pb2
 
@@ -216,6 +216,7 @@ def summary_from_meta(
         namespace=namespace,
         steps=_int(meta, Meta.STEPS),
         forked_from=_text(meta, Meta.FORKED_FROM),
+        priority=_int(meta, Meta.PRIORITY) or Fair.PRIORITY_DEFAULT,
     )
     for field, ts in ((Meta.CREATED, s.create_time), (Meta.ENDED, s.end_time)):
         if _int(meta, field):

@@ -441,6 +441,7 @@ class GraphStatus(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -457,6 +458,8 @@ class GraphStatus(_message.Message):
     """
     forked_from: _builtins.str
     """The run this run was forked from (ForkGraph), if any."""
+    priority: _builtins.int
+    """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -507,10 +510,11 @@ class GraphStatus(_message.Message):
         namespace: _builtins.str = ...,
         forked_from: _builtins.str = ...,
         definition: _definitions_pb2.DefinitionRef | None = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "priority", b"priority", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

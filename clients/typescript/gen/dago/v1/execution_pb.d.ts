@@ -462,6 +462,13 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: dago.v1.DefinitionRef definition = 20;
    */
   definition?: DefinitionRef | undefined;
+
+  /**
+   * The run's priority (1-5; SubmitGraphRequest.priority, the default filled in).
+   *
+   * @generated from field: int32 priority = 55;
+   */
+  priority: number;
 };
 
 /**
