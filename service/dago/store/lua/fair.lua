@@ -1,7 +1,7 @@
 -- Fair dispatch between namespaces (the table `Fair`, declared in core.lua so dispatch can
 -- call it). A dispatched work item does not go to the shard's work stream straight away: it
 -- waits in its namespace's queue of its run's priority (ShardKeys.queue, a list of the work
--- entry's field/value pairs), and the namespace is in the shard's ready set
+-- entry's field/value pairs after the time it was queued), and the namespace is in the shard's ready set
 -- (ShardKeys.ready) by its pass. A take (read_new) moves items to the work stream in fair
 -- turns, then reads them with XREADGROUP as before: from there on the work stream is the
 -- one it always was (pending entries, leases, reclaim, dead letters, acks).
@@ -36,10 +36,11 @@ end
 
 local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
 
--- Queues a work item (its entry's field/value pairs) of graph `gid`.
+-- Queues a work item (its entry's field/value pairs) of graph `gid`, after the time it was
+-- queued (ms: the age the metrics report as the queue's lag).
 function Fair.push(gid, ...)
   local ns, prio = fair_of(gid)
-  redis.call('RPUSH', qkey(ns, prio), cjson.encode({...}))
+  redis.call('RPUSH', qkey(ns, prio), cjson.encode({NOW, ...}))
   local k = TAG .. '\0' .. ns
   if not FAIR_IN[k] then
     local vt = redis.call('HGET', TAG .. ':fair', FAIR.CLOCK) or '0'
@@ -112,7 +113,7 @@ local function fair_move(count)
         local vals = redis.call('LPOP', qkey(ns, p), n - got)
         if vals then
           for _, v in ipairs(vals) do
-            local mid = redis.call('XADD', K_WORK, '*', unpack(cjson.decode(v)))
+            local mid = redis.call('XADD', K_WORK, '*', unpack(cjson.decode(v), 2))
             inflight[#inflight + 1] = mid
             inflight[#inflight + 1] = ns
           end
