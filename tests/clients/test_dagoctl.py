@@ -691,3 +691,7 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     assert code == 6, err
     code, out, _ = await ctl("def", "versions", "hello")
     assert "deprecated" in out.splitlines()[-1] and "prod" in out.splitlines()[-1], out
+    code, out, err = await ctl("def", "unlabel", "hello", "prod")
+    assert code == 0 and out.strip() == "removed prod (was hello@1)", (out, err)
+    code, _, err = await ctl("def", "unlabel", "hello", "prod")
+    assert code == 6 and "hello@prod" in err, err

@@ -258,6 +258,7 @@ local DETAIL = {
   SOURCE = 'source',
   SKIPPED = 'skipped',
   ENTRIES = 'entries',
+  DEFINITION = 'definition',
   ITERATION = 'iteration',
   FROM = 'from',
   EXHAUSTED = 'exhausted',
@@ -391,7 +392,7 @@ local ARG = {
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
-  PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
+  PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
