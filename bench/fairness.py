@@ -6,8 +6,8 @@ Run by hand (not part of `make bench`)::
         .venv/bin/python bench/fairness.py [--flood 5000] [--runs 100] [--sleep 0.05] \\
         [--flood-sleep 0.2]
 
-It starts a private Redis and the real API with two workers (16 slots each) in this
-process, with two namespaces (API keys of team-a and team-b, weight 1 each). Namespace B
+It starts a private Redis, the API and two worker processes (16 slots each; 4 shards),
+with two namespaces (API keys of team-a and team-b, weight 1 each). Namespace B
 runs ``--runs`` one-node runs (a ``sleep`` of ``--sleep`` seconds), one after the other,
 twice: alone, then while namespace A's ``--flood`` ``sleep`` nodes (runs of 200 parallel
 nodes of ``--flood-sleep`` seconds each, all submitted first) are queued. A run's latency
@@ -31,7 +31,7 @@ from procs import Procs, start_redis
 
 from dago.api.auth import hash_key, new_key
 from dago.v1 import execution_pb2
-from harness import Client, InProcessStack, request, stack_settings, tool
+from harness import Client, ProcessStack, request, start_api_quickly, tool
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 QUEUED = execution_pb2.NODE_STATE_QUEUED
@@ -60,10 +60,18 @@ async def main(args: argparse.Namespace) -> None:
     try:
         redis_url, _ = start_redis(procs)
         keys = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b"
-        settings = stack_settings(
-            redis_url, f"bf{secrets.token_hex(3)}", worker_slots=16, auth="keys", api_keys=keys
+        stack = ProcessStack(
+            redis_url,
+            f"bf{secrets.token_hex(3)}",
+            DAGO_WORKER_SLOTS="16",
+            DAGO_AUTH="keys",
+            DAGO_API_KEYS=keys,
+            DAGO_LEASE_MS="30000",
         )
-        async with InProcessStack(settings, workers=2) as stack:
+        try:
+            for name in ("w1", "w2"):
+                stack.start(name, "worker")
+            await start_api_quickly(stack)
             a = Client(f"127.0.0.1:{stack.port}", KEY_A)
             b = Client(f"127.0.0.1:{stack.port}", KEY_B)
             for _ in range(10):  # warm up
@@ -87,6 +95,8 @@ async def main(args: argparse.Namespace) -> None:
             flood_s = time.perf_counter() - t0
             await a.close()
             await b.close()
+        finally:
+            await stack.close()
         u50, u99 = statistics.median(alone), p99(alone)
         l50, l99 = statistics.median(loaded), p99(loaded)
         target = 2 * u99 + args.flood_sleep  # B may wait for one of A's attempts to end

@@ -142,7 +142,7 @@ def resource_exhausted(subject: str, description: str, limit: float) -> ApiError
     qf = error_details_pb2.QuotaFailure()
     qf.violations.add(subject=subject, description=description)
     info = error_details_pb2.ErrorInfo(reason="QUOTA_EXCEEDED", domain="dago.v1")
-    info.metadata["limit"] = f"{limit:g}"
+    info.metadata["limit"] = str(limit) if isinstance(limit, int) else f"{limit:g}"
     return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, description, [qf, info])
 
 
