@@ -6,6 +6,7 @@ queues its work before a worker takes any (a stack made with ``workers=0``)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from google.rpc import error_details_pb2
 from dago.api.auth import hash_key, new_key
 from dago.config import ConfigError, load_namespaces, parse_namespaces
 from dago.store.schema import Fair
+from dago.store.stats import RedisCollector
 from dago.v1 import execution_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic
 from harness import (
@@ -178,6 +180,44 @@ async def test_the_running_nodes_cap_holds_and_others_go_on(
             if most > 3:
                 assert peak > 3, peak
         await eventually(lambda: fair_state_is_clean(s), 10)
+    finally:
+        await a.close()
+        await b.close()
+
+
+def gauge(families: Any, name: str, **labels: str) -> float:
+    """The value of one sample of a collected metric family."""
+    for fam in families:
+        for sample in fam.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"no {name} {labels}")
+
+
+async def test_queue_depth_and_running_per_namespace_are_metrics(
+    redis_target: RedisTarget, make_stack: MakeStack, tmp_path: Path
+) -> None:
+    shares = {"namespaces": {"team-a": {"max_running_nodes": 2}}}
+    s, a, b = await fair_stack(make_stack, redis_target, tmp_path, shares)
+    collector = RedisCollector(s.settings, s.store.keys)
+    try:
+        gid = await a.submit(sleeps(10, 30))
+        await b.submit(sleeps(3, 0))
+        found = await asyncio.to_thread(collector.collect)
+        assert gauge(found, "dago_namespace_queue_depth", namespace="team-a") == 10
+        assert gauge(found, "dago_namespace_queue_depth", namespace="team-b") == 3
+        assert gauge(found, "dago_queue_depth", shard="0") == 13
+        s.add_worker("w0")
+
+        async def capped() -> bool:
+            found = await asyncio.to_thread(collector.collect)
+            return (
+                gauge(found, "dago_namespace_running", namespace="team-a") == 2
+                and gauge(found, "dago_namespace_queue_depth", namespace="team-a") == 8
+            )
+
+        await eventually(capped, 10, 0.05)
+        await a.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid), timeout=10)
     finally:
         await a.close()
         await b.close()
