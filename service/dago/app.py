@@ -10,7 +10,7 @@ from dago.api.export import RedisRuns
 from dago.api.server import ApiServer
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
-from dago.config import Settings
+from dago.config import Settings, load_namespaces
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
@@ -30,7 +30,11 @@ from dago.worker.process import Worker
 
 
 def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
-    store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+    store = Store(
+        connect(settings),
+        Keys(settings.key_prefix, settings.shards),
+        load_namespaces(settings.namespaces_file),
+    )
     known = known_names(settings)
     options = CompileOptions(
         kinds=kind_checks(),

@@ -132,6 +132,15 @@ async def test_submit_and_watch_an_example_in_plain_lines(stack: InProcessStack)
     assert json.loads(out)["state"] == "GRAPH_STATE_COMPLETED"
 
 
+async def test_submit_with_a_priority(stack: InProcessStack) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "research.json"), "--priority", "4")
+    assert code == 0, err
+    assert (await stack.client.status(out.strip())).priority == 4
+    code, _, err = await ctl("submit", str(EXAMPLES / "research.json"), "--priority", "9")
+    assert code != 0 and "--priority" in err, err
+
+
 async def test_a_human_yaml_file_with_inputs(stack: InProcessStack, tmp_path: Path) -> None:
     ctl = ctl_for(stack)
     path = tmp_path / "greet.yaml"

@@ -128,7 +128,9 @@ async def test_an_inline_child_runs_and_its_result_is_the_nodes_output(
     stack: InProcessStack,
 ) -> None:
     c = stack.client
-    gid, st = await c.run(parent_request())
+    req = parent_request()
+    req.priority = 5
+    gid, st = await c.run(req)
     assert st.state == COMPLETED, st
     run = node_status(st, "run")
     assert plain(run.output) == {"said": "hello world!"}
@@ -138,6 +140,7 @@ async def test_an_inline_child_runs_and_its_result_is_the_nodes_output(
     cst = await c.status(child)
     assert cst.state == COMPLETED and cst.name == "child"
     assert (cst.parent_graph_id, cst.parent_node_id, cst.depth) == (gid, "run", 1)
+    assert cst.priority == st.priority == 5  # the child's work is ordered as its parent's
     assert node_states(cst) == {"greet": "COMPLETED", "shout": "COMPLETED"}
     # The parent's log says when the child started and ended; watching it sees the same.
     events = await c.history(gid)

@@ -181,6 +181,8 @@ class Cli:
                 req.inputs.update(inputs)
         else:
             req = load_request(self.args.file, inputs)
+        if self.args.priority:
+            req.priority = self.args.priority
         if self.args.watch and req.definition:
             resp = self.client.submit(req, request_id=self.args.request_id)
             print(resp.graph_id, file=self.err)
@@ -681,6 +683,13 @@ def parser() -> argparse.ArgumentParser:
     )
     inputs(s)
     s.add_argument("--request-id", help="idempotency key (default: a new one)")
+    s.add_argument(
+        "--priority",
+        type=int,
+        choices=range(1, 6),
+        metavar="1-5",
+        help="the run's priority within its namespace, higher first (default: the server's, 3)",
+    )
     s.add_argument("-w", "--watch", action="store_true", help="then watch it live")
     s.add_argument("--wait", action="store_true", help="then wait for the end (exit by state)")
     s.add_argument("--plain", action="store_true", help="plain lines even on a terminal")

@@ -9,7 +9,7 @@ from dago.engine.graphcache import LoadedGraph
 from dago.engine.result import run_result
 from dago.history.listing import definition_ref
 from dago.store.events import error_from, usage_from
-from dago.store.schema import Meta, Node, Record, Usage, Wait
+from dago.store.schema import Fair, Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
 from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
@@ -72,6 +72,7 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
         parent_graph_id=_str(_meta(meta, Meta.PARENT_GRAPH)),
         parent_node_id=_str(_meta(meta, Meta.PARENT_NODE)),
         depth=_int(_meta(meta, Meta.DEPTH)),
+        priority=_int(_meta(meta, Meta.PRIORITY)) or Fair.PRIORITY_DEFAULT,
     )
     _ts(st.create_time, _meta(meta, Meta.CREATED))
     _ts(st.start_time, _meta(meta, Meta.STARTED))

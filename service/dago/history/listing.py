@@ -34,7 +34,7 @@ from psycopg import sql
 from dago.engine.ids import parse_shard
 from dago.history.db import HistoryDb
 from dago.history.filters import RunFacts, RunFilter, datetime_ms, ms_datetime
-from dago.store.schema import Meta, Usage
+from dago.store.schema import Fair, Meta, Usage
 from dago.store.store import Store
 from dago.v1 import definitions_pb2, execution_pb2, graph_pb2, orchestrator_pb2
 
@@ -224,6 +224,7 @@ def summary_from_meta(
         forked_from=_text(meta, Meta.FORKED_FROM),
         parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
         parent_node_id=_text(meta, Meta.PARENT_NODE),
+        priority=_int(meta, Meta.PRIORITY) or Fair.PRIORITY_DEFAULT,
     )
     for field, ts in ((Meta.CREATED, s.create_time), (Meta.ENDED, s.end_time)):
         if _int(meta, field):

@@ -153,6 +153,12 @@ class Metrics:
             "not_found).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.submits_refused = Counter(
+            "dago_submits_refused",
+            "Submissions refused with RESOURCE_EXHAUSTED by a namespace's quota, by reason "
+            "(active_runs, daily_cost).",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
 
     # --- workers ---------------------------------------------------------------------

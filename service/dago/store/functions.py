@@ -49,7 +49,7 @@ def _flat(
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
-SHARED = ("prelude", "core", "graph", "attempts", "waits", "children")
+SHARED = ("prelude", "core", "fair", "graph", "attempts", "waits", "children")
 """The library's shared code, in load order (each entry script is a function's body)."""
 
 
@@ -119,6 +119,8 @@ class SubmitArgs(NamedTuple):
     """The definition the run was submitted from (empty: a graph sent whole)."""
     def_version: int = 0
     def_digest: str = ""
+    priority: int = 3
+    """The run's priority (``schema.Fair``: 1-5, higher first within its namespace)."""
 
 
 class PublishArgs(NamedTuple):

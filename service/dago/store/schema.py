@@ -66,6 +66,9 @@ class Meta:
     """The parent node's id."""
     DEPTH: Final = "depth"
     """How deeply the run is nested (absent: 0, a run a client submitted)."""
+    PRIORITY: Final = "prio"
+    """The run's priority (``Fair.PRIORITY_MIN``..``PRIORITY_MAX``; absent: the default),
+    which orders its work within its namespace; runs it starts read it to inherit it."""
 
 
 class Usage:
@@ -453,10 +456,31 @@ class LoopTopology:
     """``[edge index, to]`` of the exit edges this loop owns."""
 
 
+class Fair:
+    """Fair dispatch between namespaces (``lua/fair.lua``): the fields of a shard's
+    ``ShardKeys.fair`` and ``ShardKeys.shares`` hashes, and the priorities."""
+
+    PRIORITY_MIN: Final = 1
+    PRIORITY_MAX: Final = 5
+    PRIORITY_DEFAULT: Final = 3
+    """What priority 0 (unset) means."""
+    RUNNING: Final = "r|"
+    """``r|<namespace>`` (fair hash): the namespace's work items started on the shard and
+    not acked yet."""
+    CLOCK: Final = "vt"
+    """(fair hash) The shard's virtual time: the pass of the namespace served last; a
+    namespace whose queue was empty joins at it."""
+    WEIGHT: Final = "w|"
+    """``w|<namespace>`` (shares hash): its weight; ``w|`` alone: the default's."""
+    MAX_RUNNING: Final = "m|"
+    """``m|<namespace>`` (shares hash): its running items allowed on this shard (its cap
+    divided over the shards; 0: none); ``m|`` alone: the default's."""
+
+
 RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
     DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
-    ChildOutcome,
+    ChildOutcome, Fair,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from dago.config import NamespaceShares
 from dago.store.client import STORE_ERRORS, RedisClient, raise_if_cancelling
 from dago.store.events import Entries, entry_range, expand
 from dago.store.functions import (
@@ -57,6 +58,7 @@ from dago.store.functions import (
 )
 from dago.store.keys import WORK_GROUP, Keys
 from dago.store.schema import DeadLetter, Definition, Meta, Node, Usage, Work
+from dago.store.shares import write_shares
 
 log = logging.getLogger("dago.store")
 
@@ -64,7 +66,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE,
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
     Meta.FORKED_FROM,
-    Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST,
+    Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST, Meta.PRIORITY,
     Meta.PARENT_GRAPH, Meta.PARENT_NODE,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
@@ -130,11 +132,16 @@ def _dead_letter(entry_id: Any, f: dict[bytes, bytes]) -> DeadLetterEntry:
 class Store:
     """Typed access to dago's Redis data; every function call and read in one place."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    def __init__(
+        self, client: RedisClient, keys: Keys, shares: NamespaceShares | None = None
+    ) -> None:
         # redis-py's async methods are annotated with sync|async unions; results are
         # typed where they leave this class instead.
         self.redis: Any = client
         self.keys = keys
+        self.shares = shares or NamespaceShares()
+        """The namespaces' fair shares (DAGO_NAMESPACES_FILE), written to every shard by
+        ``ensure_groups``."""
         self.library = Library(client)
 
     async def load_library(self) -> None:
@@ -142,13 +149,15 @@ class Store:
         await self.library.load()
 
     async def ensure_groups(self) -> None:
-        """Create the work streams' consumer group on every shard (idempotent)."""
+        """Create the work streams' consumer group on every shard (idempotent), and write
+        the namespaces' shares the functions read."""
         for shard in self.keys.all_shards():
             try:
                 await self.redis.xgroup_create(shard.work, WORK_GROUP, id="0", mkstream=True)
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+        await write_shares(self.redis, self.keys, self.shares)
 
     async def ping(self) -> bool:
         """True when Redis answers."""

@@ -450,6 +450,7 @@ class GraphStatus(_message.Message):
     PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -476,6 +477,8 @@ class GraphStatus(_message.Message):
     """How deeply this run is nested: 0 for a run submitted by a client, 1 for
     its children, and so on (capped by DAGO_MAX_GRAPH_DEPTH).
     """
+    priority: _builtins.int
+    """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -529,10 +532,11 @@ class GraphStatus(_message.Message):
         parent_graph_id: _builtins.str = ...,
         parent_node_id: _builtins.str = ...,
         depth: _builtins.int = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

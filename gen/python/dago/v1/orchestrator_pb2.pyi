@@ -114,6 +114,7 @@ class SubmitGraphRequest(_message.Message):
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the submission idempotent: a retry with the same id returns the
     first run. Up to 128 printable characters. Optional.
@@ -128,6 +129,12 @@ class SubmitGraphRequest(_message.Message):
     """
     allow_deprecated: _builtins.bool
     """Run a deprecated version (else FAILED_PRECONDITION)."""
+    priority: _builtins.int
+    """The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+    the default, 3. A namespace's queued work starts highest priority first
+    (fair shares between namespaces come first: docs/limits.md). Runs it
+    starts (sub-graphs, map items) inherit it.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -145,10 +152,11 @@ class SubmitGraphRequest(_message.Message):
         validate_only: _builtins.bool = ...,
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "priority", b"priority", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -567,6 +575,7 @@ class GraphSummary(_message.Message):
     DEFINITION_FIELD_NUMBER: _builtins.int
     PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -587,6 +596,8 @@ class GraphSummary(_message.Message):
     """The run that started this one (a subgraph node's child run), if any."""
     parent_node_id: _builtins.str
     """The node of the parent run that started this one."""
+    priority: _builtins.int
+    """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -619,10 +630,11 @@ class GraphSummary(_message.Message):
         definition: _definitions_pb2.DefinitionRef | None = ...,
         parent_graph_id: _builtins.str = ...,
         parent_node_id: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -707,6 +719,7 @@ class RunGraphRequest(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the run idempotent: the same request with the same id streams the
     first run again, from its start. Up to 128 printable characters. Optional.
@@ -719,6 +732,12 @@ class RunGraphRequest(_message.Message):
     """
     allow_deprecated: _builtins.bool
     """Run a deprecated version (else FAILED_PRECONDITION)."""
+    priority: _builtins.int
+    """The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+    the default, 3. A namespace's queued work starts highest priority first
+    (fair shares between namespaces come first: docs/limits.md). Runs it
+    starts (sub-graphs, map items) inherit it.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -736,10 +755,11 @@ class RunGraphRequest(_message.Message):
         batch: _builtins.bool = ...,
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "priority", b"priority", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

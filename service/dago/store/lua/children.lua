@@ -71,12 +71,12 @@ end
 
 -- Creates child run `cid` of node run (pid, node, iter, attempt, exec, instance) from the
 -- `spawn` arguments (A: ARG.SPAWN), as submit.lua creates a run, with what it takes from
--- its parent: namespace, retention, event and byte limits, archiving, trace; its deadline
+-- its parent: namespace, priority, retention, event and byte limits, archiving, trace; its deadline
 -- the sooner of its own and the parent's. `depth`: its nesting level.
 function Child.create(cid, pid, node, iter, attempt, exec, depth, A)
   local pk = gkey(pid)
   local pm = redis.call('HMGET', pk, META.NAMESPACE, META.RETENTION, META.MAX_EVENTS,
-    META.MAX_BYTES, META.ARCHIVE, META.TRACEPARENT)
+    META.MAX_BYTES, META.ARCHIVE, META.TRACEPARENT, META.PRIORITY)
   local ns = pm[1] or 'default'
   local gk = gkey(cid)
   local input = ARGV[A.INPUT]
@@ -93,6 +93,7 @@ function Child.create(cid, pid, node, iter, attempt, exec, depth, A)
     META.BYTES, #ARGV[A.DEFINITION] + #input, META.ARCHIVE, pm[5] or '0',
     META.PARENT, link, META.PARENT_GRAPH, pid, META.PARENT_NODE, node, META.DEPTH, depth)
   if pm[6] then redis.call('HSET', gk, META.TRACEPARENT, pm[6]) end
+  if pm[7] then redis.call('HSET', gk, META.PRIORITY, pm[7]) end
   if ARGV[A.DEF_NAME] ~= '' then
     redis.call('HSET', gk, META.DEF_NAME, ARGV[A.DEF_NAME], META.DEF_VERSION, ARGV[A.DEF_VERSION],
       META.DEF_DIGEST, ARGV[A.DEF_DIGEST])

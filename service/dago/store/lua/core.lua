@@ -366,13 +366,16 @@ local function index_move(gid, from_state, to_state)
   redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
 end
 
+-- Fair dispatch between namespaces (fair.lua): dispatch queues work items there.
+local Fair = {}
+
 -- Queues an attempt of a node as a new work item (its executions count from 1 when it
 -- starts: see start_batch).
 local function dispatch(gid, node, attempt, iter)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
   node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
-  redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
+  Fair.push(gid, WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
   dispatched = dispatched + 1
 end
 
@@ -539,5 +542,6 @@ local function begin(keys, args)
   gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
   join_r, join_t, queued = {}, {}, {}
   dispatched, took = 0, 0
+  Fair.reset()
   use_shard(1)
 end

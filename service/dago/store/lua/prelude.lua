@@ -143,6 +143,7 @@ local META = {
   PARENT_GRAPH = 'pg',
   PARENT_NODE = 'pn',
   DEPTH = 'depth',
+  PRIORITY = 'prio',
 }
 
 -- schema.Usage
@@ -382,13 +383,24 @@ local CHILD_OUTCOME = {
   ERROR = 'e',
 }
 
+-- schema.Fair
+local FAIR = {
+  PRIORITY_MIN = 1,
+  PRIORITY_MAX = 5,
+  PRIORITY_DEFAULT = 3,
+  RUNNING = 'r|',
+  CLOCK = 'vt',
+  WEIGHT = 'w|',
+  MAX_RUNNING = 'm|',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, FIRST = 25},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, PRIORITY = 25, FIRST = 26},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},

@@ -493,6 +493,13 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: int32 depth = 42;
    */
   depth: number;
+
+  /**
+   * The run's priority (1-5; SubmitGraphRequest.priority, the default filled in).
+   *
+   * @generated from field: int32 priority = 55;
+   */
+  priority: number;
 };
 
 /**

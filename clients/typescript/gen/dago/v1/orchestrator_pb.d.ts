@@ -65,6 +65,16 @@ export declare type SubmitGraphRequest = Message<"dago.v1.SubmitGraphRequest"> &
    * @generated from field: bool allow_deprecated = 11;
    */
   allowDeprecated: boolean;
+
+  /**
+   * The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+   * the default, 3. A namespace's queued work starts highest priority first
+   * (fair shares between namespaces come first: docs/limits.md). Runs it
+   * starts (sub-graphs, map items) inherit it.
+   *
+   * @generated from field: int32 priority = 30;
+   */
+  priority: number;
 };
 
 /**
@@ -567,6 +577,13 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: string parent_node_id = 41;
    */
   parentNodeId: string;
+
+  /**
+   * The run's priority (1-5; SubmitGraphRequest.priority, the default filled in).
+   *
+   * @generated from field: int32 priority = 55;
+   */
+  priority: number;
 };
 
 /**
@@ -689,6 +706,16 @@ export declare type RunGraphRequest = Message<"dago.v1.RunGraphRequest"> & {
    * @generated from field: bool allow_deprecated = 11;
    */
   allowDeprecated: boolean;
+
+  /**
+   * The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+   * the default, 3. A namespace's queued work starts highest priority first
+   * (fair shares between namespaces come first: docs/limits.md). Runs it
+   * starts (sub-graphs, map items) inherit it.
+   *
+   * @generated from field: int32 priority = 30;
+   */
+  priority: number;
 };
 
 /**
