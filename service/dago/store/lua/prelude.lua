@@ -98,6 +98,7 @@ local EventKind = {
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
   NODE_REUSED = 'node_reused',
+  MAP_PROGRESS = 'map_progress',
 }
 
 -- functions.Outcome
