@@ -66,6 +66,12 @@ class KindParts:
     inline: bool = False
     """The node's attempts never wait, so a worker runs them inline (``CompiledNode.inline``:
     its work item is delivered without a start of its own)."""
+    expressions: dict[str, Expression] = field(default_factory=dict)
+    """CEL expressions of the kind's own fields by their path in the node (``map.items``),
+    evaluated by the handler over the scope; their reads count in the node's start plan."""
+    body: graph_pb2.Node | None = None
+    """A node the kind runs once per item (a map's ``map.node``), compiled as any node is
+    (``CompiledNode.body``), its fields at ``<kind>.node``."""
 
 
 class KindCheck(Protocol):

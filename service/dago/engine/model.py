@@ -54,6 +54,13 @@ class CompiledNode:
     them inline, and the functions deliver its work items without a start: the call that
     applies the result starts and completes the attempt at once (``StartPlan.INLINE`` in its
     start plan). The one place that decides which nodes are inline."""
+    expressions: dict[str, Expression] = field(default_factory=dict)
+    """CEL expressions of the kind's own fields (``KindParts.expressions``)."""
+    body: CompiledNode | None = None
+    """The node run once per item (``KindParts.body``): a map's items are its instances."""
+    item_plan: str = ""
+    """The body's start plan, ``@`` where an item's value ref goes
+    (``dago.engine.topology.item_plan``)."""
 
 
 @dataclass

@@ -74,6 +74,9 @@ class NodeResult:
     wait: Any = None
     """A wait node that found no decision: what it waits for (``dago.nodes.wait.WaitRequest``);
     the worker puts the node in WAITING instead of completing it (``value`` is unused)."""
+    expand: Any = None
+    """A map's first attempt: its items (``dago.nodes.map.MapExpansion``); the worker reports
+    them with ``expand`` instead of completing the node (``value`` is unused)."""
 
 
 Inline = Callable[[NodeContext], NodeResult]

@@ -49,7 +49,7 @@ def _flat(
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
-SHARED = ("prelude", "core", "graph", "attempts", "waits")
+SHARED = ("prelude", "core", "graph", "map", "attempts", "waits")
 """The library's shared code, in load order (each entry script is a function's body)."""
 
 
@@ -61,6 +61,8 @@ class Outcome(StrEnum):
     WAIT = "wait"
     """A wait node found no decision for its iteration: its ``Result.output`` is the wait
     (``wait_arg``), reported with ``wait`` instead of ``apply``."""
+    EXPAND = "expand"
+    """A map node's first start evaluated its items: reported with ``expand`` (``Expanding``)."""
 
 
 # --- arguments --------------------------------------------------------------------------
@@ -283,6 +285,42 @@ class Waiting(NamedTuple):
     """What the node keeps while it waits (an agent's conversation, JSON), or ""."""
 
 
+class ExpandArgs(NamedTuple):
+    """``expand``: a map node's first start evaluated its items; store them, park the node
+    (its work item is acked) and dispatch the first items. The items' values (JSON text,
+    one argument each) follow."""
+
+    worker: str
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    execution: int
+    input: str
+    """The rendered input (JSON), or ""."""
+    max_concurrency: int
+    on_failure: int
+    """A ``MapFailurePolicy`` (UNSPECIFIED is FAIL_FAST)."""
+    max_failures: int
+    body_plan: str
+    """The body's start plan with ``@`` in place of an item's value ref
+    (``dago.engine.topology.item_plan``)."""
+
+
+class Expanding(NamedTuple):
+    """A map node's first attempt that evaluated its items (reported with ``expand``)."""
+
+    args: ExpandArgs
+    items: list[str]
+    """Each item's value, JSON."""
+
+    @property
+    def msg_id(self) -> bytes:
+        """The work item's id (as ``Result.msg_id``)."""
+        return self.args.msg_id
+
+
 class SignalArgs(NamedTuple):
     """``signal``: record a decision for a waiting wait node (checked by the API against the
     node's definition)."""
@@ -331,6 +369,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "deadletter": (DeadLetterArgs, None),
     "prune": (PruneArgs, Consumer),
     "wait": (WaitArgs, Waiting),
+    "expand": (ExpandArgs, None),
     "signal": (SignalArgs, None),
     "publish": (PublishArgs, None),
 }

@@ -36,7 +36,7 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.functions import Result, Started, Waiting, WorkItem
+from dago.store.functions import Expanding, Result, Started, Waiting, WorkItem
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
@@ -94,7 +94,7 @@ class Worker:
         # Attempts started and not yet applied (free slots a waiting reader holds are not busy).
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._attempts.running))
         # Finished attempts waiting for the completer: (shard, result).
-        self._finished: list[tuple[int, Result | Waiting]] = []
+        self._finished: list[tuple[int, Result | Waiting | Expanding]] = []
         self._have_finished = asyncio.Event()
         self._unapplied = 0  # finished and not yet applied (or given up on)
         self._all_applied = asyncio.Event()
@@ -314,7 +314,7 @@ class Worker:
 
     # --- applying results ------------------------------------------------------------
 
-    def _report(self, running: Running, result: Result | Waiting) -> None:
+    def _report(self, running: Running, result: Result | Waiting | Expanding) -> None:
         """Hand a finished attempt's result to the completer."""
         self._finished.append((running.item.shard, result))
         self._unapplied += 1
@@ -329,7 +329,7 @@ class Worker:
                 continue
             batch = self._finished[:512]
             del self._finished[:512]
-            by_shard: dict[int, list[Result | Waiting]] = defaultdict(list)
+            by_shard: dict[int, list[Result | Waiting | Expanding]] = defaultdict(list)
             for shard, result in batch:
                 by_shard[shard].append(result)
             taken = await self._apply(by_shard)
@@ -344,7 +344,7 @@ class Worker:
             if not self._unapplied:
                 self._all_applied.set()
 
-    async def _apply(self, by_shard: Mapping[int, list[Result | Waiting]]) -> int:
+    async def _apply(self, by_shard: Mapping[int, list[Result | Waiting | Expanding]]) -> int:
         """Apply a round of results, grouped by shard, and, unless draining, take as many new
         work items of each shard in the same step, each given the slot of an applied
         attempt (half as many while a reader waits for slots); returns how many were taken
@@ -354,8 +354,12 @@ class Worker:
         parts: dict[int, list[Result]] = {}
         for shard, finished in by_shard.items():
             results = cast(list[Result], finished)
-            if any(type(r) is Waiting for r in finished):  # one pass over a batch without waits
-                await self._waiting(shard, [r for r in finished if isinstance(r, Waiting)])
+            if any(type(r) is not Result for r in finished):  # one pass over a usual batch
+                if any(type(r) is Waiting for r in finished):
+                    await self._waiting(shard, [r for r in finished if isinstance(r, Waiting)])
+                for r in finished:
+                    if isinstance(r, Expanding):
+                        await self._expanding(shard, r)
                 results = [r for r in finished if isinstance(r, Result)]
             if results:
                 parts[shard] = results
@@ -427,6 +431,23 @@ class Worker:
                 continue
             for w, state in zip(waits, states, strict=True):
                 self._states[(shard, w.msg_id)] = state
+            return
+
+    async def _expanding(self, shard: int, expanding: Expanding) -> None:
+        """Report a map's items (``expand`` acks its work item); retried like ``_waiting``."""
+        backoff = 0.05
+        while True:
+            raise_if_cancelling()
+            try:
+                await self._store.expand(shard, expanding)
+            except ResponseError as e:
+                log.error("expanding a map was refused by Redis: %s", e)
+                return
+            except STORE_ERRORS as e:
+                log.warning("expanding a map failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             return
 
     # --- leases, cancellation, presence ----------------------------------------------

@@ -114,7 +114,6 @@ class SubmitGraphRequest(_message.Message):
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
-    ITEM_EVENTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the submission idempotent: a retry with the same id returns the
     first run. Up to 128 printable characters. Optional.
@@ -129,8 +128,6 @@ class SubmitGraphRequest(_message.Message):
     """
     allow_deprecated: _builtins.bool
     """Run a deprecated version (else FAILED_PRECONDITION)."""
-    item_events: _builtins.bool
-    """Also send map items' events, as WatchGraphRequest.item_events."""
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -148,11 +145,10 @@ class SubmitGraphRequest(_message.Message):
         validate_only: _builtins.bool = ...,
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
-        item_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "item_events", b"item_events", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -705,6 +701,7 @@ class RunGraphRequest(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
+    ITEM_EVENTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the run idempotent: the same request with the same id streams the
     first run again, from its start. Up to 128 printable characters. Optional.
@@ -717,6 +714,8 @@ class RunGraphRequest(_message.Message):
     """
     allow_deprecated: _builtins.bool
     """Run a deprecated version (else FAILED_PRECONDITION)."""
+    item_events: _builtins.bool
+    """Also send map items' events, as WatchGraphRequest.item_events."""
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -734,10 +733,11 @@ class RunGraphRequest(_message.Message):
         batch: _builtins.bool = ...,
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
+        item_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "item_events", b"item_events", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

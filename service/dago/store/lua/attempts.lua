@@ -213,7 +213,7 @@ end
 local function retry_delay(gid, node, attempt, class, retryable, retry_after_ms)
   if not retryable then return nil end
   -- {max_attempts, initial_ms, max_ms, multiplier, jitter, {classes}}
-  local p = topo(gid, node)[NODE_TOPOLOGY.RETRY]
+  local p = topo(gid, Map.topo_name(node))[NODE_TOPOLOGY.RETRY]
   local n = tonumber(attempt)
   if n >= p[1] then return nil end
   if #p[6] > 0 then
@@ -250,7 +250,8 @@ local function attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, ove
     node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, node .. NODE.ERROR, err, rk, rec)
     open_add(gid, -1)
     emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
-    fail_graph(gid, err, node)
+    -- A map item's failure is its map's to decide (map.lua).
+    if Map.is_item(node) then Map.ended(gid, node, false, err) else fail_graph(gid, err, node) end
     return NodeState.FAILED
   end
 end
@@ -268,6 +269,7 @@ local function add_usage(gid, node, usage_s)
     redis.call('HINCRBY', gk, fields[k], u[k])
   end
   redis.call('HINCRBYFLOAT', nk, node .. ':' .. USAGE.COST, u[5])
+  if Map.is_item(node) then Map.usage(gid, node, fields, u) end
   local cost = tonumber(redis.call('HINCRBYFLOAT', gk, USAGE.COST, u[5]))
   local who = ''
   if u[6] then who = J.D_PROVIDER .. jstr(u[6]) .. J.D_MODEL .. jstr(u[7] or '') end
@@ -422,6 +424,8 @@ local function apply_batch(worker, A, first)
         end
         if over then
           fail_graph(gid, err_json(ErrorClass.LIMIT, over, false), node)
+        elseif Map.is_item(node) then
+          Map.ended(gid, node, true, nil)
         else
           local ready, loops = {}, {}
           out_edges(gid, node, taken, ready, loops)

@@ -37,6 +37,6 @@ node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, nod
 redis.call('HDEL', nk, node .. NODE.DEAD_LETTER)
 open_add(gid, -1)
 emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
-fail_graph(gid, err, node)
+if Map.is_item(node) then Map.ended(gid, node, false, err) else fail_graph(gid, err, node) end
 flush()
 return {'failed', gid}

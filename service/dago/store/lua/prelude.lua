@@ -73,6 +73,13 @@ local JoinMode = {
   ANY = 2,
 }
 
+-- dago.v1.MapFailurePolicy
+local MapFailurePolicy = {
+  UNSPECIFIED = 0,
+  FAIL_FAST = 1,
+  COLLECT = 2,
+}
+
 -- dago.v1.Event payloads: the stored event kinds
 local EventKind = {
   GRAPH_SUBMITTED = 'graph_submitted',
@@ -106,6 +113,7 @@ local Outcome = {
   OK = 'ok',
   ERROR = 'error',
   WAIT = 'wait',
+  EXPAND = 'expand',
 }
 
 -- schema.Meta
@@ -361,6 +369,36 @@ local LOOP_TOPOLOGY = {
   EXITS = 'x',
 }
 
+-- schema.MapItems
+local MAP_ITEMS = {
+  SEP = '#',
+  VALUE_REF = ':v',
+  RESULT_REF = ':m',
+  TOTAL = ':mt',
+  NEXT = ':mn',
+  RUNNING = ':mr',
+  COMPLETED = ':mc',
+  FAILED = ':mf',
+  CANCELLED = ':mx',
+  PROGRESS_AT = ':mp',
+  SPEC = ':ms',
+  PROGRESS_MS = 250,
+}
+
+-- schema.MapResult
+local MAP_RESULT = {
+  ITERATION = 'it',
+  ITEMS = 'items',
+  COMPLETED = 'completed',
+  FAILED = 'failed',
+  TOTAL = 'total',
+  CANCELLED = 'cancelled',
+  RUNNING = 'running',
+  QUEUED = 'queued',
+  FAILED_INDEX = 'fi',
+  ERROR = 'e',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
@@ -379,6 +417,7 @@ local ARG = {
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
+  EXPAND = {WORKER = 1, MSG_ID = 2, GRAPH_ID = 3, NODE = 4, ATTEMPT = 5, ITERATION = 6, EXECUTION = 7, INPUT = 8, MAX_CONCURRENCY = 9, ON_FAILURE = 10, MAX_FAILURES = 11, BODY_PLAN = 12, FIRST = 13},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
 }

@@ -65,13 +65,6 @@ export declare type SubmitGraphRequest = Message<"dago.v1.SubmitGraphRequest"> &
    * @generated from field: bool allow_deprecated = 11;
    */
   allowDeprecated: boolean;
-
-  /**
-   * Also send map items' events, as WatchGraphRequest.item_events.
-   *
-   * @generated from field: bool item_events = 50;
-   */
-  itemEvents: boolean;
 };
 
 /**
@@ -683,6 +676,13 @@ export declare type RunGraphRequest = Message<"dago.v1.RunGraphRequest"> & {
    * @generated from field: bool allow_deprecated = 11;
    */
   allowDeprecated: boolean;
+
+  /**
+   * Also send map items' events, as WatchGraphRequest.item_events.
+   *
+   * @generated from field: bool item_events = 50;
+   */
+  itemEvents: boolean;
 };
 
 /**
