@@ -17,10 +17,13 @@ from harness import (
     MakeStack,
     echo,
     edge,
+    eventually,
+    fast_retry,
     node_status,
     plain,
     request,
     rpc_error,
+    tool,
 )
 from redisfixture import RedisServer, RedisTarget
 
@@ -101,3 +104,161 @@ async def test_a_graph_body_is_refused_until_the_subgraph_kind_runs_it(
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "graph.nodes[0].map.graph" in (err.details() or "")
     assert "a graph body needs the subgraph kind" in (err.details() or "")
+
+
+def pause(**inputs: Any) -> dict[str, Any]:
+    """The ``pause`` test tool as a map body: waits, then fails or returns its value."""
+    return tool("body", "pause", inputs={"value": "{{ index }}", **inputs})
+
+
+async def items_of(
+    stack: InProcessStack, gid: str, page_size: int = 0, state: int = 0
+) -> list[orchestrator_pb2.MapItem]:
+    """Every item ListMapItems lists, page after page."""
+    out: list[orchestrator_pb2.MapItem] = []
+    token = ""
+    while True:
+        req = orchestrator_pb2.ListMapItemsRequest(
+            graph_id=gid, node_id="each", page_size=page_size, page_token=token, state=state
+        )
+        resp = await stack.client.stub.ListMapItems(req, timeout=10)
+        out.extend(resp.items)
+        token = resp.next_page_token
+        if not token:
+            return out
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+async def test_fail_fast_stops_the_other_items_and_fails_the_map_naming_the_item(
+    stack: InProcessStack,
+) -> None:
+    # Item 1 fails at once while item 0 runs (it would for a minute): item 0 is stopped,
+    # items 2.. never start, and the map fails naming item 1.
+    items = [{"s": 60, "f": False}, {"s": 0, "f": True}] + [{"s": 0, "f": False}] * 4
+    body = pause(seconds="{{ item.s }}", fail="{{ item.f }}")
+    gid, st = await stack.client.run(fan(items, body, maxConcurrency=2))
+    assert st.state == FAILED
+    err = node_status(st, "each").error
+    assert "map item 1 failed: item 1 fails (1 of 6 items failed)" in err.message, err
+    m = node_status(st, "each").map
+    assert (m.total, m.completed, m.failed, m.cancelled, m.running) == (6, 0, 1, 5, 0)
+    states = [i.state for i in await items_of(stack, gid)]
+    assert (
+        states
+        == [execution_pb2.NODE_STATE_CANCELLED, execution_pb2.NODE_STATE_FAILED]
+        + [execution_pb2.NODE_STATE_CANCELLED] * 4
+    )
+    assert node_status(st, "done").state == execution_pb2.NODE_STATE_SKIPPED
+
+
+@pytest.mark.parametrize(("max_failures", "state"), [(2, COMPLETED), (1, FAILED)])
+async def test_collect_fails_the_map_only_past_max_failures(
+    single: InProcessStack, max_failures: int, state: int
+) -> None:
+    items = [{"f": i in (1, 4)} for i in range(6)]
+    body = pause(fail="{{ item.f }}")
+    spec = {"maxConcurrency": 3, "onFailure": "MAP_FAILURE_POLICY_COLLECT"}
+    gid, st = await single.client.run(fan(items, body, maxFailures=max_failures, **spec))
+    assert st.state == state, st.error
+    if state == COMPLETED:
+        out = plain(node_status(st, "each").output)
+        assert out["items"] == [{"value": 0}, None, {"value": 2}, {"value": 3}, None, {"value": 5}]
+        assert (out["completed"], out["failed"], out["total"]) == (4, 2, 6)
+        failed = await items_of(single, gid, state=execution_pb2.NODE_STATE_FAILED)
+        assert [(i.index, i.error.message) for i in failed] == [
+            (1, "item 1 fails"),
+            (4, "item 4 fails"),
+        ]
+    else:
+        assert "map item 4 failed" in node_status(st, "each").error.message
+
+
+async def test_each_item_retries_under_the_bodys_policy(single: InProcessStack) -> None:
+    body = tool(
+        "body", "flaky", inputs={"fail_attempts": 2, "value": "{{ item }}"}, retry=fast_retry(3)
+    )
+    gid, st = await single.client.run(fan(list(range(5)), body, maxConcurrency=5))
+    assert st.state == COMPLETED, st.error
+    out = plain(node_status(st, "each").output)
+    assert out["items"] == [{"attempt": 3, "value": i} for i in range(5)]
+    assert [(i.index, i.attempt, i.state) for i in await items_of(single, gid)] == [
+        (i, 3, execution_pb2.NODE_STATE_COMPLETED) for i in range(5)
+    ]
+    retried = [
+        e for e in await single.client.history(gid) if e.WhichOneof("payload") == "node_retrying"
+    ]
+    assert sorted((e.node_id, e.instance) for e in retried) == sorted(
+        ("each", i + 1) for i in range(5) for _ in range(2)
+    )
+
+
+async def test_cancel_mid_map_stops_running_items(single: InProcessStack) -> None:
+    c = single.client
+    gid = await c.submit(fan([{"s": 60}] * 8, pause(seconds="{{ item.s }}"), maxConcurrency=3))
+
+    async def running() -> bool:
+        return node_status(await c.status(gid), "each").map.running == 3
+
+    await eventually(running)
+    await c.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid), timeout=10)
+    st = await c.wait(gid)
+    assert st.state == execution_pb2.GRAPH_STATE_CANCELLED
+    m = node_status(st, "each").map
+    assert (m.total, m.completed, m.cancelled, m.running, m.queued) == (8, 0, 8, 0, 0)
+    assert {i.state for i in await items_of(single, gid)} == {execution_pb2.NODE_STATE_CANCELLED}
+
+
+# --- ListMapItems and watchers -------------------------------------------------------------
+
+
+async def test_list_map_items_pages_by_index_and_filters_by_state(single: InProcessStack) -> None:
+    items = [{"f": i % 3 == 0} for i in range(10)]
+    spec = {"onFailure": "MAP_FAILURE_POLICY_COLLECT", "maxFailures": 5}
+    gid, st = await single.client.run(fan(items, pause(fail="{{ item.f }}"), **spec))
+    assert st.state == COMPLETED, st.error
+    every = await items_of(single, gid, page_size=3)
+    assert [i.index for i in every] == list(range(10))
+    assert plain(every[2].output) == {"value": 2} and every[2].end_time.ToMilliseconds() > 0
+    done = await items_of(single, gid, page_size=2, state=execution_pb2.NODE_STATE_COMPLETED)
+    assert [i.index for i in done] == [1, 2, 4, 5, 7, 8]
+    req = orchestrator_pb2.ListMapItemsRequest(graph_id=gid, node_id="each", page_size=4)
+    resp = await single.client.stub.ListMapItems(req, timeout=10)
+    assert (resp.progress.total, resp.progress.completed, resp.progress.failed) == (10, 6, 4)
+    assert [i.index for i in resp.items] == [0, 1, 2, 3] and resp.next_page_token
+    bad = orchestrator_pb2.ListMapItemsRequest(graph_id=gid, node_id="start")
+    err = await rpc_error(single.client.stub.ListMapItems(bad, timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a map node" in (
+        err.details() or ""
+    )
+    missing = orchestrator_pb2.ListMapItemsRequest(graph_id=gid, node_id="nope")
+    err = await rpc_error(single.client.stub.ListMapItems(missing, timeout=10))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_watchers_get_map_progress_and_item_events_only_when_asked(
+    single: InProcessStack,
+) -> None:
+    c = single.client
+    gid, st = await c.run(fan(list(range(20)), pause(), maxConcurrency=4))
+    assert st.state == COMPLETED, st.error
+    plain_watch = await c.watch(gid)
+    assert not [e for e in plain_watch if e.instance]
+    progress = [e.map_progress for e in plain_watch if e.WhichOneof("payload") == "map_progress"]
+    assert progress[0].total == 20 and progress[0].queued == 20
+    last = progress[-1]
+    assert (last.total, last.completed, last.running, last.queued) == (20, 20, 0, 0)
+    req = orchestrator_pb2.WatchGraphRequest(graph_id=gid, item_events=True)
+    everything = [m.event async for m in c.stub.WatchGraph(req, timeout=30)]
+    started = sorted(
+        e.instance for e in everything if e.WhichOneof("payload") == "node_started" and e.instance
+    )
+    assert started == list(range(1, 21))
+    # The log holds each item's events once: none lost, none twice.
+    done = [
+        e.instance
+        for e in await c.history(gid)
+        if e.WhichOneof("payload") == "node_completed" and e.instance
+    ]
+    assert sorted(done) == list(range(1, 21))
