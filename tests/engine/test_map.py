@@ -6,23 +6,30 @@ instead of every item's events."""
 
 from __future__ import annotations
 
+import signal
+import struct
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
+    Edge,
     InProcessStack,
     MakeStack,
+    RunningStack,
     echo,
     edge,
     eventually,
     fast_retry,
+    grpc_web_frames,
     node_status,
     plain,
     request,
     rpc_error,
+    start_api_quickly,
     tool,
 )
 from redisfixture import RedisServer, RedisTarget
@@ -262,3 +269,105 @@ async def test_watchers_get_map_progress_and_item_events_only_when_asked(
         if e.WhichOneof("payload") == "node_completed" and e.instance
     ]
     assert sorted(done) == list(range(1, 21))
+
+
+# --- worker processes ----------------------------------------------------------------------
+
+
+def most_at_once(events: list[execution_pb2.Event]) -> int:
+    """The most items started and not ended at any point of the log (items' events; a
+    redelivered start replaces its item's earlier one)."""
+    now: set[int] = set()
+    peak = 0
+    for e in events:
+        kind = e.WhichOneof("payload")
+        if not e.instance:
+            continue
+        if kind == "node_started":
+            now.add(e.instance)
+            peak = max(peak, len(now))
+        elif kind in ("node_completed", "node_failed", "node_retrying"):
+            now.discard(e.instance)
+    return peak
+
+
+@pytest.mark.process
+@pytest.mark.slow
+async def test_max_concurrency_holds_across_two_worker_processes_and_a_killed_one(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    # Two workers of 64 slots share a map of 40 items, at most 5 at a time; the worker
+    # running items is killed mid-map: its items are reclaimed by the other, none lost and
+    # none twice in the output, and at no point did more than 5 run (from the event log).
+    req = fan(list(range(40)), pause(seconds="0.3"), maxConcurrency=5)
+    async with RunningStack(redis_single.url, key_prefix) as stack:
+        stack.start("w1", "worker")
+        stack.start("w2", "worker")
+        await start_api_quickly(stack)
+        c = stack.client
+        gid = await c.submit(req)
+
+        async def ten_done() -> bool:
+            return node_status(await c.status(gid), "each").map.completed >= 10
+
+        await eventually(ten_done, timeout=20)
+        started = [
+            e
+            for e in await c.history(gid)
+            if e.WhichOneof("payload") == "node_started" and e.instance
+        ]
+        stack.signal(started[-1].node_started.worker_id, signal.SIGKILL)
+        st = await c.wait(gid, timeout=60)
+        assert st.state == COMPLETED, st.error
+        out = plain(node_status(st, "each").output)
+        assert out["items"] == [{"value": i} for i in range(40)] and out["completed"] == 40
+        events = await c.history(gid)
+        assert 1 <= most_at_once(events) <= 5
+        done = sorted(
+            e.instance for e in events if e.WhichOneof("payload") == "node_completed" and e.instance
+        )
+        assert done == list(range(1, 41))
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+# --- through Envoy -------------------------------------------------------------------------
+
+
+async def test_list_map_items_over_rest_and_grpc_web(edge_stack: Edge) -> None:
+    e = edge_stack
+    body = json_format.MessageToDict(
+        fan(
+            [{"f": False}, {"f": True}, {"f": False}],
+            pause(fail="{{ item.f }}"),
+            onFailure="MAP_FAILURE_POLICY_COLLECT",
+            maxFailures=1,
+        )
+    )
+    r = await e.http.post("/api/v1/graphs", json=body)
+    assert r.status_code == 200, r.text
+    gid = r.json()["graph_id"]
+    st = await e.stack.client.wait(gid)
+    assert st.state == COMPLETED, st.error
+    r = await e.http.get(f"/api/v1/graphs/{gid}/nodes/each/items", params={"page_size": 2})
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [i["index"] for i in page["items"]] == [0, 1] and page["next_page_token"]
+    assert page["progress"]["total"] == 3 and page["progress"]["failed"] == 1
+    r = await e.http.get(
+        f"/api/v1/graphs/{gid}/nodes/each/items", params={"state": "NODE_STATE_FAILED"}
+    )
+    assert [(i["index"], i["state"]) for i in r.json()["items"]] == [(1, "NODE_STATE_FAILED")]
+    req = orchestrator_pb2.ListMapItemsRequest(graph_id=gid, node_id="each").SerializeToString()
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    r = await e.http.post(
+        "/dago.v1.OrchestratorService/ListMapItems",
+        content=struct.pack(">BI", 0, len(req)) + req,
+        headers=headers,
+    )
+    messages, trailers = grpc_web_frames(r.content)
+    assert trailers.get("grpc-status") == "0", (r.headers, trailers)
+    resp = orchestrator_pb2.ListMapItemsResponse.FromString(messages[0])
+    assert [i.index for i in resp.items] == [0, 1, 2] and plain(resp.items[2].output) == {
+        "value": 2
+    }
