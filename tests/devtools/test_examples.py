@@ -31,6 +31,14 @@ EXPECTED: dict[str, dict[str, Any] | Callable[[dict[str, Any]], None]] = {
     "agent": lambda out: check_agent(out),
     # Rejected once (a revision), then edited: the edited text is published.
     "approval": {"published": "Wait nodes are here.", "approved_by": "anonymous", "edited": True},
+    # One offline summary per document (a map node), in document order, then their merge.
+    "map_summaries": {
+        "summarised": 3,
+        "first": "[offline] 18 words: Document 1 (Streams): Redis Streams give consumer groups, "
+        "acknowledgements and pending lists.",
+        "combined": '[offline] 53 words: Combine 3 summaries: ["[offline] 18 words: Document 1 '
+        "(Streams): Redis Streams give…",
+    },
 }
 
 SIGNALS: dict[str, list[tuple[str, str, Any, str]]] = {

@@ -81,6 +81,17 @@ def _json(msg: Message) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2)
 
 
+def map_line(m: execution_pb2.MapProgress, width: int = 30) -> str:
+    """A map's progress as one line: a bar of the items ended, then the counts by state."""
+    ended = m.completed + m.failed + m.cancelled
+    filled = round(width * ended / m.total) if m.total else width
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {ended}/{m.total}  "
+        f"completed {m.completed}  failed {m.failed}  running {m.running}  "
+        f"queued {m.queued}  cancelled {m.cancelled}"
+    )
+
+
 def _dicts(msgs: Iterable[Message]) -> str:
     """Messages as a JSON list, field names as in the proto (like the REST API)."""
     return json.dumps(
@@ -304,6 +315,37 @@ class Cli:
                 f"{n.node_id:<{wid}}  {node_state_name(n.state):<9}  {n.attempt or '-':>3}  "
                 f"{dur:>8}  {note}"
             )
+            if n.HasField("map"):
+                self.print(f"{'':<{wid}}  {map_line(n.map)}")
+        return EXIT_OK
+
+    def items(self) -> int:
+        """``items ID NODE``: a map node's items by index (``--state`` to filter)."""
+        state = 0
+        if self.args.state:
+            name = f"NODE_STATE_{self.args.state.upper()}"
+            state = execution_pb2.NodeState.Value(name)
+        items = list(
+            self.client.items(
+                self.args.graph_id, self.args.node_id, state, limit=self.args.limit or None
+            )
+        )
+        if self.as_json:
+            self.print(_dicts(items))
+            return EXIT_OK
+        self.print(f"{'INDEX':>5}  {'STATE':<9}  ATT  OUTPUT/ERROR")
+        for i in items:
+            if i.HasField("error") and i.error.message:
+                note = i.error.message
+            else:
+                note = json.dumps(to_dict(i.output)) if i.HasField("output") else ""
+            note = note.replace("\n", " ")
+            self.print(
+                f"{i.index:>5}  {node_state_name(i.state):<9}  {i.attempt or '-':>3}  "
+                f"{note[:80] + ('…' if len(note) > 80 else '')}"
+            )
+        if not items:
+            print("(no items)", file=self.err)
         return EXIT_OK
 
     def result(self) -> int:
@@ -764,6 +806,11 @@ def parser() -> argparse.ArgumentParser:
     dl_sub.add_parser("drop", help="remove it: its node and its run fail").add_argument(
         "dead_letter_id"
     )
+    it = sub.add_parser("items", help="a map node's items by index: state, attempt, output")
+    it.add_argument("graph_id")
+    it.add_argument("node_id")
+    it.add_argument("--state", help="only items in this state (completed, failed, running...)")
+    it.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     wt = sub.add_parser("waits", help="list the wait nodes waiting for a signal, oldest first")
     wt.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     sg = sub.add_parser(

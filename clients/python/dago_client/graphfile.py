@@ -64,6 +64,10 @@ def _node(node_id: str | None, spec: Any, where: str) -> dict[str, Any]:
         node.setdefault("id", node_id)
     if isinstance(node.get("tool"), str):
         node["tool"] = {"name": node["tool"]}
+    body = node.get("map")
+    if isinstance(body, dict) and isinstance(body.get("node"), dict):
+        # A map's body is a node too: the same shorthands.
+        node["map"] = {**body, "node": _node(None, body["node"], f"{where}.map.node")}
     return node
 
 
