@@ -484,3 +484,29 @@ async def test_waits_and_signals_with_both_clients(stack: InProcessStack) -> Non
 
     still = await asyncio.to_thread(work)
     assert set(still) == {(gids[0], "hold"), (gids[1], "review"), (gids[2], "review")}
+
+
+async def test_map_items_with_both_clients(stack: InProcessStack) -> None:
+    doc = {
+        "nodes": {
+            "each": {
+                "map": {
+                    "items": "[1, 2, 3, 4]",
+                    "node": {"tool": "echo", "inputs": {"v": "{{ item }}"}},
+                }
+            }
+        }
+    }
+    async with AsyncDagoClient(target(stack)) as dago:
+        gid = (await dago.submit(parse_document(doc))).graph_id
+        await dago.wait(gid)
+        got = [(i.index, to_dict(i.output)) async for i in dago.items(gid, "each", page_size=3)]
+        assert got == [(i, {"v": i + 1}) for i in range(4)]
+        page = await dago.items_page(gid, "each", page_size=1)
+        assert page.progress.completed == 4 and page.next_page_token
+
+    def work() -> list[int]:
+        with DagoClient(target(stack)) as dago:
+            return [i.index for i in dago.items(gid, "each", limit=2)]
+
+    assert await asyncio.to_thread(work) == [0, 1]
