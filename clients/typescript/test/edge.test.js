@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { test } from "node:test";
-import { fromJson } from "@bufbuild/protobuf";
+import { fromJson, toJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createDagoClient } from "../src/dago.js";
 import { GraphState, NodeState } from "../gen/dago/v1/execution_pb.js";
@@ -263,7 +264,7 @@ test("a map node: its items paged and filtered by state with items(), map_progre
   const graphId = events[0].graphId;
   const first = await dago.items(graphId, "each", { pageSize: 2 });
   assert.deepEqual(first.items.map((i) => i.index), [0, 1]);
-  assert.deepEqual(first.items[1].output, { double: 4, at: 1 });
+  assert.deepEqual(toJson(ValueSchema, first.items[1].output), { double: 4, at: 1 });
   assert.equal(first.progress.total, 5);
   const next = await dago.items(graphId, "each", { pageSize: 10, pageToken: first.nextPageToken });
   assert.deepEqual(next.items.map((i) => i.index), [2, 3, 4]);
