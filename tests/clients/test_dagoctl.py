@@ -712,3 +712,6 @@ async def test_items_and_map_progress_in_status(stack: InProcessStack, tmp_path:
     assert '{"double": 6}' in lines[3], out
     code, out, err = await ctl("-o", "json", "items", gid, "each", "--state", "failed")
     assert code == 0 and json.loads(out) == [], (out, err)
+    code, out, err = await ctl("watch", gid)
+    assert code == 0, err
+    assert "each: items [##########] 3/3  completed 3" in out, out

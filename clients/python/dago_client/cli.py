@@ -45,7 +45,7 @@ from dago_client.errors import DagoError
 from dago_client.graphfile import GraphFileError, load_request, parse_inputs
 from dago_client.render import dot, mermaid
 from dago_client.sync import DagoClient
-from dago_client.view import RunView, Screen
+from dago_client.view import RunView, Screen, map_line
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -79,17 +79,6 @@ _EXIT_BY_STATE = {
 
 def _json(msg: Message) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2)
-
-
-def map_line(m: execution_pb2.MapProgress, width: int = 30) -> str:
-    """A map's progress as one line: a bar of the items ended, then the counts by state."""
-    ended = m.completed + m.failed + m.cancelled
-    filled = round(width * ended / m.total) if m.total else width
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {ended}/{m.total}  "
-        f"completed {m.completed}  failed {m.failed}  running {m.running}  "
-        f"queued {m.queued}  cancelled {m.cancelled}"
-    )
 
 
 def _dicts(msgs: Iterable[Message]) -> str:
