@@ -371,3 +371,9 @@ async def test_list_map_items_over_rest_and_grpc_web(edge_stack: Edge) -> None:
     assert [i.index for i in resp.items] == [0, 1, 2] and plain(resp.items[2].output) == {
         "value": 2
     }
+
+
+async def test_item_and_index_are_null_outside_a_map_body(single: InProcessStack) -> None:
+    _, st = await single.client.run(request([echo("a", v="{{ item }}", i="{{ index }}")]))
+    assert st.state == COMPLETED, st.error
+    assert plain(node_status(st, "a").output) == {"v": None, "i": None}

@@ -158,6 +158,8 @@ class Attempts:
             scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
             if MapItems.SEP in item.node:
                 _item_scope(item.node, scope)
+            else:  # null outside a map's body (docs/semantics.md, "Map nodes")
+                scope["item"] = scope["index"] = None
             running = Running(item)
             self.running[item.key] = running
             if plan is not None and plan.inline is not None and graph is not None:
