@@ -377,3 +377,13 @@ async def test_item_and_index_are_null_outside_a_map_body(single: InProcessStack
     _, st = await single.client.run(request([echo("a", v="{{ item }}", i="{{ index }}")]))
     assert st.state == COMPLETED, st.error
     assert plain(node_status(st, "a").output) == {"v": None, "i": None}
+
+
+async def test_the_graph_deadline_ends_a_map_mid_way(single: InProcessStack) -> None:
+    req = fan([{"s": 60}] * 6, pause(seconds="{{ item.s }}"), maxConcurrency=2)
+    req.graph.limits.deadline.FromMilliseconds(800)
+    gid, st = await single.client.run(req)
+    assert st.state == FAILED and "deadline" in st.error.message, st.error
+    m = node_status(st, "each").map
+    assert (m.total, m.completed, m.cancelled) == (6, 0, 6)
+    assert {i.state for i in await items_of(single, gid)} == {execution_pb2.NODE_STATE_CANCELLED}
