@@ -155,7 +155,11 @@ class Attempts:
             inputs = graph.inputs if graph is not None else {}
             nodes = {n: {"output": json.loads(raw)} for n, raw in s.outputs} if s.outputs else {}
             name = graph.name if graph else ""
-            scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
+            scope: dict[str, Any] = {
+                "inputs": inputs,
+                "nodes": nodes,
+                "graph": {"id": item.graph_id, "name": name},
+            }
             if MapItems.SEP in item.node:
                 _item_scope(item.node, scope)
             else:  # null outside a map's body (docs/semantics.md, "Map nodes")
