@@ -459,7 +459,10 @@ class Store:
         nodes: dict[bytes, bytes] = {}
         found: dict[str, list[tuple[RecordId, bytes]]] = {}
         marker = Node.RECORD.encode()
+        item = MapItems.SEP.encode()
         for field, value in fields.items():
+            if item in field:
+                continue  # a map's item (ListMapItems reads those)
             if marker in field:
                 if records:
                     node, _, tail = field.partition(marker)
