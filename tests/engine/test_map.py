@@ -387,3 +387,19 @@ async def test_the_graph_deadline_ends_a_map_mid_way(single: InProcessStack) -> 
     m = node_status(st, "each").map
     assert (m.total, m.completed, m.cancelled) == (6, 0, 6)
     assert {i.state for i in await items_of(single, gid)} == {execution_pb2.NODE_STATE_CANCELLED}
+
+
+async def test_items_live_in_their_maps_hash_and_expire_with_the_run(
+    redis_single: RedisServer, make_stack: MakeStack
+) -> None:
+    stack = await make_stack(redis_single, retention_s=30)
+    gid, st = await stack.client.run(fan(list(range(50)), pause()))
+    assert st.state == COMPLETED, st.error
+    shard = int(gid.split("-")[0])
+    gk = stack.store.keys.shard(shard).graph(gid)
+    redis = stack.store.redis
+    # The run's node hash holds its three nodes' fields only; the items are in the map's.
+    assert not [f for f in await redis.hkeys(gk.nodes) if b"#" in f]
+    assert await redis.hlen(gk.items("each")) > 50 * 5
+    for key in (*gk.all(), gk.items("each")):
+        assert 0 < await redis.ttl(key) <= 30, key

@@ -56,6 +56,9 @@ class Meta:
     ARCHIVE: Final = "arch"
     """``1``: the run is archived to PostgreSQL when it ends, and expires only after that
     (``ShardKeys.archive``); else ``0`` (or absent, for runs submitted before archiving)."""
+    MAPS: Final = "maps"
+    """The map nodes that expanded, comma-separated: their item hashes
+    (``GraphKeys.items``) expire with the run."""
 
 
 class Usage:
@@ -417,8 +420,9 @@ class LoopTopology:
 class MapItems:
     """How a map node's items are stored (``dago.nodes.map``, ``lua/map.lua``).
 
-    An item is an instance of the map's body node, stored in the node hash as a node of its
-    own named ``<map>#<index>`` (index from 0; ``SEP``): its state, attempt, iteration,
+    An item is an instance of the map's body node, stored as a node of its own named
+    ``<map>#<index>`` (index from 0; ``SEP``) in its map's item hash (``GraphKeys.items``,
+    not the run's node hash, which so never grows with items): its state, attempt, iteration,
     execution, start plan, output, error, usage and execution records are the fields any node
     has, so starting, applying, retrying, timing out, reclaiming and dead-lettering an item
     are the same fenced transitions as a node's. Its value is ``<map>#<index>:v:o``

@@ -459,10 +459,7 @@ class Store:
         nodes: dict[bytes, bytes] = {}
         found: dict[str, list[tuple[RecordId, bytes]]] = {}
         marker = Node.RECORD.encode()
-        item = MapItems.SEP.encode()
         for field, value in fields.items():
-            if item in field:
-                continue  # a map's item (ListMapItems reads those)
             if marker in field:
                 if records:
                     node, _, tail = field.partition(marker)
@@ -623,12 +620,13 @@ class Store:
         self, shard: int, graph_id: str, node: str, indexes: Sequence[int], fields: Sequence[str]
     ) -> list[list[bytes | None]]:
         """``fields`` (``Node`` field names) of map items ``indexes`` of map ``node``
-        (``schema.MapItems``: item i is the node ``<node>#<i>``), in one HMGET."""
+        (``schema.MapItems``: item i is the node ``<node>#<i>`` of ``GraphKeys.items``), in
+        one HMGET."""
         gk = self.keys.shard(shard).graph(graph_id)
         names = [f"{node}{MapItems.SEP}{i}{f}" for i in indexes for f in fields]
         if not names:
             return []
-        flat = await self.redis.hmget(gk.nodes, names)
+        flat = await self.redis.hmget(gk.items(node), names)
         n = len(fields)
         return [list(flat[k : k + n]) for k in range(0, len(flat), n)]
 

@@ -44,6 +44,13 @@ local function plan_outputs(gid, refs)
   elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
   else names = {} end
   local outs = {}
+  -- A map item's value ('<map>#<i>:v') is in its map's item hash.
+  local last = names[#names]
+  if last and string.find(last, MAP_ITEMS.SEP, 1, true) then
+    names[#names] = nil
+    local o = redis.call('HGET', hkey(gid, last), last .. NODE.OUTPUT)
+    if o then outs[#outs + 1] = last; outs[#outs + 1] = o end
+  end
   for k = 1, #names, 1000 do
     local fields = {}
     for j = k, math.min(k + 999, #names) do fields[#fields + 1] = names[j] .. NODE.OUTPUT end
@@ -168,7 +175,7 @@ local function start_batch(worker, items, lease)
         local exec = 1
         if redelivered then
           exec = prev + 1
-          local was = redis.call('HGET', nkey(gid), node .. F_WORKER)
+          local was = redis.call('HGET', hkey(gid, node), node .. F_WORKER)
           node_set(gid, node, record_key(node, iter, attempt, prev),
             short_record(v[4], NOW_S, NodeStateText.RECLAIMED, was))
           stop_work(gid, node, attempt, prev)
@@ -260,7 +267,7 @@ end
 -- node's and graph's counters; returns the usage JSON, its provider/model detail, and the
 -- limit of the graph it broke (or nil).
 local function add_usage(gid, node, usage_s)
-  local gk, nk = gkey(gid), nkey(gid)
+  local gk, nk = gkey(gid), hkey(gid, node)
   local u = {}
   for x in string.gmatch(usage_s, '[^,]+') do u[#u + 1] = x end
   local fields = {USAGE.INPUT, USAGE.OUTPUT, USAGE.CACHE_WRITE, USAGE.CACHE_READ}

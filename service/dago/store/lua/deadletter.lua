@@ -11,7 +11,7 @@ local f = {}
 local fields = entry[1][2]
 for k = 1, #fields, 2 do f[fields[k]] = fields[k + 1] end
 local gid, node, attempt, iter = f[WORK.GRAPH], f[WORK.NODE], f[WORK.ATTEMPT], f[WORK.ITERATION]
-local nk = nkey(gid)
+local nk = hkey(gid, node)
 local current = false
 if fence(gid, node, attempt, iter, {NodeState.DEAD_LETTERED}) then
   current = redis.call('HGET', nk, node .. NODE.DEAD_LETTER) == did

@@ -37,14 +37,19 @@ if not bytes_fit(gid, size + #ARGV[A.INPUT]) then
   flush()
   return 1
 end
-local nk = nkey(gid)
+local ik = hkey(gid, node .. MAP_ITEMS.SEP)
 for k = A.FIRST, #ARGV, 500 do
   local args = {}
   for j = k, math.min(k + 499, #ARGV) do
     args[#args + 1] = node .. MAP_ITEMS.SEP .. int(j - A.FIRST) .. MAP_ITEMS.VALUE_REF .. NODE.OUTPUT
     args[#args + 1] = ARGV[j]
   end
-  redis.call('HSET', nk, unpack(args))
+  redis.call('HSET', ik, unpack(args))
+end
+-- The run's maps (META.MAPS), so their item hashes expire with the run's other keys.
+local maps = redis.call('HGET', gkey(gid), META.MAPS) or ''
+if not string.find(',' .. maps .. ',', ',' .. node .. ',', 1, true) then
+  redis.call('HSET', gkey(gid), META.MAPS, maps == '' and node or (maps .. ',' .. node))
 end
 local conc = tonumber(ARGV[A.MAX_CONCURRENCY])
 node_set(gid, node, node .. MAP_ITEMS.TOTAL, n, node .. MAP_ITEMS.NEXT, 0, node .. MAP_ITEMS.RUNNING, 0,

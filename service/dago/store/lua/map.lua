@@ -2,7 +2,8 @@
 -- on a worker, which reports them with the `expand` function: the items are stored, the map
 -- node is parked (RUNNING, holding no work item and no slot) and its first items are
 -- dispatched. An item is an instance of the map's body node, stored as a node of its own
--- named '<map>#<index>' (schema.MapItems), so its start, apply, retries, timeouts, reclaim
+-- named '<map>#<index>' (schema.MapItems) in its map's item hash (hkey in core.lua: the
+-- run's node hash does not grow with items), so its start, apply, retries, timeouts, reclaim
 -- and dead letters are the fenced transitions of any node. Each item's end (Map.ended, from
 -- apply_batch and attempt_failed) counts it and dispatches the next one in the same call,
 -- so at most max_concurrency items are ever dispatched and not ended. When every item has
@@ -88,6 +89,7 @@ function Map.stop(gid, map)
   local v = redis.call('HMGET', nk, map .. M_NEXT, map .. M_TOTAL, map .. F_ITER)
   local nxt, total, iter = tonumber(v[1]) or 0, tonumber(v[2]) or 0, v[3]
   local cancelled = total - nxt
+  local ik = hkey(gid, map .. M_SEP)
   for k = 0, nxt - 1, 500 do
     local fields = {}
     for i = k, math.min(k + 499, nxt - 1) do
@@ -96,7 +98,7 @@ function Map.stop(gid, map)
       fields[#fields + 1] = item .. F_ATTEMPT
       fields[#fields + 1] = item .. F_EXEC
     end
-    local s = redis.call('HMGET', nk, unpack(fields))
+    local s = redis.call('HMGET', ik, unpack(fields))
     for j = 0, #fields / 3 - 1 do
       local st = s[3 * j + 1]
       if st == S_QUEUED or st == S_RUNNING or st == NodeStateText.RETRYING
@@ -131,6 +133,7 @@ function Map.finish(gid, map, fidx, err)
     rec = rec .. ',"' .. MAP_RESULT.FAILED_INDEX .. '":' .. fidx .. ',"' .. MAP_RESULT.ERROR .. '":' .. err .. '}'
   else
     local parts = {}
+    local ik = hkey(gid, map .. M_SEP)
     for k = 0, total - 1, 500 do
       local fields = {}
       for i = k, math.min(k + 499, total - 1) do
@@ -138,7 +141,7 @@ function Map.finish(gid, map, fidx, err)
         fields[#fields + 1] = item .. F_STATE
         fields[#fields + 1] = item .. NODE.OUTPUT
       end
-      local s = redis.call('HMGET', nk, unpack(fields))
+      local s = redis.call('HMGET', ik, unpack(fields))
       for j = 0, #fields / 2 - 1 do
         parts[#parts + 1] = (s[2 * j + 1] == S_COMPLETED and s[2 * j + 2]) or 'null'
       end

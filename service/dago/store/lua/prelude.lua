@@ -145,6 +145,7 @@ local META = {
   DEF_VERSION = 'dv',
   DEF_DIGEST = 'dd',
   ARCHIVE = 'arch',
+  MAPS = 'maps',
 }
 
 -- schema.Usage
