@@ -61,6 +61,15 @@ ROWS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, str, bool, Any, s
         "≤ 15 ms",
     ),
     (
+        "9. map 1→10,000→1 (echo body, max_concurrency 200; Celery: a chord of ≤ 2,000)",
+        ("w9_dago", "items_per_s"),
+        ("w9_celery", "items_per_s"),
+        "items/s",
+        True,
+        None,
+        "",
+    ),
+    (
         "4. one node, submit→terminal event, gRPC p50",
         ("w4_dago_grpc", "p50_ms"),
         ("w4_celery", "p50_ms"),

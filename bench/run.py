@@ -83,6 +83,12 @@ class Sizes:
         self.chain = n(200, 20)
         self.chain_runs = 3 if scale >= 1 else 1
         self.fan = 100
+        self.map_width = n(10_000, 500)  # workload 9: a map 1 -> N -> 1, and Celery's chord
+        self.map_concurrency = 200
+        # Celery's chord of N on its Redis backend took 104 s for 2,000 no-ops on the shared
+        # VM (19 tasks/s, and it grows faster than N): its chord stops at 2,000, compared by
+        # items per second.
+        self.map_celery_width = min(self.map_width, 2_000)
         self.fan_runs = 5 if scale >= 1 else 1
         self.seq = n(500, 20)
         self.watch_width = 998 if scale >= 1 else 48
@@ -343,6 +349,17 @@ class Bench:
         self.results["w3_dago"] = {"width": s.fan, "runs_ms": [x * 1000 for x in runs]}
         self.results["w3_dago"]["ms"] = sorted(runs)[len(runs) // 2] * 1000
 
+    def dago_map(self) -> None:
+        s = self.sizes
+        req = wl.map_fan(s.map_width, s.map_concurrency)
+        secs = self.dago(lambda c: c.run_many(req, 1, 600))
+        self.results["w9_dago"] = {
+            "width": s.map_width,
+            "max_concurrency": s.map_concurrency,
+            "ms": secs * 1000,
+            "items_per_s": s.map_width / secs,
+        }
+
     def dago_latency(self) -> None:
         s = self.sizes
         req = wl.request(wl.one())
@@ -524,6 +541,16 @@ class Bench:
         self.results["w4_celery"] = wl.summary(samples)
         self.celery_memory()
 
+    def celery_map(self) -> None:
+        """Workload 9 on Celery: src -> chord(N no-ops) -> sink, beside dago's map."""
+        s = self.sizes
+        secs = wl.celery_fan(s.map_celery_width)
+        self.results["w9_celery"] = {
+            "width": s.map_celery_width,
+            "ms": secs * 1000,
+            "items_per_s": s.map_celery_width / secs,
+        }
+
     def celery_memory(self) -> None:
         from celery_app import sleep as csleep
 
@@ -588,7 +615,7 @@ class Bench:
 
     def phase(self, key: str, what: str, fn: Callable[[], Any]) -> None:
         """Run one workload; a failure is recorded in the report and the run goes on.
-        BENCH_ONLY (comma-separated keys: w1 ... w8, rest, lua, celery, celery8) picks some."""
+        BENCH_ONLY (comma-separated keys: w1 ... w9, rest, lua, celery, celery8) picks some."""
         only = os.environ.get("BENCH_ONLY", "")
         if only and not set(key.split(",")) & set(only.split(",")):
             return
@@ -623,6 +650,7 @@ class Bench:
         )
         self.phase("w2", "dago: workload 2 (chain)", self.dago_chain)
         self.phase("w3", "dago: workload 3 (fan-out/fan-in)", self.dago_fan)
+        self.phase("w9", "dago: workload 9 (a map 1 -> 10,000 -> 1)", self.dago_map)
 
         def rest() -> None:
             envoy = self.start_envoy()
@@ -644,8 +672,9 @@ class Bench:
         self.stop_dago_workers()
         self.procs.stop("dago-api")
         if os.environ.get("BENCH_CELERY", "1") == "1":
-            self.phase("celery,celery8", "Celery: start", lambda: self.start_celery(n_workers))
+            self.phase("celery,celery8,w9", "Celery: start", lambda: self.start_celery(n_workers))
             self.phase("celery", "Celery: workloads 1-4, 7", self.celery_main)
+            self.phase("w9", "Celery: workload 9 (a chord)", self.celery_map)
             self.phase("celery8", "Celery: workload 8 (scaling)", self.celery_scaling)
             self.stop_celery()
             # Celery's result objects unsubscribe when collected at exit, after Redis is

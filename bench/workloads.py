@@ -47,6 +47,24 @@ def fan(width: int) -> dict[str, Any]:
     return {"name": f"fan{width}", "nodes": [echo("src"), *mids, echo("sink")], "edges": edges}
 
 
+def map_fan(width: int, concurrency: int) -> orchestrator_pb2.SubmitGraphRequest:
+    """src -> a map of ``width`` echo items (at most ``concurrency`` at once) -> sink: the
+    1 -> N -> 1 of ``fan`` as one map node, its items a list in the run's inputs."""
+    body = {"id": "item", "tool": {"name": "echo"}, "inputs": {"x": "{{ item }}"}}
+    graph = {
+        "name": f"map{width}",
+        "nodes": [
+            echo("src"),
+            {"id": "each", "map": {"items": "inputs.items", "node": body,
+                                   "max_concurrency": concurrency}},
+            echo("sink"),
+        ],
+        "edges": [{"from": "src", "to": "each"}, {"from": "each", "to": "sink"}],
+    }  # fmt: skip
+    body_req = {"graph": graph, "inputs": {"items": list(range(width))}}
+    return json_format.ParseDict(body_req, orchestrator_pb2.SubmitGraphRequest())
+
+
 def one() -> dict[str, Any]:
     """A one-node graph."""
     return {"name": "one", "nodes": [echo("a")], "edges": []}

@@ -494,3 +494,29 @@ async def test_a_priority_is_sent_by_submit_and_run(stack: InProcessStack) -> No
         assert (await dago.status(events[0].graph_id)).priority == 1
         sub = await dago.submit(request([echo("a")]))
         assert (await dago.status(sub.graph_id)).priority == 3  # the server's default
+
+
+async def test_map_items_with_both_clients(stack: InProcessStack) -> None:
+    doc = {
+        "nodes": {
+            "each": {
+                "map": {
+                    "items": "[1, 2, 3, 4]",
+                    "node": {"tool": "echo", "inputs": {"v": "{{ item }}"}},
+                }
+            }
+        }
+    }
+    async with AsyncDagoClient(target(stack)) as dago:
+        gid = (await dago.submit(parse_document(doc))).graph_id
+        await dago.wait(gid)
+        got = [(i.index, to_dict(i.output)) async for i in dago.items(gid, "each", page_size=3)]
+        assert got == [(i, {"v": i + 1}) for i in range(4)]
+        page = await dago.items_page(gid, "each", page_size=1)
+        assert page.progress.completed == 4 and page.next_page_token
+
+    def work() -> list[int]:
+        with DagoClient(target(stack)) as dago:
+            return [i.index for i in dago.items(gid, "each", limit=2)]
+
+    assert await asyncio.to_thread(work) == [0, 1]

@@ -719,3 +719,36 @@ async def test_status_links_parents_and_children_and_list_filters_by_parent(
     assert code == 0 and f"children summarize -> {child}" in out, out
     st = await stack.client.status(child)
     assert (st.parent_graph_id, st.parent_node_id) == (gid, "summarize")
+
+
+async def test_items_and_map_progress_in_status(stack: InProcessStack, tmp_path: Path) -> None:
+    ctl = ctl_for(stack)
+    graph = tmp_path / "map.yaml"
+    graph.write_text(
+        "nodes:\n"
+        "  each:\n"
+        "    map:\n"
+        "      items: '[1, 2, 3]'\n"
+        "      node: {tool: echo, inputs: {double: '{{ item * 2 }}'}}\n"
+    )
+    code, out, err = await ctl("submit", str(graph))
+    assert code == 0, err
+    gid = out.splitlines()[0].strip()
+    await stack.client.wait(gid)
+    code, out, err = await ctl("status", gid)
+    assert code == 0, err
+    bar = "[" + "#" * 30 + "] 3/3  completed 3  failed 0  running 0  queued 0  cancelled 0"
+    assert bar in out, out
+    code, out, err = await ctl("items", gid, "each")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["INDEX", "STATE", "ATT", "OUTPUT/ERROR"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [str(i), "completed", "1"] for i in range(3)
+    ], out
+    assert '{"double": 6}' in lines[3], out
+    code, out, err = await ctl("-o", "json", "items", gid, "each", "--state", "failed")
+    assert code == 0 and json.loads(out) == [], (out, err)
+    code, out, err = await ctl("watch", gid)
+    assert code == 0, err
+    assert "each: items [##########] 3/3  completed 3" in out, out

@@ -37,6 +37,14 @@ EXPECTED: dict[str, dict[str, Any] | Callable[[dict[str, Any]], None]] = {
         "body": "[offline] 31 words: Summarise for a small platform team: Redis Streams keep "
         "an append-only log…",
     },
+    # One offline summary per document (a map node), in document order, then their merge.
+    "map_summaries": {
+        "summarised": 3,
+        "first": "[offline] 18 words: Document 1 (Streams): Redis Streams give consumer groups, "
+        "acknowledgements and pending lists.",
+        "combined": '[offline] 53 words: Combine 3 summaries: ["[offline] 18 words: Document 1 '
+        "(Streams): Redis Streams give…",
+    },
 }
 
 SIGNALS: dict[str, list[tuple[str, str, Any, str]]] = {

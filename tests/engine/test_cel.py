@@ -139,9 +139,9 @@ def test_compile_error_keeps_the_source(cel: CelCompiler) -> None:
     ("scope", "usable"),
     [
         (Scope.CONDITION, {"inputs", "nodes", "graph"}),
-        (Scope.TEMPLATE, {"inputs", "nodes", "graph"}),
-        (Scope.ROUTE, {"inputs", "nodes", "graph", "input"}),
-        (Scope.OUTPUT, {"result", "input", "inputs", "nodes", "graph"}),
+        (Scope.TEMPLATE, {"inputs", "nodes", "graph", "item", "index"}),
+        (Scope.ROUTE, {"inputs", "nodes", "graph", "input", "item", "index"}),
+        (Scope.OUTPUT, {"result", "input", "inputs", "nodes", "graph", "item", "index"}),
         (Scope.GRAPH_OUTPUT, {"inputs", "nodes", "graph"}),
     ],
 )

@@ -106,6 +106,19 @@ async def _stubborn(args: Any, ctx: NodeContext) -> Any:
     return {"finished": True}
 
 
+async def _pause(args: Any, ctx: NodeContext) -> Any:
+    """Waits ``seconds`` (recording a cancellation as ``hold`` does), then fails (not
+    retryable) when ``fail`` is true, else returns ``value``: a map body whose items differ."""
+    try:
+        await asyncio.sleep(float(args.get("seconds", 0)))
+    except asyncio.CancelledError:
+        HOLD_CANCELLED.append(ctx.idempotency_key)
+        raise
+    if args.get("fail"):
+        raise NodeFailure(graph_pb2.ERROR_CLASS_PERMANENT, f"item {args.get('value')} fails", False)
+    return {"value": args.get("value")}
+
+
 ORDERS = {"A-100": "shipped", "A-200": "delayed"}
 
 
@@ -130,6 +143,7 @@ def dago_tools() -> list[Tool]:
         Tool("effect", "A side effect de-duplicated by the idempotency key.", _effect),
         Tool("hold", "Waits, recording a cancellation.", _hold),
         Tool("stubborn", "Runs on through cancellation.", _stubborn),
+        Tool("pause", "Waits, then fails or returns its value.", _pause),
         Tool(
             "order_status",
             "Looks up the shipping status of an order by its id.",

@@ -45,7 +45,7 @@ from dago_client.errors import DagoError
 from dago_client.graphfile import GraphFileError, load_request, parse_inputs
 from dago_client.render import dot, mermaid
 from dago_client.sync import DagoClient
-from dago_client.view import RunView, Screen
+from dago_client.view import RunView, Screen, map_line
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -321,6 +321,37 @@ class Cli:
                 f"{n.node_id:<{wid}}  {node_state_name(n.state):<9}  {n.attempt or '-':>3}  "
                 f"{dur:>8}  {note}"
             )
+            if n.HasField("map"):
+                self.print(f"{'':<{wid}}  {map_line(n.map)}")
+        return EXIT_OK
+
+    def items(self) -> int:
+        """``items ID NODE``: a map node's items by index (``--state`` to filter)."""
+        state = 0
+        if self.args.state:
+            name = f"NODE_STATE_{self.args.state.upper()}"
+            state = execution_pb2.NodeState.Value(name)
+        items = list(
+            self.client.items(
+                self.args.graph_id, self.args.node_id, state, limit=self.args.limit or None
+            )
+        )
+        if self.as_json:
+            self.print(_dicts(items))
+            return EXIT_OK
+        self.print(f"{'INDEX':>5}  {'STATE':<9}  ATT  OUTPUT/ERROR")
+        for i in items:
+            if i.HasField("error") and i.error.message:
+                note = i.error.message
+            else:
+                note = json.dumps(to_dict(i.output)) if i.HasField("output") else ""
+            note = note.replace("\n", " ")
+            self.print(
+                f"{i.index:>5}  {node_state_name(i.state):<9}  {i.attempt or '-':>3}  "
+                f"{note[:80] + ('…' if len(note) > 80 else '')}"
+            )
+        if not items:
+            print("(no items)", file=self.err)
         return EXIT_OK
 
     def result(self) -> int:
@@ -793,6 +824,11 @@ def parser() -> argparse.ArgumentParser:
     dl_sub.add_parser("drop", help="remove it: its node and its run fail").add_argument(
         "dead_letter_id"
     )
+    it = sub.add_parser("items", help="a map node's items by index: state, attempt, output")
+    it.add_argument("graph_id")
+    it.add_argument("node_id")
+    it.add_argument("--state", help="only items in this state (completed, failed, running...)")
+    it.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     wt = sub.add_parser("waits", help="list the wait nodes waiting for a signal, oldest first")
     wt.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     sg = sub.add_parser(

@@ -68,6 +68,10 @@ def _node(node_id: str | None, spec: Any, where: str) -> dict[str, Any]:
     if isinstance(sub, dict) and "graph" in sub:
         # A child's graph is written with the same conveniences as the file's own.
         node["subgraph"] = {**sub, "graph": _graph(sub["graph"], f"{where}.subgraph.graph")}
+    body = node.get("map")
+    if isinstance(body, dict) and isinstance(body.get("node"), dict):
+        # A map's body is a node too: the same shorthands.
+        node["map"] = {**body, "node": _node(None, body["node"], f"{where}.map.node")}
     return node
 
 

@@ -437,6 +437,49 @@ class DagoClient:
         )
         return self._call(self.stub.SignalGraph, req, idempotent=True, deadline_s=deadline_s)
 
+    def items_page(
+        self,
+        graph_id: str,
+        node_id: str,
+        page_size: int = 0,
+        page_token: str = "",
+        state: int = 0,
+        *,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.ListMapItemsResponse:
+        """One page of a map node's items by index (``state``: only items in that
+        ``NodeState``), with the map's counts."""
+        req = orchestrator_pb2.ListMapItemsRequest(
+            graph_id=graph_id,
+            node_id=node_id,
+            page_size=page_size,
+            page_token=page_token,
+            state=execution_pb2.NodeState.ValueType(state),
+        )
+        return self._call(self.stub.ListMapItems, req, idempotent=True, deadline_s=deadline_s)
+
+    def items(
+        self,
+        graph_id: str,
+        node_id: str,
+        state: int = 0,
+        page_size: int = 100,
+        limit: int | None = None,
+    ) -> Iterator[orchestrator_pb2.MapItem]:
+        """Every item of a map node (or the first ``limit``), by index, fetching pages as
+        needed."""
+        token, seen = "", 0
+        while True:
+            page = self.items_page(graph_id, node_id, page_size, token, state)
+            for item in page.items:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+            token = page.next_page_token
+            if not token:
+                return
+
     def waits_page(
         self, page_size: int = 0, page_token: str = "", *, deadline_s: float | None = None
     ) -> orchestrator_pb2.ListWaitsResponse:

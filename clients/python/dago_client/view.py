@@ -70,6 +70,17 @@ def _ms(ms: float | None) -> str:
     return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
 
 
+def map_line(m: execution_pb2.MapProgress, width: int = 30) -> str:
+    """A map's progress as one line: a bar of the items ended, then the counts by state."""
+    ended = m.completed + m.failed + m.cancelled
+    filled = round(width * ended / m.total) if m.total else width
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {ended}/{m.total}  "
+        f"completed {m.completed}  failed {m.failed}  running {m.running}  "
+        f"queued {m.queued}  cancelled {m.cancelled}"
+    )
+
+
 class RunView:
     """The state of one run, built from its events, printable as a frame or as lines."""
 
@@ -172,6 +183,9 @@ class RunView:
             ce = ev.child_ended
             row.state = "queued"
             out.append(f"{nid}: child run {ce.child_graph_id} {state_name(ce.state)}")
+        elif kind == "map_progress" and row is not None:
+            row.note = map_line(ev.map_progress, 10)
+            out.append(f"{nid}: items {row.note}")
         elif kind == "router_decision" and row is not None:
             d = ev.router_decision
             conf = f", confidence {d.confidence:.2f}" if d.confidence else ""

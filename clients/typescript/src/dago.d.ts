@@ -19,6 +19,8 @@ import type {
   RequeueDeadLetterResponse,
   GetUsageSummaryRequestSchema,
   GetUsageSummaryResponse,
+  ListMapItemsRequestSchema,
+  ListMapItemsResponse,
   ListWaitsRequestSchema,
   ListWaitsResponse,
   SignalGraphResponse,
@@ -206,6 +208,16 @@ export interface DagoClient {
     request?: MessageInitShape<typeof ListWaitsRequestSchema>,
     options?: CallOptions,
   ): Promise<ListWaitsResponse>;
+  /**
+   * One page of a map node's items by index, with the map's counts (ListMapItems);
+   * request.state keeps the items in one NodeState, request.pageToken pages on.
+   */
+  items(
+    graphId: string,
+    nodeId: string,
+    request?: Omit<MessageInitShape<typeof ListMapItemsRequestSchema>, "graphId" | "nodeId">,
+    options?: CallOptions,
+  ): Promise<ListMapItemsResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
   /**

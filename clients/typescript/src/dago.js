@@ -222,6 +222,10 @@ export function createDagoClient(baseUrl, options = {}) {
       return (await client()).listWaits(request, callOptions);
     },
 
+    async items(graphId, nodeId, request = {}, callOptions) {
+      return (await client()).listMapItems({ ...request, graphId, nodeId }, callOptions);
+    },
+
     async result(graphId, callOptions) {
       return (await client()).getGraphResult({ graphId }, callOptions);
     },

@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { test } from "node:test";
-import { fromJson } from "@bufbuild/protobuf";
+import { fromJson, toJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createDagoClient } from "../src/dago.js";
 import { GraphState, NodeState } from "../gen/dago/v1/execution_pb.js";
@@ -236,6 +237,39 @@ test("an invalid graph is InvalidArgument with google.rpc.BadRequest details", T
   const violation = details.fieldViolations[0];
   assert.equal(violation.field, "graph.edges[0].to");
   assert.match(violation.description, /ghost/);
+});
+
+test("a map node: its items paged and filtered by state with items(), map_progress watched", TIMEOUT, async () => {
+  const dago = createDagoClient(EDGE_URL);
+  const req = request({
+    graph: {
+      name: `ts-map-${crypto.randomUUID()}`,
+      nodes: [
+        {
+          id: "each",
+          map: {
+            items: "[1, 2, 3, 4, 5]",
+            maxConcurrency: 2,
+            node: { id: "body", tool: { name: "echo" }, inputs: { double: "{{ item * 2 }}", at: "{{ index }}" } },
+          },
+        },
+      ],
+    },
+  });
+  const events = await collect(dago.run(req));
+  assert.equal(events.at(-1).payload.case, "graphCompleted");
+  assert.ok(events.every((ev) => ev.instance === 0), "no item events unless asked");
+  const progress = events.filter((ev) => ev.payload.case === "mapProgress").map((ev) => ev.payload.value);
+  assert.equal(progress.at(-1).completed, 5);
+  const graphId = events[0].graphId;
+  const first = await dago.items(graphId, "each", { pageSize: 2 });
+  assert.deepEqual(first.items.map((i) => i.index), [0, 1]);
+  assert.deepEqual(toJson(ValueSchema, first.items[1].output), { double: 4, at: 1 });
+  assert.equal(first.progress.total, 5);
+  const next = await dago.items(graphId, "each", { pageSize: 10, pageToken: first.nextPageToken });
+  assert.deepEqual(next.items.map((i) => i.index), [2, 3, 4]);
+  const failed = await dago.items(graphId, "each", { state: NodeState.FAILED });
+  assert.deepEqual(failed.items, []);
 });
 
 test("signal a waiting node: waits() lists it, a bad payload is refused, approve routes", TIMEOUT, async () => {

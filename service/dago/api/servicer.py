@@ -26,6 +26,8 @@ from dago.api.definitions import DefinitionServicer, parse_reference
 from dago.api.errors import guard, guard_stream
 from dago.api.quotas import Quotas
 from dago.api.views import (
+    ITEM_FIELDS,
+    MAP_FIELDS,
     RUNNING_FIELDS,
     TERMINAL_STATES,
     attempt,
@@ -34,6 +36,9 @@ from dago.api.views import (
     graph_result,
     graph_state,
     graph_status,
+    item_state,
+    map_item,
+    map_progress,
 )
 from dago.api.watch import EventHub
 from dago.config import Settings
@@ -202,7 +207,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         """Submit (as SubmitGraph), then stream the run's events from its start (as
         WatchGraph): a run in one call. A request_id already used streams that run again."""
         submitted = await self._submit(request)
-        async for raw in self._events(submitted.graph_id, 0, request.batch):
+        async for raw in self._events(submitted.graph_id, 0, request.batch, request.item_events):
             yield raw
 
     async def _submit(
@@ -626,12 +631,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         ``WatchGraphResponse`` serialized (the watchers of a graph share them)."""
         if request.after_seq < 0:
             raise errors.invalid_field("after_seq", "must not be negative")
-        async for raw in self._events(request.graph_id, request.after_seq, request.batch):
+        async for raw in self._events(
+            request.graph_id, request.after_seq, request.batch, request.item_events
+        ):
             yield raw
 
-    async def _events(self, graph_id: str, after: int, batch: bool) -> AsyncIterator[bytes]:
+    async def _events(
+        self, graph_id: str, after: int, batch: bool, item_events: bool = False
+    ) -> AsyncIterator[bytes]:
         """A graph's serialized ``WatchGraphResponse`` messages after ``after`` (see
-        WatchGraph); in batch mode each message carries one hub batch (or a part of it)."""
+        WatchGraph); in batch mode each message carries one hub batch (or a part of it).
+        Map items' events only with ``item_events`` (their maps' map_progress always)."""
         shard = self._shard(graph_id)
 
         async def check(count: int) -> Entries | None:
@@ -645,7 +655,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             return entries
 
         try:
-            async for events in self._hub.watch(shard, graph_id, after, check):
+            async for events in self._hub.watch(shard, graph_id, after, check, item_events):
                 if batch:
                     for message in batched(events):
                         yield message
@@ -737,6 +747,55 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if len(resp.attempts) < found:
             last = resp.attempts[-1]
             resp.next_page_token = tokens.encode("a", last.iteration, last.attempt, last.execution)
+        return resp
+
+    @guard
+    async def ListMapItems(
+        self, request: orchestrator_pb2.ListMapItemsRequest, context: Ctx
+    ) -> orchestrator_pb2.ListMapItemsResponse:
+        """A page of a map node's items by index, optionally of one state, with its counts."""
+        graph_id, node_id = request.graph_id, request.node_id
+        shard = self._shard(graph_id)
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            raise errors.invalid_field("page_size", "must be between 1 and 1000")
+        start = 0
+        if request.page_token:
+            start = tokens.decode_int(tokens.decode(request.page_token, "m", 1)[0], 0, 2**31)
+        raw_def, ns, raw_state = await self._store.graph_fields(
+            shard, graph_id, Meta.DEFINITION, Meta.NAMESPACE, Meta.STATE
+        )
+        if raw_def is None:
+            raise errors.not_found("graph", graph_id)
+        self._owned(graph_id, ns)
+        node = next((n for n in graph_pb2.Graph.FromString(raw_def).nodes if n.id == node_id), None)
+        if node is None:
+            raise errors.not_found("node", f"{graph_id}/{node_id}")
+        if not node.HasField("map"):
+            raise errors.invalid_field("node_id", f"node {node_id} is not a map node")
+        counts = await self._store.node_fields(shard, graph_id, node_id, *MAP_FIELDS)
+        ended = int(raw_state or 0) in TERMINAL_STATES
+        resp = orchestrator_pb2.ListMapItemsResponse()
+        map_progress(counts, ended, resp.progress)
+        total, dispatched = resp.progress.total, int(counts[1] or 0)
+        room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
+        i, full = start, False
+        while i < total and not full:
+            chunk = range(i, min(total, i + max(size, 500)))
+            rows = await self._store.item_fields(shard, graph_id, node_id, chunk, ITEM_FIELDS)
+            for index, row in zip(chunk, rows, strict=True):
+                state = item_state(row[0], index < dispatched, ended)
+                if request.state and state != request.state:
+                    continue
+                item = map_item(index, state, row)
+                room -= item.ByteSize()
+                if len(resp.items) >= size or (room < 0 and resp.items):
+                    full = True
+                    break
+                resp.items.append(item)
+            i = chunk[-1] + 1
+        if full:
+            resp.next_page_token = tokens.encode("m", resp.items[-1].index + 1)
         return resp
 
     # --- operations: workers and dead letters ------------------------------------------

@@ -9,7 +9,7 @@ from dago.engine.graphcache import LoadedGraph
 from dago.engine.result import run_result
 from dago.history.listing import definition_ref
 from dago.store.events import error_from, usage_from
-from dago.store.schema import Fair, Meta, Node, Record, Usage, Wait
+from dago.store.schema import Fair, MapItems, Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
 from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
@@ -84,9 +84,99 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
     definition_ref(meta, st.definition)
     if graph.HasField("metadata"):
         st.metadata.CopyFrom(graph.metadata)
+    ended = st.state in TERMINAL_STATES
     for node in graph.nodes:
-        st.nodes.append(_node_status(node.id, snap.nodes, snap.records.get(node.id, []), full))
+        ns = _node_status(node.id, snap.nodes, snap.records.get(node.id, []), full)
+        if node.HasField("map"):
+            map_progress(
+                [snap.nodes.get(f"{node.id}{f}".encode()) for f in MAP_FIELDS], ended, ns.map
+            )
+        st.nodes.append(ns)
     return st
+
+
+MAP_FIELDS = (
+    MapItems.TOTAL,
+    MapItems.NEXT,
+    MapItems.RUNNING,
+    MapItems.COMPLETED,
+    MapItems.FAILED,
+    MapItems.CANCELLED,
+)
+"""The map node's fields ``map_progress`` reads, in its order."""
+
+
+def map_progress(fields: list[bytes | None], ended: bool, msg: execution_pb2.MapProgress) -> None:
+    """A map's counts (``MAP_FIELDS`` values; a map not expanded yet has none). Once its run
+    ended, items still open or never dispatched count as cancelled."""
+    total, nxt, running, completed, failed, cancelled = (_int(v) for v in fields)
+    msg.SetInParent()
+    msg.total, msg.completed, msg.failed = total, completed, failed
+    if ended:
+        msg.cancelled = cancelled + running + (total - nxt)
+    else:
+        msg.queued, msg.running, msg.cancelled = total - nxt, running, cancelled
+
+
+ITEM_FIELDS = (
+    Node.STATE,
+    Node.ATTEMPT,
+    Node.STARTED,
+    Node.ENDED,
+    Node.OUTPUT,
+    Node.ERROR,
+    ":" + Usage.INPUT,
+    ":" + Usage.OUTPUT,
+    ":" + Usage.CACHE_WRITE,
+    ":" + Usage.CACHE_READ,
+    ":" + Usage.COST,
+)
+"""An item's fields (after ``<map>#<index>``) that ``map_item`` reads, in its order."""
+
+_OPEN_ITEM = frozenset(
+    {
+        execution_pb2.NODE_STATE_PENDING,
+        execution_pb2.NODE_STATE_QUEUED,
+        execution_pb2.NODE_STATE_RUNNING,
+        execution_pb2.NODE_STATE_RETRYING,
+        execution_pb2.NODE_STATE_DEAD_LETTERED,
+    }
+)
+
+
+def item_state(
+    raw: bytes | None, dispatched: bool, ended: bool
+) -> execution_pb2.NodeState.ValueType:
+    """An item's state: its stored one; PENDING before it is dispatched (CANCELLED when
+    its map was stopped); once the run ended, CANCELLED for an item still open."""
+    if raw is None:
+        state = execution_pb2.NodeState.ValueType(
+            execution_pb2.NODE_STATE_CANCELLED if dispatched else execution_pb2.NODE_STATE_PENDING
+        )
+    else:
+        state = execution_pb2.NodeState.ValueType(int(raw))
+    if ended and state in _OPEN_ITEM:
+        return execution_pb2.NODE_STATE_CANCELLED
+    return state
+
+
+def map_item(
+    index: int, state: execution_pb2.NodeState.ValueType, fields: list[bytes | None]
+) -> orchestrator_pb2.MapItem:
+    """One item as ListMapItems shows it (``ITEM_FIELDS`` values)."""
+    _, attempt, started, ended, out, err = fields[:6]
+    item = orchestrator_pb2.MapItem(index=index, state=state, attempt=_int(attempt))
+    _ts(item.start_time, started)
+    _ts(item.end_time, ended)
+    if out is not None and state == execution_pb2.NODE_STATE_COMPLETED:
+        set_value(item.output, json.loads(out))
+    if err is not None and state != execution_pb2.NODE_STATE_COMPLETED:
+        error_from(json.loads(err), item.error)
+    u = item.usage
+    u.input_tokens, u.output_tokens = _int(fields[6]), _int(fields[7])
+    u.cache_creation_input_tokens, u.cache_read_input_tokens = _int(fields[8]), _int(fields[9])
+    u.cost_usd = float(fields[10]) if fields[10] else 0.0
+    return item
 
 
 def _node_status(
@@ -205,8 +295,9 @@ def graph_result(
     outputs: dict[str, Any] = {}
     completed = str(execution_pb2.NODE_STATE_COMPLETED).encode()
     suffix = Node.OUTPUT.encode()
+    item_sep = MapItems.SEP.encode()
     for key, raw in snap.nodes.items():
-        if key.endswith(suffix):
+        if key.endswith(suffix) and item_sep not in key:
             node = key[: -len(suffix)]
             if snap.nodes.get(node + Node.STATE.encode()) == completed:
                 outputs[node.decode()] = json.loads(raw)

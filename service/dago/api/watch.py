@@ -57,6 +57,7 @@ from dago.store.events import (
     entry_range,
     expand,
     graph_prefix,
+    item_event,
     unpack,
 )
 from dago.store.schema import Meta, Notify, Work
@@ -100,6 +101,7 @@ class _Feed:
         "fetching",
         "gen",
         "graph_id",
+        "items",
         "prefix",
         "read_gen",
         "shard",
@@ -117,6 +119,7 @@ class _Feed:
         self.base = cursor  # seq of the event before events[0]
         self.events: list[bytes] = []
         self.times: list[int] = []  # when each event was recorded (ms since the epoch)
+        self.items: list[bool] = []  # whether each event is a map item's (item_events)
         self.size = 0  # bytes in events
         self.terminal = False  # events ends with the graph's terminal event
         # Wake-ups seen (gen) and the value of gen when the log was last read to its end
@@ -155,18 +158,19 @@ class _Feed:
 
     def add(self, entries: Entries) -> None:
         """Append entries read from the log after ``end`` (seqs may skip; never repeat)."""
-        out, times = self.events, self.times
+        out, times, items = self.events, self.times, self.items
         size = self.size
         for seq, stored in entries:
             if seq <= self.end:
                 continue
             if seq != self.end + 1:  # cannot happen with a gap-free log; stay correct anyway
-                out, times = self.events, self.times = [], []
+                out, times, items = self.events, self.times, self.items = [], [], []
                 size = 0
                 self.base = seq - 1
             raw = encode(self.graph_id, seq, stored, self.prefix)
             out.append(raw)
             times.append(_recorded(stored))
+            items.append(item_event(stored))
             size += len(raw)
             if stored[KIND] in TERMINAL_KINDS:
                 self.terminal = True
@@ -176,6 +180,7 @@ class _Feed:
             size -= sum(len(x) for x in out[:drop])
             del out[:drop]
             del times[:drop]
+            del items[:drop]
             self.base += drop
         self.size = size
 
@@ -388,6 +393,7 @@ class EventHub:
         graph_id: str,
         after_seq: int,
         check: Callable[[int], Awaitable[Entries | None]],
+        item_events: bool = True,
     ) -> AsyncIterator[list[bytes]]:
         """Events after ``after_seq`` in batches of serialized ``WatchGraphResponse``: the
         stored ones, then new ones as they come, heartbeats while idle; ends after the
@@ -396,7 +402,8 @@ class EventHub:
         ``check(count)`` is awaited once, before anything is sent: it raises when the
         graph may not be watched, returns None when there is nothing to send, else the
         first ``count`` stored events after ``after_seq`` (``count`` is 0 when this
-        process already reads the graph's log: the caller can then skip the read)."""
+        process already reads the graph's log: the caller can then skip the read).
+        ``item_events`` False leaves out map items' events (``events.item_event``)."""
         feed = self._feeds.get(graph_id)
         if feed is None:
             feed = self._done.pop(graph_id, None)
@@ -438,6 +445,12 @@ class EventHub:
                     entries = await self._read(shard, graph_id, cursor, BATCH)
                     if entries:
                         lag.check(graph_id, cursor, _recorded(entries[0][1]))
+                    if not item_events:
+                        kept = [e for e in entries if not item_event(e[1])]
+                        if entries and not kept:  # only items' events: skip them
+                            cursor = min(entries[-1][0], feed.base)
+                            continue
+                        entries = kept
                     batch, last, ended = _encode_until(graph_id, entries, feed.base, feed.prefix)
                     if batch:
                         cursor = last
@@ -452,6 +465,11 @@ class EventHub:
                     lag.check(graph_id, cursor, feed.times[start])
                     batch = feed.events[start : start + BATCH]
                     cursor += len(batch)
+                    if not item_events:
+                        flags = feed.items[start : start + len(batch)]
+                        batch = [ev for ev, item in zip(batch, flags, strict=True) if not item]
+                        if not batch:
+                            continue
                     yield batch
                     continue
                 if feed.terminal:

@@ -74,6 +74,11 @@ def _enums() -> list[str]:
             "dago.v1.ErrorClass",
         ),
         _table("JoinMode", _enum(graph_pb2.JoinMode.DESCRIPTOR, "JOIN_MODE_"), "dago.v1.JoinMode"),
+        _table(
+            "MapFailurePolicy",
+            _enum(graph_pb2.MapFailurePolicy.DESCRIPTOR, "MAP_FAILURE_POLICY_"),
+            "dago.v1.MapFailurePolicy",
+        ),
         _table("EventKind", kinds, "dago.v1.Event payloads: the stored event kinds"),
         _table("Outcome", [(o.name, o.value) for o in functions.Outcome], "functions.Outcome"),
     ]

@@ -64,11 +64,13 @@ class Scope(enum.Enum):
     CONDITION = "condition"
     """Edge conditions: ``inputs``, ``nodes``, ``graph``."""
     TEMPLATE = "template"
-    """Node input templates: ``inputs``, ``nodes``, ``graph``."""
+    """Node input templates: ``inputs``, ``nodes``, ``graph``, ``item``, ``index``."""
     ROUTE = "route"
-    """Router route conditions and LLM templates: ``inputs``, ``nodes``, ``graph``, ``input``."""
+    """Router route conditions and LLM templates: ``inputs``, ``nodes``, ``graph``, ``input``,
+    ``item``, ``index``."""
     OUTPUT = "output"
-    """Node output mapping: ``result``, ``input``, ``inputs``, ``nodes``, ``graph``."""
+    """Node output mapping: ``result``, ``input``, ``inputs``, ``nodes``, ``graph``, ``item``,
+    ``index``."""
     GRAPH_OUTPUT = "graph_output"
     """Graph result mapping: ``inputs``, ``nodes``, ``graph``."""
 
@@ -80,9 +82,10 @@ class Scope(enum.Enum):
 
 _SCOPE_VARIABLES: Final[Mapping[Scope, tuple[str, ...]]] = {
     Scope.CONDITION: ("inputs", "nodes", "graph"),
-    Scope.TEMPLATE: ("inputs", "nodes", "graph"),
-    Scope.ROUTE: ("inputs", "nodes", "graph", "input"),
-    Scope.OUTPUT: ("result", "input", "inputs", "nodes", "graph"),
+    # item and index: a map item's value and position (null outside a map's body).
+    Scope.TEMPLATE: ("inputs", "nodes", "graph", "item", "index"),
+    Scope.ROUTE: ("inputs", "nodes", "graph", "input", "item", "index"),
+    Scope.OUTPUT: ("result", "input", "inputs", "nodes", "graph", "item", "index"),
     Scope.GRAPH_OUTPUT: ("inputs", "nodes", "graph"),
 }
 

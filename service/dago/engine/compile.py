@@ -31,7 +31,7 @@ from dago.engine.kinds import CheckContext, KindParts, kind_names
 from dago.engine.model import CompiledGraph, CompiledNode, CompileOptions, OutEdge
 from dago.engine.retry import check_retry, effective_retry, seconds
 from dago.engine.shape import Edge, Shape, check_loops, reachable
-from dago.engine.topology import start_plan, topology
+from dago.engine.topology import item_plan, start_plan, topology
 from dago.store.values import to_plain
 from dago.v1 import graph_pb2
 
@@ -345,57 +345,107 @@ def _compile_nodes(
         # Nodes with a bad or duplicate id are checked too, but not kept.
         nid = node.id if ids.get(node.id) == i else ""
         path = f"{root}.nodes[{i}]"
-        kind = node.WhichOneof("kind") or ""
-        value = to_plain(node.inputs) if node.HasField("inputs") else {}
-        tmpl = chk.template(cel, value, Scope.TEMPLATE, f"{path}.inputs")
-        output = {}
-        for name, src in node.output.items():
-            expr = chk.compile(cel, src, Scope.OUTPUT, f"{path}.output[{name}]")
-            if expr is not None:
-                output[name] = expr
-        # An unknown kind was reported by _check_nodes; the kind checks its own fields.
-        check = options.kinds.get(kind)
-        parts = KindParts()
-        if check is not None:
-            parts = check(node, CheckContext(cel, chk, path, root, out_edges.get(nid, []), options))
-        timeout = options.default_attempt_timeout
-        if node.HasField("attempt_timeout"):
-            timeout = seconds(node.attempt_timeout)
-        elif graph.defaults.HasField("attempt_timeout"):
-            timeout = seconds(graph.defaults.attempt_timeout)
-        if tmpl is None or not nid:
-            continue
-        compiled[nid] = CompiledNode(
-            id=nid,
-            index=i,
-            kind=kind,
-            proto=node,
-            inputs=tmpl,
-            output=output,
-            out_edges=out_edges[nid],
-            routes=parts.routes,
-            retry=effective_retry(node, graph),
-            attempt_timeout=timeout,
-            templates=parts.templates,
-            llm_cache_ttl=graph.defaults.llm_cache_ttl,
-            waits=parts.waits,
-            inline=parts.inline,
-            child=parts.child,
+        cn = _compile_node(
+            graph, node, i, nid, path, out_edges.get(nid, []), cel, options, chk, root
         )
+        if cn is not None and nid:
+            compiled[nid] = cn
     for cn in compiled.values():
-        refs = cn.inputs.refs
-        for expr in cn.output.values():
-            refs = refs.union(expr.refs)
-        for oe in cn.out_edges:
-            if oe.condition is not None:
-                refs = refs.union(oe.condition.refs)
-        for _, rexpr in cn.routes:
-            if rexpr is not None:
-                refs = refs.union(rexpr.refs)
-        for t in cn.templates.values():
-            refs = refs.union(t.refs)
-        cn.refs = refs
+        _set_refs(cn)
+        if cn.body is not None:
+            _set_refs(cn.body)
+            cn.item_plan = item_plan(cn.body, ids)
     return compiled
+
+
+def _compile_node(
+    graph: graph_pb2.Graph,
+    node: graph_pb2.Node,
+    i: int,
+    nid: str,
+    path: str,
+    out_edges: list[OutEdge],
+    cel: CelCompiler,
+    options: CompileOptions,
+    chk: Checker,
+    root: str,
+) -> CompiledNode | None:
+    """One node compiled (its common fields, then its kind's), or None after recording why
+    not; a kind with a body (a map's node) has it compiled here too, under the same id."""
+    kind = node.WhichOneof("kind") or ""
+    value = to_plain(node.inputs) if node.HasField("inputs") else {}
+    tmpl = chk.template(cel, value, Scope.TEMPLATE, f"{path}.inputs")
+    output = {}
+    for name, src in node.output.items():
+        expr = chk.compile(cel, src, Scope.OUTPUT, f"{path}.output[{name}]")
+        if expr is not None:
+            output[name] = expr
+    # An unknown kind was reported by _check_nodes; the kind checks its own fields.
+    check = options.kinds.get(kind)
+    parts = KindParts()
+    if check is not None:
+        parts = check(node, CheckContext(cel, chk, path, root, out_edges, options))
+    timeout = options.default_attempt_timeout
+    if node.HasField("attempt_timeout"):
+        timeout = seconds(node.attempt_timeout)
+    elif graph.defaults.HasField("attempt_timeout"):
+        timeout = seconds(graph.defaults.attempt_timeout)
+    body = None
+    if parts.body is not None:
+        bpath = f"{path}.{kind}.node"
+        bkind = parts.body.WhichOneof("kind")
+        if bkind is None:
+            chk.add(bpath, f"a node needs a kind: one of {kind_names(options.kinds)}")
+        elif bkind not in options.kinds:
+            chk.add(
+                f"{bpath}.{bkind}",
+                f"the {bkind} node kind is not available on this server "
+                f"(available: {kind_names(options.kinds)})",
+            )
+        check_retry(parts.body.retry, f"{bpath}.retry", chk)
+        if parts.body.HasField("attempt_timeout"):
+            chk.duration(parts.body.attempt_timeout, f"{bpath}.attempt_timeout")
+        body = _compile_node(graph, parts.body, i, nid, bpath, [], cel, options, chk, root)
+    if tmpl is None or not nid:
+        return None
+    return CompiledNode(
+        id=nid,
+        index=i,
+        kind=kind,
+        proto=node,
+        inputs=tmpl,
+        output=output,
+        out_edges=out_edges,
+        routes=parts.routes,
+        retry=effective_retry(node, graph),
+        attempt_timeout=timeout,
+        templates=parts.templates,
+        llm_cache_ttl=graph.defaults.llm_cache_ttl,
+        waits=parts.waits,
+        inline=parts.inline,
+        expressions=parts.expressions,
+        body=body,
+        child=parts.child,
+    )
+
+
+def _set_refs(cn: CompiledNode) -> None:
+    """What the node reads: its inputs, output mapping, edge conditions, routes, templates
+    and expressions (its start plan reads those nodes' outputs)."""
+    refs = cn.inputs.refs
+    for expr in cn.output.values():
+        refs = refs.union(expr.refs)
+    for oe in cn.out_edges:
+        if oe.condition is not None:
+            refs = refs.union(oe.condition.refs)
+    for _, rexpr in cn.routes:
+        if rexpr is not None:
+            refs = refs.union(rexpr.refs)
+    for t in cn.templates.values():
+        refs = refs.union(t.refs)
+    for e in cn.expressions.values():
+        refs = refs.union(e.refs)
+    cn.refs = refs
 
 
 def did_you_mean(word: str, names: Iterable[str]) -> str:
@@ -444,8 +494,7 @@ def _check_refs(
                     f"an edge path from {ref} to {before}",
                 )
 
-    for nid, cn in compiled.items():
-        path = f"{root}.nodes[{cn.index}]"
+    def check_node(cn: CompiledNode, nid: str, path: str) -> None:
         # A node's inputs cannot read its own output (it has none yet), except
         # inside a loop, where the previous iteration's output exists.
         # Each key of the inputs that reads what does not exist, by its own path.
@@ -456,6 +505,14 @@ def _check_refs(
             check(expr.refs, f"{path}.output[{name}]", nid)
         for key, t in cn.templates.items():
             check(t.refs, f"{path}.{key}", nid, self_ok=False)
+        for key, e in cn.expressions.items():
+            check(e.refs, f"{path}.{key}", nid, self_ok=False)
+        if cn.body is not None:
+            check_node(cn.body, nid, f"{path}.{cn.kind}.node")
+
+    for nid, cn in compiled.items():
+        path = f"{root}.nodes[{cn.index}]"
+        check_node(cn, nid, path)
         for j, (_, rexpr) in enumerate(cn.routes):
             if rexpr is not None:
                 check(rexpr.refs, f"{path}.{cn.kind}.routes[{j}].condition", nid, self_ok=False)

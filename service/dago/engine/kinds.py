@@ -68,6 +68,12 @@ class KindParts:
     its work item is delivered without a start of its own)."""
     child: CompiledGraph | None = None
     """A subgraph node's graph, compiled one level deeper (``CompiledNode.child``)."""
+    expressions: dict[str, Expression] = field(default_factory=dict)
+    """CEL expressions of the kind's own fields by their path in the node (``map.items``),
+    evaluated by the handler over the scope; their reads count in the node's start plan."""
+    body: graph_pb2.Node | None = None
+    """A node the kind runs once per item (a map's ``map.node``), compiled as any node is
+    (``CompiledNode.body``), its fields at ``<kind>.node``."""
 
 
 class KindCheck(Protocol):

@@ -56,6 +56,13 @@ class CompiledNode:
     start plan). The one place that decides which nodes are inline."""
     child: CompiledGraph | None = None
     """A subgraph node's graph, compiled (``KindParts.child``): the child run's topology."""
+    expressions: dict[str, Expression] = field(default_factory=dict)
+    """CEL expressions of the kind's own fields (``KindParts.expressions``)."""
+    body: CompiledNode | None = None
+    """The node run once per item (``KindParts.body``): a map's items are its instances."""
+    item_plan: str = ""
+    """The body's start plan, ``@`` where an item's value ref goes
+    (``dago.engine.topology.item_plan``)."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 from dago.engine.model import CompiledNode, OutEdge
 from dago.engine.retry import Retry
 from dago.engine.shape import Edge, Shape
-from dago.store.schema import LoopTopology, Node, NodeTopology, StartPlan, Topology
+from dago.store.schema import LoopTopology, MapItems, Node, NodeTopology, StartPlan, Topology
 
 
 def decision_ref(node_id: str) -> str:
@@ -24,6 +24,26 @@ def saved_ref(node_id: str) -> str:
     return node_id + Node.SAVED_REF
 
 
+def map_result_ref(node_id: str) -> str:
+    """The name a map node's start plan reads its items' summary under
+    (``schema.MapItems.RESULT_REF``)."""
+    return node_id + MapItems.RESULT_REF
+
+
+def item_ref(node_id: str, index: int) -> str:
+    """The name of a map's item ``index`` as a node (``schema.MapItems``)."""
+    return f"{node_id}{MapItems.SEP}{index}"
+
+
+def item_plan(body: CompiledNode, all_ids: Iterable[str] = ()) -> str:
+    """The start plan of a map's items (as ``start_plan`` for the body), with ``@`` in the
+    refs where the functions put the item's value ref (``<map>#<i>:v``)."""
+    refs = body.refs
+    read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
+    flag = StartPlan.INLINE if body.inline else ""
+    return f"{','.join([*read, '@'])}|{int(body.attempt_timeout * 1000)}|{flag}"
+
+
 def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:
     """What starting ``node`` reads, how long it may run and whether it runs inline, as the
     functions read it (``schema.Node.PLAN``): ``refs|attempt timeout ms|flag``, refs ``*``
@@ -34,7 +54,11 @@ def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:
     refs are always a list; an agent that may wait also reads its kept conversation
     (``saved_ref``)."""
     refs = node.refs
-    if node.waits:
+    if node.body is not None:
+        # A map also reads its items' summary (written when they are done).
+        read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
+        names = ",".join([*read, map_result_ref(node.id)])
+    elif node.waits:
         read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
         kept = [saved_ref(node.id)] if node.kind == "agent" else []
         names = ",".join([*read, decision_ref(node.id), *kept])
@@ -110,6 +134,17 @@ def topology(nodes: Mapping[str, CompiledNode], edges: list[Edge], shape: Shape)
                 NodeTopology.RETRY: retry_policy(cn.retry),
             }
         )
+        if cn.body is not None:
+            # A map's items follow its body's retry policy (map.lua: Map.topo_name).
+            topo[nid + MapItems.SEP] = _json(
+                {
+                    NodeTopology.KIND: cn.body.kind,
+                    NodeTopology.JOIN: 0,
+                    NodeTopology.MAX_ITERATIONS: 0,
+                    NodeTopology.IN_DEGREE: 0,
+                    NodeTopology.RETRY: retry_policy(cn.body.retry),
+                }
+            )
         topo[Topology.EDGES + nid] = ";".join(
             f"{oe.index},{oe.to},{1 if oe.back else 0},{owner.get(oe.index, 0)},"
             f"{_single(oe, owner, shape)}"

@@ -77,6 +77,9 @@ class NodeResult:
     child: Any = None
     """A subgraph node that found no outcome of a child for its attempt: the child run to
     start (``dago.nodes.subgraph.ChildRun``); the worker starts it and parks the node."""
+    expand: Any = None
+    """A map's first attempt: its items (``dago.nodes.map.MapExpansion``); the worker reports
+    them with ``expand`` instead of completing the node (``value`` is unused)."""
 
 
 Inline = Callable[[NodeContext], NodeResult]

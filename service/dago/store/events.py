@@ -15,13 +15,21 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from dago.store.schema import Detail, Error, Event, UsageJson
+from dago.store.schema import Detail, Error, Event, MapItems, MapResult, UsageJson
 from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
 TERMINAL = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
 
 _SEP = Event.SEP.encode()
+_ITEM_SEP = MapItems.SEP.encode()
+
+
+def item_event(stored: Stored) -> bool:
+    """Whether a stored event is a map item's (its node is ``<map>#<index>``): watchers get
+    those only when they ask (``item_events``)."""
+    return _ITEM_SEP in stored[NODE]
+
 
 Stored = Sequence[bytes]
 """One stored event: [kind, time ms, node, attempt, iteration, detail] (``KIND``...)."""
@@ -84,7 +92,10 @@ def decode(graph_id: str, seq: int, stored: Stored) -> execution_pb2.Event:
     ev.time.FromMilliseconds(int(stored[TIME]))
     node = stored[NODE]
     if node:
-        ev.node_id = node.decode()
+        name, _, index = node.partition(_ITEM_SEP)
+        ev.node_id = name.decode()
+        if index:
+            ev.instance = int(index) + 1
         ev.attempt = int(stored[ATTEMPT] or 0)
         ev.iteration = int(stored[ITERATION] or 0)
     kind = stored[KIND].decode()
@@ -252,6 +263,17 @@ def _signal(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.timed_out = bool(d.get(Detail.TIMED_OUT, False))
 
 
+def _map_progress(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.map_progress
+    p.SetInParent()
+    p.total = int(d.get(MapResult.TOTAL, 0))
+    p.queued = int(d.get(MapResult.QUEUED, 0))
+    p.running = int(d.get(MapResult.RUNNING, 0))
+    p.completed = int(d.get(MapResult.COMPLETED, 0))
+    p.failed = int(d.get(MapResult.FAILED, 0))
+    p.cancelled = int(d.get(MapResult.CANCELLED, 0))
+
+
 def _text(field: str, key: str) -> Any:
     """A payload with one string field; SetInParent marks the oneof even when it is empty."""
 
@@ -288,6 +310,7 @@ _PAYLOADS = {
     "node_reused": _reused,
     "child_started": _child_started,
     "child_ended": _child_ended,
+    "map_progress": _map_progress,
 }
 
 
@@ -334,6 +357,7 @@ _T_TIME = _tag(_EVENT_FIELDS["time"].number, 2)
 _T_NODE = _tag(_EVENT_FIELDS["node_id"].number, 2)
 _T_ATTEMPT = _tag(_EVENT_FIELDS["attempt"].number, 0)
 _T_ITERATION = _tag(_EVENT_FIELDS["iteration"].number, 0)
+_T_INSTANCE = _tag(_EVENT_FIELDS["instance"].number, 0)
 _T_SECONDS = _tag(1, 0)  # google.protobuf.Timestamp.seconds
 _T_NANOS = _tag(2, 0)  # google.protobuf.Timestamp.nanos
 _T_EVENT = _tag(orchestrator_pb2.WatchGraphResponse.DESCRIPTOR.fields_by_name["event"].number, 2)
@@ -375,12 +399,15 @@ def encode(graph_id: str, seq: int, stored: Stored, prefix: bytes = b"") -> byte
     head += _time(int(stored[TIME]))
     node = stored[NODE]
     if node:
+        node, _, index = node.partition(_ITEM_SEP)
         head += _T_NODE + _varint(len(node)) + node
         attempt, iteration = int(stored[ATTEMPT] or 0), int(stored[ITERATION] or 0)
         if attempt:
             head += _T_ATTEMPT + _varint(attempt)
         if iteration:
             head += _T_ITERATION + _varint(iteration)
+        if index:
+            head += _T_INSTANCE + _varint(int(index) + 1)
     raw = stored[DETAIL]
     d: dict[str, Any] = json.loads(raw) if raw else {}
     text = _T_TEXT.get(kind)

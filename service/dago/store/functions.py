@@ -49,7 +49,7 @@ def _flat(
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
-SHARED = ("prelude", "core", "fair", "graph", "attempts", "waits", "children")
+SHARED = ("prelude", "core", "fair", "graph", "map", "attempts", "waits", "children")
 """The library's shared code, in load order (each entry script is a function's body)."""
 
 
@@ -64,6 +64,8 @@ class Outcome(StrEnum):
     SPAWN = "spawn"
     """A subgraph node found no child outcome for its attempt: it starts its child run
     (``Spawning``), reported with ``spawn`` instead of ``apply``."""
+    EXPAND = "expand"
+    """A map node's first start evaluated its items: reported with ``expand`` (``Expanding``)."""
 
 
 # --- arguments --------------------------------------------------------------------------
@@ -343,6 +345,42 @@ class Spawn:
         return self.args.msg_id
 
 
+class ExpandArgs(NamedTuple):
+    """``expand``: a map node's first start evaluated its items; store them, park the node
+    (its work item is acked) and dispatch the first items. The items' values (JSON text,
+    one argument each) follow."""
+
+    worker: str
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    execution: int
+    input: str
+    """The rendered input (JSON), or ""."""
+    max_concurrency: int
+    on_failure: int
+    """A ``MapFailurePolicy`` (UNSPECIFIED is FAIL_FAST)."""
+    max_failures: int
+    body_plan: str
+    """The body's start plan with ``@`` in place of an item's value ref
+    (``dago.engine.topology.item_plan``)."""
+
+
+class Expanding(NamedTuple):
+    """A map node's first attempt that evaluated its items (reported with ``expand``)."""
+
+    args: ExpandArgs
+    items: list[str]
+    """Each item's value, JSON."""
+
+    @property
+    def msg_id(self) -> bytes:
+        """The work item's id (as ``Result.msg_id``)."""
+        return self.args.msg_id
+
+
 class SignalArgs(NamedTuple):
     """``signal``: record a decision for a waiting wait node (checked by the API against the
     node's definition)."""
@@ -392,6 +430,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "prune": (PruneArgs, Consumer),
     "wait": (WaitArgs, Waiting),
     "spawn": (Spawning, None),
+    "expand": (ExpandArgs, None),
     "signal": (SignalArgs, None),
     "publish": (PublishArgs, None),
 }

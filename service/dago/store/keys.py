@@ -173,8 +173,13 @@ class GraphKeys:
         """Sorted set: the child runs the graph's subgraph nodes started, by creation time."""
         return f"{self.base}:c"
 
+    def items(self, map_node: str) -> str:
+        """Hash: the items of map node ``map_node`` (``dago.store.schema.MapItems``), each's
+        fields after ``<map>#<index>`` as a node's are in ``nodes``."""
+        return f"{self.base}:m:{map_node}"
+
     def all(self) -> tuple[str, ...]:
-        """Every key of the graph (for expiry)."""
+        """Every key of the graph (for expiry), but its maps' item hashes (``items``)."""
         return (self.meta, self.nodes, self.topo, self.events, self.children)
 
 

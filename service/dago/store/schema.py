@@ -69,6 +69,9 @@ class Meta:
     PRIORITY: Final = "prio"
     """The run's priority (``Fair.PRIORITY_MIN``..``PRIORITY_MAX``; absent: the default),
     which orders its work within its namespace; runs it starts read it to inherit it."""
+    MAPS: Final = "maps"
+    """The map nodes that expanded, comma-separated: their item hashes
+    (``GraphKeys.items``) expire with the run."""
 
 
 class Usage:
@@ -477,10 +480,62 @@ class Fair:
     divided over the shards; 0: none); ``m|`` alone: the default's."""
 
 
+class MapItems:
+    """How a map node's items are stored (``dago.nodes.map``, ``lua/map.lua``).
+
+    An item is an instance of the map's body node, stored as a node of its own named
+    ``<map>#<index>`` (index from 0; ``SEP``) in its map's item hash (``GraphKeys.items``,
+    not the run's node hash, which so never grows with items): its state, attempt, iteration,
+    execution, start plan, output, error, usage and execution records are the fields any node
+    has, so starting, applying, retrying, timing out, reclaiming and dead-lettering an item
+    are the same fenced transitions as a node's. Its value is ``<map>#<index>:v:o``
+    (``VALUE_REF``, read by its start plan like a node's output). The map node keeps its
+    counts in the fields below, after its id."""
+
+    SEP: Final = "#"
+    VALUE_REF: Final = ":v"
+    RESULT_REF: Final = ":m"
+    """The map's start plan also reads ``<map>:m:o`` (this, then ``Node.OUTPUT``): the summary
+    written when its items are done (JSON, keys ``MapResult``), which its next start (the
+    node queued again) completes the node with."""
+    TOTAL: Final = ":mt"
+    NEXT: Final = ":mn"
+    """The index of the next item to dispatch."""
+    RUNNING: Final = ":mr"
+    """Items dispatched and not ended (queued, running, retrying)."""
+    COMPLETED: Final = ":mc"
+    FAILED: Final = ":mf"
+    CANCELLED: Final = ":mx"
+    PROGRESS_AT: Final = ":mp"
+    """When the last map_progress event was appended (ms)."""
+    SPEC: Final = ":ms"
+    """``max_concurrency|on_failure|max_failures|body plan`` (the body plan with ``@`` where
+    an item's value ref goes)."""
+    PROGRESS_MS: Final = 250
+    """At most one map_progress event per map per this many ms (and one at the end)."""
+
+
+class MapResult:
+    """Keys of a map's summary (JSON, ``<map>:m:o``) and of map_progress details."""
+
+    ITERATION: Final = "it"
+    ITEMS: Final = "items"
+    COMPLETED: Final = "completed"
+    FAILED: Final = "failed"
+    TOTAL: Final = "total"
+    CANCELLED: Final = "cancelled"
+    RUNNING: Final = "running"
+    QUEUED: Final = "queued"
+    FAILED_INDEX: Final = "fi"
+    """The index of the item that failed the map (absent: it did not fail)."""
+    ERROR: Final = "e"
+    """That item's error (``Error``)."""
+
+
 RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
     DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
-    ChildOutcome, Fair,
+    ChildOutcome, Fair, MapItems, MapResult,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

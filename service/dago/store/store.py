@@ -30,6 +30,7 @@ from dago.store.functions import (
     Consumer,
     DeadLetterArgs,
     EventArg,
+    Expanding,
     Library,
     PruneArgs,
     PublishArgs,
@@ -57,7 +58,7 @@ from dago.store.functions import (
     parse_taken,
 )
 from dago.store.keys import WORK_GROUP, Keys
-from dago.store.schema import DeadLetter, Definition, Meta, Node, Usage, Work
+from dago.store.schema import DeadLetter, Definition, MapItems, Meta, Node, Usage, Work
 from dago.store.shares import write_shares
 
 log = logging.getLogger("dago.store")
@@ -411,6 +412,14 @@ class Store:
         raw = await self.library.call("spawn", [self.keys.shard(shard)], args, (), extra)
         return parse_pair(raw)
 
+    async def expand(self, shard: int, expanding: Expanding) -> int:
+        """Store a map node's items, park it and dispatch its first items (its work item is
+        acked); 1, or 0 when the report was stale."""
+        raw = await self.library.call(
+            "expand", [self.keys.shard(shard)], expanding.args, extra=expanding.items
+        )
+        return int(raw)
+
     async def signal(self, shard: int, args: SignalArgs) -> Signalled:
         """Record a decision for a waiting node (see ``signal.lua`` for the outcomes)."""
         raw = await self.library.call("signal", [self.keys.shard(shard)], args)
@@ -645,6 +654,20 @@ class Store:
             self.keys.shard(shard).dead, max=before or "+", min="-", count=count
         )
         return [_dead_letter(mid, fields) for mid, fields in res]
+
+    async def item_fields(
+        self, shard: int, graph_id: str, node: str, indexes: Sequence[int], fields: Sequence[str]
+    ) -> list[list[bytes | None]]:
+        """``fields`` (``Node`` field names) of map items ``indexes`` of map ``node``
+        (``schema.MapItems``: item i is the node ``<node>#<i>`` of ``GraphKeys.items``), in
+        one HMGET."""
+        gk = self.keys.shard(shard).graph(graph_id)
+        names = [f"{node}{MapItems.SEP}{i}{f}" for i in indexes for f in fields]
+        if not names:
+            return []
+        flat = await self.redis.hmget(gk.items(node), names)
+        n = len(fields)
+        return [list(flat[k : k + n]) for k in range(0, len(flat), n)]
 
     async def node_fields(
         self, shard: int, graph_id: str, node: str, *fields: str

@@ -36,6 +36,8 @@ from dago.observe.metrics import Metrics
 from dago.observe.redact import Redactor
 from dago.observe.tracing import Tracing, fail, trace_id_of
 from dago.store.functions import (
+    ExpandArgs,
+    Expanding,
     Outcome,
     Result,
     Spawn,
@@ -47,7 +49,7 @@ from dago.store.functions import (
     usage_arg,
     wait_arg,
 )
-from dago.store.schema import Error
+from dago.store.schema import Error, MapItems
 from dago.store.store import Store
 from dago.store.values import NotJson, dumps
 from dago.v1 import execution_pb2, graph_pb2
@@ -107,10 +109,13 @@ class Limits:
     parent's deadline bounds it too)."""
 
 
-Report = Callable[[Running, Result | Waiting | Spawn], None]
+Finished = Result | Waiting | Spawn | Expanding
+"""What an attempt reports when it ends."""
+
+Report = Callable[[Running, Finished], None]
 """Takes a finished attempt's result (to the completer): a ``Result`` to apply, a wait
-node's ``Waiting`` (it found no decision) to put in WAITING, or a subgraph node's ``Spawn``
-(its child run to start)."""
+node's ``Waiting`` (it found no decision) to put in WAITING, a subgraph node's ``Spawn``
+(its child run to start) or a map's ``Expanding`` (its items)."""
 
 
 class Attempts:
@@ -163,7 +168,15 @@ class Attempts:
             inputs = graph.inputs if graph is not None else {}
             nodes = {n: {"output": json.loads(raw)} for n, raw in s.outputs} if s.outputs else {}
             name = graph.name if graph else ""
-            scope = {"inputs": inputs, "nodes": nodes, "graph": {"id": item.graph_id, "name": name}}
+            scope: dict[str, Any] = {
+                "inputs": inputs,
+                "nodes": nodes,
+                "graph": {"id": item.graph_id, "name": name},
+            }
+            if MapItems.SEP in item.node:
+                _item_scope(item.node, scope)
+            else:  # null outside a map's body (docs/semantics.md, "Map nodes")
+                scope["item"] = scope["index"] = None
             running = Running(item)
             self.running[item.key] = running
             if plan is not None and plan.inline is not None and graph is not None:
@@ -319,6 +332,9 @@ class Attempts:
                 raise invalid(f"cannot run node {item.node!r}: {problem}")
             value, rendered = _render(plan, scope, self._limits.node_bytes)
             result = await self._execute(running, node, scope, value)
+            if result.expand is not None:
+                self._expand(running, node, rendered, result.expand, started)
+                return
             if result.child is not None:
                 spawn = self._spawn(item, node, result.child)
                 fields = _SPAWNED
@@ -484,6 +500,30 @@ class Attempts:
         running.reported = True
         self._report(running, result)
 
+    def _expand(
+        self, running: Running, node: CompiledNode, rendered: str, found: Any, started: float
+    ) -> None:
+        """Hand a map's items (``dago.nodes.map.MapExpansion``) to the completer, which
+        reports them with ``expand``."""
+        self._observe(running, node, (Outcome.EXPAND, "", "", "", "", "", 0), started)
+        item = running.item
+        args = ExpandArgs(
+            self._id,
+            item.msg_id,
+            item.graph_id,
+            item.node,
+            item.attempt,
+            item.iteration,
+            item.execution,
+            rendered,
+            found.max_concurrency,
+            found.on_failure,
+            found.max_failures,
+            node.item_plan,
+        )
+        running.reported = True
+        self._report(running, Expanding(args, found.items))
+
     def _observe(
         self, running: Running, node: CompiledNode | None, fields: _Fields, started: float
     ) -> None:
@@ -582,7 +622,20 @@ _SPAWNED: _Fields = (Outcome.SPAWN, "", "", "", "", "", 0)
 def _node(loaded: LoadedGraph | None, item: WorkItem) -> CompiledNode | None:
     if loaded is None or loaded.compiled is None:
         return None
-    return loaded.compiled.nodes.get(item.node)
+    node = loaded.compiled.nodes.get(item.node)
+    if node is None and MapItems.SEP in item.node:
+        # A map's item runs the map's body (schema.MapItems).
+        owner = loaded.compiled.nodes.get(item.node.partition(MapItems.SEP)[0])
+        return owner.body if owner is not None else None
+    return node
+
+
+def _item_scope(name: str, scope: dict[str, Any]) -> None:
+    """``item`` and ``index`` of a map item's scope: its value (read by its start as the
+    output of ``<map>#<index>:v``) and its position."""
+    found = scope["nodes"].pop(name + MapItems.VALUE_REF, None)
+    scope["item"] = found.get("output") if isinstance(found, dict) else None
+    scope["index"] = int(name.rpartition(MapItems.SEP)[2])
 
 
 def _uncancel() -> int:

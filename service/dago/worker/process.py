@@ -23,8 +23,8 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
@@ -36,15 +36,16 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.functions import Result, Spawn, Started, Waiting, WorkItem
+from dago.store.functions import Expanding, Result, Spawn, Started, Waiting, WorkItem
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
 from dago.v1 import execution_pb2
-from dago.worker.attempt import Attempts, Limits, Running
+from dago.worker.attempt import Attempts, Finished, Limits, Running
 from dago.worker.slots import Slots
 
 log = logging.getLogger("dago.worker")
+T = TypeVar("T")
 
 _MOVING = (AskError, TryAgainError, ClusterDownError)
 """Answers of a cluster whose slots are moving (MOVED is an AskError): the call did not run,
@@ -100,7 +101,7 @@ class Worker:
         # Attempts started and not yet applied (free slots a waiting reader holds are not busy).
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._attempts.running))
         # Finished attempts waiting for the completer: (shard, result).
-        self._finished: list[tuple[int, Result | Waiting | Spawn]] = []
+        self._finished: list[tuple[int, Finished]] = []
         self._have_finished = asyncio.Event()
         self._unapplied = 0  # finished and not yet applied (or given up on)
         self._all_applied = asyncio.Event()
@@ -320,7 +321,7 @@ class Worker:
 
     # --- applying results ------------------------------------------------------------
 
-    def _report(self, running: Running, result: Result | Waiting | Spawn) -> None:
+    def _report(self, running: Running, result: Finished) -> None:
         """Hand a finished attempt's result to the completer."""
         self._finished.append((running.item.shard, result))
         self._unapplied += 1
@@ -335,7 +336,7 @@ class Worker:
                 continue
             batch = self._finished[:512]
             del self._finished[:512]
-            by_shard: dict[int, list[Result | Waiting | Spawn]] = defaultdict(list)
+            by_shard: dict[int, list[Finished]] = defaultdict(list)
             for shard, result in batch:
                 by_shard[shard].append(result)
             taken = await self._apply(by_shard)
@@ -350,7 +351,7 @@ class Worker:
             if not self._unapplied:
                 self._all_applied.set()
 
-    async def _apply(self, by_shard: Mapping[int, list[Result | Waiting | Spawn]]) -> int:
+    async def _apply(self, by_shard: Mapping[int, list[Finished]]) -> int:
         """Apply a round of results, grouped by shard, and, unless draining, take as many new
         work items of each shard in the same step, each given the slot of an applied
         attempt (half as many while a reader waits for slots); returns how many were taken
@@ -366,6 +367,9 @@ class Worker:
                     await self._waiting(shard, waits)
                 for spawn in (r for r in finished if isinstance(r, Spawn)):
                     await self._spawning(shard, spawn)
+                for r in finished:
+                    if isinstance(r, Expanding):
+                        await self._expanding(shard, r)
                 results = [r for r in finished if isinstance(r, Result)]
             if results:
                 parts[shard] = results
@@ -421,45 +425,49 @@ class Worker:
 
     async def _waiting(self, shard: int, waits: list[Waiting]) -> None:
         """Put wait nodes of one shard into WAITING (the function acks their work items, so
-        their slots are free once this returns); retried like ``_apply``."""
-        backoff = 0.05
-        while True:
-            raise_if_cancelling()
-            try:
-                states = await self._store.wait(shard, self.id, waits)
-            except ResponseError as e:
-                log.error("putting wait nodes in WAITING was refused by Redis: %s", e)
-                return
-            except STORE_ERRORS as e:
-                log.warning("putting nodes in WAITING failed (%s); retrying in %.2fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            for w, state in zip(waits, states, strict=True):
-                self._states[(shard, w.msg_id)] = state
+        their slots are free once this returns)."""
+        states = await self._reported(
+            "putting wait nodes in WAITING", lambda: self._store.wait(shard, self.id, waits)
+        )
+        if states is None:
             return
+        for w, state in zip(waits, states, strict=True):
+            self._states[(shard, w.msg_id)] = state
 
     async def _spawning(self, shard: int, spawn: Spawn) -> None:
         """Start a subgraph node's child run and park the node (the function acks its work
-        item); retried like ``_waiting`` (a retry after a lost reply is fenced out)."""
+        item; a retry after a lost reply is fenced out)."""
+        got = await self._reported(
+            "starting a child run", lambda: self._store.spawn(shard, spawn.args, spawn.topology)
+        )
+        if got is None:
+            return
+        outcome, child = got
+        waiting = outcome in ("created", "exists")
+        self._states[(shard, spawn.msg_id)] = execution_pb2.NODE_STATE_WAITING if waiting else 0
+        if outcome == "created":
+            log.info("child run started", extra={"graph_id": child})
+
+    async def _expanding(self, shard: int, expanding: Expanding) -> None:
+        """Report a map's items (``expand`` acks its work item)."""
+        await self._reported("expanding a map", lambda: self._store.expand(shard, expanding))
+
+    async def _reported(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """``call`` retried like ``_apply`` while Redis is unreachable (each of these functions
+        is fenced, so a retry after a lost reply changes nothing); None when Redis refused it
+        (logged)."""
         backoff = 0.05
         while True:
             raise_if_cancelling()
             try:
-                outcome, child = await self._store.spawn(shard, spawn.args, spawn.topology)
+                return await call()
             except ResponseError as e:
-                log.error("starting a child run was refused by Redis: %s", e)
-                return
+                log.error("%s was refused by Redis: %s", what, e)
+                return None
             except STORE_ERRORS as e:
-                log.warning("starting a child run failed (%s); retrying in %.2fs", e, backoff)
+                log.warning("%s failed (%s); retrying in %.2fs", what, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            waiting = outcome in ("created", "exists")
-            self._states[(shard, spawn.msg_id)] = execution_pb2.NODE_STATE_WAITING if waiting else 0
-            if outcome == "created":
-                log.info("child run started", extra={"graph_id": child})
-            return
 
     # --- leases, cancellation, presence ----------------------------------------------
 

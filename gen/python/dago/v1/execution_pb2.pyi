@@ -218,6 +218,7 @@ class Attempt(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     EXECUTION_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """1-based attempt number within the iteration."""
     iteration: _builtins.int
@@ -233,6 +234,8 @@ class Attempt(_message.Message):
     that stopped renewing its lease runs the same attempt again, as the next
     execution, with its own record (the earlier one ends RECLAIMED).
     """
+    instance: _builtins.int
+    """The map item (index + 1) the attempt ran, 0 for a node's own attempt."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When a worker started it."""
@@ -271,10 +274,11 @@ class Attempt(_message.Message):
         usage: Global___Usage | None = ...,
         worker_id: _builtins.str = ...,
         execution: _builtins.int = ...,
+        instance: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "output", b"output", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "execution", b"execution", "input", b"input", "iteration", b"iteration", "output", b"output", "start_time", b"start_time", "state", b"state", "usage", b"usage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "execution", b"execution", "input", b"input", "instance", b"instance", "iteration", b"iteration", "output", b"output", "start_time", b"start_time", "state", b"state", "usage", b"usage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,6 +304,7 @@ class NodeStatus(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
     CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    MAP_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -348,6 +353,12 @@ class NodeStatus(_message.Message):
         an agent waiting for the approval of a tool call); unset otherwise.
         """
 
+    @_builtins.property
+    def map(self) -> Global___MapProgress:
+        """A map node's items by state (unset for other kinds); ListMapItems lists
+        the items themselves.
+        """
+
     def __init__(
         self,
         *,
@@ -365,10 +376,11 @@ class NodeStatus(_message.Message):
         wait: Global___NodeWait | None = ...,
         reused: _builtins.bool = ...,
         child_graph_id: _builtins.str = ...,
+        map: Global___MapProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "map", b"map", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "map", b"map", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -554,6 +566,7 @@ class Event(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     ITERATION_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     GRAPH_SUBMITTED_FIELD_NUMBER: _builtins.int
     GRAPH_STARTED_FIELD_NUMBER: _builtins.int
     GRAPH_COMPLETED_FIELD_NUMBER: _builtins.int
@@ -579,6 +592,7 @@ class Event(_message.Message):
     NODE_REUSED_FIELD_NUMBER: _builtins.int
     CHILD_STARTED_FIELD_NUMBER: _builtins.int
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
+    MAP_PROGRESS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -591,6 +605,10 @@ class Event(_message.Message):
     """The node attempt concerned, if any."""
     iteration: _builtins.int
     """The node iteration concerned, if any."""
+    instance: _builtins.int
+    """The map item concerned: its index + 1 (0: not an item). Item events are
+    sent to watchers that ask for them (item_events) only.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -701,6 +719,12 @@ class Event(_message.Message):
         (or fail) with the child's outcome.
         """
 
+    @_builtins.property
+    def map_progress(self) -> Global___MapProgress:
+        """A map node's counts of items by state (at most a few per second per
+        map, and one when its last item ended).
+        """
+
     def __init__(
         self,
         *,
@@ -710,6 +734,7 @@ class Event(_message.Message):
         node_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         iteration: _builtins.int = ...,
+        instance: _builtins.int = ...,
         graph_submitted: Global___GraphSubmitted | None = ...,
         graph_started: Global___GraphStarted | None = ...,
         graph_completed: Global___GraphCompleted | None = ...,
@@ -735,12 +760,13 @@ class Event(_message.Message):
         node_reused: Global___NodeReused | None = ...,
         child_started: Global___ChildGraphStarted | None = ...,
         child_ended: Global___ChildGraphEnded | None = ...,
+        map_progress: Global___MapProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "instance", b"instance", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended", "map_progress"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -793,6 +819,50 @@ class ChildGraphEnded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChildGraphEnded: _TypeAlias = ChildGraphEnded  # noqa: Y015
+
+@_typing.final
+class MapProgress(_message.Message):
+    """Counts of a map node's items by state (GetGraphStatus's NodeStatus.map and
+    the map_progress event).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Items in the list."""
+    queued: _builtins.int
+    """Items not started yet."""
+    running: _builtins.int
+    """Items started and not ended."""
+    completed: _builtins.int
+    """Items completed."""
+    failed: _builtins.int
+    """Items failed for good (after their retries)."""
+    cancelled: _builtins.int
+    """Items cancelled (a FAIL_FAST map stopped them, or the run ended)."""
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        running: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "queued", b"queued", "running", b"running", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapProgress: _TypeAlias = MapProgress  # noqa: Y015
 
 @_typing.final
 class NodeReused(_message.Message):

@@ -223,6 +223,38 @@ ROUTER_MODE_HYBRID: RouterMode.ValueType  # 3
 """CEL first; the model when no condition holds."""
 Global___RouterMode: _TypeAlias = RouterMode  # noqa: Y015
 
+class _MapFailurePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MapFailurePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MapFailurePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MAP_FAILURE_POLICY_UNSPECIFIED: _MapFailurePolicy.ValueType  # 0
+    """Same as MAP_FAILURE_POLICY_FAIL_FAST."""
+    MAP_FAILURE_POLICY_FAIL_FAST: _MapFailurePolicy.ValueType  # 1
+    """The first finally failed item stops the others (queued ones are dropped,
+    running ones stopped) and the map fails, naming the item.
+    """
+    MAP_FAILURE_POLICY_COLLECT: _MapFailurePolicy.ValueType  # 2
+    """Every item runs; the map fails only when more than max_failures items
+    failed, else its output holds null for each failed item.
+    """
+
+class MapFailurePolicy(_MapFailurePolicy, metaclass=_MapFailurePolicyEnumTypeWrapper):
+    """What a finally failed item of a map does."""
+
+MAP_FAILURE_POLICY_UNSPECIFIED: MapFailurePolicy.ValueType  # 0
+"""Same as MAP_FAILURE_POLICY_FAIL_FAST."""
+MAP_FAILURE_POLICY_FAIL_FAST: MapFailurePolicy.ValueType  # 1
+"""The first finally failed item stops the others (queued ones are dropped,
+running ones stopped) and the map fails, naming the item.
+"""
+MAP_FAILURE_POLICY_COLLECT: MapFailurePolicy.ValueType  # 2
+"""Every item runs; the map fails only when more than max_failures items
+failed, else its output holds null for each failed item.
+"""
+Global___MapFailurePolicy: _TypeAlias = MapFailurePolicy  # noqa: Y015
+
 @_typing.final
 class Graph(_message.Message):
     """A graph of agent steps submitted by a client: nodes, the edges between
@@ -435,6 +467,7 @@ class Node(_message.Message):
     ROUTER_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     SUBGRAPH_FIELD_NUMBER: _builtins.int
+    MAP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within the graph; a CEL identifier ([A-Za-z_][A-Za-z0-9_]*), so
     that later expressions can say `nodes.<id>.output`.
@@ -505,6 +538,12 @@ class Node(_message.Message):
         output.
         """
 
+    @_builtins.property
+    def map(self) -> Global___MapNode:
+        """Runs a body node once per item of a list (dynamic fan-out), at most
+        max_concurrency items at a time, then completes with their outputs.
+        """
+
     def __init__(
         self,
         *,
@@ -524,12 +563,13 @@ class Node(_message.Message):
         router: Global___RouterNode | None = ...,
         wait: Global___WaitNode | None = ...,
         subgraph: Global___SubgraphNode | None = ...,
+        map: Global___MapNode | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "http", b"http", "inputs", b"inputs", "kind", b"kind", "llm", b"llm", "retry", b"retry", "router", b"router", "subgraph", b"subgraph", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "http", b"http", "inputs", b"inputs", "kind", b"kind", "llm", b"llm", "map", b"map", "retry", b"retry", "router", b"router", "subgraph", b"subgraph", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "description", b"description", "http", b"http", "id", b"id", "inputs", b"inputs", "join", b"join", "kind", b"kind", "llm", b"llm", "max_iterations", b"max_iterations", "name", b"name", "output", b"output", "retry", b"retry", "router", b"router", "subgraph", b"subgraph", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "description", b"description", "http", b"http", "id", b"id", "inputs", b"inputs", "join", b"join", "kind", b"kind", "llm", b"llm", "map", b"map", "max_iterations", b"max_iterations", "name", b"name", "output", b"output", "retry", b"retry", "router", b"router", "subgraph", b"subgraph", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["llm", "agent", "tool", "http", "router", "wait", "subgraph"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["llm", "agent", "tool", "http", "router", "wait", "subgraph", "map"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1081,3 +1121,60 @@ class SubgraphNode(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubgraphNode: _TypeAlias = SubgraphNode  # noqa: Y015
+
+@_typing.final
+class MapNode(_message.Message):
+    """A map node: evaluates `items` (CEL over `inputs` and `nodes`, yielding a
+    list) and runs its body once per item, as instances of the node addressed by
+    (node, iteration, instance). The body's inputs and templates may use `item`
+    (the item's value) and `index` (its 0-based position). Its output is
+    `{"items": [item outputs in item order, null for failed items], "completed":
+    n, "failed": n, "total": n}`. Usage of every item rolls up to the node and
+    the run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    GRAPH_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    ON_FAILURE_FIELD_NUMBER: _builtins.int
+    MAX_FAILURES_FIELD_NUMBER: _builtins.int
+    items: _builtins.str
+    """CEL over `inputs` and `nodes`: the list to map over."""
+    max_concurrency: _builtins.int
+    """At most this many items run at once, across all workers (0 means 10)."""
+    on_failure: Global___MapFailurePolicy.ValueType
+    """What a finally failed item does to the map."""
+    max_failures: _builtins.int
+    """COLLECT only: the map fails when more than this many items failed."""
+    @_builtins.property
+    def node(self) -> Global___Node:
+        """The body: one node of any kind, run per item under its own retry policy
+        and attempt timeout. Its id names it in events and ListMapItems only.
+        """
+
+    @_builtins.property
+    def graph(self) -> Global___Graph:
+        """A graph as the body (the item as its inputs). Reserved for sub-graph runs:
+        refused at submit until the subgraph kind runs map bodies.
+        """
+
+    def __init__(
+        self,
+        *,
+        items: _builtins.str = ...,
+        node: Global___Node | None = ...,
+        graph: Global___Graph | None = ...,
+        max_concurrency: _builtins.int = ...,
+        on_failure: Global___MapFailurePolicy.ValueType = ...,
+        max_failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "items", b"items", "max_concurrency", b"max_concurrency", "max_failures", b"max_failures", "node", b"node", "on_failure", b"on_failure"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapNode: _TypeAlias = MapNode  # noqa: Y015

@@ -649,6 +649,7 @@ class WatchGraphRequest(_message.Message):
     GRAPH_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    ITEM_EVENTS_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     after_seq: _builtins.int
@@ -658,16 +659,21 @@ class WatchGraphRequest(_message.Message):
     every message then carries one or more events in order and `event` is
     unset. Off: one event per message, in `event`.
     """
+    item_events: _builtins.bool
+    """Also send the events of map items (node_started, node_completed... with
+    `instance` set); off: a map's progress comes as map_progress events.
+    """
     def __init__(
         self,
         *,
         graph_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
         batch: _builtins.bool = ...,
+        item_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "batch", b"batch", "graph_id", b"graph_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "batch", b"batch", "graph_id", b"graph_id", "item_events", b"item_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -720,6 +726,7 @@ class RunGraphRequest(_message.Message):
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    ITEM_EVENTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the run idempotent: the same request with the same id streams the
     first run again, from its start. Up to 128 printable characters. Optional.
@@ -738,6 +745,8 @@ class RunGraphRequest(_message.Message):
     (fair shares between namespaces come first: docs/limits.md). Runs it
     starts (sub-graphs, map items) inherit it.
     """
+    item_events: _builtins.bool
+    """Also send map items' events, as WatchGraphRequest.item_events."""
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -756,10 +765,11 @@ class RunGraphRequest(_message.Message):
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
         priority: _builtins.int = ...,
+        item_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "priority", b"priority", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "item_events", b"item_events", "priority", b"priority", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1667,3 +1677,138 @@ class ForkGraphResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForkGraphResponse: _TypeAlias = ForkGraphResponse  # noqa: Y015
+
+@_typing.final
+class ListMapItemsRequest(_message.Message):
+    """Request of ListMapItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run's id."""
+    node_id: _builtins.str
+    """The map node's id."""
+    page_size: _builtins.int
+    """Maximum items per page (1..1000; 0 means 100)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    state: _execution_pb2.NodeState.ValueType
+    """Only items in this state (unspecified: all). Items not started yet are
+    NODE_STATE_QUEUED (dispatched) or NODE_STATE_PENDING (waiting for a free
+    place under max_concurrency).
+    """
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: _execution_pb2.NodeState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id", "node_id", b"node_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMapItemsRequest: _TypeAlias = ListMapItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListMapItemsResponse(_message.Message):
+    """Response of ListMapItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___MapItem]:
+        """Items by index."""
+
+    @_builtins.property
+    def progress(self) -> _execution_pb2.MapProgress:
+        """The map's counts."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___MapItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+        progress: _execution_pb2.MapProgress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMapItemsResponse: _TypeAlias = ListMapItemsResponse  # noqa: Y015
+
+@_typing.final
+class MapItem(_message.Message):
+    """One item of a map node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """0-based position in the list."""
+    state: _execution_pb2.NodeState.ValueType
+    """The item's state."""
+    attempt: _builtins.int
+    """Its current attempt (0 before its first)."""
+    @_builtins.property
+    def output(self) -> _struct_pb2.Value:
+        """Its output, when it completed."""
+
+    @_builtins.property
+    def error(self) -> _execution_pb2.NodeError:
+        """Its error, when it failed."""
+
+    @_builtins.property
+    def usage(self) -> _execution_pb2.Usage:
+        """Its usage over every attempt."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When its current attempt started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        state: _execution_pb2.NodeState.ValueType = ...,
+        attempt: _builtins.int = ...,
+        output: _struct_pb2.Value | None = ...,
+        error: _execution_pb2.NodeError | None = ...,
+        usage: _execution_pb2.Usage | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "index", b"index", "output", b"output", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapItem: _TypeAlias = MapItem  # noqa: Y015

@@ -94,6 +94,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsResponse.FromString,
                 _registered_method=True)
+        self.ListMapItems = channel.unary_unary(
+                '/dago.v1.OrchestratorService/ListMapItems',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListMapItemsRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListMapItemsResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/dago.v1.OrchestratorService/ListWorkers',
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ListWorkersRequest.SerializeToString,
@@ -240,6 +245,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMapItems(self, request, context):
+        """The items of a map node, by index: state, attempt, output, error, usage
+        and times, paged, optionally of one state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
         id, host, slots, attempts in flight, node kinds, last heartbeat.
@@ -361,6 +374,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListNodeAttempts,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsResponse.SerializeToString,
+            ),
+            'ListMapItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMapItems,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ListMapItemsRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.ListMapItemsResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -700,6 +718,33 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/ListNodeAttempts',
             dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.ListNodeAttemptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMapItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/ListMapItems',
+            dago_dot_v1_dot_orchestrator__pb2.ListMapItemsRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.ListMapItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -91,6 +91,10 @@ class OrchestratorServiceStub:
     output: how a run too large to read whole (GetGraphStatus's
     GRAPH_STATUS_VIEW_FULL) is read a node at a time.
     """
+    ListMapItems: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListMapItemsRequest, _orchestrator_pb2.ListMapItemsResponse]
+    """The items of a map node, by index: state, attempt, output, error, usage
+    and times, paged, optionally of one state.
+    """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkersRequest, _orchestrator_pb2.ListWorkersResponse]
     """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
     id, host, slots, attempts in flight, node kinds, last heartbeat.
@@ -190,6 +194,10 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """A page of one node's attempts, oldest first, each with its input and
     output: how a run too large to read whole (GetGraphStatus's
     GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+    """
+    ListMapItems: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListMapItemsRequest, _orchestrator_pb2.ListMapItemsResponse]  # type: ignore[assignment]
+    """The items of a map node, by index: state, attempt, output, error, usage
+    and times, paged, optionally of one state.
     """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkersRequest, _orchestrator_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
@@ -353,6 +361,16 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         """A page of one node's attempts, oldest first, each with its input and
         output: how a run too large to read whole (GetGraphStatus's
         GRAPH_STATUS_VIEW_FULL) is read a node at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMapItems(
+        self,
+        request: _orchestrator_pb2.ListMapItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListMapItemsResponse, _abc.Awaitable[_orchestrator_pb2.ListMapItemsResponse]]:
+        """The items of a map node, by index: state, attempt, output, error, usage
+        and times, paged, optionally of one state.
         """
 
     @_abc_1.abstractmethod

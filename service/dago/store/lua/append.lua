@@ -4,7 +4,7 @@
 local A, E = ARG.APPEND, ITEM.EVENT_ARG
 local gid, node, attempt, iter = ARGV[A.GRAPH_ID], ARGV[A.NODE], ARGV[A.ATTEMPT], ARGV[A.ITERATION]
 if fence(gid, node, attempt, iter, {NodeState.RUNNING}) == nil
-  or redis.call('HGET', nkey(gid), node .. F_EXEC) ~= ARGV[A.EXECUTION] then
+  or redis.call('HGET', hkey(gid, node), node .. F_EXEC) ~= ARGV[A.EXECUTION] then
   return 0
 end
 -- Streamed events (LLM deltas, tool calls) are what can grow without bound: past the

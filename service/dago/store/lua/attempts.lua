@@ -43,6 +43,13 @@ local function plan_outputs(gid, refs)
   elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
   else names = {} end
   local outs = {}
+  -- A map item's value ('<map>#<i>:v') is in its map's item hash.
+  local last = names[#names]
+  if last and string.find(last, MAP_ITEMS.SEP, 1, true) then
+    names[#names] = nil
+    local o = redis.call('HGET', hkey(gid, last), last .. NODE.OUTPUT)
+    if o then outs[#outs + 1] = last; outs[#outs + 1] = o end
+  end
   for k = 1, #names, 1000 do
     local fields = {}
     for j = k, math.min(k + 999, #names) do fields[#fields + 1] = names[j] .. NODE.OUTPUT end
@@ -168,7 +175,7 @@ local function start_batch(worker, items, lease)
         local exec = 1
         if redelivered then
           exec = prev + 1
-          local was = redis.call('HGET', nkey(gid), node .. F_WORKER)
+          local was = redis.call('HGET', hkey(gid, node), node .. F_WORKER)
           node_set(gid, node, record_key(node, iter, attempt, prev),
             short_record(v[4], NOW_S, NodeStateText.RECLAIMED, was))
           stop_work(gid, node, attempt, prev)
@@ -213,7 +220,7 @@ end
 local function retry_delay(gid, node, attempt, class, retryable, retry_after_ms)
   if not retryable then return nil end
   -- {max_attempts, initial_ms, max_ms, multiplier, jitter, {classes}}
-  local p = topo(gid, node)[NODE_TOPOLOGY.RETRY]
+  local p = topo(gid, Map.topo_name(node))[NODE_TOPOLOGY.RETRY]
   local n = tonumber(attempt)
   if n >= p[1] then return nil end
   if #p[6] > 0 then
@@ -250,7 +257,8 @@ local function attempt_failed(gid, node, attempt, iter, err, delay, rk, rec, ove
     node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, node .. NODE.ERROR, err, rk, rec)
     open_add(gid, -1)
     emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
-    fail_graph(gid, err, node)
+    -- A map item's failure is its map's to decide (map.lua).
+    if Map.is_item(node) then Map.ended(gid, node, false, err) else fail_graph(gid, err, node) end
     return NodeState.FAILED
   end
 end
@@ -259,7 +267,7 @@ end
 -- node's and graph's counters; returns the usage JSON, its provider/model detail, and the
 -- limit of the graph it broke (or nil).
 local function add_usage(gid, node, usage_s)
-  local gk, nk = gkey(gid), nkey(gid)
+  local gk, nk = gkey(gid), hkey(gid, node)
   local u = {}
   for x in string.gmatch(usage_s, '[^,]+') do u[#u + 1] = x end
   local fields = {USAGE.INPUT, USAGE.OUTPUT, USAGE.CACHE_WRITE, USAGE.CACHE_READ}
@@ -268,6 +276,7 @@ local function add_usage(gid, node, usage_s)
     redis.call('HINCRBY', gk, fields[k], u[k])
   end
   redis.call('HINCRBYFLOAT', nk, node .. ':' .. USAGE.COST, u[5])
+  if Map.is_item(node) then Map.usage(gid, node, fields, u) end
   local cost = tonumber(redis.call('HINCRBYFLOAT', gk, USAGE.COST, u[5]))
   Fair.spend(gid, u[5])
   local who = ''
@@ -423,6 +432,8 @@ local function apply_batch(worker, A, first)
         end
         if over then
           fail_graph(gid, err_json(ErrorClass.LIMIT, over, false), node)
+        elseif Map.is_item(node) then
+          Map.ended(gid, node, true, nil)
         else
           local ready, loops = {}, {}
           out_edges(gid, node, taken, ready, loops)

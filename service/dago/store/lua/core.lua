@@ -90,6 +90,15 @@ local function nkey(gid)
   return k
 end
 
+-- The hash holding a node's fields: the run's node hash, or for a map's item
+-- ('<map>#<index>', schema.MapItems) its map's item hash '<tag>:g:<gid>:m:<map>' (mirrors
+-- GraphKeys.items in keys.py), so a run's node hash never grows with its items.
+local function hkey(gid, node)
+  local at = string.find(node, MAP_ITEMS.SEP, 1, true)
+  if at == nil then return nkey(gid) end
+  return TAG .. ':g:' .. gid .. ':m:' .. string.sub(node, 1, at - 1)
+end
+
 -- A node's topology (JSON, schema.NodeTopology) or a loop's (schema.LoopTopology, name
 -- TOPOLOGY.LOOP .. index), decoded once per call.
 local function topo(gid, name)
@@ -137,6 +146,29 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   local t = ahead[gid] or {}
   ahead[gid] = t
   local step = per * 200
+  local items = {}
+  for _, n in ipairs(nodes) do
+    if string.find(n, MAP_ITEMS.SEP, 1, true) then items[#items + 1] = n end
+  end
+  if #items > 0 then
+    -- Map items' fields are in their maps' hashes: read one by one (node_read's read).
+    for _, n in ipairs(items) do
+      local f = {}
+      for j = 1, per do f[j] = n .. AHEAD[j] end
+      t[n] = redis.call('HMGET', hkey(gid, n), unpack(f))
+    end
+    args = {}
+    for _, n in ipairs(nodes) do
+      if not string.find(n, MAP_ITEMS.SEP, 1, true) then
+        for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
+      end
+    end
+    local plain = {}
+    for _, n in ipairs(nodes) do
+      if not string.find(n, MAP_ITEMS.SEP, 1, true) then plain[#plain + 1] = n end
+    end
+    nodes = plain
+  end
   for k = 1, #args, step do
     local v = redis.call('HMGET', nkey(gid), unpack(args, k, math.min(k + step - 1, #args)))
     for j = 0, #v / per - 1 do
@@ -164,7 +196,7 @@ local function node_read(gid, node)
   local t = ahead[gid]
   local r = t and t[node]
   if r then return r end
-  return redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
+  return redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
     node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. NODE.PLAN)
 end
 
@@ -182,7 +214,7 @@ end
 local function node_set(gid, node, ...)
   local t = ahead[gid]
   if t then t[node] = nil end
-  redis.call('HSET', nkey(gid), ...)
+  redis.call('HSET', hkey(gid, node), ...)
 end
 
 -- Groups a batch's items by graph: {gid = {node, ...}} for read_ahead. A is the argument
@@ -405,6 +437,10 @@ local function expire_graph(gid)
   for _, suffix in ipairs({'', ':n', ':t', ':e', ':c'}) do
     redis.call('EXPIRE', gk .. suffix, ttl)
   end
+  -- Its maps' item hashes (META.MAPS: the map nodes that expanded).
+  for map in string.gmatch(redis.call('HGET', gk, META.MAPS) or '', '[^,]+') do
+    redis.call('EXPIRE', gk .. ':m:' .. map, ttl)
+  end
   local r = redis.call('HMGET', gk, META.REQUEST_ID, META.NAMESPACE)
   if r[1] and r[1] ~= '' then redis.call('EXPIRE', reqkey(r[2], r[1]), ttl) end
   local xs = TIMER.EXPIRE .. '|' .. gid
@@ -521,7 +557,7 @@ end
 local function fence(gid, node, attempt, iter, states)
   local gs = graph_state(gid)
   if gs == nil or gs >= GraphState.COMPLETED then return nil end
-  local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+  local v = redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
   local st = tonumber(v[1])
   if tonumber(v[2]) ~= tonumber(attempt) or tonumber(v[3]) ~= tonumber(iter) then return nil end
   for _, s in ipairs(states) do

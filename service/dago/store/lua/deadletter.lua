@@ -11,7 +11,7 @@ local f = {}
 local fields = entry[1][2]
 for k = 1, #fields, 2 do f[fields[k]] = fields[k + 1] end
 local gid, node, attempt, iter = f[WORK.GRAPH], f[WORK.NODE], f[WORK.ATTEMPT], f[WORK.ITERATION]
-local nk = nkey(gid)
+local nk = hkey(gid, node)
 local current = false
 if fence(gid, node, attempt, iter, {NodeState.DEAD_LETTERED}) then
   current = redis.call('HGET', nk, node .. NODE.DEAD_LETTER) == did
@@ -37,6 +37,6 @@ node_set(gid, node, node .. F_STATE, NodeState.FAILED, node .. F_ENDED, NOW, nod
 redis.call('HDEL', nk, node .. NODE.DEAD_LETTER)
 open_add(gid, -1)
 emit(gid, EventKind.NODE_FAILED, node, attempt, iter, J.D_ERROR_FIRST .. err .. '}')
-fail_graph(gid, err, node)
+if Map.is_item(node) then Map.ended(gid, node, false, err) else fail_graph(gid, err, node) end
 flush()
 return {'failed', gid}

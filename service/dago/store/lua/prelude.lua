@@ -73,6 +73,13 @@ local JoinMode = {
   ANY = 2,
 }
 
+-- dago.v1.MapFailurePolicy
+local MapFailurePolicy = {
+  UNSPECIFIED = 0,
+  FAIL_FAST = 1,
+  COLLECT = 2,
+}
+
 -- dago.v1.Event payloads: the stored event kinds
 local EventKind = {
   GRAPH_SUBMITTED = 'graph_submitted',
@@ -100,6 +107,7 @@ local EventKind = {
   NODE_REUSED = 'node_reused',
   CHILD_STARTED = 'child_started',
   CHILD_ENDED = 'child_ended',
+  MAP_PROGRESS = 'map_progress',
 }
 
 -- functions.Outcome
@@ -108,6 +116,7 @@ local Outcome = {
   ERROR = 'error',
   WAIT = 'wait',
   SPAWN = 'spawn',
+  EXPAND = 'expand',
 }
 
 -- schema.Meta
@@ -144,6 +153,7 @@ local META = {
   PARENT_NODE = 'pn',
   DEPTH = 'depth',
   PRIORITY = 'prio',
+  MAPS = 'maps',
 }
 
 -- schema.Usage
@@ -394,6 +404,36 @@ local FAIR = {
   MAX_RUNNING = 'm|',
 }
 
+-- schema.MapItems
+local MAP_ITEMS = {
+  SEP = '#',
+  VALUE_REF = ':v',
+  RESULT_REF = ':m',
+  TOTAL = ':mt',
+  NEXT = ':mn',
+  RUNNING = ':mr',
+  COMPLETED = ':mc',
+  FAILED = ':mf',
+  CANCELLED = ':mx',
+  PROGRESS_AT = ':mp',
+  SPEC = ':ms',
+  PROGRESS_MS = 250,
+}
+
+-- schema.MapResult
+local MAP_RESULT = {
+  ITERATION = 'it',
+  ITEMS = 'items',
+  COMPLETED = 'completed',
+  FAILED = 'failed',
+  TOTAL = 'total',
+  CANCELLED = 'cancelled',
+  RUNNING = 'running',
+  QUEUED = 'queued',
+  FAILED_INDEX = 'fi',
+  ERROR = 'e',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
@@ -413,6 +453,7 @@ local ARG = {
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
   SPAWN = {WORKER = 1, MAX_DEPTH = 2, MSG_ID = 3, GRAPH_ID = 4, NODE = 5, ATTEMPT = 6, ITERATION = 7, EXECUTION = 8, INSTANCE = 9, INPUT = 10, CHILD_ID = 11, NAME = 12, DEFINITION = 13, NODE_IDS = 14, START_PLANS = 15, ENTRIES = 16, MAX_STEPS = 17, MAX_TOKENS = 18, MAX_COST = 19, DEADLINE_MS = 20, DEF_NAME = 21, DEF_VERSION = 22, DEF_DIGEST = 23, FIRST = 24},
+  EXPAND = {WORKER = 1, MSG_ID = 2, GRAPH_ID = 3, NODE = 4, ATTEMPT = 5, ITERATION = 6, EXECUTION = 7, INPUT = 8, MAX_CONCURRENCY = 9, ON_FAILURE = 10, MAX_FAILURES = 11, BODY_PLAN = 12, FIRST = 13},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
 }

@@ -31,7 +31,7 @@ for i = A.FIRST, #ARGV, C.SIZE do
           WORK.ATTEMPT, attempt, WORK.ITERATION, iter, DEAD_LETTER.ENTRY, mid, DEAD_LETTER.DELIVERIES, n,
           DEAD_LETTER.TIME, NOW, DEAD_LETTER.ERROR, err)
         -- The execution that did not finish ends with the dead letter.
-        local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_STARTED, node .. F_EXEC, node .. F_WORKER)
+        local v = redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_STARTED, node .. F_EXEC, node .. F_WORKER)
         if v[1] == S_RUNNING and v[3] then
           node_set(gid, node, record_key(node, iter, attempt, v[3]),
             short_record(v[2], NOW_S, NodeStateText.DEAD_LETTERED, v[4]))

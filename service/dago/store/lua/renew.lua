@@ -16,7 +16,7 @@ local set = 0
 for i = A.FIRST, #ARGV, R.SIZE do
   local gid, node, iter, attempt = ARGV[i + R.GRAPH_ID], ARGV[i + R.NODE], ARGV[i + R.ITERATION], ARGV[i + R.ATTEMPT]
   local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
-  local nk = nkey(gid)
+  local nk = hkey(gid, node)
   local v = redis.call('HMGET', nk, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. F_EXEC,
     node .. NODE.DEADLINE, node .. F_TIMER)
   local exec = ARGV[i + R.EXECUTION]

@@ -19,7 +19,7 @@ for _, member in ipairs(due) do
       -- under the node's retry rule like any failure, and the worker is told to stop it;
       -- a late result is fenced out.
       local err = err_json(ErrorClass.TIMEOUT, 'the attempt ran past its timeout and its worker did not report', true)
-      local v = redis.call('HMGET', nkey(gid), node .. F_STARTED, node .. F_EXEC, node .. F_WORKER)
+      local v = redis.call('HMGET', hkey(gid, node), node .. F_STARTED, node .. F_EXEC, node .. F_WORKER)
       local exec = v[2] or '1'
       stop_work(gid, node, attempt, exec)
       local rec = J.REC_STARTED .. (v[1] or NOW_S) .. J.REC_ENDED .. NOW_S .. J.REC_STATE .. NodeStateText.FAILED

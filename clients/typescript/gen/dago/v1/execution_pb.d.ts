@@ -181,6 +181,13 @@ export declare type Attempt = Message<"dago.v1.Attempt"> & {
    * @generated from field: int32 execution = 11;
    */
   execution: number;
+
+  /**
+   * The map item (index + 1) the attempt ran, 0 for a node's own attempt.
+   *
+   * @generated from field: int32 instance = 50;
+   */
+  instance: number;
 };
 
 /**
@@ -295,6 +302,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: string child_graph_id = 40;
    */
   childGraphId: string;
+
+  /**
+   * A map node's items by state (unset for other kinds); ListMapItems lists
+   * the items themselves.
+   *
+   * @generated from field: dago.v1.MapProgress map = 50;
+   */
+  map?: MapProgress | undefined;
 };
 
 /**
@@ -558,6 +573,14 @@ export declare type Event = Message<"dago.v1.Event"> & {
   iteration: number;
 
   /**
+   * The map item concerned: its index + 1 (0: not an item). Item events are
+   * sent to watchers that ask for them (item_events) only.
+   *
+   * @generated from field: int32 instance = 7;
+   */
+  instance: number;
+
+  /**
    * What happened.
    *
    * @generated from oneof dago.v1.Event.payload
@@ -765,6 +788,15 @@ export declare type Event = Message<"dago.v1.Event"> & {
      */
     value: ChildGraphEnded;
     case: "childEnded";
+  } | {
+    /**
+     * A map node's counts of items by state (at most a few per second per
+     * map, and one when its last item ended).
+     *
+     * @generated from field: dago.v1.MapProgress map_progress = 65;
+     */
+    value: MapProgress;
+    case: "mapProgress";
   } | { case: undefined; value?: undefined };
 };
 
@@ -820,6 +852,62 @@ export declare type ChildGraphEnded = Message<"dago.v1.ChildGraphEnded"> & {
  * Use `create(ChildGraphEndedSchema)` to create a new message.
  */
 export declare const ChildGraphEndedSchema: GenMessage<ChildGraphEnded>;
+
+/**
+ * Counts of a map node's items by state (GetGraphStatus's NodeStatus.map and
+ * the map_progress event).
+ *
+ * @generated from message dago.v1.MapProgress
+ */
+export declare type MapProgress = Message<"dago.v1.MapProgress"> & {
+  /**
+   * Items in the list.
+   *
+   * @generated from field: int32 total = 1;
+   */
+  total: number;
+
+  /**
+   * Items not started yet.
+   *
+   * @generated from field: int32 queued = 2;
+   */
+  queued: number;
+
+  /**
+   * Items started and not ended.
+   *
+   * @generated from field: int32 running = 3;
+   */
+  running: number;
+
+  /**
+   * Items completed.
+   *
+   * @generated from field: int32 completed = 4;
+   */
+  completed: number;
+
+  /**
+   * Items failed for good (after their retries).
+   *
+   * @generated from field: int32 failed = 5;
+   */
+  failed: number;
+
+  /**
+   * Items cancelled (a FAIL_FAST map stopped them, or the run ended).
+   *
+   * @generated from field: int32 cancelled = 6;
+   */
+  cancelled: number;
+};
+
+/**
+ * Describes the message dago.v1.MapProgress.
+ * Use `create(MapProgressSchema)` to create a new message.
+ */
+export declare const MapProgressSchema: GenMessage<MapProgress>;
 
 /**
  * Payload of node_reused.

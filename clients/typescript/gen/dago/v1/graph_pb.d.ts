@@ -309,6 +309,15 @@ export declare type Node = Message$1<"dago.v1.Node"> & {
      */
     value: SubgraphNode;
     case: "subgraph";
+  } | {
+    /**
+     * Runs a body node once per item of a list (dynamic fan-out), at most
+     * max_concurrency items at a time, then completes with their outputs.
+     *
+     * @generated from field: dago.v1.MapNode map = 26;
+     */
+    value: MapNode;
+    case: "map";
   } | { case: undefined; value?: undefined };
 };
 
@@ -875,6 +884,69 @@ export declare type SubgraphNode = Message$1<"dago.v1.SubgraphNode"> & {
 export declare const SubgraphNodeSchema: GenMessage<SubgraphNode>;
 
 /**
+ * A map node: evaluates `items` (CEL over `inputs` and `nodes`, yielding a
+ * list) and runs its body once per item, as instances of the node addressed by
+ * (node, iteration, instance). The body's inputs and templates may use `item`
+ * (the item's value) and `index` (its 0-based position). Its output is
+ * `{"items": [item outputs in item order, null for failed items], "completed":
+ * n, "failed": n, "total": n}`. Usage of every item rolls up to the node and
+ * the run.
+ *
+ * @generated from message dago.v1.MapNode
+ */
+export declare type MapNode = Message$1<"dago.v1.MapNode"> & {
+  /**
+   * CEL over `inputs` and `nodes`: the list to map over.
+   *
+   * @generated from field: string items = 1;
+   */
+  items: string;
+
+  /**
+   * The body: one node of any kind, run per item under its own retry policy
+   * and attempt timeout. Its id names it in events and ListMapItems only.
+   *
+   * @generated from field: dago.v1.Node node = 2;
+   */
+  node?: Node | undefined;
+
+  /**
+   * A graph as the body (the item as its inputs). Reserved for sub-graph runs:
+   * refused at submit until the subgraph kind runs map bodies.
+   *
+   * @generated from field: dago.v1.Graph graph = 3;
+   */
+  graph?: Graph | undefined;
+
+  /**
+   * At most this many items run at once, across all workers (0 means 10).
+   *
+   * @generated from field: int32 max_concurrency = 4;
+   */
+  maxConcurrency: number;
+
+  /**
+   * What a finally failed item does to the map.
+   *
+   * @generated from field: dago.v1.MapFailurePolicy on_failure = 5;
+   */
+  onFailure: MapFailurePolicy;
+
+  /**
+   * COLLECT only: the map fails when more than this many items failed.
+   *
+   * @generated from field: int32 max_failures = 6;
+   */
+  maxFailures: number;
+};
+
+/**
+ * Describes the message dago.v1.MapNode.
+ * Use `create(MapNodeSchema)` to create a new message.
+ */
+export declare const MapNodeSchema: GenMessage<MapNode>;
+
+/**
  * How a node with several incoming edges decides to run.
  *
  * @generated from enum dago.v1.JoinMode
@@ -1152,4 +1224,39 @@ export enum RouterMode {
  * Describes the enum dago.v1.RouterMode.
  */
 export declare const RouterModeSchema: GenEnum<RouterMode>;
+
+/**
+ * What a finally failed item of a map does.
+ *
+ * @generated from enum dago.v1.MapFailurePolicy
+ */
+export enum MapFailurePolicy {
+  /**
+   * Same as MAP_FAILURE_POLICY_FAIL_FAST.
+   *
+   * @generated from enum value: MAP_FAILURE_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The first finally failed item stops the others (queued ones are dropped,
+   * running ones stopped) and the map fails, naming the item.
+   *
+   * @generated from enum value: MAP_FAILURE_POLICY_FAIL_FAST = 1;
+   */
+  FAIL_FAST = 1,
+
+  /**
+   * Every item runs; the map fails only when more than max_failures items
+   * failed, else its output holds null for each failed item.
+   *
+   * @generated from enum value: MAP_FAILURE_POLICY_COLLECT = 2;
+   */
+  COLLECT = 2,
+}
+
+/**
+ * Describes the enum dago.v1.MapFailurePolicy.
+ */
+export declare const MapFailurePolicySchema: GenEnum<MapFailurePolicy>;
 

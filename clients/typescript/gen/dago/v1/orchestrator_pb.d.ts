@@ -5,7 +5,7 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Graph, Node } from "./graph_pb.js";
-import type { Attempt, Event, GraphState, GraphStatus, NodeError, Usage } from "./execution_pb.js";
+import type { Attempt, Event, GraphState, GraphStatus, MapProgress, NodeError, NodeState, Usage } from "./execution_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import type { DefinitionRef } from "./definitions_pb.js";
 
@@ -620,6 +620,14 @@ export declare type WatchGraphRequest = Message<"dago.v1.WatchGraphRequest"> & {
    * @generated from field: bool batch = 3;
    */
   batch: boolean;
+
+  /**
+   * Also send the events of map items (node_started, node_completed... with
+   * `instance` set); off: a map's progress comes as map_progress events.
+   *
+   * @generated from field: bool item_events = 50;
+   */
+  itemEvents: boolean;
 };
 
 /**
@@ -716,6 +724,13 @@ export declare type RunGraphRequest = Message<"dago.v1.RunGraphRequest"> & {
    * @generated from field: int32 priority = 30;
    */
   priority: number;
+
+  /**
+   * Also send map items' events, as WatchGraphRequest.item_events.
+   *
+   * @generated from field: bool item_events = 50;
+   */
+  itemEvents: boolean;
 };
 
 /**
@@ -1704,6 +1719,159 @@ export declare type ForkGraphResponse = Message<"dago.v1.ForkGraphResponse"> & {
 export declare const ForkGraphResponseSchema: GenMessage<ForkGraphResponse>;
 
 /**
+ * Request of ListMapItems.
+ *
+ * @generated from message dago.v1.ListMapItemsRequest
+ */
+export declare type ListMapItemsRequest = Message<"dago.v1.ListMapItemsRequest"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The map node's id.
+   *
+   * @generated from field: string node_id = 2;
+   */
+  nodeId: string;
+
+  /**
+   * Maximum items per page (1..1000; 0 means 100).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+
+  /**
+   * Only items in this state (unspecified: all). Items not started yet are
+   * NODE_STATE_QUEUED (dispatched) or NODE_STATE_PENDING (waiting for a free
+   * place under max_concurrency).
+   *
+   * @generated from field: dago.v1.NodeState state = 5;
+   */
+  state: NodeState;
+};
+
+/**
+ * Describes the message dago.v1.ListMapItemsRequest.
+ * Use `create(ListMapItemsRequestSchema)` to create a new message.
+ */
+export declare const ListMapItemsRequestSchema: GenMessage<ListMapItemsRequest>;
+
+/**
+ * Response of ListMapItems.
+ *
+ * @generated from message dago.v1.ListMapItemsResponse
+ */
+export declare type ListMapItemsResponse = Message<"dago.v1.ListMapItemsResponse"> & {
+  /**
+   * Items by index.
+   *
+   * @generated from field: repeated dago.v1.MapItem items = 1;
+   */
+  items: MapItem[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * The map's counts.
+   *
+   * @generated from field: dago.v1.MapProgress progress = 3;
+   */
+  progress?: MapProgress | undefined;
+};
+
+/**
+ * Describes the message dago.v1.ListMapItemsResponse.
+ * Use `create(ListMapItemsResponseSchema)` to create a new message.
+ */
+export declare const ListMapItemsResponseSchema: GenMessage<ListMapItemsResponse>;
+
+/**
+ * One item of a map node.
+ *
+ * @generated from message dago.v1.MapItem
+ */
+export declare type MapItem = Message<"dago.v1.MapItem"> & {
+  /**
+   * 0-based position in the list.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The item's state.
+   *
+   * @generated from field: dago.v1.NodeState state = 2;
+   */
+  state: NodeState;
+
+  /**
+   * Its current attempt (0 before its first).
+   *
+   * @generated from field: int32 attempt = 3;
+   */
+  attempt: number;
+
+  /**
+   * Its output, when it completed.
+   *
+   * @generated from field: google.protobuf.Value output = 4;
+   */
+  output?: Value | undefined;
+
+  /**
+   * Its error, when it failed.
+   *
+   * @generated from field: dago.v1.NodeError error = 5;
+   */
+  error?: NodeError | undefined;
+
+  /**
+   * Its usage over every attempt.
+   *
+   * @generated from field: dago.v1.Usage usage = 6;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * When its current attempt started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 7;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * When it ended.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 8;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dago.v1.MapItem.
+ * Use `create(MapItemSchema)` to create a new message.
+ */
+export declare const MapItemSchema: GenMessage<MapItem>;
+
+/**
  * How much of a run GetGraphStatus includes.
  *
  * @generated from enum dago.v1.GraphStatusView
@@ -1933,6 +2101,17 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof ListNodeAttemptsRequestSchema;
     output: typeof ListNodeAttemptsResponseSchema;
+  },
+  /**
+   * The items of a map node, by index: state, attempt, output, error, usage
+   * and times, paged, optionally of one state.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.ListMapItems
+   */
+  listMapItems: {
+    methodKind: "unary";
+    input: typeof ListMapItemsRequestSchema;
+    output: typeof ListMapItemsResponseSchema;
   },
   /**
    * The worker processes alive now (heartbeat within DAGO_WORKER_TTL_MS):
