@@ -76,6 +76,7 @@ def _enums() -> list[str]:
         _table("JoinMode", _enum(graph_pb2.JoinMode.DESCRIPTOR, "JOIN_MODE_"), "dago.v1.JoinMode"),
         _table("EventKind", kinds, "dago.v1.Event payloads: the stored event kinds"),
         _table("Outcome", [(o.name, o.value) for o in functions.Outcome], "functions.Outcome"),
+        _table("RateOp", [(o.name, o.value) for o in functions.RateOp], "functions.RateOp"),
     ]
 
 

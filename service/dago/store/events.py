@@ -222,6 +222,15 @@ def _waiting(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.payload_schema = str(d.get(Detail.SCHEMA, ""))
 
 
+def _throttled(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.node_throttled
+    p.SetInParent()
+    p.provider = str(d.get(Detail.PROVIDER, ""))
+    p.model = str(d.get(Detail.MODEL, ""))
+    p.wait_ms = int(d.get(Detail.WAIT_MS) or 0)
+    p.reason = str(d.get(Detail.REASON, ""))
+
+
 def _signal(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.signal_received
     p.SetInParent()
@@ -267,6 +276,7 @@ _PAYLOADS = {
     "node_waiting": _waiting,
     "signal_received": _signal,
     "node_reused": _reused,
+    "node_throttled": _throttled,
 }
 
 

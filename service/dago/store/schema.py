@@ -121,6 +121,9 @@ class Node:
     ``OUTPUT``) when it starts: its conversation kept while it waits (JSON, written by the
     ``wait`` function with the wait; see ``dago.nodes.agent``), so any worker resumes it.
     Replaced by the node's next wait; removed with the graph's keys."""
+    THROTTLED: Final = ":q"
+    """When a node throttled by a model rate limit (QUEUED, no work item) is queued again
+    (ms): written by the ``throttle`` function, read by the status views."""
 
 
 class StartPlan:
@@ -278,6 +281,8 @@ class Detail:
     SIGNAL_ID: Final = "signal_id"
     COMMENT: Final = "comment"
     TIMED_OUT: Final = "timed_out"
+    WAIT_MS: Final = "wait_ms"
+    """node_throttled: how long until the node is queued again (also PROVIDER, MODEL, REASON)."""
 
 
 class Work:
@@ -355,6 +360,9 @@ class Timer:
     """``x|gid[|namespace]``: drop the expired graph from its indexes."""
     WAIT: Final = "w"
     """``w|gid|node|iteration``: a wait node's timeout (records its timeout_decision)."""
+    THROTTLE: Final = "q"
+    """``q|gid|node|iteration|attempt``: a node throttled by a model rate limit is queued
+    again (the same attempt: throttling is not a failure)."""
 
 
 class Stats:
@@ -414,9 +422,26 @@ class LoopTopology:
     """``[edge index, to]`` of the exit edges this loop owns."""
 
 
+class RateLimit:
+    """Fields of a model's rate-limit bucket (``Keys.rate_limit``; ``lua/ratelimit.lua``):
+    each measure's level (what may be spent now; negative: spent ahead, repaid as it
+    refills), when the levels were last brought up to date (ms), and until when a
+    provider's 429 paused the model (ms)."""
+
+    REQUESTS: Final = "r"
+    INPUT: Final = "i"
+    OUTPUT: Final = "o"
+    UPDATED: Final = "t"
+    PAUSED_UNTIL: Final = "p"
+    PAUSED: Final = "paused"
+    """The reason of a wait while the provider's retry-after runs (the others name their
+    measure: ``requests_per_minute``...)."""
+
+
 RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
     DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
+    RateLimit,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

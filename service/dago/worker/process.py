@@ -36,11 +36,11 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.functions import Result, Started, Waiting, WorkItem
+from dago.store.functions import Result, Started, ThrottledAttempt, Waiting, WorkItem
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
-from dago.worker.attempt import Attempts, Limits, Running
+from dago.worker.attempt import Attempts, Finished, Limits, Running
 from dago.worker.slots import Slots
 
 log = logging.getLogger("dago.worker")
@@ -94,7 +94,7 @@ class Worker:
         # Attempts started and not yet applied (free slots a waiting reader holds are not busy).
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._attempts.running))
         # Finished attempts waiting for the completer: (shard, result).
-        self._finished: list[tuple[int, Result | Waiting]] = []
+        self._finished: list[tuple[int, Finished]] = []
         self._have_finished = asyncio.Event()
         self._unapplied = 0  # finished and not yet applied (or given up on)
         self._all_applied = asyncio.Event()
@@ -314,7 +314,7 @@ class Worker:
 
     # --- applying results ------------------------------------------------------------
 
-    def _report(self, running: Running, result: Result | Waiting) -> None:
+    def _report(self, running: Running, result: Finished) -> None:
         """Hand a finished attempt's result to the completer."""
         self._finished.append((running.item.shard, result))
         self._unapplied += 1
@@ -329,7 +329,7 @@ class Worker:
                 continue
             batch = self._finished[:512]
             del self._finished[:512]
-            by_shard: dict[int, list[Result | Waiting]] = defaultdict(list)
+            by_shard: dict[int, list[Finished]] = defaultdict(list)
             for shard, result in batch:
                 by_shard[shard].append(result)
             taken = await self._apply(by_shard)
@@ -344,18 +344,23 @@ class Worker:
             if not self._unapplied:
                 self._all_applied.set()
 
-    async def _apply(self, by_shard: Mapping[int, list[Result | Waiting]]) -> int:
+    async def _apply(self, by_shard: Mapping[int, list[Finished]]) -> int:
         """Apply a round of results, grouped by shard, and, unless draining, take as many new
         work items of each shard in the same step, each given the slot of an applied
         attempt (half as many while a reader waits for slots); returns how many were taken
         (their slots are accounted for). The shards' calls go in one pipeline (one round
         trip on a single Redis). Wait nodes that found no decision go to WAITING first
-        (``_waiting``)."""
+        (``_waiting``), and throttled attempts back to QUEUED (``_throttled``)."""
         parts: dict[int, list[Result]] = {}
         for shard, finished in by_shard.items():
             results = cast(list[Result], finished)
-            if any(type(r) is Waiting for r in finished):  # one pass over a batch without waits
-                await self._waiting(shard, [r for r in finished if isinstance(r, Waiting)])
+            if any(type(r) is not Result for r in finished):  # one pass over a plain batch
+                waits = [r for r in finished if isinstance(r, Waiting)]
+                if waits:
+                    await self._waiting(shard, waits)
+                throttled = [r for r in finished if isinstance(r, ThrottledAttempt)]
+                if throttled:
+                    await self._throttled(shard, throttled)
                 results = [r for r in finished if isinstance(r, Result)]
             if results:
                 parts[shard] = results
@@ -408,6 +413,27 @@ class Worker:
             parts = again
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _throttled(self, shard: int, items: list[ThrottledAttempt]) -> None:
+        """Queue throttled attempts of one shard again after their waits (the function acks
+        their work items, so their slots are free once this returns); retried like
+        ``_apply``."""
+        backoff = 0.05
+        while True:
+            raise_if_cancelling()
+            try:
+                states = await self._store.throttle(shard, self.id, items)
+            except ResponseError as e:
+                log.error("queueing throttled nodes again was refused by Redis: %s", e)
+                return
+            except STORE_ERRORS as e:
+                log.warning("queueing throttled nodes failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for t, state in zip(items, states, strict=True):
+                self._states[(shard, t.msg_id)] = state
+            return
 
     async def _waiting(self, shard: int, waits: list[Waiting]) -> None:
         """Put wait nodes of one shard into WAITING (the function acks their work items, so

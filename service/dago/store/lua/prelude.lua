@@ -98,6 +98,7 @@ local EventKind = {
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
   NODE_REUSED = 'node_reused',
+  NODE_THROTTLED = 'node_throttled',
 }
 
 -- functions.Outcome
@@ -105,6 +106,14 @@ local Outcome = {
   OK = 'ok',
   ERROR = 'error',
   WAIT = 'wait',
+}
+
+-- functions.RateOp
+local RateOp = {
+  RESERVE = 'reserve',
+  SETTLE = 'settle',
+  PAUSE = 'pause',
+  READ = 'read',
 }
 
 -- schema.Meta
@@ -173,6 +182,7 @@ local NODE = {
   WAIT = ':wt',
   DECISION_REF = ':w',
   SAVED_REF = ':c',
+  THROTTLED = ':q',
 }
 
 -- schema.StartPlan
@@ -275,6 +285,7 @@ local DETAIL = {
   SIGNAL_ID = 'signal_id',
   COMMENT = 'comment',
   TIMED_OUT = 'timed_out',
+  WAIT_MS = 'wait_ms',
 }
 
 -- schema.Work
@@ -323,6 +334,7 @@ local TIMER = {
   DEADLINE = 'd',
   EXPIRE = 'x',
   WAIT = 'w',
+  THROTTLE = 'q',
 }
 
 -- schema.Stats
@@ -360,6 +372,16 @@ local LOOP_TOPOLOGY = {
   EXITS = 'x',
 }
 
+-- schema.RateLimit
+local RATE_LIMIT = {
+  REQUESTS = 'r',
+  INPUT = 'i',
+  OUTPUT = 'o',
+  UPDATED = 't',
+  PAUSED_UNTIL = 'p',
+  PAUSED = 'paused',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
@@ -378,6 +400,8 @@ local ARG = {
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
+  THROTTLE = {WORKER = 1, FIRST = 2},
+  RATELIMIT = {OP = 1, REQUESTS_PER_MINUTE = 2, INPUT_PER_MINUTE = 3, OUTPUT_PER_MINUTE = 4, BURST_MS = 5, REQUESTS = 6, INPUT_TOKENS = 7, OUTPUT_TOKENS = 8, PAUSE_MS = 9, FIRST = 10},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
 }
@@ -390,4 +414,5 @@ local ITEM = {
   EVENT_ARG = {KIND = 0, DETAIL = 1, SIZE = 2},
   CONSUMER = {NAME = 0, SIZE = 1},
   WAITING = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT = 7, TIMEOUT_MS = 8, SAVED = 9, SIZE = 10},
+  THROTTLED_ATTEMPT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT_MS = 7, DETAIL = 8, SIZE = 9},
 }

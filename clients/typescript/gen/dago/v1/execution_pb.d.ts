@@ -709,6 +709,16 @@ export declare type Event = Message<"dago.v1.Event"> & {
      */
     value: NodeReused;
     case: "nodeReused";
+  } | {
+    /**
+     * A model rate limit had no room for a node's model call: the attempt
+     * ended without a call and without counting as a failure; the node is
+     * QUEUED again after wait_ms (docs/limits.md).
+     *
+     * @generated from field: dago.v1.NodeThrottled node_throttled = 75;
+     */
+    value: NodeThrottled;
+    case: "nodeThrottled";
   } | { case: undefined; value?: undefined };
 };
 
@@ -717,6 +727,48 @@ export declare type Event = Message<"dago.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export declare const EventSchema: GenMessage<Event>;
+
+/**
+ * Payload of node_throttled.
+ *
+ * @generated from message dago.v1.NodeThrottled
+ */
+export declare type NodeThrottled = Message<"dago.v1.NodeThrottled"> & {
+  /**
+   * The LLM provider whose limit had no room.
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The model.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * How long until the node is queued again (ms).
+   *
+   * @generated from field: int64 wait_ms = 3;
+   */
+  waitMs: bigint;
+
+  /**
+   * Which limit was short: requests_per_minute, input_tokens_per_minute,
+   * output_tokens_per_minute, or paused (a provider's 429 retry-after runs).
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message dago.v1.NodeThrottled.
+ * Use `create(NodeThrottledSchema)` to create a new message.
+ */
+export declare const NodeThrottledSchema: GenMessage<NodeThrottled>;
 
 /**
  * Payload of node_reused.
