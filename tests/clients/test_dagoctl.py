@@ -682,3 +682,17 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     assert code == 6, err
     code, out, _ = await ctl("def", "versions", "hello")
     assert "deprecated" in out.splitlines()[-1] and "prod" in out.splitlines()[-1], out
+
+
+@pytest.mark.slow
+async def test_limits_table_and_json(make_stack: MakeStack) -> None:
+    rl = '{"anthropic/*": {"requests_per_minute": 60, "output_tokens_per_minute": 6000}}'
+    ctl = ctl_for(await make_stack(rate_limits=rl))
+    code, out, err = await ctl("limits")
+    assert code == 0, err
+    header, row = (line.split() for line in out.splitlines())
+    assert header == ["MODEL", "REQUESTS", "INPUT", "TOKENS", "OUTPUT", "TOKENS", "PAUSED"]
+    assert row == ["anthropic/*", "1/60/min", "-", "100/6000/min"]
+    code, out, _ = await ctl("-o", "json", "limits")
+    (m,) = json.loads(out)
+    assert (m["provider"], m["model"], m["requests_per_minute"]) == ("anthropic", "*", 60)
