@@ -202,7 +202,7 @@ class ModelRateLimit:
     output_tokens_per_minute: float = 0.0
     burst_seconds: float = 1.0
     """How much of a minute's allowance may be spent at once (the bucket holds this many
-    seconds of it; at least one request, and any single call fits a full bucket)."""
+    seconds of it; at least two requests, and any single call fits a full bucket)."""
 
 
 _RATE_FIELDS = ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute")

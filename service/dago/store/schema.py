@@ -433,6 +433,12 @@ class RateLimit:
     OUTPUT: Final = "o"
     UPDATED: Final = "t"
     PAUSED_UNTIL: Final = "p"
+    NEXT_REQUESTS: Final = "nr"
+    """When the next refused call is due (ms), per measure: one call's worth of refill after
+    the last refused one's time, so refused calls come back one after another, spread over
+    the time the limit needs for them, instead of all at the next refill."""
+    NEXT_INPUT: Final = "ni"
+    NEXT_OUTPUT: Final = "no"
     PAUSED: Final = "paused"
     """The reason of a wait while the provider's retry-after runs (the others name their
     measure: ``requests_per_minute``...)."""

@@ -379,6 +379,9 @@ local RATE_LIMIT = {
   OUTPUT = 'o',
   UPDATED = 't',
   PAUSED_UNTIL = 'p',
+  NEXT_REQUESTS = 'nr',
+  NEXT_INPUT = 'ni',
+  NEXT_OUTPUT = 'no',
   PAUSED = 'paused',
 }
 
