@@ -106,6 +106,8 @@ class Settings:
     api_keys_file: str = ""
     operator_namespaces: str = ""
     max_active_graphs: int = 0
+    max_definitions: int = 1000
+    max_definition_versions: int = 1000
     max_inputs_bytes: int = 1024 * 1024
     max_events_per_graph: int = 100_000
     max_run_bytes: int = 64 * 1024 * 1024
@@ -633,6 +635,15 @@ SETTINGS: dict[str, _Spec] = {
         "Graphs one namespace may have submitted or running at once (0: no limit); more "
         "submissions get RESOURCE_EXHAUSTED.",
         lambda v: None if v >= 0 else "must not be negative",
+    ),
+    "max_definitions": _Spec(
+        "Definition names one namespace may hold; publishing a new name past it gets "
+        "RESOURCE_EXHAUSTED.",
+        _positive,
+    ),
+    "max_definition_versions": _Spec(
+        "Versions one definition may hold; publishing one more gets RESOURCE_EXHAUSTED.",
+        _positive,
     ),
     "max_inputs_bytes": _Spec(
         "Largest `inputs` of one submission, as compact JSON bytes.", _positive

@@ -183,6 +183,8 @@ async def test_runs_by_reference(stack: InProcessStack) -> None:
         gid, st = await run(reference)
         assert (st.definition.name, st.definition.version) == ("ref", want.version)
         assert st.definition.digest == want.digest
+        submitted = (await c.history(gid))[0].graph_submitted
+        assert submitted.definition == st.definition and not submitted.forked_from
         ran = await c.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid), timeout=10)
         assert ran.graph == want.graph
 
@@ -291,3 +293,54 @@ async def test_concurrent_publishes_number_versions_once_each(stack: InProcessSt
     assert sorted(a.definition.version for a in answers) == list(range(1, 21))
     for a in answers:  # each number holds the graph its publish sent
         assert (await get(c, "race", str(a.definition.version))).graph == a.definition.graph
+
+
+async def test_a_label_is_removed_and_references_to_it_stop_resolving(
+    stack: InProcessStack,
+) -> None:
+    c = stack.client
+    await publish(c, "greet", graph("hi"))
+    await publish(c, "greet", graph("hello"))
+    label = definitions_pb2.SetDefinitionLabelRequest(name="greet", label="prod", version=1)
+    await defs(c).SetDefinitionLabel(label, timeout=10)
+    run = orchestrator_pb2.SubmitGraphRequest(definition="greet@prod")
+    pinned = await c.stub.SubmitGraph(run, timeout=10)
+    drop = definitions_pb2.DeleteDefinitionLabelRequest(name="greet", label="prod")
+    assert (await defs(c).DeleteDefinitionLabel(drop, timeout=10)).version == 1
+    assert list((await get(c, "greet", "1")).labels) == []
+    err = await rpc_error(get(c, "greet", "prod"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "greet@prod" in (err.details() or "")
+    again = await rpc_error(defs(c).DeleteDefinitionLabel(drop, timeout=10))
+    assert again.code() == grpc.StatusCode.NOT_FOUND
+    # The run that resolved the label keeps the version it recorded.
+    status = await c.stub.GetGraphStatus(
+        orchestrator_pb2.GetGraphStatusRequest(graph_id=pinned.graph_id), timeout=10
+    )
+    assert (status.status.definition.name, status.status.definition.version) == ("greet", 1)
+    bad = await rpc_error(
+        defs(c).DeleteDefinitionLabel(
+            definitions_pb2.DeleteDefinitionLabelRequest(name="greet", label="7"), timeout=10
+        )
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "label" in (bad.details() or "")
+
+
+async def test_quotas_bound_names_and_versions(make_stack: MakeStack) -> None:
+    s = await make_stack(max_definitions=2, max_definition_versions=2)
+    c = s.client
+    await publish(c, "one", graph("a"))
+    await publish(c, "one", graph("b"))
+    await publish(c, "two", graph("a"))
+    over = await rpc_error(publish(c, "one", graph("c")))
+    assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    (failure,) = [d for d in error_details(over) if isinstance(d, error_details_pb2.QuotaFailure)]
+    assert failure.violations[0].subject == "definition:one:versions"
+    assert "DAGO_MAX_DEFINITION_VERSIONS" in (over.details() or "")
+    third = await rpc_error(publish(c, "three", graph("a")))
+    assert third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "DAGO_MAX_DEFINITIONS" in (third.details() or "")
+    # Nothing was stored past the quotas; identical content is still answered.
+    assert (await get(c, "one")).version == 2
+    assert not (await publish(c, "one", graph("b"))).created
+    listed = await defs(c).ListDefinitions(definitions_pb2.ListDefinitionsRequest(), timeout=10)
+    assert [d.name for d in listed.definitions] == ["one", "two"]

@@ -4,7 +4,9 @@ Chromium driven by Playwright, in front of real API and worker processes: the ru
 routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel,
 fork with a preview of its plan, forked-from and reused nodes),
 the operations page (workers, a dead letter requeued), the usage page (with and without
-run history in PostgreSQL) and the API key. Screenshots are kept
+run history in PostgreSQL), the Definitions page (publish from a file or a drop, unchanged
+and refused publishes, label, deprecate, a version's graph and JSON, run a version with
+inputs), a 500-node run's frame times (printed) and the API key. Screenshots are kept
 in .artifacts/console-*.png."""
 
 from __future__ import annotations
@@ -1076,5 +1078,274 @@ async def test_a_run_of_a_definition_says_which_version_it_ran(console: Console)
         await page.goto(f"http://127.0.0.1:{console.port}/ui/#{gid}")
         await page.wait_for_selector('#definition[data-definition="console-greet@1"]')
         assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+def graph_file(tmp_path: Path, name: str, body: dict[str, object]) -> Path:
+    """A .json graph file to publish from the console."""
+    path = tmp_path / name
+    path.write_text(json.dumps(body))
+    return path
+
+
+async def drop_file(page: Page, selector: str, name: str, body: dict[str, object]) -> None:
+    """Drops a JSON file on ``selector`` as a browser would (a DataTransfer with the file)."""
+    data = await page.evaluate_handle(
+        """([name, text]) => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([text], name, { type: 'application/json' }));
+          return dt;
+        }""",
+        [name, json.dumps(body)],
+    )
+    await page.dispatch_event(selector, "drop", {"dataTransfer": data})
+
+
+async def test_definition_publish_from_a_file_unchanged_and_refused(
+    console: Console, tmp_path: Path
+) -> None:
+    name = f"cdef-{secrets.token_hex(2)}"
+    v1 = graph_file(tmp_path, "v1.json", {"nodes": [echo("a", x=1)]})
+    # A SubmitGraphRequest file (as in examples/) publishes its graph.
+    v2 = {"graph": {"nodes": [echo("a", x=2)]}, "inputs": {}}
+    bad = graph_file(tmp_path, "bad.json", {"nodes": [echo("a")], "edges": [edge("a", "zz")]})
+    page = await open_page(console, "#/definitions")
+    try:
+        await page.wait_for_selector("#definitions-body")
+        await page.fill("#pub-name", name)
+        await page.fill("#pub-desc", "the console's first")
+        await page.set_input_files("#pub-file", str(v1))
+        await page.click("#pub-go")
+        await page.wait_for_selector('#pub-result[data-created="true"][data-version="1"]')
+        await page.wait_for_selector(f'#definitions-body tr[data-definition="{name}"]')
+        row = await page.inner_text(f'tr[data-definition="{name}"]')
+        assert "the console's first" in row and "\t1\t" in row, row
+        # The same graph again: the latest version, created=false.
+        await page.click("#pub-go")
+        await page.wait_for_selector('#pub-result[data-created="false"][data-version="1"]')
+        assert "created=false" in await page.inner_text("#pub-result")
+        # A graph the server refuses: its message names the field.
+        await page.set_input_files("#pub-file", str(bad))
+        await page.click("#pub-go")
+        await page.wait_for_function("document.querySelector('#pub-error').textContent !== ''")
+        error = await page.inner_text("#pub-error")
+        assert "edges[0].to" in error and '"zz"' in error, error
+        assert await page.inner_text("#pub-result") == ""
+        # A file dropped on the form: version 2; the row opens with the keyboard.
+        await drop_file(page, "#pub-drop", "v2.json", v2)
+        assert await page.inner_text("#pub-file-name") == "v2.json"
+        await page.click("#pub-go")
+        await page.wait_for_selector('#pub-result[data-created="true"][data-version="2"]')
+        await shot(page, "console-definitions.png")
+        await page.focus(f'tr[data-definition="{name}"]')
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector('#versions-body tr[data-version="2"]')
+        assert page.url.endswith(f"#/definitions/{name}")
+        versions = await page.eval_on_selector_all(
+            "#versions-body tr", "r => r.map(e => e.dataset.version)"
+        )
+        assert versions == ["2", "1"], versions
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def publish(console: Console, name: str, *graphs: dict[str, object]) -> None:
+    for g in graphs:
+        await console.dago.publish_definition(name, json_format.ParseDict(g, graph_pb2.Graph()))
+
+
+async def test_definition_label_deprecate_and_view_a_version(console: Console) -> None:
+    name = f"cdef-{secrets.token_hex(2)}"
+    await publish(
+        console,
+        name,
+        {"nodes": [echo("a", x=1)]},
+        {"nodes": [echo("a", x=2), echo("b")], "edges": [edge("a", "b")]},
+    )
+    page = await open_page(console, f"#/definitions/{name}")
+    try:
+        await page.wait_for_selector('#versions-body tr[data-version="2"]')
+        await page.fill("#label-name", "prod")
+        await page.select_option("#label-version", "1")
+        await page.click("#label-go")
+        await page.wait_for_function(
+            "document.querySelector('#versions-body tr[data-version=\"1\"] .labels')"
+            ".textContent === 'prod'"
+        )
+        assert (await console.dago.definition(name, "prod")).version == 1
+        # A label that may not be one is refused, naming the field.
+        await page.fill("#label-name", "7")
+        await page.click("#label-go")
+        await page.wait_for_function(
+            "document.querySelector('#label-status').textContent.startsWith('refused')"
+        )
+        assert "label" in await page.inner_text("#label-status")
+        # Deprecate asks first, then marks the version.
+        await page.click('button[data-deprecate="1"]')
+        assert not await page.query_selector('tr[data-version="1"] [data-deprecated]')
+        await page.click('button[data-deprecate="1"]')
+        await page.wait_for_selector('tr[data-version="1"] [data-deprecated]')
+        assert await page.is_disabled('button[data-deprecate="1"]')
+        assert (await console.dago.definition(name, "1")).deprecated
+        # A version opens (Space on its row): its graph drawn and its JSON.
+        await page.focus('#versions-body tr[data-version="2"]')
+        await page.keyboard.press(" ")
+        await page.wait_for_selector('#version-title[data-version="2"]')
+        assert page.url.endswith(f"#/definitions/{name}/versions/2")
+        drawn = await page.eval_on_selector_all(
+            "#def-graph [data-node]", "n => n.map(e => e.dataset.node)"
+        )
+        assert drawn == ["a", "b"], drawn
+        assert await page.eval_on_selector_all("#def-graph [data-edge]", "e => e.length") == 1
+        await page.click("#version-view summary")
+        text = json.loads(await page.inner_text("#def-json"))
+        assert [n["id"] for n in text["nodes"]] == ["a", "b"], text
+        assert await page.get_attribute('#versions-body tr[data-version="2"]', "aria-current")
+        await shot(page, "console-definition.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_run_a_definition_version_with_inputs(console: Console) -> None:
+    name = f"cdef-{secrets.token_hex(2)}"
+    await publish(console, name, {"nodes": [echo("a", x=1)]}, {"nodes": [echo("a", x=2)]})
+    await console.dago.label_definition(name, "canary", 2)
+    await console.dago.deprecate_definition(name, 1)
+    page = await open_page(console, f"#/definitions/{name}/versions/1")
+    try:
+        await page.wait_for_selector('#version-title[data-version="1"]')
+        assert await page.input_value("#run-ref") == f"{name}@1"
+        # Inputs are checked as JSON before anything is sent.
+        await page.fill("#run-inputs", '{"ticket": ')
+        assert "inputs: not JSON" in await page.inner_text("#run-error")
+        assert await page.get_attribute("#run-inputs", "aria-invalid") == "true"
+        await page.fill("#run-inputs", '{"ticket": 42}')
+        assert await page.inner_text("#run-error") == ""
+        # The server refuses a deprecated version unless asked: its message is shown.
+        await page.click("#run-go")
+        await page.wait_for_function(
+            "document.querySelector('#run-error').textContent.startsWith('refused')"
+        )
+        assert "deprecated" in await page.inner_text("#run-error")
+        await page.fill("#run-ref", f"{name}@canary")
+        await page.click("#run-go")
+        await page.wait_for_url(re.compile(r"#/runs/[^/]+$"))
+        gid = page.url.rsplit("/", 1)[1]
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+        status = await console.dago.status(gid)
+        assert (status.definition.name, status.definition.version) == (name, 2)
+        submitted = await console.dago.get_graph(gid)
+        assert json_format.MessageToDict(submitted.inputs) == {"ticket": 42}
+        # The run links the version it ran; the runs list filters by definition.
+        await page.click(f'#run-definition a[data-definition="{name}@2"]')
+        await page.wait_for_selector('#version-title[data-version="2"]')
+        other = (await console.dago.submit(request([echo("a")], name=name))).graph_id
+        await page.goto(console.url("#/runs"))
+        await page.wait_for_selector(f'tr[data-run="{other}"]')
+        await page.wait_for_selector(f'#f-definition option[value="{name}"]', state="attached")
+        await page.select_option("#f-definition", name)
+        await page.wait_for_function(
+            "document.querySelectorAll('#runs-body tr[data-run]').length === 1"
+        )
+        assert await listed(page) == [gid]
+        assert f"definition={name}" in page.url
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+# Frame times (requestAnimationFrame deltas) and long tasks (> 50 ms) from the page's start.
+FRAME_PROBE = """
+window.__frames = [];
+window.__longTasks = [];
+new PerformanceObserver((l) => {
+  for (const e of l.getEntries()) window.__longTasks.push(e.duration);
+}).observe({ type: 'longtask', buffered: true });
+let last = 0;
+const tick = (t) => {
+  if (last) window.__frames.push(t - last);
+  last = t;
+  requestAnimationFrame(tick);
+};
+requestAnimationFrame(tick);
+"""
+
+
+def layered_dag(width: int, total: int) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+    """A gate (a wait node: the run holds until the test signals it) then echo nodes in layers
+    of ``width``, each fed by the node above it and the one above right: ``total`` nodes."""
+    nodes: list[dict[str, object]] = [{"id": "gate", "wait": {"prompt": "start?"}}]
+    edges = []
+    for k in range(total - 1):
+        layer, i = divmod(k, width)
+        nid = f"n{layer}_{i}"
+        nodes.append(echo(nid, k=k))
+        if layer == 0:
+            edges.append(edge("gate", nid))
+            continue
+        edges.append(edge(f"n{layer - 1}_{i}", nid))
+        if i + 1 < width:
+            edges.append(edge(f"n{layer - 1}_{i + 1}", nid))
+    return nodes, edges
+
+
+def spread(values: list[float]) -> str:
+    """n, median, p95 and max of durations in ms."""
+    if not values:
+        return "none"
+    v = sorted(values)
+    p95 = v[min(len(v) - 1, int(len(v) * 0.95))]
+    return f"n={len(v)} median={v[len(v) // 2]:.1f} p95={p95:.1f} max={v[-1]:.1f} ms"
+
+
+@pytest.mark.slow
+async def test_a_500_node_graph_renders_and_updates_within_a_frame_budget(
+    console: Console,
+) -> None:
+    nodes, edges = layered_dag(20, 500)
+    gid = (await console.dago.submit(request(nodes, edges, name="five-hundred"))).graph_id
+    page = await console.browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.add_init_script(FRAME_PROBE)
+    measured = """() => ({
+      frames: window.__frames.splice(0),
+      longTasks: window.__longTasks.splice(0),
+      draw: performance.getEntriesByName('graph-draw').map(e => e.duration),
+      updates: performance.getEntriesByName('graph-update').map(e => e.duration),
+      ticks: performance.getEntriesByName('gantt-tick').map(e => e.duration),
+    })"""
+    try:
+        await page.goto(console.url(f"#/runs/{gid}"))
+        await page.wait_for_selector('#graph [data-node="gate"][data-state="waiting"]')
+        assert await page.eval_on_selector_all("#graph [data-node]", "n => n.length") == 500
+        assert await page.eval_on_selector_all("#graph [data-edge]", "e => e.length") == len(edges)
+        opened = await page.evaluate(measured)
+        # The run goes on with the page open: 499 nodes' states stream into the drawn graph.
+        await console.dago.signal(gid, "gate", "approve")
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#graph [data-node]')]"
+            ".every(g => g.dataset.state === 'completed')"
+        )
+        barred = "b => new Set(b.map(e => e.dataset.node)).size"  # the gate has two: wait, go
+        assert await page.eval_on_selector_all("#gantt .bar", barred) == 500
+        ran = await page.evaluate(measured)
+        ran["updates"] = ran["updates"][len(opened["updates"]) :]
+        ran["ticks"] = ran["ticks"][len(opened["ticks"]) :]
+        print(f"\n500-node graph: draw {spread(opened['draw'])}")
+        for phase, m in (("open", opened), ("run, updates streaming", ran)):
+            slow = sum(1 for f in m["frames"] if f > 50)
+            print(
+                f"{phase}: state updates {spread(m['updates'])}; "
+                f"timeline ticks {spread(m['ticks'])}"
+                f"\n  frames {spread(m['frames'])}, {slow} over 50 ms; "
+                f"long tasks {spread(m['longTasks'])}, total {sum(m['longTasks']):.0f} ms"
+            )
+        await shot(page, "console-500-nodes.png")
+        assert errors == []
     finally:
         await page.close()

@@ -682,6 +682,10 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     assert code == 6, err
     code, out, _ = await ctl("def", "versions", "hello")
     assert "deprecated" in out.splitlines()[-1] and "prod" in out.splitlines()[-1], out
+    code, out, err = await ctl("def", "unlabel", "hello", "prod")
+    assert code == 0 and out.strip() == "removed prod (was hello@1)", (out, err)
+    code, _, err = await ctl("def", "unlabel", "hello", "prod")
+    assert code == 6 and "hello@prod" in err, err
 
 
 @pytest.mark.slow
@@ -692,7 +696,7 @@ async def test_limits_table_and_json(make_stack: MakeStack) -> None:
     assert code == 0, err
     header, row = (line.split() for line in out.splitlines())
     assert header == ["MODEL", "REQUESTS", "INPUT", "TOKENS", "OUTPUT", "TOKENS", "PAUSED"]
-    assert row == ["anthropic/*", "1/60/min", "-", "100/6000/min"]
+    assert row == ["anthropic/*", "2/60/min", "-", "100/6000/min"]  # at least two requests
     code, out, _ = await ctl("-o", "json", "limits")
     (m,) = json.loads(out)
     assert (m["provider"], m["model"], m["requests_per_minute"]) == ("anthropic", "*", 60)

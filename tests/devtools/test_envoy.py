@@ -963,3 +963,7 @@ async def test_definitions_over_rest(edge_stack: Edge) -> None:
     assert detail(bad, "google.rpc.BadRequest")["field_violations"][0]["field"] == "name"
     # A PUT body is checked for unknown fields like a POST body.
     error(await e.http.put(f"{base}/labels/prod", json={"version": 1, "verison": 2}), 400, 3)
+    # DELETE removes a label; a second DELETE is NOT_FOUND.
+    r = await e.http.delete(f"{base}/labels/prod")
+    assert r.status_code == 200 and r.json()["version"] == 1, r.text
+    error(await e.http.delete(f"{base}/labels/prod"), 404, 5)

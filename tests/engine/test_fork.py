@@ -108,6 +108,7 @@ async def test_fork_after_a_failure_reruns_only_the_failed_node_and_downstream(
     assert not node_status(new, "write").reused
     events = await stack.client.history(resp.graph_id)
     assert events[0].WhichOneof("payload") == "graph_submitted"
+    assert events[0].graph_submitted.forked_from == gid
     (ev,) = of_kind(events, "node_reused", "plan")
     assert ev.node_reused.source_graph_id == gid and ev.seq == 2
     assert not of_kind(events, "node_started", "plan")

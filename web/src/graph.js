@@ -14,6 +14,7 @@ const GAP_Y = 70;
 const TOP = 40; // room above the first layer (back edges into it)
 const LEFT = 30; // room left of the widest layer (a lane)
 const LANE = 10; // spacing of parallel lanes
+const MANY = 100; // a graph with more nodes than this does not animate its running nodes
 
 export const stateName = (s) => (NodeState[s] ?? "PENDING").toLowerCase();
 const FINAL = new Set(["completed", "failed", "skipped", "cancelled", "dead_lettered"]);
@@ -60,12 +61,17 @@ export function layout(graph) {
   };
   for (const id of [...entries, ...ids]) if (!seen.has(id)) dfs(id);
   const fwd = graph.edges.filter((e) => !back.has(`${e.from}->${e.to}`));
-  for (const e of fwd) indeg.set(e.to, indeg.get(e.to) + 1);
+  // Each node's forward edges, indexed once (a scan of every edge per node is quadratic).
+  const fwdOut = new Map(ids.map((id) => [id, []]));
+  for (const e of fwd) {
+    indeg.set(e.to, indeg.get(e.to) + 1);
+    fwdOut.get(e.from)?.push(e);
+  }
   const layer = new Map(ids.map((id) => [id, 0]));
   const queue = ids.filter((id) => indeg.get(id) === 0);
-  while (queue.length) {
-    const id = queue.shift();
-    for (const e of fwd.filter((f) => f.from === id)) {
+  for (let q = 0; q < queue.length; q++) {
+    const id = queue[q];
+    for (const e of fwdOut.get(id) ?? []) {
       layer.set(e.to, Math.max(layer.get(e.to), layer.get(id) + 1));
       indeg.set(e.to, indeg.get(e.to) - 1);
       if (indeg.get(e.to) === 0) queue.push(e.to);
@@ -116,9 +122,16 @@ export function route(graph, lay) {
   // Ports: outgoing edges spread along the bottom, incoming along the top, by the other end's x.
   const far = (id, e) => (isBack(e) ? 1e9 : pos.get(id).x);
   const ports = new Map();
+  const outsOf = new Map();
+  const insOf = new Map();
+  for (const e of edges) {
+    if (e.from === e.to) continue;
+    (outsOf.get(e.from) ?? outsOf.set(e.from, []).get(e.from)).push(e);
+    (insOf.get(e.to) ?? insOf.set(e.to, []).get(e.to)).push(e);
+  }
   for (const n of graph.nodes) {
-    const outs = edges.filter((e) => e.from === n.id && e.to !== n.id);
-    const ins = edges.filter((e) => e.to === n.id && e.from !== n.id);
+    const outs = outsOf.get(n.id) ?? [];
+    const ins = insOf.get(n.id) ?? [];
     outs.sort((a, b) => far(a.to, a) - far(b.to, b));
     ins.sort((a, b) => far(a.from, a) - far(b.from, b));
     const p = pos.get(n.id);
@@ -188,11 +201,14 @@ export function route(graph, lay) {
 export function draw(svg, graph, onSelect = null) {
   graphStyles();
   svg.replaceChildren();
+  const index = { nodes: new Map(), edges: new Map() };
+  drawn.set(svg, index);
   const lay = layout(graph);
   const { routes, width } = route(graph, lay);
   svg.setAttribute("width", width);
   svg.setAttribute("height", lay.height);
   svg.setAttribute("viewBox", `0 0 ${width} ${lay.height}`);
+  svg.classList.toggle("many", graph.nodes.length > MANY);
   const defs = el("defs", {}, svg);
   for (const [id, fill] of [["arrow", "#78909c"], ["arrow-taken", "#2e7d32"], ["arrow-untaken", "#cfd8dc"]]) {
     const m = el("marker", {
@@ -203,6 +219,7 @@ export function draw(svg, graph, onSelect = null) {
   }
   for (const r of routes) {
     const g = el("g", { class: "edge", "data-edge": r.key, "data-taken": "" }, svg);
+    index.edges.set(r.key, g);
     el("path", { d: r.d, "marker-end": "url(#arrow)" }, g);
     const e = r.edge;
     const text = e.label || (e.condition ? `if ${e.condition}` : "");
@@ -217,6 +234,7 @@ export function draw(svg, graph, onSelect = null) {
       class: "node state-pending", "data-node": n.id, "data-state": "pending",
       transform: `translate(${p.x},${p.y})`,
     }, svg);
+    index.nodes.set(n.id, g);
     el("rect", { width: NODE_W, height: NODE_H }, g);
     el("text", { x: 10, y: 18 }, g).textContent = n.id;
     el("text", { x: 10, y: 32, class: "kind" }, g).textContent = kindOf(n);
@@ -239,13 +257,29 @@ export function draw(svg, graph, onSelect = null) {
 }
 
 /** Sets a drawn node's state (a NodeState name in lower case) and its third line. */
+// The drawn elements of each svg by node id and edge key ("from->to"): a state update of a
+// large graph looks them up instead of querying the DOM once per node and edge.
+const drawn = new WeakMap();
+
+/** The drawn <g> of node `id` in svg (undefined if not drawn). */
+export function nodeElement(svg, id) {
+  return drawn.get(svg)?.nodes.get(id);
+}
+
+/**
+ * Sets a drawn node's state (a NodeState name in lower case) and its third line. Nothing is
+ * written when both are unchanged (a large graph's updates touch only the nodes that moved).
+ */
 export function setNodeState(svg, id, state, meta) {
-  const g = svg.querySelector(`[data-node="${CSS.escape(id)}"]`);
+  const g = nodeElement(svg, id);
   if (!g) return;
-  const selected = g.classList.contains("selected") ? " selected" : "";
-  g.setAttribute("class", `node state-${state}${selected}`);
+  const text = meta ?? state;
+  const line = g.querySelector(".meta");
+  if (g.getAttribute("data-state") === state && line.textContent === text) return;
+  g.classList.remove(`state-${g.getAttribute("data-state")}`);
+  g.classList.add(`state-${state}`);
   g.setAttribute("data-state", state);
-  g.querySelector(".meta").textContent = meta ?? state;
+  line.textContent = text;
 }
 
 /**
@@ -278,7 +312,7 @@ export function edgeStates(graph, lay, states, decisions, loops) {
 /** Marks the drawn edges with edgeStates' result. */
 export function setEdgeStates(svg, marks) {
   for (const [key, v] of marks) {
-    const g = svg.querySelector(`[data-edge="${CSS.escape(key)}"]`);
+    const g = drawn.get(svg)?.edges.get(key);
     if (!g || g.getAttribute("data-taken") === v) continue;
     g.setAttribute("data-taken", v);
     g.setAttribute("class", v ? `edge ${v}` : "edge");
@@ -309,6 +343,7 @@ const CSS_TEXT = `
 .state-skipped rect { fill: #f5f5f5; stroke: #bdbdbd; stroke-dasharray: 4 3; }
 .state-cancelled rect { fill: #cfd8dc; stroke: #455a64; }
 .state-running rect { animation: pulse 1s ease-in-out infinite alternate; }
+svg.many .state-running rect { animation: none; } /* a repaint of the whole graph per frame */
 @keyframes pulse { from { stroke-opacity: 1; } to { stroke-opacity: .3; } }
 `;
 

@@ -213,6 +213,17 @@ class AsyncDagoClient:
         )
         return resp.definition
 
+    async def unlabel_definition(
+        self, name: str, label: str, *, deadline_s: float | None = None
+    ) -> int:
+        """Remove ``label`` of ``name``: the version it pointed at (NotFoundError when the
+        label does not exist)."""
+        req = definitions_pb2.DeleteDefinitionLabelRequest(name=name, label=label)
+        resp = await self._call(
+            self.definitions_stub.DeleteDefinitionLabel, req, idempotent=True, deadline_s=deadline_s
+        )
+        return resp.version
+
     async def deprecate_definition(
         self, name: str, version: str | int, *, deadline_s: float | None = None
     ) -> definitions_pb2.DefinitionVersion:

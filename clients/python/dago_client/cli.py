@@ -200,7 +200,7 @@ class Cli:
         return EXIT_OK
 
     def def_(self) -> int:
-        """``def publish|list|show|versions|label|deprecate``: stored definitions."""
+        """``def publish|list|show|versions|label|unlabel|deprecate``: stored definitions."""
         action = self.args.def_action
         c = self.client
         if action == "publish":
@@ -257,6 +257,14 @@ class Cli:
         if action == "label":
             d = c.label_definition(self.args.name, self.args.label, self.args.version)
             self.print(_json(d) if self.as_json else f"{self.args.label} -> {d.name}@{d.version}")
+            return EXIT_OK
+        if action == "unlabel":
+            was = c.unlabel_definition(self.args.name, self.args.label)
+            self.print(
+                json.dumps({"version": was})
+                if self.as_json
+                else f"removed {self.args.label} (was {self.args.name}@{was})"
+            )
             return EXIT_OK
         d = c.deprecate_definition(self.args.name, self.args.version)
         self.print(_json(d) if self.as_json else f"deprecated {d.name}@{d.version}")
@@ -741,6 +749,9 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("name")
     lb.add_argument("label")
     lb.add_argument("version", type=int)
+    ul = df_sub.add_parser("unlabel", help="remove LABEL of NAME")
+    ul.add_argument("name")
+    ul.add_argument("label")
     dp = df_sub.add_parser("deprecate", help="refuse new runs of a version unless allowed")
     dp.add_argument("name")
     dp.add_argument("version")

@@ -196,6 +196,8 @@ export interface DagoClient {
     version: number,
     options?: CallOptions,
   ): Promise<DefinitionVersion>;
+  /** Removes `label` of `name`; resolves to the version it pointed at (NOT_FOUND if absent). */
+  unlabelDefinition(name: string, label: string, options?: CallOptions): Promise<number>;
   /** Deprecates a version (a number, a label or "latest"): new runs need allowDeprecated. */
   deprecateDefinition(
     name: string,

@@ -213,6 +213,10 @@ export function createDagoClient(baseUrl, options = {}) {
         .definition;
     },
 
+    async unlabelDefinition(name, label, callOptions) {
+      return (await (await definitions()).deleteDefinitionLabel({ name, label }, callOptions)).version;
+    },
+
     async deprecateDefinition(name, version, callOptions) {
       const req = { name, version: String(version) };
       return (await (await definitions()).deprecateDefinitionVersion(req, callOptions)).definition;

@@ -147,10 +147,13 @@ def _page_size(size: int) -> int:
 class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
     """Publishes, reads, labels and deprecates definitions of the caller's namespace."""
 
-    def __init__(self, store: Store, auth: Authenticator, validate: Validate) -> None:
+    def __init__(
+        self, store: Store, auth: Authenticator, validate: Validate, quota: tuple[int, int]
+    ) -> None:
         self._store = store
         self._auth = auth
         self._validate = validate
+        self._quota = quota
         self.reads = Definitions(store)
 
     @guard
@@ -171,9 +174,28 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
         record = definitions_pb2.DefinitionVersion(
             name=request.name, description=request.description, graph=request.graph, digest=digest
         )
-        created, version = await self._store.publish_definition(
-            namespace, request.name, digest, record.SerializeToString(deterministic=True)
+        outcome, version = await self._store.publish_definition(
+            namespace,
+            request.name,
+            digest,
+            record.SerializeToString(deterministic=True),
+            self._quota,
         )
+        if outcome == "names":
+            raise errors.resource_exhausted(
+                f"namespace:{namespace}:definitions",
+                f"namespace {namespace!r} holds {version} definitions, its limit "
+                "(DAGO_MAX_DEFINITIONS): publish a version of an existing name instead",
+                version,
+            )
+        if outcome == "versions":
+            raise errors.resource_exhausted(
+                f"definition:{request.name}:versions",
+                f"definition {request.name!r} has {version} versions, its limit "
+                "(DAGO_MAX_DEFINITION_VERSIONS): publish under a new name",
+                version,
+            )
+        created = outcome == "created"
         fields = await self.reads.fields(namespace, request.name)
         await self.reads.with_versions(namespace, request.name, fields, [version])
         return definitions_pb2.PublishDefinitionResponse(
@@ -263,6 +285,22 @@ class DefinitionServicer(definitions_pb2_grpc.DefinitionServiceServicer):
         return definitions_pb2.SetDefinitionLabelResponse(
             definition=view(namespace, request.name, request.version, fields)
         )
+
+    @guard
+    async def DeleteDefinitionLabel(
+        self, request: definitions_pb2.DeleteDefinitionLabelRequest, context: Ctx
+    ) -> definitions_pb2.DeleteDefinitionLabelResponse:
+        """Remove a label; NOT_FOUND when the definition or the label does not exist."""
+        check_name(request.name)
+        check_label(request.label)
+        namespace = self._auth.current()
+        await self.reads.fields(namespace, request.name)
+        was = await self._store.unmark_definition(
+            namespace, request.name, Definition.LABEL + request.label
+        )
+        if was is None:
+            raise errors.not_found("definition label", f"{request.name}@{request.label}")
+        return definitions_pb2.DeleteDefinitionLabelResponse(version=int(was))
 
     @guard
     async def DeprecateDefinitionVersion(

@@ -108,7 +108,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
         self._listing = RunListing(store, settings.shards, history)
         # Same server, auth and namespaces; publishes are validated as submits are.
-        self.definitions = DefinitionServicer(store, auth, self._validate_graph)
+        self.definitions = DefinitionServicer(
+            store,
+            auth,
+            self._validate_graph,
+            (settings.max_definitions, settings.max_definition_versions),
+        )
         self._usage = UsageReport(history) if history is not None else None
 
     def close(self) -> None:

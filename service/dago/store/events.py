@@ -106,6 +106,12 @@ def _submitted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_submitted.name = d.get(Detail.NAME, "")
     entries = d.get(Detail.ENTRIES) or []
     ev.graph_submitted.entry_nodes.extend(entries if isinstance(entries, list) else [])
+    ev.graph_submitted.forked_from = d.get(Detail.SOURCE, "")
+    ref = d.get(Detail.DEFINITION)
+    if isinstance(ref, list) and len(ref) == 3:
+        ev.graph_submitted.definition.name = str(ref[0])
+        ev.graph_submitted.definition.version = int(ref[1])
+        ev.graph_submitted.definition.digest = str(ref[2])
 
 
 def _reused(ev: execution_pb2.Event, d: dict[str, Any]) -> None:

@@ -126,6 +126,10 @@ class PublishArgs(NamedTuple):
     name: str
     digest: str
     record: bytes
+    max_names: int
+    """Names the namespace may hold: a new name past it is refused (``names``)."""
+    max_versions: int
+    """Versions one name may hold: one more is refused (``versions``)."""
 
 
 class TakeArgs(NamedTuple):

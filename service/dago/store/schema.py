@@ -253,6 +253,8 @@ class Detail:
     """node_reused: the node was skipped in the source run."""
     ENTRIES: Final = "entries"
     """graph_submitted: the entry nodes."""
+    DEFINITION: Final = "definition"
+    """graph_submitted: the definition run, ``[name, version, digest]``."""
     ITERATION: Final = "iteration"
     """loop_iteration: the loop head's iteration."""
     FROM: Final = "from"

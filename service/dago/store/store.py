@@ -168,15 +168,17 @@ class Store:
     # --- definitions -----------------------------------------------------------------
 
     async def publish_definition(
-        self, namespace: str, name: str, digest: str, record: bytes
-    ) -> tuple[bool, int]:
-        """Store the next version of definition ``name`` (unless the latest has ``digest``):
-        whether one was created, and the version."""
+        self, namespace: str, name: str, digest: str, record: bytes, quota: tuple[int, int]
+    ) -> tuple[str, int]:
+        """Store the next version of definition ``name`` (unless the latest has ``digest``),
+        within ``quota`` (names in the namespace, versions of the name): ``("created",
+        version)``, ``("exists", version)``, or the quota it would pass and its limit
+        (``("names", limit)``, ``("versions", limit)``)."""
         dk = self.keys.definitions(namespace)
         raw = await self.library.call_keys(
-            "publish", [dk.names, dk.definition(name)], PublishArgs(name, digest, record)
+            "publish", [dk.names, dk.definition(name)], PublishArgs(name, digest, record, *quota)
         )
-        return _s(raw[0]) == "created", int(raw[1])
+        return _s(raw[0]), int(raw[1])
 
     async def definition(self, namespace: str, name: str) -> dict[str, bytes]:
         """A definition's version count and marks (labels, deprecations), by field name
@@ -209,6 +211,15 @@ class Store:
         removed, so a version checked before stays valid)."""
         key = self.keys.definitions(namespace).marks(name)
         await self.redis.hset(key, mapping=fields)
+
+    async def unmark_definition(self, namespace: str, name: str, field: str) -> bytes | None:
+        """Remove one mark (a label) of a definition: the value it had, None when absent."""
+        key = self.keys.definitions(namespace).marks(name)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(key, field)
+        pipe.hdel(key, field)
+        value, _ = await pipe.execute()
+        return value  # type: ignore[no-any-return]
 
     async def definition_names(self, namespace: str, after: str, count: int) -> list[str]:
         """Up to ``count`` definition names after ``after`` (exclusive; "" from the start)."""

@@ -3,32 +3,9 @@
 // "Preview" asks for the plan (dry_run): nodes reused / to run, cost saved and estimated;
 // "Fork" is enabled only once the preview of the form as it is now has been shown, and
 // sends one request_id per dialog (a retry is the same fork), then opens the new run.
-import { BadRequestSchema } from "../../../clients/typescript/gen/google/rpc/error_details_pb.js";
-import { dago, h } from "./util.js";
+import { dago, errorText, h, objectOf } from "./util.js";
 
 const usd = (v) => `$${Number(v ?? 0).toFixed(4)}`;
-
-/** Parses an optional JSON object field; throws a message naming the field. */
-function objectOf(text, name) {
-  if (!text.trim()) return undefined;
-  let v;
-  try {
-    v = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${name}: not JSON: ${err.message}`);
-  }
-  if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error(`${name}: a JSON object is needed`);
-  return v;
-}
-
-/** A server error as text: the field violations of INVALID_ARGUMENT, else its message. */
-function errorText(err) {
-  const violations = typeof err?.findDetails === "function"
-    ? err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations)
-    : [];
-  if (violations.length) return violations.map((v) => `${v.field}: ${v.description}`).join("\n");
-  return String(err?.rawMessage ?? err?.message ?? err);
-}
 
 /**
  * Adds the Fork… button to `actions` and its dialog to `parent`. `nodes()` is the run's node

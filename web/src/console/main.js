@@ -1,8 +1,9 @@
 // The operators' console (/console/): hash routes #/runs, #/runs/<id>[/nodes/<node>],
-// #/approvals, #/usage and #/ops, each a page module that draws into <main> and returns its stop
+// #/approvals, #/definitions[/<name>[/versions/<v>]], #/usage and #/ops, each a page module that draws into <main> and returns its stop
 // function. Bundled by esbuild (`make web`) with the TypeScript client into
 // web/dist/console.js; every call is gRPC-Web through Envoy, same origin.
 import { approvalsPage } from "./approvals.js";
+import { definitionsPage } from "./definitions.js";
 import { opsPage } from "./ops.js";
 import { runPage } from "./run.js";
 import { runsPage } from "./runs.js";
@@ -24,6 +25,9 @@ function route() {
   if (parts[0] === "approvals") {
     document.title = "dago console · approvals";
     stop = approvalsPage(main, new URLSearchParams(query));
+  } else if (parts[0] === "definitions") {
+    document.title = `dago console · ${parts[1] ? `definition ${parts[1]}` : "definitions"}`;
+    stop = definitionsPage(main, parts[1] ?? "", parts[2] === "versions" ? parts[3] ?? "" : "");
   } else if (parts[0] === "ops") {
     document.title = "dago console · operations";
     stop = opsPage(main);

@@ -4,7 +4,7 @@
 // errors, usage; streamed text and tool calls from the events); cancel; fork (fork.js),
 // "forked from" and reused nodes marked.
 import { GraphStatusView } from "../../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
-import { draw, edgeStates, setEdgeStates, setNodeState, stateName } from "../graph.js";
+import { draw, edgeStates, nodeElement, setEdgeStates, setNodeState, stateName } from "../graph.js";
 import { waitOfEvent } from "../decide.js";
 import { drawGantt } from "./gantt.js";
 import { jsonView, valueJson } from "./json.js";
@@ -24,6 +24,7 @@ export function runPage(root, graphId, firstNode) {
   const head = h("section", { class: "run-head", "aria-label": "run" }, root);
   const title = h("h2", {}, head);
   const facts = h("p", { id: "run-facts", class: "facts" }, head);
+  const definedBy = h("p", { id: "run-definition", class: "facts", hidden: "" }, head);
   const forkedFrom = h("p", { id: "forked-from", class: "facts", hidden: "" }, head);
   const errorBox = h("p", { id: "run-error", role: "alert", hidden: "" }, head);
   const io = h("details", { class: "io" }, head);
@@ -97,8 +98,15 @@ export function runPage(root, graphId, firstNode) {
       `${st.steps} steps`,
       u ? `tokens ${u.inputTokens} in / ${u.outputTokens} out · $${u.costUsd.toFixed(4)}` : "",
       st.namespace ? `namespace ${st.namespace}` : "",
-      st.definition?.name ? `definition ${st.definition.name}@${st.definition.version}` : "",
     ].filter(Boolean).join(" · ");
+    // The definition version the run ran, linked to it on the Definitions page.
+    const def = st.definition;
+    definedBy.hidden = !def?.name;
+    if (def?.name && !definedBy.firstChild) {
+      const ref = `${def.name}@${def.version}`;
+      definedBy.appendChild(document.createTextNode("definition "));
+      h("a", { href: `#/definitions/${encodeURIComponent(def.name)}/versions/${def.version}`, "data-definition": ref }, definedBy, ref);
+    }
     cancel.disabled = TERMINAL.has(state);
     fork.setEnabled(TERMINAL.has(state));
     forkedFrom.hidden = !st.forkedFrom;
@@ -142,17 +150,47 @@ export function runPage(root, graphId, firstNode) {
       if (n.route) meta += ` · ${n.route}`;
       if (n.reused) meta += " · reused";
       setNodeState(svg, n.nodeId, s, meta);
-      const g = svg.querySelector(`[data-node="${CSS.escape(n.nodeId)}"]`);
-      if (g) {
+      const g = nodeElement(svg, n.nodeId);
+      if (g && g.hasAttribute("data-reused") !== Boolean(n.reused)) {
         g.classList.toggle("reused", Boolean(n.reused));
-        if (n.reused) g.setAttribute("data-reused", "");
-        else g.removeAttribute("data-reused");
+        g.toggleAttribute("data-reused", Boolean(n.reused));
       }
     }
     setEdgeStates(svg, edgeStates(run.graph, run.lay, states, run.decisions, run.loops));
   }
 
-  const renderGantt = () => drawGantt(gantt, run.graph, run.status, Math.max(600, timeline.clientWidth - 8), select);
+  // The timeline's width, kept by a ResizeObserver: reading clientWidth on each redraw would
+  // force a layout of the whole page (a 500-node graph included) right after its updates.
+  let timelineWidth = 0;
+  const resized = new ResizeObserver(([entry]) => {
+    const w = Math.round(entry.contentRect.width);
+    if (w === timelineWidth) return;
+    timelineWidth = w;
+    if (run.status) paint();
+  });
+  resized.observe(timeline);
+  const renderGantt = () => drawGantt(gantt, run.graph, run.status, Math.max(600, (timelineWidth || timeline.clientWidth) - 8), select);
+
+  // Rendering waits for the next animation frame and happens once per frame however many
+  // status replies and ticks arrived since: a large run's updates never stack up in a frame.
+  let frame = 0;
+  let statesDirty = false; // false: only the timeline's clock moved (the 1 s tick)
+  function paint(states = true) {
+    statesDirty ||= states;
+    frame ||= requestAnimationFrame(() => {
+      frame = 0;
+      const all = statesDirty;
+      statesDirty = false;
+      if (!alive() || !run.status) return;
+      performance.mark("graph-update-start");
+      if (all) {
+        renderHead();
+        renderGraphStates();
+      }
+      renderGantt();
+      performance.measure(all ? "graph-update" : "gantt-tick", "graph-update-start");
+    });
+  }
 
   let fetching = null;
   let again = false;
@@ -168,10 +206,8 @@ export function runPage(root, graphId, firstNode) {
         if (!alive()) return;
         const before = run.status?.nodes.find((n) => n.nodeId === run.selected);
         run.status = status;
-        renderHead();
         if (TERMINAL.has(graphStateName(status.state)) && !run.result) showResult();
-        renderGraphStates();
-        renderGantt();
+        paint();
         const after = status.nodes.find((n) => n.nodeId === run.selected);
         if (run.selected && (!before || before.state !== after?.state || before.attempts.length !== after?.attempts.length)) {
           renderPanel();
@@ -192,7 +228,7 @@ export function runPage(root, graphId, firstNode) {
     const hash = `#/runs/${encodeURIComponent(graphId)}/nodes/${encodeURIComponent(nodeId)}`;
     if (window.location.hash !== hash) history.replaceState(null, "", hash);
     for (const g of svg.querySelectorAll(".node.selected")) g.classList.remove("selected");
-    svg.querySelector(`[data-node="${CSS.escape(nodeId)}"]`)?.classList.add("selected");
+    nodeElement(svg, nodeId)?.classList.add("selected");
     renderPanel();
   }
 
@@ -291,10 +327,13 @@ export function runPage(root, graphId, firstNode) {
       const { graph, inputs } = await dago().graph(graphId, { signal: abort.signal });
       run.graph = graph;
       jsonView(inputs, inputsBox, "inputs");
+      // Measured (performance.measure) so a test or a profile can read what drawing costs.
+      performance.mark("graph-draw-start");
       run.lay = draw(svg, graph, select);
+      performance.measure("graph-draw", "graph-draw-start");
       await refresh();
       if (firstNode) select(firstNode);
-      const ticker = setInterval(() => run.status && !TERMINAL.has(graphStateName(run.status.state)) && renderGantt(), 1000);
+      const ticker = setInterval(() => run.status && !TERMINAL.has(graphStateName(run.status.state)) && paint(false), 1000);
       try {
         for await (const ev of dago().watch(graphId, { signal: abort.signal })) onEvent(ev);
       } finally {
@@ -309,5 +348,7 @@ export function runPage(root, graphId, firstNode) {
   return () => {
     abort.abort();
     clearTimeout(timer);
+    cancelAnimationFrame(frame);
+    resized.disconnect();
   };
 }

@@ -1,12 +1,24 @@
 // #/runs: one page of runs (ListGraphs, newest first) with their cost, tokens and steps,
 // filtered on the server (state, exact name, created after / before, metadata key=value
-// pairs, min cost; kept in the hash query), paged with next_page_token, refreshed every 2 s
+// pairs, min cost, the stored definition it ran; kept in the hash query), paged with next_page_token, refreshed every 2 s
 // while the tab is visible. A filter the server refuses is shown as its message (the field).
 import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { badge, dago, dollars, duration, graphStateName, h, ms, poll, showError, when } from "./util.js";
 import { INVALID_ARGUMENT, timestampOf, tokens as tokenText } from "./util.js";
 
 const STATES = Object.entries(GraphState).filter(([k, v]) => typeof v === "number" && v > 0 && k);
+
+/** Every definition name of the namespace (ListDefinitions, all pages), sorted. */
+async function definitionNames() {
+  const names = [];
+  let pageToken = "";
+  do {
+    const r = await dago().definitions({ pageSize: 500, pageToken });
+    names.push(...r.definitions.map((d) => d.name));
+    pageToken = r.nextPageToken;
+  } while (pageToken);
+  return names.sort();
+}
 
 export function runsPage(root, params) {
   let alive = true;
@@ -36,6 +48,17 @@ export function runsPage(root, params) {
     text("f-cost", "min cost $", "number", "cost", { min: "0", step: "any" }),
   ];
   const f = Object.fromEntries(fields); // key -> its input
+  // The stored definitions (ListDefinitions) to filter by: runs submitted from one of them.
+  const definition = lab("definition", h("select", { id: "f-definition" }));
+  h("option", { value: "" }, definition, "any");
+  if (params.get("definition")) h("option", { value: params.get("definition") }, definition, params.get("definition"));
+  definition.value = params.get("definition") ?? "";
+  definitionNames().then((names) => {
+    if (!alive) return;
+    for (const name of names) {
+      if (name !== params.get("definition")) h("option", { value: name }, definition, name);
+    }
+  }, (err) => alive && showError(err));
   const size = lab("per page", h("input", { id: "f-size", type: "number", min: "1", max: "1000" }));
   size.value = params.get("size") ?? "25";
   const live = h("span", { class: "live", "aria-live": "polite" }, form);
@@ -56,6 +79,7 @@ export function runsPage(root, params) {
     const q = new URLSearchParams();
     if (state.value !== "0") q.set("state", graphStateName(Number(state.value)));
     for (const [key, input] of fields) if (input.value) q.set(key, input.value);
+    if (definition.value) q.set("definition", definition.value);
     if (size.value !== "25") q.set("size", size.value);
     const hash = `#/runs${q.size ? `?${q}` : ""}`;
     if (window.location.hash !== hash) history.replaceState(null, "", hash);
@@ -73,6 +97,7 @@ export function runsPage(root, params) {
       createdBefore: timestampOf(f.before.value),
       metadata: f.meta.value.split(/[\s,]+/).filter(Boolean),
       minCostUsd: Number(f.cost.value) || 0,
+      definition: definition.value,
     });
     if (!alive || mine !== issued) return;
     showError("");
@@ -122,6 +147,7 @@ export function runsPage(root, params) {
     reload();
   };
   state.addEventListener("change", restart);
+  definition.addEventListener("change", restart);
   size.addEventListener("change", restart);
   for (const [, input] of fields) input.addEventListener("change", restart);
   older.addEventListener("click", () => {

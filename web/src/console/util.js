@@ -2,6 +2,7 @@
 // times and state names. Server text is only ever set with textContent.
 import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { ErrorClass } from "../../../clients/typescript/gen/dago/v1/graph_pb.js";
+import { BadRequestSchema } from "../../../clients/typescript/gen/google/rpc/error_details_pb.js";
 import { el } from "../graph.js";
 
 import { $, dago } from "../client.js";
@@ -82,3 +83,25 @@ export const dollars = (u) => `$${(u?.costUsd ?? 0).toFixed(4)}`;
 // Connect error codes the pages treat apart.
 export const INVALID_ARGUMENT = 3;
 export const FAILED_PRECONDITION = 9;
+
+/** Parses an optional JSON object field; throws a message naming the field. */
+export function objectOf(text, name) {
+  if (!text.trim()) return undefined;
+  let v;
+  try {
+    v = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${name}: not JSON: ${err.message}`);
+  }
+  if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error(`${name}: a JSON object is needed`);
+  return v;
+}
+
+/** A server error as text: the field violations of INVALID_ARGUMENT, else its message. */
+export function errorText(err) {
+  const violations = typeof err?.findDetails === "function"
+    ? err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations)
+    : [];
+  if (violations.length) return violations.map((v) => `${v.field}: ${v.description}`).join("\n");
+  return String(err?.rawMessage ?? err?.message ?? err);
+}

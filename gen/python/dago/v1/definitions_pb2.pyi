@@ -451,6 +451,54 @@ class SetDefinitionLabelResponse(_message.Message):
 Global___SetDefinitionLabelResponse: _TypeAlias = SetDefinitionLabelResponse  # noqa: Y015
 
 @_typing.final
+class DeleteDefinitionLabelRequest(_message.Message):
+    """Request of DeleteDefinitionLabel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The definition's name."""
+    label: _builtins.str
+    """The label to remove."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDefinitionLabelRequest: _TypeAlias = DeleteDefinitionLabelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDefinitionLabelResponse(_message.Message):
+    """Response of DeleteDefinitionLabel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version the label pointed at."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDefinitionLabelResponse: _TypeAlias = DeleteDefinitionLabelResponse  # noqa: Y015
+
+@_typing.final
 class DeprecateDefinitionVersionRequest(_message.Message):
     """Request of DeprecateDefinitionVersion."""
 

@@ -66,6 +66,11 @@ class DefinitionServiceStub:
                 request_serializer=dago_dot_v1_dot_definitions__pb2.SetDefinitionLabelRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_definitions__pb2.SetDefinitionLabelResponse.FromString,
                 _registered_method=True)
+        self.DeleteDefinitionLabel = channel.unary_unary(
+                '/dago.v1.DefinitionService/DeleteDefinitionLabel',
+                request_serializer=dago_dot_v1_dot_definitions__pb2.DeleteDefinitionLabelRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_definitions__pb2.DeleteDefinitionLabelResponse.FromString,
+                _registered_method=True)
         self.DeprecateDefinitionVersion = channel.unary_unary(
                 '/dago.v1.DefinitionService/DeprecateDefinitionVersion',
                 request_serializer=dago_dot_v1_dot_definitions__pb2.DeprecateDefinitionVersionRequest.SerializeToString,
@@ -86,7 +91,10 @@ class DefinitionServiceServicer:
     def PublishDefinition(self, request, context):
         """Validates the graph as SubmitGraph does and stores it as the next version
         of `name`. When the graph and description are identical to the latest
-        version's, that version is returned with created = false.
+        version's, that version is returned with created = false. A namespace
+        holds at most DAGO_MAX_DEFINITIONS names and a name at most
+        DAGO_MAX_DEFINITION_VERSIONS versions: past them, RESOURCE_EXHAUSTED with
+        a google.rpc.QuotaFailure naming the quota.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +123,14 @@ class DefinitionServiceServicer:
 
     def SetDefinitionLabel(self, request, context):
         """Points `label` at `version` (creating or moving the label).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDefinitionLabel(self, request, context):
+        """Removes a label. Runs that resolved it keep the version they recorded;
+        new references to it get NOT_FOUND. Removing an absent label is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +172,11 @@ def add_DefinitionServiceServicer_to_server(servicer, server):
                     servicer.SetDefinitionLabel,
                     request_deserializer=dago_dot_v1_dot_definitions__pb2.SetDefinitionLabelRequest.FromString,
                     response_serializer=dago_dot_v1_dot_definitions__pb2.SetDefinitionLabelResponse.SerializeToString,
+            ),
+            'DeleteDefinitionLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDefinitionLabel,
+                    request_deserializer=dago_dot_v1_dot_definitions__pb2.DeleteDefinitionLabelRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_definitions__pb2.DeleteDefinitionLabelResponse.SerializeToString,
             ),
             'DeprecateDefinitionVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.DeprecateDefinitionVersion,
@@ -305,6 +326,33 @@ class DefinitionService:
             '/dago.v1.DefinitionService/SetDefinitionLabel',
             dago_dot_v1_dot_definitions__pb2.SetDefinitionLabelRequest.SerializeToString,
             dago_dot_v1_dot_definitions__pb2.SetDefinitionLabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDefinitionLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.DefinitionService/DeleteDefinitionLabel',
+            dago_dot_v1_dot_definitions__pb2.DeleteDefinitionLabelRequest.SerializeToString,
+            dago_dot_v1_dot_definitions__pb2.DeleteDefinitionLabelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,7 +43,10 @@ class DefinitionServiceStub:
     PublishDefinition: _grpc.UnaryUnaryMultiCallable[_definitions_pb2.PublishDefinitionRequest, _definitions_pb2.PublishDefinitionResponse]
     """Validates the graph as SubmitGraph does and stores it as the next version
     of `name`. When the graph and description are identical to the latest
-    version's, that version is returned with created = false.
+    version's, that version is returned with created = false. A namespace
+    holds at most DAGO_MAX_DEFINITIONS names and a name at most
+    DAGO_MAX_DEFINITION_VERSIONS versions: past them, RESOURCE_EXHAUSTED with
+    a google.rpc.QuotaFailure naming the quota.
     """
     GetDefinition: _grpc.UnaryUnaryMultiCallable[_definitions_pb2.GetDefinitionRequest, _definitions_pb2.GetDefinitionResponse]
     """One version: `version` is a number, a label or `latest` (empty: latest)."""
@@ -53,6 +56,10 @@ class DefinitionServiceStub:
     """The versions of one definition, newest first (without their graphs)."""
     SetDefinitionLabel: _grpc.UnaryUnaryMultiCallable[_definitions_pb2.SetDefinitionLabelRequest, _definitions_pb2.SetDefinitionLabelResponse]
     """Points `label` at `version` (creating or moving the label)."""
+    DeleteDefinitionLabel: _grpc.UnaryUnaryMultiCallable[_definitions_pb2.DeleteDefinitionLabelRequest, _definitions_pb2.DeleteDefinitionLabelResponse]
+    """Removes a label. Runs that resolved it keep the version they recorded;
+    new references to it get NOT_FOUND. Removing an absent label is NOT_FOUND.
+    """
     DeprecateDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_definitions_pb2.DeprecateDefinitionVersionRequest, _definitions_pb2.DeprecateDefinitionVersionResponse]
     """Marks a version deprecated: new runs of it are refused with
     FAILED_PRECONDITION unless SubmitGraphRequest.allow_deprecated is set.
@@ -74,7 +81,10 @@ class DefinitionServiceAsyncStub(DefinitionServiceStub):
     PublishDefinition: _aio.UnaryUnaryMultiCallable[_definitions_pb2.PublishDefinitionRequest, _definitions_pb2.PublishDefinitionResponse]  # type: ignore[assignment]
     """Validates the graph as SubmitGraph does and stores it as the next version
     of `name`. When the graph and description are identical to the latest
-    version's, that version is returned with created = false.
+    version's, that version is returned with created = false. A namespace
+    holds at most DAGO_MAX_DEFINITIONS names and a name at most
+    DAGO_MAX_DEFINITION_VERSIONS versions: past them, RESOURCE_EXHAUSTED with
+    a google.rpc.QuotaFailure naming the quota.
     """
     GetDefinition: _aio.UnaryUnaryMultiCallable[_definitions_pb2.GetDefinitionRequest, _definitions_pb2.GetDefinitionResponse]  # type: ignore[assignment]
     """One version: `version` is a number, a label or `latest` (empty: latest)."""
@@ -84,6 +94,10 @@ class DefinitionServiceAsyncStub(DefinitionServiceStub):
     """The versions of one definition, newest first (without their graphs)."""
     SetDefinitionLabel: _aio.UnaryUnaryMultiCallable[_definitions_pb2.SetDefinitionLabelRequest, _definitions_pb2.SetDefinitionLabelResponse]  # type: ignore[assignment]
     """Points `label` at `version` (creating or moving the label)."""
+    DeleteDefinitionLabel: _aio.UnaryUnaryMultiCallable[_definitions_pb2.DeleteDefinitionLabelRequest, _definitions_pb2.DeleteDefinitionLabelResponse]  # type: ignore[assignment]
+    """Removes a label. Runs that resolved it keep the version they recorded;
+    new references to it get NOT_FOUND. Removing an absent label is NOT_FOUND.
+    """
     DeprecateDefinitionVersion: _aio.UnaryUnaryMultiCallable[_definitions_pb2.DeprecateDefinitionVersionRequest, _definitions_pb2.DeprecateDefinitionVersionResponse]  # type: ignore[assignment]
     """Marks a version deprecated: new runs of it are refused with
     FAILED_PRECONDITION unless SubmitGraphRequest.allow_deprecated is set.
@@ -108,7 +122,10 @@ class DefinitionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_definitions_pb2.PublishDefinitionResponse, _abc.Awaitable[_definitions_pb2.PublishDefinitionResponse]]:
         """Validates the graph as SubmitGraph does and stores it as the next version
         of `name`. When the graph and description are identical to the latest
-        version's, that version is returned with created = false.
+        version's, that version is returned with created = false. A namespace
+        holds at most DAGO_MAX_DEFINITIONS names and a name at most
+        DAGO_MAX_DEFINITION_VERSIONS versions: past them, RESOURCE_EXHAUSTED with
+        a google.rpc.QuotaFailure naming the quota.
         """
 
     @_abc_1.abstractmethod
@@ -142,6 +159,16 @@ class DefinitionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_definitions_pb2.SetDefinitionLabelResponse, _abc.Awaitable[_definitions_pb2.SetDefinitionLabelResponse]]:
         """Points `label` at `version` (creating or moving the label)."""
+
+    @_abc_1.abstractmethod
+    def DeleteDefinitionLabel(
+        self,
+        request: _definitions_pb2.DeleteDefinitionLabelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_definitions_pb2.DeleteDefinitionLabelResponse, _abc.Awaitable[_definitions_pb2.DeleteDefinitionLabelResponse]]:
+        """Removes a label. Runs that resolved it keep the version they recorded;
+        new references to it get NOT_FOUND. Removing an absent label is NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def DeprecateDefinitionVersion(

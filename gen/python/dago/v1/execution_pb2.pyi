@@ -783,21 +783,31 @@ class GraphSubmitted(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ENTRY_NODES_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The graph's name."""
+    forked_from: _builtins.str
+    """The run it was forked from (ForkGraph), if any."""
     @_builtins.property
     def entry_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Its entry nodes."""
+
+    @_builtins.property
+    def definition(self) -> _definitions_pb2.DefinitionRef:
+        """The definition it was submitted from (unset for a graph sent whole)."""
 
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         entry_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        definition: _definitions_pb2.DefinitionRef | None = ...,
+        forked_from: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_nodes", b"entry_nodes", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "entry_nodes", b"entry_nodes", "forked_from", b"forked_from", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -267,6 +267,7 @@ local DETAIL = {
   SOURCE = 'source',
   SKIPPED = 'skipped',
   ENTRIES = 'entries',
+  DEFINITION = 'definition',
   ITERATION = 'iteration',
   FROM = 'from',
   EXHAUSTED = 'exhausted',
@@ -406,7 +407,7 @@ local ARG = {
   THROTTLE = {WORKER = 1, FIRST = 2},
   RATELIMIT = {OP = 1, REQUESTS_PER_MINUTE = 2, INPUT_PER_MINUTE = 3, OUTPUT_PER_MINUTE = 4, BURST_MS = 5, REQUESTS = 6, INPUT_TOKENS = 7, OUTPUT_TOKENS = 8, PAUSE_MS = 9, FIRST = 10},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
-  PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
+  PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)

@@ -72,6 +72,9 @@ redis.call('ZADD', idx, NOW, gid)
 redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, gid)
 local fork = ARGV[A.FORKED_FROM]
 local sub = {[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}
+if ARGV[A.DEF_NAME] ~= '' then
+  sub[DETAIL.DEFINITION] = {ARGV[A.DEF_NAME], tonumber(ARGV[A.DEF_VERSION]), ARGV[A.DEF_DIGEST]}
+end
 if fork ~= '' then
   redis.call('HSET', gk, META.FORKED_FROM, fork)
   sub[DETAIL.SOURCE] = fork

@@ -449,6 +449,53 @@ export declare type SetDefinitionLabelResponse = Message<"dago.v1.SetDefinitionL
 export declare const SetDefinitionLabelResponseSchema: GenMessage<SetDefinitionLabelResponse>;
 
 /**
+ * Request of DeleteDefinitionLabel.
+ *
+ * @generated from message dago.v1.DeleteDefinitionLabelRequest
+ */
+export declare type DeleteDefinitionLabelRequest = Message<"dago.v1.DeleteDefinitionLabelRequest"> & {
+  /**
+   * The definition's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The label to remove.
+   *
+   * @generated from field: string label = 2;
+   */
+  label: string;
+};
+
+/**
+ * Describes the message dago.v1.DeleteDefinitionLabelRequest.
+ * Use `create(DeleteDefinitionLabelRequestSchema)` to create a new message.
+ */
+export declare const DeleteDefinitionLabelRequestSchema: GenMessage<DeleteDefinitionLabelRequest>;
+
+/**
+ * Response of DeleteDefinitionLabel.
+ *
+ * @generated from message dago.v1.DeleteDefinitionLabelResponse
+ */
+export declare type DeleteDefinitionLabelResponse = Message<"dago.v1.DeleteDefinitionLabelResponse"> & {
+  /**
+   * The version the label pointed at.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message dago.v1.DeleteDefinitionLabelResponse.
+ * Use `create(DeleteDefinitionLabelResponseSchema)` to create a new message.
+ */
+export declare const DeleteDefinitionLabelResponseSchema: GenMessage<DeleteDefinitionLabelResponse>;
+
+/**
  * Request of DeprecateDefinitionVersion.
  *
  * @generated from message dago.v1.DeprecateDefinitionVersionRequest
@@ -510,7 +557,10 @@ export declare const DefinitionService: GenService<{
   /**
    * Validates the graph as SubmitGraph does and stores it as the next version
    * of `name`. When the graph and description are identical to the latest
-   * version's, that version is returned with created = false.
+   * version's, that version is returned with created = false. A namespace
+   * holds at most DAGO_MAX_DEFINITIONS names and a name at most
+   * DAGO_MAX_DEFINITION_VERSIONS versions: past them, RESOURCE_EXHAUSTED with
+   * a google.rpc.QuotaFailure naming the quota.
    *
    * @generated from rpc dago.v1.DefinitionService.PublishDefinition
    */
@@ -558,6 +608,17 @@ export declare const DefinitionService: GenService<{
     methodKind: "unary";
     input: typeof SetDefinitionLabelRequestSchema;
     output: typeof SetDefinitionLabelResponseSchema;
+  },
+  /**
+   * Removes a label. Runs that resolved it keep the version they recorded;
+   * new references to it get NOT_FOUND. Removing an absent label is NOT_FOUND.
+   *
+   * @generated from rpc dago.v1.DefinitionService.DeleteDefinitionLabel
+   */
+  deleteDefinitionLabel: {
+    methodKind: "unary";
+    input: typeof DeleteDefinitionLabelRequestSchema;
+    output: typeof DeleteDefinitionLabelResponseSchema;
   },
   /**
    * Marks a version deprecated: new runs of it are refused with

@@ -816,6 +816,20 @@ export declare type GraphSubmitted = Message<"dago.v1.GraphSubmitted"> & {
    * @generated from field: repeated string entry_nodes = 2;
    */
   entryNodes: string[];
+
+  /**
+   * The definition it was submitted from (unset for a graph sent whole).
+   *
+   * @generated from field: dago.v1.DefinitionRef definition = 20;
+   */
+  definition?: DefinitionRef | undefined;
+
+  /**
+   * The run it was forked from (ForkGraph), if any.
+   *
+   * @generated from field: string forked_from = 30;
+   */
+  forkedFrom: string;
 };
 
 /**
