@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from dago.config import ModelRateLimit
+from dago.config import ModelRateLimit, find_rate_limit, parse_rate_limits
 from dago.store.functions import RateOp, rate_limit_args
 from dago.v1 import execution_pb2, orchestrator_pb2
 from fake_anthropic import Error, FakeAnthropic
 from harness import (
+    ROOT,
     InProcessStack,
     MakeStack,
     RunningStack,
@@ -60,6 +61,21 @@ def worker_of(events: list[execution_pb2.Event]) -> set[str]:
 
 
 # --- the bucket (lua/ratelimit.lua) ---------------------------------------------------------
+
+
+def test_the_documented_limits_parse() -> None:
+    """docs/limits.md's example of DAGO_RATE_LIMITS is a valid value, and a bad one is refused
+    naming what is wrong."""
+    doc = (ROOT / "docs" / "limits.md").read_text()
+    example = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    limits = parse_rate_limits(example)
+    assert limits["anthropic/claude-sonnet-4-6"].requests_per_minute == 50
+    assert find_rate_limit(limits, "anthropic", "claude-opus-4-1") == ModelRateLimit()
+    assert find_rate_limit(limits, "openai", "gpt-5") is None
+    with pytest.raises(ValueError, match="requests_per_minute must be a non-negative number"):
+        parse_rate_limits('{"anthropic/x": {"requests_per_minute": -1}}')
+    with pytest.raises(ValueError, match="provider/model"):
+        parse_rate_limits('{"claude": {}}')
 
 
 async def test_the_bucket_grants_refuses_settles_and_pauses(redis_single: RedisServer) -> None:
