@@ -10,7 +10,7 @@ from dago.api.export import RedisRuns
 from dago.api.server import ApiServer
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
-from dago.config import Settings
+from dago.config import Settings, load_namespaces
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
@@ -31,7 +31,11 @@ from dago.worker.ratelimits import StoreLimiter
 
 
 def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
-    store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+    store = Store(
+        connect(settings),
+        Keys(settings.key_prefix, settings.shards),
+        load_namespaces(settings.namespaces_file),
+    )
     known = known_names(settings)
     options = CompileOptions(
         kinds=kind_checks(),
@@ -46,6 +50,7 @@ def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
         llm_provider=default_provider(settings),
         llm_model=settings.llm_model,
         allow_unknown_models=settings.allow_unknown_models,
+        max_depth=settings.max_graph_depth,
     )
     cel = CelCompiler(
         max_expression_tokens=settings.max_expression_tokens,

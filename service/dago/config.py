@@ -111,6 +111,7 @@ class Settings:
     max_inputs_bytes: int = 1024 * 1024
     max_events_per_graph: int = 100_000
     max_run_bytes: int = 64 * 1024 * 1024
+    max_graph_depth: int = 5
     max_node_bytes: int = 1024 * 1024
     max_value_bytes: int = 1024 * 1024
     max_event_bytes: int = 256 * 1024
@@ -121,6 +122,7 @@ class Settings:
     postgres_pool_size: int = 4
     archive_batch: int = 50
     migrate_at_start: bool = False
+    namespaces_file: str = ""
     rate_limits: str = ""
 
     @property
@@ -268,6 +270,101 @@ def _allow(v: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class NamespaceShare:
+    """One namespace's share of the service (DAGO_NAMESPACES_FILE): 0 means no cap."""
+
+    weight: float = 1.0
+    """Its share of the slots against other namespaces with work waiting."""
+    max_running_nodes: int = 0
+    """Work items of the namespace running at once; more wait in their queue."""
+    max_active_runs: int = 0
+    """Runs submitted or running at once; more submissions get RESOURCE_EXHAUSTED."""
+    daily_cost_usd: float = 0.0
+    """What its runs may cost per UTC day; past it new runs get RESOURCE_EXHAUSTED."""
+
+
+@dataclass(frozen=True)
+class NamespaceShares:
+    """Every namespace's share: those named, and the default for the others."""
+
+    named: dict[str, NamespaceShare] = field(default_factory=dict)
+    default: NamespaceShare = NamespaceShare()
+
+    def of(self, namespace: str) -> NamespaceShare:
+        """The share of ``namespace``."""
+        return self.named.get(namespace or "default", self.default)
+
+
+_SHARE_FIELDS = {
+    "weight": float,
+    "max_running_nodes": int,
+    "max_active_runs": int,
+    "daily_cost_usd": float,
+}
+
+
+def _share(raw: Any, where: str) -> NamespaceShare:
+    if raw is None:
+        return NamespaceShare()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: must be a mapping of {', '.join(_SHARE_FIELDS)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        kind = _SHARE_FIELDS.get(str(key))
+        if kind is None:
+            raise ValueError(f"{where}.{key}: unknown (use {', '.join(_SHARE_FIELDS)})")
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or (kind is int and not isinstance(value, int)) or value < 0:
+            raise ValueError(f"{where}.{key}: must be a non-negative {kind.__name__}")
+        values[str(key)] = kind(value)
+    if values.get("weight", 1.0) <= 0:
+        raise ValueError(f"{where}.weight: must be greater than 0")
+    return NamespaceShare(**values)
+
+
+def parse_namespaces(text: str, source: str = "DAGO_NAMESPACES_FILE") -> NamespaceShares:
+    """The shares a namespaces file holds (YAML, or JSON, which YAML reads); raises
+    ValueError naming the field that is wrong."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: cannot be read: {e}") from None
+    if not isinstance(data, dict) or not set(data) <= {"namespaces", "default"}:
+        raise ValueError(f"{source}: must be a mapping with namespaces and default")
+    named = data.get("namespaces") or {}
+    if not isinstance(named, dict):
+        raise ValueError(f"{source}: namespaces must map namespace names to shares")
+    out: dict[str, NamespaceShare] = {}
+    for name, raw in named.items():
+        if not NAMESPACE_NAME.fullmatch(str(name)):
+            raise ValueError(f"{source}: namespaces.{name}: not a namespace name")
+        out[str(name)] = _share(raw, f"{source}: namespaces.{name}")
+    return NamespaceShares(out, _share(data.get("default"), f"{source}: default"))
+
+
+def load_namespaces(path: str) -> NamespaceShares:
+    """The shares of the file DAGO_NAMESPACES_FILE names (empty: every namespace alike)."""
+    if not path:
+        return NamespaceShares()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"DAGO_NAMESPACES_FILE={path!r} cannot be read: {e}") from None
+    try:
+        return parse_namespaces(text, f"DAGO_NAMESPACES_FILE={path!r}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _namespaces_problem(v: Any) -> str | None:
+    try:
+        load_namespaces(v)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def _log_format(v: Any) -> str | None:
     return None if v in ("json", "console") else "must be json or console"
 
@@ -378,6 +475,12 @@ SETTINGS: dict[str, _Spec] = {
         secret=True,
     ),
     "postgres_pool_size": _Spec("Connections each process keeps to PostgreSQL.", _positive),
+    "namespaces_file": _Spec(
+        "YAML or JSON file of the namespaces' fair shares: `{namespaces: {<name>: {weight, "
+        "max_running_nodes, max_active_runs, daily_cost_usd}}, default: {...}}` (docs/limits.md, "
+        "Fair shares); empty: weight 1 and no caps for every namespace.",
+        lambda v: _namespaces_problem(v),
+    ),
     "archive_batch": _Spec("Finished runs archived to PostgreSQL per round.", _positive),
     "migrate_at_start": _Spec(
         "Apply PostgreSQL schema migrations when an API process starts, before it archives "
@@ -654,6 +757,11 @@ SETTINGS: dict[str, _Spec] = {
     "max_run_bytes": _Spec(
         "Bytes one run may store in Redis (definition, inputs, outputs, attempt records, "
         "events); a node whose output would pass it fails (ERROR_CLASS_LIMIT), and so its run.",
+        _positive,
+    ),
+    "max_graph_depth": _Spec(
+        "How deeply runs may nest (a subgraph node's child run is one level deeper than its "
+        "parent): refused at submit when the nesting is static, failed at run time otherwise.",
         _positive,
     ),
     "max_node_bytes": _Spec(

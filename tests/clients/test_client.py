@@ -486,6 +486,16 @@ async def test_waits_and_signals_with_both_clients(stack: InProcessStack) -> Non
     assert set(still) == {(gids[0], "hold"), (gids[1], "review"), (gids[2], "review")}
 
 
+async def test_a_priority_is_sent_by_submit_and_run(stack: InProcessStack) -> None:
+    async with AsyncDagoClient(target(stack)) as dago:
+        sub = await dago.submit(request([echo("a")]), priority=5)
+        assert (await dago.status(sub.graph_id)).priority == 5
+        events = [ev async for ev in dago.run(request([echo("a")]), priority=1)]
+        assert (await dago.status(events[0].graph_id)).priority == 1
+        sub = await dago.submit(request([echo("a")]))
+        assert (await dago.status(sub.graph_id)).priority == 3  # the server's default
+
+
 async def test_limits_with_both_clients(make_stack: MakeStack) -> None:
     """GetLimits through the async and the sync client: each configured model with its
     bucket's level (full: nothing called it yet)."""

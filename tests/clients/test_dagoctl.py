@@ -132,6 +132,15 @@ async def test_submit_and_watch_an_example_in_plain_lines(stack: InProcessStack)
     assert json.loads(out)["state"] == "GRAPH_STATE_COMPLETED"
 
 
+async def test_submit_with_a_priority(stack: InProcessStack) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "research.json"), "--priority", "4")
+    assert code == 0, err
+    assert (await stack.client.status(out.strip())).priority == 4
+    code, _, err = await ctl("submit", str(EXAMPLES / "research.json"), "--priority", "9")
+    assert code != 0 and "--priority" in err, err
+
+
 async def test_a_human_yaml_file_with_inputs(stack: InProcessStack, tmp_path: Path) -> None:
     ctl = ctl_for(stack)
     path = tmp_path / "greet.yaml"
@@ -689,6 +698,29 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
 
 
 @pytest.mark.slow
+async def test_status_links_parents_and_children_and_list_filters_by_parent(
+    stack: InProcessStack,
+) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "subgraph.json"), "--watch")
+    assert code == 0, err
+    gid = out.splitlines()[0].strip()
+    # The live view (plain lines) says which child run the node started, and how it ended.
+    started = re.search(r"(?m)^summarize: started child run (\S+) \(dagoctl watch \1\)$", out)
+    assert started is not None, out
+    assert f"summarize: child run {started.group(1)} completed" in out, out
+    code, out, _ = await ctl("list", "--parent", gid)
+    assert code == 0
+    rows = out.splitlines()[1:]
+    assert len(rows) == 1 and "summarizer" in rows[0], out
+    child = rows[0].split()[0]
+    assert child == started.group(1)
+    code, out, _ = await ctl("status", gid)
+    assert code == 0 and f"children summarize -> {child}" in out, out
+    st = await stack.client.status(child)
+    assert (st.parent_graph_id, st.parent_node_id) == (gid, "summarize")
+
+
 async def test_limits_table_and_json(make_stack: MakeStack) -> None:
     rl = '{"anthropic/*": {"requests_per_minute": 60, "output_tokens_per_minute": 6000}}'
     ctl = ctl_for(await make_stack(rate_limits=rl))

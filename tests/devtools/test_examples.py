@@ -31,6 +31,12 @@ EXPECTED: dict[str, dict[str, Any] | Callable[[dict[str, Any]], None]] = {
     "agent": lambda out: check_agent(out),
     # Rejected once (a revision), then edited: the edited text is published.
     "approval": {"published": "Wait nodes are here.", "approved_by": "anonymous", "edited": True},
+    # The child run summarises; the parent publishes the child's result.
+    "subgraph": {
+        "headline": "Brief for a small platform team",
+        "body": "[offline] 31 words: Summarise for a small platform team: Redis Streams keep "
+        "an append-only log…",
+    },
 }
 
 SIGNALS: dict[str, list[tuple[str, str, Any, str]]] = {

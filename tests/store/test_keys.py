@@ -15,6 +15,8 @@ from typing import Any
 
 from dago.engine.ids import parse_shard
 from dago.store.keys import Keys
+from dago.store.schema import Fair
+from dago.store.shares import today
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
     InProcessStack,
@@ -57,11 +59,19 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
         names[sk.watched] = "zset"
         names[sk.waits()] = "zset"
         names |= {sk.index(str(state)): "zset" for state in GRAPH_STATES}
+        # Fair dispatch (lua/fair.lua): the queues and the ready set are empty (gone) once
+        # every item was taken; the day's spend only after a run cost something.
+        names |= {sk.fair: "hash", sk.shares: "hash", sk.ready: "zset", sk.inflight: "hash"}
+        names |= {
+            sk.queue("default", p): "list" for p in range(Fair.PRIORITY_MIN, Fair.PRIORITY_MAX + 1)
+        }
+        names[sk.spend(today())] = "hash"
     for gid, rid in graphs.items():
         sk = keys.shard(graph_shard(gid))
         gk = sk.graph(gid)
         names |= {gk.meta: "hash", gk.nodes: "hash", gk.topo: "hash"}
         names[gk.events] = "stream"
+        names[gk.children] = "zset"
         assert set(gk.all()) <= set(names), gk.all()
         if rid:
             names[sk.request(rid)] = "hash"
@@ -172,10 +182,12 @@ async def check_layout(redis: Any, found: Iterable[str], keys: Keys, ran: Ran) -
     # Not vacuous: what these runs must have written is there, under the documented names.
     required = {keys.workers, keys.workers_seen}
     required |= {sk.work for sk in keys.all_shards()}  # consumer groups on every shard
+    required |= {sk.shares for sk in keys.all_shards()}  # written as processes start
     done = keys.shard(graph_shard(ran.completed))
-    required |= set(done.graph(ran.completed).all())
+    # Every key of a graph but its children's index (it has no subgraph nodes).
+    required |= set(done.graph(ran.completed).all()) - {done.graph(ran.completed).children}
     required |= {done.request(ran.graphs[ran.completed]), done.timers, done.index()}
-    required |= {done.notify, done.watched}
+    required |= {done.notify, done.watched, done.fair}
     required.add(done.index(str(execution_pb2.GRAPH_STATE_COMPLETED)))
     failed = keys.shard(graph_shard(ran.failed))
     fg = failed.graph(ran.failed)

@@ -256,6 +256,12 @@ class InProcessStack:
         self.client = Client(f"127.0.0.1:{api.port}")
         return self
 
+    def add_worker(self, name: str, **overrides: Any) -> None:
+        """Start one more worker (stopped with the stack): a stack made with ``workers=0``
+        lets a test queue work before anything takes it."""
+        settings = dataclasses.replace(self.settings, worker_id=name, **overrides)
+        self._tasks.append(asyncio.create_task(build_worker(settings).run(self._stop)))
+
     async def stop(self) -> None:
         """Stop the API and the workers (once); re-raise what one of them raised."""
         if self._stopped:

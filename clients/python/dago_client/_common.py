@@ -76,6 +76,8 @@ class RunFilters:
     """Only runs submitted from this stored definition (its name)."""
     definition_version: int = 0
     """With ``definition``: only runs of this version (0: any)."""
+    parent_graph_id: str = ""
+    """Only the child runs this run's subgraph nodes started."""
 
     def request(
         self, state: str | int | None, page_size: int, page_token: str
@@ -90,6 +92,7 @@ class RunFilters:
             min_cost_usd=self.min_cost_usd,
             definition=self.definition,
             definition_version=self.definition_version,
+            parent_graph_id=self.parent_graph_id,
         )
         if self.created_after is not None:
             req.created_after.FromDatetime(_utc(self.created_after))
@@ -158,10 +161,12 @@ def submit_request(
     validate_only: bool,
     definition: str | None = None,
     allow_deprecated: bool = False,
+    priority: int = 0,
 ) -> orchestrator_pb2.SubmitGraphRequest:
     """The SubmitGraphRequest to send (a graph, or a ``definition`` reference such as
-    ``name@prod``). Without a request_id one is generated, so that the call is idempotent
-    and can be retried safely when the server was unreachable."""
+    ``name@prod``; ``priority`` 1-5 orders the run's work within its namespace, 0 keeps the
+    request's or the server's default, 3). Without a request_id one is generated, so that
+    the call is idempotent and can be retried safely when the server was unreachable."""
     req = orchestrator_pb2.SubmitGraphRequest()
     if isinstance(graph, orchestrator_pb2.SubmitGraphRequest):
         req.CopyFrom(graph)
@@ -173,6 +178,8 @@ def submit_request(
         req.definition = definition
     if allow_deprecated:
         req.allow_deprecated = True
+    if priority:
+        req.priority = priority
     if inputs:
         merged = struct_pb2.Struct()
         merged.update(dict(req.inputs.items()) if req.HasField("inputs") else {})
@@ -256,17 +263,19 @@ def run_request(
     request_id: str | None,
     definition: str | None = None,
     allow_deprecated: bool = False,
+    priority: int = 0,
 ) -> orchestrator_pb2.RunGraphRequest:
     """The RunGraphRequest to send (batch mode): the SubmitGraphRequest ``submit_request``
     builds (a graph or a ``definition`` reference), with its generated request_id, so that
     resending it names the same run."""
-    sub = submit_request(graph, inputs, request_id, False, definition, allow_deprecated)
+    sub = submit_request(graph, inputs, request_id, False, definition, allow_deprecated, priority)
     req = orchestrator_pb2.RunGraphRequest(
         inputs=sub.inputs,
         request_id=sub.request_id,
         batch=True,
         definition=sub.definition,
         allow_deprecated=sub.allow_deprecated,
+        priority=sub.priority,
     )
     if sub.HasField("graph"):
         req.graph.CopyFrom(sub.graph)

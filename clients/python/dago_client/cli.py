@@ -181,6 +181,8 @@ class Cli:
                 req.inputs.update(inputs)
         else:
             req = load_request(self.args.file, inputs)
+        if self.args.priority:
+            req.priority = self.args.priority
         if self.args.watch and req.definition:
             resp = self.client.submit(req, request_id=self.args.request_id)
             print(resp.graph_id, file=self.err)
@@ -297,6 +299,13 @@ class Cli:
         if st.HasField("definition"):
             d = st.definition
             self.print(f"from     {d.name}@{d.version} (digest {d.digest[:12]})")
+        if st.parent_graph_id:
+            self.print(
+                f"parent   {st.parent_graph_id} (node {st.parent_node_id}, depth {st.depth})"
+            )
+        children = [f"{n.node_id} -> {n.child_graph_id}" for n in st.nodes if n.child_graph_id]
+        if children:
+            self.print(f"children {', '.join(children)}")
         if st.HasField("error") and st.error.message:
             self.print(f"error    {st.error.message}")
         self.print("")
@@ -364,7 +373,7 @@ class Cli:
 
     def list(self) -> int:
         """``list``: runs, newest first, every page fetched up to --limit (filters: --state,
-        --since, --until, --name, --meta K=V, --min-cost)."""
+        --since, --until, --name, --meta K=V, --min-cost, --definition, --parent)."""
         limit = self.args.limit or None
         def_name, _, def_version = (self.args.definition or "").partition("@")
         if def_version and not def_version.isdigit():
@@ -377,6 +386,7 @@ class Cli:
             min_cost_usd=self.args.min_cost,
             definition=def_name,
             definition_version=int(def_version) if def_version else 0,
+            parent_graph_id=self.args.parent or "",
         )
         runs = list(
             self.client.list_graphs(
@@ -697,6 +707,13 @@ def parser() -> argparse.ArgumentParser:
     )
     inputs(s)
     s.add_argument("--request-id", help="idempotency key (default: a new one)")
+    s.add_argument(
+        "--priority",
+        type=int,
+        choices=range(1, 6),
+        metavar="1-5",
+        help="the run's priority within its namespace, higher first (default: the server's, 3)",
+    )
     s.add_argument("-w", "--watch", action="store_true", help="then watch it live")
     s.add_argument("--wait", action="store_true", help="then wait for the end (exit by state)")
     s.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
@@ -736,6 +753,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ls.add_argument("--min-cost", type=float, default=0.0, help="cost at least this (USD)")
     ls.add_argument("--definition", help="only runs of this stored definition (NAME or NAME@V)")
+    ls.add_argument("--parent", metavar="ID", help="only the child runs of run ID")
     df = sub.add_parser("def", help="stored, versioned graph definitions")
     df_sub = df.add_subparsers(dest="def_action", required=True, metavar="ACTION")
     pub = df_sub.add_parser("publish", help="publish a graph file as the next version of NAME")

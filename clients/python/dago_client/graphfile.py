@@ -64,6 +64,10 @@ def _node(node_id: str | None, spec: Any, where: str) -> dict[str, Any]:
         node.setdefault("id", node_id)
     if isinstance(node.get("tool"), str):
         node["tool"] = {"name": node["tool"]}
+    sub = node.get("subgraph")
+    if isinstance(sub, dict) and "graph" in sub:
+        # A child's graph is written with the same conveniences as the file's own.
+        node["subgraph"] = {**sub, "graph": _graph(sub["graph"], f"{where}.subgraph.graph")}
     return node
 
 

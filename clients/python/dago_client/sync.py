@@ -120,13 +120,17 @@ class DagoClient:
         request_id: str | None = None,
         validate_only: bool = False,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> orchestrator_pb2.SubmitGraphResponse:
         """Submit a graph (or a whole SubmitGraphRequest), or a stored definition by
         reference (``definition="name@prod"``: a name, ``name@7``, ``name@label`` or
         ``name@latest``; ``allow_deprecated`` to run a deprecated version); ``inputs`` are
-        merged into its inputs. Without a request_id one is generated, which makes retries
-        safe."""
-        req = submit_request(graph, inputs, request_id, validate_only, definition, allow_deprecated)
+        merged into its inputs; ``priority`` (1-5, higher first) orders the run's work within
+        its namespace (0: the server's default, 3). Without a request_id one is generated,
+        which makes retries safe."""
+        req = submit_request(
+            graph, inputs, request_id, validate_only, definition, allow_deprecated, priority
+        )
         return self._call(self.stub.SubmitGraph, req, idempotent=True, deadline_s=deadline_s)
 
     # --- stored definitions (DefinitionService, docs/definitions.md) ---------------------
@@ -493,6 +497,7 @@ class DagoClient:
         request_id: str | None = None,
         definition: str | None = None,
         allow_deprecated: bool = False,
+        priority: int = 0,
         heartbeats: bool = False,
         idle_timeout_s: float | None = 60.0,
         max_resumes: int = 20,
@@ -500,7 +505,7 @@ class DagoClient:
     ) -> Iterator[execution_pb2.Event]:
         """Submit a graph and stream its events in one call (RunGraph), as
         :meth:`AsyncDagoClient.run`: the first event carries the run's graph_id."""
-        req = run_request(graph, inputs, request_id, definition, allow_deprecated)
+        req = run_request(graph, inputs, request_id, definition, allow_deprecated, priority)
         graph_id = ""
 
         def open_call(last: int) -> Any:

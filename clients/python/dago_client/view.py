@@ -164,6 +164,14 @@ class RunView:
             how = " (timed out)" if sr.timed_out else ""
             said = f": {_short(sr.comment)}" if sr.comment else ""
             out.append(f"{nid}: decision {sr.decision!r} by {sr.actor}{how}{said}")
+        elif kind == "child_started" and row is not None:
+            child = ev.child_started.child_graph_id
+            row.state, row.note = "waiting", f"child {child}"
+            out.append(f"{nid}: started child run {child} (dagoctl watch {child})")
+        elif kind == "child_ended" and row is not None:
+            ce = ev.child_ended
+            row.state = "queued"
+            out.append(f"{nid}: child run {ce.child_graph_id} {state_name(ce.state)}")
         elif kind == "router_decision" and row is not None:
             d = ev.router_decision
             conf = f", confidence {d.confidence:.2f}" if d.confidence else ""

@@ -137,12 +137,12 @@ def unauthenticated(reason: str, message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, message, [info])
 
 
-def resource_exhausted(subject: str, description: str, limit: int) -> ApiError:
+def resource_exhausted(subject: str, description: str, limit: float) -> ApiError:
     """RESOURCE_EXHAUSTED (HTTP 429 through Envoy) with a QuotaFailure naming the quota."""
     qf = error_details_pb2.QuotaFailure()
     qf.violations.add(subject=subject, description=description)
     info = error_details_pb2.ErrorInfo(reason="QUOTA_EXCEEDED", domain="dago.v1")
-    info.metadata["limit"] = str(limit)
+    info.metadata["limit"] = str(limit) if isinstance(limit, int) else f"{limit:g}"
     return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, description, [qf, info])
 
 

@@ -84,6 +84,7 @@ def run_filter(request: orchestrator_pb2.ListGraphsRequest, namespace: str) -> R
         min_cost_usd=request.min_cost_usd,
         definition=request.definition,
         definition_version=request.definition_version,
+        parent_graph_id=request.parent_graph_id,
     )
 
 

@@ -21,8 +21,10 @@ from dago.api import fork as fork_rules
 from dago.api.admission import FairGate, QueueFull
 from dago.api.archived import ArchivedReads
 from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
+from dago.api.children import has_references, pin_references
 from dago.api.definitions import DefinitionServicer, parse_reference
 from dago.api.errors import guard, guard_stream
+from dago.api.quotas import Quotas
 from dago.api.views import (
     RUNNING_FIELDS,
     TERMINAL_STATES,
@@ -55,7 +57,7 @@ from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import Entries, batched, decode, error_from
 from dago.store.functions import RateOp, SignalArgs, Signalled, SubmitArgs, rate_limit_args
-from dago.store.schema import Decision, Meta, Node, Request
+from dago.store.schema import Decision, Fair, Meta, Node, Request
 from dago.store.schema import Wait as StoredWait
 from dago.store.store import DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
@@ -93,6 +95,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> None:
         self._auth = auth
         self._metrics = metrics
+        self._quotas = Quotas(store, settings, metrics)
         # Runs Redis no longer holds: answered from PostgreSQL when DAGO_POSTGRES_URL is set.
         self._archive = archive or ArchivedReads(None, auth, settings)
         self._gate = gate
@@ -211,6 +214,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if len(rid) > 128 or not rid.isprintable():
             raise errors.invalid_field("request_id", "use at most 128 printable characters")
         namespace = self._auth.current()
+        priority = request.priority or Fair.PRIORITY_DEFAULT
+        if not Fair.PRIORITY_MIN <= priority <= Fair.PRIORITY_MAX:
+            raise errors.invalid_field(
+                "priority",
+                f"must be {Fair.PRIORITY_MIN} to {Fair.PRIORITY_MAX} (higher first), or 0 for "
+                f"the default {Fair.PRIORITY_DEFAULT}",
+            )
         digest = _body_digest(request) if rid else ""  # only a request_id is checked against it
         if fork is not None and rid:
             digest = fork.digest
@@ -231,6 +241,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             request = resolved
         elif not request.HasField("graph"):
             raise errors.invalid_field("graph", "is required (or give a definition)")
+        if has_references(request.graph):
+            # Subgraph bodies by reference: resolved and pinned now (api/children.py).
+            pinned = type(request).FromString(request.SerializeToString())
+            allow = request.allow_deprecated
+
+            async def resolve(reference: str, at: str) -> definitions_pb2.DefinitionVersion:
+                return await self._resolve(reference, allow, at)
+
+            await pin_references(pinned.graph, resolve, self._settings.max_graph_depth)
+            request = pinned
         inputs, raw_inputs, raw_def, compiled = await self._check(request, fork=fork)
         if isinstance(request, orchestrator_pb2.SubmitGraphRequest) and request.validate_only:
             return orchestrator_pb2.SubmitGraphResponse()
@@ -246,19 +266,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             running = set(fork.plan.run)
             entries = [n for n in entries if n in running]
 
-        limit = self._settings.max_active_graphs
-        if limit and (
-            await self._store.active_graphs(
-                namespace, (execution_pb2.GRAPH_STATE_SUBMITTED, execution_pb2.GRAPH_STATE_RUNNING)
-            )
-            >= limit
-        ):
-            raise errors.resource_exhausted(
-                f"namespace:{namespace}",
-                f"namespace {namespace!r} already has {limit} graphs submitted or running (the "
-                "limit is DAGO_MAX_ACTIVE_GRAPHS); retry when some have finished",
-                limit,
-            )
+        await self._quotas.check(namespace)
         shards = self._settings.shards
         # The request record and the graph share a slot so one script checks and creates.
         scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
@@ -297,6 +305,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             def_name=ref.name if ref else "",
             def_version=ref.version if ref else 0,
             def_digest=ref.digest if ref else "",
+            priority=priority,
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
@@ -383,14 +392,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
 
     async def _resolve(
-        self, reference: str, allow_deprecated: bool
+        self, reference: str, allow_deprecated: bool, field: str = "definition"
     ) -> definitions_pb2.DefinitionVersion:
-        """The version a SubmitGraphRequest.definition names, with its graph; NOT_FOUND for
-        an unknown one, FAILED_PRECONDITION for a deprecated one unless allowed."""
-        name, selector = parse_reference(reference)
-        found = await self.definitions.reads.resolve(
-            self._auth.current(), name, selector, "definition"
-        )
+        """The version a SubmitGraphRequest.definition (or a subgraph node's, at ``field``)
+        names, with its graph; NOT_FOUND for an unknown one, FAILED_PRECONDITION for a
+        deprecated one unless allowed."""
+        name, selector = parse_reference(reference, field)
+        found = await self.definitions.reads.resolve(self._auth.current(), name, selector, field)
         if found.deprecated and not allow_deprecated:
             raise errors.failed_precondition(
                 "DEFINITION_DEPRECATED",

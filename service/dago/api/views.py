@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
+from dago.engine.result import run_result
 from dago.history.listing import definition_ref
 from dago.store.events import error_from, usage_from
-from dago.store.schema import Meta, Node, Record, Usage, Wait
+from dago.store.schema import Fair, Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
-from dago.store.values import NotJson, dumps, set_value
+from dago.store.values import set_value
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
 TERMINAL_STATES = frozenset(
@@ -69,6 +69,10 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
         steps=_int(_meta(meta, Meta.STEPS)),
         request_id=_str(_meta(meta, Meta.REQUEST_ID)),
         forked_from=_str(_meta(meta, Meta.FORKED_FROM)),
+        parent_graph_id=_str(_meta(meta, Meta.PARENT_GRAPH)),
+        parent_node_id=_str(_meta(meta, Meta.PARENT_NODE)),
+        depth=_int(_meta(meta, Meta.DEPTH)),
+        priority=_int(_meta(meta, Meta.PRIORITY)) or Fair.PRIORITY_DEFAULT,
     )
     _ts(st.create_time, _meta(meta, Meta.CREATED))
     _ts(st.start_time, _meta(meta, Meta.STARTED))
@@ -98,6 +102,7 @@ def _node_status(
         iteration=_int(get(Node.ITERATION)),
         route=_str(get(Node.ROUTE)),
         reused=get(Node.REUSED) == b"1",
+        child_graph_id=_str(get(Node.CHILD)),
     )
     _ts(ns.start_time, get(Node.STARTED))
     _ts(ns.end_time, get(Node.ENDED))
@@ -210,22 +215,5 @@ def graph_result(
     compiled = loaded.compiled
     if compiled is None:
         return res
-    if compiled.output:
-        data = {
-            "inputs": loaded.inputs,
-            "nodes": {n: {"output": v} for n, v in outputs.items()},
-            "graph": {"id": graph_id, "name": compiled.proto.name},
-        }
-        mapped: dict[str, Any] = {}
-        for name, expr in compiled.output.items():
-            try:
-                mapped[name] = expr.evaluate(data)
-                dumps(mapped[name])  # NaN or Infinity (1.0/0.0) would break every JSON reader
-            except (EvalError, NotJson):
-                # A node the mapping reads was skipped or failed, or the value is not a
-                # number JSON can hold: the entry is null.
-                mapped[name] = None
-        res.output.update(mapped)
-    else:
-        res.output.update({n: outputs[n] for n in compiled.sinks if n in outputs})
+    res.output.update(run_result(compiled, graph_id, loaded.inputs, outputs))
     return res

@@ -380,6 +380,7 @@ def _compile_nodes(
             llm_cache_ttl=graph.defaults.llm_cache_ttl,
             waits=parts.waits,
             inline=parts.inline,
+            child=parts.child,
         )
     for cn in compiled.values():
         refs = cn.inputs.refs

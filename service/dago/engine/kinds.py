@@ -16,7 +16,7 @@ from typing import Protocol
 
 from dago.engine.cel import CelCompiler, Expression, Scope, Template
 from dago.engine.checker import Checker
-from dago.engine.model import CompileOptions, OutEdge
+from dago.engine.model import CompiledGraph, CompileOptions, OutEdge
 from dago.v1 import graph_pb2
 
 
@@ -66,6 +66,8 @@ class KindParts:
     inline: bool = False
     """The node's attempts never wait, so a worker runs them inline (``CompiledNode.inline``:
     its work item is delivered without a start of its own)."""
+    child: CompiledGraph | None = None
+    """A subgraph node's graph, compiled one level deeper (``CompiledNode.child``)."""
 
 
 class KindCheck(Protocol):

@@ -54,6 +54,8 @@ class CompiledNode:
     them inline, and the functions deliver its work items without a start: the call that
     applies the result starts and completes the attempt at once (``StartPlan.INLINE`` in its
     start plan). The one place that decides which nodes are inline."""
+    child: CompiledGraph | None = None
+    """A subgraph node's graph, compiled (``KindParts.child``): the child run's topology."""
 
 
 @dataclass
@@ -98,3 +100,8 @@ class CompileOptions:
     """The model of model nodes that name none (empty: the provider's default)."""
     allow_unknown_models: bool = False
     """Accept Claude models the catalogue does not know (else refused at submit)."""
+    max_depth: int = 5
+    """How deeply runs may nest (DAGO_MAX_GRAPH_DEPTH): a subgraph node's graph is one level
+    deeper than the graph holding it."""
+    depth: int = 0
+    """The nesting level of the graph being compiled (0: a run a client submitted)."""

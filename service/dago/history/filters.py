@@ -52,6 +52,8 @@ class RunFacts:
     definition_name: str = ""
     """The definition the run was submitted from ("" for a graph sent whole)."""
     definition_version: int = 0
+    parent_graph_id: str = ""
+    """The run that started this one ("" for a run a client submitted)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class RunFilter:
     """Only runs submitted from this definition name."""
     definition_version: int = 0
     """With ``definition``: only runs of this version (0: any)."""
+    parent_graph_id: str = ""
+    """Only the child runs of this run."""
 
     @property
     def needs_metadata(self) -> bool:
@@ -92,6 +96,7 @@ class RunFilter:
             ]
             # Only when set: tokens made before definitions existed stay valid.
             + ([self.definition, self.definition_version] if self.definition else [])
+            + ([self.parent_graph_id] if self.parent_graph_id else [])
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -110,6 +115,8 @@ class RunFilter:
         if self.definition and run.definition_name != self.definition:
             return False
         if self.definition_version and run.definition_version != self.definition_version:
+            return False
+        if self.parent_graph_id and run.parent_graph_id != self.parent_graph_id:
             return False
         if self.metadata:
             meta = run.metadata or {}
@@ -142,6 +149,9 @@ class RunFilter:
         if self.definition_version:
             parts.append(sql.SQL("definition_version = %s"))
             params.append(self.definition_version)
+        if self.parent_graph_id:
+            parts.append(sql.SQL("parent_graph_id = %s"))
+            params.append(self.parent_graph_id)
         for key, value in self.metadata:
             # jsonb containment (the GIN index dago_runs_metadata): one document per JSON
             # value the text can stand for; numbers compare as numbers (1 contains 1.0).

@@ -31,9 +31,10 @@ from typing import Any
 from google.protobuf import json_format
 from psycopg import sql
 
+from dago.engine.ids import parse_shard
 from dago.history.db import HistoryDb
 from dago.history.filters import RunFacts, RunFilter, datetime_ms, ms_datetime
-from dago.store.schema import Meta, Usage
+from dago.store.schema import Fair, Meta, Usage
 from dago.store.store import Store
 from dago.v1 import definitions_pb2, execution_pb2, graph_pb2, orchestrator_pb2
 
@@ -116,15 +117,18 @@ class RunListing:
             high = top if high is None else min(high, top)
         extra = (Meta.DEFINITION,) if f.needs_metadata else ()
         budget = max(1, self._budget // 5) if f.needs_metadata else self._budget
-        filtered = f.name or f.metadata or f.min_cost_usd
+        filtered = f.name or f.metadata or f.min_cost_usd or f.parent_graph_id
+        if f.parent_graph_id and parse_shard(f.parent_graph_id, self._shards) != shard:
+            return Part([], None)  # children live on their parent's shard
         batch = min(_METADATA_BATCH if f.needs_metadata else _BATCH, budget) if filtered else want
         state = execution_pb2.GraphState.Value(f"GRAPH_STATE_{f.state}") if f.state else 0
         runs: list[Listed] = []
         offset = scanned = read = 0
         while True:
             entries = await self._store.index_range(
-                shard, f.namespace, state, high, f.created_after_ms, offset, batch
-            )
+                shard, f.namespace, state, high, f.created_after_ms, offset, batch,
+                f.parent_graph_id,
+            )  # fmt: skip
             offset += len(entries)
             # Ties with the cursor's millisecond: only the ids after it (index order).
             later = [(gid, ms) for gid, ms in entries if after is None or (ms, gid) < after]
@@ -156,7 +160,8 @@ class RunListing:
         query = sql.SQL(
             "SELECT graph_id, namespace, name, request_id, state, created_at, ended_at, steps,"
             " input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd,"
-            " definition_name, definition_version, definition_digest"
+            " definition_name, definition_version, definition_digest, parent_graph_id,"
+            " parent_node_id"
             ' FROM dago_runs WHERE {} ORDER BY created_at DESC, graph_id COLLATE "C" DESC'
             " LIMIT %s"
         ).format(where)
@@ -183,6 +188,7 @@ def _facts(meta: dict[bytes, bytes], created_ms: int, with_metadata: bool) -> Ru
         metadata=metadata,
         definition_name=_text(meta, Meta.DEF_NAME),
         definition_version=_int(meta, Meta.DEF_VERSION),
+        parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
     )
 
 
@@ -216,6 +222,9 @@ def summary_from_meta(
         namespace=namespace,
         steps=_int(meta, Meta.STEPS),
         forked_from=_text(meta, Meta.FORKED_FROM),
+        parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
+        parent_node_id=_text(meta, Meta.PARENT_NODE),
+        priority=_int(meta, Meta.PRIORITY) or Fair.PRIORITY_DEFAULT,
     )
     for field, ts in ((Meta.CREATED, s.create_time), (Meta.ENDED, s.end_time)):
         if _int(meta, field):
@@ -239,6 +248,8 @@ def summary_from_row(row: dict[str, Any]) -> orchestrator_pb2.GraphSummary:
         request_id=row["request_id"],
         namespace=row["namespace"],
         steps=row["steps"],
+        parent_graph_id=row["parent_graph_id"] or "",
+        parent_node_id=row["parent_node_id"] or "",
     )
     s.create_time.FromMilliseconds(datetime_ms(row["created_at"]))
     s.end_time.FromMilliseconds(datetime_ms(row["ended_at"]))

@@ -105,9 +105,9 @@ INSERT INTO dago_runs (
     graph_id, namespace, name, request_id, state, created_at, started_at, ended_at, metadata,
     input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd, steps,
     event_count, graph_json, inputs_json, status_json, result_json,
-    definition_name, definition_version, definition_digest
+    definition_name, definition_version, definition_digest, parent_graph_id, parent_node_id
 ) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-    %s, %s, %s)
+    %s, %s, %s, %s, %s)
 ON CONFLICT (graph_id) DO NOTHING
 RETURNING graph_id
 """
@@ -138,6 +138,7 @@ async def write_run(
         u.cache_creation_input_tokens, u.cache_read_input_tokens, u.cost_usd, st.steps,
         len(run.events), _json(run.graph), _json(run.inputs), _json(st), _json(run.result),
         st.definition.name or None, st.definition.version or None, st.definition.digest or None,
+        st.parent_graph_id or None, st.parent_node_id or None,
     )  # fmt: skip
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute(_RUN, row)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from dago.config import Settings
 from dago.engine.kinds import KindCheck
-from dago.nodes import agent, http, llm, router, tool, wait
+from dago.nodes import agent, http, llm, router, subgraph, tool, wait
 from dago.nodes.base import NodeDeps, NodeHandler, NodeKind
 from dago.nodes.http import SafeHttp
 from dago.nodes.llm import ModelCaller
@@ -29,6 +29,7 @@ KINDS: tuple[NodeKind, ...] = (
     http.KIND,
     router.KIND,
     wait.KIND,
+    subgraph.KIND,
 )
 """In the proto's order, which is the order error messages list them in."""
 

@@ -74,6 +74,9 @@ class NodeResult:
     wait: Any = None
     """A wait node that found no decision: what it waits for (``dago.nodes.wait.WaitRequest``);
     the worker puts the node in WAITING instead of completing it (``value`` is unused)."""
+    child: Any = None
+    """A subgraph node that found no outcome of a child for its attempt: the child run to
+    start (``dago.nodes.subgraph.ChildRun``); the worker starts it and parks the node."""
 
 
 Inline = Callable[[NodeContext], NodeResult]

@@ -153,6 +153,12 @@ class Metrics:
             "not_found).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.submits_refused = Counter(
+            "dago_submits_refused",
+            "Submissions refused with RESOURCE_EXHAUSTED by a namespace's quota, by reason "
+            "(active_runs, daily_cost).",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.throttled = Counter(
             "dago_llm_throttled",
             "LLM calls a model rate limit had no room for (the node was queued again), by "

@@ -121,6 +121,19 @@ def _reused(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.skipped = bool(d.get(Detail.SKIPPED, False))
 
 
+def _child_started(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.child_started
+    p.SetInParent()
+    p.child_graph_id = str(d.get(Detail.CHILD, ""))
+
+
+def _child_ended(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.child_ended
+    p.SetInParent()
+    p.child_graph_id = str(d.get(Detail.CHILD, ""))
+    p.state = execution_pb2.GraphState.ValueType(int(d.get(Detail.CHILD_STATE) or 0))
+
+
 def _completed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_completed.SetInParent()
     usage_from(d.get(Detail.USAGE), ev.graph_completed.usage)
@@ -282,6 +295,8 @@ _PAYLOADS = {
     "node_waiting": _waiting,
     "signal_received": _signal,
     "node_reused": _reused,
+    "child_started": _child_started,
+    "child_ended": _child_ended,
     "node_throttled": _throttled,
 }
 

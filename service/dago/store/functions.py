@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -50,7 +50,7 @@ def _flat(
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
-SHARED = ("prelude", "core", "graph", "attempts", "waits")
+SHARED = ("prelude", "core", "fair", "graph", "attempts", "waits", "children")
 """The library's shared code, in load order (each entry script is a function's body)."""
 
 
@@ -62,6 +62,9 @@ class Outcome(StrEnum):
     WAIT = "wait"
     """A wait node found no decision for its iteration: its ``Result.output`` is the wait
     (``wait_arg``), reported with ``wait`` instead of ``apply``."""
+    SPAWN = "spawn"
+    """A subgraph node found no child outcome for its attempt: it starts its child run
+    (``Spawning``), reported with ``spawn`` instead of ``apply``."""
 
 
 # --- arguments --------------------------------------------------------------------------
@@ -117,6 +120,8 @@ class SubmitArgs(NamedTuple):
     """The definition the run was submitted from (empty: a graph sent whole)."""
     def_version: int = 0
     def_digest: str = ""
+    priority: int = 3
+    """The run's priority (``schema.Fair``: 1-5, higher first within its namespace)."""
 
 
 class PublishArgs(NamedTuple):
@@ -288,6 +293,57 @@ class Waiting(NamedTuple):
     """What the node keeps while it waits (an agent's conversation, JSON), or ""."""
 
 
+class Spawning(NamedTuple):
+    """``spawn``: a subgraph node's attempt that starts its child run and parks the node
+    (WAITING, its work item acked), fenced on the attempt's execution; the child's topology
+    field/value pairs follow. The child lives on the parent's shard; its namespace,
+    retention, event and byte limits, archiving and trace come from the parent, its deadline
+    is the sooner of its own and the parent's."""
+
+    worker: str
+    max_depth: int
+    """DAGO_MAX_GRAPH_DEPTH: a child deeper than this fails the attempt (not retried)."""
+    msg_id: bytes
+    graph_id: str
+    """The parent run."""
+    node: str
+    attempt: int
+    iteration: int
+    execution: int
+    instance: str
+    """The parent node run's instance (a map item; "" for a subgraph node)."""
+    input: str
+    """The rendered input (JSON): the child's inputs."""
+    child_id: str
+    """A fresh id on the parent's shard (used only when the attempt has no child yet)."""
+    name: str
+    definition: bytes
+    node_ids: str
+    start_plans: str
+    entries: str
+    max_steps: int
+    max_tokens: int
+    max_cost: str
+    deadline_ms: int
+    def_name: str
+    def_version: int
+    def_digest: str
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """A subgraph node's attempt that starts its child run, as the worker reports it: the
+    ``spawn`` arguments and the child's topology (field/value pairs)."""
+
+    args: Spawning
+    topology: Mapping[str, str]
+
+    @property
+    def msg_id(self) -> bytes:
+        """The attempt's work item."""
+        return self.args.msg_id
+
+
 class ThrottleArgs(NamedTuple):
     """``throttle``: put attempts a model rate limit refused back in QUEUED until their
     not-before time (``ThrottledAttempt`` items follow), fenced on their executions; their work
@@ -412,6 +468,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "deadletter": (DeadLetterArgs, None),
     "prune": (PruneArgs, Consumer),
     "wait": (WaitArgs, Waiting),
+    "spawn": (Spawning, None),
     "throttle": (ThrottleArgs, ThrottledAttempt),
     "ratelimit": (RateLimitArgs, None),
     "signal": (SignalArgs, None),

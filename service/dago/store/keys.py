@@ -100,6 +100,41 @@ class ShardKeys:
         """Idempotency record of a SubmitGraph request_id (request ids are per namespace)."""
         return f"{self._ns(namespace)}:req:{request_id}"
 
+    def queue(self, namespace: str, priority: int) -> str:
+        """List of a namespace's work items of one priority waiting to start, oldest first
+        (each a JSON array: the time it was queued (ms), then the work entry's field/value
+        pairs): ``take`` moves them to
+        ``work`` in fair turns (``lua/fair.lua``)."""
+        return f"{self.tag}:q:{namespace or 'default'}:{priority}"
+
+    @property
+    def ready(self) -> str:
+        """Sorted set of the namespaces with queued work items, by pass (virtual time)."""
+        return f"{self.tag}:ready"
+
+    @property
+    def fair(self) -> str:
+        """Hash of the shard's fair dispatch state (``dago.store.schema.Fair``): running
+        items per namespace, the virtual time."""
+        return f"{self.tag}:fair"
+
+    @property
+    def inflight(self) -> str:
+        """Hash of the started work items (``work`` entry id -> namespace), so an ack counts
+        one less running item of the right namespace."""
+        return f"{self.tag}:inflight"
+
+    @property
+    def shares(self) -> str:
+        """Hash of the namespaces' weights and running caps on this shard
+        (``dago.store.schema.Fair``), written from DAGO_NAMESPACES_FILE as processes start."""
+        return f"{self.tag}:shares"
+
+    def spend(self, day: int) -> str:
+        """Hash of what each namespace's runs cost on one UTC day (days since the epoch),
+        USD: charged as attempts apply their usage; expires two days after that day."""
+        return f"{self.tag}:spend:{day}"
+
     def graph(self, graph_id: str) -> GraphKeys:
         """Keys of one graph on this shard."""
         return GraphKeys(f"{self.tag}:g:{graph_id}")
@@ -133,9 +168,14 @@ class GraphKeys:
         """Stream: the graph's event log, entry ids ``0-<seq>``."""
         return f"{self.base}:e"
 
+    @property
+    def children(self) -> str:
+        """Sorted set: the child runs the graph's subgraph nodes started, by creation time."""
+        return f"{self.base}:c"
+
     def all(self) -> tuple[str, ...]:
         """Every key of the graph (for expiry)."""
-        return (self.meta, self.nodes, self.topo, self.events)
+        return (self.meta, self.nodes, self.topo, self.events, self.children)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,19 @@ class Meta:
     ARCHIVE: Final = "arch"
     """``1``: the run is archived to PostgreSQL when it ends, and expires only after that
     (``ShardKeys.archive``); else ``0`` (or absent, for runs submitted before archiving)."""
+    PARENT: Final = "parent"
+    """A child run's parent link (a subgraph node's run): the parent node run's address
+    ``<graph>|<node>|<iteration>|<attempt>|<execution>|<instance>`` (instance empty but for
+    a map item); absent for a run a client submitted."""
+    PARENT_GRAPH: Final = "pg"
+    """The parent run's id (the link's first part, kept apart for reads)."""
+    PARENT_NODE: Final = "pn"
+    """The parent node's id."""
+    DEPTH: Final = "depth"
+    """How deeply the run is nested (absent: 0, a run a client submitted)."""
+    PRIORITY: Final = "prio"
+    """The run's priority (``Fair.PRIORITY_MIN``..``PRIORITY_MAX``; absent: the default),
+    which orders its work within its namespace; runs it starts read it to inherit it."""
 
 
 class Usage:
@@ -121,6 +134,11 @@ class Node:
     ``OUTPUT``) when it starts: its conversation kept while it waits (JSON, written by the
     ``wait`` function with the wait; see ``dago.nodes.agent``), so any worker resumes it.
     Replaced by the node's next wait; removed with the graph's keys."""
+    CHILD: Final = ":ch"
+    """A subgraph node's child run of its current attempt; ``<node>:ch<iteration>:<attempt>``
+    is the child of that attempt (what a redelivered attempt finds instead of starting
+    another). The child's outcome, when it ends, is recorded where a wait node's decision is
+    (``DECISION_REF``; JSON, ``ChildOutcome``)."""
     THROTTLED: Final = ":q"
     """When a node throttled by a model rate limit (QUEUED, no work item) is queued again
     (ms): written by the ``throttle`` function, read by the status views."""
@@ -193,6 +211,24 @@ class Decision:
     """When the node had started waiting (ms): the wait's duration is ``AT - SINCE``."""
     STEP: Final = "step"
     """The decided wait's ``Wait.STEP``."""
+
+
+class ChildOutcome:
+    """Keys of a subgraph node's recorded child outcome (JSON, ``<node>:w:o``; see
+    ``Node.CHILD``): written when the child run ends, read by the node's next start."""
+
+    ITERATION: Final = "i"
+    ATTEMPT: Final = "a"
+    GRAPH: Final = "g"
+    """The child run's id."""
+    STATE: Final = "s"
+    """Its end state (a GraphState number)."""
+    OUTPUTS: Final = "o"
+    """Its completed nodes' outputs by node id (when it completed)."""
+    USAGE: Final = "u"
+    """Its usage (``UsageJson``), its own children's included."""
+    ERROR: Final = "e"
+    """Its error (``Error``), when it failed or was cancelled with one."""
 
 
 class UsageJson:
@@ -283,6 +319,10 @@ class Detail:
     SIGNAL_ID: Final = "signal_id"
     COMMENT: Final = "comment"
     TIMED_OUT: Final = "timed_out"
+    CHILD: Final = "child"
+    """child_started, child_ended: the child run's id."""
+    CHILD_STATE: Final = "child_state"
+    """child_ended: the child run's end state (a GraphState number)."""
     WAIT_MS: Final = "wait_ms"
     """node_throttled: how long until the node is queued again (also PROVIDER, MODEL, REASON)."""
 
@@ -424,6 +464,27 @@ class LoopTopology:
     """``[edge index, to]`` of the exit edges this loop owns."""
 
 
+class Fair:
+    """Fair dispatch between namespaces (``lua/fair.lua``): the fields of a shard's
+    ``ShardKeys.fair`` and ``ShardKeys.shares`` hashes, and the priorities."""
+
+    PRIORITY_MIN: Final = 1
+    PRIORITY_MAX: Final = 5
+    PRIORITY_DEFAULT: Final = 3
+    """What priority 0 (unset) means."""
+    RUNNING: Final = "r|"
+    """``r|<namespace>`` (fair hash): the namespace's work items started on the shard and
+    not acked yet."""
+    CLOCK: Final = "vt"
+    """(fair hash) The shard's virtual time: the pass of the namespace served last; a
+    namespace whose queue was empty joins at it."""
+    WEIGHT: Final = "w|"
+    """``w|<namespace>`` (shares hash): its weight; ``w|`` alone: the default's."""
+    MAX_RUNNING: Final = "m|"
+    """``m|<namespace>`` (shares hash): its running items allowed on this shard (its cap
+    divided over the shards; 0: none); ``m|`` alone: the default's."""
+
+
 class RateLimit:
     """Fields of a model's rate-limit bucket (``Keys.rate_limit``; ``lua/ratelimit.lua``):
     each measure's level (what may be spent now; negative: spent ahead, repaid as it
@@ -450,6 +511,6 @@ RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
     DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
-    RateLimit,
+    ChildOutcome, Fair, RateLimit,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

@@ -3,6 +3,7 @@ the work streams, read from Redis when Prometheus scrapes the API process."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -18,8 +19,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from dago.config import Settings
-from dago.store.keys import WORK_GROUP, Keys
-from dago.store.schema import GRAPH_DURATION_BUCKETS, Stats
+from dago.store.keys import WORK_GROUP, Keys, ShardKeys
+from dago.store.schema import GRAPH_DURATION_BUCKETS, Fair, Stats
 
 log = logging.getLogger("dago.metrics")
 
@@ -30,6 +31,38 @@ def _s(v: Any) -> str:
 
 def _ms(entry_id: Any) -> int:
     return int(_s(entry_id).split("-")[0])
+
+
+def _fair(r: Any, sk: ShardKeys, per_ns: dict[str, list[int]]) -> tuple[int, int]:
+    """Adds the shard's queued and running items per namespace to ``per_ns`` ([queued,
+    running]); returns the items queued on the shard and when the oldest was queued (ms; 0:
+    none)."""
+    running = r.hgetall(sk.fair)
+    for k, v in running.items():
+        key = _s(k)
+        if key.startswith(Fair.RUNNING):
+            per_ns.setdefault(key[len(Fair.RUNNING) :], [0, 0])[1] += int(v)
+    namespaces = [_s(n) for n in r.zrange(sk.ready, 0, -1)]
+    if not namespaces:
+        return 0, 0
+    pipe = r.pipeline(transaction=False)
+    priorities = range(Fair.PRIORITY_MIN, Fair.PRIORITY_MAX + 1)
+    for ns in namespaces:
+        for p in priorities:
+            pipe.llen(sk.queue(ns, p))
+            pipe.lindex(sk.queue(ns, p), 0)
+    replies = pipe.execute()
+    total, oldest, per = 0, 0, 2 * len(priorities)
+    for i, ns in enumerate(namespaces):
+        mine = replies[i * per : (i + 1) * per]
+        n = sum(int(x) for x in mine[0::2])
+        per_ns.setdefault(ns, [0, 0])[0] += n
+        total += n
+        for head in mine[1::2]:
+            if head is not None:
+                queued_ms = int(json.loads(head)[0])
+                oldest = queued_ms if not oldest else min(oldest, queued_ms)
+    return total, oldest
 
 
 class RedisCollector(Collector):
@@ -77,8 +110,22 @@ class RedisCollector(Collector):
         r = self._redis()
         now_ms = int(time.time() * 1000)
         depth = GaugeMetricFamily(
-            "dago_queue_depth", "Work items not yet delivered to any worker.", labels=["shard"]
+            "dago_queue_depth",
+            "Work items not yet delivered to any worker (queued in their namespace's queues, "
+            "or in the work stream).",
+            labels=["shard"],
         )
+        ns_depth = GaugeMetricFamily(
+            "dago_namespace_queue_depth",
+            "Work items queued for their namespace's turn (fair shares), by namespace.",
+            labels=["namespace"],
+        )
+        ns_running = GaugeMetricFamily(
+            "dago_namespace_running",
+            "Work items started and not finished, by namespace (what max_running_nodes caps).",
+            labels=["namespace"],
+        )
+        per_ns: dict[str, list[int]] = {}
         pending = GaugeMetricFamily(
             "dago_queue_pending",
             "Work items delivered and not yet acknowledged (running, or held by a dead worker "
@@ -151,7 +198,10 @@ class RedisCollector(Collector):
                 pending.add_metric(label, int(group.get("pending") or 0))
             else:
                 pending.add_metric(label, 0)
-            depth.add_metric(label, int(waiting or 0))
+            queued_fair, queued_since = _fair(r, sk, per_ns)
+            if queued_since:
+                oldest = max(oldest, (now_ms - queued_since) / 1000)
+            depth.add_metric(label, int(waiting or 0) + queued_fair)
             lag.add_metric(label, oldest)
             dead.add_metric(label, 0 if isinstance(ndead, Exception) else int(ndead))
             archive.add_metric(label, 0 if isinstance(queued, Exception) else int(queued))
@@ -192,7 +242,10 @@ class RedisCollector(Collector):
             [],
             int(r.zcount(self._keys.workers_seen, now_ms - self._settings.worker_ttl_ms, "+inf")),
         )
+        for ns, (queued_n, running_n) in sorted(per_ns.items()):
+            ns_depth.add_metric([ns], queued_n)
+            ns_running.add_metric([ns], running_n)
         return [
-            depth, pending, lag, dead, active, submitted, finished, dead_total, reclaimed, duration,
-            alive, archive, waits,
+            depth, ns_depth, ns_running, pending, lag, dead, active, submitted, finished,
+            dead_total, reclaimed, duration, alive, archive, waits,
         ]  # fmt: skip

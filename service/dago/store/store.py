@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from dago.config import NamespaceShares
 from dago.store.client import STORE_ERRORS, RedisClient, raise_if_cancelling
 from dago.store.events import Entries, entry_range, expand
 from dago.store.functions import (
@@ -40,6 +41,7 @@ from dago.store.functions import (
     Result,
     SignalArgs,
     Signalled,
+    Spawning,
     Started,
     SubmitArgs,
     Submitted,
@@ -61,6 +63,7 @@ from dago.store.functions import (
 )
 from dago.store.keys import WORK_GROUP, Keys
 from dago.store.schema import DeadLetter, Definition, Meta, Node, Usage, Work
+from dago.store.shares import write_shares
 
 log = logging.getLogger("dago.store")
 
@@ -68,7 +71,8 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE,
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
     Meta.FORKED_FROM,
-    Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST,
+    Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST, Meta.PRIORITY,
+    Meta.PARENT_GRAPH, Meta.PARENT_NODE,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
 
@@ -133,11 +137,16 @@ def _dead_letter(entry_id: Any, f: dict[bytes, bytes]) -> DeadLetterEntry:
 class Store:
     """Typed access to dago's Redis data; every function call and read in one place."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    def __init__(
+        self, client: RedisClient, keys: Keys, shares: NamespaceShares | None = None
+    ) -> None:
         # redis-py's async methods are annotated with sync|async unions; results are
         # typed where they leave this class instead.
         self.redis: Any = client
         self.keys = keys
+        self.shares = shares or NamespaceShares()
+        """The namespaces' fair shares (DAGO_NAMESPACES_FILE), written to every shard by
+        ``ensure_groups``."""
         self.library = Library(client)
 
     async def load_library(self) -> None:
@@ -145,13 +154,15 @@ class Store:
         await self.library.load()
 
     async def ensure_groups(self) -> None:
-        """Create the work streams' consumer group on every shard (idempotent)."""
+        """Create the work streams' consumer group on every shard (idempotent), and write
+        the namespaces' shares the functions read."""
         for shard in self.keys.all_shards():
             try:
                 await self.redis.xgroup_create(shard.work, WORK_GROUP, id="0", mkstream=True)
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+        await write_shares(self.redis, self.keys, self.shares)
 
     async def ping(self) -> bool:
         """True when Redis answers."""
@@ -395,6 +406,16 @@ class Store:
         raw = await self.library.call("wait", [self.keys.shard(shard)], WaitArgs(worker), items)
         return [int(x) for x in raw]
 
+    async def spawn(
+        self, shard: int, args: Spawning, topology: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """Start a subgraph node's child run and park the node (its work item is acked);
+        returns (outcome, child id): ``created``, ``exists`` (the attempt had its child
+        already), ``stale`` (fenced out) or ``too_deep`` (the attempt failed)."""
+        extra = [x for kv in topology.items() for x in kv]
+        raw = await self.library.call("spawn", [self.keys.shard(shard)], args, (), extra)
+        return parse_pair(raw)
+
     async def throttle(
         self, shard: int, worker: str, items: Sequence[ThrottledAttempt]
     ) -> list[int]:
@@ -538,12 +559,19 @@ class Store:
         low_ms: int | None,
         offset: int,
         count: int,
+        parent: str = "",
     ) -> list[tuple[str, int]]:
         """Up to ``count`` (graph id, create time ms) of one shard's namespace index (of
         one state when ``state``), newest first (ids descending within a millisecond),
         create times from ``high_ms`` down to ``low_ms`` (both inclusive; None: no bound),
-        after skipping ``offset`` entries."""
-        key = self.keys.shard(shard).index(str(state) if state else "", namespace)
+        after skipping ``offset`` entries. With ``parent`` (a run on this shard), its
+        children's index instead (``GraphKeys.children``: every state)."""
+        sk = self.keys.shard(shard)
+        key = (
+            sk.graph(parent).children
+            if parent
+            else sk.index(str(state) if state else "", namespace)
+        )
         res = await self.redis.zrevrangebyscore(
             key,
             "+inf" if high_ms is None else high_ms,

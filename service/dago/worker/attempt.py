@@ -27,9 +27,11 @@ from opentelemetry.trace import Span
 
 from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
+from dago.engine.ids import new_graph_id
 from dago.engine.model import CompiledNode
 from dago.engine.outcome import Throttled
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
+from dago.nodes.subgraph import ChildRun
 from dago.observe.logs import NODE, NodeFields
 from dago.observe.metrics import Metrics
 from dago.observe.redact import Redactor
@@ -37,6 +39,8 @@ from dago.observe.tracing import Tracing, fail, trace_id_of
 from dago.store.functions import (
     Outcome,
     Result,
+    Spawn,
+    Spawning,
     Started,
     ThrottledAttempt,
     Waiting,
@@ -98,12 +102,17 @@ class Limits:
 
     node_bytes: int = 1 << 20
     event_bytes: int = 256 << 10
+    max_depth: int = 5
+    """DAGO_MAX_GRAPH_DEPTH: how deeply child runs may nest (checked as a child starts)."""
+    default_deadline_s: float = 24 * 3600
+    """A child run's deadline when its graph sets none (DAGO_DEFAULT_DEADLINE_S; the
+    parent's deadline bounds it too)."""
 
 
-Finished = Result | Waiting | ThrottledAttempt
+Finished = Result | Waiting | Spawn | ThrottledAttempt
 """A finished attempt's report: a ``Result`` to apply, a wait node's ``Waiting`` (it found no
-decision) to put in WAITING, or a ``ThrottledAttempt`` (a model rate limit had no room) to
-queue again later."""
+decision) to put in WAITING, a subgraph node's ``Spawn`` (its child run to start), or a
+``ThrottledAttempt`` (a model rate limit had no room) to queue again later."""
 
 Report = Callable[[Running, Finished], None]
 """Takes a finished attempt's report (to the completer)."""
@@ -308,13 +317,18 @@ class Attempts:
         item = running.item
         node = plan.node if plan is not None else None
         rendered = ""
+        spawn: Spawn | None = None
         try:
             if plan is None or node is None:
                 problem = loaded.problem if loaded else "the graph's definition is gone"
                 raise invalid(f"cannot run node {item.node!r}: {problem}")
             value, rendered = _render(plan, scope, self._limits.node_bytes)
             result = await self._execute(running, node, scope, value)
-            fields = _succeeded(plan, scope, value, result, self._limits.node_bytes)
+            if result.child is not None:
+                spawn = self._spawn(item, node, result.child)
+                fields = _SPAWNED
+            else:
+                fields = _succeeded(plan, scope, value, result, self._limits.node_bytes)
         except NodeFailure as f:
             fields = _failed(f)
         except Throttled as t:
@@ -329,7 +343,55 @@ class Attempts:
             fields = _failed(invalid("cancelled"))
         except Exception as e:
             fields = _bug(e, item)
+        if spawn is not None and fields is _SPAWNED:
+            self._observe(running, node, fields, started)
+            running.reported = True
+            self._report(running, spawn)
+            return
         self._finish(running, node, rendered, fields, started)
+
+    def _spawn(self, item: WorkItem, node: CompiledNode, child: ChildRun) -> Spawn:
+        """The ``spawn`` call of a subgraph node's attempt starting its child run: a fresh id
+        on the parent's shard, the child's graph as stored and its topology, the limits its
+        graph sets."""
+        compiled = child.compiled
+        g = compiled.proto
+        limits = self._limits
+        if g.limits.HasField("deadline"):
+            deadline_ms = g.limits.deadline.ToMilliseconds()
+        else:
+            deadline_ms = int(limits.default_deadline_s * 1000)
+        try:
+            inputs = dumps(child.inputs)
+        except NotJson as e:
+            raise invalid(f"subgraph inputs: {e}") from None
+        sg = node.proto.subgraph
+        args = Spawning(
+            worker=self._id,
+            max_depth=limits.max_depth,
+            msg_id=item.msg_id,
+            graph_id=item.graph_id,
+            node=item.node,
+            attempt=item.attempt,
+            iteration=item.iteration,
+            execution=item.execution,
+            instance="",
+            input=_bounded(inputs, "the child run's inputs", limits.node_bytes),
+            child_id=new_graph_id(item.shard),
+            name=g.name,
+            definition=g.SerializeToString(deterministic=True),
+            node_ids=dumps(list(compiled.nodes)),
+            start_plans=dumps(list(compiled.start_plans.values())),
+            entries=dumps(compiled.entries),
+            max_steps=g.limits.max_steps,
+            max_tokens=g.limits.max_tokens,
+            max_cost=repr(g.limits.max_cost_usd),
+            deadline_ms=deadline_ms,
+            def_name=sg.definition.partition("@")[0] if sg.definition_version else "",
+            def_version=sg.definition_version,
+            def_digest=sg.definition_digest,
+        )
+        return Spawn(args, compiled.topology)
 
     def _context(
         self, item: WorkItem, node: CompiledNode, scope: dict[str, Any], rendered: Any
@@ -554,6 +616,9 @@ _OUTCOMES: dict[int, str] = {
 
 _Fields = tuple[str, str, str, str, str, str, int]
 """outcome, output, taken, usage, route, error, retry_after_ms of a ``Result``."""
+
+_SPAWNED: _Fields = (Outcome.SPAWN, "", "", "", "", "", 0)
+"""The fields of an attempt that starts a child run (reported as a ``Spawn``)."""
 
 
 def _node(loaded: LoadedGraph | None, item: WorkItem) -> CompiledNode | None:

@@ -36,10 +36,11 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.functions import Result, Started, ThrottledAttempt, Waiting, WorkItem
+from dago.store.functions import Result, Spawn, Started, ThrottledAttempt, Waiting, WorkItem
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
+from dago.v1 import execution_pb2
 from dago.worker.attempt import Attempts, Finished, Limits, Running
 from dago.worker.slots import Slots
 
@@ -89,7 +90,12 @@ class Worker:
             self._metrics,
             self._tracing,
             self._report,
-            Limits(settings.max_node_bytes, settings.max_event_bytes),
+            Limits(
+                settings.max_node_bytes,
+                settings.max_event_bytes,
+                settings.max_graph_depth,
+                settings.default_deadline_s,
+            ),
         )
         # Attempts started and not yet applied (free slots a waiting reader holds are not busy).
         self._metrics.worker_slots(settings.worker_slots, lambda: len(self._attempts.running))
@@ -358,6 +364,8 @@ class Worker:
                 waits = [r for r in finished if isinstance(r, Waiting)]
                 if waits:
                     await self._waiting(shard, waits)
+                for spawn in (r for r in finished if isinstance(r, Spawn)):
+                    await self._spawning(shard, spawn)
                 throttled = [r for r in finished if isinstance(r, ThrottledAttempt)]
                 if throttled:
                     await self._throttled(shard, throttled)
@@ -453,6 +461,28 @@ class Worker:
                 continue
             for w, state in zip(waits, states, strict=True):
                 self._states[(shard, w.msg_id)] = state
+            return
+
+    async def _spawning(self, shard: int, spawn: Spawn) -> None:
+        """Start a subgraph node's child run and park the node (the function acks its work
+        item); retried like ``_waiting`` (a retry after a lost reply is fenced out)."""
+        backoff = 0.05
+        while True:
+            raise_if_cancelling()
+            try:
+                outcome, child = await self._store.spawn(shard, spawn.args, spawn.topology)
+            except ResponseError as e:
+                log.error("starting a child run was refused by Redis: %s", e)
+                return
+            except STORE_ERRORS as e:
+                log.warning("starting a child run failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            waiting = outcome in ("created", "exists")
+            self._states[(shard, spawn.msg_id)] = execution_pb2.NODE_STATE_WAITING if waiting else 0
+            if outcome == "created":
+                log.info("child run started", extra={"graph_id": child})
             return
 
     # --- leases, cancellation, presence ----------------------------------------------

@@ -299,6 +299,7 @@ class NodeStatus(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -312,6 +313,10 @@ class NodeStatus(_message.Message):
     reused: _builtins.bool
     """The node was not executed in this run: its recorded output (or skip) was
     reused from the run this one was forked from (ForkGraph).
+    """
+    child_graph_id: _builtins.str
+    """A subgraph node: the child run of its current attempt (empty before the
+    node started one).
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -359,10 +364,11 @@ class NodeStatus(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         wait: Global___NodeWait | None = ...,
         reused: _builtins.bool = ...,
+        child_graph_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,6 +447,10 @@ class GraphStatus(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
+    PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -457,6 +467,18 @@ class GraphStatus(_message.Message):
     """
     forked_from: _builtins.str
     """The run this run was forked from (ForkGraph), if any."""
+    parent_graph_id: _builtins.str
+    """The run that started this one (a subgraph node's child run); empty for a
+    run submitted by a client.
+    """
+    parent_node_id: _builtins.str
+    """The node of the parent run that started this one."""
+    depth: _builtins.int
+    """How deeply this run is nested: 0 for a run submitted by a client, 1 for
+    its children, and so on (capped by DAGO_MAX_GRAPH_DEPTH).
+    """
+    priority: _builtins.int
+    """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -507,10 +529,14 @@ class GraphStatus(_message.Message):
         namespace: _builtins.str = ...,
         forked_from: _builtins.str = ...,
         definition: _definitions_pb2.DefinitionRef | None = ...,
+        parent_graph_id: _builtins.str = ...,
+        parent_node_id: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,6 +577,8 @@ class Event(_message.Message):
     NODE_WAITING_FIELD_NUMBER: _builtins.int
     SIGNAL_RECEIVED_FIELD_NUMBER: _builtins.int
     NODE_REUSED_FIELD_NUMBER: _builtins.int
+    CHILD_STARTED_FIELD_NUMBER: _builtins.int
+    CHILD_ENDED_FIELD_NUMBER: _builtins.int
     NODE_THROTTLED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
@@ -663,6 +691,18 @@ class Event(_message.Message):
         """
 
     @_builtins.property
+    def child_started(self) -> Global___ChildGraphStarted:
+        """A subgraph node started its child run (the event's node and attempt
+        are the node run's).
+        """
+
+    @_builtins.property
+    def child_ended(self) -> Global___ChildGraphEnded:
+        """A subgraph node's child run ended; the node is queued again to complete
+        (or fail) with the child's outcome.
+        """
+
+    @_builtins.property
     def node_throttled(self) -> Global___NodeThrottled:
         """A model rate limit had no room for a node's model call: the attempt
         ended without a call and without counting as a failure; the node is
@@ -701,17 +741,67 @@ class Event(_message.Message):
         node_waiting: Global___NodeWaiting | None = ...,
         signal_received: Global___SignalReceived | None = ...,
         node_reused: Global___NodeReused | None = ...,
+        child_started: Global___ChildGraphStarted | None = ...,
+        child_ended: Global___ChildGraphEnded | None = ...,
         node_throttled: Global___NodeThrottled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "node_throttled"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended", "node_throttled"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class ChildGraphStarted(_message.Message):
+    """Payload of child_started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    child_graph_id: _builtins.str
+    """The child run's id."""
+    def __init__(
+        self,
+        *,
+        child_graph_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_graph_id", b"child_graph_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildGraphStarted: _TypeAlias = ChildGraphStarted  # noqa: Y015
+
+@_typing.final
+class ChildGraphEnded(_message.Message):
+    """Payload of child_ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    child_graph_id: _builtins.str
+    """The child run's id."""
+    state: Global___GraphState.ValueType
+    """How it ended (COMPLETED, FAILED or CANCELLED)."""
+    def __init__(
+        self,
+        *,
+        child_graph_id: _builtins.str = ...,
+        state: Global___GraphState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_graph_id", b"child_graph_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildGraphEnded: _TypeAlias = ChildGraphEnded  # noqa: Y015
 
 @_typing.final
 class NodeThrottled(_message.Message):

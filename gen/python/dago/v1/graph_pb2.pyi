@@ -434,6 +434,7 @@ class Node(_message.Message):
     HTTP_FIELD_NUMBER: _builtins.int
     ROUTER_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    SUBGRAPH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within the graph; a CEL identifier ([A-Za-z_][A-Za-z0-9_]*), so
     that later expressions can say `nodes.<id>.output`.
@@ -497,6 +498,13 @@ class Node(_message.Message):
         SignalGraph, holding no worker slot while it waits.
         """
 
+    @_builtins.property
+    def subgraph(self) -> Global___SubgraphNode:
+        """Runs a graph as a run of its own (a child run with a parent link); the
+        node's rendered inputs are the child's inputs, its result the node's
+        output.
+        """
+
     def __init__(
         self,
         *,
@@ -515,12 +523,13 @@ class Node(_message.Message):
         http: Global___HttpNode | None = ...,
         router: Global___RouterNode | None = ...,
         wait: Global___WaitNode | None = ...,
+        subgraph: Global___SubgraphNode | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "http", b"http", "inputs", b"inputs", "kind", b"kind", "llm", b"llm", "retry", b"retry", "router", b"router", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "http", b"http", "inputs", b"inputs", "kind", b"kind", "llm", b"llm", "retry", b"retry", "router", b"router", "subgraph", b"subgraph", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "description", b"description", "http", b"http", "id", b"id", "inputs", b"inputs", "join", b"join", "kind", b"kind", "llm", b"llm", "max_iterations", b"max_iterations", "name", b"name", "output", b"output", "retry", b"retry", "router", b"router", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_timeout", b"attempt_timeout", "description", b"description", "http", b"http", "id", b"id", "inputs", b"inputs", "join", b"join", "kind", b"kind", "llm", b"llm", "max_iterations", b"max_iterations", "name", b"name", "output", b"output", "retry", b"retry", "router", b"router", "subgraph", b"subgraph", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["llm", "agent", "tool", "http", "router", "wait"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["llm", "agent", "tool", "http", "router", "wait", "subgraph"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1026,3 +1035,49 @@ class WaitNode(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitNode: _TypeAlias = WaitNode  # noqa: Y015
+
+@_typing.final
+class SubgraphNode(_message.Message):
+    """Runs a graph as a child run of its own: its own graph id, status and event
+    log, with parent_graph_id and parent_node_id naming this node. The node's
+    rendered inputs (an object) are the child's inputs; when the child
+    completes, the node's output is the child's result (its Graph.output
+    mapping, else its sink nodes' outputs, as GetGraphResult gives them). A
+    failed child fails the attempt with the child's error (the node's retry
+    policy applies; a retry starts a new child); a cancelled one fails it for
+    good. The child's usage rolls up into the node and the run. Exactly one of
+    graph and definition is given; a definition is resolved and pinned when the
+    parent is submitted (the graph, version and digest are then filled in).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    DEFINITION_DIGEST_FIELD_NUMBER: _builtins.int
+    definition: _builtins.str
+    """A stored definition: "name", "name@7" or "name@label"."""
+    definition_version: _builtins.int
+    """Output only. The version `definition` resolved to at the parent's submit."""
+    definition_digest: _builtins.str
+    """Output only. That version's content digest."""
+    @_builtins.property
+    def graph(self) -> Global___Graph:
+        """The child's graph, inline (or the pinned graph of `definition`)."""
+
+    def __init__(
+        self,
+        *,
+        graph: Global___Graph | None = ...,
+        definition: _builtins.str = ...,
+        definition_version: _builtins.int = ...,
+        definition_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "definition_digest", b"definition_digest", "definition_version", b"definition_version", "graph", b"graph"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubgraphNode: _TypeAlias = SubgraphNode  # noqa: Y015

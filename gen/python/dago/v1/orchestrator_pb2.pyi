@@ -221,6 +221,7 @@ class SubmitGraphRequest(_message.Message):
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the submission idempotent: a retry with the same id returns the
     first run. Up to 128 printable characters. Optional.
@@ -235,6 +236,12 @@ class SubmitGraphRequest(_message.Message):
     """
     allow_deprecated: _builtins.bool
     """Run a deprecated version (else FAILED_PRECONDITION)."""
+    priority: _builtins.int
+    """The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+    the default, 3. A namespace's queued work starts highest priority first
+    (fair shares between namespaces come first: docs/limits.md). Runs it
+    starts (sub-graphs, map items) inherit it.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -252,10 +259,11 @@ class SubmitGraphRequest(_message.Message):
         validate_only: _builtins.bool = ...,
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "priority", b"priority", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,6 +570,7 @@ class ListGraphsRequest(_message.Message):
     MIN_COST_USD_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
@@ -578,6 +587,8 @@ class ListGraphsRequest(_message.Message):
     """Only runs submitted from this definition (SubmitGraphRequest.definition)."""
     definition_version: _builtins.int
     """With `definition`: only runs of this version of it (0: any)."""
+    parent_graph_id: _builtins.str
+    """Only the child runs this run started (its subgraph nodes' runs)."""
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only runs created at or after this time (milliseconds count: a run's
@@ -614,10 +625,11 @@ class ListGraphsRequest(_message.Message):
         min_cost_usd: _builtins.float = ...,
         definition: _builtins.str = ...,
         definition_version: _builtins.int = ...,
+        parent_graph_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "parent_graph_id", b"parent_graph_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -668,6 +680,9 @@ class GraphSummary(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
+    PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -684,6 +699,12 @@ class GraphSummary(_message.Message):
     """The run this run was forked from (ForkGraph), if any (runs in Redis; not
     kept in the PostgreSQL history yet).
     """
+    parent_graph_id: _builtins.str
+    """The run that started this one (a subgraph node's child run), if any."""
+    parent_node_id: _builtins.str
+    """The node of the parent run that started this one."""
+    priority: _builtins.int
+    """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -714,10 +735,13 @@ class GraphSummary(_message.Message):
         steps: _builtins.int = ...,
         forked_from: _builtins.str = ...,
         definition: _definitions_pb2.DefinitionRef | None = ...,
+        parent_graph_id: _builtins.str = ...,
+        parent_node_id: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -802,6 +826,7 @@ class RunGraphRequest(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     ALLOW_DEPRECATED_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Makes the run idempotent: the same request with the same id streams the
     first run again, from its start. Up to 128 printable characters. Optional.
@@ -814,6 +839,12 @@ class RunGraphRequest(_message.Message):
     """
     allow_deprecated: _builtins.bool
     """Run a deprecated version (else FAILED_PRECONDITION)."""
+    priority: _builtins.int
+    """The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+    the default, 3. A namespace's queued work starts highest priority first
+    (fair shares between namespaces come first: docs/limits.md). Runs it
+    starts (sub-graphs, map items) inherit it.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
         """The graph to run."""
@@ -831,10 +862,11 @@ class RunGraphRequest(_message.Message):
         batch: _builtins.bool = ...,
         definition: _builtins.str = ...,
         allow_deprecated: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_deprecated", b"allow_deprecated", "batch", b"batch", "definition", b"definition", "graph", b"graph", "inputs", b"inputs", "priority", b"priority", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,9 +21,8 @@ end
 
 -- New work items of the current shard for `worker`, at most `count` (never blocking).
 local function read_new(worker, count)
-  local res = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', count, 'STREAMS', K_WORK, '>')
   local items = {}
-  for _, m in ipairs(res and res[1][2] or {}) do items[#items + 1] = work_item(m, '1') end
+  for _, m in ipairs(Fair.take(worker, count)) do items[#items + 1] = work_item(m, '1') end
   took = took + #items
   return items
 end
@@ -66,6 +65,7 @@ local function ack_all(acks)
   for k = 1, #acks, 1000 do
     redis.call('XACK', K_WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
   end
+  Fair.done(acks)
 end
 
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
@@ -269,6 +269,7 @@ local function add_usage(gid, node, usage_s)
   end
   redis.call('HINCRBYFLOAT', nk, node .. ':' .. USAGE.COST, u[5])
   local cost = tonumber(redis.call('HINCRBYFLOAT', gk, USAGE.COST, u[5]))
+  Fair.spend(gid, u[5])
   local who = ''
   if u[6] then who = J.D_PROVIDER .. jstr(u[6]) .. J.D_MODEL .. jstr(u[7] or '') end
   local ujson = J.U_IN .. u[1] .. J.U_OUT .. u[2] .. J.U_CW .. u[3] .. J.U_CR .. u[4] .. J.U_COST .. u[5] .. '}'

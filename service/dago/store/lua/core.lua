@@ -366,13 +366,16 @@ local function index_move(gid, from_state, to_state)
   redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
 end
 
+-- Fair dispatch between namespaces (fair.lua): dispatch queues work items there.
+local Fair = {}
+
 -- Queues an attempt of a node as a new work item (its executions count from 1 when it
 -- starts: see start_batch).
 local function dispatch(gid, node, attempt, iter)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
   node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
-  redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
+  Fair.push(gid, WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
   dispatched = dispatched + 1
 end
 
@@ -399,7 +402,7 @@ local function expire_graph(gid)
   local gk = gkey(gid)
   local ttl = tonumber(redis.call('HGET', gk, META.RETENTION))
   if ttl == nil then return end  -- its keys are gone already
-  for _, suffix in ipairs({'', ':n', ':t', ':e'}) do
+  for _, suffix in ipairs({'', ':n', ':t', ':e', ':c'}) do
     redis.call('EXPIRE', gk .. suffix, ttl)
   end
   local r = redis.call('HMGET', gk, META.REQUEST_ID, META.NAMESPACE)
@@ -413,6 +416,10 @@ end
 -- graph ends with a node waiting. One table, not more locals: the library is one chunk and
 -- Lua allows a chunk 200 of them.
 local Waits = {}
+
+-- Child runs (subgraph nodes; children.lua has the rest): ending a graph records a child's
+-- outcome for its parent node, and cancels the children of its waiting nodes.
+local Child = {}
 
 -- The shard's inbox of a namespace's waiting nodes (mirrors ShardKeys.waits in keys.py).
 function Waits.index(ns)
@@ -469,13 +476,14 @@ local function end_graph(gid, state, kind, detail, err)
       emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
       stopped = true
     elseif st and (st < NodeState.COMPLETED or st == NodeState.DEAD_LETTERED) then
-      if st == NodeState.WAITING then Waits.clear(gid, node, v[3]) end
+      if st == NodeState.WAITING then Waits.clear(gid, node, v[3]); Child.cancel(gid, node) end
       node_set(gid, node, node .. F_STATE, NodeState.CANCELLED, node .. F_ENDED, NOW)
       emit(gid, EventKind.NODE_CANCELLED, node, v[2], v[3], why)
     end
   end
   redis.call('HSET', gk, META.OPEN, 0)
   emit(gid, kind, nil, nil, nil, detail)
+  Child.ended(gid, state)
   if stopped then stop_work(gid, nil, nil) end
   -- A run to archive keeps every key until it is in PostgreSQL: an archive outage delays
   -- its expiry, it never loses it. Queued by end time, so the oldest go first.
@@ -534,5 +542,6 @@ local function begin(keys, args)
   gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
   join_r, join_t, queued = {}, {}, {}
   dispatched, took = 0, 0
+  Fair.reset()
   use_shard(1)
 end

@@ -98,6 +98,8 @@ local EventKind = {
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
   NODE_REUSED = 'node_reused',
+  CHILD_STARTED = 'child_started',
+  CHILD_ENDED = 'child_ended',
   NODE_THROTTLED = 'node_throttled',
 }
 
@@ -106,6 +108,7 @@ local Outcome = {
   OK = 'ok',
   ERROR = 'error',
   WAIT = 'wait',
+  SPAWN = 'spawn',
 }
 
 -- functions.RateOp
@@ -145,6 +148,11 @@ local META = {
   DEF_VERSION = 'dv',
   DEF_DIGEST = 'dd',
   ARCHIVE = 'arch',
+  PARENT = 'parent',
+  PARENT_GRAPH = 'pg',
+  PARENT_NODE = 'pn',
+  DEPTH = 'depth',
+  PRIORITY = 'prio',
 }
 
 -- schema.Usage
@@ -182,6 +190,7 @@ local NODE = {
   WAIT = ':wt',
   DECISION_REF = ':w',
   SAVED_REF = ':c',
+  CHILD = ':ch',
   THROTTLED = ':q',
 }
 
@@ -286,6 +295,8 @@ local DETAIL = {
   SIGNAL_ID = 'signal_id',
   COMMENT = 'comment',
   TIMED_OUT = 'timed_out',
+  CHILD = 'child',
+  CHILD_STATE = 'child_state',
   WAIT_MS = 'wait_ms',
 }
 
@@ -373,6 +384,28 @@ local LOOP_TOPOLOGY = {
   EXITS = 'x',
 }
 
+-- schema.ChildOutcome
+local CHILD_OUTCOME = {
+  ITERATION = 'i',
+  ATTEMPT = 'a',
+  GRAPH = 'g',
+  STATE = 's',
+  OUTPUTS = 'o',
+  USAGE = 'u',
+  ERROR = 'e',
+}
+
+-- schema.Fair
+local FAIR = {
+  PRIORITY_MIN = 1,
+  PRIORITY_MAX = 5,
+  PRIORITY_DEFAULT = 3,
+  RUNNING = 'r|',
+  CLOCK = 'vt',
+  WEIGHT = 'w|',
+  MAX_RUNNING = 'm|',
+}
+
 -- schema.RateLimit
 local RATE_LIMIT = {
   REQUESTS = 'r',
@@ -392,7 +425,7 @@ local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, FIRST = 25},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, PRIORITY = 25, FIRST = 26},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},
@@ -404,6 +437,7 @@ local ARG = {
   DEADLETTER = {OP = 1, ENTRY_ID = 2, FIRST = 3},
   PRUNE = {MIN_IDLE_MS = 1, FIRST = 2},
   WAIT = {WORKER = 1, FIRST = 2},
+  SPAWN = {WORKER = 1, MAX_DEPTH = 2, MSG_ID = 3, GRAPH_ID = 4, NODE = 5, ATTEMPT = 6, ITERATION = 7, EXECUTION = 8, INSTANCE = 9, INPUT = 10, CHILD_ID = 11, NAME = 12, DEFINITION = 13, NODE_IDS = 14, START_PLANS = 15, ENTRIES = 16, MAX_STEPS = 17, MAX_TOKENS = 18, MAX_COST = 19, DEADLINE_MS = 20, DEF_NAME = 21, DEF_VERSION = 22, DEF_DIGEST = 23, FIRST = 24},
   THROTTLE = {WORKER = 1, FIRST = 2},
   RATELIMIT = {OP = 1, REQUESTS_PER_MINUTE = 2, INPUT_PER_MINUTE = 3, OUTPUT_PER_MINUTE = 4, BURST_MS = 5, REQUESTS = 6, INPUT_TOKENS = 7, OUTPUT_TOKENS = 8, PAUSE_MS = 9, FIRST = 10},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},

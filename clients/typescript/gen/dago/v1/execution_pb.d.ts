@@ -287,6 +287,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: bool reused = 30;
    */
   reused: boolean;
+
+  /**
+   * A subgraph node: the child run of its current attempt (empty before the
+   * node started one).
+   *
+   * @generated from field: string child_graph_id = 40;
+   */
+  childGraphId: string;
 };
 
 /**
@@ -462,6 +470,36 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: dago.v1.DefinitionRef definition = 20;
    */
   definition?: DefinitionRef | undefined;
+
+  /**
+   * The run that started this one (a subgraph node's child run); empty for a
+   * run submitted by a client.
+   *
+   * @generated from field: string parent_graph_id = 40;
+   */
+  parentGraphId: string;
+
+  /**
+   * The node of the parent run that started this one.
+   *
+   * @generated from field: string parent_node_id = 41;
+   */
+  parentNodeId: string;
+
+  /**
+   * How deeply this run is nested: 0 for a run submitted by a client, 1 for
+   * its children, and so on (capped by DAGO_MAX_GRAPH_DEPTH).
+   *
+   * @generated from field: int32 depth = 42;
+   */
+  depth: number;
+
+  /**
+   * The run's priority (1-5; SubmitGraphRequest.priority, the default filled in).
+   *
+   * @generated from field: int32 priority = 55;
+   */
+  priority: number;
 };
 
 /**
@@ -711,6 +749,24 @@ export declare type Event = Message<"dago.v1.Event"> & {
     case: "nodeReused";
   } | {
     /**
+     * A subgraph node started its child run (the event's node and attempt
+     * are the node run's).
+     *
+     * @generated from field: dago.v1.ChildGraphStarted child_started = 60;
+     */
+    value: ChildGraphStarted;
+    case: "childStarted";
+  } | {
+    /**
+     * A subgraph node's child run ended; the node is queued again to complete
+     * (or fail) with the child's outcome.
+     *
+     * @generated from field: dago.v1.ChildGraphEnded child_ended = 61;
+     */
+    value: ChildGraphEnded;
+    case: "childEnded";
+  } | {
+    /**
      * A model rate limit had no room for a node's model call: the attempt
      * ended without a call and without counting as a failure; the node is
      * QUEUED again after wait_ms (docs/limits.md).
@@ -727,6 +783,53 @@ export declare type Event = Message<"dago.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export declare const EventSchema: GenMessage<Event>;
+
+/**
+ * Payload of child_started.
+ *
+ * @generated from message dago.v1.ChildGraphStarted
+ */
+export declare type ChildGraphStarted = Message<"dago.v1.ChildGraphStarted"> & {
+  /**
+   * The child run's id.
+   *
+   * @generated from field: string child_graph_id = 1;
+   */
+  childGraphId: string;
+};
+
+/**
+ * Describes the message dago.v1.ChildGraphStarted.
+ * Use `create(ChildGraphStartedSchema)` to create a new message.
+ */
+export declare const ChildGraphStartedSchema: GenMessage<ChildGraphStarted>;
+
+/**
+ * Payload of child_ended.
+ *
+ * @generated from message dago.v1.ChildGraphEnded
+ */
+export declare type ChildGraphEnded = Message<"dago.v1.ChildGraphEnded"> & {
+  /**
+   * The child run's id.
+   *
+   * @generated from field: string child_graph_id = 1;
+   */
+  childGraphId: string;
+
+  /**
+   * How it ended (COMPLETED, FAILED or CANCELLED).
+   *
+   * @generated from field: dago.v1.GraphState state = 2;
+   */
+  state: GraphState;
+};
+
+/**
+ * Describes the message dago.v1.ChildGraphEnded.
+ * Use `create(ChildGraphEndedSchema)` to create a new message.
+ */
+export declare const ChildGraphEndedSchema: GenMessage<ChildGraphEnded>;
 
 /**
  * Payload of node_throttled.

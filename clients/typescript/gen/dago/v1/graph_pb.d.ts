@@ -299,6 +299,16 @@ export declare type Node = Message$1<"dago.v1.Node"> & {
      */
     value: WaitNode;
     case: "wait";
+  } | {
+    /**
+     * Runs a graph as a run of its own (a child run with a parent link); the
+     * node's rendered inputs are the child's inputs, its result the node's
+     * output.
+     *
+     * @generated from field: dago.v1.SubgraphNode subgraph = 27;
+     */
+    value: SubgraphNode;
+    case: "subgraph";
   } | { case: undefined; value?: undefined };
 };
 
@@ -813,6 +823,56 @@ export declare type WaitNode = Message$1<"dago.v1.WaitNode"> & {
  * Use `create(WaitNodeSchema)` to create a new message.
  */
 export declare const WaitNodeSchema: GenMessage<WaitNode>;
+
+/**
+ * Runs a graph as a child run of its own: its own graph id, status and event
+ * log, with parent_graph_id and parent_node_id naming this node. The node's
+ * rendered inputs (an object) are the child's inputs; when the child
+ * completes, the node's output is the child's result (its Graph.output
+ * mapping, else its sink nodes' outputs, as GetGraphResult gives them). A
+ * failed child fails the attempt with the child's error (the node's retry
+ * policy applies; a retry starts a new child); a cancelled one fails it for
+ * good. The child's usage rolls up into the node and the run. Exactly one of
+ * graph and definition is given; a definition is resolved and pinned when the
+ * parent is submitted (the graph, version and digest are then filled in).
+ *
+ * @generated from message dago.v1.SubgraphNode
+ */
+export declare type SubgraphNode = Message$1<"dago.v1.SubgraphNode"> & {
+  /**
+   * The child's graph, inline (or the pinned graph of `definition`).
+   *
+   * @generated from field: dago.v1.Graph graph = 1;
+   */
+  graph?: Graph | undefined;
+
+  /**
+   * A stored definition: "name", "name@7" or "name@label".
+   *
+   * @generated from field: string definition = 2;
+   */
+  definition: string;
+
+  /**
+   * Output only. The version `definition` resolved to at the parent's submit.
+   *
+   * @generated from field: int32 definition_version = 3;
+   */
+  definitionVersion: number;
+
+  /**
+   * Output only. That version's content digest.
+   *
+   * @generated from field: string definition_digest = 4;
+   */
+  definitionDigest: string;
+};
+
+/**
+ * Describes the message dago.v1.SubgraphNode.
+ * Use `create(SubgraphNodeSchema)` to create a new message.
+ */
+export declare const SubgraphNodeSchema: GenMessage<SubgraphNode>;
 
 /**
  * How a node with several incoming edges decides to run.

@@ -186,6 +186,16 @@ export declare type SubmitGraphRequest = Message<"dago.v1.SubmitGraphRequest"> &
    * @generated from field: bool allow_deprecated = 11;
    */
   allowDeprecated: boolean;
+
+  /**
+   * The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+   * the default, 3. A namespace's queued work starts highest priority first
+   * (fair shares between namespaces come first: docs/limits.md). Runs it
+   * starts (sub-graphs, map items) inherit it.
+   *
+   * @generated from field: int32 priority = 30;
+   */
+  priority: number;
 };
 
 /**
@@ -549,6 +559,13 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
    * @generated from field: int32 definition_version = 21;
    */
   definitionVersion: number;
+
+  /**
+   * Only the child runs this run started (its subgraph nodes' runs).
+   *
+   * @generated from field: string parent_graph_id = 40;
+   */
+  parentGraphId: string;
 };
 
 /**
@@ -667,6 +684,27 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: dago.v1.DefinitionRef definition = 20;
    */
   definition?: DefinitionRef | undefined;
+
+  /**
+   * The run that started this one (a subgraph node's child run), if any.
+   *
+   * @generated from field: string parent_graph_id = 40;
+   */
+  parentGraphId: string;
+
+  /**
+   * The node of the parent run that started this one.
+   *
+   * @generated from field: string parent_node_id = 41;
+   */
+  parentNodeId: string;
+
+  /**
+   * The run's priority (1-5; SubmitGraphRequest.priority, the default filled in).
+   *
+   * @generated from field: int32 priority = 55;
+   */
+  priority: number;
 };
 
 /**
@@ -789,6 +827,16 @@ export declare type RunGraphRequest = Message<"dago.v1.RunGraphRequest"> & {
    * @generated from field: bool allow_deprecated = 11;
    */
   allowDeprecated: boolean;
+
+  /**
+   * The run's priority within its namespace, 1 (lowest) to 5 (highest); 0:
+   * the default, 3. A namespace's queued work starts highest priority first
+   * (fair shares between namespaces come first: docs/limits.md). Runs it
+   * starts (sub-graphs, map items) inherit it.
+   *
+   * @generated from field: int32 priority = 30;
+   */
+  priority: number;
 };
 
 /**

@@ -1,0 +1,57 @@
+"""A namespace's quotas checked at submit (DAGO_NAMESPACES_FILE, docs/limits.md "Fair
+shares"): its active runs and what its runs cost today. Over either, a new run is refused
+with RESOURCE_EXHAUSTED and a QuotaFailure naming the namespace and the limit (HTTP 429
+through Envoy). Both are read over every shard before the run is created, not in one atomic
+step with it: concurrent submits of one namespace may pass a cap by the few in flight."""
+
+from __future__ import annotations
+
+from dago.api import errors
+from dago.config import Settings
+from dago.observe.metrics import Metrics
+from dago.store.shares import spent_today
+from dago.store.store import Store
+from dago.v1 import execution_pb2
+
+ACTIVE = (execution_pb2.GRAPH_STATE_SUBMITTED, execution_pb2.GRAPH_STATE_RUNNING)
+"""The states a run counts as active in."""
+
+
+class Quotas:
+    """The submit-time checks of every namespace's quotas."""
+
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics | None) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+
+    def _refuse(self, reason: str, namespace: str, description: str, limit: float) -> None:
+        if self._metrics is not None:
+            self._metrics.submits_refused.labels(reason).inc()
+        raise errors.resource_exhausted(f"namespace:{namespace}", description, limit)
+
+    async def check(self, namespace: str) -> None:
+        """RESOURCE_EXHAUSTED when ``namespace`` may not start another run now."""
+        share = self._store.shares.of(namespace)
+        # The namespace's own cap, else the server-wide one (DAGO_MAX_ACTIVE_GRAPHS).
+        limit = share.max_active_runs or self._settings.max_active_graphs
+        if limit and await self._store.active_graphs(namespace, ACTIVE) >= limit:
+            source = "max_active_runs" if share.max_active_runs else "DAGO_MAX_ACTIVE_GRAPHS"
+            self._refuse(
+                "active_runs",
+                namespace,
+                f"namespace {namespace!r} already has {limit} graphs submitted or running (the "
+                f"limit is its {source}); retry when some have finished",
+                limit,
+            )
+        budget = share.daily_cost_usd
+        if budget:
+            spent = await spent_today(self._store.redis, self._store.keys, namespace)
+            if spent >= budget:
+                self._refuse(
+                    "daily_cost",
+                    namespace,
+                    f"namespace {namespace!r} has spent ${spent:.4f} today (UTC), its "
+                    f"daily_cost_usd is ${budget:g}; new runs are refused until tomorrow",
+                    budget,
+                )

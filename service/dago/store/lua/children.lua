@@ -1,0 +1,127 @@
+-- Child runs (docs/semantics.md, "Sub-graphs"). A subgraph node's attempt starts its child
+-- run and parks the node (the `spawn` function): WAITING, its work item acked, so it holds
+-- no slot and no pending item while the child runs. The child lives on the parent's shard,
+-- so its end and the effect on its parent are one call: end_graph (core.lua) calls
+-- Child.ended, which records the child's outcome for the parent node run where a wait
+-- node's decision goes (`<node>:w:o`, schema.ChildOutcome) and queues the node again; the
+-- worker's next start reads it and completes (or fails) the node through `apply`, so the
+-- output mapping, the edge conditions, the usage roll-up and the retry rule are where every
+-- other node's are. Ending a run cancels the children its waiting nodes run (Child.cancel).
+
+-- A child run ended (from end_graph): when its parent node run still waits for it, its
+-- outcome (state, the outputs of its completed nodes, usage, error) is recorded for that
+-- node run and the node is queued again. A parent that ended, or moved on, changes nothing.
+function Child.ended(gid, state)
+  local link = redis.call('HGET', gkey(gid), META.PARENT)
+  if not link then return end
+  local pid, node, iter, attempt = string.match(link, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
+  local gs = graph_state(pid)
+  if gs == nil or gs >= GraphState.COMPLETED then return end
+  local v = redis.call('HMGET', nkey(pid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
+    node .. NODE.CHILD, node .. F_EXEC)
+  if v[1] ~= NodeStateText.WAITING or v[2] ~= attempt or v[3] ~= iter or v[4] ~= gid then return end
+  local outs = '{}'
+  if state == GraphState.COMPLETED then
+    local ids = cjson.decode(redis.call('HGET', gkey(gid), META.NODE_IDS))
+    local parts = {}
+    for k = 1, #ids, 500 do
+      local fields = {}
+      for j = k, math.min(k + 499, #ids) do
+        fields[#fields + 1] = ids[j] .. F_STATE
+        fields[#fields + 1] = ids[j] .. NODE.OUTPUT
+      end
+      local o = redis.call('HMGET', nkey(gid), unpack(fields))
+      for j = 1, #fields, 2 do
+        if o[j] == S_COMPLETED and o[j + 1] then
+          parts[#parts + 1] = jstr(ids[k + (j - 1) / 2]) .. ':' .. o[j + 1]
+        end
+      end
+    end
+    outs = '{' .. table.concat(parts, ',') .. '}'
+  end
+  local gk = gkey(gid)
+  local err = redis.call('HGET', gk, META.ERROR)
+  local rec = '{"' .. CHILD_OUTCOME.ITERATION .. '":' .. iter .. ',"' .. CHILD_OUTCOME.ATTEMPT .. '":' .. attempt
+    .. ',"' .. CHILD_OUTCOME.GRAPH .. '":' .. jstr(gid) .. ',"' .. CHILD_OUTCOME.STATE .. '":' .. int(state)
+    .. ',"' .. CHILD_OUTCOME.OUTPUTS .. '":' .. outs .. ',"' .. CHILD_OUTCOME.USAGE .. '":' .. usage_json(gk)
+  if err then rec = rec .. ',"' .. CHILD_OUTCOME.ERROR .. '":' .. err end
+  rec = rec .. '}'
+  bytes_fit(pid, #rec)
+  emit(pid, EventKind.CHILD_ENDED, node, attempt, iter,
+    jstr({[DETAIL.CHILD] = gid, [DETAIL.CHILD_STATE] = state}))
+  -- The outcome first, then the work item: the start that reads it is this attempt's next
+  -- execution (the parked one's number is kept negated, as for a wait node).
+  node_set(pid, node, node .. NODE.DECISION_REF .. NODE.OUTPUT, rec)
+  local last = tonumber(v[5]) or 0
+  dispatch(pid, node, attempt, iter)
+  node_set(pid, node, node .. F_EXEC, -math.abs(last))
+end
+
+-- A run ends with `node` waiting: the child run the node waits for (and so its own
+-- children) is cancelled in the same call.
+function Child.cancel(gid, node)
+  local c = redis.call('HGET', nkey(gid), node .. NODE.CHILD)
+  if not c then return end
+  local cs = graph_state(c)
+  if cs == nil or cs >= GraphState.COMPLETED then return end
+  local why = 'its parent run ' .. gid .. ' ended'
+  end_graph(c, GraphState.CANCELLED, EventKind.GRAPH_CANCELLED, reason_json(why),
+    err_json(ErrorClass.UNSPECIFIED, 'cancelled: ' .. why, false))
+end
+
+-- Creates child run `cid` of node run (pid, node, iter, attempt, exec, instance) from the
+-- `spawn` arguments (A: ARG.SPAWN), as submit.lua creates a run, with what it takes from
+-- its parent: namespace, priority, retention, event and byte limits, archiving, trace; its deadline
+-- the sooner of its own and the parent's. `depth`: its nesting level.
+function Child.create(cid, pid, node, iter, attempt, exec, depth, A)
+  local pk = gkey(pid)
+  local pm = redis.call('HMGET', pk, META.NAMESPACE, META.RETENTION, META.MAX_EVENTS,
+    META.MAX_BYTES, META.ARCHIVE, META.TRACEPARENT, META.PRIORITY)
+  local ns = pm[1] or 'default'
+  local gk = gkey(cid)
+  local input = ARGV[A.INPUT]
+  local ids = cjson.decode(ARGV[A.NODE_IDS])
+  local plans = cjson.decode(ARGV[A.START_PLANS])
+  local entries = cjson.decode(ARGV[A.ENTRIES])
+  local link = pid .. '|' .. node .. '|' .. iter .. '|' .. attempt .. '|' .. exec .. '|' .. ARGV[A.INSTANCE]
+  redis.call('HSET', gk, META.STATE, GraphState.SUBMITTED, META.NAME, ARGV[A.NAME], META.CREATED, NOW,
+    META.SEQ, 0, META.STEPS, 0, META.OPEN, #ids, META.DEFINITION, ARGV[A.DEFINITION],
+    META.INPUTS, input, META.NODE_IDS, ARGV[A.NODE_IDS], META.MAX_STEPS, ARGV[A.MAX_STEPS],
+    META.MAX_TOKENS, ARGV[A.MAX_TOKENS], META.MAX_COST, ARGV[A.MAX_COST],
+    META.RETENTION, pm[2], META.REQUEST_ID, '', META.NAMESPACE, ns,
+    META.MAX_EVENTS, pm[3], META.MAX_BYTES, pm[4],
+    META.BYTES, #ARGV[A.DEFINITION] + #input, META.ARCHIVE, pm[5] or '0',
+    META.PARENT, link, META.PARENT_GRAPH, pid, META.PARENT_NODE, node, META.DEPTH, depth)
+  if pm[6] then redis.call('HSET', gk, META.TRACEPARENT, pm[6]) end
+  if pm[7] then redis.call('HSET', gk, META.PRIORITY, pm[7]) end
+  if ARGV[A.DEF_NAME] ~= '' then
+    redis.call('HSET', gk, META.DEF_NAME, ARGV[A.DEF_NAME], META.DEF_VERSION, ARGV[A.DEF_VERSION],
+      META.DEF_DIGEST, ARGV[A.DEF_DIGEST])
+  end
+  local fv = {}
+  for i = A.FIRST, #ARGV do fv[#fv + 1] = ARGV[i] end
+  for k = 1, #fv, 600 do redis.call('HSET', gk .. ':t', unpack(fv, k, math.min(k + 599, #fv))) end
+  fv = {}
+  for k, n in ipairs(ids) do
+    fv[#fv + 1] = n .. F_STATE; fv[#fv + 1] = S_PENDING
+    fv[#fv + 1] = n .. F_ATTEMPT; fv[#fv + 1] = '0'
+    fv[#fv + 1] = n .. F_ITER; fv[#fv + 1] = '1'
+    fv[#fv + 1] = n .. NODE.PLAN; fv[#fv + 1] = plans[k]
+  end
+  for k = 1, #fv, 600 do redis.call('HSET', nkey(cid), unpack(fv, k, math.min(k + 599, #fv))) end
+  redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
+  local idx = nsindex(ns)
+  redis.call('ZADD', idx, NOW, cid)
+  redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, cid)
+  redis.call('ZADD', pk .. ':c', NOW, cid)
+  gstate[cid] = GraphState.SUBMITTED
+  emit(cid, EventKind.GRAPH_SUBMITTED, nil, nil, nil,
+    jstr({[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}))
+  for _, n in ipairs(entries) do dispatch(cid, n, '1', '1') end
+  local at = 0
+  local own = tonumber(ARGV[A.DEADLINE_MS]) or 0
+  if own > 0 then at = NOW + own end
+  local theirs = tonumber(redis.call('ZSCORE', K_TIMERS, TIMER.DEADLINE .. '|' .. pid))
+  if theirs and (at == 0 or theirs < at) then at = theirs end
+  if at > 0 then redis.call('ZADD', K_TIMERS, at, TIMER.DEADLINE .. '|' .. cid) end
+end

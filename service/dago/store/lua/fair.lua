@@ -1,0 +1,191 @@
+-- Fair dispatch between namespaces (the table `Fair`, declared in core.lua so dispatch can
+-- call it). A dispatched work item does not go to the shard's work stream straight away: it
+-- waits in its namespace's queue of its run's priority (ShardKeys.queue, a list of the work
+-- entry's field/value pairs after the time it was queued), and the namespace is in the shard's ready set
+-- (ShardKeys.ready) by its pass. A take (read_new) moves items to the work stream in fair
+-- turns, then reads them with XREADGROUP as before: from there on the work stream is the
+-- one it always was (pending entries, leases, reclaim, dead letters, acks).
+--
+-- Turns are stride scheduling, weighted round robin without a deficit to keep: the
+-- namespace with the lowest pass is served, and each item it starts adds 1/weight to its
+-- pass; a namespace with nothing queued leaves the set, and joins again at the shard's
+-- virtual time (the pass served last), so idling earns no credit. Within a namespace, the
+-- highest priority queue goes first. A namespace at its running cap (Fair.MAX_RUNNING of the
+-- shares hash, its cap divided over the shards by the Python side) is passed over: its
+-- items wait in its queue, holding no slot, until an ack of one of its items frees one.
+
+-- Per call: each graph's {namespace, priority}, the namespaces put in the ready set, the
+-- shard's shares (weights and caps).
+local FAIR_G, FAIR_IN, FAIR_SHARES = {}, {}, {}
+
+function Fair.reset()
+  FAIR_G, FAIR_IN, FAIR_SHARES = {}, {}, {}
+end
+
+local function fair_of(gid)
+  local f = FAIR_G[gid]
+  if f == nil then
+    local v = redis.call('HMGET', gkey(gid), META.NAMESPACE, META.PRIORITY)
+    local ns = v[1]
+    if not ns or ns == '' then ns = 'default' end
+    f = {ns, v[2] or int(FAIR.PRIORITY_DEFAULT)}
+    FAIR_G[gid] = f
+  end
+  return f[1], f[2]
+end
+
+local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
+
+-- Queues a work item (its entry's field/value pairs) of graph `gid`, after the time it was
+-- queued (ms: the age the metrics report as the queue's lag).
+function Fair.push(gid, ...)
+  local ns, prio = fair_of(gid)
+  redis.call('RPUSH', qkey(ns, prio), cjson.encode({NOW, ...}))
+  local k = TAG .. '\0' .. ns
+  if not FAIR_IN[k] then
+    local vt = redis.call('HGET', TAG .. ':fair', FAIR.CLOCK) or '0'
+    redis.call('ZADD', TAG .. ':ready', 'NX', vt, ns)
+    FAIR_IN[k] = true
+  end
+end
+
+-- The shard's {weights, caps} by namespace ('' is the default's), read once per call.
+local function shares()
+  local s = FAIR_SHARES[TAG]
+  if s == nil then
+    s = {{}, {}}
+    local raw = redis.call('HGETALL', TAG .. ':shares')
+    local wl, ml = #FAIR.WEIGHT, #FAIR.MAX_RUNNING
+    for k = 1, #raw, 2 do
+      local f, v = raw[k], tonumber(raw[k + 1])
+      if string.sub(f, 1, wl) == FAIR.WEIGHT then s[1][string.sub(f, wl + 1)] = v
+      elseif string.sub(f, 1, ml) == FAIR.MAX_RUNNING then s[2][string.sub(f, ml + 1)] = v end
+    end
+    FAIR_SHARES[TAG] = s
+  end
+  return s
+end
+
+local function share(t, ns, default)
+  local v = t[ns]
+  if v == nil then v = t[''] end
+  if v == nil then v = default end
+  return v
+end
+
+-- Moves up to `count` queued items to the work stream in fair turns; returns how many.
+local function fair_move(count)
+  local ready = redis.call('ZRANGE', TAG .. ':ready', 0, -1, 'WITHSCORES')
+  if #ready == 0 then return 0 end
+  local s = shares()
+  local fk = TAG .. ':fair'
+  -- Candidates {ns, pass, running, cap, weight}.
+  local cands = {}
+  for k = 1, #ready, 2 do
+    local ns = ready[k]
+    local cap = share(s[2], ns, 0)
+    cands[#cands + 1] = {ns, tonumber(ready[k + 1]), 0, cap, math.max(share(s[1], ns, 1), 0.001)}
+  end
+  if #cands > 1 or cands[1][4] > 0 then
+    local fields = {}
+    for _, c in ipairs(cands) do fields[#fields + 1] = FAIR.RUNNING .. c[1] end
+    local run = redis.call('HMGET', fk, unpack(fields))
+    for j, c in ipairs(cands) do c[3] = tonumber(run[j]) or 0 end
+  end
+  local moved, last_pass = 0, nil
+  local inflight = {}
+  while moved < count and #cands > 0 do
+    -- The lowest pass first (ties: the order of the set); the next lowest bounds its turn.
+    local bi, second = 1, math.huge
+    for j = 2, #cands do
+      if cands[j][2] < cands[bi][2] then second = math.min(second, cands[bi][2]); bi = j
+      else second = math.min(second, cands[j][2]) end
+    end
+    local c = cands[bi]
+    local ns, step = c[1], 1 / c[5]
+    local n = count - moved
+    if c[4] > 0 then n = math.min(n, c[4] - c[3]) end
+    if second < math.huge then n = math.min(n, math.floor((second - c[2]) / step) + 1) end
+    local got = 0
+    if n > 0 then
+      for p = FAIR.PRIORITY_MAX, FAIR.PRIORITY_MIN, -1 do
+        if got >= n then break end
+        local vals = redis.call('LPOP', qkey(ns, p), n - got)
+        if vals then
+          for _, v in ipairs(vals) do
+            local mid = redis.call('XADD', K_WORK, '*', unpack(cjson.decode(v), 2))
+            inflight[#inflight + 1] = mid
+            inflight[#inflight + 1] = ns
+          end
+          got = got + #vals
+        end
+      end
+    end
+    if got > 0 then
+      c[2] = c[2] + got * step
+      c[3] = c[3] + got
+      last_pass = c[2]
+      redis.call('HINCRBY', fk, FAIR.RUNNING .. ns, got)
+      moved = moved + got
+    end
+    if n > 0 and got < n then
+      -- Its queues are empty: out of the set until a dispatch brings it back.
+      redis.call('ZREM', TAG .. ':ready', ns)
+      FAIR_IN[TAG .. '\0' .. ns] = nil
+      table.remove(cands, bi)
+    elseif n <= 0 then
+      table.remove(cands, bi)  -- at its cap: passed over, it keeps its place and its pass
+    else
+      redis.call('ZADD', TAG .. ':ready', 'XX', c[2], ns)
+    end
+  end
+  if last_pass then redis.call('HSET', fk, FAIR.CLOCK, last_pass) end
+  for k = 1, #inflight, 1000 do
+    redis.call('HSET', TAG .. ':inflight', unpack(inflight, k, math.min(k + 999, #inflight)))
+  end
+  return moved
+end
+
+-- New work items of the current shard for `worker`, at most `count`, as XREADGROUP returns
+-- them ({{id, fields}...}): fair turns first, then the read.
+function Fair.take(worker, count)
+  fair_move(count)
+  local res = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', count, 'STREAMS', K_WORK, '>')
+  return res and res[1][2] or {}
+end
+
+-- Work entries acked (ids): one less running item of their namespaces. An ack that frees a
+-- slot of a namespace at its cap with items queued wakes the readers waiting for work.
+function Fair.done(ids)
+  if #ids == 0 then return end
+  local ik, fk = TAG .. ':inflight', TAG .. ':fair'
+  local per = {}
+  for k = 1, #ids, 1000 do
+    local part = {unpack(ids, k, math.min(k + 999, #ids))}
+    local v = redis.call('HMGET', ik, unpack(part))
+    for j = 1, #part do
+      if v[j] then per[v[j]] = (per[v[j]] or 0) + 1 end
+    end
+    redis.call('HDEL', ik, unpack(part))
+  end
+  local s = nil
+  for ns, n in pairs(per) do
+    local left = redis.call('HINCRBY', fk, FAIR.RUNNING .. ns, -n)
+    if left <= 0 then redis.call('HDEL', fk, FAIR.RUNNING .. ns) end
+    s = s or shares()
+    local cap = share(s[2], ns, 0)
+    if cap > 0 and left + n >= cap and redis.call('ZSCORE', TAG .. ':ready', ns) then
+      dispatched = dispatched + 1
+    end
+  end
+end
+
+-- Charges an attempt's cost (USD, as text) to its namespace's spend of the day.
+function Fair.spend(gid, cost)
+  if cost == '0' or not tonumber(cost) or tonumber(cost) <= 0 then return end
+  local ns = fair_of(gid)
+  local day = math.floor(NOW / 86400000)
+  local k = TAG .. ':spend:' .. int(day)
+  redis.call('HINCRBYFLOAT', k, ns, cost)
+  redis.call('EXPIREAT', k, (day + 3) * 86400)
+end
