@@ -256,6 +256,8 @@ async def test_a_throttled_node_holds_no_slot_and_no_attempt(
     st = await c.status(gid)
     waiting = node_status(st, ev.node_id)
     assert waiting.state == execution_pb2.NODE_STATE_QUEUED and waiting.attempt == 1
+    due = ev.time.ToMilliseconds() + ev.node_throttled.wait_ms
+    assert waiting.throttled_until.ToMilliseconds() == due
     assert len(fake.requests) == 2
     store = one_slot.store
     pending = [await store.redis.xpending(sk.work, "workers") for sk in store.keys.all_shards()]

@@ -141,7 +141,7 @@ class Node:
     (``DECISION_REF``; JSON, ``ChildOutcome``)."""
     THROTTLED: Final = ":q"
     """When a node throttled by a model rate limit (QUEUED, no work item) is queued again
-    (ms): written by the ``throttle`` function, read by the status views."""
+    (ms): written by the ``throttle`` function, shown as ``NodeStatus.throttled_until``."""
 
 
 class StartPlan:

@@ -300,6 +300,7 @@ class NodeStatus(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
     CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    THROTTLED_UNTIL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -348,6 +349,12 @@ class NodeStatus(_message.Message):
         an agent waiting for the approval of a tool call); unset otherwise.
         """
 
+    @_builtins.property
+    def throttled_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while a model rate limit holds the node back: it is QUEUED, holding
+        no slot, and is queued again at this time (docs/limits.md).
+        """
+
     def __init__(
         self,
         *,
@@ -365,10 +372,11 @@ class NodeStatus(_message.Message):
         wait: Global___NodeWait | None = ...,
         reused: _builtins.bool = ...,
         child_graph_id: _builtins.str = ...,
+        throttled_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "throttled_until", b"throttled_until", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "throttled_until", b"throttled_until", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -295,6 +295,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: string child_graph_id = 40;
    */
   childGraphId: string;
+
+  /**
+   * Set while a model rate limit holds the node back: it is QUEUED, holding
+   * no slot, and is queued again at this time (docs/limits.md).
+   *
+   * @generated from field: google.protobuf.Timestamp throttled_until = 55;
+   */
+  throttledUntil?: Timestamp | undefined;
 };
 
 /**
