@@ -17,7 +17,8 @@ import pytest
 from dago.config import ModelRateLimit, find_rate_limit, parse_rate_limits
 from dago.store.functions import RateOp, rate_limit_args
 from dago.v1 import execution_pb2, orchestrator_pb2
-from fake_anthropic import Error, FakeAnthropic
+from fake_anthropic import Error, FakeAnthropic, Text, ToolUse
+from fake_anthropic import Usage as FakeUsage
 from harness import (
     ROOT,
     InProcessStack,
@@ -264,3 +265,38 @@ async def test_a_throttled_node_holds_no_slot_and_no_attempt(
     assert sum(p["pending"] for p in pending) == 0
     resp = await c.stub.GetLimits(orchestrator_pb2.GetLimitsRequest(), timeout=10)
     assert resp.models[0].requests_available < 0.5
+
+
+@pytest.mark.slow
+async def test_an_agent_past_its_first_turn_waits_for_the_limit_in_place(
+    make_stack: MakeStack, fake: FakeAnthropic
+) -> None:
+    """An agent throttled after its first turn waits where it is instead of being queued
+    again: its first turn's usage stays on the record and is not bought twice. 6,000 output
+    tokens a minute (a bucket of 100) and max_tokens 100: the first turn passes on the full
+    bucket, the second finds only what the first gave back and waits for the rest."""
+    s = await make_stack(
+        rate_limits=limits(model={"output_tokens_per_minute": 6000}),
+        anthropic_api_key="sk-fake",
+        anthropic_base_url=fake.url,
+        llm_provider="anthropic",
+    )
+    fake.script = [
+        ToolUse({"text": "hi"}, "echo", FakeUsage(10, 50), "toolu_1"),
+        Text("done", usage=FakeUsage(10, 5)),
+    ]
+    node = {
+        "id": "ag",
+        "agent": {
+            "llm": {"prompt": "Echo hi.", "model": MODEL, "maxTokens": 100},
+            "tools": ["echo"],
+        },
+        "retry": {"maxAttempts": 1},
+    }
+    _, st = await s.client.run(request([node]), timeout=20)
+    assert st.state == COMPLETED, st
+    ag = node_status(st, "ag")
+    assert ag.attempt == 1 and ag.usage.output_tokens == 55 and len(fake.requests) == 2
+    gap = fake.requests[1].at - fake.requests[0].at
+    assert gap >= 0.3  # ~50 of the 100 tokens refilled at 100 a second
+    assert not of_kind(await s.client.history(st.graph_id), "node_throttled")
