@@ -27,6 +27,7 @@ from dago.store.keys import Keys
 from dago.store.stats import RedisCollector
 from dago.store.store import Store
 from dago.worker.process import Worker
+from dago.worker.ratelimits import StoreLimiter
 
 
 def _common(settings: Settings) -> tuple[Store, CelCompiler, CompileOptions]:
@@ -111,7 +112,8 @@ def build_worker(settings: Settings) -> Worker:
     store, cel, options = _common(settings)
     metrics = Metrics(new_registry())
     tracing = Tracing("dago-worker")
-    handlers = build_handlers(build_deps(settings, metrics, tracing))
+    limiter = StoreLimiter.from_settings(settings, store, metrics)
+    handlers = build_handlers(build_deps(settings, metrics, tracing, limiter))
     graphs = GraphCache(store, cel, options)
     return Worker(
         store,

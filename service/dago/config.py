@@ -123,6 +123,7 @@ class Settings:
     archive_batch: int = 50
     migrate_at_start: bool = False
     namespaces_file: str = ""
+    rate_limits: str = ""
 
     @property
     def cluster(self) -> bool:
@@ -193,6 +194,69 @@ def _prices(v: Any) -> str | None:
             for r in rows
         ):
             return f"{model!r}: give non-negative USD per million tokens as numbers"
+    return None
+
+
+@dataclass(frozen=True)
+class ModelRateLimit:
+    """One model's limits of ``DAGO_RATE_LIMITS`` (per minute; 0: that measure unlimited)."""
+
+    requests_per_minute: float = 0.0
+    input_tokens_per_minute: float = 0.0
+    output_tokens_per_minute: float = 0.0
+    burst_seconds: float = 1.0
+    """How much of a minute's allowance may be spent at once (the bucket holds this many
+    seconds of it; at least two requests, and any single call fits a full bucket)."""
+
+
+_RATE_FIELDS = ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute")
+
+
+def parse_rate_limits(text: str) -> dict[str, ModelRateLimit]:
+    """The limits of a ``DAGO_RATE_LIMITS`` value (JSON or a JSON file's path) by
+    ``provider/model``; raises ValueError saying what is wrong."""
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"must be a JSON object or the path of a JSON file ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError('must be a JSON object of "provider/model" to limits')
+    out: dict[str, ModelRateLimit] = {}
+    for key, spec in raw.items():
+        provider, _, model = str(key).partition("/")
+        if provider not in LLM_PROVIDERS or not model or "{" in model or "}" in model:
+            raise ValueError(
+                f'{key!r}: name "provider/model" (or "provider/*") with a provider of '
+                f"{', '.join(LLM_PROVIDERS)}"
+            )
+        if not isinstance(spec, dict) or set(spec) - {*_RATE_FIELDS, "burst_seconds"}:
+            raise ValueError(f"{key!r}: an object of {', '.join(_RATE_FIELDS)}, burst_seconds")
+        values = {k: spec.get(k, 0) for k in _RATE_FIELDS}
+        values["burst_seconds"] = spec.get("burst_seconds", 1.0)
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ValueError(f"{key!r}: {k} must be a non-negative number")
+        if values["burst_seconds"] <= 0:
+            raise ValueError(f"{key!r}: burst_seconds must be positive")
+        out[str(key)] = ModelRateLimit(**{k: float(v) for k, v in values.items()})
+    return out
+
+
+def find_rate_limit(
+    limits: Mapping[str, ModelRateLimit], provider: str, model: str
+) -> ModelRateLimit | None:
+    """The limit of ``provider``'s ``model``: its own entry, else the provider's ``*`` entry
+    (each model still has a bucket of its own), else None (not limited)."""
+    return limits.get(f"{provider}/{model}") or limits.get(f"{provider}/*")
+
+
+def _rate_limits_problem(v: str) -> str | None:
+    try:
+        parse_rate_limits(v)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -577,6 +641,13 @@ SETTINGS: dict[str, _Spec] = {
         "The price of models allowed by DAGO_ALLOW_UNKNOWN_MODELS that DAGO_PRICES does not "
         'name: one row of DAGO_PRICES, e.g. `{"input": 3, "output": 15}`.',
         lambda v: _prices(f'{{"unknown": {v}}}') if v else None,
+    ),
+    "rate_limits": _Spec(
+        "Model rate limits shared by every worker (docs/limits.md): JSON (or the path of a JSON "
+        'file) mapping "provider/model" (or "provider/*": each model of the provider without '
+        "an entry of its own) to {requests_per_minute, input_tokens_per_minute, "
+        "output_tokens_per_minute, burst_seconds}; 0 or absent: no limit on that measure.",
+        _rate_limits_problem,
     ),
     "llm_cache_ttl": _Spec(
         "Prompt cache lifetime of Claude calls whose node and graph set none: 5m, 1h, or off "

@@ -520,3 +520,25 @@ async def test_map_items_with_both_clients(stack: InProcessStack) -> None:
             return [i.index for i in dago.items(gid, "each", limit=2)]
 
     assert await asyncio.to_thread(work) == [0, 1]
+
+
+async def test_limits_with_both_clients(make_stack: MakeStack) -> None:
+    """GetLimits through the async and the sync client: each configured model with its
+    bucket's level (full: nothing called it yet)."""
+    rl = '{"anthropic/claude-sonnet-4-6": {"requests_per_minute": 50, "burst_seconds": 6}}'
+    s = await make_stack(rate_limits=rl)
+    async with AsyncDagoClient(target(s)) as dago:
+        (m,) = await dago.limits()
+    assert (m.provider, m.model, m.requests_per_minute, m.requests_available) == (
+        "anthropic",
+        "claude-sonnet-4-6",
+        50,
+        5,  # six seconds of 50 a minute
+    )
+    assert m.input_tokens_per_minute == 0 and not m.HasField("paused_until")
+
+    def sync_limits() -> list[orchestrator_pb2.ModelLimit]:
+        with DagoClient(target(s)) as sync:
+            return sync.limits()
+
+    assert await asyncio.to_thread(sync_limits) == [m]

@@ -752,3 +752,16 @@ async def test_items_and_map_progress_in_status(stack: InProcessStack, tmp_path:
     code, out, err = await ctl("watch", gid)
     assert code == 0, err
     assert "each: items [##########] 3/3  completed 3" in out, out
+
+
+async def test_limits_table_and_json(make_stack: MakeStack) -> None:
+    rl = '{"anthropic/*": {"requests_per_minute": 60, "output_tokens_per_minute": 6000}}'
+    ctl = ctl_for(await make_stack(rate_limits=rl))
+    code, out, err = await ctl("limits")
+    assert code == 0, err
+    header, row = (line.split() for line in out.splitlines())
+    assert header == ["MODEL", "REQUESTS", "INPUT", "TOKENS", "OUTPUT", "TOKENS", "PAUSED"]
+    assert row == ["anthropic/*", "2/60/min", "-", "100/6000/min"]  # at least two requests
+    code, out, _ = await ctl("-o", "json", "limits")
+    (m,) = json.loads(out)
+    assert (m["provider"], m["model"], m["requests_per_minute"]) == ("anthropic", "*", 60)

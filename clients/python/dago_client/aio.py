@@ -361,6 +361,13 @@ class AsyncDagoClient:
         resp = await self._call(self.stub.ListWorkers, req, idempotent=True, deadline_s=deadline_s)
         return list(resp.workers)
 
+    async def limits(self, *, deadline_s: float | None = None) -> list[orchestrator_pb2.ModelLimit]:
+        """The model rate limits shared by every worker, with their buckets' levels now
+        (GetLimits; docs/limits.md)."""
+        req = orchestrator_pb2.GetLimitsRequest()
+        resp = await self._call(self.stub.GetLimits, req, idempotent=True, deadline_s=deadline_s)
+        return list(resp.models)
+
     async def dead_letters_page(
         self,
         graph_id: str = "",

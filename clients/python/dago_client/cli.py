@@ -555,6 +555,30 @@ class Cli:
             print("(no live worker: graphs will not run)", file=self.err)
         return EXIT_OK
 
+    def limits(self) -> int:
+        """``limits``: the model rate limits and what each bucket holds now."""
+        models = self.client.limits()
+        if self.as_json:
+            self.print(_dicts(models))
+            return EXIT_OK
+        name = max([5, *(len(f"{m.provider}/{m.model}") for m in models)])
+        self.print(f"{'MODEL':<{name}}  {'REQUESTS':>15}  {'INPUT TOKENS':>21}  "
+                   f"{'OUTPUT TOKENS':>21}  PAUSED")  # fmt: skip
+        now = time.time()
+        for m in models:
+            paused = ""
+            if m.HasField("paused_until"):
+                paused = f"{max(0.0, m.paused_until.ToMilliseconds() / 1000 - now):.1f}s more"
+            self.print(
+                f"{m.provider + '/' + m.model:<{name}}  "
+                f"{_level(m.requests_available, m.requests_per_minute):>15}  "
+                f"{_level(m.input_tokens_available, m.input_tokens_per_minute):>21}  "
+                f"{_level(m.output_tokens_available, m.output_tokens_per_minute):>21}  {paused}"
+            )
+        if not models:
+            print("(no model rate limits: DAGO_RATE_LIMITS is not set)", file=self.err)
+        return EXIT_OK
+
     def dead_letters(self) -> int:
         """``dead-letters [list|requeue ID|drop ID]``."""
         action = self.args.dl_action or "list"
@@ -794,6 +818,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--after-seq", type=int, default=0, help="resume after this event")
     w.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     sub.add_parser("workers", help="list live workers: slots, work in flight, heartbeat age")
+    sub.add_parser("limits", help="model rate limits and their buckets' levels now")
     dl = sub.add_parser(
         "dead-letters",
         help="list, requeue or drop dead-lettered work items",
@@ -861,6 +886,11 @@ def parser() -> argparse.ArgumentParser:
             help="json: for programs",
         )
     return p
+
+
+def _level(available: float, per_minute: float) -> str:
+    """``12/60 per min``: what a bucket holds now of a per-minute limit (``-``: none)."""
+    return f"{available:.0f}/{per_minute:.0f}/min" if per_minute else "-"
 
 
 def main(

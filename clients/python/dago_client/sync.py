@@ -343,6 +343,13 @@ class DagoClient:
         resp = self._call(self.stub.ListWorkers, req, idempotent=True, deadline_s=deadline_s)
         return list(resp.workers)
 
+    def limits(self, *, deadline_s: float | None = None) -> list[orchestrator_pb2.ModelLimit]:
+        """The model rate limits shared by every worker, with their buckets' levels now
+        (GetLimits; docs/limits.md)."""
+        req = orchestrator_pb2.GetLimitsRequest()
+        resp = self._call(self.stub.GetLimits, req, idempotent=True, deadline_s=deadline_s)
+        return list(resp.models)
+
     def dead_letters_page(
         self,
         graph_id: str = "",

@@ -15,6 +15,7 @@ import type {
   ListNodeAttemptsRequestSchema,
   ListNodeAttemptsResponse,
   ListWorkersResponse,
+  GetLimitsResponse,
   DropDeadLetterResponse,
   RequeueDeadLetterResponse,
   GetUsageSummaryRequestSchema,
@@ -129,6 +130,8 @@ export interface DagoClient {
   ): Promise<ListNodeAttemptsResponse>;
   /** The worker processes alive now. */
   workers(options?: CallOptions): Promise<ListWorkersResponse>;
+  /** The model rate limits shared by every worker, with their buckets' levels now. */
+  limits(options?: CallOptions): Promise<GetLimitsResponse>;
   /** One page of dead letters, newest first (pageSize, pageToken, graphId). */
   deadLetters(
     request?: MessageInitShape<typeof ListDeadLettersRequestSchema>,

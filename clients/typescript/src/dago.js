@@ -155,6 +155,10 @@ export function createDagoClient(baseUrl, options = {}) {
       return (await client()).listWorkers({}, callOptions);
     },
 
+    async limits(callOptions) {
+      return (await client()).getLimits({}, callOptions);
+    },
+
     async deadLetters(request = {}, callOptions) {
       return (await client()).listDeadLetters(request, callOptions);
     },

@@ -193,6 +193,9 @@ test("status views, a node's attempts, the workers and the dead letters", TIMEOU
   assert.ok(attempts[0].input && attempts[0].output);
   const { workers } = await dago.workers();
   assert.ok(workers.length >= 1 && workers.every((w) => w.slots >= 1), `${workers.length} workers`);
+  // No DAGO_RATE_LIMITS on this stack: GetLimits lists no model.
+  const { models } = await dago.limits();
+  assert.deepEqual(models, []);
   const { deadLetters } = await dago.deadLetters({ pageSize: 5, graphId: sub.graphId });
   assert.deepEqual(deadLetters, []);
   // One call at a time: a second promise made up front rejects unhandled while the first is

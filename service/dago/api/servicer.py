@@ -41,7 +41,7 @@ from dago.api.views import (
     map_progress,
 )
 from dago.api.watch import EventHub
-from dago.config import Settings
+from dago.config import Settings, parse_rate_limits
 from dago.engine.cel import CelCompiler
 from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.compile import ANY_INPUTS
@@ -61,7 +61,7 @@ from dago.history.usage import UsageReport
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, trace_id_of
 from dago.store.events import Entries, batched, decode, error_from
-from dago.store.functions import SignalArgs, Signalled, SubmitArgs
+from dago.store.functions import RateOp, SignalArgs, Signalled, SubmitArgs, rate_limit_args
 from dago.store.schema import Decision, Fair, Meta, Node, Request
 from dago.store.schema import Wait as StoredWait
 from dago.store.store import DeadLetterEntry, RecordId, Store
@@ -826,6 +826,38 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 w.metrics_port = int(info.get("metrics_port", 0))
             w.start_time.FromMilliseconds(int(info.get("started_ms", 0)))
             w.last_heartbeat_time.FromMilliseconds(seen_ms)
+        return resp
+
+    async def GetLimits(
+        self, request: orchestrator_pb2.GetLimitsRequest, context: Ctx
+    ) -> orchestrator_pb2.GetLimitsResponse:
+        """Each model limit of DAGO_RATE_LIMITS with its bucket's level now (read by the
+        ``ratelimit`` function, which brings it up to date; one call per model, each in its
+        own slot). A provider's ``*`` entry has no bucket of its own: it shows full."""
+        resp = orchestrator_pb2.GetLimitsResponse()
+        limits = parse_rate_limits(self._settings.rate_limits)
+        models = [name.partition("/")[::2] for name in sorted(limits)]
+        buckets = await asyncio.gather(
+            *(
+                self._store.rate_limit(p, m, rate_limit_args(limits[f"{p}/{m}"], RateOp.READ))
+                for p, m in models
+            )
+        )
+        for (provider, model), bucket in zip(models, buckets, strict=True):
+            limit = limits[f"{provider}/{model}"]
+            m = resp.models.add(
+                provider=provider,
+                model=model,
+                requests_per_minute=limit.requests_per_minute,
+                input_tokens_per_minute=limit.input_tokens_per_minute,
+                output_tokens_per_minute=limit.output_tokens_per_minute,
+                burst_seconds=limit.burst_seconds,
+                requests_available=bucket.requests,
+                input_tokens_available=bucket.input_tokens,
+                output_tokens_available=bucket.output_tokens,
+            )
+            if bucket.paused_until_ms > time.time() * 1000:
+                m.paused_until.FromMilliseconds(bucket.paused_until_ms)
         return resp
 
     def _dead_letter_id(self, dead_letter_id: str) -> tuple[int, str]:

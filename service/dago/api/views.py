@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from dago.engine.graphcache import LoadedGraph
@@ -203,6 +204,13 @@ def _node_status(
     if err:
         error_from(json.loads(err), ns.error)
     _usage(h, f"{nid}:", ns.usage)
+    throttled = get(Node.THROTTLED)  # the not-before of a throttle still to come
+    if (
+        throttled is not None
+        and ns.state == execution_pb2.NODE_STATE_QUEUED
+        and int(throttled) > time.time() * 1000
+    ):
+        ns.throttled_until.FromMilliseconds(int(throttled))
     waited = get(Node.WAIT)
     if waited is not None and ns.state == execution_pb2.NODE_STATE_WAITING:
         fill_wait(ns.wait, waited, display=full)

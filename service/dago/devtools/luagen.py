@@ -81,6 +81,7 @@ def _enums() -> list[str]:
         ),
         _table("EventKind", kinds, "dago.v1.Event payloads: the stored event kinds"),
         _table("Outcome", [(o.name, o.value) for o in functions.Outcome], "functions.Outcome"),
+        _table("RateOp", [(o.name, o.value) for o in functions.RateOp], "functions.RateOp"),
     ]
 
 

@@ -85,3 +85,17 @@ class NodeFailure(Exception):
 def invalid(message: str) -> NodeFailure:
     """A failure retrying cannot fix (bad input or configuration)."""
     return NodeFailure(graph_pb2.ERROR_CLASS_INVALID, message, False)
+
+
+class Throttled(Exception):
+    """A model rate limit had no room for a call (``dago.nodes.ratelimit``): the attempt ends
+    without a call and without failing, and its node is queued again after ``wait_ms``
+    (the ``throttle`` function; the attempt is not consumed). Not a ``NodeFailure``: no
+    handler's failure handling may take it for one."""
+
+    def __init__(self, provider: str, model: str, wait_ms: int, reason: str) -> None:
+        super().__init__(f"{provider}/{model}: no room ({reason}) for {wait_ms} ms")
+        self.provider = provider
+        self.model = model
+        self.wait_ms = wait_ms
+        self.reason = reason

@@ -17,6 +17,7 @@ from dago.nodes import agent, http, llm, map, router, subgraph, tool, wait
 from dago.nodes.base import NodeDeps, NodeHandler, NodeKind
 from dago.nodes.http import SafeHttp
 from dago.nodes.llm import ModelCaller
+from dago.nodes.ratelimit import Limiter
 from dago.nodes.toolbox import Toolbox
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing
@@ -44,8 +45,11 @@ def kind_checks(kinds: Iterable[NodeKind] = KINDS) -> dict[str, KindCheck]:
     return checks
 
 
-def build_deps(settings: Settings, metrics: Metrics, tracing: Tracing) -> NodeDeps:
-    """The dependencies the handlers of one worker process share."""
+def build_deps(
+    settings: Settings, metrics: Metrics, tracing: Tracing, limiter: Limiter | None = None
+) -> NodeDeps:
+    """The dependencies the handlers of one worker process share; ``limiter``: the model
+    rate limits its model calls reserve in (``dago.nodes.ratelimit``), if any."""
     safe_http = SafeHttp(
         settings.http_allow, settings.http_max_response_bytes, metrics=metrics, tracing=tracing
     )
@@ -55,7 +59,7 @@ def build_deps(settings: Settings, metrics: Metrics, tracing: Tracing) -> NodeDe
         tracing=tracing,
         http=safe_http,
         toolbox=Toolbox.from_settings(settings, safe_http),
-        model=ModelCaller.from_settings(settings, metrics, tracing),
+        model=ModelCaller.from_settings(settings, metrics, tracing, limiter),
     )
 
 

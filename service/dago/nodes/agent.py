@@ -60,13 +60,15 @@ from typing import Any
 
 from dago.engine.fields import clip
 from dago.engine.kinds import CheckContext, KindParts
-from dago.engine.outcome import NodeFailure, Usage
+from dago.engine.outcome import NodeFailure, Throttled, Usage
 from dago.engine.output_schema import validation_error
 from dago.engine.topology import decision_ref, saved_ref
 from dago.engine.waits import AGENT_DECISIONS, needs_approval, pattern_covers
 from dago.llm.base import (
     ChatMessage,
+    LlmRequest,
     LlmResponse,
+    Provider,
     ToolCallRequest,
     ToolOutcome,
     ToolSpec,
@@ -192,6 +194,29 @@ class AgentHandler(NodeHandler):
         closing it twice is harmless)."""
         await self._tools.close()
 
+    async def _turn(
+        self,
+        ctx: NodeContext,
+        spec: graph_pb2.AgentNode,
+        request: LlmRequest,
+        messages: list[ChatMessage],
+        provider: Provider,
+        spent: Usage,
+    ) -> tuple[LlmResponse, Usage]:
+        """One model call of the loop. A model rate limit with no room throttles the attempt
+        out (``Throttled``: the node is queued again, holding no slot) only before the
+        attempt has spent anything; after its first turn the agent waits here instead:
+        starting over would lose the record of the turns spent and buy them again."""
+        while True:
+            try:
+                return await self._model.call(
+                    ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
+                )
+            except Throttled as t:
+                if not spent.tokens:
+                    raise
+                await asyncio.sleep(t.wait_ms / 1000)
+
     async def run(self, ctx: NodeContext) -> NodeResult:
         """Run the loop described in the module doc."""
         spec = ctx.node.proto.agent
@@ -243,9 +268,7 @@ class AgentHandler(NodeHandler):
         for turn in range(first_turn, max_turns + 1):
             if saved is None:
                 try:
-                    resp, priced = await self._model.call(
-                        ctx, spec.llm, dataclasses.replace(request, messages=messages), provider
-                    )
+                    resp, priced = await self._turn(ctx, spec, request, messages, provider, spent)
                 except NodeFailure as f:
                     # The failed call's usage comes priced (ModelCaller.call).
                     if f.usage is not None:

@@ -43,6 +43,7 @@ from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.nodes.base import Emit, NodeContext, NodeHandler, NodeKind, NodeResult
+from dago.nodes.ratelimit import Limiter, estimate_input_tokens
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, fail
 from dago.store.values import to_plain
@@ -248,8 +249,10 @@ class ModelCaller:
         tracing: Tracing | None = None,
         log_prompts: bool = False,
         cache_ttl: str = "5m",
+        limiter: Limiter | None = None,
     ) -> None:
         self._cache_ttl = cache_ttl
+        self._limiter = limiter
         self._providers = providers
         self._prices = prices
         self._max_tokens = default_max_tokens
@@ -258,8 +261,15 @@ class ModelCaller:
         self._log_prompts = log_prompts
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics, tracing: Tracing) -> ModelCaller:
-        """The providers, prices and defaults of ``settings``."""
+    def from_settings(
+        cls,
+        settings: Settings,
+        metrics: Metrics,
+        tracing: Tracing,
+        limiter: Limiter | None = None,
+    ) -> ModelCaller:
+        """The providers, prices and defaults of ``settings``; ``limiter``: the model rate
+        limits (``dago.nodes.ratelimit``), if any."""
         return cls(
             Providers(settings),
             PriceTable(settings.prices, settings.unknown_model_price, settings.price_multiplier),
@@ -268,6 +278,7 @@ class ModelCaller:
             tracing=tracing,
             log_prompts=settings.log_prompts,
             cache_ttl=settings.llm_cache_ttl,
+            limiter=limiter,
         )
 
     def request(
@@ -329,7 +340,36 @@ class ModelCaller:
         """Run ``request`` on ``provider``, streaming text deltas as coalesced events.
 
         The call is a span following the OpenTelemetry GenAI conventions and is measured
-        (duration, time to first token, tokens, cost, errors by class)."""
+        (duration, time to first token, tokens, cost, errors by class). With rate limits,
+        the call is reserved in its model's bucket first (``Throttled`` when it has no
+        room) and settled to its real usage after (``dago.nodes.ratelimit``)."""
+        limiter = self._limiter
+        if limiter is None:
+            return await self._call(ctx, spec, request, provider)
+        held = await limiter.reserve(
+            provider.name, request.model, estimate_input_tokens(request), request.max_tokens
+        )
+        if held is None:
+            return await self._call(ctx, spec, request, provider)
+        used = Usage()
+        try:
+            resp, used = await self._call(ctx, spec, request, provider)
+            return resp, used
+        except NodeFailure as f:
+            used = f.usage or used
+            if f.error_class == graph_pb2.ERROR_CLASS_RATE_LIMITED and f.retry_after:
+                await limiter.pause(provider.name, request.model, f.retry_after)
+            raise
+        finally:
+            inputs = used.input_tokens + used.cache_creation_input_tokens
+            await asyncio.shield(
+                limiter.settle(held, inputs + used.cache_read_input_tokens, used.output_tokens)
+            )
+
+    async def _call(
+        self, ctx: NodeContext, spec: graph_pb2.LlmNode, request: LlmRequest, provider: Provider
+    ) -> tuple[LlmResponse, Usage]:
+        """``call`` without the rate limits."""
         deltas = DeltaCoalescer(ctx.emit)
         started = time.perf_counter()
         first: list[float] = []

@@ -159,6 +159,23 @@ class Metrics:
             "(active_runs, daily_cost).",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.throttled = Counter(
+            "dago_llm_throttled",
+            "LLM calls a model rate limit had no room for (the node was queued again), by "
+            "provider, model and the limit that was short.",
+            ["provider", "model", "reason"], registry=r,
+        )  # fmt: skip
+        self.throttled_time = Histogram(
+            "dago_llm_throttled_seconds",
+            "Time nodes spent throttled by a model rate limit (each throttle's wait).",
+            ["provider", "model"], buckets=LLM_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rate_tokens = Counter(
+            "dago_llm_rate_limit_tokens",
+            "Tokens of rate-limited models reserved before calls and used by them, by "
+            "provider, model, type (input, output) and stage (reserved, used).",
+            ["provider", "model", "type", "stage"], registry=r,
+        )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
 
     # --- workers ---------------------------------------------------------------------
@@ -198,6 +215,20 @@ class Metrics:
             self.llm_cost.labels(provider, model).inc(cost)
         if error_class:
             self.llm_errors.labels(provider, error_class).inc()
+
+    def llm_throttled(self, provider: str, model: str, reason: str, seconds: float) -> None:
+        """A call found no room in its model's bucket; its node waits ``seconds``."""
+        model = self._model(model or "unknown")
+        self.throttled.labels(provider, model, reason).inc()
+        self.throttled_time.labels(provider, model).observe(seconds)
+
+    def llm_rate_tokens(
+        self, provider: str, model: str, stage: str, inputs: int, outputs: int
+    ) -> None:
+        """Tokens a rate-limited call reserved or used (``stage``)."""
+        model = self._model(model or "unknown")
+        self.rate_tokens.labels(provider, model, "input", stage).inc(inputs)
+        self.rate_tokens.labels(provider, model, "output", stage).inc(outputs)
 
     def http_request(self, status: int | None) -> None:
         """An http node's request got ``status`` (None: no response)."""

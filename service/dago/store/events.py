@@ -252,6 +252,15 @@ def _waiting(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.payload_schema = str(d.get(Detail.SCHEMA, ""))
 
 
+def _throttled(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.node_throttled
+    p.SetInParent()
+    p.provider = str(d.get(Detail.PROVIDER, ""))
+    p.model = str(d.get(Detail.MODEL, ""))
+    p.wait_ms = int(d.get(Detail.WAIT_MS) or 0)
+    p.reason = str(d.get(Detail.REASON, ""))
+
+
 def _signal(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p = ev.signal_received
     p.SetInParent()
@@ -311,6 +320,7 @@ _PAYLOADS = {
     "child_started": _child_started,
     "child_ended": _child_ended,
     "map_progress": _map_progress,
+    "node_throttled": _throttled,
 }
 
 

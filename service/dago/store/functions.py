@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 
+from dago.config import ModelRateLimit
 from dago.store.keys import ShardKeys
 from dago.store.schema import Error, Wait
 from dago.store.values import dumps
@@ -381,6 +382,82 @@ class Expanding(NamedTuple):
         return self.args.msg_id
 
 
+class ThrottleArgs(NamedTuple):
+    """``throttle``: put attempts a model rate limit refused back in QUEUED until their
+    not-before time (``ThrottledAttempt`` items follow), fenced on their executions; their work
+    items are acked, and the attempt is not consumed (``lua/throttle.lua``)."""
+
+    worker: str
+
+
+class ThrottledAttempt(NamedTuple):
+    """One attempt whose model call found no capacity in its model's bucket."""
+
+    msg_id: bytes
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    execution: int
+    input: str
+    """The rendered input (JSON), or ""."""
+    wait_ms: int
+    """How long until the bucket has room (the node is queued again then)."""
+    detail: str
+    """node_throttled's details (JSON: provider, model, wait_ms, reason)."""
+
+
+class RateOp(StrEnum):
+    """What a ``ratelimit`` call does to a model's bucket."""
+
+    RESERVE = "reserve"
+    """Take ``RateLimitArgs``' amounts if every measure has room (else nothing, and the
+    wait until it has)."""
+    SETTLE = "settle"
+    """Give back the amounts (what was reserved and not used; negative: used beyond)."""
+    PAUSE = "pause"
+    """Nothing is granted for ``pause_ms`` (a provider's 429 retry-after)."""
+    READ = "read"
+    """The levels only."""
+
+
+class RateLimitArgs(NamedTuple):
+    """``ratelimit`` (key: the model's ``Keys.rate_limit``): one operation on its bucket,
+    with the model's configured limits (per minute; 0: unlimited) and burst."""
+
+    op: str
+    requests_per_minute: float
+    input_per_minute: float
+    output_per_minute: float
+    burst_ms: int
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    pause_ms: int = 0
+
+
+def rate_limit_args(
+    limit: ModelRateLimit,
+    op: RateOp,
+    requests: int = 0,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    pause_ms: int = 0,
+) -> RateLimitArgs:
+    """A ``ratelimit`` call's arguments under a model's configured ``limit``."""
+    return RateLimitArgs(
+        op.value,
+        limit.requests_per_minute,
+        limit.input_tokens_per_minute,
+        limit.output_tokens_per_minute,
+        max(1, round(limit.burst_seconds * 1000)),
+        requests,
+        input_tokens,
+        output_tokens,
+        pause_ms,
+    )
+
+
 class SignalArgs(NamedTuple):
     """``signal``: record a decision for a waiting wait node (checked by the API against the
     node's definition)."""
@@ -431,6 +508,8 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "wait": (WaitArgs, Waiting),
     "spawn": (Spawning, None),
     "expand": (ExpandArgs, None),
+    "throttle": (ThrottleArgs, ThrottledAttempt),
+    "ratelimit": (RateLimitArgs, None),
     "signal": (SignalArgs, None),
     "publish": (PublishArgs, None),
 }
@@ -626,6 +705,33 @@ def parse_signalled(raw: Sequence[Any]) -> Signalled:
     if third.startswith("{"):
         return Signalled(outcome, state, json.loads(third))
     return Signalled(outcome, state, None, int(third) if third.isdigit() else 0)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A ``ratelimit`` reply: whether a reservation was granted (else how long until it
+    fits, and which measure is short), and the bucket's levels after the call."""
+
+    granted: bool
+    wait_ms: int
+    reason: str
+    requests: float
+    input_tokens: float
+    output_tokens: float
+    paused_until_ms: int
+
+
+def parse_bucket(raw: Sequence[Any]) -> Bucket:
+    """The ``ratelimit`` reply ``{granted, wait_ms, reason, r, i, o, paused_until}``."""
+    return Bucket(
+        _s(raw[0]) == "1",
+        int(raw[1]),
+        _s(raw[2]),
+        float(_s(raw[3])),
+        float(_s(raw[4])),
+        float(_s(raw[5])),
+        int(raw[6]),
+    )
 
 
 def parse_pair(raw: Sequence[Any]) -> tuple[str, str]:

@@ -228,6 +228,12 @@ class Keys:
         """Keys of a namespace's stored definitions."""
         return DefinitionKeys(f"{self.prefix}:{{d:{namespace or 'default'}}}")
 
+    def rate_limit(self, provider: str, model: str) -> str:
+        """Hash of one model's rate-limit bucket (``schema.RateLimit``; ``lua/ratelimit.lua``),
+        shared by every worker. Its own hash tag, ``{rl:<provider>/<model>}``: each call
+        touches one bucket (a call may not cross slots), and buckets spread over a cluster."""
+        return f"{self.prefix}:{{rl:{provider}/{model}}}:bucket"
+
     @property
     def workers(self) -> str:
         """Hash of registered workers (id -> JSON description); entries whose heartbeat in

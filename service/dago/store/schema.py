@@ -142,6 +142,9 @@ class Node:
     is the child of that attempt (what a redelivered attempt finds instead of starting
     another). The child's outcome, when it ends, is recorded where a wait node's decision is
     (``DECISION_REF``; JSON, ``ChildOutcome``)."""
+    THROTTLED: Final = ":q"
+    """When a node throttled by a model rate limit (QUEUED, no work item) is queued again
+    (ms): written by the ``throttle`` function, shown as ``NodeStatus.throttled_until``."""
 
 
 class StartPlan:
@@ -323,6 +326,8 @@ class Detail:
     """child_started, child_ended: the child run's id."""
     CHILD_STATE: Final = "child_state"
     """child_ended: the child run's end state (a GraphState number)."""
+    WAIT_MS: Final = "wait_ms"
+    """node_throttled: how long until the node is queued again (also PROVIDER, MODEL, REASON)."""
 
 
 class Work:
@@ -400,6 +405,9 @@ class Timer:
     """``x|gid[|namespace]``: drop the expired graph from its indexes."""
     WAIT: Final = "w"
     """``w|gid|node|iteration``: a wait node's timeout (records its timeout_decision)."""
+    THROTTLE: Final = "q"
+    """``q|gid|node|iteration|attempt``: a node throttled by a model rate limit is queued
+    again (the same attempt: throttling is not a failure)."""
 
 
 class Stats:
@@ -532,10 +540,32 @@ class MapResult:
     """That item's error (``Error``)."""
 
 
+class RateLimit:
+    """Fields of a model's rate-limit bucket (``Keys.rate_limit``; ``lua/ratelimit.lua``):
+    each measure's level (what may be spent now; negative: spent ahead, repaid as it
+    refills), when the levels were last brought up to date (ms), and until when a
+    provider's 429 paused the model (ms)."""
+
+    REQUESTS: Final = "r"
+    INPUT: Final = "i"
+    OUTPUT: Final = "o"
+    UPDATED: Final = "t"
+    PAUSED_UNTIL: Final = "p"
+    NEXT_REQUESTS: Final = "nr"
+    """When the next refused call is due (ms), per measure: one call's worth of refill after
+    the last refused one's time, so refused calls come back one after another, spread over
+    the time the limit needs for them, instead of all at the next refill."""
+    NEXT_INPUT: Final = "ni"
+    NEXT_OUTPUT: Final = "no"
+    PAUSED: Final = "paused"
+    """The reason of a wait while the provider's retry-after runs (the others name their
+    measure: ``requests_per_minute``...)."""
+
+
 RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
     DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
-    ChildOutcome, Fair, MapItems, MapResult,
+    ChildOutcome, Fair, MapItems, MapResult, RateLimit,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

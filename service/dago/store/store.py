@@ -25,6 +25,7 @@ from dago.store.functions import (
     Applied,
     ApplyArgs,
     ArchivedArgs,
+    Bucket,
     CancelArgs,
     Claim,
     Consumer,
@@ -34,6 +35,7 @@ from dago.store.functions import (
     Library,
     PruneArgs,
     PublishArgs,
+    RateLimitArgs,
     ReclaimArgs,
     Renewal,
     RenewArgs,
@@ -47,10 +49,13 @@ from dago.store.functions import (
     SweepArgs,
     TakeArgs,
     Taken,
+    ThrottleArgs,
+    ThrottledAttempt,
     WaitArgs,
     Waiting,
     WorkItem,
     parse_applied,
+    parse_bucket,
     parse_pair,
     parse_signalled,
     parse_started,
@@ -419,6 +424,22 @@ class Store:
             "expand", [self.keys.shard(shard)], expanding.args, extra=expanding.items
         )
         return int(raw)
+
+    async def throttle(
+        self, shard: int, worker: str, items: Sequence[ThrottledAttempt]
+    ) -> list[int]:
+        """Put attempts a model rate limit refused back in QUEUED until their not-before time
+        (their work items are acked); per item the node's state after (QUEUED, or
+        UNSPECIFIED when the item was stale)."""
+        raw = await self.library.call(
+            "throttle", [self.keys.shard(shard)], ThrottleArgs(worker), items
+        )
+        return [int(x) for x in raw]
+
+    async def rate_limit(self, provider: str, model: str, args: RateLimitArgs) -> Bucket:
+        """One operation on a model's rate-limit bucket (``RateOp``)."""
+        key = self.keys.rate_limit(provider, model)
+        return parse_bucket(await self.library.call_keys("ratelimit", [key], args))
 
     async def signal(self, shard: int, args: SignalArgs) -> Signalled:
         """Record a decision for a waiting node (see ``signal.lua`` for the outcomes)."""

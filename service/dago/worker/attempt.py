@@ -29,6 +29,7 @@ from dago.engine.cel import EvalError
 from dago.engine.graphcache import LoadedGraph
 from dago.engine.ids import new_graph_id
 from dago.engine.model import CompiledNode
+from dago.engine.outcome import Throttled
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.nodes.subgraph import ChildRun
 from dago.observe.logs import NODE, NodeFields
@@ -43,13 +44,14 @@ from dago.store.functions import (
     Spawn,
     Spawning,
     Started,
+    ThrottledAttempt,
     Waiting,
     WorkItem,
     error_json,
     usage_arg,
     wait_arg,
 )
-from dago.store.schema import Error, MapItems
+from dago.store.schema import Detail, Error, MapItems
 from dago.store.store import Store
 from dago.store.values import NotJson, dumps
 from dago.v1 import execution_pb2, graph_pb2
@@ -109,13 +111,14 @@ class Limits:
     parent's deadline bounds it too)."""
 
 
-Finished = Result | Waiting | Spawn | Expanding
-"""What an attempt reports when it ends."""
+Finished = Result | Waiting | Spawn | Expanding | ThrottledAttempt
+"""A finished attempt's report: a ``Result`` to apply, a wait node's ``Waiting`` (it found no
+decision) to put in WAITING, a subgraph node's ``Spawn`` (its child run to start), a map's
+``Expanding`` (its items), or a ``ThrottledAttempt`` (a model rate limit had no room) to
+queue again later."""
 
 Report = Callable[[Running, Finished], None]
-"""Takes a finished attempt's result (to the completer): a ``Result`` to apply, a wait
-node's ``Waiting`` (it found no decision) to put in WAITING, a subgraph node's ``Spawn``
-(its child run to start) or a map's ``Expanding`` (its items)."""
+"""Takes a finished attempt's report (to the completer)."""
 
 
 class Attempts:
@@ -342,6 +345,10 @@ class Attempts:
                 fields = _succeeded(plan, scope, value, result, self._limits.node_bytes)
         except NodeFailure as f:
             fields = _failed(f)
+        except Throttled as t:
+            assert node is not None  # only a handler throttles
+            self._throttled(running, node, rendered, t, started)
+            return
         except asyncio.CancelledError:
             if not running.stopped_by_control:
                 raise
@@ -524,6 +531,38 @@ class Attempts:
         running.reported = True
         self._report(running, Expanding(args, found.items))
 
+    def _throttled(
+        self, running: Running, node: CompiledNode, rendered: str, t: Throttled, started: float
+    ) -> None:
+        """Hand an attempt a model rate limit refused to the completer: its node is queued
+        again after the wait, the attempt not consumed (``lua/throttle.lua``)."""
+        running.seconds = time.monotonic() - started
+        running.kind = node.kind
+        item = running.item
+        detail = dumps(
+            {
+                Detail.PROVIDER: t.provider,
+                Detail.MODEL: t.model,
+                Detail.WAIT_MS: t.wait_ms,
+                Detail.REASON: t.reason,
+            }
+        )
+        running.reported = True
+        self._report(
+            running,
+            ThrottledAttempt(
+                item.msg_id,
+                item.graph_id,
+                item.node,
+                item.attempt,
+                item.iteration,
+                item.execution,
+                rendered,
+                t.wait_ms,
+                detail,
+            ),
+        )
+
     def _observe(
         self, running: Running, node: CompiledNode | None, fields: _Fields, started: float
     ) -> None:
@@ -605,6 +644,7 @@ class Attempts:
 
 
 _OUTCOMES: dict[int, str] = {
+    execution_pb2.NODE_STATE_QUEUED: "throttled",
     execution_pb2.NODE_STATE_WAITING: "waiting",
     execution_pb2.NODE_STATE_COMPLETED: "completed",
     execution_pb2.NODE_STATE_RETRYING: "retrying",

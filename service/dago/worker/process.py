@@ -36,7 +36,15 @@ from dago.observe.metrics import Metrics, serve
 from dago.observe.redact import TENANT
 from dago.observe.tracing import Tracing
 from dago.store.client import STORE_ERRORS, raise_if_cancelling
-from dago.store.functions import Expanding, Result, Spawn, Started, Waiting, WorkItem
+from dago.store.functions import (
+    Expanding,
+    Result,
+    Spawn,
+    Started,
+    ThrottledAttempt,
+    Waiting,
+    WorkItem,
+)
 from dago.store.schema import Work
 from dago.store.store import Store
 from dago.store.values import dumps
@@ -357,7 +365,7 @@ class Worker:
         attempt (half as many while a reader waits for slots); returns how many were taken
         (their slots are accounted for). The shards' calls go in one pipeline (one round
         trip on a single Redis). Wait nodes that found no decision go to WAITING first
-        (``_waiting``)."""
+        (``_waiting``), and throttled attempts back to QUEUED (``_throttled``)."""
         parts: dict[int, list[Result]] = {}
         for shard, finished in by_shard.items():
             results = cast(list[Result], finished)
@@ -370,6 +378,9 @@ class Worker:
                 for r in finished:
                     if isinstance(r, Expanding):
                         await self._expanding(shard, r)
+                throttled = [r for r in finished if isinstance(r, ThrottledAttempt)]
+                if throttled:
+                    await self._throttled(shard, throttled)
                 results = [r for r in finished if isinstance(r, Result)]
             if results:
                 parts[shard] = results
@@ -422,6 +433,17 @@ class Worker:
             parts = again
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _throttled(self, shard: int, items: list[ThrottledAttempt]) -> None:
+        """Queue throttled attempts of one shard again after their waits (the function acks
+        their work items, so their slots are free once this returns)."""
+        states = await self._reported(
+            "queueing throttled nodes again", lambda: self._store.throttle(shard, self.id, items)
+        )
+        if states is None:
+            return
+        for t, state in zip(items, states, strict=True):
+            self._states[(shard, t.msg_id)] = state
 
     async def _waiting(self, shard: int, waits: list[Waiting]) -> None:
         """Put wait nodes of one shard into WAITING (the function acks their work items, so

@@ -305,6 +305,7 @@ class NodeStatus(_message.Message):
     REUSED_FIELD_NUMBER: _builtins.int
     CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
     MAP_FIELD_NUMBER: _builtins.int
+    THROTTLED_UNTIL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     state: Global___NodeState.ValueType
@@ -359,6 +360,12 @@ class NodeStatus(_message.Message):
         the items themselves.
         """
 
+    @_builtins.property
+    def throttled_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while a model rate limit holds the node back: it is QUEUED, holding
+        no slot, and is queued again at this time (docs/limits.md).
+        """
+
     def __init__(
         self,
         *,
@@ -377,10 +384,11 @@ class NodeStatus(_message.Message):
         reused: _builtins.bool = ...,
         child_graph_id: _builtins.str = ...,
         map: Global___MapProgress | None = ...,
+        throttled_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "map", b"map", "output", b"output", "start_time", b"start_time", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "map", b"map", "output", b"output", "start_time", b"start_time", "throttled_until", b"throttled_until", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "map", b"map", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_graph_id", b"child_graph_id", "end_time", b"end_time", "error", b"error", "iteration", b"iteration", "map", b"map", "node_id", b"node_id", "output", b"output", "reused", b"reused", "route", b"route", "start_time", b"start_time", "state", b"state", "throttled_until", b"throttled_until", "usage", b"usage", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -593,6 +601,7 @@ class Event(_message.Message):
     CHILD_STARTED_FIELD_NUMBER: _builtins.int
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
     MAP_PROGRESS_FIELD_NUMBER: _builtins.int
+    NODE_THROTTLED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -725,6 +734,13 @@ class Event(_message.Message):
         map, and one when its last item ended).
         """
 
+    @_builtins.property
+    def node_throttled(self) -> Global___NodeThrottled:
+        """A model rate limit had no room for a node's model call: the attempt
+        ended without a call and without counting as a failure; the node is
+        QUEUED again after wait_ms (docs/limits.md).
+        """
+
     def __init__(
         self,
         *,
@@ -761,12 +777,13 @@ class Event(_message.Message):
         child_started: Global___ChildGraphStarted | None = ...,
         child_ended: Global___ChildGraphEnded | None = ...,
         map_progress: Global___MapProgress | None = ...,
+        node_throttled: Global___NodeThrottled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "instance", b"instance", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "instance", b"instance", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended", "map_progress"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended", "map_progress", "node_throttled"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -863,6 +880,42 @@ class MapProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MapProgress: _TypeAlias = MapProgress  # noqa: Y015
+
+@_typing.final
+class NodeThrottled(_message.Message):
+    """Payload of node_throttled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The LLM provider whose limit had no room."""
+    model: _builtins.str
+    """The model."""
+    wait_ms: _builtins.int
+    """How long until the node is queued again (ms)."""
+    reason: _builtins.str
+    """Which limit was short: requests_per_minute, input_tokens_per_minute,
+    output_tokens_per_minute, or paused (a provider's 429 retry-after runs).
+    """
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        wait_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "provider", b"provider", "reason", b"reason", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeThrottled: _TypeAlias = NodeThrottled  # noqa: Y015
 
 @_typing.final
 class NodeReused(_message.Message):

@@ -103,6 +103,113 @@ USAGE_GROUP_BY_GRAPH_NAME: UsageGroupBy.ValueType  # 4
 Global___UsageGroupBy: _TypeAlias = UsageGroupBy  # noqa: Y015
 
 @_typing.final
+class GetLimitsRequest(_message.Message):
+    """Request of GetLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsRequest: _TypeAlias = GetLimitsRequest  # noqa: Y015
+
+@_typing.final
+class GetLimitsResponse(_message.Message):
+    """Response of GetLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelLimit]:
+        """Each configured model limit, by provider and model.
+        Fields 20-39 are kept for namespace shares and caps.
+        """
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsResponse: _TypeAlias = GetLimitsResponse  # noqa: Y015
+
+@_typing.final
+class ModelLimit(_message.Message):
+    """One model's rate limit and its bucket's level now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BURST_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUESTS_AVAILABLE_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_AVAILABLE_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_AVAILABLE_FIELD_NUMBER: _builtins.int
+    PAUSED_UNTIL_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The provider (anthropic, openai, offline)."""
+    model: _builtins.str
+    """The model; `*` for a provider's default limit (each model of it has
+    its own bucket, listed once it was used).
+    """
+    requests_per_minute: _builtins.float
+    """The configured limits per minute (0: not limited)."""
+    input_tokens_per_minute: _builtins.float
+    """Input tokens per minute."""
+    output_tokens_per_minute: _builtins.float
+    """Output tokens per minute."""
+    burst_seconds: _builtins.float
+    """Seconds of a minute's allowance the bucket holds."""
+    requests_available: _builtins.float
+    """What may be spent now: requests (negative: spent ahead of the refill)."""
+    input_tokens_available: _builtins.float
+    """Input tokens that may be reserved now."""
+    output_tokens_available: _builtins.float
+    """Output tokens that may be reserved now."""
+    @_builtins.property
+    def paused_until(self) -> _timestamp_pb2.Timestamp:
+        """Until when a provider's 429 paused the model for every worker (unset:
+        not paused).
+        """
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        requests_per_minute: _builtins.float = ...,
+        input_tokens_per_minute: _builtins.float = ...,
+        output_tokens_per_minute: _builtins.float = ...,
+        burst_seconds: _builtins.float = ...,
+        requests_available: _builtins.float = ...,
+        input_tokens_available: _builtins.float = ...,
+        output_tokens_available: _builtins.float = ...,
+        paused_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paused_until", b"paused_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst_seconds", b"burst_seconds", "input_tokens_available", b"input_tokens_available", "input_tokens_per_minute", b"input_tokens_per_minute", "model", b"model", "output_tokens_available", b"output_tokens_available", "output_tokens_per_minute", b"output_tokens_per_minute", "paused_until", b"paused_until", "provider", b"provider", "requests_available", b"requests_available", "requests_per_minute", b"requests_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelLimit: _TypeAlias = ModelLimit  # noqa: Y015
+
+@_typing.final
 class SubmitGraphRequest(_message.Message):
     """Request of SubmitGraph."""
 

@@ -134,6 +134,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphResponse.FromString,
                 _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/dago.v1.OrchestratorService/GetLimits',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -317,6 +322,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLimits(self, request, context):
+        """The live levels of the model rate limits shared by every worker
+        (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
+        spent now and any pause a provider's 429 asked for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -414,6 +428,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ForkGraph,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.ForkGraphResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -934,6 +953,33 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/ForkGraph',
             dago_dot_v1_dot_orchestrator__pb2.ForkGraphRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.ForkGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/GetLimits',
+            dago_dot_v1_dot_orchestrator__pb2.GetLimitsRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.GetLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

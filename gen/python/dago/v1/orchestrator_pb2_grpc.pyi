@@ -131,6 +131,11 @@ class OrchestratorServiceStub:
     and runs that set and its downstream again, with node_patches and
     inputs_patch applied (docs/fork.md). dry_run returns the plan only.
     """
+    GetLimits: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetLimitsRequest, _orchestrator_pb2.GetLimitsResponse]
+    """The live levels of the model rate limits shared by every worker
+    (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
+    spent now and any pause a provider's 429 asked for.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -234,6 +239,11 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     every node not downstream of the re-run set (from_nodes, or failed_only)
     and runs that set and its downstream again, with node_patches and
     inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+    """
+    GetLimits: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetLimitsRequest, _orchestrator_pb2.GetLimitsResponse]  # type: ignore[assignment]
+    """The live levels of the model rate limits shared by every worker
+    (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
+    spent now and any pause a provider's 429 asked for.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -449,6 +459,17 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         every node not downstream of the re-run set (from_nodes, or failed_only)
         and runs that set and its downstream again, with node_patches and
         inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLimits(
+        self,
+        request: _orchestrator_pb2.GetLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.GetLimitsResponse, _abc.Awaitable[_orchestrator_pb2.GetLimitsResponse]]:
+        """The live levels of the model rate limits shared by every worker
+        (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
+        spent now and any pause a provider's 429 asked for.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -108,6 +108,7 @@ local EventKind = {
   CHILD_STARTED = 'child_started',
   CHILD_ENDED = 'child_ended',
   MAP_PROGRESS = 'map_progress',
+  NODE_THROTTLED = 'node_throttled',
 }
 
 -- functions.Outcome
@@ -117,6 +118,14 @@ local Outcome = {
   WAIT = 'wait',
   SPAWN = 'spawn',
   EXPAND = 'expand',
+}
+
+-- functions.RateOp
+local RateOp = {
+  RESERVE = 'reserve',
+  SETTLE = 'settle',
+  PAUSE = 'pause',
+  READ = 'read',
 }
 
 -- schema.Meta
@@ -192,6 +201,7 @@ local NODE = {
   DECISION_REF = ':w',
   SAVED_REF = ':c',
   CHILD = ':ch',
+  THROTTLED = ':q',
 }
 
 -- schema.StartPlan
@@ -297,6 +307,7 @@ local DETAIL = {
   TIMED_OUT = 'timed_out',
   CHILD = 'child',
   CHILD_STATE = 'child_state',
+  WAIT_MS = 'wait_ms',
 }
 
 -- schema.Work
@@ -345,6 +356,7 @@ local TIMER = {
   DEADLINE = 'd',
   EXPIRE = 'x',
   WAIT = 'w',
+  THROTTLE = 'q',
 }
 
 -- schema.Stats
@@ -434,6 +446,19 @@ local MAP_RESULT = {
   ERROR = 'e',
 }
 
+-- schema.RateLimit
+local RATE_LIMIT = {
+  REQUESTS = 'r',
+  INPUT = 'i',
+  OUTPUT = 'o',
+  UPDATED = 't',
+  PAUSED_UNTIL = 'p',
+  NEXT_REQUESTS = 'nr',
+  NEXT_INPUT = 'ni',
+  NEXT_OUTPUT = 'no',
+  PAUSED = 'paused',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
@@ -454,6 +479,8 @@ local ARG = {
   WAIT = {WORKER = 1, FIRST = 2},
   SPAWN = {WORKER = 1, MAX_DEPTH = 2, MSG_ID = 3, GRAPH_ID = 4, NODE = 5, ATTEMPT = 6, ITERATION = 7, EXECUTION = 8, INSTANCE = 9, INPUT = 10, CHILD_ID = 11, NAME = 12, DEFINITION = 13, NODE_IDS = 14, START_PLANS = 15, ENTRIES = 16, MAX_STEPS = 17, MAX_TOKENS = 18, MAX_COST = 19, DEADLINE_MS = 20, DEF_NAME = 21, DEF_VERSION = 22, DEF_DIGEST = 23, FIRST = 24},
   EXPAND = {WORKER = 1, MSG_ID = 2, GRAPH_ID = 3, NODE = 4, ATTEMPT = 5, ITERATION = 6, EXECUTION = 7, INPUT = 8, MAX_CONCURRENCY = 9, ON_FAILURE = 10, MAX_FAILURES = 11, BODY_PLAN = 12, FIRST = 13},
+  THROTTLE = {WORKER = 1, FIRST = 2},
+  RATELIMIT = {OP = 1, REQUESTS_PER_MINUTE = 2, INPUT_PER_MINUTE = 3, OUTPUT_PER_MINUTE = 4, BURST_MS = 5, REQUESTS = 6, INPUT_TOKENS = 7, OUTPUT_TOKENS = 8, PAUSE_MS = 9, FIRST = 10},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
 }
@@ -466,4 +493,5 @@ local ITEM = {
   EVENT_ARG = {KIND = 0, DETAIL = 1, SIZE = 2},
   CONSUMER = {NAME = 0, SIZE = 1},
   WAITING = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT = 7, TIMEOUT_MS = 8, SAVED = 9, SIZE = 10},
+  THROTTLED_ATTEMPT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT_MS = 7, DETAIL = 8, SIZE = 9},
 }

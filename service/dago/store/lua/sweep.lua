@@ -32,6 +32,10 @@ for _, member in ipairs(due) do
     if st and st < GraphState.COMPLETED then
       fail_graph(gid, err_json(ErrorClass.LIMIT, 'the graph ran past its deadline (limits.deadline)', false), nil)
     end
+  elseif kind == TIMER.THROTTLE then
+    -- A throttled node's not-before time (throttle.lua): the same attempt is queued again.
+    local node, iter, attempt = p[3], p[4], p[5]
+    if fence(gid, node, attempt, iter, {NodeState.QUEUED}) then dispatch(gid, node, attempt, iter) end
   elseif kind == TIMER.WAIT then
     Waits.timed_out(gid, p[3], p[4])
   elseif kind == TIMER.EXPIRE then

@@ -26,7 +26,7 @@ for i = A.FIRST, #ARGV, W.SIZE do
     if v[5] then
       local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
       if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
-      redis.call('HDEL', nkey(gid), node .. F_TIMER)
+      redis.call('HDEL', hkey(gid, node), node .. F_TIMER)
     end
     local timeout = tonumber(ARGV[i + W.TIMEOUT_MS]) or 0
     local deadline = 0

@@ -310,6 +310,14 @@ export declare type NodeStatus = Message<"dago.v1.NodeStatus"> & {
    * @generated from field: dago.v1.MapProgress map = 50;
    */
   map?: MapProgress | undefined;
+
+  /**
+   * Set while a model rate limit holds the node back: it is QUEUED, holding
+   * no slot, and is queued again at this time (docs/limits.md).
+   *
+   * @generated from field: google.protobuf.Timestamp throttled_until = 55;
+   */
+  throttledUntil?: Timestamp | undefined;
 };
 
 /**
@@ -797,6 +805,16 @@ export declare type Event = Message<"dago.v1.Event"> & {
      */
     value: MapProgress;
     case: "mapProgress";
+  } | {
+    /**
+     * A model rate limit had no room for a node's model call: the attempt
+     * ended without a call and without counting as a failure; the node is
+     * QUEUED again after wait_ms (docs/limits.md).
+     *
+     * @generated from field: dago.v1.NodeThrottled node_throttled = 75;
+     */
+    value: NodeThrottled;
+    case: "nodeThrottled";
   } | { case: undefined; value?: undefined };
 };
 
@@ -908,6 +926,48 @@ export declare type MapProgress = Message<"dago.v1.MapProgress"> & {
  * Use `create(MapProgressSchema)` to create a new message.
  */
 export declare const MapProgressSchema: GenMessage<MapProgress>;
+
+/**
+ * Payload of node_throttled.
+ *
+ * @generated from message dago.v1.NodeThrottled
+ */
+export declare type NodeThrottled = Message<"dago.v1.NodeThrottled"> & {
+  /**
+   * The LLM provider whose limit had no room.
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The model.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * How long until the node is queued again (ms).
+   *
+   * @generated from field: int64 wait_ms = 3;
+   */
+  waitMs: bigint;
+
+  /**
+   * Which limit was short: requests_per_minute, input_tokens_per_minute,
+   * output_tokens_per_minute, or paused (a provider's 429 retry-after runs).
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message dago.v1.NodeThrottled.
+ * Use `create(NodeThrottledSchema)` to create a new message.
+ */
+export declare const NodeThrottledSchema: GenMessage<NodeThrottled>;
 
 /**
  * Payload of node_reused.

@@ -4,15 +4,136 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
+import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import type { Graph, Node } from "./graph_pb.js";
 import type { Attempt, Event, GraphState, GraphStatus, MapProgress, NodeError, NodeState, Usage } from "./execution_pb.js";
-import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import type { DefinitionRef } from "./definitions_pb.js";
 
 /**
  * Describes the file dago/v1/orchestrator.proto.
  */
 export declare const file_dago_v1_orchestrator: GenFile;
+
+/**
+ * Request of GetLimits.
+ *
+ * @generated from message dago.v1.GetLimitsRequest
+ */
+export declare type GetLimitsRequest = Message<"dago.v1.GetLimitsRequest"> & {
+};
+
+/**
+ * Describes the message dago.v1.GetLimitsRequest.
+ * Use `create(GetLimitsRequestSchema)` to create a new message.
+ */
+export declare const GetLimitsRequestSchema: GenMessage<GetLimitsRequest>;
+
+/**
+ * Response of GetLimits.
+ *
+ * @generated from message dago.v1.GetLimitsResponse
+ */
+export declare type GetLimitsResponse = Message<"dago.v1.GetLimitsResponse"> & {
+  /**
+   * Each configured model limit, by provider and model.
+   *
+   * Fields 20-39 are kept for namespace shares and caps.
+   *
+   * @generated from field: repeated dago.v1.ModelLimit models = 1;
+   */
+  models: ModelLimit[];
+};
+
+/**
+ * Describes the message dago.v1.GetLimitsResponse.
+ * Use `create(GetLimitsResponseSchema)` to create a new message.
+ */
+export declare const GetLimitsResponseSchema: GenMessage<GetLimitsResponse>;
+
+/**
+ * One model's rate limit and its bucket's level now.
+ *
+ * @generated from message dago.v1.ModelLimit
+ */
+export declare type ModelLimit = Message<"dago.v1.ModelLimit"> & {
+  /**
+   * The provider (anthropic, openai, offline).
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The model; `*` for a provider's default limit (each model of it has
+   * its own bucket, listed once it was used).
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * The configured limits per minute (0: not limited).
+   *
+   * @generated from field: double requests_per_minute = 3;
+   */
+  requestsPerMinute: number;
+
+  /**
+   * Input tokens per minute.
+   *
+   * @generated from field: double input_tokens_per_minute = 4;
+   */
+  inputTokensPerMinute: number;
+
+  /**
+   * Output tokens per minute.
+   *
+   * @generated from field: double output_tokens_per_minute = 5;
+   */
+  outputTokensPerMinute: number;
+
+  /**
+   * Seconds of a minute's allowance the bucket holds.
+   *
+   * @generated from field: double burst_seconds = 6;
+   */
+  burstSeconds: number;
+
+  /**
+   * What may be spent now: requests (negative: spent ahead of the refill).
+   *
+   * @generated from field: double requests_available = 7;
+   */
+  requestsAvailable: number;
+
+  /**
+   * Input tokens that may be reserved now.
+   *
+   * @generated from field: double input_tokens_available = 8;
+   */
+  inputTokensAvailable: number;
+
+  /**
+   * Output tokens that may be reserved now.
+   *
+   * @generated from field: double output_tokens_available = 9;
+   */
+  outputTokensAvailable: number;
+
+  /**
+   * Until when a provider's 429 paused the model for every worker (unset:
+   * not paused).
+   *
+   * @generated from field: google.protobuf.Timestamp paused_until = 10;
+   */
+  pausedUntil?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dago.v1.ModelLimit.
+ * Use `create(ModelLimitSchema)` to create a new message.
+ */
+export declare const ModelLimitSchema: GenMessage<ModelLimit>;
 
 /**
  * Request of SubmitGraph.
@@ -2197,6 +2318,18 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof ForkGraphRequestSchema;
     output: typeof ForkGraphResponseSchema;
+  },
+  /**
+   * The live levels of the model rate limits shared by every worker
+   * (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
+   * spent now and any pause a provider's 429 asked for.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.GetLimits
+   */
+  getLimits: {
+    methodKind: "unary";
+    input: typeof GetLimitsRequestSchema;
+    output: typeof GetLimitsResponseSchema;
   },
 }>;
 
