@@ -26,6 +26,7 @@ from dago.store.client import connect
 from dago.store.keys import Keys
 from dago.store.stats import RedisCollector
 from dago.store.store import Store
+from dago.worker.budget import RedisBudget
 from dago.worker.process import Worker
 
 
@@ -106,7 +107,8 @@ def build_worker(settings: Settings) -> Worker:
     store, cel, options = _common(settings)
     metrics = Metrics(new_registry())
     tracing = Tracing("dago-worker")
-    handlers = build_handlers(build_deps(settings, metrics, tracing))
+    budget = RedisBudget(store, settings.budget_floor_tokens, metrics)
+    handlers = build_handlers(build_deps(settings, metrics, tracing, budget))
     graphs = GraphCache(store, cel, options)
     return Worker(
         store,

@@ -15,6 +15,7 @@ from dago.config import Settings
 from dago.engine.kinds import KindCheck
 from dago.nodes import agent, http, llm, router, tool, wait
 from dago.nodes.base import NodeDeps, NodeHandler, NodeKind
+from dago.nodes.budget import Budget
 from dago.nodes.http import SafeHttp
 from dago.nodes.llm import ModelCaller
 from dago.nodes.toolbox import Toolbox
@@ -42,8 +43,11 @@ def kind_checks(kinds: Iterable[NodeKind] = KINDS) -> dict[str, KindCheck]:
     return checks
 
 
-def build_deps(settings: Settings, metrics: Metrics, tracing: Tracing) -> NodeDeps:
-    """The dependencies the handlers of one worker process share."""
+def build_deps(
+    settings: Settings, metrics: Metrics, tracing: Tracing, budget: Budget | None = None
+) -> NodeDeps:
+    """The dependencies the handlers of one worker process share; ``budget`` is the
+    worker's run budget (its model calls reserve against it; None: nothing is reserved)."""
     safe_http = SafeHttp(
         settings.http_allow, settings.http_max_response_bytes, metrics=metrics, tracing=tracing
     )
@@ -53,7 +57,7 @@ def build_deps(settings: Settings, metrics: Metrics, tracing: Tracing) -> NodeDe
         tracing=tracing,
         http=safe_http,
         toolbox=Toolbox.from_settings(settings, safe_http),
-        model=ModelCaller.from_settings(settings, metrics, tracing),
+        model=ModelCaller.from_settings(settings, metrics, tracing, budget),
     )
 
 

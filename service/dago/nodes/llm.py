@@ -43,6 +43,7 @@ from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.nodes.base import Emit, NodeContext, NodeHandler, NodeKind, NodeResult
+from dago.nodes.budget import Budget, CallCost, Reservation, estimate_input_tokens
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, fail
 from dago.store.values import to_plain
@@ -248,8 +249,10 @@ class ModelCaller:
         tracing: Tracing | None = None,
         log_prompts: bool = False,
         cache_ttl: str = "5m",
+        budget: Budget | None = None,
     ) -> None:
         self._cache_ttl = cache_ttl
+        self._budget = budget or Budget()
         self._providers = providers
         self._prices = prices
         self._max_tokens = default_max_tokens
@@ -258,8 +261,10 @@ class ModelCaller:
         self._log_prompts = log_prompts
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics, tracing: Tracing) -> ModelCaller:
-        """The providers, prices and defaults of ``settings``."""
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics, tracing: Tracing, budget: Budget | None = None
+    ) -> ModelCaller:
+        """The providers, prices and defaults of ``settings``; ``budget`` is the worker's."""
         return cls(
             Providers(settings),
             PriceTable(settings.prices, settings.unknown_model_price, settings.price_multiplier),
@@ -268,6 +273,7 @@ class ModelCaller:
             tracing=tracing,
             log_prompts=settings.log_prompts,
             cache_ttl=settings.llm_cache_ttl,
+            budget=budget,
         )
 
     def request(
@@ -329,7 +335,40 @@ class ModelCaller:
         """Run ``request`` on ``provider``, streaming text deltas as coalesced events.
 
         The call is a span following the OpenTelemetry GenAI conventions and is measured
-        (duration, time to first token, tokens, cost, errors by class)."""
+        (duration, time to first token, tokens, cost, errors by class). Its worst case is
+        reserved against the run's budget first (which may lower its max_tokens) and
+        reconciled to its usage after it (``dago.nodes.budget``)."""
+        request, held = await self._reserve(ctx, request)
+        if held is None:
+            return await self._call(ctx, request, provider)
+        usage: Usage | None = None
+        try:
+            resp, usage = await self._call(ctx, request, provider)
+        except NodeFailure as f:
+            usage = f.usage
+            raise
+        finally:
+            await self._budget.reconcile(ctx, held, usage)
+        return resp, usage
+
+    async def _reserve(
+        self, ctx: NodeContext, request: LlmRequest
+    ) -> tuple[LlmRequest, Reservation | None]:
+        """``request`` with the max_tokens the run's budget grants, and what it holds."""
+        tokens = estimate_input_tokens(request)
+        price_in, price_out = self._prices.worst(request.model, tokens, request.cache_ttl)
+        # A model is a metrics label only when the price table knows it (as in _measure).
+        label = request.model if self._prices.price(request.model) is not None else "other"
+        cost = CallCost(label, tokens, request.max_tokens, price_in, price_out)
+        granted, held = await self._budget.reserve(ctx, cost)
+        if granted != request.max_tokens:
+            request = replace(request, max_tokens=granted)
+        return request, held
+
+    async def _call(
+        self, ctx: NodeContext, request: LlmRequest, provider: Provider
+    ) -> tuple[LlmResponse, Usage]:
+        """The call itself (``call`` without the budget)."""
         deltas = DeltaCoalescer(ctx.emit)
         started = time.perf_counter()
         first: list[float] = []

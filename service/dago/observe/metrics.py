@@ -153,7 +153,21 @@ class Metrics:
             "not_found).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.budget_tokens = Counter(
+            "dago_budget_tokens",
+            "Tokens of model calls (every call reserves against its run's budget), by namespace, "
+            "model and kind: "
+            "reserved before the call (its worst case), used (reconciled after it).",
+            ["namespace", "model", "kind"], registry=r,
+        )  # fmt: skip
+        self.budget_cost = Counter(
+            "dago_budget_cost_usd",
+            "US dollars of model calls, by namespace, model and kind "
+            "(reserved, used).",
+            ["namespace", "model", "kind"], registry=r,
+        )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
+        self._namespace = _Bounded(MAX_MODELS)
 
     # --- workers ---------------------------------------------------------------------
 
@@ -192,6 +206,12 @@ class Metrics:
             self.llm_cost.labels(provider, model).inc(cost)
         if error_class:
             self.llm_errors.labels(provider, error_class).inc()
+
+    def budget(self, kind: str, namespace: str, model: str, tokens: int, cost: float) -> None:
+        """A model call's reservation (``kind`` reserved) or its reconciled usage (used)."""
+        ns, m = self._namespace(namespace or "default"), self._model(model or "unknown")
+        self.budget_tokens.labels(ns, m, kind).inc(max(0, tokens))
+        self.budget_cost.labels(ns, m, kind).inc(max(0.0, cost))
 
     def http_request(self, status: int | None) -> None:
         """An http node's request got ``status`` (None: no response)."""

@@ -233,6 +233,27 @@ def _signal(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.timed_out = bool(d.get(Detail.TIMED_OUT, False))
 
 
+def _budget_warning(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.budget_warning
+    p.SetInParent()
+    p.limit = str(d.get(Detail.LIMIT, ""))
+    p.used = float(d.get(Detail.USED, 0))
+    p.max = float(d.get(Detail.MAX, 0))
+
+
+def _budget_exhausted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.budget_exhausted
+    p.SetInParent()
+    p.limit = str(d.get(Detail.LIMIT, ""))
+    p.message = str(d.get(Detail.MESSAGE, ""))
+
+
+def _resumed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    ev.graph_resumed.SetInParent()
+    nodes = d.get(Detail.NODES) or []
+    ev.graph_resumed.node_ids.extend(str(n) for n in (nodes if isinstance(nodes, list) else []))
+
+
 def _text(field: str, key: str) -> Any:
     """A payload with one string field; SetInParent marks the oneof even when it is empty."""
 
@@ -267,6 +288,9 @@ _PAYLOADS = {
     "node_waiting": _waiting,
     "signal_received": _signal,
     "node_reused": _reused,
+    "budget_warning": _budget_warning,
+    "budget_exhausted": _budget_exhausted,
+    "graph_resumed": _resumed,
 }
 
 

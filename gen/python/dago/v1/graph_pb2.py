@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x61go/v1/graph.proto\x12\x07\x64\x61go.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x02\n\x05Graph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1c\n\x05nodes\x18\x03 \x03(\x0b\x32\r.dago.v1.Node\x12\x1c\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\r.dago.v1.Edge\x12\x13\n\x0b\x65ntry_nodes\x18\x05 \x03(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x15.dago.v1.NodeDefaults\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.dago.v1.GraphLimits\x12*\n\x06output\x18\t \x03(\x0b\x32\x1a.dago.v1.Graph.OutputEntry\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x0cNodeDefaults\x12#\n\x05retry\x18\x01 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\rllm_cache_ttl\x18\x03 \x01(\x0e\x32\x11.dago.v1.CacheTtl\"w\n\x0bGraphLimits\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x04 \x01(\x01\"\xa8\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x06output\x18\x05 \x03(\x0b\x32\x19.dago.v1.Node.OutputEntry\x12#\n\x05retry\x18\x06 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x04join\x18\x08 \x01(\x0e\x32\x11.dago.v1.JoinMode\x12\x16\n\x0emax_iterations\x18\t \x01(\x05\x12\x1f\n\x03llm\x18\x14 \x01(\x0b\x32\x10.dago.v1.LlmNodeH\x00\x12#\n\x05\x61gent\x18\x15 \x01(\x0b\x32\x12.dago.v1.AgentNodeH\x00\x12!\n\x04tool\x18\x16 \x01(\x0b\x32\x11.dago.v1.ToolNodeH\x00\x12!\n\x04http\x18\x17 \x01(\x0b\x32\x11.dago.v1.HttpNodeH\x00\x12%\n\x06router\x18\x18 \x01(\x0b\x32\x13.dago.v1.RouterNodeH\x00\x12!\n\x04wait\x18\x19 \x01(\x0b\x32\x11.dago.v1.WaitNodeH\x00\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"B\n\x04\x45\x64ge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x11\n\tcondition\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"\xda\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12%\n\x08retry_on\x18\x06 \x03(\x0e\x32\x13.dago.v1.ErrorClass\"\xc3\x03\n\x07LlmNode\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\"\n\x08messages\x18\x05 \x03(\x0b\x32\x10.dago.v1.Message\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x16\n\x0estop_sequences\x18\x08 \x03(\t\x12.\n\routput_schema\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x08metadata\x18\n \x03(\x0b\x32\x1e.dago.v1.LlmNode.MetadataEntry\x12\x1f\n\x06\x65\x66\x66ort\x18\x0b \x01(\x0e\x32\x0f.dago.v1.Effort\x12#\n\x08thinking\x18\x0c \x01(\x0e\x32\x11.dago.v1.Thinking\x12$\n\tcache_ttl\x18\r \x01(\x0e\x32\x11.dago.v1.CacheTtl\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperature\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9e\x01\n\tAgentNode\x12\x1d\n\x03llm\x18\x01 \x01(\x0b\x32\x10.dago.v1.LlmNode\x12\r\n\x05tools\x18\x02 \x03(\t\x12\x11\n\tmax_turns\x18\x03 \x01(\x05\x12/\n\x0ctool_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17\x61pproval_required_tools\x18\x05 \x03(\t\"\x18\n\x08ToolNode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb2\x01\n\x08HttpNode\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12/\n\x07headers\x18\x03 \x03(\x0b\x32\x1e.dago.v1.HttpNode.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x1a\n\x12max_response_bytes\x18\x05 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\nRouterNode\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.dago.v1.RouterMode\x12\x1e\n\x06routes\x18\x02 \x03(\x0b\x32\x0e.dago.v1.Route\x12\x15\n\rdefault_route\x18\x03 \x01(\t\x12\x1d\n\x03llm\x18\x04 \x01(\x0b\x32\x10.dago.v1.LlmNode\"=\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcondition\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb5\x01\n\x08WaitNode\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x07\x64isplay\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdecisions\x18\x03 \x03(\t\x12\x16\n\x0epayload_schema\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10timeout_decision\x18\x06 \x01(\t*K\n\x08JoinMode\x12\x19\n\x15JOIN_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rJOIN_MODE_ALL\x10\x01\x12\x11\n\rJOIN_MODE_ANY\x10\x02*\xe3\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CLASS_TIMEOUT\x10\x01\x12\x19\n\x15\x45RROR_CLASS_TRANSIENT\x10\x02\x12\x1c\n\x18\x45RROR_CLASS_RATE_LIMITED\x10\x03\x12\x17\n\x13\x45RROR_CLASS_INVALID\x10\x04\x12\x19\n\x15\x45RROR_CLASS_PERMANENT\x10\x05\x12\x1b\n\x17\x45RROR_CLASS_DEAD_LETTER\x10\x06\x12\x15\n\x11\x45RROR_CLASS_LIMIT\x10\x07*v\n\x06\x45\x66\x66ort\x12\x16\n\x12\x45\x46\x46ORT_UNSPECIFIED\x10\x00\x12\x0e\n\nEFFORT_LOW\x10\x01\x12\x11\n\rEFFORT_MEDIUM\x10\x02\x12\x0f\n\x0b\x45\x46\x46ORT_HIGH\x10\x03\x12\x10\n\x0c\x45\x46\x46ORT_XHIGH\x10\x04\x12\x0e\n\nEFFORT_MAX\x10\x05*n\n\x08Thinking\x12\x18\n\x14THINKING_UNSPECIFIED\x10\x00\x12\x15\n\x11THINKING_ADAPTIVE\x10\x01\x12\x1a\n\x16THINKING_BETWEEN_TOOLS\x10\x02\x12\x15\n\x11THINKING_DISABLED\x10\x03*\\\n\x08\x43\x61\x63heTtl\x12\x19\n\x15\x43\x41\x43HE_TTL_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43\x41\x43HE_TTL_5M\x10\x01\x12\x10\n\x0c\x43\x41\x43HE_TTL_1H\x10\x02\x12\x11\n\rCACHE_TTL_OFF\x10\x03*u\n\nRouterMode\x12\x1b\n\x17ROUTER_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROUTER_MODE_DETERMINISTIC\x10\x01\x12\x13\n\x0fROUTER_MODE_LLM\x10\x02\x12\x16\n\x12ROUTER_MODE_HYBRID\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x61go/v1/graph.proto\x12\x07\x64\x61go.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x02\n\x05Graph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1c\n\x05nodes\x18\x03 \x03(\x0b\x32\r.dago.v1.Node\x12\x1c\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\r.dago.v1.Edge\x12\x13\n\x0b\x65ntry_nodes\x18\x05 \x03(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x15.dago.v1.NodeDefaults\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.dago.v1.GraphLimits\x12*\n\x06output\x18\t \x03(\x0b\x32\x1a.dago.v1.Graph.OutputEntry\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x0cNodeDefaults\x12#\n\x05retry\x18\x01 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\rllm_cache_ttl\x18\x03 \x01(\x0e\x32\x11.dago.v1.CacheTtl\"\xb4\x01\n\x0bGraphLimits\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x04 \x01(\x01\x12\'\n\ton_exceed\x18\n \x01(\x0e\x32\x14.dago.v1.LimitAction\x12\x12\n\nwarn_share\x18\x0b \x01(\x01\"\xa8\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x06output\x18\x05 \x03(\x0b\x32\x19.dago.v1.Node.OutputEntry\x12#\n\x05retry\x18\x06 \x01(\x0b\x32\x14.dago.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x04join\x18\x08 \x01(\x0e\x32\x11.dago.v1.JoinMode\x12\x16\n\x0emax_iterations\x18\t \x01(\x05\x12\x1f\n\x03llm\x18\x14 \x01(\x0b\x32\x10.dago.v1.LlmNodeH\x00\x12#\n\x05\x61gent\x18\x15 \x01(\x0b\x32\x12.dago.v1.AgentNodeH\x00\x12!\n\x04tool\x18\x16 \x01(\x0b\x32\x11.dago.v1.ToolNodeH\x00\x12!\n\x04http\x18\x17 \x01(\x0b\x32\x11.dago.v1.HttpNodeH\x00\x12%\n\x06router\x18\x18 \x01(\x0b\x32\x13.dago.v1.RouterNodeH\x00\x12!\n\x04wait\x18\x19 \x01(\x0b\x32\x11.dago.v1.WaitNodeH\x00\x1a-\n\x0bOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"B\n\x04\x45\x64ge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x11\n\tcondition\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"\xda\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12%\n\x08retry_on\x18\x06 \x03(\x0e\x32\x13.dago.v1.ErrorClass\"\xc3\x03\n\x07LlmNode\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\"\n\x08messages\x18\x05 \x03(\x0b\x32\x10.dago.v1.Message\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x16\n\x0estop_sequences\x18\x08 \x03(\t\x12.\n\routput_schema\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x08metadata\x18\n \x03(\x0b\x32\x1e.dago.v1.LlmNode.MetadataEntry\x12\x1f\n\x06\x65\x66\x66ort\x18\x0b \x01(\x0e\x32\x0f.dago.v1.Effort\x12#\n\x08thinking\x18\x0c \x01(\x0e\x32\x11.dago.v1.Thinking\x12$\n\tcache_ttl\x18\r \x01(\x0e\x32\x11.dago.v1.CacheTtl\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperature\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9e\x01\n\tAgentNode\x12\x1d\n\x03llm\x18\x01 \x01(\x0b\x32\x10.dago.v1.LlmNode\x12\r\n\x05tools\x18\x02 \x03(\t\x12\x11\n\tmax_turns\x18\x03 \x01(\x05\x12/\n\x0ctool_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17\x61pproval_required_tools\x18\x05 \x03(\t\"\x18\n\x08ToolNode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb2\x01\n\x08HttpNode\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12/\n\x07headers\x18\x03 \x03(\x0b\x32\x1e.dago.v1.HttpNode.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x1a\n\x12max_response_bytes\x18\x05 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\nRouterNode\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.dago.v1.RouterMode\x12\x1e\n\x06routes\x18\x02 \x03(\x0b\x32\x0e.dago.v1.Route\x12\x15\n\rdefault_route\x18\x03 \x01(\t\x12\x1d\n\x03llm\x18\x04 \x01(\x0b\x32\x10.dago.v1.LlmNode\"=\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcondition\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb5\x01\n\x08WaitNode\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x07\x64isplay\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tdecisions\x18\x03 \x03(\t\x12\x16\n\x0epayload_schema\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10timeout_decision\x18\x06 \x01(\t*Z\n\x0bLimitAction\x12\x1c\n\x18LIMIT_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11LIMIT_ACTION_FAIL\x10\x01\x12\x16\n\x12LIMIT_ACTION_PAUSE\x10\x02*K\n\x08JoinMode\x12\x19\n\x15JOIN_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rJOIN_MODE_ALL\x10\x01\x12\x11\n\rJOIN_MODE_ANY\x10\x02*\xe3\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CLASS_TIMEOUT\x10\x01\x12\x19\n\x15\x45RROR_CLASS_TRANSIENT\x10\x02\x12\x1c\n\x18\x45RROR_CLASS_RATE_LIMITED\x10\x03\x12\x17\n\x13\x45RROR_CLASS_INVALID\x10\x04\x12\x19\n\x15\x45RROR_CLASS_PERMANENT\x10\x05\x12\x1b\n\x17\x45RROR_CLASS_DEAD_LETTER\x10\x06\x12\x15\n\x11\x45RROR_CLASS_LIMIT\x10\x07*v\n\x06\x45\x66\x66ort\x12\x16\n\x12\x45\x46\x46ORT_UNSPECIFIED\x10\x00\x12\x0e\n\nEFFORT_LOW\x10\x01\x12\x11\n\rEFFORT_MEDIUM\x10\x02\x12\x0f\n\x0b\x45\x46\x46ORT_HIGH\x10\x03\x12\x10\n\x0c\x45\x46\x46ORT_XHIGH\x10\x04\x12\x0e\n\nEFFORT_MAX\x10\x05*n\n\x08Thinking\x12\x18\n\x14THINKING_UNSPECIFIED\x10\x00\x12\x15\n\x11THINKING_ADAPTIVE\x10\x01\x12\x1a\n\x16THINKING_BETWEEN_TOOLS\x10\x02\x12\x15\n\x11THINKING_DISABLED\x10\x03*\\\n\x08\x43\x61\x63heTtl\x12\x19\n\x15\x43\x41\x43HE_TTL_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43\x41\x43HE_TTL_5M\x10\x01\x12\x10\n\x0c\x43\x41\x43HE_TTL_1H\x10\x02\x12\x11\n\rCACHE_TTL_OFF\x10\x03*u\n\nRouterMode\x12\x1b\n\x17ROUTER_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROUTER_MODE_DETERMINISTIC\x10\x01\x12\x13\n\x0fROUTER_MODE_LLM\x10\x02\x12\x16\n\x12ROUTER_MODE_HYBRID\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,52 +41,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LLMNODE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_HTTPNODE_HEADERSENTRY']._loaded_options = None
   _globals['_HTTPNODE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_JOINMODE']._serialized_start=2793
-  _globals['_JOINMODE']._serialized_end=2868
-  _globals['_ERRORCLASS']._serialized_start=2871
-  _globals['_ERRORCLASS']._serialized_end=3098
-  _globals['_EFFORT']._serialized_start=3100
-  _globals['_EFFORT']._serialized_end=3218
-  _globals['_THINKING']._serialized_start=3220
-  _globals['_THINKING']._serialized_end=3330
-  _globals['_CACHETTL']._serialized_start=3332
-  _globals['_CACHETTL']._serialized_end=3424
-  _globals['_ROUTERMODE']._serialized_start=3426
-  _globals['_ROUTERMODE']._serialized_end=3543
+  _globals['_LIMITACTION']._serialized_start=2855
+  _globals['_LIMITACTION']._serialized_end=2945
+  _globals['_JOINMODE']._serialized_start=2947
+  _globals['_JOINMODE']._serialized_end=3022
+  _globals['_ERRORCLASS']._serialized_start=3025
+  _globals['_ERRORCLASS']._serialized_end=3252
+  _globals['_EFFORT']._serialized_start=3254
+  _globals['_EFFORT']._serialized_end=3372
+  _globals['_THINKING']._serialized_start=3374
+  _globals['_THINKING']._serialized_end=3484
+  _globals['_CACHETTL']._serialized_start=3486
+  _globals['_CACHETTL']._serialized_end=3578
+  _globals['_ROUTERMODE']._serialized_start=3580
+  _globals['_ROUTERMODE']._serialized_end=3697
   _globals['_GRAPH']._serialized_start=95
   _globals['_GRAPH']._serialized_end=431
   _globals['_GRAPH_OUTPUTENTRY']._serialized_start=386
   _globals['_GRAPH_OUTPUTENTRY']._serialized_end=431
   _globals['_NODEDEFAULTS']._serialized_start=434
   _globals['_NODEDEFAULTS']._serialized_end=579
-  _globals['_GRAPHLIMITS']._serialized_start=581
-  _globals['_GRAPHLIMITS']._serialized_end=700
-  _globals['_NODE']._serialized_start=703
-  _globals['_NODE']._serialized_end=1255
+  _globals['_GRAPHLIMITS']._serialized_start=582
+  _globals['_GRAPHLIMITS']._serialized_end=762
+  _globals['_NODE']._serialized_start=765
+  _globals['_NODE']._serialized_end=1317
   _globals['_NODE_OUTPUTENTRY']._serialized_start=386
   _globals['_NODE_OUTPUTENTRY']._serialized_end=431
-  _globals['_EDGE']._serialized_start=1257
-  _globals['_EDGE']._serialized_end=1323
-  _globals['_RETRYPOLICY']._serialized_start=1326
-  _globals['_RETRYPOLICY']._serialized_end=1544
-  _globals['_LLMNODE']._serialized_start=1547
-  _globals['_LLMNODE']._serialized_end=1998
-  _globals['_LLMNODE_METADATAENTRY']._serialized_start=1935
-  _globals['_LLMNODE_METADATAENTRY']._serialized_end=1982
-  _globals['_MESSAGE']._serialized_start=2000
-  _globals['_MESSAGE']._serialized_end=2040
-  _globals['_AGENTNODE']._serialized_start=2043
-  _globals['_AGENTNODE']._serialized_end=2201
-  _globals['_TOOLNODE']._serialized_start=2203
-  _globals['_TOOLNODE']._serialized_end=2227
-  _globals['_HTTPNODE']._serialized_start=2230
-  _globals['_HTTPNODE']._serialized_end=2408
-  _globals['_HTTPNODE_HEADERSENTRY']._serialized_start=2362
-  _globals['_HTTPNODE_HEADERSENTRY']._serialized_end=2408
-  _globals['_ROUTERNODE']._serialized_start=2411
-  _globals['_ROUTERNODE']._serialized_end=2544
-  _globals['_ROUTE']._serialized_start=2546
-  _globals['_ROUTE']._serialized_end=2607
-  _globals['_WAITNODE']._serialized_start=2610
-  _globals['_WAITNODE']._serialized_end=2791
+  _globals['_EDGE']._serialized_start=1319
+  _globals['_EDGE']._serialized_end=1385
+  _globals['_RETRYPOLICY']._serialized_start=1388
+  _globals['_RETRYPOLICY']._serialized_end=1606
+  _globals['_LLMNODE']._serialized_start=1609
+  _globals['_LLMNODE']._serialized_end=2060
+  _globals['_LLMNODE_METADATAENTRY']._serialized_start=1997
+  _globals['_LLMNODE_METADATAENTRY']._serialized_end=2044
+  _globals['_MESSAGE']._serialized_start=2062
+  _globals['_MESSAGE']._serialized_end=2102
+  _globals['_AGENTNODE']._serialized_start=2105
+  _globals['_AGENTNODE']._serialized_end=2263
+  _globals['_TOOLNODE']._serialized_start=2265
+  _globals['_TOOLNODE']._serialized_end=2289
+  _globals['_HTTPNODE']._serialized_start=2292
+  _globals['_HTTPNODE']._serialized_end=2470
+  _globals['_HTTPNODE_HEADERSENTRY']._serialized_start=2424
+  _globals['_HTTPNODE_HEADERSENTRY']._serialized_end=2470
+  _globals['_ROUTERNODE']._serialized_start=2473
+  _globals['_ROUTERNODE']._serialized_end=2606
+  _globals['_ROUTE']._serialized_start=2608
+  _globals['_ROUTE']._serialized_end=2669
+  _globals['_WAITNODE']._serialized_start=2672
+  _globals['_WAITNODE']._serialized_end=2853
 # @@protoc_insertion_point(module_scope)

@@ -127,6 +127,12 @@ class OrchestratorServiceStub:
     and runs that set and its downstream again, with node_patches and
     inputs_patch applied (docs/fork.md). dry_run returns the plan only.
     """
+    UpdateGraphLimits: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.UpdateGraphLimitsRequest, _orchestrator_pb2.UpdateGraphLimitsResponse]
+    """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+    the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+    for a negative or non-finite value; FAILED_PRECONDITION when the run has
+    ended or a new limit is below what the run has used and reserved.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -226,6 +232,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     every node not downstream of the re-run set (from_nodes, or failed_only)
     and runs that set and its downstream again, with node_patches and
     inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+    """
+    UpdateGraphLimits: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.UpdateGraphLimitsRequest, _orchestrator_pb2.UpdateGraphLimitsResponse]  # type: ignore[assignment]
+    """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+    the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+    for a negative or non-finite value; FAILED_PRECONDITION when the run has
+    ended or a new limit is below what the run has used and reserved.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -431,6 +443,18 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         every node not downstream of the re-run set (from_nodes, or failed_only)
         and runs that set and its downstream again, with node_patches and
         inputs_patch applied (docs/fork.md). dry_run returns the plan only.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateGraphLimits(
+        self,
+        request: _orchestrator_pb2.UpdateGraphLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.UpdateGraphLimitsResponse, _abc.Awaitable[_orchestrator_pb2.UpdateGraphLimitsResponse]]:
+        """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+        the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+        for a negative or non-finite value; FAILED_PRECONDITION when the run has
+        ended or a new limit is below what the run has used and reserved.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,6 +42,7 @@ local GraphState = {
   COMPLETED = 3,
   FAILED = 4,
   CANCELLED = 5,
+  PAUSED = 6,
 }
 
 -- their names
@@ -52,6 +53,7 @@ local GraphStateName = {
   [3] = 'completed',
   [4] = 'failed',
   [5] = 'cancelled',
+  [6] = 'paused',
 }
 
 -- dago.v1.ErrorClass
@@ -98,6 +100,9 @@ local EventKind = {
   NODE_WAITING = 'node_waiting',
   SIGNAL_RECEIVED = 'signal_received',
   NODE_REUSED = 'node_reused',
+  BUDGET_WARNING = 'budget_warning',
+  BUDGET_EXHAUSTED = 'budget_exhausted',
+  GRAPH_RESUMED = 'graph_resumed',
 }
 
 -- functions.Outcome
@@ -136,6 +141,13 @@ local META = {
   DEF_VERSION = 'dv',
   DEF_DIGEST = 'dd',
   ARCHIVE = 'arch',
+  ON_EXCEED = 'ox',
+  WARN_SHARE = 'ws',
+  RESERVED_TOKENS = 'rt',
+  RESERVED_COST = 'rc',
+  WARNED = 'bw',
+  PAUSED = 'pz',
+  PARKED = 'pk',
 }
 
 -- schema.Usage
@@ -275,6 +287,11 @@ local DETAIL = {
   SIGNAL_ID = 'signal_id',
   COMMENT = 'comment',
   TIMED_OUT = 'timed_out',
+  LIMIT = 'limit',
+  USED = 'used',
+  MAX = 'max',
+  MESSAGE = 'message',
+  NODES = 'nodes',
 }
 
 -- schema.Work
@@ -334,6 +351,7 @@ local STATS = {
   RECLAIMED = 'reclaimed',
   DEAD = 'dead',
   WAITING = 'waiting',
+  PAUSED = 'paused',
 }
 
 -- schema.Topology
@@ -360,13 +378,24 @@ local LOOP_TOPOLOGY = {
   EXITS = 'x',
 }
 
+-- schema.Budget
+local BUDGET = {
+  HOLD = ':rv',
+  FIT = 'ok',
+  FAIL = 'fail',
+  PAUSED = 'paused',
+  STALE = 'stale',
+  LIMIT_TOKENS = 'max_tokens',
+  LIMIT_COST = 'max_cost_usd',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, FIRST = 25},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, ON_EXCEED = 25, WARN_SHARE = 26, FIRST = 27},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},
@@ -380,6 +409,9 @@ local ARG = {
   WAIT = {WORKER = 1, FIRST = 2},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, FIRST = 4},
+  RESERVE = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, MSG_ID = 6, INPUT_TOKENS = 7, MAX_TOKENS = 8, FLOOR = 9, PRICE_IN = 10, PRICE_OUT = 11, FIRST = 12},
+  RECONCILE = {GRAPH_ID = 1, NODE = 2, EXECUTION = 3, RESERVED_TOKENS = 4, RESERVED_COST = 5, INPUT_TOKENS = 6, OUTPUT_TOKENS = 7, COST = 8, FIRST = 9},
+  LIMITS = {GRAPH_ID = 1, MAX_TOKENS = 2, MAX_COST = 3, FIRST = 4},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
