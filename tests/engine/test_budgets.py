@@ -180,3 +180,47 @@ async def test_budget_warning_is_appended_once_per_limit(stack: InProcessStack) 
     # It came as the first call was reconciled, before its node completed.
     order = kinds(events)
     assert order.index("budget_warning") < order.index("node_completed")
+
+
+async def test_update_graph_limits_refuses_bad_values(stack: InProcessStack) -> None:
+    gid = await stack.client.submit(chain(2, **PAUSING))
+    await paused(stack, gid)
+    update = stack.client.stub.UpdateGraphLimits
+    for limits, field in [
+        (graph_pb2.GraphLimits(max_tokens=-5), "limits.max_tokens"),
+        (graph_pb2.GraphLimits(max_cost_usd=float("nan")), "limits.max_cost_usd"),
+        (graph_pb2.GraphLimits(max_cost_usd=float("inf")), "limits.max_cost_usd"),
+        (graph_pb2.GraphLimits(), "limits"),
+    ]:
+        req = orchestrator_pb2.UpdateGraphLimitsRequest(graph_id=gid, limits=limits)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await update(req, timeout=10)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (bad.value.details() or "").startswith(field + ":"), bad.value.details()
+    missing = orchestrator_pb2.UpdateGraphLimitsRequest(graph_id=gid[:-1] + "0", limits=limits)
+    missing.limits.max_tokens = 10
+    with pytest.raises(grpc.aio.AioRpcError) as nf:
+        await update(missing, timeout=10)
+    assert nf.value.code() == grpc.StatusCode.NOT_FOUND
+    # Nothing changed: still paused.
+    assert (await stack.client.status(gid)).state == G.GRAPH_STATE_PAUSED
+
+
+async def test_bad_budget_fields_are_refused_at_submit(stack: InProcessStack) -> None:
+    for limits, field in [
+        ({"warn_share": 1.5}, "graph.limits.warn_share"),
+        ({"on_exceed": 7}, "graph.limits.on_exceed"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stack.client.submit(chain(1, **limits))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (bad.value.details() or ""), bad.value.details()
+
+
+async def test_the_deadline_still_fails_a_paused_run(stack: InProcessStack) -> None:
+    gid = await stack.client.submit(chain(2, deadline="1.5s", **PAUSING))
+    await paused(stack, gid)
+    st = await stack.client.wait(gid)
+    assert st.state == G.GRAPH_STATE_FAILED
+    assert "limits.deadline" in st.error.message
+    assert node_states(st)["n1"] == "CANCELLED"
