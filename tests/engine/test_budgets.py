@@ -6,11 +6,13 @@ the run or pauses it, and UpdateGraphLimits raises the limit and resumes it. Rea
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 
+from dago.store.stats import RedisCollector
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from fake_anthropic import FakeAnthropic, Text, Usage
 from harness import (
@@ -109,8 +111,25 @@ async def paused(stack: InProcessStack, gid: str) -> execution_pb2.GraphStatus:
         seen.append(await stack.client.status(gid))
         return seen[-1].state == G.GRAPH_STATE_PAUSED
 
-    await eventually(check)
+    # A worker's first model call waits for the provider's SDK to import (seconds when the
+    # machine is busy).
+    await eventually(check, timeout=30)
     return seen[-1]
+
+
+def paused_gauge(stack: InProcessStack) -> float:
+    """dago_graphs_paused over every shard (the cluster metrics, read from Redis)."""
+    stats = RedisCollector(stack.settings, stack.store.keys)
+    (family,) = [m for m in stats.collect() if m.name == "dago_graphs_paused"]
+    return sum(s.value for s in family.samples)
+
+
+def budget_sample(stack: InProcessStack, name: str, kind: str) -> float:
+    """A budget counter of the worker, summed over namespaces and models of one kind."""
+    (family,) = [m for m in stack.workers[0].metrics.registry.collect() if m.name == name]
+    return sum(
+        s.value for s in family.samples if s.name == f"{name}_total" and s.labels["kind"] == kind
+    )
 
 
 async def listed(stack: InProcessStack, state: int) -> list[str]:
@@ -132,6 +151,7 @@ async def test_pause_then_raise_the_limit_completes(
     assert node_states(st) == {"n0": "COMPLETED", "n1": "QUEUED"}
     assert len(fake.requests) == 1
     assert gid in await listed(stack, G.GRAPH_STATE_PAUSED)
+    assert await asyncio.to_thread(paused_gauge, stack) == 1
     events = await stack.client.history(gid)
     (ex,) = [e for e in events if e.WhichOneof("payload") == "budget_exhausted"]
     assert ex.node_id == "n1" and ex.budget_exhausted.limit == "max_cost_usd"
@@ -151,6 +171,15 @@ async def test_pause_then_raise_the_limit_completes(
     assert list(res.graph_resumed.node_ids) == ["n1"]
     assert gid not in await listed(stack, G.GRAPH_STATE_PAUSED)
     assert st.reserved.input_tokens == 0 and st.reserved.cost_usd == 0
+    assert await asyncio.to_thread(paused_gauge, stack) == 0
+    # Reserved is each call's worst case, used what it cost: both seen by the metrics.
+    reserved = budget_sample(stack, "dago_budget_cost_usd", "reserved")
+    used = budget_sample(stack, "dago_budget_cost_usd", "used")
+    assert used == pytest.approx(st.usage.cost_usd)
+    assert reserved > used
+    assert budget_sample(stack, "dago_budget_tokens", "used") == (
+        st.usage.input_tokens + st.usage.output_tokens
+    )
 
 
 async def test_cancel_a_paused_run(stack: InProcessStack) -> None:
