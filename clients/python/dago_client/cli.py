@@ -323,6 +323,23 @@ class Cli:
         self.print(f"{self.args.graph_id} {state_name(resp.state)}")
         return EXIT_OK
 
+    def limits(self) -> int:
+        """``limits ID [--max-tokens N] [--max-cost USD]``: raise a run's budget; a run its
+        budget paused resumes."""
+        resp = self.client.update_limits(
+            self.args.graph_id, max_tokens=self.args.max_tokens, max_cost_usd=self.args.max_cost
+        )
+        if self.as_json:
+            self.print(json.dumps(to_dict(resp)))
+            return EXIT_OK
+        lim = resp.status.limits
+        resumed = " (resumed)" if resp.resumed else ""
+        self.print(
+            f"{self.args.graph_id} {state_name(resp.status.state)}{resumed}: "
+            f"max_tokens {lim.max_tokens or '-'}, max_cost_usd {lim.max_cost_usd or '-'}"
+        )
+        return EXIT_OK
+
     def fork(self) -> int:
         """``fork ID --from NODE | --failed-only [--patch FILE] [--inputs-patch JSON]
         [--dry-run]``: prints the new run's id, or the plan with --dry-run."""
@@ -676,6 +693,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a run")
     c.add_argument("graph_id")
     c.add_argument("--reason", default="cancelled with dagoctl")
+    lm = sub.add_parser(
+        "limits", help="raise a run's token or cost budget; resumes a run its budget paused"
+    )
+    lm.add_argument("graph_id")
+    lm.add_argument("--max-tokens", type=int, default=0, help="the new max_tokens (0: keep)")
+    lm.add_argument("--max-cost", type=float, default=0.0, help="the new max_cost_usd (0: keep)")
     fk = sub.add_parser(
         "fork", help="a new run of a finished run, reusing the outputs not downstream of --from"
     )
