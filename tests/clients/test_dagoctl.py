@@ -687,7 +687,9 @@ async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
 async def test_limits_raises_a_runs_budget(stack: InProcessStack, tmp_path: Path) -> None:
     ctl = ctl_for(stack)
     slow = tmp_path / "slow.yaml"
-    slow.write_text("nodes: {nap: {tool: sleep, inputs: {seconds: 30}}}\nlimits: {max_cost_usd: 1}\n")
+    slow.write_text(
+        "nodes: {nap: {tool: sleep, inputs: {seconds: 30}}}\nlimits: {max_cost_usd: 1}\n"
+    )
     code, out, _ = await ctl("submit", str(slow))
     assert code == 0
     gid = out.strip()
