@@ -273,9 +273,7 @@ class DagoClient:
         it (setting the same limits again changes nothing, so it is retried)."""
         limits = graph_pb2.GraphLimits(max_tokens=max_tokens, max_cost_usd=max_cost_usd)
         req = orchestrator_pb2.UpdateGraphLimitsRequest(graph_id=graph_id, limits=limits)
-        return self._call(
-            self.stub.UpdateGraphLimits, req, idempotent=True, deadline_s=deadline_s
-        )
+        return self._call(self.stub.UpdateGraphLimits, req, idempotent=True, deadline_s=deadline_s)
 
     def list_graphs_page(
         self,
