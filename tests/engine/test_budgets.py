@@ -14,6 +14,7 @@ import pytest
 
 from dago.store.stats import RedisCollector
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+from dago_client.view import RunView
 from fake_anthropic import FakeAnthropic, Text, Usage
 from harness import (
     InProcessStack,
@@ -155,6 +156,11 @@ async def test_pause_then_raise_the_limit_completes(
     events = await stack.client.history(gid)
     (ex,) = [e for e in events if e.WhichOneof("payload") == "budget_exhausted"]
     assert ex.node_id == "n1" and ex.budget_exhausted.limit == "max_cost_usd"
+    # dagoctl watch's view shows the pause.
+    view = RunView(gid)
+    lines = [line for ev in events for line in view.apply(ev)]
+    assert view.state == "paused" and view.nodes["n1"].state == "queued"
+    assert any(line.startswith("n1: run paused, ") for line in lines), lines
     # Lowering below what was used is refused; raising resumes the run.
     with pytest.raises(grpc.aio.AioRpcError) as low:
         await stack.client.stub.UpdateGraphLimits(raise_cost(gid, 0.001), timeout=10)
@@ -169,6 +175,8 @@ async def test_pause_then_raise_the_limit_completes(
     assert kinds(events).count("graph_resumed") == 1
     (res,) = [e for e in events if e.WhichOneof("payload") == "graph_resumed"]
     assert list(res.graph_resumed.node_ids) == ["n1"]
+    view = RunView(gid)
+    assert "run resumed (n1)" in [line for ev in events for line in view.apply(ev)]
     assert gid not in await listed(stack, G.GRAPH_STATE_PAUSED)
     assert st.reserved.input_tokens == 0 and st.reserved.cost_usd == 0
     assert await asyncio.to_thread(paused_gauge, stack) == 0
