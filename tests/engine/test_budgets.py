@@ -15,7 +15,7 @@ import pytest
 from dago.store.stats import RedisCollector
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from dago_client.view import RunView
-from fake_anthropic import FakeAnthropic, Text, Usage
+from fake_anthropic import FakeAnthropic, Text, ToolUse, Usage
 from harness import (
     InProcessStack,
     MakeStack,
@@ -261,3 +261,26 @@ async def test_the_deadline_still_fails_a_paused_run(stack: InProcessStack) -> N
     assert st.state == G.GRAPH_STATE_FAILED
     assert "limits.deadline" in st.error.message
     assert node_states(st)["n1"] == "CANCELLED"
+
+
+async def test_each_agent_turn_reserves_its_call(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    fake.script = [
+        ToolUse({"value": 1}, "echo", usage=Usage(input=0, output=600)),
+        Text("Done.", usage=Usage(input=0, output=600)),
+    ]
+    node = {
+        "id": "agent",
+        "agent": {
+            "llm": {"prompt": "Echo 1.", "model": MODEL, "max_tokens": 1024},
+            "tools": ["echo"],
+        },
+    }
+    _, st = await stack.client.run(request([node], limits={"max_cost_usd": 0.015}))
+    assert st.state == G.GRAPH_STATE_COMPLETED, st.error
+    first, second = max_tokens_sent(fake)
+    # $0.015 holds 1000 output tokens at $15/M (less the input): the first turn is lowered a
+    # little, the second to what the first turn's $0.009 left.
+    assert 900 < first < 1000 and 300 < second < 400
+    assert st.usage.cost_usd <= 0.015

@@ -36,10 +36,13 @@ def estimate_input_tokens(request: LlmRequest) -> int:
     chars = len(request.system)
     for m in request.messages:
         chars += len(m.content) + 16  # a turn's framing
+        # A tool call or result block carries its type, id and name besides its content.
         for c in m.tool_calls:
-            chars += len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False, default=str))
+            chars += (
+                64 + len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False, default=str))
+            )
         for r in m.tool_results:
-            chars += len(r.content)
+            chars += 64 + len(r.content)
     for t in request.tools:
         chars += len(t.name) + len(t.description) + len(json.dumps(t.parameters, default=str))
     if request.output_schema is not None:
