@@ -69,8 +69,7 @@ class Reservation:
     tokens: int
     cost: float
     model: str = ""
-    namespace: str = ""
-    """The run's namespace (a metrics label)."""
+    """The model, as a metrics label (``other`` for one the price table does not know)."""
 
 
 class Budget:

@@ -153,21 +153,20 @@ class Metrics:
             "not_found).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        # No namespace label: /metrics never names a tenant (docs/security.md).
         self.budget_tokens = Counter(
             "dago_budget_tokens",
-            "Tokens of model calls (every call reserves against its run's budget), by namespace, "
-            "model and kind: "
-            "reserved before the call (its worst case), used (reconciled after it).",
-            ["namespace", "model", "kind"], registry=r,
+            "Tokens of model calls against their run's budget, by model and kind: reserved "
+            "before the call (its worst case), used (reconciled after it).",
+            ["model", "kind"], registry=r,
         )  # fmt: skip
         self.budget_cost = Counter(
             "dago_budget_cost_usd",
-            "US dollars of model calls, by namespace, model and kind "
+            "US dollars of model calls against their run's budget, by model and kind "
             "(reserved, used).",
-            ["namespace", "model", "kind"], registry=r,
+            ["model", "kind"], registry=r,
         )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
-        self._namespace = _Bounded(MAX_MODELS)
 
     # --- workers ---------------------------------------------------------------------
 
@@ -207,11 +206,11 @@ class Metrics:
         if error_class:
             self.llm_errors.labels(provider, error_class).inc()
 
-    def budget(self, kind: str, namespace: str, model: str, tokens: int, cost: float) -> None:
+    def budget(self, kind: str, model: str, tokens: int, cost: float) -> None:
         """A model call's reservation (``kind`` reserved) or its reconciled usage (used)."""
-        ns, m = self._namespace(namespace or "default"), self._model(model or "unknown")
-        self.budget_tokens.labels(ns, m, kind).inc(max(0, tokens))
-        self.budget_cost.labels(ns, m, kind).inc(max(0.0, cost))
+        m = self._model(model or "unknown")
+        self.budget_tokens.labels(m, kind).inc(max(0, tokens))
+        self.budget_cost.labels(m, kind).inc(max(0.0, cost))
 
     def http_request(self, status: int | None) -> None:
         """An http node's request got ``status`` (None: no response)."""

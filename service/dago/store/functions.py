@@ -586,12 +586,11 @@ class Reserved:
     outcome: str
     max_tokens: int
     message: str
-    namespace: str = ""
 
 
 def parse_reserved(raw: Sequence[Any]) -> Reserved:
-    """``reserve``'s reply: ``{outcome, max_tokens, message, namespace}``."""
-    return Reserved(_s(raw[0]), int(raw[1]), _s(raw[2]), _s(raw[3]))
+    """``reserve``'s reply: ``{outcome, max_tokens, message}``."""
+    return Reserved(_s(raw[0]), int(raw[1]), _s(raw[2]))
 
 
 @dataclass(frozen=True, slots=True)

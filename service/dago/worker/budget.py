@@ -44,9 +44,8 @@ class RedisBudget(Budget):
                 call.input_tokens + r.max_tokens,
                 call.input_tokens * call.price_in + r.max_tokens * call.price_out,
                 call.model,
-                r.namespace,
             )
-            self._metrics.budget("reserved", held.namespace, held.model, held.tokens, held.cost)
+            self._metrics.budget("reserved", held.model, held.tokens, held.cost)
             return r.max_tokens, held
         if r.outcome == Reply.STALE:
             raise NodeFailure(
@@ -69,4 +68,4 @@ class RedisBudget(Budget):
         )
         await self._store.reconcile(ctx.shard, args)
         tokens = u.input_tokens + u.output_tokens
-        self._metrics.budget("used", held.namespace, held.model, tokens, u.cost_usd)
+        self._metrics.budget("used", held.model, tokens, u.cost_usd)

@@ -6,8 +6,7 @@
 -- PAUSE parks the node (as a wait node waits: its execution's record ends, its timeout
 -- timer goes, its work item is acked, it is QUEUED with no item, its next start is the
 -- attempt's next execution) and pauses the run (budget_exhausted). A paused run parks
--- every call at once. Returns {outcome (schema.Budget), max_tokens granted, message, the
--- run's namespace (FIT)}.
+-- every call at once. Returns {outcome (schema.Budget), max_tokens granted, message}.
 local A = ARG.RESERVE
 local gid, node = ARGV[A.GRAPH_ID], ARGV[A.NODE]
 local attempt, iter, exec = ARGV[A.ATTEMPT], ARGV[A.ITERATION], ARGV[A.EXECUTION]
@@ -17,7 +16,7 @@ if gs ~= nil and gs < GraphState.COMPLETED then
   v = node_read(gid, node)
   if not (v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec) then v = nil end
 end
-if v == nil then return {BUDGET.STALE, 0, '', ''} end
+if v == nil then return {BUDGET.STALE, 0, ''} end
 local rk = gkey(Budget.root(gid))
 local lv = Budget.levels(rk)
 local input, want = tonumber(ARGV[A.INPUT_TOKENS]), tonumber(ARGV[A.MAX_TOKENS])
@@ -58,10 +57,10 @@ if not limit then
     .. int(t[4]) .. ',' .. int(t[5]) .. ',' .. tostring(t[6]))
   redis.call('HINCRBY', rk, META.RESERVED_TOKENS, int(rt))
   redis.call('HINCRBYFLOAT', rk, META.RESERVED_COST, rc)
-  return {BUDGET.FIT, grant, '', redis.call('HGET', gkey(gid), META.NAMESPACE) or ''}
+  return {BUDGET.FIT, grant, ''}
 end
 if not paused and redis.call('HGET', gkey(gid), META.ON_EXCEED) ~= '2' then
-  return {BUDGET.FAIL, 0, msg, ''}
+  return {BUDGET.FAIL, 0, msg}
 end
 -- Park the node: no slot, no pending item; the run resumes it (limits.lua).
 Budget.release(gid, node, true)
@@ -84,4 +83,4 @@ emit(gid, EventKind.BUDGET_EXHAUSTED, node, attempt, iter,
   '{"' .. DETAIL.LIMIT .. '":' .. jstr(limit) .. ',"' .. DETAIL.MESSAGE .. '":' .. jstr(msg) .. '}')
 ack_all({ARGV[A.MSG_ID]})
 flush()
-return {BUDGET.PAUSED, 0, msg, ''}
+return {BUDGET.PAUSED, 0, msg}
