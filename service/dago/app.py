@@ -26,6 +26,7 @@ from dago.store.client import connect
 from dago.store.keys import Keys
 from dago.store.stats import RedisCollector
 from dago.store.store import Store
+from dago.worker.budget import RedisBudget
 from dago.worker.process import Worker
 from dago.worker.ratelimits import StoreLimiter
 
@@ -113,7 +114,8 @@ def build_worker(settings: Settings) -> Worker:
     metrics = Metrics(new_registry())
     tracing = Tracing("dago-worker")
     limiter = StoreLimiter.from_settings(settings, store, metrics)
-    handlers = build_handlers(build_deps(settings, metrics, tracing, limiter))
+    budget = RedisBudget(store, settings.budget_floor_tokens, metrics)
+    handlers = build_handlers(build_deps(settings, metrics, tracing, limiter, budget))
     graphs = GraphCache(store, cel, options)
     return Worker(
         store,

@@ -79,6 +79,7 @@ class Settings:
     llm_provider: str = ""
     llm_model: str = ""
     llm_max_tokens: int = 1024
+    budget_floor_tokens: int = 64
     offline_tokens_per_s: float = 0.0
     anthropic_api_key: str = field(default="", repr=False)
     anthropic_base_url: str = ""
@@ -582,6 +583,11 @@ SETTINGS: dict[str, _Spec] = {
     "llm_max_tokens": _Spec(
         "max_tokens of LLM nodes that set none.",
         lambda v: None if 1 <= v <= 1_000_000 else "must be between 1 and 1000000",
+    ),
+    "budget_floor_tokens": _Spec(
+        "The fewest output tokens a model call of a run with a token or cost budget is made "
+        "with: when the budget left fits fewer, the run's limit is hit (docs/limits.md).",
+        _positive,
     ),
     "offline_tokens_per_s": _Spec(
         "Pace of the offline provider's answers, in words (its tokens) per second, so "

@@ -765,3 +765,22 @@ async def test_limits_table_and_json(make_stack: MakeStack) -> None:
     code, out, _ = await ctl("-o", "json", "limits")
     (m,) = json.loads(out)
     assert (m["provider"], m["model"], m["requests_per_minute"]) == ("anthropic", "*", 60)
+
+
+async def test_limits_raises_a_runs_budget(stack: InProcessStack, tmp_path: Path) -> None:
+    ctl = ctl_for(stack)
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(
+        "nodes: {nap: {tool: sleep, inputs: {seconds: 30}}}\nlimits: {max_cost_usd: 1}\n"
+    )
+    code, out, _ = await ctl("submit", str(slow))
+    assert code == 0
+    gid = out.strip()
+    code, out, _ = await ctl("limits", gid, "--max-cost", "2.5", "--max-tokens", "5000")
+    assert code == 0, out
+    assert out.strip().endswith("max_tokens 5000, max_cost_usd 2.5"), out
+    code, _, err = await ctl("limits", gid, "--max-tokens", "-3")
+    assert code == EXIT_INVALID and "limits.max_tokens" in err
+    await ctl("cancel", gid)
+    code, _, err = await ctl("limits", gid, "--max-cost", "3")
+    assert code == EXIT_PRECONDITION and "FAILED_PRECONDITION" in err

@@ -296,6 +296,23 @@ async def test_fork_over_rest(edge_stack: Edge) -> None:
 # --- errors -----------------------------------------------------------------------------------
 
 
+async def test_patch_limits_over_rest(edge_stack: Edge) -> None:
+    e = edge_stack
+    body = graph(sleep("s", 30))
+    body["graph"]["limits"] = {"maxCostUsd": 0.5}
+    gid = await submit(e, body)
+    await wait_state(e, gid, {"GRAPH_STATE_RUNNING"})
+    r = await e.http.patch(f"/api/v1/graphs/{gid}/limits", json={"maxCostUsd": 2, "maxTokens": 9})
+    assert r.status_code == 200, r.text
+    status = r.json()["status"]
+    assert status["limits"]["max_cost_usd"] == 2 and status["limits"]["max_tokens"] == "9", status
+    assert not r.json().get("resumed")
+    body = error(await e.http.patch(f"/api/v1/graphs/{gid}/limits", json={"maxTokens": -1}), 400, 3)
+    fields = [v["field"] for v in detail(body, "google.rpc.BadRequest")["field_violations"]]
+    assert fields == ["limits.max_tokens"], body
+    await e.http.post(f"/api/v1/graphs/{gid}/cancel", json={})
+
+
 async def test_invalid_graph_is_400_with_field_violations(edge_stack: Edge) -> None:
     e = edge_stack
     bad = graph(echo("a"), edges=[{"from": "a", "to": "ghost"}])

@@ -248,6 +248,9 @@ class FakeAnthropic(FakeHttpServer):
         reporting the scripted count, cached or not."""
         self.usages: list[dict[str, Any]] = []
         """The usage of every answered request, in order."""
+        self.cap_output = False
+        """Report at most the request's max_tokens output tokens (as the API does), whatever
+        the scripted count: a budget test lowers max_tokens and sees it honoured."""
 
     async def handle(
         self,
@@ -278,6 +281,8 @@ class FakeAnthropic(FakeHttpServer):
             await _fault(reply, reader, writer, self, name)
             return
         usage = self._usage(body, model, reply.usage)
+        if self.cap_output:
+            usage["output_tokens"] = min(usage["output_tokens"], int(body.get("max_tokens", 0)))
         self.usages.append(usage)
         msg = _message(reply, name, body, model, usage)
         for block in msg["content"]:

@@ -35,6 +35,7 @@ from dago.store.client import connect
 from dago.store.keys import Keys
 from dago.store.store import Store
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from dago.worker.process import Worker
 
 # The repository (this file is tests/support/harness.py) and the tests' helper modules, which
 # pytest puts on sys.path (pyproject.toml: pythonpath) and child processes get on PYTHONPATH.
@@ -236,6 +237,8 @@ class InProcessStack:
         self._workers = workers
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.workers: list[Worker] = []
+        """The running workers (a test reads their metrics)."""
         self._stopped = False
         self.client: Client
         self.api: ApiServer
@@ -250,6 +253,7 @@ class InProcessStack:
         await asyncio.wait_for(ready.wait(), 10)
         for n in range(self._workers):
             w = build_worker(dataclasses.replace(self.settings, worker_id=f"w{n}"))
+            self.workers.append(w)
             self._tasks.append(asyncio.create_task(w.run(self._stop)))
         self.port = api.port
         self.api = api

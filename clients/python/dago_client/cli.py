@@ -371,6 +371,28 @@ class Cli:
         self.print(f"{self.args.graph_id} {state_name(resp.state)}")
         return EXIT_OK
 
+    def limits(self) -> int:
+        """``limits``: the model rate limits and their buckets' levels; ``limits ID
+        [--max-tokens N] [--max-cost USD]``: raise a run's budget (a run its budget paused
+        resumes)."""
+        if not self.args.graph_id:
+            if self.args.max_tokens or self.args.max_cost:
+                raise GraphFileError("--max-tokens and --max-cost need the run's id: limits ID")
+            return self._rate_limits()
+        resp = self.client.update_limits(
+            self.args.graph_id, max_tokens=self.args.max_tokens, max_cost_usd=self.args.max_cost
+        )
+        if self.as_json:
+            self.print(json.dumps(to_dict(resp)))
+            return EXIT_OK
+        lim = resp.status.limits
+        resumed = " (resumed)" if resp.resumed else ""
+        self.print(
+            f"{self.args.graph_id} {state_name(resp.status.state)}{resumed}: "
+            f"max_tokens {lim.max_tokens or '-'}, max_cost_usd {lim.max_cost_usd or '-'}"
+        )
+        return EXIT_OK
+
     def fork(self) -> int:
         """``fork ID --from NODE | --failed-only [--patch FILE] [--inputs-patch JSON]
         [--dry-run]``: prints the new run's id, or the plan with --dry-run."""
@@ -555,8 +577,8 @@ class Cli:
             print("(no live worker: graphs will not run)", file=self.err)
         return EXIT_OK
 
-    def limits(self) -> int:
-        """``limits``: the model rate limits and what each bucket holds now."""
+    def _rate_limits(self) -> int:
+        """The model rate limits and what each bucket holds now."""
         models = self.client.limits()
         if self.as_json:
             self.print(_dicts(models))
@@ -756,6 +778,14 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a run")
     c.add_argument("graph_id")
     c.add_argument("--reason", default="cancelled with dagoctl")
+    lm = sub.add_parser(
+        "limits",
+        help="model rate limits and their levels now; with a run's id, raise its token or cost "
+        "budget (resumes a run its budget paused)",
+    )
+    lm.add_argument("graph_id", nargs="?", default="", help="the run whose budget to raise")
+    lm.add_argument("--max-tokens", type=int, default=0, help="the new max_tokens (0: keep)")
+    lm.add_argument("--max-cost", type=float, default=0.0, help="the new max_cost_usd (0: keep)")
     fk = sub.add_parser(
         "fork", help="a new run of a finished run, reusing the outputs not downstream of --from"
     )
@@ -818,7 +848,6 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--after-seq", type=int, default=0, help="resume after this event")
     w.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     sub.add_parser("workers", help="list live workers: slots, work in flight, heartbeat age")
-    sub.add_parser("limits", help="model rate limits and their buckets' levels now")
     dl = sub.add_parser(
         "dead-letters",
         help="list, requeue or drop dead-lettered work items",

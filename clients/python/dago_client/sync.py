@@ -274,6 +274,20 @@ class DagoClient:
         req = orchestrator_pb2.CancelGraphRequest(graph_id=graph_id, reason=reason)
         return self._call(self.stub.CancelGraph, req, idempotent=True, deadline_s=deadline_s)
 
+    def update_limits(
+        self,
+        graph_id: str,
+        *,
+        max_tokens: int = 0,
+        max_cost_usd: float = 0.0,
+        deadline_s: float | None = None,
+    ) -> orchestrator_pb2.UpdateGraphLimitsResponse:
+        """Raise a run's token or cost budget (0 keeps one) and resume it if its budget paused
+        it (setting the same limits again changes nothing, so it is retried)."""
+        limits = graph_pb2.GraphLimits(max_tokens=max_tokens, max_cost_usd=max_cost_usd)
+        req = orchestrator_pb2.UpdateGraphLimitsRequest(graph_id=graph_id, limits=limits)
+        return self._call(self.stub.UpdateGraphLimits, req, idempotent=True, deadline_s=deadline_s)
+
     def list_graphs_page(
         self,
         state: str | int | None = None,

@@ -226,6 +226,17 @@ class RunView:
             li = ev.loop_iteration
             what = "bound reached, loop exits" if li.exhausted else f"iteration {li.iteration}"
             out.append(f"{nid}: loop from {li.from_node_id}: {what}")
+        elif kind == "budget_warning":
+            bw = ev.budget_warning
+            out.append(f"budget warning: {bw.limit} at {bw.used:g} of {bw.max:g}")
+        elif kind == "budget_exhausted":
+            self.state = "paused"
+            if row is not None:
+                row.state = "queued"
+            out.append(f"{nid}: run paused, {ev.budget_exhausted.message}")
+        elif kind == "graph_resumed":
+            self.state = "running"
+            out.append(f"run resumed ({', '.join(ev.graph_resumed.node_ids) or 'no node parked'})")
         elif kind == "graph_completed":
             self._end("completed")
             u = ev.graph_completed.usage

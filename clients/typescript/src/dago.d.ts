@@ -27,6 +27,7 @@ import type {
   SignalGraphResponse,
   SubmitGraphRequestSchema,
   SubmitGraphResponse,
+  UpdateGraphLimitsResponse,
 } from "../gen/dago/v1/orchestrator_pb.js";
 import type {
   DefinitionVersion,
@@ -223,6 +224,15 @@ export interface DagoClient {
   ): Promise<ListMapItemsResponse>;
   result(graphId: string, options?: CallOptions): Promise<GetGraphResultResponse>;
   cancel(graphId: string, reason?: string, options?: CallOptions): Promise<CancelGraphResponse>;
+  /**
+   * Raise a run's budget (UpdateGraphLimits): maxTokens and/or maxCostUsd (0 or absent keeps a
+   * limit); a run its budget paused resumes (the response's resumed). See docs/limits.md.
+   */
+  updateLimits(
+    graphId: string,
+    limits: { maxTokens?: number | bigint; maxCostUsd?: number },
+    options?: CallOptions,
+  ): Promise<UpdateGraphLimitsResponse>;
   /**
    * A new run of a finished run (ForkGraph) reusing the recorded outputs of the nodes not
    * downstream of fromNodes (or of the failed ones, failedOnly); nodePatches (node id ->

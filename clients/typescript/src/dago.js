@@ -254,6 +254,11 @@ export function createDagoClient(baseUrl, options = {}) {
       return (await client()).cancelGraph({ graphId, reason }, callOptions);
     },
 
+    async updateLimits(graphId, { maxTokens = 0, maxCostUsd = 0 } = {}, callOptions) {
+      const limits = { maxTokens: BigInt(maxTokens), maxCostUsd };
+      return (await client()).updateGraphLimits({ graphId, limits }, callOptions);
+    },
+
     async *watch(graphId, watchOptions = {}) {
       const c = await client();
       const open = (afterSeq, signal) => c.watchGraph({ graphId, afterSeq }, { signal });

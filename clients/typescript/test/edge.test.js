@@ -137,6 +137,7 @@ test("cancel a running graph: CANCELLED, the watch ends with graph_cancelled", T
       graph: {
         name: "ts-cancel",
         nodes: [{ id: "nap", tool: { name: "sleep" }, inputs: { seconds: 30 } }],
+        limits: { maxCostUsd: 1 },
       },
     }),
   );
@@ -151,6 +152,10 @@ test("cancel a running graph: CANCELLED, the watch ends with graph_cancelled", T
   })();
   await Promise.race([running, watching]); // the sleep node runs (or the watch failed)
 
+  const raised = await dago.updateLimits(sub.graphId, { maxCostUsd: 2.5, maxTokens: 900 });
+  assert.equal(raised.status.limits.maxCostUsd, 2.5);
+  assert.equal(raised.status.limits.maxTokens, 900n);
+  assert.equal(raised.resumed, false);
   const res = await dago.cancel(sub.graphId, "typescript edge test");
   assert.equal(res.state, GraphState.CANCELLED);
   await watching;

@@ -24,6 +24,7 @@ from dago.api.auth import DEFAULT_NAMESPACE, Authenticator
 from dago.api.children import has_references, pin_references
 from dago.api.definitions import DefinitionServicer, parse_reference
 from dago.api.errors import guard, guard_stream
+from dago.api.limits import check_changed, limits_args
 from dago.api.quotas import Quotas
 from dago.api.views import (
     ITEM_FIELDS,
@@ -42,6 +43,7 @@ from dago.api.views import (
 )
 from dago.api.watch import EventHub
 from dago.config import Settings, parse_rate_limits
+from dago.engine.budget import DEFAULT_WARN_SHARE
 from dago.engine.cel import CelCompiler
 from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.compile import ANY_INPUTS
@@ -311,6 +313,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             def_version=ref.version if ref else 0,
             def_digest=ref.digest if ref else "",
             priority=priority,
+            on_exceed=g.limits.on_exceed,
+            warn_share=repr(g.limits.warn_share or DEFAULT_WARN_SHARE),
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
@@ -583,6 +587,22 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 f"graph {request.graph_id} already finished ({name}); there is nothing to cancel",
             )
         return orchestrator_pb2.CancelGraphResponse(state=execution_pb2.GRAPH_STATE_CANCELLED)
+
+    @guard
+    async def UpdateGraphLimits(
+        self, request: orchestrator_pb2.UpdateGraphLimitsRequest, context: Ctx
+    ) -> orchestrator_pb2.UpdateGraphLimitsResponse:
+        """Raise a run's budgets; resume it when it is paused (dago.api.limits)."""
+        shard = self._shard(request.graph_id)
+        args = limits_args(request)
+        (ns,) = await self._store.graph_fields(shard, request.graph_id, Meta.NAMESPACE)
+        self._owned(request.graph_id, ns)
+        changed = await self._store.limits(shard, args)
+        check_changed(request.graph_id, changed)
+        snap = await self._store.snapshot(shard, request.graph_id, records=False)
+        status = graph_status(request.graph_id, snap, False)
+        status.namespace = self._auth.current()
+        return orchestrator_pb2.UpdateGraphLimitsResponse(status=status, resumed=changed.resumed)
 
     @guard
     async def ListGraphs(

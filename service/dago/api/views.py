@@ -8,7 +8,7 @@ from typing import Any
 
 from dago.engine.graphcache import LoadedGraph
 from dago.engine.result import run_result
-from dago.history.listing import definition_ref
+from dago.history.listing import definition_ref, run_state
 from dago.store.events import error_from, usage_from
 from dago.store.schema import Fair, MapItems, Meta, Node, Record, Usage, Wait
 from dago.store.store import RecordId, Snapshot
@@ -54,8 +54,9 @@ def _meta(meta: dict[bytes, bytes], name: str) -> bytes | None:
 
 
 def graph_state(meta: dict[bytes, bytes]) -> execution_pb2.GraphState.ValueType:
-    """The graph's state from its meta hash."""
-    return execution_pb2.GraphState.ValueType(_int(_meta(meta, Meta.STATE)))
+    """The graph's state from its meta hash: PAUSED while its budget paused it (stored as
+    RUNNING with ``Meta.PAUSED``: see schema.Meta)."""
+    return run_state(meta)
 
 
 def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_pb2.GraphStatus:
@@ -82,6 +83,7 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
     if err:
         error_from(json.loads(err), st.error)
     _usage(meta, "", st.usage)
+    _budget(meta, graph.limits, st)
     definition_ref(meta, st.definition)
     if graph.HasField("metadata"):
         st.metadata.CopyFrom(graph.metadata)
@@ -178,6 +180,18 @@ def map_item(
     u.cache_creation_input_tokens, u.cache_read_input_tokens = _int(fields[8]), _int(fields[9])
     u.cost_usd = float(fields[10]) if fields[10] else 0.0
     return item
+
+
+def _budget(
+    meta: dict[bytes, bytes], submitted: graph_pb2.GraphLimits, st: execution_pb2.GraphStatus
+) -> None:
+    """The limits in force (as submitted, with UpdateGraphLimits' changes) and what the
+    model calls running now hold of them."""
+    st.limits.CopyFrom(submitted)
+    st.limits.max_tokens = _int(_meta(meta, Meta.MAX_TOKENS))
+    st.limits.max_cost_usd = float(_meta(meta, Meta.MAX_COST) or 0)
+    st.reserved.input_tokens = max(0, _int(_meta(meta, Meta.RESERVED_TOKENS)))
+    st.reserved.cost_usd = max(0.0, round(float(_meta(meta, Meta.RESERVED_COST) or 0), 10))
 
 
 def _node_status(

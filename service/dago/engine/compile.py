@@ -15,7 +15,6 @@ this module names no kind.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,6 +23,7 @@ from typing import Any, Final
 
 from google.protobuf.message import Message
 
+from dago.engine.budget import check_budget
 from dago.engine.cel import CelCompiler, Expression, Refs, Scope
 from dago.engine.checker import Checker, GraphInvalid, Violation
 from dago.engine.fields import NOT_FINITE, check_text, first_non_finite, quote
@@ -258,10 +258,7 @@ def _check_nodes(
     lim = graph.limits
     if lim.max_steps < 0:
         chk.add(f"{root}.limits.max_steps", "must not be negative")
-    if lim.max_tokens < 0:
-        chk.add(f"{root}.limits.max_tokens", "must not be negative")
-    if not 0 <= lim.max_cost_usd < math.inf:  # NaN and Infinity fail too
-        chk.add(f"{root}.limits.max_cost_usd", "must be a non-negative number")
+    check_budget(lim, f"{root}.limits", chk.add)
     if lim.HasField("deadline"):
         chk.duration(lim.deadline, f"{root}.limits.deadline")
     return ids

@@ -179,9 +179,8 @@ def _facts(meta: dict[bytes, bytes], created_ms: int, with_metadata: bool) -> Ru
     if with_metadata:
         graph = graph_pb2.Graph.FromString(meta.get(Meta.DEFINITION.encode(), b""))
         metadata = json_format.MessageToDict(graph.metadata)
-    state = int(meta.get(Meta.STATE.encode(), b"0"))
     return RunFacts(
-        state=_STATE_NAMES.get(execution_pb2.GraphState.ValueType(state), ""),
+        state=_STATE_NAMES.get(run_state(meta), ""),
         created_ms=created_ms,
         name=_text(meta, Meta.NAME),
         cost_usd=float(meta.get(Usage.COST.encode(), b"0")),
@@ -190,6 +189,15 @@ def _facts(meta: dict[bytes, bytes], created_ms: int, with_metadata: bool) -> Ru
         definition_version=_int(meta, Meta.DEF_VERSION),
         parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
     )
+
+
+def run_state(meta: dict[bytes, bytes]) -> execution_pb2.GraphState.ValueType:
+    """A run's state from its meta hash: PAUSED while its budget paused it (stored as
+    RUNNING with ``Meta.PAUSED``, see schema.Meta), else the stored one."""
+    state = execution_pb2.GraphState.ValueType(_int(meta, Meta.STATE))
+    if state == execution_pb2.GRAPH_STATE_RUNNING and meta.get(Meta.PAUSED.encode()) == b"1":
+        return execution_pb2.GRAPH_STATE_PAUSED
+    return state
 
 
 def _text(meta: dict[bytes, bytes], name: str) -> str:
@@ -217,7 +225,7 @@ def summary_from_meta(
     s = orchestrator_pb2.GraphSummary(
         graph_id=graph_id,
         name=_text(meta, Meta.NAME),
-        state=execution_pb2.GraphState.ValueType(_int(meta, Meta.STATE)),
+        state=run_state(meta),
         request_id=_text(meta, Meta.REQUEST_ID),
         namespace=namespace,
         steps=_int(meta, Meta.STEPS),

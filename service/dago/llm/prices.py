@@ -101,6 +101,19 @@ class PriceTable:
         row = self.row(model)
         return row[0] if row is not None else None
 
+    def worst(self, model: str, prompt_tokens: int, cache_ttl: str) -> tuple[float, float]:
+        """What one input and one output token of a call of ``model`` with a prompt of
+        ``prompt_tokens`` cost at most, in USD: an input token at the dearest of the input
+        and cache-write rates the call may be billed (a budget reserves the worst case)."""
+        row = self.row(model) or self._unknown
+        if row is None:
+            return 0.0, 0.0
+        base, long_prompt = row
+        p = long_prompt.price if long_prompt and prompt_tokens > long_prompt.threshold else base
+        write = p.cache_write_1h if cache_ttl == "1h" else p.cache_write_5m if cache_ttl else 0.0
+        unit = self._multiplier / 1_000_000
+        return max(p.input, write) * unit, p.output * unit
+
     def cost(self, usage: Usage) -> float:
         """The cost of one call's ``usage`` on its model in USD."""
         model = usage.model

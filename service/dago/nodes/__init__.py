@@ -15,6 +15,7 @@ from dago.config import Settings
 from dago.engine.kinds import KindCheck
 from dago.nodes import agent, http, llm, map, router, subgraph, tool, wait
 from dago.nodes.base import NodeDeps, NodeHandler, NodeKind
+from dago.nodes.budget import Budget
 from dago.nodes.http import SafeHttp
 from dago.nodes.llm import ModelCaller
 from dago.nodes.ratelimit import Limiter
@@ -46,10 +47,16 @@ def kind_checks(kinds: Iterable[NodeKind] = KINDS) -> dict[str, KindCheck]:
 
 
 def build_deps(
-    settings: Settings, metrics: Metrics, tracing: Tracing, limiter: Limiter | None = None
+    settings: Settings,
+    metrics: Metrics,
+    tracing: Tracing,
+    limiter: Limiter | None = None,
+    budget: Budget | None = None,
 ) -> NodeDeps:
     """The dependencies the handlers of one worker process share; ``limiter``: the model
-    rate limits its model calls reserve in (``dago.nodes.ratelimit``), if any."""
+    rate limits its model calls reserve in (``dago.nodes.ratelimit``), if any; ``budget``:
+    the worker's run budget (its model calls reserve against it; None: nothing is
+    reserved)."""
     safe_http = SafeHttp(
         settings.http_allow, settings.http_max_response_bytes, metrics=metrics, tracing=tracing
     )
@@ -59,7 +66,7 @@ def build_deps(
         tracing=tracing,
         http=safe_http,
         toolbox=Toolbox.from_settings(settings, safe_http),
-        model=ModelCaller.from_settings(settings, metrics, tracing, limiter),
+        model=ModelCaller.from_settings(settings, metrics, tracing, limiter, budget),
     )
 
 

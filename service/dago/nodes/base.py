@@ -52,6 +52,11 @@ class NodeContext:
     worker_id: str
     tool_call: str = ""
     """Inside an agent: the tool call's position in the attempt (``t<turn>.<n>``)."""
+    shard: int = 0
+    execution: int = 0
+    """The execution of the attempt this is (what the budget's reservations are held by)."""
+    msg_id: bytes = b""
+    """The execution's work item (acked when the budget parks the node)."""
 
     @property
     def idempotency_key(self) -> str:

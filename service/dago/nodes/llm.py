@@ -43,7 +43,8 @@ from dago.llm.base import ChatMessage, LlmRequest, LlmResponse, Provider
 from dago.llm.prices import PriceTable
 from dago.llm.providers import Providers
 from dago.nodes.base import Emit, NodeContext, NodeHandler, NodeKind, NodeResult
-from dago.nodes.ratelimit import Limiter, estimate_input_tokens
+from dago.nodes.budget import Budget, CallCost, Reservation, estimate_input_tokens
+from dago.nodes.ratelimit import Limiter
 from dago.observe.metrics import Metrics
 from dago.observe.tracing import Tracing, fail
 from dago.store.values import to_plain
@@ -250,9 +251,11 @@ class ModelCaller:
         log_prompts: bool = False,
         cache_ttl: str = "5m",
         limiter: Limiter | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._cache_ttl = cache_ttl
         self._limiter = limiter
+        self._budget = budget or Budget()
         self._providers = providers
         self._prices = prices
         self._max_tokens = default_max_tokens
@@ -267,9 +270,10 @@ class ModelCaller:
         metrics: Metrics,
         tracing: Tracing,
         limiter: Limiter | None = None,
+        budget: Budget | None = None,
     ) -> ModelCaller:
         """The providers, prices and defaults of ``settings``; ``limiter``: the model rate
-        limits (``dago.nodes.ratelimit``), if any."""
+        limits (``dago.nodes.ratelimit``), if any; ``budget``: the worker's run budgets."""
         return cls(
             Providers(settings),
             PriceTable(settings.prices, settings.unknown_model_price, settings.price_multiplier),
@@ -279,6 +283,7 @@ class ModelCaller:
             log_prompts=settings.log_prompts,
             cache_ttl=settings.llm_cache_ttl,
             limiter=limiter,
+            budget=budget,
         )
 
     def request(
@@ -340,20 +345,52 @@ class ModelCaller:
         """Run ``request`` on ``provider``, streaming text deltas as coalesced events.
 
         The call is a span following the OpenTelemetry GenAI conventions and is measured
-        (duration, time to first token, tokens, cost, errors by class). With rate limits,
-        the call is reserved in its model's bucket first (``Throttled`` when it has no
-        room) and settled to its real usage after (``dago.nodes.ratelimit``)."""
+        (duration, time to first token, tokens, cost, errors by class). Its worst case is
+        reserved against the run's budget first (which may lower its max_tokens,
+        ``dago.nodes.budget``), then in its model's rate-limit bucket (``Throttled`` when it
+        has no room, ``dago.nodes.ratelimit``); both are reconciled to its usage after it."""
+        request, held = await self._reserve(ctx, request)
+        usage: Usage | None = None
+        try:
+            resp, usage = await self._limited(ctx, request, provider)
+        except NodeFailure as f:
+            usage = f.usage
+            raise
+        finally:
+            if held is not None:
+                await asyncio.shield(self._budget.reconcile(ctx, held, usage))
+        return resp, usage
+
+    async def _reserve(
+        self, ctx: NodeContext, request: LlmRequest
+    ) -> tuple[LlmRequest, Reservation | None]:
+        """``request`` with the max_tokens the run's budget grants, and what it holds."""
+        tokens = estimate_input_tokens(request)
+        price_in, price_out = self._prices.worst(request.model, tokens, request.cache_ttl)
+        # A model is a metrics label only when the price table knows it (as in _measure).
+        label = request.model if self._prices.price(request.model) is not None else "other"
+        cost = CallCost(label, tokens, request.max_tokens, price_in, price_out)
+        granted, held = await self._budget.reserve(ctx, cost)
+        if granted != request.max_tokens:
+            request = replace(request, max_tokens=granted)
+        return request, held
+
+    async def _limited(
+        self, ctx: NodeContext, request: LlmRequest, provider: Provider
+    ) -> tuple[LlmResponse, Usage]:
+        """The call within its model's rate limit, if it has one: reserved first, settled to
+        its usage after, and a provider's 429 pauses the model for every worker."""
         limiter = self._limiter
         if limiter is None:
-            return await self._call(ctx, spec, request, provider)
+            return await self._call(ctx, request, provider)
         held = await limiter.reserve(
             provider.name, request.model, estimate_input_tokens(request), request.max_tokens
         )
         if held is None:
-            return await self._call(ctx, spec, request, provider)
+            return await self._call(ctx, request, provider)
         used = Usage()
         try:
-            resp, used = await self._call(ctx, spec, request, provider)
+            resp, used = await self._call(ctx, request, provider)
             return resp, used
         except NodeFailure as f:
             used = f.usage or used
@@ -367,9 +404,9 @@ class ModelCaller:
             )
 
     async def _call(
-        self, ctx: NodeContext, spec: graph_pb2.LlmNode, request: LlmRequest, provider: Provider
+        self, ctx: NodeContext, request: LlmRequest, provider: Provider
     ) -> tuple[LlmResponse, Usage]:
-        """``call`` without the rate limits."""
+        """The call itself (``call`` without the budget and the rate limits)."""
         deltas = DeltaCoalescer(ctx.emit)
         started = time.perf_counter()
         first: list[float] = []

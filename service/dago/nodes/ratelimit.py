@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from dago.llm.base import LlmRequest
-
 
 @dataclass(frozen=True)
 class Reservation:
@@ -45,16 +43,3 @@ class Limiter(Protocol):
     async def pause(self, provider: str, model: str, seconds: float) -> None:
         """A provider answered 429 with a retry-after: no worker calls the model until then."""
         ...
-
-
-def estimate_input_tokens(request: LlmRequest) -> int:
-    """The request's input tokens, estimated before the call: ~4 characters a token over
-    its system prompt, messages (and tool results) and tool schemas, at least 1. Settling
-    corrects the estimate to what the provider counted."""
-    chars = len(request.system)
-    for m in request.messages:
-        chars += len(m.content) + sum(len(r.content) for r in m.tool_results)
-        chars += sum(len(str(c.arguments)) for c in m.tool_calls)
-    for t in request.tools:
-        chars += len(t.name) + len(t.description) + len(str(t.parameters))
-    return max(1, chars // 4)

@@ -176,6 +176,19 @@ class Metrics:
             "provider, model, type (input, output) and stage (reserved, used).",
             ["provider", "model", "type", "stage"], registry=r,
         )  # fmt: skip
+        # No namespace label: /metrics never names a tenant (docs/security.md).
+        self.budget_tokens = Counter(
+            "dago_budget_tokens",
+            "Tokens of model calls against their run's budget, by model and kind: reserved "
+            "before the call (its worst case), used (reconciled after it).",
+            ["model", "kind"], registry=r,
+        )  # fmt: skip
+        self.budget_cost = Counter(
+            "dago_budget_cost_usd",
+            "US dollars of model calls against their run's budget, by model and kind "
+            "(reserved, used).",
+            ["model", "kind"], registry=r,
+        )  # fmt: skip
         self._model = _Bounded(MAX_MODELS)
 
     # --- workers ---------------------------------------------------------------------
@@ -229,6 +242,12 @@ class Metrics:
         model = self._model(model or "unknown")
         self.rate_tokens.labels(provider, model, "input", stage).inc(inputs)
         self.rate_tokens.labels(provider, model, "output", stage).inc(outputs)
+
+    def budget(self, kind: str, model: str, tokens: int, cost: float) -> None:
+        """A model call's reservation (``kind`` reserved) or its reconciled usage (used)."""
+        m = self._model(model or "unknown")
+        self.budget_tokens.labels(m, kind).inc(max(0, tokens))
+        self.budget_cost.labels(m, kind).inc(max(0.0, cost))
 
     def http_request(self, status: int | None) -> None:
         """An http node's request got ``status`` (None: no response)."""

@@ -283,6 +283,27 @@ def _map_progress(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.cancelled = int(d.get(MapResult.CANCELLED, 0))
 
 
+def _budget_warning(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.budget_warning
+    p.SetInParent()
+    p.limit = str(d.get(Detail.LIMIT, ""))
+    p.used = float(d.get(Detail.USED, 0))
+    p.max = float(d.get(Detail.MAX, 0))
+
+
+def _budget_exhausted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    p = ev.budget_exhausted
+    p.SetInParent()
+    p.limit = str(d.get(Detail.LIMIT, ""))
+    p.message = str(d.get(Detail.MESSAGE, ""))
+
+
+def _resumed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
+    ev.graph_resumed.SetInParent()
+    nodes = d.get(Detail.NODES) or []
+    ev.graph_resumed.node_ids.extend(str(n) for n in (nodes if isinstance(nodes, list) else []))
+
+
 def _text(field: str, key: str) -> Any:
     """A payload with one string field; SetInParent marks the oneof even when it is empty."""
 
@@ -321,6 +342,9 @@ _PAYLOADS = {
     "child_ended": _child_ended,
     "map_progress": _map_progress,
     "node_throttled": _throttled,
+    "budget_warning": _budget_warning,
+    "budget_exhausted": _budget_exhausted,
+    "graph_resumed": _resumed,
 }
 
 

@@ -50,7 +50,7 @@ def _flat(
 """One argument of a function call."""
 
 LUA = Path(__file__).parent / "lua"
-SHARED = ("prelude", "core", "fair", "graph", "map", "attempts", "waits", "children")
+SHARED = ("prelude", "core", "fair", "budget", "graph", "map", "attempts", "waits", "children")
 """The library's shared code, in load order (each entry script is a function's body)."""
 
 
@@ -124,6 +124,10 @@ class SubmitArgs(NamedTuple):
     def_digest: str = ""
     priority: int = 3
     """The run's priority (``schema.Fair``: 1-5, higher first within its namespace)."""
+    on_exceed: int = 0
+    """``GraphLimits.on_exceed`` (a ``LimitAction``)."""
+    warn_share: str = "0.8"
+    """``GraphLimits.warn_share`` (``repr``; 0.8 when the graph set none)."""
 
 
 class PublishArgs(NamedTuple):
@@ -493,6 +497,49 @@ class Consumer(NamedTuple):
     name: str
 
 
+class ReserveArgs(NamedTuple):
+    """``reserve``: reserve a model call's worst case against its run's budget, before the
+    call (``budget.lua``); the reply is ``Reserved``."""
+
+    graph_id: str
+    node: str
+    attempt: int
+    iteration: int
+    execution: int
+    msg_id: str
+    """The execution's work item (acked when the node is parked)."""
+    input_tokens: int
+    max_tokens: int
+    floor: int
+    """The fewest output tokens worth a call: below it the limit is hit."""
+    price_in: str
+    """US dollars per input token (``repr``)."""
+    price_out: str
+    """US dollars per output token (``repr``)."""
+
+
+class ReconcileArgs(NamedTuple):
+    """``reconcile``: replace a call's reservation by what it used, after the call."""
+
+    graph_id: str
+    node: str
+    execution: int
+    reserved_tokens: int
+    reserved_cost: str
+    input_tokens: int
+    output_tokens: int
+    cost: str
+
+
+class LimitsArgs(NamedTuple):
+    """``limits``: change a run's max_tokens and max_cost_usd ("" keeps one), and resume
+    it when it is paused."""
+
+    graph_id: str
+    max_tokens: str
+    max_cost: str
+
+
 FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]] = {
     "submit": (SubmitArgs, None),
     "take": (TakeArgs, None),
@@ -512,6 +559,9 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "ratelimit": (RateLimitArgs, None),
     "signal": (SignalArgs, None),
     "publish": (PublishArgs, None),
+    "reserve": (ReserveArgs, None),
+    "reconcile": (ReconcileArgs, None),
+    "limits": (LimitsArgs, None),
 }
 """Every function: the type of its fixed arguments and of the items that follow them."""
 
@@ -732,6 +782,44 @@ def parse_bucket(raw: Sequence[Any]) -> Bucket:
         float(_s(raw[5])),
         int(raw[6]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What ``reserve`` returns: its outcome (``schema.Budget``: FIT, FAIL, PAUSED, STALE),
+    the max_tokens the call may use (FIT) and why the call does not fit (FAIL, PAUSED)."""
+
+    outcome: str
+    max_tokens: int
+    message: str
+
+
+def parse_reserved(raw: Sequence[Any]) -> Reserved:
+    """``reserve``'s reply: ``{outcome, max_tokens, message}``."""
+    return Reserved(_s(raw[0]), int(raw[1]), _s(raw[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsChanged:
+    """What ``limits`` returns: ``updated``, ``below`` (``limit`` is the field, ``used``
+    what the run used and holds), ``ended`` or ``missing``; the stored state; whether a
+    paused run resumed."""
+
+    outcome: str
+    state: int
+    resumed: bool = False
+    limit: str = ""
+    used: str = ""
+
+
+def parse_limits(raw: Sequence[Any]) -> LimitsChanged:
+    """``limits``' reply: ``{outcome, state, detail}`` (detail: ``limit|used`` for below,
+    ``1``/``0`` resumed for updated)."""
+    outcome, state, detail = _s(raw[0]), int(raw[1]), _s(raw[2])
+    if outcome == "below":
+        limit, _, used = detail.partition("|")
+        return LimitsChanged(outcome, state, limit=limit, used=used)
+    return LimitsChanged(outcome, state, resumed=detail == "1")
 
 
 def parse_pair(raw: Sequence[Any]) -> tuple[str, str]:

@@ -72,6 +72,24 @@ class Meta:
     MAPS: Final = "maps"
     """The map nodes that expanded, comma-separated: their item hashes
     (``GraphKeys.items``) expire with the run."""
+    ON_EXCEED: Final = "ox"
+    """``GraphLimits.on_exceed`` (a ``LimitAction`` number; 0 and 1: fail, 2: pause)."""
+    WARN_SHARE: Final = "ws"
+    """``GraphLimits.warn_share`` (``repr`` of the float; 0.8 when the graph set none)."""
+    RESERVED_TOKENS: Final = "rt"
+    """Tokens the model calls running now hold (``Budget``): reserved, or reconciled and not
+    yet applied. Used + this is what the next reservation must fit next to."""
+    RESERVED_COST: Final = "rc"
+    """The same in US dollars."""
+    WARNED: Final = "bw"
+    """The limits budget_warning was appended for (``t`` tokens, ``c`` cost)."""
+    PAUSED: Final = "pz"
+    """``1`` while the run is paused (``GraphLimits.on_exceed`` PAUSE): its stored state stays
+    RUNNING (PAUSED is not terminal and every ``< COMPLETED`` test keeps holding); views
+    report GRAPH_STATE_PAUSED."""
+    PARKED: Final = "pk"
+    """The nodes a paused run's budget parked (comma-separated ids): QUEUED without a work
+    item, dispatched again when the run resumes."""
 
 
 class Usage:
@@ -195,6 +213,25 @@ class Wait:
     STEP: Final = "step"
     """Which of the node's waits in one iteration this is: an agent's tool call id (absent
     or "" for a wait node, which waits once per iteration)."""
+
+
+class Budget:
+    """What the budget functions (``reserve``, ``reconcile``, ``limits``) store and reply."""
+
+    HOLD: Final = ":rv"
+    """Node hash field after the node's id: what its running execution holds of the run's
+    budget, ``<execution>,<tokens>,<cost>``; released when the execution's result is applied
+    or a later execution starts (a dead worker's hold does not outlive its item)."""
+    FIT: Final = "ok"
+    """Reply: the call fits (with the max_tokens it may use)."""
+    FAIL: Final = "fail"
+    """Reply: it does not fit even at the floor and the run fails (on_exceed FAIL)."""
+    PAUSED: Final = "paused"
+    """Reply: it does not fit and the run paused; the node is parked (no slot, no item)."""
+    STALE: Final = "stale"
+    """Reply: the attempt is no longer the node's running one (or the run ended)."""
+    LIMIT_TOKENS: Final = "max_tokens"
+    LIMIT_COST: Final = "max_cost_usd"
 
 
 class Decision:
@@ -328,6 +365,13 @@ class Detail:
     """child_ended: the child run's end state (a GraphState number)."""
     WAIT_MS: Final = "wait_ms"
     """node_throttled: how long until the node is queued again (also PROVIDER, MODEL, REASON)."""
+    LIMIT: Final = "limit"
+    """budget_warning, budget_exhausted: the limit's field name (also USED, MAX, MESSAGE)."""
+    USED: Final = "used"
+    MAX: Final = "max"
+    MESSAGE: Final = "message"
+    NODES: Final = "nodes"
+    """graph_resumed: the nodes dispatched again."""
 
 
 class Work:
@@ -423,6 +467,9 @@ class Stats:
     DEAD: Final = "dead"
     WAITING: Final = "waiting"
     """Wait nodes waiting now (one more as one enters WAITING, one less as it leaves)."""
+    PAUSED: Final = "paused"
+    """Runs paused by their budget now (one more as one pauses, one less as it resumes or
+    ends)."""
 
 
 class Topology:
@@ -566,6 +613,6 @@ RECORD_KINDS: Final = (
     Meta, Usage, Node, StartPlan, Record, Error, Wait, Decision, UsageJson, Event, Detail, Work,
     Notify,
     DeadLetter, Request, Definition, Timer, Stats, Topology, NodeTopology, LoopTopology,
-    ChildOutcome, Fair, MapItems, MapResult, RateLimit,
+    ChildOutcome, Fair, MapItems, MapResult, RateLimit, Budget,
 )  # fmt: skip
 """Every record kind above, in the order the prelude lists them."""

@@ -166,6 +166,11 @@ class RedisCollector(Collector):
             "Wait nodes waiting for a signal now (every namespace), by shard.",
             labels=["shard"],
         )
+        paused = GaugeMetricFamily(
+            "dago_graphs_paused",
+            "Runs paused by their budget now (GraphLimits.on_exceed PAUSE), by shard.",
+            labels=["shard"],
+        )
         totals = {
             Stats.SUBMITTED: 0.0,
             Stats.DEAD: 0.0,
@@ -208,6 +213,7 @@ class RedisCollector(Collector):
             if isinstance(stats, Exception):
                 continue
             waits.add_metric(label, max(0.0, float(stats.get(Stats.WAITING.encode(), 0))))
+            paused.add_metric(label, max(0.0, float(stats.get(Stats.PAUSED.encode(), 0))))
             for k, v in stats.items():
                 key, val = _s(k), float(v)
                 if key in totals:
@@ -247,5 +253,5 @@ class RedisCollector(Collector):
             ns_running.add_metric([ns], running_n)
         return [
             depth, ns_depth, ns_running, pending, lag, dead, active, submitted, finished,
-            dead_total, reclaimed, duration, alive, archive, waits,
+            dead_total, reclaimed, duration, alive, archive, waits, paused,
         ]  # fmt: skip

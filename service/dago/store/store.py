@@ -33,12 +33,17 @@ from dago.store.functions import (
     EventArg,
     Expanding,
     Library,
+    LimitsArgs,
+    LimitsChanged,
     PruneArgs,
     PublishArgs,
     RateLimitArgs,
     ReclaimArgs,
+    ReconcileArgs,
     Renewal,
     RenewArgs,
+    ReserveArgs,
+    Reserved,
     Result,
     SignalArgs,
     Signalled,
@@ -56,7 +61,9 @@ from dago.store.functions import (
     WorkItem,
     parse_applied,
     parse_bucket,
+    parse_limits,
     parse_pair,
+    parse_reserved,
     parse_signalled,
     parse_started,
     parse_submitted,
@@ -74,6 +81,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.FORKED_FROM,
     Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST, Meta.PRIORITY,
     Meta.PARENT_GRAPH, Meta.PARENT_NODE,
+    Meta.PAUSED,
 )  # fmt: skip
 """The meta fields a listing entry (GraphSummary) is built from."""
 
@@ -445,6 +453,19 @@ class Store:
         """Record a decision for a waiting node (see ``signal.lua`` for the outcomes)."""
         raw = await self.library.call("signal", [self.keys.shard(shard)], args)
         return parse_signalled(raw)
+
+    async def reserve(self, shard: int, args: ReserveArgs) -> Reserved:
+        """Reserve a model call's worst case against its run's budget (``reserve.lua``)."""
+        return parse_reserved(await self.library.call("reserve", [self.keys.shard(shard)], args))
+
+    async def reconcile(self, shard: int, args: ReconcileArgs) -> bool:
+        """Replace a call's reservation by what it used; False when the execution is no
+        longer current."""
+        return bool(await self.library.call("reconcile", [self.keys.shard(shard)], args))
+
+    async def limits(self, shard: int, args: LimitsArgs) -> LimitsChanged:
+        """Change a run's budgets and resume it when it is paused (``limits.lua``)."""
+        return parse_limits(await self.library.call("limits", [self.keys.shard(shard)], args))
 
     # --- reads -----------------------------------------------------------------------
 

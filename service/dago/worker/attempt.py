@@ -419,6 +419,9 @@ class Attempts:
             scope=scope,
             emit=lambda events: self._emit(item, events),
             worker_id=self._id,
+            shard=item.shard,
+            execution=item.execution,
+            msg_id=item.msg_id,
         )
 
     async def _emit(self, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:

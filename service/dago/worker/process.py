@@ -119,6 +119,11 @@ class Worker:
         """The node state each applied result left, until the completer counts it."""
 
     @property
+    def metrics(self) -> Metrics:
+        """The worker's metrics (its metrics server serves them)."""
+        return self._metrics
+
+    @property
     def in_flight(self) -> int:
         """Attempts running or waiting to be applied."""
         return self._slots.held

@@ -41,6 +41,12 @@ class _GraphStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GraphState
     """A node failed for good, or a limit or the deadline was exceeded."""
     GRAPH_STATE_CANCELLED: _GraphState.ValueType  # 5
     """Cancelled by a client."""
+    GRAPH_STATE_PAUSED: _GraphState.ValueType  # 6
+    """Not terminal: a model call did not fit in the run's budget and its
+    limits say LIMIT_ACTION_PAUSE. Running attempts finish; model calls wait,
+    holding no worker slot, until UpdateGraphLimits raises the limit. Cancel
+    and the deadline still apply.
+    """
 
 class GraphState(_GraphState, metaclass=_GraphStateEnumTypeWrapper):
     """The lifecycle state of a submitted graph."""
@@ -57,6 +63,12 @@ GRAPH_STATE_FAILED: GraphState.ValueType  # 4
 """A node failed for good, or a limit or the deadline was exceeded."""
 GRAPH_STATE_CANCELLED: GraphState.ValueType  # 5
 """Cancelled by a client."""
+GRAPH_STATE_PAUSED: GraphState.ValueType  # 6
+"""Not terminal: a model call did not fit in the run's budget and its
+limits say LIMIT_ACTION_PAUSE. Running attempts finish; model calls wait,
+holding no worker slot, until UpdateGraphLimits raises the limit. Cancel
+and the deadline still apply.
+"""
 Global___GraphState: _TypeAlias = GraphState  # noqa: Y015
 
 class _NodeState:
@@ -471,6 +483,8 @@ class GraphStatus(_message.Message):
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -531,6 +545,20 @@ class GraphStatus(_message.Message):
     def definition(self) -> _definitions_pb2.DefinitionRef:
         """The definition the run was submitted from (unset for a graph sent whole)."""
 
+    @_builtins.property
+    def reserved(self) -> Global___Usage:
+        """Output only. What the model calls running now hold of the run's budget
+        (docs/limits.md): tokens (input and output together) in input_tokens, US
+        dollars in cost_usd; reserved before a call, reconciled to its usage
+        after it, released once its attempt's result is applied.
+        """
+
+    @_builtins.property
+    def limits(self) -> _graph_pb2.GraphLimits:
+        """Output only. The budgets in force (as submitted, or as UpdateGraphLimits
+        raised them).
+        """
+
     def __init__(
         self,
         *,
@@ -553,10 +581,12 @@ class GraphStatus(_message.Message):
         parent_node_id: _builtins.str = ...,
         depth: _builtins.int = ...,
         priority: _builtins.int = ...,
+        reserved: Global___Usage | None = ...,
+        limits: _graph_pb2.GraphLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "limits", b"limits", "metadata", b"metadata", "reserved", b"reserved", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "limits", b"limits", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "reserved", b"reserved", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,6 +632,9 @@ class Event(_message.Message):
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
     MAP_PROGRESS_FIELD_NUMBER: _builtins.int
     NODE_THROTTLED_FIELD_NUMBER: _builtins.int
+    BUDGET_WARNING_FIELD_NUMBER: _builtins.int
+    BUDGET_EXHAUSTED_FIELD_NUMBER: _builtins.int
+    GRAPH_RESUMED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the graph's log, from 1, without gaps. Pass it back as a
     cursor to resume after this event.
@@ -741,6 +774,18 @@ class Event(_message.Message):
         QUEUED again after wait_ms (docs/limits.md).
         """
 
+    @_builtins.property
+    def budget_warning(self) -> Global___BudgetWarning:
+        """The run's usage (with reservations) reached warn_share of a limit."""
+
+    @_builtins.property
+    def budget_exhausted(self) -> Global___BudgetExhausted:
+        """A model call did not fit in a limit: the run paused (LIMIT_ACTION_PAUSE)."""
+
+    @_builtins.property
+    def graph_resumed(self) -> Global___GraphResumed:
+        """UpdateGraphLimits raised a limit and the paused run goes on."""
+
     def __init__(
         self,
         *,
@@ -778,12 +823,15 @@ class Event(_message.Message):
         child_ended: Global___ChildGraphEnded | None = ...,
         map_progress: Global___MapProgress | None = ...,
         node_throttled: Global___NodeThrottled | None = ...,
+        budget_warning: Global___BudgetWarning | None = ...,
+        budget_exhausted: Global___BudgetExhausted | None = ...,
+        graph_resumed: Global___GraphResumed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget_exhausted", b"budget_exhausted", "budget_warning", b"budget_warning", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_resumed", b"graph_resumed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "instance", b"instance", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "budget_exhausted", b"budget_exhausted", "budget_warning", b"budget_warning", "child_ended", b"child_ended", "child_started", b"child_started", "graph_cancelled", b"graph_cancelled", "graph_completed", b"graph_completed", "graph_failed", b"graph_failed", "graph_id", b"graph_id", "graph_resumed", b"graph_resumed", "graph_started", b"graph_started", "graph_submitted", b"graph_submitted", "heartbeat", b"heartbeat", "instance", b"instance", "iteration", b"iteration", "llm_delta", b"llm_delta", "loop_iteration", b"loop_iteration", "map_progress", b"map_progress", "node_cancelled", b"node_cancelled", "node_completed", b"node_completed", "node_dead_lettered", b"node_dead_lettered", "node_failed", b"node_failed", "node_id", b"node_id", "node_requeued", b"node_requeued", "node_retrying", b"node_retrying", "node_reused", b"node_reused", "node_skipped", b"node_skipped", "node_started", b"node_started", "node_throttled", b"node_throttled", "node_waiting", b"node_waiting", "payload", b"payload", "router_decision", b"router_decision", "seq", b"seq", "signal_received", b"signal_received", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended", "map_progress", "node_throttled"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["graph_submitted", "graph_started", "graph_completed", "graph_failed", "graph_cancelled", "node_started", "node_completed", "node_failed", "node_retrying", "node_skipped", "router_decision", "llm_delta", "tool_call", "tool_result", "usage", "heartbeat", "node_cancelled", "loop_iteration", "node_dead_lettered", "node_requeued", "node_waiting", "signal_received", "node_reused", "child_started", "child_ended", "map_progress", "node_throttled", "budget_warning", "budget_exhausted", "graph_resumed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -916,6 +964,86 @@ class NodeThrottled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeThrottled: _TypeAlias = NodeThrottled  # noqa: Y015
+
+@_typing.final
+class BudgetWarning(_message.Message):
+    """Payload of budget_warning."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    """The limit: "max_tokens" or "max_cost_usd"."""
+    used: _builtins.float
+    """Used plus reserved, in the limit's unit (tokens or US dollars)."""
+    max: _builtins.float
+    """The limit's value."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        used: _builtins.float = ...,
+        max: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "max", b"max", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetWarning: _TypeAlias = BudgetWarning  # noqa: Y015
+
+@_typing.final
+class BudgetExhausted(_message.Message):
+    """Payload of budget_exhausted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    """The limit: "max_tokens" or "max_cost_usd"."""
+    message: _builtins.str
+    """Why the call did not fit."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetExhausted: _TypeAlias = BudgetExhausted  # noqa: Y015
+
+@_typing.final
+class GraphResumed(_message.Message):
+    """Payload of graph_resumed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes sent back to the workers."""
+
+    def __init__(
+        self,
+        *,
+        node_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_ids", b"node_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphResumed: _TypeAlias = GraphResumed  # noqa: Y015
 
 @_typing.final
 class NodeReused(_message.Message):

@@ -21,6 +21,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LimitAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LimitActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LimitAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIMIT_ACTION_UNSPECIFIED: _LimitAction.ValueType  # 0
+    """The same as LIMIT_ACTION_FAIL."""
+    LIMIT_ACTION_FAIL: _LimitAction.ValueType  # 1
+    """The node fails with ERROR_CLASS_LIMIT, and with it the run."""
+    LIMIT_ACTION_PAUSE: _LimitAction.ValueType  # 2
+    """The run goes GRAPH_STATE_PAUSED (event budget_exhausted): the node that
+    did not fit holds no worker slot and runs again when UpdateGraphLimits
+    raises the limit (event graph_resumed).
+    """
+
+class LimitAction(_LimitAction, metaclass=_LimitActionEnumTypeWrapper):
+    """What a run does when a model call does not fit in its budget."""
+
+LIMIT_ACTION_UNSPECIFIED: LimitAction.ValueType  # 0
+"""The same as LIMIT_ACTION_FAIL."""
+LIMIT_ACTION_FAIL: LimitAction.ValueType  # 1
+"""The node fails with ERROR_CLASS_LIMIT, and with it the run."""
+LIMIT_ACTION_PAUSE: LimitAction.ValueType  # 2
+"""The run goes GRAPH_STATE_PAUSED (event budget_exhausted): the node that
+did not fit holds no worker slot and runs again when UpdateGraphLimits
+raises the limit (event graph_resumed).
+"""
+Global___LimitAction: _TypeAlias = LimitAction  # noqa: Y015
+
 class _JoinMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -399,12 +429,24 @@ class GraphLimits(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    ON_EXCEED_FIELD_NUMBER: _builtins.int
+    WARN_SHARE_FIELD_NUMBER: _builtins.int
     max_steps: _builtins.int
     """Maximum number of node attempts started over the whole run."""
     max_tokens: _builtins.int
     """Maximum LLM tokens (input + output) over the whole run."""
     max_cost_usd: _builtins.float
     """Maximum cost in US dollars over the whole run."""
+    on_exceed: Global___LimitAction.ValueType
+    """What happens when a model call does not fit in max_tokens or
+    max_cost_usd (the worst case of each call is reserved before it is made,
+    docs/limits.md): the run fails (the default) or pauses until
+    UpdateGraphLimits raises the limit.
+    """
+    warn_share: _builtins.float
+    """The share of max_tokens or max_cost_usd (used or reserved) at which a
+    budget_warning event is appended, once per limit: (0, 1]; 0 means 0.8.
+    """
     @_builtins.property
     def deadline(self) -> _duration_pb2.Duration:
         """Wall-clock budget from submission to a terminal state."""
@@ -416,10 +458,12 @@ class GraphLimits(_message.Message):
         deadline: _duration_pb2.Duration | None = ...,
         max_tokens: _builtins.int = ...,
         max_cost_usd: _builtins.float = ...,
+        on_exceed: Global___LimitAction.ValueType = ...,
+        warn_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "max_cost_usd", b"max_cost_usd", "max_steps", b"max_steps", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "max_cost_usd", b"max_cost_usd", "max_steps", b"max_steps", "max_tokens", b"max_tokens", "on_exceed", b"on_exceed", "warn_share", b"warn_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -210,6 +210,64 @@ class ModelLimit(_message.Message):
 Global___ModelLimit: _TypeAlias = ModelLimit  # noqa: Y015
 
 @_typing.final
+class UpdateGraphLimitsRequest(_message.Message):
+    """Request of UpdateGraphLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRAPH_ID_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    graph_id: _builtins.str
+    """The run's id."""
+    @_builtins.property
+    def limits(self) -> _graph_pb2.GraphLimits:
+        """The new limits: max_tokens and max_cost_usd (0 keeps the current one;
+        the other fields are ignored).
+        """
+
+    def __init__(
+        self,
+        *,
+        graph_id: _builtins.str = ...,
+        limits: _graph_pb2.GraphLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_id", b"graph_id", "limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateGraphLimitsRequest: _TypeAlias = UpdateGraphLimitsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateGraphLimitsResponse(_message.Message):
+    """Response of UpdateGraphLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    resumed: _builtins.bool
+    """True when the call resumed a paused run."""
+    @_builtins.property
+    def status(self) -> _execution_pb2.GraphStatus:
+        """The run's status after the change."""
+
+    def __init__(
+        self,
+        *,
+        status: _execution_pb2.GraphStatus | None = ...,
+        resumed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resumed", b"resumed", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateGraphLimitsResponse: _TypeAlias = UpdateGraphLimitsResponse  # noqa: Y015
+
+@_typing.final
 class SubmitGraphRequest(_message.Message):
     """Request of SubmitGraph."""
 

@@ -139,6 +139,11 @@ class OrchestratorServiceStub:
                 request_serializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsRequest.SerializeToString,
                 response_deserializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsResponse.FromString,
                 _registered_method=True)
+        self.UpdateGraphLimits = channel.unary_unary(
+                '/dago.v1.OrchestratorService/UpdateGraphLimits',
+                request_serializer=dago_dot_v1_dot_orchestrator__pb2.UpdateGraphLimitsRequest.SerializeToString,
+                response_deserializer=dago_dot_v1_dot_orchestrator__pb2.UpdateGraphLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -331,6 +336,16 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateGraphLimits(self, request, context):
+        """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+        the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+        for a negative or non-finite value; FAILED_PRECONDITION when the run has
+        ended or a new limit is below what the run has used and reserved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -433,6 +448,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetLimits,
                     request_deserializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsRequest.FromString,
                     response_serializer=dago_dot_v1_dot_orchestrator__pb2.GetLimitsResponse.SerializeToString,
+            ),
+            'UpdateGraphLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateGraphLimits,
+                    request_deserializer=dago_dot_v1_dot_orchestrator__pb2.UpdateGraphLimitsRequest.FromString,
+                    response_serializer=dago_dot_v1_dot_orchestrator__pb2.UpdateGraphLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -980,6 +1000,33 @@ class OrchestratorService:
             '/dago.v1.OrchestratorService/GetLimits',
             dago_dot_v1_dot_orchestrator__pb2.GetLimitsRequest.SerializeToString,
             dago_dot_v1_dot_orchestrator__pb2.GetLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateGraphLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dago.v1.OrchestratorService/UpdateGraphLimits',
+            dago_dot_v1_dot_orchestrator__pb2.UpdateGraphLimitsRequest.SerializeToString,
+            dago_dot_v1_dot_orchestrator__pb2.UpdateGraphLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

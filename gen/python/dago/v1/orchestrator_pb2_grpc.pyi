@@ -136,6 +136,12 @@ class OrchestratorServiceStub:
     (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
     spent now and any pause a provider's 429 asked for.
     """
+    UpdateGraphLimits: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.UpdateGraphLimitsRequest, _orchestrator_pb2.UpdateGraphLimitsResponse]
+    """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+    the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+    for a negative or non-finite value; FAILED_PRECONDITION when the run has
+    ended or a new limit is below what the run has used and reserved.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -244,6 +250,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """The live levels of the model rate limits shared by every worker
     (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
     spent now and any pause a provider's 429 asked for.
+    """
+    UpdateGraphLimits: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.UpdateGraphLimitsRequest, _orchestrator_pb2.UpdateGraphLimitsResponse]  # type: ignore[assignment]
+    """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+    the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+    for a negative or non-finite value; FAILED_PRECONDITION when the run has
+    ended or a new limit is below what the run has used and reserved.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -470,6 +482,18 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         """The live levels of the model rate limits shared by every worker
         (DAGO_RATE_LIMITS; docs/limits.md): per provider and model, what may be
         spent now and any pause a provider's 429 asked for.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateGraphLimits(
+        self,
+        request: _orchestrator_pb2.UpdateGraphLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.UpdateGraphLimitsResponse, _abc.Awaitable[_orchestrator_pb2.UpdateGraphLimitsResponse]]:
+        """Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+        the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+        for a negative or non-finite value; FAILED_PRECONDITION when the run has
+        ended or a new limit is below what the run has used and reserved.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -183,6 +183,8 @@ local function start_batch(worker, items, lease)
           exec = 1 - prev
         end
         exec = int(exec)
+        -- What an earlier execution held of the budget ends (it will never report).
+        Budget.release(gid, node, true)
         node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
           node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, redelivered and again_detail or first_detail)
@@ -372,6 +374,8 @@ local function apply_batch(worker, A, first)
       out[#out + 1] = NodeState.UNSPECIFIED
     else
       touched[gid] = true
+      -- The result carries the execution's usage: its hold of the budget ends.
+      Budget.release(gid, node, false)
       -- An inline start is now: its start time is the only field of its start written
       -- (below, with its new state). The worker, deliveries and deadline describe a RUNNING
       -- node, which an inline one never is (its record holds its worker); each pair is ~3k

@@ -452,6 +452,8 @@ end
 -- graph ends with a node waiting. One table, not more locals: the library is one chunk and
 -- Lua allows a chunk 200 of them.
 local Waits = {}
+-- Run budgets (budget.lua has them); declared here for end_graph.
+local Budget = {}
 
 -- Child runs (subgraph nodes; children.lua has the rest): ending a graph records a child's
 -- outcome for its parent node, and cancels the children of its waiting nodes.
@@ -486,6 +488,7 @@ local function end_graph(gid, state, kind, detail, err)
   local gk = gkey(gid)
   local old = graph_state(gid)
   if old >= GraphState.COMPLETED then return end
+  Budget.ended(gid)
   gstate[gid] = state
   open_delta[gid] = nil
   redis.call('HSET', gk, META.STATE, state, META.ENDED, NOW)

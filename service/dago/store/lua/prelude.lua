@@ -42,6 +42,7 @@ local GraphState = {
   COMPLETED = 3,
   FAILED = 4,
   CANCELLED = 5,
+  PAUSED = 6,
 }
 
 -- their names
@@ -52,6 +53,7 @@ local GraphStateName = {
   [3] = 'completed',
   [4] = 'failed',
   [5] = 'cancelled',
+  [6] = 'paused',
 }
 
 -- dago.v1.ErrorClass
@@ -109,6 +111,9 @@ local EventKind = {
   CHILD_ENDED = 'child_ended',
   MAP_PROGRESS = 'map_progress',
   NODE_THROTTLED = 'node_throttled',
+  BUDGET_WARNING = 'budget_warning',
+  BUDGET_EXHAUSTED = 'budget_exhausted',
+  GRAPH_RESUMED = 'graph_resumed',
 }
 
 -- functions.Outcome
@@ -163,6 +168,13 @@ local META = {
   DEPTH = 'depth',
   PRIORITY = 'prio',
   MAPS = 'maps',
+  ON_EXCEED = 'ox',
+  WARN_SHARE = 'ws',
+  RESERVED_TOKENS = 'rt',
+  RESERVED_COST = 'rc',
+  WARNED = 'bw',
+  PAUSED = 'pz',
+  PARKED = 'pk',
 }
 
 -- schema.Usage
@@ -308,6 +320,11 @@ local DETAIL = {
   CHILD = 'child',
   CHILD_STATE = 'child_state',
   WAIT_MS = 'wait_ms',
+  LIMIT = 'limit',
+  USED = 'used',
+  MAX = 'max',
+  MESSAGE = 'message',
+  NODES = 'nodes',
 }
 
 -- schema.Work
@@ -368,6 +385,7 @@ local STATS = {
   RECLAIMED = 'reclaimed',
   DEAD = 'dead',
   WAITING = 'waiting',
+  PAUSED = 'paused',
 }
 
 -- schema.Topology
@@ -459,13 +477,24 @@ local RATE_LIMIT = {
   PAUSED = 'paused',
 }
 
+-- schema.Budget
+local BUDGET = {
+  HOLD = ':rv',
+  FIT = 'ok',
+  FAIL = 'fail',
+  PAUSED = 'paused',
+  STALE = 'stale',
+  LIMIT_TOKENS = 'max_tokens',
+  LIMIT_COST = 'max_cost_usd',
+}
+
 -- schema.GRAPH_DURATION_BUCKETS
 local DURATION_BOUNDS = {0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0}
 
 -- ARGV positions of each function's fixed arguments (FIRST: its first item or extra
 -- argument), from the argument types of dago.store.functions
 local ARG = {
-  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, PRIORITY = 25, FIRST = 26},
+  SUBMIT = {GRAPH_ID = 1, REQUEST_ID = 2, BODY_HASH = 3, NAME = 4, DEFINITION = 5, INPUTS = 6, NODE_IDS = 7, START_PLANS = 8, ENTRIES = 9, MAX_STEPS = 10, MAX_TOKENS = 11, MAX_COST = 12, DEADLINE_MS = 13, RETENTION_S = 14, NAMESPACE = 15, MAX_EVENTS = 16, MAX_BYTES = 17, TRACEPARENT = 18, ARCHIVE = 19, FORKED_FROM = 20, REUSED = 21, DEF_NAME = 22, DEF_VERSION = 23, DEF_DIGEST = 24, PRIORITY = 25, ON_EXCEED = 26, WARN_SHARE = 27, FIRST = 28},
   TAKE = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   APPLY = {WORKER = 1, WANT = 2, LEASE_MS = 3, FIRST = 4},
   RECLAIM = {WORKER = 1, MIN_IDLE_MS = 2, MAX_DELIVERIES = 3, LEASE_MS = 4, FIRST = 5},
@@ -483,6 +512,9 @@ local ARG = {
   RATELIMIT = {OP = 1, REQUESTS_PER_MINUTE = 2, INPUT_PER_MINUTE = 3, OUTPUT_PER_MINUTE = 4, BURST_MS = 5, REQUESTS = 6, INPUT_TOKENS = 7, OUTPUT_TOKENS = 8, PAUSE_MS = 9, FIRST = 10},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
+  RESERVE = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, MSG_ID = 6, INPUT_TOKENS = 7, MAX_TOKENS = 8, FLOOR = 9, PRICE_IN = 10, PRICE_OUT = 11, FIRST = 12},
+  RECONCILE = {GRAPH_ID = 1, NODE = 2, EXECUTION = 3, RESERVED_TOKENS = 4, RESERVED_COST = 5, INPUT_TOKENS = 6, OUTPUT_TOKENS = 7, COST = 8, FIRST = 9},
+  LIMITS = {GRAPH_ID = 1, MAX_TOKENS = 2, MAX_COST = 3, FIRST = 4},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)

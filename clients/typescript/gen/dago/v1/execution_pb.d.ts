@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
-import type { ErrorClass } from "./graph_pb.js";
+import type { ErrorClass, GraphLimits } from "./graph_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import type { DefinitionRef } from "./definitions_pb.js";
 
@@ -523,6 +523,24 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
    * @generated from field: int32 priority = 55;
    */
   priority: number;
+
+  /**
+   * Output only. What the model calls running now hold of the run's budget
+   * (docs/limits.md): tokens (input and output together) in input_tokens, US
+   * dollars in cost_usd; reserved before a call, reconciled to its usage
+   * after it, released once its attempt's result is applied.
+   *
+   * @generated from field: dago.v1.Usage reserved = 50;
+   */
+  reserved?: Usage | undefined;
+
+  /**
+   * Output only. The budgets in force (as submitted, or as UpdateGraphLimits
+   * raised them).
+   *
+   * @generated from field: dago.v1.GraphLimits limits = 51;
+   */
+  limits?: GraphLimits | undefined;
 };
 
 /**
@@ -815,6 +833,30 @@ export declare type Event = Message<"dago.v1.Event"> & {
      */
     value: NodeThrottled;
     case: "nodeThrottled";
+  } | {
+    /**
+     * The run's usage (with reservations) reached warn_share of a limit.
+     *
+     * @generated from field: dago.v1.BudgetWarning budget_warning = 70;
+     */
+    value: BudgetWarning;
+    case: "budgetWarning";
+  } | {
+    /**
+     * A model call did not fit in a limit: the run paused (LIMIT_ACTION_PAUSE).
+     *
+     * @generated from field: dago.v1.BudgetExhausted budget_exhausted = 71;
+     */
+    value: BudgetExhausted;
+    case: "budgetExhausted";
+  } | {
+    /**
+     * UpdateGraphLimits raised a limit and the paused run goes on.
+     *
+     * @generated from field: dago.v1.GraphResumed graph_resumed = 72;
+     */
+    value: GraphResumed;
+    case: "graphResumed";
   } | { case: undefined; value?: undefined };
 };
 
@@ -968,6 +1010,87 @@ export declare type NodeThrottled = Message<"dago.v1.NodeThrottled"> & {
  * Use `create(NodeThrottledSchema)` to create a new message.
  */
 export declare const NodeThrottledSchema: GenMessage<NodeThrottled>;
+
+/**
+ * Payload of budget_warning.
+ *
+ * @generated from message dago.v1.BudgetWarning
+ */
+export declare type BudgetWarning = Message<"dago.v1.BudgetWarning"> & {
+  /**
+   * The limit: "max_tokens" or "max_cost_usd".
+   *
+   * @generated from field: string limit = 1;
+   */
+  limit: string;
+
+  /**
+   * Used plus reserved, in the limit's unit (tokens or US dollars).
+   *
+   * @generated from field: double used = 2;
+   */
+  used: number;
+
+  /**
+   * The limit's value.
+   *
+   * @generated from field: double max = 3;
+   */
+  max: number;
+};
+
+/**
+ * Describes the message dago.v1.BudgetWarning.
+ * Use `create(BudgetWarningSchema)` to create a new message.
+ */
+export declare const BudgetWarningSchema: GenMessage<BudgetWarning>;
+
+/**
+ * Payload of budget_exhausted.
+ *
+ * @generated from message dago.v1.BudgetExhausted
+ */
+export declare type BudgetExhausted = Message<"dago.v1.BudgetExhausted"> & {
+  /**
+   * The limit: "max_tokens" or "max_cost_usd".
+   *
+   * @generated from field: string limit = 1;
+   */
+  limit: string;
+
+  /**
+   * Why the call did not fit.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message dago.v1.BudgetExhausted.
+ * Use `create(BudgetExhaustedSchema)` to create a new message.
+ */
+export declare const BudgetExhaustedSchema: GenMessage<BudgetExhausted>;
+
+/**
+ * Payload of graph_resumed.
+ *
+ * @generated from message dago.v1.GraphResumed
+ */
+export declare type GraphResumed = Message<"dago.v1.GraphResumed"> & {
+  /**
+   * The nodes sent back to the workers.
+   *
+   * @generated from field: repeated string node_ids = 1;
+   */
+  nodeIds: string[];
+};
+
+/**
+ * Describes the message dago.v1.GraphResumed.
+ * Use `create(GraphResumedSchema)` to create a new message.
+ */
+export declare const GraphResumedSchema: GenMessage<GraphResumed>;
 
 /**
  * Payload of node_reused.
@@ -1695,6 +1818,16 @@ export enum GraphState {
    * @generated from enum value: GRAPH_STATE_CANCELLED = 5;
    */
   CANCELLED = 5,
+
+  /**
+   * Not terminal: a model call did not fit in the run's budget and its
+   * limits say LIMIT_ACTION_PAUSE. Running attempts finish; model calls wait,
+   * holding no worker slot, until UpdateGraphLimits raises the limit. Cancel
+   * and the deadline still apply.
+   *
+   * @generated from enum value: GRAPH_STATE_PAUSED = 6;
+   */
+  PAUSED = 6,
 }
 
 /**

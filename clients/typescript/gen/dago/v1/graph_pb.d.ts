@@ -161,6 +161,24 @@ export declare type GraphLimits = Message$1<"dago.v1.GraphLimits"> & {
    * @generated from field: double max_cost_usd = 4;
    */
   maxCostUsd: number;
+
+  /**
+   * What happens when a model call does not fit in max_tokens or
+   * max_cost_usd (the worst case of each call is reserved before it is made,
+   * docs/limits.md): the run fails (the default) or pauses until
+   * UpdateGraphLimits raises the limit.
+   *
+   * @generated from field: dago.v1.LimitAction on_exceed = 10;
+   */
+  onExceed: LimitAction;
+
+  /**
+   * The share of max_tokens or max_cost_usd (used or reserved) at which a
+   * budget_warning event is appended, once per limit: (0, 1]; 0 means 0.8.
+   *
+   * @generated from field: double warn_share = 11;
+   */
+  warnShare: number;
 };
 
 /**
@@ -945,6 +963,41 @@ export declare type MapNode = Message$1<"dago.v1.MapNode"> & {
  * Use `create(MapNodeSchema)` to create a new message.
  */
 export declare const MapNodeSchema: GenMessage<MapNode>;
+
+/**
+ * What a run does when a model call does not fit in its budget.
+ *
+ * @generated from enum dago.v1.LimitAction
+ */
+export enum LimitAction {
+  /**
+   * The same as LIMIT_ACTION_FAIL.
+   *
+   * @generated from enum value: LIMIT_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The node fails with ERROR_CLASS_LIMIT, and with it the run.
+   *
+   * @generated from enum value: LIMIT_ACTION_FAIL = 1;
+   */
+  FAIL = 1,
+
+  /**
+   * The run goes GRAPH_STATE_PAUSED (event budget_exhausted): the node that
+   * did not fit holds no worker slot and runs again when UpdateGraphLimits
+   * raises the limit (event graph_resumed).
+   *
+   * @generated from enum value: LIMIT_ACTION_PAUSE = 2;
+   */
+  PAUSE = 2,
+}
+
+/**
+ * Describes the enum dago.v1.LimitAction.
+ */
+export declare const LimitActionSchema: GenEnum<LimitAction>;
 
 /**
  * How a node with several incoming edges decides to run.

@@ -5,7 +5,7 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
-import type { Graph, Node } from "./graph_pb.js";
+import type { Graph, GraphLimits, Node } from "./graph_pb.js";
 import type { Attempt, Event, GraphState, GraphStatus, MapProgress, NodeError, NodeState, Usage } from "./execution_pb.js";
 import type { DefinitionRef } from "./definitions_pb.js";
 
@@ -134,6 +134,61 @@ export declare type ModelLimit = Message<"dago.v1.ModelLimit"> & {
  * Use `create(ModelLimitSchema)` to create a new message.
  */
 export declare const ModelLimitSchema: GenMessage<ModelLimit>;
+
+/**
+ * Request of UpdateGraphLimits.
+ *
+ * @generated from message dago.v1.UpdateGraphLimitsRequest
+ */
+export declare type UpdateGraphLimitsRequest = Message<"dago.v1.UpdateGraphLimitsRequest"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string graph_id = 1;
+   */
+  graphId: string;
+
+  /**
+   * The new limits: max_tokens and max_cost_usd (0 keeps the current one;
+   * the other fields are ignored).
+   *
+   * @generated from field: dago.v1.GraphLimits limits = 2;
+   */
+  limits?: GraphLimits | undefined;
+};
+
+/**
+ * Describes the message dago.v1.UpdateGraphLimitsRequest.
+ * Use `create(UpdateGraphLimitsRequestSchema)` to create a new message.
+ */
+export declare const UpdateGraphLimitsRequestSchema: GenMessage<UpdateGraphLimitsRequest>;
+
+/**
+ * Response of UpdateGraphLimits.
+ *
+ * @generated from message dago.v1.UpdateGraphLimitsResponse
+ */
+export declare type UpdateGraphLimitsResponse = Message<"dago.v1.UpdateGraphLimitsResponse"> & {
+  /**
+   * The run's status after the change.
+   *
+   * @generated from field: dago.v1.GraphStatus status = 1;
+   */
+  status?: GraphStatus | undefined;
+
+  /**
+   * True when the call resumed a paused run.
+   *
+   * @generated from field: bool resumed = 2;
+   */
+  resumed: boolean;
+};
+
+/**
+ * Describes the message dago.v1.UpdateGraphLimitsResponse.
+ * Use `create(UpdateGraphLimitsResponseSchema)` to create a new message.
+ */
+export declare const UpdateGraphLimitsResponseSchema: GenMessage<UpdateGraphLimitsResponse>;
 
 /**
  * Request of SubmitGraph.
@@ -2330,6 +2385,19 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof GetLimitsRequestSchema;
     output: typeof GetLimitsResponseSchema;
+  },
+  /**
+   * Raises a run's budgets (max_tokens, max_cost_usd: 0 in the request keeps
+   * the limit) and resumes it when it is GRAPH_STATE_PAUSED. INVALID_ARGUMENT
+   * for a negative or non-finite value; FAILED_PRECONDITION when the run has
+   * ended or a new limit is below what the run has used and reserved.
+   *
+   * @generated from rpc dago.v1.OrchestratorService.UpdateGraphLimits
+   */
+  updateGraphLimits: {
+    methodKind: "unary";
+    input: typeof UpdateGraphLimitsRequestSchema;
+    output: typeof UpdateGraphLimitsResponseSchema;
   },
 }>;
 

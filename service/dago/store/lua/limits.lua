@@ -1,0 +1,44 @@
+-- Changes a run's budgets (UpdateGraphLimits; ARG.LIMITS: '' keeps a limit) and resumes it
+-- when it is paused: the parked nodes get work items again (their next start is the
+-- attempt's next execution) and graph_resumed is appended. A new limit below what the run
+-- has used plus what is held is refused. Returns {outcome, state, detail}: {'missing', 0,
+-- ''} | {'ended', state, ''} | {'below', state, 'limit|used'} | {'updated', state,
+-- resumed ('1' or '0')}; the state is the stored one (RUNNING while paused).
+local A = ARG.LIMITS
+local gid = ARGV[A.GRAPH_ID]
+local gs = graph_state(gid)
+if gs == nil then return {'missing', 0, ''} end
+if gs >= GraphState.COMPLETED then return {'ended', gs, ''} end
+local gk = gkey(gid)
+local lv = Budget.levels(gk)
+local mt, mc = ARGV[A.MAX_TOKENS], ARGV[A.MAX_COST]
+if mt ~= '' and tonumber(mt) < lv[3] then return {'below', gs, BUDGET.LIMIT_TOKENS .. '|' .. int(lv[3])} end
+if mc ~= '' and tonumber(mc) < lv[4] then return {'below', gs, BUDGET.LIMIT_COST .. '|' .. tostring(lv[4])} end
+local warned = redis.call('HGET', gk, META.WARNED) or ''
+if mt ~= '' then
+  redis.call('HSET', gk, META.MAX_TOKENS, mt)
+  warned = string.gsub(warned, 't', '')
+end
+if mc ~= '' then
+  redis.call('HSET', gk, META.MAX_COST, mc)
+  warned = string.gsub(warned, 'c', '')
+end
+redis.call('HSET', gk, META.WARNED, warned)
+if redis.call('HGET', gk, META.PAUSED) ~= '1' then return {'updated', gs, '0'} end
+local parked = redis.call('HGET', gk, META.PARKED) or ''
+redis.call('HDEL', gk, META.PAUSED, META.PARKED)
+Budget.index_pause(gid, false)
+redis.call('HINCRBY', K_STATS, STATS.PAUSED, -1)
+local sent = {}
+for node in string.gmatch(parked, '[^,]+') do
+  local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+  -- Still parked (QUEUED with no item): nothing else moves a parked node but the run's end.
+  if v[1] == S_QUEUED then
+    redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, v[2], WORK.ITERATION, v[3])
+    dispatched = dispatched + 1
+    sent[#sent + 1] = node
+  end
+end
+emit(gid, EventKind.GRAPH_RESUMED, nil, nil, nil, '{"' .. DETAIL.NODES .. '":' .. (#sent > 0 and jstr(sent) or '[]') .. '}')
+flush()
+return {'updated', gs, '1'}
