@@ -30,6 +30,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from dago.api.auth import hash_key, new_key
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient
+from fake_anthropic import FakeAnthropic, Text, Usage
 from harness import (
     ROOT,
     ProcessStack,
@@ -1349,3 +1350,154 @@ async def test_a_500_node_graph_renders_and_updates_within_a_frame_budget(
         assert errors == []
     finally:
         await page.close()
+
+
+# --- maps, child runs, paused runs, rate limits (issue 25) ----------------------------------
+
+
+async def test_a_map_run_shows_its_progress_bar_and_pages_its_items_by_state(
+    console: Console,
+) -> None:
+    # 240 items, every tenth failing; COLLECT keeps the map (and the run) going.
+    items = [{"fail": i % 10 == 3} for i in range(240)]
+    body = tool("body", "pause", inputs={"value": "{{ index }}", "fail": "{{ item.fail }}"})
+    each = {
+        "id": "each",
+        "map": {"items": "inputs.items", "node": body, "maxConcurrency": 40,
+                "onFailure": "MAP_FAILURE_POLICY_COLLECT", "maxFailures": 100},
+    }
+    gid = (await console.dago.submit(request([each], inputs={"items": items}))).graph_id
+    page = await open_page(console, f"#/runs/{gid}/nodes/each")
+    try:
+        bar = '#map-bars [data-map="each"]'
+        await page.wait_for_selector(bar)
+        top = await page.eval_on_selector("#graph", "g => g.getBoundingClientRect().top")
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+        count = f"{bar} [data-count=%r]"
+        await page.wait_for_function(
+            f"document.querySelector(`{count % 'completed'}`).textContent === '216'"
+        )
+        assert await page.inner_text(count % "failed") == "24"
+        assert await page.inner_text(count % "total") == "240"
+        # Counts streaming in did not move what is below the bars.
+        assert top == await page.eval_on_selector("#graph", "g => g.getBoundingClientRect().top")
+        widths = await page.eval_on_selector_all(
+            f"{bar} .seg", "s => s.map(e => e.style.width)"
+        )
+        assert widths[:2] == ["90%", "10%"], widths
+        # The panel's items: 50 a page, by index; the next page; a filter on the server.
+        rows = '[data-items="each"] tbody tr[data-item]'
+        await page.wait_for_selector(rows)
+        assert await page.eval_on_selector_all(rows, "r => r.length") == 50
+        assert await page.inner_text(f"{rows}:first-child td:nth-child(2)") == "completed"
+        await page.click('[data-items="each"] [data-items-next]')
+        await page.wait_for_selector(f'{rows}[data-item="50"]')
+        await page.select_option('[data-item-filter="each"]', label="failed")
+        await page.wait_for_selector(f'{rows}[data-item="3"]')
+        indexes = await page.eval_on_selector_all(rows, "r => r.map(e => +e.dataset.item)")
+        assert indexes == list(range(3, 240, 10)), indexes
+        first = await page.inner_text(f'{rows}[data-item="3"]')
+        assert "failed" in first and "item 3 fails" in first, first
+        assert await page.is_disabled('[data-items="each"] [data-items-next]')
+        # Each item as ListMapItems has it: state and attempt.
+        req = orchestrator_pb2.ListMapItemsRequest(
+            graph_id=gid, node_id="each", page_size=1, page_token="", state=0
+        )
+        (it,) = (await console.dago.stub.ListMapItems(req, timeout=10)).items
+        assert it.index == 0 and it.attempt == 1
+        await shot(page, "console-map.png")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+async def test_a_child_run_and_its_parent_link_to_each_other(console: Console) -> None:
+    child = {"nodes": [echo("greet", text="hello")], "edges": []}
+    nodes = [echo("prep"), {"id": "run", "subgraph": {"graph": child}}, echo("after")]
+    req = request(nodes, [edge("prep", "run"), edge("run", "after")], name="parent")
+    gid = (await console.dago.submit(req)).graph_id
+    assert (await console.dago.wait(gid)).state == execution_pb2.GRAPH_STATE_COMPLETED
+    page = await open_page(console, f"#/runs/{gid}/nodes/run")
+    try:
+        link = '[data-panel="run"] a[data-child]'
+        await page.wait_for_selector(link)
+        kid = await page.get_attribute(link, "data-child")
+        assert kid and kid != gid
+        await page.click(link)
+        await page.wait_for_selector(f'#run-parent a[data-parent="{gid}"]')
+        assert await page.inner_text("#run-parent") == f"child of {gid} (node run)"
+        await shot(page, "console-child.png")
+        await page.click("#run-parent a")
+        await page.wait_for_selector('[data-panel="run"]')
+        assert page.url.endswith(f"#/runs/{gid}/nodes/run")
+        # The runs list by parent: the child only, its parent column linked.
+        await page.goto(console.url(f"#/runs?parent={gid}"))
+        await page.wait_for_selector(f'tr[data-run="{kid}"]')
+        listed_runs = await page.eval_on_selector_all(
+            "#runs-body tr[data-run]", "r => r.map(e => e.dataset.run)"
+        )
+        assert listed_runs == [kid]
+        assert await page.inner_text(f'tr[data-run="{kid}"] .c-parent') == f"{gid} · run"
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
+
+
+MODEL = "claude-sonnet-4-6"
+
+
+async def test_a_paused_run_resumes_when_its_limits_are_raised_and_ops_shows_rate_limits(
+    redis_single: RedisServer, browser: Browser, fake: FakeAnthropic
+) -> None:
+    # As tests/engine/test_budgets.py: the second call does not fit in $0.0095, the run pauses.
+    fake.cap_output = True
+    fake.count_tokens = True
+    fake.default = Text("An answer.", usage=Usage(input=0, output=600))
+    env = {
+        "DAGO_ANTHROPIC_API_KEY": "sk-fake",
+        "DAGO_ANTHROPIC_BASE_URL": fake.url,
+        "DAGO_LLM_PROVIDER": "anthropic",
+        "DAGO_RATE_LIMITS": json.dumps({f"anthropic/{MODEL}": {"requests_per_minute": 600}}),
+    }
+    steps = [
+        {"id": f"n{i}", "llm": {"prompt": f"Step {i}.", "model": MODEL, "max_tokens": 1024}}
+        for i in range(2)
+    ]
+    limits = {"max_cost_usd": 0.0095, "on_exceed": "LIMIT_ACTION_PAUSE"}
+    async with serving(redis_single.url, browser, **env) as c:
+        req = request(steps, [edge("n0", "n1")], limits=limits)
+        gid = (await c.dago.submit(req)).graph_id
+        page = await open_page(c, f"#/runs/{gid}")
+        try:
+            await page.wait_for_selector('#run-state[data-state="paused"]', timeout=20_000)
+            await page.wait_for_selector('#run-story [data-story="budgetExhausted"]')
+            story = await page.inner_text("#run-story")
+            assert "run paused at node n1: max_cost_usd" in story, story
+            assert "max cost $0.0095" in await page.inner_text("#run-facts")
+            await shot(page, "console-paused.png")
+            # Below what the run used: the server's refusal, naming the field; then enough.
+            await page.click("#raise-limits")
+            await page.fill("#limit-cost", "0.001")
+            await page.click("#limits-apply")
+            await page.wait_for_selector("#limits-status.err")
+            assert "limits.max_cost_usd" in await page.inner_text("#limits-status")
+            assert (await c.dago.status(gid)).state == execution_pb2.GRAPH_STATE_PAUSED
+            await page.fill("#limit-cost", "1")
+            await page.click("#limits-apply")
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=20_000)
+            assert await page.inner_text("#limits-status") == "limits raised: the run resumed"
+            await page.wait_for_selector('#run-story [data-story="graphResumed"]')
+            assert "run resumed (n1)" in await page.inner_text("#run-story")
+            assert await page.is_disabled("#raise-limits")
+            # The operations page: the model's rate limit.
+            await page.goto(c.url("#/ops"))
+            row = f'#rate-limits tr[data-limit="anthropic/{MODEL}"]'
+            await page.wait_for_selector(row)
+            cells = await page.eval_on_selector_all(f"{row} td", "t => t.map(e => e.innerText)")
+            assert cells[:3] == ["anthropic", MODEL, "600"], cells
+            await shot(page, "console-rate-limits.png")
+            assert page.errors == []  # type: ignore[attr-defined]
+        except Exception as e:
+            raise AssertionError(f"{e}\n{child_logs(c.stack)}") from e
+        finally:
+            await page.close()

@@ -1,4 +1,5 @@
-// #/ops: the workers alive now (ListWorkers: slots, in flight, kinds, heartbeat) and the dead
+// #/ops: the workers alive now (ListWorkers: slots, in flight, kinds, heartbeat), the model
+// rate limits (GetLimits) and the dead
 // letters (ListDeadLetters, paged) with Requeue and Drop (a second click confirms a drop).
 // Refreshed every 3 s while the tab is visible.
 import { dago, h, ms, poll, showError, when } from "./util.js";
@@ -14,6 +15,16 @@ export function opsPage(root) {
   const whead = h("tr", {}, h("thead", {}, wt));
   for (const c of wcols) h("th", { scope: "col" }, whead, c);
   const wbody = h("tbody", {}, wt);
+
+  // The model rate limits every worker shares (GetLimits): configured per minute, and what
+  // their buckets hold now; a provider's 429 pause.
+  const rl = h("section", { "aria-labelledby": "rl-h" }, root);
+  h("h2", { id: "rl-h" }, rl, "Model rate limits");
+  const rt = h("table", { id: "rate-limits", "aria-labelledby": "rl-h" }, rl);
+  const rcols = ["provider", "model", "requests / min", "input tokens / min", "output tokens / min", "burst s", "requests now", "input tokens now", "output tokens now", "paused until"];
+  const rhead = h("tr", {}, h("thead", {}, rt));
+  for (const c of rcols) h("th", { scope: "col", ...(c.includes("/") || c.includes(" now") || c === "burst s" ? { class: "num" } : {}) }, rhead, c);
+  const rbody = h("tbody", {}, rt);
 
   const dead = h("section", { "aria-labelledby": "dl-h" }, root);
   h("h2", { id: "dl-h" }, dead, "Dead letters");
@@ -46,6 +57,25 @@ export function opsPage(root) {
       h("td", {}, tr, `${ago} s ago${ago > 5 ? " (no heartbeat lately)" : ""}`);
     }
     if (!list.length) h("td", { colspan: wcols.length, class: "empty" }, h("tr", {}, wbody), "no live worker");
+  }
+
+  async function loadLimits() {
+    const { models } = await dago().limits();
+    if (!alive) return;
+    rbody.replaceChildren();
+    const n = (v) => (v ? String(Math.floor(v)) : "—");
+    for (const m of models) {
+      const tr = h("tr", { "data-limit": `${m.provider}/${m.model}` }, rbody);
+      h("td", {}, tr, m.provider);
+      h("td", {}, tr, m.model);
+      for (const v of [m.requestsPerMinute, m.inputTokensPerMinute, m.outputTokensPerMinute]) h("td", { class: "num" }, tr, n(v));
+      h("td", { class: "num" }, tr, m.burstSeconds);
+      h("td", { class: "num", "data-available": "requests" }, tr, m.requestsPerMinute ? Math.floor(m.requestsAvailable) : "—");
+      h("td", { class: "num" }, tr, m.inputTokensPerMinute ? Math.floor(m.inputTokensAvailable) : "—");
+      h("td", { class: "num" }, tr, m.outputTokensPerMinute ? Math.floor(m.outputTokensAvailable) : "—");
+      h("td", {}, tr, ms(m.pausedUntil) > Date.now() ? when(m.pausedUntil) : "");
+    }
+    if (!models.length) h("td", { colspan: rcols.length, class: "empty" }, h("tr", {}, rbody), "no model rate limit configured (DAGO_RATE_LIMITS)");
   }
 
   async function act(d, verb, button) {
@@ -105,7 +135,7 @@ export function opsPage(root) {
     loadDead().catch(showError);
   });
   const load = async () => {
-    await Promise.all([loadWorkers(), loadDead()]);
+    await Promise.all([loadWorkers(), loadLimits(), loadDead()]);
     showError("");
   };
   load().catch((err) => alive && showError(err));

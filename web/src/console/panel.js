@@ -4,7 +4,8 @@
 import { decisionText, decisionWidget } from "../decide.js";
 import { kindOf, stateName } from "../graph.js";
 import { jsonView, valueJson } from "./json.js";
-import { badge, dago, duration, errorClassName, h, ms } from "./util.js";
+import { mapItems } from "./mapitems.js";
+import { badge, dago, duration, errorClassName, h, ms, when } from "./util.js";
 
 const PAGE = 50;
 
@@ -39,7 +40,7 @@ function renderAttempt(a, parent, open) {
 }
 
 /** Draws the panel of `node` into `panel`; `current()` is false once another node is shown. */
-export async function nodePanel(panel, { graphId, node, status, decision, text, tools, signal, current, wait, signalled }) {
+export async function nodePanel(panel, { graphId, node, status, decision, text, tools, signal, current, wait, signalled, onMapBar }) {
   const box = h("div", { "data-panel": node.id });
   const hd = h("h3", {}, box, `${node.id} · ${kindOf(node)} `);
   badge(stateName(status?.state ?? 0), hd, { id: "node-state" });
@@ -49,6 +50,19 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
   }
   if (node.description) h("p", { class: "hint" }, box, node.description);
   if (status?.route) h("p", { class: "route" }, box, `route ${status.route}${decision ? ` → ${decision.join(", ")}` : ""}`);
+  // A model rate limit holds the node back (QUEUED, no slot) until then.
+  if (ms(status?.throttledUntil) > Date.now()) {
+    h("p", { class: "throttled", "data-throttled": node.id }, box, `throttled until ${when(status.throttledUntil)} (a model rate limit)`);
+  }
+  // A subgraph node: its child run, linked (the child's page links back).
+  if (node.kind.case === "subgraph") {
+    const p = h("p", { class: "child", "data-child-of": node.id }, box, "child run ");
+    if (status?.childGraphId) {
+      h("a", { href: `#/runs/${encodeURIComponent(status.childGraphId)}`, "data-child": status.childGraphId }, p, status.childGraphId);
+    } else {
+      p.appendChild(document.createTextNode("not started yet"));
+    }
+  }
   // A wait node: the decision widget while it waits (from its node_waiting event), then
   // the decision (signal_received).
   if (node.kind.case === "wait") {
@@ -66,6 +80,9 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
     } else {
       h("p", { class: "hint" }, waits, waiting ? "waiting (loading its prompt…)" : "not waiting");
     }
+  }
+  if (node.kind.case === "map") {
+    onMapBar?.(mapItems(box, { graphId, nodeId: node.id, progress: status?.map, signal, current }));
   }
   const stream = h("section", { class: "stream" }, box);
   h("h4", {}, stream, "Streamed text");

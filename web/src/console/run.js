@@ -9,16 +9,34 @@ import { waitOfEvent } from "../decide.js";
 import { drawGantt } from "./gantt.js";
 import { jsonView, valueJson } from "./json.js";
 import { forkDialog } from "./fork.js";
+import { limitsDialog } from "./limits.js";
+import { mapBar } from "./mapitems.js";
 import { nodePanel, renderTools } from "./panel.js";
 import { TERMINAL, badge, dago, duration, errorClassName, graphStateName, h, ms, showError, when } from "./util.js";
 
-const LIFECYCLE = /^(graph|node)/;
+const LIFECYCLE = /^(graph|node|budget|child)/;
+// The share of a map's items that have ended (the larger one wins: a status reply may be
+// older than the last map_progress event).
+const ended = (p) => (p ? p.completed + p.failed + p.cancelled : -1);
+
+const fmt = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(4));
+
+/** The run's token and cost limits with what its running model calls hold of them. */
+function limitText(st) {
+  const l = st.limits;
+  const parts = [];
+  if (l && Number(l.maxTokens)) parts.push(`max tokens ${l.maxTokens}`);
+  if (l?.maxCostUsd) parts.push(`max cost $${l.maxCostUsd}`);
+  const r = st.reserved;
+  if (r && (Number(r.inputTokens) || r.costUsd)) parts.push(`reserved ${r.inputTokens} tokens / $${r.costUsd.toFixed(4)}`);
+  return parts.join(" · ");
+}
 
 export function runPage(root, graphId, firstNode) {
   const abort = new AbortController();
   const alive = () => !abort.signal.aborted;
   const run = { graph: null, lay: null, status: null, decisions: new Map(), loops: new Set(),
-    texts: new Map(), turnEnded: new Set(), tools: new Map(), waits: new Map(), signalled: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
+    texts: new Map(), maps: new Map(), mapBars: new Map(), panelBar: null, turnEnded: new Set(), tools: new Map(), waits: new Map(), signalled: new Map(), failedNode: "", cancelReason: "", selected: "", shown: "" };
 
   h("a", { href: "#/runs", class: "back" }, root, "← runs");
   const head = h("section", { class: "run-head", "aria-label": "run" }, root);
@@ -26,6 +44,7 @@ export function runPage(root, graphId, firstNode) {
   const facts = h("p", { id: "run-facts", class: "facts" }, head);
   const definedBy = h("p", { id: "run-definition", class: "facts", hidden: "" }, head);
   const forkedFrom = h("p", { id: "forked-from", class: "facts", hidden: "" }, head);
+  const parentOf = h("p", { id: "run-parent", class: "facts", hidden: "" }, head);
   const errorBox = h("p", { id: "run-error", role: "alert", hidden: "" }, head);
   const io = h("details", { class: "io" }, head);
   h("summary", {}, io, "inputs and result");
@@ -46,7 +65,12 @@ export function runPage(root, graphId, firstNode) {
     nodes: () => run.graph?.nodes.map((n) => n.id) ?? [],
     selected: () => run.selected,
   });
+  const limits = limitsDialog(actions, head, graphId, () => refresh());
   h("a", { href: `../ui/#${encodeURIComponent(graphId)}`, class: "live-link" }, actions, "open in the live view");
+  // What the run's budgets, rate limits and child runs did (from its events).
+  const story = h("ol", { id: "run-story", "aria-label": "budget, throttle and child run events", hidden: "" }, head);
+  // One progress bar per map node, made with the graph (before any count): no jump later.
+  const maps = h("section", { id: "map-bars", "aria-label": "map progress", hidden: "" }, root);
   const body = h("div", { class: "run-body" }, root);
   const graphPane = h("div", { class: "graph-pane", role: "group", "aria-label": "graph" }, body);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -98,7 +122,17 @@ export function runPage(root, graphId, firstNode) {
       `${st.steps} steps`,
       u ? `tokens ${u.inputTokens} in / ${u.outputTokens} out · $${u.costUsd.toFixed(4)}` : "",
       st.namespace ? `namespace ${st.namespace}` : "",
+      st.priority ? `priority ${st.priority}` : "",
+      limitText(st),
     ].filter(Boolean).join(" · ");
+    limits.update(st, state);
+    // A child run (a subgraph node's): its parent run and node, linked.
+    parentOf.hidden = !st.parentGraphId;
+    if (st.parentGraphId && !parentOf.firstChild) {
+      parentOf.appendChild(document.createTextNode("child of "));
+      h("a", { href: `#/runs/${encodeURIComponent(st.parentGraphId)}/nodes/${encodeURIComponent(st.parentNodeId)}`, "data-parent": st.parentGraphId }, parentOf, st.parentGraphId);
+      parentOf.appendChild(document.createTextNode(` (node ${st.parentNodeId}${st.depth > 1 ? `, depth ${st.depth}` : ""})`));
+    }
     // The definition version the run ran, linked to it on the Definitions page.
     const def = st.definition;
     definedBy.hidden = !def?.name;
@@ -149,6 +183,9 @@ export function runPage(root, graphId, firstNode) {
       if (last && ms(last.startTime) && ms(last.endTime)) meta += ` · ${duration(ms(last.startTime), ms(last.endTime))}`;
       if (n.route) meta += ` · ${n.route}`;
       if (n.reused) meta += " · reused";
+      if (n.map) meta += ` · ${n.map.completed}/${n.map.total}`;
+      if (ms(n.throttledUntil) > Date.now()) meta += " · throttled";
+      if (n.map && ended(n.map) >= ended(run.maps.get(n.nodeId))) showMap(n.nodeId, n.map);
       setNodeState(svg, n.nodeId, s, meta);
       const g = nodeElement(svg, n.nodeId);
       if (g && g.hasAttribute("data-reused") !== Boolean(n.reused)) {
@@ -232,6 +269,12 @@ export function runPage(root, graphId, firstNode) {
     renderPanel();
   }
 
+  function showMap(nodeId, progress) {
+    run.maps.set(nodeId, progress);
+    run.mapBars.get(nodeId)?.(progress);
+    if (run.selected === nodeId) run.panelBar?.(progress);
+  }
+
   function renderPanel() {
     const nodeId = run.selected;
     const node = run.graph.nodes.find((n) => n.id === nodeId);
@@ -247,6 +290,7 @@ export function runPage(root, graphId, firstNode) {
       signalled: run.signalled.get(nodeId),
       signal: abort.signal,
       current: () => run.selected === nodeId && alive(),
+      onMapBar: (update) => (run.panelBar = update),
     });
   }
 
@@ -259,6 +303,15 @@ export function runPage(root, graphId, firstNode) {
     const at = ev.attempt > 1 ? ` attempt ${ev.attempt}` : "";
     eventLog.appendChild(document.createTextNode(`${ev.seq} ${t} ${ev.payload.case}${ev.nodeId ? ` ${ev.nodeId}` : ""}${at}\n`));
     if (eventLog.childNodes.length > 1000) eventLog.firstChild.remove();
+  }
+
+  /** A line of the run's story (budget, throttle and child run events). */
+  function tell(ev, text, kind = "") {
+    story.hidden = false;
+    const li = h("li", { "data-story": ev.payload.case, ...(kind ? { class: kind } : {}) }, story);
+    h("time", {}, li, new Date(ms(ev.time)).toISOString().slice(11, 19));
+    li.appendChild(document.createTextNode(` ${text}`));
+    return li;
   }
 
   function onEvent(ev) {
@@ -288,6 +341,28 @@ export function runPage(root, graphId, firstNode) {
       case "graphCancelled":
         run.cancelReason = p.value.reason;
         break;
+      case "mapProgress":
+        if (ended(p.value) >= ended(run.maps.get(id))) showMap(id, p.value);
+        return;
+      case "budgetWarning":
+        tell(ev, `budget warning: ${p.value.limit} at ${fmt(p.value.used)} of ${fmt(p.value.max)}`);
+        break;
+      case "budgetExhausted":
+        tell(ev, `run paused at node ${id}: ${p.value.limit}: ${p.value.message}`, "paused");
+        break;
+      case "graphResumed":
+        tell(ev, `run resumed (${p.value.nodeIds.join(", ")})`);
+        break;
+      case "nodeThrottled":
+        tell(ev, `node ${id} throttled: ${p.value.reason} of ${p.value.provider}/${p.value.model}, queued again in ${Number(p.value.waitMs)} ms`);
+        break;
+      case "childStarted":
+      case "childEnded": {
+        const li = tell(ev, `node ${id} ${p.case === "childStarted" ? "started" : "ended"} child run `);
+        h("a", { href: `#/runs/${encodeURIComponent(p.value.childGraphId)}` }, li, p.value.childGraphId);
+        if (p.case === "childEnded") li.appendChild(document.createTextNode(`: ${graphStateName(p.value.state)}`));
+        break;
+      }
       case "llmDelta": {
         // A model turn after tool calls starts on a new line.
         const before = run.texts.get(id) ?? "";
@@ -331,6 +406,10 @@ export function runPage(root, graphId, firstNode) {
       performance.mark("graph-draw-start");
       run.lay = draw(svg, graph, select);
       performance.measure("graph-draw", "graph-draw-start");
+      for (const n of graph.nodes) {
+        if (n.kind.case === "map") run.mapBars.set(n.id, mapBar(maps, n.id));
+      }
+      maps.hidden = !run.mapBars.size;
       await refresh();
       if (firstNode) select(firstNode);
       const ticker = setInterval(() => run.status && !TERMINAL.has(graphStateName(run.status.state)) && paint(false), 1000);

@@ -1,6 +1,6 @@
 // #/runs: one page of runs (ListGraphs, newest first) with their cost, tokens and steps,
 // filtered on the server (state, exact name, created after / before, metadata key=value
-// pairs, min cost, the stored definition it ran; kept in the hash query), paged with next_page_token, refreshed every 2 s
+// pairs, min cost, the stored definition it ran, the parent run of child runs; kept in the hash query), paged with next_page_token, refreshed every 2 s
 // while the tab is visible. A filter the server refuses is shown as its message (the field).
 import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { badge, dago, dollars, duration, graphStateName, h, ms, poll, showError, when } from "./util.js";
@@ -46,6 +46,7 @@ export function runsPage(root, params) {
     text("f-before", "created before", "datetime-local", "before"),
     text("f-meta", "metadata key=value", "search", "meta", { placeholder: "team=search tier=1" }),
     text("f-cost", "min cost $", "number", "cost", { min: "0", step: "any" }),
+    text("f-parent", "child runs of", "search", "parent", { placeholder: "run id" }),
   ];
   const f = Object.fromEntries(fields); // key -> its input
   // The stored definitions (ListDefinitions) to filter by: runs submitted from one of them.
@@ -66,7 +67,7 @@ export function runsPage(root, params) {
 
   const table = h("table", { class: "runs", "aria-label": "runs" }, root);
   const head = h("tr", {}, h("thead", {}, table));
-  const cols = ["run", "name", "state", "created", "duration", "steps", "tokens", "cost", "namespace"];
+  const cols = ["run", "name", "state", "created", "duration", "steps", "tokens", "cost", "parent", "namespace"];
   const numeric = new Set(["steps", "tokens", "cost"]);
   for (const c of cols) h("th", { scope: "col", class: `c-${c}${numeric.has(c) ? " num" : ""}` }, head, c);
   const body = h("tbody", { id: "runs-body" }, table);
@@ -98,6 +99,7 @@ export function runsPage(root, params) {
       metadata: f.meta.value.split(/[\s,]+/).filter(Boolean),
       minCostUsd: Number(f.cost.value) || 0,
       definition: definition.value,
+      parentGraphId: f.parent.value.trim(),
     });
     if (!alive || mine !== issued) return;
     showError("");
@@ -113,6 +115,7 @@ export function runsPage(root, params) {
     const resp = last;
     const rows = resp.graphs;
     table.classList.toggle("no-ns", !resp.graphs.some((g) => g.namespace));
+    table.classList.toggle("no-parent", !resp.graphs.some((g) => g.parentGraphId));
     body.replaceChildren();
     for (const g of rows) {
       const tr = h("tr", { "data-run": g.graphId }, body);
@@ -124,6 +127,12 @@ export function runsPage(root, params) {
       h("td", { class: "c-steps num" }, tr, g.steps);
       h("td", { class: "c-tokens num" }, tr, tokenText(g.usage));
       h("td", { class: "c-cost num" }, tr, dollars(g.usage));
+      // A child run (a subgraph node's): its parent run, linked to the node that started it.
+      const parent = h("td", { class: "c-parent" }, tr);
+      if (g.parentGraphId) {
+        const href = `#/runs/${encodeURIComponent(g.parentGraphId)}/nodes/${encodeURIComponent(g.parentNodeId)}`;
+        h("a", { href, "data-parent": g.parentGraphId }, parent, `${g.parentGraphId} · ${g.parentNodeId}`);
+      }
       h("td", { class: "c-namespace" }, tr, g.namespace);
     }
     if (!rows.length) h("td", { colspan: cols.length, class: "empty" }, h("tr", {}, body), "no runs");
