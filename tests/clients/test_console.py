@@ -2,8 +2,10 @@
 Chromium driven by Playwright, in front of real API and worker processes: the runs list
 (paged, filtered, live), a run's story (graph with node states and taken / untaken edges
 routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel,
-fork with a preview of its plan, forked-from and reused nodes),
-the operations page (workers, a dead letter requeued), the usage page (with and without
+fork with a preview of its plan, forked-from and reused nodes, a map's progress bar and
+paged items by state, child runs linked both ways, a paused run resumed by raising its
+limits),
+the operations page (workers, model rate limits, a dead letter requeued), the usage page (with and without
 run history in PostgreSQL), the Definitions page (publish from a file or a drop, unchanged
 and refused publishes, label, deprecate, a version's graph and JSON, run a version with
 inputs), a 500-node run's frame times (printed) and the API key. Screenshots are kept
@@ -1446,6 +1448,7 @@ async def test_a_child_run_and_its_parent_link_to_each_other(console: Console) -
 MODEL = "claude-sonnet-4-6"
 
 
+@pytest.mark.slow  # the worker's first model call imports the Anthropic SDK (seconds)
 async def test_a_paused_run_resumes_when_its_limits_are_raised_and_ops_shows_rate_limits(
     redis_single: RedisServer, browser: Browser, fake: FakeAnthropic
 ) -> None:

@@ -19,7 +19,7 @@ export function renderTools(ol, calls) {
   }
 }
 
-function renderAttempt(a, parent, open) {
+function renderAttempt(a, parent, open, map) {
   const state = stateName(a.state);
   const d = h("details", { class: "attempt", "data-attempt": String(a.attempt), ...(open ? { open: "" } : {}) }, parent);
   const s = h("summary", {}, d, `attempt ${a.attempt}${a.iteration > 1 ? ` · iteration ${a.iteration}` : ""} `);
@@ -36,7 +36,18 @@ function renderAttempt(a, parent, open) {
   h("h5", {}, d, "input");
   jsonView(valueJson(a.input), d, "input");
   h("h5", {}, d, "output");
-  jsonView(valueJson(a.output), d, "output").setAttribute("data-output", String(a.attempt));
+  const output = valueJson(a.output);
+  if (!map || output === undefined) {
+    jsonView(output, d, "output").setAttribute("data-output", String(a.attempt));
+    return;
+  }
+  // A map's output holds every item's: drawn only when asked for (10,000 items would be a
+  // hundred thousand elements); the Items list above pages them.
+  const fold = h("details", { class: "lazy-output" }, d);
+  h("summary", {}, fold, `${output?.items?.length ?? 0} items' outputs (open to draw them)`);
+  fold.addEventListener("toggle", () => {
+    if (fold.open && !fold.querySelector(".json")) jsonView(output, fold, "output").setAttribute("data-output", String(a.attempt));
+  });
 }
 
 /** Draws the panel of `node` into `panel`; `current()` is false once another node is shown. */
@@ -107,7 +118,7 @@ export async function nodePanel(panel, { graphId, node, status, decision, text, 
     token = resp.nextPageToken;
     resp.attempts.forEach((a, i) => {
       const last = !token && i === resp.attempts.length - 1;
-      renderAttempt(a, list, last || Boolean(a.error?.message));
+      renderAttempt(a, list, last || Boolean(a.error?.message), node.kind.case === "map");
     });
     more.hidden = !token;
   };
