@@ -4,12 +4,11 @@ Chromium driven by Playwright, in front of real API and worker processes: the ru
 routed around the boxes, timeline bars per attempt, node panel, the run's error, cancel,
 fork with a preview of its plan, forked-from and reused nodes, a map's progress bar and
 paged items by state, child runs linked both ways, a paused run resumed by raising its
-limits),
-the operations page (workers, model rate limits, a dead letter requeued), the usage page (with and without
-run history in PostgreSQL), the Definitions page (publish from a file or a drop, unchanged
-and refused publishes, label, deprecate, a version's graph and JSON, run a version with
-inputs), a 500-node run's frame times (printed) and the API key. Screenshots are kept
-in .artifacts/console-*.png."""
+limits), the operations page (workers, model rate limits, a dead letter requeued), the
+usage page (with and without run history in PostgreSQL), the Definitions page (publish
+from a file or a drop, unchanged and refused publishes, label, deprecate, a version's graph
+and JSON, run a version with inputs), a 500-node run's frame times (printed) and the API
+key. Screenshots are kept in .artifacts/console-*.png."""
 
 from __future__ import annotations
 
@@ -1365,8 +1364,13 @@ async def test_a_map_run_shows_its_progress_bar_and_pages_its_items_by_state(
     body = tool("body", "pause", inputs={"value": "{{ index }}", "fail": "{{ item.fail }}"})
     each = {
         "id": "each",
-        "map": {"items": "inputs.items", "node": body, "maxConcurrency": 40,
-                "onFailure": "MAP_FAILURE_POLICY_COLLECT", "maxFailures": 100},
+        "map": {
+            "items": "inputs.items",
+            "node": body,
+            "maxConcurrency": 40,
+            "onFailure": "MAP_FAILURE_POLICY_COLLECT",
+            "maxFailures": 100,
+        },
     }
     gid = (await console.dago.submit(request([each], inputs={"items": items}))).graph_id
     page = await open_page(console, f"#/runs/{gid}/nodes/each")
@@ -1383,9 +1387,7 @@ async def test_a_map_run_shows_its_progress_bar_and_pages_its_items_by_state(
         assert await page.inner_text(count % "total") == "240"
         # Counts streaming in did not move what is below the bars.
         assert top == await page.eval_on_selector("#graph", "g => g.getBoundingClientRect().top")
-        widths = await page.eval_on_selector_all(
-            f"{bar} .seg", "s => s.map(e => e.style.width)"
-        )
+        widths = await page.eval_on_selector_all(f"{bar} .seg", "s => s.map(e => e.style.width)")
         assert widths[:2] == ["90%", "10%"], widths
         # The panel's items: 50 a page, by index; the next page; a filter on the server.
         rows = '[data-items="each"] tbody tr[data-item]'
