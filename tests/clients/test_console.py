@@ -1356,23 +1356,28 @@ async def test_a_500_node_graph_renders_and_updates_within_a_frame_budget(
 # --- maps, child runs, paused runs, rate limits (issue 25) ----------------------------------
 
 
-async def test_a_map_run_shows_its_progress_bar_and_pages_its_items_by_state(
-    console: Console,
-) -> None:
-    # 240 items, every tenth failing; COLLECT keeps the map (and the run) going.
-    items = [{"fail": i % 10 == 3} for i in range(240)]
+def map_run(n: int, fails: int = 0, concurrency: int = 40) -> orchestrator_pb2.SubmitGraphRequest:
+    """A map "each" over n items (the pause tool, instant) whose every ``fails``th item (from
+    the fourth) fails; COLLECT keeps the map (and the run) going."""
+    items = [{"fail": bool(fails) and i % fails == 3} for i in range(n)]
     body = tool("body", "pause", inputs={"value": "{{ index }}", "fail": "{{ item.fail }}"})
     each = {
         "id": "each",
         "map": {
             "items": "inputs.items",
             "node": body,
-            "maxConcurrency": 40,
+            "maxConcurrency": concurrency,
             "onFailure": "MAP_FAILURE_POLICY_COLLECT",
-            "maxFailures": 100,
+            "maxFailures": n,
         },
     }
-    gid = (await console.dago.submit(request([each], inputs={"items": items}))).graph_id
+    return request([each], inputs={"items": items})
+
+
+async def test_a_map_run_shows_its_progress_bar_and_pages_its_items_by_state(
+    console: Console,
+) -> None:
+    gid = (await console.dago.submit(map_run(240, fails=10))).graph_id
     page = await open_page(console, f"#/runs/{gid}/nodes/each")
     try:
         bar = '#map-bars [data-map="each"]'
@@ -1506,3 +1511,45 @@ async def test_a_paused_run_resumes_when_its_limits_are_raised_and_ops_shows_rat
             raise AssertionError(f"{e}\n{child_logs(c.stack)}") from e
         finally:
             await page.close()
+
+
+@pytest.mark.slow
+async def test_a_10000_item_map_streams_its_counts_and_pages_its_items(console: Console) -> None:
+    """The page of a 10,000-item map while it runs: the bar's counts stream in, the item list
+    holds one page (50), the map's output is not drawn; frame times are printed."""
+    gid = (await console.dago.submit(map_run(10_000, concurrency=200))).graph_id
+    page = await console.browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.add_init_script(FRAME_PROBE)
+    try:
+        await page.goto(console.url(f"#/runs/{gid}/nodes/each"))
+        done = '#map-bars [data-map="each"] [data-count="completed"]'
+        await page.wait_for_function(f"+document.querySelector('{done}')?.textContent > 0")
+        seen = [await page.inner_text(done)]
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=60_000)
+        await page.wait_for_function(f"document.querySelector('{done}').textContent === '10000'")
+        rows = '[data-items="each"] tbody tr[data-item]'
+        await page.wait_for_selector(rows)
+        assert await page.eval_on_selector_all(rows, "r => r.length") == 50
+        # The map node's attempt: its output (10,000 items') folded, not drawn.
+        await page.wait_for_selector('[data-panel="each"] .lazy-output')
+        assert await page.eval_on_selector_all('[data-panel="each"] .json li', "l => l.length") < 50
+        m = await page.evaluate(
+            """() => ({
+              frames: window.__frames.splice(0), longTasks: window.__longTasks.splice(0),
+              updates: performance.getEntriesByName('graph-update').map(e => e.duration),
+            })"""
+        )
+        slow = sum(1 for f in m["frames"] if f > 50)
+        print(
+            f"\n10,000-item map: first count seen {seen[0]}; state updates {spread(m['updates'])}"
+            f"\n  frames {spread(m['frames'])}, {slow} over 50 ms; long tasks "
+            f"{spread(m['longTasks'])}, total {sum(m['longTasks']):.0f} ms"
+        )
+        await page.click('[data-items="each"] [data-items-next]')
+        await page.wait_for_selector(f'{rows}[data-item="50"]')
+        await shot(page, "console-map-10000.png")
+        assert errors == []
+    finally:
+        await page.close()

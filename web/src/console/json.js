@@ -7,6 +7,8 @@ import { h } from "./util.js";
 /** The plain JSON of a google.protobuf.Value message (undefined when unset). */
 export const valueJson = (v) => (v ? toJson(ValueSchema, v) : undefined);
 
+const BIG = 200;
+
 function leaf(v, parent) {
   const type = v === null ? "null" : typeof v;
   return h("span", { class: `j-${type}` }, parent, type === "string" ? JSON.stringify(v) : String(v));
@@ -17,14 +19,28 @@ function node(v, parent, depth) {
   const entries = Array.isArray(v) ? v.map((x, i) => [i, x]) : Object.entries(v);
   const open = Array.isArray(v) ? "[" : "{";
   if (!entries.length) return h("span", { class: "j-empty" }, parent, Array.isArray(v) ? "[]" : "{}");
-  const d = h("details", depth < 2 ? { open: "" } : {}, parent);
+  // A large collection (a map's 10,000 items) starts folded and is drawn when opened, BIG
+  // entries at a time: drawing it whole would take seconds and a hundred thousand elements.
+  const big = entries.length > BIG;
+  const d = h("details", depth < 2 && !big ? { open: "" } : {}, parent);
   h("summary", {}, d, `${open} ${entries.length} ${Array.isArray(v) ? "items" : "keys"}`);
   const list = h("ul", {}, d);
-  for (const [k, x] of entries) {
-    const li = h("li", {}, list);
-    h("span", { class: "j-key" }, li, Array.isArray(v) ? `${k}: ` : `${JSON.stringify(k)}: `);
-    node(x, li, depth + 1);
-  }
+  let drawn = 0;
+  const more = () => {
+    list.querySelector(":scope > li.j-more")?.remove();
+    for (const [k, x] of entries.slice(drawn, drawn + BIG)) {
+      const li = h("li", {}, list);
+      h("span", { class: "j-key" }, li, Array.isArray(v) ? `${k}: ` : `${JSON.stringify(k)}: `);
+      node(x, li, depth + 1);
+    }
+    drawn = Math.min(entries.length, drawn + BIG);
+    if (drawn < entries.length) {
+      const b = h("button", { type: "button" }, h("li", { class: "j-more" }, list), `${entries.length - drawn} more…`);
+      b.addEventListener("click", more);
+    }
+  };
+  if (!big) more();
+  else d.addEventListener("toggle", () => d.open && !drawn && more());
   return d;
 }
 
