@@ -1456,7 +1456,7 @@ MODEL = "claude-sonnet-4-6"
 
 
 @pytest.mark.slow  # the worker's first model call imports the Anthropic SDK (seconds)
-async def test_a_paused_run_resumes_when_its_limits_are_raised_and_ops_shows_rate_limits(
+async def test_a_paused_run_resumes_when_its_limits_are_raised_throttles_and_rate_limits(
     redis_single: RedisServer, browser: Browser, fake: FakeAnthropic
 ) -> None:
     # As tests/engine/test_budgets.py: the second call does not fit in $0.0095, the run pauses.
@@ -1467,7 +1467,8 @@ async def test_a_paused_run_resumes_when_its_limits_are_raised_and_ops_shows_rat
         "DAGO_ANTHROPIC_API_KEY": "sk-fake",
         "DAGO_ANTHROPIC_BASE_URL": fake.url,
         "DAGO_LLM_PROVIDER": "anthropic",
-        "DAGO_RATE_LIMITS": json.dumps({f"anthropic/{MODEL}": {"requests_per_minute": 600}}),
+        # A bucket of two requests, one more a second: four calls at once are throttled.
+        "DAGO_RATE_LIMITS": json.dumps({f"anthropic/{MODEL}": {"requests_per_minute": 60}}),
     }
     steps = [
         {"id": f"n{i}", "llm": {"prompt": f"Step {i}.", "model": MODEL, "max_tokens": 1024}}
@@ -1504,8 +1505,16 @@ async def test_a_paused_run_resumes_when_its_limits_are_raised_and_ops_shows_rat
             row = f'#rate-limits tr[data-limit="anthropic/{MODEL}"]'
             await page.wait_for_selector(row)
             cells = await page.eval_on_selector_all(f"{row} td", "t => t.map(e => e.innerText)")
-            assert cells[:3] == ["anthropic", MODEL, "600"], cells
+            assert cells[:3] == ["anthropic", MODEL, "60"], cells
             await shot(page, "console-rate-limits.png")
+            # Four calls at once: those the bucket has no room for are throttled, in the story.
+            wide = request([{**s, "id": f"w{i}"} for i in range(4) for s in steps[:1]])
+            wid = (await c.dago.submit(wide)).graph_id
+            await page.goto(c.url(f"#/runs/{wid}"))
+            await page.wait_for_selector('#run-story [data-story="nodeThrottled"]')
+            story = await page.inner_text("#run-story")
+            assert f"throttled: requests_per_minute of anthropic/{MODEL}" in story, story
+            await shot(page, "console-throttled.png")
             assert page.errors == []  # type: ignore[attr-defined]
         except Exception as e:
             raise AssertionError(f"{e}\n{child_logs(c.stack)}") from e
