@@ -20,6 +20,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from dago.api.auth import hash_key, new_key
 from dago.v1 import execution_pb2
 from dago_client import AsyncDagoClient
+from dago_client.graphfile import parse_document
 from harness import (
     ROOT,
     ProcessStack,
@@ -218,6 +219,48 @@ def review_graph(name: str = "review") -> object:
         edge("review", "drop", 'nodes.review.output.decision == "reject"'),
     ]
     return request(nodes, edges, inputs={"who": "world"}, name=name)
+
+
+async def test_a_map_shows_its_bar_and_a_child_run_links_both_ways(view: View) -> None:
+    doc = {
+        "name": "bars",
+        "nodes": {
+            "each": {
+                "map": {
+                    "items": "[1, 2, 3, 4, 5]",
+                    "max_concurrency": 2,
+                    "node": {"tool": "echo", "inputs": {"v": "{{ item }}"}},
+                }
+            },
+            "inner": {
+                "subgraph": {"graph": {"name": "kid", "nodes": {"a": {"tool": "echo"}}}},
+                "inputs": {"x": 1},
+            },
+        },
+    }
+    async with AsyncDagoClient(f"127.0.0.1:{view.stack.port}") as dago:
+        gid = (await dago.submit(parse_document(doc))).graph_id
+        st = await dago.wait(gid)
+    child = next(n.child_graph_id for n in st.nodes if n.node_id == "inner")
+    page = await open_page(view, f"#{gid}")
+    try:
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+        bar = await page.wait_for_selector('progress[data-map="each"]')
+        assert bar is not None
+        assert await bar.evaluate("b => [b.value, b.max]") == [5, 5]
+        note = await page.inner_text('[data-note="each"]')
+        assert "items 5/5 · completed 5 · failed 0" in note, note
+        link = await page.wait_for_selector('a[data-child="inner"]')
+        assert link is not None and await link.inner_text() == child
+        await shot(page, "liveview-map-child.png")
+        await link.click()
+        parent = await page.wait_for_selector(f'#parent[data-parent="{gid}"]', timeout=15_000)
+        assert parent is not None
+        assert "child run of" in await page.inner_text("#summary")
+        await page.wait_for_selector('#run-state[data-state="completed"]', timeout=15_000)
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        await page.close()
 
 
 async def test_a_waiting_node_shows_its_prompt_and_approve_completes_the_run(view: View) -> None:

@@ -205,7 +205,9 @@ async def test_queue_depth_and_running_per_namespace_are_metrics(
         await b.submit(sleeps(3, 0))
         found = await asyncio.to_thread(collector.collect)
         assert gauge(found, "dago_namespace_queue_depth", namespace="team-a") == 10
-        assert gauge(found, "dago_namespace_queue_depth", namespace="team-b") == 3
+        # team-b is not named in the namespaces file: it is no label of its own.
+        assert gauge(found, "dago_namespace_queue_depth", namespace="other") == 3
+        assert not any(s.labels.get("namespace") == "team-b" for fam in found for s in fam.samples)
         assert gauge(found, "dago_queue_depth", shard="0") == 13
         s.add_worker("w0")
 
@@ -217,6 +219,12 @@ async def test_queue_depth_and_running_per_namespace_are_metrics(
             )
 
         await eventually(capped, 10, 0.05)
+        # GetLimits shows the caller its own namespace's share and load, never another's.
+        mine = (await a.stub.GetLimits(orchestrator_pb2.GetLimitsRequest(), timeout=10)).namespace
+        assert (mine.namespace, mine.max_running_nodes, mine.weight) == ("team-a", 2, 1.0)
+        assert (mine.running_nodes, mine.queued_nodes, mine.active_runs) == (2, 8, 1)
+        theirs = (await b.stub.GetLimits(orchestrator_pb2.GetLimitsRequest(), timeout=10)).namespace
+        assert (theirs.namespace, theirs.max_running_nodes) == ("team-b", 0)
         await a.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid), timeout=10)
     finally:
         await a.close()

@@ -48,6 +48,7 @@ class Run {
       el("h3", {}, box, null).textContent = `${n.id} · ${kindOf(n)}`;
       el("div", { class: "note", "data-note": n.id }, box, null);
       el("div", { class: "wait-slot", "data-wait": n.id }, box, null);
+      el("div", { class: "extra", "data-extra": n.id }, box, null);
       el("pre", { "data-text": n.id }, box, null);
     }
     this.widgets = new Map(); // wait node id -> its decision widget
@@ -62,6 +63,11 @@ class Run {
     this.marksDirty = true;
     const box = document.querySelector(`[data-info="${CSS.escape(id)}"]`);
     if (box) box.className = `nodeinfo state-${state}`;
+  }
+
+  /** The node's box's slot for a map's bar or a child run's link. */
+  extra(id) {
+    return document.querySelector(`[data-extra="${CSS.escape(id)}"]`);
   }
 
   log(line) {
@@ -116,6 +122,47 @@ class Run {
         if (info) info.note = decisionText(d);
         break;
       }
+      case "mapProgress": {
+        // Item events are not sent (WatchGraph's item_events): the counts come a few a second.
+        const m = p.value;
+        const done = m.completed + m.failed + m.cancelled;
+        if (info) info.note = `items ${done}/${m.total} · completed ${m.completed} · failed ${m.failed} · running ${m.running} · queued ${m.queued}`;
+        const slot = this.extra(id);
+        if (slot) {
+          let bar = slot.querySelector("progress");
+          if (!bar) bar = el("progress", { "data-map": id, "aria-label": `items of ${id}` }, slot, null);
+          bar.max = Math.max(1, m.total);
+          bar.value = done;
+        }
+        break;
+      }
+      case "childStarted":
+      case "childEnded": {
+        const child = p.value.childGraphId;
+        const ended = p.case === "childEnded";
+        const how = ` ${ended ? graphStateName(p.value.state) : "running"}`;
+        if (info) info.note = `child run${how}`;
+        const slot = this.extra(id);
+        if (slot) {
+          slot.replaceChildren();
+          slot.appendChild(document.createTextNode("child run "));
+          el("a", { href: `#${encodeURIComponent(child)}`, "data-child": id }, slot, null).textContent = child;
+        }
+        if (!ended) this.setNode(id, "waiting", "waiting for its child run");
+        break;
+      }
+      case "nodeThrottled":
+        if (info) info.note = `throttled ${(Number(p.value.waitMs) / 1000).toFixed(1)} s by ${p.value.provider}/${p.value.model} (${p.value.reason})`;
+        this.setNode(id, "queued", "throttled by a model rate limit");
+        break;
+      case "budgetExhausted":
+        this.state = "paused";
+        this.error = `paused: ${p.value.message} (raise ${p.value.limit} with dagoctl limits ${this.id})`;
+        break;
+      case "graphResumed":
+        this.state = "running";
+        this.error = "";
+        break;
       case "nodeSkipped":
         this.setNode(id, "skipped", "skipped");
         break;
@@ -200,6 +247,12 @@ class Run {
         .textContent = this.forkedFrom;
       s.appendChild(document.createTextNode("\n"));
     }
+    if (this.parent) {
+      s.appendChild(document.createTextNode("child run of "));
+      el("a", { id: "parent", href: `#${encodeURIComponent(this.parent[0])}`, "data-parent": this.parent[0] }, s, null)
+        .textContent = this.parent[0];
+      s.appendChild(document.createTextNode(` (node ${this.parent[1]})\n`));
+    }
     if (this.definition) {
       el("span", { id: "definition", "data-definition": this.definition }, s, null)
         .textContent = `definition ${this.definition}\n`;
@@ -265,6 +318,7 @@ async function watch(id) {
     const st = await dago().status(id);
     run.started = tsMillis(st.status.createTime) || Date.now();
     run.forkedFrom = st.status.forkedFrom;
+    run.parent = st.status.parentGraphId ? [st.status.parentGraphId, st.status.parentNodeId] : null;
     const def = st.status.definition;
     run.definition = def?.name ? `${def.name}@${def.version}` : "";
     await play(dago().watch(id, streamOptions(abort, (line) => run.log(line))), run);

@@ -11,7 +11,7 @@ from dago.config import Settings
 from dago.observe.metrics import Metrics
 from dago.store.shares import spent_today
 from dago.store.store import Store
-from dago.v1 import execution_pb2
+from dago.v1 import execution_pb2, orchestrator_pb2
 
 ACTIVE = (execution_pb2.GRAPH_STATE_SUBMITTED, execution_pb2.GRAPH_STATE_RUNNING)
 """The states a run counts as active in."""
@@ -55,3 +55,19 @@ class Quotas:
                     f"daily_cost_usd is ${budget:g}; new runs are refused until tomorrow",
                     budget,
                 )
+
+    async def usage(self, namespace: str) -> orchestrator_pb2.NamespaceUsage:
+        """``namespace``'s share and caps, and what it uses of them now (GetLimits)."""
+        share = self._store.shares.of(namespace)
+        running, queued = await self._store.namespace_load(namespace)
+        return orchestrator_pb2.NamespaceUsage(
+            namespace=namespace,
+            weight=share.weight,
+            max_running_nodes=share.max_running_nodes,
+            max_active_runs=share.max_active_runs,
+            daily_cost_usd=share.daily_cost_usd,
+            running_nodes=running,
+            queued_nodes=queued,
+            active_runs=await self._store.active_graphs(namespace, ACTIVE),
+            spent_today_usd=await spent_today(self._store.redis, self._store.keys, namespace),
+        )

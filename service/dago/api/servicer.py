@@ -853,7 +853,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.GetLimitsResponse:
         """Each model limit of DAGO_RATE_LIMITS with its bucket's level now (read by the
         ``ratelimit`` function, which brings it up to date; one call per model, each in its
-        own slot). A provider's ``*`` entry has no bucket of its own: it shows full."""
+        own slot). A provider's ``*`` entry has no bucket of its own: it shows full. Then the
+        caller's namespace: its share, caps and use of them (never another namespace's)."""
         resp = orchestrator_pb2.GetLimitsResponse()
         limits = parse_rate_limits(self._settings.rate_limits)
         models = [name.partition("/")[::2] for name in sorted(limits)]
@@ -878,6 +879,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             )
             if bucket.paused_until_ms > time.time() * 1000:
                 m.paused_until.FromMilliseconds(bucket.paused_until_ms)
+        resp.namespace.CopyFrom(await self._quotas.usage(self._auth.current()))
         return resp
 
     def _dead_letter_id(self, dead_letter_id: str) -> tuple[int, str]:

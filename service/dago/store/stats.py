@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from dago.config import Settings
+from dago.config import Settings, load_namespaces
 from dago.store.keys import WORK_GROUP, Keys, ShardKeys
 from dago.store.schema import GRAPH_DURATION_BUCKETS, Fair, Stats
 
@@ -75,6 +75,7 @@ class RedisCollector(Collector):
         self._keys = keys
         self._client: Any = None
         self._lock = threading.Lock()
+        self._names: frozenset[str] | None = None
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -88,6 +89,13 @@ class RedisCollector(Collector):
             else:
                 self._client = redis.Redis.from_url(url, **opts)
         return self._client
+
+    def _named(self) -> frozenset[str]:
+        """The namespaces DAGO_NAMESPACES_FILE names (read once)."""
+        if self._names is None:
+            path = self._settings.namespaces_file
+            self._names = frozenset(load_namespaces(path).named) if path else frozenset()
+        return self._names
 
     def describe(self) -> Iterable[Metric]:
         """Nothing up front: collecting needs Redis."""
@@ -248,7 +256,16 @@ class RedisCollector(Collector):
             [],
             int(r.zcount(self._keys.workers_seen, now_ms - self._settings.worker_ttl_ms, "+inf")),
         )
-        for ns, (queued_n, running_n) in sorted(per_ns.items()):
+        # A namespace is a label only when the operator named it (DAGO_NAMESPACES_FILE): a
+        # tenant's namespace must not show on a page every tenant's activity feeds.
+        named = self._named()
+        labelled: dict[str, list[int]] = {}
+        for ns, counts in per_ns.items():
+            kept = ns if ns in named else "other"
+            total = labelled.setdefault(kept, [0, 0])
+            total[0] += counts[0]
+            total[1] += counts[1]
+        for ns, (queued_n, running_n) in sorted(labelled.items()):
             ns_depth.add_metric([ns], queued_n)
             ns_running.add_metric([ns], running_n)
         return [

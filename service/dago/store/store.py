@@ -70,7 +70,7 @@ from dago.store.functions import (
     parse_taken,
 )
 from dago.store.keys import WORK_GROUP, Keys
-from dago.store.schema import DeadLetter, Definition, MapItems, Meta, Node, Usage, Work
+from dago.store.schema import DeadLetter, Definition, Fair, MapItems, Meta, Node, Usage, Work
 from dago.store.shares import write_shares
 
 log = logging.getLogger("dago.store")
@@ -611,6 +611,20 @@ class Store:
             withscores=True,
         )
         return [(_s(member), int(score)) for member, score in res]
+
+    async def namespace_load(self, namespace: str) -> tuple[int, int]:
+        """A namespace's work items (running, queued for their turn), over every shard, in
+        one round trip (``lua/fair.lua`` keeps both per shard)."""
+        pipe = self.redis.pipeline(transaction=False)
+        priorities = range(Fair.PRIORITY_MIN, Fair.PRIORITY_MAX + 1)
+        for sk in self.keys.all_shards():
+            pipe.hget(sk.fair, Fair.RUNNING + namespace)
+            for p in priorities:
+                pipe.llen(sk.queue(namespace, p))
+        replies = await pipe.execute()
+        per = 1 + len(priorities)
+        running = sum(int(replies[i] or 0) for i in range(0, len(replies), per))
+        return running, sum(int(x) for i, x in enumerate(replies) if i % per)
 
     async def active_graphs(self, namespace: str, states: Sequence[int]) -> int:
         """How many graphs of ``namespace`` are in ``states``, over every shard (one round

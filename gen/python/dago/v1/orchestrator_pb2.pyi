@@ -126,24 +126,90 @@ class GetLimitsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelLimit]:
-        """Each configured model limit, by provider and model.
-        Fields 20-39 are kept for namespace shares and caps.
+        """Each configured model limit, by provider and model."""
+
+    @_builtins.property
+    def namespace(self) -> Global___NamespaceUsage:
+        """The caller's namespace: its share and caps (DAGO_NAMESPACES_FILE) and
+        what it uses of them now. A tenant sees its own namespace only.
         """
 
     def __init__(
         self,
         *,
         models: _abc.Iterable[Global___ModelLimit] | None = ...,
+        namespace: Global___NamespaceUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLimitsResponse: _TypeAlias = GetLimitsResponse  # noqa: Y015
+
+@_typing.final
+class NamespaceUsage(_message.Message):
+    """A namespace's fair share and caps (0: none), and its use of them now
+    (docs/limits.md, "Fair shares").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_NODES_FIELD_NUMBER: _builtins.int
+    MAX_ACTIVE_RUNS_FIELD_NUMBER: _builtins.int
+    DAILY_COST_USD_FIELD_NUMBER: _builtins.int
+    RUNNING_NODES_FIELD_NUMBER: _builtins.int
+    QUEUED_NODES_FIELD_NUMBER: _builtins.int
+    ACTIVE_RUNS_FIELD_NUMBER: _builtins.int
+    SPENT_TODAY_USD_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    weight: _builtins.float
+    """Its weight against other namespaces with work waiting."""
+    max_running_nodes: _builtins.int
+    """Its work items allowed to run at once (0: no cap)."""
+    max_active_runs: _builtins.int
+    """Its runs allowed submitted or running at once (0: no cap of its own;
+    DAGO_MAX_ACTIVE_GRAPHS may still apply).
+    """
+    daily_cost_usd: _builtins.float
+    """What its runs may cost per UTC day (0: no budget)."""
+    running_nodes: _builtins.int
+    """Its work items running now, over every shard."""
+    queued_nodes: _builtins.int
+    """Its work items queued for their turn now (over its cap, or behind other
+    namespaces), over every shard.
+    """
+    active_runs: _builtins.int
+    """Its runs submitted or running now."""
+    spent_today_usd: _builtins.float
+    """What its runs have cost today (UTC), in US dollars."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        max_running_nodes: _builtins.int = ...,
+        max_active_runs: _builtins.int = ...,
+        daily_cost_usd: _builtins.float = ...,
+        running_nodes: _builtins.int = ...,
+        queued_nodes: _builtins.int = ...,
+        active_runs: _builtins.int = ...,
+        spent_today_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_runs", b"active_runs", "daily_cost_usd", b"daily_cost_usd", "max_active_runs", b"max_active_runs", "max_running_nodes", b"max_running_nodes", "namespace", b"namespace", "queued_nodes", b"queued_nodes", "running_nodes", b"running_nodes", "spent_today_usd", b"spent_today_usd", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceUsage: _TypeAlias = NamespaceUsage  # noqa: Y015
 
 @_typing.final
 class ModelLimit(_message.Message):

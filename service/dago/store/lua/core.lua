@@ -415,6 +415,26 @@ local function timer_key(kind, gid, node, iter, attempt)
   return kind .. '|' .. gid .. '|' .. node .. '|' .. iter .. '|' .. attempt
 end
 
+-- A worker's report about execution `exec` of a node's (iteration, attempt) that parks or
+-- holds it (wait, spawn, expand, throttle, reserve) applies only while that execution is
+-- RUNNING in a live graph: its node_read fields then, else nil (the report is stale).
+local function running_exec(gid, node, attempt, iter, exec)
+  local gs = graph_state(gid)
+  if gs == nil or gs >= GraphState.COMPLETED then return nil end
+  local v = node_read(gid, node)
+  if v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec then return v end
+  return nil
+end
+
+-- A parked attempt no longer runs on a worker: its own timeout (v: its node_read fields)
+-- is over.
+local function end_attempt_timer(gid, node, iter, attempt, v)
+  if not v[5] then return end
+  local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
+  if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
+  redis.call('HDEL', hkey(gid, node), node .. F_TIMER)
+end
+
 -- Counts a finished graph for the metrics (dago.store.stats): by end state, and in the
 -- duration histogram (bounds: schema.GRAPH_DURATION_BUCKETS).
 local function record_end(gk, state)

@@ -8,22 +8,13 @@
 local A = ARG.EXPAND
 local gid, node, attempt, iter = ARGV[A.GRAPH_ID], ARGV[A.NODE], ARGV[A.ATTEMPT], ARGV[A.ITERATION]
 local exec, mid = ARGV[A.EXECUTION], ARGV[A.MSG_ID]
-local gs = graph_state(gid)
-local v = nil
-if gs ~= nil and gs < GraphState.COMPLETED then
-  v = node_read(gid, node)
-  if not (v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec) then v = nil end
-end
+local v = running_exec(gid, node, attempt, iter, exec)
 if v == nil then
   ack_all({mid})
   flush()
   return 0
 end
-if v[5] then
-  local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
-  if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
-  redis.call('HDEL', nkey(gid), node .. F_TIMER)
-end
+end_attempt_timer(gid, node, iter, attempt, v)
 local n = #ARGV - A.FIRST + 1
 local size = 0
 for j = A.FIRST, #ARGV do size = size + #ARGV[j] end

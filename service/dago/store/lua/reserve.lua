@@ -10,12 +10,7 @@
 local A = ARG.RESERVE
 local gid, node = ARGV[A.GRAPH_ID], ARGV[A.NODE]
 local attempt, iter, exec = ARGV[A.ATTEMPT], ARGV[A.ITERATION], ARGV[A.EXECUTION]
-local gs = graph_state(gid)
-local v = nil
-if gs ~= nil and gs < GraphState.COMPLETED then
-  v = node_read(gid, node)
-  if not (v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec) then v = nil end
-end
+local v = running_exec(gid, node, attempt, iter, exec)
 if v == nil then return {BUDGET.STALE, 0, ''} end
 local rk = gkey(Budget.root(gid))
 local lv = Budget.levels(rk)
@@ -64,11 +59,7 @@ if not paused and redis.call('HGET', gkey(gid), META.ON_EXCEED) ~= '2' then
 end
 -- Park the node: no slot, no pending item; the run resumes it (limits.lua).
 Budget.release(gid, node, true)
-if v[5] then
-  local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
-  if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
-  redis.call('HDEL', nkey(gid), node .. F_TIMER)
-end
+end_attempt_timer(gid, node, iter, attempt, v)
 local worker = redis.call('HGET', nkey(gid), node .. F_WORKER)
 node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_EXEC, '-' .. exec,
   record_key(node, iter, attempt, exec), short_record(v[4] or NOW_S, NOW_S, S_QUEUED, worker))

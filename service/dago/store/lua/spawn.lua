@@ -9,22 +9,13 @@
 local A = ARG.SPAWN
 local worker, mid = ARGV[A.WORKER], ARGV[A.MSG_ID]
 local pid, node, attempt, iter, exec = ARGV[A.GRAPH_ID], ARGV[A.NODE], ARGV[A.ATTEMPT], ARGV[A.ITERATION], ARGV[A.EXECUTION]
-local gs = graph_state(pid)
-local v = nil
-if gs ~= nil and gs < GraphState.COMPLETED then
-  v = node_read(pid, node)
-  if not (v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec) then v = nil end
-end
+local v = running_exec(pid, node, attempt, iter, exec)
 if v == nil then
   ack_all({mid})
   return {'stale', ''}
 end
 -- The attempt's own timeout is over: it waits for its child now, not for a worker.
-if v[5] then
-  local tm = timer_key(TIMER.TIMEOUT, pid, node, iter, attempt)
-  if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
-  redis.call('HDEL', nkey(pid), node .. F_TIMER)
-end
+end_attempt_timer(pid, node, iter, attempt, v)
 local input = ARGV[A.INPUT]
 local rk = record_key(node, iter, attempt, exec)
 local depth = (tonumber(redis.call('HGET', gkey(pid), META.DEPTH)) or 0) + 1

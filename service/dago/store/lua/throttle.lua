@@ -14,20 +14,11 @@ local out, acks = {}, {}
 for i = A.FIRST, #ARGV, T.SIZE do
   local mid, gid, node = ARGV[i + T.MSG_ID], ARGV[i + T.GRAPH_ID], ARGV[i + T.NODE]
   local attempt, iter, exec = ARGV[i + T.ATTEMPT], ARGV[i + T.ITERATION], ARGV[i + T.EXECUTION]
-  local gs = graph_state(gid)
-  local v = nil
-  if gs ~= nil and gs < GraphState.COMPLETED then
-    v = node_read(gid, node)
-    if not (v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec) then v = nil end
-  end
+  local v = running_exec(gid, node, attempt, iter, exec)
   if v == nil then
     out[#out + 1] = NodeState.UNSPECIFIED
   else
-    if v[5] then
-      local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
-      if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
-      redis.call('HDEL', hkey(gid, node), node .. F_TIMER)
-    end
+    end_attempt_timer(gid, node, iter, attempt, v)
     local at = NOW + math.max(1, tonumber(ARGV[i + T.WAIT_MS]) or 0)
     local input = ARGV[i + T.INPUT]
     local rec = J.REC_STARTED .. (v[4] or NOW_S) .. J.REC_ENDED .. NOW_S .. J.REC_STATE .. S_QUEUED

@@ -13,21 +13,12 @@ local out, acks = {}, {}
 for i = A.FIRST, #ARGV, W.SIZE do
   local mid, gid, node = ARGV[i + W.MSG_ID], ARGV[i + W.GRAPH_ID], ARGV[i + W.NODE]
   local attempt, iter, exec = ARGV[i + W.ATTEMPT], ARGV[i + W.ITERATION], ARGV[i + W.EXECUTION]
-  local gs = graph_state(gid)
-  local v = nil
-  if gs ~= nil and gs < GraphState.COMPLETED then
-    v = node_read(gid, node)
-    if not (v[1] == S_RUNNING and v[2] == attempt and v[3] == iter and v[6] == exec) then v = nil end
-  end
+  local v = running_exec(gid, node, attempt, iter, exec)
   if v == nil then
     out[#out + 1] = NodeState.UNSPECIFIED
   else
     -- The attempt's own timeout is over: it waits for a person now, not for a worker.
-    if v[5] then
-      local tm = timer_key(TIMER.TIMEOUT, gid, node, iter, attempt)
-      if v[5] == tm then redis.call('ZREM', K_TIMERS, tm) end
-      redis.call('HDEL', hkey(gid, node), node .. F_TIMER)
-    end
+    end_attempt_timer(gid, node, iter, attempt, v)
     local timeout = tonumber(ARGV[i + W.TIMEOUT_MS]) or 0
     local deadline = 0
     if timeout > 0 then

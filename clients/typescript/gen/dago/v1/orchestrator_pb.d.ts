@@ -37,11 +37,17 @@ export declare type GetLimitsResponse = Message<"dago.v1.GetLimitsResponse"> & {
   /**
    * Each configured model limit, by provider and model.
    *
-   * Fields 20-39 are kept for namespace shares and caps.
-   *
    * @generated from field: repeated dago.v1.ModelLimit models = 1;
    */
   models: ModelLimit[];
+
+  /**
+   * The caller's namespace: its share and caps (DAGO_NAMESPACES_FILE) and
+   * what it uses of them now. A tenant sees its own namespace only.
+   *
+   * @generated from field: dago.v1.NamespaceUsage namespace = 20;
+   */
+  namespace?: NamespaceUsage | undefined;
 };
 
 /**
@@ -49,6 +55,85 @@ export declare type GetLimitsResponse = Message<"dago.v1.GetLimitsResponse"> & {
  * Use `create(GetLimitsResponseSchema)` to create a new message.
  */
 export declare const GetLimitsResponseSchema: GenMessage<GetLimitsResponse>;
+
+/**
+ * A namespace's fair share and caps (0: none), and its use of them now
+ * (docs/limits.md, "Fair shares").
+ *
+ * @generated from message dago.v1.NamespaceUsage
+ */
+export declare type NamespaceUsage = Message<"dago.v1.NamespaceUsage"> & {
+  /**
+   * The namespace.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * Its weight against other namespaces with work waiting.
+   *
+   * @generated from field: double weight = 2;
+   */
+  weight: number;
+
+  /**
+   * Its work items allowed to run at once (0: no cap).
+   *
+   * @generated from field: int32 max_running_nodes = 3;
+   */
+  maxRunningNodes: number;
+
+  /**
+   * Its runs allowed submitted or running at once (0: no cap of its own;
+   * DAGO_MAX_ACTIVE_GRAPHS may still apply).
+   *
+   * @generated from field: int32 max_active_runs = 4;
+   */
+  maxActiveRuns: number;
+
+  /**
+   * What its runs may cost per UTC day (0: no budget).
+   *
+   * @generated from field: double daily_cost_usd = 5;
+   */
+  dailyCostUsd: number;
+
+  /**
+   * Its work items running now, over every shard.
+   *
+   * @generated from field: int64 running_nodes = 6;
+   */
+  runningNodes: bigint;
+
+  /**
+   * Its work items queued for their turn now (over its cap, or behind other
+   * namespaces), over every shard.
+   *
+   * @generated from field: int64 queued_nodes = 7;
+   */
+  queuedNodes: bigint;
+
+  /**
+   * Its runs submitted or running now.
+   *
+   * @generated from field: int64 active_runs = 8;
+   */
+  activeRuns: bigint;
+
+  /**
+   * What its runs have cost today (UTC), in US dollars.
+   *
+   * @generated from field: double spent_today_usd = 9;
+   */
+  spentTodayUsd: number;
+};
+
+/**
+ * Describes the message dago.v1.NamespaceUsage.
+ * Use `create(NamespaceUsageSchema)` to create a new message.
+ */
+export declare const NamespaceUsageSchema: GenMessage<NamespaceUsage>;
 
 /**
  * One model's rate limit and its bucket's level now.
