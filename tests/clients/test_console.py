@@ -1506,6 +1506,8 @@ async def test_a_paused_run_resumes_when_its_limits_are_raised_throttles_and_rat
             await page.wait_for_selector(row)
             cells = await page.eval_on_selector_all(f"{row} td", "t => t.map(e => e.innerText)")
             assert cells[:3] == ["anthropic", MODEL, "60"], cells
+            usage = await page.inner_text("#namespace-usage")
+            assert usage.startswith("namespace default · weight 1 · running "), usage
             await shot(page, "console-rate-limits.png")
             # Four calls at once: those the bucket has no room for are throttled, in the story.
             wide = request([{**s, "id": f"w{i}"} for i in range(4) for s in steps[:1]])

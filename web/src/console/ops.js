@@ -20,6 +20,8 @@ export function opsPage(root) {
   // their buckets hold now; a provider's 429 pause.
   const rl = h("section", { "aria-labelledby": "rl-h" }, root);
   h("h2", { id: "rl-h" }, rl, "Model rate limits");
+  // The caller's namespace: its fair share, caps and use of them (GetLimitsResponse.namespace).
+  const share = h("p", { id: "namespace-usage", class: "facts" }, rl);
   const rt = h("table", { id: "rate-limits", "aria-labelledby": "rl-h" }, rl);
   const rcols = ["provider", "model", "requests / min", "input tokens / min", "output tokens / min", "burst s", "requests now", "input tokens now", "output tokens now", "paused until"];
   const rhead = h("tr", {}, h("thead", {}, rt));
@@ -60,8 +62,17 @@ export function opsPage(root) {
   }
 
   async function loadLimits() {
-    const { models } = await dago().limits();
+    const { models, namespace: ns } = await dago().limits();
     if (!alive) return;
+    const cap = (v) => (Number(v) ? String(v) : "no cap");
+    share.textContent = ns ? [
+      `namespace ${ns.namespace}`,
+      `weight ${ns.weight}`,
+      `running ${ns.runningNodes} of ${cap(ns.maxRunningNodes)} work items`,
+      `${ns.queuedNodes} queued`,
+      `active runs ${ns.activeRuns} of ${cap(ns.maxActiveRuns)}`,
+      `spent today $${ns.spentTodayUsd.toFixed(4)}${ns.dailyCostUsd ? ` of $${ns.dailyCostUsd}` : ""}`,
+    ].join(" · ") : "";
     rbody.replaceChildren();
     const n = (v) => (v ? String(Math.floor(v)) : "—");
     for (const m of models) {
