@@ -84,9 +84,11 @@ export function mapItems(box, { graphId, nodeId, progress, signal, current }) {
   const tokensSeen = [""]; // the page_token of each page seen; the last is the current page's
   let nextToken = "";
   let issued = 0; // a reply older than the last request (filter or page changed) is dropped
+  let loaded = 0; // when the last request was sent (ms)
 
   async function load() {
     const mine = ++issued;
+    loaded = Date.now();
     status.textContent = "loading…";
     status.classList.remove("err");
     try {
@@ -122,5 +124,10 @@ export function mapItems(box, { graphId, nodeId, progress, signal, current }) {
     load();
   });
   load();
-  return update;
+  // Counts streaming in (map_progress) redraw the bar at once and the page of items at most
+  // every 2 s: the same page, so rows change in place.
+  return (p) => {
+    update(p);
+    if (Date.now() - loaded > 2000) load();
+  };
 }
