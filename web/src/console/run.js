@@ -183,7 +183,8 @@ export function runPage(root, graphId, firstNode) {
       if (last && ms(last.startTime) && ms(last.endTime)) meta += ` · ${duration(ms(last.startTime), ms(last.endTime))}`;
       if (n.route) meta += ` · ${n.route}`;
       if (n.reused) meta += " · reused";
-      if (n.map) meta += ` · ${n.map.completed}/${n.map.total}`;
+      // A large map's count as a share: the box keeps its width.
+      if (n.map) meta += n.map.total >= 1000 ? ` · ${Math.floor((100 * n.map.completed) / n.map.total)}%` : ` · ${n.map.completed}/${n.map.total}`;
       if (ms(n.throttledUntil) > Date.now()) meta += " · throttled";
       if (n.map && ended(n.map) >= ended(run.maps.get(n.nodeId))) showMap(n.nodeId, n.map);
       setNodeState(svg, n.nodeId, s, meta);
