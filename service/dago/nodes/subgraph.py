@@ -96,10 +96,23 @@ class SubgraphHandler(NodeHandler):
             and rec.get(ChildOutcome.ATTEMPT) == ctx.attempt
         ):
             return _ended(compiled, rec, ctx.input)
-        inputs = ctx.input if ctx.node.proto.HasField("inputs") else {}
+        if ctx.node.proto.HasField("inputs"):
+            inputs = ctx.input
+        elif isinstance(ctx.scope.get("index"), int):
+            inputs = item_inputs(ctx.scope.get("item"), ctx.scope["index"])
+        else:
+            inputs = {}
         if not isinstance(inputs, dict):
             raise invalid("subgraph: the node's inputs (the child run's inputs) must be an object")
         return NodeResult(None, child=ChildRun(compiled, inputs))
+
+
+def item_inputs(item: Any, index: int) -> dict[str, Any]:
+    """A map item's child run's inputs when its subgraph body gives none (a map's graph
+    body): the item's fields when it is an object, else ``{"item": item, "index": index}``."""
+    if isinstance(item, dict):
+        return dict(item)
+    return {"item": item, "index": index}
 
 
 def _ended(compiled: CompiledGraph, rec: dict[str, Any], inputs: Any) -> NodeResult:

@@ -12,7 +12,7 @@
 -- One table, not more locals (a chunk may have 200).
 local Map = {}
 
-local M_SEP, M_VALUE, M_RESULT = MAP_ITEMS.SEP, MAP_ITEMS.VALUE_REF, MAP_ITEMS.RESULT_REF
+local M_SEP, M_RESULT = MAP_ITEMS.SEP, MAP_ITEMS.RESULT_REF
 local M_TOTAL, M_NEXT, M_RUNNING = MAP_ITEMS.TOTAL, MAP_ITEMS.NEXT, MAP_ITEMS.RUNNING
 local M_DONE, M_FAILED, M_CANCELLED = MAP_ITEMS.COMPLETED, MAP_ITEMS.FAILED, MAP_ITEMS.CANCELLED
 
@@ -49,12 +49,12 @@ function Map.dispatch_next(gid, map, n)
   local v = redis.call('HMGET', nk, map .. M_NEXT, map .. M_TOTAL, map .. MAP_ITEMS.SPEC, map .. F_ITER)
   local nxt, total = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   local _, _, _, plan = Map.spec(v[3])
-  local at = string.find(plan, '@', 1, true)
-  local head, tail = string.sub(plan, 1, at - 1), string.sub(plan, at + 1)
   local k = 0
   while k < n and nxt < total do
     local item = map .. M_SEP .. int(nxt)
-    node_set(gid, item, item .. NODE.PLAN, head .. item .. M_VALUE .. tail, item .. F_EXEC, '0')
+    -- Every '@' of the body's plan is the item's name (its value ref, and its child's
+    -- outcome for a body that runs a graph; node ids hold no '%').
+    node_set(gid, item, item .. NODE.PLAN, (string.gsub(plan, '@', item)), item .. F_EXEC, '0')
     dispatch(gid, item, '1', v[4])
     nxt, k = nxt + 1, k + 1
   end
@@ -102,9 +102,11 @@ function Map.stop(gid, map)
     for j = 0, #fields / 3 - 1 do
       local st = s[3 * j + 1]
       if st == S_QUEUED or st == S_RUNNING or st == NodeStateText.RETRYING
-        or st == NodeStateText.DEAD_LETTERED then
+        or st == NodeStateText.DEAD_LETTERED or st == NodeStateText.WAITING then
         local item = map .. M_SEP .. int(k + j)
         node_set(gid, item, item .. F_STATE, NodeStateText.CANCELLED, item .. F_ENDED, NOW_S)
+        -- An item whose child run runs (a graph body): the child is cancelled with it.
+        if st == NodeStateText.WAITING then Child.cancel(gid, item) end
         if st == S_RUNNING then stop_work(gid, item, s[3 * j + 2], s[3 * j + 3]) end
         if st == NodeStateText.RETRYING then
           redis.call('ZREM', K_TIMERS, timer_key(TIMER.RETRY, gid, item, iter, int(tonumber(s[3 * j + 2]) + 1)))
