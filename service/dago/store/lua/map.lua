@@ -46,24 +46,57 @@ end
 -- node in the graph's count. Returns how many it dispatched.
 function Map.dispatch_next(gid, map, n)
   local nk = nkey(gid)
-  local v = redis.call('HMGET', nk, map .. M_NEXT, map .. M_TOTAL, map .. MAP_ITEMS.SPEC, map .. F_ITER)
+  local v = redis.call('HMGET', nk, map .. M_NEXT, map .. M_TOTAL, map .. MAP_ITEMS.SPEC, map .. F_ITER,
+    map .. MAP_ITEMS.REUSED)
   local nxt, total = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   local _, _, _, plan = Map.spec(v[3])
+  local ik = v[5] and hkey(gid, map .. M_SEP)
   local k = 0
+  local first = nxt
   while k < n and nxt < total do
     local item = map .. M_SEP .. int(nxt)
-    -- Every '@' of the body's plan is the item's name (its value ref, and its child's
-    -- outcome for a body that runs a graph; node ids hold no '%').
-    node_set(gid, item, item .. NODE.PLAN, (string.gsub(plan, '@', item)), item .. F_EXEC, '0')
-    dispatch(gid, item, '1', v[4])
-    nxt, k = nxt + 1, k + 1
+    if ik and redis.call('HGET', ik, item .. F_STATE) == S_COMPLETED then
+      nxt = nxt + 1  -- a fork's reused item (Map.reuse) completed already: passed over
+    else
+      -- Every '@' of the body's plan is the item's name (its value ref, and its child's
+      -- outcome for a body that runs a graph; node ids hold no '%').
+      node_set(gid, item, item .. NODE.PLAN, (string.gsub(plan, '@', item)), item .. F_EXEC, '0')
+      dispatch(gid, item, '1', v[4])
+      nxt, k = nxt + 1, k + 1
+    end
   end
   if k > 0 then
     open_add(gid, k)
-    redis.call('HSET', nk, map .. M_NEXT, nxt)
     redis.call('HINCRBY', nk, map .. M_RUNNING, k)
   end
+  if nxt ~= first then redis.call('HSET', nk, map .. M_NEXT, nxt) end
   return k
+end
+
+-- A fork's seeds (MapItems.SEEDS, written before the run was submitted): each item whose
+-- value is the one it had in the source run completes now with its recorded output (not
+-- dispatched, no usage: not executed, not charged); the others run. Returns how many.
+function Map.reuse(gid, map, iter)
+  redis.call('HDEL', nkey(gid), map .. MAP_ITEMS.REUSED)  -- an earlier iteration's
+  local ik = hkey(gid, map .. M_SEP)
+  local list = redis.call('HGET', ik, map .. M_SEP .. MAP_ITEMS.SEEDS)
+  if not list then return 0 end
+  local total = tonumber(redis.call('HGET', nkey(gid), map .. M_TOTAL)) or 0
+  local n = 0
+  for i in string.gmatch(list, '[^,]+') do
+    local item = map .. M_SEP .. i
+    local sv, so = item .. MAP_ITEMS.SEED_VALUE, item .. MAP_ITEMS.SEED_OUTPUT
+    local s = redis.call('HMGET', ik, sv, so, item .. MAP_ITEMS.VALUE_REF .. NODE.OUTPUT)
+    if tonumber(i) < total and s[1] and s[1] == s[3] then
+      node_set(gid, item, item .. F_STATE, S_COMPLETED, item .. NODE.OUTPUT, s[2], item .. F_ITER, iter,
+        item .. F_ATTEMPT, '0', item .. F_ENDED, NOW_S, item .. NODE.REUSED, 1)
+      n = n + 1
+    end
+    redis.call('HDEL', ik, sv, so)
+  end
+  redis.call('HDEL', ik, map .. M_SEP .. MAP_ITEMS.SEEDS)
+  if n > 0 then redis.call('HSET', nkey(gid), map .. M_DONE, n, map .. MAP_ITEMS.REUSED, n) end
+  return n
 end
 
 -- A map_progress event (MapResult keys) unless one was appended less than
