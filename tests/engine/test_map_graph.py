@@ -146,7 +146,11 @@ async def test_the_depth_cap_counts_the_map_level(single: InProcessStack) -> Non
     assert st.state == COMPLETED, st.error
     err = await rpc_error(single.client.submit(graph_map([1], deep)))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "nesting depth 3 exceeds 2" in (err.details() or ""), err.details()
+    at = "graph.nodes[0].map.graph.nodes[0].subgraph.graph.nodes[0].subgraph"
+    assert f"{at}: nesting depth 3 exceeds 2" in (err.details() or ""), err.details()
+    bad = {"nodes": [echo("a"), echo("a")]}
+    err = await rpc_error(single.client.submit(graph_map([1], bad)))
+    assert "graph.nodes[0].map.graph.nodes[1]" in (err.details() or ""), err.details()
     both = {"id": "each", "map": {"items": "[1]", "graph": inner, "node": echo("x")}}
     err = await rpc_error(single.client.submit(request([both])))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -43,15 +43,19 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
             ctx.add("subgraph.graph", "give the child's graph, or a definition to run")
         return KindParts(waits=True)  # a reference the run's submit resolves
     depth = ctx.options.depth + 1
+    # A map's graph body is compiled here too (dago.nodes.map.graph_body): its path is the
+    # request's, map.graph, not a subgraph field.
+    body = ctx.path.endswith(".map.graph")
+    at = ctx.path if body else f"{ctx.path}.subgraph.graph"
     if depth > ctx.options.max_depth:
-        ctx.add(
-            "subgraph",
+        ctx.checker.add(
+            ctx.path if body else f"{ctx.path}.subgraph",
             f"nesting depth {depth} exceeds {ctx.options.max_depth} (DAGO_MAX_GRAPH_DEPTH)",
         )
         return KindParts(waits=True)
     options = replace(ctx.options, depth=depth)
     try:
-        child = compile_graph(sg.graph, ANY_INPUTS, ctx.cel, options, f"{ctx.path}.subgraph.graph")
+        child = compile_graph(sg.graph, ANY_INPUTS, ctx.cel, options, at)
     except GraphInvalid as e:
         for v in e.violations:
             ctx.checker.add(v.field, v.description)

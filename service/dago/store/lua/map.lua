@@ -149,6 +149,13 @@ function Map.stop(gid, map)
       end
     end
   end
+  -- A fork's reused items past `nxt` completed already: not cancelled.
+  if redis.call('HEXISTS', nk, map .. MAP_ITEMS.REUSED) == 1 then
+    for i = nxt, total - 1 do
+      local item = map .. M_SEP .. int(i)
+      if redis.call('HGET', ik, item .. F_STATE) == S_COMPLETED then cancelled = cancelled - 1 end
+    end
+  end
   redis.call('HSET', nk, map .. M_NEXT, total, map .. M_RUNNING, 0, map .. M_CANCELLED, cancelled)
 end
 
