@@ -21,6 +21,7 @@ from dago.v1 import (
     graph_pb2,
     orchestrator_pb2,
 )
+from fake_anthropic import FakeAnthropic
 from harness import (
     InProcessStack,
     MakeStack,
@@ -175,3 +176,24 @@ async def test_a_definition_in_a_map_body_is_pinned_at_submit(stack: InProcessSt
     for k in await children_of(c, gid):
         kst = await c.status(k.graph_id)
         assert (kst.definition.name, kst.definition.version) == ("greeter", 1)
+
+
+@pytest.mark.slow
+async def test_the_childrens_usage_rolls_up_into_items_map_and_run(
+    redis_single: RedisServer, make_stack: MakeStack, fake: FakeAnthropic
+) -> None:
+    stack = await make_stack(redis_single, anthropic_api_key="sk-fake", anthropic_base_url=fake.url)
+    c = stack.client
+    summarize = {"id": "sum", "llm": {"prompt": "Summarize {{ inputs.doc }}"}}
+    body = {"nodes": [summarize], "output": {"text": "nodes.sum.output.text"}}
+    gid, st = await c.run(graph_map([{"doc": "a"}, {"doc": "bb"}, {"doc": "ccc"}], body))
+    assert st.state == COMPLETED, st.error
+    assert len(fake.requests) == 3
+    kids = [await c.status(k.graph_id) for k in await children_of(c, gid)]
+    out = sum(k.usage.output_tokens for k in kids)
+    cost = sum(k.usage.cost_usd for k in kids)
+    assert out > 0 and cost > 0
+    items = await items_of(stack, gid)
+    assert sum(i.usage.output_tokens for i in items) == out
+    for u in (st.usage, node_status(st, "each").usage):
+        assert u.output_tokens == out and u.cost_usd == pytest.approx(cost)
