@@ -311,3 +311,33 @@ async def test_failed_only_on_a_cancelled_run(stack: InProcessStack) -> None:
     new = await stack.client.wait(resp.graph_id)
     assert new.state == COMPLETED
     assert plain(node_status(new, "b").output) == {"x": 2}
+
+
+async def test_failed_only_on_a_map_reruns_only_its_failed_items(stack: InProcessStack) -> None:
+    items = [{"f": i in (1, 3)} for i in range(5)]
+    body = tool("body", "pause", inputs={"value": "{{ index }}", "fail": "{{ item.f }}"})
+    spec = {"onFailure": "MAP_FAILURE_POLICY_COLLECT", "maxFailures": 2}
+    nodes = [
+        {"id": "each", "map": {"items": "inputs.items", "node": body, **spec}},
+        echo("done", out="{{ nodes.each.output.items }}"),
+    ]
+    gid, st = await stack.client.run(request(nodes, [edge("each", "done")], {"items": items}))
+    assert st.state == COMPLETED, st.error
+    assert plain(node_status(st, "each").output)["failed"] == 2
+    # The failed items run again with the body fixed; the completed ones are reused.
+    patches = {"each": {"map": {"node": {"inputs": {"fail": False}}}}}
+    dry = await fork(stack, gid, failedOnly=True, nodePatches=patches, dryRun=True)
+    assert list(dry.run_nodes) == ["each", "done"]
+    assert [(m.node_id, m.items_reused, m.items_to_run) for m in dry.map_items] == [("each", 3, 2)]
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=patches)
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED, new.error
+    out = plain(node_status(new, "each").output)
+    assert out["items"] == [{"value": i} for i in range(5)]
+    assert (out["completed"], out["failed"], out["total"]) == (5, 0, 5)
+    events = await stack.client.history(resp.graph_id)
+    started = sorted(e.instance for e in of_kind(events, "node_started", "each") if e.instance)
+    assert started == [2, 4]  # items 1 and 3 (instance = index + 1): nothing else executed
+    req = orchestrator_pb2.ListMapItemsRequest(graph_id=resp.graph_id, node_id="each")
+    listed = (await stack.client.stub.ListMapItems(req, timeout=10)).items
+    assert [(i.index, i.attempt) for i in listed] == [(0, 0), (1, 1), (2, 0), (3, 1), (4, 0)]

@@ -103,16 +103,6 @@ async def test_items_that_are_not_a_list_fail_the_map_naming_map_items(
     assert err.error_class == 4 and "map.items must yield a list, not a map" in err.message
 
 
-async def test_a_graph_body_is_refused_until_the_subgraph_kind_runs_it(
-    single: InProcessStack,
-) -> None:
-    nodes = [{"id": "each", "map": {"items": "[1]", "graph": {"nodes": [echo("a")]}}}]
-    err = await rpc_error(single.client.submit(request(nodes)))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "graph.nodes[0].map.graph" in (err.details() or "")
-    assert "a graph body needs the subgraph kind" in (err.details() or "")
-
-
 def pause(**inputs: Any) -> dict[str, Any]:
     """The ``pause`` test tool as a map body: waits, then fails or returns its value."""
     return tool("body", "pause", inputs={"value": "{{ index }}", **inputs})

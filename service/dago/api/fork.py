@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from dago.engine.checker import GraphInvalid, Violation
 from dago.engine.model import CompiledGraph
+from dago.engine.topology import map_result_ref
 from dago.store.functions import ReusedNode
-from dago.store.schema import Node, Usage
+from dago.store.schema import MapResult, Node, Usage
 from dago.v1 import execution_pb2, graph_pb2
 
 _COMPLETED = execution_pb2.NODE_STATE_COMPLETED
@@ -28,6 +30,9 @@ class Plan:
     run: list[str] = field(default_factory=list)
     cost_saved: float = 0.0
     cost_estimate: float = 0.0
+    maps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """With ``failed_only``: per map node that runs again and had completed items, (items
+    reused, items to run again), from its recorded summary."""
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -77,13 +82,20 @@ def rename_violations(e: GraphInvalid, graph: graph_pb2.Graph, patched: set[str]
     return GraphInvalid(out)
 
 
-def plan(compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[str]) -> Plan:
+def plan(
+    compiled: CompiledGraph,
+    nodes: dict[bytes, bytes],
+    from_nodes: list[str],
+    failed_only: bool = False,
+) -> Plan:
     """Which nodes a fork of the run (its node fields ``nodes``) reuses: a node that
     completed, or was skipped while every node before it is reused (an untaken branch),
     and is not downstream of the re-run set; the re-run set is ``from_nodes`` (empty with
     ``failed_only``) plus every node that cannot be reused (failed, cancelled, never
     started, skipped because of a failure); a loop with a node that runs again runs again
-    whole, from its head."""
+    whole, from its head. With ``failed_only``, a map node that completed with failed items
+    (COLLECT) runs again too, and every map that runs again reuses its completed items
+    (``Plan.maps``)."""
     ids = list(compiled.nodes)
     succ: dict[str, list[str]] = {n: [] for n in ids}
     pred: dict[str, list[str]] = {n: [] for n in ids}
@@ -107,6 +119,8 @@ def plan(compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[st
         st = state(n)
         if st == _COMPLETED or (st == _SKIPPED and pred[n] and all(p in reusable for p in pred[n])):
             reusable.add(n)
+    if failed_only:
+        reusable -= {n for n in reusable if _map_counts(nodes, n)[1] > 0}
     runs |= set(ids) - reusable
     bodies = [(h, _between(h, x, succ, pred) | {h, x}) for x, h in backs]
     while True:
@@ -121,6 +135,9 @@ def plan(compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[st
         if n in closed:
             p.run.append(n)
             p.cost_estimate += cost
+            done, rest = _map_counts(nodes, n)
+            if failed_only and compiled.nodes[n].body is not None and done:
+                p.maps[n] = (done, rest)
         else:
             skipped = state(n) == _SKIPPED
             out = nodes.get(f"{n}{Node.OUTPUT}".encode(), b"null").decode()
@@ -128,6 +145,17 @@ def plan(compiled: CompiledGraph, nodes: dict[bytes, bytes], from_nodes: list[st
             p.reused.append(ReusedNode(n, skipped, out, taken))
             p.cost_saved += cost
     return p
+
+
+def _map_counts(nodes: dict[bytes, bytes], n: str) -> tuple[int, int]:
+    """(completed, not completed) items of map node ``n`` from its recorded summary
+    (``schema.MapResult``), (0, 0) for a node that is no map or never expanded."""
+    raw = nodes.get(f"{map_result_ref(n)}{Node.OUTPUT}".encode())
+    if not raw:
+        return 0, 0
+    rec = json.loads(raw)
+    done = int(rec.get(MapResult.COMPLETED) or 0)
+    return done, int(rec.get(MapResult.TOTAL) or 0) - done
 
 
 def _float(raw: bytes | None) -> float:

@@ -263,7 +263,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             return orchestrator_pb2.SubmitGraphResponse()
         entries = compiled.entries
         if fork is not None:
-            fork.plan = fork_rules.plan(compiled, fork.nodes, fork.from_nodes)
+            fork.plan = fork_rules.plan(compiled, fork.nodes, fork.from_nodes, fork.failed_only)
             if not fork.plan.run:
                 raise errors.invalid_field(
                     "from_nodes", "nothing would run again: name nodes, or fork a failed run"
@@ -285,6 +285,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if g.limits.HasField("deadline")
             else self._settings.default_deadline_s
         )
+        if fork is not None and fork.plan and fork.plan.maps:
+            # The source's completed map items, for the new run's maps to reuse at expand.
+            await self._store.seed_items(
+                self._shard(fork.source),
+                fork.source,
+                shard,
+                graph_id,
+                list(fork.plan.maps),
+                self._settings.retention_s,
+            )
         # The trace context every attempt of the graph joins (kept with the graph).
         traceparent = self._tracing.traceparent()
         args = SubmitArgs(
@@ -483,6 +493,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             dry_run=request.dry_run,
             patched=list(request.node_patches),
             digest="fork:" + hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest(),
+            failed_only=request.failed_only,
         )
         submitted = await self._submit(sub, fork)
         p = fork.plan
@@ -495,6 +506,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             cost_saved_usd=p.cost_saved,
             cost_estimate_usd=p.cost_estimate,
             forked_from=source,
+            map_items=[
+                orchestrator_pb2.ForkMapItems(node_id=n, items_reused=done, items_to_run=rest)
+                for n, (done, rest) in p.maps.items()
+            ],
         )
 
     @guard
@@ -1326,6 +1341,7 @@ class _Fork:
     patched: list[str]
     digest: str
     plan: fork_rules.Plan | None = None
+    failed_only: bool = False
 
 
 PAGE_BYTES = 1 << 20

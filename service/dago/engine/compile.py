@@ -389,7 +389,10 @@ def _compile_node(
         timeout = seconds(graph.defaults.attempt_timeout)
     body = None
     if parts.body is not None:
-        bpath = f"{path}.{kind}.node"
+        # A graph body (map.graph, compiled as a subgraph body) is named as the request
+        # names it; its nodes' paths follow (dago.nodes.subgraph.check).
+        graph_body = kind == "map" and node.map.HasField("graph")
+        bpath = f"{path}.{kind}.graph" if graph_body else f"{path}.{kind}.node"
         bkind = parts.body.WhichOneof("kind")
         if bkind is None:
             chk.add(bpath, f"a node needs a kind: one of {kind_names(options.kinds)}")

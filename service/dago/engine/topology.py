@@ -36,12 +36,17 @@ def item_ref(node_id: str, index: int) -> str:
 
 
 def item_plan(body: CompiledNode, all_ids: Iterable[str] = ()) -> str:
-    """The start plan of a map's items (as ``start_plan`` for the body), with ``@`` in the
-    refs where the functions put the item's value ref (``<map>#<i>:v``)."""
+    """The start plan of a map's items (as ``start_plan`` for the body), ``@`` where the
+    functions put the item's name (``<map>#<i>``): it reads the item's value
+    (``<map>#<i>:v``) and, for a body that may wait (a subgraph: a graph body), the outcome
+    recorded for the item (``<map>#<i>:w``)."""
     refs = body.refs
     read = sorted(all_ids) if refs.all_nodes else sorted(refs.nodes)
+    own = ["@" + MapItems.VALUE_REF]
+    if body.waits:
+        own.append("@" + Node.DECISION_REF)
     flag = StartPlan.INLINE if body.inline else ""
-    return f"{','.join([*read, '@'])}|{int(body.attempt_timeout * 1000)}|{flag}"
+    return f"{','.join([*read, *own])}|{int(body.attempt_timeout * 1000)}|{flag}"
 
 
 def start_plan(node: CompiledNode, all_ids: Iterable[str] = ()) -> str:

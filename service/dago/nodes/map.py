@@ -14,11 +14,13 @@ node is queued again: that start reads the summary the functions wrote
 ``{"items": [...], "completed": n, "failed": n, "total": n}`` (failed items null), through
 the same output mapping and edge conditions as any node, or fails it naming the item.
 
-Checked at submit: ``items`` is a CEL expression; exactly a ``node`` body (a ``graph`` body
-needs the subgraph kind); the body is not a router, a wait or a map; ``max_concurrency`` is
-0 (10) to ``MAX_CONCURRENCY``; ``max_failures`` is not negative and only with ``COLLECT``.
-See docs/semantics.md, "Map nodes".
-"""
+A graph body (``map.graph``) runs each item as a child run: the body is compiled as a
+``subgraph`` node (``graph_body``), so an item is an instance of a subgraph node, parked
+(no slot) while its child runs, completed with the child's result when it ends.
+
+Checked at submit: ``items`` is a CEL expression; exactly one body, ``node`` or ``graph``; the
+body is not a router, a wait or a map; ``max_concurrency`` is 0 (10) to ``MAX_CONCURRENCY``;
+``max_failures`` is not negative and only with ``COLLECT``. See docs/semantics.md, "Map nodes"."""
 
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
     engine (``KindParts.body``) to compile as any node."""
     m = node.map
     body = None
-    if m.HasField("graph"):
-        ctx.add("map.graph", "a graph body needs the subgraph kind")
+    if m.HasField("graph") and m.HasField("node"):
+        ctx.add("map.graph", "give one body: a node (map.node) or a graph (map.graph)")
+    elif m.HasField("graph"):
+        body = graph_body(node)
     elif not m.HasField("node"):
         ctx.add("map.node", "a map needs a body: the node to run per item (map.node)")
     else:
@@ -72,6 +76,14 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
     elif m.max_failures and m.on_failure != graph_pb2.MAP_FAILURE_POLICY_COLLECT:
         ctx.add("map.max_failures", "is only used with on_failure COLLECT")
     return KindParts(expressions=expressions, body=body)
+
+
+def graph_body(node: graph_pb2.Node) -> graph_pb2.Node:
+    """A map's graph body (``map.graph``) as the node its items are instances of: a
+    ``subgraph`` node running that graph, with no inputs, so each item's child run gets the
+    item as its inputs (``dago.nodes.subgraph.item_inputs``); compiled one nesting level
+    deeper, as any subgraph node's graph."""
+    return graph_pb2.Node(id=node.id, subgraph=graph_pb2.SubgraphNode(graph=node.map.graph))
 
 
 @dataclass(frozen=True)

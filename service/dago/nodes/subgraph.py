@@ -43,15 +43,19 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
             ctx.add("subgraph.graph", "give the child's graph, or a definition to run")
         return KindParts(waits=True)  # a reference the run's submit resolves
     depth = ctx.options.depth + 1
+    # A map's graph body is compiled here too (dago.nodes.map.graph_body): its path is the
+    # request's, map.graph, not a subgraph field.
+    body = ctx.path.endswith(".map.graph")
+    at = ctx.path if body else f"{ctx.path}.subgraph.graph"
     if depth > ctx.options.max_depth:
-        ctx.add(
-            "subgraph",
+        ctx.checker.add(
+            ctx.path if body else f"{ctx.path}.subgraph",
             f"nesting depth {depth} exceeds {ctx.options.max_depth} (DAGO_MAX_GRAPH_DEPTH)",
         )
         return KindParts(waits=True)
     options = replace(ctx.options, depth=depth)
     try:
-        child = compile_graph(sg.graph, ANY_INPUTS, ctx.cel, options, f"{ctx.path}.subgraph.graph")
+        child = compile_graph(sg.graph, ANY_INPUTS, ctx.cel, options, at)
     except GraphInvalid as e:
         for v in e.violations:
             ctx.checker.add(v.field, v.description)
@@ -96,10 +100,23 @@ class SubgraphHandler(NodeHandler):
             and rec.get(ChildOutcome.ATTEMPT) == ctx.attempt
         ):
             return _ended(compiled, rec, ctx.input)
-        inputs = ctx.input if ctx.node.proto.HasField("inputs") else {}
+        if ctx.node.proto.HasField("inputs"):
+            inputs = ctx.input
+        elif isinstance(ctx.scope.get("index"), int):
+            inputs = item_inputs(ctx.scope.get("item"), ctx.scope["index"])
+        else:
+            inputs = {}
         if not isinstance(inputs, dict):
             raise invalid("subgraph: the node's inputs (the child run's inputs) must be an object")
         return NodeResult(None, child=ChildRun(compiled, inputs))
+
+
+def item_inputs(item: Any, index: int) -> dict[str, Any]:
+    """A map item's child run's inputs when its subgraph body gives none (a map's graph
+    body): the item's fields when it is an object, else ``{"item": item, "index": index}``."""
+    if isinstance(item, dict):
+        return dict(item)
+    return {"item": item, "index": index}
 
 
 def _ended(compiled: CompiledGraph, rec: dict[str, Any], inputs: Any) -> NodeResult:

@@ -568,6 +568,15 @@ class MapItems:
     an item's value ref goes)."""
     PROGRESS_MS: Final = 250
     """At most one map_progress event per map per this many ms (and one at the end)."""
+    REUSED: Final = ":mu"
+    """How many of the map's items a fork reused (completed at expand, never dispatched)."""
+    SEEDS: Final = ":rs"
+    """A fork's items to reuse, written in the new run's item hash before it is submitted:
+    ``<map>#:rs`` lists their indexes (comma-separated), ``<map>#<i>:rv`` (``SEED_VALUE``)
+    is each one's value and ``<map>#<i>:ro`` (``SEED_OUTPUT``) its recorded output. The
+    map's expand completes an item whose value is unchanged with that output."""
+    SEED_VALUE: Final = ":rv"
+    SEED_OUTPUT: Final = ":ro"
 
 
 class MapResult:

@@ -72,6 +72,7 @@ from dago.store.functions import (
 from dago.store.keys import WORK_GROUP, Keys
 from dago.store.schema import DeadLetter, Definition, Fair, MapItems, Meta, Node, Usage, Work
 from dago.store.shares import write_shares
+from dago.v1 import execution_pb2
 
 log = logging.getLogger("dago.store")
 
@@ -725,12 +726,56 @@ class Store:
         n = len(fields)
         return [list(flat[k : k + n]) for k in range(0, len(flat), n)]
 
+    async def seed_items(
+        self,
+        source_shard: int,
+        source: str,
+        shard: int,
+        graph_id: str,
+        maps: Sequence[str],
+        ttl_s: int,
+    ) -> None:
+        """Copy the completed items of ``maps`` of run ``source`` (value and output) into
+        the item hashes of the fork ``graph_id`` (not submitted yet) as seeds
+        (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless the run takes them over
+        (its expand reads them, Map.reuse)."""
+        src = self.keys.shard(source_shard).graph(source)
+        dst = self.keys.shard(shard).graph(graph_id)
+        value = MapItems.VALUE_REF + Node.OUTPUT
+        for m in maps:
+            raw = await self.redis.hgetall(src.items(m))
+            sep = f"{m}{MapItems.SEP}".encode()
+            done = sorted(
+                int(k[len(sep) : -len(Node.STATE)])
+                for k, v in raw.items()
+                if k.startswith(sep) and k.endswith(Node.STATE.encode()) and v == _COMPLETED_TEXT
+            )
+            if not done:
+                continue
+            fields: dict[str, bytes | str] = {
+                f"{m}{MapItems.SEP}{MapItems.SEEDS}": ",".join(str(i) for i in done)
+            }
+            for i in done:
+                item = f"{m}{MapItems.SEP}{i}"
+                fields[item + MapItems.SEED_VALUE] = raw.get((item + value).encode(), b"null")
+                fields[item + MapItems.SEED_OUTPUT] = raw.get(
+                    (item + Node.OUTPUT).encode(), b"null"
+                )
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(dst.items(m), mapping=fields)
+            pipe.expire(dst.items(m), ttl_s)
+            await pipe.execute()
+
     async def node_fields(
         self, shard: int, graph_id: str, node: str, *fields: str
     ) -> list[bytes | None]:
         """Some fields of one node (``Node`` field names) of one graph."""
         gk = self.keys.shard(shard).graph(graph_id)
         return list(await self.redis.hmget(gk.nodes, [node + f for f in fields]))
+
+
+_COMPLETED_TEXT = str(execution_pb2.NODE_STATE_COMPLETED).encode()
+"""A completed node's state field as stored (``NodeStateText``)."""
 
 
 def _s(v: Any) -> str:

@@ -30,6 +30,7 @@ from dago.engine.graphcache import LoadedGraph
 from dago.engine.ids import new_graph_id
 from dago.engine.model import CompiledNode
 from dago.engine.outcome import Throttled
+from dago.engine.topology import decision_ref
 from dago.nodes.base import Handler, Inline, NodeContext, NodeFailure, NodeResult, invalid
 from dago.nodes.subgraph import ChildRun
 from dago.observe.logs import NODE, NodeFields
@@ -51,7 +52,7 @@ from dago.store.functions import (
     usage_arg,
     wait_arg,
 )
-from dago.store.schema import Detail, Error, MapItems
+from dago.store.schema import Detail, Error, MapItems, Node
 from dago.store.store import Store
 from dago.store.values import NotJson, dumps
 from dago.v1 import execution_pb2, graph_pb2
@@ -389,7 +390,8 @@ class Attempts:
             attempt=item.attempt,
             iteration=item.iteration,
             execution=item.execution,
-            instance="",
+            # A map's item (a graph body): the child's parent link names the item.
+            instance=item.node.rpartition(MapItems.SEP)[2] if MapItems.SEP in item.node else "",
             input=_bounded(inputs, "the child run's inputs", limits.node_bytes),
             child_id=new_graph_id(item.shard),
             name=g.name,
@@ -678,7 +680,13 @@ def _item_scope(name: str, scope: dict[str, Any]) -> None:
     output of ``<map>#<index>:v``) and its position."""
     found = scope["nodes"].pop(name + MapItems.VALUE_REF, None)
     scope["item"] = found.get("output") if isinstance(found, dict) else None
-    scope["index"] = int(name.rpartition(MapItems.SEP)[2])
+    map_id, _, index = name.rpartition(MapItems.SEP)
+    scope["index"] = int(index)
+    # A body that waits (a subgraph) reads the outcome recorded for its item as its own:
+    # the body is compiled under its map's id (decision_ref(body.id)).
+    outcome = scope["nodes"].pop(name + Node.DECISION_REF, None)
+    if outcome is not None:
+        scope["nodes"][decision_ref(map_id)] = outcome
 
 
 def _uncancel() -> int:

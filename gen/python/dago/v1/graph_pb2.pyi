@@ -1201,8 +1201,10 @@ class MapNode(_message.Message):
 
     @_builtins.property
     def graph(self) -> Global___Graph:
-        """A graph as the body (the item as its inputs). Reserved for sub-graph runs:
-        refused at submit until the subgraph kind runs map bodies.
+        """A graph as the body: each item runs as a child run of this graph (as a
+        subgraph node would), its inputs the item's fields when the item is an
+        object, else {"item": <value>, "index": <i>}; the item's output is the
+        child's result. Exactly one of node and graph.
         """
 
     def __init__(

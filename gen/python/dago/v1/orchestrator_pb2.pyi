@@ -1872,6 +1872,7 @@ class ForkGraphResponse(_message.Message):
     COST_SAVED_USD_FIELD_NUMBER: _builtins.int
     COST_ESTIMATE_USD_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
+    MAP_ITEMS_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The new run (empty with dry_run)."""
     created: _builtins.bool
@@ -1890,6 +1891,13 @@ class ForkGraphResponse(_message.Message):
     def run_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The nodes that run again."""
 
+    @_builtins.property
+    def map_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForkMapItems]:
+        """With failed_only: per map node that runs again, how many of its items
+        are reused (completed in the source run, their value unchanged: not
+        executed, not charged) and how many run again.
+        """
+
     def __init__(
         self,
         *,
@@ -1900,14 +1908,47 @@ class ForkGraphResponse(_message.Message):
         cost_saved_usd: _builtins.float = ...,
         cost_estimate_usd: _builtins.float = ...,
         forked_from: _builtins.str = ...,
+        map_items: _abc.Iterable[Global___ForkMapItems] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_estimate_usd", b"cost_estimate_usd", "cost_saved_usd", b"cost_saved_usd", "created", b"created", "forked_from", b"forked_from", "graph_id", b"graph_id", "reused_nodes", b"reused_nodes", "run_nodes", b"run_nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_estimate_usd", b"cost_estimate_usd", "cost_saved_usd", b"cost_saved_usd", "created", b"created", "forked_from", b"forked_from", "graph_id", b"graph_id", "map_items", b"map_items", "reused_nodes", b"reused_nodes", "run_nodes", b"run_nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForkGraphResponse: _TypeAlias = ForkGraphResponse  # noqa: Y015
+
+@_typing.final
+class ForkMapItems(_message.Message):
+    """A map node of a fork with failed_only: its items reused and to run again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_REUSED_FIELD_NUMBER: _builtins.int
+    ITEMS_TO_RUN_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The map node."""
+    items_reused: _builtins.int
+    """Items that completed in the source run: reused when their value is
+    unchanged in the fork.
+    """
+    items_to_run: _builtins.int
+    """Items that failed, were cancelled or never ran: they run again."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        items_reused: _builtins.int = ...,
+        items_to_run: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items_reused", b"items_reused", "items_to_run", b"items_to_run", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkMapItems: _TypeAlias = ForkMapItems  # noqa: Y015
 
 @_typing.final
 class ListMapItemsRequest(_message.Message):

@@ -43,12 +43,14 @@ local function plan_outputs(gid, refs)
   elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
   else names = {} end
   local outs = {}
-  -- A map item's value ('<map>#<i>:v') is in its map's item hash.
+  -- A map item's own refs, last in its plan (its value '<map>#<i>:v', and the outcome of
+  -- its child run '<map>#<i>:w' for a graph body), are in its map's item hash.
   local last = names[#names]
-  if last and string.find(last, MAP_ITEMS.SEP, 1, true) then
+  while last and string.find(last, MAP_ITEMS.SEP, 1, true) do
     names[#names] = nil
     local o = redis.call('HGET', hkey(gid, last), last .. NODE.OUTPUT)
     if o then outs[#outs + 1] = last; outs[#outs + 1] = o end
+    last = names[#names]
   end
   for k = 1, #names, 1000 do
     local fields = {}

@@ -17,7 +17,7 @@ function Child.ended(gid, state)
   local pid, node, iter, attempt = string.match(link, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
   local gs = graph_state(pid)
   if gs == nil or gs >= GraphState.COMPLETED then return end
-  local v = redis.call('HMGET', nkey(pid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
+  local v = redis.call('HMGET', hkey(pid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
     node .. NODE.CHILD, node .. F_EXEC)
   if v[1] ~= NodeStateText.WAITING or v[2] ~= attempt or v[3] ~= iter or v[4] ~= gid then return end
   local outs = '{}'
@@ -60,13 +60,28 @@ end
 -- A run ends with `node` waiting: the child run the node waits for (and so its own
 -- children) is cancelled in the same call.
 function Child.cancel(gid, node)
-  local c = redis.call('HGET', nkey(gid), node .. NODE.CHILD)
+  local c = redis.call('HGET', hkey(gid, node), node .. NODE.CHILD)
   if not c then return end
   local cs = graph_state(c)
   if cs == nil or cs >= GraphState.COMPLETED then return end
   local why = 'its parent run ' .. gid .. ' ended'
   end_graph(c, GraphState.CANCELLED, EventKind.GRAPH_CANCELLED, reason_json(why),
     err_json(ErrorClass.UNSPECIFIED, 'cancelled: ' .. why, false))
+end
+
+-- A run ended other than completed: every child run of it still running is cancelled,
+-- the children of its map's items (a graph body, whose items wait in their map's item
+-- hash, not among the run's nodes) as well as those of its waiting nodes.
+function Child.cancel_all(gid)
+  local kids = redis.call('ZRANGE', gkey(gid) .. ':c', 0, -1)
+  local why = 'its parent run ' .. gid .. ' ended'
+  for _, c in ipairs(kids) do
+    local cs = graph_state(c)
+    if cs ~= nil and cs < GraphState.COMPLETED then
+      end_graph(c, GraphState.CANCELLED, EventKind.GRAPH_CANCELLED, reason_json(why),
+        err_json(ErrorClass.UNSPECIFIED, 'cancelled: ' .. why, false))
+    end
+  end
 end
 
 -- Creates child run `cid` of node run (pid, node, iter, attempt, exec, instance) from the

@@ -541,6 +541,7 @@ local function end_graph(gid, state, kind, detail, err)
     end
   end
   redis.call('HSET', gk, META.OPEN, 0)
+  if state ~= GraphState.COMPLETED then Child.cancel_all(gid) end
   emit(gid, kind, nil, nil, nil, detail)
   Child.ended(gid, state)
   if stopped then stop_work(gid, nil, nil) end

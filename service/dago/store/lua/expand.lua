@@ -47,7 +47,8 @@ node_set(gid, node, node .. MAP_ITEMS.TOTAL, n, node .. MAP_ITEMS.NEXT, 0, node 
   node .. MAP_ITEMS.COMPLETED, 0, node .. MAP_ITEMS.FAILED, 0, node .. MAP_ITEMS.CANCELLED, 0,
   node .. MAP_ITEMS.SPEC, conc .. '|' .. ARGV[A.ON_FAILURE] .. '|' .. ARGV[A.MAX_FAILURES] .. '|' .. ARGV[A.BODY_PLAN])
 ack_all({mid})
-if n == 0 then
+-- A fork's reused items complete now (Map.reuse): when every item was, the map finishes.
+if n == Map.reuse(gid, node, iter) then
   Map.finish(gid, node, nil, nil)
 else
   Map.progress(gid, node, true)

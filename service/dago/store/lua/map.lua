@@ -12,7 +12,7 @@
 -- One table, not more locals (a chunk may have 200).
 local Map = {}
 
-local M_SEP, M_VALUE, M_RESULT = MAP_ITEMS.SEP, MAP_ITEMS.VALUE_REF, MAP_ITEMS.RESULT_REF
+local M_SEP, M_RESULT = MAP_ITEMS.SEP, MAP_ITEMS.RESULT_REF
 local M_TOTAL, M_NEXT, M_RUNNING = MAP_ITEMS.TOTAL, MAP_ITEMS.NEXT, MAP_ITEMS.RUNNING
 local M_DONE, M_FAILED, M_CANCELLED = MAP_ITEMS.COMPLETED, MAP_ITEMS.FAILED, MAP_ITEMS.CANCELLED
 
@@ -46,24 +46,57 @@ end
 -- node in the graph's count. Returns how many it dispatched.
 function Map.dispatch_next(gid, map, n)
   local nk = nkey(gid)
-  local v = redis.call('HMGET', nk, map .. M_NEXT, map .. M_TOTAL, map .. MAP_ITEMS.SPEC, map .. F_ITER)
+  local v = redis.call('HMGET', nk, map .. M_NEXT, map .. M_TOTAL, map .. MAP_ITEMS.SPEC, map .. F_ITER,
+    map .. MAP_ITEMS.REUSED)
   local nxt, total = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   local _, _, _, plan = Map.spec(v[3])
-  local at = string.find(plan, '@', 1, true)
-  local head, tail = string.sub(plan, 1, at - 1), string.sub(plan, at + 1)
+  local ik = v[5] and hkey(gid, map .. M_SEP)
   local k = 0
+  local first = nxt
   while k < n and nxt < total do
     local item = map .. M_SEP .. int(nxt)
-    node_set(gid, item, item .. NODE.PLAN, head .. item .. M_VALUE .. tail, item .. F_EXEC, '0')
-    dispatch(gid, item, '1', v[4])
-    nxt, k = nxt + 1, k + 1
+    if ik and redis.call('HGET', ik, item .. F_STATE) == S_COMPLETED then
+      nxt = nxt + 1  -- a fork's reused item (Map.reuse) completed already: passed over
+    else
+      -- Every '@' of the body's plan is the item's name (its value ref, and its child's
+      -- outcome for a body that runs a graph; node ids hold no '%').
+      node_set(gid, item, item .. NODE.PLAN, (string.gsub(plan, '@', item)), item .. F_EXEC, '0')
+      dispatch(gid, item, '1', v[4])
+      nxt, k = nxt + 1, k + 1
+    end
   end
   if k > 0 then
     open_add(gid, k)
-    redis.call('HSET', nk, map .. M_NEXT, nxt)
     redis.call('HINCRBY', nk, map .. M_RUNNING, k)
   end
+  if nxt ~= first then redis.call('HSET', nk, map .. M_NEXT, nxt) end
   return k
+end
+
+-- A fork's seeds (MapItems.SEEDS, written before the run was submitted): each item whose
+-- value is the one it had in the source run completes now with its recorded output (not
+-- dispatched, no usage: not executed, not charged); the others run. Returns how many.
+function Map.reuse(gid, map, iter)
+  redis.call('HDEL', nkey(gid), map .. MAP_ITEMS.REUSED)  -- an earlier iteration's
+  local ik = hkey(gid, map .. M_SEP)
+  local list = redis.call('HGET', ik, map .. M_SEP .. MAP_ITEMS.SEEDS)
+  if not list then return 0 end
+  local total = tonumber(redis.call('HGET', nkey(gid), map .. M_TOTAL)) or 0
+  local n = 0
+  for i in string.gmatch(list, '[^,]+') do
+    local item = map .. M_SEP .. i
+    local sv, so = item .. MAP_ITEMS.SEED_VALUE, item .. MAP_ITEMS.SEED_OUTPUT
+    local s = redis.call('HMGET', ik, sv, so, item .. MAP_ITEMS.VALUE_REF .. NODE.OUTPUT)
+    if tonumber(i) < total and s[1] and s[1] == s[3] then
+      node_set(gid, item, item .. F_STATE, S_COMPLETED, item .. NODE.OUTPUT, s[2], item .. F_ITER, iter,
+        item .. F_ATTEMPT, '0', item .. F_ENDED, NOW_S, item .. NODE.REUSED, 1)
+      n = n + 1
+    end
+    redis.call('HDEL', ik, sv, so)
+  end
+  redis.call('HDEL', ik, map .. M_SEP .. MAP_ITEMS.SEEDS)
+  if n > 0 then redis.call('HSET', nkey(gid), map .. M_DONE, n, map .. MAP_ITEMS.REUSED, n) end
+  return n
 end
 
 -- A map_progress event (MapResult keys) unless one was appended less than
@@ -102,9 +135,11 @@ function Map.stop(gid, map)
     for j = 0, #fields / 3 - 1 do
       local st = s[3 * j + 1]
       if st == S_QUEUED or st == S_RUNNING or st == NodeStateText.RETRYING
-        or st == NodeStateText.DEAD_LETTERED then
+        or st == NodeStateText.DEAD_LETTERED or st == NodeStateText.WAITING then
         local item = map .. M_SEP .. int(k + j)
         node_set(gid, item, item .. F_STATE, NodeStateText.CANCELLED, item .. F_ENDED, NOW_S)
+        -- An item whose child run runs (a graph body): the child is cancelled with it.
+        if st == NodeStateText.WAITING then Child.cancel(gid, item) end
         if st == S_RUNNING then stop_work(gid, item, s[3 * j + 2], s[3 * j + 3]) end
         if st == NodeStateText.RETRYING then
           redis.call('ZREM', K_TIMERS, timer_key(TIMER.RETRY, gid, item, iter, int(tonumber(s[3 * j + 2]) + 1)))
@@ -112,6 +147,13 @@ function Map.stop(gid, map)
         open_add(gid, -1)
         cancelled = cancelled + 1
       end
+    end
+  end
+  -- A fork's reused items past `nxt` completed already: not cancelled.
+  if redis.call('HEXISTS', nk, map .. MAP_ITEMS.REUSED) == 1 then
+    for i = nxt, total - 1 do
+      local item = map .. M_SEP .. int(i)
+      if redis.call('HGET', ik, item .. F_STATE) == S_COMPLETED then cancelled = cancelled - 1 end
     end
   end
   redis.call('HSET', nk, map .. M_NEXT, total, map .. M_RUNNING, 0, map .. M_CANCELLED, cancelled)

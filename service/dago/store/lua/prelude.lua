@@ -448,6 +448,10 @@ local MAP_ITEMS = {
   PROGRESS_AT = ':mp',
   SPEC = ':ms',
   PROGRESS_MS = 250,
+  REUSED = ':mu',
+  SEEDS = ':rs',
+  SEED_VALUE = ':rv',
+  SEED_OUTPUT = ':ro',
 }
 
 -- schema.MapResult

@@ -31,7 +31,7 @@ if depth > max_depth then
   return {'too_deep', ''}
 end
 local ck = node .. NODE.CHILD .. iter .. ':' .. attempt
-local child = redis.call('HGET', nkey(pid), ck)
+local child = redis.call('HGET', hkey(pid, node), ck)
 local outcome = 'exists'
 if not child then
   child = ARGV[A.CHILD_ID]

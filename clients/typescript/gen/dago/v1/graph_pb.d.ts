@@ -929,8 +929,10 @@ export declare type MapNode = Message$1<"dago.v1.MapNode"> & {
   node?: Node | undefined;
 
   /**
-   * A graph as the body (the item as its inputs). Reserved for sub-graph runs:
-   * refused at submit until the subgraph kind runs map bodies.
+   * A graph as the body: each item runs as a child run of this graph (as a
+   * subgraph node would), its inputs the item's fields when the item is an
+   * object, else {"item": <value>, "index": <i>}; the item's output is the
+   * child's result. Exactly one of node and graph.
    *
    * @generated from field: dago.v1.Graph graph = 3;
    */

@@ -1971,6 +1971,15 @@ export declare type ForkGraphResponse = Message<"dago.v1.ForkGraphResponse"> & {
    * @generated from field: string forked_from = 7;
    */
   forkedFrom: string;
+
+  /**
+   * With failed_only: per map node that runs again, how many of its items
+   * are reused (completed in the source run, their value unchanged: not
+   * executed, not charged) and how many run again.
+   *
+   * @generated from field: repeated dago.v1.ForkMapItems map_items = 40;
+   */
+  mapItems: ForkMapItems[];
 };
 
 /**
@@ -1978,6 +1987,41 @@ export declare type ForkGraphResponse = Message<"dago.v1.ForkGraphResponse"> & {
  * Use `create(ForkGraphResponseSchema)` to create a new message.
  */
 export declare const ForkGraphResponseSchema: GenMessage<ForkGraphResponse>;
+
+/**
+ * A map node of a fork with failed_only: its items reused and to run again.
+ *
+ * @generated from message dago.v1.ForkMapItems
+ */
+export declare type ForkMapItems = Message<"dago.v1.ForkMapItems"> & {
+  /**
+   * The map node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Items that completed in the source run: reused when their value is
+   * unchanged in the fork.
+   *
+   * @generated from field: int32 items_reused = 2;
+   */
+  itemsReused: number;
+
+  /**
+   * Items that failed, were cancelled or never ran: they run again.
+   *
+   * @generated from field: int32 items_to_run = 3;
+   */
+  itemsToRun: number;
+};
+
+/**
+ * Describes the message dago.v1.ForkMapItems.
+ * Use `create(ForkMapItemsSchema)` to create a new message.
+ */
+export declare const ForkMapItemsSchema: GenMessage<ForkMapItems>;
 
 /**
  * Request of ListMapItems.
