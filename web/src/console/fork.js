@@ -107,6 +107,8 @@ export function forkDialog(actions, parent, graphId, { nodes, selected }) {
       row("run again", r.runNodes.join(", ") || "none", "run");
       row("cost saved", usd(r.costSavedUsd), "saved");
       row("estimated cost", usd(r.costEstimateUsd), "estimate");
+      // failed_only: a map node runs again its failed items only, its completed ones reused.
+      for (const m of r.mapItems ?? []) row(`map ${m.nodeId}`, `${m.itemsReused} items reused, ${m.itemsToRun} to run`, `map-${m.nodeId}`);
       plan.hidden = false;
       previewed = JSON.stringify(req);
       go.disabled = false;

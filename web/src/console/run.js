@@ -244,7 +244,8 @@ export function runPage(root, graphId, firstNode) {
         if (!alive()) return;
         const before = run.status?.nodes.find((n) => n.nodeId === run.selected);
         run.status = status;
-        if (TERMINAL.has(graphStateName(status.state)) && !run.result) showResult();
+        // Not awaited; leaving the page aborts it, which is no error.
+        if (TERMINAL.has(graphStateName(status.state)) && !run.result) showResult().catch((err) => alive() && showError(err));
         paint();
         const after = status.nodes.find((n) => n.nodeId === run.selected);
         if (run.selected && (!before || before.state !== after?.state || before.attempts.length !== after?.attempts.length)) {
