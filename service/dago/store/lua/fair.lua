@@ -1,10 +1,10 @@
 -- Fair dispatch between namespaces (the table `Fair`, declared in core.lua so dispatch can
 -- call it). A dispatched work item does not go to the shard's work stream straight away: it
--- waits in its namespace's queue of its run's priority (ShardKeys.queue, a list of the work
--- entry's field/value pairs after the time it was queued), and the namespace is in the shard's ready set
--- (ShardKeys.ready) by its pass. A take (read_new) moves items to the work stream in fair
--- turns, then reads them with XREADGROUP as before: from there on the work stream is the
--- one it always was (pending entries, leases, reclaim, dead letters, acks).
+-- waits in its namespace's queue of its run's priority (ShardKeys.queue, a list of packed
+-- items: the time it was queued, graph, node, attempt, iteration), and the namespace is in
+-- the shard's ready set (ShardKeys.ready) by its pass. A take (read_new) moves items to the
+-- work stream in fair turns, then reads them with XREADGROUP as before: from there on the
+-- work stream is the one it always was (pending entries, leases, reclaim, dead letters, acks).
 --
 -- Turns are stride scheduling, weighted round robin without a deficit to keep: the
 -- namespace with the lowest pass is served, and each item it starts adds 1/weight to its
@@ -15,11 +15,12 @@
 -- items wait in its queue, holding no slot, until an ack of one of its items frees one.
 
 -- Per call: each graph's {namespace, priority}, the namespaces put in the ready set, the
--- shard's shares (weights and caps).
-local FAIR_G, FAIR_IN, FAIR_SHARES = {}, {}, {}
+-- shard's shares (weights and caps), the items queued by this call not yet written (by
+-- queue key: one RPUSH per queue and call instead of one per item).
+local FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 
 function Fair.reset()
-  FAIR_G, FAIR_IN, FAIR_SHARES = {}, {}, {}
+  FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 end
 
 local function fair_of(gid)
@@ -36,17 +37,36 @@ end
 
 local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
 
--- Queues a work item (its entry's field/value pairs) of graph `gid`, after the time it was
--- queued (ms: the age the metrics report as the queue's lag).
-function Fair.push(gid, ...)
+local SEP = FAIR.QUEUED_SEP
+local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
+local QUEUED = '^%d+' .. SEP .. '([^' .. SEP .. ']*)' .. SEP .. '([^' .. SEP .. ']*)' .. SEP
+  .. '([^' .. SEP .. ']*)' .. SEP .. '(.*)$'
+
+-- Queues a work item (an attempt of a node of graph `gid`), with the time it was queued
+-- (ms: the age the metrics report as the queue's lag), packed (FAIR.QUEUED_SEP); written by
+-- Fair.flush.
+function Fair.push(gid, node, attempt, iter)
   local ns, prio = fair_of(gid)
-  redis.call('RPUSH', qkey(ns, prio), cjson.encode({NOW, ...}))
+  local q = qkey(ns, prio)
+  local buf = FAIR_PUSH[q]
+  if buf == nil then buf = {}; FAIR_PUSH[q] = buf end
+  buf[#buf + 1] = NOW_S .. SEP .. gid .. SEP .. node .. SEP .. attempt .. SEP .. iter
   local k = TAG .. '\0' .. ns
   if not FAIR_IN[k] then
     local vt = redis.call('HGET', TAG .. ':fair', FAIR.CLOCK) or '0'
     redis.call('ZADD', TAG .. ':ready', 'NX', vt, ns)
     FAIR_IN[k] = true
   end
+end
+
+-- Writes the items queued by this call (flush, and a take before it moves any).
+function Fair.flush()
+  for q, buf in pairs(FAIR_PUSH) do
+    for k = 1, #buf, 1000 do
+      redis.call('RPUSH', q, unpack(buf, k, math.min(k + 999, #buf)))
+    end
+  end
+  FAIR_PUSH = {}
 end
 
 -- The shard's {weights, caps} by namespace ('' is the default's), read once per call.
@@ -75,6 +95,7 @@ end
 
 -- Moves up to `count` queued items to the work stream in fair turns; returns how many.
 local function fair_move(count)
+  Fair.flush()
   local ready = redis.call('ZRANGE', TAG .. ':ready', 0, -1, 'WITHSCORES')
   if #ready == 0 then return 0 end
   local s = shares()
@@ -113,7 +134,8 @@ local function fair_move(count)
         local vals = redis.call('LPOP', qkey(ns, p), n - got)
         if vals then
           for _, v in ipairs(vals) do
-            local mid = redis.call('XADD', K_WORK, '*', unpack(cjson.decode(v), 2))
+            local g, nd, a, i = string.match(v, QUEUED)
+            local mid = redis.call('XADD', K_WORK, '*', W_GRAPH, g, W_NODE, nd, W_ATTEMPT, a, W_ITER, i)
             inflight[#inflight + 1] = mid
             inflight[#inflight + 1] = ns
           end

@@ -432,6 +432,7 @@ local FAIR = {
   CLOCK = 'vt',
   WEIGHT = 'w|',
   MAX_RUNNING = 'm|',
+  QUEUED_SEP = '|',
 }
 
 -- schema.MapItems
