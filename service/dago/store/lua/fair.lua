@@ -115,6 +115,8 @@ local function fair_move(count)
   end
   local moved, last_pass = 0, nil
   local inflight = {}
+  -- {U, its untracked items before this call, added by it} (see Fair.done), read once.
+  local untr = nil
   while moved < count and #cands > 0 do
     -- The lowest pass first (ties: the order of the set); the next lowest bounds its turn.
     local bi, second = 1, math.huge
@@ -127,7 +129,7 @@ local function fair_move(count)
     local n = count - moved
     if c[4] > 0 then n = math.min(n, c[4] - c[3]) end
     if second < math.huge then n = math.min(n, math.floor((second - c[2]) / step) + 1) end
-    local got = 0
+    local got, mids = 0, {}
     if n > 0 then
       for p = FAIR.PRIORITY_MAX, FAIR.PRIORITY_MIN, -1 do
         if got >= n then break end
@@ -135,9 +137,7 @@ local function fair_move(count)
         if vals then
           for _, v in ipairs(vals) do
             local g, nd, a, i = string.match(v, QUEUED)
-            local mid = redis.call('XADD', K_WORK, '*', W_GRAPH, g, W_NODE, nd, W_ATTEMPT, a, W_ITER, i)
-            inflight[#inflight + 1] = mid
-            inflight[#inflight + 1] = ns
+            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_GRAPH, g, W_NODE, nd, W_ATTEMPT, a, W_ITER, i)
           end
           got = got + #vals
         end
@@ -149,6 +149,16 @@ local function fair_move(count)
       last_pass = c[2]
       redis.call('HINCRBY', fk, FAIR.RUNNING .. ns, got)
       moved = moved + got
+      if untr == nil then
+        local u = redis.call('HMGET', fk, FAIR.UNTRACKED_NS, FAIR.UNTRACKED)
+        untr = {u[1] or '', tonumber(u[2]) or 0, 0}
+      end
+      if untr[2] + untr[3] == 0 then untr[1] = ns end
+      if ns == untr[1] then
+        untr[3] = untr[3] + got
+      else
+        for _, mid in ipairs(mids) do inflight[#inflight + 1] = mid; inflight[#inflight + 1] = ns end
+      end
     end
     if n > 0 and got < n then
       -- Its queues are empty: out of the set until a dispatch brings it back.
@@ -162,6 +172,9 @@ local function fair_move(count)
     end
   end
   if last_pass then redis.call('HSET', fk, FAIR.CLOCK, last_pass) end
+  if untr and untr[3] > 0 then
+    redis.call('HSET', fk, FAIR.UNTRACKED_NS, untr[1], FAIR.UNTRACKED, untr[2] + untr[3])
+  end
   for k = 1, #inflight, 1000 do
     redis.call('HSET', TAG .. ':inflight', unpack(inflight, k, math.min(k + 999, #inflight)))
   end
@@ -176,19 +189,40 @@ function Fair.take(worker, count)
   return res and res[1][2] or {}
 end
 
--- Work entries acked (ids): one less running item of their namespaces. An ack that frees a
--- slot of a namespace at its cap with items queued wakes the readers waiting for work.
-function Fair.done(ids)
-  if #ids == 0 then return end
+-- Work entries acked (ids; `acked`: how many of them were pending, what XACK answered):
+-- one less running item of their namespaces. An ack that frees a slot of a namespace at
+-- its cap with items queued wakes the readers waiting for work.
+-- Which namespace an entry is of: the inflight hash maps the entry to it, except for the
+-- items of one namespace at a time (FAIR.UNTRACKED_NS, the first to start items while none
+-- was untracked), which are only counted (FAIR.UNTRACKED): the acked entries not in the
+-- hash are those. So with one namespace at work (or one dominant) nothing is written or
+-- read per item; the count stays exact, as every entry in the stream came from a take, and
+-- an entry acked twice (a late worker's apply after a reclaim) is not in XACK's answer.
+function Fair.done(ids, acked)
+  if #ids == 0 or acked == 0 then return end
   local ik, fk = TAG .. ':inflight', TAG .. ':fair'
   local per = {}
-  for k = 1, #ids, 1000 do
-    local part = {unpack(ids, k, math.min(k + 999, #ids))}
-    local v = redis.call('HMGET', ik, unpack(part))
-    for j = 1, #part do
-      if v[j] then per[v[j]] = (per[v[j]] or 0) + 1 end
+  local tracked = 0
+  if redis.call('HLEN', ik) > 0 then
+    for k = 1, #ids, 1000 do
+      local part = {unpack(ids, k, math.min(k + 999, #ids))}
+      local v = redis.call('HMGET', ik, unpack(part))
+      local found = {}
+      for j = 1, #part do
+        if v[j] then per[v[j]] = (per[v[j]] or 0) + 1; found[#found + 1] = part[j] end
+      end
+      if #found > 0 then redis.call('HDEL', ik, unpack(found)) end
+      tracked = tracked + #found
     end
-    redis.call('HDEL', ik, unpack(part))
+  end
+  if acked > tracked then
+    local u = redis.call('HMGET', fk, FAIR.UNTRACKED_NS, FAIR.UNTRACKED)
+    local left = tonumber(u[2]) or 0
+    local n = math.min(acked - tracked, left)
+    if u[1] and n > 0 then
+      per[u[1]] = (per[u[1]] or 0) + n
+      redis.call('HSET', fk, FAIR.UNTRACKED, left - n)
+    end
   end
   local s = nil
   for ns, n in pairs(per) do

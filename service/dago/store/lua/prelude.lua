@@ -433,6 +433,8 @@ local FAIR = {
   WEIGHT = 'w|',
   MAX_RUNNING = 'm|',
   QUEUED_SEP = '|',
+  UNTRACKED_NS = 'u',
+  UNTRACKED = 'un',
 }
 
 -- schema.MapItems
