@@ -77,7 +77,8 @@ async def fair_state_is_clean(s: InProcessStack) -> bool:
     sk = s.store.keys.shard(0)
     fair = await s.store.redis.hgetall(sk.fair)
     running = {k: v for k, v in fair.items() if k.startswith(Fair.RUNNING.encode())}
-    return not running and await s.store.redis.hlen(sk.inflight) == 0
+    untracked = int(fair.get(Fair.UNTRACKED.encode(), b"0"))
+    return not running and not untracked and await s.store.redis.hlen(sk.inflight) == 0
 
 
 async def test_a_flooded_namespace_does_not_hold_back_another(

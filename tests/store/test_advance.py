@@ -10,7 +10,7 @@ import pytest
 
 from dago.engine.ids import parse_shard
 from dago.store.functions import Outcome, Result, Started, WorkItem
-from dago.store.schema import Meta
+from dago.store.schema import Fair, Meta
 from dago.v1 import execution_pb2
 from harness import InProcessStack, MakeStack, echo, edge, eventually, kinds, request, tool
 from redisfixture import RedisTarget
@@ -277,6 +277,43 @@ async def test_an_inline_item_reclaimed_runs_once_and_the_late_result_is_fenced_
     assert history[2].node_started.worker_id == "rescuer"
     assert history[3].node_completed.output.struct_value["v"] == 1
     assert [e.seq for e in history] == [1, 2, 3, 4, 5]
+
+
+async def test_a_late_ack_of_a_reclaimed_item_leaves_the_running_count_exact(
+    stack: InProcessStack,
+) -> None:
+    """The running count of a namespace (fair dispatch) stays exact when a reclaimed item's
+    dead worker acks it again late: only the first ack counts (a namespace's items are
+    counted, not mapped one by one, while it is the only one at work)."""
+    gid = await stack.client.submit(request([echo("a", v=1), echo("b", v=2)]))
+    shard = parse_shard(gid, stack.settings.shards)
+    assert shard is not None
+    first = {s.item.node: s for s in (await stack.store.take([shard], W, 10, LEASE)).started}
+    assert sorted(first) == ["a", "b"]
+    sk = stack.store.keys.shard(shard)
+
+    async def running() -> int:
+        return int(await stack.store.redis.hget(sk.fair, Fair.RUNNING + "default") or 0)
+
+    assert await running() == 2
+    ids: list[bytes] = []
+
+    async def idle() -> bool:
+        ids[:] = [m for m, _ in await stack.store.idle_items(shard, 50, 10)]
+        return len(ids) == 2
+
+    await eventually(idle, 10)
+    a_id = first["a"].item.msg_id
+    assert a_id in ids
+    (again,) = await stack.store.reclaim(shard, "rescuer", [a_id], 50, 5, LEASE)
+    await stack.store.apply(shard, "rescuer", 0, LEASE, [result(again.item, '{"v":1}', "")])
+    assert await running() == 1
+    late = await stack.store.apply(shard, W, 0, LEASE, [result(first["a"].item, '{"v":9}', "")])
+    assert late.states == [execution_pb2.NODE_STATE_UNSPECIFIED]
+    assert await running() == 1  # b still runs: the late ack counted nothing
+    await stack.store.apply(shard, W, 0, LEASE, [result(first["b"].item, '{"v":2}', "")])
+    assert await running() == 0
+    assert int(await stack.store.redis.hget(sk.fair, Fair.UNTRACKED) or 0) == 0
 
 
 async def test_an_inline_node_counts_its_step_when_applied(stack: InProcessStack) -> None:

@@ -32,7 +32,10 @@ def connect(settings: Settings) -> RedisClient:
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
     if settings.cluster:
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
+        # The cluster client's pools refuse a command past their size ("Too many
+        # connections") instead of waiting: an API serving a burst of a thousand submits at
+        # once needs more than its default of 100 per node.
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), max_connections=2048, **opts)
     if url.startswith("redis://"):  # plain TCP (TLS and unix sockets keep their classes)
         opts["connection_class"] = _Connection
     return aioredis.Redis.from_url(url, health_check_interval=10, **opts)

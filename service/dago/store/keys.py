@@ -102,8 +102,8 @@ class ShardKeys:
 
     def queue(self, namespace: str, priority: int) -> str:
         """List of a namespace's work items of one priority waiting to start, oldest first
-        (each a JSON array: the time it was queued (ms), then the work entry's field/value
-        pairs): ``take`` moves them to
+        (each the time it was queued (ms), graph, node, attempt and iteration, joined by
+        ``schema.Fair.QUEUED_SEP``): ``take`` moves them to
         ``work`` in fair turns (``lua/fair.lua``)."""
         return f"{self.tag}:q:{namespace or 'default'}:{priority}"
 

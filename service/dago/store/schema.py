@@ -533,6 +533,16 @@ class Fair:
     MAX_RUNNING: Final = "m|"
     """``m|<namespace>`` (shares hash): its running items allowed on this shard (its cap
     divided over the shards; 0: none); ``m|`` alone: the default's."""
+    QUEUED_SEP: Final = "|"
+    """Separates the values of a queued item (``ShardKeys.queue``): the time it was queued
+    (ms), graph, node, attempt, iteration; none of them can hold it (node ids are
+    identifiers, map items ``<map>#<i>``), and a packed string costs far less to write and
+    read in Lua than a JSON array."""
+    UNTRACKED_NS: Final = "u"
+    """(fair hash) The namespace whose started items are counted without an entry each in
+    ``ShardKeys.inflight`` (``lua/fair.lua``, ``Fair.done``)."""
+    UNTRACKED: Final = "un"
+    """(fair hash) How many of its items are started and not acked yet."""
 
 
 class MapItems:

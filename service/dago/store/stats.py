@@ -3,7 +3,6 @@ the work streams, read from Redis when Prometheus scrapes the API process."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -60,7 +59,7 @@ def _fair(r: Any, sk: ShardKeys, per_ns: dict[str, list[int]]) -> tuple[int, int
         total += n
         for head in mine[1::2]:
             if head is not None:
-                queued_ms = int(json.loads(head)[0])
+                queued_ms = int(_s(head).split(Fair.QUEUED_SEP, 1)[0])
                 oldest = queued_ms if not oldest else min(oldest, queued_ms)
     return total, oldest
 

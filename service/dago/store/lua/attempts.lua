@@ -71,10 +71,11 @@ local function first_exec(prev)
 end
 
 local function ack_all(acks)
+  local acked = 0
   for k = 1, #acks, 1000 do
-    redis.call('XACK', K_WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
+    acked = acked + redis.call('XACK', K_WORK, GROUP, unpack(acks, k, math.min(k + 999, #acks)))
   end
-  Fair.done(acks)
+  Fair.done(acks, acked)
 end
 
 -- Marks delivered work items running (fenced: the node is queued, or running when the item

@@ -297,9 +297,14 @@ local function jc_write(c)
   end
 end
 
+-- Fair dispatch between namespaces (fair.lua): dispatch queues work items there, and
+-- flush writes the queued items a call has buffered.
+local Fair = {}
+
 -- Writes what the call has pending on the current shard: join counters, open counts, the
 -- events (and the notifications that wake watchers), the stops for workers.
 local function flush()
+  Fair.flush()
   for _, c in pairs(jc) do jc_write(c) end
   jc = {}
   for gid, d in pairs(open_delta) do
@@ -398,16 +403,13 @@ local function index_move(gid, from_state, to_state)
   redis.call('ZADD', idx .. ':' .. to_state, v[1], gid)
 end
 
--- Fair dispatch between namespaces (fair.lua): dispatch queues work items there.
-local Fair = {}
-
 -- Queues an attempt of a node as a new work item (its executions count from 1 when it
 -- starts: see start_batch).
 local function dispatch(gid, node, attempt, iter)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
   node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
-  Fair.push(gid, WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, attempt, WORK.ITERATION, iter)
+  Fair.push(gid, node, attempt, iter)
   dispatched = dispatched + 1
 end
 

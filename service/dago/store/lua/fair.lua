@@ -1,10 +1,10 @@
 -- Fair dispatch between namespaces (the table `Fair`, declared in core.lua so dispatch can
 -- call it). A dispatched work item does not go to the shard's work stream straight away: it
--- waits in its namespace's queue of its run's priority (ShardKeys.queue, a list of the work
--- entry's field/value pairs after the time it was queued), and the namespace is in the shard's ready set
--- (ShardKeys.ready) by its pass. A take (read_new) moves items to the work stream in fair
--- turns, then reads them with XREADGROUP as before: from there on the work stream is the
--- one it always was (pending entries, leases, reclaim, dead letters, acks).
+-- waits in its namespace's queue of its run's priority (ShardKeys.queue, a list of packed
+-- items: the time it was queued, graph, node, attempt, iteration), and the namespace is in
+-- the shard's ready set (ShardKeys.ready) by its pass. A take (read_new) moves items to the
+-- work stream in fair turns, then reads them with XREADGROUP as before: from there on the
+-- work stream is the one it always was (pending entries, leases, reclaim, dead letters, acks).
 --
 -- Turns are stride scheduling, weighted round robin without a deficit to keep: the
 -- namespace with the lowest pass is served, and each item it starts adds 1/weight to its
@@ -15,11 +15,12 @@
 -- items wait in its queue, holding no slot, until an ack of one of its items frees one.
 
 -- Per call: each graph's {namespace, priority}, the namespaces put in the ready set, the
--- shard's shares (weights and caps).
-local FAIR_G, FAIR_IN, FAIR_SHARES = {}, {}, {}
+-- shard's shares (weights and caps), the items queued by this call not yet written (by
+-- queue key: one RPUSH per queue and call instead of one per item).
+local FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 
 function Fair.reset()
-  FAIR_G, FAIR_IN, FAIR_SHARES = {}, {}, {}
+  FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 end
 
 local function fair_of(gid)
@@ -36,17 +37,36 @@ end
 
 local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
 
--- Queues a work item (its entry's field/value pairs) of graph `gid`, after the time it was
--- queued (ms: the age the metrics report as the queue's lag).
-function Fair.push(gid, ...)
+local SEP = FAIR.QUEUED_SEP
+local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
+local QUEUED = '^%d+' .. SEP .. '([^' .. SEP .. ']*)' .. SEP .. '([^' .. SEP .. ']*)' .. SEP
+  .. '([^' .. SEP .. ']*)' .. SEP .. '(.*)$'
+
+-- Queues a work item (an attempt of a node of graph `gid`), with the time it was queued
+-- (ms: the age the metrics report as the queue's lag), packed (FAIR.QUEUED_SEP); written by
+-- Fair.flush.
+function Fair.push(gid, node, attempt, iter)
   local ns, prio = fair_of(gid)
-  redis.call('RPUSH', qkey(ns, prio), cjson.encode({NOW, ...}))
+  local q = qkey(ns, prio)
+  local buf = FAIR_PUSH[q]
+  if buf == nil then buf = {}; FAIR_PUSH[q] = buf end
+  buf[#buf + 1] = NOW_S .. SEP .. gid .. SEP .. node .. SEP .. attempt .. SEP .. iter
   local k = TAG .. '\0' .. ns
   if not FAIR_IN[k] then
     local vt = redis.call('HGET', TAG .. ':fair', FAIR.CLOCK) or '0'
     redis.call('ZADD', TAG .. ':ready', 'NX', vt, ns)
     FAIR_IN[k] = true
   end
+end
+
+-- Writes the items queued by this call (flush, and a take before it moves any).
+function Fair.flush()
+  for q, buf in pairs(FAIR_PUSH) do
+    for k = 1, #buf, 1000 do
+      redis.call('RPUSH', q, unpack(buf, k, math.min(k + 999, #buf)))
+    end
+  end
+  FAIR_PUSH = {}
 end
 
 -- The shard's {weights, caps} by namespace ('' is the default's), read once per call.
@@ -75,6 +95,7 @@ end
 
 -- Moves up to `count` queued items to the work stream in fair turns; returns how many.
 local function fair_move(count)
+  Fair.flush()
   local ready = redis.call('ZRANGE', TAG .. ':ready', 0, -1, 'WITHSCORES')
   if #ready == 0 then return 0 end
   local s = shares()
@@ -94,6 +115,8 @@ local function fair_move(count)
   end
   local moved, last_pass = 0, nil
   local inflight = {}
+  -- {U, its untracked items before this call, added by it} (see Fair.done), read once.
+  local untr = nil
   while moved < count and #cands > 0 do
     -- The lowest pass first (ties: the order of the set); the next lowest bounds its turn.
     local bi, second = 1, math.huge
@@ -106,16 +129,15 @@ local function fair_move(count)
     local n = count - moved
     if c[4] > 0 then n = math.min(n, c[4] - c[3]) end
     if second < math.huge then n = math.min(n, math.floor((second - c[2]) / step) + 1) end
-    local got = 0
+    local got, mids = 0, {}
     if n > 0 then
       for p = FAIR.PRIORITY_MAX, FAIR.PRIORITY_MIN, -1 do
         if got >= n then break end
         local vals = redis.call('LPOP', qkey(ns, p), n - got)
         if vals then
           for _, v in ipairs(vals) do
-            local mid = redis.call('XADD', K_WORK, '*', unpack(cjson.decode(v), 2))
-            inflight[#inflight + 1] = mid
-            inflight[#inflight + 1] = ns
+            local g, nd, a, i = string.match(v, QUEUED)
+            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_GRAPH, g, W_NODE, nd, W_ATTEMPT, a, W_ITER, i)
           end
           got = got + #vals
         end
@@ -127,6 +149,16 @@ local function fair_move(count)
       last_pass = c[2]
       redis.call('HINCRBY', fk, FAIR.RUNNING .. ns, got)
       moved = moved + got
+      if untr == nil then
+        local u = redis.call('HMGET', fk, FAIR.UNTRACKED_NS, FAIR.UNTRACKED)
+        untr = {u[1] or '', tonumber(u[2]) or 0, 0}
+      end
+      if untr[2] + untr[3] == 0 then untr[1] = ns end
+      if ns == untr[1] then
+        untr[3] = untr[3] + got
+      else
+        for _, mid in ipairs(mids) do inflight[#inflight + 1] = mid; inflight[#inflight + 1] = ns end
+      end
     end
     if n > 0 and got < n then
       -- Its queues are empty: out of the set until a dispatch brings it back.
@@ -140,6 +172,9 @@ local function fair_move(count)
     end
   end
   if last_pass then redis.call('HSET', fk, FAIR.CLOCK, last_pass) end
+  if untr and untr[3] > 0 then
+    redis.call('HSET', fk, FAIR.UNTRACKED_NS, untr[1], FAIR.UNTRACKED, untr[2] + untr[3])
+  end
   for k = 1, #inflight, 1000 do
     redis.call('HSET', TAG .. ':inflight', unpack(inflight, k, math.min(k + 999, #inflight)))
   end
@@ -154,19 +189,40 @@ function Fair.take(worker, count)
   return res and res[1][2] or {}
 end
 
--- Work entries acked (ids): one less running item of their namespaces. An ack that frees a
--- slot of a namespace at its cap with items queued wakes the readers waiting for work.
-function Fair.done(ids)
-  if #ids == 0 then return end
+-- Work entries acked (ids; `acked`: how many of them were pending, what XACK answered):
+-- one less running item of their namespaces. An ack that frees a slot of a namespace at
+-- its cap with items queued wakes the readers waiting for work.
+-- Which namespace an entry is of: the inflight hash maps the entry to it, except for the
+-- items of one namespace at a time (FAIR.UNTRACKED_NS, the first to start items while none
+-- was untracked), which are only counted (FAIR.UNTRACKED): the acked entries not in the
+-- hash are those. So with one namespace at work (or one dominant) nothing is written or
+-- read per item; the count stays exact, as every entry in the stream came from a take, and
+-- an entry acked twice (a late worker's apply after a reclaim) is not in XACK's answer.
+function Fair.done(ids, acked)
+  if #ids == 0 or acked == 0 then return end
   local ik, fk = TAG .. ':inflight', TAG .. ':fair'
   local per = {}
-  for k = 1, #ids, 1000 do
-    local part = {unpack(ids, k, math.min(k + 999, #ids))}
-    local v = redis.call('HMGET', ik, unpack(part))
-    for j = 1, #part do
-      if v[j] then per[v[j]] = (per[v[j]] or 0) + 1 end
+  local tracked = 0
+  if redis.call('HLEN', ik) > 0 then
+    for k = 1, #ids, 1000 do
+      local part = {unpack(ids, k, math.min(k + 999, #ids))}
+      local v = redis.call('HMGET', ik, unpack(part))
+      local found = {}
+      for j = 1, #part do
+        if v[j] then per[v[j]] = (per[v[j]] or 0) + 1; found[#found + 1] = part[j] end
+      end
+      if #found > 0 then redis.call('HDEL', ik, unpack(found)) end
+      tracked = tracked + #found
     end
-    redis.call('HDEL', ik, unpack(part))
+  end
+  if acked > tracked then
+    local u = redis.call('HMGET', fk, FAIR.UNTRACKED_NS, FAIR.UNTRACKED)
+    local left = tonumber(u[2]) or 0
+    local n = math.min(acked - tracked, left)
+    if u[1] and n > 0 then
+      per[u[1]] = (per[u[1]] or 0) + n
+      redis.call('HSET', fk, FAIR.UNTRACKED, left - n)
+    end
   end
   local s = nil
   for ns, n in pairs(per) do

@@ -34,7 +34,9 @@ for node in string.gmatch(parked, '[^,]+') do
   local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
   -- Still parked (QUEUED with no item): nothing else moves a parked node but the run's end.
   if v[1] == S_QUEUED then
-    redis.call('XADD', K_WORK, '*', WORK.GRAPH, gid, WORK.NODE, node, WORK.ATTEMPT, v[2], WORK.ITERATION, v[3])
+    -- Queued for its turn like any dispatch (Fair.done counts on every work entry coming
+    -- from a take).
+    Fair.push(gid, node, v[2], v[3])
     dispatched = dispatched + 1
     sent[#sent + 1] = node
   end

@@ -432,6 +432,9 @@ local FAIR = {
   CLOCK = 'vt',
   WEIGHT = 'w|',
   MAX_RUNNING = 'm|',
+  QUEUED_SEP = '|',
+  UNTRACKED_NS = 'u',
+  UNTRACKED = 'un',
 }
 
 -- schema.MapItems

@@ -22,8 +22,7 @@ for i = A.FIRST, #ARGV, C.SIZE do
       items[#items + 1] = it
     else
       local gid, node, attempt, iter = it[2], it[3], it[4], it[5]
-      redis.call('XACK', K_WORK, GROUP, mid)
-      Fair.done({mid})
+      Fair.done({mid}, redis.call('XACK', K_WORK, GROUP, mid))
       if fence(gid, node, attempt, iter, {NodeState.QUEUED, NodeState.RUNNING}) then
         local err = err_json(ErrorClass.DEAD_LETTER, 'the work item was delivered ' .. n
           .. ' times without finishing and was moved to the dead-letter list (requeue or drop it)', false)
@@ -46,8 +45,7 @@ for i = A.FIRST, #ARGV, C.SIZE do
     end
   elseif #redis.call('XPENDING', K_WORK, GROUP, 'IDLE', idle, mid, mid, 1) > 0 then
     -- Still pending and idle, yet not claimed: trimmed from the stream, nothing left to run.
-    redis.call('XACK', K_WORK, GROUP, mid)
-    Fair.done({mid})
+    Fair.done({mid}, redis.call('XACK', K_WORK, GROUP, mid))
   end
 end
 local started = {}
