@@ -33,12 +33,18 @@ def connect(settings: Settings) -> RedisClient:
     }
     if settings.cluster:
         # The cluster client's pools refuse a command past their size ("Too many
-        # connections") instead of waiting: an API serving a burst of a thousand submits at
-        # once needs more than its default of 100 per node.
+        # connections") instead of waiting, and cannot be made to wait: an API serving a
+        # burst of a thousand submits at once needs more than their default of 100 per node.
         return RedisCluster.from_url(url.replace("+cluster", "", 1), max_connections=2048, **opts)
     if url.startswith("redis://"):  # plain TCP (TLS and unix sockets keep their classes)
         opts["connection_class"] = _Connection
-    return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
+    # redis-py's pool refuses a command past its size (100) with "Too many connections":
+    # a burst of a thousand submits would fail. This one makes the command wait for a
+    # connection instead (up to the read timeout), and holds more of them.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=2048, timeout=15, health_check_interval=10, **opts
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 class _Connection(aioredis.Connection):
