@@ -148,7 +148,7 @@ async def read_sse(
 
 def kind(event: dict[str, Any]) -> str:
     """The payload kind of an event's JSON (e.g. ``graph_completed``)."""
-    keys = set(event) - {"seq", "graph_id", "time", "node_id", "attempt", "iteration"}
+    keys = set(event) - {"seq", "graph_id", "time", "node_id", "attempt", "iteration", "instance"}
     assert len(keys) == 1, event
     return keys.pop()
 

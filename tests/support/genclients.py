@@ -74,7 +74,16 @@ SLOW_REQUEST: dict[str, Any] = {
 # How long one run of an example may take (each example is given 5 s less as its own deadline).
 RUN_TIMEOUT_S = 60
 TERMINAL = ("graph_completed", "graph_failed", "graph_cancelled")
-_EVENT_FIELDS = {"seq", "graph_id", "time", "node_id", "attempt", "iteration", "trace_id"}
+_EVENT_FIELDS = {
+    "seq",
+    "graph_id",
+    "time",
+    "node_id",
+    "attempt",
+    "iteration",
+    "instance",
+    "trace_id",
+}
 
 
 @contextlib.asynccontextmanager
