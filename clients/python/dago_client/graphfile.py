@@ -72,6 +72,9 @@ def _node(node_id: str | None, spec: Any, where: str) -> dict[str, Any]:
     if isinstance(body, dict) and isinstance(body.get("node"), dict):
         # A map's body is a node too: the same shorthands.
         node["map"] = {**body, "node": _node(None, body["node"], f"{where}.map.node")}
+    if isinstance(body, dict) and isinstance(body.get("graph"), dict):
+        # And a map's graph body is a graph, written as the file's own.
+        node["map"] = {**node["map"], "graph": _graph(body["graph"], f"{where}.map.graph")}
     return node
 
 
