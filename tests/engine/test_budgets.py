@@ -234,7 +234,8 @@ async def test_update_graph_limits_refuses_bad_values(stack: InProcessStack) -> 
             await update(req, timeout=10)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (bad.value.details() or "").startswith(field + ":"), bad.value.details()
-    missing = orchestrator_pb2.UpdateGraphLimitsRequest(graph_id=gid[:-1] + "0", limits=limits)
+    other = gid[:-1] + ("1" if gid.endswith("0") else "0")  # an id no run has
+    missing = orchestrator_pb2.UpdateGraphLimitsRequest(graph_id=other, limits=limits)
     missing.limits.max_tokens = 10
     with pytest.raises(grpc.aio.AioRpcError) as nf:
         await update(missing, timeout=10)
