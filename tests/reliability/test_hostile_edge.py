@@ -542,14 +542,24 @@ async def test_watchers_that_never_read_cost_their_own_buffers_and_are_dropped(
             drained = await asyncio.to_thread(drain, socks, 60)
             for s in socks:
                 s.close()
+            started = 0
             for i, (raw, closed) in enumerate(drained):
                 assert closed, f"watcher {i} was not dropped"
                 status, body, complete = dechunk(raw)
-                assert status == 200 and not complete, (status, raw[-200:])
-                events = parse_events(body, sse=bool(i % 2))
+                if status == 504:
+                    # On a loaded box a watch may get no response headers within the idle
+                    # timeout: Envoy answers 504 stream_idle_timeout. Dropped all the same.
+                    assert b"stream_idle_timeout" in raw, raw[-200:]
+                    events = []
+                else:
+                    assert status == 200 and not complete, (status, raw[-200:])
+                    events = parse_events(body, sse=bool(i % 2))
+                    started += 1
                 assert not any(k in ev for ev in events for k in TERMINAL)
                 if i < RESUMED:
                     cut.append((bool(i % 2), events))
+            # Most streams had started: the cut-mid-stream shape was checked, not skipped.
+            assert started >= len(drained) // 2, (started, len(drained))
             sizes = [len(real(ev)) for _, ev in cut]
 
             # Dropped watchers resume from their cursor: Last-Event-ID for SSE, after_seq
