@@ -103,6 +103,17 @@ async def test_items_that_are_not_a_list_fail_the_map_naming_map_items(
     assert err.error_class == 4 and "map.items must yield a list, not a map" in err.message
 
 
+async def test_an_agent_body_that_waits_for_approvals_is_refused_naming_the_field(
+    single: InProcessStack,
+) -> None:
+    spec = {"llm": {"prompt": "{{ item }}"}, "tools": ["echo"], "approvalRequiredTools": ["echo"]}
+    nodes = [map_node("each", "inputs.items", {"id": "helper", "agent": spec})]
+    err = await rpc_error(single.client.submit(request(nodes, inputs={"items": [1]})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "graph.nodes[0].map.node.agent.approval_required_tools" in (err.details() or "")
+    assert "graph body (map.graph)" in (err.details() or ""), err.details()
+
+
 def pause(**inputs: Any) -> dict[str, Any]:
     """The ``pause`` test tool as a map body: waits, then fails or returns its value."""
     return tool("body", "pause", inputs={"value": "{{ index }}", **inputs})

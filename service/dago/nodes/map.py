@@ -61,6 +61,12 @@ def check(node: graph_pb2.Node, ctx: CheckContext) -> KindParts:
         kind = body.WhichOneof("kind")
         if kind in NOT_A_BODY:
             ctx.add(f"map.node.{kind}", f"a {kind} node cannot be a map's body")
+        elif kind == "agent" and body.agent.approval_required_tools:
+            # An approval parks its node for a person's decision; items are instances of
+            # one node and would need a signal each. A child run per item can wait.
+            ctx.add("map.node.agent.approval_required_tools", "an agent in a map's node body "
+                    "cannot wait for tool approvals: give the map a graph body (map.graph); "
+                    "each item then runs as a child run, where approvals work")  # fmt: skip
     expressions = {}
     if not m.items.strip():
         ctx.add("map.items", "a map needs items: a CEL expression yielding a list")
