@@ -30,6 +30,10 @@ NAMESPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 """Namespace names (always ``fullmatch``: ``match`` with ``$`` lets a trailing newline
 through): they become part of Redis keys and timer entries, so no ``:``, ``|`` or braces."""
 
+DEFAULT_NAMESPACE = "default"
+"""The namespace of every call when authentication is off (and of a run stored without
+one)."""
+
 LLM_PROVIDERS = ("anthropic", "openai", "offline")
 """The LLM providers dago has: what ``DAGO_LLM_PROVIDER`` and a node's ``provider`` may name."""
 
