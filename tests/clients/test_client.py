@@ -6,8 +6,11 @@ resumes after the API process is killed mid-stream (every event seen once, in or
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,8 @@ from dago_client import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    RunFilters,
     UnauthenticatedError,
     UnavailableError,
     load_request,
@@ -212,6 +217,67 @@ async def test_the_api_key_is_sent_as_a_bearer_token(
         async with AsyncDagoClient(where, api_key="") as anonymous:
             with pytest.raises(UnauthenticatedError):
                 await anonymous.status(gid)
+
+
+async def test_an_operator_lists_by_namespace_with_both_clients_and_dagoctl(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    keys = {ns: new_key() for ns in ("team-a", "team-b", "ops")}
+    settings = stack_settings(
+        redis_single.url,
+        key_prefix,
+        auth="keys",
+        api_keys=",".join(f"{hash_key(k)}:{ns}" for ns, k in keys.items()),
+        operator_namespaces="ops",
+    )
+    async with InProcessStack(settings) as s:
+        where = f"127.0.0.1:{s.port}"
+        runs: dict[str, str] = {}
+        for ns in ("team-a", "team-b", "team-a"):
+            async with AsyncDagoClient(where, api_key=keys[ns]) as dago:
+                gid = (await dago.submit(request([echo("a")], name=f"run-{ns}"))).graph_id
+                runs[gid] = ns
+        async with AsyncDagoClient(where, api_key=keys["ops"]) as ops:
+            every = [(g.graph_id, g.namespace) async for g in ops.list_graphs(page_size=1)]
+            assert every == list(reversed(runs.items()))
+            only_a = [g.namespace async for g in ops.list_graphs(namespace="team-a")]
+            assert only_a == ["team-a", "team-a"]
+        async with AsyncDagoClient(where, api_key=keys["team-a"]) as tenant:
+            with pytest.raises(PermissionDeniedError) as denied:
+                await tenant.list_graphs_page(filters=RunFilters(namespace="team-b"))
+            assert "namespace" in str(denied.value)
+
+        def sync_listing() -> list[str]:
+            with DagoClient(where, api_key=keys["ops"]) as dago:
+                return [g.graph_id for g in dago.list_graphs(namespace="team-b")]
+
+        assert await asyncio.to_thread(sync_listing) == [
+            g for g, ns in runs.items() if ns == "team-b"
+        ]
+
+        async def ctl(key: str, *args: str) -> tuple[int, str, str]:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
+            env["PYTHONPATH"] = os.pathsep.join(
+                str(ROOT / p) for p in ("gen/python", "clients/python")
+            )
+            env |= {"DAGO_TARGET": where, "DAGO_API_KEY": key}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dago_client", *args, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode is not None
+            return proc.returncode, out.decode(), err.decode()
+
+        # Every namespace: a NAMESPACE column; one namespace: only its runs.
+        code, out, _ = await ctl(keys["ops"], "list")
+        lines = out.splitlines()
+        assert code == 0 and lines[0].split()[-2:] == ["NAMESPACE", "NAME"], out
+        assert sorted(ln.split()[-2] for ln in lines[1:]) == ["team-a", "team-a", "team-b"]
+        code, out, _ = await ctl(keys["ops"], "-o", "json", "list", "--namespace", "team-b")
+        assert code == 0 and [g["namespace"] for g in json.loads(out)] == ["team-b"], out
+        code, _, err = await ctl(keys["team-a"], "list", "--namespace", "team-b")
+        assert code != 0 and "namespace" in err, err
 
 
 def self_signed(where: Path) -> tuple[Path, Path]:
