@@ -30,6 +30,10 @@ NAMESPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 """Namespace names (always ``fullmatch``: ``match`` with ``$`` lets a trailing newline
 through): they become part of Redis keys and timer entries, so no ``:``, ``|`` or braces."""
 
+DEFAULT_NAMESPACE = "default"
+"""The namespace of every call when authentication is off (and of a run stored without
+one)."""
+
 LLM_PROVIDERS = ("anthropic", "openai", "offline")
 """The LLM providers dago has: what ``DAGO_LLM_PROVIDER`` and a node's ``provider`` may name."""
 
@@ -727,10 +731,11 @@ SETTINGS: dict[str, _Spec] = {
         "comments); re-read when it changes (a mounted Kubernetes Secret)."
     ),
     "operator_namespaces": _Spec(
-        "Namespaces whose keys see the operators' details of ListWorkers (host, pid, worker "
-        "id, metrics port, attempts in flight), comma-separated; other namespaces see each "
-        "live worker's slots, node kinds and times only. With DAGO_AUTH=off every call sees "
-        "everything.",
+        "Namespaces whose keys are operators', comma-separated: they list any namespace's runs "
+        "or every namespace's (ListGraphsRequest.namespace), sum every namespace's usage and "
+        "see the details of ListWorkers (host, pid, worker id, metrics port, attempts in "
+        "flight); other namespaces list their own runs only and see each live worker's slots, "
+        "node kinds and times only. With DAGO_AUTH=off every call sees everything.",
         lambda v: next(
             (
                 f"{n.strip()!r} is not a namespace name"

@@ -24,6 +24,8 @@ from dago_client import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    RunFilters,
     UnauthenticatedError,
     UnavailableError,
     load_request,
@@ -212,6 +214,43 @@ async def test_the_api_key_is_sent_as_a_bearer_token(
         async with AsyncDagoClient(where, api_key="") as anonymous:
             with pytest.raises(UnauthenticatedError):
                 await anonymous.status(gid)
+
+
+async def test_an_operator_lists_by_namespace_with_both_clients(
+    redis_single: RedisServer, key_prefix: str
+) -> None:
+    keys = {ns: new_key() for ns in ("team-a", "team-b", "ops")}
+    settings = stack_settings(
+        redis_single.url,
+        key_prefix,
+        auth="keys",
+        api_keys=",".join(f"{hash_key(k)}:{ns}" for ns, k in keys.items()),
+        operator_namespaces="ops",
+    )
+    async with InProcessStack(settings) as s:
+        where = f"127.0.0.1:{s.port}"
+        runs: dict[str, str] = {}
+        for ns in ("team-a", "team-b", "team-a"):
+            async with AsyncDagoClient(where, api_key=keys[ns]) as dago:
+                gid = (await dago.submit(request([echo("a")], name=f"run-{ns}"))).graph_id
+                runs[gid] = ns
+        async with AsyncDagoClient(where, api_key=keys["ops"]) as ops:
+            every = [(g.graph_id, g.namespace) async for g in ops.list_graphs(page_size=1)]
+            assert every == list(reversed(runs.items()))
+            only_a = [g.namespace async for g in ops.list_graphs(namespace="team-a")]
+            assert only_a == ["team-a", "team-a"]
+        async with AsyncDagoClient(where, api_key=keys["team-a"]) as tenant:
+            with pytest.raises(PermissionDeniedError) as denied:
+                await tenant.list_graphs_page(filters=RunFilters(namespace="team-b"))
+            assert "namespace" in str(denied.value)
+
+        def sync_listing() -> list[str]:
+            with DagoClient(where, api_key=keys["ops"]) as dago:
+                return [g.graph_id for g in dago.list_graphs(namespace="team-b")]
+
+        assert await asyncio.to_thread(sync_listing) == [
+            g for g, ns in runs.items() if ns == "team-b"
+        ]
 
 
 def self_signed(where: Path) -> tuple[Path, Path]:

@@ -547,6 +547,75 @@ async def test_with_authentication_the_console_sends_the_key_typed_in(
             await page.close()
 
 
+async def test_an_operator_filters_runs_by_namespace_a_tenant_sees_no_filter(
+    redis_single: RedisServer, browser: Browser
+) -> None:
+    keys = {ns: new_key() for ns in ("team-a", "team-b", "ops")}
+    api_keys = ",".join(f"{hash_key(k)}:{ns}" for ns, k in keys.items())
+    env = {"DAGO_AUTH": "keys", "DAGO_API_KEYS": api_keys, "DAGO_OPERATOR_NAMESPACES": "ops"}
+    async with serving(redis_single.url, browser, key=keys["ops"], **env) as c:
+        runs: dict[str, str] = {}
+        for ns in ("team-a", "team-b", "team-a"):
+            async with AsyncDagoClient(f"127.0.0.1:{c.stack.port}", api_key=keys[ns]) as dago:
+                runs[(await dago.submit(request([echo("a")], name=f"of-{ns}"))).graph_id] = ns
+        of_a = [g for g, ns in reversed(runs.items()) if ns == "team-a"]
+
+        async def as_caller(ns: str) -> Page:
+            page = await c.browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.errors = errors  # type: ignore[attr-defined]
+            # The key as if typed in earlier in this tab (the page reads it at load).
+            await page.add_init_script(f"sessionStorage.setItem('dago.apiKey', {keys[ns]!r})")
+            await page.goto(c.url("#/runs"))
+            return page
+
+        page = await as_caller("ops")
+        try:
+            # Every namespace's runs, each saying whose it is; the filter is offered.
+            for gid in runs:
+                await page.wait_for_selector(f'tr[data-run="{gid}"]')
+            assert await listed(page) == list(reversed(runs))
+            assert await page.is_visible("#f-namespace")
+            assert await page.is_visible("th.c-namespace")
+            shown = await attrs(page, "#runs-body tr[data-run]", "data-run", "data-run")
+            for gid in shown:
+                cell = f'tr[data-run="{gid}"] .c-namespace'
+                assert await page.inner_text(cell) == runs[gid]
+            suggested = await page.eval_on_selector_all(
+                "#namespaces option", "os => os.map(o => o.value).sort()"
+            )
+            assert suggested == ["team-a", "team-b"]
+            await page.fill("#f-namespace", "team-a")
+            await page.press("#f-namespace", "Enter")
+            await page.wait_for_function(
+                "document.querySelectorAll('#runs-body tr[data-run]').length === 2"
+            )
+            assert await listed(page) == of_a
+            assert "ns=team-a" in page.url
+            await shot(page, "console-runs-namespace.png")
+            # A namespace with no runs: an empty list, not an error.
+            await page.fill("#f-namespace", "team-z")
+            await page.press("#f-namespace", "Enter")
+            await page.wait_for_selector("#runs-body td.empty")
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+        page = await as_caller("team-a")
+        try:
+            # A tenant: its own runs, neither the namespace filter nor the column.
+            for gid in of_a:
+                await page.wait_for_selector(f'tr[data-run="{gid}"]')
+            assert await listed(page) == of_a
+            assert await page.is_hidden("#f-namespace")
+            assert await page.is_hidden("th.c-namespace")
+            assert await page.is_hidden(f'tr[data-run="{of_a[0]}"] .c-namespace')
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
 async def test_an_unknown_run_shows_the_error_as_text(console: Console) -> None:
     page = await open_page(console, "#/runs/0-%3Cb%3Enope%3C%2Fb%3E")  # 0-<b>nope</b>
     try:

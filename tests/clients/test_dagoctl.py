@@ -19,6 +19,7 @@ from typing import Any
 import pydot
 import pytest
 
+from dago.api.auth import hash_key, new_key
 from dago_client import AsyncDagoClient
 from dago_client.cli import (
     EXIT_CANCELLED,
@@ -784,3 +785,30 @@ async def test_limits_raises_a_runs_budget(stack: InProcessStack, tmp_path: Path
     await ctl("cancel", gid)
     code, _, err = await ctl("limits", gid, "--max-cost", "3")
     assert code == EXIT_PRECONDITION and "FAILED_PRECONDITION" in err
+
+
+async def test_list_by_namespace_with_an_operators_key(make_stack: MakeStack) -> None:
+    keys = {ns: new_key() for ns in ("team-a", "team-b", "ops")}
+    stack = await make_stack(
+        auth="keys",
+        api_keys=",".join(f"{hash_key(k)}:{ns}" for ns, k in keys.items()),
+        operator_namespaces="ops",
+    )
+    as_ns = {ns: Ctl(f"127.0.0.1:{stack.port}") for ns in keys}
+    for ns, ctl in as_ns.items():
+        ctl.env["DAGO_API_KEY"] = keys[ns]
+    for ns in ("team-a", "team-b", "team-a"):
+        code, _, err = await as_ns[ns]("submit", "-", stdin=HUMAN_YAML)
+        assert code == 0, err
+    # Every namespace: a NAMESPACE column; one namespace: only its runs.
+    code, out, _ = await as_ns["ops"]("list")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[-2:] == ["NAMESPACE", "NAME"], out
+    assert sorted(ln.split()[-2] for ln in lines[1:]) == ["team-a", "team-a", "team-b"], out
+    code, out, _ = await as_ns["ops"]("-o", "json", "list", "--namespace", "team-b")
+    assert code == 0 and [g["namespace"] for g in json.loads(out)] == ["team-b"], out
+    # A tenant: its own runs, no NAMESPACE column; another namespace is refused.
+    code, out, _ = await as_ns["team-a"]("list")
+    assert code == 0 and "NAMESPACE" not in out and len(out.splitlines()) == 3, out
+    code, _, err = await as_ns["team-a"]("list", "--namespace", "team-b")
+    assert code != 0 and "namespace" in err, err

@@ -35,20 +35,24 @@ pytestmark = [pytest.mark.edge, pytest.mark.process]
 CLIENT = ROOT / "clients" / "typescript"
 NODE_TIMEOUT_S = 60
 # The Node tests in clients/typescript/test/ (each must run: none skipped).
-NODE_TESTS = 13
+NODE_TESTS = 14
 KEYED_NAMESPACE = "team-ts"
+OPERATOR_NAMESPACE = "ops-ts"
+OPERATOR_KEY = new_key()
+"""A key of the keyed stack's operators' namespace (DAGO_OPERATOR_NAMESPACES)."""
 
 
 @pytest.fixture(scope="module")
 async def keyed_edge(redis_single: RedisServer) -> AsyncIterator[tuple[str, str]]:
-    """API (DAGO_AUTH=keys, one key of namespace team-ts) + worker + Envoy: (Envoy's URL,
-    the key)."""
+    """API (DAGO_AUTH=keys, one key of namespace team-ts and OPERATOR_KEY of the operators'
+    namespace ops-ts) + worker + Envoy: (Envoy's URL, the team-ts key)."""
     key = new_key()
     stack = ProcessStack(
         redis_single.url,
         f"ttskeys{secrets.token_hex(3)}",
         DAGO_AUTH="keys",
-        DAGO_API_KEYS=f"{hash_key(key)}:{KEYED_NAMESPACE}",
+        DAGO_API_KEYS=f"{hash_key(key)}:{KEYED_NAMESPACE},{hash_key(OPERATOR_KEY)}:{OPERATOR_NAMESPACE}",
+        DAGO_OPERATOR_NAMESPACES=OPERATOR_NAMESPACE,
     )
     config, port = envoy_config(stack)
     envoy = start_envoy(config, stack.logs / "envoy.log")
@@ -89,6 +93,8 @@ async def test_typescript_client_through_envoy(
         "DAGO_KEYED_EDGE_URL": keyed_url,
         "DAGO_KEYED_API_KEY": key,
         "DAGO_KEYED_NAMESPACE": KEYED_NAMESPACE,
+        "DAGO_KEYED_OPERATOR_KEY": OPERATOR_KEY,
+        "DAGO_KEYED_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
         "NO_COLOR": "1",
     }
     started = time.monotonic()

@@ -43,6 +43,7 @@ def runs() -> list[tuple[str, RunFacts]]:
                     name=("alpha", "beta", "")[n % 3 if n % 5 else 0],
                     cost_usd=[0.0, 0.25, 0.5, 1.0, 0.1 + 0.2][n % 5],
                     metadata=meta,
+                    namespace="other" if n % 7 == 3 else "default",
                 ),
             )
         )
@@ -71,13 +72,16 @@ FILTERS = [
     RunFilter("default", metadata=(("team", "null"),)),
     RunFilter("default", metadata=(("team", "search"), ("tier", "1e0"))),
     RunFilter("default", state="COMPLETED", name="beta", min_cost_usd=0.2),
+    RunFilter(None),
+    RunFilter(None, state="FAILED", min_cost_usd=0.2),
+    RunFilter("other", state="COMPLETED"),
     RunFilter("other"),
 ]
 
 
 @pytest.fixture
 def loaded(postgres_url: str) -> str:
-    """The history database holding :func:`runs` in namespace ``default``."""
+    """The history database holding :func:`runs` (in namespaces ``default`` and ``other``)."""
     asyncio.run(migrate_url(postgres_url))
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for gid, r in runs():
@@ -85,8 +89,8 @@ def loaded(postgres_url: str) -> str:
             conn.execute(
                 "INSERT INTO dago_runs (graph_id, namespace, name, state, created_at, ended_at,"
                 " metadata, cost_usd, graph_json, status_json, result_json)"
-                " VALUES (%s, 'default', %s, %s, %s, %s, %s, %s, '{}', '{}', '{}')",
-                (gid, r.name, r.state, at, at, Jsonb(r.metadata), r.cost_usd),
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, '{}', '{}', '{}')",
+                (gid, r.namespace, r.name, r.state, at, at, Jsonb(r.metadata), r.cost_usd),
             )
     return postgres_url
 
@@ -98,7 +102,7 @@ def test_sql_and_python_pick_the_same_runs(loaded: str) -> None:
             where, params = f.where()
             query = sql.SQL("SELECT graph_id FROM dago_runs WHERE {}").format(where)
             in_sql = {row[0] for row in conn.execute(query, params)}
-            in_python = {gid for gid, r in everything if f.namespace == "default" and f.matches(r)}
+            in_python = {gid for gid, r in everything if f.matches(r)}
             assert in_sql == in_python, f
     # The filters are not vacuous: most pick some runs and leave others out.
     picked = [sum(f.matches(r) for _, r in everything) for f in FILTERS[1:-1]]
@@ -125,5 +129,7 @@ def test_millisecond_times_convert_exactly() -> None:
 
 def test_digest_tells_filters_apart() -> None:
     digests = {f.digest() for f in FILTERS}
-    assert len(digests) == len(FILTERS) - 1  # "other" differs by namespace only
-    assert RunFilter("a", name="x").digest() == RunFilter("b", name="x").digest()
+    assert len(digests) == len(FILTERS)
+    # The namespace read is a filter too: one namespace's token is not another's, nor that
+    # of an operator's listing of every namespace.
+    assert len({RunFilter(ns, name="x").digest() for ns in ("a", "b", None)}) == 3

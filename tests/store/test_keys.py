@@ -57,6 +57,7 @@ def layout(keys: Keys, graphs: Mapping[str, str]) -> dict[str, str]:
         names |= {sk.notify: "stream", sk.control: "stream", sk.wake: "stream", sk.index(): "zset"}
         names[sk.archive] = "zset"
         names[sk.watched] = "zset"
+        names[sk.namespaces] = "set"
         names[sk.waits()] = "zset"
         names |= {sk.index(str(state)): "zset" for state in GRAPH_STATES}
         # Fair dispatch (lua/fair.lua): the queues and the ready set are empty (gone) once

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -78,6 +78,10 @@ class RunFilters:
     """With ``definition``: only runs of this version (0: any)."""
     parent_graph_id: str = ""
     """Only the child runs this run's subgraph nodes started."""
+    namespace: str = ""
+    """Only runs of this namespace. An operator's key may name any namespace, and lists every
+    namespace's runs without one; a tenant's key lists its own namespace only (naming
+    another is PermissionDeniedError)."""
 
     def request(
         self, state: str | int | None, page_size: int, page_token: str
@@ -93,12 +97,19 @@ class RunFilters:
             definition=self.definition,
             definition_version=self.definition_version,
             parent_graph_id=self.parent_graph_id,
+            namespace=self.namespace,
         )
         if self.created_after is not None:
             req.created_after.FromDatetime(_utc(self.created_after))
         if self.created_before is not None:
             req.created_before.FromDatetime(_utc(self.created_before))
         return req
+
+
+def with_namespace(filters: RunFilters | None, namespace: str) -> RunFilters:
+    """``filters`` (none: no filter) with ``namespace`` as its namespace when set."""
+    filters = filters or RunFilters()
+    return replace(filters, namespace=namespace) if namespace else filters
 
 
 def _utc(when: datetime) -> datetime:

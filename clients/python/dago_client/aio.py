@@ -31,6 +31,7 @@ from dago_client._common import (
     split_reference,
     submit_request,
     usage_request,
+    with_namespace,
 )
 from dago_client.config import ClientConfig
 from dago_client.errors import DagoError, UnavailableError, from_rpc_error
@@ -308,10 +309,12 @@ class AsyncDagoClient:
         page_token: str = "",
         *,
         filters: RunFilters | None = None,
+        namespace: str = "",
         deadline_s: float | None = None,
     ) -> orchestrator_pb2.ListGraphsResponse:
-        """One page of runs, newest first (``filters``: see :class:`RunFilters`)."""
-        req = (filters or RunFilters()).request(state, page_size, page_token)
+        """One page of runs, newest first (``filters``: see :class:`RunFilters`;
+        ``namespace``, when set, stands for ``filters.namespace``)."""
+        req = with_namespace(filters, namespace).request(state, page_size, page_token)
         return await self._call(self.stub.ListGraphs, req, idempotent=True, deadline_s=deadline_s)
 
     async def list_graphs(
@@ -321,9 +324,12 @@ class AsyncDagoClient:
         limit: int | None = None,
         *,
         filters: RunFilters | None = None,
+        namespace: str = "",
     ) -> AsyncIterator[orchestrator_pb2.GraphSummary]:
-        """Every run (or the first ``limit``), newest first, fetching pages as needed."""
+        """Every run (or the first ``limit``), newest first, fetching pages as needed
+        (``namespace``: only that namespace's runs, see :attr:`RunFilters.namespace`)."""
         token, seen = "", 0
+        filters = with_namespace(filters, namespace)
         while True:
             page = await self.list_graphs_page(state, page_size, token, filters=filters)
             for g in page.graphs:

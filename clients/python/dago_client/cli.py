@@ -426,7 +426,8 @@ class Cli:
 
     def list(self) -> int:
         """``list``: runs, newest first, every page fetched up to --limit (filters: --state,
-        --since, --until, --name, --meta K=V, --min-cost, --definition, --parent)."""
+        --since, --until, --name, --meta K=V, --min-cost, --definition, --parent, and for an
+        operator --namespace); a NAMESPACE column when the runs are of several namespaces."""
         limit = self.args.limit or None
         def_name, _, def_version = (self.args.definition or "").partition("@")
         if def_version and not def_version.isdigit():
@@ -440,6 +441,7 @@ class Cli:
             definition=def_name,
             definition_version=int(def_version) if def_version else 0,
             parent_graph_id=self.args.parent or "",
+            namespace=self.args.namespace or "",
         )
         runs = list(
             self.client.list_graphs(
@@ -450,14 +452,18 @@ class Cli:
             self.print(_dicts(runs))
             return EXIT_OK
         wid = max([8, *(len(g.graph_id) for g in runs)])
+        # An operator's listing of every namespace says whose each run is.
+        nsw = max(len(g.namespace) for g in runs) if len({g.namespace for g in runs}) > 1 else 0
         self.print(
             f"{'GRAPH ID':<{wid}}  {'STATE':<9}  {'CREATED':<19}  {'ENDED':<19}  "
-            f"{'COST USD':>10}  NAME"
+            f"{'COST USD':>10}  " + (f"{'NAMESPACE':<{nsw}}  " if nsw else "") + "NAME"
         )
         for g in runs:
             self.print(
                 f"{g.graph_id:<{wid}}  {state_name(g.state):<9}  {_when(g, 'create_time'):<19}  "
-                f"{_when(g, 'end_time'):<19}  {g.usage.cost_usd:>10.4f}  {g.name}"
+                f"{_when(g, 'end_time'):<19}  {g.usage.cost_usd:>10.4f}  "
+                + (f"{g.namespace:<{nsw}}  " if nsw else "")
+                + g.name
             )
         return EXIT_OK
 
@@ -815,6 +821,11 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--min-cost", type=float, default=0.0, help="cost at least this (USD)")
     ls.add_argument("--definition", help="only runs of this stored definition (NAME or NAME@V)")
     ls.add_argument("--parent", metavar="ID", help="only the child runs of run ID")
+    ls.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="only runs of namespace NS (an operator's key: any; by default every namespace)",
+    )
     df = sub.add_parser("def", help="stored, versioned graph definitions")
     df_sub = df.add_subparsers(dest="def_action", required=True, metavar="ACTION")
     pub = df_sub.add_parser("publish", help="publish a graph file as the next version of NAME")

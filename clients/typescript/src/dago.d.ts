@@ -109,8 +109,10 @@ export interface DagoClient {
   graph(graphId: string, options?: CallOptions): Promise<GetGraphResponse>;
   /**
    * One page of runs, newest first (pageSize, pageToken, state; filters createdAfter,
-   * createdBefore, name, metadata ["key=value"], minCostUsd). With the run history on,
-   * archived runs are in the same pages.
+   * createdBefore, name, metadata ["key=value"], minCostUsd, namespace). With the run history
+   * on, archived runs are in the same pages. namespace: an operator's key (see limits():
+   * GetLimitsResponse.operator) may name any namespace and lists every one without it; a
+   * tenant's key may name only its own (another: PermissionDenied).
    */
   list(
     request?: MessageInitShape<typeof ListGraphsRequestSchema>,

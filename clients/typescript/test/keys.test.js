@@ -1,7 +1,8 @@
 // graph(), list() and the apiKey option through a real Envoy in front of a dago that requires
 // API keys (DAGO_AUTH=keys; started by tests/clients/test_typescript.py):
 //   DAGO_KEYED_EDGE_URL=http://127.0.0.1:8081 DAGO_KEYED_API_KEY=dago_... \
-//   DAGO_KEYED_NAMESPACE=team-ts node --test test/
+//   DAGO_KEYED_NAMESPACE=team-ts DAGO_KEYED_OPERATOR_KEY=dago_... \
+//   DAGO_KEYED_OPERATOR_NAMESPACE=ops-ts node --test test/
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fromJson } from "@bufbuild/protobuf";
@@ -13,9 +14,13 @@ import { SubmitGraphRequestSchema } from "../gen/dago/v1/orchestrator_pb.js";
 const KEYED_URL = process.env.DAGO_KEYED_EDGE_URL;
 const KEY = process.env.DAGO_KEYED_API_KEY;
 const NAMESPACE = process.env.DAGO_KEYED_NAMESPACE;
+// A key of a namespace of the server's DAGO_OPERATOR_NAMESPACES.
+const OPERATOR_KEY = process.env.DAGO_KEYED_OPERATOR_KEY;
+const OPERATOR_NAMESPACE = process.env.DAGO_KEYED_OPERATOR_NAMESPACE;
 assert.ok(
-  KEYED_URL && KEY && NAMESPACE,
-  "set DAGO_KEYED_EDGE_URL, DAGO_KEYED_API_KEY and DAGO_KEYED_NAMESPACE (a dago with DAGO_AUTH=keys)",
+  KEYED_URL && KEY && NAMESPACE && OPERATOR_KEY && OPERATOR_NAMESPACE,
+  "set DAGO_KEYED_EDGE_URL, DAGO_KEYED_API_KEY, DAGO_KEYED_NAMESPACE, DAGO_KEYED_OPERATOR_KEY " +
+    "and DAGO_KEYED_OPERATOR_NAMESPACE (a dago with DAGO_AUTH=keys)",
 );
 const TIMEOUT = { timeout: 20_000 };
 
@@ -96,4 +101,27 @@ test("apiKey sends a bearer token; graph() and list() page through the key's run
   // Every request of the keyed client carried the key, and only it.
   assert.ok(fetch.seen.length >= 9, `${fetch.seen.length} requests recorded`);
   assert.ok(fetch.seen.every((h) => h === `Bearer ${KEY}`), JSON.stringify(fetch.seen));
+});
+
+test("an operator's key lists any namespace or every one; a tenant's only its own", TIMEOUT, async () => {
+  const ops = createDagoClient(KEYED_URL, { apiKey: OPERATOR_KEY });
+  const tenant = createDagoClient(KEYED_URL, { apiKey: KEY });
+  const own = await ops.submit(greeting("ops"));
+  assert.equal(own.namespace, OPERATOR_NAMESPACE);
+  // limits() says who is an operator (the console shows its namespace filter to them only).
+  assert.equal((await ops.limits()).operator, true);
+  assert.equal((await tenant.limits()).operator, false);
+
+  const theirs = (await tenant.list({})).graphs.map((g) => g.graphId);
+  const named = await ops.list({ namespace: NAMESPACE });
+  assert.deepEqual(named.graphs.map((g) => g.graphId), theirs);
+  assert.ok(named.graphs.every((g) => g.namespace === NAMESPACE));
+  const every = await ops.list({ pageSize: 1000 });
+  const spaces = new Set(every.graphs.map((g) => g.namespace));
+  assert.ok(spaces.has(OPERATOR_NAMESPACE), [...spaces].join());
+  assert.ok(every.graphs.some((g) => g.graphId === own.graphId));
+
+  // A tenant naming its own namespace is fine; another's is PERMISSION_DENIED.
+  assert.deepEqual((await tenant.list({ namespace: NAMESPACE })).graphs.map((g) => g.graphId), theirs);
+  assert.equal(await failure(tenant.list({ namespace: OPERATOR_NAMESPACE })), Code.PermissionDenied);
 });

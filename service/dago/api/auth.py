@@ -34,12 +34,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dago.api import errors
+from dago.config import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE  # re-exported for the API
 from dago.config import NAMESPACE_NAME, ConfigError, Settings
 
 log = logging.getLogger("dago.auth")
-
-DEFAULT_NAMESPACE = "default"
-"""The namespace of every call when authentication is off."""
 
 NAMESPACE = NAMESPACE_NAME
 """Namespace names (``dago.config.NAMESPACE_NAME``; always ``fullmatch``)."""

@@ -137,6 +137,15 @@ def unauthenticated(reason: str, message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, message, [info])
 
 
+def permission_denied(reason: str, field: str, description: str) -> ApiError:
+    """PERMISSION_DENIED (HTTP 403 through Envoy) for a request field the caller may not
+    use as it did: ErrorInfo ``reason`` with the field in its metadata, the message naming
+    it."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain="dago.v1")
+    info.metadata["field"] = field
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED, f"{field}: {description}", [info])
+
+
 def resource_exhausted(subject: str, description: str, limit: float) -> ApiError:
     """RESOURCE_EXHAUSTED (HTTP 429 through Envoy) with a QuotaFailure naming the quota."""
     qf = error_details_pb2.QuotaFailure()

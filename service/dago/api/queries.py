@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from dago.api import errors, tokens
 from dago.api.definitions import check_name
+from dago.config import NAMESPACE_NAME
 from dago.history.filters import RunFilter
 from dago.history.listing import Cursor
 from dago.history.usage import GroupBy, UsageQuery
@@ -38,8 +39,32 @@ def _ms(ts: timestamp_pb2.Timestamp, field: str) -> int:
     return ts.seconds * 1000 + -(-ts.nanos // 1_000_000)
 
 
-def run_filter(request: orchestrator_pb2.ListGraphsRequest, namespace: str) -> RunFilter:
-    """The filters of a ListGraphs request."""
+def listed_namespace(
+    request: orchestrator_pb2.ListGraphsRequest, caller: str, operator: bool
+) -> str | None:
+    """Whose runs a ListGraphs request lists: the namespace it names, else the caller's (a
+    tenant) or every namespace's (None: an operator). A tenant naming another namespace is
+    refused, whether that namespace exists or not."""
+    named = request.namespace
+    if not named:
+        return None if operator else caller
+    if not NAMESPACE_NAME.fullmatch(named):
+        raise errors.invalid_field(
+            "namespace", "must be 1-63 letters, digits, _ . or -, starting with a letter or digit"
+        )
+    if named != caller and not operator:
+        raise errors.permission_denied(
+            "NAMESPACE_NOT_ALLOWED",
+            "namespace",
+            f"this API key lists the runs of its own namespace {caller!r} only; another "
+            "namespace's need an operator's key (DAGO_OPERATOR_NAMESPACES)",
+        )
+    return named
+
+
+def run_filter(request: orchestrator_pb2.ListGraphsRequest, namespace: str | None) -> RunFilter:
+    """The filters of a ListGraphs request (``namespace``: whose runs, None for every
+    namespace's; see :func:`listed_namespace`)."""
     if request.state not in _STATE_NAMES:
         raise errors.invalid_field("state", f"unknown state {request.state}")
     after = (

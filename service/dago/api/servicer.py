@@ -624,11 +624,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.ListGraphsRequest, context: Ctx
     ) -> orchestrator_pb2.ListGraphsResponse:
         """Runs newest first, across every shard and, with a history database, the archive
-        (dago.history.listing)."""
+        (dago.history.listing): the caller's namespace's, or, for an operator, the one it
+        names or every namespace's."""
         size = request.page_size or 50
         if not 1 <= size <= 1000:
             raise errors.invalid_field("page_size", "must be between 1 and 1000")
-        f = queries.run_filter(request, self._auth.current())
+        scope = queries.listed_namespace(request, self._auth.current(), self._operator())
+        f = queries.run_filter(request, scope)
         page = await self._listing.page(f, queries.page_cursor(request.page_token, f), size)
         return orchestrator_pb2.ListGraphsResponse(
             graphs=page.runs, next_page_token=queries.page_token(page.next, f)
@@ -895,6 +897,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if bucket.paused_until_ms > time.time() * 1000:
                 m.paused_until.FromMilliseconds(bucket.paused_until_ms)
         resp.namespace.CopyFrom(await self._quotas.usage(self._auth.current()))
+        resp.operator = self._operator()
         return resp
 
     def _dead_letter_id(self, dead_letter_id: str) -> tuple[int, str]:

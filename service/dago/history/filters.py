@@ -19,6 +19,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from dago.config import DEFAULT_NAMESPACE
 from dago.history.db import SqlParam
 
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
@@ -54,13 +55,16 @@ class RunFacts:
     definition_version: int = 0
     parent_graph_id: str = ""
     """The run that started this one ("" for a run a client submitted)."""
+    namespace: str = DEFAULT_NAMESPACE
+    """The namespace the run belongs to."""
 
 
 @dataclass(frozen=True)
 class RunFilter:
-    """Which runs of one namespace a listing shows (ListGraphsRequest's filters, checked)."""
+    """Which runs a listing shows (ListGraphsRequest's filters, checked)."""
 
-    namespace: str
+    namespace: str | None
+    """Only this namespace's runs; None: every namespace's (an operator's listing)."""
     state: str = ""
     """GraphState name without its prefix; empty: any state."""
     created_after_ms: int | None = None
@@ -83,8 +87,8 @@ class RunFilter:
         return bool(self.metadata)
 
     def digest(self) -> str:
-        """A short fingerprint of the filters (not the namespace): a page token carries it,
-        so a token is refused when the next request changed the filters under it."""
+        """A short fingerprint of the filters: a page token carries it, so a token is
+        refused when the next request changed the filters under it."""
         text = json.dumps(
             [
                 self.state,
@@ -97,11 +101,16 @@ class RunFilter:
             # Only when set: tokens made before definitions existed stay valid.
             + ([self.definition, self.definition_version] if self.definition else [])
             + ([self.parent_graph_id] if self.parent_graph_id else [])
+            # The namespace read ("*": every one): a token of one namespace's listing is
+            # refused for another's, or for an operator's listing of every namespace.
+            + [self.namespace if self.namespace is not None else "*"]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def matches(self, run: RunFacts) -> bool:
         """Whether a run read from Redis passes every filter (the twin of :meth:`where`)."""
+        if self.namespace is not None and run.namespace != self.namespace:
+            return False  # a parent's children index is read whatever the namespace
         if self.state and run.state != self.state:
             return False
         if self.created_after_ms is not None and run.created_ms < self.created_after_ms:
@@ -126,8 +135,11 @@ class RunFilter:
     def where(self) -> tuple[sql.Composed, list[SqlParam]]:
         """The same filters as a condition over ``dago_runs`` and its parameters (values are
         always parameters, never SQL text)."""
-        parts: list[sql.Composable] = [sql.SQL("namespace = %s")]
-        params: list[SqlParam] = [self.namespace]
+        parts: list[sql.Composable] = []
+        params: list[SqlParam] = []
+        if self.namespace is not None:
+            parts.append(sql.SQL("namespace = %s"))
+            params.append(self.namespace)
         if self.state:
             parts.append(sql.SQL("state = %s"))
             params.append(self.state)
@@ -162,7 +174,7 @@ class RunFilter:
                 )
             )
             params.extend(docs)
-        return sql.SQL(" AND ").join(parts), params
+        return sql.SQL(" AND ").join(parts or [sql.SQL("TRUE")]), params
 
 
 def _candidates(value: str) -> list[str | bool | float]:

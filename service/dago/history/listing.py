@@ -6,12 +6,15 @@ with ``COLLATE "C"``). A page is whatever comes after a cursor, the (ms, id) of 
 position the previous page covered, so it does not matter in which store a run is when a
 page is read: a run archived and expired between two pages keeps its place.
 
-Each *source* (one Redis shard's index, or ``dago_runs``) returns the matching runs after
-the cursor, up to ``page_size + 1``, and its *frontier*: None when it has nothing more
-after the cursor, else the last position it looked at (it may hold more runs after that).
+Each *source* (one namespace's index on one Redis shard, or ``dago_runs``) returns the
+matching runs after the cursor, up to ``page_size + 1``, and its *frontier*: None when it
+has nothing more after the cursor, else the last position it looked at (it may hold more
+runs after that).
 The merge keeps the runs at or before the highest frontier (what comes later could still
 be preceded by runs a source did not return), drops the second copy of a run found in both
-stores (archived, not yet expired from Redis), and cuts at ``page_size``.
+stores (archived, not yet expired from Redis), and cuts at ``page_size``. An operator's
+listing of every namespace reads, per shard, the index of each namespace the shard's set of
+namespaces names (``ShardKeys.namespaces``): one source each, merged alike.
 
 Redis has no index on names, metadata or cost: a shard's index is read in batches, the
 candidates' meta hashes in one pipelined round trip per batch, and the scan stops after
@@ -31,6 +34,7 @@ from typing import Any
 from google.protobuf import json_format
 from psycopg import sql
 
+from dago.config import DEFAULT_NAMESPACE
 from dago.engine.ids import parse_shard
 from dago.history.db import HistoryDb
 from dago.history.filters import RunFacts, RunFilter, datetime_ms, ms_datetime
@@ -105,12 +109,27 @@ class RunListing:
 
     async def page(self, f: RunFilter, after: Cursor | None, size: int) -> Page:
         """The runs matching ``f`` after ``after``, ``size`` at most."""
-        reads = [self._shard(shard, f, after, size + 1) for shard in range(self._shards)]
+        reads = [
+            self._shard(shard, ns, f, after, size + 1)
+            for shard, namespaces in enumerate(await self._namespaces(f))
+            for ns in namespaces
+        ]
         if self._db is not None:
             reads.append(self._archived(self._db, f, after, size + 1))
         return merge(await asyncio.gather(*reads), size)
 
-    async def _shard(self, shard: int, f: RunFilter, after: Cursor | None, want: int) -> Part:
+    async def _namespaces(self, f: RunFilter) -> list[list[str]]:
+        """Per shard, the namespaces whose indexes the listing reads."""
+        if f.namespace is not None:
+            return [[f.namespace]] * self._shards
+        if f.parent_graph_id:
+            # One index, the parent's children (of its namespace), whatever the namespace.
+            return [[DEFAULT_NAMESPACE]] * self._shards
+        return await self._store.listed_namespaces()
+
+    async def _shard(
+        self, shard: int, ns: str, f: RunFilter, after: Cursor | None, want: int
+    ) -> Part:
         high = after[0] if after else None
         if f.created_before_ms is not None:
             top = f.created_before_ms - 1
@@ -126,7 +145,7 @@ class RunListing:
         offset = scanned = read = 0
         while True:
             entries = await self._store.index_range(
-                shard, f.namespace, state, high, f.created_after_ms, offset, batch,
+                shard, ns, state, high, f.created_after_ms, offset, batch,
                 f.parent_graph_id,
             )  # fmt: skip
             offset += len(entries)
@@ -138,7 +157,7 @@ class RunListing:
                 read += len(meta.get(Meta.DEFINITION.encode(), b""))
                 # An empty meta: the run expired, its index entry not swept yet.
                 if meta and f.matches(_facts(meta, ms, f.needs_metadata)):
-                    runs.append(Listed((ms, gid), summary_from_meta(gid, meta, f.namespace)))
+                    runs.append(Listed((ms, gid), summary_from_meta(gid, meta)))
                     if len(runs) == want:
                         return Part(runs, (ms, gid))
             if len(entries) < batch:
@@ -188,6 +207,7 @@ def _facts(meta: dict[bytes, bytes], created_ms: int, with_metadata: bool) -> Ru
         definition_name=_text(meta, Meta.DEF_NAME),
         definition_version=_int(meta, Meta.DEF_VERSION),
         parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
+        namespace=_text(meta, Meta.NAMESPACE) or DEFAULT_NAMESPACE,
     )
 
 
@@ -218,16 +238,14 @@ def definition_ref(meta: dict[bytes, bytes], out: definitions_pb2.DefinitionRef)
         out.digest = _text(meta, Meta.DEF_DIGEST)
 
 
-def summary_from_meta(
-    graph_id: str, meta: dict[bytes, bytes], namespace: str
-) -> orchestrator_pb2.GraphSummary:
+def summary_from_meta(graph_id: str, meta: dict[bytes, bytes]) -> orchestrator_pb2.GraphSummary:
     """A listing entry of a run in Redis (its meta hash's summary fields)."""
     s = orchestrator_pb2.GraphSummary(
         graph_id=graph_id,
         name=_text(meta, Meta.NAME),
         state=run_state(meta),
         request_id=_text(meta, Meta.REQUEST_ID),
-        namespace=namespace,
+        namespace=_text(meta, Meta.NAMESPACE) or DEFAULT_NAMESPACE,
         steps=_int(meta, Meta.STEPS),
         forked_from=_text(meta, Meta.FORKED_FROM),
         parent_graph_id=_text(meta, Meta.PARENT_GRAPH),

@@ -91,6 +91,13 @@ class ShardKeys:
         """Sorted set of a namespace's graph ids by creation time, optionally for one state."""
         return f"{self._ns(namespace)}:index" + (f":{state}" if state else "")
 
+    @property
+    def namespaces(self) -> str:
+        """Set of the namespaces with runs in this shard's indexes (added as a run is created,
+        taken out when the sweep expires a namespace's last run): what an operator's
+        listing of every namespace reads (``dago.history.listing``)."""
+        return f"{self.tag}:namespaces"
+
     def waits(self, namespace: str = "default") -> str:
         """Sorted set of a namespace's waiting wait nodes, ``<graph id>|<node>`` by when they
         started waiting (ms): the inbox ListWaits reads."""

@@ -613,6 +613,14 @@ class Store:
         )
         return [(_s(member), int(score)) for member, score in res]
 
+    async def listed_namespaces(self) -> list[list[str]]:
+        """Per shard, the namespaces with runs in its indexes (``ShardKeys.namespaces``),
+        sorted; every shard in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sk in self.keys.all_shards():
+            pipe.smembers(sk.namespaces)
+        return [sorted(_s(m) for m in members) for members in await pipe.execute()]
+
     async def namespace_load(self, namespace: str) -> tuple[int, int]:
         """A namespace's work items (running, queued for their turn), over every shard, in
         one round trip (``lua/fair.lua`` keeps both per shard)."""

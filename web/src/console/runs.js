@@ -1,7 +1,11 @@
 // #/runs: one page of runs (ListGraphs, newest first) with their cost, tokens and steps,
 // filtered on the server (state, exact name, created after / before, metadata key=value
-// pairs, min cost, the stored definition it ran, the parent run of child runs; kept in the hash query), paged with next_page_token, refreshed every 2 s
-// while the tab is visible. A filter the server refuses is shown as its message (the field).
+// pairs, min cost, the stored definition it ran, the parent run of child runs, and for an
+// operator the namespace; kept in the hash query), paged with next_page_token, refreshed
+// every 2 s while the tab is visible. A filter the server refuses is shown as its message
+// (the field). An operator (GetLimitsResponse.operator: authentication off, or a key of
+// DAGO_OPERATOR_NAMESPACES) sees every namespace's runs, a namespace column and filter; a
+// tenant sees its own namespace's runs and neither.
 import { GraphState } from "../../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { badge, dago, dollars, duration, graphStateName, h, ms, poll, showError, when } from "./util.js";
 import { INVALID_ARGUMENT, timestampOf, tokens as tokenText } from "./util.js";
@@ -60,6 +64,21 @@ export function runsPage(root, params) {
       if (name !== params.get("definition")) h("option", { value: name }, definition, name);
     }
   }, (err) => alive && showError(err));
+  // The namespace filter, shown once GetLimits says the caller is an operator: empty lists
+  // every namespace; the suggestions are the namespaces its listings have shown.
+  const ns = lab("namespace", h("input", { id: "f-namespace", type: "search", list: "namespaces", spellcheck: "false", placeholder: "every namespace" }));
+  ns.parentElement.hidden = true;
+  ns.value = params.get("ns") ?? "";
+  const seen = new Set();
+  const suggestions = h("datalist", { id: "namespaces" }, form);
+  let operator = false;
+  const who = dago().limits().then(
+    (r) => {
+      operator = r.operator;
+      ns.parentElement.hidden = !operator;
+    },
+    () => {}, // not known (e.g. no key yet): a tenant's view; the listing shows the error
+  );
   const size = lab("per page", h("input", { id: "f-size", type: "number", min: "1", max: "1000" }));
   size.value = params.get("size") ?? "25";
   const live = h("span", { class: "live", "aria-live": "polite" }, form);
@@ -81,6 +100,7 @@ export function runsPage(root, params) {
     if (state.value !== "0") q.set("state", graphStateName(Number(state.value)));
     for (const [key, input] of fields) if (input.value) q.set(key, input.value);
     if (definition.value) q.set("definition", definition.value);
+    if (operator && ns.value.trim()) q.set("ns", ns.value.trim());
     if (size.value !== "25") q.set("size", size.value);
     const hash = `#/runs${q.size ? `?${q}` : ""}`;
     if (window.location.hash !== hash) history.replaceState(null, "", hash);
@@ -89,6 +109,7 @@ export function runsPage(root, params) {
   let issued = 0; // a response older than the last request (filters changed since) is dropped
   async function load() {
     const mine = ++issued;
+    await who;
     const resp = await dago().list({
       pageSize: Math.max(1, Math.min(1000, Number(size.value) || 25)),
       pageToken: tokens[tokens.length - 1],
@@ -100,6 +121,7 @@ export function runsPage(root, params) {
       minCostUsd: Number(f.cost.value) || 0,
       definition: definition.value,
       parentGraphId: f.parent.value.trim(),
+      namespace: operator ? ns.value.trim() : "",
     });
     if (!alive || mine !== issued) return;
     showError("");
@@ -114,7 +136,13 @@ export function runsPage(root, params) {
   function render() {
     const resp = last;
     const rows = resp.graphs;
-    table.classList.toggle("no-ns", !resp.graphs.some((g) => g.namespace));
+    table.classList.toggle("no-ns", !operator);
+    for (const g of rows) {
+      if (operator && !seen.has(g.namespace)) {
+        seen.add(g.namespace);
+        h("option", { value: g.namespace }, suggestions);
+      }
+    }
     table.classList.toggle("no-parent", !resp.graphs.some((g) => g.parentGraphId));
     body.replaceChildren();
     for (const g of rows) {
@@ -158,6 +186,7 @@ export function runsPage(root, params) {
   state.addEventListener("change", restart);
   definition.addEventListener("change", restart);
   size.addEventListener("change", restart);
+  ns.addEventListener("change", restart);
   for (const [, input] of fields) input.addEventListener("change", restart);
   older.addEventListener("click", () => {
     if (!next) return;

@@ -127,6 +127,12 @@ class GetLimitsResponse(_message.Message):
 
     MODELS_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    operator: _builtins.bool
+    """Output only. Whether the caller is an operator (authentication off, or a
+    key of DAGO_OPERATOR_NAMESPACES): it sees every namespace's runs
+    (ListGraphsRequest.namespace), workers and usage.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelLimit]:
         """Each configured model limit, by provider and model."""
@@ -142,10 +148,11 @@ class GetLimitsResponse(_message.Message):
         *,
         models: _abc.Iterable[Global___ModelLimit] | None = ...,
         namespace: Global___NamespaceUsage | None = ...,
+        operator: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "namespace", b"namespace", "operator", b"operator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,6 +702,7 @@ class ListGraphsRequest(_message.Message):
     DEFINITION_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
@@ -713,6 +721,13 @@ class ListGraphsRequest(_message.Message):
     """With `definition`: only runs of this version of it (0: any)."""
     parent_graph_id: _builtins.str
     """Only the child runs this run started (its subgraph nodes' runs)."""
+    namespace: _builtins.str
+    """Only runs of this namespace. A tenant may name only its own (another is
+    PERMISSION_DENIED); an operator (authentication off, or a key of
+    DAGO_OPERATOR_NAMESPACES) may name any, and leaving it empty lists every
+    namespace's runs (GraphSummary.namespace says whose). Empty for a tenant:
+    its own namespace.
+    """
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only runs created at or after this time (milliseconds count: a run's
@@ -750,10 +765,11 @@ class ListGraphsRequest(_message.Message):
         definition: _builtins.str = ...,
         definition_version: _builtins.int = ...,
         parent_graph_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "parent_graph_id", b"parent_graph_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_graph_id", b"parent_graph_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -125,9 +125,7 @@ function Child.create(cid, pid, node, iter, attempt, exec, depth, A)
   end
   for k = 1, #fv, 600 do redis.call('HSET', nkey(cid), unpack(fv, k, math.min(k + 599, #fv))) end
   redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
-  local idx = nsindex(ns)
-  redis.call('ZADD', idx, NOW, cid)
-  redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, cid)
+  index_created(ns, cid)
   redis.call('ZADD', pk .. ':c', NOW, cid)
   gstate[cid] = GraphState.SUBMITTED
   emit(cid, EventKind.GRAPH_SUBMITTED, nil, nil, nil,

@@ -391,6 +391,15 @@ local function nsindex(ns)
   return TAG .. ':ns:' .. ns .. ':index'
 end
 
+-- A namespace gets its place in the shard's set of namespaces (ShardKeys.namespaces) with
+-- its index: an operator's listing of every namespace reads the indexes this set names.
+local function index_created(ns, gid)
+  local idx = nsindex(ns)
+  redis.call('ZADD', idx, NOW, gid)
+  redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, gid)
+  redis.call('SADD', TAG .. ':namespaces', (ns == nil or ns == '') and 'default' or ns)
+end
+
 local function reqkey(ns, rid)
   if not ns or ns == '' or ns == 'default' then return TAG .. ':req:' .. rid end
   return TAG .. ':ns:' .. ns .. ':req:' .. rid

@@ -70,9 +70,7 @@ if #ids > 4 then
   end
 end
 redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
-local idx = nsindex(ns)
-redis.call('ZADD', idx, NOW, gid)
-redis.call('ZADD', idx .. ':' .. GraphState.SUBMITTED, NOW, gid)
+index_created(ns, gid)
 local fork = ARGV[A.FORKED_FROM]
 local sub = {[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}
 if ARGV[A.DEF_NAME] ~= '' then

@@ -44,6 +44,11 @@ for _, member in ipairs(due) do
     for _, s in pairs(GraphState) do
       if s ~= GraphState.UNSPECIFIED then redis.call('ZREM', idx .. ':' .. s, gid) end
     end
+    -- The namespace's last run here gone: no listing of every namespace reads it any more
+    -- (a run created later adds it again, in this same slot).
+    if redis.call('EXISTS', idx) == 0 then
+      redis.call('SREM', TAG .. ':namespaces', (p[3] == nil or p[3] == '') and 'default' or p[3])
+    end
   end
 end
 flush()

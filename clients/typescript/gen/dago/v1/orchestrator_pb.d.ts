@@ -48,6 +48,15 @@ export declare type GetLimitsResponse = Message<"dago.v1.GetLimitsResponse"> & {
    * @generated from field: dago.v1.NamespaceUsage namespace = 20;
    */
   namespace?: NamespaceUsage | undefined;
+
+  /**
+   * Output only. Whether the caller is an operator (authentication off, or a
+   * key of DAGO_OPERATOR_NAMESPACES): it sees every namespace's runs
+   * (ListGraphsRequest.namespace), workers and usage.
+   *
+   * @generated from field: bool operator = 50;
+   */
+  operator: boolean;
 };
 
 /**
@@ -706,6 +715,17 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
    * @generated from field: string parent_graph_id = 40;
    */
   parentGraphId: string;
+
+  /**
+   * Only runs of this namespace. A tenant may name only its own (another is
+   * PERMISSION_DENIED); an operator (authentication off, or a key of
+   * DAGO_OPERATOR_NAMESPACES) may name any, and leaving it empty lists every
+   * namespace's runs (GraphSummary.namespace says whose). Empty for a tenant:
+   * its own namespace.
+   *
+   * @generated from field: string namespace = 50;
+   */
+  namespace: string;
 };
 
 /**
