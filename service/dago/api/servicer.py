@@ -865,6 +865,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             w.last_heartbeat_time.FromMilliseconds(seen_ms)
         return resp
 
+    @guard
     async def GetLimits(
         self, request: orchestrator_pb2.GetLimitsRequest, context: Ctx
     ) -> orchestrator_pb2.GetLimitsResponse:
