@@ -15,12 +15,13 @@ output fails too.
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from dago.devtools import generated
 
 ROOT = Path(__file__).resolve().parents[3]
 SOURCE = ROOT / "clients" / "python" / "dago_client" / "aio.py"
@@ -58,7 +59,7 @@ RULES: tuple[tuple[str, str], ...] = (
 LEFT = re.compile(r"\basync\b|\bawait\b|\basyncio\b|\bgrpc\.aio\b|\bAsync|\bAwaitable\b|\baclose\b")
 
 
-class UnasyncError(Exception):
+class UnasyncError(generated.GenerationError):
     """aio.py no longer fits the rules."""
 
 
@@ -99,21 +100,7 @@ def render() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write sync.py, or with ``--check`` fail when the file differs."""
-    parser = argparse.ArgumentParser(prog="python -m dago.devtools.unasync", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the file is out of date")
-    args = parser.parse_args(argv)
-    try:
-        text = render()
-    except UnasyncError as e:
-        print(f"unasync: {e}", file=sys.stderr)
-        return 1
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is out of date: run `make gen`", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    return 0
+    return generated.main(OUT, render, "python -m dago.devtools.unasync", __doc__, argv)
 
 
 if __name__ == "__main__":
