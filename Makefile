@@ -26,7 +26,7 @@ TS_DIR      := clients/typescript
 TS_STAMP    := $(TS_DIR)/node_modules/.dago-setup.sha256
 # (docs/api.md is generated from the proto comments too: `make gen` writes it.)
 GEN_DIRS    := gen/ $(TS_DIR)/gen/ docs/api.md helm/dago/files/ deploy/envoy/ \
-	service/dago/store/lua/prelude.lua
+	service/dago/store/lua/prelude.lua clients/python/dago_client/sync.py
 # The live graph view (web/): web/src/app.js + the TypeScript client bundled by esbuild
 # (from $(TS_DIR)/node_modules) into web/dist/app.js, which Envoy serves on /ui/.
 # The console (web/console.html): web/src/console/*.js + the same client into web/dist/console.js
@@ -136,6 +136,8 @@ gen: setup ## Regenerate gen/ (Python stubs, Envoy descriptor set, openapi.json)
 	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
 	$(call say,gen: the Lua prelude of the Redis functions (service/dago/store/lua/prelude.lua))
 	$(PY) -m dago.devtools.luagen
+	$(call say,gen: the blocking Python client (clients/python/dago_client/sync.py) from aio.py)
+	$(PY) -m dago.devtools.unasync
 	$(call say,gen: docs/api.md from the proto comments)
 	$(PY) -m dago.devtools.docsgen --out docs/api.md
 	$(call say,gen: gen/openapi.json (the REST API as OpenAPI 3) from the proto)

@@ -1,10 +1,14 @@
-"""What the async and the sync client share: request building, states, backoff."""
+"""What the async and the sync client share: request building, states, backoff, and the
+two ways of reading a watch stream (the one piece each transport writes its own way; the
+sync client is generated from the async one: ``dago.devtools.unasync``)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -14,6 +18,10 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+from dago_client.errors import DagoError
+
+OnResume = Callable[[int, int, DagoError], None]
+"""Called before a watch resumes: (after_seq, consecutive failures, the error)."""
 
 # Payload kinds that end a run's event stream.
 TERMINAL_EVENTS = frozenset({"graph_completed", "graph_failed", "graph_cancelled"})
@@ -296,6 +304,59 @@ def run_request(
 def events_of(msg: orchestrator_pb2.WatchGraphResponse) -> Sequence[execution_pb2.Event]:
     """The events of a WatchGraph or RunGraph message: several in batch mode, else one."""
     return msg.events if len(msg.events) else (msg.event,)
+
+
+async def read_stream_async(
+    call: Any, idle_timeout_s: float | None
+) -> AsyncIterator[orchestrator_pb2.WatchGraphResponse]:
+    """The messages of a grpc.aio WatchGraph or RunGraph call; TimeoutError when none comes
+    for ``idle_timeout_s`` (None or 0: no limit). Time spent by the consumer between two
+    messages does not count."""
+    while True:
+        if idle_timeout_s:
+            msg = await asyncio.wait_for(call.read(), idle_timeout_s)
+        else:
+            msg = await call.read()
+        if msg is grpc.aio.EOF:
+            return
+        assert isinstance(msg, orchestrator_pb2.WatchGraphResponse)
+        yield msg
+
+
+def read_stream(
+    call: Any, idle_timeout_s: float | None
+) -> Iterator[orchestrator_pb2.WatchGraphResponse]:
+    """The messages of a blocking WatchGraph or RunGraph call; TimeoutError when none comes
+    for ``idle_timeout_s`` (None or 0: no limit). A blocking read cannot time out, so a
+    timer, armed again at each message, cancels a quiet call."""
+    idle = threading.Event()
+    timer: threading.Timer | None = None
+
+    def expire() -> None:
+        idle.set()
+        call.cancel()
+
+    def arm() -> None:
+        nonlocal timer
+        if timer is not None:
+            timer.cancel()
+        if idle_timeout_s:
+            timer = threading.Timer(idle_timeout_s, expire)
+            timer.daemon = True
+            timer.start()
+
+    try:
+        arm()
+        for msg in call:
+            arm()
+            yield msg
+    except grpc.RpcError:
+        if not idle.is_set():
+            raise
+        raise TimeoutError(f"no message for {idle_timeout_s}s") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:

@@ -22,10 +22,12 @@ from dago_client._common import (
     RECONNECT_OPTIONS,
     RESUMABLE_CODES,
     TERMINAL_EVENTS,
+    OnResume,
     RunFilters,
     backoff,
     events_of,
     fork_request,
+    read_stream_async,
     run_request,
     signal_request,
     split_reference,
@@ -36,21 +38,18 @@ from dago_client._common import (
 from dago_client.config import ClientConfig
 from dago_client.errors import DagoError, UnavailableError, from_rpc_error
 
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-
-OnResume = Callable[[int, int, DagoError], None]
-"""Called before a watch resumes: (after_seq, consecutive failures, the error)."""
 
 
 class AsyncDagoClient:
     """dago's API for asyncio code.
 
     ``AsyncDagoClient()`` reads ``DAGO_TARGET``, ``DAGO_API_KEY`` and ``DAGO_TLS*`` (see
-    :mod:`dago_client.config`); keyword arguments override them. Use it as an async context
-    manager, or call :meth:`close`. Failed calls raise :class:`dago_client.DagoError`
-    subclasses. Idempotent calls (reads, cancel, submit with a request_id, which submit
-    generates when none is given) are retried on UNAVAILABLE within their deadline.
+    :mod:`dago_client.config`); keyword arguments override them. Use it as an async
+    context manager, or call :meth:`close`. Failed calls raise
+    :class:`dago_client.DagoError` subclasses. Idempotent calls (reads, cancel, submit with
+    a request_id, which submit generates when none is given) are retried on UNAVAILABLE
+    within their deadline.
     """
 
     def __init__(
@@ -639,14 +638,7 @@ class AsyncDagoClient:
             call = open_call(last)
             err: DagoError
             try:
-                while True:
-                    if idle_timeout_s:
-                        msg = await asyncio.wait_for(call.read(), idle_timeout_s)
-                    else:
-                        msg = await call.read()
-                    if msg is grpc.aio.EOF:
-                        break
-                    assert isinstance(msg, orchestrator_pb2.WatchGraphResponse)
+                async for msg in read_stream_async(call, idle_timeout_s):
                     failures = 0
                     for ev in events_of(msg):
                         kind = ev.WhichOneof("payload")

@@ -9,7 +9,6 @@ position is written once, in Python or in the proto, and the Lua reads it by nam
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 
 from google.protobuf.descriptor import EnumDescriptor
 
+from dago.devtools import generated
 from dago.store import functions, schema
 from dago.v1 import execution_pb2, graph_pb2
 
@@ -128,17 +128,7 @@ def render() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the prelude, or with ``--check`` fail when the file differs."""
-    parser = argparse.ArgumentParser(prog="python -m dago.devtools.luagen", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the file is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is out of date: run `make gen`", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    return 0
+    return generated.main(OUT, render, "python -m dago.devtools.luagen", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ graph's own events), and a JSON detail whose keys are ``schema.Detail`` (usage o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from dago.store.schema import Detail, Error, Event, MapItems, MapResult, UsageJson
@@ -101,7 +101,7 @@ def decode(graph_id: str, seq: int, stored: Stored) -> execution_pb2.Event:
     kind = stored[KIND].decode()
     raw = stored[DETAIL]
     d: dict[str, Any] = json.loads(raw) if raw else {}
-    _PAYLOADS[kind](ev, d)
+    fill_payload(ev, kind, d)
     return ev
 
 
@@ -112,240 +112,189 @@ def heartbeat(graph_id: str, seq: int, now_ms: int) -> execution_pb2.Event:
     return ev
 
 
-def _submitted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.graph_submitted.SetInParent()
-    ev.graph_submitted.name = d.get(Detail.NAME, "")
-    entries = d.get(Detail.ENTRIES) or []
-    ev.graph_submitted.entry_nodes.extend(entries if isinstance(entries, list) else [])
-    ev.graph_submitted.forked_from = d.get(Detail.SOURCE, "")
-    ref = d.get(Detail.DEFINITION)
-    if isinstance(ref, list) and len(ref) == 3:
-        ev.graph_submitted.definition.name = str(ref[0])
-        ev.graph_submitted.definition.version = int(ref[1])
-        ev.graph_submitted.definition.digest = str(ref[2])
+# --- payloads: one table maps each kind to its payload's fields -----------------------
+#
+# A payload (the Event oneof field named as its kind) is filled field by field from the
+# stored detail: each row is (payload field, detail key, how). A "how" takes (the payload,
+# the field, the detail's value or None, the event) and writes the field, so what a value
+# becomes (a string, a number, a google.protobuf.Value, a usage, an error...) is written
+# once, not once per kind. The payload is set even when the detail holds nothing.
+
+Fill = Callable[[Any, str, Any, execution_pb2.Event], None]
 
 
-def _reused(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.node_reused
-    p.SetInParent()
-    p.source_graph_id = str(d.get(Detail.SOURCE, ""))
-    p.skipped = bool(d.get(Detail.SKIPPED, False))
+def _str(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    setattr(p, field, "" if v is None else str(v))
 
 
-def _child_started(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.child_started
-    p.SetInParent()
-    p.child_graph_id = str(d.get(Detail.CHILD, ""))
+def _int(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    setattr(p, field, int(v or 0))
 
 
-def _child_ended(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.child_ended
-    p.SetInParent()
-    p.child_graph_id = str(d.get(Detail.CHILD, ""))
-    p.state = execution_pb2.GraphState.ValueType(int(d.get(Detail.CHILD_STATE) or 0))
+def _float(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    setattr(p, field, float(v or 0))
 
 
-def _completed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.graph_completed.SetInParent()
-    usage_from(d.get(Detail.USAGE), ev.graph_completed.usage)
+def _bool(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    setattr(p, field, bool(v))
 
 
-def _failed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.graph_failed.SetInParent()
-    error_from(d.get(Detail.ERROR), ev.graph_failed.error)
-    ev.graph_failed.failed_node_id = d.get(Detail.NEXT, "")
+def _value(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    """Any JSON value, as a ``google.protobuf.Value`` (absent: null)."""
+    set_value(getattr(p, field), v)
 
 
-def _node_completed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.node_completed
-    p.SetInParent()
-    set_value(p.output, d.get(Detail.OUTPUT))
-    usage_from(d.get(Detail.USAGE), p.usage)
-    p.duration_ms = int(d.get(Detail.DURATION_MS, 0))
+def _strings(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    """A list of strings (anything else: none)."""
+    if isinstance(v, list):
+        getattr(p, field).extend(str(x) for x in v)
 
 
-def _retrying(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.node_retrying
-    p.SetInParent()
-    error_from(d.get(Detail.ERROR), p.error)
-    p.backoff_ms = int(d.get(Detail.BACKOFF_MS, 0))
-    p.next_attempt = int(d.get(Detail.NEXT, 0))
+def _struct(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    """A JSON object, as a ``google.protobuf.Struct`` (anything else: empty)."""
+    if isinstance(v, dict):
+        getattr(p, field).update(v)
 
 
-def _router(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.router_decision
-    p.SetInParent()
-    p.route = d.get(Detail.ROUTE, "")
-    p.reason = d.get(Detail.REASON, "")
-    p.confidence = float(d.get("confidence", 0))
-    targets = d.get(Detail.TARGETS)
-    p.targets.extend(targets if isinstance(targets, list) else [])
+def _time_ms(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    """A time in ms since the epoch (0 or absent: unset)."""
+    if int(v or 0):
+        getattr(p, field).FromMilliseconds(int(v))
 
 
-def _tool_call(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.tool_call
-    p.SetInParent()
-    p.call_id, p.tool = d.get("id", ""), d.get("tool", "")
-    set_value(p.arguments, d.get("args"))
+def _usage(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    usage_from(v, getattr(p, field))
 
 
-def _tool_result(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.tool_result
-    p.SetInParent()
-    p.call_id, p.tool, p.error = d.get("id", ""), d.get("tool", ""), d.get("error", "")
-    set_value(p.result, d.get("result"))
+def _error(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    error_from(v, getattr(p, field))
 
 
-def _usage(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.usage
-    p.SetInParent()
-    usage_from(d.get(Detail.USAGE), p.usage)
-    p.provider, p.model = d.get(Detail.PROVIDER, ""), d.get(Detail.MODEL, "")
+def _definition(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    """A definition reference stored as [name, version, digest]."""
+    if isinstance(v, list) and len(v) == 3:
+        ref = getattr(p, field)
+        ref.name, ref.version, ref.digest = str(v[0]), int(v[1]), str(v[2])
 
 
-def _loop(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.loop_iteration
-    p.SetInParent()
-    p.iteration = int(d.get(Detail.ITERATION, 0))
-    p.from_node_id = d.get(Detail.FROM, "")
-    p.exhausted = bool(d.get(Detail.EXHAUSTED, False))
-
-
-def _started(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.node_started.SetInParent()
-    ev.node_started.worker_id = d.get(Detail.WORKER, "")
-    ev.node_started.redelivered = bool(d.get(Detail.REDELIVERED, False))
-
-
-def _failed_node(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.node_failed.SetInParent()
-    error_from(d.get(Detail.ERROR), ev.node_failed.error)
-
-
-def _dead_lettered(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    # The stored id is the shard's stream entry id; the API's id adds the shard (the graph
-    # id's prefix).
+def _dead_letter_id(p: Any, field: str, v: Any, ev: execution_pb2.Event) -> None:
+    """The stored id is the shard's stream entry id; the API's id adds the shard (the graph
+    id's prefix)."""
     shard = ev.graph_id.split("-", 1)[0]
-    p = ev.node_dead_lettered
-    p.SetInParent()
-    error_from(d.get(Detail.ERROR), p.error)
-    p.deliveries = int(d.get(Detail.NEXT, 0))
-    p.dead_letter_id = f"{shard}-{d.get(Detail.DEAD_LETTER, '')}"
+    setattr(p, field, f"{shard}-{'' if v is None else v}")
 
 
-def _requeued(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    shard = ev.graph_id.split("-", 1)[0]
-    ev.node_requeued.dead_letter_id = f"{shard}-{d.get(Detail.DEAD_LETTER, '')}"
-
-
-def _waiting(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.node_waiting
-    p.SetInParent()
-    p.prompt = str(d.get(Detail.PROMPT, ""))
-    display = d.get(Detail.DISPLAY)
-    if isinstance(display, dict):
-        p.display.update(display)
-    p.decisions.extend(str(x) for x in d.get(Detail.DECISIONS) or [])
-    deadline = int(d.get(Detail.DEADLINE) or 0)
-    if deadline:
-        p.deadline.FromMilliseconds(deadline)
-    p.payload_schema = str(d.get(Detail.SCHEMA, ""))
-
-
-def _throttled(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.node_throttled
-    p.SetInParent()
-    p.provider = str(d.get(Detail.PROVIDER, ""))
-    p.model = str(d.get(Detail.MODEL, ""))
-    p.wait_ms = int(d.get(Detail.WAIT_MS) or 0)
-    p.reason = str(d.get(Detail.REASON, ""))
-
-
-def _signal(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.signal_received
-    p.SetInParent()
-    p.decision = str(d.get(Detail.DECISION, ""))
-    set_value(p.payload, d.get(Detail.PAYLOAD))
-    p.actor = str(d.get(Detail.ACTOR, ""))
-    p.signal_id = str(d.get(Detail.SIGNAL_ID, ""))
-    p.comment = str(d.get(Detail.COMMENT, ""))
-    p.timed_out = bool(d.get(Detail.TIMED_OUT, False))
-
-
-def _map_progress(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.map_progress
-    p.SetInParent()
-    p.total = int(d.get(MapResult.TOTAL, 0))
-    p.queued = int(d.get(MapResult.QUEUED, 0))
-    p.running = int(d.get(MapResult.RUNNING, 0))
-    p.completed = int(d.get(MapResult.COMPLETED, 0))
-    p.failed = int(d.get(MapResult.FAILED, 0))
-    p.cancelled = int(d.get(MapResult.CANCELLED, 0))
-
-
-def _budget_warning(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.budget_warning
-    p.SetInParent()
-    p.limit = str(d.get(Detail.LIMIT, ""))
-    p.used = float(d.get(Detail.USED, 0))
-    p.max = float(d.get(Detail.MAX, 0))
-
-
-def _budget_exhausted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    p = ev.budget_exhausted
-    p.SetInParent()
-    p.limit = str(d.get(Detail.LIMIT, ""))
-    p.message = str(d.get(Detail.MESSAGE, ""))
-
-
-def _resumed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-    ev.graph_resumed.SetInParent()
-    nodes = d.get(Detail.NODES) or []
-    ev.graph_resumed.node_ids.extend(str(n) for n in (nodes if isinstance(nodes, list) else []))
-
-
-def _text(field: str, key: str) -> Any:
-    """A payload with one string field; SetInParent marks the oneof even when it is empty."""
-
-    def fill(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
-        msg = getattr(ev, field)
-        msg.SetInParent()
-        setattr(msg, key, d.get(key, ""))
-
-    return fill
-
-
-_PAYLOADS = {
-    "node_dead_lettered": _dead_lettered,
-    "node_requeued": _requeued,
-    "graph_submitted": _submitted,
-    "graph_started": lambda ev, d: ev.graph_started.SetInParent(),
-    "graph_completed": _completed,
-    "graph_failed": _failed,
-    "graph_cancelled": _text("graph_cancelled", Detail.REASON),
-    "node_started": _started,
-    "node_completed": _node_completed,
-    "node_failed": _failed_node,
-    "node_retrying": _retrying,
-    "node_skipped": _text("node_skipped", Detail.REASON),
-    "node_cancelled": _text("node_cancelled", Detail.REASON),
-    "router_decision": _router,
-    "llm_delta": _text("llm_delta", "text"),
-    "tool_call": _tool_call,
-    "tool_result": _tool_result,
-    "usage": _usage,
-    "loop_iteration": _loop,
-    "node_waiting": _waiting,
-    "signal_received": _signal,
-    "node_reused": _reused,
-    "child_started": _child_started,
-    "child_ended": _child_ended,
-    "map_progress": _map_progress,
-    "node_throttled": _throttled,
-    "budget_warning": _budget_warning,
-    "budget_exhausted": _budget_exhausted,
-    "graph_resumed": _resumed,
+PAYLOADS: dict[str, tuple[tuple[str, str, Fill], ...]] = {
+    "graph_submitted": (
+        ("name", Detail.NAME, _str),
+        ("entry_nodes", Detail.ENTRIES, _strings),
+        ("forked_from", Detail.SOURCE, _str),
+        ("definition", Detail.DEFINITION, _definition),
+    ),
+    "graph_started": (),
+    "graph_completed": (("usage", Detail.USAGE, _usage),),
+    "graph_failed": (("error", Detail.ERROR, _error), ("failed_node_id", Detail.NEXT, _str)),
+    "graph_cancelled": (("reason", Detail.REASON, _str),),
+    "graph_resumed": (("node_ids", Detail.NODES, _strings),),
+    "node_started": (
+        ("worker_id", Detail.WORKER, _str),
+        ("redelivered", Detail.REDELIVERED, _bool),
+    ),
+    "node_completed": (
+        ("output", Detail.OUTPUT, _value),
+        ("usage", Detail.USAGE, _usage),
+        ("duration_ms", Detail.DURATION_MS, _int),
+    ),
+    "node_failed": (("error", Detail.ERROR, _error),),
+    "node_retrying": (
+        ("error", Detail.ERROR, _error),
+        ("backoff_ms", Detail.BACKOFF_MS, _int),
+        ("next_attempt", Detail.NEXT, _int),
+    ),
+    "node_skipped": (("reason", Detail.REASON, _str),),
+    "node_cancelled": (("reason", Detail.REASON, _str),),
+    "node_dead_lettered": (
+        ("error", Detail.ERROR, _error),
+        ("deliveries", Detail.NEXT, _int),
+        ("dead_letter_id", Detail.DEAD_LETTER, _dead_letter_id),
+    ),
+    "node_requeued": (("dead_letter_id", Detail.DEAD_LETTER, _dead_letter_id),),
+    "node_reused": (("source_graph_id", Detail.SOURCE, _str), ("skipped", Detail.SKIPPED, _bool)),
+    "node_waiting": (
+        ("prompt", Detail.PROMPT, _str),
+        ("display", Detail.DISPLAY, _struct),
+        ("decisions", Detail.DECISIONS, _strings),
+        ("deadline", Detail.DEADLINE, _time_ms),
+        ("payload_schema", Detail.SCHEMA, _str),
+    ),
+    "node_throttled": (
+        ("provider", Detail.PROVIDER, _str),
+        ("model", Detail.MODEL, _str),
+        ("wait_ms", Detail.WAIT_MS, _int),
+        ("reason", Detail.REASON, _str),
+    ),
+    "router_decision": (
+        ("route", Detail.ROUTE, _str),
+        ("reason", Detail.REASON, _str),
+        ("confidence", "confidence", _float),
+        ("targets", Detail.TARGETS, _strings),
+    ),
+    "llm_delta": (("text", "text", _str),),
+    "tool_call": (("call_id", "id", _str), ("tool", "tool", _str), ("arguments", "args", _value)),
+    "tool_result": (
+        ("call_id", "id", _str),
+        ("tool", "tool", _str),
+        ("error", "error", _str),
+        ("result", "result", _value),
+    ),
+    "usage": (
+        ("usage", Detail.USAGE, _usage),
+        ("provider", Detail.PROVIDER, _str),
+        ("model", Detail.MODEL, _str),
+    ),
+    "loop_iteration": (
+        ("iteration", Detail.ITERATION, _int),
+        ("from_node_id", Detail.FROM, _str),
+        ("exhausted", Detail.EXHAUSTED, _bool),
+    ),
+    "signal_received": (
+        ("decision", Detail.DECISION, _str),
+        ("payload", Detail.PAYLOAD, _value),
+        ("actor", Detail.ACTOR, _str),
+        ("signal_id", Detail.SIGNAL_ID, _str),
+        ("comment", Detail.COMMENT, _str),
+        ("timed_out", Detail.TIMED_OUT, _bool),
+    ),
+    "child_started": (("child_graph_id", Detail.CHILD, _str),),
+    "child_ended": (("child_graph_id", Detail.CHILD, _str), ("state", Detail.CHILD_STATE, _int)),
+    "map_progress": tuple(
+        (key, key, _int)
+        for key in (
+            MapResult.TOTAL,
+            MapResult.QUEUED,
+            MapResult.RUNNING,
+            MapResult.COMPLETED,
+            MapResult.FAILED,
+            MapResult.CANCELLED,
+        )
+    ),
+    "budget_warning": (
+        ("limit", Detail.LIMIT, _str),
+        ("used", Detail.USED, _float),
+        ("max", Detail.MAX, _float),
+    ),
+    "budget_exhausted": (("limit", Detail.LIMIT, _str), ("message", Detail.MESSAGE, _str)),
 }
+"""Each stored kind's payload fields: (field, detail key, how); tests/store/
+test_event_payloads.py checks it against the proto."""
+
+
+def fill_payload(ev: execution_pb2.Event, kind: str, d: dict[str, Any]) -> None:
+    """Set ``ev``'s payload of ``kind`` (an Event oneof field) from the stored detail ``d``."""
+    p = getattr(ev, kind)
+    p.SetInParent()
+    for field, key, how in PAYLOADS[kind]:
+        how(p, field, d.get(key), ev)
 
 
 # --- the wire form of WatchGraph -------------------------------------------------------
@@ -462,10 +411,10 @@ def encode(graph_id: str, seq: int, stored: Stored, prefix: bytes = b"") -> byte
         msg = execution_pb2.Event()
         if kind in _NEEDS_GRAPH:
             msg.graph_id = graph_id
-            _PAYLOADS[kind](msg, d)
+            fill_payload(msg, kind, d)
             msg.ClearField("graph_id")
         else:
-            _PAYLOADS[kind](msg, d)
+            fill_payload(msg, kind, d)
         payload = msg.SerializeToString()
     event = head + payload
     return _T_EVENT + _varint(len(event)) + event

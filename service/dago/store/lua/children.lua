@@ -85,51 +85,23 @@ function Child.cancel_all(gid)
 end
 
 -- Creates child run `cid` of node run (pid, node, iter, attempt, exec, instance) from the
--- `spawn` arguments (A: ARG.SPAWN), as submit.lua creates a run, with what it takes from
--- its parent: namespace, priority, retention, event and byte limits, archiving, trace; its deadline
--- the sooner of its own and the parent's. `depth`: its nesting level.
+-- `spawn` arguments (A: ARG.SPAWN), as submit.lua creates a run (create_run), with what it
+-- takes from its parent (INHERITED): namespace, priority, retention, event and byte limits,
+-- archiving, trace; its deadline the sooner of its own and the parent's. `depth`: its
+-- nesting level.
+local INHERITED = {META.RETENTION, META.MAX_EVENTS, META.MAX_BYTES, META.ARCHIVE, META.TRACEPARENT,
+  META.PRIORITY}
 function Child.create(cid, pid, node, iter, attempt, exec, depth, A)
   local pk = gkey(pid)
-  local pm = redis.call('HMGET', pk, META.NAMESPACE, META.RETENTION, META.MAX_EVENTS,
-    META.MAX_BYTES, META.ARCHIVE, META.TRACEPARENT, META.PRIORITY)
-  local ns = pm[1] or 'default'
-  local gk = gkey(cid)
-  local input = ARGV[A.INPUT]
-  local ids = cjson.decode(ARGV[A.NODE_IDS])
-  local plans = cjson.decode(ARGV[A.START_PLANS])
-  local entries = cjson.decode(ARGV[A.ENTRIES])
+  local pm = redis.call('HMGET', pk, META.NAMESPACE, unpack(INHERITED))
   local link = pid .. '|' .. node .. '|' .. iter .. '|' .. attempt .. '|' .. exec .. '|' .. ARGV[A.INSTANCE]
-  redis.call('HSET', gk, META.STATE, GraphState.SUBMITTED, META.NAME, ARGV[A.NAME], META.CREATED, NOW,
-    META.SEQ, 0, META.STEPS, 0, META.OPEN, #ids, META.DEFINITION, ARGV[A.DEFINITION],
-    META.INPUTS, input, META.NODE_IDS, ARGV[A.NODE_IDS], META.MAX_STEPS, ARGV[A.MAX_STEPS],
-    META.MAX_TOKENS, ARGV[A.MAX_TOKENS], META.MAX_COST, ARGV[A.MAX_COST],
-    META.RETENTION, pm[2], META.REQUEST_ID, '', META.NAMESPACE, ns,
-    META.MAX_EVENTS, pm[3], META.MAX_BYTES, pm[4],
-    META.BYTES, #ARGV[A.DEFINITION] + #input, META.ARCHIVE, pm[5] or '0',
-    META.PARENT, link, META.PARENT_GRAPH, pid, META.PARENT_NODE, node, META.DEPTH, depth)
-  if pm[6] then redis.call('HSET', gk, META.TRACEPARENT, pm[6]) end
-  if pm[7] then redis.call('HSET', gk, META.PRIORITY, pm[7]) end
-  if ARGV[A.DEF_NAME] ~= '' then
-    redis.call('HSET', gk, META.DEF_NAME, ARGV[A.DEF_NAME], META.DEF_VERSION, ARGV[A.DEF_VERSION],
-      META.DEF_DIGEST, ARGV[A.DEF_DIGEST])
+  local meta = {META.REQUEST_ID, '', META.PARENT, link, META.PARENT_GRAPH, pid, META.PARENT_NODE, node,
+    META.DEPTH, depth}
+  for k, f in ipairs(INHERITED) do
+    if pm[k + 1] then meta[#meta + 1] = f; meta[#meta + 1] = pm[k + 1] end
   end
-  local fv = {}
-  for i = A.FIRST, #ARGV do fv[#fv + 1] = ARGV[i] end
-  for k = 1, #fv, 600 do redis.call('HSET', gk .. ':t', unpack(fv, k, math.min(k + 599, #fv))) end
-  fv = {}
-  for k, n in ipairs(ids) do
-    fv[#fv + 1] = n .. F_STATE; fv[#fv + 1] = S_PENDING
-    fv[#fv + 1] = n .. F_ATTEMPT; fv[#fv + 1] = '0'
-    fv[#fv + 1] = n .. F_ITER; fv[#fv + 1] = '1'
-    fv[#fv + 1] = n .. NODE.PLAN; fv[#fv + 1] = plans[k]
-  end
-  for k = 1, #fv, 600 do redis.call('HSET', nkey(cid), unpack(fv, k, math.min(k + 599, #fv))) end
-  redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
-  index_created(ns, cid)
+  local entries = create_run(cid, A, ARGV[A.INPUT], pm[1] or 'default', meta, {})
   redis.call('ZADD', pk .. ':c', NOW, cid)
-  gstate[cid] = GraphState.SUBMITTED
-  emit(cid, EventKind.GRAPH_SUBMITTED, nil, nil, nil,
-    jstr({[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}))
   for _, n in ipairs(entries) do dispatch(cid, n, '1', '1') end
   local at = 0
   local own = tonumber(ARGV[A.DEADLINE_MS]) or 0

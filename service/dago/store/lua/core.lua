@@ -422,6 +422,74 @@ local function dispatch(gid, node, attempt, iter)
   dispatched = dispatched + 1
 end
 
+-- Creates run `gid` (submit.lua: a run a client submitted; Child.create: a subgraph node's
+-- child run; one home, so both runs are made alike): its graph hash, its topology (the
+-- arguments from A.FIRST), its pending nodes, the submitted count, its namespace's indexes
+-- and its graph_submitted event. `A`: the caller's ARG table (its NAME, DEFINITION,
+-- NODE_IDS, START_PLANS, ENTRIES, MAX_*, DEF_* arguments are read); `inputs`: JSON; `ns`:
+-- its namespace; `meta`: the graph fields only the caller knows, as field/value pairs
+-- (written in the same HSET, before anything reads them); `detail`: the event's detail
+-- beyond the run's name and entries. Returns the entry nodes: the caller dispatches them,
+-- after whatever it finishes first (a fork's reused nodes).
+local function create_run(gid, A, inputs, ns, meta, detail)
+  local gk, nk = gkey(gid), nkey(gid)
+  local tk = gk .. ':t'
+  local ids = cjson.decode(ARGV[A.NODE_IDS])
+  local plans = cjson.decode(ARGV[A.START_PLANS])
+  local entries = cjson.decode(ARGV[A.ENTRIES])
+  local fv = {META.STATE, GraphState.SUBMITTED, META.NAME, ARGV[A.NAME], META.CREATED, NOW,
+    META.SEQ, 0, META.STEPS, 0, META.OPEN, #ids, META.DEFINITION, ARGV[A.DEFINITION],
+    META.INPUTS, inputs, META.NODE_IDS, ARGV[A.NODE_IDS], META.MAX_STEPS, ARGV[A.MAX_STEPS],
+    META.MAX_TOKENS, ARGV[A.MAX_TOKENS], META.MAX_COST, ARGV[A.MAX_COST], META.NAMESPACE, ns,
+    META.BYTES, #ARGV[A.DEFINITION] + #inputs}
+  if ARGV[A.DEF_NAME] ~= '' then
+    local n = #fv
+    fv[n + 1] = META.DEF_NAME; fv[n + 2] = ARGV[A.DEF_NAME]
+    fv[n + 3] = META.DEF_VERSION; fv[n + 4] = ARGV[A.DEF_VERSION]
+    fv[n + 5] = META.DEF_DIGEST; fv[n + 6] = ARGV[A.DEF_DIGEST]
+  end
+  for _, x in ipairs(meta) do fv[#fv + 1] = x end
+  redis.call('HSET', gk, unpack(fv))
+  -- Node and topology fields are written a few hundred per HSET, not one command per node.
+  local function hset_all(key, list)
+    for k = 1, #list, 600 do
+      redis.call('HSET', key, unpack(list, k, math.min(k + 599, #list)))
+    end
+  end
+  fv = {}
+  for i = A.FIRST, #ARGV do fv[#fv + 1] = ARGV[i] end
+  hset_all(tk, fv)
+  fv = {}
+  for k, node in ipairs(ids) do
+    local n = #fv
+    fv[n + 1] = node .. F_STATE; fv[n + 2] = S_PENDING
+    fv[n + 3] = node .. F_ATTEMPT; fv[n + 4] = '0'
+    fv[n + 5] = node .. F_ITER; fv[n + 6] = '1'
+    fv[n + 7] = node .. NODE.PLAN; fv[n + 8] = plans[k]
+  end
+  hset_all(nk, fv)
+  -- The node hash gets ~10 fields per node and every transition reads and writes it several
+  -- times. Redis keeps hashes of up to hash-max-listpack-entries (512 by default) fields as a
+  -- listpack, where each access scans the fields one by one: for a graph of more than a few
+  -- nodes that made each command cost several times its price. A value longer than
+  -- hash-max-listpack-value (64) turns the hash into a hash table for good (deleting it does
+  -- not turn it back), so every access is O(1). The topology hash likewise.
+  if #ids > 4 then
+    local long = string.rep('.', 65)
+    for _, k in ipairs({nk, tk}) do
+      redis.call('HSET', k, '~', long)
+      redis.call('HDEL', k, '~')
+    end
+  end
+  redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
+  index_created(ns, gid)
+  gstate[gid] = GraphState.SUBMITTED
+  detail[DETAIL.NAME] = ARGV[A.NAME]
+  detail[DETAIL.ENTRIES] = entries
+  emit(gid, EventKind.GRAPH_SUBMITTED, nil, nil, nil, jstr(detail))
+  return entries
+end
+
 local function timer_key(kind, gid, node, iter, attempt)
   return kind .. '|' .. gid .. '|' .. node .. '|' .. iter .. '|' .. attempt
 end

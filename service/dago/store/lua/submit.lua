@@ -18,69 +18,23 @@ if rid ~= '' then
   end
   redis.call('HSET', rk, REQUEST.GRAPH, gid, REQUEST.BODY_HASH, hash)
 end
-local ids = cjson.decode(ARGV[A.NODE_IDS])
-local plans = cjson.decode(ARGV[A.START_PLANS])
-local entries = cjson.decode(ARGV[A.ENTRIES])
-redis.call('HSET', gk, META.STATE, GraphState.SUBMITTED, META.NAME, ARGV[A.NAME], META.CREATED, NOW,
-  META.SEQ, 0, META.STEPS, 0, META.OPEN, #ids, META.DEFINITION, ARGV[A.DEFINITION],
-  META.INPUTS, ARGV[A.INPUTS], META.NODE_IDS, ARGV[A.NODE_IDS], META.MAX_STEPS, ARGV[A.MAX_STEPS],
-  META.MAX_TOKENS, ARGV[A.MAX_TOKENS], META.MAX_COST, ARGV[A.MAX_COST],
-  META.RETENTION, ARGV[A.RETENTION_S], META.REQUEST_ID, rid, META.NAMESPACE, ns,
-  META.MAX_EVENTS, ARGV[A.MAX_EVENTS], META.MAX_BYTES, ARGV[A.MAX_BYTES],
-  META.BYTES, #ARGV[A.DEFINITION] + #ARGV[A.INPUTS], META.ARCHIVE, ARGV[A.ARCHIVE])
-redis.call('HSET', gk, META.PRIORITY, ARGV[A.PRIORITY])
-if ARGV[A.TRACEPARENT] ~= '' then redis.call('HSET', gk, META.TRACEPARENT, ARGV[A.TRACEPARENT]) end
-if ARGV[A.ON_EXCEED] ~= '0' then redis.call('HSET', gk, META.ON_EXCEED, ARGV[A.ON_EXCEED]) end
-redis.call('HSET', gk, META.WARN_SHARE, ARGV[A.WARN_SHARE])
-if ARGV[A.DEF_NAME] ~= '' then
-  redis.call('HSET', gk, META.DEF_NAME, ARGV[A.DEF_NAME], META.DEF_VERSION, ARGV[A.DEF_VERSION],
-    META.DEF_DIGEST, ARGV[A.DEF_DIGEST])
+local meta = {META.RETENTION, ARGV[A.RETENTION_S], META.REQUEST_ID, rid,
+  META.MAX_EVENTS, ARGV[A.MAX_EVENTS], META.MAX_BYTES, ARGV[A.MAX_BYTES], META.ARCHIVE, ARGV[A.ARCHIVE],
+  META.PRIORITY, ARGV[A.PRIORITY], META.WARN_SHARE, ARGV[A.WARN_SHARE]}
+-- Fields stored only when given.
+local function opt(field, value, unset)
+  if value ~= unset then meta[#meta + 1] = field; meta[#meta + 1] = value end
 end
--- Node and topology fields are written a few hundred per HSET, not one command per node.
-local function hset_all(key, fv)
-  for k = 1, #fv, 600 do
-    redis.call('HSET', key, unpack(fv, k, math.min(k + 599, #fv)))
-  end
-end
-local tk = gk .. ':t'
-local fv = {}
-for i = A.FIRST, #ARGV do fv[#fv + 1] = ARGV[i] end
-hset_all(tk, fv)
-local nk = nkey(gid)
-fv = {}
-for k, node in ipairs(ids) do
-  local n = #fv
-  fv[n + 1] = node .. F_STATE; fv[n + 2] = S_PENDING
-  fv[n + 3] = node .. F_ATTEMPT; fv[n + 4] = '0'
-  fv[n + 5] = node .. F_ITER; fv[n + 6] = '1'
-  fv[n + 7] = node .. NODE.PLAN; fv[n + 8] = plans[k]
-end
-hset_all(nk, fv)
--- The node hash gets ~10 fields per node and every transition reads and writes it several
--- times. Redis keeps hashes of up to hash-max-listpack-entries (512 by default) fields as a
--- listpack, where each access scans the fields one by one: for a graph of more than a few
--- nodes that made each command cost several times its price. A value longer than
--- hash-max-listpack-value (64) turns the hash into a hash table for good (deleting it does
--- not turn it back), so every access is O(1). The topology hash likewise.
-if #ids > 4 then
-  local long = string.rep('.', 65)
-  for _, k in ipairs({nk, tk}) do
-    redis.call('HSET', k, '~', long)
-    redis.call('HDEL', k, '~')
-  end
-end
-redis.call('HINCRBY', K_STATS, STATS.SUBMITTED, 1)
-index_created(ns, gid)
 local fork = ARGV[A.FORKED_FROM]
-local sub = {[DETAIL.NAME] = ARGV[A.NAME], [DETAIL.ENTRIES] = entries}
+opt(META.TRACEPARENT, ARGV[A.TRACEPARENT], '')
+opt(META.ON_EXCEED, ARGV[A.ON_EXCEED], '0')
+opt(META.FORKED_FROM, fork, '')
+local sub = {}
 if ARGV[A.DEF_NAME] ~= '' then
   sub[DETAIL.DEFINITION] = {ARGV[A.DEF_NAME], tonumber(ARGV[A.DEF_VERSION]), ARGV[A.DEF_DIGEST]}
 end
-if fork ~= '' then
-  redis.call('HSET', gk, META.FORKED_FROM, fork)
-  sub[DETAIL.SOURCE] = fork
-end
-emit(gid, EventKind.GRAPH_SUBMITTED, nil, nil, nil, jstr(sub))
+if fork ~= '' then sub[DETAIL.SOURCE] = fork end
+local entries = create_run(gid, A, ARGV[A.INPUTS], ns, meta, sub)
 -- A fork's reused nodes ({node, skipped, output, taken edges}) are finished now, then their
 -- edges into the nodes that run again resolve as recorded: the joins they complete fire.
 local reused = cjson.decode(ARGV[A.REUSED])
