@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf import json_format
 
@@ -275,24 +276,106 @@ async def test_fork_with_the_python_client_and_dagoctl(
     assert "reuse    a" in out.decode() and "run      b" in out.decode()
 
 
-async def test_fork_of_a_run_expired_from_redis_is_failed_precondition(
-    postgres_url: str, make_stack: MakeStack
-) -> None:
-    stack = await make_stack(postgres_url=postgres_url, migrate_at_start=True, retention_s=1)
-    gid, st = await stack.client.run(request([echo("a", x=1)]))
-    assert st.state == COMPLETED
+async def archived_and_expired(stack: InProcessStack, url: str, gid: str) -> None:
+    """Wait until ``gid`` is in PostgreSQL and its Redis state expired (retention_s=1)."""
     shard = parse_shard(gid, stack.settings.shards)
     assert shard is not None
     keys = stack.store.keys.shard(shard).graph(gid).all()
 
-    async def expired() -> bool:
-        return not await stack.store.redis.exists(*keys)
+    async def gone() -> bool:
+        if await stack.store.redis.exists(*keys):
+            return False
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cur = await conn.execute("SELECT 1 FROM dago_runs WHERE graph_id = %s", (gid,))
+            return await cur.fetchone() is not None
 
-    await eventually(expired, timeout=15, interval=0.1)
+    await eventually(gone, timeout=20, interval=0.1)
+
+
+@pytest.fixture
+async def archiving(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic, postgres_url: str
+) -> InProcessStack:
+    """A stack that archives finished runs to PostgreSQL and lets Redis drop them 1 s later."""
+    return await make_stack(
+        redis_target,
+        anthropic_api_key="sk-fake",
+        anthropic_base_url=fake.url,
+        llm_provider="anthropic",
+        postgres_url=postgres_url,
+        migrate_at_start=True,
+        retention_s=1,
+    )
+
+
+async def test_fork_of_an_archived_run_plans_and_runs_from_the_history(
+    archiving: InProcessStack, fake: FakeAnthropic, postgres_url: str
+) -> None:
+    stack = archiving
+    sub = pipeline()
+    sub.priority = 5
+    gid, st = await stack.client.run(sub)
+    assert st.state == FAILED and len(fake.requests) == 1
+    patches = {
+        "check": {"tool": {"name": "echo"}},
+        "write": {"llm": {"prompt": "Write it better: {{ nodes.plan.output.text }}"}},
+    }
+    live = await fork(stack, gid, failedOnly=True, nodePatches=patches, dryRun=True)
+    await archived_and_expired(stack, postgres_url, gid)
+
+    # The same plan from the history as from Redis.
+    dry = await fork(stack, gid, failedOnly=True, nodePatches=patches, dryRun=True)
+    assert dry == live
+    assert list(dry.reused_nodes) == ["plan"] and list(dry.run_nodes) == ["check", "write"]
+    assert dry.cost_saved_usd == pytest.approx(node_status(st, "plan").usage.cost_usd)
+    assert dry.cost_saved_usd > 0
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=patches, requestId="h-1")
+    assert resp.created and resp.forked_from == gid
+    assert (list(resp.reused_nodes), list(resp.run_nodes)) == (["plan"], ["check", "write"])
+    new = await stack.client.wait(resp.graph_id)
+    assert new.state == COMPLETED, new
+    assert new.forked_from == gid and new.reused_nodes == 1
+    # Only `write` called the model again, with the patched prompt and the archived output.
+    assert len(fake.requests) == 2
+    text = plain(node_status(st, "plan").output)["text"]
+    assert fake.requests[1].body["messages"][0]["content"] == f"Write it better: {text}"
+    reused = node_status(new, "plan")
+    assert reused.reused and plain(reused.output) == plain(node_status(st, "plan").output)
+    assert reused.usage.cost_usd == 0 and not reused.attempts
+    assert {n.node_id for n in new.nodes if n.attempts} == set(dry.run_nodes)
+    again = await fork(stack, gid, failedOnly=True, nodePatches=patches, requestId="h-1")
+    assert again.graph_id == resp.graph_id and not again.created
+
+    # Archived in turn, the fork lists with its link, priority and reuse from PostgreSQL.
+    await archived_and_expired(stack, postgres_url, resp.graph_id)
+    status = await stack.client.status(resp.graph_id)
+    assert (status.forked_from, status.reused_nodes) == (gid, 1)
+    req = orchestrator_pb2.ListGraphsRequest(forked_from=gid)
+    (summary,) = (await stack.client.stub.ListGraphs(req, timeout=10)).graphs
+    assert (summary.graph_id, summary.forked_from, summary.reused_nodes) == (resp.graph_id, gid, 1)
+    assert summary.priority == 3
+    req = orchestrator_pb2.ListGraphsRequest(forked_from=resp.graph_id)
+    assert not (await stack.client.stub.ListGraphs(req, timeout=10)).graphs
+    listed = await stack.client.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(), timeout=10)
+    (source,) = [g for g in listed.graphs if g.graph_id == gid]
+    assert (source.priority, source.forked_from, source.reused_nodes) == (5, "", 0)
+
+
+async def test_fork_of_a_run_archived_without_its_fork_record_is_failed_precondition(
+    archiving: InProcessStack, postgres_url: str
+) -> None:
+    stack = archiving
+    gid, st = await stack.client.run(request([echo("a", x=1)]))
+    assert st.state == COMPLETED
+    await archived_and_expired(stack, postgres_url, gid)
+    # As a run archived before migration 0003 kept what a fork needs.
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("UPDATE dago_runs SET fork_json = NULL WHERE graph_id = %s", (gid,))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await fork(stack, gid, fromNodes=["a"])
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no longer in Redis" in str(e.value.details())
+    assert "archived before" in str(e.value.details())
 
 
 async def test_failed_only_on_a_cancelled_run(stack: InProcessStack) -> None:

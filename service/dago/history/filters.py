@@ -54,6 +54,8 @@ class RunFacts:
     definition_version: int = 0
     parent_graph_id: str = ""
     """The run that started this one ("" for a run a client submitted)."""
+    forked_from: str = ""
+    """The run this one was forked from ("" for a run that is no fork)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class RunFilter:
     """With ``definition``: only runs of this version (0: any)."""
     parent_graph_id: str = ""
     """Only the child runs of this run."""
+    forked_from: str = ""
+    """Only the forks of this run."""
 
     @property
     def needs_metadata(self) -> bool:
@@ -97,6 +101,7 @@ class RunFilter:
             # Only when set: tokens made before definitions existed stay valid.
             + ([self.definition, self.definition_version] if self.definition else [])
             + ([self.parent_graph_id] if self.parent_graph_id else [])
+            + ([["forked_from", self.forked_from]] if self.forked_from else [])
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -117,6 +122,8 @@ class RunFilter:
         if self.definition_version and run.definition_version != self.definition_version:
             return False
         if self.parent_graph_id and run.parent_graph_id != self.parent_graph_id:
+            return False
+        if self.forked_from and run.forked_from != self.forked_from:
             return False
         if self.metadata:
             meta = run.metadata or {}
@@ -152,6 +159,9 @@ class RunFilter:
         if self.parent_graph_id:
             parts.append(sql.SQL("parent_graph_id = %s"))
             params.append(self.parent_graph_id)
+        if self.forked_from:
+            parts.append(sql.SQL("forked_from_graph_id = %s"))
+            params.append(self.forked_from)
         for key, value in self.metadata:
             # jsonb containment (the GIN index dago_runs_metadata): one document per JSON
             # value the text can stand for; numbers compare as numbers (1 contains 1.0).
