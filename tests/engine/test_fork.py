@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from google.protobuf import json_format
 
+from dago.api.servicer import _stable_shard
 from dago.engine.ids import parse_shard
 from dago.v1 import execution_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient
@@ -396,7 +397,8 @@ async def test_failed_only_on_a_cancelled_run(stack: InProcessStack) -> None:
     assert plain(node_status(new, "b").output) == {"x": 2}
 
 
-async def test_failed_only_on_a_map_reruns_only_its_failed_items(stack: InProcessStack) -> None:
+def map_run() -> orchestrator_pb2.SubmitGraphRequest:
+    """A map of 5 items whose items 1 and 3 fail (collected), then a node after it."""
     items = [{"f": i in (1, 3)} for i in range(5)]
     body = tool("body", "pause", inputs={"value": "{{ index }}", "fail": "{{ item.f }}"})
     spec = {"onFailure": "MAP_FAILURE_POLICY_COLLECT", "maxFailures": 2}
@@ -404,23 +406,70 @@ async def test_failed_only_on_a_map_reruns_only_its_failed_items(stack: InProces
         {"id": "each", "map": {"items": "inputs.items", "node": body, **spec}},
         echo("done", out="{{ nodes.each.output.items }}"),
     ]
-    gid, st = await stack.client.run(request(nodes, [edge("each", "done")], {"items": items}))
-    assert st.state == COMPLETED, st.error
-    assert plain(node_status(st, "each").output)["failed"] == 2
-    # The failed items run again with the body fixed; the completed ones are reused.
-    patches = {"each": {"map": {"node": {"inputs": {"fail": False}}}}}
-    dry = await fork(stack, gid, failedOnly=True, nodePatches=patches, dryRun=True)
-    assert list(dry.run_nodes) == ["each", "done"]
-    assert [(m.node_id, m.items_reused, m.items_to_run) for m in dry.map_items] == [("each", 3, 2)]
-    resp = await fork(stack, gid, failedOnly=True, nodePatches=patches)
-    new = await stack.client.wait(resp.graph_id)
+    return request(nodes, [edge("each", "done")], {"items": items})
+
+
+MAP_PATCH = {"each": {"map": {"node": {"inputs": {"fail": False}}}}}
+"""The map body fixed: the failed items complete when they run again."""
+
+
+async def check_map_fork(stack: InProcessStack, graph_id: str) -> None:
+    """The fork ``graph_id`` of ``map_run`` with ``MAP_PATCH`` ran items 1 and 3 alone."""
+    new = await stack.client.wait(graph_id)
     assert new.state == COMPLETED, new.error
     out = plain(node_status(new, "each").output)
     assert out["items"] == [{"value": i} for i in range(5)]
     assert (out["completed"], out["failed"], out["total"]) == (5, 0, 5)
-    events = await stack.client.history(resp.graph_id)
+    events = await stack.client.history(graph_id)
     started = sorted(e.instance for e in of_kind(events, "node_started", "each") if e.instance)
     assert started == [2, 4]  # items 1 and 3 (instance = index + 1): nothing else executed
-    req = orchestrator_pb2.ListMapItemsRequest(graph_id=resp.graph_id, node_id="each")
+    req = orchestrator_pb2.ListMapItemsRequest(graph_id=graph_id, node_id="each")
     listed = (await stack.client.stub.ListMapItems(req, timeout=10)).items
     assert [(i.index, i.attempt) for i in listed] == [(0, 0), (1, 1), (2, 0), (3, 1), (4, 0)]
+
+
+async def test_failed_only_on_a_map_reruns_only_its_failed_items(stack: InProcessStack) -> None:
+    gid, st = await stack.client.run(map_run())
+    assert st.state == COMPLETED, st.error
+    assert plain(node_status(st, "each").output)["failed"] == 2
+    # The failed items run again with the body fixed; the completed ones are reused.
+    dry = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH, dryRun=True)
+    assert list(dry.run_nodes) == ["each", "done"]
+    assert [(m.node_id, m.items_reused, m.items_to_run) for m in dry.map_items] == [("each", 3, 2)]
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH)
+    # On its source's shard: the seed function copied the items inside Redis.
+    shards = stack.settings.shards
+    assert parse_shard(resp.graph_id, shards) == parse_shard(gid, shards)
+    await check_map_fork(stack, resp.graph_id)
+
+
+async def test_a_map_fork_on_another_shard_gets_its_items_in_pages(
+    stack: InProcessStack,
+) -> None:
+    gid, st = await stack.client.run(map_run())
+    assert st.state == COMPLETED, st.error
+    shards = stack.settings.shards
+    # A request_id whose record (and so the fork) lives on another shard than the source.
+    rid = next(
+        r
+        for r in (f"other-{n}" for n in range(100))
+        if _stable_shard(r, shards) != parse_shard(gid, shards)
+    )
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH, requestId=rid)
+    assert parse_shard(resp.graph_id, shards) != parse_shard(gid, shards)
+    await check_map_fork(stack, resp.graph_id)
+
+
+async def test_failed_only_on_an_archived_map_reuses_its_items_from_the_history(
+    archiving: InProcessStack, postgres_url: str
+) -> None:
+    stack = archiving
+    gid, st = await stack.client.run(map_run())
+    assert st.state == COMPLETED, st.error
+    live = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH, dryRun=True)
+    await archived_and_expired(stack, postgres_url, gid)
+    dry = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH, dryRun=True)
+    assert dry == live
+    assert [(m.node_id, m.items_reused, m.items_to_run) for m in dry.map_items] == [("each", 3, 2)]
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH)
+    await check_map_fork(stack, resp.graph_id)
