@@ -43,6 +43,7 @@ def runs() -> list[tuple[str, RunFacts]]:
                     name=("alpha", "beta", "")[n % 3 if n % 5 else 0],
                     cost_usd=[0.0, 0.25, 0.5, 1.0, 0.1 + 0.2][n % 5],
                     metadata=meta,
+                    forked_from="0-source" if n % 4 == 1 else "",
                 ),
             )
         )
@@ -71,6 +72,9 @@ FILTERS = [
     RunFilter("default", metadata=(("team", "null"),)),
     RunFilter("default", metadata=(("team", "search"), ("tier", "1e0"))),
     RunFilter("default", state="COMPLETED", name="beta", min_cost_usd=0.2),
+    RunFilter("default", forked_from="0-source"),
+    RunFilter("default", forked_from="0-nobody"),
+    RunFilter("default", state="FAILED", forked_from="0-source"),
     RunFilter("other"),
 ]
 
@@ -84,9 +88,18 @@ def loaded(postgres_url: str) -> str:
             at = ms_datetime(r.created_ms)
             conn.execute(
                 "INSERT INTO dago_runs (graph_id, namespace, name, state, created_at, ended_at,"
-                " metadata, cost_usd, graph_json, status_json, result_json)"
-                " VALUES (%s, 'default', %s, %s, %s, %s, %s, %s, '{}', '{}', '{}')",
-                (gid, r.name, r.state, at, at, Jsonb(r.metadata), r.cost_usd),
+                " metadata, cost_usd, forked_from_graph_id, graph_json, status_json, result_json)"
+                " VALUES (%s, 'default', %s, %s, %s, %s, %s, %s, %s, '{}', '{}', '{}')",
+                (
+                    gid,
+                    r.name,
+                    r.state,
+                    at,
+                    at,
+                    Jsonb(r.metadata),
+                    r.cost_usd,
+                    r.forked_from or None,
+                ),
             )
     return postgres_url
 
