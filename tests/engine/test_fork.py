@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from google.protobuf import json_format
 
 from dago.api.servicer import _stable_shard
 from dago.engine.ids import parse_shard
+from dago.history.migrate import migrate_url
 from dago.v1 import execution_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient
 from fake_anthropic import FakeAnthropic
@@ -30,10 +32,12 @@ from harness import (
     node_status,
     of_kind,
     plain,
+    redis_store,
     request,
+    running_edge,
     tool,
 )
-from redisfixture import RedisTarget
+from redisfixture import RedisServer, RedisTarget
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED
@@ -473,3 +477,51 @@ async def test_failed_only_on_an_archived_map_reuses_its_items_from_the_history(
     assert [(m.node_id, m.items_reused, m.items_to_run) for m in dry.map_items] == [("each", 3, 2)]
     resp = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH)
     await check_map_fork(stack, resp.graph_id)
+
+
+async def test_fork_of_an_archived_run_over_rest(
+    redis_single: RedisServer, postgres_url: str
+) -> None:
+    await migrate_url(postgres_url)
+    env = {"DAGO_POSTGRES_URL": postgres_url, "DAGO_RETENTION_S": "1"}
+    prefix = f"tfkrest{secrets.token_hex(3)}"
+    async with running_edge(redis_single.url, prefix, **env) as e:
+        nodes = [echo("a", x="{{ inputs.x }}"), echo("b", x="{{ inputs.x }}")]
+        body = json_format.MessageToDict(request(nodes, [edge("a", "b")], {"x": 1}))
+        r = await e.http.post("/api/v1/graphs", json=body)
+        assert r.status_code == 200, r.text
+        gid = r.json()["graph_id"]
+        store = redis_store(redis_single.url, prefix)
+        try:
+
+            async def archived_and_gone() -> bool:
+                keys = store.keys.shard(int(gid.split("-")[0])).graph(gid).all()
+                if await store.redis.exists(*keys):
+                    return False
+                async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+                    cur = await conn.execute("SELECT 1 FROM dago_runs WHERE graph_id = %s", (gid,))
+                    return await cur.fetchone() is not None
+
+            await eventually(archived_and_gone, timeout=30, interval=0.1)
+        finally:
+            await store.redis.aclose()
+        fork_body = {"from_nodes": ["b"], "inputs_patch": {"x": 2}}
+        r = await e.http.post(f"/api/v1/graphs/{gid}:fork", json={**fork_body, "dry_run": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["reused_nodes"] == ["a"] and r.json()["run_nodes"] == ["b"]
+        r = await e.http.post(f"/api/v1/graphs/{gid}:fork", json=fork_body)
+        assert r.status_code == 200, r.text
+        new = r.json()["graph_id"]
+
+        async def finished() -> bool:
+            r = await e.http.get(f"/api/v1/graphs/{new}/status")
+            return r.json()["status"]["state"] == "GRAPH_STATE_COMPLETED"
+
+        await eventually(finished, timeout=20)
+        r = await e.http.get(f"/api/v1/graphs/{new}/status")
+        outputs = {n["node_id"]: n["output"] for n in r.json()["status"]["nodes"]}
+        assert outputs == {"a": {"x": 1}, "b": {"x": 2}}
+        assert r.json()["status"]["reused_nodes"] == 1
+        r = await e.http.get("/api/v1/graphs", params={"forked_from": gid})
+        assert r.status_code == 200, r.text
+        assert [(g["graph_id"], g["reused_nodes"]) for g in r.json()["graphs"]] == [(new, 1)]
