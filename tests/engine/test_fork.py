@@ -43,16 +43,20 @@ COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
 FAILED = execution_pb2.GRAPH_STATE_FAILED
 
 
+def fake_model(fake: FakeAnthropic) -> dict[str, Any]:
+    """Settings that send the stack's model calls to the fake Anthropic server."""
+    return {
+        "anthropic_api_key": "sk-fake",
+        "anthropic_base_url": fake.url,
+        "llm_provider": "anthropic",
+    }
+
+
 @pytest.fixture
 async def stack(
     redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic
 ) -> InProcessStack:
-    return await make_stack(
-        redis_target,
-        anthropic_api_key="sk-fake",
-        anthropic_base_url=fake.url,
-        llm_provider="anthropic",
-    )
+    return await make_stack(redis_target, **fake_model(fake))
 
 
 def llm(node_id: str, prompt: str) -> dict[str, Any]:
@@ -304,12 +308,10 @@ async def archiving(
     """A stack that archives finished runs to PostgreSQL and lets Redis drop them 1 s later."""
     return await make_stack(
         redis_target,
-        anthropic_api_key="sk-fake",
-        anthropic_base_url=fake.url,
-        llm_provider="anthropic",
         postgres_url=postgres_url,
         migrate_at_start=True,
         retention_s=1,
+        **fake_model(fake),
     )
 
 
