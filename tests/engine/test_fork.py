@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from dago.api.servicer import _stable_shard
 from dago.engine.ids import parse_shard
 from dago.history.migrate import migrate_url
+from dago.store.store import SEED_RANGE
 from dago.v1 import execution_pb2, orchestrator_pb2
 from dago_client import AsyncDagoClient
 from fake_anthropic import FakeAnthropic
@@ -527,3 +528,24 @@ async def test_fork_of_an_archived_run_over_rest(
         r = await e.http.get("/api/v1/graphs", params={"forked_from": gid})
         assert r.status_code == 200, r.text
         assert [(g["graph_id"], g["reused_nodes"]) for g in r.json()["graphs"]] == [(new, 1)]
+
+
+async def test_a_map_longer_than_one_seed_call_reuses_every_completed_item(
+    stack: InProcessStack,
+) -> None:
+    count = SEED_RANGE + 300  # two calls of the seed function
+    failing = {5, SEED_RANGE - 1, SEED_RANGE, count - 1}
+    items = [{"f": i in failing} for i in range(count)]
+    body = tool("body", "pause", inputs={"value": "{{ index }}", "fail": "{{ item.f }}"})
+    spec = {"onFailure": "MAP_FAILURE_POLICY_COLLECT", "maxFailures": 10, "maxConcurrency": 64}
+    nodes = [{"id": "each", "map": {"items": "inputs.items", "node": body, **spec}}]
+    gid, st = await stack.client.run(request(nodes, [], {"items": items}), timeout=120)
+    assert (st.nodes[0].map.completed, st.nodes[0].map.failed) == (count - 4, 4)
+    resp = await fork(stack, gid, failedOnly=True, nodePatches=MAP_PATCH)
+    new = await stack.client.wait(resp.graph_id, timeout=120)
+    assert new.state == COMPLETED, new.error
+    out = plain(node_status(new, "each").output)
+    assert out["items"] == [{"value": i} for i in range(count)]
+    events = await stack.client.history(resp.graph_id)
+    started = {e.instance - 1 for e in of_kind(events, "node_started", "each") if e.instance}
+    assert started == failing

@@ -291,7 +291,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             else self._settings.default_deadline_s
         )
         if fork is not None and fork.plan and fork.plan.maps:
-            await self._seed(fork, shard, graph_id, list(fork.plan.maps))
+            await self._seed(fork, shard, graph_id, fork.plan.maps)
         # The trace context every attempt of the graph joins (kept with the graph).
         traceparent = self._tracing.traceparent()
         args = SubmitArgs(
@@ -348,13 +348,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             namespace=namespace,
         )
 
-    async def _seed(self, fork: _Fork, shard: int, graph_id: str, maps: list[str]) -> None:
+    async def _seed(
+        self, fork: _Fork, shard: int, graph_id: str, maps: dict[str, tuple[int, int]]
+    ) -> None:
         """The source's completed map items, for the fork's maps to reuse at expand: copied
         inside Redis from a run there, written in pages from the history's record."""
         ttl = self._settings.retention_s
         if fork.items is None:
+            totals = {m: done + rest for m, (done, rest) in maps.items()}
             await self._store.seed_items(
-                self._shard(fork.source), fork.source, shard, graph_id, maps, ttl
+                self._shard(fork.source), fork.source, shard, graph_id, totals, ttl
             )
             return
         for m in maps:

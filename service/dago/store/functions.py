@@ -269,7 +269,7 @@ class SeedArgs(NamedTuple):
     """``seed``: copy the completed items of maps of run ``source`` into the item hashes of
     its fork ``graph_id`` (not submitted yet, on the same shard) as seeds
     (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless the fork's expand takes them
-    over (``SeedMap`` items follow: the maps)."""
+    over (``SeedMap`` items follow: the maps' item ranges)."""
 
     source: str
     graph_id: str
@@ -277,9 +277,11 @@ class SeedArgs(NamedTuple):
 
 
 class SeedMap(NamedTuple):
-    """A map node whose completed items a fork reuses."""
+    """A range of the items of a map node whose completed items a fork reuses."""
 
     node: str
+    first: int
+    span: int
 
 
 class DeadLetterArgs(NamedTuple):

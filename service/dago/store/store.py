@@ -734,22 +734,29 @@ class Store:
         source: str,
         shard: int,
         graph_id: str,
-        maps: Sequence[str],
+        maps: Mapping[str, int],
         ttl_s: int,
     ) -> int:
-        """Copy the completed items of ``maps`` of run ``source`` (value and output) into
-        the item hashes of the fork ``graph_id`` (not submitted yet) as seeds
-        (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless the run takes them over
-        (its expand reads them, Map.reuse); returns how many.
+        """Copy the completed items of ``maps`` (map node -> its item count) of run
+        ``source`` (value and output) into the item hashes of the fork ``graph_id`` (not
+        submitted yet) as seeds (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless
+        the run takes them over (its expand reads them, Map.reuse); returns how many.
 
-        On the source's shard the ``seed`` function copies them inside Redis. A fork on
-        another shard (its request_id's record decides its shard) cannot be written by one
-        call on a cluster (another slot): the items come through here in pages of
-        ``SEED_PAGE``, so a large map never sits whole in memory or in one reply."""
+        On the source's shard the ``seed`` function copies them inside Redis, one call per
+        ``SEED_RANGE`` items (each call holds Redis for a few ms, not one call for the
+        whole map). A fork on another shard (its request_id's record decides its shard)
+        cannot be written by one call on a cluster (another slot): the items come through
+        here in pages of ``SEED_PAGE``, so a large map never sits whole in memory or in one
+        reply."""
         if source_shard == shard:
             args = SeedArgs(source, graph_id, ttl_s)
-            items = [SeedMap(m) for m in maps]
-            return int(await self.library.call("seed", [self.keys.shard(shard)], args, items))
+            seeded = 0
+            for m, total in maps.items():
+                for first in range(0, total, SEED_RANGE):
+                    ranged = [SeedMap(m, first, SEED_RANGE)]
+                    reply = await self.library.call("seed", [self.keys.shard(shard)], args, ranged)
+                    seeded += int(reply)
+            return seeded
         seeded = 0
         for m in maps:
             done: list[int] = []
@@ -834,6 +841,8 @@ class Store:
 _COMPLETED_TEXT = str(execution_pb2.NODE_STATE_COMPLETED).encode()
 SEED_PAGE = 1000
 """Map items read (or written) per round trip when a fork's seeds come through the API."""
+SEED_RANGE = 2000
+"""Map items one call of the ``seed`` function copies (~10 ms of Redis at most)."""
 """A completed node's state field as stored (``NodeStateText``)."""
 
 
