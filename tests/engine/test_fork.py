@@ -152,7 +152,10 @@ async def test_fork_from_a_node_of_a_completed_run_with_an_inputs_patch(
     assert [n.reused for n in new.nodes] == [True, False]
     listed = await stack.client.stub.ListGraphs(orchestrator_pb2.ListGraphsRequest(), timeout=10)
     (summary,) = [g for g in listed.graphs if g.graph_id == resp.graph_id]
-    assert summary.forked_from == gid
+    assert (summary.forked_from, summary.reused_nodes) == (gid, 1)
+    req = orchestrator_pb2.ListGraphsRequest(forked_from=gid)
+    forks = (await stack.client.stub.ListGraphs(req, timeout=10)).graphs
+    assert [g.graph_id for g in forks] == [resp.graph_id]
 
 
 async def test_fork_keeps_router_decisions_and_untaken_branches_stay_skipped(

@@ -88,9 +88,7 @@ class ArchivedReads:
                 "(node outputs and map items): submit the graph again instead",
             )
         nodes, items = from_record(run.fork)
-        return ForkSource(
-            graph_id, self._auth.current(), run.state, run.graph, run.inputs, nodes, items
-        )
+        return ForkSource(graph_id, run.state, run.graph, run.inputs, nodes, items)
 
     async def attempts(self, graph_id: str, node_id: str) -> list[execution_pb2.Attempt]:
         """Every attempt of one node of an archived run, in order (inputs and outputs

@@ -35,7 +35,6 @@ class ForkSource:
     (where the archiver kept it as :func:`record`)."""
 
     graph_id: str
-    namespace: str
     state: execution_pb2.GraphState.ValueType
     graph: graph_pb2.Graph
     inputs: dict[str, Any]

@@ -526,7 +526,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._owned(graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
         return fork_rules.ForkSource(
             graph_id=graph_id,
-            namespace=self._auth.current(),
             state=graph_state(snap.meta),
             graph=graph_pb2.Graph.FromString(snap.meta[Meta.DEFINITION.encode()]),
             inputs=json.loads(snap.meta.get(Meta.INPUTS.encode()) or b"{}"),
