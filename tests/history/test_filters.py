@@ -44,6 +44,7 @@ def runs() -> list[tuple[str, RunFacts]]:
                     cost_usd=[0.0, 0.25, 0.5, 1.0, 0.1 + 0.2][n % 5],
                     metadata=meta,
                     namespace="other" if n % 7 == 3 else "default",
+                    forked_from="0-source" if n % 4 == 1 else "",
                 ),
             )
         )
@@ -75,6 +76,9 @@ FILTERS = [
     RunFilter(None),
     RunFilter(None, state="FAILED", min_cost_usd=0.2),
     RunFilter("other", state="COMPLETED"),
+    RunFilter("default", forked_from="0-source"),
+    RunFilter("default", forked_from="0-nobody"),
+    RunFilter("default", state="FAILED", forked_from="0-source"),
     RunFilter("other"),
 ]
 
@@ -88,9 +92,19 @@ def loaded(postgres_url: str) -> str:
             at = ms_datetime(r.created_ms)
             conn.execute(
                 "INSERT INTO dago_runs (graph_id, namespace, name, state, created_at, ended_at,"
-                " metadata, cost_usd, graph_json, status_json, result_json)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, '{}', '{}', '{}')",
-                (gid, r.namespace, r.name, r.state, at, at, Jsonb(r.metadata), r.cost_usd),
+                " metadata, cost_usd, forked_from_graph_id, graph_json, status_json, result_json)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, '{}', '{}', '{}')",
+                (
+                    gid,
+                    r.namespace,
+                    r.name,
+                    r.state,
+                    at,
+                    at,
+                    Jsonb(r.metadata),
+                    r.cost_usd,
+                    r.forked_from or None,
+                ),
             )
     return postgres_url
 

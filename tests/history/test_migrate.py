@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from dago.history.migrate import MigrationError, migrate, migrate_url, migrations
 from harness import ROOT, dago_env
@@ -85,6 +86,42 @@ async def test_a_renamed_or_missing_file_is_refused(postgres_url: str, tmp_path:
     (tmp_path / "0003_gap.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="expected 0001"):
         migrations(tmp_path)
+
+
+async def test_version_4_upgrades_runs_archived_before_it(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A database at version 3 with archived runs: 0004 fills their fork columns from the
+    status each row holds, and leaves fork_json NULL (such a run cannot be forked)."""
+    for m in migrations()[:3]:
+        (tmp_path / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    await migrate_url(postgres_url, tmp_path)
+    fork_status = {
+        "priority": 5,
+        "forkedFrom": "0-SOURCE",
+        "nodes": [
+            {"nodeId": "a", "reused": True},
+            {"nodeId": "b"},
+            {"nodeId": "c", "reused": True},
+        ],
+    }
+    plain_status = {"nodes": [{"nodeId": "a"}]}  # written before priorities: none recorded
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for gid, status in (("0-FORK", fork_status), ("0-PLAIN", plain_status)):
+            conn.execute(
+                "INSERT INTO dago_runs (graph_id, namespace, state, created_at, ended_at,"
+                " graph_json, status_json, result_json) VALUES (%s, 'default', 'COMPLETED',"
+                " now(), now(), '{}', %s, '{}')",
+                (gid, Jsonb(status)),
+            )
+    applied = await migrate_url(postgres_url)
+    assert [m.version for m in applied] == [4]
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT graph_id, forked_from_graph_id, priority, reused_nodes, fork_json"
+            " FROM dago_runs ORDER BY graph_id"
+        ).fetchall()
+    assert rows == [("0-FORK", "0-SOURCE", 5, 2, None), ("0-PLAIN", None, None, 0, None)]
 
 
 def dago_migrate(**env: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,9 @@ from typing import Any
 
 from dago.api import errors
 from dago.api.auth import Authenticator
+from dago.api.fork import ForkSource, from_record
 from dago.config import Settings
-from dago.history.runs import Archived, RunHistory
+from dago.history.runs import Archived, ForkRecord, RunHistory
 from dago.store.events import batched
 from dago.v1 import execution_pb2, orchestrator_pb2
 
@@ -71,6 +72,23 @@ class ArchivedReads:
         result: orchestrator_pb2.GetGraphResultResponse = self._mine(graph_id, found)
         self._fits(graph_id, result, "GetGraphResult")
         return result
+
+    async def fork_source(self, graph_id: str) -> ForkSource:
+        """A run to fork that Redis let go, as the history kept it; FAILED_PRECONDITION for
+        a run archived before the history kept what a fork needs (or with no history: not
+        found, as any read)."""
+        found = await self._db(graph_id).fork_source(graph_id)
+        run: ForkRecord = self._mine(graph_id, found)
+        if run.fork is None:
+            raise errors.failed_precondition(
+                "GRAPH_EXPIRED",
+                graph_id,
+                f"graph {graph_id} is no longer in Redis (its state expired after its "
+                "retention) and was archived before the history kept what a fork needs "
+                "(node outputs and map items): submit the graph again instead",
+            )
+        nodes, items = from_record(run.fork)
+        return ForkSource(graph_id, run.state, run.graph, run.inputs, nodes, items)
 
     async def attempts(self, graph_id: str, node_id: str) -> list[execution_pb2.Attempt]:
         """Every attempt of one node of an archived run, in order (inputs and outputs

@@ -8,9 +8,11 @@ response size that makes the API send a large one in parts."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from google.protobuf import struct_pb2
 
+from dago.api import fork as fork_rules
 from dago.api.auth import DEFAULT_NAMESPACE
 from dago.api.views import graph_result, graph_status
 from dago.engine.graphcache import GraphCache
@@ -52,12 +54,25 @@ class RedisRuns:
             status=status,
             result=graph_result(graph_id, snap, loaded),
             events=[],
+            fork=await self._fork_record(shard, graph_id, graph, snap.nodes),
         )
         after = 0
         while page := await self._store.events(shard, graph_id, after, PAGE):
             run.events.extend(decode(graph_id, seq, stored) for seq, stored in page)
             after = page[-1][0]
         return run
+
+    async def _fork_record(
+        self, shard: int, graph_id: str, graph: graph_pb2.Graph, nodes: dict[bytes, bytes]
+    ) -> dict[str, Any]:
+        """What ForkGraph needs of the run once Redis let it go (``fork.record``): its
+        maps' completed items read in pages."""
+        items: dict[str, list[fork_rules.Item]] = {}
+        for m in fork_rules.maps_done(graph, nodes):
+            found = items.setdefault(m, [])
+            async for page in self._store.completed_items(shard, graph_id, m):
+                found.extend((i, v.decode(), o.decode()) for i, v, o in page)
+        return fork_rules.record(graph, nodes, items)
 
 
 def _struct(raw: bytes | None) -> struct_pb2.Struct:

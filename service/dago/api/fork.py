@@ -21,6 +21,65 @@ _COMPLETED = execution_pb2.NODE_STATE_COMPLETED
 _SKIPPED = execution_pb2.NODE_STATE_SKIPPED
 
 
+Item = tuple[int, str, str]
+"""A completed map item a fork reuses: (index, value JSON, recorded output JSON)."""
+
+PLAN_FIELDS = (Node.STATE, Node.OUTPUT, Node.NEXT, f":{Usage.COST}")
+"""The fields of a node (after its id) a plan reads; a map's summary is read too
+(``map_result_ref``, then ``Node.OUTPUT``)."""
+
+
+@dataclass(frozen=True)
+class ForkSource:
+    """A finished run as a fork is planned from it, read from Redis or from the history
+    (where the archiver kept it as :func:`record`)."""
+
+    graph_id: str
+    state: execution_pb2.GraphState.ValueType
+    graph: graph_pb2.Graph
+    inputs: dict[str, Any]
+    nodes: dict[bytes, bytes]
+    """Its node fields (at least ``plan_fields``)."""
+    items: dict[str, list[Item]] | None = None
+    """From the history: the completed items of each of its maps that had some. None for a
+    run in Redis, whose items are copied inside Redis (``Store.seed_items``)."""
+
+
+def plan_fields(graph: graph_pb2.Graph, nodes: dict[bytes, bytes]) -> dict[str, str]:
+    """The node fields of a run (``nodes``) that a fork's plan reads, as text."""
+    out: dict[str, str] = {}
+    for node in graph.nodes:
+        names = [node.id + f for f in PLAN_FIELDS] + [map_result_ref(node.id) + Node.OUTPUT]
+        for name in names:
+            raw = nodes.get(name.encode())
+            if raw is not None:
+                out[name] = raw.decode()
+    return out
+
+
+def maps_done(graph: graph_pb2.Graph, nodes: dict[bytes, bytes]) -> list[str]:
+    """The map nodes of a run with completed items (whose items a fork may reuse)."""
+    return [n.id for n in graph.nodes if n.HasField("map") and _map_counts(nodes, n.id)[0]]
+
+
+def record(
+    graph: graph_pb2.Graph, nodes: dict[bytes, bytes], items: dict[str, list[Item]]
+) -> dict[str, Any]:
+    """What the history keeps of a finished run to fork it once Redis let it go
+    (``dago_runs.fork_json``): its plan's node fields and its maps' completed items."""
+    return {
+        "nodes": plan_fields(graph, nodes),
+        "items": {m: [list(i) for i in found] for m, found in items.items()},
+    }
+
+
+def from_record(doc: dict[str, Any]) -> tuple[dict[bytes, bytes], dict[str, list[Item]]]:
+    """The node fields and map items a :func:`record` kept."""
+    nodes = {k.encode(): v.encode() for k, v in doc.get("nodes", {}).items()}
+    items = {m: [(int(i), v, o) for i, v, o in found] for m, found in doc.get("items", {}).items()}
+    return nodes, items
+
+
 @dataclass
 class Plan:
     """Reused nodes (in topological order) and the nodes that run again, with the recorded

@@ -66,7 +66,7 @@ from dago.store.events import Entries, batched, decode, error_from
 from dago.store.functions import RateOp, SignalArgs, Signalled, SubmitArgs, rate_limit_args
 from dago.store.schema import Decision, Fair, Meta, Node, Request
 from dago.store.schema import Wait as StoredWait
-from dago.store.store import DeadLetterEntry, RecordId, Store
+from dago.store.store import SEED_PAGE, DeadLetterEntry, RecordId, Store
 from dago.store.values import dumps, to_plain
 from dago.v1 import (
     definitions_pb2,
@@ -277,7 +277,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         shards = self._settings.shards
         # The request record and the graph share a slot so one script checks and creates.
         scoped = rid if namespace == DEFAULT_NAMESPACE else f"{namespace}/{rid}"
-        shard = _stable_shard(scoped, shards) if rid else random.randrange(shards)
+        if rid:
+            shard = _stable_shard(scoped, shards)
+        elif fork is not None and fork.items is None:
+            shard = self._shard(fork.source)  # its map seeds are copied inside Redis (seed.lua)
+        else:
+            shard = random.randrange(shards)
         graph_id = new_graph_id(shard)
         g = request.graph
         deadline_s = (
@@ -286,15 +291,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             else self._settings.default_deadline_s
         )
         if fork is not None and fork.plan and fork.plan.maps:
-            # The source's completed map items, for the new run's maps to reuse at expand.
-            await self._store.seed_items(
-                self._shard(fork.source),
-                fork.source,
-                shard,
-                graph_id,
-                list(fork.plan.maps),
-                self._settings.retention_s,
-            )
+            await self._seed(fork, shard, graph_id, fork.plan.maps)
         # The trace context every attempt of the graph joins (kept with the graph).
         traceparent = self._tracing.traceparent()
         args = SubmitArgs(
@@ -350,6 +347,25 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             state=execution_pb2.GraphState.ValueType(state),
             namespace=namespace,
         )
+
+    async def _seed(
+        self, fork: _Fork, shard: int, graph_id: str, maps: dict[str, tuple[int, int]]
+    ) -> None:
+        """The source's completed map items, for the fork's maps to reuse at expand: copied
+        inside Redis from a run there, written in pages from the history's record."""
+        ttl = self._settings.retention_s
+        if fork.items is None:
+            totals = {m: done + rest for m, (done, rest) in maps.items()}
+            await self._store.seed_items(
+                self._shard(fork.source), fork.source, shard, graph_id, totals, ttl
+            )
+            return
+        for m in maps:
+            items = fork.items.get(m, [])
+            for first in range(0, len(items), SEED_PAGE):
+                page = items[first : first + SEED_PAGE]
+                await self._store.write_seeds(shard, graph_id, m, page, ttl)
+            await self._store.seed_list(shard, graph_id, m, [i for i, _, _ in items], ttl)
 
     async def _check(
         self,
@@ -446,27 +462,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field(
                 "from_nodes", "name the nodes to run again, or set failed_only"
             )
-        snap = await self._store.snapshot(shard, source, records=False)
-        if not snap.meta:
-            # In the history (PostgreSQL) it is a run of this namespace whose state expired.
-            await self._archive.status(source, False)
-            raise errors.failed_precondition(
-                "GRAPH_EXPIRED",
-                source,
-                f"graph {source} is no longer in Redis (its state expired after its retention): "
-                "a fork needs the recorded node outputs; forking from the history is not "
-                "supported, submit the graph again instead",
-            )
-        self._owned(source, snap.meta.get(Meta.NAMESPACE.encode()))
-        state = graph_state(snap.meta)
-        if state not in TERMINAL_STATES:
+        run = await self._fork_source(shard, source)
+        if run.state not in TERMINAL_STATES:
             raise errors.failed_precondition(
                 "GRAPH_NOT_FINISHED",
                 source,
-                f"graph {source} is {_STATE_NAMES[state]}; a run can be forked once it has "
-                "completed, failed or been cancelled (cancel it first)",
+                f"graph {source} is {_STATE_NAMES[run.state]}; a run can be forked once it "
+                "has completed, failed or been cancelled (cancel it first)",
             )
-        graph = graph_pb2.Graph.FromString(snap.meta[Meta.DEFINITION.encode()])
+        graph = run.graph
         known = {n.id for n in graph.nodes}
         for i, nid in enumerate(request.from_nodes):
             if nid not in known:
@@ -477,7 +481,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             patched = fork_rules.patch_graph(graph, dict(request.node_patches))
         except GraphInvalid as e:
             raise errors.invalid(e.violations) from None
-        inputs = json.loads(snap.meta.get(Meta.INPUTS.encode()) or b"{}")
+        inputs = run.inputs
         if request.HasField("inputs_patch"):
             inputs = fork_rules.merge_patch(inputs, to_plain(request.inputs_patch))
         sub = orchestrator_pb2.SubmitGraphRequest(graph=patched, request_id=request.request_id)
@@ -488,7 +492,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         body.request_id = ""
         fork = _Fork(
             source=source,
-            nodes=snap.nodes,
+            nodes=run.nodes,
+            items=run.items,
             from_nodes=list(request.from_nodes),
             dry_run=request.dry_run,
             patched=list(request.node_patches),
@@ -510,6 +515,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 orchestrator_pb2.ForkMapItems(node_id=n, items_reused=done, items_to_run=rest)
                 for n, (done, rest) in p.maps.items()
             ],
+        )
+
+    async def _fork_source(self, shard: int, graph_id: str) -> fork_rules.ForkSource:
+        """The run to fork: from Redis, else (its state expired or was pruned) from the
+        history, which keeps what a fork needs (``fork.record``)."""
+        snap = await self._store.snapshot(shard, graph_id, records=False)
+        if not snap.meta:
+            return await self._archive.fork_source(graph_id)
+        self._owned(graph_id, snap.meta.get(Meta.NAMESPACE.encode()))
+        return fork_rules.ForkSource(
+            graph_id=graph_id,
+            state=graph_state(snap.meta),
+            graph=graph_pb2.Graph.FromString(snap.meta[Meta.DEFINITION.encode()]),
+            inputs=json.loads(snap.meta.get(Meta.INPUTS.encode()) or b"{}"),
+            nodes=snap.nodes,
         )
 
     @guard
@@ -1340,6 +1360,8 @@ class _Fork:
 
     source: str
     nodes: dict[bytes, bytes]
+    items: dict[str, list[fork_rules.Item]] | None
+    """The source's completed map items when it came from the history (``ForkSource``)."""
     from_nodes: list[str]
     dry_run: bool
     patched: list[str]

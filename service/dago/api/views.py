@@ -75,6 +75,7 @@ def graph_status(graph_id: str, snap: Snapshot, full: bool = True) -> execution_
         parent_node_id=_str(_meta(meta, Meta.PARENT_NODE)),
         depth=_int(_meta(meta, Meta.DEPTH)),
         priority=_int(_meta(meta, Meta.PRIORITY)) or Fair.PRIORITY_DEFAULT,
+        reused_nodes=_int(_meta(meta, Meta.REUSED)),
     )
     _ts(st.create_time, _meta(meta, Meta.CREATED))
     _ts(st.start_time, _meta(meta, Meta.STARTED))

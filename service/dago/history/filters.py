@@ -57,6 +57,8 @@ class RunFacts:
     """The run that started this one ("" for a run a client submitted)."""
     namespace: str = DEFAULT_NAMESPACE
     """The namespace the run belongs to."""
+    forked_from: str = ""
+    """The run this one was forked from ("" for a run that is no fork)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class RunFilter:
     """With ``definition``: only runs of this version (0: any)."""
     parent_graph_id: str = ""
     """Only the child runs of this run."""
+    forked_from: str = ""
+    """Only the forks of this run."""
 
     @property
     def needs_metadata(self) -> bool:
@@ -104,6 +108,7 @@ class RunFilter:
             # The namespace read ("*": every one): a token of one namespace's listing is
             # refused for another's, or for an operator's listing of every namespace.
             + [self.namespace if self.namespace is not None else "*"]
+            + ([["forked_from", self.forked_from]] if self.forked_from else [])
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -126,6 +131,8 @@ class RunFilter:
         if self.definition_version and run.definition_version != self.definition_version:
             return False
         if self.parent_graph_id and run.parent_graph_id != self.parent_graph_id:
+            return False
+        if self.forked_from and run.forked_from != self.forked_from:
             return False
         if self.metadata:
             meta = run.metadata or {}
@@ -164,6 +171,9 @@ class RunFilter:
         if self.parent_graph_id:
             parts.append(sql.SQL("parent_graph_id = %s"))
             params.append(self.parent_graph_id)
+        if self.forked_from:
+            parts.append(sql.SQL("forked_from_graph_id = %s"))
+            params.append(self.forked_from)
         for key, value in self.metadata:
             # jsonb containment (the GIN index dago_runs_metadata): one document per JSON
             # value the text can stand for; numbers compare as numbers (1 contains 1.0).

@@ -136,7 +136,7 @@ class RunListing:
             high = top if high is None else min(high, top)
         extra = (Meta.DEFINITION,) if f.needs_metadata else ()
         budget = max(1, self._budget // 5) if f.needs_metadata else self._budget
-        filtered = f.name or f.metadata or f.min_cost_usd or f.parent_graph_id
+        filtered = f.name or f.metadata or f.min_cost_usd or f.parent_graph_id or f.forked_from
         if f.parent_graph_id and parse_shard(f.parent_graph_id, self._shards) != shard:
             return Part([], None)  # children live on their parent's shard
         batch = min(_METADATA_BATCH if f.needs_metadata else _BATCH, budget) if filtered else want
@@ -180,7 +180,7 @@ class RunListing:
             "SELECT graph_id, namespace, name, request_id, state, created_at, ended_at, steps,"
             " input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd,"
             " definition_name, definition_version, definition_digest, parent_graph_id,"
-            " parent_node_id"
+            " parent_node_id, forked_from_graph_id, priority, reused_nodes"
             ' FROM dago_runs WHERE {} ORDER BY created_at DESC, graph_id COLLATE "C" DESC'
             " LIMIT %s"
         ).format(where)
@@ -208,6 +208,7 @@ def _facts(meta: dict[bytes, bytes], created_ms: int, with_metadata: bool) -> Ru
         definition_version=_int(meta, Meta.DEF_VERSION),
         parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
         namespace=_text(meta, Meta.NAMESPACE) or DEFAULT_NAMESPACE,
+        forked_from=_text(meta, Meta.FORKED_FROM),
     )
 
 
@@ -251,6 +252,7 @@ def summary_from_meta(graph_id: str, meta: dict[bytes, bytes]) -> orchestrator_p
         parent_graph_id=_text(meta, Meta.PARENT_GRAPH),
         parent_node_id=_text(meta, Meta.PARENT_NODE),
         priority=_int(meta, Meta.PRIORITY) or Fair.PRIORITY_DEFAULT,
+        reused_nodes=_int(meta, Meta.REUSED),
     )
     for field, ts in ((Meta.CREATED, s.create_time), (Meta.ENDED, s.end_time)):
         if _int(meta, field):
@@ -276,6 +278,9 @@ def summary_from_row(row: dict[str, Any]) -> orchestrator_pb2.GraphSummary:
         steps=row["steps"],
         parent_graph_id=row["parent_graph_id"] or "",
         parent_node_id=row["parent_node_id"] or "",
+        forked_from=row["forked_from_graph_id"] or "",
+        priority=row["priority"] or Fair.PRIORITY_DEFAULT,
+        reused_nodes=row["reused_nodes"],
     )
     s.create_time.FromMilliseconds(datetime_ms(row["created_at"]))
     s.end_time.FromMilliseconds(datetime_ms(row["ended_at"]))

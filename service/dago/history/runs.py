@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from dago.history.db import HistoryDb
-from dago.v1 import execution_pb2, orchestrator_pb2
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,18 @@ class Archived:
 
     namespace: str
     message: Any
+
+
+@dataclass(frozen=True)
+class ForkRecord:
+    """An archived run as ForkGraph reads it."""
+
+    state: execution_pb2.GraphState.ValueType
+    graph: graph_pb2.Graph
+    inputs: dict[str, Any]
+    fork: dict[str, Any] | None
+    """``dago_runs.fork_json`` (``dago.api.fork.record``); None for a run archived before
+    the history kept it."""
 
 
 def basic(status: execution_pb2.GraphStatus) -> execution_pb2.GraphStatus:
@@ -76,6 +88,22 @@ class RunHistory:
             return None
         msg = json_format.ParseDict(row[1], orchestrator_pb2.GetGraphResultResponse())
         return Archived(row[0], msg)
+
+    async def fork_source(self, graph_id: str) -> Archived | None:
+        """What a fork of the run is planned from: a :class:`ForkRecord`."""
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT namespace, state, graph_json, inputs_json, fork_json FROM dago_runs "
+                "WHERE graph_id = %s",
+                (graph_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        graph = json_format.ParseDict(row["graph_json"], graph_pb2.Graph())
+        state = execution_pb2.GraphState.Value(f"GRAPH_STATE_{row['state']}")
+        record = ForkRecord(state, graph, row["inputs_json"] or {}, row["fork_json"])
+        return Archived(row["namespace"], record)
 
     async def namespace(self, graph_id: str) -> str | None:
         """The run's namespace; None when it is not archived."""

@@ -33,6 +33,9 @@ class FinishedRun:
     """The FULL view: every node with every attempt's input and output."""
     result: orchestrator_pb2.GetGraphResultResponse
     events: list[execution_pb2.Event]
+    fork: dict[str, Any] | None = None
+    """What a fork of the run is planned from once Redis let it go (``dago.api.fork.record``,
+    ``dago_runs.fork_json``)."""
 
 
 class RunSource(Protocol):
@@ -105,9 +108,10 @@ INSERT INTO dago_runs (
     graph_id, namespace, name, request_id, state, created_at, started_at, ended_at, metadata,
     input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, cost_usd, steps,
     event_count, graph_json, inputs_json, status_json, result_json,
-    definition_name, definition_version, definition_digest, parent_graph_id, parent_node_id
+    definition_name, definition_version, definition_digest, parent_graph_id, parent_node_id,
+    forked_from_graph_id, priority, reused_nodes, fork_json
 ) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-    %s, %s, %s, %s, %s)
+    %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (graph_id) DO NOTHING
 RETURNING graph_id
 """
@@ -139,6 +143,8 @@ async def write_run(
         len(run.events), _json(run.graph), _json(run.inputs), _json(st), _json(run.result),
         st.definition.name or None, st.definition.version or None, st.definition.digest or None,
         st.parent_graph_id or None, st.parent_node_id or None,
+        st.forked_from or None, st.priority or None, st.reused_nodes,
+        None if run.fork is None else Jsonb(run.fork, dumps=_dumps),
     )  # fmt: skip
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute(_RUN, row)

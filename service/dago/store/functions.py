@@ -265,6 +265,25 @@ class ArchivedArgs(NamedTuple):
     graph_id: str
 
 
+class SeedArgs(NamedTuple):
+    """``seed``: copy the completed items of maps of run ``source`` into the item hashes of
+    its fork ``graph_id`` (not submitted yet, on the same shard) as seeds
+    (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless the fork's expand takes them
+    over (``SeedMap`` items follow: the maps' item ranges)."""
+
+    source: str
+    graph_id: str
+    ttl_s: int
+
+
+class SeedMap(NamedTuple):
+    """A range of the items of a map node whose completed items a fork reuses."""
+
+    node: str
+    first: int
+    span: int
+
+
 class DeadLetterArgs(NamedTuple):
     """``deadletter``: ``requeue`` or ``drop`` one dead letter."""
 
@@ -562,6 +581,7 @@ FUNCTIONS: dict[str, tuple[type[tuple[Any, ...]], type[tuple[Any, ...]] | None]]
     "reserve": (ReserveArgs, None),
     "reconcile": (ReconcileArgs, None),
     "limits": (LimitsArgs, None),
+    "seed": (SeedArgs, SeedMap),
 }
 """Every function: the type of its fixed arguments and of the items that follow them."""
 

@@ -47,6 +47,9 @@ class Meta:
     ERROR: Final = "err"
     FORKED_FROM: Final = "fork"
     """The run this one was forked from (ForkGraph); absent otherwise."""
+    REUSED: Final = "reused"
+    """How many nodes a fork reused from its source (written finished at submit); absent
+    for a run that is no fork, or a fork that reused none."""
     DEF_NAME: Final = "dn"
     """The definition the run was submitted from (SubmitGraphRequest.definition), if any."""
     DEF_VERSION: Final = "dv"

@@ -45,6 +45,8 @@ from dago.store.functions import (
     ReserveArgs,
     Reserved,
     Result,
+    SeedArgs,
+    SeedMap,
     SignalArgs,
     Signalled,
     Spawning,
@@ -79,7 +81,7 @@ log = logging.getLogger("dago.store")
 SUMMARY_FIELDS: tuple[str, ...] = (
     Meta.NAME, Meta.STATE, Meta.CREATED, Meta.ENDED, Meta.REQUEST_ID, Meta.NAMESPACE,
     Meta.STEPS, Usage.INPUT, Usage.OUTPUT, Usage.CACHE_WRITE, Usage.CACHE_READ, Usage.COST,
-    Meta.FORKED_FROM,
+    Meta.FORKED_FROM, Meta.REUSED,
     Meta.DEF_NAME, Meta.DEF_VERSION, Meta.DEF_DIGEST, Meta.PRIORITY,
     Meta.PARENT_GRAPH, Meta.PARENT_NODE,
     Meta.PAUSED,
@@ -740,39 +742,101 @@ class Store:
         source: str,
         shard: int,
         graph_id: str,
-        maps: Sequence[str],
+        maps: Mapping[str, int],
+        ttl_s: int,
+    ) -> int:
+        """Copy the completed items of ``maps`` (map node -> its item count) of run
+        ``source`` (value and output) into the item hashes of the fork ``graph_id`` (not
+        submitted yet) as seeds (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless
+        the run takes them over (its expand reads them, Map.reuse); returns how many.
+
+        On the source's shard the ``seed`` function copies them inside Redis, one call per
+        ``SEED_RANGE`` items (each call holds Redis for a few ms, not one call for the
+        whole map). A fork on another shard (its request_id's record decides its shard)
+        cannot be written by one call on a cluster (another slot): the items come through
+        here in pages of ``SEED_PAGE``, so a large map never sits whole in memory or in one
+        reply."""
+        if source_shard == shard:
+            args = SeedArgs(source, graph_id, ttl_s)
+            seeded = 0
+            for m, total in maps.items():
+                for first in range(0, total, SEED_RANGE):
+                    ranged = [SeedMap(m, first, SEED_RANGE)]
+                    reply = await self.library.call("seed", [self.keys.shard(shard)], args, ranged)
+                    seeded += int(reply)
+            return seeded
+        seeded = 0
+        for m in maps:
+            done: list[int] = []
+            async for page in self.completed_items(source_shard, source, m):
+                done.extend(i for i, _, _ in page)
+                await self.write_seeds(shard, graph_id, m, page, ttl_s)
+            await self.seed_list(shard, graph_id, m, done, ttl_s)
+            seeded += len(done)
+        return seeded
+
+    async def completed_items(
+        self, shard: int, graph_id: str, map_node: str
+    ) -> AsyncIterator[list[tuple[int, bytes, bytes]]]:
+        """The completed items of a map of a run, as (index, value JSON, output JSON), in
+        pages of ``SEED_PAGE`` indexes read with one pipelined HMGET each."""
+        gk = self.keys.shard(shard).graph(graph_id)
+        raw = await self.redis.hget(gk.nodes, f"{map_node}{MapItems.TOTAL}")
+        total = int(raw or 0)
+        value = MapItems.VALUE_REF + Node.OUTPUT
+        for first in range(0, total, SEED_PAGE):
+            pipe = self.redis.pipeline(transaction=False)
+            indexes = range(first, min(first + SEED_PAGE, total))
+            for i in indexes:
+                item = f"{map_node}{MapItems.SEP}{i}"
+                pipe.hmget(
+                    gk.items(map_node), [item + Node.STATE, item + value, item + Node.OUTPUT]
+                )
+            replies = await pipe.execute()
+            page = [
+                (i, v or b"null", o or b"null")
+                for i, (st, v, o) in zip(indexes, replies, strict=True)
+                if st == _COMPLETED_TEXT
+            ]
+            if page:
+                yield page
+
+    async def write_seeds(
+        self,
+        shard: int,
+        graph_id: str,
+        map_node: str,
+        items: Sequence[tuple[int, bytes | str, bytes | str]],
         ttl_s: int,
     ) -> None:
-        """Copy the completed items of ``maps`` of run ``source`` (value and output) into
-        the item hashes of the fork ``graph_id`` (not submitted yet) as seeds
-        (``schema.MapItems.SEEDS``), expiring after ``ttl_s`` unless the run takes them over
-        (its expand reads them, Map.reuse)."""
-        src = self.keys.shard(source_shard).graph(source)
-        dst = self.keys.shard(shard).graph(graph_id)
-        value = MapItems.VALUE_REF + Node.OUTPUT
-        for m in maps:
-            raw = await self.redis.hgetall(src.items(m))
-            sep = f"{m}{MapItems.SEP}".encode()
-            done = sorted(
-                int(k[len(sep) : -len(Node.STATE)])
-                for k, v in raw.items()
-                if k.startswith(sep) and k.endswith(Node.STATE.encode()) and v == _COMPLETED_TEXT
-            )
-            if not done:
-                continue
-            fields: dict[str, bytes | str] = {
-                f"{m}{MapItems.SEP}{MapItems.SEEDS}": ",".join(str(i) for i in done)
-            }
-            for i in done:
-                item = f"{m}{MapItems.SEP}{i}"
-                fields[item + MapItems.SEED_VALUE] = raw.get((item + value).encode(), b"null")
-                fields[item + MapItems.SEED_OUTPUT] = raw.get(
-                    (item + Node.OUTPUT).encode(), b"null"
-                )
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(dst.items(m), mapping=fields)
-            pipe.expire(dst.items(m), ttl_s)
-            await pipe.execute()
+        """Write one page of a fork's seeds for a map (each item's value and recorded
+        output); ``seed_list`` then names them."""
+        if not items:
+            return
+        fields: dict[str, bytes | str] = {}
+        for i, val, out in items:
+            item = f"{map_node}{MapItems.SEP}{i}"
+            fields[item + MapItems.SEED_VALUE] = val
+            fields[item + MapItems.SEED_OUTPUT] = out
+        key = self.keys.shard(shard).graph(graph_id).items(map_node)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, ttl_s)
+        await pipe.execute()
+
+    async def seed_list(
+        self, shard: int, graph_id: str, map_node: str, indexes: Sequence[int], ttl_s: int
+    ) -> None:
+        """Name the seeded items of a map of a fork (``MapItems.SEEDS``), written last: the
+        expand reuses only the items listed."""
+        if not indexes:
+            return
+        key = self.keys.shard(shard).graph(graph_id).items(map_node)
+        listed = ",".join(str(i) for i in indexes)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, f"{map_node}{MapItems.SEP}{MapItems.SEEDS}", listed)
+        pipe.expire(key, ttl_s)
+        await pipe.execute()
 
     async def node_fields(
         self, shard: int, graph_id: str, node: str, *fields: str
@@ -783,6 +847,10 @@ class Store:
 
 
 _COMPLETED_TEXT = str(execution_pb2.NODE_STATE_COMPLETED).encode()
+SEED_PAGE = 1000
+"""Map items read (or written) per round trip when a fork's seeds come through the API."""
+SEED_RANGE = 2000
+"""Map items one call of the ``seed`` function copies (~10 ms of Redis at most)."""
 """A completed node's state field as stored (``NodeStateText``)."""
 
 

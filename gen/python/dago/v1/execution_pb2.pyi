@@ -483,6 +483,7 @@ class GraphStatus(_message.Message):
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    REUSED_NODES_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
@@ -513,6 +514,10 @@ class GraphStatus(_message.Message):
     """
     priority: _builtins.int
     """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
+    reused_nodes: _builtins.int
+    """Output only. How many of the run's nodes a fork reused from the run it was
+    forked from (NodeStatus.reused); 0 for a run that is no fork.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -581,12 +586,13 @@ class GraphStatus(_message.Message):
         parent_node_id: _builtins.str = ...,
         depth: _builtins.int = ...,
         priority: _builtins.int = ...,
+        reused_nodes: _builtins.int = ...,
         reserved: Global___Usage | None = ...,
         limits: _graph_pb2.GraphLimits | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "error", b"error", "limits", b"limits", "metadata", b"metadata", "reserved", b"reserved", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "limits", b"limits", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "reserved", b"reserved", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "depth", b"depth", "end_time", b"end_time", "error", b"error", "forked_from", b"forked_from", "graph_id", b"graph_id", "limits", b"limits", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "reserved", b"reserved", "reused_nodes", b"reused_nodes", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -703,6 +703,7 @@ class ListGraphsRequest(_message.Message):
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page (1..1000; 0 means 50)."""
     page_token: _builtins.str
@@ -727,6 +728,10 @@ class ListGraphsRequest(_message.Message):
     DAGO_OPERATOR_NAMESPACES) may name any, and leaving it empty lists every
     namespace's runs (GraphSummary.namespace says whose). Empty for a tenant:
     its own namespace.
+    """
+    forked_from: _builtins.str
+    """Only the runs forked from this run (ForkGraph; GraphSummary.forked_from),
+    live or archived.
     """
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
@@ -766,10 +771,11 @@ class ListGraphsRequest(_message.Message):
         definition_version: _builtins.int = ...,
         parent_graph_id: _builtins.str = ...,
         namespace: _builtins.str = ...,
+        forked_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_graph_id", b"parent_graph_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition", b"definition", "definition_version", b"definition_version", "forked_from", b"forked_from", "metadata", b"metadata", "min_cost_usd", b"min_cost_usd", "name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_graph_id", b"parent_graph_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -823,6 +829,7 @@ class GraphSummary(_message.Message):
     PARENT_GRAPH_ID_FIELD_NUMBER: _builtins.int
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    REUSED_NODES_FIELD_NUMBER: _builtins.int
     graph_id: _builtins.str
     """The run's id."""
     name: _builtins.str
@@ -836,15 +843,18 @@ class GraphSummary(_message.Message):
     steps: _builtins.int
     """Node attempts started so far."""
     forked_from: _builtins.str
-    """The run this run was forked from (ForkGraph), if any (runs in Redis; not
-    kept in the PostgreSQL history yet).
-    """
+    """The run this run was forked from (ForkGraph), if any, live or archived."""
     parent_graph_id: _builtins.str
     """The run that started this one (a subgraph node's child run), if any."""
     parent_node_id: _builtins.str
     """The node of the parent run that started this one."""
     priority: _builtins.int
     """The run's priority (1-5; SubmitGraphRequest.priority, the default filled in)."""
+    reused_nodes: _builtins.int
+    """Output only. How many of the run's nodes a fork reused from the run it was
+    forked from (written finished at submit, not executed); 0 for a run that
+    is no fork.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was accepted."""
@@ -878,10 +888,11 @@ class GraphSummary(_message.Message):
         parent_graph_id: _builtins.str = ...,
         parent_node_id: _builtins.str = ...,
         priority: _builtins.int = ...,
+        reused_nodes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition", b"definition", "end_time", b"end_time", "forked_from", b"forked_from", "graph_id", b"graph_id", "name", b"name", "namespace", b"namespace", "parent_graph_id", b"parent_graph_id", "parent_node_id", b"parent_node_id", "priority", b"priority", "request_id", b"request_id", "reused_nodes", b"reused_nodes", "state", b"state", "steps", b"steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

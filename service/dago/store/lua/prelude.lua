@@ -158,6 +158,7 @@ local META = {
   TRACEPARENT = 'tp',
   ERROR = 'err',
   FORKED_FROM = 'fork',
+  REUSED = 'reused',
   DEF_NAME = 'dn',
   DEF_VERSION = 'dv',
   DEF_DIGEST = 'dd',
@@ -522,6 +523,7 @@ local ARG = {
   RESERVE = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, MSG_ID = 6, INPUT_TOKENS = 7, MAX_TOKENS = 8, FLOOR = 9, PRICE_IN = 10, PRICE_OUT = 11, FIRST = 12},
   RECONCILE = {GRAPH_ID = 1, NODE = 2, EXECUTION = 3, RESERVED_TOKENS = 4, RESERVED_COST = 5, INPUT_TOKENS = 6, OUTPUT_TOKENS = 7, COST = 8, FIRST = 9},
   LIMITS = {GRAPH_ID = 1, MAX_TOKENS = 2, MAX_COST = 3, FIRST = 4},
+  SEED = {SOURCE = 1, GRAPH_ID = 2, TTL_S = 3, FIRST = 4},
 }
 
 -- Field offsets inside one item of a function's variadic arguments (SIZE: fields per item)
@@ -533,4 +535,5 @@ local ITEM = {
   CONSUMER = {NAME = 0, SIZE = 1},
   WAITING = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT = 7, TIMEOUT_MS = 8, SAVED = 9, SIZE = 10},
   THROTTLED_ATTEMPT = {MSG_ID = 0, GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, INPUT = 6, WAIT_MS = 7, DETAIL = 8, SIZE = 9},
+  SEED_MAP = {NODE = 0, FIRST = 1, SPAN = 2, SIZE = 3},
 }

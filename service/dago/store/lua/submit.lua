@@ -55,6 +55,7 @@ if #reused > 0 then
   end
   -- The reused outputs count against the run's stored bytes (META.MAX_BYTES) as its own.
   redis.call('HINCRBY', gk, META.BYTES, stored)
+  redis.call('HSET', gk, META.REUSED, #reused)
   for _, r in ipairs(reused) do
     local taken = {}
     for x in string.gmatch(r[4], '[^,]+') do taken[x] = true end

@@ -525,6 +525,14 @@ export declare type GraphStatus = Message<"dago.v1.GraphStatus"> & {
   priority: number;
 
   /**
+   * Output only. How many of the run's nodes a fork reused from the run it was
+   * forked from (NodeStatus.reused); 0 for a run that is no fork.
+   *
+   * @generated from field: int32 reused_nodes = 90;
+   */
+  reusedNodes: number;
+
+  /**
    * Output only. What the model calls running now hold of the run's budget
    * (docs/limits.md): tokens (input and output together) in input_tokens, US
    * dollars in cost_usd; reserved before a call, reconciled to its usage

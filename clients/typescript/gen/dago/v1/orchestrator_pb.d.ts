@@ -726,6 +726,14 @@ export declare type ListGraphsRequest = Message<"dago.v1.ListGraphsRequest"> & {
    * @generated from field: string namespace = 50;
    */
   namespace: string;
+
+  /**
+   * Only the runs forked from this run (ForkGraph; GraphSummary.forked_from),
+   * live or archived.
+   *
+   * @generated from field: string forked_from = 90;
+   */
+  forkedFrom: string;
 };
 
 /**
@@ -831,8 +839,7 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
   steps: number;
 
   /**
-   * The run this run was forked from (ForkGraph), if any (runs in Redis; not
-   * kept in the PostgreSQL history yet).
+   * The run this run was forked from (ForkGraph), if any, live or archived.
    *
    * @generated from field: string forked_from = 30;
    */
@@ -865,6 +872,15 @@ export declare type GraphSummary = Message<"dago.v1.GraphSummary"> & {
    * @generated from field: int32 priority = 55;
    */
   priority: number;
+
+  /**
+   * Output only. How many of the run's nodes a fork reused from the run it was
+   * forked from (written finished at submit, not executed); 0 for a run that
+   * is no fork.
+   *
+   * @generated from field: int32 reused_nodes = 90;
+   */
+  reusedNodes: number;
 };
 
 /**
