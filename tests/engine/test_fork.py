@@ -21,7 +21,7 @@ from dago.engine.ids import parse_shard
 from dago.history.migrate import migrate_url
 from dago.store.store import SEED_RANGE
 from dago.v1 import execution_pb2, orchestrator_pb2
-from dago_client import AsyncDagoClient
+from dago_client import AsyncDagoClient, RunFilters
 from fake_anthropic import FakeAnthropic
 from harness import (
     InProcessStack,
@@ -270,6 +270,8 @@ async def test_fork_with_the_python_client_and_dagoctl(
         )
         new = await stack.client.wait(resp.graph_id)
         assert plain(node_status(new, "b").output) == {"x": 1, "y": 3}
+        forks = [f async for f in client.list_graphs(filters=RunFilters(forked_from=gid))]
+        assert [(f.graph_id, f.reused_nodes) for f in forks] == [(resp.graph_id, 1)]
     patch = tmp_path / "patch.yaml"
     patch.write_text("b:\n  inputs: {y: 4}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGO_")}
@@ -287,6 +289,20 @@ async def test_fork_with_the_python_client_and_dagoctl(
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert "reuse    a" in out.decode() and "run      b" in out.decode()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dago_client",
+        "list",
+        "--forked-from",
+        gid,
+        env={**env, "DAGO_TARGET": f"127.0.0.1:{stack.port}"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert [r.split()[0] for r in out.decode().splitlines()[1:]] == [resp.graph_id], out
 
 
 async def archived_and_expired(stack: InProcessStack, url: str, gid: str) -> None:

@@ -86,6 +86,8 @@ class RunFilters:
     """With ``definition``: only runs of this version (0: any)."""
     parent_graph_id: str = ""
     """Only the child runs this run's subgraph nodes started."""
+    forked_from: str = ""
+    """Only the runs forked from this run (ForkGraph), live or archived."""
     namespace: str = ""
     """Only runs of this namespace. An operator's key may name any namespace, and lists every
     namespace's runs without one; a tenant's key lists its own namespace only (naming
@@ -105,6 +107,7 @@ class RunFilters:
             definition=self.definition,
             definition_version=self.definition_version,
             parent_graph_id=self.parent_graph_id,
+            forked_from=self.forked_from,
             namespace=self.namespace,
         )
         if self.created_after is not None:

@@ -426,8 +426,9 @@ class Cli:
 
     def list(self) -> int:
         """``list``: runs, newest first, every page fetched up to --limit (filters: --state,
-        --since, --until, --name, --meta K=V, --min-cost, --definition, --parent, and for an
-        operator --namespace); a NAMESPACE column when the runs are of several namespaces."""
+        --since, --until, --name, --meta K=V, --min-cost, --definition, --parent, --forked-from,
+        and for an operator --namespace); a NAMESPACE column when the runs are of several
+        namespaces."""
         limit = self.args.limit or None
         def_name, _, def_version = (self.args.definition or "").partition("@")
         if def_version and not def_version.isdigit():
@@ -441,6 +442,7 @@ class Cli:
             definition=def_name,
             definition_version=int(def_version) if def_version else 0,
             parent_graph_id=self.args.parent or "",
+            forked_from=self.args.forked_from or "",
             namespace=self.args.namespace or "",
         )
         runs = list(
@@ -821,6 +823,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--min-cost", type=float, default=0.0, help="cost at least this (USD)")
     ls.add_argument("--definition", help="only runs of this stored definition (NAME or NAME@V)")
     ls.add_argument("--parent", metavar="ID", help="only the child runs of run ID")
+    ls.add_argument("--forked-from", metavar="ID", help="only the runs forked from run ID")
     ls.add_argument(
         "--namespace",
         metavar="NS",
