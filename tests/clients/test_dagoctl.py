@@ -148,7 +148,7 @@ async def test_a_human_yaml_file_with_inputs(stack: InProcessStack, tmp_path: Pa
     path.write_text(HUMAN_YAML)
     code, out, err = await ctl("validate", str(path))
     assert code == 0, err
-    assert out.strip() == "valid: greet (2 nodes, 1 edges)"
+    assert out.strip() == "valid: greet (2 nodes, 1 edge)"
     code, out, err = await ctl(
         "submit", str(path), "-i", "who=world", "--input", "times=3", "--wait"
     )
@@ -648,6 +648,46 @@ async def test_waits_and_signal(stack: InProcessStack) -> None:
     assert code == 0, err
     assert "review: waiting for a decision (approve, reject, edit)" in out, out
     assert "review: decision 'approve' by anonymous: \"ship it\"" in out, out
+
+
+async def test_submit_wait_says_what_a_waiting_run_needs(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    """``submit --wait`` is silent, but not about a run that waits for someone: a wait
+    node's decision and a budget pause are said on stderr with the command that moves the
+    run on, so a newcomer does not take it for a hung command."""
+    ctl = ctl_for(stack)
+    async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as dago:
+        waiting = asyncio.create_task(ctl("submit", str(EXAMPLES / "approval.json"), "--wait"))
+
+        async def one_wait() -> bool:
+            return bool([w async for w in dago.waits()])
+
+        await eventually(one_wait, 20, 0.05)
+        (w,) = [w async for w in dago.waits()]
+        await dago.signal(w.graph_id, "review", "approve")
+        code, out, err = await waiting
+        assert code == 0 and out.strip() == w.graph_id, err
+        assert "review: waiting for a decision (approve, reject, edit)" in err, err
+        assert f"(dagoctl signal {w.graph_id} review <decision>)" in err, err
+
+        budget = tmp_path / "budget.yaml"
+        budget.write_text(
+            "nodes: {ask: {llm: {prompt: 'a haiku about queues'}}}\n"
+            "limits: {max_tokens: 50, on_exceed: LIMIT_ACTION_PAUSE}\n"
+        )
+        paused = asyncio.create_task(ctl("submit", str(budget), "--wait"))
+
+        async def one_paused() -> bool:
+            return len([g async for g in dago.list_graphs(state="paused")]) == 1
+
+        await eventually(one_paused, 20, 0.05)
+        (run,) = [g async for g in dago.list_graphs(state="paused")]
+        await dago.update_limits(run.graph_id, max_tokens=100_000)
+        code, _, err = await paused
+    assert code == 0, err
+    assert "ask: run paused" in err, err
+    assert f"(raise the limit to resume: dagoctl limits {run.graph_id} --max-tokens N)" in err
 
 
 async def test_definitions_publish_label_show_deprecate_and_submit_by_name(

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from dago.devtools.dev import Restarts
+from dago.config import Settings
+from dago.devtools import edge
+from dago.devtools.dev import Restarts, _banner
 from dago.llm.base import ChatMessage, LlmRequest
 from dago.llm.offline import offline_answer
 from dago.v1 import execution_pb2
@@ -63,6 +65,20 @@ def test_restarts_back_off_and_give_up_on_the_fifth_exit_within_a_minute() -> No
     assert [r.exited(t) for t in (0.0, 61.0, 122.0, 183.0, 244.0, 305.0)] == [1] * 6
     r = Restarts(limit=10)
     assert [r.exited(float(t)) for t in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_the_banner_names_every_page_and_commands_that_run_as_typed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What a newcomer reads first: every page Envoy serves (README promises the console),
+    and commands that run from the checkout without a PATH of their own (grpcurl is in
+    .venv/bin, not on the PATH of a fresh machine)."""
+    _banner(Settings(), "redis://127.0.0.1:6379/0", edge.EdgeConfig(listen_port=8080))
+    out = capsys.readouterr().out
+    for page in ("/ui/", "/console/", "/docs/", "/api/v1/openapi.json", "/health", "/metrics"):
+        assert f"http://localhost:8080{page}" in out, (page, out)
+    commands = [ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and ln.split()]
+    assert "grpcurl" not in commands and ".venv/bin/grpcurl" in commands, out
 
 
 @dataclass

@@ -70,6 +70,17 @@ _EXIT_BY_CODE = {
     grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
     grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
 }
+
+
+def _size(graph: graph_pb2.Graph) -> str:
+    """``2 nodes, 1 edge``: a graph's size as a person writes it."""
+    n, e = len(graph.nodes), len(graph.edges)
+    return f"{n} node{'s' * (n != 1)}, {e} edge{'s' * (e != 1)}"
+
+
+# Events after which a run waits for someone (submit --wait says so on stderr).
+_NEEDS_SOMEONE = frozenset({"node_waiting", "budget_exhausted", "node_dead_lettered"})
+
 _EXIT_BY_STATE = {
     execution_pb2.GRAPH_STATE_COMPLETED: EXIT_OK,
     execution_pb2.GRAPH_STATE_FAILED: EXIT_FAILED,
@@ -198,8 +209,19 @@ class Cli:
         if not resp.created:
             print(f"(request_id matched an earlier run: {resp.graph_id})", file=self.err)
         if self.args.wait:
-            return _EXIT_BY_STATE.get(self.client.wait(resp.graph_id).state, EXIT_ERROR)
+            return self._wait(resp.graph_id)
         return EXIT_OK
+
+    def _wait(self, graph_id: str) -> int:
+        """Wait for a run's end, silently but for what needs someone: a wait node's decision,
+        a budget pause, a dead letter (on stderr, with the command that moves it on), so a
+        run that waits for a person is not taken for a hung command."""
+        view = RunView(graph_id)
+        for ev in self.client.watch(graph_id):
+            lines = view.apply(ev)
+            if ev.WhichOneof("payload") in _NEEDS_SOMEONE:
+                print(*lines, sep="\n", file=self.err, flush=True)
+        return _EXIT_BY_STATE.get(self.client.status(graph_id).state, EXIT_ERROR)
 
     def def_(self) -> int:
         """``def publish|list|show|versions|label|unlabel|deprecate``: stored definitions."""
@@ -252,8 +274,7 @@ class Cli:
                 f"digest      {d.digest}",
                 f"labels      {' '.join(d.labels) or '-'}",
                 f"description {d.description or '-'}",
-                f"graph       {d.graph.name or '-'} ({len(d.graph.nodes)} nodes, "
-                f"{len(d.graph.edges)} edges)",
+                f"graph       {d.graph.name or '-'} ({_size(d.graph)})",
             )
             return EXIT_OK
         if action == "label":
@@ -277,9 +298,7 @@ class Cli:
         req = load_request(self.args.file, parse_inputs(self.args.input or []))
         self.client.validate(req)
         g = req.graph
-        self.print(
-            f"valid: {g.name or self.args.file} ({len(g.nodes)} nodes, {len(g.edges)} edges)"
-        )
+        self.print(f"valid: {g.name or self.args.file} ({_size(g)})")
         return EXIT_OK
 
     def status(self) -> int:

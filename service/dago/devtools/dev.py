@@ -417,6 +417,8 @@ def _banner(settings: Settings, redis_url: str, cfg: edge.EdgeConfig | None) -> 
         rest = f"""
   REST + SSE {base}/api/v1/graphs   (Envoy: also gRPC-Web and gRPC on :{cfg.listen_port})
   live view  {base}/ui/   (submit an example or open a run: {base}/ui/#<id>)
+  console    {base}/console/   (operators: runs, definitions, approvals, workers)
+  API page   {base}/docs/   (OpenAPI: {base}/api/v1/openapi.json)
   health     {base}/health    metrics {base}/metrics
 
 REST (see README, "REST and SSE through Envoy"):
@@ -446,10 +448,10 @@ dago is running (embedded default: no Docker, no API key){auth}
 
 Try:
   .venv/bin/dagoctl submit examples/research.json --watch   (docs/clients.md)
-  grpcurl -plaintext localhost:{port} list
-  grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph \\
+  .venv/bin/grpcurl -plaintext localhost:{port} list
+  .venv/bin/grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph \\
       < examples/diamond.json
-  grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} \\
+  .venv/bin/grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} \\
       dago.v1.OrchestratorService/WatchGraph
 """,
         flush=True,
