@@ -182,6 +182,11 @@ async def test_invalid_input_exits_5_with_the_field_violations(
     assert code == EXIT_INVALID and "not valid JSON" in err
     code, _, err = await ctl("submit", str(tmp_path / "missing.yaml"))
     assert code == EXIT_INVALID and "missing.yaml" in err
+    # A bare file name that is not there (a typo, another folder) is a missing file, not a
+    # definition or a run that does not exist.
+    for command in ("submit", "render"):
+        code, _, err = await ctl(command, "missing.yaml")
+        assert code == EXIT_INVALID and "missing.yaml: No such file" in err, (command, err)
     code, _, err = await ctl("validate", str(EXAMPLES / "diamond.json"), "-i", "novalue")
     assert code == EXIT_INVALID and "expected key=value" in err
     odd = tmp_path / "odd.yaml"
@@ -683,6 +688,9 @@ async def test_submit_wait_says_what_a_waiting_run_needs(
 
         await eventually(one_paused, 20, 0.05)
         (run,) = [g async for g in dago.list_graphs(state="paused")]
+        code, out, _ = await ctl("status", run.graph_id)
+        assert code == 0 and "state    PAUSED" in out, out
+        assert "paused   a model call did not fit in the run's limits (max_tokens 50)" in out
         await dago.update_limits(run.graph_id, max_tokens=100_000)
         code, _, err = await paused
     assert code == 0, err

@@ -127,10 +127,20 @@ def _pair(text: str) -> tuple[str, str]:
 _REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(@[A-Za-z0-9._-]+)?")
 
 
+_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _names_a_file(arg: str) -> bool:
+    """Whether an argument that may be a file or a name (a definition, a run id) is a graph
+    file: it exists, or it is named like one (``graph.yaml`` mistyped or in another folder
+    is "no such file", not "no such definition" or "no such run")."""
+    return arg == "-" or Path(arg).exists() or arg.endswith(_FILE_SUFFIXES) or os.sep in arg
+
+
 def _is_reference(arg: str) -> bool:
-    """Whether ``submit``'s argument names a stored definition: no such file, and the
+    """Whether ``submit``'s argument names a stored definition: no graph file, and the
     shape of ``NAME[@VERSION|@LABEL]``."""
-    return arg != "-" and not Path(arg).exists() and bool(_REFERENCE.fullmatch(arg))
+    return not _names_a_file(arg) and bool(_REFERENCE.fullmatch(arg))
 
 
 def _when(msg: Any, name: str) -> str:
@@ -327,6 +337,16 @@ class Cli:
             self.print(f"children {', '.join(children)}")
         if st.HasField("error") and st.error.message:
             self.print(f"error    {st.error.message}")
+        if st.state == execution_pb2.GRAPH_STATE_PAUSED:
+            # Else a paused run is a queued node and no reason: say which budget and the way on.
+            lim = st.limits
+            budget = [f"max_tokens {lim.max_tokens}"] if lim.max_tokens else []
+            budget += [f"max_cost_usd {lim.max_cost_usd:g}"] if lim.max_cost_usd else []
+            self.print(
+                f"paused   a model call did not fit in the run's limits "
+                f"({', '.join(budget) or 'none left'}); resume: dagoctl limits "
+                f"{st.graph_id} --max-tokens N --max-cost USD"
+            )
         self.print("")
         wid = max([4, *(len(n.node_id) for n in st.nodes)])
         self.print(f"{'NODE':<{wid}}  {'STATE':<9}  ATT  {'DURATION':>8}  ROUTE/ERROR")
@@ -733,7 +753,7 @@ class Cli:
         """``render FILE|ID``: Mermaid or DOT; a run's node states as colours."""
         target = self.args.source
         states: dict[str, str] | None = None
-        if Path(target).is_file() or target == "-":
+        if _names_a_file(target):
             graph = load_request(target).graph
         else:
             graph = self.client.get_graph(target).graph
