@@ -397,8 +397,9 @@ async def test_ui_routes(view: View) -> None:
     import httpx
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{view.port}") as http:
-        r = await http.get("/ui")
-        assert r.status_code in (301, 302) and r.headers["location"].endswith("/ui/")
+        for path in ("/ui", "/"):  # the bare origin opens the live view too
+            r = await http.get(path)
+            assert r.status_code in (301, 302) and r.headers["location"].endswith("/ui/"), path
         r = await http.get("/ui/")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert '<script type="module" src="app.js">' in r.text
