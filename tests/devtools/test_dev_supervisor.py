@@ -67,6 +67,7 @@ def test_restarts_back_off_and_give_up_on_the_fifth_exit_within_a_minute() -> No
     assert [r.exited(float(t)) for t in range(7)] == [1, 2, 4, 8, 16, 30, 30]
 
 
+@pytest.mark.process  # bash -n checks the commands
 def test_the_banner_names_every_page_and_commands_that_run_as_typed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -79,6 +80,17 @@ def test_the_banner_names_every_page_and_commands_that_run_as_typed(
         assert f"http://localhost:8080{page}" in out, (page, out)
     commands = [ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and ln.split()]
     assert "grpcurl" not in commands and ".venv/bin/grpcurl" in commands, out
+    # No <id> to paste into a shell (a redirect from a file "id"): the id comes from the
+    # command that submits, and the next commands use $ID.
+    shell = [ln for ln in out.splitlines() if ln.startswith("  ") and "/ui/#<id>" not in ln]
+    assert not [ln for ln in shell if "<id>" in ln], out
+    assert "ID=$(" in out and "/api/v1/graphs/$ID/status" in out, out
+    # The commands under "Try:" and "REST (...):" paste into bash as they are.
+    sections = [out.split(head, 1)[1].split("\n\n", 1)[0] for head in ("Try:\n", 'Envoy"):\n')]
+    block = "\n".join(sections)
+    assert block.count("curl ") >= 6 and block.count("grpcurl ") == 2, block
+    check = subprocess.run(["bash", "-n"], input=block, text=True, capture_output=True)
+    assert check.returncode == 0, (check.stderr, block)
 
 
 @dataclass

@@ -422,12 +422,13 @@ def _banner(settings: Settings, redis_url: str, cfg: edge.EdgeConfig | None) -> 
   health     {base}/health    metrics {base}/metrics
 
 REST (see README, "REST and SSE through Envoy"):
-  curl -s -XPOST {base}/api/v1/graphs -H 'content-type: application/json' \\
-      -d @examples/diamond.json
-  curl -s {base}/api/v1/graphs/<id>/status
-  curl -sN -H 'accept: text/event-stream' {base}/api/v1/graphs/<id>/events
-  curl -s {base}/api/v1/graphs/<id>/result
-  curl -s {base}/api/v1/workers        curl -s {base}/api/v1/dead-letters
+  ID=$(curl -s -XPOST {base}/api/v1/graphs -d @examples/diamond.json \\
+       | python3 -c 'import json,sys; print(json.load(sys.stdin)["graph_id"])')
+  curl -s {base}/api/v1/graphs/$ID/status
+  curl -sN -H 'accept: text/event-stream' {base}/api/v1/graphs/$ID/events
+  curl -s {base}/api/v1/graphs/$ID/result
+  curl -s {base}/api/v1/workers
+  curl -s {base}/api/v1/dead-letters
 """
     else:
         rest = "\n  REST       off (Envoy not started; see above)\n"
@@ -447,11 +448,10 @@ dago is running (embedded default: no Docker, no API key){auth}
   workers    {settings.workers} process(es) x {settings.worker_slots} slots{wm}
 
 Try:
-  .venv/bin/dagoctl submit examples/research.json --watch   (docs/clients.md)
+  .venv/bin/dagoctl submit examples/research.json --watch   # docs/clients.md
   .venv/bin/grpcurl -plaintext localhost:{port} list
-  .venv/bin/grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph \\
-      < examples/diamond.json
-  .venv/bin/grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} \\
+  ID=$(.venv/bin/dagoctl submit examples/diamond.json)   # the run's id
+  .venv/bin/grpcurl -plaintext -d "{{\\"graph_id\\":\\"$ID\\"}}" localhost:{port} \\
       dago.v1.OrchestratorService/WatchGraph
 """,
         flush=True,
