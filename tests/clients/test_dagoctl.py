@@ -698,6 +698,26 @@ async def test_submit_wait_says_what_a_waiting_run_needs(
     assert f"(raise the limit to resume: dagoctl limits {run.graph_id} --max-tokens N)" in err
 
 
+async def test_status_of_a_fork_names_its_source_and_the_reused_nodes(
+    stack: InProcessStack,
+) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "diamond.json"), "--wait")
+    assert code == 0, err
+    gid = out.strip()
+    code, out, err = await ctl("fork", gid, "--from", "join")
+    assert code == 0, err
+    new = out.strip()
+    code, _, err = await ctl("watch", new)
+    assert code == 0, err
+    code, out, _ = await ctl("status", new)
+    assert code == 0 and f"forked   from {gid} (3 node(s) reused)" in out, out
+    rows = {ln.split()[0]: ln for ln in out.splitlines()[out.splitlines().index("") + 2 :]}
+    for node in ("start", "left", "right"):
+        assert rows[node].endswith(f"reused from {gid}"), out
+    assert "reused" not in rows["join"], out
+
+
 async def test_definitions_publish_label_show_deprecate_and_submit_by_name(
     stack: InProcessStack, tmp_path: Path
 ) -> None:

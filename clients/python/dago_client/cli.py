@@ -332,6 +332,8 @@ class Cli:
             self.print(
                 f"parent   {st.parent_graph_id} (node {st.parent_node_id}, depth {st.depth})"
             )
+        if st.forked_from:
+            self.print(f"forked   from {st.forked_from} ({st.reused_nodes} node(s) reused)")
         children = [f"{n.node_id} -> {n.child_graph_id}" for n in st.nodes if n.child_graph_id]
         if children:
             self.print(f"children {', '.join(children)}")
@@ -356,6 +358,8 @@ class Cli:
                 ms = (n.end_time.ToDatetime() - n.start_time.ToDatetime()).total_seconds() * 1000
                 dur = f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
             note = n.route or (n.error.message if n.HasField("error") else "")
+            if n.reused:  # else a reused node reads as one that ran, with no attempt or time
+                note = f"reused from {st.forked_from}" + (f", {note}" if note else "")
             self.print(
                 f"{n.node_id:<{wid}}  {node_state_name(n.state):<9}  {n.attempt or '-':>3}  "
                 f"{dur:>8}  {note}"
