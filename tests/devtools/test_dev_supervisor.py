@@ -284,6 +284,9 @@ async def test_ctrl_c_stops_edge_then_api_and_drained_workers_then_redis(
     took = await dev.exited(60)
     out = dev.output()
     assert dev.proc.returncode == 0, out
+    assert out.rstrip().endswith(
+        "dago dev: stopped; Redis keeps its data in .run/redis for the next start."
+    ), out
     assert took < 10, (took, out)  # the node's 3 s, not the 35 s of a failing drain
     assert not [p for p in kids if alive(p)], out
     redis_log = (dev.cwd / ".run/redis/redis.log").read_text()

@@ -316,6 +316,9 @@ class Supervisor:
         self._stop(rest, drain + 5)
         self._hurry = False  # Redis is quick to stop, and stopping it unclean loses writes
         self._stop(redis, 10)
+        # Said last, so the terminal shows the stop finished (not a hang after "stopping").
+        kept = f"; Redis keeps its data in {RUN_DIR / 'redis'} for the next start" if redis else ""
+        _say(f"stopped{kept}.")
 
     def _stop(self, children: Sequence[Child], timeout: float) -> None:
         """SIGTERM ``children``, wait up to ``timeout`` s (less after a second Ctrl-C) and
