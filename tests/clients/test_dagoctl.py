@@ -148,7 +148,7 @@ async def test_a_human_yaml_file_with_inputs(stack: InProcessStack, tmp_path: Pa
     path.write_text(HUMAN_YAML)
     code, out, err = await ctl("validate", str(path))
     assert code == 0, err
-    assert out.strip() == "valid: greet (2 nodes, 1 edges)"
+    assert out.strip() == "valid: greet (2 nodes, 1 edge)"
     code, out, err = await ctl(
         "submit", str(path), "-i", "who=world", "--input", "times=3", "--wait"
     )
@@ -182,6 +182,11 @@ async def test_invalid_input_exits_5_with_the_field_violations(
     assert code == EXIT_INVALID and "not valid JSON" in err
     code, _, err = await ctl("submit", str(tmp_path / "missing.yaml"))
     assert code == EXIT_INVALID and "missing.yaml" in err
+    # A bare file name that is not there (a typo, another folder) is a missing file, not a
+    # definition or a run that does not exist.
+    for command in ("submit", "render"):
+        code, _, err = await ctl(command, "missing.yaml")
+        assert code == EXIT_INVALID and "missing.yaml: No such file" in err, (command, err)
     code, _, err = await ctl("validate", str(EXAMPLES / "diamond.json"), "-i", "novalue")
     assert code == EXIT_INVALID and "expected key=value" in err
     odd = tmp_path / "odd.yaml"
@@ -648,6 +653,69 @@ async def test_waits_and_signal(stack: InProcessStack) -> None:
     assert code == 0, err
     assert "review: waiting for a decision (approve, reject, edit)" in out, out
     assert "review: decision 'approve' by anonymous: \"ship it\"" in out, out
+
+
+async def test_submit_wait_says_what_a_waiting_run_needs(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    """``submit --wait`` is silent, but not about a run that waits for someone: a wait
+    node's decision and a budget pause are said on stderr with the command that moves the
+    run on, so a newcomer does not take it for a hung command."""
+    ctl = ctl_for(stack)
+    async with AsyncDagoClient(f"127.0.0.1:{stack.port}") as dago:
+        waiting = asyncio.create_task(ctl("submit", str(EXAMPLES / "approval.json"), "--wait"))
+
+        async def one_wait() -> bool:
+            return bool([w async for w in dago.waits()])
+
+        await eventually(one_wait, 20, 0.05)
+        (w,) = [w async for w in dago.waits()]
+        await dago.signal(w.graph_id, "review", "approve")
+        code, out, err = await waiting
+        assert code == 0 and out.strip() == w.graph_id, err
+        assert "review: waiting for a decision (approve, reject, edit)" in err, err
+        assert f"(dagoctl signal {w.graph_id} review <decision>)" in err, err
+
+        budget = tmp_path / "budget.yaml"
+        budget.write_text(
+            "nodes: {ask: {llm: {prompt: 'a haiku about queues'}}}\n"
+            "limits: {max_tokens: 50, on_exceed: LIMIT_ACTION_PAUSE}\n"
+        )
+        paused = asyncio.create_task(ctl("submit", str(budget), "--wait"))
+
+        async def one_paused() -> bool:
+            return len([g async for g in dago.list_graphs(state="paused")]) == 1
+
+        await eventually(one_paused, 20, 0.05)
+        (run,) = [g async for g in dago.list_graphs(state="paused")]
+        code, out, _ = await ctl("status", run.graph_id)
+        assert code == 0 and "state    PAUSED" in out, out
+        assert "paused   a model call did not fit in the run's limits (max_tokens 50)" in out
+        await dago.update_limits(run.graph_id, max_tokens=100_000)
+        code, _, err = await paused
+    assert code == 0, err
+    assert "ask: run paused" in err, err
+    assert f"(raise the limit to resume: dagoctl limits {run.graph_id} --max-tokens N)" in err
+
+
+async def test_status_of_a_fork_names_its_source_and_the_reused_nodes(
+    stack: InProcessStack,
+) -> None:
+    ctl = ctl_for(stack)
+    code, out, err = await ctl("submit", str(EXAMPLES / "diamond.json"), "--wait")
+    assert code == 0, err
+    gid = out.strip()
+    code, out, err = await ctl("fork", gid, "--from", "join")
+    assert code == 0, err
+    new = out.strip()
+    code, _, err = await ctl("watch", new)
+    assert code == 0, err
+    code, out, _ = await ctl("status", new)
+    assert code == 0 and f"forked   from {gid} (3 node(s) reused)" in out, out
+    rows = {ln.split()[0]: ln for ln in out.splitlines()[out.splitlines().index("") + 2 :]}
+    for node in ("start", "left", "right"):
+        assert rows[node].endswith(f"reused from {gid}"), out
+    assert "reused" not in rows["join"], out
 
 
 async def test_definitions_publish_label_show_deprecate_and_submit_by_name(

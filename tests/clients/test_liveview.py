@@ -131,6 +131,24 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
+async def test_every_example_is_offered_and_runs(view: View) -> None:
+    """The picker holds every file of examples/ (README: "pick an example"), by file name;
+    the ones the other tests do not run complete from it too."""
+    for name in ("map_summaries", "subgraph"):
+        page = await open_page(view)  # a fresh page: no earlier run's state to mistake
+        try:
+            offered = await page.eval_on_selector_all(
+                "#example option", "os => os.map(o => o.value)"
+            )
+            assert sorted(offered) == sorted(p.stem for p in (ROOT / "examples").glob("*.json"))
+            await page.select_option("#example", name)
+            await page.click("#submit")
+            await page.wait_for_selector('#run-state[data-state="completed"]', timeout=30_000)
+            assert page.errors == [], page.errors  # type: ignore[attr-defined]
+        finally:
+            await page.close()
+
+
 async def test_submit_an_example_and_watch_it_to_the_end(view: View) -> None:
     page = await open_page(view)
     try:
@@ -397,8 +415,9 @@ async def test_ui_routes(view: View) -> None:
     import httpx
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{view.port}") as http:
-        r = await http.get("/ui")
-        assert r.status_code in (301, 302) and r.headers["location"].endswith("/ui/")
+        for path in ("/ui", "/"):  # the bare origin opens the live view too
+            r = await http.get(path)
+            assert r.status_code in (301, 302) and r.headers["location"].endswith("/ui/"), path
         r = await http.get("/ui/")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert '<script type="module" src="app.js">' in r.text

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from dago.devtools.dev import Restarts
+from dago.config import Settings
+from dago.devtools import edge
+from dago.devtools.dev import Restarts, _banner
 from dago.llm.base import ChatMessage, LlmRequest
 from dago.llm.offline import offline_answer
 from dago.v1 import execution_pb2
@@ -63,6 +65,32 @@ def test_restarts_back_off_and_give_up_on_the_fifth_exit_within_a_minute() -> No
     assert [r.exited(t) for t in (0.0, 61.0, 122.0, 183.0, 244.0, 305.0)] == [1] * 6
     r = Restarts(limit=10)
     assert [r.exited(float(t)) for t in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+@pytest.mark.process  # bash -n checks the commands
+def test_the_banner_names_every_page_and_commands_that_run_as_typed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What a newcomer reads first: every page Envoy serves (README promises the console),
+    and commands that run from the checkout without a PATH of their own (grpcurl is in
+    .venv/bin, not on the PATH of a fresh machine)."""
+    _banner(Settings(), "redis://127.0.0.1:6379/0", edge.EdgeConfig(listen_port=8080))
+    out = capsys.readouterr().out
+    for page in ("/ui/", "/console/", "/docs/", "/api/v1/openapi.json", "/health", "/metrics"):
+        assert f"http://localhost:8080{page}" in out, (page, out)
+    commands = [ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and ln.split()]
+    assert "grpcurl" not in commands and ".venv/bin/grpcurl" in commands, out
+    # No <id> to paste into a shell (a redirect from a file "id"): the id comes from the
+    # command that submits, and the next commands use $ID.
+    shell = [ln for ln in out.splitlines() if ln.startswith("  ") and "/ui/#<id>" not in ln]
+    assert not [ln for ln in shell if "<id>" in ln], out
+    assert "ID=$(" in out and "/api/v1/graphs/$ID/status" in out, out
+    # The commands under "Try:" and "REST (...):" paste into bash as they are.
+    sections = [out.split(head, 1)[1].split("\n\n", 1)[0] for head in ("Try:\n", 'Envoy"):\n')]
+    block = "\n".join(sections)
+    assert block.count("curl ") >= 6 and block.count("grpcurl ") == 2, block
+    check = subprocess.run(["bash", "-n"], input=block, text=True, capture_output=True)
+    assert check.returncode == 0, (check.stderr, block)
 
 
 @dataclass
@@ -256,6 +284,9 @@ async def test_ctrl_c_stops_edge_then_api_and_drained_workers_then_redis(
     took = await dev.exited(60)
     out = dev.output()
     assert dev.proc.returncode == 0, out
+    assert out.rstrip().endswith(
+        "dago dev: stopped; Redis keeps its data in .run/redis for the next start."
+    ), out
     assert took < 10, (took, out)  # the node's 3 s, not the 35 s of a failing drain
     assert not [p for p in kids if alive(p)], out
     redis_log = (dev.cwd / ".run/redis/redis.log").read_text()

@@ -22,7 +22,9 @@ What the reader's machine has and the test substitutes (the convention of the do
 ``localhost:8080`` is the stack's Envoy and ``localhost:50051`` its API (both on free
 ports here, replaced in the text of every block); ``DAGO_TARGET`` points at the API;
 ``.venv/bin/dagoctl`` and ``dagoctl`` are this checkout's client; ``grpcurl`` comes from
-``.venv/bin``; ``<id>`` is a completed run's id and ``<next_page_token>`` an empty token.
+``.venv/bin``. Nothing else is filled in: a runnable block has no ``<id>``-style placeholder
+(:func:`test_runnable_blocks_paste_as_they_are`), since a reader who pastes one gets a shell
+redirect; the block takes the value from a command before it (``ID=$(...)``).
 Blocks run in a scratch folder holding ``examples/`` (a link), so the files they write
 stay out of the tree.
 """
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import re
 import secrets
@@ -134,11 +135,33 @@ def test_every_block_is_run_or_marked() -> None:
     )
 
 
+PLACEHOLDER = re.compile(r"<[a-z_][a-z_-]*>")  # <id>, <next_page_token>, <graph-id>...
+
+
+def test_runnable_blocks_paste_as_they_are() -> None:
+    """A newcomer pastes a block as it is: a ``<placeholder>`` in its code (comments may
+    name one) is a redirect from a missing file in a shell, and a syntax error elsewhere."""
+    found = []
+    for doc in DOCS:
+        for b in blocks(doc):
+            kind = b.kind()
+            if kind not in ("shell", "python", "node"):
+                continue
+            comment = "//" if kind == "node" else "#"
+            for n, line in enumerate(b.text.splitlines(), start=1):
+                code = line.split(comment, 1)[0]
+                if PLACEHOLDER.search(code):
+                    found.append(f"{b.where} (+{n}): {line.strip()}")
+    assert not found, "placeholders in runnable blocks (take the value from a command):\n" + (
+        "\n".join(found)
+    )
+
+
 class Reader:
     """A reader of one document at a terminal: a scratch folder, the substitutions, the
     environment."""
 
-    def __init__(self, edge: Edge, tmp: Path, run_id: str) -> None:
+    def __init__(self, edge: Edge, tmp: Path) -> None:
         self.edge = edge
         self.cwd = tmp
         (tmp / "examples").symlink_to(ROOT / "examples")
@@ -155,16 +178,13 @@ class Reader:
                 str(ROOT / p) for p in ("service", "gen/python", "clients/python")
             ),
             "DAGO_TARGET": f"127.0.0.1:{edge.stack.port}",
-            "DOCS_RUN_ID": run_id,
             "NO_COLOR": "1",
         }
 
     def substitute(self, text: str) -> str:
         text = text.replace("localhost:8080", f"127.0.0.1:{self.edge.port}")
         text = text.replace("localhost:50051", f"127.0.0.1:{self.edge.stack.port}")
-        text = text.replace(".venv/bin/dagoctl", "dagoctl")
-        text = text.replace("<next_page_token>", "")
-        return text.replace("<id>", "$DOCS_RUN_ID")
+        return text.replace(".venv/bin/dagoctl", "dagoctl")
 
     async def run(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
@@ -244,12 +264,7 @@ async def test_the_blocks_of(doc: Path, edge_stack: Edge, tmp_path: Path) -> Non
     if not runnable:
         return
     async with AsyncDagoClient(f"127.0.0.1:{edge_stack.stack.port}") as dago:
-        diamond = json.loads((ROOT / "examples" / "diamond.json").read_text())
-        done = await dago.submit(
-            json_format.ParseDict(diamond, orchestrator_pb2.SubmitGraphRequest())
-        )
-        await dago.wait(done.graph_id)
-        reader = Reader(edge_stack, tmp_path, done.graph_id)
+        reader = Reader(edge_stack, tmp_path)
         shell: list[Block] = []
         for b in runnable:
             kind = b.kind()

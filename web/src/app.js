@@ -7,15 +7,19 @@ import { decisionText, decisionWidget, waitOfEvent } from "./decide.js";
 import { SubmitGraphRequestSchema } from "../../clients/typescript/gen/dago/v1/orchestrator_pb.js";
 import { GraphState } from "../../clients/typescript/gen/dago/v1/execution_pb.js";
 import { draw as drawGraph, edgeStates, el, kindOf, layout, setEdgeStates, setNodeState } from "./graph.js";
+import agent from "../../examples/agent.json";
 import approval from "../../examples/approval.json";
 import diamond from "../../examples/diamond.json";
 import fanout from "../../examples/fanout.json";
 import loop from "../../examples/loop.json";
+import map_summaries from "../../examples/map_summaries.json";
 import research from "../../examples/research.json";
 import router from "../../examples/router.json";
+import subgraph from "../../examples/subgraph.json";
 import triage from "../../examples/triage.json";
 
-const EXAMPLES = { research, triage, diamond, router, loop, fanout, approval };
+// Every file of examples/ (tests/clients/test_liveview.py checks it), named by its file.
+const EXAMPLES = { research, triage, diamond, router, loop, fanout, approval, agent, map_summaries, subgraph };
 let current = null; // { id, abort }
 let drawn = null; // the layout of the graph drawn
 

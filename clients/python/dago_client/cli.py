@@ -70,6 +70,17 @@ _EXIT_BY_CODE = {
     grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
     grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
 }
+
+
+def _size(graph: graph_pb2.Graph) -> str:
+    """``2 nodes, 1 edge``: a graph's size as a person writes it."""
+    n, e = len(graph.nodes), len(graph.edges)
+    return f"{n} node{'s' * (n != 1)}, {e} edge{'s' * (e != 1)}"
+
+
+# Events after which a run waits for someone (submit --wait says so on stderr).
+_NEEDS_SOMEONE = frozenset({"node_waiting", "budget_exhausted", "node_dead_lettered"})
+
 _EXIT_BY_STATE = {
     execution_pb2.GRAPH_STATE_COMPLETED: EXIT_OK,
     execution_pb2.GRAPH_STATE_FAILED: EXIT_FAILED,
@@ -116,10 +127,20 @@ def _pair(text: str) -> tuple[str, str]:
 _REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(@[A-Za-z0-9._-]+)?")
 
 
+_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _names_a_file(arg: str) -> bool:
+    """Whether an argument that may be a file or a name (a definition, a run id) is a graph
+    file: it exists, or it is named like one (``graph.yaml`` mistyped or in another folder
+    is "no such file", not "no such definition" or "no such run")."""
+    return arg == "-" or Path(arg).exists() or arg.endswith(_FILE_SUFFIXES) or os.sep in arg
+
+
 def _is_reference(arg: str) -> bool:
-    """Whether ``submit``'s argument names a stored definition: no such file, and the
+    """Whether ``submit``'s argument names a stored definition: no graph file, and the
     shape of ``NAME[@VERSION|@LABEL]``."""
-    return arg != "-" and not Path(arg).exists() and bool(_REFERENCE.fullmatch(arg))
+    return not _names_a_file(arg) and bool(_REFERENCE.fullmatch(arg))
 
 
 def _when(msg: Any, name: str) -> str:
@@ -198,8 +219,19 @@ class Cli:
         if not resp.created:
             print(f"(request_id matched an earlier run: {resp.graph_id})", file=self.err)
         if self.args.wait:
-            return _EXIT_BY_STATE.get(self.client.wait(resp.graph_id).state, EXIT_ERROR)
+            return self._wait(resp.graph_id)
         return EXIT_OK
+
+    def _wait(self, graph_id: str) -> int:
+        """Wait for a run's end, silently but for what needs someone: a wait node's decision,
+        a budget pause, a dead letter (on stderr, with the command that moves it on), so a
+        run that waits for a person is not taken for a hung command."""
+        view = RunView(graph_id)
+        for ev in self.client.watch(graph_id):
+            lines = view.apply(ev)
+            if ev.WhichOneof("payload") in _NEEDS_SOMEONE:
+                print(*lines, sep="\n", file=self.err, flush=True)
+        return _EXIT_BY_STATE.get(self.client.status(graph_id).state, EXIT_ERROR)
 
     def def_(self) -> int:
         """``def publish|list|show|versions|label|unlabel|deprecate``: stored definitions."""
@@ -252,8 +284,7 @@ class Cli:
                 f"digest      {d.digest}",
                 f"labels      {' '.join(d.labels) or '-'}",
                 f"description {d.description or '-'}",
-                f"graph       {d.graph.name or '-'} ({len(d.graph.nodes)} nodes, "
-                f"{len(d.graph.edges)} edges)",
+                f"graph       {d.graph.name or '-'} ({_size(d.graph)})",
             )
             return EXIT_OK
         if action == "label":
@@ -277,9 +308,7 @@ class Cli:
         req = load_request(self.args.file, parse_inputs(self.args.input or []))
         self.client.validate(req)
         g = req.graph
-        self.print(
-            f"valid: {g.name or self.args.file} ({len(g.nodes)} nodes, {len(g.edges)} edges)"
-        )
+        self.print(f"valid: {g.name or self.args.file} ({_size(g)})")
         return EXIT_OK
 
     def status(self) -> int:
@@ -303,11 +332,23 @@ class Cli:
             self.print(
                 f"parent   {st.parent_graph_id} (node {st.parent_node_id}, depth {st.depth})"
             )
+        if st.forked_from:
+            self.print(f"forked   from {st.forked_from} ({st.reused_nodes} node(s) reused)")
         children = [f"{n.node_id} -> {n.child_graph_id}" for n in st.nodes if n.child_graph_id]
         if children:
             self.print(f"children {', '.join(children)}")
         if st.HasField("error") and st.error.message:
             self.print(f"error    {st.error.message}")
+        if st.state == execution_pb2.GRAPH_STATE_PAUSED:
+            # Else a paused run is a queued node and no reason: say which budget and the way on.
+            lim = st.limits
+            budget = [f"max_tokens {lim.max_tokens}"] if lim.max_tokens else []
+            budget += [f"max_cost_usd {lim.max_cost_usd:g}"] if lim.max_cost_usd else []
+            self.print(
+                f"paused   a model call did not fit in the run's limits "
+                f"({', '.join(budget) or 'none left'}); resume: dagoctl limits "
+                f"{st.graph_id} --max-tokens N --max-cost USD"
+            )
         self.print("")
         wid = max([4, *(len(n.node_id) for n in st.nodes)])
         self.print(f"{'NODE':<{wid}}  {'STATE':<9}  ATT  {'DURATION':>8}  ROUTE/ERROR")
@@ -317,6 +358,8 @@ class Cli:
                 ms = (n.end_time.ToDatetime() - n.start_time.ToDatetime()).total_seconds() * 1000
                 dur = f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
             note = n.route or (n.error.message if n.HasField("error") else "")
+            if n.reused:  # else a reused node reads as one that ran, with no attempt or time
+                note = f"reused from {st.forked_from}" + (f", {note}" if note else "")
             self.print(
                 f"{n.node_id:<{wid}}  {node_state_name(n.state):<9}  {n.attempt or '-':>3}  "
                 f"{dur:>8}  {note}"
@@ -716,7 +759,7 @@ class Cli:
         """``render FILE|ID``: Mermaid or DOT; a run's node states as colours."""
         target = self.args.source
         states: dict[str, str] | None = None
-        if Path(target).is_file() or target == "-":
+        if _names_a_file(target):
             graph = load_request(target).graph
         else:
             graph = self.client.get_graph(target).graph

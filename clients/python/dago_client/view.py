@@ -233,7 +233,12 @@ class RunView:
             self.state = "paused"
             if row is not None:
                 row.state = "queued"
-            out.append(f"{nid}: run paused, {ev.budget_exhausted.message}")
+            be = ev.budget_exhausted
+            flag = "--max-cost USD" if be.limit == "max_cost_usd" else "--max-tokens N"
+            out.append(
+                f"{nid}: run paused, {be.message} (raise the limit to resume: "
+                f"dagoctl limits {self.graph_id} {flag})"
+            )
         elif kind == "graph_resumed":
             self.state = "running"
             out.append(f"run resumed ({', '.join(ev.graph_resumed.node_ids) or 'no node parked'})")

@@ -316,6 +316,9 @@ class Supervisor:
         self._stop(rest, drain + 5)
         self._hurry = False  # Redis is quick to stop, and stopping it unclean loses writes
         self._stop(redis, 10)
+        # Said last, so the terminal shows the stop finished (not a hang after "stopping").
+        kept = f"; Redis keeps its data in {RUN_DIR / 'redis'} for the next start" if redis else ""
+        _say(f"stopped{kept}.")
 
     def _stop(self, children: Sequence[Child], timeout: float) -> None:
         """SIGTERM ``children``, wait up to ``timeout`` s (less after a second Ctrl-C) and
@@ -417,15 +420,18 @@ def _banner(settings: Settings, redis_url: str, cfg: edge.EdgeConfig | None) -> 
         rest = f"""
   REST + SSE {base}/api/v1/graphs   (Envoy: also gRPC-Web and gRPC on :{cfg.listen_port})
   live view  {base}/ui/   (submit an example or open a run: {base}/ui/#<id>)
+  console    {base}/console/   (operators: runs, definitions, approvals, workers)
+  API page   {base}/docs/   (OpenAPI: {base}/api/v1/openapi.json)
   health     {base}/health    metrics {base}/metrics
 
 REST (see README, "REST and SSE through Envoy"):
-  curl -s -XPOST {base}/api/v1/graphs -H 'content-type: application/json' \\
-      -d @examples/diamond.json
-  curl -s {base}/api/v1/graphs/<id>/status
-  curl -sN -H 'accept: text/event-stream' {base}/api/v1/graphs/<id>/events
-  curl -s {base}/api/v1/graphs/<id>/result
-  curl -s {base}/api/v1/workers        curl -s {base}/api/v1/dead-letters
+  ID=$(curl -s -XPOST {base}/api/v1/graphs -d @examples/diamond.json \\
+       | python3 -c 'import json,sys; print(json.load(sys.stdin)["graph_id"])')
+  curl -s {base}/api/v1/graphs/$ID/status
+  curl -sN -H 'accept: text/event-stream' {base}/api/v1/graphs/$ID/events
+  curl -s {base}/api/v1/graphs/$ID/result
+  curl -s {base}/api/v1/workers
+  curl -s {base}/api/v1/dead-letters
 """
     else:
         rest = "\n  REST       off (Envoy not started; see above)\n"
@@ -445,11 +451,10 @@ dago is running (embedded default: no Docker, no API key){auth}
   workers    {settings.workers} process(es) x {settings.worker_slots} slots{wm}
 
 Try:
-  .venv/bin/dagoctl submit examples/research.json --watch   (docs/clients.md)
-  grpcurl -plaintext localhost:{port} list
-  grpcurl -plaintext -d @ localhost:{port} dago.v1.OrchestratorService/SubmitGraph \\
-      < examples/diamond.json
-  grpcurl -plaintext -d '{{"graph_id":"<id>"}}' localhost:{port} \\
+  .venv/bin/dagoctl submit examples/research.json --watch   # docs/clients.md
+  .venv/bin/grpcurl -plaintext localhost:{port} list
+  ID=$(.venv/bin/dagoctl submit examples/diamond.json)   # the run's id
+  .venv/bin/grpcurl -plaintext -d "{{\\"graph_id\\":\\"$ID\\"}}" localhost:{port} \\
       dago.v1.OrchestratorService/WatchGraph
 """,
         flush=True,

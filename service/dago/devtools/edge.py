@@ -321,13 +321,14 @@ def _file_routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     if cfg.openapi:
         routes.append(page(OPENAPI_PATH, cfg.openapi, "application/json"))
     if cfg.web_root:
+        # The bare origin (what a newcomer types first) opens the live view, not a 404.
         routes += [
             {
                 "match": {"path": path},
-                "redirect": {"path_redirect": f"{path}/"},
+                "redirect": {"path_redirect": to},
                 "typed_per_filter_config": off,
             }
-            for path in ("/ui", "/console")
+            for path, to in (("/", "/ui/"), ("/ui", "/ui/"), ("/console", "/console/"))
         ]
         routes += [page(path, f"{cfg.web_root}/{file}", ctype) for path, file, ctype in WEB_FILES]
     if cfg.api_page and cfg.web_root and cfg.openapi:
