@@ -276,6 +276,9 @@ class ApiServer:
         serving: bool | None = None
         ttl = self._settings.worker_ttl_ms
         interval = min(1.0, max(0.1, ttl / 4000))
+        # Workers usually start beside the API: no heartbeat in the first TTL is expected,
+        # not yet worth a warning (a newcomer's `make run` showed one at every start).
+        grace_until: float | None = time.monotonic() + ttl / 1000
         while True:
             raise_if_cancelling()
             alive = 0
@@ -293,8 +296,15 @@ class ApiServer:
                 log.log(logging.INFO if up else logging.WARNING, "redis %s", "up" if up else "DOWN")
                 ok = up
             now_serving = up and alive > 0
+            if now_serving:
+                grace_until = None
+            elif grace_until is not None and up and time.monotonic() >= grace_until:
+                grace_until = None
+                log.warning("no worker alive (none sent a heartbeat within %d ms)", ttl)
             if now_serving != serving:
-                if up and not alive:
+                if up and not alive and serving is None:
+                    log.info("not serving until a worker sends its first heartbeat")
+                elif up and not alive:
                     log.warning("no worker alive (none sent a heartbeat within %d ms)", ttl)
                 elif now_serving:
                     log.info("serving: redis up, %d worker(s) alive", alive)
