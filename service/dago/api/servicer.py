@@ -472,11 +472,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             )
         graph = run.graph
         known = {n.id for n in graph.nodes}
+        named: set[str] = set()
         for i, nid in enumerate(request.from_nodes):
             if nid not in known:
                 raise errors.invalid_field(
-                    f"from_nodes[{i}]", f"names no node of the graph: {nid!r}"
+                    f"from_nodes[{i}]", f"names no node of the graph: {clip(nid)!r}"
                 )
+            if nid in named:  # so the list is never longer than the graph (1,000 nodes)
+                raise errors.invalid_field(f"from_nodes[{i}]", f"names node {nid!r} again")
+            named.add(nid)
         try:
             patched = fork_rules.patch_graph(graph, dict(request.node_patches))
         except GraphInvalid as e:
