@@ -12,9 +12,11 @@ filters) is refused naming the field, and the service keeps serving the other te
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format, struct_pb2
 
@@ -33,13 +35,16 @@ from harness import (
     Client,
     InProcessStack,
     MakeStack,
+    RunningStack,
     echo,
     eventually,
     node_status,
     request,
     rpc_error,
+    start_api_quickly,
 )
-from redisfixture import RedisTarget
+from obshelpers import TOOLS, envoy, marker, poison
+from redisfixture import RedisServer, RedisTarget
 
 KEY_A, KEY_B, KEY_OPS = new_key(), new_key(), new_key()
 KEYS = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b,{hash_key(KEY_OPS)}:ops"
@@ -477,3 +482,122 @@ async def test_a_listing_cut_by_its_scan_budget_names_no_child_of_another_namesp
     assert (theirs.runs, theirs.next) == ([], None)
     every = await listing.page(RunFilter(namespace=None, parent_graph_id=gid), None, 50)
     assert every.runs  # an operator's listing reads it
+
+
+KEY_DEFAULT = new_key()
+
+
+@pytest.mark.process
+async def test_through_envoy_and_dead_letters_b_finds_nothing_of_a_s(
+    redis_single: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    """REST through a real Envoy (the console's routes) answers B's requests for A's run
+    as for one that never existed (404, same body but for the id), bad sizes are 400
+    naming the field; and a dead letter that outlived its graph is nobody's but the
+    operators': a key of the ``default`` namespace once saw every expired graph's."""
+    keys = f"{KEYS},{hash_key(KEY_DEFAULT)}:default"
+    env = {
+        "DAGO_AUTH": "keys",
+        "DAGO_API_KEYS": keys,
+        "DAGO_OPERATOR_NAMESPACES": "ops",
+        "DAGO_MAX_DELIVERIES": "1",
+        "DAGO_TOOL_MODULES": TOOLS,
+        "DAGO_RETENTION_S": "1",
+    }
+    async with RunningStack(redis_single.url, key_prefix, **env) as stack:
+        for name in ("w1", "w2", "w3"):  # the poison kills the worker of its first delivery
+            stack.start(name, "worker")
+        await start_api_quickly(stack)
+        target = f"127.0.0.1:{stack.port}"
+        a, dflt, ops = Client(target, KEY_A), Client(target, KEY_DEFAULT), Client(target, KEY_OPS)
+        try:
+            gid = await a.submit(poison(marker(tmp_path, "a")))
+            letters: list[orchestrator_pb2.DeadLetter] = []
+
+            async def dead() -> bool:
+                resp = await a.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
+                letters[:] = resp.dead_letters
+                return bool(letters)
+
+            await eventually(dead, 30, 0.1)
+            dl = letters[0].dead_letter_id
+            async with envoy(stack) as http:
+                await rest_probes(http, gid, dl)
+            # A cancels; the run expires from Redis (no history here), its dead letter stays.
+            await a.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid))
+
+            async def expired() -> bool:
+                try:
+                    await a.stub.GetGraph(orchestrator_pb2.GetGraphRequest(graph_id=gid))
+                except grpc.aio.AioRpcError as e:
+                    return e.code() == grpc.StatusCode.NOT_FOUND
+                return False
+
+            await eventually(expired, 20, 0.1)
+            req = orchestrator_pb2.ListDeadLettersRequest()
+            assert list((await dflt.stub.ListDeadLetters(req)).dead_letters) == []
+            assert [d.graph_id for d in (await ops.stub.ListDeadLetters(req)).dead_letters] == [gid]
+            assert list((await a.stub.ListDeadLetters(req)).dead_letters) == []
+            drop = orchestrator_pb2.DropDeadLetterRequest(dead_letter_id=dl)
+            code, _ = await answer(dflt.stub.DropDeadLetter(drop))
+            assert code == grpc.StatusCode.NOT_FOUND
+            await ops.stub.DropDeadLetter(drop)  # the operator clears it
+        finally:
+            for c in (a, dflt, ops):
+                await c.close()
+
+
+async def rest_probes(http: httpx.AsyncClient, gid: str, dl: str) -> None:
+    """B's REST calls on A's live run ``gid`` and dead letter ``dl``."""
+    b_hdr = {"authorization": f"Bearer {KEY_B}"}
+    ghost = ghost_of(gid)
+    ghost_dl = f"{dl.split('-')[0]}-1-1"
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "/api/v1/graphs/{g}", None),
+        ("GET", "/api/v1/graphs/{g}/status", None),
+        ("GET", "/api/v1/graphs/{g}/result", None),
+        ("GET", "/api/v1/graphs/{g}/events/history", None),
+        ("GET", "/api/v1/graphs/{g}/nodes/p/attempts", None),
+        ("GET", "/api/v1/graphs/{g}/nodes/p/items", None),
+        ("GET", "/api/v1/waits?graph_id={g}", None),
+        ("POST", "/api/v1/graphs/{g}/nodes/p:signal", {"decision": "approve"}),
+        ("PATCH", "/api/v1/graphs/{g}/limits", {"max_tokens": 5}),
+        ("POST", "/api/v1/graphs/{g}/cancel", {}),
+        ("POST", "/api/v1/graphs/{g}:fork", {"from_nodes": ["p"]}),
+    ]
+    for method, path, body in calls:
+        got = await http.request(method, path.format(g=gid), json=body, headers=b_hdr)
+        none = await http.request(method, path.format(g=ghost), json=body, headers=b_hdr)
+        assert (got.status_code, none.status_code) == (404, 404), (path, got.text)
+        assert got.text.replace(gid, "<id>") == none.text.replace(ghost, "<id>"), path
+        assert "team-a" not in got.text
+    for method, path in (
+        ("POST", "/api/v1/dead-letters/{d}:requeue"),
+        ("DELETE", "/api/v1/dead-letters/{d}"),
+    ):
+        got = await http.request(
+            method, path.format(d=dl), json={} if method == "POST" else None, headers=b_hdr
+        )
+        none = await http.request(
+            method, path.format(d=ghost_dl), json={} if method == "POST" else None, headers=b_hdr
+        )
+        assert (got.status_code, none.status_code) == (404, 404), (path, got.text)
+        assert got.text.replace(dl, "<id>") == none.text.replace(ghost_dl, "<id>"), path
+    for path in (
+        f"/api/v1/graphs?parent_graph_id={gid}",
+        f"/api/v1/graphs?forked_from={gid}",
+        "/api/v1/graphs",
+        "/api/v1/waits",
+        "/api/v1/dead-letters",
+        f"/api/v1/dead-letters?graph_id={gid}",
+    ):
+        r = await http.get(path, headers=b_hdr)
+        assert r.status_code == 200, (path, r.text)
+        assert gid not in r.text and "team-a" not in r.text, (path, r.text)
+    r = await http.get("/api/v1/limits", headers=b_hdr)
+    assert r.status_code == 200 and "team-a" not in r.text
+    for path in ("/api/v1/graphs", "/api/v1/waits", "/api/v1/dead-letters", "/api/v1/definitions"):
+        r = await http.get(f"{path}?page_size=1000000", headers=b_hdr)
+        assert r.status_code == 400 and "page_size" in r.json()["message"], (path, r.text)
+    r = await http.get("/api/v1/graphs?namespace=team-a", headers=b_hdr)
+    assert r.status_code == 403 and gid not in r.text

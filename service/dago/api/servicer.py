@@ -151,19 +151,30 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if not batch:
                 break
             metas = await self._store.metas([(shard, e.graph_id) for e in batch])
-            ns = Meta.NAMESPACE.encode()
-            out += [e for e, meta in zip(batch, metas, strict=True) if self._mine(meta.get(ns))]
+            out += [e for e, meta in zip(batch, metas, strict=True) if self._letter_mine(meta)]
             if len(batch) < count:
                 break
             before = "(" + batch[-1].entry_id  # exclusive: continue below the last entry read
         return out[:count]
 
+    def _letter_mine(self, meta: dict[bytes, bytes]) -> bool:
+        """Whether a dead letter whose graph's meta hash is ``meta`` is the caller's. The
+        stream outlives its graphs: once a graph expired (``meta`` empty) nothing says
+        whose it was, and a missing namespace must not read as ``default`` (a key of the
+        default namespace would see other tenants' errors): operators only."""
+        if not meta:
+            return self._operator()
+        return self._mine(meta.get(Meta.NAMESPACE.encode()))
+
     async def _check_dead_letter(self, shard: int, entry_id: str, name: str) -> None:
         """NOT_FOUND unless the dead letter's graph is the caller's namespace's."""
         found = await self._store.dead_letters(shard, entry_id, 1)
         if found and found[0].entry_id == entry_id:
-            (ns,) = await self._store.graph_fields(shard, found[0].graph_id, Meta.NAMESPACE)
-            if not self._mine(ns):
+            ns, state = await self._store.graph_fields(
+                shard, found[0].graph_id, Meta.NAMESPACE, Meta.STATE
+            )
+            meta = {} if state is None else {Meta.NAMESPACE.encode(): ns or b""}
+            if not self._letter_mine(meta):
                 raise errors.not_found("dead letter", name)
 
     async def _check_size(self, shard: int, graph_id: str, share: int, what: str) -> None:
