@@ -601,3 +601,45 @@ async def rest_probes(http: httpx.AsyncClient, gid: str, dl: str) -> None:
         assert r.status_code == 400 and "page_size" in r.json()["message"], (path, r.text)
     r = await http.get("/api/v1/graphs?namespace=team-a", headers=b_hdr)
     assert r.status_code == 403 and gid not in r.text
+
+
+async def test_a_graph_expired_but_compiled_is_nothing_to_a_default_key(
+    redis_target: RedisTarget, make_stack: MakeStack
+) -> None:
+    """The API keeps compiled graphs in memory after Redis let them go; with the graph's
+    namespace gone, a key of the ``default`` namespace was taken for its owner: SignalGraph
+    told it which node ids the graph has, ListWaits answered instead of NOT_FOUND."""
+    keys = f"{KEYS},{hash_key(KEY_DEFAULT)}:default"
+    stack = await make_stack(redis_target, auth="keys", api_keys=keys, retention_s=1)
+    target = f"127.0.0.1:{stack.port}"
+    a, dflt = Client(target, KEY_A), Client(target, KEY_DEFAULT)
+    try:
+        wait = {"id": "review", "wait": {"decisions": ["ship-it", "bury-it"]}}
+        gid = await a.submit(request([wait]))
+
+        async def waits() -> bool:
+            return node_status(await a.status(gid), "review").state == WAITING
+
+        await eventually(waits, 20)
+        await a.stub.CancelGraph(orchestrator_pb2.CancelGraphRequest(graph_id=gid))
+
+        async def expired() -> bool:
+            gk = stack.store.keys.shard(parse_shard(gid, 4) or 0).graph(gid)
+            return not await stack.store.redis.exists(gk.meta)
+
+        await eventually(expired, 20, 0.1)
+        o = orchestrator_pb2
+        for probe in (
+            lambda g: dflt.stub.SignalGraph(
+                o.SignalGraphRequest(graph_id=g, node_id="review", decision="nope")
+            ),
+            lambda g: dflt.stub.SignalGraph(
+                o.SignalGraphRequest(graph_id=g, node_id="other", decision="nope")
+            ),
+            lambda g: dflt.stub.ListWaits(o.ListWaitsRequest(graph_id=g)),
+        ):
+            message = await same_as_nothing(dflt, gid, probe)
+            assert "ship-it" not in message
+    finally:
+        await a.close()
+        await dflt.close()

@@ -1086,8 +1086,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("comment", f"use at most {MAX_COMMENT_CHARS} characters")
         if request.iteration < 0:
             raise errors.invalid_field("iteration", "must be 0 (the current one) or more")
-        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
-        loaded = await self._graphs.get(shard, gid)
+        ns, state = await self._store.graph_fields(shard, gid, Meta.NAMESPACE, Meta.STATE)
+        # A graph expired from Redis may still be in the compile cache: its namespace is
+        # gone with it, and must not read as the default namespace's (a default key would
+        # learn another tenant's nodes and decisions from the checks below).
+        loaded = await self._graphs.get(shard, gid) if state is not None else None
         if loaded is None:
             raise errors.not_found("graph", gid)
         self._owned(gid, ns)
@@ -1298,8 +1301,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if len(gid) > MAX_ID_CHARS:
             raise errors.not_found("graph", gid)
         shard = self._shard(gid)
-        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
-        loaded = await self._graphs.get(shard, gid)
+        ns, state = await self._store.graph_fields(shard, gid, Meta.NAMESPACE, Meta.STATE)
+        # Not from the compile cache alone: it may hold a graph Redis let go (see _signal).
+        loaded = await self._graphs.get(shard, gid) if state is not None else None
         if loaded is None or loaded.compiled is None:
             # Finished and archived (no waits), or unknown (NOT_FOUND).
             await self._archive.status(gid, False)
