@@ -24,6 +24,7 @@ from dago.api.auth import hash_key, new_key
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.history.filters import RunFilter
 from dago.history.listing import RunListing
+from dago.history.migrate import migrate_url
 from dago.v1 import (
     definitions_pb2,
     definitions_pb2_grpc,
@@ -203,6 +204,13 @@ async def test_another_tenant_s_live_run_and_child_are_nothing_to_b(tenants: Ten
     assert (await a.wait(gid)).state == COMPLETED
     for probe in (probes["ForkGraph"], probes["ForkGraph failed_only"], probes["GetGraphResult"]):
         await same_as_nothing(b, gid, probe)
+    # B's RunGraph with A's request_id runs and streams B's own graph, not A's.
+    run = o.RunGraphRequest(request_id="shared-rid")
+    run.graph.CopyFrom(a_graph().graph)
+    run.inputs.update({"items": [1]})
+    async for msg in s.RunGraph(run, timeout=20):
+        assert msg.event.graph_id not in (gid, kid)
+        break
     # A may fork it (the probes above were refused for B alone).
     fork = await a.stub.ForkGraph(o.ForkGraphRequest(graph_id=gid, from_nodes=["each"]))
     assert fork.created
@@ -285,12 +293,12 @@ async def test_definitions_and_request_ids_are_per_namespace(tenants: Tenants) -
         definitions_pb2.SetDefinitionLabelRequest(name="a-def", version=1, label="prod")
     )
 
-    async def both(probe: Any) -> str:
+    async def both(probe: Any, name: str = "a-def") -> str:
         """A's name and a name nobody published answer alike."""
-        code, message = await answer(probe("a-def"))
+        code, message = await answer(probe(name))
         ghost_code, ghost_message = await answer(probe("zz-def"))
         assert code == ghost_code == grpc.StatusCode.NOT_FOUND, message
-        assert message.replace("a-def", "<n>") == ghost_message.replace("zz-def", "<n>")
+        assert message.replace(name, "<n>") == ghost_message.replace("zz-def", "<n>")
         assert "team-a" not in message and "a-secret" not in message
         return message
 
@@ -350,6 +358,17 @@ async def test_definitions_and_request_ids_are_per_namespace(tenants: Tenants) -
         o.ForkGraphRequest(graph_id=rb.graph_id, from_nodes=["y"], request_id="f-1")
     )
     assert fa.created and fb.created and fa.graph_id != fb.graph_id
+    # A fork whose patch makes a node a subgraph naming A's definition: NOT_FOUND for B.
+    await both(
+        lambda n: b.stub.ForkGraph(
+            o.ForkGraphRequest(
+                graph_id=rb.graph_id,
+                from_nodes=["y"],
+                node_patches={"y": graph_pb2.Node(subgraph=graph_pb2.SubgraphNode(definition=n))},
+            )
+        ),
+        "a-def2",  # A's alone (B has an a-def of its own by now)
+    )
 
 
 async def test_usage_and_limits_are_the_callers_own(tenants: Tenants) -> None:
@@ -643,3 +662,86 @@ async def test_a_graph_expired_but_compiled_is_nothing_to_a_default_key(
     finally:
         await a.close()
         await dflt.close()
+
+
+async def test_archived_runs_are_nothing_to_another_tenant(
+    postgres_url: str, make_stack: MakeStack
+) -> None:
+    """Runs Redis let go and PostgreSQL keeps: B cannot fork, signal, cancel, patch, page
+    the items or waits of A's, nor find them (or A's children and forks) by a filter."""
+    await migrate_url(postgres_url)
+    stack = await make_stack(
+        postgres_url=postgres_url,
+        migrate_at_start=True,
+        retention_s=1,
+        auth="keys",
+        api_keys=KEYS,
+        operator_namespaces="ops",
+    )
+    target = f"127.0.0.1:{stack.port}"
+    a, b = Client(target, KEY_A), Client(target, KEY_B)
+    o = orchestrator_pb2
+    try:
+        body = {"id": "s", "subgraph": {"graph": {"nodes": [echo("hi", v=1)]}}}
+        gid, st = await a.run(
+            request([{"id": "each", "map": {"items": "[1, 2]", "node": body}}], name="a-secret")
+        )
+        assert st.state == COMPLETED
+        kids = await a.stub.ListGraphs(o.ListGraphsRequest(parent_graph_id=gid))
+        fork = await a.stub.ForkGraph(o.ForkGraphRequest(graph_id=gid, from_nodes=["each"]))
+        await a.wait(fork.graph_id)
+        runs = [gid, fork.graph_id, *(k.graph_id for k in kids.graphs)]
+        assert len(runs) == 4
+
+        async def gone() -> bool:
+            for g in runs:
+                gk = stack.store.keys.shard(parse_shard(g, 4) or 0).graph(g)
+                if await stack.store.redis.exists(gk.meta):
+                    return False
+            return True
+
+        await eventually(gone, 30, 0.1)
+        assert (await a.status(gid)).namespace == "team-a"  # from the archive
+        probes = [
+            lambda g: b.stub.ForkGraph(o.ForkGraphRequest(graph_id=g, from_nodes=["each"])),
+            lambda g: b.stub.ForkGraph(o.ForkGraphRequest(graph_id=g, failed_only=True)),
+            lambda g: b.stub.ListWaits(o.ListWaitsRequest(graph_id=g)),
+            lambda g: b.stub.ListMapItems(o.ListMapItemsRequest(graph_id=g, node_id="each")),
+            lambda g: b.stub.ListNodeAttempts(
+                o.ListNodeAttemptsRequest(graph_id=g, node_id="each")
+            ),
+            lambda g: b.stub.SignalGraph(
+                o.SignalGraphRequest(graph_id=g, node_id="each", decision="approve")
+            ),
+            lambda g: b.stub.CancelGraph(o.CancelGraphRequest(graph_id=g)),
+            lambda g: b.stub.UpdateGraphLimits(
+                o.UpdateGraphLimitsRequest(graph_id=g, limits=graph_pb2.GraphLimits(max_tokens=9))
+            ),
+            lambda g: b.stub.GetGraphResult(o.GetGraphResultRequest(graph_id=g)),
+            lambda g: b.stub.WatchGraph(o.WatchGraphRequest(graph_id=g)),
+        ]
+        for probe in probes:
+            await same_as_nothing(b, gid, probe)
+        # A forks its archived run; B's filters find none of A's runs in the archive.
+        again = await a.stub.ForkGraph(o.ForkGraphRequest(graph_id=gid, from_nodes=["each"]))
+        assert again.created
+        for f in (
+            o.ListGraphsRequest(parent_graph_id=gid),
+            o.ListGraphsRequest(forked_from=gid),
+            o.ListGraphsRequest(name="a-secret"),
+            o.ListGraphsRequest(),
+        ):
+            theirs = await b.stub.ListGraphs(f)
+            assert (list(theirs.graphs), theirs.next_page_token) == ([], ""), f
+            assert (await a.stub.ListGraphs(f)).graphs, f
+        usage = await b.stub.GetUsageSummary(
+            o.GetUsageSummaryRequest(group_by=o.USAGE_GROUP_BY_NAMESPACE)
+        )
+        assert [r.key for r in usage.rows] == [] and usage.total.runs == 0
+        mine = await a.stub.GetUsageSummary(
+            o.GetUsageSummaryRequest(group_by=o.USAGE_GROUP_BY_NAMESPACE)
+        )
+        assert [r.key for r in mine.rows] == ["team-a"]
+    finally:
+        await a.close()
+        await b.close()
