@@ -44,7 +44,7 @@ from harness import (
     rpc_error,
     start_api_quickly,
 )
-from obshelpers import TOOLS, envoy, marker, poison
+from obshelpers import TOOLS, dead_letters, envoy, marker, poison
 from redisfixture import RedisServer, RedisTarget
 
 KEY_A, KEY_B, KEY_OPS = new_key(), new_key(), new_key()
@@ -531,15 +531,7 @@ async def test_through_envoy_and_dead_letters_b_finds_nothing_of_a_s(
         a, dflt, ops = Client(target, KEY_A), Client(target, KEY_DEFAULT), Client(target, KEY_OPS)
         try:
             gid = await a.submit(poison(marker(tmp_path, "a")))
-            letters: list[orchestrator_pb2.DeadLetter] = []
-
-            async def dead() -> bool:
-                resp = await a.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
-                letters[:] = resp.dead_letters
-                return bool(letters)
-
-            await eventually(dead, 30, 0.1)
-            dl = letters[0].dead_letter_id
+            dl = (await dead_letters(a))[0].dead_letter_id
             async with envoy(stack) as http:
                 await rest_probes(http, gid, dl)
             # A cancels; the run expires from Redis (no history here), its dead letter stays.
