@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf import json_format, struct_pb2
 
 from dago.api.auth import hash_key, new_key
@@ -43,6 +44,7 @@ from harness import (
     request,
     rpc_error,
     start_api_quickly,
+    tool,
 )
 from obshelpers import TOOLS, dead_letters, envoy, marker, poison
 from redisfixture import RedisServer, RedisTarget
@@ -737,3 +739,54 @@ async def test_archived_runs_are_nothing_to_another_tenant(
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.process
+async def test_skipping_another_tenant_s_dead_letters_costs_one_read_a_shard(
+    private_redis: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    """B's ListDeadLetters of one entry a page skips A's entries in batches of hundreds
+    (it read two at a time: a round trip per two of another tenant's dead letters)."""
+    env = {
+        "DAGO_AUTH": "keys",
+        "DAGO_API_KEYS": KEYS,
+        "DAGO_MAX_DELIVERIES": "1",
+        "DAGO_TOOL_MODULES": TOOLS,
+    }
+    workers = [f"w{n}" for n in range(5)]
+    async with RunningStack(private_redis.url, key_prefix, **env) as stack:
+        for name in workers:  # each poisoned node kills the worker of its delivery
+            stack.start(name, "worker")
+        await start_api_quickly(stack)
+        target = f"127.0.0.1:{stack.port}"
+        a, b = Client(target, KEY_A), Client(target, KEY_B)
+        try:
+            mark = str(marker(tmp_path, "a"))
+            nodes = [tool(f"p{n}", "die", inputs={"marker": mark}) for n in range(3)]
+            await a.submit(request(nodes))  # three dead letters on the run's shard
+
+            async def three() -> bool:
+                return len(await dead_letters(a)) == 3
+
+            await eventually(three, 30, 0.1)
+            for name in workers:  # nothing else reads streams backwards from now on
+                stack.signal(name)
+            redis = aioredis.Redis.from_url(private_redis.url)
+            try:
+                before = await xrevranges(redis)
+                page = await b.stub.ListDeadLetters(
+                    orchestrator_pb2.ListDeadLettersRequest(page_size=1)
+                )
+                assert list(page.dead_letters) == []
+                assert await xrevranges(redis) - before == 4  # one read per shard
+            finally:
+                await redis.aclose()
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def xrevranges(redis: aioredis.Redis) -> int:
+    """XREVRANGE calls the server has answered."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xrevrange", {}).get("calls", 0))
