@@ -50,6 +50,8 @@ from obshelpers import TOOLS, dead_letters, envoy, marker, poison
 from redisfixture import RedisServer, RedisTarget
 
 KEY_A, KEY_B, KEY_OPS = new_key(), new_key(), new_key()
+KEY_DEFAULT = new_key()
+"""A key of the ``default`` namespace: a graph whose namespace is gone must not read as its."""
 KEYS = f"{hash_key(KEY_A)}:team-a,{hash_key(KEY_B)}:team-b,{hash_key(KEY_OPS)}:ops"
 WAITING = execution_pb2.NODE_STATE_WAITING
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED
@@ -505,9 +507,6 @@ async def test_a_listing_cut_by_its_scan_budget_names_no_child_of_another_namesp
     assert every.runs  # an operator's listing reads it
 
 
-KEY_DEFAULT = new_key()
-
-
 @pytest.mark.process
 async def test_through_envoy_and_dead_letters_b_finds_nothing_of_a_s(
     redis_single: RedisServer, key_prefix: str, tmp_path: Path
@@ -669,11 +668,12 @@ async def test_archived_runs_are_nothing_to_another_tenant(
         migrate_at_start=True,
         retention_s=1,
         auth="keys",
-        api_keys=KEYS,
+        api_keys=f"{KEYS},{hash_key(KEY_DEFAULT)}:default",
         operator_namespaces="ops",
     )
     target = f"127.0.0.1:{stack.port}"
     a, b = Client(target, KEY_A), Client(target, KEY_B)
+    dflt = Client(target, KEY_DEFAULT)  # a missing namespace must not read as its own
     o = orchestrator_pb2
     try:
         body = {"id": "s", "subgraph": {"graph": {"nodes": [echo("hi", v=1)]}}}
@@ -697,6 +697,13 @@ async def test_archived_runs_are_nothing_to_another_tenant(
         await eventually(gone, 30, 0.1)
         assert (await a.status(gid)).namespace == "team-a"  # from the archive
         probes = [
+            lambda g: dflt.stub.CancelGraph(o.CancelGraphRequest(graph_id=g)),
+            lambda g: dflt.stub.UpdateGraphLimits(
+                o.UpdateGraphLimitsRequest(graph_id=g, limits=graph_pb2.GraphLimits(max_tokens=9))
+            ),
+            lambda g: dflt.stub.ForkGraph(o.ForkGraphRequest(graph_id=g, from_nodes=["each"])),
+            lambda g: dflt.stub.ListWaits(o.ListWaitsRequest(graph_id=g)),
+            lambda g: dflt.stub.GetGraph(o.GetGraphRequest(graph_id=g)),
             lambda g: b.stub.ForkGraph(o.ForkGraphRequest(graph_id=g, from_nodes=["each"])),
             lambda g: b.stub.ForkGraph(o.ForkGraphRequest(graph_id=g, failed_only=True)),
             lambda g: b.stub.ListWaits(o.ListWaitsRequest(graph_id=g)),
