@@ -45,6 +45,7 @@ from harness import (
     rpc_error,
     start_api_quickly,
     tool,
+    varint,
 )
 from obshelpers import TOOLS, dead_letters, envoy, marker, poison
 from redisfixture import RedisServer, RedisTarget
@@ -475,6 +476,28 @@ async def test_one_tenant_s_abuse_is_refused_naming_the_field(tenants: Tenants) 
         ),
         "payload",
     )
+    # Nesting past protobuf's limit in a signal's payload or a fork's inputs_patch.
+    deep = b""
+    for _ in range(150):  # Value{list_value{values{...}}}
+        inner = b"\x0a" + varint(len(deep)) + deep
+        deep = b"\x32" + varint(len(inner)) + inner
+    entry = b"\x0a\x01k\x12" + varint(len(deep)) + deep
+    struct = b"\x0a" + varint(len(entry)) + entry
+    ids = o.SignalGraphRequest(graph_id=wid, node_id="review", decision="approve")
+    raw = {
+        "SignalGraph": ids.SerializeToString() + b"\x22" + varint(len(deep)) + deep,
+        "ForkGraph": o.ForkGraphRequest(graph_id=gid, from_nodes=["x"]).SerializeToString()
+        + b"\x2a"
+        + varint(len(struct))
+        + struct,
+    }
+    for method, data in raw.items():
+        call = b.channel.unary_unary(
+            f"/dago.v1.OrchestratorService/{method}",
+            request_serializer=lambda x: x,
+            response_deserializer=lambda x: x,
+        )
+        await refused(call(data), "request")
     # A map yielding 100,001 items fails its node with a message that says so.
     items = request(
         [{"id": "each", "map": {"items": "inputs.items", "node": echo("x", v=1)}}],
