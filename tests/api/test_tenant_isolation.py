@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from google.protobuf import json_format, struct_pb2
 
 from dago.api.auth import hash_key, new_key
+from dago.api.servicer import MAP_SCAN_ITEMS
 from dago.engine.ids import new_graph_id, parse_shard
 from dago.history.filters import RunFilter
 from dago.history.listing import RunListing
@@ -820,3 +821,36 @@ async def xrevranges(redis: aioredis.Redis) -> int:
     """XREVRANGE calls the server has answered."""
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_xrevrange", {}).get("calls", 0))
+
+
+async def test_a_state_filter_pages_a_large_map_a_bounded_read_at_a_time(
+    make_stack: MakeStack,
+) -> None:
+    """ListMapItems with a state filter no item matches read the whole map (up to 100,000
+    items, ~1 s of API and Redis time) in one call; now a page reads MAP_SCAN_ITEMS at
+    most and ends with a token, and paging still finds every item of the state."""
+    stack = await make_stack()
+    c = stack.client
+    n = MAP_SCAN_ITEMS + 1000
+    body = {"items": "inputs.items", "node": echo("x", v="{{ item }}"), "maxConcurrency": 500}
+    gid, st = await c.run(
+        request([{"id": "each", "map": body}], inputs={"items": list(range(n))}), timeout=120
+    )
+    assert st.state == COMPLETED
+    o = orchestrator_pb2
+
+    async def pages(state: int, size: int) -> list[o.ListMapItemsResponse]:
+        out, token = [], ""
+        while True:
+            req = o.ListMapItemsRequest(
+                graph_id=gid, node_id="each", page_size=size, page_token=token, state=state
+            )
+            out.append(await c.stub.ListMapItems(req))
+            token = out[-1].next_page_token
+            if not token:
+                return out
+
+    none = await pages(execution_pb2.NODE_STATE_FAILED, 10)
+    assert [len(p.items) for p in none] == [0, 0]  # two bounded reads, not one whole scan
+    done = await pages(execution_pb2.NODE_STATE_COMPLETED, 1000)
+    assert [i.index for p in done for i in p.items] == list(range(n))

@@ -829,7 +829,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListMapItems(
         self, request: orchestrator_pb2.ListMapItemsRequest, context: Ctx
     ) -> orchestrator_pb2.ListMapItemsResponse:
-        """A page of a map node's items by index, optionally of one state, with its counts."""
+        """A page of a map node's items by index, optionally of one state, with its counts.
+        A page reads MAP_SCAN_ITEMS items at most: with a state filter it may hold fewer
+        items than asked (none, even) and still have a next page."""
         graph_id, node_id = request.graph_id, request.node_id
         shard = self._shard(graph_id)
         size = request.page_size or 100
@@ -856,7 +858,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         total, dispatched = resp.progress.total, int(counts[1] or 0)
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
         i, full = start, False
-        while i < total and not full:
+        # A state filter that matches few items would read the whole map (up to 100,000
+        # items, ~1 s) per call: a page reads MAP_SCAN_ITEMS at most, then ends (maybe
+        # short, or empty) with a token that goes on from there.
+        while i < total and not full and i - start < MAP_SCAN_ITEMS:
             chunk = range(i, min(total, i + max(size, 500)))
             rows = await self._store.item_fields(shard, graph_id, node_id, chunk, ITEM_FIELDS)
             for index, row in zip(chunk, rows, strict=True):
@@ -872,6 +877,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             i = chunk[-1] + 1
         if full:
             resp.next_page_token = tokens.encode("m", resp.items[-1].index + 1)
+        elif i < total:  # the scan budget ran out first
+            resp.next_page_token = tokens.encode("m", i)
         return resp
 
     # --- operations: workers and dead letters ------------------------------------------
@@ -1370,6 +1377,9 @@ class _NotInRedis(Exception):
 
 _DEAD_ID = re.compile(r"([0-9]{1,4})-([0-9]{1,20})-([0-9]{1,20})")
 """``<shard>-<stream entry id>`` (fullmatch; ASCII digits: ``\\d`` takes any script's)."""
+
+MAP_SCAN_ITEMS = 5000
+"""Map items one ListMapItems page reads at most (when a state filter skips most)."""
 
 DEAD_LETTER_BATCH = 500
 """Dead letters read per round trip while a listing skips other namespaces' entries."""
