@@ -383,6 +383,19 @@ async def test_usage_and_limits_are_the_callers_own(tenants: Tenants) -> None:
     assert (la.namespace.namespace, la.namespace.active_runs) == ("team-a", 1)
     assert (lb.namespace.namespace, lb.namespace.active_runs) == ("team-b", 0)
     assert "team-a" not in str(lb)
+    # A's ListWaits token, replayed by B: a position in B's own (empty) inbox, no more.
+    second = await a.submit(request([{"id": "review", "wait": {}}]))
+
+    async def two() -> bool:
+        return len((await a.stub.ListWaits(orchestrator_pb2.ListWaitsRequest())).waits) == 2
+
+    await eventually(two, 20)
+    page = await a.stub.ListWaits(orchestrator_pb2.ListWaitsRequest(page_size=1))
+    assert page.next_page_token and page.waits[0].graph_id in (gid, second)
+    theirs = await b.stub.ListWaits(
+        orchestrator_pb2.ListWaitsRequest(page_size=1, page_token=page.next_page_token)
+    )
+    assert (list(theirs.waits), theirs.next_page_token) == ([], "")
     # Without a history, usage is FAILED_PRECONDITION for everyone alike.
     err = await rpc_error(b.stub.GetUsageSummary(orchestrator_pb2.GetUsageSummaryRequest()))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
