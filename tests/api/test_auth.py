@@ -415,7 +415,7 @@ async def test_dead_letters_are_scoped_to_the_namespace(
     redis_single: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:
     from harness import RunningStack, start_api_quickly
-    from obshelpers import TOOLS, marker, poison
+    from obshelpers import TOOLS, dead_letters, marker, poison
 
     env = {
         "DAGO_AUTH": "keys",
@@ -430,14 +430,7 @@ async def test_dead_letters_are_scoped_to_the_namespace(
         a, b = Client(f"127.0.0.1:{stack.port}", KEY_A), Client(f"127.0.0.1:{stack.port}", KEY_B)
         try:
             gid = await a.submit(poison(marker(tmp_path, "a")))
-            listed: list[orchestrator_pb2.DeadLetter] = []
-
-            async def dead() -> bool:
-                resp = await a.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
-                listed[:] = resp.dead_letters
-                return bool(listed)
-
-            await eventually(dead, 30, 0.1)
+            listed = await dead_letters(a)
             assert [d.graph_id for d in listed] == [gid]
             theirs = await b.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
             assert list(theirs.dead_letters) == []

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from dago.history.filters import RunFilter
 from dago.v1 import graph_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from harness import ProcessStack, envoy_config, port_open, start_envoy
+from harness import ProcessStack, envoy_config, port_open, start_envoy, varint
 from redisfixture import RedisServer
 
 # Envoy in front of API and worker processes (the target fixture).
@@ -348,15 +348,15 @@ def test_known_undecodable_messages(target: Target) -> None:
     """Invalid UTF-8 in a string field, a truncated varint, nesting past protobuf's limit."""
     deep = b""
     for _ in range(150):  # Value{list_value{values{...}}}: deeper than the parser allows
-        inner = b"\x0a" + _varint(len(deep)) + deep
-        deep = b"\x32" + _varint(len(inner)) + inner
-    entry = b"\x0a\x03key\x12" + _varint(len(deep)) + deep  # Struct.fields entry
-    inputs = b"\x0a" + _varint(len(entry)) + entry
+        inner = b"\x0a" + varint(len(deep)) + deep
+        deep = b"\x32" + varint(len(inner)) + inner
+    entry = b"\x0a\x03key\x12" + varint(len(deep)) + deep  # Struct.fields entry
+    inputs = b"\x0a" + varint(len(entry)) + entry
     cases = {
         "bad utf-8 in graph.name": b"\x0a\x04\x0a\x02\xff\xfe",
         "truncated varint": b"\x18\xff\xff",
         "field length past the end": b"\x0a\x7f\x0a",
-        "deep nesting in inputs": b"\x12" + _varint(len(inputs)) + inputs,
+        "deep nesting in inputs": b"\x12" + varint(len(inputs)) + inputs,
     }
     for name, data in cases.items():
         with pytest.raises(grpc.RpcError) as err:
@@ -364,16 +364,6 @@ def test_known_undecodable_messages(target: Target) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err.value)  # type: ignore[attr-defined]
         assert "request" in (err.value.details() or ""), name  # type: ignore[attr-defined]
     still_serving(target)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def check_http(r: httpx.Response) -> None:

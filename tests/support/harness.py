@@ -717,3 +717,14 @@ async def everything(stack: InProcessStack, gid: str) -> str:
     if status.state == execution_pb2.GRAPH_STATE_COMPLETED:
         text += json_format.MessageToJson(await stack.client.result(gid))
     return text
+
+
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (for requests written byte by byte)."""
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

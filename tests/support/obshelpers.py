@@ -10,7 +10,18 @@ from pathlib import Path
 import httpx
 
 from dago.v1 import orchestrator_pb2
-from harness import ProcessStack, echo, edge, edge_healthy, envoy_config, request, start_envoy, tool
+from harness import (
+    Client,
+    ProcessStack,
+    echo,
+    edge,
+    edge_healthy,
+    envoy_config,
+    eventually,
+    request,
+    start_envoy,
+    tool,
+)
 
 TOOLS = "testtools,obstools"
 
@@ -47,3 +58,16 @@ def poison(mark: Path) -> orchestrator_pb2.SubmitGraphRequest:
         [tool("p", "die", inputs={"marker": str(mark)}), echo("after", x="{{ nodes.p.output }}")],
         [edge("p", "after")],
     )
+
+
+async def dead_letters(client: Client, timeout: float = 30.0) -> list[orchestrator_pb2.DeadLetter]:
+    """The dead letters ``client`` lists, once there is one (a poison's worker died)."""
+    found: list[orchestrator_pb2.DeadLetter] = []
+
+    async def dead() -> bool:
+        resp = await client.stub.ListDeadLetters(orchestrator_pb2.ListDeadLettersRequest())
+        found[:] = resp.dead_letters
+        return bool(found)
+
+    await eventually(dead, timeout, 0.1)
+    return found

@@ -92,8 +92,9 @@ def run_filter(request: orchestrator_pb2.ListGraphsRequest, namespace: str | Non
         pairs.append((key, value))
     if not math.isfinite(request.min_cost_usd) or request.min_cost_usd < 0:
         raise errors.invalid_field("min_cost_usd", "must be a finite number, 0 or more")
-    if len(request.forked_from) > MAX_FILTER_CHARS:
-        raise errors.invalid_field("forked_from", f"use at most {MAX_FILTER_CHARS} characters")
+    for field in ("parent_graph_id", "forked_from"):
+        if len(getattr(request, field)) > MAX_FILTER_CHARS:
+            raise errors.invalid_field(field, f"use at most {MAX_FILTER_CHARS} characters")
     if request.definition:
         check_name(request.definition, "definition")
     if request.definition_version < 0 or (request.definition_version and not request.definition):

@@ -146,24 +146,39 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         """Up to ``count`` dead letters of one shard from ``before`` down whose graph is the
         caller's namespace's; other namespaces' entries are skipped, not counted."""
         out: list[DeadLetterEntry] = []
+        # Read in batches of DEAD_LETTER_BATCH at least: pages of one entry read in batches
+        # of two made one call cost a round trip per two of other tenants' dead letters
+        # (the stream holds up to 100,000 a shard).
+        want = max(count, DEAD_LETTER_BATCH)
         while len(out) < count:
-            batch = await self._store.dead_letters(shard, before, count)
+            batch = await self._store.dead_letters(shard, before, want)
             if not batch:
                 break
             metas = await self._store.metas([(shard, e.graph_id) for e in batch])
-            ns = Meta.NAMESPACE.encode()
-            out += [e for e, meta in zip(batch, metas, strict=True) if self._mine(meta.get(ns))]
-            if len(batch) < count:
+            out += [e for e, meta in zip(batch, metas, strict=True) if self._letter_mine(meta)]
+            if len(batch) < want:
                 break
             before = "(" + batch[-1].entry_id  # exclusive: continue below the last entry read
         return out[:count]
+
+    def _letter_mine(self, meta: dict[bytes, bytes]) -> bool:
+        """Whether a dead letter whose graph's meta hash is ``meta`` is the caller's. The
+        stream outlives its graphs: once a graph expired (``meta`` empty) nothing says
+        whose it was, and a missing namespace must not read as ``default`` (a key of the
+        default namespace would see other tenants' errors): operators only."""
+        if not meta:
+            return self._operator()
+        return self._mine(meta.get(Meta.NAMESPACE.encode()))
 
     async def _check_dead_letter(self, shard: int, entry_id: str, name: str) -> None:
         """NOT_FOUND unless the dead letter's graph is the caller's namespace's."""
         found = await self._store.dead_letters(shard, entry_id, 1)
         if found and found[0].entry_id == entry_id:
-            (ns,) = await self._store.graph_fields(shard, found[0].graph_id, Meta.NAMESPACE)
-            if not self._mine(ns):
+            ns, state = await self._store.graph_fields(
+                shard, found[0].graph_id, Meta.NAMESPACE, Meta.STATE
+            )
+            meta = {} if state is None else {Meta.NAMESPACE.encode(): ns or b""}
+            if not self._letter_mine(meta):
                 raise errors.not_found("dead letter", name)
 
     async def _check_size(self, shard: int, graph_id: str, share: int, what: str) -> None:
@@ -472,11 +487,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             )
         graph = run.graph
         known = {n.id for n in graph.nodes}
+        named: set[str] = set()
         for i, nid in enumerate(request.from_nodes):
             if nid not in known:
                 raise errors.invalid_field(
-                    f"from_nodes[{i}]", f"names no node of the graph: {nid!r}"
+                    f"from_nodes[{i}]", f"names no node of the graph: {clip(nid)!r}"
                 )
+            if nid in named:  # so the list is never longer than the graph (1,000 nodes)
+                raise errors.invalid_field(f"from_nodes[{i}]", f"names node {nid!r} again")
+            named.add(nid)
         try:
             patched = fork_rules.patch_graph(graph, dict(request.node_patches))
         except GraphInvalid as e:
@@ -810,7 +829,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListMapItems(
         self, request: orchestrator_pb2.ListMapItemsRequest, context: Ctx
     ) -> orchestrator_pb2.ListMapItemsResponse:
-        """A page of a map node's items by index, optionally of one state, with its counts."""
+        """A page of a map node's items by index, optionally of one state, with its counts.
+        A page reads MAP_SCAN_ITEMS items at most: with a state filter it may hold fewer
+        items than asked (none, even) and still have a next page."""
         graph_id, node_id = request.graph_id, request.node_id
         shard = self._shard(graph_id)
         size = request.page_size or 100
@@ -837,7 +858,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         total, dispatched = resp.progress.total, int(counts[1] or 0)
         room = min(PAGE_BYTES, self._settings.max_message_bytes // 2)
         i, full = start, False
-        while i < total and not full:
+        # A state filter that matches few items would read the whole map (up to 100,000
+        # items, ~1 s) per call: a page reads MAP_SCAN_ITEMS at most, then ends (maybe
+        # short, or empty) with a token that goes on from there.
+        while i < total and not full and i - start < MAP_SCAN_ITEMS:
             chunk = range(i, min(total, i + max(size, 500)))
             rows = await self._store.item_fields(shard, graph_id, node_id, chunk, ITEM_FIELDS)
             for index, row in zip(chunk, rows, strict=True):
@@ -853,6 +877,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             i = chunk[-1] + 1
         if full:
             resp.next_page_token = tokens.encode("m", resp.items[-1].index + 1)
+        elif i < total:  # the scan budget ran out first
+            resp.next_page_token = tokens.encode("m", i)
         return resp
 
     # --- operations: workers and dead letters ------------------------------------------
@@ -1071,8 +1097,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise errors.invalid_field("comment", f"use at most {MAX_COMMENT_CHARS} characters")
         if request.iteration < 0:
             raise errors.invalid_field("iteration", "must be 0 (the current one) or more")
-        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
-        loaded = await self._graphs.get(shard, gid)
+        ns, state = await self._store.graph_fields(shard, gid, Meta.NAMESPACE, Meta.STATE)
+        # A graph expired from Redis may still be in the compile cache: its namespace is
+        # gone with it, and must not read as the default namespace's (a default key would
+        # learn another tenant's nodes and decisions from the checks below).
+        loaded = await self._graphs.get(shard, gid) if state is not None else None
         if loaded is None:
             raise errors.not_found("graph", gid)
         self._owned(gid, ns)
@@ -1283,8 +1312,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if len(gid) > MAX_ID_CHARS:
             raise errors.not_found("graph", gid)
         shard = self._shard(gid)
-        (ns,) = await self._store.graph_fields(shard, gid, Meta.NAMESPACE)
-        loaded = await self._graphs.get(shard, gid)
+        ns, state = await self._store.graph_fields(shard, gid, Meta.NAMESPACE, Meta.STATE)
+        # Not from the compile cache alone: it may hold a graph Redis let go (see _signal).
+        loaded = await self._graphs.get(shard, gid) if state is not None else None
         if loaded is None or loaded.compiled is None:
             # Finished and archived (no waits), or unknown (NOT_FOUND).
             await self._archive.status(gid, False)
@@ -1347,6 +1377,12 @@ class _NotInRedis(Exception):
 
 _DEAD_ID = re.compile(r"([0-9]{1,4})-([0-9]{1,20})-([0-9]{1,20})")
 """``<shard>-<stream entry id>`` (fullmatch; ASCII digits: ``\\d`` takes any script's)."""
+
+MAP_SCAN_ITEMS = 5000
+"""Map items one ListMapItems page reads at most (when a state filter skips most)."""
+
+DEAD_LETTER_BATCH = 500
+"""Dead letters read per round trip while a listing skips other namespaces' entries."""
 
 MAX_ID_CHARS = 64
 """Longest graph or dead letter id looked up; a longer one is INVALID_ARGUMENT (ours are at

@@ -137,8 +137,13 @@ class RunListing:
         extra = (Meta.DEFINITION,) if f.needs_metadata else ()
         budget = max(1, self._budget // 5) if f.needs_metadata else self._budget
         filtered = f.name or f.metadata or f.min_cost_usd or f.parent_graph_id or f.forked_from
-        if f.parent_graph_id and parse_shard(f.parent_graph_id, self._shards) != shard:
-            return Part([], None)  # children live on their parent's shard
+        if f.parent_graph_id:
+            if parse_shard(f.parent_graph_id, self._shards) != shard:
+                return Part([], None)  # children live on their parent's shard
+            if f.namespace is not None and not await self._parent_in(shard, f):
+                # Another namespace's run: its children are not scanned at all, or a page
+                # cut by the scan budget would carry a child's id in its token.
+                return Part([], None)
         batch = min(_METADATA_BATCH if f.needs_metadata else _BATCH, budget) if filtered else want
         state = execution_pb2.GraphState.Value(f"GRAPH_STATE_{f.state}") if f.state else 0
         runs: list[Listed] = []
@@ -165,6 +170,11 @@ class RunListing:
             if scanned >= budget or read >= SCAN_BYTES:
                 gid, ms = entries[-1]
                 return Part(runs, (ms, gid))
+
+    async def _parent_in(self, shard: int, f: RunFilter) -> bool:
+        """Whether the run ``f.parent_graph_id`` (in Redis) is of ``f.namespace``."""
+        (ns,) = await self._store.graph_fields(shard, f.parent_graph_id, Meta.NAMESPACE)
+        return (ns.decode() if ns else DEFAULT_NAMESPACE) == f.namespace
 
     async def _archived(self, db: HistoryDb, f: RunFilter, after: Cursor | None, want: int) -> Part:
         where, params = f.where()
