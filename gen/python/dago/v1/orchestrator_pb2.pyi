@@ -2028,7 +2028,10 @@ class ListMapItemsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token of the next page; empty on the last page."""
+    """Token of the next page; empty on the last page. With a state filter a
+    page reads at most 5,000 items, so it can be short (even empty) and still
+    carry a token: page until the token is empty.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___MapItem]:
         """Items by index."""

@@ -2123,7 +2123,9 @@ export declare type ListMapItemsResponse = Message<"dago.v1.ListMapItemsResponse
   items: MapItem[];
 
   /**
-   * Token of the next page; empty on the last page.
+   * Token of the next page; empty on the last page. With a state filter a
+   * page reads at most 5,000 items, so it can be short (even empty) and still
+   * carry a token: page until the token is empty.
    *
    * @generated from field: string next_page_token = 2;
    */
