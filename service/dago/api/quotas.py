@@ -7,9 +7,9 @@ step with it: concurrent submits of one namespace may pass a cap by the few in f
 from __future__ import annotations
 
 from dago.api import errors
-from dago.config import Settings
+from dago.config import NamespacesFile, Settings
 from dago.observe.metrics import Metrics
-from dago.store.shares import spent_today
+from dago.store.shares import over_daily, spent_today
 from dago.store.store import Store
 from dago.v1 import execution_pb2, orchestrator_pb2
 
@@ -24,6 +24,8 @@ class Quotas:
         self._store = store
         self._settings = settings
         self._metrics = metrics
+        # The daily budgets as the file says now (raised without a restart).
+        self._daily = NamespacesFile(settings.namespaces_file, store.shares)
 
     def _refuse(self, reason: str, namespace: str, description: str, limit: float) -> None:
         if self._metrics is not None:
@@ -44,16 +46,13 @@ class Quotas:
                 f"limit is its {source}); retry when some have finished",
                 limit,
             )
-        budget = share.daily_cost_usd
+        budget = self._daily.current().of(namespace).daily_cost_usd
         if budget:
             spent = await spent_today(self._store.redis, self._store.keys, namespace)
-            if spent >= budget:
+            why = over_daily(namespace, budget, spent)
+            if why is not None:
                 self._refuse(
-                    "daily_cost",
-                    namespace,
-                    f"namespace {namespace!r} has spent ${spent:.4f} today (UTC), its "
-                    f"daily_cost_usd is ${budget:g}; new runs are refused until tomorrow",
-                    budget,
+                    "daily_cost", namespace, f"{why}; new runs are refused until tomorrow", budget
                 )
 
     async def usage(self, namespace: str) -> orchestrator_pb2.NamespaceUsage:
@@ -65,7 +64,7 @@ class Quotas:
             weight=share.weight,
             max_running_nodes=share.max_running_nodes,
             max_active_runs=share.max_active_runs,
-            daily_cost_usd=share.daily_cost_usd,
+            daily_cost_usd=self._daily.current().of(namespace).daily_cost_usd,
             running_nodes=running,
             queued_nodes=queued,
             active_runs=await self._store.active_graphs(namespace, ACTIVE),

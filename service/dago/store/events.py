@@ -296,12 +296,16 @@ def _budget_exhausted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     p.SetInParent()
     p.limit = str(d.get(Detail.LIMIT, ""))
     p.message = str(d.get(Detail.MESSAGE, ""))
+    p.child_graph_id = str(d.get(Detail.CHILD, ""))
+    p.child_node_id = str(d.get(Detail.NODE, ""))
 
 
 def _resumed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_resumed.SetInParent()
     nodes = d.get(Detail.NODES) or []
-    ev.graph_resumed.node_ids.extend(str(n) for n in (nodes if isinstance(nodes, list) else []))
+    for n in (str(n) for n in (nodes if isinstance(nodes, list) else [])):
+        # A descendant run's node is "<graph>|<node>" (Meta.PARKED).
+        (ev.graph_resumed.child_nodes if "|" in n else ev.graph_resumed.node_ids).append(n)
 
 
 def _text(field: str, key: str) -> Any:

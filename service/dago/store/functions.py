@@ -516,6 +516,9 @@ class ReserveArgs(NamedTuple):
     """US dollars per input token (``repr``)."""
     price_out: str
     """US dollars per output token (``repr``)."""
+    daily: str = ""
+    """Why the run's namespace may spend no more today (its daily cost budget is spent,
+    ``dago.store.shares.over_daily``), or "": the run's on_exceed applies to the call."""
 
 
 class ReconcileArgs(NamedTuple):

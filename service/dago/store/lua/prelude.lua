@@ -175,6 +175,9 @@ local META = {
   WARNED = 'bw',
   PAUSED = 'pz',
   PARKED = 'pk',
+  ROOT = 'root',
+  DESC_TOKENS = 'dt',
+  DESC_COST = 'dc',
 }
 
 -- schema.Usage
@@ -325,6 +328,7 @@ local DETAIL = {
   MAX = 'max',
   MESSAGE = 'message',
   NODES = 'nodes',
+  NODE = 'node',
 }
 
 -- schema.Work
@@ -493,6 +497,7 @@ local BUDGET = {
   STALE = 'stale',
   LIMIT_TOKENS = 'max_tokens',
   LIMIT_COST = 'max_cost_usd',
+  LIMIT_DAILY = 'daily_cost_usd',
 }
 
 -- schema.GRAPH_DURATION_BUCKETS
@@ -519,7 +524,7 @@ local ARG = {
   RATELIMIT = {OP = 1, REQUESTS_PER_MINUTE = 2, INPUT_PER_MINUTE = 3, OUTPUT_PER_MINUTE = 4, BURST_MS = 5, REQUESTS = 6, INPUT_TOKENS = 7, OUTPUT_TOKENS = 8, PAUSE_MS = 9, FIRST = 10},
   SIGNAL = {GRAPH_ID = 1, NODE = 2, ITERATION = 3, DECISION = 4, PAYLOAD = 5, ACTOR = 6, SIGNAL_ID = 7, COMMENT = 8, STEP = 9, PROBE = 10, FIRST = 11},
   PUBLISH = {NAME = 1, DIGEST = 2, RECORD = 3, MAX_NAMES = 4, MAX_VERSIONS = 5, FIRST = 6},
-  RESERVE = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, MSG_ID = 6, INPUT_TOKENS = 7, MAX_TOKENS = 8, FLOOR = 9, PRICE_IN = 10, PRICE_OUT = 11, FIRST = 12},
+  RESERVE = {GRAPH_ID = 1, NODE = 2, ATTEMPT = 3, ITERATION = 4, EXECUTION = 5, MSG_ID = 6, INPUT_TOKENS = 7, MAX_TOKENS = 8, FLOOR = 9, PRICE_IN = 10, PRICE_OUT = 11, DAILY = 12, FIRST = 13},
   RECONCILE = {GRAPH_ID = 1, NODE = 2, EXECUTION = 3, RESERVED_TOKENS = 4, RESERVED_COST = 5, INPUT_TOKENS = 6, OUTPUT_TOKENS = 7, COST = 8, FIRST = 9},
   LIMITS = {GRAPH_ID = 1, MAX_TOKENS = 2, MAX_COST = 3, FIRST = 4},
 }

@@ -1,0 +1,241 @@
+"""Budgets of runs that start runs, and the namespace's daily budget against running runs
+(docs/limits.md, "Whose budget" and "Daily budget of a namespace"): a child run's model
+calls (a subgraph's, a graph-bodied map item's) are reserved against its root run's
+limits while they run, next to everything the tree holds and has spent; a root that pauses
+parks its whole tree and UpdateGraphLimits on it resumes it; a namespace past its daily
+cost budget stops its running runs at their next call. Real stack (API, worker, Redis
+single and cluster), the fake Anthropic API at the HTTP boundary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_budgets import MODEL, OUT_PRICE, max_tokens_sent, paused, raise_cost
+
+from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+from fake_anthropic import FakeAnthropic, Text, Usage
+from harness import (
+    Client,
+    InProcessStack,
+    MakeStack,
+    edge,
+    eventually,
+    node_states,
+    request,
+)
+from redisfixture import RedisTarget
+
+G = execution_pb2
+IN_PRICE = 3 / 1_000_000
+
+
+@pytest.fixture
+async def stack(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic
+) -> InProcessStack:
+    fake.cap_output = True
+    fake.count_tokens = True
+    fake.default = ANSWER
+    return await make_stack(
+        redis_target,
+        anthropic_api_key="sk-fake",
+        anthropic_base_url=fake.url,
+        llm_provider="anthropic",
+    )
+
+
+ANSWER = Text("An answer.", usage=Usage(input=0, output=600))
+"""Every call's answer: 600 output tokens ($0.009 at the model's $15/M)."""
+
+
+def llm(node_id: str) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "llm": {"prompt": f"Step {node_id}.", "model": MODEL, "max_tokens": 1024},
+    }
+
+
+def chain_graph(n: int) -> dict[str, Any]:
+    """A child graph of n llm nodes in a row (no limits of its own)."""
+    nodes = [llm(f"n{i}") for i in range(n)]
+    return {"nodes": nodes, "edges": [edge(f"n{i}", f"n{i + 1}") for i in range(n - 1)]}
+
+
+def spent(fake: FakeAnthropic) -> float:
+    """What every call the fake answered cost, at the model's prices."""
+    return sum(u["input_tokens"] * IN_PRICE + u["output_tokens"] * OUT_PRICE for u in fake.usages)
+
+
+def within(fake: FakeAnthropic, cap: float) -> bool:
+    """The calls cost at most ``cap`` and one call's miss: the input tokens are estimated
+    before a call and counted by the provider after it (output never passes what was
+    reserved), so the last call may pass by its input's cost that the estimate missed."""
+    return spent(fake) - cap <= fake.usages[-1]["input_tokens"] * IN_PRICE
+
+
+async def children(c: Client, gid: str) -> list[orchestrator_pb2.GraphSummary]:
+    req = orchestrator_pb2.ListGraphsRequest(parent_graph_id=gid, page_size=100)
+    return list((await c.stub.ListGraphs(req, timeout=10)).graphs)
+
+
+@pytest.mark.slow
+async def test_a_childs_calls_charge_the_root_budget_while_it_runs(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    sub = {"id": "run", "subgraph": {"graph": chain_graph(10)}}
+    gid, st = await stack.client.run(request([sub], limits={"max_cost_usd": 0.05}))
+    assert st.state == G.GRAPH_STATE_FAILED
+    assert st.error.error_class == graph_pb2.ERROR_CLASS_LIMIT
+    assert "limits.max_cost_usd" in st.error.message and "root run" in st.error.message
+    (child,) = await children(stack.client, gid)
+    assert child.state == G.GRAPH_STATE_CANCELLED
+    # The same calls as one run with the limit makes (test_budgets): four whole, a lowered
+    # fifth, a sixth lowered to what was left, then none; the tree never passed $0.05.
+    sent = max_tokens_sent(fake)
+    assert sent[:4] == [1024] * 4
+    assert 600 < sent[4] < 934
+    assert 64 <= sent[5] < 600
+    assert len(sent) == 6
+    assert within(fake, 0.05)
+
+
+async def test_a_childs_usage_is_counted_once_when_it_rolls_up(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    # The child's two calls ($0.018) count against the root while it runs and in the root's
+    # usage after: counted twice, the root's own call ($0.0154 worst case) would be lowered.
+    nodes = [{"id": "run", "subgraph": {"graph": chain_graph(2)}}, llm("after")]
+    _, st = await stack.client.run(
+        request(nodes, [edge("run", "after")], limits={"max_cost_usd": 0.04})
+    )
+    assert st.state == G.GRAPH_STATE_COMPLETED, st.error
+    assert max_tokens_sent(fake) == [1024, 1024, 1024]
+    assert st.usage.cost_usd == pytest.approx(spent(fake))
+    assert st.reserved.input_tokens == 0 and st.reserved.cost_usd == 0
+
+
+@pytest.mark.slow
+async def test_a_maps_graph_bodies_charge_the_root_budget(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    mapped = {"id": "each", "map": {"items": "inputs.items", "graph": chain_graph(3)}}
+    req = request([mapped], inputs={"items": [1, 2, 3, 4]}, limits={"max_cost_usd": 0.05})
+    gid, st = await stack.client.run(req)
+    assert st.state == G.GRAPH_STATE_FAILED
+    assert "limits.max_cost_usd" in st.error.message and "root run" in st.error.message
+    # Items run side by side: each call is reserved next to what the others hold, so the
+    # limit is hit before the 12 calls of the 4 items are all made ($0.009 each).
+    assert within(fake, 0.05)
+    assert len(fake.requests) < 12
+    kids = await children(stack.client, gid)
+    assert kids and all(k.state != G.GRAPH_STATE_RUNNING for k in kids)
+
+
+async def test_a_paused_root_parks_its_tree_and_a_raise_resumes_it(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    limits = {"max_cost_usd": 0.0095, "on_exceed": "LIMIT_ACTION_PAUSE"}
+    sub = {"id": "run", "subgraph": {"graph": chain_graph(2)}}
+    gid = await stack.client.submit(request([sub], limits=limits))
+    await paused(stack, gid)
+    (child,) = await children(stack.client, gid)
+    # The child's second call did not fit the root's budget: parked, its call not made.
+    assert node_states(await stack.client.status(child.graph_id)) == {
+        "n0": "COMPLETED",
+        "n1": "QUEUED",
+    }
+    assert len(fake.requests) == 1
+    (ex,) = [
+        e for e in await stack.client.history(gid) if e.WhichOneof("payload") == "budget_exhausted"
+    ]
+    assert ex.node_id == "" and ex.budget_exhausted.limit == "max_cost_usd"
+    assert ex.budget_exhausted.child_graph_id == child.graph_id
+    assert ex.budget_exhausted.child_node_id == "n1"
+    resp = await stack.client.stub.UpdateGraphLimits(raise_cost(gid, 1.0), timeout=10)
+    assert resp.resumed
+    st = await stack.client.wait(gid)
+    assert st.state == G.GRAPH_STATE_COMPLETED, st.error
+    assert len(fake.requests) == 2
+    (res,) = [
+        e for e in await stack.client.history(gid) if e.WhichOneof("payload") == "graph_resumed"
+    ]
+    assert list(res.graph_resumed.child_nodes) == [f"{child.graph_id}|n1"]
+    assert list(res.graph_resumed.node_ids) == []
+    assert st.usage.cost_usd == pytest.approx(spent(fake))
+
+
+def write(path: Path, usd: float) -> None:
+    """A namespaces file whose namespaces may each spend ``usd`` a day."""
+    path.write_text(yaml.safe_dump({"default": {"daily_cost_usd": usd}}))
+
+
+async def daily_stack(
+    make_stack: MakeStack, redis: RedisTarget, fake: FakeAnthropic, path: Path, usd: float
+) -> InProcessStack:
+    """A stack whose namespaces (authentication off: all `default`) may spend ``usd`` a day."""
+    fake.cap_output = True
+    fake.count_tokens = True
+    fake.default = ANSWER
+    write(path, usd)
+    return await make_stack(
+        redis,
+        anthropic_api_key="sk-fake",
+        anthropic_base_url=fake.url,
+        llm_provider="anthropic",
+        namespaces_file=str(path),
+    )
+
+
+async def test_a_namespace_over_its_daily_budget_fails_its_running_run(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    s = await daily_stack(make_stack, redis_target, fake, tmp_path / "ns.yaml", 0.005)
+    # Admitted (nothing spent yet); its first call ($0.009) spends the day's budget.
+    _, st = await s.client.run(request([llm("a"), llm("b")], [edge("a", "b")]))
+    assert st.state == G.GRAPH_STATE_FAILED
+    assert st.error.error_class == graph_pb2.ERROR_CLASS_LIMIT
+    assert "namespace 'default'" in st.error.message and "daily_cost_usd" in st.error.message
+    assert node_states(st) == {"a": "COMPLETED", "b": "FAILED"}
+    assert len(fake.requests) == 1
+
+
+async def test_a_namespace_over_its_daily_budget_pauses_a_run_until_it_is_raised(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    path = tmp_path / "ns.yaml"
+    s = await daily_stack(make_stack, redis_target, fake, path, 0.005)
+    req = request(
+        [llm("a"), llm("b")], [edge("a", "b")], limits={"on_exceed": "LIMIT_ACTION_PAUSE"}
+    )
+    gid = await s.client.submit(req)
+    await paused(s, gid)
+
+    async def exhausted() -> list[execution_pb2.Event]:
+        return [
+            e for e in await s.client.history(gid) if e.WhichOneof("payload") == "budget_exhausted"
+        ]
+
+    (ex,) = await exhausted()
+    assert ex.node_id == "b" and ex.budget_exhausted.limit == "daily_cost_usd"
+    assert "daily_cost_usd" in ex.budget_exhausted.message
+    # Resumed while the namespace is still over: its next call pauses it again.
+    resp = await s.client.stub.UpdateGraphLimits(raise_cost(gid, 1.0), timeout=10)
+    assert resp.resumed
+
+    async def twice() -> bool:
+        return len(await exhausted()) == 2
+
+    await eventually(twice, timeout=30)
+    assert (await s.client.status(gid)).state == G.GRAPH_STATE_PAUSED
+    assert len(fake.requests) == 1
+    # The operator raises the namespace's budget in the file (every process reads it again
+    # when it changes): resumed, the run completes.
+    write(path, 1.0)
+    resp = await s.client.stub.UpdateGraphLimits(raise_cost(gid, 2.0), timeout=10)
+    assert resp.resumed
+    st = await s.client.wait(gid)
+    assert st.state == G.GRAPH_STATE_COMPLETED, st.error
+    assert len(fake.requests) == 2
