@@ -239,3 +239,18 @@ async def test_a_namespace_over_its_daily_budget_pauses_a_run_until_it_is_raised
     st = await s.client.wait(gid)
     assert st.state == G.GRAPH_STATE_COMPLETED, st.error
     assert len(fake.requests) == 2
+
+
+async def test_a_childs_own_limits_still_hold_before_its_calls(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    # The root has no limits; the child's graph has its own: its first call is lowered to
+    # fit it and its second, which does not fit at the floor, fails the child.
+    child = {**chain_graph(2), "limits": {"max_cost_usd": 0.0095}}
+    gid, st = await stack.client.run(request([{"id": "run", "subgraph": {"graph": child}}]))
+    assert st.state == G.GRAPH_STATE_FAILED
+    assert "limits.max_cost_usd" in st.error.message
+    (sent,) = max_tokens_sent(fake)
+    assert 600 < sent < 1024
+    (kid,) = await children(stack.client, gid)
+    assert kid.state == G.GRAPH_STATE_FAILED
