@@ -254,4 +254,3 @@ async def test_a_childs_own_limits_still_hold_before_its_calls(
     assert 600 < sent < 1024
     (kid,) = await children(stack.client, gid)
     assert kid.state == G.GRAPH_STATE_FAILED
-
