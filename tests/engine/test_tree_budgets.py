@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from test_budgets import MODEL, OUT_PRICE, max_tokens_sent, paused, raise_cost
+from test_budgets import MODEL, OUT_PRICE, budget_stack, max_tokens_sent, paused, raise_cost
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
-from fake_anthropic import FakeAnthropic, Text, Usage
+from fake_anthropic import FakeAnthropic
 from harness import (
     Client,
     InProcessStack,
@@ -36,19 +36,7 @@ IN_PRICE = 3 / 1_000_000
 async def stack(
     redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic
 ) -> InProcessStack:
-    fake.cap_output = True
-    fake.count_tokens = True
-    fake.default = ANSWER
-    return await make_stack(
-        redis_target,
-        anthropic_api_key="sk-fake",
-        anthropic_base_url=fake.url,
-        llm_provider="anthropic",
-    )
-
-
-ANSWER = Text("An answer.", usage=Usage(input=0, output=600))
-"""Every call's answer: 600 output tokens ($0.009 at the model's $15/M)."""
+    return await budget_stack(make_stack, redis_target, fake)
 
 
 def llm(node_id: str) -> dict[str, Any]:
@@ -176,17 +164,8 @@ async def daily_stack(
     make_stack: MakeStack, redis: RedisTarget, fake: FakeAnthropic, path: Path, usd: float
 ) -> InProcessStack:
     """A stack whose namespaces (authentication off: all `default`) may spend ``usd`` a day."""
-    fake.cap_output = True
-    fake.count_tokens = True
-    fake.default = ANSWER
     write(path, usd)
-    return await make_stack(
-        redis,
-        anthropic_api_key="sk-fake",
-        anthropic_base_url=fake.url,
-        llm_provider="anthropic",
-        namespaces_file=str(path),
-    )
+    return await budget_stack(make_stack, redis, fake, namespaces_file=str(path))
 
 
 async def test_a_namespace_over_its_daily_budget_fails_its_running_run(
