@@ -259,6 +259,32 @@ async def test_over_its_active_runs_a_namespace_is_refused_others_are_not(
         await b.close()
 
 
+async def test_a_burst_of_submits_cannot_pass_the_active_runs_cap(
+    redis_target: RedisTarget, make_stack: MakeStack, tmp_path: Path
+) -> None:
+    # One shard, no worker: the cap is counted in the step that creates each run, so 20
+    # submits at once make exactly 3 runs, whatever the order they meet in.
+    shares = {"namespaces": {"team-a": {"max_active_runs": 3}}}
+    _, a, b = await fair_stack(make_stack, redis_target, tmp_path, shares)
+    try:
+
+        async def submit() -> str | grpc.StatusCode:
+            try:
+                return await a.submit(sleeps(1, 0))
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+
+        got = await asyncio.gather(*(submit() for _ in range(20)))
+        made = [g for g in got if isinstance(g, str)]
+        assert len(made) == 3
+        assert got.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 17
+        page = orchestrator_pb2.ListGraphsRequest(page_size=100)
+        assert len((await a.stub.ListGraphs(page, timeout=10)).graphs) == 3
+    finally:
+        await a.close()
+        await b.close()
+
+
 @pytest.mark.slow  # the worker's first model call (the SDK's start) takes seconds
 async def test_over_its_daily_cost_a_namespace_is_refused(
     redis_single: RedisServer, make_stack: MakeStack, tmp_path: Path, fake: FakeAnthropic

@@ -128,6 +128,11 @@ class SubmitArgs(NamedTuple):
     """``GraphLimits.on_exceed`` (a ``LimitAction``)."""
     warn_share: str = "0.8"
     """``GraphLimits.warn_share`` (``repr``; 0.8 when the graph set none)."""
+    max_active: int = -1
+    """How many runs of the namespace may be active (SUBMITTED or RUNNING) on the run's
+    shard, this one not counted: the namespace's cap less its active runs on the other
+    shards. The function counts the shard's in the same step as it creates the run, and
+    refuses it (``quota``) at that many; -1: no cap."""
 
 
 class PublishArgs(NamedTuple):
@@ -690,7 +695,8 @@ class Applied:
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """What ``submit`` returns: ``created``, ``exists`` (the request_id's earlier run) or
-    ``conflict`` (the request_id was used for another request), the run and its state."""
+    ``conflict`` (the request_id was used for another request), the run and its state; or
+    ``quota`` (``SubmitArgs.max_active`` reached: no run, ``state`` is the shard's count)."""
 
     outcome: str
     graph_id: str
