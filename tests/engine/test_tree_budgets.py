@@ -21,6 +21,7 @@ from harness import (
     Client,
     InProcessStack,
     MakeStack,
+    ProcessStack,
     edge,
     eventually,
     node_states,
@@ -233,3 +234,47 @@ async def test_a_childs_own_limits_still_hold_before_its_calls(
     assert 600 < sent < 1024
     (kid,) = await children(stack.client, gid)
     assert kid.state == G.GRAPH_STATE_FAILED
+
+
+@pytest.mark.slow
+async def test_a_tree_on_two_worker_processes_pauses_within_the_cap_and_resumes(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic, key_prefix: str
+) -> None:
+    # The API in-process, two worker processes: a map's three graph bodies (two calls each,
+    # $0.054 in all) against the root's $0.03, calls of the tree running side by side on
+    # both workers. The root pauses with the tree's spend within the cap, and completes once
+    # raised, each call made once.
+    api = await budget_stack(make_stack, redis_target, fake, workers=0)
+    procs = ProcessStack(
+        redis_target.url,
+        key_prefix,
+        DAGO_ANTHROPIC_API_KEY="sk-fake",
+        DAGO_ANTHROPIC_BASE_URL=fake.url,
+        DAGO_LLM_PROVIDER="anthropic",
+    )
+    try:
+        procs.start("w1", "worker")
+        procs.start("w2", "worker")
+        c = api.client
+        mapped = {"id": "each", "map": {"items": "inputs.items", "graph": chain_graph(2)}}
+        limits = {"max_cost_usd": 0.03, "on_exceed": "LIMIT_ACTION_PAUSE"}
+        gid = await c.submit(request([mapped], inputs={"items": [1, 2, 3]}, limits=limits))
+        await paused(api, gid)
+        assert within(fake, 0.03)
+        made = len(fake.requests)
+        assert made < 6
+        resp = await c.stub.UpdateGraphLimits(raise_cost(gid, 1.0), timeout=10)
+        assert resp.resumed
+        st = await c.wait(gid, timeout=60)
+        assert st.state == G.GRAPH_STATE_COMPLETED, st.error
+        assert len(fake.requests) == 6
+        assert st.usage.cost_usd == pytest.approx(spent(fake))
+        workers = {
+            e.node_started.worker_id
+            for k in await children(c, gid)
+            for e in await c.history(k.graph_id)
+            if e.WhichOneof("payload") == "node_started"
+        }
+        assert workers and workers <= {"w1", "w2"}
+    finally:
+        await procs.close()
