@@ -303,9 +303,9 @@ def _budget_exhausted(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
 def _resumed(ev: execution_pb2.Event, d: dict[str, Any]) -> None:
     ev.graph_resumed.SetInParent()
     nodes = d.get(Detail.NODES) or []
-    for n in (str(n) for n in (nodes if isinstance(nodes, list) else [])):
-        # A descendant run's node is "<graph>|<node>" (Meta.PARKED).
-        (ev.graph_resumed.child_nodes if "|" in n else ev.graph_resumed.node_ids).append(n)
+    ev.graph_resumed.node_ids.extend(str(n) for n in (nodes if isinstance(nodes, list) else []))
+    kids = d.get(Detail.CHILD_NODES) or []
+    ev.graph_resumed.child_nodes.extend(str(n) for n in (kids if isinstance(kids, list) else []))
 
 
 def _text(field: str, key: str) -> Any:

@@ -385,8 +385,9 @@ class Detail:
     MAX: Final = "max"
     MESSAGE: Final = "message"
     NODES: Final = "nodes"
-    """graph_resumed: the nodes dispatched again (a descendant run's as
-    ``<graph>|<node>``: ``Meta.PARKED``)."""
+    """graph_resumed: the run's own nodes dispatched again."""
+    CHILD_NODES: Final = "child_nodes"
+    """graph_resumed: its descendant runs' nodes dispatched again, ``<graph>|<node>``."""
     NODE: Final = "node"
     """budget_exhausted of a descendant run's call: its node (CHILD names the run)."""
 

@@ -30,7 +30,7 @@ local parked = redis.call('HGET', gk, META.PARKED) or ''
 redis.call('HDEL', gk, META.PAUSED, META.PARKED)
 Budget.index_pause(gid, false)
 redis.call('HINCRBY', K_STATS, STATS.PAUSED, -1)
-local sent = {}
+local sent, sent_desc = {}, {}
 for entry in string.gmatch(parked, '[^,]+') do
   -- A descendant run's node (its calls charge this run's budget) is '<graph>|<node>'.
   local g, node = string.match(entry, '^([^|]+)|(.+)$')
@@ -43,9 +43,11 @@ for entry in string.gmatch(parked, '[^,]+') do
     -- from a take).
     Fair.push(g, node, v[2], v[3])
     dispatched = dispatched + 1
-    sent[#sent + 1] = entry
+    if g == gid then sent[#sent + 1] = entry else sent_desc[#sent_desc + 1] = entry end
   end
 end
-emit(gid, EventKind.GRAPH_RESUMED, nil, nil, nil, '{"' .. DETAIL.NODES .. '":' .. (#sent > 0 and jstr(sent) or '[]') .. '}')
+local detail = '{"' .. DETAIL.NODES .. '":' .. (#sent > 0 and jstr(sent) or '[]')
+if #sent_desc > 0 then detail = detail .. ',"' .. DETAIL.CHILD_NODES .. '":' .. jstr(sent_desc) end
+emit(gid, EventKind.GRAPH_RESUMED, nil, nil, nil, detail .. '}')
 flush()
 return {'updated', gs, '1'}

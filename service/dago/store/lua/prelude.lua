@@ -328,6 +328,7 @@ local DETAIL = {
   MAX = 'max',
   MESSAGE = 'message',
   NODES = 'nodes',
+  CHILD_NODES = 'child_nodes',
   NODE = 'node',
 }
 
