@@ -16,6 +16,7 @@ import yaml
 from test_budgets import MODEL, OUT_PRICE, budget_stack, max_tokens_sent, paused, raise_cost
 
 from dago.v1 import execution_pb2, graph_pb2, orchestrator_pb2
+from dago_client.view import RunView
 from fake_anthropic import FakeAnthropic
 from harness import (
     Client,
@@ -143,6 +144,10 @@ async def test_a_paused_root_parks_its_tree_and_a_raise_resumes_it(
     assert ex.node_id == "" and ex.budget_exhausted.limit == "max_cost_usd"
     assert ex.budget_exhausted.child_graph_id == child.graph_id
     assert ex.budget_exhausted.child_node_id == "n1"
+    view = RunView(gid)
+    lines = [line for ev in await stack.client.history(gid) for line in view.apply(ev)]
+    assert view.state == "paused"
+    assert any(line.startswith(f"{child.graph_id}/n1: run paused, ") for line in lines), lines
     resp = await stack.client.stub.UpdateGraphLimits(raise_cost(gid, 1.0), timeout=10)
     assert resp.resumed
     st = await stack.client.wait(gid)
@@ -153,6 +158,7 @@ async def test_a_paused_root_parks_its_tree_and_a_raise_resumes_it(
     ]
     assert list(res.graph_resumed.child_nodes) == [f"{child.graph_id}|n1"]
     assert list(res.graph_resumed.node_ids) == []
+    assert f"run resumed ({child.graph_id}/n1)" in view.apply(res)
     assert st.usage.cost_usd == pytest.approx(spent(fake))
 
 

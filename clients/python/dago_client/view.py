@@ -233,10 +233,15 @@ class RunView:
             self.state = "paused"
             if row is not None:
                 row.state = "queued"
-            out.append(f"{nid}: run paused, {ev.budget_exhausted.message}")
+            be = ev.budget_exhausted
+            # A descendant run's call (its root's budget): named by run and node.
+            who = f"{be.child_graph_id}/{be.child_node_id}" if be.child_graph_id else nid
+            out.append(f"{who}: run paused, {be.message}")
         elif kind == "graph_resumed":
             self.state = "running"
-            out.append(f"run resumed ({', '.join(ev.graph_resumed.node_ids) or 'no node parked'})")
+            gr = ev.graph_resumed
+            parked = [*gr.node_ids, *(n.replace("|", "/") for n in gr.child_nodes)]
+            out.append(f"run resumed ({', '.join(parked) or 'no node parked'})")
         elif kind == "graph_completed":
             self._end("completed")
             u = ev.graph_completed.usage
