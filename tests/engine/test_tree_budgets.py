@@ -63,7 +63,8 @@ def within(fake: FakeAnthropic, cap: float) -> bool:
     """The calls cost at most ``cap`` and one call's miss: the input tokens are estimated
     before a call and counted by the provider after it (output never passes what was
     reserved), so the last call may pass by its input's cost that the estimate missed."""
-    return spent(fake) - cap <= fake.usages[-1]["input_tokens"] * IN_PRICE
+    miss = fake.usages[-1]["input_tokens"] * IN_PRICE if fake.usages else 0.0
+    return spent(fake) - cap <= miss
 
 
 async def children(c: Client, gid: str) -> list[orchestrator_pb2.GraphSummary]:
@@ -160,6 +161,41 @@ async def test_a_paused_root_parks_its_tree_and_a_raise_resumes_it(
     assert list(res.graph_resumed.node_ids) == []
     assert f"run resumed ({child.graph_id}/n1)" in view.apply(res)
     assert st.usage.cost_usd == pytest.approx(spent(fake))
+
+
+async def test_a_maps_node_items_park_and_resume(
+    stack: InProcessStack, fake: FakeAnthropic
+) -> None:
+    # A map with a node body: its items are node runs of the run itself (`each#<i>`, kept in
+    # the map's item hash). The first item's call fits (lowered), the others park as items,
+    # not as the map node; the raise resumes them.
+    mapped = {"id": "each", "map": {"items": "inputs.items", "node": llm("ask")}}
+    limits = {"max_cost_usd": 0.0095, "on_exceed": "LIMIT_ACTION_PAUSE"}
+    gid = await stack.client.submit(request([mapped], inputs={"items": [1, 2, 3]}, limits=limits))
+    await paused(stack, gid)
+
+    async def parked() -> list[execution_pb2.Event]:
+        events = await stack.client.history(gid)
+        return [e for e in events if e.WhichOneof("payload") == "budget_exhausted"]
+
+    async def two_parked() -> bool:
+        return len(await parked()) == 2
+
+    await eventually(two_parked, timeout=30)
+    # Each on its item (the envelope's instance), none on the map node itself.
+    instances = [e.instance for e in await parked()]
+    assert 0 not in instances and len(set(instances)) == 2, instances
+    assert len(fake.requests) == 1
+    resp = await stack.client.stub.UpdateGraphLimits(raise_cost(gid, 1.0), timeout=10)
+    assert resp.resumed
+    st = await stack.client.wait(gid)
+    assert st.state == G.GRAPH_STATE_COMPLETED, st.error
+    assert len(fake.requests) == 3
+    (res,) = [
+        e for e in await stack.client.history(gid) if e.WhichOneof("payload") == "graph_resumed"
+    ]
+    assert len(res.graph_resumed.node_ids) == 2
+    assert all(n.startswith("each#") for n in res.graph_resumed.node_ids)
 
 
 def write(path: Path, usd: float) -> None:
@@ -266,9 +302,13 @@ async def test_a_tree_on_two_worker_processes_pauses_within_the_cap_and_resumes(
         limits = {"max_cost_usd": 0.03, "on_exceed": "LIMIT_ACTION_PAUSE"}
         gid = await c.submit(request([mapped], inputs={"items": [1, 2, 3]}, limits=limits))
         await paused(api, gid)
+
+        async def answered() -> bool:  # the calls under way as it paused have ended
+            return len(fake.usages) == len(fake.requests)
+
+        await eventually(answered, timeout=30)
         assert within(fake, 0.03)
-        made = len(fake.requests)
-        assert made < 6
+        assert len(fake.requests) < 6
         resp = await c.stub.UpdateGraphLimits(raise_cost(gid, 1.0), timeout=10)
         assert resp.resumed
         st = await c.wait(gid, timeout=60)

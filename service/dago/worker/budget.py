@@ -68,7 +68,7 @@ class RedisBudget(Budget):
         (its result will not be applied)."""
         args = ReserveArgs(
             ctx.graph_id,
-            ctx.node.id,
+            ctx.address or ctx.node.id,  # a map item's own address
             ctx.attempt,
             ctx.iteration,
             ctx.execution,
@@ -100,7 +100,7 @@ class RedisBudget(Budget):
         u = usage or Usage()
         args = ReconcileArgs(
             ctx.graph_id,
-            ctx.node.id,
+            ctx.address or ctx.node.id,  # a map item's own address
             ctx.execution,
             held.tokens,
             repr(held.cost),
