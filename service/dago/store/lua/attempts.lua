@@ -286,9 +286,10 @@ local function add_usage(gid, node, usage_s)
   Fair.spend(gid, u[5])
   -- Kept in step on the root's budget. A node with a child run (a subgraph node, a
   -- graph-bodied map item) reports its child's usage: a roll-up, spent already.
-  local spent_t, spent_c = tonumber(u[1]) + tonumber(u[2]), tonumber(u[5]) or 0
-  if spent_t > 0 or spent_c > 0 then
-    Budget.spent(gid, redis.call('HEXISTS', nk, node .. NODE.CHILD) == 1, spent_t, spent_c)
+  -- (Short strings compare by identity: a node that used nothing costs no number parsing.)
+  if u[1] ~= '0' or u[2] ~= '0' or u[5] ~= '0' then
+    Budget.spent(gid, redis.call('HEXISTS', nk, node .. NODE.CHILD) == 1,
+      tonumber(u[1]) + tonumber(u[2]), tonumber(u[5]) or 0)
   end
   local who = ''
   if u[6] then who = J.D_PROVIDER .. jstr(u[6]) .. J.D_MODEL .. jstr(u[7] or '') end
