@@ -287,7 +287,7 @@ local function add_usage(gid, node, usage_s)
   -- Kept in step on the root's budget. A node with a child run (a subgraph node, a
   -- graph-bodied map item) reports its child's usage: a roll-up, spent already.
   -- (Short strings compare by identity: a node that used nothing costs no number parsing.)
-  if u[1] ~= '0' or u[2] ~= '0' or u[5] ~= '0' then
+  if u[1] ~= '0' or u[2] ~= '0' or (u[5] ~= '0' and u[5] ~= '0.0') then
     Budget.spent(gid, redis.call('HEXISTS', nk, node .. NODE.CHILD) == 1,
       tonumber(u[1]) + tonumber(u[2]), tonumber(u[5]) or 0)
   end
