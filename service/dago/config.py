@@ -517,7 +517,8 @@ SETTINGS: dict[str, _Spec] = {
     "namespaces_file": _Spec(
         "YAML or JSON file of the namespaces' fair shares: `{namespaces: {<name>: {weight, "
         "max_running_nodes, max_active_runs, daily_cost_usd}}, default: {...}}` (docs/limits.md, "
-        "Fair shares); empty: weight 1 and no caps for every namespace.",
+        "Fair shares); empty: weight 1 and no caps for every namespace. The daily budgets are "
+        "read again when the file changes; the weights and caps at start.",
         lambda v: _namespaces_problem(v),
     ),
     "archive_batch": _Spec("Finished runs archived to PostgreSQL per round.", _positive),

@@ -16,7 +16,7 @@ import yaml
 from google.rpc import error_details_pb2
 
 from dago.api.auth import hash_key, new_key
-from dago.config import ConfigError, load_namespaces, parse_namespaces
+from dago.config import ConfigError, NamespacesFile, load_namespaces, parse_namespaces
 from dago.store.schema import Fair
 from dago.store.stats import RedisCollector
 from dago.v1 import execution_pb2, orchestrator_pb2
@@ -355,3 +355,22 @@ async def test_queued_items_of_a_cancelled_run_are_dropped(
     finally:
         await a.close()
         await b.close()
+
+
+def test_the_namespaces_file_is_read_again_when_it_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text("namespaces: {team-a: {daily_cost_usd: 2}}\n")
+    live = NamespacesFile(str(path), load_namespaces(str(path)))
+    assert live.current().of("team-a").daily_cost_usd == 2
+    path.write_text("namespaces: {team-a: {daily_cost_usd: 25}}\n")
+    assert live.current().of("team-a").daily_cost_usd == 25
+    # A broken change keeps the last good shares, and says why.
+    path.write_text("namespaces: {team-a: {daily_cost_usd: -100}}\n")  # sizes differ: a change
+    assert live.current().of("team-a").daily_cost_usd == 25
+    assert "namespaces.team-a.daily_cost_usd" in caplog.text
+    path.unlink()  # gone (a ConfigMap being swapped): the last good ones too
+    assert live.current().of("team-a").daily_cost_usd == 25
+    path.write_text("default: {daily_cost_usd: 7}\n")
+    assert live.current().of("team-a").daily_cost_usd == 7
