@@ -10,7 +10,7 @@ from dago.api.export import RedisRuns
 from dago.api.server import ApiServer
 from dago.api.servicer import OrchestratorServicer
 from dago.api.watch import EventHub
-from dago.config import Settings, load_namespaces
+from dago.config import NamespacesFile, Settings, load_namespaces
 from dago.engine.cel import CelCompiler
 from dago.engine.graphcache import GraphCache
 from dago.engine.model import CompileOptions
@@ -114,7 +114,8 @@ def build_worker(settings: Settings) -> Worker:
     metrics = Metrics(new_registry())
     tracing = Tracing("dago-worker")
     limiter = StoreLimiter.from_settings(settings, store, metrics)
-    budget = RedisBudget(store, settings.budget_floor_tokens, metrics)
+    shares = NamespacesFile(settings.namespaces_file, store.shares)
+    budget = RedisBudget(store, settings.budget_floor_tokens, metrics, shares)
     handlers = build_handlers(build_deps(settings, metrics, tracing, limiter, budget))
     graphs = GraphCache(store, cel, options)
     return Worker(

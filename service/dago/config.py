@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import socket
@@ -362,6 +363,43 @@ def load_namespaces(path: str) -> NamespaceShares:
         raise ConfigError(str(e)) from None
 
 
+class NamespacesFile:
+    """DAGO_NAMESPACES_FILE as it is now, for the daily cost budgets (the API checks them at
+    submit, the workers at each model call): read again when the file changed, so raising a
+    namespace's ``daily_cost_usd`` needs no restart (a Kubernetes ConfigMap's edit reaches
+    the mounted file by itself). A change that cannot be read or is invalid keeps the last
+    good shares and is logged once. The weights and caps are not re-read: they are written
+    to Redis as a process starts."""
+
+    def __init__(self, path: str, shares: NamespaceShares) -> None:
+        self._path = path
+        self._shares = shares
+        self._seen: tuple[int, int, int] | None = None
+        if path:
+            self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._path)  # follows the ConfigMap's symlinks to the file itself
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> NamespaceShares:
+        """The shares, read again if the file changed since it was last read."""
+        if not self._path:
+            return self._shares
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return self._shares
+        self._seen = stamp
+        try:
+            self._shares = load_namespaces(self._path)
+        except ConfigError as e:
+            logging.getLogger("dago.config").warning("keeping the namespaces as they were: %s", e)
+        return self._shares
+
+
 def _namespaces_problem(v: Any) -> str | None:
     try:
         load_namespaces(v)
@@ -483,7 +521,8 @@ SETTINGS: dict[str, _Spec] = {
     "namespaces_file": _Spec(
         "YAML or JSON file of the namespaces' fair shares: `{namespaces: {<name>: {weight, "
         "max_running_nodes, max_active_runs, daily_cost_usd}}, default: {...}}` (docs/limits.md, "
-        "Fair shares); empty: weight 1 and no caps for every namespace.",
+        "Fair shares); empty: weight 1 and no caps for every namespace. The daily budgets are "
+        "read again when the file changes; the weights and caps at start.",
         lambda v: _namespaces_problem(v),
     ),
     "archive_batch": _Spec("Finished runs archived to PostgreSQL per round.", _positive),

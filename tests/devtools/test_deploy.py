@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from dago.api.server import LIVENESS
-from dago.config import Settings
+from dago.config import Settings, parse_namespaces
 from dago.devtools import edge
 from dago.store.keys import WORK_GROUP, ShardKeys
 from harness import Client, RunningStack, echo, eventually, free_port, request
@@ -652,6 +652,35 @@ def test_existing_secret_replaces_the_generated_one(
     assert env["DAGO_REDIS_URL"]["value"] == f"redis://{svc['metadata']['name']}:6379/0"
 
 
+def test_the_namespaces_file_comes_from_a_configmap(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    # ha-values sets `namespaces`: the file dago reads, mounted as a directory (an edit
+    # reaches it; a subPath mount would not), its path in DAGO_NAMESPACES_FILE.
+    docs = rendered["ha-values.yaml"]
+    cm = one(docs, "ConfigMap", f"{RELEASE}-dago-namespaces")
+    shares = parse_namespaces(cm["data"]["namespaces.yaml"])
+    assert shares.of("team-a").daily_cost_usd == 20 and shares.of("other").daily_cost_usd == 5
+    for component in ("api", "worker"):
+        pod = one(docs, "Deployment", f"{RELEASE}-dago-{component}")["spec"]["template"]
+        assert "checksum/namespaces" in pod["metadata"]["annotations"]
+        (vol,) = [v for v in pod["spec"]["volumes"] if v["name"] == "namespaces"]
+        assert vol["configMap"]["name"] == cm["metadata"]["name"]
+        c = pod["spec"]["containers"][0]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "namespaces"]
+        assert "subPath" not in mount and mount["readOnly"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["DAGO_NAMESPACES_FILE"] == f"{mount['mountPath']}/namespaces.yaml"
+    # Without the value: no ConfigMap, no variable (every namespace alike).
+    for values in ("default-values.yaml", "keda-values.yaml"):
+        assert not [
+            d for d in kinds(rendered[values], "ConfigMap") if "namespaces" in d["metadata"]["name"]
+        ]
+        for d in workloads(rendered[values]):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                assert "DAGO_NAMESPACES_FILE" not in {e["name"] for e in c.get("env", [])}
+
+
 def test_chart_rejects_contradictory_values(helm: str) -> None:
     cases = [
         (["--set", "redis.external.enabled=true"], "redis.external.url"),
@@ -665,6 +694,7 @@ def test_chart_rejects_contradictory_values(helm: str) -> None:
             ["--set", "keda.enabled=true", "-f", str(CHART / "ci" / "external-redis-values.yaml")],
             "keda.redis.address",
         ),
+        (["--set", "namespaces.teams.a.weight=2"], "namespaces.teams: unknown"),
     ]
     for args, message in cases:
         done = run([helm, "template", RELEASE, str(CHART), *args])

@@ -33,19 +33,28 @@ MODEL = "claude-sonnet-4-6"
 OUT_PRICE = 15 / 1_000_000
 
 
-@pytest.fixture
-async def stack(
-    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic
+async def budget_stack(
+    make_stack: MakeStack, redis: RedisTarget, fake: FakeAnthropic, **settings: Any
 ) -> InProcessStack:
+    """A stack calling the fake Anthropic API, whose every answer has 600 output tokens
+    ($0.009 at MODEL's prices; its max_tokens caps them, its input counted)."""
     fake.cap_output = True
     fake.count_tokens = True
     fake.default = Text("An answer.", usage=Usage(input=0, output=600))
     return await make_stack(
-        redis_target,
+        redis,
         anthropic_api_key="sk-fake",
         anthropic_base_url=fake.url,
         llm_provider="anthropic",
+        **settings,
     )
+
+
+@pytest.fixture
+async def stack(
+    redis_target: RedisTarget, make_stack: MakeStack, fake: FakeAnthropic
+) -> InProcessStack:
+    return await budget_stack(make_stack, redis_target, fake)
 
 
 def chain(n: int, **limits: Any) -> orchestrator_pb2.SubmitGraphRequest:

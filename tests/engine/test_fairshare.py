@@ -16,7 +16,7 @@ import yaml
 from google.rpc import error_details_pb2
 
 from dago.api.auth import hash_key, new_key
-from dago.config import ConfigError, load_namespaces, parse_namespaces
+from dago.config import ConfigError, NamespacesFile, load_namespaces, parse_namespaces
 from dago.store.schema import Fair
 from dago.store.stats import RedisCollector
 from dago.v1 import execution_pb2, orchestrator_pb2
@@ -259,6 +259,32 @@ async def test_over_its_active_runs_a_namespace_is_refused_others_are_not(
         await b.close()
 
 
+async def test_a_burst_of_submits_cannot_pass_the_active_runs_cap(
+    redis_target: RedisTarget, make_stack: MakeStack, tmp_path: Path
+) -> None:
+    # One shard, no worker: the cap is counted in the step that creates each run, so 20
+    # submits at once make exactly 3 runs, whatever the order they meet in.
+    shares = {"namespaces": {"team-a": {"max_active_runs": 3}}}
+    _, a, b = await fair_stack(make_stack, redis_target, tmp_path, shares)
+    try:
+
+        async def submit() -> str | grpc.StatusCode:
+            try:
+                return await a.submit(sleeps(1, 0))
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+
+        got = await asyncio.gather(*(submit() for _ in range(20)))
+        made = [g for g in got if isinstance(g, str)]
+        assert len(made) == 3
+        assert got.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 17
+        page = orchestrator_pb2.ListGraphsRequest(page_size=100)
+        assert len((await a.stub.ListGraphs(page, timeout=10)).graphs) == 3
+    finally:
+        await a.close()
+        await b.close()
+
+
 @pytest.mark.slow  # the worker's first model call (the SDK's start) takes seconds
 async def test_over_its_daily_cost_a_namespace_is_refused(
     redis_single: RedisServer, make_stack: MakeStack, tmp_path: Path, fake: FakeAnthropic
@@ -329,3 +355,22 @@ async def test_queued_items_of_a_cancelled_run_are_dropped(
     finally:
         await a.close()
         await b.close()
+
+
+def test_the_namespaces_file_is_read_again_when_it_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text("namespaces: {team-a: {daily_cost_usd: 2}}\n")
+    live = NamespacesFile(str(path), load_namespaces(str(path)))
+    assert live.current().of("team-a").daily_cost_usd == 2
+    path.write_text("namespaces: {team-a: {daily_cost_usd: 25}}\n")
+    assert live.current().of("team-a").daily_cost_usd == 25
+    # A broken change keeps the last good shares, and says why.
+    path.write_text("namespaces: {team-a: {daily_cost_usd: -100}}\n")  # sizes differ: a change
+    assert live.current().of("team-a").daily_cost_usd == 25
+    assert "namespaces.team-a.daily_cost_usd" in caplog.text
+    path.unlink()  # gone (a ConfigMap being swapped): the last good ones too
+    assert live.current().of("team-a").daily_cost_usd == 25
+    path.write_text("default: {daily_cost_usd: 7}\n")
+    assert live.current().of("team-a").daily_cost_usd == 7

@@ -234,14 +234,21 @@ class RunView:
             if row is not None:
                 row.state = "queued"
             be = ev.budget_exhausted
-            flag = "--max-cost USD" if be.limit == "max_cost_usd" else "--max-tokens N"
-            out.append(
-                f"{nid}: run paused, {be.message} (raise the limit to resume: "
-                f"dagoctl limits {self.graph_id} {flag})"
-            )
+            # A descendant run's call (its root's budget): named by run and node.
+            who = f"{be.child_graph_id}/{be.child_node_id}" if be.child_graph_id else nid
+            flags = {"max_cost_usd": "--max-cost USD", "max_tokens": "--max-tokens N"}
+            if be.limit in flags:
+                out.append(
+                    f"{who}: run paused, {be.message} (raise the limit to resume: "
+                    f"dagoctl limits {self.graph_id} {flags[be.limit]})"
+                )
+            else:
+                out.append(f"{who}: run paused, {be.message}")
         elif kind == "graph_resumed":
             self.state = "running"
-            out.append(f"run resumed ({', '.join(ev.graph_resumed.node_ids) or 'no node parked'})")
+            gr = ev.graph_resumed
+            parked = [*gr.node_ids, *(n.replace("|", "/") for n in gr.child_nodes)]
+            out.append(f"run resumed ({', '.join(parked) or 'no node parked'})")
         elif kind == "graph_completed":
             self._end("completed")
             u = ev.graph_completed.usage

@@ -71,6 +71,9 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Where the API keys file is mounted (DAGO_API_KEYS_FILE). */}}
 {{- define "dago.secretsDir" -}}/etc/dago/secrets{{- end -}}
 
+{{/* Where the namespaces file's ConfigMap is mounted (a directory: edits reach it). */}}
+{{- define "dago.namespacesDir" -}}/etc/dago/namespaces{{- end -}}
+
 {{/* Where the API's TLS Secret is mounted. */}}
 {{- define "dago.tlsDir" -}}/etc/dago/tls{{- end -}}
 
@@ -183,6 +186,10 @@ seccompProfile:
       name: {{ include "dago.secretName" . }}
       key: openai-api-key
       optional: true
+{{- if .Values.namespaces }}
+- name: DAGO_NAMESPACES_FILE
+  value: {{ printf "%s/namespaces.yaml" (include "dago.namespacesDir" .) | quote }}
+{{- end }}
 {{- range $name, $value := .Values.config }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
@@ -225,6 +232,11 @@ seccompProfile:
       - key: api-keys
         path: api-keys
 {{- end }}
+{{- if .Values.namespaces }}
+- name: namespaces
+  configMap:
+    name: {{ include "dago.fullname" . }}-namespaces
+{{- end }}
 {{- end -}}
 
 {{- define "dago.volumeMounts" -}}
@@ -233,6 +245,11 @@ seccompProfile:
 {{- if eq .Values.auth.mode "keys" }}
 - name: secrets
   mountPath: {{ include "dago.secretsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.namespaces }}
+- name: namespaces
+  mountPath: {{ include "dago.namespacesDir" . }}
   readOnly: true
 {{- end }}
 {{- end -}}

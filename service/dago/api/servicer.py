@@ -299,6 +299,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         else:
             shard = random.randrange(shards)
         graph_id = new_graph_id(shard)
+        active_limit, max_active = await self._quotas.active_cap(namespace, shard)
         g = request.graph
         deadline_s = (
             g.limits.deadline.ToMilliseconds() / 1000
@@ -337,9 +338,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             priority=priority,
             on_exceed=g.limits.on_exceed,
             warn_share=repr(g.limits.warn_share or DEFAULT_WARN_SHARE),
+            max_active=max_active,
         )
         submitted = await self._store.submit(shard, args, compiled.topology)
         status, gid, state = submitted.outcome, submitted.graph_id, submitted.state
+        if status == "quota":
+            self._quotas.refuse_active(namespace, active_limit)
         if status == "conflict":
             raise errors.already_exists(
                 rid,

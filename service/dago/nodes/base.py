@@ -57,6 +57,10 @@ class NodeContext:
     """The execution of the attempt this is (what the budget's reservations are held by)."""
     msg_id: bytes = b""
     """The execution's work item (acked when the budget parks the node)."""
+    address: str = ""
+    """The node run's name in its run's state, what the Redis functions fence on: the
+    node's id, or a map item's ``<map>#<index>`` (whose ``node`` is the map's body); ""
+    when unknown (handlers run without Redis), read as ``node.id``."""
 
     @property
     def idempotency_key(self) -> str:

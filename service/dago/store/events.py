@@ -195,7 +195,10 @@ PAYLOADS: dict[str, tuple[tuple[str, str, Fill], ...]] = {
     "graph_completed": (("usage", Detail.USAGE, _usage),),
     "graph_failed": (("error", Detail.ERROR, _error), ("failed_node_id", Detail.NEXT, _str)),
     "graph_cancelled": (("reason", Detail.REASON, _str),),
-    "graph_resumed": (("node_ids", Detail.NODES, _strings),),
+    "graph_resumed": (
+        ("node_ids", Detail.NODES, _strings),
+        ("child_nodes", Detail.CHILD_NODES, _strings),
+    ),
     "node_started": (
         ("worker_id", Detail.WORKER, _str),
         ("redelivered", Detail.REDELIVERED, _bool),
@@ -283,7 +286,12 @@ PAYLOADS: dict[str, tuple[tuple[str, str, Fill], ...]] = {
         ("used", Detail.USED, _float),
         ("max", Detail.MAX, _float),
     ),
-    "budget_exhausted": (("limit", Detail.LIMIT, _str), ("message", Detail.MESSAGE, _str)),
+    "budget_exhausted": (
+        ("limit", Detail.LIMIT, _str),
+        ("message", Detail.MESSAGE, _str),
+        ("child_graph_id", Detail.CHILD, _str),
+        ("child_node_id", Detail.NODE, _str),
+    ),
 }
 """Each stored kind's payload fields: (field, detail key, how); tests/store/
 test_event_payloads.py checks it against the proto."""

@@ -128,6 +128,11 @@ class SubmitArgs(NamedTuple):
     """``GraphLimits.on_exceed`` (a ``LimitAction``)."""
     warn_share: str = "0.8"
     """``GraphLimits.warn_share`` (``repr``; 0.8 when the graph set none)."""
+    max_active: int = -1
+    """How many runs of the namespace may be active (SUBMITTED or RUNNING) on the run's
+    shard, this one not counted: the namespace's cap less its active runs on the other
+    shards. The function counts the shard's in the same step as it creates the run, and
+    refuses it (``quota``) at that many; -1: no cap."""
 
 
 class PublishArgs(NamedTuple):
@@ -535,6 +540,9 @@ class ReserveArgs(NamedTuple):
     """US dollars per input token (``repr``)."""
     price_out: str
     """US dollars per output token (``repr``)."""
+    daily: str = ""
+    """Why the run's namespace may spend no more today (its daily cost budget is spent,
+    ``dago.store.shares.over_daily``), or "": the run's on_exceed applies to the call."""
 
 
 class ReconcileArgs(NamedTuple):
@@ -707,7 +715,8 @@ class Applied:
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """What ``submit`` returns: ``created``, ``exists`` (the request_id's earlier run) or
-    ``conflict`` (the request_id was used for another request), the run and its state."""
+    ``conflict`` (the request_id was used for another request), the run and its state; or
+    ``quota`` (``SubmitArgs.max_active`` reached: no run, ``state`` is the shard's count)."""
 
     outcome: str
     graph_id: str

@@ -91,8 +91,19 @@ class Meta:
     RUNNING (PAUSED is not terminal and every ``< COMPLETED`` test keeps holding); views
     report GRAPH_STATE_PAUSED."""
     PARKED: Final = "pk"
-    """The nodes a paused run's budget parked (comma-separated ids): QUEUED without a work
-    item, dispatched again when the run resumes."""
+    """The nodes a paused run's budget parked (comma-separated): QUEUED without a work item,
+    dispatched again when the run resumes. The run's own nodes by id; a descendant run's
+    (whose calls charge this run's budget: ``ROOT``) as ``<graph>|<node>``."""
+    ROOT: Final = "root"
+    """A child run's root run (the run a client submitted that it descends from), set when
+    the child is spawned: its model calls charge the root's budget (``Budget.root`` in
+    ``lua/budget.lua``). Absent for a run a client submitted (its own root)."""
+    DESC_TOKENS: Final = "dt"
+    """On a root run: tokens its descendant runs' applied attempts used that have not rolled
+    up into this run's usage yet (a child's usage is added to its parent's only when the
+    child ends). Counted against the root's ``max_tokens`` next to its usage and holds."""
+    DESC_COST: Final = "dc"
+    """The same in US dollars, against ``max_cost_usd``."""
 
 
 class Usage:
@@ -235,6 +246,9 @@ class Budget:
     """Reply: the attempt is no longer the node's running one (or the run ended)."""
     LIMIT_TOKENS: Final = "max_tokens"
     LIMIT_COST: Final = "max_cost_usd"
+    LIMIT_DAILY: Final = "daily_cost_usd"
+    """``budget_exhausted``'s limit when the run's namespace is over its daily cost budget
+    (DAGO_NAMESPACES_FILE)."""
 
 
 class Decision:
@@ -374,7 +388,11 @@ class Detail:
     MAX: Final = "max"
     MESSAGE: Final = "message"
     NODES: Final = "nodes"
-    """graph_resumed: the nodes dispatched again."""
+    """graph_resumed: the run's own nodes dispatched again."""
+    CHILD_NODES: Final = "child_nodes"
+    """graph_resumed: its descendant runs' nodes dispatched again, ``<graph>|<node>``."""
+    NODE: Final = "node"
+    """budget_exhausted of a descendant run's call: its node (CHILD names the run)."""
 
 
 class Work:

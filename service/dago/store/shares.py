@@ -1,5 +1,7 @@
 """The namespaces' fair shares in Redis (``lua/fair.lua`` reads them): writing each shard's
-weights and caps from DAGO_NAMESPACES_FILE, and reading what a namespace spent today.
+weights and caps from DAGO_NAMESPACES_FILE, reading what a namespace spent today, and the
+rule of its daily cost budget (``over_daily``: the API refuses new runs by it, the workers
+stop the running ones' model calls by it).
 
 The running cap of a namespace is divided over the shards here (each shard is a slot of
 its own on a cluster, so no function can count across shards): a cap of 50 on 8 shards
@@ -54,3 +56,14 @@ async def spent_today(redis: Any, keys: Keys, namespace: str) -> float:
     for sk in keys.all_shards():
         pipe.hget(sk.spend(day), namespace or "default")
     return sum(float(v) for v in await pipe.execute() if v is not None)
+
+
+def over_daily(namespace: str, budget: float, spent: float) -> str | None:
+    """Why ``namespace`` may spend no more today (what it ``spent`` reached its daily
+    ``budget``, USD; 0: none), or None: the one rule of the daily cost budget."""
+    if not budget or spent < budget:
+        return None
+    return (
+        f"namespace {namespace or 'default'!r} has spent ${spent:.4f} today (UTC), "
+        f"reaching its daily_cost_usd of ${budget:g} (DAGO_NAMESPACES_FILE)"
+    )

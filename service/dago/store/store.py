@@ -637,11 +637,16 @@ class Store:
         running = sum(int(replies[i] or 0) for i in range(0, len(replies), per))
         return running, sum(int(x) for i, x in enumerate(replies) if i % per)
 
-    async def active_graphs(self, namespace: str, states: Sequence[int]) -> int:
-        """How many graphs of ``namespace`` are in ``states``, over every shard (one round
-        trip; on a cluster the shards' slots are read in parallel, not atomically)."""
+    async def active_graphs(
+        self, namespace: str, states: Sequence[int], skip: int | None = None
+    ) -> int:
+        """How many graphs of ``namespace`` are in ``states``, over every shard but ``skip``
+        (one round trip; on a cluster the shards' slots are read in parallel, not
+        atomically)."""
         pipe = self.redis.pipeline(transaction=False)
-        for sk in self.keys.all_shards():
+        for n, sk in enumerate(self.keys.all_shards()):
+            if n == skip:
+                continue
             for state in states:
                 pipe.zcard(sk.index(str(state), namespace))
         return sum(int(n) for n in await pipe.execute())

@@ -424,6 +424,7 @@ class Attempts:
             shard=item.shard,
             execution=item.execution,
             msg_id=item.msg_id,
+            address=item.node,
         )
 
     async def _emit(self, item: WorkItem, events: Sequence[tuple[str, str]]) -> bool:

@@ -1009,19 +1009,32 @@ class BudgetExhausted(_message.Message):
 
     LIMIT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CHILD_GRAPH_ID_FIELD_NUMBER: _builtins.int
+    CHILD_NODE_ID_FIELD_NUMBER: _builtins.int
     limit: _builtins.str
-    """The limit: "max_tokens" or "max_cost_usd"."""
+    """The limit: "max_tokens" or "max_cost_usd" (the run's, or its root run's for a
+    descendant's call), or "daily_cost_usd" (the namespace's daily budget).
+    """
     message: _builtins.str
     """Why the call did not fit."""
+    child_graph_id: _builtins.str
+    """The descendant run (a sub-graph's or a graph-bodied map item's child run, at any depth)
+    whose model call did not fit this run's budget; empty when the call was this run's own.
+    The event is appended to the root run, whose budget the whole tree charges.
+    """
+    child_node_id: _builtins.str
+    """That call's node in the descendant run (the event's node_id is empty then)."""
     def __init__(
         self,
         *,
         limit: _builtins.str = ...,
         message: _builtins.str = ...,
+        child_graph_id: _builtins.str = ...,
+        child_node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_graph_id", b"child_graph_id", "child_node_id", b"child_node_id", "limit", b"limit", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1034,18 +1047,26 @@ class GraphResumed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_IDS_FIELD_NUMBER: _builtins.int
+    CHILD_NODES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The nodes sent back to the workers."""
+
+    @_builtins.property
+    def child_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The descendant runs' nodes sent back to the workers (their model calls charge this
+        run's budget, so they were parked with it), each as "<graph id>|<node id>".
+        """
 
     def __init__(
         self,
         *,
         node_ids: _abc.Iterable[_builtins.str] | None = ...,
+        child_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_ids", b"node_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_nodes", b"child_nodes", "node_ids", b"node_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -284,6 +284,13 @@ local function add_usage(gid, node, usage_s)
   if Map.is_item(node) then Map.usage(gid, node, fields, u) end
   local cost = tonumber(redis.call('HINCRBYFLOAT', gk, USAGE.COST, u[5]))
   Fair.spend(gid, u[5])
+  -- Kept in step on the root's budget. A node with a child run (a subgraph node, a
+  -- graph-bodied map item) reports its child's usage: a roll-up, spent already.
+  -- (Short strings compare by identity: a node that used nothing costs no number parsing.)
+  if u[1] ~= '0' or u[2] ~= '0' or (u[5] ~= '0' and u[5] ~= '0.0') then
+    Budget.spent(gid, redis.call('HEXISTS', nk, node .. NODE.CHILD) == 1,
+      tonumber(u[1]) + tonumber(u[2]), tonumber(u[5]) or 0)
+  end
   local who = ''
   if u[6] then who = J.D_PROVIDER .. jstr(u[6]) .. J.D_MODEL .. jstr(u[7] or '') end
   local ujson = J.U_IN .. u[1] .. J.U_OUT .. u[2] .. J.U_CW .. u[3] .. J.U_CR .. u[4] .. J.U_COST .. u[5] .. '}'

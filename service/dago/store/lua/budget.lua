@@ -9,9 +9,37 @@
 -- starts or the node is parked (the execution never reports: what it reconciled is counted
 -- as used then, so a dead worker's calls are not lost).
 
--- The run whose budget a run's model calls charge: today a run charges its own. Runs
--- started by runs (sub-graphs, map items) name their root run here, the one place.
-function Budget.root(gid) return gid end
+-- The run whose budget a run's model calls charge: its root run (META.ROOT, set by spawn
+-- for a child run: the run a client submitted that it descends from), else its own. The
+-- root's meta hash holds the holds of every call of its tree (META.RESERVED_*), the usage
+-- its descendants' applied attempts spent and that has not rolled up into its own yet
+-- (META.DESC_*), its paused flag and its parked nodes. Children live on their parent's
+-- shard (one hash slot), so the root's keys are the call's to touch.
+function Budget.root(gid)
+  return redis.call('HGET', gkey(gid), META.ROOT) or gid
+end
+
+-- Usage (tokens, cost) added to run `gid`'s own counters, kept in step on its root:
+-- a descendant's spend counts against the root at once (META.DESC_*); usage that rolls up
+-- from a child into a parent (`rolled`: a subgraph node's or graph-bodied map item's result
+-- carries its child's usage) was counted when it was spent, so it moves nothing until it
+-- reaches the root's own usage, where it leaves META.DESC_* (counted once throughout).
+function Budget.spent(gid, rolled, tokens, cost)
+  if tokens == 0 and cost == 0 then return end
+  local root = Budget.root(gid)
+  local sign
+  if root ~= gid then
+    if rolled then return end
+    sign = 1
+  elseif rolled then
+    sign = -1
+  else
+    return
+  end
+  local rk = gkey(root)
+  redis.call('HINCRBY', rk, META.DESC_TOKENS, int(sign * tokens))
+  redis.call('HINCRBYFLOAT', rk, META.DESC_COST, sign * cost)
+end
 
 -- Parses a hold: {execution, reserved tokens, reserved cost, input, output, cost}.
 function Budget.hold(h)
@@ -34,22 +62,26 @@ function Budget.release(gid, node, commit)
   redis.call('HINCRBY', rk, META.RESERVED_TOKENS, int(-(t[2] + t[4] + t[5])))
   redis.call('HINCRBYFLOAT', rk, META.RESERVED_COST, -(t[3] + t[6]))
   if commit and (t[4] + t[5] > 0 or t[6] > 0) then
+    local gk = gkey(gid)
     redis.call('HINCRBY', nk, node .. ':' .. USAGE.INPUT, int(t[4]))
     redis.call('HINCRBY', nk, node .. ':' .. USAGE.OUTPUT, int(t[5]))
     redis.call('HINCRBYFLOAT', nk, node .. ':' .. USAGE.COST, t[6])
-    redis.call('HINCRBY', rk, USAGE.INPUT, int(t[4]))
-    redis.call('HINCRBY', rk, USAGE.OUTPUT, int(t[5]))
-    redis.call('HINCRBYFLOAT', rk, USAGE.COST, t[6])
+    redis.call('HINCRBY', gk, USAGE.INPUT, int(t[4]))
+    redis.call('HINCRBY', gk, USAGE.OUTPUT, int(t[5]))
+    redis.call('HINCRBYFLOAT', gk, USAGE.COST, t[6])
+    Budget.spent(gid, false, t[4] + t[5], t[6])
   end
 end
 
--- {limits, used + held} of the run: {max tokens, max cost, tokens, cost}.
+-- {limits, used + held} of a root run (its descendants' spend not rolled up yet included):
+-- {max tokens, max cost, tokens, cost}.
 function Budget.levels(rk)
   local m = redis.call('HMGET', rk, META.MAX_TOKENS, META.MAX_COST, USAGE.INPUT, USAGE.OUTPUT,
-    USAGE.COST, META.RESERVED_TOKENS, META.RESERVED_COST)
+    USAGE.COST, META.RESERVED_TOKENS, META.RESERVED_COST, META.DESC_TOKENS, META.DESC_COST)
   return {tonumber(m[1]) or 0, tonumber(m[2]) or 0,
-    (tonumber(m[3]) or 0) + (tonumber(m[4]) or 0) + math.max(0, tonumber(m[6]) or 0),
-    (tonumber(m[5]) or 0) + math.max(0, tonumber(m[7]) or 0)}
+    (tonumber(m[3]) or 0) + (tonumber(m[4]) or 0) + math.max(0, tonumber(m[6]) or 0)
+      + math.max(0, tonumber(m[8]) or 0),
+    (tonumber(m[5]) or 0) + math.max(0, tonumber(m[7]) or 0) + math.max(0, tonumber(m[9]) or 0)}
 end
 
 -- A paused run leaves the listing of running runs for that of paused ones, and back

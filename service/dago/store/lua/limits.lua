@@ -1,6 +1,7 @@
 -- Changes a run's budgets (UpdateGraphLimits; ARG.LIMITS: '' keeps a limit) and resumes it
--- when it is paused: the parked nodes get work items again (their next start is the
--- attempt's next execution) and graph_resumed is appended. A new limit below what the run
+-- when it is paused: the parked nodes (its own and its descendant runs', whose model calls
+-- charge its budget) get work items again (their next start is the attempt's next
+-- execution) and graph_resumed is appended. A new limit below what the run
 -- has used plus what is held is refused. Returns {outcome, state, detail}: {'missing', 0,
 -- ''} | {'ended', state, ''} | {'below', state, 'limit|used'} | {'updated', state,
 -- resumed ('1' or '0')}; the state is the stored one (RUNNING while paused).
@@ -29,18 +30,24 @@ local parked = redis.call('HGET', gk, META.PARKED) or ''
 redis.call('HDEL', gk, META.PAUSED, META.PARKED)
 Budget.index_pause(gid, false)
 redis.call('HINCRBY', K_STATS, STATS.PAUSED, -1)
-local sent = {}
-for node in string.gmatch(parked, '[^,]+') do
-  local v = redis.call('HMGET', nkey(gid), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
-  -- Still parked (QUEUED with no item): nothing else moves a parked node but the run's end.
-  if v[1] == S_QUEUED then
+local sent, sent_desc = {}, {}
+for entry in string.gmatch(parked, '[^,]+') do
+  -- A descendant run's node (its calls charge this run's budget) is '<graph>|<node>'.
+  local g, node = string.match(entry, '^([^|]+)|(.+)$')
+  if not g then g, node = gid, entry end
+  local gs2 = graph_state(g)
+  local v = redis.call('HMGET', hkey(g, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+  -- Still parked (QUEUED with no item): nothing else moves a parked node but its run's end.
+  if gs2 ~= nil and gs2 < GraphState.COMPLETED and v[1] == S_QUEUED then
     -- Queued for its turn like any dispatch (Fair.done counts on every work entry coming
     -- from a take).
-    Fair.push(gid, node, v[2], v[3])
+    Fair.push(g, node, v[2], v[3])
     dispatched = dispatched + 1
-    sent[#sent + 1] = node
+    if g == gid then sent[#sent + 1] = entry else sent_desc[#sent_desc + 1] = entry end
   end
 end
-emit(gid, EventKind.GRAPH_RESUMED, nil, nil, nil, '{"' .. DETAIL.NODES .. '":' .. (#sent > 0 and jstr(sent) or '[]') .. '}')
+local detail = '{"' .. DETAIL.NODES .. '":' .. (#sent > 0 and jstr(sent) or '[]')
+if #sent_desc > 0 then detail = detail .. ',"' .. DETAIL.CHILD_NODES .. '":' .. jstr(sent_desc) end
+emit(gid, EventKind.GRAPH_RESUMED, nil, nil, nil, detail .. '}')
 flush()
 return {'updated', gs, '1'}

@@ -5,6 +5,7 @@
 -- kept negated: the start after the child's end is the next one) and its work item is
 -- acked: a node whose child runs holds no worker slot and no pending item. A child nested
 -- deeper than the worker's DAGO_MAX_GRAPH_DEPTH fails the attempt instead (not retried).
+-- The child records its root run (META.ROOT), whose budget its model calls charge.
 -- Returns {'created' | 'exists' | 'stale' | 'too_deep', child id}.
 local A = ARG.SPAWN
 local worker, mid = ARGV[A.WORKER], ARGV[A.MSG_ID]
@@ -38,6 +39,8 @@ if not child then
   outcome = 'created'
   bytes_fit(pid, #input)
   Child.create(child, pid, node, iter, attempt, exec, depth, A)
+  -- Its model calls charge its root run's budget (the root of its parent: Budget.root).
+  redis.call('HSET', gkey(child), META.ROOT, Budget.root(pid))
   emit(pid, EventKind.CHILD_STARTED, node, attempt, iter, jstr({[DETAIL.CHILD] = child}))
 end
 local rec = J.REC_STARTED .. (v[4] or NOW_S) .. J.REC_ENDED .. NOW_S .. J.REC_STATE .. NodeStateText.WAITING

@@ -9,15 +9,23 @@ local gk = gkey(gid)
 if redis.call('EXISTS', gk) == 1 then
   return {'created', gid, tonumber(redis.call('HGET', gk, META.STATE)) or GraphState.UNSPECIFIED}
 end
-if rid ~= '' then
-  local rk = reqkey(ns, rid)
+local rk = rid ~= '' and reqkey(ns, rid)
+if rk then
   local v = redis.call('HMGET', rk, REQUEST.GRAPH, REQUEST.BODY_HASH)
   if v[1] then
     if v[2] ~= hash then return {'conflict', v[1], GraphState.UNSPECIFIED} end
     return {'exists', v[1], tonumber(redis.call('HGET', gkey(v[1]), META.STATE)) or GraphState.UNSPECIFIED}
   end
-  redis.call('HSET', rk, REQUEST.GRAPH, gid, REQUEST.BODY_HASH, hash)
 end
+-- The namespace's active-runs cap, counted in the step that creates the run: a burst of
+-- submits to one shard cannot pass it (docs/limits.md, "Quotas at submit").
+local cap = tonumber(ARGV[A.MAX_ACTIVE]) or -1
+if cap >= 0 then
+  local idx = nsindex(ns)
+  local n = redis.call('ZCARD', idx .. ':' .. GraphState.SUBMITTED) + redis.call('ZCARD', idx .. ':' .. GraphState.RUNNING)
+  if n >= cap then return {'quota', '', n} end
+end
+if rk then redis.call('HSET', rk, REQUEST.GRAPH, gid, REQUEST.BODY_HASH, hash) end
 local meta = {META.RETENTION, ARGV[A.RETENTION_S], META.REQUEST_ID, rid,
   META.MAX_EVENTS, ARGV[A.MAX_EVENTS], META.MAX_BYTES, ARGV[A.MAX_BYTES], META.ARCHIVE, ARGV[A.ARCHIVE],
   META.PRIORITY, ARGV[A.PRIORITY], META.WARN_SHARE, ARGV[A.WARN_SHARE]}

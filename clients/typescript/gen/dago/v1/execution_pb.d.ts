@@ -1060,7 +1060,8 @@ export declare const BudgetWarningSchema: GenMessage<BudgetWarning>;
  */
 export declare type BudgetExhausted = Message<"dago.v1.BudgetExhausted"> & {
   /**
-   * The limit: "max_tokens" or "max_cost_usd".
+   * The limit: "max_tokens" or "max_cost_usd" (the run's, or its root run's for a
+   * descendant's call), or "daily_cost_usd" (the namespace's daily budget).
    *
    * @generated from field: string limit = 1;
    */
@@ -1072,6 +1073,22 @@ export declare type BudgetExhausted = Message<"dago.v1.BudgetExhausted"> & {
    * @generated from field: string message = 2;
    */
   message: string;
+
+  /**
+   * The descendant run (a sub-graph's or a graph-bodied map item's child run, at any depth)
+   * whose model call did not fit this run's budget; empty when the call was this run's own.
+   * The event is appended to the root run, whose budget the whole tree charges.
+   *
+   * @generated from field: string child_graph_id = 80;
+   */
+  childGraphId: string;
+
+  /**
+   * That call's node in the descendant run (the event's node_id is empty then).
+   *
+   * @generated from field: string child_node_id = 81;
+   */
+  childNodeId: string;
 };
 
 /**
@@ -1092,6 +1109,14 @@ export declare type GraphResumed = Message<"dago.v1.GraphResumed"> & {
    * @generated from field: repeated string node_ids = 1;
    */
   nodeIds: string[];
+
+  /**
+   * The descendant runs' nodes sent back to the workers (their model calls charge this
+   * run's budget, so they were parked with it), each as "<graph id>|<node id>".
+   *
+   * @generated from field: repeated string child_nodes = 80;
+   */
+  childNodes: string[];
 };
 
 /**
