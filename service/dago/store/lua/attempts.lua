@@ -37,11 +37,12 @@ local INLINE_LEN = #START_PLAN.INLINE
 
 -- The outputs a start reads ({node, output, ...}), in one HMGET (a join of many reads them
 -- all at once); refs as the plan names them.
+local NO_OUTPUTS = {}  -- never written to: the reply of a start that reads nothing
 local function plan_outputs(gid, refs)
+  if refs == '' then return NO_OUTPUTS end
   local names
   if refs == '*' then names = cjson.decode(redis.call('HGET', gkey(gid), META.NODE_IDS))
-  elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
-  else names = {} end
+  else names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end end
   local outs = {}
   -- A map item's own refs, last in its plan (its value '<map>#<i>:v', and the outcome of
   -- its child run '<map>#<i>:w' for a graph body), are in its map's item hash.
@@ -136,7 +137,7 @@ local function start_batch(worker, items, lease)
     end
     -- The flag ends the plan: checked without parsing it (a 3-capture match is ~5k
     -- instructions); an inline item needs only the refs.
-    local inline = st == S_QUEUED and string.sub(v[7], -INLINE_LEN) == START_PLAN.INLINE
+    local inline = st == S_QUEUED and string.sub(v[8], -INLINE_LEN) == START_PLAN.INLINE
     if st == nil then
       acks[#acks + 1] = mid
     elseif inline then
@@ -147,10 +148,10 @@ local function start_batch(worker, items, lease)
         sent[gid] = true
         stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
       end
-      local refs = string.match(v[7], '^[^|]*')
+      local refs = string.match(v[8], '^[^|]*')
       out[#out + 1] = {mid, gid, node, attempt, iter, it[6], first_exec(v[6]), plan_outputs(gid, refs), stored, 1}
     else
-      local refs, timeout = plan_parts(v[7])
+      local refs, timeout = plan_parts(v[8])
       local ok = true
       local redelivered = (st == S_RUNNING)
       local first = false
@@ -187,7 +188,7 @@ local function start_batch(worker, items, lease)
         end
         exec = int(exec)
         -- What an earlier execution held of the budget ends (it will never report).
-        Budget.release(gid, node, true)
+        if v[7] then Budget.release(gid, node, true) end
         node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
           node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, redelivered and again_detail or first_detail)
@@ -320,6 +321,9 @@ local function apply_batch(worker, A, first)
   local acks = {}
   -- Per graph: {steps, max_steps, steps taken by this call's inline starts}.
   local steps = {}
+  -- settle's work lists, made once per call: settle leaves `ready` empty, and `loops` is
+  -- made again only when it was used (two tables and their growth less per node).
+  local ready, loops
   for gid, nodes in pairs(by_graph(A, first, R)) do
     -- The graph's state, what it stored and its steps, in one read.
     local m = redis.call('HMGET', gkey(gid), META.STATE, META.BYTES, META.MAX_BYTES, META.STEPS, META.MAX_STEPS)
@@ -377,8 +381,9 @@ local function apply_batch(worker, A, first)
       out[#out + 1] = NodeState.UNSPECIFIED
     else
       touched[gid] = true
-      -- The result carries the execution's usage: its hold of the budget ends.
-      Budget.release(gid, node, false)
+      -- The result carries the execution's usage: its hold of the budget ends (v[7]: it
+      -- has one, or it is a map item's, see AHEAD in core.lua).
+      if v[7] then Budget.release(gid, node, false) end
       -- An inline start is now: its start time is the only field of its start written
       -- (below, with its new state). The worker, deliveries and deadline describe a RUNNING
       -- node, which an inline one never is (its record holds its worker); each pair is ~3k
@@ -423,7 +428,7 @@ local function apply_batch(worker, A, first)
         end
         open_add(gid, -1)
         emit(gid, EventKind.NODE_COMPLETED, node, attempt, iter,
-          J.D_OUTPUT .. output .. J.D_USAGE .. ujson .. J.D_MS .. int(NOW - started) .. '}')
+          J.D_OUTPUT .. output .. J.D_USAGE .. ujson .. J.D_MS .. (inline_start and '0' or int(NOW - started)) .. '}')
         local taken = {}
         for x in string.gmatch(taken_s, '[^,]+') do taken[x] = true end
         if route ~= '' then
@@ -442,9 +447,10 @@ local function apply_batch(worker, A, first)
         elseif Map.is_item(node) then
           Map.ended(gid, node, true, nil)
         else
-          local ready, loops = {}, {}
+          if ready == nil then ready, loops = {}, {} end
           out_edges(gid, node, taken, ready, loops)
           settle(gid, ready, loops)
+          if loops[1] ~= nil then loops = {} end
         end
         out[#out + 1] = NodeState.COMPLETED
       else

@@ -129,16 +129,19 @@ local function out_list(gid, node)
   return l
 end
 
--- Node fields a batch reads (state, attempt, iteration, start time, timer, execution and,
--- to start it, its start plan) are read ahead with one HMGET per graph
--- (read_ahead) instead of one per item. Every write of a node's fields goes through
+-- Node fields a batch reads (state, attempt, iteration, start time, timer, execution, the
+-- budget its execution holds and, to start it, its start plan) are read ahead with one
+-- HMGET per graph (read_ahead) instead of one per item. Every write of a node's fields goes through
 -- node_set, which forgets what was read ahead for that node, so a later read (node_read)
 -- goes to Redis and sees the write. The edge lists of the nodes a batch completes come in
 -- the same way.
-local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, NODE.PLAN}
+-- The hold (BUDGET.HOLD) is read with them so that a result or a start whose execution
+-- holds nothing (nearly all: only model calls reserve) skips Budget.release's read. A map
+-- item's hold is in the run's node hash, not with its fields: its slot says `true` (look).
+local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, BUDGET.HOLD, NODE.PLAN}
 
 local function read_ahead(gid, nodes, with_edges, with_plan)
-  local per = with_plan and 7 or 6
+  local per = with_plan and 8 or 7
   local args = {}
   for _, n in ipairs(nodes) do
     for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
@@ -155,7 +158,9 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
     for _, n in ipairs(items) do
       local f = {}
       for j = 1, per do f[j] = n .. AHEAD[j] end
-      t[n] = redis.call('HMGET', hkey(gid, n), unpack(f))
+      local r = redis.call('HMGET', hkey(gid, n), unpack(f))
+      r[7] = true
+      t[n] = r
     end
     args = {}
     for _, n in ipairs(nodes) do
@@ -171,11 +176,13 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   end
   for k = 1, #args, step do
     local v = redis.call('HMGET', nkey(gid), unpack(args, k, math.min(k + step - 1, #args)))
+    -- Each node's fields in a table made at its size (filled one by one, a table grows
+    -- by rehashing at 1, 2, 4 and 8 entries: ~2k instructions a node).
+    local plan = per == 8
     for j = 0, #v / per - 1 do
       local b = j * per
-      local r = {}
-      for f = 1, per do r[f] = v[b + f] end
-      t[nodes[(k - 1) / per + j + 1]] = r
+      t[nodes[(k - 1) / per + j + 1]] = {v[b + 1], v[b + 2], v[b + 3], v[b + 4], v[b + 5], v[b + 6],
+        v[b + 7], plan and v[b + 8] or nil}
     end
   end
   if with_edges then
@@ -190,14 +197,18 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   end
 end
 
--- {state, attempt, iteration, start time, timer member, execution, start plan} of a node
--- (strings or false; the plan only when read ahead for a start, or read here).
+-- {state, attempt, iteration, start time, timer member, execution, budget hold, start plan}
+-- of a node (strings or false; the plan only when read ahead for a start, or read here; the
+-- hold `true` for a map item: see AHEAD).
 local function node_read(gid, node)
   local t = ahead[gid]
   local r = t and t[node]
   if r then return r end
-  return redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
-    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. NODE.PLAN)
+  local k = hkey(gid, node)
+  r = redis.call('HMGET', k, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
+    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. BUDGET.HOLD, node .. NODE.PLAN)
+  if k ~= nkeys[gid] then r[7] = true end
+  return r
 end
 
 -- The field of an execution's record, and a record without data (start, cancel, reclaim).

@@ -23,19 +23,27 @@ function Fair.reset()
   FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 end
 
-local function fair_of(gid)
+local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
+
+-- A graph's {namespace, priority, queue key, key in FAIR_IN}, read and made once per call
+-- (Fair.push would otherwise join both keys per item).
+local function fair_g(gid)
   local f = FAIR_G[gid]
   if f == nil then
     local v = redis.call('HMGET', gkey(gid), META.NAMESPACE, META.PRIORITY)
     local ns = v[1]
     if not ns or ns == '' then ns = 'default' end
-    f = {ns, v[2] or int(FAIR.PRIORITY_DEFAULT)}
+    local prio = v[2] or int(FAIR.PRIORITY_DEFAULT)
+    f = {ns, prio, qkey(ns, prio), TAG .. '\0' .. ns}
     FAIR_G[gid] = f
   end
-  return f[1], f[2]
+  return f
 end
 
-local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
+local function fair_of(gid)
+  local f = fair_g(gid)
+  return f[1], f[2]
+end
 
 local SEP = FAIR.QUEUED_SEP
 local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
@@ -46,12 +54,12 @@ local QUEUED = '^%d+' .. SEP .. '([^' .. SEP .. ']*)' .. SEP .. '([^' .. SEP .. 
 -- (ms: the age the metrics report as the queue's lag), packed (FAIR.QUEUED_SEP); written by
 -- Fair.flush.
 function Fair.push(gid, node, attempt, iter)
-  local ns, prio = fair_of(gid)
-  local q = qkey(ns, prio)
+  local f = fair_g(gid)
+  local ns, q = f[1], f[3]
   local buf = FAIR_PUSH[q]
   if buf == nil then buf = {}; FAIR_PUSH[q] = buf end
   buf[#buf + 1] = NOW_S .. SEP .. gid .. SEP .. node .. SEP .. attempt .. SEP .. iter
-  local k = TAG .. '\0' .. ns
+  local k = f[4]
   if not FAIR_IN[k] then
     local vt = redis.call('HGET', TAG .. ':fair', FAIR.CLOCK) or '0'
     redis.call('ZADD', TAG .. ':ready', 'NX', vt, ns)
