@@ -386,6 +386,12 @@ class Work:
     ITERATION: Final = "i"
     EXECUTION: Final = "x"
     """Control entries only: the execution to stop (empty: any)."""
+    PACKED: Final = "p"
+    """Work entries a take writes: the item in this one field, as its fair queue held it
+    (``Fair.QUEUED_SEP``: the time it was queued, graph, node, attempt, iteration), moved to
+    the stream without unpacking (eight arguments and reply strings fewer per item). The
+    readers of the stream (``work_item`` in attempts.lua) also read entries of the four
+    fields above, which earlier versions wrote."""
 
 
 class Notify:

@@ -2,13 +2,20 @@
 -- reclaim start them, so a worker never starts anything itself), applying finished
 -- attempts (apply), and the retry rule shared with the timeouts sweep finds.
 
--- A work item of a stream reply (XREADGROUP, XAUTOCLAIM) as
--- {msg_id, gid, node, attempt, iteration, deliveries}.
+-- A work item of a stream reply (XREADGROUP, XCLAIM) as
+-- {msg_id, gid, node, attempt, iteration, deliveries}: its one WORK.PACKED field, unpacked
+-- with fair.lua's QUEUED pattern, or (an entry written before items were packed) its
+-- fields by name.
 local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
+local W_PACKED = WORK.PACKED
 
 local function work_item(m, deliveries)
-  local it = {m[1], false, false, false, false, deliveries}
   local fields = m[2]
+  if fields[1] == W_PACKED then
+    local g, nd, a, i = string.match(fields[2], QUEUED)
+    return {m[1], g, nd, a, i, deliveries}
+  end
+  local it = {m[1], false, false, false, false, deliveries}
   for k = 1, #fields, 2 do
     local name = fields[k]
     if name == W_GRAPH then it[2] = fields[k + 1]

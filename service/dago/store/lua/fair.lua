@@ -46,7 +46,8 @@ local function fair_of(gid)
 end
 
 local SEP = FAIR.QUEUED_SEP
-local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
+-- A queued item's graph, node, attempt and iteration (also read by work_item in
+-- attempts.lua: the work stream holds the item as queued, WORK.PACKED).
 local QUEUED = '^%d+' .. SEP .. '([^' .. SEP .. ']*)' .. SEP .. '([^' .. SEP .. ']*)' .. SEP
   .. '([^' .. SEP .. ']*)' .. SEP .. '(.*)$'
 
@@ -102,6 +103,8 @@ local function share(t, ns, default)
 end
 
 -- Moves up to `count` queued items to the work stream in fair turns; returns how many.
+local W_PACKED = WORK.PACKED
+
 local function fair_move(count)
   Fair.flush()
   local ready = redis.call('ZRANGE', TAG .. ':ready', 0, -1, 'WITHSCORES')
@@ -144,8 +147,7 @@ local function fair_move(count)
         local vals = redis.call('LPOP', qkey(ns, p), n - got)
         if vals then
           for _, v in ipairs(vals) do
-            local g, nd, a, i = string.match(v, QUEUED)
-            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_GRAPH, g, W_NODE, nd, W_ATTEMPT, a, W_ITER, i)
+            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_PACKED, v)
           end
           got = got + #vals
         end
