@@ -78,6 +78,26 @@ local function first_exec(prev)
   return '1'
 end
 
+-- Appends a started item to start_batch's flat reply: msg_id, gid, node, attempt,
+-- iteration, deliveries, execution, unstarted (1: see start_batch), then how many values
+-- of {node, output, ...} follow and those, then 3 and the graph's stored fields
+-- {definition, inputs, traceparent}, or 0. Flat, not a table per item: Redis turns each
+-- table of a reply into a reply of its own at ~3.5k instructions (it looks for err, ok and
+-- the other special fields first), two or three tables per item.
+local function put_started(out, mid, gid, node, attempt, iter, deliveries, exec, unstarted, outs, stored)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = mid, gid, node, attempt, iter
+  out[n + 6], out[n + 7], out[n + 8], out[n + 9] = deliveries, exec, unstarted, #outs
+  n = n + 9
+  for k = 1, #outs do out[n + k] = outs[k] end
+  n = n + #outs
+  if stored then
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 3, stored[1], stored[2], stored[3]
+  else
+    out[n + 1] = 0
+  end
+end
+
 local function ack_all(acks)
   local acked = 0
   for k = 1, #acks, 1000 do
@@ -87,10 +107,11 @@ local function ack_all(acks)
 end
 
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
--- is delivered again) and returns, per item that may run, what it needs:
--- {msg_id, gid, node, attempt, iteration, deliveries, execution, {node, output, ...},
--- {definition, inputs, traceparent}|false} (the run's inputs come with the graph a worker
--- loads, never per start). Each start is a new execution of the attempt: while it runs, the
+-- is delivered again) and returns, per item that may run, what it needs, in one flat list
+-- (put_started): msg_id, gid, node, attempt, iteration, deliveries, execution, unstarted,
+-- the outputs it reads {node, output, ...} and for the graph's first item the graph's
+-- stored fields {definition, inputs, traceparent} (the run's inputs come with the graph a
+-- worker loads, never per start). Each start is a new execution of the attempt: while it runs, the
 -- node's fields (state, start time, worker, execution) are its record (readers show it
 -- RUNNING; nothing more is written per start); a redelivered item's earlier execution gets
 -- its record, ended RECLAIMED (its worker, if it still runs it, is told to stop), so no
@@ -156,7 +177,7 @@ local function start_batch(worker, items, lease)
         stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
       end
       local refs = string.match(v[8], '^[^|]*')
-      out[#out + 1] = {mid, gid, node, attempt, iter, it[6], first_exec(v[6]), plan_outputs(gid, refs), stored, 1}
+      put_started(out, mid, gid, node, attempt, iter, it[6], first_exec(v[6]), 1, plan_outputs(gid, refs), stored)
     else
       local refs, timeout = plan_parts(v[8])
       local ok = true
@@ -213,7 +234,7 @@ local function start_batch(worker, items, lease)
           sent[gid] = true
           stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
         end
-        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, outs, stored, 0}
+        put_started(out, mid, gid, node, attempt, iter, it[6], exec, 0, outs, stored)
       end
     end
   end

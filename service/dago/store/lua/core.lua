@@ -59,24 +59,24 @@ end
 local function reason_json(text) return jstr({[DETAIL.REASON] = text}) end
 
 -- Per call: the events to write, the graphs to notify, the stops to send, caches.
-local notified, controls, topo_cache, topo_raw, out_cache, ahead, pending
+local notified, controls, topo_cache, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}, {}
 -- Work items this call dispatched and took on the current shard: when it leaves some it
 -- did not take, flush() wakes the readers waiting for work (K_WAKE).
 local dispatched, took
 -- Each graph's state is read once (writes go through end_graph and start_graph), and
 -- changes to its count of open nodes are summed and applied in one HINCRBY.
-local gstate, open_delta
+local gstate, open_delta = {}, {}
 -- What each graph of the call has stored (META.BYTES) against its limit (META.MAX_BYTES,
 -- 0: none), as {stored, limit, added by this call}; flush() writes what was added.
-local gbytes
+local gbytes = {}
 -- Join counters (see settle in graph.lua): {state, received, taken, iteration, dirty, gid,
 -- node} per graph and node, written back once per call by flush().
-local jc
+local jc = {}
 -- Key names are built once per graph and call (each concatenation makes a new string).
-local gkeys, nkeys
+local gkeys, nkeys = {}, {}
 -- Edge resolution of this call (see graph.lua): join increments per node, and the nodes
 -- queued for settle.
-local join_r, join_t, queued
+local join_r, join_t, queued = {}, {}, {}
 
 local function gkey(gid)
   local k = gkeys[gid]
@@ -312,20 +312,9 @@ end
 -- flush writes the queued items a call has buffered.
 local Fair = {}
 
--- Writes what the call has pending on the current shard: join counters, open counts, the
--- events (and the notifications that wake watchers), the stops for workers.
-local function flush()
-  Fair.flush()
-  for _, c in pairs(jc) do jc_write(c) end
-  jc = {}
-  for gid, d in pairs(open_delta) do
-    if d ~= 0 then redis.call('HINCRBY', gkey(gid), META.OPEN, d) end
-  end
-  open_delta = {}
-  for gid, b in pairs(gbytes) do
-    if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
-  end
-  gbytes = {}
+-- flush's events: each graph's new events (every graph with some is in `notified`) and
+-- the notifications that wake its watchers.
+local function flush_events()
   local firsts = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
@@ -369,11 +358,38 @@ local function flush()
   end
   pending = {}
   notified = {}
-  for _, v in pairs(controls) do
-    redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2],
-      WORK.ATTEMPT, v[3], WORK.EXECUTION, v[4])
+end
+
+-- Writes what the call has pending on the current shard: join counters, open counts, the
+-- events (and the notifications that wake watchers), the stops for workers.
+local function flush()
+  Fair.flush()
+  -- Each table is looked at (and made again) only when it holds something: a call's fixed
+  -- cost was mostly empty tables made and walked (~0.8k instructions a table).
+  if next(jc) ~= nil then
+    for _, c in pairs(jc) do jc_write(c) end
+    jc = {}
   end
-  controls = {}
+  if next(open_delta) ~= nil then
+    for gid, d in pairs(open_delta) do
+      if d ~= 0 then redis.call('HINCRBY', gkey(gid), META.OPEN, d) end
+    end
+    open_delta = {}
+  end
+  if next(gbytes) ~= nil then
+    for gid, b in pairs(gbytes) do
+      if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
+    end
+    gbytes = {}
+  end
+  if next(notified) ~= nil then flush_events() end
+  if next(controls) ~= nil then
+    for _, v in pairs(controls) do
+      redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2],
+        WORK.ATTEMPT, v[3], WORK.EXECUTION, v[4])
+    end
+    controls = {}
+  end
   -- Readers blocked for work wake only for work left behind: a step that takes the items it
   -- dispatched (a chain) wakes nobody.
   if dispatched > took then redis.call('XADD', K_WAKE, 'MAXLEN', '~', 100, '*', WORK.GRAPH, '') end
@@ -385,14 +401,22 @@ local function stop_work(gid, node, attempt, exec)
   controls[gid .. '\0' .. (node or '') .. '\0' .. (exec or '')] = {gid, node or '', attempt or '', exec or ''}
 end
 
+-- Each shard's key names by its work stream's, made by the first call that works on it
+-- and kept by the library (a few per shard: ~6k instructions a call less).
+local SHARD_KEYS = {}
+
 -- Works on shard i of the call's KEYS from now on (after flush() of the previous one).
 local function use_shard(i)
   K_WORK = KEYS[i]
-  TAG = string.sub(K_WORK, 1, -6)
-  K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
-  K_WATCHED = TAG .. ':watched'
-  K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
-  K_WAKE, K_ARCHIVE = TAG .. ':wake', TAG .. ':archive'
+  local k = SHARD_KEYS[K_WORK]
+  if k == nil then
+    local tag = string.sub(K_WORK, 1, -6)
+    k = {tag, tag .. ':dead', tag .. ':timers', tag .. ':notify', tag .. ':watched', tag .. ':control',
+      tag .. ':index', tag .. ':stats', tag .. ':wake', tag .. ':archive'}
+    SHARD_KEYS[K_WORK] = k
+  end
+  TAG, K_DEAD, K_TIMERS, K_NOTIFY, K_WATCHED = k[1], k[2], k[3], k[4], k[5]
+  K_CONTROL, K_INDEX, K_STATS, K_WAKE, K_ARCHIVE = k[6], k[7], k[8], k[9], k[10]
 end
 
 -- Each namespace lists its own graphs: the default one uses the shard's plain index, any

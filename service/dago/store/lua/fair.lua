@@ -70,6 +70,7 @@ end
 
 -- Writes the items queued by this call (flush, and a take before it moves any).
 function Fair.flush()
+  if next(FAIR_PUSH) == nil then return end
   for q, buf in pairs(FAIR_PUSH) do
     for k = 1, #buf, 1000 do
       redis.call('RPUSH', q, unpack(buf, k, math.min(k + 999, #buf)))
