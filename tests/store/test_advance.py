@@ -391,31 +391,31 @@ async def test_a_round_applies_each_shard_in_one_pipeline(stack: InProcessStack)
     ]
 
 
-async def test_work_entries_hold_the_item_packed_and_old_entries_still_run(
-    stack: InProcessStack,
-) -> None:
-    """A take moves a queued item to the work stream as queued (one ``Work.PACKED`` field);
-    an entry of the earlier layout (graph, node, attempt, iteration as fields: written by
-    an earlier version before an upgrade) is still taken and applied like any other."""
+async def test_a_work_entry_holds_the_item_as_it_was_queued(stack: InProcessStack) -> None:
+    """A take moves a queued item to the work stream as its fair queue held it, in one
+    field (``Work.PACKED``), and starts it from there; a reclaim reads it the same way."""
     gid = await stack.client.submit(request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")]))
     shard, started = await first_item(stack, gid)
     sk = stack.store.keys.shard(shard)
     ((mid, fields),) = await stack.store.redis.xrange(sk.work)
     assert mid == started.item.msg_id
-    (packed,) = fields.values()
     assert list(fields) == [Work.PACKED.encode()]
+    (packed,) = fields.values()
     assert packed.decode().split(Fair.QUEUED_SEP)[1:] == [gid, "a", "1", "1"]
-    # b's item is queued by a's apply: put it on the stream in the old layout instead.
-    applied = await stack.store.apply(shard, W, 0, LEASE, [result(started.item, '{"v":1}', "0")])
+    ids: list[bytes] = []
+
+    async def idle() -> bool:
+        ids[:] = [m for m, _ in await stack.store.idle_items(shard, 50, 10)]
+        return ids == [mid]
+
+    await eventually(idle, 10)
+    (again,) = await stack.store.reclaim(shard, "rescuer", [mid], 50, 5, LEASE)
+    assert (again.item.graph_id, again.item.node, again.item.attempt) == (gid, "a", 1)
+    assert (again.item.iteration, again.item.deliveries) == (1, 2)
+    applied = await stack.store.apply(
+        shard, "rescuer", 8, LEASE, [result(again.item, '{"v":1}', "0")]
+    )
     assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
-    queue = sk.queue("default", Fair.PRIORITY_DEFAULT)
-    (queued,) = await stack.store.redis.lrange(queue, 0, -1)
-    await stack.store.redis.delete(queue)
-    _, g, node, attempt, iteration = queued.decode().split(Fair.QUEUED_SEP)
-    old = {Work.GRAPH: g, Work.NODE: node, Work.ATTEMPT: attempt, Work.ITERATION: iteration}
-    await stack.store.redis.xadd(sk.work, old)  # type: ignore[arg-type]
-    (b,) = (await stack.store.take([shard], W, 10, LEASE)).started
+    (b,) = applied.started
     assert (b.item.graph_id, b.item.node, b.item.attempt, b.item.iteration) == (gid, "b", 1, 1)
-    applied = await stack.store.apply(shard, W, 0, LEASE, [result(b.item, '{"v":2}', "")])
-    assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
-    assert (await stack.client.status(gid)).state == execution_pb2.GRAPH_STATE_COMPLETED
+    assert b.outputs == [] and b.graph is None

@@ -378,7 +378,7 @@ class Detail:
 
 
 class Work:
-    """Fields of a work item (shard ``work`` stream) and of a control entry."""
+    """Fields of a work item (shard ``work`` stream: ``PACKED``) and of a control entry."""
 
     GRAPH: Final = "g"
     NODE: Final = "n"
@@ -389,9 +389,8 @@ class Work:
     PACKED: Final = "p"
     """Work entries a take writes: the item in this one field, as its fair queue held it
     (``Fair.QUEUED_SEP``: the time it was queued, graph, node, attempt, iteration), moved to
-    the stream without unpacking (eight arguments and reply strings fewer per item). The
-    readers of the stream (``work_item`` in attempts.lua) also read entries of the four
-    fields above, which earlier versions wrote."""
+    the stream without unpacking (eight arguments and reply strings fewer per item); the
+    four fields above name the item in control and dead-letter entries."""
 
 
 class Notify:

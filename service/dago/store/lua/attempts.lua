@@ -3,27 +3,11 @@
 -- attempts (apply), and the retry rule shared with the timeouts sweep finds.
 
 -- A work item of a stream reply (XREADGROUP, XCLAIM) as
--- {msg_id, gid, node, attempt, iteration, deliveries}: its one WORK.PACKED field, unpacked
--- with fair.lua's QUEUED pattern, or (an entry written before items were packed) its
--- fields by name.
-local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
-local W_PACKED = WORK.PACKED
-
+-- {msg_id, gid, node, attempt, iteration, deliveries}: its one field (WORK.PACKED),
+-- unpacked with fair.lua's QUEUED pattern.
 local function work_item(m, deliveries)
-  local fields = m[2]
-  if fields[1] == W_PACKED then
-    local g, nd, a, i = string.match(fields[2], QUEUED)
-    return {m[1], g, nd, a, i, deliveries}
-  end
-  local it = {m[1], false, false, false, false, deliveries}
-  for k = 1, #fields, 2 do
-    local name = fields[k]
-    if name == W_GRAPH then it[2] = fields[k + 1]
-    elseif name == W_NODE then it[3] = fields[k + 1]
-    elseif name == W_ATTEMPT then it[4] = fields[k + 1]
-    elseif name == W_ITER then it[5] = fields[k + 1] end
-  end
-  return it
+  local g, nd, a, i = string.match(m[2][2], QUEUED)
+  return {m[1], g, nd, a, i, deliveries}
 end
 
 -- New work items of the current shard for `worker`, at most `count` (never blocking).
@@ -340,6 +324,7 @@ end
 -- appended before what the result appends, and its start time (now) written in the same
 -- HSET as the node's new state.
 local function apply_batch(worker, A, first)
+  if first > #A then return {} end  -- no results (a worker that only takes)
   local R = ITEM.RESULT
   local wjson = jstr(worker)
   local started_detail = J.D_WORKER .. wjson .. J.D_REDELIVERED

@@ -20,7 +20,10 @@
 local FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 
 function Fair.reset()
-  FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
+  if next(FAIR_G) ~= nil then FAIR_G = {} end
+  if next(FAIR_IN) ~= nil then FAIR_IN = {} end
+  if next(FAIR_SHARES) ~= nil then FAIR_SHARES = {} end
+  if next(FAIR_PUSH) ~= nil then FAIR_PUSH = {} end
 end
 
 local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
