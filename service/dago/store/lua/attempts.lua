@@ -201,8 +201,8 @@ local function start_batch(worker, items, lease)
         exec = int(exec)
         -- What an earlier execution held of the budget ends (it will never report).
         if v[7] then Budget.release(gid, node, true) end
-        node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
-          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
+        local f = names_of(node)
+        node_set(gid, node, f[1], S_RUNNING, f[4], NOW_S, f[12], worker, f[13], it[6], f[14], deadline, f[6], exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, redelivered and again_detail or first_detail)
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         if v[5] then
@@ -430,14 +430,15 @@ local function apply_batch(worker, A, first)
         emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')
       end
       if ok then
+        local f = names_of(node)
         if not inline_start then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec)
+          node_set(gid, node, f[1], S_COMPLETED, f[9], NOW_S, f[10], output, f[11], taken_s, rk, rec)
         elseif v[6] then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec,
-            node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
+          node_set(gid, node, f[1], S_COMPLETED, f[9], NOW_S, f[10], output, f[11], taken_s, rk, rec,
+            f[4], NOW_S, f[6], exec)
         else
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec,
-            node .. F_STARTED, NOW_S)
+          node_set(gid, node, f[1], S_COMPLETED, f[9], NOW_S, f[10], output, f[11], taken_s, rk, rec,
+            f[4], NOW_S)
         end
         open_add(gid, -1)
         emit(gid, EventKind.NODE_COMPLETED, node, attempt, iter,

@@ -99,15 +99,35 @@ local function hkey(gid, node)
   return TAG .. ':g:' .. gid .. ':m:' .. string.sub(node, 1, at - 1)
 end
 
+-- A node's field names, its id joined to each suffix (state, attempt, iteration, started,
+-- timer, execution, budget hold, plan: AHEAD's order; then ended, output, next, worker,
+-- deliveries, deadline, and its edges' name in the topology), kept by the library for the node ids seen last: runs of one
+-- definition share their node ids, and a join is ~0.6k instructions, a lookup a tenth of
+-- that (a node's transitions join ~20 names). Bounded: the cache starts over at
+-- NAMES_MAX ids.
+local NAMES, NAMES_N, NAMES_MAX = {}, 0, 4096
+
+local function names_of(node)
+  local f = NAMES[node]
+  if f == nil then
+    if NAMES_N >= NAMES_MAX then NAMES, NAMES_N = {}, 0 end
+    f = {node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. F_STARTED, node .. F_TIMER,
+      node .. F_EXEC, node .. BUDGET.HOLD, node .. NODE.PLAN, node .. F_ENDED, node .. NODE.OUTPUT,
+      node .. NODE.NEXT, node .. F_WORKER, node .. NODE.DELIVERIES, node .. NODE.DEADLINE,
+      TOPOLOGY.EDGES .. node}
+    NAMES[node] = f
+    NAMES_N = NAMES_N + 1
+  end
+  return f
+end
+
 -- A node's topology (JSON, schema.NodeTopology) or a loop's (schema.LoopTopology, name
 -- TOPOLOGY.LOOP .. index), decoded once per call.
 local function topo(gid, name)
   local ck = gid .. '\0' .. name
   local t = topo_cache[ck]
   if t == nil then
-    local raw = topo_raw[ck]
-    if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', name) end
-    t = cjson.decode(raw)
+    t = cjson.decode(redis.call('HGET', gkey(gid) .. ':t', name))
     topo_cache[ck] = t
   end
   return t
@@ -115,17 +135,20 @@ end
 
 -- A node's outgoing edges as {index, to, back, owner, single}, all text (the topology's
 -- '>node' field; see dago.engine.topology).
+-- Both caches are by graph, then node (no key joined per node).
 local function out_list(gid, node)
-  local ck = gid .. '\0' .. node
-  local l = out_cache[ck]
+  local per = out_cache[gid]
+  if per == nil then per = {}; out_cache[gid] = per end
+  local l = per[node]
   if l ~= nil then return l end
   l = {}
-  local raw = topo_raw[gid .. '\0' .. TOPOLOGY.EDGES .. node]
-  if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', TOPOLOGY.EDGES .. node) end
+  local raws = topo_raw[gid]
+  local raw = raws and raws[node]
+  if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', names_of(node)[15]) end
   for idx, to, back, owner, single in string.gmatch(raw, '([^,;]+),([^,;]+),([^,;]+),([^,;]+),([^,;]+)') do
     l[#l + 1] = {idx, to, back, owner, single}
   end
-  out_cache[ck] = l
+  per[node] = l
   return l
 end
 
@@ -144,7 +167,9 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   local per = with_plan and 8 or 7
   local args = {}
   for _, n in ipairs(nodes) do
-    for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
+    local f = names_of(n)
+    local na = #args
+    for j = 1, per do args[na + j] = f[j] end
   end
   local t = ahead[gid] or {}
   ahead[gid] = t
@@ -165,7 +190,9 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
     args = {}
     for _, n in ipairs(nodes) do
       if not string.find(n, MAP_ITEMS.SEP, 1, true) then
-        for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
+        local f = names_of(n)
+        local na = #args
+        for j = 1, per do args[na + j] = f[j] end
       end
     end
     local plain = {}
@@ -188,10 +215,12 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   if with_edges then
     for k = 1, #nodes, 1000 do
       local part = {}
-      for j = k, math.min(k + 999, #nodes) do part[#part + 1] = TOPOLOGY.EDGES .. nodes[j] end
+      for j = k, math.min(k + 999, #nodes) do part[#part + 1] = names_of(nodes[j])[15] end
       local v = redis.call('HMGET', gkey(gid) .. ':t', unpack(part))
-      for j, n in ipairs(part) do
-        if v[j] then topo_raw[gid .. '\0' .. n] = v[j] end
+      local raws = topo_raw[gid]
+      if raws == nil then raws = {}; topo_raw[gid] = raws end
+      for j = 1, #part do
+        if v[j] then raws[nodes[k + j - 1]] = v[j] end
       end
     end
   end
@@ -205,8 +234,8 @@ local function node_read(gid, node)
   local r = t and t[node]
   if r then return r end
   local k = hkey(gid, node)
-  r = redis.call('HMGET', k, node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
-    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. BUDGET.HOLD, node .. NODE.PLAN)
+  local f = names_of(node)
+  r = redis.call('HMGET', k, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
   if k ~= nkeys[gid] then r[7] = true end
   return r
 end
@@ -452,7 +481,8 @@ end
 local function dispatch(gid, node, attempt, iter)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
-  node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
+  local f = names_of(node)
+  node_set(gid, node, f[1], S_QUEUED, f[2], attempt, f[3], iter)
   Fair.push(gid, node, attempt, iter)
   dispatched = dispatched + 1
 end
@@ -695,7 +725,8 @@ end
 local function fence(gid, node, attempt, iter, states)
   local gs = graph_state(gid)
   if gs == nil or gs >= GraphState.COMPLETED then return nil end
-  local v = redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+  local f = names_of(node)
+  local v = redis.call('HMGET', hkey(gid, node), f[1], f[2], f[3])
   local st = tonumber(v[1])
   if tonumber(v[2]) ~= tonumber(attempt) or tonumber(v[3]) ~= tonumber(iter) then return nil end
   for _, s in ipairs(states) do
