@@ -395,7 +395,7 @@ local function apply_batch(worker, A, first)
     else
       touched[gid] = true
       -- The result carries the execution's usage: its hold of the budget ends (v[7]: it
-      -- has one, or it is a map item's, see AHEAD in core.lua).
+      -- has one, or it is a map item's, see read_ahead in core.lua).
       if v[7] then Budget.release(gid, node, false) end
       -- An inline start is now: its start time is the only field of its start written
       -- (below, with its new state). The worker, deliveries and deadline describe a RUNNING

@@ -90,18 +90,10 @@ local function nkey(gid)
   return k
 end
 
--- The hash holding a node's fields: the run's node hash, or for a map's item
--- ('<map>#<index>', schema.MapItems) its map's item hash '<tag>:g:<gid>:m:<map>' (mirrors
--- GraphKeys.items in keys.py), so a run's node hash never grows with its items.
-local function hkey(gid, node)
-  local at = string.find(node, MAP_ITEMS.SEP, 1, true)
-  if at == nil then return nkey(gid) end
-  return TAG .. ':g:' .. gid .. ':m:' .. string.sub(node, 1, at - 1)
-end
-
 -- A node's field names, its id joined to each suffix (state, attempt, iteration, started,
--- timer, execution, budget hold, plan: AHEAD's order; then ended, output, next, worker,
--- deliveries, deadline, and its edges' name in the topology), kept by the library for the node ids seen last: runs of one
+-- timer, execution, budget hold, plan: the order read_ahead reads them in; then ended, output, next, worker,
+-- deliveries, deadline, and its edges' name in the topology; then where a map item's name
+-- has MAP_ITEMS.SEP, or false), kept by the library for the node ids seen last: runs of one
 -- definition share their node ids, and a join is ~0.6k instructions, a lookup a tenth of
 -- that (a node's transitions join ~20 names). Bounded: the cache starts over at
 -- NAMES_MAX ids.
@@ -114,11 +106,20 @@ local function names_of(node)
     f = {node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. F_STARTED, node .. F_TIMER,
       node .. F_EXEC, node .. BUDGET.HOLD, node .. NODE.PLAN, node .. F_ENDED, node .. NODE.OUTPUT,
       node .. NODE.NEXT, node .. F_WORKER, node .. NODE.DELIVERIES, node .. NODE.DEADLINE,
-      TOPOLOGY.EDGES .. node}
+      TOPOLOGY.EDGES .. node, string.find(node, MAP_ITEMS.SEP, 1, true) or false}
     NAMES[node] = f
     NAMES_N = NAMES_N + 1
   end
   return f
+end
+
+-- The hash holding a node's fields: the run's node hash, or for a map's item
+-- ('<map>#<index>', schema.MapItems) its map's item hash '<tag>:g:<gid>:m:<map>' (mirrors
+-- GraphKeys.items in keys.py), so a run's node hash never grows with its items.
+local function hkey(gid, node)
+  local at = names_of(node)[16]
+  if not at then return nkey(gid) end
+  return TAG .. ':g:' .. gid .. ':m:' .. string.sub(node, 1, at - 1)
 end
 
 -- A node's topology (JSON, schema.NodeTopology) or a loop's (schema.LoopTopology, name
@@ -161,43 +162,35 @@ end
 -- The hold (BUDGET.HOLD) is read with them so that a result or a start whose execution
 -- holds nothing (nearly all: only model calls reserve) skips Budget.release's read. A map
 -- item's hold is in the run's node hash, not with its fields: its slot says `true` (look).
-local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, BUDGET.HOLD, NODE.PLAN}
+-- The fields are names_of's first seven (eight with the plan), in its order.
 
 local function read_ahead(gid, nodes, with_edges, with_plan)
   local per = with_plan and 8 or 7
-  local args = {}
-  for _, n in ipairs(nodes) do
+  -- The plain nodes' field names; map items (and `plain`, the other nodes) apart.
+  local args, items, plain = {}, nil, nil
+  for i, n in ipairs(nodes) do
     local f = names_of(n)
-    local na = #args
-    for j = 1, per do args[na + j] = f[j] end
+    if f[16] then
+      if items == nil then
+        items, plain = {}, {}
+        for k = 1, i - 1 do plain[k] = nodes[k] end
+      end
+      items[#items + 1] = n
+    else
+      local na = #args
+      for j = 1, per do args[na + j] = f[j] end
+      if plain then plain[#plain + 1] = n end
+    end
   end
   local t = ahead[gid] or {}
   ahead[gid] = t
   local step = per * 200
-  local items = {}
-  for _, n in ipairs(nodes) do
-    if string.find(n, MAP_ITEMS.SEP, 1, true) then items[#items + 1] = n end
-  end
-  if #items > 0 then
+  if items then
     -- Map items' fields are in their maps' hashes: read one by one (node_read's read).
     for _, n in ipairs(items) do
-      local f = {}
-      for j = 1, per do f[j] = n .. AHEAD[j] end
-      local r = redis.call('HMGET', hkey(gid, n), unpack(f))
+      local r = redis.call('HMGET', hkey(gid, n), unpack(names_of(n), 1, per))
       r[7] = true
       t[n] = r
-    end
-    args = {}
-    for _, n in ipairs(nodes) do
-      if not string.find(n, MAP_ITEMS.SEP, 1, true) then
-        local f = names_of(n)
-        local na = #args
-        for j = 1, per do args[na + j] = f[j] end
-      end
-    end
-    local plain = {}
-    for _, n in ipairs(nodes) do
-      if not string.find(n, MAP_ITEMS.SEP, 1, true) then plain[#plain + 1] = n end
     end
     nodes = plain
   end
@@ -228,7 +221,7 @@ end
 
 -- {state, attempt, iteration, start time, timer member, execution, budget hold, start plan}
 -- of a node (strings or false; the plan only when read ahead for a start, or read here; the
--- hold `true` for a map item: see AHEAD).
+-- hold `true` for a map item: see read_ahead).
 local function node_read(gid, node)
   local t = ahead[gid]
   local r = t and t[node]
