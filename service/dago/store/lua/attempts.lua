@@ -416,16 +416,17 @@ local function apply_batch(worker, A, first)
       local ujson, who, over = 'null', '', nil
       if usage_s ~= '' then ujson, who, over = add_usage(gid, node, usage_s) end
       -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
+      -- Joined in one go (an empty input, output or error adds neither its key nor
+      -- anything else): each join copies all it has so far, the output included.
       local rec = J.REC_STARTED .. (started_s or NOW_S) .. J.REC_ENDED .. NOW_S
         .. J.REC_STATE .. (ok and S_COMPLETED or NodeStateText.FAILED)
         .. J.REC_WORKER .. wjson .. J.REC_USAGE .. ujson
-      if input ~= '' then rec = rec .. J.REC_INPUT .. input end
-      if output ~= '' then rec = rec .. J.REC_OUTPUT .. output end
-      if err ~= '' then rec = rec .. J.REC_ERROR .. err end
+        .. (input ~= '' and J.REC_INPUT or '') .. input
+        .. (output ~= '' and J.REC_OUTPUT or '') .. output
+        .. (err ~= '' and J.REC_ERROR or '') .. err .. '}'
       -- The execution's record, ended, goes into the node hash with the node's new state,
       -- in the same HSET (the fence makes this its last write).
       local rk = record_key(node, iter, attempt, exec)
-      rec = rec .. '}'
       if ujson ~= 'null' then
         emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')
       end
