@@ -10,7 +10,7 @@ import pytest
 
 from dago.engine.ids import parse_shard
 from dago.store.functions import Outcome, Result, Started, WorkItem
-from dago.store.schema import Fair, Meta
+from dago.store.schema import Fair, Meta, Work
 from dago.v1 import execution_pb2
 from harness import InProcessStack, MakeStack, echo, edge, eventually, kinds, request, tool
 from redisfixture import RedisTarget
@@ -389,3 +389,33 @@ async def test_a_round_applies_each_shard_in_one_pipeline(stack: InProcessStack)
     assert [(a.applied, a.started) for a in again if not isinstance(a, Exception)] == [
         ([False] * len(r), []) for _, _, r in parts
     ]
+
+
+async def test_a_work_entry_holds_the_item_as_it_was_queued(stack: InProcessStack) -> None:
+    """A take moves a queued item to the work stream as its fair queue held it, in one
+    field (``Work.PACKED``), and starts it from there; a reclaim reads it the same way."""
+    gid = await stack.client.submit(request([echo("a", v=1), echo("b", v=2)], [edge("a", "b")]))
+    shard, started = await first_item(stack, gid)
+    sk = stack.store.keys.shard(shard)
+    ((mid, fields),) = await stack.store.redis.xrange(sk.work)
+    assert mid == started.item.msg_id
+    assert list(fields) == [Work.PACKED.encode()]
+    (packed,) = fields.values()
+    assert packed.decode().split(Fair.QUEUED_SEP)[1:] == [gid, "a", "1", "1"]
+    ids: list[bytes] = []
+
+    async def idle() -> bool:
+        ids[:] = [m for m, _ in await stack.store.idle_items(shard, 50, 10)]
+        return ids == [mid]
+
+    await eventually(idle, 10)
+    (again,) = await stack.store.reclaim(shard, "rescuer", [mid], 50, 5, LEASE)
+    assert (again.item.graph_id, again.item.node, again.item.attempt) == (gid, "a", 1)
+    assert (again.item.iteration, again.item.deliveries) == (1, 2)
+    applied = await stack.store.apply(
+        shard, "rescuer", 8, LEASE, [result(again.item, '{"v":1}', "0")]
+    )
+    assert applied.states == [execution_pb2.NODE_STATE_COMPLETED]
+    (b,) = applied.started
+    assert (b.item.graph_id, b.item.node, b.item.attempt, b.item.iteration) == (gid, "b", 1, 1)
+    assert b.outputs == [] and b.graph is None

@@ -728,19 +728,26 @@ def _s(v: Any) -> str:
 
 
 def parse_started(shard: int, raw: Sequence[Any]) -> list[Started]:
-    """Started items as the functions return them: per item ``{msg_id, gid, node, attempt,
-    iteration, deliveries, execution, {node, output, ...},
-    {definition, inputs, traceparent}|false, unstarted}`` (unstarted 1: delivered without a
-    start, see ``WorkItem.started``)."""
+    """Started items as the functions return them, one flat list (``put_started`` in
+    attempts.lua): per item ``msg_id, gid, node, attempt, iteration, deliveries, execution,
+    unstarted`` (1: delivered without a start, see ``WorkItem.started``), the count of the
+    values that follow and those (``node, output, ...``), then ``3, definition, inputs,
+    traceparent`` for the graph's first item, or ``0``."""
     out = []
-    for m in raw:
-        outs = m[7]
-        started = not (len(m) > 9 and int(m[9]) == 1)
+    i, end = 0, len(raw)
+    while i < end:
+        m = raw[i : i + 9]
         item = WorkItem(
-            shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]), started
-        )
-        pairs = [(_s(outs[k]), outs[k + 1]) for k in range(0, len(outs), 2)]
-        graph = (m[8][0], m[8][1], m[8][2]) if len(m) > 8 and m[8] else None
+            shard, m[0], _s(m[1]), _s(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]),
+            int(m[7]) != 1,
+        )  # fmt: skip
+        i += 9
+        n = int(m[8])
+        pairs = [(_s(raw[k]), raw[k + 1]) for k in range(i, i + n, 2)]
+        i += n
+        g = int(raw[i])
+        graph = (raw[i + 1], raw[i + 2], raw[i + 3]) if g else None
+        i += 1 + g
         out.append(Started(item, pairs, graph))
     return out
 

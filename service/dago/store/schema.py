@@ -396,7 +396,7 @@ class Detail:
 
 
 class Work:
-    """Fields of a work item (shard ``work`` stream) and of a control entry."""
+    """Fields of a work item (shard ``work`` stream: ``PACKED``) and of a control entry."""
 
     GRAPH: Final = "g"
     NODE: Final = "n"
@@ -404,6 +404,11 @@ class Work:
     ITERATION: Final = "i"
     EXECUTION: Final = "x"
     """Control entries only: the execution to stop (empty: any)."""
+    PACKED: Final = "p"
+    """Work entries a take writes: the item in this one field, as its fair queue held it
+    (``Fair.QUEUED_SEP``: the time it was queued, graph, node, attempt, iteration), moved to
+    the stream without unpacking (eight arguments and reply strings fewer per item); the
+    four fields above name the item in control and dead-letter entries."""
 
 
 class Notify:

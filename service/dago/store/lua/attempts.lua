@@ -2,21 +2,12 @@
 -- reclaim start them, so a worker never starts anything itself), applying finished
 -- attempts (apply), and the retry rule shared with the timeouts sweep finds.
 
--- A work item of a stream reply (XREADGROUP, XAUTOCLAIM) as
--- {msg_id, gid, node, attempt, iteration, deliveries}.
-local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
-
+-- A work item of a stream reply (XREADGROUP, XCLAIM) as
+-- {msg_id, gid, node, attempt, iteration, deliveries}: its one field (WORK.PACKED),
+-- unpacked with fair.lua's QUEUED pattern.
 local function work_item(m, deliveries)
-  local it = {m[1], false, false, false, false, deliveries}
-  local fields = m[2]
-  for k = 1, #fields, 2 do
-    local name = fields[k]
-    if name == W_GRAPH then it[2] = fields[k + 1]
-    elseif name == W_NODE then it[3] = fields[k + 1]
-    elseif name == W_ATTEMPT then it[4] = fields[k + 1]
-    elseif name == W_ITER then it[5] = fields[k + 1] end
-  end
-  return it
+  local g, nd, a, i = string.match(m[2][2], QUEUED)
+  return {m[1], g, nd, a, i, deliveries}
 end
 
 -- New work items of the current shard for `worker`, at most `count` (never blocking).
@@ -37,11 +28,12 @@ local INLINE_LEN = #START_PLAN.INLINE
 
 -- The outputs a start reads ({node, output, ...}), in one HMGET (a join of many reads them
 -- all at once); refs as the plan names them.
+local NO_OUTPUTS = {}  -- never written to: the reply of a start that reads nothing
 local function plan_outputs(gid, refs)
+  if refs == '' then return NO_OUTPUTS end
   local names
   if refs == '*' then names = cjson.decode(redis.call('HGET', gkey(gid), META.NODE_IDS))
-  elseif refs ~= '' then names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end
-  else names = {} end
+  else names = {}; for n in string.gmatch(refs, '[^,]+') do names[#names + 1] = n end end
   local outs = {}
   -- A map item's own refs, last in its plan (its value '<map>#<i>:v', and the outcome of
   -- its child run '<map>#<i>:w' for a graph body), are in its map's item hash.
@@ -70,6 +62,26 @@ local function first_exec(prev)
   return '1'
 end
 
+-- Appends a started item to start_batch's flat reply: msg_id, gid, node, attempt,
+-- iteration, deliveries, execution, unstarted (1: see start_batch), then how many values
+-- of {node, output, ...} follow and those, then 3 and the graph's stored fields
+-- {definition, inputs, traceparent}, or 0. Flat, not a table per item: Redis turns each
+-- table of a reply into a reply of its own at ~3.5k instructions (it looks for err, ok and
+-- the other special fields first), two or three tables per item.
+local function put_started(out, mid, gid, node, attempt, iter, deliveries, exec, unstarted, outs, stored)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = mid, gid, node, attempt, iter
+  out[n + 6], out[n + 7], out[n + 8], out[n + 9] = deliveries, exec, unstarted, #outs
+  n = n + 9
+  for k = 1, #outs do out[n + k] = outs[k] end
+  n = n + #outs
+  if stored then
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 3, stored[1], stored[2], stored[3]
+  else
+    out[n + 1] = 0
+  end
+end
+
 local function ack_all(acks)
   local acked = 0
   for k = 1, #acks, 1000 do
@@ -79,10 +91,11 @@ local function ack_all(acks)
 end
 
 -- Marks delivered work items running (fenced: the node is queued, or running when the item
--- is delivered again) and returns, per item that may run, what it needs:
--- {msg_id, gid, node, attempt, iteration, deliveries, execution, {node, output, ...},
--- {definition, inputs, traceparent}|false} (the run's inputs come with the graph a worker
--- loads, never per start). Each start is a new execution of the attempt: while it runs, the
+-- is delivered again) and returns, per item that may run, what it needs, in one flat list
+-- (put_started): msg_id, gid, node, attempt, iteration, deliveries, execution, unstarted,
+-- the outputs it reads {node, output, ...} and for the graph's first item the graph's
+-- stored fields {definition, inputs, traceparent} (the run's inputs come with the graph a
+-- worker loads, never per start). Each start is a new execution of the attempt: while it runs, the
 -- node's fields (state, start time, worker, execution) are its record (readers show it
 -- RUNNING; nothing more is written per start); a redelivered item's earlier execution gets
 -- its record, ended RECLAIMED (its worker, if it still runs it, is told to stop), so no
@@ -136,7 +149,7 @@ local function start_batch(worker, items, lease)
     end
     -- The flag ends the plan: checked without parsing it (a 3-capture match is ~5k
     -- instructions); an inline item needs only the refs.
-    local inline = st == S_QUEUED and string.sub(v[7], -INLINE_LEN) == START_PLAN.INLINE
+    local inline = st == S_QUEUED and string.sub(v[8], -INLINE_LEN) == START_PLAN.INLINE
     if st == nil then
       acks[#acks + 1] = mid
     elseif inline then
@@ -147,10 +160,10 @@ local function start_batch(worker, items, lease)
         sent[gid] = true
         stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
       end
-      local refs = string.match(v[7], '^[^|]*')
-      out[#out + 1] = {mid, gid, node, attempt, iter, it[6], first_exec(v[6]), plan_outputs(gid, refs), stored, 1}
+      local refs = string.match(v[8], '^[^|]*')
+      put_started(out, mid, gid, node, attempt, iter, it[6], first_exec(v[6]), 1, plan_outputs(gid, refs), stored)
     else
-      local refs, timeout = plan_parts(v[7])
+      local refs, timeout = plan_parts(v[8])
       local ok = true
       local redelivered = (st == S_RUNNING)
       local first = false
@@ -187,9 +200,9 @@ local function start_batch(worker, items, lease)
         end
         exec = int(exec)
         -- What an earlier execution held of the budget ends (it will never report).
-        Budget.release(gid, node, true)
-        node_set(gid, node, node .. F_STATE, S_RUNNING, node .. F_STARTED, NOW_S, node .. F_WORKER, worker,
-          node .. NODE.DELIVERIES, it[6], node .. NODE.DEADLINE, deadline, node .. F_EXEC, exec)
+        if v[7] then Budget.release(gid, node, true) end
+        local f = names_of(node)
+        node_set(gid, node, f[1], S_RUNNING, f[4], NOW_S, f[12], worker, f[13], it[6], f[14], deadline, f[6], exec)
         emit(gid, EventKind.NODE_STARTED, node, attempt, iter, redelivered and again_detail or first_detail)
         -- A redelivered attempt whose timer an earlier worker set: its deadline starts over.
         if v[5] then
@@ -205,7 +218,7 @@ local function start_batch(worker, items, lease)
           sent[gid] = true
           stored = redis.call('HMGET', gk, META.DEFINITION, META.INPUTS, META.TRACEPARENT)
         end
-        out[#out + 1] = {mid, gid, node, attempt, iter, it[6], exec, outs, stored, 0}
+        put_started(out, mid, gid, node, attempt, iter, it[6], exec, 0, outs, stored)
       end
     end
   end
@@ -318,6 +331,7 @@ end
 -- appended before what the result appends, and its start time (now) written in the same
 -- HSET as the node's new state.
 local function apply_batch(worker, A, first)
+  if first > #A then return {} end  -- no results (a worker that only takes)
   local R = ITEM.RESULT
   local wjson = jstr(worker)
   local started_detail = J.D_WORKER .. wjson .. J.D_REDELIVERED
@@ -327,6 +341,9 @@ local function apply_batch(worker, A, first)
   local acks = {}
   -- Per graph: {steps, max_steps, steps taken by this call's inline starts}.
   local steps = {}
+  -- settle's work lists, made once per call: settle leaves `ready` empty, and `loops` is
+  -- made again only when it was used (two tables and their growth less per node).
+  local ready, loops
   for gid, nodes in pairs(by_graph(A, first, R)) do
     -- The graph's state, what it stored and its steps, in one read.
     local m = redis.call('HMGET', gkey(gid), META.STATE, META.BYTES, META.MAX_BYTES, META.STEPS, META.MAX_STEPS)
@@ -384,8 +401,9 @@ local function apply_batch(worker, A, first)
       out[#out + 1] = NodeState.UNSPECIFIED
     else
       touched[gid] = true
-      -- The result carries the execution's usage: its hold of the budget ends.
-      Budget.release(gid, node, false)
+      -- The result carries the execution's usage: its hold of the budget ends (v[7]: it
+      -- has one, or it is a map item's, see read_ahead in core.lua).
+      if v[7] then Budget.release(gid, node, false) end
       -- An inline start is now: its start time is the only field of its start written
       -- (below, with its new state). The worker, deliveries and deadline describe a RUNNING
       -- node, which an inline one never is (its record holds its worker); each pair is ~3k
@@ -405,32 +423,34 @@ local function apply_batch(worker, A, first)
       local ujson, who, over = 'null', '', nil
       if usage_s ~= '' then ujson, who, over = add_usage(gid, node, usage_s) end
       -- The attempt's own state: a failed attempt is FAILED even when the node will retry.
+      -- Joined in one go (an empty input, output or error adds neither its key nor
+      -- anything else): each join copies all it has so far, the output included.
       local rec = J.REC_STARTED .. (started_s or NOW_S) .. J.REC_ENDED .. NOW_S
         .. J.REC_STATE .. (ok and S_COMPLETED or NodeStateText.FAILED)
         .. J.REC_WORKER .. wjson .. J.REC_USAGE .. ujson
-      if input ~= '' then rec = rec .. J.REC_INPUT .. input end
-      if output ~= '' then rec = rec .. J.REC_OUTPUT .. output end
-      if err ~= '' then rec = rec .. J.REC_ERROR .. err end
+        .. (input ~= '' and J.REC_INPUT or '') .. input
+        .. (output ~= '' and J.REC_OUTPUT or '') .. output
+        .. (err ~= '' and J.REC_ERROR or '') .. err .. '}'
       -- The execution's record, ended, goes into the node hash with the node's new state,
       -- in the same HSET (the fence makes this its last write).
       local rk = record_key(node, iter, attempt, exec)
-      rec = rec .. '}'
       if ujson ~= 'null' then
         emit(gid, EventKind.USAGE, node, attempt, iter, J.D_USAGE_FIRST .. ujson .. who .. '}')
       end
       if ok then
+        local f = names_of(node)
         if not inline_start then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec)
+          node_set(gid, node, f[1], S_COMPLETED, f[9], NOW_S, f[10], output, f[11], taken_s, rk, rec)
         elseif v[6] then
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec,
-            node .. F_STARTED, NOW_S, node .. F_EXEC, exec)
+          node_set(gid, node, f[1], S_COMPLETED, f[9], NOW_S, f[10], output, f[11], taken_s, rk, rec,
+            f[4], NOW_S, f[6], exec)
         else
-          node_set(gid, node, node .. F_STATE, S_COMPLETED, node .. F_ENDED, NOW_S, node .. NODE.OUTPUT, output, node .. NODE.NEXT, taken_s, rk, rec,
-            node .. F_STARTED, NOW_S)
+          node_set(gid, node, f[1], S_COMPLETED, f[9], NOW_S, f[10], output, f[11], taken_s, rk, rec,
+            f[4], NOW_S)
         end
         open_add(gid, -1)
         emit(gid, EventKind.NODE_COMPLETED, node, attempt, iter,
-          J.D_OUTPUT .. output .. J.D_USAGE .. ujson .. J.D_MS .. int(NOW - started) .. '}')
+          J.D_OUTPUT .. output .. J.D_USAGE .. ujson .. J.D_MS .. (inline_start and '0' or int(NOW - started)) .. '}')
         local taken = {}
         for x in string.gmatch(taken_s, '[^,]+') do taken[x] = true end
         if route ~= '' then
@@ -449,9 +469,10 @@ local function apply_batch(worker, A, first)
         elseif Map.is_item(node) then
           Map.ended(gid, node, true, nil)
         else
-          local ready, loops = {}, {}
+          if ready == nil then ready, loops = {}, {} end
           out_edges(gid, node, taken, ready, loops)
           settle(gid, ready, loops)
+          if loops[1] ~= nil then loops = {} end
         end
         out[#out + 1] = NodeState.COMPLETED
       else

@@ -59,24 +59,24 @@ end
 local function reason_json(text) return jstr({[DETAIL.REASON] = text}) end
 
 -- Per call: the events to write, the graphs to notify, the stops to send, caches.
-local notified, controls, topo_cache, topo_raw, out_cache, ahead, pending
+local notified, controls, topo_cache, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}, {}
 -- Work items this call dispatched and took on the current shard: when it leaves some it
 -- did not take, flush() wakes the readers waiting for work (K_WAKE).
 local dispatched, took
 -- Each graph's state is read once (writes go through end_graph and start_graph), and
 -- changes to its count of open nodes are summed and applied in one HINCRBY.
-local gstate, open_delta
+local gstate, open_delta = {}, {}
 -- What each graph of the call has stored (META.BYTES) against its limit (META.MAX_BYTES,
 -- 0: none), as {stored, limit, added by this call}; flush() writes what was added.
-local gbytes
+local gbytes = {}
 -- Join counters (see settle in graph.lua): {state, received, taken, iteration, dirty, gid,
 -- node} per graph and node, written back once per call by flush().
-local jc
+local jc = {}
 -- Key names are built once per graph and call (each concatenation makes a new string).
-local gkeys, nkeys
+local gkeys, nkeys = {}, {}
 -- Edge resolution of this call (see graph.lua): join increments per node, and the nodes
 -- queued for settle.
-local join_r, join_t, queued
+local join_r, join_t, queued = {}, {}, {}
 
 local function gkey(gid)
   local k = gkeys[gid]
@@ -90,12 +90,35 @@ local function nkey(gid)
   return k
 end
 
+-- A node's field names, its id joined to each suffix (state, attempt, iteration, started,
+-- timer, execution, budget hold, plan: the order read_ahead reads them in; then ended, output, next, worker,
+-- deliveries, deadline, and its edges' name in the topology; then where a map item's name
+-- has MAP_ITEMS.SEP, or false), kept by the library for the node ids seen last: runs of one
+-- definition share their node ids, and a join is ~0.6k instructions, a lookup a tenth of
+-- that (a node's transitions join ~20 names). Bounded: the cache starts over at
+-- NAMES_MAX ids.
+local NAMES, NAMES_N, NAMES_MAX = {}, 0, 4096
+
+local function names_of(node)
+  local f = NAMES[node]
+  if f == nil then
+    if NAMES_N >= NAMES_MAX then NAMES, NAMES_N = {}, 0 end
+    f = {node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER, node .. F_STARTED, node .. F_TIMER,
+      node .. F_EXEC, node .. BUDGET.HOLD, node .. NODE.PLAN, node .. F_ENDED, node .. NODE.OUTPUT,
+      node .. NODE.NEXT, node .. F_WORKER, node .. NODE.DELIVERIES, node .. NODE.DEADLINE,
+      TOPOLOGY.EDGES .. node, string.find(node, MAP_ITEMS.SEP, 1, true) or false}
+    NAMES[node] = f
+    NAMES_N = NAMES_N + 1
+  end
+  return f
+end
+
 -- The hash holding a node's fields: the run's node hash, or for a map's item
 -- ('<map>#<index>', schema.MapItems) its map's item hash '<tag>:g:<gid>:m:<map>' (mirrors
 -- GraphKeys.items in keys.py), so a run's node hash never grows with its items.
 local function hkey(gid, node)
-  local at = string.find(node, MAP_ITEMS.SEP, 1, true)
-  if at == nil then return nkey(gid) end
+  local at = names_of(node)[16]
+  if not at then return nkey(gid) end
   return TAG .. ':g:' .. gid .. ':m:' .. string.sub(node, 1, at - 1)
 end
 
@@ -105,9 +128,7 @@ local function topo(gid, name)
   local ck = gid .. '\0' .. name
   local t = topo_cache[ck]
   if t == nil then
-    local raw = topo_raw[ck]
-    if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', name) end
-    t = cjson.decode(raw)
+    t = cjson.decode(redis.call('HGET', gkey(gid) .. ':t', name))
     topo_cache[ck] = t
   end
   return t
@@ -115,89 +136,101 @@ end
 
 -- A node's outgoing edges as {index, to, back, owner, single}, all text (the topology's
 -- '>node' field; see dago.engine.topology).
+-- Both caches are by graph, then node (no key joined per node).
 local function out_list(gid, node)
-  local ck = gid .. '\0' .. node
-  local l = out_cache[ck]
+  local per = out_cache[gid]
+  if per == nil then per = {}; out_cache[gid] = per end
+  local l = per[node]
   if l ~= nil then return l end
   l = {}
-  local raw = topo_raw[gid .. '\0' .. TOPOLOGY.EDGES .. node]
-  if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', TOPOLOGY.EDGES .. node) end
+  local raws = topo_raw[gid]
+  local raw = raws and raws[node]
+  if raw == nil then raw = redis.call('HGET', gkey(gid) .. ':t', names_of(node)[15]) end
   for idx, to, back, owner, single in string.gmatch(raw, '([^,;]+),([^,;]+),([^,;]+),([^,;]+),([^,;]+)') do
     l[#l + 1] = {idx, to, back, owner, single}
   end
-  out_cache[ck] = l
+  per[node] = l
   return l
 end
 
--- Node fields a batch reads (state, attempt, iteration, start time, timer, execution and,
--- to start it, its start plan) are read ahead with one HMGET per graph
--- (read_ahead) instead of one per item. Every write of a node's fields goes through
+-- Node fields a batch reads (state, attempt, iteration, start time, timer, execution, the
+-- budget its execution holds and, to start it, its start plan) are read ahead with one
+-- HMGET per graph (read_ahead) instead of one per item. Every write of a node's fields goes through
 -- node_set, which forgets what was read ahead for that node, so a later read (node_read)
 -- goes to Redis and sees the write. The edge lists of the nodes a batch completes come in
 -- the same way.
-local AHEAD = {F_STATE, F_ATTEMPT, F_ITER, F_STARTED, F_TIMER, F_EXEC, NODE.PLAN}
+-- The hold (BUDGET.HOLD) is read with them so that a result or a start whose execution
+-- holds nothing (nearly all: only model calls reserve) skips Budget.release's read. A map
+-- item's hold is in the run's node hash, not with its fields: its slot says `true` (look).
+-- The fields are names_of's first seven (eight with the plan), in its order.
 
 local function read_ahead(gid, nodes, with_edges, with_plan)
-  local per = with_plan and 7 or 6
-  local args = {}
-  for _, n in ipairs(nodes) do
-    for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
+  local per = with_plan and 8 or 7
+  -- The plain nodes' field names; map items (and `plain`, the other nodes) apart.
+  local args, items, plain = {}, nil, nil
+  for i, n in ipairs(nodes) do
+    local f = names_of(n)
+    if f[16] then
+      if items == nil then
+        items, plain = {}, {}
+        for k = 1, i - 1 do plain[k] = nodes[k] end
+      end
+      items[#items + 1] = n
+    else
+      local na = #args
+      for j = 1, per do args[na + j] = f[j] end
+      if plain then plain[#plain + 1] = n end
+    end
   end
   local t = ahead[gid] or {}
   ahead[gid] = t
   local step = per * 200
-  local items = {}
-  for _, n in ipairs(nodes) do
-    if string.find(n, MAP_ITEMS.SEP, 1, true) then items[#items + 1] = n end
-  end
-  if #items > 0 then
+  if items then
     -- Map items' fields are in their maps' hashes: read one by one (node_read's read).
     for _, n in ipairs(items) do
-      local f = {}
-      for j = 1, per do f[j] = n .. AHEAD[j] end
-      t[n] = redis.call('HMGET', hkey(gid, n), unpack(f))
-    end
-    args = {}
-    for _, n in ipairs(nodes) do
-      if not string.find(n, MAP_ITEMS.SEP, 1, true) then
-        for f = 1, per do args[#args + 1] = n .. AHEAD[f] end
-      end
-    end
-    local plain = {}
-    for _, n in ipairs(nodes) do
-      if not string.find(n, MAP_ITEMS.SEP, 1, true) then plain[#plain + 1] = n end
+      local r = redis.call('HMGET', hkey(gid, n), unpack(names_of(n), 1, per))
+      r[7] = true
+      t[n] = r
     end
     nodes = plain
   end
   for k = 1, #args, step do
     local v = redis.call('HMGET', nkey(gid), unpack(args, k, math.min(k + step - 1, #args)))
+    -- Each node's fields in a table made at its size (filled one by one, a table grows
+    -- by rehashing at 1, 2, 4 and 8 entries: ~2k instructions a node).
+    local plan = per == 8
     for j = 0, #v / per - 1 do
       local b = j * per
-      local r = {}
-      for f = 1, per do r[f] = v[b + f] end
-      t[nodes[(k - 1) / per + j + 1]] = r
+      t[nodes[(k - 1) / per + j + 1]] = {v[b + 1], v[b + 2], v[b + 3], v[b + 4], v[b + 5], v[b + 6],
+        v[b + 7], plan and v[b + 8] or nil}
     end
   end
   if with_edges then
     for k = 1, #nodes, 1000 do
       local part = {}
-      for j = k, math.min(k + 999, #nodes) do part[#part + 1] = TOPOLOGY.EDGES .. nodes[j] end
+      for j = k, math.min(k + 999, #nodes) do part[#part + 1] = names_of(nodes[j])[15] end
       local v = redis.call('HMGET', gkey(gid) .. ':t', unpack(part))
-      for j, n in ipairs(part) do
-        if v[j] then topo_raw[gid .. '\0' .. n] = v[j] end
+      local raws = topo_raw[gid]
+      if raws == nil then raws = {}; topo_raw[gid] = raws end
+      for j = 1, #part do
+        if v[j] then raws[nodes[k + j - 1]] = v[j] end
       end
     end
   end
 end
 
--- {state, attempt, iteration, start time, timer member, execution, start plan} of a node
--- (strings or false; the plan only when read ahead for a start, or read here).
+-- {state, attempt, iteration, start time, timer member, execution, budget hold, start plan}
+-- of a node (strings or false; the plan only when read ahead for a start, or read here; the
+-- hold `true` for a map item: see read_ahead).
 local function node_read(gid, node)
   local t = ahead[gid]
   local r = t and t[node]
   if r then return r end
-  return redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER,
-    node .. F_STARTED, node .. F_TIMER, node .. F_EXEC, node .. NODE.PLAN)
+  local k = hkey(gid, node)
+  local f = names_of(node)
+  r = redis.call('HMGET', k, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
+  if k ~= nkeys[gid] then r[7] = true end
+  return r
 end
 
 -- The field of an execution's record, and a record without data (start, cancel, reclaim).
@@ -301,20 +334,9 @@ end
 -- flush writes the queued items a call has buffered.
 local Fair = {}
 
--- Writes what the call has pending on the current shard: join counters, open counts, the
--- events (and the notifications that wake watchers), the stops for workers.
-local function flush()
-  Fair.flush()
-  for _, c in pairs(jc) do jc_write(c) end
-  jc = {}
-  for gid, d in pairs(open_delta) do
-    if d ~= 0 then redis.call('HINCRBY', gkey(gid), META.OPEN, d) end
-  end
-  open_delta = {}
-  for gid, b in pairs(gbytes) do
-    if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
-  end
-  gbytes = {}
+-- flush's events: each graph's new events (every graph with some is in `notified`) and
+-- the notifications that wake its watchers.
+local function flush_events()
   local firsts = {}
   for gid, list in pairs(pending) do
     local ek = gkey(gid) .. ':e'
@@ -358,11 +380,38 @@ local function flush()
   end
   pending = {}
   notified = {}
-  for _, v in pairs(controls) do
-    redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2],
-      WORK.ATTEMPT, v[3], WORK.EXECUTION, v[4])
+end
+
+-- Writes what the call has pending on the current shard: join counters, open counts, the
+-- events (and the notifications that wake watchers), the stops for workers.
+local function flush()
+  Fair.flush()
+  -- Each table is looked at (and made again) only when it holds something: a call's fixed
+  -- cost was mostly empty tables made and walked (~0.8k instructions a table).
+  if next(jc) ~= nil then
+    for _, c in pairs(jc) do jc_write(c) end
+    jc = {}
   end
-  controls = {}
+  if next(open_delta) ~= nil then
+    for gid, d in pairs(open_delta) do
+      if d ~= 0 then redis.call('HINCRBY', gkey(gid), META.OPEN, d) end
+    end
+    open_delta = {}
+  end
+  if next(gbytes) ~= nil then
+    for gid, b in pairs(gbytes) do
+      if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
+    end
+    gbytes = {}
+  end
+  if next(notified) ~= nil then flush_events() end
+  if next(controls) ~= nil then
+    for _, v in pairs(controls) do
+      redis.call('XADD', K_CONTROL, 'MAXLEN', '~', 1000, '*', WORK.GRAPH, v[1], WORK.NODE, v[2],
+        WORK.ATTEMPT, v[3], WORK.EXECUTION, v[4])
+    end
+    controls = {}
+  end
   -- Readers blocked for work wake only for work left behind: a step that takes the items it
   -- dispatched (a chain) wakes nobody.
   if dispatched > took then redis.call('XADD', K_WAKE, 'MAXLEN', '~', 100, '*', WORK.GRAPH, '') end
@@ -374,14 +423,22 @@ local function stop_work(gid, node, attempt, exec)
   controls[gid .. '\0' .. (node or '') .. '\0' .. (exec or '')] = {gid, node or '', attempt or '', exec or ''}
 end
 
+-- Each shard's key names by its work stream's, made by the first call that works on it
+-- and kept by the library (a few per shard: ~6k instructions a call less).
+local SHARD_KEYS = {}
+
 -- Works on shard i of the call's KEYS from now on (after flush() of the previous one).
 local function use_shard(i)
   K_WORK = KEYS[i]
-  TAG = string.sub(K_WORK, 1, -6)
-  K_DEAD, K_TIMERS, K_NOTIFY = TAG .. ':dead', TAG .. ':timers', TAG .. ':notify'
-  K_WATCHED = TAG .. ':watched'
-  K_CONTROL, K_INDEX, K_STATS = TAG .. ':control', TAG .. ':index', TAG .. ':stats'
-  K_WAKE, K_ARCHIVE = TAG .. ':wake', TAG .. ':archive'
+  local k = SHARD_KEYS[K_WORK]
+  if k == nil then
+    local tag = string.sub(K_WORK, 1, -6)
+    k = {tag, tag .. ':dead', tag .. ':timers', tag .. ':notify', tag .. ':watched', tag .. ':control',
+      tag .. ':index', tag .. ':stats', tag .. ':wake', tag .. ':archive'}
+    SHARD_KEYS[K_WORK] = k
+  end
+  TAG, K_DEAD, K_TIMERS, K_NOTIFY, K_WATCHED = k[1], k[2], k[3], k[4], k[5]
+  K_CONTROL, K_INDEX, K_STATS, K_WAKE, K_ARCHIVE = k[6], k[7], k[8], k[9], k[10]
 end
 
 -- Each namespace lists its own graphs: the default one uses the shard's plain index, any
@@ -417,7 +474,8 @@ end
 local function dispatch(gid, node, attempt, iter)
   if type(attempt) == 'number' then attempt = int(attempt) end
   if type(iter) == 'number' then iter = int(iter) end
-  node_set(gid, node, node .. F_STATE, S_QUEUED, node .. F_ATTEMPT, attempt, node .. F_ITER, iter)
+  local f = names_of(node)
+  node_set(gid, node, f[1], S_QUEUED, f[2], attempt, f[3], iter)
   Fair.push(gid, node, attempt, iter)
   dispatched = dispatched + 1
 end
@@ -660,7 +718,8 @@ end
 local function fence(gid, node, attempt, iter, states)
   local gs = graph_state(gid)
   if gs == nil or gs >= GraphState.COMPLETED then return nil end
-  local v = redis.call('HMGET', hkey(gid, node), node .. F_STATE, node .. F_ATTEMPT, node .. F_ITER)
+  local f = names_of(node)
+  local v = redis.call('HMGET', hkey(gid, node), f[1], f[2], f[3])
   local st = tonumber(v[1])
   if tonumber(v[2]) ~= tonumber(attempt) or tonumber(v[3]) ~= tonumber(iter) then return nil end
   for _, s in ipairs(states) do
@@ -676,10 +735,25 @@ local function begin(keys, args)
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   NOW_S = int(NOW)
-  notified, controls, topo_cache, gstate, open_delta, jc = {}, {}, {}, {}, {}, {}
-  gbytes = {}
-  gkeys, nkeys, topo_raw, out_cache, ahead, pending = {}, {}, {}, {}, {}, {}
-  join_r, join_t, queued = {}, {}, {}
+  -- The per-call tables start empty: one left empty by the call before (flush() empties
+  -- its own; most caches go unused by most calls) is kept rather than made again (fewer
+  -- tables made also means less garbage to collect: ~5k instructions a call less).
+  if next(notified) ~= nil then notified = {} end
+  if next(controls) ~= nil then controls = {} end
+  if next(topo_cache) ~= nil then topo_cache = {} end
+  if next(gstate) ~= nil then gstate = {} end
+  if next(open_delta) ~= nil then open_delta = {} end
+  if next(jc) ~= nil then jc = {} end
+  if next(gbytes) ~= nil then gbytes = {} end
+  if next(gkeys) ~= nil then gkeys = {} end
+  if next(nkeys) ~= nil then nkeys = {} end
+  if next(topo_raw) ~= nil then topo_raw = {} end
+  if next(out_cache) ~= nil then out_cache = {} end
+  if next(ahead) ~= nil then ahead = {} end
+  if next(pending) ~= nil then pending = {} end
+  if next(join_r) ~= nil then join_r = {} end
+  if next(join_t) ~= nil then join_t = {} end
+  if next(queued) ~= nil then queued = {} end
   dispatched, took = 0, 0
   Fair.reset()
   use_shard(1)

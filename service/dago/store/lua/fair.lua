@@ -20,25 +20,37 @@
 local FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
 
 function Fair.reset()
-  FAIR_G, FAIR_IN, FAIR_SHARES, FAIR_PUSH = {}, {}, {}, {}
+  if next(FAIR_G) ~= nil then FAIR_G = {} end
+  if next(FAIR_IN) ~= nil then FAIR_IN = {} end
+  if next(FAIR_SHARES) ~= nil then FAIR_SHARES = {} end
+  if next(FAIR_PUSH) ~= nil then FAIR_PUSH = {} end
 end
 
-local function fair_of(gid)
+local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
+
+-- A graph's {namespace, priority, queue key, key in FAIR_IN}, read and made once per call
+-- (Fair.push would otherwise join both keys per item).
+local function fair_g(gid)
   local f = FAIR_G[gid]
   if f == nil then
     local v = redis.call('HMGET', gkey(gid), META.NAMESPACE, META.PRIORITY)
     local ns = v[1]
     if not ns or ns == '' then ns = 'default' end
-    f = {ns, v[2] or int(FAIR.PRIORITY_DEFAULT)}
+    local prio = v[2] or int(FAIR.PRIORITY_DEFAULT)
+    f = {ns, prio, qkey(ns, prio), TAG .. '\0' .. ns}
     FAIR_G[gid] = f
   end
+  return f
+end
+
+local function fair_of(gid)
+  local f = fair_g(gid)
   return f[1], f[2]
 end
 
-local function qkey(ns, prio) return TAG .. ':q:' .. ns .. ':' .. prio end
-
 local SEP = FAIR.QUEUED_SEP
-local W_GRAPH, W_NODE, W_ATTEMPT, W_ITER = WORK.GRAPH, WORK.NODE, WORK.ATTEMPT, WORK.ITERATION
+-- A queued item's graph, node, attempt and iteration (also read by work_item in
+-- attempts.lua: the work stream holds the item as queued, WORK.PACKED).
 local QUEUED = '^%d+' .. SEP .. '([^' .. SEP .. ']*)' .. SEP .. '([^' .. SEP .. ']*)' .. SEP
   .. '([^' .. SEP .. ']*)' .. SEP .. '(.*)$'
 
@@ -46,12 +58,12 @@ local QUEUED = '^%d+' .. SEP .. '([^' .. SEP .. ']*)' .. SEP .. '([^' .. SEP .. 
 -- (ms: the age the metrics report as the queue's lag), packed (FAIR.QUEUED_SEP); written by
 -- Fair.flush.
 function Fair.push(gid, node, attempt, iter)
-  local ns, prio = fair_of(gid)
-  local q = qkey(ns, prio)
+  local f = fair_g(gid)
+  local ns, q = f[1], f[3]
   local buf = FAIR_PUSH[q]
   if buf == nil then buf = {}; FAIR_PUSH[q] = buf end
   buf[#buf + 1] = NOW_S .. SEP .. gid .. SEP .. node .. SEP .. attempt .. SEP .. iter
-  local k = TAG .. '\0' .. ns
+  local k = f[4]
   if not FAIR_IN[k] then
     local vt = redis.call('HGET', TAG .. ':fair', FAIR.CLOCK) or '0'
     redis.call('ZADD', TAG .. ':ready', 'NX', vt, ns)
@@ -61,6 +73,7 @@ end
 
 -- Writes the items queued by this call (flush, and a take before it moves any).
 function Fair.flush()
+  if next(FAIR_PUSH) == nil then return end
   for q, buf in pairs(FAIR_PUSH) do
     for k = 1, #buf, 1000 do
       redis.call('RPUSH', q, unpack(buf, k, math.min(k + 999, #buf)))
@@ -94,6 +107,8 @@ local function share(t, ns, default)
 end
 
 -- Moves up to `count` queued items to the work stream in fair turns; returns how many.
+local W_PACKED = WORK.PACKED
+
 local function fair_move(count)
   Fair.flush()
   local ready = redis.call('ZRANGE', TAG .. ':ready', 0, -1, 'WITHSCORES')
@@ -136,8 +151,7 @@ local function fair_move(count)
         local vals = redis.call('LPOP', qkey(ns, p), n - got)
         if vals then
           for _, v in ipairs(vals) do
-            local g, nd, a, i = string.match(v, QUEUED)
-            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_GRAPH, g, W_NODE, nd, W_ATTEMPT, a, W_ITER, i)
+            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_PACKED, v)
           end
           got = got + #vals
         end

@@ -18,7 +18,7 @@ local M_DONE, M_FAILED, M_CANCELLED = MAP_ITEMS.COMPLETED, MAP_ITEMS.FAILED, MAP
 
 -- Whether a node name is a map item's (no node id has the separator).
 function Map.is_item(node)
-  return string.find(node, M_SEP, 1, true) ~= nil
+  return names_of(node)[16] ~= false
 end
 
 -- The map node and index of an item's name.

@@ -340,6 +340,7 @@ local WORK = {
   ATTEMPT = 'a',
   ITERATION = 'i',
   EXECUTION = 'x',
+  PACKED = 'p',
 }
 
 -- schema.Notify
