@@ -41,6 +41,9 @@ from dago.worker.process import Worker
 # pytest puts on sys.path (pyproject.toml: pythonpath) and child processes get on PYTHONPATH.
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = ROOT / "tests" / "support"
+FULL = os.environ.get("RELIABILITY_FULL", "") not in ("", "0")
+"""The full-size variants of scale tests (``make reliability RELIABILITY_FULL=1``, or
+``RELIABILITY_FULL=1 make test``); ``make test`` runs smaller sizes of the same checks."""
 TERMINAL = {
     execution_pb2.GRAPH_STATE_COMPLETED,
     execution_pb2.GRAPH_STATE_FAILED,
@@ -75,6 +78,11 @@ def stack_settings(url: str, prefix: str, **overrides: Any) -> Settings:
         auth="off",
     )
     return dataclasses.replace(base, **overrides)
+
+
+def knob(name: str, small: int, full: int) -> int:
+    """An integer size: ``$name`` if set, else ``full`` under RELIABILITY_FULL, else ``small``."""
+    return int(os.environ.get(name, full if FULL else small))
 
 
 def request(
