@@ -385,7 +385,9 @@ class ProcessStack:
                 return False
             return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
 
-        await eventually(serving, timeout, 0.1)
+        # Every process stack waits here (its worker's start): polled often, since each
+        # tenth of a second of slack is paid by every test that starts one.
+        await eventually(serving, timeout, 0.02)
 
     def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to a child and wait for it to exit."""
