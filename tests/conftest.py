@@ -24,6 +24,10 @@ Fixtures:
   both kinds), else ``redis_single``. ``await stack.stop()`` stops one earlier, to check
   what it left behind. A module's ``stack`` fixture is one call:
   ``return await make_stack(redis_target, auth="keys")``.
+- ``module_make_stack``, ``module_postgres_url`` (module): the same for a module-scoped
+  fixture whose stacks and runs every test of the module only reads (one start, not one per
+  test; tests/history/test_listing.py's ``spread``). Isolation from other modules: the
+  module's own key prefix and database.
 - ``edge_stack`` (module): API + worker processes with Envoy in front (``harness.Edge``).
 - ``fake``: a :class:`fake_anthropic.FakeAnthropic` server for this test (test_openai.py and
   test_listing.py override it).
@@ -72,9 +76,11 @@ MARKS_BY_FIXTURE = {
     "redis_target": ("redis",),
     "private_redis": ("redis",),
     "make_stack": ("redis",),
+    "module_make_stack": ("redis",),
     "edge_stack": ("edge", "process"),
     "browser": ("browser",),
     "postgres_url": ("postgres",),
+    "module_postgres_url": ("postgres",),
     "private_postgres": ("postgres", "process"),
 }
 # Markers that keep a test out of the unit tier.
@@ -153,9 +159,35 @@ def private_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
         server.kill()
 
 
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """Like ``postgres_url``, for a module's shared fixtures (runs every test only reads)."""
+    with fresh_database() as url:
+        yield url
+
+
 @pytest.fixture
 async def make_stack(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[MakeStack]:
     """Starts in-process stacks for this test; stops them (last started first) at teardown."""
+    async with _stacks(request, key_prefix) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+async def module_make_stack(request: pytest.FixtureRequest) -> AsyncIterator[MakeStack]:
+    """``make_stack`` for a module's shared fixtures (one key prefix for the module): stacks
+    started once for tests that only read what they hold, stopped after the module."""
+    async with _stacks(request, f"m{secrets.token_hex(4)}", "redis_single") as make:
+        yield make
+
+
+@contextlib.asynccontextmanager
+async def _stacks(
+    request: pytest.FixtureRequest, key_prefix: str, default: str = ""
+) -> AsyncIterator[MakeStack]:
+    """What ``make_stack`` and ``module_make_stack`` give: ``make`` starts a stack (on
+    ``default``, else the test's ``redis_target`` or ``redis_single``, unless given a Redis);
+    all are stopped (last started first) when the context ends, re-raising the first failure."""
     started: list[InProcessStack] = []
 
     async def make(
@@ -163,7 +195,7 @@ async def make_stack(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIt
     ) -> InProcessStack:
         if redis is None:
             name = "redis_target" if "redis_target" in request.fixturenames else "redis_single"
-            redis = request.getfixturevalue(name)
+            redis = request.getfixturevalue(default or name)
         stack = InProcessStack(stack_settings(redis.url, key_prefix, **overrides), workers)
         await stack.start()
         started.append(stack)

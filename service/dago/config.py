@@ -70,6 +70,7 @@ class Settings:
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
     workers: int = 1
+    dev_restart_delay_s: float = 1.0
     edge_host: str = "127.0.0.1"
     edge_port: int = 8080
     edge_cors_origins: str = ""
@@ -572,6 +573,11 @@ SETTINGS: dict[str, _Spec] = {
     ),
     "log_level": _Spec("DEBUG, INFO, WARNING or ERROR.", _level),
     "workers": _Spec("Worker processes started by `dago dev`.", _positive),
+    "dev_restart_delay_s": _Spec(
+        "Seconds `dago dev` waits before restarting a child that exited, doubled for each "
+        "further exit within a minute (at most 30 s); the tests shorten it.",
+        _positive,
+    ),
     "edge_host": _Spec("Address Envoy (REST, SSE, gRPC-Web, gRPC) listens on in `dago dev`."),
     "edge_port": _Spec("Port of Envoy in `dago dev` (0: do not start Envoy).", _port),
     "edge_cors_origins": _Spec(

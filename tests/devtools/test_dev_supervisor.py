@@ -1,7 +1,7 @@
 """``dago dev`` supervises its children and stops them in order.
 
-- A child that exits is restarted after a backoff (1, 2, 4, 8 s), saying so; the fifth exit
-  within 60 s stops everything (:class:`Restarts`, and end to end).
+- A child that exits is restarted after a backoff (1, 2, 4, 8 s by default), saying so; the
+  fifth exit within 60 s stops everything (:class:`Restarts`, and end to end).
 - A worker killed while it runs a node is restarted under its own name and takes that node
   back at once: the graph completes seconds after the kill, with a lease of 60 s.
 - Ctrl-C (SIGINT to the dev process group, as a terminal sends it) with a node running:
@@ -54,6 +54,8 @@ from redisfixture import RedisServer
 
 PROMPT = "Compare Redis Streams and Kafka for a small team that ships weekly."
 """Answered offline in 15 words: 3 s at 5 words/s."""
+FIRST_RESTART_S = 0.25
+"""The first restart delay of the test of repeated crashes (then 0.5, 1, 2 s)."""
 ANSWER = offline_answer(LlmRequest("offline", [ChatMessage("user", PROMPT)], max_tokens=1024))
 
 
@@ -238,8 +240,10 @@ async def test_a_killed_worker_is_restarted_and_takes_its_node_back_at_once(
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_a_child_that_keeps_crashing_stops_everything(dev_factory: list[Dev]) -> None:
-    """Five kills of the worker within a minute: four restarts (1, 2, 4, 8 s), then a stop."""
-    dev = await start_dev(dev_factory)
+    """Five kills of the worker within a minute: four restarts (first delay doubled each
+    time), then a stop. The first delay is 0.25 s here (DAGO_DEV_RESTART_DELAY_S) instead of
+    the default 1 s, which the killed-worker test above sees: 3.75 s of backoff, not 15."""
+    dev = await start_dev(dev_factory, DAGO_DEV_RESTART_DELAY_S=str(FIRST_RESTART_S))
     kids = dev.children()
     killed: set[int] = set()
     for n in range(1, 6):
@@ -252,7 +256,7 @@ async def test_a_child_that_keeps_crashing_stops_everything(dev_factory: list[De
         os.kill(worker, signal.SIGKILL)
         killed.add(worker)
         if n < 5:
-            said = f"restarting in {2 ** (n - 1)} s (crash {n} of 5 in 60 s)"
+            said = f"restarting in {FIRST_RESTART_S * 2 ** (n - 1):g} s (crash {n} of 5 in 60 s)"
 
             async def restarting(said: str = said) -> bool:
                 return said in dev.output()

@@ -97,8 +97,20 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
         yield f
 
 
-@pytest.fixture
-async def spread(postgres_url: str, make_stack: MakeStack, fake: FakeAnthropic) -> Spread:
+@pytest.fixture(scope="module")
+async def spread_fake() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic() as f:
+        f.default = Text("fine", usage=Usage(input=100, output=50, cache_write=20, cache_read=10))
+        yield f
+
+
+# Module-scoped: the tests using it only list and sum these runs (none submits, cancels or
+# changes one), so the 24 runs and their archiving and expiry are made once, not per test.
+@pytest.fixture(scope="module")
+async def spread(
+    module_postgres_url: str, module_make_stack: MakeStack, spread_fake: FakeAnthropic
+) -> Spread:
+    postgres_url, make_stack, fake = module_postgres_url, module_make_stack, spread_fake
     await migrate_url(postgres_url)
     llm = {"anthropic_api_key": KEY, "anthropic_base_url": fake.url, "llm_provider": "anthropic"}
     # One Redis and key prefix for the three: runs of the first expire a second after they

@@ -1,7 +1,8 @@
 """Helpers of the reliability tests (tests/reliability/): Envoy in front of a ProcessStack,
 watchers that reconnect and resume from their cursor (gRPC direct or through Envoy, REST
-SSE with ``Last-Event-ID``, binary gRPC-Web), process memory from /proc, and the knobs
-that make ``make reliability`` run the long variants (``RELIABILITY_FULL=1``)."""
+SSE with ``Last-Event-ID``, binary gRPC-Web) and process memory from /proc. The knobs that
+make ``make reliability`` run the long variants (``RELIABILITY_FULL=1``) are ``harness.FULL``
+and ``harness.knob``, which scale tests elsewhere (the console's big map) use too."""
 
 from __future__ import annotations
 
@@ -37,13 +38,7 @@ from harness import (
 Event = execution_pb2.Event
 SERVICE = "dago.v1.OrchestratorService"
 TERMINAL_KINDS = {"graph_completed", "graph_failed", "graph_cancelled"}
-FULL = os.environ.get("RELIABILITY_FULL", "") not in ("", "0")
 REPORT_DIR = Path(os.environ.get("RELIABILITY_REPORT_DIR", str(ROOT / "build" / "reliability")))
-
-
-def knob(name: str, small: int, full: int) -> int:
-    """An integer size: ``$name`` if set, else ``full`` under RELIABILITY_FULL, else ``small``."""
-    return int(os.environ.get(name, full if FULL else small))
 
 
 def kind(ev: Event) -> str:

@@ -9,10 +9,10 @@ import asyncio
 import signal
 
 import pytest
-from relkit import Watched, check_watched, histories, kind, knob, until, watch_grpc
+from relkit import Watched, check_watched, histories, kind, until, watch_grpc
 
 from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import RunningStack, echo, edge, request, start_api_quickly, tool
+from harness import RunningStack, echo, edge, knob, request, start_api_quickly, tool
 from redisfixture import RedisServer
 
 # API and workers run as processes (python -m dago serve|worker).

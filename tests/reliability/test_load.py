@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from relkit import (
-    FULL,
     REPORT_DIR,
     RssSampler,
     Watched,
@@ -33,7 +32,6 @@ from relkit import (
     check_watched,
     histories,
     kind,
-    knob,
     until,
     watch_grpc,
     watch_grpc_web,
@@ -41,7 +39,7 @@ from relkit import (
 )
 
 from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import Client, echo, edge, request
+from harness import FULL, Client, echo, edge, knob, request
 from redisfixture import RedisServer
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED

@@ -16,10 +16,20 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from relkit import FULL, REPORT_DIR, RssSampler, kind, knob
+from relkit import REPORT_DIR, RssSampler, kind
 
 from dago.v1 import execution_pb2, orchestrator_pb2
-from harness import RunningStack, edge, node_status, plain, request, start_api_quickly, tool
+from harness import (
+    FULL,
+    RunningStack,
+    edge,
+    knob,
+    node_status,
+    plain,
+    request,
+    start_api_quickly,
+    tool,
+)
 from redisfixture import RedisServer
 
 ITEMS = knob("MAP_ITEMS", 500, 10_000)

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import pytest
-from relkit import behind_envoy, histories, kind, knob, until
+from relkit import behind_envoy, histories, kind, until
 
 from dago.v1 import execution_pb2, orchestrator_pb2
 from harness import (
@@ -33,6 +33,7 @@ from harness import (
     RunningStack,
     echo,
     edge,
+    knob,
     request,
     rpc_error,
     start_api_quickly,

@@ -12,10 +12,10 @@ import time
 
 import grpc
 import pytest
-from relkit import FULL, RssSampler, check_watched, kind, knob, rss_mb, watch_grpc
+from relkit import RssSampler, check_watched, kind, rss_mb, watch_grpc
 
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from harness import RunningStack, request, start_api_quickly, tool
+from harness import FULL, RunningStack, knob, request, start_api_quickly, tool
 from redisfixture import RedisServer
 
 COMPLETED = execution_pb2.GRAPH_STATE_COMPLETED

@@ -41,6 +41,9 @@ from dago.worker.process import Worker
 # pytest puts on sys.path (pyproject.toml: pythonpath) and child processes get on PYTHONPATH.
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = ROOT / "tests" / "support"
+FULL = os.environ.get("RELIABILITY_FULL", "") not in ("", "0")
+"""The full-size variants of scale tests (``make reliability RELIABILITY_FULL=1``, or
+``RELIABILITY_FULL=1 make test``); ``make test`` runs smaller sizes of the same checks."""
 TERMINAL = {
     execution_pb2.GRAPH_STATE_COMPLETED,
     execution_pb2.GRAPH_STATE_FAILED,
@@ -75,6 +78,11 @@ def stack_settings(url: str, prefix: str, **overrides: Any) -> Settings:
         auth="off",
     )
     return dataclasses.replace(base, **overrides)
+
+
+def knob(name: str, small: int, full: int) -> int:
+    """An integer size: ``$name`` if set, else ``full`` under RELIABILITY_FULL, else ``small``."""
+    return int(os.environ.get(name, full if FULL else small))
 
 
 def request(
@@ -258,7 +266,22 @@ class InProcessStack:
         self.port = api.port
         self.api = api
         self.client = Client(f"127.0.0.1:{api.port}")
+        await self._workers_registered()
         return self
+
+    async def _workers_registered(self) -> None:
+        """Wait until every worker sent its first heartbeat (or ended). A worker stopped in
+        its first event-loop turns ends only after the 2 s stream read it was starting
+        (measured: 2.08 s against 0.00 s a few milliseconds later), which every test that
+        stops its stack at once (a refused submit) would pay at teardown; this costs ~30 ms."""
+        ids = {w.id for w in self.workers}
+        tasks = self._tasks[1:]
+
+        async def up() -> bool:
+            seen = {wid for wid, _, _ in await self.store.workers(0)}
+            return ids <= seen or any(t.done() for t in tasks)
+
+        await eventually(up, 10, 0.005)
 
     def add_worker(self, name: str, **overrides: Any) -> None:
         """Start one more worker (stopped with the stack): a stack made with ``workers=0``
@@ -362,7 +385,9 @@ class ProcessStack:
                 return False
             return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
 
-        await eventually(serving, timeout, 0.1)
+        # Every process stack waits here (its worker's start): polled often, since each
+        # tenth of a second of slack is paid by every test that starts one.
+        await eventually(serving, timeout, 0.02)
 
     def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to a child and wait for it to exit."""

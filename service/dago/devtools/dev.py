@@ -5,9 +5,9 @@ workers as child processes, then Envoy, prints where everything is, and supervis
 them until Ctrl-C. No Docker, no API key.
 
 Supervision: a child that exits (a crash, a kill) is restarted after a backoff of 1, 2,
-4, 8 s, saying so; its fifth exit within 60 s stops everything. A restarted worker keeps
-its name (``dev-worker-<n>``), so it takes back the work it held at once instead of
-after the lease (``Worker._take_back``).
+4, 8 s (the first: DAGO_DEV_RESTART_DELAY_S), saying so; its fifth exit within 60 s stops
+everything. A restarted worker keeps its name (``dev-worker-<n>``), so it takes back the
+work it held at once instead of after the lease (``Worker._take_back``).
 
 Stopping: every child runs in a session of its own, so a terminal's Ctrl-C (SIGINT to
 the foreground process group) reaches this supervisor alone, which stops them in order:
@@ -256,6 +256,7 @@ class Supervisor:
         """Supervise ``child`` (started already, or started here)."""
         if child.proc is None:
             child.start()
+        child.restarts = Restarts(first_delay_s=self._settings.dev_restart_delay_s)
         self.children.append(child)
 
     def supervise(self) -> int:
