@@ -108,7 +108,9 @@ async def run_graphs(stack: InProcessStack, prefix: str) -> Ran:
                 "a",
                 "flaky",
                 inputs={"fail_attempts": 1},
-                retry={"maxAttempts": 2, "initialBackoff": "0.01s"},
+                # The backoff keeps the run going until the watch below is registered (a
+                # run that ends first is never watched and writes no notify entry).
+                retry={"maxAttempts": 2, "initialBackoff": "0.5s"},
             ),
             echo("b", x="{{ nodes.a.output.attempt }}"),
         ],
