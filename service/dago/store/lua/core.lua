@@ -168,7 +168,8 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   local per = with_plan and 8 or 7
   -- The plain nodes' field names; map items (and `plain`, the other nodes) apart.
   local args, items, plain = {}, nil, nil
-  for i, n in ipairs(nodes) do
+  for i = 1, #nodes do
+    local n = nodes[i]
     local f = names_of(n)
     if f[16] then
       if items == nil then
