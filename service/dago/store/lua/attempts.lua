@@ -122,8 +122,6 @@ local function start_batch(worker, items, lease)
   local out, acks = {}, {}
   -- Graphs whose stored fields an item of this batch carries already.
   local sent = {}
-  -- Per graph of the batch: {steps, max_steps, steps taken by this batch}.
-  local steps = {}
   local groups = {}
   for k = 1, #items do
     local it = items[k]
@@ -132,9 +130,13 @@ local function start_batch(worker, items, lease)
     l[#l + 1] = it[3]
   end
   for gid, nodes in pairs(groups) do
-    local m = redis.call('HMGET', gkey(gid), META.STATE, META.STEPS, META.MAX_STEPS)
-    gstate[gid] = tonumber(m[1]) or false
-    steps[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+    -- A graph this call's apply read already: its state is kept current by every write
+    -- of it (gstate), its steps in gsteps.
+    if gsteps[gid] == nil then
+      local m = redis.call('HMGET', gkey(gid), META.STATE, META.STEPS, META.MAX_STEPS)
+      gstate[gid] = tonumber(m[1]) or false
+      gsteps[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
+    end
     local gs = gstate[gid]
     if gs and gs < GraphState.COMPLETED then read_ahead(gid, nodes, false, true) end
   end
@@ -142,7 +144,7 @@ local function start_batch(worker, items, lease)
     local it = items[k]
     local mid, gid, node, attempt, iter = it[1], it[2], it[3], it[4], it[5]
     local gk = gkey(gid)
-    local g = steps[gid]
+    local g = gsteps[gid]
     local gs = graph_state(gid)
     local st = nil
     local v = nil
@@ -227,9 +229,6 @@ local function start_batch(worker, items, lease)
         put_started(out, mid, gid, node, attempt, iter, it[6], exec, 0, outs, stored)
       end
     end
-  end
-  for gid, g in pairs(steps) do
-    if g[3] > 0 then redis.call('HINCRBY', gkey(gid), META.STEPS, g[3]) end
   end
   ack_all(acks)
   return out
@@ -345,8 +344,6 @@ local function apply_batch(worker, A, first)
   local out = {}
   local touched = {}
   local acks = {}
-  -- Per graph: {steps, max_steps, steps taken by this call's inline starts}.
-  local steps = {}
   -- settle's work lists, made once per call: settle leaves `ready` empty, and `loops` is
   -- made again only when it was used (two tables and their growth less per node).
   local ready, loops
@@ -356,7 +353,7 @@ local function apply_batch(worker, A, first)
     local gs = tonumber(m[1]) or false
     gstate[gid] = gs
     gbytes[gid] = {tonumber(m[2]) or 0, tonumber(m[3]) or 0, 0}
-    steps[gid] = {m[4], m[5], 0}
+    if gsteps[gid] == nil then gsteps[gid] = {tonumber(m[4]) or 0, tonumber(m[5]) or 0, 0} end
     if gs and gs < GraphState.COMPLETED then read_ahead(gid, nodes, true, false) end
   end
   -- The item's offsets, looked up once per call, not per item (each lookup in R is a
@@ -387,8 +384,7 @@ local function apply_batch(worker, A, first)
     -- The start of an unstarted item, as start_batch's (one more step; the graph's first).
     local inline_start = false
     if fenced and unstarted then
-      local g = steps[gid]
-      if type(g[1]) ~= 'number' then g[1], g[2] = tonumber(g[1]) or 0, tonumber(g[2]) or 0 end
+      local g = gsteps[gid]
       if g[2] > 0 and g[1] + g[3] >= g[2] then
         fenced = false
         fail_graph(gid, err_json(ErrorClass.LIMIT, 'the graph exceeded its limit of ' .. g[2] .. ' steps (limits.max_steps)', false), node)
@@ -505,9 +501,6 @@ local function apply_batch(worker, A, first)
       end
     end
     acks[#acks + 1] = mid
-  end
-  for gid, g in pairs(steps) do
-    if g[3] > 0 then redis.call('HINCRBY', gkey(gid), META.STEPS, g[3]) end
   end
   ack_all(acks)
   for gid in pairs(touched) do maybe_finish(gid) end

@@ -69,6 +69,11 @@ local gstate, open_delta = {}, {}
 -- What each graph of the call has stored (META.BYTES) against its limit (META.MAX_BYTES,
 -- 0: none), as {stored, limit, added by this call}; flush() writes what was added.
 local gbytes = {}
+-- Each graph's steps as {stored, limit (META.MAX_STEPS, 0: none), started by this call},
+-- read once per call by apply's or a start's read of the graph; flush() adds the call's
+-- starts in one HINCRBY (an apply that starts inline items and then starts more: one
+-- read of the graph and one write, not two of each).
+local gsteps = {}
 -- Join counters (see settle in graph.lua): {state, received, taken, iteration, dirty, gid,
 -- node} per graph and node, written back once per call by flush().
 local jc = {}
@@ -404,6 +409,12 @@ local function flush()
       if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
     end
     gbytes = {}
+  end
+  if next(gsteps) ~= nil then
+    for gid, g in pairs(gsteps) do
+      if g[3] > 0 then redis.call('HINCRBY', gkey(gid), META.STEPS, g[3]) end
+    end
+    gsteps = {}
   end
   if next(notified) ~= nil then flush_events() end
   if next(controls) ~= nil then
@@ -746,6 +757,7 @@ local function begin(keys, args)
   if next(open_delta) ~= nil then open_delta = {} end
   if next(jc) ~= nil then jc = {} end
   if next(gbytes) ~= nil then gbytes = {} end
+  if next(gsteps) ~= nil then gsteps = {} end
   if next(gkeys) ~= nil then gkeys = {} end
   if next(nkeys) ~= nil then nkeys = {} end
   if next(topo_raw) ~= nil then topo_raw = {} end
