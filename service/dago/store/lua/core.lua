@@ -69,6 +69,11 @@ local gstate, open_delta = {}, {}
 -- What each graph of the call has stored (META.BYTES) against its limit (META.MAX_BYTES,
 -- 0: none), as {stored, limit, added by this call}; flush() writes what was added.
 local gbytes = {}
+-- Each graph's steps as {stored, limit (META.MAX_STEPS, 0: none), started by this call},
+-- read once per call by apply's or a start's read of the graph; flush() adds the call's
+-- starts in one HINCRBY (an apply that starts inline items and then starts more: one
+-- read of the graph and one write, not two of each).
+local gsteps = {}
 -- Join counters (see settle in graph.lua): {state, received, taken, iteration, dirty, gid,
 -- node} per graph and node, written back once per call by flush().
 local jc = {}
@@ -168,7 +173,8 @@ local function read_ahead(gid, nodes, with_edges, with_plan)
   local per = with_plan and 8 or 7
   -- The plain nodes' field names; map items (and `plain`, the other nodes) apart.
   local args, items, plain = {}, nil, nil
-  for i, n in ipairs(nodes) do
+  for i = 1, #nodes do
+    local n = nodes[i]
     local f = names_of(n)
     if f[16] then
       if items == nil then
@@ -403,6 +409,12 @@ local function flush()
       if b[3] ~= 0 then redis.call('HINCRBY', gkey(gid), META.BYTES, b[3]) end
     end
     gbytes = {}
+  end
+  if next(gsteps) ~= nil then
+    for gid, g in pairs(gsteps) do
+      if g[3] > 0 then redis.call('HINCRBY', gkey(gid), META.STEPS, g[3]) end
+    end
+    gsteps = {}
   end
   if next(notified) ~= nil then flush_events() end
   if next(controls) ~= nil then
@@ -745,6 +757,7 @@ local function begin(keys, args)
   if next(open_delta) ~= nil then open_delta = {} end
   if next(jc) ~= nil then jc = {} end
   if next(gbytes) ~= nil then gbytes = {} end
+  if next(gsteps) ~= nil then gsteps = {} end
   if next(gkeys) ~= nil then gkeys = {} end
   if next(nkeys) ~= nil then nkeys = {} end
   if next(topo_raw) ~= nil then topo_raw = {} end

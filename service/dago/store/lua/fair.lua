@@ -150,8 +150,8 @@ local function fair_move(count)
         if got >= n then break end
         local vals = redis.call('LPOP', qkey(ns, p), n - got)
         if vals then
-          for _, v in ipairs(vals) do
-            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_PACKED, v)
+          for j = 1, #vals do
+            mids[#mids + 1] = redis.call('XADD', K_WORK, '*', W_PACKED, vals[j])
           end
           got = got + #vals
         end

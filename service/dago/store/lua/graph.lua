@@ -42,7 +42,9 @@ local function finish_loop(gid, b, ready)
 end
 
 local function out_edges(gid, node, taken, ready, loops)
-  for _, e in ipairs(out_list(gid, node)) do
+  local l = out_list(gid, node)
+  for k = 1, #l do
+    local e = l[k]
     local idx, to, back, owner = e[1], e[2], e[3], e[4]
     if back == '1' then
       loops[#loops + 1] = {idx, taken[idx] == true}
@@ -113,12 +115,15 @@ local function continue_loop(gid, b, from, ready)
   dispatch(gid, head, 1, hi + 1)
 end
 
+-- Loops that end are handled before loops that go round (an outer loop's reset wins).
+local function ending_first(x, y) return (x[2] and 1 or 0) < (y[2] and 1 or 0) end
+
 -- Fires joins until nothing changes: skips propagate, loops end or go round.
 local function settle(gid, ready, loops)
+  local nk = nkey(gid)
   while #ready > 0 or #loops > 0 do
     while #ready > 0 do
       local node = table.remove(ready)
-      local nk = nkey(gid)
       if type(node) == 'table' then
         local to = node[1]
         if node[3] == '1' then
@@ -169,15 +174,18 @@ local function settle(gid, ready, loops)
         end
       end
     end
-    -- Loops that end are handled before loops that go round (an outer loop's reset wins).
-    table.sort(loops, function(x, y) return (x[2] and 1 or 0) < (y[2] and 1 or 0) end)
-    local due = loops
-    loops = {}
-    for _, l in ipairs(due) do
-      if l[2] then
-        continue_loop(gid, l[1], loop_topo(gid, l[1])[LOOP_TOPOLOGY.SOURCE], ready)
-      else
-        finish_loop(gid, l[1], ready)
+    -- Only when some loop is due: most settles have none, and the sort, its comparator
+    -- and a new table are ~2k instructions a node.
+    if #loops > 0 then
+      table.sort(loops, ending_first)
+      local due = loops
+      loops = {}
+      for _, l in ipairs(due) do
+        if l[2] then
+          continue_loop(gid, l[1], loop_topo(gid, l[1])[LOOP_TOPOLOGY.SOURCE], ready)
+        else
+          finish_loop(gid, l[1], ready)
+        end
       end
     end
   end
