@@ -146,9 +146,11 @@ def _fuzz(base: str, ids: dict[str, str]) -> None:
         }
         for mode in GenerationMode:
             for path_parameters in ({}, known) if known else ({},):
-
+                # 4 examples for each operation, mode and set of path parameters: the 69 of
+                # them that can be made are all sent (264 requests). With 8 (520 requests)
+                # the test took 36 s against 22 s, nearly all of it generating the cases.
                 @hypothesis.settings(
-                    max_examples=8,
+                    max_examples=4,
                     deadline=None,
                     derandomize=True,
                     database=None,
@@ -169,7 +171,7 @@ def _fuzz(base: str, ids: dict[str, str]) -> None:
                     assert mode is GenerationMode.NEGATIVE, operation.label
 
 
-@pytest.mark.slow  # ~12 s: every operation of the schema, positive and negative cases
+@pytest.mark.slow  # ~20 s: every operation of the schema, positive and negative cases
 async def test_schemathesis_against_the_live_edge(edge_stack: Edge) -> None:
     body = {"graph": {"name": "openapi", "nodes": [echo("a", x=1)]}}
     r = await edge_stack.http.post("/api/v1/graphs", json=body)
