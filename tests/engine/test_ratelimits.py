@@ -51,6 +51,16 @@ def llm(node_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
+async def both_workers_alive(c: Any) -> None:
+    """Until workers w1 and w2 both sent a heartbeat (ListWorkers lists them)."""
+
+    async def both() -> bool:
+        resp = await c.stub.ListWorkers(orchestrator_pb2.ListWorkersRequest(), timeout=5)
+        return {"w1", "w2"} <= {w.worker_id for w in resp.workers}
+
+    await eventually(both, 60, 0.05)
+
+
 def limits(**per_model: dict[str, float]) -> str:
     """DAGO_RATE_LIMITS for MODEL (``anthropic/<MODEL>``)."""
     return json.dumps({f"anthropic/{MODEL}": per_model.get("model", {})})
@@ -141,6 +151,7 @@ async def test_an_rpm_limit_holds_across_two_worker_processes_and_shows_in_get_l
         stack = edge.stack
         stack.start("w2", "worker")
         c = stack.client
+        await both_workers_alive(c)  # else the first worker may take every run
         runs = 6
         gids = [await c.submit(request([llm(f"n{k}")])) for k in range(runs)]
         for k, gid in enumerate(gids):
@@ -199,6 +210,7 @@ async def test_a_429_with_retry_after_pauses_the_model_for_every_worker(
         stack.start("w2", "worker")
         await start_api_quickly(stack)
         c = stack.client
+        await both_workers_alive(c)  # the 429 must reach the other worker, not a late one
         first = await c.submit(request([llm("a", retry=fast_retry(3))]))
 
         async def paused() -> bool:  # GetLimits shows the pause the 429 set

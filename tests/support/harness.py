@@ -270,10 +270,10 @@ class InProcessStack:
         return self
 
     async def _workers_registered(self) -> None:
-        """Wait until every worker sent its first heartbeat (or ended), so that a test starts
-        with its workers listed (ListWorkers, health); ~30 ms. (It once also spared
-        teardowns a 2 s wait: a worker stopped in its first event-loop turns waited out the
-        stream read it was starting; the worker itself now stops at once, store.cancellable.)"""
+        """Wait until every worker sent its first heartbeat (or ended). A worker stopped in
+        its first event-loop turns ends only after the 2 s stream read it was starting
+        (measured: 2.08 s against 0.00 s a few milliseconds later), which every test that
+        stops its stack at once (a refused submit) would pay at teardown; this costs ~30 ms."""
         ids = {w.id for w in self.workers}
         tasks = self._tasks[1:]
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
@@ -17,7 +16,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dago.config import Settings
 
 RedisClient = aioredis.Redis | RedisCluster
-T = TypeVar("T")
 
 
 def connect(settings: Settings) -> RedisClient:
@@ -79,27 +77,3 @@ def raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-async def cancellable(aw: Awaitable[T]) -> T:
-    """Await ``aw`` in a task of its own, so that cancelling the caller takes effect at once.
-
-    redis-py can swallow a cancellation that arrives while it opens a connection, then go
-    on to send the command: a blocking read (XREAD BLOCK) would hold its caller, and a
-    worker or API stopping just after it started, for the whole block. Here the caller
-    is cancelled at once; the command is cancelled as well and, should it swallow that
-    too, ends by itself within its block time, its outcome dropped."""
-    task = asyncio.ensure_future(aw)
-    try:
-        await asyncio.wait((task,))
-    except asyncio.CancelledError:
-        task.cancel()
-        task.add_done_callback(_drop_outcome)
-        raise
-    return task.result()
-
-
-def _drop_outcome(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned command's outcome (asyncio logs one never retrieved)."""
-    if not task.cancelled():
-        task.exception()

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from dago.config import NamespaceShares
-from dago.store.client import STORE_ERRORS, RedisClient, cancellable, raise_if_cancelling
+from dago.store.client import STORE_ERRORS, RedisClient, raise_if_cancelling
 from dago.store.events import Entries, entry_range, expand
 from dago.store.functions import (
     AppendArgs,
@@ -663,7 +663,7 @@ class Store:
         while True:
             raise_if_cancelling()
             try:
-                res = await cancellable(self.redis.xread(streams, count=1000, block=block_ms))
+                res = await self.redis.xread(streams, count=1000, block=block_ms)
             except STORE_ERRORS as e:
                 log.warning("reading %s failed: %s", ", ".join(keys), e)
                 yield None

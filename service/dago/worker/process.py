@@ -535,15 +535,13 @@ class Worker:
             "metrics_port": self._settings.worker_metrics_port,
         }
         while True:
+            raise_if_cancelling()
             try:
                 now = int(time.time() * 1000)
                 info["in_flight"] = len(self._attempts.running)
                 await self._store.heartbeat(self.id, dumps(info), now)
             except STORE_ERRORS as e:
                 log.warning("worker heartbeat failed: %s", e)
-            # After the call, not before: a cancellation it swallowed (see
-            # raise_if_cancelling) would otherwise wait out the sleep below.
-            raise_if_cancelling()
             await asyncio.sleep(self._settings.worker_heartbeat_ms / 1000)
 
     async def _deregister(self) -> None:
