@@ -455,12 +455,7 @@ async def test_each_namespace_sees_its_own_runs_and_usage_operators_all(
             row = await cur.fetchone()
         if row is None or row[0] != 3:
             return False
-        for gid in mine["team-a"] + mine["team-b"]:
-            shard = parse_shard(gid, stack.settings.shards)
-            assert shard is not None
-            if (await stack.store.graph_fields(shard, gid, Meta.STATE))[0] is not None:
-                return False
-        return True
+        return not any([await stack.in_redis(gid) for gid in mine["team-a"] + mine["team-b"]])
 
     await eventually(gone_from_redis, timeout=30)
     by_ns = orchestrator_pb2.GetUsageSummaryRequest(
@@ -602,12 +597,7 @@ async def test_runs_by_reference_are_listed_and_filtered_from_the_archive(
     plain, _ = await c.run(request([echo("a", v=3)], name="archived-def"))
 
     async def gone_from_redis() -> bool:
-        for gid in [*runs.values(), plain]:
-            shard = parse_shard(gid, stack.settings.shards)
-            assert shard is not None
-            if (await stack.store.graph_fields(shard, gid, Meta.STATE))[0] is not None:
-                return False
-        return True
+        return not any([await stack.in_redis(gid) for gid in [*runs.values(), plain]])
 
     await eventually(gone_from_redis, timeout=30)
     one = await c.stub.ListGraphs(

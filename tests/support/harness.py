@@ -31,8 +31,10 @@ from dago.api.server import ApiServer
 from dago.app import build_api, build_worker
 from dago.config import Settings
 from dago.devtools import edge as envoy_edge
+from dago.engine.ids import parse_shard
 from dago.store.client import connect
 from dago.store.keys import Keys
+from dago.store.schema import Meta
 from dago.store.store import Store
 from dago.v1 import execution_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from dago.worker.process import Worker
@@ -251,6 +253,12 @@ class InProcessStack:
         self.client: Client
         self.api: ApiServer
         self.store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+
+    async def in_redis(self, graph_id: str) -> bool:
+        """Whether the run's state is still in Redis (not yet expired after its retention)."""
+        shard = parse_shard(graph_id, self.settings.shards)
+        assert shard is not None
+        return (await self.store.graph_fields(shard, graph_id, Meta.STATE))[0] is not None
 
     async def start(self) -> InProcessStack:
         """Start the API (wait until it listens) and the workers."""
